@@ -1,0 +1,73 @@
+"""The ``packer`` command line.
+
+Subcommands that live in adapter packages (``serving``, ``sims``, ``k8s``) are imported lazily by
+dotted name, so the core never imports an adapter and ``packer plan`` starts without loading
+Triton or Kubernetes clients.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from packer.errors import UserError
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are ``"module:attr"`` strings, imported on first use."""
+
+    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            mod, _, attr = self.lazy[name].partition(":")
+            return getattr(importlib.import_module(mod), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, lazy={
+    "plan": "packer.cli_plan:plan",
+    "gpus": "packer.cli_plan:gpus",
+    "scale": "packer.cli_scale:scale",
+    "serve-local": "serving.cli:serve_local",
+    "simulate": "sims.cli:simulate",
+    "capacity": "sims.cli:capacity",
+    "reconcile": "k8s.cli:reconcile",
+})
+@click.version_option(package_name="packer")
+def cli() -> None:
+    """Pack many models onto few GPUs by their traffic and latency targets."""
+
+
+@cli.group(cls=LazyGroup, lazy={"triton": "serving.cli:render_triton", "k8s": "k8s.cli:render_k8s"})
+def render() -> None:
+    """Turn a plan into what runs it: Triton model repositories or Kubernetes objects."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one clear message and exit 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="packer", standalone_mode=False)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

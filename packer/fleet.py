@@ -1,0 +1,326 @@
+"""The fleet: what to serve (models) and what to serve it on (pools), as the fleet file says.
+
+Loading validates everything a planner or a user would trip over later, and reports it as a
+:class:`FleetError` that names the field and the fix; the CLI turns it into exit code 2.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from packer.catalog import GPU_TYPES, gpu_type
+from packer.errors import UserError
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+SHARING_MODES = ("mig", "time-slicing")
+KINDS = ("streaming", "batch")
+
+
+class FleetError(UserError, ValueError):
+    """A fleet file problem a user can fix: ``field`` says where, the message says how."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field, self.problem, self.fix = field, problem, fix
+        super().__init__(f"{field}: {problem}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str
+    gpu: str
+    gpus_per_node: int
+    max_nodes: int
+    cost_per_gpu_hour: float
+    sharing: tuple[str, ...] = ()
+    spot: bool = False
+
+    @property
+    def mig(self) -> bool:
+        return "mig" in self.sharing and gpu_type(self.gpu).has_mig
+
+    @property
+    def time_slicing(self) -> bool:
+        return "time-slicing" in self.sharing
+
+    @property
+    def max_gpus(self) -> int:
+        return self.gpus_per_node * self.max_nodes
+
+
+@dataclass(frozen=True)
+class LatencyProfile:
+    """Run time of one batch of ``b`` requests: ``base + per_item * b`` ms on ``gpu``.
+
+    ``gpu`` is a GPU type (``a100-80gb``) or a MIG profile of one (``a100-80gb/2g.20gb``).
+    """
+
+    gpu: str
+    base: float
+    per_item: float
+
+    def ms(self, batch: int) -> float:
+        return self.base + self.per_item * batch
+
+
+@dataclass(frozen=True)
+class Traffic:
+    rps: float
+    peak_rps: float
+    streams: int | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Where the model's weights live and what Triton backend serves them (optional)."""
+
+    uri: str
+    backend: str = "python"
+    platform: str | None = None
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    kind: str
+    memory_gb: float
+    traffic: Traffic
+    slo_ms: float
+    latency: tuple[LatencyProfile, ...]
+    max_batch: int
+    gpus_per_replica: int = 1
+    min_replicas: int = 1
+    max_replicas: int | None = None
+    artifact: Artifact | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.kind == "streaming"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    name: str
+    pools: tuple[Pool, ...]
+    models: tuple[Model, ...]
+    about: str = ""
+    source: str | None = field(default=None, compare=False)
+
+    def pool(self, name: str) -> Pool:
+        return next(p for p in self.pools if p.name == name)
+
+    def model(self, name: str) -> Model:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model {name!r} in fleet {self.name!r}")
+
+    def with_traffic(self, scale: dict[str, float] | float) -> "Fleet":
+        """The same fleet with traffic scaled (per model, or all by one factor): for what-ifs."""
+        from dataclasses import replace
+
+        def s(m: Model) -> float:
+            return scale if isinstance(scale, (int, float)) else scale.get(m.name, 1.0)
+
+        models = tuple(
+            replace(m, traffic=replace(m.traffic, rps=m.traffic.rps * s(m), peak_rps=m.traffic.peak_rps * s(m)))
+            for m in self.models
+        )
+        return replace(self, models=models)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _get(d: dict, key: str, where: str, typ: type | tuple, *, required: bool = True, default: Any = None,
+         fix: str = "") -> Any:
+    if key not in d or d[key] is None:
+        if required:
+            raise FleetError(f"{where}.{key}", "is missing", fix or f"add `{key}:`")
+        return default
+    v = d[key]
+    types = typ if isinstance(typ, tuple) else (typ,)
+    if float in types and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if isinstance(v, bool) and bool not in types:
+        raise FleetError(f"{where}.{key}", f"is {v!r}, not a {types[0].__name__}", fix or f"give a {types[0].__name__}")
+    if not isinstance(v, types):
+        names = " or ".join(t.__name__ for t in types)
+        raise FleetError(f"{where}.{key}", f"is {type(v).__name__} {v!r}, expected {names}",
+                         fix or f"write `{key}` as a {names}")
+    return v
+
+
+def _positive(v: float, where: str, fix: str, *, zero_ok: bool = False) -> float:
+    if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+        raise FleetError(where, f"is {v}, must be {'non-negative' if zero_ok else 'positive'}", fix)
+    return v
+
+
+def _name(d: dict, where: str) -> str:
+    n = _get(d, "name", where, str)
+    if not _DNS1123.match(n) or len(n) > 63:
+        raise FleetError(f"{where}.name", f"{n!r} is not a DNS-1123 label",
+                         "use lower-case letters, digits and '-', starting and ending alphanumeric, ≤ 63 chars")
+    return n
+
+
+def _pool(d: Any, i: int) -> Pool:
+    where = f"pools[{i}]"
+    if not isinstance(d, dict):
+        raise FleetError(where, "is not a mapping", "write each pool as `- name: ...` with its fields")
+    name = _name(d, where)
+    where = f"pools[{i}] ({name})"
+    gpu = _get(d, "gpu", where, str)
+    if gpu not in GPU_TYPES:
+        raise FleetError(f"{where}.gpu", f"unknown GPU type {gpu!r}",
+                         f"use one of {', '.join(sorted(GPU_TYPES))} (`packer gpus` lists them)")
+    gpn = _get(d, "gpus_per_node", where, int)
+    if gpn < 1:
+        raise FleetError(f"{where}.gpus_per_node", f"is {gpn}", "give at least 1")
+    max_nodes = _get(d, "max_nodes", where, int, required=False, default=1)
+    if max_nodes < 1:
+        raise FleetError(f"{where}.max_nodes", f"is {max_nodes}", "give at least 1")
+    cost = _positive(_get(d, "cost_per_gpu_hour", where, float), f"{where}.cost_per_gpu_hour",
+                     "give the hourly price of one GPU, > 0")
+    sharing = _get(d, "sharing", where, list, required=False, default=[])
+    for s in sharing:
+        if s not in SHARING_MODES:
+            raise FleetError(f"{where}.sharing", f"unknown mode {s!r}", f"use any of {list(SHARING_MODES)}")
+    if "mig" in sharing and not gpu_type(gpu).has_mig:
+        raise FleetError(f"{where}.sharing", f"{gpu} has no MIG", "remove `mig` or pick a MIG-capable GPU type")
+    spot = _get(d, "spot", where, bool, required=False, default=False)
+    return Pool(name, gpu, gpn, max_nodes, cost, tuple(sharing), spot)
+
+
+def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
+    entries = v if isinstance(v, list) else [v]
+    if not entries:
+        raise FleetError(where, "is empty", "give at least one {gpu, base, per_item} entry")
+    out = []
+    for j, e in enumerate(entries):
+        w = f"{where}[{j}]" if isinstance(v, list) else where
+        if not isinstance(e, dict):
+            raise FleetError(w, "is not a mapping", "write `gpu:`, `base:` and `per_item:` under it")
+        gpu = _get(e, "gpu", w, str)
+        gname, _, prof = gpu.partition("/")
+        if gname not in GPU_TYPES:
+            raise FleetError(f"{w}.gpu", f"unknown GPU type {gname!r}", f"use one of {', '.join(sorted(GPU_TYPES))}")
+        if prof:
+            try:
+                gpu_type(gname).profile(prof)
+            except KeyError:
+                names = [p.name for p in gpu_type(gname).mig_profiles] or ["(none: no MIG)"]
+                raise FleetError(f"{w}.gpu", f"{gname} has no MIG profile {prof!r}", f"use one of {names}") from None
+        base = _positive(_get(e, "base", w, float), f"{w}.base", "give the fixed ms per batch, ≥ 0", zero_ok=True)
+        per = _positive(_get(e, "per_item", w, float), f"{w}.per_item", "give the ms per request in a batch, ≥ 0",
+                        zero_ok=True)
+        if base + per <= 0:
+            raise FleetError(w, "base and per_item are both 0", "give the measured run time of a batch")
+        out.append(LatencyProfile(gpu, base, per))
+    return tuple(out)
+
+
+def _model(d: Any, i: int) -> Model:
+    where = f"models[{i}]"
+    if not isinstance(d, dict):
+        raise FleetError(where, "is not a mapping", "write each model as `- name: ...` with its fields")
+    name = _name(d, where)
+    where = f"models[{i}] ({name})"
+    kind = _get(d, "kind", where, str)
+    if kind not in KINDS:
+        raise FleetError(f"{where}.kind", f"is {kind!r}", "use `streaming` or `batch`")
+    mem = _positive(_get(d, "memory_gb", where, float), f"{where}.memory_gb",
+                    "give the resident GPU memory of one replica in GB, > 0")
+    gpr = _get(d, "gpus_per_replica", where, int, required=False, default=1)
+    if gpr < 1:
+        raise FleetError(f"{where}.gpus_per_replica", f"is {gpr}", "give 1 or more")
+    t = _get(d, "traffic", where, dict)
+    rps = _positive(_get(t, "rps", f"{where}.traffic", float), f"{where}.traffic.rps",
+                    "give the mean requests per second, ≥ 0", zero_ok=True)
+    peak = _get(t, "peak_rps", f"{where}.traffic", float, required=False, default=rps)
+    _positive(peak, f"{where}.traffic.peak_rps", "give the peak requests per second", zero_ok=True)
+    if peak < rps:
+        raise FleetError(f"{where}.traffic.peak_rps", f"{peak} is below rps {rps}", "peak_rps must be ≥ rps")
+    streams = _get(t, "streams", f"{where}.traffic", int, required=False)
+    if streams is not None:
+        if kind != "streaming":
+            raise FleetError(f"{where}.traffic.streams", "is set on a batch model",
+                             "remove `streams` or make the model `kind: streaming`")
+        if streams < 1:
+            raise FleetError(f"{where}.traffic.streams", f"is {streams}", "give at least 1 concurrent stream")
+    slo = _positive(_get(d, "slo_ms", where, float), f"{where}.slo_ms", "give the p99 latency target in ms, > 0")
+    lat = _latency(_get(d, "latency_ms", where, (dict, list)), f"{where}.latency_ms")
+    mb = _get(d, "max_batch", where, int)
+    if mb < 1:
+        raise FleetError(f"{where}.max_batch", f"is {mb}", "give at least 1")
+    minr = _get(d, "min_replicas", where, int, required=False, default=1)
+    if minr < 0:
+        raise FleetError(f"{where}.min_replicas", f"is {minr}", "give 0 or more")
+    maxr = _get(d, "max_replicas", where, int, required=False)
+    if maxr is not None and maxr < max(minr, 1):
+        raise FleetError(f"{where}.max_replicas", f"{maxr} is below min_replicas {minr}",
+                         "raise max_replicas or lower min_replicas")
+    art = d.get("artifact")
+    artifact = None
+    if art is not None:
+        if isinstance(art, str):
+            artifact = Artifact(art)
+        elif isinstance(art, dict):
+            artifact = Artifact(_get(art, "uri", f"{where}.artifact", str),
+                                _get(art, "backend", f"{where}.artifact", str, required=False, default="python"),
+                                _get(art, "platform", f"{where}.artifact", str, required=False))
+        else:
+            raise FleetError(f"{where}.artifact", "is neither a string nor a mapping",
+                             "give `artifact: s3://...` or `artifact: {uri: ..., backend: onnxruntime}`")
+    return Model(name, kind, mem, Traffic(rps, peak, streams), slo, lat, mb, gpr, minr, maxr, artifact)
+
+
+def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
+    """Build a :class:`Fleet` from a parsed YAML document, validating as it goes."""
+    if not isinstance(doc, dict):
+        raise FleetError("(top level)", "is not a mapping", "a fleet file has `name:`, `pools:` and `models:`")
+    name = _get(doc, "name", "fleet", str)
+    pools_doc = _get(doc, "pools", "fleet", list)
+    models_doc = _get(doc, "models", "fleet", list)
+    if not pools_doc:
+        raise FleetError("pools", "is empty", "add at least one GPU pool")
+    pools = tuple(_pool(p, i) for i, p in enumerate(pools_doc))
+    models = tuple(_model(m, i) for i, m in enumerate(models_doc))
+    for what, items in (("pools", pools), ("models", models)):
+        seen: dict[str, int] = {}
+        for i, it in enumerate(items):
+            if it.name in seen:
+                raise FleetError(f"{what}[{i}].name", f"{it.name!r} is also {what}[{seen[it.name]}]",
+                                 "give every entry a unique name")
+            seen[it.name] = i
+    fleet = Fleet(name, pools, models, str(doc.get("about") or ""), source)
+    # Deferred import: feasibility needs the slot maths, which needs the fleet types above.
+    from packer.slot import check_model_servable
+
+    for i, m in enumerate(models):
+        check_model_servable(fleet, m, f"models[{i}] ({m.name})")
+    return fleet
+
+
+def load_fleet(path: str | Path) -> Fleet:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise FleetError(str(p), "no such file", "give the path of a fleet YAML file") from None
+    except IsADirectoryError:
+        raise FleetError(str(p), "is a directory", "give the path of a fleet YAML file") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise FleetError(str(p), f"is not valid YAML{at}", "fix the syntax (indentation, colons, quotes)") from None
+    return parse_fleet(doc, str(p))

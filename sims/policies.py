@@ -1,0 +1,350 @@
+"""Scaling policies the simulator can run, and the contract between them and the simulator.
+
+The contract
+============
+Every ``interval_s`` simulated seconds the simulator builds a :class:`ClusterView` (what a
+controller could observe: per-model signals and per-slot state) and calls::
+
+    actions = policy.decide(view, now)
+
+``now`` is the simulated time in seconds since the start (it is also ``view.now``; passing it keeps
+policies free of any clock). ``decide`` returns a list of actions, each with a human-readable
+``reason``:
+
+* :class:`AddSlot` ``(pool, profile, models)``: a new slot (a whole GPU, ``profile="whole"``, or
+  one MIG instance) hosting one replica of each named model. It serves only after a cold start:
+  node provisioning (only if no node of the pool has room), then image pull, then weight load.
+* :class:`AddReplica` ``(model, slot)``: one more replica of ``model`` in an existing slot (memory
+  must fit). Cold start: weight load only; the slot's other members keep serving.
+* :class:`RemoveReplica` ``(model, slot)``: stop routing to that replica; its queue drains, then it
+  is gone. A slot left with no members is released (its GPU stops costing money once the GPU is
+  empty).
+* :class:`RemoveSlot` ``(slot)``: every member of the slot, as above.
+
+The simulator applies what it can and records every action with its outcome (``applied`` or
+``refused: <why>``, e.g. a pool at ``max_nodes``) in the result's action log. Policies never
+mutate the view. State a policy keeps between calls (hysteresis, stabilisation windows) lives in
+the policy object; a pure ``decide(plan, signals, state, now, settings) -> (actions, state)``
+function is wrapped by keeping ``state`` on the adapter (see :class:`FunctionPolicy`).
+
+Registry
+========
+``register_policy(name, factory)`` makes a policy available to ``packer simulate --policy NAME``;
+``factory(plan, options) -> Policy`` gets the starting plan and a dict of options from the scenario
+file (``policy_options:``). ``get_policy(name, plan, options)`` builds one. ``static`` and ``hpa``
+are built in; ``sims.policy_packer`` (the real scaling policy, issue 5) is imported on first lookup
+and registers itself there.
+
+Worked example: with ``interval_s = 15`` a 1 h run calls ``decide`` 240 times; an ``AddSlot`` at
+``now = 600`` on a pool with a free GPU serves from ``600 + image_pull_s + weight_load_s``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
+
+from packer.errors import UserError
+from packer.plan import Plan
+
+# ---------------------------------------------------------------------------------------------
+# What a policy sees
+
+
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica of a model: where it runs and whether it serves yet."""
+
+    model: str
+    slot: str
+    """Slot id (``Placement.id`` for slots of the starting plan, ``<pool>-new<k>-<profile>`` for
+    slots the simulator created)."""
+    ready: bool
+    ready_at: float
+    """Simulated second at which it serves (past for ready replicas)."""
+    draining: bool = False
+
+
+@dataclass(frozen=True)
+class SlotView:
+    """One slot (whole GPU or MIG instance) and what runs in it."""
+
+    id: str
+    pool: str
+    profile: str
+    """``whole`` or a MIG profile name (``3g.40gb``)."""
+    node: str
+    spot: bool
+    models: tuple[str, ...]
+    """Models with a (ready or starting) replica here, in slot order."""
+    busy: float
+    """Fraction of the last interval the slot spent running batches (0..1)."""
+    memory_gb: float
+    """Memory of the resident replicas."""
+    memory_capacity_gb: float
+    ready: bool
+    preempting: bool = False
+    """A spot preemption notice arrived: the slot dies at the end of the notice."""
+
+
+@dataclass(frozen=True)
+class ModelSignals:
+    """What a metrics pipeline would report for one model over recent intervals."""
+
+    name: str
+    kind: str
+    slo_ms: float
+    rate_history_rps: tuple[float, ...]
+    """Arrival rate of each of the last (up to 40) intervals, oldest first; the last is the most
+    recent interval. With 15 s intervals, ``mean(rate_history_rps[-4:])`` is the 1-minute rate."""
+    queued: int
+    """Requests waiting in batcher queues now."""
+    in_flight: int
+    """Requests in batches running now."""
+    queue_ms_mean: float
+    """Mean time requests dispatched in the last interval spent queued."""
+    p99_ms: float
+    """p99 latency of requests completed in the last interval (0 if none)."""
+    rejected: int
+    """Requests rejected (queue timeout, no replica, preemption) in the last interval."""
+    replicas: tuple[ReplicaView, ...]
+
+    @property
+    def rate_rps(self) -> float:
+        return self.rate_history_rps[-1] if self.rate_history_rps else 0.0
+
+    @property
+    def ready_replicas(self) -> int:
+        return sum(1 for r in self.replicas if r.ready and not r.draining)
+
+    @property
+    def pending_replicas(self) -> int:
+        return sum(1 for r in self.replicas if not r.ready)
+
+
+@dataclass(frozen=True)
+class PoolView:
+    name: str
+    gpus_in_use: int
+    max_gpus: int
+    cost_per_gpu_hour: float
+    spot: bool
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    now: float
+    interval_s: float
+    plan: Plan
+    """The starting plan; ``plan.fleet`` has every model's profile, SLO and traffic figures."""
+    models: Mapping[str, ModelSignals]
+    slots: Mapping[str, SlotView]
+    pools: Mapping[str, PoolView]
+
+
+# ---------------------------------------------------------------------------------------------
+# What a policy may do
+
+
+@dataclass(frozen=True)
+class AddSlot:
+    pool: str
+    profile: str
+    models: tuple[str, ...]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class AddReplica:
+    model: str
+    slot: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RemoveReplica:
+    model: str
+    slot: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class RemoveSlot:
+    slot: str
+    reason: str = ""
+
+
+Action = Union[AddSlot, AddReplica, RemoveReplica, RemoveSlot]
+
+
+@runtime_checkable
+class Policy(Protocol):
+    interval_s: float
+    """How often ``decide`` runs, in simulated seconds."""
+
+    def decide(self, view: ClusterView, now: float) -> list[Action]: ...
+
+
+PolicyFactory = Callable[[Plan, Mapping[str, Any]], Policy]
+
+# ---------------------------------------------------------------------------------------------
+# Built-in policies
+
+
+class StaticPolicy:
+    """Keep the plan: never scale, but replace every slot lost to a spot preemption.
+
+    A lost slot is re-created with the same pool, profile and members (same cold start as any new
+    slot), which is what a Kubernetes Deployment does for a killed pod.
+    """
+
+    def __init__(self, plan: Plan, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        self.interval_s = float(options.pop("interval_s", 15.0))
+        if options:
+            raise UserError(f"policy static: unknown options {sorted(options)}; it takes interval_s only")
+        # Desired state: the plan's groups as (pool, profile, members) with a multiplicity.
+        self.want: dict[tuple[str, str, tuple[str, ...]], int] = {}
+        for p in plan.placements:
+            key = (p.pool, p.slot, tuple(m.name for m in p.models))
+            self.want[key] = self.want.get(key, 0) + 1
+
+    def decide(self, view: ClusterView, now: float) -> list[Action]:
+        have: dict[tuple[str, str, tuple[str, ...]], int] = {}
+        for s in view.slots.values():
+            if s.preempting:
+                continue
+            key = (s.pool, s.profile, s.models)
+            have[key] = have.get(key, 0) + 1
+        out: list[Action] = []
+        for key, n in self.want.items():
+            for _ in range(n - have.get(key, 0)):
+                out.append(AddSlot(key[0], key[1], key[2], reason=f"replace lost slot of {'+'.join(key[2])} "
+                                                                  f"({have.get(key, 0)}/{n} alive)"))
+        return out
+
+
+@dataclass
+class _Group:
+    pool: str
+    profile: str
+    models: tuple[str, ...]
+    min_slots: int
+    last_up: float = -math.inf
+    history: list[tuple[float, int]] = field(default_factory=list)
+
+
+class HpaPolicy:
+    """Kubernetes HPA on GPU utilisation, one "deployment" per packed group of the plan.
+
+    Each distinct group (pool, profile, member models) of the starting plan scales as a unit, as a
+    Deployment of Triton pods would: ``desired = ceil(current * busy / target)`` where ``busy`` is
+    the mean busy fraction of the group's ready slots, skipped when ``|busy/target - 1| <=
+    tolerance`` (HPA's 10 %). Scale-down uses the highest recommendation of the last
+    ``downscale_window_s`` (HPA's 300 s stabilisation), and never below the plan's count.
+
+    Worked numbers: 2 slots of ``asr-en`` 80 % busy with target 0.6 give ``ceil(2 * 0.8 / 0.6) =
+    3``; one new slot is requested and serves after its cold start (~3 min by default). Slots still
+    starting count as current, so the policy does not ask again while it waits.
+    """
+
+    def __init__(self, plan: Plan, options: Mapping[str, Any] | None = None) -> None:
+        options = dict(options or {})
+        self.interval_s = float(options.pop("interval_s", 15.0))
+        self.target = float(options.pop("target", 0.6))
+        self.tolerance = float(options.pop("tolerance", 0.1))
+        self.downscale_window_s = float(options.pop("downscale_window_s", 300.0))
+        self.max_factor = float(options.pop("max_factor", 4.0))
+        if options:
+            raise UserError(f"policy hpa: unknown options {sorted(options)}; it takes interval_s, target, "
+                            "tolerance, downscale_window_s, max_factor")
+        if not 0 < self.target <= 1:
+            raise UserError(f"policy hpa: target {self.target} must be in (0, 1]")
+        self.groups: dict[tuple[str, str, tuple[str, ...]], _Group] = {}
+        for p in plan.placements:
+            key = (p.pool, p.slot, tuple(m.name for m in p.models))
+            g = self.groups.setdefault(key, _Group(*key, min_slots=0))
+            g.min_slots += 1
+
+    def decide(self, view: ClusterView, now: float) -> list[Action]:
+        out: list[Action] = []
+        for key, g in self.groups.items():
+            slots = [s for s in view.slots.values()
+                     if (s.pool, s.profile, s.models) == key and not s.preempting]
+            current = len(slots)
+            ready = [s for s in slots if s.ready]
+            busy = sum(s.busy for s in ready) / len(ready) if ready else 0.0
+            ratio = busy / self.target
+            if ready and abs(ratio - 1.0) > self.tolerance:
+                desired = math.ceil(len(ready) * ratio - 1e-9)
+            else:
+                desired = current
+            desired = max(g.min_slots, min(desired, math.ceil(g.min_slots * self.max_factor)))
+            g.history = [(t, d) for t, d in g.history if t > now - self.downscale_window_s] + [(now, desired)]
+            if desired < current:
+                desired = max(d for _, d in g.history)
+            label = "+".join(g.models)
+            if desired > current:
+                for _ in range(desired - current):
+                    out.append(AddSlot(g.pool, g.profile, g.models,
+                                       reason=f"{label}: busy {busy:.0%} vs target {self.target:.0%} on "
+                                              f"{len(ready)} ready, want {desired}"))
+            elif desired < current:
+                # Remove the least busy ready slots that the plan did not need.
+                for s in sorted(ready, key=lambda s: (s.busy, s.id))[: current - desired]:
+                    out.append(RemoveSlot(s.id, reason=f"{label}: busy {busy:.0%} below target "
+                                                       f"{self.target:.0%} for {self.downscale_window_s:g} s"))
+        return out
+
+
+class FunctionPolicy:
+    """Adapter for a pure ``fn(view, state, now) -> (actions, state)`` policy: keeps ``state``."""
+
+    def __init__(self, fn: Callable[[ClusterView, Any, float], tuple[list[Action], Any]], state: Any = None,
+                 *, interval_s: float = 15.0) -> None:
+        self.fn, self.state, self.interval_s = fn, state, interval_s
+
+    def decide(self, view: ClusterView, now: float) -> list[Action]:
+        actions, self.state = self.fn(view, self.state, now)
+        return list(actions)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+_REGISTRY: dict[str, PolicyFactory] = {"static": StaticPolicy, "hpa": HpaPolicy}
+_PLUGINS = ("sims.policy_packer",)
+_plugins_loaded = False
+
+
+def register_policy(name: str, factory: PolicyFactory) -> None:
+    """Make ``factory(plan, options) -> Policy`` available as ``--policy name``."""
+    _REGISTRY[name] = factory
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for mod in _PLUGINS:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # the plugin exists but one of its imports is missing: say so
+                raise
+
+
+def policy_names() -> list[str]:
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def get_policy(name: str, plan: Plan, options: Mapping[str, Any] | None = None) -> Policy:
+    """Build the policy registered as ``name`` for ``plan``."""
+    _load_plugins()
+    if name not in _REGISTRY:
+        raise UserError(f"unknown policy {name!r}; use one of {', '.join(policy_names())}")
+    return _REGISTRY[name](plan, dict(options or {}))

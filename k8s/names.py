@@ -1,0 +1,71 @@
+"""Names and labels: how a plan's groups, pools and nodes map to Kubernetes identifiers.
+
+Names derive from the Placement id (a stable slot identifier), so the same slot keeps the same
+objects across plans and a re-plan that keeps a slot rewrites nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "packer"
+PLAN_LABEL = "packer.dev/plan"
+GROUP_LABEL = "packer.dev/group"
+CLASS_LABEL = "packer.dev/class"
+POOL_LABEL = "packer.dev/pool"
+NODE_LABEL = "packer.dev/node"
+"""Logical node name from the plan (``a100-80-n0``), set by the reconciler on the bound real node."""
+PDB_LABEL = "packer.dev/pdb"
+MODEL_LABEL_PREFIX = "model.packer.dev/"
+SPEC_HASH = "packer.dev/spec-hash"
+"""Hash of the desired object as rendered: unchanged hash and intact fields mean nothing to write."""
+PLACEMENT_ANNOTATION = "packer.dev/placement"
+REASON_ANNOTATION = "packer.dev/reason"
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+MIG_STATE_LABEL = "nvidia.com/mig.config.state"
+DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+GPU_COUNT_LABEL = "nvidia.com/gpu.count"
+CLASS_SHORT = {"streaming": "s", "batch": "b"}
+
+_BAD = re.compile(r"[^a-z0-9-]+")
+
+
+def digest(obj: Any, n: int = 10) -> str:
+    """Short content hash of JSON-able data (sorted keys), for names and change detection."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
+
+
+def dns_label(text: str, *, prefix: str = "pk-", limit: int = 63) -> str:
+    """A DNS-1035 label (Service names need it): lower-case, '-' for anything else, hash if too long.
+
+    ``a100-80-n0-g3-3g.40gb@4`` becomes ``pk-a100-80-n0-g3-3g-40gb-4``.
+    """
+    slug = _BAD.sub("-", text.lower()).strip("-")
+    name = f"{prefix}{slug}"
+    if len(name) > limit:
+        h = digest(text, 8)
+        name = f"{name[: limit - 9].rstrip('-')}-{h}"
+    return name
+
+
+def group_name(placement_id: str, kind: str) -> str:
+    """Deployment, Service and ConfigMap name of one packed group's server for one workload class."""
+    return dns_label(f"{placement_id}-{CLASS_SHORT[kind]}")
+
+
+def repo_configmap_name(placement_id: str, kind: str) -> str:
+    return dns_label(f"{placement_id}-{CLASS_SHORT[kind]}", limit=58) + "-repo"
+
+
+def model_label(model: str) -> str:
+    return MODEL_LABEL_PREFIX + model
+
+
+def owned(obj: dict[str, Any]) -> bool:
+    """Objects the reconciler may change: those carrying its managed-by label, nothing else."""
+    return ((obj.get("metadata") or {}).get("labels") or {}).get(MANAGED_BY) == MANAGER

@@ -1,0 +1,352 @@
+"""Render a plan as Kubernetes objects (plain dicts), with no I/O: the same code feeds
+``packer render k8s`` and the reconciler's desired state.
+
+Per packed group and workload class: a repository ConfigMap, a Deployment running ``tritonserver``
+and a Service. Per set of pods that share models with ``min_replicas >= 2``: one
+PodDisruptionBudget. Per pool: a key in the device plugin's config (MIG strategy, time-slicing);
+per MIG node: a mig-parted config, selected by the node's ``nvidia.com/mig.config`` label.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from k8s import names as N
+from k8s.settings import RenderSettings
+from packer.catalog import gpu_type
+from packer.plan import Placement, Plan
+
+HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
+DEVICE_PLUGIN_CONFIGMAP = "packer-device-plugin"
+MIG_PARTED_CONFIGMAP = "packer-mig-parted"
+
+FETCH_SCRIPT = """\
+# Build the Triton model repository in /models from the group's ConfigMap (mounted at /config):
+# each model gets its config.pbtxt and its artifact (http(s) download or a file:// copy).
+set -eu
+for m in $(cat /config/models); do
+  mkdir -p "/models/$m/1"
+  if [ -f "/config/$m.config.pbtxt" ]; then cp "/config/$m.config.pbtxt" "/models/$m/config.pbtxt"; fi
+  uri=$(cat "/config/$m.uri" 2>/dev/null || true)
+  case "$uri" in
+    http://*|https://*) wget -q -O "/models/$m/1/$(basename "$uri")" "$uri" ;;
+    file://*) cp -r "${uri#file://}" "/models/$m/1/" ;;
+    "") ;;
+    *) echo "model $m: unsupported artifact uri $uri (use http(s):// or file://)" >&2; exit 1 ;;
+  esac
+done
+"""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One Triton server: the members of one workload class in one placement."""
+
+    placement: Placement
+    kind: str
+
+    @property
+    def name(self) -> str:
+        return N.group_name(self.placement.id, self.kind)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return tuple(sorted({m.name for m in self.placement.models if m.kind == self.kind}))
+
+    @property
+    def mig(self) -> bool:
+        return self.placement.slot != "whole"
+
+    @property
+    def gpu_resource(self) -> tuple[str, int]:
+        """Mixed MIG strategy: one ``nvidia.com/mig-<profile>``; else whole (or time-sliced) GPUs."""
+        if self.mig:
+            return f"nvidia.com/mig-{self.placement.slot}", 1
+        return "nvidia.com/gpu", max(1, len(self.placement.gpus))
+
+
+def groups(plan: Plan) -> list[Group]:
+    """Every server the plan runs: streaming and batch members of a slot never share a server."""
+    return [Group(p, k) for p in plan.placements for k in p.kinds]
+
+
+def stamp(obj: dict[str, Any]) -> dict[str, Any]:
+    """Add the spec-hash annotation: a hash of everything but itself and the plan label."""
+    obj["metadata"].setdefault("annotations", {})[N.SPEC_HASH] = spec_hash(obj)
+    return obj
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """The object's content hash, blind to the plan id, so a re-plan that keeps it writes nothing."""
+    meta = dict(obj["metadata"])
+    meta["labels"] = {k: v for k, v in (meta.get("labels") or {}).items() if k != N.PLAN_LABEL}
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != N.SPEC_HASH}
+    return N.digest({**obj, "metadata": meta}, 16)
+
+
+def _meta(name: str, namespace: str, plan: Plan, labels: dict[str, str] | None = None,
+          annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {N.MANAGED_BY: N.MANAGER, "app.kubernetes.io/part-of": N.dns_label(plan.fleet.name, prefix=""),
+                   N.PLAN_LABEL: plan.id, **(labels or {})},
+        "annotations": dict(annotations or {}),
+    }
+
+
+def _pdb_components(plan: Plan) -> dict[str, str]:
+    """Model -> PDB name. A pod may match only one PDB (eviction refuses more), so models that
+    share a server fall into one budget: union-find over the servers' member sets."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    pods = [g.models for g in groups(plan)]
+    for ms in pods:
+        for m in ms[1:]:
+            parent[find(m)] = find(ms[0])
+    members: dict[str, list[str]] = defaultdict(list)
+    for m in {m for ms in pods for m in ms}:
+        members[find(m)].append(m)
+    out: dict[str, str] = {}
+    for ms in members.values():
+        npods = sum(1 for p in pods if set(p) & set(ms))
+        if npods >= 2 and any(plan.model(m).min_replicas >= 2 for m in ms):
+            name = N.dns_label("pdb-" + min(ms))
+            out.update({m: name for m in ms})
+    return out
+
+
+def repository_configmap(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
+    """What the init container needs to build the group's model repository."""
+    data = {"models": "\n".join(g.models) + "\n", "fetch.sh": FETCH_SCRIPT}
+    members = []
+    for mem in sorted((m for m in g.placement.models if m.kind == g.kind), key=lambda m: (m.name, m.replica)):
+        model = plan.model(mem.name)
+        art = model.artifact
+        members.append({"name": mem.name, "replica": mem.replica, "batch_size": mem.batch_size,
+                        "rate_rps": mem.rate_rps, "slo_ms": mem.slo_ms,
+                        "artifact": None if art is None else {"uri": art.uri, "backend": art.backend,
+                                                              "platform": art.platform}})
+        if art is not None:
+            data[f"{mem.name}.uri"] = art.uri
+    data["group.json"] = json.dumps({"placement": g.placement.id, "kind": g.kind, "pool": g.placement.pool,
+                                     "node": g.placement.node, "slot": g.placement.slot,
+                                     "members": members}, indent=1, sort_keys=True)
+    name = N.repo_configmap_name(g.placement.id, g.kind)
+    return stamp({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": _meta(name, s.namespace, plan, {N.GROUP_LABEL: g.name}), "data": data})
+
+
+def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
+               repo: dict[str, Any]) -> dict[str, Any]:
+    p = g.placement
+    selector = {N.GROUP_LABEL: g.name, N.CLASS_LABEL: g.kind}
+    pod_labels = {N.MANAGED_BY: N.MANAGER, **selector, **{N.model_label(m): "serving" for m in g.models}}
+    pdb = next((pdbs[m] for m in g.models if m in pdbs), None)
+    if pdb:
+        pod_labels[N.PDB_LABEL] = pdb
+    # MIG slots exist only on the node whose layout has them: pin to the plan's logical node.
+    # Whole and time-sliced GPUs are interchangeable within a pool: pin to the pool only, so the
+    # cluster autoscaler can add nodes for them.
+    match = [{"key": s.pool_label, "operator": "In", "values": [p.pool]}]
+    if g.mig:
+        match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
+    res_name, res_count = g.gpu_resource
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    args = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
+            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}"]
+    no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+    repo_mount = {"name": "repo-config", "mountPath": "/config", "readOnly": True}
+    models_mount = {"name": "models", "mountPath": "/models"}
+    container = {
+        "name": "tritonserver",
+        "image": s.triton_image,
+        "args": args,
+        "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3},
+        # Loading large models takes minutes; the startup probe holds liveness off until then.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                         "failureThreshold": 60},
+        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, res_name: str(res_count)},
+                      "limits": {"memory": s.memory_request, res_name: str(res_count)}},
+        "securityContext": no_escalation,
+        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    init = {"name": "fetch-models", "image": s.fetch_image, "command": ["sh", "/config/fetch.sh"],
+            "securityContext": no_escalation, "volumeMounts": [repo_mount, models_mount],
+            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}}
+    members = ", ".join(f"{m.name}#{m.replica} b={m.batch_size}" for m in p.models if m.kind == g.kind)
+    annotations = {N.PLACEMENT_ANNOTATION: p.id, N.REASON_ANNOTATION: f"{members}: {p.reason}"}
+    template_annotations = {"packer.dev/repo-hash": repo["metadata"]["annotations"][N.SPEC_HASH]}
+    return stamp({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": _meta(g.name, s.namespace, plan, {**selector, N.POOL_LABEL: p.pool}, annotations),
+        "spec": {
+            "replicas": 1,
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": selector},
+            # A new pod must be ready before the old one goes; it waits Pending if no slot is free.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {
+                "metadata": {"labels": pod_labels, "annotations": template_annotations},
+                "spec": {
+                    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                        "nodeSelectorTerms": [{"matchExpressions": match}]}}},
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": s.run_as_user,
+                                        "runAsGroup": s.run_as_user, "fsGroup": s.run_as_user,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
+                    "automountServiceAccountToken": False,
+                    "initContainers": [init],
+                    "containers": [container],
+                    "volumes": [
+                        {"name": "repo-config", "configMap": {"name": repo["metadata"]["name"]}},
+                        {"name": "models", "emptyDir": {}},
+                        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
+                    ],
+                },
+            },
+        },
+    })
+
+
+def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
+    selector = {N.GROUP_LABEL: g.name, N.CLASS_LABEL: g.kind}
+    return stamp({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(g.name, s.namespace, plan, selector, {N.PLACEMENT_ANNOTATION: g.placement.id}),
+        "spec": {"type": "ClusterIP", "selector": selector, "ports": [
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
+            {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
+            {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]},
+    })
+
+
+def pdbs(plan: Plan, s: RenderSettings, components: dict[str, str]) -> list[dict[str, Any]]:
+    """One budget per model component: at most one of its servers down at a time in a drain."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    for m, name in components.items():
+        by_name[name].append(m)
+    return [stamp({
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": _meta(name, s.namespace, plan, annotations={
+            N.REASON_ANNOTATION: f"min_replicas >= 2 in {', '.join(sorted(ms))}"}),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {N.PDB_LABEL: name}}},
+    }) for name, ms in sorted(by_name.items())]
+
+
+def _pods_per_resource(plan: Plan, pool: str) -> dict[str, int]:
+    """Most servers planned on one device (GPU or MIG instance), per device-plugin resource."""
+    per_device: dict[tuple, int] = defaultdict(int)
+    resource: dict[tuple, str] = {}
+    for g in groups(plan):
+        p = g.placement
+        if p.pool != pool:
+            continue
+        key = (p.node, p.gpu, p.slot, p.mig_start)
+        per_device[key] += 1
+        resource[key] = g.gpu_resource[0]
+    out: dict[str, int] = defaultdict(int)
+    for key, n in per_device.items():
+        out[resource[key]] = max(out[resource[key]], n)
+    return dict(out)
+
+
+def device_plugin_config(plan: Plan, pool_name: str) -> dict[str, Any]:
+    """The NVIDIA device plugin config of one pool: MIG strategy and, where the plan puts several
+    servers on one device, time-slicing with that many replicas (and no more, so the scheduler
+    cannot stack more pods on a GPU than the plan sized it for)."""
+    pool = plan.fleet.pool(pool_name)
+    cfg: dict[str, Any] = {"version": "v1", "flags": {"migStrategy": "mixed" if pool.mig else "none"}}
+    shared = {r: n for r, n in sorted(_pods_per_resource(plan, pool_name).items()) if n >= 2}
+    if shared and pool.time_slicing:
+        cfg["sharing"] = {"timeSlicing": {"resources": [{"name": r, "replicas": n} for r, n in shared.items()]}}
+    return cfg
+
+
+def device_plugin_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any]:
+    data = {p.name: yaml.safe_dump(device_plugin_config(plan, p.name), sort_keys=True) for p in plan.fleet.pools}
+    return stamp({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": _meta(DEVICE_PLUGIN_CONFIGMAP, s.gpu_operator_namespace, plan), "data": data})
+
+
+def mig_configs(plan: Plan) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+    """Logical MIG node -> (mig-parted config name, its per-GPU entries).
+
+    The name is a hash of the entries, so nodes with the same layout share one config and a
+    layout change is a label change that mig-manager acts on.
+    """
+    by_node: dict[str, dict[int, str]] = defaultdict(dict)
+    pools = {l.node: l.pool for l in plan.layouts}
+    for l in plan.layouts:
+        by_node[l.node][l.gpu] = l.layout
+    out = {}
+    for node, layouts in sorted(by_node.items()):
+        pool = plan.fleet.pool(pools[node])
+        if not pool.mig:
+            continue
+        entries = []
+        for gpu in range(pool.gpus_per_node):
+            layout = layouts.get(gpu, "whole")
+            if layout == "whole":
+                entries.append({"devices": [gpu], "mig-enabled": False})
+            else:
+                counts: dict[str, int] = defaultdict(int)
+                for prof in layout.split("+"):
+                    gpu_type(pool.gpu).profile(prof)  # fails loudly on a profile the GPU lacks
+                    counts[prof] += 1
+                entries.append({"devices": [gpu], "mig-enabled": True, "mig-devices": dict(counts)})
+        out[node] = (f"packer-{N.digest(entries)}", entries)
+    return out
+
+
+def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None:
+    configs = {name: entries for name, entries in mig_configs(plan).values()}
+    if not configs:
+        return None
+    text = yaml.safe_dump({"version": "v1", "mig-configs": dict(sorted(configs.items()))}, sort_keys=True)
+    return stamp({"apiVersion": "v1", "kind": "ConfigMap",
+                  "metadata": _meta(MIG_PARTED_CONFIGMAP, s.gpu_operator_namespace, plan),
+                  "data": {"config.yaml": text}})
+
+
+def node_labels(plan: Plan) -> dict[str, dict[str, str]]:
+    """Logical node -> the labels its bound real node must carry (the reconciler sets them)."""
+    nodes = {(p.pool, p.node) for p in plan.placements} | {(l.pool, l.node) for l in plan.layouts}
+    mig = mig_configs(plan)
+    out = {}
+    for pool, node in sorted(nodes):
+        labels = {N.NODE_LABEL: node, N.DEVICE_PLUGIN_CONFIG_LABEL: pool}
+        if node in mig:
+            labels[N.MIG_CONFIG_LABEL] = mig[node][0]
+        out[node] = labels
+    return out
+
+
+def render_plan(plan: Plan, s: RenderSettings | None = None) -> list[dict[str, Any]]:
+    """Every object the plan needs, in apply order (config first, then servers, then budgets)."""
+    s = s or RenderSettings()
+    comps = _pdb_components(plan)
+    out: list[dict[str, Any]] = [device_plugin_configmap(plan, s)]
+    mig = mig_parted_configmap(plan, s)
+    if mig is not None:
+        out.append(mig)
+    for g in groups(plan):
+        repo = repository_configmap(plan, g, s)
+        out += [repo, deployment(plan, g, s, comps, repo), service(plan, g, s)]
+    out += pdbs(plan, s, comps)
+    return out

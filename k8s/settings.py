@@ -1,0 +1,54 @@
+"""Settings of the Kubernetes adapter, grouped by concern; each default says why it was chosen."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How a plan becomes objects: images, namespaces and per-pod resources."""
+
+    namespace: str = "packer"
+    """Where the serving objects and the reconciler live; one namespace keeps RBAC to a Role."""
+    gpu_operator_namespace: str = "gpu-operator"
+    """The device plugin and mig-manager read their ConfigMaps from the GPU operator's namespace."""
+    triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
+    """A release with the Python backend and explicit model control; pinned so renders are stable."""
+    fetch_image: str = "busybox:1.36"
+    """The init container only copies configs and fetches artifacts over HTTP: busybox has wget."""
+    cpu_request: str = "2"
+    """Triton's HTTP/gRPC front end and the Python backend stubs need a couple of cores per server."""
+    memory_request: str = "8Gi"
+    """Host memory for model loading (weights pass through host RAM) and the stub processes."""
+    shm_size: str = "1Gi"
+    """The Python backend moves tensors through /dev/shm; the 64 MiB container default is too small."""
+    pool_label: str = "packer.dev/pool"
+    """Node label naming a node's pool; the cluster admin sets it when creating the node pool."""
+    run_as_user: int = 1000
+    """Triton's images carry a non-root ``triton-server`` user with this uid."""
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """How the in-cluster loop paces itself, elects a leader and limits disruption."""
+
+    interval_s: float = 15.0
+    """Seconds between level-triggered cycles: well under the scaling policy's reaction time."""
+    lease_name: str = "packer-reconciler"
+    lease_duration_s: int = 30
+    """A dead leader is replaced after this long; two missed renewals at the default interval."""
+    max_disruptions_per_cycle: int = 4
+    """Deletions, rolling updates and node relabels per cycle: each may cost serving capacity."""
+    max_attempts: int = 5
+    """Tries per API call on 409/429/5xx/timeouts before the cycle gives up (the next cycle retries)."""
+    backoff_base_s: float = 0.2
+    """First retry delay; doubled each try with full jitter, as the client-go default backoff does."""
+    backoff_max_s: float = 5.0
+    request_timeout_s: float = 10.0
+    """Per-request timeout: a hung API server must not stall the loop forever."""
+    fleet_configmap: str = "packer-fleet"
+    status_configmap: str = "packer-status"
+    identity: str = ""
+    """Leader-election identity; empty means the pod name (``HOSTNAME``)."""
+    render: RenderSettings = field(default_factory=RenderSettings)

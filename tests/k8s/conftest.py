@@ -1,0 +1,145 @@
+"""Shared fixtures: hand-built plans (the reconciler must work with any planner's output) and a
+KubernetesEmulator served on loopback from a background thread, for the synchronous official client."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from packer.fleet import parse_fleet
+from packer.plan import GpuLayout, Member, Placement, Plan
+
+FLEET_DOC: dict[str, Any] = {
+    "name": "k8s-test",
+    "pools": [
+        {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 2, "cost_per_gpu_hour": 4.1,
+         "sharing": ["mig", "time-slicing"]},
+        {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 4, "cost_per_gpu_hour": 0.8,
+         "sharing": ["time-slicing"]},
+    ],
+    "models": [
+        {"name": "asr", "kind": "streaming", "memory_gb": 2.5, "traffic": {"rps": 100, "peak_rps": 200},
+         "slo_ms": 200, "latency_ms": {"gpu": "a100-80gb", "base": 4, "per_item": 0.1}, "max_batch": 64,
+         "min_replicas": 2, "artifact": "https://models.example/asr.onnx"},
+        {"name": "punct", "kind": "streaming", "memory_gb": 0.6, "traffic": {"rps": 50, "peak_rps": 80},
+         "slo_ms": 100, "latency_ms": {"gpu": "a100-80gb", "base": 2, "per_item": 0.05}, "max_batch": 32,
+         "min_replicas": 2},
+        {"name": "summ", "kind": "batch", "memory_gb": 20, "traffic": {"rps": 0.1, "peak_rps": 0.2},
+         "slo_ms": 600000, "latency_ms": {"gpu": "a100-80gb", "base": 4000, "per_item": 900}, "max_batch": 16},
+    ],
+}
+
+Slot = tuple[str, str, int, str, "int | None", list[tuple[str, int]]]
+"""(pool, node, gpu, slot, mig_start, [(model, replica), ...])"""
+
+BASE_SLOTS: list[Slot] = [
+    ("a100", "a100-n0", 0, "3g.40gb", 0, [("asr", 0), ("summ", 0)]),
+    ("a100", "a100-n0", 0, "3g.40gb", 4, [("asr", 1)]),
+    ("l4", "l4-n0", 0, "whole", None, [("punct", 0)]),
+    ("l4", "l4-n0", 1, "whole", None, [("punct", 1)]),
+]
+
+
+def fleet_doc(scale: float = 1.0) -> dict[str, Any]:
+    import copy
+
+    doc = copy.deepcopy(FLEET_DOC)
+    for m in doc["models"]:
+        m["traffic"] = {k: v * scale for k, v in m["traffic"].items()}
+    return doc
+
+
+def build_plan(slots: list[Slot], doc: dict[str, Any] | None = None) -> Plan:
+    """A plan with exactly these slots; layouts list the MIG profiles used on each GPU."""
+    fleet = parse_fleet(doc or FLEET_DOC)
+    placements = []
+    for pool, node, gpu, slot, start, members in slots:
+        ms = tuple(Member(name, fleet.model(name).kind, rep, 8, 0.3, fleet.model(name).memory_gb, 50.0,
+                          fleet.model(name).slo_ms, 100.0) for name, rep in members)
+        placements.append(Placement(pool=pool, node=node, gpu=gpu, slot=slot, models=ms, duty_cycle_ms=20.0,
+                                    memory_gb=sum(m.memory_gb for m in ms), memory_capacity_gb=39.0,
+                                    compute_share=0.6, binding="compute", reason="test slot",
+                                    mig_start=start, gpus=(gpu,)))
+    by_gpu: dict[tuple[str, str, int], list[tuple[int, str]]] = {}
+    for p in placements:
+        by_gpu.setdefault((p.pool, p.node, p.gpu), []).append((p.mig_start or 0, p.slot))
+    layouts = tuple(GpuLayout(pool, node, gpu, "+".join(s for _, s in sorted(v)) if v[0][1] != "whole" else "whole")
+                    for (pool, node, gpu), v in sorted(by_gpu.items()))
+    replicas: dict[str, int] = {}
+    for p in placements:
+        for m in p.models:
+            replicas[m.name] = replicas.get(m.name, 0) + 1
+    return Plan(fleet=fleet, status="feasible", cost_per_hour=8.2 + 1.6, lower_bound_cost_per_hour=8.0,
+                solve_seconds=0.0, gpus={"a100": 1, "l4": 2}, baselines={}, placements=tuple(placements),
+                layouts=layouts, replicas=replicas)
+
+
+@pytest.fixture()
+def base_plan() -> Plan:
+    return build_plan(BASE_SLOTS)
+
+
+@pytest.fixture()
+def plans() -> Any:
+    """The plan builder and its pieces, as a fixture (test modules import nothing from here)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(build=build_plan, base_slots=list(BASE_SLOTS), fleet_doc=fleet_doc)
+
+
+class EmulatorThread:
+    """A kmock KubernetesEmulator on 127.0.0.1 in its own event loop thread."""
+
+    RESOURCES = {
+        "v1/configmaps": ("ConfigMap", True), "v1/services": ("Service", True), "v1/events": ("Event", True),
+        "v1/nodes": ("Node", False), "apps/v1/deployments": ("Deployment", True),
+        "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
+        "coordination.k8s.io/v1/leases": ("Lease", True),
+    }
+
+    def __init__(self) -> None:
+        import kmock
+
+        self.loop = asyncio.new_event_loop()
+        self.kmock = kmock
+        self.emulator: Any = None
+        self.url = ""
+        ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            async with kmock.KubernetesEmulator() as emu, kmock.Server(emu) as srv:
+                for res, (kind, namespaced) in self.RESOURCES.items():
+                    emu.resources[res] = kmock.ResourceInfo(kind=kind, namespaced=namespaced,
+                                                            verbs={"list", "get", "create", "patch", "delete"})
+                self.emulator = emu
+                self.url = str(srv.url).rstrip("/")
+                ready.set()
+                await self._stop.wait()
+
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(main()), daemon=True)
+        self.thread.start()
+        ready.wait(10)
+
+    def call(self, fn: Any) -> Any:
+        """Run ``fn()`` (sync, may touch emulator state) inside the emulator's loop."""
+        async def run() -> Any:
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def close(self) -> None:
+        assert self._stop is not None
+        self.loop.call_soon_threadsafe(self._stop.set)
+        self.thread.join(10)
+
+
+@pytest.fixture()
+def emulator() -> Iterator[EmulatorThread]:
+    e = EmulatorThread()
+    yield e
+    e.close()

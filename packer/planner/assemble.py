@@ -1,0 +1,170 @@
+"""From slots to GPUs to nodes: choose each GPU's MIG layout and each GPU's node.
+
+Slots of one pool are packed onto GPUs first-fit by size, keeping each GPU's set of MIG profiles
+a sub-multiset of a valid layout and never putting two replicas of one model on one GPU. Each GPU
+then takes the maximal layout that contains its profiles; the instances nobody uses stay as empty
+slots for later moves. GPUs go to nodes so that replicas of a model with ``min_replicas >= 2``
+land on different nodes where the pool has several.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from packer.catalog import MigLayout
+from packer.fleet import Model, Pool
+from packer.planner.model import Problem, Slot, layout_counters, valid_multiset
+from packer.slot import WHOLE
+
+
+@dataclass
+class Gpu:
+    pool: Pool
+    slots: list[Slot] = field(default_factory=list)
+    layout: MigLayout | None = None
+    multi: tuple[Model, int] | None = None
+    """For a ``gpus_per_replica > 1`` replica: (model, replica index); its GPUs are whole."""
+    width: int = 1
+    """GPUs this entry stands for: 1, or gpus_per_replica of a multi-GPU replica."""
+    node: int = 0
+    index: int = 0
+    pinned: bool = False
+    """Node and index come from the current plan and must not change."""
+
+    def models(self) -> set[str]:
+        if self.multi:
+            return {self.multi[0].name}
+        return {r.model.name for s in self.slots for r in s.reps}
+
+    @property
+    def mig(self) -> bool:
+        return any(s.type.profile != WHOLE for s in self.slots)
+
+
+def to_gpus(problem: Problem, slots: list[Slot]) -> list[Gpu]:
+    """Pack slots onto GPUs per pool and fix each MIG GPU's layout and instance offsets."""
+    gpus: list[Gpu] = []
+    for pool in problem.fleet.pools:
+        mine = [s for s in slots if s.type.pool.name == pool.name and s.reps]
+        for s in mine:
+            if s.type.profile == WHOLE:
+                gpus.append(Gpu(pool, [s]))
+        mig = [s for s in mine if s.type.profile != WHOLE]
+        mig.sort(key=lambda s: (-s.type.compute_fraction, -s.type.memory_gb, s.type.profile))
+        open_: list[Gpu] = []
+        for s in mig:
+            for g in open_:
+                prof = Counter(x.type.profile for x in g.slots) + Counter([s.type.profile])
+                if valid_multiset(pool, prof) and not (s.models() & g.models()):
+                    g.slots.append(s)
+                    break
+            else:
+                open_.append(Gpu(pool, [s]))
+        for g in open_:
+            _fix_layout(g)
+        gpus.extend(open_)
+    return gpus
+
+
+def _fix_layout(g: Gpu) -> None:
+    """Choose the maximal layout holding the GPU's profiles, preferring large spare instances."""
+    have = Counter(s.type.profile for s in g.slots)
+    best, best_key = None, None
+    for cnt, layout in layout_counters(g.pool):
+        if all(cnt[k] >= v for k, v in have.items()):
+            spare = cnt - have
+            key = (-sum(v for v in spare.values()), layout.name)  # fewest, so largest, spare instances
+            if best_key is None or key < best_key:
+                best, best_key = layout, key
+    assert best is not None, f"no layout holds {dict(have)}"
+    g.layout = best
+    free = list(best.instances)
+    for s in sorted(g.slots, key=lambda s: s.type.profile):
+        for i, (p, start) in enumerate(free):
+            if p == s.type.profile:
+                s.start = start
+                free.pop(i)
+                break
+
+
+def spare_slots(problem: Problem, gpus: list[Gpu]) -> list[Slot]:
+    """Empty MIG instances of the chosen layouts: room a later move may use at no extra cost."""
+    out = []
+    for g in gpus:
+        if g.layout is None:
+            continue
+        used = Counter((s.type.profile, s.start) for s in g.slots)
+        for p, start in g.layout.instances:
+            if used[(p, start)]:
+                used[(p, start)] -= 1
+                continue
+            st = next(t for t in problem.types[g.pool.name] if t.profile == p)
+            s = Slot(st, [], start=start)
+            g.slots.append(s)
+            out.append(s)
+    return out
+
+
+def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
+    """Give every GPU a node and an index; returns warnings for spread that could not be met."""
+    warnings = []
+    for pool in problem.fleet.pools:
+        mine = [g for g in gpus if g.pool.name == pool.name]
+        if not mine:
+            continue
+        need = sum(g.width for g in mine)
+        spread = {m.name for m in problem.fleet.models if m.min_replicas >= 2}
+        nodes_n = max(math.ceil(need / pool.gpus_per_node),
+                      min(pool.max_nodes, 2) if any(g.models() & spread for g in mine) else 1)
+        nodes_n = min(nodes_n, pool.max_nodes)
+        nodes_n = max([nodes_n] + [g.node + 1 for g in mine if g.pinned])
+        used = [0] * nodes_n
+        taken: list[set[int]] = [set() for _ in range(nodes_n)]
+        on_node: list[set[str]] = [set() for _ in range(nodes_n)]
+        for g in mine:
+            if g.pinned:
+                taken[g.node] |= set(range(g.index, g.index + g.width))
+                used[g.node] += g.width
+                on_node[g.node] |= g.models()
+        # Multi-GPU replicas first (they need contiguous room), then fullest GPUs.
+        order = sorted((g for g in mine if not g.pinned), key=lambda g: (-g.width, -len(g.models())))
+        for g in order:
+            while not any(used[n] + g.width <= pool.gpus_per_node for n in range(nodes_n)) \
+                    and nodes_n < pool.max_nodes:
+                nodes_n += 1
+                used.append(0)
+                taken.append(set())
+                on_node.append(set())
+            room = [n for n in range(nodes_n) if _first_free(taken[n], g.width, pool.gpus_per_node) is not None]
+            if not room:
+                raise ValueError(f"pool {pool.name}: {need} GPUs do not fit in {pool.max_nodes} nodes")
+            # Prefer a node that does not yet run a replica of a model that still needs spreading.
+            clash = lambda n: len({m for m in g.models() & on_node[n] if m in spread})  # noqa: E731
+            n = min(room, key=lambda n: (clash(n), -used[n] if need > nodes_n else used[n], n))
+            g.node, g.index = n, _first_free(taken[n], g.width, pool.gpus_per_node)
+            taken[n] |= set(range(g.index, g.index + g.width))
+            used[n] += g.width
+            on_node[n] |= g.models()
+    # Check: every model with min_replicas >= 2 spans that many nodes where its replicas allow.
+    nodes_of: dict[str, set[tuple[str, int]]] = {}
+    count: dict[str, int] = {}
+    for g in gpus:
+        for m in g.models():
+            nodes_of.setdefault(m, set()).add((g.pool.name, g.node))
+            count[m] = count.get(m, 0) + 1
+    for m in problem.fleet.models:
+        want = min(m.min_replicas, count.get(m.name, 0))
+        have = len(nodes_of.get(m.name, ()))
+        if want >= 2 and have < want:
+            warnings.append(f"{m.name}: {count[m.name]} replicas on {have} node(s), fewer than min_replicas "
+                            f"{m.min_replicas}; raise the pool's max_nodes to spread them")
+    return warnings
+
+
+def _first_free(taken: set[int], width: int, size: int) -> int | None:
+    for i in range(size - width + 1):
+        if not taken & set(range(i, i + width)):
+            return i
+    return None

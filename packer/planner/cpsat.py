@@ -1,0 +1,292 @@
+"""The CP-SAT packing model, solved whole for small fleets and as LNS windows for large ones.
+
+It reads like the maths (``docs/planner.md``):
+
+* data: replicas (with a choice of replica count where the whole model is in the window), pools,
+  their valid MIG layouts;
+* variables: ``z[p, L]`` GPUs of pool ``p`` cut to layout ``L``; ``a[s]`` slot ``s`` (an instance
+  of some profile) is in use; ``c[s, d]`` slot ``s`` runs duty-cycle class ``d``; ``x[i, s]``
+  replica ``i`` sits in slot ``s``; ``y[m, n]`` model ``m`` runs ``n`` replicas;
+* constraints: instances used <= instances the layouts provide; memory; at duty class ``d`` the
+  members' batches fit in ``u * d`` and every member's SLO allows ``d``; one replica of a model per
+  slot; mixed workload kinds only where the pool time-slices; pool size;
+* objective: GPU cost, then fewer slots.
+
+A slot's duty cycle is picked from a geometric grid (ratio 1.2) below each member's largest
+admissible cycle, which keeps every capacity constraint linear. GPU identities are left out of the
+model (they are symmetric); ``realise`` deals the chosen instances out to GPUs afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+from ortools.sat.python import cp_model
+
+from packer.catalog import MigLayout, mig_layouts
+from packer.planner.assemble import Gpu
+from packer.planner.model import Problem, Rep, Slot
+from packer.slot import WHOLE, SlotType
+
+GRID = 1.2
+SCALE = 1000  # capacity units per duty cycle
+COST_SCALE = 1000  # cost in thousandths
+
+
+def duty_class(hi: float) -> float:
+    """Round a duty cycle down to the grid: any cycle <= hi is admissible, so this is safe."""
+    if hi <= 0:
+        return 0.0
+    return GRID ** math.floor(math.log(hi) / math.log(GRID) + 1e-9)
+
+
+def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLayout | None]]:
+    pool = problem.fleet.pool(pool_name)
+    out: list[tuple[str, Counter, MigLayout | None]] = [(WHOLE, Counter({WHOLE: 1}), None)]
+    if pool.mig and problem.settings.use_mig:
+        # A layout of one full-GPU instance (7g) is a whole GPU with less memory: never better.
+        out += [(l.name, Counter(l.profiles), l) for l in mig_layouts(pool.gpu) if len(l.instances) > 1]
+    return out
+
+
+def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_reps: list[Rep],
+                 gpu_limit: dict[str, int], hint: list[Gpu] | None, upper_cost: float | None,
+                 time_limit: float, seed: int, workers: int = 1) -> tuple[list[Gpu], float, str, float] | None:
+    """Pack a window of replicas onto new GPUs as cheaply as possible.
+
+    Returns (gpus, cost, status, best_bound) or None when no solution cheaper than ``upper_cost``
+    was found.
+    """
+    fleet = problem.fleet
+    m = cp_model.CpModel()
+    u_cap = int(math.floor(SCALE * problem.u))
+
+    # --- replicas: fixed ones, and per free model one option per replica count
+    reps: list[tuple[Rep, cp_model.IntVar | int]] = [(r, 1) for r in fixed_reps]
+    y: dict[tuple[str, int], cp_model.IntVar] = {}
+    for name, options in sorted(free_models.items()):
+        model = fleet.model(name)
+        lits = []
+        for n in options:
+            v = m.NewBoolVar(f"y[{name},{n}]")
+            y[(name, n)] = v
+            lits.append(v)
+            reps += [(Rep(model, k, n), v) for k in range(n)]
+        m.AddExactlyOne(lits)
+
+    # --- slot templates per pool and profile; GPU count bounds
+    pools = [p for p in fleet.pools if gpu_limit.get(p.name, 0) > 0]
+    z: dict[tuple[str, str], cp_model.IntVar] = {}
+    slots: list[tuple[SlotType, int]] = []
+    active_of: dict[str, list[cp_model.IntVar]] = {}
+    for p in pools:
+        g_max = gpu_limit[p.name]
+        if upper_cost is not None:
+            g_max = min(g_max, int(upper_cost / p.cost_per_gpu_hour + 1e-9))
+        if g_max <= 0:
+            continue
+        layouts = _layouts(problem, p.name)
+        for lname, _, _ in layouts:
+            z[(p.name, lname)] = m.NewIntVar(0, g_max, f"z[{p.name},{lname}]")
+        m.Add(sum(z[(p.name, l)] for l, _, _ in layouts) <= g_max)
+        for st in problem.types[p.name]:
+            fit = sum(1 for r, _ in reps if problem.fits_alone(r, st))
+            if not fit:
+                continue
+            per_gpu = max(c[st.profile] for _, c, _ in layouts)
+            if per_gpu == 0:
+                continue
+            k_max = min(fit, g_max * per_gpu)
+            active = [m.NewBoolVar(f"a[{st.key},{j}]") for j in range(k_max)]
+            for j in range(k_max - 1):
+                m.AddImplication(active[j + 1], active[j])
+            m.Add(sum(active) <= sum(c[st.profile] * z[(p.name, l)] for l, c, _ in layouts))
+            for j in range(k_max):
+                slots.append((st, j))
+            active_of[st.key] = active
+
+    # --- assignment
+    x: dict[tuple[int, int], cp_model.IntVar] = {}
+    by_slot: dict[int, list[int]] = defaultdict(list)
+    for si, (st, j) in enumerate(slots):
+        for ri, (r, _) in enumerate(reps):
+            if problem.fits_alone(r, st):
+                x[(ri, si)] = m.NewBoolVar("")
+                by_slot[si].append(ri)
+    for ri, (r, present) in enumerate(reps):
+        terms = [x[(ri, si)] for si in range(len(slots)) if (ri, si) in x]
+        if not terms:
+            if isinstance(present, int):
+                return None
+            m.Add(present == 0)
+            continue
+        m.Add(sum(terms) == present)
+
+    n_slots_used = []
+    for si, (st, j) in enumerate(slots):
+        a = active_of[st.key][j]
+        members = by_slot.get(si, [])
+        if not members:
+            m.Add(a == 0)
+            continue
+        n_slots_used.append(a)
+        for ri in members:
+            m.AddImplication(x[(ri, si)], a)
+        # memory
+        m.Add(sum(int(round(reps[ri][0].model.memory_gb * 1000)) * x[(ri, si)] for ri in members)
+              <= int(math.floor(st.memory_gb * 1000)))
+        # one replica of a model per slot
+        per_model: dict[str, list[int]] = defaultdict(list)
+        for ri in members:
+            per_model[reps[ri][0].model.name].append(ri)
+        for ris in per_model.values():
+            if len(ris) > 1:
+                m.AddAtMostOne(x[(ri, si)] for ri in ris)
+        # workload kinds
+        if not st.pool.time_slicing:
+            kinds = {reps[ri][0].model.kind for ri in members}
+            if len(kinds) > 1:
+                kb = m.NewBoolVar("")  # 1: batch slot, 0: streaming slot
+                for ri in members:
+                    if reps[ri][0].model.kind == "batch":
+                        m.AddImplication(x[(ri, si)], kb)
+                    else:
+                        m.AddImplication(x[(ri, si)], kb.Not())
+        # duty classes
+        items = {ri: problem.item(reps[ri][0], st) for ri in members}
+        classes = sorted({duty_class(it.hi) for it in items.values() if it.hi > 0})
+        cvars = {d: m.NewBoolVar("") for d in classes}
+        m.Add(sum(cvars.values()) == a)
+        for ri, it in items.items():
+            ok = [cvars[d] for d in classes if d <= it.hi and SCALE * it.load(d) / d <= u_cap]
+            if not ok:
+                m.Add(x[(ri, si)] == 0)
+            else:
+                m.Add(x[(ri, si)] <= sum(ok))
+        for d, cv in cvars.items():
+            terms = []
+            for ri, it in items.items():
+                if d <= it.hi:
+                    w = int(math.ceil(SCALE * it.load(d) / d))
+                    if w <= u_cap:
+                        terms.append(w * x[(ri, si)])
+            if terms:
+                m.Add(sum(terms) <= u_cap).OnlyEnforceIf(cv)
+
+    # replicas of one model spread over distinct GPUs of a pool: at most as many as GPUs
+    for p in pools:
+        if not any(k[0] == p.name for k in z):
+            continue
+        gpus_p = sum(v for (pn, _), v in z.items() if pn == p.name)
+        per_model: dict[str, list] = defaultdict(list)
+        for (ri, si), v in x.items():
+            if slots[si][0].pool.name == p.name:
+                per_model[reps[ri][0].model.name].append(v)
+        for vs in per_model.values():
+            if len(vs) > 1:
+                m.Add(sum(vs) <= gpus_p)
+
+    cost = sum(int(round(fleet.pool(pn).cost_per_gpu_hour * COST_SCALE)) * v for (pn, _), v in z.items())
+    if upper_cost is not None:
+        m.Add(cost <= int(round(upper_cost * COST_SCALE)) - 1)
+    m.Minimize(cost * (len(n_slots_used) + 1) + sum(n_slots_used))
+
+    if hint:
+        _add_hint(m, hint, z, slots, reps, x)
+        hinted = Counter((r.model.name, r.count) for g in hint for s in g.slots for r in s.reps)
+        for (name, n), v in y.items():
+            m.AddHint(v, 1 if hinted[(name, n)] else 0)
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_time_in_seconds = time_limit
+    solver.parameters.num_workers = workers
+    solver.parameters.random_seed = seed
+    st_code = solver.Solve(m)
+    if st_code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    status = "optimal" if st_code == cp_model.OPTIMAL else "feasible"
+    bound = solver.BestObjectiveBound() / (len(n_slots_used) + 1) / COST_SCALE
+    chosen: list[Slot] = []
+    for si, (st, j) in enumerate(slots):
+        members = [reps[ri][0] for ri in by_slot.get(si, []) if solver.Value(x[(ri, si)])]
+        if members:
+            chosen.append(Slot(st, members))
+    layouts_chosen: dict[str, list[tuple[str, Counter, MigLayout | None]]] = defaultdict(list)
+    for p in pools:
+        for lname, cnt, lay in _layouts(problem, p.name):
+            if (p.name, lname) in z:
+                layouts_chosen[p.name] += [(lname, cnt, lay)] * solver.Value(z[(p.name, lname)])
+    gpus = realise(problem, chosen, layouts_chosen)
+    total = sum(g.pool.cost_per_gpu_hour for g in gpus)
+    return gpus, total, status, bound
+
+
+def realise(problem: Problem, slots: list[Slot],
+            layouts: dict[str, list[tuple[str, Counter, MigLayout | None]]]) -> list[Gpu]:
+    """Deal the chosen slots out to concrete GPUs of the chosen layouts.
+
+    Replicas of one model must sit on different GPUs: slots are placed most-constrained first,
+    each onto the GPU with a free instance of its profile that holds none of its models. If that
+    fails (rare), the first-fit assembly in ``assemble.to_gpus`` is used instead.
+    """
+    from packer.planner.assemble import to_gpus
+
+    gpus: list[Gpu] = []
+    free: list[Counter] = []
+    for pool_name, ls in sorted(layouts.items()):
+        pool = problem.fleet.pool(pool_name)
+        for lname, cnt, lay in ls:
+            gpus.append(Gpu(pool, [], lay))
+            free.append(Counter(cnt))
+    for s in sorted(slots, key=lambda s: (-len(s.reps), -s.type.compute_fraction, s.type.key)):
+        for gi, g in enumerate(gpus):
+            if g.pool.name == s.type.pool.name and free[gi][s.type.profile] > 0 and not (s.models() & g.models()):
+                g.slots.append(s)
+                free[gi][s.type.profile] -= 1
+                break
+        else:
+            return to_gpus(problem, slots)
+    used = [g for g in gpus if g.slots]
+    for g in used:
+        if g.layout is not None:
+            _fix_layout_keep(g)
+    return used
+
+
+def _fix_layout_keep(g: Gpu) -> None:
+    """Assign instance offsets within the GPU's already chosen layout."""
+    assert g.layout is not None
+    free = list(g.layout.instances)
+    for s in sorted(g.slots, key=lambda s: s.type.profile):
+        for i, (p, start) in enumerate(free):
+            if p == s.type.profile:
+                s.start = start
+                free.pop(i)
+                break
+
+
+def _add_hint(m: cp_model.CpModel, hint: list[Gpu], z, slots, reps, x) -> None:
+    counts: Counter = Counter()
+    for g in hint:
+        lname = g.layout.name if g.layout is not None else WHOLE
+        counts[(g.pool.name, lname)] += 1
+    for k, v in z.items():
+        m.AddHint(v, counts.get(k, 0))
+    # Slot-level hints: the j-th slot of each type gets the j-th hinted slot of that type.
+    rep_index = {(r.model.name, r.index, r.count): ri for ri, (r, _) in enumerate(reps)}
+    seen: Counter = Counter()
+    slot_index = {(st.key, j): si for si, (st, j) in enumerate(slots)}
+    for g in hint:
+        for s in g.slots:
+            if not s.reps:
+                continue
+            j = seen[s.type.key]
+            seen[s.type.key] += 1
+            si = slot_index.get((s.type.key, j))
+            if si is None:
+                continue
+            for r in s.reps:
+                ri = rep_index.get((r.model.name, r.index, r.count))
+                if ri is not None and (ri, si) in x:
+                    m.AddHint(x[(ri, si)], 1)

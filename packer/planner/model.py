@@ -1,0 +1,193 @@
+"""The planner's working model: replicas to place, slot types to place them on, and packings.
+
+Kept apart from the solvers so the greedy packer, the CP-SAT model, the lower bound and the
+assembly into GPUs share one definition of "this replica fits in that slot".
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+
+from packer.catalog import gpu_type, mig_layouts
+from packer.fleet import Fleet, Model, Pool
+from packer.slot import WHOLE, Item, SlotType, duty_window, item, single_capacity, slot_types
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    headroom: float = 0.15
+    """Share of every slot's duty cycle kept free. 15% absorbs run-time noise and short bursts
+    above the peak rate without breaking the worst-case bound (Nexus runs GPUs near 100%, but it
+    also re-plans every few minutes; a static plan needs slack)."""
+    time_limit_s: float | None = None
+    """Wall-clock budget for improvement; None picks one from the fleet size (10 s to 100 s)."""
+    seed: int = 0
+    use_mig: bool = True
+    """False plans whole GPUs only (time-slicing), as the greedy baseline does."""
+    max_replica_options: int = 4
+    """Replica counts tried per model: fewer, larger replicas on big slots or more, smaller ones
+    on MIG slices or cheap GPUs; the solver picks."""
+
+    @property
+    def u(self) -> float:
+        return 1.0 - self.headroom
+
+
+def slot_price(st: SlotType) -> float:
+    """What a slot of this type costs if its GPU is split into slots like it, per hour.
+
+    Used only to rank choices in the greedy packer; the real cost is counted per GPU.
+    """
+    if st.profile == WHOLE:
+        return st.pool.cost_per_gpu_hour
+    g = st.gpu
+    p = g.profile(st.profile)
+    return st.pool.cost_per_gpu_hour * max(p.compute_slices / g.compute_slices, p.memory_slices / g.memory_slices)
+
+
+@dataclass(frozen=True)
+class Rep:
+    """Replica ``index`` of ``count`` of a model, each sized for ``peak_rps / count``."""
+
+    model: Model
+    index: int
+    count: int
+
+    @property
+    def rate(self) -> float:
+        return self.model.traffic.peak_rps / self.count if self.count else 0.0
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.model.name, self.index)
+
+
+class Problem:
+    """Everything the solvers need about a fleet, computed once."""
+
+    def __init__(self, fleet: Fleet, settings: PlanSettings) -> None:
+        self.fleet = fleet
+        self.settings = settings
+        self.u = settings.u
+        self.types: dict[str, list[SlotType]] = {}
+        for pool in fleet.pools:
+            sts = slot_types(pool) if settings.use_mig else [SlotType(pool)]
+            # The full-GPU instance (7g) is a whole GPU with less memory: never the better choice.
+            sts = [st for st in sts if st.profile == WHOLE or st.compute_fraction < 1.0]
+            self.types[pool.name] = sts
+        self._items: dict[tuple[str, int, str], Item] = {}
+        self._cap: dict[tuple[str, str], float] = {}
+
+    @property
+    def shared_models(self) -> list[Model]:
+        return [m for m in self.fleet.models if m.gpus_per_replica == 1]
+
+    @property
+    def multi_models(self) -> list[Model]:
+        return [m for m in self.fleet.models if m.gpus_per_replica > 1]
+
+    def all_types(self) -> list[SlotType]:
+        return [st for sts in self.types.values() for st in sts]
+
+    def item(self, rep: Rep, st: SlotType) -> Item:
+        k = (rep.model.name, rep.count, st.key)
+        it = self._items.get(k)
+        if it is None:
+            it = self._items[k] = item(rep.model, rep.rate, st)
+        return it
+
+    def fits_alone(self, rep: Rep, st: SlotType) -> bool:
+        if rep.model.memory_gb > st.memory_gb + 1e-9:
+            return False
+        return duty_window([self.item(rep, st)], self.u) is not None
+
+    def capacity(self, model: Model, st: SlotType) -> float:
+        k = (model.name, st.key)
+        if k not in self._cap:
+            self._cap[k] = single_capacity(model, st, self.u)
+        return self._cap[k]
+
+    def replica_options(self, model: Model) -> list[int]:
+        """Replica counts worth considering: for each slot type, the fewest replicas that fit."""
+        peak = model.traffic.peak_rps
+        lo = max(model.min_replicas, 1 if peak > 0 else 0)
+        if lo == 0:
+            return [0]
+        opts = set()
+        for st in self.all_types():
+            cap = self.capacity(model, st)
+            if cap <= 0:
+                continue
+            n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
+            if model.max_replicas is not None and n > model.max_replicas:
+                continue
+            opts.add(n)
+        if not opts:
+            return []
+        best = min(opts)
+        ranked = sorted(o for o in opts if o <= 3 * best + 2)
+        return ranked[: self.settings.max_replica_options]
+
+    def attributable_cost(self, rep: Rep, st: SlotType) -> float:
+        """Cost of the share of a slot this replica occupies alone (memory or compute, larger)."""
+        if not self.fits_alone(rep, st):
+            return math.inf
+        it = self.item(rep, st)
+        d = it.hi
+        compute = it.load(d) / (self.u * d)
+        return slot_price(st) * max(rep.model.memory_gb / st.memory_gb, compute)
+
+
+@dataclass
+class Slot:
+    """An open slot during packing: its type and the replicas in it."""
+
+    type: SlotType
+    reps: list[Rep] = field(default_factory=list)
+    gpu: int | None = None
+    start: int | None = None
+
+    def models(self) -> set[str]:
+        return {r.model.name for r in self.reps}
+
+
+def can_add(problem: Problem, slot: Slot, rep: Rep) -> bool:
+    """Does ``rep`` fit into ``slot`` beside its current members?"""
+    if rep.model.name in slot.models():
+        return False
+    pool = slot.type.pool
+    if not pool.time_slicing and slot.reps and any(r.model.kind != rep.model.kind for r in slot.reps):
+        return False
+    mem = sum(r.model.memory_gb for r in slot.reps) + rep.model.memory_gb
+    if mem > slot.type.memory_gb + 1e-9:
+        return False
+    items = [problem.item(r, slot.type) for r in slot.reps] + [problem.item(rep, slot.type)]
+    return duty_window(items, problem.u) is not None
+
+
+def fill(problem: Problem, slot: Slot) -> float:
+    """How full a slot is: the larger of memory and compute at the largest duty cycle."""
+    if not slot.reps:
+        return 0.0
+    items = [problem.item(r, slot.type) for r in slot.reps]
+    win = duty_window(items, problem.u)
+    assert win is not None
+    d = win[1]
+    comp = sum(i.load(d) for i in items) / (problem.u * d)
+    mem = sum(r.model.memory_gb for r in slot.reps) / slot.type.memory_gb
+    return max(comp, mem)
+
+
+def layout_counters(pool: Pool) -> list[tuple[Counter, object]]:
+    """Profile multisets of the pool's maximal MIG layouts, for sub-multiset validity tests."""
+    return [(Counter(l.profiles), l) for l in mig_layouts(pool.gpu) if len(l.instances) > 1]
+
+
+def valid_multiset(pool: Pool, profiles: Counter) -> bool:
+    return any(all(c[k] >= v for k, v in profiles.items()) for c, _ in layout_counters(pool))
+
+
+def gpu_mem_slices(pool: Pool, profile: str) -> int:
+    return gpu_type(pool.gpu).profile(profile).memory_slices

@@ -1,0 +1,311 @@
+"""``plan_fleet``: greedy warm start, local consolidation, CP-SAT improvement, bound, baselines.
+
+Small fleets are solved as one CP-SAT model, which may prove optimality. Large ones are improved
+by large-neighbourhood search: a seeded choice of a few GPUs is emptied and re-packed optimally,
+and kept only when cheaper. With a current plan, replicas stay where they are unless their slot no
+longer holds them, so a small traffic change moves few replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections import defaultdict
+from typing import Callable
+
+from packer.catalog import mig_layouts
+from packer.fleet import Fleet
+from packer.plan import Baseline, Move, Plan
+from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
+from packer.planner.bound import lower_bound
+from packer.planner.build import cost_of, gpu_counts, make_plan
+from packer.planner.cpsat import solve_window
+from packer.planner.greedy import NoRoom, choose_counts, pack, reps_for
+from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add
+from packer.errors import UserError
+from packer.slot import WHOLE, SlotType, duty_window
+
+Progress = Callable[[str, float], None]
+
+
+def auto_time_limit(fleet: Fleet) -> float:
+    """Improvement budget from fleet size: ~6 s for the examples, ~25 s at 500 models, 90 s at 2000."""
+    return min(90.0, max(6.0, 4.0 + 0.043 * len(fleet.models)))
+
+
+def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
+    """Multi-GPU replicas: whole GPUs on one node, the cheapest pool that fits and has room."""
+    gpus: list[Gpu] = []
+    counts: dict[str, int] = {}
+    used: dict[str, int] = defaultdict(int)
+    exact = 0.0
+    for m in sorted(problem.multi_models, key=lambda m: -m.memory_gb):
+        best = None
+        for p in problem.fleet.pools:
+            st = SlotType(p)
+            cap = problem.capacity(m, st)
+            if cap <= 0:
+                continue
+            n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
+                    math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
+            cost = n * m.gpus_per_replica * p.cost_per_gpu_hour
+            if used[p.name] + n * m.gpus_per_replica > p.max_gpus:
+                continue
+            if best is None or cost < best[0]:
+                best = (cost, p, n)
+        if best is None:
+            raise UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool has room "
+                            "left. Fix: raise max_nodes of a pool or lower min_replicas")
+        cost, p, n = best
+        exact += cost
+        counts[m.name] = n
+        used[p.name] += n * m.gpus_per_replica
+        gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(n)]
+    return gpus, counts, exact
+
+
+def _fill_of(problem: Problem, g: Gpu) -> float:
+    total = 0.0
+    for s in g.slots:
+        if s.reps:
+            items = [problem.item(r, s.type) for r in s.reps]
+            win = duty_window(items, problem.u)
+            d = win[1] if win else 1.0
+            comp = sum(i.load(d) for i in items) / (problem.u * d)
+            mem = sum(r.model.memory_gb for r in s.reps) / s.type.memory_gb
+            total += max(comp, mem) * s.type.compute_fraction
+    return total
+
+
+def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]:
+    """Empty GPUs whose replicas fit into room elsewhere (spare MIG instances included)."""
+    gpus = list(gpus)
+    spare_slots(problem, gpus)
+    changed = True
+    while changed and time.monotonic() < deadline:
+        changed = False
+        order = sorted(gpus, key=lambda g: (_fill_of(problem, g) - g.pool.cost_per_gpu_hour, g.pool.name))
+        for g in order:
+            reps = [r for s in g.slots for r in s.reps]
+            others = [(s, h) for h in gpus if h is not g for s in h.slots]
+            placed: list[tuple[Slot, Rep]] = []
+            ok = True
+            for r in sorted(reps, key=lambda r: -r.model.memory_gb):
+                best = None
+                for s, h in others:
+                    if r.model.name in h.models():
+                        continue
+                    if can_add(problem, s, r):
+                        best = (s, h)
+                        break
+                if best is None:
+                    ok = False
+                    break
+                best[0].reps.append(r)
+                placed.append((best[0], r))
+            if ok:
+                gpus.remove(g)
+                changed = True
+                break
+            for s, r in placed:
+                s.reps.remove(r)
+    return gpus
+
+
+def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
+            progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str, float]:
+    """CP-SAT: one model for the whole fleet when small, else LNS windows. Returns (gpus, status, bound)."""
+    s = problem.settings
+    shared = [g for g in gpus if not g.multi]
+    multi = [g for g in gpus if g.multi]
+    limit = {p.name: p.max_gpus - reserved.get(p.name, 0) for p in problem.fleet.pools}
+    n_reps = sum(len(problem.replica_options(m)) * max(problem.replica_options(m) or [0])
+                 for m in problem.shared_models)
+    if full and n_reps <= 160:
+        budget = max(1.0, deadline - time.monotonic())
+        res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
+                           fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
+                           seed=s.seed, workers=2)
+        if res is not None:
+            new, cost, status, bound = res
+            if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9:
+                return new + multi, status, bound
+            return gpus, "feasible", bound
+        return gpus, "feasible", 0.0
+    rng = random.Random(s.seed)
+    it = 0
+    while time.monotonic() < deadline - 0.5 and len(shared) > 1:
+        it += 1
+        window = _pick_window(problem, shared, rng)
+        inside = {id(g) for g in window}
+        reps = [r for g in window for sl in g.slots for r in sl.reps]
+        names = {r.model.name for r in reps}
+        outside_names = {r.model.name for g in shared if id(g) not in inside for sl in g.slots for r in sl.reps}
+        free = {n: problem.replica_options(problem.fleet.model(n)) for n in names - outside_names}
+        fixed = [r for r in reps if r.model.name in outside_names]
+        # Models kept outside need distinct GPUs too; window GPUs are new GPUs, so that holds.
+        win_limit = {p: limit[p] - sum(1 for g in shared if id(g) not in inside and g.pool.name == p) for p in limit}
+        upper = sum(g.pool.cost_per_gpu_hour for g in window)
+        budget = min(3.0, max(0.2, deadline - time.monotonic() - 0.3))
+        res = solve_window(problem, free_models=free, fixed_reps=fixed, gpu_limit=win_limit, hint=window,
+                           upper_cost=upper, time_limit=budget, seed=s.seed + it)
+        if res is not None and res[1] < upper - 1e-9:
+            new = res[0]
+            spare_slots(problem, new)
+            shared = [g for g in shared if id(g) not in inside] + new
+            if progress:
+                progress(f"LNS {it}: {sum(g.pool.cost_per_gpu_hour for g in shared):.2f}/h", 0)
+    return shared + multi, "feasible", 0.0
+
+
+def _pick_window(problem: Problem, gpus: list[Gpu], rng: random.Random) -> list[Gpu]:
+    """A few GPUs to re-pack: a random seed GPU plus the emptiest others, across pools."""
+    k = min(len(gpus), rng.choice((3, 4, 5, 6)))
+    seed = rng.choice(gpus)
+    rest = sorted((g for g in gpus if g is not seed), key=lambda g: (_fill_of(problem, g) + rng.random() * 0.3))
+    return [seed] + rest[: k - 1]
+
+
+def _from_current(problem: Problem, current: Plan, counts: dict[str, int]) -> tuple[list[Gpu], list[Rep]]:
+    """Rebuild the current plan's GPUs and keep each replica where it is while it still fits."""
+    fleet = problem.fleet
+    gpus: dict[tuple[str, str, int], Gpu] = {}
+    for lay in current.layouts:
+        if lay.pool not in {p.name for p in fleet.pools}:
+            continue
+        pool = fleet.pool(lay.pool)
+        layout = next((l for l in mig_layouts(pool.gpu) if l.name == lay.layout), None) if lay.layout != WHOLE else None
+        node = int(lay.node.rsplit("-n", 1)[-1])
+        gpus[(lay.pool, lay.node, lay.gpu)] = Gpu(pool, [], layout, node=node, index=lay.gpu)
+    placed: set[tuple[str, int]] = set()
+    for p in current.placements:
+        if len(p.gpus) > 1 or (p.pool, p.node, p.gpu) not in gpus:
+            continue
+        g = gpus[(p.pool, p.node, p.gpu)]
+        if p.slot != WHOLE and (g.layout is None or p.slot not in g.layout.profiles):
+            continue
+        st = next((t for t in problem.types[p.pool] if t.profile == p.slot), None)
+        if st is None:
+            continue
+        slot = Slot(st, [], start=p.mig_start)
+        g.slots.append(slot)
+        for mem in sorted(p.models, key=lambda x: x.name):
+            if mem.name not in counts or mem.replica >= counts[mem.name]:
+                continue
+            rep = Rep(fleet.model(mem.name), mem.replica, counts[mem.name])
+            if rep.model.gpus_per_replica == 1 and can_add(problem, slot, rep):
+                slot.reps.append(rep)
+                placed.add(rep.key)
+    kept = [g for g in gpus.values() if g.layout is not None or any(s.reps for s in g.slots)]
+    for g in kept:
+        g.pinned = True
+    spare_slots(problem, [g for g in kept if g.layout is not None])
+    todo = [r for r in reps_for(problem, counts) if r.key not in placed]
+    return kept, todo
+
+
+def _moves(current: Plan, new: Plan) -> tuple[Move, ...]:
+    def where(plan: Plan) -> dict[tuple[str, int], str]:
+        return {(m.name, m.replica): p.id for p in plan.placements for m in p.models}
+
+    a, b = where(current), where(new)
+    moves = []
+    for k in sorted(set(a) | set(b)):
+        if a.get(k) != b.get(k):
+            moves.append(Move(k[0], k[1], a.get(k), b.get(k)))
+    return tuple(moves)
+
+
+def dedicated_baseline(problem: Problem) -> Baseline:
+    """Each replica on a whole GPU of its own, the cheapest pool per model (capacity ignored)."""
+    counts: dict[str, int] = defaultdict(int)
+    cost = 0.0
+    for m in problem.fleet.models:
+        best = None
+        for p in problem.fleet.pools:
+            cap = problem.capacity(m, SlotType(p))
+            if cap <= 0:
+                continue
+            n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
+                    math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
+            c = n * m.gpus_per_replica * p.cost_per_gpu_hour
+            if best is None or c < best[0]:
+                best = (c, p.name, n * m.gpus_per_replica)
+        if best:
+            cost += best[0]
+            counts[best[1]] += best[2]
+    return Baseline(round(cost, 4), dict(counts), "one whole GPU per replica, no sharing")
+
+
+def greedy_baseline(fleet: Fleet, settings: PlanSettings) -> Baseline:
+    """Nexus-style squishy best-fit-decreasing on whole GPUs with time-slicing, no MIG, no solver."""
+    problem = Problem(fleet, PlanSettings(headroom=settings.headroom, use_mig=False, seed=settings.seed))
+    multi, counts_m, _ = plan_multi(problem)
+    reserved = gpu_counts(problem, multi)
+    try:
+        slots = pack(problem, reps_for(problem, choose_counts(problem)), reserved=reserved)
+    except NoRoom:
+        return Baseline(math.inf, {}, "does not fit the pools without MIG")
+    counts = gpu_counts(problem, to_gpus(problem, slots) + multi)
+    return Baseline(round(cost_of(problem, counts), 4), {k: v for k, v in counts.items() if v},
+                    "best-fit-decreasing squishy packing, whole GPUs, time-slicing only")
+
+
+def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
+               progress: Progress | None = None) -> Plan:
+    """Plan a fleet: the cheapest packing found within the time limit, with a bound and baselines."""
+    settings = settings or PlanSettings()
+    t0 = time.monotonic()
+    limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
+    deadline = t0 + limit
+    problem = Problem(fleet, settings)
+    multi, multi_counts, multi_cost = plan_multi(problem)
+    problem.multi_counts = multi_counts  # type: ignore[attr-defined]
+    reserved = gpu_counts(problem, multi)
+    counts = choose_counts(problem)
+    try:
+        if current is not None:
+            # Keep a model's replica count while that many replicas still hold its traffic.
+            for name, n in current.replicas.items():
+                if name not in counts or n < min(problem.replica_options(fleet.model(name)) or [n]):
+                    continue
+                if any(problem.fits_alone(Rep(fleet.model(name), 0, n), st) for st in problem.all_types()):
+                    counts[name] = n
+            kept, todo = _from_current(problem, current, counts)
+            slots_before = [s for g in kept for s in g.slots]
+            gpu_of = {id(s): g for g in kept for s in g.slots}
+            slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)
+            new_slots = [s for s in slots if id(s) not in gpu_of]
+            gpus = kept + to_gpus(problem, new_slots)
+        else:
+            gpus = to_gpus(problem, pack(problem, reps_for(problem, counts), reserved=reserved))
+    except NoRoom as e:
+        raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
+                        "or lower headroom") from None
+    if progress:
+        progress("greedy", time.monotonic() - t0)
+    gpus = consolidate(problem, gpus, deadline)
+    if progress:
+        progress("consolidated", time.monotonic() - t0)
+    gpus, status, cp_bound = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
+    gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
+    warnings = assign_nodes(problem, gpus)
+    if progress:
+        progress("bound", time.monotonic() - t0)
+    lb, method = lower_bound(problem, multi_cost, time_limit=max(2.0, 0.25 * limit))
+    if cp_bound + multi_cost > lb:
+        lb, method = cp_bound + multi_cost, "CP-SAT proven bound"
+    cost = cost_of(problem, gpu_counts(problem, gpus))
+    if status == "optimal" or lb >= cost - 1e-6:
+        status = "optimal"
+    baselines = {"dedicated": dedicated_baseline(problem), "greedy": greedy_baseline(fleet, settings)}
+    replicas = dict(counts) | dict(multi_counts)
+    plan = make_plan(problem, gpus, status=status, lower_bound=lb, bound_method=method,
+                     solve_seconds=time.monotonic() - t0, baselines=baselines, replicas=replicas,
+                     warnings=warnings)
+    if current is not None:
+        from dataclasses import replace
+
+        plan = replace(plan, moves=_moves(current, plan))
+    return plan

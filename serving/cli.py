@@ -1,0 +1,101 @@
+"""``packer render triton`` and ``packer serve-local``: the plan as Triton runs it."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import click
+
+from packer.errors import UserError
+from packer.plan import Placement, Plan, load_plan
+from serving.settings import RenderSettings
+
+
+def _load(path: str) -> Plan:
+    try:
+        return load_plan(path)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such plan file. Fix: make one with `packer plan FLEET -o {path}`") from None
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path} is not a plan file ({e}). Fix: regenerate it with `packer plan FLEET -o {path}`") from None
+
+
+def _settings_options(f):
+    f = click.option("--sequence-idle-s", type=float, default=RenderSettings.sequence_idle_s, show_default=True,
+                     help="Silence after which Triton drops a stream's state.")(f)
+    f = click.option("--time-scale", type=float, default=RenderSettings.time_scale, show_default=True,
+                     help="Multiply the stand-in models' run time (demos: < 1).")(f)
+    return f
+
+
+@click.command("triton")
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="Instance kind: gpu for clusters, cpu to try the stand-ins without a GPU.")
+@click.option("--gpu-index", type=click.Choice(["slot", "node"]), default="slot", show_default=True,
+              help="Number GPUs as the server's container sees its slot (slot) or as the node does (node).")
+@click.option("--groups", type=int, default=None, help="Only the first N packed groups.")
+@_settings_options
+def render_triton(plan_path: str, out: str, device: str, gpu_index: str, groups: int | None,
+                  sequence_idle_s: float, time_scale: float) -> None:
+    """Write one Triton model repository per packed group and workload class."""
+    from serving.repository import repositories, write
+
+    plan = _load(plan_path)
+    settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
+                              time_scale=time_scale)
+    repos = repositories(plan, settings, groups=groups)
+    index = write(repos, Path(out))
+    for r in repos:
+        click.echo(f"{r.key}: {', '.join(r.names)}")
+    click.echo(f"{len(repos)} repositories from {len(plan.placements if groups is None else plan.placements[:groups])} "
+               f"packed groups; index at {index}")
+
+
+def _pick(plan: Plan, group: str) -> Placement:
+    if group.isdigit():
+        i = int(group)
+        if i >= len(plan.placements):
+            raise UserError(f"the plan has {len(plan.placements)} packed groups; give --group 0..{len(plan.placements) - 1}")
+        return plan.placements[i]
+    for p in plan.placements:
+        if p.id == group:
+            return p
+    raise UserError(f"no packed group {group!r}; give an index or one of: "
+                    + ", ".join(p.id for p in plan.placements[:10]))
+
+
+@click.command("serve-local")
+@click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
+@click.option("--group", default="0", show_default=True, help="Packed group: index or slot id.")
+@click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
+@_settings_options
+def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float) -> None:
+    """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).
+
+    Streaming and batch models of the group get a server each, as in production.
+    """
+    from serving.local import LocalTriton
+    from serving.repository import group_repositories, write_repository
+
+    plan = _load(plan_path)
+    placement = _pick(plan, group)
+    settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale)
+    with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
+        for repo in group_repositories(plan, placement, settings):
+            path = write_repository(repo, Path(tmp) / repo.kind)
+            server = stack.enter_context(LocalTriton(path))
+            click.echo(f"{placement.id} {repo.kind}: {', '.join(repo.names)}\n"
+                       f"  http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}")
+        click.echo("serving; Ctrl-C stops" if seconds is None else f"serving for {seconds:g} s")
+        try:
+            deadline = None if seconds is None else time.monotonic() + seconds
+            while deadline is None or time.monotonic() < deadline:
+                time.sleep(0.2)
+        except KeyboardInterrupt:
+            pass
+    click.echo("stopped")

@@ -1,0 +1,212 @@
+"""One Triton ``ModelConfig`` per model of a packed group, derived from the plan's numbers.
+
+Pure: plan in, protobuf message out, no files. Every number comes from the slot maths
+(``packer/slot.py``) the planner used, so the server batches the way the plan assumed:
+
+* a request waits at most one duty cycle ``d`` for its batch (queue delay ``min(d, budget)``),
+* it may run at most ``run = base + per_item * b`` on this slot, so once it has queued longer than
+  ``budget = slo - run`` it can no longer meet its SLO and the queue policy rejects it,
+* the queue never holds more than the requests that can still be served within ``budget`` at the
+  planned pace of ``b`` per cycle: ``ceil(budget / d) * b``.
+
+Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) in a group
+with ``d = 20 ms`` and ``b = 4``: run 2.2 ms, budget 97.8 ms, queue delay 20 ms, queue bound
+``ceil(97.8 / 20) * 4 = 20`` requests.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from packer.fleet import Fleet, Model
+from packer.plan import Member, Placement
+from packer.slot import SlotType, latency_scale
+from serving.settings import RenderSettings
+
+# The stand-in's tensors. A real artifact brings its own (Triton auto-completes them).
+INPUT, OUTPUT, SEQ_SUM, SEQ_LEN = "INPUT", "OUTPUT", "SEQ_SUM", "SEQ_LEN"
+# Sequence control inputs every sequence model (stand-in or artifact) must accept.
+START, END, READY, CORRID = "START", "END", "READY", "CORRID"
+SLOT_RESOURCE = "slot"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The plan's numbers for one model in one slot, in ms (see the module docstring)."""
+
+    base_ms: float
+    per_item_ms: float
+    batch: int
+    duty_cycle_ms: float
+    run_ms: float
+    budget_ms: float
+    queue_delay_ms: float
+    queue_bound: int
+    streams: int | None
+    """Concurrent sequences this slot's replica(s) of the model carry, for sequence models."""
+
+
+def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettings) -> Timing:
+    """Derive the batching numbers of ``name`` in ``placement`` from the plan and the slot maths."""
+    model = fleet.model(name)
+    members = [m for m in placement.models if m.name == name]
+    if not members:
+        raise KeyError(f"{name} is not in slot {placement.id}")
+    mem: Member = members[0]
+    base, per = latency_scale(model, SlotType(fleet.pool(placement.pool), placement.slot))
+    b = max(1, min(mem.batch_size, model.max_batch))
+    d = max(placement.duty_cycle_ms, settings.min_queue_delay_ms)
+    run = base + per * b
+    budget = max(model.slo_ms - run, settings.min_queue_delay_ms)
+    if model.streaming:
+        delay = min(d, budget)
+    else:
+        # Batch work is throughput-bound: wait long enough to fill the planned batch at the
+        # planned rate, but never so long that the SLO is lost.
+        rate = sum(m.rate_rps for m in members)
+        fill = b * 1000.0 / rate if rate > 0 else d
+        delay = min(max(d, fill), budget)
+    delay = max(delay, settings.min_queue_delay_ms)
+    bound = max(b, math.ceil(budget / d) * b) * len(members)
+    streams = None
+    if model.traffic.streams is not None:
+        share = sum(m.rate_rps for m in members) / model.traffic.peak_rps if model.traffic.peak_rps > 0 else 1.0
+        streams = max(1, math.ceil(model.traffic.streams * min(1.0, share)))
+    return Timing(base, per, b, d, run, budget, delay, bound, streams)
+
+
+def _us(ms: float) -> int:
+    return max(1, round(ms * 1000))
+
+
+def _tensor(name: str, dtype: int, *, input: bool) -> mc.ModelInput | mc.ModelOutput:
+    t = mc.ModelInput() if input else mc.ModelOutput()
+    t.name, t.data_type = name, dtype
+    t.dims.append(1)
+    return t
+
+
+def _sequence(cfg: mc.ModelConfig, t: Timing, settings: RenderSettings, scale: float) -> None:
+    """Sequence batcher, ``oldest`` strategy: requests of one stream run in order on one instance,
+    and a batch takes at most one chunk from each of the oldest ``streams`` sequences.
+
+    Triton's oldest strategy has no queue policy; its queue is bounded by the candidate sequences
+    (one chunk each in flight), and further streams wait in Triton's backlog until one ends.
+    """
+    sb = cfg.sequence_batching
+    sb.max_sequence_idle_microseconds = _us(settings.sequence_idle_s * 1000)
+    for name, kind in ((START, mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START),
+                       (END, mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END),
+                       (READY, mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY)):
+        ci = sb.control_input.add(name=name)
+        ci.control.add(kind=kind, int32_false_true=[0, 1])
+    ci = sb.control_input.add(name=CORRID)
+    ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
+    sb.oldest.max_candidate_sequences = t.streams or t.batch
+    sb.oldest.preferred_batch_size.append(t.batch)
+    sb.oldest.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
+
+
+def _dynamic(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSettings, scale: float) -> None:
+    """Dynamic batcher with a rejecting, bounded queue: a request that has waited past its budget
+    is answered with an error at once instead of late, so the client can retry elsewhere."""
+    db = cfg.dynamic_batching
+    db.preferred_batch_size.append(t.batch)
+    db.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
+    q = db.default_queue_policy
+    q.timeout_action = mc.ModelQueuePolicy.REJECT
+    q.default_timeout_microseconds = _us(t.budget_ms * scale)
+    q.allow_timeout_override = False
+    q.max_queue_size = t.queue_bound
+    if not model.streaming:
+        db.priority_levels = max(2, settings.batch_priority)
+        db.default_priority_level = settings.batch_priority
+
+
+def model_config(fleet: Fleet, placement: Placement, name: str, settings: RenderSettings,
+                 *, shared: bool) -> mc.ModelConfig:
+    """The config of model ``name`` in slot ``placement``.
+
+    ``shared``: other models are served by the same server in this slot, so executions take turns
+    on the ``slot`` rate-limiter resource (one unit, one batch at a time): the duty-cycle maths
+    assumes batches run one after another, each member one batch per cycle, which is what gives
+    every member its planned compute share. The server must run with ``--rate-limit=execution_count``.
+    """
+    model = fleet.model(name)
+    members = [m for m in placement.models if m.name == name]
+    t = timing(fleet, placement, name, settings)
+    cfg = mc.ModelConfig(name=name, max_batch_size=model.max_batch)
+    art = model.artifact
+    if art is None:
+        cfg.backend = "python"
+        cfg.input.append(_tensor(INPUT, mc.TYPE_FP32, input=True))
+        cfg.output.append(_tensor(OUTPUT, mc.TYPE_FP32, input=False))
+        if model.traffic.streams is not None:
+            cfg.output.append(_tensor(SEQ_SUM, mc.TYPE_FP32, input=False))
+            cfg.output.append(_tensor(SEQ_LEN, mc.TYPE_INT32, input=False))
+        for k, v in (("base_ms", t.base_ms), ("per_item_ms", t.per_item_ms), ("time_scale", settings.time_scale),
+                     ("sequence_idle_s", settings.sequence_idle_s)):
+            cfg.parameters[k].string_value = f"{v:.6g}"
+    else:
+        if art.platform:
+            cfg.platform = art.platform
+        else:
+            cfg.backend = art.backend
+        cfg.default_model_filename = art.uri.rstrip("/").rsplit("/", 1)[-1]
+        cfg.parameters["artifact_uri"].string_value = art.uri
+    cfg.parameters["slot"].string_value = placement.id
+    cfg.parameters["compute_share"].string_value = f"{sum(m.share for m in members):.4g}"
+    cfg.parameters["p99_bound_ms"].string_value = f"{max(m.p99_bound_ms for m in members):.1f}"
+
+    # A stand-in runs on a compressed clock (``time_scale``); its queue times follow, so the
+    # batching policy keeps the plan's proportions. A real artifact runs in real time.
+    scale = settings.time_scale if art is None else 1.0
+    if model.traffic.streams is not None:
+        _sequence(cfg, t, settings, scale)
+    else:
+        _dynamic(cfg, t, model, settings, scale)
+
+    g = cfg.instance_group.add(count=len(members))
+    if settings.device == "cpu":
+        g.kind = mc.ModelInstanceGroup.KIND_CPU
+    else:
+        g.kind = mc.ModelInstanceGroup.KIND_GPU
+        node_gpus = list(placement.gpus or (placement.gpu,))
+        # A multi-GPU replica is one instance that uses all its GPUs; its backend spreads the work.
+        g.gpus.append(node_gpus[0] if settings.gpu_index == "node" else 0)
+        if len(node_gpus) > 1:
+            cfg.parameters["replica_gpus"].string_value = ",".join(
+                str(i) for i in (node_gpus if settings.gpu_index == "node" else range(len(node_gpus))))
+    if shared:
+        g.rate_limiter.resources.add(name=SLOT_RESOURCE, count=1)
+        g.rate_limiter.priority = 1 if model.streaming else settings.batch_priority
+
+    if art is None:
+        # Warm every instance with one planned-size batch, so the first real batch does not pay
+        # for lazy initialisation. Artifacts are warmed by their own inputs, which we do not know.
+        w = cfg.model_warmup.add(name=f"planned-batch-{t.batch}", batch_size=t.batch, count=1)
+        w.inputs[INPUT].data_type = mc.TYPE_FP32
+        w.inputs[INPUT].dims.append(1)
+        w.inputs[INPUT].zero_data = True
+        if model.traffic.streams is not None:
+            for c in (START, END, READY):
+                w.inputs[c].data_type = mc.TYPE_INT32
+                w.inputs[c].dims.append(1)
+                w.inputs[c].zero_data = True
+            w.inputs[CORRID].data_type = mc.TYPE_UINT64
+            w.inputs[CORRID].dims.append(1)
+            w.inputs[CORRID].zero_data = True
+    return cfg
+
+
+def to_text(cfg: mc.ModelConfig) -> str:
+    """``config.pbtxt`` text, as Triton reads it."""
+    return text_format.MessageToString(cfg)
+
+
+def from_text(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())

@@ -1,0 +1,136 @@
+"""Per-model load signals from a Triton ``/metrics`` endpoint, for the scaling policy.
+
+Two layers: :func:`parse` and :func:`signals` are pure (text in, dataclasses out; the time of each
+scrape is passed in), :func:`scrape` is the only function that does I/O. Triton's counters are
+cumulative, so rates and averages come from the difference of two scrapes::
+
+    request_rate = Δ(success + failure) / Δt            requests per second
+    queue_ms     = Δ queue_duration_us / Δ success / 1000
+    avg_batch    = Δ inference_count / Δ exec_count     (e.g. 120 inferences in 10 runs: 12.0)
+
+``pending`` (``nv_inference_pending_request_count``) is a gauge: requests queued or running now.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from dataclasses import dataclass, fields
+
+from packer.errors import UserError
+
+_LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?\s*$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+# Triton metric name -> ModelCounters field
+METRICS = {
+    "nv_inference_pending_request_count": "pending",
+    "nv_inference_request_success": "success",
+    "nv_inference_request_failure": "failure",
+    "nv_inference_count": "inferences",
+    "nv_inference_exec_count": "executions",
+    "nv_inference_queue_duration_us": "queue_us",
+    "nv_inference_request_duration_us": "request_us",
+}
+
+
+@dataclass(frozen=True)
+class ModelCounters:
+    """One model's raw values in one scrape (all versions summed)."""
+
+    pending: float = 0.0
+    success: float = 0.0
+    failure: float = 0.0
+    inferences: float = 0.0
+    executions: float = 0.0
+    queue_us: float = 0.0
+    request_us: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scrape:
+    at_s: float
+    """When it was taken (any monotonic clock, seconds)."""
+    models: dict[str, ModelCounters]
+
+
+@dataclass(frozen=True)
+class ModelSignals:
+    """What the scaling policy acts on, for one model over one window."""
+
+    model: str
+    pending: int
+    """Requests queued or executing at the end of the window."""
+    request_rate: float
+    """Requests answered per second (successes and failures, rejections included)."""
+    failure_rate: float
+    """Requests failed or rejected per second: a queue policy rejecting means the SLO is at risk."""
+    queue_ms: float
+    """Mean time a successful request waited in the queue."""
+    latency_ms: float
+    """Mean end-to-end server time of a successful request (queue + run)."""
+    avg_batch: float
+    """Mean executed batch size; 0.0 when nothing ran in the window."""
+    window_s: float
+
+
+def parse(text: str) -> dict[str, ModelCounters]:
+    """Per-model counters from Prometheus text exposition (unknown metrics are ignored)."""
+    acc: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _LINE.match(line)
+        if not m or m.group(1) not in METRICS:
+            continue
+        labels = dict(_LABEL.findall(m.group(2) or ""))
+        model = labels.get("model")
+        if model is None:
+            continue
+        try:
+            v = float(m.group(3))
+        except ValueError:
+            continue
+        f = acc.setdefault(model, {})
+        key = METRICS[m.group(1)]
+        f[key] = f.get(key, 0.0) + v
+    return {k: ModelCounters(**v) for k, v in acc.items()}
+
+
+def _delta(cur: float, prev: float) -> float:
+    """A counter's increase; a drop means the server restarted, so the counter began again at 0."""
+    return cur - prev if cur >= prev else cur
+
+
+def signals(prev: Scrape, cur: Scrape) -> dict[str, ModelSignals]:
+    """Signals of every model present in ``cur`` over the window between the two scrapes."""
+    dt = cur.at_s - prev.at_s
+    if dt <= 0:
+        raise ValueError(f"scrapes must be in time order (window {dt} s)")
+    out = {}
+    for name, c in cur.models.items():
+        p = prev.models.get(name, ModelCounters())
+        d = {f.name: _delta(getattr(c, f.name), getattr(p, f.name)) for f in fields(ModelCounters)}
+        ok = d["success"]
+        out[name] = ModelSignals(
+            model=name,
+            pending=int(c.pending),
+            request_rate=(ok + d["failure"]) / dt,
+            failure_rate=d["failure"] / dt,
+            queue_ms=d["queue_us"] / ok / 1000.0 if ok else 0.0,
+            latency_ms=d["request_us"] / ok / 1000.0 if ok else 0.0,
+            avg_batch=d["inferences"] / d["executions"] if d["executions"] else 0.0,
+            window_s=dt,
+        )
+    return out
+
+
+def scrape(url: str, at_s: float, *, timeout_s: float = 5.0) -> Scrape:
+    """Fetch ``url`` (``http://host:8002/metrics``) once; ``at_s`` is the caller's clock reading."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as r:
+            text = r.read().decode("utf-8", "replace")
+    except OSError as e:
+        raise UserError(f"cannot read Triton metrics at {url}: {e}. Fix: start the server with "
+                        "--allow-metrics=true and give its metrics port (8002 by default)") from None
+    return Scrape(at_s, parse(text))

@@ -1,0 +1,50 @@
+"""Settings of the Triton writer: the few choices the plan does not make."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEVICES = ("gpu", "cpu")
+GPU_INDEX = ("slot", "node")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenderSettings:
+    device: str = "gpu"
+    """``gpu`` for production (``KIND_GPU``). ``cpu`` (``KIND_CPU``) lets the stand-ins run on a
+    machine without a GPU (tests, ``packer serve-local``); everything else stays the same."""
+
+    gpu_index: str = "slot"
+    """Which device numbers ``instance_group.gpus`` names. ``slot``: as the server process sees its
+    slot (a MIG instance or a GPU handed to a pod is device 0; a multi-GPU replica 0..n-1), which is
+    right under Kubernetes' device plugin. ``node``: the node's GPU indices from the plan, for a
+    bare-metal server that sees every GPU of the node."""
+
+    sequence_idle_s: float = 30.0
+    """How long a stream may be silent before Triton drops its state. Speakers pause for several
+    seconds (turn-taking, thinking); 30 s keeps their context while still freeing the batch slot of
+    a client that vanished without sending END."""
+
+    time_scale: float = 1.0
+    """Compresses the stand-ins' clock: their run time, queue delays and queue timeouts are all
+    multiplied by it, so the batching policy keeps the plan's proportions. 1.0 behaves like the
+    profile; tests and demos use a small factor so a 4 s summarizer batch takes milliseconds.
+    Models with a real artifact always run on the real clock."""
+
+    min_queue_delay_ms: float = 0.1
+    """Floor of every dynamic/sequence batcher queue delay, so a group with a very short duty cycle
+    still batches requests that arrive together."""
+
+    batch_priority: int = 2
+    """Dynamic-batcher priority level of batch models' requests (1 is highest). Batch traffic
+    takes the lower level, leaving level 1 for a client that must jump the backlog."""
+
+    def __post_init__(self) -> None:
+        from packer.errors import UserError
+
+        if self.device not in DEVICES:
+            raise UserError(f"device {self.device!r} is unknown; use one of {DEVICES}")
+        if self.gpu_index not in GPU_INDEX:
+            raise UserError(f"gpu_index {self.gpu_index!r} is unknown; use one of {GPU_INDEX}")
+        if self.sequence_idle_s <= 0 or self.time_scale <= 0:
+            raise UserError("sequence_idle_s and time_scale must be positive")

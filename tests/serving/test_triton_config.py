@@ -1,0 +1,208 @@
+"""The writer, without a server: configs follow the plan's numbers and survive text_format."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from packer.errors import UserError
+from packer.fleet import Artifact
+from packer.slot import SlotType, latency_scale
+from serving.config import from_text, model_config, timing, to_text
+from serving.repository import read_repository, repositories, write
+from serving.settings import RenderSettings
+from triton_helpers import GOLDEN, meetings_plan
+
+GOLDEN_FLEET = GOLDEN / "multilingual-meetings"
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return meetings_plan()
+
+
+@pytest.fixture(scope="module")
+def repos(plan):
+    return repositories(plan, RenderSettings())
+
+
+def configs(repos) -> dict[str, mc.ModelConfig]:
+    return {m.name: m.config for r in repos for m in r.models}
+
+
+def test_streaming_and_batch_models_never_share_a_repository(plan, repos):
+    kinds = {plan.fleet.model(m.name).kind for r in repos for m in r.models if r.kind == "batch"}
+    assert kinds == {"batch"}
+    for r in repos:
+        assert {plan.fleet.model(n).kind for n in r.names} == {r.kind}
+    assert [r.key for r in repos] == ["a100-80-n0-g0-whole/streaming", "a100-80-n0-g1-3g.40gb@0/batch"]
+
+
+def test_sequence_model_uses_oldest_with_control_inputs_and_duty_cycle_delay(plan, repos):
+    cfg = configs(repos)["asr-es"]
+    sb = cfg.sequence_batching
+    assert sb.WhichOneof("strategy_choice") == "oldest"
+    assert not cfg.HasField("dynamic_batching")
+    assert {c.name for c in sb.control_input} == {"START", "END", "READY", "CORRID"}
+    assert sb.max_sequence_idle_microseconds == 30_000_000
+    p = plan.placements[0]
+    member = next(m for m in p.models if m.name == "asr-es")
+    assert list(sb.oldest.preferred_batch_size) == [member.batch_size]
+    assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
+    # 112 Spanish streams, this replica carries 350 of the 700 peak rps: half of them.
+    assert sb.oldest.max_candidate_sequences == 56
+
+
+def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, repos):
+    cfg = configs(repos)["punct-es"]
+    p = plan.placements[0]
+    model = plan.fleet.model("punct-es")
+    member = next(m for m in p.models if m.name == "punct-es")
+    base, per = latency_scale(model, SlotType(plan.fleet.pool(p.pool), p.slot))
+    run = base + per * member.batch_size
+    q = cfg.dynamic_batching.default_queue_policy
+    assert q.timeout_action == mc.ModelQueuePolicy.REJECT
+    assert q.default_timeout_microseconds == round((model.slo_ms - run) * 1000)
+    assert not q.allow_timeout_override
+    assert q.max_queue_size == math.ceil((model.slo_ms - run) / p.duty_cycle_ms) * member.batch_size
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
+    assert cfg.dynamic_batching.priority_levels == 0  # streaming: no lower priority
+
+
+def test_batch_models_prefer_the_planned_batch_wait_long_and_take_the_lower_priority(plan, repos):
+    p = plan.placements[1]
+    for member in p.models:
+        cfg = configs(repos)[member.name]
+        db = cfg.dynamic_batching
+        assert list(db.preferred_batch_size) == [member.batch_size]
+        assert db.max_queue_delay_microseconds >= round(p.duty_cycle_ms * 1000)  # a long wait, at least a cycle
+        assert db.default_queue_policy.max_queue_size > 0
+        assert (db.priority_levels, db.default_priority_level) == (2, 2)
+
+
+def test_instances_are_explicit_gpu_groups_rate_limited_when_the_slot_is_shared(plan, repos):
+    for r in repos:
+        for m in r.models:
+            (g,) = m.config.instance_group
+            assert g.kind == mc.ModelInstanceGroup.KIND_GPU
+            assert list(g.gpus) == [0]  # the slot as its server sees it
+            assert g.count == 1
+            assert [(x.name, x.count) for x in g.rate_limiter.resources] == [("slot", 1)]
+    node = repositories(plan, RenderSettings(gpu_index="node"))
+    assert [list(m.config.instance_group[0].gpus) for r in node for m in r.models] == [[0], [0], [1], [1], [1]]
+
+
+def test_a_lone_model_needs_no_rate_limiter(plan):
+    p = plan.placements[0]
+    alone = replace(p, models=tuple(m for m in p.models if m.name == "punct-es"))
+    cfg = model_config(plan.fleet, alone, "punct-es", RenderSettings(), shared=False)
+    assert not cfg.instance_group[0].HasField("rate_limiter")
+
+
+def test_cpu_device_changes_only_the_instance_kind(plan):
+    gpu = configs(repositories(plan, RenderSettings()))
+    cpu = configs(repositories(plan, RenderSettings(device="cpu")))
+    for name, c in cpu.items():
+        assert c.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+        assert not c.instance_group[0].gpus
+        g = mc.ModelConfig()
+        g.CopyFrom(gpu[name])
+        del g.instance_group[0].gpus[:]
+        g.instance_group[0].kind = mc.ModelInstanceGroup.KIND_CPU
+        assert g == c
+
+
+def test_time_scale_compresses_stand_in_run_and_queue_times_alike(plan):
+    slow = configs(repositories(plan, RenderSettings()))["punct-es"]
+    fast = configs(repositories(plan, RenderSettings(time_scale=0.1)))["punct-es"]
+    assert fast.parameters["time_scale"].string_value == "0.1"
+    assert fast.dynamic_batching.max_queue_delay_microseconds == pytest.approx(
+        slow.dynamic_batching.max_queue_delay_microseconds * 0.1, abs=1)
+    assert fast.dynamic_batching.default_queue_policy.default_timeout_microseconds == pytest.approx(
+        slow.dynamic_batching.default_queue_policy.default_timeout_microseconds * 0.1, abs=1)
+
+
+def test_stand_in_sleeps_the_profile_scaled_to_its_slot(plan, repos):
+    # diarize-es: 800 ms + 150 ms/item on a whole A100; on a 3g.40gb slice (3 of 7 compute slices) x 7/3.
+    cfg = configs(repos)["diarize-es"]
+    assert float(cfg.parameters["base_ms"].string_value) == pytest.approx(800 * 7 / 3, rel=1e-5)
+    assert float(cfg.parameters["per_item_ms"].string_value) == pytest.approx(150 * 7 / 3, rel=1e-5)
+    t = timing(plan.fleet, plan.placements[1], "diarize-es", RenderSettings())
+    assert t.run_ms == pytest.approx((800 + 150 * t.batch) * 7 / 3)
+
+
+def test_warmup_runs_one_planned_batch(repos):
+    for r in repos:
+        for m in r.models:
+            (w,) = m.config.model_warmup
+            assert w.batch_size == int(w.name.rsplit("-", 1)[1]) >= 1
+            assert "INPUT" in w.inputs
+
+
+def test_artifact_is_referenced_never_invented(plan, tmp_path):
+    weights = tmp_path / "model.onnx"
+    weights.write_bytes(b"onnx")
+    models = tuple(replace(m, artifact=Artifact(str(weights), "onnxruntime")) if m.name == "punct-es" else
+                   replace(m, artifact=Artifact("s3://bucket/asr/model.plan", "tensorrt", "tensorrt_plan"))
+                   if m.name == "asr-es" else m for m in plan.fleet.models)
+    p2 = replace(plan, fleet=replace(plan.fleet, models=models))
+    rs = repositories(p2, RenderSettings(), groups=1)
+    by = {m.name: m for m in rs[0].models}
+    punct, asr = by["punct-es"], by["asr-es"]
+    assert punct.config.backend == "onnxruntime" and not punct.files
+    assert punct.config.default_model_filename == "model.onnx"
+    assert asr.config.platform == "tensorrt_plan" and asr.config.parameters["artifact_uri"].string_value.startswith("s3://")
+    assert not punct.config.input and not punct.config.model_warmup  # Triton auto-completes real models' tensors
+    index = write(rs, tmp_path / "out")
+    link = tmp_path / "out" / rs[0].slot / "streaming" / "punct-es" / "1" / "model.onnx"
+    assert link.is_symlink() and link.read_bytes() == b"onnx"
+    assert '"fetch"' in index.read_text() and "s3://bucket/asr/model.plan" in index.read_text()
+
+
+def test_bad_settings_say_what_to_use():
+    with pytest.raises(UserError, match="gpu"):
+        RenderSettings(device="tpu")
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): p.read_text() for p in sorted(root.rglob("config.pbtxt"))}
+
+
+def test_golden_configs_and_round_trip(repos, tmp_path):
+    """Every emitted config.pbtxt equals the golden file and parses back into the same message.
+
+    Regenerate after an intended change: ``PACKER_UPDATE_GOLDEN=1 pytest tests/serving``.
+    """
+    write(repos, tmp_path)
+    got = _tree(tmp_path)
+    if os.environ.get("PACKER_UPDATE_GOLDEN"):
+        for rel, text in got.items():
+            (GOLDEN_FLEET / rel).parent.mkdir(parents=True, exist_ok=True)
+            (GOLDEN_FLEET / rel).write_text(text)
+    assert got == _tree(GOLDEN_FLEET)
+    by_name = configs(repos)
+    for rel, text in got.items():
+        parsed = text_format.Parse(text, mc.ModelConfig())
+        assert parsed == by_name[parsed.name], rel
+    for r in repos:
+        back = read_repository(tmp_path / r.slot / r.kind)
+        assert [m.config for m in back.models] == sorted((m.config for m in r.models), key=lambda c: c.name)
+        assert all(m.files["1/model.py"].startswith(b'"""Stand-in model') for m in back.models)
+
+
+@pytest.mark.parametrize("name", ["llm-platform", "long-tail", "multilingual-meetings"])
+def test_planner_output_round_trips(name):
+    from packer.planner import PlanSettings, plan_fleet
+    from triton_helpers import fleet
+
+    plan = plan_fleet(fleet(name), PlanSettings(time_limit_s=1))
+    for r in repositories(plan, RenderSettings()):
+        assert len({plan.fleet.model(n).kind for n in r.names}) == 1
+        for m in r.models:
+            assert from_text(to_text(m.config)) == m.config

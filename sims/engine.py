@@ -1,0 +1,494 @@
+"""The simulation loop: traffic in, slots serving, a policy scaling, the cluster slow to obey.
+
+One clock, one event heap keyed ``(time, priority, seq)`` for the cluster's discrete events (slot
+ready, preemption notice, node lost, policy tick). Between two events nothing about the cluster
+changes, so the loop serves that whole window at once: it draws every model's arrivals for the
+window, routes them to the replicas serving then, and lets each slot run its batches up to the
+window's end (``SlotServer.advance``). Windows are at most one policy interval (15 s by default).
+
+Routing: requests of a model go round-robin over its ready replicas (gRPC ``round_robin``), a
+stream's chunks all go to replica ``stream_id % n`` (sticky while the replica set is stable).
+Replicas on a slot under a preemption notice, draining or still starting get nothing.
+Cost: a GPU costs its pool's hourly price while any slot on it exists, starting ones included.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import resource
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from packer.catalog import gpu_type, is_valid_combination
+from packer.fleet import Pool
+from packer.plan import Plan
+from packer.slot import WHOLE, SlotType, evaluate, item
+from sims.metrics import Stats, hist_percentile
+from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
+                           RemoveSlot, ReplicaView, SlotView, get_policy)
+from sims.scenario import Scenario
+from sims.server import Member, SlotServer, batcher_config
+from sims.traffic import model_rng, sources
+
+# Event priorities at equal times: losses first, then notices, readiness, and the policy last so it
+# sees the cluster as it is at that instant.
+KILL, NOTICE, READY, TICK = 0, 1, 2, 3
+HISTORY = 40
+Progress = Callable[[float, float], None]
+
+
+@dataclass
+class Node:
+    name: str
+    pool: Pool
+    ready_at: float
+    spot: bool
+    gpus: dict[int, list[str]] = field(default_factory=dict)
+    """GPU index -> ids of slots on it."""
+    pulled: bool = False
+    preempting: bool = False
+    alive: bool = True
+
+
+@dataclass
+class Slot:
+    id: str
+    pool: Pool
+    profile: str
+    node: Node
+    gpu: int
+    width: int
+    server: SlotServer
+    ready_at: float
+    created: float
+    ready: bool = False
+    preempting: bool = False
+    busy_mark: float = 0.0
+    busy_last: float = 0.0
+    removed_at: float | None = None
+
+    @property
+    def st(self) -> SlotType:
+        return SlotType(self.pool, self.profile)
+
+    @property
+    def live(self) -> list[Member]:
+        return [m for m in self.server.members if not m.removed]
+
+
+@dataclass
+class Result:
+    """Everything a report needs; ``to_dict`` is the JSON form."""
+
+    plan_id: str
+    policy: str
+    scenario: str
+    seed: int
+    duration_s: float
+    models: list[dict[str, Any]]
+    slots: list[dict[str, Any]]
+    fleet: dict[str, Any]
+    series: dict[str, Any]
+    actions: list[dict[str, Any]]
+    perf: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan_id, "policy": self.policy, "scenario": self.scenario, "seed": self.seed,
+                "duration_s": self.duration_s, "fleet": self.fleet, "models": self.models, "slots": self.slots,
+                "series": self.series, "actions": self.actions, "perf": self.perf}
+
+
+class Simulation:
+    def __init__(self, plan: Plan, scenario: Scenario, *, seed: int = 0, policy: Policy | str | None = None,
+                 u: float = 0.85) -> None:
+        self.plan, self.scenario, self.seed, self.u = plan, scenario, seed, u
+        self.fleet = plan.fleet
+        self.names = [m.name for m in self.fleet.models]
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.sources = sources(self.fleet, scenario, seed)
+        self.stats = Stats(self.names, [m.slo_ms for m in self.fleet.models])
+        if policy is None or isinstance(policy, str):
+            self.policy_name = policy or scenario.policy
+            self.policy = get_policy(self.policy_name, plan, scenario.policy_options)
+        else:
+            self.policy_name = type(policy).__name__
+            self.policy = policy
+        self.now = 0.0
+        self.heap: list[tuple[float, int, int, Any]] = []
+        self._seq = 0
+        self.nodes: dict[str, Node] = {}
+        self.slots: dict[str, Slot] = {}
+        self.replicas: list[list[Member]] = [[] for _ in self.names]
+        self.rr = [0] * len(self.names)
+        self.rate_hist = [deque(maxlen=HISTORY) for _ in self.names]
+        self.last_tick = 0.0
+        self.new_count = 0
+        self.gpu_seconds: dict[str, float] = {p.name: 0.0 for p in self.fleet.pools}
+        self.actions: list[dict[str, Any]] = []
+        self.series: dict[str, Any] = {"t": [], "gpus": [], "cost_per_hour": [],
+                                       "models": {n: {"rate": [], "p50": [], "p99": [], "rejected": [],
+                                                      "replicas": []} for n in self.names}}
+        self.gone: list[Slot] = []
+        self._build(plan)
+
+    # -- setup ---------------------------------------------------------------------------------
+
+    def _push(self, t: float, prio: int, what: Any) -> None:
+        heapq.heappush(self.heap, (t, prio, self._seq, what))
+        self._seq += 1
+
+    def _node(self, name: str, pool: Pool, ready_at: float) -> Node:
+        n = Node(name, pool, ready_at, pool.spot, {g: [] for g in range(pool.gpus_per_node)})
+        self.nodes[name] = n
+        rate = self.scenario.cluster.spot_preemptions_per_node_hour
+        if pool.spot and rate > 0:
+            rng = model_rng(self.seed, "node:" + name, 2)
+            self._push(self.now + float(rng.exponential(3600.0 / rate)), NOTICE, ("notice", name))
+        return n
+
+    def _build(self, plan: Plan) -> None:
+        for p in plan.placements:
+            pool = self.fleet.pool(p.pool)
+            node = self.nodes.get(p.node) or self._node(p.node, pool, 0.0)
+            node.pulled = True
+            sid = p.id
+            slot = Slot(sid, pool, p.slot, node, p.gpu, max(1, len(p.gpus)), self._server(sid), 0.0, 0.0, ready=True)
+            for g in (p.gpus or (p.gpu,)):
+                node.gpus.setdefault(g, []).append(sid)
+            st = slot.st
+            for mem in p.models:
+                model = self.fleet.model(mem.name)
+                cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps,
+                                     queue_delay_ms=self.scenario.server.queue_delay_ms,
+                                     timeouts=self.scenario.server.queue_timeouts)
+                self._add_member(slot, mem.name, cfg, 0.0)
+            self.slots[sid] = slot
+        self._push(self.policy.interval_s, TICK, ("tick",))
+
+    def _server(self, sid: str) -> SlotServer:
+        return SlotServer(sid, self.scenario.server.noise_cv, model_rng(self.seed, "slot:" + sid, 3))
+
+    def _add_member(self, slot: Slot, name: str, cfg: Any, ready_at: float) -> Member:
+        i = self.index[name]
+        m = Member(name, i, len(self.replicas[i]), cfg, ready_at)
+        slot.server.members.append(m)
+        self.replicas[i].append(m)
+        m.slot = slot
+        return m
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self, duration_s: float, progress: Progress | None = None) -> Result:
+        wall0 = time.perf_counter()
+        T = float(duration_s)
+        self._push(T, TICK, ("end",))
+        while self.now < T:
+            tn = min(self.heap[0][0], T)
+            if tn > self.now:
+                self._advance(self.now, tn)
+                self.now = tn
+            while self.heap and self.heap[0][0] <= self.now:
+                _, _, _, ev = heapq.heappop(self.heap)
+                self._handle(ev)
+            if progress is not None:
+                progress(self.now, T)
+        wall = time.perf_counter() - wall0
+        return self._result(T, wall)
+
+    def _advance(self, t0: float, t1: float) -> None:
+        st = self.stats
+        for i, src in enumerate(self.sources):
+            a = src.take(t0, t1)
+            n = a.times.size
+            if not n:
+                continue
+            st.arrived(i, n)
+            live = [m for m in self.replicas[i] if not m.draining and not m.removed and m.ready_at <= t0
+                    and not m.slot.preempting and m.slot.ready]  # type: ignore[attr-defined]
+            k = len(live)
+            if k == 0:
+                st.rejected(i, a.times, a.times, "no-replica")
+            elif k == 1:
+                live[0].push(a.times)
+            elif a.streams is not None:
+                which = a.streams % k
+                for r, m in enumerate(live):
+                    m.push(a.times[which == r])
+            else:
+                off = self.rr[i]
+                for r, m in enumerate(live):
+                    m.push(a.times[(r - off) % k::k])
+                self.rr[i] = (off + n) % k
+        for s in list(self.slots.values()):
+            s.server.advance(t1)
+            s.server.commit(t1, st)
+            self._reap(s, t1)
+        dt = t1 - t0
+        for n in self.nodes.values():
+            used = sum(1 for ids in n.gpus.values() if ids)
+            if used:
+                self.gpu_seconds[n.pool.name] += used * dt
+
+    def _reap(self, s: Slot, t: float) -> None:
+        """Forget drained replicas, and the slot once it has none."""
+        for m in s.server.members:
+            if m.draining and not m.removed and (m.ready_at > t or (m.queued == 0 and not m.inflight)):
+                m.removed = True
+        if all(m.removed for m in s.server.members) and s.server.free_at <= t:
+            self._remove_slot(s, t)
+
+    def _remove_slot(self, s: Slot, t: float) -> None:
+        if s.id not in self.slots:
+            return
+        del self.slots[s.id]
+        s.removed_at = t
+        for m in s.server.members:
+            m.removed = True
+        for ids in s.node.gpus.values():
+            if s.id in ids:
+                ids.remove(s.id)
+        self.gone.append(s)
+
+    def _handle(self, ev: tuple) -> None:
+        kind = ev[0]
+        if kind == "ready":
+            s = self.slots.get(ev[1])
+            if s is not None:
+                s.ready = True
+                s.node.pulled = True
+        elif kind == "notice":
+            n = self.nodes.get(ev[1])
+            if n is not None and n.alive:
+                n.preempting = True
+                for ids in n.gpus.values():
+                    for sid in ids:
+                        self.slots[sid].preempting = True
+                self._push(self.now + self.scenario.cluster.preemption_notice_s, KILL, ("kill", n.name))
+                self._log(None, f"spot node {n.name} preempted, {self.scenario.cluster.preemption_notice_s:g} s notice",
+                          "applied")
+        elif kind == "kill":
+            n = self.nodes[ev[1]]
+            n.alive = False
+            for ids in list(n.gpus.values()):
+                for sid in list(ids):
+                    s = self.slots[sid]
+                    s.server.drop(self.now, self.stats, "preempted")
+                    self._remove_slot(s, self.now)
+        elif kind == "tick":
+            self._tick()
+
+    # -- policy --------------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        now = self.now
+        dt = max(now - self.last_tick, 1e-9)
+        ser = self.series
+        ser["t"].append(round(now, 3))
+        gpus = {p: sum(1 for n in self.nodes.values() if n.pool.name == p for ids in n.gpus.values() if ids)
+                for p in self.gpu_seconds}
+        ser["gpus"].append(sum(gpus.values()))
+        ser["cost_per_hour"].append(round(sum(gpus[p.name] * p.cost_per_gpu_hour for p in self.fleet.pools), 4))
+        signals: dict[str, ModelSignals] = {}
+        for i, name in enumerate(self.names):
+            arr, qms, p50, p99, rej = self.stats.end_tick(i)
+            self.rate_hist[i].append(arr / dt)
+            reps = tuple(ReplicaView(name, m.slot.id, m.slot.ready and m.ready_at <= now, m.ready_at,  # type: ignore
+                                     m.draining) for m in self.replicas[i] if not m.removed)
+            ms = ser["models"][name]
+            ms["rate"].append(round(arr / dt, 3))
+            ms["p50"].append(round(p50, 3))
+            ms["p99"].append(round(p99, 3))
+            ms["rejected"].append(rej)
+            ms["replicas"].append(sum(1 for r in reps if r.ready and not r.draining))
+            model = self.fleet.models[i]
+            live = [m for m in self.replicas[i] if not m.removed]
+            signals[name] = ModelSignals(name, model.kind, model.slo_ms, tuple(self.rate_hist[i]),
+                                         sum(m.queued for m in live), sum(m.in_flight for m in live), qms, p99, rej,
+                                         reps)
+        slots: dict[str, SlotView] = {}
+        for s in self.slots.values():
+            busy = min(1.0, (s.server.busy_s - s.busy_mark) / dt)
+            s.busy_mark = s.server.busy_s
+            s.busy_last = busy
+            live = s.live
+            slots[s.id] = SlotView(s.id, s.pool.name, s.profile, s.node.name, s.node.spot,
+                                   tuple(m.model for m in live if not m.draining), busy,
+                                   sum(self.fleet.models[m.idx].memory_gb for m in live), s.st.memory_gb,
+                                   s.ready, s.preempting)
+        pools = {p.name: PoolView(p.name, gpus[p.name], p.max_gpus, p.cost_per_gpu_hour, p.spot)
+                 for p in self.fleet.pools}
+        self.last_tick = now
+        view = ClusterView(now, self.policy.interval_s, self.plan, signals, slots, pools)
+        for a in self.policy.decide(view, now):
+            self._apply(a)
+        self._push(now + self.policy.interval_s, TICK, ("tick",))
+
+    def _log(self, action: Any, text: str, outcome: str) -> None:
+        self.actions.append({"t": round(self.now, 3), "action": text, "outcome": outcome,
+                             "reason": getattr(action, "reason", "") if action is not None else ""})
+
+    def _apply(self, a: Any) -> None:
+        try:
+            if isinstance(a, AddSlot):
+                text = f"add slot {a.pool}/{a.profile} with {'+'.join(a.models)}"
+                self._log(a, text, self._add_slot(a))
+            elif isinstance(a, AddReplica):
+                self._log(a, f"add {a.model} to {a.slot}", self._add_replica(a))
+            elif isinstance(a, RemoveReplica):
+                self._log(a, f"remove {a.model} from {a.slot}", self._remove_replica(a.model, a.slot))
+            elif isinstance(a, RemoveSlot):
+                s = self.slots.get(a.slot)
+                if s is None:
+                    self._log(a, f"remove slot {a.slot}", "refused: no such slot")
+                else:
+                    for m in s.live:
+                        m.draining = True
+                    self._log(a, f"remove slot {a.slot}", "applied")
+            else:
+                self._log(None, repr(a), "refused: not an action")
+        except KeyError as e:
+            self._log(a, repr(a), f"refused: unknown {e}")
+
+    def _group(self, st: SlotType, names: list[str]) -> list[Any]:
+        """Batcher configs for a new group, from the planner's slot maths at each model's peak share."""
+        models = [self.fleet.model(n) for n in names]
+        rates = [m.traffic.peak_rps / (len([r for r in self.replicas[self.index[m.name]] if not r.removed]) + 1)
+                 for m in models]
+        sv = self.scenario.server
+        try:
+            res = evaluate([item(m, r, st) for m, r in zip(models, rates)], math.inf, self.u)
+            return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms, r, queue_delay_ms=sv.queue_delay_ms,
+                                   timeouts=sv.queue_timeouts) for m, mr, r in zip(models, res.members, rates)]
+        except ValueError:
+            # No duty cycle meets every SLO at those rates: serve full batches, one after another.
+            d = sum(item(m, 0.0, st).run_ms(m.max_batch) for m in models)
+            return [batcher_config(m, st, m.max_batch, d, r, queue_delay_ms=sv.queue_delay_ms,
+                                   timeouts=sv.queue_timeouts) for m, r in zip(models, rates)]
+
+    def _weights(self, names: list[str]) -> float:
+        return max(self.scenario.cluster.weight_load_s(self.fleet.model(n).memory_gb) for n in names)
+
+    def _add_slot(self, a: AddSlot) -> str:
+        pool = self.fleet.pool(a.pool)
+        if not a.models:
+            return "refused: a slot needs at least one model"
+        gt = gpu_type(pool.gpu)
+        if a.profile != WHOLE and (not pool.mig or a.profile not in {p.name for p in gt.mig_profiles}):
+            return f"refused: pool {pool.name} has no MIG profile {a.profile}"
+        st = SlotType(pool, a.profile)
+        mem = sum(self.fleet.model(n).memory_gb for n in a.models)
+        if mem > st.memory_gb + 1e-9:
+            return f"refused: {mem:.1f} GB does not fit a {a.profile} slot ({st.memory_gb:.1f} GB)"
+        place = None
+        for n in self.nodes.values():
+            if n.pool.name != pool.name or not n.alive or n.preempting:
+                continue
+            for g, ids in sorted(n.gpus.items()):
+                profiles = [self.slots[i].profile for i in ids]
+                if a.profile == WHOLE:
+                    ok = not ids
+                else:
+                    ok = WHOLE not in profiles and is_valid_combination(pool.gpu, profiles + [a.profile])
+                if ok:
+                    place = (n, g)
+                    break
+            if place:
+                break
+        if place is None:
+            alive = sum(1 for n in self.nodes.values() if n.pool.name == pool.name and n.alive)
+            if alive >= pool.max_nodes:
+                return f"refused: pool {pool.name} is at max_nodes {pool.max_nodes} with no free GPU"
+            k = sum(1 for n in self.nodes if n.startswith(f"{pool.name}-new"))
+            node = self._node(f"{pool.name}-new{k}", pool, self.now + self.scenario.cluster.node_provision_s)
+            place = (node, 0)
+        node, g = place
+        cl = self.scenario.cluster
+        ready_at = max(self.now, node.ready_at) + (0.0 if node.pulled else cl.image_pull_s) + self._weights(
+            list(a.models))
+        self.new_count += 1
+        sid = f"{pool.name}-new{self.new_count}-{a.profile}"
+        slot = Slot(sid, pool, a.profile, node, g, 1, self._server(sid), ready_at, self.now)
+        slot.server.free_at = ready_at
+        node.gpus[g].append(sid)
+        for name, cfg in zip(a.models, self._group(st, list(a.models))):
+            self._add_member(slot, name, cfg, ready_at)
+        self.slots[sid] = slot
+        self._push(ready_at, READY, ("ready", sid))
+        return f"applied: {sid} serves at t={ready_at:.0f} s"
+
+    def _add_replica(self, a: AddReplica) -> str:
+        s = self.slots.get(a.slot)
+        if s is None:
+            return "refused: no such slot"
+        if s.preempting:
+            return "refused: slot is being preempted"
+        names = [m.model for m in s.live if not m.draining] + [a.model]
+        mem = sum(self.fleet.model(n).memory_gb for n in names)
+        if mem > s.st.memory_gb + 1e-9:
+            return f"refused: {mem:.1f} GB over the slot's {s.st.memory_gb:.1f} GB"
+        ready_at = max(self.now, s.ready_at) + self._weights([a.model])
+        cfg = self._group(s.st, names)[-1]
+        self._add_member(s, a.model, cfg, ready_at)
+        return f"applied: serves at t={ready_at:.0f} s"
+
+    def _remove_replica(self, model: str, slot: str) -> str:
+        s = self.slots.get(slot)
+        if s is None:
+            return "refused: no such slot"
+        for m in s.live:
+            if m.model == model and not m.draining:
+                m.draining = True
+                return "applied"
+        return f"refused: no replica of {model} in {slot}"
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _result(self, T: float, wall: float) -> Result:
+        models = []
+        total_arr = 0
+        for i, s in enumerate(self.stats.models):
+            live = [m for m in self.replicas[i] if not m.removed]
+            queued = sum(m.queued for m in live)
+            inflight = sum(m.in_flight for m in live)
+            rej = sum(s.rejected.values())
+            total_arr += s.arrivals
+            finished = s.completed + rej
+            models.append({
+                "name": s.name, "kind": self.fleet.models[i].kind, "slo_ms": s.slo_ms, "arrivals": s.arrivals,
+                "completed": s.completed, "rejected": dict(s.rejected), "queued_at_end": queued,
+                "in_flight_at_end": inflight,
+                "p50_ms": round(hist_percentile(s.hist, 50), 3), "p95_ms": round(hist_percentile(s.hist, 95), 3),
+                "p99_ms": round(hist_percentile(s.hist, 99), 3),
+                "mean_ms": round(s.latency_sum_ms / s.completed, 3) if s.completed else 0.0,
+                "mean_queue_ms": round(s.queue_sum_ms / s.completed, 3) if s.completed else 0.0,
+                "slo_attainment": round(s.slo_ok / finished, 6) if finished else 1.0,
+            })
+        slots = []
+        for s in list(self.slots.values()) + self.gone:
+            end = s.removed_at if s.removed_at is not None else T
+            life = max(end - s.created, 1e-9)
+            slots.append({"id": s.id, "pool": s.pool.name, "profile": s.profile, "node": s.node.name,
+                          "models": [m.model for m in s.server.members], "created_s": s.created,
+                          "removed_s": s.removed_at, "utilisation": round(min(1.0, s.server.busy_s / life), 4)})
+        gpu_hours = {p: round(v / 3600.0, 4) for p, v in self.gpu_seconds.items()}
+        cost = sum(gpu_hours[p.name] * p.cost_per_gpu_hour for p in self.fleet.pools)
+        fleet = {"gpu_hours": gpu_hours, "cost": round(cost, 4), "mean_cost_per_hour": round(cost / (T / 3600.0), 4),
+                 "plan_cost_per_hour": self.plan.cost_per_hour, "requests": total_arr,
+                 "slo_attainment": round(sum(s.slo_ok for s in self.stats.models) /
+                                         max(1, sum(s.completed + sum(s.rejected.values())
+                                                    for s in self.stats.models)), 6)}
+        perf = {"wall_s": round(wall, 3), "requests_per_wall_s": round(total_arr / wall) if wall > 0 else 0,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
+        return Result(self.plan.id, self.policy_name, self.scenario.name, self.seed, T, models, slots, fleet,
+                      self.series, self.actions, perf)
+
+
+def simulate(plan: Plan, scenario: Scenario, *, duration_s: float, seed: int = 0, policy: Policy | str | None = None,
+             progress: Progress | None = None) -> Result:
+    """Replay ``scenario``'s traffic against ``plan`` for ``duration_s`` simulated seconds."""
+    return Simulation(plan, scenario, seed=seed, policy=policy).run(duration_s, progress)

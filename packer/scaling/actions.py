@@ -1,0 +1,277 @@
+"""Scaling actions, each with its reason and expected cost per hour, and ``apply`` to a plan.
+
+An action is data: the policy decides, the caller acts (the reconciler on a cluster, the simulator
+on its model of one). ``cost_per_hour`` is the change of the fleet's hourly bill once the action
+is done: positive when a GPU is added, negative when one is released, 0 when it only uses room
+already paid for. ``ready_in_s`` is the cold start before the new capacity serves.
+
+:func:`apply` turns a plan and actions into the next plan, so the deployed state stays one type
+from planner to cluster; the slot maths re-evaluates every changed slot, and an action that would
+break a slot's memory, compute or SLO is refused with an error rather than deployed.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
+from packer.plan import GpuLayout, Member, Move, Placement, Plan
+from packer.scaling.room import SlotRef, headroom_u, paid_gpus, ref, slot_type
+from packer.slot import WHOLE, evaluate, item
+
+ModelRate = tuple[str, float]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    kind: ClassVar[str] = "action"
+    reason: str
+    """Why, in words a person on call can check: the numbers that triggered it."""
+    cost_per_hour: float
+    """Change of the hourly bill once done (negative saves)."""
+    ready_in_s: float = 0.0
+    """Cold start until the added capacity serves (0 for pure re-sizing and removals)."""
+
+    def summary(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resize(Action):
+    """Size an existing replica for another rate: its slot had room (or it needs less)."""
+
+    kind: ClassVar[str] = "resize"
+    model: str
+    slot: SlotRef
+    rate_rps: float
+
+    def summary(self) -> str:
+        return f"resize {self.model} in {self.slot.id} to {self.rate_rps:.1f} rps"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddReplica(Action):
+    """One more replica of one model in spare room of a slot that already runs: no new GPU."""
+
+    kind: ClassVar[str] = "add_replica"
+    model: str
+    slot: SlotRef
+    rate_rps: float
+
+    def summary(self) -> str:
+        return f"add {self.model} to {self.slot.id} at {self.rate_rps:.1f} rps"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AddGroup(Action):
+    """A copy of a whole packed group on a new slot: every member gains capacity at once."""
+
+    kind: ClassVar[str] = "add_group"
+    source: SlotRef
+    slot: SlotRef
+    rates: tuple[ModelRate, ...]
+    new_gpu: bool = True
+
+    def summary(self) -> str:
+        return f"copy group {self.source.id} ({', '.join(m for m, _ in self.rates)}) to {self.slot.id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitOut(Action):
+    """A hot model on a slot of its own (a free slot, or a new GPU)."""
+
+    kind: ClassVar[str] = "split_out"
+    model: str
+    slot: SlotRef
+    rate_rps: float
+    new_gpu: bool = False
+
+    def summary(self) -> str:
+        return f"split {self.model} out to {'new GPU ' if self.new_gpu else ''}{self.slot.id} at {self.rate_rps:.1f} rps"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Consolidate(Action):
+    """Empty one slot: drop replicas no longer needed, move the rest into room elsewhere."""
+
+    kind: ClassVar[str] = "consolidate"
+    slot: SlotRef
+    drops: tuple[str, ...] = ()
+    moves: tuple[tuple[str, SlotRef, float], ...] = ()
+    """(model, destination, rate) for replicas that must survive (``min_replicas``, load)."""
+    resizes: tuple[tuple[str, SlotRef, float], ...] = ()
+    """Replicas elsewhere re-sized to the demand, making the room the moves use."""
+    release_gpu: bool = True
+    """False keeps the emptied GPU as warm standby (or it still holds other MIG instances)."""
+
+    def summary(self) -> str:
+        parts = [f"drop {m}" for m in self.drops] + [f"move {m} to {d.id}" for m, d, _ in self.moves]
+        what = "release GPU" if self.release_gpu else "keep as standby"
+        return f"empty {self.slot.id} ({'; '.join(parts) or 'nothing on it'}), {what}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Standby(Action):
+    """Provision an empty whole GPU so the next new slot waits only for weights."""
+
+    kind: ClassVar[str] = "standby"
+    slot: SlotRef
+
+    def summary(self) -> str:
+        return f"keep {self.slot.id} as warm standby"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Replan(Action):
+    """Ask the planner for a migration-aware re-plan at these rates. Not applied by
+    :func:`apply`: the caller runs ``plan_fleet(fleet.with_traffic(...), current=plan)``."""
+
+    kind: ClassVar[str] = "replan"
+    traffic: tuple[ModelRate, ...]
+    """Rate per model the new plan must hold (the stabilised demand over target utilisation)."""
+    fragmentation: float
+
+    def summary(self) -> str:
+        return f"re-plan ({self.fragmentation:.0%} of paid capacity idle)"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    ref: SlotRef
+    members: dict[str, tuple[int, float]]
+    """model -> (replica index, rate)."""
+    original: Placement | None = None
+
+
+def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
+    """The plan after ``actions`` (in order). Raises ValueError if one would break a slot.
+
+    ``Replan`` is skipped: it needs the planner, which the caller injects.
+    """
+    slots: dict[str, _Slot] = {}
+    for p in plan.placements:
+        slots[p.id] = _Slot(ref(p), {m.name: (m.replica, m.rate_rps) for m in p.models}, p)
+    layouts = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
+    for k, lay in paid_gpus(plan).items():
+        if k not in layouts:
+            layouts[k] = GpuLayout(k[0], k[1], k[2], lay)
+    next_idx: dict[str, int] = defaultdict(int)
+    for p in plan.placements:
+        for m in p.models:
+            next_idx[m.name] = max(next_idx[m.name], m.replica + 1)
+    moves: list[Move] = []
+
+    def slot_at(r: SlotRef) -> _Slot:
+        if r.id not in slots:
+            if r.gpu_key not in layouts:
+                layouts[r.gpu_key] = GpuLayout(r.pool, r.node, r.gpu, WHOLE)
+            slots[r.id] = _Slot(r, {})
+        return slots[r.id]
+
+    def add(r: SlotRef, model: str, rate: float, idx: int | None = None, src: str | None = None) -> None:
+        s = slot_at(r)
+        if model in s.members:
+            raise ValueError(f"{model} already has a replica in {r.id}")
+        if idx is None:
+            idx = next_idx[model]
+            next_idx[model] += 1
+        s.members[model] = (idx, rate)
+        moves.append(Move(model, idx, src, r.id))
+
+    def resize(r: SlotRef, model: str, rate: float) -> None:
+        s = slots.get(r.id)
+        if s is None or model not in s.members:
+            raise ValueError(f"no replica of {model} in {r.id} to resize")
+        s.members[model] = (s.members[model][0], rate)
+
+    for a in actions:
+        if isinstance(a, Resize):
+            resize(a.slot, a.model, a.rate_rps)
+        elif isinstance(a, AddReplica):
+            if a.slot.id not in slots:
+                raise ValueError(f"add_replica needs an existing slot, {a.slot.id} is not one")
+            add(a.slot, a.model, a.rate_rps)
+        elif isinstance(a, AddGroup):
+            for model, rate in a.rates:
+                add(a.slot, model, rate)
+        elif isinstance(a, SplitOut):
+            add(a.slot, a.model, a.rate_rps)
+        elif isinstance(a, Standby):
+            slot_at(a.slot)
+        elif isinstance(a, Consolidate):
+            gone = slots.pop(a.slot.id, None)
+            if gone is None:
+                raise ValueError(f"no slot {a.slot.id} to empty")
+            for model in a.drops:
+                moves.append(Move(model, gone.members[model][0], a.slot.id, None))
+            for model, dst, rate in a.moves:
+                add(dst, model, rate, gone.members[model][0], a.slot.id)
+            for model, dst, rate in a.resizes:
+                resize(dst, model, rate)
+            left = set(gone.members) - set(a.drops) - {m for m, _, _ in a.moves}
+            if left:
+                raise ValueError(f"emptying {a.slot.id} leaves {sorted(left)} without a place")
+            if a.release_gpu and not any(s.ref.gpu_key == a.slot.gpu_key for s in slots.values()):
+                layouts.pop(a.slot.gpu_key, None)
+        elif isinstance(a, Replan):
+            continue
+        else:  # pragma: no cover - a new action type must be taught to apply
+            raise TypeError(f"unknown action {a!r}")
+    return _rebuild(plan, slots, layouts, tuple(moves))
+
+
+def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, int], GpuLayout],
+             moves: tuple[Move, ...]) -> Plan:
+    u = headroom_u(plan)
+    placements = []
+    for s in slots.values():
+        if not s.members:
+            continue
+        o = s.original
+        if o is not None and {m.name: (m.replica, m.rate_rps) for m in o.models} == s.members:
+            placements.append(o)
+            continue
+        st = slot_type(plan, s.ref)
+        names = sorted(s.members)
+        cap = st.memory_gb if o is None else o.memory_capacity_gb
+        its = [item(plan.model(n), s.members[n][1], st) for n in names]
+        if sum(i.model.memory_gb for i in its) > cap + 1e-9:
+            raise ValueError(f"{s.ref.id}: {', '.join(names)} need more than its {cap:.1f} GB")
+        try:
+            res = evaluate(its, cap, u)
+        except ValueError:
+            raise ValueError(f"{s.ref.id}: {', '.join(f'{n} at {s.members[n][1]:.1f} rps' for n in names)} "
+                             "cannot all meet their SLOs in one duty cycle") from None
+        members = tuple(
+            Member(n, plan.model(n).kind, s.members[n][0], r.batch_size, round(r.share, 4), plan.model(n).memory_gb,
+                   round(r.p99_bound_ms, 2), plan.model(n).slo_ms, round(s.members[n][1], 4))
+            for n, r in zip(names, res.members)
+        )
+        placements.append(Placement(
+            pool=s.ref.pool, node=s.ref.node, gpu=s.ref.gpu, slot=s.ref.slot, models=members,
+            duty_cycle_ms=round(res.duty_cycle_ms, 3), memory_gb=round(res.memory_gb, 3),
+            memory_capacity_gb=round(cap, 2), compute_share=round(res.compute_share, 4), binding=res.binding,
+            reason=res.reason, mig_start=s.ref.mig_start, gpus=o.gpus if o is not None else (s.ref.gpu,)))
+    placements.sort(key=lambda p: (p.pool, _node_key(p.node), p.gpu, p.mig_start or 0, p.slot))
+    lays = tuple(sorted(layouts.values(), key=lambda l: (l.pool, _node_key(l.node), l.gpu)))
+    gpus: dict[str, int] = defaultdict(int)
+    for l in lays:
+        gpus[l.pool] += 1
+    cost = sum(plan.fleet.pool(k).cost_per_gpu_hour * n for k, n in gpus.items())
+    replicas: dict[str, int] = defaultdict(int)
+    for p in placements:
+        for m in p.models:
+            replicas[m.name] += 1
+    return replace(plan, status="scaled", cost_per_hour=round(cost, 4), gpus=dict(gpus),
+                   placements=tuple(placements), layouts=lays,
+                   replicas={m.name: replicas.get(m.name, 0) for m in plan.fleet.models}, moves=moves,
+                   lower_bound_cost_per_hour=min(plan.lower_bound_cost_per_hour, round(cost, 4)))
+
+
+def _node_key(node: str) -> tuple[str, int]:
+    head, _, tail = node.rpartition("-n")
+    return (head, int(tail)) if tail.isdigit() else (node, 0)

@@ -1,0 +1,223 @@
+"""Room in a deployed plan: how much more rate a slot can take, which slots and GPUs are free.
+
+Everything here reads a :class:`~packer.plan.Plan` as the deployed state: a GPU listed in
+``plan.layouts`` is paid for; a placement's member ``rate_rps`` is the rate that replica is sized
+(and routed) for. Feasibility is the planner's own slot maths (:mod:`packer.slot`), so a slot the
+policy fills is one the planner would accept.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from packer.catalog import gpu_type, mig_layouts
+from packer.fleet import Model
+from packer.plan import Placement, Plan
+from packer.slot import WHOLE, Item, SlotType, duty_window, item
+
+Rates = Mapping[tuple[str, str], float]
+"""Sized rate per (model, slot id), overriding the plan's ``rate_rps``."""
+
+
+def headroom_u(plan: Plan) -> float:
+    """Usable share of a duty cycle, as the plan was made with (15% headroom by default)."""
+    return 1.0 - float(plan.settings.get("headroom", 0.15))
+
+
+def slot_type(plan: Plan, p: Placement | "SlotRef") -> SlotType:
+    return SlotType(plan.fleet.pool(p.pool), p.slot)
+
+
+@dataclass(frozen=True)
+class SlotRef:
+    """A slot by address: an existing placement's, a free MIG instance's or a new GPU's."""
+
+    pool: str
+    node: str
+    gpu: int
+    slot: str = WHOLE
+    mig_start: int | None = None
+
+    @property
+    def id(self) -> str:
+        tail = "whole" if self.slot == WHOLE else f"{self.slot}@{self.mig_start}"
+        return f"{self.node}-g{self.gpu}-{tail}"
+
+    @property
+    def gpu_key(self) -> tuple[str, str, int]:
+        return (self.pool, self.node, self.gpu)
+
+
+def ref(p: Placement) -> SlotRef:
+    return SlotRef(p.pool, p.node, p.gpu, p.slot, p.mig_start)
+
+
+def rate_of(p: Placement, model: str, rates: Rates | None = None) -> float:
+    for m in p.models:
+        if m.name == model:
+            if rates is not None and (model, p.id) in rates:
+                return rates[(model, p.id)]
+            return m.rate_rps
+    return 0.0
+
+
+def items_of(plan: Plan, p: Placement, rates: Rates | None = None, *, exclude: str | None = None) -> list[Item]:
+    st = slot_type(plan, p)
+    return [item(plan.model(m.name), rate_of(p, m.name, rates), st) for m in p.models if m.name != exclude]
+
+
+def can_host(plan: Plan, p: Placement, model: Model) -> bool:
+    """Memory and kind allow ``model`` here (rate aside); never a second replica in one slot."""
+    if len(p.gpus) > 1 or model.gpus_per_replica > 1:
+        return False
+    others = [m for m in p.models if m.name != model.name]
+    pool = plan.fleet.pool(p.pool)
+    if others and not pool.time_slicing and any(m.kind != model.kind for m in others):
+        return False
+    return sum(m.memory_gb for m in others) + model.memory_gb <= p.memory_capacity_gb + 1e-9
+
+
+def room(plan: Plan, p: Placement, model: Model, rates: Rates | None = None) -> float:
+    """Highest rate (rps) ``model`` can be sized for in ``p``, the other members at their rates.
+
+    Works for a slot that hosts the model (its own replica is left out and re-added) and for one
+    that does not. Bisection on the slot maths' O(n) feasibility test; 0.0 when it cannot fit.
+    Example: an L4 slot with asr-en at 1562.5 rps and three small punct replicas has compute as
+    its binding constraint; its room for asr-en is a little above 1562.5 (the planner left the
+    headroom), and for asr-es, which is not there, whatever compute is left after asr-en.
+    """
+    if not can_host(plan, p, model):
+        return 0.0
+    u = headroom_u(plan)
+    st = slot_type(plan, p)
+    base = items_of(plan, p, rates, exclude=model.name)
+
+    def ok(r: float) -> bool:
+        return duty_window(base + [item(model, r, st)], u) is not None
+
+    if not ok(1e-6):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > 1e8:
+            return lo
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def empty_room(plan: Plan, slot: SlotRef, model: Model) -> float:
+    """Room for ``model`` alone in an empty slot of this address's type."""
+    st = slot_type(plan, slot)
+    if model.gpus_per_replica > 1 or model.memory_gb > st.memory_gb + 1e-9:
+        return 0.0
+    empty = Placement(slot.pool, slot.node, slot.gpu, slot.slot, (), 0.0, 0.0, st.memory_gb, 0.0, "", "",
+                      slot.mig_start, (slot.gpu,))
+    return room(plan, empty, model)
+
+
+# ---------------------------------------------------------------------------------------------
+# GPUs: paid, free slots on them, and where a new one would go
+
+
+def paid_gpus(plan: Plan) -> dict[tuple[str, str, int], str]:
+    """GPUs the plan pays for, keyed (pool, node, index), with their layout (``whole`` or MIG)."""
+    out = {(l.pool, l.node, l.gpu): l.layout for l in plan.layouts}
+    for p in plan.placements:  # a plan without layouts still pays for what it places
+        for g in p.gpus or (p.gpu,):
+            out.setdefault((p.pool, p.node, g), WHOLE if p.slot == WHOLE else "?")
+    return out
+
+
+def free_slots(plan: Plan) -> list[SlotRef]:
+    """Slots on paid GPUs that host nothing: empty whole GPUs (warm standby) and unused MIG
+    instances. A replica placed there costs nothing more and waits only for its weights."""
+    used = {(p.pool, p.node, g) for p in plan.placements for g in (p.gpus or (p.gpu,))}
+    used_inst = {(p.pool, p.node, p.gpu, p.slot, p.mig_start) for p in plan.placements}
+    out = []
+    for (pool, node, g), layout in sorted(paid_gpus(plan).items()):
+        if layout == WHOLE:
+            if (pool, node, g) not in used:
+                out.append(SlotRef(pool, node, g))
+            continue
+        gt = plan.fleet.pool(pool).gpu
+        lay = next((l for l in mig_layouts(gt) if l.name == layout), None)
+        if lay is None:
+            continue
+        for prof, start in lay.instances:
+            if (pool, node, g, prof, start) not in used_inst:
+                out.append(SlotRef(pool, node, g, prof, start))
+    return out
+
+
+def standby_gpus(plan: Plan) -> list[SlotRef]:
+    """Paid whole GPUs with nothing on them: the warm standby."""
+    return [s for s in free_slots(plan) if s.slot == WHOLE]
+
+
+@dataclass(frozen=True)
+class NewGpu:
+    slot: SlotRef
+    fresh_node: bool
+    """True when the GPU needs a node that does not exist yet (the long cold start)."""
+
+
+def new_gpu(plan: Plan, pool_name: str) -> NewGpu | None:
+    """Where one more whole GPU of ``pool_name`` would go: a free index on a node that exists,
+    else a new node; None when the pool is at ``max_nodes`` x ``gpus_per_node``."""
+    pool = plan.fleet.pool(pool_name)
+    paid = [k for k in paid_gpus(plan) if k[0] == pool_name]
+    nodes: dict[str, set[int]] = {}
+    for _, node, g in paid:
+        nodes.setdefault(node, set()).add(g)
+    for p in plan.placements:  # multi-GPU replicas occupy their whole span
+        if p.pool == pool_name:
+            nodes.setdefault(p.node, set()).update(p.gpus or (p.gpu,))
+    for node in sorted(nodes, key=_node_index):
+        free = [i for i in range(pool.gpus_per_node) if i not in nodes[node]]
+        if free:
+            return NewGpu(SlotRef(pool_name, node, free[0]), False)
+    taken = {_node_index(n) for n in nodes}
+    for k in range(pool.max_nodes):
+        if k not in taken:
+            return NewGpu(SlotRef(pool_name, f"{pool_name}-n{k}", 0), True)
+    return None
+
+
+def _node_index(node: str) -> int:
+    tail = node.rsplit("-n", 1)[-1]
+    return int(tail) if tail.isdigit() else 1 << 30
+
+
+def gpu_price(plan: Plan, pool: str) -> float:
+    return plan.fleet.pool(pool).cost_per_gpu_hour
+
+
+def fill(plan: Plan, p: Placement, rates: Rates | None = None) -> float:
+    """How full a slot is, 0..1: the larger of memory and compute at its largest duty cycle."""
+    if not p.models:
+        return 0.0
+    its = items_of(plan, p, rates)
+    u = headroom_u(plan)
+    win = duty_window(its, u)
+    if win is None:
+        return 1.0
+    d = win[1] if math.isfinite(win[1]) else win[0]
+    comp = sum(i.load(d) for i in its) / (u * d) if d > 0 else 0.0
+    return min(1.0, max(comp, p.memory_gb / p.memory_capacity_gb if p.memory_capacity_gb else 0.0))
+
+
+def slot_fraction(plan: Plan, slot: SlotRef | Placement) -> float:
+    """Share of its GPU a slot is (1 for whole GPUs, g/7-ish for MIG instances)."""
+    if slot.slot == WHOLE:
+        return 1.0
+    g = gpu_type(plan.fleet.pool(slot.pool).gpu)
+    p = g.profile(slot.slot)
+    return max(p.compute_slices / g.compute_slices, p.memory_slices / g.memory_slices)

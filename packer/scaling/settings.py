@@ -1,0 +1,76 @@
+"""Scaling settings, grouped by concern; each default says why it was chosen.
+
+Times are in seconds of the caller's clock (``now`` is passed to :func:`decide`, never read).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Knative-style averaging windows and the stabilisation that keeps scale-down slow."""
+
+    stable_s: float = 60.0
+    """Load is averaged over this window for normal decisions (Knative's default stable window):
+    long enough that one noisy scrape does not move replicas."""
+    panic_s: float = 6.0
+    """Short window, 10% of the stable one as in Knative: a spike shows here within seconds."""
+    panic_threshold: float = 1.5
+    """Enter panic when the panic-window demand is this many times the sized capacity. With
+    ``target_utilisation`` 0.7 that is a load of about 1.05x capacity: the slot is already
+    queueing. In panic the policy scales up on the panic window and never scales down."""
+    scale_down_s: float = 600.0
+    """Stabilisation window: scale-down sizes for the *highest* demand seen over the last 10
+    minutes (the HPA default is 5; packed groups pay for a flap twice, once per member moved)."""
+    scale_down_band: float = 0.10
+    """After a scale-down at least 10% above that highest demand must remain, so stationary
+    noise cannot push the stable average back over capacity right after a consolidation."""
+
+
+@dataclass(frozen=True)
+class ColdStart:
+    """How long new capacity takes to serve; decides which action is safe while load grows."""
+
+    weights_s: float = 15.0
+    """Load weights into a slot whose node already runs the image (a few GB from a local cache)."""
+    image_s: float = 45.0
+    """Pull and start the Triton image on a node that has a free GPU but no server for it."""
+    node_s: float = 150.0
+    """Provision a cloud GPU node (typically 2-4 minutes); the dominant cold start."""
+    standby_gpus: int = 1
+    """Spare whole GPUs kept provisioned (cheapest pool): a scale-up that needs a new slot
+    then waits only ``weights_s`` instead of ``node_s + image_s + weights_s``."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    """How full the policy lets capacity get, and when it gives up on local moves."""
+
+    target_utilisation: float = 0.7
+    """Sized capacity is kept at demand / 0.7: the slack absorbs growth during a cold start and
+    run-time noise (capacity itself already holds the plan's compute headroom and the worst-case
+    SLO bound). Knative's default container target utilisation is the same 70%."""
+    max_forecast_factor: float = 2.0
+    """A trend forecast over the cold start never asks for more than twice the current demand, so
+    one steep minute does not buy a day's worth of GPUs."""
+    queue_alarm: float = 0.5
+    """A mean queue time above half the SLO means requests are already late: panic regardless of
+    the load estimate (the estimate may lag when the signal is throughput, not arrivals)."""
+    fragmentation_replan: float = 0.45
+    """Ask the planner for a re-plan when this share of paid slot capacity is idle and no single
+    consolidation can release a GPU: local moves are stuck, a global packing is cheaper."""
+    replan_cooldown_s: float = 3600.0
+    """A re-plan moves many replicas; at most one per hour."""
+    min_useful_rps: float = 1e-3
+    """Room smaller than this is not worth a replica's memory."""
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    windows: Windows = field(default_factory=Windows)
+    cold_start: ColdStart = field(default_factory=ColdStart)
+    targets: Targets = field(default_factory=Targets)
+    max_consolidations: int = 1
+    """Slots released per decision: scale-down one step at a time, each re-measured before the next."""

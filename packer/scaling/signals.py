@@ -1,0 +1,93 @@
+"""Per-model load signals and the load they imply.
+
+The primary signal is concurrency (requests in flight plus queued), turned into a request rate by
+Little's law with the time a request is expected to spend in its slot: ``rate = N / W``. Unlike
+GPU utilisation it does not saturate: an overloaded model's queue keeps growing, so the implied
+rate keeps rising past capacity. The reported arrival rate is used beside it because it is precise
+at low load, where a handful of requests in flight is a noisy concurrency.
+
+A :class:`Signals` is what the serving adapter (``serving/metrics.py``) parses from Triton's
+``/metrics``; the core defines its own type so that it never imports an adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from packer.plan import Plan
+
+
+@dataclass(frozen=True)
+class Signals:
+    """One model's load over the last scrape interval, summed over its replicas."""
+
+    model: str
+    in_flight: float = 0.0
+    """Requests executing now (Triton: executing batches x their sizes)."""
+    queued: float = 0.0
+    """Requests waiting in the model's queues (Triton ``nv_inference_pending_request_count``)."""
+    arrival_rps: float = 0.0
+    """Requests arriving per second (Triton: rate of ``nv_inference_request_success`` +
+    failures; a throughput, so it saturates at capacity; concurrency does not)."""
+    queue_ms: float = 0.0
+    """Mean time a request waited before its batch ran (``nv_inference_queue_duration_us`` /
+    count)."""
+
+    @property
+    def concurrency(self) -> float:
+        return self.in_flight + self.queued
+
+
+def sojourn_s(plan: Plan, model: str) -> float:
+    """Expected seconds a request of ``model`` spends in its slot at the planned rate.
+
+    A request arrives uniformly within its model's duty cycle ``d``, so it waits ``d/2`` on
+    average, then its batch runs ``l(b) = p99_bound - d``. Weighted by each replica's planned rate.
+    Example: d = 60 ms and a 20 ms batch give 30 + 20 = 50 ms, so 40 requests in the system mean
+    40 / 0.05 = 800 rps.
+    """
+    total = weight = 0.0
+    for p in plan.placements:
+        for m in p.models:
+            if m.name == model:
+                w = max(m.rate_rps, 1e-9)
+                total += w * (p.duty_cycle_ms / 2 + (m.p99_bound_ms - p.duty_cycle_ms)) / 1000.0
+                weight += w
+    return total / weight if weight else 0.0
+
+
+def load_rps(sig: Signals, sojourn: float) -> float:
+    """The request rate the signals imply: the larger of arrivals and concurrency / sojourn.
+
+    >>> round(load_rps(Signals("asr", in_flight=30, queued=10, arrival_rps=700), 0.05), 1)
+    800.0
+    """
+    by_concurrency = sig.concurrency / sojourn if sojourn > 0 else 0.0
+    return max(sig.arrival_rps, by_concurrency)
+
+
+def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, Signals]]:
+    """Parse a metrics snapshot (the ``--metrics`` JSON): ``{"time": s, "models": {name: {...}}}``.
+
+    Returns the snapshot's time (None when absent) and its signals per model. Unknown keys are
+    errors, so a typo in a hand-written snapshot does not silently read as zero load.
+    """
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("models"), Mapping):
+        raise ValueError('a metrics snapshot is {"time": seconds, "models": {model: {in_flight, queued, '
+                         'arrival_rps, queue_ms}}}')
+    fields = {"in_flight", "queued", "arrival_rps", "queue_ms"}
+    out: dict[str, Signals] = {}
+    for name, d in doc["models"].items():
+        if not isinstance(d, Mapping):
+            raise ValueError(f"models.{name}: expected a mapping of {sorted(fields)}")
+        extra = set(d) - fields
+        if extra:
+            raise ValueError(f"models.{name}: unknown field(s) {sorted(extra)}; known: {sorted(fields)}")
+        vals = {k: float(v) for k, v in d.items()}
+        if any(v < 0 for v in vals.values()):
+            raise ValueError(f"models.{name}: signals must be non-negative")
+        out[name] = Signals(name, **vals)
+    t = doc.get("time")
+    return (float(t) if t is not None else None), out

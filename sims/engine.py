@@ -39,6 +39,7 @@ from sims.traffic import model_rng, sources
 # sees the cluster as it is at that instant.
 KILL, NOTICE, READY, TICK = 0, 1, 2, 3
 HISTORY = 40
+CDF_POINTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 98, 99, 99.5, 99.9, 99.99)
 Progress = Callable[[float, float], None]
 
 
@@ -184,7 +185,7 @@ class Simulation:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self, duration_s: float, progress: Progress | None = None) -> Result:
-        wall0 = time.perf_counter()
+        wall0, cpu0 = time.perf_counter(), time.process_time()
         T = float(duration_s)
         self._push(T, TICK, ("end",))
         while self.now < T:
@@ -197,8 +198,8 @@ class Simulation:
                 self._handle(ev)
             if progress is not None:
                 progress(self.now, T)
-        wall = time.perf_counter() - wall0
-        return self._result(T, wall)
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        return self._result(T, wall, cpu)
 
     def _advance(self, t0: float, t1: float) -> None:
         st = self.stats
@@ -448,7 +449,7 @@ class Simulation:
 
     # -- results -------------------------------------------------------------------------------
 
-    def _result(self, T: float, wall: float) -> Result:
+    def _result(self, T: float, wall: float, cpu: float) -> Result:
         models = []
         total_arr = 0
         for i, s in enumerate(self.stats.models):
@@ -467,6 +468,7 @@ class Simulation:
                 "mean_ms": round(s.latency_sum_ms / s.completed, 3) if s.completed else 0.0,
                 "mean_queue_ms": round(s.queue_sum_ms / s.completed, 3) if s.completed else 0.0,
                 "slo_attainment": round(s.slo_ok / finished, 6) if finished else 1.0,
+                "cdf": [[q, round(hist_percentile(s.hist, q), 3)] for q in CDF_POINTS] if s.completed else [],
             })
         slots = []
         for s in list(self.slots.values()) + self.gone:
@@ -482,7 +484,9 @@ class Simulation:
                  "slo_attainment": round(sum(s.slo_ok for s in self.stats.models) /
                                          max(1, sum(s.completed + sum(s.rejected.values())
                                                     for s in self.stats.models)), 6)}
-        perf = {"wall_s": round(wall, 3), "requests_per_wall_s": round(total_arr / wall) if wall > 0 else 0,
+        perf = {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                "requests_per_wall_s": round(total_arr / wall) if wall > 0 else 0,
+                "requests_per_cpu_s": round(total_arr / cpu) if cpu > 0 else 0,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
         return Result(self.plan.id, self.policy_name, self.scenario.name, self.seed, T, models, slots, fleet,
                       self.series, self.actions, perf)

@@ -160,32 +160,27 @@ class SlotServer:
         if noise is not None and not noise:
             noise = self._refill_noise()
             ni = 0
+        # R[i]: when member i's batch would be ready if the slot were free (INF: empty queue). It
+        # changes only when i is served, so each batch costs O(1) Python plus a min() over members.
+        R = [_ready(m) for m in mems]
         while True:
-            best = None
-            bt = INF
-            bi = -1
-            for k in range(n):
-                i = (last + 1 + k) % n
-                m = mems[i]
-                h = m.h
-                q = m.q
-                nq = len(q)
-                if h >= nq:
-                    continue
-                c = m.cfg
-                t = q[h] + c.delay_s
-                j = h + c.preferred - 1
-                if j < nq and q[j] < t:
-                    t = q[j]
-                if t < m.ready_at:
-                    t = m.ready_at
-                if t < F:
-                    t = F
-                if t < bt:
-                    bt, best, bi = t, m, i
-            if best is None or bt >= t_end:
-                break
-            m = best
+            bt = min(R)
+            if bt <= F:
+                if F >= t_end:
+                    break
+                bt = F
+                i = last + 1  # round-robin among the members ready when the slot frees
+                while True:
+                    if i >= n:
+                        i -= n
+                    if R[i] <= F:
+                        break
+                    i += 1
+            else:
+                if bt >= t_end:
+                    break
+                i = R.index(bt)
+            m = mems[i]
             c = m.cfg
             q = m.q
             h = m.h
@@ -198,6 +193,7 @@ class SlotServer:
                     m.rej.append(j)
                     m.h = h = j
                     if h >= nq or q[h] > bt:
+                        R[i] = _ready(m)
                         continue
             top = h + c.max_batch
             hi = bisect_right(q, bt, h, top if top < nq else nq)
@@ -216,7 +212,15 @@ class SlotServer:
             m.rec.extend((h, hi, bt, F))
             m.h = hi
             busy += run
-            last = bi
+            last = i
+            if hi < nq:
+                t = q[hi] + c.delay_s
+                j = hi + c.preferred - 1
+                if j < nq and q[j] < t:
+                    t = q[j]
+                R[i] = t if t > m.ready_at else m.ready_at
+            else:
+                R[i] = INF
         self.free_at = F
         self.last = last
         self.busy_s += busy
@@ -265,6 +269,20 @@ class SlotServer:
                 arr = m.qa[m.h:]
                 sink.rejected(m, arr, np.full(arr.size, t), reason)
             m.q, m.qa, m.h = [], np.empty(0), 0
+
+
+def _ready(m: Member) -> float:
+    """When ``m``'s next batch is ready on a free slot: preferred size reached or delay expired."""
+    q, h = m.q, m.h
+    nq = len(q)
+    if h >= nq:
+        return INF
+    c = m.cfg
+    t = q[h] + c.delay_s
+    j = h + c.preferred - 1
+    if j < nq and q[j] < t:
+        t = q[j]
+    return t if t > m.ready_at else m.ready_at
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

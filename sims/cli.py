@@ -1,0 +1,192 @@
+"""``packer simulate`` and ``packer capacity``: the simulator's command line.
+
+``packer simulate FLEET_OR_PLAN --scenario diurnal --duration 1h --seed 1`` replays the scenario
+against a plan (a ``plan.json`` from ``packer plan``, or a fleet file, planned first) and prints
+per-model latency, SLO attainment and cost; ``--out DIR`` adds JSON, plots and an HTML report.
+``--compare OTHER`` runs a second plan (a path) or a second policy (a name) on the same traffic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from packer.errors import UserError
+from packer.fleet import Fleet, load_fleet
+from packer.plan import Plan, load_plan
+from sims.scenario import Scenario, load_scenario, parse_duration
+
+
+def _plan_fleet(fleet: Fleet, seed: int, time_limit_s: float | None) -> Plan:
+    from packer.planner import PlanSettings, plan_fleet
+
+    return plan_fleet(fleet, settings=PlanSettings(seed=seed, time_limit_s=time_limit_s))
+
+
+def load_plan_or_fleet(path: str, seed: int = 0, time_limit_s: float | None = None) -> Plan:
+    """A plan file as is; a fleet file planned with default settings."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such file. Fix: give a fleet YAML or a plan JSON from `packer plan`")
+    if p.suffix == ".json":
+        try:
+            return load_plan(p)
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise UserError(f"{path}: not a plan file ({e}). Fix: write one with `packer plan FLEET -o plan.json`") \
+                from None
+    return _plan_fleet(load_fleet(p), seed, time_limit_s)
+
+
+class _Bar:
+    """A progress bar on stderr, only when it is a terminal (CI logs stay clean)."""
+
+    def __init__(self, label: str, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.label, self.last = label, -1
+
+    def __call__(self, now: float, total: float) -> None:
+        if not self.enabled:
+            return
+        pct = int(100 * now / total) if total > 0 else 100
+        if pct != self.last:
+            self.last = pct
+            fill = pct // 4
+            sys.stderr.write(f"\r{self.label} [{'#' * fill}{'.' * (25 - fill)}] {pct:3d}%")
+            if pct >= 100:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy: str | None,
+            progress: bool, label: str) -> dict[str, Any]:
+    from sims.engine import simulate
+
+    r = simulate(plan, scenario, duration_s=duration_s, seed=seed, policy=policy, progress=_Bar(label, progress))
+    return r.to_dict()
+
+
+@click.command()
+@click.argument("fleet_or_plan", type=click.Path(dir_okay=False))
+@click.option("--scenario", "scenario_path", default="diurnal", show_default=True,
+              help="Scenario YAML, or the name of a shipped one (diurnal, peak, spike, bursty, spot).")
+@click.option("--duration", default=None, help="Simulated time, e.g. 10m, 1h, 1d (default: the scenario's, else 1h).")
+@click.option("--policy", default=None, help="Scaling policy (default: the scenario's, else static).")
+@click.option("--compare", default=None, help="A second plan/fleet file, or a second policy name, on the same traffic.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
+              help="Write result.json, plots (PNG and SVG) and report.html here.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, policy: str | None, compare: str | None,
+             seed: int, out_dir: str | None, as_json: bool, no_progress: bool) -> None:
+    """Replay a traffic scenario against a plan and a scaling policy; report latency, SLOs and cost."""
+    from sims import report
+    from sims.policies import policy_names
+
+    scenario = load_scenario(scenario_path)
+    dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
+    if dur <= 0:
+        raise UserError("--duration must be positive")
+    plan = load_plan_or_fleet(fleet_or_plan, seed)
+    runs = [run_one(plan, scenario, dur, seed, policy, not no_progress, "simulating")]
+    if compare:
+        if compare in policy_names():
+            runs.append(run_one(plan, scenario, dur, seed, compare, not no_progress, f"simulating {compare}"))
+        elif Path(compare).exists():
+            runs.append(run_one(load_plan_or_fleet(compare, seed), scenario, dur, seed, policy, not no_progress,
+                                "simulating the other plan"))
+        else:
+            raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
+    if as_json:
+        click.echo(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1))
+    else:
+        click.echo(report.table(runs))
+    if out_dir:
+        page = report.write(runs, Path(out_dir))
+        click.echo(f"wrote {page}", err=True)
+
+
+def held(run: dict[str, Any], attainment: float) -> bool:
+    """Every model meets its SLO: p99 within it, and at least ``attainment`` of requests in time."""
+    return all(m["p99_ms"] <= m["slo_ms"] and m["slo_attainment"] >= attainment for m in run["models"]
+               if m["arrivals"] > 0)
+
+
+@click.command()
+@click.argument("fleet_path", type=click.Path(dir_okay=False))
+@click.option("--growth", default="1,1.5,2,3", show_default=True, help="Traffic factors to plan and simulate at.")
+@click.option("--scenario", "scenario_path", default="peak", show_default=True)
+@click.option("--duration", default="10m", show_default=True)
+@click.option("--policy", default=None)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--attainment", default=0.99, show_default=True, type=float,
+              help="Share of requests within the SLO that counts as holding it.")
+@click.option("--time-limit", default=None, type=float, help="Planner time per growth factor, seconds.")
+@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write capacity.json and plots.")
+@click.option("--no-progress", is_flag=True)
+def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, policy: str | None, seed: int,
+             attainment: float, time_limit: float | None, out_dir: str | None, no_progress: bool) -> None:
+    """Re-plan at each traffic growth factor, simulate it, and print the GPUs and cost that hold the SLOs."""
+    try:
+        factors = [float(x) for x in growth.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--growth {growth!r}: give comma-separated numbers, e.g. 1,1.5,2,3") from None
+    if not factors or any(not math.isfinite(f) or f <= 0 for f in factors):
+        raise UserError("--growth: every factor must be a positive number")
+    fleet = load_fleet(fleet_path)
+    scenario = load_scenario(scenario_path)
+    dur = parse_duration(duration, "--duration")
+    rows = []
+    for g in factors:
+        try:
+            plan = _plan_fleet(fleet.with_traffic(g), seed, time_limit)
+        except UserError as e:
+            rows.append({"growth": g, "fits": False, "error": str(e)})
+            continue
+        run = run_one(plan, scenario, dur, seed, policy, not no_progress, f"growth x{g:g}")
+        worst = min(run["models"], key=lambda m: m["slo_attainment"])
+        rows.append({"growth": g, "fits": True, "gpus": dict(plan.gpus), "gpus_total": sum(plan.gpus.values()),
+                     "plan_cost_per_hour": plan.cost_per_hour, "sim_cost_per_hour": run["fleet"]["mean_cost_per_hour"],
+                     "slo_attainment": run["fleet"]["slo_attainment"], "holds": held(run, attainment),
+                     "worst_model": worst["name"], "worst_attainment": worst["slo_attainment"]})
+    click.echo(f"{'growth':>7}{'GPUs':>6}  {'by pool':<28}{'cost/h':>9}{'in SLO':>9}  holds  worst model")
+    for r in rows:
+        if not r["fits"]:
+            click.echo(f"{r['growth']:>7g}  does not fit: {r['error']}")
+            continue
+        pools = ", ".join(f"{k} {v}" for k, v in r["gpus"].items())
+        click.echo(f"{r['growth']:>7g}{r['gpus_total']:>6}  {pools:<28}{r['plan_cost_per_hour']:>9.2f}"
+                   f"{r['slo_attainment']:>9.2%}  {'yes' if r['holds'] else 'NO ':<5}  "
+                   f"{r['worst_model']} {r['worst_attainment']:.2%}")
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "capacity.json").write_text(json.dumps(rows, indent=1) + "\n")
+        _plot_capacity(rows, out)
+        click.echo(f"wrote {out / 'capacity.png'}", err=True)
+
+
+def _plot_capacity(rows: list[dict[str, Any]], out: Path) -> None:
+    from sims.report import plt
+
+    ok = [r for r in rows if r["fits"]]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["growth"] for r in ok], [r["gpus_total"] for r in ok], "o-", label="GPUs")
+    ax.set_xlabel("traffic growth factor")
+    ax.set_ylabel("GPUs")
+    ax2 = ax.twinx()
+    ax2.plot([r["growth"] for r in ok], [r["plan_cost_per_hour"] for r in ok], "s--", color="C1", label="cost/h")
+    ax2.set_ylabel("cost per hour")
+    for r in ok:
+        if not r["holds"]:
+            ax.annotate("misses SLO", (r["growth"], r["gpus_total"]), fontsize=7, color="red")
+    ax.grid(alpha=0.3)
+    fig.legend(fontsize=8, loc="upper left")
+    for ext in ("png", "svg"):
+        fig.savefig(out / f"capacity.{ext}", dpi=110, bbox_inches="tight")
+    plt.close(fig)

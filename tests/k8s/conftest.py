@@ -143,3 +143,113 @@ def emulator() -> Iterator[EmulatorThread]:
     e = EmulatorThread()
     yield e
     e.close()
+
+
+NS = "packer"
+NODES = [
+    ("gpu-a100-1", "a100", "NVIDIA-A100-SXM4-80GB", 2),
+    ("gpu-a100-2", "a100", "NVIDIA-A100-SXM4-80GB", 2),
+    ("gpu-l4-1", "l4", "NVIDIA-L4", 4),
+    ("cpu-1", None, None, 0),
+]
+
+
+class Harness:
+    """The emulator seeded as a small GPU cluster, and reconcilers pointed at it.
+
+    ``planner`` maps the fleet's traffic scale to slots, so a test decides exactly what the plan
+    is; the reconciler treats it like any planner. ``ready()`` plays the Deployment controller
+    and kubelet: the pods of every Deployment become ready (or only of those named).
+    """
+
+    def __init__(self, emu: EmulatorThread) -> None:
+        import yaml
+        from kubernetes import client
+
+        self.emu = emu
+        self.client = client
+        self.slots_by_scale: dict[float, list[Slot]] = {1.0: list(BASE_SLOTS)}
+        self.api = self.api_client()
+        core = client.CoreV1Api(self.api)
+        for name, pool, product, count in NODES:
+            labels = {"kubernetes.io/hostname": name}
+            if pool:
+                labels |= {"packer.dev/pool": pool, "nvidia.com/gpu.product": product,
+                           "nvidia.com/gpu.count": str(count)}
+            core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
+        self.set_fleet(1.0)
+        self.yaml = yaml
+
+    def api_client(self) -> Any:
+        from k8s.cluster import connect
+
+        return connect(host=self.emu.url)
+
+    def set_fleet(self, scale: float) -> None:
+        import yaml
+
+        core = self.client.CoreV1Api(self.api)
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "packer-fleet", "namespace": NS,
+                             "labels": {"app.kubernetes.io/managed-by": "packer", "packer.dev/role": "fleet"}},
+                "data": {"fleet.yaml": yaml.safe_dump(fleet_doc(scale))}}
+        try:
+            core.create_namespaced_config_map(NS, body)
+        except self.client.ApiException:
+            core.patch_namespaced_config_map("packer-fleet", NS, {"data": body["data"]})
+
+    def planner(self, fleet: Any, current: Any) -> Plan:
+        scale = fleet.model("asr").traffic.rps / FLEET_DOC["models"][0]["traffic"]["rps"]
+        return build_plan(self.slots_by_scale[round(scale, 3)], fleet_doc(scale))
+
+    def reconciler(self, identity: str = "r1", clock: Any = None, **kw: Any) -> Any:
+        import time as _t
+
+        from k8s.cluster import Cluster
+        from k8s.reconciler import Reconciler
+        from k8s.settings import ReconcileSettings
+
+        s = ReconcileSettings(backoff_base_s=0.01, backoff_max_s=0.05, request_timeout_s=2.0, **kw)
+        return Reconciler(Cluster(self.api_client(), s), s, planner=self.planner, identity=identity,
+                          clock=clock or _t.time)
+
+    def objects(self, kind_plural: str, namespace: str | None = NS) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+
+        def grab() -> None:
+            for (res, ns, name), obj in self.emu.emulator.objects.items():
+                if not obj.deleted and f"{res.group}/{res.version}/{res.plural}".lstrip("/") == kind_plural \
+                        and (namespace is None or ns == namespace):
+                    out[name] = dict(obj.raw) if hasattr(obj, "raw") else dict(obj)
+        self.emu.call(grab)
+        return out
+
+    def ready(self, names: set[str] | None = None) -> None:
+        def mark() -> None:
+            for (res, ns, name), obj in self.emu.emulator.objects.items():
+                if res.plural == "deployments" and not obj.deleted and (names is None or name in names):
+                    obj.patch({"status": {"readyReplicas": 1, "updatedReplicas": 1, "replicas": 1}})
+        self.emu.call(mark)
+
+    def writes(self) -> int:
+        """Writes the server has seen (POST/PATCH/PUT/DELETE), counted server-side."""
+        return self.emu.call(lambda: sum(1 for r in self.emu.emulator
+                                         if r.method.value in ("POST", "PATCH", "PUT", "DELETE")))
+
+    def requests(self) -> list[Any]:
+        return self.emu.call(lambda: list(self.emu.emulator))
+
+    def converge(self, r: Any, cycles: int = 6) -> list[Any]:
+        reps = []
+        for _ in range(cycles):
+            rep = r.cycle()
+            reps.append(rep)
+            self.ready()
+            if not rep.done and not rep.waiting and not rep.errors:
+                break
+        return reps
+
+
+@pytest.fixture()
+def cluster(emulator: EmulatorThread) -> Harness:
+    return Harness(emulator)

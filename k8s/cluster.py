@@ -1,0 +1,175 @@
+"""The reconciler's only door to the API server: the official ``kubernetes`` client, with retries,
+per-call accounting and plain dicts in and out.
+
+Responses are read raw (``_preload_content=False``) and parsed as JSON: the typed models cost
+milliseconds per object, which a 500-group cluster would pay on every cycle. Updates are JSON
+merge patches of what the reconciler owns; creates are POSTs, so a name taken by someone else
+comes back as 409 and is never overwritten.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client
+
+from k8s.settings import ReconcileSettings
+
+MERGE_PATCH = "application/merge-patch+json"
+RETRY_STATUS = frozenset({409, 429, 500, 502, 503, 504})
+WRITE_VERBS = frozenset({"create", "patch", "delete"})
+
+
+@dataclass(frozen=True)
+class Kind:
+    api: str
+    """Attribute of :class:`Cluster` holding the typed API object."""
+    snake: str
+    """Suffix of the generated method names (``config_map`` -> ``list_namespaced_config_map``)."""
+    api_version: str
+    namespaced: bool = True
+
+
+KINDS: dict[str, Kind] = {
+    "ConfigMap": Kind("core", "config_map", "v1"),
+    "Service": Kind("core", "service", "v1"),
+    "Event": Kind("core", "event", "v1"),
+    "Node": Kind("core", "node", "v1", namespaced=False),
+    "Deployment": Kind("apps", "deployment", "apps/v1"),
+    "PodDisruptionBudget": Kind("policy", "pod_disruption_budget", "policy/v1"),
+    "Lease": Kind("coordination", "lease", "coordination.k8s.io/v1"),
+}
+
+
+class ApiError(Exception):
+    """An API call that failed for good (after retries, or with a status not worth retrying)."""
+
+    def __init__(self, verb: str, kind: str, name: str, status: int | None, detail: str) -> None:
+        self.verb, self.kind, self.name, self.status = verb, kind, name, status
+        super().__init__(f"{verb} {kind}/{name}: {status or 'no response'} {detail}".strip())
+
+
+class Cluster:
+    """Typed-API calls by kind name, counted, retried with jittered exponential backoff.
+
+    ``calls`` counts every attempt by verb (``list``, ``get``, ``create``, ``patch``, ``delete``),
+    so a cycle's reads and writes can be measured and a no-op cycle shown to write nothing.
+    """
+
+    def __init__(self, api_client: client.ApiClient, settings: ReconcileSettings | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> None:
+        self.settings = settings or ReconcileSettings()
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
+        self.coordination = client.CoordinationV1Api(api_client)
+        self.calls: Counter[str] = Counter()
+        self.by_kind: Counter[tuple[str, str]] = Counter()
+        self.retries = 0
+        self._sleep = sleep
+        self._rng = rng or random.Random(0)
+
+    @property
+    def writes(self) -> int:
+        return sum(n for verb, n in self.calls.items() if verb in WRITE_VERBS)
+
+    @property
+    def lease_writes(self) -> int:
+        """Leader-election heartbeats, counted apart from the reconciler's real work."""
+        return sum(n for (verb, kind), n in self.by_kind.items() if kind == "Lease" and verb in WRITE_VERBS)
+
+    def _method(self, verb: str, kind: str) -> Callable[..., Any]:
+        k = KINDS[kind]
+        scope = "namespaced_" if k.namespaced else ""
+        return getattr(getattr(self, k.api), f"{verb}_{scope}{k.snake}")
+
+    def _call(self, verb: str, kind: str, name: str, *args: Any, retry_conflict: bool = True,
+              **kwargs: Any) -> Any:
+        """One logical call: retried on 409 (if allowed), 429, 5xx and timeouts; JSON or None on 404."""
+        s = self.settings
+        fn = self._method("read" if verb == "get" else verb, kind)
+        last: Exception | None = None
+        for attempt in range(s.max_attempts):
+            if attempt:
+                self.retries += 1
+                self._sleep(self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt)))
+            self.calls[verb] += 1
+            self.by_kind[(verb, kind)] += 1
+            try:
+                resp = fn(*args, _preload_content=False, _request_timeout=s.request_timeout_s, **kwargs)
+                return json.loads(resp.data) if resp.data else {}
+            except client.ApiException as e:
+                if e.status == 404 and verb in ("get", "delete"):
+                    return None
+                if e.status not in RETRY_STATUS or (e.status == 409 and not retry_conflict):
+                    raise ApiError(verb, kind, name, e.status, _reason(e)) from None
+                last = e
+            except Exception as e:  # urllib3 timeouts and connection errors
+                if not _transient(e):
+                    raise
+                last = e
+        status = getattr(last, "status", None)
+        raise ApiError(verb, kind, name, status, f"after {s.max_attempts} tries: {_reason(last)}")
+
+    def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        args = (namespace,) if KINDS[kind].namespaced else ()
+        return list((self._call("list", kind, "*", *args) or {}).get("items") or [])
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        args = (name, namespace) if KINDS[kind].namespaced else (name,)
+        return self._call("get", kind, name, *args)
+
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """POST: a 409 on a retry means an earlier try landed (the caller checks whose it is)."""
+        kind, meta = obj["kind"], obj["metadata"]
+        args = (meta["namespace"],) if KINDS[kind].namespaced else ()
+        return self._call("create", kind, meta["name"], *args, obj, retry_conflict=False)
+
+    def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        args = (name, namespace) if KINDS[kind].namespaced else (name,)
+        return self._call("patch", kind, name, *args, patch, _content_type=MERGE_PATCH)
+
+    def delete(self, kind: str, namespace: str | None, name: str) -> None:
+        args = (name, namespace) if KINDS[kind].namespaced else (name,)
+        self._call("delete", kind, name, *args)
+
+
+def _reason(e: Exception | None) -> str:
+    if isinstance(e, client.ApiException):
+        try:
+            return str(json.loads(e.body or "{}").get("message") or e.reason)[:200]
+        except ValueError:
+            return str(e.reason)
+    return repr(e)[:200]
+
+
+def _transient(e: Exception) -> bool:
+    import urllib3.exceptions
+
+    return isinstance(e, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError))
+
+
+def connect(*, kubeconfig: str | None = None, context: str | None = None,
+            host: str | None = None) -> client.ApiClient:
+    """An API client: in-cluster service account, a kubeconfig, or a bare URL (tests, proxies).
+
+    urllib3's own retries are off: :class:`Cluster` retries with backoff and counts every try.
+    """
+    from kubernetes import config
+
+    cfg = client.Configuration()
+    if host:
+        cfg.host = host
+    elif kubeconfig or not os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.retries = 0
+    return client.ApiClient(cfg)

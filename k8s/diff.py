@@ -1,0 +1,357 @@
+"""Pure decisions of the reconciler: what differs (diff), what may be done now (gate), with reasons.
+
+Nothing here talks to the API server; :mod:`k8s.reconciler` observes, calls these, and acts.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from k8s import names as N
+
+ObjKey = tuple[str, str | None, str]
+"""(kind, namespace, name)"""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One write, with the reason a user reads in Events and on the status page."""
+
+    verb: str
+    """``create``, ``update``, ``delete`` or ``label`` (node labels)."""
+    kind: str
+    namespace: str | None
+    name: str
+    reason: str
+    body: dict[str, Any] | None = field(default=None, compare=False)
+    """The object to create, or the merge patch to apply."""
+    disruptive: bool = False
+    """Restarts or removes serving pods (deleted or updated Deployments, MIG relabels)."""
+
+    @property
+    def key(self) -> ObjKey:
+        return (self.kind, self.namespace, self.name)
+
+    def describe(self) -> str:
+        return f"{self.verb} {self.kind}/{self.name}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """A desired name held by an object the reconciler does not own: left alone, reported."""
+
+    kind: str
+    namespace: str | None
+    name: str
+    reason: str
+
+
+def key(obj: dict[str, Any]) -> ObjKey:
+    m = obj["metadata"]
+    return (obj["kind"], m.get("namespace"), m["name"])
+
+
+def contains(live: Any, want: Any) -> bool:
+    """Does ``live`` hold every field of ``want``? Servers add defaults, never drop what we set."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(contains(live.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(live, list) and len(live) == len(want) and all(map(contains, live, want))
+    return live == want or (live is not None and str(live) == str(want) and not isinstance(want, bool))
+
+
+def _owned_keys(d: dict[str, Any] | None) -> set[str]:
+    return {k for k in (d or {}) if k.startswith(("packer.dev/", N.MODEL_LABEL_PREFIX, "app.kubernetes.io/"))}
+
+
+def _nulls(live: dict[str, Any] | None, want: dict[str, Any], only: set[str] | None = None) -> dict[str, Any]:
+    """``want`` plus ``None`` for each key of ``live`` it dropped (merge-patch deletion)."""
+    gone = (only if only is not None else set(live or {})) - set(want)
+    return {**want, **{k: None for k in sorted(gone)}}
+
+
+def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
+    """The merge patch that makes ``live`` hold ``want``: our labels, annotations, data and spec.
+
+    Keys we once set and no longer want are nulled in labels, annotations, ConfigMap data and the
+    pod template's labels (a model leaving a group must lose its label there). Spec keys the
+    server defaulted are left alone: nulling them would fight immutable fields (a Service's
+    clusterIP) for nothing.
+    """
+    lm, wm = live.get("metadata") or {}, want["metadata"]
+    patch: dict[str, Any] = {"metadata": {
+        "labels": _nulls(lm.get("labels"), wm.get("labels") or {}, _owned_keys(lm.get("labels"))),
+        "annotations": _nulls(lm.get("annotations"), wm.get("annotations") or {},
+                              _owned_keys(lm.get("annotations"))),
+    }}
+    for section in ("data", "binaryData"):
+        if section in want or section in live:
+            patch[section] = _nulls(live.get(section), want.get(section) or {})
+    if "spec" in want:
+        spec = dict(want["spec"])
+        tmpl = spec.get("template")
+        if tmpl is not None:
+            lt = ((live.get("spec") or {}).get("template") or {}).get("metadata") or {}
+            spec["template"] = {**tmpl, "metadata": {
+                "labels": _nulls(lt.get("labels"), tmpl["metadata"].get("labels") or {}),
+                "annotations": _nulls(lt.get("annotations"), tmpl["metadata"].get("annotations") or {},
+                                      _owned_keys(lt.get("annotations")))}}
+        patch["spec"] = spec
+    return patch
+
+
+def _drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
+    """Why ``live`` no longer matches ``want`` (None when it does)."""
+    la = (live["metadata"].get("annotations") or {}).get(N.SPEC_HASH)
+    wa = want["metadata"]["annotations"][N.SPEC_HASH]
+    if la != wa:
+        return f"rendered content changed (hash {la or 'none'} -> {wa})"
+    body = {k: v for k, v in want.items() if k != "metadata"}
+    meta = {"labels": {k: v for k, v in want["metadata"]["labels"].items() if k != N.PLAN_LABEL},
+            "annotations": want["metadata"]["annotations"]}
+    if not contains(live, body) or not contains(live["metadata"], meta):
+        return "edited outside packer: restoring the planned fields"
+    if live.get("data") != want.get("data") and "data" in want:
+        return "data edited outside packer: restoring it"
+    return None
+
+
+def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
+         scopes: set[tuple[str, str | None]] | None = None, why: dict[ObjKey, str] | None = None) -> tuple[list[Action], list[Conflict]]:
+    """Actions that turn ``live`` into ``desired``, touching only objects packer owns.
+
+    ``live`` holds every object of the managed kinds in the managed namespaces, owned or not: an
+    unowned object under a desired name is a :class:`Conflict`, never an action. Owned objects
+    that no longer appear in ``desired`` are deleted, within ``scopes`` ((kind, namespace) pairs
+    that were listed; default: those of ``desired``). ``why`` explains creates (e.g. the placement's reason).
+    """
+    why = why or {}
+    live_by = {key(o): o for o in live}
+    actions: list[Action] = []
+    conflicts: list[Conflict] = []
+    want_keys = set()
+    for obj in desired:
+        k = key(obj)
+        want_keys.add(k)
+        cur = live_by.get(k)
+        if cur is None:
+            actions.append(Action("create", *k, why.get(k, "planned, not in the cluster"), obj))
+        elif not N.owned(cur):
+            conflicts.append(Conflict(*k, f"{k[0]}/{k[2]} exists without {N.MANAGED_BY}={N.MANAGER}; "
+                                         "left alone, its group is not served until it is renamed or removed"))
+        else:
+            reason = _drifted(cur, obj)
+            if reason:
+                actions.append(Action("update", *k, reason, merge_patch(cur, obj),
+                                      disruptive=k[0] == "Deployment" and not contains(
+                                          cur.get("spec", {}).get("template"), obj["spec"]["template"])))
+    scopes = scopes if scopes is not None else {(k[0], k[1]) for k in want_keys}
+    for k, cur in sorted(live_by.items(), key=lambda kv: (kv[0][0], kv[0][1] or "", kv[0][2])):
+        if k in want_keys or not N.owned(cur) or (k[0], k[1]) not in scopes or k[0] in ("Lease", "Event"):
+            continue
+        if k[0] == "ConfigMap" and (cur["metadata"].get("labels") or {}).get("packer.dev/role"):
+            continue  # the reconciler's own status and fleet ConfigMaps
+        actions.append(Action("delete", *k, "no longer in the plan", disruptive=k[0] == "Deployment"))
+    return actions, conflicts
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+
+
+def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_label: str) -> dict[str, str]:
+    """Logical plan node -> real node name. Existing bindings (the ``packer.dev/node`` label) stay;
+    unbound logical nodes take the pool's free real nodes in name order."""
+    binding: dict[str, str] = {}
+    taken: set[str] = set()
+    labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+    for real, lb in sorted(labels.items()):
+        logical = lb.get(N.NODE_LABEL)
+        if logical in plan_nodes and logical not in binding and lb.get(pool_label) == plan_nodes[logical]:
+            binding[logical] = real
+            taken.add(real)
+    for logical, pool in sorted(plan_nodes.items()):
+        if logical in binding:
+            continue
+        free = [r for r, lb in sorted(labels.items()) if r not in taken and lb.get(pool_label) == pool]
+        if free:
+            binding[logical] = free[0]
+            taken.add(free[0])
+    return binding
+
+
+def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
+                 pool_label: str) -> list[Action]:
+    """Label patches for bound nodes, and label removal for pool nodes the plan no longer uses.
+
+    Only packer's own node labels are ever touched (``packer.dev/node``, the device-plugin config
+    and the MIG config); a MIG config change is disruptive: mig-manager restarts the node's GPU pods.
+    """
+    ours = (N.NODE_LABEL, N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL)
+    by_real = {real: logical for logical, real in binding.items()}
+    out = []
+    for n in sorted(nodes, key=lambda n: n["metadata"]["name"]):
+        name, lb = n["metadata"]["name"], n["metadata"].get("labels") or {}
+        if pool_label not in lb:
+            continue  # not a packer pool node: never touched
+        logical = by_real.get(name)
+        target = want.get(logical, {}) if logical else {}
+        patch = {k: target.get(k) for k in ours if lb.get(k) != target.get(k)}
+        if not patch:
+            continue
+        mig = N.MIG_CONFIG_LABEL in patch and lb.get(N.MIG_CONFIG_LABEL) is not None
+        reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + ", ".join(
+            f"{k}={v}" for k, v in patch.items())
+        out.append(Action("label", "Node", None, name, reason, {"metadata": {"labels": patch}}, disruptive=mig))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe order
+
+
+def ready(dep: dict[str, Any] | None) -> bool:
+    """A Deployment whose pods for its current spec are all ready."""
+    if dep is None:
+        return False
+    spec, st, meta = dep.get("spec") or {}, dep.get("status") or {}, dep.get("metadata") or {}
+    want = spec.get("replicas", 1)
+    if meta.get("generation") is not None and (st.get("observedGeneration") or 0) < meta["generation"]:
+        return False
+    return (st.get("readyReplicas") or 0) >= want and (st.get("updatedReplicas") or 0) >= want
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What the safe order lets through this cycle, and what waits (with why)."""
+
+    now: list[Action]
+    waiting: list[tuple[Action, str]]
+
+
+def _models(dep: dict[str, Any]) -> set[str]:
+    labels = ((dep.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+    return {k.removeprefix(N.MODEL_LABEL_PREFIX) for k in labels if k.startswith(N.MODEL_LABEL_PREFIX)}
+
+
+def _pinned_node(dep: dict[str, Any]) -> str | None:
+    terms = (((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("affinity", {})
+             .get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
+             .get("nodeSelectorTerms") or [])
+    for t in terms:
+        for e in t.get("matchExpressions") or []:
+            if e.get("key") == N.NODE_LABEL and e.get("values"):
+                return e["values"][0]
+    return None
+
+
+def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[str, Any]],
+         binding: dict[str, str], nodes: list[dict[str, Any]], max_disruptive: int) -> Gate:
+    """Order and hold back actions so capacity never drops before its replacement is up.
+
+    1. Creates and non-disruptive updates go at once (config before the servers that read it).
+    2. An old server (Deployment) is deleted only when, for each model it serves, every desired
+       server of that model is ready, except those waiting for their node's MIG layout.
+    3. A node's MIG config changes only when no server on it is still to be deleted and every
+       desired server on other, settled nodes is ready: its groups are drained elsewhere first.
+    4. A rolling update of a server waits until the other servers sharing its models are ready.
+    5. At most ``max_disruptive`` disruptive actions per cycle; the rest wait for the next.
+    """
+    live_by = {key(o): o for o in live}
+    real_nodes = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+    relabel = {a.name: a for a in actions if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
+    by_real = {real: logical for logical, real in binding.items()}
+    settling = {by_real.get(r) for r in relabel} | {
+        by_real.get(r) for r, lb in real_nodes.items()
+        if lb.get(N.MIG_STATE_LABEL) not in (None, "success") and r in by_real}
+    settling.discard(None)
+
+    desired_deps = [o for o in desired if o["kind"] == "Deployment"]
+    serving: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for d in desired_deps:
+        for m in _models(d):
+            serving[m].append(d)
+    creating = {a.key for a in actions if a.verb == "create"}
+
+    def up(d: dict[str, Any]) -> bool:
+        return key(d) not in creating and ready(live_by.get(key(d)))
+
+    def missing(models: set[str], skip: ObjKey | None = None) -> list[str]:
+        return sorted({d["metadata"]["name"] for m in models for d in serving.get(m, [])
+                       if key(d) != skip and _pinned_node(d) not in settling and not up(d)})
+
+    deleting_on: dict[str, int] = defaultdict(int)
+    for a in actions:
+        if a.verb == "delete" and a.kind == "Deployment" and a.key in live_by:
+            node = _pinned_node(live_by[a.key])
+            if node:
+                deleting_on[node] += 1
+
+    order = {"ConfigMap": 0, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 3, "Node": 4}
+    verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
+    now: list[Action] = []
+    waiting: list[tuple[Action, str]] = []
+    budget = max_disruptive
+    gone: set[ObjKey] = set()
+
+    def sort_key(a: Action) -> tuple:
+        # Servers are deleted before their Service and repository, which they still use.
+        kind_rank = -1 if (a.verb, a.kind) == ("delete", "Deployment") else order.get(a.kind, 9)
+        return (verb_order[a.verb], kind_rank, a.name)
+
+    for a in sorted(actions, key=sort_key):
+        hold = None
+        server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
+                  .get(N.GROUP_LABEL, ""))
+        if a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
+            hold = f"its server {server[2]} is still running"
+        elif a.verb == "delete" and a.kind == "Deployment":
+            if not_ready := missing(_models(live_by.get(a.key, {}))):
+                hold = f"waiting for replacements to be ready: {', '.join(not_ready[:5])}"
+        elif a.verb == "update" and a.kind == "Deployment" and a.disruptive:
+            want = next(d for d in desired_deps if key(d) == a.key)
+            if not_ready := missing(_models(want), skip=a.key):
+                hold = f"waiting for other servers of its models to be ready: {', '.join(not_ready[:5])}"
+        elif a.verb == "label" and a.name in relabel and real_nodes.get(a.name, {}).get(N.MIG_CONFIG_LABEL):
+            logical = by_real.get(a.name)
+            if logical and deleting_on.get(logical):
+                hold = f"MIG change waits: {deleting_on[logical]} old server(s) still on {logical}"
+            elif not_ready := sorted(d["metadata"]["name"] for d in desired_deps
+                                     if _pinned_node(d) not in settling and not up(d)):
+                hold = f"MIG change waits for servers elsewhere to be ready: {', '.join(not_ready[:5])}"
+        if hold is None and a.disruptive:
+            if budget <= 0:
+                hold = f"disruption budget of {max_disruptive} per cycle used up"
+            else:
+                budget -= 1
+        if hold is None:
+            now.append(a)
+            if a.verb == "delete":
+                gone.add(a.key)
+        else:
+            waiting.append((a, hold))
+    return Gate(now, waiting)
+
+
+def keep_referenced_mig_configs(want: dict[str, Any], live: dict[str, Any] | None,
+                                nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mig-parted ConfigMap to apply: the planned configs plus any old one a node's label still
+    names, so mig-manager never looks up a missing config while a relabel waits its turn."""
+    import yaml
+
+    if live is None:
+        return want
+    in_use = {(n["metadata"].get("labels") or {}).get(N.MIG_CONFIG_LABEL) for n in nodes}
+    old = (yaml.safe_load((live.get("data") or {}).get("config.yaml") or "{}") or {}).get("mig-configs") or {}
+    doc = yaml.safe_load(want["data"]["config.yaml"])
+    keep = {k: v for k, v in old.items() if k in in_use and k not in doc["mig-configs"]}
+    if not keep:
+        return want
+    doc["mig-configs"] = dict(sorted({**doc["mig-configs"], **keep}.items()))
+    out = {**want, "metadata": {**want["metadata"], "annotations": dict(want["metadata"]["annotations"])},
+           "data": {"config.yaml": yaml.safe_dump(doc, sort_keys=True)}}
+    from k8s.render import stamp
+
+    return stamp(out)

@@ -1,0 +1,403 @@
+"""The in-cluster reconciler: a level-triggered loop that keeps the cluster at the plan.
+
+Main loop, one cycle (every ``interval_s``):
+
+1. Leader? Only the holder of the Lease goes on; followers read the Lease and nothing else.
+2. Observe: the fleet ConfigMap, the GPU nodes, every object of the managed kinds in the managed
+   namespaces (owned or not), and the status ConfigMap holding the last plan and policy state.
+3. Decide the plan: keep the stored plan while the fleet (after the scaling policy) is unchanged;
+   else re-plan, migration-aware, with the stored plan as ``current``.
+4. Diff (pure): render the plan, compare with what is live, bind logical nodes to real ones.
+5. Gate (pure): safe order and the per-cycle disruption budget; the rest waits, with reasons.
+6. Act, each call retried with backoff; then record Events and the status ConfigMap, both only
+   when something changed, so a cycle with nothing to do writes nothing.
+
+All state lives in the cluster (the status ConfigMap, the node labels, the objects themselves):
+a restarted reconciler picks up where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from k8s import names as N
+from k8s.cluster import ApiError, Cluster
+from k8s.diff import Action, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_actions
+from k8s.lease import LeaderElector
+from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
+from k8s.settings import ReconcileSettings
+from packer.errors import UserError
+from packer.fleet import Fleet, parse_fleet
+from packer.plan import Plan, fleet_to_dict, from_dict, to_dict
+
+log = logging.getLogger("packer.reconciler")
+
+Planner = Callable[[Fleet, "Plan | None"], Plan]
+"""(fleet, current plan or None) -> new plan. Migration-aware planners keep what they can."""
+Policy = Callable[[Fleet, "Plan | None", dict[str, float], dict[str, Any], float],
+                  tuple[Fleet, dict[str, Any], list[str]]]
+"""(declared fleet, current plan, observed rps per model, policy state, now) ->
+(fleet to plan for, new state, reasons). The scaling policy plugs in here."""
+Signals = Callable[["Plan | None", list[dict[str, Any]]], dict[str, float]]
+"""(current plan, live owned objects) -> observed requests per second per model."""
+
+ROLE_LABEL = "packer.dev/role"
+FLEET_KEY = "fleet.yaml"
+MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget")
+
+
+def default_planner(time_limit_s: float = 20.0) -> Planner:
+    """The project's planner, migration-aware through ``current``."""
+    def plan(fleet: Fleet, current: Plan | None) -> Plan:
+        from packer.planner import PlanSettings, plan_fleet
+
+        return plan_fleet(fleet, PlanSettings(time_limit_s=time_limit_s), current=current)
+    return plan
+
+
+def declared_traffic(fleet: Fleet, plan: Plan | None, rps: dict[str, float], state: dict[str, Any],
+                     now: float) -> tuple[Fleet, dict[str, Any], list[str]]:
+    """The policy used when none is given: plan for the traffic the fleet file declares."""
+    return fleet, state, []
+
+
+@dataclass
+class Observed:
+    fleet_doc: Any
+    nodes: list[dict[str, Any]]
+    live: list[dict[str, Any]]
+    status: dict[str, Any] | None
+    summary: dict[str, Any]
+    stored_plan: Plan | None
+
+
+@dataclass
+class CycleReport:
+    """What one cycle saw and did; the CLI prints it, the status page and metrics show it."""
+
+    leader: bool
+    dry_run: bool = False
+    plan: Plan | None = None
+    replanned: str = ""
+    done: list[Action] = field(default_factory=list)
+    waiting: list[tuple[Action, str]] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    calls: Counter[str] = field(default_factory=Counter)
+    writes: int = 0
+    """Writes to anything but the Lease: serving objects, node labels, status and Events."""
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        out = [f"{'would ' if self.dry_run else ''}{a.describe()}" for a in self.done]
+        out += [f"wait {a.describe()} -- {why}" for a, why in self.waiting]
+        out += [f"conflict {c.kind}/{c.name}: {c.reason}" for c in self.conflicts]
+        out += [f"error {e}" for e in self.errors] + [f"warning {w}" for w in self.warnings]
+        return out
+
+
+def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> list[str]:
+    """Pool nodes whose NVIDIA labels disagree with their pool's GPU type or size."""
+    from packer.catalog import gpu_type
+
+    out = []
+    for n in nodes:
+        lb = n["metadata"].get("labels") or {}
+        pool = lb.get(pool_label)
+        if pool is None:
+            continue
+        try:
+            p = fleet.pool(pool)
+        except StopIteration:
+            out.append(f"node {n['metadata']['name']}: pool {pool!r} is not in the fleet")
+            continue
+        product = lb.get(N.GPU_PRODUCT_LABEL)
+        known = {x.replace(" ", "-") for x in gpu_type(p.gpu).products}
+        if product is not None and product.split("-MIG")[0] not in known:
+            out.append(f"node {n['metadata']['name']}: GPU {product} is not a {p.gpu} (pool {pool})")
+        count = lb.get(N.GPU_COUNT_LABEL)
+        if count is not None and str(count).isdigit() and int(count) != p.gpus_per_node:
+            out.append(f"node {n['metadata']['name']}: {count} GPUs, pool {pool} says {p.gpus_per_node}")
+    return out
+
+
+class Reconciler:
+    def __init__(self, cluster: Cluster, settings: ReconcileSettings | None = None, *,
+                 planner: Planner | None = None, policy: Policy | None = None,
+                 signals: Signals | None = None, identity: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cluster = cluster
+        self.s = settings or ReconcileSettings()
+        self.ns = self.s.render.namespace
+        self.planner = planner or default_planner()
+        self.policy = policy or declared_traffic
+        self.signals = signals
+        self.clock = clock
+        self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
+        self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
+        self.last: CycleReport | None = None
+        self.history: list[dict[str, Any]] = []
+        self.cycles = 0
+        self.last_cycle_end = 0.0
+        from k8s.metrics import ReconcilerMetrics
+
+        self.metrics = ReconcilerMetrics()
+
+    # -- observe ------------------------------------------------------------------------------
+
+    def observe(self) -> Observed:
+        c, s = self.cluster, self.s
+        live: list[dict[str, Any]] = []
+        for kind in MANAGED_KINDS:
+            for o in c.list(kind, self.ns):
+                o.setdefault("kind", kind)
+                live.append(o)
+        ops = s.render.gpu_operator_namespace
+        if ops != self.ns:
+            for o in c.list("ConfigMap", ops):
+                if o["metadata"]["name"] in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP):
+                    o.setdefault("kind", "ConfigMap")
+                    live.append(o)
+        nodes = [n for n in c.list("Node") if s.render.pool_label in (n["metadata"].get("labels") or {})]
+        by_name = {o["metadata"]["name"]: o for o in live if o["kind"] == "ConfigMap"
+                   and o["metadata"].get("namespace", self.ns) == self.ns}
+        fleet_cm, status = by_name.get(s.fleet_configmap), by_name.get(s.status_configmap)
+        fleet_doc = None
+        if fleet_cm is not None:
+            import yaml
+
+            fleet_doc = yaml.safe_load((fleet_cm.get("data") or {}).get(FLEET_KEY) or "null")
+        summary: dict[str, Any] = {}
+        stored = None
+        if status is not None and N.owned(status):
+            summary = json.loads((status.get("data") or {}).get("summary.json") or "{}")
+            blob = (status.get("binaryData") or {}).get("plan.json.gz")
+            if blob:
+                try:
+                    stored = from_dict(json.loads(gzip.decompress(base64.b64decode(blob))))
+                except (ValueError, KeyError, UserError, OSError) as e:
+                    log.warning("stored plan unreadable, planning afresh: %s", e)
+        return Observed(fleet_doc, nodes, live, status, summary, stored)
+
+    # -- decide -------------------------------------------------------------------------------
+
+    def choose_plan(self, obs: Observed, now: float) -> tuple[Plan | None, str, dict[str, Any], list[str]]:
+        """(plan, why it was re-planned or '' if kept, policy state, errors)."""
+        state = dict(obs.summary.get("policy_state") or {})
+        if obs.fleet_doc is None:
+            return obs.stored_plan, "", state, [f"no fleet: create ConfigMap {self.s.fleet_configmap} "
+                                                f"with key {FLEET_KEY}"]
+        try:
+            declared = parse_fleet(obs.fleet_doc, f"configmap/{self.s.fleet_configmap}")
+        except UserError as e:
+            return obs.stored_plan, "", state, [f"fleet ConfigMap: {e}"]
+        rps = self.signals(obs.stored_plan, obs.live) if self.signals else {}
+        fleet, state, reasons = self.policy(declared, obs.stored_plan, rps, state, now)
+        fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+        if obs.stored_plan is not None and obs.summary.get("fleet_hash") == fleet_hash:
+            return obs.stored_plan, "", state, []
+        why = "no plan yet" if obs.stored_plan is None else "; ".join(reasons) or "fleet changed"
+        try:
+            plan = self.planner(fleet, obs.stored_plan)
+        except UserError as e:
+            return obs.stored_plan, "", state, [f"planning failed, keeping the last plan: {e}"]
+        return plan, why, state | {"_fleet_hash": fleet_hash}, []
+
+    def desired(self, plan: Plan, obs: Observed) -> tuple[list[Action], list[Conflict], list[dict], dict[str, str]]:
+        objs = render_plan(plan, self.s.render)
+        live_by = {key(o): o for o in obs.live}
+        for i, o in enumerate(objs):
+            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == MIG_PARTED_CONFIGMAP:
+                objs[i] = keep_referenced_mig_configs(o, live_by.get(key(o)), obs.nodes)
+        why = {}
+        for o in objs:
+            reason = (o["metadata"].get("annotations") or {}).get(N.REASON_ANNOTATION)
+            if reason:
+                why[(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])] = f"planned: {reason}"[:300]
+        scopes = {(k, self.ns) for k in MANAGED_KINDS} | {("ConfigMap", self.s.render.gpu_operator_namespace)}
+        actions, conflicts = diff(objs, obs.live, scopes, why)
+        plan_nodes = {}
+        for p in plan.placements:
+            plan_nodes[p.node] = p.pool
+        for l in plan.layouts:
+            plan_nodes[l.node] = l.pool
+        binding = bind_nodes(plan_nodes, obs.nodes, self.s.render.pool_label)
+        actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label)
+        return actions, conflicts, objs, binding
+
+    # -- act ----------------------------------------------------------------------------------
+
+    def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str]]:
+        c = self.cluster
+        done, conflicts, errors = [], [], []
+        for a in actions:
+            try:
+                if a.verb == "create":
+                    try:
+                        c.create(a.body)
+                    except ApiError as e:
+                        if e.status != 409:
+                            raise
+                        # An earlier try may have landed (timeout, 5xx), or someone took the name.
+                        cur = c.get(a.kind, a.namespace, a.name)
+                        if cur is None or not N.owned(cur):
+                            conflicts.append(Conflict(a.kind, a.namespace, a.name,
+                                                      "name taken by an object packer does not own; left alone"))
+                            continue
+                        from k8s.diff import _drifted, merge_patch
+
+                        if _drifted(cur, a.body):
+                            c.patch(a.kind, a.namespace, a.name, merge_patch(cur, a.body))
+                elif a.verb in ("update", "label"):
+                    c.patch(a.kind, a.namespace, a.name, a.body)
+                elif a.verb == "delete":
+                    c.delete(a.kind, a.namespace, a.name)
+                done.append(a)
+            except ApiError as e:
+                errors.append(str(e))
+        return done, conflicts, errors
+
+    def record(self, obs: Observed, plan: Plan | None, state: dict[str, Any], rep: CycleReport, now: float) -> None:
+        """Events for what was done and for new problems; the status ConfigMap if its content changed."""
+        prev = obs.summary
+        conflicts = sorted(f"{c.kind}/{c.name}: {c.reason}" for c in rep.conflicts)
+        errors = sorted(rep.errors)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+        events = [(a.kind, a.namespace, a.name, a.verb.capitalize() + "d" if a.verb != "label" else "Labeled",
+                   a.reason, "Normal") for a in rep.done]
+        events += [(c.kind, c.namespace, c.name, "NameConflict", c.reason, "Warning") for c in rep.conflicts
+                   if f"{c.kind}/{c.name}: {c.reason}" not in (prev.get("conflicts") or [])]
+        events += [("ConfigMap", self.ns, self.s.status_configmap, "ReconcileError", e, "Warning")
+                   for e in errors if e not in (prev.get("errors") or [])]
+        if rep.replanned and plan is not None:
+            events.append(("ConfigMap", self.ns, self.s.status_configmap, "Replanned",
+                           f"plan {plan.id}: {rep.replanned}; ${plan.cost_per_hour:.2f}/h", "Normal"))
+        for kind, ns, name, reason, message, typ in events:
+            self._event(kind, ns or self.ns, name, reason, message, typ, stamp)
+        last = list(prev.get("last_actions") or [])
+        last += [{"at": stamp, "action": a.describe()} for a in rep.done]
+        summary = {
+            "plan_id": plan.id if plan else None,
+            "fleet_hash": state.pop("_fleet_hash", prev.get("fleet_hash")),
+            # rounded as the stored plan is: a re-read plan must not look like a change
+            "cost_per_hour": round(plan.cost_per_hour, 4) if plan else None,
+            "lower_bound_cost_per_hour": round(plan.lower_bound_cost_per_hour, 4) if plan else None,
+            "replanned": rep.replanned or prev.get("replanned", ""),
+            "last_actions": last[-50:],
+            "waiting": sorted(f"{a.describe()} -- {why}" for a, why in rep.waiting),
+            "conflicts": conflicts, "errors": errors, "warnings": sorted(rep.warnings),
+            "policy_state": state,
+        }
+        data = {"summary.json": json.dumps(summary, indent=1, sort_keys=True)}
+        binary = {}
+        if plan is not None:
+            raw = json.dumps(to_dict(plan), sort_keys=True).encode()
+            binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+        st = obs.status
+        if st is not None and st.get("data") == data and (st.get("binaryData") or {}) == binary:
+            return
+        body = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": self.s.status_configmap, "namespace": self.ns,
+                             "labels": {N.MANAGED_BY: N.MANAGER, ROLE_LABEL: "status"}},
+                "data": data, "binaryData": binary}
+        try:
+            if st is None:
+                self.cluster.create(body)
+            elif not N.owned(st):
+                rep.conflicts.append(Conflict("ConfigMap", self.ns, self.s.status_configmap,
+                                              "status ConfigMap name taken by a foreign object"))
+            else:
+                self.cluster.patch("ConfigMap", self.ns, self.s.status_configmap,
+                                   {"data": data, "binaryData": binary})
+        except ApiError as e:
+            rep.errors.append(f"status: {e}")
+
+    def _event(self, kind: str, ns: str, name: str, reason: str, message: str, typ: str, stamp: str) -> None:
+        from k8s.cluster import KINDS
+
+        ev = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{name[:200]}.{N.digest([kind, name, reason, message, stamp, self.identity], 12)}",
+                         "namespace": self.ns, "labels": {N.MANAGED_BY: N.MANAGER}},
+            "involvedObject": {"kind": kind, "name": name, "apiVersion": KINDS[kind].api_version,
+                               **({"namespace": ns} if kind != "Node" else {})},
+            "reason": reason, "message": message[:1000], "type": typ,
+            "source": {"component": "packer-reconciler"}, "reportingComponent": "packer-reconciler",
+            "reportingInstance": self.identity, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        try:
+            self.cluster.create(ev)
+        except ApiError as e:
+            if e.status != 409:  # the same event this second: already recorded
+                log.warning("event not recorded: %s", e)
+
+    # -- the cycle ----------------------------------------------------------------------------
+
+    def cycle(self, *, dry_run: bool = False) -> CycleReport:
+        t0 = time.perf_counter()
+        now = self.clock()
+        before = Counter(self.cluster.calls)
+        lease_writes = self.cluster.lease_writes
+        rep = CycleReport(leader=True, dry_run=dry_run)
+        try:
+            if not dry_run and not self.elector.ensure(now):
+                rep.leader = False
+            else:
+                self._cycle(rep, now, dry_run)
+        except ApiError as e:
+            rep.errors.append(f"cycle aborted: {e}")
+        rep.calls = self.cluster.calls - before
+        rep.writes = (sum(n for v, n in rep.calls.items() if v in ("create", "patch", "delete"))
+                      - (self.cluster.lease_writes - lease_writes))
+        rep.seconds = time.perf_counter() - t0
+        self.cycles += 1
+        self.last = rep
+        self.last_cycle_end = self.clock()
+        if rep.done:
+            self.history = (self.history + [{"at": now, "action": a.describe()} for a in rep.done])[-100:]
+        self.metrics.observe(rep)
+        return rep
+
+    def _cycle(self, rep: CycleReport, now: float, dry_run: bool) -> None:
+        obs = self.observe()
+        plan, why, state, errors = self.choose_plan(obs, now)
+        rep.errors += errors
+        rep.plan, rep.replanned = plan, why
+        if plan is None:
+            if not dry_run:
+                self.record(obs, None, state, rep, now)
+            return
+        rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
+        actions, conflicts, objs, binding = self.desired(plan, obs)
+        rep.conflicts = conflicts
+        g = gate(actions, objs, obs.live, binding, obs.nodes, self.s.max_disruptions_per_cycle)
+        rep.waiting = g.waiting
+        if dry_run:
+            rep.done = g.now
+            return
+        done, more_conflicts, act_errors = self.act(g.now)
+        rep.done, rep.conflicts, rep.errors = done, conflicts + more_conflicts, rep.errors + act_errors
+        self.record(obs, plan, state, rep, now)
+
+    def run(self, stop: threading.Event) -> None:
+        """Cycle every ``interval_s`` until ``stop`` is set; errors back off to the next cycle."""
+        while not stop.is_set():
+            t0 = time.monotonic()
+            try:
+                rep = self.cycle()
+                for line in rep.lines():
+                    log.info("%s", line)
+            except Exception:  # never let one bad cycle kill the loop; /healthz shows staleness
+                log.exception("cycle failed")
+            stop.wait(max(0.0, self.s.interval_s - (time.monotonic() - t0)))

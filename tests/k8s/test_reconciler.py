@@ -1,0 +1,278 @@
+"""The reconciler over real HTTP: the official client against kmock's KubernetesEmulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import kmock
+import pytest
+
+from k8s import names as N
+from k8s.render import render_plan
+
+NS = "packer"
+
+
+def live_hashes(cluster) -> dict[tuple[str, str], str]:
+    out = {}
+    for plural, kind in (("v1/configmaps", "ConfigMap"), ("v1/services", "Service"),
+                         ("apps/v1/deployments", "Deployment"), ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget")):
+        for ns in (NS, "gpu-operator"):
+            for name, o in cluster.objects(plural, ns).items():
+                if N.owned(o) and not (o["metadata"].get("labels") or {}).get("packer.dev/role"):
+                    out[(kind, name)] = o["metadata"]["annotations"][N.SPEC_HASH]
+    return out
+
+
+def want_hashes(plan) -> dict[tuple[str, str], str]:
+    return {(o["kind"], o["metadata"]["name"]): o["metadata"]["annotations"][N.SPEC_HASH] for o in render_plan(plan)}
+
+
+def test_empty_cluster_reaches_the_plan(cluster) -> None:
+    r = cluster.reconciler()
+    reps = cluster.converge(r)
+    assert reps[-1].done == [] and reps[-1].waiting == [] and reps[-1].errors == []
+    plan = reps[0].plan
+    assert reps[0].replanned == "no plan yet"
+    assert live_hashes(cluster) == want_hashes(plan)
+    nodes = cluster.objects("v1/nodes", None)
+    # Logical nodes bind to real ones in name order; MIG nodes get their mig-parted config.
+    assert nodes["gpu-a100-1"]["metadata"]["labels"][N.NODE_LABEL] == "a100-n0"
+    assert nodes["gpu-a100-1"]["metadata"]["labels"][N.MIG_CONFIG_LABEL].startswith("packer-")
+    assert nodes["gpu-l4-1"]["metadata"]["labels"][N.DEVICE_PLUGIN_CONFIG_LABEL] == "l4"
+    assert N.NODE_LABEL not in nodes["gpu-a100-2"]["metadata"]["labels"]
+    assert N.NODE_LABEL not in nodes["cpu-1"]["metadata"]["labels"]
+    status = cluster.objects("v1/configmaps")["packer-status"]
+    summary = json.loads(status["data"]["summary.json"])
+    assert summary["plan_id"] == plan.id and summary["last_actions"]
+    events = cluster.objects("v1/events")
+    assert any(e["reason"] == "Created" and e["involvedObject"]["kind"] == "Deployment" for e in events.values())
+
+
+def test_no_op_cycle_writes_nothing_even_after_a_restart(cluster) -> None:
+    r = cluster.reconciler()
+    cluster.converge(r)
+    before = cluster.writes()
+    rep = r.cycle()
+    assert (rep.done, rep.writes, cluster.writes() - before) == ([], 0, 0)
+    # A new process (state only in the cluster) sees nothing to do either; its first cycle writes
+    # only the Lease (it takes over once the old holder's lease expires).
+    r2 = cluster.reconciler(identity="r1")
+    before = cluster.writes()
+    rep = r2.cycle()
+    assert rep.leader and rep.replanned == "" and rep.done == [] and rep.writes == 0
+    assert cluster.writes() - before <= 1  # at most one lease renewal
+    reads = [q for q in cluster.requests()[-len(rep.calls) - 1:] if q.method.value == "GET"]
+    assert reads
+
+
+def test_traffic_change_produces_the_minimal_diff(cluster, plans) -> None:
+    r = cluster.reconciler()
+    cluster.converge(r)
+    before = live_hashes(cluster)
+    cluster.slots_by_scale[2.0] = plans.base_slots + [("l4", "l4-n0", 2, "whole", None, [("asr", 2)])]
+    cluster.set_fleet(2.0)
+    rep = r.cycle()
+    assert rep.replanned == "fleet changed"
+    new = N.group_name("l4-n0-g2-whole", "streaming")
+    assert sorted((a.verb, a.kind, a.name) for a in rep.done) == [
+        ("create", "ConfigMap", N.repo_configmap_name("l4-n0-g2-whole", "streaming")),
+        ("create", "Deployment", new), ("create", "Service", new)]
+    after = live_hashes(cluster)
+    assert {k: v for k, v in after.items() if k in before} == before
+
+
+def test_owned_object_deleted_by_hand_comes_back(cluster) -> None:
+    r = cluster.reconciler()
+    cluster.converge(r)
+    name = N.group_name("l4-n0-g0-whole", "streaming")
+    apps = cluster.client.AppsV1Api(cluster.api)
+    apps.delete_namespaced_deployment(name, NS)
+    rep = r.cycle()
+    assert [(a.verb, a.kind, a.name) for a in rep.done] == [("create", "Deployment", name)]
+    assert name in cluster.objects("apps/v1/deployments")
+
+
+def test_hand_edit_of_an_owned_object_is_undone(cluster) -> None:
+    r = cluster.reconciler()
+    cluster.converge(r)
+    name = N.group_name("l4-n0-g0-whole", "streaming")
+    cluster.client.CoreV1Api(cluster.api).patch_namespaced_service(
+        name, NS, {"spec": {"ports": [{"name": "http", "port": 9999}]}},
+        _content_type="application/merge-patch+json")
+    rep = r.cycle()
+    assert [(a.verb, a.name) for a in rep.done] == [("update", name)]
+    assert "edited outside packer" in rep.done[0].reason
+    assert [p["port"] for p in cluster.objects("v1/services")[name]["spec"]["ports"]] == [8000, 8001, 8002]
+
+
+def test_foreign_object_with_a_clashing_name_is_left_alone_and_reported(cluster) -> None:
+    name = N.group_name("l4-n0-g1-whole", "streaming")
+    foreign = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": name, "namespace": NS, "labels": {"team": "other"}},
+               "spec": {"ports": [{"port": 80}]}}
+    cluster.client.CoreV1Api(cluster.api).create_namespaced_service(NS, foreign)
+    r = cluster.reconciler()
+    reps = cluster.converge(r)
+    assert cluster.objects("v1/services")[name] == foreign
+    assert all(not (a.kind == "Service" and a.name == name) for rep in reps for a in rep.done)
+    assert [c.name for c in reps[-1].conflicts] == [name]
+    summary = json.loads(cluster.objects("v1/configmaps")["packer-status"]["data"]["summary.json"])
+    assert any(name in c for c in summary["conflicts"])
+    warnings = [e for e in cluster.objects("v1/events").values() if e["reason"] == "NameConflict"]
+    assert len(warnings) == 1  # reported once, not on every cycle
+    before = cluster.writes()
+    assert r.cycle().writes == 0 and cluster.writes() == before
+
+
+class Faults:
+    """Fail the first ``n`` requests matching a verb with ``status`` (or delay them)."""
+
+    def __init__(self) -> None:
+        self.left: dict[tuple[str, str], int] = {}
+        self.hit: set[int] = set()
+
+    def take(self, method: str, what: str):
+        def check(req: kmock.Request) -> bool:
+            # kmock may evaluate a filter more than once per request: count each request once.
+            if req.id in self.hit:
+                return True
+            k = (method, what)
+            if req.method.value == method and self.left.get(k, 0) > 0 and (
+                    req.resource is not None and req.resource.plural == what):
+                self.left[k] -= 1
+                self.hit.add(req.id)
+                return True
+            return False
+        return check
+
+
+def test_injected_409_500_and_slow_responses_still_converge(cluster) -> None:
+    faults = Faults()
+    faults.left = {("POST", "deployments"): 3, ("PATCH", "nodes"): 2, ("GET", "services"): 2,
+                   ("POST", "services"): 1}
+
+    async def slow(_: kmock.Request) -> None:
+        await asyncio.sleep(3.0)  # past the 2 s request timeout
+        raise NotImplementedError  # then fall through to the emulator's normal answer
+
+    def install() -> None:
+        emu = cluster.emu.emulator
+        emu[faults.take("POST", "deployments")] << 500  # the object still lands: retries meet 409
+        emu[faults.take("PATCH", "nodes")] << 409
+        emu[faults.take("POST", "services")] << 503
+        emu[faults.take("GET", "services")] << slow
+    cluster.emu.call(install)
+    r = cluster.reconciler()
+    reps = cluster.converge(r, cycles=8)
+    assert reps[-1].done == [] and reps[-1].errors == []
+    assert live_hashes(cluster) == want_hashes(reps[0].plan)
+    assert r.cluster.retries >= 5, r.cluster.by_kind
+    assert all(v == 0 for v in faults.left.values())
+
+
+def test_of_two_reconcilers_only_the_leader_writes(cluster) -> None:
+    now = [1_000_000.0]
+    a = cluster.reconciler("a", clock=lambda: now[0])
+    b = cluster.reconciler("b", clock=lambda: now[0])
+    assert a.cycle().leader
+    before = cluster.writes()
+    rep = b.cycle()
+    assert not rep.leader and rep.calls == {"get": 1} and cluster.writes() == before
+    cluster.ready()
+    # a keeps renewing; b keeps following and writing nothing
+    for _ in range(3):
+        now[0] += 12
+        assert a.cycle().leader
+        cluster.ready()
+        before = cluster.writes()
+        assert not b.cycle().leader and cluster.writes() == before
+    # a dies: after the lease expires b takes over, and a, back from a pause, follows
+    now[0] += 31
+    assert b.cycle().leader
+    lease = cluster.objects("coordination.k8s.io/v1/leases")["packer-reconciler"]
+    assert lease["spec"]["holderIdentity"] == "b" and lease["spec"]["leaseTransitions"] == 1
+    before = cluster.writes()
+    assert not a.cycle().leader and cluster.writes() == before
+
+
+def test_dry_run_writes_nothing_and_shows_the_diff(cluster) -> None:
+    r = cluster.reconciler()
+    before = cluster.writes()
+    rep = r.cycle(dry_run=True)
+    assert cluster.writes() == before and rep.writes == 0
+    lines = rep.lines()
+    assert any(l.startswith("would create Deployment/") for l in lines)
+    assert any(l.startswith("would label Node/gpu-a100-1") for l in lines)
+
+
+@pytest.fixture()
+def moved(cluster, plans):
+    """Converged on the base plan, then asr#1 moves from its MIG slot to an L4 (scale 3)."""
+    slots = [s for s in plans.base_slots if s[4] != 4] + [("l4", "l4-n0", 2, "whole", None, [("asr", 1)])]
+    cluster.slots_by_scale[3.0] = slots
+    r = cluster.reconciler()
+    cluster.converge(r)
+    cluster.set_fleet(3.0)
+    return r
+
+
+def test_new_replicas_ready_before_old_ones_go(cluster, moved) -> None:
+    r = moved
+    old = N.group_name("a100-n0-g0-3g.40gb@4", "streaming")
+    new = N.group_name("l4-n0-g2-whole", "streaming")
+    rep = r.cycle()
+    assert ("create", new) in [(a.verb, a.name) for a in rep.done]
+    assert [(a.verb, a.name) for a, _ in rep.waiting if a.kind == "Deployment"] == [("delete", old)]
+    assert old in cluster.objects("apps/v1/deployments")
+    # still not ready: still waiting, nothing written
+    rep = r.cycle()
+    assert rep.done == [] and rep.writes == 0
+    held = {(a.kind, a.name): why for a, why in rep.waiting}
+    assert "replacements to be ready" in held[("Deployment", old)]
+    # its Service and repository stay while it still serves
+    assert "still running" in held[("Service", old)]
+    assert old in cluster.objects("v1/services")
+    cluster.ready({new})
+    rep = r.cycle()
+    assert [(a.verb, a.kind) for a in rep.done if a.name.startswith(old)] == [
+        ("delete", "Deployment"), ("delete", "ConfigMap"), ("delete", "Service")]
+    assert old not in cluster.objects("apps/v1/deployments") and old not in cluster.objects("v1/services")
+
+
+def test_mig_layout_changes_only_after_its_groups_are_gone(cluster, plans) -> None:
+    # asr#1 leaves the a100 and the node's layout becomes one 3g.40gb: the relabel waits for
+    # the old server on that node to be deleted, which waits for its replacement to be ready.
+    r = cluster.reconciler()
+    cluster.converge(r)
+    old_label = cluster.objects("v1/nodes", None)["gpu-a100-1"]["metadata"]["labels"][N.MIG_CONFIG_LABEL]
+    cluster.slots_by_scale[3.0] = [s for s in plans.base_slots if s[4] != 4] + [
+        ("l4", "l4-n0", 2, "whole", None, [("asr", 1)])]
+    cluster.set_fleet(3.0)
+    rep = r.cycle()
+    held = {a.name: why for a, why in rep.waiting}
+    assert "old server(s) still on a100-n0" in held["gpu-a100-1"]
+    assert cluster.objects("v1/nodes", None)["gpu-a100-1"]["metadata"]["labels"][N.MIG_CONFIG_LABEL] == old_label
+    cluster.ready()
+    rep = r.cycle()  # the old server goes
+    assert any(a.verb == "delete" and a.kind == "Deployment" for a in rep.done)
+    rep = r.cycle()  # now the node may change
+    assert [(a.verb, a.name) for a in rep.done] == [("label", "gpu-a100-1")]
+    assert cluster.objects("v1/nodes", None)["gpu-a100-1"]["metadata"]["labels"][N.MIG_CONFIG_LABEL] != old_label
+
+
+def test_disruptions_per_cycle_are_limited(cluster, plans) -> None:
+    r = cluster.reconciler(max_disruptions_per_cycle=1)
+    cluster.converge(r)
+    # Scale 4: both L4 servers go away, replaced by one on a new GPU.
+    cluster.slots_by_scale[4.0] = plans.base_slots[:2] + [("l4", "l4-n0", 3, "whole", None, [("punct", 0), ("punct", 1)])]
+    cluster.set_fleet(4.0)
+    r.cycle()
+    cluster.ready()
+    rep = r.cycle()
+    deletes = [a for a in rep.done if a.verb == "delete" and a.kind == "Deployment"]
+    assert len(deletes) == 1
+    assert any("budget" in why for _, why in rep.waiting)
+    rep = r.cycle()
+    assert len([a for a in rep.done if a.verb == "delete" and a.kind == "Deployment"]) == 1

@@ -72,6 +72,8 @@ class Slot:
     busy_mark: float = 0.0
     busy_last: float = 0.0
     removed_at: float | None = None
+    drain_from: float = 0.0
+    """When the last member was asked to drain (a removed slot ends no earlier)."""
 
     @property
     def st(self) -> SlotType:
@@ -225,23 +227,27 @@ class Simulation:
                 for r, m in enumerate(live):
                     m.push(a.times[(r - off) % k::k])
                 self.rr[i] = (off + n) % k
-        for s in list(self.slots.values()):
+        for s in self.slots.values():
             s.server.advance(t1)
             s.server.commit(t1, st)
-            self._reap(s, t1)
         dt = t1 - t0
         for n in self.nodes.values():
             used = sum(1 for ids in n.gpus.values() if ids)
             if used:
                 self.gpu_seconds[n.pool.name] += used * dt
+        for s in list(self.slots.values()):
+            self._reap(s, t1)
 
     def _reap(self, s: Slot, t: float) -> None:
-        """Forget drained replicas, and the slot once it has none."""
+        """Forget drained replicas, and the slot once it has none (as of its last batch's end)."""
         for m in s.server.members:
             if m.draining and not m.removed and (m.ready_at > t or (m.queued == 0 and not m.inflight)):
                 m.removed = True
         if all(m.removed for m in s.server.members) and s.server.free_at <= t:
-            self._remove_slot(s, t)
+            at = max(s.server.free_at, s.drain_from)
+            self._remove_slot(s, at)
+            if not s.node.gpus.get(s.gpu):
+                self.gpu_seconds[s.pool.name] -= (t - at) * s.width  # billed to t above; it ended at `at`
 
     def _remove_slot(self, s: Slot, t: float) -> None:
         if s.id not in self.slots:
@@ -349,6 +355,7 @@ class Simulation:
                 else:
                     for m in s.live:
                         m.draining = True
+                    s.drain_from = self.now
                     self._log(a, f"remove slot {a.slot}", "applied")
             else:
                 self._log(None, repr(a), "refused: not an action")
@@ -444,6 +451,7 @@ class Simulation:
         for m in s.live:
             if m.model == model and not m.draining:
                 m.draining = True
+                s.drain_from = self.now
                 return "applied"
         return f"refused: no replica of {model} in {slot}"
 

@@ -114,11 +114,15 @@ class PoissonSource:
 
     def expected(self, t0: float, t1: float) -> float:
         edges = _edges(t0, t1, self.grid_s)
-        return float(np.sum(self.curve.base * self.curve(edges[:-1]) * np.diff(edges)))
+        return float(np.sum(self.rate(edges[:-1]) * np.diff(edges)))
+
+    def rate(self, left: np.ndarray) -> np.ndarray:
+        """Requests per second over grid cells starting at ``left``."""
+        return self.curve.base * self.curve(left)
 
     def take(self, t0: float, t1: float) -> Arrivals:
         edges = _edges(t0, t1, self.grid_s)
-        rate = self.curve.base * self.curve(edges[:-1])
+        rate = self.rate(edges[:-1])
         cum = np.concatenate(([0.0], np.cumsum(rate * np.diff(edges))))
         pts = _poisson_points(self.rng, float(cum[-1]))
         times = np.interp(pts, cum, edges)
@@ -162,10 +166,12 @@ class JobSource:
 class StreamSource:
     """Streaming sessions: each sends a chunk every ``interval`` seconds while it lasts.
 
-    Sessions start at rate ``streams * curve(t) / session_s`` and last an exponential
-    ``session_s``, so by Little's law about ``streams * curve`` are live at once and the chunk rate
-    is ``streams * curve / interval = rps * curve``. At time 0 the process starts in its steady
-    state: ``Poisson(streams * curve(0))`` sessions already running, with random phases.
+    The target is ``C(t) = streams * curve(t)`` live sessions, so the chunk rate is
+    ``C / interval = rps * curve``. Sessions last an exponential ``D = session_s`` and start at rate
+    ``max(0, C'(t) + C(t) / D)``: then ``dN/dt = starts - N / D`` keeps the expected live count on
+    ``C`` even through a spike (×4 within a minute means a burst of new sessions, not a slow climb
+    over ``D``). Falls faster than ``C / D`` are clipped: sessions only end as they end. At time 0 the
+    process starts in its steady state, ``Poisson(C(0))`` sessions already running, random phases.
     """
 
     def __init__(self, model: Model, curve: RateCurve, rng: np.random.Generator, grid_s: float,
@@ -175,23 +181,25 @@ class StreamSource:
         self.rng, self.session_s = rng, session_s
         self.interval = t.streams / t.rps if t.rps > 0 else math.inf
         self.concurrency = float(t.streams) * (curve.base / t.rps if t.rps > 0 else 0.0)
-        # Session starts are a Poisson process whose mean rate keeps `concurrency` streams live.
         self.starts = PoissonSource(model, curve, rng, grid_s)
+        self.starts.rate = self._start_rate  # type: ignore[method-assign]
+        self.grid_s = grid_s
         n0 = int(rng.poisson(self.concurrency * float(curve(np.array([0.0]))[0]))) if math.isfinite(self.interval) else 0
         self.start = rng.uniform(-self.interval, 0.0, n0) if n0 else EMPTY
         self.end = rng.exponential(session_s, n0) if n0 else EMPTY
         self.sid = np.arange(n0, dtype=np.int64)
         self.next_sid = n0
 
+    def _start_rate(self, left: np.ndarray) -> np.ndarray:
+        c = self.starts.curve
+        now = c(left)
+        slope = (c(left + self.grid_s) - now) / self.grid_s
+        return self.concurrency * np.maximum(0.0, slope + now / self.session_s)
+
     def take(self, t0: float, t1: float) -> Arrivals:
         if not math.isfinite(self.interval):
             return Arrivals(EMPTY, np.empty(0, np.int64))
-        base = self.starts.curve.base
-        self.starts.curve.base = self.concurrency / self.session_s
-        try:
-            new = self.starts.take(t0, t1).times
-        finally:
-            self.starts.curve.base = base
+        new = self.starts.take(t0, t1).times
         if new.size:
             self.start = np.concatenate((self.start, new))
             self.end = np.concatenate((self.end, new + self.rng.exponential(self.session_s, new.size)))

@@ -1,0 +1,178 @@
+"""The packer scaling policy (``packer.scaling``) in the simulator: ``--policy packer``.
+
+The pure policy decides on a :class:`~packer.plan.Plan`; the simulator speaks slots and replicas.
+This adapter keeps a *shadow plan* (the deployment as the policy last left it), feeds the policy
+the simulator's signals, applies the actions to the shadow and translates them:
+
+* ``AddReplica`` -> ``AddReplica``; ``SplitOut``/``AddGroup`` -> ``AddSlot`` (the simulator picks
+  the GPU; the new slot's id is learnt from the next view);
+* ``Consolidate`` -> ``AddReplica`` at each destination now, and ``RemoveSlot`` of the emptied slot
+  once those replicas serve (make before break, as the reconciler does);
+* ``Resize`` -> nothing: the simulator routes round-robin, which the policy already assumes;
+* ``Replan`` -> recorded, not executed (a re-plan is a migration the simulator has no action for).
+
+Slots that vanish (spot loss, a refused action) are dropped from the shadow at the next view, so
+the policy re-decides from what really runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from packer.errors import UserError
+from packer.plan import Plan
+from packer.scaling import (Action, AddGroup, AddReplica, ColdStart, Consolidate, RemoveReplica, Replan, Resize,
+                            ScalingSettings, ScalingState, Signals, SplitOut, Standby, Targets, Windows, apply,
+                            decide)
+from packer.slot import WHOLE
+from sims import policies as sp
+
+OPTIONS = {"interval_s", "target_utilisation", "stable_s", "panic_s", "panic_threshold", "scale_down_s",
+           "scale_down_band", "node_s", "image_s", "weights_base_s", "weights_gb_per_s"}
+
+
+def settings_from(options: Mapping[str, Any]) -> ScalingSettings:
+    """Scaling settings from a scenario's ``policy_options`` (unknown keys are an error)."""
+    extra = set(options) - OPTIONS
+    if extra:
+        raise UserError(f"policy packer: unknown options {sorted(extra)}; it takes {sorted(OPTIONS)}")
+    d = ScalingSettings()
+    w = {k: float(options[k]) for k in ("stable_s", "panic_s", "panic_threshold", "scale_down_s", "scale_down_band")
+         if k in options}
+    c = {k: float(options[k]) for k in ("node_s", "image_s", "weights_base_s", "weights_gb_per_s") if k in options}
+    t = {k: float(options[k]) for k in ("target_utilisation",) if k in options}
+    return replace(d, windows=replace(d.windows, **w), cold_start=replace(d.cold_start, **c),
+                   targets=replace(d.targets, **t))
+
+
+@dataclass
+class _Removal:
+    sim_slot: str
+    waits_for: list[tuple[str, str]]
+    """(model, shadow slot id) replicas that must serve before the slot goes."""
+    reason: str
+
+
+@dataclass
+class PackerPolicy:
+    plan: Plan
+    settings: ScalingSettings = field(default_factory=ScalingSettings)
+    interval_s: float = 15.0
+    state: ScalingState | None = None
+    ids: dict[str, str] = field(default_factory=dict)
+    """Shadow slot id -> simulator slot id."""
+    removals: list[_Removal] = field(default_factory=list)
+    log: list[tuple[float, Action]] = field(default_factory=list)
+    """Every action the policy took, with its time (for flapping checks and reports)."""
+
+    def __post_init__(self) -> None:
+        self.ids = {p.id: p.id for p in self.plan.placements}
+        self._pending: list[tuple[str, str, str, tuple[str, ...]]] = []
+        """(shadow id, pool, profile, models) of slots asked for but not seen yet."""
+
+    # -- view -> shadow --------------------------------------------------------------------------
+
+    def _sync(self, view: sp.ClusterView) -> None:
+        known = set(self.ids.values())
+        fresh = [s for s in view.slots.values() if s.id not in known]
+        for sid, pool, profile, models in self._pending:
+            for s in fresh:
+                if (s.pool, s.profile) == (pool, profile) and set(s.models) == set(models):
+                    self.ids[sid] = s.id
+                    fresh.remove(s)
+                    break
+        self._pending = []
+        drop: list[Action] = []
+        for p in self.plan.placements:
+            sim = view.slots.get(self.ids.get(p.id, ""))
+            present = set(sim.models) if sim is not None and not sim.preempting else set()
+            for m in p.models:
+                if m.name not in present:
+                    drop.append(RemoveReplica(model=m.name, slot=_ref(p), cost_per_hour=0.0,
+                                              reason="gone in the simulator"))
+        if drop:
+            self.plan = apply(self.plan, drop)
+        live = {p.id for p in self.plan.placements}
+        self.ids = {k: v for k, v in self.ids.items() if k in live}
+
+    # -- the policy ------------------------------------------------------------------------------
+
+    def decide(self, view: sp.ClusterView, now: float) -> list[sp.Action]:
+        self._sync(view)
+        signals = {n: Signals(n, in_flight=float(s.in_flight), queued=float(s.queued), arrival_rps=s.rate_rps,
+                              queue_ms=s.queue_ms_mean) for n, s in view.models.items()}
+        actions, self.state = decide(self.plan, signals, self.state, now, self.settings)
+        new_slots: dict[str, sp.AddSlot] = {}
+        out: list[sp.Action] = []
+        for a in actions:
+            self.log.append((now, a))
+            if isinstance(a, Replan):
+                continue
+            self.plan = apply(self.plan, [a])
+            out += self._translate(a, new_slots)
+        out += list(new_slots.values())
+        self._pending += [(sid, s.pool, s.profile, s.models) for sid, s in new_slots.items()]
+        out += self._due(view)
+        return out
+
+    def _into(self, model: str, slot_id: str, reason: str, new_slots: dict[str, sp.AddSlot]) -> sp.Action | None:
+        if slot_id in new_slots:  # a slot asked for in this same decision: one AddSlot with both
+            s = new_slots[slot_id]
+            new_slots[slot_id] = replace(s, models=s.models + (model,))
+            return None
+        return sp.AddReplica(model, self.ids[slot_id], reason=reason)
+
+    def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
+        out: list[sp.Action | None] = []
+        if isinstance(a, AddReplica):
+            out.append(self._into(a.model, a.slot.id, a.reason, new_slots))
+        elif isinstance(a, SplitOut):
+            new_slots[a.slot.id] = sp.AddSlot(a.slot.pool, a.slot.slot, (a.model,), reason=a.reason)
+        elif isinstance(a, AddGroup):
+            new_slots[a.slot.id] = sp.AddSlot(a.slot.pool, WHOLE, tuple(m for m, _ in a.rates), reason=a.reason)
+        elif isinstance(a, RemoveReplica):
+            out.append(sp.RemoveReplica(a.model, self.ids.pop(a.slot.id, a.slot.id), reason=a.reason))
+        elif isinstance(a, Consolidate):
+            sim_src = self.ids.pop(a.slot.id, a.slot.id)
+            for model, dst, _ in a.moves:
+                out.append(self._into(model, dst.id, a.reason, new_slots))
+            self.removals.append(_Removal(sim_src, [(m, d.id) for m, d, _ in a.moves], a.reason))
+        elif isinstance(a, (Resize, Standby)):
+            pass  # round-robin routing needs no resize; the simulator has no empty slots
+        return [x for x in out if x is not None]
+
+    def _due(self, view: sp.ClusterView) -> list[sp.Action]:
+        """Remove emptied slots once the replicas moved out of them serve elsewhere."""
+        out: list[sp.Action] = []
+        keep: list[_Removal] = []
+        for r in self.removals:
+            ready = True
+            for model, dst in r.waits_for:
+                sim_dst = self.ids.get(dst)
+                ms = view.models.get(model)
+                if sim_dst is None or ms is None:
+                    continue  # destination gone: nothing to wait for
+                if not any(rv.slot == sim_dst and rv.ready for rv in ms.replicas):
+                    ready = False
+            if ready:
+                out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason))
+            else:
+                keep.append(r)
+        self.removals = keep
+        return out
+
+
+def _ref(p: Any) -> Any:
+    from packer.scaling.room import ref
+
+    return ref(p)
+
+
+def make(plan: Plan, options: Mapping[str, Any]) -> PackerPolicy:
+    options = dict(options or {})
+    interval = float(options.pop("interval_s", 15.0))
+    return PackerPolicy(plan, settings_from(options), interval)
+
+
+sp.register_policy("packer", make)

@@ -1,0 +1,156 @@
+"""Cluster dynamics: determinism, conservation, cold starts, preemptions, policies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from packer.fleet import parse_fleet
+from sims.engine import Simulation, simulate
+from sims.handplan import Group, hand_plan
+from sims.policies import AddSlot, ClusterView, FunctionPolicy, RemoveSlot
+from sims.scenario import Burst, Cluster, Scenario, Server, Spike
+
+
+def small_fleet(*, spot: bool = False, gpus_per_node: int = 1, max_nodes: int = 3, rps: float = 300.0):
+    return parse_fleet({
+        "name": "small", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": gpus_per_node,
+                                    "max_nodes": max_nodes, "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"],
+                                    "spot": spot}],
+        "models": [
+            {"name": "asr", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": rps, "peak_rps": rps * 1.5,
+                                                                                "streams": 100},
+             "slo_ms": 200, "latency_ms": {"gpu": "l4-24gb", "base": 8.0, "per_item": 0.4}, "max_batch": 64},
+            {"name": "punct", "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": 40.0, "peak_rps": 60.0},
+             "slo_ms": 100, "latency_ms": {"gpu": "l4-24gb", "base": 3.0, "per_item": 0.1}, "max_batch": 32},
+            {"name": "summ", "kind": "batch", "memory_gb": 6.0, "traffic": {"rps": 0.5, "peak_rps": 1.0},
+             "slo_ms": 60000, "latency_ms": {"gpu": "l4-24gb", "base": 400.0, "per_item": 80.0}, "max_batch": 8},
+        ],
+    })
+
+
+def one_slot_plan(**kw: Any):
+    f = small_fleet(**kw)
+    return hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))])
+
+
+def conserved(r: Any) -> None:
+    for m in r.models:
+        assert m["arrivals"] == m["completed"] + sum(m["rejected"].values()) + m["queued_at_end"] + \
+            m["in_flight_at_end"], m["name"]
+
+
+def without_perf(r: Any) -> dict:
+    d = r.to_dict()
+    d.pop("perf")
+    return d
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
+    plan = one_slot_plan()
+    sc = Scenario(process="diurnal", start_hour=10, bursts=(Burst("*", 3.0, 120.0, 20.0),),
+                  server=Server(noise_cv=0.1))
+    a = simulate(plan, sc, duration_s=600, seed=3)
+    b = simulate(plan, sc, duration_s=600, seed=3)
+    c = simulate(plan, sc, duration_s=600, seed=4)
+    assert without_perf(a) == without_perf(b)
+    assert without_perf(a)["models"] != without_perf(c)["models"]
+
+
+def test_conservation_under_overload_timeouts_and_preemption() -> None:
+    """Every request ends completed, rejected, queued or in flight, whatever happens to the slot."""
+    plan = one_slot_plan(spot=True)
+    # No notice: whatever is queued or running on a preempted node is lost.
+    sc = Scenario(process="peak", traffic_scale=5.0,
+                  cluster=Cluster(spot_preemptions_per_node_hour=6.0, preemption_notice_s=0.0),
+                  server=Server(noise_cv=0.2))
+    r = simulate(plan, sc, duration_s=1800, seed=5)
+    conserved(r)
+    for reason in ("timeout", "preempted", "no-replica"):
+        assert sum(m["rejected"][reason] for m in r.models) > 0, reason
+
+
+def _add_once(action: AddSlot, at: float):
+    def fn(view: ClusterView, state: Any, now: float):
+        if state is None and now >= at:
+            return [action], "done"
+        return [], state
+    return FunctionPolicy(fn, interval_s=15.0)
+
+
+@pytest.mark.parametrize("gpus_per_node,expect_ready", [
+    (1, 15 + 240 + 120 + 15 + 2.0),   # new node: provision + image pull + weight load (15 s + 2 GB at 1 GB/s)
+    (2, 15 + 15 + 2.0),               # free GPU on a node that already pulled the image: weight load only
+], ids=["new-node", "free-gpu-on-warm-node"])
+def test_cold_start_delays_honoured(gpus_per_node: int, expect_ready: float) -> None:
+    plan = one_slot_plan(gpus_per_node=gpus_per_node)
+    if gpus_per_node == 2:
+        # Both plan slots sit on node 0; give the new slot its own free GPU on node 1.
+        plan = hand_plan(plan.fleet, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",)),
+                                      Group("l4", "whole", ("summ",))])
+    pol = _add_once(AddSlot("l4", "whole", ("asr",), reason="test"), 15.0)
+    sim = Simulation(plan, Scenario(process="peak"), seed=1, policy=pol)
+    if gpus_per_node == 2:
+        # Free the third slot's GPU (node 1, GPU 0) so that node has room but has pulled the image.
+        victim = [s for s in sim.slots.values() if s.node.name == "l4-n1"][0]
+        sim._remove_slot(victim, 0.0)
+        sim.replicas[sim.index["summ"]] = [m for m in sim.replicas[sim.index["summ"]] if not m.removed]
+    r = sim.run(900)
+    applied = [a for a in r.actions if a["action"].startswith("add slot")]
+    assert applied and applied[0]["outcome"] == f"applied: l4-new1-whole serves at t={expect_ready:.0f} s"
+    ser = r.series
+    asr = ser["models"]["asr"]["replicas"]
+    for t, n in zip(ser["t"], asr):
+        assert n == (2 if t >= expect_ready else 1), (t, n)
+    conserved(r)
+
+
+def test_preempted_spot_slots_are_replaced_by_the_static_policy() -> None:
+    plan = one_slot_plan(spot=True, max_nodes=6)
+    sc = Scenario(process="peak", cluster=Cluster(spot_preemptions_per_node_hour=4.0, preemption_notice_s=30.0),
+                  policy="static")
+    r = simulate(plan, sc, duration_s=3600, seed=11)
+    notices = [a for a in r.actions if "preempted" in a["action"]]
+    adds = [a for a in r.actions if a["action"].startswith("add slot")]
+    assert notices, "a 4/h preemption rate over 2 nodes and 1 h must preempt something"
+    # Each notice is answered by the next policy tick (<= 15 s later) with a replacement.
+    for n in notices:
+        assert any(n["t"] <= a["t"] <= n["t"] + 15.0 and a["outcome"].startswith("applied") for a in adds), n
+    # Whatever was lost came back: at the end every plan group has a ready replica again, unless
+    # a preemption happened within the last cold start (~6.5 min).
+    last_notice = max(n["t"] for n in notices)
+    if last_notice < 3600 - 15 - 240 - 120 - 30 - 30:
+        for name in ("asr", "punct", "summ"):
+            assert r.series["models"][name]["replicas"][-1] >= 1
+    assert sum(m["rejected"]["preempted"] for m in r.models) >= 0
+    conserved(r)
+
+
+def test_hpa_adds_a_slot_when_busy_and_removes_it_when_idle() -> None:
+    """A spike triples punct+asr traffic: the group's slot runs hot, HPA asks for more; once the spike
+    is gone and the stabilisation window passes, it gives the extra slots back."""
+    plan = one_slot_plan(max_nodes=6)
+    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 3.0, 60.0, 600.0),), policy="hpa",
+                  policy_options={"target": 0.6, "downscale_window_s": 120.0})
+    r = simulate(plan, sc, duration_s=2400, seed=2)
+    ups = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
+    downs = [a for a in r.actions if a["action"].startswith("remove slot") and a["outcome"] == "applied"]
+    assert ups and "busy" in ups[0]["reason"]
+    assert downs and downs[0]["t"] > ups[0]["t"]
+    conserved(r)
+
+
+def test_policy_may_remove_and_the_queue_drains() -> None:
+    """Removing a slot stops routing to it; what it had queued is still served, not lost."""
+    plan = hand_plan(small_fleet(max_nodes=4), [Group("l4", "whole", ("asr", "punct")),
+                                                Group("l4", "whole", ("asr", "punct")),
+                                                Group("l4", "whole", ("summ",))])
+    sid = plan.placements[1].id
+    pol = _add_once(RemoveSlot(sid, reason="test"), 60.0)  # type: ignore[arg-type]
+    r = simulate(plan, Scenario(process="peak"), duration_s=300, seed=1, policy=pol)
+    assert [a["outcome"] for a in r.actions] == ["applied"]
+    gone = [s for s in r.slots if s["id"] == sid][0]
+    assert gone["removed_s"] is not None and 60.0 <= gone["removed_s"] <= 61.0
+    assert all(m["rejected"]["preempted"] == 0 and m["rejected"]["no-replica"] == 0 for m in r.models)
+    conserved(r)

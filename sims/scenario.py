@@ -47,7 +47,7 @@ def parse_duration(v: Any, where: str = "duration") -> float:
 
 @dataclass(frozen=True)
 class Diurnal:
-    """Daily curve ``rate(t) = rps * (1 + a cos(2π (hour - peak_hour - tz) / 24))``.
+    """Daily curve ``rate(t) = rps * (1 + a cos(2π (utc_hour + tz - peak_hour) / 24))``.
 
     With ``amplitude: auto`` ``a = peak_rps / rps - 1`` (capped at 1), so the day's mean is the
     fleet's ``rps`` and its top is ``peak_rps``: asr-en (3437.5 rps, peak 6250) gets ``a = 0.82``,
@@ -97,7 +97,8 @@ class ModelTraffic:
     models: str
     scale: float = 1.0
     tz_offset_h: float = 0.0
-    """Hours added to the diurnal peak: languages peak at different UTC hours."""
+    """The users' time zone, UTC+h: with a 14:00 local peak, ``+1`` peaks at 13:00 UTC and ``-5`` at
+    19:00 UTC, so languages peak at different hours."""
     process: str | None = None
 
 

@@ -58,7 +58,7 @@ class RateCurve:
         if amp is None:
             amp = min(1.0, t.peak_rps / t.rps - 1.0) if t.rps > 0 else 0.0
         self.amp = amp if self.process == "diurnal" else 0.0
-        self.phase_h = scenario.start_hour - scenario.diurnal.peak_hour - ov.tz_offset_h
+        self.phase_h = scenario.start_hour + ov.tz_offset_h - scenario.diurnal.peak_hour
         self.spikes = [s for s in scenario.spikes if fnmatch.fnmatchcase(model.name, s.models)]
         bursts = [b for b in scenario.bursts if fnmatch.fnmatchcase(model.name, b.models)]
         self.burst = bursts[-1] if bursts else None

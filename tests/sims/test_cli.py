@@ -1,0 +1,131 @@
+"""``packer simulate`` / ``packer capacity`` end to end, and the contracts with other packages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from packer.cli import main
+from packer.fleet import parse_fleet
+from packer.plan import save_plan
+from packer.slot import SlotType
+from sims.handplan import Group, hand_plan
+from sims.policies import ClusterView, get_policy, policy_names, register_policy
+from sims.server import batcher_config
+
+FLEET = {
+    "name": "cli", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2,
+                              "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"]}],
+    "models": [
+        {"name": "asr", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 200.0, "peak_rps": 300.0,
+                                                                            "streams": 60},
+         "slo_ms": 200, "latency_ms": {"gpu": "l4-24gb", "base": 8.0, "per_item": 0.4}, "max_batch": 64},
+        {"name": "punct", "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": 40.0, "peak_rps": 60.0},
+         "slo_ms": 100, "latency_ms": {"gpu": "l4-24gb", "base": 3.0, "per_item": 0.1}, "max_batch": 32},
+        {"name": "summ", "kind": "batch", "memory_gb": 6.0, "traffic": {"rps": 0.5, "peak_rps": 1.0},
+         "slo_ms": 60000, "latency_ms": {"gpu": "l4-24gb", "base": 400.0, "per_item": 80.0}, "max_batch": 8},
+    ],
+}
+
+
+@pytest.fixture()
+def plan_file(tmp_path: Path) -> Path:
+    f = parse_fleet(FLEET)
+    p = tmp_path / "plan.json"
+    save_plan(hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))]), p)
+    return p
+
+
+def test_simulate_writes_json_plots_and_html(plan_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    rc = main(["simulate", str(plan_file), "--scenario", "peak", "--duration", "2m", "--seed", "3",
+               "--compare", "hpa", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "static @ plan" in text and "hpa @ plan" in text and "asr" in text
+    d = json.loads((out / "result.json").read_text())
+    assert [r["policy"] for r in d["runs"]] == ["static", "hpa"]
+    # Same seed, same traffic: both runs saw exactly the same arrivals.
+    assert [m["arrivals"] for m in d["runs"][0]["models"]] == [m["arrivals"] for m in d["runs"][1]["models"]]
+    for name in ("latency_cdf.png", "latency_cdf.svg", "timeseries.png", "cost.png", "report.html"):
+        assert (out / name).stat().st_size > 1000, name
+    assert "<img" in (out / "report.html").read_text()
+
+
+def test_simulate_json_is_deterministic(plan_file: Path, capsys: pytest.CaptureFixture) -> None:
+    outs = []
+    for _ in range(2):
+        assert main(["simulate", str(plan_file), "--scenario", "bursty", "--duration", "1m", "--seed", "5", "--json",
+                     "--no-progress"]) == 0
+        d = json.loads(capsys.readouterr().out)
+        d.pop("perf")
+        outs.append(d)
+    assert outs[0] == outs[1]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--scenario", "nope"], "no such scenario"),
+    (["--policy", "nope"], "unknown policy"),
+    (["--compare", "nope"], "neither a policy"),
+    (["--duration", "soon"], "--duration"),
+], ids=["scenario", "policy", "compare", "duration"])
+def test_user_errors_exit_2(plan_file: Path, args: list[str], needle: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["simulate", str(plan_file), "--duration", "10s", "--no-progress", *args]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_capacity_replans_per_growth(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import yaml
+
+    f = tmp_path / "fleet.yaml"
+    f.write_text(yaml.safe_dump(FLEET))
+    rc = main(["capacity", str(f), "--growth", "1,4", "--duration", "1m", "--time-limit", "1", "--out",
+               str(tmp_path / "cap"), "--no-progress"])
+    assert rc == 0
+    rows = json.loads((tmp_path / "cap" / "capacity.json").read_text())
+    assert [r["growth"] for r in rows] == [1.0, 4.0]
+    assert rows[1]["gpus_total"] >= rows[0]["gpus_total"]
+    assert rows[1]["plan_cost_per_hour"] >= rows[0]["plan_cost_per_hour"]
+    assert (tmp_path / "cap" / "capacity.png").exists()
+    assert "growth" in capsys.readouterr().out
+
+
+def test_batcher_matches_the_triton_writer() -> None:
+    """The simulator batches with the numbers serving/config.py writes into Triton's config."""
+    serving = pytest.importorskip("serving.config")
+    from serving.settings import RenderSettings
+
+    f = parse_fleet(FLEET)
+    plan = hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))])
+    for p in plan.placements:
+        st = SlotType(f.pool(p.pool), p.slot)
+        for mem in p.models:
+            t = serving.timing(f, p, mem.name, RenderSettings())
+            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps)
+            assert c.preferred == t.batch
+            assert c.delay_s * 1000 == pytest.approx(t.queue_delay_ms)
+            if f.model(mem.name).traffic.streams is None:
+                assert c.timeout_s * 1000 == pytest.approx(t.budget_ms)
+
+
+def test_registry_builds_registered_policies() -> None:
+    f = parse_fleet(FLEET)
+    plan = hand_plan(f, [Group("l4", "whole", ("asr", "punct"))])
+
+    class Nothing:
+        interval_s = 30.0
+
+        def __init__(self, plan, options) -> None:
+            self.options = options
+
+        def decide(self, view: ClusterView, now: float) -> list:
+            return []
+
+    register_policy("nothing-test", Nothing)
+    assert {"static", "hpa", "nothing-test"} <= set(policy_names())
+    p = get_policy("nothing-test", plan, {"x": 1})
+    assert p.interval_s == 30.0 and p.options == {"x": 1}  # type: ignore[attr-defined]
+    with pytest.raises(Exception, match="unknown options"):
+        get_policy("hpa", plan, {"targte": 0.5})

@@ -1,0 +1,135 @@
+"""Arrival processes and scenario files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from packer.errors import UserError
+from packer.fleet import parse_fleet
+from sims.scenario import Burst, Scenario, Spike, load_scenario, parse_duration, parse_scenario
+from sims.traffic import sources
+
+SCENARIOS = sorted((Path(__file__).resolve().parents[2] / "sims" / "scenarios").glob("*.yaml"))
+
+
+def fleet():
+    return parse_fleet({
+        "name": "t", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2,
+                                "cost_per_gpu_hour": 1.0}],
+        "models": [
+            {"name": "asr-en", "kind": "streaming", "memory_gb": 1.0,
+             "traffic": {"rps": 400.0, "peak_rps": 700.0, "streams": 120}, "slo_ms": 300,
+             "latency_ms": {"gpu": "l4-24gb", "base": 4.0, "per_item": 0.1}, "max_batch": 64},
+            {"name": "punct-de", "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": 50.0, "peak_rps": 100.0},
+             "slo_ms": 100, "latency_ms": {"gpu": "l4-24gb", "base": 2.0, "per_item": 0.1}, "max_batch": 32},
+        ],
+    })
+
+
+def take_all(src, t_end: float, step: float = 15.0) -> np.ndarray:
+    out = [src.take(t, min(t + step, t_end)).times for t in np.arange(0.0, t_end, step)]
+    return np.concatenate(out)
+
+
+def test_diurnal_curve_averages_rps_and_peaks_at_peak_rps() -> None:
+    """amplitude auto: a = peak/rps - 1 = 1; over a day the mean is rps, the top peak_rps at 14:00."""
+    sc = Scenario(process="diurnal", start_hour=0.0)
+    src = sources(fleet(), sc, seed=1)[1]
+    assert src.expected(0.0, 86400.0) / 86400.0 == pytest.approx(50.0, rel=1e-3)
+    assert src.expected(14 * 3600.0, 14 * 3600.0 + 1.0) == pytest.approx(100.0, rel=1e-3)
+    # Time zones shift the peak: +1 h peaks at 13:00 UTC.
+    sc2 = Scenario(process="diurnal", models=(__import__("sims.scenario").scenario.ModelTraffic("*-de", 1.0, 1.0),))
+    src2 = sources(fleet(), sc2, seed=1)[1]
+    assert src2.expected(13 * 3600.0, 13 * 3600.0 + 1.0) == pytest.approx(100.0, rel=1e-3)
+
+
+def test_poisson_counts_and_sorted_windows() -> None:
+    src = sources(fleet(), Scenario(process="poisson"), seed=2)[1]
+    t = take_all(src, 2000.0)
+    assert np.all(np.diff(t) >= 0) and t.min() >= 0 and t.max() < 2000.0
+    assert t.size == pytest.approx(100_000, abs=4 * np.sqrt(100_000))
+    gaps = np.diff(t)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.02)  # exponential gaps
+
+
+def test_streams_send_chunks_every_interval_at_the_fleet_rate() -> None:
+    """120 streams at 400 rps: a chunk every 0.3 s per stream; the chunk rate averages 400 rps."""
+    src = sources(fleet(), Scenario(process="poisson", session_s=120.0), seed=3)[0]
+    ts, sids = [], []
+    for t in np.arange(0.0, 1800.0, 15.0):
+        a = src.take(t, t + 15.0)
+        assert np.all(np.diff(a.times) >= 0)
+        ts.append(a.times)
+        sids.append(a.streams)
+    t, s = np.concatenate(ts), np.concatenate(sids)
+    assert t.size / 1800.0 == pytest.approx(400.0, rel=0.05)
+    one = t[s == s[len(s) // 2]]
+    assert np.allclose(np.diff(one), 0.3)
+
+
+def test_stream_spike_reaches_factor_within_a_minute() -> None:
+    sc = Scenario(process="poisson", spikes=(Spike("asr-*", 600.0, 4.0, 60.0, 3600.0),))
+    src = sources(fleet(), sc, seed=4)[0]
+    t = take_all(src, 1200.0)
+    before = np.count_nonzero((t >= 300) & (t < 600)) / 300.0
+    after = np.count_nonzero((t >= 690) & (t < 750)) / 60.0
+    assert before == pytest.approx(400.0, rel=0.1)
+    assert after == pytest.approx(4 * 400.0 * (1 - 60 / 3600), rel=0.1)
+
+
+def test_bursts_raise_the_mean_by_the_time_spent_high() -> None:
+    """MMPP with x3 for 1/11 of the time: mean rate (10 + 3) / 11 = 1.18 x."""
+    sc = Scenario(process="poisson", bursts=(Burst("punct-*", 3.0, 100.0, 10.0),))
+    src = sources(fleet(), sc, seed=5)[1]
+    t = take_all(src, 20000.0, step=100.0)
+    assert t.size / 20000.0 == pytest.approx(50.0 * 13 / 11, rel=0.06)
+
+
+def test_same_seed_same_arrivals_whatever_the_other_models() -> None:
+    a = sources(fleet(), Scenario(process="poisson"), seed=9)[1].take(0.0, 60.0).times
+    f2 = fleet()
+    from dataclasses import replace
+    f2 = replace(f2, models=f2.models[1:])  # drop asr-en: punct-de must not change
+    b = sources(f2, Scenario(process="poisson"), seed=9)[0].take(0.0, 60.0).times
+    assert np.array_equal(a, b)
+
+
+def test_trace_replay_loops(tmp_path: Path) -> None:
+    p = tmp_path / "t.csv"
+    p.write_text("timestamp,model\n100.0,punct-de\n100.5,punct-de\n101.0,asr-en\n")
+    sc = parse_scenario({"trace": {"file": "t.csv", "loop": True}}, base_dir=tmp_path)
+    src = sources(fleet(), sc, seed=0)
+    pd = src[1].take(0.0, 3.0).times
+    assert np.allclose(pd, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_shipped_scenarios_load(path: Path) -> None:
+    sc = load_scenario(path)
+    assert sc.name == path.stem
+    assert sc.about
+    assert load_scenario(path.stem) == load_scenario(path).with_(source=load_scenario(path.stem).source)
+
+
+@pytest.mark.parametrize("doc,needle", [
+    ({"bogus": 1}, "unknown key"),
+    ({"process": "sine"}, "process"),
+    ({"spikes": [{"factor": 4}]}, "spikes[0].at"),
+    ({"cluster": {"image_pull": "soon"}}, "cluster.image_pull"),
+    ({"diurnal": {"amplitude": 2}}, "amplitude"),
+    ({"batch_jobs": [{"size": 0}]}, "size"),
+], ids=["unknown-key", "bad-process", "spike-without-at", "bad-duration", "amplitude", "job-size"])
+def test_scenario_errors_name_the_field(doc: dict, needle: str) -> None:
+    with pytest.raises(UserError, match=None) as e:
+        parse_scenario(doc)
+    assert needle in str(e.value)
+
+
+def test_durations() -> None:
+    assert parse_duration("90s") == 90 and parse_duration("4m") == 240 and parse_duration("1.5h") == 5400
+    assert parse_duration("1d") == 86400 and parse_duration(30) == 30
+    with pytest.raises(UserError):
+        parse_duration("-1h")

@@ -93,13 +93,19 @@ class ServerControl:
         self.client = grpcclient.InferenceServerClient(url)
         self.poll_s = poll_s
 
-    def loaded(self) -> dict[str, str | None]:
-        """Models READY on the server, with the digest they were loaded with (None: not by us)."""
+    def loaded(self, also: tuple[str, ...] = ()) -> dict[str, str | None]:
+        """Models READY on the server, with the digest they were loaded with (None: not by us).
+
+        The repository index lists only models of the server's own repository path; models loaded
+        from sent files are not in it, so ``also`` names models to ask about one by one.
+        """
+        names = [m["name"] for m in self.client.get_model_repository_index(as_json=True).get("models", [])
+                 if m.get("state") == "READY"]
+        names += [n for n in also if n not in names and self.client.is_model_ready(n)]
         out: dict[str, str | None] = {}
-        for m in self.client.get_model_repository_index(as_json=True).get("models", []):
-            if m.get("state") == "READY":
-                cfg = self.client.get_model_config(m["name"], as_json=True)["config"]
-                out[m["name"]] = cfg.get("parameters", {}).get(DIGEST, {}).get("string_value")
+        for n in names:
+            cfg = self.client.get_model_config(n, as_json=True)["config"]
+            out[n] = cfg.get("parameters", {}).get(DIGEST, {}).get("string_value")
         return out
 
     def load(self, m: ModelDir) -> None:
@@ -160,7 +166,7 @@ class ServerControl:
         """Make the server serve exactly ``repo``'s models with its configs."""
         wanted = {m.name: digest(m) for m in repo.models}
         by_name = {m.name: m for m in repo.models}
-        loaded = self.loaded()
+        loaded = self.loaded(also=tuple(wanted))
         sequence = {n for n in loaded if self.client.get_model_config(n, as_json=True)["config"].get("sequence_batching")}
         acts = decide(loaded, wanted, sequence)
         rep = ApplyReport(acts)

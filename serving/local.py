@@ -9,6 +9,7 @@ matches the running interpreter; :func:`find_triton` finds all of it, :class:`Lo
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -167,7 +168,7 @@ class LocalTriton:
         url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise _Exited(self.log_tail())
+                raise _Exited(self.failure())
             try:
                 with urllib.request.urlopen(url, timeout=1) as r:
                     if r.status == 200:
@@ -175,7 +176,16 @@ class LocalTriton:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise _Exited(f"not ready after {self.start_timeout_s:.0f} s\n" + self.log_tail())
+        raise _Exited(f"not ready after {self.start_timeout_s:.0f} s\n" + self.failure())
+
+    def failure(self) -> str:
+        """The lines of the log that say why: errors and models that did not load, else its tail."""
+        text = self.log_tail(1 << 20)
+        keep = [ln for ln in text.splitlines()
+                if re.match(r"^E\d{4} ", ln) or "UNAVAILABLE" in ln or ln.startswith("error:")]
+        keep = [ln for ln in keep if "CudaDriverHelper" not in ln]  # CPU-only machines: expected
+        keep = [re.sub(r"\s{2,}", " ", ln).strip(" |") for ln in keep]
+        return "\n".join(keep)[-6000:] if keep else text[-4000:]
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

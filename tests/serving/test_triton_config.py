@@ -17,7 +17,7 @@ from packer.slot import SlotType, latency_scale
 from serving.config import from_text, model_config, timing, to_text
 from serving.repository import read_repository, repositories, write
 from serving.settings import RenderSettings
-from triton_helpers import GOLDEN, meetings_plan
+from triton_helpers import GOLDEN, meetings_plan, planned
 
 GOLDEN_FLEET = GOLDEN / "multilingual-meetings"
 
@@ -198,10 +198,7 @@ def test_golden_configs_and_round_trip(repos, tmp_path):
 
 @pytest.mark.parametrize("name", ["llm-platform", "long-tail", "multilingual-meetings"])
 def test_planner_output_round_trips(name):
-    from packer.planner import PlanSettings, plan_fleet
-    from triton_helpers import fleet
-
-    plan = plan_fleet(fleet(name), PlanSettings(time_limit_s=1))
+    plan = planned(name)
     for r in repositories(plan, RenderSettings()):
         assert len({plan.fleet.model(n).kind for n in r.names}) == 1
         for m in r.models:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,14 @@ FAST = 0.01
 
 def fleet(name: str) -> Fleet:
     return load_fleet(EXAMPLES / f"{name}.yaml")
+
+
+@lru_cache(maxsize=None)
+def planned(name: str) -> Plan:
+    """The planner's plan of an example fleet, made once per test session (it takes seconds)."""
+    from packer.planner import PlanSettings, plan_fleet
+
+    return plan_fleet(fleet(name), PlanSettings(time_limit_s=1))
 
 
 def meetings_plan() -> Plan:

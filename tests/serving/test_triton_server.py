@@ -1,0 +1,210 @@
+"""The rendered repositories on a real ``tritonserver`` (CPU instances of the stand-in models).
+
+These tests start real servers; if tritonserver cannot start they fail with its log, never skip.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from packer.errors import UserError
+from packer.plan import save_plan
+from serving.control import ServerControl, digest
+from serving.group import placement, plan_of
+from serving.local import LocalTriton
+from serving.metrics import scrape, signals
+from serving.repository import group_repositories, repositories, write_repository
+from serving.settings import RenderSettings
+from triton_helpers import FAST, meetings_plan, one, planned
+
+pytestmark = pytest.mark.slow
+LIVE = RenderSettings(device="cpu", sequence_idle_s=1.0)  # real-time stand-ins, short idle for drains
+BATCH = RenderSettings(device="cpu", time_scale=FAST)
+
+
+@pytest.fixture(scope="module")
+def plan():
+    return meetings_plan()
+
+
+@pytest.fixture(scope="module")
+def live(plan, tmp_path_factory):
+    """One server on the streaming repository of the first group (asr-es + punct-es)."""
+    (repo,) = group_repositories(plan, plan.placements[0], LIVE)
+    with LocalTriton(write_repository(repo, tmp_path_factory.mktemp("live") / "streaming")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def batch(plan, tmp_path_factory):
+    """One server on the batch repository of the second group (diarize-es, summarizer-es, diarize-de)."""
+    (repo,) = group_repositories(plan, plan.placements[1], BATCH)
+    with LocalTriton(write_repository(repo, tmp_path_factory.mktemp("batch") / "batch")) as s:
+        yield s
+
+
+def ready(url: str) -> dict[str, str]:
+    c = httpclient.InferenceServerClient(url)
+    return {m["name"]: m.get("state", "") for m in c.get_model_repository_index()}
+
+
+def batch_counts(url: str, model: str) -> dict[int, int]:
+    c = grpcclient.InferenceServerClient(url)
+    st = c.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in st.get("batch_stats", [])}
+
+
+@pytest.mark.parametrize("name", ["llm-platform", "long-tail", "multilingual-meetings"])
+def test_first_groups_of_each_example_fleet_load_ready(name, tmp_path):
+    plan = planned(name)
+    repos = repositories(plan, RenderSettings(device="cpu", time_scale=FAST), groups=2)
+    assert repos
+    for r in repos:
+        with LocalTriton(write_repository(r, tmp_path / r.slot / r.kind)) as s:
+            assert ready(s.http_url) == {n: "READY" for n in r.names}, s.log_tail()
+
+
+def test_sequences_keep_their_state_apart_over_one_grpc_stream(live):
+    """Six interleaved streams on one gRPC stream: each chunk sees only its own stream's history."""
+    results: queue.Queue = queue.Queue()
+    c = grpcclient.InferenceServerClient(live.grpc_url)
+    before = batch_counts(live.grpc_url, "asr-es")
+    c.start_stream(callback=lambda result, error: results.put((result, error)))
+    streams, chunks = 6, 5
+    try:
+        for j in range(chunks):
+            for k in range(streams):
+                c.async_stream_infer("asr-es", [one(100 * k + j)], request_id=f"{k}-{j}", sequence_id=1000 + k,
+                                     sequence_start=j == 0, sequence_end=j == chunks - 1)
+            time.sleep(0.01)
+        got = {}
+        for _ in range(streams * chunks):
+            result, error = results.get(timeout=30)
+            assert error is None, error
+            r = result.get_response()
+            got[r.id] = (float(result.as_numpy("SEQ_SUM")[0, 0]), int(result.as_numpy("SEQ_LEN")[0, 0]))
+    finally:
+        c.stop_stream()
+    for k in range(streams):
+        for j in range(chunks):
+            own = sum(100 * k + i for i in range(j + 1))
+            assert got[f"{k}-{j}"] == (own, j + 1), (k, j)
+    after = batch_counts(live.grpc_url, "asr-es")
+    assert any(after.get(b, 0) > before.get(b, 0) for b in after if b > 1), "concurrent streams were never batched"
+
+
+def test_batch_model_batches_concurrent_requests_and_metrics_show_it(batch):
+    model, n = "diarize-es", 20
+    before_counts = batch_counts(batch.grpc_url, model)
+    before = scrape(batch.metrics_url, time.monotonic())
+    c = httpclient.InferenceServerClient(batch.http_url, concurrency=n)
+    inputs = []
+    for i in range(n):
+        x = httpclient.InferInput("INPUT", [1, 1], "FP32")
+        x.set_data_from_numpy(np.array([[i]], dtype=np.float32))
+        inputs.append(x)
+    pending = [c.async_infer(model, [x]) for x in inputs]
+    outs = sorted(float(p.get_result().as_numpy("OUTPUT")[0, 0]) for p in pending)
+    assert outs == list(range(n))
+    after_counts = batch_counts(batch.grpc_url, model)
+    grew = {b: after_counts[b] - before_counts.get(b, 0) for b in after_counts if after_counts[b] > before_counts.get(b, 0)}
+    assert max(grew) > 1, grew
+    assert sum(b * k for b, k in grew.items()) == n
+    time.sleep(0.6)  # Triton refreshes metrics every 500 ms here
+    sig = signals(before, scrape(batch.metrics_url, time.monotonic()))[model]
+    assert sig.avg_batch == pytest.approx(n / sum(grew.values()))
+    assert sig.avg_batch > 1
+    assert sig.request_rate > 0 and sig.failure_rate == 0 and sig.pending == 0
+    assert sig.queue_ms > 0
+
+
+def test_bounded_queue_rejects_at_once_instead_of_growing(plan, live):
+    """punct-es may queue ceil(budget / duty cycle) * batch requests; a burst beyond is rejected."""
+    cfg = next(m.config for m in group_repositories(plan, plan.placements[0], LIVE)[0].models if m.name == "punct-es")
+    bound = cfg.dynamic_batching.default_queue_policy.max_queue_size
+    burst = 10 * bound + 20
+
+    def call(i: int) -> tuple[bool, float, str]:
+        c = grpcclient.InferenceServerClient(live.grpc_url)
+        t0 = time.monotonic()
+        try:
+            c.infer("punct-es", [one(i)])
+            return True, time.monotonic() - t0, ""
+        except InferenceServerException as e:
+            return False, time.monotonic() - t0, e.message()
+
+    with ThreadPoolExecutor(burst) as ex:
+        res = list(ex.map(call, range(burst)))
+    ok = [r for r in res if r[0]]
+    rejected = [r for r in res if not r[0]]
+    assert ok and rejected, (len(ok), len(rejected))
+    assert all("queue" in r[2].lower() or "timeout" in r[2].lower() for r in rejected), rejected[0][2]
+
+
+def test_control_moves_the_server_without_cutting_an_open_sequence(plan, tmp_path):
+    f = plan.fleet
+    old = group_repositories(plan, plan.placements[0], LIVE)[0]
+    # The new group: German ASR joins, Spanish ASR leaves, punct-es is re-sized (a changed config).
+    moved = placement(f, "a100-80", [("asr-de", 278.0), ("punct-es", 20.0)], node="a100-80-n0", gpu=0)
+    new = group_repositories(plan_of(f, [moved]), moved, LIVE)[0]
+    with LocalTriton(write_repository(old, tmp_path / "old")) as s:
+        ctl = ServerControl(s.grpc_url)
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        r = c.infer("asr-es", [one(1.0)], sequence_id=77, sequence_start=True)
+        assert int(r.as_numpy("SEQ_LEN")[0, 0]) == 1
+        done: dict = {}
+        t = threading.Thread(target=lambda: done.update(report=ctl.apply(new, drain_timeout_s=30), at=time.monotonic()))
+        t.start()
+        seen_new_before_end = False
+        for j in range(2, 22):  # the stream goes on for ~4 s while the server moves
+            time.sleep(0.2)
+            r = c.infer("asr-es", [one(1.0)], sequence_id=77)
+            assert int(r.as_numpy("SEQ_LEN")[0, 0]) == j and float(r.as_numpy("SEQ_SUM")[0, 0]) == j
+            seen_new_before_end |= c.is_model_ready("asr-de")
+        r = c.infer("asr-es", [one(1.0)], sequence_id=77, sequence_end=True)
+        ended = time.monotonic()
+        assert int(r.as_numpy("SEQ_LEN")[0, 0]) == 22
+        t.join(60)
+        report = done["report"]
+        assert seen_new_before_end, "new models load before old ones drain"
+        assert report.cut == [] and "asr-es" in report.drained
+        assert done["at"] >= ended + LIVE.sequence_idle_s, "unloaded before the stream had been quiet for its idle time"
+        verbs = {a.model: a.verb for a in report.actions}
+        assert verbs == {"asr-de": "load", "punct-es": "reload", "asr-es": "unload"}
+        assert c.is_model_ready("asr-de") and c.is_model_ready("punct-es") and not c.is_model_ready("asr-es")
+        want = {m.name: digest(m) for m in new.models}
+        assert ctl.loaded(also=("asr-de",)) == want
+        assert [a.verb for a in ctl.apply(new).actions] == ["keep", "keep"]  # idempotent
+
+
+def test_cli_renders_and_serves_a_plan(plan, tmp_path, capsys):
+    from packer.cli import main
+
+    save_plan(plan, tmp_path / "plan.json")
+    assert main(["render", "triton", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert (tmp_path / "out" / "index.json").is_file()
+    assert (tmp_path / "out" / plan.placements[0].id / "streaming" / "asr-es" / "1" / "model.py").is_file()
+    assert main(["serve-local", str(tmp_path / "plan.json"), "--group", "1", "--seconds", "0.2",
+                 "--time-scale", str(FAST)]) == 0
+    out = capsys.readouterr().out
+    assert "batch: diarize-es, summarizer-es, diarize-de" in out and "grpc 127.0.0.1:" in out
+    assert main(["serve-local", str(tmp_path / "plan.json"), "--group", "9"]) == 2
+    assert "give --group 0..1" in capsys.readouterr().err
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_its_log(plan, tmp_path):
+    (repo,) = group_repositories(plan, plan.placements[0], LIVE)[:1]
+    bad = replace(repo, models=(replace(repo.models[0], files={"1/model.py": b"raise SystemExit('broken stand-in')"}),))
+    with pytest.raises(UserError, match="asr-es"):
+        LocalTriton(write_repository(bad, tmp_path / "bad"), start_timeout_s=60).start()

@@ -110,7 +110,7 @@ def _drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
         return f"rendered content changed (hash {la or 'none'} -> {wa})"
     body = {k: v for k, v in want.items() if k != "metadata"}
     meta = {"labels": {k: v for k, v in want["metadata"]["labels"].items() if k != N.PLAN_LABEL},
-            "annotations": want["metadata"]["annotations"]}
+            "annotations": {k: v for k, v in want["metadata"]["annotations"].items() if k != N.REASON_ANNOTATION}}
     if not contains(live, body) or not contains(live["metadata"], meta):
         return "edited outside packer: restoring the planned fields"
     if live.get("data") != want.get("data") and "data" in want:

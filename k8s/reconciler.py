@@ -99,6 +99,11 @@ class CycleReport:
     """Writes to anything but the Lease: serving objects, node labels, status and Events."""
     seconds: float = 0.0
 
+    @property
+    def diff_id(self) -> str:
+        """Names the exact set of actions; ``--confirm`` applies a cycle only if it matches."""
+        return N.digest(sorted([a.verb, a.kind, a.namespace, a.name, a.body] for a in self.done), 12)
+
     def lines(self) -> list[str]:
         out = [f"{'would ' if self.dry_run else ''}{a.describe()}" for a in self.done]
         out += [f"wait {a.describe()} -- {why}" for a, why in self.waiting]
@@ -147,6 +152,7 @@ class Reconciler:
         self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
         self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
         self.last: CycleReport | None = None
+        self.unbound: list[str] = []
         self.history: list[dict[str, Any]] = []
         self.cycles = 0
         self.last_cycle_end = 0.0
@@ -234,6 +240,7 @@ class Reconciler:
             plan_nodes[l.node] = l.pool
         binding = bind_nodes(plan_nodes, obs.nodes, self.s.render.pool_label)
         actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label)
+        self.unbound = sorted(set(plan_nodes) - set(binding))
         return actions, conflicts, objs, binding
 
     # -- act ----------------------------------------------------------------------------------
@@ -344,7 +351,9 @@ class Reconciler:
 
     # -- the cycle ----------------------------------------------------------------------------
 
-    def cycle(self, *, dry_run: bool = False) -> CycleReport:
+    def cycle(self, *, dry_run: bool = False, expect: str | None = None) -> CycleReport:
+        """One cycle. ``dry_run`` writes nothing (not even the Lease); ``expect`` applies only if
+        the cycle's diff id equals it (what a dry run showed)."""
         t0 = time.perf_counter()
         now = self.clock()
         before = Counter(self.cluster.calls)
@@ -354,7 +363,7 @@ class Reconciler:
             if not dry_run and not self.elector.ensure(now):
                 rep.leader = False
             else:
-                self._cycle(rep, now, dry_run)
+                self._cycle(rep, now, dry_run, expect)
         except ApiError as e:
             rep.errors.append(f"cycle aborted: {e}")
         rep.calls = self.cluster.calls - before
@@ -369,7 +378,7 @@ class Reconciler:
         self.metrics.observe(rep)
         return rep
 
-    def _cycle(self, rep: CycleReport, now: float, dry_run: bool) -> None:
+    def _cycle(self, rep: CycleReport, now: float, dry_run: bool, expect: str | None = None) -> None:
         obs = self.observe()
         plan, why, state, errors = self.choose_plan(obs, now)
         rep.errors += errors
@@ -381,10 +390,17 @@ class Reconciler:
         rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
         actions, conflicts, objs, binding = self.desired(plan, obs)
         rep.conflicts = conflicts
+        rep.warnings += [f"plan node {n} has no real node in its pool yet: its MIG servers stay Pending"
+                         for n in self.unbound]
         g = gate(actions, objs, obs.live, binding, obs.nodes, self.s.max_disruptions_per_cycle)
         rep.waiting = g.waiting
+        rep.done = g.now
         if dry_run:
-            rep.done = g.now
+            return
+        if expect is not None and rep.diff_id != expect:
+            rep.errors.append(f"the diff is now {rep.diff_id}, not the {expect} a dry run showed; nothing "
+                              "applied. Fix: dry-run again and confirm what it prints")
+            rep.done = []
             return
         done, more_conflicts, act_errors = self.act(g.now)
         rep.done, rep.conflicts, rep.errors = done, conflicts + more_conflicts, rep.errors + act_errors

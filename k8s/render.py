@@ -82,10 +82,12 @@ def stamp(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_hash(obj: dict[str, Any]) -> str:
-    """The object's content hash, blind to the plan id, so a re-plan that keeps it writes nothing."""
+    """The object's content hash, blind to the plan id and the reason text (both describe the
+    last write), so a re-plan that keeps the object as it runs writes nothing."""
     meta = dict(obj["metadata"])
     meta["labels"] = {k: v for k, v in (meta.get("labels") or {}).items() if k != N.PLAN_LABEL}
-    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items() if k != N.SPEC_HASH}
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
+                           if k not in (N.SPEC_HASH, N.REASON_ANNOTATION)}
     return N.digest({**obj, "metadata": meta}, 16)
 
 
@@ -129,12 +131,13 @@ def _pdb_components(plan: Plan) -> dict[str, str]:
 def repository_configmap(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
     """What the init container needs to build the group's model repository."""
     data = {"models": "\n".join(g.models) + "\n", "fetch.sh": FETCH_SCRIPT}
+    # Replica indices are left out: a re-plan that renumbers replicas changes nothing that runs.
     members = []
-    for mem in sorted((m for m in g.placement.models if m.kind == g.kind), key=lambda m: (m.name, m.replica)):
+    for mem in sorted((m for m in g.placement.models if m.kind == g.kind), key=lambda m: m.name):
         model = plan.model(mem.name)
         art = model.artifact
-        members.append({"name": mem.name, "replica": mem.replica, "batch_size": mem.batch_size,
-                        "rate_rps": mem.rate_rps, "slo_ms": mem.slo_ms,
+        members.append({"name": mem.name, "batch_size": mem.batch_size,
+                        "slo_ms": mem.slo_ms,
                         "artifact": None if art is None else {"uri": art.uri, "backend": art.backend,
                                                               "platform": art.platform}})
         if art is not None:
@@ -189,7 +192,8 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     init = {"name": "fetch-models", "image": s.fetch_image, "command": ["sh", "/config/fetch.sh"],
             "securityContext": no_escalation, "volumeMounts": [repo_mount, models_mount],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}}
-    members = ", ".join(f"{m.name}#{m.replica} b={m.batch_size}" for m in p.models if m.kind == g.kind)
+    members = ", ".join(f"{m.name} b={m.batch_size}" for m in sorted(p.models, key=lambda m: m.name)
+                        if m.kind == g.kind)
     annotations = {N.PLACEMENT_ANNOTATION: p.id, N.REASON_ANNOTATION: f"{members}: {p.reason}"}
     template_annotations = {"packer.dev/repo-hash": repo["metadata"]["annotations"][N.SPEC_HASH]}
     return stamp({

@@ -50,8 +50,10 @@ def settings_from(options: Mapping[str, Any]) -> ScalingSettings:
 class _Removal:
     sim_slot: str
     waits_for: list[tuple[str, str]]
-    """(model, shadow slot id) replicas that must serve before the slot goes."""
+    """(model, shadow slot id) replicas that must serve before the slot (or replica) goes."""
     reason: str
+    model: str | None = None
+    """Remove only this model's replica; None removes the whole slot."""
 
 
 @dataclass
@@ -100,8 +102,7 @@ class PackerPolicy:
 
     def decide(self, view: sp.ClusterView, now: float) -> list[sp.Action]:
         self._sync(view)
-        signals = {n: Signals(n, in_flight=float(s.in_flight), queued=float(s.queued), arrival_rps=s.rate_rps,
-                              queue_ms=s.queue_ms_mean) for n, s in view.models.items()}
+        signals = {n: _signals(s, view.interval_s) for n, s in view.models.items()}
         actions, self.state = decide(self.plan, signals, self.state, now, self.settings)
         new_slots: dict[str, sp.AddSlot] = {}
         out: list[sp.Action] = []
@@ -125,6 +126,11 @@ class PackerPolicy:
 
     def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
         out: list[sp.Action | None] = []
+        if isinstance(a, (AddReplica, SplitOut)) and a.replaces is not None:
+            old = self.ids.get(a.replaces.id, a.replaces.id)
+            if not any(p.id == a.replaces.id for p in self.plan.placements):
+                self.ids.pop(a.replaces.id, None)  # the move emptied it
+            self.removals.append(_Removal(old, [(a.model, a.slot.id)], a.reason, a.model))
         if isinstance(a, AddReplica):
             out.append(self._into(a.model, a.slot.id, a.reason, new_slots))
         elif isinstance(a, SplitOut):
@@ -148,19 +154,34 @@ class PackerPolicy:
         keep: list[_Removal] = []
         for r in self.removals:
             ready = True
+            live = {p.id for p in self.plan.placements}
             for model, dst in r.waits_for:
                 sim_dst = self.ids.get(dst)
                 ms = view.models.get(model)
-                if sim_dst is None or ms is None:
+                if dst not in live or ms is None:
                     continue  # destination gone: nothing to wait for
+                if sim_dst is None:
+                    ready = False  # asked for, not seen yet
+                    continue
                 if not any(rv.slot == sim_dst and rv.ready for rv in ms.replicas):
                     ready = False
             if ready:
-                out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason))
+                out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason) if r.model is None
+                           else sp.RemoveReplica(r.model, r.sim_slot, reason=r.reason))
             else:
                 keep.append(r)
         self.removals = keep
         return out
+
+
+def _signals(s: sp.ModelSignals, interval_s: float) -> Signals:
+    """The simulator's per-model signals as the policy's: late share from rejections and p99."""
+    arrived = max(1.0, s.rate_rps * interval_s)
+    late = s.rejected / arrived
+    if s.p99_ms > s.slo_ms:
+        late = max(late, 0.01)  # at least 1% over the SLO
+    return Signals(s.name, in_flight=float(s.in_flight), queued=float(s.queued), arrival_rps=s.rate_rps,
+                   queue_ms=s.queue_ms_mean, late_share=late)
 
 
 def _ref(p: Any) -> Any:

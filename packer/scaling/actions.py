@@ -58,9 +58,25 @@ class AddReplica(Action):
     model: str
     slot: SlotRef
     rate_rps: float
+    replaces: SlotRef | None = None
+    """The replica this one replaces (a move), removed once the new one serves."""
 
     def summary(self) -> str:
-        return f"add {self.model} to {self.slot.id} at {self.rate_rps:.1f} rps"
+        tail = f", replacing the one in {self.replaces.id}" if self.replaces else ""
+        return f"add {self.model} to {self.slot.id} at {self.rate_rps:.1f} rps{tail}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoveReplica(Action):
+    """Stop one replica (after its queue drains); a slot left empty goes, and so does its GPU
+    once nothing else runs on it."""
+
+    kind: ClassVar[str] = "remove_replica"
+    model: str
+    slot: SlotRef
+
+    def summary(self) -> str:
+        return f"remove {self.model} from {self.slot.id}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,9 +102,13 @@ class SplitOut(Action):
     slot: SlotRef
     rate_rps: float
     new_gpu: bool = False
+    replaces: SlotRef | None = None
+    """The replica in a packed group this one takes over from, removed once the new one serves
+    (None adds a replica and leaves the group as it is)."""
 
     def summary(self) -> str:
-        return f"split {self.model} out to {'new GPU ' if self.new_gpu else ''}{self.slot.id} at {self.rate_rps:.1f} rps"
+        tail = f", out of {self.replaces.id}" if self.replaces else ""
+        return f"split {self.model} out to {'new GPU ' if self.new_gpu else ''}{self.slot.id} at {self.rate_rps:.1f} rps{tail}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -188,6 +208,16 @@ def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
             raise ValueError(f"no replica of {model} in {r.id} to resize")
         s.members[model] = (s.members[model][0], rate)
 
+    def remove(r: SlotRef, model: str) -> None:
+        s = slots.get(r.id)
+        if s is None or model not in s.members:
+            raise ValueError(f"no replica of {model} in {r.id} to remove")
+        moves.append(Move(model, s.members.pop(model)[0], r.id, None))
+        if not s.members:
+            del slots[r.id]
+            if not any(o.ref.gpu_key == r.gpu_key for o in slots.values()):
+                layouts.pop(r.gpu_key, None)
+
     for a in actions:
         if isinstance(a, Resize):
             resize(a.slot, a.model, a.rate_rps)
@@ -195,11 +225,17 @@ def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
             if a.slot.id not in slots:
                 raise ValueError(f"add_replica needs an existing slot, {a.slot.id} is not one")
             add(a.slot, a.model, a.rate_rps)
+            if a.replaces is not None:
+                remove(a.replaces, a.model)
         elif isinstance(a, AddGroup):
             for model, rate in a.rates:
                 add(a.slot, model, rate)
         elif isinstance(a, SplitOut):
             add(a.slot, a.model, a.rate_rps)
+            if a.replaces is not None:
+                remove(a.replaces, a.model)
+        elif isinstance(a, RemoveReplica):
+            remove(a.slot, a.model)
         elif isinstance(a, Standby):
             slot_at(a.slot)
         elif isinstance(a, Consolidate):

@@ -92,10 +92,23 @@ def room(plan: Plan, p: Placement, model: Model, rates: Rates | None = None) -> 
         return 0.0
     u = headroom_u(plan)
     st = slot_type(plan, p)
-    base = items_of(plan, p, rates, exclude=model.name)
+    others = items_of(plan, p, rates, exclude=model.name)
+    me = item(model, 0.0, st)
+    # The slot maths' test (``packer.slot.duty_window``) with everything but ``r`` summed once:
+    # lo(r) = sum A / (u - sum B - per r) rises with r, hi(r) falls, so the feasible r are [0, r*].
+    sa = sum(i.A for i in others) + me.A
+    sb = sum(i.B for i in others)
+    h0 = min((i.hi for i in others), default=math.inf)
+    per = me.per_item / 1000.0
 
     def ok(r: float) -> bool:
-        return duty_window(base + [item(model, r, st)], u) is not None
+        b = per * r
+        if sb + b >= u:
+            return False
+        hi = min(h0, (model.slo_ms - me.A) / (1.0 + b))
+        if r > 0:
+            hi = min(hi, (model.max_batch - 1) * 1000.0 / r if model.max_batch > 1 else 1000.0 / r)
+        return hi > 0 and sa / (u - sb - b) <= hi + 1e-9
 
     if not ok(1e-6):
         return 0.0
@@ -167,11 +180,14 @@ class NewGpu:
     slot: SlotRef
     fresh_node: bool
     """True when the GPU needs a node that does not exist yet (the long cold start)."""
+    node_wait_s: float = 0.0
+    """Seconds until its node is up, for a node that exists but is still starting."""
 
 
-def new_gpu(plan: Plan, pool_name: str) -> NewGpu | None:
-    """Where one more whole GPU of ``pool_name`` would go: a free index on a node that exists,
-    else a new node; None when the pool is at ``max_nodes`` x ``gpus_per_node``."""
+def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = None) -> NewGpu | None:
+    """Where one more whole GPU of ``pool_name`` would go: a free index on a node that exists
+    (``starting`` gives the seconds left for nodes still coming up), else a new node; None when
+    the pool is at ``max_nodes`` x ``gpus_per_node``."""
     pool = plan.fleet.pool(pool_name)
     paid = [k for k in paid_gpus(plan) if k[0] == pool_name]
     nodes: dict[str, set[int]] = {}
@@ -180,10 +196,11 @@ def new_gpu(plan: Plan, pool_name: str) -> NewGpu | None:
     for p in plan.placements:  # multi-GPU replicas occupy their whole span
         if p.pool == pool_name:
             nodes.setdefault(p.node, set()).update(p.gpus or (p.gpu,))
-    for node in sorted(nodes, key=_node_index):
+    starting = starting or {}
+    for node in sorted(nodes, key=lambda n: (starting.get(n, 0.0), _node_index(n))):
         free = [i for i in range(pool.gpus_per_node) if i not in nodes[node]]
         if free:
-            return NewGpu(SlotRef(pool_name, node, free[0]), False)
+            return NewGpu(SlotRef(pool_name, node, free[0]), False, max(0.0, starting.get(node, 0.0)))
     taken = {_node_index(n) for n in nodes}
     for k in range(pool.max_nodes):
         if k not in taken:

@@ -31,17 +31,26 @@ class Windows:
 
 @dataclass(frozen=True)
 class ColdStart:
-    """How long new capacity takes to serve; decides which action is safe while load grows."""
+    """How long new capacity takes to serve; decides which action is safe while load grows.
 
-    weights_s: float = 15.0
-    """Load weights into a slot whose node already runs the image (a few GB from a local cache)."""
-    image_s: float = 45.0
-    """Pull and start the Triton image on a node that has a free GPU but no server for it."""
-    node_s: float = 150.0
-    """Provision a cloud GPU node (typically 2-4 minutes); the dominant cold start."""
-    standby_gpus: int = 1
-    """Spare whole GPUs kept provisioned (cheapest pool): a scale-up that needs a new slot
-    then waits only ``weights_s`` instead of ``node_s + image_s + weights_s``."""
+    Defaults are the simulator's (``sims/scenario.py`` ``Cluster``) so both tell one story.
+    """
+
+    weights_base_s: float = 15.0
+    """Triton model load, fixed part: CUDA context, backend init, warm-up batch."""
+    weights_gb_per_s: float = 1.0
+    """Reading weights into GPU memory: a 2.5 GB ASR model loads in 17.5 s in all."""
+    image_s: float = 120.0
+    """Pull the Triton image (~12 GB) on a fresh node. Nodes already serving have it cached."""
+    node_s: float = 240.0
+    """Provision a cloud GPU node (3-6 minutes on GKE/EKS); the dominant cold start."""
+    standby_gpus: int = 0
+    """Spare whole GPUs kept provisioned in the cheapest pool (optional; costs their price): a
+    scale-up that needs a new slot then waits only for weights. 0 by default because a free GPU on
+    a node that already exists is just as fast, and consolidation leaves those behind."""
+
+    def weights_s(self, memory_gb: float) -> float:
+        return self.weights_base_s + memory_gb / self.weights_gb_per_s
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,20 @@ class Targets:
     """A re-plan moves many replicas; at most one per hour."""
     min_useful_rps: float = 1e-3
     """Room smaller than this is not worth a replica's memory."""
+    min_gain_share: float = 0.05
+    """A new replica must cover 5% of the deficit. With round-robin routing a replica beside a
+    saturated one adds only the saturated one's share; such replicas are not worth their memory,
+    moving the saturated one out is."""
+    noise_z: float = 2.0
+    """Poisson noise allowance in standard deviations: scale up on the load's lower bound, record
+    the upper bound for scale-down (``sqrt(rate / window)``: +-0.1 rps for a 0.14 rps summarizer
+    over 60 s, +-8 rps for 1000 rps of ASR). Low-rate models stop chasing their own noise."""
+    late_alarm: float = 0.005
+    """More than 0.5% of a model's requests late (over SLO or rejected) in an interval: the slot
+    maths were optimistic for its group: move it out of its most crowded slot, one move per
+    stable window (the signal lags by an interval), rather than adding replicas beside it."""
+    late_memory_s: float = 3600.0
+    """For an hour after being late a model is never moved back into a shared slot."""
 
 
 @dataclass(frozen=True)
@@ -74,3 +97,7 @@ class ScalingSettings:
     targets: Targets = field(default_factory=Targets)
     max_consolidations: int = 1
     """Slots released per decision: scale-down one step at a time, each re-measured before the next."""
+    consolidation_candidates: int = 4
+    """Slots tried per decision (costliest, emptiest first): bounds the work of a decision."""
+    scale_down_every_s: float = 60.0
+    """Look for a consolidation at most this often; scale-up is looked for at every decision."""

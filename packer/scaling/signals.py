@@ -34,6 +34,10 @@ class Signals:
     queue_ms: float = 0.0
     """Mean time a request waited before its batch ran (``nv_inference_queue_duration_us`` /
     count)."""
+    late_share: float = 0.0
+    """Share of the interval's requests that missed the SLO or were rejected (Triton: the
+    request-duration histogram above the SLO bucket plus ``nv_inference_request_failure``). The
+    slot maths may be optimistic for a crowded group; this is how the policy finds out."""
 
     @property
     def concurrency(self) -> float:
@@ -43,28 +47,48 @@ class Signals:
 def sojourn_s(plan: Plan, model: str) -> float:
     """Expected seconds a request of ``model`` spends in its slot at the planned rate.
 
-    A request arrives uniformly within its model's duty cycle ``d``, so it waits ``d/2`` on
-    average, then its batch runs ``l(b) = p99_bound - d``. Weighted by each replica's planned rate.
-    Example: d = 60 ms and a 20 ms batch give 30 + 20 = 50 ms, so 40 requests in the system mean
-    40 / 0.05 = 800 rps.
+    A request waits for its batch to be cut, half the batching window on average, then the batch
+    runs ``l(b) = p99_bound - d``. The window is the duty cycle ``d`` for a streaming model; a
+    batch model also waits for its batch to fill (``b / rate``), up to what its SLO leaves. Weighted
+    by each replica's planned rate. Example: d = 60 ms and a 20 ms batch give 30 + 20 = 50 ms, so
+    40 requests in the system mean 40 / 0.05 = 800 rps.
     """
     total = weight = 0.0
     for p in plan.placements:
         for m in p.models:
             if m.name == model:
                 w = max(m.rate_rps, 1e-9)
-                total += w * (p.duty_cycle_ms / 2 + (m.p99_bound_ms - p.duty_cycle_ms)) / 1000.0
+                run = m.p99_bound_ms - p.duty_cycle_ms
+                window = p.duty_cycle_ms
+                if m.kind != "streaming" and m.rate_rps > 0:
+                    window = min(max(window, m.batch_size * 1000.0 / m.rate_rps), max(m.slo_ms - run, window))
+                total += w * (window / 2 + run) / 1000.0
                 weight += w
     return total / weight if weight else 0.0
 
 
-def load_rps(sig: Signals, sojourn: float) -> float:
+def run_s(plan: Plan, model: str) -> float:
+    """Mean run time (s) of one batch of ``model`` across its replicas, as planned."""
+    runs = [m.p99_bound_ms - p.duty_cycle_ms for p in plan.placements for m in p.models if m.name == model]
+    return sum(runs) / len(runs) / 1000.0 if runs else 0.0
+
+
+def load_rps(sig: Signals, sojourn: float, run: float = 0.0) -> float:
     """The request rate the signals imply: the larger of arrivals and concurrency / sojourn.
+
+    The sojourn is the planned one, or the measured queue time plus a batch's run if longer: a
+    crowded group may batch later than the plan assumed, and counting its longer waits as extra
+    load would buy replicas for requests that are merely slow (the late signal handles those).
+    In an overload the queue grows faster than the measured wait (which lags), so concurrency
+    still leads the arrival rate.
 
     >>> round(load_rps(Signals("asr", in_flight=30, queued=10, arrival_rps=700), 0.05), 1)
     800.0
+    >>> round(load_rps(Signals("asr", in_flight=30, queued=10, arrival_rps=700, queue_ms=80), 0.05, 0.02), 1)
+    700.0
     """
-    by_concurrency = sig.concurrency / sojourn if sojourn > 0 else 0.0
+    w = max(sojourn, sig.queue_ms / 1000.0 + run)
+    by_concurrency = sig.concurrency / w if w > 0 else 0.0
     return max(sig.arrival_rps, by_concurrency)
 
 
@@ -77,7 +101,7 @@ def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, 
     if not isinstance(doc, Mapping) or not isinstance(doc.get("models"), Mapping):
         raise ValueError('a metrics snapshot is {"time": seconds, "models": {model: {in_flight, queued, '
                          'arrival_rps, queue_ms}}}')
-    fields = {"in_flight", "queued", "arrival_rps", "queue_ms"}
+    fields = {"in_flight", "queued", "arrival_rps", "queue_ms", "late_share"}
     out: dict[str, Signals] = {}
     for name, d in doc["models"].items():
         if not isinstance(d, Mapping):

@@ -102,7 +102,11 @@ class CycleReport:
     @property
     def diff_id(self) -> str:
         """Names the exact set of actions; ``--confirm`` applies a cycle only if it matches."""
-        return N.digest(sorted([a.verb, a.kind, a.namespace, a.name, a.body] for a in self.done), 12)
+        def what(a: Action) -> Any:
+            # What runs, not which plan id or replica numbering produced it.
+            h = ((a.body or {}).get("metadata") or {}).get("annotations", {}).get(N.SPEC_HASH)
+            return h or a.body
+        return N.digest(sorted([a.verb, a.kind, a.namespace or "", a.name, what(a)] for a in self.done), 12)
 
     def lines(self) -> list[str]:
         out = [f"{'would ' if self.dry_run else ''}{a.describe()}" for a in self.done]

@@ -231,11 +231,17 @@ def is_valid_combination(gpu_name: str, profiles: list[str]) -> bool:
     """Can these instances coexist on one GPU, in some placement? (the question users ask)."""
     gpu = gpu_type(gpu_name)
     try:
-        choices = [gpu.profile(p).placements for p in profiles]
+        profs = sorted((gpu.profile(p) for p in profiles), key=lambda p: -p.memory_slices)
     except KeyError:
         return False
-    for starts in itertools.product(*choices):
-        inst = tuple(sorted(zip(profiles, starts), key=lambda x: x[1]))
-        if valid_instances(gpu, inst):
-            return True
-    return False
+    if sum(p.compute_slices for p in profs) > gpu.compute_slices:
+        return False
+
+    def place(i: int, chosen: tuple[tuple[str, int], ...]) -> bool:
+        if i == len(profs):
+            return valid_instances(gpu, tuple(sorted(chosen, key=lambda x: x[1])))
+        occupied = [(s, s + gpu.profile(n).memory_slices) for n, s in chosen]
+        return any(place(i + 1, chosen + ((profs[i].name, s),))
+                   for s in profs[i].placements if _fits(occupied, s, profs[i].memory_slices))
+
+    return place(0, ())

@@ -48,12 +48,12 @@ def placements(problem: Problem, gpus: list[Gpu]) -> list[Placement]:
             res = evaluate([problem.item(r, s.type) for r in reps], s.type.memory_gb, problem.u)
             members = tuple(
                 Member(r.model.name, r.model.kind, r.index, m.batch_size, round(m.share, 4), r.model.memory_gb,
-                       round(m.p99_bound_ms, 2), r.model.slo_ms, round(r.rate, 4))
+                       round(m.p99_bound_ms, 2), r.model.slo_ms, r.rate)
                 for r, m in zip(reps, res.members)
             )
             out.append(Placement(
                 pool=g.pool.name, node=node_name(g.pool.name, g.node), gpu=g.index, slot=s.type.profile,
-                models=members, duty_cycle_ms=round(res.duty_cycle_ms, 3), memory_gb=round(res.memory_gb, 3),
+                models=members, duty_cycle_ms=math.floor(res.duty_cycle_ms * 1000) / 1000, memory_gb=round(res.memory_gb, 3),
                 memory_capacity_gb=round(s.type.memory_gb, 2), compute_share=round(res.compute_share, 4),
                 binding=res.binding, reason=res.reason, mig_start=s.start if s.type.profile != WHOLE else None,
                 gpus=(g.index,),

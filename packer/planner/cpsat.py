@@ -199,8 +199,12 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
             m.AddHint(v, 1 if hinted[(name, n)] else 0)
 
     solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = time_limit
+    # Deterministic for a seed: interleaved workers and a deterministic-time budget; the wall
+    # clock is only a guard for a much slower machine.
+    solver.parameters.max_deterministic_time = time_limit
+    solver.parameters.max_time_in_seconds = 2 * time_limit + 1
     solver.parameters.num_workers = workers
+    solver.parameters.interleave_search = workers > 1
     solver.parameters.random_seed = seed
     st_code = solver.Solve(m)
     if st_code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -135,7 +135,12 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
         return gpus, "feasible", 0.0
     rng = random.Random(s.seed)
     it = 0
-    while time.monotonic() < deadline - 0.5 and len(shared) > 1:
+    # A fixed number of windows, each with a deterministic-time budget, keeps the result a
+    # function of the seed; the deadline only guards against a much slower machine.
+    window_budget = 1.0
+    left = max(0.0, deadline - time.monotonic())
+    iterations, guard = int(left / window_budget), deadline + 0.5 * left
+    while it < iterations and time.monotonic() < guard and len(shared) > 1:
         it += 1
         window = _pick_window(problem, shared, rng)
         inside = {id(g) for g in window}
@@ -147,7 +152,7 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
         # Models kept outside need distinct GPUs too; window GPUs are new GPUs, so that holds.
         win_limit = {p: limit[p] - sum(1 for g in shared if id(g) not in inside and g.pool.name == p) for p in limit}
         upper = sum(g.pool.cost_per_gpu_hour for g in window)
-        budget = min(3.0, max(0.2, deadline - time.monotonic() - 0.3))
+        budget = window_budget
         res = solve_window(problem, free_models=free, fixed_reps=fixed, gpu_limit=win_limit, hint=window,
                            upper_cost=upper, time_limit=budget, seed=s.seed + it)
         if res is not None and res[1] < upper - 1e-9:
@@ -293,14 +298,18 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     warnings = assign_nodes(problem, gpus)
     if progress:
         progress("bound", time.monotonic() - t0)
-    lb, method = lower_bound(problem, multi_cost, time_limit=max(2.0, 0.25 * limit))
+    lb, method = lower_bound(problem, multi_cost, time_limit=max(1.0, 0.3 * limit))
     if cp_bound + multi_cost > lb:
         lb, method = cp_bound + multi_cost, "CP-SAT proven bound"
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if status == "optimal" or lb >= cost - 1e-6:
         status = "optimal"
     baselines = {"dedicated": dedicated_baseline(problem), "greedy": greedy_baseline(fleet, settings)}
-    replicas = dict(counts) | dict(multi_counts)
+    replicas = {m.name: 0 for m in fleet.models} | dict(multi_counts)
+    for g in gpus:  # the solver may have chosen other replica counts than the warm start
+        for sl in g.slots:
+            for r in sl.reps:
+                replicas[r.model.name] += 1
     plan = make_plan(problem, gpus, status=status, lower_bound=lb, bound_method=method,
                      solve_seconds=time.monotonic() - t0, baselines=baselines, replicas=replicas,
                      warnings=warnings)

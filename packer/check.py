@@ -1,0 +1,111 @@
+"""Check a plan against its fleet from first principles: what a reviewer of a plan would verify.
+
+Independent of the solver: it recomputes run times from the fleet's latency profiles and the
+catalog, so a planner bug that writes optimistic numbers is caught here (and in the tests).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+
+from packer.catalog import gpu_type, valid_instances
+from packer.plan import Plan
+from packer.slot import WHOLE, SlotType, latency_scale
+
+
+def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
+    """Every violated invariant, as a sentence; an empty list means the plan is sound."""
+    f = plan.fleet
+    u = 1.0 - (headroom if headroom is not None else plan.settings.get("headroom", 0.15))
+    errs: list[str] = []
+    placed: Counter = Counter()
+    gpus_of: dict[str, set] = defaultdict(set)
+    for p in plan.placements:
+        pool = f.pool(p.pool)
+        st = SlotType(pool, p.slot)
+        cap = st.memory_gb * (len(p.gpus) if len(p.gpus) > 1 else 1)
+        mem = sum(m.memory_gb for m in p.models)
+        if mem > cap + 1e-6:
+            errs.append(f"{p.id}: memory {mem:.2f} GB over {cap:.2f} GB")
+        if len({m.kind for m in p.models}) > 1 and not pool.time_slicing:
+            errs.append(f"{p.id}: streaming and batch models share a slot but {pool.name} has no time-slicing")
+        total_run = 0.0
+        d = p.duty_cycle_ms
+        for m in p.models:
+            model = f.model(m.name)
+            placed[m.name] += 1
+            for g in p.gpus:
+                key = (p.pool, p.node, g)
+                if key in gpus_of[m.name]:
+                    errs.append(f"{m.name}: two replicas on {p.node}/gpu{g}")
+                gpus_of[m.name].add(key)
+            base, per = latency_scale(model, st)
+            if m.batch_size > model.max_batch:
+                errs.append(f"{m.name}@{p.id}: batch {m.batch_size} over max_batch {model.max_batch}")
+            if m.rate_rps * d / 1000.0 > m.batch_size + 1e-6:
+                errs.append(f"{m.name}@{p.id}: {m.rate_rps:g} rps over a {d:.1f} ms cycle is more than batch "
+                            f"{m.batch_size}")
+            run = base + per * m.batch_size
+            total_run += run
+            bound = d + run
+            if bound > model.slo_ms + 1e-6:
+                errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
+            if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
+                errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
+        if total_run > u * d + 1e-6:
+            errs.append(f"{p.id}: batches take {total_run:.1f} ms of a {d:.1f} ms cycle, over {u:.0%}")
+    rate: dict[str, float] = defaultdict(float)
+    for p in plan.placements:
+        for m in p.models:
+            rate[m.name] += m.rate_rps
+    for model in f.models:
+        want = plan.replicas.get(model.name, 0)
+        if placed[model.name] != want:
+            errs.append(f"{model.name}: {placed[model.name]} replicas placed, plan says {want}")
+        if want < model.min_replicas:
+            errs.append(f"{model.name}: {want} replicas, below min_replicas {model.min_replicas}")
+        if model.max_replicas is not None and want > model.max_replicas:
+            errs.append(f"{model.name}: {want} replicas, above max_replicas {model.max_replicas}")
+        if rate[model.name] + 1e-6 < model.traffic.peak_rps:
+            errs.append(f"{model.name}: replicas serve {rate[model.name]:g} rps, below peak {model.traffic.peak_rps:g}")
+    # MIG geometry: each GPU's instances must be a valid placement of its layout.
+    by_gpu: dict[tuple, list] = defaultdict(list)
+    for p in plan.placements:
+        if p.slot != WHOLE:
+            by_gpu[(p.pool, p.node, p.gpu)].append((p.slot, p.mig_start))
+    layouts = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
+    for key, inst in by_gpu.items():
+        g = gpu_type(f.pool(key[0]).gpu)
+        lay = layouts.get(key)
+        if lay is None or lay.layout == WHOLE:
+            errs.append(f"{key}: MIG slots on a GPU without a MIG layout")
+            continue
+        if Counter(inst) - Counter(_instances(g.name, lay.layout)):
+            errs.append(f"{key}: slots {inst} are not instances of layout {lay.layout}")
+        if not valid_instances(g, tuple(sorted(inst, key=lambda x: x[1]))):
+            errs.append(f"{key}: MIG instances {inst} are not a valid placement")
+    used: Counter = Counter()
+    for l in plan.layouts:
+        used[l.pool] += 1
+    for pool in f.pools:
+        if used[pool.name] > pool.max_gpus:
+            errs.append(f"{pool.name}: {used[pool.name]} GPUs over the pool's {pool.max_gpus}")
+        nodes = {l.node for l in plan.layouts if l.pool == pool.name}
+        if len(nodes) > pool.max_nodes:
+            errs.append(f"{pool.name}: {len(nodes)} nodes over max_nodes {pool.max_nodes}")
+    cost = sum(f.pool(k).cost_per_gpu_hour * v for k, v in used.items())
+    if not math.isclose(cost, plan.cost_per_hour, rel_tol=1e-6, abs_tol=1e-3):
+        errs.append(f"cost {plan.cost_per_hour} does not match {cost:.4f} from the GPUs used")
+    if plan.lower_bound_cost_per_hour > plan.cost_per_hour + 1e-6:
+        errs.append("lower bound above cost")
+    return errs
+
+
+def _instances(gpu: str, layout: str) -> list[tuple[str, int]]:
+    from packer.catalog import mig_layouts
+
+    for l in mig_layouts(gpu):
+        if l.name == layout:
+            return list(l.instances)
+    return []

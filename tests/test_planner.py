@@ -1,0 +1,139 @@
+"""The planner: invariants on generated fleets, determinism, re-planning, bounds and the schema."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import jsonschema
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from packer.cli_plan import example_path
+
+EXAMPLES = example_path().parent
+from packer.check import check_plan
+from packer.fleet import FleetError, load_fleet, parse_fleet
+from packer.plan import from_dict, to_dict
+from packer.planner import PlanSettings, plan_fleet
+
+SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "docs" / "plan.schema.json").read_text())
+
+
+@st.composite
+def fleets(draw):
+    mig_gpu = draw(st.sampled_from(["a100-80gb", "a100-40gb", "h100-80gb", "a30-24gb"]))
+    pools = [{"name": "mig", "gpu": mig_gpu, "gpus_per_node": draw(st.sampled_from([2, 4, 8])),
+              "max_nodes": draw(st.integers(1, 3)), "cost_per_gpu_hour": draw(st.sampled_from([2.0, 4.1])),
+              "sharing": draw(st.sampled_from([["mig", "time-slicing"], ["mig"]]))}]
+    if draw(st.booleans()):
+        pools.append({"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 4,
+                      "cost_per_gpu_hour": 0.8, "sharing": draw(st.sampled_from([["time-slicing"], []]))})
+    models = []
+    for i in range(draw(st.integers(1, 7))):
+        kind = draw(st.sampled_from(["streaming", "batch"]))
+        rps = draw(st.floats(0.01, 400))
+        base = draw(st.floats(0.5, 40)) if kind == "streaming" else draw(st.floats(10, 2000))
+        models.append({
+            "name": f"m{i}", "kind": kind, "memory_gb": draw(st.floats(0.2, 18)),
+            "traffic": {"rps": rps, "peak_rps": rps * draw(st.floats(1, 2.5))},
+            "slo_ms": draw(st.sampled_from([100, 200, 500])) if kind == "streaming" else
+            draw(st.sampled_from([5000, 60000])),
+            "latency_ms": {"gpu": "a100-80gb", "base": base, "per_item": draw(st.floats(0.01, 2))},
+            "max_batch": draw(st.sampled_from([1, 8, 32, 128])),
+            "min_replicas": draw(st.integers(1, 2)),
+        })
+    return {"name": "gen", "pools": pools, "models": models}
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(fleets())
+def test_generated_fleets_plan_soundly(doc):
+    try:
+        fleet = parse_fleet(doc)
+    except FleetError:
+        assume(False)
+    try:
+        plan = plan_fleet(fleet, PlanSettings(time_limit_s=0.5, seed=1))
+    except Exception as e:  # the pools may be too small for the fleet: that must be a user error
+        from packer.errors import UserError
+        assert isinstance(e, UserError), e
+        assume(False)
+    # every replica placed, memory, compute, SLO, spread, MIG geometry, cost: recomputed from scratch
+    assert check_plan(plan) == []
+    assert plan.lower_bound_cost_per_hour <= plan.cost_per_hour + 1e-6
+    jsonschema.validate(to_dict(plan), SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def multilingual():
+    return load_fleet(EXAMPLES / "multilingual-meetings.yaml")
+
+
+@pytest.fixture(scope="module")
+def ml_plan(multilingual):
+    return plan_fleet(multilingual, PlanSettings(time_limit_s=3, seed=0))
+
+
+def test_example_plan_is_sound_and_beats_the_baselines(ml_plan):
+    assert check_plan(ml_plan) == []
+    assert ml_plan.cost_per_hour <= ml_plan.baselines["greedy"].cost_per_hour + 1e-9
+    assert ml_plan.cost_per_hour <= ml_plan.baselines["dedicated"].cost_per_hour / 2.5
+    assert 0 <= ml_plan.gap < 1
+
+
+@pytest.mark.parametrize("name", ["multilingual-meetings", "llm-platform", "long-tail"])
+def test_example_plans_match_the_schema(name):
+    plan = plan_fleet(load_fleet(EXAMPLES / f"{name}.yaml"), PlanSettings(time_limit_s=2))
+    d = to_dict(plan)
+    jsonschema.validate(d, SCHEMA)
+    back = from_dict(json.loads(json.dumps(d)))
+    assert back.id == plan.id and back.cost_per_hour == plan.cost_per_hour
+    assert check_plan(back) == []
+
+
+def test_small_fleet_is_proven_optimal():
+    plan = plan_fleet(load_fleet(EXAMPLES / "llm-platform.yaml"), PlanSettings(time_limit_s=10))
+    assert plan.status == "optimal"
+    assert plan.gap == pytest.approx(0.0, abs=1e-6)
+    # three multi-GPU models: whole GPUs on one node
+    for p in plan.placements:
+        if len(p.gpus) > 1:
+            assert list(p.gpus) == list(range(p.gpu, p.gpu + len(p.gpus)))
+
+
+def test_same_seed_same_plan(multilingual):
+    a = plan_fleet(multilingual, PlanSettings(time_limit_s=1.5, seed=7))
+    b = plan_fleet(multilingual, PlanSettings(time_limit_s=1.5, seed=7))
+    assert a.id == b.id and a.cost_per_hour == b.cost_per_hour
+
+
+def test_ten_percent_change_on_one_model_does_not_reshuffle(multilingual, ml_plan):
+    grown = multilingual.with_traffic({"asr-fr": 1.10})
+    new = plan_fleet(grown, PlanSettings(time_limit_s=3), current=ml_plan)
+    assert check_plan(new) == []
+    moved = {m.model for m in new.moves}
+    assert moved <= {"asr-fr"}, new.moves
+    assert new.cost_per_hour <= ml_plan.cost_per_hour * 1.2
+
+
+def test_unchanged_fleet_replans_with_no_moves(multilingual, ml_plan):
+    again = plan_fleet(multilingual, PlanSettings(time_limit_s=2), current=ml_plan)
+    assert again.moves == ()
+    assert again.cost_per_hour <= ml_plan.cost_per_hour
+
+
+def test_no_mig_plans_whole_gpus_only(multilingual):
+    plan = plan_fleet(multilingual, PlanSettings(time_limit_s=1, use_mig=False))
+    assert all(p.slot == "whole" for p in plan.placements)
+    assert all(l.layout == "whole" for l in plan.layouts)
+
+
+def test_full_pools_are_a_user_error(multilingual):
+    from packer.errors import UserError
+
+    small = replace(multilingual, pools=tuple(replace(p, max_nodes=1, gpus_per_node=1) for p in multilingual.pools))
+    with pytest.raises(UserError, match="does not fit"):
+        plan_fleet(small, PlanSettings(time_limit_s=1))

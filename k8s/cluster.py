@@ -172,4 +172,6 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None,
     else:
         config.load_incluster_config(client_configuration=cfg)
     cfg.retries = 0
-    return client.ApiClient(cfg)
+    api = client.ApiClient(cfg)
+    api.user_agent = "packer-reconciler"
+    return api

@@ -170,6 +170,7 @@ class Harness:
         self.client = client
         self.slots_by_scale: dict[float, list[Slot]] = {1.0: list(BASE_SLOTS)}
         self.api = self.api_client()
+        self.api.user_agent = "test-harness"  # tells its setup calls apart from the reconciler's
         core = client.CoreV1Api(self.api)
         for name, pool, product, count in NODES:
             labels = {"kubernetes.io/hostname": name}

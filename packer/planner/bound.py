@@ -21,6 +21,7 @@ stops at its time limit, so the number is always a valid bound.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
 from ortools.linear_solver import pywraplp
 
@@ -28,16 +29,24 @@ from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
 from packer.slot import latency_scale
 
+CLASS_RATIO = 1.5
+CLASS_RATIO_LARGE = 3.0
+MAX_CLASSES = 6
+"""Duty-cycle classes: a slot's cycle lies in one class [r^j, r^(j+1)), and its members' run
+times are bounded below by A / r^(j+1). Finer classes give a tighter bound and a larger LP."""
+
 
 def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple[float, str]:
     """The relaxation's LP bound (always quick), raised by its MIP bound when SCIP gets further."""
-    lp = _solve(problem, time_limit, integer=False)
-    mip = _solve(problem, time_limit, integer=True)
-    best = max((b for b in (lp, mip) if b is not None), key=lambda b: b[0], default=(0.0, "none"))
+    found = [_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES)]
+    if found[0] is None:  # too large for the time: the one-class relaxation is smaller
+        found.append(_solve(problem, time_limit, integer=False, max_classes=1))
+    found.append(_solve(problem, time_limit, integer=True, max_classes=MAX_CLASSES))
+    best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
     return multi_cost + best[0], best[1]
 
 
-def _solve(problem: Problem, time_limit: float, *, integer: bool) -> tuple[float, str] | None:
+def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: int) -> tuple[float, str] | None:
     fleet = problem.fleet
     solver = pywraplp.Solver.CreateSolver("SCIP" if integer else "GLOP")
     if solver is None:  # pragma: no cover - OR-Tools always ships both
@@ -45,7 +54,7 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool) -> tuple[float
     solver.SetTimeLimit(int(time_limit * 1000))
     inf = solver.infinity()
     var = solver.IntVar if integer else solver.NumVar
-    N: dict[str, object] = {}
+    N: dict = {}  # slot type -> instances (from layouts); (type, class) -> slots in that class
     cost = 0
     for p in fleet.pools:
         layouts = _layouts(problem, p.name)
@@ -57,8 +66,9 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool) -> tuple[float
         solver.Add(sum(zv for zv, _ in zs) <= p.max_gpus)
         for st in problem.types[p.name]:
             N[st.key] = sum(cnt[st.profile] * zv for zv, cnt in zs if cnt[st.profile])
-    mem_terms: dict[str, list] = {k: [] for k in N}
-    time_terms: dict[str, list] = {k: [] for k in N}
+    ratio = CLASS_RATIO if len(problem.shared_models) <= 400 else CLASS_RATIO_LARGE
+    mem_terms: dict[tuple[str, int], list] = defaultdict(list)
+    time_terms: dict[tuple[str, int], list] = defaultdict(list)
     for m in problem.shared_models:
         peak = m.traffic.peak_rps
         caps = {st.key: (st, problem.capacity(m, st)) for st in problem.all_types()}
@@ -70,34 +80,55 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool) -> tuple[float
         if n_lb == 0:
             continue
         qs, vs = [], []
+        mbl = max(m.max_batch - 1, 1)
         for key, (st, cap) in caps.items():
-            q = solver.NumVar(0, inf, "")
-            v = solver.NumVar(0, inf, "")
-            solver.Add(v <= cap * q)
-            solver.Add(q <= N[key])
             base, per = latency_scale(m, st)
             A = base + per
-            # Per replica at rate r the cycle d obeys d <= (slo - A) / (1 + per r) and
-            # d <= (max_batch - 1) / r, and it takes A / d + per r of it: both lower bounds are
-            # linear in r, so their sums over replicas are too (see the module docstring).
-            t = solver.NumVar(0, inf, "")
-            solver.Add(t >= (A / (m.slo_ms - A)) * q + (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0) * v)
-            if m.max_batch > 1:
-                solver.Add(t >= (A / ((m.max_batch - 1) * 1000.0) + per / 1000.0) * v)
-            mem_terms[key].append(m.memory_gb * q)
-            time_terms[key].append(t)
-            qs.append(q)
-            vs.append(v)
+            d_lo, d_hi = A / problem.u, m.slo_ms - A
+            j0 = math.floor(math.log(d_lo, ratio))
+            j_last = min(math.floor(math.log(d_hi, ratio)), j0 + max_classes - 1)
+            for j in range(j0, j_last + 1):
+                # the last class takes every longer cycle too, so few classes stay a valid bound
+                c_lo, c_hi = max(ratio ** j, d_lo), d_hi if j == j_last else min(ratio ** (j + 1), d_hi)
+                if c_lo > c_hi:
+                    continue
+                # The most one replica can serve with its cycle in [c_lo, c_hi]: SLO, max_batch
+                # and compute each cap the rate (per ms), as in docs/slot-maths.md.
+                cap_c = min(cap, mbl * 1000.0 / c_lo)
+                if per > 0:
+                    cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1, problem.u - A / c_hi) / per)
+                if cap_c <= 0:
+                    continue
+                q = solver.NumVar(0, inf, "")
+                v = solver.NumVar(0, inf, "")
+                solver.Add(v <= cap_c * q)
+                if (key, j) not in N:
+                    N[(key, j)] = solver.NumVar(0, inf, "")
+                solver.Add(q <= N[(key, j)])
+                # A replica at rate r with cycle d takes A / d + per r of it; d <= c_hi, and d is
+                # below the SLO and max_batch limits, each linear in r (module docstring).
+                t = solver.NumVar(0, inf, "")
+                solver.Add(t >= (A / c_hi) * q + (per / 1000.0) * v)
+                solver.Add(t >= (A / (m.slo_ms - A)) * q + (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0) * v)
+                solver.Add(t >= (A / (mbl * 1000.0) + per / 1000.0) * v)
+                mem_terms[(key, j)].append(m.memory_gb * q)
+                time_terms[(key, j)].append(t)
+                qs.append(q)
+                vs.append(v)
         solver.Add(sum(vs) >= peak)
         solver.Add(sum(qs) >= n_lb)
-    for p in fleet.pools:
-        for st in problem.types[p.name]:
-            if mem_terms[st.key]:
-                solver.Add(sum(mem_terms[st.key]) <= st.memory_gb * N[st.key])
-                solver.Add(sum(time_terms[st.key]) <= problem.u * N[st.key])
+    # Slots of a type are split over duty classes; each class holds its members' memory and time.
+    by_type: dict[str, list] = defaultdict(list)
+    mem_of = {st.key: st.memory_gb for st in problem.all_types()}
+    for k in [k for k in N if isinstance(k, tuple)]:
+        by_type[k[0]].append(N[k])
+        solver.Add(sum(mem_terms[k]) <= mem_of[k[0]] * N[k])
+        solver.Add(sum(time_terms[k]) <= problem.u * N[k])
+    for k, parts in by_type.items():
+        solver.Add(sum(parts) <= N[k])
     solver.Minimize(cost)
     status = solver.Solve()
-    name = "aggregate MIP" if integer else "aggregate LP"
+    name = ("aggregate MIP" if integer else "aggregate LP") + (f", {max_classes} duty classes" if max_classes > 1 else "")
     if status == pywraplp.Solver.OPTIMAL:
         return solver.Objective().Value(), f"{name} (optimal)"
     if integer and status == pywraplp.Solver.FEASIBLE:

@@ -161,13 +161,13 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
             late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.stable_s)
         late_until = now + t.late_memory_s if late else ms.late_until
         solo = late_until is not None and now < late_until
-        samples = tuple(s for s in samples if s[0] > now - w.stable_s - EPS)
+        samples = tuple(s for s in samples if s[0] > now - w.stable_s + EPS)
         if not samples:
             models[m.name] = replace(ms, samples=samples, late_until=late_until)
             out[m.name] = Demand(m.name, cap, 0.0, cap, cap, 0.0, False, False, False, solo)
             continue
         stable = _mean([y for _, y in samples])
-        recent = [y for s, y in samples if s > now - w.panic_s - EPS] or [samples[-1][1]]
+        recent = [y for s, y in samples if s > now - w.panic_s + EPS] or [samples[-1][1]]
         panic_load = _mean(recent)
         slope = max(0.0, _slope(samples))
         # Poisson noise of a rate measured over a window T: sqrt(rate / T).
@@ -190,7 +190,7 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
         else:
             want, load = calm_want, forecast
             panic_until = None
-        wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s - EPS)
+        wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s + EPS)
         want_down = max(x for _, x in wants) * (1 + w.scale_down_band)
         models[m.name] = replace(ms, samples=samples, wants=wants, panic_until=panic_until, late_until=late_until)
         out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic, late, solo)

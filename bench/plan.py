@@ -1,0 +1,108 @@
+"""Planner benchmark: cost, bound, gap, solve time, peak memory and both baselines.
+
+    python bench/plan.py                     # the three examples and generated 50/500/2000-model fleets
+    python bench/plan.py --only 50,500       # a subset
+    python bench/plan.py --json out.json
+
+Each fleet is planned in a fresh process so that its peak resident memory (ru_maxrss, which
+includes OR-Tools' C++ heap) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ["multilingual-meetings", "llm-platform", "long-tail"]
+
+
+def generated_fleet(n: int, seed: int = 0) -> dict:
+    """A long-tail fleet of ``n`` fine-tuned models: Zipf traffic, mixed SLOs, MIG A100s and L4s."""
+    rng = random.Random(seed)
+    gpus_needed = max(8, n // 6)
+    pools = [
+        {"name": "a100-80", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": math.ceil(gpus_needed / 8) + 2,
+         "cost_per_gpu_hour": 4.1, "sharing": ["mig", "time-slicing"]},
+        {"name": "a100-40", "gpu": "a100-40gb", "gpus_per_node": 8, "max_nodes": math.ceil(gpus_needed / 8) + 2,
+         "cost_per_gpu_hour": 3.67, "sharing": ["mig", "time-slicing"]},
+        {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": math.ceil(gpus_needed / 4) + 4,
+         "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"]},
+    ]
+    models = []
+    for i in range(n):
+        kind = "batch" if rng.random() < 0.25 else "streaming"
+        rps = 300.0 / (i + 1) ** 0.9
+        big = rng.random() < 0.08
+        models.append({
+            "name": f"m-{i:04d}", "kind": kind,
+            "memory_gb": round(rng.uniform(12, 30) if big else rng.uniform(0.4, 6), 2),
+            "traffic": {"rps": round(rps, 4), "peak_rps": round(rps * rng.uniform(1.5, 2.5), 4)},
+            "slo_ms": 5000 if kind == "batch" else rng.choice([100, 200, 300]),
+            "latency_ms": {"gpu": "a100-80gb", "base": round(rng.uniform(2, 6), 2),
+                           "per_item": round(rng.uniform(0.2, 1.2), 3)},
+            "max_batch": 128 if kind == "batch" else 32,
+            "min_replicas": 2 if i < n // 10 else 1,
+        })
+    return {"name": f"generated-{n}", "pools": pools, "models": models}
+
+
+def run_one(name: str) -> dict:
+    from packer.fleet import load_fleet, parse_fleet
+    from packer.planner import plan_fleet
+
+    if name.isdigit():
+        fleet = parse_fleet(generated_fleet(int(name)))
+    else:
+        fleet = load_fleet(ROOT / "packer" / "examples" / f"{name}.yaml")
+    t0 = time.perf_counter()
+    plan = plan_fleet(fleet)
+    wall = time.perf_counter() - t0
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        "fleet": fleet.name, "models": len(fleet.models), "replicas": sum(plan.replicas.values()),
+        "cost": plan.cost_per_hour, "lower_bound": plan.lower_bound_cost_per_hour, "gap": plan.gap,
+        "status": plan.status, "bound": plan.bound_method, "seconds": round(wall, 1), "peak_mb": round(peak_mb),
+        "gpus": sum(plan.gpus.values()),
+        "mig_slots": sum(1 for p in plan.placements if p.slot != "whole"),
+        "dedicated": plan.baselines["dedicated"].cost_per_hour, "greedy": plan.baselines["greedy"].cost_per_hour,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated example names or model counts")
+    ap.add_argument("--json", help="write the rows here too")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one)))
+        return
+    names = args.only.split(",") if args.only else EXAMPLES + ["50", "500", "2000"]
+    rows = []
+    hdr = (f"{'fleet':<22} {'models':>6} {'GPUs':>5} {'cost/h':>9} {'bound/h':>9} {'gap':>6} {'solve s':>8} "
+           f"{'peak MB':>8} {'dedicated':>10} {'greedy':>9} {'vs greedy':>9}")
+    print(hdr)
+    for n in names:
+        out = subprocess.run([sys.executable, __file__, "--one", n], capture_output=True, text=True, cwd=ROOT)
+        if out.returncode:
+            print(f"{n}: failed\n{out.stderr[-2000:]}")
+            continue
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append(r)
+        print(f"{r['fleet']:<22} {r['models']:>6} {r['gpus']:>5} {r['cost']:>9.2f} {r['lower_bound']:>9.2f} "
+              f"{r['gap']:>6.1%} {r['seconds']:>8.1f} {r['peak_mb']:>8} {r['dedicated']:>10.2f} {r['greedy']:>9.2f} "
+              f"{r['cost'] / r['greedy']:>8.2f}x", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

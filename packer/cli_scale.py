@@ -1,0 +1,107 @@
+"""``packer scale``: what the scaling policy would do now, and why (a dry run; nothing changes).
+
+``packer scale --plan plan.json --metrics snapshot.json`` reads a metrics snapshot (JSON, see
+``docs/scaling.md``); ``--triton URL`` (repeatable) scrapes live Triton ``/metrics`` endpoints
+twice, ``--window`` seconds apart, and sums each model's signals over the servers. ``--steady``
+treats the snapshot as the load of the whole stabilisation window, so scale-down shows too (a
+single snapshot is otherwise too little history to shrink on). ``-o NEXT.json`` writes the plan
+the actions lead to.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from packer.errors import UserError
+from packer.plan import Plan, load_plan, save_plan
+from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, apply, decide, observe, snapshot_from_dict
+
+
+def _read_snapshot(path: str) -> tuple[float | None, dict[str, Signals]]:
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file. Fix: give a metrics snapshot JSON "
+                        '({"time": s, "models": {name: {"arrival_rps": ..}}})') from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    try:
+        return snapshot_from_dict(doc)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"{path}: {e}") from None
+
+
+def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
+    """Scrape every server twice and sum per model (replicas of one model on several servers)."""
+    import time
+
+    from serving import metrics  # adapter: imported only on this path
+
+    t0 = time.monotonic()
+    first = [metrics.scrape(u, time.monotonic()) for u in urls]
+    time.sleep(max(0.0, window_s - (time.monotonic() - t0)))
+    out: dict[str, Signals] = {}
+    for u, prev in zip(urls, first):
+        for name, s in metrics.signals(prev, metrics.scrape(u, time.monotonic())).items():
+            late = s.failure_rate / s.request_rate if s.request_rate > 0 else 0.0
+            o = out.get(name, Signals(name))
+            out[name] = Signals(name, in_flight=o.in_flight, queued=o.queued + s.pending,
+                                arrival_rps=o.arrival_rps + s.request_rate,
+                                queue_ms=max(o.queue_ms, s.queue_ms), late_share=max(o.late_share, late))
+    return out
+
+
+@click.command("scale")
+@click.option("--plan", "plan_path", required=True, type=click.Path(dir_okay=False),
+              help="The deployed plan (plan.json from `packer plan`).")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), help="Metrics snapshot JSON.")
+@click.option("--triton", "urls", multiple=True, help="Triton metrics URL (repeatable), e.g. http://host:8002/metrics.")
+@click.option("--window", "window_s", default=10.0, show_default=True, help="Seconds between the two Triton scrapes.")
+@click.option("--steady", is_flag=True, help="Treat the snapshot as the whole stabilisation window (shows scale-down).")
+@click.option("--json", "as_json", is_flag=True, help="Print the actions as JSON.")
+@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), help="Write the plan after the actions.")
+def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], window_s: float, steady: bool,
+          as_json: bool, out_path: str | None) -> None:
+    """Print the scaling actions for a plan under the given load, each with its reason and cost."""
+    if bool(metrics_path) == bool(urls):
+        raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")
+    try:
+        plan: Plan = load_plan(plan_path)
+    except FileNotFoundError:
+        raise UserError(f"{plan_path}: no such file. Fix: write one with `packer plan FLEET -o plan.json`") from None
+    if metrics_path:
+        t, signals = _read_snapshot(metrics_path)
+    else:
+        t, signals = None, _read_triton(urls, window_s)
+    unknown = sorted(set(signals) - {m.name for m in plan.fleet.models})
+    if unknown:
+        raise UserError(f"metrics name models not in the plan: {', '.join(unknown)}")
+    settings = ScalingSettings()
+    now = t if t is not None else 0.0
+    state = ScalingState()
+    if steady:  # the same load seen every 15 s over the stabilisation window
+        span = settings.windows.scale_down_s
+        k = int(span // 15) + 1
+        for i in range(k):
+            _, state = observe(plan, signals, state, now - span + 15 * i - 15, settings)
+    actions, _ = decide(plan, signals, state, now, settings)
+    after = apply(plan, [a for a in actions if not isinstance(a, Replan)])
+    if as_json:
+        click.echo(json.dumps([{"kind": a.kind, "summary": a.summary(), "reason": a.reason,
+                                "cost_per_hour": round(a.cost_per_hour, 4), "ready_in_s": round(a.ready_in_s, 1)}
+                               for a in actions], indent=2))
+    else:
+        if not actions:
+            click.echo("no action: every model is within its target and nothing can be released")
+        for a in actions:
+            click.echo(f"{a.kind:<14} {a.summary()}")
+            click.echo(f"{'':<14} cost {a.cost_per_hour:+.2f}/h, serving in {a.ready_in_s:.0f} s")
+            click.echo(f"{'':<14} because {a.reason}")
+        click.echo(f"cost per hour: {plan.cost_per_hour:.2f} -> {after.cost_per_hour:.2f}"
+                   + (" (a re-plan is asked for: run `packer plan` with --current)" if any(
+                       isinstance(a, Replan) for a in actions) else ""))
+    if out_path:
+        save_plan(after, out_path)

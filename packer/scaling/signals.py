@@ -84,7 +84,7 @@ def load_rps(sig: Signals, sojourn: float, run: float = 0.0) -> float:
 
     >>> round(load_rps(Signals("asr", in_flight=30, queued=10, arrival_rps=700), 0.05), 1)
     800.0
-    >>> round(load_rps(Signals("asr", in_flight=30, queued=10, arrival_rps=700, queue_ms=80), 0.05, 0.02), 1)
+    >>> round(load_rps(Signals("asr", in_flight=30, queued=10, arrival_rps=700.0, queue_ms=80), 0.05, 0.02), 1)
     700.0
     """
     w = max(sojourn, sig.queue_ms / 1000.0 + run)

@@ -1,0 +1,80 @@
+"""``apply``: actions turn a plan into the next plan, re-checked by the slot maths."""
+
+from __future__ import annotations
+
+import pytest
+
+from packer.plan import from_dict, to_dict
+from packer.scaling import AddGroup, AddReplica, Consolidate, RemoveReplica, Resize, SplitOut, Standby, apply
+from packer.scaling.room import SlotRef, free_slots, new_gpu, room
+from test_scaling_helpers import tiny_plan
+
+G0, G1 = SlotRef("l4", "l4-n0", 0), SlotRef("l4", "l4-n0", 1)
+
+
+def test_add_replica_into_room_costs_nothing_and_is_reevaluated():
+    plan = tiny_plan()
+    after = apply(plan, [AddReplica(model="asr-a", slot=G1, rate_rps=300.0, cost_per_hour=0.0, reason="room")])
+    p = next(p for p in after.placements if p.id == G1.id)
+    assert {m.name for m in p.models} == {"asr-a", "asr-b", "punct"}
+    assert all(m.p99_bound_ms <= m.slo_ms for m in p.models)  # the slot maths re-ran
+    assert after.replicas["asr-a"] == 2 and after.cost_per_hour == plan.cost_per_hour
+    assert [(mv.model, mv.replica, mv.src, mv.dst) for mv in after.moves] == [("asr-a", 1, None, G1.id)]
+    assert from_dict(to_dict(after)).placements == after.placements  # still a valid plan file
+
+
+def test_an_action_that_breaks_a_slot_is_refused():
+    plan = tiny_plan()
+    too_much = room(plan, plan.placements[1], plan.model("asr-a")) * 1.05
+    with pytest.raises(ValueError, match="cannot all meet their SLOs"):
+        apply(plan, [AddReplica(model="asr-a", slot=G1, rate_rps=too_much, cost_per_hour=0.0, reason="x")])
+    with pytest.raises(ValueError, match="already has a replica"):
+        apply(plan, [AddReplica(model="punct", slot=G1, rate_rps=1.0, cost_per_hour=0.0, reason="x")])
+
+
+def test_split_out_to_a_new_gpu_adds_its_price_and_can_move_the_replica():
+    plan = tiny_plan()
+    ng = new_gpu(plan, "l4")
+    assert ng is not None and ng.slot.id == "l4-n0-g2-whole" and not ng.fresh_node
+    a = SplitOut(model="asr-a", slot=ng.slot, rate_rps=900.0, cost_per_hour=0.8, new_gpu=True, replaces=G0,
+                 reason="hot")
+    after = apply(plan, [a])
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour + 0.8)
+    assert after.replicas["asr-a"] == 1  # moved, not added
+    assert [m.name for m in after.placements_of("asr-a")[0].models] == ["asr-a"]
+
+
+def test_removing_the_last_member_releases_the_gpu():
+    plan = tiny_plan()
+    after = apply(plan, [RemoveReplica(model="asr-a", slot=G0, cost_per_hour=0.0, reason="x"),
+                         RemoveReplica(model="punct", slot=G0, cost_per_hour=-0.8, reason="x")])
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour - 0.8) and after.gpus == {"l4": 1}
+
+
+def test_consolidate_moves_then_releases():
+    plan = tiny_plan()
+    c = Consolidate(slot=G0, drops=("punct",), moves=(("asr-a", G1, 150.0),), resizes=(("asr-b", G1, 150.0),),
+                    cost_per_hour=-0.8, reason="fits")
+    after = apply(plan, [c])
+    assert after.gpus == {"l4": 1}
+    p = after.placements[0]
+    assert {m.name: m.rate_rps for m in p.models} == {"asr-a": 150.0, "asr-b": 150.0, "punct": 20.0}
+    with pytest.raises(ValueError, match="without a place"):
+        apply(plan, [Consolidate(slot=G0, drops=("punct",), cost_per_hour=-0.8, reason="x")])
+
+
+def test_standby_and_group_copy():
+    plan = tiny_plan()
+    spare = SlotRef("l4", "l4-n0", 3)
+    after = apply(plan, [Standby(slot=spare, cost_per_hour=0.8, reason="warm")])
+    assert free_slots(after) == [spare] and after.cost_per_hour == pytest.approx(plan.cost_per_hour + 0.8)
+    copy = AddGroup(source=G0, slot=spare, rates=(("asr-a", 200.0), ("punct", 20.0)), cost_per_hour=0.0, reason="x")
+    after = apply(after, [copy])
+    assert after.replicas == {"asr-a": 2, "asr-b": 1, "punct": 3} and free_slots(after) == []
+
+
+def test_resize_changes_only_the_sizing():
+    plan = tiny_plan()
+    after = apply(plan, [Resize(model="asr-a", slot=G0, rate_rps=50.0, cost_per_hour=0.0, reason="x")])
+    m = after.placements[0].models[0]
+    assert (m.name, m.rate_rps) == ("asr-a", 50.0) and after.cost_per_hour == plan.cost_per_hour

@@ -1,0 +1,262 @@
+"""Worked-number tests of the scaling policy, in the style of Ray Serve's policy tests: build a
+context (plan, signals, state, now), call the pure function, check the decision and the state."""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+
+import pytest
+
+from packer.scaling import (AddReplica, Consolidate, Replan, ScalingSettings, ScalingState, Signals, SplitOut,
+                            Targets, apply, decide, observe)
+from packer.scaling.policy import Demand, _Candidate, _pick, share_capacity
+from packer.scaling.room import SlotRef
+from test_scaling_helpers import fleet, placement, plan_of, three_slot_plan_for_cli, tiny_plan
+
+EXACT = ScalingSettings(targets=Targets(noise_z=0.0))
+"""No Poisson allowance, so the worked numbers below are plain arithmetic."""
+
+
+def sig(**rates: float) -> dict[str, Signals]:
+    return {k.replace("_", "-"): Signals(k.replace("_", "-"), arrival_rps=v) for k, v in rates.items()}
+
+
+def feed(plan, loads, *, start=0.0, step=15.0, state=None, settings=EXACT):
+    """observe() once per load dict, ``step`` seconds apart; returns (demands, state, now)."""
+    now = start
+    demands = None
+    for i, l in enumerate(loads):
+        now = start + i * step
+        demands, state = observe(plan, sig(**l), state or ScalingState(), now, settings)
+    return demands, state, now
+
+
+three_slot_plan = three_slot_plan_for_cli
+
+
+# --------------------------------------------------------------------------------------------
+# Windows and hysteresis
+
+
+def test_stable_and_panic_windows_worked_numbers():
+    plan = tiny_plan()
+    cap = share_capacity(plan, "asr-a")
+    assert cap == pytest.approx(1897.44, abs=0.01)  # asr-a's room beside punct on its L4
+    d, state, now = feed(plan, [{"asr_a": 1500}, {"asr_a": 1500}, {"asr_a": 1500}, {"asr_a": 2100}])
+    a = d["asr-a"]
+    # stable mean 1650; least-squares slope 13500 / 1125 = 12 rps/s over the 30 s lag of the window
+    # plus the 17.5 s weight load: forecast 1650 + 12 * 47.5 = 2220; want 2220 / 0.7 = 3171.4.
+    assert a.slope == pytest.approx(12.0)
+    assert a.load == pytest.approx(2220.0)
+    assert a.want == pytest.approx(3171.43, abs=0.01)
+    # panic: the last 6 s (one sample) at 2100 wants 3000 >= 1.5 x 1897.4 = 2846.2
+    assert a.panic and not a.may_shrink
+    assert state.models["asr-a"].panic_until == pytest.approx(now + 60.0)
+    assert [y for _, y in state.models["asr-a"].samples] == [1500, 1500, 1500, 2100]
+
+
+def test_panic_holds_one_stable_window_then_clears():
+    plan = tiny_plan()
+    _, state, now = feed(plan, [{"asr_a": 1500}] * 3 + [{"asr_a": 2100}])
+    assert now == 45.0
+    d, state, _ = feed(plan, [{"asr_a": 300}] * 4, start=60.0, state=state)  # t = 60..105
+    assert not d["asr-a"].panic  # 105 is not before 45 + 60
+    d, state, _ = feed(plan, [{"asr_a": 300}], start=90.0, state=replace(state))
+    assert state.models["asr-a"].panic_until is None
+
+
+def test_samples_leave_the_stable_window():
+    plan = tiny_plan()
+    _, state, now = feed(plan, [{"asr_a": 100}] * 10)  # t = 0..135
+    ts = [t for t, _ in state.models["asr-a"].samples]
+    assert ts == [90.0, 105.0, 120.0, 135.0]  # the last 60 s
+
+
+def test_no_scale_down_before_a_whole_stabilisation_window():
+    plan = three_slot_plan()
+    d, state, now = feed(plan, [{"asr_a": 50, "asr_b": 50, "punct": 5}] * 40)  # 0..585 s
+    assert not d["asr-a"].may_shrink
+    acts, _ = decide(plan, sig(asr_a=50, asr_b=50, punct=5), state, now + 15, EXACT)  # 600 s seen
+    assert any(isinstance(a, Consolidate) for a in acts)
+
+
+def test_scale_down_sizes_for_the_highest_want_of_the_window():
+    plan = tiny_plan()
+    loads = [{"asr_a": 700}] * 4 + [{"asr_a": 140}] * 36
+    d, state, _ = feed(plan, loads)
+    # the 700 rps minute is still inside the 600 s window: want_down = 700 / 0.7 * 1.1 = 1100
+    assert d["asr-a"].want == pytest.approx(200.0)
+    assert d["asr-a"].want_down == pytest.approx(1100.0)
+
+
+def test_noise_allowance_scales_up_on_the_lower_bound():
+    plan = tiny_plan()
+    s = ScalingSettings()  # z = 2
+    d, _, _ = feed(plan, [{"asr_a": 0.14}] * 4, settings=s)
+    # 0.14 rps over 60 s: +- 2 sqrt(0.14 / 60) = 0.0966; scale-up sees (0.14 - 0.0966) / 0.7
+    assert d["asr-a"].want == pytest.approx((0.14 - 2 * math.sqrt(0.14 / 60)) / 0.7)
+    assert d["asr-a"].want_down == pytest.approx((0.14 + 2 * math.sqrt(0.14 / 60)) / 0.7 * 1.1)
+
+
+# --------------------------------------------------------------------------------------------
+# Scale up: which action, by cost and by risk during the cold start
+
+
+def test_scale_up_uses_paid_room_before_a_new_gpu():
+    plan = tiny_plan()
+    _, state, now = feed(plan, [{"asr_a": 1500}] * 4)
+    acts, state = decide(plan, sig(asr_a=1500), state, now + 15, EXACT)
+    adds = [a for a in acts if isinstance(a, (AddReplica, SplitOut))]
+    assert len(adds) == 1
+    a = adds[0]
+    # want 1500 / 0.7 = 2142.9 > 1897.4: asr-b's slot has room, so no GPU is bought
+    assert isinstance(a, AddReplica) and a.slot.id == "l4-n0-g1-whole"
+    assert a.cost_per_hour == 0.0 and a.ready_in_s == pytest.approx(17.5)
+    assert "has room" in a.reason and "no new GPU" in a.reason
+    after = apply(plan, acts)
+    assert share_capacity(after, "asr-a") >= 2142.85
+    assert after.cost_per_hour == plan.cost_per_hour
+    assert state.models["asr-a"].last_up == now + 15
+
+
+def _cands():
+    slow = SplitOut(model="asr-a", slot=SlotRef("l4", "l4-n1", 0), rate_rps=500.0, cost_per_hour=0.8,
+                    ready_in_s=377.5, new_gpu=True, reason="new node")
+    fast = SplitOut(model="asr-a", slot=SlotRef("a100", "a100-n0", 1), rate_rps=500.0, cost_per_hour=4.1,
+                    ready_in_s=17.5, new_gpu=True, reason="free A100 on a running node")
+    return [_Candidate(slow, 2400.0, 500.0), _Candidate(fast, 2400.0, 500.0)]
+
+
+def _demand(load: float, slope: float) -> Demand:
+    return Demand("asr-a", 1897.4, load, load / 0.7, 0.0, slope, False, False)
+
+
+def test_cheapest_when_the_cold_start_is_safe():
+    # 1500 + 0.5 rps/s x 377.5 s = 1688.8 <= 1897.4 held now: the slow, cheap L4 is safe
+    assert _pick(_cands(), _demand(1500, 0.5), 1897.4).action.cost_per_hour == 0.8
+
+
+def test_fastest_when_load_outruns_the_cold_start():
+    # 1500 + 2 x 377.5 = 2255 > 1897.4: the L4 lands too late; the A100 in 17.5 s does not
+    assert _pick(_cands(), _demand(1500, 2.0), 1897.4).action.cost_per_hour == 4.1
+
+
+def test_max_replicas_is_a_hard_bound():
+    plan = tiny_plan()
+    _, state, now = feed(plan, [{"asr_b": 20000}] * 4)
+    acts, _ = decide(plan, sig(asr_b=20000), state, now + 15, EXACT)
+    after = apply(plan, acts)
+    assert len(after.placements_of("asr-b")) == 3  # max_replicas: 3
+    assert any("only" in a.reason for a in acts if a.kind == "resize" and a.model == "asr-b")
+
+
+# --------------------------------------------------------------------------------------------
+# Scale down: consolidation
+
+
+def test_consolidation_releases_a_gpu_keeping_min_replicas():
+    plan = three_slot_plan()
+    _, state, now = feed(plan, [{"asr_a": 50, "asr_b": 50, "punct": 5}] * 41)
+    acts, state = decide(plan, sig(asr_a=50, asr_b=50, punct=5), state, now + 15, EXACT)
+    cons = [a for a in acts if isinstance(a, Consolidate)]
+    assert len(cons) == 1
+    c = cons[0]
+    # the emptiest slot goes first: asr-a's other replica holds its want_down of
+    # 50 / 0.7 * 1.1 = 78.6 rps, so it is dropped; punct (min 2) is moved, never dropped
+    assert c.slot.id == "l4-n0-g0-whole" and c.drops == ("asr-a",)
+    assert [(m, d.id) for m, d, _ in c.moves] == [("punct", "l4-n0-g2-whole")]
+    assert c.moves[0][2] == pytest.approx(5 / 0.7 * 1.1 / 2)
+    assert c.cost_per_hour == -0.8 and "releases its l4-24gb" in c.reason
+    after = apply(plan, acts)
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour - 0.8)
+    assert after.replicas == {"asr-a": 1, "asr-b": 2, "punct": 2}
+    assert state.models["asr-a"].last_down == now + 15
+    # one step at a time: the next decision (60 s later) finds nothing more it may empty
+    more, _ = decide(after, sig(asr_a=50, asr_b=50, punct=5), state, now + 75, EXACT)
+    assert not [a for a in more if isinstance(a, Consolidate)]
+
+
+def test_no_flapping_on_stationary_noisy_traffic():
+    """Two simulated hours of Poisson-noisy constant load: the policy may consolidate, but never
+    scales a model up within the stabilisation window after scaling it down."""
+    rng = random.Random(7)
+    plan = three_slot_plan()
+    s = ScalingSettings()
+    means = {"asr-a": 300.0, "asr-b": 250.0, "punct": 30.0}
+    state, downs, ups = None, {}, []
+    for k in range(480):
+        now = 15.0 * k
+        signals = {m: Signals(m, arrival_rps=max(0.0, rng.gauss(l, math.sqrt(l / 15.0)))) for m, l in means.items()}
+        acts, state = decide(plan, signals, state, now, s)
+        for a in acts:
+            if isinstance(a, Consolidate):
+                for m in list(a.drops) + [m for m, _, _ in a.moves]:
+                    downs[m] = now
+            elif isinstance(a, (AddReplica, SplitOut)):
+                ups.append((now, a.model))
+        plan = apply(plan, acts)
+    assert downs, "the test needs a scale-down to be meaningful"
+    for t, m in ups:
+        assert not (m in downs and 0 <= t - downs[m] <= s.windows.scale_down_s), (t, m, downs)
+
+
+# --------------------------------------------------------------------------------------------
+# SLO feedback and re-plan
+
+
+def test_late_model_leaves_its_most_crowded_slot():
+    f = fleet()
+    plan = plan_of(f, [
+        placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 200.0), ("asr-b", 0, 200.0), ("punct", 0, 20.0)]),
+        placement(f, "l4", "l4-n0", 1, [("asr-b", 1, 200.0), ("punct", 1, 20.0)]),
+    ])
+    signals = sig(asr_a=200, asr_b=200, punct=20)
+    signals["punct"] = Signals("punct", arrival_rps=20, late_share=0.03)  # 3% over SLO
+    acts, state = decide(plan, signals, None, 0.0, EXACT)
+    moves = [a for a in acts if getattr(a, "replaces", None) is not None]
+    assert len(moves) == 1 and moves[0].model == "punct"
+    assert moves[0].replaces.id == "l4-n0-g0-whole"  # three members: the crowd
+    assert isinstance(moves[0], SplitOut) and "misses its SLO" in moves[0].reason
+    after = apply(plan, acts)
+    assert all(m.name != "punct" for m in after.placements[0].models)
+    assert state.models["punct"].late_until == pytest.approx(3600.0)
+
+
+def test_replan_when_idle_capacity_cannot_be_consolidated():
+    # No time-slicing: a streaming and a batch model may not share a slot, so neither slot can
+    # be emptied into the other; at a trickle of load most paid capacity idles.
+    doc_f = fleet(**{"asr-b": {"kind": "batch"}, "punct": {"min_replicas": 1}})
+    from dataclasses import replace as dreplace
+    f = dreplace(doc_f, pools=tuple(dreplace(p, sharing=()) for p in doc_f.pools))
+    plan = plan_of(f, [
+        placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 200.0), ("punct", 0, 20.0)]),
+        placement(f, "l4", "l4-n0", 1, [("asr-b", 0, 200.0)]),
+    ])
+    _, state, now = feed(plan, [{"asr_a": 5, "asr_b": 5, "punct": 1}] * 41)
+    acts, state = decide(plan, sig(asr_a=5, asr_b=5, punct=1), state, now + 15, EXACT)
+    rp = [a for a in acts if isinstance(a, Replan)]
+    assert len(rp) == 1 and not [a for a in acts if isinstance(a, Consolidate)]
+    assert rp[0].fragmentation > 0.45 and rp[0].cost_per_hour < 0
+    assert dict(rp[0].traffic)["asr-a"] == pytest.approx(5 / 0.7 * 1.1, abs=1e-4)
+    assert "idle" in rp[0].reason
+    again, _ = decide(plan, sig(asr_a=5, asr_b=5, punct=1), state, now + 90, EXACT)
+    assert not [a for a in again if isinstance(a, Replan)]  # one per replan_cooldown_s
+
+
+def test_every_action_carries_a_reason_and_a_cost():
+    seen = []
+    plan = tiny_plan()
+    for load in ({"asr_a": 1500}, {"asr_b": 20000}):
+        _, state, now = feed(plan, [load] * 4)
+        seen += decide(plan, sig(**load), state, now + 15, EXACT)[0]
+    plan = three_slot_plan()
+    _, state, now = feed(plan, [{"asr_a": 50, "asr_b": 50, "punct": 5}] * 41)
+    seen += decide(plan, sig(asr_a=50, asr_b=50, punct=5), state, now + 15, EXACT)[0]
+    kinds = {a.kind for a in seen}
+    assert {"add_replica", "split_out", "resize", "consolidate"} <= kinds
+    for a in seen:
+        assert a.reason.strip() and a.summary().strip()
+        assert isinstance(a.cost_per_hour, float) and math.isfinite(a.cost_per_hour)
+        assert a.ready_in_s >= 0

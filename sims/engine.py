@@ -28,7 +28,7 @@ from packer.catalog import gpu_type, is_valid_combination
 from packer.fleet import Pool
 from packer.plan import Plan
 from packer.slot import WHOLE, SlotType, evaluate, item
-from sims.metrics import Stats, hist_percentile
+from sims.metrics import Stats, hist_percentile, hist_percentiles
 from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
                            RemoveSlot, ReplicaView, SlotView, get_policy)
 from sims.scenario import Scenario
@@ -461,6 +461,7 @@ class Simulation:
         models = []
         total_arr = 0
         for i, s in enumerate(self.stats.models):
+            hist = s.hist + s.tick_hist  # the last, unfinished interval too
             live = [m for m in self.replicas[i] if not m.removed]
             queued = sum(m.queued for m in live)
             inflight = sum(m.in_flight for m in live)
@@ -471,12 +472,13 @@ class Simulation:
                 "name": s.name, "kind": self.fleet.models[i].kind, "slo_ms": s.slo_ms, "arrivals": s.arrivals,
                 "completed": s.completed, "rejected": dict(s.rejected), "queued_at_end": queued,
                 "in_flight_at_end": inflight,
-                "p50_ms": round(hist_percentile(s.hist, 50), 3), "p95_ms": round(hist_percentile(s.hist, 95), 3),
-                "p99_ms": round(hist_percentile(s.hist, 99), 3),
+                "p50_ms": round(hist_percentile(hist, 50), 3), "p95_ms": round(hist_percentile(hist, 95), 3),
+                "p99_ms": round(hist_percentile(hist, 99), 3),
                 "mean_ms": round(s.latency_sum_ms / s.completed, 3) if s.completed else 0.0,
                 "mean_queue_ms": round(s.queue_sum_ms / s.completed, 3) if s.completed else 0.0,
                 "slo_attainment": round(s.slo_ok / finished, 6) if finished else 1.0,
-                "cdf": [[q, round(hist_percentile(s.hist, q), 3)] for q in CDF_POINTS] if s.completed else [],
+                "cdf": [[q, round(x, 3)] for q, x in zip(CDF_POINTS, hist_percentiles(hist, CDF_POINTS))]
+                if s.completed else [],
             })
         slots = []
         for s in list(self.slots.values()) + self.gone:

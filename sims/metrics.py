@@ -1,10 +1,11 @@
 """Latency bookkeeping without keeping every request: log histograms and per-interval series.
 
 A day of the multilingual example is ~400 M requests; keeping their latencies would take 3 GB. Each
-model instead gets a histogram with bins 0.46 % wide (``10**0.002``) from 0.01 ms to 10^7 ms, so a
-percentile read from it is within 0.23 % of the exact one, far inside the 10 % fidelity target.
-Every policy interval also keeps the raw latencies of that interval only, for the p99 a policy and
-the time series see.
+model instead gets a histogram whose bins are read straight from the float's bits: the exponent and
+the top 8 mantissa bits, i.e. 256 bins per octave, each at most 0.39 % wide, from 2^-10 ms to 2^24 ms
+(4.6 h). A percentile read at a bin's middle is within 0.2 % of the exact one, far inside the 10 %
+fidelity target, and binning costs one shift per request (no logarithm). Every policy interval also
+gets its own histogram, for the p50/p99 a policy and the time series see.
 """
 
 from __future__ import annotations
@@ -16,24 +17,34 @@ import numpy as np
 
 from sims.server import Member, Sink
 
-LOG_LO, LOG_HI, STEP = -2.0, 7.0, 0.002
-NBINS = int(round((LOG_HI - LOG_LO) / STEP))
+SHIFT = 52 - 8
+LO_S, HI_S = 2.0 ** -20, 2.0 ** 14 * (1 - 2 ** -12)
+"""Latencies are binned in seconds from ~1 µs to 4.5 h; anything outside lands in the end bins."""
+_LO = int(np.array(LO_S).view(np.int64)) >> SHIFT
+NBINS = (int(np.array(HI_S).view(np.int64)) >> SHIFT) - _LO + 1
 REASONS = ("timeout", "no-replica", "preempted")
+_MID = ((np.arange(NBINS, dtype=np.int64) + _LO) << SHIFT | (1 << (SHIFT - 1))).view(np.float64) * 1000.0
+"""Latency (ms) at the middle of each bin."""
 
 
-def hist_index(lat_ms: np.ndarray) -> np.ndarray:
-    x = (np.log10(np.maximum(lat_ms, 1e-9)) - LOG_LO) / STEP
-    return np.clip(x, 0, NBINS - 1).astype(np.int64)
+def hist_index(lat_s: np.ndarray) -> np.ndarray:
+    """Bin of each latency (seconds, > 0): the float's exponent and top 8 mantissa bits."""
+    idx = (lat_s.view(np.int64) >> SHIFT) - _LO
+    return np.clip(idx, 0, NBINS - 1, out=idx)
 
 
 def hist_percentile(hist: np.ndarray, q: float) -> float:
-    """The ``q``-th percentile (0..100) from a log histogram, at the geometric middle of its bin."""
-    n = int(hist.sum())
+    """The ``q``-th percentile (0..100) from a histogram, at the middle of its bin."""
+    return hist_percentiles(hist, (q,))[0]
+
+
+def hist_percentiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    cum = np.cumsum(hist)
+    n = int(cum[-1])
     if n == 0:
-        return 0.0
-    rank = max(1, math.ceil(q / 100.0 * n))
-    k = int(np.searchsorted(np.cumsum(hist), rank))
-    return float(10 ** (LOG_LO + (k + 0.5) * STEP))
+        return [0.0] * len(qs)
+    ranks = [max(1, math.ceil(q / 100.0 * n - 1e-9)) for q in qs]
+    return [float(x) for x in _MID[np.searchsorted(cum, ranks)]]
 
 
 @dataclass
@@ -49,7 +60,7 @@ class ModelStats:
     hist: np.ndarray = field(default_factory=lambda: np.zeros(NBINS, np.int64))
     # The current interval only:
     tick_arrivals: int = 0
-    tick_lat: list[np.ndarray] = field(default_factory=list)
+    tick_hist: np.ndarray = field(default_factory=lambda: np.zeros(NBINS, np.int64))
     tick_queue_ms: float = 0.0
     tick_n: int = 0
     tick_rejected: int = 0
@@ -66,20 +77,31 @@ class Stats(Sink):
         s.arrivals += n
         s.tick_arrivals += n
 
-    def served(self, m: Member, arrivals: np.ndarray, start: np.ndarray, finish: np.ndarray) -> None:
-        if not arrivals.size:
+    def served(self, m: Member, arrivals: np.ndarray, sizes: np.ndarray, start: np.ndarray,
+               finish: np.ndarray) -> None:
+        """Batches of ``sizes`` requests (``arrivals``, concatenated) that ran from ``start`` to ``finish``.
+
+        Sums come from per-batch dot products and the SLO count from a binary search per batch
+        (arrivals are sorted), so the only per-request passes are the latencies and their bins.
+        """
+        n = arrivals.size
+        if not n:
             return
         s = self.models[m.idx]
-        lat = (finish - arrivals) * 1000.0
-        qsum = float(np.sum(start - arrivals)) * 1000.0
-        s.completed += lat.size
-        s.slo_ok += int(np.count_nonzero(lat <= s.slo_ms))
-        s.latency_sum_ms += float(lat.sum())
+        fin = np.repeat(finish, sizes)
+        lat = fin - arrivals
+        asum = float(arrivals.sum())
+        qsum = (float(np.dot(start, sizes)) - asum) * 1000.0
+        ends = np.cumsum(sizes)
+        late = np.searchsorted(arrivals, finish - s.slo_ms / 1000.0)  # first request within the SLO
+        ok = int(np.sum(ends - np.clip(late, ends - sizes, ends)))
+        s.completed += n
+        s.slo_ok += ok
+        s.latency_sum_ms += (float(np.dot(finish, sizes)) - asum) * 1000.0
         s.queue_sum_ms += qsum
-        s.hist += np.bincount(hist_index(lat), minlength=NBINS)
-        s.tick_lat.append(lat)
+        s.tick_hist += np.bincount(hist_index(lat), minlength=NBINS)
         s.tick_queue_ms += qsum
-        s.tick_n += lat.size
+        s.tick_n += n
 
     def rejected(self, m: Member | int, arrivals: np.ndarray, when: np.ndarray, reason: str) -> None:
         if not arrivals.size:
@@ -91,11 +113,12 @@ class Stats(Sink):
     def end_tick(self, i: int) -> tuple[int, float, float, float, int]:
         """Close model ``i``'s interval: (arrivals, mean queue ms, p50 ms, p99 ms, rejected)."""
         s = self.models[i]
-        if s.tick_lat:
-            lat = np.concatenate(s.tick_lat) if len(s.tick_lat) > 1 else s.tick_lat[0]
-            p50, p99 = (float(x) for x in np.quantile(lat, [0.5, 0.99]))
+        if s.tick_n:
+            p50, p99 = hist_percentiles(s.tick_hist, (50, 99))
+            s.hist += s.tick_hist
+            s.tick_hist[:] = 0
         else:
             p50 = p99 = 0.0
         out = (s.tick_arrivals, s.tick_queue_ms / s.tick_n if s.tick_n else 0.0, p50, p99, s.tick_rejected)
-        s.tick_arrivals, s.tick_lat, s.tick_queue_ms, s.tick_n, s.tick_rejected = 0, [], 0.0, 0, 0
+        s.tick_arrivals, s.tick_queue_ms, s.tick_n, s.tick_rejected = 0, 0.0, 0, 0
         return out

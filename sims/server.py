@@ -116,10 +116,12 @@ class Member:
 
 
 class Sink:
-    """Where served and rejected requests go: ``served(member, arrivals, start, finish)`` per batch
-    group and ``rejected(member, arrival_times, reason)``."""
+    """Where served and rejected requests go: ``served(member, arrivals, sizes, start, finish)`` for
+    consecutive batches (``sizes[k]`` requests ran from ``start[k]`` to ``finish[k]``) and
+    ``rejected(member, arrivals, when, reason)``."""
 
-    def served(self, m: Member, arrivals: np.ndarray, start: np.ndarray, finish: np.ndarray) -> None: ...
+    def served(self, m: Member, arrivals: np.ndarray, sizes: np.ndarray, start: np.ndarray,
+               finish: np.ndarray) -> None: ...
 
     def rejected(self, m: Member, arrivals: np.ndarray, when: np.ndarray, reason: str) -> None: ...
 
@@ -160,6 +162,18 @@ class SlotServer:
         if noise is not None and not noise:
             noise = self._refill_noise()
             ni = 0
+        # Per-member state in local lists: attribute lookups cost more than the maths here.
+        Q = [m.q for m in mems]
+        H = [m.h for m in mems]
+        REC = [m.rec for m in mems]
+        REJ = [m.rej for m in mems]
+        TO = [m.cfg.timeout_s for m in mems]
+        MB = [m.cfg.max_batch for m in mems]
+        DL = [m.cfg.delay_s for m in mems]
+        PF = [m.cfg.preferred - 1 for m in mems]
+        BA = [m.cfg.base_s for m in mems]
+        PI = [m.cfg.per_item_s for m in mems]
+        RA = [m.ready_at for m in mems]
         # R[i]: when member i's batch would be ready if the slot were free (INF: empty queue). It
         # changes only when i is served, so each batch costs O(1) Python plus a min() over members.
         R = [_ready(m) for m in mems]
@@ -180,28 +194,33 @@ class SlotServer:
                 if bt >= t_end:
                     break
                 i = R.index(bt)
-            m = mems[i]
-            c = m.cfg
-            q = m.q
-            h = m.h
+            q = Q[i]
+            h = H[i]
             nq = len(q)
-            if c.timeout_s < INF:
-                cut = bt - c.timeout_s
+            if TO[i] < INF:
+                cut = bt - TO[i]
                 if q[h] < cut:
                     j = bisect_left(q, cut, h, nq)
-                    m.rej.append(h)
-                    m.rej.append(j)
-                    m.h = h = j
+                    REJ[i].extend((h, j))
+                    H[i] = h = j
                     if h >= nq or q[h] > bt:
-                        R[i] = _ready(m)
+                        if h < nq:
+                            t = q[h] + DL[i]
+                            j = h + PF[i]
+                            if j < nq and q[j] < t:
+                                t = q[j]
+                            R[i] = t if t > RA[i] else RA[i]
+                        else:
+                            R[i] = INF
                         continue
-            top = h + c.max_batch
+            mb = MB[i]
+            top = h + mb
             hi = bisect_right(q, bt, h, top if top < nq else nq)
             b = hi - h
-            if b < c.max_batch and q[h] + c.delay_s > bt and b > c.preferred:
-                b = c.preferred  # dispatched for reaching the preferred size: send exactly that
+            if b < mb and b > PF[i] + 1 and q[h] + DL[i] > bt:
+                b = PF[i] + 1  # dispatched for reaching the preferred size: send exactly that
                 hi = h + b
-            run = c.base_s + c.per_item_s * b
+            run = BA[i] + PI[i] * b
             if noise is not None:
                 if ni >= len(noise):
                     noise = self._refill_noise()
@@ -209,18 +228,20 @@ class SlotServer:
                 run *= noise[ni]
                 ni += 1
             F = bt + run
-            m.rec.extend((h, hi, bt, F))
-            m.h = hi
+            REC[i].extend((h, hi, bt, F))
+            H[i] = hi
             busy += run
             last = i
             if hi < nq:
-                t = q[hi] + c.delay_s
-                j = hi + c.preferred - 1
+                t = q[hi] + DL[i]
+                j = hi + PF[i]
                 if j < nq and q[j] < t:
                     t = q[j]
-                R[i] = t if t > m.ready_at else m.ready_at
+                R[i] = t if t > RA[i] else RA[i]
             else:
                 R[i] = INF
+        for m, h in zip(mems, H):
+            m.h = h
         self.free_at = F
         self.last = last
         self.busy_s += busy
@@ -233,7 +254,7 @@ class SlotServer:
                 keep = []
                 for arr, st, fin in m.inflight:
                     if fin <= t_end:
-                        sink.served(m, arr, np.full(arr.size, st), np.full(arr.size, fin))
+                        sink.served(m, arr, np.array([arr.size]), np.array([st]), np.array([fin]))
                     else:
                         keep.append((arr, st, fin))
                 m.inflight = keep
@@ -244,18 +265,21 @@ class SlotServer:
                 sink.rejected(m, arr, arr + m.cfg.timeout_s, "timeout")
                 m.rej = []
             if m.rec:
-                r = np.asarray(m.rec).reshape(-1, 4)
-                lo = r[:, 0].astype(np.int64)
-                hi = r[:, 1].astype(np.int64)
-                fin = r[:, 3]
-                done = fin <= t_end
-                if not done.all():
-                    for k in np.flatnonzero(~done):
-                        m.inflight.append((m.qa[lo[k]:hi[k]].copy(), float(r[k, 2]), float(fin[k])))
-                    lo, hi, r = lo[done], hi[done], r[done]
-                sizes = hi - lo
-                idx = _ranges(lo, hi)
-                sink.served(m, m.qa[idx], np.repeat(r[:, 2], sizes), np.repeat(r[:, 3], sizes))
+                rec = m.rec
+                # Only the last batch of a slot can still be running at t_end.
+                if rec[-1] > t_end:
+                    lo_, hi_ = int(rec[-4]), int(rec[-3])
+                    m.inflight.append((m.qa[lo_:hi_].copy(), rec[-2], rec[-1]))
+                    del rec[-4:]
+                if rec:
+                    r = np.array(rec).reshape(-1, 4)
+                    lo = r[:, 0].astype(np.int64)
+                    hi = r[:, 1].astype(np.int64)
+                    sizes = hi - lo
+                    first, end = int(lo[0]), int(hi[-1])
+                    # Batches are consecutive unless a timeout cut requests out in between.
+                    arr = m.qa[first:end] if end - first == int(sizes.sum()) else m.qa[_ranges(lo, hi)]
+                    sink.served(m, arr, sizes, r[:, 2], r[:, 3])
                 m.rec = []
 
     def drop(self, t: float, sink: Sink, reason: str, members: list[Member] | None = None) -> None:

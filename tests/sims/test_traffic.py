@@ -133,3 +133,15 @@ def test_durations() -> None:
     assert parse_duration("1d") == 86400 and parse_duration(30) == 30
     with pytest.raises(UserError):
         parse_duration("-1h")
+
+
+def test_arrivals_do_not_depend_on_how_time_is_cut() -> None:
+    """Two policies cut time at different events; each model's arrivals must stay the same."""
+    a = sources(fleet(), Scenario(process="diurnal"), seed=8)
+    b = sources(fleet(), Scenario(process="diurnal"), seed=8)
+    cuts_a = [0.0, 15.0, 30.0, 45.0, 60.0, 75.0, 90.0, 200.0]
+    cuts_b = [0.0, 7.3, 61.0, 62.5, 130.0, 200.0]
+    for sa, sb in zip(a, b):
+        ta = np.concatenate([sa.take(x, y).times for x, y in zip(cuts_a, cuts_a[1:])])
+        tb = np.concatenate([sb.take(x, y).times for x, y in zip(cuts_b, cuts_b[1:])])
+        assert np.array_equal(ta, tb)

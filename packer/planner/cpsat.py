@@ -80,10 +80,13 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
     z: dict[tuple[str, str], cp_model.IntVar] = {}
     slots: list[tuple[SlotType, int]] = []
     active_of: dict[str, list[cp_model.IntVar]] = {}
+    # No better plan uses more GPUs of a pool than the hint's cost buys.
+    bar = upper_cost if upper_cost is not None else (
+        sum(g.pool.cost_per_gpu_hour for g in hint) if hint else None)
     for p in pools:
         g_max = gpu_limit[p.name]
-        if upper_cost is not None:
-            g_max = min(g_max, int(upper_cost / p.cost_per_gpu_hour + 1e-9))
+        if bar is not None:
+            g_max = min(g_max, int(bar / p.cost_per_gpu_hour + 1e-9))
         if g_max <= 0:
             continue
         layouts = _layouts(problem, p.name)

@@ -118,35 +118,51 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
 
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
             progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str, float]:
-    """CP-SAT: one model for the whole fleet when small, else LNS windows. Returns (gpus, status, bound)."""
+    """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet for the proof.
+
+    Returns (gpus, status, bound of the shared part). Windows find local merges fast (two GPUs
+    half used become one MIG-split GPU); the whole model then proves or improves from there.
+    """
     s = problem.settings
     shared = [g for g in gpus if not g.multi]
     multi = [g for g in gpus if g.multi]
     limit = {p.name: p.max_gpus - reserved.get(p.name, 0) for p in problem.fleet.pools}
     n_reps = sum(len(problem.replica_options(m)) * max(problem.replica_options(m) or [0])
                  for m in problem.shared_models)
-    if full and n_reps <= 160:
-        budget = max(1.0, deadline - time.monotonic())
-        res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
-                           fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
-                           seed=s.seed, workers=2)
-        if res is not None:
-            new, cost, status, bound = res
-            if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9:
-                return new + multi, status, bound
-            return gpus, "feasible", bound
-        return gpus, "feasible", 0.0
+    small = full and n_reps <= 160
+    total = max(0.0, deadline - time.monotonic())
+    shared = _lns(problem, shared, limit, time.monotonic() + (0.5 * total if small else total), progress)
+    if not small:
+        return shared + multi, "feasible", 0.0
+    budget = max(1.0, deadline - time.monotonic())
+    res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
+                       fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
+                       seed=s.seed, workers=2)
+    if res is None:
+        return shared + multi, "feasible", 0.0
+    new, cost, status, bound = res
+    if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9:
+        return new + multi, status, bound
+    return shared + multi, "feasible", bound
+
+
+def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: float,
+         progress: Progress | None) -> list[Gpu]:
+    """Large-neighbourhood search: re-pack seeded windows of a few GPUs, keep what is cheaper."""
+    s = problem.settings
     rng = random.Random(s.seed)
     it = 0
     # A fixed number of windows, each with a deterministic-time budget, keeps the result a
     # function of the seed; the deadline only guards against a much slower machine.
-    window_budget = 1.0
+    window_budget = 0.5
     left = max(0.0, deadline - time.monotonic())
     iterations, guard = int(left / window_budget), deadline + 0.5 * left
+    tried: set[frozenset[int]] = set()
     while it < iterations and time.monotonic() < guard and len(shared) > 1:
         it += 1
-        window = _pick_window(problem, shared, rng)
+        window = _next_pair(problem, shared, tried) or _pick_window(problem, shared, rng)
         inside = {id(g) for g in window}
+        tried.add(frozenset(inside))
         reps = [r for g in window for sl in g.slots for r in sl.reps]
         names = {r.model.name for r in reps}
         outside_names = {r.model.name for g in shared if id(g) not in inside for sl in g.slots for r in sl.reps}
@@ -155,16 +171,27 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
         # Models kept outside need distinct GPUs too; window GPUs are new GPUs, so that holds.
         win_limit = {p: limit[p] - sum(1 for g in shared if id(g) not in inside and g.pool.name == p) for p in limit}
         upper = sum(g.pool.cost_per_gpu_hour for g in window)
-        budget = window_budget
         res = solve_window(problem, free_models=free, fixed_reps=fixed, gpu_limit=win_limit, hint=window,
-                           upper_cost=upper, time_limit=budget, seed=s.seed + it)
+                           upper_cost=upper, time_limit=window_budget, seed=s.seed + it)
         if res is not None and res[1] < upper - 1e-9:
             new = res[0]
             spare_slots(problem, new)
             shared = [g for g in shared if id(g) not in inside] + new
             if progress:
                 progress(f"LNS {it}: {sum(g.pool.cost_per_gpu_hour for g in shared):.2f}/h", 0)
-    return shared + multi, "feasible", 0.0
+    return shared
+
+
+def _next_pair(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]) -> list[Gpu] | None:
+    """The emptiest pair of GPUs not tried yet (among the 40 emptiest): the likeliest merge."""
+    fill = {id(g): _fill_of(problem, g) for g in gpus}
+    few = sorted(gpus, key=lambda g: (fill[id(g)], g.pool.name))[:40]
+    pairs = sorted(((a, b) for i, a in enumerate(few) for b in few[i + 1:]),
+                   key=lambda ab: fill[id(ab[0])] + fill[id(ab[1])])
+    for a, b in pairs:
+        if frozenset((id(a), id(b))) not in tried:
+            return [a, b]
+    return None
 
 
 def _pick_window(problem: Problem, gpus: list[Gpu], rng: random.Random) -> list[Gpu]:

@@ -3,15 +3,19 @@
 Pure: plan in, protobuf message out, no files. Every number comes from the slot maths
 (``packer/slot.py``) the planner used, so the server batches the way the plan assumed:
 
-* a request waits at most one duty cycle ``d`` for its batch (queue delay ``min(d, budget)``),
+* a request may wait one duty cycle ``d`` and then run: the plan's bound is ``d + run``. In Triton
+  it waits up to the queue delay for its batch to form, then for the batch already running to
+  finish (the slot's batches take ``share * d`` per cycle), then runs. So a streaming model's
+  queue delay is ``d * (1 - share)``, which keeps the worst case at ``d + run``
+  (``bench/triton.py`` measured p99 at ``d + 2 * run`` with the delay at ``d``),
 * it may run at most ``run = base + per_item * b`` on this slot, so once it has queued longer than
   ``budget = slo - run`` it can no longer meet its SLO and the queue policy rejects it,
 * the queue never holds more than the requests that can still be served within ``budget`` at the
   planned pace of ``b`` per cycle: ``ceil(budget / d) * b``.
 
 Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) in a group
-with ``d = 20 ms`` and ``b = 4``: run 2.2 ms, budget 97.8 ms, queue delay 20 ms, queue bound
-``ceil(97.8 / 20) * 4 = 20`` requests.
+with ``d = 20 ms``, ``b = 4`` and a compute share of 40 %: run 2.2 ms, budget 97.8 ms, queue delay
+``20 * 0.6 = 12 ms``, queue bound ``ceil(97.8 / 20) * 4 = 20`` requests.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettin
     run = base + per * b
     budget = max(model.slo_ms - run, settings.min_queue_delay_ms)
     if model.streaming:
-        delay = min(d, budget)
+        delay = min(d * (1.0 - min(placement.compute_share, 1.0)), budget)
     else:
         # Batch work is throughput-bound: wait long enough to fill the planned batch at the
         # planned rate, but never so long that the SLO is lost.

@@ -54,7 +54,8 @@ def test_sequence_model_uses_oldest_with_control_inputs_and_duty_cycle_delay(pla
     p = plan.placements[0]
     member = next(m for m in p.models if m.name == "asr-es")
     assert list(sb.oldest.preferred_batch_size) == [member.batch_size]
-    assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
+    # Wait for the batch to form, then for the slot's running batch: together at most one cycle.
+    assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
     # 112 Spanish streams, this replica carries 350 of the 700 peak rps: half of them.
     assert sb.oldest.max_candidate_sequences == 56
 
@@ -71,7 +72,7 @@ def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, r
     assert q.default_timeout_microseconds == round((model.slo_ms - run) * 1000)
     assert not q.allow_timeout_override
     assert q.max_queue_size == math.ceil((model.slo_ms - run) / p.duty_cycle_ms) * member.batch_size
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
     assert cfg.dynamic_batching.priority_levels == 0  # streaming: no lower priority
 
 

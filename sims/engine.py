@@ -166,7 +166,7 @@ class Simulation:
             st = slot.st
             for mem in p.models:
                 model = self.fleet.model(mem.name)
-                cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps,
+                cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps, p.compute_share,
                                      queue_delay_ms=self.scenario.server.queue_delay_ms,
                                      timeouts=self.scenario.server.queue_timeouts)
                 self._add_member(slot, mem.name, cfg, 0.0)
@@ -370,12 +370,13 @@ class Simulation:
         sv = self.scenario.server
         try:
             res = evaluate([item(m, r, st) for m, r in zip(models, rates)], math.inf, self.u)
-            return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms, r, queue_delay_ms=sv.queue_delay_ms,
-                                   timeouts=sv.queue_timeouts) for m, mr, r in zip(models, res.members, rates)]
+            return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms, r, res.compute_share,
+                                   queue_delay_ms=sv.queue_delay_ms, timeouts=sv.queue_timeouts)
+                    for m, mr, r in zip(models, res.members, rates)]
         except ValueError:
             # No duty cycle meets every SLO at those rates: serve full batches, one after another.
             d = sum(item(m, 0.0, st).run_ms(m.max_batch) for m in models)
-            return [batcher_config(m, st, m.max_batch, d, r, queue_delay_ms=sv.queue_delay_ms,
+            return [batcher_config(m, st, m.max_batch, d, r, 1.0, queue_delay_ms=sv.queue_delay_ms,
                                    timeouts=sv.queue_timeouts) for m, r in zip(models, rates)]
 
     def _weights(self, names: list[str]) -> float:
@@ -461,6 +462,7 @@ class Simulation:
         models = []
         total_arr = 0
         for i, s in enumerate(self.stats.models):
+            self.stats.flush(i)
             hist = s.hist + s.tick_hist  # the last, unfinished interval too
             live = [m for m in self.replicas[i] if not m.removed]
             queued = sum(m.queued for m in live)

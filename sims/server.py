@@ -47,13 +47,16 @@ class BatcherConfig:
     per_item_s: float
 
 
-def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, rate_rps: float, *,
-                   queue_delay_ms: float | None = None, timeouts: bool = True,
+def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, rate_rps: float,
+                   compute_share: float = 0.0, *, queue_delay_ms: float | None = None, timeouts: bool = True,
                    min_delay_ms: float = 0.1) -> BatcherConfig:
     """The numbers ``serving/config.py`` (the Triton writer) derives from the plan, in seconds.
 
-    Worked numbers: ``punct-en`` in a group with ``d = 20 ms`` and ``b = 4`` on a whole A100: run
-    ``2 + 0.05 * 4 = 2.2 ms``, budget ``100 - 2.2 = 97.8 ms``, delay ``min(20, 97.8) = 20 ms``.
+    A streaming request may wait the queue delay, then for the slot's running batch (the group's
+    batches take ``compute_share * d`` per cycle), then run; a delay of ``d * (1 - share)`` keeps
+    that within the plan's ``d + run``. Worked numbers: ``punct-en`` in a group with ``d = 20 ms``,
+    ``b = 4`` and a 40 % share on a whole A100: run ``2 + 0.05 * 4 = 2.2 ms``, budget ``100 - 2.2 =
+    97.8 ms``, delay ``min(20 * 0.6, 97.8) = 12 ms``.
     """
     base, per = latency_scale(model, st)
     b = max(1, min(batch, model.max_batch))
@@ -61,7 +64,7 @@ def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float,
     run = base + per * b
     budget = max(model.slo_ms - run, min_delay_ms)
     if model.streaming:
-        delay = min(d, budget)
+        delay = min(d * (1.0 - min(compute_share, 1.0)), budget)
     else:
         fill = b * 1000.0 / rate_rps if rate_rps > 0 else d
         delay = min(max(d, fill), budget)
@@ -273,12 +276,13 @@ class SlotServer:
                     del rec[-4:]
                 if rec:
                     r = np.array(rec).reshape(-1, 4)
-                    lo = r[:, 0].astype(np.int64)
-                    hi = r[:, 1].astype(np.int64)
-                    sizes = hi - lo
-                    first, end = int(lo[0]), int(hi[-1])
+                    sizes = (r[:, 1] - r[:, 0]).astype(np.int64)
+                    first, end = int(rec[0]), int(rec[-3])
                     # Batches are consecutive unless a timeout cut requests out in between.
-                    arr = m.qa[first:end] if end - first == int(sizes.sum()) else m.qa[_ranges(lo, hi)]
+                    if end - first == int(sizes.sum()):
+                        arr = m.qa[first:end]
+                    else:
+                        arr = m.qa[_ranges(r[:, 0].astype(np.int64), r[:, 1].astype(np.int64))]
                     sink.served(m, arr, sizes, r[:, 2], r[:, 3])
                 m.rec = []
 

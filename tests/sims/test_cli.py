@@ -103,7 +103,8 @@ def test_batcher_matches_the_triton_writer() -> None:
         st = SlotType(f.pool(p.pool), p.slot)
         for mem in p.models:
             t = serving.timing(f, p, mem.name, RenderSettings())
-            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps)
+            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps,
+                               p.compute_share)
             assert c.preferred == t.batch
             assert c.delay_s * 1000 == pytest.approx(t.queue_delay_ms)
             if f.model(mem.name).traffic.streams is None:

@@ -10,7 +10,7 @@ from packer.fleet import parse_fleet
 from sims.engine import Simulation, simulate
 from sims.handplan import Group, hand_plan
 from sims.policies import AddSlot, ClusterView, FunctionPolicy, RemoveSlot
-from sims.scenario import Burst, Cluster, Scenario, Server, Spike
+from sims.scenario import Burst, Cluster, ModelTraffic, Scenario, Server, Spike
 
 
 def small_fleet(*, spot: bool = False, gpus_per_node: int = 1, max_nodes: int = 3, rps: float = 300.0):
@@ -62,7 +62,7 @@ def test_conservation_under_overload_timeouts_and_preemption() -> None:
     """Every request ends completed, rejected, queued or in flight, whatever happens to the slot."""
     plan = one_slot_plan(spot=True)
     # No notice: whatever is queued or running on a preempted node is lost.
-    sc = Scenario(process="peak", traffic_scale=5.0,
+    sc = Scenario(process="peak", traffic_scale=5.0, models=(ModelTraffic("punct", scale=8.0),),
                   cluster=Cluster(spot_preemptions_per_node_hour=6.0, preemption_notice_s=0.0),
                   server=Server(noise_cv=0.2))
     r = simulate(plan, sc, duration_s=1800, seed=5)
@@ -128,11 +128,12 @@ def test_preempted_spot_slots_are_replaced_by_the_static_policy() -> None:
 
 
 def test_hpa_adds_a_slot_when_busy_and_removes_it_when_idle() -> None:
-    """A spike triples punct+asr traffic: the group's slot runs hot, HPA asks for more; once the spike
-    is gone and the stabilisation window passes, it gives the extra slots back."""
+    """A spike quadruples asr traffic: its group's slot runs hot (~90 %), HPA asks for more; once the
+    spike is gone (two slots ~35 % busy, below 75 % by more than the tolerance) and the stabilisation
+    window passes, it gives one back."""
     plan = one_slot_plan(max_nodes=6)
-    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 3.0, 60.0, 600.0),), policy="hpa",
-                  policy_options={"target": 0.6, "downscale_window_s": 120.0})
+    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 4.0, 60.0, 600.0),), policy="hpa",
+                  policy_options={"target": 0.75, "downscale_window_s": 120.0})
     r = simulate(plan, sc, duration_s=2400, seed=2)
     ups = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
     downs = [a for a in r.actions if a["action"].startswith("remove slot") and a["outcome"] == "applied"]

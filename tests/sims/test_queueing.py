@@ -63,8 +63,8 @@ def test_deterministic_batcher_max_queue_delay(tmp_path: Path) -> None:
     """Same arrivals, preferred 8 never reached, delay 25 ms: each batch leaves 25 ms after its oldest
     request with the 3 requests that came by then (waits 25, 15, 5 ms), runs 2 + 0.5*3 = 3.5 ms."""
     f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8)
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8}, duty_ms=25.0)])
-    sc = Scenario(trace=_every_10ms(tmp_path, 3000))
+    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
+    sc = Scenario(trace=_every_10ms(tmp_path, 3000), server=Server(queue_delay_ms=25.0))
     r = simulate(plan, sc, duration_s=31.0, seed=0)
     m = r.models[0]
     assert m["completed"] == 3000

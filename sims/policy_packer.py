@@ -9,7 +9,9 @@ the simulator's signals, applies the actions to the shadow and translates them:
 * ``Consolidate`` -> ``AddReplica`` at each destination now, and ``RemoveSlot`` of the emptied slot
   once those replicas serve (make before break, as the reconciler does);
 * ``Resize`` -> nothing: the simulator routes round-robin, which the policy already assumes;
-* ``Replan`` -> recorded, not executed (a re-plan is a migration the simulator has no action for).
+* ``Replan`` -> the injected planner (``plan_fleet`` with ``current=`` the shadow, so replicas stay
+  where they still fit) at the asked-for rates, then a migration: slots whose group is unchanged
+  stay, new groups are added, and the old slots go once every new replica serves.
 
 Slots that vanish (spot loss, a refused action) are dropped from the shadow at the next view, so
 the policy re-decides from what really runs.
@@ -18,7 +20,7 @@ the policy re-decides from what really runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from packer.errors import UserError
 from packer.plan import Plan
@@ -28,7 +30,7 @@ from packer.scaling import (Action, AddGroup, AddReplica, ColdStart, Consolidate
 from packer.slot import WHOLE
 from sims import policies as sp
 
-OPTIONS = {"interval_s", "target_utilisation", "stable_s", "panic_s", "panic_threshold", "scale_down_s",
+OPTIONS = {"replan", "replan_time_limit_s", "interval_s", "target_utilisation", "stable_s", "panic_s", "panic_threshold", "scale_down_s",
            "scale_down_band", "node_s", "image_s", "weights_base_s", "weights_gb_per_s"}
 
 
@@ -56,11 +58,32 @@ class _Removal:
     """Remove only this model's replica; None removes the whole slot."""
 
 
+Replanner = Callable[[Plan, Mapping[str, float]], Plan]
+
+
+def planner_replan(time_limit_s: float = 2.0) -> Replanner:
+    """``plan_fleet`` at the given peak rates, migration-aware from the current plan."""
+
+    def replan(current: Plan, traffic: Mapping[str, float]) -> Plan:
+        from packer.planner import PlanSettings, plan_fleet
+
+        fleet = current.fleet
+        scale = {m.name: traffic[m.name] / m.traffic.peak_rps if m.traffic.peak_rps > 0 else 1.0
+                 for m in fleet.models if m.name in traffic}
+        headroom = float(current.settings.get("headroom", 0.15))
+        new = plan_fleet(fleet.with_traffic(scale), PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0),
+                         current=current)
+        return replace(new, fleet=fleet)
+
+    return replan
+
+
 @dataclass
 class PackerPolicy:
     plan: Plan
     settings: ScalingSettings = field(default_factory=ScalingSettings)
     interval_s: float = 15.0
+    replanner: Replanner | None = None
     state: ScalingState | None = None
     ids: dict[str, str] = field(default_factory=dict)
     """Shadow slot id -> simulator slot id."""
@@ -109,6 +132,8 @@ class PackerPolicy:
         for a in actions:
             self.log.append((now, a))
             if isinstance(a, Replan):
+                if self.replanner is not None and not self.removals:
+                    out += self._migrate(self.replanner(self.plan, dict(a.traffic)), a.reason, new_slots)
                 continue
             self.plan = apply(self.plan, [a])
             out += self._translate(a, new_slots)
@@ -147,6 +172,34 @@ class PackerPolicy:
         elif isinstance(a, (Resize, Standby)):
             pass  # round-robin routing needs no resize; the simulator has no empty slots
         return [x for x in out if x is not None]
+
+    def _migrate(self, new: Plan, reason: str, new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
+        """Move from the shadow plan to ``new``: unchanged groups stay, the rest is rebuilt, and the
+        old slots go once every new replica serves (make before break)."""
+        def key(p: Any) -> tuple[str, str, frozenset[str]]:
+            return (p.pool, p.slot, frozenset(m.name for m in p.models))
+
+        old = {p.id: p for p in self.plan.placements}
+        ids: dict[str, str] = {}
+        built: list[Any] = []
+        for p in new.placements:
+            match = next((o for o in old.values() if key(o) == key(p)), None)
+            if match is not None and match.id in self.ids:
+                ids[p.id] = self.ids[match.id]
+                del old[match.id]
+            else:
+                built.append(p)
+        if not built and not old:
+            return []
+        waits = [(m.name, p.id) for p in built for m in p.models]
+        for o in old.values():
+            if o.id in self.ids:
+                self.removals.append(_Removal(self.ids[o.id], waits, "re-plan: " + reason))
+        for p in built:
+            new_slots[p.id] = sp.AddSlot(p.pool, p.slot, tuple(m.name for m in p.models), reason="re-plan: " + reason)
+        self.ids = ids
+        self.plan = new
+        return []
 
     def _due(self, view: sp.ClusterView) -> list[sp.Action]:
         """Remove emptied slots once the replicas moved out of them serve elsewhere."""
@@ -193,7 +246,9 @@ def _ref(p: Any) -> Any:
 def make(plan: Plan, options: Mapping[str, Any]) -> PackerPolicy:
     options = dict(options or {})
     interval = float(options.pop("interval_s", 15.0))
-    return PackerPolicy(plan, settings_from(options), interval)
+    replan = bool(options.pop("replan", True))
+    limit = float(options.pop("replan_time_limit_s", 2.0))
+    return PackerPolicy(plan, settings_from(options), interval, planner_replan(limit) if replan else None)
 
 
 sp.register_policy("packer", make)

@@ -149,7 +149,8 @@ class Replan(Action):
 
     kind: ClassVar[str] = "replan"
     traffic: tuple[ModelRate, ...]
-    """Rate per model the new plan must hold (the stabilised demand over target utilisation)."""
+    """Peak rate per model the new plan must hold: the highest load of the stabilisation window
+    plus its band (the planner adds its own headroom, so no target utilisation on top)."""
     fragmentation: float
 
     def summary(self) -> str:

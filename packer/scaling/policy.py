@@ -7,7 +7,8 @@ and ``now`` comes in, so a test builds a context, calls the function and checks 
 One decision, per model, then per slot:
 
 1. **Measure.** Load = max(arrival rate, concurrency / sojourn) (Little's law, see
-   :mod:`packer.scaling.signals`), appended to the model's samples.
+   :mod:`packer.scaling.signals`) for streaming models, the arrival rate for batch ones (their
+   queues fill by design), appended to the model's samples.
 2. **Windows** (Knative). Stable average over 60 s, panic average over 6 s. The stable load is
    projected over the cold start with its trend. Wanted capacity = load / target utilisation.
    Panic when the panic-window want is >= 1.5x the sized capacity, or queue time passes half the
@@ -57,8 +58,10 @@ class ModelState:
     panic_until: float | None = None
     last_up: float | None = None
     last_down: float | None = None
-    late_until: float | None = None
-    """Until then the model was recently late in a shared slot: it is not moved back into one."""
+    crowd_limit: int | None = None
+    """Most members a slot holding this model may have (itself included), learnt when it was late
+    in a slot with one more: the slot maths were optimistic there, so it is never put back into
+    a group that large. None: no limit seen."""
 
 
 @dataclass(frozen=True)
@@ -92,8 +95,8 @@ class Demand:
     may_shrink: bool
     late: bool = False
     """Requests are missing the SLO now although the maths say the slots hold them."""
-    solo: bool = False
-    """Late within ``late_memory_s``: only slots of its own will do."""
+    crowd_limit: int | None = None
+    """See :attr:`ModelState.crowd_limit`."""
 
     @property
     def deficit(self) -> float:
@@ -120,6 +123,11 @@ def share_capacity(plan: Plan, model: str) -> float:
     if m.gpus_per_replica > 1:
         return capacity(plan, model)
     return len(reps) * min(room(plan, p, m) for p in reps)
+
+
+def crowd_ok(members: list[str], demands: Mapping[str, Demand]) -> bool:
+    """No member of a slot with these models would be in a bigger group than it proved to take."""
+    return all(demands[n].crowd_limit is None or len(members) <= demands[n].crowd_limit for n in members)
 
 
 def _mean(xs: list[float]) -> float:
@@ -156,15 +164,21 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
         samples = ms.samples
         queue_late = late = False
         if sig is not None:
-            samples = samples + ((now, load_rps(sig, sojourn_s(plan, m.name), run_s(plan, m.name))),)
+            # A batch model's queue fills toward its preferred batch by design: its concurrency is
+            # a sawtooth, not a load. Its overload shows as queue time nearing the SLO instead.
+            load_now = load_rps(sig, sojourn_s(plan, m.name), run_s(plan, m.name)) if m.streaming else sig.arrival_rps
+            samples = samples + ((now, load_now),)
             queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms
             late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.stable_s)
-        late_until = now + t.late_memory_s if late else ms.late_until
-        solo = late_until is not None and now < late_until
+        limit = ms.crowd_limit
+        if late:
+            crowd = max((len(p.models) for p in plan.placements_of(m.name)), default=1)
+            if crowd > 1:
+                limit = min(limit or crowd, crowd - 1)
         samples = tuple(s for s in samples if s[0] > now - w.stable_s + EPS)
         if not samples:
-            models[m.name] = replace(ms, samples=samples, late_until=late_until)
-            out[m.name] = Demand(m.name, cap, 0.0, cap, cap, 0.0, False, False, False, solo)
+            models[m.name] = replace(ms, samples=samples, crowd_limit=limit)
+            out[m.name] = Demand(m.name, cap, 0.0, cap, cap, 0.0, False, False, False, limit)
             continue
         stable = _mean([y for _, y in samples])
         recent = [y for s, y in samples if s > now - w.panic_s + EPS] or [samples[-1][1]]
@@ -192,8 +206,8 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
             panic_until = None
         wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s + EPS)
         want_down = max(x for _, x in wants) * (1 + w.scale_down_band)
-        models[m.name] = replace(ms, samples=samples, wants=wants, panic_until=panic_until, late_until=late_until)
-        out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic, late, solo)
+        models[m.name] = replace(ms, samples=samples, wants=wants, panic_until=panic_until, crowd_limit=limit)
+        out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic, late, limit)
     since = now if state.since is None else state.since
     return out, replace(state, models=models, since=since)
 
@@ -250,7 +264,7 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     n = len(reps)
     rooms = {p.id: room(plan, p, model) for p in reps}
     tight = have / n if n else math.inf
-    if d.late or d.solo:
+    if d.late:
         crowded = [p for p in reps if len(p.models) > 1]
         victim = max(crowded, key=lambda p: (len(p.models), -rooms[p.id], p.id)) if crowded else None
     else:
@@ -261,16 +275,15 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     enough = max(t.min_useful_rps, t.min_gain_share * d.deficit)
     out: list[_Candidate] = []
     head = f"{model.name} wants {d.want:.1f} rps, {n} replica(s) hold {have:.1f}"
-    solo_slots = {p.id for p in plan.placements if any(demands[x.name].solo for x in p.models)}
 
     def cand(r: float, make, shared: bool) -> None:
         if r < t.min_useful_rps:
             return
-        if not ((d.late or d.solo) and shared):
+        if not d.late:
             after = (n + 1) * min(tight, r)
             if min(after, d.want) - have >= enough:
                 out.append(_Candidate(make(min(d.want, after) / (n + 1), after, None), after, min(after, d.want) - have))
-        if victim is not None and not (d.solo and shared):
+        if victim is not None:
             after = n * min(rest, r)
             useful = min(after, d.want) - have
             if d.late and after >= min(have, d.want) - EPS:
@@ -286,7 +299,9 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
         return f"moving its tightest replica out of {replaces.id}, the {n} replicas hold {after:.1f}"
 
     for p in plan.placements:
-        if not p.models or any(x.name == model.name for x in p.models) or p.id in solo_slots:
+        if not p.models or any(x.name == model.name for x in p.models):
+            continue
+        if not crowd_ok([x.name for x in p.models] + [model.name], demands):
             continue
         r = room(plan, p, model)
         cand(r, lambda rate, after, rp, p=p, r=r: AddReplica(
@@ -314,13 +329,13 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
             replaces=rp, reason=f"{head}; a {pool.gpu} on {where} holds {r:.1f} rps for {price:.2f}/h, serving in "
                                 f"{lead:.0f} s: {why(after, rp)}"), shared=False)
         # A copy of a packed group this model is in: worth it when its other members are short too.
-        if d.late or d.solo:
+        if d.late:
             continue
         for p in reps:
             if p.pool != pool.name or len(p.models) < 2 or len(p.gpus) > 1:
                 continue
             hot = [x.name for x in p.models if demands[x.name].deficit > EPS]
-            if len(hot) < 2 or any(demands[x.name].solo for x in p.models):
+            if len(hot) < 2:
                 continue
             rates = tuple((x.name, x.rate_rps) for x in p.models)
             glead = max(_lead_new_gpu(settings, plan.model(x.name).memory_gb, ng.fresh_node, ng.node_wait_s)
@@ -457,12 +472,10 @@ def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings:
                 continue
             per = wd / (len(others) + 1)
             best: tuple[float, Placement] | None = None
-            if demands[x.name].solo:
-                return None  # recently late in a shared slot: it stays on its own
             for q in t.placements:
                 if q.id == p.id or not q.models or any(y.name == x.name for y in q.models):
                     continue
-                if any(demands[y.name].solo for y in q.models):
+                if not crowd_ok([y.name for y in q.models] + [x.name], demands):
                     continue
                 r = room(t, q, model)
                 if r >= per - EPS and (best is None or r < best[0]):
@@ -617,7 +630,9 @@ def _replan(plan: Plan, demands: Mapping[str, Demand], frag: float, settings: Sc
     prices = [gpu_price(plan, k[0]) for k in paid]
     idle = math.floor(frag * len(paid))
     saving = idle * (sum(prices) / len(prices)) if prices else 0.0
-    traffic = tuple((m.name, round(demands[m.name].want_down, 4)) for m in plan.fleet.models)
+    # The load level, not the want: the planner keeps its own headroom on top.
+    u = settings.targets.target_utilisation
+    traffic = tuple((m.name, round(demands[m.name].want_down * u, 4)) for m in plan.fleet.models)
     return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round(saving, 4), ready_in_s=0.0,
                   reason=f"{frag:.0%} of {len(paid)} paid GPUs idle at the demand of the last "
                          f"{settings.windows.scale_down_s:.0f} s and no single slot can be emptied; a fresh packing "

@@ -1,0 +1,168 @@
+"""Three-way scaling comparison on the multilingual example: static-peak vs HPA vs packer.
+
+    python bench/scaling.py                       # diurnal day, spike hour, stationary day
+    python bench/scaling.py --only spike --seed 2
+    python bench/scaling.py --diurnal 6h --stationary 2h --out /tmp/scaling
+
+Scenarios are the simulator's shipped ``diurnal`` and ``spike`` (French traffic x4 within a minute),
+plus ``stationary``: every model at its mean rate, Poisson noise only, for flapping. One plan (the
+planner's, for peak) starts every run; the policies differ only in how they scale it. Prints one
+table and the three issue-5 targets with PASS/FAIL; writes ``summary.json`` and the simulator's
+plots and HTML report per scenario under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from packer.fleet import load_fleet
+from packer.plan import Plan, load_plan, save_plan
+from packer.scaling import AddGroup, AddReplica, Consolidate, RemoveReplica, SplitOut
+from sims.engine import Simulation
+from sims.scenario import load_scenario, parse_duration, parse_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+FLEET = ROOT / "packer" / "examples" / "multilingual-meetings.yaml"
+STATIONARY = {"name": "stationary", "about": "Every model at its mean rps, Poisson noise only (flapping check).",
+              "process": "poisson", "session": "5m"}
+
+
+def flaps(log: list[tuple[float, Any]], window_s: float) -> list[tuple[str, float, float]]:
+    """(model, down at, up at) for every scale-up of a model within ``window_s`` after a scale-down
+    of it: the issue's definition of flapping."""
+    last_down: dict[str, float] = {}
+    out = []
+    for t, a in log:
+        ups: list[str] = []
+        if isinstance(a, (AddReplica, SplitOut)):
+            ups = [a.model]
+        elif isinstance(a, AddGroup):
+            ups = [m for m, _ in a.rates]
+        for m in ups:
+            if m in last_down and 0 <= t - last_down[m] <= window_s:
+                out.append((m, last_down[m], t))
+        if isinstance(a, Consolidate):
+            for m in list(a.drops) + [m for m, _, _ in a.moves]:
+                last_down[m] = t
+        elif isinstance(a, RemoveReplica):
+            last_down[a.model] = t
+    return out
+
+
+def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    sim = Simulation(plan, scenario, seed=seed, policy=policy)
+    r = sim.run(duration_s).to_dict()
+    r["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+    log = getattr(sim.policy, "log", None)
+    if log is not None:
+        window = sim.policy.settings.windows.scale_down_s
+        r["flaps"] = [list(f) for f in flaps(log, window)]
+        r["policy_actions"] = [{"t": t, "kind": a.kind, "summary": a.summary(), "reason": a.reason,
+                                "cost_per_hour": round(a.cost_per_hour, 4), "ready_in_s": round(a.ready_in_s, 1)}
+                               for t, a in log if a.kind != "resize"]
+    return r
+
+
+def row(scn: str, r: dict[str, Any], static_gpu_h: float | None) -> str:
+    f = r["fleet"]
+    gh = sum(f["gpu_hours"].values())
+    worst = min(r["models"], key=lambda m: m["slo_attainment"] if m["arrivals"] else 1.0)
+    below = sum(1 for m in r["models"] if m["arrivals"] and m["slo_attainment"] < 0.99)
+    vs = f"{gh / static_gpu_h - 1:+.0%}" if static_gpu_h else ""
+    fl = str(len(r["flaps"])) if "flaps" in r else "-"
+    return (f"{scn:<11}{r['policy']:<8}{gh:>10.2f}{vs:>8}{f['cost']:>10.2f}{f['slo_attainment']:>10.4%}"
+            f"{worst['slo_attainment']:>10.2%} {worst['name']:<14}{below:>5}{fl:>7}{r['bench_wall_s']:>8.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan", help="plan.json to start from (default: plan the multilingual example for peak)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--diurnal", default="1d")
+    ap.add_argument("--spike", default="1h")
+    ap.add_argument("--stationary", default="1d")
+    ap.add_argument("--only", default="diurnal,spike,stationary")
+    ap.add_argument("--policies", default="static,hpa,packer")
+    ap.add_argument("--stationary-policies", default="packer")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "scaling"))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.plan:
+        plan = load_plan(args.plan)
+    else:
+        from packer.planner import PlanSettings, plan_fleet
+
+        plan = plan_fleet(load_fleet(FLEET), PlanSettings(seed=0, time_limit_s=5.0))
+        save_plan(plan, out / "plan.json")
+    print(f"plan {plan.id}: {plan.cost_per_hour:.2f}/h, GPUs {plan.gpus}", flush=True)
+    scenarios = {"diurnal": (load_scenario("diurnal"), args.diurnal, args.policies),
+                 "spike": (load_scenario("spike"), args.spike, args.policies),
+                 "stationary": (parse_scenario(STATIONARY), args.stationary, args.stationary_policies)}
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    head = (f"{'scenario':<11}{'policy':<8}{'GPU-h':>10}{'vs st.':>8}{'cost':>10}{'in SLO':>10}{'worst':>10} "
+            f"{'(model)':<14}{'<99%':>5}{'flaps':>7}{'wall s':>8}")
+    print(head, flush=True)
+    for name in args.only.split(","):
+        scn, dur, pols = scenarios[name]
+        results[name] = {}
+        static = None
+        for pol in pols.split(","):
+            r = run(plan, scn, parse_duration(dur), pol, args.seed)
+            results[name][pol] = r
+            if pol == "static":
+                static = sum(r["fleet"]["gpu_hours"].values())
+            print(row(name, r, static), flush=True)
+        try:
+            from sims import report
+
+            report.write(list(results[name].values()), out / name)
+        except Exception as e:  # plots are a convenience; the numbers above are the result
+            print(f"  (no plots for {name}: {e})", file=sys.stderr)
+    verdicts = targets(results)
+    for v in verdicts:
+        print(v)
+    summary = {scn: {pol: {"gpu_hours": r["fleet"]["gpu_hours"], "cost": r["fleet"]["cost"],
+                           "slo_attainment": r["fleet"]["slo_attainment"],
+                           "models": {m["name"]: m["slo_attainment"] for m in r["models"]},
+                           "flaps": r.get("flaps"), "wall_s": r["bench_wall_s"],
+                           "policy_actions": r.get("policy_actions")}
+                     for pol, r in rs.items()} for scn, rs in results.items()}
+    summary["targets"] = verdicts
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"wrote {out / 'summary.json'}")
+    return 0
+
+
+def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The issue's three targets, each PASS or FAIL with its numbers."""
+    out = []
+    sp = results.get("spike", {}).get("packer")
+    if sp:
+        worst = min(sp["models"], key=lambda m: m["slo_attainment"])
+        ok = all(m["slo_attainment"] >= 0.99 for m in sp["models"] if m["arrivals"])
+        out.append(f"{'PASS' if ok else 'FAIL'} spike: every model >= 99% within SLO (worst {worst['name']} "
+                   f"{worst['slo_attainment']:.2%})")
+    di = results.get("diurnal", {})
+    if "packer" in di and "static" in di:
+        gp = sum(di["packer"]["fleet"]["gpu_hours"].values())
+        gs = sum(di["static"]["fleet"]["gpu_hours"].values())
+        ap_, as_ = di["packer"]["fleet"]["slo_attainment"], di["static"]["fleet"]["slo_attainment"]
+        ok = gp <= 0.7 * gs and ap_ >= as_ - 1e-4
+        out.append(f"{'PASS' if ok else 'FAIL'} diurnal: {1 - gp / gs:.0%} fewer GPU-hours than static peak "
+                   f"({gp:.1f} vs {gs:.1f}), SLO attainment {ap_:.4%} vs {as_:.4%}")
+    st = results.get("stationary", {}).get("packer")
+    if st:
+        out.append(f"{'PASS' if not st['flaps'] else 'FAIL'} stationary: {len(st['flaps'])} flaps "
+                   f"(scale-up of a model within the stabilisation window after scaling it down)")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -4,7 +4,9 @@ Ground truth for the simulator: one model alone in one slot, sized by the plan's
 load level (duty cycle -> queue delay, batch -> preferred batch, SLO -> queue timeout), served by
 the stand-in that sleeps ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals.
 Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the plan's p99
-bound, and with ``--json`` writes every scenario parameter and measurement.
+bound, and the server's mean batch and run time beside the profile's run time at that batch (the
+stand-in's own overhead and CPU contention show as the difference). ``--json`` writes every
+scenario parameter and measurement.
 
     python bench/triton.py                                  # ft-0002 on a whole L4 (long-tail fleet)
     python bench/triton.py --fleet multilingual-meetings --model punct-en --pool a100-80 --profile 1g.10gb
@@ -94,6 +96,7 @@ def run_level(server: LocalTriton, model: str, rate: float, seconds: float, warm
         "mean_ms": float(lat.mean()) if ok else None,
         "server_avg_batch": sig.avg_batch if sig else None,
         "server_queue_ms": sig.queue_ms if sig else None,
+        "server_compute_ms": sig.compute_ms if sig else None,
     }
 
 
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     print(f"{a.model} alone on {st.key}: capacity {cap:.1f} rps within its {model.slo_ms:g} ms SLO (u={U})")
     print(f"{'load':>5} {'rate':>7} {'batch':>5} {'delay':>7} {'got rps':>8} {'p50':>7} {'p99':>7} "
-          f"{'bound':>7} {'rej':>4} {'srv b':>5}")
+          f"{'bound':>7} {'rej':>4} {'srv b':>5} {'srv run':>7} {'profile':>7}")
     with tempfile.TemporaryDirectory(prefix="packer-bench-") as tmp:
         for i, load in enumerate(float(v) for v in a.loads.split(",")):
             rate = cap * load
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             fmt = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731
             print(f"{load:5.0%} {rate:7.1f} {member.batch_size:5d} {row['queue_delay_ms']:7.1f} "
                   f"{m['throughput_rps']:8.1f} {fmt(m['p50_ms'])} {fmt(m['p99_ms'])} {member.p99_bound_ms:7.1f} "
-                  f"{m['rejected']:4d} {m['server_avg_batch'] or 0:5.2f}", flush=True)
+                  f"{m['rejected']:4d} {m['server_avg_batch'] or 0:5.2f} {fmt(m['server_compute_ms'])} "
+                  f"{fmt(t.base_ms + t.per_item_ms * (m['server_avg_batch'] or 0))}", flush=True)
     if a.json_path:
         doc = {"bench": "triton", "machine": {"python": platform.python_version(), "cpus": _cpus(),
                                               "device": "cpu (stand-in sleeps)"}, "results": results}

@@ -151,7 +151,8 @@ class LocalTriton:
             self.ports = Ports(free_port(), free_port(), free_port())
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(self.command(install, backends), stdout=log, stderr=subprocess.STDOUT,
-                                             env=env, start_new_session=True)
+                                             env=env, start_new_session=True,
+                                             preexec_fn=_die_with_parent)
             try:
                 self._wait_ready()
                 return self
@@ -220,3 +221,12 @@ class LocalTriton:
 
 class _Exited(Exception):
     pass
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: Linux sends SIGTERM if the Python process that started the server
+    dies (even by SIGKILL), so a crashed test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -6,6 +6,7 @@ cumulative, so rates and averages come from the difference of two scrapes::
 
     request_rate = Δ(success + failure) / Δt            requests per second
     queue_ms     = Δ queue_duration_us / Δ success / 1000
+    compute_ms   = Δ compute_infer_duration_us / Δ success / 1000
     avg_batch    = Δ inference_count / Δ exec_count     (e.g. 120 inferences in 10 runs: 12.0)
 
 ``pending`` (``nv_inference_pending_request_count``) is a gauge: requests queued or running now.
@@ -31,6 +32,7 @@ METRICS = {
     "nv_inference_exec_count": "executions",
     "nv_inference_queue_duration_us": "queue_us",
     "nv_inference_request_duration_us": "request_us",
+    "nv_inference_compute_infer_duration_us": "compute_us",
 }
 
 
@@ -45,6 +47,7 @@ class ModelCounters:
     executions: float = 0.0
     queue_us: float = 0.0
     request_us: float = 0.0
+    compute_us: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class ModelSignals:
     """Mean time a successful request waited in the queue."""
     latency_ms: float
     """Mean end-to-end server time of a successful request (queue + run)."""
+    compute_ms: float
+    """Mean run time of the batch a request was in: compare with the profile's ``base + per_item * b``
+    to see a model running slower than the plan assumed."""
     avg_batch: float
     """Mean executed batch size; 0.0 when nothing ran in the window."""
     window_s: float
@@ -119,6 +125,7 @@ def signals(prev: Scrape, cur: Scrape) -> dict[str, ModelSignals]:
             failure_rate=d["failure"] / dt,
             queue_ms=d["queue_us"] / ok / 1000.0 if ok else 0.0,
             latency_ms=d["request_us"] / ok / 1000.0 if ok else 0.0,
+            compute_ms=d["compute_us"] / ok / 1000.0 if ok else 0.0,
             avg_batch=d["inferences"] / d["executions"] if d["executions"] else 0.0,
             window_s=dt,
         )

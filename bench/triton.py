@@ -1,25 +1,28 @@
-"""Drive a real tritonserver with a stand-in model at ~30/60/85% of its slot's capacity.
+"""Drive a real tritonserver with stand-in models at ~30/60/85% of their slot's capacity.
 
-Ground truth for the simulator: one model alone in one slot, sized by the plan's slot maths at each
-load level (duty cycle -> queue delay, batch -> preferred batch, SLO -> queue timeout), served by
-the stand-in that sleeps ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals.
-Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the plan's p99
-bound, and the server's mean batch and run time beside the profile's run time at that batch (the
-stand-in's own overhead and CPU contention show as the difference). ``--json`` writes every
-scenario parameter and measurement.
+Ground truth for the simulator: one slot (a model alone, or a packed group with ``--model`` given
+more than once), sized by the plan's slot maths at each load level (duty cycle -> queue delay,
+batch -> preferred batch, SLO -> queue timeout, shared slot -> rate limiter), served by stand-ins
+that sleep ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals (one stream per
+model, seeded). Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the
+plan's p99 bound, and the server's mean batch and run time beside the profile's run time at that
+batch (the stand-in's own overhead and CPU contention show as the difference). ``--json`` writes
+every scenario parameter and measurement.
 
-    python bench/triton.py                                  # ft-0002 on a whole L4 (long-tail fleet)
-    python bench/triton.py --fleet multilingual-meetings --model punct-en --pool a100-80 --profile 1g.10gb
+    python bench/triton.py                                  # ft-0002 alone on a whole L4 (long-tail fleet)
+    python bench/triton.py --model ft-0002 --model ft-0003  # a packed pair, rates in the fleet's ratio
     python bench/triton.py --json bench-triton.json --seconds 30
 
-Capacity is ``packer.slot.single_capacity`` at the planner's default utilisation cap (0.85): the
-highest rate at which the slot maths still proves the SLO.
+Capacity is the largest multiple of the models' rates (their fleet peak rates, or ``name=rps``)
+at which the slot maths still proves every SLO at the planner's utilisation cap (0.85); alone,
+that is ``packer.slot.single_capacity``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -33,8 +36,8 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from packer.fleet import load_fleet  # noqa: E402
-from packer.slot import SlotType, single_capacity  # noqa: E402
+from packer.fleet import Fleet, load_fleet  # noqa: E402
+from packer.slot import SlotType, feasible, item  # noqa: E402
 from serving.config import timing  # noqa: E402
 from serving.group import placement, plan_of  # noqa: E402
 from serving.local import LocalTriton  # noqa: E402
@@ -45,65 +48,91 @@ from serving.settings import RenderSettings  # noqa: E402
 U = 0.85
 
 
-def run_level(server: LocalTriton, model: str, rate: float, seconds: float, warmup_s: float,
-              seed: int) -> dict:
-    """Open-loop Poisson arrivals at ``rate`` for ``warmup_s + seconds``; measure after warm-up."""
+def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:
+    """Largest k such that the group with rates ``k * mix`` is feasible on ``st`` (bisection)."""
+    def ok(k: float) -> bool:
+        return feasible([item(fleet.model(n), k * r, st) for n, r in mix.items()], st.memory_gb, U)
+
+    if not ok(1e-9):
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while ok(hi):
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return lo
+
+
+def arrivals(rates: dict[str, float], total_s: float, seed: int) -> list[tuple[float, str]]:
+    """Merged Poisson arrival times of every model, seeded: the same seed gives the same requests."""
     rng = np.random.default_rng(seed)
+    out = []
+    for name in sorted(rates):
+        t = rng.exponential(1.0 / rates[name])
+        while t < total_s:
+            out.append((t, name))
+            t += rng.exponential(1.0 / rates[name])
+    return sorted(out)
+
+
+def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warmup_s: float,
+              seed: int) -> dict[str, dict]:
+    """Send the arrivals open-loop (never waiting for answers); measure those sent after warm-up."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
     x.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
     lock = threading.Lock()
-    done: list[tuple[float, float, bool]] = []  # (sent, latency_s, ok)
-    outstanding = threading.Semaphore(0)
+    done: list[tuple[str, float, float, bool]] = []  # (model, sent, latency_s, ok)
+    answered = threading.Semaphore(0)
 
-    def callback(sent: float, result, error) -> None:
+    def callback(model: str, sent: float, result, error) -> None:
         t = time.perf_counter()
         with lock:
-            done.append((sent, t - sent, error is None))
-        outstanding.release()
+            done.append((model, sent, t - sent, error is None))
+        answered.release()
 
-    total = warmup_s + seconds
-    n = 0
+    plan = arrivals(rates, warmup_s + seconds, seed)
     t0 = time.perf_counter()
     m0 = None
-    next_at = 0.0
-    while next_at < total:
+    for at, model in plan:
         now = time.perf_counter() - t0
-        if m0 is None and now >= warmup_s:
+        if m0 is None and at >= warmup_s:
             m0 = scrape(server.metrics_url, time.monotonic())
-        if next_at > now:
-            time.sleep(next_at - now)
+        if at > now:
+            time.sleep(at - now)
         sent = time.perf_counter()
-        client.async_infer(model, [x], callback=lambda result, error, s=sent: callback(s, result, error))
-        n += 1
-        next_at += rng.exponential(1.0 / rate)
+        client.async_infer(model, [x], callback=lambda result, error, m=model, s=sent: callback(m, s, result, error))
     deadline = time.monotonic() + 60
-    for _ in range(n):
-        if not outstanding.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            raise SystemExit(f"{n - len(done)} of {n} requests never answered within 60 s")
+    for _ in plan:
+        if not answered.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise SystemExit(f"{len(plan) - len(done)} of {len(plan)} requests never answered within 60 s")
     time.sleep(0.6)  # metrics refresh every 500 ms
-    m1 = scrape(server.metrics_url, time.monotonic())
+    sig = signals(m0, scrape(server.metrics_url, time.monotonic())) if m0 is not None else {}
     client.close()
-    measured = [(lat, ok) for sent, lat, ok in done if sent - t0 >= warmup_s]
-    lat = np.array([l for l, ok in measured if ok]) * 1000.0
-    ok = len(lat)
-    sig = signals(m0, m1).get(model) if m0 is not None else None
-    return {
-        "sent": len(measured), "ok": ok, "rejected": len(measured) - ok,
-        "throughput_rps": ok / seconds,
-        "p50_ms": float(np.percentile(lat, 50)) if ok else None,
-        "p99_ms": float(np.percentile(lat, 99)) if ok else None,
-        "mean_ms": float(lat.mean()) if ok else None,
-        "server_avg_batch": sig.avg_batch if sig else None,
-        "server_queue_ms": sig.queue_ms if sig else None,
-        "server_compute_ms": sig.compute_ms if sig else None,
-    }
+    out = {}
+    for name in rates:
+        measured = [(lat, ok) for m, sent, lat, ok in done if m == name and sent - t0 >= warmup_s]
+        lat = np.array([l for l, ok in measured if ok]) * 1000.0
+        s = sig.get(name)
+        out[name] = {
+            "sent": len(measured), "ok": len(lat), "rejected": len(measured) - len(lat),
+            "throughput_rps": len(lat) / seconds,
+            "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+            "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+            "mean_ms": float(lat.mean()) if len(lat) else None,
+            "server_avg_batch": s.avg_batch if s else None,
+            "server_queue_ms": s.queue_ms if s else None,
+            "server_compute_ms": s.compute_ms if s else None,
+        }
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fleet", default="long-tail", help="example fleet name or a fleet file path")
-    ap.add_argument("--model", default="ft-0002")
+    ap.add_argument("--model", action="append", help="NAME or NAME=RPS (repeat for a packed group); "
+                    "default ft-0002")
     ap.add_argument("--pool", default="l4")
     ap.add_argument("--profile", default="whole", help="MIG profile of the slot, or whole")
     ap.add_argument("--loads", default="0.3,0.6,0.85", help="fractions of the slot's capacity")
@@ -115,57 +144,62 @@ def main(argv: list[str] | None = None) -> int:
 
     path = Path(a.fleet)
     fleet = load_fleet(path if path.suffix in (".yaml", ".yml") else ROOT / "packer" / "examples" / f"{a.fleet}.yaml")
-    model = fleet.model(a.model)
-    if model.traffic.streams is not None:
-        ap.error(f"{a.model} is a sequence model; this bench drives dynamic-batched models (stateless requests)")
+    mix: dict[str, float] = {}
+    for spec in a.model or ["ft-0002"]:
+        name, _, rps = spec.partition("=")
+        model = fleet.model(name)
+        if model.traffic.streams is not None:
+            ap.error(f"{name} is a sequence model; this bench drives dynamic-batched models (stateless requests)")
+        mix[name] = float(rps) if rps else (model.traffic.peak_rps or 1.0)
     st = SlotType(fleet.pool(a.pool), a.profile)
-    cap = single_capacity(model, st, U)
-    if cap <= 0:
-        ap.error(f"{a.model} cannot meet its SLO on {st.key}")
+    k = capacity(fleet, st, mix)
+    if k <= 0:
+        ap.error(f"{', '.join(mix)} cannot share {st.key} within their SLOs")
     settings = RenderSettings(device="cpu")
     results = []
-    print(f"{a.model} alone on {st.key}: capacity {cap:.1f} rps within its {model.slo_ms:g} ms SLO (u={U})")
-    print(f"{'load':>5} {'rate':>7} {'batch':>5} {'delay':>7} {'got rps':>8} {'p50':>7} {'p99':>7} "
+    total = sum(mix.values()) * k
+    print(f"{' + '.join(mix)} on {st.key}: capacity {total:.1f} rps in all within the SLOs (u={U})")
+    print(f"{'load':>5} {'model':>10} {'rate':>7} {'batch':>5} {'delay':>7} {'got rps':>8} {'p50':>7} {'p99':>7} "
           f"{'bound':>7} {'rej':>4} {'srv b':>5} {'srv run':>7} {'profile':>7}")
+    fmt = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="packer-bench-") as tmp:
         for i, load in enumerate(float(v) for v in a.loads.split(",")):
-            rate = cap * load
-            p = placement(fleet, a.pool, [(a.model, rate)], profile=a.profile)
-            plan = plan_of(fleet, [p])
-            (repo,) = group_repositories(plan, p, settings)
-            cfg = repo.models[0].config
-            t = timing(fleet, p, a.model, settings)
-            member = p.models[0]
+            rates = {n: r * k * load for n, r in mix.items()}
+            p = placement(fleet, a.pool, list(rates.items()), profile=a.profile)
+            (repo,) = group_repositories(plan_of(fleet, [p]), p, settings)
+            cfgs = {m.name: m.config for m in repo.models}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
-                m = run_level(server, a.model, rate, a.seconds, a.warmup, a.seed + i)
-            row = {
-                "fleet": fleet.name, "model": a.model, "slot": st.key, "load": load, "capacity_rps": cap,
-                "rate_rps": rate, "arrivals": "poisson", "seed": a.seed + i, "seconds": a.seconds,
-                "base_ms": t.base_ms, "per_item_ms": t.per_item_ms, "max_batch": model.max_batch,
-                "preferred_batch": member.batch_size, "duty_cycle_ms": p.duty_cycle_ms,
-                "queue_delay_ms": cfg.dynamic_batching.max_queue_delay_microseconds / 1000.0,
-                "queue_timeout_ms": cfg.dynamic_batching.default_queue_policy.default_timeout_microseconds / 1000.0,
-                "max_queue_size": cfg.dynamic_batching.default_queue_policy.max_queue_size,
-                "slo_ms": model.slo_ms, "plan_p99_bound_ms": member.p99_bound_ms, **m,
-            }
-            results.append(row)
-            fmt = lambda v: f"{v:7.1f}" if v is not None else "      -"  # noqa: E731
-            print(f"{load:5.0%} {rate:7.1f} {member.batch_size:5d} {row['queue_delay_ms']:7.1f} "
-                  f"{m['throughput_rps']:8.1f} {fmt(m['p50_ms'])} {fmt(m['p99_ms'])} {member.p99_bound_ms:7.1f} "
-                  f"{m['rejected']:4d} {m['server_avg_batch'] or 0:5.2f} {fmt(m['server_compute_ms'])} "
-                  f"{fmt(t.base_ms + t.per_item_ms * (m['server_avg_batch'] or 0))}", flush=True)
+                measured = run_level(server, rates, a.seconds, a.warmup, a.seed + i)
+            for member in p.models:
+                t = timing(fleet, p, member.name, settings)
+                db = cfgs[member.name].dynamic_batching
+                m = measured[member.name]
+                row = {
+                    "fleet": fleet.name, "model": member.name, "group": list(mix), "slot": st.key, "load": load,
+                    "group_capacity_rps": total, "rate_rps": rates[member.name], "arrivals": "poisson",
+                    "seed": a.seed + i, "seconds": a.seconds, "base_ms": t.base_ms, "per_item_ms": t.per_item_ms,
+                    "max_batch": fleet.model(member.name).max_batch, "preferred_batch": member.batch_size,
+                    "duty_cycle_ms": p.duty_cycle_ms, "group_compute_share": p.compute_share,
+                    "queue_delay_ms": db.max_queue_delay_microseconds / 1000.0,
+                    "queue_timeout_ms": db.default_queue_policy.default_timeout_microseconds / 1000.0,
+                    "max_queue_size": db.default_queue_policy.max_queue_size,
+                    "rate_limited": len(p.models) > 1, "slo_ms": member.slo_ms,
+                    "plan_p99_bound_ms": member.p99_bound_ms, **m,
+                }
+                results.append(row)
+                print(f"{load:5.0%} {member.name:>10} {row['rate_rps']:7.1f} {member.batch_size:5d} "
+                      f"{row['queue_delay_ms']:7.1f} {m['throughput_rps']:8.1f} {fmt(m['p50_ms'])} {fmt(m['p99_ms'])} "
+                      f"{member.p99_bound_ms:7.1f} {m['rejected']:4d} {m['server_avg_batch'] or 0:5.2f} "
+                      f"{fmt(m['server_compute_ms'])} {fmt(t.base_ms + t.per_item_ms * (m['server_avg_batch'] or 0))}",
+                      flush=True)
     if a.json_path:
-        doc = {"bench": "triton", "machine": {"python": platform.python_version(), "cpus": _cpus(),
-                                              "device": "cpu (stand-in sleeps)"}, "results": results}
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        doc = {"bench": "triton", "command": " ".join(["python", "bench/triton.py", *(argv or sys.argv[1:])]),
+               "machine": {"python": platform.python_version(), "cpus": cpus, "load_avg": os.getloadavg(),
+                           "device": "cpu: stand-ins sleep the profile"}, "results": results}
         Path(a.json_path).write_text(json.dumps(doc, indent=2) + "\n")
         print(f"wrote {a.json_path}")
     return 0
-
-
-def _cpus() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 0)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,183 @@
+"""What each model needs now: load windows, hysteresis state and capacity under round-robin.
+
+``observe`` folds one metrics snapshot into the state (Knative stable and panic windows, trend,
+Poisson allowance, late requests) and returns a :class:`Demand` per model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from packer.plan import Plan
+from packer.scaling.room import rate_of, room
+from packer.scaling.settings import ScalingSettings
+from packer.scaling.signals import Signals, load_rps, run_s, sojourn_s
+
+EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """Hysteresis of one model, carried from decision to decision by the caller."""
+
+    samples: tuple[tuple[float, float], ...] = ()
+    """(time, load rps) over the stable window."""
+    wants: tuple[tuple[float, float], ...] = ()
+    """(time, wanted capacity rps) over the scale-down window: scale-down sizes for the highest."""
+    panic_until: float | None = None
+    last_up: float | None = None
+    last_down: float | None = None
+    crowd_limit: int | None = None
+    """Most members a slot holding this model may have (itself included), learnt when it was late
+    in a slot with one more: the slot maths were optimistic there, so it is never put back into
+    a group that large. None: no limit seen."""
+
+
+@dataclass(frozen=True)
+class ScalingState:
+    models: Mapping[str, ModelState] = field(default_factory=dict)
+    since: float | None = None
+    """Time of the first decision: no scale-down before a whole stabilisation window was seen."""
+    last_replan: float | None = None
+    last_down_try: float | None = None
+    """Last time a consolidation was looked for (they are looked for every ``scale_down_every_s``)."""
+    starting: Mapping[str, float] = field(default_factory=dict)
+    """Nodes asked for and not up yet, with the time they will be: a GPU on one is not fast."""
+
+
+@dataclass(frozen=True)
+class Demand:
+    """What one model needs now, and whether it may shrink (all rates in rps)."""
+
+    model: str
+    capacity: float
+    """What its replicas can hold under round-robin (:func:`share_capacity`)."""
+    load: float
+    """Stable-window load projected over the cold start (the panic load while panicking)."""
+    want: float
+    """Capacity wanted now: load / target utilisation (never below capacity in panic)."""
+    want_down: float
+    """Highest calm want over the scale-down window, plus the band: the floor for shrinking."""
+    slope: float
+    """Trend of the stable-window load, rps per second (>= 0)."""
+    panic: bool
+    may_shrink: bool
+    late: bool = False
+    """Requests are missing the SLO now although the maths say the slots hold them."""
+    crowd_limit: int | None = None
+    """See :attr:`ModelState.crowd_limit`."""
+
+    @property
+    def deficit(self) -> float:
+        return max(0.0, self.want - self.capacity)
+
+
+def capacity(plan: Plan, model: str) -> float:
+    """What the model is sized for now: the sum of its replicas' rates."""
+    return sum(rate_of(p, model) for p in plan.placements_of(model))
+
+
+def share_capacity(plan: Plan, model: str) -> float:
+    """Most the model can serve with requests spread evenly over its replicas (round-robin, as a
+    Kubernetes Service or gRPC ``round_robin`` does): ``n`` times its tightest replica's room.
+
+    Example: replicas with room 900 and 300 rps hold 2 x 300 = 600 rps, not 1200: the second
+    replica gets half the requests whatever the first could take. Multi-GPU replicas (never
+    shared) hold what they were sized for.
+    """
+    reps = plan.placements_of(model)
+    if not reps:
+        return 0.0
+    m = plan.model(model)
+    if m.gpus_per_replica > 1:
+        return capacity(plan, model)
+    return len(reps) * min(room(plan, p, m) for p in reps)
+
+
+def crowd_ok(members: list[str], demands: Mapping[str, Demand]) -> bool:
+    """No member of a slot with these models would be in a bigger group than it proved to take."""
+    return all(demands[n].crowd_limit is None or len(members) <= demands[n].crowd_limit for n in members)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _slope(samples: tuple[tuple[float, float], ...]) -> float:
+    """Least-squares trend (rps per s) of the samples; 0 with fewer than 3."""
+    if len(samples) < 3:
+        return 0.0
+    ts = [t for t, _ in samples]
+    ys = [y for _, y in samples]
+    mt, my = _mean(ts), _mean(ys)
+    var = sum((t - mt) ** 2 for t in ts)
+    return sum((t - mt) * (y - my) for t, y in samples) / var if var > 0 else 0.0
+
+
+def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now: float,
+            settings: ScalingSettings) -> tuple[dict[str, Demand], ScalingState]:
+    """Steps 1-2: fold this snapshot into the windows and say what each model wants.
+
+    Worked numbers: samples 600, 600, 600, 900 rps over 60 s with the last 6 s at 900: the stable
+    load is 675, the panic load 900. Capacity 700: stable want 675 / 0.7 = 964 (short), panic want
+    900 / 0.7 = 1286 >= 1.5 x 700 = 1050, so panic, and want = 1286.
+    """
+    w, t, cs = settings.windows, settings.targets, settings.cold_start
+    models: dict[str, ModelState] = dict(state.models)
+    out: dict[str, Demand] = {}
+    history_ok = state.since is not None and now - state.since >= w.scale_down_s
+    for m in plan.fleet.models:
+        ms = models.get(m.name, ModelState())
+        cap = share_capacity(plan, m.name)
+        sig = signals.get(m.name)
+        samples = ms.samples
+        queue_late = late = False
+        if sig is not None:
+            # A batch model's queue fills toward its preferred batch by design: its concurrency is
+            # a sawtooth, not a load. Its overload shows as queue time nearing the SLO instead.
+            load_now = load_rps(sig, sojourn_s(plan, m.name), run_s(plan, m.name)) if m.streaming else sig.arrival_rps
+            samples = samples + ((now, load_now),)
+            queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms
+            late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.stable_s)
+        limit = ms.crowd_limit
+        if late:
+            crowd = max((len(p.models) for p in plan.placements_of(m.name)), default=1)
+            if crowd > 1:
+                limit = min(limit or crowd, crowd - 1)
+        samples = tuple(s for s in samples if s[0] > now - w.stable_s + EPS)
+        if not samples:
+            models[m.name] = replace(ms, samples=samples, crowd_limit=limit)
+            out[m.name] = Demand(m.name, cap, 0.0, cap, cap, 0.0, False, False, False, limit)
+            continue
+        stable = _mean([y for _, y in samples])
+        recent = [y for s, y in samples if s > now - w.panic_s + EPS] or [samples[-1][1]]
+        panic_load = _mean(recent)
+        slope = max(0.0, _slope(samples))
+        # Poisson noise of a rate measured over a window T: sqrt(rate / T).
+        span = max(w.stable_s, now - samples[0][0])
+        noise = t.noise_z * math.sqrt(max(stable, 0.0) / span)
+        pnoise = t.noise_z * math.sqrt(max(panic_load, 0.0) / w.stable_s)
+        # The stable mean lags by half a window; new capacity arrives after a cold start.
+        horizon = w.stable_s / 2 + cs.weights_s(m.memory_gb)
+        forecast = min(stable + slope * horizon, t.max_forecast_factor * max(stable, panic_load))
+        calm_want = max(0.0, forecast - noise) / t.target_utilisation
+        calm_high = (forecast + noise) / t.target_utilisation
+        panic_want = max(0.0, panic_load - pnoise) / t.target_utilisation
+        panic_until = ms.panic_until
+        if panic_want >= w.panic_threshold * max(cap, EPS) or queue_late or late:
+            panic_until = now + w.stable_s
+        panic = panic_until is not None and now < panic_until
+        if panic:
+            want = max(calm_want, panic_want, cap)
+            load = max(forecast, panic_load)
+        else:
+            want, load = calm_want, forecast
+            panic_until = None
+        wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s + EPS)
+        want_down = max(x for _, x in wants) * (1 + w.scale_down_band)
+        models[m.name] = replace(ms, samples=samples, wants=wants, panic_until=panic_until, crowd_limit=limit)
+        out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic, late, limit)
+    since = now if state.since is None else state.since
+    return out, replace(state, models=models, since=since)

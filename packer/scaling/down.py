@@ -1,0 +1,137 @@
+"""Scale down: empty one slot at a time when the stabilised demand fits without it; else ask for
+a re-plan when too much paid capacity idles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from packer.plan import Placement, Plan
+from packer.scaling.actions import Action, AddReplica, Consolidate, RemoveReplica, Replan, apply
+from packer.scaling.demand import EPS, Demand, capacity, crowd_ok
+from packer.scaling.room import SlotRef, fill, gpu_price, paid_gpus, ref, room, slot_fraction
+from packer.scaling.settings import ScalingSettings
+from packer.scaling.up import reshare
+
+
+def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings: ScalingSettings) -> Consolidate | None:
+    """A consolidation that empties ``p`` while every model keeps ``want_down``, or None.
+
+    Every model that may shrink is first re-sized to ``want_down`` (lower rates never break a
+    slot), which makes room; then each member of ``p`` is dropped if its other replicas hold its
+    ``want_down`` evenly, else moved to the slot with the least room that takes it.
+    """
+    if any(not demands[x.name].may_shrink for x in p.models):
+        return None
+    t = plan
+    for name, d in demands.items():
+        if d.may_shrink and plan.placements_of(name) and d.want_down < capacity(plan, name) - EPS:
+            t, _ = reshare(t, name, d.want_down, "")
+    drops: list[str] = []
+    moves: list[tuple[str, SlotRef, float]] = []
+    notes: list[str] = []
+    members = sorted(p.models, key=lambda x: (len(plan.placements_of(x.name)) > plan.model(x.name).min_replicas,
+                                              -x.memory_gb, x.name))
+    try:
+        for x in members:
+            model = plan.model(x.name)
+            wd = demands[x.name].want_down
+            others = [q for q in t.placements_of(x.name) if q.id != p.id]
+            floor = max(model.min_replicas, 1 if wd > EPS else 0)
+            if len(others) >= floor and (not others or len(others) * min(room(t, q, model) for q in others) >= wd - EPS):
+                t = apply(t, [RemoveReplica(model=x.name, slot=ref(p), cost_per_hour=0.0, reason="")])
+                t, _ = reshare(t, x.name, wd, "")
+                drops.append(x.name)
+                notes.append(f"drop {x.name} ({len(others)} replica(s) hold its {wd:.1f} rps)")
+                continue
+            per = wd / (len(others) + 1)
+            best: tuple[float, Placement] | None = None
+            for q in t.placements:
+                if q.id == p.id or not q.models or any(y.name == x.name for y in q.models):
+                    continue
+                if not crowd_ok([y.name for y in q.models] + [x.name], demands):
+                    continue
+                r = room(t, q, model)
+                if r >= per - EPS and (best is None or r < best[0]):
+                    best = (r, q)
+            if best is None:
+                return None
+            q = best[1]
+            t = apply(t, [AddReplica(model=x.name, slot=ref(q), rate_rps=per, cost_per_hour=0.0, reason=""),
+                          RemoveReplica(model=x.name, slot=ref(p), cost_per_hour=0.0, reason="")])
+            moves.append((x.name, ref(q), per))
+            notes.append(f"move {x.name} to {q.id} ({per:.1f} rps)")
+    except ValueError:
+        return None
+    moved = {(m, r.id) for m, r, _ in moves}
+    before = {(x.name, q.id): x.rate_rps for q in plan.placements for x in q.models}
+    resizes = tuple((x.name, ref(q), x.rate_rps) for q in t.placements for x in q.models
+                    if (x.name, q.id) not in moved and abs(before.get((x.name, q.id), x.rate_rps) - x.rate_rps) > 1e-6)
+    on_gpu = [q for q in plan.placements if (q.pool, q.node, q.gpu) == (p.pool, p.node, p.gpu) and q.id != p.id]
+    release = not on_gpu
+    price = gpu_price(plan, p.pool) if release else 0.0
+    load = max((settings.cold_start.weights_s(plan.model(m).memory_gb) for m, _, _ in moves), default=0.0)
+    what = (f"releases its {plan.fleet.pool(p.pool).gpu} ({price:.2f}/h)" if release
+            else "frees a MIG instance on a GPU still in use")
+    a = Consolidate(slot=ref(p), drops=tuple(drops), moves=tuple(moves), resizes=resizes, release_gpu=release,
+                    cost_per_hour=-price, ready_in_s=load,
+                    reason=f"the highest demand of the last {settings.windows.scale_down_s:.0f} s (+"
+                           f"{settings.windows.scale_down_band:.0%}) fits without {p.id}: " + "; ".join(notes)
+                           + f"; {what}")
+    try:
+        apply(plan, [a])
+    except ValueError:
+        return None
+    return a
+
+
+def scale_down(plan: Plan, demands: Mapping[str, Demand], settings: ScalingSettings) -> tuple[list[Action], Plan]:
+    """Empty up to ``max_consolidations`` slots whose GPU then goes, the costliest and emptiest
+    first, trying at most ``consolidation_candidates`` slots per decision (bounded work)."""
+    actions: list[Action] = []
+    for _ in range(settings.max_consolidations):
+        solo = [p for p in plan.placements if p.models and len(p.gpus) <= 1
+                and not any((q.pool, q.node, q.gpu) == (p.pool, p.node, p.gpu) and q.id != p.id for q in plan.placements)
+                and all(demands[x.name].may_shrink for x in p.models)]
+        solo.sort(key=lambda p: (-gpu_price(plan, p.pool), fill(plan, p), p.id))
+        for p in solo[: settings.consolidation_candidates]:
+            a = try_empty(plan, p, demands, settings)
+            if a is not None:
+                plan = apply(plan, [a])
+                actions.append(a)
+                break
+        else:
+            break
+    return actions, plan
+
+
+def fragmentation(plan: Plan, demands: Mapping[str, Demand]) -> float:
+    """Share of paid GPU capacity idle at the demanded rates (slot fill x its share of a GPU)."""
+    paid = len(paid_gpus(plan))
+    if not paid:
+        return 0.0
+    used = 0.0
+    for p in plan.placements:
+        over = {}
+        for x in p.models:
+            d = demands[x.name]
+            if d.capacity > EPS:
+                over[(x.name, p.id)] = x.rate_rps * min(1.0, max(d.want_down, d.want) / d.capacity)
+        used += fill(plan, p, over) * slot_fraction(plan, p) * len(p.gpus or (p.gpu,))
+    return max(0.0, 1.0 - used / paid)
+
+
+def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, settings: ScalingSettings) -> Replan:
+    """A re-plan request with an estimate of what it saves: idle capacity rounded down to GPUs
+    at the average price of the paid ones (the planner's answer replaces the estimate)."""
+    paid = paid_gpus(plan)
+    prices = [gpu_price(plan, k[0]) for k in paid]
+    idle = math.floor(frag * len(paid))
+    saving = idle * (sum(prices) / len(prices)) if prices else 0.0
+    # The load level, not the want: the planner keeps its own headroom on top.
+    u = settings.targets.target_utilisation
+    traffic = tuple((m.name, round(demands[m.name].want_down * u, 4)) for m in plan.fleet.models)
+    return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round(saving, 4), ready_in_s=0.0,
+                  reason=f"{frag:.0%} of {len(paid)} paid GPUs idle at the demand of the last "
+                         f"{settings.windows.scale_down_s:.0f} s and no single slot can be emptied; a fresh packing "
+                         f"should free about {idle} GPU(s)")

@@ -1,0 +1,239 @@
+"""Scale up: every way to add (or move) a replica, with its cost and cold start, and the choice.
+
+With round-robin routing a model holds ``n`` times its tightest replica's room; the candidates
+below say what each action would make that, what it costs per hour and when it would serve.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from packer.fleet import Model
+from packer.plan import Plan
+from packer.scaling.actions import Action, AddGroup, AddReplica, Resize, SplitOut, apply
+from packer.scaling.demand import EPS, Demand, capacity, crowd_ok, share_capacity
+from packer.scaling.room import SlotRef, empty_room, free_slots, gpu_price, new_gpu, paid_gpus, rate_of, ref, room
+from packer.scaling.settings import ScalingSettings
+from packer.slot import WHOLE
+
+
+def share_rate(plan: Plan, model: str) -> float:
+    """Rate each replica of ``model`` is sized for (equal shares; the smallest if they differ)."""
+    rates = [rate_of(p, model) for p in plan.placements_of(model)]
+    return min(rates) if rates else 0.0
+
+
+def reshare(plan: Plan, model: str, total: float, reason: str) -> tuple[Plan, list[Action]]:
+    """Size every replica of ``model`` for ``total / n``: the router spreads requests evenly."""
+    reps = plan.placements_of(model)
+    if not reps:
+        return plan, []
+    per = total / len(reps)
+    acts: list[Action] = [Resize(model=model, slot=ref(p), rate_rps=per, cost_per_hour=0.0, reason=reason)
+                          for p in reps if abs(rate_of(p, model) - per) > 1e-6 * max(1.0, per)]
+    return (apply(plan, acts) if acts else plan), acts
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    action: Action
+    after: float
+    """Capacity of the model once the action is done."""
+    useful: float
+    """rps of deficit it covers (summed over members for a group copy)."""
+
+
+def _lead_new_gpu(settings: ScalingSettings, model_gb: float, fresh_node: bool, node_wait_s: float = 0.0) -> float:
+    """Cold start of a replica on a new GPU: node and image for a fresh node (a node already
+    serving has the image cached), what is left of a node still starting, then the weights."""
+    cs = settings.cold_start
+    return (cs.node_s + cs.image_s if fresh_node else node_wait_s) + cs.weights_s(model_gb)
+
+
+def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Demand],
+                settings: ScalingSettings, starting: Mapping[str, float] | None = None) -> list[_Candidate]:
+    """Every way to add one replica of ``model`` or move one, with capacity after, cost and lead.
+
+    With ``n`` replicas holding ``have`` (the tightest holds ``have / n``), one more replica in a
+    slot with room ``r`` makes the model hold ``(n + 1) * min(have / n, r)``. Moving the tightest
+    replica there instead (a split-out) makes it hold ``n * min(r, room of the rest)``: the better
+    choice when the tightest replica sits in a crowded group. A late model (see
+    :class:`Demand`) is moved out of its most crowded slot, and only into a slot of its own.
+    """
+    d = demands[model.name]
+    reps = plan.placements_of(model.name)
+    n = len(reps)
+    rooms = {p.id: room(plan, p, model) for p in reps}
+    tight = have / n if n else math.inf
+    if d.late:
+        crowded = [p for p in reps if len(p.models) > 1]
+        victim = max(crowded, key=lambda p: (len(p.models), -rooms[p.id], p.id)) if crowded else None
+    else:
+        victim = min(reps, key=lambda p: (rooms[p.id], -len(p.models), p.id)) if reps else None
+    rest = min((rooms[p.id] for p in reps if victim is None or p.id != victim.id), default=math.inf)
+    load_s = settings.cold_start.weights_s(model.memory_gb)
+    t = settings.targets
+    enough = max(t.min_useful_rps, t.min_gain_share * d.deficit)
+    out: list[_Candidate] = []
+    head = f"{model.name} wants {d.want:.1f} rps, {n} replica(s) hold {have:.1f}"
+
+    def cand(r: float, make, shared: bool) -> None:
+        if r < t.min_useful_rps:
+            return
+        if not d.late:
+            after = (n + 1) * min(tight, r)
+            if min(after, d.want) - have >= enough:
+                out.append(_Candidate(make(min(d.want, after) / (n + 1), after, None), after, min(after, d.want) - have))
+        if victim is not None:
+            after = n * min(rest, r)
+            useful = min(after, d.want) - have
+            if d.late and after >= min(have, d.want) - EPS:
+                useful = max(useful, enough)  # out of the crowd is the fix, whatever the maths say
+            if useful >= enough:
+                out.append(_Candidate(make(min(d.want, after) / n, after, ref(victim)), after, useful))
+
+    def why(after: float, replaces: SlotRef | None) -> str:
+        if replaces is None:
+            return f"{n + 1} replicas hold {after:.1f}"
+        if d.late:
+            return f"moving it out of {replaces.id}, where it misses its SLO, the {n} replicas hold {after:.1f}"
+        return f"moving its tightest replica out of {replaces.id}, the {n} replicas hold {after:.1f}"
+
+    for p in plan.placements:
+        if not p.models or any(x.name == model.name for x in p.models):
+            continue
+        if not crowd_ok([x.name for x in p.models] + [model.name], demands):
+            continue
+        r = room(plan, p, model)
+        cand(r, lambda rate, after, rp, p=p, r=r: AddReplica(
+            model=model.name, slot=ref(p), rate_rps=rate, cost_per_hour=0.0, ready_in_s=load_s, replaces=rp,
+            reason=f"{head}; {p.id} has room for {r:.1f} rps beside {', '.join(x.name for x in p.models)}: "
+                   f"{why(after, rp)}, no new GPU"), shared=True)
+    for s in free_slots(plan):
+        r = empty_room(plan, s, model)
+        what = "warm-standby GPU" if s.slot == WHOLE else f"unused MIG instance {s.slot}"
+        cand(r, lambda rate, after, rp, s=s, r=r, what=what: SplitOut(
+            model=model.name, slot=s, rate_rps=rate, cost_per_hour=0.0, ready_in_s=load_s, replaces=rp,
+            reason=f"{head}; a slot of its own on the {what} {s.id} (paid already) holds {r:.1f} rps: "
+                   f"{why(after, rp)}"), shared=False)
+    for pool in plan.fleet.pools:
+        ng = new_gpu(plan, pool.name, starting)
+        if ng is None:
+            continue
+        price = gpu_price(plan, pool.name)
+        where = ("a new node" if ng.fresh_node else f"free GPU {ng.slot.gpu} of {ng.slot.node}"
+                 + (f" (node up in {ng.node_wait_s:.0f} s)" if ng.node_wait_s > 0 else ""))
+        lead = _lead_new_gpu(settings, model.memory_gb, ng.fresh_node, ng.node_wait_s)
+        r = empty_room(plan, ng.slot, model)
+        cand(r, lambda rate, after, rp, ng=ng, r=r, where=where, lead=lead, price=price: SplitOut(
+            model=model.name, slot=ng.slot, rate_rps=rate, cost_per_hour=price, ready_in_s=lead, new_gpu=True,
+            replaces=rp, reason=f"{head}; a {pool.gpu} on {where} holds {r:.1f} rps for {price:.2f}/h, serving in "
+                                f"{lead:.0f} s: {why(after, rp)}"), shared=False)
+        # A copy of a packed group this model is in: worth it when its other members are short too.
+        if d.late:
+            continue
+        for p in reps:
+            if p.pool != pool.name or len(p.models) < 2 or len(p.gpus) > 1:
+                continue
+            hot = [x.name for x in p.models if demands[x.name].deficit > EPS]
+            if len(hot) < 2:
+                continue
+            rates = tuple((x.name, x.rate_rps) for x in p.models)
+            glead = max(_lead_new_gpu(settings, plan.model(x.name).memory_gb, ng.fresh_node, ng.node_wait_s)
+                        for x in p.models)
+            try:
+                tent = apply(plan, [AddGroup(source=ref(p), slot=ng.slot, rates=rates, cost_per_hour=0.0, reason="")])
+            except ValueError:
+                continue
+            gains = {k: min(share_capacity(tent, k), demands[k].want) - demands[k].capacity for k in hot}
+            useful = sum(max(0.0, g) for g in gains.values())
+            after = share_capacity(tent, model.name)
+            if useful < enough or after <= have + t.min_useful_rps:
+                continue
+            out.append(_Candidate(AddGroup(
+                source=ref(p), slot=ng.slot, rates=rates, cost_per_hour=price, ready_in_s=glead,
+                reason=f"{len(hot)} members of {p.id} are short ("
+                       + ", ".join(f"{k} {demands[k].deficit:.1f} rps" for k in hot)
+                       + f"); a copy on {where} covers {useful:.1f} rps of it for {price:.2f}/h, serving in "
+                         f"{glead:.0f} s"), after, useful))
+    return out
+
+
+def _pick(cands: list[_Candidate], d: Demand, have: float) -> _Candidate | None:
+    """Cheapest per useful rps among actions that land before the forecast load passes what the
+    model holds now; if none does, the fastest (SLO risk during the cold start beats cost)."""
+    if not cands:
+        return None
+    if d.late:  # requests are late now: the fastest fix
+        return min(cands, key=lambda c: (c.action.ready_in_s, c.action.cost_per_hour / max(c.useful, EPS), -c.useful))
+    safe = [c for c in cands if d.load + d.slope * c.action.ready_in_s <= have + EPS]
+    if safe:
+        return min(safe, key=lambda c: (c.action.cost_per_hour / max(c.useful, EPS), c.action.ready_in_s, -c.useful))
+    return min(cands, key=lambda c: (c.action.ready_in_s, c.action.cost_per_hour / max(c.useful, EPS), -c.useful))
+
+
+def _take(plan: Plan, a: Action, settings: ScalingSettings, starting: dict[str, float] | None) -> Plan:
+    """Apply ``a``; a GPU on a node the plan did not have starts that node (noted in ``starting``)."""
+    nodes = {k[1] for k in paid_gpus(plan)}
+    plan = apply(plan, [a])
+    slot = getattr(a, "slot", None)
+    if starting is not None and isinstance(slot, SlotRef) and slot.node not in nodes:
+        starting[slot.node] = settings.cold_start.node_s + settings.cold_start.image_s
+    return plan
+
+
+def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: ScalingSettings,
+             starting: dict[str, float] | None = None, max_steps: int = 8) -> tuple[list[Action], Plan]:
+    """Cover ``model``'s deficit: room in its own slots first (free, instant), then one replica
+    at a time by :func:`_pick`, re-sharing the load evenly after each."""
+    d = demands[model.name]
+    actions: list[Action] = []
+    if d.late:
+        max_steps = 0  # the late signal lags a whole interval: one move, then look again
+    for _ in range(max_steps + 1):
+        have = share_capacity(plan, model.name)
+        n = len(plan.placements_of(model.name))
+        if have >= d.want - EPS:
+            plan, acts = reshare(plan, model.name, d.want,
+                                 f"{model.name} wants {d.want:.1f} rps; its {n} slot(s) have room for {have:.1f}")
+            return actions + acts, plan
+        if model.max_replicas is not None and n >= model.max_replicas:
+            break
+        c = _pick(_candidates(plan, model, have, demands, settings, starting), d, have)
+        if c is None:
+            break
+        plan = _take(plan, c.action, settings, starting)
+        actions.append(c.action)
+        if isinstance(c.action, AddGroup):
+            for k, _ in c.action.rates:
+                if k != model.name:
+                    plan, acts = reshare(plan, k, min(share_capacity(plan, k), max(demands[k].want, capacity(plan, k))),
+                                         f"{k}: one more replica from the group copy")
+                    actions += acts
+    have = share_capacity(plan, model.name)
+    plan, acts = reshare(plan, model.name, min(have, d.want),
+                         f"{model.name} wants {d.want:.1f} rps but only {have:.1f} can be placed "
+                         f"(max_replicas, pool limits)")
+    return actions + acts, plan
+
+
+def relieve(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: ScalingSettings,
+            starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
+    """A late model that is not short: move one replica out of its most crowded slot.
+
+    The slot maths said the group holds it, the requests say otherwise; more replicas beside the
+    crowd would still send it half the requests, so the replica leaves the crowd instead.
+    """
+    d = demands[model.name]
+    have = share_capacity(plan, model.name)
+    moves = [c for c in _candidates(plan, model, have, demands, settings, starting)
+             if getattr(c.action, "replaces", None) is not None]
+    c = _pick(moves, d, have)
+    if c is None:
+        return [], plan
+    plan = _take(plan, c.action, settings, starting)
+    plan, acts = reshare(plan, model.name, min(share_capacity(plan, model.name), max(d.want, have)),
+                         f"{model.name}: re-shared after leaving a crowded slot")
+    return [c.action] + acts, plan

@@ -5,8 +5,9 @@ Main loop, one cycle (every ``interval_s``):
 1. Leader? Only the holder of the Lease goes on; followers read the Lease and nothing else.
 2. Observe: the fleet ConfigMap, the GPU nodes, every object of the managed kinds in the managed
    namespaces (owned or not), and the status ConfigMap holding the last plan and policy state.
-3. Decide the plan: keep the stored plan while the fleet (after the scaling policy) is unchanged;
-   else re-plan, migration-aware, with the stored plan as ``current``.
+3. Decide the plan: an edited fleet means a re-plan, migration-aware, with the stored plan as
+   ``current``; else the scaling policy (if plugged in) may move the plan with live load; else
+   the stored plan stays.
 4. Diff (pure): render the plan, compare with what is live, bind logical nodes to real ones.
 5. Gate (pure): safe order and the per-cycle disruption budget; the rest waits, with reasons.
 6. Act, each call retried with backoff; then record Events and the status ConfigMap, both only
@@ -44,12 +45,8 @@ log = logging.getLogger("packer.reconciler")
 
 Planner = Callable[[Fleet, "Plan | None"], Plan]
 """(fleet, current plan or None) -> new plan. Migration-aware planners keep what they can."""
-Policy = Callable[[Fleet, "Plan | None", dict[str, float], dict[str, Any], float],
-                  tuple[Fleet, dict[str, Any], list[str]]]
-"""(declared fleet, current plan, observed rps per model, policy state, now) ->
-(fleet to plan for, new state, reasons). The scaling policy plugs in here."""
-Signals = Callable[["Plan | None", list[dict[str, Any]]], dict[str, float]]
-"""(current plan, live owned objects) -> observed requests per second per model."""
+SignalSource = Callable[["Plan | None", list[dict[str, Any]]], dict[str, Any]]
+"""(deployed plan, live objects) -> per-model load signals (see :class:`k8s.scaling.TritonSignals`)."""
 
 ROLE_LABEL = "packer.dev/role"
 FLEET_KEY = "fleet.yaml"
@@ -63,12 +60,6 @@ def default_planner(time_limit_s: float = 20.0) -> Planner:
 
         return plan_fleet(fleet, PlanSettings(time_limit_s=time_limit_s), current=current)
     return plan
-
-
-def declared_traffic(fleet: Fleet, plan: Plan | None, rps: dict[str, float], state: dict[str, Any],
-                     now: float) -> tuple[Fleet, dict[str, Any], list[str]]:
-    """The policy used when none is given: plan for the traffic the fleet file declares."""
-    return fleet, state, []
 
 
 @dataclass
@@ -98,6 +89,8 @@ class CycleReport:
     writes: int = 0
     """Writes to anything but the Lease: serving objects, node labels, status and Events."""
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per step: observe (API reads), plan, diff (render + diff + gate), act, record."""
 
     @property
     def diff_id(self) -> str:
@@ -143,20 +136,25 @@ def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> l
 
 class Reconciler:
     def __init__(self, cluster: Cluster, settings: ReconcileSettings | None = None, *,
-                 planner: Planner | None = None, policy: Policy | None = None,
-                 signals: Signals | None = None, identity: str | None = None,
+                 planner: Planner | None = None, signals: SignalSource | None = None,
+                 scaler: Any = None, identity: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.s = settings or ReconcileSettings()
         self.ns = self.s.render.namespace
         self.planner = planner or default_planner()
-        self.policy = policy or declared_traffic
         self.signals = signals
+        self.scaler = scaler
+        """A :data:`k8s.scaling.Scaler`; with ``signals`` it moves the plan with live traffic."""
         self.clock = clock
         self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
         self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
         self.last: CycleReport | None = None
         self.unbound: list[str] = []
+        self.policy_state: dict[str, Any] | None = None
+        """The scaling policy's hysteresis, kept in memory while leading and checkpointed to the
+        status ConfigMap every ``policy_checkpoint_s`` (or with any other change): new samples
+        every cycle must not turn every quiet cycle into a write."""
         self.history: list[dict[str, Any]] = []
         self.cycles = 0
         self.last_cycle_end = 0.0
@@ -203,26 +201,37 @@ class Reconciler:
     # -- decide -------------------------------------------------------------------------------
 
     def choose_plan(self, obs: Observed, now: float) -> tuple[Plan | None, str, dict[str, Any], list[str]]:
-        """(plan, why it was re-planned or '' if kept, policy state, errors)."""
-        state = dict(obs.summary.get("policy_state") or {})
+        """(plan, why it changed or '' if kept, scaling policy state, errors).
+
+        An edited fleet ConfigMap is authoritative: re-plan, migration-aware. Otherwise the
+        scaling policy, given live signals, may move the deployed plan; else it stays.
+        """
+        state = dict(self.policy_state if self.policy_state is not None else
+                     obs.summary.get("policy_state") or {})
         if obs.fleet_doc is None:
             return obs.stored_plan, "", state, [f"no fleet: create ConfigMap {self.s.fleet_configmap} "
                                                 f"with key {FLEET_KEY}"]
         try:
-            declared = parse_fleet(obs.fleet_doc, f"configmap/{self.s.fleet_configmap}")
+            fleet = parse_fleet(obs.fleet_doc, f"configmap/{self.s.fleet_configmap}")
         except UserError as e:
             return obs.stored_plan, "", state, [f"fleet ConfigMap: {e}"]
-        rps = self.signals(obs.stored_plan, obs.live) if self.signals else {}
-        fleet, state, reasons = self.policy(declared, obs.stored_plan, rps, state, now)
         fleet_hash = N.digest(fleet_to_dict(fleet), 16)
-        if obs.stored_plan is not None and obs.summary.get("fleet_hash") == fleet_hash:
-            return obs.stored_plan, "", state, []
-        why = "no plan yet" if obs.stored_plan is None else "; ".join(reasons) or "fleet changed"
+        stored = obs.stored_plan
         try:
-            plan = self.planner(fleet, obs.stored_plan)
+            if stored is None or obs.summary.get("fleet_hash") != fleet_hash:
+                why = "no plan yet" if stored is None else "fleet changed"
+                return self.planner(fleet, stored), why, state | {"_fleet_hash": fleet_hash}, []
+            if self.scaler is None or self.signals is None:
+                return stored, "", state, []
+            signals = self.signals(stored, obs.live)
+            if not signals:
+                return stored, "", state, []
+            new, state, reasons = self.scaler(stored, signals, state, now, lambda p: self.planner(p.fleet, p))
+            if new is None or new.id == stored.id:
+                return stored, "", state, []
+            return new, "scaling: " + "; ".join(reasons), state, []
         except UserError as e:
-            return obs.stored_plan, "", state, [f"planning failed, keeping the last plan: {e}"]
-        return plan, why, state | {"_fleet_hash": fleet_hash}, []
+            return stored, "", state, [f"planning failed, keeping the last plan: {e}"]
 
     def desired(self, plan: Plan, obs: Observed) -> tuple[list[Action], list[Conflict], list[dict], dict[str, str]]:
         objs = render_plan(plan, self.s.render)
@@ -298,9 +307,11 @@ class Reconciler:
             self._event(kind, ns or self.ns, name, reason, message, typ, stamp)
         last = list(prev.get("last_actions") or [])
         last += [{"at": stamp, "action": a.describe()} for a in rep.done]
+        fleet_hash = state.pop("_fleet_hash", prev.get("fleet_hash"))
+        self.policy_state = state
         summary = {
             "plan_id": plan.id if plan else None,
-            "fleet_hash": state.pop("_fleet_hash", prev.get("fleet_hash")),
+            "fleet_hash": fleet_hash,
             # rounded as the stored plan is: a re-read plan must not look like a change
             "cost_per_hour": round(plan.cost_per_hour, 4) if plan else None,
             "lower_bound_cost_per_hour": round(plan.lower_bound_cost_per_hour, 4) if plan else None,
@@ -310,14 +321,20 @@ class Reconciler:
             "conflicts": conflicts, "errors": errors, "warnings": sorted(rep.warnings),
             "policy_state": state,
         }
-        data = {"summary.json": json.dumps(summary, indent=1, sort_keys=True)}
         binary = {}
         if plan is not None:
             raw = json.dumps(to_dict(plan), sort_keys=True).encode()
             binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
         st = obs.status
-        if st is not None and st.get("data") == data and (st.get("binaryData") or {}) == binary:
-            return
+        same_blob = st is not None and (st.get("binaryData") or {}) == binary
+        quiet = {k: v for k, v in summary.items() if k != "policy_state"}
+        if same_blob and quiet == {k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
+            saved = prev.get("policy_saved_at")
+            if prev.get("policy_state") == state or (
+                    saved is not None and now - saved < self.s.policy_checkpoint_s):
+                return
+        summary["policy_saved_at"] = now if prev.get("policy_state") != state else prev.get("policy_saved_at", now)
+        data = {"summary.json": json.dumps(summary, indent=1, sort_keys=True)}
         body = {"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": self.s.status_configmap, "namespace": self.ns,
                              "labels": {N.MANAGED_BY: N.MANAGER, ROLE_LABEL: "status"}},
@@ -366,6 +383,7 @@ class Reconciler:
         try:
             if not dry_run and not self.elector.ensure(now):
                 rep.leader = False
+                self.policy_state = None  # the leader's copy is the truth now
             else:
                 self._cycle(rep, now, dry_run, expect)
         except ApiError as e:
@@ -383,8 +401,18 @@ class Reconciler:
         return rep
 
     def _cycle(self, rep: CycleReport, now: float, dry_run: bool, expect: str | None = None) -> None:
+        t = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal t
+            t2 = time.perf_counter()
+            rep.phases[name] = round(t2 - t, 4)
+            t = t2
+
         obs = self.observe()
+        lap("observe")
         plan, why, state, errors = self.choose_plan(obs, now)
+        lap("plan")
         rep.errors += errors
         rep.plan, rep.replanned = plan, why
         if plan is None:
@@ -394,11 +422,12 @@ class Reconciler:
         rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
         actions, conflicts, objs, binding = self.desired(plan, obs)
         rep.conflicts = conflicts
-        rep.warnings += [f"plan node {n} has no real node in its pool yet: its MIG servers stay Pending"
+        rep.warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait"
                          for n in self.unbound]
         g = gate(actions, objs, obs.live, binding, obs.nodes, self.s.max_disruptions_per_cycle)
         rep.waiting = g.waiting
         rep.done = g.now
+        lap("diff")
         if dry_run:
             return
         if expect is not None and rep.diff_id != expect:
@@ -408,7 +437,9 @@ class Reconciler:
             return
         done, more_conflicts, act_errors = self.act(g.now)
         rep.done, rep.conflicts, rep.errors = done, conflicts + more_conflicts, rep.errors + act_errors
+        lap("act")
         self.record(obs, plan, state, rep, now)
+        lap("record")
 
     def run(self, stop: threading.Event) -> None:
         """Cycle every ``interval_s`` until ``stop`` is set; errors back off to the next cycle."""

@@ -91,13 +91,29 @@ def spec_hash(obj: dict[str, Any]) -> str:
     return N.digest({**obj, "metadata": meta}, 16)
 
 
+_plan_ids: dict[int, tuple[Plan, str]] = {}
+
+
+def _plan_id(plan: Plan) -> str:
+    """``plan.id`` hashes every placement: compute it once per plan, not once per object."""
+    hit = _plan_ids.get(id(plan))
+    if hit is None or hit[0] is not plan:
+        _plan_ids.clear()
+        hit = _plan_ids[id(plan)] = (plan, plan.id)
+    return hit[1]
+
+
+def _models_by_name(plan: Plan) -> dict[str, Any]:
+    return {m.name: m for m in plan.fleet.models}
+
+
 def _meta(name: str, namespace: str, plan: Plan, labels: dict[str, str] | None = None,
           annotations: dict[str, str] | None = None) -> dict[str, Any]:
     return {
         "name": name,
         "namespace": namespace,
         "labels": {N.MANAGED_BY: N.MANAGER, "app.kubernetes.io/part-of": N.dns_label(plan.fleet.name, prefix=""),
-                   N.PLAN_LABEL: plan.id, **(labels or {})},
+                   N.PLAN_LABEL: _plan_id(plan), **(labels or {})},
         "annotations": dict(annotations or {}),
     }
 
@@ -119,22 +135,28 @@ def _pdb_components(plan: Plan) -> dict[str, str]:
     members: dict[str, list[str]] = defaultdict(list)
     for m in {m for ms in pods for m in ms}:
         members[find(m)].append(m)
+    npods: dict[str, int] = defaultdict(int)
+    for ms in pods:
+        if ms:
+            npods[find(ms[0])] += 1
+    min_replicas = {m.name: m.min_replicas for m in plan.fleet.models}
     out: dict[str, str] = {}
-    for ms in members.values():
-        npods = sum(1 for p in pods if set(p) & set(ms))
-        if npods >= 2 and any(plan.model(m).min_replicas >= 2 for m in ms):
+    for root, ms in members.items():
+        if npods[root] >= 2 and any(min_replicas[m] >= 2 for m in ms):
             name = N.dns_label("pdb-" + min(ms))
             out.update({m: name for m in ms})
     return out
 
 
-def repository_configmap(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
+def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
+                         models: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the init container needs to build the group's model repository."""
     data = {"models": "\n".join(g.models) + "\n", "fetch.sh": FETCH_SCRIPT}
     # Replica indices are left out: a re-plan that renumbers replicas changes nothing that runs.
     members = []
+    models = models or _models_by_name(plan)
     for mem in sorted((m for m in g.placement.models if m.kind == g.kind), key=lambda m: m.name):
-        model = plan.model(mem.name)
+        model = models[mem.name]
         art = model.artifact
         members.append({"name": mem.name, "batch_size": mem.batch_size,
                         "slo_ms": mem.slo_ms,
@@ -349,8 +371,9 @@ def render_plan(plan: Plan, s: RenderSettings | None = None) -> list[dict[str, A
     mig = mig_parted_configmap(plan, s)
     if mig is not None:
         out.append(mig)
+    models = _models_by_name(plan)
     for g in groups(plan):
-        repo = repository_configmap(plan, g, s)
+        repo = repository_configmap(plan, g, s, models)
         out += [repo, deployment(plan, g, s, comps, repo), service(plan, g, s)]
     out += pdbs(plan, s, comps)
     return out

@@ -49,6 +49,9 @@ class ReconcileSettings:
     """Per-request timeout: a hung API server must not stall the loop forever."""
     fleet_configmap: str = "packer-fleet"
     status_configmap: str = "packer-status"
+    policy_checkpoint_s: float = 300.0
+    """How stale the scaling policy's saved hysteresis may get: a restart loses at most this much
+    of its sample window (which only delays a scale-down), and quiet cycles write nothing."""
     identity: str = ""
     """Leader-election identity; empty means the pod name (``HOSTNAME``)."""
     render: RenderSettings = field(default_factory=RenderSettings)

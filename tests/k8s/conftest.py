@@ -203,7 +203,8 @@ class Harness:
         scale = fleet.model("asr").traffic.rps / FLEET_DOC["models"][0]["traffic"]["rps"]
         return build_plan(self.slots_by_scale[round(scale, 3)], fleet_doc(scale))
 
-    def reconciler(self, identity: str = "r1", clock: Any = None, **kw: Any) -> Any:
+    def reconciler(self, identity: str = "r1", clock: Any = None, *, planner: Any = None, signals: Any = None,
+                   scaler: Any = None, **kw: Any) -> Any:
         import time as _t
 
         from k8s.cluster import Cluster
@@ -211,8 +212,8 @@ class Harness:
         from k8s.settings import ReconcileSettings
 
         s = ReconcileSettings(backoff_base_s=0.01, backoff_max_s=0.05, request_timeout_s=2.0, **kw)
-        return Reconciler(Cluster(self.api_client(), s), s, planner=self.planner, identity=identity,
-                          clock=clock or _t.time)
+        return Reconciler(Cluster(self.api_client(), s), s, planner=planner or self.planner, identity=identity,
+                          clock=clock or _t.time, signals=signals, scaler=scaler)
 
     def objects(self, kind_plural: str, namespace: str | None = NS) -> dict[str, dict]:
         out: dict[str, dict] = {}

@@ -1,0 +1,107 @@
+"""The scaling policy in the loop: Triton metrics of the groups the reconciler runs, fed to
+``packer.scaling.decide``; its actions applied to the deployed plan give the next plan.
+
+Two pieces, each pluggable into :class:`k8s.reconciler.Reconciler`:
+
+* :class:`TritonSignals` scrapes every owned group Service's metrics port and turns two
+  consecutive scrapes into per-model :class:`packer.scaling.Signals` (summed over replicas).
+  The previous scrape lives in memory: after a restart the first cycle only takes a baseline.
+* :func:`packer_scaler` runs the policy; its hysteresis state round-trips through JSON so the
+  reconciler keeps it in the status ConfigMap and a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from k8s import names as N
+from k8s.render import METRICS_PORT
+from packer.errors import UserError
+from packer.plan import Plan
+from packer.scaling import ModelState, Replan, ScalingSettings, ScalingState, Signals, apply, decide
+
+Scaler = Callable[[Plan, dict[str, Signals], dict[str, Any], float, Callable[[Plan], Plan]],
+                  tuple["Plan | None", dict[str, Any], list[str]]]
+"""(deployed plan, signals, JSON policy state, now, re-plan) -> (next plan or None, state, reasons)."""
+
+
+def service_url(namespace: str) -> Callable[[str], str]:
+    """In-cluster DNS name of a group Service's metrics endpoint."""
+    return lambda name: f"http://{name}.{namespace}.svc:{METRICS_PORT}/metrics"
+
+
+class TritonSignals:
+    """Per-model load from the Triton servers of the owned groups, as the policy reads it."""
+
+    def __init__(self, url_of: Callable[[str], str], *, clock: Callable[[], float],
+                 timeout_s: float = 2.0, workers: int = 16) -> None:
+        self.url_of, self.clock, self.timeout_s, self.workers = url_of, clock, timeout_s, workers
+        self.prev: dict[str, Any] = {}
+        self.failures: list[str] = []
+
+    def __call__(self, plan: Plan | None, live: list[dict[str, Any]]) -> dict[str, Signals]:
+        from serving import metrics
+
+        names = sorted(o["metadata"]["name"] for o in live if o.get("kind") == "Service" and N.owned(o)
+                       and N.CLASS_LABEL in (o["metadata"].get("labels") or {}))
+        now = self.clock()
+
+        def one(name: str) -> tuple[str, Any]:
+            try:
+                return name, metrics.scrape(self.url_of(name), now, timeout_s=self.timeout_s)
+            except UserError as e:
+                return name, e
+
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            scrapes = dict(pool.map(one, names))
+        self.failures = sorted(f"{n}: {s}" for n, s in scrapes.items() if isinstance(s, Exception))
+        out: dict[str, Signals] = {}
+        for name, cur in scrapes.items():
+            prev = self.prev.get(name)
+            if isinstance(cur, Exception) or prev is None or cur.at_s <= prev.at_s:
+                continue
+            for model, s in metrics.signals(prev, cur).items():
+                late = s.failure_rate / s.request_rate if s.request_rate > 0 else 0.0
+                o = out.get(model, Signals(model))
+                out[model] = Signals(model, in_flight=o.in_flight, queued=o.queued + s.pending,
+                                     arrival_rps=o.arrival_rps + s.request_rate,
+                                     queue_ms=max(o.queue_ms, s.queue_ms), late_share=max(o.late_share, late))
+        self.prev = {n: s for n, s in scrapes.items() if not isinstance(s, Exception)}
+        return out
+
+
+def state_to_json(state: ScalingState) -> dict[str, Any]:
+    return dataclasses.asdict(state)
+
+
+def state_from_json(doc: dict[str, Any] | None) -> ScalingState:
+    if not doc:
+        return ScalingState()
+    models = {
+        k: ModelState(**{f: (tuple(tuple(x) for x in v) if f in ("samples", "wants") else v)
+                         for f, v in m.items()})
+        for k, m in (doc.get("models") or {}).items()
+    }
+    return ScalingState(models=models, since=doc.get("since"), last_replan=doc.get("last_replan"),
+                        last_down_try=doc.get("last_down_try"), starting=dict(doc.get("starting") or {}))
+
+
+def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
+    """The project's policy: decide, then apply its actions (or re-plan when it asks to)."""
+    s = settings or ScalingSettings()
+
+    def scale(plan: Plan, signals: dict[str, Signals], state: dict[str, Any], now: float,
+              replan: Callable[[Plan], Plan]) -> tuple[Plan | None, dict[str, Any], list[str]]:
+        known = {m.name for m in plan.fleet.models}
+        actions, st = decide(plan, {k: v for k, v in signals.items() if k in known}, state_from_json(state),
+                             now, s)
+        reasons = [f"{a.summary()}: {a.reason}" for a in actions]
+        if not actions:
+            return None, state_to_json(st), []
+        if any(isinstance(a, Replan) for a in actions):
+            return replan(plan), state_to_json(st), reasons
+        return apply(plan, actions), state_to_json(st), reasons
+    return scale

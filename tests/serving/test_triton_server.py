@@ -20,13 +20,14 @@ from tritonclient.utils import InferenceServerException
 
 from packer.errors import UserError
 from packer.plan import save_plan
+from serving.config import timing
 from serving.control import ServerControl, digest
 from serving.group import placement, plan_of
 from serving.local import LocalTriton
 from serving.metrics import scrape, signals
 from serving.repository import group_repositories, repositories, write_repository
 from serving.settings import RenderSettings
-from triton_helpers import FAST, meetings_plan, one, planned
+from triton_helpers import FAST, fleet, meetings_plan, one, planned
 
 pytestmark = pytest.mark.slow
 LIVE = RenderSettings(device="cpu", sequence_idle_s=1.0)  # real-time stand-ins, short idle for drains
@@ -208,3 +209,37 @@ def test_a_model_that_cannot_load_stops_the_server_with_its_log(plan, tmp_path):
     bad = replace(repo, models=(replace(repo.models[0], files={"1/model.py": b"raise SystemExit('broken stand-in')"}),))
     with pytest.raises(UserError, match="asr-es"):
         LocalTriton(write_repository(bad, tmp_path / "bad"), start_timeout_s=60).start()
+
+
+def test_models_sharing_a_slot_take_turns_on_it(tmp_path):
+    """With the slot rate limiter, two packed models' batches run one after the other (the duty
+    cycle the plan's shares assume); without it Triton would run them at the same time."""
+    f = fleet("long-tail")
+    p = placement(f, "l4", [("ft-0002", 1.0), ("ft-0003", 1.0)])
+    assert [m.batch_size for m in p.models] == [1, 1]  # preferred batch 1: dispatched on arrival
+    settings = RenderSettings(device="cpu", time_scale=10.0)
+    (repo,) = group_repositories(plan_of(f, [p]), p, settings)
+    run = {m.name: timing(f, p, m.name, settings).run_ms * settings.time_scale for m in p.models}
+    free = replace(repo, models=tuple(replace(m, config=_without_rate_limiter(m.config)) for m in repo.models))
+
+    def both_at_once(server: LocalTriton) -> float:
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(2) as ex:
+            list(ex.map(lambda n: grpcclient.InferenceServerClient(server.grpc_url).infer(n, [one(1.0)]), run))
+        return (time.monotonic() - t0) * 1000
+
+    with LocalTriton(write_repository(repo, tmp_path / "shared")) as s:
+        both_at_once(s)  # first calls pay for connections
+        turns = min(both_at_once(s) for _ in range(2))
+    with LocalTriton(write_repository(free, tmp_path / "free")) as s:
+        both_at_once(s)
+        parallel = min(both_at_once(s) for _ in range(2))
+    assert turns >= 0.95 * sum(run.values()), (turns, run)
+    assert parallel < max(run.values()) + 0.5 * min(run.values()), (parallel, run)
+
+
+def _without_rate_limiter(cfg):
+    out = type(cfg)()
+    out.CopyFrom(cfg)
+    out.instance_group[0].ClearField("rate_limiter")
+    return out

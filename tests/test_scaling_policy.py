@@ -264,3 +264,13 @@ def test_every_action_carries_a_reason_and_a_cost():
         assert a.reason.strip() and a.summary().strip()
         assert isinstance(a.cost_per_hour, float) and math.isfinite(a.cost_per_hour)
         assert a.ready_in_s >= 0
+
+
+def test_batch_models_scale_on_arrivals_not_their_queue():
+    f = fleet(**{"asr-b": {"kind": "batch"}})
+    plan = tiny_plan(f)
+    signals = {"asr-a": Signals("asr-a", arrival_rps=10.0, queued=100.0),
+               "asr-b": Signals("asr-b", arrival_rps=10.0, queued=100.0)}
+    d, _ = observe(plan, signals, ScalingState(), 0.0, EXACT)
+    assert d["asr-b"].load == pytest.approx(10.0)  # a batch queue fills by design
+    assert d["asr-a"].load > 100.0  # a streaming queue of 100 is load: 100 / sojourn

@@ -165,18 +165,11 @@ class SlotServer:
         if noise is not None and not noise:
             noise = self._refill_noise()
             ni = 0
-        # Per-member state in local lists: attribute lookups cost more than the maths here.
-        Q = [m.q for m in mems]
+        # Per-member constants in one tuple each, and the heads in a list: attribute lookups and
+        # repeated indexing cost more than the maths here.
         H = [m.h for m in mems]
-        REC = [m.rec for m in mems]
-        REJ = [m.rej for m in mems]
-        TO = [m.cfg.timeout_s for m in mems]
-        MB = [m.cfg.max_batch for m in mems]
-        DL = [m.cfg.delay_s for m in mems]
-        PF = [m.cfg.preferred - 1 for m in mems]
-        BA = [m.cfg.base_s for m in mems]
-        PI = [m.cfg.per_item_s for m in mems]
-        RA = [m.ready_at for m in mems]
+        C = [(m.q, m.rec, m.rej, m.cfg.timeout_s, m.cfg.max_batch, m.cfg.delay_s, m.cfg.preferred - 1,
+              m.cfg.base_s, m.cfg.per_item_s, m.ready_at) for m in mems]
         # R[i]: when member i's batch would be ready if the slot were free (INF: empty queue). It
         # changes only when i is served, so each batch costs O(1) Python plus a min() over members.
         R = [_ready(m) for m in mems]
@@ -197,33 +190,32 @@ class SlotServer:
                 if bt >= t_end:
                     break
                 i = R.index(bt)
-            q = Q[i]
+            q, rec, rej, to, mb, dl, pf, ba, pi, ra = C[i]
             h = H[i]
             nq = len(q)
-            if TO[i] < INF:
-                cut = bt - TO[i]
+            if to < INF:
+                cut = bt - to
                 if q[h] < cut:
                     j = bisect_left(q, cut, h, nq)
-                    REJ[i].extend((h, j))
+                    rej.extend((h, j))
                     H[i] = h = j
                     if h >= nq or q[h] > bt:
                         if h < nq:
-                            t = q[h] + DL[i]
-                            j = h + PF[i]
+                            t = q[h] + dl
+                            j = h + pf
                             if j < nq and q[j] < t:
                                 t = q[j]
-                            R[i] = t if t > RA[i] else RA[i]
+                            R[i] = t if t > ra else ra
                         else:
                             R[i] = INF
                         continue
-            mb = MB[i]
             top = h + mb
             hi = bisect_right(q, bt, h, top if top < nq else nq)
             b = hi - h
-            if b < mb and b > PF[i] + 1 and q[h] + DL[i] > bt:
-                b = PF[i] + 1  # dispatched for reaching the preferred size: send exactly that
+            if b < mb and b > pf + 1 and q[h] + dl > bt:
+                b = pf + 1  # dispatched for reaching the preferred size: send exactly that
                 hi = h + b
-            run = BA[i] + PI[i] * b
+            run = ba + pi * b
             if noise is not None:
                 if ni >= len(noise):
                     noise = self._refill_noise()
@@ -231,16 +223,16 @@ class SlotServer:
                 run *= noise[ni]
                 ni += 1
             F = bt + run
-            REC[i].extend((h, hi, bt, F))
+            rec.extend((h, hi, bt, F))
             H[i] = hi
             busy += run
             last = i
             if hi < nq:
-                t = q[hi] + DL[i]
-                j = hi + PF[i]
+                t = q[hi] + dl
+                j = hi + pf
                 if j < nq and q[j] < t:
                     t = q[j]
-                R[i] = t if t > RA[i] else RA[i]
+                R[i] = t if t > ra else ra
             else:
                 R[i] = INF
         for m, h in zip(mems, H):

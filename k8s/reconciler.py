@@ -64,7 +64,7 @@ def default_planner(time_limit_s: float = 20.0) -> Planner:
 
 @dataclass
 class Observed:
-    fleet_doc: Any
+    fleet_text: str | None
     nodes: list[dict[str, Any]]
     live: list[dict[str, Any]]
     status: dict[str, Any] | None
@@ -151,6 +151,11 @@ class Reconciler:
         self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
         self.last: CycleReport | None = None
         self.unbound: list[str] = []
+        self._fleet: tuple[str, Fleet, str] | None = None
+        """(fleet ConfigMap text, parsed fleet, its hash): parse only when the text changes."""
+        self._rendered: tuple[Plan, list[dict[str, Any]]] | None = None
+        self._blob: tuple[str, Plan] | None = None
+        """(stored plan blob, decoded plan): decode only when the status ConfigMap's blob changes."""
         self.policy_state: dict[str, Any] | None = None
         """The scaling policy's hysteresis, kept in memory while leading and checkpointed to the
         status ConfigMap every ``policy_checkpoint_s`` (or with any other change): new samples
@@ -181,22 +186,21 @@ class Reconciler:
         by_name = {o["metadata"]["name"]: o for o in live if o["kind"] == "ConfigMap"
                    and o["metadata"].get("namespace", self.ns) == self.ns}
         fleet_cm, status = by_name.get(s.fleet_configmap), by_name.get(s.status_configmap)
-        fleet_doc = None
-        if fleet_cm is not None:
-            import yaml
-
-            fleet_doc = yaml.safe_load((fleet_cm.get("data") or {}).get(FLEET_KEY) or "null")
+        fleet_text = None if fleet_cm is None else (fleet_cm.get("data") or {}).get(FLEET_KEY)
         summary: dict[str, Any] = {}
         stored = None
         if status is not None and N.owned(status):
             summary = json.loads((status.get("data") or {}).get("summary.json") or "{}")
             blob = (status.get("binaryData") or {}).get("plan.json.gz")
-            if blob:
+            if blob and self._blob is not None and blob == self._blob[0]:
+                stored = self._blob[1]  # decoding re-validates the whole fleet: skip when unchanged
+            elif blob:
                 try:
                     stored = from_dict(json.loads(gzip.decompress(base64.b64decode(blob))))
+                    self._blob = (blob, stored)
                 except (ValueError, KeyError, UserError, OSError) as e:
                     log.warning("stored plan unreadable, planning afresh: %s", e)
-        return Observed(fleet_doc, nodes, live, status, summary, stored)
+        return Observed(fleet_text, nodes, live, status, summary, stored)
 
     # -- decide -------------------------------------------------------------------------------
 
@@ -208,14 +212,20 @@ class Reconciler:
         """
         state = dict(self.policy_state if self.policy_state is not None else
                      obs.summary.get("policy_state") or {})
-        if obs.fleet_doc is None:
+        if obs.fleet_text is None:
             return obs.stored_plan, "", state, [f"no fleet: create ConfigMap {self.s.fleet_configmap} "
                                                 f"with key {FLEET_KEY}"]
-        try:
-            fleet = parse_fleet(obs.fleet_doc, f"configmap/{self.s.fleet_configmap}")
-        except UserError as e:
-            return obs.stored_plan, "", state, [f"fleet ConfigMap: {e}"]
-        fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+        if self._fleet is not None and self._fleet[0] == obs.fleet_text:
+            fleet, fleet_hash = self._fleet[1], self._fleet[2]  # validating 500 models takes seconds
+        else:
+            import yaml
+
+            try:
+                fleet = parse_fleet(yaml.safe_load(obs.fleet_text), f"configmap/{self.s.fleet_configmap}")
+            except (UserError, yaml.YAMLError) as e:
+                return obs.stored_plan, "", state, [f"fleet ConfigMap: {e}"]
+            fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+            self._fleet = (obs.fleet_text, fleet, fleet_hash)
         stored = obs.stored_plan
         try:
             if stored is None or obs.summary.get("fleet_hash") != fleet_hash:
@@ -234,7 +244,9 @@ class Reconciler:
             return stored, "", state, [f"planning failed, keeping the last plan: {e}"]
 
     def desired(self, plan: Plan, obs: Observed) -> tuple[list[Action], list[Conflict], list[dict], dict[str, str]]:
-        objs = render_plan(plan, self.s.render)
+        if self._rendered is None or self._rendered[0] is not plan:
+            self._rendered = (plan, render_plan(plan, self.s.render))
+        objs = list(self._rendered[1])  # same plan, same objects: render once (never mutated)
         live_by = {key(o): o for o in obs.live}
         for i, o in enumerate(objs):
             if o["kind"] == "ConfigMap" and o["metadata"]["name"] == MIG_PARTED_CONFIGMAP:
@@ -323,8 +335,12 @@ class Reconciler:
         }
         binary = {}
         if plan is not None:
-            raw = json.dumps(to_dict(plan), sort_keys=True).encode()
-            binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+            if self._blob is not None and self._blob[1] is plan:
+                binary["plan.json.gz"] = self._blob[0]
+            else:
+                raw = json.dumps(to_dict(plan), sort_keys=True).encode()
+                binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
+                self._blob = (binary["plan.json.gz"], plan)
         st = obs.status
         same_blob = st is not None and (st.get("binaryData") or {}) == binary
         quiet = {k: v for k, v in summary.items() if k != "policy_state"}
@@ -381,7 +397,9 @@ class Reconciler:
         lease_writes = self.cluster.lease_writes
         rep = CycleReport(leader=True, dry_run=dry_run)
         try:
-            if not dry_run and not self.elector.ensure(now):
+            leading = dry_run or self.elector.ensure(now)
+            rep.phases["lease"] = round(time.perf_counter() - t0, 4)
+            if not leading:
                 rep.leader = False
                 self.policy_state = None  # the leader's copy is the truth now
             else:

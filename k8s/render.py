@@ -26,16 +26,24 @@ DEVICE_PLUGIN_CONFIGMAP = "packer-device-plugin"
 MIG_PARTED_CONFIGMAP = "packer-mig-parted"
 
 FETCH_SCRIPT = """\
-# Build the Triton model repository in /models from the group's ConfigMap (mounted at /config):
-# each model gets its config.pbtxt and its artifact (http(s) download or a file:// copy).
+# Build the Triton model repository in $MODELS (/models) from the group's ConfigMap, mounted at
+# $CONFIG (/config). Keys <model>__<path, / written as __> are repository files (config.pbtxt, a
+# stand-in's 1/model.py); <model>.uri names an artifact to fetch as <model>/1/<model>.filename.
 set -eu
-for m in $(cat /config/models); do
-  mkdir -p "/models/$m/1"
-  if [ -f "/config/$m.config.pbtxt" ]; then cp "/config/$m.config.pbtxt" "/models/$m/config.pbtxt"; fi
-  uri=$(cat "/config/$m.uri" 2>/dev/null || true)
+C="${CONFIG:-/config}"; M="${MODELS:-/models}"
+for m in $(cat "$C/models"); do
+  mkdir -p "$M/$m/1"
+  for f in "$C/$m"__*; do
+    [ -e "$f" ] || continue
+    rel=$(basename "$f" | sed "s|^${m}__||; s|__|/|g")
+    mkdir -p "$(dirname "$M/$m/$rel")"
+    cp "$f" "$M/$m/$rel"
+  done
+  uri=$(cat "$C/$m.uri" 2>/dev/null || true)
+  dst="$M/$m/1/$(cat "$C/$m.filename" 2>/dev/null || basename "$uri")"
   case "$uri" in
-    http://*|https://*) wget -q -O "/models/$m/1/$(basename "$uri")" "$uri" ;;
-    file://*) cp -r "${uri#file://}" "/models/$m/1/" ;;
+    http://*|https://*) wget -q -O "$dst" "$uri" ;;
+    file://*) cp -r "${uri#file://}" "$dst" ;;
     "") ;;
     *) echo "model $m: unsupported artifact uri $uri (use http(s):// or file://)" >&2; exit 1 ;;
   esac
@@ -148,18 +156,38 @@ def _pdb_components(plan: Plan) -> dict[str, str]:
     return out
 
 
+def repository_files(plan: Plan, g: Group) -> dict[str, str]:
+    """The group's Triton repository as ConfigMap keys, from the serving writer (issue 3): each
+    model's config.pbtxt (batching, queue policy, rate limiter, all from the plan) and, for a model
+    without an artifact, the stand-in's ``1/model.py``."""
+    from serving.config import to_text
+    from serving.repository import group_repositories
+    from serving.settings import RenderSettings as ServingSettings
+
+    out: dict[str, str] = {}
+    for repo in group_repositories(plan, g.placement, ServingSettings()):
+        if repo.kind != g.kind:
+            continue
+        for m in repo.models:
+            out[f"{m.name}__config.pbtxt"] = to_text(m.config)
+            for rel, data in m.files.items():
+                out[f"{m.name}__{rel.replace('/', '__')}"] = data.decode()
+            if m.config.default_model_filename:
+                out[f"{m.name}.filename"] = m.config.default_model_filename
+    return out
+
+
 def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
                          models: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the init container needs to build the group's model repository."""
-    data = {"models": "\n".join(g.models) + "\n", "fetch.sh": FETCH_SCRIPT}
+    data = {"models": "\n".join(g.models) + "\n", "fetch.sh": FETCH_SCRIPT, **repository_files(plan, g)}
     # Replica indices are left out: a re-plan that renumbers replicas changes nothing that runs.
     members = []
     models = models or _models_by_name(plan)
     for mem in sorted((m for m in g.placement.models if m.kind == g.kind), key=lambda m: m.name):
         model = models[mem.name]
         art = model.artifact
-        members.append({"name": mem.name, "batch_size": mem.batch_size,
-                        "slo_ms": mem.slo_ms,
+        members.append({"name": mem.name, "batch_size": mem.batch_size, "slo_ms": mem.slo_ms,
                         "artifact": None if art is None else {"uri": art.uri, "backend": art.backend,
                                                               "platform": art.platform}})
         if art is not None:
@@ -190,6 +218,8 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
     args = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
             *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
+            # Packed models take turns on the slot's rate-limiter resource (one batch at a time).
+            *(["--rate-limit=execution_count"] if len(g.models) > 1 else []),
             f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}"]
     no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
     repo_mount = {"name": "repo-config", "mountPath": "/config", "readOnly": True}

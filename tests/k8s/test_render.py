@@ -151,3 +151,32 @@ def test_cli_writes_valid_files(base_plan, tmp_path: Path) -> None:
     for d in docs:
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
     assert yaml.safe_load((tmp_path / "out" / "node-labels.yaml").read_text())["a100-n0"][N.NODE_LABEL] == "a100-n0"
+
+
+def test_repository_configmap_builds_a_triton_repository(plans, tmp_path: Path) -> None:
+    """The init container's script, run by a real shell on the ConfigMap's files, lays out the
+    repository the serving writer describes; the configs parse back as Triton ModelConfigs."""
+    import subprocess
+
+    from serving.config import from_text
+
+    weights = tmp_path / "asr.onnx"
+    weights.write_bytes(b"onnx")
+    doc = plans.fleet_doc()
+    doc["models"][0]["artifact"] = f"file://{weights}"
+    plan = plans.build([("l4", "l4-n0", 0, "whole", None, [("asr", 0), ("punct", 0)])], doc)
+    cm = next(o for o in render_plan(plan) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-repo"))
+    conf = tmp_path / "config"
+    conf.mkdir()
+    for k, v in cm["data"].items():
+        (conf / k).write_text(v)
+    out = tmp_path / "models"
+    subprocess.run(["sh", str(conf / "fetch.sh")], check=True, env={"CONFIG": str(conf), "MODELS": str(out),
+                                                                   "PATH": "/usr/bin:/bin"})
+    assert (out / "asr" / "1" / "asr.onnx").read_bytes() == b"onnx"
+    assert (out / "punct" / "1" / "model.py").exists()  # the stand-in
+    for m in ("asr", "punct"):
+        cfg = from_text((out / m / "config.pbtxt").read_text())
+        assert cfg.name == m and cfg.parameters["slot"].string_value == "l4-n0-g0-whole"
+    dep = next(o for o in render_plan(plan) if o["kind"] == "Deployment")
+    assert "--rate-limit=execution_count" in dep["spec"]["template"]["spec"]["containers"][0]["args"]

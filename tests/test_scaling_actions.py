@@ -78,3 +78,13 @@ def test_resize_changes_only_the_sizing():
     after = apply(plan, [Resize(model="asr-a", slot=G0, rate_rps=50.0, cost_per_hour=0.0, reason="x")])
     m = after.placements[0].models[0]
     assert (m.name, m.rate_rps) == ("asr-a", 50.0) and after.cost_per_hour == plan.cost_per_hour
+
+
+def test_reshare_keeps_the_sizing_when_a_slot_cannot_take_it():
+    from packer.scaling.up import reshare
+
+    plan = tiny_plan()
+    same, acts = reshare(plan, "asr-a", 1e6, "too much")
+    assert same is plan and acts == []
+    lower, acts = reshare(plan, "asr-a", 100.0, "less")
+    assert [a.rate_rps for a in acts] == [100.0] and lower.placements[0].models[0].rate_rps == 100.0

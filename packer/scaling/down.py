@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from packer.plan import Placement, Plan
 from packer.scaling.actions import Action, AddReplica, Consolidate, RemoveReplica, Replan, apply
 from packer.scaling.demand import EPS, Demand, capacity, crowd_ok
-from packer.scaling.room import SlotRef, fill, gpu_price, paid_gpus, ref, room, slot_fraction
+from packer.scaling.room import SlotRef, fill, gpu_price, paid_gpus, rate_of, ref, room, slot_fraction
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.up import reshare
 
@@ -24,7 +24,7 @@ def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings:
     if any(not demands[x.name].may_shrink for x in p.models):
         return None
     t = plan
-    for name, d in demands.items():
+    for name, d in demands.items():  # lower rates make room and never break a slot
         if d.may_shrink and plan.placements_of(name) and d.want_down < capacity(plan, name) - EPS:
             t, _ = reshare(t, name, d.want_down, "")
     drops: list[str] = []
@@ -40,7 +40,9 @@ def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings:
             floor = max(model.min_replicas, 1 if wd > EPS else 0)
             if len(others) >= floor and (not others or len(others) * min(room(t, q, model) for q in others) >= wd - EPS):
                 t = apply(t, [RemoveReplica(model=x.name, slot=ref(p), cost_per_hour=0.0, reason="")])
-                t, _ = reshare(t, x.name, wd, "")
+                t, done = reshare(t, x.name, wd, "")
+                if others and not done and sum(rate_of(q, x.name) for q in t.placements_of(x.name)) < wd - EPS:
+                    return None  # the others could not be re-sized for its share
                 drops.append(x.name)
                 notes.append(f"drop {x.name} ({len(others)} replica(s) hold its {wd:.1f} rps)")
                 continue

@@ -33,7 +33,12 @@ def reshare(plan: Plan, model: str, total: float, reason: str) -> tuple[Plan, li
     per = total / len(reps)
     acts: list[Action] = [Resize(model=model, slot=ref(p), rate_rps=per, cost_per_hour=0.0, reason=reason)
                           for p in reps if abs(rate_of(p, model) - per) > 1e-6 * max(1.0, per)]
-    return (apply(plan, acts) if acts else plan), acts
+    if not acts:
+        return plan, []
+    try:
+        return apply(plan, acts), acts
+    except ValueError:  # a slot at its limit (rounding, another member grown meanwhile): keep the sizing
+        return plan, []
 
 
 @dataclass(frozen=True)

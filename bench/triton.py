@@ -3,14 +3,16 @@
 Ground truth for the simulator: one slot (a model alone, or a packed group with ``--model`` given
 more than once), sized by the plan's slot maths at each load level (duty cycle -> queue delay,
 batch -> preferred batch, SLO -> queue timeout, shared slot -> rate limiter), served by stand-ins
-that sleep ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals (one stream per
-model, seeded). Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the
+that sleep ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals (one process per
+model, or per stream for a sequence model, seeded). Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the
 plan's p99 bound, and the server's mean batch and run time beside the profile's run time at that
 batch (the stand-in's own overhead and CPU contention show as the difference). ``--json`` writes
 every scenario parameter and measurement.
 
     python bench/triton.py                                  # ft-0002 alone on a whole L4 (long-tail fleet)
     python bench/triton.py --model ft-0002 --model ft-0003  # a packed pair, rates in the fleet's ratio
+    python bench/triton.py --fleet multilingual-meetings --model asr-es --pool a100-80 --profile 1g.10gb
+                                                            # a sequence model: Poisson chunks per stream
     python bench/triton.py --json bench-triton.json --seconds 30
 
 Capacity is the largest multiple of the models' rates (their fleet peak rates, or ``name=rps``)
@@ -64,20 +66,35 @@ def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:
     return lo
 
 
-def arrivals(rates: dict[str, float], total_s: float, seed: int) -> list[tuple[float, str]]:
-    """Merged Poisson arrival times of every model, seeded: the same seed gives the same requests."""
+def arrivals(rates: dict[str, float], total_s: float, seed: int,
+             streams: dict[str, int] | None = None) -> list[tuple[float, str, int, bool, bool]]:
+    """Merged Poisson arrivals ``(time, model, sequence id, start, end)``, seeded.
+
+    A model in ``streams`` gets that many independent streams, each a Poisson process at
+    ``rate / streams`` (a live speaker's chunks); its first chunk starts the sequence, its last
+    ends it. Other models' requests carry sequence id 0.
+    """
     rng = np.random.default_rng(seed)
+    streams = streams or {}
     out = []
+    seq = 1
     for name in sorted(rates):
-        t = rng.exponential(1.0 / rates[name])
-        while t < total_s:
-            out.append((t, name))
-            t += rng.exponential(1.0 / rates[name])
+        n = streams.get(name, 0)
+        for _ in range(max(n, 1)):
+            r = rates[name] / max(n, 1)
+            times = []
+            t = rng.exponential(1.0 / r)
+            while t < total_s:
+                times.append(t)
+                t += rng.exponential(1.0 / r)
+            for j, t in enumerate(times):
+                out.append((t, name, seq if n else 0, n > 0 and j == 0, n > 0 and j == len(times) - 1))
+            seq += 1 if n else 0
     return sorted(out)
 
 
 def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warmup_s: float,
-              seed: int) -> dict[str, dict]:
+              seed: int, streams: dict[str, int] | None = None) -> dict[str, dict]:
     """Send the arrivals open-loop (never waiting for answers); measure those sent after warm-up."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
@@ -92,17 +109,18 @@ def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warm
             done.append((model, sent, t - sent, error is None))
         answered.release()
 
-    plan = arrivals(rates, warmup_s + seconds, seed)
+    plan = arrivals(rates, warmup_s + seconds, seed, streams)
     t0 = time.perf_counter()
     m0 = None
-    for at, model in plan:
+    for at, model, seq, start, end in plan:
         now = time.perf_counter() - t0
         if m0 is None and at >= warmup_s:
             m0 = scrape(server.metrics_url, time.monotonic())
         if at > now:
             time.sleep(at - now)
         sent = time.perf_counter()
-        client.async_infer(model, [x], callback=lambda result, error, m=model, s=sent: callback(m, s, result, error))
+        client.async_infer(model, [x], callback=lambda result, error, m=model, s=sent: callback(m, s, result, error),
+                           sequence_id=seq, sequence_start=start, sequence_end=end)
     deadline = time.monotonic() + 60
     for _ in plan:
         if not answered.acquire(timeout=max(0.0, deadline - time.monotonic())):
@@ -148,8 +166,6 @@ def main(argv: list[str] | None = None) -> int:
     for spec in a.model or ["ft-0002"]:
         name, _, rps = spec.partition("=")
         model = fleet.model(name)
-        if model.traffic.streams is not None:
-            ap.error(f"{name} is a sequence model; this bench drives dynamic-batched models (stateless requests)")
         mix[name] = float(rps) if rps else (model.traffic.peak_rps or 1.0)
     st = SlotType(fleet.pool(a.pool), a.profile)
     k = capacity(fleet, st, mix)
@@ -168,11 +184,14 @@ def main(argv: list[str] | None = None) -> int:
             p = placement(fleet, a.pool, list(rates.items()), profile=a.profile)
             (repo,) = group_repositories(plan_of(fleet, [p]), p, settings)
             cfgs = {m.name: m.config for m in repo.models}
+            streams = {n: timing(fleet, p, n, settings).streams for n in rates if fleet.model(n).traffic.streams}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
-                measured = run_level(server, rates, a.seconds, a.warmup, a.seed + i)
+                measured = run_level(server, rates, a.seconds, a.warmup, a.seed + i, streams)
             for member in p.models:
                 t = timing(fleet, p, member.name, settings)
-                db = cfgs[member.name].dynamic_batching
+                cfg = cfgs[member.name]
+                seqb = cfg.HasField("sequence_batching")
+                db = cfg.sequence_batching.oldest if seqb else cfg.dynamic_batching
                 m = measured[member.name]
                 row = {
                     "fleet": fleet.name, "model": member.name, "group": list(mix), "slot": st.key, "load": load,
@@ -180,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": a.seed + i, "seconds": a.seconds, "base_ms": t.base_ms, "per_item_ms": t.per_item_ms,
                     "max_batch": fleet.model(member.name).max_batch, "preferred_batch": member.batch_size,
                     "duty_cycle_ms": p.duty_cycle_ms, "group_compute_share": p.compute_share,
+                    "batcher": "sequence-oldest" if seqb else "dynamic",
+                    "streams": streams.get(member.name),
                     "queue_delay_ms": db.max_queue_delay_microseconds / 1000.0,
-                    "queue_timeout_ms": db.default_queue_policy.default_timeout_microseconds / 1000.0,
-                    "max_queue_size": db.default_queue_policy.max_queue_size,
+                    "queue_timeout_ms": None if seqb else db.default_queue_policy.default_timeout_microseconds / 1000.0,
+                    "max_queue_size": None if seqb else db.default_queue_policy.max_queue_size,
                     "rate_limited": len(p.models) > 1, "slo_ms": member.slo_ms,
                     "plan_p99_bound_ms": member.p99_bound_ms, **m,
                 }

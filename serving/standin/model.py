@@ -1,7 +1,8 @@
 """Stand-in model: behaves like a latency profile, for demos, tests and benchmarks.
 
-Each batch of ``b`` requests takes ``(base_ms + per_item_ms * b) * time_scale`` ms (the profile
-already scaled to the slot by the writer), and returns its input. For sequence models it keeps
+Each batch of ``b`` requests takes ``(base_ms + per_item_ms * b) * time_scale`` ms from the start
+of ``execute`` (the profile already scaled to the slot by the writer; the stand-in's own work is
+counted in it, not added), and returns its input. For sequence models it keeps
 per-sequence state (running sum and chunk count of ``INPUT``, keyed by correlation id) and
 returns it as ``SEQ_SUM``/``SEQ_LEN``, so a client can check that every chunk of its stream
 reached the same state and no other stream's.
@@ -47,9 +48,12 @@ class TritonPythonModel:
         self.state = {}  # corrid -> [sum, count, last_seen]
 
     def execute(self, requests):
+        # The batch takes the profile's time from the moment it starts, the stand-in's own work
+        # (reading inputs, state, building responses) included: sleep only what is left of it.
+        t0 = time.perf_counter()
         xs = [pb_utils.get_input_tensor_by_name(r, "INPUT").as_numpy() for r in requests]
         b = sum(int(x.shape[0]) for x in xs)
-        time.sleep((self.base_ms + self.per_item_ms * b) * self.time_scale / 1000.0)
+        until = t0 + (self.base_ms + self.per_item_ms * b) * self.time_scale / 1000.0
         now = time.monotonic()
         out = []
         for r, x in zip(requests, xs):
@@ -61,6 +65,9 @@ class TritonPythonModel:
             # Triton does not tell the model when it drops an idle sequence; forget it ourselves.
             for k in [k for k, s in self.state.items() if now - s[2] > self.idle_s]:
                 del self.state[k]
+        left = until - time.perf_counter()
+        if left > 0:
+            time.sleep(left)
         return out
 
     def _step(self, request, x, now):

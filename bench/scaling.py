@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="diurnal,spike,stationary")
     ap.add_argument("--policies", default="static,hpa,packer")
     ap.add_argument("--stationary-policies", default="packer")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "scaling"))
+    ap.add_argument("--out", default=str(ROOT / "out" / "scaling"), help="where plots and summary.json go")
+    ap.add_argument("--jobs", type=int, default=1, help="simulations run in parallel (each is one process)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -108,21 +109,25 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, Any]]] = {}
     head = (f"{'scenario':<11}{'policy':<8}{'GPU-h':>10}{'vs st.':>8}{'cost':>10}{'in SLO':>10}{'worst':>10} "
             f"{'(model)':<14}{'<99%':>5}{'flaps':>7}{'wall s':>8}")
+    jobs = [(name, pol) for name in args.only.split(",") for pol in scenarios[name][2].split(",")]
+    todo = [(plan, scenarios[n][0], parse_duration(scenarios[n][1]), p, args.seed) for n, p in jobs]
+    if args.jobs > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
+            done = pool.starmap(run, todo)
+    else:
+        done = [run(*t) for t in todo]
     print(head, flush=True)
-    for name in args.only.split(","):
-        scn, dur, pols = scenarios[name]
-        results[name] = {}
-        static = None
-        for pol in pols.split(","):
-            r = run(plan, scn, parse_duration(dur), pol, args.seed)
-            results[name][pol] = r
-            if pol == "static":
-                static = sum(r["fleet"]["gpu_hours"].values())
-            print(row(name, r, static), flush=True)
+    for (name, pol), r in zip(jobs, done):
+        results.setdefault(name, {})[pol] = r
+        static = results[name].get("static")
+        print(row(name, r, sum(static["fleet"]["gpu_hours"].values()) if static else None), flush=True)
+    for name, runs in results.items():
         try:
             from sims import report
 
-            report.write(list(results[name].values()), out / name)
+            report.write(list(runs.values()), out / name)
         except Exception as e:  # plots are a convenience; the numbers above are the result
             print(f"  (no plots for {name}: {e})", file=sys.stderr)
     verdicts = targets(results)

@@ -78,3 +78,19 @@ def test_cli_applies_only_what_a_dry_run_showed(cluster) -> None:
     assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")
     res = run.invoke(reconcile, args + ["--dry-run"])
     assert "(0 action(s)" in res.output
+
+
+def test_the_loop_cycles_until_stopped(cluster) -> None:
+    r = cluster.reconciler(interval_s=0.2)
+    stop = threading.Event()
+    t = threading.Thread(target=r.run, args=(stop,), daemon=True)
+    t.start()
+    for _ in range(200):
+        if r.cycles >= 3:
+            break
+        cluster.ready()
+        time.sleep(0.05)
+    stop.set()
+    t.join(10)
+    assert not t.is_alive() and r.cycles >= 3
+    assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")

@@ -75,9 +75,12 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
 @click.option("--interval", type=float, default=15.0, show_default=True, help="Seconds between cycles.")
 @click.option("--planner-time-limit", type=float, default=20.0, show_default=True)
 @click.option("--port", type=int, default=8080, show_default=True, help="HTTP port of /healthz, /metrics, /.")
+@click.option("--scaling/--no-scaling", default=True, show_default=True,
+              help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
+                   "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
 def reconcile(kubeconfig: str | None, context: str | None, host: str | None, namespace: str,
               gpu_operator_namespace: str, dry_run: bool, confirm: str | None, interval: float,
-              planner_time_limit: float, port: int) -> None:
+              planner_time_limit: float, port: int, scaling: bool) -> None:
     """Keep the cluster at the plan for the fleet in ConfigMap packer-fleet.
 
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
@@ -102,7 +105,16 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken
         raise UserError(f"cannot reach the cluster ({e}). Fix: give --kubeconfig, or run in the cluster") from None
-    rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit))
+    signals = scaler = None
+    if scaling and in_cluster:  # group Services resolve only in the cluster's DNS
+        import time
+
+        from k8s.scaling import TritonSignals, packer_scaler, service_url
+
+        signals = TritonSignals(service_url(namespace), clock=time.time)
+        scaler = packer_scaler()
+    rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit), signals=signals,
+                     scaler=scaler)
     if dry_run or confirm:
         rep = rec.cycle(dry_run=dry_run, expect=confirm)
         for line in rep.lines():

@@ -102,7 +102,7 @@ def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def _drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
+def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
     """Why ``live`` no longer matches ``want`` (None when it does)."""
     la = (live["metadata"].get("annotations") or {}).get(N.SPEC_HASH)
     wa = want["metadata"]["annotations"][N.SPEC_HASH]
@@ -142,7 +142,7 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
             conflicts.append(Conflict(*k, f"{k[0]}/{k[2]} exists without {N.MANAGED_BY}={N.MANAGER}; "
                                          "left alone, its group is not served until it is renamed or removed"))
         else:
-            reason = _drifted(cur, obj)
+            reason = drifted(cur, obj)
             if reason:
                 actions.append(Action("update", *k, reason, merge_patch(cur, obj),
                                       disruptive=k[0] == "Deployment" and not contains(

@@ -29,17 +29,21 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from k8s import names as N
 from k8s.cluster import ApiError, Cluster
-from k8s.diff import Action, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_actions
+from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_referenced_mig_configs, key,
+                     merge_patch, node_actions)
 from k8s.lease import LeaderElector
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
 from packer.fleet import Fleet, parse_fleet
 from packer.plan import Plan, fleet_to_dict, from_dict, to_dict
+
+if TYPE_CHECKING:
+    from k8s.scaling import Scaler
 
 log = logging.getLogger("packer.reconciler")
 
@@ -137,7 +141,7 @@ def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> l
 class Reconciler:
     def __init__(self, cluster: Cluster, settings: ReconcileSettings | None = None, *,
                  planner: Planner | None = None, signals: SignalSource | None = None,
-                 scaler: Any = None, identity: str | None = None,
+                 scaler: "Scaler | None" = None, identity: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.s = settings or ReconcileSettings()
@@ -145,12 +149,13 @@ class Reconciler:
         self.planner = planner or default_planner()
         self.signals = signals
         self.scaler = scaler
-        """A :data:`k8s.scaling.Scaler`; with ``signals`` it moves the plan with live traffic."""
+        """With ``signals``, the scaling policy moves the plan with live traffic."""
         self.clock = clock
         self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
         self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
         self.last: CycleReport | None = None
         self.unbound: list[str] = []
+        self.signal_failures: list[str] = []
         self._fleet: tuple[str, Fleet, str] | None = None
         """(fleet ConfigMap text, parsed fleet, its hash): parse only when the text changes."""
         self._rendered: tuple[Plan, list[dict[str, Any]]] | None = None
@@ -234,6 +239,7 @@ class Reconciler:
             if self.scaler is None or self.signals is None:
                 return stored, "", state, []
             signals = self.signals(stored, obs.live)
+            self.signal_failures = list(getattr(self.signals, "failures", []))
             if not signals:
                 return stored, "", state, []
             new, state, reasons = self.scaler(stored, signals, state, now, lambda p: self.planner(p.fleet, p))
@@ -287,9 +293,7 @@ class Reconciler:
                             conflicts.append(Conflict(a.kind, a.namespace, a.name,
                                                       "name taken by an object packer does not own; left alone"))
                             continue
-                        from k8s.diff import _drifted, merge_patch
-
-                        if _drifted(cur, a.body):
+                        if drifted(cur, a.body):
                             c.patch(a.kind, a.namespace, a.name, merge_patch(cur, a.body))
                 elif a.verb in ("update", "label"):
                     c.patch(a.kind, a.namespace, a.name, a.body)
@@ -442,6 +446,7 @@ class Reconciler:
         rep.conflicts = conflicts
         rep.warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait"
                          for n in self.unbound]
+        rep.warnings += [f"metrics not read: {f}" for f in self.signal_failures[:10]]
         g = gate(actions, objs, obs.live, binding, obs.nodes, self.s.max_disruptions_per_cycle)
         rep.waiting = g.waiting
         rep.done = g.now

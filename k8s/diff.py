@@ -108,7 +108,8 @@ def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
     wa = want["metadata"]["annotations"][N.SPEC_HASH]
     if la != wa:
         return f"rendered content changed (hash {la or 'none'} -> {wa})"
-    body = {k: v for k, v in want.items() if k != "metadata"}
+    # List responses of a real API server omit apiVersion and kind on items: not a drift.
+    body = {k: v for k, v in want.items() if k not in ("metadata", "apiVersion", "kind")}
     meta = {"labels": {k: v for k, v in want["metadata"]["labels"].items() if k != N.PLAN_LABEL},
             "annotations": {k: v for k, v in want["metadata"]["annotations"].items() if k != N.REASON_ANNOTATION}}
     if not contains(live, body) or not contains(live["metadata"], meta):

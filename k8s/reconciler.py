@@ -138,6 +138,15 @@ def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> l
     return out
 
 
+def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    """Items of a list response carry no apiVersion and kind on a real API server: add them."""
+    from k8s.cluster import KINDS
+
+    obj.setdefault("kind", kind)
+    obj.setdefault("apiVersion", KINDS[kind].api_version)
+    return obj
+
+
 class Reconciler:
     def __init__(self, cluster: Cluster, settings: ReconcileSettings | None = None, *,
                  planner: Planner | None = None, signals: SignalSource | None = None,
@@ -178,15 +187,11 @@ class Reconciler:
         c, s = self.cluster, self.s
         live: list[dict[str, Any]] = []
         for kind in MANAGED_KINDS:
-            for o in c.list(kind, self.ns):
-                o.setdefault("kind", kind)
-                live.append(o)
+            live += [_typed(o, kind) for o in c.list(kind, self.ns)]
         ops = s.render.gpu_operator_namespace
         if ops != self.ns:
-            for o in c.list("ConfigMap", ops):
-                if o["metadata"]["name"] in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP):
-                    o.setdefault("kind", "ConfigMap")
-                    live.append(o)
+            live += [_typed(o, "ConfigMap") for o in c.list("ConfigMap", ops)
+                     if o["metadata"]["name"] in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP)]
         nodes = [n for n in c.list("Node") if s.render.pool_label in (n["metadata"].get("labels") or {})]
         by_name = {o["metadata"]["name"]: o for o in live if o["kind"] == "ConfigMap"
                    and o["metadata"].get("namespace", self.ns) == self.ns}
@@ -374,12 +379,16 @@ class Reconciler:
     def _event(self, kind: str, ns: str, name: str, reason: str, message: str, typ: str, stamp: str) -> None:
         from k8s.cluster import KINDS
 
+        if KINDS[kind].namespaced is False:
+            # The API server wants events about cluster-scoped objects in "default"; keep them in
+            # our namespace (and our RBAC) by filing them under the status ConfigMap.
+            message = f"{kind}/{name}: {message}"
+            kind, ns, name = "ConfigMap", self.ns, self.s.status_configmap
         ev = {
             "apiVersion": "v1", "kind": "Event",
             "metadata": {"name": f"{name[:200]}.{N.digest([kind, name, reason, message, stamp, self.identity], 12)}",
                          "namespace": self.ns, "labels": {N.MANAGED_BY: N.MANAGER}},
-            "involvedObject": {"kind": kind, "name": name, "apiVersion": KINDS[kind].api_version,
-                               **({"namespace": ns} if kind != "Node" else {})},
+            "involvedObject": {"kind": kind, "name": name, "namespace": ns, "apiVersion": KINDS[kind].api_version},
             "reason": reason, "message": message[:1000], "type": typ,
             "source": {"component": "packer-reconciler"}, "reportingComponent": "packer-reconciler",
             "reportingInstance": self.identity, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,

@@ -106,3 +106,18 @@ def test_check_nodes_reports_wrong_gpus(plans) -> None:
              node("small", "l4", **{N.GPU_COUNT_LABEL: "2"}), node("stray", "h100")]
     out = check_nodes(fleet, nodes, "packer.dev/pool")
     assert [o.split(":")[0] for o in out] == ["node wrong", "node small", "node stray"]
+
+
+def test_list_items_without_apiversion_and_kind_are_not_drift(base_plan) -> None:
+    """A real API server omits apiVersion and kind on list items: that alone must not cause a write."""
+    from k8s.diff import diff
+    from k8s.render import render_plan
+
+    want = render_plan(base_plan)
+    live = []
+    for o in want:
+        item = {k: v for k, v in o.items() if k not in ("apiVersion",)}
+        item["metadata"] = {**o["metadata"], "uid": "u", "resourceVersion": "7"}
+        live.append(item)
+    actions, conflicts = diff(want, live)
+    assert actions == [] and conflicts == []

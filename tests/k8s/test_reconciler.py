@@ -48,6 +48,14 @@ def test_empty_cluster_reaches_the_plan(cluster) -> None:
     assert summary["plan_id"] == plan.id and summary["last_actions"]
     events = cluster.objects("v1/events")
     assert any(e["reason"] == "Created" and e["involvedObject"]["kind"] == "Deployment" for e in events.values())
+    # Node labels are recorded too, filed under the status ConfigMap (events about cluster-scoped
+    # objects may not live in a namespace), and everything the reconciler wrote is schema-valid.
+    assert any(e["reason"] == "Labeled" and e["message"].startswith("Node/gpu-a100-1:") for e in events.values())
+    import kubernetes_validate
+
+    lease = cluster.objects("coordination.k8s.io/v1/leases")["packer-reconciler"]
+    for obj in [*events.values(), status, lease]:
+        kubernetes_validate.validate(obj, kubernetes_validate.utils.latest_version(), strict=True)
 
 
 def test_no_op_cycle_writes_nothing_even_after_a_restart(cluster) -> None:

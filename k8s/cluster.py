@@ -77,10 +77,6 @@ class Cluster:
         self._rng = rng or random.Random(0)
 
     @property
-    def writes(self) -> int:
-        return sum(n for verb, n in self.calls.items() if verb in WRITE_VERBS)
-
-    @property
     def lease_writes(self) -> int:
         """Leader-election heartbeats, counted apart from the reconciler's real work."""
         return sum(n for (verb, kind), n in self.by_kind.items() if kind == "Lease" and verb in WRITE_VERBS)

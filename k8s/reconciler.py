@@ -184,6 +184,8 @@ class Reconciler:
     # -- observe ------------------------------------------------------------------------------
 
     def observe(self) -> Observed:
+        """Six lists and nothing else: every object of the managed kinds, the GPU nodes, and the
+        fleet and status ConfigMaps out of the ConfigMap list."""
         c, s = self.cluster, self.s
         live: list[dict[str, Any]] = []
         for kind in MANAGED_KINDS:
@@ -255,6 +257,7 @@ class Reconciler:
             return stored, "", state, [f"planning failed, keeping the last plan: {e}"]
 
     def desired(self, plan: Plan, obs: Observed) -> tuple[list[Action], list[Conflict], list[dict], dict[str, str]]:
+        """(actions, conflicts, desired objects, node binding) for ``plan`` against what is live."""
         if self._rendered is None or self._rendered[0] is not plan:
             self._rendered = (plan, render_plan(plan, self.s.render))
         objs = list(self._rendered[1])  # same plan, same objects: render once (never mutated)
@@ -282,6 +285,7 @@ class Reconciler:
     # -- act ----------------------------------------------------------------------------------
 
     def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str]]:
+        """Carry out the gated actions; a failure is reported and left to the next cycle."""
         c = self.cluster
         done, conflicts, errors = [], [], []
         for a in actions:

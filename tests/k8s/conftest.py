@@ -163,7 +163,6 @@ class Harness:
     """
 
     def __init__(self, emu: EmulatorThread) -> None:
-        import yaml
         from kubernetes import client
 
         self.emu = emu
@@ -179,7 +178,6 @@ class Harness:
                            "nvidia.com/gpu.count": str(count)}
             core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}})
         self.set_fleet(1.0)
-        self.yaml = yaml
 
     def api_client(self) -> Any:
         from k8s.cluster import connect

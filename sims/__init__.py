@@ -1,0 +1,1 @@
+"""Traffic simulator: replay traffic against a plan and a scaling policy (``docs/simulator.md``)."""

@@ -39,7 +39,8 @@ def table(runs: list[Run]) -> str:
         for m in r["models"]:
             rej = sum(m["rejected"].values())
             flag = "" if m["p99_ms"] <= m["slo_ms"] and m["slo_attainment"] >= 0.99 else "  <- misses SLO"
-            lines.append(f"   {m['name']:<22}{m['arrivals']:>11,}{m['p50_ms']:>10.1f}{m['p99_ms']:>11.1f}"
+            p50, p99 = (f"{m[k]:.1f}" if m["completed"] else "-" for k in ("p50_ms", "p99_ms"))
+            lines.append(f"   {m['name']:<22}{m['arrivals']:>11,}{p50:>10}{p99:>11}"
                          f"{m['slo_ms']:>9g}{m['slo_attainment']:>9.2%}{rej:>10,}{flag}")
         p = r["perf"]
         lines.append(f"   simulated in {p['wall_s']:.1f} s ({p['requests_per_wall_s']:,} requests/s), "

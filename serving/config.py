@@ -10,12 +10,16 @@ Pure: plan in, protobuf message out, no files. Every number comes from the slot 
   (``bench/triton.py`` measured p99 at ``d + 2 * run`` with the delay at ``d``),
 * it may run at most ``run = base + per_item * b`` on this slot, so once it has queued longer than
   ``budget = slo - run`` it can no longer meet its SLO and the queue policy rejects it,
-* the queue never holds more than the requests that can still be served within ``budget`` at the
-  planned pace of ``b`` per cycle: ``ceil(budget / d) * b``.
+* the queue never holds more requests than the model could finish within ``budget`` even with the
+  slot to itself and batches up to ``max_batch``: a longer queue certainly misses the SLO,
+* the preferred batch sizes are ``b`` and ``max_batch``: Triton's batcher stops filling a batch at
+  its largest preferred size, so ``[b]`` alone would cap every batch at ``b`` and a burst would
+  drain ``b`` at a time; with ``max_batch`` too, a backlog drains in full batches.
 
 Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) in a group
 with ``d = 20 ms``, ``b = 4`` and a compute share of 40 %: run 2.2 ms, budget 97.8 ms, queue delay
-``20 * 0.6 = 12 ms``, queue bound ``ceil(97.8 / 20) * 4 = 20`` requests.
+``20 * 0.6 = 12 ms``, preferred batches ``[4, 64]``; the queue bound is 1 178 requests
+(19 batches of 62 fit in 97.8 ms).
 """
 
 from __future__ import annotations
@@ -75,12 +79,25 @@ def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettin
         fill = b * 1000.0 / rate if rate > 0 else d
         delay = min(max(d, fill), budget)
     delay = max(delay, settings.min_queue_delay_ms)
-    bound = max(b, math.ceil(budget / d) * b) * len(members)
+    bound = max(b, servable(budget, base, per, model.max_batch)) * len(members)
     streams = None
     if model.traffic.streams is not None:
         share = sum(m.rate_rps for m in members) / model.traffic.peak_rps if model.traffic.peak_rps > 0 else 1.0
         streams = max(1, math.ceil(model.traffic.streams * min(1.0, share)))
     return Timing(base, per, b, d, run, budget, delay, bound, streams)
+
+
+def servable(budget_ms: float, base: float, per_item: float, max_batch: int) -> int:
+    """Most requests one instance can finish within ``budget_ms``: ``k`` batches of ``n`` each,
+    ``k * (base + per_item * n) <= budget_ms``, ``n <= max_batch``, best ``k * n`` over ``k``."""
+    best = 0
+    for k in range(1, 100_000):
+        slot = budget_ms / k - base
+        if slot < per_item or (per_item == 0 and slot < 0):
+            break
+        n = max_batch if per_item == 0 else min(max_batch, math.floor(slot / per_item))
+        best = max(best, k * n)
+    return best
 
 
 def _us(ms: float) -> int:
@@ -92,6 +109,10 @@ def _tensor(name: str, dtype: int, *, input: bool) -> mc.ModelInput | mc.ModelOu
     t.name, t.data_type = name, dtype
     t.dims.append(1)
     return t
+
+
+def _preferred(t: Timing, max_batch: int) -> list[int]:
+    return sorted({t.batch, max_batch})
 
 
 def _sequence(cfg: mc.ModelConfig, t: Timing, settings: RenderSettings, scale: float) -> None:
@@ -111,7 +132,7 @@ def _sequence(cfg: mc.ModelConfig, t: Timing, settings: RenderSettings, scale: f
     ci = sb.control_input.add(name=CORRID)
     ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
     sb.oldest.max_candidate_sequences = t.streams or t.batch
-    sb.oldest.preferred_batch_size.append(t.batch)
+    sb.oldest.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size))
     sb.oldest.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
 
 
@@ -119,7 +140,7 @@ def _dynamic(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSetti
     """Dynamic batcher with a rejecting, bounded queue: a request that has waited past its budget
     is answered with an error at once instead of late, so the client can retry elsewhere."""
     db = cfg.dynamic_batching
-    db.preferred_batch_size.append(t.batch)
+    db.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size))
     db.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
     q = db.default_queue_policy
     q.timeout_action = mc.ModelQueuePolicy.REJECT

@@ -7,8 +7,8 @@ repository path does not matter), then models no longer wanted are unloaded.
 
 A model with a sequence batcher keeps per-stream state on its instance: unloading or reloading it
 would cut every open stream. It is first drained: it is cut only once it has been quiet (no
-request pending, no request served) for its own ``max_sequence_idle`` time, after which Triton
-itself would have dropped any sequence still open, or once the drain timeout passes.
+request answered) for its own ``max_sequence_idle`` time, after which Triton itself would have
+dropped any sequence still open, or once the drain timeout passes.
 """
 
 from __future__ import annotations
@@ -99,8 +99,13 @@ class ServerControl:
         The repository index lists only models of the server's own repository path; models loaded
         from sent files are not in it, so ``also`` names models to ask about one by one.
         """
-        names = [m["name"] for m in self.client.get_model_repository_index(as_json=True).get("models", [])
-                 if m.get("state") == "READY"]
+        try:
+            index = self.client.get_model_repository_index(as_json=True).get("models", [])
+        except InferenceServerException as e:
+            raise UserError(f"cannot reach Triton's repository API at {self.url}: {e.message()}. Fix: give the "
+                            "gRPC address (port 8001 by default) of a server started with "
+                            "--model-control-mode=explicit") from None
+        names = [m["name"] for m in index if m.get("state") == "READY"]
         names += [n for n in also if n not in names and self.client.is_model_ready(n)]
         out: dict[str, str | None] = {}
         for n in names:

@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from packer.errors import UserError
 from packer.fleet import Artifact
 from packer.slot import SlotType, latency_scale
-from serving.config import from_text, model_config, timing, to_text
+from serving.config import from_text, model_config, servable, timing, to_text
 from serving.repository import read_repository, repositories, write
 from serving.settings import RenderSettings
 from triton_helpers import GOLDEN, meetings_plan, planned
@@ -53,7 +53,7 @@ def test_sequence_model_uses_oldest_with_control_inputs_and_duty_cycle_delay(pla
     assert sb.max_sequence_idle_microseconds == 30_000_000
     p = plan.placements[0]
     member = next(m for m in p.models if m.name == "asr-es")
-    assert list(sb.oldest.preferred_batch_size) == [member.batch_size]
+    assert list(sb.oldest.preferred_batch_size) == [member.batch_size, 128]  # b, and max_batch for backlogs
     # Wait for the batch to form, then for the slot's running batch: together at most one cycle.
     assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
     # 112 Spanish streams, this replica carries 350 of the 700 peak rps: half of them.
@@ -71,8 +71,12 @@ def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, r
     assert q.timeout_action == mc.ModelQueuePolicy.REJECT
     assert q.default_timeout_microseconds == round((model.slo_ms - run) * 1000)
     assert not q.allow_timeout_override
-    assert q.max_queue_size == math.ceil((model.slo_ms - run) / p.duty_cycle_ms) * member.batch_size
+    # The most requests it could finish in the time left, in k batches of up to max_batch each.
+    best = max(k * min(model.max_batch, math.floor(((model.slo_ms - run) / k - base) / per)) for k in range(1, 40))
+    assert q.max_queue_size == best
+    assert servable(model.slo_ms - run, base, per, model.max_batch) == best
     assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
+    assert list(cfg.dynamic_batching.preferred_batch_size) == [member.batch_size, model.max_batch]
     assert cfg.dynamic_batching.priority_levels == 0  # streaming: no lower priority
 
 
@@ -81,7 +85,7 @@ def test_batch_models_prefer_the_planned_batch_wait_long_and_take_the_lower_prio
     for member in p.models:
         cfg = configs(repos)[member.name]
         db = cfg.dynamic_batching
-        assert list(db.preferred_batch_size) == [member.batch_size]
+        assert list(db.preferred_batch_size) == sorted({member.batch_size, plan.fleet.model(member.name).max_batch})
         assert db.max_queue_delay_microseconds >= round(p.duty_cycle_ms * 1000)  # a long wait, at least a cycle
         assert db.default_queue_policy.max_queue_size > 0
         assert (db.priority_levels, db.default_priority_level) == (2, 2)

@@ -130,27 +130,30 @@ def test_batch_model_batches_concurrent_requests_and_metrics_show_it(batch):
     assert sig.queue_ms > 0
 
 
-def test_bounded_queue_rejects_at_once_instead_of_growing(plan, live):
-    """punct-es may queue ceil(budget / duty cycle) * batch requests; a burst beyond is rejected."""
-    cfg = next(m.config for m in group_repositories(plan, plan.placements[0], LIVE)[0].models if m.name == "punct-es")
-    bound = cfg.dynamic_batching.default_queue_policy.max_queue_size
-    burst = 10 * bound + 20
+def test_a_burst_beyond_what_can_meet_the_slo_is_rejected_at_once(tmp_path):
+    """ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) can finish at most 28 queued requests in
+    time; of a burst of 150, the rest are turned away at once instead of queueing to fail late."""
+    f = fleet("long-tail")
+    p = placement(f, "l4", [("ft-0002", 1.0)])
+    (repo,) = group_repositories(plan_of(f, [p]), p, RenderSettings(device="cpu"))
+    bound = repo.models[0].config.dynamic_batching.default_queue_policy.max_queue_size
+    assert bound == 28
+    burst = 150
 
-    def call(i: int) -> tuple[bool, float, str]:
-        c = grpcclient.InferenceServerClient(live.grpc_url)
-        t0 = time.monotonic()
-        try:
-            c.infer("punct-es", [one(i)])
-            return True, time.monotonic() - t0, ""
-        except InferenceServerException as e:
-            return False, time.monotonic() - t0, e.message()
-
-    with ThreadPoolExecutor(burst) as ex:
-        res = list(ex.map(call, range(burst)))
+    res: queue.Queue = queue.Queue()
+    with LocalTriton(write_repository(repo, tmp_path / "r")) as s:
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        c.infer("ft-0002", [one(0)])  # connect first, so the burst arrives together
+        for i in range(burst):
+            t0 = time.monotonic()
+            c.async_infer("ft-0002", [one(i)], callback=lambda result, error, t0=t0: res.put(
+                (error is None, time.monotonic() - t0, error.message() if error else "")))
+        res = [res.get(timeout=60) for _ in range(burst)]
     ok = [r for r in res if r[0]]
     rejected = [r for r in res if not r[0]]
-    assert ok and rejected, (len(ok), len(rejected))
+    assert len(rejected) >= burst - bound - f.model("ft-0002").max_batch, (len(ok), len(rejected))
     assert all("queue" in r[2].lower() or "timeout" in r[2].lower() for r in rejected), rejected[0][2]
+    assert sorted(r[1] for r in rejected)[len(rejected) // 2] < 0.1  # most are told at once
 
 
 def test_control_moves_the_server_without_cutting_an_open_sequence(plan, tmp_path):

@@ -82,3 +82,12 @@ def test_decide_loads_before_it_unloads_and_drains_only_sequence_models():
 def test_decide_reloads_a_model_it_did_not_load_itself():
     (a,) = decide(loaded={"m": None}, wanted={"m": "x"}, sequence=set())
     assert a.verb == "reload"
+
+
+def test_control_says_how_to_reach_a_server_it_cannot_reach():
+    from packer.errors import UserError
+    from serving.control import ServerControl
+    from serving.local import free_port
+
+    with pytest.raises(UserError, match="model-control-mode=explicit"):
+        ServerControl(f"127.0.0.1:{free_port()}").loaded()

@@ -160,9 +160,15 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
     """The group's Triton repository as ConfigMap keys, from the serving writer (issue 3): each
     model's config.pbtxt (batching, queue policy, rate limiter, all from the plan) and, for a model
     without an artifact, the stand-in's ``1/model.py``."""
-    from serving.config import to_text
-    from serving.repository import group_repositories
-    from serving.settings import RenderSettings as ServingSettings
+    try:
+        from serving.config import to_text
+        from serving.repository import group_repositories
+        from serving.settings import RenderSettings as ServingSettings
+    except ImportError as e:
+        from packer.errors import UserError
+
+        raise UserError(f"the Triton configs need the serving extra ({e}). "
+                        "Fix: pip install 'packer[k8s,serving]'") from None
 
     out: dict[str, str] = {}
     for repo in group_repositories(plan, g.placement, ServingSettings()):

@@ -245,9 +245,10 @@ class Simulation:
                 m.removed = True
         if all(m.removed for m in s.server.members) and s.server.free_at <= t:
             at = max(s.server.free_at, s.drain_from)
+            held = [g for g, ids in s.node.gpus.items() if s.id in ids]
             self._remove_slot(s, at)
-            if not s.node.gpus.get(s.gpu):
-                self.gpu_seconds[s.pool.name] -= (t - at) * s.width  # billed to t above; it ended at `at`
+            emptied = sum(1 for g in held if not s.node.gpus[g])
+            self.gpu_seconds[s.pool.name] -= (t - at) * emptied  # billed to t above; they ended at `at`
 
     def _remove_slot(self, s: Slot, t: float) -> None:
         if s.id not in self.slots:
@@ -390,13 +391,20 @@ class Simulation:
         if a.profile != WHOLE and (not pool.mig or a.profile not in {p.name for p in gt.mig_profiles}):
             return f"refused: pool {pool.name} has no MIG profile {a.profile}"
         st = SlotType(pool, a.profile)
-        mem = sum(self.fleet.model(n).memory_gb for n in a.models)
-        if mem > st.memory_gb + 1e-9:
+        models = [self.fleet.model(n) for n in a.models]
+        width = max(m.gpus_per_replica for m in models)
+        if width > 1 and (len(models) > 1 or a.profile != WHOLE):
+            return f"refused: a {width}-GPU replica takes whole GPUs alone"
+        if width > pool.gpus_per_node:
+            return f"refused: {width} GPUs per replica, but {pool.name} has {pool.gpus_per_node} per node"
+        mem = sum(m.memory_gb for m in models)
+        if mem > st.memory_gb * width + 1e-9:
             return f"refused: {mem:.1f} GB does not fit a {a.profile} slot ({st.memory_gb:.1f} GB)"
         place = None
         for n in self.nodes.values():
             if n.pool.name != pool.name or not n.alive or n.preempting:
                 continue
+            free = []
             for g, ids in sorted(n.gpus.items()):
                 profiles = [self.slots[i].profile for i in ids]
                 if a.profile == WHOLE:
@@ -404,8 +412,10 @@ class Simulation:
                 else:
                     ok = WHOLE not in profiles and is_valid_combination(pool.gpu, profiles + [a.profile])
                 if ok:
-                    place = (n, g)
-                    break
+                    free.append(g)
+                    if len(free) == width:
+                        place = (n, free)
+                        break
             if place:
                 break
         if place is None:
@@ -414,16 +424,17 @@ class Simulation:
                 return f"refused: pool {pool.name} is at max_nodes {pool.max_nodes} with no free GPU"
             k = sum(1 for n in self.nodes if n.startswith(f"{pool.name}-new"))
             node = self._node(f"{pool.name}-new{k}", pool, self.now + self.scenario.cluster.node_provision_s)
-            place = (node, 0)
-        node, g = place
+            place = (node, list(range(width)))
+        node, gs = place
         cl = self.scenario.cluster
         ready_at = max(self.now, node.ready_at) + (0.0 if node.pulled else cl.image_pull_s) + self._weights(
             list(a.models))
         self.new_count += 1
         sid = f"{pool.name}-new{self.new_count}-{a.profile}"
-        slot = Slot(sid, pool, a.profile, node, g, 1, self._server(sid), ready_at, self.now)
+        slot = Slot(sid, pool, a.profile, node, gs[0], width, self._server(sid), ready_at, self.now)
         slot.server.free_at = ready_at
-        node.gpus[g].append(sid)
+        for g in gs:
+            node.gpus[g].append(sid)
         for name, cfg in zip(a.models, self._group(st, list(a.models))):
             self._add_member(slot, name, cfg, ready_at)
         self.slots[sid] = slot

@@ -48,8 +48,11 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float = 0.85) -> Plan:
         if g.duty_ms is not None:
             duty = g.duty_ms
         batches = [g.batch.get(m.name, b) for m, b in zip(models, batches)]
+        width = max(m.gpus_per_replica for m in models)
         k = per_pool.get(pool.name, 0)
-        per_pool[pool.name] = k + 1
+        if k % pool.gpus_per_node + width > pool.gpus_per_node:  # a multi-GPU replica stays on one node
+            k += pool.gpus_per_node - k % pool.gpus_per_node
+        per_pool[pool.name] = k + width
         node, gpu = divmod(k, pool.gpus_per_node)
         members = []
         for m, b, r in zip(models, batches, rates):
@@ -61,12 +64,13 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float = 0.85) -> Plan:
         placements.append(Placement(pool.name, f"{pool.name}-n{node}", gpu, g.profile, tuple(members), duty,
                                     sum(m.memory_gb for m in models), st.memory_gb,
                                     sum(x.share for x in members), "hand", "written by hand",
-                                    None if g.profile == WHOLE else 0, (gpu,)))
+                                    None if g.profile == WHOLE else 0, tuple(range(gpu, gpu + width))))
     gpus: dict[str, int] = {}
     seen = set()
     for p in placements:
-        if (p.node, p.gpu) not in seen:
-            seen.add((p.node, p.gpu))
-            gpus[p.pool] = gpus.get(p.pool, 0) + 1
+        for g in p.gpus:
+            if (p.node, g) not in seen:
+                seen.add((p.node, g))
+                gpus[p.pool] = gpus.get(p.pool, 0) + 1
     cost = sum(fleet.pool(k).cost_per_gpu_hour * v for k, v in gpus.items())
     return Plan(fleet, "feasible", cost, cost, 0.0, gpus, {}, tuple(placements), replicas=counts)

@@ -155,3 +155,22 @@ def test_policy_may_remove_and_the_queue_drains() -> None:
     assert gone["removed_s"] is not None and 60.0 <= gone["removed_s"] <= 61.0
     assert all(m["rejected"]["preempted"] == 0 and m["rejected"]["no-replica"] == 0 for m in r.models)
     conserved(r)
+
+
+def test_a_lost_multi_gpu_replica_comes_back_on_as_many_gpus() -> None:
+    f = parse_fleet({
+        "name": "big", "pools": [{"name": "h100", "gpu": "h100-80gb", "gpus_per_node": 4, "max_nodes": 3,
+                                  "cost_per_gpu_hour": 2.0, "spot": True}],
+        "models": [{"name": "llm", "kind": "streaming", "memory_gb": 140.0, "gpus_per_replica": 2,
+                    "traffic": {"rps": 2.0}, "slo_ms": 20000,
+                    "latency_ms": {"gpu": "h100-80gb", "base": 500.0, "per_item": 50.0}, "max_batch": 16}],
+    })
+    plan = hand_plan(f, [Group("h100", "whole", ("llm",))])
+    sc = Scenario(process="poisson", cluster=Cluster(spot_preemptions_per_node_hour=3.0))
+    sim = Simulation(plan, sc, seed=4, policy="static")
+    r = sim.run(3600)
+    adds = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
+    assert adds, "a 3/h preemption rate over one node and 1 h must preempt it"
+    new = [s for s in sim.slots.values() if "new" in s.id]
+    assert new and all(s.width == 2 and sum(s.id in ids for ids in s.node.gpus.values()) == 2 for s in new)
+    conserved(r)

@@ -128,9 +128,13 @@ class Cluster:
         args = (meta["namespace"],) if KINDS[kind].namespaced else ()
         return self._call("create", kind, meta["name"], *args, obj, retry_conflict=False)
 
-    def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], *,
+              retry_conflict: bool = True) -> dict[str, Any]:
+        """Merge patch. ``retry_conflict=False`` when the patch carries a resourceVersion
+        precondition: a 409 then means someone else changed the object first."""
         args = (name, namespace) if KINDS[kind].namespaced else (name,)
-        return self._call("patch", kind, name, *args, patch, _content_type=MERGE_PATCH)
+        return self._call("patch", kind, name, *args, patch, _content_type=MERGE_PATCH,
+                          retry_conflict=retry_conflict)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         args = (name, namespace) if KINDS[kind].namespaced else (name,)

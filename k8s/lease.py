@@ -79,7 +79,8 @@ class LeaderElector:
                 if step == "take":
                     spec |= {"acquireTime": _fmt(now), "leaseTransitions": view.transitions + 1}
                 meta = {"resourceVersion": view.resource_version} if view.resource_version else {}
-                self.cluster.patch("Lease", self.namespace, self.name, {"metadata": meta, "spec": spec})
+                self.cluster.patch("Lease", self.namespace, self.name, {"metadata": meta, "spec": spec},
+                                   retry_conflict=False)
         except ApiError as e:
             if e.status != 409:
                 raise

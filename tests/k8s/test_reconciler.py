@@ -204,6 +204,23 @@ def test_of_two_reconcilers_only_the_leader_writes(cluster) -> None:
     assert not a.cycle().leader and cluster.writes() == before
 
 
+def test_a_candidate_that_loses_the_takeover_race_follows(cluster) -> None:
+    """Two candidates see the lease expired; the API server takes the first takeover and answers
+    the second with 409 (its resourceVersion precondition failed): the second writes nothing else."""
+    now = [1_000_000.0]
+    a = cluster.reconciler("a", clock=lambda: now[0])
+    assert a.cycle().leader
+    now[0] += 31
+    faults = Faults()
+    faults.left = {("PATCH", "leases"): 1}
+    cluster.emu.call(lambda: cluster.emu.emulator[faults.take("PATCH", "leases")] << 409)
+    b = cluster.reconciler("b", clock=lambda: now[0])
+    before = cluster.writes()
+    rep = b.cycle()
+    assert not rep.leader and rep.calls == {"get": 1, "patch": 1}  # one try, no retry of a lost race
+    assert cluster.writes() - before == 1
+
+
 def test_dry_run_writes_nothing_and_shows_the_diff(cluster) -> None:
     r = cluster.reconciler()
     before = cluster.writes()

@@ -16,12 +16,13 @@ def _files(tmp_path, plan, models):
 
 
 def test_scale_up_dry_run(tmp_path, capsys):
-    plan_p, snap_p = _files(tmp_path, tiny_plan(), {"asr-a": {"arrival_rps": 1500}})
+    plan_p, snap_p = _files(tmp_path, tiny_plan(), {"asr-a": {"arrival_rps": 1800}})
     out_p = tmp_path / "next.json"
     assert main(["scale", "--plan", plan_p, "--metrics", snap_p, "-o", str(out_p)]) == 0
     out = capsys.readouterr().out
-    # one 1500 rps sample, less its Poisson allowance 2 sqrt(1500 / 60) = 10, over 0.7: 2128.6
-    assert "add_replica" in out and "because asr-a wants 2128.6 rps" in out and "cost +0.00/h" in out
+    # one 1800 rps sample, less its Poisson allowance 2 sqrt(1800 / 60) = 10.95, over 0.85: 2104.8,
+    # more than the 1897.4 rps asr-a's L4 holds
+    assert "add_replica" in out and "because asr-a wants 2104.8 rps" in out and "cost +0.00/h" in out
     assert "cost per hour: 1.60 -> 1.60" in out
     assert load_plan(out_p).replicas["asr-a"] == 2
 

@@ -10,13 +10,14 @@ from dataclasses import replace
 import pytest
 
 from packer.scaling import (AddReplica, Consolidate, Replan, ScalingSettings, ScalingState, Signals, SplitOut,
-                            Targets, apply, decide, observe)
+                            Targets, Windows, apply, decide, observe)
 from packer.scaling.policy import Demand, _Candidate, _pick, share_capacity
 from packer.scaling.room import SlotRef
 from test_scaling_helpers import fleet, placement, plan_of, three_slot_plan_for_cli, tiny_plan
 
-EXACT = ScalingSettings(targets=Targets(noise_z=0.0))
-"""No Poisson allowance, so the worked numbers below are plain arithmetic."""
+EXACT = ScalingSettings(targets=Targets(noise_z=0.0, target_utilisation=0.7), windows=Windows(panic_threshold=1.5))
+"""Knative's 70% target and 2x-ish panic, and no Poisson allowance, so the worked numbers below are
+plain arithmetic (the defaults differ only in these constants)."""
 
 
 def sig(**rates: float) -> dict[str, Signals]:
@@ -93,7 +94,7 @@ def test_scale_down_sizes_for_the_highest_want_of_the_window():
 
 def test_noise_allowance_scales_up_on_the_lower_bound():
     plan = tiny_plan()
-    s = ScalingSettings()  # z = 2
+    s = ScalingSettings(targets=Targets(target_utilisation=0.7))  # z = 2
     d, _, _ = feed(plan, [{"asr_a": 0.14}] * 4, settings=s)
     # 0.14 rps over 60 s: +- 2 sqrt(0.14 / 60) = 0.0966; scale-up sees (0.14 - 0.0966) / 0.7
     assert d["asr-a"].want == pytest.approx((0.14 - 2 * math.sqrt(0.14 / 60)) / 0.7)
@@ -243,7 +244,7 @@ def test_replan_when_idle_capacity_cannot_be_consolidated():
     rp = [a for a in acts if isinstance(a, Replan)]
     assert len(rp) == 1 and not [a for a in acts if isinstance(a, Consolidate)]
     assert rp[0].fragmentation > 0.45 and rp[0].cost_per_hour < 0
-    assert dict(rp[0].traffic)["asr-a"] == pytest.approx(5 * 1.1, abs=1e-4)  # load level: the planner adds headroom
+    assert dict(rp[0].traffic)["asr-a"] == pytest.approx(5 / 0.7 * 1.1, abs=1e-4)  # what the policy wants
     assert "idle" in rp[0].reason
     again, _ = decide(plan, sig(asr_a=5, asr_b=5, punct=1), state, now + 90, EXACT)
     assert not [a for a in again if isinstance(a, Replan)]  # one per replan_cooldown_s

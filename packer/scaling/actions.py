@@ -149,8 +149,8 @@ class Replan(Action):
 
     kind: ClassVar[str] = "replan"
     traffic: tuple[ModelRate, ...]
-    """Peak rate per model the new plan must hold: the highest load of the stabilisation window
-    plus its band (the planner adds its own headroom, so no target utilisation on top)."""
+    """Peak rate per model the new plan must hold: the highest want of the stabilisation window
+    plus its band (the planner's capacity is the same slot maths as the policy's)."""
     fragmentation: float
 
     def summary(self) -> str:

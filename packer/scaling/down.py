@@ -114,11 +114,9 @@ def fragmentation(plan: Plan, demands: Mapping[str, Demand]) -> float:
         return 0.0
     used = 0.0
     for p in plan.placements:
-        over = {}
-        for x in p.models:
-            d = demands[x.name]
-            if d.capacity > EPS:
-                over[(x.name, p.id)] = x.rate_rps * min(1.0, max(d.want_down, d.want) / d.capacity)
+        # each replica's even share of what its model wants
+        over = {(x.name, p.id): max(demands[x.name].want_down, demands[x.name].want) / len(plan.placements_of(x.name))
+                for x in p.models}
         used += fill(plan, p, over) * slot_fraction(plan, p) * len(p.gpus or (p.gpu,))
     return max(0.0, 1.0 - used / paid)
 
@@ -130,9 +128,8 @@ def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, setti
     prices = [gpu_price(plan, k[0]) for k in paid]
     idle = math.floor(frag * len(paid))
     saving = idle * (sum(prices) / len(prices)) if prices else 0.0
-    # The load level, not the want: the planner keeps its own headroom on top.
-    u = settings.targets.target_utilisation
-    traffic = tuple((m.name, round(demands[m.name].want_down * u, 4)) for m in plan.fleet.models)
+    # The planner's capacity is the policy's (the same slot maths), so it plans for the want.
+    traffic = tuple((m.name, round(demands[m.name].want_down, 4)) for m in plan.fleet.models)
     return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round(saving, 4), ready_in_s=0.0,
                   reason=f"{frag:.0%} of {len(paid)} paid GPUs idle at the demand of the last "
                          f"{settings.windows.scale_down_s:.0f} s and no single slot can be emptied; a fresh packing "

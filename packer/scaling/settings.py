@@ -17,9 +17,9 @@ class Windows:
     long enough that one noisy scrape does not move replicas."""
     panic_s: float = 6.0
     """Short window, 10% of the stable one as in Knative: a spike shows here within seconds."""
-    panic_threshold: float = 1.5
-    """Enter panic when the panic-window demand is this many times the sized capacity. With
-    ``target_utilisation`` 0.7 that is a load of about 1.05x capacity: the slot is already
+    panic_threshold: float = 1.3
+    """Enter panic when the panic-window want is this many times what the replicas hold. With
+    ``target_utilisation`` 0.85 that is a load of about 1.1x capacity: the slot is already
     queueing. In panic the policy scales up on the panic window and never scales down."""
     scale_down_s: float = 600.0
     """Stabilisation window: scale-down sizes for the *highest* demand seen over the last 10
@@ -57,21 +57,23 @@ class ColdStart:
 class Targets:
     """How full the policy lets capacity get, and when it gives up on local moves."""
 
-    target_utilisation: float = 0.7
-    """Sized capacity is kept at demand / 0.7: the slack absorbs growth during a cold start and
-    run-time noise (capacity itself already holds the plan's compute headroom and the worst-case
-    SLO bound). Knative's default container target utilisation is the same 70%."""
+    target_utilisation: float = 0.85
+    """Capacity is kept at demand / 0.85. Capacity already holds the plan's 15% duty-cycle
+    headroom and a worst-case latency bound (a request may wait a whole duty cycle), so 0.85 of it
+    is about 72% of the GPU's compute: slack for growth during a cold start and for run-time
+    noise, without sizing every model for 1.4x its load as Knative's 70% would on top."""
     max_forecast_factor: float = 2.0
     """A trend forecast over the cold start never asks for more than twice the current demand, so
     one steep minute does not buy a day's worth of GPUs."""
     queue_alarm: float = 0.5
     """A mean queue time above half the SLO means requests are already late: panic regardless of
     the load estimate (the estimate may lag when the signal is throughput, not arrivals)."""
-    fragmentation_replan: float = 0.45
+    fragmentation_replan: float = 0.30
     """Ask the planner for a re-plan when this share of paid slot capacity is idle and no single
-    consolidation can release a GPU: local moves are stuck, a global packing is cheaper."""
-    replan_cooldown_s: float = 3600.0
-    """A re-plan moves many replicas; at most one per hour."""
+    consolidation can release a GPU: local moves are stuck, a global packing is cheaper. (Local
+    scale-ups add whole GPUs for single models, so 30% idle is common after a busy hour.)"""
+    replan_cooldown_s: float = 1800.0
+    """A re-plan moves replicas (the planner keeps those that still fit); at most one per 30 min."""
     min_useful_rps: float = 1e-3
     """Room smaller than this is not worth a replica's memory."""
     min_gain_share: float = 0.05

@@ -22,7 +22,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 
 from packer.catalog import gpu_type, is_valid_combination
 from packer.fleet import Pool

@@ -19,7 +19,6 @@ import fnmatch
 import math
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

@@ -2,7 +2,8 @@
 
 Batching follows Triton's dynamic batcher (and the ``oldest`` sequence batcher, which batches the
 same way across sequences): when the slot is free, a model's queue is *ready* once it holds its
-preferred batch size, or once its oldest request has waited ``max_queue_delay``. The slot runs the
+smallest preferred batch size (``max_batch`` when none is named, as for streaming models), or once
+its oldest request has waited ``max_queue_delay``. The slot runs the
 ready model whose batch became ready first (ties go round-robin after the last one served, the
 turns the Triton writer's one-unit rate limiter gives); a batch takes everything queued up to
 ``max_batch`` if the delay expired or the queue is full, else exactly the preferred size. A batch of
@@ -40,6 +41,8 @@ class BatcherConfig:
 
     max_batch: int
     preferred: int
+    """Smallest preferred batch: the queue is ready once it holds this many (``max_batch`` when
+    the config names none); before the delay expires a batch takes exactly this many."""
     delay_s: float
     timeout_s: float
     """Queue timeout (``INF`` = never reject)."""
@@ -73,7 +76,10 @@ def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float,
         delay = queue_delay_ms
     sequence = model.traffic.streams is not None
     timeout = budget / 1000.0 if timeouts and not sequence else INF
-    return BatcherConfig(model.max_batch, b, delay / 1000.0, timeout, base / 1000.0, per / 1000.0)
+    # Streaming models name no preferred size (a batch takes what is queued when the delay ends,
+    # so a burst drains in large batches); batch models prefer [b, max_batch].
+    preferred = model.max_batch if model.streaming else b
+    return BatcherConfig(model.max_batch, preferred, delay / 1000.0, timeout, base / 1000.0, per / 1000.0)
 
 
 class Member:

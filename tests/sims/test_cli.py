@@ -99,16 +99,28 @@ def test_batcher_matches_the_triton_writer() -> None:
 
     f = parse_fleet(FLEET)
     plan = hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))])
+    checked = 0
     for p in plan.placements:
         st = SlotType(f.pool(p.pool), p.slot)
         for mem in p.models:
-            t = serving.timing(f, p, mem.name, RenderSettings())
+            cfg = serving.model_config(f, p, mem.name, RenderSettings(), shared=len(p.models) > 1)
             c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps,
                                p.compute_share)
-            assert c.preferred == t.batch
-            assert c.delay_s * 1000 == pytest.approx(t.queue_delay_ms)
-            if f.model(mem.name).traffic.streams is None:
-                assert c.timeout_s * 1000 == pytest.approx(t.budget_ms)
+            if cfg.HasField("sequence_batching"):
+                b = cfg.sequence_batching.oldest
+                timeout_us = None
+            else:
+                b = cfg.dynamic_batching
+                timeout_us = b.default_queue_policy.default_timeout_microseconds
+            assert c.max_batch == cfg.max_batch_size
+            assert c.preferred == (min(b.preferred_batch_size) if b.preferred_batch_size else cfg.max_batch_size)
+            assert c.delay_s * 1e6 == pytest.approx(b.max_queue_delay_microseconds, abs=1)
+            if timeout_us is None:
+                assert c.timeout_s == float("inf")
+            else:
+                assert c.timeout_s * 1e6 == pytest.approx(timeout_us, abs=1)
+            checked += 1
+    assert checked == 3
 
 
 def test_registry_builds_registered_policies() -> None:

@@ -46,9 +46,9 @@ def _every_10ms(tmp_path: Path, n: int) -> Trace:
 
 
 def test_deterministic_batcher_fills_preferred_batch(tmp_path: Path) -> None:
-    """Arrivals every 10 ms, preferred batch 4, long delay: a batch leaves as its 4th request
-    arrives and runs 2 + 0.5*4 = 4 ms, so requests wait 30, 20, 10, 0 ms: mean latency 19 ms."""
-    f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8)
+    """Arrivals every 10 ms, preferred batch 4 (a batch model), long delay: a batch leaves as its
+    4th request arrives and runs 2 + 0.5*4 = 4 ms, so requests wait 30, 20, 10, 0 ms: mean 19 ms."""
+    f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8, kind="batch")
     plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 4}, duty_ms=500.0)])
     sc = Scenario(trace=_every_10ms(tmp_path, 4000))
     r = simulate(plan, sc, duration_s=41.0, seed=0)

@@ -105,12 +105,13 @@ def test_a_traffic_surge_adds_servers_with_reasons_and_quiet_cycles_write_nothin
     triton.set_rate("asr", 6000.0)
     now[0] += 15
     rep = r.cycle()
-    assert rep.replanned.startswith("scaling: split asr out to new GPU")
+    # The policy's choice of action is its own business; that it acts on asr, here, is ours.
+    assert rep.replanned.startswith("scaling: ") and "asr" in rep.replanned
     added = set(cluster.objects("apps/v1/deployments")) - before
     assert added and all(cluster.objects("apps/v1/deployments")[n]["spec"]["template"]["metadata"]["labels"]
                          .get("model.packer.dev/asr") for n in added)
     events = [e for e in cluster.objects("v1/events").values() if e["reason"] == "Replanned"]
-    assert any("asr wants" in e["message"] for e in events)
+    assert any("asr" in e["message"] and e["message"].startswith(f"plan {rep.plan.id}: scaling: ") for e in events)
     summary = json.loads(cluster.objects("v1/configmaps")["packer-status"]["data"]["summary.json"])
     assert summary["policy_state"]["models"]["asr"]["samples"]
     # Once the policy has settled on capacity for the new load, quiet cycles decide nothing and

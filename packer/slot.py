@@ -216,21 +216,25 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
 
 
 def single_capacity(model: Model, st: SlotType, u: float) -> float:
-    """Highest rate (rps) one replica alone on this slot type can serve within SLO; 0 if none."""
+    """Highest rate (rps) one replica alone on this slot type can serve within SLO; 0 if none.
+
+    Closed form of ``lo <= hi`` for one item (docs/slot-maths.md), with ``B = beta r``:
+    the SLO side gives ``r <= (u (slo - A) - A) / (beta slo)`` and the max_batch side
+    ``r <= u M / (A + beta M)`` with ``M = (max_batch - 1)`` seconds-per-ms units (1 for max_batch 1).
+    """
     if model.memory_gb > st.memory_gb * model.gpus_per_replica + 1e-9:
         return 0.0
-    if not feasible([item(model, 0.0, st)], math.inf, u):
+    base, per = latency_scale(model, st)
+    A = base + per
+    slo = model.slo_ms
+    if u * (slo - A) < A - 1e-12:
         return 0.0
-    lo, hi = 0.0, 1.0
-    while feasible([item(model, hi, st)], math.inf, u) and hi < 1e9:
-        lo, hi = hi, hi * 2
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        if feasible([item(model, mid, st)], math.inf, u):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    beta = per / 1000.0
+    M = 1000.0 * (model.max_batch - 1 if model.max_batch > 1 else 1)
+    caps = [u * M / (A + beta * M)]
+    if beta > 0:
+        caps.append((u * (slo - A) - A) / (beta * slo))
+    return max(0.0, min(caps)) * (1 - 1e-9)
 
 
 def model_slot_types(fleet: Fleet, model: Model) -> list[SlotType]:

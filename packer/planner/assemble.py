@@ -80,7 +80,13 @@ def _fix_layout(g: Gpu) -> None:
                 best, best_key = layout, key
     assert best is not None, f"no layout holds {dict(have)}"
     g.layout = best
-    free = list(best.instances)
+    assign_starts(g)
+
+
+def assign_starts(g: Gpu) -> None:
+    """Give each MIG slot of the GPU the offset of a free instance of its profile in the layout."""
+    assert g.layout is not None
+    free = list(g.layout.instances)
     for s in sorted(g.slots, key=lambda s: s.type.profile):
         for i, (p, start) in enumerate(free):
             if p == s.type.profile:

@@ -29,28 +29,51 @@ from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
 from packer.slot import latency_scale
 
-CLASS_RATIO = 1.5
-CLASS_RATIO_LARGE = 3.0
-MAX_CLASSES = 6
-"""Duty-cycle classes: a slot's cycle lies in one class [r^j, r^(j+1)), and its members' run
-times are bounded below by A / r^(j+1). Finer classes give a tighter bound and a larger LP."""
+MAX_CLASSES = 8
+"""Duty-cycle classes: a slot's cycle lies in exactly one class [b_j, b_(j+1)), and its members'
+shares are bounded below by A / b_(j+1). More classes give a tighter bound and a larger LP."""
+LP_SOLVER = "HIGHS"
+CLASSES_UP_TO = 250
+"""Above this many models the duty-class LP takes minutes; the one-class LP is used alone."""
 
 
 def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple[float, str]:
     """The relaxation's LP bound (always quick), raised by its MIP bound when SCIP gets further."""
-    found = [_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES)]
-    if found[0] is None:  # too large for the time: the one-class relaxation is smaller
-        found.append(_solve(problem, time_limit, integer=False, max_classes=1))
-    found.append(_solve(problem, time_limit, integer=True, max_classes=MAX_CLASSES))
+    # The one-class LP is small and always finishes; duty classes tighten it; the MIP (integer
+    # GPU layouts) tightens it again where the fleet is small enough for SCIP.
+    small = len(problem.shared_models) <= CLASSES_UP_TO
+    found = [_solve(problem, time_limit / 3 if small else time_limit, integer=False, max_classes=1)]
+    if small:
+        found.append(_solve(problem, time_limit / 3, integer=False, max_classes=MAX_CLASSES))
+        found.append(_solve(problem, time_limit / 3, integer=True, max_classes=MAX_CLASSES))
     best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
     return multi_cost + best[0], best[1]
 
 
+def _class_bounds(problem: Problem, k: int) -> list[float]:
+    """A partition of duty cycles (ms) into at most ``k`` classes, cut at the models' own limits.
+
+    A slot's cycle is at most its tightest member's limit, so cutting where the models' limits
+    cluster (quantiles in log space) separates the groups that cannot share a slot.
+    """
+    if k <= 1:
+        return [0.0, math.inf]
+    his = sorted(m.slo_ms - sum(latency_scale(m, st)) for m in problem.shared_models for st in problem.all_types()
+                 if problem.capacity(m, st) > 0)
+    if not his:
+        return [0.0, math.inf]
+    cuts = sorted({his[min(len(his) - 1, int(len(his) * i / k))] for i in range(1, k)})
+    return [0.0] + cuts + [math.inf]
+
+
 def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: int) -> tuple[float, str] | None:
     fleet = problem.fleet
-    solver = pywraplp.Solver.CreateSolver("SCIP" if integer else "GLOP")
+    solver = pywraplp.Solver.CreateSolver("SCIP" if integer else LP_SOLVER)
     if solver is None:  # pragma: no cover - OR-Tools always ships both
         return None
+    solver.SuppressOutput()
+    if not integer and LP_SOLVER == "HIGHS":
+        solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\n")
     solver.SetTimeLimit(int(time_limit * 1000))
     inf = solver.infinity()
     var = solver.IntVar if integer else solver.NumVar
@@ -66,7 +89,7 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
         solver.Add(sum(zv for zv, _ in zs) <= p.max_gpus)
         for st in problem.types[p.name]:
             N[st.key] = sum(cnt[st.profile] * zv for zv, cnt in zs if cnt[st.profile])
-    ratio = CLASS_RATIO if len(problem.shared_models) <= 400 else CLASS_RATIO_LARGE
+    bounds = _class_bounds(problem, max_classes)
     mem_terms: dict[tuple[str, int], list] = defaultdict(list)
     time_terms: dict[tuple[str, int], list] = defaultdict(list)
     for m in problem.shared_models:
@@ -85,11 +108,10 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
             base, per = latency_scale(m, st)
             A = base + per
             d_lo, d_hi = A / problem.u, m.slo_ms - A
-            j0 = math.floor(math.log(d_lo, ratio))
-            j_last = min(math.floor(math.log(d_hi, ratio)), j0 + max_classes - 1)
-            for j in range(j0, j_last + 1):
-                # the last class takes every longer cycle too, so few classes stay a valid bound
-                c_lo, c_hi = max(ratio ** j, d_lo), d_hi if j == j_last else min(ratio ** (j + 1), d_hi)
+            for j in range(len(bounds) - 1):
+                # Classes are one partition of all cycles, shared by every model, so a slot is
+                # counted in exactly one class whoever its members are.
+                c_lo, c_hi = max(bounds[j], d_lo), min(bounds[j + 1], d_hi)
                 if c_lo > c_hi:
                     continue
                 # The most one replica can serve with its cycle in [c_lo, c_hi]: SLO, max_batch

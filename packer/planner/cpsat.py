@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from ortools.sat.python import cp_model
 
 from packer.catalog import MigLayout, mig_layouts
-from packer.planner.assemble import Gpu
+from packer.planner.assemble import Gpu, assign_starts, to_gpus
 from packer.planner.model import Problem, Rep, Slot
 from packer.slot import WHOLE, SlotType
 
@@ -52,7 +52,7 @@ def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLa
 
 def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_reps: list[Rep],
                  gpu_limit: dict[str, int], hint: list[Gpu] | None, upper_cost: float | None,
-                 time_limit: float, seed: int, workers: int = 1) -> tuple[list[Gpu], float, str, float] | None:
+                 time_limit: float, seed: int) -> tuple[list[Gpu], float, str, float] | None:
     """Pack a window of replicas onto new GPUs as cheaply as possible.
 
     Returns (gpus, cost, status, best_bound) or None when no solution cheaper than ``upper_cost``
@@ -202,12 +202,13 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
             m.AddHint(v, 1 if hinted[(name, n)] else 0)
 
     solver = cp_model.CpSolver()
-    # Deterministic for a seed: interleaved workers and a deterministic-time budget; the wall
-    # clock is only a guard for a much slower machine.
+    # Deterministic for a seed: one worker and a deterministic-time budget; the wall clock is only
+    # a guard for a much slower machine. (Interleaved multi-worker search would also be
+    # deterministic, but OR-Tools 9.15 aborts on it with a solution hint: "Check failed:
+    # heuristics.fixed_search != nullptr".)
     solver.parameters.max_deterministic_time = time_limit
     solver.parameters.max_time_in_seconds = 2 * time_limit + 1
-    solver.parameters.num_workers = workers
-    solver.parameters.interleave_search = workers > 1
+    solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     st_code = solver.Solve(m)
     if st_code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
@@ -237,8 +238,6 @@ def realise(problem: Problem, slots: list[Slot],
     each onto the GPU with a free instance of its profile that holds none of its models. If that
     fails (rare), the first-fit assembly in ``assemble.to_gpus`` is used instead.
     """
-    from packer.planner.assemble import to_gpus
-
     gpus: list[Gpu] = []
     free: list[Counter] = []
     for pool_name, ls in sorted(layouts.items()):
@@ -257,20 +256,8 @@ def realise(problem: Problem, slots: list[Slot],
     used = [g for g in gpus if g.slots]
     for g in used:
         if g.layout is not None:
-            _fix_layout_keep(g)
+            assign_starts(g)
     return used
-
-
-def _fix_layout_keep(g: Gpu) -> None:
-    """Assign instance offsets within the GPU's already chosen layout."""
-    assert g.layout is not None
-    free = list(g.layout.instances)
-    for s in sorted(g.slots, key=lambda s: s.type.profile):
-        for i, (p, start) in enumerate(free):
-            if p == s.type.profile:
-                s.start = start
-                free.pop(i)
-                break
 
 
 def _add_hint(m: cp_model.CpModel, hint: list[Gpu], z, slots, reps, x) -> None:

@@ -30,11 +30,14 @@ Progress = Callable[[str, float], None]
 
 
 def auto_time_limit(fleet: Fleet) -> float:
-    """Whole budget from fleet size: 5.5 s at 20 models, 10 s at 200, 17.5 s at 500, 55 s at 2000.
+    """Whole budget from fleet size: 5.5 s at 20 models, 10 s at 200, 23.5 s at 500, 91 s at 2000.
 
-    60% goes to improving the plan and 30% to the lower bound; greedy and baselines take the rest.
+    Up to 250 models 60% goes to improving the plan and 30% to the lower bound; above, 35% and 55%
+    (the LP grows with the fleet, LNS gains little per second there). Greedy and baselines take
+    the rest.
     """
-    return min(100.0, 5.0 + 0.025 * len(fleet.models))
+    n = len(fleet.models)
+    return 5.0 + 0.025 * n if n <= 200 else min(100.0, 10.0 + 0.045 * (n - 200))
 
 
 def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
@@ -137,7 +140,7 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
     budget = max(1.0, deadline - time.monotonic())
     res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
                        fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
-                       seed=s.seed, workers=2)
+                       seed=s.seed)
     if res is None:
         return shared + multi, "feasible", 0.0
     new, cost, status, bound = res
@@ -293,7 +296,11 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     settings = settings or PlanSettings()
     t0 = time.monotonic()
     limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
-    deadline = t0 + 0.6 * limit
+    # Large fleets: the LP bound needs more of the budget, and LNS gains little per second there.
+    from packer.planner.bound import CLASSES_UP_TO
+
+    large = len(fleet.models) > CLASSES_UP_TO
+    deadline = t0 + (0.35 if large else 0.6) * limit
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
     problem.multi_counts = multi_counts  # type: ignore[attr-defined]
@@ -328,7 +335,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     warnings = assign_nodes(problem, gpus)
     if progress:
         progress("bound", time.monotonic() - t0)
-    lb, method = lower_bound(problem, multi_cost, time_limit=max(0.5, 0.15 * limit))
+    lb, method = lower_bound(problem, multi_cost, time_limit=max(1.5, (0.55 if large else 0.3) * limit))
     if cp_bound + multi_cost > lb:
         lb, method = cp_bound + multi_cost, "CP-SAT proven bound"
     cost = cost_of(problem, gpu_counts(problem, gpus))

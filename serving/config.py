@@ -12,14 +12,17 @@ Pure: plan in, protobuf message out, no files. Every number comes from the slot 
   ``budget = slo - run`` it can no longer meet its SLO and the queue policy rejects it,
 * the queue never holds more requests than the model could finish within ``budget`` even with the
   slot to itself and batches up to ``max_batch``: a longer queue certainly misses the SLO,
-* the preferred batch sizes are ``b`` and ``max_batch``: Triton's batcher stops filling a batch at
-  its largest preferred size, so ``[b]`` alone would cap every batch at ``b`` and a burst would
-  drain ``b`` at a time; with ``max_batch`` too, a backlog drains in full batches.
+* Triton's batcher sends the largest *preferred* batch it can form as soon as it can, even with
+  more requests queued: with ``preferred_batch_size: [b]`` a backlog of 28 drains one small batch
+  at a time and times out (measured). Streaming models therefore name no preferred size: each
+  batch takes what is queued, up to ``max_batch``, when the queue delay ends or the instance
+  frees, so at the planned rate it is about ``b`` and under a burst it grows. Batch models prefer
+  ``[b, max_batch]``: the planned batch as soon as it is there, full batches for a backlog.
 
 Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) in a group
 with ``d = 20 ms``, ``b = 4`` and a compute share of 40 %: run 2.2 ms, budget 97.8 ms, queue delay
-``20 * 0.6 = 12 ms``, preferred batches ``[4, 64]``; the queue bound is 1 178 requests
-(19 batches of 62 fit in 97.8 ms).
+``20 * 0.6 = 12 ms``, no preferred batch (about 4 form per cycle at the planned rate); the queue
+bound is 1 178 requests (19 batches of 62 fit in 97.8 ms).
 """
 
 from __future__ import annotations
@@ -111,11 +114,11 @@ def _tensor(name: str, dtype: int, *, input: bool) -> mc.ModelInput | mc.ModelOu
     return t
 
 
-def _preferred(t: Timing, max_batch: int) -> list[int]:
-    return sorted({t.batch, max_batch})
+def _preferred(t: Timing, max_batch: int, model: Model) -> list[int]:
+    return [] if model.streaming else sorted({t.batch, max_batch})
 
 
-def _sequence(cfg: mc.ModelConfig, t: Timing, settings: RenderSettings, scale: float) -> None:
+def _sequence(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSettings, scale: float) -> None:
     """Sequence batcher, ``oldest`` strategy: requests of one stream run in order on one instance,
     and a batch takes at most one chunk from each of the oldest ``streams`` sequences.
 
@@ -132,7 +135,7 @@ def _sequence(cfg: mc.ModelConfig, t: Timing, settings: RenderSettings, scale: f
     ci = sb.control_input.add(name=CORRID)
     ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
     sb.oldest.max_candidate_sequences = t.streams or t.batch
-    sb.oldest.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size))
+    sb.oldest.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size, model))
     sb.oldest.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
 
 
@@ -140,7 +143,7 @@ def _dynamic(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSetti
     """Dynamic batcher with a rejecting, bounded queue: a request that has waited past its budget
     is answered with an error at once instead of late, so the client can retry elsewhere."""
     db = cfg.dynamic_batching
-    db.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size))
+    db.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size, model))
     db.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
     q = db.default_queue_policy
     q.timeout_action = mc.ModelQueuePolicy.REJECT
@@ -184,6 +187,7 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Render
         cfg.default_model_filename = art.uri.rstrip("/").rsplit("/", 1)[-1]
         cfg.parameters["artifact_uri"].string_value = art.uri
     cfg.parameters["slot"].string_value = placement.id
+    cfg.parameters["planned_batch"].string_value = str(t.batch)
     cfg.parameters["compute_share"].string_value = f"{sum(m.share for m in members):.4g}"
     cfg.parameters["p99_bound_ms"].string_value = f"{max(m.p99_bound_ms for m in members):.1f}"
 
@@ -191,7 +195,7 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Render
     # batching policy keeps the plan's proportions. A real artifact runs in real time.
     scale = settings.time_scale if art is None else 1.0
     if model.traffic.streams is not None:
-        _sequence(cfg, t, settings, scale)
+        _sequence(cfg, t, model, settings, scale)
     else:
         _dynamic(cfg, t, model, settings, scale)
 

@@ -53,7 +53,8 @@ def test_sequence_model_uses_oldest_with_control_inputs_and_duty_cycle_delay(pla
     assert sb.max_sequence_idle_microseconds == 30_000_000
     p = plan.placements[0]
     member = next(m for m in p.models if m.name == "asr-es")
-    assert list(sb.oldest.preferred_batch_size) == [member.batch_size, 128]  # b, and max_batch for backlogs
+    assert not sb.oldest.preferred_batch_size  # a batch takes what is queued: grows under a burst
+    assert cfg.parameters["planned_batch"].string_value == str(member.batch_size)
     # Wait for the batch to form, then for the slot's running batch: together at most one cycle.
     assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
     # 112 Spanish streams, this replica carries 350 of the 700 peak rps: half of them.
@@ -76,7 +77,7 @@ def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, r
     assert q.max_queue_size == best
     assert servable(model.slo_ms - run, base, per, model.max_batch) == best
     assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
-    assert list(cfg.dynamic_batching.preferred_batch_size) == [member.batch_size, model.max_batch]
+    assert not cfg.dynamic_batching.preferred_batch_size
     assert cfg.dynamic_batching.priority_levels == 0  # streaming: no lower priority
 
 

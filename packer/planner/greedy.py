@@ -8,9 +8,10 @@ slot type where it costs least for the share it takes. On its own this is the *g
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 
-from packer.planner.model import Problem, Rep, Slot, can_add, fill
-from packer.slot import WHOLE, SlotType
+from packer.planner.model import Problem, Rep, Slot
+from packer.slot import WHOLE, Item, SlotType
 
 
 def choose_counts(problem: Problem) -> dict[str, int]:
@@ -36,16 +37,6 @@ def reps_for(problem: Problem, counts: dict[str, int]) -> list[Rep]:
     return [Rep(m, i, counts[m.name]) for m in problem.shared_models for i in range(counts[m.name])]
 
 
-def gpus_implied(slots: list[Slot], pool: str) -> float:
-    """GPUs a set of slots needs at least (MIG slices by compute share, whole slots one each)."""
-    total = 0.0
-    for s in slots:
-        if s.type.pool.name != pool:
-            continue
-        total += 1.0 if s.type.profile == WHOLE else s.type.compute_fraction
-    return total
-
-
 def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
          reserved: dict[str, int] | None = None, gpu_of: dict[int, object] | None = None) -> list[Slot]:
     """Insert ``reps`` into ``slots`` (which may hold replicas already), opening slots as needed.
@@ -61,34 +52,82 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     def size(rep: Rep) -> float:
         return min((problem.attributable_cost(rep, st) for st in types), default=math.inf)
 
+    u = problem.u
+    # Running sums per slot (memory, sum A, sum B, min hi, kinds, models) make each "does it fit,
+    # and how full would it be" test O(1): the same test as can_add + fill, without re-summing.
+    agg = {id(sl): _Agg.of(problem, sl) for sl in slots}
+    implied: dict[str, float] = defaultdict(float)
+    for sl in slots:
+        implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
     for rep in sorted(reps, key=lambda r: (-size(r), r.model.name, r.index)):
         best, best_fill = None, -1.0
-        for s in slots:
-            g = gpu_of.get(id(s))
-            if g is not None and rep.model.name in g.models():  # type: ignore[attr-defined]
+        name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
+        for sl in slots:
+            a = agg[id(sl)]
+            if name in a.names or a.mem + mem > sl.type.memory_gb + 1e-9:
                 continue
-            if can_add(problem, s, rep):
-                s.reps.append(rep)
-                f = fill(problem, s)
-                s.reps.pop()
-                if f > best_fill + 1e-12:
-                    best, best_fill = s, f
+            if a.kinds and kind not in a.kinds and not sl.type.pool.time_slicing:
+                continue
+            g = gpu_of.get(id(sl))
+            if g is not None and name in g.models():  # type: ignore[attr-defined]
+                continue
+            it = problem.item(rep, sl.type)
+            sb = a.sB + it.B
+            if sb >= u:
+                continue
+            hi = min(a.hi, it.hi)
+            if hi <= 0 or (a.sA + it.A) / (u - sb) > hi + 1e-9:
+                continue
+            f = max((a.sA + it.A + sb * hi) / (u * hi), (a.mem + mem) / sl.type.memory_gb)
+            if f > best_fill + 1e-12:
+                best, best_fill = sl, f
         if best is not None:
             best.reps.append(rep)
+            agg[id(best)].add(problem.item(rep, best.type), rep)
             continue
         choice, choice_cost = None, math.inf
         for st in types:
             limit = st.pool.max_gpus - reserved.get(st.pool.name, 0)
             add = 1.0 if st.profile == WHOLE else st.compute_fraction
-            if gpus_implied(slots, st.pool.name) + add > limit + 1e-9:
+            if implied[st.pool.name] + add > limit + 1e-9:
                 continue
             c = problem.attributable_cost(rep, st)
             if c < choice_cost - 1e-12:
                 choice, choice_cost = st, c
         if choice is None:
             raise NoRoom(rep)
-        slots.append(Slot(choice, [rep]))
+        new = Slot(choice, [rep])
+        slots.append(new)
+        agg[id(new)] = _Agg.of(problem, new)
+        implied[choice.pool.name] += 1.0 if choice.profile == WHOLE else choice.compute_fraction
     return slots
+
+
+class _Agg:
+    """Running sums of a slot's members in the linear slot maths (docs/slot-maths.md)."""
+
+    __slots__ = ("mem", "sA", "sB", "hi", "kinds", "names")
+
+    def __init__(self) -> None:
+        self.mem = self.sA = self.sB = 0.0
+        self.hi = math.inf
+        self.kinds: set[str] = set()
+        self.names: set[str] = set()
+
+    @classmethod
+    def of(cls, problem: Problem, slot: Slot) -> "_Agg":
+        a = cls()
+        for r in slot.reps:
+            a.add(problem.item(r, slot.type), r)
+        return a
+
+    def add(self, it: Item, rep: Rep) -> None:
+        self.mem += rep.model.memory_gb
+        self.sA += it.A
+        self.sB += it.B
+        self.hi = min(self.hi, it.hi)
+        self.kinds.add(rep.model.kind)
+        self.names.add(rep.model.name)
 
 
 class NoRoom(Exception):

@@ -167,19 +167,6 @@ def can_add(problem: Problem, slot: Slot, rep: Rep) -> bool:
     return duty_window(items, problem.u) is not None
 
 
-def fill(problem: Problem, slot: Slot) -> float:
-    """How full a slot is: the larger of memory and compute at the largest duty cycle."""
-    if not slot.reps:
-        return 0.0
-    items = [problem.item(r, slot.type) for r in slot.reps]
-    win = duty_window(items, problem.u)
-    assert win is not None
-    d = win[1]
-    comp = sum(i.load(d) for i in items) / (problem.u * d)
-    mem = sum(r.model.memory_gb for r in slot.reps) / slot.type.memory_gb
-    return max(comp, mem)
-
-
 def layout_counters(pool: Pool) -> list[tuple[Counter, object]]:
     """Profile multisets of the pool's maximal MIG layouts, for sub-multiset validity tests."""
     return [(Counter(l.profiles), l) for l in mig_layouts(pool.gpu) if len(l.instances) > 1]

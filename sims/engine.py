@@ -256,6 +256,8 @@ class Simulation:
         s.removed_at = t
         for m in s.server.members:
             m.removed = True
+        for i in {m.idx for m in s.server.members}:
+            self.replicas[i] = [m for m in self.replicas[i] if not m.removed]
         for ids in s.node.gpus.values():
             if s.id in ids:
                 ids.remove(s.id)

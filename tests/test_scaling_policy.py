@@ -275,3 +275,19 @@ def test_batch_models_scale_on_arrivals_not_their_queue():
     d, _ = observe(plan, signals, ScalingState(), 0.0, EXACT)
     assert d["asr-b"].load == pytest.approx(10.0)  # a batch queue fills by design
     assert d["asr-a"].load > 100.0  # a streaming queue of 100 is load: 100 / sojourn
+
+
+def test_replan_when_round_robin_wastes_uneven_replicas():
+    f = fleet()
+    plan = plan_of(f, [
+        placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 100.0)]),
+        placement(f, "l4", "l4-n0", 1, [("asr-a", 1, 100.0)]),
+        placement(f, "l4", "l4-n0", 2, [("asr-a", 2, 100.0), ("asr-b", 0, 1200.0), ("punct", 0, 20.0)]),
+        placement(f, "l4", "l4-n0", 3, [("punct", 1, 20.0)]),
+    ])
+    from packer.scaling.down import round_robin_waste
+    waste, model = round_robin_waste(plan)
+    assert model == "asr-a" and waste > 0.5  # two free L4s held back by the crowded third replica
+    acts, state = decide(plan, sig(asr_a=250, asr_b=1000, punct=20), None, 0.0, EXACT)
+    rp = [a for a in acts if isinstance(a, Replan)]
+    assert len(rp) == 1 and "round-robin" in rp[0].reason and state.last_replan == 0.0

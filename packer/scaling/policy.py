@@ -24,7 +24,8 @@ One decision, per model, then per slot:
 5. **Scale down** (slow): a slot is emptied only when every member can be dropped or moved while
    each model keeps 10% above the *highest* want of the last 10 minutes, and only after that much
    history; one slot per decision.
-6. **Re-plan** when much paid capacity idles and no single slot can be emptied.
+6. **Re-plan** when much paid capacity idles and no single slot can be emptied, or when replicas
+   added one at a time left a model's replicas so uneven that round-robin wastes most of them.
 
 Worked example (``tests/test_scaling_policy.py``): asr-a shares an L4 with punct and can take
 1897.4 rps there. At a steady 1500 rps it wants 1500 / 0.7 = 2142.9: asr-b's L4 has room, so the
@@ -40,7 +41,7 @@ from packer.plan import Plan
 from packer.scaling.actions import Action, Consolidate, Standby, apply
 from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, observe,
                                    share_capacity)
-from packer.scaling.down import fragmentation, replan_request, scale_down, try_empty
+from packer.scaling.down import fragmentation, replan_request, round_robin_waste, scale_down, try_empty
 from packer.scaling.room import gpu_price, new_gpu, standby_gpus
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals
@@ -107,11 +108,12 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
         for name in _shrunk_models(a):
             models[name] = replace(models[name], last_down=now)
     state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
-    if tried and not downs and all(d.may_shrink for d in calm.values()):
-        frag = fragmentation(work, calm)
-        last = state.last_replan
-        if frag > settings.targets.fragmentation_replan and (last is None or now - last >= settings.targets.replan_cooldown_s):
-            actions.append(replan_request(work, calm, frag, settings))
+    last = state.last_replan
+    if not downs and (last is None or now - last >= settings.targets.replan_cooldown_s):
+        frag = fragmentation(work, calm) if tried and all(d.may_shrink for d in calm.values()) else 0.0
+        waste = round_robin_waste(work) if not any(d.panic for d in calm.values()) else (0.0, "")
+        if frag > settings.targets.fragmentation_replan or waste[0] > settings.targets.waste_replan:
+            actions.append(replan_request(work, calm, frag, settings, waste))
             state = replace(state, last_replan=now)
     return actions, state
 

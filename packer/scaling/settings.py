@@ -72,6 +72,9 @@ class Targets:
     """Ask the planner for a re-plan when this share of paid slot capacity is idle and no single
     consolidation can release a GPU: local moves are stuck, a global packing is cheaper. (Local
     scale-ups add whole GPUs for single models, so 30% idle is common after a busy hour.)"""
+    waste_replan: float = 0.5
+    """Also re-plan when round-robin leaves half of some model's replica room unused (replicas of
+    very different room, from scale-ups one at a time): a packing evens them out."""
     replan_cooldown_s: float = 1800.0
     """A re-plan moves replicas (the planner keeps those that still fit); at most one per 30 min."""
     min_useful_rps: float = 1e-3

@@ -151,6 +151,9 @@ class Scenario:
     diurnal: Diurnal = field(default_factory=Diurnal)
     session_s: float = 300.0
     """Mean duration of a stream (exponential) for models with ``traffic.streams``."""
+    stream_arrivals: str = "sessions"
+    """``sessions``: streams send a chunk every chunk interval while they last; ``poisson``: the
+    chunks of a streaming model arrive as one Poisson process (as ``bench/triton.py`` sends them)."""
     grid_s: float = 1.0
     """Resolution of the rate curve: rates are piecewise constant over this step."""
     models: tuple[ModelTraffic, ...] = ()
@@ -214,7 +217,8 @@ def _list(doc: dict, key: str) -> list:
 
 def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = None) -> Scenario:
     doc = _expect(doc, "(top level)")
-    _check_keys(doc, {"name", "about", "process", "start_hour", "traffic_scale", "diurnal", "session", "grid",
+    _check_keys(doc, {"name", "about", "process", "start_hour", "traffic_scale", "diurnal", "session",
+                      "stream_arrivals", "grid",
                       "models", "bursts", "spikes", "batch_jobs", "trace", "cluster", "server", "policy",
                       "policy_options", "duration"}, "(top level)")
     process = doc.get("process", "diurnal")
@@ -296,6 +300,9 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
     server = Server(_num(sv, "noise_cv", "server", 0.0),
                     None if qd is None else _num(sv, "queue_delay_ms", "server", 0.0),
                     bool(sv.get("queue_timeouts", True)))
+    sa = doc.get("stream_arrivals", "sessions")
+    if sa not in ("sessions", "poisson"):
+        raise ScenarioError(f"stream_arrivals: {sa!r} is unknown. Fix: use sessions or poisson")
     po = doc.get("policy_options") or {}
     if not isinstance(po, dict):
         raise ScenarioError("policy_options: is not a mapping")
@@ -303,7 +310,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         name=str(doc.get("name", "scenario")), about=str(doc.get("about", "")), process=process,
         start_hour=_num(doc, "start_hour", "(top level)", 0.0), traffic_scale=_num(doc, "traffic_scale",
                                                                                     "(top level)", 1.0),
-        diurnal=diurnal, session_s=parse_duration(doc.get("session", 300), "session"),
+        diurnal=diurnal, session_s=parse_duration(doc.get("session", 300), "session"), stream_arrivals=sa,
         grid_s=parse_duration(doc.get("grid", 1.0), "grid") or 1.0,
         models=tuple(models), bursts=tuple(bursts), spikes=tuple(spikes), batch_jobs=tuple(jobs), trace=trace,
         cluster=cluster, server=server, policy=str(doc.get("policy", "static")), policy_options=dict(po),

@@ -326,7 +326,7 @@ def sources(fleet: Fleet, scenario: Scenario, seed: int) -> list[Blocked]:
             out.append(Blocked(TraceSource(trace[m.name], scenario.trace.speed, scenario.trace.loop)))
         elif jobs:
             out.append(Blocked(JobSource(m, curve, rng, scenario.grid_s, jobs[-1].size, jobs[-1].spread_s)))
-        elif m.traffic.streams is not None:
+        elif m.traffic.streams is not None and scenario.stream_arrivals == "sessions":
             out.append(Blocked(StreamSource(m, curve, rng, scenario.grid_s, scenario.session_s)))
         else:
             out.append(Blocked(PoissonSource(m, curve, rng, scenario.grid_s)))

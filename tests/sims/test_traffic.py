@@ -145,3 +145,14 @@ def test_arrivals_do_not_depend_on_how_time_is_cut() -> None:
         ta = np.concatenate([sa.take(x, y).times for x, y in zip(cuts_a, cuts_a[1:])])
         tb = np.concatenate([sb.take(x, y).times for x, y in zip(cuts_b, cuts_b[1:])])
         assert np.array_equal(ta, tb)
+
+
+def test_stream_chunks_can_arrive_as_one_poisson_process() -> None:
+    """``stream_arrivals: poisson`` (how bench/triton.py drives Triton) keeps the rate, drops the period."""
+    sc = parse_scenario({"process": "poisson", "stream_arrivals": "poisson"})
+    t = take_all(sources(fleet(), sc, seed=6)[0], 600.0)
+    assert t.size / 600.0 == pytest.approx(400.0, rel=0.03)
+    gaps = np.diff(t)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.03)
+    with pytest.raises(UserError, match="stream_arrivals"):
+        parse_scenario({"stream_arrivals": "sometimes"})

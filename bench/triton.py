@@ -66,13 +66,14 @@ def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:
     return lo
 
 
-def arrivals(rates: dict[str, float], total_s: float, seed: int,
-             streams: dict[str, int] | None = None) -> list[tuple[float, str, int, bool, bool]]:
-    """Merged Poisson arrivals ``(time, model, sequence id, start, end)``, seeded.
+def arrivals(rates: dict[str, float], total_s: float, seed: int, streams: dict[str, int] | None = None,
+             periodic: bool = False) -> list[tuple[float, str, int, bool, bool]]:
+    """Merged arrivals ``(time, model, sequence id, start, end)``, seeded.
 
-    A model in ``streams`` gets that many independent streams, each a Poisson process at
-    ``rate / streams`` (a live speaker's chunks); its first chunk starts the sequence, its last
-    ends it. Other models' requests carry sequence id 0.
+    A model in ``streams`` gets that many independent streams at ``rate / streams`` each: Poisson,
+    or with ``periodic`` one chunk every ``streams / rate`` s from a random phase (live audio sends
+    fixed-length chunks). A stream's first chunk starts its sequence, its last ends it. Other
+    models' requests are Poisson and carry sequence id 0.
     """
     rng = np.random.default_rng(seed)
     streams = streams or {}
@@ -83,10 +84,11 @@ def arrivals(rates: dict[str, float], total_s: float, seed: int,
         for _ in range(max(n, 1)):
             r = rates[name] / max(n, 1)
             times = []
-            t = rng.exponential(1.0 / r)
+            regular = periodic and n > 0
+            t = rng.uniform(0, 1.0 / r) if regular else rng.exponential(1.0 / r)
             while t < total_s:
                 times.append(t)
-                t += rng.exponential(1.0 / r)
+                t += 1.0 / r if regular else rng.exponential(1.0 / r)
             for j, t in enumerate(times):
                 out.append((t, name, seq if n else 0, n > 0 and j == 0, n > 0 and j == len(times) - 1))
             seq += 1 if n else 0
@@ -94,7 +96,7 @@ def arrivals(rates: dict[str, float], total_s: float, seed: int,
 
 
 def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warmup_s: float,
-              seed: int, streams: dict[str, int] | None = None) -> dict[str, dict]:
+              seed: int, streams: dict[str, int] | None = None, periodic: bool = False) -> dict[str, dict]:
     """Send the arrivals open-loop (never waiting for answers); measure those sent after warm-up."""
     client = grpcclient.InferenceServerClient(server.grpc_url)
     x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
@@ -109,7 +111,7 @@ def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warm
             done.append((model, sent, t - sent, error is None))
         answered.release()
 
-    plan = arrivals(rates, warmup_s + seconds, seed, streams)
+    plan = arrivals(rates, warmup_s + seconds, seed, streams, periodic)
     t0 = time.perf_counter()
     m0 = None
     for at, model, seq, start, end in plan:
@@ -157,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per level")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each level")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--periodic-streams", action="store_true",
+                    help="sequence models: each stream sends evenly spaced chunks (else Poisson per stream)")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     a = ap.parse_args(argv)
 
@@ -186,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             cfgs = {m.name: m.config for m in repo.models}
             streams = {n: timing(fleet, p, n, settings).streams for n in rates if fleet.model(n).traffic.streams}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
-                measured = run_level(server, rates, a.seconds, a.warmup, a.seed + i, streams)
+                measured = run_level(server, rates, a.seconds, a.warmup, a.seed + i, streams, a.periodic_streams)
             for member in p.models:
                 t = timing(fleet, p, member.name, settings)
                 cfg = cfgs[member.name]
@@ -195,9 +199,11 @@ def main(argv: list[str] | None = None) -> int:
                 m = measured[member.name]
                 row = {
                     "fleet": fleet.name, "model": member.name, "group": list(mix), "slot": st.key, "load": load,
-                    "group_capacity_rps": total, "rate_rps": rates[member.name], "arrivals": "poisson",
+                    "group_capacity_rps": total, "rate_rps": rates[member.name],
+                    "arrivals": "periodic per stream" if a.periodic_streams and member.name in streams else
+                    ("poisson per stream" if member.name in streams else "poisson"),
                     "seed": a.seed + i, "seconds": a.seconds, "base_ms": t.base_ms, "per_item_ms": t.per_item_ms,
-                    "max_batch": fleet.model(member.name).max_batch, "preferred_batch": member.batch_size,
+                    "max_batch": fleet.model(member.name).max_batch, "planned_batch": member.batch_size,
                     "duty_cycle_ms": p.duty_cycle_ms, "group_compute_share": p.compute_share,
                     "batcher": "sequence-oldest" if seqb else "dynamic",
                     "streams": streams.get(member.name),

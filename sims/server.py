@@ -229,7 +229,7 @@ class SlotServer:
                 run *= noise[ni]
                 ni += 1
             F = bt + run
-            rec.extend((h, hi, bt, F))
+            rec += (h, hi, bt, F)
             H[i] = hi
             busy += run
             last = i

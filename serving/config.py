@@ -13,11 +13,11 @@ Pure: plan in, protobuf message out, no files. Every number comes from the slot 
 * the queue never holds more requests than the model could finish within ``budget`` even with the
   slot to itself and batches up to ``max_batch``: a longer queue certainly misses the SLO,
 * Triton's batcher sends the largest *preferred* batch it can form as soon as it can, even with
-  more requests queued: with ``preferred_batch_size: [b]`` a backlog of 28 drains one small batch
-  at a time and times out (measured). Streaming models therefore name no preferred size: each
+  more requests queued: with ``preferred_batch_size: [1, 32]`` (``b = 1``) a backlog of 28 drained
+  one request at a time and all 28 timed out (measured). Streaming models therefore name no preferred size: each
   batch takes what is queued, up to ``max_batch``, when the queue delay ends or the instance
   frees, so at the planned rate it is about ``b`` and under a burst it grows. Batch models prefer
-  ``[b, max_batch]``: the planned batch as soon as it is there, full batches for a backlog.
+  ``[b, max_batch]``: the planned batch as soon as it is there, full batches once ``max_batch`` wait.
 
 Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) in a group
 with ``d = 20 ms``, ``b = 4`` and a compute share of 40 %: run 2.2 ms, budget 97.8 ms, queue delay

@@ -52,11 +52,13 @@ def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLa
 
 def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_reps: list[Rep],
                  gpu_limit: dict[str, int], hint: list[Gpu] | None, upper_cost: float | None,
-                 time_limit: float, seed: int) -> tuple[list[Gpu], float, str, float] | None:
+                 time_limit: float, seed: int, spent: list[float] | None = None,
+                 ) -> tuple[list[Gpu], float, str, float] | None:
     """Pack a window of replicas onto new GPUs as cheaply as possible.
 
     Returns (gpus, cost, status, best_bound) or None when no solution cheaper than ``upper_cost``
-    was found.
+    was found. The solver's deterministic time is appended to ``spent``, so a caller can budget
+    a search in units that do not depend on the machine's load.
     """
     fleet = problem.fleet
     m = cp_model.CpModel()
@@ -211,6 +213,8 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     st_code = solver.Solve(m)
+    if spent is not None:
+        spent.append(solver.deterministic_time)
     if st_code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     status = "optimal" if st_code == cp_model.OPTIMAL else "feasible"

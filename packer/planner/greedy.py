@@ -60,7 +60,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     for sl in slots:
         implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
     for rep in sorted(reps, key=lambda r: (-size(r), r.model.name, r.index)):
-        best, best_fill = None, -1.0
+        best, best_fill = None, math.inf
         name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
         for sl in slots:
             a = agg[id(sl)]
@@ -79,8 +79,12 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
             if hi <= 0 or (a.sA + it.A) / (u - sb) > hi + 1e-9:
                 continue
             f = max((a.sA + it.A + sb * hi) / (u * hi), (a.mem + mem) / sl.type.memory_gb)
-            if f > best_fill + 1e-12:
-                best, best_fill = sl, f
+            # Squishy best fit: the slot this replica makes least fuller. Joining a group with a
+            # tighter SLO shortens everyone's cycle and costs more than the replica's own work.
+            before = max((a.sA + a.sB * a.hi) / (u * a.hi), a.mem / sl.type.memory_gb) if a.names else 0.0
+            score = (f - before) * sl.type.compute_fraction - 1e-6 * f
+            if score < best_fill - 1e-12:
+                best, best_fill = sl, score
         if best is not None:
             best.reps.append(rep)
             agg[id(best)].add(problem.item(rep, best.type), rep)

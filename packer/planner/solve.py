@@ -159,9 +159,10 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
     # function of the seed; the deadline only guards against a much slower machine.
     window_budget = 0.5
     left = max(0.0, deadline - time.monotonic())
-    iterations, guard = int(left / window_budget), deadline + 0.5 * left
+    guard = deadline + 0.5 * left
+    spent: list[float] = []  # deterministic seconds used by the windows so far
     tried: set[frozenset[int]] = set()
-    while it < iterations and time.monotonic() < guard and len(shared) > 1:
+    while sum(spent) + 0.01 * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
         window = _next_pair(problem, shared, tried) or _pick_window(problem, shared, rng)
         inside = {id(g) for g in window}
@@ -175,7 +176,7 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
         win_limit = {p: limit[p] - sum(1 for g in shared if id(g) not in inside and g.pool.name == p) for p in limit}
         upper = sum(g.pool.cost_per_gpu_hour for g in window)
         res = solve_window(problem, free_models=free, fixed_reps=fixed, gpu_limit=win_limit, hint=window,
-                           upper_cost=upper, time_limit=window_budget, seed=s.seed + it)
+                           upper_cost=upper, time_limit=window_budget, seed=s.seed + it, spent=spent)
         if res is not None and res[1] < upper - 1e-9:
             new = res[0]
             spare_slots(problem, new)

@@ -1,6 +1,7 @@
 """Planner benchmark: cost, bound, gap, solve time, peak memory and both baselines.
 
-    python bench/plan.py                     # the three examples and generated 50/500/2000-model fleets
+    python bench/plan.py                     # the examples (also on their MIG pools alone) and
+                                             # generated 50/500/2000-model fleets
     python bench/plan.py --only 50,500       # a subset
     python bench/plan.py --json out.json
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ["multilingual-meetings", "llm-platform", "long-tail"]
+MIG_ONLY = ["multilingual-meetings:mig-only", "long-tail:mig-only"]
 
 
 def generated_fleet(n: int, seed: int = 0) -> dict:
@@ -58,10 +60,15 @@ def run_one(name: str) -> dict:
     from packer.fleet import load_fleet, parse_fleet
     from packer.planner import plan_fleet
 
-    if name.isdigit():
-        fleet = parse_fleet(generated_fleet(int(name)))
+    base, _, variant = name.partition(":")
+    if base.isdigit():
+        fleet = parse_fleet(generated_fleet(int(base)))
     else:
-        fleet = load_fleet(ROOT / "packer" / "examples" / f"{name}.yaml")
+        fleet = load_fleet(ROOT / "packer" / "examples" / f"{base}.yaml")
+    if variant == "mig-only":  # the same models on the MIG-capable pools alone: where MIG must pay
+        from dataclasses import replace
+
+        fleet = replace(fleet, name=f"{fleet.name} (MIG pools)", pools=tuple(p for p in fleet.pools if p.mig))
     t0 = time.perf_counter()
     plan = plan_fleet(fleet)
     wall = time.perf_counter() - t0
@@ -85,9 +92,9 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one)))
         return
-    names = args.only.split(",") if args.only else EXAMPLES + ["50", "500", "2000"]
+    names = args.only.split(",") if args.only else EXAMPLES + MIG_ONLY + ["50", "500", "2000"]
     rows = []
-    hdr = (f"{'fleet':<22} {'models':>6} {'GPUs':>5} {'cost/h':>9} {'bound/h':>9} {'gap':>6} {'solve s':>8} "
+    hdr = (f"{'fleet':<30} {'models':>6} {'GPUs':>5} {'cost/h':>9} {'bound/h':>9} {'gap':>6} {'solve s':>8} "
            f"{'peak MB':>8} {'dedicated':>10} {'greedy':>9} {'vs greedy':>9}")
     print(hdr)
     for n in names:
@@ -97,7 +104,7 @@ def main() -> None:
             continue
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
-        print(f"{r['fleet']:<22} {r['models']:>6} {r['gpus']:>5} {r['cost']:>9.2f} {r['lower_bound']:>9.2f} "
+        print(f"{r['fleet'][:30]:<30} {r['models']:>6} {r['gpus']:>5} {r['cost']:>9.2f} {r['lower_bound']:>9.2f} "
               f"{r['gap']:>6.1%} {r['seconds']:>8.1f} {r['peak_mb']:>8} {r['dedicated']:>10.2f} {r['greedy']:>9.2f} "
               f"{r['cost'] / r['greedy']:>8.2f}x", flush=True)
     if args.json:

@@ -121,8 +121,7 @@ def fragmentation(plan: Plan, demands: Mapping[str, Demand]) -> float:
     return max(0.0, 1.0 - used / paid)
 
 
-def round_robin_waste(plan: Plan, demands: Mapping[str, Demand] | None = None, min_replicas: int = 3,
-                      near: float = 0.8) -> tuple[float, str]:
+def round_robin_waste(plan: Plan, min_replicas: int = 3) -> tuple[float, str]:
     """The largest share of a model's replica room that round-robin cannot use, and the model.
 
     Replicas added one at a time where there was room end up uneven: 4 replicas in crowded groups

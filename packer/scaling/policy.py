@@ -111,7 +111,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     last = state.last_replan
     if not downs and (last is None or now - last >= settings.targets.replan_cooldown_s):
         frag = fragmentation(work, calm) if tried and all(d.may_shrink for d in calm.values()) else 0.0
-        waste = round_robin_waste(work, calm) if not any(d.panic for d in calm.values()) else (0.0, "")
+        waste = round_robin_waste(work) if not any(d.panic for d in calm.values()) else (0.0, "")
         if frag > settings.targets.fragmentation_replan or waste[0] > settings.targets.waste_replan:
             actions.append(replan_request(work, calm, frag, settings, waste))
             state = replace(state, last_replan=now)

@@ -227,6 +227,11 @@ def mig_layouts(gpu_name: str, maximal_only: bool = True) -> tuple[MigLayout, ..
     return tuple(layouts)
 
 
+def layout_named(gpu_name: str, name: str) -> MigLayout | None:
+    """The maximal layout of a GPU type with this mig-parted style name, as plans record it."""
+    return next((l for l in mig_layouts(gpu_name) if l.name == name), None)
+
+
 def is_valid_combination(gpu_name: str, profiles: list[str]) -> bool:
     """Can these instances coexist on one GPU, in some placement? (the question users ask)."""
     gpu = gpu_type(gpu_name)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 
-from packer.catalog import gpu_type, valid_instances
+from packer.catalog import gpu_type, layout_named, valid_instances
 from packer.plan import Plan
 from packer.slot import WHOLE, SlotType, latency_scale
 
@@ -81,7 +81,8 @@ def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
         if lay is None or lay.layout == WHOLE:
             errs.append(f"{key}: MIG slots on a GPU without a MIG layout")
             continue
-        if Counter(inst) - Counter(_instances(g.name, lay.layout)):
+        known = layout_named(g.name, lay.layout)
+        if known is None or Counter(inst) - Counter(known.instances):
             errs.append(f"{key}: slots {inst} are not instances of layout {lay.layout}")
         if not valid_instances(g, tuple(sorted(inst, key=lambda x: x[1]))):
             errs.append(f"{key}: MIG instances {inst} are not a valid placement")
@@ -100,12 +101,3 @@ def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
     if plan.lower_bound_cost_per_hour > plan.cost_per_hour + 1e-6:
         errs.append("lower bound above cost")
     return errs
-
-
-def _instances(gpu: str, layout: str) -> list[tuple[str, int]]:
-    from packer.catalog import mig_layouts
-
-    for l in mig_layouts(gpu):
-        if l.name == layout:
-            return list(l.instances)
-    return []

@@ -90,7 +90,7 @@ def _colour(name: str) -> str:
 
 def svg(plan: Plan) -> str:
     """GPUs as horizontal bars split into slots (MIG by memory slices), members coloured per model."""
-    from packer.catalog import gpu_type
+    from packer.catalog import gpu_type, layout_named
 
     bar_w, bar_h, left, gap = 700, 34, 190, 10
     layout = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
@@ -108,7 +108,8 @@ def svg(plan: Plan) -> str:
         out.append(f'<text x="10" y="{y + 21}">{escape(node)}/gpu{gpu} ({escape(g.name)})</text>')
         out.append(f'<rect x="{left}" y="{y}" width="{bar_w}" height="{bar_h}" fill="#f3f3f3" stroke="#888"/>')
         if lay and lay.layout != "whole":
-            for prof, start in _instances(g, lay.layout):
+            known = layout_named(g.name, lay.layout)
+            for prof, start in (known.instances if known else ()):
                 p = g.profile(prof)
                 x = left + bar_w * start / g.memory_slices
                 w = bar_w * p.memory_slices / g.memory_slices
@@ -137,12 +138,3 @@ def svg(plan: Plan) -> str:
         y += bar_h + gap
     out.append("</svg>")
     return "\n".join(out)
-
-
-def _instances(g, layout_name: str) -> list[tuple[str, int]]:
-    from packer.catalog import mig_layouts
-
-    for l in mig_layouts(g.name):
-        if l.name == layout_name:
-            return list(l.instances)
-    return []

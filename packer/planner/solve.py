@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from typing import Callable
 
-from packer.catalog import mig_layouts
+from packer.catalog import layout_named
 from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
@@ -214,7 +214,7 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int]) -> tu
         if lay.pool not in {p.name for p in fleet.pools}:
             continue
         pool = fleet.pool(lay.pool)
-        layout = next((l for l in mig_layouts(pool.gpu) if l.name == lay.layout), None) if lay.layout != WHOLE else None
+        layout = layout_named(pool.gpu, lay.layout) if lay.layout != WHOLE else None
         node = int(lay.node.rsplit("-n", 1)[-1])
         gpus[(lay.pool, lay.node, lay.gpu)] = Gpu(pool, [], layout, node=node, index=lay.gpu)
     placed: set[tuple[str, int]] = set()

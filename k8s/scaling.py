@@ -58,17 +58,9 @@ class TritonSignals:
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             scrapes = dict(pool.map(one, names))
         self.failures = sorted(f"{n}: {s}" for n, s in scrapes.items() if isinstance(s, Exception))
-        out: dict[str, Signals] = {}
-        for name, cur in scrapes.items():
-            prev = self.prev.get(name)
-            if isinstance(cur, Exception) or prev is None or cur.at_s <= prev.at_s:
-                continue
-            for model, s in metrics.signals(prev, cur).items():
-                late = s.failure_rate / s.request_rate if s.request_rate > 0 else 0.0
-                o = out.get(model, Signals(model))
-                out[model] = Signals(model, in_flight=o.in_flight, queued=o.queued + s.pending,
-                                     arrival_rps=o.arrival_rps + s.request_rate,
-                                     queue_ms=max(o.queue_ms, s.queue_ms), late_share=max(o.late_share, late))
+        windows = [metrics.signals(self.prev[name], cur) for name, cur in scrapes.items()
+                   if not isinstance(cur, Exception) and name in self.prev and cur.at_s > self.prev[name].at_s]
+        out = metrics.policy_signals(windows)
         self.prev = {n: s for n, s in scrapes.items() if not isinstance(s, Exception)}
         return out
 

@@ -43,15 +43,8 @@ def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
     t0 = time.monotonic()
     first = [metrics.scrape(u, time.monotonic()) for u in urls]
     time.sleep(max(0.0, window_s - (time.monotonic() - t0)))
-    out: dict[str, Signals] = {}
-    for u, prev in zip(urls, first):
-        for name, s in metrics.signals(prev, metrics.scrape(u, time.monotonic())).items():
-            late = s.failure_rate / s.request_rate if s.request_rate > 0 else 0.0
-            o = out.get(name, Signals(name))
-            out[name] = Signals(name, in_flight=o.in_flight, queued=o.queued + s.pending,
-                                arrival_rps=o.arrival_rps + s.request_rate,
-                                queue_ms=max(o.queue_ms, s.queue_ms), late_share=max(o.late_share, late))
-    return out
+    return metrics.policy_signals(metrics.signals(prev, metrics.scrape(u, time.monotonic()))
+                                  for u, prev in zip(urls, first))
 
 
 @click.command("scale")

@@ -17,6 +17,10 @@ from __future__ import annotations
 import re
 import urllib.request
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Iterable
+
+if TYPE_CHECKING:
+    from packer.scaling.signals import Signals
 
 from packer.errors import UserError
 
@@ -141,3 +145,23 @@ def scrape(url: str, at_s: float, *, timeout_s: float = 5.0) -> Scrape:
         raise UserError(f"cannot read Triton metrics at {url}: {e}. Fix: start the server with "
                         "--allow-metrics=true and give its metrics port (8002 by default)") from None
     return Scrape(at_s, parse(text))
+
+
+def policy_signals(windows: Iterable[dict[str, ModelSignals]]) -> dict[str, Signals]:
+    """Fold per-server windows into the scaling policy's per-model signals.
+
+    A model with replicas on several servers appears in several windows: queues and arrival rates
+    add up, queue time and the late share take the worst server (the policy acts on the replica
+    that is in trouble). Used by ``packer scale --triton`` and by the reconciler.
+    """
+    from packer.scaling.signals import Signals
+
+    out: dict[str, Signals] = {}
+    for window in windows:
+        for name, s in window.items():
+            late = s.failure_rate / s.request_rate if s.request_rate > 0 else 0.0
+            o = out.get(name, Signals(name))
+            out[name] = Signals(name, in_flight=o.in_flight, queued=o.queued + s.pending,
+                                arrival_rps=o.arrival_rps + s.request_rate,
+                                queue_ms=max(o.queue_ms, s.queue_ms), late_share=max(o.late_share, late))
+    return out

@@ -22,7 +22,7 @@ from typing import Any
 
 from packer.fleet import load_fleet
 from packer.plan import Plan, load_plan, save_plan
-from packer.scaling import AddGroup, AddReplica, Consolidate, RemoveReplica, SplitOut
+from packer.scaling import flaps
 from sims.engine import Simulation
 from sims.scenario import load_scenario, parse_duration, parse_scenario
 
@@ -31,27 +31,6 @@ FLEET = ROOT / "packer" / "examples" / "multilingual-meetings.yaml"
 STATIONARY = {"name": "stationary", "about": "Every model at its mean rps, Poisson noise only (flapping check).",
               "process": "poisson", "session": "5m"}
 
-
-def flaps(log: list[tuple[float, Any]], window_s: float) -> list[tuple[str, float, float]]:
-    """(model, down at, up at) for every scale-up of a model within ``window_s`` after a scale-down
-    of it: the issue's definition of flapping."""
-    last_down: dict[str, float] = {}
-    out = []
-    for t, a in log:
-        ups: list[str] = []
-        if isinstance(a, (AddReplica, SplitOut)):
-            ups = [a.model]
-        elif isinstance(a, AddGroup):
-            ups = [m for m, _ in a.rates]
-        for m in ups:
-            if m in last_down and 0 <= t - last_down[m] <= window_s:
-                out.append((m, last_down[m], t))
-        if isinstance(a, Consolidate):
-            for m in list(a.drops) + [m for m, _, _ in a.moves]:
-                last_down[m] = t
-        elif isinstance(a, RemoveReplica):
-            last_down[a.model] = t
-    return out
 
 
 def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping
 from packer.errors import UserError
 from packer.plan import Plan
 from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Resize, ScalingSettings,
-                            ScalingState, Signals, SplitOut, Standby, apply, decide)
+                            ScalingState, Signals, SplitOut, Standby, apply, decide, flaps)
 from packer.slot import WHOLE
 from sims import policies as sp
 
@@ -238,18 +238,7 @@ def _signals(s: sp.ModelSignals, interval_s: float) -> Signals:
 
 def flaps_free(log: list[tuple[float, Action]], window_s: float) -> bool:
     """No model scaled up within ``window_s`` after it was scaled down (the issue's flapping)."""
-    down: dict[str, float] = {}
-    for t, a in log:
-        ups = [a.model] if isinstance(a, (AddReplica, SplitOut)) else [m for m, _ in a.rates] if isinstance(
-            a, AddGroup) else []
-        if any(m in down and t - down[m] <= window_s for m in ups):
-            return False
-        if isinstance(a, Consolidate):
-            for m in list(a.drops) + [m for m, _, _ in a.moves]:
-                down[m] = t
-        elif isinstance(a, RemoveReplica):
-            down[a.model] = t
-    return True
+    return not flaps(log, window_s)
 
 
 def _ref(p: Any) -> Any:

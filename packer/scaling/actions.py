@@ -168,6 +168,33 @@ class _Slot:
     original: Placement | None = None
 
 
+def flaps(log: list[tuple[float, Action]], window_s: float) -> list[tuple[str, float, float]]:
+    """(model, down at, up at) for every scale-up of a model within ``window_s`` after a
+    scale-down of it, in a time-ordered action log: the issue's definition of flapping.
+
+    Up: ``AddReplica``/``SplitOut`` of the model, or an ``AddGroup`` holding it. Down:
+    ``RemoveReplica`` of it, or a ``Consolidate`` that drops or moves it.
+    """
+    last_down: dict[str, float] = {}
+    out = []
+    for t, a in log:
+        if isinstance(a, (AddReplica, SplitOut)):
+            ups = [a.model]
+        elif isinstance(a, AddGroup):
+            ups = [m for m, _ in a.rates]
+        else:
+            ups = []
+        for m in ups:
+            if m in last_down and 0 <= t - last_down[m] <= window_s:
+                out.append((m, last_down[m], t))
+        if isinstance(a, Consolidate):
+            for m in list(a.drops) + [m for m, _, _ in a.moves]:
+                last_down[m] = t
+        elif isinstance(a, RemoveReplica):
+            last_down[a.model] = t
+    return out
+
+
 def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
     """The plan after ``actions`` (in order). Raises ValueError if one would break a slot.
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from packer.fleet import Model
 from packer.plan import Baseline, GpuLayout, Member, Placement, Plan
 from packer.planner.assemble import Gpu
 from packer.planner.model import Problem, Rep
@@ -18,7 +17,7 @@ def node_name(pool: str, node: int) -> str:
 def multi_placement(problem: Problem, g: Gpu) -> Placement:
     model, idx = g.multi  # type: ignore[misc]
     st = SlotType(g.pool)
-    n = problem_counts_multi(problem, model)
+    n = problem.multi_counts[model.name]
     rate = model.traffic.peak_rps / n if n else 0.0
     res = evaluate([item(model, rate, st)], st.memory_gb * model.gpus_per_replica, problem.u)
     m = res.members[0]
@@ -29,10 +28,6 @@ def multi_placement(problem: Problem, g: Gpu) -> Placement:
                      memory_capacity_gb=round(res.memory_capacity_gb, 2), compute_share=m.share,
                      binding=res.binding, reason=f"{model.gpus_per_replica} whole GPUs, never shared; {res.reason}",
                      gpus=tuple(range(g.index, g.index + g.width)))
-
-
-def problem_counts_multi(problem: Problem, model: Model) -> int:
-    return problem.multi_counts[model.name]  # type: ignore[attr-defined]
 
 
 def placements(problem: Problem, gpus: list[Gpu]) -> list[Placement]:
@@ -99,7 +94,3 @@ def make_plan(problem: Problem, gpus: list[Gpu], *, status: str, lower_bound: fl
                                "time_limit_s": s.time_limit_s},
         bound_method=bound_method, warnings=tuple(warnings or ()),
     )
-
-
-def ceil_div(a: float, b: float) -> int:
-    return max(0, math.ceil(a / b - 1e-9))

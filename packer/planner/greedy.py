@@ -11,7 +11,7 @@ import math
 from collections import defaultdict
 
 from packer.planner.model import Problem, Rep, Slot
-from packer.slot import WHOLE, Item, SlotType
+from packer.slot import WHOLE, Item
 
 
 def choose_counts(problem: Problem) -> dict[str, int]:
@@ -140,7 +140,3 @@ class NoRoom(Exception):
     def __init__(self, rep: Rep) -> None:
         self.rep = rep
         super().__init__(f"no pool has room left for a replica of {rep.model.name}")
-
-
-def open_type(problem: Problem, pool: str, profile: str) -> SlotType:
-    return next(st for st in problem.types[pool] if st.profile == profile)

@@ -10,7 +10,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
-from packer.catalog import gpu_type, mig_layouts
+from packer.catalog import mig_layouts
 from packer.fleet import Fleet, Model, Pool
 from packer.slot import WHOLE, Item, SlotType, duty_window, item, single_capacity, slot_types
 
@@ -78,6 +78,8 @@ class Problem:
             sts = [st for st in sts if st.profile == WHOLE or st.compute_fraction < 1.0]
             self.types[pool.name] = sts
         self._items: dict[tuple[str, int, str], Item] = {}
+        self.multi_counts: dict[str, int] = {}
+        """Replicas of each multi-GPU model, fixed before packing (``solve.plan_multi``)."""
         self._cap: dict[tuple[str, str], float] = {}
 
     @property
@@ -174,7 +176,3 @@ def layout_counters(pool: Pool) -> list[tuple[Counter, object]]:
 
 def valid_multiset(pool: Pool, profiles: Counter) -> bool:
     return any(all(c[k] >= v for k, v in profiles.items()) for c, _ in layout_counters(pool))
-
-
-def gpu_mem_slices(pool: Pool, profile: str) -> int:
-    return gpu_type(pool.gpu).profile(profile).memory_slices

@@ -68,6 +68,7 @@ def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
         counts[m.name] = n
         used[p.name] += n * m.gpus_per_replica
         gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(n)]
+    problem.multi_counts = counts
     return gpus, counts, exact
 
 
@@ -304,7 +305,6 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     deadline = t0 + (0.35 if large else 0.6) * limit
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
-    problem.multi_counts = multi_counts  # type: ignore[attr-defined]
     reserved = gpu_counts(problem, multi)
     counts = choose_counts(problem)
     try:

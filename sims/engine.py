@@ -19,7 +19,7 @@ import math
 import resource
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 
@@ -31,7 +31,7 @@ from sims.metrics import Stats, hist_percentile, hist_percentiles
 from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
                            RemoveSlot, ReplicaView, SlotView, get_policy)
 from sims.scenario import Scenario
-from sims.server import Member, SlotServer, batcher_config
+from sims.server import BatcherConfig, Member, SlotServer, batcher_config
 from sims.traffic import model_rng, sources
 
 # Event priorities at equal times: losses first, then notices, readiness, and the policy last so it
@@ -168,9 +168,14 @@ class Simulation:
                 cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps, p.compute_share,
                                      queue_delay_ms=self.scenario.server.queue_delay_ms,
                                      timeouts=self.scenario.server.queue_timeouts)
-                self._add_member(slot, mem.name, cfg, 0.0)
+                self._add_member(slot, mem.name, self._measured(mem.name, cfg), 0.0)
             self.slots[sid] = slot
         self._push(self.policy.interval_s, TICK, ("tick",))
+
+    def _measured(self, name: str, cfg: BatcherConfig) -> BatcherConfig:
+        """``cfg`` with the scenario's measured run time for ``name`` (``server.run_ms``), if any."""
+        rt = self.scenario.server.run_time(name)
+        return cfg if rt is None else replace(cfg, base_s=rt.base_ms / 1000.0, per_item_s=rt.per_item_ms / 1000.0)
 
     def _server(self, sid: str) -> SlotServer:
         return SlotServer(sid, self.scenario.server.noise_cv, model_rng(self.seed, "slot:" + sid, 3))
@@ -437,7 +442,7 @@ class Simulation:
         for g in gs:
             node.gpus[g].append(sid)
         for name, cfg in zip(a.models, self._group(st, list(a.models))):
-            self._add_member(slot, name, cfg, ready_at)
+            self._add_member(slot, name, self._measured(name, cfg), ready_at)
         self.slots[sid] = slot
         self._push(ready_at, READY, ("ready", sid))
         return f"applied: {sid} serves at t={ready_at:.0f} s"
@@ -454,7 +459,7 @@ class Simulation:
             return f"refused: {mem:.1f} GB over the slot's {s.st.memory_gb:.1f} GB"
         ready_at = max(self.now, s.ready_at) + self._weights([a.model])
         cfg = self._group(s.st, names)[-1]
-        self._add_member(s, a.model, cfg, ready_at)
+        self._add_member(s, a.model, self._measured(a.model, cfg), ready_at)
         return f"applied: serves at t={ready_at:.0f} s"
 
     def _remove_replica(self, model: str, slot: str) -> str:

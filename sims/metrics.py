@@ -78,6 +78,14 @@ class Stats(Sink):
 
     def __init__(self, names: list[str], slos: list[float]) -> None:
         self.models = [ModelStats(n, s) for n, s in zip(names, slos)]
+        self.kept: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        """Per model asked for with ``keep``: (arrival s, latency s) of every served request, in
+        the order counted. For short runs that need exact percentiles over a subset of requests
+        (``bench/fidelity.py`` leaves out the real benchmark's warm-up); a day would not fit."""
+
+    def keep(self, i: int) -> None:
+        """Also keep model ``i``'s individual latencies (see ``kept``)."""
+        self.kept.setdefault(i, [])
 
     def arrived(self, i: int, n: int) -> None:
         s = self.models[i]
@@ -102,6 +110,8 @@ class Stats(Sink):
         s.pending = []
         n = arr.size
         lat = np.repeat(finish, sizes) - arr
+        if i in self.kept:
+            self.kept[i].append((arr, lat))
         asum = float(arr.sum())
         qsum = (float(np.dot(start, sizes)) - asum) * 1000.0
         s.completed += n

@@ -123,6 +123,21 @@ class Cluster:
 
 
 @dataclass(frozen=True)
+class RunTime:
+    """Measured run time of a model's batches on its slot: ``base_ms + per_item_ms * b``.
+
+    Replaces the profile's run time (scaled to the slot) in the simulated server only; the batcher
+    settings (queue delay, preferred batch, timeout) still come from the plan, as Triton was told.
+    This is how a profile measured on the real server (e.g. fitted to Triton's per-batch-size
+    ``compute_infer`` statistics) is simulated without re-planning.
+    """
+
+    models: str
+    base_ms: float
+    per_item_ms: float
+
+
+@dataclass(frozen=True)
 class Server:
     noise_cv: float = 0.0
     """Coefficient of variation of batch run times (lognormal, mean 1); 0 runs the profile exactly."""
@@ -130,6 +145,12 @@ class Server:
     """Override every batcher's max queue delay; None derives it from the plan like the Triton writer."""
     queue_timeouts: bool = True
     """Reject dynamic-batcher requests that queued past ``slo - run`` (the Triton writer's policy)."""
+    run_ms: tuple[RunTime, ...] = ()
+    """Measured run times that replace the profile's (glob on the model name; the last match wins)."""
+
+    def run_time(self, model: str) -> RunTime | None:
+        found = [r for r in self.run_ms if fnmatch.fnmatchcase(model, r.models)]
+        return found[-1] if found else None
 
 
 @dataclass(frozen=True)
@@ -295,11 +316,19 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         parse_duration(cl.get("preemption_notice", dc.preemption_notice_s), "cluster.preemption_notice"),
     )
     sv = _expect(doc.get("server"), "server")
-    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts"}, "server")
+    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms"}, "server")
     qd = sv.get("queue_delay_ms")
+    runs = []
+    for k, r in enumerate(sv.get("run_ms") or []):
+        where = f"server.run_ms[{k}]"
+        r = _expect(r, where)
+        _check_keys(r, {"models", "base", "per_item"}, where)
+        if "models" not in r or "base" not in r:
+            raise ScenarioError(f"{where}: needs `models` (a glob) and `base` (ms); `per_item` (ms) is optional")
+        runs.append(RunTime(str(r["models"]), _num(r, "base", where, 0.0), _num(r, "per_item", where, 0.0)))
     server = Server(_num(sv, "noise_cv", "server", 0.0),
                     None if qd is None else _num(sv, "queue_delay_ms", "server", 0.0),
-                    bool(sv.get("queue_timeouts", True)))
+                    bool(sv.get("queue_timeouts", True)), tuple(runs))
     sa = doc.get("stream_arrivals", "sessions")
     if sa not in ("sessions", "poisson"):
         raise ScenarioError(f"stream_arrivals: {sa!r} is unknown. Fix: use sessions or poisson")

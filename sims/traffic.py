@@ -220,13 +220,16 @@ class StreamSource:
 
 
 class TraceSource:
-    """Replay of recorded timestamps (seconds from the trace's first line), looped if asked."""
+    """Replay of recorded timestamps, looped if asked.
 
-    def __init__(self, times: np.ndarray, speed: float, loop: bool) -> None:
+    ``times`` are seconds from the trace's origin (its earliest timestamp over all models) and
+    ``span`` is the whole trace's length (its last timestamp plus a median gap), so the models of
+    one trace keep their alignment, loop after loop: a packed group replays as it was recorded.
+    """
+
+    def __init__(self, times: np.ndarray, speed: float, loop: bool, span: float) -> None:
         self.t = np.sort(times) / speed
-        self.t = self.t - (self.t[0] if self.t.size else 0.0)
-        self.span = float(self.t[-1]) + (float(np.median(np.diff(self.t))) if self.t.size > 1 else 1.0) \
-            if self.t.size else 0.0
+        self.span = span / speed
         self.loop = loop
 
     def take(self, t0: float, t1: float) -> Arrivals:
@@ -316,6 +319,10 @@ def sources(fleet: Fleet, scenario: Scenario, seed: int) -> list[Blocked]:
         unknown = sorted(set(trace) - {m.name for m in fleet.models})
         if unknown:
             raise ScenarioError(f"trace names models not in the fleet: {unknown[:5]}")
+    span = 0.0
+    if trace:
+        every = np.sort(np.concatenate(list(trace.values())))
+        span = float(every[-1]) + (float(np.median(np.diff(every))) if every.size > 1 else 1.0)
     out: list[Blocked] = []
     for m in fleet.models:
         rng = model_rng(seed, m.name)
@@ -323,7 +330,7 @@ def sources(fleet: Fleet, scenario: Scenario, seed: int) -> list[Blocked]:
         jobs = [j for j in scenario.batch_jobs if fnmatch.fnmatchcase(m.name, j.models)]
         if m.name in trace:
             assert scenario.trace is not None
-            out.append(Blocked(TraceSource(trace[m.name], scenario.trace.speed, scenario.trace.loop)))
+            out.append(Blocked(TraceSource(trace[m.name], scenario.trace.speed, scenario.trace.loop, span)))
         elif jobs:
             out.append(Blocked(JobSource(m, curve, rng, scenario.grid_s, jobs[-1].size, jobs[-1].spread_s)))
         elif m.traffic.streams is not None and scenario.stream_arrivals == "sessions":

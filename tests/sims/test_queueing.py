@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from packer.fleet import parse_fleet
-from sims.engine import simulate
+from sims.engine import Simulation, simulate
 from sims.handplan import Group, hand_plan
-from sims.scenario import Scenario, Server, Trace
+from sims.scenario import Scenario, Server, Trace, parse_scenario
 
 
 def fleet(rps: float, *, base: float, per_item: float, max_batch: int, slo: float = 1000.0, kind: str = "streaming"):
@@ -102,3 +102,23 @@ def test_queue_timeout_rejects_overload() -> None:
     assert m["p99_ms"] <= 200.0 * 1.005
     assert np.isclose(m["arrivals"], m["completed"] + sum(m["rejected"].values()) + m["queued_at_end"]
                       + m["in_flight_at_end"])
+
+
+def test_measured_run_time_replaces_the_profile_not_the_batcher(tmp_path: Path) -> None:
+    """``server.run_ms`` (a profile measured on the real server) changes how long batches run, not
+    how they form: the same 3-request batches as above (25 ms delay), now running 3 + 1*3 = 6 ms."""
+    f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8)
+    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
+    trace = _every_10ms(tmp_path, 3000)
+    sc = parse_scenario({"trace": {"file": trace.file, "loop": False},
+                         "server": {"queue_delay_ms": 25.0, "run_ms": [{"models": "m*", "base": 3.0, "per_item": 1.0}]}})
+    sim = Simulation(plan, sc, seed=0)
+    sim.stats.keep(0)
+    m = sim.run(31.0).models[0]
+    assert m["completed"] == 3000
+    assert m["mean_queue_ms"] == pytest.approx(15.0, abs=1e-6)
+    assert m["mean_ms"] == pytest.approx(21.0, abs=1e-6)
+    # Individual latencies, kept on request: waits 25, 15, 5 ms plus the 6 ms run, per batch.
+    lat = np.concatenate([x for _, x in sim.stats.kept[0]]) * 1000.0
+    assert lat.size == 3000
+    assert np.allclose(np.sort(np.unique(np.round(lat, 6))), [11.0, 21.0, 31.0])

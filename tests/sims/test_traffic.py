@@ -102,8 +102,21 @@ def test_trace_replay_loops(tmp_path: Path) -> None:
     p.write_text("timestamp,model\n100.0,punct-de\n100.5,punct-de\n101.0,asr-en\n")
     sc = parse_scenario({"trace": {"file": "t.csv", "loop": True}}, base_dir=tmp_path)
     src = sources(fleet(), sc, seed=0)
-    pd = src[1].take(0.0, 3.0).times
-    assert np.allclose(pd, [0.0, 0.5, 1.0, 1.5, 2.0, 2.5])
+    # The trace lasts 1.5 s (last line at +1.0 s, then the median gap, 0.5 s); every model keeps
+    # its place in it, loop after loop.
+    assert np.allclose(src[1].take(0.0, 4.0).times, [0.0, 0.5, 1.5, 2.0, 3.0, 3.5])
+    assert np.allclose(src[0].take(0.0, 4.0).times, [1.0, 2.5])
+
+
+def test_trace_keeps_models_aligned(tmp_path: Path) -> None:
+    """A model whose first request comes 5 s into the trace starts 5 s in, not at 0 (a packed
+    group's members replayed as recorded)."""
+    p = tmp_path / "t.csv"
+    p.write_text("timestamp,model\n10.0,punct-de\n10.25,punct-de\n15.0,asr-en\n15.5,asr-en\n")
+    sc = parse_scenario({"trace": {"file": "t.csv", "loop": False}}, base_dir=tmp_path)
+    src = sources(fleet(), sc, seed=0)
+    assert np.allclose(src[0].take(0.0, 60.0).times, [5.0, 5.5])
+    assert np.allclose(src[1].take(0.0, 60.0).times, [0.0, 0.25])
 
 
 @pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
@@ -121,7 +134,8 @@ def test_shipped_scenarios_load(path: Path) -> None:
     ({"cluster": {"image_pull": "soon"}}, "cluster.image_pull"),
     ({"diurnal": {"amplitude": 2}}, "amplitude"),
     ({"batch_jobs": [{"size": 0}]}, "size"),
-], ids=["unknown-key", "bad-process", "spike-without-at", "bad-duration", "amplitude", "job-size"])
+    ({"server": {"run_ms": [{"models": "asr-*"}]}}, "server.run_ms[0]"),
+], ids=["unknown-key", "bad-process", "spike-without-at", "bad-duration", "amplitude", "job-size", "run-ms"])
 def test_scenario_errors_name_the_field(doc: dict, needle: str) -> None:
     with pytest.raises(UserError, match=None) as e:
         parse_scenario(doc)

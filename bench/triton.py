@@ -9,6 +9,21 @@ plan's p99 bound, and the server's mean batch and run time beside the profile's 
 batch (the stand-in's own overhead and CPU contention show as the difference). ``--json`` writes
 every scenario parameter and measurement.
 
+For the simulator's fidelity check (``bench/fidelity.py``) each level also records, in the JSON:
+
+* ``requests``: every request's send time (seconds from the level's start, warm-up included), its
+  client-measured latency and whether it succeeded, so the simulator can replay the exact arrivals;
+* ``batch_stats``: Triton's own statistics per batch size over the level (count, mean
+  ``compute_input + compute_infer + compute_output``), i.e. what a batch of ``b`` really took on
+  this machine, to calibrate the run-time profile from the server rather than from latencies;
+* ``overhead``: the per-request cost outside Triton's queue and execution (gRPC, client library,
+  callback thread), measured before the level at near-zero load: ``--calibrate`` requests sent one
+  at a time, mean client latency minus the mean queue + compute time the server reports for them;
+* ``occupancy``: before the level, each model alone at ``--overload`` x capacity for
+  ``--occupancy`` seconds (evenly spaced requests, recorded like the level's), so that batches run
+  back to back and the time a batch of ``b`` really holds the slot can be read off the intervals
+  between batch completions.
+
     python bench/triton.py                                  # ft-0002 alone on a whole L4 (long-tail fleet)
     python bench/triton.py --model ft-0002 --model ft-0003  # a packed pair, rates in the fleet's ratio
     python bench/triton.py --fleet multilingual-meetings --model asr-es --pool a100-80 --profile 1g.10gb
@@ -95,29 +110,93 @@ def arrivals(rates: dict[str, float], total_s: float, seed: int, streams: dict[s
     return sorted(out)
 
 
-def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warmup_s: float,
-              seed: int, streams: dict[str, int] | None = None, periodic: bool = False) -> dict[str, dict]:
-    """Send the arrivals open-loop (never waiting for answers); measure those sent after warm-up."""
+def _stats(client: grpcclient.InferenceServerClient, model: str) -> dict:
+    """Triton's cumulative statistics for ``model``: per-request (``count``, ``queue_ns``,
+    ``compute_ns``: input + infer + output) and per batch size (``{b: [batches, exec ns]}``)."""
+    s = client.get_inference_statistics(model, as_json=True)["model_stats"][0]
+    inf = s.get("inference_stats", {})
+    ns = lambda d, k: int(d.get(k, {}).get("ns", 0))  # noqa: E731
+    parts = ("compute_input", "compute_infer", "compute_output")
+    batches = {int(b["batch_size"]): [int(b.get("compute_infer", {}).get("count", 0)), sum(ns(b, k) for k in parts)]
+               for b in s.get("batch_stats", [])}
+    return {"count": int(inf.get("success", {}).get("count", 0)), "queue_ns": ns(inf, "queue"),
+            "compute_ns": sum(ns(inf, k) for k in parts), "batches": batches}
+
+
+def batch_stats_delta(before: dict, after: dict) -> list[dict]:
+    """Batches run between two ``_stats`` reads: per batch size, how many and their mean run time."""
+    out = []
+    for b, (n, t) in sorted(after["batches"].items()):
+        n0, t0 = before["batches"].get(b, [0, 0])
+        if n > n0:
+            out.append({"batch_size": b, "batches": n - n0, "mean_exec_ms": (t - t0) / (n - n0) / 1e6})
+    return out
+
+
+def calibrate_overhead(server: LocalTriton, models: list[str], n: int, gap_s: float,
+                       streams: dict[str, int] | None = None) -> dict[str, dict]:
+    """Per-request overhead outside Triton's queue and execution, at near-zero load.
+
+    ``n`` requests per model, one at a time, ``gap_s`` apart (after 5 unmeasured ones): mean client
+    latency minus the mean queue + compute time Triton's statistics report for the same requests.
+    A sequence model's requests each open and close their own sequence.
+    """
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
+    x.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
+    out = {}
+    seq = 10_000_000
+    for name in models:
+        kw = lambda: {}  # noqa: E731
+        if (streams or {}).get(name):
+            kw = lambda: {"sequence_id": seq, "sequence_start": True, "sequence_end": True}  # noqa: E731
+        lat = []
+        for k in range(n + 5):
+            if k == 5:
+                before = _stats(client, name)
+            seq += 1
+            t = time.perf_counter()
+            client.infer(name, [x], **kw())
+            if k >= 5:
+                lat.append(time.perf_counter() - t)
+            time.sleep(gap_s)
+        after = _stats(client, name)
+        cnt = after["count"] - before["count"]
+        server_ms = ((after["queue_ns"] - before["queue_ns"]) + (after["compute_ns"] - before["compute_ns"])) / cnt / 1e6
+        client_ms = float(np.mean(lat)) * 1000.0
+        out[name] = {"requests": n, "client_mean_ms": client_ms, "client_median_ms": float(np.median(lat)) * 1000.0,
+                     "server_queue_compute_ms": server_ms, "overhead_ms": client_ms - server_ms}
+    client.close()
+    return out
+
+
+def send_open_loop(server: LocalTriton, plan: list[tuple[float, str, int, bool, bool]],
+                   at_mark: tuple[float, object] | None = None) -> tuple[list[tuple[str, float, float, str]], object]:
+    """Send ``plan``'s requests at their times, never waiting for answers; wait for every answer.
+
+    Returns ``(model, sent s from the start, latency s, error)`` per request (error ``""`` when it
+    succeeded, else Triton's message, e.g. a full queue or an expired timeout), and whatever
+    ``at_mark = (t, fn)`` returned when called once at time ``t`` (the warm-up's end).
+    """
     client = grpcclient.InferenceServerClient(server.grpc_url)
     x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
     x.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
     lock = threading.Lock()
-    done: list[tuple[str, float, float, bool]] = []  # (model, sent, latency_s, ok)
+    done: list[tuple[str, float, float, str]] = []
     answered = threading.Semaphore(0)
 
     def callback(model: str, sent: float, result, error) -> None:
         t = time.perf_counter()
         with lock:
-            done.append((model, sent, t - sent, error is None))
+            done.append((model, sent, t - sent, "" if error is None else str(error)))
         answered.release()
 
-    plan = arrivals(rates, warmup_s + seconds, seed, streams, periodic)
     t0 = time.perf_counter()
-    m0 = None
+    marked = None
     for at, model, seq, start, end in plan:
         now = time.perf_counter() - t0
-        if m0 is None and at >= warmup_s:
-            m0 = scrape(server.metrics_url, time.monotonic())
+        if at_mark is not None and marked is None and at >= at_mark[0]:
+            marked = at_mark[1]()  # type: ignore[operator]
         if at > now:
             time.sleep(at - now)
         sent = time.perf_counter()
@@ -127,12 +206,62 @@ def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warm
     for _ in plan:
         if not answered.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise SystemExit(f"{len(plan) - len(done)} of {len(plan)} requests never answered within 60 s")
+    client.close()
+    return [(m, sent - t0, lat, err) for m, sent, lat, err in done], marked
+
+
+def _requests(done: list[tuple[str, float, float, str]], name: str) -> dict:
+    """One model's requests in send order, as the JSON records them."""
+    mine = sorted((s, lat, err) for m, s, lat, err in done if m == name)
+    errors: dict[str, int] = {}
+    for _, _, err in mine:
+        if err:
+            errors[err] = errors.get(err, 0) + 1
+    return {"sent_s": [round(r[0], 6) for r in mine], "latency_ms": [round(r[1] * 1000.0, 4) for r in mine],
+            "ok": [not r[2] for r in mine], "errors": errors}
+
+
+def calibrate_occupancy(server: LocalTriton, rates: dict[str, float], seconds: float,
+                        streams: dict[str, int] | None = None) -> dict[str, dict]:
+    """How long the slot is really held per batch: each model alone, overloaded for ``seconds``.
+
+    Requests evenly spaced at ``rates`` (above capacity, so batches run back to back); the
+    simulator's run times are fitted to the intervals between successive batch completions
+    (``bench/fidelity.py``), which include what Triton's ``compute_*`` statistics leave out (the
+    instance's turnaround between batches). A sequence model's requests each open and close their
+    own sequence.
+    """
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    out = {}
+    for name, rate in rates.items():
+        n = int(seconds * rate)
+        seq = 20_000_000
+        plan = [(k / rate, name, seq + k if (streams or {}).get(name) else 0, bool((streams or {}).get(name)),
+                 bool((streams or {}).get(name))) for k in range(n)]
+        before = _stats(client, name)
+        done, _ = send_open_loop(server, plan)
+        after = _stats(client, name)
+        out[name] = {"rate_rps": rate, "seconds": seconds, "batch_stats": batch_stats_delta(before, after),
+                     "requests": _requests(done, name)}
+        time.sleep(0.2)
+    client.close()
+    return out
+
+
+def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warmup_s: float,
+              seed: int, streams: dict[str, int] | None = None, periodic: bool = False) -> dict[str, dict]:
+    """Send the arrivals open-loop (never waiting for answers); measure those sent after warm-up."""
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    plan = arrivals(rates, warmup_s + seconds, seed, streams, periodic)
+    before = {n: _stats(client, n) for n in rates}
+    done, m0 = send_open_loop(server, plan, (warmup_s, lambda: scrape(server.metrics_url, time.monotonic())))
     time.sleep(0.6)  # metrics refresh every 500 ms
     sig = signals(m0, scrape(server.metrics_url, time.monotonic())) if m0 is not None else {}
+    after = {n: _stats(client, n) for n in rates}
     client.close()
     out = {}
     for name in rates:
-        measured = [(lat, ok) for m, sent, lat, ok in done if m == name and sent - t0 >= warmup_s]
+        measured = [(lat, not err) for m, sent, lat, err in done if m == name and sent >= warmup_s]
         lat = np.array([l for l, ok in measured if ok]) * 1000.0
         s = sig.get(name)
         out[name] = {
@@ -144,6 +273,9 @@ def run_level(server: LocalTriton, rates: dict[str, float], seconds: float, warm
             "server_avg_batch": s.avg_batch if s else None,
             "server_queue_ms": s.queue_ms if s else None,
             "server_compute_ms": s.compute_ms if s else None,
+            "warmup_s": warmup_s,
+            "batch_stats": batch_stats_delta(before[name], after[name]),
+            "requests": _requests(done, name),
         }
     return out
 
@@ -161,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--periodic-streams", action="store_true",
                     help="sequence models: each stream sends evenly spaced chunks (else Poisson per stream)")
+    ap.add_argument("--calibrate", type=int, default=50,
+                    help="requests sent one at a time before each level to measure the per-request overhead (0: skip)")
+    ap.add_argument("--occupancy", type=float, default=3.0,
+                    help="seconds per model at --overload x capacity before each level, to measure how long a batch "
+                         "holds the slot (0: skip)")
+    ap.add_argument("--overload", type=float, default=1.3)
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     a = ap.parse_args(argv)
 
@@ -190,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
             cfgs = {m.name: m.config for m in repo.models}
             streams = {n: timing(fleet, p, n, settings).streams for n in rates if fleet.model(n).traffic.streams}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
+                delay_us = [(cfgs[n].sequence_batching.oldest if cfgs[n].HasField("sequence_batching")
+                             else cfgs[n].dynamic_batching).max_queue_delay_microseconds for n in rates]
+                gap = max(delay_us) / 1e6 + 0.03  # each request alone: past the queue delay and its run
+                over = calibrate_overhead(server, list(rates), a.calibrate, gap, streams) if a.calibrate else {}
+                occ = calibrate_occupancy(server, {n: r * k * a.overload for n, r in mix.items()}, a.occupancy,
+                                          streams) if a.occupancy else {}
                 measured = run_level(server, rates, a.seconds, a.warmup, a.seed + i, streams, a.periodic_streams)
             for member in p.models:
                 t = timing(fleet, p, member.name, settings)
@@ -211,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
                     "queue_timeout_ms": None if seqb else db.default_queue_policy.default_timeout_microseconds / 1000.0,
                     "max_queue_size": None if seqb else db.default_queue_policy.max_queue_size,
                     "rate_limited": len(p.models) > 1, "slo_ms": member.slo_ms,
-                    "plan_p99_bound_ms": member.p99_bound_ms, **m,
+                    "plan_p99_bound_ms": member.p99_bound_ms, "overhead": over.get(member.name),
+                    "occupancy": occ.get(member.name), **m,
                 }
                 results.append(row)
                 print(f"{load:5.0%} {member.name:>10} {row['rate_rps']:7.1f} {member.batch_size:5d} "

@@ -178,7 +178,9 @@ class Simulation:
         return cfg if rt is None else replace(cfg, base_s=rt.base_ms / 1000.0, per_item_s=rt.per_item_ms / 1000.0)
 
     def _server(self, sid: str) -> SlotServer:
-        return SlotServer(sid, self.scenario.server.noise_cv, model_rng(self.seed, "slot:" + sid, 3))
+        sv = self.scenario.server
+        return SlotServer(sid, sv.noise_cv, model_rng(self.seed, "slot:" + sid, 3), sv.missed_wake,
+                          model_rng(self.seed, "slot:" + sid, 4))
 
     def _add_member(self, slot: Slot, name: str, cfg: Any, ready_at: float) -> Member:
         i = self.index[name]

@@ -147,6 +147,10 @@ class Server:
     """Reject dynamic-batcher requests that queued past ``slo - run`` (the Triton writer's policy)."""
     run_ms: tuple[RunTime, ...] = ()
     """Measured run times that replace the profile's (glob on the model name; the last match wins)."""
+    missed_wake: float = 0.0
+    """Probability that a model's batcher sleeps through the slot freeing and looks at its queue
+    again only at its next arrival (or 500 ms later). Measured on Triton's dynamic batcher with one
+    instance: ~0.4 (``bench/fidelity.py``, docs/simulator.md); 0 serves the moment the slot frees."""
 
     def run_time(self, model: str) -> RunTime | None:
         found = [r for r in self.run_ms if fnmatch.fnmatchcase(model, r.models)]
@@ -316,7 +320,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         parse_duration(cl.get("preemption_notice", dc.preemption_notice_s), "cluster.preemption_notice"),
     )
     sv = _expect(doc.get("server"), "server")
-    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms"}, "server")
+    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake"}, "server")
     qd = sv.get("queue_delay_ms")
     runs = []
     for k, r in enumerate(sv.get("run_ms") or []):
@@ -328,7 +332,9 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         runs.append(RunTime(str(r["models"]), _num(r, "base", where, 0.0), _num(r, "per_item", where, 0.0)))
     server = Server(_num(sv, "noise_cv", "server", 0.0),
                     None if qd is None else _num(sv, "queue_delay_ms", "server", 0.0),
-                    bool(sv.get("queue_timeouts", True)), tuple(runs))
+                    bool(sv.get("queue_timeouts", True)), tuple(runs), _num(sv, "missed_wake", "server", 0.0))
+    if server.missed_wake > 1:
+        raise ScenarioError(f"server.missed_wake: {server.missed_wake} is a probability. Fix: use 0..1")
     sa = doc.get("stream_arrivals", "sessions")
     if sa not in ("sessions", "poisson"):
         raise ScenarioError(f"stream_arrivals: {sa!r} is unknown. Fix: use sessions or poisson")

@@ -34,6 +34,9 @@ from packer.slot import SlotType, latency_scale
 
 INF = math.inf
 EMPTY = np.empty(0)
+WAKE_S = 0.5
+"""Triton's dynamic batcher sleeps at most this long without a request or a timer (its
+``default_wait_microseconds``)."""
 
 try:
     from numba import njit
@@ -93,7 +96,8 @@ def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float,
 class Member:
     """One replica of a model in a slot: its batcher config and its queue."""
 
-    __slots__ = ("model", "idx", "replica", "cfg", "qa", "inflight", "draining", "removed", "ready_at", "slot")
+    __slots__ = ("model", "idx", "replica", "cfg", "qa", "inflight", "draining", "removed", "ready_at", "slot",
+                 "asleep")
 
     def __init__(self, model: str, idx: int, replica: int, cfg: BatcherConfig, ready_at: float) -> None:
         self.model, self.idx, self.replica, self.cfg = model, idx, replica, cfg
@@ -106,6 +110,9 @@ class Member:
         self.ready_at = ready_at
         self.slot: object = None
         """The engine's slot record (routing checks its state)."""
+        self.asleep = -1.0
+        """When the slot last freed while this model's batcher slept through it (``missed_wake``):
+        it wakes at its next arrival after that (or ``WAKE_S`` later); -1: awake."""
 
     @property
     def queued(self) -> int:
@@ -149,8 +156,13 @@ class SlotServer:
     """The batch loop of one slot. ``advance(t)`` runs every batch that starts before ``t``;
     ``commit(t)`` hands what finished by ``t`` to the sink."""
 
-    def __init__(self, sid: str, noise_cv: float, rng: np.random.Generator) -> None:
+    def __init__(self, sid: str, noise_cv: float, rng: np.random.Generator, missed_wake: float = 0.0,
+                 wake_rng: np.random.Generator | None = None) -> None:
         self.id = sid
+        self.missed_wake = missed_wake
+        self.wake_rng = wake_rng if wake_rng is not None else rng
+        self._wake = EMPTY
+        self._wi = 0
         self.members: list[Member] = []
         self.free_at = 0.0
         self.last = -1
@@ -167,6 +179,10 @@ class SlotServer:
         self._noise = self.rng.lognormal(-s2 / 2, math.sqrt(s2), 4096)
         self._ni = 0
         return self._noise
+
+    def _refill_wake(self) -> None:
+        self._wake = self.wake_rng.random(4096)
+        self._wi = 0
 
     def advance(self, t_end: float) -> None:
         mems = [m for m in self.members if not m.removed and m.ready_at <= t_end]
@@ -189,6 +205,10 @@ class SlotServer:
         par = np.array([(x.delay_s, x.base_s, x.per_item_s, m.ready_at) for x, m in zip(c, mems)])
         H = off[:-1].copy()
         R = np.empty(n)
+        SL = np.array([m.asleep for m in mems])
+        pm = float(self.missed_wake)
+        if pm > 0 and not self._wake.size:
+            self._refill_wake()
         cap = int(Q.size) + 1  # every batch and every rejected range takes at least one request
         rec = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap),
                np.empty(cap), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
@@ -199,15 +219,25 @@ class SlotServer:
         # Fixed argument types, so numba compiles the loop once.
         F, t_end, busy, nb, nr, ni = float(self.free_at), float(t_end), 0.0, 0, 0, int(self._ni)
         init = True
+        wi = int(self._wi)
         while True:
-            F, last, busy, ni, nb, nr, more = _batch_loop(Q, off, H, R, init, to, mb, pf, par, F, last, t_end,
-                                                           self._noise if noisy else EMPTY, busy, ni, nb, nr, *rec)
+            F, last, busy, ni, wi, nb, nr, more = _batch_loop(
+                Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, self._noise if noisy else EMPTY, busy, ni,
+                self._wake if pm > 0 else EMPTY, wi, pm, WAKE_S, nb, nr, *rec)
             if not more:
                 break
-            self._refill_noise()  # the noise ran out mid-window: draw more and carry on
-            ni, init = 0, False
+            # Random draws ran out mid-window: draw more and carry on.
+            if more == 1:
+                self._refill_noise()
+                ni = 0
+            else:
+                self._refill_wake()
+                wi = 0
+            init = False
+        self._wi = wi
         for k, m in enumerate(mems):
             m.qa = Q[H[k]:off[k + 1]]
+            m.asleep = float(SL[k])
         self._windows.append(_Window(mems, Q, rec, nb, nr))
         self.free_at = F
         self.last = last
@@ -290,32 +320,47 @@ def _bisect_right(a: np.ndarray, x: float, lo: int, hi: int) -> int:  # pragma: 
 
 
 @njit(cache=True)
-def _ready_at(Q: np.ndarray, h: int, nq: int, dl: float, pf: int, ra: float) -> float:  # pragma: no cover
-    """When a member's next batch is ready on a free slot: preferred size reached or delay expired."""
+def _ready_at(Q: np.ndarray, h: int, nq: int, dl: float, pf: int, ra: float, sl: float,
+              wait: float) -> float:  # pragma: no cover - compiled
+    """When a member's next batch is ready on a free slot: preferred size reached or delay expired;
+    if its batcher slept through the slot freeing at ``sl`` (>= 0), not before its next arrival
+    after ``sl`` (or ``sl + wait``, Triton's default wait)."""
     if h >= nq:
         return INF
     t = Q[h] + dl
     j = h + pf
     if j < nq and Q[j] < t:
         t = Q[j]
-    return t if t > ra else ra
+    if t < ra:
+        t = ra
+    if sl >= 0.0:
+        w = sl + wait
+        j = _bisect_right(Q, sl, h, nq)
+        if j < nq and Q[j] < w:
+            w = Q[j]
+        if w > t:
+            t = w
+    return t
 
 
 @njit(cache=True)
-def _batch_loop(Q, off, H, R, init, to, mb, pf, par, F, last, t_end, noise, busy, ni, nb, nr,
-                bi, blo, bhi, bst, bfin, ri, rlo, rhi):  # pragma: no cover - compiled
+def _batch_loop(Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, noise, busy, ni, wake, wi, pm, wait,
+                nb, nr, bi, blo, bhi, bst, bfin, ri, rlo, rhi):  # pragma: no cover - compiled
     """Every batch of one slot that starts before ``t_end``, touching each batch once.
 
     Member ``i``'s queue is ``Q[H[i]:off[i+1]]``; ``R[i]`` is when its batch would be ready if the
     slot were free (``INF``: empty queue), which changes only when ``i`` is served. ``par[i]`` is
-    (delay, base, per item, ready_at). Batches go to ``b*[nb...]``, timeout rejections to
-    ``r*[nr...]``. Returns ``(free_at, last, busy, ni, nb, nr, more)``; ``more`` means the run-time
-    noise ran out before the window ended: refill it and call again with ``init`` false.
+    (delay, base, per item, ready_at). ``SL[i]``: when the slot freed while ``i``'s batcher slept
+    (``missed_wake``; -1: awake); with probability ``pm`` per batch each member sleeps through the
+    end of that batch (``wake`` holds the uniform draws). Batches go to ``b*[nb...]``, timeout
+    rejections to ``r*[nr...]``. Returns ``(free_at, last, busy, ni, wi, nb, nr, more)``; ``more``
+    is 1 when the run-time noise, 2 when the wake draws ran out before the window ended: refill
+    that and call again with ``init`` false.
     """
     n = H.size
     if init:
         for k in range(n):
-            R[k] = _ready_at(Q, H[k], off[k + 1], par[k, 0], pf[k], par[k, 3])
+            R[k] = _ready_at(Q, H[k], off[k + 1], par[k, 0], pf[k], par[k, 3], SL[k], wait)
     noisy = noise.size > 0
     while True:
         bt = INF
@@ -338,7 +383,9 @@ def _batch_loop(Q, off, H, R, init, to, mb, pf, par, F, last, t_end, noise, busy
         elif bt >= t_end:
             break
         if noisy and ni >= noise.size:
-            return F, last, busy, ni, nb, nr, True
+            return F, last, busy, ni, wi, nb, nr, 1
+        if pm > 0.0 and wi + n > wake.size:
+            return F, last, busy, ni, wi, nb, nr, 2
         dl, ba, pi, ra = par[i, 0], par[i, 1], par[i, 2], par[i, 3]
         h = H[i]
         nq = off[i + 1]
@@ -352,7 +399,7 @@ def _batch_loop(Q, off, H, R, init, to, mb, pf, par, F, last, t_end, noise, busy
                 nr += 1
                 H[i] = h = j
                 if h >= nq or Q[h] > bt:
-                    R[i] = _ready_at(Q, h, nq, dl, pf[i], ra)
+                    R[i] = _ready_at(Q, h, nq, dl, pf[i], ra, SL[i], wait)
                     continue
         top = h + mb[i]
         hi = _bisect_right(Q, bt, h, top if top < nq else nq)
@@ -374,8 +421,19 @@ def _batch_loop(Q, off, H, R, init, to, mb, pf, par, F, last, t_end, noise, busy
         H[i] = hi
         busy += run
         last = i
-        R[i] = _ready_at(Q, hi, nq, dl, pf[i], ra)
-    return F, last, busy, ni, nb, nr, False
+        if pm > 0.0:
+            # Triton's batcher sometimes misses the instance freeing and only looks at its queue
+            # again when a request arrives: each member, independently, with probability pm.
+            for k in range(n):
+                SL[k] = F if wake[wi + k] < pm else -1.0
+            wi += n
+            for k in range(n):
+                if k != i:
+                    R[k] = _ready_at(Q, H[k], off[k + 1], par[k, 0], pf[k], par[k, 3], SL[k], wait)
+        else:
+            SL[i] = -1.0
+        R[i] = _ready_at(Q, hi, nq, dl, pf[i], ra, SL[i], wait)
+    return F, last, busy, ni, wi, nb, nr, 0
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

@@ -122,3 +122,23 @@ def test_measured_run_time_replaces_the_profile_not_the_batcher(tmp_path: Path) 
     lat = np.concatenate([x for _, x in sim.stats.kept[0]]) * 1000.0
     assert lat.size == 3000
     assert np.allclose(np.sort(np.unique(np.round(lat, 6))), [11.0, 21.0, 31.0])
+
+
+@pytest.mark.parametrize("missed,want", [(0.0, [35, 35, 35, 35, 35, 35]), (1.0, [35, 180, 10, 35, 515, 35])],
+                         ids=["woken", "sleeps"])
+def test_missed_wake_waits_for_the_next_arrival(tmp_path: Path, missed: float, want: list[float]) -> None:
+    """A request that queues while the slot is busy (at 30 ms, the batch of the one at 0 runs 25-35
+    ms) is served when its delay ends, 55 ms, if the batcher notices the slot freeing. If it sleeps
+    through it (``missed_wake: 1``), the next arrival (200 ms) wakes it and both go together; with
+    no arrival, Triton's 500 ms default wait does (1.030 s waits until 1.035 + 0.5 s)."""
+    f = fleet(10.0, base=10.0, per_item=0.0, max_batch=8)
+    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
+    p = tmp_path / "trace.csv"
+    p.write_text("timestamp,model\n" + "".join(f"{t},m\n" for t in (0.0, 0.030, 0.200, 1.0, 1.030, 2.0)))
+    sc = Scenario(trace=Trace(str(p), loop=False), server=Server(queue_delay_ms=25.0, missed_wake=missed))
+    sim = Simulation(plan, sc, seed=0)
+    sim.stats.keep(0)
+    assert sim.run(3.0).models[0]["completed"] == 6
+    arr = np.concatenate([a for a, _ in sim.stats.kept[0]])
+    lat = np.concatenate([x for _, x in sim.stats.kept[0]]) * 1000.0
+    assert np.allclose(lat[np.argsort(arr)], want)

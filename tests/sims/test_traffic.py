@@ -135,7 +135,9 @@ def test_shipped_scenarios_load(path: Path) -> None:
     ({"diurnal": {"amplitude": 2}}, "amplitude"),
     ({"batch_jobs": [{"size": 0}]}, "size"),
     ({"server": {"run_ms": [{"models": "asr-*"}]}}, "server.run_ms[0]"),
-], ids=["unknown-key", "bad-process", "spike-without-at", "bad-duration", "amplitude", "job-size", "run-ms"])
+    ({"server": {"missed_wake": 2}}, "server.missed_wake"),
+], ids=["unknown-key", "bad-process", "spike-without-at", "bad-duration", "amplitude", "job-size", "run-ms",
+        "missed-wake"])
 def test_scenario_errors_name_the_field(doc: dict, needle: str) -> None:
     with pytest.raises(UserError, match=None) as e:
         parse_scenario(doc)

@@ -119,16 +119,7 @@ def turnaround_ms(occ: dict, delay_ms: float, base_ms: float) -> tuple[float, in
     """
     import numpy as np
 
-    r = occ["requests"]
-    ok = np.array(r["ok"], bool)
-    sent = np.array(r["sent_s"])[ok]
-    done = sent + np.array(r["latency_ms"])[ok] / 1000.0
-    o = np.argsort(done)
-    sent, done = sent[o], done[o]
-    lo = np.r_[0, np.flatnonzero(np.diff(done) > base_ms / 3000.0) + 1]
-    size = np.diff(np.r_[lo, done.size])
-    end = np.maximum.reduceat(done, lo)
-    oldest = np.minimum.reduceat(sent, lo)
+    end, oldest, size, _ = _batches(occ["requests"], base_ms)
     b2b = oldest[1:] + delay_ms / 1000.0 < end[:-1]
     exec_ms = {s["batch_size"]: s["mean_exec_ms"] for s in occ["batch_stats"]}
     gaps = [iv * 1000.0 - exec_ms[b] for iv, b in zip(np.diff(end)[b2b], size[1:][b2b]) if b in exec_ms]
@@ -137,13 +128,72 @@ def turnaround_ms(occ: dict, delay_ms: float, base_ms: float) -> tuple[float, in
     return float(np.median(gaps)), len(gaps)
 
 
-def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated: bool) -> dict[str, dict]:
+def _batches(req: dict, base_ms: float) -> tuple:
+    """A recorded run's batches, rebuilt from its completions (send + latency): requests of one
+    batch complete together, so a gap over a third of the profile's base time starts a new batch
+    (the count matches Triton's own batch count within a few). Returns per batch (completion,
+    oldest send, size) and every send time."""
+    import numpy as np
+
+    ok = np.array(req["ok"], bool)
+    every = np.sort(np.array(req["sent_s"]))
+    sent = np.array(req["sent_s"])[ok]
+    done = sent + np.array(req["latency_ms"])[ok] / 1000.0
+    o = np.argsort(done)
+    sent, done = sent[o], done[o]
+    lo = np.r_[0, np.flatnonzero(np.diff(done) > base_ms / 3000.0) + 1]
+    return (np.maximum.reduceat(done, lo), np.minimum.reduceat(sent, lo), np.diff(np.r_[lo, done.size]), every)
+
+
+def missed_wake(rows: list[dict]) -> tuple[float, int]:
+    """``(share, cases)``: how often Triton's batcher slept through its instance freeing.
+
+    From recorded levels of ``bench/triton.py`` (pass a *different* run than the one compared). A
+    batch whose oldest request queued while the instance was busy should start when the instance
+    frees or its delay ends, whichever is later (``timer``); it may instead start only when the
+    next request arrives (``arrival``, the batcher was not woken). Where the two predictions differ
+    by over 3 ms and the batch's start (completion minus Triton's mean execution time for its size,
+    the turnaround and half the overhead) is within 2 ms of one of them, the case counts for it.
+    """
+    import numpy as np
+
+    timer = arrival = 0
+    for r in rows:
+        if not r.get("occupancy") or not r.get("requests"):
+            continue
+        delay = r["queue_delay_ms"] / 1000.0
+        ex = {s["batch_size"]: s["mean_exec_ms"] / 1000.0 for s in r["batch_stats"]}
+        turn = turnaround_ms(r["occupancy"], r["queue_delay_ms"], r["base_ms"])[0] / 1000.0
+        half = (r.get("overhead") or {}).get("overhead_ms", 0.0) / 2000.0
+        end, oldest, size, every = _batches(r["requests"], r["base_ms"])
+        for k in range(1, end.size):
+            if size[k] not in ex:
+                continue
+            free = end[k - 1] - half + turn
+            if oldest[k] > free - 0.001:
+                continue  # it did not queue while the instance was busy
+            start = end[k] - ex[size[k]] - half
+            t1 = max(free, oldest[k] + delay)
+            j = np.searchsorted(every, free)
+            t2 = max(every[j] if j < every.size else np.inf, oldest[k] + delay)
+            if abs(t1 - t2) < 0.003:
+                continue
+            e1, e2 = abs(start - t1), abs(start - t2)
+            if min(e1, e2) < 0.002:
+                timer += e1 < e2
+                arrival += e2 < e1
+    n = timer + arrival
+    return (arrival / n if n else 0.0), n
+
+
+def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated: bool,
+                 wake: float = 0.0) -> dict[str, dict]:
     """Replay one recorded level: exact arrivals, measured p50/p99 over the same requests as the real.
 
     ``calibrated``: run times fitted to the level's Triton batch statistics, plus the turnaround
     between batches measured in the benchmark's separate overloaded run (``turnaround_ms``) when it
-    recorded one, and the measured per-request overhead added; else the fleet profile and no
-    overhead.
+    recorded one, the measured per-request overhead added, and ``wake`` as the batcher's
+    ``missed_wake`` share; else the fleet profile, no overhead, no missed wakes.
     """
     import tempfile
 
@@ -184,7 +234,7 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
             for r in members:
                 f.writelines(f"{t!r},{r['model']}\n" for t in r["requests"]["sent_s"])
         sc = Scenario(process="poisson", policy="static", trace=Trace(str(trace), loop=False),
-                      server=Server(run_ms=tuple(runs)))
+                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0))
         sim = Simulation(plan, sc, seed=0)
         for i in range(len(sim.names)):
             sim.stats.keep(i)
@@ -217,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loads", default="0.3,0.6,0.85")
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--overhead-ms", type=float, default=0.0)
+    ap.add_argument("--calibrate-from", metavar="OTHER_JSON",
+                    help="another bench/triton.py run: measure there how often Triton's batcher sleeps through its "
+                         "instance freeing (missed_wake) and simulate with that share")
     ap.add_argument("--json", dest="json_path")
     a = ap.parse_args(argv)
     if a.triton_json:
@@ -241,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
     e = lambda v: f"{v:+7.1%}" if v is not None else "      -"  # noqa: E731
     err = lambda sim, real: (sim - real) / real if real and sim is not None else None  # noqa: E731
     replay = all("requests" in r for r in rows)
+    wake, cases = 0.0, 0
+    if a.calibrate_from:
+        wake, cases = missed_wake(json.loads(Path(a.calibrate_from).read_text())["results"])
     if replay:
+        print(f"missed wakes: {wake:.2f} of {cases} cases in {a.calibrate_from}" if a.calibrate_from else
+              "missed wakes: not modelled (give --calibrate-from OTHER_JSON, a separate run, to measure them)")
         print("exact recorded arrivals replayed; profile = fleet profile, no overhead; calibrated = run time fitted "
               "to Triton's batch statistics + turnaround (overloaded run) + overhead (near-zero load)")
         print(f"{'model':<10}{'load':>5}{'rate':>7} | {'p50 real':>8}{'profile':>8}{'err':>7}{'calib.':>8}{'err':>7} | "
@@ -252,11 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     for (fleet_name, slot, _, seed, _), members in levels.items():
         if replay:
             prof = replay_level(fleet_name, slot, members, calibrated=False)
-            cal = replay_level(fleet_name, slot, members, calibrated=True)
+            cal = replay_level(fleet_name, slot, members, calibrated=True, wake=wake)
             for row in members:
                 n = row["model"]
                 p, c = prof[n], cal[n]
-                res = {**row, "requests": None, "profile": p, "calibrated": c}
+                res = {**row, "requests": None, "occupancy": None, "profile": p, "calibrated": c,
+                       "missed_wake": wake, "missed_wake_from": a.calibrate_from}
                 for q in ("p50", "p99"):
                     res[f"{q}_err_profile"] = err(p[f"sim_{q}_ms"], row.get(f"{q}_ms"))
                     res[f"{q}_err"] = err(c[f"sim_{q}_ms"], row.get(f"{q}_ms"))

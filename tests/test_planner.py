@@ -18,7 +18,7 @@ from packer.check import check_plan
 from packer.fleet import FleetError, load_fleet, parse_fleet
 from packer.plan import from_dict, to_dict
 from packer.planner import PlanSettings, plan_fleet
-from packer.planner.bound import MAX_CLASSES, _solve
+from packer.planner.bound import MAX_CLASSES, MIP_CLASSES, _solve
 from packer.planner.model import Problem
 
 SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "docs" / "plan.schema.json").read_text())
@@ -69,7 +69,7 @@ def test_generated_fleets_plan_soundly(doc):
     # The plan is feasible, so every relaxation's bound must be at most its cost: a bound above it
     # would be a false proof (make_plan clips it, so ask the relaxations directly).
     problem = Problem(fleet, PlanSettings())
-    for classes in (1, MAX_CLASSES):
+    for classes in sorted({1, MIP_CLASSES, MAX_CLASSES}):
         for integer in (False, True):
             got = _solve(problem, 20, integer=integer, max_classes=classes)
             if got is not None:
@@ -105,12 +105,27 @@ def test_example_plans_match_the_schema(name):
 
 def test_small_fleet_is_proven_optimal():
     plan = plan_fleet(load_fleet(EXAMPLES / "llm-platform.yaml"), PlanSettings(time_limit_s=10))
+    # 30.60/h: 9 H100s. With duty cycles rounded down to a grid, CP-SAT settled on 10 GPUs (34.00/h)
+    # and its own bound over that restricted model claimed optimality; the relaxation proves 30.60.
+    assert plan.cost_per_hour == pytest.approx(30.6)
     assert plan.status == "optimal"
     assert plan.gap == pytest.approx(0.0, abs=1e-6)
+    assert plan.bound_method.startswith("aggregate")
     # three multi-GPU models: whole GPUs on one node
     for p in plan.placements:
         if len(p.gpus) > 1:
             assert list(p.gpus) == list(range(p.gpu, p.gpu + len(p.gpus)))
+
+
+def test_integer_slot_counts_tighten_the_bound(multilingual):
+    # The LP lets streaming models use the idle part of the A100 that runs the summarizers' long
+    # duty cycles; the MIP's slots run one cycle each, which lifts the bound by most of an L4 and more.
+    problem = Problem(multilingual, PlanSettings())
+    lp = _solve(problem, 20, integer=False, max_classes=MIP_CLASSES)
+    mip = _solve(problem, 60, integer=True, max_classes=MIP_CLASSES)
+    assert lp is not None and mip is not None
+    assert mip[0] >= lp[0] + 1.0
+    assert mip[0] == pytest.approx(8.9)
 
 
 def test_same_seed_same_plan(multilingual):

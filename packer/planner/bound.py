@@ -1,10 +1,11 @@
-"""A lower bound on the cost of any plan: the aggregate relaxation, solved as a small MIP.
+"""A lower bound on the cost of any plan: the aggregate relaxation, solved as an LP and a MIP.
 
 Every feasible plan satisfies these constraints, so their optimum can only be cheaper:
 
 * ``z[p, L]`` GPUs of pool ``p`` with layout ``L`` (integer); ``N[p, k] = sum_L cnt_L(k) z[p, L]``
   instances of profile ``k`` exist;
-* model ``m`` puts ``q[m, t]`` replicas (continuous) and ``v[m, t]`` rps on slot type ``t``:
+* model ``m`` puts ``q[m, t]`` replicas (integer in the MIP, continuous in the LP) and
+  ``v[m, t]`` rps on slot type ``t``:
   ``sum_t v = peak``, ``v <= cap_t q`` (no replica serves more than it can alone),
   ``sum_t q >= n_lb`` and ``q <= N`` (one replica of a model per slot);
 * per slot type, memory ``sum mem q <= mem_t N`` and time ``sum T <= u N``: in any slot, a
@@ -13,14 +14,17 @@ Every feasible plan satisfies these constraints, so their optimum can only be ch
   share that is linear in ``r``, so ``T >= A/(slo-A) q + slo/(slo-A) per v`` and
   ``T >= (A/(max_batch-1) + per) v`` hold for the sums over a model's replicas.
 
-Multi-GPU replicas are never shared, so their exact cheapest cost is added as a constant.
-``docs/planner.md`` gives the argument in full. The MIP's proven bound is used even when SCIP
-stops at its time limit, so the number is always a valid bound.
+Slots are further split by duty-cycle class (``docs/planner.md``); in the MIP the number of slots
+of each type and class is an integer too, since every slot runs one cycle. Multi-GPU replicas are
+never shared, so their exact cheapest cost is added as a constant. ``docs/planner.md`` gives the
+argument in full. A MIP that does not finish in time gives no bound (HiGHS reports none), and the
+LP bounds stand.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
 from ortools.linear_solver import pywraplp
@@ -29,23 +33,36 @@ from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
 from packer.slot import latency_scale
 
-MAX_CLASSES = 8
+MAX_CLASSES = 4
 """Duty-cycle classes: a slot's cycle lies in exactly one class [b_j, b_(j+1)), and its members'
 shares are bounded below by A / b_(j+1). More classes give a tighter bound and a larger LP."""
 LP_SOLVER = "HIGHS"
+MIP_SOLVER = "HIGHS"
 CLASSES_UP_TO = 250
 """Above this many models the duty-class LP takes minutes; the one-class LP is used alone."""
+MIP_CLASSES = 3
+"""The MIP's integer slot counts do most of its work; fewer classes keep it to a few seconds."""
+MIP_UP_TO = 60
+"""Up to this many models the duty-class MIP usually finishes within a few seconds."""
 
 
 def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple[float, str]:
-    """The relaxation's LP bound (always quick), raised by its MIP bound when SCIP gets further."""
-    # The one-class LP is small and always finishes; duty classes tighten it; the MIP (integer
-    # GPU layouts) tightens it again where the fleet is small enough for SCIP.
-    small = len(problem.shared_models) <= CLASSES_UP_TO
-    found = [_solve(problem, time_limit / 3 if small else time_limit, integer=False, max_classes=1)]
-    if small:
-        found.append(_solve(problem, time_limit / 3, integer=False, max_classes=MAX_CLASSES))
-        found.append(_solve(problem, time_limit / 3, integer=True, max_classes=MAX_CLASSES))
+    """The relaxation's LP bound (always), raised by its duty-class MIP or LP where time allows."""
+    # The one-class LP is small and always finishes. For small fleets the MIP (integer layouts,
+    # replica and slot counts per duty class) is far tighter: it sees that a slot runs one duty
+    # cycle, so a streaming model cannot use the idle half of a slot whose batch members run
+    # seconds-long cycles. Cheapest first, so a slow machine still gets the LP bounds.
+    start = time.monotonic()
+    n = len(problem.shared_models)
+
+    def left() -> float:
+        return time_limit - (time.monotonic() - start)
+
+    found = [_solve(problem, time_limit, integer=False, max_classes=1)]
+    if n <= CLASSES_UP_TO and left() > 0.2:
+        found.append(_solve(problem, left(), integer=False, max_classes=MAX_CLASSES))
+    if n <= MIP_UP_TO and left() > 0.2:
+        found.append(_solve(problem, left(), integer=True, max_classes=MIP_CLASSES))
     best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
     return multi_cost + best[0], best[1]
 
@@ -53,8 +70,9 @@ def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple
 def _class_bounds(problem: Problem, k: int) -> list[float]:
     """A partition of duty cycles (ms) into at most ``k`` classes, cut at the models' own limits.
 
-    A slot's cycle is at most its tightest member's limit, so cutting where the models' limits
-    cluster (quantiles in log space) separates the groups that cannot share a slot.
+    A slot's cycle is at most its tightest member's limit. The first cuts go into the widest gaps
+    between the models' limits (log scale), which separate groups that cannot share a slot, such as
+    streaming models (cycles of ms) and batch models (seconds); the rest at quantiles.
     """
     if k <= 1:
         return [0.0, math.inf]
@@ -62,17 +80,23 @@ def _class_bounds(problem: Problem, k: int) -> list[float]:
                  if problem.capacity(m, st) > 0)
     if not his:
         return [0.0, math.inf]
-    cuts = sorted({his[min(len(his) - 1, int(len(his) * i / k))] for i in range(1, k)})
-    return [0.0] + cuts + [math.inf]
+    gaps = sorted(((math.log(b / a), math.sqrt(a * b)) for a, b in zip(his, his[1:]) if a > 0 and b > 2 * a),
+                  reverse=True)
+    cuts = {c for _, c in gaps[: max(1, (k - 1) // 2)]}
+    for i in range(1, k):
+        if len(cuts) >= k - 1:
+            break
+        cuts.add(his[min(len(his) - 1, int(len(his) * i / k))])
+    return [0.0] + sorted(cuts) + [math.inf]
 
 
 def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: int) -> tuple[float, str] | None:
     fleet = problem.fleet
-    solver = pywraplp.Solver.CreateSolver("SCIP" if integer else LP_SOLVER)
+    solver = pywraplp.Solver.CreateSolver(MIP_SOLVER if integer else LP_SOLVER)
     if solver is None:  # pragma: no cover - OR-Tools always ships both
         return None
     solver.SuppressOutput()
-    if not integer and LP_SOLVER == "HIGHS":
+    if "HIGHS" in (LP_SOLVER if not integer else MIP_SOLVER):
         solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\n")
     solver.SetTimeLimit(int(time_limit * 1000))
     inf = solver.infinity()
@@ -121,15 +145,16 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
                     cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1, problem.u - A / c_hi) / per)
                 if cap_c <= 0:
                     continue
-                q = solver.NumVar(0, inf, "")
-                v = solver.NumVar(0, inf, "")
+                # In any plan a replica count and a slot count are whole numbers.
+                q = var(0, inf, f"q[{m.name},{key},{j}]")
+                v = solver.NumVar(0, inf, f"v[{m.name},{key},{j}]")
                 solver.Add(v <= cap_c * q)
                 if (key, j) not in N:
-                    N[(key, j)] = solver.NumVar(0, inf, "")
+                    N[(key, j)] = var(0, inf, f"N[{key},{j}]")
                 solver.Add(q <= N[(key, j)])
                 # A replica at rate r with cycle d takes A / d + per r of it; d <= c_hi, and d is
                 # below the SLO and max_batch limits, each linear in r (module docstring).
-                t = solver.NumVar(0, inf, "")
+                t = solver.NumVar(0, inf, f"t[{m.name},{key},{j}]")
                 solver.Add(t >= (A / c_hi) * q + (per / 1000.0) * v)
                 solver.Add(t >= (A / (m.slo_ms - A)) * q + (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0) * v)
                 solver.Add(t >= (A / (mbl * 1000.0) + per / 1000.0) * v)

@@ -12,8 +12,11 @@ It reads like the maths (``docs/planner.md``):
   slot; mixed workload kinds only where the pool time-slices; pool size;
 * objective: GPU cost, then fewer slots.
 
-A slot's duty cycle is picked from a geometric grid (ratio 1.2) below each member's largest
-admissible cycle, which keeps every capacity constraint linear. GPU identities are left out of the
+A slot's duty cycle is one of its candidate members' largest admissible cycles ``hi``: a group is
+feasible at some cycle exactly when it is feasible at its tightest member's ``hi`` (a batch's share
+``A / d + B`` only falls as ``d`` grows), so choosing among these values loses nothing and keeps
+every capacity constraint linear. (An earlier version rounded cycles down to a 1.2 grid; that lost
+up to a sixth of a slot and hid a cheaper llm-platform plan.) GPU identities are left out of the
 model (they are symmetric); ``realise`` deals the chosen instances out to GPUs afterwards.
 """
 
@@ -29,16 +32,8 @@ from packer.planner.assemble import Gpu, assign_starts, to_gpus
 from packer.planner.model import Problem, Rep, Slot
 from packer.slot import WHOLE, SlotType
 
-GRID = 1.2
 SCALE = 1000  # capacity units per duty cycle
 COST_SCALE = 1000  # cost in thousandths
-
-
-def duty_class(hi: float) -> float:
-    """Round a duty cycle down to the grid: any cycle <= hi is admissible, so this is safe."""
-    if hi <= 0:
-        return 0.0
-    return GRID ** math.floor(math.log(hi) / math.log(GRID) + 1e-9)
 
 
 def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLayout | None]]:
@@ -160,7 +155,8 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
                         m.AddImplication(x[(ri, si)], kb.Not())
         # duty classes
         items = {ri: problem.item(reps[ri][0], st) for ri in members}
-        classes = sorted({duty_class(it.hi) for it in items.values() if it.hi > 0})
+        # The slot runs at its tightest member's cycle: one class per distinct member limit.
+        classes = sorted({it.hi for it in items.values() if it.hi > 0})
         cvars = {d: m.NewBoolVar("") for d in classes}
         m.Add(sum(cvars.values()) == a)
         for ri, it in items.items():

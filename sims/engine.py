@@ -7,7 +7,9 @@ window, routes them to the replicas serving then, and lets each slot run its bat
 window's end (``SlotServer.advance``). Windows are at most one policy interval (15 s by default).
 
 Routing: requests of a model go round-robin over its ready replicas (gRPC ``round_robin``), a
-stream's chunks all go to replica ``stream_id % n`` (sticky while the replica set is stable).
+stream's chunks all go to replica ``stream_id % n`` (sticky while the replica set is stable). With
+``server.routing: weighted`` each replica gets a share in proportion to its capacity instead
+(``weighted_split``; a stream still sticks to one replica), as behind a weighted load balancer.
 Replicas on a slot under a preemption notice, draining or still starting get nothing.
 Cost: a GPU costs its pool's hourly price while any slot on it exists, starting ones included.
 """
@@ -22,11 +24,12 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
 
 from packer.catalog import gpu_type, is_valid_combination
 from packer.fleet import Pool
 from packer.plan import Plan
-from packer.slot import WHOLE, SlotType, evaluate, item
+from packer.slot import WHOLE, SlotType, evaluate, item, single_capacity
 from sims.metrics import Stats, hist_percentile, hist_percentiles
 from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
                            RemoveSlot, ReplicaView, SlotView, get_policy)
@@ -136,6 +139,8 @@ class Simulation:
                                        "models": {n: {"rate": [], "p50": [], "p99": [], "rejected": [],
                                                       "replicas": []} for n in self.names}}
         self.gone: list[Slot] = []
+        self.weighted = scenario.server.routing == "weighted"
+        self._caps: dict[tuple[int, str, str], float] = {}
         self._build(plan)
 
     # -- setup ---------------------------------------------------------------------------------
@@ -224,6 +229,14 @@ class Simulation:
                 st.rejected(i, a.times, a.times, "no-replica")
             elif k == 1:
                 live[0].push(a.times)
+            elif self.weighted:
+                if a.streams is not None:
+                    which = weighted_split(a.streams, self._weights_of(i, live))
+                else:
+                    which = weighted_split(np.arange(self.rr[i], self.rr[i] + n), self._weights_of(i, live))
+                    self.rr[i] += n
+                for r, m in enumerate(live):
+                    m.push(a.times[which == r])
             elif a.streams is not None:
                 which = a.streams % k
                 for r, m in enumerate(live):
@@ -243,6 +256,21 @@ class Simulation:
                 self.gpu_seconds[n.pool.name] += used * dt
         for s in list(self.slots.values()):
             self._reap(s, t1)
+
+    def _weights_of(self, i: int, live: list[Member]) -> np.ndarray:
+        """Each replica's capacity: the rate the model alone could serve within its SLO on the
+        replica's slot type (``packer.slot.single_capacity``; a MIG slice less than a whole GPU),
+        divided among the models taking turns on that slot."""
+        model = self.fleet.models[i]
+        w = []
+        for m in live:
+            s = m.slot
+            key = (i, s.pool.name, s.profile)  # type: ignore[attr-defined]
+            cap = self._caps.get(key)
+            if cap is None:
+                cap = self._caps[key] = single_capacity(model, s.st, self.u)  # type: ignore[attr-defined]
+            w.append(cap / max(1, sum(1 for x in s.server.members if not x.removed and not x.draining)))  # type: ignore
+        return np.asarray(w)
 
     def _reap(self, s: Slot, t: float) -> None:
         """Forget drained replicas, and the slot once it has none (as of its last batch's end)."""
@@ -521,6 +549,21 @@ class Simulation:
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
         return Result(self.plan.id, self.policy_name, self.scenario.name, self.seed, T, models, slots, fleet,
                       self.series, self.actions, perf)
+
+
+PHI = (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def weighted_split(keys: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Replica index per request (or per stream id) for ``weights``: ``frac(key * φ)`` is a
+    low-discrepancy sequence in [0, 1), cut into intervals as long as the weights. Consecutive keys
+    spread almost as evenly as round-robin (any run of requests gets each replica's share within a
+    few requests), and a stream's chunks, keyed by its id, all go to one replica."""
+    cum = np.cumsum(weights, dtype=float)
+    if cum[-1] <= 0:
+        cum = np.arange(1.0, len(weights) + 1.0)
+    u = np.mod(keys * PHI, 1.0)
+    return np.minimum(np.searchsorted(cum / cum[-1], u, side="right"), len(weights) - 1)
 
 
 def simulate(plan: Plan, scenario: Scenario, *, duration_s: float, seed: int = 0, policy: Policy | str | None = None,

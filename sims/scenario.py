@@ -19,6 +19,7 @@ import yaml
 
 from packer.errors import UserError
 
+ROUTINGS = ("round-robin", "weighted")
 PROCESSES = ("poisson", "diurnal", "peak")
 """``poisson``: constant ``rps``; ``diurnal``: the daily curve around ``rps``; ``peak``: constant ``peak_rps``."""
 _DUR = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h|d)?\s*$")
@@ -147,6 +148,9 @@ class Server:
     """Reject dynamic-batcher requests that queued past ``slo - run`` (the Triton writer's policy)."""
     run_ms: tuple[RunTime, ...] = ()
     """Measured run times that replace the profile's (glob on the model name; the last match wins)."""
+    routing: str = "round-robin"
+    """How a model's requests are spread over its replicas: ``round-robin`` (gRPC's policy) or
+    ``weighted`` (in proportion to each replica's capacity, as behind a weighted load balancer)."""
     missed_wake: float = 0.0
     """Probability that a model's batcher sleeps through the slot freeing and looks at its queue
     again only at its next arrival (or 500 ms later). Measured on Triton's dynamic batcher with one
@@ -320,7 +324,10 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         parse_duration(cl.get("preemption_notice", dc.preemption_notice_s), "cluster.preemption_notice"),
     )
     sv = _expect(doc.get("server"), "server")
-    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake"}, "server")
+    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake", "routing"}, "server")
+    routing = str(sv.get("routing", "round-robin"))
+    if routing not in ROUTINGS:
+        raise ScenarioError(f"server.routing: {routing!r} is unknown. Fix: use {' or '.join(ROUTINGS)}")
     qd = sv.get("queue_delay_ms")
     runs = []
     for k, r in enumerate(sv.get("run_ms") or []):
@@ -332,7 +339,8 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         runs.append(RunTime(str(r["models"]), _num(r, "base", where, 0.0), _num(r, "per_item", where, 0.0)))
     server = Server(_num(sv, "noise_cv", "server", 0.0),
                     None if qd is None else _num(sv, "queue_delay_ms", "server", 0.0),
-                    bool(sv.get("queue_timeouts", True)), tuple(runs), _num(sv, "missed_wake", "server", 0.0))
+                    bool(sv.get("queue_timeouts", True)), tuple(runs), routing,
+                    _num(sv, "missed_wake", "server", 0.0))
     if server.missed_wake > 1:
         raise ScenarioError(f"server.missed_wake: {server.missed_wake} is a probability. Fix: use 0..1")
     sa = doc.get("stream_arrivals", "sessions")

@@ -1,0 +1,51 @@
+"""Routing a model's requests over its replicas: round-robin (gRPC's) or weighted by capacity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from packer.fleet import parse_fleet
+from packer.slot import SlotType, single_capacity
+from sims.engine import simulate, weighted_split
+from sims.handplan import Group, hand_plan
+from sims.scenario import Scenario, Server, parse_scenario
+
+
+def test_weighted_split_keeps_shares_in_every_run_of_requests() -> None:
+    keys = np.arange(5000, 15000)
+    which = weighted_split(keys, np.array([3.0, 1.0]))
+    assert set(np.unique(which)) == {0, 1}
+    # Every prefix (in steps of 100 requests) holds replica 1's quarter within two in a hundred.
+    share = np.cumsum(which == 1)[99::100] / np.arange(100, 10001, 100)
+    assert np.max(np.abs(share - 0.25)) <= 0.02
+    # The same key always goes to the same replica (sticky streams).
+    assert np.array_equal(weighted_split(keys, np.array([3.0, 1.0])), which)
+    assert np.all(weighted_split(keys, np.array([0.0, 0.0])) <= 1)  # no capacity anywhere: still routed
+
+
+def test_weighted_routing_spares_the_small_replica() -> None:
+    """One replica on a whole A100 and one on a 1g.10gb slice (~9x less capacity), at 80 % of their
+    summed capacity: round-robin gives the slice half the requests and it times out about half of
+    what it gets; weighted by capacity, every request is served within the SLO."""
+    f = parse_fleet({
+        "name": "w", "pools": [{"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 1,
+                                "cost_per_gpu_hour": 4.0, "sharing": ["mig", "time-slicing"]}],
+        "models": [{"name": "m", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 100.0}, "slo_ms": 200,
+                    "latency_ms": {"gpu": "a100-80gb", "base": 5.0, "per_item": 0.5}, "max_batch": 32}],
+    })
+    caps = [single_capacity(f.model("m"), SlotType(f.pool("a100"), p), 0.85) for p in ("whole", "1g.10gb")]
+    plan = hand_plan(f, [Group("a100", "whole", ("m",)), Group("a100", "1g.10gb", ("m",))])
+    scale = 0.8 * sum(caps) / 100.0
+    rr = simulate(plan, Scenario(process="poisson", traffic_scale=scale), duration_s=60, seed=1).models[0]
+    wt = simulate(plan, Scenario(process="poisson", traffic_scale=scale, server=Server(routing="weighted")),
+                  duration_s=60, seed=1).models[0]
+    assert rr["arrivals"] == wt["arrivals"]  # same traffic
+    assert rr["rejected"]["timeout"] / rr["arrivals"] > 0.3
+    assert wt["rejected"]["timeout"] == 0 and wt["slo_attainment"] == 1.0
+
+
+def test_routing_is_checked() -> None:
+    assert parse_scenario({"server": {"routing": "weighted"}}).server.routing == "weighted"
+    with pytest.raises(ValueError, match="server.routing"):
+        parse_scenario({"server": {"routing": "random"}})

@@ -30,14 +30,14 @@ Progress = Callable[[str, float], None]
 
 
 def auto_time_limit(fleet: Fleet) -> float:
-    """Whole budget from fleet size: 7.3 s at 20 models, 10 s at 200, 23.5 s at 500, 91 s at 2000.
+    """Whole budget from fleet size: 7.25 s at 20 models, 9.5 s at 200, 23 s at 500, 90.5 s at 2000.
 
     Up to 250 models 45% goes to improving the plan and 45% to the lower bound; above, 35% and 55%
     (the LP grows with the fleet, LNS gains little per second there). Greedy and baselines take
     the rest.
     """
     n = len(fleet.models)
-    return 7.0 + 0.015 * n if n <= 200 else min(100.0, 10.0 + 0.045 * (n - 200))
+    return 7.0 + 0.0125 * n if n <= 200 else min(100.0, 9.5 + 0.045 * (n - 200))
 
 
 def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:

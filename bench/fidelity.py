@@ -12,7 +12,8 @@ prints p50 and p99 beside the real ones with the relative error; the issue's tar
     python bench/fidelity.py --simulate-only                # the simulator's side alone, default levels
 
 Two simulations per level, both replaying the exact recorded arrival times as a trace (the first
-``warmup_s`` served but not measured, as on the real server):
+``warmup_s`` served but not measured, as on the real server) with the queue bound Triton is given
+(``server.queue_bound``):
 
 * **profile**: the model's run time from its fleet profile (what the plan assumed), no overhead;
 * **calibrated**: run times ``base + per_item * b`` fitted (least squares, weighted by batch count)
@@ -234,7 +235,7 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
             for r in members:
                 f.writelines(f"{t!r},{r['model']}\n" for t in r["requests"]["sent_s"])
         sc = Scenario(process="poisson", policy="static", trace=Trace(str(trace), loop=False),
-                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0))
+                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0, queue_bound=True))
         sim = Simulation(plan, sc, seed=0)
         for i in range(len(sim.names)):
             sim.stats.keep(i)

@@ -22,7 +22,7 @@ LO_S, HI_S = 2.0 ** -17, 2.0 ** 14 * (1 - 2 ** -12)
 """Latencies are binned in seconds from 7.6 µs to 4.5 h; anything outside lands in the end bins."""
 _LO = int(np.array(LO_S).view(np.int64)) >> SHIFT
 NBINS = (int(np.array(HI_S).view(np.int64)) >> SHIFT) - _LO + 1
-REASONS = ("timeout", "no-replica", "preempted")
+REASONS = ("timeout", "queue-full", "no-replica", "preempted")
 _MID = ((np.arange(NBINS, dtype=np.int64) + _LO) << SHIFT | (1 << (SHIFT - 1))).view(np.float64) * 1000.0
 """Latency (ms) at the middle of each bin."""
 

@@ -148,6 +148,10 @@ class Server:
     """Reject dynamic-batcher requests that queued past ``slo - run`` (the Triton writer's policy)."""
     run_ms: tuple[RunTime, ...] = ()
     """Measured run times that replace the profile's (glob on the model name; the last match wins)."""
+    queue_bound: bool = False
+    """Refuse requests that arrive to a full queue, at the bound the Triton writer sets
+    (``max_queue_size``: what the instance could finish within ``slo - run``). Off by default:
+    then the queue timeout alone bounds waiting."""
     routing: str = "round-robin"
     """How a model's requests are spread over its replicas: ``round-robin`` (gRPC's policy) or
     ``weighted`` (in proportion to each replica's capacity, as behind a weighted load balancer)."""
@@ -324,7 +328,8 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         parse_duration(cl.get("preemption_notice", dc.preemption_notice_s), "cluster.preemption_notice"),
     )
     sv = _expect(doc.get("server"), "server")
-    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake", "routing"}, "server")
+    _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake", "routing",
+                     "queue_bound"}, "server")
     routing = str(sv.get("routing", "round-robin"))
     if routing not in ROUTINGS:
         raise ScenarioError(f"server.routing: {routing!r} is unknown. Fix: use {' or '.join(ROUTINGS)}")
@@ -339,7 +344,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         runs.append(RunTime(str(r["models"]), _num(r, "base", where, 0.0), _num(r, "per_item", where, 0.0)))
     server = Server(_num(sv, "noise_cv", "server", 0.0),
                     None if qd is None else _num(sv, "queue_delay_ms", "server", 0.0),
-                    bool(sv.get("queue_timeouts", True)), tuple(runs), routing,
+                    bool(sv.get("queue_timeouts", True)), tuple(runs), bool(sv.get("queue_bound", False)), routing,
                     _num(sv, "missed_wake", "server", 0.0))
     if server.missed_wake > 1:
         raise ScenarioError(f"server.missed_wake: {server.missed_wake} is a probability. Fix: use 0..1")

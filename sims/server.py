@@ -34,6 +34,7 @@ from packer.slot import SlotType, latency_scale
 
 INF = math.inf
 EMPTY = np.empty(0)
+UNBOUNDED = 1 << 62
 WAKE_S = 0.5
 """Triton's dynamic batcher sleeps at most this long without a request or a timer (its
 ``default_wait_microseconds``)."""
@@ -59,11 +60,30 @@ class BatcherConfig:
     """Queue timeout (``INF`` = never reject)."""
     base_s: float
     per_item_s: float
+    max_queue: float = INF
+    """Requests the queue holds before it refuses arrivals (``INF``: unbounded)."""
+
+
+def servable(budget_ms: float, base: float, per_item: float, max_batch: int) -> int:
+    """Most requests one instance can finish within ``budget_ms``: ``k`` batches of ``n`` each,
+    ``k * (base + per_item * n) <= budget_ms``, ``n <= max_batch``, best ``k * n`` over ``k``.
+
+    The Triton writer's queue bound (``serving.config.servable``, restated here so the simulator
+    needs no Triton client; ``tests/sims/test_cli.py`` checks the two agree).
+    """
+    best = 0
+    for k in range(1, 100_000):
+        slot = budget_ms / k - base
+        if slot < per_item or (per_item == 0 and slot < 0):
+            break
+        n = max_batch if per_item == 0 else min(max_batch, math.floor(slot / per_item))
+        best = max(best, k * n)
+    return best
 
 
 def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, rate_rps: float,
                    compute_share: float = 0.0, *, queue_delay_ms: float | None = None, timeouts: bool = True,
-                   min_delay_ms: float = 0.1) -> BatcherConfig:
+                   queue_bound: bool = False, min_delay_ms: float = 0.1) -> BatcherConfig:
     """The numbers ``serving/config.py`` (the Triton writer) derives from the plan, in seconds.
 
     A streaming request may wait the queue delay, then for the slot's running batch (the group's
@@ -90,7 +110,9 @@ def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float,
     # Streaming models name no preferred size (a batch takes what is queued when the delay ends,
     # so a burst drains in large batches); batch models prefer [b, max_batch].
     preferred = model.max_batch if model.streaming else b
-    return BatcherConfig(model.max_batch, preferred, delay / 1000.0, timeout, base / 1000.0, per / 1000.0)
+    # The writer bounds a dynamic batcher's queue at what the instance could finish within the budget.
+    bound = float(max(b, servable(budget, base, per, model.max_batch))) if queue_bound and not sequence else INF
+    return BatcherConfig(model.max_batch, preferred, delay / 1000.0, timeout, base / 1000.0, per / 1000.0, bound)
 
 
 class Member:
@@ -141,15 +163,18 @@ class Sink:
 
 class _Window:
     """What one ``advance`` did, in the coordinates of its concatenated queue ``Q``: batches (member,
-    lo, hi, start, finish) and timeout rejections (member, lo, hi), each in time order."""
+    lo, hi, start, finish) and timeout rejections (member, lo, hi), each in time order, and the
+    arrival times refused by a full queue (member, time)."""
 
-    __slots__ = ("mems", "Q", "bi", "blo", "bhi", "bst", "bfin", "ri", "rlo", "rhi")
+    __slots__ = ("mems", "Q", "bi", "blo", "bhi", "bst", "bfin", "ri", "rlo", "rhi", "fi", "fv")
 
-    def __init__(self, mems: list[Member], Q: np.ndarray, rec: tuple[np.ndarray, ...], nb: int, nr: int) -> None:
-        bi, blo, bhi, bst, bfin, ri, rlo, rhi = rec
+    def __init__(self, mems: list[Member], Q: np.ndarray, rec: tuple[np.ndarray, ...], nb: int, nr: int,
+                 nf: int) -> None:
+        bi, blo, bhi, bst, bfin, ri, rlo, rhi, fi, fv = rec
         self.mems, self.Q = mems, Q
         self.bi, self.blo, self.bhi, self.bst, self.bfin = bi[:nb], blo[:nb], bhi[:nb], bst[:nb], bfin[:nb]
         self.ri, self.rlo, self.rhi = ri[:nr], rlo[:nr], rhi[:nr]
+        self.fi, self.fv = fi[:nf], fv[:nf]
 
 
 class SlotServer:
@@ -201,7 +226,9 @@ class SlotServer:
         c = [m.cfg for m in mems]
         to = np.array([x.timeout_s for x in c])
         mb = np.array([x.max_batch for x in c], np.int64)
-        pf = np.array([x.preferred - 1 for x in c], np.int64)
+        mq = np.array([min(x.max_queue, UNBOUNDED) for x in c], np.int64)
+        # A preferred size larger than the queue bound is never reached: only the delay sends.
+        pf = np.array([x.preferred - 1 if x.preferred <= q else UNBOUNDED for x, q in zip(c, mq)], np.int64)
         par = np.array([(x.delay_s, x.base_s, x.per_item_s, m.ready_at) for x, m in zip(c, mems)])
         H = off[:-1].copy()
         R = np.empty(n)
@@ -211,19 +238,22 @@ class SlotServer:
             self._refill_wake()
         cap = int(Q.size) + 1  # every batch and every rejected range takes at least one request
         rec = (np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap),
-               np.empty(cap), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64))
+               np.empty(cap), np.empty(cap, np.int64), np.empty(cap, np.int64), np.empty(cap, np.int64),
+               np.empty(cap, np.int64), np.empty(cap))
+        if int(mq.min()) < UNBOUNDED and n == 1 and Q is mems[0].qa:
+            Q = Q.copy()  # a full queue is compacted in place: never write into the routed arrays
         noisy = self.noise_cv > 0
         if noisy and not self._noise.size:
             self._refill_noise()
         last = self.last % n if self.last >= 0 else n - 1
         # Fixed argument types, so numba compiles the loop once.
-        F, t_end, busy, nb, nr, ni = float(self.free_at), float(t_end), 0.0, 0, 0, int(self._ni)
+        F, t_end, busy, nb, nr, nf, ni = float(self.free_at), float(t_end), 0.0, 0, 0, 0, int(self._ni)
         init = True
         wi = int(self._wi)
         while True:
-            F, last, busy, ni, wi, nb, nr, more = _batch_loop(
-                Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, self._noise if noisy else EMPTY, busy, ni,
-                self._wake if pm > 0 else EMPTY, wi, pm, WAKE_S, nb, nr, *rec)
+            F, last, busy, ni, wi, nb, nr, nf, more = _batch_loop(
+                Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, self._noise if noisy else EMPTY, busy,
+                ni, self._wake if pm > 0 else EMPTY, wi, pm, WAKE_S, nb, nr, nf, *rec)
             if not more:
                 break
             # Random draws ran out mid-window: draw more and carry on.
@@ -238,7 +268,7 @@ class SlotServer:
         for k, m in enumerate(mems):
             m.qa = Q[H[k]:off[k + 1]]
             m.asleep = float(SL[k])
-        self._windows.append(_Window(mems, Q, rec, nb, nr))
+        self._windows.append(_Window(mems, Q, rec, nb, nr, nf))
         self.free_at = F
         self.last = last
         self.busy_s += busy
@@ -266,6 +296,10 @@ class SlotServer:
                 m.inflight.append((Q[w.blo[nb]:w.bhi[nb]].copy(), float(w.bst[nb]), float(w.bfin[nb])))
             one = len(w.mems) == 1
             for k, m in enumerate(w.mems):
+                if w.fi.size:
+                    arr = w.fv if one else w.fv[w.fi == k]
+                    if arr.size:
+                        sink.rejected(m, arr, arr, "queue-full")
                 if w.ri.size:
                     sel = slice(None) if one else w.ri == k
                     lo, hi = w.rlo[sel], w.rhi[sel]
@@ -344,8 +378,8 @@ def _ready_at(Q: np.ndarray, h: int, nq: int, dl: float, pf: int, ra: float, sl:
 
 
 @njit(cache=True)
-def _batch_loop(Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, noise, busy, ni, wake, wi, pm, wait,
-                nb, nr, bi, blo, bhi, bst, bfin, ri, rlo, rhi):  # pragma: no cover - compiled
+def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noise, busy, ni, wake, wi, pm, wait,
+                nb, nr, nf, bi, blo, bhi, bst, bfin, ri, rlo, rhi, fi, fv):  # pragma: no cover - compiled
     """Every batch of one slot that starts before ``t_end``, touching each batch once.
 
     Member ``i``'s queue is ``Q[H[i]:off[i+1]]``; ``R[i]`` is when its batch would be ready if the
@@ -353,9 +387,12 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, noise, 
     (delay, base, per item, ready_at). ``SL[i]``: when the slot freed while ``i``'s batcher slept
     (``missed_wake``; -1: awake); with probability ``pm`` per batch each member sleeps through the
     end of that batch (``wake`` holds the uniform draws). Batches go to ``b*[nb...]``, timeout
-    rejections to ``r*[nr...]``. Returns ``(free_at, last, busy, ni, wi, nb, nr, more)``; ``more``
-    is 1 when the run-time noise, 2 when the wake draws ran out before the window ended: refill
-    that and call again with ``init`` false.
+    rejections to ``r*[nr...]``. ``mq[i]`` bounds a queue: when a batch of ``i`` forms, the
+    requests that arrived since its last batch while ``mq[i]`` were already waiting were refused on
+    arrival (to ``f*[nf...]``); the rest of the queue is moved up against the later arrivals so
+    it stays contiguous. Returns ``(free_at, last, busy, ni, wi, nb, nr, nf, more)``; ``more`` is 1
+    when the run-time noise, 2 when the wake draws ran out before the window ended: refill that and
+    call again with ``init`` false.
     """
     n = H.size
     if init:
@@ -383,12 +420,23 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, noise, 
         elif bt >= t_end:
             break
         if noisy and ni >= noise.size:
-            return F, last, busy, ni, wi, nb, nr, 1
+            return F, last, busy, ni, wi, nb, nr, nf, 1
         if pm > 0.0 and wi + n > wake.size:
-            return F, last, busy, ni, wi, nb, nr, 2
+            return F, last, busy, ni, wi, nb, nr, nf, 2
         dl, ba, pi, ra = par[i, 0], par[i, 1], par[i, 2], par[i, 3]
         h = H[i]
         nq = off[i + 1]
+        if nq - h > mq[i]:
+            p = _bisect_right(Q, bt, h, nq)
+            keep = mq[i]
+            if p - h > keep:
+                for k in range(h + keep, p):  # arrived to a full queue: refused
+                    fi[nf] = i
+                    fv[nf] = Q[k]
+                    nf += 1
+                for k in range(keep - 1, -1, -1):
+                    Q[p - keep + k] = Q[h + k]
+                H[i] = h = p - keep
         if to[i] < INF:
             cut = bt - to[i]
             if Q[h] < cut:
@@ -433,7 +481,7 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, pf, par, F, last, t_end, noise, 
         else:
             SL[i] = -1.0
         R[i] = _ready_at(Q, hi, nq, dl, pf[i], ra, SL[i], wait)
-    return F, last, busy, ni, wi, nb, nr, 0
+    return F, last, busy, ni, wi, nb, nr, nf, 0
 
 
 def _ranges(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:

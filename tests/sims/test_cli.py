@@ -105,7 +105,7 @@ def test_batcher_matches_the_triton_writer() -> None:
         for mem in p.models:
             cfg = serving.model_config(f, p, mem.name, RenderSettings(), shared=len(p.models) > 1)
             c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps,
-                               p.compute_share)
+                               p.compute_share, queue_bound=True)
             if cfg.HasField("sequence_batching"):
                 b = cfg.sequence_batching.oldest
                 timeout_us = None
@@ -117,8 +117,10 @@ def test_batcher_matches_the_triton_writer() -> None:
             assert c.delay_s * 1e6 == pytest.approx(b.max_queue_delay_microseconds, abs=1)
             if timeout_us is None:
                 assert c.timeout_s == float("inf")
+                assert c.max_queue == float("inf")
             else:
                 assert c.timeout_s * 1e6 == pytest.approx(timeout_us, abs=1)
+                assert c.max_queue == b.default_queue_policy.max_queue_size
             checked += 1
     assert checked == 3
 

@@ -142,3 +142,21 @@ def test_missed_wake_waits_for_the_next_arrival(tmp_path: Path, missed: float, w
     arr = np.concatenate([a for a, _ in sim.stats.kept[0]])
     lat = np.concatenate([x for _, x in sim.stats.kept[0]]) * 1000.0
     assert np.allclose(lat[np.argsort(arr)], want)
+
+
+@pytest.mark.parametrize("bound", [True, False], ids=["bounded", "unbounded"])
+def test_full_queue_refuses_arrivals(tmp_path: Path, bound: bool) -> None:
+    """Batches of 1 running 10 ms with a 50 ms SLO: Triton's queue bound is the 4 requests the
+    instance finishes within the 40 ms budget. A burst of 10 at t=0: 4 are queued and served, 6 are
+    refused on arrival (``queue_bound``) or time out after 40 ms (without it). 3 more at 25 ms find
+    room (3 of the first 4 have left) and are served within their budget either way."""
+    f = fleet(10.0, base=10.0, per_item=0.0, max_batch=1, slo=50.0)
+    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 1})])
+    p = tmp_path / "trace.csv"
+    times = [k * 1e-6 for k in range(10)] + [0.025] * 3
+    p.write_text("timestamp,model\n" + "".join(f"{t!r},m\n" for t in times))
+    sc = Scenario(trace=Trace(str(p), loop=False), server=Server(queue_delay_ms=0.1, queue_bound=bound))
+    m = simulate(plan, sc, duration_s=1.0, seed=0).models[0]
+    assert m["completed"] == 7
+    assert m["rejected"]["queue-full" if bound else "timeout"] == 6
+    assert m["rejected"]["timeout" if bound else "queue-full"] == 0

@@ -35,7 +35,7 @@ def _overloaded_trio():
 
 @pytest.mark.parametrize("scale,seconds", [(1.3, 8.0), (0.25, 40.0)], ids=["overloaded", "light"])
 def test_compiled_loop_equals_its_python_source(monkeypatch: pytest.MonkeyPatch, scale: float, seconds: float) -> None:
-    """Overloaded: turns, full batches and timeouts. Light: small batches, so more than one 4096-draw
+    """Overloaded: turns, full batches, timeouts and full queues. Light: small batches, so more than one 4096-draw
     block of run-time noise and of missed-wake draws is used (the loop's refill-and-resume path)."""
     compiled = server._batch_loop
     if not hasattr(compiled, "py_func"):
@@ -45,7 +45,8 @@ def test_compiled_loop_equals_its_python_source(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(server.SlotServer, "_refill_noise", lambda self: refills.append(1) or refill(self))
     monkeypatch.setattr(server.SlotServer, "_refill_wake", lambda self: wakes.append(1) or refill_wake(self))
     plan = _overloaded_trio()
-    sc = Scenario(process="poisson", traffic_scale=scale, server=Server(noise_cv=0.3, missed_wake=0.4))
+    sc = Scenario(process="poisson", traffic_scale=scale, server=Server(noise_cv=0.3, missed_wake=0.4,
+                                                                            queue_bound=True))
     a = simulate(plan, sc, duration_s=seconds, seed=5).to_dict()
     monkeypatch.setattr(server, "_batch_loop", compiled.py_func)
     b = simulate(plan, sc, duration_s=seconds, seed=5).to_dict()
@@ -53,6 +54,7 @@ def test_compiled_loop_equals_its_python_source(monkeypatch: pytest.MonkeyPatch,
     assert a == b
     assert all(m["completed"] > 0 for m in a["models"])
     if scale > 1:
-        assert sum(m["rejected"]["timeout"] for m in a["models"]) > 1000
+        assert sum(m["rejected"]["timeout"] for m in a["models"]) > 100
+        assert sum(m["rejected"]["queue-full"] for m in a["models"]) > 100
     else:
         assert len(refills) >= 2 * 2 and len(wakes) >= 2 * 2  # two runs, each past its first block

@@ -158,7 +158,7 @@ class Server:
     missed_wake: float = 0.0
     """Probability that a model's batcher sleeps through the slot freeing and looks at its queue
     again only at its next arrival (or 500 ms later). Measured on Triton's dynamic batcher with one
-    instance: ~0.4 (``bench/fidelity.py``, docs/simulator.md); 0 serves the moment the slot frees."""
+    instance: 0.4-0.5 (``bench/fidelity.py``, docs/simulator.md); 0 serves the moment the slot frees."""
 
     def run_time(self, model: str) -> RunTime | None:
         found = [r for r in self.run_ms if fnmatch.fnmatchcase(model, r.models)]

@@ -33,9 +33,15 @@ STATIONARY = {"name": "stationary", "about": "Every model at its mean rps, Poiss
 
 
 
-def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int) -> dict[str, Any]:
+def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int,
+        options: dict[str, Any] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
-    sim = Simulation(plan, scenario, seed=seed, policy=policy)
+    pol: Any = policy
+    if options and policy == "packer":
+        from sims.policies import get_policy
+
+        pol = get_policy(policy, plan, {**scenario.policy_options, **options})
+    sim = Simulation(plan, scenario, seed=seed, policy=pol)
     r = sim.run(duration_s).to_dict()
     r["bench_wall_s"] = round(time.perf_counter() - t0, 1)
     log = getattr(sim.policy, "log", None)
@@ -45,6 +51,8 @@ def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int) ->
         r["policy_actions"] = [{"t": t, "kind": a.kind, "summary": a.summary(), "reason": a.reason,
                                 "cost_per_hour": round(a.cost_per_hour, 4), "ready_in_s": round(a.ready_in_s, 1)}
                                for t, a in log if a.kind != "resize"]
+        r["replans"] = [{"t": t, "migrated": ok, "why": why, "gpus_before": b, "gpus_planned": a, "traffic": tr}
+                        for t, ok, why, b, a, tr in getattr(sim.policy, "replans", [])]
     return r
 
 
@@ -71,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stationary-policies", default="packer")
     ap.add_argument("--out", default=str(ROOT / "out" / "scaling"), help="where plots and summary.json go")
     ap.add_argument("--jobs", type=int, default=1, help="simulations run in parallel (each is one process)")
+    ap.add_argument("--packer", default="", metavar="K=V,...",
+                    help="packer policy options, e.g. replan_headroom=0.15,replan_every_s=900 (see sims/policy_packer.py)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"{'scenario':<11}{'policy':<8}{'GPU-h':>10}{'vs st.':>8}{'cost':>10}{'in SLO':>10}{'worst':>10} "
             f"{'(model)':<14}{'<99%':>5}{'flaps':>7}{'wall s':>8}")
     jobs = [(name, pol) for name in args.only.split(",") for pol in scenarios[name][2].split(",")]
-    todo = [(plan, scenarios[n][0], parse_duration(scenarios[n][1]), p, args.seed) for n, p in jobs]
+    options = {k: (None if v == "none" else float(v)) for k, v in (kv.split("=", 1) for kv in args.packer.split(",") if kv)}
+    todo = [(plan, scenarios[n][0], parse_duration(scenarios[n][1]), p, args.seed, options) for n, p in jobs]
     if args.jobs > 1:
         import multiprocessing
 
@@ -116,12 +127,26 @@ def main(argv: list[str] | None = None) -> int:
                            "slo_attainment": r["fleet"]["slo_attainment"],
                            "models": {m["name"]: m["slo_attainment"] for m in r["models"]},
                            "flaps": r.get("flaps"), "wall_s": r["bench_wall_s"],
-                           "policy_actions": r.get("policy_actions")}
+                           "policy_actions": r.get("policy_actions"), "replans": r.get("replans"),
+                           "gpus_series": _gpu_series(r)}
                      for pol, r in rs.items()} for scn, rs in results.items()}
     summary["targets"] = verdicts
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {out / 'summary.json'}")
     return 0
+
+
+def _gpu_series(r: dict[str, Any]) -> list[list[float]] | None:
+    """(hour, GPUs) at each change of the GPU count: where the GPU-hours went."""
+    ts = r.get("series") or r.get("timeseries") or {}
+    t, g = ts.get("t"), ts.get("gpus")
+    if not t or not g:
+        return None
+    out: list[list[float]] = []
+    for x, y in zip(t, g):
+        if not out or out[-1][1] != y:
+            out.append([round(x / 3600.0, 3), y])
+    return out
 
 
 def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:

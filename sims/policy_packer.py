@@ -26,10 +26,12 @@ from packer.errors import UserError
 from packer.plan import Plan
 from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Resize, ScalingSettings,
                             ScalingState, Signals, SplitOut, Standby, apply, decide, flaps)
+from packer.scaling.replan import accept_replan
+from packer.scaling.room import paid_gpus
 from packer.slot import WHOLE
 from sims import policies as sp
 
-OPTIONS = {"replan", "replan_time_limit_s", "interval_s", "target_utilisation", "stable_s", "panic_s", "panic_threshold", "scale_down_s",
+OPTIONS = {"replan", "replan_time_limit_s", "interval_s", "target_utilisation", "replan_every_s", "replan_headroom", "stable_s", "panic_s", "panic_threshold", "scale_down_s",
            "scale_down_band", "node_s", "image_s", "weights_base_s", "weights_gb_per_s"}
 
 
@@ -42,7 +44,9 @@ def settings_from(options: Mapping[str, Any]) -> ScalingSettings:
     w = {k: float(options[k]) for k in ("stable_s", "panic_s", "panic_threshold", "scale_down_s", "scale_down_band")
          if k in options}
     c = {k: float(options[k]) for k in ("node_s", "image_s", "weights_base_s", "weights_gb_per_s") if k in options}
-    t = {k: float(options[k]) for k in ("target_utilisation",) if k in options}
+    t: dict[str, Any] = {k: float(options[k]) for k in ("target_utilisation", "replan_every_s") if k in options}
+    if "replan_headroom" in options:
+        t["replan_headroom"] = None if options["replan_headroom"] is None else float(options["replan_headroom"])
     return replace(d, windows=replace(d.windows, **w), cold_start=replace(d.cold_start, **c),
                    targets=replace(d.targets, **t))
 
@@ -57,21 +61,24 @@ class _Removal:
     """Remove only this model's replica; None removes the whole slot."""
 
 
-Replanner = Callable[[Plan, Mapping[str, float]], Plan]
+Replanner = Callable[[Plan, Mapping[str, float], "float | None", bool], Plan]
 
 
 def planner_replan(time_limit_s: float = 2.0) -> Replanner:
-    """``plan_fleet`` at the given peak rates, migration-aware from the current plan."""
+    """``plan_fleet`` at the given peak rates and headroom (None: the current plan's),
+    migration-aware from the current plan, or from scratch with ``fresh``."""
 
-    def replan(current: Plan, traffic: Mapping[str, float]) -> Plan:
+    def replan(current: Plan, traffic: Mapping[str, float], headroom: float | None = None,
+               fresh: bool = False) -> Plan:
         from packer.planner import PlanSettings, plan_fleet
 
         fleet = current.fleet
         scale = {m.name: traffic[m.name] / m.traffic.peak_rps if m.traffic.peak_rps > 0 else 1.0
                  for m in fleet.models if m.name in traffic}
-        headroom = float(current.settings.get("headroom", 0.15))
+        if headroom is None:
+            headroom = float(current.settings.get("headroom", 0.15))
         new = plan_fleet(fleet.with_traffic(scale), PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0),
-                         current=current)
+                         current=None if fresh else current)
         return replace(new, fleet=fleet)
 
     return replan
@@ -89,6 +96,9 @@ class PackerPolicy:
     removals: list[_Removal] = field(default_factory=list)
     log: list[tuple[float, Action]] = field(default_factory=list)
     """Every action the policy took, with its time (for flapping checks and reports)."""
+    replans: list[tuple[float, bool, str, dict[str, int], dict[str, int], dict[str, float]]] = field(
+        default_factory=list)
+    """(time, migrated, why, GPUs before, GPUs of the planner's answer, rates asked) per re-plan request."""
 
     def __post_init__(self) -> None:
         self.ids = {p.id: p.id for p in self.plan.placements}
@@ -131,8 +141,25 @@ class PackerPolicy:
         for a in actions:
             self.log.append((now, a))
             if isinstance(a, Replan):
-                if self.replanner is not None and not self.removals:
-                    out += self._migrate(self.replanner(self.plan, dict(a.traffic)), a.reason, new_slots)
+                if self.replanner is None:
+                    continue
+                if self.removals:  # a migration or move is still loading: re-plan from where it lands
+                    self.replans.append((now, False, "a migration is still under way", _gpus(self.plan), {}, dict(a.traffic)))
+                    continue
+                traffic = dict(a.traffic)
+                new = self.replanner(self.plan, traffic, a.headroom, False)
+                ok, why = accept_replan(self.plan, new, traffic)
+                if not ok:
+                    # Keeping replica counts and groups (current=) can lock in a packing made for
+                    # another hour; a packing from scratch may be cheaper, and the migration keeps
+                    # every group it has in common with the deployed plan anyway.
+                    fresh = self.replanner(self.plan, traffic, a.headroom, True)
+                    ok2, why2 = accept_replan(self.plan, fresh, traffic)
+                    if ok2:
+                        new, ok, why = fresh, ok2, why2 + " (packed from scratch)"
+                self.replans.append((now, ok, why, _gpus(self.plan), _gpus(new), traffic))
+                if ok:
+                    out += self._migrate(new, f"{a.reason}; {why}", new_slots)
                 continue
             self.plan = apply(self.plan, [a])
             out += self._translate(a, new_slots)
@@ -239,6 +266,14 @@ def _signals(s: sp.ModelSignals, interval_s: float) -> Signals:
 def flaps_free(log: list[tuple[float, Action]], window_s: float) -> bool:
     """No model scaled up within ``window_s`` after it was scaled down (the issue's flapping)."""
     return not flaps(log, window_s)
+
+
+def _gpus(plan: Plan) -> dict[str, int]:
+    """GPUs paid per pool."""
+    out: dict[str, int] = {}
+    for pool, _, _ in paid_gpus(plan):
+        out[pool] = out.get(pool, 0) + 1
+    return out
 
 
 def _ref(p: Any) -> Any:

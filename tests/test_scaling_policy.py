@@ -15,9 +15,11 @@ from packer.scaling.policy import Demand, _Candidate, _pick, share_capacity
 from packer.scaling.room import SlotRef
 from test_scaling_helpers import fleet, placement, plan_of, three_slot_plan_for_cli, tiny_plan
 
-EXACT = ScalingSettings(targets=Targets(noise_z=0.0, target_utilisation=0.7), windows=Windows(panic_threshold=1.5))
+EXACT = ScalingSettings(targets=Targets(noise_z=0.0, target_utilisation=0.7, replan_every_s=0.0),
+                        windows=Windows(panic_threshold=1.5))
 """Knative's 70% target and 2x-ish panic, and no Poisson allowance, so the worked numbers below are
-plain arithmetic (the defaults differ only in these constants)."""
+plain arithmetic; no right-sizing re-plans, so each local move is seen on its own
+(``tests/test_scaling_replan.py`` covers those)."""
 
 
 def sig(**rates: float) -> dict[str, Signals]:

@@ -149,9 +149,11 @@ class Replan(Action):
 
     kind: ClassVar[str] = "replan"
     traffic: tuple[ModelRate, ...]
-    """Peak rate per model the new plan must hold: the highest want of the stabilisation window
-    plus its band (the planner's capacity is the same slot maths as the policy's)."""
+    """Peak rate per model the new plan must hold (:attr:`Demand.replan_want`; the planner's
+    capacity is the same slot maths as the policy's)."""
     fragmentation: float
+    headroom: float | None = None
+    """Duty-cycle headroom to plan with (None: the deployed plan's)."""
 
     def summary(self) -> str:
         return f"re-plan ({self.fragmentation:.0%} of paid capacity idle)"

@@ -149,7 +149,8 @@ def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, setti
     idle = math.floor(frag * len(paid))
     saving = idle * (sum(prices) / len(prices)) if prices else 0.0
     # The planner's capacity is the policy's (the same slot maths), so it plans for the want.
-    traffic = tuple((m.name, round(demands[m.name].want_down, 4)) for m in plan.fleet.models)
+    traffic = tuple((m.name, round(max(demands[m.name].want_down, demands[m.name].replan_want), 4))
+                    for m in plan.fleet.models)
     if frag > settings.targets.fragmentation_replan:
         why = (f"{frag:.0%} of {len(paid)} paid GPUs idle at the demand of the last "
                f"{settings.windows.scale_down_s:.0f} s and no single slot can be emptied; a fresh packing should "
@@ -157,4 +158,5 @@ def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, setti
     else:
         why = (f"{waste[1]}'s replicas are so uneven that round-robin leaves {waste[0]:.0%} of their room unused; "
                f"a fresh packing evens them out")
-    return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round(saving, 4), ready_in_s=0.0, reason=why)
+    return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round(saving, 4), ready_in_s=0.0, reason=why,
+                  headroom=settings.targets.replan_headroom)

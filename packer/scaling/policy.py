@@ -38,16 +38,17 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from packer.plan import Plan
-from packer.scaling.actions import Action, Consolidate, Standby, apply
+from packer.scaling.actions import Action, Consolidate, Replan, Standby, apply
 from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, observe,
                                    share_capacity)
 from packer.scaling.down import fragmentation, replan_request, round_robin_waste, scale_down, try_empty
+from packer.scaling.replan import accept_replan, right_size
 from packer.scaling.room import gpu_price, new_gpu, standby_gpus
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals
 from packer.scaling.up import _Candidate, _lead_new_gpu, _pick, relieve, reshare, scale_up
 
-__all__ = ["Demand", "ModelState", "ScalingState", "capacity", "crowd_ok", "decide", "fragmentation", "observe",
+__all__ = ["Demand", "accept_replan", "right_size", "ModelState", "ScalingState", "capacity", "crowd_ok", "decide", "fragmentation", "observe",
            "relieve", "reshare", "scale_down", "scale_up", "share_capacity", "try_empty", "_Candidate", "_pick"]
 
 
@@ -109,12 +110,21 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
             models[name] = replace(models[name], last_down=now)
     state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
     last = state.last_replan
-    if not downs and (last is None or now - last >= settings.targets.replan_cooldown_s):
-        frag = fragmentation(work, calm) if tried and all(d.may_shrink for d in calm.values()) else 0.0
-        waste = round_robin_waste(work) if not any(d.panic for d in calm.values()) else (0.0, "")
-        if frag > settings.targets.fragmentation_replan or waste[0] > settings.targets.waste_replan:
-            actions.append(replan_request(work, calm, frag, settings, waste))
-            state = replace(state, last_replan=now)
+    t = settings.targets
+    rp: Replan | None = None
+    quiet = not downs and not any(a.kind != "resize" for a in actions)  # a re-plan would undo this decision's moves
+    if quiet and not any(d.panic for d in calm.values()):
+        history = state.since is not None and now - state.since >= settings.windows.scale_down_s
+        if t.replan_every_s > 0 and history and (last is None or now - last >= t.replan_every_s):
+            rp = right_size(work, calm, state.replan_traffic, settings)
+        if rp is None and (last is None or now - last >= t.replan_cooldown_s):
+            frag = fragmentation(work, calm) if tried and all(d.may_shrink for d in calm.values()) else 0.0
+            waste = round_robin_waste(work)
+            if frag > t.fragmentation_replan or waste[0] > t.waste_replan:
+                rp = replan_request(work, calm, frag, settings, waste)
+    if rp is not None:
+        actions.append(rp)
+        state = replace(state, last_replan=now, replan_traffic=dict(rp.traffic))
     return actions, state
 
 

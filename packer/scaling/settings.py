@@ -57,11 +57,12 @@ class ColdStart:
 class Targets:
     """How full the policy lets capacity get, and when it gives up on local moves."""
 
-    target_utilisation: float = 0.85
-    """Capacity is kept at demand / 0.85. Capacity already holds the plan's 15% duty-cycle
-    headroom and a worst-case latency bound (a request may wait a whole duty cycle), so 0.85 of it
-    is about 72% of the GPU's compute: slack for growth during a cold start and for run-time
-    noise, without sizing every model for 1.4x its load as Knative's 70% would on top."""
+    target_utilisation: float = 1.0
+    """Capacity is kept at demand / target. 1.0 because capacity already holds the plan's
+    duty-cycle headroom and a worst-case latency bound (a request may wait a whole duty cycle);
+    growth during a cold start is covered by the trend forecast and noise by the Poisson allowance.
+    (0.85 on top of the headroom, measured on the diurnal day, sized every model for ~1.4x its
+    load and cost more GPU-hours than the static peak plan.)"""
     max_forecast_factor: float = 2.0
     """A trend forecast over the cold start never asks for more than twice the current demand, so
     one steep minute does not buy a day's worth of GPUs."""
@@ -76,7 +77,22 @@ class Targets:
     """Also re-plan when round-robin leaves half of some model's replica room unused (replicas of
     very different room, from scale-ups one at a time): a packing evens them out."""
     replan_cooldown_s: float = 1800.0
-    """A re-plan moves replicas (the planner keeps those that still fit); at most one per 30 min."""
+    """A fragmentation or round-robin-waste re-plan moves replicas (the planner keeps those that
+    still fit); at most one per 30 min."""
+    replan_every_s: float = 600.0
+    """Right-sizing: this often, when demand moved (:attr:`replan_change`) since the last re-plan,
+    ask the planner for a packing of the demand expected until the next look plus a new node's
+    cold start. Diurnal traffic moves ~10% an hour; local moves add a replica at a time (whole
+    GPUs for single models) and release one slot at a time, so without a periodic global packing
+    the fleet lags the curve by hours. 0 turns it off."""
+    replan_change: float = 0.10
+    """A model's re-plan demand must have moved by this share (and by more than its Poisson noise)
+    since the last re-plan for a right-sizing re-plan: stationary noise does not re-plan."""
+    replan_headroom: float | None = 0.05
+    """Duty-cycle headroom the policy's re-plans ask the planner for (None keeps the plan's).
+    The planner's 15% default is for a static plan that must absorb bursts on its own; here the
+    panic window and scale-up absorb them within a scrape interval, so 5% (run-time noise) is
+    left. Slots already placed keep the headroom they were planned with until re-planned."""
     min_useful_rps: float = 1e-3
     """Room smaller than this is not worth a replica's memory."""
     min_gain_share: float = 0.05

@@ -287,3 +287,20 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float = 0.85
                              f"{best * model.max_replicas:.1f} rps within the SLO, below peak_rps "
                              f"{model.traffic.peak_rps:g}", f"raise max_replicas to at least "
                              f"{math.ceil(model.traffic.peak_rps / best)} or relax slo_ms")
+
+
+def servable(budget_ms: float, base: float, per_item: float, max_batch: int) -> int:
+    """Most requests one instance can finish within ``budget_ms``: ``k`` batches of ``n`` each,
+    ``k * (base + per_item * n) <= budget_ms``, ``n <= max_batch``, best ``k * n`` over ``k``.
+
+    The queue bound of a Triton model: the Triton writer sets ``max_queue_size`` from it and the
+    simulator refuses arrivals past it, so both read it from here.
+    """
+    best = 0
+    for k in range(1, 100_000):
+        slot = budget_ms / k - base
+        if slot < per_item or (per_item == 0 and slot < 0):
+            break
+        n = max_batch if per_item == 0 else min(max_batch, math.floor(slot / per_item))
+        best = max(best, k * n)
+    return best

@@ -35,7 +35,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from packer.fleet import Fleet, Model
 from packer.plan import Member, Placement
-from packer.slot import SlotType, latency_scale
+from packer.slot import SlotType, latency_scale, servable
 from serving.settings import RenderSettings
 
 # The stand-in's tensors. A real artifact brings its own (Triton auto-completes them).
@@ -88,19 +88,6 @@ def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettin
         share = sum(m.rate_rps for m in members) / model.traffic.peak_rps if model.traffic.peak_rps > 0 else 1.0
         streams = max(1, math.ceil(model.traffic.streams * min(1.0, share)))
     return Timing(base, per, b, d, run, budget, delay, bound, streams)
-
-
-def servable(budget_ms: float, base: float, per_item: float, max_batch: int) -> int:
-    """Most requests one instance can finish within ``budget_ms``: ``k`` batches of ``n`` each,
-    ``k * (base + per_item * n) <= budget_ms``, ``n <= max_batch``, best ``k * n`` over ``k``."""
-    best = 0
-    for k in range(1, 100_000):
-        slot = budget_ms / k - base
-        if slot < per_item or (per_item == 0 and slot < 0):
-            break
-        n = max_batch if per_item == 0 else min(max_batch, math.floor(slot / per_item))
-        best = max(best, k * n)
-    return best
 
 
 def _us(ms: float) -> int:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from packer.fleet import Model
-from packer.slot import SlotType, latency_scale
+from packer.slot import SlotType, latency_scale, servable
 
 INF = math.inf
 EMPTY = np.empty(0)
@@ -62,23 +62,6 @@ class BatcherConfig:
     per_item_s: float
     max_queue: float = INF
     """Requests the queue holds before it refuses arrivals (``INF``: unbounded)."""
-
-
-def servable(budget_ms: float, base: float, per_item: float, max_batch: int) -> int:
-    """Most requests one instance can finish within ``budget_ms``: ``k`` batches of ``n`` each,
-    ``k * (base + per_item * n) <= budget_ms``, ``n <= max_batch``, best ``k * n`` over ``k``.
-
-    The Triton writer's queue bound (``serving.config.servable``, restated here so the simulator
-    needs no Triton client; ``tests/sims/test_cli.py`` checks the two agree).
-    """
-    best = 0
-    for k in range(1, 100_000):
-        slot = budget_ms / k - base
-        if slot < per_item or (per_item == 0 and slot < 0):
-            break
-        n = max_batch if per_item == 0 else min(max_batch, math.floor(slot / per_item))
-        best = max(best, k * n)
-    return best
 
 
 def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, rate_rps: float,

@@ -164,7 +164,8 @@ def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         gs = sum(di["static"]["fleet"]["gpu_hours"].values())
         ap_, as_ = di["packer"]["fleet"]["slo_attainment"], di["static"]["fleet"]["slo_attainment"]
         ok = gp <= 0.7 * gs and ap_ >= as_ - 1e-4
-        out.append(f"{'PASS' if ok else 'FAIL'} diurnal: {1 - gp / gs:.0%} fewer GPU-hours than static peak "
+        delta = f"{1 - gp / gs:.0%} fewer" if gp <= gs else f"{gp / gs - 1:.0%} more"
+        out.append(f"{'PASS' if ok else 'FAIL'} diurnal: {delta} GPU-hours than static peak "
                    f"({gp:.1f} vs {gs:.1f}), SLO attainment {ap_:.4%} vs {as_:.4%}")
     st = results.get("stationary", {}).get("packer")
     if st:

@@ -92,11 +92,12 @@ def _class_bounds(problem: Problem, k: int) -> list[float]:
 
 def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: int) -> tuple[float, str] | None:
     fleet = problem.fleet
-    solver = pywraplp.Solver.CreateSolver(MIP_SOLVER if integer else LP_SOLVER)
+    backend = MIP_SOLVER if integer else LP_SOLVER
+    solver = pywraplp.Solver.CreateSolver(backend)
     if solver is None:  # pragma: no cover - OR-Tools always ships both
         return None
     solver.SuppressOutput()
-    if "HIGHS" in (LP_SOLVER if not integer else MIP_SOLVER):
+    if backend == "HIGHS":
         solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\n")
     solver.SetTimeLimit(int(time_limit * 1000))
     inf = solver.infinity()

@@ -48,10 +48,10 @@ def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLa
 def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_reps: list[Rep],
                  gpu_limit: dict[str, int], hint: list[Gpu] | None, upper_cost: float | None,
                  time_limit: float, seed: int, spent: list[float] | None = None,
-                 ) -> tuple[list[Gpu], float, str, float] | None:
+                 ) -> tuple[list[Gpu], float, str] | None:
     """Pack a window of replicas onto new GPUs as cheaply as possible.
 
-    Returns (gpus, cost, status, best_bound) or None when no solution cheaper than ``upper_cost``
+    Returns (gpus, cost, status) or None when no solution cheaper than ``upper_cost``
     was found. The solver's deterministic time is appended to ``spent``, so a caller can budget
     a search in units that do not depend on the machine's load.
     """
@@ -214,7 +214,6 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
     if st_code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     status = "optimal" if st_code == cp_model.OPTIMAL else "feasible"
-    bound = solver.BestObjectiveBound() / (len(n_slots_used) + 1) / COST_SCALE
     chosen: list[Slot] = []
     for si, (st, j) in enumerate(slots):
         members = [reps[ri][0] for ri in by_slot.get(si, []) if solver.Value(x[(ri, si)])]
@@ -227,7 +226,7 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
                 layouts_chosen[p.name] += [(lname, cnt, lay)] * solver.Value(z[(p.name, lname)])
     gpus = realise(problem, chosen, layouts_chosen)
     total = sum(g.pool.cost_per_gpu_hour for g in gpus)
-    return gpus, total, status, bound
+    return gpus, total, status
 
 
 def realise(problem: Problem, slots: list[Slot],

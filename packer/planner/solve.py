@@ -121,11 +121,12 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
 
 
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
-            progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str, float]:
-    """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet for the proof.
+            progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str]:
+    """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet.
 
-    Returns (gpus, status, CP-SAT's bound over its own model, for the shared part). Windows find local merges fast (two GPUs
-    half used become one MIG-split GPU); the whole model then proves or improves from there.
+    Returns (gpus, status); ``optimal`` means CP-SAT found no cheaper packing in its own model,
+    which is not a proof over all plans. Windows find local merges fast (two GPUs half used become
+    one MIG-split GPU); the whole model then improves from there.
     """
     s = problem.settings
     shared = [g for g in gpus if not g.multi]
@@ -137,17 +138,17 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
     total = max(0.0, deadline - time.monotonic())
     shared = _lns(problem, shared, limit, time.monotonic() + (0.5 * total if small else total), progress)
     if not small:
-        return shared + multi, "feasible", 0.0
+        return shared + multi, "feasible"
     budget = max(1.0, deadline - time.monotonic())
     res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
                        fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
                        seed=s.seed)
     if res is None:
-        return shared + multi, "feasible", 0.0
-    new, cost, status, bound = res
+        return shared + multi, "feasible"
+    new, cost, status = res
     if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9:
-        return new + multi, status, bound
-    return shared + multi, "feasible", bound
+        return new + multi, status
+    return shared + multi, "feasible"
 
 
 def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: float,
@@ -331,7 +332,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     gpus = consolidate(problem, gpus, deadline)
     if progress:
         progress("consolidated", time.monotonic() - t0)
-    gpus, status, _ = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
+    gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     warnings = assign_nodes(problem, gpus)
     if progress:

@@ -28,7 +28,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from k8s import names as N
@@ -58,11 +58,15 @@ MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget")
 
 
 def default_planner(time_limit_s: float = 20.0) -> Planner:
-    """The project's planner, migration-aware through ``current``."""
-    def plan(fleet: Fleet, current: Plan | None) -> Plan:
+    """The project's planner, migration-aware through ``current``; ``headroom`` (a scaling
+    re-plan's) overrides the planner's default duty-cycle headroom."""
+    def plan(fleet: Fleet, current: Plan | None, headroom: float | None = None) -> Plan:
         from packer.planner import PlanSettings, plan_fleet
 
-        return plan_fleet(fleet, PlanSettings(time_limit_s=time_limit_s), current=current)
+        s = PlanSettings(time_limit_s=time_limit_s)
+        if headroom is not None:
+            s = replace(s, headroom=headroom)
+        return plan_fleet(fleet, s, current=current)
     return plan
 
 
@@ -249,12 +253,20 @@ class Reconciler:
             self.signal_failures = list(getattr(self.signals, "failures", []))
             if not signals:
                 return stored, "", state, []
-            new, state, reasons = self.scaler(stored, signals, state, now, lambda p: self.planner(p.fleet, p))
+            new, state, reasons = self.scaler(stored, signals, state, now, self._replan)
             if new is None or new.id == stored.id:
                 return stored, "", state, []
             return new, "scaling: " + "; ".join(reasons), state, []
         except UserError as e:
             return stored, "", state, [f"planning failed, keeping the last plan: {e}"]
+
+    def _replan(self, current: Plan, fleet: Fleet, headroom: float | None) -> Plan:
+        """The scaling policy's re-plan: the planner on ``fleet`` (the rates the policy asked for)
+        from the deployed plan, at the policy's headroom when it names one. A planner given to the
+        reconciler without a ``headroom`` parameter still works; it plans at its own."""
+        if headroom is None:
+            return self.planner(fleet, current)
+        return self.planner(fleet, current, headroom=headroom)  # type: ignore[call-arg]
 
     def desired(self, plan: Plan, obs: Observed) -> tuple[list[Action], list[Conflict], list[dict], dict[str, str]]:
         """(actions, conflicts, desired objects, node binding) for ``plan`` against what is live."""

@@ -20,10 +20,15 @@ from typing import Any
 from k8s import names as N
 from k8s.render import METRICS_PORT
 from packer.errors import UserError
+from packer.fleet import Fleet
 from packer.plan import Plan
 from packer.scaling import ModelState, Replan, ScalingSettings, ScalingState, Signals, apply, decide
+from packer.scaling.replan import accept_replan
 
-Scaler = Callable[[Plan, dict[str, Signals], dict[str, Any], float, Callable[[Plan], Plan]],
+Replanner = Callable[[Plan, Fleet, "float | None"], Plan]
+"""(deployed plan, fleet with the rates to plan for, duty-cycle headroom or None for the planner's
+default) -> the planner's packing, migration-aware from the deployed plan."""
+Scaler = Callable[[Plan, dict[str, Signals], dict[str, Any], float, Replanner],
                   tuple["Plan | None", dict[str, Any], list[str]]]
 """(deployed plan, signals, JSON policy state, now, re-plan) -> (next plan or None, state, reasons)."""
 
@@ -78,7 +83,21 @@ def state_from_json(doc: dict[str, Any] | None) -> ScalingState:
         for k, m in (doc.get("models") or {}).items()
     }
     return ScalingState(models=models, since=doc.get("since"), last_replan=doc.get("last_replan"),
-                        last_down_try=doc.get("last_down_try"), starting=dict(doc.get("starting") or {}))
+                        last_down_try=doc.get("last_down_try"), starting=dict(doc.get("starting") or {}),
+                        replan_traffic=dict(doc.get("replan_traffic") or {}))
+
+
+def replan_fleet(plan: Plan, rp: Replan) -> Fleet:
+    """The deployed plan's fleet with each model's rates scaled to what ``rp`` asks the packing to
+    hold, as the simulator's adapter does (``sims/policy_packer.py``): a right-sizing re-plan packs
+    for the demand expected before the next one, not for the fleet file's peak.
+
+    Example: asr at peak 1000 rps in the fleet, asked for 250: rps and peak_rps are scaled by 0.25.
+    """
+    asked = dict(rp.traffic)
+    scale = {m.name: asked[m.name] / m.traffic.peak_rps if m.traffic.peak_rps > 0 else 1.0
+             for m in plan.fleet.models if m.name in asked}
+    return plan.fleet.with_traffic(scale) if scale else plan.fleet
 
 
 def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
@@ -93,7 +112,14 @@ def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
         reasons = [f"{a.summary()}: {a.reason}" for a in actions]
         if not actions:
             return None, state_to_json(st), []
-        if any(isinstance(a, Replan) for a in actions):
-            return replan(plan), state_to_json(st), reasons
+        rp = next((a for a in actions if isinstance(a, Replan)), None)
+        if rp is not None:
+            # The rates and headroom the policy asked for go to the planner; its packing is
+            # judged by the same rule as in the simulator (saving against migration overlap).
+            new = dataclasses.replace(replan(plan, replan_fleet(plan, rp), rp.headroom), fleet=plan.fleet)
+            ok, why = accept_replan(plan, new, dict(rp.traffic), settings=s)
+            if not ok:
+                return None, state_to_json(st), [*reasons, f"packing not taken: {why}"]
+            return new, state_to_json(st), [*reasons, why]
         return apply(plan, actions), state_to_json(st), reasons
     return scale

@@ -136,3 +136,55 @@ def test_policy_state_round_trips_through_json() -> None:
     st = ScalingState(models={"asr": ModelState(samples=((1.0, 2.0),), wants=((1.0, 3.0),), panic_until=5.0)},
                       since=1.0, starting={"l4-n1": 99.0})
     assert state_from_json(json.loads(json.dumps(state_to_json(st)))) == st
+
+
+def test_a_replan_hands_the_policy_rates_and_headroom_to_the_planner(cluster) -> None:
+    """A right-sizing re-plan packs for the demand the policy measured, at its headroom, as in the
+    simulator; before, the reconciler re-planned the fleet file's peak at the planner's 15 %."""
+    from packer.scaling import ScalingSettings, Targets
+
+    now = [1_000_000.0]
+    clock = lambda: now[0]  # noqa: E731
+    triton = TritonMetrics(clock)
+    real = default_planner(2.0)
+    calls: list[tuple] = []
+
+    def planner(fleet, current, headroom=None):
+        calls.append((fleet, headroom))
+        return real(fleet, current, headroom=headroom) if headroom is not None else real(fleet, current)
+
+    settings = ScalingSettings(targets=Targets(replan_every_s=600.0, replan_headroom=0.05))
+    r = cluster.reconciler(clock=clock, planner=planner, scaler=packer_scaler(settings),
+                           signals=TritonSignals(triton.url, clock=clock))
+    try:
+        cluster.converge(r)
+        assert [h for _, h in calls] == [None]  # the first plan: the fleet file at the planner's default
+        calls.clear()
+        triton.set_serving(serving_map(cluster))
+        for model, rps in (("asr", 50.0), ("punct", 30.0), ("summ", 0.1)):
+            triton.set_rate(model, rps)
+        reasons = []
+        for _ in range(60):
+            now[0] += 15
+            rep = r.cycle()
+            cluster.ready()
+            triton.set_serving(serving_map(cluster))
+            reasons.append(rep.replanned)
+            if calls:
+                break
+        assert calls, reasons
+        fleet, headroom = calls[0]
+        assert headroom == 0.05
+        # asr steady at 50 rps for the stabilisation window: 50 + 2 sqrt(50 / 60) of Poisson noise,
+        # over the 0.85 target utilisation = 60.97 rps; the fleet file's peak was 200
+        assert fleet.model("asr").traffic.peak_rps == pytest.approx((50 + 2 * (50 / 60) ** 0.5) / 0.85, rel=1e-3)
+        assert fleet.model("punct").traffic.peak_rps == pytest.approx((30 + 2 * (30 / 60) ** 0.5) / 0.85, rel=1e-3)
+    finally:
+        triton.server.shutdown()
+
+
+def test_policy_state_keeps_the_last_replan_rates() -> None:
+    from packer.scaling import ScalingState
+
+    st = ScalingState(since=1.0, last_replan=600.0, replan_traffic={"asr": 60.97})
+    assert state_from_json(json.loads(json.dumps(state_to_json(st)))).replan_traffic == {"asr": 60.97}

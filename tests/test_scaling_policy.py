@@ -13,6 +13,7 @@ from packer.scaling import (AddReplica, Consolidate, Replan, ScalingSettings, Sc
                             Targets, Windows, apply, decide, observe)
 from packer.scaling.policy import Demand, _Candidate, _pick, share_capacity
 from packer.scaling.room import SlotRef
+from packer.scaling.signals import run_s, sojourn_s
 from test_scaling_helpers import fleet, placement, plan_of, three_slot_plan_for_cli, tiny_plan
 
 EXACT = ScalingSettings(targets=Targets(noise_z=0.0, target_utilisation=0.7, replan_every_s=0.0),
@@ -269,14 +270,26 @@ def test_every_action_carries_a_reason_and_a_cost():
         assert a.ready_in_s >= 0
 
 
-def test_batch_models_scale_on_arrivals_not_their_queue():
+def test_load_is_arrivals_until_overload_then_littles_law():
     f = fleet(**{"asr-b": {"kind": "batch"}})
-    plan = tiny_plan(f)
-    signals = {"asr-a": Signals("asr-a", arrival_rps=10.0, queued=100.0),
-               "asr-b": Signals("asr-b", arrival_rps=10.0, queued=100.0)}
-    d, _ = observe(plan, signals, ScalingState(), 0.0, EXACT)
-    assert d["asr-b"].load == pytest.approx(10.0)  # a batch queue fills by design
-    assert d["asr-a"].load > 100.0  # a streaming queue of 100 is load: 100 / sojourn
+    plan = tiny_plan(f)  # asr-a: planned sojourn 34.9 ms (run 12.9 ms), holds 1897.4 rps, SLO 200 ms
+
+    def load(model: str, **kw: float) -> Demand:
+        d, _ = observe(plan, {model: Signals(model, arrival_rps=10.0, **kw)}, ScalingState(), 0.0, EXACT)
+        return d[model]
+
+    assert sojourn_s(plan, "asr-a") == pytest.approx(0.034929, abs=1e-6)
+    assert load("asr-b", queued=100.0).load == pytest.approx(10.0)  # a batch queue fills by design
+    # 50 queued / 34.9 ms = 1431 rps < 1897.4: a slot batching later than planned, not load; the
+    # scale-up sizes from the 10 rps of arrivals, as the re-plans do
+    assert load("asr-a", queued=50.0).load == pytest.approx(10.0)
+    # 100 queued / 34.9 ms = 2863 rps > 1897.4: the queue grows past capacity: Little's law counts
+    d = load("asr-a", queued=100.0)
+    assert d.load == pytest.approx(100.0 / 0.034929, rel=1e-4) and d.panic
+    # requests wait 120 ms > half the SLO: overloaded whatever the rate says; the measured wait
+    # + run (132.9 ms) is the sojourn: 50 / 0.1329 = 376.2 rps
+    d = load("asr-a", queued=50.0, queue_ms=120.0)
+    assert d.load == pytest.approx(50.0 / 0.132929, rel=1e-4) and d.panic
 
 
 def test_replan_when_round_robin_wastes_uneven_replicas():

@@ -148,13 +148,13 @@ class PackerPolicy:
                     continue
                 traffic = dict(a.traffic)
                 new = self.replanner(self.plan, traffic, a.headroom, False)
-                ok, why = accept_replan(self.plan, new, traffic)
+                ok, why = accept_replan(self.plan, new, traffic, settings=self.settings)
                 if not ok:
                     # Keeping replica counts and groups (current=) can lock in a packing made for
                     # another hour; a packing from scratch may be cheaper, and the migration keeps
                     # every group it has in common with the deployed plan anyway.
                     fresh = self.replanner(self.plan, traffic, a.headroom, True)
-                    ok2, why2 = accept_replan(self.plan, fresh, traffic)
+                    ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings)
                     if ok2:
                         new, ok, why = fresh, ok2, why2 + " (packed from scratch)"
                 self.replans.append((now, ok, why, _gpus(self.plan), _gpus(new), traffic))

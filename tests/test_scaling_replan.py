@@ -136,3 +136,33 @@ def test_accept_replan_cheaper_or_needed_only():
     assert ok and "holds less than 90% of the expected demand of asr-a" in why
     ok, why = accept_replan(small, spread, dict(low, **{"asr-a": 2000.0}))
     assert not ok and "not worth the moves" in why
+
+
+def test_accept_replan_prices_the_make_before_break_overlap():
+    from test_scaling_helpers import placement, plan_of
+
+    from packer.scaling.replan import built_gpus, migration_cost
+
+    big = three_slot_plan_for_cli()  # 3 L4 at 0.80/h: asr-a+punct, asr-b+punct, asr-a+asr-b
+    f = big.fleet
+    # two L4s: the asr-a+punct group stays where it runs, asr-a+asr-b+punct is new: one GPU built
+    spread = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 100.0), ("punct", 0, 20.0)]),
+                         placement(f, "l4", "l4-n0", 1, [("asr-a", 1, 100.0), ("asr-b", 0, 100.0), ("punct", 1, 20.0)])])
+    gb = max(f.model(n).memory_gb for n in ("asr-a", "asr-b", "punct"))
+    assert built_gpus(big, spread) == {("l4", "l4-n0", 1): gb}
+    # the new GPU: node 240 s + image 120 s + weights 15 s + gb / 1 GB/s, paid twice meanwhile
+    lead = 240 + 120 + 15 + gb
+    money, t = migration_cost(big, spread, ScalingSettings())
+    assert t == pytest.approx(lead) and money == pytest.approx(0.80 * lead / 3600)
+    low = {"asr-a": 150.0, "asr-b": 80.0, "punct": 10.0}
+    # an hour's payback: 0.80 x (3600 - lead) / 3600 earned against 0.80 x lead / 3600: taken
+    ok, why = accept_replan(big, spread, low)
+    assert ok and "saves 0.80/h" in why and f"against {money:.2f} of overlap" in why
+    # a saving expected to last 700 s earns 0.80 x (700 - lead) / 3600 < the overlap: kept
+    short = ScalingSettings(targets=Targets(replan_payback_s=700.0))
+    assert 0.80 * (700 - lead) < 0.80 * lead
+    ok, why = accept_replan(big, spread, low, settings=short)
+    assert not ok and "less than the" in why and "1 rebuilt GPU" in why
+    # 2 x lead of payback is the break-even: just above it, taken
+    ok, _ = accept_replan(big, spread, low, settings=ScalingSettings(targets=Targets(replan_payback_s=2 * lead + 1)))
+    assert ok

@@ -72,22 +72,81 @@ def holds(plan: Plan, traffic: Mapping[str, float]) -> list[str]:
             if traffic.get(m.name, 0.0) > EPS and share_capacity(plan, m.name) < traffic[m.name] * (1 - 1e-6)]
 
 
-def accept_replan(current: Plan, new: Plan, traffic: Mapping[str, float], short_share: float = 0.10) -> tuple[bool, str]:
+def built_gpus(current: Plan, new: Plan) -> dict[tuple[str, str, int], float]:
+    """GPUs of ``new`` that a make-before-break migration from ``current`` must bring up, each
+    with the largest weights (GB) loaded on it.
+
+    A slot of ``new`` with the same pool, slot kind and members as one of ``current`` stays where
+    it runs (the simulator's and reconciler's migrations keep such groups); every other slot is
+    built on a GPU of its own while the old ones still serve, so its GPU is paid twice until the
+    new replicas load.
+    """
+    def key(p) -> tuple[str, str, frozenset[str]]:  # type: ignore[no-untyped-def]
+        return (p.pool, p.slot, frozenset(m.name for m in p.models))
+
+    old = [key(p) for p in current.placements]
+    out: dict[tuple[str, str, int], float] = {}
+    for p in new.placements:
+        k = key(p)
+        if k in old:
+            old.remove(k)
+            continue
+        gb = max((new.model(m.name).memory_gb for m in p.models), default=0.0)
+        for g in p.gpus or (p.gpu,):
+            out[(p.pool, p.node, g)] = max(out.get((p.pool, p.node, g), 0.0), gb)
+    return out
+
+
+def migration_cost(current: Plan, new: Plan, settings: ScalingSettings) -> tuple[float, float]:
+    """(money, seconds): what the make-before-break overlap of a migration costs, and how long
+    until the new packing serves (the slowest built GPU: a fresh node, the image, the weights).
+
+    Example: one new L4 (0.80/h) with a 2.5 GB model: 240 + 120 + 17.5 = 377.5 s of a GPU paid
+    twice, 0.80 x 377.5 / 3600 = 0.084. Re-laying out the A100 (4.10/h) for the same saving
+    costs 4.10 x 0.105 h = 0.43 more: the batch group stays unless moving it pays.
+    """
+    cs = settings.cold_start
+    money = lead = 0.0
+    for (pool, _, _), gb in built_gpus(current, new).items():
+        t = cs.node_s + cs.image_s + cs.weights_s(gb)
+        money += gpu_price(new, pool) * t / 3600.0
+        lead = max(lead, t)
+    return money, lead
+
+
+def accept_replan(current: Plan, new: Plan, traffic: Mapping[str, float], short_share: float = 0.10,
+                  settings: ScalingSettings | None = None) -> tuple[bool, str]:
     """Whether to migrate from ``current`` to the planner's ``new`` packing of ``traffic``, and why.
 
     A migration reloads weights and, make before break, pays for old and new slots until the new
-    serve, so it is taken only when it lowers the bill, or at no extra cost when the deployed plan
-    falls short of the demand expected before the next re-plan by more than ``short_share`` for
-    some model (smaller shortfalls are the scale-up's: one replica, no migration).
-    Example: deployed 1 A100 + 6 L4 (8.90/h), new 1 A100 + 4 L4 (7.30/h): taken, saves 1.60/h.
+    serve (:func:`migration_cost`), so a cheaper packing is taken only when its saving, from the
+    moment it serves until ``replan_payback_s`` after the decision, pays for that overlap: a saving
+    that demand will take back within the hour is not worth rebuilding GPUs for. It is also taken
+    at no extra cost when the deployed plan falls short of the demand expected before the next
+    re-plan by more than ``short_share`` for some model (smaller shortfalls are the scale-up's:
+    one replica, no migration).
+    Example (payback 1 h): 3 L4 -> 2 L4 (saves 0.80/h), one L4 group rebuilt (a 377.5 s cold
+    start): 0.80 x (3600 - 377.5) / 3600 = 0.72 earned against 0.084 of overlap: taken. With a
+    payback of 700 s only 0.072 is earned: kept. A saving of one L4 that re-lays out the A100
+    (4.10/h x ~6.5 min = 0.44) and three L4 groups (0.25) earns 0.72 - 0.69: barely taken; with
+    one more L4 group to rebuild, kept.
     Same price and the deployed plan holds: kept, nothing gained for the moves.
     """
+    settings = settings or ScalingSettings()
     before, after = plan_cost(current), plan_cost(new)
     short_new = holds(new, traffic)
     if short_new:
         return False, f"the new packing does not hold {', '.join(short_new)}"
     if after < before - 1e-9:
-        return True, f"{before:.2f}/h -> {after:.2f}/h: saves {before - after:.2f}/h"
+        overlap, lead = migration_cost(current, new, settings)
+        horizon = settings.targets.replan_payback_s
+        earned = (before - after) * max(0.0, horizon - lead) / 3600.0
+        if earned > overlap + 1e-9:
+            return True, (f"{before:.2f}/h -> {after:.2f}/h: saves {before - after:.2f}/h, "
+                          f"{earned:.2f} over the next {horizon / 60:.0f} min against {overlap:.2f} of overlap")
+        return False, (f"{before:.2f}/h -> {after:.2f}/h saves {earned:.2f} over the next {horizon / 60:.0f} min, "
+                       f"less than the {overlap:.2f} the overlap of {len(built_gpus(current, new))} rebuilt GPU(s) "
+                       f"costs")
     short_now = [m for m in holds(current, traffic) if share_capacity(current, m) < traffic[m] * (1 - short_share)]
     if short_now and after <= before + 1e-9:
         return True, (f"the deployed plan holds less than {1 - short_share:.0%} of the expected demand of "

@@ -95,6 +95,12 @@ class Targets:
     panic window and scale-up absorb them within a scrape interval, so 5% (run-time noise) is
     left (0.05 is what the right-sizing measurements used). Slots already placed keep the headroom
     they were planned with until re-planned. None (default) keeps the plan's."""
+    replan_payback_s: float = 3600.0
+    """A cheaper re-plan is taken only when its saving from the moment it serves until this long
+    after the decision pays for the make-before-break overlap (rebuilt GPUs paid twice while nodes
+    start and weights load, :func:`packer.scaling.replan.migration_cost`). An hour: diurnal demand
+    moves ~10 % an hour, so a saving expected to last less is likely to be taken back, and a
+    re-laid-out A100 (4.10/h for ~6 min) is moved only for a saving worth it."""
     min_useful_rps: float = 1e-3
     """Room smaller than this is not worth a replica's memory."""
     min_gain_share: float = 0.05

@@ -159,6 +159,7 @@ class PackerPolicy:
                         new, ok, why = fresh, ok2, why2 + " (packed from scratch)"
                 self.replans.append((now, ok, why, _gpus(self.plan), _gpus(new), traffic))
                 if ok:
+                    self.log += _lowered(self.plan, new, now)
                     out += self._migrate(new, f"{a.reason}; {why}", new_slots)
                 continue
             self.plan = apply(self.plan, [a])
@@ -261,6 +262,22 @@ def _signals(s: sp.ModelSignals, interval_s: float) -> Signals:
         late = max(late, 0.01)  # at least 1% over the SLO
     return Signals(s.name, in_flight=float(s.in_flight), queued=float(s.queued), arrival_rps=s.rate_rps,
                    queue_ms=s.queue_ms_mean, late_share=late)
+
+
+def _lowered(old: Plan, new: Plan, now: float) -> list[tuple[float, Action]]:
+    """A migration that lowers a model's capacity is a scale-down of it: one ``RemoveReplica`` per
+    such model in the action log, so that :func:`packer.scaling.flaps` counts a scale-up of it
+    soon after a re-plan as a flap, as it does after a consolidation."""
+    from packer.scaling.demand import share_capacity
+
+    out: list[tuple[float, Action]] = []
+    for m in old.fleet.models:
+        before, after = share_capacity(old, m.name), share_capacity(new, m.name)
+        reps = old.placements_of(m.name)
+        if reps and after < before * (1 - 1e-6):
+            out.append((now, RemoveReplica(model=m.name, slot=_ref(reps[0]), cost_per_hour=0.0,
+                                           reason=f"re-plan migration: capacity {before:.1f} -> {after:.1f} rps")))
+    return out
 
 
 def flaps_free(log: list[tuple[float, Action]], window_s: float) -> bool:

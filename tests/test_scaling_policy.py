@@ -86,6 +86,18 @@ def test_no_scale_down_before_a_whole_stabilisation_window():
     assert any(isinstance(a, Consolidate) for a in acts)
 
 
+def test_right_sizing_owns_scale_down():
+    # the same quiet 600 s as above with right-sizing re-plans on: no consolidation; the re-plan
+    # asks for the steady load (50 / 0.7 = 71.4 rps of asr-a) and its migration is priced instead
+    plan = three_slot_plan()
+    rs = replace(EXACT, targets=replace(EXACT.targets, replan_every_s=600.0))
+    d, state, now = feed(plan, [{"asr_a": 50, "asr_b": 50, "punct": 5}] * 40, settings=rs)
+    acts, state = decide(plan, sig(asr_a=50, asr_b=50, punct=5), state, now + 15, rs)
+    assert not [a for a in acts if isinstance(a, Consolidate)]
+    rp = [a for a in acts if isinstance(a, Replan)]
+    assert len(rp) == 1 and dict(rp[0].traffic)["asr-a"] == pytest.approx(50 / 0.7, abs=1e-3)
+
+
 def test_scale_down_sizes_for_the_highest_want_of_the_window():
     plan = tiny_plan()
     loads = [{"asr_a": 700}] * 4 + [{"asr_a": 140}] * 36

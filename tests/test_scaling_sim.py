@@ -45,3 +45,24 @@ def test_signals_from_the_simulator():
     # 3 rejections of 20 rps x 15 s = 1%, and a p99 over the SLO means at least 1% late
     assert _signals(s, 15.0) == Signals("m", in_flight=2.0, queued=3.0, arrival_rps=20.0, queue_ms=5.0,
                                         late_share=0.01)
+
+
+def test_a_migration_that_lowers_capacity_counts_as_a_scale_down_for_flaps():
+    from test_scaling_helpers import three_slot_plan_for_cli
+
+    from packer.scaling import AddReplica, flaps
+    from packer.scaling.demand import share_capacity
+    from packer.scaling.room import ref
+    from sims.policy_packer import _lowered
+
+    big, small = three_slot_plan_for_cli(), tiny_plan()  # 3 L4 -> 2 L4: asr-a, asr-b lose a replica
+    log = _lowered(big, small, 600.0)
+    lowered = {a.model for _, a in log}
+    assert {"asr-a", "asr-b"} <= lowered
+    assert lowered == {m.name for m in big.fleet.models
+                       if share_capacity(small, m.name) < share_capacity(big, m.name) * (1 - 1e-6)}
+    assert all(a.kind == "remove_replica" and "re-plan migration" in a.reason for _, a in log)
+    up = AddReplica(model="asr-a", slot=ref(small.placements[1]), rate_rps=100.0, cost_per_hour=0.0, reason="busy")
+    # asr-a scaled up 300 s after the migration took a replica away: a flap; 700 s after: not
+    assert flaps(log + [(900.0, up)], 600.0) == [("asr-a", 600.0, 900.0)]
+    assert flaps(log + [(1300.0, up)], 600.0) == []

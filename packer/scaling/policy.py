@@ -23,7 +23,7 @@ One decision, per model, then per slot:
    replica out of its most crowded slot, and remember that group size as too large for it.
 5. **Scale down** (slow): a slot is emptied only when every member can be dropped or moved while
    each model keeps 10% above the *highest* want of the last 10 minutes, and only after that much
-   history; one slot per decision.
+   history; one slot per decision. Not with right-sizing re-plans on: those scale down instead.
 6. **Re-plan** when much paid capacity idles and no single slot can be emptied, or when replicas
    added one at a time left a model's replicas so uneven that round-robin wastes most of them.
 
@@ -97,7 +97,12 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     tried = False
     last_try = state.last_down_try
     excess = any(d.may_shrink and d.capacity > d.want_down * (1 + EPS) for d in calm.values())
-    if excess and (last_try is None or now - last_try >= settings.scale_down_every_s):
+    # With right-sizing re-plans on, they own scale-down: a consolidation sizes for the highest
+    # want of 10 minutes, a re-plan for the re-plan demand at its own headroom, and the two
+    # fought (a slot emptied, then a GPU split out for the same model minutes later: 8 flaps on
+    # the stationary day). A re-plan that lowers the bill is also priced for its migration.
+    local_down = settings.targets.replan_every_s <= 0
+    if local_down and excess and (last_try is None or now - last_try >= settings.scale_down_every_s):
         downs, work = scale_down(work, calm, settings)
         state = replace(state, last_down_try=now)
         tried = True

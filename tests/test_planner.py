@@ -50,7 +50,7 @@ def fleets(draw):
     return {"name": "gen", "pools": pools, "models": models}
 
 
-@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(fleets())
 def test_generated_fleets_plan_soundly(doc):
     try:

@@ -48,11 +48,13 @@ def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLa
 def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_reps: list[Rep],
                  gpu_limit: dict[str, int], hint: list[Gpu] | None, upper_cost: float | None,
                  time_limit: float, seed: int, spent: list[float] | None = None,
-                 ) -> tuple[list[Gpu], float, str] | None:
+                 concentrate: bool = False) -> tuple[list[Gpu], float, str] | None:
     """Pack a window of replicas onto new GPUs as cheaply as possible.
 
     Returns (gpus, cost, status) or None when no solution cheaper than ``upper_cost``
-    was found. The solver's deterministic time is appended to ``spent``, so a caller can budget
+    was found. With ``concentrate``, a solution at ``upper_cost`` is allowed too, and among
+    equally cheap ones the solver packs memory into the first slots of each type: the last ones
+    empty out, so a later window can drop them. The solver's deterministic time is appended to ``spent``, so a caller can budget
     a search in units that do not depend on the machine's load.
     """
     fleet = problem.fleet
@@ -124,6 +126,7 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
         m.Add(sum(terms) == present)
 
     n_slots_used = []
+    class_of: dict[int, tuple[dict[float, cp_model.IntVar], dict]] = {}
     for si, (st, j) in enumerate(slots):
         a = active_of[st.key][j]
         members = by_slot.get(si, [])
@@ -158,6 +161,7 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
         # The slot runs at its tightest member's cycle: one class per distinct member limit.
         classes = sorted({it.hi for it in items.values() if it.hi > 0})
         cvars = {d: m.NewBoolVar("") for d in classes}
+        class_of[si] = (cvars, items)
         m.Add(sum(cvars.values()) == a)
         for ri, it in items.items():
             ok = [cvars[d] for d in classes if d <= it.hi and SCALE * it.load(d) / d <= u_cap]
@@ -190,11 +194,20 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
 
     cost = sum(int(round(fleet.pool(pn).cost_per_gpu_hour * COST_SCALE)) * v for (pn, _), v in z.items())
     if upper_cost is not None:
-        m.Add(cost <= int(round(upper_cost * COST_SCALE)) - 1)
-    m.Minimize(cost * (len(n_slots_used) + 1) + sum(n_slots_used))
+        m.Add(cost <= int(round(upper_cost * COST_SCALE)) - (0 if concentrate else 1))
+    if concentrate:
+        # Memory in slot j of a type weighs j: the load moves to low j, high j empties.
+        pos = []
+        for si, (st, j) in enumerate(slots):
+            for ri in by_slot.get(si, []):
+                pos.append(j * _size(problem, reps[ri][0], st) * x[(ri, si)])
+        big = 1 + sum(j * 1000 * len(by_slot.get(si, [])) for si, (st, j) in enumerate(slots))
+        m.Minimize(cost * big + sum(pos))
+    else:
+        m.Minimize(cost * (len(n_slots_used) + 1) + sum(n_slots_used))
 
     if hint:
-        _add_hint(m, hint, z, slots, reps, x)
+        _add_hint(m, hint, z, slots, reps, x, active_of, class_of)
         hinted = Counter((r.model.name, r.count) for g in hint for s in g.slots for r in s.reps)
         for (name, n), v in y.items():
             m.AddHint(v, 1 if hinted[(name, n)] else 0)
@@ -229,6 +242,15 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
     return gpus, total, status
 
 
+def _size(problem: Problem, rep: Rep, st: SlotType) -> int:
+    """A replica's size in a slot (thousandths): its memory or compute fraction, the larger; the
+    compute at its own cycle limit, the least it can take."""
+    it = problem.item(rep, st)
+    mem = rep.model.memory_gb / st.memory_gb
+    comp = it.load(it.hi) / (it.hi * problem.u) if it.hi > 0 else 1.0
+    return int(round(1000 * min(1.0, max(mem, comp))))
+
+
 def realise(problem: Problem, slots: list[Slot],
             layouts: dict[str, list[tuple[str, Counter, MigLayout | None]]]) -> list[Gpu]:
     """Deal the chosen slots out to concrete GPUs of the chosen layouts.
@@ -259,7 +281,9 @@ def realise(problem: Problem, slots: list[Slot],
     return used
 
 
-def _add_hint(m: cp_model.CpModel, hint: list[Gpu], z, slots, reps, x) -> None:
+def _add_hint(m: cp_model.CpModel, hint: list[Gpu], z, slots, reps, x, active_of, class_of) -> None:
+    """A complete hint (every assignment, slot and class variable), so CP-SAT starts from the hint
+    instead of spending its budget completing a partial one."""
     counts: Counter = Counter()
     for g in hint:
         lname = g.layout.name if g.layout is not None else WHOLE
@@ -270,6 +294,7 @@ def _add_hint(m: cp_model.CpModel, hint: list[Gpu], z, slots, reps, x) -> None:
     rep_index = {(r.model.name, r.index, r.count): ri for ri, (r, _) in enumerate(reps)}
     seen: Counter = Counter()
     slot_index = {(st.key, j): si for si, (st, j) in enumerate(slots)}
+    ones: set[tuple[int, int]] = set()
     for g in hint:
         for s in g.slots:
             if not s.reps:
@@ -279,7 +304,25 @@ def _add_hint(m: cp_model.CpModel, hint: list[Gpu], z, slots, reps, x) -> None:
             si = slot_index.get((s.type.key, j))
             if si is None:
                 continue
+            members = []
             for r in s.reps:
                 ri = rep_index.get((r.model.name, r.index, r.count))
                 if ri is not None and (ri, si) in x:
-                    m.AddHint(x[(ri, si)], 1)
+                    ones.add((ri, si))
+                    members.append(ri)
+            if si in class_of and members:
+                cvars, items = class_of[si]
+                tight = min(items[ri].hi for ri in members)
+                for d, cv in cvars.items():
+                    m.AddHint(cv, 1 if d == tight else 0)
+    for key, v in x.items():
+        if key not in ones:
+            m.AddHint(v, 0)
+    for key, active in active_of.items():
+        for j, a in enumerate(active):
+            m.AddHint(a, 1 if j < seen[key] else 0)
+    for si, (cvars, _) in class_of.items():
+        st, j = slots[si]
+        if j >= seen[st.key]:
+            for cv in cvars.values():
+                m.AddHint(cv, 0)

@@ -8,7 +8,9 @@ slot type where it costs least for the share it takes. On its own this is the *g
 from __future__ import annotations
 
 import math
+import random
 from collections import defaultdict
+from typing import Callable
 
 from packer.planner.model import Problem, Rep, Slot
 from packer.slot import WHOLE, Item
@@ -37,12 +39,53 @@ def reps_for(problem: Problem, counts: dict[str, int]) -> list[Rep]:
     return [Rep(m, i, counts[m.name]) for m in problem.shared_models for i in range(counts[m.name])]
 
 
+Order = Callable[[Rep], tuple]
+
+
+def orderings(problem: Problem, reps: list[Rep], count: int, seed: int) -> list[Order | None]:
+    """Insertion orders for a multi-start greedy; ``None`` is the plain largest-first order.
+
+    Largest-first packs memory well but mixes duty cycles: a 100 ms model joining a group of
+    300 ms ones shortens everyone's cycle. Orders that insert replicas by duty-cycle class
+    (tightest first, largest first within a class) keep classes apart; measured on long-tail
+    27.20/h against 28.80/h, on generated-2000 420.20/h against 432.07/h. Which order wins
+    depends on the fleet, so several are tried, some with seeded noise on the class boundaries
+    or the sizes; the seed makes the set of orders, and so the plan, reproducible.
+    """
+    types = problem.all_types()
+    size = {id(r): min((problem.attributable_cost(r, st) for st in types), default=math.inf) for r in reps}
+    hi = {id(r): max((problem.item(r, st).hi for st in types if problem.fits_alone(r, st)), default=1.0)
+          for r in reps}
+
+    def by_class(width: float, noise: dict[int, float] | None) -> Order:
+        def key(r: Rep) -> tuple:
+            h = math.log(max(hi[id(r)], 1.0)) / width
+            if noise is not None:
+                h *= 1 + 0.5 * noise[id(r)]
+            return (round(h), -size[id(r)], r.model.name, r.index)
+        return key
+
+    def noisy(noise: dict[int, float]) -> Order:
+        return lambda r: (-size[id(r)] * (1 + 0.4 * noise[id(r)]), r.model.name, r.index)
+
+    out: list[Order | None] = [None, by_class(1.0, None), by_class(0.5, None)]
+    rng = random.Random(seed)
+    i = 0
+    while len(out) < count:
+        noise = {id(r): rng.random() for r in reps}
+        out.append(by_class(1.0, noise) if i % 2 == 0 else noisy(noise))
+        i += 1
+    return out[:count]
+
+
 def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
-         reserved: dict[str, int] | None = None, gpu_of: dict[int, object] | None = None) -> list[Slot]:
+         reserved: dict[str, int] | None = None, gpu_of: dict[int, object] | None = None,
+         order: Order | None = None) -> list[Slot]:
     """Insert ``reps`` into ``slots`` (which may hold replicas already), opening slots as needed.
 
     ``gpu_of`` maps existing slots to their GPUs, so that a replica never joins a GPU that already
-    runs its model.
+    runs its model. ``order`` is the insertion order's sort key (``orderings``); by default the
+    largest replica first.
     """
     gpu_of = gpu_of or {}
     slots = list(slots or [])
@@ -59,7 +102,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     implied: dict[str, float] = defaultdict(float)
     for sl in slots:
         implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
-    for rep in sorted(reps, key=lambda r: (-size(r), r.model.name, r.index)):
+    for rep in sorted(reps, key=order or (lambda r: (-size(r), r.model.name, r.index))):
         best, best_fill = None, math.inf
         name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
         for sl in slots:

@@ -21,7 +21,7 @@ from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
 from packer.planner.bound import lower_bound
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
-from packer.planner.greedy import NoRoom, choose_counts, pack, reps_for
+from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
@@ -32,9 +32,9 @@ Progress = Callable[[str, float], None]
 def auto_time_limit(fleet: Fleet) -> float:
     """Whole budget from fleet size: 7.25 s at 20 models, 9.5 s at 200, 23 s at 500, 90.5 s at 2000.
 
-    Up to 250 models 45% goes to improving the plan and 45% to the lower bound; above, 35% and 55%
-    (the LP grows with the fleet, LNS gains little per second there). Greedy and baselines take
-    the rest.
+    Up to 250 models 45% goes to improving the plan and 45% to the lower bound; above, 50% and 40%
+    (only the one-class LP runs there: 1.8 s at 500 models, 16 s at 2000; the greedy restarts
+    take 2-4 s each at 2000). Baselines take the rest.
     """
     n = len(fleet.models)
     return 7.0 + 0.0125 * n if n <= 200 else min(100.0, 9.5 + 0.045 * (n - 200))
@@ -120,6 +120,38 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
     return gpus
 
 
+def restarts(n_models: int) -> int:
+    """Greedy starts by fleet size: one start takes 0.02 s at 50 models and 2-4 s at 2000."""
+    return 16 if n_models <= 250 else 8 if n_models <= 1000 else 5
+
+
+def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0: float,
+                deadline: float) -> list[Gpu]:
+    """The cheapest of several greedy packings (``greedy.orderings``), each consolidated.
+
+    On large fleets this finds more than LNS does in the same time: LNS windows see a few GPUs,
+    while a different insertion order regroups the whole fleet by duty cycle. The number of starts
+    is fixed by fleet size, so the result depends on the seed, not on the machine; the wall clock
+    only stops the starts early on a much slower machine (after 40 % of the search budget).
+    """
+    best, best_cost = None, math.inf
+    for i, order in enumerate(orderings(problem, reps, restarts(len(problem.fleet.models)), problem.settings.seed)):
+        if i > 0 and time.monotonic() > t0 + 0.4 * (deadline - t0):
+            break
+        try:
+            gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order))
+        except NoRoom:
+            if order is None:
+                raise
+            continue
+        gpus = consolidate(problem, gpus, deadline)
+        cost = cost_of(problem, gpu_counts(problem, gpus))
+        if cost < best_cost - 1e-9:
+            best, best_cost = gpus, cost
+    assert best is not None
+    return best
+
+
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
             progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str]:
     """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet.
@@ -153,7 +185,14 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
 
 def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: float,
          progress: Progress | None) -> list[Gpu]:
-    """Large-neighbourhood search: re-pack seeded windows of a few GPUs, keep what is cheaper."""
+    """Large-neighbourhood search: re-pack windows of a few GPUs, keep what is cheaper.
+
+    Two kinds of window, alternating. *Emptying* windows: the emptiest GPU and the next emptiest
+    of its pool, re-packed on that pool alone. An equally cheap packing is kept when it moves
+    load onto fewer GPUs (a larger sum of squared fills), so a GPU empties over several windows
+    where no single window can drop one, as on memory-bound fleets at 94 % fill. *Pair* windows
+    across pools: two half-used GPUs may become one MIG-split GPU.
+    """
     s = problem.settings
     rng = random.Random(s.seed)
     it = 0
@@ -166,7 +205,8 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
     tried: set[frozenset[int]] = set()
     while sum(spent) + 0.01 * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
-        window = _next_pair(problem, shared, tried) or _pick_window(problem, shared, rng)
+        # Emptying and pair windows alternate while both kinds are left: MIG pools gain from pairs.
+        window, emptying = _choose_window(problem, shared, tried, rng, emptying_first=it % 2 == 1)
         inside = {id(g) for g in window}
         tried.add(frozenset(inside))
         reps = [r for g in window for sl in g.slots for r in sl.reps]
@@ -176,16 +216,62 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
         fixed = [r for r in reps if r.model.name in outside_names]
         # Models kept outside need distinct GPUs too; window GPUs are new GPUs, so that holds.
         win_limit = {p: limit[p] - sum(1 for g in shared if id(g) not in inside and g.pool.name == p) for p in limit}
+        if emptying:
+            # Its own pool only: another pool's MIG profiles would multiply the model's size.
+            win_limit = {p: (v if p == window[0].pool.name else 0) for p, v in win_limit.items()}
         upper = sum(g.pool.cost_per_gpu_hour for g in window)
         res = solve_window(problem, free_models=free, fixed_reps=fixed, gpu_limit=win_limit, hint=window,
-                           upper_cost=upper, time_limit=window_budget, seed=s.seed + it, spent=spent)
-        if res is not None and res[1] < upper - 1e-9:
+                           upper_cost=upper, time_limit=window_budget, seed=s.seed + it, spent=spent,
+                           concentrate=emptying)
+        if res is not None and (res[1] < upper - 1e-9 or (
+                res[1] < upper + 1e-9 and _spread(problem, res[0]) > _spread(problem, window) + 1e-6)):
             new = res[0]
             spare_slots(problem, new)
             shared = [g for g in shared if id(g) not in inside] + new
             if progress:
                 progress(f"LNS {it}: {sum(g.pool.cost_per_gpu_hour for g in shared):.2f}/h", 0)
     return shared
+
+
+EMPTYING_PARTNERS = 3
+"""GPUs re-packed with the emptiest one. Larger windows rarely beat their hint within the 0.5 s
+budget (generated-500: 3 partners 101.60/h, 7 partners no gain over 103.20/h)."""
+
+
+def _choose_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]], rng: random.Random,
+                   emptying_first: bool) -> tuple[list[Gpu], bool]:
+    """The next window and whether it is an emptying one; seeded random windows when both kinds
+    are used up."""
+    kinds = [(_emptying_window(problem, gpus, tried), True), (_next_pair(problem, gpus, tried), False)]
+    for window, emptying in (kinds if emptying_first else kinds[::-1]):
+        if window is not None:
+            return window, emptying
+    return _pick_window(problem, gpus, rng), False
+
+
+def _spread(problem: Problem, gpus: list[Gpu]) -> float:
+    """Sum of squared fills: higher when load sits on fewer GPUs, so the emptiest one can go."""
+    return sum(_fill_of(problem, g) ** 2 for g in gpus)
+
+
+def _emptying_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]) -> list[Gpu] | None:
+    """The emptiest GPU of a whole-GPU pool not yet tried with these partners (of the 30 emptiest)
+    and the next emptiest GPUs of its pool."""
+    fill = {id(g): _fill_of(problem, g) for g in gpus}
+    order = sorted(gpus, key=lambda g: (fill[id(g)], g.pool.name))
+    for t in order[:30]:
+        if t.pool.mig and problem.settings.use_mig:
+            # MIG pools: a window with every layout's instances grows large and slow, and pair
+            # windows (two half-used GPUs into one MIG-split GPU) do better there: with emptying
+            # windows taking turns, multilingual on its MIG pool ended at 20.50/h, not 16.40/h.
+            continue
+        partners = [g for g in order if g is not t and g.pool.name == t.pool.name][:EMPTYING_PARTNERS]
+        if not partners:
+            continue
+        w = [t] + partners
+        if frozenset(id(g) for g in w) not in tried:
+            return w
+    return None
 
 
 def _next_pair(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]) -> list[Gpu] | None:
@@ -299,11 +385,11 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     settings = settings or PlanSettings()
     t0 = time.monotonic()
     limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
-    # Large fleets: the LP bound needs more of the budget, and LNS gains little per second there.
+    # Large fleets: the search gets more of the budget (auto_time_limit says why).
     from packer.planner.bound import CLASSES_UP_TO
 
     large = len(fleet.models) > CLASSES_UP_TO
-    deadline = t0 + (0.35 if large else 0.45) * limit
+    deadline = t0 + (0.5 if large else 0.45) * limit
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
     reserved = gpu_counts(problem, multi)
@@ -323,7 +409,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             new_slots = [s for s in slots if id(s) not in gpu_of]
             gpus = kept + to_gpus(problem, new_slots)
         else:
-            gpus = to_gpus(problem, pack(problem, reps_for(problem, counts), reserved=reserved))
+            gpus = multi_start(problem, reps_for(problem, counts), reserved, t0, deadline)
     except NoRoom as e:
         raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
                         "or lower headroom") from None
@@ -337,7 +423,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     warnings = assign_nodes(problem, gpus)
     if progress:
         progress("bound", time.monotonic() - t0)
-    lb, method = lower_bound(problem, multi_cost, time_limit=max(1.5, (0.55 if large else 0.45) * limit))
+    lb, method = lower_bound(problem, multi_cost, time_limit=max(1.5, (0.4 if large else 0.45) * limit))
     cost = cost_of(problem, gpu_counts(problem, gpus))
     # CP-SAT's own bound holds only over the packings its model can express (the replica counts
     # it is offered, compute in thousandths rounded up), not over every plan, so it is reported

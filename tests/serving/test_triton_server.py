@@ -5,6 +5,7 @@ These tests start real servers; if tritonserver cannot start they fail with its 
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -144,14 +145,20 @@ def test_a_burst_beyond_what_can_meet_the_slo_is_rejected_at_once(tmp_path):
     with LocalTriton(write_repository(repo, tmp_path / "r")) as s:
         c = grpcclient.InferenceServerClient(s.grpc_url)
         c.infer("ft-0002", [one(0)])  # connect first, so the burst arrives together
+        sent0 = time.monotonic()
         for i in range(burst):
             t0 = time.monotonic()
             c.async_infer("ft-0002", [one(i)], callback=lambda result, error, t0=t0: res.put(
                 (error is None, time.monotonic() - t0, error.message() if error else "")))
+        sending_s = time.monotonic() - sent0
         res = [res.get(timeout=60) for _ in range(burst)]
     ok = [r for r in res if r[0]]
     rejected = [r for r in res if not r[0]]
-    assert len(rejected) >= burst - bound - f.model("ft-0002").max_batch, (len(ok), len(rejected))
+    # On a loaded machine the burst takes a while to send, and full batches (32 in at least
+    # 10.25 + 2.69 * 32 ms) are served meanwhile; only the rest must be turned away.
+    m = f.model("ft-0002")
+    served_while_sending = math.ceil(sending_s / ((10.25 + 2.69 * m.max_batch) / 1000)) * m.max_batch
+    assert len(rejected) >= burst - bound - m.max_batch - served_while_sending, (len(ok), len(rejected), sending_s)
     assert len(ok) >= bound  # what was queued is served in batches as large as the queue, in time
     assert all("queue" in r[2].lower() or "timeout" in r[2].lower() for r in rejected), rejected[0][2]
     assert sorted(r[1] for r in rejected)[len(rejected) // 2] < 0.1  # most are told at once

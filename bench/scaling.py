@@ -44,6 +44,7 @@ def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int,
     sim = Simulation(plan, scenario, seed=seed, policy=pol)
     r = sim.run(duration_s).to_dict()
     r["bench_wall_s"] = round(time.perf_counter() - t0, 1)
+    r["policy"] = policy  # with --packer options the simulator names the policy object's class
     log = getattr(sim.policy, "log", None)
     if log is not None:
         window = sim.policy.settings.windows.scale_down_s

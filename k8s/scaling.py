@@ -23,7 +23,7 @@ from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.plan import Plan
 from packer.scaling import ModelState, Replan, ScalingSettings, ScalingState, Signals, apply, decide
-from packer.scaling.replan import accept_replan
+from packer.scaling.replan import accept_replan, fleet_at
 
 Replanner = Callable[[Plan, Fleet, "float | None"], Plan]
 """(deployed plan, fleet with the rates to plan for, duty-cycle headroom or None for the planner's
@@ -87,19 +87,6 @@ def state_from_json(doc: dict[str, Any] | None) -> ScalingState:
                         replan_traffic=dict(doc.get("replan_traffic") or {}))
 
 
-def replan_fleet(plan: Plan, rp: Replan) -> Fleet:
-    """The deployed plan's fleet with each model's rates scaled to what ``rp`` asks the packing to
-    hold, as the simulator's adapter does (``sims/policy_packer.py``): a right-sizing re-plan packs
-    for the demand expected before the next one, not for the fleet file's peak.
-
-    Example: asr at peak 1000 rps in the fleet, asked for 250: rps and peak_rps are scaled by 0.25.
-    """
-    asked = dict(rp.traffic)
-    scale = {m.name: asked[m.name] / m.traffic.peak_rps if m.traffic.peak_rps > 0 else 1.0
-             for m in plan.fleet.models if m.name in asked}
-    return plan.fleet.with_traffic(scale) if scale else plan.fleet
-
-
 def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
     """The project's policy: decide, then apply its actions (or re-plan when it asks to)."""
     s = settings or ScalingSettings()
@@ -116,7 +103,7 @@ def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
         if rp is not None:
             # The rates and headroom the policy asked for go to the planner; its packing is
             # judged by the same rule as in the simulator (saving against migration overlap).
-            new = dataclasses.replace(replan(plan, replan_fleet(plan, rp), rp.headroom), fleet=plan.fleet)
+            new = dataclasses.replace(replan(plan, fleet_at(plan.fleet, dict(rp.traffic)), rp.headroom), fleet=plan.fleet)
             ok, why = accept_replan(plan, new, dict(rp.traffic), settings=s)
             if not ok:
                 return None, state_to_json(st), [*reasons, f"packing not taken: {why}"]

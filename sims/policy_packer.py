@@ -26,7 +26,7 @@ from packer.errors import UserError
 from packer.plan import Plan
 from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Resize, ScalingSettings,
                             ScalingState, Signals, SplitOut, Standby, apply, decide, flaps)
-from packer.scaling.replan import accept_replan
+from packer.scaling.replan import accept_replan, fleet_at
 from packer.scaling.room import paid_gpus
 from packer.slot import WHOLE
 from sims import policies as sp
@@ -72,14 +72,12 @@ def planner_replan(time_limit_s: float = 2.0) -> Replanner:
                fresh: bool = False) -> Plan:
         from packer.planner import PlanSettings, plan_fleet
 
-        fleet = current.fleet
-        scale = {m.name: traffic[m.name] / m.traffic.peak_rps if m.traffic.peak_rps > 0 else 1.0
-                 for m in fleet.models if m.name in traffic}
         if headroom is None:
             headroom = float(current.settings.get("headroom", 0.15))
-        new = plan_fleet(fleet.with_traffic(scale), PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0),
+        new = plan_fleet(fleet_at(current.fleet, traffic),
+                         PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0),
                          current=None if fresh else current)
-        return replace(new, fleet=fleet)
+        return replace(new, fleet=current.fleet)
 
     return replan
 

@@ -8,7 +8,7 @@ import pytest
 
 from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, Targets, Windows, decide, observe
 from packer.scaling.demand import Demand
-from packer.scaling.replan import accept_replan, moved
+from packer.scaling.replan import accept_replan, fleet_at, moved
 from test_scaling_helpers import three_slot_plan_for_cli, tiny_plan
 
 S = ScalingSettings(targets=Targets(noise_z=0.0, target_utilisation=1.0, replan_every_s=600.0, replan_headroom=0.05),
@@ -166,3 +166,15 @@ def test_accept_replan_prices_the_make_before_break_overlap():
     # 2 x lead of payback is the break-even: just above it, taken
     ok, _ = accept_replan(big, spread, low, settings=ScalingSettings(targets=Targets(replan_payback_s=2 * lead + 1)))
     assert ok
+
+
+def test_fleet_at_scales_each_asked_model_to_its_rate():
+    fleet = tiny_plan().fleet
+    first, *rest = fleet.models
+    asked = fleet_at(fleet, {first.name: first.traffic.peak_rps / 4})
+    got = asked.model(first.name).traffic
+    assert got.peak_rps == pytest.approx(first.traffic.peak_rps / 4)
+    assert got.rps == pytest.approx(first.traffic.rps / 4)
+    for m in rest:  # models not asked for keep their rates
+        assert asked.model(m.name).traffic == m.traffic
+    assert fleet_at(fleet, {}) is fleet

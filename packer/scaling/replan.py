@@ -15,11 +15,24 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from packer.fleet import Fleet
 from packer.plan import Plan
 from packer.scaling.actions import Replan
 from packer.scaling.demand import EPS, Demand, share_capacity
 from packer.scaling.room import gpu_price, paid_gpus
 from packer.scaling.settings import ScalingSettings
+
+
+def fleet_at(fleet: Fleet, traffic: Mapping[str, float]) -> Fleet:
+    """``fleet`` with each model named in ``traffic`` scaled to that peak rate (rps and peak_rps by
+    the same factor): a right-sizing re-plan packs for the demand expected before the next one, not
+    for the fleet file's peak. The simulator and the reconciler both hand this to the planner.
+
+    Example: asr at peak 1000 rps in the fleet, asked for 250: rps and peak_rps are scaled by 0.25.
+    """
+    scale = {m.name: traffic[m.name] / m.traffic.peak_rps if m.traffic.peak_rps > 0 else 1.0
+             for m in fleet.models if m.name in traffic}
+    return fleet.with_traffic(scale) if scale else fleet
 
 
 def moved(demands: Mapping[str, Demand], last: Mapping[str, float], settings: ScalingSettings) -> list[str]:

@@ -51,11 +51,11 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
                  concentrate: bool = False) -> tuple[list[Gpu], float, str] | None:
     """Pack a window of replicas onto new GPUs as cheaply as possible.
 
-    Returns (gpus, cost, status) or None when no solution cheaper than ``upper_cost``
-    was found. With ``concentrate``, a solution at ``upper_cost`` is allowed too, and among
-    equally cheap ones the solver packs memory into the first slots of each type: the last ones
-    empty out, so a later window can drop them. The solver's deterministic time is appended to ``spent``, so a caller can budget
-    a search in units that do not depend on the machine's load.
+    Returns (gpus, cost, status) or None when no solution cheaper than ``upper_cost`` was found.
+    With ``concentrate``, a solution at ``upper_cost`` is allowed too, and among equally cheap
+    ones the solver packs load into the first slots of each type: the last ones empty out, so a
+    later window can drop them. The solver's deterministic time is appended to ``spent``, so a
+    caller can budget a search in units that do not depend on the machine's load.
     """
     fleet = problem.fleet
     m = cp_model.CpModel()
@@ -196,7 +196,7 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
     if upper_cost is not None:
         m.Add(cost <= int(round(upper_cost * COST_SCALE)) - (0 if concentrate else 1))
     if concentrate:
-        # Memory in slot j of a type weighs j: the load moves to low j, high j empties.
+        # A replica's size (_size) in slot j of a type weighs j: load moves to low j, high j empties.
         pos = []
         for si, (st, j) in enumerate(slots):
             for ri in by_slot.get(si, []):

@@ -42,6 +42,11 @@ def reps_for(problem: Problem, counts: dict[str, int]) -> list[Rep]:
 Order = Callable[[Rep], tuple]
 
 
+def replica_size(problem: Problem, rep: Rep) -> float:
+    """What a replica costs on the slot type where it is cheapest: the largest-first key."""
+    return min((problem.attributable_cost(rep, st) for st in problem.all_types()), default=math.inf)
+
+
 def orderings(problem: Problem, reps: list[Rep], count: int, seed: int) -> list[Order | None]:
     """Insertion orders for a multi-start greedy; ``None`` is the plain largest-first order.
 
@@ -53,7 +58,7 @@ def orderings(problem: Problem, reps: list[Rep], count: int, seed: int) -> list[
     or the sizes; the seed makes the set of orders, and so the plan, reproducible.
     """
     types = problem.all_types()
-    size = {id(r): min((problem.attributable_cost(r, st) for st in types), default=math.inf) for r in reps}
+    size = {id(r): replica_size(problem, r) for r in reps}
     hi = {id(r): max((problem.item(r, st).hi for st in types if problem.fits_alone(r, st)), default=1.0)
           for r in reps}
 
@@ -91,10 +96,6 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     slots = list(slots or [])
     reserved = reserved or {}
     types = problem.all_types()
-
-    def size(rep: Rep) -> float:
-        return min((problem.attributable_cost(rep, st) for st in types), default=math.inf)
-
     u = problem.u
     # Running sums per slot (memory, sum A, sum B, min hi, kinds, models) make each "does it fit,
     # and how full would it be" test O(1): the same test as can_add + fill, without re-summing.
@@ -102,7 +103,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     implied: dict[str, float] = defaultdict(float)
     for sl in slots:
         implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
-    for rep in sorted(reps, key=order or (lambda r: (-size(r), r.model.name, r.index))):
+    for rep in sorted(reps, key=order or (lambda r: (-replica_size(problem, r), r.model.name, r.index))):
         best, best_fill = None, math.inf
         name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
         for sl in slots:

@@ -242,7 +242,9 @@ def _choose_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]
                    emptying_first: bool) -> tuple[list[Gpu], bool]:
     """The next window and whether it is an emptying one; seeded random windows when both kinds
     are used up."""
-    kinds = [(_emptying_window(problem, gpus, tried), True), (_next_pair(problem, gpus, tried), False)]
+    fill = {id(g): _fill_of(problem, g) for g in gpus}
+    order = sorted(gpus, key=lambda g: (fill[id(g)], g.pool.name))
+    kinds = [(_emptying_window(problem, order, tried), True), (_next_pair(order, fill, tried), False)]
     for window, emptying in (kinds if emptying_first else kinds[::-1]):
         if window is not None:
             return window, emptying
@@ -254,11 +256,9 @@ def _spread(problem: Problem, gpus: list[Gpu]) -> float:
     return sum(_fill_of(problem, g) ** 2 for g in gpus)
 
 
-def _emptying_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]) -> list[Gpu] | None:
+def _emptying_window(problem: Problem, order: list[Gpu], tried: set[frozenset[int]]) -> list[Gpu] | None:
     """The emptiest GPU of a whole-GPU pool not yet tried with these partners (of the 30 emptiest)
-    and the next emptiest GPUs of its pool."""
-    fill = {id(g): _fill_of(problem, g) for g in gpus}
-    order = sorted(gpus, key=lambda g: (fill[id(g)], g.pool.name))
+    and the next emptiest GPUs of its pool; ``order`` is the GPUs, emptiest first."""
     for t in order[:30]:
         if t.pool.mig and problem.settings.use_mig:
             # MIG pools: a window with every layout's instances grows large and slow, and pair
@@ -274,10 +274,10 @@ def _emptying_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int
     return None
 
 
-def _next_pair(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]) -> list[Gpu] | None:
-    """The emptiest pair of GPUs not tried yet (among the 40 emptiest): the likeliest merge."""
-    fill = {id(g): _fill_of(problem, g) for g in gpus}
-    few = sorted(gpus, key=lambda g: (fill[id(g)], g.pool.name))[:40]
+def _next_pair(order: list[Gpu], fill: dict[int, float], tried: set[frozenset[int]]) -> list[Gpu] | None:
+    """The emptiest pair of GPUs not tried yet (among the 40 emptiest): the likeliest merge.
+    ``order`` is the GPUs emptiest first, ``fill`` their fills by ``id``."""
+    few = order[:40]
     pairs = sorted(((a, b) for i, a in enumerate(few) for b in few[i + 1:]),
                    key=lambda ab: fill[id(ab[0])] + fill[id(ab[1])])
     for a, b in pairs:
@@ -407,16 +407,14 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             gpu_of = {id(s): g for g in kept for s in g.slots}
             slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)
             new_slots = [s for s in slots if id(s) not in gpu_of]
-            gpus = kept + to_gpus(problem, new_slots)
+            gpus = consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
         else:
-            gpus = multi_start(problem, reps_for(problem, counts), reserved, t0, deadline)
+            gpus = multi_start(problem, reps_for(problem, counts), reserved, t0, deadline)  # consolidated
     except NoRoom as e:
         raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
                         "or lower headroom") from None
     if progress:
         progress("greedy", time.monotonic() - t0)
-    gpus = consolidate(problem, gpus, deadline)
-    if progress:
         progress("consolidated", time.monotonic() - t0)
     gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]

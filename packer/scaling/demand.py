@@ -154,13 +154,14 @@ def _slope(samples: tuple[tuple[float, float], ...], z: float = 0.0) -> float:
     return max(0.0, slope - z * se)
 
 
-def sized_load(sig: Signals, plan: Plan, m: Model, overloaded: bool) -> float:
+def sized_load(sig: Signals, plan: Plan, m: Model, overloaded: bool, cap: float) -> float:
     """The rate the scale-up sizes ``m`` for: its arrivals, the same measure the re-plans pack
     for, unless the model is overloaded; then the Little's-law rate (concurrency over the sojourn,
     :func:`load_rps`), which keeps rising past capacity where a real server's throughput (its
     reported "arrivals") saturates. Overloaded: queue time past the alarm (``overloaded``), or
     the Little's-law rate above what the replicas hold under round-robin while arrivals fill at
-    least :data:`NEAR_FULL` of it (the queue is growing).
+    least :data:`NEAR_FULL` of it (the queue is growing). ``cap`` is that round-robin capacity
+    (:func:`share_capacity`), which the caller has at hand.
 
     Why not Little's law always: concurrency over the *planned* sojourn reads above arrivals
     whenever a slot batches later than the plan assumed (punct models read 3-9x on the diurnal
@@ -170,10 +171,9 @@ def sized_load(sig: Signals, plan: Plan, m: Model, overloaded: bool) -> float:
     model within SLO, 96.8 % on arrivals alone). A batch model's queue fills toward its preferred
     batch by design (its concurrency is a sawtooth), so it is always sized by arrivals.
     """
-    if m is None or not m.streaming:
+    if not m.streaming:
         return sig.arrival_rps
     littles = load_rps(sig, sojourn_s(plan, m.name), run_s(plan, m.name))
-    cap = share_capacity(plan, m.name)
     # Over capacity by concurrency counts only once arrivals fill 85 % of it too: punct-en at
     # 110 rps in a re-plan's tight 187.7 rps read 300 by concurrency, a batching artefact.
     busy = sig.arrival_rps >= NEAR_FULL * cap
@@ -229,7 +229,7 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
         queue_late = late = False
         if sig is not None:
             queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms
-            load_now = sized_load(sig, plan, m, queue_late)
+            load_now = sized_load(sig, plan, m, queue_late, cap)
             samples = samples + ((now, load_now),)
             history = tuple(x for x in history + ((now, sig.arrival_rps),) if x[0] > now - w.scale_down_s + EPS)
             late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.stable_s)

@@ -379,6 +379,27 @@ def greedy_baseline(fleet: Fleet, settings: PlanSettings) -> Baseline:
                     "best-fit-decreasing squishy packing, whole GPUs, time-slicing only")
 
 
+def _prove(problem: Problem, cost: float, multi_cost: float, reserved: dict[str, int], lb: float, method: str,
+           seconds: float, progress: Progress | None, t0: float) -> tuple[float, str]:
+    """Raise the bound by the exact search for a cheaper plan (``prove.py``), where it can run."""
+    from packer.planner.prove import prove
+
+    if progress:
+        progress("proving", time.monotonic() - t0)
+    proof = prove(problem, cost - multi_cost, reserved, lb - multi_cost, seconds)
+    if proof is None:
+        return lb, method + "; exact search skipped: fleet too large for it"
+    ruled = len(proof.ruled_out)
+    if proof.optimal:
+        return cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU purchase(s) ruled out "
+                      f"by CP-SAT in {proof.seconds:.0f} s)")
+    if proof.bound + multi_cost > lb + 1e-6:
+        return proof.bound + multi_cost, (f"exact search: {ruled} cheaper purchase(s) ruled out, "
+                                          f"{len(proof.open)} open after {proof.seconds:.0f} s")
+    extra = "; ".join(proof.notes) or f"{len(proof.open)} purchase(s) not settled in {proof.seconds:.0f} s"
+    return lb, method + f"; exact search: {extra}"
+
+
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
                progress: Progress | None = None) -> Plan:
     """Plan a fleet: the cheapest packing found within the time limit, with a bound and baselines."""
@@ -423,6 +444,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         progress("bound", time.monotonic() - t0)
     lb, method = lower_bound(problem, multi_cost, time_limit=max(1.5, (0.4 if large else 0.45) * limit))
     cost = cost_of(problem, gpu_counts(problem, gpus))
+    if settings.prove_s > 0 and lb < cost - 1e-6:
+        lb, method = _prove(problem, cost, multi_cost, reserved, lb, method, settings.prove_s, progress, t0)
     # CP-SAT's own bound holds only over the packings its model can express (the replica counts
     # it is offered, compute in thousandths rounded up), not over every plan, so it is reported
     # but never taken as the lower bound: only the relaxation proves a plan optimal.

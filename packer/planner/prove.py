@@ -1,0 +1,324 @@
+"""An exact search for a cheaper plan: when it finds none, the plan is proven optimal.
+
+The aggregate relaxation (``bound.py``) pools the time and memory of all slots of a kind, so it
+does not see bin packing: on the multilingual example it lets six L4s carry streaming load that no
+packing fits onto six, and reports a gap that may or may not be real. This module asks CP-SAT the
+exact question for fleets small enough to answer it: *can any plan be bought for less?*
+
+Every plan buys whole GPUs, so a cheaper plan fits inside one of the *maximal purchases* that cost
+less than the plan (GPU counts per pool where one more GPU of any pool would cost as much as the
+plan, or exceed the pool). Purchases cheaper than the relaxation's bound need no search. For each
+other one, a CP-SAT model asks whether the fleet fits on it. The model is a relaxation of the
+planning problem, so an infeasible answer is a proof:
+
+* a model runs ``n`` replicas, any ``n`` from ``min_replicas`` up to one per GPU, each at the rate
+  ``rho = peak / n`` the router gives it: one integer ``n`` and one integer rate per model,
+  linked by ``n * rho >= Q - n`` (``rho`` in ``peak / Q`` units, rounded down). Replicas of a model
+  are one Boolean per slot, not one per replica, so no permutations of them are searched, and no
+  replica count has to be enumerated;
+* the GPUs of the purchase, each cut into the whole GPU or a maximal MIG layout (a smaller layout's
+  instances are a subset of a maximal one's);
+* per slot: memory (weights rounded down, capacity up); one replica of a model; mixed workload
+  kinds only where the pool time-slices; the duty cycle lies in one cell ``(D_(k-1), D_k]`` of a
+  geometric grid; a member's rate must let its own cycle limit exceed ``D_(k-1)`` (SLO and
+  ``max_batch``), and it is charged ``A / D_k + per * rho`` of the cycle, never more than at the
+  real cycle, rounded down;
+* replicas of a model in a pool at most the pool's GPUs; slots of one type are interchangeable, so
+  they are ordered by memory.
+
+Whatever a real plan satisfies, this model satisfies too, so "infeasible" on every purchase means
+no plan costs less. The proof covers the planning problem as the planner states it: the slot maths
+of ``docs/slot-maths.md`` and traffic spread evenly over a model's replicas.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from ortools.sat.python import cp_model
+
+from packer.fleet import Model
+from packer.planner.cpsat import _layouts
+from packer.planner.model import Problem
+from packer.slot import SlotType, latency_scale
+
+GRID = 1.02
+"""Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
+its fixed per-batch time goes uncounted; a finer grid makes the model larger."""
+SCALE = 1_000_000
+"""Compute units per duty cycle."""
+Q = 10_000
+"""Rate units per model: ``rho = Q`` is the model's whole peak."""
+MAX_SLOTS = 60
+MAX_MODELS = 60
+MAX_PURCHASES = 12
+
+
+@dataclass(frozen=True)
+class Proof:
+    bound: float
+    """A lower bound on what the shared models' GPUs cost in every plan (per hour)."""
+    optimal: bool
+    """No plan costs less than the one given."""
+    ruled_out: tuple[dict[str, int], ...] = ()
+    """Purchases shown too small for the fleet."""
+    open: tuple[dict[str, int], ...] = ()
+    """Purchases the search could not settle in its time."""
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+def _cell(hi: float) -> int:
+    """The grid cell ``k`` with ``hi`` in ``(GRID^(k-1), GRID^k]``."""
+    k = math.ceil(math.log(hi) / math.log(GRID))
+    while GRID ** k < hi:
+        k += 1
+    while GRID ** (k - 1) >= hi:
+        k -= 1
+    return k
+
+
+def maximal_purchases(prices: dict[str, float], limits: dict[str, int], below: float) -> list[dict[str, int]]:
+    """GPU counts per pool costing less than ``below`` to which no GPU can be added."""
+    names = [n for n in prices if limits.get(n, 0) > 0]
+    out = []
+    for combo in itertools.product(*(range(limits[n] + 1) for n in names)):
+        c = sum(k * prices[n] for k, n in zip(combo, names))
+        if c >= below - 1e-9:
+            continue
+        if all(k == limits[n] or c + prices[n] >= below - 1e-9 for k, n in zip(combo, names)):
+            out.append(dict(zip(names, combo)))
+    return out
+
+
+def purchase_cost(prices: dict[str, float], counts: dict[str, int]) -> float:
+    return sum(prices[n] * k for n, k in counts.items())
+
+
+def prove(problem: Problem, cost: float, reserved: dict[str, int], lower: float, time_limit: float) -> Proof | None:
+    """Look for a packing of the shared models on GPUs that cost less than ``cost``.
+
+    ``cost`` and ``lower`` count the shared models' GPUs only (multi-GPU replicas are planned
+    exactly beforehand and hold ``reserved`` GPUs of each pool). Returns None when the fleet is too
+    large for the exact model or has too many purchases to rule out.
+    """
+    t0 = time.monotonic()
+    fleet = problem.fleet
+    if len(problem.shared_models) > MAX_MODELS:
+        return None
+    prices = {p.name: p.cost_per_gpu_hour for p in fleet.pools}
+    limits = {p.name: min(p.max_gpus - reserved.get(p.name, 0), int(cost / p.cost_per_gpu_hour + 1e-9))
+              for p in fleet.pools}
+    if math.prod(v + 1 for v in limits.values()) > 100_000:
+        return None
+    # Purchases the relaxation already rules out (a plan on them would cost less than its bound).
+    todo = [c for c in maximal_purchases(prices, limits, cost) if purchase_cost(prices, c) >= lower - 1e-9]
+    if len(todo) > MAX_PURCHASES:
+        return None
+    ruled, open_, notes = [], [], []
+    # Two rounds: a short look at every purchase settles the easy ones, the rest share what is left.
+    pending = sorted(todo, key=lambda c: purchase_cost(prices, c))
+    for rnd in (0, 1):
+        still = []
+        for i, counts in enumerate(pending):
+            left = time_limit - (time.monotonic() - t0)
+            share = left / (len(pending) - i) / (4 if rnd == 0 and len(pending) > 1 else 1)
+            verdict = fits(problem, counts, share) if share > 0.05 else None
+            if verdict is False:
+                ruled.append(counts)
+            elif verdict is True:
+                open_.append(counts)
+                notes.append("the exact model fits the fleet on " + _fmt(counts) + "; a cheaper plan may exist")
+            else:
+                still.append(counts)
+        pending = still
+        if not pending or rnd == 1 and not still:
+            break
+    open_ += pending
+    bound = lower
+    if not open_:
+        bound = cost
+    else:
+        # The cheapest purchase (at or above the relaxation's bound) inside some unsettled one.
+        sub = [purchase_cost(prices, dict(zip(o, combo))) for o in open_
+               for combo in itertools.product(*(range(k + 1) for k in o.values()))]
+        bound = max(lower, min((c for c in sub if c >= lower - 1e-9), default=lower))
+    return Proof(bound, not open_, tuple(ruled), tuple(open_), time.monotonic() - t0, notes)
+
+
+def _fmt(counts: dict[str, int]) -> str:
+    return " + ".join(f"{k} {n}" for n, k in counts.items() if k) or "no GPUs"
+
+
+def _slots(problem: Problem, counts: dict[str, int]) -> list[tuple[SlotType, int]]:
+    slots = []
+    for name, g in counts.items():
+        if g <= 0:
+            continue
+        layouts = _layouts(problem, name)
+        for st in problem.types[name]:
+            per_gpu = max(c[st.profile] for _, c, _ in layouts)
+            slots += [(st, j) for j in range(g * per_gpu)]
+    return slots
+
+
+def _can_host(m: Model, st: SlotType, u: float) -> bool:
+    """Could a replica of ``m`` at a vanishing rate fit this slot alone?"""
+    if m.memory_gb > st.memory_gb + 1e-9:
+        return False
+    A = sum(latency_scale(m, st))
+    return m.slo_ms > A and A / (m.slo_ms - A) <= u
+
+
+def fits(problem: Problem, counts: dict[str, int], time_limit: float) -> bool | None:
+    """Does the relaxed exact model fit the shared models on these GPUs? None: not settled."""
+    fleet = problem.fleet
+    slots = _slots(problem, counts)
+    if len(slots) > MAX_SLOTS:
+        return None
+    mdl = cp_model.CpModel()
+    z, layouts_of = {}, {}
+    for name, g in counts.items():
+        if g <= 0:
+            continue
+        layouts_of[name] = _layouts(problem, name)
+        for lname, _, _ in layouts_of[name]:
+            z[(name, lname)] = mdl.NewIntVar(0, g, f"z[{name},{lname}]")
+        mdl.Add(sum(z[(name, l)] for l, _, _ in layouts_of[name]) <= g)
+    active: dict[str, list] = defaultdict(list)
+    for st, j in slots:
+        active[st.key].append(mdl.NewBoolVar(f"a[{st.key},{j}]"))
+    for key, acts in active.items():
+        for a, b in zip(acts, acts[1:]):
+            mdl.AddImplication(b, a)
+        st = next(s for s, _ in slots if s.key == key)
+        mdl.Add(sum(acts) <= sum(c[st.profile] * z[(st.pool.name, l)] for l, c, _ in layouts_of[st.pool.name]))
+
+    gpus = sum(g for g in counts.values() if g > 0)
+    x: dict[tuple[str, int], cp_model.IntVar] = {}
+    rho: dict[str, cp_model.IntVar] = {}
+    for m in problem.shared_models:
+        peak = m.traffic.peak_rps
+        lo = max(m.min_replicas, 1 if peak > 0 else 0)
+        if lo == 0:
+            continue
+        xs = []
+        for si, (st, _) in enumerate(slots):
+            if _can_host(m, st, problem.u):
+                x[(m.name, si)] = v = mdl.NewBoolVar(f"x[{m.name},{si}]")
+                xs.append(v)
+        hi = min(gpus, len(xs), m.max_replicas or gpus)
+        if hi < lo:
+            return False
+        n = mdl.NewIntVar(lo, hi, f"n[{m.name}]")
+        mdl.Add(sum(xs) == n)
+        rho[m.name] = r = mdl.NewIntVar(0, Q // lo, f"rho[{m.name}]")
+        if peak > 0:
+            # rho = floor(Q / n) in a real plan, so n * rho >= Q - n.
+            prod = mdl.NewIntVar(0, Q * hi, "")
+            mdl.AddMultiplicationEquality(prod, [n, r])
+            mdl.Add(prod >= Q - n)
+
+    by_slot: dict[int, list[str]] = defaultdict(list)
+    for name, si in x:
+        by_slot[si].append(name)
+    mem_used: dict[int, object] = {}
+    u_cap = math.floor(SCALE * problem.u) + 1
+    for si, (st, j) in enumerate(slots):
+        a = active[st.key][j]
+        names = by_slot.get(si, [])
+        if not names:
+            mdl.Add(a == 0)
+            mem_used[si] = 0
+            continue
+        for name in names:
+            mdl.AddImplication(x[(name, si)], a)
+        mem = sum(math.floor(fleet.model(name).memory_gb * 1000) * x[(name, si)] for name in names)
+        mdl.Add(mem <= math.floor(st.memory_gb * 1000 + 1e-6))
+        mem_used[si] = mem
+        if not st.pool.time_slicing:
+            kinds = {fleet.model(name).kind for name in names}
+            if len(kinds) > 1:
+                kb = mdl.NewBoolVar("")
+                for name in names:
+                    mdl.AddImplication(x[(name, si)], kb if fleet.model(name).kind == "batch" else kb.Not())
+        # The slot's cycle is at most its tightest member's limit, which is some member's limit at
+        # some replica count: one cell per such limit.
+        prof = {}
+        cells: set[int] = set()
+        for name in names:
+            m = fleet.model(name)
+            base, per = latency_scale(m, st)
+            prof[name] = (m, base + per, per)
+            for k in range(max(m.min_replicas, 1), gpus + 1):
+                h = _limit(m, base + per, per, m.traffic.peak_rps / k)
+                if h > 0:
+                    cells.add(_cell(h))
+        cv = {k: mdl.NewBoolVar("") for k in sorted(cells)}
+        mdl.Add(sum(cv.values()) == a)
+        w = {}
+        for name, (m, A, per) in prof.items():
+            peak = m.traffic.peak_rps
+            xv, r = x[(name, si)], rho[name]
+            coef = math.floor(SCALE * per * peak / (Q * 1000.0))
+            if coef > 0:
+                w[name] = mdl.NewIntVar(0, SCALE, "")
+                mdl.Add(w[name] >= coef * r - coef * Q * (1 - xv))
+            allow = []
+            for k, c in cv.items():
+                rmax = _max_rate(m, A, per, GRID ** (k - 1))
+                if rmax <= 0 or math.floor(SCALE * A / GRID ** k) > u_cap:
+                    mdl.AddImplication(xv, c.Not())
+                    continue
+                allow.append((k, c, min(Q, math.floor(rmax * Q / peak)) if peak > 0 else Q))
+            if not allow:
+                mdl.Add(xv == 0)
+                continue
+            mdl.Add(r <= sum(cap * c for _, c, cap in allow) + Q * (1 - xv))
+        for k, c in cv.items():
+            fixed = sum(math.floor(SCALE * prof[n][1] / GRID ** k) * x[(n, si)] for n in names)
+            mdl.Add(fixed + sum(w.values()) <= u_cap).OnlyEnforceIf(c)
+    for si in range(len(slots) - 1):
+        if slots[si][0].key == slots[si + 1][0].key and not isinstance(mem_used[si + 1], int):
+            mdl.Add(mem_used[si] >= mem_used[si + 1])
+    for name in layouts_of:
+        gp = sum(z[(name, l)] for l, _, _ in layouts_of[name])
+        per_model: dict[str, list] = defaultdict(list)
+        for (mname, si), v in x.items():
+            if slots[si][0].pool.name == name:
+                per_model[mname].append(v)
+        for vs in per_model.values():
+            if len(vs) > 1:
+                mdl.Add(sum(vs) <= gp)
+
+    solver = cp_model.CpSolver()
+    solver.parameters.max_deterministic_time = time_limit
+    solver.parameters.max_time_in_seconds = 2 * time_limit + 1
+    solver.parameters.num_workers = 1
+    code = solver.Solve(mdl)
+    if code == cp_model.INFEASIBLE:
+        return False
+    if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return True
+    return None
+
+
+def _limit(m: Model, A: float, per: float, rate: float) -> float:
+    """A replica's largest admissible duty cycle (ms) at ``rate`` rps (``packer.slot.item``)."""
+    h = (m.slo_ms - A) / (1.0 + per * rate / 1000.0)
+    if rate > 0:
+        h = min(h, (m.max_batch - 1) * 1000.0 / rate if m.max_batch > 1 else 1000.0 / rate)
+    return h
+
+
+def _max_rate(m: Model, A: float, per: float, d: float) -> float:
+    """The largest rate (rps) at which a replica's own limit exceeds ``d`` ms: SLO and max_batch."""
+    if d <= 0:
+        return math.inf
+    r = ((m.slo_ms - A) / d - 1.0) * 1000.0 / per if per > 0 else math.inf
+    mb = (m.max_batch - 1) * 1000.0 / d if m.max_batch > 1 else 1000.0 / d
+    return min(r, mb)

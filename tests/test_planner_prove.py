@@ -1,0 +1,85 @@
+"""The exact search for a cheaper plan: it closes gaps the relaxation leaves, and never rules out a
+purchase on which a real plan exists (that would be a false proof)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+
+from packer.check import check_plan
+from packer.errors import UserError
+from packer.fleet import FleetError, parse_fleet
+from packer.planner import PlanSettings, plan_fleet
+from packer.planner.model import Problem
+from packer.planner.prove import fits, maximal_purchases, prove
+from test_planner import fleets
+
+L4 = {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 0.8,
+      "sharing": ["time-slicing"]}
+
+
+def _model(name: str, memory_gb: float, rps: float, **extra) -> dict:
+    return {"name": name, "kind": "streaming", "memory_gb": memory_gb, "traffic": {"rps": rps, "peak_rps": rps},
+            "slo_ms": 200, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1}, "max_batch": 32,
+            "min_replicas": 1} | extra
+
+
+def test_maximal_purchases_are_the_largest_that_cost_less():
+    # multilingual: A100s at 4.10, L4s at 0.80, a plan at 9.70/h
+    got = maximal_purchases({"a100": 4.1, "l4": 0.8}, {"a100": 2, "l4": 12}, 9.70)
+    assert sorted(tuple(c.values()) for c in got) == [(0, 12), (1, 6), (2, 1)]
+    assert maximal_purchases({"l4": 0.8}, {"l4": 3}, 0.8) == [{"l4": 0}]
+
+
+def test_memory_fragmentation_the_relaxation_pools_away_is_proven():
+    # Three idle 13 GB models: the relaxation pools 39 GB into two 22.5 GB L4s (1.60/h), but no
+    # L4 holds two of them, so three are needed (2.40/h).
+    doc = {"name": "three", "pools": [L4], "models": [_model(n, 13, 1) for n in "abc"]}
+    fleet = parse_fleet(doc)
+    plain = plan_fleet(fleet, PlanSettings(time_limit_s=1))
+    assert plain.cost_per_hour == pytest.approx(2.4)
+    assert plain.lower_bound_cost_per_hour == pytest.approx(1.6)
+    proven = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=10))
+    assert proven.status == "optimal" and proven.gap == pytest.approx(0)
+    assert proven.bound_method.startswith("exact search: no cheaper plan exists")
+    assert check_plan(proven) == []
+
+
+def test_compute_the_relaxation_pools_away_is_proven():
+    # Three models of 450 rps: each takes 6/134 + 0.45 = 49.5 % of an L4's cycle alone and may not be split (max_replicas 1):
+    # pooled, 1.5 cycles fit two L4s at 85 %; no L4 runs two of them, so three are needed.
+    doc = {"name": "halves", "pools": [L4], "models": [_model(n, 1, 450, max_replicas=1, max_batch=64) for n in "abc"]}
+    fleet = parse_fleet(doc)
+    problem = Problem(fleet, PlanSettings())
+    plan = plan_fleet(fleet, PlanSettings(time_limit_s=1))
+    assert plan.cost_per_hour == pytest.approx(2.4)
+    assert plan.lower_bound_cost_per_hour < 2.4 - 1e-6
+    assert fits(problem, {"l4": 2}, 10) is False
+    assert fits(problem, {"l4": 3}, 10) is True
+    proof = prove(problem, 2.4, {}, plan.lower_bound_cost_per_hour, 10)
+    assert proof is not None and proof.optimal and proof.bound == pytest.approx(2.4)
+
+
+def test_the_same_models_split_into_replicas_need_fewer_gpus():
+    # Allowed two replicas each, the same three models run six half-rate replicas (26 % each),
+    # three per L4:
+    # the search must not rule two L4s out.
+    doc = {"name": "halves", "pools": [L4], "models": [_model(n, 1, 450, max_batch=64) for n in "abc"]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    assert fits(problem, {"l4": 2}, 10) is not False
+
+
+@settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(fleets())
+def test_every_plan_fits_the_exact_model(doc):
+    # The model is a relaxation of planning: the GPUs a real plan bought must never be ruled out.
+    try:
+        fleet = parse_fleet(doc)
+        plan = plan_fleet(fleet, PlanSettings(time_limit_s=0.5, seed=1))
+    except (FleetError, UserError):
+        assume(False)
+    problem = Problem(fleet, PlanSettings())
+    assert fits(problem, dict(plan.gpus), 5) is not False, plan.gpus
+    proof = prove(problem, plan.cost_per_hour, {}, 0.0, 5)
+    if proof is not None:
+        assert proof.bound <= plan.cost_per_hour + 1e-6

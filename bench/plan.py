@@ -4,6 +4,8 @@
                                              # generated 50/500/2000-model fleets
     python bench/plan.py --only 50,500       # a subset
     python bench/plan.py --json out.json
+    python bench/plan.py --prove 180 --only multilingual-meetings,multilingual-meetings:mig-only
+                                             # with the exact search that can prove optimality
 
 Each fleet is planned in a fresh process so that its peak resident memory (ru_maxrss, which
 includes OR-Tools' C++ heap) is its own.
@@ -56,7 +58,7 @@ def generated_fleet(n: int, seed: int = 0) -> dict:
     return {"name": f"generated-{n}", "pools": pools, "models": models}
 
 
-def run_one(name: str) -> dict:
+def run_one(name: str, prove_s: float = 0.0) -> dict:
     from packer.fleet import load_fleet, parse_fleet
     from packer.planner import plan_fleet
 
@@ -70,7 +72,9 @@ def run_one(name: str) -> dict:
 
         fleet = replace(fleet, name=f"{fleet.name} (MIG pools)", pools=tuple(p for p in fleet.pools if p.mig))
     t0 = time.perf_counter()
-    plan = plan_fleet(fleet)
+    from packer.planner import PlanSettings
+
+    plan = plan_fleet(fleet, PlanSettings(prove_s=prove_s))
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -87,10 +91,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated example names or model counts")
     ap.add_argument("--json", help="write the rows here too")
+    ap.add_argument("--prove", type=float, default=0.0, metavar="SECONDS",
+                    help="also run the exact search (packer plan --prove) for up to SECONDS per fleet")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one)))
+        print(json.dumps(run_one(args.one, args.prove)))
         return
     names = args.only.split(",") if args.only else EXAMPLES + MIG_ONLY + ["50", "500", "2000"]
     rows = []
@@ -98,7 +104,7 @@ def main() -> None:
            f"{'peak MB':>8} {'dedicated':>10} {'greedy':>9} {'vs greedy':>9}")
     print(hdr)
     for n in names:
-        out = subprocess.run([sys.executable, __file__, "--one", n], capture_output=True, text=True, cwd=ROOT)
+        out = subprocess.run([sys.executable, __file__, "--one", n, "--prove", str(args.prove)], capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             print(f"{n}: failed\n{out.stderr[-2000:]}")
             continue

@@ -83,3 +83,17 @@ def test_every_plan_fits_the_exact_model(doc):
     proof = prove(problem, plan.cost_per_hour, {}, 0.0, 5)
     if proof is not None:
         assert proof.bound <= plan.cost_per_hour + 1e-6
+
+
+def test_cli_prove_reports_the_proof_and_rejects_negative_seconds(tmp_path, capsys):
+    import yaml
+
+    from packer.cli import main
+
+    p = tmp_path / "three.yaml"
+    p.write_text(yaml.safe_dump({"name": "three", "pools": [L4], "models": [_model(n, 13, 1) for n in "abc"]}))
+    assert main(["plan", str(p), "--time-limit", "1", "--prove", "10"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "exact search: no cheaper plan exists" in out and "gap 0.0%" in out
+    assert main(["plan", str(p), "--prove", "-1"]) == 2
+    assert "--prove -1.0: must be 0 or more seconds" in capsys.readouterr().err

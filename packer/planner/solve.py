@@ -446,9 +446,10 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s > 0 and lb < cost - 1e-6:
         lb, method = _prove(problem, cost, multi_cost, reserved, lb, method, settings.prove_s, progress, t0)
-    # CP-SAT's own bound holds only over the packings its model can express (the replica counts
-    # it is offered, compute in thousandths rounded up), not over every plan, so it is reported
-    # but never taken as the lower bound: only the relaxation proves a plan optimal.
+    # The improving CP-SAT model's own bound holds only over the packings it can express (the
+    # replica counts it is offered, compute in thousandths rounded up), not over every plan, so it
+    # is reported but never taken as the lower bound: only the relaxation and the exact search
+    # (whose model relaxes planning, prove.py) prove a plan optimal.
     if status == "optimal" and lb < cost - 1e-6:
         method += "; CP-SAT found no cheaper packing among the replica counts it searched"
     status = "optimal" if lb >= cost - 1e-6 else "feasible"

@@ -69,7 +69,7 @@ def test_the_same_models_split_into_replicas_need_fewer_gpus():
     assert fits(problem, {"l4": 2}, 10) is not False
 
 
-@settings(deadline=None, max_examples=15, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(fleets())
 def test_every_plan_fits_the_exact_model(doc):
     # The model is a relaxation of planning: the GPUs a real plan bought must never be ruled out.

@@ -161,3 +161,16 @@ def test_full_pools_are_a_user_error(multilingual):
     small = replace(multilingual, pools=tuple(replace(p, max_nodes=1, gpus_per_node=1) for p in multilingual.pools))
     with pytest.raises(UserError, match="does not fit"):
         plan_fleet(small, PlanSettings(time_limit_s=1))
+
+
+def test_bounds_round_up_to_whole_gpus():
+    from packer.planner.bound import whole_gpus
+
+    # long-tail's prices: A100-40 at 3.67/h, L4 at 0.80/h. 25.366 is not a purchase; the cheapest
+    # purchase costing at least that is 3 A100 + 18 L4 = 25.41.
+    assert whole_gpus([(3.67, 32), (0.8, 64)], 25.366) == pytest.approx(25.41)
+    # already a purchase (1 A100 + 6 L4), up to the LP's rounding noise: unchanged
+    assert whole_gpus([(4.1, 32), (0.8, 32)], 8.900000000000139) == pytest.approx(8.9)
+    # pool limits count: with at most 2 L4s, 2.0 needs an A100
+    assert whole_gpus([(4.1, 1), (0.8, 2)], 2.0) == pytest.approx(4.1)
+    assert whole_gpus([], 3.0) == 3.0

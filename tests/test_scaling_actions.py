@@ -88,3 +88,35 @@ def test_reshare_keeps_the_sizing_when_a_slot_cannot_take_it():
     assert same is plan and acts == []
     lower, acts = reshare(plan, "asr-a", 100.0, "less")
     assert [a.rate_rps for a in acts] == [100.0] and lower.placements[0].models[0].rate_rps == 100.0
+
+
+def test_backlog_while_a_scale_up_is_on_its_way():
+    from packer.scaling.up import backlog
+
+    # 0.40 rps held and asked, rising 0.0001 rps/s, a new node 400 s away: 0.0001 * 400^2 / 2 = 8
+    assert backlog(0.40, 0.0001, 0.40, 400) == pytest.approx(8.0)
+    # below capacity until t0 = 100 s, then 0.01 * (300)^2 / 2 = 450 (e0 = -1)
+    assert backlog(9.0, 0.01, 10.0, 400) == pytest.approx(-1 * 300 + 0.01 * (400 ** 2 - 100 ** 2) / 2)
+    assert backlog(5.0, 0.0, 10.0, 400) == 0.0
+    assert backlog(12.0, 0.0, 10.0, 60) == pytest.approx(120.0)
+
+
+def test_a_batch_model_waits_for_a_cheap_gpu_a_streaming_model_does_not():
+    # Measured on the diurnal day: diarize-en (5-minute SLO) at capacity took a free A100 GPU at
+    # 4.10/h for 5 hours rather than an L4 on a new node at 0.80/h, and the day cost more than static.
+    from packer.scaling.actions import SplitOut
+    from packer.scaling.demand import Demand
+    from packer.scaling.room import SlotRef
+    from packer.scaling.up import _Candidate, _pick
+
+    def cand(price: float, lead: float) -> _Candidate:
+        a = SplitOut(reason="", cost_per_hour=price, ready_in_s=lead, model="m",
+                     slot=SlotRef("p", "n", 0, "whole", 0), rate_rps=0.2, new_gpu=True)
+        return _Candidate(a, 0.8, 0.4)
+
+    fast_dear, slow_cheap = cand(4.1, 16), cand(0.8, 376)
+    d = Demand("m", capacity=0.4, load=0.4, want=0.47, want_down=0.4, slope=0.0001, panic=False, may_shrink=False)
+    # queued during 376 s: 0.0001 * 376^2 / 2 = 7.1 requests, 18 s of work at 0.4 rps: within 150 s
+    assert _pick([fast_dear, slow_cheap], d, have=0.4, slo_ms=300_000) is slow_cheap
+    # the same numbers for a 200 ms streaming model: the fast one
+    assert _pick([fast_dear, slow_cheap], d, have=0.4, slo_ms=200) is fast_dear

@@ -166,14 +166,45 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     return out
 
 
-def _pick(cands: list[_Candidate], d: Demand, have: float) -> _Candidate | None:
-    """Cheapest per useful rps among actions that land before the forecast load passes what the
-    model holds now; if none does, the fastest (SLO risk during the cold start beats cost)."""
+QUEUE_SLO_SHARE = 0.5
+"""While a scale-up is on its way, the requests above capacity queue. An action is safe when the
+oldest of them would still wait at most this share of the model's SLO once it serves (the rest is
+left for the batch's own run time)."""
+
+
+def backlog(load: float, slope: float, have: float, lead_s: float) -> float:
+    """Requests queued above capacity ``have`` over ``lead_s`` seconds of load ``load + slope t``.
+
+    Example: 0.40 rps held, 0.40 asked, rising 0.0001 rps/s, a node 400 s away: the excess grows
+    from 0 to 0.04 rps, so 8 requests queue.
+    """
+    e0 = load - have
+    if slope <= 0:
+        return max(0.0, e0) * lead_s
+    t0 = max(0.0, -e0 / slope)
+    if t0 >= lead_s:
+        return 0.0
+    return e0 * (lead_s - t0) + slope * (lead_s ** 2 - t0 ** 2) / 2.0
+
+
+def _pick(cands: list[_Candidate], d: Demand, have: float, slo_ms: float = 0.0) -> _Candidate | None:
+    """Cheapest per useful rps among actions that land before the requests queued above the
+    model's capacity would miss its SLO (for a 100 ms streaming model: before the load passes the
+    capacity at all; a batch model with a 5-minute SLO can wait for a cheap GPU's new node); if
+    none does, the fastest (SLO risk during the cold start beats cost)."""
     if not cands:
         return None
     if d.late:  # requests are late now: the fastest fix
         return min(cands, key=lambda c: (c.action.ready_in_s, c.action.cost_per_hour / max(c.useful, EPS), -c.useful))
-    safe = [c for c in cands if d.load + d.slope * c.action.ready_in_s <= have + EPS]
+    wait_s = QUEUE_SLO_SHARE * slo_ms / 1000.0
+
+    def safe_(c: _Candidate) -> bool:
+        lead = c.action.ready_in_s
+        if d.load + d.slope * lead <= have + EPS:
+            return True
+        return have > EPS and backlog(d.load, d.slope, have, lead) / have <= wait_s
+
+    safe = [c for c in cands if safe_(c)]
     if safe:
         return min(safe, key=lambda c: (c.action.cost_per_hour / max(c.useful, EPS), c.action.ready_in_s, -c.useful))
     return min(cands, key=lambda c: (c.action.ready_in_s, c.action.cost_per_hour / max(c.useful, EPS), -c.useful))
@@ -206,7 +237,7 @@ def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: 
             return actions + acts, plan
         if model.max_replicas is not None and n >= model.max_replicas:
             break
-        c = _pick(_candidates(plan, model, have, demands, settings, starting), d, have)
+        c = _pick(_candidates(plan, model, have, demands, settings, starting), d, have, model.slo_ms)
         if c is None:
             break
         plan = _take(plan, c.action, settings, starting)
@@ -235,7 +266,7 @@ def relieve(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: S
     have = share_capacity(plan, model.name)
     moves = [c for c in _candidates(plan, model, have, demands, settings, starting)
              if getattr(c.action, "replaces", None) is not None]
-    c = _pick(moves, d, have)
+    c = _pick(moves, d, have, model.slo_ms)
     if c is None:
         return [], plan
     plan = _take(plan, c.action, settings, starting)

@@ -10,7 +10,8 @@ fleet's peak at the same headroom. A real policy does worse: it does not see the
 ramp by a node's cold start, pays for make-before-break migrations and keeps a stabilisation window.
 So if this oracle cannot save X % of the static plan's GPU-hours, no policy can at that headroom
 (up to the planner's own optimality gap on each step). "cost bound" adds up each step's proven
-lower bound on cost: no policy, however clever its packing, pays less than that for the day.
+lower bound on cost: a step-wise re-planner on the same steps, however clever its packing, pays no
+less than that for the day (the relaxation's bound, so loose: it says little more than the plans).
 
 Issue #5 asks for 30 % fewer GPU-hours than the static peak plan on the diurnal day.
 """

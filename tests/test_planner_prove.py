@@ -97,3 +97,36 @@ def test_cli_prove_reports_the_proof_and_rejects_negative_seconds(tmp_path, caps
     assert "exact search: no cheaper plan exists" in out and "gap 0.0%" in out
     assert main(["plan", str(p), "--prove", "-1"]) == 2
     assert "--prove -1.0: must be 0 or more seconds" in capsys.readouterr().err
+
+
+def test_no_false_proof_when_multi_gpu_models_could_sit_elsewhere():
+    # Found in review: big (2 GPUs per replica) takes both L4s, so small goes to an A100 (5.70/h).
+    # Placing big on the two T4s instead leaves an L4 for small: 2.50/h. The search must not take
+    # the multi-GPU models' pools from this plan, nor their greedy cost as a floor.
+    pools = [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 0.8,
+              "sharing": ["time-slicing"]},
+             {"name": "t4", "gpu": "t4-16gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 0.85,
+              "sharing": ["time-slicing"]},
+             {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 4.1,
+              "sharing": ["time-slicing"]}]
+
+    def batch(name: str, mem: float, gpr: int) -> dict:
+        return {"name": name, "kind": "batch", "memory_gb": mem, "traffic": {"rps": 1, "peak_rps": 1},
+                "slo_ms": 60000, "latency_ms": {"gpu": "l4-24gb", "base": 50, "per_item": 1}, "max_batch": 8,
+                "min_replicas": 1, "gpus_per_replica": gpr}
+
+    fleet = parse_fleet({"name": "m", "pools": pools, "models": [batch("big", 28, 2), batch("small", 20, 1)]})
+    plan = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=10))
+    assert plan.status != "optimal"
+    assert plan.lower_bound_cost_per_hour <= 2.5 + 1e-6
+
+
+def test_a_replica_at_the_slot_maths_tolerance_is_not_excluded():
+    # Found in review: base 85 + 4e-13 ms, SLO 185 ms: A / (slo - A) is a hair over u = 0.85, which
+    # the slot maths accept within their 1e-9 tolerance; the search must accept it too.
+    for rps in (0.0, 5.0):
+        m = _model("z", 2, rps, slo_ms=185, latency_ms={"gpu": "l4-24gb", "base": 85 + 4e-13, "per_item": 0.0})
+        fleet = parse_fleet({"name": "t", "pools": [L4], "models": [m]})
+        plan = plan_fleet(fleet, PlanSettings(time_limit_s=0.5))
+        assert check_plan(plan) == []
+        assert fits(Problem(fleet, PlanSettings()), dict(plan.gpus), 5) is True

@@ -79,3 +79,29 @@ def test_emptying_window_moves_load_onto_fewer_gpus_at_equal_cost():
     # Without it, the same window must cost less than the hint or give nothing.
     assert solve_window(problem, free_models=free, fixed_reps=[], gpu_limit={"l4": 2}, hint=hint,
                         upper_cost=1.6, time_limit=5, seed=0) is None
+
+
+def test_swaps_spread_replicas_the_node_filling_left_together():
+    from packer.planner.assemble import _spread_by_swaps, assign_nodes
+
+    # Two nodes of two L4s. a and b need two nodes each; a's replicas both landed on node 0.
+    doc = {"name": "spread", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 2,
+                                        "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"]}],
+           "models": [{"name": n, "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 1},
+                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
+                       "max_batch": 8, "min_replicas": k} for n, k in [("a", 2), ("b", 2), ("c", 1)]]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    st = problem.types["l4"][0]
+    m = problem.fleet.model
+
+    def gpu(node: int, index: int, *names_idx: tuple[str, int]) -> Gpu:
+        reps = [Rep(m(n), i, 2 if n != "c" else 1) for n, i in names_idx]
+        return Gpu(st.pool, [Slot(st, reps)], node=node, index=index)
+
+    gpus = [gpu(0, 0, ("a", 0), ("b", 0)), gpu(0, 1, ("a", 1)), gpu(1, 0, ("b", 1)), gpu(1, 1, ("c", 0))]
+    _spread_by_swaps(problem, gpus)
+    nodes = lambda name: {g.node for g in gpus if name in g.models()}  # noqa: E731
+    assert nodes("a") == {0, 1} and nodes("b") == {0, 1}
+    assert sorted((g.node, g.index) for g in gpus) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # and assign_nodes, whose node filling came first, warns of nothing left unspread
+    assert assign_nodes(problem, gpus) == []

@@ -10,7 +10,7 @@ land on different nodes where the pool has several.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from packer.catalog import MigLayout
@@ -153,6 +153,7 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
             taken[n] |= set(range(g.index, g.index + g.width))
             used[n] += g.width
             on_node[n] |= g.models()
+    _spread_by_swaps(problem, gpus)
     # Check: every model with min_replicas >= 2 spans that many nodes where its replicas allow.
     nodes_of: dict[str, set[tuple[str, int]]] = {}
     count: dict[str, int] = {}
@@ -164,9 +165,69 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
         want = min(m.min_replicas, count.get(m.name, 0))
         have = len(nodes_of.get(m.name, ()))
         if want >= 2 and have < want:
+            pools = sorted({p for p, _ in nodes_of[m.name]})
+            full = [p for p in pools if len({n for g in gpus if g.pool.name == p for n in [g.node]})
+                    >= problem.fleet.pool(p).max_nodes]
+            if full:
+                fix = f"raise max_nodes of pool {full[0]} to spread them"
+            else:
+                fix = (f"the GPUs of pool {pools[0]} fill the fewest nodes that hold them and no exchange of "
+                       "GPUs between those nodes spreads these replicas; an extra, partly used node would")
             warnings.append(f"{m.name}: {count[m.name]} replicas on {have} node(s), fewer than min_replicas "
-                            f"{m.min_replicas}; raise the pool's max_nodes to spread them")
+                            f"{m.min_replicas}; {fix}")
     return warnings
+
+
+def _spread_by_swaps(problem: Problem, gpus: list[Gpu], max_swaps: int = 1000) -> None:
+    """Swap GPUs of equal width between nodes of a pool until no swap spreads more replicas.
+
+    The greedy above fills nodes fullest GPU first, so the last GPUs go wherever room is left: on
+    the multilingual example two replicas of three punct models ended on one of two L4 nodes. A
+    swap is kept when it lowers the total shortfall, over models with ``min_replicas >= 2``, of
+    nodes spanned against ``min(min_replicas, replicas)``.
+    """
+    want = {m.name: m.min_replicas for m in problem.fleet.models if m.min_replicas >= 2}
+    per_node: dict[str, Counter] = defaultdict(Counter)
+    for g in gpus:
+        for m in g.models() & want.keys():
+            per_node[m][(g.pool.name, g.node)] += 1
+
+    def short(m: str) -> int:
+        c = per_node[m]
+        return max(0, min(want[m], sum(c.values())) - len(+c))
+
+    def move(g: Gpu, node: int, sign: int) -> None:
+        for m in g.models() & want.keys():
+            per_node[m][(g.pool.name, node)] += sign
+
+    for _ in range(max_swaps):
+        bad = [m for m in sorted(want) if short(m)]
+        if not bad:
+            return
+        done = False
+        for m in bad:
+            for a in gpus:
+                if a.pinned or m not in a.models() or per_node[m][(a.pool.name, a.node)] < 2:
+                    continue
+                for b in gpus:
+                    if (b is a or b.pinned or b.pool.name != a.pool.name or b.width != a.width
+                            or b.node == a.node or per_node[m][(b.pool.name, b.node)] > 0):
+                        continue
+                    touched = (a.models() | b.models()) & want.keys()
+                    before = sum(short(k) for k in touched)
+                    na, nb = a.node, b.node
+                    move(a, na, -1), move(b, nb, -1), move(a, nb, +1), move(b, na, +1)
+                    if sum(short(k) for k in touched) < before:
+                        a.node, a.index, b.node, b.index = nb, b.index, na, a.index
+                        done = True
+                        break
+                    move(a, nb, -1), move(b, na, -1), move(a, na, +1), move(b, nb, +1)
+                if done:
+                    break
+            if done:
+                break
+        if not done:
+            return
 
 
 def _first_free(taken: set[int], width: int, size: int) -> int | None:

@@ -48,10 +48,13 @@ MIP_UP_TO = 60
 """Up to this many models the duty-class MIP usually finishes within a few seconds."""
 
 
-def lower_bound(problem: Problem, multi_cost: float, time_limit: float,
-                reserved: dict[str, int] | None = None) -> tuple[float, str]:
+def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple[float, str]:
     """The relaxation's LP bound (always), raised by its duty-class MIP or LP where time allows,
-    then to the cheapest whole-GPU purchase that costs at least as much."""
+    then to the cheapest whole-GPU purchase that costs at least as much.
+
+    ``multi_cost`` must be a lower bound on what the multi-GPU models cost (``solve.multi_floor``);
+    the shared models may use every GPU of a pool, since where the multi-GPU models sit is open.
+    """
     # The LPs are small and finish. For small fleets the MIP (integer layouts,
     # replica and slot counts per duty class) is far tighter: it sees that a slot runs one duty
     # cycle, so a streaming model cannot use the idle half of a slot whose batch members run
@@ -72,8 +75,7 @@ def lower_bound(problem: Problem, multi_cost: float, time_limit: float,
     if n <= MIP_UP_TO and left() > 0.2:
         found.append(_solve(problem, left(), integer=True, max_classes=MIP_CLASSES))
     best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
-    reserved = reserved or {}
-    limits = [(p.cost_per_gpu_hour, p.max_gpus - reserved.get(p.name, 0)) for p in problem.fleet.pools]
+    limits = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
     whole = whole_gpus(limits, best[0])
     if whole > best[0] + 1e-6:
         return multi_cost + whole, best[1] + f", {best[0]:.2f} rounded up to whole GPUs"

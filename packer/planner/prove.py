@@ -44,7 +44,7 @@ from ortools.sat.python import cp_model
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import SlotType, latency_scale
+from packer.slot import SlotType, duty_window, item, latency_scale
 
 GRID = 1.02
 """Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
@@ -167,11 +167,11 @@ def _slots(problem: Problem, counts: dict[str, int]) -> list[tuple[SlotType, int
 
 
 def _can_host(m: Model, st: SlotType, u: float) -> bool:
-    """Could a replica of ``m`` at a vanishing rate fit this slot alone?"""
+    """Could a replica of ``m`` at a vanishing rate fit this slot alone? (The slot maths' own test,
+    tolerance included: a replica the planner places must never be excluded here.)"""
     if m.memory_gb > st.memory_gb + 1e-9:
         return False
-    A = sum(latency_scale(m, st))
-    return m.slo_ms > A and A / (m.slo_ms - A) <= u
+    return duty_window([item(m, 0.0, st)], u) is not None
 
 
 def fits(problem: Problem, counts: dict[str, int], time_limit: float) -> bool | None:
@@ -319,6 +319,9 @@ def _max_rate(m: Model, A: float, per: float, d: float) -> float:
     """The largest rate (rps) at which a replica's own limit exceeds ``d`` ms: SLO and max_batch."""
     if d <= 0:
         return math.inf
-    r = ((m.slo_ms - A) / d - 1.0) * 1000.0 / per if per > 0 else math.inf
+    room = (m.slo_ms - A) / d - 1.0
+    if room <= 0 and room > -1e-9:  # a limit that equals the cell's floor up to rounding: keep it
+        room = 1e-12
+    r = room * 1000.0 / per if per > 0 else (math.inf if room > 0 else 0.0)
     mb = (m.max_batch - 1) * 1000.0 / d if m.max_batch > 1 else 1000.0 / d
     return min(r, mb)

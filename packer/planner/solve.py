@@ -44,6 +44,26 @@ def auto_time_limit(fleet: Fleet) -> float:
     return 8.25 + 0.0025 * (n - 100) if n <= 200 else min(100.0, 8.5 + 0.045 * (n - 200))
 
 
+def multi_floor(problem: Problem) -> float:
+    """The least the multi-GPU models can cost: each alone in its cheapest pool, room ignored.
+
+    ``plan_multi`` places them one by one where room is left, so its cost is not a bound: when
+    pools are small, another placement may free a cheap pool for the shared models.
+    """
+    total = 0.0
+    for m in problem.multi_models:
+        costs = []
+        for p in problem.fleet.pools:
+            cap = problem.capacity(m, SlotType(p))
+            if cap <= 0:
+                continue
+            n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
+                    math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
+            costs.append(n * m.gpus_per_replica * p.cost_per_gpu_hour)
+        total += min(costs, default=0.0)
+    return total
+
+
 def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
     """Multi-GPU replicas: whole GPUs on one node, the cheapest pool that fits and has room."""
     gpus: list[Gpu] = []
@@ -383,14 +403,18 @@ def greedy_baseline(fleet: Fleet, settings: PlanSettings) -> Baseline:
                     "best-fit-decreasing squishy packing, whole GPUs, time-slicing only")
 
 
-def _prove(problem: Problem, cost: float, multi_cost: float, reserved: dict[str, int], lb: float, method: str,
+def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: str,
            seconds: float, progress: Progress | None, t0: float) -> tuple[float, str]:
-    """Raise the bound by the exact search for a cheaper plan (``prove.py``), where it can run."""
+    """Raise the bound by the exact search for a cheaper plan (``prove.py``), where it can run.
+
+    ``multi_cost`` is a lower bound on the multi-GPU models' cost (``multi_floor``), and the pools
+    are searched whole: where those models sit is not taken from this plan.
+    """
     from packer.planner.prove import prove
 
     if progress:
         progress("proving", time.monotonic() - t0)
-    proof = prove(problem, cost - multi_cost, reserved, lb - multi_cost, seconds)
+    proof = prove(problem, cost - multi_cost, {}, lb - multi_cost, seconds)
     if proof is None:
         return lb, method + "; exact search skipped: fleet too large for it"
     ruled = len(proof.ruled_out)
@@ -446,11 +470,11 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     warnings = assign_nodes(problem, gpus)
     if progress:
         progress("bound", time.monotonic() - t0)
-    lb, method = lower_bound(problem, multi_cost, time_limit=max(1.5, (0.4 if large else 0.45) * limit),
-                             reserved=reserved)
+    floor = multi_floor(problem)
+    lb, method = lower_bound(problem, floor, time_limit=max(1.5, (0.4 if large else 0.45) * limit))
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s > 0 and lb < cost - 1e-6:
-        lb, method = _prove(problem, cost, multi_cost, reserved, lb, method, settings.prove_s, progress, t0)
+        lb, method = _prove(problem, cost, floor, lb, method, settings.prove_s, progress, t0)
     # The improving CP-SAT model's own bound holds only over the packings it can express (the
     # replica counts it is offered, compute in thousandths rounded up), not over every plan, so it
     # is reported but never taken as the lower bound: only the relaxation and the exact search

@@ -76,7 +76,7 @@ class Spinner:
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")
 @click.option("--prove", "prove_s", type=float, default=0.0, metavar="SECONDS",
               help="Also spend up to SECONDS on an exact search that can prove the plan optimal "
-                   "(fleets of tens of models; the multilingual example takes about 90 s).")
+                   "(fleets of tens of models; the multilingual example takes about 100 s).")
 def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, explain_model: str | None,
          svg_path: str | None, seed: int, time_limit: float | None, headroom: float, no_mig: bool,
          prove_s: float) -> None:

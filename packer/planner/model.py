@@ -29,7 +29,7 @@ class PlanSettings:
     prove_s: float = 0.0
     """Seconds for the exact search that can prove the plan optimal (``prove.py``); 0 skips it.
     It settles small fleets (tens of models, a few dozen slots) that the relaxation leaves open,
-    in tens of seconds to minutes: the multilingual example in about 90 s."""
+    in tens of seconds to minutes: the multilingual example in about 100 s."""
     max_replica_options: int = 4
     """Replica counts tried per model: fewer, larger replicas on big slots or more, smaller ones
     on MIG slices or cheap GPUs; the solver picks."""

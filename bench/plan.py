@@ -60,7 +60,7 @@ def generated_fleet(n: int, seed: int = 0) -> dict:
 
 def run_one(name: str, prove_s: float = 0.0) -> dict:
     from packer.fleet import load_fleet, parse_fleet
-    from packer.planner import plan_fleet
+    from packer.planner import PlanSettings, plan_fleet
 
     base, _, variant = name.partition(":")
     if base.isdigit():
@@ -72,8 +72,6 @@ def run_one(name: str, prove_s: float = 0.0) -> dict:
 
         fleet = replace(fleet, name=f"{fleet.name} (MIG pools)", pools=tuple(p for p in fleet.pools if p.mig))
     t0 = time.perf_counter()
-    from packer.planner import PlanSettings
-
     plan = plan_fleet(fleet, PlanSettings(prove_s=prove_s))
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -56,7 +56,7 @@ def test_compute_the_relaxation_pools_away_is_proven():
     assert plan.lower_bound_cost_per_hour < 2.4 - 1e-6
     assert fits(problem, {"l4": 2}, 10) is False
     assert fits(problem, {"l4": 3}, 10) is True
-    proof = prove(problem, 2.4, {}, plan.lower_bound_cost_per_hour, 10)
+    proof = prove(problem, 2.4, plan.lower_bound_cost_per_hour, 10)
     assert proof is not None and proof.optimal and proof.bound == pytest.approx(2.4)
 
 
@@ -80,7 +80,7 @@ def test_every_plan_fits_the_exact_model(doc):
         assume(False)
     problem = Problem(fleet, PlanSettings())
     assert fits(problem, dict(plan.gpus), 5) is not False, plan.gpus
-    proof = prove(problem, plan.cost_per_hour, {}, 0.0, 5)
+    proof = prove(problem, plan.cost_per_hour, 0.0, 5)
     if proof is not None:
         assert proof.bound <= plan.cost_per_hour + 1e-6
 

@@ -166,7 +166,7 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
         have = len(nodes_of.get(m.name, ()))
         if want >= 2 and have < want:
             pools = sorted({p for p, _ in nodes_of[m.name]})
-            full = [p for p in pools if len({n for g in gpus if g.pool.name == p for n in [g.node]})
+            full = [p for p in pools if len({g.node for g in gpus if g.pool.name == p})
                     >= problem.fleet.pool(p).max_nodes]
             if full:
                 fix = f"raise max_nodes of pool {full[0]} to spread them"

@@ -44,7 +44,7 @@ from ortools.sat.python import cp_model
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import SlotType, duty_window, item, latency_scale
+from packer.slot import SlotType, duty_window, item
 
 GRID = 1.02
 """Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
@@ -99,11 +99,12 @@ def purchase_cost(prices: dict[str, float], counts: dict[str, int]) -> float:
     return sum(prices[n] * k for n, k in counts.items())
 
 
-def prove(problem: Problem, cost: float, reserved: dict[str, int], lower: float, time_limit: float) -> Proof | None:
+def prove(problem: Problem, cost: float, lower: float, time_limit: float) -> Proof | None:
     """Look for a packing of the shared models on GPUs that cost less than ``cost``.
 
-    ``cost`` and ``lower`` count the shared models' GPUs only (multi-GPU replicas are planned
-    exactly beforehand and hold ``reserved`` GPUs of each pool). Returns None when the fleet is too
+    ``cost`` and ``lower`` count the shared models' GPUs only: the caller takes off a lower bound
+    on the multi-GPU models' cost (``solve.multi_floor``), and every pool is searched whole, since
+    where the multi-GPU models sit is not fixed by any one plan. Returns None when the fleet is too
     large for the exact model or has too many purchases to rule out.
     """
     t0 = time.monotonic()
@@ -111,7 +112,7 @@ def prove(problem: Problem, cost: float, reserved: dict[str, int], lower: float,
     if len(problem.shared_models) > MAX_MODELS:
         return None
     prices = {p.name: p.cost_per_gpu_hour for p in fleet.pools}
-    limits = {p.name: min(p.max_gpus - reserved.get(p.name, 0), int(cost / p.cost_per_gpu_hour + 1e-9))
+    limits = {p.name: min(p.max_gpus, int(cost / p.cost_per_gpu_hour + 1e-9))
               for p in fleet.pools}
     if math.prod(v + 1 for v in limits.values()) > 100_000:
         return None
@@ -136,7 +137,7 @@ def prove(problem: Problem, cost: float, reserved: dict[str, int], lower: float,
             else:
                 still.append(counts)
         pending = still
-        if not pending or rnd == 1 and not still:
+        if not pending:
             break
     open_ += pending
     bound = lower
@@ -252,12 +253,9 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float) -> bool | 
         cells: set[int] = set()
         for name in names:
             m = fleet.model(name)
-            base, per = latency_scale(m, st)
-            prof[name] = (m, base + per, per)
-            for k in range(max(m.min_replicas, 1), gpus + 1):
-                h = _limit(m, base + per, per, m.traffic.peak_rps / k)
-                if h > 0:
-                    cells.add(_cell(h))
+            its = [item(m, m.traffic.peak_rps / k, st) for k in range(max(m.min_replicas, 1), gpus + 1)]
+            prof[name] = (m, its[0].A, its[0].per_item)
+            cells |= {_cell(it.hi) for it in its if it.hi > 0}
         cv = {k: mdl.NewBoolVar("") for k in sorted(cells)}
         mdl.Add(sum(cv.values()) == a)
         w = {}
@@ -305,14 +303,6 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float) -> bool | 
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return True
     return None
-
-
-def _limit(m: Model, A: float, per: float, rate: float) -> float:
-    """A replica's largest admissible duty cycle (ms) at ``rate`` rps (``packer.slot.item``)."""
-    h = (m.slo_ms - A) / (1.0 + per * rate / 1000.0)
-    if rate > 0:
-        h = min(h, (m.max_batch - 1) * 1000.0 / rate if m.max_batch > 1 else 1000.0 / rate)
-    return h
 
 
 def _max_rate(m: Model, A: float, per: float, d: float) -> float:

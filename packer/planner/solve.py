@@ -15,7 +15,7 @@ from collections import defaultdict
 from typing import Callable
 
 from packer.catalog import layout_named
-from packer.fleet import Fleet
+from packer.fleet import Fleet, Model, Pool
 from packer.plan import Baseline, Move, Plan
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
 from packer.planner.bound import lower_bound
@@ -44,6 +44,15 @@ def auto_time_limit(fleet: Fleet) -> float:
     return 8.25 + 0.0025 * (n - 100) if n <= 200 else min(100.0, 8.5 + 0.045 * (n - 200))
 
 
+def _multi_replicas(problem: Problem, m: Model, pool: Pool) -> int | None:
+    """Whole-GPU replicas a multi-GPU model needs in ``pool`` (None: it cannot run there)."""
+    cap = problem.capacity(m, SlotType(pool))
+    if cap <= 0:
+        return None
+    peak = m.traffic.peak_rps
+    return max(m.min_replicas, 1 if peak > 0 else 0, math.ceil(peak / cap - 1e-9) if peak > 0 else 0)
+
+
 def multi_floor(problem: Problem) -> float:
     """The least the multi-GPU models can cost: each alone in its cheapest pool, room ignored.
 
@@ -52,15 +61,9 @@ def multi_floor(problem: Problem) -> float:
     """
     total = 0.0
     for m in problem.multi_models:
-        costs = []
-        for p in problem.fleet.pools:
-            cap = problem.capacity(m, SlotType(p))
-            if cap <= 0:
-                continue
-            n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
-                    math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
-            costs.append(n * m.gpus_per_replica * p.cost_per_gpu_hour)
-        total += min(costs, default=0.0)
+        counts = [(_multi_replicas(problem, m, p), p) for p in problem.fleet.pools]
+        total += min((n * m.gpus_per_replica * p.cost_per_gpu_hour for n, p in counts if n is not None),
+                     default=0.0)
     return total
 
 
@@ -73,12 +76,9 @@ def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
     for m in sorted(problem.multi_models, key=lambda m: -m.memory_gb):
         best = None
         for p in problem.fleet.pools:
-            st = SlotType(p)
-            cap = problem.capacity(m, st)
-            if cap <= 0:
+            n = _multi_replicas(problem, m, p)
+            if n is None:
                 continue
-            n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
-                    math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
             cost = n * m.gpus_per_replica * p.cost_per_gpu_hour
             if used[p.name] + n * m.gpus_per_replica > p.max_gpus:
                 continue
@@ -414,7 +414,7 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
 
     if progress:
         progress("proving", time.monotonic() - t0)
-    proof = prove(problem, cost - multi_cost, {}, lb - multi_cost, seconds)
+    proof = prove(problem, cost - multi_cost, lb - multi_cost, seconds)
     if proof is None:
         return lb, method + "; exact search skipped: fleet too large for it"
     ruled = len(proof.ruled_out)

@@ -105,3 +105,32 @@ def test_swaps_spread_replicas_the_node_filling_left_together():
     assert sorted((g.node, g.index) for g in gpus) == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # and assign_nodes, whose node filling came first, warns of nothing left unspread
     assert assign_nodes(problem, gpus) == []
+
+
+def test_priced_packing_leaves_the_a100_to_models_that_fit_nowhere_else():
+    # 30 GB models fit only the A100 (79.1 GB usable); 20 GB ones fit an L4 (22.5 GB) too.
+    # In the order big1, mid1, mid2, big2, plain best fit puts both mids beside big1 (70 GB) and
+    # big2 needs a second A100: 8.20/h. Priced, a mid takes a fresh L4 (0.80 x 20/22.5 = 0.71)
+    # rather than a quarter of the A100 (4.10 x 20/79.1 = 1.04): 4.10 + 2 x 0.80 = 5.70/h.
+    def pool(name: str, gpu: str, cost: float) -> dict:
+        return {"name": name, "gpu": gpu, "gpus_per_node": 4, "max_nodes": 1, "cost_per_gpu_hour": cost,
+                "sharing": ["time-slicing"]}
+
+    doc = {"name": "priced", "pools": [pool("a100", "a100-80gb", 4.1), pool("l4", "l4-24gb", 0.8)],
+           "models": [{"name": n, "kind": "streaming", "memory_gb": mem, "traffic": {"rps": 0.5, "peak_rps": 1},
+                       "slo_ms": 500, "latency_ms": {"gpu": "a100-80gb", "base": 2, "per_item": 0.5},
+                       "max_batch": 8, "min_replicas": 1}
+                      for n, mem in [("big1", 30), ("mid1", 20), ("mid2", 20), ("big2", 30)]]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    reps = reps_for(problem, choose_counts(problem))
+    rank = {"big1": 0, "mid1": 1, "mid2": 2, "big2": 3}
+    order = lambda r: (rank[r.model.name], r.index)  # noqa: E731
+
+    def packed(priced: bool) -> tuple[float, dict[str, list[str]]]:
+        gpus = to_gpus(problem, pack(problem, reps, order=order, priced=priced))
+        where = {g.pool.name: sorted(r.model.name for g2 in gpus if g2.pool is g.pool for s in g2.slots
+                                     for r in s.reps) for g in gpus}
+        return cost_of(problem, gpu_counts(problem, gpus)), where
+
+    assert packed(False) == (pytest.approx(8.2), {"a100": ["big1", "big2", "mid1", "mid2"]})
+    assert packed(True) == (pytest.approx(5.7), {"a100": ["big1", "big2"], "l4": ["mid1", "mid2"]})

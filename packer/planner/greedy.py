@@ -3,6 +3,10 @@
 Replicas go largest first into the open slot they fill best; a replica that fits nowhere opens the
 slot type where it costs least for the share it takes. On its own this is the *greedy* baseline
 (with ``use_mig=False``: whole GPUs and time-slicing only); with MIG it seeds the CP-SAT search.
+
+The *priced* variant weighs fills by what the slot costs, and opens a new slot when that costs less
+than the share the replica would take of an open one: a 20 GB model then takes a fresh L4 rather
+than a quarter of an A100 whose memory the 30 GB models, which fit nowhere else, need.
 """
 
 from __future__ import annotations
@@ -12,8 +16,8 @@ import random
 from collections import defaultdict
 from typing import Callable
 
-from packer.planner.model import Problem, Rep, Slot
-from packer.slot import WHOLE, Item
+from packer.planner.model import Problem, Rep, Slot, slot_price
+from packer.slot import WHOLE, Item, SlotType
 
 
 def choose_counts(problem: Problem) -> dict[str, int]:
@@ -85,12 +89,16 @@ def orderings(problem: Problem, reps: list[Rep], count: int, seed: int) -> list[
 
 def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
          reserved: dict[str, int] | None = None, gpu_of: dict[int, object] | None = None,
-         order: Order | None = None) -> list[Slot]:
+         order: Order | None = None, priced: bool = False) -> list[Slot]:
     """Insert ``reps`` into ``slots`` (which may hold replicas already), opening slots as needed.
 
     ``gpu_of`` maps existing slots to their GPUs, so that a replica never joins a GPU that already
     runs its model. ``order`` is the insertion order's sort key (``orderings``); by default the
-    largest replica first.
+    largest replica first. ``priced`` selects the priced variant (module docstring): it packs
+    fleets with a few large models that fit only an expensive pool far better (the plans of
+    ``bench/plan.py``: generated-500 99.10/h against 102.40/h, generated-2000 403.80/h against
+    418.60/h) and some others worse (long-tail, greedy alone: 31.20/h against 27.20/h), so
+    ``solve.multi_start`` tries both.
     """
     gpu_of = gpu_of or {}
     slots = list(slots or [])
@@ -126,29 +134,40 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
             # Squishy best fit: the slot this replica makes least fuller. Joining a group with a
             # tighter SLO shortens everyone's cycle and costs more than the replica's own work.
             before = max((a.sA + a.sB * a.hi) / (u * a.hi), a.mem / sl.type.memory_gb) if a.names else 0.0
-            score = (f - before) * sl.type.compute_fraction - 1e-6 * f
+            score = (f - before) * (slot_price(sl.type) if priced else sl.type.compute_fraction) - 1e-6 * f
             if score < best_fill - 1e-12:
                 best, best_fill = sl, score
+        opened = _cheapest_new(problem, rep, types, implied, reserved) if best is None or priced else None
+        if best is not None and opened is not None and opened[1] < best_fill - 1e-9:
+            best = None  # priced: a new slot costs less than the share this one would take
         if best is not None:
             best.reps.append(rep)
             agg[id(best)].add(problem.item(rep, best.type), rep)
             continue
-        choice, choice_cost = None, math.inf
-        for st in types:
-            limit = st.pool.max_gpus - reserved.get(st.pool.name, 0)
-            add = 1.0 if st.profile == WHOLE else st.compute_fraction
-            if implied[st.pool.name] + add > limit + 1e-9:
-                continue
-            c = problem.attributable_cost(rep, st)
-            if c < choice_cost - 1e-12:
-                choice, choice_cost = st, c
-        if choice is None:
+        if opened is None:
             raise NoRoom(rep)
+        choice = opened[0]
         new = Slot(choice, [rep])
         slots.append(new)
         agg[id(new)] = _Agg.of(problem, new)
         implied[choice.pool.name] += 1.0 if choice.profile == WHOLE else choice.compute_fraction
     return slots
+
+
+def _cheapest_new(problem: Problem, rep: Rep, types: list[SlotType], implied: dict[str, float],
+                  reserved: dict[str, int]) -> tuple[SlotType, float] | None:
+    """The slot type where a new slot for ``rep`` costs least (for the share it takes), among
+    pools with room left, and that cost; None when every pool is full."""
+    choice, choice_cost = None, math.inf
+    for st in types:
+        limit = st.pool.max_gpus - reserved.get(st.pool.name, 0)
+        add = 1.0 if st.profile == WHOLE else st.compute_fraction
+        if implied[st.pool.name] + add > limit + 1e-9:
+            continue
+        c = problem.attributable_cost(rep, st)
+        if c < choice_cost - 1e-12:
+            choice, choice_cost = st, c
+    return None if choice is None else (choice, choice_cost)
 
 
 class _Agg:

@@ -159,11 +159,15 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
     only stops the starts early on a much slower machine (after 40 % of the search budget).
     """
     best, best_cost = None, math.inf
-    for i, order in enumerate(orderings(problem, reps, restarts(len(problem.fleet.models)), problem.settings.seed)):
+    count = restarts(len(problem.fleet.models))
+    # Each order is packed plain and priced (greedy.pack): which variant wins depends on the fleet.
+    starts = [(order, priced) for order in orderings(problem, reps, (count + 1) // 2, problem.settings.seed)
+              for priced in (False, True)][:count]
+    for i, (order, priced) in enumerate(starts):
         if i > 0 and time.monotonic() > t0 + 0.4 * (deadline - t0):
             break
         try:
-            gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order))
+            gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
         except NoRoom:
             if order is None:
                 raise

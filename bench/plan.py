@@ -58,7 +58,7 @@ def generated_fleet(n: int, seed: int = 0) -> dict:
     return {"name": f"generated-{n}", "pools": pools, "models": models}
 
 
-def run_one(name: str, prove_s: float = 0.0) -> dict:
+def run_one(name: str, prove_s: float | None = None) -> dict:
     from packer.fleet import load_fleet, parse_fleet
     from packer.planner import PlanSettings, plan_fleet
 
@@ -89,8 +89,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated example names or model counts")
     ap.add_argument("--json", help="write the rows here too")
-    ap.add_argument("--prove", type=float, default=0.0, metavar="SECONDS",
-                    help="also run the exact search (packer plan --prove) for up to SECONDS per fleet")
+    ap.add_argument("--prove", type=float, default=None, metavar="SECONDS",
+                    help="give the exact search (packer plan --prove) up to SECONDS per fleet; by default "
+                         "it runs within the time budget on fleets small enough for it, 0 skips it")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -102,7 +103,8 @@ def main() -> None:
            f"{'peak MB':>8} {'dedicated':>10} {'greedy':>9} {'vs greedy':>9}")
     print(hdr)
     for n in names:
-        out = subprocess.run([sys.executable, __file__, "--one", n, "--prove", str(args.prove)], capture_output=True, text=True, cwd=ROOT)
+        prove = [] if args.prove is None else ["--prove", str(args.prove)]
+        out = subprocess.run([sys.executable, __file__, "--one", n, *prove], capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             print(f"{n}: failed\n{out.stderr[-2000:]}")
             continue

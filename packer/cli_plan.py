@@ -74,19 +74,20 @@ class Spinner:
 @click.option("--time-limit", type=float, help="Seconds for the search (default: from the fleet size).")
 @click.option("--headroom", default=0.15, show_default=True, help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")
-@click.option("--prove", "prove_s", type=float, default=0.0, metavar="SECONDS",
-              help="Also spend up to SECONDS on an exact search that can prove the plan optimal "
-                   "(fleets of tens of models; the multilingual example takes about 100 s).")
+@click.option("--prove", "prove_s", type=float, default=None, metavar="SECONDS",
+              help="Spend up to SECONDS, after the search, on an exact search that can prove the plan "
+                   "optimal (fleets of tens of models). By default a short one runs on small fleets "
+                   "before the search; 0 turns it off.")
 def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, explain_model: str | None,
          svg_path: str | None, seed: int, time_limit: float | None, headroom: float, no_mig: bool,
-         prove_s: float) -> None:
+         prove_s: float | None) -> None:
     """Plan FLEET (default: the bundled multilingual example). A dry run: nothing is applied."""
     if not 0 <= headroom < 1:
         raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom 0.15")
     path = Path(fleet) if fleet else example_path()
     f = load_fleet(path)
     cur = load_plan(current) if current else None
-    if prove_s < 0:
+    if prove_s is not None and prove_s < 0:
         raise UserError(f"--prove {prove_s}: must be 0 or more seconds. Fix: e.g. --prove 120")
     settings = PlanSettings(headroom=headroom, time_limit_s=time_limit, seed=seed, use_mig=not no_mig,
                             prove_s=prove_s)

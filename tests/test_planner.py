@@ -91,6 +91,9 @@ def test_example_plan_is_sound_and_beats_the_baselines(ml_plan):
     assert ml_plan.cost_per_hour <= ml_plan.baselines["greedy"].cost_per_hour + 1e-9
     assert ml_plan.cost_per_hour <= ml_plan.baselines["dedicated"].cost_per_hour / 2.5
     assert 0 <= ml_plan.gap < 1
+    # the greedy plan (9.70/h) is proven optimal by the default short exact search
+    assert ml_plan.status == "optimal" and ml_plan.cost_per_hour == pytest.approx(9.7)
+    assert ml_plan.bound_method.startswith("exact search: no cheaper plan exists")
 
 
 @pytest.mark.parametrize("name", ["multilingual-meetings", "llm-platform", "long-tail"])

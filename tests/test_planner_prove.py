@@ -36,13 +36,16 @@ def test_memory_fragmentation_the_relaxation_pools_away_is_proven():
     # L4 holds two of them, so three are needed (2.40/h).
     doc = {"name": "three", "pools": [L4], "models": [_model(n, 13, 1) for n in "abc"]}
     fleet = parse_fleet(doc)
-    plain = plan_fleet(fleet, PlanSettings(time_limit_s=1))
+    plain = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=0))
     assert plain.cost_per_hour == pytest.approx(2.4)
     assert plain.lower_bound_cost_per_hour == pytest.approx(1.6)
-    proven = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=10))
-    assert proven.status == "optimal" and proven.gap == pytest.approx(0)
-    assert proven.bound_method.startswith("exact search: no cheaper plan exists")
-    assert check_plan(proven) == []
+    # by default the search runs on a fleet this small (on the greedy plan, before improving it),
+    # and with --prove after the search
+    for settings_ in (PlanSettings(time_limit_s=1), PlanSettings(time_limit_s=1, prove_s=10)):
+        proven = plan_fleet(fleet, settings_)
+        assert proven.status == "optimal" and proven.gap == pytest.approx(0)
+        assert proven.bound_method.startswith("exact search: no cheaper plan exists")
+        assert check_plan(proven) == []
 
 
 def test_compute_the_relaxation_pools_away_is_proven():
@@ -51,7 +54,7 @@ def test_compute_the_relaxation_pools_away_is_proven():
     doc = {"name": "halves", "pools": [L4], "models": [_model(n, 1, 450, max_replicas=1, max_batch=64) for n in "abc"]}
     fleet = parse_fleet(doc)
     problem = Problem(fleet, PlanSettings())
-    plan = plan_fleet(fleet, PlanSettings(time_limit_s=1))
+    plan = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=0))
     assert plan.cost_per_hour == pytest.approx(2.4)
     assert plan.lower_bound_cost_per_hour < 2.4 - 1e-6
     assert fits(problem, {"l4": 2}, 10) is False
@@ -130,3 +133,14 @@ def test_a_replica_at_the_slot_maths_tolerance_is_not_excluded():
         plan = plan_fleet(fleet, PlanSettings(time_limit_s=0.5))
         assert check_plan(plan) == []
         assert fits(Problem(fleet, PlanSettings()), dict(plan.gpus), 5) is True
+
+
+def test_a_purchase_the_fleet_fits_on_ends_a_search_that_stops_on_fit():
+    # Split into two replicas each, the three models fit two L4s: no proof below 2.40/h exists, and
+    # a search that stops on the first fit (the default plan's short search) settles nothing more.
+    doc = {"name": "halves", "pools": [L4], "models": [_model(n, 1, 450, max_batch=64) for n in "abc"]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    proof = prove(problem, 2.4, 0.8, 10, stop_on_fit=True)
+    assert proof is not None and not proof.optimal
+    assert proof.open == ({"l4": 2},) and proof.bound <= 1.6 + 1e-9
+    assert prove(problem, 2.4, 0.0, 10, max_purchases=0) is None

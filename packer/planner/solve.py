@@ -196,7 +196,8 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
                  for m in problem.shared_models)
     small = full and n_reps <= 160
     total = max(0.0, deadline - time.monotonic())
-    shared = _lns(problem, shared, limit, time.monotonic() + (0.5 * total if small else total), progress)
+    shared = _lns(problem, shared, limit, time.monotonic() + (0.5 * total if small else total), progress,
+                  reshuffle=full)
     if not small:
         return shared + multi, "feasible"
     budget = max(1.0, deadline - time.monotonic())
@@ -212,14 +213,15 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
 
 
 def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: float,
-         progress: Progress | None) -> list[Gpu]:
+         progress: Progress | None, reshuffle: bool = True) -> list[Gpu]:
     """Large-neighbourhood search: re-pack windows of a few GPUs, keep what is cheaper.
 
     Two kinds of window, alternating. *Emptying* windows: the emptiest GPU and the next emptiest
     of its pool, re-packed on that pool alone. An equally cheap packing is kept when it moves
     load onto fewer GPUs (a larger sum of squared fills), so a GPU empties over several windows
     where no single window can drop one, as on memory-bound fleets at 94 % fill. *Pair* windows
-    across pools: two half-used GPUs may become one MIG-split GPU.
+    across pools: two half-used GPUs may become one MIG-split GPU. A re-plan (``reshuffle`` off)
+    keeps only cheaper packings: moving replicas at equal cost is what it must avoid.
     """
     s = problem.settings
     rng = random.Random(s.seed)
@@ -252,7 +254,7 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
                            upper_cost=upper, time_limit=window_budget, seed=s.seed + it, spent=spent,
                            concentrate=emptying)
         if res is not None and (res[1] < upper - 1e-9 or (
-                res[1] < upper + 1e-9 and _spread(problem, res[0]) > _spread(problem, window) + 1e-6)):
+                reshuffle and res[1] < upper + 1e-9 and _spread(problem, res[0]) > _spread(problem, window) + 1e-6)):
             new = res[0]
             spare_slots(problem, new)
             shared = [g for g in shared if id(g) not in inside] + new
@@ -421,15 +423,45 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
     proof = prove(problem, cost - multi_cost, lb - multi_cost, seconds)
     if proof is None:
         return lb, method + "; exact search skipped: fleet too large for it"
+    return _proof_bound(proof, multi_cost, lb, method)
+
+
+def _proof_bound(proof: "Proof", multi_cost: float, lb: float, method: str) -> tuple[float, str]:
+    """The bound and its description after an exact search."""
     ruled = len(proof.ruled_out)
     if proof.optimal:
-        return cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU purchase(s) ruled out "
+        return proof.bound + multi_cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU purchase(s) ruled out "
                       f"by CP-SAT in {proof.seconds:.0f} s)")
     if proof.bound + multi_cost > lb + 1e-6:
         return proof.bound + multi_cost, (f"exact search: {ruled} cheaper purchase(s) ruled out, "
                                           f"{len(proof.open)} open after {proof.seconds:.0f} s")
     extra = "; ".join(proof.notes) or f"{len(proof.open)} purchase(s) not settled in {proof.seconds:.0f} s"
     return lb, method + f"; exact search: {extra}"
+
+
+PROVE_FIRST_PURCHASES = 3
+"""The greedy plan is put to the exact search by default only when at most this many GPU
+purchases between the bound and its cost are left to rule out (multilingual: 3); more take longer
+than a default plan should (generated-50: 10, not settled in 3 minutes)."""
+PROVE_FIRST_S = 6.0
+"""Deterministic seconds for that search; multilingual's hardest purchase needs about 4."""
+
+
+def _prove_first(problem: Problem, cost: float, floor: float, bound: tuple[float, str],
+                 progress: Progress | None, t0: float) -> tuple[float, str]:
+    """The bound, raised by the exact search on the greedy plan's cost where that is quick."""
+    from packer.planner.prove import prove
+
+    lb, method = bound
+    if lb >= cost - 1e-6:
+        return bound
+    if progress:
+        progress("proving", time.monotonic() - t0)
+    proof = prove(problem, cost - floor, lb - floor, PROVE_FIRST_S, max_purchases=PROVE_FIRST_PURCHASES,
+                  stop_on_fit=True)
+    if proof is None or not proof.optimal and proof.bound + floor <= lb + 1e-6:
+        return bound  # a cheaper plan may exist: the search looks for it
+    return _proof_bound(proof, floor, lb, method)
 
 
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
@@ -443,6 +475,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
 
     large = len(fleet.models) > CLASSES_UP_TO
     deadline = t0 + (0.5 if large else 0.45) * limit
+    bound_s = max(1.5, (0.4 if large else 0.45) * limit)
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
     reserved = gpu_counts(problem, multi)
@@ -469,15 +502,32 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if progress:
         progress("greedy", time.monotonic() - t0)
         progress("consolidated", time.monotonic() - t0)
-    gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
+    floor = multi_floor(problem)
+    first = None
+    if settings.prove_s is None and current is None:
+        # Small fleets: the greedy plan is often optimal already, and the exact search can show it
+        # in a few seconds (multilingual: 9.70/h proven in about 5 s), when the search for a
+        # cheaper plan would spend its budget finding none. The bound does not depend on the plan.
+        if progress:
+            progress("bound", time.monotonic() - t0)
+        start = time.monotonic()
+        first = lower_bound(problem, floor, time_limit=bound_s)
+        first = _prove_first(problem, cost_of(problem, gpu_counts(problem, gpus + multi)), floor, first,
+                             progress, t0)
+        deadline += time.monotonic() - start  # the search keeps its share of the budget
+    if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
+        gpus, status = gpus + multi, "optimal"
+    else:
+        gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     warnings = assign_nodes(problem, gpus)
-    if progress:
-        progress("bound", time.monotonic() - t0)
-    floor = multi_floor(problem)
-    lb, method = lower_bound(problem, floor, time_limit=max(1.5, (0.4 if large else 0.45) * limit))
+    if first is None:
+        if progress:
+            progress("bound", time.monotonic() - t0)
+        first = lower_bound(problem, floor, time_limit=bound_s)
+    lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
-    if settings.prove_s > 0 and lb < cost - 1e-6:
+    if settings.prove_s and lb < cost - 1e-6:
         lb, method = _prove(problem, cost, floor, lb, method, settings.prove_s, progress, t0)
     # The improving CP-SAT model's own bound holds only over the packings it can express (the
     # replica counts it is offered, compute in thousandths rounded up), not over every plan, so it

@@ -27,11 +27,10 @@ class PlanSettings:
     use_mig: bool = True
     """False plans whole GPUs only (time-slicing), as the greedy baseline does."""
     prove_s: float | None = None
-    """Seconds for the exact search that can prove the plan optimal (``prove.py``); 0 skips it.
-    None (the default) runs it within the time budget on fleets small enough for it (up to
-    ``prove.MAX_MODELS`` models sharing GPUs): the search and the bound then get 30 % and 25 % of
-    the budget instead of 45 % each, and the proof what is left. It settles small fleets that the
-    relaxation leaves open: the multilingual example in about 4 s."""
+    """Seconds for the exact search that can prove the plan optimal (``prove.py``), run on the
+    final plan; 0 skips it. None (the default) runs a short one on the greedy plan instead, before
+    the search for a cheaper plan, where few purchases are left to rule out (``solve._prove_first``):
+    it proves the multilingual example optimal in about 5 s."""
     max_replica_options: int = 4
     """Replica counts tried per model: fewer, larger replicas on big slots or more, smaller ones
     on MIG slices or cheap GPUs; the solver picks."""

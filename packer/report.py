@@ -30,6 +30,12 @@ def summary(plan: Plan) -> str:
             lines.append(f"{name:>9} baseline {_money(bl.cost_per_hour)}/h on {sum(bl.gpus.values())} GPUs "
                          f"(plan costs {ratio:.2f}x)")
     lines.append(f"solved in {plan.solve_seconds:.1f} s")
+    from packer.planner.prove import MAX_MODELS
+
+    shared = sum(1 for m in plan.fleet.models if m.gpus_per_replica == 1)
+    if plan.gap > 1e-6 and shared <= MAX_MODELS and "no cheaper plan exists" not in plan.bound_method:
+        lines.append("hint: the gap may be the bound's, not the plan's: `--prove 120` searches exactly for a "
+                     "cheaper plan, and proves this one optimal if there is none")
     if plan.moves:
         lines.append(f"moves against the current plan: {len(plan.moves)}")
     for w in plan.warnings:

@@ -57,6 +57,9 @@ def test_compute_the_relaxation_pools_away_is_proven():
     plan = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=0))
     assert plan.cost_per_hour == pytest.approx(2.4)
     assert plan.lower_bound_cost_per_hour < 2.4 - 1e-6
+    from packer.report import summary
+
+    assert "`--prove 120` searches exactly" in summary(plan)  # the user is told how to settle it
     assert fits(problem, {"l4": 2}, 10) is False
     assert fits(problem, {"l4": 3}, 10) is True
     proof = prove(problem, 2.4, plan.lower_bound_cost_per_hour, 10)
@@ -98,6 +101,7 @@ def test_cli_prove_reports_the_proof_and_rejects_negative_seconds(tmp_path, caps
     assert main(["plan", str(p), "--time-limit", "1", "--prove", "10"]) in (0, None)
     out = capsys.readouterr().out
     assert "exact search: no cheaper plan exists" in out and "gap 0.0%" in out
+    assert "hint:" not in out
     assert main(["plan", str(p), "--prove", "-1"]) == 2
     assert "--prove -1.0: must be 0 or more seconds" in capsys.readouterr().err
 

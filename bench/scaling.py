@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from packer.planner import PlanSettings, plan_fleet
 
-        plan = plan_fleet(load_fleet(FLEET), PlanSettings(seed=0, time_limit_s=5.0))
+        plan = plan_fleet(load_fleet(FLEET), PlanSettings(seed=0))  # what `packer plan` gives
         save_plan(plan, out / "plan.json")
     print(f"plan {plan.id}: {plan.cost_per_hour:.2f}/h, GPUs {plan.gpus}", flush=True)
     scenarios = {"diurnal": (load_scenario("diurnal"), args.diurnal, args.policies),

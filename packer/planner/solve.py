@@ -430,8 +430,8 @@ def _proof_bound(proof: "Proof", multi_cost: float, lb: float, method: str) -> t
     """The bound and its description after an exact search."""
     ruled = len(proof.ruled_out)
     if proof.optimal:
-        return proof.bound + multi_cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU purchase(s) ruled out "
-                      f"by CP-SAT in {proof.seconds:.0f} s)")
+        return proof.bound + multi_cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU "
+                                          f"purchase(s) ruled out by CP-SAT in {proof.seconds:.0f} s)")
     if proof.bound + multi_cost > lb + 1e-6:
         return proof.bound + multi_cost, (f"exact search: {ruled} cheaper purchase(s) ruled out, "
                                           f"{len(proof.open)} open after {proof.seconds:.0f} s")
@@ -444,10 +444,11 @@ PROVE_FIRST_PURCHASES = 3
 purchases between the bound and its cost are left to rule out (multilingual: 3); more take longer
 than a default plan should (generated-50: 10, not settled in 3 minutes)."""
 PROVE_FIRST_S = 6.0
-"""Deterministic seconds for that search; multilingual's hardest purchase needs about 4."""
+"""Deterministic seconds for that search (at most the plan's time limit); multilingual's hardest
+purchase needs about 4."""
 
 
-def _prove_first(problem: Problem, cost: float, floor: float, bound: tuple[float, str],
+def _prove_first(problem: Problem, cost: float, floor: float, bound: tuple[float, str], seconds: float,
                  progress: Progress | None, t0: float) -> tuple[float, str]:
     """The bound, raised by the exact search on the greedy plan's cost where that is quick."""
     from packer.planner.prove import prove
@@ -457,7 +458,7 @@ def _prove_first(problem: Problem, cost: float, floor: float, bound: tuple[float
         return bound
     if progress:
         progress("proving", time.monotonic() - t0)
-    proof = prove(problem, cost - floor, lb - floor, PROVE_FIRST_S, max_purchases=PROVE_FIRST_PURCHASES,
+    proof = prove(problem, cost - floor, lb - floor, seconds, max_purchases=PROVE_FIRST_PURCHASES,
                   stop_on_fit=True)
     if proof is None or not proof.optimal and proof.bound + floor <= lb + 1e-6:
         return bound  # a cheaper plan may exist: the search looks for it
@@ -513,7 +514,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         start = time.monotonic()
         first = lower_bound(problem, floor, time_limit=bound_s)
         first = _prove_first(problem, cost_of(problem, gpu_counts(problem, gpus + multi)), floor, first,
-                             progress, t0)
+                             min(PROVE_FIRST_S, limit), progress, t0)
         deadline += time.monotonic() - start  # the search keeps its share of the budget
     if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
         gpus, status = gpus + multi, "optimal"

@@ -11,7 +11,7 @@ from packer.fleet import load_fleet, parse_fleet
 from packer.planner.assemble import Gpu
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.cpsat import solve_window
-from packer.planner.greedy import choose_counts, orderings, pack, reps_for
+from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot
 from packer.planner.solve import _spread, consolidate, multi_start, plan_multi
 from packer.planner.assemble import to_gpus
@@ -134,3 +134,32 @@ def test_priced_packing_leaves_the_a100_to_models_that_fit_nowhere_else():
 
     assert packed(False) == (pytest.approx(8.2), {"a100": ["big1", "big2", "mid1", "mid2"]})
     assert packed(True) == (pytest.approx(5.7), {"a100": ["big1", "big2"], "l4": ["mid1", "mid2"]})
+
+
+def test_a_start_that_runs_out_of_gpus_does_not_sink_the_fleet():
+    # Two H100s and two L4s (no time-slicing). The priced largest-first start opens slots more
+    # readily and runs out of GPUs for m0's second replica; the plain start fits everything.
+    # (A review found the planner refusing this fleet when any largest-first start failed.)
+    def model(name: str, kind: str, mem: float, rps: float, slo: int, base: float, per: float, mr: int) -> dict:
+        return {"name": name, "kind": kind, "memory_gb": mem, "traffic": {"rps": rps, "peak_rps": rps},
+                "slo_ms": slo, "latency_ms": {"gpu": "a100-80gb", "base": base, "per_item": per},
+                "max_batch": 128 if name != "m1" else 32, "min_replicas": mr}
+
+    doc = {"name": "small-pools",
+           "pools": [{"name": "mig", "gpu": "h100-80gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 4.1,
+                      "sharing": ["mig", "time-slicing"]},
+                     {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 0.8,
+                      "sharing": []}],
+           "models": [model("m0", "batch", 16.9, 14.0, 5000, 701, 0.47, 2),
+                      model("m1", "streaming", 2.7, 227.2, 200, 16, 1.06, 1),
+                      model("m2", "streaming", 6.3, 38.4, 100, 30, 0.36, 1),
+                      model("m3", "streaming", 18.0, 187.8, 500, 34, 0.82, 1)]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    multi, _, _ = plan_multi(problem)
+    reps = reps_for(problem, choose_counts(problem))
+    with pytest.raises(NoRoom):
+        pack(problem, reps, priced=True)
+    far = time.monotonic() + 600
+    best = multi_start(problem, reps, {}, time.monotonic(), far)
+    placed = sorted((r.model.name, r.index) for g in best for s in g.slots for r in s.reps)
+    assert placed == sorted((r.model.name, r.index) for r in reps)

@@ -163,20 +163,24 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
     # Each order is packed plain and priced (greedy.pack): which variant wins depends on the fleet.
     starts = [(order, priced) for order in orderings(problem, reps, (count + 1) // 2, problem.settings.seed)
               for priced in (False, True)][:count]
+    failed: NoRoom | None = None
     for i, (order, priced) in enumerate(starts):
-        if i > 0 and time.monotonic() > t0 + 0.4 * (deadline - t0):
+        if i > 0 and best is not None and time.monotonic() > t0 + 0.4 * (deadline - t0):
             break
         try:
             gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
-        except NoRoom:
-            if order is None:
-                raise
+        except NoRoom as e:
+            # Small pools: a start that opens slots more readily (priced) may run out of GPUs
+            # where another fits; the fleet does not fit only when every start fails.
+            failed = failed or e
             continue
         gpus = consolidate(problem, gpus, deadline)
         cost = cost_of(problem, gpu_counts(problem, gpus))
         if cost < best_cost - 1e-9:
             best, best_cost = gpus, cost
-    assert best is not None
+    if best is None:
+        assert failed is not None
+        raise failed
     return best
 
 

@@ -35,7 +35,8 @@ def summary(plan: Plan) -> str:
     shared = sum(1 for m in plan.fleet.models if m.gpus_per_replica == 1)
     if plan.gap > 1e-6 and shared <= MAX_MODELS and "no cheaper plan exists" not in plan.bound_method:
         lines.append("hint: the gap may be the bound's, not the plan's: `--prove 120` searches exactly for a "
-                     "cheaper plan, and proves this one optimal if there is none")
+                     "cheaper plan, and proves this one optimal if there is none (where at most a dozen "
+                     "cheaper GPU purchases are left to rule out)")
     if plan.moves:
         lines.append(f"moves against the current plan: {len(plan.moves)}")
     for w in plan.warnings:

@@ -75,7 +75,8 @@ def planner_replan(time_limit_s: float = 2.0) -> Replanner:
         if headroom is None:
             headroom = float(current.settings.get("headroom", 0.15))
         new = plan_fleet(fleet_at(current.fleet, traffic),
-                         PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0),
+                         # the packing is what a re-plan needs; proving it optimal would only add time
+                         PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0, prove_s=0),
                          current=None if fresh else current)
         return replace(new, fleet=current.fleet)
 

@@ -22,7 +22,8 @@ class PlanSettings:
     above the peak rate without breaking the worst-case bound (Nexus runs GPUs near 100%, but it
     also re-plans every few minutes; a static plan needs slack)."""
     time_limit_s: float | None = None
-    """Wall-clock budget for improvement; None picks one from the fleet size (10 s to 100 s)."""
+    """Budget for the search and the bound (``solve.auto_time_limit``); None picks one from the
+    fleet size (7 s to 100 s). The default exact search of a small fleet gets at most this too."""
     seed: int = 0
     use_mig: bool = True
     """False plans whole GPUs only (time-slicing), as the greedy baseline does."""

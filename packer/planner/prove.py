@@ -56,6 +56,9 @@ Q = 10_000
 MAX_SLOTS = 60
 MAX_MODELS = 60
 MAX_PURCHASES = 12
+WALL_GUARD = 4
+"""Wall-clock seconds allowed per deterministic second before a search is cut short: only a much
+slower or busier machine than this one (about 1 : 1 here) reaches it."""
 QUICK_LOOK = 0.5
 """Deterministic seconds of the first look at each purchase: most are settled within it (on
 multilingual two of three in 0.5 s), and the hard ones share what is left."""
@@ -127,15 +130,19 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
         return None
     ruled, open_, notes = [], [], []
     # Two rounds: a short look at every purchase settles the easy ones, the rest share what is left.
+    # Time is CP-SAT's deterministic time, so the verdicts do not depend on the machine's load; the
+    # wall clock only stops a much slower machine.
+    spent: list[float] = []
     pending = sorted(todo, key=lambda c: purchase_cost(prices, c))
     for rnd in (0, 1):
         still = []
         for i, counts in enumerate(pending):
-            left = time_limit - (time.monotonic() - t0)
+            left = time_limit - sum(spent)
             share = left / (len(pending) - i)
             if rnd == 0 and len(pending) > 1:
                 share = min(share / 4, QUICK_LOOK)
-            verdict = fits(problem, counts, share) if share > 0.05 else None
+            slow = time.monotonic() - t0 > WALL_GUARD * time_limit + 5
+            verdict = fits(problem, counts, share, spent) if share > 0.05 and not slow else None
             if verdict is False:
                 ruled.append(counts)
             elif verdict is True:
@@ -185,8 +192,12 @@ def _can_host(m: Model, st: SlotType, u: float) -> bool:
     return duty_window([item(m, 0.0, st)], u) is not None
 
 
-def fits(problem: Problem, counts: dict[str, int], time_limit: float) -> bool | None:
-    """Does the relaxed exact model fit the shared models on these GPUs? None: not settled."""
+def fits(problem: Problem, counts: dict[str, int], time_limit: float,
+         spent: list[float] | None = None) -> bool | None:
+    """Does the relaxed exact model fit the shared models on these GPUs? None: not settled.
+
+    ``time_limit`` is in CP-SAT's deterministic seconds; the time used is appended to ``spent``.
+    """
     fleet = problem.fleet
     slots = _slots(problem, counts)
     if len(slots) > MAX_SLOTS:
@@ -305,12 +316,14 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float) -> bool | 
 
     solver = cp_model.CpSolver()
     solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = 2 * time_limit + 1
+    solver.parameters.max_time_in_seconds = WALL_GUARD * time_limit + 1
     solver.parameters.num_workers = 1
     # Without the LP relaxation CP-SAT settles these feasibility questions far faster: multilingual's
     # 1 A100 + 6 L4 in 3.8 s instead of 60-75 s (its LP is weak here, and only slows propagation).
     solver.parameters.linearization_level = 0
     code = solver.Solve(mdl)
+    if spent is not None:
+        spent.append(solver.deterministic_time)
     if code == cp_model.INFEASIBLE:
         return False
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):

@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from packer.catalog import layout_named
 from packer.fleet import Fleet, Model, Pool
@@ -26,6 +26,9 @@ from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
 
+if TYPE_CHECKING:
+    from packer.planner.prove import Proof
+
 Progress = Callable[[str, float], None]
 
 
@@ -36,7 +39,9 @@ def auto_time_limit(fleet: Fleet) -> float:
     (only the one-class LP runs there: 1.8 s at 500 models, 16 s at 2000; the greedy restarts
     take 2-4 s each at 2000). Baselines take the rest. The search counts CP-SAT's deterministic
     time, which runs ahead of the wall clock, so a plan takes up to about 1.2x this budget: above
-    100 models the budget grows slowly enough that a 200-model fleet stays within 10 s.
+    100 models the budget grows slowly enough that a 200-model fleet stays within 10 s. A small
+    fleet's default exact search (``_prove_first``) comes on top, up to ``PROVE_FIRST_S``; when it
+    proves the greedy plan optimal, the search's share is not spent.
     """
     n = len(fleet.models)
     if n <= 100:
@@ -430,7 +435,7 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
     return _proof_bound(proof, multi_cost, lb, method)
 
 
-def _proof_bound(proof: "Proof", multi_cost: float, lb: float, method: str) -> tuple[float, str]:
+def _proof_bound(proof: Proof, multi_cost: float, lb: float, method: str) -> tuple[float, str]:
     """The bound and its description after an exact search."""
     ruled = len(proof.ruled_out)
     if proof.optimal:

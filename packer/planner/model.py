@@ -30,8 +30,8 @@ class PlanSettings:
     prove_s: float | None = None
     """Seconds for the exact search that can prove the plan optimal (``prove.py``), run on the
     final plan; 0 skips it. None (the default) runs a short one on the greedy plan instead, before
-    the search for a cheaper plan, where few purchases are left to rule out (``solve._prove_first``):
-    it proves the multilingual example optimal in about 5 s."""
+    the search for a cheaper plan, where few purchases are left to rule out
+    (``solve._prove(first=True)``): it proves the multilingual example optimal in about 5 s."""
     max_replica_options: int = 4
     """Replica counts tried per model: fewer, larger replicas on big slots or more, smaller ones
     on MIG slices or cheap GPUs; the solver picks."""

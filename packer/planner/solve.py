@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from packer.catalog import layout_named
 from packer.fleet import Fleet, Model, Pool
@@ -26,9 +26,6 @@ from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
 
-if TYPE_CHECKING:
-    from packer.planner.prove import Proof
-
 Progress = Callable[[str, float], None]
 
 
@@ -40,7 +37,7 @@ def auto_time_limit(fleet: Fleet) -> float:
     take 2-4 s each at 2000). Baselines take the rest. The search counts CP-SAT's deterministic
     time, which runs ahead of the wall clock, so a plan takes up to about 1.2x this budget: above
     100 models the budget grows slowly enough that a 200-model fleet stays within 10 s. A small
-    fleet's default exact search (``_prove_first``) comes on top, up to ``PROVE_FIRST_S``; when it
+    fleet's default exact search (``_prove(first=True)``) comes on top, up to ``PROVE_FIRST_S``; when it
     proves the greedy plan optimal, the search's share is not spent.
     """
     n = len(fleet.models)
@@ -418,36 +415,6 @@ def greedy_baseline(fleet: Fleet, settings: PlanSettings) -> Baseline:
                     "best-fit-decreasing squishy packing, whole GPUs, time-slicing only")
 
 
-def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: str,
-           seconds: float, progress: Progress | None, t0: float) -> tuple[float, str]:
-    """Raise the bound by the exact search for a cheaper plan (``prove.py``), where it can run.
-
-    ``multi_cost`` is a lower bound on the multi-GPU models' cost (``multi_floor``), and the pools
-    are searched whole: where those models sit is not taken from this plan.
-    """
-    from packer.planner.prove import prove
-
-    if progress:
-        progress("proving", time.monotonic() - t0)
-    proof = prove(problem, cost - multi_cost, lb - multi_cost, seconds)
-    if proof is None:
-        return lb, method + "; exact search skipped: fleet too large for it"
-    return _proof_bound(proof, multi_cost, lb, method)
-
-
-def _proof_bound(proof: Proof, multi_cost: float, lb: float, method: str) -> tuple[float, str]:
-    """The bound and its description after an exact search."""
-    ruled = len(proof.ruled_out)
-    if proof.optimal:
-        return proof.bound + multi_cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU "
-                                          f"purchase(s) ruled out by CP-SAT in {proof.seconds:.0f} s)")
-    if proof.bound + multi_cost > lb + 1e-6:
-        return proof.bound + multi_cost, (f"exact search: {ruled} cheaper purchase(s) ruled out, "
-                                          f"{len(proof.open)} open after {proof.seconds:.0f} s")
-    extra = "; ".join(proof.notes) or f"{len(proof.open)} purchase(s) not settled in {proof.seconds:.0f} s"
-    return lb, method + f"; exact search: {extra}"
-
-
 PROVE_FIRST_PURCHASES = 3
 """The greedy plan is put to the exact search by default only when at most this many GPU
 purchases between the bound and its cost are left to rule out (multilingual: 3); more take longer
@@ -457,21 +424,37 @@ PROVE_FIRST_S = 6.0
 purchase needs about 4."""
 
 
-def _prove_first(problem: Problem, cost: float, floor: float, bound: tuple[float, str], seconds: float,
-                 progress: Progress | None, t0: float) -> tuple[float, str]:
-    """The bound, raised by the exact search on the greedy plan's cost where that is quick."""
+def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: str,
+           seconds: float, progress: Progress | None, t0: float, *, first: bool = False) -> tuple[float, str]:
+    """Raise the bound by the exact search for a cheaper plan (``prove.py``), where it can run.
+
+    ``multi_cost`` is a lower bound on the multi-GPU models' cost (``multi_floor``), and the pools
+    are searched whole: where those models sit is not taken from this plan. ``first`` is the
+    default short search on the greedy plan: only where few purchases are left, it stops at the
+    first purchase the fleet fits on, and unless it raises the bound it leaves the bound and its
+    description as they were, since the search for a cheaper plan follows.
+    """
     from packer.planner.prove import prove
 
-    lb, method = bound
     if lb >= cost - 1e-6:
-        return bound
+        return lb, method
     if progress:
         progress("proving", time.monotonic() - t0)
-    proof = prove(problem, cost - floor, lb - floor, seconds, max_purchases=PROVE_FIRST_PURCHASES,
-                  stop_on_fit=True)
-    if proof is None or not proof.optimal and proof.bound + floor <= lb + 1e-6:
-        return bound  # a cheaper plan may exist: the search looks for it
-    return _proof_bound(proof, floor, lb, method)
+    limits = {"max_purchases": PROVE_FIRST_PURCHASES, "stop_on_fit": True} if first else {}
+    proof = prove(problem, cost - multi_cost, lb - multi_cost, seconds, **limits)
+    if first and (proof is None or not proof.optimal and proof.bound + multi_cost <= lb + 1e-6):
+        return lb, method  # a cheaper plan may exist: the search looks for it
+    if proof is None:
+        return lb, method + "; exact search skipped: fleet too large for it"
+    ruled = len(proof.ruled_out)
+    if proof.optimal:
+        return proof.bound + multi_cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU "
+                                          f"purchase(s) ruled out by CP-SAT in {proof.seconds:.0f} s)")
+    if proof.bound + multi_cost > lb + 1e-6:
+        return proof.bound + multi_cost, (f"exact search: {ruled} cheaper purchase(s) ruled out, "
+                                          f"{len(proof.open)} open after {proof.seconds:.0f} s")
+    extra = "; ".join(proof.notes) or f"{len(proof.open)} purchase(s) not settled in {proof.seconds:.0f} s"
+    return lb, method + f"; exact search: {extra}"
 
 
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
@@ -513,6 +496,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         progress("greedy", time.monotonic() - t0)
         progress("consolidated", time.monotonic() - t0)
     floor = multi_floor(problem)
+    greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
     first = None
     if settings.prove_s is None and current is None:
         # Small fleets: the greedy plan is often optimal already, and the exact search can show it
@@ -521,11 +505,10 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         if progress:
             progress("bound", time.monotonic() - t0)
         start = time.monotonic()
-        first = lower_bound(problem, floor, time_limit=bound_s)
-        first = _prove_first(problem, cost_of(problem, gpu_counts(problem, gpus + multi)), floor, first,
-                             min(PROVE_FIRST_S, limit), progress, t0)
+        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s),
+                       min(PROVE_FIRST_S, limit), progress, t0, first=True)
         deadline += time.monotonic() - start  # the search keeps its share of the budget
-    if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
+    if first is not None and first[0] >= greedy_cost - 1e-6:
         gpus, status = gpus + multi, "optimal"
     else:
         gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)

@@ -70,9 +70,9 @@ class Spinner:
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the plan (JSON) here for later stages.")
 @click.option("--explain", "explain_model", metavar="MODEL", help="Explain where a model went and why.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the packing as an SVG picture.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the search: the same seed gives the same plan.")
+@click.option("--seed", default=PlanSettings.seed, show_default=True, help="Seed of the search: the same seed gives the same plan.")
 @click.option("--time-limit", type=float, help="Seconds for the search (default: from the fleet size).")
-@click.option("--headroom", default=0.15, show_default=True, help="Share of every slot's time kept free.")
+@click.option("--headroom", default=PlanSettings.headroom, show_default=True, help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")
 @click.option("--prove", "prove_s", type=float, default=None, metavar="SECONDS",
               help="Spend up to SECONDS, after the search, on an exact search that can prove the plan "
@@ -83,7 +83,7 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
          prove_s: float | None) -> None:
     """Plan FLEET (default: the bundled multilingual example). A dry run: nothing is applied."""
     if not 0 <= headroom < 1:
-        raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom 0.15")
+        raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom {PlanSettings.headroom}")
     path = Path(fleet) if fleet else example_path()
     f = load_fleet(path)
     cur = load_plan(current) if current else None

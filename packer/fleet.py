@@ -302,10 +302,11 @@ def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
             seen[it.name] = i
     fleet = Fleet(name, pools, models, str(doc.get("about") or ""), source)
     # Deferred import: feasibility needs the slot maths, which needs the fleet types above.
+    from packer.settings import PlanSettings
     from packer.slot import check_model_servable
 
-    for i, m in enumerate(models):
-        check_model_servable(fleet, m, f"models[{i}] ({m.name})")
+    for i, m in enumerate(models):  # servable at all: at the planner's default headroom
+        check_model_servable(fleet, m, f"models[{i}] ({m.name})", u=PlanSettings().u)
     return fleet
 
 

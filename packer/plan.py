@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.fleet import Fleet, Model, parse_fleet
+from packer.settings import PlanSettings
 
 PLAN_VERSION = 1
 
@@ -110,7 +111,8 @@ class Plan:
     layouts: tuple[GpuLayout, ...] = ()
     replicas: dict[str, int] = field(default_factory=dict)
     moves: tuple[Move, ...] = ()
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: PlanSettings = field(default_factory=PlanSettings)
+    """The planner's choices this plan was made with; every later stage reads its headroom here."""
     bound_method: str = ""
     warnings: tuple[str, ...] = ()
 
@@ -187,7 +189,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "layouts": [asdict(l) | {"creation_order": list(l.creation_order)} for l in plan.layouts],
         "placements": [_placement_dict(p) for p in plan.placements],
         "moves": [asdict(m) for m in plan.moves],
-        "settings": dict(plan.settings),
+        "settings": plan.settings.to_dict(),
         "warnings": list(plan.warnings),
     }
 
@@ -214,7 +216,7 @@ def from_dict(d: dict[str, Any]) -> Plan:
                       for l in d.get("layouts", [])),
         replicas=dict(d.get("replicas", {})),
         moves=tuple(Move(**m) for m in d.get("moves", [])),
-        settings=dict(d.get("settings", {})),
+        settings=PlanSettings.from_dict(d.get("settings")),
         bound_method=d.get("bound_method", ""),
         warnings=tuple(d.get("warnings", [])),
     )

@@ -68,3 +68,19 @@ def test_headroom_out_of_range_is_refused() -> None:
     d["settings"] = {"headroom": -0.1}
     with pytest.raises(ValueError, match="headroom"):
         from_dict(d)
+
+
+def test_the_simulator_runs_at_the_plans_headroom() -> None:
+    pytest.importorskip("numpy")
+    from sims.engine import Simulation
+    from sims.handplan import Group, hand_plan
+    from sims.scenario import Scenario
+
+    plan = replace(tiny_plan(rate=400.0), settings=PlanSettings(headroom=0.3))
+    assert Simulation(plan, Scenario(process="peak"), seed=0, policy="static").u == pytest.approx(0.7)
+    assert Simulation(tiny_plan(), Scenario(process="peak"), seed=0, policy="static").u == pytest.approx(
+        PlanSettings().u)
+    # a hand-written plan records the utilisation its slots were sized at
+    f = tiny_plan().fleet
+    assert hand_plan(f, [Group("l4", "whole", ("asr-a",))], u=0.7).settings.headroom == pytest.approx(0.3)
+    assert hand_plan(f, [Group("l4", "whole", ("asr-a",))]).settings == PlanSettings()

@@ -31,7 +31,7 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float | None = None) -> P
     """One slot per group; ``u`` is the usable share of a duty cycle (None: the planner's default
     headroom's), recorded in the plan's settings so later stages size slots alike."""
     settings = PlanSettings() if u is None else PlanSettings(headroom=1.0 - u)
-    u = settings.u
+    u = settings.u if u is None else u
     counts: dict[str, int] = {}
     for g in groups:
         for n in g.models:

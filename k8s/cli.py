@@ -18,12 +18,7 @@ from packer.errors import UserError
 def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` light
     from packer.plan import load_plan
 
-    try:
-        return load_plan(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such plan file. Fix: give the JSON written by `packer plan -o`") from None
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{path}: not a plan file ({e}). Fix: give the JSON written by `packer plan -o`") from None
+    return load_plan(path)  # every problem is one line naming the file and the fix
 
 
 @click.command("k8s")

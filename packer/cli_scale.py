@@ -17,21 +17,20 @@ import click
 
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
+from packer.safeload import cut, listing, parse_json, read_text
 from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, apply, decide, observe, snapshot_from_dict
 
 
+SNAPSHOT_FIX = 'give a metrics snapshot JSON ({"time": s, "models": {name: {"arrival_rps": ..}}}, docs/scaling.md)'
+
+
 def _read_snapshot(path: str) -> tuple[float | None, dict[str, Signals]]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file. Fix: give a metrics snapshot JSON "
-                        '({"time": s, "models": {name: {"arrival_rps": ..}}})') from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    p = cut(path, 200)
+    doc = parse_json(read_text(path, SNAPSHOT_FIX), p)  # bounded: size, depth, NaN, huge numbers
     try:
         return snapshot_from_dict(doc)
     except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{p}: {e}. Fix: {SNAPSHOT_FIX}") from None
 
 
 def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
@@ -61,17 +60,15 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
     """Print the scaling actions for a plan under the given load, each with its reason and cost."""
     if bool(metrics_path) == bool(urls):
         raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")
-    try:
-        plan: Plan = load_plan(plan_path)
-    except FileNotFoundError:
-        raise UserError(f"{plan_path}: no such file. Fix: write one with `packer plan FLEET -o plan.json`") from None
+    plan: Plan = load_plan(plan_path)  # one line naming the file and the fix, whatever is wrong
     if metrics_path:
         t, signals = _read_snapshot(metrics_path)
     else:
         t, signals = None, _read_triton(urls, window_s)
     unknown = sorted(set(signals) - {m.name for m in plan.fleet.models})
     if unknown:
-        raise UserError(f"metrics name models not in the plan: {', '.join(unknown)}")
+        raise UserError(f"metrics name models not in the plan: {listing(unknown)}. Fix: give the snapshot of "
+                        "this plan's servers, or the plan they serve")
     settings = ScalingSettings()
     now = t if t is not None else 0.0
     state = ScalingState()

@@ -168,8 +168,12 @@ def parse_yaml(text: str, where: str, *, numbers: bool = True) -> Any:
 # JSON
 
 
+class _Constant(ValueError):
+    pass
+
+
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number packer accepts")
+    raise _Constant(name)
 
 
 def parse_json(text: str, where: str) -> Any:
@@ -181,7 +185,10 @@ def parse_json(text: str, where: str) -> Any:
                          "fix the syntax, or regenerate the file") from None
     except RecursionError:
         raise InputError(where, f"is nested deeper than {MAX_DEPTH} levels", "check the file") from None
-    except ValueError as e:  # NaN/Infinity, or an integer of more than 4300 digits
+    except _Constant as e:
+        raise InputError(where, f"holds {e}, not a number packer accepts",
+                         f"give finite numbers of at most {MAX_NUMBER:g}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
         raise InputError(where, f"holds a value packer refuses ({show(str(e), 80)})",
                          f"give finite numbers of at most {MAX_NUMBER:g}") from None
     check_tree(doc, where)
@@ -223,7 +230,7 @@ def check_tree(doc: Any, where: str, *, numbers: bool = True) -> None:
             continue
         elif isinstance(v, (int, float)):
             if not (math.isfinite(v) if isinstance(v, float) else True) or abs(v) > MAX_NUMBER:
-                raise InputError(f"{where}: {_path(path)}", f"{_num(v)} is not a number packer accepts",
+                raise InputError(f"{where}: {_path(path)}", f"{num(v)} is not a number packer accepts",
                                  f"give a finite number of at most {MAX_NUMBER:g}")
 
 
@@ -239,7 +246,7 @@ def _path(p: Any) -> str:
     return out or "(top level)"
 
 
-def _num(v: Any) -> str:
+def num(v: Any) -> str:
     """A number as a message shows it: ``nan``, ``1e+308``, ``12``, ``9.22e+18``."""
     if isinstance(v, int) and not isinstance(v, bool):
         if abs(v) < 10**15:
@@ -256,5 +263,5 @@ def number(v: Any, where: str, lo: float, hi: float, unit: str, fix: str, *, lo_
     ok = (math.isfinite(v) if isinstance(v, float) else True) and (v > lo if lo_open else v >= lo) and v <= hi
     if not ok:
         rng = f"more than {lo:g} and at most {hi:g}" if lo_open else f"{lo:g} to {hi:g}"
-        raise err(where, f"is {_num(v)}, outside the allowed range ({rng}{' ' + unit if unit else ''})", fix)
+        raise err(where, f"is {num(v)}, outside the allowed range ({rng}{' ' + unit if unit else ''})", fix)
     return v

@@ -15,12 +15,9 @@ from serving.settings import RenderSettings
 
 
 def _load(path: str) -> Plan:
-    try:
-        return load_plan(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such plan file. Fix: make one with `packer plan FLEET -o {path}`") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a plan file ({e}). Fix: regenerate it with `packer plan FLEET -o {path}`") from None
+    # load_plan says what is wrong in one line; a fleet file is told to be planned first, into
+    # plan.json, never to be overwritten by `packer plan FLEET -o` the fleet's own path.
+    return load_plan(path)
 
 
 def _settings_options(f):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from packer.cliutil import Number, check_output_file
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
 from packer.safeload import cut, listing, parse_json, read_text
@@ -51,7 +52,8 @@ def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
               help="The deployed plan (plan.json from `packer plan`).")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), help="Metrics snapshot JSON.")
 @click.option("--triton", "urls", multiple=True, help="Triton metrics URL (repeatable), e.g. http://host:8002/metrics.")
-@click.option("--window", "window_s", default=10.0, show_default=True, help="Seconds between the two Triton scrapes.")
+@click.option("--window", "window_s", default=10.0, show_default=True, type=Number(0, 3600, unit="seconds"),
+              help="Seconds between the two Triton scrapes.")
 @click.option("--steady", is_flag=True, help="Treat the snapshot as the whole stabilisation window (shows scale-down).")
 @click.option("--json", "as_json", is_flag=True, help="Print the actions as JSON.")
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), help="Write the plan after the actions.")
@@ -60,6 +62,7 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
     """Print the scaling actions for a plan under the given load, each with its reason and cost."""
     if bool(metrics_path) == bool(urls):
         raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")
+    check_output_file(out_path, "-o", not_=(plan_path, metrics_path))
     plan: Plan = load_plan(plan_path)  # one line naming the file and the fix, whatever is wrong
     if metrics_path:
         t, signals = _read_snapshot(metrics_path)

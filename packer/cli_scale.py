@@ -18,7 +18,7 @@ import click
 from packer.cliutil import Number, check_output_file
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
-from packer.safeload import cut, listing, parse_json, read_text
+from packer.safeload import cut_path, listing, parse_json, read_text
 from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, apply, decide, observe, snapshot_from_dict
 
 
@@ -26,7 +26,7 @@ SNAPSHOT_FIX = 'give a metrics snapshot JSON ({"time": s, "models": {name: {"arr
 
 
 def _read_snapshot(path: str) -> tuple[float | None, dict[str, Signals]]:
-    p = cut(path, 200)
+    p = cut_path(path)
     doc = parse_json(read_text(path, SNAPSHOT_FIX), p)  # bounded: size, depth, NaN, huge numbers
     try:
         return snapshot_from_dict(doc)

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from packer.errors import UserError
-from packer.safeload import cut, listing
+from packer.safeload import cut, cut_path, listing
 
 
 class Number(click.ParamType):
@@ -60,16 +60,16 @@ def check_output_file(path: str | None, option: str, *, not_: tuple[str | None, 
     p = Path(path)
     for other in not_:
         if other and p.exists() and Path(other).exists() and p.resolve() == Path(other).resolve():
-            raise UserError(f"{option} {cut(path)}: would overwrite the input file {cut(other)}. "
+            raise UserError(f"{option} {cut_path(path)}: would overwrite the input file {cut_path(other)}. "
                             "Fix: write to another file, e.g. plan.json")
     if p.is_dir():
-        raise UserError(f"{option} {cut(path)}: is a directory. Fix: give a file path, e.g. {cut(path)}/plan.json")
+        raise UserError(f"{option} {cut_path(path)}: is a directory. Fix: give a file path, e.g. {cut_path(path)}/plan.json")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"{option} {cut(path)}: the directory {cut(str(parent))} does not exist. "
-                        f"Fix: create it (mkdir -p {cut(str(parent))}) or give another path")
+        raise UserError(f"{option} {cut_path(path)}: the directory {cut_path(str(parent))} does not exist. "
+                        f"Fix: create it (mkdir -p {cut_path(str(parent))}) or give another path")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise UserError(f"{option} {cut(path)}: cannot be written (permission denied). Fix: give a writable path")
+        raise UserError(f"{option} {cut_path(path)}: cannot be written (permission denied). Fix: give a writable path")
 
 
 def check_output_dir(path: str | None, option: str) -> None:
@@ -78,12 +78,12 @@ def check_output_dir(path: str | None, option: str) -> None:
         return
     p = Path(path)
     if p.exists() and not p.is_dir():
-        raise UserError(f"{option} {cut(path)}: is a file, not a directory. Fix: give a directory path")
+        raise UserError(f"{option} {cut_path(path)}: is a file, not a directory. Fix: give a directory path")
     q = p
     while not q.exists():
         q = q.parent
     if not q.is_dir() or not os.access(q, os.W_OK):
-        raise UserError(f"{option} {cut(path)}: cannot be created under {cut(str(q))}. Fix: give a writable path")
+        raise UserError(f"{option} {cut_path(path)}: cannot be created under {cut_path(str(q))}. Fix: give a writable path")
 
 
 def write_output(path: str, text: str, option: str) -> None:
@@ -91,7 +91,7 @@ def write_output(path: str, text: str, option: str) -> None:
     try:
         Path(path).write_text(text)
     except OSError as e:
-        raise UserError(f"{option} {cut(path)}: cannot be written ({e.strerror or e}). Fix: give a writable path") \
+        raise UserError(f"{option} {cut_path(path)}: cannot be written ({e.strerror or e}). Fix: give a writable path") \
             from None
 
 
@@ -106,8 +106,9 @@ def same_fleet(plan_fleet: Any, fleet: Any, plan_path: str, fleet_path: str) -> 
     common = len(old & new)
     if (plan_fleet.name == fleet.name and (common or not old or not new)) or 2 * common >= max(len(old), 1):
         return
-    raise UserError(f"--current {cut(plan_path)}: a plan of fleet {cut(plan_fleet.name)!r} ({len(old)} models, "
-                    f"{common} in common), not of fleet {cut(fleet.name)!r} ({cut(fleet_path)}, {len(new)} models). "
+    raise UserError(f"--current {cut_path(plan_path)}: a plan of fleet {cut(plan_fleet.name)!r} "
+                    f"({len(old)} models, {common} in common), not of fleet {cut(fleet.name)!r} "
+                    f"({cut_path(fleet_path)}, {len(new)} models). "
                     "Fix: give the plan made from this fleet, or drop --current")
 
 
@@ -122,11 +123,11 @@ def same_traffic(a: Any, b: Any, a_path: str, b_path: str) -> None:
         return
     only_a, only_b = sorted(set(ta) - set(tb)), sorted(set(tb) - set(ta))
     if only_a or only_b:
-        what = "; ".join(x for x in (f"only in {cut(a_path)}: {listing(only_a, 4)}" if only_a else "",
-                                     f"only in {cut(b_path)}: {listing(only_b, 4)}" if only_b else "") if x)
+        what = "; ".join(x for x in (f"only in {cut_path(a_path)}: {listing(only_a, 4)}" if only_a else "",
+                                     f"only in {cut_path(b_path)}: {listing(only_b, 4)}" if only_b else "") if x)
     else:
         diff = sorted(n for n in ta if ta[n] != tb[n])
         what = f"traffic differs for {listing(diff, 4)}"
-    raise UserError(f"--compare {cut(b_path)}: serves other traffic than {cut(a_path)} (fleet "
+    raise UserError(f"--compare {cut_path(b_path)}: serves other traffic than {cut_path(a_path)} (fleet "
                     f"{cut(b.fleet.name)!r} vs {cut(a.fleet.name)!r}; {what}). Fix: compare plans of the same "
                     "fleet and traffic, e.g. two `packer plan` runs of one fleet file")

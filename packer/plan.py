@@ -231,9 +231,9 @@ def load_plan(path: str | Path) -> Plan:
     :class:`~packer.safeload.InputError` naming the file and the fix, never a traceback.
     """
     from packer.errors import UserError
-    from packer.safeload import InputError, cut, looks_like_json, parse_json, parse_yaml, read_text, show
+    from packer.safeload import InputError, cut_path, looks_like_json, parse_json, parse_yaml, read_text, show
 
-    p = cut(str(path), 200)
+    p = cut_path(path)
     fix = "write one with `packer plan FLEET -o plan.json`"
     text = read_text(path, fix)
     if looks_like_json(text):

@@ -60,6 +60,12 @@ def cut(s: str, limit: int = SHOW) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+def cut_path(path: Any, limit: int = 160) -> str:
+    """A path cut from the front, so the file's name stays: ``…/deep/dir/plan.json``."""
+    s = str(path)
+    return s if len(s) <= limit else "…" + s[-(limit - 1):]
+
+
 def listing(names: Any, limit: int = 8) -> str:
     """``a, b, c, … (N more)``: an error lists a few names, never 100 000 of them."""
     names = [str(n) for n in names]

@@ -69,9 +69,12 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
 @click.option("--dry-run", is_flag=True, help="Run one cycle, print what it would do and its diff id; write nothing.")
 @click.option("--confirm", "confirm", metavar="DIFF_ID", default=None,
               help="Apply one cycle, only if its diff is the one a dry run printed with this id.")
-@click.option("--interval", type=Number(0, 86400, lo_open=True, unit="seconds"), default=15.0, show_default=True, help="Seconds between cycles.")
-@click.option("--planner-time-limit", type=Number(0, 1e6, lo_open=True, unit="seconds"), default=20.0, show_default=True)
-@click.option("--port", type=Number(0, 65535, integer=True), default=8080, show_default=True, help="HTTP port of /healthz, /metrics, /.")
+@click.option("--interval", type=Number(0, 86400, lo_open=True, unit="seconds"), default=15.0, show_default=True,
+              help="Seconds between cycles.")
+@click.option("--planner-time-limit", type=Number(0, 1e6, lo_open=True, unit="seconds"), default=20.0,
+              show_default=True)
+@click.option("--port", type=Number(0, 65535, integer=True), default=8080, show_default=True,
+              help="HTTP port of /healthz, /metrics, /.")
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")

@@ -63,7 +63,8 @@ def check_output_file(path: str | None, option: str, *, not_: tuple[str | None, 
             raise UserError(f"{option} {cut_path(path)}: would overwrite the input file {cut_path(other)}. "
                             "Fix: write to another file, e.g. plan.json")
     if p.is_dir():
-        raise UserError(f"{option} {cut_path(path)}: is a directory. Fix: give a file path, e.g. {cut_path(path)}/plan.json")
+        raise UserError(f"{option} {cut_path(path)}: is a directory. "
+                        f"Fix: give a file path, e.g. {cut_path(path)}/plan.json")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"{option} {cut_path(path)}: the directory {cut_path(str(parent))} does not exist. "
@@ -83,7 +84,8 @@ def check_output_dir(path: str | None, option: str) -> None:
     while not q.exists():
         q = q.parent
     if not q.is_dir() or not os.access(q, os.W_OK):
-        raise UserError(f"{option} {cut_path(path)}: cannot be created under {cut_path(str(q))}. Fix: give a writable path")
+        raise UserError(f"{option} {cut_path(path)}: cannot be created under {cut_path(str(q))}. "
+                        "Fix: give a writable path")
 
 
 def write_output(path: str, text: str, option: str) -> None:
@@ -91,8 +93,8 @@ def write_output(path: str, text: str, option: str) -> None:
     try:
         Path(path).write_text(text)
     except OSError as e:
-        raise UserError(f"{option} {cut_path(path)}: cannot be written ({e.strerror or e}). Fix: give a writable path") \
-            from None
+        raise UserError(f"{option} {cut_path(path)}: cannot be written ({e.strerror or e}). "
+                        "Fix: give a writable path") from None
 
 
 def same_fleet(plan_fleet: Any, fleet: Any, plan_path: str, fleet_path: str) -> None:

@@ -264,13 +264,15 @@ def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
         gpu = _get(e, "gpu", w, str)
         gname, _, prof = gpu.partition("/")
         if gname not in GPU_TYPES:
-            raise FleetError(f"{w}.gpu", f"unknown GPU type {show(gname)}", f"use one of {', '.join(sorted(GPU_TYPES))}")
+            raise FleetError(f"{w}.gpu", f"unknown GPU type {show(gname)}",
+                             f"use one of {', '.join(sorted(GPU_TYPES))}")
         if prof:
             try:
                 gpu_type(gname).profile(prof)
             except KeyError:
                 names = [p.name for p in gpu_type(gname).mig_profiles] or ["(none: no MIG)"]
-                raise FleetError(f"{w}.gpu", f"{gname} has no MIG profile {show(prof)}", f"use one of {names}") from None
+                raise FleetError(f"{w}.gpu", f"{gname} has no MIG profile {show(prof)}",
+                                 f"use one of {names}") from None
         base = _positive(_get(e, "base", w, float), f"{w}.base", "give the fixed ms per batch, ≥ 0", zero_ok=True,
                          hi=MAX_LATENCY_MS, unit="ms")
         per = _positive(_get(e, "per_item", w, float), f"{w}.per_item", "give the ms per request in a batch, ≥ 0",

@@ -73,7 +73,8 @@ def _pick(plan: Plan, group: str) -> Placement:
 @click.command("serve-local")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--group", default="0", show_default=True, help="Packed group: index or slot id.")
-@click.option("--seconds", type=Number(0, 1e7, lo_open=True, unit="seconds"), default=None, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--seconds", type=Number(0, 1e7, lo_open=True, unit="seconds"), default=None,
+              help="Stop after this long (default: until Ctrl-C).")
 @_settings_options
 def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float) -> None:
     """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).

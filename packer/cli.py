@@ -52,9 +52,15 @@ def render() -> None:
 
 
 def one_line(msg: str, limit: int = 1000) -> str:
-    """An error as one line of bounded length: the start (the field) and the end (the fix) kept."""
+    """An error as one line of bounded length: the start (the field) and the end (the fix) kept.
+
+    Control characters and lone surrogates a hostile file may carry into a name are escaped, so the
+    line neither drives the terminal nor fails to print.
+    """
     msg = " ".join(msg.split())
-    return msg if len(msg) <= limit else msg[: limit - 300] + " … " + msg[-297:]
+    if len(msg) > limit:
+        msg = msg[: limit - 300] + " … " + msg[-297:]
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else ascii(c)[1:-1] for c in msg)
 
 
 def main(argv: list[str] | None = None) -> int:

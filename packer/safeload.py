@@ -32,6 +32,8 @@ MAX_DEPTH = 32
 MAX_NODES = 1_000_000
 MAX_NUMBER = 1e15
 """Larger than any count, rate or time a fleet, plan or snapshot holds; far below overflow."""
+MAX_NUMBER_CHARS = 1000
+"""Longest plain YAML scalar that may be read as a number (a float needs about 25)."""
 SHOW = 60
 """Characters of a user's value echoed in a message."""
 
@@ -150,6 +152,12 @@ def _check_events(text: str, where: str) -> None:
                 sizes[anchor] = n
             add(n)
         elif isinstance(ev, yaml.ScalarEvent):
+            numeric = ev.implicit[0] or ev.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+            if numeric and len(ev.value) > MAX_NUMBER_CHARS and ev.value[:1] in "+-.0123456789":
+                # a plain scalar that may resolve as a number: 10**5000 or 1:2:3:… (base 60) would
+                # take quadratic time to build, or fail past Python's 4300 digits
+                raise InputError(where, f"holds a number of over {MAX_NUMBER_CHARS} characters "
+                                 f"(line {ev.start_mark.line + 1})", "give numbers in their usual form")
             if ev.anchor is not None:
                 sizes[ev.anchor] = 1
             add(1)
@@ -162,10 +170,15 @@ def parse_yaml(text: str, where: str, *, numbers: bool = True) -> Any:
     try:
         _check_events(text, where)
         doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except InputError:
+        raise
     except yaml.YAMLError as e:
         raise _yaml_error(where, e) from None
     except RecursionError:  # not reached after the depth check; kept as a last guard
         raise InputError(where, f"is nested deeper than {MAX_DEPTH} levels", "check the file") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a value YAML parses but cannot build: 2020-13-45
+        raise InputError(where, f"holds a value that cannot be read ({show(str(e), 80)})",
+                         "quote it if it is text, or fix it") from None
     check_tree(doc, where, numbers=numbers)
     return doc
 

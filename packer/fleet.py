@@ -175,7 +175,9 @@ def _get(d: dict, key: str, where: str, typ: type | tuple, *, required: bool = T
         raise FleetError(f"{where}.{key}", f"is {v!r}, not a {types[0].__name__}", fix or f"give a {types[0].__name__}")
     if not isinstance(v, types):
         names = " or ".join(t.__name__ for t in types)
-        raise FleetError(f"{where}.{key}", f"is {type(v).__name__} {show(v)}, expected {names}",
+        shown = show(v)
+        shown = shown if shown.startswith("a ") else f"{type(v).__name__} {shown}"
+        raise FleetError(f"{where}.{key}", f"is {shown}, expected {names}",
                          fix or f"write `{key}` as a {names}")
     return v
 

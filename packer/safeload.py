@@ -121,6 +121,9 @@ _Loader.add_implicit_resolver(
 def _yaml_error(where: str, e: yaml.YAMLError) -> InputError:
     mark = getattr(e, "problem_mark", None)
     at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    if isinstance(e, yaml.constructor.ConstructorError):  # a tag such as !!python/object, a list as a key
+        return InputError(where, f"holds a value packer does not read{at} ({show(str(e.problem), 80)})",
+                          "write plain values: text, numbers, lists and mappings")
     return InputError(where, f"is not valid YAML{at}", "fix the syntax (indentation, colons, quotes)")
 
 

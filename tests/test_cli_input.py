@@ -89,6 +89,18 @@ def test_numbers_out_of_range_say_the_range(field, value, says):
     assert says in str(e.value) and "\n" not in str(e.value)
 
 
+def test_the_reference_example_loads_and_names_every_key():
+    import re
+
+    from packer import fleet as fl
+
+    text = (ROOT / "docs" / "fleet-format.md").read_text()
+    parse_fleet(yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1)))
+    for key in {*fl.FLEET_KEYS, *fl.POOL_KEYS, *fl.MODEL_KEYS, *fl.TRAFFIC_KEYS, *fl.LATENCY_KEYS, *fl.ARTIFACT_KEYS}:
+        assert f"`{key}`" in text, key
+    assert "docs/fleet-format.md" in (ROOT / "README.md").read_text()
+
+
 def test_yaml_1_2_exponents_are_numbers(tmp_path):
     text = FLEET.read_text().replace("rps: 3437.5", "rps: 3.4375e3", 1)
     assert "3.4375e3" in text

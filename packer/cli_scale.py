@@ -11,7 +11,6 @@ the actions lead to.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 

@@ -35,7 +35,7 @@ from k8s import names as N
 from k8s.cluster import ApiError, Cluster
 from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_referenced_mig_configs, key,
                      merge_patch, node_actions)
-from k8s.lease import LeaderElector
+from k8s.lease import LeaderElector, LeaseLost
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
@@ -165,13 +165,17 @@ class Reconciler:
         """With ``signals``, the scaling policy moves the plan with live traffic."""
         self.clock = clock
         self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
-        self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
+        self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s,
+                                     self.s.fence_margin_s, clock)
         self.last: CycleReport | None = None
         self.unbound: list[str] = []
         self.signal_failures: list[str] = []
         self._fleet: tuple[str, Fleet, str] | None = None
         """(fleet ConfigMap text, parsed fleet, its hash): parse only when the text changes."""
         self._rendered: tuple[Plan, list[dict[str, Any]]] | None = None
+        self._planned: tuple[tuple[str, str | None], Plan, str] | None = None
+        """((fleet hash, stored plan id), plan, why) of the last fleet-driven re-plan: a cycle that
+        lost its lease while planning does not make the next one plan again from the start."""
         self._blob: tuple[str, Plan] | None = None
         """(stored plan blob, decoded plan): decode only when the status ConfigMap's blob changes."""
         self.policy_state: dict[str, Any] | None = None
@@ -246,7 +250,10 @@ class Reconciler:
         try:
             if stored is None or obs.summary.get("fleet_hash") != fleet_hash:
                 why = "no plan yet" if stored is None else "fleet changed"
-                return self.planner(fleet, stored), why, state | {"_fleet_hash": fleet_hash}, []
+                k = (fleet_hash, stored.id if stored is not None else None)
+                if self._planned is None or self._planned[0] != k:
+                    self._planned = (k, self.planner(fleet, stored), why)
+                return self._planned[1], self._planned[2], state | {"_fleet_hash": fleet_hash}, []
             if self.scaler is None or self.signals is None:
                 return stored, "", state, []
             signals = self.signals(stored, obs.live)
@@ -296,8 +303,9 @@ class Reconciler:
 
     # -- act ----------------------------------------------------------------------------------
 
-    def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str]]:
-        """Carry out the gated actions; a failure is reported and left to the next cycle."""
+    def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str], LeaseLost | None]:
+        """Carry out the gated actions; a failure is reported and left to the next cycle. A lost
+        lease stops at once: what was done so far, and the loss, come back."""
         c = self.cluster
         done, conflicts, errors = [], [], []
         for a in actions:
@@ -323,7 +331,9 @@ class Reconciler:
                 done.append(a)
             except ApiError as e:
                 errors.append(str(e))
-        return done, conflicts, errors
+            except LeaseLost as e:
+                return done, conflicts, errors, e
+        return done, conflicts, errors, None
 
     def record(self, obs: Observed, plan: Plan | None, state: dict[str, Any], rep: CycleReport, now: float) -> None:
         """Events for what was done and for new problems; the status ConfigMap if its content changed."""
@@ -432,9 +442,18 @@ class Reconciler:
                 rep.leader = False
                 self.policy_state = None  # the leader's copy is the truth now
             else:
+                if not dry_run:  # fenced: every call checks the lease, bounded by its time left
+                    self.cluster.guard = lambda: self.elector.budget(self.clock())
                 self._cycle(rep, now, dry_run, expect)
         except ApiError as e:
             rep.errors.append(f"cycle aborted: {e}")
+        except LeaseLost as e:
+            rep.leader = False
+            rep.errors.append(f"cycle stopped, leadership lost: {e}")
+            self.policy_state = None
+            log.warning("stopped acting: %s", e)
+        finally:
+            self.cluster.guard = None
         rep.calls = self.cluster.calls - before
         rep.writes = (sum(n for v, n in rep.calls.items() if v in ("create", "patch", "delete"))
                       - (self.cluster.lease_writes - lease_writes))
@@ -483,9 +502,11 @@ class Reconciler:
                               "applied. Fix: dry-run again and confirm what it prints")
             rep.done = []
             return
-        done, more_conflicts, act_errors = self.act(g.now)
+        done, more_conflicts, act_errors, lost = self.act(g.now)
         rep.done, rep.conflicts, rep.errors = done, conflicts + more_conflicts, rep.errors + act_errors
         lap("act")
+        if lost is not None:
+            raise lost
         self.record(obs, plan, state, rep, now)
         lap("record")
 

@@ -38,6 +38,10 @@ class ReconcileSettings:
     lease_name: str = "packer-reconciler"
     lease_duration_s: int = 30
     """A dead leader is replaced after this long; two missed renewals at the default interval."""
+    fence_margin_s: float = 5.0
+    """A leader stops writing this long before its lease runs out (at most a third of the lease):
+    slack for clock drift between replicas and for a write already on the wire. Every API call of a
+    leading cycle is checked against the lease and its timeout bounded by the time left."""
     max_disruptions_per_cycle: int = 4
     """Deletions, rolling updates and node relabels per cycle: each may cost serving capacity."""
     max_attempts: int = 5
@@ -46,7 +50,8 @@ class ReconcileSettings:
     """First retry delay; doubled each try with full jitter, as the client-go default backoff does."""
     backoff_max_s: float = 5.0
     request_timeout_s: float = 10.0
-    """Per-request timeout: a hung API server must not stall the loop forever."""
+    """Per-request timeout: a hung API server must not stall the loop forever. A leader's calls get
+    less when less of its lease is left."""
     fleet_configmap: str = "packer-fleet"
     status_configmap: str = "packer-status"
     policy_checkpoint_s: float = 300.0

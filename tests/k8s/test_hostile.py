@@ -1,0 +1,131 @@
+"""The reconciler under faults and hostile input (issue 15), over real HTTP against the emulator:
+a leader paused past its lease writes nothing more; what is not packer's stays as it is; bad input
+is reported and the last good plan stays applied."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import kmock
+
+NS = "packer"
+WRITES = ("POST", "PATCH", "PUT", "DELETE")
+
+
+class Tap:
+    """Every request the reconciler sends, with the clock reading when it reached the server
+    (each request once: kmock may evaluate a filter more than once, and also over the requests
+    it had before the filter was installed, so only requests after :meth:`arm` count)."""
+
+    def __init__(self, clock) -> None:
+        self.clock = clock
+        self.first = None
+        self.seen: dict[int, tuple[float, str, str, str | None]] = {}
+
+    def arm(self, emulator) -> None:
+        """Call inside the emulator's loop, after installing the filters."""
+        self.first = max((r.id for r in emulator), default=-1) + 1
+
+    def new(self, req: kmock.Request) -> bool:
+        return self.first is not None and req.id >= self.first
+
+    def __call__(self, req: kmock.Request) -> bool:
+        if self.new(req) and req.headers.get("User-Agent") == "packer-reconciler" and req.id not in self.seen and req.resource:
+            self.seen[req.id] = (self.clock(), req.method.value, req.resource.plural, req.name)
+        return False  # only watching: the request goes on to the emulator
+
+    def writes(self, after: float, *, lease: bool = False) -> list[tuple]:
+        return [r for r in self.seen.values()
+                if r[1] in WRITES and r[0] >= after and (lease or r[2] != "leases")]
+
+
+def lease_expiry(cluster) -> float:
+    spec = cluster.objects("coordination.k8s.io/v1/leases")["packer-reconciler"]["spec"]
+    renewed = dt.datetime.fromisoformat(spec["renewTime"].replace("Z", "+00:00")).timestamp()
+    return renewed + spec["leaseDurationSeconds"]
+
+
+def grow(cluster, plans) -> None:
+    """A fleet change that needs writes: a new server for asr on a third L4."""
+    cluster.slots_by_scale[2.0] = plans.base_slots + [("l4", "l4-n0", 2, "whole", None, [("asr", 2)])]
+    cluster.set_fleet(2.0)
+
+
+# -- 1. fenced leadership -------------------------------------------------------------------------
+
+
+def test_a_leader_paused_past_its_lease_stops_before_its_next_write(cluster, plans) -> None:
+    """SIGSTOP between observing and acting, as a long GC or a stopped process does: the leader
+    wakes up 31 s later with a 30 s lease and must not send one more write; a new leader takes over."""
+    now = [1_000_000.0]
+    a = cluster.reconciler("a", clock=lambda: now[0])
+    cluster.converge(a)
+    grow(cluster, plans)
+    now[0] += 11  # the next cycle renews the lease at its start
+    tap = Tap(lambda: now[0])
+    paused: list[float] = []
+
+    def pause(req: kmock.Request) -> bool:
+        if tap.new(req) and not paused and req.method.value == "GET" and req.resource and req.resource.plural == "deployments":
+            paused.append(now[0])
+            now[0] += 31  # the process sleeps past its lease while this list is answered
+        return False
+
+    def install() -> None:
+        cluster.emu.emulator[tap] << 200
+        cluster.emu.emulator[pause] << 200
+        tap.arm(cluster.emu.emulator)
+    cluster.emu.call(install)
+    rep = a.cycle()
+    expiry = lease_expiry(cluster)
+    assert paused and paused[0] < expiry <= now[0]
+    assert tap.writes(expiry, lease=True) == []  # no write at all after expiry, not even a renewal
+    assert not rep.leader and rep.done == [] and any("leadership lost" in e for e in rep.errors)
+    # the next candidate takes over and does the work; a, back, follows
+    b = cluster.reconciler("b", clock=lambda: now[0])
+    reps = cluster.converge(b)
+    assert reps[0].leader and any(x.verb == "create" for x in reps[0].done)
+    before = cluster.writes()
+    assert not a.cycle().leader and cluster.writes() == before
+
+
+def test_a_hung_api_call_cannot_stretch_a_cycle_past_the_lease(cluster, plans) -> None:
+    """Real time, a 3 s lease, a slow API server: the first two creates of a Deployment, and from
+    the first on every lease renewal, hang 6 s each. Each call's timeout is cut to the lease's remaining time, the
+    renewal fails, and once the lease runs out nothing more is sent."""
+    a = cluster.reconciler("a", lease_duration_s=3, fence_margin_s=0.5)
+    cluster.converge(a)
+    grow(cluster, plans)
+    tap = Tap(time.time)
+    hung: list[int] = []
+
+    def hang_filter(req: kmock.Request) -> bool:
+        if req.id in hung:
+            return True
+        if not tap.new(req) or not req.resource:
+            return False
+        if (hung and (req.method.value, req.resource.plural) == ("PATCH", "leases")) or (
+                len(hung) < 2 and (req.method.value, req.resource.plural) == ("POST", "deployments")):
+            hung.append(req.id)
+            return True
+        return False
+
+    async def hang(_: kmock.Request) -> None:
+        await asyncio.sleep(6.0)
+        raise NotImplementedError  # then the emulator's own answer (the object lands late)
+
+    def install() -> None:
+        cluster.emu.emulator[tap] << 200
+        cluster.emu.emulator[hang_filter] << hang
+        tap.arm(cluster.emu.emulator)
+    cluster.emu.call(install)
+    time.sleep(1.1)  # a third of the lease: the cycle starts with a renewal
+    t0 = time.time()
+    rep = a.cycle()
+    expiry = lease_expiry(cluster)
+    assert time.time() - t0 < 3.5, rep.seconds  # bounded by the lease, not by 5 tries x 2 s
+    late = tap.writes(expiry - 0.5)  # not even within the fence margin
+    assert late == [], late
+    assert not rep.leader and any("leadership lost" in e for e in rep.errors)

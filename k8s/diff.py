@@ -162,12 +162,36 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
 # Nodes
 
 
+NODE_LABELS = (N.NODE_LABEL, N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL)
+"""The node labels packer sets: its binding, the device-plugin config and the MIG config."""
+
+
+def owned_node_labels(node: dict[str, Any]) -> set[str]:
+    """The labels of ``node`` packer set: those its ownership annotation lists, and its own
+    ``packer.dev/node``. A node bound before the annotation existed (``packer.dev/node`` and no
+    annotation) had all three set by packer."""
+    meta = node.get("metadata") or {}
+    listed = (meta.get("annotations") or {}).get(N.OWNED_LABELS_ANNOTATION)
+    if listed is None:
+        return set(NODE_LABELS) if N.NODE_LABEL in (meta.get("labels") or {}) else {N.NODE_LABEL}
+    return {k for k in listed.split(",") if k in NODE_LABELS} | {N.NODE_LABEL}
+
+
+def foreign_node_labels(node: dict[str, Any]) -> dict[str, str]:
+    """Device-plugin and MIG config labels someone else set on ``node`` (packer leaves them)."""
+    lb = (node.get("metadata") or {}).get("labels") or {}
+    mine = owned_node_labels(node)
+    return {k: lb[k] for k in NODE_LABELS if k in lb and k not in mine}
+
+
 def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_label: str) -> dict[str, str]:
     """Logical plan node -> real node name. Existing bindings (the ``packer.dev/node`` label) stay;
-    unbound logical nodes take the pool's free real nodes in name order."""
+    unbound logical nodes take the pool's free real nodes in name order, those without an
+    administrator's device-plugin or MIG config label first (packer would not change it)."""
     binding: dict[str, str] = {}
     taken: set[str] = set()
     labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+    foreign = {n["metadata"]["name"] for n in nodes if foreign_node_labels(n)}
     for real, lb in sorted(labels.items()):
         logical = lb.get(N.NODE_LABEL)
         if logical in plan_nodes and logical not in binding and lb.get(pool_label) == plan_nodes[logical]:
@@ -176,7 +200,8 @@ def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_lab
     for logical, pool in sorted(plan_nodes.items()):
         if logical in binding:
             continue
-        free = [r for r, lb in sorted(labels.items()) if r not in taken and lb.get(pool_label) == pool]
+        free = sorted((r for r, lb in labels.items() if r not in taken and lb.get(pool_label) == pool),
+                      key=lambda r: (r in foreign, r))
         if free:
             binding[logical] = free[0]
             taken.add(free[0])
@@ -184,13 +209,15 @@ def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_lab
 
 
 def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
-                 pool_label: str) -> list[Action]:
+                 pool_label: str, conflicts: list[Conflict] | None = None) -> list[Action]:
     """Label patches for bound nodes, and label removal for pool nodes the plan no longer uses.
 
-    Only packer's own node labels are ever touched (``packer.dev/node``, the device-plugin config
-    and the MIG config); a MIG config change is disruptive: mig-manager restarts the node's GPU pods.
+    Only labels packer set are changed or removed (``packer.dev/node``, and the device-plugin and
+    MIG configs it recorded in the node's ``packer.dev/owned-labels`` annotation, which each patch
+    keeps up to date). The same labels set by someone else stay as they are; where the plan needs
+    another value there, a :class:`Conflict` is appended to ``conflicts``. A MIG config change is
+    disruptive: mig-manager restarts the node's GPU pods.
     """
-    ours = (N.NODE_LABEL, N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL)
     by_real = {real: logical for logical, real in binding.items()}
     out = []
     for n in sorted(nodes, key=lambda n: n["metadata"]["name"]):
@@ -199,13 +226,31 @@ def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes
             continue  # not a packer pool node: never touched
         logical = by_real.get(name)
         target = want.get(logical, {}) if logical else {}
-        patch = {k: target.get(k) for k in ours if lb.get(k) != target.get(k)}
-        if not patch:
+        mine = owned_node_labels(n)
+        listed = (n["metadata"].get("annotations") or {}).get(N.OWNED_LABELS_ANNOTATION)
+        patch: dict[str, str | None] = {}
+        owned_after = set()
+        for k in NODE_LABELS:
+            cur, tgt = lb.get(k), target.get(k)
+            if cur is not None and k not in mine:
+                if tgt is not None and cur != tgt and conflicts is not None:
+                    conflicts.append(Conflict("Node", None, name, f"label {k}={cur} was set by someone else; "
+                                                                  f"the plan wants {tgt}: left alone"))
+                continue
+            if cur != tgt:
+                patch[k] = tgt
+            if tgt is not None:
+                owned_after.add(k)
+        record = ",".join(sorted(owned_after)) or None
+        if not patch and record == listed:
             continue
+        body: dict[str, Any] = {"metadata": {"labels": patch}}
+        if record != listed:
+            body["metadata"]["annotations"] = {N.OWNED_LABELS_ANNOTATION: record}
         mig = N.MIG_CONFIG_LABEL in patch and lb.get(N.MIG_CONFIG_LABEL) is not None
-        reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + ", ".join(
-            f"{k}={v}" for k, v in patch.items())
-        out.append(Action("label", "Node", None, name, reason, {"metadata": {"labels": patch}}, disruptive=mig))
+        reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + (", ".join(
+            f"{k}={v}" for k, v in patch.items()) or "record the labels packer set")
+        out.append(Action("label", "Node", None, name, reason, body, disruptive=mig))
     return out
 
 

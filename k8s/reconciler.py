@@ -297,7 +297,7 @@ class Reconciler:
         for l in plan.layouts:
             plan_nodes[l.node] = l.pool
         binding = bind_nodes(plan_nodes, obs.nodes, self.s.render.pool_label)
-        actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label)
+        actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label, conflicts)
         self.unbound = sorted(set(plan_nodes) - set(binding))
         return actions, conflicts, objs, binding
 

@@ -129,3 +129,31 @@ def test_a_hung_api_call_cannot_stretch_a_cycle_past_the_lease(cluster, plans) -
     late = tap.writes(expiry - 0.5)  # not even within the fence margin
     assert late == [], late
     assert not rep.leader and any("leadership lost" in e for e in rep.errors)
+
+
+# -- 2. never touch what is not ours ---------------------------------------------------------------
+
+
+def test_admin_node_labels_on_spare_and_foreign_pool_nodes_stay(cluster) -> None:
+    """An administrator's device-plugin and MIG configs on a spare node of a fleet pool and on a
+    node of a pool the fleet does not have survive convergence; packer records what it set."""
+    from k8s import names as N
+
+    core = cluster.client.CoreV1Api(cluster.api)
+    admin = {N.DEVICE_PLUGIN_CONFIG_LABEL: "admin-ts", N.MIG_CONFIG_LABEL: "all-1g.10gb"}
+    core.patch_node("gpu-a100-2", {"metadata": {"labels": admin}})  # spare: the plan uses one a100 node
+    core.create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "gpu-h100-1", "labels": {
+        "packer.dev/pool": "h100", "nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3", **admin}}})
+    r = cluster.reconciler()
+    reps = cluster.converge(r)
+    assert reps[-1].done == [] and reps[-1].errors == []
+    nodes = cluster.objects("v1/nodes", None)
+    for name in ("gpu-a100-2", "gpu-h100-1"):
+        lb = nodes[name]["metadata"]["labels"]
+        assert {k: lb.get(k) for k in admin} == admin, name
+        assert N.NODE_LABEL not in lb
+    bound = nodes["gpu-a100-1"]["metadata"]
+    assert bound["labels"][N.MIG_CONFIG_LABEL].startswith("packer-")
+    assert bound["annotations"][N.OWNED_LABELS_ANNOTATION] == ",".join(sorted(
+        [N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL, N.NODE_LABEL]))
+    assert all(not (a.kind == "Node" and a.name in ("gpu-a100-2", "gpu-h100-1")) for rep in reps for a in rep.done)

@@ -60,8 +60,34 @@ def test_node_actions_touch_only_pool_nodes_and_packer_labels() -> None:
                         {"a100-n0": "a"}, nodes, "packer.dev/pool")
     by = {a.name: a for a in acts}
     assert set(by) == {"a", "spare"}
-    assert by["a"].body == {"metadata": {"labels": {N.MIG_CONFIG_LABEL: "new"}}} and by["a"].disruptive
+    # "a" was bound before ownership was recorded: its labels are packer's, and now recorded
+    assert by["a"].body == {"metadata": {"labels": {N.MIG_CONFIG_LABEL: "new"}, "annotations": {
+        N.OWNED_LABELS_ANNOTATION: f"{N.MIG_CONFIG_LABEL},{N.NODE_LABEL}"}}} and by["a"].disruptive
     assert by["spare"].body == {"metadata": {"labels": {N.NODE_LABEL: None}}} and not by["spare"].disruptive
+
+
+def test_node_actions_leave_labels_packer_did_not_set() -> None:
+    """An administrator's device-plugin and MIG configs on a spare node, on a node of a pool not in
+    the fleet, or under a value the plan wants changed, stay; a clash is reported, not fixed."""
+    admin = {N.DEVICE_PLUGIN_CONFIG_LABEL: "admin", N.MIG_CONFIG_LABEL: "all-1g.10gb"}
+    nodes = [node("spare", "a100", **admin), node("other-pool", "h100", **admin),
+             node("bound", "a100", **{N.MIG_CONFIG_LABEL: "all-1g.10gb"}),
+             {"metadata": {"name": "mine", "labels": {"packer.dev/pool": "a100", N.NODE_LABEL: "a100-n1",
+                                                      N.DEVICE_PLUGIN_CONFIG_LABEL: "a100", **{
+                                                          N.MIG_CONFIG_LABEL: "admin-mig"}},
+                           "annotations": {N.OWNED_LABELS_ANNOTATION: f"{N.DEVICE_PLUGIN_CONFIG_LABEL},{N.NODE_LABEL}"}}}]
+    want = {"a100-n0": {N.NODE_LABEL: "a100-n0", N.DEVICE_PLUGIN_CONFIG_LABEL: "a100", N.MIG_CONFIG_LABEL: "packer-x"}}
+    assert bind_nodes({"a100-n0": "a100"}, nodes, "packer.dev/pool") == {"a100-n0": "bound"}
+    conflicts: list = []
+    acts = {a.name: a for a in node_actions(want, {"a100-n0": "bound"}, nodes, "packer.dev/pool", conflicts)}
+    assert set(acts) == {"bound", "mine"}  # nothing for "spare" and "other-pool"
+    assert acts["bound"].body["metadata"] == {
+        "labels": {N.NODE_LABEL: "a100-n0", N.DEVICE_PLUGIN_CONFIG_LABEL: "a100"},
+        "annotations": {N.OWNED_LABELS_ANNOTATION: f"{N.DEVICE_PLUGIN_CONFIG_LABEL},{N.NODE_LABEL}"}}
+    assert [(c.name, N.MIG_CONFIG_LABEL in c.reason) for c in conflicts] == [("bound", True)]
+    # "mine" is no longer used: packer removes what it set and leaves the admin's MIG config
+    assert acts["mine"].body["metadata"] == {"labels": {N.NODE_LABEL: None, N.DEVICE_PLUGIN_CONFIG_LABEL: None},
+                                             "annotations": {N.OWNED_LABELS_ANNOTATION: None}}
 
 
 @pytest.mark.parametrize("view, now, step", [

@@ -5,6 +5,7 @@ Nothing here talks to the API server; :mod:`k8s.reconciler` observes, calls thes
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,42 +63,65 @@ def contains(live: Any, want: Any) -> bool:
     return live == want or (live is not None and str(live) == str(want) and not isinstance(want, bool))
 
 
-def _owned_keys(d: dict[str, Any] | None) -> set[str]:
-    return {k for k in (d or {}) if k.startswith(("packer.dev/", N.MODEL_LABEL_PREFIX, "app.kubernetes.io/"))}
+PACKER_PREFIXES = ("packer.dev/", N.MODEL_LABEL_PREFIX)
 
 
-def _nulls(live: dict[str, Any] | None, want: dict[str, Any], only: set[str] | None = None) -> dict[str, Any]:
-    """``want`` plus ``None`` for each key of ``live`` it dropped (merge-patch deletion)."""
-    gone = (only if only is not None else set(live or {})) - set(want)
+def _prefixed(d: dict[str, Any] | None) -> set[str]:
+    return {k for k in (d or {}) if k.startswith(PACKER_PREFIXES)}
+
+
+def owned_keys(live: dict[str, Any]) -> dict[str, set[str]]:
+    """The keys of ``live`` packer set: its owned-keys annotation, or for an object written before
+    it existed, the keys under packer's own prefixes (and no data keys: those stay)."""
+    meta = live.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(N.OWNED_KEYS_ANNOTATION)
+    try:
+        listed = json.loads(raw) if raw else None
+    except ValueError:
+        listed = None
+    if isinstance(listed, dict):
+        return {k: {x for x in listed.get(k) or [] if isinstance(x, str)}
+                for k in ("labels", "template-labels", "data")}
+    tmpl = ((live.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return {"labels": _prefixed(meta.get("labels")), "template-labels": _prefixed(tmpl.get("labels")),
+            "data": set()}
+
+
+def _nulls(live: dict[str, Any] | None, want: dict[str, Any], only: set[str]) -> dict[str, Any]:
+    """``want`` plus ``None`` for each key of ``only`` that ``live`` has and ``want`` dropped
+    (merge-patch deletion); keys of ``live`` outside ``only`` are someone else's and stay."""
+    gone = (only & set(live or {})) - set(want)
     return {**want, **{k: None for k in sorted(gone)}}
 
 
 def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch that makes ``live`` hold ``want``: our labels, annotations, data and spec.
+    """The merge patch that makes ``live`` hold ``want``: our labels, annotations, data and spec,
+    and nothing else. A merge patch leaves keys it does not name, so what others added to labels,
+    annotations, the pod template's labels and ConfigMap data stays.
 
-    Keys we once set and no longer want are nulled in labels, annotations, ConfigMap data and the
-    pod template's labels (a model leaving a group must lose its label there). Spec keys the
-    server defaulted are left alone: nulling them would fight immutable fields (a Service's
-    clusterIP) for nothing.
+    Keys packer once set and no longer wants (:func:`owned_keys`) are nulled in labels, annotations,
+    ConfigMap data and the pod template's labels (a model leaving a group must lose its label
+    there). Spec keys the server defaulted are left alone: nulling them would fight immutable
+    fields (a Service's clusterIP) for nothing.
     """
     lm, wm = live.get("metadata") or {}, want["metadata"]
+    mine = owned_keys(live)
     patch: dict[str, Any] = {"metadata": {
-        "labels": _nulls(lm.get("labels"), wm.get("labels") or {}, _owned_keys(lm.get("labels"))),
-        "annotations": _nulls(lm.get("annotations"), wm.get("annotations") or {},
-                              _owned_keys(lm.get("annotations"))),
+        "labels": _nulls(lm.get("labels"), wm.get("labels") or {}, mine["labels"]),
+        "annotations": _nulls(lm.get("annotations"), wm.get("annotations") or {}, _prefixed(lm.get("annotations"))),
     }}
     for section in ("data", "binaryData"):
         if section in want or section in live:
-            patch[section] = _nulls(live.get(section), want.get(section) or {})
+            patch[section] = _nulls(live.get(section), want.get(section) or {}, mine["data"])
     if "spec" in want:
         spec = dict(want["spec"])
         tmpl = spec.get("template")
         if tmpl is not None:
             lt = ((live.get("spec") or {}).get("template") or {}).get("metadata") or {}
             spec["template"] = {**tmpl, "metadata": {
-                "labels": _nulls(lt.get("labels"), tmpl["metadata"].get("labels") or {}),
+                "labels": _nulls(lt.get("labels"), tmpl["metadata"].get("labels") or {}, mine["template-labels"]),
                 "annotations": _nulls(lt.get("annotations"), tmpl["metadata"].get("annotations") or {},
-                                      _owned_keys(lt.get("annotations")))}}
+                                      _prefixed(lt.get("annotations")))}}
         patch["spec"] = spec
     return patch
 
@@ -111,10 +135,12 @@ def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
     # List responses of a real API server omit apiVersion and kind on items: not a drift.
     body = {k: v for k, v in want.items() if k not in ("metadata", "apiVersion", "kind")}
     meta = {"labels": {k: v for k, v in want["metadata"]["labels"].items() if k != N.PLAN_LABEL},
-            "annotations": {k: v for k, v in want["metadata"]["annotations"].items() if k != N.REASON_ANNOTATION}}
+            "annotations": {k: v for k, v in want["metadata"]["annotations"].items()
+                            if k not in (N.REASON_ANNOTATION, N.OWNED_KEYS_ANNOTATION)}}
     if not contains(live, body) or not contains(live["metadata"], meta):
         return "edited outside packer: restoring the planned fields"
-    if live.get("data") != want.get("data") and "data" in want:
+    # Keys others added are theirs; a key packer set and no longer wants is a drift.
+    if "data" in want and owned_keys(live)["data"] & (set(live.get("data") or {}) - set(want["data"])):
         return "data edited outside packer: restoring it"
     return None
 

@@ -83,9 +83,24 @@ def groups(plan: Plan) -> list[Group]:
     return [Group(p, k) for p in plan.placements for k in p.kinds]
 
 
+def owned_keys(obj: dict[str, Any]) -> dict[str, list[str]]:
+    """The keys packer sets in ``obj``'s labels, pod-template labels and data (see
+    :data:`k8s.names.OWNED_KEYS_ANNOTATION`)."""
+    out = {"labels": sorted(obj["metadata"].get("labels") or {})}
+    tmpl = (obj.get("spec") or {}).get("template")
+    if tmpl is not None:
+        out["template-labels"] = sorted((tmpl.get("metadata") or {}).get("labels") or {})
+    if "data" in obj or "binaryData" in obj:
+        out["data"] = sorted({*(obj.get("data") or {}), *(obj.get("binaryData") or {})})
+    return out
+
+
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:
-    """Add the spec-hash annotation: a hash of everything but itself and the plan label."""
-    obj["metadata"].setdefault("annotations", {})[N.SPEC_HASH] = spec_hash(obj)
+    """Add the spec-hash annotation (a hash of everything but itself and the plan label) and the
+    owned-keys annotation (derived from the content, so outside the hash)."""
+    ann = obj["metadata"].setdefault("annotations", {})
+    ann[N.SPEC_HASH] = spec_hash(obj)
+    ann[N.OWNED_KEYS_ANNOTATION] = json.dumps(owned_keys(obj), separators=(",", ":"))
     return obj
 
 
@@ -95,7 +110,7 @@ def spec_hash(obj: dict[str, Any]) -> str:
     meta = dict(obj["metadata"])
     meta["labels"] = {k: v for k, v in (meta.get("labels") or {}).items() if k != N.PLAN_LABEL}
     meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
-                           if k not in (N.SPEC_HASH, N.REASON_ANNOTATION)}
+                           if k not in (N.SPEC_HASH, N.REASON_ANNOTATION, N.OWNED_KEYS_ANNOTATION)}
     return N.digest({**obj, "metadata": meta}, 16)
 
 

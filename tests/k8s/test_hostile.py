@@ -157,3 +157,33 @@ def test_admin_node_labels_on_spare_and_foreign_pool_nodes_stay(cluster) -> None
     assert bound["annotations"][N.OWNED_LABELS_ANNOTATION] == ",".join(sorted(
         [N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL, N.NODE_LABEL]))
     assert all(not (a.kind == "Node" and a.name in ("gpu-a100-2", "gpu-h100-1")) for rep in reps for a in rep.done)
+
+
+def test_restoring_an_edited_object_keeps_what_others_added(cluster) -> None:
+    """Someone scales a server, edits its repository script, and adds their own labels and a
+    ConfigMap key: packer restores its fields and leaves the additions."""
+    from k8s import names as N
+
+    r = cluster.reconciler()
+    cluster.converge(r)
+    name = N.group_name("l4-n0-g0-whole", "streaming")
+    repo = N.repo_configmap_name("l4-n0-g0-whole", "streaming")
+    apps, core = cluster.client.AppsV1Api(cluster.api), cluster.client.CoreV1Api(cluster.api)
+    mp = "application/merge-patch+json"
+    apps.patch_namespaced_deployment(name, NS, {
+        "metadata": {"labels": {"app.kubernetes.io/name": "asr-gateway", "team": "speech"}},
+        "spec": {"replicas": 3, "template": {"metadata": {"labels": {"sidecar.istio.io/inject": "false"}}}}},
+        _content_type=mp)
+    core.patch_namespaced_config_map(repo, NS, {"data": {"fetch.sh": "echo pwned", "notes.txt": "ours"}},
+                                     _content_type=mp)
+    rep = r.cycle()
+    assert sorted((a.verb, a.kind) for a in rep.done) == [("update", "ConfigMap"), ("update", "Deployment")]
+    dep = cluster.objects("apps/v1/deployments")[name]
+    assert dep["spec"]["replicas"] == 1
+    assert dep["metadata"]["labels"]["app.kubernetes.io/name"] == "asr-gateway"
+    assert dep["metadata"]["labels"]["team"] == "speech"
+    assert dep["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
+    cm = cluster.objects("v1/configmaps")[repo]
+    assert cm["data"]["fetch.sh"].startswith("# Build the Triton model repository")
+    assert cm["data"]["notes.txt"] == "ours"
+    assert r.cycle().done == []  # the additions are not a drift

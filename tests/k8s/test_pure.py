@@ -3,6 +3,8 @@ node checks. Each case says what it guards."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from k8s import names as N
@@ -35,9 +37,21 @@ def test_merge_patch_drops_only_what_packer_set() -> None:
     p = merge_patch(live, want)
     assert p["metadata"]["labels"] == {N.MANAGED_BY: "packer", N.model_label("old"): None}  # not "team"
     assert "deployment.kubernetes.io/revision" not in p["metadata"]["annotations"]
-    assert p["data"] == {"kept": "3", "gone": None}
+    # written before packer recorded its keys: only keys under packer's prefixes are nulled
+    assert p["data"] == {"kept": "3"}
     assert p["spec"]["template"]["metadata"]["labels"] == {N.model_label("new"): "serving", N.model_label("old"): None}
     assert "clusterIP" not in p["spec"]  # a defaulted, immutable field is never nulled
+    # with the owned-keys annotation: exactly the keys packer set and dropped are nulled
+    live["metadata"]["labels"]["app.kubernetes.io/name"] = "theirs"
+    live["spec"]["template"]["metadata"]["labels"]["team"] = "x"
+    live["data"]["extra"] = "theirs"
+    live["metadata"]["annotations"][N.OWNED_KEYS_ANNOTATION] = json.dumps(
+        {"labels": [N.MANAGED_BY, N.model_label("old")], "template-labels": [N.model_label("old")],
+         "data": ["gone", "kept"]})
+    p = merge_patch(live, want)
+    assert p["metadata"]["labels"] == {N.MANAGED_BY: "packer", N.model_label("old"): None}
+    assert p["data"] == {"kept": "3", "gone": None}
+    assert p["spec"]["template"]["metadata"]["labels"] == {N.model_label("new"): "serving", N.model_label("old"): None}
 
 
 def node(name: str, pool: str | None, **labels: str) -> dict:

@@ -78,6 +78,8 @@ class Observed:
     status: dict[str, Any] | None
     summary: dict[str, Any]
     stored_plan: Plan | None
+    status_foreign: bool = False
+    """The status ConfigMap's name is held by an object packer does not own: state stays in memory."""
 
 
 @dataclass
@@ -178,6 +180,8 @@ class Reconciler:
         lost its lease while planning does not make the next one plan again from the start."""
         self._blob: tuple[str, Plan] | None = None
         """(stored plan blob, decoded plan): decode only when the status ConfigMap's blob changes."""
+        self._memory_summary: dict[str, Any] | None = None
+        """The status summary, kept here while the status ConfigMap's name is taken."""
         self.policy_state: dict[str, Any] | None = None
         """The scaling policy's hysteresis, kept in memory while leading and checkpointed to the
         status ConfigMap every ``policy_checkpoint_s`` (or with any other change): new samples
@@ -209,7 +213,13 @@ class Reconciler:
         fleet_text = None if fleet_cm is None else (fleet_cm.get("data") or {}).get(FLEET_KEY)
         summary: dict[str, Any] = {}
         stored = None
-        if status is not None and N.owned(status):
+        if status is not None and not N.owned(status):
+            # Someone else's ConfigMap under our status name: reported once (record), and this
+            # process keeps the summary and plan in memory, so the loop stays quiet.
+            summary = dict(self._memory_summary or {})
+            stored = self._blob[1] if self._blob is not None else None
+            return Observed(fleet_text, nodes, live, status, summary, stored, status_foreign=True)
+        if status is not None:
             summary = json.loads((status.get("data") or {}).get("summary.json") or "{}")
             blob = (status.get("binaryData") or {}).get("plan.json.gz")
             if blob and self._blob is not None and blob == self._blob[0]:
@@ -338,6 +348,11 @@ class Reconciler:
     def record(self, obs: Observed, plan: Plan | None, state: dict[str, Any], rep: CycleReport, now: float) -> None:
         """Events for what was done and for new problems; the status ConfigMap if its content changed."""
         prev = obs.summary
+        if obs.status_foreign:
+            rep.conflicts.append(Conflict("ConfigMap", self.ns, self.s.status_configmap,
+                                          f"status ConfigMap name taken by an object without {N.MANAGED_BY}="
+                                          f"{N.MANAGER}: left alone; state kept in memory until it is renamed "
+                                          "or removed"))
         conflicts = sorted(f"{c.kind}/{c.name}: {c.reason}" for c in rep.conflicts)
         errors = sorted(rep.errors)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
@@ -377,6 +392,9 @@ class Reconciler:
                 binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
                 self._blob = (binary["plan.json.gz"], plan)
         st = obs.status
+        if obs.status_foreign:
+            self._memory_summary = {**summary, "policy_saved_at": now}
+            return
         same_blob = st is not None and (st.get("binaryData") or {}) == binary
         quiet = {k: v for k, v in summary.items() if k != "policy_state"}
         if same_blob and quiet == {k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
@@ -393,9 +411,6 @@ class Reconciler:
         try:
             if st is None:
                 self.cluster.create(body)
-            elif not N.owned(st):
-                rep.conflicts.append(Conflict("ConfigMap", self.ns, self.s.status_configmap,
-                                              "status ConfigMap name taken by a foreign object"))
             else:
                 self.cluster.patch("ConfigMap", self.ns, self.s.status_configmap,
                                    {"data": data, "binaryData": binary})

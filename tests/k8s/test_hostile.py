@@ -187,3 +187,27 @@ def test_restoring_an_edited_object_keeps_what_others_added(cluster) -> None:
     assert cm["data"]["fetch.sh"].startswith("# Build the Triton model repository")
     assert cm["data"]["notes.txt"] == "ours"
     assert r.cycle().done == []  # the additions are not a drift
+
+
+def test_a_foreign_status_configmap_is_reported_once_and_the_loop_stays_quiet(cluster) -> None:
+    """Someone's own ConfigMap named packer-status: one NameConflict, one Replanned, then quiet
+    cycles that re-plan nothing and write nothing; their ConfigMap is left as it is."""
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "packer-status", "namespace": NS, "labels": {"team": "web"}},
+               "data": {"status": "green"}}
+    cluster.client.CoreV1Api(cluster.api).create_namespaced_config_map(NS, foreign)
+    now = [1_000_000.0]
+    r = cluster.reconciler(clock=lambda: now[0])
+    reps = []
+    for _ in range(6):  # clock seconds apart: repeated events would not collapse into one name
+        reps.append(r.cycle())
+        cluster.ready()
+        now[0] += 15
+    events = [e for e in cluster.objects("v1/events").values()]
+    assert [e["reason"] for e in events].count("Replanned") == 1
+    clash = [e for e in events if e["reason"] == "NameConflict" and e["involvedObject"]["name"] == "packer-status"]
+    assert len(clash) == 1
+    assert [rep.replanned for rep in reps[1:]] == [""] * 5
+    assert reps[-1].done == [] and reps[-1].writes == 0 and reps[-2].writes == 0
+    assert any("packer-status" in c.name for c in reps[-1].conflicts)  # still shown on the status page
+    assert cluster.objects("v1/configmaps")["packer-status"]["data"] == {"status": "green"}

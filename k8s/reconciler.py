@@ -35,6 +35,7 @@ from k8s import names as N
 from k8s.cluster import ApiError, Cluster
 from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_referenced_mig_configs, key,
                      merge_patch, node_actions)
+from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
@@ -80,6 +81,8 @@ class Observed:
     stored_plan: Plan | None
     status_foreign: bool = False
     """The status ConfigMap's name is held by an object packer does not own: state stays in memory."""
+    problems: list[str] = field(default_factory=list)
+    """Bad input found while observing (unreadable status summary or stored plan)."""
 
 
 @dataclass
@@ -95,6 +98,8 @@ class CycleReport:
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    input_errors: list[str] = field(default_factory=list)
+    """Bad content in the fleet or status ConfigMap, also in ``errors``: reported, the plan kept."""
     calls: Counter[str] = field(default_factory=Counter)
     writes: int = 0
     """Writes to anything but the Lease: serving objects, node labels, status and Events."""
@@ -144,6 +149,15 @@ def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> l
     return out
 
 
+PLAN_FAILURES = (UserError, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError)
+"""What a planner raises on a fleet that parses but cannot be planned (1e308 latencies)."""
+
+_SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "fleet_hash": str, "replanned": str, "policy_state": dict, "policy_saved_at": (int, float),
+    "last_actions": list, "conflicts": list, "errors": list, "warnings": list, "waiting": list}
+"""What the status summary's fields must be, to be used at all."""
+
+
 def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     """Items of a list response carry no apiVersion and kind on a real API server: add them."""
     from k8s.cluster import KINDS
@@ -174,14 +188,18 @@ class Reconciler:
         self.signal_failures: list[str] = []
         self._fleet: tuple[str, Fleet, str] | None = None
         """(fleet ConfigMap text, parsed fleet, its hash): parse only when the text changes."""
+        self._bad_fleet: tuple[str, str] | None = None
+        """(fleet ConfigMap text, why it was refused): a bad fleet is not parsed again each cycle."""
         self._rendered: tuple[Plan, list[dict[str, Any]]] | None = None
-        self._planned: tuple[tuple[str, str | None], Plan, str] | None = None
+        self._planned: tuple[tuple[str, str | None], Plan | None, str] | None = None
         """((fleet hash, stored plan id), plan, why) of the last fleet-driven re-plan: a cycle that
-        lost its lease while planning does not make the next one plan again from the start."""
+        lost its lease while planning does not make the next one plan again from the start; a
+        planner that failed on it (plan None, why the error) is not run again each cycle."""
         self._blob: tuple[str, Plan] | None = None
         """(stored plan blob, decoded plan): decode only when the status ConfigMap's blob changes."""
-        self._memory_summary: dict[str, Any] | None = None
-        """The status summary, kept here while the status ConfigMap's name is taken."""
+        self._last_summary: dict[str, Any] | None = None
+        """The last good status summary read or written: stands in for an unreadable one, and
+        is the only copy while the status ConfigMap's name is taken."""
         self.policy_state: dict[str, Any] | None = None
         """The scaling policy's hysteresis, kept in memory while leading and checkpointed to the
         status ConfigMap every ``policy_checkpoint_s`` (or with any other change): new samples
@@ -216,21 +234,43 @@ class Reconciler:
         if status is not None and not N.owned(status):
             # Someone else's ConfigMap under our status name: reported once (record), and this
             # process keeps the summary and plan in memory, so the loop stays quiet.
-            summary = dict(self._memory_summary or {})
+            summary = dict(self._last_summary or {})
             stored = self._blob[1] if self._blob is not None else None
             return Observed(fleet_text, nodes, live, status, summary, stored, status_foreign=True)
+        problems = []
         if status is not None:
-            summary = json.loads((status.get("data") or {}).get("summary.json") or "{}")
+            # Anyone with ConfigMap access may have written anything here: bounded reads, and a
+            # bad summary or plan is reported while the last good plan (in memory) stays.
+            try:
+                summary = load_json((status.get("data") or {}).get("summary.json") or "{}",
+                                    "status ConfigMap summary.json")
+                if not isinstance(summary, dict):
+                    raise BadInput("status ConfigMap summary.json: not a JSON object")
+                if wrong := sorted(k for k, t in _SUMMARY_TYPES.items()
+                                   if k in summary and not isinstance(summary[k], t)):
+                    raise BadInput(f"status ConfigMap summary.json: wrong type of {', '.join(wrong)}")
+            except BadInput as e:
+                summary = dict(self._last_summary or {})
+                problems.append(f"{e}; rewriting it")
+            else:
+                self._last_summary = summary
             blob = (status.get("binaryData") or {}).get("plan.json.gz")
             if blob and self._blob is not None and blob == self._blob[0]:
                 stored = self._blob[1]  # decoding re-validates the whole fleet: skip when unchanged
             elif blob:
                 try:
-                    stored = from_dict(json.loads(gzip.decompress(base64.b64decode(blob))))
+                    what = "status ConfigMap plan.json.gz"
+                    if len(blob) > 2 * MAX_TEXT:
+                        raise BadInput(f"{what}: {len(blob)} bytes, more than the {2 * MAX_TEXT} limit")
+                    raw = gunzip(base64.b64decode(blob, validate=True), what)
+                    stored = from_dict(load_json(raw, what, limit=len(raw)))
                     self._blob = (blob, stored)
-                except (ValueError, KeyError, UserError, OSError) as e:
-                    log.warning("stored plan unreadable, planning afresh: %s", e)
-        return Observed(fleet_text, nodes, live, status, summary, stored)
+                except Exception as e:  # noqa: BLE001 -- any content, any failure: report, keep the last plan
+                    stored = self._blob[1] if self._blob is not None else None
+                    keep = "keeping the last good plan" if stored is not None else "planning afresh"
+                    problems.append(f"stored plan unreadable, {keep}: {short(e)}")
+                    log.warning("%s", problems[-1])
+        return Observed(fleet_text, nodes, live, status, summary, stored, problems=problems)
 
     # -- decide -------------------------------------------------------------------------------
 
@@ -247,14 +287,19 @@ class Reconciler:
                                                 f"with key {FLEET_KEY}"]
         if self._fleet is not None and self._fleet[0] == obs.fleet_text:
             fleet, fleet_hash = self._fleet[1], self._fleet[2]  # validating 500 models takes seconds
+        elif self._bad_fleet is not None and self._bad_fleet[0] == obs.fleet_text:
+            return obs.stored_plan, "", state, [self._bad_fleet[1]]
         else:
-            import yaml
-
             try:
-                fleet = parse_fleet(yaml.safe_load(obs.fleet_text), f"configmap/{self.s.fleet_configmap}")
-            except (UserError, yaml.YAMLError) as e:
-                return obs.stored_plan, "", state, [f"fleet ConfigMap: {e}"]
-            fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+                doc = load_yaml(obs.fleet_text, f"fleet ConfigMap {self.s.fleet_configmap}")
+                fleet = parse_fleet(doc, f"configmap/{self.s.fleet_configmap}")
+                fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+            except Exception as e:  # noqa: BLE001 -- bad input of any shape: report, keep the last plan
+                if not isinstance(e, (UserError, BadInput)):
+                    log.warning("fleet ConfigMap rejected", exc_info=True)
+                msg = short(e) if isinstance(e, BadInput) else f"fleet ConfigMap: {short(e)}"
+                self._bad_fleet = (obs.fleet_text, f"{msg}; keeping the last good plan")
+                return obs.stored_plan, "", state, [self._bad_fleet[1]]
             self._fleet = (obs.fleet_text, fleet, fleet_hash)
         stored = obs.stored_plan
         try:
@@ -262,7 +307,12 @@ class Reconciler:
                 why = "no plan yet" if stored is None else "fleet changed"
                 k = (fleet_hash, stored.id if stored is not None else None)
                 if self._planned is None or self._planned[0] != k:
-                    self._planned = (k, self.planner(fleet, stored), why)
+                    try:
+                        self._planned = (k, self.planner(fleet, stored), why)
+                    except PLAN_FAILURES as e:  # not run again every cycle on the same input
+                        self._planned = (k, None, short(e))
+                if self._planned[1] is None:
+                    raise UserError(self._planned[2])
                 return self._planned[1], self._planned[2], state | {"_fleet_hash": fleet_hash}, []
             if self.scaler is None or self.signals is None:
                 return stored, "", state, []
@@ -274,8 +324,9 @@ class Reconciler:
             if new is None or new.id == stored.id:
                 return stored, "", state, []
             return new, "scaling: " + "; ".join(reasons), state, []
-        except UserError as e:
-            return stored, "", state, [f"planning failed, keeping the last plan: {e}"]
+        except PLAN_FAILURES as e:
+            # A fleet that parses may still break the planner (1e308 latencies): report, keep the plan.
+            return stored, "", state, [f"planning failed, keeping the last plan: {short(e)}"]
 
     def _replan(self, current: Plan, fleet: Fleet, headroom: float | None) -> Plan:
         """The scaling policy's re-plan: the planner on ``fleet`` (the rates the policy asked for)
@@ -393,11 +444,12 @@ class Reconciler:
                 self._blob = (binary["plan.json.gz"], plan)
         st = obs.status
         if obs.status_foreign:
-            self._memory_summary = {**summary, "policy_saved_at": now}
+            self._last_summary = {**summary, "policy_saved_at": now}
             return
         same_blob = st is not None and (st.get("binaryData") or {}) == binary
         quiet = {k: v for k, v in summary.items() if k != "policy_state"}
-        if same_blob and quiet == {k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
+        if same_blob and not obs.problems and quiet == {
+                k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
             saved = prev.get("policy_saved_at")
             if prev.get("policy_state") == state or (
                     saved is not None and now - saved < self.s.policy_checkpoint_s):
@@ -414,6 +466,7 @@ class Reconciler:
             else:
                 self.cluster.patch("ConfigMap", self.ns, self.s.status_configmap,
                                    {"data": data, "binaryData": binary})
+            self._last_summary = summary
         except ApiError as e:
             rep.errors.append(f"status: {e}")
 
@@ -467,6 +520,9 @@ class Reconciler:
             rep.errors.append(f"cycle stopped, leadership lost: {e}")
             self.policy_state = None
             log.warning("stopped acting: %s", e)
+        except Exception as e:  # noqa: BLE001 -- a bug or an input not foreseen: report it, keep looping
+            log.exception("cycle failed")
+            rep.errors.append(f"cycle aborted: {type(e).__name__}: {short(e)}")
         finally:
             self.cluster.guard = None
         rep.calls = self.cluster.calls - before
@@ -494,7 +550,8 @@ class Reconciler:
         lap("observe")
         plan, why, state, errors = self.choose_plan(obs, now)
         lap("plan")
-        rep.errors += errors
+        rep.input_errors = obs.problems + [e for e in errors if not e.startswith("no fleet")]
+        rep.errors += obs.problems + errors
         rep.plan, rep.replanned = plan, why
         if plan is None:
             if not dry_run:

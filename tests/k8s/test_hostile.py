@@ -211,3 +211,112 @@ def test_a_foreign_status_configmap_is_reported_once_and_the_loop_stays_quiet(cl
     assert reps[-1].done == [] and reps[-1].writes == 0 and reps[-2].writes == 0
     assert any("packer-status" in c.name for c in reps[-1].conflicts)  # still shown on the status page
     assert cluster.objects("v1/configmaps")["packer-status"]["data"] == {"status": "green"}
+
+
+# -- 5. bad input in the reconciler's ConfigMaps ---------------------------------------------------
+
+
+def _billion_laughs() -> str:
+    """Nine levels of nine aliases: 9^9 strings once expanded, a few hundred bytes of YAML."""
+    levels = ['&l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    levels += [f"&l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]" for i in range(1, 9)]
+    return "name: laughs\nabout: [" + ", ".join(levels) + "]\npools: []\nmodels: []\n"
+
+
+def test_bad_input_is_reported_and_the_last_good_plan_stays(cluster, plans) -> None:
+    """Each of these made every cycle raise (a crash loop) or take gigabytes; now each is reported
+    (status, Event, metric), nothing is deleted or re-planned, /healthz stays 200, memory bounded."""
+    import base64
+    import gzip
+    import json
+    import tracemalloc
+
+    import yaml
+    from fastapi.testclient import TestClient
+
+    from k8s.server import create_app
+
+    now = [1_000_000.0]
+    r = cluster.reconciler(clock=lambda: now[0])
+    cluster.converge(r)
+    servers = set(cluster.objects("apps/v1/deployments"))
+    core = cluster.client.CoreV1Api(cluster.api)
+    mp = "application/merge-patch+json"
+    health = TestClient(create_app(r, started=now[0]))
+    huge = plans.fleet_doc()
+    huge["models"][0]["latency_ms"]["base"] = 1e308
+
+    def fleet(text: str):
+        return lambda: core.patch_namespaced_config_map("packer-fleet", NS, {"data": {"fleet.yaml": text}},
+                                                        _content_type=mp)
+
+    def status(data=None, binary=None):
+        return lambda: core.patch_namespaced_config_map("packer-status", NS, {
+            "data": data or {}, "binaryData": binary or {}}, _content_type=mp)
+
+    good_fleet = yaml.safe_dump(plans.fleet_doc())
+    cases = [
+        ("deep", fleet("models: " + "[" * 3000 + "]" * 3000), "nested"),
+        ("1e308", fleet(yaml.safe_dump(huge)), "fleet ConfigMap"),
+        ("laughs", fleet(_billion_laughs()), "aliases are expanded"),
+        ("summary", status({"summary.json": "{not json"}), "summary.json: not JSON"),
+        ("summary-type", status({"summary.json": '{"conflicts": 5, "policy_state": []}'}), "wrong type"),
+        ("blob", status(binary={"plan.json.gz": base64.b64encode(b"\x1f\x8b garbage").decode()}), "plan unreadable"),
+        ("gzip-bomb", status(binary={"plan.json.gz": base64.b64encode(
+            gzip.compress(b"\0" * (64 << 20), compresslevel=1)).decode()}), "decompressed"),
+        ("plan-json", status(binary={"plan.json.gz": base64.b64encode(gzip.compress(b"[]")).decode()}),
+         "plan unreadable"),
+    ]
+    for name, break_it, says in cases:
+        break_it()
+        now[0] += 15
+        if name in ("deep", "laughs", "gzip-bomb"):  # traced: slow, so only where memory is the risk
+            tracemalloc.start()
+            rep = r.cycle()
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 100 << 20, (name, peak)
+        else:
+            rep = r.cycle()
+        assert any(says in e for e in rep.errors), (name, rep.errors)
+        assert rep.input_errors and rep.replanned == "", name
+        assert not [a for a in rep.done if a.kind == "Deployment"], (name, rep.done)
+        assert set(cluster.objects("apps/v1/deployments")) == servers, name
+        assert health.get("/healthz").status_code == 200, name
+        metrics = health.get("/metrics").text
+        assert "packer_bad_input 1.0" in metrics or "packer_bad_input 2.0" in metrics, name
+        fleet(good_fleet)()  # repaired: the next cycle is clean (the status ConfigMap rewritten)
+        now[0] += 15
+        rep = r.cycle()
+        assert rep.errors == [] and rep.replanned == "", (name, rep.errors)
+        assert not [a for a in rep.done if a.kind == "Deployment"], (name, rep.done)
+        assert r.cycle().writes == 0, name
+    summary = json.loads(cluster.objects("v1/configmaps")["packer-status"]["data"]["summary.json"])
+    assert summary["errors"] == []
+    reported = [e["message"] for e in cluster.objects("v1/events").values() if e["reason"] == "ReconcileError"]
+    assert len(reported) >= len(cases) and all(len(m) <= 1000 for m in reported)
+
+
+def test_bounded_readers_refuse_what_would_blow_up() -> None:
+    import gzip
+
+    import pytest
+    import yaml
+
+    from k8s.inputs import BadInput, gunzip, load_json, load_yaml
+
+    ok = "a: &x [1, 2]\nb: *x\nc: {d: [1, {e: 2}]}\n"
+    assert load_yaml(ok, "t") == yaml.safe_load(ok)
+    for text, says in [(_billion_laughs(), "aliases"), ("[" * 100 + "]" * 100, "deeper"),
+                       ("a: " + "x" * (1 << 20), "limit"), ("a: [", "not valid YAML"),
+                       ("&a [*a, *a, *a]", None)]:
+        if says is None:  # a recursive anchor is fine (counted once), it constructs as PyYAML does
+            load_yaml(text, "t")
+            continue
+        with pytest.raises(BadInput, match=says):
+            load_yaml(text, "t")
+    with pytest.raises(BadInput, match="nested too deeply"):
+        load_json("[" * 100_000 + "]" * 100_000, "t")
+    with pytest.raises(BadInput, match="decompressed"):
+        gunzip(gzip.compress(b"\0" * (1 << 20)), "t", limit=1000)
+    assert gunzip(gzip.compress(b"abc"), "t") == b"abc"

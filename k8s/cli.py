@@ -32,9 +32,12 @@ def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` 
 @click.option("--namespace", default="packer", show_default=True, help="Namespace of the serving objects.")
 @click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True,
               help="Namespace the device plugin and mig-manager read their ConfigMaps from.")
-@click.option("--triton-image", default=None, help="tritonserver image (default: a pinned release).")
+@click.option("--triton-image", default=None,
+              help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
+@click.option("--fetch-image", default=None,
+              help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")
 def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace: str,
-               triton_image: str | None) -> None:
+               triton_image: str | None, fetch_image: str | None) -> None:
     """Write the plan's Kubernetes objects to DIR: one file per kind, plus node-labels.yaml.
 
     node-labels.yaml is not an object: it lists, per logical node of the plan, the labels its real
@@ -49,6 +52,8 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
     s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace)
     if triton_image:
         s = replace(s, triton_image=triton_image)
+    if fetch_image:
+        s = replace(s, fetch_image=fetch_image)
     objs = render_plan(plan, s)
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for o in objs:

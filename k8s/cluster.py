@@ -45,6 +45,7 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps", "deployment", "apps/v1"),
     "PodDisruptionBudget": Kind("policy", "pod_disruption_budget", "policy/v1"),
     "Lease": Kind("coordination", "lease", "coordination.k8s.io/v1"),
+    "NetworkPolicy": Kind("networking", "network_policy", "networking.k8s.io/v1"),
 }
 
 
@@ -70,6 +71,7 @@ class Cluster:
         self.apps = client.AppsV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.calls: Counter[str] = Counter()
         self.by_kind: Counter[tuple[str, str]] = Counter()
         self.retries = 0

@@ -126,12 +126,24 @@ def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
+def _artifact_changes(live: dict[str, Any], want: dict[str, Any]) -> str:
+    """A repository ConfigMap's artifact changes, said as such (a dry run shows what is fetched)."""
+    models = sorted({k.rsplit(".", 1)[0] for k in {*live, *want} if k.endswith((".uri", ".sha256"))
+                     and live.get(k) != want.get(k)})
+
+    def show(d: dict[str, Any], m: str) -> str:
+        uri, sha = d.get(f"{m}.uri"), d.get(f"{m}.sha256")
+        return "none" if uri is None else f"{uri}" + (f" (sha256 {sha[:12]}…)" if sha else " (no sha256)")
+    return "; ".join(f"artifact of {m}: {show(live, m)} -> {show(want, m)}" for m in models)[:500]
+
+
 def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
     """Why ``live`` no longer matches ``want`` (None when it does)."""
     la = (live["metadata"].get("annotations") or {}).get(N.SPEC_HASH)
     wa = want["metadata"]["annotations"][N.SPEC_HASH]
     if la != wa:
-        return f"rendered content changed (hash {la or 'none'} -> {wa})"
+        arts = _artifact_changes(live.get("data") or {}, want.get("data") or {})
+        return arts or f"rendered content changed (hash {la or 'none'} -> {wa})"
     # List responses of a real API server omit apiVersion and kind on items: not a drift.
     body = {k: v for k, v in want.items() if k not in ("metadata", "apiVersion", "kind")}
     meta = {"labels": {k: v for k, v in want["metadata"]["labels"].items() if k != N.PLAN_LABEL},
@@ -361,7 +373,7 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
             if node:
                 deleting_on[node] += 1
 
-    order = {"ConfigMap": 0, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 3, "Node": 4}
+    order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 3, "Node": 4}
     verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
     now: list[Action] = []
     waiting: list[tuple[Action, str]] = []

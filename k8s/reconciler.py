@@ -55,7 +55,7 @@ SignalSource = Callable[["Plan | None", list[dict[str, Any]]], dict[str, Any]]
 
 ROLE_LABEL = "packer.dev/role"
 FLEET_KEY = "fleet.yaml"
-MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget")
+MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
 
 
 def default_planner(time_limit_s: float = 20.0) -> Planner:
@@ -214,16 +214,18 @@ class Reconciler:
     # -- observe ------------------------------------------------------------------------------
 
     def observe(self) -> Observed:
-        """Six lists and nothing else: every object of the managed kinds, the GPU nodes, and the
-        fleet and status ConfigMaps out of the ConfigMap list."""
+        """A list per managed kind and of the nodes, and two reads: every object of the managed
+        kinds, the GPU nodes, the fleet
+        and status ConfigMaps out of the ConfigMap list, and packer's two ConfigMaps in the GPU
+        operator's namespace."""
         c, s = self.cluster, self.s
         live: list[dict[str, Any]] = []
         for kind in MANAGED_KINDS:
             live += [_typed(o, kind) for o in c.list(kind, self.ns)]
         ops = s.render.gpu_operator_namespace
-        if ops != self.ns:
-            live += [_typed(o, "ConfigMap") for o in c.list("ConfigMap", ops)
-                     if o["metadata"]["name"] in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP)]
+        if ops != self.ns:  # only its two ConfigMaps there, by name: RBAC grants no more
+            live += [_typed(o, "ConfigMap") for name in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP)
+                     if (o := c.get("ConfigMap", ops, name)) is not None]
         nodes = [n for n in c.list("Node") if s.render.pool_label in (n["metadata"].get("labels") or {})]
         by_name = {o["metadata"]["name"]: o for o in live if o["kind"] == "ConfigMap"
                    and o["metadata"].get("namespace", self.ns) == self.ns}
@@ -558,7 +560,14 @@ class Reconciler:
                 self.record(obs, None, state, rep, now)
             return
         rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
-        actions, conflicts, objs, binding = self.desired(plan, obs)
+        try:
+            actions, conflicts, objs, binding = self.desired(plan, obs)
+        except UserError as e:  # the plan cannot be rendered (an http:// artifact): what runs stays
+            rep.errors.append(f"not applied: {short(e)}")
+            rep.input_errors.append(rep.errors[-1])
+            if not dry_run:
+                self.record(obs, plan, state, rep, now)
+            return
         rep.conflicts = conflicts
         rep.warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait"
                          for n in self.unbound]

@@ -16,7 +16,9 @@ class RenderSettings:
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
     """A release with the Python backend and explicit model control; pinned so renders are stable."""
     fetch_image: str = "busybox:1.36"
-    """The init container only copies configs and fetches artifacts over HTTP: busybox has wget."""
+    """The init container only copies configs and fetches artifacts over https: busybox has wget
+    and sha256sum (the digest, not TLS, is what vouches for the file). Pin both images by digest
+    (``name@sha256:...``) in production: ``packer render k8s --triton-image``."""
     cpu_request: str = "2"
     """Triton's HTTP/gRPC front end and the Python backend stubs need a couple of cores per server."""
     memory_request: str = "8Gi"
@@ -27,6 +29,18 @@ class RenderSettings:
     """Node label naming a node's pool; the cluster admin sets it when creating the node pool."""
     run_as_user: int = 1000
     """Triton's images carry a non-root ``triton-server`` user with this uid."""
+    admin_key_secret: str = "packer-triton-admin"
+    """Secret (key ``key``) holding the header value that unlocks Triton's admin APIs (model
+    loading, model config, shared memory, statistics, trace, logging): without it in the
+    ``packer-admin-key`` header those APIs answer 403. Create it before the first apply (see
+    docs/kubernetes.md); only the reconciler's pod is given it."""
+    restricted_apis: str = "model-repository,model-config,shared-memory,statistics,trace,logging"
+    """Triton API groups behind the admin key; health, metadata and inference stay open to clients."""
+    reconciler_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "packer-reconciler"),)
+    """Pod labels of the reconciler (k8s/deploy/reconciler.yaml): the NetworkPolicy lets only it
+    reach the servers' metrics port."""
+    require_artifact_sha256: bool = True
+    """Refuse an https artifact without ``sha256`` in the fleet: the fetch verifies what it got."""
 
 
 @dataclass(frozen=True)

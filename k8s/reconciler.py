@@ -215,9 +215,8 @@ class Reconciler:
 
     def observe(self) -> Observed:
         """A list per managed kind and of the nodes, and two reads: every object of the managed
-        kinds, the GPU nodes, the fleet
-        and status ConfigMaps out of the ConfigMap list, and packer's two ConfigMaps in the GPU
-        operator's namespace."""
+        kinds, the GPU nodes, the fleet and status ConfigMaps out of the ConfigMap list, and
+        packer's two ConfigMaps in the GPU operator's namespace."""
         c, s = self.cluster, self.s
         live: list[dict[str, Any]] = []
         for kind in MANAGED_KINDS:
@@ -562,11 +561,15 @@ class Reconciler:
         rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
         try:
             actions, conflicts, objs, binding = self.desired(plan, obs)
-        except UserError as e:  # the plan cannot be rendered (an http:// artifact): what runs stays
+        except UserError as e:
+            # The plan cannot be rendered (an http:// artifact): what runs stays, and the status
+            # keeps the last applied plan and fleet hash (the failed plan is cached, not redone).
             rep.errors.append(f"not applied: {short(e)}")
             rep.input_errors.append(rep.errors[-1])
+            rep.plan, rep.replanned = obs.stored_plan, ""
+            state.pop("_fleet_hash", None)
             if not dry_run:
-                self.record(obs, plan, state, rep, now)
+                self.record(obs, obs.stored_plan, state, rep, now)
             return
         rep.conflicts = conflicts
         rep.warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait"

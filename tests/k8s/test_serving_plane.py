@@ -180,3 +180,24 @@ def test_rbac_grants_no_unused_verbs_and_no_foreign_configmap_reads(cluster, pla
     assert "packer.dev/pool" in vap["spec"]["validations"][0]["expression"]
     assert any(d["kind"] == "ValidatingAdmissionPolicyBinding" and d["spec"]["policyName"] == vap["metadata"]["name"]
                for d in deploy_docs())
+
+
+def test_a_fleet_edit_to_an_http_artifact_is_refused_and_what_runs_stays(cluster, plans) -> None:
+    r = cluster.reconciler()
+    cluster.converge(r)
+    servers = set(cluster.objects("apps/v1/deployments"))
+    before = cluster.objects("v1/configmaps")["packer-status"]["binaryData"]
+    doc = plans.fleet_doc(2.0)
+    doc["models"][0]["artifact"] = {"uri": "http://models.example/asr.onnx"}
+    r.planner = lambda fleet, cur: plans.build(plans.base_slots, doc)
+    cluster.client.CoreV1Api(cluster.api).patch_namespaced_config_map(
+        "packer-fleet", "packer", {"data": {"fleet.yaml": yaml.safe_dump(doc)}})
+    reps = [r.cycle(), r.cycle()]
+    for rep in reps:
+        assert any("plain http is not fetched" in e for e in rep.errors) and rep.input_errors
+        assert rep.done == [] and rep.replanned == ""
+    assert set(cluster.objects("apps/v1/deployments")) == servers
+    assert cluster.objects("v1/configmaps")["packer-status"]["binaryData"] == before  # the applied plan
+    assert reps[1].writes == 0  # reported once
+    events = [e for e in cluster.objects("v1/events").values() if e["reason"] == "ReconcileError"]
+    assert len(events) == 1 and "plain http" in events[0]["message"]

@@ -83,9 +83,12 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
+@click.option("--triton-image", default=None, help="tritonserver image; pin by digest: name@sha256:...")
+@click.option("--fetch-image", default=None, help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
 def reconcile(kubeconfig: str | None, context: str | None, host: str | None, namespace: str,
               gpu_operator_namespace: str, dry_run: bool, confirm: str | None, interval: float,
-              planner_time_limit: float, port: int, scaling: bool) -> None:
+              planner_time_limit: float, port: int, scaling: bool, triton_image: str | None,
+              fetch_image: str | None) -> None:
     """Keep the cluster at the plan for the fleet in ConfigMap packer-fleet.
 
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
@@ -104,8 +107,9 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     if not in_cluster and not (dry_run or confirm):
         raise UserError("outside the cluster the reconciler applies nothing unseen. "
                         "Fix: run with --dry-run, read the diff, then run with --confirm <diff id>")
+    images = {k: v for k, v in (("triton_image", triton_image), ("fetch_image", fetch_image)) if v}
     s = ReconcileSettings(interval_s=interval, render=RenderSettings(
-        namespace=namespace, gpu_operator_namespace=gpu_operator_namespace))
+        namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images))
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken

@@ -201,3 +201,23 @@ def test_a_fleet_edit_to_an_http_artifact_is_refused_and_what_runs_stays(cluster
     assert reps[1].writes == 0  # reported once
     events = [e for e in cluster.objects("v1/events").values() if e["reason"] == "ReconcileError"]
     assert len(events) == 1 and "plain http" in events[0]["message"]
+
+
+def test_images_can_be_pinned_by_digest(tmp_path, base_plan) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from k8s.cli import render_k8s
+    from packer.plan import to_dict
+
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps(to_dict(base_plan)))
+    triton = "nvcr.io/nvidia/tritonserver@sha256:" + "1" * 64
+    fetch = "busybox@sha256:" + "2" * 64
+    r = CliRunner().invoke(render_k8s, [str(plan), "-o", str(tmp_path / "out"), "--triton-image", triton,
+                                        "--fetch-image", fetch])
+    assert r.exit_code == 0, r.output
+    for d in yaml.safe_load_all((tmp_path / "out" / "deployments.yaml").read_text()):
+        pod = d["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == triton and pod["initContainers"][0]["image"] == fetch

@@ -103,7 +103,8 @@ def serve_emulator(port_q: "mp.Queue[int]", nodes: list[tuple[str, str, str, int
                                           ("v1/events", "Event", True), ("v1/nodes", "Node", False),
                                           ("apps/v1/deployments", "Deployment", True),
                                           ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget", True),
-                                          ("coordination.k8s.io/v1/leases", "Lease", True)):
+                                          ("coordination.k8s.io/v1/leases", "Lease", True),
+                                          ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy", True)):
                 emu.resources[res] = kmock.ResourceInfo(kind=kind, namespaced=namespaced)
             node_res = kmock.resource("v1/nodes")
             for name, pool, product, count in nodes:

@@ -28,9 +28,12 @@ def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` 
 @click.option("--namespace", default="packer", show_default=True, help="Namespace of the serving objects.")
 @click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True,
               help="Namespace the device plugin and mig-manager read their ConfigMaps from.")
-@click.option("--triton-image", default=None, help="tritonserver image (default: a pinned release).")
+@click.option("--triton-image", default=None,
+              help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
+@click.option("--fetch-image", default=None,
+              help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")
 def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace: str,
-               triton_image: str | None) -> None:
+               triton_image: str | None, fetch_image: str | None) -> None:
     """Write the plan's Kubernetes objects to DIR: one file per kind, plus node-labels.yaml.
 
     node-labels.yaml is not an object: it lists, per logical node of the plan, the labels its real
@@ -46,6 +49,8 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
     s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace)
     if triton_image:
         s = replace(s, triton_image=triton_image)
+    if fetch_image:
+        s = replace(s, fetch_image=fetch_image)
     objs = render_plan(plan, s)
     by_kind: dict[str, list[dict]] = defaultdict(list)
     for o in objs:
@@ -78,9 +83,12 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
+@click.option("--triton-image", default=None, help="tritonserver image; pin by digest: name@sha256:...")
+@click.option("--fetch-image", default=None, help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
 def reconcile(kubeconfig: str | None, context: str | None, host: str | None, namespace: str,
               gpu_operator_namespace: str, dry_run: bool, confirm: str | None, interval: float,
-              planner_time_limit: float, port: int, scaling: bool) -> None:
+              planner_time_limit: float, port: int, scaling: bool, triton_image: str | None,
+              fetch_image: str | None) -> None:
     """Keep the cluster at the plan for the fleet in ConfigMap packer-fleet.
 
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
@@ -99,8 +107,9 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     if not in_cluster and not (dry_run or confirm):
         raise UserError("outside the cluster the reconciler applies nothing unseen. "
                         "Fix: run with --dry-run, read the diff, then run with --confirm <diff id>")
+    images = {k: v for k, v in (("triton_image", triton_image), ("fetch_image", fetch_image)) if v}
     s = ReconcileSettings(interval_s=interval, render=RenderSettings(
-        namespace=namespace, gpu_operator_namespace=gpu_operator_namespace))
+        namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images))
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken

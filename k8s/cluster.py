@@ -45,6 +45,7 @@ KINDS: dict[str, Kind] = {
     "Deployment": Kind("apps", "deployment", "apps/v1"),
     "PodDisruptionBudget": Kind("policy", "pod_disruption_budget", "policy/v1"),
     "Lease": Kind("coordination", "lease", "coordination.k8s.io/v1"),
+    "NetworkPolicy": Kind("networking", "network_policy", "networking.k8s.io/v1"),
 }
 
 
@@ -70,9 +71,14 @@ class Cluster:
         self.apps = client.AppsV1Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
         self.calls: Counter[str] = Counter()
         self.by_kind: Counter[tuple[str, str]] = Counter()
         self.retries = 0
+        self.guard: Callable[[], float] | None = None
+        """Set by a leading reconciler: called before every try of every call except the Lease's,
+        returns the seconds that try may take (the lease's remaining time) or raises
+        :class:`k8s.lease.LeaseLost`, which stops the call and the cycle."""
         self._sleep = sleep
         self._rng = rng or random.Random(0)
 
@@ -86,20 +92,38 @@ class Cluster:
         scope = "namespaced_" if k.namespaced else ""
         return getattr(getattr(self, k.api), f"{verb}_{scope}{k.snake}")
 
+    def _budget(self, kind: str, end: float | None) -> float:
+        if end is not None:
+            return end - time.monotonic()
+        if self.guard is not None and kind != "Lease":
+            return self.guard()
+        return self.settings.request_timeout_s
+
     def _call(self, verb: str, kind: str, name: str, *args: Any, retry_conflict: bool = True,
-              **kwargs: Any) -> Any:
-        """One logical call: retried on 409 (if allowed), 429, 5xx and timeouts; JSON or None on 404."""
+              timeout_s: float | None = None, **kwargs: Any) -> Any:
+        """One logical call: retried on 409 (if allowed), 429, 5xx and timeouts; JSON or None on 404.
+
+        Each try's timeout is ``request_timeout_s``, or less: what the guard (the lease) leaves,
+        or ``timeout_s`` for all tries together; a backoff never sleeps past it, and the guard is
+        asked again after."""
         s = self.settings
         fn = self._method("read" if verb == "get" else verb, kind)
         last: Exception | None = None
+        end = None if timeout_s is None else time.monotonic() + timeout_s
         for attempt in range(s.max_attempts):
+            budget = self._budget(kind, end)
             if attempt:
                 self.retries += 1
-                self._sleep(self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt)))
+                delay = self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt))
+                self._sleep(min(delay, max(0.0, budget)))
+                budget = self._budget(kind, end)
+            if budget <= 0:
+                raise ApiError(verb, kind, name, None, f"out of time after {attempt} tries: {_reason(last)}")
             self.calls[verb] += 1
             self.by_kind[(verb, kind)] += 1
+            timeout = max(0.001, min(s.request_timeout_s, budget))
             try:
-                resp = fn(*args, _preload_content=False, _request_timeout=s.request_timeout_s, **kwargs)
+                resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
                 return json.loads(resp.data) if resp.data else {}
             except client.ApiException as e:
                 if e.status == 404 and verb in ("get", "delete"):
@@ -118,9 +142,10 @@ class Cluster:
         args = (namespace,) if KINDS[kind].namespaced else ()
         return list((self._call("list", kind, "*", *args) or {}).get("items") or [])
 
-    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    def get(self, kind: str, namespace: str | None, name: str, *,
+            timeout_s: float | None = None) -> dict[str, Any] | None:
         args = (name, namespace) if KINDS[kind].namespaced else (name,)
-        return self._call("get", kind, name, *args)
+        return self._call("get", kind, name, *args, timeout_s=timeout_s)
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
         """POST: a 409 on a retry means an earlier try landed (the caller checks whose it is)."""
@@ -129,12 +154,12 @@ class Cluster:
         return self._call("create", kind, meta["name"], *args, obj, retry_conflict=False)
 
     def patch(self, kind: str, namespace: str | None, name: str, patch: dict[str, Any], *,
-              retry_conflict: bool = True) -> dict[str, Any]:
+              retry_conflict: bool = True, timeout_s: float | None = None) -> dict[str, Any]:
         """Merge patch. ``retry_conflict=False`` when the patch carries a resourceVersion
         precondition: a 409 then means someone else changed the object first."""
         args = (name, namespace) if KINDS[kind].namespaced else (name,)
         return self._call("patch", kind, name, *args, patch, _content_type=MERGE_PATCH,
-                          retry_conflict=retry_conflict)
+                          retry_conflict=retry_conflict, timeout_s=timeout_s)
 
     def delete(self, kind: str, namespace: str | None, name: str) -> None:
         args = (name, namespace) if KINDS[kind].namespaced else (name,)

@@ -5,6 +5,7 @@ Nothing here talks to the API server; :mod:`k8s.reconciler` observes, calls thes
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,44 +63,78 @@ def contains(live: Any, want: Any) -> bool:
     return live == want or (live is not None and str(live) == str(want) and not isinstance(want, bool))
 
 
-def _owned_keys(d: dict[str, Any] | None) -> set[str]:
-    return {k for k in (d or {}) if k.startswith(("packer.dev/", N.MODEL_LABEL_PREFIX, "app.kubernetes.io/"))}
+PACKER_PREFIXES = ("packer.dev/", N.MODEL_LABEL_PREFIX)
 
 
-def _nulls(live: dict[str, Any] | None, want: dict[str, Any], only: set[str] | None = None) -> dict[str, Any]:
-    """``want`` plus ``None`` for each key of ``live`` it dropped (merge-patch deletion)."""
-    gone = (only if only is not None else set(live or {})) - set(want)
+def _prefixed(d: dict[str, Any] | None) -> set[str]:
+    return {k for k in (d or {}) if k.startswith(PACKER_PREFIXES)}
+
+
+def owned_keys(live: dict[str, Any]) -> dict[str, set[str]]:
+    """The keys of ``live`` packer set: its owned-keys annotation, or for an object written before
+    it existed, the keys under packer's own prefixes (and no data keys: those stay)."""
+    meta = live.get("metadata") or {}
+    raw = (meta.get("annotations") or {}).get(N.OWNED_KEYS_ANNOTATION)
+    try:
+        listed = json.loads(raw) if raw else None
+    except ValueError:
+        listed = None
+    if isinstance(listed, dict):
+        return {k: {x for x in listed.get(k) or [] if isinstance(x, str)}
+                for k in ("labels", "template-labels", "data")}
+    tmpl = ((live.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    return {"labels": _prefixed(meta.get("labels")), "template-labels": _prefixed(tmpl.get("labels")),
+            "data": set()}
+
+
+def _nulls(live: dict[str, Any] | None, want: dict[str, Any], only: set[str]) -> dict[str, Any]:
+    """``want`` plus ``None`` for each key of ``only`` that ``live`` has and ``want`` dropped
+    (merge-patch deletion); keys of ``live`` outside ``only`` are someone else's and stay."""
+    gone = (only & set(live or {})) - set(want)
     return {**want, **{k: None for k in sorted(gone)}}
 
 
 def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
-    """The merge patch that makes ``live`` hold ``want``: our labels, annotations, data and spec.
+    """The merge patch that makes ``live`` hold ``want``: our labels, annotations, data and spec,
+    and nothing else. A merge patch leaves keys it does not name, so what others added to labels,
+    annotations, the pod template's labels and ConfigMap data stays.
 
-    Keys we once set and no longer want are nulled in labels, annotations, ConfigMap data and the
-    pod template's labels (a model leaving a group must lose its label there). Spec keys the
-    server defaulted are left alone: nulling them would fight immutable fields (a Service's
-    clusterIP) for nothing.
+    Keys packer once set and no longer wants (:func:`owned_keys`) are nulled in labels, annotations,
+    ConfigMap data and the pod template's labels (a model leaving a group must lose its label
+    there). Spec keys the server defaulted are left alone: nulling them would fight immutable
+    fields (a Service's clusterIP) for nothing.
     """
     lm, wm = live.get("metadata") or {}, want["metadata"]
+    mine = owned_keys(live)
     patch: dict[str, Any] = {"metadata": {
-        "labels": _nulls(lm.get("labels"), wm.get("labels") or {}, _owned_keys(lm.get("labels"))),
-        "annotations": _nulls(lm.get("annotations"), wm.get("annotations") or {},
-                              _owned_keys(lm.get("annotations"))),
+        "labels": _nulls(lm.get("labels"), wm.get("labels") or {}, mine["labels"]),
+        "annotations": _nulls(lm.get("annotations"), wm.get("annotations") or {}, _prefixed(lm.get("annotations"))),
     }}
     for section in ("data", "binaryData"):
         if section in want or section in live:
-            patch[section] = _nulls(live.get(section), want.get(section) or {})
+            patch[section] = _nulls(live.get(section), want.get(section) or {}, mine["data"])
     if "spec" in want:
         spec = dict(want["spec"])
         tmpl = spec.get("template")
         if tmpl is not None:
             lt = ((live.get("spec") or {}).get("template") or {}).get("metadata") or {}
             spec["template"] = {**tmpl, "metadata": {
-                "labels": _nulls(lt.get("labels"), tmpl["metadata"].get("labels") or {}),
+                "labels": _nulls(lt.get("labels"), tmpl["metadata"].get("labels") or {}, mine["template-labels"]),
                 "annotations": _nulls(lt.get("annotations"), tmpl["metadata"].get("annotations") or {},
-                                      _owned_keys(lt.get("annotations")))}}
+                                      _prefixed(lt.get("annotations")))}}
         patch["spec"] = spec
     return patch
+
+
+def _artifact_changes(live: dict[str, Any], want: dict[str, Any]) -> str:
+    """A repository ConfigMap's artifact changes, said as such (a dry run shows what is fetched)."""
+    models = sorted({k.rsplit(".", 1)[0] for k in {*live, *want} if k.endswith((".uri", ".sha256"))
+                     and live.get(k) != want.get(k)})
+
+    def show(d: dict[str, Any], m: str) -> str:
+        uri, sha = d.get(f"{m}.uri"), d.get(f"{m}.sha256")
+        return "none" if uri is None else f"{uri}" + (f" (sha256 {sha[:12]}…)" if sha else " (no sha256)")
+    return "; ".join(f"artifact of {m}: {show(live, m)} -> {show(want, m)}" for m in models)[:500]
 
 
 def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
@@ -107,14 +142,17 @@ def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
     la = (live["metadata"].get("annotations") or {}).get(N.SPEC_HASH)
     wa = want["metadata"]["annotations"][N.SPEC_HASH]
     if la != wa:
-        return f"rendered content changed (hash {la or 'none'} -> {wa})"
+        arts = _artifact_changes(live.get("data") or {}, want.get("data") or {})
+        return arts or f"rendered content changed (hash {la or 'none'} -> {wa})"
     # List responses of a real API server omit apiVersion and kind on items: not a drift.
     body = {k: v for k, v in want.items() if k not in ("metadata", "apiVersion", "kind")}
     meta = {"labels": {k: v for k, v in want["metadata"]["labels"].items() if k != N.PLAN_LABEL},
-            "annotations": {k: v for k, v in want["metadata"]["annotations"].items() if k != N.REASON_ANNOTATION}}
+            "annotations": {k: v for k, v in want["metadata"]["annotations"].items()
+                            if k not in (N.REASON_ANNOTATION, N.OWNED_KEYS_ANNOTATION)}}
     if not contains(live, body) or not contains(live["metadata"], meta):
         return "edited outside packer: restoring the planned fields"
-    if live.get("data") != want.get("data") and "data" in want:
+    # Keys others added are theirs; a key packer set and no longer wants is a drift.
+    if "data" in want and owned_keys(live)["data"] & (set(live.get("data") or {}) - set(want["data"])):
         return "data edited outside packer: restoring it"
     return None
 
@@ -162,12 +200,36 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
 # Nodes
 
 
+NODE_LABELS = (N.NODE_LABEL, N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL)
+"""The node labels packer sets: its binding, the device-plugin config and the MIG config."""
+
+
+def owned_node_labels(node: dict[str, Any]) -> set[str]:
+    """The labels of ``node`` packer set: those its ownership annotation lists, and its own
+    ``packer.dev/node``. A node bound before the annotation existed (``packer.dev/node`` and no
+    annotation) had all three set by packer."""
+    meta = node.get("metadata") or {}
+    listed = (meta.get("annotations") or {}).get(N.OWNED_LABELS_ANNOTATION)
+    if listed is None:
+        return set(NODE_LABELS) if N.NODE_LABEL in (meta.get("labels") or {}) else {N.NODE_LABEL}
+    return {k for k in listed.split(",") if k in NODE_LABELS} | {N.NODE_LABEL}
+
+
+def foreign_node_labels(node: dict[str, Any]) -> dict[str, str]:
+    """Device-plugin and MIG config labels someone else set on ``node`` (packer leaves them)."""
+    lb = (node.get("metadata") or {}).get("labels") or {}
+    mine = owned_node_labels(node)
+    return {k: lb[k] for k in NODE_LABELS if k in lb and k not in mine}
+
+
 def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_label: str) -> dict[str, str]:
     """Logical plan node -> real node name. Existing bindings (the ``packer.dev/node`` label) stay;
-    unbound logical nodes take the pool's free real nodes in name order."""
+    unbound logical nodes take the pool's free real nodes in name order, those without an
+    administrator's device-plugin or MIG config label first (packer would not change it)."""
     binding: dict[str, str] = {}
     taken: set[str] = set()
     labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+    foreign = {n["metadata"]["name"] for n in nodes if foreign_node_labels(n)}
     for real, lb in sorted(labels.items()):
         logical = lb.get(N.NODE_LABEL)
         if logical in plan_nodes and logical not in binding and lb.get(pool_label) == plan_nodes[logical]:
@@ -176,7 +238,8 @@ def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_lab
     for logical, pool in sorted(plan_nodes.items()):
         if logical in binding:
             continue
-        free = [r for r, lb in sorted(labels.items()) if r not in taken and lb.get(pool_label) == pool]
+        free = sorted((r for r, lb in labels.items() if r not in taken and lb.get(pool_label) == pool),
+                      key=lambda r: (r in foreign, r))
         if free:
             binding[logical] = free[0]
             taken.add(free[0])
@@ -184,13 +247,15 @@ def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_lab
 
 
 def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
-                 pool_label: str) -> list[Action]:
+                 pool_label: str, conflicts: list[Conflict] | None = None) -> list[Action]:
     """Label patches for bound nodes, and label removal for pool nodes the plan no longer uses.
 
-    Only packer's own node labels are ever touched (``packer.dev/node``, the device-plugin config
-    and the MIG config); a MIG config change is disruptive: mig-manager restarts the node's GPU pods.
+    Only labels packer set are changed or removed (``packer.dev/node``, and the device-plugin and
+    MIG configs it recorded in the node's ``packer.dev/owned-labels`` annotation, which each patch
+    keeps up to date). The same labels set by someone else stay as they are; where the plan needs
+    another value there, a :class:`Conflict` is appended to ``conflicts``. A MIG config change is
+    disruptive: mig-manager restarts the node's GPU pods.
     """
-    ours = (N.NODE_LABEL, N.DEVICE_PLUGIN_CONFIG_LABEL, N.MIG_CONFIG_LABEL)
     by_real = {real: logical for logical, real in binding.items()}
     out = []
     for n in sorted(nodes, key=lambda n: n["metadata"]["name"]):
@@ -199,13 +264,31 @@ def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes
             continue  # not a packer pool node: never touched
         logical = by_real.get(name)
         target = want.get(logical, {}) if logical else {}
-        patch = {k: target.get(k) for k in ours if lb.get(k) != target.get(k)}
-        if not patch:
+        mine = owned_node_labels(n)
+        listed = (n["metadata"].get("annotations") or {}).get(N.OWNED_LABELS_ANNOTATION)
+        patch: dict[str, str | None] = {}
+        owned_after = set()
+        for k in NODE_LABELS:
+            cur, tgt = lb.get(k), target.get(k)
+            if cur is not None and k not in mine:
+                if tgt is not None and cur != tgt and conflicts is not None:
+                    conflicts.append(Conflict("Node", None, name, f"label {k}={cur} was set by someone else; "
+                                                                  f"the plan wants {tgt}: left alone"))
+                continue
+            if cur != tgt:
+                patch[k] = tgt
+            if tgt is not None:
+                owned_after.add(k)
+        record = ",".join(sorted(owned_after)) or None
+        if not patch and record == listed:
             continue
+        body: dict[str, Any] = {"metadata": {"labels": patch}}
+        if record != listed:
+            body["metadata"]["annotations"] = {N.OWNED_LABELS_ANNOTATION: record}
         mig = N.MIG_CONFIG_LABEL in patch and lb.get(N.MIG_CONFIG_LABEL) is not None
-        reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + ", ".join(
-            f"{k}={v}" for k, v in patch.items())
-        out.append(Action("label", "Node", None, name, reason, {"metadata": {"labels": patch}}, disruptive=mig))
+        reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + (", ".join(
+            f"{k}={v}" for k, v in patch.items()) or "record the labels packer set")
+        out.append(Action("label", "Node", None, name, reason, body, disruptive=mig))
     return out
 
 
@@ -290,7 +373,7 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
             if node:
                 deleting_on[node] += 1
 
-    order = {"ConfigMap": 0, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 3, "Node": 4}
+    order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 3, "Node": 4}
     verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
     now: list[Action] = []
     waiting: list[tuple[Action, str]] = []

@@ -27,6 +27,8 @@ class ReconcilerMetrics:
         self.writes = Gauge("packer_cycle_writes", "Writes of the last cycle (lease renewals excluded)",
                             registry=r)
         self.leader = Gauge("packer_leader", "1 when this replica holds the lease", registry=r)
+        self.bad_input = Gauge("packer_bad_input", "Problems with the fleet or status ConfigMap's content in "
+                               "the last cycle (the last good plan stays applied)", registry=r)
 
     def observe(self, rep: "CycleReport") -> None:
         self.leader.set(1 if rep.leader else 0)
@@ -44,3 +46,5 @@ class ReconcilerMetrics:
         self.waiting.set(len(rep.waiting))
         self.conflicts.set(len(rep.conflicts))
         self.writes.set(rep.writes)
+        if rep.leader:
+            self.bad_input.set(len(rep.input_errors))

@@ -35,7 +35,8 @@ from k8s import names as N
 from k8s.cluster import ApiError, Cluster
 from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_referenced_mig_configs, key,
                      merge_patch, node_actions)
-from k8s.lease import LeaderElector
+from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
+from k8s.lease import LeaderElector, LeaseLost
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
@@ -54,7 +55,7 @@ SignalSource = Callable[["Plan | None", list[dict[str, Any]]], dict[str, Any]]
 
 ROLE_LABEL = "packer.dev/role"
 FLEET_KEY = "fleet.yaml"
-MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget")
+MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
 
 
 def default_planner(time_limit_s: float = 20.0) -> Planner:
@@ -78,6 +79,10 @@ class Observed:
     status: dict[str, Any] | None
     summary: dict[str, Any]
     stored_plan: Plan | None
+    status_foreign: bool = False
+    """The status ConfigMap's name is held by an object packer does not own: state stays in memory."""
+    problems: list[str] = field(default_factory=list)
+    """Bad input found while observing (unreadable status summary or stored plan)."""
 
 
 @dataclass
@@ -93,6 +98,8 @@ class CycleReport:
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    input_errors: list[str] = field(default_factory=list)
+    """Bad content in the fleet or status ConfigMap, also in ``errors``: reported, the plan kept."""
     calls: Counter[str] = field(default_factory=Counter)
     writes: int = 0
     """Writes to anything but the Lease: serving objects, node labels, status and Events."""
@@ -142,6 +149,15 @@ def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> l
     return out
 
 
+PLAN_FAILURES = (UserError, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError)
+"""What a planner raises on a fleet that parses but cannot be planned (1e308 latencies)."""
+
+_SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
+    "fleet_hash": str, "replanned": str, "policy_state": dict, "policy_saved_at": (int, float),
+    "last_actions": list, "conflicts": list, "errors": list, "warnings": list, "waiting": list}
+"""What the status summary's fields must be, to be used at all."""
+
+
 def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     """Items of a list response carry no apiVersion and kind on a real API server: add them."""
     from k8s.cluster import KINDS
@@ -165,15 +181,25 @@ class Reconciler:
         """With ``signals``, the scaling policy moves the plan with live traffic."""
         self.clock = clock
         self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
-        self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s)
+        self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s,
+                                     self.s.fence_margin_s, clock)
         self.last: CycleReport | None = None
         self.unbound: list[str] = []
         self.signal_failures: list[str] = []
         self._fleet: tuple[str, Fleet, str] | None = None
         """(fleet ConfigMap text, parsed fleet, its hash): parse only when the text changes."""
+        self._bad_fleet: tuple[str, str] | None = None
+        """(fleet ConfigMap text, why it was refused): a bad fleet is not parsed again each cycle."""
         self._rendered: tuple[Plan, list[dict[str, Any]]] | None = None
+        self._planned: tuple[tuple[str, str | None], Plan | None, str] | None = None
+        """((fleet hash, stored plan id), plan, why) of the last fleet-driven re-plan: a cycle that
+        lost its lease while planning does not make the next one plan again from the start; a
+        planner that failed on it (plan None, why the error) is not run again each cycle."""
         self._blob: tuple[str, Plan] | None = None
         """(stored plan blob, decoded plan): decode only when the status ConfigMap's blob changes."""
+        self._last_summary: dict[str, Any] | None = None
+        """The last good status summary read or written: stands in for an unreadable one, and
+        is the only copy while the status ConfigMap's name is taken."""
         self.policy_state: dict[str, Any] | None = None
         """The scaling policy's hysteresis, kept in memory while leading and checkpointed to the
         status ConfigMap every ``policy_checkpoint_s`` (or with any other change): new samples
@@ -188,16 +214,17 @@ class Reconciler:
     # -- observe ------------------------------------------------------------------------------
 
     def observe(self) -> Observed:
-        """Six lists and nothing else: every object of the managed kinds, the GPU nodes, and the
-        fleet and status ConfigMaps out of the ConfigMap list."""
+        """A list per managed kind and of the nodes, and two reads: every object of the managed
+        kinds, the GPU nodes, the fleet and status ConfigMaps out of the ConfigMap list, and
+        packer's two ConfigMaps in the GPU operator's namespace."""
         c, s = self.cluster, self.s
         live: list[dict[str, Any]] = []
         for kind in MANAGED_KINDS:
             live += [_typed(o, kind) for o in c.list(kind, self.ns)]
         ops = s.render.gpu_operator_namespace
-        if ops != self.ns:
-            live += [_typed(o, "ConfigMap") for o in c.list("ConfigMap", ops)
-                     if o["metadata"]["name"] in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP)]
+        if ops != self.ns:  # only its two ConfigMaps there, by name: RBAC grants no more
+            live += [_typed(o, "ConfigMap") for name in (DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP)
+                     if (o := c.get("ConfigMap", ops, name)) is not None]
         nodes = [n for n in c.list("Node") if s.render.pool_label in (n["metadata"].get("labels") or {})]
         by_name = {o["metadata"]["name"]: o for o in live if o["kind"] == "ConfigMap"
                    and o["metadata"].get("namespace", self.ns) == self.ns}
@@ -205,18 +232,46 @@ class Reconciler:
         fleet_text = None if fleet_cm is None else (fleet_cm.get("data") or {}).get(FLEET_KEY)
         summary: dict[str, Any] = {}
         stored = None
-        if status is not None and N.owned(status):
-            summary = json.loads((status.get("data") or {}).get("summary.json") or "{}")
+        if status is not None and not N.owned(status):
+            # Someone else's ConfigMap under our status name: reported once (record), and this
+            # process keeps the summary and plan in memory, so the loop stays quiet.
+            summary = dict(self._last_summary or {})
+            stored = self._blob[1] if self._blob is not None else None
+            return Observed(fleet_text, nodes, live, status, summary, stored, status_foreign=True)
+        problems = []
+        if status is not None:
+            # Anyone with ConfigMap access may have written anything here: bounded reads, and a
+            # bad summary or plan is reported while the last good plan (in memory) stays.
+            try:
+                summary = load_json((status.get("data") or {}).get("summary.json") or "{}",
+                                    "status ConfigMap summary.json")
+                if not isinstance(summary, dict):
+                    raise BadInput("status ConfigMap summary.json: not a JSON object")
+                if wrong := sorted(k for k, t in _SUMMARY_TYPES.items()
+                                   if k in summary and not isinstance(summary[k], t)):
+                    raise BadInput(f"status ConfigMap summary.json: wrong type of {', '.join(wrong)}")
+            except BadInput as e:
+                summary = dict(self._last_summary or {})
+                problems.append(f"{e}; rewriting it")
+            else:
+                self._last_summary = summary
             blob = (status.get("binaryData") or {}).get("plan.json.gz")
             if blob and self._blob is not None and blob == self._blob[0]:
                 stored = self._blob[1]  # decoding re-validates the whole fleet: skip when unchanged
             elif blob:
                 try:
-                    stored = from_dict(json.loads(gzip.decompress(base64.b64decode(blob))))
+                    what = "status ConfigMap plan.json.gz"
+                    if len(blob) > 2 * MAX_TEXT:
+                        raise BadInput(f"{what}: {len(blob)} bytes, more than the {2 * MAX_TEXT} limit")
+                    raw = gunzip(base64.b64decode(blob, validate=True), what)
+                    stored = from_dict(load_json(raw, what, limit=len(raw)))
                     self._blob = (blob, stored)
-                except (ValueError, KeyError, UserError, OSError) as e:
-                    log.warning("stored plan unreadable, planning afresh: %s", e)
-        return Observed(fleet_text, nodes, live, status, summary, stored)
+                except Exception as e:  # noqa: BLE001 -- any content, any failure: report, keep the last plan
+                    stored = self._blob[1] if self._blob is not None else None
+                    keep = "keeping the last good plan" if stored is not None else "planning afresh"
+                    problems.append(f"stored plan unreadable, {keep}: {short(e)}")
+                    log.warning("%s", problems[-1])
+        return Observed(fleet_text, nodes, live, status, summary, stored, problems=problems)
 
     # -- decide -------------------------------------------------------------------------------
 
@@ -233,20 +288,33 @@ class Reconciler:
                                                 f"with key {FLEET_KEY}"]
         if self._fleet is not None and self._fleet[0] == obs.fleet_text:
             fleet, fleet_hash = self._fleet[1], self._fleet[2]  # validating 500 models takes seconds
+        elif self._bad_fleet is not None and self._bad_fleet[0] == obs.fleet_text:
+            return obs.stored_plan, "", state, [self._bad_fleet[1]]
         else:
-            import yaml
-
             try:
-                fleet = parse_fleet(yaml.safe_load(obs.fleet_text), f"configmap/{self.s.fleet_configmap}")
-            except (UserError, yaml.YAMLError) as e:
-                return obs.stored_plan, "", state, [f"fleet ConfigMap: {e}"]
-            fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+                doc = load_yaml(obs.fleet_text, f"fleet ConfigMap {self.s.fleet_configmap}")
+                fleet = parse_fleet(doc, f"configmap/{self.s.fleet_configmap}")
+                fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+            except Exception as e:  # noqa: BLE001 -- bad input of any shape: report, keep the last plan
+                if not isinstance(e, (UserError, BadInput)):
+                    log.warning("fleet ConfigMap rejected", exc_info=True)
+                msg = short(e) if isinstance(e, BadInput) else f"fleet ConfigMap: {short(e)}"
+                self._bad_fleet = (obs.fleet_text, f"{msg}; keeping the last good plan")
+                return obs.stored_plan, "", state, [self._bad_fleet[1]]
             self._fleet = (obs.fleet_text, fleet, fleet_hash)
         stored = obs.stored_plan
         try:
             if stored is None or obs.summary.get("fleet_hash") != fleet_hash:
                 why = "no plan yet" if stored is None else "fleet changed"
-                return self.planner(fleet, stored), why, state | {"_fleet_hash": fleet_hash}, []
+                k = (fleet_hash, stored.id if stored is not None else None)
+                if self._planned is None or self._planned[0] != k:
+                    try:
+                        self._planned = (k, self.planner(fleet, stored), why)
+                    except PLAN_FAILURES as e:  # not run again every cycle on the same input
+                        self._planned = (k, None, short(e))
+                if self._planned[1] is None:
+                    raise UserError(self._planned[2])
+                return self._planned[1], self._planned[2], state | {"_fleet_hash": fleet_hash}, []
             if self.scaler is None or self.signals is None:
                 return stored, "", state, []
             signals = self.signals(stored, obs.live)
@@ -257,8 +325,9 @@ class Reconciler:
             if new is None or new.id == stored.id:
                 return stored, "", state, []
             return new, "scaling: " + "; ".join(reasons), state, []
-        except UserError as e:
-            return stored, "", state, [f"planning failed, keeping the last plan: {e}"]
+        except PLAN_FAILURES as e:
+            # A fleet that parses may still break the planner (1e308 latencies): report, keep the plan.
+            return stored, "", state, [f"planning failed, keeping the last plan: {short(e)}"]
 
     def _replan(self, current: Plan, fleet: Fleet, headroom: float | None) -> Plan:
         """The scaling policy's re-plan: the planner on ``fleet`` (the rates the policy asked for)
@@ -290,14 +359,15 @@ class Reconciler:
         for l in plan.layouts:
             plan_nodes[l.node] = l.pool
         binding = bind_nodes(plan_nodes, obs.nodes, self.s.render.pool_label)
-        actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label)
+        actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label, conflicts)
         self.unbound = sorted(set(plan_nodes) - set(binding))
         return actions, conflicts, objs, binding
 
     # -- act ----------------------------------------------------------------------------------
 
-    def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str]]:
-        """Carry out the gated actions; a failure is reported and left to the next cycle."""
+    def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str], LeaseLost | None]:
+        """Carry out the gated actions; a failure is reported and left to the next cycle. A lost
+        lease stops at once: what was done so far, and the loss, come back."""
         c = self.cluster
         done, conflicts, errors = [], [], []
         for a in actions:
@@ -323,11 +393,18 @@ class Reconciler:
                 done.append(a)
             except ApiError as e:
                 errors.append(str(e))
-        return done, conflicts, errors
+            except LeaseLost as e:
+                return done, conflicts, errors, e
+        return done, conflicts, errors, None
 
     def record(self, obs: Observed, plan: Plan | None, state: dict[str, Any], rep: CycleReport, now: float) -> None:
         """Events for what was done and for new problems; the status ConfigMap if its content changed."""
         prev = obs.summary
+        if obs.status_foreign:
+            rep.conflicts.append(Conflict("ConfigMap", self.ns, self.s.status_configmap,
+                                          f"status ConfigMap name taken by an object without {N.MANAGED_BY}="
+                                          f"{N.MANAGER}: left alone; state kept in memory until it is renamed "
+                                          "or removed"))
         conflicts = sorted(f"{c.kind}/{c.name}: {c.reason}" for c in rep.conflicts)
         errors = sorted(rep.errors)
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
@@ -367,9 +444,13 @@ class Reconciler:
                 binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
                 self._blob = (binary["plan.json.gz"], plan)
         st = obs.status
+        if obs.status_foreign:
+            self._last_summary = {**summary, "policy_saved_at": now}
+            return
         same_blob = st is not None and (st.get("binaryData") or {}) == binary
         quiet = {k: v for k, v in summary.items() if k != "policy_state"}
-        if same_blob and quiet == {k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
+        if same_blob and not obs.problems and quiet == {
+                k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
             saved = prev.get("policy_saved_at")
             if prev.get("policy_state") == state or (
                     saved is not None and now - saved < self.s.policy_checkpoint_s):
@@ -383,12 +464,10 @@ class Reconciler:
         try:
             if st is None:
                 self.cluster.create(body)
-            elif not N.owned(st):
-                rep.conflicts.append(Conflict("ConfigMap", self.ns, self.s.status_configmap,
-                                              "status ConfigMap name taken by a foreign object"))
             else:
                 self.cluster.patch("ConfigMap", self.ns, self.s.status_configmap,
                                    {"data": data, "binaryData": binary})
+            self._last_summary = summary
         except ApiError as e:
             rep.errors.append(f"status: {e}")
 
@@ -432,9 +511,21 @@ class Reconciler:
                 rep.leader = False
                 self.policy_state = None  # the leader's copy is the truth now
             else:
+                if not dry_run:  # fenced: every call checks the lease, bounded by its time left
+                    self.cluster.guard = lambda: self.elector.budget(self.clock())
                 self._cycle(rep, now, dry_run, expect)
         except ApiError as e:
             rep.errors.append(f"cycle aborted: {e}")
+        except LeaseLost as e:
+            rep.leader = False
+            rep.errors.append(f"cycle stopped, leadership lost: {e}")
+            self.policy_state = None
+            log.warning("stopped acting: %s", e)
+        except Exception as e:  # noqa: BLE001 -- a bug or an input not foreseen: report it, keep looping
+            log.exception("cycle failed")
+            rep.errors.append(f"cycle aborted: {type(e).__name__}: {short(e)}")
+        finally:
+            self.cluster.guard = None
         rep.calls = self.cluster.calls - before
         rep.writes = (sum(n for v, n in rep.calls.items() if v in ("create", "patch", "delete"))
                       - (self.cluster.lease_writes - lease_writes))
@@ -460,14 +551,26 @@ class Reconciler:
         lap("observe")
         plan, why, state, errors = self.choose_plan(obs, now)
         lap("plan")
-        rep.errors += errors
+        rep.input_errors = obs.problems + [e for e in errors if not e.startswith("no fleet")]
+        rep.errors += obs.problems + errors
         rep.plan, rep.replanned = plan, why
         if plan is None:
             if not dry_run:
                 self.record(obs, None, state, rep, now)
             return
         rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
-        actions, conflicts, objs, binding = self.desired(plan, obs)
+        try:
+            actions, conflicts, objs, binding = self.desired(plan, obs)
+        except UserError as e:
+            # The plan cannot be rendered (an http:// artifact): what runs stays, and the status
+            # keeps the last applied plan and fleet hash (the failed plan is cached, not redone).
+            rep.errors.append(f"not applied: {short(e)}")
+            rep.input_errors.append(rep.errors[-1])
+            rep.plan, rep.replanned = obs.stored_plan, ""
+            state.pop("_fleet_hash", None)
+            if not dry_run:
+                self.record(obs, obs.stored_plan, state, rep, now)
+            return
         rep.conflicts = conflicts
         rep.warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait"
                          for n in self.unbound]
@@ -483,9 +586,11 @@ class Reconciler:
                               "applied. Fix: dry-run again and confirm what it prints")
             rep.done = []
             return
-        done, more_conflicts, act_errors = self.act(g.now)
+        done, more_conflicts, act_errors, lost = self.act(g.now)
         rep.done, rep.conflicts, rep.errors = done, conflicts + more_conflicts, rep.errors + act_errors
         lap("act")
+        if lost is not None:
+            raise lost
         self.record(obs, plan, state, rep, now)
         lap("record")
 

@@ -10,6 +10,8 @@ per MIG node: a mig-parted config, selected by the node's ``nvidia.com/mig.confi
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,7 @@ import yaml
 from k8s import names as N
 from k8s.settings import RenderSettings
 from packer.catalog import gpu_type
+from packer.errors import UserError
 from packer.plan import Placement, Plan
 
 HTTP_PORT, GRPC_PORT, METRICS_PORT = 8000, 8001, 8002
@@ -40,15 +43,41 @@ for m in $(cat "$C/models"); do
     cp "$f" "$M/$m/$rel"
   done
   uri=$(cat "$C/$m.uri" 2>/dev/null || true)
+  sum=$(cat "$C/$m.sha256" 2>/dev/null || true)
   dst="$M/$m/1/$(cat "$C/$m.filename" 2>/dev/null || basename "$uri")"
   case "$uri" in
-    http://*|https://*) wget -q -O "$dst" "$uri" ;;
+    https://*) wget -q -O "$dst" "$uri" ;;
     file://*) cp -r "${uri#file://}" "$dst" ;;
     "") ;;
-    *) echo "model $m: unsupported artifact uri $uri (use http(s):// or file://)" >&2; exit 1 ;;
+    *) echo "model $m: unsupported artifact uri $uri (use https:// or file://)" >&2; exit 1 ;;
   esac
+  if [ -n "$sum" ] && [ -f "$dst" ]; then
+    got=$(sha256sum "$dst" | cut -d' ' -f1)
+    if [ "$got" != "$sum" ]; then
+      echo "model $m: $uri has sha256 $got, the fleet says $sum" >&2; rm -f "$dst"; exit 1
+    fi
+  fi
 done
 """
+ADMIN_KEY_HEADER = "packer-admin-key"
+ADMIN_KEY_ENV = "PACKER_ADMIN_KEY"
+NETWORK_POLICY = "packer-servers"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_artifact(model: str, art: Any, s: RenderSettings) -> None:
+    """Only https (verified by its sha256) or a file:// path on a mounted volume is fetched."""
+    where = f"model {model}: artifact {art.uri[:200]}"
+    if art.uri.startswith("http://"):
+        raise UserError(f"{where}: plain http is not fetched (anyone on the path can swap the file). "
+                        "Fix: serve it over https:// and give its sha256")
+    if not art.uri.startswith(("https://", "file://")):
+        raise UserError(f"{where}: unsupported scheme. Fix: use https:// (with sha256) or file:// on a volume")
+    if art.sha256 is not None and not _HEX64.fullmatch(art.sha256):
+        raise UserError(f"{where}: sha256 is not 64 lower-case hex digits")
+    if art.uri.startswith("https://") and art.sha256 is None and s.require_artifact_sha256:
+        raise UserError(f"{where}: no sha256. Fix: add `sha256: <hex digest>` to the artifact "
+                        "(sha256sum FILE), so the fetch can verify what it downloaded")
 
 
 @dataclass(frozen=True)
@@ -83,9 +112,24 @@ def groups(plan: Plan) -> list[Group]:
     return [Group(p, k) for p in plan.placements for k in p.kinds]
 
 
+def owned_keys(obj: dict[str, Any]) -> dict[str, list[str]]:
+    """The keys packer sets in ``obj``'s labels, pod-template labels and data (see
+    :data:`k8s.names.OWNED_KEYS_ANNOTATION`)."""
+    out = {"labels": sorted(obj["metadata"].get("labels") or {})}
+    tmpl = (obj.get("spec") or {}).get("template")
+    if tmpl is not None:
+        out["template-labels"] = sorted((tmpl.get("metadata") or {}).get("labels") or {})
+    if "data" in obj or "binaryData" in obj:
+        out["data"] = sorted({*(obj.get("data") or {}), *(obj.get("binaryData") or {})})
+    return out
+
+
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:
-    """Add the spec-hash annotation: a hash of everything but itself and the plan label."""
-    obj["metadata"].setdefault("annotations", {})[N.SPEC_HASH] = spec_hash(obj)
+    """Add the spec-hash annotation (a hash of everything but itself and the plan label) and the
+    owned-keys annotation (derived from the content, so outside the hash)."""
+    ann = obj["metadata"].setdefault("annotations", {})
+    ann[N.SPEC_HASH] = spec_hash(obj)
+    ann[N.OWNED_KEYS_ANNOTATION] = json.dumps(owned_keys(obj), separators=(",", ":"))
     return obj
 
 
@@ -95,7 +139,7 @@ def spec_hash(obj: dict[str, Any]) -> str:
     meta = dict(obj["metadata"])
     meta["labels"] = {k: v for k, v in (meta.get("labels") or {}).items() if k != N.PLAN_LABEL}
     meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
-                           if k not in (N.SPEC_HASH, N.REASON_ANNOTATION)}
+                           if k not in (N.SPEC_HASH, N.REASON_ANNOTATION, N.OWNED_KEYS_ANNOTATION)}
     return N.digest({**obj, "metadata": meta}, 16)
 
 
@@ -197,7 +241,11 @@ def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
                         "artifact": None if art is None else {"uri": art.uri, "backend": art.backend,
                                                               "platform": art.platform}})
         if art is not None:
+            check_artifact(mem.name, art, s)
             data[f"{mem.name}.uri"] = art.uri
+            if art.sha256:
+                data[f"{mem.name}.sha256"] = art.sha256
+                members[-1]["artifact"]["sha256"] = art.sha256
     data["group.json"] = json.dumps({"placement": g.placement.id, "kind": g.kind, "pool": g.placement.pool,
                                      "node": g.placement.node, "slot": g.placement.slot,
                                      "members": members}, indent=1, sort_keys=True)
@@ -226,8 +274,15 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
             *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
             # Packed models take turns on the slot's rate-limiter resource (one batch at a time).
             *(["--rate-limit=execution_count"] if len(g.models) > 1 else []),
-            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}"]
-    no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}",
+            # Model loading and the other admin APIs answer only requests carrying the admin key
+            # (Kubernetes expands $(VAR) from the container's env, filled from the Secret).
+            *[f"--{proto}-restricted-api={s.restricted_apis}:{ADMIN_KEY_HEADER}=$({ADMIN_KEY_ENV})"
+              for proto in ("http", "grpc")]]
+    no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
+                     "readOnlyRootFilesystem": True}
+    # Artifacts land in the models emptyDir: bound it (weights take no more disk than memory).
+    models_gi = math.ceil(2 * sum(m.memory_gb for m in p.models if m.kind == g.kind)) + 1
     repo_mount = {"name": "repo-config", "mountPath": "/config", "readOnly": True}
     models_mount = {"name": "models", "mountPath": "/models"}
     container = {
@@ -245,7 +300,8 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
         "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, res_name: str(res_count)},
                       "limits": {"memory": s.memory_request, res_name: str(res_count)}},
         "securityContext": no_escalation,
-        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}],
+        "env": [{"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.admin_key_secret, "key": "key"}}}],
+        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
     }
     init = {"name": "fetch-models", "image": s.fetch_image, "command": ["sh", "/config/fetch.sh"],
             "securityContext": no_escalation, "volumeMounts": [repo_mount, models_mount],
@@ -277,7 +333,8 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
                     "containers": [container],
                     "volumes": [
                         {"name": "repo-config", "configMap": {"name": repo["metadata"]["name"]}},
-                        {"name": "models", "emptyDir": {}},
+                        {"name": "models", "emptyDir": {"sizeLimit": f"{models_gi}Gi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},  # the root filesystem is read-only
                         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.shm_size}},
                     ],
                 },
@@ -295,6 +352,26 @@ def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
             {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},
             {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics"}]},
+    })
+
+
+def network_policy(plan: Plan, s: RenderSettings) -> dict[str, Any]:
+    """Ingress to every server: inference ports from any client, the metrics port only from the
+    reconciler. Admin APIs share the inference ports, so they are guarded by the admin key."""
+    return stamp({
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(NETWORK_POLICY, s.namespace, plan, annotations={
+            N.REASON_ANNOTATION: "inference open to clients; metrics only to the reconciler"}),
+        "spec": {
+            "podSelector": {"matchLabels": {N.MANAGED_BY: N.MANAGER},
+                            "matchExpressions": [{"key": N.GROUP_LABEL, "operator": "Exists"}]},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": HTTP_PORT}, {"protocol": "TCP", "port": GRPC_PORT}]},
+                {"from": [{"podSelector": {"matchLabels": dict(s.reconciler_labels)}}],
+                 "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+            ],
+        },
     })
 
 
@@ -403,7 +480,7 @@ def render_plan(plan: Plan, s: RenderSettings | None = None) -> list[dict[str, A
     """Every object the plan needs, in apply order (config first, then servers, then budgets)."""
     s = s or RenderSettings()
     comps = _pdb_components(plan)
-    out: list[dict[str, Any]] = [device_plugin_configmap(plan, s)]
+    out: list[dict[str, Any]] = [device_plugin_configmap(plan, s), network_policy(plan, s)]
     mig = mig_parted_configmap(plan, s)
     if mig is not None:
         out.append(mig)

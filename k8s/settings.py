@@ -16,7 +16,9 @@ class RenderSettings:
     triton_image: str = "nvcr.io/nvidia/tritonserver:24.08-py3"
     """A release with the Python backend and explicit model control; pinned so renders are stable."""
     fetch_image: str = "busybox:1.36"
-    """The init container only copies configs and fetches artifacts over HTTP: busybox has wget."""
+    """The init container only copies configs and fetches artifacts over https: busybox has wget
+    and sha256sum (the digest, not TLS, is what vouches for the file). Pin both images by digest
+    (``name@sha256:...``) in production: ``packer render k8s --triton-image``."""
     cpu_request: str = "2"
     """Triton's HTTP/gRPC front end and the Python backend stubs need a couple of cores per server."""
     memory_request: str = "8Gi"
@@ -27,6 +29,18 @@ class RenderSettings:
     """Node label naming a node's pool; the cluster admin sets it when creating the node pool."""
     run_as_user: int = 1000
     """Triton's images carry a non-root ``triton-server`` user with this uid."""
+    admin_key_secret: str = "packer-triton-admin"
+    """Secret (key ``key``) holding the header value that unlocks Triton's admin APIs (model
+    loading, model config, shared memory, statistics, trace, logging): without it in the
+    ``packer-admin-key`` header those APIs answer 403. Create it before the first apply (see
+    docs/kubernetes.md); only the reconciler's pod is given it."""
+    restricted_apis: str = "model-repository,model-config,shared-memory,statistics,trace,logging"
+    """Triton API groups behind the admin key; health, metadata and inference stay open to clients."""
+    reconciler_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "packer-reconciler"),)
+    """Pod labels of the reconciler (k8s/deploy/reconciler.yaml): the NetworkPolicy lets only it
+    reach the servers' metrics port."""
+    require_artifact_sha256: bool = True
+    """Refuse an https artifact without ``sha256`` in the fleet: the fetch verifies what it got."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,10 @@ class ReconcileSettings:
     lease_name: str = "packer-reconciler"
     lease_duration_s: int = 30
     """A dead leader is replaced after this long; two missed renewals at the default interval."""
+    fence_margin_s: float = 5.0
+    """A leader stops writing this long before its lease runs out (at most a third of the lease):
+    slack for clock drift between replicas and for a write already on the wire. Every API call of a
+    leading cycle is checked against the lease and its timeout bounded by the time left."""
     max_disruptions_per_cycle: int = 4
     """Deletions, rolling updates and node relabels per cycle: each may cost serving capacity."""
     max_attempts: int = 5
@@ -46,7 +64,8 @@ class ReconcileSettings:
     """First retry delay; doubled each try with full jitter, as the client-go default backoff does."""
     backoff_max_s: float = 5.0
     request_timeout_s: float = 10.0
-    """Per-request timeout: a hung API server must not stall the loop forever."""
+    """Per-request timeout: a hung API server must not stall the loop forever. A leader's calls get
+    less when less of its lease is left."""
     fleet_configmap: str = "packer-fleet"
     status_configmap: str = "packer-status"
     policy_checkpoint_s: float = 300.0

@@ -105,6 +105,8 @@ class Artifact:
     uri: str
     backend: str = "python"
     platform: str | None = None
+    sha256: str | None = None
+    """Hex digest of the file at ``uri``; the Kubernetes fetch verifies it (and requires it for https)."""
 
 
 @dataclass(frozen=True)
@@ -332,7 +334,8 @@ def _model(d: Any, i: int) -> Model:
             _keys(art, f"{where}.artifact", ARTIFACT_KEYS)
             artifact = Artifact(_get(art, "uri", f"{where}.artifact", str),
                                 _get(art, "backend", f"{where}.artifact", str, required=False, default="python"),
-                                _get(art, "platform", f"{where}.artifact", str, required=False))
+                                _get(art, "platform", f"{where}.artifact", str, required=False),
+                                _get(art, "sha256", f"{where}.artifact", str, required=False))
         else:
             raise FleetError(f"{where}.artifact", "is neither a string nor a mapping",
                              "give `artifact: s3://...` or `artifact: {uri: ..., backend: onnxruntime}`")

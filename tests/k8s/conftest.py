@@ -24,7 +24,8 @@ FLEET_DOC: dict[str, Any] = {
     "models": [
         {"name": "asr", "kind": "streaming", "memory_gb": 2.5, "traffic": {"rps": 100, "peak_rps": 200},
          "slo_ms": 200, "latency_ms": {"gpu": "a100-80gb", "base": 4, "per_item": 0.1}, "max_batch": 64,
-         "min_replicas": 2, "artifact": "https://models.example/asr.onnx"},
+         "min_replicas": 2, "artifact": {"uri": "https://models.example/asr.onnx", "backend": "onnxruntime",
+                                   "sha256": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}},
         {"name": "punct", "kind": "streaming", "memory_gb": 0.6, "traffic": {"rps": 50, "peak_rps": 80},
          "slo_ms": 100, "latency_ms": {"gpu": "a100-80gb", "base": 2, "per_item": 0.05}, "max_batch": 32,
          "min_replicas": 2},
@@ -99,6 +100,7 @@ class EmulatorThread:
         "v1/nodes": ("Node", False), "apps/v1/deployments": ("Deployment", True),
         "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
         "coordination.k8s.io/v1/leases": ("Lease", True),
+        "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
     }
 
     def __init__(self) -> None:

@@ -3,6 +3,8 @@ node checks. Each case says what it guards."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from k8s import names as N
@@ -35,9 +37,21 @@ def test_merge_patch_drops_only_what_packer_set() -> None:
     p = merge_patch(live, want)
     assert p["metadata"]["labels"] == {N.MANAGED_BY: "packer", N.model_label("old"): None}  # not "team"
     assert "deployment.kubernetes.io/revision" not in p["metadata"]["annotations"]
-    assert p["data"] == {"kept": "3", "gone": None}
+    # written before packer recorded its keys: only keys under packer's prefixes are nulled
+    assert p["data"] == {"kept": "3"}
     assert p["spec"]["template"]["metadata"]["labels"] == {N.model_label("new"): "serving", N.model_label("old"): None}
     assert "clusterIP" not in p["spec"]  # a defaulted, immutable field is never nulled
+    # with the owned-keys annotation: exactly the keys packer set and dropped are nulled
+    live["metadata"]["labels"]["app.kubernetes.io/name"] = "theirs"
+    live["spec"]["template"]["metadata"]["labels"]["team"] = "x"
+    live["data"]["extra"] = "theirs"
+    live["metadata"]["annotations"][N.OWNED_KEYS_ANNOTATION] = json.dumps(
+        {"labels": [N.MANAGED_BY, N.model_label("old")], "template-labels": [N.model_label("old")],
+         "data": ["gone", "kept"]})
+    p = merge_patch(live, want)
+    assert p["metadata"]["labels"] == {N.MANAGED_BY: "packer", N.model_label("old"): None}
+    assert p["data"] == {"kept": "3", "gone": None}
+    assert p["spec"]["template"]["metadata"]["labels"] == {N.model_label("new"): "serving", N.model_label("old"): None}
 
 
 def node(name: str, pool: str | None, **labels: str) -> dict:
@@ -60,8 +74,34 @@ def test_node_actions_touch_only_pool_nodes_and_packer_labels() -> None:
                         {"a100-n0": "a"}, nodes, "packer.dev/pool")
     by = {a.name: a for a in acts}
     assert set(by) == {"a", "spare"}
-    assert by["a"].body == {"metadata": {"labels": {N.MIG_CONFIG_LABEL: "new"}}} and by["a"].disruptive
+    # "a" was bound before ownership was recorded: its labels are packer's, and now recorded
+    assert by["a"].body == {"metadata": {"labels": {N.MIG_CONFIG_LABEL: "new"}, "annotations": {
+        N.OWNED_LABELS_ANNOTATION: f"{N.MIG_CONFIG_LABEL},{N.NODE_LABEL}"}}} and by["a"].disruptive
     assert by["spare"].body == {"metadata": {"labels": {N.NODE_LABEL: None}}} and not by["spare"].disruptive
+
+
+def test_node_actions_leave_labels_packer_did_not_set() -> None:
+    """An administrator's device-plugin and MIG configs on a spare node, on a node of a pool not in
+    the fleet, or under a value the plan wants changed, stay; a clash is reported, not fixed."""
+    admin = {N.DEVICE_PLUGIN_CONFIG_LABEL: "admin", N.MIG_CONFIG_LABEL: "all-1g.10gb"}
+    nodes = [node("spare", "a100", **admin), node("other-pool", "h100", **admin),
+             node("bound", "a100", **{N.MIG_CONFIG_LABEL: "all-1g.10gb"}),
+             {"metadata": {"name": "mine", "labels": {"packer.dev/pool": "a100", N.NODE_LABEL: "a100-n1",
+                                                      N.DEVICE_PLUGIN_CONFIG_LABEL: "a100", **{
+                                                          N.MIG_CONFIG_LABEL: "admin-mig"}},
+                           "annotations": {N.OWNED_LABELS_ANNOTATION: f"{N.DEVICE_PLUGIN_CONFIG_LABEL},{N.NODE_LABEL}"}}}]
+    want = {"a100-n0": {N.NODE_LABEL: "a100-n0", N.DEVICE_PLUGIN_CONFIG_LABEL: "a100", N.MIG_CONFIG_LABEL: "packer-x"}}
+    assert bind_nodes({"a100-n0": "a100"}, nodes, "packer.dev/pool") == {"a100-n0": "bound"}
+    conflicts: list = []
+    acts = {a.name: a for a in node_actions(want, {"a100-n0": "bound"}, nodes, "packer.dev/pool", conflicts)}
+    assert set(acts) == {"bound", "mine"}  # nothing for "spare" and "other-pool"
+    assert acts["bound"].body["metadata"] == {
+        "labels": {N.NODE_LABEL: "a100-n0", N.DEVICE_PLUGIN_CONFIG_LABEL: "a100"},
+        "annotations": {N.OWNED_LABELS_ANNOTATION: f"{N.DEVICE_PLUGIN_CONFIG_LABEL},{N.NODE_LABEL}"}}
+    assert [(c.name, N.MIG_CONFIG_LABEL in c.reason) for c in conflicts] == [("bound", True)]
+    # "mine" is no longer used: packer removes what it set and leaves the admin's MIG config
+    assert acts["mine"].body["metadata"] == {"labels": {N.NODE_LABEL: None, N.DEVICE_PLUGIN_CONFIG_LABEL: None},
+                                             "annotations": {N.OWNED_LABELS_ANNOTATION: None}}
 
 
 @pytest.mark.parametrize("view, now, step", [

@@ -17,7 +17,8 @@ NS = "packer"
 def live_hashes(cluster) -> dict[tuple[str, str], str]:
     out = {}
     for plural, kind in (("v1/configmaps", "ConfigMap"), ("v1/services", "Service"),
-                         ("apps/v1/deployments", "Deployment"), ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget")):
+                         ("apps/v1/deployments", "Deployment"), ("policy/v1/poddisruptionbudgets", "PodDisruptionBudget"),
+                         ("networking.k8s.io/v1/networkpolicies", "NetworkPolicy")):
         for ns in (NS, "gpu-operator"):
             for name, o in cluster.objects(plural, ns).items():
                 if N.owned(o) and not (o["metadata"].get("labels") or {}).get("packer.dev/role"):

@@ -15,7 +15,7 @@ from packer.errors import UserError
 from packer.fleet import load_fleet
 from packer.plan import load_plan, save_plan, to_dict
 from packer.planner import PlanSettings, plan_fleet
-from packer.report import explain, summary, svg, table
+from packer.report import explain, moves, summary, svg, table
 
 __all__ = ["Spinner", "example_path", "gpus", "plan"]  # Spinner moved to packer.cliutil; kept importable
 
@@ -83,6 +83,8 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
         click.echo(table(p))
         click.echo("")
         click.echo(summary(p))
+        if cur is not None and not p.moves:
+            click.echo(moves(p))  # say so: "0 moves" is what an unchanged fleet should show
         if output:
             click.echo(f"plan written to {output}")
         if svg_path:

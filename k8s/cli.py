@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import yaml
 
-from packer.cliutil import Number, check_output_dir
+from packer.cliutil import Number, check_output_dir, emit, format_option, note, out_dir_option, resolve_out_dir
 from packer.errors import UserError
 
 
@@ -22,26 +22,76 @@ def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` 
     return load_plan(path)  # every problem is one line naming the file and the fix
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings as ``|`` block scalars: a ConfigMap's file (the mig-parted config, a
+    model's config.pbtxt) reads as the file it is, not as one escaped line."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None  # PyYAML still quotes what a block cannot hold
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def dump_objects(objs: list[dict]) -> str:
+    """Kubernetes objects as one multi-document YAML file, multi-line strings as block scalars."""
+    return yaml.dump_all(objs, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)
+
+
+LABELS_DIR = "labels"
+"""Node labels live here: ``kubectl apply -f DIR`` reads only DIR's own *.yaml/*.yml/*.json files,
+each of which must be a Kubernetes object, and a list of labels is not one."""
+LABEL_SCRIPT = "label-nodes.sh"
+
+
+def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
+    """``kubectl label node`` for each logical node, its real node named by an environment variable.
+
+    The plan's nodes (``a100-n0``) are logical; which real node plays each is the operator's
+    choice (the reconciler binds them itself), so the script asks for the mapping rather than
+    guess: ``NODE_A100_N0=gpu-node-7 sh label-nodes.sh``.
+    """
+    import re
+    import shlex
+
+    lines = ["#!/bin/sh", f"# Node labels of plan {plan_id} (packer render k8s). The reconciler sets them itself;",
+             "# run this only to deploy without it. Name the real node of each logical node, e.g.:"]
+    env = {node: "NODE_" + re.sub(r"[^A-Za-z0-9]", "_", node).upper() for node in labels}
+    lines.append("#   " + " ".join(f"{v}=<node>" for v in env.values()) + f" sh {LABEL_SCRIPT}")
+    lines.append("set -eu")
+    for node, ls in labels.items():
+        kv = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(ls.items()))
+        lines.append(f'kubectl label node --overwrite "${{{env[node]}:?set {env[node]} to the real node of '
+                     f'logical node {node}}}" {kv}')
+    return "\n".join(lines) + "\n"
+
+
 @click.command("k8s")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@out_dir_option("the objects (one file per kind), labels/ and label-nodes.sh", old=("-o", "--out"))
 @click.option("--namespace", default="packer", show_default=True, help="Namespace of the serving objects.")
 @click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True,
               help="Namespace the device plugin and mig-manager read their ConfigMaps from.")
 @click.option("--triton-image", default=None, help="tritonserver image (default: a pinned release).")
-def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace: str,
-               triton_image: str | None) -> None:
-    """Write the plan's Kubernetes objects to DIR: one file per kind, plus node-labels.yaml.
+@format_option
+def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, namespace: str,
+               gpu_operator_namespace: str, triton_image: str | None, fmt: str) -> None:
+    """Write the plan's Kubernetes objects to DIR, one file per kind: `kubectl apply -f DIR` takes it.
 
-    node-labels.yaml is not an object: it lists, per logical node of the plan, the labels its real
-    node must carry (the reconciler sets them; by hand: `kubectl label node`).
+    The labels each real node must carry (the reconciler sets them) go to DIR/labels/, which
+    `kubectl apply -f DIR` does not read, and DIR/label-nodes.sh runs `kubectl label node` for them.
     """
     from dataclasses import replace
 
     from k8s.render import node_labels, render_plan
     from k8s.settings import RenderSettings
 
-    check_output_dir(out, "-o")
+    out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
+    if not out:
+        raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d k8s-out/")
+    check_output_dir(out, "--out-dir")
     plan = _load_plan(plan_path)
     s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace)
     if triton_image:
@@ -51,12 +101,27 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
     for o in objs:
         by_kind[o["kind"]].append(o)
     d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)
+    (d / LABELS_DIR).mkdir(parents=True, exist_ok=True)
+    files = []
     for kind, items in by_kind.items():
-        (d / f"{kind.lower()}s.yaml").write_text(yaml.safe_dump_all(items, sort_keys=False))
-    (d / "node-labels.yaml").write_text(yaml.safe_dump(node_labels(plan), sort_keys=True))
+        files.append(d / f"{kind.lower()}s.yaml")
+        files[-1].write_text(dump_objects(items))
+    labels = node_labels(plan)
+    (d / LABELS_DIR / "node-labels.yaml").write_text(yaml.safe_dump(labels, sort_keys=True))
+    (d / LABEL_SCRIPT).write_text(label_script(plan.id, labels))
+    (d / LABEL_SCRIPT).chmod(0o755)
+    stale = d / "node-labels.yaml"
+    if stale.is_file():  # an earlier render's, which `kubectl apply -f DIR` would fail on
+        stale.unlink()
+        note(f"removed {stale} of an earlier render: the labels are in {d / LABELS_DIR} now")
+    doc = {"plan": plan.id, "out_dir": str(d), "objects": {k: len(v) for k, v in by_kind.items()},
+           "files": [str(f) for f in files], "node_labels": str(d / LABELS_DIR / "node-labels.yaml"),
+           "label_script": str(d / LABEL_SCRIPT)}
     counts = ", ".join(f"{len(v)} {k}" for k, v in by_kind.items())
-    click.echo(f"plan {plan.id}: wrote {counts} to {d}")
+    emit(doc, fmt, lambda: (f"plan {plan.id}: wrote {counts} to {d}\n"
+                            f"apply with: kubectl apply -f {d}\n"
+                            f"node labels (the reconciler sets them; without it: {d / LABEL_SCRIPT}): "
+                            f"{d / LABELS_DIR / 'node-labels.yaml'}"))
 
 
 @click.command("reconcile")

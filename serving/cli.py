@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from packer.cliutil import Number, check_output_dir
+from packer.cliutil import Number, check_output_dir, emit, format_option, out_dir_option, resolve_out_dir
 from packer.errors import UserError
 from packer.plan import Placement, Plan, load_plan
 from serving.settings import RenderSettings
@@ -33,28 +33,33 @@ def _settings_options(f):
 
 @click.command("triton")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@out_dir_option("one model repository per packed group and class, and index.json", old=("-o", "--out"))
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="Instance kind: gpu for clusters, cpu to try the stand-ins without a GPU.")
 @click.option("--gpu-index", type=click.Choice(["slot", "node"]), default="slot", show_default=True,
               help="Number GPUs as the server's container sees its slot (slot) or as the node does (node).")
 @click.option("--groups", type=Number(1, 10**6, integer=True), default=None, help="Only the first N packed groups.")
 @_settings_options
-def render_triton(plan_path: str, out: str, device: str, gpu_index: str, groups: int | None,
-                  sequence_idle_s: float, time_scale: float) -> None:
-    """Write one Triton model repository per packed group and workload class."""
+@format_option
+def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, device: str, gpu_index: str,
+                  groups: int | None, sequence_idle_s: float, time_scale: float, fmt: str) -> None:
+    """Write one Triton model repository per packed group and workload class to DIR."""
     from serving.repository import repositories, write
 
-    check_output_dir(out, "-o")
+    out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
+    if not out:
+        raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d triton-out/")
+    check_output_dir(out, "--out-dir")
     plan = _load(plan_path)
     settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
                               time_scale=time_scale)
     repos = repositories(plan, settings, groups=groups)
     index = write(repos, Path(out))
-    for r in repos:
-        click.echo(f"{r.key}: {', '.join(r.names)}")
-    click.echo(f"{len(repos)} repositories from {len(plan.placements if groups is None else plan.placements[:groups])} "
-               f"packed groups; index at {index}")
+    n = len(plan.placements if groups is None else plan.placements[:groups])
+    doc = {"plan": plan.id, "out_dir": out, "index": str(index),
+           "repositories": [{"slot": r.slot, "kind": r.kind, "models": list(r.names)} for r in repos]}
+    emit(doc, fmt, lambda: "\n".join([f"{r.key}: {', '.join(r.names)}" for r in repos]
+                                     + [f"{len(repos)} repositories from {n} packed groups; index at {index}"]))
 
 
 def _pick(plan: Plan, group: str) -> Placement:

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 import yaml
 
-from packer.cliutil import Number, check_output_dir, emit, format_option, note, out_dir_option, resolve_out_dir
+from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file, emit, format_option, note,
+                            out_dir_option, output_option, resolve_out_dir)
 from packer.errors import UserError
 
 
@@ -143,9 +144,11 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
+@format_option
+@output_option("the cycle's report (diff id, actions, errors)")
 def reconcile(kubeconfig: str | None, context: str | None, host: str | None, namespace: str,
               gpu_operator_namespace: str, dry_run: bool, confirm: str | None, interval: float,
-              planner_time_limit: float, port: int, scaling: bool) -> None:
+              planner_time_limit: float, port: int, scaling: bool, fmt: str, output: str | None) -> None:
     """Keep the cluster at the plan for the fleet in ConfigMap packer-fleet.
 
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
@@ -166,10 +169,13 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
                         "Fix: run with --dry-run, read the diff, then run with --confirm <diff id>")
     s = ReconcileSettings(interval_s=interval, render=RenderSettings(
         namespace=namespace, gpu_operator_namespace=gpu_operator_namespace))
+    check_output_file(output, "-o", not_=(kubeconfig,))
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken
         raise UserError(f"cannot reach the cluster ({e}). Fix: give --kubeconfig, or run in the cluster") from None
+    if dry_run or confirm:
+        _probe(api, host, kubeconfig, context)
     signals = scaler = None
     if scaling and in_cluster:  # group Services resolve only in the cluster's DNS
         import time
@@ -181,20 +187,94 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit), signals=signals,
                      scaler=scaler)
     if dry_run or confirm:
-        rep = rec.cycle(dry_run=dry_run, expect=confirm)
-        for line in rep.lines():
-            click.echo(line)
+        with Spinner(label="reconciling (one cycle: read, plan, diff)"):
+            rep = rec.cycle(dry_run=dry_run, expect=confirm)
+        apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
+        if dry_run:
+            last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
+                    f"apply with: {apply_with}")
+        else:
+            last = f"applied {len(rep.done)} action(s)"
+        doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
+               "errors": list(rep.errors), "warnings": list(rep.warnings)}
+        if dry_run:
+            doc["apply_with"] = apply_with
+        ok = rep.leader and not rep.errors
+        # The errors go to the one error line below, not to stdout as well (they were printed twice).
+        shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
+        emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
         if not rep.leader:
             raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
         if rep.errors:
-            raise UserError(f"{len(rep.errors)} error(s); first: {rep.errors[0]}")
-        if dry_run:
-            click.echo(f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
-                       f"apply with: packer reconcile --confirm {rep.diff_id}")
-        else:
-            click.echo(f"applied {len(rep.done)} action(s)")
+            first = rep.errors[0]
+            more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
+            fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
+            raise UserError(f"{first}{fix}{more}")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from k8s.server import serve
 
     serve(rec, port=port)
+
+
+CONNECTION_FLAGS = (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("host", "--server"),
+                    ("namespace", "--namespace"), ("gpu_operator_namespace", "--gpu-operator-namespace"),
+                    ("planner_time_limit", "--planner-time-limit"), ("scaling", "--scaling"))
+"""The flags that decide which cluster a cycle reads and what diff it computes: ``--confirm``
+must be given them again, or it applies to another cluster or computes another diff."""
+
+
+def _given_flags() -> str:
+    """The connection flags the user gave this run, quoted for the shell, each followed by a space."""
+    import shlex
+
+    ctx = click.get_current_context()
+    out = []
+    for name, flag in CONNECTION_FLAGS:
+        src = ctx.get_parameter_source(name)
+        if src not in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            continue
+        v = ctx.params[name]
+        if isinstance(v, bool):
+            out.append(flag if v else f"--no-{flag[2:]}")
+        else:
+            out += [flag, shlex.quote(f"{v:g}" if isinstance(v, float) else str(v))]
+    return "".join(f"{x} " for x in out)
+
+
+def _why(e: BaseException) -> str:
+    """What a connection failure comes to, in a few words: urllib3 nests it three levels deep."""
+    import re
+
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\] ([^'\"\)\]]+)", text)
+    if m:
+        return m.group(1).strip().rstrip(".").lower()
+    low = text.lower()
+    if "timed out" in low or "timeout" in low:
+        return "no answer within 5 s"
+    if "certificate" in low or "ssl" in low:
+        return "its TLS certificate is not trusted"
+    return type(e).__name__
+
+
+def _probe(api: object, host: str | None, kubeconfig: str | None, context: str | None) -> None:
+    """Ask the API server its version once, so an unreachable one is one line naming it and the fix
+    (the cycle's retries would end in urllib3's truncated message, printed twice)."""
+    from kubernetes import client
+
+    server = api.configuration.host  # type: ignore[attr-defined]
+    try:
+        client.VersionApi(api).get_code(_request_timeout=5)
+    except client.exceptions.ApiException:
+        return  # it answered (even 401/403/404): the cycle reports what follows
+    except Exception as e:  # urllib3's MaxRetryError, a socket or TLS error
+        if host:
+            fix = f"check --server {host} (is `kubectl proxy` running there?)"
+        elif kubeconfig or context:
+            fix = ("check the cluster of " + " ".join(x for x in (kubeconfig and f"--kubeconfig {kubeconfig}",
+                                                                   context and f"--context {context}") if x)
+                   + " (`kubectl cluster-info` shows which server it names)")
+        else:
+            fix = "check the current kubeconfig context (`kubectl cluster-info`), or give --kubeconfig/--server"
+        raise UserError(f"the Kubernetes API server at {server} cannot be reached ({_why(e)}). Fix: {fix}") from None

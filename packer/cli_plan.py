@@ -131,7 +131,7 @@ def _gpu_lines(t: object, layouts: bool) -> list[str]:
 def gpus(gpu_type: str | None, local: bool, layouts: str | None, fmt: str, output: str | None) -> None:
     """The GPU catalog: memory, speed and MIG profiles of each type the planner knows.
 
-    GPU_TYPE (or --layouts GPU_TYPE) shows that type only: its 19 layouts are what a user asks
+    GPU_TYPE (or --layouts GPU_TYPE) shows that type only: the 37 layouts of an A100 are what a user asks
     for, not the other types' 60.
     """
     from difflib import get_close_matches

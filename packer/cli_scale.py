@@ -14,7 +14,7 @@ import json
 
 import click
 
-from packer.cliutil import Number, check_output_file, emit, format_option, json_alias, resolve_format
+from packer.cliutil import Number, check_output_file, emit, format_option, json_alias, note, resolve_format
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
 from packer.safeload import cut_path, listing, parse_json, read_text
@@ -56,12 +56,16 @@ def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
 @click.option("--steady", is_flag=True, help="Treat the snapshot as the whole stabilisation window (shows scale-down).")
 @format_option
 @json_alias
-@click.option("-o", "--output", "--out", "out_path", type=click.Path(dir_okay=False), metavar="FILE",
+@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), metavar="FILE",
               help="Also write the plan after the actions to FILE as JSON (what the next stage reads).")
+@click.option("--out", "old_out", type=click.Path(dir_okay=False), hidden=True, help="Deprecated: use -o/--output.")
 def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], window_s: float, steady: bool,
-          fmt: str, as_json: bool, out_path: str | None) -> None:
+          fmt: str, as_json: bool, out_path: str | None, old_out: str | None) -> None:
     """Print the scaling actions for a plan under the given load, each with its reason and cost."""
     fmt = resolve_format(fmt, as_json)
+    if old_out:
+        note("--out is deprecated; use -o/--output FILE")
+        out_path = out_path or old_out
     if bool(metrics_path) == bool(urls):
         raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")
     check_output_file(out_path, "-o", not_=(plan_path, metrics_path))

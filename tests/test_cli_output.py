@@ -73,3 +73,111 @@ def test_moves_say_added_moved_and_removed():
     assert text[0] == "moves against the current plan: 2 (1 moved, 1 added, 0 removed)"
     assert text[1].split() == ["add", "asr-a#1", "(new)", "->", "l4-n0-g2-whole"]
     assert text[2].split() == ["move", "asr-b#0", "l4-n0-g1-whole", "->", "l4-n0-g3-whole"]
+
+
+# -- 7. one convention: --format, -o FILE, -d DIR; gpus filters; progress -----------------------
+
+
+@pytest.mark.parametrize("cmd,dir_", [
+    (["plan"], False), (["gpus"], False), (["scale"], False), (["simulate"], True), (["capacity"], True),
+    (["reconcile"], False), (["render", "k8s"], True), (["render", "triton"], True), (["serve-local"], False),
+], ids=lambda c: " ".join(c) if isinstance(c, list) else str(c))
+def test_every_command_has_the_same_output_options(capsys, cmd, dir_):
+    from click.testing import CliRunner
+
+    from packer.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, cmd + ["--help"], terminal_width=200).output.split())
+    assert "--format [table|json|yaml] How the result is printed" in text
+    if cmd[0] not in ("render", "serve-local"):
+        assert "-o, --output FILE Also write" in text and "as JSON" in text  # -o is always a file
+    if dir_:
+        assert "-d, --out-dir DIR Write" in text  # a directory is always -d
+
+
+def test_gpus_filters_to_one_type(capsys):
+    assert main(["gpus", "--layouts", "a100-80gb"]) == 0
+    out = capsys.readouterr().out
+    heads = [ln.split()[0] for ln in out.splitlines() if not ln.startswith(" ")]
+    assert heads == ["a100-80gb"]
+    assert "37 maximal layouts" in out and out.count("create: ") == 37  # its layouts are listed
+    assert main(["gpus", "l4-24gb", "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert [g["name"] for g in d["gpus"]] == ["l4-24gb"] and d["gpus"][0]["mig"] is False
+    assert main(["gpus", "--layouts", "a100"]) == 2
+    assert "did you mean a100-80gb?" in capsys.readouterr().err
+
+
+def _fleet(tmp_path: Path) -> str:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    return str(tmp_path / "tiny.yaml")
+
+
+def test_scale_simulate_capacity_speak_json_and_yaml(tmp_path, capsys):
+    save_plan(tiny_plan(), tmp_path / "plan.json")
+    (tmp_path / "snap.json").write_text(json.dumps({"time": 0, "models": {"asr-a": {"arrival_rps": 100}}}))
+    scale = ["scale", "--plan", str(tmp_path / "plan.json"), "--metrics", str(tmp_path / "snap.json")]
+    assert main(scale + ["--format", "yaml"]) == 0
+    assert isinstance(yaml.safe_load(capsys.readouterr().out), list)
+    assert main(scale + ["--json"]) == 0  # the old flag still works, with a note
+    out, err = capsys.readouterr()
+    assert isinstance(json.loads(out), list) and "use --format json" in err
+
+    sim = ["simulate", str(tmp_path / "plan.json"), "--duration", "1m", "--no-progress"]
+    assert main(sim + ["--format", "yaml", "-o", str(tmp_path / "r.json")]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert json.loads((tmp_path / "r.json").read_text()) == json.loads(json.dumps(shown))
+    assert {m["name"] for m in shown["models"]} == {"asr-a", "asr-b", "punct"}
+
+    cap = ["capacity", _fleet(tmp_path), "--growth", "1", "--duration", "1m", "--time-limit", "1", "--no-progress"]
+    assert main(cap + ["--format", "json", "-o", str(tmp_path / "c.json"), "-d", str(tmp_path / "cap")]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["growth"] == 1 and rows[0]["fits"]
+    assert json.loads((tmp_path / "c.json").read_text()) == rows
+    assert (tmp_path / "cap" / "capacity.png").is_file()
+
+
+def test_reconcile_and_render_output_files_are_checked_first(tmp_path, capsys):
+    assert main(["reconcile", "--server", "http://127.0.0.1:9", "--dry-run", "-o", "/nonexistent/d/r.json"]) == 2
+    assert "the directory /nonexistent/d does not exist" in capsys.readouterr().err
+    save_plan(tiny_plan(), tmp_path / "plan.json")
+    assert main(["render", "k8s", str(tmp_path / "plan.json"), "-d", str(tmp_path / "o"), "--format", "json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["plan"] == tiny_plan().id and d["objects"]["Deployment"] >= 1
+
+
+@pytest.fixture()
+def slow_planner(monkeypatch):
+    """A terminal on stderr, and a planner that takes 1.5 s: the progress line must show."""
+    import time
+
+    import packer.cliutil
+    import packer.planner
+
+    real = packer.planner.plan_fleet
+
+    def slow(*a, **k):
+        time.sleep(1.5)
+        return real(*a, **k)
+
+    monkeypatch.setattr(packer.cliutil, "progress_enabled", lambda: True)
+    monkeypatch.setattr(packer.planner, "plan_fleet", slow)
+
+
+def test_simulate_shows_progress_while_it_plans_a_fleet(tmp_path, capsys, slow_planner):
+    assert main(["simulate", _fleet(tmp_path), "--duration", "1m"]) == 0
+    err = capsys.readouterr().err
+    assert "planning tiny.yaml first… " in err and err.rstrip(" \r\n").count("\r") >= 1
+
+
+def test_capacity_shows_progress_while_it_plans(tmp_path, capsys, slow_planner):
+    assert main(["capacity", _fleet(tmp_path), "--growth", "2", "--duration", "1m", "--time-limit", "1"]) == 0
+    assert "planning at x2… " in capsys.readouterr().err
+
+
+def test_no_progress_line_off_a_terminal(tmp_path, capsys, monkeypatch):
+    import packer.cliutil
+
+    monkeypatch.setattr(packer.cliutil, "progress_enabled", lambda: False)
+    assert main(["simulate", _fleet(tmp_path), "--duration", "1m"]) == 0
+    assert "planning" not in capsys.readouterr().err  # logs and pipes get the result alone

@@ -132,7 +132,7 @@ def gpus(gpu_type: str | None, local: bool, layouts: str | None, fmt: str, outpu
     """The GPU catalog: memory, speed and MIG profiles of each type the planner knows.
 
     GPU_TYPE (or --layouts GPU_TYPE) shows that type only: the 37 layouts of an A100 are what a user asks
-    for, not the other types' 60.
+    for, not every type's.
     """
     from difflib import get_close_matches
 

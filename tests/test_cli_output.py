@@ -181,3 +181,33 @@ def test_no_progress_line_off_a_terminal(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(packer.cliutil, "progress_enabled", lambda: False)
     assert main(["simulate", _fleet(tmp_path), "--duration", "1m"]) == 0
     assert "planning" not in capsys.readouterr().err  # logs and pipes get the result alone
+
+
+def test_serve_local_shows_progress_while_the_server_starts(tmp_path, capsys, monkeypatch):
+    """tritonserver takes up to a minute to load a group: a progress line, then the endpoints."""
+    import time
+
+    import packer.cliutil
+    import serving.local
+
+    class SlowServer:
+        http_url, grpc_url, metrics_url = "127.0.0.1:1", "127.0.0.1:2", "http://127.0.0.1:3/metrics"
+
+        def __init__(self, path):
+            pass
+
+        def __enter__(self):
+            time.sleep(1.5)
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(packer.cliutil, "progress_enabled", lambda: True)
+    monkeypatch.setattr(serving.local, "LocalTriton", SlowServer)
+    save_plan(tiny_plan(), tmp_path / "plan.json")
+    assert main(["serve-local", str(tmp_path / "plan.json"), "--seconds", "0.1"]) == 0
+    out, err = capsys.readouterr()
+    assert "starting tritonserver for l4-n0-g0-whole streaming… " in err
+    assert "try: curl -s -X POST http://127.0.0.1:1/v2/models/asr-a/infer" in out
+    assert "note: a batch group" not in out  # a streaming group does not wait by design

@@ -10,11 +10,10 @@ the actions lead to.
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from packer.cliutil import Number, check_output_file, emit, format_option, json_alias, note, resolve_format
+from packer.cliutil import Number, check_output_file, emit, format_option, deprecated, json_alias, resolve_format
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
 from packer.safeload import cut_path, listing, parse_json, read_text
@@ -64,7 +63,7 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
     """Print the scaling actions for a plan under the given load, each with its reason and cost."""
     fmt = resolve_format(fmt, as_json)
     if old_out:
-        note("--out is deprecated; use -o/--output FILE")
+        deprecated("--out is deprecated; use -o/--output FILE")
         out_path = out_path or old_out
     if bool(metrics_path) == bool(urls):
         raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")

@@ -191,10 +191,29 @@ def note(msg: str) -> None:
     click.echo(f"note: {msg}", err=True)
 
 
+PENDING: list[str] = []
+"""Deprecation notes of this run, printed by :func:`flush_notes` when the command has succeeded:
+a user error stays the one line of its run."""
+
+
+def deprecated(msg: str) -> None:
+    """Note an old spelling, shown after the command's output (only if the command succeeds)."""
+    if msg not in PENDING:
+        PENDING.append(msg)
+
+
+def flush_notes(ok: bool) -> None:
+    """Print the pending notes if the run succeeded; forget them either way."""
+    if ok:
+        for msg in PENDING:
+            note(msg)
+    PENDING.clear()
+
+
 def resolve_format(fmt: str, as_json: bool) -> str:
     """``--json`` is ``--format json``, with a note saying so."""
     if as_json:
-        note("--json is deprecated; use --format json (every command takes --format table|json|yaml)")
+        deprecated("--json is deprecated; use --format json (every command takes --format table|json|yaml)")
         return "json"
     return fmt
 
@@ -205,7 +224,7 @@ def resolve_out_dir(out_dir: str | None, old: str | None, old_name: str = "--out
         raise UserError(f"{old_name} {cut_path(old)} and --out-dir {cut_path(out_dir)}: two output directories. "
                         "Fix: give only -d/--out-dir")
     if old and not out_dir:
-        note(f"{old_name} DIR is deprecated; use -d/--out-dir DIR (-o names a result file in every command)")
+        deprecated(f"{old_name} DIR is deprecated; use -d/--out-dir DIR (-o names a result file in every command)")
         return old
     return out_dir
 

@@ -461,10 +461,10 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
     """The current plan's lower bound, when it was proven for this very problem; else None.
 
     A bound depends only on the fleet and the settings that shape the slots and replica counts,
-    never on the plan, so re-planning an unchanged fleet keeps the proof the current plan carries
-    (a fresh plan's default exact search does not run beside a current plan: it would look for a
-    cheaper plan, which moves replicas). Without this, ``plan FLEET --current PLAN`` on the same
-    fleet reported the kept, proven-optimal plan as ``feasible`` with the relaxation's gap.
+    never on the plan, so re-planning an unchanged fleet keeps the proof the current plan carries.
+    With a current plan the default exact search on the greedy plan does not run, so without this
+    ``plan FLEET --current PLAN`` on the same fleet reported the kept, proven-optimal plan as
+    ``feasible`` with the relaxation's gap (multilingual: 8.2 %).
     The plan file is trusted as the fleet file is: it is the user's own output of ``packer plan``.
     """
     from packer.plan import fleet_to_dict
@@ -474,7 +474,8 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
             == (settings.headroom, settings.use_mig, settings.max_replica_options))
     if not same or not current.bound_method or current.lower_bound_cost_per_hour <= 0:
         return None
-    return current.lower_bound_cost_per_hour, f"{current.bound_method}; carried from the current plan (same fleet and settings)"
+    return (current.lower_bound_cost_per_hour,
+            f"{current.bound_method}; carried from the current plan (same fleet and settings)")
 
 
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,

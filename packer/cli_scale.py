@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import click
 
-from packer.cliutil import Number, check_output_file, emit, format_option, deprecated, json_alias, resolve_format
+from packer.cliutil import Number, Spinner, check_output_file, emit, format_option, deprecated, json_alias, resolve_format
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
 from packer.safeload import cut_path, listing, parse_json, read_text
@@ -72,7 +72,8 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
     if metrics_path:
         t, signals = _read_snapshot(metrics_path)
     else:
-        t, signals = None, _read_triton(urls, window_s)
+        with Spinner(label=f"reading {len(urls)} Triton server(s) twice, {window_s:g} s apart"):
+            t, signals = None, _read_triton(urls, window_s)
     unknown = sorted(set(signals) - {m.name for m in plan.fleet.models})
     if unknown:
         raise UserError(f"metrics name models not in the plan: {listing(unknown)}. Fix: give the snapshot of "

@@ -12,7 +12,8 @@ from pathlib import Path
 import click
 import yaml
 
-from packer.cliutil import Number, check_output_dir
+from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file, emit, format_option, note,
+                            out_dir_option, output_option, resolve_out_dir)
 from packer.errors import UserError
 
 
@@ -22,9 +23,55 @@ def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` 
     return load_plan(path)  # every problem is one line naming the file and the fix
 
 
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings as ``|`` block scalars: a ConfigMap's file (the mig-parted config, a
+    model's config.pbtxt) reads as the file it is, not as one escaped line."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None  # PyYAML still quotes what a block cannot hold
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def dump_objects(objs: list[dict]) -> str:
+    """Kubernetes objects as one multi-document YAML file, multi-line strings as block scalars."""
+    return yaml.dump_all(objs, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True)
+
+
+LABELS_DIR = "labels"
+"""Node labels live here: ``kubectl apply -f DIR`` reads only DIR's own *.yaml/*.yml/*.json files,
+each of which must be a Kubernetes object, and a list of labels is not one."""
+LABEL_SCRIPT = "label-nodes.sh"
+
+
+def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
+    """``kubectl label node`` for each logical node, its real node named by an environment variable.
+
+    The plan's nodes (``a100-n0``) are logical; which real node plays each is the operator's
+    choice (the reconciler binds them itself), so the script asks for the mapping rather than
+    guess: ``NODE_A100_N0=gpu-node-7 sh label-nodes.sh``.
+    """
+    import re
+    import shlex
+
+    lines = ["#!/bin/sh", f"# Node labels of plan {plan_id} (packer render k8s). The reconciler sets them itself;",
+             "# run this only to deploy without it. Name the real node of each logical node, e.g.:"]
+    env = {node: "NODE_" + re.sub(r"[^A-Za-z0-9]", "_", node).upper() for node in labels}
+    lines.append("#   " + " ".join(f"{v}=<node>" for v in env.values()) + f" sh {LABEL_SCRIPT}")
+    lines.append("set -eu")
+    for node, ls in labels.items():
+        kv = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(ls.items()))
+        lines.append(f'kubectl label node --overwrite "${{{env[node]}:?set {env[node]} to the real node of '
+                     f'logical node {node}}}" {kv}')
+    return "\n".join(lines) + "\n"
+
+
 @click.command("k8s")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@out_dir_option("the objects (one file per kind), labels/ and label-nodes.sh", old=("-o", "--out"))
 @click.option("--namespace", default="packer", show_default=True, help="Namespace of the serving objects.")
 @click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True,
               help="Namespace the device plugin and mig-manager read their ConfigMaps from.")
@@ -32,19 +79,23 @@ def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` 
               help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
 @click.option("--fetch-image", default=None,
               help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")
-def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace: str,
-               triton_image: str | None, fetch_image: str | None) -> None:
-    """Write the plan's Kubernetes objects to DIR: one file per kind, plus node-labels.yaml.
+@format_option
+def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, namespace: str,
+               gpu_operator_namespace: str, triton_image: str | None, fetch_image: str | None, fmt: str) -> None:
+    """Write the plan's Kubernetes objects to DIR, one file per kind: `kubectl apply -f DIR` takes it.
 
-    node-labels.yaml is not an object: it lists, per logical node of the plan, the labels its real
-    node must carry (the reconciler sets them; by hand: `kubectl label node`).
+    The labels each real node must carry (the reconciler sets them) go to DIR/labels/, which
+    `kubectl apply -f DIR` does not read, and DIR/label-nodes.sh runs `kubectl label node` for them.
     """
     from dataclasses import replace
 
     from k8s.render import node_labels, render_plan
     from k8s.settings import RenderSettings
 
-    check_output_dir(out, "-o")
+    out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
+    if not out:
+        raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d k8s-out/")
+    check_output_dir(out, "--out-dir")
     plan = _load_plan(plan_path)
     s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace)
     if triton_image:
@@ -56,12 +107,27 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
     for o in objs:
         by_kind[o["kind"]].append(o)
     d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)
+    (d / LABELS_DIR).mkdir(parents=True, exist_ok=True)
+    files = []
     for kind, items in by_kind.items():
-        (d / f"{kind.lower()}s.yaml").write_text(yaml.safe_dump_all(items, sort_keys=False))
-    (d / "node-labels.yaml").write_text(yaml.safe_dump(node_labels(plan), sort_keys=True))
+        files.append(d / f"{kind.lower()}s.yaml")
+        files[-1].write_text(dump_objects(items))
+    labels = node_labels(plan)
+    (d / LABELS_DIR / "node-labels.yaml").write_text(yaml.safe_dump(labels, sort_keys=True))
+    (d / LABEL_SCRIPT).write_text(label_script(plan.id, labels))
+    (d / LABEL_SCRIPT).chmod(0o755)
+    stale = d / "node-labels.yaml"
+    if stale.is_file():  # an earlier render's, which `kubectl apply -f DIR` would fail on
+        stale.unlink()
+        note(f"removed {stale} of an earlier render: the labels are in {d / LABELS_DIR} now")
+    doc = {"plan": plan.id, "out_dir": str(d), "objects": {k: len(v) for k, v in by_kind.items()},
+           "files": [str(f) for f in files], "node_labels": str(d / LABELS_DIR / "node-labels.yaml"),
+           "label_script": str(d / LABEL_SCRIPT)}
     counts = ", ".join(f"{len(v)} {k}" for k, v in by_kind.items())
-    click.echo(f"plan {plan.id}: wrote {counts} to {d}")
+    emit(doc, fmt, lambda: (f"plan {plan.id}: wrote {counts} to {d}\n"
+                            f"apply with: kubectl apply -f {d}\n"
+                            f"node labels (the reconciler sets them; without it: {d / LABEL_SCRIPT}): "
+                            f"{d / LABELS_DIR / 'node-labels.yaml'}"))
 
 
 @click.command("reconcile")
@@ -85,10 +151,12 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
 @click.option("--triton-image", default=None, help="tritonserver image; pin by digest: name@sha256:...")
 @click.option("--fetch-image", default=None, help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
+@format_option
+@output_option("the cycle's report (diff id, actions, errors)")
 def reconcile(kubeconfig: str | None, context: str | None, host: str | None, namespace: str,
               gpu_operator_namespace: str, dry_run: bool, confirm: str | None, interval: float,
               planner_time_limit: float, port: int, scaling: bool, triton_image: str | None,
-              fetch_image: str | None) -> None:
+              fetch_image: str | None, fmt: str, output: str | None) -> None:
     """Keep the cluster at the plan for the fleet in ConfigMap packer-fleet.
 
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
@@ -110,10 +178,13 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     images = {k: v for k, v in (("triton_image", triton_image), ("fetch_image", fetch_image)) if v}
     s = ReconcileSettings(interval_s=interval, render=RenderSettings(
         namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images))
+    check_output_file(output, "-o", not_=(kubeconfig,))
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken
         raise UserError(f"cannot reach the cluster ({e}). Fix: give --kubeconfig, or run in the cluster") from None
+    if dry_run or confirm:
+        _probe(api, host, kubeconfig, context)
     signals = scaler = None
     if scaling and in_cluster:  # group Services resolve only in the cluster's DNS
         import time
@@ -125,20 +196,94 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit), signals=signals,
                      scaler=scaler)
     if dry_run or confirm:
-        rep = rec.cycle(dry_run=dry_run, expect=confirm)
-        for line in rep.lines():
-            click.echo(line)
+        with Spinner(label="reconciling (one cycle: read, plan, diff)"):
+            rep = rec.cycle(dry_run=dry_run, expect=confirm)
+        apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
+        if dry_run:
+            last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
+                    f"apply with: {apply_with}")
+        else:
+            last = f"applied {len(rep.done)} action(s)"
+        doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
+               "errors": list(rep.errors), "warnings": list(rep.warnings)}
+        if dry_run:
+            doc["apply_with"] = apply_with
+        ok = rep.leader and not rep.errors
+        # The errors go to the one error line below, not to stdout as well (they were printed twice).
+        shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
+        emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
         if not rep.leader:
             raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
         if rep.errors:
-            raise UserError(f"{len(rep.errors)} error(s); first: {rep.errors[0]}")
-        if dry_run:
-            click.echo(f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
-                       f"apply with: packer reconcile --confirm {rep.diff_id}")
-        else:
-            click.echo(f"applied {len(rep.done)} action(s)")
+            first = rep.errors[0]
+            more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
+            fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
+            raise UserError(f"{first}{fix}{more}")
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from k8s.server import serve
 
     serve(rec, port=port)
+
+
+CONNECTION_FLAGS = (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("host", "--server"),
+                    ("namespace", "--namespace"), ("gpu_operator_namespace", "--gpu-operator-namespace"),
+                    ("planner_time_limit", "--planner-time-limit"), ("scaling", "--scaling"))
+"""The flags that decide which cluster a cycle reads and what diff it computes: ``--confirm``
+must be given them again, or it applies to another cluster or computes another diff."""
+
+
+def _given_flags() -> str:
+    """The connection flags the user gave this run, quoted for the shell, each followed by a space."""
+    import shlex
+
+    ctx = click.get_current_context()
+    out = []
+    for name, flag in CONNECTION_FLAGS:
+        src = ctx.get_parameter_source(name)
+        if src not in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
+            continue
+        v = ctx.params[name]
+        if isinstance(v, bool):
+            out.append(flag if v else f"--no-{flag[2:]}")
+        else:
+            out += [flag, shlex.quote(f"{v:g}" if isinstance(v, float) else str(v))]
+    return "".join(f"{x} " for x in out)
+
+
+def _why(e: BaseException) -> str:
+    """What a connection failure comes to, in a few words: urllib3 nests it three levels deep."""
+    import re
+
+    text = str(e)
+    m = re.search(r"\[Errno -?\d+\] ([^'\"\)\]]+)", text)
+    if m:
+        return m.group(1).strip().rstrip(".").lower()
+    low = text.lower()
+    if "timed out" in low or "timeout" in low:
+        return "no answer within 5 s"
+    if "certificate" in low or "ssl" in low:
+        return "its TLS certificate is not trusted"
+    return type(e).__name__
+
+
+def _probe(api: object, host: str | None, kubeconfig: str | None, context: str | None) -> None:
+    """Ask the API server its version once, so an unreachable one is one line naming it and the fix
+    (the cycle's retries would end in urllib3's truncated message, printed twice)."""
+    from kubernetes import client
+
+    server = api.configuration.host  # type: ignore[attr-defined]
+    try:
+        client.VersionApi(api).get_code(_request_timeout=5)
+    except client.exceptions.ApiException:
+        return  # it answered (even 401/403/404): the cycle reports what follows
+    except Exception as e:  # urllib3's MaxRetryError, a socket or TLS error
+        if host:
+            fix = f"check --server {host} (is `kubectl proxy` running there?)"
+        elif kubeconfig or context:
+            fix = ("check the cluster of " + " ".join(x for x in (kubeconfig and f"--kubeconfig {kubeconfig}",
+                                                                   context and f"--context {context}") if x)
+                   + " (`kubectl cluster-info` shows which server it names)")
+        else:
+            fix = "check the current kubeconfig context (`kubectl cluster-info`), or give --kubeconfig/--server"
+        raise UserError(f"the Kubernetes API server at {server} cannot be reached ({_why(e)}). Fix: {fix}") from None

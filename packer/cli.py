@@ -65,8 +65,12 @@ def one_line(msg: str, limit: int = 1000) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear message and exit 2, never a traceback."""
+    from packer.cliutil import flush_notes
+
+    ok = False
     try:
         cli.main(args=argv, prog_name="packer", standalone_mode=False)
+        ok = True
     except UserError as e:
         click.echo(f"error: {one_line(str(e))}", err=True)
         return e.exit_code
@@ -81,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: {one_line(e.format_message())}", err=True)
         return 2
     except click.exceptions.Exit as e:
+        ok = e.exit_code == 0
         return e.exit_code
+    finally:
+        flush_notes(ok)  # deprecation notes after a successful run only: an error stays one line
     return 0
 
 

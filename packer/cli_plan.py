@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
-import threading
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -13,12 +9,15 @@ import click
 import yaml
 
 from packer.catalog import GPU_TYPES, mig_layouts
-from packer.cliutil import SECONDS, SEED, Number, check_output_file, same_fleet, write_output
+from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_file, dump, format_option, output_option,
+                            same_fleet, write_output)
 from packer.errors import UserError
 from packer.fleet import load_fleet
 from packer.plan import load_plan, save_plan, to_dict
 from packer.planner import PlanSettings, plan_fleet
-from packer.report import explain, summary, svg, table
+from packer.report import explain, moves, summary, svg, table
+
+__all__ = ["Spinner", "example_path", "gpus", "plan"]  # Spinner moved to packer.cliutil; kept importable
 
 DEFAULT_FLEET = "multilingual-meetings.yaml"
 
@@ -28,47 +27,12 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
     return Path(str(resources.files("packer") / "examples" / name))
 
 
-class Spinner:
-    """A progress line on stderr while solving takes longer than a second (TTY only)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled and sys.stderr.isatty()
-        self.stage = "packing"
-        self._stop = threading.Event()
-        self._t0 = time.monotonic()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> "Spinner":
-        if self.enabled:
-            self._thread.start()
-        return self
-
-    def update(self, stage: str, _elapsed: float) -> None:
-        self.stage = stage
-
-    def _run(self) -> None:
-        frames = "|/-\\"
-        i = 0
-        while not self._stop.wait(0.2):
-            el = time.monotonic() - self._t0
-            if el > 1.0:
-                sys.stderr.write(f"\r{frames[i % 4]} solving… {el:5.1f} s  {self.stage[:50]:<50}")
-                sys.stderr.flush()
-                i += 1
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self.enabled:
-            self._thread.join()
-            sys.stderr.write("\r" + " " * 80 + "\r")
-
-
 @click.command()
 @click.argument("fleet", required=False, type=click.Path(dir_okay=False))
 @click.option("--current", type=click.Path(dir_okay=False),
               help="The plan running now: keep what still fits where it is and report the moves.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the plan (JSON) here for later stages.")
+@format_option
+@output_option("the plan (what render, simulate, scale and serve-local read)")
 @click.option("--explain", "explain_model", metavar="MODEL", help="Explain where a model went and why.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the packing as an SVG picture.")
 @click.option("--seed", default=PlanSettings.seed, show_default=True, type=SEED,
@@ -113,47 +77,94 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
             raise UserError(f"--explain {explain_model}: no such model in {f.name}. Fix: use one of "
                             f"{', '.join(m.name for m in f.models[:8])}{', …' if len(f.models) > 8 else ''}") from None
         return
-    if fmt == "json":
-        click.echo(json.dumps(to_dict(p), indent=2))
-    elif fmt == "yaml":
-        click.echo(yaml.safe_dump(to_dict(p), sort_keys=False))
+    if fmt != "table":
+        click.echo(dump(to_dict(p), fmt))  # the moves are the plan's `moves` list
     else:
         click.echo(table(p))
         click.echo("")
         click.echo(summary(p))
+        if cur is not None and not p.moves:
+            click.echo(moves(p))  # say so: "0 moves" is what an unchanged fleet should show
         if output:
             click.echo(f"plan written to {output}")
         if svg_path:
             click.echo(f"picture written to {svg_path}")
 
 
+def _gpu_doc(t: object, layouts: bool) -> dict:
+    """One catalog entry as plain data (``--format json|yaml``)."""
+    d = {"name": t.name, "memory_gb": t.memory_gb, "usable_gb": t.usable_gb, "speed": t.speed,
+         "mig": t.has_mig,
+         "mig_profiles": [{"name": p.name, "compute_slices": p.compute_slices, "memory_slices": p.memory_slices,
+                           "memory_gb": p.memory_gb, "max_instances": p.max_instances,
+                           "placements": list(p.placements)} for p in t.mig_profiles]}
+    if t.has_mig:
+        ls = mig_layouts(t.name)
+        d["maximal_layouts"] = len(ls)
+        if layouts:
+            d["layouts"] = [{"name": l.name, "creation_order": list(l.creation_order)} for l in ls]
+    return d
+
+
+def _gpu_lines(t: object, layouts: bool) -> list[str]:
+    out = [f"{t.name:<11} {t.memory_gb:>5g} GB nominal, {t.usable_gb:>6.1f} usable, speed {t.speed:.2f}x A100-80GB"
+           f"{'' if t.has_mig else ', no MIG'}"]
+    for p in t.mig_profiles:
+        out.append(f"    {p.name:<9} {p.compute_slices}/{t.compute_slices} compute, {p.memory_slices}/"
+                   f"{t.memory_slices} memory slices, {p.memory_gb:5.1f} GB, up to {p.max_instances}, "
+                   f"starts {list(p.placements)}")
+    if t.has_mig:
+        ls = mig_layouts(t.name)
+        out.append(f"    {len(ls)} maximal layouts" + ("" if layouts else f" (--layouts {t.name} lists them)"))
+        if layouts:
+            out += [f"      {l.name:<60} create: {' '.join(l.creation_order)}" for l in ls]
+    return out
+
+
 @click.command()
+@click.argument("gpu_type", required=False, metavar="[GPU_TYPE]")
 @click.option("--local", is_flag=True, help="Discover this machine's GPUs with NVML and print a pool entry.")
-@click.option("--layouts", "show_layouts", is_flag=True, help="Also list every valid MIG layout.")
-def gpus(local: bool, show_layouts: bool) -> None:
-    """The GPU catalog: memory, speed and MIG profiles of each type the planner knows."""
+@click.option("--layouts", "layouts", is_flag=False, flag_value="all", default=None, metavar="[GPU_TYPE]",
+              help="Also list every valid MIG layout; --layouts a100-80gb shows that GPU type only.")
+@format_option
+@output_option("the catalog entries shown")
+def gpus(gpu_type: str | None, local: bool, layouts: str | None, fmt: str, output: str | None) -> None:
+    """The GPU catalog: memory, speed and MIG profiles of each type the planner knows.
+
+    GPU_TYPE (or --layouts GPU_TYPE) shows that type only: the 37 layouts of an A100 are what a user asks
+    for, not every type's.
+    """
+    from difflib import get_close_matches
+
+    from packer.cliutil import emit
+
+    check_output_file(output, "-o")
     if local:
         from packer.discover import read_nvml, to_pool
 
         found = to_pool(read_nvml())
-        for d in found["devices"]:
-            click.echo(f"# gpu {d['index']}: {d['product']} ({d['memory_gb']} GB) -> {d['type'] or 'unknown'}",
-                       err=True)
-        for m in found["mig"]:
-            click.echo(f"# gpu {m['gpu']}: MIG {'on' if m['mig_enabled'] else 'off'} "
-                       f"{', '.join(m['instances']) or ''}", err=True)
-        click.echo(yaml.safe_dump({"pools": [found["pool"]]}, sort_keys=False))
+        doc = {"pools": [found["pool"]]}
+        if fmt == "table":
+            for d in found["devices"]:
+                click.echo(f"# gpu {d['index']}: {d['product']} ({d['memory_gb']} GB) -> {d['type'] or 'unknown'}",
+                           err=True)
+            for m in found["mig"]:
+                click.echo(f"# gpu {m['gpu']}: MIG {'on' if m['mig_enabled'] else 'off'} "
+                           f"{', '.join(m['instances']) or ''}", err=True)
+        emit(doc, fmt, lambda: yaml.safe_dump(doc, sort_keys=False).rstrip("\n"), output)
         return
-    for t in GPU_TYPES.values():
-        click.echo(f"{t.name:<11} {t.memory_gb:>5g} GB nominal, {t.usable_gb:>6.1f} usable, speed {t.speed:.2f}x A100-80GB"
-                   f"{'' if t.has_mig else ', no MIG'}")
-        for p in t.mig_profiles:
-            click.echo(f"    {p.name:<9} {p.compute_slices}/{t.compute_slices} compute, {p.memory_slices}/"
-                       f"{t.memory_slices} memory slices, {p.memory_gb:5.1f} GB, up to {p.max_instances}, "
-                       f"starts {list(p.placements)}")
-        if t.has_mig:
-            ls = mig_layouts(t.name)
-            click.echo(f"    {len(ls)} maximal layouts" + ("" if show_layouts else " (--layouts lists them)"))
-            if show_layouts:
-                for l in ls:
-                    click.echo(f"      {l.name:<60} create: {' '.join(l.creation_order)}")
+    want = [x for x in (gpu_type, layouts if layouts != "all" else None) if x]
+    if len(set(want)) > 1:
+        raise UserError(f"GPU_TYPE {want[0]} and --layouts {want[1]}: two GPU types. Fix: give one")
+    types = list(GPU_TYPES.values())
+    if want:
+        name = want[0].lower()
+        if name not in GPU_TYPES:
+            near = get_close_matches(name, list(GPU_TYPES), n=1) or [t for t in GPU_TYPES if t.startswith(name)][:1]
+            raise UserError(f"{'--layouts' if layouts == want[0] else 'GPU_TYPE'} {want[0]}: not a GPU type packer "
+                            f"knows. Fix: {'did you mean ' + near[0] + '? ' if near else ''}"
+                            f"known types: {', '.join(GPU_TYPES)}")
+        types = [GPU_TYPES[name]]
+    show = layouts is not None
+    doc = {"gpus": [_gpu_doc(t, show) for t in types]}
+    emit(doc, fmt, lambda: "\n".join(line for t in types for line in _gpu_lines(t, show)), output)

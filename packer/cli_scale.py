@@ -10,11 +10,10 @@ the actions lead to.
 
 from __future__ import annotations
 
-import json
 
 import click
 
-from packer.cliutil import Number, check_output_file
+from packer.cliutil import Number, Spinner, check_output_file, emit, format_option, deprecated, json_alias, resolve_format
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
 from packer.safeload import cut_path, listing, parse_json, read_text
@@ -54,11 +53,18 @@ def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
 @click.option("--window", "window_s", default=10.0, show_default=True, type=Number(0, 3600, unit="seconds"),
               help="Seconds between the two Triton scrapes.")
 @click.option("--steady", is_flag=True, help="Treat the snapshot as the whole stabilisation window (shows scale-down).")
-@click.option("--json", "as_json", is_flag=True, help="Print the actions as JSON.")
-@click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), help="Write the plan after the actions.")
+@format_option
+@json_alias
+@click.option("-o", "--output", "out_path", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Also write the plan after the actions to FILE as JSON (what the next stage reads).")
+@click.option("--out", "old_out", type=click.Path(dir_okay=False), hidden=True, help="Deprecated: use -o/--output.")
 def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], window_s: float, steady: bool,
-          as_json: bool, out_path: str | None) -> None:
+          fmt: str, as_json: bool, out_path: str | None, old_out: str | None) -> None:
     """Print the scaling actions for a plan under the given load, each with its reason and cost."""
+    fmt = resolve_format(fmt, as_json)
+    if old_out:
+        deprecated("--out is deprecated; use -o/--output FILE")
+        out_path = out_path or old_out
     if bool(metrics_path) == bool(urls):
         raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")
     check_output_file(out_path, "-o", not_=(plan_path, metrics_path))
@@ -66,7 +72,8 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
     if metrics_path:
         t, signals = _read_snapshot(metrics_path)
     else:
-        t, signals = None, _read_triton(urls, window_s)
+        with Spinner(label=f"reading {len(urls)} Triton server(s) twice, {window_s:g} s apart"):
+            t, signals = None, _read_triton(urls, window_s)
     unknown = sorted(set(signals) - {m.name for m in plan.fleet.models})
     if unknown:
         raise UserError(f"metrics name models not in the plan: {listing(unknown)}. Fix: give the snapshot of "
@@ -81,19 +88,19 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
             _, state = observe(plan, signals, state, now - span + 15 * i - 15, settings)
     actions, _ = decide(plan, signals, state, now, settings)
     after = apply(plan, [a for a in actions if not isinstance(a, Replan)])
-    if as_json:
-        click.echo(json.dumps([{"kind": a.kind, "summary": a.summary(), "reason": a.reason,
-                                "cost_per_hour": round(a.cost_per_hour, 4), "ready_in_s": round(a.ready_in_s, 1)}
-                               for a in actions], indent=2))
-    else:
-        if not actions:
-            click.echo("no action: every model is within its target and nothing can be released")
+    doc = [{"kind": a.kind, "summary": a.summary(), "reason": a.reason, "cost_per_hour": round(a.cost_per_hour, 4),
+            "ready_in_s": round(a.ready_in_s, 1)} for a in actions]
+
+    def text() -> str:
+        lines = [] if actions else ["no action: every model is within its target and nothing can be released"]
         for a in actions:
-            click.echo(f"{a.kind:<14} {a.summary()}")
-            click.echo(f"{'':<14} cost {a.cost_per_hour:+.2f}/h, serving in {a.ready_in_s:.0f} s")
-            click.echo(f"{'':<14} because {a.reason}")
-        click.echo(f"cost per hour: {plan.cost_per_hour:.2f} -> {after.cost_per_hour:.2f}"
-                   + (" (a re-plan is asked for: run `packer plan` with --current)" if any(
-                       isinstance(a, Replan) for a in actions) else ""))
+            lines += [f"{a.kind:<14} {a.summary()}", f"{'':<14} cost {a.cost_per_hour:+.2f}/h, serving in "
+                      f"{a.ready_in_s:.0f} s", f"{'':<14} because {a.reason}"]
+        lines.append(f"cost per hour: {plan.cost_per_hour:.2f} -> {after.cost_per_hour:.2f}"
+                     + (" (a re-plan is asked for: run `packer plan` with --current)" if any(
+                         isinstance(a, Replan) for a in actions) else ""))
+        return "\n".join(lines)
+
+    emit(doc, fmt, text)
     if out_path:
         save_plan(after, out_path)

@@ -1,15 +1,31 @@
 """What every ``packer`` command shares at its edge: number options in a sane range, outputs
-checked before the work starts, and the check that two plans or a plan and a fleet belong together.
+checked before the work starts, the check that two plans or a plan and a fleet belong together,
+and one output convention for every command:
+
+* ``--format table|json|yaml``: how the result is printed on stdout (a table for people);
+* ``-o/--output FILE``: also write the result to FILE, as JSON, the form later stages read
+  (``plan``: the plan; ``scale``: the plan after the actions; ``simulate``, ``capacity``,
+  ``reconcile``, ``gpus``: the same document ``--format json`` prints);
+* ``-d/--out-dir DIR``: where a command writes several files (``render``, ``simulate``'s report,
+  ``capacity``'s plots). ``-o`` never names a directory; the old spellings still work, with a note.
+
+Progress goes to stderr (:class:`Spinner`), so stdout stays the result alone.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
+import yaml
 
 from packer.errors import UserError
 from packer.safeload import cut, cut_path, listing
@@ -133,3 +149,155 @@ def same_traffic(a: Any, b: Any, a_path: str, b_path: str) -> None:
     raise UserError(f"--compare {cut_path(b_path)}: serves other traffic than {cut_path(a_path)} (fleet "
                     f"{cut(b.fleet.name)!r} vs {cut(a.fleet.name)!r}; {what}). Fix: compare plans of the same "
                     "fleet and traffic, e.g. two `packer plan` runs of one fleet file")
+
+
+# ---------------------------------------------------------------------------------------------
+# One output convention for every command
+
+FORMATS = ("table", "json", "yaml")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def format_option(f: F) -> F:
+    """``--format table|json|yaml``: the same option, default and help in every command."""
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+                        help="How the result is printed: a table for people, JSON or YAML for tools.")(f)
+
+
+def output_option(what: str) -> Callable[[F], F]:
+    """``-o/--output FILE``: write ``what`` to FILE as JSON (checked before the work starts)."""
+    return click.option("-o", "--output", "output", type=click.Path(dir_okay=False), metavar="FILE",
+                        help=f"Also write {what} to FILE as JSON.")
+
+
+def json_alias(f: F) -> F:
+    """The old ``--json`` flag, hidden: scripts that use it keep working (see :func:`resolve_format`)."""
+    return click.option("--json", "as_json", is_flag=True, hidden=True,
+                        help="Deprecated: use --format json.")(f)
+
+
+def out_dir_option(what: str, *, old: tuple[str, ...] = ("--out",)) -> Callable[[F], F]:
+    """``-d/--out-dir DIR`` plus the old spelling(s), hidden, that :func:`resolve_out_dir` merges."""
+    def deco(f: F) -> F:
+        f = click.option(*old, "old_out_dir", type=click.Path(file_okay=False), hidden=True, default=None,
+                         help="Deprecated: use -d/--out-dir.")(f)
+        return click.option("-d", "--out-dir", "out_dir", type=click.Path(file_okay=False), default=None,
+                            metavar="DIR", help=f"Write {what} to DIR.")(f)
+    return deco
+
+
+def note(msg: str) -> None:
+    """One line on stderr that is neither the result nor an error (a deprecation, where a file went)."""
+    click.echo(f"note: {msg}", err=True)
+
+
+PENDING: list[str] = []
+"""Deprecation notes of this run, printed by :func:`flush_notes` when the command has succeeded:
+a user error stays the one line of its run."""
+
+
+def deprecated(msg: str) -> None:
+    """Note an old spelling, shown after the command's output (only if the command succeeds)."""
+    if msg not in PENDING:
+        PENDING.append(msg)
+
+
+def flush_notes(ok: bool) -> None:
+    """Print the pending notes if the run succeeded; forget them either way."""
+    if ok:
+        for msg in PENDING:
+            note(msg)
+    PENDING.clear()
+
+
+def resolve_format(fmt: str, as_json: bool) -> str:
+    """``--json`` is ``--format json``, with a note saying so."""
+    if as_json:
+        deprecated("--json is deprecated; use --format json (every command takes --format table|json|yaml)")
+        return "json"
+    return fmt
+
+
+def resolve_out_dir(out_dir: str | None, old: str | None, old_name: str = "--out") -> str | None:
+    """The output directory from ``-d/--out-dir`` or, with a deprecation note, its old spelling."""
+    if old and out_dir and Path(old) != Path(out_dir):
+        raise UserError(f"{old_name} {cut_path(old)} and --out-dir {cut_path(out_dir)}: two output directories. "
+                        "Fix: give only -d/--out-dir")
+    if old and not out_dir:
+        deprecated(f"{old_name} DIR is deprecated; use -d/--out-dir DIR (-o names a result file in every command)")
+        return old
+    return out_dir
+
+
+def dump(doc: Any, fmt: str) -> str:
+    """``doc`` as JSON or YAML text (``fmt`` is not ``table``)."""
+    if fmt == "yaml":
+        return yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip("\n")
+    return json.dumps(doc, indent=2)
+
+
+def emit(doc: Any, fmt: str, table_text: Callable[[], str], output: str | None = None,
+         option: str = "-o") -> None:
+    """Print the result as ``fmt`` (``table_text()`` for a table) and write it as JSON to ``output``."""
+    if output:
+        write_output(output, json.dumps(doc, indent=2) + "\n", option)
+    click.echo(table_text() if fmt == "table" else dump(doc, fmt))
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+FRAMES = "|/-\\"
+
+
+def progress_enabled() -> bool:
+    """Progress lines only on a terminal: logs and pipes get the result alone."""
+    return sys.stderr.isatty()
+
+
+class Spinner:
+    """A progress line on stderr once work has taken more than a second, cleared when it ends.
+
+    ``label`` says what the command is doing ("solving", "starting tritonserver"); ``update`` (the
+    planner's progress callback) adds the current stage. A silent terminal for 10 s or a minute
+    looks hung; a line that ticks does not.
+    """
+
+    def __init__(self, enabled: bool = True, label: str = "solving") -> None:
+        self.enabled = enabled and progress_enabled()
+        self.label = label
+        self.stage = ""
+        self.shown = False
+        self._stop = threading.Event()
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Spinner":
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def update(self, stage: str, _elapsed: float = 0.0) -> None:
+        self.stage = stage
+
+    def line(self, elapsed: float, frame: int = 0) -> str:
+        return f"{FRAMES[frame % 4]} {self.label}… {elapsed:5.1f} s  {self.stage[:50]}"
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.wait(0.2):
+            el = time.monotonic() - self._t0
+            if el > 1.0:
+                sys.stderr.write("\r" + self.line(el, i).ljust(80))
+                sys.stderr.flush()
+                self.shown = True
+                i += 1
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
+            if self.shown:
+                sys.stderr.write("\r" + " " * 80 + "\r")
+                sys.stderr.flush()

@@ -38,10 +38,25 @@ def summary(plan: Plan) -> str:
                      "cheaper plan, and proves this one optimal if there is none (where at most a dozen "
                      "cheaper GPU purchases are left to rule out)")
     if plan.moves:
-        lines.append(f"moves against the current plan: {len(plan.moves)}")
+        lines.append(moves(plan))
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)
+
+
+def moves(plan: Plan) -> str:
+    """The moves against the current plan, one per line: an operator re-planning wants to see what
+    will be disturbed (which replica leaves which slot for which), not only how many moves there are.
+    """
+    if not plan.moves:
+        return "moves against the current plan: none (every replica stays where it is)"
+    kind = lambda mv: "add" if mv.src is None else "remove" if mv.dst is None else "move"  # noqa: E731
+    n = {k: sum(1 for mv in plan.moves if kind(mv) == k) for k in ("move", "add", "remove")}
+    rows = [(kind(mv), f"{mv.model}#{mv.replica}", mv.src or "(new)", mv.dst or "(removed)") for mv in plan.moves]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    head = (f"moves against the current plan: {len(plan.moves)} ({n['move']} moved, {n['add']} added, "
+            f"{n['remove']} removed)")
+    return "\n".join([head] + [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}} -> {d}" for a, b, c, d in rows])
 
 
 def table(plan: Plan) -> str:

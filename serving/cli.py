@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from packer.cliutil import Number, check_output_dir
+from packer.cliutil import Number, Spinner, check_output_dir, emit, format_option, out_dir_option, resolve_out_dir
 from packer.errors import UserError
 from packer.plan import Placement, Plan, load_plan
 from serving.settings import RenderSettings
@@ -33,28 +33,33 @@ def _settings_options(f):
 
 @click.command("triton")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@out_dir_option("one model repository per packed group and class, and index.json", old=("-o", "--out"))
 @click.option("--device", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
               help="Instance kind: gpu for clusters, cpu to try the stand-ins without a GPU.")
 @click.option("--gpu-index", type=click.Choice(["slot", "node"]), default="slot", show_default=True,
               help="Number GPUs as the server's container sees its slot (slot) or as the node does (node).")
 @click.option("--groups", type=Number(1, 10**6, integer=True), default=None, help="Only the first N packed groups.")
 @_settings_options
-def render_triton(plan_path: str, out: str, device: str, gpu_index: str, groups: int | None,
-                  sequence_idle_s: float, time_scale: float) -> None:
-    """Write one Triton model repository per packed group and workload class."""
+@format_option
+def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, device: str, gpu_index: str,
+                  groups: int | None, sequence_idle_s: float, time_scale: float, fmt: str) -> None:
+    """Write one Triton model repository per packed group and workload class to DIR."""
     from serving.repository import repositories, write
 
-    check_output_dir(out, "-o")
+    out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
+    if not out:
+        raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d triton-out/")
+    check_output_dir(out, "--out-dir")
     plan = _load(plan_path)
     settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
                               time_scale=time_scale)
     repos = repositories(plan, settings, groups=groups)
     index = write(repos, Path(out))
-    for r in repos:
-        click.echo(f"{r.key}: {', '.join(r.names)}")
-    click.echo(f"{len(repos)} repositories from {len(plan.placements if groups is None else plan.placements[:groups])} "
-               f"packed groups; index at {index}")
+    n = len(plan.placements if groups is None else plan.placements[:groups])
+    doc = {"plan": plan.id, "out_dir": out, "index": str(index),
+           "repositories": [{"slot": r.slot, "kind": r.kind, "models": list(r.names)} for r in repos]}
+    emit(doc, fmt, lambda: "\n".join([f"{r.key}: {', '.join(r.names)}" for r in repos]
+                                     + [f"{len(repos)} repositories from {n} packed groups; index at {index}"]))
 
 
 def _pick(plan: Plan, group: str) -> Placement:
@@ -70,16 +75,68 @@ def _pick(plan: Plan, group: str) -> Placement:
                     + ", ".join(p.id for p in plan.placements[:10]))
 
 
+def _queue_delay_ms(cfg: object) -> float:
+    """The longest a request of this model waits for its batch to form, as the config says."""
+    us = (cfg.sequence_batching.oldest.max_queue_delay_microseconds if cfg.HasField("sequence_batching")
+          else cfg.dynamic_batching.max_queue_delay_microseconds)
+    return us / 1000.0
+
+
+def example_request(http_url: str, model: str, sequence: bool) -> str:
+    """A ready-to-paste ``curl`` against Triton's HTTP v2 infer endpoint with the stand-in's input:
+    ``INPUT``, FP32, shape ``[1, 1]`` (a batch of one item); a sequence model's request opens and
+    closes its own sequence, so it runs alone."""
+    body = {"inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
+    if sequence:
+        body["parameters"] = {"sequence_id": 1, "sequence_start": True, "sequence_end": True}
+    import json
+    import shlex
+
+    return (f"curl -s -X POST http://{http_url}/v2/models/{model}/infer -H 'Content-Type: application/json' "
+            f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}")
+
+
+def endpoints(placement: Placement, repo: object, server: object) -> dict:
+    """What a user needs of one running server: its addresses, a request to try, and how long its
+    requests wait by design (a batch server holds each request up to its queue delay, so one
+    request alone is answered late on purpose, not because the server hangs)."""
+    first = repo.models[0]
+    stand_in = "artifact_uri" not in first.config.parameters
+    seq = first.config.HasField("sequence_batching")
+    waits = {m.name: round(_queue_delay_ms(m.config), 1) for m in repo.models}
+    doc = {"slot": placement.id, "kind": repo.kind, "models": list(repo.names), "http": server.http_url,
+           "grpc": server.grpc_url, "metrics": server.metrics_url,
+           "health": f"http://{server.http_url}/v2/health/ready",
+           "try": (example_request(server.http_url, first.name, seq) if stand_in
+                   else f"curl -s http://{server.http_url}/v2/models/{first.name}  # its inputs"),
+           "queue_delay_ms": waits, "duty_cycle_ms": round(placement.duty_cycle_ms, 1)}
+    return doc
+
+
+def endpoints_text(doc: dict) -> str:
+    lines = [f"{doc['slot']} {doc['kind']}: {', '.join(doc['models'])}",
+             f"  http {doc['http']}  grpc {doc['grpc']}  metrics {doc['metrics']}",
+             f"  try: {doc['try']}"]
+    if doc["kind"] == "batch":
+        wait = max(doc["queue_delay_ms"].values())
+        lines.append(f"  note: a batch group: each request waits up to {wait:g} ms for its batch to form, by design "
+                     f"(the slot's duty cycle is {doc['duty_cycle_ms']:g} ms); a slow single answer is not a hang")
+    return "\n".join(lines)
+
+
 @click.command("serve-local")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--group", default="0", show_default=True, help="Packed group: index or slot id.")
 @click.option("--seconds", type=Number(0, 1e7, lo_open=True, unit="seconds"), default=None,
               help="Stop after this long (default: until Ctrl-C).")
 @_settings_options
-def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float) -> None:
+@format_option
+def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float,
+                fmt: str) -> None:
     """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).
 
-    Streaming and batch models of the group get a server each, as in production.
+    Streaming and batch models of the group get a server each, as in production. Once they are
+    ready it prints their endpoints and a request to paste (--format json: the same as JSON).
     """
     from serving.local import LocalTriton
     from serving.repository import group_repositories, write_repository
@@ -88,16 +145,19 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
     placement = _pick(plan, group)
     settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
+        docs = []
         for repo in group_repositories(plan, placement, settings):
             path = write_repository(repo, Path(tmp) / repo.kind)
-            server = stack.enter_context(LocalTriton(path))
-            click.echo(f"{placement.id} {repo.kind}: {', '.join(repo.names)}\n"
-                       f"  http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}")
-        click.echo("serving; Ctrl-C stops" if seconds is None else f"serving for {seconds:g} s")
+            # tritonserver takes up to a minute to load a group's models: say so while it does
+            with Spinner(label=f"starting tritonserver for {placement.id} {repo.kind}"):
+                server = stack.enter_context(LocalTriton(path))
+            docs.append(endpoints(placement, repo, server))
+        emit({"groups": docs}, fmt, lambda: "\n".join(endpoints_text(d) for d in docs))
+        click.echo("serving; Ctrl-C stops" if seconds is None else f"serving for {seconds:g} s", err=fmt != "table")
         try:
             deadline = None if seconds is None else time.monotonic() + seconds
             while deadline is None or time.monotonic() < deadline:
                 time.sleep(0.2)
         except KeyboardInterrupt:
             pass
-    click.echo("stopped")
+    click.echo("stopped", err=fmt != "table")

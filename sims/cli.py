@@ -2,7 +2,8 @@
 
 ``packer simulate FLEET_OR_PLAN --scenario diurnal --duration 1h --seed 1`` replays the scenario
 against a plan (a ``plan.json`` from ``packer plan``, or a fleet file, planned first) and prints
-per-model latency, SLO attainment and cost; ``--out DIR`` adds JSON, plots and an HTML report.
+per-model latency, SLO attainment and cost; ``-d/--out-dir DIR`` adds JSON, plots and an HTML report
+(``--format``, ``-o FILE``: the convention of every command, ``packer.cliutil``).
 ``--compare OTHER`` runs a second plan (a path) or a second policy (a name) on the same traffic.
 """
 
@@ -16,27 +17,31 @@ from typing import Any
 
 import click
 
-from packer.cliutil import SECONDS, SEED, Number, check_output_dir, same_traffic
+from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_dir, check_output_file, emit, format_option,
+                            json_alias, out_dir_option, output_option, resolve_format, resolve_out_dir, same_traffic)
 from packer.errors import UserError
 from packer.fleet import Fleet, load_fleet
 from packer.plan import Plan, load_plan
 from sims.scenario import Scenario, load_scenario, parse_duration
 
 
-def _plan_fleet(fleet: Fleet, seed: int, time_limit_s: float | None) -> Plan:
+def _plan_fleet(fleet: Fleet, seed: int, time_limit_s: float | None, progress: bool = False,
+                label: str = "planning the fleet") -> Plan:
+    """Plan ``fleet``; a progress line on stderr while it takes (seconds to a minute)."""
     from packer.planner import PlanSettings, plan_fleet
 
-    return plan_fleet(fleet, settings=PlanSettings(seed=seed, time_limit_s=time_limit_s))
+    with Spinner(enabled=progress, label=label) as sp:
+        return plan_fleet(fleet, settings=PlanSettings(seed=seed, time_limit_s=time_limit_s), progress=sp.update)
 
 
-def load_plan_or_fleet(path: str, seed: int = 0, time_limit_s: float | None = None) -> Plan:
+def load_plan_or_fleet(path: str, seed: int = 0, time_limit_s: float | None = None, progress: bool = False) -> Plan:
     """A plan file as is; a fleet file planned with default settings."""
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: no such file. Fix: give a fleet YAML or a plan JSON from `packer plan`")
     if p.suffix == ".json":
         return load_plan(p)  # one line naming the file and the fix, whatever is wrong
-    return _plan_fleet(load_fleet(p), seed, time_limit_s)
+    return _plan_fleet(load_fleet(p), seed, time_limit_s, progress, f"planning {p.name} first")
 
 
 class _Bar:
@@ -75,27 +80,32 @@ def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy
 @click.option("--policy", default=None, help="Scaling policy (default: the scenario's, else static).")
 @click.option("--compare", default=None, help="A second plan/fleet file, or a second policy name, on the same traffic.")
 @click.option("--seed", default=0, show_default=True, type=SEED)
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Write result.json, plots (PNG and SVG) and report.html here.")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
+@out_dir_option("result.json, plots (PNG and SVG) and report.html")
+@format_option
+@output_option("the result")
+@json_alias
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, policy: str | None, compare: str | None,
-             seed: int, out_dir: str | None, as_json: bool, no_progress: bool) -> None:
+             seed: int, out_dir: str | None, old_out_dir: str | None, fmt: str, output: str | None, as_json: bool,
+             no_progress: bool) -> None:
     """Replay a traffic scenario against a plan and a scaling policy; report latency, SLOs and cost."""
     from sims import report
     from sims.policies import policy_names
 
-    check_output_dir(out_dir, "--out")
+    fmt = resolve_format(fmt, as_json)
+    out_dir = resolve_out_dir(out_dir, old_out_dir)
+    check_output_dir(out_dir, "--out-dir")
+    check_output_file(output, "-o", not_=(fleet_or_plan, compare))
     scenario = load_scenario(scenario_path)
     dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
     if not dur > 0:
         raise UserError("--duration must be positive")
     if compare and compare not in policy_names() and not Path(compare).exists():
         raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
-    plan = load_plan_or_fleet(fleet_or_plan, seed)
+    plan = load_plan_or_fleet(fleet_or_plan, seed, progress=not no_progress)
     other = None
     if compare and compare not in policy_names():  # a second plan: checked before either simulation runs
-        other = load_plan_or_fleet(compare, seed)
+        other = load_plan_or_fleet(compare, seed, progress=not no_progress)
         same_traffic(plan, other, fleet_or_plan, compare)
     runs = [run_one(plan, scenario, dur, seed, policy, not no_progress, "simulating")]
     if compare:
@@ -103,10 +113,7 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
             runs.append(run_one(plan, scenario, dur, seed, compare, not no_progress, f"simulating {compare}"))
         else:
             runs.append(run_one(other, scenario, dur, seed, policy, not no_progress, "simulating the other plan"))
-    if as_json:
-        click.echo(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1))
-    else:
-        click.echo(report.table(runs))
+    emit(runs[0] if len(runs) == 1 else {"runs": runs}, fmt, lambda: report.table(runs), output)
     if out_dir:
         page = report.write(runs, Path(out_dir))
         click.echo(f"wrote {page}", err=True)
@@ -128,25 +135,30 @@ def held(run: dict[str, Any], attainment: float) -> bool:
 @click.option("--attainment", default=0.99, show_default=True, type=Number(0, 1),
               help="Share of requests within the SLO that counts as holding it.")
 @click.option("--time-limit", default=None, type=SECONDS, help="Planner time per growth factor, seconds.")
-@click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write capacity.json and plots.")
-@click.option("--no-progress", is_flag=True)
+@out_dir_option("capacity.json and plots (PNG and SVG)")
+@format_option
+@output_option("the rows")
+@click.option("--no-progress", is_flag=True, help="No progress line or bar.")
 def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, policy: str | None, seed: int,
-             attainment: float, time_limit: float | None, out_dir: str | None, no_progress: bool) -> None:
+             attainment: float, time_limit: float | None, out_dir: str | None, old_out_dir: str | None, fmt: str,
+             output: str | None, no_progress: bool) -> None:
     """Re-plan at each traffic growth factor, simulate it, and print the GPUs and cost that hold the SLOs."""
+    out_dir = resolve_out_dir(out_dir, old_out_dir)
+    check_output_file(output, "-o", not_=(fleet_path,))
     try:
         factors = [float(x) for x in growth.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--growth {growth!r}: give comma-separated numbers, e.g. 1,1.5,2,3") from None
     if not factors or any(not math.isfinite(f) or f <= 0 or f > 1000 for f in factors):
         raise UserError("--growth: every factor must be a number above 0 and at most 1000. Fix: e.g. 1,1.5,2,3")
-    check_output_dir(out_dir, "--out")
+    check_output_dir(out_dir, "--out-dir")
     fleet = load_fleet(fleet_path)
     scenario = load_scenario(scenario_path)
     dur = parse_duration(duration, "--duration")
     rows = []
     for g in factors:
         try:
-            plan = _plan_fleet(fleet.with_traffic(g), seed, time_limit)
+            plan = _plan_fleet(fleet.with_traffic(g), seed, time_limit, not no_progress, f"planning at x{g:g}")
         except UserError as e:
             rows.append({"growth": g, "fits": False, "error": str(e)})
             continue
@@ -156,15 +168,20 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
                      "plan_cost_per_hour": plan.cost_per_hour, "sim_cost_per_hour": run["fleet"]["mean_cost_per_hour"],
                      "slo_attainment": run["fleet"]["slo_attainment"], "holds": held(run, attainment),
                      "worst_model": worst["name"], "worst_attainment": worst["slo_attainment"]})
-    click.echo(f"{'growth':>7}{'GPUs':>6}  {'by pool':<28}{'cost/h':>9}{'in SLO':>9}  holds  worst model")
-    for r in rows:
-        if not r["fits"]:
-            click.echo(f"{r['growth']:>7g}  does not fit: {r['error']}")
-            continue
-        pools = ", ".join(f"{k} {v}" for k, v in r["gpus"].items())
-        click.echo(f"{r['growth']:>7g}{r['gpus_total']:>6}  {pools:<28}{r['plan_cost_per_hour']:>9.2f}"
-                   f"{r['slo_attainment']:>9.2%}  {'yes' if r['holds'] else 'NO ':<5}  "
-                   f"{r['worst_model']} {r['worst_attainment']:.2%}")
+
+    def text() -> str:
+        lines = [f"{'growth':>7}{'GPUs':>6}  {'by pool':<28}{'cost/h':>9}{'in SLO':>9}  holds  worst model"]
+        for r in rows:
+            if not r["fits"]:
+                lines.append(f"{r['growth']:>7g}  does not fit: {r['error']}")
+                continue
+            pools = ", ".join(f"{k} {v}" for k, v in r["gpus"].items())
+            lines.append(f"{r['growth']:>7g}{r['gpus_total']:>6}  {pools:<28}{r['plan_cost_per_hour']:>9.2f}"
+                         f"{r['slo_attainment']:>9.2%}  {'yes' if r['holds'] else 'NO ':<5}  "
+                         f"{r['worst_model']} {r['worst_attainment']:.2%}")
+        return "\n".join(lines)
+
+    emit(rows, fmt, text, output)
     if out_dir:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

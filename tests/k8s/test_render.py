@@ -143,14 +143,91 @@ def test_cli_writes_valid_files(base_plan, tmp_path: Path) -> None:
     from packer.plan import save_plan
 
     save_plan(base_plan, tmp_path / "plan.json")
-    res = CliRunner().invoke(render_k8s, [str(tmp_path / "plan.json"), "-o", str(tmp_path / "out")])
+    res = CliRunner().invoke(render_k8s, [str(tmp_path / "plan.json"), "-d", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output
-    files = sorted((tmp_path / "out").rglob("*.yaml"))
-    docs = [d for f in files if f.name != "node-labels.yaml" for d in yaml.safe_load_all(f.read_text())]
+    files = sorted((tmp_path / "out").glob("*.yaml"))
+    docs = [d for f in files for d in yaml.safe_load_all(f.read_text())]
     assert len(docs) == len(render_plan(base_plan))
     for d in docs:
         kubernetes_validate.validate(d, K8S_VERSION, strict=True)
-    assert yaml.safe_load((tmp_path / "out" / "node-labels.yaml").read_text())["a100-n0"][N.NODE_LABEL] == "a100-n0"
+    labels = yaml.safe_load((tmp_path / "out" / "labels" / "node-labels.yaml").read_text())
+    assert labels["a100-n0"][N.NODE_LABEL] == "a100-n0"
+
+
+def _kubectl_reads(d: Path) -> list[tuple[Path, dict]]:
+    """What `kubectl apply -f DIR` reads: DIR's own *.json, *.yaml and *.yml files (not subfolders,
+    not other extensions), every document of which must be an object."""
+    out = []
+    for f in sorted(p for p in d.iterdir() if p.is_file() and p.suffix in (".json", ".yaml", ".yml")):
+        out += [(f, doc) for doc in yaml.safe_load_all(f.read_text()) if doc is not None]
+    return out
+
+
+@pytest.mark.parametrize("flag", ["-d", "-o"])  # -o DIR: the old spelling still works, with a note
+def test_kubectl_apply_reads_only_objects(base_plan, tmp_path: Path, capsys, flag) -> None:
+    """Issue 16 item 12: node-labels.yaml at the top of the directory made `kubectl apply -f` fail
+    (apiVersion not set, kind not set)."""
+    from packer.cli import main
+    from packer.plan import save_plan
+
+    save_plan(base_plan, tmp_path / "plan.json")
+    out = tmp_path / "k8s-out"
+    out.mkdir()
+    (out / "node-labels.yaml").write_text("a100-n0: {}\n")  # an earlier render's: removed
+    assert main(["render", "k8s", str(tmp_path / "plan.json"), flag, str(out)]) == 0
+    o, err = capsys.readouterr()
+    assert f"kubectl apply -f {out}" in o
+    assert ("-o/--out DIR is deprecated" in err) == (flag == "-o")
+    read = _kubectl_reads(out)
+    assert len(read) == len(render_plan(base_plan))
+    for f, doc in read:
+        assert {"apiVersion", "kind", "metadata"} <= set(doc), f
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    assert (out / "labels" / "node-labels.yaml").is_file() and not (out / "node-labels.yaml").exists()
+
+
+def test_mig_parted_config_is_a_readable_block(base_plan, tmp_path: Path) -> None:
+    """The mig-parted config inside its ConfigMap is YAML a person reads, not one escaped line."""
+    from packer.cli import main
+    from packer.plan import save_plan
+
+    save_plan(base_plan, tmp_path / "plan.json")
+    assert main(["render", "k8s", str(tmp_path / "plan.json"), "-d", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "configmaps.yaml").read_text()
+    assert "  config.yaml: |\n" in text and "\\n" not in text.split("config.yaml: |", 1)[1].split("---")[0]
+    assert "    mig-configs:\n" in text
+    cm = next(d for d in yaml.safe_load_all(text) if d["metadata"]["name"] == "packer-mig-parted")
+    name, entries = mig_configs(base_plan)["a100-n0"]
+    assert yaml.safe_load(cm["data"]["config.yaml"])["mig-configs"][name] == entries
+
+
+def test_label_script_labels_each_named_node(base_plan, tmp_path: Path) -> None:
+    """label-nodes.sh runs `kubectl label node` with the labels of each logical node, on the real
+    node the operator names, and refuses to run without that name."""
+    import os
+    import subprocess
+
+    from packer.cli import main
+    from packer.plan import save_plan
+
+    save_plan(base_plan, tmp_path / "plan.json")
+    assert main(["render", "k8s", str(tmp_path / "plan.json"), "-d", str(tmp_path / "out")]) == 0
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    (bin_ / "kubectl").write_text('#!/bin/sh\necho "$@" >> "$LOG"\n')
+    (bin_ / "kubectl").chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_}:{os.environ['PATH']}", LOG=str(tmp_path / "log"),
+               NODE_A100_N0="gpu-7", NODE_L4_N0="gpu-9")
+    script = tmp_path / "out" / "label-nodes.sh"
+    r = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    calls = (tmp_path / "log").read_text().splitlines()
+    want = node_labels(base_plan)
+    assert calls == [f"label node --overwrite {real} " + " ".join(f"{k}={v}" for k, v in sorted(want[n].items()))
+                     for n, real in (("a100-n0", "gpu-7"), ("l4-n0", "gpu-9"))]
+    env.pop("NODE_L4_N0")
+    r = subprocess.run(["sh", str(script)], env=env, capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0 and "set NODE_L4_N0 to the real node of logical node l4-n0" in r.stderr
 
 
 def test_repository_configmap_builds_a_triton_repository(plans, tmp_path: Path) -> None:

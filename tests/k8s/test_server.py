@@ -94,3 +94,43 @@ def test_the_loop_cycles_until_stopped(cluster) -> None:
     t.join(10)
     assert not t.is_alive() and r.cycles >= 3
     assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")
+
+
+def test_dry_run_prints_the_confirm_command_with_the_flags_given(cluster, tmp_path) -> None:
+    """Issue 16 item 8: `apply with:` named only --confirm ID, and the user's --server, namespaces
+    or planner time were lost; run as printed, the confirm applies the diff the dry run showed."""
+    import json
+    import shlex
+
+    from packer.cli import main
+
+    run = CliRunner()
+    args = ["--server", cluster.emu.url, "--planner-time-limit", "2", "--namespace", "packer"]
+    res = run.invoke(reconcile, args + ["--dry-run", "-o", str(tmp_path / "rep.json")])
+    assert res.exit_code == 0, res.output
+    last = res.output.strip().splitlines()[-1]
+    cmd = last.split("apply with: ", 1)[1]
+    diff_id = last.split()[2]
+    assert cmd == f"packer reconcile --server {cluster.emu.url} --namespace packer --planner-time-limit 2 " \
+                  f"--confirm {diff_id}"
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["diff_id"] == diff_id and rep["apply_with"] == cmd and rep["errors"] == []
+    assert main(shlex.split(cmd)[1:]) == 0  # what was printed works as is
+    assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")
+
+
+def test_unreachable_api_server_is_one_line_with_a_fix(capsys) -> None:
+    from packer.cli import main
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    t0 = time.monotonic()
+    assert main(["reconcile", "--server", f"http://127.0.0.1:{port}", "--dry-run"]) == 2
+    assert time.monotonic() - t0 < 10
+    out, err = capsys.readouterr()
+    assert out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: the Kubernetes API server at http://127.0.0.1:{port} cannot be reached "
+                          "(connection refused). Fix: check --server")
+    assert "MaxRetryError" not in err and "Traceback" not in err

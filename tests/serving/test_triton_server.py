@@ -211,6 +211,9 @@ def test_cli_renders_and_serves_a_plan(plan, tmp_path, capsys):
                  "--time-scale", str(FAST)]) == 0
     out = capsys.readouterr().out
     assert "batch: diarize-es, summarizer-es, diarize-de" in out and "grpc 127.0.0.1:" in out
+    # issue 16 item 7: a request to paste, and the batch group's wait said to be by design
+    assert "  try: curl -s -X POST http://127.0.0.1:" in out and "/v2/models/diarize-es/infer" in out
+    assert "note: a batch group: each request waits up to" in out and "by design" in out
     assert main(["serve-local", str(tmp_path / "plan.json"), "--group", "9"]) == 2
     assert "give --group 0..1" in capsys.readouterr().err
 
@@ -258,3 +261,39 @@ def _tweaked(cfg, *, rate_limiter: bool):
     if not rate_limiter:
         out.instance_group[0].ClearField("rate_limiter")
     return out
+
+
+@pytest.mark.parametrize("group,kinds", [("0", ["streaming"]), ("1", ["batch"])])  # sequence and dynamic batcher
+def test_serve_local_prints_a_request_that_works_when_pasted(plan, tmp_path, group, kinds):
+    """The printed curl, run by a shell against the running server, gets the stand-in's answer."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    save_plan(plan, tmp_path / "plan.json")
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "packer", "serve-local", str(tmp_path / "plan.json"), "--group", group,
+                             "--seconds", "120", "--time-scale", str(FAST), "--format", "json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
+                            env=dict(os.environ, PYTHONPATH=str(root)))
+    try:
+        text = ""
+        while True:  # the endpoints come as one JSON document once every server is ready
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+            text += line
+            if line.rstrip() == "}":
+                break
+        groups = json.loads(text)["groups"]
+        assert [g["kind"] for g in groups] == kinds
+        for g in groups:
+            r = subprocess.run(g["try"], shell=True, capture_output=True, text=True, timeout=60)
+            assert r.returncode == 0, r.stderr
+            answer = json.loads(r.stdout)
+            assert answer["model_name"] == g["models"][0]
+            assert {o["name"]: o["data"] for o in answer["outputs"]}["OUTPUT"] == [1.0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)

@@ -185,7 +185,10 @@ def svg(plan: Plan) -> str:
         lay = layout.get(key)
         if lay and lay.layout != "whole":
             known = layout_named(g.name, lay.layout)
+            taken = {(p.slot, p.mig_start) for p in by_row[key]}
             for prof, start in (known.instances if known else ()):
+                if (prof, start) in taken:
+                    continue
                 pr = g.profile(prof)
                 x = left + bar_w * start / g.memory_slices
                 w = bar_w * pr.memory_slices / g.memory_slices
@@ -238,7 +241,7 @@ def svg(plan: Plan) -> str:
         if spread > 1:
             note += f" · 1 replica on {spread} GPUs"
         out.append(f'<text x="{left + bar_w + 10}" y="{y + row_h / 2 + 4:.1f}" fill="#333">'
-                   f'{e(_short(note, right - 14))}<title>{e(note)}</title></text>')
+                   f'{e(_short(note, right - 14, 5.6))}<title>{e(note)}</title></text>')
         out.append("</g>")
     # legend: what the marks mean, then one swatch per model
     ly = chart_bottom + 40

@@ -109,16 +109,18 @@ def _page(rec: Reconciler, started: float | None = None) -> str:
             parts.append(f"<h2>{title}</h2><ul>" + "".join(f"<li>{e(i)}</li>" for i in items) + "</ul>")
     if rep is not None and rep.plan is not None:
         parts.append(f"<h2>Packing</h2><div class=pic>{svg(rep.plan)}</div>")
-    parts.append("<h2>Last actions</h2>" + ("<table class=acts><tr><th>at (UTC)</th><th>action and reason</th></tr>" + "".join(
-        f"<tr><td>{e(a['at'].replace('T', ' ').rstrip('Z'))}</td><td>{e(a['action'])}</td></tr>" for a in st["recent_actions"]) + "</table>"
-        if st["recent_actions"] else "<p>none yet</p>"))
+    rows = "".join(f"<tr><td>{e(a['at'].replace('T', ' ').rstrip('Z'))}</td><td>{e(a['action'])}</td></tr>"
+                   for a in st["recent_actions"])
+    parts.append("<h2>Last actions</h2>" + (f"<table class=acts><tr><th>at (UTC)</th><th>action and reason</th></tr>"
+                                            f"{rows}</table>" if rows else "<p>none yet</p>"))
     parts.append(f"<footer>Refreshes every {refresh} s · <a href='status.json'>status.json</a> · "
                  "<a href='metrics'>metrics</a> · <a href='healthz'>healthz</a> · <a href='readyz'>readyz</a></footer>")
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<meta http-equiv='refresh' content='{refresh}'><title>packer: {e(state)}</title><style>"
             "body{font-family:sans-serif;margin:0 2em 2em;color:#222}"
             "header{display:flex;align-items:center;gap:1em;border-bottom:1px solid #ddd;padding:.6em 0}"
-            "header h1{font-size:1.4em;margin:0}.badge{color:white;padding:.2em .7em;border-radius:1em;font-weight:bold}"
+            "header h1{font-size:1.4em;margin:0}"
+            ".badge{color:white;padding:.2em .7em;border-radius:1em;font-weight:bold}"
             ".who{color:#555}.why{font-size:1.1em}table.facts th{text-align:left;padding:2px 12px 2px 0;color:#555}"
             "table.acts{border-collapse:collapse;font-size:13px}table.acts td,table.acts th{border:1px solid #ddd;"
             "padding:2px 8px;vertical-align:top;text-align:left}.pic{overflow-x:auto}"

@@ -288,7 +288,8 @@ def write(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png", "svg"))
 table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:2px 6px}}
 td.n{{text-align:right;white-space:nowrap}}table.summary{{font-size:14px}}td.bad{{color:#b00;font-weight:bold}}
 td.ok{{color:#070}}p.verdict{{font-size:15px}}</style></head><body>
-<h1>Simulation report</h1><h2>Summary</h2>{head}<h2>Per model</h2><pre>{e(table(runs))}</pre>{imgs}{''.join(acts)}</body></html>"""
+<h1>Simulation report</h1><h2>Summary</h2>{head}
+<h2>Per model</h2><pre>{e(table(runs))}</pre>{imgs}{''.join(acts)}</body></html>"""
     p = out / "report.html"
     p.write_text(page)
     return p

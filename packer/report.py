@@ -118,7 +118,7 @@ def _ink(fill: str) -> str:
 def _short(text: str, px: float, char_px: float = 6.0) -> str:
     """``text`` cut to fit ``px`` pixels at about ``char_px`` per character ('' when nothing fits)."""
     n = int(px // char_px)
-    return text if len(text) <= n else (text[: n - 1] + "…" if n >= 4 else "")
+    return text if len(text) <= n else (text[: n - 1] + "…" if n - 1 >= min(8, len(text) - 1) else "")
 
 
 def _limit(binding: str) -> str:
@@ -144,7 +144,8 @@ def svg(plan: Plan) -> str:
     chart_bottom = top + len(rows) * (row_h + row_gap) - row_gap
     colour = _colours([m.name for p in plan.placements for m in p.models])
     per_line = max(1, (width - 20) // 180)
-    height = chart_bottom + 64 + 18 * ((len(colour) + per_line - 1) // per_line)
+    swatches = len(colour) <= len(_PALETTE)  # beyond the palette colours repeat: a legend would mislead
+    height = chart_bottom + 64 + (18 * ((len(colour) + per_line - 1) // per_line) if swatches else 18)
     e = escape
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
@@ -255,7 +256,10 @@ def svg(plan: Plan) -> str:
             f'headroom)</text>',
             f'<rect x="800" y="{ly - 10}" width="22" height="12" fill="#eee"/>',
             f'<text x="828" y="{ly}">free</text>']
-    for i, (name, fill) in enumerate(colour.items()):
+    if not swatches:
+        out.append(f'<text x="10" y="{ly + 22}">{len(colour)} models: too many for a colour each; hover a bar '
+                   f'for its model, or see `packer plan --explain MODEL`</text>')
+    for i, (name, fill) in enumerate(colour.items() if swatches else ()):
         x = 10 + (i % per_line) * 180
         yy = ly + 22 + 18 * (i // per_line)
         out.append(f'<rect class="legend" x="{x}" y="{yy - 10}" width="12" height="12" fill="{fill}"/>')

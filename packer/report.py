@@ -104,59 +104,180 @@ def explain(plan: Plan, model: str) -> str:
     return "\n".join(lines)
 
 
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+            "#dbdb8d", "#9edae5")
+
+
 def _colour(name: str) -> str:
+    """A colour of its own per model name (hashed: the same model has the same colour in every plan)."""
     h = int(hashlib.md5(name.encode()).hexdigest()[:6], 16) / 0xFFFFFF
     r, g, b = colorsys.hls_to_rgb(h, 0.62, 0.55)
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
+def _colours(names: list[str]) -> dict[str, str]:
+    """Distinct colours for a picture's models: a 20-colour palette in name order, hashed beyond it."""
+    names = sorted(set(names))
+    if len(names) > len(_PALETTE):
+        return {n: _colour(n) for n in names}
+    return dict(zip(names, _PALETTE))
+
+
+def _ink(fill: str) -> str:
+    """Black or white text, whichever reads on ``fill``."""
+    r, g, b = (int(fill[i:i + 2], 16) for i in (1, 3, 5))
+    return "black" if 0.299 * r + 0.587 * g + 0.114 * b > 140 else "white"
+
+
+def _short(text: str, px: float, char_px: float = 6.0) -> str:
+    """``text`` cut to fit ``px`` pixels at about ``char_px`` per character ('' when nothing fits)."""
+    n = int(px // char_px)
+    return text if len(text) <= n else (text[: n - 1] + "…" if n - 1 >= min(8, len(text) - 1) else "")
+
+
+def _limit(binding: str) -> str:
+    return f"SLO of {binding[4:]}" if binding.startswith("slo:") else binding
+
+
 def svg(plan: Plan) -> str:
-    """GPUs as horizontal bars split into slots (MIG by memory slices), members coloured per model."""
+    """Every GPU the plan uses as a row of two tracks, split into its slots (MIG instances by memory
+    slices, or the whole GPU): the upper track is memory (each member's GB of the slot's usable
+    memory), the lower one compute (each member's share of the slot's time), with the duty-cycle
+    cap marked. A multi-GPU replica fills all its GPUs' rows inside one outline. Hover for details."""
     from packer.catalog import gpu_type, layout_named
 
-    bar_w, bar_h, left, gap = 700, 34, 190, 10
+    left, bar_w, right = 190, 620, 340
+    track, inner, row_gap, top = 16, 3, 12, 96
+    row_h = 2 * track + inner
+    width = left + bar_w + right
+    cap = 1.0 - plan.settings.headroom
     layout = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
-    gpus = sorted({(p.pool, p.node, p.gpu) for p in plan.placements})
-    height = 70 + len(gpus) * (bar_h + gap)
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + bar_w + 20}" height="{height}" '
-           f'font-family="sans-serif" font-size="11">',
-           f'<text x="10" y="20" font-size="14" font-weight="bold">{escape(plan.fleet.name)}: '
-           f'{plan.cost_per_hour:.2f}/h on {sum(plan.gpus.values())} GPUs, gap {plan.gap:.1%}</text>']
-    y = 40
-    for key in gpus:
+    spans = {p: (p.gpus or (p.gpu,)) for p in plan.placements}
+    rows = sorted({(p.pool, p.node, g) for p, gs in spans.items() for g in gs} | set(layout))
+    y_of = {key: top + i * (row_h + row_gap) for i, key in enumerate(rows)}
+    chart_bottom = top + len(rows) * (row_h + row_gap) - row_gap
+    colour = _colours([m.name for p in plan.placements for m in p.models])
+    per_line = max(1, (width - 20) // 180)
+    swatches = len(colour) <= len(_PALETTE)  # beyond the palette colours repeat: a legend would mislead
+    height = chart_bottom + 64 + (18 * ((len(colour) + per_line - 1) // per_line) if swatches else 18)
+    e = escape
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="10" y="22" font-size="15" font-weight="bold">{e(plan.fleet.name)}: '
+           f'{_money(plan.cost_per_hour)}/h on {sum(plan.gpus.values())} GPUs '
+           f'({e(", ".join(f"{k}: {v}" for k, v in plan.gpus.items()))}), plan {e(plan.id)} '
+           f'[{e(plan.status)}, gap {plan.gap:.1%}]</text>',
+           f'<text x="10" y="42" fill="#444">Each GPU: upper track <tspan font-weight="bold">memory</tspan> '
+           f'(each model\'s GB of its slot\'s usable memory), lower track <tspan font-weight="bold">compute'
+           f'</tspan> (each model\'s share of its slot\'s time); grey is free. Hover for details.</text>',
+           f'<text x="{left + bar_w / 2}" y="{top - 30}" text-anchor="middle" fill="#444">share of each GPU '
+           f'(slots sized by their memory slices)</text>',
+           f'<text x="{left + bar_w + 10}" y="{top - 30}" fill="#444">memory used / usable · limit</text>']
+    for pct in (0, 25, 50, 75, 100):  # the scale, with gridlines through every row
+        x = left + bar_w * pct / 100
+        out.append(f'<line class="axis" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{chart_bottom + 4}" '
+                   f'stroke="#ddd"/>')
+        for ty in (top - 10, chart_bottom + 16):
+            out.append(f'<text x="{x:.1f}" y="{ty}" text-anchor="middle" fill="#444">{pct} %</text>')
+
+    by_row: dict[tuple[str, str, int], list] = {k: [] for k in rows}
+    for p, gs in spans.items():
+        for g in gs:
+            by_row[(p.pool, p.node, g)].append(p)
+    for key in rows:
         pool, node, gpu = key
         g = gpu_type(plan.fleet.pool(pool).gpu)
+        y = y_of[key]
+        out += [f'<g class="gpu" data-gpu="{e(pool)}/{e(node)}/gpu{gpu}">',
+                f'<text x="10" y="{y + 13}">{e(node)}/gpu{gpu}</text>',
+                f'<text x="10" y="{y + 29}" fill="#666">{e(g.name)}</text>',
+                f'<text x="{left - 4}" y="{y + 12}" text-anchor="end" font-size="9" fill="#666">mem</text>',
+                f'<text x="{left - 4}" y="{y + track + inner + 12}" text-anchor="end" font-size="9" '
+                f'fill="#666">compute</text>']
+        for ty in (y, y + track + inner):
+            out.append(f'<rect x="{left}" y="{ty}" width="{bar_w}" height="{track}" fill="#eee"/>')
         lay = layout.get(key)
-        out.append(f'<text x="10" y="{y + 21}">{escape(node)}/gpu{gpu} ({escape(g.name)})</text>')
-        out.append(f'<rect x="{left}" y="{y}" width="{bar_w}" height="{bar_h}" fill="#f3f3f3" stroke="#888"/>')
         if lay and lay.layout != "whole":
             known = layout_named(g.name, lay.layout)
+            taken = {(p.slot, p.mig_start) for p in by_row[key]}
             for prof, start in (known.instances if known else ()):
-                p = g.profile(prof)
+                if (prof, start) in taken:
+                    continue
+                pr = g.profile(prof)
                 x = left + bar_w * start / g.memory_slices
-                w = bar_w * p.memory_slices / g.memory_slices
-                out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="none" '
-                           f'stroke="#333" stroke-width="1.5"><title>{prof}@{start} (empty)</title></rect>')
-        for p in plan.placements:
-            if (p.pool, p.node, p.gpu) != key:
-                continue
+                w = bar_w * pr.memory_slices / g.memory_slices
+                out.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{row_h}" fill="none" stroke="#999" '
+                           f'stroke-dasharray="3,2"><title>{e(prof)}@{start}: empty MIG instance</title></rect>')
+        used = usable = 0.0
+        limits, spread = [], 1
+        for p in by_row[key]:
+            n = len(spans[p])
+            spread = max(spread, n)
+            used, usable = used + p.memory_gb / n, usable + p.memory_capacity_gb / n
+            limits.append(_limit(p.binding))
             if p.slot == "whole":
-                x0, w0 = left, bar_w
+                x0, w0 = float(left), float(bar_w)
             else:
                 prof = g.profile(p.slot)
                 x0 = left + bar_w * (p.mig_start or 0) / g.memory_slices
                 w0 = bar_w * prof.memory_slices / g.memory_slices
-            x = x0
+            xm = xc = x0
             for m in p.models:
-                w = max(1.0, w0 * m.share)
-                out.append(f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{bar_h - 4}" '
-                           f'fill="{_colour(m.name)}"><title>{escape(m.name)}#{m.replica}: {m.share:.0%} of '
-                           f'{escape(p.slot)}, batch {m.batch_size}, p99 ≤ {m.p99_bound_ms:.0f} ms</title></rect>')
-                if w > 40:
-                    out.append(f'<text x="{x + 3:.1f}" y="{y + 21}" font-size="10">{escape(m.name)}</text>')
-                x += w
-            out.append(f'<rect x="{x0:.1f}" y="{y}" width="{w0:.1f}" height="{bar_h}" fill="none" stroke="#333" '
-                       f'stroke-width="1.5"><title>{escape(p.id)}: {escape(p.reason)}</title></rect>')
-        y += bar_h + gap
+                fill = colour[m.name]
+                tip = (f"{e(m.name)}#{m.replica} in {e(p.id)}: memory {m.memory_gb:g} GB of "
+                       f"{p.memory_capacity_gb:.1f} GB ({m.memory_gb / p.memory_capacity_gb:.0%}), compute "
+                       f"{m.share:.0%} of the slot's time, batch {m.batch_size}, p99 ≤ {m.p99_bound_ms:,.0f} ms "
+                       f"(SLO {m.slo_ms:,.0f} ms)")
+                wm = w0 * m.memory_gb / p.memory_capacity_gb if p.memory_capacity_gb else 0.0
+                wc = w0 * m.share
+                for cls, x, ty, w in (("mem", xm, y, wm), ("compute", xc, y + track + inner, wc)):
+                    out.append(f'<rect class="{cls}" data-slot="{e(p.id)}" data-model="{e(m.name)}" x="{x:.2f}" '
+                               f'y="{ty}" width="{w:.2f}" height="{track}" fill="{fill}" stroke="white" '
+                               f'stroke-width="0.5"><title>{tip}</title></rect>')
+                label = _short(m.name, wm - 4)
+                if label:
+                    out.append(f'<text x="{xm + 3:.1f}" y="{y + 12}" font-size="10" fill="{_ink(fill)}" '
+                               f'pointer-events="none">{e(label)}</text>')
+                xm, xc = xm + wm, xc + wc
+            xcap = x0 + w0 * cap
+            out.append(f'<line class="cap" x1="{xcap:.1f}" y1="{y + track + inner - 2}" x2="{xcap:.1f}" '
+                       f'y2="{y + row_h + 2}" stroke="#c00" stroke-width="1.5" stroke-dasharray="3,2"/>')
+            if spans[p][0] == gpu:  # one outline around the slot, over every GPU it spans
+                bottom = y_of.get((p.pool, p.node, spans[p][-1]), y) + row_h
+                what = f"{e(p.id)}, one replica on {n} GPUs" if n > 1 else e(p.id)
+                out.append(f'<rect class="slot" data-slot="{e(p.id)}" x="{x0:.1f}" y="{y - 1}" width="{w0:.1f}" '
+                           f'height="{bottom - y + 2}" fill="none" stroke="#222" stroke-width="1.5"><title>{what}: '
+                           f'memory {p.memory_gb:.1f}/{p.memory_capacity_gb:.1f} GB, compute {p.compute_share:.0%}; '
+                           f'limit: {e(_limit(p.binding))} — {e(p.reason)}</title></rect>')
+        note = f"{used:.1f}/{usable:.1f} GB" if usable else "empty"
+        if limits:
+            note += " · " + ", ".join(dict.fromkeys(limits))
+        if spread > 1:
+            note += f" · 1 replica on {spread} GPUs"
+        out.append(f'<text x="{left + bar_w + 10}" y="{y + row_h / 2 + 4:.1f}" fill="#333">'
+                   f'{e(_short(note, right - 14, 5.6))}<title>{e(note)}</title></text>')
+        out.append("</g>")
+    # legend: what the marks mean, then one swatch per model
+    ly = chart_bottom + 40
+    out += [f'<rect x="10" y="{ly - 10}" width="22" height="12" fill="none" stroke="#222" stroke-width="1.5"/>',
+            f'<text x="38" y="{ly}">slot (whole GPU, MIG instance or multi-GPU replica)</text>',
+            f'<rect x="340" y="{ly - 10}" width="22" height="12" fill="none" stroke="#999" stroke-dasharray="3,2"/>',
+            f'<text x="368" y="{ly}">empty MIG instance</text>',
+            f'<line x1="500" y1="{ly - 11}" x2="500" y2="{ly + 3}" stroke="#c00" stroke-width="1.5" '
+            f'stroke-dasharray="3,2"/>',
+            f'<text x="508" y="{ly}">compute cap ({cap:.0%} of a slot\'s time: {plan.settings.headroom:.0%} '
+            f'headroom)</text>',
+            f'<rect x="800" y="{ly - 10}" width="22" height="12" fill="#eee"/>',
+            f'<text x="828" y="{ly}">free</text>']
+    if not swatches:
+        out.append(f'<text x="10" y="{ly + 22}">{len(colour)} models: too many for a colour each; hover a bar '
+                   f'for its model, or see `packer plan --explain MODEL`</text>')
+    for i, (name, fill) in enumerate(colour.items() if swatches else ()):
+        x = 10 + (i % per_line) * 180
+        yy = ly + 22 + 18 * (i // per_line)
+        out.append(f'<rect class="legend" x="{x}" y="{yy - 10}" width="12" height="12" fill="{fill}"/>')
+        out.append(f'<text x="{x + 17}" y="{yy}">{e(_short(name, 160))}</text>')
     out.append("</svg>")
     return "\n".join(out)

@@ -186,26 +186,12 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "capacity.json").write_text(json.dumps(rows, indent=1) + "\n")
-        _plot_capacity(rows, out)
+        _plot_capacity(rows, out, f"{fleet.name}: GPUs and cost as traffic grows ({scenario.name} scenario, "
+                                  f"{dur / 60:g} min simulated per factor)")
         click.echo(f"wrote {out / 'capacity.png'}", err=True)
 
 
-def _plot_capacity(rows: list[dict[str, Any]], out: Path) -> None:
-    from sims.report import plt
+def _plot_capacity(rows: list[dict[str, Any]], out: Path, title: str = "Capacity as traffic grows") -> None:
+    from sims.report import plot_capacity
 
-    ok = [r for r in rows if r["fits"]]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["growth"] for r in ok], [r["gpus_total"] for r in ok], "o-", label="GPUs")
-    ax.set_xlabel("traffic growth factor")
-    ax.set_ylabel("GPUs")
-    ax2 = ax.twinx()
-    ax2.plot([r["growth"] for r in ok], [r["plan_cost_per_hour"] for r in ok], "s--", color="C1", label="cost/h")
-    ax2.set_ylabel("cost per hour")
-    for r in ok:
-        if not r["holds"]:
-            ax.annotate("misses SLO", (r["growth"], r["gpus_total"]), fontsize=7, color="red")
-    ax.grid(alpha=0.3)
-    fig.legend(fontsize=8, loc="upper left")
-    for ext in ("png", "svg"):
-        fig.savefig(out / f"capacity.{ext}", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    plot_capacity(rows, out, title)

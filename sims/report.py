@@ -16,6 +16,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # noqa: E402
 
 Run = dict[str, Any]
 
@@ -45,6 +46,62 @@ def table(runs: list[Run]) -> str:
         lines.append(f"   simulated in {p['wall_s']:.1f} s ({p['requests_per_wall_s']:,} requests/s), "
                      f"peak memory {p['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
+
+
+def _misses(m: dict[str, Any], attainment: float = 0.99) -> bool:
+    return m["arrivals"] > 0 and (m["p99_ms"] > m["slo_ms"] or m["slo_attainment"] < attainment)
+
+
+def summary(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per run: cost, GPU-hours, SLO attainment, the worst model (lowest attainment, then
+    the p99 closest to or furthest over its SLO) and the models that miss their SLO."""
+    rows = []
+    for r in runs:
+        f = r["fleet"]
+        served = [m for m in r["models"] if m["arrivals"] > 0 and m["completed"]]
+        worst = min(served, key=lambda m: (m["slo_attainment"], -m["p99_ms"] / m["slo_ms"]), default=None)
+        rows.append({
+            "run": label(r), "policy": r["policy"], "plan": r["plan"], "cost": f["cost"],
+            "cost_per_hour": f["mean_cost_per_hour"], "gpu_hours": sum(f["gpu_hours"].values()),
+            "slo_attainment": f["slo_attainment"], "worst_model": worst["name"] if worst else None,
+            "worst_attainment": worst["slo_attainment"] if worst else None,
+            "worst_p99_ms": worst["p99_ms"] if worst else None, "worst_slo_ms": worst["slo_ms"] if worst else None,
+            "missing": [m["name"] for m in r["models"] if _misses(m)]})
+    return rows
+
+
+def _pct(new: float, old: float) -> str:
+    return "n/a" if not old else f"{(new - old) / old:+.1%}"
+
+
+def verdict(runs: list[Run]) -> str:
+    """One sentence comparing each later run with the first (empty for a single run)."""
+    s = summary(runs)
+    out = []
+    for b in s[1:]:
+        a = s[0]
+        cheaper = "less" if b["cost"] < a["cost"] else "more"
+        out.append(f"{b['run']} costs {abs(b['cost'] - a['cost']):,.2f} {cheaper} than {a['run']} "
+                   f"({b['cost']:,.2f} vs {a['cost']:,.2f}, {_pct(b['cost'], a['cost'])}; GPU-hours "
+                   f"{b['gpu_hours']:,.2f} vs {a['gpu_hours']:,.2f}, {_pct(b['gpu_hours'], a['gpu_hours'])}); "
+                   f"SLO attainment {b['slo_attainment']:.4%} vs {a['slo_attainment']:.4%}; "
+                   f"models missing their SLO: {len(b['missing'])} vs {len(a['missing'])}.")
+    return " ".join(out)
+
+
+def grouped_actions(actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Actions with the same action and reason once each, in order of first occurrence, with a count,
+    the first and last time and their distinct outcomes."""
+    groups: dict[tuple[str, str], dict[str, Any]] = {}
+    for a in actions:
+        g = groups.setdefault((a["action"], a["reason"]), {
+            "action": a["action"], "reason": a["reason"], "count": 0, "first_t": a["t"], "last_t": a["t"],
+            "outcomes": []})
+        g["count"] += 1
+        g["last_t"] = a["t"]
+        if a["outcome"] not in g["outcomes"]:
+            g["outcomes"].append(a["outcome"])
+    return list(groups.values())
 
 
 def _save(fig: Any, out: Path, name: str, formats: tuple[str, ...]) -> list[Path]:
@@ -82,7 +139,13 @@ def plot_cdf(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",), k:
     return _save(fig, out, "latency_cdf", formats)
 
 
-def plot_series(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",), k: int = 4) -> list[Path]:
+def _plain(v: float, _pos: Any = None) -> str:
+    return f"{v:,.0f}" if v >= 1 else f"{v:g}"
+
+
+def series_figure(runs: list[Run], k: int = 4) -> Any:
+    """Arrivals, p99 per interval (each plotted model's SLO a dashed line) and ready replicas
+    (integer ticks) over time, for the ``k`` busiest models."""
     names = _top_models(runs, k)
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     styles = ["-", "--", ":", "-."]
@@ -95,15 +158,35 @@ def plot_series(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",),
             axes[0].plot(t, ms["rate"], styles[j % 4], color=f"C{i}", label=lab)
             axes[1].plot(t, ms["p99"], styles[j % 4], color=f"C{i}", label=lab)
             axes[2].plot(t, ms["replicas"], styles[j % 4], color=f"C{i}", label=lab)
+    slo = {m["name"]: m["slo_ms"] for m in runs[0]["models"]}
+    by_slo: dict[float, list[str]] = {}
+    for n in names:
+        by_slo.setdefault(slo[n], []).append(n)
+    for v, ns in sorted(by_slo.items()):
+        axes[1].axhline(v, color="black", linestyle=(0, (6, 3)), linewidth=1.2, label="_slo")
+        axes[1].annotate(f"SLO {v:,.0f} ms ({', '.join(ns)})", (1.0, v), xycoords=("axes fraction", "data"),
+                         xytext=(-4, 3), textcoords="offset points", ha="right", fontsize=7)
     axes[0].set_ylabel("arrivals (rps)")
     axes[1].set_ylabel("p99 per interval (ms)")
     axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axes[1].yaxis.set_major_formatter(FuncFormatter(_plain))
+    axes[1].yaxis.set_minor_formatter(FuncFormatter(lambda v, p: ""))
+    top = max([max((x for x in r["series"]["models"][n]["p99"] if x == x), default=0.0)
+               for r in runs for n in names] + list(by_slo))
+    axes[1].set_ylim(top=top * 1.6)
     axes[2].set_ylabel("ready replicas")
+    axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[2].set_xlabel("simulated hours")
     for a in axes:
         a.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
-    return _save(fig, out, "timeseries", formats)
+    axes[0].set_title(f"Busiest {len(names)} models over time (dashed black: SLO)")
+    return fig
+
+
+def plot_series(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",), k: int = 4) -> list[Path]:
+    return _save(series_figure(runs, k), out, "timeseries", formats)
 
 
 def plot_cost(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",)) -> list[Path]:
@@ -118,6 +201,50 @@ def plot_cost(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",)) -
     return _save(fig, out, "cost", formats)
 
 
+def capacity_figure(rows: list[dict[str, Any]], title: str = "Capacity as traffic grows") -> Any:
+    """``packer capacity``'s rows as two panels over the growth factor: GPUs (total and per pool,
+    integer ticks, red where the SLOs are missed) above, cost per hour (planned and simulated) below."""
+    ok = [r for r in rows if r["fits"]]
+    g = [r["growth"] for r in ok]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    ax.plot(g, [r["gpus_total"] for r in ok], "o-", color="C0", label="GPUs, all pools")
+    pools = sorted({p for r in ok for p in r["gpus"]})
+    if len(pools) > 1:
+        for i, p in enumerate(pools):
+            ax.plot(g, [r["gpus"].get(p, 0) for r in ok], ".:", color=f"C{i + 2}", label=p)
+    miss = [r for r in ok if not r["holds"]]
+    if miss:
+        ax.plot([r["growth"] for r in miss], [r["gpus_total"] for r in miss], "x", color="red", markersize=10,
+                mew=2, label="misses an SLO")
+    ax.set_ylabel("GPUs")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max([r["gpus_total"] for r in ok], default=1) * 1.12)
+    ax.legend(fontsize=8, loc="upper left")
+    same = all(abs(r["sim_cost_per_hour"] - r["plan_cost_per_hour"]) <= 0.005 * r["plan_cost_per_hour"] for r in ok)
+    ax2.plot(g, [r["plan_cost_per_hour"] for r in ok], "s-", color="C1",
+             label="planned cost per hour" + (" (= simulated mean)" if same else ""))
+    if not same:  # a scaling policy moved the cost away from the plan's
+        ax2.plot(g, [r["sim_cost_per_hour"] for r in ok], "^--", color="C4", label="simulated mean cost per hour")
+    ax2.set_ylabel("cost per hour")
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel("traffic growth factor (x today's peak)")
+    ax2.legend(fontsize=8, loc="upper left")
+    for a in (ax, ax2):
+        a.grid(alpha=0.3)
+    unfit = [r["growth"] for r in rows if not r["fits"]]
+    if unfit:
+        ax2.annotate(f"does not fit at x{', x'.join(f'{u:g}' for u in unfit)}", (0.99, 0.04),
+                     xycoords="axes fraction", ha="right", fontsize=8, color="red")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_capacity(rows: list[dict[str, Any]], out: Path, title: str = "Capacity as traffic grows",
+                  formats: tuple[str, ...] = ("png", "svg")) -> list[Path]:
+    return _save(capacity_figure(rows, title), out, "capacity", formats)
+
+
 def write(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png", "svg")) -> Path:
     """Write ``result.json``, the plots and ``report.html`` into ``out``; return the HTML path."""
     out.mkdir(parents=True, exist_ok=True)
@@ -128,16 +255,41 @@ def write(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png", "svg"))
         pngs += [p for p in paths if p.suffix == ".png"]
     imgs = "".join(f'<p><img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></p>'
                    for p in pngs)
+    e = html.escape
+    r0 = runs[0]
+    rows = "".join(
+        f"<tr><td>{e(s['run'])}</td><td class=n>{s['cost']:,.2f}</td><td class=n>{s['cost_per_hour']:,.2f}/h</td>"
+        f"<td class=n>{s['gpu_hours']:,.2f}</td><td class=n>{s['slo_attainment']:.4%}</td>"
+        + (f"<td>{e(s['worst_model'])}: {s['worst_attainment']:.2%} in SLO, p99 {s['worst_p99_ms']:,.0f} of "
+           f"{s['worst_slo_ms']:,.0f} ms</td>" if s["worst_model"] else "<td>-</td>")
+        + f"<td class={'bad' if s['missing'] else 'ok'}>{e(', '.join(s['missing'])) or 'none'}</td></tr>"
+        for s in summary(runs))
+    head = (f"<p>{e(r0['scenario'])}, {r0['duration_s'] / 3600:.2f} h simulated, seed {r0['seed']}.</p>"
+            "<table class=summary><tr><th>run</th><th>cost</th><th>mean cost</th><th>GPU-hours</th>"
+            f"<th>SLO attainment</th><th>worst model</th><th>models missing their SLO</th></tr>{rows}</table>")
+    if len(runs) > 1:
+        head += f"<p class=verdict>{e(verdict(runs))}</p>"
     acts = []
     for r in runs:
-        rows = "".join(f"<tr><td>{a['t']:.0f}</td><td>{html.escape(a['action'])}</td><td>{html.escape(a['reason'])}</td>"
-                       f"<td>{html.escape(a['outcome'])}</td></tr>" for a in r["actions"][:500])
-        acts.append(f"<h3>Actions: {html.escape(label(r))}</h3><table><tr><th>t (s)</th><th>action</th><th>reason"
-                    f"</th><th>outcome</th></tr>{rows}</table>")
+        groups = grouped_actions(r["actions"])
+        shown = groups[:500]
+        rows = "".join(
+            f"<tr><td class=n>{g['first_t']:.0f}" + (f"&ndash;{g['last_t']:.0f}" if g["last_t"] != g["first_t"] else "")
+            + f"</td><td class=n>{g['count']}&times;</td><td>{e(g['action'])}</td><td>{e(g['reason'])}</td><td>"
+            + "<br>".join(e(o) for o in g["outcomes"][:3])
+            + (f"<br>&hellip; and {len(g['outcomes']) - 3} more" if len(g["outcomes"]) > 3 else "") + "</td></tr>"
+            for g in shown)
+        more = f"<p>&hellip; and {len(groups) - len(shown)} more.</p>" if len(groups) > len(shown) else ""
+        acts.append(f"<h3>Actions: {e(label(r))} ({len(r['actions'])}, {len(groups)} distinct)</h3>"
+                    "<table><tr><th>t (s)</th><th>times</th><th>action</th><th>reason</th><th>outcome</th></tr>"
+                    f"{rows}</table>{more}" if r["actions"] else f"<h3>Actions: {e(label(r))}</h3><p>none</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>packer simulate</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}pre{{background:#f6f6f6;padding:1em;overflow:auto}}
-table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:2px 6px}}</style></head><body>
-<h1>Simulation report</h1><pre>{html.escape(table(runs))}</pre>{imgs}{''.join(acts)}</body></html>"""
+table{{border-collapse:collapse;font-size:12px}}td,th{{border:1px solid #ccc;padding:2px 6px}}
+td.n{{text-align:right;white-space:nowrap}}table.summary{{font-size:14px}}td.bad{{color:#b00;font-weight:bold}}
+td.ok{{color:#070}}p.verdict{{font-size:15px}}</style></head><body>
+<h1>Simulation report</h1><h2>Summary</h2>{head}
+<h2>Per model</h2><pre>{e(table(runs))}</pre>{imgs}{''.join(acts)}</body></html>"""
     p = out / "report.html"
     p.write_text(page)
     return p

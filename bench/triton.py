@@ -68,7 +68,7 @@ U = 0.85
 def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:
     """Largest k such that the group with rates ``k * mix`` is feasible on ``st`` (bisection)."""
     def ok(k: float) -> bool:
-        return feasible([item(fleet.model(n), k * r, st) for n, r in mix.items()], st.memory_gb, U)
+        return feasible([item(fleet.model(n), k * r, st, U) for n, r in mix.items()], st.memory_gb, U)
 
     if not ok(1e-9):
         return 0.0

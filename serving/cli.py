@@ -77,7 +77,8 @@ def _pick(plan: Plan, group: str) -> Placement:
 def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float) -> None:
     """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).
 
-    Streaming and batch models of the group get a server each, as in production.
+    The group's streaming and batch repositories load into one server, as in production: the
+    slot's members take turns on its rate limiter across both workload classes, as on the GPU.
     """
     from serving.local import LocalTriton
     from serving.repository import group_repositories, write_repository
@@ -86,11 +87,12 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
     placement = _pick(plan, group)
     settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
-        for repo in group_repositories(plan, placement, settings):
-            path = write_repository(repo, Path(tmp) / repo.kind)
-            server = stack.enter_context(LocalTriton(path))
-            click.echo(f"{placement.id} {repo.kind}: {', '.join(repo.names)}\n"
-                       f"  http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}")
+        repos = group_repositories(plan, placement, settings)
+        paths = [write_repository(repo, Path(tmp) / repo.kind) for repo in repos]
+        server = stack.enter_context(LocalTriton(paths))
+        for repo in repos:
+            click.echo(f"{placement.id} {repo.kind}: {', '.join(repo.names)}")
+        click.echo(f"  http {server.http_url}  grpc {server.grpc_url}  metrics {server.metrics_url}")
         click.echo("serving; Ctrl-C stops" if seconds is None else f"serving for {seconds:g} s")
         try:
             deadline = None if seconds is None else time.monotonic() + seconds

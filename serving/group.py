@@ -18,7 +18,7 @@ def placement(fleet: Fleet, pool: str, members: list[tuple[str, float]], *, prof
               node: str = "local", gpu: int = 0, u: float = 0.85) -> Placement:
     """One slot of ``pool``/``profile`` holding one replica of each ``(model, rate_rps)``."""
     st = SlotType(fleet.pool(pool), profile)
-    items = [item(fleet.model(name), rate, st) for name, rate in members]
+    items = [item(fleet.model(name), rate, st, u) for name, rate in members]
     try:
         res = evaluate(items, st.memory_gb, u)
     except ValueError as e:

@@ -103,7 +103,7 @@ class Problem:
         k = (rep.model.name, rep.count, st.key)
         it = self._items.get(k)
         if it is None:
-            it = self._items[k] = item(rep.model, rep.rate, st)
+            it = self._items[k] = item(rep.model, rep.rate, st, self.u)
         return it
 
     def fits_alone(self, rep: Rep, st: SlotType) -> bool:

@@ -290,11 +290,13 @@ def main(argv: list[str] | None = None) -> int:
         rows = json.loads(Path(a.triton_json).read_text())["results"]
     elif a.simulate_only:
         from packer.fleet import load_fleet
+        from packer.settings import PlanSettings
         from packer.slot import SlotType, single_capacity
 
         fleet = load_fleet(ROOT / "packer" / "examples" / f"{a.fleet}.yaml")
         pool, _, profile = a.slot.partition("/")
-        cap = single_capacity(fleet.model(a.model), SlotType(fleet.pool(pool), profile or "whole"), 0.85)
+        cap = single_capacity(fleet.model(a.model), SlotType(fleet.pool(pool), profile or "whole"),
+                              PlanSettings().u)
         rows = [{"fleet": a.fleet, "model": a.model, "slot": a.slot, "load": float(x), "rate_rps": cap * float(x),
                  "seconds": a.seconds, "seed": i, "arrivals": "poisson"} for i, x in enumerate(a.loads.split(","))]
     else:

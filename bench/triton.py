@@ -31,8 +31,8 @@ For the simulator's fidelity check (``bench/fidelity.py``) each level also recor
     python bench/triton.py --json bench-triton.json --seconds 30
 
 Capacity is the largest multiple of the models' rates (their fleet peak rates, or ``name=rps``)
-at which the slot maths still proves every SLO at the planner's utilisation cap (0.85); alone,
-that is ``packer.slot.single_capacity``.
+at which the slot maths still proves every SLO at the planner's default utilisation cap
+(``PlanSettings().u``); alone, that is ``packer.slot.single_capacity``.
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from packer.fleet import Fleet, load_fleet  # noqa: E402
+from packer.settings import PlanSettings  # noqa: E402
 from packer.slot import SlotType, feasible, item  # noqa: E402
 from serving.config import timing  # noqa: E402
 from serving.group import placement, plan_of  # noqa: E402
@@ -62,7 +63,8 @@ from serving.metrics import scrape, signals  # noqa: E402
 from serving.repository import group_repositories, write_repository  # noqa: E402
 from serving.settings import RenderSettings  # noqa: E402
 
-U = 0.85
+U = PlanSettings().u
+"""The planner's default usable share of a duty cycle (1 - its default headroom)."""
 
 
 def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:

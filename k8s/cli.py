@@ -12,18 +12,14 @@ from pathlib import Path
 import click
 import yaml
 
+from packer.cliutil import Number, check_output_dir
 from packer.errors import UserError
 
 
 def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` light
     from packer.plan import load_plan
 
-    try:
-        return load_plan(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such plan file. Fix: give the JSON written by `packer plan -o`") from None
-    except (ValueError, KeyError) as e:
-        raise UserError(f"{path}: not a plan file ({e}). Fix: give the JSON written by `packer plan -o`") from None
+    return load_plan(path)  # every problem is one line naming the file and the fix
 
 
 @click.command("k8s")
@@ -45,6 +41,7 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
     from k8s.render import node_labels, render_plan
     from k8s.settings import RenderSettings
 
+    check_output_dir(out, "-o")
     plan = _load_plan(plan_path)
     s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace)
     if triton_image:
@@ -72,9 +69,12 @@ def render_k8s(plan_path: str, out: str, namespace: str, gpu_operator_namespace:
 @click.option("--dry-run", is_flag=True, help="Run one cycle, print what it would do and its diff id; write nothing.")
 @click.option("--confirm", "confirm", metavar="DIFF_ID", default=None,
               help="Apply one cycle, only if its diff is the one a dry run printed with this id.")
-@click.option("--interval", type=float, default=15.0, show_default=True, help="Seconds between cycles.")
-@click.option("--planner-time-limit", type=float, default=20.0, show_default=True)
-@click.option("--port", type=int, default=8080, show_default=True, help="HTTP port of /healthz, /metrics, /.")
+@click.option("--interval", type=Number(0, 86400, lo_open=True, unit="seconds"), default=15.0, show_default=True,
+              help="Seconds between cycles.")
+@click.option("--planner-time-limit", type=Number(0, 1e6, lo_open=True, unit="seconds"), default=20.0,
+              show_default=True)
+@click.option("--port", type=Number(0, 65535, integer=True), default=8080, show_default=True,
+              help="HTTP port of /healthz, /metrics, /.")
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")

@@ -18,7 +18,7 @@ from packer.slot import WHOLE, SlotType, latency_scale
 def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
     """Every violated invariant, as a sentence; an empty list means the plan is sound."""
     f = plan.fleet
-    u = 1.0 - (headroom if headroom is not None else plan.settings.get("headroom", 0.15))
+    u = 1.0 - headroom if headroom is not None else plan.settings.u
     errs: list[str] = []
     placed: Counter = Counter()
     gpus_of: dict[str, set] = defaultdict(set)

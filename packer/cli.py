@@ -51,18 +51,34 @@ def render() -> None:
     """Turn a plan into what runs it: Triton model repositories or Kubernetes objects."""
 
 
+def one_line(msg: str, limit: int = 1000) -> str:
+    """An error as one line of bounded length: the start (the field) and the end (the fix) kept.
+
+    Control characters and lone surrogates a hostile file may carry into a name are escaped, so the
+    line neither drives the terminal nor fails to print.
+    """
+    msg = " ".join(msg.split())
+    if len(msg) > limit:
+        msg = msg[: limit - 300] + " … " + msg[-297:]
+    return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else ascii(c)[1:-1] for c in msg)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear message and exit 2, never a traceback."""
     try:
         cli.main(args=argv, prog_name="packer", standalone_mode=False)
     except UserError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {one_line(str(e))}", err=True)
         return e.exit_code
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as e:  # a bad option or argument: one line too, and where help is
+        where = e.ctx.command_path if e.ctx else "packer"
+        click.echo(f"error: {one_line(e.format_message())} (see `{where} --help`)", err=True)
+        return 2
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {one_line(e.format_message())}", err=True)
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code

@@ -13,6 +13,7 @@ import click
 import yaml
 
 from packer.catalog import GPU_TYPES, mig_layouts
+from packer.cliutil import SECONDS, SEED, Number, check_output_file, same_fleet, write_output
 from packer.errors import UserError
 from packer.fleet import load_fleet
 from packer.plan import load_plan, save_plan, to_dict
@@ -64,17 +65,19 @@ class Spinner:
 
 @click.command()
 @click.argument("fleet", required=False, type=click.Path(dir_okay=False))
-@click.option("--current", type=click.Path(exists=True, dir_okay=False),
+@click.option("--current", type=click.Path(dir_okay=False),
               help="The plan running now: keep what still fits where it is and report the moves.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "yaml"]), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the plan (JSON) here for later stages.")
 @click.option("--explain", "explain_model", metavar="MODEL", help="Explain where a model went and why.")
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the packing as an SVG picture.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the search: the same seed gives the same plan.")
-@click.option("--time-limit", type=float, help="Seconds for the search (default: from the fleet size).")
-@click.option("--headroom", default=0.15, show_default=True, help="Share of every slot's time kept free.")
+@click.option("--seed", default=PlanSettings.seed, show_default=True, type=SEED,
+              help="Seed of the search: the same seed gives the same plan.")
+@click.option("--time-limit", type=SECONDS, help="Seconds for the search (default: from the fleet size).")
+@click.option("--headroom", default=PlanSettings.headroom, show_default=True, type=Number(0, 0.99),
+              help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")
-@click.option("--prove", "prove_s", type=float, default=None, metavar="SECONDS",
+@click.option("--prove", "prove_s", type=Number(0, 1e6, unit="seconds"), default=None, metavar="SECONDS",
               help="Spend up to SECONDS, after the search, on an exact search that can prove the plan "
                    "optimal (fleets of tens of models). By default a short one runs on small fleets "
                    "before the search; 0 turns it off.")
@@ -83,20 +86,26 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
          prove_s: float | None) -> None:
     """Plan FLEET (default: the bundled multilingual example). A dry run: nothing is applied."""
     if not 0 <= headroom < 1:
-        raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom 0.15")
+        raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom {PlanSettings.headroom}")
     path = Path(fleet) if fleet else example_path()
+    # Everything a user can get wrong is checked before the solve, which may take minutes.
+    check_output_file(output, "-o", not_=(fleet, current))
+    check_output_file(svg_path, "--svg", not_=(fleet, current))
     f = load_fleet(path)
     cur = load_plan(current) if current else None
-    if prove_s is not None and prove_s < 0:
-        raise UserError(f"--prove {prove_s}: must be 0 or more seconds. Fix: e.g. --prove 120")
+    if cur is not None:
+        same_fleet(cur.fleet, f, current, str(path))
     settings = PlanSettings(headroom=headroom, time_limit_s=time_limit, seed=seed, use_mig=not no_mig,
                             prove_s=prove_s)
     with Spinner(enabled=True) as sp:
         p = plan_fleet(f, settings, current=cur, progress=sp.update)
     if output:
-        save_plan(p, output)
+        try:
+            save_plan(p, output)
+        except OSError as e:  # checked before the solve; the disk may still fill or the directory go
+            raise UserError(f"-o {output}: cannot be written ({e.strerror or e}). Fix: give a writable path") from None
     if svg_path:
-        Path(svg_path).write_text(svg(p))
+        write_output(svg_path, svg(p), "--svg")
     if explain_model:
         try:
             click.echo(explain(p, explain_model))

@@ -11,27 +11,26 @@ the actions lead to.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import click
 
+from packer.cliutil import Number, check_output_file
 from packer.errors import UserError
 from packer.plan import Plan, load_plan, save_plan
+from packer.safeload import cut_path, listing, parse_json, read_text
 from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, apply, decide, observe, snapshot_from_dict
 
 
+SNAPSHOT_FIX = 'give a metrics snapshot JSON ({"time": s, "models": {name: {"arrival_rps": ..}}}, docs/scaling.md)'
+
+
 def _read_snapshot(path: str) -> tuple[float | None, dict[str, Signals]]:
-    try:
-        doc = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file. Fix: give a metrics snapshot JSON "
-                        '({"time": s, "models": {name: {"arrival_rps": ..}}})') from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    p = cut_path(path)
+    doc = parse_json(read_text(path, SNAPSHOT_FIX), p)  # bounded: size, depth, NaN, huge numbers
     try:
         return snapshot_from_dict(doc)
     except (ValueError, TypeError) as e:
-        raise UserError(f"{path}: {e}") from None
+        raise UserError(f"{p}: {e}. Fix: {SNAPSHOT_FIX}") from None
 
 
 def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
@@ -52,7 +51,8 @@ def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
               help="The deployed plan (plan.json from `packer plan`).")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False), help="Metrics snapshot JSON.")
 @click.option("--triton", "urls", multiple=True, help="Triton metrics URL (repeatable), e.g. http://host:8002/metrics.")
-@click.option("--window", "window_s", default=10.0, show_default=True, help="Seconds between the two Triton scrapes.")
+@click.option("--window", "window_s", default=10.0, show_default=True, type=Number(0, 3600, unit="seconds"),
+              help="Seconds between the two Triton scrapes.")
 @click.option("--steady", is_flag=True, help="Treat the snapshot as the whole stabilisation window (shows scale-down).")
 @click.option("--json", "as_json", is_flag=True, help="Print the actions as JSON.")
 @click.option("-o", "--out", "out_path", type=click.Path(dir_okay=False), help="Write the plan after the actions.")
@@ -61,17 +61,16 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
     """Print the scaling actions for a plan under the given load, each with its reason and cost."""
     if bool(metrics_path) == bool(urls):
         raise UserError("give exactly one of --metrics SNAPSHOT.json or --triton URL")
-    try:
-        plan: Plan = load_plan(plan_path)
-    except FileNotFoundError:
-        raise UserError(f"{plan_path}: no such file. Fix: write one with `packer plan FLEET -o plan.json`") from None
+    check_output_file(out_path, "-o", not_=(plan_path, metrics_path))
+    plan: Plan = load_plan(plan_path)  # one line naming the file and the fix, whatever is wrong
     if metrics_path:
         t, signals = _read_snapshot(metrics_path)
     else:
         t, signals = None, _read_triton(urls, window_s)
     unknown = sorted(set(signals) - {m.name for m in plan.fleet.models})
     if unknown:
-        raise UserError(f"metrics name models not in the plan: {', '.join(unknown)}")
+        raise UserError(f"metrics name models not in the plan: {listing(unknown)}. Fix: give the snapshot of "
+                        "this plan's servers, or the plan they serve")
     settings = ScalingSettings()
     now = t if t is not None else 0.0
     state = ScalingState()

@@ -6,6 +6,7 @@ Loading validates everything a planner or a user would trip over later, and repo
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass, field
@@ -16,18 +17,40 @@ import yaml
 
 from packer.catalog import GPU_TYPES, gpu_type
 from packer.errors import UserError
+from packer.safeload import InputError, cut, number, parse_yaml, read_text, show
 
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 SHARING_MODES = ("mig", "time-slicing")
 KINDS = ("streaming", "batch")
 
+# The keys each mapping of a fleet file may have (docs/fleet-format.md). Anything else is refused
+# with a did-you-mean: a typo such as ``min_replica: 3`` must not plan silently with the default.
+# Top-level keys starting with ``x-`` are free (a place for YAML anchors and notes).
+FLEET_KEYS = ("name", "about", "pools", "models")
+POOL_KEYS = ("name", "gpu", "gpus_per_node", "max_nodes", "cost_per_gpu_hour", "sharing", "spot")
+MODEL_KEYS = ("name", "kind", "memory_gb", "gpus_per_replica", "traffic", "slo_ms", "latency_ms", "max_batch",
+              "min_replicas", "max_replicas", "artifact")
+TRAFFIC_KEYS = ("rps", "peak_rps", "streams")
+LATENCY_KEYS = ("gpu", "base", "per_item")
+ARTIFACT_KEYS = ("uri", "backend", "platform")
+REQUIRED = {"name", "pools", "models", "gpu", "gpus_per_node", "cost_per_gpu_hour", "kind", "memory_gb", "traffic",
+            "slo_ms", "latency_ms", "max_batch", "rps", "base", "per_item", "uri"}
 
-class FleetError(UserError, ValueError):
+# Sane ranges: far beyond any real fleet, far below what overflows the maths or the planner's memory.
+MAX_GPUS_PER_NODE = 64
+MAX_NODES = 1000
+MAX_COST = 1e6
+MAX_MEMORY_GB = 10_000.0
+MAX_RPS = 1e6
+MAX_STREAMS = 10_000_000
+MAX_SLO_MS = 86_400_000.0  # a day
+MAX_LATENCY_MS = 1e6
+MAX_BATCH = 65_536
+MAX_REPLICAS = 10_000
+
+
+class FleetError(InputError):
     """A fleet file problem a user can fix: ``field`` says where, the message says how."""
-
-    def __init__(self, field: str, problem: str, fix: str) -> None:
-        self.field, self.problem, self.fix = field, problem, fix
-        super().__init__(f"{field}: {problem}. Fix: {fix}")
 
 
 @dataclass(frozen=True)
@@ -152,21 +175,54 @@ def _get(d: dict, key: str, where: str, typ: type | tuple, *, required: bool = T
         raise FleetError(f"{where}.{key}", f"is {v!r}, not a {types[0].__name__}", fix or f"give a {types[0].__name__}")
     if not isinstance(v, types):
         names = " or ".join(t.__name__ for t in types)
-        raise FleetError(f"{where}.{key}", f"is {type(v).__name__} {v!r}, expected {names}",
+        shown = show(v)
+        shown = shown if shown.startswith("a ") else f"{type(v).__name__} {shown}"
+        raise FleetError(f"{where}.{key}", f"is {shown}, expected {names}",
                          fix or f"write `{key}` as a {names}")
     return v
 
 
-def _positive(v: float, where: str, fix: str, *, zero_ok: bool = False) -> float:
-    if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
-        raise FleetError(where, f"is {v}, must be {'non-negative' if zero_ok else 'positive'}", fix)
-    return v
+def _keys(d: dict, where: str, known: tuple[str, ...], *, extensions: bool = False) -> None:
+    """Refuse keys the format does not have, with a did-you-mean (a typo must not read as a default)."""
+    for k in d:
+        if isinstance(k, str) and (k in known or (extensions and k.startswith("x-"))):
+            continue
+        ks = cut(k, 40) if isinstance(k, str) else show(k, 40)
+        close = difflib.get_close_matches(ks, known, n=1, cutoff=0.6) if isinstance(k, str) else []
+        if close and close[0] not in d and close[0] in REQUIRED:
+            raise FleetError(f"{where}.{close[0]}", f"is missing; found {ks}",
+                             f"did you mean {close[0]}? Rename `{ks}` to `{close[0]}`")
+        if close:
+            raise FleetError(f"{where}.{ks}", "is not a known key", f"did you mean {close[0]}?")
+        raise FleetError(f"{where}.{ks}", "is not a known key",
+                         f"remove it; the keys here are {', '.join(known)}"
+                         + (" (and x-… for your own notes)" if extensions else ""))
+
+
+def _where(d: dict, base: str) -> str:
+    n = d.get("name")
+    return f"{base} ({n})" if isinstance(n, str) and _DNS1123.match(n) and len(n) <= 63 else base
+
+
+def _positive(v: float, where: str, fix: str, *, zero_ok: bool = False, hi: float = math.inf,
+              unit: str = "") -> float:
+    if math.isinf(hi):
+        if not math.isfinite(v) or v < 0 or (v == 0 and not zero_ok):
+            raise FleetError(where, f"is {show(v)}, must be {'non-negative' if zero_ok else 'positive'}", fix)
+        return v
+    return number(v, where, 0, hi, unit, fix, lo_open=not zero_ok, err=FleetError)
+
+
+def _count(d: dict, key: str, where: str, lo: int, hi: int, fix: str, *, required: bool = True,
+           default: Any = None) -> Any:
+    v = _get(d, key, where, int, required=required, default=default)
+    return v if v is None else number(v, f"{where}.{key}", lo, hi, "", fix, err=FleetError)
 
 
 def _name(d: dict, where: str) -> str:
     n = _get(d, "name", where, str)
     if not _DNS1123.match(n) or len(n) > 63:
-        raise FleetError(f"{where}.name", f"{n!r} is not a DNS-1123 label",
+        raise FleetError(f"{where}.name", f"{show(n)} is not a DNS-1123 label",
                          "use lower-case letters, digits and '-', starting and ending alphanumeric, ≤ 63 chars")
     return n
 
@@ -175,24 +231,22 @@ def _pool(d: Any, i: int) -> Pool:
     where = f"pools[{i}]"
     if not isinstance(d, dict):
         raise FleetError(where, "is not a mapping", "write each pool as `- name: ...` with its fields")
+    _keys(d, _where(d, where), POOL_KEYS)
     name = _name(d, where)
     where = f"pools[{i}] ({name})"
     gpu = _get(d, "gpu", where, str)
     if gpu not in GPU_TYPES:
-        raise FleetError(f"{where}.gpu", f"unknown GPU type {gpu!r}",
+        raise FleetError(f"{where}.gpu", f"unknown GPU type {show(gpu)}",
                          f"use one of {', '.join(sorted(GPU_TYPES))} (`packer gpus` lists them)")
-    gpn = _get(d, "gpus_per_node", where, int)
-    if gpn < 1:
-        raise FleetError(f"{where}.gpus_per_node", f"is {gpn}", "give at least 1")
-    max_nodes = _get(d, "max_nodes", where, int, required=False, default=1)
-    if max_nodes < 1:
-        raise FleetError(f"{where}.max_nodes", f"is {max_nodes}", "give at least 1")
+    gpn = _count(d, "gpus_per_node", where, 1, MAX_GPUS_PER_NODE, "give the GPUs of one node, e.g. 8")
+    max_nodes = _count(d, "max_nodes", where, 1, MAX_NODES, "give the most nodes the pool may grow to",
+                       required=False, default=1)
     cost = _positive(_get(d, "cost_per_gpu_hour", where, float), f"{where}.cost_per_gpu_hour",
-                     "give the hourly price of one GPU, > 0")
+                     "give the hourly price of one GPU, > 0", hi=MAX_COST, unit="per GPU-hour")
     sharing = _get(d, "sharing", where, list, required=False, default=[])
     for s in sharing:
-        if s not in SHARING_MODES:
-            raise FleetError(f"{where}.sharing", f"unknown mode {s!r}", f"use any of {list(SHARING_MODES)}")
+        if not isinstance(s, str) or s not in SHARING_MODES:
+            raise FleetError(f"{where}.sharing", f"unknown mode {show(s)}", f"use any of {list(SHARING_MODES)}")
     if "mig" in sharing and not gpu_type(gpu).has_mig:
         raise FleetError(f"{where}.sharing", f"{gpu} has no MIG", "remove `mig` or pick a MIG-capable GPU type")
     spot = _get(d, "spot", where, bool, required=False, default=False)
@@ -208,19 +262,23 @@ def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
         w = f"{where}[{j}]" if isinstance(v, list) else where
         if not isinstance(e, dict):
             raise FleetError(w, "is not a mapping", "write `gpu:`, `base:` and `per_item:` under it")
+        _keys(e, w, LATENCY_KEYS)
         gpu = _get(e, "gpu", w, str)
         gname, _, prof = gpu.partition("/")
         if gname not in GPU_TYPES:
-            raise FleetError(f"{w}.gpu", f"unknown GPU type {gname!r}", f"use one of {', '.join(sorted(GPU_TYPES))}")
+            raise FleetError(f"{w}.gpu", f"unknown GPU type {show(gname)}",
+                             f"use one of {', '.join(sorted(GPU_TYPES))}")
         if prof:
             try:
                 gpu_type(gname).profile(prof)
             except KeyError:
                 names = [p.name for p in gpu_type(gname).mig_profiles] or ["(none: no MIG)"]
-                raise FleetError(f"{w}.gpu", f"{gname} has no MIG profile {prof!r}", f"use one of {names}") from None
-        base = _positive(_get(e, "base", w, float), f"{w}.base", "give the fixed ms per batch, ≥ 0", zero_ok=True)
+                raise FleetError(f"{w}.gpu", f"{gname} has no MIG profile {show(prof)}",
+                                 f"use one of {names}") from None
+        base = _positive(_get(e, "base", w, float), f"{w}.base", "give the fixed ms per batch, ≥ 0", zero_ok=True,
+                         hi=MAX_LATENCY_MS, unit="ms")
         per = _positive(_get(e, "per_item", w, float), f"{w}.per_item", "give the ms per request in a batch, ≥ 0",
-                        zero_ok=True)
+                        zero_ok=True, hi=MAX_LATENCY_MS, unit="ms")
         if base + per <= 0:
             raise FleetError(w, "base and per_item are both 0", "give the measured run time of a batch")
         out.append(LatencyProfile(gpu, base, per))
@@ -231,39 +289,37 @@ def _model(d: Any, i: int) -> Model:
     where = f"models[{i}]"
     if not isinstance(d, dict):
         raise FleetError(where, "is not a mapping", "write each model as `- name: ...` with its fields")
+    _keys(d, _where(d, where), MODEL_KEYS)
     name = _name(d, where)
     where = f"models[{i}] ({name})"
     kind = _get(d, "kind", where, str)
     if kind not in KINDS:
-        raise FleetError(f"{where}.kind", f"is {kind!r}", "use `streaming` or `batch`")
+        raise FleetError(f"{where}.kind", f"is {show(kind)}", "use `streaming` or `batch`")
     mem = _positive(_get(d, "memory_gb", where, float), f"{where}.memory_gb",
-                    "give the resident GPU memory of one replica in GB, > 0")
-    gpr = _get(d, "gpus_per_replica", where, int, required=False, default=1)
-    if gpr < 1:
-        raise FleetError(f"{where}.gpus_per_replica", f"is {gpr}", "give 1 or more")
+                    "give the resident GPU memory of one replica in GB, > 0", hi=MAX_MEMORY_GB, unit="GB")
+    gpr = _count(d, "gpus_per_replica", where, 1, MAX_GPUS_PER_NODE, "give 1 or more GPUs on one node",
+                 required=False, default=1)
     t = _get(d, "traffic", where, dict)
+    _keys(t, f"{where}.traffic", TRAFFIC_KEYS)
     rps = _positive(_get(t, "rps", f"{where}.traffic", float), f"{where}.traffic.rps",
-                    "give the mean requests per second, ≥ 0", zero_ok=True)
+                    "give the mean requests per second, ≥ 0", zero_ok=True, hi=MAX_RPS, unit="requests/s")
     peak = _get(t, "peak_rps", f"{where}.traffic", float, required=False, default=rps)
-    _positive(peak, f"{where}.traffic.peak_rps", "give the peak requests per second", zero_ok=True)
+    _positive(peak, f"{where}.traffic.peak_rps", "give the peak requests per second", zero_ok=True, hi=MAX_RPS,
+              unit="requests/s")
     if peak < rps:
-        raise FleetError(f"{where}.traffic.peak_rps", f"{peak} is below rps {rps}", "peak_rps must be ≥ rps")
-    streams = _get(t, "streams", f"{where}.traffic", int, required=False)
-    if streams is not None:
-        if kind != "streaming":
-            raise FleetError(f"{where}.traffic.streams", "is set on a batch model",
-                             "remove `streams` or make the model `kind: streaming`")
-        if streams < 1:
-            raise FleetError(f"{where}.traffic.streams", f"is {streams}", "give at least 1 concurrent stream")
-    slo = _positive(_get(d, "slo_ms", where, float), f"{where}.slo_ms", "give the p99 latency target in ms, > 0")
+        raise FleetError(f"{where}.traffic.peak_rps", f"{peak:g} is below rps {rps:g}", "peak_rps must be ≥ rps")
+    streams = _count(t, "streams", f"{where}.traffic", 1, MAX_STREAMS, "give at least 1 concurrent stream",
+                     required=False)
+    if streams is not None and kind != "streaming":
+        raise FleetError(f"{where}.traffic.streams", "is set on a batch model",
+                         "remove `streams` or make the model `kind: streaming`")
+    slo = _positive(_get(d, "slo_ms", where, float), f"{where}.slo_ms", "give the p99 latency target in ms, > 0",
+                    hi=MAX_SLO_MS, unit="ms")
     lat = _latency(_get(d, "latency_ms", where, (dict, list)), f"{where}.latency_ms")
-    mb = _get(d, "max_batch", where, int)
-    if mb < 1:
-        raise FleetError(f"{where}.max_batch", f"is {mb}", "give at least 1")
-    minr = _get(d, "min_replicas", where, int, required=False, default=1)
-    if minr < 0:
-        raise FleetError(f"{where}.min_replicas", f"is {minr}", "give 0 or more")
-    maxr = _get(d, "max_replicas", where, int, required=False)
+    mb = _count(d, "max_batch", where, 1, MAX_BATCH, "give the largest batch the model runs, at least 1")
+    minr = _count(d, "min_replicas", where, 0, MAX_REPLICAS, "give the replicas kept for availability, 0 or more",
+                  required=False, default=1)
+    maxr = _count(d, "max_replicas", where, 1, MAX_REPLICAS, "give the most replicas allowed", required=False)
     if maxr is not None and maxr < max(minr, 1):
         raise FleetError(f"{where}.max_replicas", f"{maxr} is below min_replicas {minr}",
                          "raise max_replicas or lower min_replicas")
@@ -273,6 +329,7 @@ def _model(d: Any, i: int) -> Model:
         if isinstance(art, str):
             artifact = Artifact(art)
         elif isinstance(art, dict):
+            _keys(art, f"{where}.artifact", ARTIFACT_KEYS)
             artifact = Artifact(_get(art, "uri", f"{where}.artifact", str),
                                 _get(art, "backend", f"{where}.artifact", str, required=False, default="python"),
                                 _get(art, "platform", f"{where}.artifact", str, required=False))
@@ -286,6 +343,7 @@ def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
     """Build a :class:`Fleet` from a parsed YAML document, validating as it goes."""
     if not isinstance(doc, dict):
         raise FleetError("(top level)", "is not a mapping", "a fleet file has `name:`, `pools:` and `models:`")
+    _keys(doc, "fleet", FLEET_KEYS, extensions=True)
     name = _get(doc, "name", "fleet", str)
     pools_doc = _get(doc, "pools", "fleet", list)
     models_doc = _get(doc, "models", "fleet", list)
@@ -300,27 +358,20 @@ def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
                 raise FleetError(f"{what}[{i}].name", f"{it.name!r} is also {what}[{seen[it.name]}]",
                                  "give every entry a unique name")
             seen[it.name] = i
-    fleet = Fleet(name, pools, models, str(doc.get("about") or ""), source)
+    about = _get(doc, "about", "fleet", (str, int, float), required=False, default="")
+    fleet = Fleet(name, pools, models, str(about), source)
     # Deferred import: feasibility needs the slot maths, which needs the fleet types above.
+    from packer.settings import PlanSettings
     from packer.slot import check_model_servable
 
-    for i, m in enumerate(models):
-        check_model_servable(fleet, m, f"models[{i}] ({m.name})")
+    for i, m in enumerate(models):  # servable at all: at the planner's default headroom
+        check_model_servable(fleet, m, f"models[{i}] ({m.name})", u=PlanSettings().u)
     return fleet
 
 
 def load_fleet(path: str | Path) -> Fleet:
-    p = Path(path)
-    try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise FleetError(str(p), "no such file", "give the path of a fleet YAML file") from None
-    except IsADirectoryError:
-        raise FleetError(str(p), "is a directory", "give the path of a fleet YAML file") from None
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise FleetError(str(p), f"is not valid YAML{at}", "fix the syntax (indentation, colons, quotes)") from None
-    return parse_fleet(doc, str(p))
+    """Read and validate a fleet file, bounded in size, nesting and alias expansion (``packer.safeload``)."""
+    p = str(path)
+    text = read_text(path, "give the path of a fleet YAML file")
+    # Numbers are range-checked field by field below, where the error can say the field's range.
+    return parse_fleet(parse_yaml(text, p, numbers=False), p)

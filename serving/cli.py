@@ -9,24 +9,24 @@ from pathlib import Path
 
 import click
 
+from packer.cliutil import Number, check_output_dir
 from packer.errors import UserError
 from packer.plan import Placement, Plan, load_plan
 from serving.settings import RenderSettings
 
 
 def _load(path: str) -> Plan:
-    try:
-        return load_plan(path)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such plan file. Fix: make one with `packer plan FLEET -o {path}`") from None
-    except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path} is not a plan file ({e}). Fix: regenerate it with `packer plan FLEET -o {path}`") from None
+    # load_plan says what is wrong in one line; a fleet file is told to be planned first, into
+    # plan.json, never to be overwritten by `packer plan FLEET -o` the fleet's own path.
+    return load_plan(path)
 
 
 def _settings_options(f):
-    f = click.option("--sequence-idle-s", type=float, default=RenderSettings.sequence_idle_s, show_default=True,
+    f = click.option("--sequence-idle-s", type=Number(0, 1e6, lo_open=True, unit="seconds"),
+                     default=RenderSettings.sequence_idle_s, show_default=True,
                      help="Silence after which Triton drops a stream's state.")(f)
-    f = click.option("--time-scale", type=float, default=RenderSettings.time_scale, show_default=True,
+    f = click.option("--time-scale", type=Number(0, 1e6, lo_open=True), default=RenderSettings.time_scale,
+                     show_default=True,
                      help="Multiply the stand-in models' run time (demos: < 1).")(f)
     return f
 
@@ -38,13 +38,14 @@ def _settings_options(f):
               help="Instance kind: gpu for clusters, cpu to try the stand-ins without a GPU.")
 @click.option("--gpu-index", type=click.Choice(["slot", "node"]), default="slot", show_default=True,
               help="Number GPUs as the server's container sees its slot (slot) or as the node does (node).")
-@click.option("--groups", type=int, default=None, help="Only the first N packed groups.")
+@click.option("--groups", type=Number(1, 10**6, integer=True), default=None, help="Only the first N packed groups.")
 @_settings_options
 def render_triton(plan_path: str, out: str, device: str, gpu_index: str, groups: int | None,
                   sequence_idle_s: float, time_scale: float) -> None:
     """Write one Triton model repository per packed group and workload class."""
     from serving.repository import repositories, write
 
+    check_output_dir(out, "-o")
     plan = _load(plan_path)
     settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
                               time_scale=time_scale)
@@ -72,7 +73,8 @@ def _pick(plan: Plan, group: str) -> Placement:
 @click.command("serve-local")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @click.option("--group", default="0", show_default=True, help="Packed group: index or slot id.")
-@click.option("--seconds", type=float, default=None, help="Stop after this long (default: until Ctrl-C).")
+@click.option("--seconds", type=Number(0, 1e7, lo_open=True, unit="seconds"), default=None,
+              help="Stop after this long (default: until Ctrl-C).")
 @_settings_options
 def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float) -> None:
     """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).

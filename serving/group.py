@@ -10,13 +10,15 @@ from __future__ import annotations
 
 from packer.errors import UserError
 from packer.fleet import Fleet
-from packer.plan import Member, Placement, Plan
+from packer.plan import Member, Placement, Plan, PlanSettings
 from packer.slot import WHOLE, SlotType, evaluate, item
 
 
 def placement(fleet: Fleet, pool: str, members: list[tuple[str, float]], *, profile: str = WHOLE,
-              node: str = "local", gpu: int = 0, u: float = 0.85) -> Placement:
-    """One slot of ``pool``/``profile`` holding one replica of each ``(model, rate_rps)``."""
+              node: str = "local", gpu: int = 0, u: float | None = None) -> Placement:
+    """One slot of ``pool``/``profile`` holding one replica of each ``(model, rate_rps)``, at the
+    usable duty-cycle share ``u`` (None: the planner's default, ``PlanSettings().u``)."""
+    u = PlanSettings().u if u is None else u
     st = SlotType(fleet.pool(pool), profile)
     items = [item(fleet.model(name), rate, st, u) for name, rate in members]
     try:

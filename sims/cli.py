@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from packer.cliutil import SECONDS, SEED, Number, check_output_dir, same_traffic
 from packer.errors import UserError
 from packer.fleet import Fleet, load_fleet
 from packer.plan import Plan, load_plan
@@ -34,11 +35,7 @@ def load_plan_or_fleet(path: str, seed: int = 0, time_limit_s: float | None = No
     if not p.exists():
         raise UserError(f"{path}: no such file. Fix: give a fleet YAML or a plan JSON from `packer plan`")
     if p.suffix == ".json":
-        try:
-            return load_plan(p)
-        except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise UserError(f"{path}: not a plan file ({e}). Fix: write one with `packer plan FLEET -o plan.json`") \
-                from None
+        return load_plan(p)  # one line naming the file and the fix, whatever is wrong
     return _plan_fleet(load_fleet(p), seed, time_limit_s)
 
 
@@ -77,7 +74,7 @@ def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy
 @click.option("--duration", default=None, help="Simulated time, e.g. 10m, 1h, 1d (default: the scenario's, else 1h).")
 @click.option("--policy", default=None, help="Scaling policy (default: the scenario's, else static).")
 @click.option("--compare", default=None, help="A second plan/fleet file, or a second policy name, on the same traffic.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Write result.json, plots (PNG and SVG) and report.html here.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of a table.")
@@ -88,20 +85,24 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     from sims import report
     from sims.policies import policy_names
 
+    check_output_dir(out_dir, "--out")
     scenario = load_scenario(scenario_path)
     dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
-    if dur <= 0:
+    if not dur > 0:
         raise UserError("--duration must be positive")
+    if compare and compare not in policy_names() and not Path(compare).exists():
+        raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
     plan = load_plan_or_fleet(fleet_or_plan, seed)
+    other = None
+    if compare and compare not in policy_names():  # a second plan: checked before either simulation runs
+        other = load_plan_or_fleet(compare, seed)
+        same_traffic(plan, other, fleet_or_plan, compare)
     runs = [run_one(plan, scenario, dur, seed, policy, not no_progress, "simulating")]
     if compare:
-        if compare in policy_names():
+        if other is None:
             runs.append(run_one(plan, scenario, dur, seed, compare, not no_progress, f"simulating {compare}"))
-        elif Path(compare).exists():
-            runs.append(run_one(load_plan_or_fleet(compare, seed), scenario, dur, seed, policy, not no_progress,
-                                "simulating the other plan"))
         else:
-            raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
+            runs.append(run_one(other, scenario, dur, seed, policy, not no_progress, "simulating the other plan"))
     if as_json:
         click.echo(json.dumps(runs[0] if len(runs) == 1 else {"runs": runs}, indent=1))
     else:
@@ -123,10 +124,10 @@ def held(run: dict[str, Any], attainment: float) -> bool:
 @click.option("--scenario", "scenario_path", default="peak", show_default=True)
 @click.option("--duration", default="10m", show_default=True)
 @click.option("--policy", default=None)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--attainment", default=0.99, show_default=True, type=float,
+@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--attainment", default=0.99, show_default=True, type=Number(0, 1),
               help="Share of requests within the SLO that counts as holding it.")
-@click.option("--time-limit", default=None, type=float, help="Planner time per growth factor, seconds.")
+@click.option("--time-limit", default=None, type=SECONDS, help="Planner time per growth factor, seconds.")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False), help="Write capacity.json and plots.")
 @click.option("--no-progress", is_flag=True)
 def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, policy: str | None, seed: int,
@@ -136,8 +137,9 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
         factors = [float(x) for x in growth.split(",") if x.strip()]
     except ValueError:
         raise UserError(f"--growth {growth!r}: give comma-separated numbers, e.g. 1,1.5,2,3") from None
-    if not factors or any(not math.isfinite(f) or f <= 0 for f in factors):
-        raise UserError("--growth: every factor must be a positive number")
+    if not factors or any(not math.isfinite(f) or f <= 0 or f > 1000 for f in factors):
+        raise UserError("--growth: every factor must be a number above 0 and at most 1000. Fix: e.g. 1,1.5,2,3")
+    check_output_dir(out_dir, "--out")
     fleet = load_fleet(fleet_path)
     scenario = load_scenario(scenario_path)
     dur = parse_duration(duration, "--duration")

@@ -110,8 +110,10 @@ class Result:
 
 class Simulation:
     def __init__(self, plan: Plan, scenario: Scenario, *, seed: int = 0, policy: Policy | str | None = None,
-                 u: float = 0.85) -> None:
-        self.plan, self.scenario, self.seed, self.u = plan, scenario, seed, u
+                 u: float | None = None) -> None:
+        # The slot maths run at the plan's headroom (``u`` overrides it, for experiments).
+        self.plan, self.scenario, self.seed = plan, scenario, seed
+        self.u = plan.settings.u if u is None else u
         self.fleet = plan.fleet
         self.names = [m.name for m in self.fleet.models]
         self.index = {n: i for i, n in enumerate(self.names)}

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 from packer.fleet import Fleet
-from packer.plan import Member, Placement, Plan
+from packer.plan import Member, Placement, Plan, PlanSettings
 from packer.slot import WHOLE, SlotType, evaluate, item
 
 
@@ -27,7 +27,11 @@ class Group:
     """Duty cycle (the batchers' max queue delay derives from it); None from the slot maths."""
 
 
-def hand_plan(fleet: Fleet, groups: list[Group], *, u: float = 0.85) -> Plan:
+def hand_plan(fleet: Fleet, groups: list[Group], *, u: float | None = None) -> Plan:
+    """One slot per group; ``u`` is the usable share of a duty cycle (None: the planner's default
+    headroom's), recorded in the plan's settings so later stages size slots alike."""
+    settings = PlanSettings() if u is None else PlanSettings(headroom=1.0 - u)
+    u = settings.u if u is None else u
     counts: dict[str, int] = {}
     for g in groups:
         for n in g.models:
@@ -73,4 +77,4 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float = 0.85) -> Plan:
                 seen.add((p.node, g))
                 gpus[p.pool] = gpus.get(p.pool, 0) + 1
     cost = sum(fleet.pool(k).cost_per_gpu_hour * v for k, v in gpus.items())
-    return Plan(fleet, "feasible", cost, cost, 0.0, gpus, {}, tuple(placements), replicas=counts)
+    return Plan(fleet, "feasible", cost, cost, 0.0, gpus, {}, tuple(placements), replicas=counts, settings=settings)

@@ -70,14 +70,14 @@ def planner_replan(time_limit_s: float = 2.0) -> Replanner:
 
     def replan(current: Plan, traffic: Mapping[str, float], headroom: float | None = None,
                fresh: bool = False) -> Plan:
-        from packer.planner import PlanSettings, plan_fleet
+        from packer.planner import plan_fleet
 
-        if headroom is None:
-            headroom = float(current.settings.get("headroom", 0.15))
-        new = plan_fleet(fleet_at(current.fleet, traffic),
-                         # the packing is what a re-plan needs; proving it optimal would only add time
-                         PlanSettings(headroom=headroom, time_limit_s=time_limit_s, seed=0, prove_s=0),
-                         current=None if fresh else current)
+        # The current plan's choices (MIG, seed), its headroom unless the policy names one; the
+        # packing is what a re-plan needs: proving it optimal would only add time.
+        s = replace(current.settings, time_limit_s=time_limit_s, prove_s=0)
+        if headroom is not None:
+            s = replace(s, headroom=headroom)
+        new = plan_fleet(fleet_at(current.fleet, traffic), s, current=None if fresh else current)
         return replace(new, fleet=current.fleet)
 
     return replan

@@ -15,9 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from packer.errors import UserError
+from packer.safeload import parse_yaml, read_text
 
 ROUTINGS = ("round-robin", "weighted")
 PROCESSES = ("poisson", "diurnal", "peak")
@@ -374,11 +373,9 @@ def load_scenario(path: str | Path) -> Scenario:
         shipped = Path(__file__).parent / "scenarios" / f"{p.name}.yaml"
         if shipped.exists():
             p = shipped
-    try:
-        doc = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
+    if not p.exists():
         names = sorted(q.stem for q in (Path(__file__).parent / "scenarios").glob("*.yaml"))
-        raise ScenarioError(f"{p}: no such scenario file. Fix: give a path or one of {names}") from None
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{p}: not valid YAML ({e})") from None
+        raise ScenarioError(f"{p}: no such scenario file. Fix: give a path or one of {names}")
+    # The bounded loader every input goes through: size, UTF-8, nesting, aliases, numbers.
+    doc = parse_yaml(read_text(p, "give a scenario YAML file"), str(p))
     return parse_scenario(doc, str(p), p.parent)

@@ -7,7 +7,7 @@ punct; the node has two more free GPUs. Each replica is sized for its model's pe
 from __future__ import annotations
 
 from packer.fleet import Fleet, parse_fleet
-from packer.plan import GpuLayout, Member, Placement, Plan
+from packer.plan import GpuLayout, Member, Placement, Plan, PlanSettings
 from packer.slot import SlotType, evaluate, item
 
 FLEET = {
@@ -37,8 +37,9 @@ def fleet(**model_overrides: dict) -> Fleet:
 
 
 def placement(f: Fleet, pool: str, node: str, gpu: int, members: list[tuple[str, int, float]],
-              u: float = 0.85) -> Placement:
-    """A slot with ``(model, replica, rate)`` members, evaluated by the planner's slot maths."""
+              u: float = PlanSettings().u) -> Placement:
+    """A slot with ``(model, replica, rate)`` members, evaluated by the planner's slot maths at the
+    plan's default headroom (what :func:`plan_of` records)."""
     st = SlotType(f.pool(pool))
     its = [item(f.model(n), r, st) for n, _, r in members]
     res = evaluate(its, st.memory_gb, u)
@@ -61,7 +62,7 @@ def plan_of(f: Fleet, placements: list[Placement]) -> Plan:
             replicas[m.name] = replicas.get(m.name, 0) + 1
     return Plan(fleet=f, status="feasible", cost_per_hour=cost, lower_bound_cost_per_hour=cost, solve_seconds=0.0,
                 gpus=counts, baselines={}, placements=tuple(placements), layouts=layouts, replicas=replicas,
-                settings={"headroom": 0.15})
+                settings=PlanSettings())
 
 
 def tiny_plan(f: Fleet | None = None, rate: float = 200.0, punct: float = 20.0) -> Plan:

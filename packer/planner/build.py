@@ -84,13 +84,11 @@ def make_plan(problem: Problem, gpus: list[Gpu], *, status: str, lower_bound: fl
               warnings: list[str] | None = None) -> Plan:
     counts = gpu_counts(problem, gpus)
     cost = cost_of(problem, counts)
-    s = problem.settings
     return Plan(
         fleet=problem.fleet, status=status, cost_per_hour=round(cost, 4),
         lower_bound_cost_per_hour=round(min(cost, lower_bound), 4), solve_seconds=solve_seconds,
         gpus={k: v for k, v in counts.items() if v}, baselines=baselines,
         placements=tuple(placements(problem, gpus)), layouts=tuple(layouts(gpus)), replicas=replicas,
-        moves=moves, settings={"headroom": s.headroom, "seed": s.seed, "use_mig": s.use_mig,
-                               "time_limit_s": s.time_limit_s},
+        moves=moves, settings=problem.settings,
         bound_method=bound_method, warnings=tuple(warnings or ()),
     )

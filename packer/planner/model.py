@@ -12,33 +12,8 @@ from dataclasses import dataclass, field
 
 from packer.catalog import mig_layouts
 from packer.fleet import Fleet, Model, Pool
+from packer.settings import PlanSettings
 from packer.slot import WHOLE, Item, SlotType, duty_window, item, single_capacity, slot_types
-
-
-@dataclass(frozen=True)
-class PlanSettings:
-    headroom: float = 0.15
-    """Share of every slot's duty cycle kept free. 15% absorbs run-time noise and short bursts
-    above the peak rate without breaking the worst-case bound (Nexus runs GPUs near 100%, but it
-    also re-plans every few minutes; a static plan needs slack)."""
-    time_limit_s: float | None = None
-    """Budget for the search and the bound (``solve.auto_time_limit``); None picks one from the
-    fleet size (7 s to 100 s). The default exact search of a small fleet gets at most this too."""
-    seed: int = 0
-    use_mig: bool = True
-    """False plans whole GPUs only (time-slicing), as the greedy baseline does."""
-    prove_s: float | None = None
-    """Seconds for the exact search that can prove the plan optimal (``prove.py``), run on the
-    final plan; 0 skips it. None (the default) runs a short one on the greedy plan instead, before
-    the search for a cheaper plan, where few purchases are left to rule out
-    (``solve._prove(first=True)``): it proves the multilingual example optimal in about 5 s."""
-    max_replica_options: int = 4
-    """Replica counts tried per model: fewer, larger replicas on big slots or more, smaller ones
-    on MIG slices or cheap GPUs; the solver picks."""
-
-    @property
-    def u(self) -> float:
-        return 1.0 - self.headroom
 
 
 def slot_price(st: SlotType) -> float:

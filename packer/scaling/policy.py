@@ -10,10 +10,12 @@ One decision, per model, then per slot:
    :mod:`packer.scaling.signals`) for streaming models, the arrival rate for batch ones (their
    queues fill by design), appended to the model's samples.
 2. **Windows** (Knative). Stable average over 60 s, panic average over 6 s. The stable load is
-   projected over the cold start with its trend. Wanted capacity = load / target utilisation.
-   Panic when the panic-window want is >= 1.5x what the replicas hold, queue time passes half
-   the SLO or requests are late: then scale up on the panic window and never down, until a
-   stable window passes calm.
+   projected over the cold start with its trend. Wanted capacity = load / target utilisation
+   (1 by default), where what the replicas hold is the plan's capacity at the plan's headroom
+   (``plan.settings``): the headroom is the one margin, so the planned peaks need nothing.
+   Panic when the panic-window want is >= ``panic_threshold`` (1.1x) what the replicas hold,
+   queue time passes half the SLO or requests are late: then scale up on the panic window and
+   never down, until a stable window passes calm.
 3. **Scale up** (fast) each model short of capacity, cheapest safe action first: grow into room
    of its own slots; add a replica into room of another slot; split it out to a free slot (warm
    standby, unused MIG instance); split it out or copy its whole group onto a new GPU. An action

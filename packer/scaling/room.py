@@ -22,8 +22,9 @@ Rates = Mapping[tuple[str, str], float]
 
 
 def headroom_u(plan: Plan) -> float:
-    """Usable share of a duty cycle, as the plan was made with (15% headroom by default)."""
-    return 1.0 - float(plan.settings.get("headroom", 0.15))
+    """Usable share of a duty cycle, as the plan was made with (``plan.settings.u``): a slot's
+    room is what it holds at the plan's headroom, so "enough" means what the planner meant."""
+    return plan.settings.u
 
 
 def slot_type(plan: Plan, p: Placement | "SlotRef") -> SlotType:

@@ -12,6 +12,7 @@ A :class:`Signals` is what the serving adapter (``serving/metrics.py``) parses f
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -92,26 +93,47 @@ def load_rps(sig: Signals, sojourn: float, run: float = 0.0) -> float:
     return max(sig.arrival_rps, by_concurrency)
 
 
+# The range of each snapshot field: far beyond a real server, far below what breaks the maths. A
+# value outside is an error, not "no action" (NaN compares false with every threshold).
+SNAPSHOT_RANGES = {"in_flight": (1e9, " requests"), "queued": (1e9, " requests"),
+                   "arrival_rps": (1e9, " requests/s"), "queue_ms": (1e9, " ms"), "late_share": (1.0, " (a share)")}
+
+
 def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, Signals]]:
     """Parse a metrics snapshot (the ``--metrics`` JSON): ``{"time": s, "models": {name: {...}}}``.
 
     Returns the snapshot's time (None when absent) and its signals per model. Unknown keys are
-    errors, so a typo in a hand-written snapshot does not silently read as zero load.
+    errors, so a typo in a hand-written snapshot does not silently read as zero load; so is any
+    value that is not a number in its range (:data:`SNAPSHOT_RANGES`), said in the error.
     """
+    from packer.safeload import cut, listing, num
+
     if not isinstance(doc, Mapping) or not isinstance(doc.get("models"), Mapping):
         raise ValueError('a metrics snapshot is {"time": seconds, "models": {model: {in_flight, queued, '
                          'arrival_rps, queue_ms}}}')
-    fields = {"in_flight", "queued", "arrival_rps", "queue_ms", "late_share"}
+    fields = set(SNAPSHOT_RANGES)
     out: dict[str, Signals] = {}
     for name, d in doc["models"].items():
+        where = f"models.{cut(str(name))}"
         if not isinstance(d, Mapping):
-            raise ValueError(f"models.{name}: expected a mapping of {sorted(fields)}")
+            raise ValueError(f"{where}: expected a mapping of {sorted(fields)}")
         extra = set(d) - fields
         if extra:
-            raise ValueError(f"models.{name}: unknown field(s) {sorted(extra)}; known: {sorted(fields)}")
-        vals = {k: float(v) for k, v in d.items()}
-        if any(v < 0 for v in vals.values()):
-            raise ValueError(f"models.{name}: signals must be non-negative")
+            raise ValueError(f"{where}: unknown field(s) {listing(sorted(map(str, extra)), 3)}; "
+                             f"known: {sorted(fields)}")
+        vals = {}
+        for k, v in d.items():
+            hi, unit = SNAPSHOT_RANGES[k]
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{where}.{k}: is {type(v).__name__}, not a number")
+            if not (math.isfinite(v) and 0 <= v <= hi):
+                raise ValueError(f"{where}.{k}: is {num(v)}; it must be non-negative and at most {hi:g}{unit}")
+            vals[k] = float(v)
         out[name] = Signals(name, **vals)
     t = doc.get("time")
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise ValueError(f"time: is {type(t).__name__}, not a number of seconds")
+        if not (math.isfinite(t) and 0 <= t <= 1e12):
+            raise ValueError(f"time: is {num(t)}; it must be seconds from 0 to 1e12")
     return (float(t) if t is not None else None), out

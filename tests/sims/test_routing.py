@@ -34,8 +34,9 @@ def test_weighted_routing_spares_the_small_replica() -> None:
         "models": [{"name": "m", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 100.0}, "slo_ms": 200,
                     "latency_ms": {"gpu": "a100-80gb", "base": 5.0, "per_item": 0.5}, "max_batch": 32}],
     })
-    caps = [single_capacity(f.model("m"), SlotType(f.pool("a100"), p), 0.85) for p in ("whole", "1g.10gb")]
     plan = hand_plan(f, [Group("a100", "whole", ("m",)), Group("a100", "1g.10gb", ("m",))])
+    # capacities at the plan's headroom, as the hand plan's slots and the simulator's weights have them
+    caps = [single_capacity(f.model("m"), SlotType(f.pool("a100"), p), plan.settings.u) for p in ("whole", "1g.10gb")]
     scale = 0.8 * sum(caps) / 100.0
     rr = simulate(plan, Scenario(process="poisson", traffic_scale=scale), duration_s=60, seed=1).models[0]
     wt = simulate(plan, Scenario(process="poisson", traffic_scale=scale, server=Server(routing="weighted")),

@@ -1,0 +1,289 @@
+"""Reading what users hand us (fleets, plans, snapshots), bounded in time and memory.
+
+Every command that reads a fleet, a plan or a metrics snapshot reads it through here, so hostile
+or broken input fails the same way everywhere: one :class:`InputError` line naming the file (or
+the field) and the fix, exit code 2. The bounds:
+
+* at most :data:`MAX_BYTES` are read (``packer plan /dev/zero`` stops at once);
+* the text must be UTF-8;
+* YAML is parsed as events first, without recursion, and refused when nesting is deeper than
+  :data:`MAX_DEPTH` or when aliases would expand it past :data:`MAX_NODES` values (billion laughs);
+* JSON refuses ``NaN``/``Infinity`` and overlong integers; its nesting gets the same depth bound;
+* every number in the document must be finite and at most :data:`MAX_NUMBER` in size.
+
+Field-specific ranges (an ``rps`` of 10⁹ is finite but absurd) belong to the readers of each
+format (``packer.fleet``, ``packer.scaling.signals``); :func:`number` helps them say the range.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from packer.errors import UserError
+
+MAX_BYTES = 16 * 2**20
+MAX_DEPTH = 32
+MAX_NODES = 1_000_000
+MAX_NUMBER = 1e15
+"""Larger than any count, rate or time a fleet, plan or snapshot holds; far below overflow."""
+MAX_NUMBER_CHARS = 1000
+"""Longest plain YAML scalar that may be read as a number (a float needs about 25)."""
+SHOW = 60
+"""Characters of a user's value echoed in a message."""
+
+
+class InputError(UserError, ValueError):
+    """A file or value a user can fix: ``field`` says where, the message says how."""
+
+    def __init__(self, field: str, problem: str, fix: str) -> None:
+        self.field, self.problem, self.fix = field, problem, fix
+        super().__init__(f"{field}: {problem}. Fix: {fix}")
+
+
+def show(v: Any, limit: int = SHOW) -> str:
+    """``repr(v)`` cut to ``limit`` characters, so a 1 MB name is echoed as its first few."""
+    if isinstance(v, (list, dict, tuple, set)) and len(v) > 20:
+        return f"a {type(v).__name__} of {len(v)} items"
+    try:
+        r = repr(v)
+    except (ValueError, RecursionError, OverflowError):  # e.g. an int of over 4300 digits
+        return f"a {type(v).__name__}"
+    return r if len(r) <= limit else r[: limit - 1] + "…"
+
+
+def cut(s: str, limit: int = SHOW) -> str:
+    """A string cut to ``limit`` characters (no quotes added)."""
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def cut_path(path: Any, limit: int = 160) -> str:
+    """A path cut from the front, so the file's name stays: ``…/deep/dir/plan.json``."""
+    s = str(path)
+    return s if len(s) <= limit else "…" + s[-(limit - 1):]
+
+
+def listing(names: Any, limit: int = 8) -> str:
+    """``a, b, c, … (N more)``: an error lists a few names, never 100 000 of them."""
+    names = [str(n) for n in names]
+    shown = [n if len(n) <= SHOW else n[: SHOW - 1] + "…" for n in names[:limit]]
+    more = f", … ({len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(shown) + more
+
+
+def read_text(path: str | Path, fix: str) -> str:
+    """The file's text: at most :data:`MAX_BYTES`, UTF-8, else an :class:`InputError`."""
+    p = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(p, "no such file", fix) from None
+    except IsADirectoryError:
+        raise InputError(p, "is a directory", fix) from None
+    except PermissionError:
+        raise InputError(p, "is not readable (permission denied)", "check the file's permissions") from None
+    except OSError as e:
+        raise InputError(p, f"cannot be read ({e.strerror or e})", fix) from None
+    if len(data) > MAX_BYTES:
+        raise InputError(p, f"is larger than {MAX_BYTES // 2**20} MiB, the most packer reads",
+                         "give the fleet, plan or snapshot file itself")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(p, f"is not UTF-8 text (byte 0x{data[e.start]:02x} at line {line})",
+                         "save the file as UTF-8") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# YAML
+
+_Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_Base):  # type: ignore[misc, valid-type]
+    """Safe YAML, plus YAML 1.2 floats: ``1e3`` is the number 1000, not the string "1e3"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_error(where: str, e: yaml.YAMLError) -> InputError:
+    mark = getattr(e, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    if isinstance(e, yaml.constructor.ConstructorError):  # a tag such as !!python/object, a list as a key
+        return InputError(where, f"holds a value packer does not read{at} ({show(str(e.problem), 80)})",
+                          "write plain values: text, numbers, lists and mappings")
+    return InputError(where, f"is not valid YAML{at}", "fix the syntax (indentation, colons, quotes)")
+
+
+def _check_events(text: str, where: str) -> None:
+    """Depth and alias-expanded size from the event stream: no recursion, no expansion."""
+    sizes: dict[str, int] = {}  # anchor -> values under it, aliases expanded
+    stack: list[list[Any]] = []  # open collections: [anchor, values so far]
+    total = 0
+
+    def add(n: int) -> None:
+        nonlocal total
+        if stack:
+            stack[-1][1] += n
+            if stack[-1][1] > MAX_NODES:
+                raise InputError(where, f"expands to more than {MAX_NODES:,} values (YAML aliases)",
+                                 "write the values out, or use fewer aliases")
+        else:
+            total += n
+
+    for ev in yaml.parse(text, Loader=_Loader):
+        if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([ev.anchor, 1])
+            if len(stack) > MAX_DEPTH:
+                raise InputError(where, f"is nested deeper than {MAX_DEPTH} levels",
+                                 "a fleet, plan or snapshot is a few levels deep; check the file")
+        elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, n = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = n
+            add(n)
+        elif isinstance(ev, yaml.ScalarEvent):
+            numeric = ev.implicit[0] or ev.tag in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+            if numeric and len(ev.value) > MAX_NUMBER_CHARS and ev.value[:1] in "+-.0123456789":
+                # a plain scalar that may resolve as a number: 10**5000 or 1:2:3:… (base 60) would
+                # take quadratic time to build, or fail past Python's 4300 digits
+                raise InputError(where, f"holds a number of over {MAX_NUMBER_CHARS} characters "
+                                 f"(line {ev.start_mark.line + 1})", "give numbers in their usual form")
+            if ev.anchor is not None:
+                sizes[ev.anchor] = 1
+            add(1)
+        elif isinstance(ev, yaml.AliasEvent):
+            add(sizes.get(ev.anchor, 1))
+
+
+def parse_yaml(text: str, where: str, *, numbers: bool = True) -> Any:
+    """One YAML document, within the bounds above (``numbers=False``: the caller checks numbers)."""
+    try:
+        _check_events(text, where)
+        doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except InputError:
+        raise
+    except yaml.YAMLError as e:
+        raise _yaml_error(where, e) from None
+    except RecursionError:  # not reached after the depth check; kept as a last guard
+        raise InputError(where, f"is nested deeper than {MAX_DEPTH} levels", "check the file") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a value YAML parses but cannot build: 2020-13-45
+        raise InputError(where, f"holds a value that cannot be read ({show(str(e), 80)})",
+                         "quote it if it is text, or fix it") from None
+    check_tree(doc, where, numbers=numbers)
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON
+
+
+class _Constant(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def parse_json(text: str, where: str) -> Any:
+    """One JSON document, within the bounds above (no NaN/Infinity)."""
+    try:
+        doc = json.loads(text, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise InputError(where, f"is not JSON ({e.msg} at line {e.lineno}, column {e.colno})",
+                         "fix the syntax, or regenerate the file") from None
+    except RecursionError:
+        raise InputError(where, f"is nested deeper than {MAX_DEPTH} levels", "check the file") from None
+    except _Constant as e:
+        raise InputError(where, f"holds {e}, not a number packer accepts",
+                         f"give finite numbers of at most {MAX_NUMBER:g}") from None
+    except ValueError as e:  # an integer of more than 4300 digits
+        raise InputError(where, f"holds a value packer refuses ({show(str(e), 80)})",
+                         f"give finite numbers of at most {MAX_NUMBER:g}") from None
+    check_tree(doc, where)
+    return doc
+
+
+def looks_like_json(text: str) -> bool:
+    return text.lstrip()[:1] in ("{", "[")
+
+
+# ---------------------------------------------------------------------------------------------
+# Both
+
+
+def _join(path: str, key: Any) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    k = cut(key) if isinstance(key, str) else show(key)
+    return f"{path}.{k}" if path else k
+
+
+def check_tree(doc: Any, where: str, *, numbers: bool = True) -> None:
+    """Depth, size and numbers of a parsed document, iteratively; names the field at fault."""
+    todo: list[tuple[Any, str, int]] = [(doc, "", 0)]
+    seen = 0
+    while todo:
+        v, path, depth = todo.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise InputError(where, f"holds more than {MAX_NODES:,} values", "give a smaller file")
+        if isinstance(v, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise InputError(where, f"is nested deeper than {MAX_DEPTH} levels",
+                                 "a fleet, plan or snapshot is a few levels deep; check the file")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, x in items:
+                todo.append((x, (path, k), depth + 1))  # type: ignore[arg-type]
+        elif isinstance(v, bool) or v is None or isinstance(v, str) or not numbers:
+            continue
+        elif isinstance(v, (int, float)):
+            if not (math.isfinite(v) if isinstance(v, float) else True) or abs(v) > MAX_NUMBER:
+                raise InputError(f"{where}: {_path(path)}", f"{num(v)} is not a number packer accepts",
+                                 f"give a finite number of at most {MAX_NUMBER:g}")
+
+
+def _path(p: Any) -> str:
+    """Paths are built lazily as nested ``(parent, key)`` pairs; only an error spells one out."""
+    keys = []
+    while isinstance(p, tuple):
+        p, k = p
+        keys.append(k)
+    out = ""
+    for k in reversed(keys):
+        out = _join(out, k)
+    return out or "(top level)"
+
+
+def num(v: Any) -> str:
+    """A number as a message shows it: ``nan``, ``1e+308``, ``12``, ``9.22e+18``."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        if abs(v) < 10**15:
+            return str(v)
+        return f"{v:.3g}" if abs(v) < 10**300 else "an integer of over 300 digits"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return show(v)
+
+
+def number(v: Any, where: str, lo: float, hi: float, unit: str, fix: str, *, lo_open: bool = False,
+           err: type[InputError] = InputError) -> Any:
+    """``v`` if it is finite and in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``), else an error saying the range."""
+    ok = (math.isfinite(v) if isinstance(v, float) else True) and (v > lo if lo_open else v >= lo) and v <= hi
+    if not ok:
+        rng = f"more than {lo:g} and at most {hi:g}" if lo_open else f"{lo:g} to {hi:g}"
+        raise err(where, f"is {num(v)}, outside the allowed range ({rng}{' ' + unit if unit else ''})", fix)
+    return v

@@ -1,0 +1,244 @@
+"""The CLI's input contract (issue 16 items 1-5, 7): typos are named, plans of another fleet and
+plans of other traffic are refused, bad numbers and unwritable outputs fail before any work, and
+every such error is one line with exit code 2."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import yaml
+
+from packer.cli import main
+from packer.cli_plan import example_path
+from packer.fleet import FleetError, parse_fleet
+from packer.plan import save_plan
+from test_scaling_helpers import tiny_plan
+
+FLEET = example_path()  # multilingual-meetings
+BASE = yaml.safe_load(FLEET.read_text())
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_error(capsys) -> str:
+    """The run's error: exactly one line on stderr, nothing on stdout, no traceback."""
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err and out == ""
+    return lines[0]
+
+
+def fleet_file(tmp_path: Path, fn=None, name: str = "fleet.yaml") -> str:
+    d = copy.deepcopy(BASE)
+    if fn:
+        fn(d)
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(d, sort_keys=False))
+    return str(p)
+
+
+# -- 1. unknown keys ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fn,says", [
+    (lambda d: d["models"][0].update(min_replica=3), "models[0] (asr-en).min_replica: is not a known key. "
+                                                     "Fix: did you mean min_replicas?"),
+    (lambda d: d["pools"][0].update(max_node=1), "pools[0] (a100-80).max_node: is not a known key. "
+                                                 "Fix: did you mean max_nodes?"),
+    (lambda d: d["models"][0].update(slo_msec=d["models"][0].pop("slo_ms")),
+     "models[0] (asr-en).slo_ms: is missing; found slo_msec. Fix: did you mean slo_ms?"),
+    (lambda d: d["models"][0]["traffic"].update(peak=5), "traffic.peak: is not a known key"),
+    (lambda d: d.update(modles=d.pop("models")), "fleet.models: is missing; found modles"),
+    (lambda d: d["models"][0].update(colour="red"), "colour: is not a known key. Fix: remove it; the keys here are"),
+], ids=["min_replica", "max_node", "slo_msec", "traffic", "top", "no-match"])
+def test_unknown_keys_are_refused_with_a_did_you_mean(tmp_path, capsys, fn, says):
+    assert main(["plan", fleet_file(tmp_path, fn)]) == 2
+    assert says in one_error(capsys)
+
+
+def test_extension_keys_and_shared_fleets_still_load():
+    doc = copy.deepcopy(BASE)
+    doc["x-defaults"] = {"anything": [1, 2]}
+    assert parse_fleet(doc).models
+    for p in (ROOT.parent / "shared" / "fleets").glob("*.yaml"):
+        parse_fleet(yaml.safe_load(p.read_text()))
+
+
+@pytest.mark.parametrize("field,value,says", [
+    ("base", 1e308, "latency_ms.base: is 1e+308, outside the allowed range (0 to 1e+06 ms)"),
+    ("rps", 1e9, "traffic.rps: is 1e+09, outside the allowed range (0 to 1e+06 requests/s)"),
+    ("peak_rps", 2**63, "traffic.peak_rps: is 9.22337e+18, outside the allowed range"),
+    ("slo_ms", float("nan"), "slo_ms: is nan, outside the allowed range"),
+    ("memory_gb", float("inf"), "memory_gb: is inf, outside the allowed range"),
+])
+def test_numbers_out_of_range_say_the_range(field, value, says):
+    d = copy.deepcopy(BASE)
+    m = d["models"][0]
+    {"base": m["latency_ms"], "rps": m["traffic"], "peak_rps": m["traffic"]}.get(field, m)[field] = value
+    if field == "rps":
+        m["traffic"]["peak_rps"] = value
+    with pytest.raises(FleetError) as e:
+        parse_fleet(d)
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_the_reference_example_loads_and_names_every_key():
+    import re
+
+    from packer import fleet as fl
+
+    text = (ROOT / "docs" / "fleet-format.md").read_text()
+    parse_fleet(yaml.safe_load(re.search(r"```yaml\n(.*?)```", text, re.S).group(1)))
+    for key in {*fl.FLEET_KEYS, *fl.POOL_KEYS, *fl.MODEL_KEYS, *fl.TRAFFIC_KEYS, *fl.LATENCY_KEYS, *fl.ARTIFACT_KEYS}:
+        assert f"`{key}`" in text, key
+    assert "docs/fleet-format.md" in (ROOT / "README.md").read_text()
+
+
+def test_yaml_1_2_exponents_are_numbers(tmp_path):
+    text = FLEET.read_text().replace("rps: 3437.5", "rps: 3.4375e3", 1)
+    assert "3.4375e3" in text
+    p = tmp_path / "f.yaml"
+    p.write_text(text)
+    from packer.fleet import load_fleet
+
+    assert load_fleet(p).models[0].traffic.rps == 3437.5
+
+
+# -- 2. a plan of another fleet, a comparison of other traffic ----------------------------------
+
+
+def test_current_plan_of_another_fleet_is_refused_before_solving(tmp_path, capsys):
+    save_plan(tiny_plan(), tmp_path / "tiny.json")
+    t0 = time.monotonic()
+    assert main(["plan", str(FLEET), "--current", str(tmp_path / "tiny.json")]) == 2
+    assert time.monotonic() - t0 < 10
+    line = one_error(capsys)
+    assert "a plan of fleet 'tiny'" in line and "not of fleet 'multilingual-meetings'" in line
+    assert "0 in common" in line
+
+
+def test_current_plan_of_an_evolved_fleet_is_accepted():
+    from packer.cliutil import same_fleet
+
+    plan = tiny_plan()
+    grown = parse_fleet({"name": "renamed", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4,
+                                                       "cost_per_gpu_hour": 0.8}],
+                         "models": [m for m in _tiny_models() if m["name"] != "punct"]})
+    same_fleet(plan.fleet, grown, "cur.json", "f.yaml")  # 2 of 3 models kept: the same fleet, renamed
+
+
+def _tiny_models():
+    from test_scaling_helpers import FLEET as TINY
+
+    return copy.deepcopy(TINY["models"])
+
+
+def test_compare_with_other_traffic_is_refused_before_simulating(tmp_path, capsys):
+    plan = tiny_plan()
+    save_plan(plan, tmp_path / "a.json")
+    save_plan(replace(plan, fleet=plan.fleet.with_traffic(2.0)), tmp_path / "b.json")
+    assert main(["simulate", str(tmp_path / "a.json"), "--compare", str(tmp_path / "b.json"),
+                 "--duration", "1s", "--no-progress"]) == 2
+    line = one_error(capsys)
+    assert "--compare" in line and "a.json" in line and "b.json" in line and "traffic differs for asr-a" in line
+
+
+# -- 3. numeric options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args,says", [
+    (["plan", "--time-limit", "-1"], "'--time-limit': -1 is out of range"),
+    (["plan", "--time-limit", "nan"], "'--time-limit': nan is not a finite number"),
+    (["plan", "--prove", "inf"], "'--prove': inf is not a finite number"),
+    (["plan", "--seed", "-1"], "'--seed': -1 is out of range"),
+    (["plan", "--headroom", "nan"], "'--headroom': nan"),
+    (["capacity", str(FLEET), "--attainment", "2"], "'--attainment': 2 is out of range"),
+    (["simulate", str(FLEET), "--seed", "x"], "'--seed': 'x' is not an integer"),
+])
+def test_negative_and_nan_options_are_refused(capsys, args, says):
+    assert main(args) == 2
+    line = one_error(capsys)
+    assert says in line and "--help" in line
+
+
+# -- 4. no tracebacks ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def snap(tmp_path):
+    p = tmp_path / "snap.json"
+    p.write_text(json.dumps({"time": 1, "models": {"asr-en": {"arrival_rps": 10}}}))
+    return str(p)
+
+
+def test_scale_given_a_fleet_where_the_plan_belongs(capsys, snap):
+    assert main(["scale", "--plan", str(FLEET), "--metrics", snap]) == 2
+    line = one_error(capsys)
+    assert "is a fleet file, not a plan" in line and f"packer plan {FLEET} -o plan.json" in line
+
+
+@pytest.mark.parametrize("text,says", [
+    ("notjson", "is not a plan (not JSON)"),
+    ("[]", "is a JSON list, not a plan"),
+    ("", "is empty"),
+    ('{"fleet": {}, "status": "optimal", "cost_per_hour": 1}', "it has no `placements`"),
+    ('{"fleet": {"name": "x"}, "placements": [], "status": "optimal", "cost_per_hour": 1}', "fleet"),
+    ('{"placements": [{"pool": 1}], "fleet": ' + json.dumps(BASE) + ', "status": "x", "cost_per_hour": 1}',
+     "is not a valid plan"),
+    ('{"a": [1, 2,', "is not JSON"),
+], ids=["notjson", "list", "empty", "no-placements", "bad-fleet", "bad-placement", "truncated"])
+def test_current_that_is_not_a_plan(tmp_path, capsys, text, says):
+    p = tmp_path / "cur.json"
+    p.write_text(text)
+    assert main(["plan", str(FLEET), "--current", str(p)]) == 2
+    assert says in one_error(capsys)
+
+
+@pytest.mark.parametrize("opt", ["-o", "--svg"])
+def test_outputs_are_checked_before_solving(tmp_path, capsys, opt):
+    t0 = time.monotonic()
+    assert main(["plan", str(FLEET), opt, "/nonexistent/dir/p.json"]) == 2
+    assert time.monotonic() - t0 < 5  # the solve alone takes longer
+    assert "the directory /nonexistent/dir does not exist" in one_error(capsys)
+
+
+def test_output_onto_the_fleet_is_refused(tmp_path, capsys):
+    f = fleet_file(tmp_path)
+    assert main(["plan", f, "-o", f]) == 2
+    assert "would overwrite the input file" in one_error(capsys)
+    assert yaml.safe_load(Path(f).read_text())["models"]  # untouched
+
+
+def test_scale_output_checked_first(tmp_path, capsys, snap):
+    save_plan(tiny_plan(), tmp_path / "p.json")
+    assert main(["scale", "--plan", str(tmp_path / "p.json"), "--metrics", snap, "-o", str(tmp_path)]) == 2
+    assert "is a directory" in one_error(capsys)
+
+
+# -- 5. the hint of render triton / serve-local given a fleet -----------------------------------
+
+
+@pytest.mark.parametrize("cmd", [["render", "triton", "{f}", "-o", "{d}"], ["serve-local", "{f}"],
+                                 ["render", "k8s", "{f}", "-o", "{d}"]])
+def test_a_fleet_given_as_a_plan_is_not_told_to_be_overwritten(tmp_path, capsys, cmd):
+    f = fleet_file(tmp_path)
+    assert main([c.format(f=f, d=tmp_path / "out") for c in cmd]) == 2
+    line = one_error(capsys)
+    assert f"-o {f}" not in line and f"packer plan {f} -o plan.json" in line
+
+
+# -- 7. python -m packer ------------------------------------------------------------------------
+
+
+def test_python_dash_m_packer():
+    r = subprocess.run([sys.executable, "-m", "packer", "plan", "--time-limit", "-1"], capture_output=True,
+                       text=True, cwd=ROOT, timeout=60)
+    assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
+    assert "--time-limit" in r.stderr and "Traceback" not in r.stderr

@@ -376,7 +376,7 @@ def model_slot_types(fleet: Fleet, model: Model) -> list[SlotType]:
     return out
 
 
-def check_model_servable(fleet: Fleet, model: Model, where: str, u: float = 0.85) -> None:
+def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> None:
     """Raise a FleetError naming the model if no slot of any pool can serve it at all."""
     if model.gpus_per_replica > 1:
         fits = [p for p in fleet.pools if model.memory_gb / model.gpus_per_replica <= gpu_type(p.gpu).usable_gb]

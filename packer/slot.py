@@ -233,12 +233,14 @@ class Round:
     bounds: tuple[float, ...]
 
 
-def turns(rate: float, max_batch: int, d: float, round_ms: float) -> int:
+def turns(rate: float, max_batch: int, d: float, round_ms: float, run_ms: float = 0.0) -> int:
     """Rounds a member needs to serve a window's arrivals at the quantile level: the fewest ``k``
-    with ``batch_bound(r (d + k C)) <= k M`` (0 when none up to MAX_TURNS)."""
+    with ``batch_bound(r (d + k C - l)) <= k M`` (0 when none up to MAX_TURNS). Over ``k`` rounds
+    the last batch holds what arrived since the first was cut: the cut and ``k`` rounds, less its
+    own run."""
     r = rate / 1000.0
     for k in range(1, MAX_TURNS + 1):
-        if batch_bound(r * (d + k * round_ms)) <= k * max_batch:
+        if batch_bound(r * (d + k * round_ms - run_ms)) <= k * max_batch:
             return k
     return 0
 
@@ -261,7 +263,7 @@ def round_at(items: list[Item], d: float, u: float) -> Round:
         if all(n >= t - 1e-9 for n, t in zip(nxt, T)):
             break
         T = [min(t, n) for t, n in zip(T, nxt)]
-    ks = [turns(i.rate, i.model.max_batch, d, C) for i in items]
+    ks = [turns(i.rate, i.model.max_batch, d, C, r) for i, r in zip(items, runs)]
     bounds = tuple(d + k * C if k > 0 else math.inf for k in ks)
     return Round(max(T), tuple(batches), tuple(runs), C, bounds)
 

@@ -149,13 +149,15 @@ def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     M = model.max_batch
     if r <= 0:
         return Item(model, rate, base, per, base + per, 0.0, model.slo_ms / (1.0 + u), u)
-    hi = -math.inf
+    hi, turns_at_hi = -math.inf, 1
     for k in range(1, MAX_TURNS + 1):
         lat = model.slo_ms / (1.0 + k * u)
         if lat <= hi:
             break
         ck, sk = envelope(k * M)  # arrivals over k rounds are about k M: the line is tight there
-        hi = max(hi, min(lat, (k * M - ck) / (sk * r * (1.0 + k * u))))
+        h = min(lat, (k * M - ck) / (sk * r * (1.0 + k * u)))
+        if h > hi:
+            hi, turns_at_hi = h, k
     # The load of a cycle is the larger of two things. Its turn in a round: the quantile batch of
     # its window (the line above), never more than a full batch. And the long run: one batch a
     # cycle, one more per ``max_batch`` arrivals, ``base + (per + base / M) r d``. The larger of
@@ -167,7 +169,8 @@ def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     full = (base + per * M, 0.0)
     d = max(hi, 1e-9)
     Ar, Br = min(quantile, full, key=lambda line: line[0] + line[1] * d)
-    Bs = (per + base / M) * r
+    # One turn covers every window up to hi: one batch a cycle. Else one more per M arrivals.
+    Bs = per * r if turns_at_hi == 1 else (per + base / M) * r
     A = max(Ar, base)
     B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
     return Item(model, rate, base, per, A, B, hi, u)

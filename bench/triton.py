@@ -2,7 +2,7 @@
 
 Ground truth for the simulator: one slot (a model alone, or a packed group with ``--model`` given
 more than once), sized by the plan's slot maths at each load level (duty cycle -> queue delay,
-batch -> preferred batch, SLO -> queue timeout, shared slot -> rate limiter), served by stand-ins
+batch -> provisioned batch, SLO -> queue timeout, shared slot -> rate limiter), served by stand-ins
 that sleep ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals (one process per
 model, or per stream for a sequence model, seeded). Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the
 plan's p99 bound, and the server's mean batch and run time beside the profile's run time at that
@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
             p = placement(fleet, a.pool, list(rates.items()), profile=a.profile)
             (repo,) = group_repositories(plan_of(fleet, [p]), p, settings)
             cfgs = {m.name: m.config for m in repo.models}
-            streams = {n: timing(fleet, p, n, settings).streams for n in rates if fleet.model(n).traffic.streams}
+            streams = {n: timing(fleet, p, n, settings).candidates for n in rates if fleet.model(n).traffic.streams}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
                 delay_us = [(cfgs[n].sequence_batching.oldest if cfgs[n].HasField("sequence_batching")
                              else cfgs[n].dynamic_batching).max_queue_delay_microseconds for n in rates]

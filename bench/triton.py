@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from packer.fleet import Fleet, load_fleet  # noqa: E402
 from packer.settings import PlanSettings  # noqa: E402
-from packer.slot import SlotType, feasible, item  # noqa: E402
+from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 from serving.config import timing  # noqa: E402
 from serving.group import placement, plan_of  # noqa: E402
 from serving.local import LocalTriton  # noqa: E402
@@ -74,13 +74,7 @@ def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:
 
     if not ok(1e-9):
         return 0.0
-    lo, hi = 0.0, 1.0
-    while ok(hi):
-        lo, hi = hi, hi * 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
+    return largest(ok, steps=60)
 
 
 def arrivals(rates: dict[str, float], total_s: float, seed: int, streams: dict[str, int] | None = None,

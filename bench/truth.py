@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from packer.fleet import parse_fleet  # noqa: E402
-from packer.slot import SlotType, feasible, item  # noqa: E402
+from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 
 U = 0.85
 """The planner's usable share at its default 15 % headroom."""
@@ -77,13 +77,7 @@ def capacity(f, st: SlotType, mix: dict[str, float]) -> float:
     def ok(k: float) -> bool:
         return feasible([item(f.model(n), k * r, st, U) for n, r in mix.items()], st.memory_gb, U)
 
-    lo, hi = 0.0, 1.0
-    while ok(hi):
-        lo, hi = hi, hi * 2
-    for _ in range(50):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
+    return largest(ok)
 
 
 def planned_slot(names: list[str]):

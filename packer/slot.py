@@ -28,6 +28,7 @@ a linear constraint once the cycle is fixed. The reported numbers are exact for 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from packer.arrivals import batch_bound, envelope
@@ -338,18 +339,24 @@ def single_capacity(model: Model, st: SlotType, u: float) -> float:
 
     if not ok(0.0):
         return 0.0
+    return largest(ok) * (1 - 1e-9)
+
+
+def largest(ok: Callable[[float], bool], *, ceiling: float = 1e9, steps: int = 50) -> float:
+    """The largest ``x >= 0`` with ``ok(x)`` (``ok`` true on ``[0, x*]``), to ``steps`` halvings:
+    doubling to a bracket, then bisection. How much rate a slot or a group takes, everywhere."""
     lo, hi = 0.0, 1.0
     while ok(hi):
         lo, hi = hi, hi * 2
-        if hi > 1e9:
+        if hi > ceiling:
             return lo
-    for _ in range(50):
+    for _ in range(steps):
         mid = (lo + hi) / 2
         if ok(mid):
             lo = mid
         else:
             hi = mid
-    return lo * (1 - 1e-9)
+    return lo
 
 
 def relaxed_limit(model: Model, rate: float, st: SlotType) -> tuple[float, float, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from packer.catalog import gpu_type, mig_layouts
 from packer.fleet import Model
 from packer.plan import Placement, Plan
-from packer.slot import WHOLE, Item, SlotType, duty_window, item
+from packer.slot import WHOLE, Item, SlotType, duty_window, item, largest
 
 Rates = Mapping[tuple[str, str], float]
 """Sized rate per (model, slot id), overriding the plan's ``rate_rps``."""
@@ -102,18 +102,7 @@ def room(plan: Plan, p: Placement, model: Model, rates: Rates | None = None) -> 
 
     if not ok(1e-6):
         return 0.0
-    lo, hi = 0.0, 1.0
-    while ok(hi):
-        lo, hi = hi, hi * 2
-        if hi > 1e8:
-            return lo
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return largest(ok, ceiling=1e8, steps=40)
 
 
 def empty_room(plan: Plan, slot: SlotRef, model: Model) -> float:

@@ -20,7 +20,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from packer.fleet import parse_fleet
-from packer.slot import SlotType, feasible, item
+from packer.slot import SlotType, feasible, item, largest
 from serving.group import placement, plan_of
 from serving.local import LocalTriton
 from serving.repository import group_repositories, write_repository
@@ -55,13 +55,7 @@ def _slot():
     def ok(k: float) -> bool:
         return feasible([item(f.model(n), k * r, st, U) for n, r in mix.items()], st.memory_gb, U)
 
-    lo, hi = 0.0, 1.0
-    while ok(hi):
-        lo, hi = hi, hi * 2
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    k = lo * 0.999
+    k = largest(ok) * 0.999
     streams = math.floor(k * mix["asr"] * INTERVAL_S)
     rates = {"chat": k * mix["chat"], "asr": streams / INTERVAL_S, "bulk": k * mix["bulk"]}
     models = tuple(replace(m, traffic=replace(m.traffic, rps=rates[m.name], peak_rps=rates[m.name],

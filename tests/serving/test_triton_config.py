@@ -115,17 +115,29 @@ def test_a_lone_model_needs_no_rate_limiter(plan):
     assert not cfg.instance_group[0].HasField("rate_limiter")
 
 
-def test_cpu_device_changes_only_the_instance_kind(plan):
+def test_cpu_device_changes_only_the_instance_kind_and_locks_the_slot(plan):
+    """On CPU only the instance kind changes, plus the stand-ins' ``device_lock``: one lock file
+    per slot, so a slot's members take turns as on one GPU (serving/standin/model.py)."""
+    settings = RenderSettings(device="cpu")
     gpu = configs(repositories(plan, RenderSettings()))
-    cpu = configs(repositories(plan, RenderSettings(device="cpu")))
+    cpu = configs(repositories(plan, settings))
+    locks: dict[str, set[str]] = {}
     for name, c in cpu.items():
         assert c.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert not c.instance_group[0].gpus
+        assert "device_lock" not in gpu[name].parameters
+        slot = c.parameters["slot"].string_value
+        lock = c.parameters["device_lock"].string_value
+        assert lock == settings.device_lock(slot)
+        locks.setdefault(slot, set()).add(lock)
         g = mc.ModelConfig()
         g.CopyFrom(gpu[name])
         del g.instance_group[0].gpus[:]
         g.instance_group[0].kind = mc.ModelInstanceGroup.KIND_CPU
+        g.parameters["device_lock"].string_value = lock
         assert g == c
+    assert all(len(v) == 1 for v in locks.values())  # one lock per slot
+    assert len({next(iter(v)) for v in locks.values()}) == len(locks) > 1  # and slots do not share one
 
 
 def test_time_scale_compresses_stand_in_run_and_queue_times_alike(plan):

@@ -2,7 +2,7 @@
 
 Ground truth for the simulator: one slot (a model alone, or a packed group with ``--model`` given
 more than once), sized by the plan's slot maths at each load level (duty cycle -> queue delay,
-batch -> preferred batch, SLO -> queue timeout, shared slot -> rate limiter), served by stand-ins
+batch -> provisioned batch, SLO -> queue timeout, shared slot -> rate limiter), served by stand-ins
 that sleep ``base + per_item * b`` ms per batch, under open-loop Poisson arrivals (one process per
 model, or per stream for a sequence model, seeded). Prints achieved throughput, p50 and p99 (client-measured, gRPC included) beside the
 plan's p99 bound, and the server's mean batch and run time beside the profile's run time at that
@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 from packer.fleet import Fleet, load_fleet  # noqa: E402
 from packer.settings import PlanSettings  # noqa: E402
-from packer.slot import SlotType, feasible, item  # noqa: E402
+from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 from serving.config import timing  # noqa: E402
 from serving.group import placement, plan_of  # noqa: E402
 from serving.local import LocalTriton  # noqa: E402
@@ -70,17 +70,11 @@ U = PlanSettings().u
 def capacity(fleet: Fleet, st: SlotType, mix: dict[str, float]) -> float:
     """Largest k such that the group with rates ``k * mix`` is feasible on ``st`` (bisection)."""
     def ok(k: float) -> bool:
-        return feasible([item(fleet.model(n), k * r, st) for n, r in mix.items()], st.memory_gb, U)
+        return feasible([item(fleet.model(n), k * r, st, U) for n, r in mix.items()], st.memory_gb, U)
 
     if not ok(1e-9):
         return 0.0
-    lo, hi = 0.0, 1.0
-    while ok(hi):
-        lo, hi = hi, hi * 2
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-    return lo
+    return largest(ok, steps=60)
 
 
 def arrivals(rates: dict[str, float], total_s: float, seed: int, streams: dict[str, int] | None = None,
@@ -328,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             p = placement(fleet, a.pool, list(rates.items()), profile=a.profile)
             (repo,) = group_repositories(plan_of(fleet, [p]), p, settings)
             cfgs = {m.name: m.config for m in repo.models}
-            streams = {n: timing(fleet, p, n, settings).streams for n in rates if fleet.model(n).traffic.streams}
+            streams = {n: timing(fleet, p, n, settings).candidates for n in rates if fleet.model(n).traffic.streams}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
                 delay_us = [(cfgs[n].sequence_batching.oldest if cfgs[n].HasField("sequence_batching")
                              else cfgs[n].dynamic_batching).max_queue_delay_microseconds for n in rates]

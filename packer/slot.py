@@ -1,27 +1,37 @@
-"""Slot maths: can these models share one slot, and with what batches, shares and latency bound?
+"""Slot maths: can these models share one slot, with what batches, and what latency do they see?
 
-A *slot* is a whole GPU or one MIG instance. Following Nexus's "squishy bin packing" (SOSP'19),
-the models of a slot take turns in a *duty cycle* of ``d`` ms: each runs one batch per cycle, of
-``b_i = ceil(r_i * d)`` requests (its arrivals during one cycle). A request may arrive just after
-its model's batch was cut, wait one whole cycle and then run, so its worst-case latency is
-``d + l_i(b_i)``; that must stay within the model's SLO. The batches of all members must fit in the
-cycle: ``sum_i l_i(b_i) <= u * d`` with ``u = 1 - headroom``.
+A *slot* is a whole GPU or one MIG instance. Its members take turns on it, one batch at a time,
+as Triton serves them with one rate-limiter unit per slot (``packer/batching.py`` says how): each
+member's batcher cuts a batch once its oldest request has waited the *duty cycle* ``d`` (no
+preferred batch sizes), and the slot runs the cut batches in turn. A request therefore waits at
+most ``d`` for its batch to be cut, then for the batches of the other members, then runs:
 
-Bounding ``ceil(r d) <= r d + 1`` makes every constraint linear in ``d``::
+    latency_i <= d + C,      C = sum_j l_j(B_j),      l(b) = base + per_item * b
 
-    l_i(b_i) <= A_i + B_i d        A_i = s_i (base_i + per_i),  B_i = s_i per_i r_i
-    SLO:     d <= hi_i = (slo_i - A_i) / (1 + B_i)        (and d <= (max_batch_i - 1) / r_i)
-    compute: d >= lo   = sum A_i / (u - sum B_i)
+where ``B_j`` is member ``j``'s batch at the 99.9 % level of Poisson arrivals over its window
+``T_j = d + C - l_j`` (``packer/arrivals.py``). ``d + C`` is the p99 bound a plan reports. When
+``C <= u d`` a member's previous batch has always finished before its next is cut, so each runs
+at most one batch per cycle and the slot is stable with ``1 - u`` to spare.
 
-so a group is feasible iff ``lo <= min_i hi_i``: an O(n) test the planner uses everywhere, and a
-linear constraint once the cycle is fixed. ``docs/slot-maths.md`` works an example.
+Bounding the batch by a line (``arrivals.envelope``) and the round by ``C <= u d`` makes every
+constraint linear in ``d`` (``item`` derives ``A_i`` and ``B_i``)::
+
+    round:    sum_i (A_i + B_i d) <= u d      ->  d >= lo = sum A_i / (u - sum B_i)
+    latency:  d + C <= (1 + u) d <= slo_i     ->  d <= hi_i = slo_i / (1 + u)
+    turns:    a window of more than max_batch takes k rounds: d + k C <= (1 + k u) d <= slo_i
+
+so a group is feasible iff ``lo <= min_i hi_i``: an O(n) test the planner uses everywhere, and
+a linear constraint once the cycle is fixed. The reported numbers are exact for the chosen ``d``
+(Poisson quantiles, not the lines). ``docs/slot-maths.md`` works an example.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from packer.arrivals import batch_bound, envelope
 from packer.catalog import GpuType, gpu_type
 from packer.fleet import FleetError, Fleet, Model, Pool
 
@@ -98,27 +108,77 @@ class Item:
     B: float
     hi: float
     """Largest duty cycle (ms) at which this replica meets its SLO and max_batch."""
+    u: float
+    """The slot's usable time share (1 - headroom) this item was sized for."""
 
     def load(self, d: float) -> float:
-        """Conservative run time (ms) of one batch at duty cycle ``d``."""
+        """Conservative run time (ms) of this member's batch at duty cycle ``d``."""
         return self.A + self.B * d
 
     def run_ms(self, batch: int) -> float:
         return self.base + self.per_item * batch
 
+    def batch_at(self, window_ms: float) -> int:
+        """Its batch at the quantile level for arrivals over ``window_ms``, within max_batch."""
+        return min(self.model.max_batch, batch_bound(self.rate * window_ms / 1000.0))
 
-def item(model: Model, rate: float, st: SlotType) -> Item:
+
+MAX_TURNS = 64
+"""A member whose window holds more than ``max_batch`` takes several turns (one batch a round);
+more than this many is not planned."""
+
+
+def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
+    """One replica of ``model`` serving ``rate`` rps on slot type ``st`` at usable share ``u``.
+
+    Its batch holds the arrivals of a window ``T = d + C - l`` (the cut, then the *other*
+    members' batches), at most ``c + s r T`` (``arrivals.envelope``), so its run ``l`` satisfies
+    ``l <= base + per c + beta (d + C - l)`` with ``beta = per s r``:
+    ``l <= A + beta' (d + C)`` with ``A = (base + per c) / (1 + beta)``, ``beta' = beta / (1 + beta)``.
+    Summed over the group with ``C <= u d`` that is ``C <= sum A + d sum B`` with
+    ``B = beta' (1 + u)``. Alone on a slot (``C = l``) this gives back ``beta <= u``: the
+    replica may keep the slot busy up to ``u``, as it can. The load also covers the long run:
+    one batch per cycle plus one per ``max_batch`` arrivals, ``base (1 + r d / M) + per r d``.
+
+    A window holding more than ``max_batch`` (``M``) requests is served over ``k`` turns, one
+    batch a round: a request may wait ``d + k C``, and ``k`` must cover what arrives meanwhile,
+    ``c + s r (1 + k u) d <= k M``. So ``hi`` is the best over ``k`` of the largest ``d`` with
+    ``(1 + k u) d <= slo`` and that cover.
+    """
     base, per = latency_scale(model, st)
-    A = base + per
-    B = per * rate / 1000.0
-    hi = (model.slo_ms - A) / (1.0 + B)
-    if rate > 0:
-        hi = min(hi, (model.max_batch - 1) * 1000.0 / rate) if model.max_batch > 1 else min(hi, 1000.0 / rate)
-    return Item(model, rate, base, per, A, B, hi)
+    r = rate / 1000.0
+    M = model.max_batch
+    if r <= 0:
+        return Item(model, rate, base, per, base + per, 0.0, model.slo_ms / (1.0 + u), u)
+    hi, turns_at_hi = -math.inf, 1
+    for k in range(1, MAX_TURNS + 1):
+        lat = model.slo_ms / (1.0 + k * u)
+        if lat <= hi:
+            break
+        ck, sk = envelope(k * M)  # arrivals over k rounds are about k M: the line is tight there
+        h = min(lat, (k * M - ck) / (sk * r * (1.0 + k * u)))
+        if h > hi:
+            hi, turns_at_hi = h, k
+    # The load of a cycle is the larger of two things. Its turn in a round: the quantile batch of
+    # its window (the line above), never more than a full batch. And the long run: one batch a
+    # cycle, one more per ``max_batch`` arrivals, ``base + (per + base / M) r d``. The larger of
+    # two lines is convex, so on [0, hi] (a feasible group never runs a cycle above any member's
+    # hi) the chord from 0 to hi bounds it: that chord is the item's (A, B).
+    c, s = envelope(min(r * model.slo_ms / 2.0, float(M)))
+    beta = per * s * r
+    quantile = (max((base + per * c) / (1.0 + beta), base), beta / (1.0 + beta) * (1.0 + u))
+    full = (base + per * M, 0.0)
+    d = max(hi, 1e-9)
+    Ar, Br = min(quantile, full, key=lambda line: line[0] + line[1] * d)
+    # One turn covers every window up to hi: one batch a cycle. Else one more per M arrivals.
+    Bs = per * r if turns_at_hi == 1 else (per + base / M) * r
+    A = max(Ar, base)
+    B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
+    return Item(model, rate, base, per, A, B, hi, u)
 
 
 def feasible(items: list[Item], memory_gb: float, u: float) -> bool:
-    """The O(n) test: memory fits and some duty cycle satisfies compute and every SLO."""
+    """The O(n) test: memory fits and some duty cycle satisfies the round and every SLO."""
     if sum(i.model.memory_gb for i in items) > memory_gb + 1e-9:
         return False
     return duty_window(items, u) is not None
@@ -142,8 +202,9 @@ def duty_window(items: list[Item], u: float) -> tuple[float, float] | None:
 class MemberResult:
     name: str
     batch_size: int
+    """The batch this replica is provisioned for: the window's arrivals at the quantile level."""
     share: float
-    """Fraction of the slot's time this member's batches take at the chosen duty cycle."""
+    """Fraction of the duty cycle this member's provisioned batch takes."""
     memory_gb: float
     p99_bound_ms: float
     slo_ms: float
@@ -157,15 +218,64 @@ class SlotResult:
     memory_gb: float
     memory_capacity_gb: float
     compute_share: float
+    """The round (one provisioned batch of every member) over the duty cycle; at most ``u``."""
     binding: str
     """Which constraint is closest to its limit: ``memory``, ``compute`` or ``slo:<model>``."""
     reason: str
+    round_ms: float = 0.0
+    """``C``: one provisioned batch of every member, the most a request waits for the slot."""
+
+
+@dataclass(frozen=True)
+class Round:
+    """The exact numbers of a group at duty cycle ``d``: window, batches, round, bounds."""
+
+    window_ms: float
+    batches: tuple[int, ...]
+    runs: tuple[float, ...]
+    round_ms: float
+    bounds: tuple[float, ...]
+
+
+def turns(rate: float, max_batch: int, d: float, round_ms: float, run_ms: float = 0.0) -> int:
+    """Rounds a member needs to serve a window's arrivals at the quantile level: the fewest ``k``
+    with ``batch_bound(r (d + k C - l)) <= k M`` (0 when none up to MAX_TURNS). Over ``k`` rounds
+    the last batch holds what arrived since the first was cut: the cut and ``k`` rounds, less its
+    own run."""
+    r = rate / 1000.0
+    for k in range(1, MAX_TURNS + 1):
+        if batch_bound(r * (d + k * round_ms - run_ms)) <= k * max_batch:
+            return k
+    return 0
+
+
+def round_at(items: list[Item], d: float, u: float) -> Round:
+    """Batches and bounds of a group at cycle ``d`` with Poisson quantiles, not the lines.
+
+    Each member's window is ``T_i = d + C - l_i``. Start every window at ``(1 + u) d``, which
+    the lines guarantee is above every solution, and iterate: ``C`` grows with the windows at a
+    slope below 1, so the iterates stay above the largest solution and fall towards it. A
+    member's bound is ``d + k C``: the cut, then ``k`` rounds (its own batch last in each).
+    """
+    T = [(1.0 + u) * d] * len(items)
+    batches, runs, C = [], [], 0.0
+    for _ in range(12):
+        batches = [i.batch_at(t) for i, t in zip(items, T)]
+        runs = [i.run_ms(b) for i, b in zip(items, batches)]
+        C = sum(runs)
+        nxt = [d + C - r for r in runs]
+        if all(n >= t - 1e-9 for n, t in zip(nxt, T)):
+            break
+        T = [min(t, n) for t, n in zip(T, nxt)]
+    ks = [turns(i.rate, i.model.max_batch, d, C, r) for i, r in zip(items, runs)]
+    bounds = tuple(d + k * C if k > 0 else math.inf for k in ks)
+    return Round(max(T), tuple(batches), tuple(runs), C, bounds)
 
 
 def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
     """Choose the duty cycle of a feasible group and report batches, shares and p99 bounds.
 
-    The cycle minimises the larger of the compute load (relative to ``u``) and the worst member's
+    The cycle minimises the larger of the round's load (relative to ``u``) and the worst member's
     latency bound (relative to its SLO): equal headroom on both sides, where neither traffic growth
     nor a slow batch tips the slot over first.
     """
@@ -176,7 +286,7 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
 
     def pressure(d: float) -> tuple[float, float]:
         comp = sum(i.load(d) for i in items) / (u * d) if d > 0 else math.inf
-        lat = max((d + i.load(d)) / i.model.slo_ms for i in items)
+        lat = (1.0 + u) * d / min(i.model.slo_ms for i in items)
         return comp, lat
 
     # compute pressure falls and latency pressure rises with d: bisect for the crossing.
@@ -194,13 +304,11 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
             else:
                 b = m
         d = b
-    members = []
-    for it in items:
-        b_ = max(1, math.ceil(it.rate * d / 1000.0 - 1e-9))
-        run = it.run_ms(b_)
-        members.append(MemberResult(it.model.name, b_, run / d, it.model.memory_gb, d + run, it.model.slo_ms, it.rate))
+    rd = round_at(items, d, u)
+    members = [MemberResult(it.model.name, bt, run / d, it.model.memory_gb, bound, it.model.slo_ms, it.rate)
+               for it, bt, run, bound in zip(items, rd.batches, rd.runs, rd.bounds)]
     mem = sum(i.model.memory_gb for i in items)
-    comp = sum(m.share for m in members)
+    comp = rd.round_ms / d
     pressures = {"memory": mem / memory_gb, "compute": comp / u}
     for m in members:
         pressures[f"slo:{m.name}"] = m.p99_bound_ms / m.slo_ms
@@ -208,33 +316,60 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
     if binding == "memory":
         reason = f"memory {mem:.1f}/{memory_gb:.1f} GB is the limit"
     elif binding == "compute":
-        reason = f"batches take {comp:.0%} of a {d:.1f} ms duty cycle (cap {u:.0%})"
+        reason = f"a round of batches takes {comp:.0%} of a {d:.1f} ms duty cycle (cap {u:.0%})"
     else:
         m = next(m for m in members if f"slo:{m.name}" == binding)
-        reason = f"{m.name}: wait {d:.1f} ms + run {m.p99_bound_ms - d:.1f} ms = {m.p99_bound_ms:.1f} ms of its {m.slo_ms:g} ms SLO"
-    return SlotResult(d, tuple(members), mem, memory_gb, comp, binding, reason)
+        k = round((m.p99_bound_ms - d) / rd.round_ms) if rd.round_ms > 0 else 1
+        rounds = "a round of batches" if k <= 1 else f"{k} rounds of batches"
+        reason = (f"{m.name}: cut {d:.1f} ms + {rounds} {m.p99_bound_ms - d:.1f} ms = "
+                  f"{m.p99_bound_ms:.1f} ms of its {m.slo_ms:g} ms SLO")
+    return SlotResult(d, tuple(members), mem, memory_gb, comp, binding, reason, rd.round_ms)
 
 
 def single_capacity(model: Model, st: SlotType, u: float) -> float:
     """Highest rate (rps) one replica alone on this slot type can serve within SLO; 0 if none.
 
-    Closed form of ``lo <= hi`` for one item (docs/slot-maths.md), with ``B = beta r``:
-    the SLO side gives ``r <= (u (slo - A) - A) / (beta slo)`` and the max_batch side
-    ``r <= u M / (A + beta M)`` with ``M = (max_batch - 1)`` seconds-per-ms units (1 for max_batch 1).
+    The slot maths' own test, bisected on the rate (feasibility only shrinks as the rate grows).
     """
     if model.memory_gb > st.memory_gb * model.gpus_per_replica + 1e-9:
         return 0.0
+
+    def ok(rate: float) -> bool:
+        return duty_window([item(model, rate, st, u)], u) is not None
+
+    if not ok(0.0):
+        return 0.0
+    return largest(ok) * (1 - 1e-9)
+
+
+def largest(ok: Callable[[float], bool], *, ceiling: float = 1e9, steps: int = 50) -> float:
+    """The largest ``x >= 0`` with ``ok(x)`` (``ok`` true on ``[0, x*]``), to ``steps`` halvings:
+    doubling to a bracket, then bisection. How much rate a slot or a group takes, everywhere."""
+    lo, hi = 0.0, 1.0
+    while ok(hi):
+        lo, hi = hi, hi * 2
+        if hi > ceiling:
+            return lo
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def relaxed_limit(model: Model, rate: float, st: SlotType) -> tuple[float, float, float]:
+    """``(A, B, hi)`` of a relaxation of :func:`item`: every group the slot maths admits, this
+    admits too (smaller ``A`` and ``B``, larger ``hi``: one request per batch, mean arrivals,
+    latency ``d + l``). For lower bounds and the exact search, never for plans."""
     base, per = latency_scale(model, st)
     A = base + per
-    slo = model.slo_ms
-    if u * (slo - A) < A - 1e-12:
-        return 0.0
-    beta = per / 1000.0
-    M = 1000.0 * (model.max_batch - 1 if model.max_batch > 1 else 1)
-    caps = [u * M / (A + beta * M)]
-    if beta > 0:
-        caps.append((u * (slo - A) - A) / (beta * slo))
-    return max(0.0, min(caps)) * (1 - 1e-9)
+    B = per * rate / 1000.0
+    hi = (model.slo_ms - A) / (1.0 + B)
+    if rate > 0:
+        hi = min(hi, (model.max_batch - 1) * 1000.0 / rate) if model.max_batch > 1 else min(hi, 1000.0 / rate)
+    return A, B, hi
 
 
 def model_slot_types(fleet: Fleet, model: Model) -> list[SlotType]:
@@ -253,7 +388,7 @@ def model_slot_types(fleet: Fleet, model: Model) -> list[SlotType]:
     return out
 
 
-def check_model_servable(fleet: Fleet, model: Model, where: str, u: float = 0.85) -> None:
+def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> None:
     """Raise a FleetError naming the model if no slot of any pool can serve it at all."""
     if model.gpus_per_replica > 1:
         fits = [p for p in fleet.pools if model.memory_gb / model.gpus_per_replica <= gpu_type(p.gpu).usable_gb]
@@ -275,10 +410,10 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float = 0.85
     if all(c == 0 for c, _ in caps):
         fastest = min(sts, key=lambda st: sum(latency_scale(model, st)))
         A = sum(latency_scale(model, fastest))
-        need = A + A / u
+        need = A + (1 + u) * A / u
         raise FleetError(f"{where}.slo_ms", f"{model.slo_ms:g} ms cannot be met by any batch size: even one "
                          f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait a duty "
-                         f"cycle first, a worst case of {need:.1f} ms",
+                         f"cycle and a round of the slot first, a worst case of {need:.1f} ms",
                          f"raise slo_ms to at least {math.ceil(need)} or add a faster GPU pool")
     if model.max_replicas is not None and model.traffic.peak_rps > 0:
         best = max(c for c, _ in caps)

@@ -135,8 +135,10 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
                 fmt: str) -> None:
     """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).
 
-    Streaming and batch models of the group get a server each, as in production. Once they are
-    ready it prints their endpoints and a request to paste (--format json: the same as JSON).
+    The group's streaming and batch repositories load into one server, as in production: the
+    slot's members take turns on its rate limiter across both workload classes, as on the GPU.
+    Once it is ready it prints its endpoints and a request to paste per class (--format json:
+    the same as JSON).
     """
     from serving.local import LocalTriton
     from serving.repository import group_repositories, write_repository
@@ -145,13 +147,12 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
     placement = _pick(plan, group)
     settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
-        docs = []
-        for repo in group_repositories(plan, placement, settings):
-            path = write_repository(repo, Path(tmp) / repo.kind)
-            # tritonserver takes up to a minute to load a group's models: say so while it does
-            with Spinner(label=f"starting tritonserver for {placement.id} {repo.kind}"):
-                server = stack.enter_context(LocalTriton(path))
-            docs.append(endpoints(placement, repo, server))
+        repos = group_repositories(plan, placement, settings)
+        paths = [write_repository(repo, Path(tmp) / repo.kind) for repo in repos]
+        # tritonserver takes up to a minute to load a group's models: say so while it does
+        with Spinner(label=f"starting tritonserver for {placement.id}"):
+            server = stack.enter_context(LocalTriton(paths))
+        docs = [endpoints(placement, repo, server) for repo in repos]
         emit({"groups": docs}, fmt, lambda: "\n".join(endpoints_text(d) for d in docs))
         click.echo("serving; Ctrl-C stops" if seconds is None else f"serving for {seconds:g} s", err=fmt != "table")
         try:

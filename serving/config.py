@@ -1,33 +1,24 @@
 """One Triton ``ModelConfig`` per model of a packed group, derived from the plan's numbers.
 
-Pure: plan in, protobuf message out, no files. Every number comes from the slot maths
-(``packer/slot.py``) the planner used, so the server batches the way the plan assumed:
+Pure: plan in, protobuf message out, no files. The batching (queue delay, preferred sizes, queue
+budget and bound, sequence candidates) is ``packer.batching``'s, the one the simulator serves, so
+the server batches the way the slot maths (``packer/slot.py``) assumed:
 
-* a request may wait one duty cycle ``d`` and then run: the plan's bound is ``d + run``. In Triton
-  it waits up to the queue delay for its batch to form, then for the batch already running to
-  finish (the slot's batches take ``share * d`` per cycle), then runs. So a streaming model's
-  queue delay is ``d * (1 - share)``, which keeps the worst case at ``d + run``
-  (``bench/triton.py`` measured p99 at ``d + 2 * run`` with the delay at ``d``),
-* it may run at most ``run = base + per_item * b`` on this slot, so once it has queued longer than
-  ``budget = slo - run`` it can no longer meet its SLO and the queue policy rejects it,
-* the queue never holds more requests than the model could finish within ``budget`` even with the
-  slot to itself and batches up to ``max_batch``: a longer queue certainly misses the SLO,
-* Triton's batcher sends the largest *preferred* batch it can form as soon as it can, even with
-  more requests queued: with ``preferred_batch_size: [1, 32]`` (``b = 1``) a backlog of 28 drained
-  one request at a time and all 28 timed out (measured). Streaming models therefore name no preferred size: each
-  batch takes what is queued, up to ``max_batch``, when the queue delay ends or the instance
-  frees, so at the planned rate it is about ``b`` and under a burst it grows. Batch models prefer
-  ``[b, max_batch]``: the planned batch as soon as it is there, full batches once ``max_batch`` wait.
+* every member's queue delay is the slot's duty cycle ``d`` and no member names a preferred
+  batch size: a member runs at most one batch per cycle, holding what queued meanwhile,
+* all members of a slot share one ``slot`` rate-limiter unit with equal priority, so the slot
+  runs one batch at a time and the members take turns (``docs/serving.md`` says why this holds on
+  a GPU too),
+* a request that has queued ``slo - run`` is rejected at once instead of answered late, and the
+  queue never holds more than one instance could finish within that budget.
 
-Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) in a group
-with ``d = 20 ms``, ``b = 4`` and a compute share of 40 %: run 2.2 ms, budget 97.8 ms, queue delay
-``20 * 0.6 = 12 ms``, no preferred batch (about 4 form per cycle at the planned rate); the queue
-bound is 1 178 requests (19 batches of 62 fit in 97.8 ms).
+Worked numbers: ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole A100, SLO 100 ms) planned
+at ``d = 20 ms`` with a provisioned batch of 9: run 2.45 ms, budget 97.55 ms, queue delay 20 ms,
+no preferred batch.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from google.protobuf import text_format
@@ -35,7 +26,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from packer.fleet import Fleet, Model
 from packer.plan import Member, Placement
-from packer.slot import SlotType, latency_scale, servable
+from packer.batching import Batching, batching
+from packer.slot import SlotType
 from serving.settings import RenderSettings
 
 # The stand-in's tensors. A real artifact brings its own (Triton auto-completes them).
@@ -45,49 +37,15 @@ START, END, READY, CORRID = "START", "END", "READY", "CORRID"
 SLOT_RESOURCE = "slot"
 
 
-@dataclass(frozen=True)
-class Timing:
-    """The plan's numbers for one model in one slot, in ms (see the module docstring)."""
-
-    base_ms: float
-    per_item_ms: float
-    batch: int
-    duty_cycle_ms: float
-    run_ms: float
-    budget_ms: float
-    queue_delay_ms: float
-    queue_bound: int
-    streams: int | None
-    """Concurrent sequences this slot's replica(s) of the model carry, for sequence models."""
-
-
-def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettings) -> Timing:
-    """Derive the batching numbers of ``name`` in ``placement`` from the plan and the slot maths."""
+def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettings) -> Batching:
+    """The batching of ``name`` in ``placement``: ``packer.batching`` at the plan's numbers."""
     model = fleet.model(name)
     members = [m for m in placement.models if m.name == name]
     if not members:
         raise KeyError(f"{name} is not in slot {placement.id}")
-    mem: Member = members[0]
-    base, per = latency_scale(model, SlotType(fleet.pool(placement.pool), placement.slot))
-    b = max(1, min(mem.batch_size, model.max_batch))
-    d = max(placement.duty_cycle_ms, settings.min_queue_delay_ms)
-    run = base + per * b
-    budget = max(model.slo_ms - run, settings.min_queue_delay_ms)
-    if model.streaming:
-        delay = min(d * (1.0 - min(placement.compute_share, 1.0)), budget)
-    else:
-        # Batch work is throughput-bound: wait long enough to fill the planned batch at the
-        # planned rate, but never so long that the SLO is lost.
-        rate = sum(m.rate_rps for m in members)
-        fill = b * 1000.0 / rate if rate > 0 else d
-        delay = min(max(d, fill), budget)
-    delay = max(delay, settings.min_queue_delay_ms)
-    bound = max(b, servable(budget, base, per, model.max_batch)) * len(members)
-    streams = None
-    if model.traffic.streams is not None:
-        share = sum(m.rate_rps for m in members) / model.traffic.peak_rps if model.traffic.peak_rps > 0 else 1.0
-        streams = max(1, math.ceil(model.traffic.streams * min(1.0, share)))
-    return Timing(base, per, b, d, run, budget, delay, bound, streams)
+    return batching(model, SlotType(fleet.pool(placement.pool), placement.slot), batch=members[0].batch_size,
+                    duty_cycle_ms=placement.duty_cycle_ms, replicas=len(members),
+                    rate_rps=sum(m.rate_rps for m in members), min_delay_ms=settings.min_queue_delay_ms)
 
 
 def _us(ms: float) -> int:
@@ -101,11 +59,7 @@ def _tensor(name: str, dtype: int, *, input: bool) -> mc.ModelInput | mc.ModelOu
     return t
 
 
-def _preferred(t: Timing, max_batch: int, model: Model) -> list[int]:
-    return [] if model.streaming else sorted({t.batch, max_batch})
-
-
-def _sequence(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSettings, scale: float) -> None:
+def _sequence(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSettings, scale: float) -> None:
     """Sequence batcher, ``oldest`` strategy: requests of one stream run in order on one instance,
     and a batch takes at most one chunk from each of the oldest ``streams`` sequences.
 
@@ -121,16 +75,16 @@ def _sequence(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSett
         ci.control.add(kind=kind, int32_false_true=[0, 1])
     ci = sb.control_input.add(name=CORRID)
     ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
-    sb.oldest.max_candidate_sequences = t.streams or t.batch
-    sb.oldest.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size, model))
+    sb.oldest.max_candidate_sequences = t.candidates or t.batch
+    sb.oldest.preferred_batch_size.extend(t.preferred)
     sb.oldest.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
 
 
-def _dynamic(cfg: mc.ModelConfig, t: Timing, model: Model, settings: RenderSettings, scale: float) -> None:
+def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSettings, scale: float) -> None:
     """Dynamic batcher with a rejecting, bounded queue: a request that has waited past its budget
     is answered with an error at once instead of late, so the client can retry elsewhere."""
     db = cfg.dynamic_batching
-    db.preferred_batch_size.extend(_preferred(t, cfg.max_batch_size, model))
+    db.preferred_batch_size.extend(t.preferred)
     db.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
     q = db.default_queue_policy
     q.timeout_action = mc.ModelQueuePolicy.REJECT
@@ -146,10 +100,10 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Render
                  *, shared: bool) -> mc.ModelConfig:
     """The config of model ``name`` in slot ``placement``.
 
-    ``shared``: other models are served by the same server in this slot, so executions take turns
-    on the ``slot`` rate-limiter resource (one unit, one batch at a time): the duty-cycle maths
-    assumes batches run one after another, each member one batch per cycle, which is what gives
-    every member its planned compute share. The server must run with ``--rate-limit=execution_count``.
+    ``shared``: other models are served by the same server in this slot (the slot's streaming and
+    batch repositories load into one server), so executions take turns on the ``slot``
+    rate-limiter resource (one unit, one batch at a time), as the slot maths assumes. The server
+    must run with ``--rate-limit=execution_count``.
     """
     model = fleet.model(name)
     members = [m for m in placement.models if m.name == name]
@@ -166,6 +120,10 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Render
         for k, v in (("base_ms", t.base_ms), ("per_item_ms", t.per_item_ms), ("time_scale", settings.time_scale),
                      ("sequence_idle_s", settings.sequence_idle_s)):
             cfg.parameters[k].string_value = f"{v:.6g}"
+        if settings.device == "cpu":
+            # The CPU stand-ins of one slot hold one lock while they run, as batches on one GPU
+            # slot cannot run at the same time (serving/standin/model.py).
+            cfg.parameters["device_lock"].string_value = settings.device_lock(placement.id)
     else:
         if art.platform:
             cfg.platform = art.platform
@@ -198,8 +156,9 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Render
             cfg.parameters["replica_gpus"].string_value = ",".join(
                 str(i) for i in (node_gpus if settings.gpu_index == "node" else range(len(node_gpus))))
     if shared:
+        # One unit per slot, equal priority: one batch at a time, members in turn (packer.batching).
         g.rate_limiter.resources.add(name=SLOT_RESOURCE, count=1)
-        g.rate_limiter.priority = 1 if model.streaming else settings.batch_priority
+        g.rate_limiter.priority = 1
 
     if art is None:
         # Warm every instance with one planned-size batch, so the first real batch does not pay

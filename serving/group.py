@@ -20,7 +20,7 @@ def placement(fleet: Fleet, pool: str, members: list[tuple[str, float]], *, prof
     usable duty-cycle share ``u`` (None: the planner's default, ``PlanSettings().u``)."""
     u = PlanSettings().u if u is None else u
     st = SlotType(fleet.pool(pool), profile)
-    items = [item(fleet.model(name), rate, st) for name, rate in members]
+    items = [item(fleet.model(name), rate, st, u) for name, rate in members]
     try:
         res = evaluate(items, st.memory_gb, u)
     except ValueError as e:

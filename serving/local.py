@@ -8,6 +8,8 @@ matches the running interpreter; :func:`find_triton` finds all of it, :class:`Lo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import os
 import re
 import signal
@@ -75,16 +77,20 @@ class Ports:
 class LocalTriton:
     """Start ``tritonserver`` on ``repository`` and stop it cleanly (a context manager).
 
-    ``explicit``: ``--model-control-mode=explicit``; ``load`` names the models loaded at start
+    ``repository`` may be several directories (a slot's streaming and batch repositories): one
+    server loads them all (``--model-repository`` repeated), so its rate limiter makes the slot's
+    members take turns across both workload classes, as on the GPU. ``explicit``: ``--model-control-mode=explicit``; ``load`` names the models loaded at start
     (``["*"]``: all). Without explicit mode every model of the repository loads at start.
     The rate limiter is on (``--rate-limit=execution_count``) so packed models take turns as the
     writer configured.
     """
 
-    def __init__(self, repository: Path, *, explicit: bool = True, load: list[str] | None = ("*",),
+    def __init__(self, repository: Path | Sequence[Path], *, explicit: bool = True, load: list[str] | None = ("*",),
                  log_path: Path | None = None, start_timeout_s: float = 120.0, exit_timeout_s: int = 5,
                  extra_args: tuple[str, ...] = ()) -> None:
-        self.repository = Path(repository).resolve()
+        paths = [repository] if isinstance(repository, (str, os.PathLike)) else list(repository)
+        self.repositories = [Path(p).resolve() for p in paths]
+        self.repository = self.repositories[0]
         self.explicit = explicit
         self.load = list(load or [])
         self.start_timeout_s = start_timeout_s
@@ -126,7 +132,8 @@ class LocalTriton:
 
     def command(self, install: TritonInstall, backends: Path) -> list[str]:
         p = self._ports
-        args = [str(install.binary), f"--model-repository={self.repository}", f"--backend-directory={backends}",
+        args = [str(install.binary), *(f"--model-repository={r}" for r in self.repositories),
+                f"--backend-directory={backends}",
                 f"--http-address=127.0.0.1", f"--http-port={p.http}", f"--grpc-address=127.0.0.1",
                 f"--grpc-port={p.grpc}", f"--metrics-address=127.0.0.1", f"--metrics-port={p.metrics}",
                 "--allow-metrics=true", "--allow-gpu-metrics=false", "--metrics-interval-ms=500",

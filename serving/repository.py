@@ -7,8 +7,10 @@ Layout written by :func:`write`::
     DIR/<slot id>/streaming/<model>/1/model.py      (stand-in; or a link to a local artifact)
     DIR/<slot id>/batch/<model>/...
 
-Streaming and batch models of one slot never share a repository, so each runs in its own server
-with its own batching policy: a long batch queue never delays a live audio chunk.
+Streaming and batch models of one slot never share a repository: each class keeps its own
+batching policy. Both repositories of a slot load into one server (``--model-repository``
+twice), whose rate limiter makes all the slot's members take turns, as the slot maths assumes
+and a GPU slot does: two servers on one slot would run their batches at the same time.
 """
 
 from __future__ import annotations
@@ -62,13 +64,14 @@ class Repository:
 def group_repositories(plan: Plan, placement: Placement, settings: RenderSettings) -> list[Repository]:
     """The repositories of one packed group, streaming first."""
     out = []
+    shared = len(placement.models) > 1
     for kind in ("streaming", "batch"):
         names = list(dict.fromkeys(m.name for m in placement.models if m.kind == kind))
         if not names:
             continue
         models = []
         for name in names:
-            cfg = model_config(plan.fleet, placement, name, settings, shared=len(names) > 1)
+            cfg = model_config(plan.fleet, placement, name, settings, shared=shared)
             art = plan.fleet.model(name).artifact
             if art is None:
                 models.append(ModelDir(name, cfg, {"1/model.py": MODEL_PY.read_bytes()}))
@@ -112,7 +115,8 @@ def write(repos: list[Repository], out: Path) -> Path:
         entry = {"slot": r.slot, "kind": r.kind, "path": str(path.relative_to(out)), "models": list(r.names)}
         if r.placement is not None:
             entry |= {"pool": r.placement.pool, "node": r.placement.node, "gpus": list(r.placement.gpus),
-                      "profile": r.placement.slot, "rate_limited": len(r.models) > 1}
+                      "profile": r.placement.slot,
+                      "rate_limited": len(r.placement.models) > 1}
         remote = [m.config.parameters["artifact_uri"].string_value for m in r.models
                   if "artifact_uri" in m.config.parameters and not m.artifact_link]
         if remote:

@@ -35,9 +35,22 @@ class RenderSettings:
     """Floor of every dynamic/sequence batcher queue delay, so a group with a very short duty cycle
     still batches requests that arrive together."""
 
+    lock_dir: str | None = None
+    """Where ``device="cpu"`` stand-ins keep their per-slot device lock (default: the system's
+    temporary directory). The stand-ins of one slot take it while they run, so they never run at
+    the same time, as a GPU slot's batches do not."""
+
     batch_priority: int = 2
     """Dynamic-batcher priority level of batch models' requests (1 is highest). Batch traffic
     takes the lower level, leaving level 1 for a client that must jump the backlog."""
+
+    def device_lock(self, slot: str) -> str:
+        """The lock file the stand-ins of ``slot`` share."""
+        import tempfile
+        from pathlib import Path
+
+        safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in slot)
+        return str(Path(self.lock_dir or tempfile.gettempdir()) / f"packer-slot-{safe}.lock")
 
     def __post_init__(self) -> None:
         from packer.errors import UserError

@@ -409,14 +409,14 @@ class Simulation:
                  for m in models]
         sv = self.scenario.server
         try:
-            res = evaluate([item(m, r, st) for m, r in zip(models, rates)], math.inf, self.u)
+            res = evaluate([item(m, r, st, self.u) for m, r in zip(models, rates)], math.inf, self.u)
             return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms, r, res.compute_share,
                                    queue_delay_ms=sv.queue_delay_ms, timeouts=sv.queue_timeouts,
                                    queue_bound=sv.queue_bound)
                     for m, mr, r in zip(models, res.members, rates)]
         except ValueError:
             # No duty cycle meets every SLO at those rates: serve full batches, one after another.
-            d = sum(item(m, 0.0, st).run_ms(m.max_batch) for m in models)
+            d = sum(item(m, 0.0, st, self.u).run_ms(m.max_batch) for m in models)
             return [batcher_config(m, st, m.max_batch, d, r, 1.0, queue_delay_ms=sv.queue_delay_ms,
                                    timeouts=sv.queue_timeouts, queue_bound=sv.queue_bound)
                     for m, r in zip(models, rates)]

@@ -45,10 +45,10 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float | None = None) -> P
         models = [fleet.model(n) for n in g.models]
         rates = [m.traffic.peak_rps / counts[m.name] for m in models]
         try:
-            res = evaluate([item(m, r, st) for m, r in zip(models, rates)], math.inf, u)
+            res = evaluate([item(m, r, st, u) for m, r in zip(models, rates)], math.inf, u)
             duty, batches = res.duty_cycle_ms, [mr.batch_size for mr in res.members]
         except ValueError:
-            duty, batches = sum(item(m, 0.0, st).run_ms(m.max_batch) for m in models), [m.max_batch for m in models]
+            duty, batches = sum(item(m, 0.0, st, u).run_ms(m.max_batch) for m in models), [m.max_batch for m in models]
         if g.duty_ms is not None:
             duty = g.duty_ms
         batches = [g.batch.get(m.name, b) for m, b in zip(models, batches)]
@@ -59,12 +59,12 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float | None = None) -> P
         per_pool[pool.name] = k + width
         node, gpu = divmod(k, pool.gpus_per_node)
         members = []
-        for m, b, r in zip(models, batches, rates):
-            it = item(m, r, st)
-            run = it.run_ms(b)
+        runs = [item(m, r, st, u).run_ms(b) for m, b, r in zip(models, batches, rates)]
+        for m, b, r, run in zip(models, batches, rates, runs):
             seen_rep[m.name] = seen_rep.get(m.name, -1) + 1
-            members.append(Member(m.name, m.kind, seen_rep[m.name], b, run / duty if duty > 0 else 0.0, m.memory_gb, duty + run,
-                                  m.slo_ms, r))
+            # The slot model's bound (packer.slot): the cut, then a round of every member's batch.
+            members.append(Member(m.name, m.kind, seen_rep[m.name], b, run / duty if duty > 0 else 0.0, m.memory_gb,
+                                  duty + sum(runs), m.slo_ms, r))
         placements.append(Placement(pool.name, f"{pool.name}-n{node}", gpu, g.profile, tuple(members), duty,
                                     sum(m.memory_gb for m in models), st.memory_gb,
                                     sum(x.share for x in members), "hand", "written by hand",

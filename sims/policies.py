@@ -292,8 +292,11 @@ class HpaPolicy:
                                        reason=f"{label}: busy {busy:.0%} vs target {self.target:.0%} on "
                                               f"{len(ready)} ready, want {desired}"))
             elif desired < current:
-                # Remove the least busy ready slots that the plan did not need.
-                for s in sorted(ready, key=lambda s: (s.busy, s.id))[: current - desired]:
+                # Remove slots still starting first (as a ReplicaSet deletes pending pods first): removing
+                # a ready slot while its replacement starts would leave the group nothing to serve on.
+                # Then the least busy ready slots that the plan did not need.
+                starting = sorted((s for s in slots if not s.ready), key=lambda s: s.id)
+                for s in (starting + sorted(ready, key=lambda s: (s.busy, s.id)))[: current - desired]:
                     out.append(RemoveSlot(s.id, reason=f"{label}: busy {busy:.0%} below target "
                                                        f"{self.target:.0%} for {self.downscale_window_s:g} s"))
         return out

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from packer.fleet import Model
-from packer.slot import SlotType, latency_scale, servable
+from packer.batching import MIN_DELAY_MS, batching
+from packer.slot import SlotType
 
 INF = math.inf
 EMPTY = np.empty(0)
@@ -66,36 +67,21 @@ class BatcherConfig:
 
 def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, rate_rps: float,
                    compute_share: float = 0.0, *, queue_delay_ms: float | None = None, timeouts: bool = True,
-                   queue_bound: bool = False, min_delay_ms: float = 0.1) -> BatcherConfig:
-    """The numbers ``serving/config.py`` (the Triton writer) derives from the plan, in seconds.
+                   queue_bound: bool = False, min_delay_ms: float = MIN_DELAY_MS) -> BatcherConfig:
+    """What the Triton writer renders for this member (``packer.batching``), in seconds.
 
-    A streaming request may wait the queue delay, then for the slot's running batch (the group's
-    batches take ``compute_share * d`` per cycle), then run; a delay of ``d * (1 - share)`` keeps
-    that within the plan's ``d + run``. Worked numbers: ``punct-en`` in a group with ``d = 20 ms``,
-    ``b = 4`` and a 40 % share on a whole A100: run ``2 + 0.05 * 4 = 2.2 ms``, budget ``100 - 2.2 =
-    97.8 ms``, delay ``min(20 * 0.6, 97.8) = 12 ms``.
+    ``queue_delay_ms`` overrides the delay (a what-if); ``timeouts`` and ``queue_bound`` turn the
+    queue policy's rejections on. ``compute_share`` is unused (kept for callers' signatures).
     """
-    base, per = latency_scale(model, st)
-    b = max(1, min(batch, model.max_batch))
-    d = max(duty_cycle_ms, min_delay_ms)
-    run = base + per * b
-    budget = max(model.slo_ms - run, min_delay_ms)
-    if model.streaming:
-        delay = min(d * (1.0 - min(compute_share, 1.0)), budget)
-    else:
-        fill = b * 1000.0 / rate_rps if rate_rps > 0 else d
-        delay = min(max(d, fill), budget)
-    delay = max(delay, min_delay_ms)
-    if queue_delay_ms is not None:
-        delay = queue_delay_ms
+    bt = batching(model, st, batch=batch, duty_cycle_ms=duty_cycle_ms, min_delay_ms=min_delay_ms)
+    delay = bt.queue_delay_ms if queue_delay_ms is None else queue_delay_ms
     sequence = model.traffic.streams is not None
-    timeout = budget / 1000.0 if timeouts and not sequence else INF
-    # Streaming models name no preferred size (a batch takes what is queued when the delay ends,
-    # so a burst drains in large batches); batch models prefer [b, max_batch].
-    preferred = model.max_batch if model.streaming else b
-    # The writer bounds a dynamic batcher's queue at what the instance could finish within the budget.
-    bound = float(max(b, servable(budget, base, per, model.max_batch))) if queue_bound and not sequence else INF
-    return BatcherConfig(model.max_batch, preferred, delay / 1000.0, timeout, base / 1000.0, per / 1000.0, bound)
+    timeout = bt.budget_ms / 1000.0 if timeouts and not sequence else INF
+    # No preferred size: the queue is ready when it holds max_batch or its oldest waited the delay.
+    preferred = min(bt.preferred) if bt.preferred else model.max_batch
+    bound = float(bt.queue_bound) if queue_bound and not sequence else INF
+    return BatcherConfig(model.max_batch, preferred, delay / 1000.0, timeout, bt.base_ms / 1000.0,
+                         bt.per_item_ms / 1000.0, bound)
 
 
 class Member:
@@ -368,8 +354,8 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
     Member ``i``'s queue is ``Q[H[i]:off[i+1]]``; ``R[i]`` is when its batch would be ready if the
     slot were free (``INF``: empty queue), which changes only when ``i`` is served. ``par[i]`` is
     (delay, base, per item, ready_at). ``SL[i]``: when the slot freed while ``i``'s batcher slept
-    (``missed_wake``; -1: awake); with probability ``pm`` per batch each member sleeps through the
-    end of that batch (``wake`` holds the uniform draws). Batches go to ``b*[nb...]``, timeout
+    (``missed_wake``; -1: awake); with probability ``pm`` the member that ran sleeps through the
+    end of its batch (``wake`` holds the uniform draws). Batches go to ``b*[nb...]``, timeout
     rejections to ``r*[nr...]``. ``mq[i]`` bounds a queue: when a batch of ``i`` forms, the
     requests that arrived since its last batch while ``mq[i]`` were already waiting were refused on
     arrival (to ``f*[nf...]``); the rest of the queue is moved up against the later arrivals so
@@ -404,7 +390,7 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
             break
         if noisy and ni >= noise.size:
             return F, last, busy, ni, wi, nb, nr, nf, 1
-        if pm > 0.0 and wi + n > wake.size:
+        if pm > 0.0 and wi + 1 > wake.size:
             return F, last, busy, ni, wi, nb, nr, nf, 2
         dl, ba, pi, ra = par[i, 0], par[i, 1], par[i, 2], par[i, 3]
         h = H[i]
@@ -453,14 +439,11 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
         busy += run
         last = i
         if pm > 0.0:
-            # Triton's batcher sometimes misses the instance freeing and only looks at its queue
-            # again when a request arrives: each member, independently, with probability pm.
-            for k in range(n):
-                SL[k] = F if wake[wi + k] < pm else -1.0
-            wi += n
-            for k in range(n):
-                if k != i:
-                    R[k] = _ready_at(Q, H[k], off[k + 1], par[k, 0], pf[k], par[k, 3], SL[k], wait)
+            # Triton's batcher sometimes misses its own instance freeing and only looks at its
+            # queue again when a request arrives: the member that ran, with probability pm. (The
+            # other members' instances were idle: they wait for the slot's rate limiter, not it.)
+            SL[i] = F if wake[wi] < pm else -1.0
+            wi += 1
         else:
             SL[i] = -1.0
         R[i] = _ready_at(Q, hi, nq, dl, pf[i], ra, SL[i], wait)

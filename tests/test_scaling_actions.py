@@ -14,7 +14,10 @@ G0, G1 = SlotRef("l4", "l4-n0", 0), SlotRef("l4", "l4-n0", 1)
 
 def test_add_replica_into_room_costs_nothing_and_is_reevaluated():
     plan = tiny_plan()
-    after = apply(plan, [AddReplica(model="asr-a", slot=G1, rate_rps=300.0, cost_per_hour=0.0, reason="room")])
+    # G1 (asr-b 200 rps + punct 20) has room for 186.3 rps of asr-a under the truthful slot maths
+    # (it was over 300 before 99.9 % batches and a round's wait): 150 fits, re-evaluated as a trio
+    assert 150.0 < room(plan, plan.placements[1], plan.model("asr-a")) < 200.0
+    after = apply(plan, [AddReplica(model="asr-a", slot=G1, rate_rps=150.0, cost_per_hour=0.0, reason="room")])
     p = next(p for p in after.placements if p.id == G1.id)
     assert {m.name for m in p.models} == {"asr-a", "asr-b", "punct"}
     assert all(m.p99_bound_ms <= m.slo_ms for m in p.models)  # the slot maths re-ran

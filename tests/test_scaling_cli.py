@@ -23,15 +23,16 @@ def _files(tmp_path, plan, models):
 
 
 def test_scale_up_dry_run(tmp_path, capsys):
-    plan_p, snap_p = _files(tmp_path, tiny_plan(), {"asr-a": {"arrival_rps": 2100}})
+    plan_p, snap_p = _files(tmp_path, tiny_plan(), {"asr-a": {"arrival_rps": 1150}})
     out_p = tmp_path / "next.json"
     assert main(["scale", "--plan", plan_p, "--metrics", snap_p, "-o", str(out_p)]) == 0
     out = capsys.readouterr().out
-    # one 2100 rps sample, less its Poisson allowance 2 sqrt(2100 / 60) = 11.83: 2088.2, more than
-    # the 1897.4 rps asr-a's L4 holds at the plan's headroom (the target utilisation is 1: the
-    # plan's headroom is the only margin; with 1800 rps at the old 0.85 it wanted 2104.8)
-    assert "add_replica" in out and "because asr-a wants 2088.2 rps" in out and "cost +0.00/h" in out
-    assert "cost per hour: 1.60 -> 1.60" in out
+    # one 1150 rps sample, less its Poisson allowance 2 sqrt(1150 / 60) = 8.76: 1141.2, more than
+    # the 1041.4 rps asr-a's L4 holds beside punct at the plan's headroom (the target utilisation
+    # is 1: the plan's headroom is the only margin). Two even replicas of 570.6 do not fit beside
+    # asr-b on the other L4 (186.3 rps of room there), so the second goes to the free GPU.
+    assert "split_out" in out and "because asr-a wants 1141.2 rps" in out and "cost +0.80/h" in out
+    assert "cost per hour: 1.60 -> 2.40" in out
     assert load_plan(out_p).replicas["asr-a"] == 2
 
 

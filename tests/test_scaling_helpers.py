@@ -41,7 +41,7 @@ def placement(f: Fleet, pool: str, node: str, gpu: int, members: list[tuple[str,
     """A slot with ``(model, replica, rate)`` members, evaluated by the planner's slot maths at the
     plan's default headroom (what :func:`plan_of` records)."""
     st = SlotType(f.pool(pool))
-    its = [item(f.model(n), r, st) for n, _, r in members]
+    its = [item(f.model(n), r, st, u) for n, _, r in members]
     res = evaluate(its, st.memory_gb, u)
     ms = tuple(Member(n, f.model(n).kind, i, mr.batch_size, mr.share, f.model(n).memory_gb, mr.p99_bound_ms,
                       f.model(n).slo_ms, r) for (n, i, r), mr in zip(members, res.members))

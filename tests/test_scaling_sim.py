@@ -14,7 +14,7 @@ from sims.scenario import parse_scenario  # noqa: E402
 from test_scaling_helpers import tiny_plan  # noqa: E402
 
 SPIKE = {"name": "t", "process": "peak", "session": "1m",
-         "spikes": [{"models": "asr-a", "at": "2m", "factor": 6, "rise": "30s", "decay": "1h"}]}
+         "spikes": [{"models": "asr-a", "at": "2m", "factor": 7, "rise": "30s", "decay": "1h"}]}
 
 
 def test_registered():
@@ -30,7 +30,10 @@ def test_spike_is_absorbed_and_every_action_obeyed():
     sim, res = runs["packer"]
     att = {m["name"]: m["slo_attainment"] for m in res.models}
     static_att = {m["name"]: m["slo_attainment"] for m in runs["static"][1].models}
-    # asr-a at 6 x 400 = 2400 rps is past the 1897 rps its L4 holds: static drowns, packer adds
+    # asr-a at 7 x 400 = 2800 rps is far past the 1041 rps its L4 is planned to hold, and past all
+    # it can run there (full batches of 128 in 10 + 0.325 x 128 = 51.6 ms: 2480 rps): static
+    # drowns, packer adds. (6x, 2400 rps, was the spike when the plan held 1897: the L4 still ran
+    # that with 94 % in SLO, the truthful plan's 99.9 % margin, so it no longer drowned static.)
     assert static_att["asr-a"] < 0.9
     assert att["asr-a"] >= 0.97 and min(att.values()) >= 0.97
     assert all(a["outcome"].startswith("applied") for a in res.actions), res.actions

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from packer.catalog import MigLayout
 from packer.fleet import Model, Pool
 from packer.planner.model import Problem, Slot, layout_counters, valid_multiset
+from packer.errors import UserError
 from packer.slot import WHOLE
 
 
@@ -145,7 +146,8 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
                 on_node.append(set())
             room = [n for n in range(nodes_n) if _first_free(taken[n], g.width, pool.gpus_per_node) is not None]
             if not room:
-                raise ValueError(f"pool {pool.name}: {need} GPUs do not fit in {pool.max_nodes} nodes")
+                raise UserError(f"pools: the fleet does not fit: pool {pool.name}: {need} GPUs do not fit in "
+                                f"{pool.max_nodes} nodes. Fix: raise max_nodes of a pool, add a pool, or lower headroom")
             # Prefer a node that does not yet run a replica of a model that still needs spreading.
             clash = lambda n: len({m for m in g.models() & on_node[n] if m in spread})  # noqa: E731
             n = min(room, key=lambda n: (clash(n), -used[n] if need > nodes_n else used[n], n))

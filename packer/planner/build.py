@@ -19,7 +19,7 @@ def multi_placement(problem: Problem, g: Gpu) -> Placement:
     st = SlotType(g.pool)
     n = problem.multi_counts[model.name]
     rate = model.traffic.peak_rps / n if n else 0.0
-    res = evaluate([item(model, rate, st)], st.memory_gb * model.gpus_per_replica, problem.u)
+    res = evaluate([item(model, rate, st, problem.u)], st.memory_gb * model.gpus_per_replica, problem.u)
     m = res.members[0]
     member = Member(model.name, model.kind, idx, m.batch_size, m.share, model.memory_gb, m.p99_bound_ms,
                     model.slo_ms, rate)

@@ -16,6 +16,7 @@ import random
 from collections import defaultdict
 from typing import Callable
 
+from packer.fleet import FleetError
 from packer.planner.model import Problem, Rep, Slot, slot_price
 from packer.slot import WHOLE, Item, SlotType
 
@@ -34,6 +35,13 @@ def choose_counts(problem: Problem) -> dict[str, int]:
             if c < best_cost - 1e-12:
                 best, best_cost = n, c
         if best is None:
+            cap = max((problem.capacity(m, st) for st in problem.all_types()), default=0.0)
+            need = math.ceil(m.traffic.peak_rps / cap) if cap > 0 else 0
+            if cap > 0 and need > problem.gpu_limit:
+                raise FleetError(f"models ({m.name}).traffic.peak_rps",
+                                 f"{m.traffic.peak_rps:g} rps needs {need} replicas (one serves at most {cap:.1f} rps "
+                                 f"within its SLO) but the pools hold {problem.gpu_limit} GPUs",
+                                 "raise the pools' max_nodes, add a faster pool, or raise max_batch or slo_ms")
             raise ValueError(f"model {m.name} fits no slot type of this fleet")
         counts[m.name] = best
     return counts

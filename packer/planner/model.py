@@ -62,6 +62,8 @@ class Problem:
         self.multi_counts: dict[str, int] = {}
         """Replicas of each multi-GPU model, fixed before packing (``solve.plan_multi``)."""
         self._cap: dict[tuple[str, str], float] = {}
+        self.gpu_limit = sum(p.max_gpus for p in fleet.pools)
+        """GPUs the pools can give: no model can have more replicas (two never share a GPU)."""
 
     @property
     def shared_models(self) -> list[Model]:
@@ -78,7 +80,7 @@ class Problem:
         k = (rep.model.name, rep.count, st.key)
         it = self._items.get(k)
         if it is None:
-            it = self._items[k] = item(rep.model, rep.rate, st)
+            it = self._items[k] = item(rep.model, rep.rate, st, self.u)
         return it
 
     def fits_alone(self, rep: Rep, st: SlotType) -> bool:
@@ -105,6 +107,8 @@ class Problem:
                 continue
             n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
             if model.max_replicas is not None and n > model.max_replicas:
+                continue
+            if n > self.gpu_limit:  # two replicas of a model never share a GPU
                 continue
             opts.add(n)
         if not opts:

@@ -44,7 +44,7 @@ from ortools.sat.python import cp_model
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import SlotType, duty_window, item
+from packer.slot import SlotType, duty_window, item, latency_scale, relaxed_limit
 
 GRID = 1.02
 """Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
@@ -189,7 +189,7 @@ def _can_host(m: Model, st: SlotType, u: float) -> bool:
     tolerance included: a replica the planner places must never be excluded here.)"""
     if m.memory_gb > st.memory_gb + 1e-9:
         return False
-    return duty_window([item(m, 0.0, st)], u) is not None
+    return duty_window([item(m, 0.0, st, u)], u) is not None
 
 
 def fits(problem: Problem, counts: dict[str, int], time_limit: float,
@@ -274,9 +274,11 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float,
         cells: set[int] = set()
         for name in names:
             m = fleet.model(name)
-            its = [item(m, m.traffic.peak_rps / k, st) for k in range(max(m.min_replicas, 1), gpus + 1)]
-            prof[name] = (m, its[0].A, its[0].per_item)
-            cells |= {_cell(it.hi) for it in its if it.hi > 0}
+            # The relaxation of the slot maths (packer.slot.relaxed_limit) admits every group the
+            # planner's test admits, so "fits on none" still proves the plan optimal.
+            its = [relaxed_limit(m, m.traffic.peak_rps / k, st) for k in range(max(m.min_replicas, 1), gpus + 1)]
+            prof[name] = (m, its[0][0], latency_scale(m, st)[1])
+            cells |= {_cell(hi) for _, _, hi in its if hi > 0}
         cv = {k: mdl.NewBoolVar("") for k in sorted(cells)}
         mdl.Add(sum(cv.values()) == a)
         w = {}

@@ -304,7 +304,7 @@ def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, 
         st = slot_type(plan, s.ref)
         names = sorted(s.members)
         cap = st.memory_gb if o is None else o.memory_capacity_gb
-        its = [item(plan.model(n), s.members[n][1], st) for n in names]
+        its = [item(plan.model(n), s.members[n][1], st, u) for n in names]
         if sum(i.model.memory_gb for i in its) > cap + 1e-9:
             raise ValueError(f"{s.ref.id}: {', '.join(names)} need more than its {cap:.1f} GB")
         try:

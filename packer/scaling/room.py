@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from packer.catalog import gpu_type, mig_layouts
 from packer.fleet import Model
 from packer.plan import Placement, Plan
-from packer.slot import WHOLE, Item, SlotType, duty_window, item
+from packer.slot import WHOLE, Item, SlotType, duty_window, item, largest
 
 Rates = Mapping[tuple[str, str], float]
 """Sized rate per (model, slot id), overriding the plan's ``rate_rps``."""
@@ -66,7 +66,7 @@ def rate_of(p: Placement, model: str, rates: Rates | None = None) -> float:
 
 def items_of(plan: Plan, p: Placement, rates: Rates | None = None, *, exclude: str | None = None) -> list[Item]:
     st = slot_type(plan, p)
-    return [item(plan.model(m.name), rate_of(p, m.name, rates), st) for m in p.models if m.name != exclude]
+    return [item(plan.model(m.name), rate_of(p, m.name, rates), st, headroom_u(plan)) for m in p.models if m.name != exclude]
 
 
 def can_host(plan: Plan, p: Placement, model: Model) -> bool:
@@ -94,37 +94,15 @@ def room(plan: Plan, p: Placement, model: Model, rates: Rates | None = None) -> 
     u = headroom_u(plan)
     st = slot_type(plan, p)
     others = items_of(plan, p, rates, exclude=model.name)
-    me = item(model, 0.0, st)
-    # The slot maths' test (``packer.slot.duty_window``) with everything but ``r`` summed once:
-    # lo(r) = sum A / (u - sum B - per r) rises with r, hi(r) falls, so the feasible r are [0, r*].
-    sa = sum(i.A for i in others) + me.A
-    sb = sum(i.B for i in others)
-    h0 = min((i.hi for i in others), default=math.inf)
-    per = me.per_item / 1000.0
+    # The slot maths' own O(n) test (``packer.slot.duty_window``) with this model at rate ``r``:
+    # feasibility only shrinks as ``r`` grows, so the feasible rates are [0, r*].
 
     def ok(r: float) -> bool:
-        b = per * r
-        if sb + b >= u:
-            return False
-        hi = min(h0, (model.slo_ms - me.A) / (1.0 + b))
-        if r > 0:
-            hi = min(hi, (model.max_batch - 1) * 1000.0 / r if model.max_batch > 1 else 1000.0 / r)
-        return hi > 0 and sa / (u - sb - b) <= hi + 1e-9
+        return duty_window(others + [item(model, r, st, u)], u) is not None
 
     if not ok(1e-6):
         return 0.0
-    lo, hi = 0.0, 1.0
-    while ok(hi):
-        lo, hi = hi, hi * 2
-        if hi > 1e8:
-            return lo
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return largest(ok, ceiling=1e8, steps=40)
 
 
 def empty_room(plan: Plan, slot: SlotRef, model: Model) -> float:

@@ -6,8 +6,15 @@ counted in it, not added), and returns its input. For sequence models it keeps
 per-sequence state (running sum and chunk count of ``INPUT``, keyed by correlation id) and
 returns it as ``SEQ_SUM``/``SEQ_LEN``, so a client can check that every chunk of its stream
 reached the same state and no other stream's.
+
+A stand-in that only slept would let the members of one slot run at the same time, which a GPU
+slot's batches cannot. With a ``device_lock`` parameter (the writer sets one per slot for CPU
+instances) a batch holds an exclusive ``flock`` on that file while it runs, and its run time
+starts once it holds it: the stand-ins of a slot take turns on one emulated device whatever
+serves them (one server's rate limiter, or two servers that would contend on a real GPU).
 """
 
+import fcntl
 import json
 import sys
 import time
@@ -46,8 +53,23 @@ class TritonPythonModel:
         self.idle_s = float(p.get("sequence_idle_s", "30"))
         self.sequence = "sequence_batching" in cfg
         self.state = {}  # corrid -> [sum, count, last_seen]
+        lock = p.get("device_lock")
+        self.lock = open(lock, "a+") if lock else None
 
     def execute(self, requests):
+        if self.lock is None:
+            return self._run(requests)
+        fcntl.flock(self.lock, fcntl.LOCK_EX)  # the slot's device: one batch at a time
+        try:
+            return self._run(requests)
+        finally:
+            fcntl.flock(self.lock, fcntl.LOCK_UN)
+
+    def finalize(self):
+        if self.lock is not None:
+            self.lock.close()
+
+    def _run(self, requests):
         # The batch takes the profile's time from the moment it starts, the stand-in's own work
         # (reading inputs, state, building responses) included: sleep only what is left of it.
         t0 = time.perf_counter()

@@ -14,7 +14,8 @@ from tritonclient.grpc import model_config_pb2 as mc
 from packer.errors import UserError
 from packer.fleet import Artifact
 from packer.slot import SlotType, latency_scale
-from serving.config import from_text, model_config, servable, timing, to_text
+from packer.slot import servable
+from serving.config import from_text, model_config, timing, to_text
 from serving.repository import read_repository, repositories, write
 from serving.settings import RenderSettings
 from triton_helpers import GOLDEN, meetings_plan, planned
@@ -55,8 +56,8 @@ def test_sequence_model_uses_oldest_with_control_inputs_and_duty_cycle_delay(pla
     member = next(m for m in p.models if m.name == "asr-es")
     assert not sb.oldest.preferred_batch_size  # a batch takes what is queued: grows under a burst
     assert cfg.parameters["planned_batch"].string_value == str(member.batch_size)
-    # Wait for the batch to form, then for the slot's running batch: together at most one cycle.
-    assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
+    # The cut comes one duty cycle after the oldest chunk: one batch per cycle (packer.batching).
+    assert sb.oldest.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
     # 112 Spanish streams, this replica carries 350 of the 700 peak rps: half of them.
     assert sb.oldest.max_candidate_sequences == 56
 
@@ -76,20 +77,23 @@ def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, r
     best = max(k * min(model.max_batch, math.floor(((model.slo_ms - run) / k - base) / per)) for k in range(1, 40))
     assert q.max_queue_size == best
     assert servable(model.slo_ms - run, base, per, model.max_batch) == best
-    assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * (1 - p.compute_share) * 1000)
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
     assert not cfg.dynamic_batching.preferred_batch_size
     assert cfg.dynamic_batching.priority_levels == 0  # streaming: no lower priority
 
 
-def test_batch_models_prefer_the_planned_batch_wait_long_and_take_the_lower_priority(plan, repos):
+def test_batch_models_wait_one_cycle_name_no_preferred_size_and_take_equal_turns(plan, repos):
     p = plan.placements[1]
     for member in p.models:
         cfg = configs(repos)[member.name]
         db = cfg.dynamic_batching
-        assert list(db.preferred_batch_size) == sorted({member.batch_size, plan.fleet.model(member.name).max_batch})
-        assert db.max_queue_delay_microseconds >= round(p.duty_cycle_ms * 1000)  # a long wait, at least a cycle
+        # A preferred size would cut batches early and pay the per-batch cost more often than planned.
+        assert not db.preferred_batch_size
+        assert db.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
         assert db.default_queue_policy.max_queue_size > 0
         assert (db.priority_levels, db.default_priority_level) == (2, 2)
+        # The slot's members take equal turns on its rate-limiter unit.
+        assert cfg.instance_group[0].rate_limiter.priority == 1
 
 
 def test_instances_are_explicit_gpu_groups_rate_limited_when_the_slot_is_shared(plan, repos):
@@ -111,17 +115,29 @@ def test_a_lone_model_needs_no_rate_limiter(plan):
     assert not cfg.instance_group[0].HasField("rate_limiter")
 
 
-def test_cpu_device_changes_only_the_instance_kind(plan):
+def test_cpu_device_changes_only_the_instance_kind_and_locks_the_slot(plan):
+    """On CPU only the instance kind changes, plus the stand-ins' ``device_lock``: one lock file
+    per slot, so a slot's members take turns as on one GPU (serving/standin/model.py)."""
+    settings = RenderSettings(device="cpu")
     gpu = configs(repositories(plan, RenderSettings()))
-    cpu = configs(repositories(plan, RenderSettings(device="cpu")))
+    cpu = configs(repositories(plan, settings))
+    locks: dict[str, set[str]] = {}
     for name, c in cpu.items():
         assert c.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         assert not c.instance_group[0].gpus
+        assert "device_lock" not in gpu[name].parameters
+        slot = c.parameters["slot"].string_value
+        lock = c.parameters["device_lock"].string_value
+        assert lock == settings.device_lock(slot)
+        locks.setdefault(slot, set()).add(lock)
         g = mc.ModelConfig()
         g.CopyFrom(gpu[name])
         del g.instance_group[0].gpus[:]
         g.instance_group[0].kind = mc.ModelInstanceGroup.KIND_CPU
+        g.parameters["device_lock"].string_value = lock
         assert g == c
+    assert all(len(v) == 1 for v in locks.values())  # one lock per slot
+    assert len({next(iter(v)) for v in locks.values()}) == len(locks) > 1  # and slots do not share one
 
 
 def test_time_scale_compresses_stand_in_run_and_queue_times_alike(plan):

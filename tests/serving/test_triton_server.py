@@ -227,15 +227,18 @@ def test_a_model_that_cannot_load_stops_the_server_with_its_log(plan, tmp_path):
 
 def test_models_sharing_a_slot_take_turns_on_it(tmp_path):
     """With the slot rate limiter, two packed models' batches run one after the other (the duty
-    cycle the plan's shares assume); without it Triton would run them at the same time."""
+    cycle the plan's shares assume). Without it, the stand-ins' device lock still makes them take
+    turns, as two processes on one GPU would; a stand-in that only slept would run them at once."""
     f = fleet("long-tail")
     p = placement(f, "l4", [("ft-0002", 1.0), ("ft-0003", 1.0)])
-    settings = RenderSettings(device="cpu", time_scale=10.0)
+    settings = RenderSettings(device="cpu", time_scale=10.0, lock_dir=str(tmp_path))
     (repo,) = group_repositories(plan_of(f, [p]), p, settings)
     run = {m.name: timing(f, p, m.name, settings).run_ms * settings.time_scale for m in p.models}
-    # This is about the rate limiter, not the batcher: no queue delay, each request runs on arrival.
-    repo = replace(repo, models=tuple(replace(m, config=_tweaked(m.config, rate_limiter=True)) for m in repo.models))
-    free = replace(repo, models=tuple(replace(m, config=_tweaked(m.config, rate_limiter=False)) for m in repo.models))
+
+    def variant(rate_limiter: bool, lock: bool):
+        # About turn-taking, not the batcher: no queue delay, each request runs on arrival.
+        return replace(repo, models=tuple(replace(m, config=_tweaked(m.config, rate_limiter=rate_limiter, lock=lock))
+                                          for m in repo.models))
 
     def both_at_once(server: LocalTriton) -> float:
         t0 = time.monotonic()
@@ -243,23 +246,66 @@ def test_models_sharing_a_slot_take_turns_on_it(tmp_path):
             list(ex.map(lambda n: grpcclient.InferenceServerClient(server.grpc_url).infer(n, [one(1.0)]), run))
         return (time.monotonic() - t0) * 1000
 
-    with LocalTriton(write_repository(repo, tmp_path / "shared")) as s:
-        both_at_once(s)  # first calls pay for connections
-        turns = min(both_at_once(s) for _ in range(2))
-    with LocalTriton(write_repository(free, tmp_path / "free")) as s:
-        both_at_once(s)
-        parallel = min(both_at_once(s) for _ in range(2))
-    assert turns >= 0.95 * sum(run.values()), (turns, run)
-    assert parallel < max(run.values()) + 0.5 * min(run.values()), (parallel, run)
+    measured = {}
+    for name, rl, lock in (("limiter", True, True), ("lock", False, True), ("neither", False, False)):
+        with LocalTriton(write_repository(variant(rl, lock), tmp_path / name)) as s:
+            both_at_once(s)  # first calls pay for connections
+            measured[name] = min(both_at_once(s) for _ in range(2))
+    assert measured["limiter"] >= 0.95 * sum(run.values()), (measured, run)
+    assert measured["lock"] >= 0.95 * sum(run.values()), (measured, run)
+    assert measured["neither"] < max(run.values()) + 0.5 * min(run.values()), (measured, run)
 
 
-def _tweaked(cfg, *, rate_limiter: bool):
+def test_a_slots_streaming_and_batch_repositories_share_one_server_and_its_turns(tmp_path):
+    """Both classes of a slot load into one server; a streaming and a batch member take turns on
+    the slot's one rate-limiter unit, as one GPU slot runs one batch at a time."""
+    from packer.fleet import parse_fleet
+
+    f = parse_fleet({"name": "pair", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
+                                                "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
+                     "models": [{"name": "live", "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1},
+                                 "slo_ms": 2000, "latency_ms": {"gpu": "l4-24gb", "base": 200, "per_item": 10},
+                                 "max_batch": 8},
+                                {"name": "bulk", "kind": "batch", "memory_gb": 1, "traffic": {"rps": 0.1},
+                                 "slo_ms": 60000, "latency_ms": {"gpu": "l4-24gb", "base": 300, "per_item": 10},
+                                 "max_batch": 8}]})
+    p = placement(f, "l4", [("live", 1.0), ("bulk", 0.1)], node="l4-n0", gpu=0)
+    plan = plan_of(f, [p])
+    # A separate lock directory per server would let them overlap: this is the rate limiter alone.
+    settings = RenderSettings(device="cpu")
+    repos = group_repositories(plan, p, settings)
+    assert [r.kind for r in repos] == ["streaming", "batch"]
+    for r in repos:
+        for m in r.models:
+            assert [(x.name, x.count) for x in m.config.instance_group[0].rate_limiter.resources] == [("slot", 1)]
+    repos = [replace(r, models=tuple(replace(m, config=_tweaked(m.config, rate_limiter=True, lock=False))
+                                     for m in r.models)) for r in repos]
+    run = {m.name: timing(f, p, m.name, settings).base_ms + timing(f, p, m.name, settings).per_item_ms
+           for m in p.models}  # one request each
+    with LocalTriton([write_repository(r, tmp_path / r.kind) for r in repos]) as s:
+        assert set(ready(s.http_url)) == {"live", "bulk"}
+
+        def both() -> float:
+            t0 = time.monotonic()
+            with ThreadPoolExecutor(2) as ex:
+                list(ex.map(lambda n: grpcclient.InferenceServerClient(s.grpc_url).infer(n, [one(1.0)]), run))
+            return (time.monotonic() - t0) * 1000
+
+        both()
+        took = min(both() for _ in range(2))
+    assert took >= 0.95 * sum(run.values()), (took, run)
+
+
+def _tweaked(cfg, *, rate_limiter: bool, lock: bool = True):
     out = type(cfg)()
     out.CopyFrom(cfg)
-    out.dynamic_batching.max_queue_delay_microseconds = 0
+    if out.HasField("dynamic_batching"):
+        out.dynamic_batching.max_queue_delay_microseconds = 0
     assert out.instance_group[0].HasField("rate_limiter")
     if not rate_limiter:
         out.instance_group[0].ClearField("rate_limiter")
+    if not lock:
+        del out.parameters["device_lock"]
     return out
 
 

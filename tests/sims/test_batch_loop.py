@@ -17,7 +17,7 @@ from sims.scenario import Scenario, Server
 
 
 def _overloaded_trio():
-    """Three members of one slot at ~1.3x its capacity: turns, preferred batches, timeouts, noise."""
+    """Three members of one slot, overloaded at the test's scale: turns, full batches, timeouts, noise."""
     f = parse_fleet({
         "name": "trio", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
                                    "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
@@ -33,7 +33,10 @@ def _overloaded_trio():
     return hand_plan(f, [Group("l4", "whole", ("s", "t", "b"), batch={"s": 8, "t": 4, "b": 6}, duty_ms=30.0)])
 
 
-@pytest.mark.parametrize("scale,seconds", [(1.3, 8.0), (0.25, 40.0)], ids=["overloaded", "light"])
+# 1.8x the trio's traffic: since the batchers cut at the 30 ms cycle with no preferred sizes
+# (packer/batching.py), 1.3x refuses only 64 arrivals on a full queue (all of ``s``) in 8 s with seed 5;
+# 1.8x refuses ~1600 (``s`` and ``t``) and times out ~9800, so both rejection paths of the loop run.
+@pytest.mark.parametrize("scale,seconds", [(1.8, 8.0), (0.25, 150.0)], ids=["overloaded", "light"])
 def test_compiled_loop_equals_its_python_source(monkeypatch: pytest.MonkeyPatch, scale: float, seconds: float) -> None:
     """Overloaded: turns, full batches, timeouts and full queues. Light: small batches, so more than one 4096-draw
     block of run-time noise and of missed-wake draws is used (the loop's refill-and-resume path)."""

@@ -127,17 +127,41 @@ def test_preempted_spot_slots_are_replaced_by_the_static_policy() -> None:
 
 
 def test_hpa_adds_a_slot_when_busy_and_removes_it_when_idle() -> None:
-    """A spike quadruples asr traffic: its group's slot runs hot (~90 %), HPA asks for more; once the
-    spike is gone (two slots ~35 % busy, below 75 % by more than the tolerance) and the stabilisation
-    window passes, it gives one back."""
+    """A spike takes asr traffic to 6x: its group's slot runs hot (~90 %), HPA asks for more; once the
+    spike has decayed (two slots ~35 % busy, below 75 % by more than the tolerance) and the
+    stabilisation window passes, it gives one back.
+
+    (6x over a 1200 s decay, was 4x over 600 s: the truthful batcher cuts at the 49 ms cycle with no
+    preferred sizes, so asr batches are larger and 4x keeps the slot below 75 %; at 6x it peaks at
+    ~89 %. The longer decay keeps it busy until the new slot, on a new node, serves at ~557 s.)"""
     plan = one_slot_plan(max_nodes=6)
-    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 4.0, 60.0, 600.0),), policy="hpa",
+    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 6.0, 60.0, 1200.0),), policy="hpa",
                   policy_options={"target": 0.75, "downscale_window_s": 120.0})
     r = simulate(plan, sc, duration_s=2400, seed=2)
     ups = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
     downs = [a for a in r.actions if a["action"].startswith("remove slot") and a["outcome"] == "applied"]
     assert ups and "busy" in ups[0]["reason"]
-    assert downs and downs[0]["t"] > ups[0]["t"]
+    serves = float(ups[0]["outcome"].rsplit("t=", 1)[1].split()[0])
+    assert downs and downs[0]["t"] > serves
+    assert all(m["rejected"]["no-replica"] == 0 for m in r.models)
+    conserved(r)
+
+
+def test_hpa_scale_down_removes_a_starting_slot_before_a_serving_one() -> None:
+    """The same 6x spike decaying over 600 s falls below target at ~525 s, before the slot HPA added
+    at 180 s serves (~557 s, a new node). Scaling down must drop that starting slot, as a ReplicaSet
+    deletes a pending pod first, not the one slot serving asr+punct: that left them no replica for
+    30 s (~29 000 requests refused)."""
+    plan = one_slot_plan(max_nodes=6)
+    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 6.0, 60.0, 600.0),), policy="hpa",
+                  policy_options={"target": 0.75, "downscale_window_s": 120.0})
+    r = simulate(plan, sc, duration_s=900, seed=2)
+    ups = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
+    downs = [a for a in r.actions if a["action"].startswith("remove slot") and a["outcome"] == "applied"]
+    assert len(ups) == 1 and len(downs) == 1
+    new_id = ups[0]["outcome"].split()[1]
+    assert downs[0]["action"] == f"remove slot {new_id}"
+    assert all(m["rejected"]["no-replica"] == 0 for m in r.models)
     conserved(r)
 
 

@@ -25,9 +25,13 @@ def test_weighted_split_keeps_shares_in_every_run_of_requests() -> None:
 
 
 def test_weighted_routing_spares_the_small_replica() -> None:
-    """One replica on a whole A100 and one on a 1g.10gb slice (~9x less capacity), at 80 % of their
-    summed capacity: round-robin gives the slice half the requests and it times out about half of
-    what it gets; weighted by capacity, every request is served within the SLO."""
+    """One replica on a whole A100 and one on a 1g.10gb slice (~18x less planned capacity: 999 and
+    55 rps), at 80 % of their summed capacity (843 rps): round-robin gives the slice half the
+    requests, about twice what it can serve in time, so it times out about half of what it gets, a
+    quarter of all (24 % with this seed); weighted by capacity, every request is served within the SLO.
+
+    (The bound was 30 % of all when the old slot maths put the whole GPU at ~9x the slice; with the
+    truthful capacities the slice is overrun ~2x and loses about half, so a quarter of all.)"""
     f = parse_fleet({
         "name": "w", "pools": [{"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 1,
                                 "cost_per_gpu_hour": 4.0, "sharing": ["mig", "time-slicing"]}],
@@ -42,7 +46,7 @@ def test_weighted_routing_spares_the_small_replica() -> None:
     wt = simulate(plan, Scenario(process="poisson", traffic_scale=scale, server=Server(routing="weighted")),
                   duration_s=60, seed=1).models[0]
     assert rr["arrivals"] == wt["arrivals"]  # same traffic
-    assert rr["rejected"]["timeout"] / rr["arrivals"] > 0.3
+    assert rr["rejected"]["timeout"] / rr["arrivals"] > 0.2  # > 40 % of the slice's half
     assert wt["rejected"]["timeout"] == 0 and wt["slo_attainment"] == 1.0
 
 

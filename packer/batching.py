@@ -1,0 +1,80 @@
+"""How a slot's member forms its batches: what the Triton writer renders and the simulator serves.
+
+One definition, read by both (``serving/config.py`` writes it into ``config.pbtxt``,
+``sims/server.py`` replays it), so the served slot batches as the slot maths (``packer/slot.py``)
+assumed:
+
+* **queue delay = the duty cycle ``d``**, for streaming and batch members alike: a batch is cut
+  once its oldest request has waited ``d``, so a member runs at most one batch per cycle (plus one
+  per ``max_batch`` arrivals when a window overflows) and pays its per-batch cost as planned. The
+  slot maths bounds the wait that follows (a round of the other members' batches).
+* **no preferred batch sizes**: Triton sends the largest preferred batch it can form as soon as
+  it can, which cuts batches early and pays the per-batch cost more often than planned; without
+  them a batch takes everything queued (up to ``max_batch``) when the delay ends.
+* **one turn each**: the members of a slot share one rate-limiter unit with equal priority, so
+  the slot runs one batch at a time and a member that just ran goes behind those waiting
+  (Triton's rate limiter raises an instance's scaled priority each time it runs).
+* **a queue budget**: a request that has queued ``slo - run`` cannot finish in time; the queue
+  policy rejects it then, and the queue holds no more than could finish within that budget.
+
+Worked numbers (``tests/test_batching.py``): ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole
+A100, SLO 100 ms, max_batch 64) planned at ``d = 20 ms`` with a provisioned batch of 9: run
+``2 + 0.05 * 9 = 2.45 ms``, budget ``97.55 ms``, queue delay 20 ms, no preferred size; the queue
+bound is the most one instance finishes in 97.55 ms (``packer.slot.servable``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from packer.fleet import Model
+from packer.slot import SlotType, latency_scale, servable
+
+MIN_DELAY_MS = 0.1
+"""Floor of every queue delay, so a group with a very short cycle still batches requests that
+arrive together."""
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The batching of one model in one slot (ms)."""
+
+    base_ms: float
+    per_item_ms: float
+    max_batch: int
+    batch: int
+    """The batch the plan provisions a turn for (at the 99.9 % level of its window's arrivals)."""
+    duty_cycle_ms: float
+    queue_delay_ms: float
+    run_ms: float
+    budget_ms: float
+    """How long a request may queue and still finish within its SLO."""
+    queue_bound: int
+    """Requests the queue holds: what the instances could finish within the budget."""
+    candidates: int | None
+    """Concurrent sequences (streams) this slot's replicas carry, for sequence models."""
+    preferred: tuple[int, ...] = ()
+    """Preferred batch sizes: none (see the module docstring)."""
+
+
+def batching(model: Model, st: SlotType, *, batch: int, duty_cycle_ms: float, replicas: int = 1,
+             rate_rps: float | None = None, min_delay_ms: float = MIN_DELAY_MS) -> Batching:
+    """The batching of ``model`` with ``replicas`` replicas in one slot of type ``st``.
+
+    ``batch`` and ``duty_cycle_ms`` are the plan's (``Member.batch_size``,
+    ``Placement.duty_cycle_ms``); ``rate_rps`` is what the slot's replicas carry together, used to
+    give a sequence model its share of the fleet's streams.
+    """
+    base, per = latency_scale(model, st)
+    b = max(1, min(batch, model.max_batch))
+    d = max(duty_cycle_ms, min_delay_ms)
+    run = base + per * b
+    budget = max(model.slo_ms - run, min_delay_ms)
+    bound = max(b, servable(budget, base, per, model.max_batch)) * replicas
+    streams = None
+    if model.traffic.streams is not None:
+        peak = model.traffic.peak_rps
+        share = (rate_rps / peak) if (rate_rps is not None and peak > 0) else 1.0
+        streams = max(1, math.ceil(model.traffic.streams * min(1.0, share)))
+    return Batching(base, per, model.max_batch, b, d, d, run, budget, bound, streams)

@@ -1,0 +1,122 @@
+"""A packed slot on the real tritonserver keeps the bounds its plan prints.
+
+One streaming (sequence) member, one interactive and one batch member share an L4-sized slot,
+planned at capacity by the slot maths, rendered by the Triton writer (CPU stand-ins holding the
+slot's device lock), served by one server for both repositories, and driven at 60 % of the
+planned rates: Poisson requests, and sessions sending a chunk every 0.4 s from random phases.
+Each member's p99 must stay within its ``p99_bound_ms`` times the noise allowance measured with
+``bench/truth.py`` (README, "Truthful plans"), and nothing may be rejected.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from packer.fleet import parse_fleet
+from packer.slot import SlotType, feasible, item, largest
+from serving.group import placement, plan_of
+from serving.local import LocalTriton
+from serving.repository import group_repositories, write_repository
+from serving.settings import RenderSettings
+
+pytestmark = pytest.mark.slow
+U = 0.85
+NOISE = 1.10
+"""Allowance over the bound for this machine's scheduling noise: the worst p99 / bound that
+``bench/truth.py`` measured over its runs at 30-90 % load (README), plus a margin for a loaded CI."""
+INTERVAL_S = 0.4
+
+FLEET = {
+    "name": "trio", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
+                               "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"]}],
+    "models": [
+        {"name": "chat", "kind": "streaming", "memory_gb": 2, "slo_ms": 400, "max_batch": 16,
+         "latency_ms": {"gpu": "l4-24gb", "base": 12, "per_item": 3}, "traffic": {"rps": 20}},
+        {"name": "asr", "kind": "streaming", "memory_gb": 2, "slo_ms": 300, "max_batch": 64,
+         "latency_ms": {"gpu": "l4-24gb", "base": 8, "per_item": 0.6}, "traffic": {"rps": 50, "streams": 20}},
+        {"name": "bulk", "kind": "batch", "memory_gb": 2, "slo_ms": 4000, "max_batch": 32,
+         "latency_ms": {"gpu": "l4-24gb", "base": 20, "per_item": 3}, "traffic": {"rps": 8}},
+    ],
+}
+
+
+def _slot():
+    f = parse_fleet(FLEET)
+    st = SlotType(f.pool("l4"))
+    mix = {m.name: m.traffic.rps for m in f.models}
+
+    def ok(k: float) -> bool:
+        return feasible([item(f.model(n), k * r, st, U) for n, r in mix.items()], st.memory_gb, U)
+
+    k = largest(ok) * 0.999
+    streams = math.floor(k * mix["asr"] * INTERVAL_S)
+    rates = {"chat": k * mix["chat"], "asr": streams / INTERVAL_S, "bulk": k * mix["bulk"]}
+    models = tuple(replace(m, traffic=replace(m.traffic, rps=rates[m.name], peak_rps=rates[m.name],
+                                              streams=streams if m.name == "asr" else None)) for m in f.models)
+    sub = replace(f, models=models)
+    p = placement(sub, "l4", list(rates.items()), node="l4-n0", gpu=0, u=U)
+    return sub, plan_of(sub, [p]), p, rates, streams
+
+
+def _arrivals(rates: dict[str, float], streams: int, seconds: float, seed: int) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for name in ("chat", "bulk"):
+        t = np.cumsum(rng.exponential(1.0 / rates[name], int(rates[name] * seconds * 2) + 20))
+        out += [(float(x), name, 0, False, False) for x in t[t < seconds]]
+    for s in range(streams):
+        t = np.arange(rng.uniform(0, INTERVAL_S), seconds, INTERVAL_S)
+        out += [(float(x), "asr", s + 1, j == 0, j == len(t) - 1) for j, x in enumerate(t)]
+    return sorted(out)
+
+
+def test_a_packed_trio_keeps_its_bounds_at_60_percent(tmp_path):
+    sub, plan, p, rates, streams = _slot()
+    bound = {m.name: m.p99_bound_ms for m in p.models}
+    settings = RenderSettings(device="cpu", lock_dir=str(tmp_path))
+    repos = group_repositories(plan, p, settings)
+    assert {r.kind for r in repos} == {"streaming", "batch"}
+    level = {n: 0.6 * r for n, r in rates.items()}
+    n_streams = max(1, round(0.6 * streams))
+    level["asr"] = n_streams / INTERVAL_S
+    warmup, seconds = 2.0, 15.0
+    plan_req = _arrivals(level, n_streams, warmup + seconds, seed=3)
+    with LocalTriton([write_repository(r, tmp_path / r.kind) for r in repos], start_timeout_s=300) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
+        done: list[tuple[str, float, float, bool]] = []
+        lock = threading.Lock()
+        answered = threading.Semaphore(0)
+
+        def cb(model: str, sent: float, result, error) -> None:
+            with lock:
+                done.append((model, sent, time.perf_counter() - sent, error is None))
+            answered.release()
+
+        t0 = time.perf_counter()
+        for at, model, seq, start, end in plan_req:
+            now = time.perf_counter() - t0
+            if at > now:
+                time.sleep(at - now)
+            sent = time.perf_counter()
+            client.async_infer(model, [x], callback=lambda r, e, m=model, s=sent: cb(m, s, r, e),
+                               sequence_id=seq, sequence_start=start, sequence_end=end)
+        for _ in plan_req:
+            assert answered.acquire(timeout=60)
+        client.close()
+    failures = []
+    for name in rates:
+        rows = [(lat * 1000.0, ok) for m, s, lat, ok in done if m == name and s - t0 >= warmup]
+        assert rows and all(ok for _, ok in rows), f"{name}: rejected requests"
+        p99 = float(np.percentile([l for l, _ in rows], 99))
+        if p99 > bound[name] * NOISE:
+            failures.append(f"{name}: p99 {p99:.1f} ms over its bound {bound[name]:.1f} ms x {NOISE}")
+    assert not failures, failures

@@ -208,6 +208,6 @@ def test_serve_local_shows_progress_while_the_server_starts(tmp_path, capsys, mo
     save_plan(tiny_plan(), tmp_path / "plan.json")
     assert main(["serve-local", str(tmp_path / "plan.json"), "--seconds", "0.1"]) == 0
     out, err = capsys.readouterr()
-    assert "starting tritonserver for l4-n0-g0-whole streaming… " in err
+    assert "starting tritonserver for l4-n0-g0-whole… " in err
     assert "try: curl -s -X POST http://127.0.0.1:1/v2/models/asr-a/infer" in out
     assert "note: a batch group" not in out  # a streaming group does not wait by design

@@ -17,7 +17,7 @@ from packer.planner.build import make_plan
 from packer.planner.model import Problem
 from packer.planner.solve import greedy_baseline, greedy_packing
 
-FLEETS = Path(__file__).resolve().parent / "fleets"
+FLEETS = Path(__file__).resolve().parent.parent / "bench" / "fleets"
 
 
 def baseline_plan(fleet, settings):
@@ -53,3 +53,21 @@ def test_greedy_baseline_is_a_sound_plan_and_the_plan_is_no_dearer(headroom):
     assert check_plan(plan) == []
     assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
     assert plan.baselines["greedy"].cost_per_hour == pytest.approx(base.cost_per_hour)
+
+
+@pytest.mark.parametrize("name", ["multilingual-10", "long-tail"])
+def test_a_bound_without_a_solver_is_valid_and_not_zero(name):
+    # The closed form stands when the LPs do not finish; it must never exceed a feasible plan's
+    # cost, and a fleet that needs GPUs must get a bound above 0 even with no time at all.
+    from packer.planner.bound import closed_form, lower_bound
+
+    path = FLEETS / f"{name}.yaml"
+    fleet = load_fleet(path if path.exists() else Path(__file__).resolve().parent.parent / "packer" / "examples" / f"{name}.yaml")
+    settings = PlanSettings(time_limit_s=1.5, prove_s=0)
+    plan = plan_fleet(fleet, settings)
+    problem = Problem(fleet, settings)
+    cf = closed_form(problem)
+    assert cf is not None and 0 < cf[0] <= plan.cost_per_hour + 1e-6
+    lb, method = lower_bound(problem, 0.0, time_limit=1e-3)
+    assert 0 < lb <= plan.cost_per_hour + 1e-6 and method
+    assert plan.lower_bound_cost_per_hour > 0 and plan.bound_method

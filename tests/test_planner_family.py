@@ -13,11 +13,12 @@ Structural: nothing here depends on what the slot maths says a packing costs.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from bench.family import SHAPES, family_fleet
 from packer.check import check_plan
+from packer.errors import UserError
 from packer.fleet import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.bound import closed_form, lower_bound
@@ -32,14 +33,21 @@ def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroo
     doc = family_fleet(seed, max_models=12, min_models=3, shape=shape)
     fleet = parse_fleet(doc)
     settings_ = PlanSettings(headroom=headroom, time_limit_s=0.3, prove_s=0, seed=seed % 7)
-    plan = plan_fleet(fleet, settings_)
+    try:
+        plan = plan_fleet(fleet, settings_)
+    except UserError:
+        # Members are sized for the default headroom; at 0.3 a model may fit no slot or the pools
+        # may be too small. That must be a user error (it was a bare ValueError), nothing else.
+        if headroom <= 0.15:
+            raise
+        assume(False)
     assert check_plan(plan) == []
     greedy = plan.baselines["greedy"].cost_per_hour
     assert plan.cost_per_hour <= greedy + 1e-9, (doc["name"], plan.cost_per_hour, greedy)
     # The plan clips its bound to its cost, so ask the bounds themselves.
     problem = Problem(fleet, settings_)
     plan_multi(problem)
-    lb, method = lower_bound(problem, multi_floor(problem), time_limit=2.0)
+    lb, method = lower_bound(problem, multi_floor(problem), time_limit=1.0)
     assert 0 < lb <= plan.cost_per_hour + 1e-6, (doc["name"], lb, method, plan.cost_per_hour)
     cf = closed_form(problem)
     assert cf is not None and 0 < cf[0] + multi_floor(problem) <= plan.cost_per_hour + 1e-6

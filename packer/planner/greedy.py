@@ -16,6 +16,7 @@ import random
 from collections import defaultdict
 from typing import Callable
 
+from packer.errors import UserError
 from packer.planner.model import Problem, Rep, Slot, slot_price
 from packer.slot import WHOLE, Item, SlotType
 
@@ -34,7 +35,9 @@ def choose_counts(problem: Problem) -> dict[str, int]:
             if c < best_cost - 1e-12:
                 best, best_cost = n, c
         if best is None:
-            raise ValueError(f"model {m.name} fits no slot type of this fleet")
+            raise UserError(f"models: {m.name} fits no slot of this fleet at headroom {problem.settings.headroom:g} "
+                            "(a slot keeps that share of its time free). Fix: lower headroom, relax the model's "
+                            "slo_ms, or add a pool with faster or larger GPUs")
         counts[m.name] = best
     return counts
 

@@ -509,11 +509,13 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     t0 = time.monotonic()
     limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
     # Large fleets: the search gets more of the budget (auto_time_limit says why).
-    from packer.planner.bound import CLASSES_UP_TO
+    from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S
 
     large = len(fleet.models) > CLASSES_UP_TO
     deadline = t0 + (0.5 if large else 0.45) * limit
     bound_s = max(1.5, (0.4 if large else 0.45) * limit)
+    # The default budget gives a small fleet's MIP the time it needs; an explicit limit is kept.
+    mip_s = MIP_MIN_S if settings.time_limit_s is None else 0.0
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
     reserved = gpu_counts(problem, multi)
@@ -564,7 +566,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         if progress:
             progress("bound", time.monotonic() - t0)
         began = time.monotonic()
-        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s),
+        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s),
                        min(PROVE_FIRST_S, limit), progress, t0, first=True)
         deadline += time.monotonic() - began  # the search keeps its share of the budget
     if first is not None and first[0] >= greedy_cost - 1e-6:
@@ -581,7 +583,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)
-        first = lower_bound(problem, floor, time_limit=bound_s)
+        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s)
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s and lb < cost - 1e-6:

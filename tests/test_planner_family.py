@@ -50,7 +50,7 @@ def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroo
     lb, method = lower_bound(problem, multi_floor(problem), time_limit=1.0)
     assert 0 < lb <= plan.cost_per_hour + 1e-6, (doc["name"], lb, method, plan.cost_per_hour)
     cf = closed_form(problem)
-    assert cf is not None and 0 < cf[0] + multi_floor(problem) <= plan.cost_per_hour + 1e-6
+    assert 0 < cf[0] + multi_floor(problem) <= plan.cost_per_hour + 1e-6
     assert plan.lower_bound_cost_per_hour > 0 and plan.bound_method
 
 

@@ -67,7 +67,7 @@ def test_a_bound_without_a_solver_is_valid_and_not_zero(name):
     plan = plan_fleet(fleet, settings)
     problem = Problem(fleet, settings)
     cf = closed_form(problem)
-    assert cf is not None and 0 < cf[0] <= plan.cost_per_hour + 1e-6
+    assert 0 < cf[0] <= plan.cost_per_hour + 1e-6
     lb, method = lower_bound(problem, 0.0, time_limit=1e-3)
     assert 0 < lb <= plan.cost_per_hour + 1e-6 and method
     assert plan.lower_bound_cost_per_hour > 0 and plan.bound_method

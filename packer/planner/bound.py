@@ -75,7 +75,7 @@ def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: f
     # The duty-class LP is at least as tight as the one-class LP (summing its classes gives a
     # one-class solution), so the one-class LP runs only where the other is not tried or fails.
     # The closed form needs no solver and always finishes: the floor under every other bound.
-    found = [closed_form(problem, start + time_limit)]
+    found: list[tuple[float, str] | None] = [closed_form(problem)]
     if n <= CLASSES_UP_TO:
         found.append(_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES))
     if n > CLASSES_UP_TO or found[-1] is None:
@@ -112,9 +112,10 @@ def _slice_weights(problem: Problem, pool) -> dict[str, tuple[float, float]]:
     return out
 
 
-def closed_form(problem: Problem, deadline: float | None = None) -> tuple[float, str] | None:
+def closed_form(problem: Problem) -> tuple[float, str]:
     """A weaker bound with no solver, for any fleet size: every model paying for its replicas'
-    shares of slots, each in its cheapest way; ``None`` only where ``deadline`` passes first.
+    shares of slots, each in its cheapest way. Linear in models times slot types (1.2 s at 2000
+    models and 13 slot types), so it always runs to the end: the bound is never left at 0.
 
     Why it holds: give each slot type ``t`` of pool ``p`` a weight ``w_t = lam f_t + (1 - lam) g_t``
     (its compute and memory shares of a GPU, ``_slice_weights``), so a GPU's slots weigh at most 1
@@ -135,9 +136,7 @@ def closed_form(problem: Problem, deadline: float | None = None) -> tuple[float,
     for p in problem.fleet.pools:
         weights.update(_slice_weights(problem, p))
     types = [st for st in problem.all_types() if st.key in weights]
-    for i, m in enumerate(problem.shared_models):
-        if deadline is not None and i % 64 == 0 and time.monotonic() > deadline:
-            return None
+    for m in problem.shared_models:
         peak = m.traffic.peak_rps
         opts = []
         for st in types:

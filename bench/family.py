@@ -4,8 +4,8 @@
     docs = family(12, max_models=500)      # fleet documents (parse with packer.fleet.parse_fleet)
 
 Member ``i`` of a family is a function of ``(seed, i, max_models)`` alone. The first members are
-the example fleets as they are (``packer/examples/*.yaml`` and ``bench/fleets/*.yaml``, those with
-at most ``max_models`` models); the rest are generated in four shapes, each varying what real
+the example fleets as they are (``packer/examples/*.yaml``, those with at most ``max_models``
+models); the rest are generated in four shapes, each varying what real
 fleets vary:
 
 * ``mixed``: 1-4 pool types drawn from the catalog, prices scaled 0.6-1.4x (so price/speed ratios
@@ -39,8 +39,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's packer, not an installed one
-EXAMPLE_FILES = [ROOT / "packer" / "examples" / f"{n}.yaml" for n in ("multilingual-meetings", "llm-platform", "long-tail")] + [
-    ROOT / "bench" / "fleets" / "multilingual-10.yaml"]
+EXAMPLE_FILES = [ROOT / "packer" / "examples" / f"{n}.yaml"
+                 for n in ("multilingual-meetings", "llm-platform", "long-tail", "multilingual-10")]
 
 # (gpu, price per GPU hour): list prices; each fleet scales them 0.6-1.4x.
 GPUS = [("a100-80gb", 4.1), ("a100-40gb", 3.67), ("h100-80gb", 9.8), ("h200-141gb", 10.6), ("a30-24gb", 1.6),

@@ -82,8 +82,6 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
         fleet = parse_fleet(zipf_fleet(int(base.split("-")[1])))
     elif base.isdigit():
         fleet = parse_fleet(generated_fleet(int(base)))
-    elif (ROOT / "bench" / "fleets" / f"{base}.yaml").exists():
-        fleet = load_fleet(ROOT / "bench" / "fleets" / f"{base}.yaml")
     else:
         fleet = load_fleet(ROOT / "packer" / "examples" / f"{base}.yaml")
     if variant == "mig-only":  # the same models on the MIG-capable pools alone: where MIG must pay

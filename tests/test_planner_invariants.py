@@ -17,7 +17,7 @@ from packer.planner.build import make_plan
 from packer.planner.model import Problem
 from packer.planner.solve import greedy_baseline, greedy_packing
 
-FLEETS = Path(__file__).resolve().parent.parent / "bench" / "fleets"
+FLEETS = Path(__file__).resolve().parent.parent / "packer" / "examples"
 
 
 def baseline_plan(fleet, settings):
@@ -61,8 +61,7 @@ def test_a_bound_without_a_solver_is_valid_and_not_zero(name):
     # cost, and a fleet that needs GPUs must get a bound above 0 even with no time at all.
     from packer.planner.bound import closed_form, lower_bound
 
-    path = FLEETS / f"{name}.yaml"
-    fleet = load_fleet(path if path.exists() else Path(__file__).resolve().parent.parent / "packer" / "examples" / f"{name}.yaml")
+    fleet = load_fleet(FLEETS / f"{name}.yaml")
     settings = PlanSettings(time_limit_s=1.5, prove_s=0)
     plan = plan_fleet(fleet, settings)
     problem = Problem(fleet, settings)

@@ -47,7 +47,7 @@ def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroo
     # The plan clips its bound to its cost, so ask the bounds themselves.
     problem = Problem(fleet, settings_)
     plan_multi(problem)
-    lb, method = lower_bound(problem, multi_floor(problem), time_limit=1.0)
+    lb, method = lower_bound(problem, multi_floor(problem), time_limit=0.5)
     assert 0 < lb <= plan.cost_per_hour + 1e-6, (doc["name"], lb, method, plan.cost_per_hour)
     cf = closed_form(problem)
     assert 0 < cf[0] + multi_floor(problem) <= plan.cost_per_hour + 1e-6

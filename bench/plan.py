@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's packer, not an installed one
-EXAMPLES = ["multilingual-meetings", "llm-platform", "long-tail"]
+EXAMPLES = ["multilingual-meetings", "llm-platform", "long-tail", "multilingual-10"]
 MIG_ONLY = ["multilingual-meetings:mig-only", "long-tail:mig-only"]
 
 

@@ -13,7 +13,7 @@ Structural: nothing here depends on what the slot maths says a packing costs.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from bench.family import SHAPES, family_fleet
@@ -27,6 +27,9 @@ from packer.planner.solve import multi_floor, plan_multi
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CP-SAT put both replicas of a model on slices of one MIG GPU and the dealing onto GPUs opened a
+# sixth GPU in a pool of five (found by the deep profile).
+@example(seed=29676, shape="llm", headroom=0.0)
 @given(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from(sorted(set(SHAPES))),
        headroom=st.sampled_from([0.0, 0.15, 0.3]))
 def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroom):

@@ -176,6 +176,12 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
             break
         try:
             gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
+            # pack counts MIG slots by their share of a GPU; dealing them onto GPUs (valid layouts,
+            # one replica of a model per GPU) may take more GPUs than the pool has left.
+            over = [p for p, n in gpu_counts(problem, gpus).items()
+                    if n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0)]
+            if over:
+                raise NoRoom(next(r for g in gpus if g.pool.name == over[0] for s in g.slots for r in s.reps))
         except NoRoom as e:
             # Small pools: a start that opens slots more readily (priced) may run out of GPUs
             # where another fits; the fleet does not fit only when every start fails.

@@ -6,6 +6,12 @@
     python bench/plan.py --json out.json
     python bench/plan.py --prove 180 --only multilingual-meetings,multilingual-meetings:mig-only
                                              # with the exact search that can prove optimality
+    python bench/plan.py --family 12 --max-models 500
+                                             # the first 12 members of bench/family.py's family
+                                             # (the examples, then generated fleets): one line
+                                             # each, then the distribution of gap, cost/greedy,
+                                             # time and peak memory
+    python bench/plan.py --only zipf-2000    # issue 14's 2000-model Zipf fleet (A100-80, H100, L4)
 
 Each fleet is planned in a fresh process so that its peak resident memory (ru_maxrss, which
 includes OR-Tools' C++ heap) is its own.
@@ -24,7 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ["multilingual-meetings", "llm-platform", "long-tail"]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # this checkout's packer, not an installed one
+EXAMPLES = ["multilingual-meetings", "llm-platform", "long-tail", "multilingual-10"]
 MIG_ONLY = ["multilingual-meetings:mig-only", "long-tail:mig-only"]
 
 
@@ -63,7 +71,16 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
     from packer.planner import PlanSettings, plan_fleet
 
     base, _, variant = name.partition(":")
-    if base.isdigit():
+    if base == "family":  # family:INDEX:SEED:MAX_MODELS
+        from bench.family import family
+
+        i, seed, most = (int(x) for x in variant.split(":"))
+        fleet, variant = parse_fleet(family(i + 1, seed=seed, max_models=most)[i]), ""
+    elif base.startswith("zipf-"):
+        from bench.family import zipf_fleet
+
+        fleet = parse_fleet(zipf_fleet(int(base.split("-")[1])))
+    elif base.isdigit():
         fleet = parse_fleet(generated_fleet(int(base)))
     else:
         fleet = load_fleet(ROOT / "packer" / "examples" / f"{base}.yaml")
@@ -82,7 +99,30 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
         "gpus": sum(plan.gpus.values()),
         "mig_slots": sum(1 for p in plan.placements if p.slot != "whole"),
         "dedicated": plan.baselines["dedicated"].cost_per_hour, "greedy": plan.baselines["greedy"].cost_per_hour,
+        "pools": len(fleet.pools),
     }
+
+
+def summarise(rows: list[dict], asked: int) -> None:
+    """The distribution over the fleets planned: gap, cost against greedy, time, peak memory."""
+    def median(xs: list[float]) -> float:
+        xs = sorted(xs)
+        k = len(xs) // 2
+        return xs[k] if len(xs) % 2 else (xs[k - 1] + xs[k]) / 2
+
+    gaps = [r["gap"] for r in rows]
+    ratio = [r["cost"] / r["greedy"] for r in rows]
+    secs = [r["seconds"] for r in rows]
+    worst_gap = max(rows, key=lambda r: r["gap"])
+    worst_ratio = max(rows, key=lambda r: r["cost"] / r["greedy"])
+    print(f"\n{len(rows)} of {asked} fleets planned, {min(r['models'] for r in rows)}-{max(r['models'] for r in rows)} "
+          f"models, 1-{max(r['pools'] for r in rows)} pools")
+    print(f"gap: median {median(gaps):.1%}, worst {worst_gap['gap']:.1%} ({worst_gap['fleet']}); "
+          f"zero bounds: {sum(1 for r in rows if r['lower_bound'] <= 0)}")
+    print(f"cost/greedy: worst {max(ratio):.3f}x ({worst_ratio['fleet']}), median {median(ratio):.3f}x; "
+          f"fleets dearer than greedy: {sum(1 for x in ratio if x > 1 + 1e-9)}")
+    print(f"time: median {median(secs):.1f} s, worst {max(secs):.1f} s; "
+          f"peak memory: worst {max(r['peak_mb'] for r in rows)} MB")
 
 
 def main() -> None:
@@ -92,15 +132,23 @@ def main() -> None:
     ap.add_argument("--prove", type=float, default=None, metavar="SECONDS",
                     help="give the exact search (packer plan --prove) up to SECONDS per fleet; by default "
                          "it runs within the time budget on fleets small enough for it, 0 skips it")
+    ap.add_argument("--family", type=int, metavar="N", help="plan the first N fleets of bench/family.py")
+    ap.add_argument("--max-models", type=int, default=2000, metavar="M", help="family fleets up to M models")
+    ap.add_argument("--seed", type=int, default=0, help="the family's seed")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(run_one(args.one, args.prove)))
         return
-    names = args.only.split(",") if args.only else EXAMPLES + MIG_ONLY + ["50", "500", "2000"]
+    if args.family:
+        names = [f"family:{i}:{args.seed}:{args.max_models}" for i in range(args.family)]
+    else:
+        names = args.only.split(",") if args.only else EXAMPLES + MIG_ONLY + ["50", "500", "2000"]
     rows = []
     hdr = (f"{'fleet':<30} {'models':>6} {'GPUs':>5} {'cost/h':>9} {'bound/h':>9} {'gap':>6} {'solve s':>8} "
            f"{'peak MB':>8} {'dedicated':>10} {'greedy':>9} {'vs greedy':>9}")
+    if args.family:
+        hdr += f" {'bound method':<30}"
     print(hdr)
     for n in names:
         prove = [] if args.prove is None else ["--prove", str(args.prove)]
@@ -112,7 +160,9 @@ def main() -> None:
         rows.append(r)
         print(f"{r['fleet'][:30]:<30} {r['models']:>6} {r['gpus']:>5} {r['cost']:>9.2f} {r['lower_bound']:>9.2f} "
               f"{r['gap']:>6.1%} {r['seconds']:>8.1f} {r['peak_mb']:>8} {r['dedicated']:>10.2f} {r['greedy']:>9.2f} "
-              f"{r['cost'] / r['greedy']:>8.2f}x", flush=True)
+              f"{r['cost'] / r['greedy']:>8.2f}x" + (f" {r['bound'][:30]:<30}" if args.family else ""), flush=True)
+    if args.family and rows:
+        summarise(rows, len(names))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
 

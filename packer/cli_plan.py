@@ -23,7 +23,7 @@ DEFAULT_FLEET = "multilingual-meetings.yaml"
 
 
 def example_path(name: str = DEFAULT_FLEET) -> Path:
-    """A bundled example fleet (the three fleets of FLEET-FORMAT.md ship inside the package)."""
+    """A bundled example fleet (the fleets of ../shared/fleets ship inside the package)."""
     return Path(str(resources.files("packer") / "examples" / name))
 
 

@@ -17,8 +17,8 @@ Every feasible plan satisfies these constraints, so their optimum can only be ch
 Slots are further split by duty-cycle class (``docs/planner.md``); in the MIP the number of slots
 of each type and class is an integer too, since every slot runs one cycle. Multi-GPU replicas are
 never shared, so their exact cheapest cost is added as a constant. ``docs/planner.md`` gives the
-argument in full. A MIP that does not finish in time gives no bound (HiGHS reports none), and the
-LP bounds stand.
+argument in full. A MIP or LP that does not finish in time gives no bound (HiGHS reports none);
+the closed form (``closed_form``), which needs no solver, then stands.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import latency_scale
+from packer.slot import WHOLE, latency_scale
 
 MAX_CLASSES = 5
 """Duty-cycle classes: a slot's cycle lies in exactly one class [b_j, b_(j+1)), and its members'
@@ -48,9 +48,16 @@ MIP_UP_TO = 60
 """Up to this many models the duty-class MIP usually finishes within a few seconds."""
 
 
-def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple[float, str]:
-    """The relaxation's LP bound (always), raised by its duty-class MIP or LP where time allows,
-    then to the cheapest whole-GPU purchase that costs at least as much.
+MIP_MIN_S = 8.0
+"""With the default budget, the MIP gets at least this long: multilingual-10's (40 models) needs
+6.3 s, where 45 % of the plan's 7.5 s left it 2-3 s and no bound (16.40/h from the LP, not 17.70)."""
+
+
+def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: float = 0.0) -> tuple[float, str]:
+    """The best of the closed form (``closed_form``: no solver, any fleet size, so the bound is
+    never 0 for a fleet that needs a GPU), the relaxation's LP, and its duty-class MIP or LP where
+    time allows; then raised to the cheapest whole-GPU purchase that costs at least as much. The
+    description names the bound that won.
 
     ``multi_cost`` must be a lower bound on what the multi-GPU models cost (``solve.multi_floor``);
     the shared models may use every GPU of a pool, since where the multi-GPU models sit is open.
@@ -67,19 +74,115 @@ def lower_bound(problem: Problem, multi_cost: float, time_limit: float) -> tuple
 
     # The duty-class LP is at least as tight as the one-class LP (summing its classes gives a
     # one-class solution), so the one-class LP runs only where the other is not tried or fails.
-    found = []
+    # The closed form needs no solver and always finishes: the floor under every other bound.
+    found: list[tuple[float, str] | None] = [closed_form(problem)]
     if n <= CLASSES_UP_TO:
         found.append(_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES))
-    if not found or found[-1] is None:
+    if n > CLASSES_UP_TO or found[-1] is None:
         found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
-    if n <= MIP_UP_TO and left() > 0.2:
-        found.append(_solve(problem, left(), integer=True, max_classes=MIP_CLASSES))
+    if n <= MIP_UP_TO and max(left(), mip_s) > 0.2:
+        found.append(_solve(problem, max(left(), mip_s), integer=True, max_classes=MIP_CLASSES))
     best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
     limits = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
     whole = whole_gpus(limits, best[0])
     if whole > best[0] + 1e-6:
         return multi_cost + whole, best[1] + f", {best[0]:.2f} rounded up to whole GPUs"
     return multi_cost + best[0], best[1]
+
+
+def _slice_weights(problem: Problem, pool) -> dict[str, tuple[float, float]]:
+    """Per slot type of ``pool``: its share of the GPU's compute and of its memory, each divided by
+    the most any layout of the pool holds, so that on every GPU the slots' weights sum to at most 1."""
+    out: dict[str, tuple[float, float]] = {}
+    layouts = _layouts(problem, pool.name)
+    types = {st.profile: st for st in problem.types[pool.name]}
+    g = types and next(iter(types.values())).gpu
+
+    def frac(profile: str) -> tuple[float, float]:
+        if profile == WHOLE:
+            return 1.0, 1.0
+        pr = g.profile(profile)
+        return pr.compute_slices / g.compute_slices, pr.memory_slices / g.memory_slices
+
+    most_c = max(sum(frac(k)[0] * n for k, n in cnt.items()) for _, cnt, _ in layouts)
+    most_m = max(sum(frac(k)[1] * n for k, n in cnt.items()) for _, cnt, _ in layouts)
+    for prof, st in types.items():
+        c, mem = frac(prof)
+        out[st.key] = (c / max(most_c, 1.0), mem / max(most_m, 1.0))
+    return out
+
+
+def closed_form(problem: Problem) -> tuple[float, str]:
+    """A weaker bound with no solver, for any fleet size: every model paying for its replicas'
+    shares of slots, each in its cheapest way. Linear in models times slot types (1.2 s at 2000
+    models and 13 slot types), so it always runs to the end: the bound is never left at 0.
+
+    Why it holds: give each slot type ``t`` of pool ``p`` a weight ``w_t = lam f_t + (1 - lam) g_t``
+    (its compute and memory shares of a GPU, ``_slice_weights``), so a GPU's slots weigh at most 1
+    and a GPU costs at least ``c_p`` times its slots' weights. In a slot, the members' time shares
+    sum to at most ``u`` and their memory to at most the slot's, so for ``mu`` in [0, 1] the slot's
+    weight is at least ``w_t`` times the sum over members of ``mu share / u + (1 - mu) mem / mem_t``.
+    Every plan thus costs at least the sum over replicas of ``c_p w_t (mu share / u + (1 - mu)
+    mem / mem_t)``, with the share bounded below linearly in the replica's rate (``_coefficients``).
+    Per model that sum is at least ``n_lb`` times the least fixed part plus ``peak`` times the least
+    per-rps part, and at least ``peak`` times the least cost per rps of a replica at its capacity
+    (a replica serves at most ``cap_t``, so its fixed part is at least ``a r / cap_t``). Summed over
+    models, for each of a few fixed ``(lam, mu)``; the best is the bound. The pools' sizes, the
+    classes of duty cycle and the integrality the LP and MIP see are all dropped.
+    """
+    grid = [(lam, mu) for lam in (0.0, 0.5, 1.0) for mu in (1.0, 0.75, 0.5, 0.0)]
+    totals = [0.0] * len(grid)
+    weights: dict[str, tuple[float, float]] = {}
+    for p in problem.fleet.pools:
+        weights.update(_slice_weights(problem, p))
+    types = [st for st in problem.all_types() if st.key in weights]
+    for m in problem.shared_models:
+        peak = m.traffic.peak_rps
+        opts = []
+        for st in types:
+            if m.memory_gb > st.memory_gb + 1e-9:
+                continue
+            co = _coefficients(problem, m, st, 0.0, math.inf)
+            if co is None:
+                continue
+            cap, shares = co
+            wf, wm = weights[st.key]
+            opts.append((st.pool.cost_per_gpu_hour, wf, wm, m.memory_gb / st.memory_gb, cap, shares))
+        if not opts:
+            continue
+        n_lb = max(m.min_replicas, 1 if peak > 0 else 0)
+        capmax = max(o[4] for o in opts)
+        if peak > 0 and capmax > 0:
+            n_lb = max(n_lb, math.ceil(peak / capmax - 1e-9))
+        if n_lb == 0:
+            continue
+        for k, (lam, mu) in enumerate(grid):
+            best_fixed = best_rate = best_unit = math.inf
+            for price, wf, wm, memf, cap, shares in opts:
+                w = price * (lam * wf + (1 - lam) * wm)
+                if w <= 0:
+                    best_fixed = best_rate = best_unit = 0.0
+                    break
+                mem_part = (1 - mu) * memf
+                # share >= a + b r for each (a, b): per replica w (mu (a + b r) / u + mem_part)
+                fixed = [w * (mu * a / problem.u + mem_part) for a, _ in shares]
+                rate = [w * mu * b / problem.u for _, b in shares]
+                best_fixed = min(best_fixed, min(fixed))
+                best_rate = min(best_rate, min(rate))
+                if peak > 0:
+                    best_unit = min(best_unit, max(f / cap + r for f, r in zip(fixed, rate)))
+            by_parts = n_lb * best_fixed + peak * best_rate
+            by_unit = peak * best_unit if peak > 0 else 0.0
+            totals[k] += max(by_parts, by_unit if math.isfinite(by_unit) else 0.0)
+    k = max(range(len(grid)), key=lambda k: totals[k])
+    lam, mu = grid[k]
+    # And trivially: a model that must run buys at least one GPU of a pool that can hold it.
+    one = max((min((st.pool.cost_per_gpu_hour for st in types if m.memory_gb <= st.memory_gb + 1e-9
+                    and problem.capacity(m, st) > 0), default=0.0)
+               for m in problem.shared_models if m.min_replicas > 0 or m.traffic.peak_rps > 0), default=0.0)
+    if one > totals[k]:
+        return one, "one GPU of the cheapest pool that holds the largest model"
+    return totals[k], f"per-model closed form (slot weights {lam:g} compute, time share {mu:g})"
 
 
 def whole_gpus(pools: list[tuple[float, int]], target: float, max_steps: int = 1_000_000) -> float:
@@ -129,6 +232,38 @@ def _class_bounds(problem: Problem, k: int) -> list[float]:
     return [0.0] + sorted(cuts) + [math.inf]
 
 
+def _coefficients(problem: Problem, m, st, lo: float, hi: float) -> tuple[float, list[tuple[float, float]]] | None:
+    """What a replica of ``m`` on slot type ``st`` with its duty cycle in ``[lo, hi]`` can serve,
+    and the linear lower bounds ``(a, b)`` on its share of the cycle at rate ``r`` (rps):
+    share >= a + b r for each. None where no cycle in that range serves the model.
+
+    The one statement of the slot maths this relaxation relies on (``docs/planner.md``): a member
+    at rate ``r`` with cycle ``d`` takes ``A / d + per r`` of it, and ``d`` is at most the class's
+    upper end and below the SLO and ``max_batch`` limits, each of which gives a bound linear in ``r``.
+    """
+    cap = problem.capacity(m, st)
+    if cap <= 0:
+        return None
+    base, per = latency_scale(m, st)
+    A = base + per
+    mbl = max(m.max_batch - 1, 1)
+    c_lo, c_hi = max(lo, A / problem.u), min(hi, m.slo_ms - A)
+    if c_lo > c_hi or c_hi <= 0:
+        return None
+    # The most one replica can serve with its cycle in [c_lo, c_hi]: SLO, max_batch and compute
+    # each cap the rate (per ms), as in docs/slot-maths.md.
+    cap_c = min(cap, mbl * 1000.0 / c_lo) if c_lo > 0 else cap
+    if per > 0:
+        cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1 if c_lo > 0 else math.inf,
+                                        problem.u - A / c_hi) / per)
+    if cap_c <= 0:
+        return None
+    shares = [(A / c_hi, per / 1000.0),
+              (A / (m.slo_ms - A), (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0)),
+              (0.0, A / (mbl * 1000.0) + per / 1000.0)]
+    return cap_c, shares
+
+
 def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: int) -> tuple[float, str] | None:
     fleet = problem.fleet
     backend = MIP_SOLVER if integer else LP_SOLVER
@@ -171,24 +306,14 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
         if n_lb == 0:
             continue
         qs, vs = [], []
-        mbl = max(m.max_batch - 1, 1)
         for key, (st, cap) in caps.items():
-            base, per = latency_scale(m, st)
-            A = base + per
-            d_lo, d_hi = A / problem.u, m.slo_ms - A
             for j in range(len(bounds) - 1):
                 # Classes are one partition of all cycles, shared by every model, so a slot is
                 # counted in exactly one class whoever its members are.
-                c_lo, c_hi = max(bounds[j], d_lo), min(bounds[j + 1], d_hi)
-                if c_lo > c_hi:
+                co = _coefficients(problem, m, st, bounds[j], bounds[j + 1])
+                if co is None:
                     continue
-                # The most one replica can serve with its cycle in [c_lo, c_hi]: SLO, max_batch
-                # and compute each cap the rate (per ms), as in docs/slot-maths.md.
-                cap_c = min(cap, mbl * 1000.0 / c_lo)
-                if per > 0:
-                    cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1, problem.u - A / c_hi) / per)
-                if cap_c <= 0:
-                    continue
+                cap_c, shares = co
                 # In any plan a replica count and a slot count are whole numbers.
                 q = var(0, inf, f"q[{m.name},{key},{j}]")
                 v = solver.NumVar(0, inf, f"v[{m.name},{key},{j}]")
@@ -199,9 +324,8 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
                 # A replica at rate r with cycle d takes A / d + per r of it; d <= c_hi, and d is
                 # below the SLO and max_batch limits, each linear in r (module docstring).
                 t = solver.NumVar(0, inf, f"t[{m.name},{key},{j}]")
-                solver.Add(t >= (A / c_hi) * q + (per / 1000.0) * v)
-                solver.Add(t >= (A / (m.slo_ms - A)) * q + (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0) * v)
-                solver.Add(t >= (A / (mbl * 1000.0) + per / 1000.0) * v)
+                for a, b in shares:
+                    solver.Add(t >= a * q + b * v)
                 mem_terms[(key, j)].append(m.memory_gb * q)
                 time_terms[(key, j)].append(t)
                 qs.append(q)
@@ -221,7 +345,9 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
     status = solver.Solve()
     name = ("aggregate MIP" if integer else "aggregate LP") + (f", {max_classes} duty classes" if max_classes > 1 else "")
     if status == pywraplp.Solver.OPTIMAL:
-        return solver.Objective().Value(), f"{name} (optimal)"
+        # A MIP stops within its gap tolerance of its incumbent: only its best bound is a bound.
+        value = min(solver.Objective().Value(), solver.Objective().BestBound()) if integer else solver.Objective().Value()
+        return value, f"{name} (optimal)"
     if integer and status == pywraplp.Solver.FEASIBLE:
         bound = solver.Objective().BestBound()
         if math.isfinite(bound):

@@ -238,6 +238,14 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
             if (p.name, lname) in z:
                 layouts_chosen[p.name] += [(lname, cnt, lay)] * solver.Value(z[(p.name, lname)])
     gpus = realise(problem, chosen, layouts_chosen)
+    # The model bounds a model's replicas in a pool by the pool's GPUs, not per GPU: it may put two
+    # on slices of one MIG GPU, and realise's fallback then opens a GPU the model did not buy, past
+    # the pool's size (found by tests/test_planner_family.py: 6 GPUs in a pool of 5). Not a packing.
+    used = Counter()
+    for g in gpus:
+        used[g.pool.name] += g.width
+    if any(n > gpu_limit.get(p, 0) for p, n in used.items()):
+        return None
     total = sum(g.pool.cost_per_gpu_hour for g in gpus)
     return gpus, total, status
 

@@ -16,6 +16,7 @@ import random
 from collections import defaultdict
 from typing import Callable
 
+from packer.errors import UserError
 from packer.fleet import FleetError
 from packer.planner.model import Problem, Rep, Slot, slot_price
 from packer.slot import WHOLE, Item, SlotType
@@ -42,7 +43,9 @@ def choose_counts(problem: Problem) -> dict[str, int]:
                                  f"{m.traffic.peak_rps:g} rps needs {need} replicas (one serves at most {cap:.1f} rps "
                                  f"within its SLO) but the pools hold {problem.gpu_limit} GPUs",
                                  "raise the pools' max_nodes, add a faster pool, or raise max_batch or slo_ms")
-            raise ValueError(f"model {m.name} fits no slot type of this fleet")
+            raise UserError(f"models: {m.name} fits no slot of this fleet at headroom {problem.settings.headroom:g} "
+                            "(a slot keeps that share of its time free). Fix: lower headroom, relax the model's "
+                            "slo_ms, or add a pool with faster or larger GPUs")
         counts[m.name] = best
     return counts
 

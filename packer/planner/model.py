@@ -64,6 +64,9 @@ class Problem:
         self._cap: dict[tuple[str, str], float] = {}
         self.gpu_limit = sum(p.max_gpus for p in fleet.pools)
         """GPUs the pools can give: no model can have more replicas (two never share a GPU)."""
+        self.start_counts: dict[str, set[int]] = {}
+        """Replica counts a start packing uses (the greedy baseline's, ``solve.greedy_packing``):
+        always offered by ``replica_options``, so the search can express, and keep, that start."""
 
     @property
     def shared_models(self) -> list[Model]:
@@ -114,8 +117,8 @@ class Problem:
         if not opts:
             return []
         best = min(opts)
-        ranked = sorted(o for o in opts if o <= 3 * best + 2)
-        return ranked[: self.settings.max_replica_options]
+        ranked = sorted(o for o in opts if o <= 3 * best + 2)[: self.settings.max_replica_options]
+        return sorted(set(ranked) | self.start_counts.get(model.name, set()))
 
     def attributable_cost(self, rep: Rep, st: SlotType) -> float:
         """Cost of the share of a slot this replica occupies alone (memory or compute, larger)."""

@@ -12,6 +12,7 @@ import math
 import random
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Callable
 
 from packer.catalog import layout_named
@@ -152,13 +153,17 @@ def restarts(n_models: int) -> int:
 
 
 def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0: float,
-                deadline: float) -> list[Gpu]:
+                deadline: float, extra: list[Gpu] | None = None) -> list[Gpu]:
     """The cheapest of several greedy packings (``greedy.orderings``), each consolidated.
 
     On large fleets this finds more than LNS does in the same time: LNS windows see a few GPUs,
     while a different insertion order regroups the whole fleet by duty cycle. The number of starts
     is fixed by fleet size, so the result depends on the seed, not on the machine; the wall clock
     only stops the starts early on a much slower machine (after 40 % of the search budget).
+
+    ``extra`` is a feasible packing of the shared models found elsewhere (the greedy baseline's,
+    ``greedy_packing``); it is the incumbent the starts must beat, whatever the clock says, so the
+    result never costs more than it.
     """
     best, best_cost = None, math.inf
     count = restarts(len(problem.fleet.models))
@@ -171,6 +176,12 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
             break
         try:
             gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
+            # pack counts MIG slots by their share of a GPU; dealing them onto GPUs (valid layouts,
+            # one replica of a model per GPU) may take more GPUs than the pool has left.
+            over = [p for p, n in gpu_counts(problem, gpus).items()
+                    if n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0)]
+            if over:
+                raise NoRoom(next(r for g in gpus if g.pool.name == over[0] for s in g.slots for r in s.reps))
         except NoRoom as e:
             # Small pools: a start that opens slots more readily (priced) may run out of GPUs
             # where another fits; the fleet does not fit only when every start fails.
@@ -180,6 +191,10 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
         cost = cost_of(problem, gpu_counts(problem, gpus))
         if cost < best_cost - 1e-9:
             best, best_cost = gpus, cost
+    if extra is not None:  # whatever the clock says: the result must not cost more than it
+        gpus = consolidate(problem, copy_gpus(extra), max(deadline, time.monotonic() + 1.0))
+        if cost_of(problem, gpu_counts(problem, gpus)) < best_cost - 1e-9:
+            best = gpus
     if best is None:
         assert failed is not None
         raise failed
@@ -401,18 +416,54 @@ def dedicated_baseline(problem: Problem) -> Baseline:
     return Baseline(round(cost, 4), dict(counts), "one whole GPU per replica, no sharing")
 
 
-def greedy_baseline(fleet: Fleet, settings: PlanSettings) -> Baseline:
-    """Nexus-style squishy best-fit-decreasing on whole GPUs with time-slicing, no MIG, no solver."""
-    problem = Problem(fleet, PlanSettings(headroom=settings.headroom, use_mig=False, seed=settings.seed))
-    multi, counts_m, _ = plan_multi(problem)
+GREEDY_NOTE = "best-fit-decreasing squishy packing, whole GPUs, time-slicing only"
+
+
+def copy_gpus(gpus: list[Gpu]) -> list[Gpu]:
+    """Fresh GPUs and slots holding the same replicas: the search mutates the slots it is given."""
+    return [Gpu(g.pool, [Slot(s.type, list(s.reps), start=s.start) for s in g.slots], g.layout, g.multi,
+                g.width) for g in gpus]
+
+
+def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], list[Gpu]] | None:
+    """The greedy baseline's packing: (shared GPUs, multi-GPU replicas), or None where it does not fit.
+
+    Nexus-style squishy best-fit-decreasing on whole GPUs with time-slicing, no MIG, no solver.
+    It obeys the plan's rules, since it is both the printed baseline and a start of the plan's
+    search: the plan's headroom, the pools' sizes (multi-GPU replicas placed as the plan places
+    them), one replica of a model per GPU, the replica counts the plan may choose, and the same
+    node assignment (``assign_nodes``), which it must pass. Its slot types are the plan's whole-GPU
+    types, so the plan can take the packing as it is.
+    """
+    problem = Problem(fleet, replace(settings, use_mig=False))
+    try:
+        multi, _, _ = plan_multi(problem)
+    except UserError:
+        return None
     reserved = gpu_counts(problem, multi)
     try:
         slots = pack(problem, reps_for(problem, choose_counts(problem)), reserved=reserved)
     except NoRoom:
+        return None
+    shared = to_gpus(problem, slots)
+    try:
+        assign_nodes(problem, copy_gpus(shared + multi))
+    except ValueError:
+        return None
+    return shared, multi
+
+
+def greedy_baseline(fleet: Fleet, settings: PlanSettings,
+                    packing: tuple[list[Gpu], list[Gpu]] | None | bool = False) -> Baseline:
+    """The greedy packing's cost (``greedy_packing``; pass it as ``packing`` when already made)."""
+    if packing is False:
+        packing = greedy_packing(fleet, settings)
+    if not packing:
         return Baseline(math.inf, {}, "does not fit the pools without MIG")
-    counts = gpu_counts(problem, to_gpus(problem, slots) + multi)
-    return Baseline(round(cost_of(problem, counts), 4), {k: v for k, v in counts.items() if v},
-                    "best-fit-decreasing squishy packing, whole GPUs, time-slicing only")
+    shared, multi = packing
+    problem = Problem(fleet, replace(settings, use_mig=False))
+    counts = gpu_counts(problem, shared + multi)
+    return Baseline(round(cost_of(problem, counts), 4), {k: v for k, v in counts.items() if v}, GREEDY_NOTE)
 
 
 PROVE_FIRST_PURCHASES = 3
@@ -485,15 +536,30 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     t0 = time.monotonic()
     limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
     # Large fleets: the search gets more of the budget (auto_time_limit says why).
-    from packer.planner.bound import CLASSES_UP_TO
+    from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S
 
     large = len(fleet.models) > CLASSES_UP_TO
     deadline = t0 + (0.5 if large else 0.45) * limit
     bound_s = max(1.5, (0.4 if large else 0.45) * limit)
+    # The default budget gives a small fleet's MIP the time it needs; an explicit limit is kept.
+    mip_s = MIP_MIN_S if settings.time_limit_s is None else 0.0
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
     reserved = gpu_counts(problem, multi)
     counts = choose_counts(problem)
+    # The greedy baseline's packing obeys the plan's rules (greedy_packing), so it is a start the
+    # plan keeps unless it finds a cheaper one: a plan never costs more than its printed baseline.
+    began = time.monotonic()
+    baseline_packing = greedy_packing(fleet, settings)
+    # It used to be packed after the search, outside its budget (2-4 s at 2000 models): so it stays.
+    starts_from = t0 + (time.monotonic() - began)
+    deadline += time.monotonic() - began
+    start = baseline_packing[0] if baseline_packing and current is None else None
+    if start is not None:
+        for g in start:
+            for sl in g.slots:
+                for r in sl.reps:
+                    problem.start_counts.setdefault(r.model.name, set()).add(r.count)
     try:
         if current is not None:
             # Keep a model's replica count while that many replicas still hold its traffic.
@@ -509,7 +575,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             new_slots = [s for s in slots if id(s) not in gpu_of]
             gpus = consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
         else:
-            gpus = multi_start(problem, reps_for(problem, counts), reserved, t0, deadline)  # consolidated
+            gpus = multi_start(problem, reps_for(problem, counts), reserved, starts_from, deadline,
+                               extra=start)  # consolidated
     except NoRoom as e:
         raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
                         "or lower headroom") from None
@@ -525,10 +592,10 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         # cheaper plan would spend its budget finding none. The bound does not depend on the plan.
         if progress:
             progress("bound", time.monotonic() - t0)
-        start = time.monotonic()
-        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s),
+        began = time.monotonic()
+        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s),
                        min(PROVE_FIRST_S, limit), progress, t0, first=True)
-        deadline += time.monotonic() - start  # the search keeps its share of the budget
+        deadline += time.monotonic() - began  # the search keeps its share of the budget
     elif current is not None:
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
     if first is not None and first[0] >= greedy_cost - 1e-6:
@@ -536,11 +603,16 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     else:
         gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
+    baseline = greedy_baseline(fleet, settings, baseline_packing)
+    if start is not None and cost_of(problem, gpu_counts(problem, gpus)) > baseline.cost_per_hour + 1e-9:
+        # Never reached while multi_start keeps the start and every later step keeps the cheaper
+        # packing; a guard, so that the invariant does not rest on those steps alone.
+        gpus, status = copy_gpus(start) + multi, "feasible"
     warnings = assign_nodes(problem, gpus)
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)
-        first = lower_bound(problem, floor, time_limit=bound_s)
+        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s)
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s and lb < cost - 1e-6:
@@ -552,7 +624,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if status == "optimal" and lb < cost - 1e-6:
         method += "; CP-SAT found no cheaper packing among the replica counts it searched"
     status = "optimal" if lb >= cost - 1e-6 else "feasible"
-    baselines = {"dedicated": dedicated_baseline(problem), "greedy": greedy_baseline(fleet, settings)}
+    baselines = {"dedicated": dedicated_baseline(problem), "greedy": baseline}
     replicas = {m.name: 0 for m in fleet.models} | dict(multi_counts)
     for g in gpus:  # the solver may have chosen other replica counts than the warm start
         for sl in g.slots:
@@ -562,7 +634,5 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
                      solve_seconds=time.monotonic() - t0, baselines=baselines, replicas=replicas,
                      warnings=warnings)
     if current is not None:
-        from dataclasses import replace
-
         plan = replace(plan, moves=_moves(current, plan))
     return plan

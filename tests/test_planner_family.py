@@ -1,0 +1,65 @@
+"""The planner's invariants over bench/family.py's fleet family, as hypothesis properties.
+
+For every fleet of the family (small ones here, so the CI profile's 20 examples run in well under a
+minute; ``python3 -m pytest tests/test_planner_family.py --hypothesis-profile=deep`` runs 300):
+
+* the plan is sound (``check_plan`` recomputes it from the fleet);
+* it never costs more than the greedy baseline printed under it;
+* its lower bound, and every relaxation behind it, is at most its cost, and above 0.
+
+Structural: nothing here depends on what the slot maths says a packing costs.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+from bench.family import SHAPES, family_fleet
+from packer.check import check_plan
+from packer.errors import UserError
+from packer.fleet import parse_fleet
+from packer.planner import PlanSettings, plan_fleet
+from packer.planner.bound import closed_form, lower_bound
+from packer.planner.model import Problem
+from packer.planner.solve import multi_floor, plan_multi
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CP-SAT put both replicas of a model on slices of one MIG GPU and the dealing onto GPUs opened a
+# sixth GPU in a pool of five (found by the deep profile).
+@example(seed=29676, shape="llm", headroom=0.0)
+@given(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from(sorted(set(SHAPES))),
+       headroom=st.sampled_from([0.0, 0.15, 0.3]))
+def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroom):
+    doc = family_fleet(seed, max_models=12, min_models=3, shape=shape)
+    fleet = parse_fleet(doc)
+    settings_ = PlanSettings(headroom=headroom, time_limit_s=0.3, prove_s=0, seed=seed % 7)
+    try:
+        plan = plan_fleet(fleet, settings_)
+    except UserError:
+        # Members are sized for the default headroom; at 0.3 a model may fit no slot or the pools
+        # may be too small. That must be a user error (it was a bare ValueError), nothing else.
+        if headroom <= 0.15:
+            raise
+        assume(False)
+    assert check_plan(plan) == []
+    greedy = plan.baselines["greedy"].cost_per_hour
+    assert plan.cost_per_hour <= greedy + 1e-9, (doc["name"], plan.cost_per_hour, greedy)
+    # The plan clips its bound to its cost, so ask the bounds themselves.
+    problem = Problem(fleet, settings_)
+    plan_multi(problem)
+    lb, method = lower_bound(problem, multi_floor(problem), time_limit=0.5)
+    assert 0 < lb <= plan.cost_per_hour + 1e-6, (doc["name"], lb, method, plan.cost_per_hour)
+    cf = closed_form(problem)
+    assert 0 < cf[0] + multi_floor(problem) <= plan.cost_per_hour + 1e-6
+    assert plan.lower_bound_cost_per_hour > 0 and plan.bound_method
+
+
+@pytest.mark.parametrize("shape", sorted(set(SHAPES)))
+def test_family_members_are_reproducible_and_plannable(shape):
+    a = family_fleet(11, max_models=40, shape=shape)
+    assert a == family_fleet(11, max_models=40, shape=shape)
+    assert 10 <= len(a["models"]) <= 40 + 3  # the mixed shape may add a few multi-GPU models
+    parse_fleet(a)

@@ -338,7 +338,7 @@ def _make_servable(doc: dict, rng: random.Random) -> dict:
         if packing is not None:
             return doc
         for p in doc["pools"]:
-            p["max_nodes"] *= 2
+            p["max_nodes"] = min(1000, p["max_nodes"] * 2)  # the fleet format allows at most 1000
         fleet = parse_fleet(doc)
         packing = greedy_packing(fleet, PlanSettings())
     raise AssertionError(f"{doc['name']}: no greedy packing fits even with large pools")

@@ -238,29 +238,36 @@ def _coefficients(problem: Problem, m, st, lo: float, hi: float) -> tuple[float,
     share >= a + b r for each. None where no cycle in that range serves the model.
 
     The one statement of the slot maths this relaxation relies on (``docs/planner.md``): a member
-    at rate ``r`` with cycle ``d`` takes ``A / d + per r`` of it, and ``d`` is at most the class's
-    upper end and below the SLO and ``max_batch`` limits, each of which gives a bound linear in ``r``.
+    at rate ``r`` with cycle ``d`` takes at least ``A / d + per r`` of it (one batch of its mean
+    arrivals), ``d`` is at most the class's upper end, ``slo / (1 + u)`` and the SLO limit, and
+    a request costs at least ``base / max_batch + per``. Each is a bound linear in ``r`` that
+    every group the truthful slot maths admits satisfies (turns included).
     """
     cap = problem.capacity(m, st)
     if cap <= 0:
         return None
     base, per = latency_scale(m, st)
     A = base + per
-    mbl = max(m.max_batch - 1, 1)
-    c_lo, c_hi = max(lo, A / problem.u), min(hi, m.slo_ms - A)
+    M = m.max_batch
+    # Every member's cycle is at most slo / (1 + u) (the cut plus a round within the SLO), and at
+    # least A / u (one batch of at least one request fits the round); packer/slot.py.
+    c_lo, c_hi = max(lo, A / problem.u), min(hi, m.slo_ms - A, m.slo_ms / (1.0 + problem.u))
     if c_lo > c_hi or c_hi <= 0:
         return None
-    # The most one replica can serve with its cycle in [c_lo, c_hi]: SLO, max_batch and compute
-    # each cap the rate (per ms), as in docs/slot-maths.md.
-    cap_c = min(cap, mbl * 1000.0 / c_lo) if c_lo > 0 else cap
+    # The most one replica can serve with its cycle in [c_lo, c_hi]: its capacity alone, the SLO
+    # (d + its run <= slo, its run at least base + per (1 + r d)) and the round (its share <= u).
+    # A window over max_batch is served in several turns, so max_batch caps no rate by itself.
+    cap_c = cap
     if per > 0:
         cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1 if c_lo > 0 else math.inf,
                                         problem.u - A / c_hi) / per)
     if cap_c <= 0:
         return None
+    # Shares of the cycle: one batch a cycle of at least its mean arrivals; the SLO side; and per
+    # request at least base / M + per (a batch holds at most M).
     shares = [(A / c_hi, per / 1000.0),
               (A / (m.slo_ms - A), (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0)),
-              (0.0, A / (mbl * 1000.0) + per / 1000.0)]
+              (0.0, base / (M * 1000.0) + per / 1000.0)]
     return cap_c, shares
 
 

@@ -3,8 +3,8 @@
 
 Per packed group (slot): a repository ConfigMap, a Deployment running one ``tritonserver`` that
 loads the slot's streaming and batch repositories together (one scheduling domain: its members
-take turns on the slot's rate limiter), and a Service. Per set of pods that share models with ``min_replicas >= 2``: one
-PodDisruptionBudget. Per pool: a key in the device plugin's config (MIG strategy, time-slicing);
+take turns on the slot's rate limiter), and a Service. Per set of pods that share models with
+``min_replicas >= 2``: one PodDisruptionBudget. Per pool: a key in the device plugin's config (MIG strategy, time-slicing);
 per MIG node: a mig-parted config, selected by the node's ``nvidia.com/mig.config`` label.
 """
 

@@ -10,7 +10,8 @@ loopback so that the two do not share one GIL. Measured:
 
 Run: ``python bench/k8s.py [--groups 500]``. The plan is built by hand (the planner's time is not
 part of a cycle when the fleet is unchanged), half MIG slices on A100s, half whole L4s, one group
-in five holding a streaming and a batch model (two servers).
+in five holding a streaming and a batch model (one server per group, loading both classes'
+repositories).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "packer"
 PLAN_LABEL = "packer.dev/plan"
 GROUP_LABEL = "packer.dev/group"
-CLASS_LABEL = "packer.dev/class"
+"""On a slot's server pods, Service and repository ConfigMap: the server's name."""
 POOL_LABEL = "packer.dev/pool"
 NODE_LABEL = "packer.dev/node"
 """Logical node name from the plan (``a100-80-n0``), set by the reconciler on the bound real node."""
@@ -36,8 +36,6 @@ MIG_STATE_LABEL = "nvidia.com/mig.config.state"
 DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
-CLASS_SHORT = {"streaming": "s", "batch": "b"}
-
 _BAD = re.compile(r"[^a-z0-9-]+")
 
 
@@ -59,13 +57,18 @@ def dns_label(text: str, *, prefix: str = "pk-", limit: int = 63) -> str:
     return name
 
 
-def group_name(placement_id: str, kind: str) -> str:
-    """Deployment, Service and ConfigMap name of one packed group's server for one workload class."""
-    return dns_label(f"{placement_id}-{CLASS_SHORT[kind]}")
+def group_name(placement_id: str) -> str:
+    """Deployment and Service name of one packed group's server: one per slot, whatever classes
+    its members are (``pk-a100-n0-g0-3g-40gb-4``). Older versions ran one server per slot and
+    class, named ``<this>-s`` and ``<this>-b``; a slot id never ends in ``-s`` or ``-b`` (it ends
+    in ``whole``, ``@<start>`` or ``x<gpus>``;
+    a long name ends in an 8-digit hash), so the old names never clash with the new ones."""
+    return dns_label(placement_id)
 
 
-def repo_configmap_name(placement_id: str, kind: str) -> str:
-    return dns_label(f"{placement_id}-{CLASS_SHORT[kind]}", limit=58) + "-repo"
+def repo_configmap_name(placement_id: str) -> str:
+    """The group's repository ConfigMap: ``<group name>-repo`` (hashed to fit 63 characters)."""
+    return dns_label(placement_id, limit=58) + "-repo"
 
 
 def model_label(model: str) -> str:

@@ -1,9 +1,10 @@
 """Render a plan as Kubernetes objects (plain dicts), with no I/O: the same code feeds
 ``packer render k8s`` and the reconciler's desired state.
 
-Per packed group and workload class: a repository ConfigMap, a Deployment running ``tritonserver``
-and a Service. Per set of pods that share models with ``min_replicas >= 2``: one
-PodDisruptionBudget. Per pool: a key in the device plugin's config (MIG strategy, time-slicing);
+Per packed group (slot): a repository ConfigMap, a Deployment running one ``tritonserver`` that
+loads the slot's streaming and batch repositories together (one scheduling domain: its members
+take turns on the slot's rate limiter), and a Service. Per set of pods that share models with
+``min_replicas >= 2``: one PodDisruptionBudget. Per pool: a key in the device plugin's config (MIG strategy, time-slicing);
 per MIG node: a mig-parted config, selected by the node's ``nvidia.com/mig.config`` label.
 """
 
@@ -29,12 +30,15 @@ DEVICE_PLUGIN_CONFIGMAP = "packer-device-plugin"
 MIG_PARTED_CONFIGMAP = "packer-mig-parted"
 
 FETCH_SCRIPT = """\
-# Build the Triton model repository in $MODELS (/models) from the group's ConfigMap, mounted at
-# $CONFIG (/config). Keys <model>__<path, / written as __> are repository files (config.pbtxt, a
-# stand-in's 1/model.py); <model>.uri names an artifact to fetch as <model>/1/<model>.filename.
+# Build the group's Triton model repositories under $MODELS (/models), one per workload class
+# (/models/streaming, /models/batch), from the group's ConfigMap, mounted at $CONFIG (/config).
+# Its key `models` lists <class>/<model>, one a line. Keys <model>__<path, / written as __> are
+# repository files (config.pbtxt, a stand-in's 1/model.py); <model>.uri names an artifact to fetch
+# as <model>/1/<model>.filename.
 set -eu
-C="${CONFIG:-/config}"; M="${MODELS:-/models}"
-for m in $(cat "$C/models"); do
+C="${CONFIG:-/config}"
+for e in $(cat "$C/models"); do
+  M="${MODELS:-/models}/${e%%/*}"; m="${e#*/}"
   mkdir -p "$M/$m/1"
   for f in "$C/$m"__*; do
     [ -e "$f" ] || continue
@@ -80,20 +84,38 @@ def check_artifact(model: str, art: Any, s: RenderSettings) -> None:
                         "(sha256sum FILE), so the fetch can verify what it downloaded")
 
 
+CLASSES = ("streaming", "batch")
+"""Workload classes, in the order their repositories are given to the server."""
+
+
 @dataclass(frozen=True)
 class Group:
-    """One Triton server: the members of one workload class in one placement."""
+    """One Triton server: every member of one placement (slot), streaming and batch alike, so the
+    slot is one scheduling domain whose members take turns, as the slot maths assumes. Each class
+    keeps its own repository (their batching policies differ); the server loads both."""
 
     placement: Placement
-    kind: str
 
     @property
     def name(self) -> str:
-        return N.group_name(self.placement.id, self.kind)
+        return N.group_name(self.placement.id)
 
     @property
     def models(self) -> tuple[str, ...]:
-        return tuple(sorted({m.name for m in self.placement.models if m.kind == self.kind}))
+        return tuple(sorted({m.name for m in self.placement.models}))
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The classes present, streaming first: one ``--model-repository`` each."""
+        return tuple(k for k in CLASSES if any(m.kind == k for m in self.placement.models))
+
+    def kind_of(self, model: str) -> str:
+        return next(m.kind for m in self.placement.models if m.name == model)
+
+    @property
+    def shared(self) -> bool:
+        """Several models in one server: they take turns on the slot's rate-limiter resource."""
+        return len(self.models) > 1
 
     @property
     def mig(self) -> bool:
@@ -108,8 +130,8 @@ class Group:
 
 
 def groups(plan: Plan) -> list[Group]:
-    """Every server the plan runs: streaming and batch members of a slot never share a server."""
-    return [Group(p, k) for p in plan.placements for k in p.kinds]
+    """Every server the plan runs: one per placement."""
+    return [Group(p) for p in plan.placements]
 
 
 def owned_keys(obj: dict[str, Any]) -> dict[str, list[str]]:
@@ -201,9 +223,11 @@ def _pdb_components(plan: Plan) -> dict[str, str]:
 
 
 def repository_files(plan: Plan, g: Group) -> dict[str, str]:
-    """The group's Triton repository as ConfigMap keys, from the serving writer (issue 3): each
-    model's config.pbtxt (batching, queue policy, rate limiter, all from the plan) and, for a model
-    without an artifact, the stand-in's ``1/model.py``."""
+    """The group's Triton repositories (one per class) as ConfigMap keys, from the serving writer
+    (issue 3): each model's config.pbtxt (batching, queue policy, rate limiter, all from the plan)
+    and, for a model without an artifact, the stand-in's ``1/model.py``. Model names are unique
+    in a plan, so the classes' files share one key space; the ``models`` key says which
+    repository each model goes to."""
     try:
         from serving.config import to_text
         from serving.repository import group_repositories
@@ -216,8 +240,6 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
 
     out: dict[str, str] = {}
     for repo in group_repositories(plan, g.placement, ServingSettings()):
-        if repo.kind != g.kind:
-            continue
         for m in repo.models:
             out[f"{m.name}__config.pbtxt"] = to_text(m.config)
             for rel, data in m.files.items():
@@ -229,15 +251,16 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
 
 def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
                          models: dict[str, Any] | None = None) -> dict[str, Any]:
-    """What the init container needs to build the group's model repository."""
-    data = {"models": "\n".join(g.models) + "\n", "fetch.sh": FETCH_SCRIPT, **repository_files(plan, g)}
+    """What the init container needs to build the group's model repositories."""
+    entries = sorted(f"{g.kind_of(m)}/{m}" for m in g.models)
+    data = {"models": "\n".join(entries) + "\n", "fetch.sh": FETCH_SCRIPT, **repository_files(plan, g)}
     # Replica indices are left out: a re-plan that renumbers replicas changes nothing that runs.
     members = []
     models = models or _models_by_name(plan)
-    for mem in sorted((m for m in g.placement.models if m.kind == g.kind), key=lambda m: m.name):
+    for mem in sorted(g.placement.models, key=lambda m: m.name):
         model = models[mem.name]
         art = model.artifact
-        members.append({"name": mem.name, "batch_size": mem.batch_size, "slo_ms": mem.slo_ms,
+        members.append({"name": mem.name, "kind": mem.kind, "batch_size": mem.batch_size, "slo_ms": mem.slo_ms,
                         "artifact": None if art is None else {"uri": art.uri, "backend": art.backend,
                                                               "platform": art.platform}})
         if art is not None:
@@ -246,10 +269,10 @@ def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
             if art.sha256:
                 data[f"{mem.name}.sha256"] = art.sha256
                 members[-1]["artifact"]["sha256"] = art.sha256
-    data["group.json"] = json.dumps({"placement": g.placement.id, "kind": g.kind, "pool": g.placement.pool,
+    data["group.json"] = json.dumps({"placement": g.placement.id, "classes": list(g.kinds), "pool": g.placement.pool,
                                      "node": g.placement.node, "slot": g.placement.slot,
                                      "members": members}, indent=1, sort_keys=True)
-    name = N.repo_configmap_name(g.placement.id, g.kind)
+    name = N.repo_configmap_name(g.placement.id)
     return stamp({"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": _meta(name, s.namespace, plan, {N.GROUP_LABEL: g.name}), "data": data})
 
@@ -257,7 +280,7 @@ def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
 def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
                repo: dict[str, Any]) -> dict[str, Any]:
     p = g.placement
-    selector = {N.GROUP_LABEL: g.name, N.CLASS_LABEL: g.kind}
+    selector = {N.GROUP_LABEL: g.name}
     pod_labels = {N.MANAGED_BY: N.MANAGER, **selector, **{N.model_label(m): "serving" for m in g.models}}
     pdb = next((pdbs[m] for m in g.models if m in pdbs), None)
     if pdb:
@@ -270,10 +293,12 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
         match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
     res_name, res_count = g.gpu_resource
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
-    args = ["tritonserver", "--model-repository=/models", "--model-control-mode=explicit",
+    # One server per slot, loading each class's repository (model names are unique across them):
+    # packed models, streaming and batch alike, take turns on the slot's rate-limiter resource
+    # (one batch at a time), as the slot maths assumes.
+    args = ["tritonserver", *[f"--model-repository=/models/{k}" for k in g.kinds], "--model-control-mode=explicit",
             *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
-            # Packed models take turns on the slot's rate-limiter resource (one batch at a time).
-            *(["--rate-limit=execution_count"] if len(g.models) > 1 else []),
+            *(["--rate-limit=execution_count"] if g.shared else []),
             f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}",
             # Model loading and the other admin APIs answer only requests carrying the admin key
             # (Kubernetes expands $(VAR) from the container's env, filled from the Secret).
@@ -282,7 +307,7 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
                      "readOnlyRootFilesystem": True}
     # Artifacts land in the models emptyDir: bound it (weights take no more disk than memory).
-    models_gi = math.ceil(2 * sum(m.memory_gb for m in p.models if m.kind == g.kind)) + 1
+    models_gi = math.ceil(2 * sum(m.memory_gb for m in p.models)) + 1
     repo_mount = {"name": "repo-config", "mountPath": "/config", "readOnly": True}
     models_mount = {"name": "models", "mountPath": "/models"}
     container = {
@@ -306,8 +331,7 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     init = {"name": "fetch-models", "image": s.fetch_image, "command": ["sh", "/config/fetch.sh"],
             "securityContext": no_escalation, "volumeMounts": [repo_mount, models_mount],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}}
-    members = ", ".join(f"{m.name} b={m.batch_size}" for m in sorted(p.models, key=lambda m: m.name)
-                        if m.kind == g.kind)
+    members = ", ".join(f"{m.name} b={m.batch_size}" for m in sorted(p.models, key=lambda m: m.name))
     annotations = {N.PLACEMENT_ANNOTATION: p.id, N.REASON_ANNOTATION: f"{members}: {p.reason}"}
     template_annotations = {"packer.dev/repo-hash": repo["metadata"]["annotations"][N.SPEC_HASH]}
     return stamp({
@@ -344,10 +368,14 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
 
 
 def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
-    selector = {N.GROUP_LABEL: g.name, N.CLASS_LABEL: g.kind}
+    """One Service per slot: Triton routes each request by the model name in its path
+    (``/v2/models/<name>/infer``), so the slot's one server answers for every member. The model
+    labels let a client find it: ``kubectl get svc -l model.packer.dev/<name>``."""
+    selector = {N.GROUP_LABEL: g.name}
+    labels = {**selector, **{N.model_label(m): "serving" for m in g.models}}
     return stamp({
         "apiVersion": "v1", "kind": "Service",
-        "metadata": _meta(g.name, s.namespace, plan, selector, {N.PLACEMENT_ANNOTATION: g.placement.id}),
+        "metadata": _meta(g.name, s.namespace, plan, labels, {N.PLACEMENT_ANNOTATION: g.placement.id}),
         "spec": {"type": "ClusterIP", "selector": selector, "ports": [
             {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
             {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc"},

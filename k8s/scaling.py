@@ -51,7 +51,7 @@ class TritonSignals:
         from serving import metrics
 
         names = sorted(o["metadata"]["name"] for o in live if o.get("kind") == "Service" and N.owned(o)
-                       and N.CLASS_LABEL in (o["metadata"].get("labels") or {}))
+                       and N.GROUP_LABEL in (o["metadata"].get("labels") or {}))
         now = self.clock()
 
         def one(name: str) -> tuple[str, Any]:

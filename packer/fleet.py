@@ -32,7 +32,7 @@ MODEL_KEYS = ("name", "kind", "memory_gb", "gpus_per_replica", "traffic", "slo_m
               "min_replicas", "max_replicas", "artifact")
 TRAFFIC_KEYS = ("rps", "peak_rps", "streams")
 LATENCY_KEYS = ("gpu", "base", "per_item")
-ARTIFACT_KEYS = ("uri", "backend", "platform")
+ARTIFACT_KEYS = ("uri", "backend", "platform", "sha256")
 REQUIRED = {"name", "pools", "models", "gpu", "gpus_per_node", "cost_per_gpu_hour", "kind", "memory_gb", "traffic",
             "slo_ms", "latency_ms", "max_batch", "rps", "base", "per_item", "uri"}
 

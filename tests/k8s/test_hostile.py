@@ -166,8 +166,8 @@ def test_restoring_an_edited_object_keeps_what_others_added(cluster) -> None:
 
     r = cluster.reconciler()
     cluster.converge(r)
-    name = N.group_name("l4-n0-g0-whole", "streaming")
-    repo = N.repo_configmap_name("l4-n0-g0-whole", "streaming")
+    name = N.group_name("l4-n0-g0-whole")
+    repo = N.repo_configmap_name("l4-n0-g0-whole")
     apps, core = cluster.client.AppsV1Api(cluster.api), cluster.client.CoreV1Api(cluster.api)
     mp = "application/merge-patch+json"
     apps.patch_namespaced_deployment(name, NS, {
@@ -184,7 +184,9 @@ def test_restoring_an_edited_object_keeps_what_others_added(cluster) -> None:
     assert dep["metadata"]["labels"]["team"] == "speech"
     assert dep["spec"]["template"]["metadata"]["labels"]["sidecar.istio.io/inject"] == "false"
     cm = cluster.objects("v1/configmaps")[repo]
-    assert cm["data"]["fetch.sh"].startswith("# Build the Triton model repository")
+    from k8s.render import FETCH_SCRIPT
+
+    assert cm["data"]["fetch.sh"] == FETCH_SCRIPT
     assert cm["data"]["notes.txt"] == "ours"
     assert r.cycle().done == []  # the additions are not a drift
 

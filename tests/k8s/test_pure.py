@@ -161,3 +161,20 @@ def test_list_items_without_apiversion_and_kind_are_not_drift(base_plan) -> None
         live.append(item)
     actions, conflicts = diff(want, live)
     assert actions == [] and conflicts == []
+
+
+@pytest.mark.parametrize("pid", ["a100-80-n0-g3-3g.40gb@4", "l4-n0-g0-whole", "h100-n12-g0-x4",
+                                 "a-very-long-pool-name-" * 3 + "n0-g0-whole"])
+def test_slot_names_are_dns_labels_and_never_an_old_class_name(pid) -> None:
+    """One server per slot: its name, and its repository's, are DNS-1035 labels that no slot's
+    old per-class name (``<slot>-s``, ``<slot>-b``) can equal, so a migration never updates an
+    old object in place under a new meaning."""
+    import re
+
+    dns = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+    new = {N.group_name(pid), N.repo_configmap_name(pid)}
+    for n in new:
+        assert len(n) <= 63 and dns.fullmatch(n), n
+    old = {N.dns_label(f"{p}-{k}") for p in (pid, "l4-n0-g0-whole", "a100-80-n0-g3-3g.40gb@4") for k in "sb"}
+    old |= {N.dns_label(f"{p}-{k}", limit=58) + "-repo" for p in (pid,) for k in "sb"}
+    assert not new & old

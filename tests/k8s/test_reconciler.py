@@ -83,9 +83,9 @@ def test_traffic_change_produces_the_minimal_diff(cluster, plans) -> None:
     cluster.set_fleet(2.0)
     rep = r.cycle()
     assert rep.replanned == "fleet changed"
-    new = N.group_name("l4-n0-g2-whole", "streaming")
+    new = N.group_name("l4-n0-g2-whole")
     assert sorted((a.verb, a.kind, a.name) for a in rep.done) == [
-        ("create", "ConfigMap", N.repo_configmap_name("l4-n0-g2-whole", "streaming")),
+        ("create", "ConfigMap", N.repo_configmap_name("l4-n0-g2-whole")),
         ("create", "Deployment", new), ("create", "Service", new)]
     after = live_hashes(cluster)
     assert {k: v for k, v in after.items() if k in before} == before
@@ -94,7 +94,7 @@ def test_traffic_change_produces_the_minimal_diff(cluster, plans) -> None:
 def test_owned_object_deleted_by_hand_comes_back(cluster) -> None:
     r = cluster.reconciler()
     cluster.converge(r)
-    name = N.group_name("l4-n0-g0-whole", "streaming")
+    name = N.group_name("l4-n0-g0-whole")
     apps = cluster.client.AppsV1Api(cluster.api)
     apps.delete_namespaced_deployment(name, NS)
     rep = r.cycle()
@@ -105,7 +105,7 @@ def test_owned_object_deleted_by_hand_comes_back(cluster) -> None:
 def test_hand_edit_of_an_owned_object_is_undone(cluster) -> None:
     r = cluster.reconciler()
     cluster.converge(r)
-    name = N.group_name("l4-n0-g0-whole", "streaming")
+    name = N.group_name("l4-n0-g0-whole")
     cluster.client.CoreV1Api(cluster.api).patch_namespaced_service(
         name, NS, {"spec": {"ports": [{"name": "http", "port": 9999}]}},
         _content_type="application/merge-patch+json")
@@ -116,7 +116,7 @@ def test_hand_edit_of_an_owned_object_is_undone(cluster) -> None:
 
 
 def test_foreign_object_with_a_clashing_name_is_left_alone_and_reported(cluster) -> None:
-    name = N.group_name("l4-n0-g1-whole", "streaming")
+    name = N.group_name("l4-n0-g1-whole")
     foreign = {"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": name, "namespace": NS, "labels": {"team": "other"}},
                "spec": {"ports": [{"port": 80}]}}
@@ -245,8 +245,8 @@ def moved(cluster, plans):
 
 def test_new_replicas_ready_before_old_ones_go(cluster, moved) -> None:
     r = moved
-    old = N.group_name("a100-n0-g0-3g.40gb@4", "streaming")
-    new = N.group_name("l4-n0-g2-whole", "streaming")
+    old = N.group_name("a100-n0-g0-3g.40gb@4")
+    new = N.group_name("l4-n0-g2-whole")
     rep = r.cycle()
     assert ("create", new) in [(a.verb, a.name) for a in rep.done]
     assert [(a.verb, a.name) for a, _ in rep.waiting if a.kind == "Deployment"] == [("delete", old)]
@@ -301,3 +301,152 @@ def test_disruptions_per_cycle_are_limited(cluster, plans) -> None:
     assert any("budget" in why for _, why in rep.waiting)
     rep = r.cycle()
     assert len([a for a in rep.done if a.verb == "delete" and a.kind == "Deployment"]) == 1
+
+
+def test_a_mixed_slot_runs_one_server_and_a_quiet_cycle_writes_nothing(cluster) -> None:
+    """The base plan's a100 slot @0 holds asr (streaming) and summ (batch): from an empty cluster
+    it gets one Deployment, one Service and one repository ConfigMap, and then nothing moves."""
+    r = cluster.reconciler()
+    reps = cluster.converge(r)
+    plan = reps[0].plan
+    assert live_hashes(cluster) == want_hashes(plan)
+    name = N.group_name("a100-n0-g0-3g.40gb@0")
+    deps = cluster.objects("apps/v1/deployments")
+    assert len(deps) == len(plan.placements) == 4
+    args = deps[name]["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert {"--model-repository=/models/streaming", "--model-repository=/models/batch", "--load-model=asr",
+            "--load-model=summ", "--rate-limit=execution_count"} <= set(args)
+    assert N.repo_configmap_name("a100-n0-g0-3g.40gb@0") in cluster.objects("v1/configmaps")
+    assert name in cluster.objects("v1/services")
+    before = cluster.writes()
+    rep = r.cycle()
+    assert (rep.done, rep.waiting, rep.writes, cluster.writes() - before) == ([], [], 0, 0)
+
+
+def legacy_objects(objs: list[dict]) -> list[dict]:
+    """What the earlier layout (one server per slot and workload class) ran for these rendered
+    objects: per slot and class present, Deployment and Service ``<slot name>-s``/``-b`` and
+    ConfigMap ``<slot name>-s-repo``/``-b-repo``, selecting by group and class, each pod labelled
+    with its class's models and loading them from ``/models``; owned by packer."""
+    import copy
+
+    from k8s.render import stamp
+
+    kinds = {"asr": "streaming", "punct": "streaming", "summ": "batch"}
+    out = []
+    for o in objs:
+        if o["kind"] != "Deployment":
+            continue
+        pid = o["metadata"]["annotations"][N.PLACEMENT_ANNOTATION]
+        models = {k.removeprefix(N.MODEL_LABEL_PREFIX) for k in o["spec"]["template"]["metadata"]["labels"]
+                  if k.startswith(N.MODEL_LABEL_PREFIX)}
+        svc = next(x for x in objs if x["kind"] == "Service" and x["metadata"]["name"] == o["metadata"]["name"])
+        cm = next(x for x in objs if x["kind"] == "ConfigMap"
+                  and x["metadata"]["name"] == N.repo_configmap_name(pid))
+        for kind in ("streaming", "batch"):
+            mine = sorted(m for m in models if kinds[m] == kind)
+            if not mine:
+                continue
+            name = N.dns_label(f"{pid}-{kind[0]}")
+            sel = {N.GROUP_LABEL: name, "packer.dev/class": kind}
+            d, s, c = copy.deepcopy(o), copy.deepcopy(svc), copy.deepcopy(cm)
+            d["metadata"]["name"] = s["metadata"]["name"] = name
+            c["metadata"]["name"] = N.dns_label(f"{pid}-{kind[0]}", limit=58) + "-repo"
+            for x in (d, s, c):
+                x["metadata"]["labels"] |= {N.GROUP_LABEL: name}
+                x["metadata"]["annotations"].pop(N.SPEC_HASH)
+            d["metadata"]["labels"] |= sel
+            s["metadata"]["labels"] = {k: v for k, v in s["metadata"]["labels"].items()
+                                       if not k.startswith(N.MODEL_LABEL_PREFIX)} | sel
+            d["spec"]["selector"]["matchLabels"] = s["spec"]["selector"] = sel
+            tl = d["spec"]["template"]["metadata"]["labels"]
+            d["spec"]["template"]["metadata"]["labels"] = {
+                k: v for k, v in tl.items() if not k.startswith(N.MODEL_LABEL_PREFIX)} | sel | {
+                N.model_label(m): "serving" for m in mine}
+            pod = d["spec"]["template"]["spec"]
+            pod["containers"][0]["args"] = [a for a in pod["containers"][0]["args"]
+                                            if not a.startswith(("--model-repository=", "--load-model=",
+                                                                 "--rate-limit="))] + [
+                "--model-repository=/models", *[f"--load-model={m}" for m in mine],
+                *(["--rate-limit=execution_count"] if len(mine) > 1 else [])]
+            next(v for v in pod["volumes"] if v["name"] == "repo-config")["configMap"]["name"] = c["metadata"]["name"]
+            c["data"]["models"] = "".join(f"{m}\n" for m in mine)
+            out += [stamp(c), stamp(d), stamp(s)]
+    return out
+
+
+def test_the_two_server_layout_migrates_new_server_first(cluster) -> None:
+    """A cluster left by the earlier layout (a server per slot and class: the mixed slot ran two
+    on one MIG slice, with time-slicing for them) migrates to one server per slot in the safe
+    order: each slot's new server is created and ready before its old ones are deleted, and the
+    old Services and repositories go only after their servers. Then nothing moves."""
+    import yaml
+
+    r = cluster.reconciler()
+    reps = cluster.converge(r)
+    plan = reps[0].plan
+    objs = render_plan(plan)
+    apps, core = cluster.client.AppsV1Api(cluster.api), cluster.client.CoreV1Api(cluster.api)
+    # Put the old layout in place of the new one.
+    for o in objs:
+        name = o["metadata"]["name"]
+        if o["kind"] == "Deployment":
+            apps.delete_namespaced_deployment(name, NS)
+        elif o["kind"] == "Service":
+            core.delete_namespaced_service(name, NS)
+        elif o["kind"] == "ConfigMap" and name.endswith("-repo"):
+            core.delete_namespaced_config_map(name, NS)
+    old = legacy_objects(objs)
+    for o in old:
+        {"Deployment": lambda b: apps.create_namespaced_deployment(NS, b),
+         "Service": lambda b: core.create_namespaced_service(NS, b),
+         "ConfigMap": lambda b: core.create_namespaced_config_map(NS, b)}[o["kind"]](o)
+    dp = cluster.objects("v1/configmaps", "gpu-operator")["packer-device-plugin"]
+    a100 = yaml.safe_load(dp["data"]["a100"]) | {"sharing": {"timeSlicing": {"resources": [
+        {"name": "nvidia.com/mig-3g.40gb", "replicas": 2}]}}}
+    core.patch_namespaced_config_map("packer-device-plugin", "gpu-operator", {
+        "metadata": {"annotations": {N.SPEC_HASH: "old"}}, "data": {"a100": yaml.safe_dump(a100)}})
+    cluster.ready()  # the old servers run
+    old_deps = sorted(o["metadata"]["name"] for o in old if o["kind"] == "Deployment")
+    assert old_deps == sorted(N.dns_label(f"{p}-{k}") for p, k in (
+        ("a100-n0-g0-3g.40gb@0", "s"), ("a100-n0-g0-3g.40gb@4", "s"), ("a100-n0-g0-3g.40gb@0", "b"),
+        ("l4-n0-g0-whole", "s"), ("l4-n0-g1-whole", "s")))
+    new_deps = sorted(o["metadata"]["name"] for o in objs if o["kind"] == "Deployment")
+
+    # Cycle 1: the new servers, their Services and repositories are created (and the device
+    # plugin loses the time-slicing the two servers needed); no old server goes yet.
+    rep = r.cycle()
+    done = {(a.verb, a.kind, a.name) for a in rep.done}
+    assert {("create", "Deployment", n) for n in new_deps} <= done
+    assert {("create", "Service", n) for n in new_deps} <= done
+    assert ("update", "ConfigMap", "packer-device-plugin") in done
+    assert not [a for a in rep.done if a.verb == "delete"]
+    held = {(a.kind, a.name): why for a, why in rep.waiting}
+    for n in old_deps:
+        assert "replacements to be ready" in held[("Deployment", n)], held
+        assert "still running" in held[("Service", n)]
+    # Not ready yet: still waiting, nothing written.
+    rep = r.cycle()
+    assert rep.done == [] and rep.writes == 0 and len(rep.waiting) == 3 * len(old_deps)
+
+    # Once the new servers are ready the old ones go (4 disruptions a cycle), then their
+    # Services and repositories; the cluster ends exactly at the plan.
+    cluster.ready(set(new_deps))
+    deleted_at: dict[str, int] = {}
+    for i in range(6):
+        rep = r.cycle()
+        for a in rep.done:
+            assert a.verb == "delete" and a.name in {o["metadata"]["name"] for o in old}, a.describe()
+            if a.kind == "Deployment":
+                deleted_at[a.name] = i
+        if not rep.done and not rep.waiting:
+            break
+    assert sorted(deleted_at) == old_deps
+    assert sorted(deleted_at.values()) == [0, 0, 0, 0, 1]  # the budget of 4 disruptions per cycle
+    assert live_hashes(cluster) == want_hashes(plan)
+    assert sorted(cluster.objects("apps/v1/deployments")) == new_deps
+    assert "sharing" not in yaml.safe_load(
+        cluster.objects("v1/configmaps", "gpu-operator")["packer-device-plugin"]["data"]["a100"])
+    before = cluster.writes()
+    rep = r.cycle()
+    assert (rep.done, rep.waiting, rep.writes, cluster.writes() - before) == ([], [], 0, 0)

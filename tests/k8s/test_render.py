@@ -41,17 +41,47 @@ def test_every_object_is_owned_and_carries_the_plan_id(base_plan) -> None:
         assert labels[N.PLAN_LABEL] == base_plan.id
 
 
-def test_one_server_per_group_and_class(base_plan) -> None:
+def args_of(dep: dict) -> list[str]:
+    return dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_one_server_per_slot_loads_both_repositories_under_one_rate_limiter(base_plan) -> None:
+    """A slot is one scheduling domain: its streaming and batch members run in one tritonserver,
+    each class from its own repository, taking turns on the slot's rate limiter."""
     deps = by_kind(render_plan(base_plan), "Deployment")
-    # 4 slots, one of them holding a streaming and a batch model: 5 servers.
-    assert len(deps) == 5
-    mixed = [d for d in deps.values() if d["metadata"]["annotations"][N.PLACEMENT_ANNOTATION] == "a100-n0-g0-3g.40gb@0"]
-    assert sorted(d["metadata"]["labels"][N.CLASS_LABEL] for d in mixed) == ["batch", "streaming"]
+    # 4 slots, one of them holding a streaming and a batch model: 4 servers.
+    assert len(deps) == 4
+    assert {d["metadata"]["annotations"][N.PLACEMENT_ANNOTATION] for d in deps.values()} == {
+        p.id for p in base_plan.placements}
+    mixed = deps[N.group_name("a100-n0-g0-3g.40gb@0")]
+    args = args_of(mixed)
+    assert [a for a in args if a.startswith("--model-repository=")] == [
+        "--model-repository=/models/streaming", "--model-repository=/models/batch"]
+    assert [a for a in args if a.startswith("--load-model=")] == ["--load-model=asr", "--load-model=summ"]
+    assert "--rate-limit=execution_count" in args
+    labels = mixed["spec"]["template"]["metadata"]["labels"]
+    assert {k for k in labels if k.startswith(N.MODEL_LABEL_PREFIX)} == {N.model_label("asr"), N.model_label("summ")}
+    assert "asr b=8, summ b=8" in mixed["metadata"]["annotations"][N.REASON_ANNOTATION]
+    # The models emptyDir holds both classes' weights: 2 x (2.5 + 20) GB + 1.
+    vols = {v["name"]: v for v in mixed["spec"]["template"]["spec"]["volumes"]}
+    assert vols["models"]["emptyDir"]["sizeLimit"] == "46Gi"
+    # A one-member slot: only its class's repository, no rate limiter.
+    single = args_of(deps[N.group_name("l4-n0-g0-whole")])
+    assert [a for a in single if a.startswith("--model-repository=")] == ["--model-repository=/models/streaming"]
+    assert "--rate-limit=execution_count" not in single
+
+
+def test_a_batch_only_slot_serves_from_the_batch_repository(plans) -> None:
+    plan = plans.build([("a100", "a100-n0", 0, "3g.40gb", 0, [("summ", 0)])])
+    (dep,) = by_kind(render_plan(plan), "Deployment").values()
+    assert [a for a in args_of(dep) if a.startswith("--model-repository=")] == ["--model-repository=/models/batch"]
+    (cm,) = [o for o in render_plan(plan) if o["metadata"]["name"] == N.repo_configmap_name(plan.placements[0].id)]
+    assert cm["data"]["models"] == "batch/summ\n"
 
 
 def test_mig_server_requests_its_profile_and_is_pinned_to_its_node(base_plan) -> None:
     deps = by_kind(render_plan(base_plan), "Deployment")
-    d = deps[N.group_name("a100-n0-g0-3g.40gb@4", "streaming")]
+    d = deps[N.group_name("a100-n0-g0-3g.40gb@4")]
     pod = d["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/mig-3g.40gb"] == "1"
@@ -68,7 +98,7 @@ def test_mig_server_requests_its_profile_and_is_pinned_to_its_node(base_plan) ->
 
 def test_whole_gpu_server_requests_a_gpu_and_only_its_pool(base_plan) -> None:
     deps = by_kind(render_plan(base_plan), "Deployment")
-    d = deps[N.group_name("l4-n0-g0-whole", "streaming")]
+    d = deps[N.group_name("l4-n0-g0-whole")]
     pod = d["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     exprs = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
@@ -76,24 +106,32 @@ def test_whole_gpu_server_requests_a_gpu_and_only_its_pool(base_plan) -> None:
 
 
 def test_service_exposes_http_grpc_and_metrics(base_plan) -> None:
-    svcs = by_kind(render_plan(base_plan), "Service")
-    assert len(svcs) == 5
-    for s in svcs.values():
+    objs = render_plan(base_plan)
+    svcs, deps = by_kind(objs, "Service"), by_kind(objs, "Deployment")
+    assert set(svcs) == set(deps)  # one per slot, named as its server
+    for name, s in svcs.items():
         assert [p["port"] for p in s["spec"]["ports"]] == [8000, 8001, 8002]
         assert len(s["metadata"]["name"]) <= 63
+        # It selects its slot's one pod, and names the models it answers for (clients route by
+        # model name; `kubectl get svc -l model.packer.dev/<name>` finds the Service).
+        pod = deps[name]["spec"]["template"]["metadata"]["labels"]
+        assert s["spec"]["selector"] == {N.GROUP_LABEL: name} and pod[N.GROUP_LABEL] == name
+        assert {k for k in s["metadata"]["labels"] if k.startswith(N.MODEL_LABEL_PREFIX)} == {
+            k for k in pod if k.startswith(N.MODEL_LABEL_PREFIX)}
 
 
 def test_pdb_per_model_component_with_min_replicas_two(base_plan) -> None:
     objs = render_plan(base_plan)
     pdbs = by_kind(objs, "PodDisruptionBudget")
-    # asr (min 2) shares a slot with summ only across classes (separate pods); punct (min 2) alone.
+    # asr (min 2) shares its slot's one server with summ: one budget for both; punct (min 2) alone.
     assert sorted(pdbs) == ["pk-pdb-asr", "pk-pdb-punct"]
+    assert "asr, summ" in pdbs["pk-pdb-asr"]["metadata"]["annotations"][N.REASON_ANNOTATION]
     deps = by_kind(objs, "Deployment")
     for d in deps.values():
         labels = d["spec"]["template"]["metadata"]["labels"]
         models = [k.removeprefix(N.MODEL_LABEL_PREFIX) for k in labels if k.startswith(N.MODEL_LABEL_PREFIX)]
-        expect = {"asr": "pk-pdb-asr", "punct": "pk-pdb-punct", "summ": None}[models[0]]
-        assert labels.get(N.PDB_LABEL) == expect
+        expect = {"asr": "pk-pdb-asr", "punct": "pk-pdb-punct", "summ": "pk-pdb-asr"}
+        assert {labels.get(N.PDB_LABEL)} == {expect[m] for m in models}
 
 
 def test_models_sharing_a_server_share_one_budget(plans) -> None:
@@ -117,10 +155,11 @@ def test_mig_parted_config_and_node_label(base_plan) -> None:
 
 
 def test_time_slicing_only_where_the_plan_stacks_servers(base_plan) -> None:
-    # The 3g.40gb@0 slot runs a streaming and a batch server: 2 replicas of that MIG resource.
+    # The 3g.40gb@0 slot holds a streaming and a batch model, but in one server: one pod per
+    # device, so no time-slicing (which would let the scheduler stack unplanned pods there).
     a100 = device_plugin_config(base_plan, "a100")
     assert a100["flags"]["migStrategy"] == "mixed"
-    assert a100["sharing"]["timeSlicing"]["resources"] == [{"name": "nvidia.com/mig-3g.40gb", "replicas": 2}]
+    assert "sharing" not in a100
     assert "sharing" not in device_plugin_config(base_plan, "l4")
 
 
@@ -250,10 +289,65 @@ def test_repository_configmap_builds_a_triton_repository(plans, tmp_path: Path) 
     out = tmp_path / "models"
     subprocess.run(["sh", str(conf / "fetch.sh")], check=True, env={"CONFIG": str(conf), "MODELS": str(out),
                                                                    "PATH": "/usr/bin:/bin"})
-    assert (out / "asr" / "1" / "asr.onnx").read_bytes() == b"onnx"
-    assert (out / "punct" / "1" / "model.py").exists()  # the stand-in
+    assert (out / "streaming" / "asr" / "1" / "asr.onnx").read_bytes() == b"onnx"
+    assert (out / "streaming" / "punct" / "1" / "model.py").exists()  # the stand-in
     for m in ("asr", "punct"):
-        cfg = from_text((out / m / "config.pbtxt").read_text())
+        cfg = from_text((out / "streaming" / m / "config.pbtxt").read_text())
         assert cfg.name == m and cfg.parameters["slot"].string_value == "l4-n0-g0-whole"
     dep = next(o for o in render_plan(plan) if o["kind"] == "Deployment")
     assert "--rate-limit=execution_count" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def _fetch(cm: dict, tmp_path: Path) -> Path:
+    """Run the ConfigMap's fetch.sh with a real shell, as the init container does."""
+    import subprocess
+
+    conf = tmp_path / "config"
+    conf.mkdir()
+    for k, v in cm["data"].items():
+        (conf / k).write_text(v)
+    out = tmp_path / "models"
+    subprocess.run(["sh", str(conf / "fetch.sh")], check=True, env={"CONFIG": str(conf), "MODELS": str(out),
+                                                                   "PATH": "/usr/bin:/bin"})
+    return out
+
+
+def test_the_init_container_builds_both_repositories_of_a_mixed_slot(plans, tmp_path: Path) -> None:
+    """One ConfigMap per slot; the init container lays out /models/streaming and /models/batch,
+    which are exactly the server's --model-repository paths, each model in its class's."""
+    from serving.config import from_text
+
+    doc = plans.fleet_doc()
+    doc["models"][0].pop("artifact")  # stand-ins only: nothing to download here
+    plan = plans.build([("a100", "a100-n0", 0, "3g.40gb", 0, [("asr", 0), ("punct", 0), ("summ", 0)])], doc)
+    objs = render_plan(plan)
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-repo")]
+    assert cm["metadata"]["name"] == N.repo_configmap_name("a100-n0-g0-3g.40gb@0")
+    assert cm["data"]["models"] == "batch/summ\nstreaming/asr\nstreaming/punct\n"
+    group = json.loads(cm["data"]["group.json"])
+    assert group["classes"] == ["streaming", "batch"]
+    assert {m["name"]: m["kind"] for m in group["members"]} == {"asr": "streaming", "punct": "streaming",
+                                                                "summ": "batch"}
+    out = _fetch(cm, tmp_path)
+    assert sorted(p.name for p in out.iterdir()) == ["batch", "streaming"]
+    assert sorted(p.name for p in (out / "streaming").iterdir()) == ["asr", "punct"]
+    assert sorted(p.name for p in (out / "batch").iterdir()) == ["summ"]
+    assert (out / "batch" / "summ" / "1" / "model.py").exists()  # the stand-in
+    for kind, m in (("streaming", "asr"), ("streaming", "punct"), ("batch", "summ")):
+        assert from_text((out / kind / m / "config.pbtxt").read_text()).name == m
+    (dep,) = [o for o in objs if o["kind"] == "Deployment"]
+    repos = [a.removeprefix("--model-repository=") for a in args_of(dep) if a.startswith("--model-repository=")]
+    assert repos == ["/models/streaming", "/models/batch"]
+    assert "--rate-limit=execution_count" in args_of(dep)
+
+
+def test_every_member_of_a_shared_server_takes_turns_on_the_slot_resource(plans) -> None:
+    """--rate-limit=execution_count orders only instances that name a resource: each member of a
+    shared server must name the slot's one unit, streaming and batch alike."""
+    from serving.config import from_text
+
+    plan = plans.build([("a100", "a100-n0", 0, "3g.40gb", 0, [("asr", 0), ("summ", 0)])])
+    (cm,) = [o for o in render_plan(plan) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-repo")]
+    for m in ("asr", "summ"):
+        cfg = from_text(cm["data"][f"{m}__config.pbtxt"])
+        assert [r.name for g in cfg.instance_group for r in g.rate_limiter.resources] == ["slot"], m

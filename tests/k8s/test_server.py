@@ -46,12 +46,12 @@ def test_probes_metrics_and_status_page(http) -> None:
     plan = r.last.plan
     assert f"packer_plan_cost_per_hour {plan.cost_per_hour}" in text
     assert "packer_plan_lower_bound_per_hour" in text and "packer_plan_gap" in text
-    assert 'packer_actions_total{kind="Deployment",verb="create"} 5.0' in text
+    assert 'packer_actions_total{kind="Deployment",verb="create"} 4.0' in text
     assert "packer_cycle_seconds_count" in text and "packer_errors_total 0.0" in text
     assert "packer_cycle_writes 0.0" in text  # the converged cycle wrote nothing
     page = httpx.get(url).text
     assert "<svg" in page and plan.id in page
-    assert "create Deployment/pk-l4-n0-g0-whole-s: planned: punct b=8" in page
+    assert "create Deployment/pk-l4-n0-g0-whole: planned: punct b=8" in page
     st = httpx.get(f"{url}/status.json").json()
     assert st["leader"] and st["plan"]["id"] == plan.id
     # a loop that stops cycling fails its liveness probe
@@ -68,14 +68,14 @@ def test_cli_applies_only_what_a_dry_run_showed(cluster) -> None:
     res = run.invoke(reconcile, args + ["--dry-run"])
     assert res.exit_code == 0, res.output
     assert cluster.writes() == before
-    assert "would create Deployment/pk-l4-n0-g0-whole-s" in res.output
+    assert "would create Deployment/pk-l4-n0-g0-whole" in res.output
     diff_id = res.output.strip().splitlines()[-1].split()[2]
     res = run.invoke(reconcile, args + ["--confirm", "000000000000"])
     assert res.exit_code != 0 and "dry-run again" in str(res.exception)
     assert cluster.writes() - before <= 1  # the lease only
     res = run.invoke(reconcile, args + ["--confirm", diff_id])
     assert res.exit_code == 0, res.output
-    assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")
+    assert "pk-l4-n0-g0-whole" in cluster.objects("apps/v1/deployments")
     res = run.invoke(reconcile, args + ["--dry-run"])
     assert "(0 action(s)" in res.output
 
@@ -93,7 +93,7 @@ def test_the_loop_cycles_until_stopped(cluster) -> None:
     stop.set()
     t.join(10)
     assert not t.is_alive() and r.cycles >= 3
-    assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")
+    assert "pk-l4-n0-g0-whole" in cluster.objects("apps/v1/deployments")
 
 
 def test_dry_run_prints_the_confirm_command_with_the_flags_given(cluster, tmp_path) -> None:
@@ -116,7 +116,7 @@ def test_dry_run_prints_the_confirm_command_with_the_flags_given(cluster, tmp_pa
     rep = json.loads((tmp_path / "rep.json").read_text())
     assert rep["diff_id"] == diff_id and rep["apply_with"] == cmd and rep["errors"] == []
     assert main(shlex.split(cmd)[1:]) == 0  # what was printed works as is
-    assert "pk-l4-n0-g0-whole-s" in cluster.objects("apps/v1/deployments")
+    assert "pk-l4-n0-g0-whole" in cluster.objects("apps/v1/deployments")
 
 
 def test_unreachable_api_server_is_one_line_with_a_fix(capsys) -> None:

@@ -131,7 +131,7 @@ def test_the_fetch_script_verifies_the_sha256(tmp_path, tamper) -> None:
     src.write_bytes(b"weights")
     conf, models = tmp_path / "config", tmp_path / "models"
     conf.mkdir()
-    (conf / "models").write_text("asr\n")
+    (conf / "models").write_text("streaming/asr\n")
     (conf / "asr.uri").write_text(f"file://{src}")
     (conf / "asr.filename").write_text("model.onnx")
     (conf / "asr.sha256").write_text(hashlib.sha256(b"weights").hexdigest())
@@ -140,7 +140,7 @@ def test_the_fetch_script_verifies_the_sha256(tmp_path, tamper) -> None:
     p = subprocess.run(["sh", "-c", FETCH_SCRIPT], env={"CONFIG": str(conf), "MODELS": str(models), "PATH": "/usr/bin:/bin"},
                        capture_output=True, text=True, timeout=30)
     assert (p.returncode != 0) is tamper, p.stderr
-    assert (models / "asr" / "1" / "model.onnx").exists() is not tamper
+    assert (models / "streaming" / "asr" / "1" / "model.onnx").exists() is not tamper
     if tamper:
         assert "sha256" in p.stderr
 
@@ -148,7 +148,7 @@ def test_the_fetch_script_verifies_the_sha256(tmp_path, tamper) -> None:
 def test_http_is_refused_by_the_fetch_script_too(tmp_path) -> None:
     conf = tmp_path / "config"
     conf.mkdir()
-    (conf / "models").write_text("asr\n")
+    (conf / "models").write_text("streaming/asr\n")
     (conf / "asr.uri").write_text("http://models.example/asr.onnx")
     p = subprocess.run(["sh", "-c", FETCH_SCRIPT], env={"CONFIG": str(conf), "MODELS": str(tmp_path / "m"),
                                                         "PATH": "/usr/bin:/bin"}, capture_output=True, text=True, timeout=30)

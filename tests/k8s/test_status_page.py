@@ -18,7 +18,7 @@ T0 = 1_796_212_800.0  # 2026-12-02 12:00:00 UTC
 @pytest.fixture()
 def rec(plans):
     plan = plans.build(plans.base_slots)
-    done = [Action("create", "Deployment", "packer", "pk-l4-n0-g0-whole-s", "planned: punct b=8")]
+    done = [Action("create", "Deployment", "packer", "pk-l4-n0-g0-whole", "planned: punct b=8")]
     rep = CycleReport(leader=True, plan=plan, replanned="fleet changed", done=done, writes=7, seconds=0.42)
     now = [T0 + 12]
     return SimpleNamespace(identity="packer-reconciler-0", last=rep, cycles=41, last_cycle_end=T0,
@@ -36,7 +36,7 @@ def test_page_reads_at_a_glance(rec) -> None:
     assert "1 applied, 0 waiting, 0 conflict(s), 0 error(s), 7 write(s)" in head  # and what it did
     assert "3 (a100: 1, l4: 2)" in head and "{'" not in page and "{&#x27;" not in page  # no dict repr
     assert "9.80/h (lower bound 8.00/h, gap 18.4%)" in head and "$" not in page  # as `packer plan` prints
-    assert "create Deployment/pk-l4-n0-g0-whole-s: planned: punct b=8" in page
+    assert "create Deployment/pk-l4-n0-g0-whole: planned: punct b=8" in page
 
 
 def test_health_shows_stalls_errors_and_work_left(rec) -> None:

@@ -21,6 +21,7 @@ from tritonclient.utils import InferenceServerException
 
 from packer.errors import UserError
 from packer.plan import save_plan
+from packer.slot import servable
 from serving.config import timing
 from serving.control import ServerControl, digest
 from serving.group import placement, plan_of
@@ -132,13 +133,15 @@ def test_batch_model_batches_concurrent_requests_and_metrics_show_it(batch):
 
 
 def test_a_burst_beyond_what_can_meet_the_slo_is_rejected_at_once(tmp_path):
-    """ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) can finish at most 28 queued requests in
-    time; of a burst of 150, the rest are turned away at once instead of queueing to fail late."""
+    """ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) provisioned for batches of 2 (15.6 ms) has
+    84.4 ms to queue, in which it can finish at most 27 requests; of a burst of 150, the rest are
+    turned away at once instead of queueing to fail late."""
     f = fleet("long-tail")
     p = placement(f, "l4", [("ft-0002", 1.0)])
     (repo,) = group_repositories(plan_of(f, [p]), p, RenderSettings(device="cpu"))
     bound = repo.models[0].config.dynamic_batching.default_queue_policy.max_queue_size
-    assert bound == 28
+    t = timing(f, p, "ft-0002", RenderSettings(device="cpu"))
+    assert t.batch == 2 and bound == servable(t.budget_ms, t.base_ms, t.per_item_ms, 32) == 27
     burst = 150
 
     res: queue.Queue = queue.Queue()
@@ -233,7 +236,9 @@ def test_models_sharing_a_slot_take_turns_on_it(tmp_path):
     p = placement(f, "l4", [("ft-0002", 1.0), ("ft-0003", 1.0)])
     settings = RenderSettings(device="cpu", time_scale=10.0, lock_dir=str(tmp_path))
     (repo,) = group_repositories(plan_of(f, [p]), p, settings)
-    run = {m.name: timing(f, p, m.name, settings).run_ms * settings.time_scale for m in p.models}
+    # one request each: a batch of 1, on the stand-ins' compressed clock
+    run = {m.name: (timing(f, p, m.name, settings).base_ms + timing(f, p, m.name, settings).per_item_ms)
+           * settings.time_scale for m in p.models}
 
     def variant(rate_limiter: bool, lock: bool):
         # About turn-taking, not the batcher: no queue delay, each request runs on arrival.
@@ -264,7 +269,7 @@ def test_a_slots_streaming_and_batch_repositories_share_one_server_and_its_turns
     f = parse_fleet({"name": "pair", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
                                                 "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
                      "models": [{"name": "live", "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1},
-                                 "slo_ms": 2000, "latency_ms": {"gpu": "l4-24gb", "base": 200, "per_item": 10},
+                                 "slo_ms": 4000, "latency_ms": {"gpu": "l4-24gb", "base": 200, "per_item": 10},
                                  "max_batch": 8},
                                 {"name": "bulk", "kind": "batch", "memory_gb": 1, "traffic": {"rps": 0.1},
                                  "slo_ms": 60000, "latency_ms": {"gpu": "l4-24gb", "base": 300, "per_item": 10},

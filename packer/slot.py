@@ -410,10 +410,10 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
     if all(c == 0 for c, _ in caps):
         fastest = min(sts, key=lambda st: sum(latency_scale(model, st)))
         A = sum(latency_scale(model, fastest))
-        need = A + (1 + u) * A / u
+        need = A + A / u  # its cut (a cycle at least A / u, so the round fits in u of it), then its run
         raise FleetError(f"{where}.slo_ms", f"{model.slo_ms:g} ms cannot be met by any batch size: even one "
                          f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait a duty "
-                         f"cycle and a round of the slot first, a worst case of {need:.1f} ms",
+                         f"cycle first, a worst case of {need:.1f} ms",
                          f"raise slo_ms to at least {math.ceil(need)} or add a faster GPU pool")
     if model.max_replicas is not None and model.traffic.peak_rps > 0:
         best = max(c for c, _ in caps)

@@ -108,8 +108,6 @@ class Item:
     B: float
     hi: float
     """Largest duty cycle (ms) at which this replica meets its SLO and max_batch."""
-    u: float
-    """The slot's usable time share (1 - headroom) this item was sized for."""
 
     def load(self, d: float) -> float:
         """Conservative run time (ms) of this member's batch at duty cycle ``d``."""
@@ -149,7 +147,7 @@ def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     r = rate / 1000.0
     M = model.max_batch
     if r <= 0:
-        return Item(model, rate, base, per, base + per, 0.0, model.slo_ms / (1.0 + u), u)
+        return Item(model, rate, base, per, base + per, 0.0, model.slo_ms / (1.0 + u))
     hi, turns_at_hi = -math.inf, 1
     for k in range(1, MAX_TURNS + 1):
         lat = model.slo_ms / (1.0 + k * u)
@@ -174,7 +172,7 @@ def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     Bs = per * r if turns_at_hi == 1 else (per + base / M) * r
     A = max(Ar, base)
     B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
-    return Item(model, rate, base, per, A, B, hi, u)
+    return Item(model, rate, base, per, A, B, hi)
 
 
 def feasible(items: list[Item], memory_gb: float, u: float) -> bool:
@@ -228,12 +226,13 @@ class SlotResult:
 
 @dataclass(frozen=True)
 class Round:
-    """The exact numbers of a group at duty cycle ``d``: window, batches, round, bounds."""
+    """The exact numbers of a group at duty cycle ``d``: batches, round, turns, bounds."""
 
-    window_ms: float
     batches: tuple[int, ...]
     runs: tuple[float, ...]
     round_ms: float
+    turns: tuple[int, ...]
+    """Rounds each member needs for its window (0: none within MAX_TURNS)."""
     bounds: tuple[float, ...]
 
 
@@ -269,7 +268,7 @@ def round_at(items: list[Item], d: float, u: float) -> Round:
         T = [min(t, n) for t, n in zip(T, nxt)]
     ks = [turns(i.rate, i.model.max_batch, d, C, r) for i, r in zip(items, runs)]
     bounds = tuple(d + k * C if k > 0 else math.inf for k in ks)
-    return Round(max(T), tuple(batches), tuple(runs), C, bounds)
+    return Round(tuple(batches), tuple(runs), C, tuple(ks), bounds)
 
 
 def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
@@ -307,6 +306,7 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
     rd = round_at(items, d, u)
     members = [MemberResult(it.model.name, bt, run / d, it.model.memory_gb, bound, it.model.slo_ms, it.rate)
                for it, bt, run, bound in zip(items, rd.batches, rd.runs, rd.bounds)]
+    turns_of = {m.name: k for m, k in zip(members, rd.turns)}
     mem = sum(i.model.memory_gb for i in items)
     comp = rd.round_ms / d
     pressures = {"memory": mem / memory_gb, "compute": comp / u}
@@ -319,7 +319,7 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
         reason = f"a round of batches takes {comp:.0%} of a {d:.1f} ms duty cycle (cap {u:.0%})"
     else:
         m = next(m for m in members if f"slo:{m.name}" == binding)
-        k = round((m.p99_bound_ms - d) / rd.round_ms) if rd.round_ms > 0 else 1
+        k = turns_of[m.name]
         rounds = "a round of batches" if k <= 1 else f"{k} rounds of batches"
         reason = (f"{m.name}: cut {d:.1f} ms + {rounds} {m.p99_bound_ms - d:.1f} ms = "
                   f"{m.p99_bound_ms:.1f} ms of its {m.slo_ms:g} ms SLO")

@@ -19,13 +19,11 @@ no preferred batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from packer.fleet import Fleet, Model
-from packer.plan import Member, Placement
+from packer.plan import Placement
 from packer.batching import Batching, batching
 from packer.slot import SlotType
 from serving.settings import RenderSettings

@@ -172,7 +172,7 @@ class Simulation:
             st = slot.st
             for mem in p.models:
                 model = self.fleet.model(mem.name)
-                cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps, p.compute_share,
+                cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms,
                                      queue_delay_ms=self.scenario.server.queue_delay_ms,
                                      timeouts=self.scenario.server.queue_timeouts,
                                      queue_bound=self.scenario.server.queue_bound)
@@ -410,16 +410,16 @@ class Simulation:
         sv = self.scenario.server
         try:
             res = evaluate([item(m, r, st, self.u) for m, r in zip(models, rates)], math.inf, self.u)
-            return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms, r, res.compute_share,
+            return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms,
                                    queue_delay_ms=sv.queue_delay_ms, timeouts=sv.queue_timeouts,
                                    queue_bound=sv.queue_bound)
-                    for m, mr, r in zip(models, res.members, rates)]
+                    for m, mr in zip(models, res.members)]
         except ValueError:
             # No duty cycle meets every SLO at those rates: serve full batches, one after another.
             d = sum(item(m, 0.0, st, self.u).run_ms(m.max_batch) for m in models)
-            return [batcher_config(m, st, m.max_batch, d, r, 1.0, queue_delay_ms=sv.queue_delay_ms,
+            return [batcher_config(m, st, m.max_batch, d, queue_delay_ms=sv.queue_delay_ms,
                                    timeouts=sv.queue_timeouts, queue_bound=sv.queue_bound)
-                    for m, r in zip(models, rates)]
+                    for m in models]
 
     def _weights(self, names: list[str]) -> float:
         return max(self.scenario.cluster.weight_load_s(self.fleet.model(n).memory_gb) for n in names)

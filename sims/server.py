@@ -65,13 +65,13 @@ class BatcherConfig:
     """Requests the queue holds before it refuses arrivals (``INF``: unbounded)."""
 
 
-def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, rate_rps: float,
-                   compute_share: float = 0.0, *, queue_delay_ms: float | None = None, timeouts: bool = True,
-                   queue_bound: bool = False, min_delay_ms: float = MIN_DELAY_MS) -> BatcherConfig:
+def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float, *,
+                   queue_delay_ms: float | None = None, timeouts: bool = True, queue_bound: bool = False,
+                   min_delay_ms: float = MIN_DELAY_MS) -> BatcherConfig:
     """What the Triton writer renders for this member (``packer.batching``), in seconds.
 
     ``queue_delay_ms`` overrides the delay (a what-if); ``timeouts`` and ``queue_bound`` turn the
-    queue policy's rejections on. ``compute_share`` is unused (kept for callers' signatures).
+    queue policy's rejections on.
     """
     bt = batching(model, st, batch=batch, duty_cycle_ms=duty_cycle_ms, min_delay_ms=min_delay_ms)
     delay = bt.queue_delay_ms if queue_delay_ms is None else queue_delay_ms

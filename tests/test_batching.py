@@ -3,7 +3,7 @@
 import pytest
 
 from packer.batching import batching
-from packer.fleet import Fleet, LatencyProfile, Model, Pool, Traffic
+from packer.fleet import LatencyProfile, Model, Pool, Traffic
 from packer.slot import SlotType, servable
 
 POOL = Pool("a100", "a100-80gb", 8, 1, 4.1, ("mig", "time-slicing"))
@@ -35,7 +35,7 @@ def test_the_writer_and_the_simulator_read_it():
 
     m = punct()
     b = batching(m, SlotType(POOL), batch=9, duty_cycle_ms=20.0)
-    c = batcher_config(m, SlotType(POOL), 9, 20.0, 200.0, queue_bound=True)
+    c = batcher_config(m, SlotType(POOL), 9, 20.0, queue_bound=True)
     assert c.delay_s == pytest.approx(b.queue_delay_ms / 1000)
     assert c.timeout_s == pytest.approx(b.budget_ms / 1000)
     assert c.max_queue == b.queue_bound

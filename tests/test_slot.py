@@ -1,10 +1,8 @@
 """Slot maths with worked numbers (the same as docs/slot-maths.md)."""
 
-import math
-
 import pytest
 
-from packer.fleet import Fleet, LatencyProfile, Model, Pool, Traffic
+from packer.fleet import LatencyProfile, Model, Pool, Traffic
 from packer.arrivals import batch_bound, envelope
 from packer.slot import SlotType, duty_window, evaluate, item, latency_scale, round_at, single_capacity, turns
 

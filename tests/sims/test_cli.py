@@ -104,8 +104,7 @@ def test_batcher_matches_the_triton_writer() -> None:
         st = SlotType(f.pool(p.pool), p.slot)
         for mem in p.models:
             cfg = serving.model_config(f, p, mem.name, RenderSettings(), shared=len(p.models) > 1)
-            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, mem.rate_rps,
-                               p.compute_share, queue_bound=True)
+            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, queue_bound=True)
             if cfg.HasField("sequence_batching"):
                 b = cfg.sequence_batching.oldest
                 timeout_us = None

@@ -63,6 +63,10 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
                             prove_s=prove_s)
     with Spinner(enabled=True) as sp:
         p = plan_fleet(f, settings, current=cur, progress=sp.update)
+        if cur is None:  # the price of the on-demand floors: the same fleet planned free of them
+            from packer.planner.spot import with_insurance
+
+            p = with_insurance(p, settings)
     if output:
         try:
             save_plan(p, output)

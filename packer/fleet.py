@@ -27,9 +27,16 @@ KINDS = ("streaming", "batch")
 # with a did-you-mean: a typo such as ``min_replica: 3`` must not plan silently with the default.
 # Top-level keys starting with ``x-`` are free (a place for YAML anchors and notes).
 FLEET_KEYS = ("name", "about", "pools", "models")
-POOL_KEYS = ("name", "gpu", "gpus_per_node", "max_nodes", "cost_per_gpu_hour", "sharing", "spot")
+POOL_KEYS = ("name", "gpu", "gpus_per_node", "max_nodes", "cost_per_gpu_hour", "sharing", "spot",
+             "preemption_notice_s", "preemptions_per_node_hour")
 MODEL_KEYS = ("name", "kind", "memory_gb", "gpus_per_replica", "traffic", "slo_ms", "latency_ms", "max_batch",
-              "min_replicas", "max_replicas", "artifact")
+              "min_replicas", "max_replicas", "artifact", "spot_policy", "on_demand_floor")
+SPOT_POLICIES = ("free", "floor", "never")
+"""May a model run on spot GPUs: ``free`` (anywhere, the default), ``floor`` (its on-demand
+replicas alone hold ``on_demand_floor`` of its peak), ``never`` (on-demand only)."""
+DEFAULT_FLOOR = 0.5
+MAX_NOTICE_S = 3600.0
+MAX_PREEMPTION_RATE = 100.0
 TRAFFIC_KEYS = ("rps", "peak_rps", "streams")
 LATENCY_KEYS = ("gpu", "base", "per_item")
 ARTIFACT_KEYS = ("uri", "backend", "platform", "sha256")
@@ -62,6 +69,10 @@ class Pool:
     cost_per_gpu_hour: float
     sharing: tuple[str, ...] = ()
     spot: bool = False
+    preemption_notice_s: float | None = None
+    """Warning a spot node gets before it goes (GCP 30 s, AWS 120 s); None: not stated."""
+    preemptions_per_node_hour: float | None = None
+    """Expected preemptions of one node per hour; None: not stated."""
 
     @property
     def mig(self) -> bool:
@@ -122,6 +133,12 @@ class Model:
     min_replicas: int = 1
     max_replicas: int | None = None
     artifact: Artifact | None = None
+    spot_policy: str = "free"
+    """``free``, ``floor`` or ``never`` (:data:`SPOT_POLICIES`)."""
+    on_demand_floor: float = 0.0
+    """Share of ``peak_rps`` the model's on-demand replicas must hold by themselves, so that losing
+    any spot node (or every one) leaves it serving that much within its SLO: 0 for ``free``, 1 for
+    ``never``, ``on_demand_floor`` (default 0.5) for ``floor``."""
 
     @property
     def streaming(self) -> bool:
@@ -252,7 +269,19 @@ def _pool(d: Any, i: int) -> Pool:
     if "mig" in sharing and not gpu_type(gpu).has_mig:
         raise FleetError(f"{where}.sharing", f"{gpu} has no MIG", "remove `mig` or pick a MIG-capable GPU type")
     spot = _get(d, "spot", where, bool, required=False, default=False)
-    return Pool(name, gpu, gpn, max_nodes, cost, tuple(sharing), spot)
+    notice = _get(d, "preemption_notice_s", where, float, required=False)
+    rate = _get(d, "preemptions_per_node_hour", where, float, required=False)
+    for key, v, hi, unit, fix in (("preemption_notice_s", notice, MAX_NOTICE_S, "s",
+                                   "give the seconds of warning before a node goes, e.g. 30"),
+                                  ("preemptions_per_node_hour", rate, MAX_PREEMPTION_RATE, "per node-hour",
+                                   "give the expected preemptions of one node per hour, e.g. 0.05")):
+        if v is None:
+            continue
+        if not spot:
+            raise FleetError(f"{where}.{key}", "is set on a pool that is not spot",
+                             f"add `spot: true` to the pool or remove `{key}`")
+        number(v, f"{where}.{key}", 0, hi, unit, fix, err=FleetError)
+    return Pool(name, gpu, gpn, max_nodes, cost, tuple(sharing), spot, notice, rate)
 
 
 def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
@@ -339,7 +368,21 @@ def _model(d: Any, i: int) -> Model:
         else:
             raise FleetError(f"{where}.artifact", "is neither a string nor a mapping",
                              "give `artifact: s3://...` or `artifact: {uri: ..., backend: onnxruntime}`")
-    return Model(name, kind, mem, Traffic(rps, peak, streams), slo, lat, mb, gpr, minr, maxr, artifact)
+    policy = _get(d, "spot_policy", where, str, required=False, default="free")
+    if policy not in SPOT_POLICIES:
+        close = difflib.get_close_matches(cut(policy, 40), SPOT_POLICIES, n=1, cutoff=0.5)
+        raise FleetError(f"{where}.spot_policy", f"is {show(policy)}",
+                         (f"did you mean {close[0]}? " if close else "") + f"use one of {', '.join(SPOT_POLICIES)}")
+    floor = _get(d, "on_demand_floor", where, float, required=False)
+    if floor is not None and policy != "floor":
+        raise FleetError(f"{where}.on_demand_floor", f"is set but spot_policy is {policy}",
+                         "add `spot_policy: floor` or remove `on_demand_floor`")
+    if floor is not None:
+        number(floor, f"{where}.on_demand_floor", 0, 1, "of peak_rps",
+               "give the share of peak_rps the on-demand replicas alone must hold, e.g. 0.5", lo_open=True,
+               err=FleetError)
+    share = {"free": 0.0, "never": 1.0}.get(policy, DEFAULT_FLOOR if floor is None else floor)
+    return Model(name, kind, mem, Traffic(rps, peak, streams), slo, lat, mb, gpr, minr, maxr, artifact, policy, share)
 
 
 def parse_fleet(doc: Any, source: str | None = None) -> Fleet:

@@ -145,6 +145,9 @@ def fleet_to_dict(fleet: Fleet) -> dict[str, Any]:
     for p in fleet.pools:
         pools.append({"name": p.name, "gpu": p.gpu, "gpus_per_node": p.gpus_per_node, "max_nodes": p.max_nodes,
                       "cost_per_gpu_hour": p.cost_per_gpu_hour, "sharing": list(p.sharing), "spot": p.spot})
+        for key in ("preemption_notice_s", "preemptions_per_node_hour"):
+            if getattr(p, key) is not None:
+                pools[-1][key] = getattr(p, key)
     models = []
     for m in fleet.models:
         d: dict[str, Any] = {
@@ -158,6 +161,10 @@ def fleet_to_dict(fleet: Fleet) -> dict[str, Any]:
             d["traffic"]["streams"] = m.traffic.streams
         if m.max_replicas is not None:
             d["max_replicas"] = m.max_replicas
+        if m.spot_policy != "free":
+            d["spot_policy"] = m.spot_policy
+        if m.spot_policy == "floor":
+            d["on_demand_floor"] = m.on_demand_floor
         if m.artifact is not None:
             d["artifact"] = {k: v for k, v in asdict(m.artifact).items() if v is not None}
         models.append(d)

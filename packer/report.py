@@ -30,6 +30,9 @@ def summary(plan: Plan) -> str:
             lines.append(f"{name:>9} baseline {_money(bl.cost_per_hour)}/h on {sum(bl.gpus.values())} GPUs "
                          f"(plan costs {ratio:.2f}x)")
     lines.append(f"solved in {plan.solve_seconds:.1f} s")
+    from packer.planner.spot import exposure_lines
+
+    lines += exposure_lines(plan)
     from packer.planner.prove import MAX_MODELS
 
     shared = sum(1 for m in plan.fleet.models if m.gpus_per_replica == 1)

@@ -56,6 +56,8 @@ class Node:
     pulled: bool = False
     preempting: bool = False
     alive: bool = True
+    gone_at: float | None = None
+    """Simulated second a preemption notice takes the node away (None: no notice)."""
 
 
 @dataclass
@@ -154,11 +156,21 @@ class Simulation:
     def _node(self, name: str, pool: Pool, ready_at: float) -> Node:
         n = Node(name, pool, ready_at, pool.spot, {g: [] for g in range(pool.gpus_per_node)})
         self.nodes[name] = n
-        rate = self.scenario.cluster.spot_preemptions_per_node_hour
+        rate = self._preemption_rate(pool)
         if pool.spot and rate > 0:
             rng = model_rng(self.seed, "node:" + name, 2)
             self._push(self.now + float(rng.exponential(3600.0 / rate)), NOTICE, ("notice", name))
         return n
+
+    def _preemption_rate(self, pool: Pool) -> float:
+        """The scenario's rate when it sets one (a what-if), else the pool's expected rate."""
+        rate = self.scenario.cluster.spot_preemptions_per_node_hour
+        return rate if rate > 0 else (pool.preemptions_per_node_hour or 0.0)
+
+    def _notice_s(self, pool: Pool) -> float:
+        """The pool's stated notice (``preemption_notice_s``), else the scenario's."""
+        n = pool.preemption_notice_s
+        return self.scenario.cluster.preemption_notice_s if n is None else n
 
     def _build(self, plan: Plan) -> None:
         for p in plan.placements:
@@ -315,9 +327,10 @@ class Simulation:
                 for ids in n.gpus.values():
                     for sid in ids:
                         self.slots[sid].preempting = True
-                self._push(self.now + self.scenario.cluster.preemption_notice_s, KILL, ("kill", n.name))
-                self._log(None, f"spot node {n.name} preempted, {self.scenario.cluster.preemption_notice_s:g} s notice",
-                          "applied")
+                notice = self._notice_s(n.pool)
+                n.gone_at = self.now + notice
+                self._push(n.gone_at, KILL, ("kill", n.name))
+                self._log(None, f"spot node {n.name} preempted, {notice:g} s notice", "applied")
         elif kind == "kill":
             n = self.nodes[ev[1]]
             n.alive = False
@@ -366,7 +379,7 @@ class Simulation:
             slots[s.id] = SlotView(s.id, s.pool.name, s.profile, s.node.name, s.node.spot,
                                    tuple(m.model for m in live if not m.draining), busy,
                                    sum(self.fleet.models[m.idx].memory_gb for m in live), s.st.memory_gb,
-                                   s.ready, s.preempting)
+                                   s.ready, s.preempting, s.node.gone_at)
         pools = {p.name: PoolView(p.name, gpus[p.name], p.max_gpus, p.cost_per_gpu_hour, p.spot)
                  for p in self.fleet.pools}
         self.last_tick = now

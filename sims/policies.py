@@ -87,6 +87,8 @@ class SlotView:
     ready: bool
     preempting: bool = False
     """A spot preemption notice arrived: the slot dies at the end of the notice."""
+    gone_at: float | None = None
+    """When a notice takes it (simulated second), None without a notice."""
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,11 @@ the simulator's signals, applies the actions to the shadow and translates them:
   where they still fit) at the asked-for rates, then a migration: slots whose group is unchanged
   stay, new groups are added, and the old slots go once every new replica serves.
 
-Slots that vanish (spot loss, a refused action) are dropped from the shadow at the next view, so
-the policy re-decides from what really runs.
+A slot under a spot preemption notice, or one the policy knew that vanished from a spot node
+(a notice shorter than a tick), is handed to the policy as a *notice* for its node
+(``decide(..., notices=)``): the policy replaces its replicas make before break and drops them
+from the shadow itself. Other slots that vanish (a refused action) are dropped from the shadow at
+the next view, so the policy re-decides from what really runs.
 """
 
 from __future__ import annotations
@@ -106,7 +109,9 @@ class PackerPolicy:
 
     # -- view -> shadow --------------------------------------------------------------------------
 
-    def _sync(self, view: sp.ClusterView) -> None:
+    def _sync(self, view: sp.ClusterView) -> dict[str, float]:
+        """Match new simulator slots to the shadow, drop what vanished, and return the spot
+        notices (node -> seconds left) for the shadow's replicas on preempted nodes."""
         known = set(self.ids.values())
         fresh = [s for s in view.slots.values() if s.id not in known]
         for sid, pool, profile, models in self._pending:
@@ -117,9 +122,16 @@ class PackerPolicy:
                     break
         self._pending = []
         drop: list[Action] = []
+        notices: dict[str, float] = {}
         for p in self.plan.placements:
             sim = view.slots.get(self.ids.get(p.id, ""))
-            present = set(sim.models) if sim is not None and not sim.preempting else set()
+            if sim is not None and sim.preempting:
+                notices[p.node] = max(0.0, (sim.gone_at if sim.gone_at is not None else view.now) - view.now)
+                continue
+            if sim is None and p.id in self.ids and self.plan.fleet.pool(p.pool).spot:
+                notices.setdefault(p.node, 0.0)  # preempted between two looks: no notice left
+                continue
+            present = set(sim.models) if sim is not None else set()
             for m in p.models:
                 if m.name not in present:
                     drop.append(RemoveReplica(model=m.name, slot=_ref(p), cost_per_hour=0.0,
@@ -128,13 +140,15 @@ class PackerPolicy:
             self.plan = apply(self.plan, drop)
         live = {p.id for p in self.plan.placements}
         self.ids = {k: v for k, v in self.ids.items() if k in live}
+        return notices
 
     # -- the policy ------------------------------------------------------------------------------
 
     def decide(self, view: sp.ClusterView, now: float) -> list[sp.Action]:
-        self._sync(view)
+        notices = self._sync(view)
+        self._view = view
         signals = {n: _signals(s, view.interval_s) for n, s in view.models.items()}
-        actions, self.state = decide(self.plan, signals, self.state, now, self.settings)
+        actions, self.state = decide(self.plan, signals, self.state, now, self.settings, notices=notices)
         new_slots: dict[str, sp.AddSlot] = {}
         out: list[sp.Action] = []
         for a in actions:
@@ -168,6 +182,12 @@ class PackerPolicy:
         out += self._due(view)
         return out
 
+    def _alive(self, sim_slot: str) -> bool:
+        """The simulator slot still runs and is not under a preemption notice."""
+        view = getattr(self, "_view", None)
+        s = view.slots.get(sim_slot) if view is not None else None
+        return s is not None and not s.preempting
+
     def _into(self, model: str, slot_id: str, reason: str, new_slots: dict[str, sp.AddSlot]) -> sp.Action | None:
         if slot_id in new_slots:  # a slot asked for in this same decision: one AddSlot with both
             s = new_slots[slot_id]
@@ -189,7 +209,11 @@ class PackerPolicy:
         elif isinstance(a, AddGroup):
             new_slots[a.slot.id] = sp.AddSlot(a.slot.pool, WHOLE, tuple(m for m, _ in a.rates), reason=a.reason)
         elif isinstance(a, RemoveReplica):
-            out.append(sp.RemoveReplica(a.model, self.ids.pop(a.slot.id, a.slot.id), reason=a.reason))
+            sim_slot = self.ids.get(a.slot.id, a.slot.id)
+            if not any(p.id == a.slot.id for p in self.plan.placements):
+                self.ids.pop(a.slot.id, None)
+            if self._alive(sim_slot):  # a preempted slot goes by itself
+                out.append(sp.RemoveReplica(a.model, sim_slot, reason=a.reason))
         elif isinstance(a, Consolidate):
             sim_src = self.ids.pop(a.slot.id, a.slot.id)
             for model, dst, _ in a.moves:
@@ -244,6 +268,8 @@ class PackerPolicy:
                     continue
                 if not any(rv.slot == sim_dst and rv.ready for rv in ms.replicas):
                     ready = False
+            if ready and not self._alive(r.sim_slot):
+                continue  # preempted meanwhile: the cloud took it
             if ready:
                 out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason) if r.model is None
                            else sp.RemoveReplica(r.model, r.sim_slot, reason=r.reason))

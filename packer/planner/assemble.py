@@ -123,6 +123,8 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
             continue
         need = sum(g.width for g in mine)
         spread = {m.name for m in problem.fleet.models if m.min_replicas >= 2}
+        if pool.spot:  # a spot node can go at any time: one node should take as few replicas of a model as it can
+            spread |= {m.name for m in problem.fleet.models}
         nodes_n = max(math.ceil(need / pool.gpus_per_node),
                       min(pool.max_nodes, 2) if any(g.models() & spread for g in mine) else 1)
         nodes_n = min(nodes_n, pool.max_nodes)

@@ -18,7 +18,7 @@ from typing import Callable
 
 from packer.errors import UserError
 from packer.fleet import FleetError
-from packer.planner.model import Problem, Rep, Slot, slot_price
+from packer.planner.model import Problem, Rep, Slot, allowed, slot_price
 from packer.slot import WHOLE, Item, SlotType
 
 
@@ -127,7 +127,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
         name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
         for sl in slots:
             a = agg[id(sl)]
-            if name in a.names or a.mem + mem > sl.type.memory_gb + 1e-9:
+            if name in a.names or a.mem + mem > sl.type.memory_gb + 1e-9 or not allowed(rep, sl.type):
                 continue
             if a.kinds and kind not in a.kinds and not sl.type.pool.time_slicing:
                 continue

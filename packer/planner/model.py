@@ -28,6 +28,24 @@ def slot_price(st: SlotType) -> float:
     return st.pool.cost_per_gpu_hour * max(p.compute_slices / g.compute_slices, p.memory_slices / g.memory_slices)
 
 
+def on_demand_replicas(model: Model, count: int) -> int:
+    """How many of ``count`` replicas must run on on-demand pools (``spot_policy``).
+
+    Every replica is sized for ``peak / count`` and requests are spread evenly, so ``k``
+    on-demand replicas hold ``k / count`` of the peak whatever happens to the spot nodes:
+    ``k = ceil(on_demand_floor * count)``. With a floor of 0.5, 3 replicas need 2 on-demand
+    (they hold 67 % of peak), 4 need 2 (50 %); ``never`` needs all, ``free`` none.
+    """
+    return min(count, math.ceil(model.on_demand_floor * count - 1e-9)) if count > 0 else 0
+
+
+def allowed(rep: "Rep", st: SlotType) -> bool:
+    """May this replica run on a slot of this type? Replicas ``0 .. k-1`` of a model are its
+    on-demand floor (:func:`on_demand_replicas`), so they never go to a spot pool. Replicas of
+    one model are interchangeable, so fixing which ones are the floor loses no plan."""
+    return not st.pool.spot or rep.index >= on_demand_replicas(rep.model, rep.count)
+
+
 @dataclass(frozen=True)
 class Rep:
     """Replica ``index`` of ``count`` of a model, each sized for ``peak_rps / count``."""
@@ -87,7 +105,7 @@ class Problem:
         return it
 
     def fits_alone(self, rep: Rep, st: SlotType) -> bool:
-        if rep.model.memory_gb > st.memory_gb + 1e-9:
+        if rep.model.memory_gb > st.memory_gb + 1e-9 or not allowed(rep, st):
             return False
         return duty_window([self.item(rep, st)], self.u) is not None
 
@@ -145,7 +163,7 @@ class Slot:
 
 def can_add(problem: Problem, slot: Slot, rep: Rep) -> bool:
     """Does ``rep`` fit into ``slot`` beside its current members?"""
-    if rep.model.name in slot.models():
+    if rep.model.name in slot.models() or not allowed(rep, slot.type):
         return False
     pool = slot.type.pool
     if not pool.time_slicing and slot.reps and any(r.model.kind != rep.model.kind for r in slot.reps):

@@ -24,6 +24,7 @@ from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add
+from packer.planner.spot import multi_choice
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
 
@@ -77,24 +78,18 @@ def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
     used: dict[str, int] = defaultdict(int)
     exact = 0.0
     for m in sorted(problem.multi_models, key=lambda m: -m.memory_gb):
-        best = None
-        for p in problem.fleet.pools:
-            n = _multi_replicas(problem, m, p)
-            if n is None:
-                continue
-            cost = n * m.gpus_per_replica * p.cost_per_gpu_hour
-            if used[p.name] + n * m.gpus_per_replica > p.max_gpus:
-                continue
-            if best is None or cost < best[0]:
-                best = (cost, p, n)
+        best = multi_choice(problem, m, used, _multi_replicas)  # the model's on-demand floor kept
         if best is None:
             raise UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool has room "
                             "left. Fix: raise max_nodes of a pool or lower min_replicas")
-        cost, p, n = best
+        cost, n, parts = best
         exact += cost
         counts[m.name] = n
-        used[p.name] += n * m.gpus_per_replica
-        gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(n)]
+        first = 0
+        for p, k in parts:
+            used[p.name] += k * m.gpus_per_replica
+            gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
+            first += k
     problem.multi_counts = counts
     return gpus, counts, exact
 

@@ -217,8 +217,9 @@ def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
 
     def slot_at(r: SlotRef) -> _Slot:
         if r.id not in slots:
-            if r.gpu_key not in layouts:
-                layouts[r.gpu_key] = GpuLayout(r.pool, r.node, r.gpu, WHOLE)
+            for g in range(r.gpu, r.gpu + r.span):  # a multi-GPU replica's new slot pays all its GPUs
+                if (r.pool, r.node, g) not in layouts:
+                    layouts[(r.pool, r.node, g)] = GpuLayout(r.pool, r.node, g, WHOLE)
             slots[r.id] = _Slot(r, {})
         return slots[r.id]
 
@@ -245,8 +246,10 @@ def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
         moves.append(Move(model, s.members.pop(model)[0], r.id, None))
         if not s.members:
             del slots[r.id]
-            if not any(o.ref.gpu_key == r.gpu_key for o in slots.values()):
-                layouts.pop(r.gpu_key, None)
+            # A multi-GPU replica's slot frees every GPU it spans, not just its first.
+            for g in _gpus_of(s):
+                if not any(o.ref.pool == r.pool and o.ref.node == r.node and g in _gpus_of(o) for o in slots.values()):
+                    layouts.pop((r.pool, r.node, g), None)
 
     for a in actions:
         if isinstance(a, Resize):
@@ -303,7 +306,7 @@ def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, 
             continue
         st = slot_type(plan, s.ref)
         names = sorted(s.members)
-        cap = st.memory_gb if o is None else o.memory_capacity_gb
+        cap = st.memory_gb * s.ref.span if o is None else o.memory_capacity_gb
         its = [item(plan.model(n), s.members[n][1], st, u) for n in names]
         if sum(i.model.memory_gb for i in its) > cap + 1e-9:
             raise ValueError(f"{s.ref.id}: {', '.join(names)} need more than its {cap:.1f} GB")
@@ -321,7 +324,8 @@ def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, 
             pool=s.ref.pool, node=s.ref.node, gpu=s.ref.gpu, slot=s.ref.slot, models=members,
             duty_cycle_ms=round(res.duty_cycle_ms, 3), memory_gb=round(res.memory_gb, 3),
             memory_capacity_gb=round(cap, 2), compute_share=round(res.compute_share, 4), binding=res.binding,
-            reason=res.reason, mig_start=s.ref.mig_start, gpus=o.gpus if o is not None else (s.ref.gpu,)))
+            reason=res.reason, mig_start=s.ref.mig_start,
+            gpus=o.gpus if o is not None else tuple(range(s.ref.gpu, s.ref.gpu + s.ref.span))))
     placements.sort(key=lambda p: (p.pool, _node_key(p.node), p.gpu, p.mig_start or 0, p.slot))
     lays = tuple(sorted(layouts.values(), key=lambda l: (l.pool, _node_key(l.node), l.gpu)))
     gpus: dict[str, int] = defaultdict(int)
@@ -336,6 +340,12 @@ def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, 
                    placements=tuple(placements), layouts=lays,
                    replicas={m.name: replicas.get(m.name, 0) for m in plan.fleet.models}, moves=moves,
                    lower_bound_cost_per_hour=min(plan.lower_bound_cost_per_hour, round(cost, 4)))
+
+
+def _gpus_of(s: _Slot) -> tuple[int, ...]:
+    if s.original is not None and s.original.gpus:
+        return s.original.gpus
+    return tuple(range(s.ref.gpu, s.ref.gpu + s.ref.span))
 
 
 def _node_key(node: str) -> tuple[str, int]:

@@ -48,6 +48,7 @@ from packer.scaling.replan import accept_replan, right_size
 from packer.scaling.room import gpu_price, new_gpu, standby_gpus
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals
+from packer.scaling.spot import recover
 from packer.scaling.up import _Candidate, _lead_new_gpu, _pick, relieve, reshare, scale_up
 
 __all__ = ["Demand", "accept_replan", "right_size", "ModelState", "ScalingState", "capacity", "crowd_ok", "decide", "fragmentation", "observe",
@@ -55,19 +56,26 @@ __all__ = ["Demand", "accept_replan", "right_size", "ModelState", "ScalingState"
 
 
 def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | None, now: float,
-           settings: ScalingSettings | None = None) -> tuple[list[Action], ScalingState]:
+           settings: ScalingSettings | None = None, *,
+           notices: Mapping[str, float] | None = None) -> tuple[list[Action], ScalingState]:
     """One scaling decision for a deployed ``plan``; see the module docstring for the steps.
+
+    ``notices`` (node -> seconds until a spot preemption takes it) come first: every replica on
+    such a node is replaced at once, make before break (:func:`packer.scaling.spot.recover`), and
+    the rest of the decision sees the plan without them.
 
     Returns the actions in order (each applies to the plan left by the ones before it; pass them
     to :func:`packer.scaling.actions.apply`) and the state to pass to the next call.
     """
     settings = settings or ScalingSettings()
     state = state or ScalingState()
-    demands, state = observe(plan, signals, state, now, settings)
+    starting = {n: t - now for n, t in state.starting.items() if t > now}
     actions: list[Action] = []
+    if notices:
+        actions, plan = recover(plan, notices, settings, starting)
+    demands, state = observe(plan, signals, state, now, settings)
     work = plan
     grown: set[str] = set()
-    starting = {n: t - now for n, t in state.starting.items() if t > now}
     short = sorted((d for d in demands.values() if d.deficit > EPS),
                    key=lambda d: (-d.deficit / max(d.capacity, EPS), d.model))
     for d in short:

@@ -40,10 +40,15 @@ class SlotRef:
     gpu: int
     slot: str = WHOLE
     mig_start: int | None = None
+    span: int = 1
+    """GPUs a multi-GPU replica's slot covers (``gpus_per_replica``); its id is then ``…-xN``,
+    as :attr:`Placement.id` names it, so an action on it finds it."""
 
     @property
     def id(self) -> str:
         tail = "whole" if self.slot == WHOLE else f"{self.slot}@{self.mig_start}"
+        if self.span > 1:
+            tail = f"x{self.span}"
         return f"{self.node}-g{self.gpu}-{tail}"
 
     @property
@@ -52,7 +57,7 @@ class SlotRef:
 
 
 def ref(p: Placement) -> SlotRef:
-    return SlotRef(p.pool, p.node, p.gpu, p.slot, p.mig_start)
+    return SlotRef(p.pool, p.node, p.gpu, p.slot, p.mig_start, max(1, len(p.gpus)))
 
 
 def rate_of(p: Placement, model: str, rates: Rates | None = None) -> float:
@@ -163,11 +168,16 @@ class NewGpu:
     """Seconds until its node is up, for a node that exists but is still starting."""
 
 
-def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = None) -> NewGpu | None:
+def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = None, *, width: int = 1,
+            avoid: frozenset[str] = frozenset()) -> NewGpu | None:
     """Where one more whole GPU of ``pool_name`` would go: a free index on a node that exists
     (``starting`` gives the seconds left for nodes still coming up), else a new node; None when
-    the pool is at ``max_nodes`` x ``gpus_per_node``."""
+    the pool is at ``max_nodes`` x ``gpus_per_node``. ``width`` > 1 asks for that many adjacent
+    GPUs on one node (a multi-GPU replica); nodes in ``avoid`` (under a preemption notice) are
+    neither used nor their names reused."""
     pool = plan.fleet.pool(pool_name)
+    if width > pool.gpus_per_node:
+        return None
     paid = [k for k in paid_gpus(plan) if k[0] == pool_name]
     nodes: dict[str, set[int]] = {}
     for _, node, g in paid:
@@ -177,13 +187,16 @@ def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = N
             nodes.setdefault(p.node, set()).update(p.gpus or (p.gpu,))
     starting = starting or {}
     for node in sorted(nodes, key=lambda n: (starting.get(n, 0.0), _node_index(n))):
-        free = [i for i in range(pool.gpus_per_node) if i not in nodes[node]]
+        if node in avoid:
+            continue
+        free = [i for i in range(pool.gpus_per_node - width + 1)
+                if not any(i + k in nodes[node] for k in range(width))]
         if free:
-            return NewGpu(SlotRef(pool_name, node, free[0]), False, max(0.0, starting.get(node, 0.0)))
-    taken = {_node_index(n) for n in nodes}
+            return NewGpu(SlotRef(pool_name, node, free[0], span=width), False, max(0.0, starting.get(node, 0.0)))
+    taken = {_node_index(n) for n in set(nodes) | set(avoid)}
     for k in range(pool.max_nodes):
         if k not in taken:
-            return NewGpu(SlotRef(pool_name, f"{pool_name}-n{k}", 0), True)
+            return NewGpu(SlotRef(pool_name, f"{pool_name}-n{k}", 0, span=width), True)
     return None
 
 

@@ -1,0 +1,150 @@
+"""Spot-aware placement: every model keeps an on-demand floor when spot nodes go.
+
+A model's ``spot_policy`` (``packer.fleet``) says how much of its peak its on-demand replicas
+must hold alone (``Model.on_demand_floor``: 0 ``free``, 1 ``never``, a share for ``floor``). The
+planner obeys it through :func:`packer.planner.model.allowed` (shared replicas) and
+:func:`multi_choice` (multi-GPU replicas); :func:`exposure` reads back, from a finished plan,
+what each model keeps when its worst spot node, or every spot node, is lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from packer.fleet import Fleet, Model, Pool
+from packer.plan import Plan
+from packer.planner.model import Problem, on_demand_replicas
+
+if TYPE_CHECKING:
+    from packer.settings import PlanSettings
+
+Choice = tuple[float, int, list[tuple[Pool, int]]]
+"""(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
+
+
+def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
+                 replicas_in: Callable[[Problem, Model, Pool], int | None]) -> Choice | None:
+    """The cheapest placement of a multi-GPU model's replicas that keeps its on-demand floor.
+
+    A pool alone (any pool for a ``free`` model, on-demand pools otherwise), or an on-demand pool
+    for the floor's ``k`` replicas and a spot pool for the rest; ``n`` is what the slower of the
+    two needs. ``used`` is GPUs already taken per pool. None when no pool has room.
+    """
+    gpr = m.gpus_per_replica
+
+    def room(parts: list[tuple[Pool, int]]) -> bool:
+        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus for p, k in parts)
+
+    options: list[Choice] = []
+    counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
+    for p in problem.fleet.pools:
+        n = counts[p.name]
+        if n is None or (p.spot and on_demand_replicas(m, n) > 0):
+            continue
+        options.append((n * gpr * p.cost_per_gpu_hour, n, [(p, n)]))
+    for q in problem.fleet.pools:
+        for p in problem.fleet.pools:
+            nq, np_ = counts[q.name], counts[p.name]
+            if q.spot or not p.spot or nq is None or np_ is None:
+                continue
+            n = max(nq, np_)
+            k = on_demand_replicas(m, n)
+            if k >= n:
+                continue
+            parts = [(q, k), (p, n - k)] if k else [(p, n)]
+            options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
+    best: Choice | None = None
+    for o in options:
+        if room(o[2]) and (best is None or o[0] < best[0]):
+            best = o
+    return best
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """What one model keeps of its peak when spot capacity goes, as the plan sizes its replicas."""
+
+    model: str
+    policy: str
+    floor: float
+    """Share of peak its on-demand replicas must hold (``Model.on_demand_floor``)."""
+    replicas: int
+    on_spot: int
+    keeps_one_node: float
+    """Share of peak held by the replicas left when its worst spot node goes."""
+    worst_node: str | None
+    keeps_no_spot: float
+    """Share of peak its on-demand replicas hold alone."""
+
+
+def exposure(plan: Plan) -> list[Exposure]:
+    """Per model: replicas on spot, and the share of peak kept when its worst spot node is lost
+    and when every spot node is. A replica holds the rate it is sized for (``rate_rps``); the
+    even split of requests over the rest is what the planner sized them for."""
+    out = []
+    for m in plan.fleet.models:
+        peak = m.traffic.peak_rps
+        reps = plan.placements_of(m.name)
+        rate = {p.id: next(x.rate_rps for x in p.models if x.name == m.name) for p in reps}
+        total = sum(rate.values())
+        by_node: dict[str, float] = {}
+        for p in reps:
+            if plan.fleet.pool(p.pool).spot:
+                by_node[p.node] = by_node.get(p.node, 0.0) + rate[p.id]
+        worst = max(by_node, key=lambda n: (by_node[n], n)) if by_node else None
+        lost = by_node.get(worst, 0.0) if worst else 0.0
+        share = (lambda r: min(1.0, r / peak) if peak > 0 else 1.0)
+        out.append(Exposure(m.name, m.spot_policy, m.on_demand_floor, len(reps),
+                            sum(1 for p in reps if plan.fleet.pool(p.pool).spot),
+                            share(total - lost), worst, share(total - sum(by_node.values()))))
+    return out
+
+
+def spot_aware(fleet: Fleet) -> bool:
+    """Does any model's spot policy constrain this fleet (a spot pool and a non-``free`` model)?"""
+    return any(p.spot for p in fleet.pools) and any(m.on_demand_floor > 0 for m in fleet.models)
+
+
+def spot_unaware(fleet: Fleet) -> Fleet:
+    """The same fleet with every model ``free`` to run on spot: the cheapest plan's fleet."""
+    from dataclasses import replace
+
+    return replace(fleet, models=tuple(replace(m, spot_policy="free", on_demand_floor=0.0) for m in fleet.models))
+
+
+def with_insurance(plan: Plan, settings: "PlanSettings") -> Plan:
+    """``plan`` with a ``spot-unaware`` baseline: the plan of the same fleet with every model free
+    to run on spot, at the same settings. Its cost against the plan's is the price of the
+    on-demand floors. Planning twice doubles the solve time, so only spot-aware fleets pay it."""
+    from dataclasses import replace
+
+    from packer.plan import Baseline
+    from packer.planner.solve import plan_fleet
+
+    if not spot_aware(plan.fleet):
+        return plan
+    cheap = plan_fleet(spot_unaware(plan.fleet), settings)
+    note = "every model free to run on spot; the difference is the price of the on-demand floors"
+    return replace(plan, baselines={**plan.baselines,
+                                    "spot-unaware": Baseline(cheap.cost_per_hour, dict(cheap.gpus), note)})
+
+
+def exposure_lines(plan: Plan) -> list[str]:
+    """The per-model exposure table for ``packer plan``'s summary (empty without spot pools)."""
+    if not any(p.spot for p in plan.fleet.pools):
+        return []
+    b = plan.baselines.get("spot-unaware")
+    out = []
+    if b is not None and b.cost_per_hour > 0:
+        extra = plan.cost_per_hour - b.cost_per_hour
+        out.append(f"spot insurance: {extra:+,.2f}/h ({extra / b.cost_per_hour:+.1%}) over the spot-unaware plan "
+                   f"({b.cost_per_hour:,.2f}/h on {sum(b.gpus.values())} GPUs)")
+    out.append("when spot goes    model                 policy  floor  replicas  on spot  "
+               "keeps (worst node)  keeps (no spot)")
+    for e in exposure(plan):
+        flag = "  <- below its floor" if e.keeps_no_spot < e.floor - 1e-9 else ""
+        out.append(f"                  {e.model:<21} {e.policy:<7} {e.floor:>5.0%}  {e.replicas:>8}  {e.on_spot:>7}  "
+                   f"{e.keeps_one_node:>18.0%}  {e.keeps_no_spot:>15.0%}{flag}")
+    return out

@@ -4,7 +4,8 @@
 against a plan (a ``plan.json`` from ``packer plan``, or a fleet file, planned first) and prints
 per-model latency, SLO attainment and cost; ``-d/--out-dir DIR`` adds JSON, plots and an HTML report
 (``--format``, ``-o FILE``: the convention of every command, ``packer.cliutil``).
-``--compare OTHER`` runs a second plan (a path) or a second policy (a name) on the same traffic.
+``--compare OTHER`` runs a second plan (a path) or a second policy (a name) on the same traffic;
+``--compare spot`` runs the plan against its all-on-demand and spot-unaware plans (``sims.spot``).
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy
               help="Scenario YAML, or the name of a shipped one (diurnal, peak, spike, bursty, spot).")
 @click.option("--duration", default=None, help="Simulated time, e.g. 10m, 1h, 1d (default: the scenario's, else 1h).")
 @click.option("--policy", default=None, help="Scaling policy (default: the scenario's, else static).")
-@click.option("--compare", default=None, help="A second plan/fleet file, or a second policy name, on the same traffic.")
+@click.option("--compare", default=None,
+              help="A second plan/fleet file, or a second policy name, on the same traffic; `spot`: the plan "
+                   "against its all-on-demand plan (static) and its spot-unaware plan (same policy).")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @out_dir_option("result.json, plots (PNG and SVG) and report.html")
 @format_option
@@ -100,10 +103,21 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
     if not dur > 0:
         raise UserError("--duration must be positive")
-    if compare and compare not in policy_names() and not Path(compare).exists():
+    if compare and compare != "spot" and compare not in policy_names() and not Path(compare).exists():
         raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
     plan = load_plan_or_fleet(fleet_or_plan, seed, progress=not no_progress)
     other = None
+    if compare == "spot":
+        from sims.spot import run_comparison
+
+        def run(p: Plan, pol: str | None, lab: str) -> dict[str, Any]:
+            return run_one(p, scenario, dur, seed, pol, not no_progress, f"simulating {lab}") | {"label": lab}
+
+        runs = run_comparison(plan, policy, run)
+        emit({"runs": runs}, fmt, lambda: report.table(runs), output)
+        if out_dir:
+            click.echo(f"wrote {report.write(runs, Path(out_dir))}", err=True)
+        return
     if compare and compare not in policy_names():  # a second plan: checked before either simulation runs
         other = load_plan_or_fleet(compare, seed, progress=not no_progress)
         same_traffic(plan, other, fleet_or_plan, compare)

@@ -22,7 +22,8 @@ Run = dict[str, Any]
 
 
 def label(r: Run) -> str:
-    return f"{r['policy']} @ plan {r['plan']}"
+    head = f"{r['label']}: " if r.get("label") else ""
+    return f"{head}{r['policy']} @ plan {r['plan']}"
 
 
 def table(runs: list[Run]) -> str:

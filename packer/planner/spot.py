@@ -148,3 +148,17 @@ def exposure_lines(plan: Plan) -> list[str]:
         out.append(f"                  {e.model:<21} {e.policy:<7} {e.floor:>5.0%}  {e.replicas:>8}  {e.on_spot:>7}  "
                    f"{e.keeps_one_node:>18.0%}  {e.keeps_no_spot:>15.0%}{flag}")
     return out
+
+
+def on_demand_only(fleet: Fleet) -> Fleet:
+    """The same fleet without its spot pools: the all-on-demand plan's fleet. Raises a
+    :class:`~packer.errors.UserError` when every pool is spot."""
+    from dataclasses import replace
+
+    from packer.errors import UserError
+
+    pools = tuple(p for p in fleet.pools if not p.spot)
+    if not pools:
+        raise UserError(f"fleet {fleet.name}: every pool is spot, so there is no all-on-demand plan to compare "
+                        "with. Fix: add an on-demand pool (`spot: false`)")
+    return replace(fleet, pools=pools)

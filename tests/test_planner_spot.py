@@ -1,0 +1,123 @@
+"""Spot-aware placement (issue 18): every model keeps its on-demand floor when spot nodes go.
+
+Property over bench/family.py's generated fleets with a spot twin of every pool and a random spot
+policy per model: the plan, and the greedy baseline printed under it, put at most
+``n - ceil(floor * n)`` of a model's ``n`` replicas on spot, so its on-demand replicas alone hold
+the floor's share of its peak; the plan still never costs more than that baseline.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bench.family import SHAPES, family_fleet
+from packer.check import check_plan
+from packer.errors import UserError
+from packer.fleet import parse_fleet
+from packer.planner import PlanSettings, plan_fleet
+from packer.planner.model import on_demand_replicas
+from packer.planner.solve import greedy_packing
+from packer.planner.spot import exposure, on_demand_only, spot_unaware, with_insurance
+
+
+def spot_doc(doc: dict, seed: int) -> dict:
+    """The fleet with a spot twin of every pool (40 % of the price) and a random spot policy per model."""
+    rng = random.Random(seed)
+    twins = [dict(p, name=f"{p['name']}-sp"[:63], spot=True, cost_per_gpu_hour=round(p["cost_per_gpu_hour"] * 0.4, 3),
+                  max_nodes=2, preemption_notice_s=30) for p in doc["pools"] if not p.get("spot")]
+    models = []
+    for m in doc["models"]:
+        policy = rng.choice(["free", "floor", "never"])
+        extra = {"spot_policy": policy}
+        if policy == "floor":
+            extra["on_demand_floor"] = rng.choice([0.25, 0.5, 0.75])
+        models.append(dict(m, **extra))
+    return dict(doc, pools=doc["pools"] + twins, models=models)
+
+
+@pytest.mark.parametrize(("count", "floor", "want"), [(1, 0.5, 1), (2, 0.5, 1), (3, 0.5, 2), (4, 0.5, 2),
+                                                     (4, 0.25, 1), (3, 1.0, 3), (5, 0.0, 0), (0, 0.5, 0)],
+                         ids=["1of1", "1of2", "2of3", "2of4", "quarter", "never", "free", "none"])
+def test_on_demand_replicas_hold_the_floor(count: int, floor: float, want: int) -> None:
+    from dataclasses import replace
+
+    m = replace(parse_fleet(_small()).models[0], on_demand_floor=floor)
+    assert on_demand_replicas(m, count) == want
+    assert count == 0 or want / count >= floor - 1e-9  # each replica is sized for peak / count
+
+
+@settings(deadline=None, max_examples=8, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from(sorted(set(SHAPES))))
+def test_no_model_loses_more_than_its_floor_when_spot_goes(seed: int, shape: str) -> None:
+    fleet = parse_fleet(spot_doc(family_fleet(seed, max_models=10, min_models=3, shape=shape), seed))
+    s = PlanSettings(time_limit_s=0.3, prove_s=0, seed=seed % 7)
+    try:
+        plan = plan_fleet(fleet, s)
+    except UserError:
+        pytest.skip("the on-demand pools cannot hold every floor")  # rare: the family sizes pools for peak
+    assert check_plan(plan) == []
+    for e in exposure(plan):
+        assert e.keeps_no_spot >= e.floor - 1e-6, (fleet.name, e)
+        assert e.keeps_one_node >= e.keeps_no_spot - 1e-9
+    assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
+    packing = greedy_packing(fleet, s)
+    assert packing is not None
+    shared, multi = packing
+    for g in shared:
+        for sl in g.slots:
+            for r in sl.reps:
+                assert not g.pool.spot or r.index >= on_demand_replicas(r.model, r.count), (fleet.name, r)
+    for g in multi:
+        model, i = g.multi
+        n = sum(1 for h in multi if h.multi[0].name == model.name)
+        assert not g.pool.spot or i >= on_demand_replicas(model, n), (fleet.name, model.name, i, n)
+
+
+def _small() -> dict:
+    return {
+        "name": "spot-small",
+        "pools": [
+            {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 0.8,
+             "sharing": ["time-slicing"]},
+            {"name": "l4-spot", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 0.3,
+             "sharing": ["time-slicing"], "spot": True, "preemption_notice_s": 30, "preemptions_per_node_hour": 0.1},
+            {"name": "h100", "gpu": "h100-80gb", "gpus_per_node": 8, "max_nodes": 1, "cost_per_gpu_hour": 9.8},
+            {"name": "h100-spot", "gpu": "h100-80gb", "gpus_per_node": 8, "max_nodes": 2, "cost_per_gpu_hour": 3.4,
+             "spot": True},
+        ],
+        "models": [
+            {"name": "asr", "kind": "streaming", "memory_gb": 2.5, "traffic": {"rps": 400, "peak_rps": 1600},
+             "slo_ms": 200, "latency_ms": {"gpu": "a100-80gb", "base": 4.0, "per_item": 0.13}, "max_batch": 128,
+             "spot_policy": "floor", "on_demand_floor": 0.5},
+            {"name": "punct", "kind": "streaming", "memory_gb": 0.6, "traffic": {"rps": 20, "peak_rps": 40},
+             "slo_ms": 100, "latency_ms": {"gpu": "a100-80gb", "base": 2.0, "per_item": 0.05}, "max_batch": 64,
+             "spot_policy": "never"},
+            {"name": "llm", "kind": "streaming", "memory_gb": 150.0, "gpus_per_replica": 2,
+             "traffic": {"rps": 1.0, "peak_rps": 2.0}, "slo_ms": 30000,
+             "latency_ms": {"gpu": "h100-80gb", "base": 7000.0, "per_item": 120.0}, "max_batch": 32,
+             "min_replicas": 2, "spot_policy": "floor"},
+        ],
+    }
+
+
+def test_a_worked_fleet_keeps_its_floors_and_prices_the_insurance() -> None:
+    fleet = parse_fleet(_small())
+    s = PlanSettings(time_limit_s=1.0, prove_s=0)
+    plan = with_insurance(plan_fleet(fleet, s), s)
+    by = {e.model: e for e in exposure(plan)}
+    assert by["punct"].on_spot == 0 and by["punct"].keeps_no_spot == 1.0
+    assert by["asr"].keeps_no_spot >= 0.5 and by["llm"].keeps_no_spot >= 0.5
+    # llm: n replicas of 2 H100s; ceil(n / 2) on-demand (19.60/h each), the rest spot (6.80/h each)
+    llm = plan.placements_of("llm")
+    od = sum(1 for p in llm if p.pool == "h100")
+    assert od == on_demand_replicas(fleet.model("llm"), len(llm)) and len(llm) - od >= 1
+    cheap = plan_fleet(spot_unaware(fleet), s)
+    assert plan.baselines["spot-unaware"].cost_per_hour == cheap.cost_per_hour <= plan.cost_per_hour
+    assert {p.pool for p in cheap.placements_of("llm")} == {"h100-spot"}
+    # on the spot pool the free plan spreads llm's two replicas over the two nodes
+    assert len({p.node for p in cheap.placements_of("llm")}) == 2
+    assert all(not p.spot for p in on_demand_only(fleet).pools)

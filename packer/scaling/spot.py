@@ -7,19 +7,23 @@ doomed replica like for like, at the rate it was sized for, by the first of:
 
 1. room in a running slot on another node (``add_replica``: no new GPU, weights only);
 2. a free slot already paid for (warm standby, unused MIG instance; ``split_out``, weights only);
-3. a new GPU (or, for a multi-GPU replica, adjacent GPUs on one node) in the cheapest pool with
-   room, its cold start counted: node and image on a fresh node, then the weights.
+3. a new GPU (or, for a multi-GPU replica, adjacent GPUs on one node), its cold start counted:
+   node and image on a fresh node, the weights only on a node that runs already. The cheapest
+   that serves within the notice; when none does, the fastest (each second after the node goes
+   is capacity lost), then the cheapest.
 
 Each replacement carries ``replaces=`` the doomed replica (make before break: the caller removes
 it once the new one serves, or when the node goes, whichever is first). A replica that no pool
 can take is removed (``remove_replica``), so the plan says what really runs. Only replicas the
 plan has are touched: a notice for a node the plan no longer holds is a no-op.
 
-Worked numbers (``tests/test_scaling_spot.py``): an L4 spot node holds asr at 300 rps; the
-on-demand L4 beside it has room for 520 rps of asr, so the decision is ``add_replica`` there,
-+0.00/h, serving in 17 s (15 s + 2 GB at 1 GB/s), within the 30 s notice. With no room, a new
-on-demand L4 at 1.20/h serves in 377 s (240 s node + 120 s image + 17 s weights), 347 s after
-the node goes; with one warm-standby GPU it is 17 s again.
+Worked numbers (``tests/test_scaling_spot.py``; L4 on-demand 0.80/h, L4 spot 0.30/h, 30 s notice,
+default cold starts): asr (2 GB) on a spot node is sized for 300 rps. An on-demand L4 running
+punct has room for it: ``add_replica`` there, +0.00/h, serving in 17 s (15 s + 2 GB at 1 GB/s),
+within the notice. With no room, a free GPU of a running on-demand node (0.80/h, weights only,
+17 s) beats a fresh spot node (0.30/h, 240 + 120 + 17 = 377 s); when every option is a fresh
+node, the cheapest wins: the other spot node, serving 347 s after this one goes. A warm standby
+GPU: 17 s, +0.00/h.
 """
 
 from __future__ import annotations
@@ -96,7 +100,7 @@ def _replacement(plan: Plan, model: Model, rate: float, old: SlotRef, left: floa
                 return SplitOut(model=model.name, slot=s, rate_rps=rate, cost_per_hour=0.0, ready_in_s=load_s,
                                 replaces=old, reason=f"{head}; the paid free slot {s.id} holds {r:.1f} rps: "
                                                      f"{_when(load_s, left)}")
-    best: tuple[float, float, SplitOut] | None = None
+    best: tuple[tuple[float, float, float], SplitOut] | None = None
     for pool in plan.fleet.pools:
         ng = new_gpu(plan, pool.name, starting, width=model.gpus_per_replica, avoid=avoid)
         if ng is None or not _holds(plan, ng.slot, model, rate):
@@ -108,10 +112,12 @@ def _replacement(plan: Plan, model: Model, rate: float, old: SlotRef, left: floa
                      new_gpu=True, replaces=old,
                      reason=f"{head}; no room elsewhere: {model.gpus_per_replica} {pool.gpu} on {where} "
                             f"({'spot' if pool.spot else 'on-demand'}, {price:.2f}/h), {_when(lead, left)}")
-        key = (price, lead)
-        if best is None or key < best[:2]:
-            best = (price, lead, a)
-    return None if best is None else best[2]
+        # Serving within the notice loses nothing: then the cheapest. Otherwise every second
+        # after the node goes is lost capacity: the fastest, then the cheapest.
+        key = (0.0, price, lead) if lead <= left else (1.0, lead, price)
+        if best is None or key < best[0]:
+            best = (key, a)
+    return None if best is None else best[1]
 
 
 def _holds(plan: Plan, slot: SlotRef, model: Model, rate: float) -> bool:

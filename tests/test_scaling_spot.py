@@ -1,0 +1,126 @@
+"""The scaling policy under a spot preemption notice (issue 18), with worked numbers.
+
+Fleet: an on-demand L4 pool (0.80/h, nodes of 2 GPUs) and a spot L4 pool (0.30/h, nodes of 1 GPU,
+30 s notice); asr (2 GB) has one replica on each, sized for 300 rps. Cold starts are the
+defaults: node 240 s, image 120 s, weights 15 s + 1 s/GB, so asr's weights take 17 s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from test_scaling_helpers import placement, plan_of
+
+from packer.fleet import parse_fleet
+from packer.plan import GpuLayout, Member, Placement
+from packer.scaling import AddReplica, RemoveReplica, ScalingSettings, Signals, SplitOut, apply, decide
+from packer.scaling.room import ref
+from packer.scaling.spot import recover
+from packer.slot import SlotType, evaluate, item
+
+DOC = {"name": "spotty", "pools": [
+    {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 2, "cost_per_gpu_hour": 0.8,
+     "sharing": ["time-slicing"]},
+    {"name": "l4-spot", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 2, "cost_per_gpu_hour": 0.3,
+     "sharing": ["time-slicing"], "spot": True, "preemption_notice_s": 30},
+    {"name": "h100-spot", "gpu": "h100-80gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 3.4,
+     "spot": True}],
+    "models": [
+    {"name": "asr", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 300, "peak_rps": 600}, "slo_ms": 200,
+     "latency_ms": {"gpu": "a100-80gb", "base": 4.0, "per_item": 0.13}, "max_batch": 128, "min_replicas": 2},
+    {"name": "punct", "kind": "streaming", "memory_gb": 0.6, "traffic": {"rps": 20, "peak_rps": 40}, "slo_ms": 100,
+     "latency_ms": {"gpu": "a100-80gb", "base": 2.0, "per_item": 0.05}, "max_batch": 64},
+    {"name": "llm", "kind": "streaming", "memory_gb": 150.0, "gpus_per_replica": 2, "traffic": {"rps": 0.5},
+     "slo_ms": 30000, "latency_ms": {"gpu": "h100-80gb", "base": 7000.0, "per_item": 120.0}, "max_batch": 32}]}
+F = parse_fleet(DOC)
+SPOT = "l4-spot-n0"
+S = ScalingSettings()
+
+
+def base(*extra: Placement):
+    return plan_of(F, [placement(F, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                       placement(F, "l4-spot", SPOT, 0, [("asr", 1, 300.0)]), *extra])
+
+
+def test_room_on_another_node_takes_the_replica_within_the_notice() -> None:
+    plan = base(placement(F, "l4", "l4-n0", 1, [("punct", 1, 20.0)]))
+    acts, after = recover(plan, {SPOT: 30.0}, S, {})
+    assert len(acts) == 1 and isinstance(acts[0], AddReplica)
+    a = acts[0]
+    assert (a.slot.id, a.rate_rps, a.cost_per_hour, a.ready_in_s) == ("l4-n0-g1-whole", 300.0, 0.0, 17.0)
+    assert a.replaces is not None and a.replaces.node == SPOT  # make before break: removed once it serves
+    assert "within the 30 s notice" in a.reason
+    assert after.cost_per_hour == pytest.approx(1.6)  # the spot GPU (0.30/h) is gone with its node
+    assert [p.node for p in after.placements_of("asr")] == ["l4-n0", "l4-n0"]
+
+
+def test_no_room_buys_a_gpu_and_prefers_one_that_serves_within_the_notice() -> None:
+    # l4-n0 has a free GPU: 0.80/h, weights only (17 s) beats a new spot node at 0.30/h that
+    # serves after 240 + 120 + 17 = 377 s, 347 s after the node goes.
+    acts, after = recover(base(), {SPOT: 30.0}, S, {})
+    a = acts[0]
+    assert isinstance(a, SplitOut) and a.new_gpu
+    assert (a.slot.id, a.cost_per_hour, a.ready_in_s) == ("l4-n0-g1-whole", 0.8, 17.0)
+    # With the on-demand node full, every option is a fresh node (377 s): then the cheapest,
+    # a spot node other than the one going.
+    busy = replace(F.pool("l4"), max_nodes=1, gpus_per_node=1)
+    f1 = replace(F, pools=(busy,) + F.pools[1:])
+    plan1 = plan_of(f1, [placement(f1, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                         placement(f1, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    acts, _ = recover(plan1, {SPOT: 30.0}, S, {})
+    a = acts[0]
+    assert (a.slot.id, a.cost_per_hour, a.ready_in_s) == ("l4-spot-n1-g0-whole", 0.3, 377.0)
+    assert "347 s after the node goes" in a.reason
+
+
+def test_a_warm_standby_serves_after_the_weights_alone() -> None:
+    plan = base()
+    plan = replace(plan, layouts=plan.layouts + (GpuLayout("l4", "l4-n0", 1, "whole"),))  # paid, empty
+    acts, _ = recover(plan, {SPOT: 30.0}, S, {})
+    a = acts[0]
+    assert isinstance(a, SplitOut) and not a.new_gpu
+    assert (a.slot.id, a.cost_per_hour, a.ready_in_s) == ("l4-n0-g1-whole", 0.0, 17.0)
+
+
+def test_a_notice_for_a_node_the_plan_does_not_hold_changes_nothing() -> None:
+    plan = base()
+    acts, after = recover(plan, {"l4-spot-n7": 30.0}, S, {})
+    assert acts == [] and after is plan
+
+
+def _multi(node: str, gpu: int) -> Placement:
+    st = SlotType(F.pool("h100-spot"))
+    m = F.model("llm")
+    res = evaluate([item(m, 0.5, st, 0.85)], st.memory_gb * 2, 0.85)
+    mr = res.members[0]
+    return Placement("h100-spot", node, gpu, "whole", (Member("llm", "streaming", 0, mr.batch_size, mr.share, 150.0,
+                                                                mr.p99_bound_ms, 30000.0, 0.5),),
+                     res.duty_cycle_ms, 150.0, res.memory_capacity_gb, mr.share, res.binding, res.reason, None,
+                     (gpu, gpu + 1))
+
+
+def test_a_multi_gpu_replica_is_removed_by_its_own_id_and_replaced_on_two_gpus() -> None:
+    plan = base(_multi("h100-spot-n0", 0))
+    p = plan.placements_of("llm")[0]
+    assert p.id == ref(p).id == "h100-spot-n0-g0-x2"  # the crash: the ref said …-g0-whole
+    gone = apply(plan, [RemoveReplica(model="llm", slot=ref(p), cost_per_hour=0.0, reason="t")])
+    assert not gone.placements_of("llm") and "h100-spot" not in gone.gpus  # both GPUs released
+    acts, after = recover(plan, {"h100-spot-n0": 30.0}, S, {})
+    a = acts[0]
+    # a fresh node (the other one the pool may have): 240 + 120 + 15 + 150 = 525 s, 2 x 3.40/h
+    assert isinstance(a, SplitOut) and (a.slot.id, a.cost_per_hour, a.ready_in_s) == (
+        "h100-spot-n1-g0-x2", 6.8, 525.0)
+    q = after.placements_of("llm")[0]
+    assert q.gpus == (0, 1) and after.gpus["h100-spot"] == 2
+
+
+def test_decide_replaces_first_and_the_rest_sees_the_plan_without_the_node() -> None:
+    plan = base(placement(F, "l4", "l4-n0", 1, [("punct", 1, 20.0)]))
+    sig = {"asr": Signals("asr", arrival_rps=600.0), "punct": Signals("punct", arrival_rps=40.0)}
+    acts, state = decide(plan, sig, None, 0.0, S, notices={SPOT: 30.0})
+    assert isinstance(acts[0], AddReplica) and acts[0].replaces is not None
+    after = apply(plan, acts)
+    assert all(p.node != SPOT for p in after.placements)
+    acts2, _ = decide(after, sig, state, 15.0, S, notices={SPOT: 15.0})  # the same notice again
+    assert not any(getattr(a, "replaces", None) for a in acts2)

@@ -319,9 +319,13 @@ class Reconciler:
                 return stored, "", state, []
             signals = self.signals(stored, obs.live)
             self.signal_failures = list(getattr(self.signals, "failures", []))
-            if not signals:
+            from k8s.scaling import preemption_notices
+
+            notices = preemption_notices(stored, obs.nodes, now)  # a spot node's taint: re-place first
+            if not signals and not notices:
                 return stored, "", state, []
-            new, state, reasons = self.scaler(stored, signals, state, now, self._replan)
+            extra = {"notices": notices} if notices else {}
+            new, state, reasons = self.scaler(stored, signals, state, now, self._replan, **extra)
             if new is None or new.id == stored.id:
                 return stored, "", state, []
             return new, "scaling: " + "; ".join(reasons), state, []

@@ -8,13 +8,16 @@ Two pieces, each pluggable into :class:`k8s.reconciler.Reconciler`:
   The previous scrape lives in memory: after a restart the first cycle only takes a baseline.
 * :func:`packer_scaler` runs the policy; its hysteresis state round-trips through JSON so the
   reconciler keeps it in the status ConfigMap and a restart loses nothing.
+* :func:`preemption_notices` reads a spot preemption off the GPU nodes (a taint or a condition
+  that the cloud or a termination handler sets) as the policy's notice for that plan node.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 from k8s import names as N
@@ -70,6 +73,52 @@ class TritonSignals:
         return out
 
 
+PREEMPTION_TAINTS = ("cloud.google.com/impending-node-termination", "aws-node-termination-handler/spot-itn",
+                     "packer.dev/preempting")
+"""Taints that say a node is being taken: GKE's on a spot or preemptible VM's termination, the AWS
+node termination handler's on a spot interruption notice, and one an operator's own handler may set."""
+PREEMPTION_CONDITIONS = ("PreemptionNotice", "TerminationNotice")
+"""Node conditions (status True) that say the same, for handlers that set a condition instead."""
+DEFAULT_NOTICE_S = 30.0
+"""When the fleet's pool states no ``preemption_notice_s``: GCP's 30 s, the shorter of the clouds'."""
+
+
+def _stamp(value: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def preemption_notices(plan: Plan, nodes: list[dict[str, Any]], now: float) -> dict[str, float]:
+    """Plan node -> seconds left before the cloud takes it, for every node of the plan whose real
+    node carries a preemption taint or condition. The notice runs from the taint's ``timeAdded``
+    (or the condition's ``lastTransitionTime``; ``now`` when absent) for the pool's
+    ``preemption_notice_s``. A node the plan no longer uses gives nothing: the policy never
+    removes what it does not have."""
+    pool_of = {p.node: p.pool for p in plan.placements}
+    out: dict[str, float] = {}
+    for n in nodes:
+        logical = (n.get("metadata", {}).get("labels") or {}).get(N.NODE_LABEL)
+        if logical not in pool_of:
+            continue
+        since: float | None = None
+        found = False
+        for t in (n.get("spec") or {}).get("taints") or []:
+            if isinstance(t, dict) and t.get("key") in PREEMPTION_TAINTS:
+                found, since = True, _stamp(t.get("timeAdded")) if t.get("timeAdded") else None
+        for c in (n.get("status") or {}).get("conditions") or []:
+            if isinstance(c, dict) and c.get("type") in PREEMPTION_CONDITIONS and c.get("status") == "True":
+                found = True
+                since = since or (_stamp(c.get("lastTransitionTime")) if c.get("lastTransitionTime") else None)
+        if not found:
+            continue
+        notice = plan.fleet.pool(pool_of[logical]).preemption_notice_s
+        notice = DEFAULT_NOTICE_S if notice is None else notice
+        out[logical] = max(0.0, (since if since is not None else now) + notice - now)
+    return out
+
+
 def state_to_json(state: ScalingState) -> dict[str, Any]:
     return dataclasses.asdict(state)
 
@@ -92,10 +141,11 @@ def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
     s = settings or ScalingSettings()
 
     def scale(plan: Plan, signals: dict[str, Signals], state: dict[str, Any], now: float,
-              replan: Callable[[Plan], Plan]) -> tuple[Plan | None, dict[str, Any], list[str]]:
+              replan: Callable[[Plan], Plan], *,
+              notices: Mapping[str, float] | None = None) -> tuple[Plan | None, dict[str, Any], list[str]]:
         known = {m.name for m in plan.fleet.models}
         actions, st = decide(plan, {k: v for k, v in signals.items() if k in known}, state_from_json(state),
-                             now, s)
+                             now, s, notices=notices)
         reasons = [f"{a.summary()}: {a.reason}" for a in actions]
         if not actions:
             return None, state_to_json(st), []

@@ -35,7 +35,7 @@ from packer.slot import WHOLE
 from sims import policies as sp
 
 OPTIONS = {"replan", "replan_time_limit_s", "interval_s", "target_utilisation", "replan_every_s", "replan_headroom", "stable_s", "panic_s", "panic_threshold", "scale_down_s",
-           "scale_down_band", "node_s", "image_s", "weights_base_s", "weights_gb_per_s"}
+           "scale_down_band", "node_s", "image_s", "weights_base_s", "weights_gb_per_s", "standby_gpus"}
 
 
 def settings_from(options: Mapping[str, Any]) -> ScalingSettings:
@@ -46,7 +46,10 @@ def settings_from(options: Mapping[str, Any]) -> ScalingSettings:
     d = ScalingSettings()
     w = {k: float(options[k]) for k in ("stable_s", "panic_s", "panic_threshold", "scale_down_s", "scale_down_band")
          if k in options}
-    c = {k: float(options[k]) for k in ("node_s", "image_s", "weights_base_s", "weights_gb_per_s") if k in options}
+    c: dict[str, Any] = {k: float(options[k]) for k in ("node_s", "image_s", "weights_base_s", "weights_gb_per_s")
+                         if k in options}
+    if "standby_gpus" in options:
+        c["standby_gpus"] = int(options["standby_gpus"])
     t: dict[str, Any] = {k: float(options[k]) for k in ("target_utilisation", "replan_every_s") if k in options}
     if "replan_headroom" in options:
         t["replan_headroom"] = None if options["replan_headroom"] is None else float(options["replan_headroom"])

@@ -38,3 +38,56 @@ def test_packer_policy_survives_losing_a_multi_gpu_replica(seed: int) -> None:
     adds = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
     assert adds, "the lost replica must be bought back"
     assert any(s.width == 2 for s in sim.slots.values())
+
+
+SPOT_FLEET = {
+    "name": "cli-spot", "pools": [
+        {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 0.8,
+         "sharing": ["time-slicing"]},
+        {"name": "l4-spot", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 3, "cost_per_gpu_hour": 0.3,
+         "sharing": ["time-slicing"], "spot": True, "preemption_notice_s": 30, "preemptions_per_node_hour": 60}],
+    "models": [
+        {"name": "asr", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 200.0, "peak_rps": 300.0},
+         "slo_ms": 200, "latency_ms": {"gpu": "l4-24gb", "base": 8.0, "per_item": 0.4}, "max_batch": 64,
+         "min_replicas": 2, "spot_policy": "floor"},
+        {"name": "punct", "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": 40.0, "peak_rps": 60.0},
+         "slo_ms": 100, "latency_ms": {"gpu": "l4-24gb", "base": 3.0, "per_item": 0.1}, "max_batch": 32}],
+}
+
+
+def test_compare_spot_runs_the_plan_against_all_on_demand_and_spot_unaware(tmp_path, capsys) -> None:
+    import json
+
+    import yaml
+
+    from packer.cli import main
+
+    f = tmp_path / "fleet.yaml"
+    f.write_text(yaml.safe_dump(SPOT_FLEET))
+    out = tmp_path / "r.json"
+    rc = main(["simulate", str(f), "--scenario", "peak", "--policy", "packer", "--compare", "spot",
+               "--duration", "3m", "--no-progress", "-o", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    runs = json.loads(out.read_text())["runs"]
+    assert [(r["label"], r["policy"]) for r in runs] == [("spot-aware", "packer"), ("all-on-demand", "static"),
+                                                        ("spot-unaware", "packer")]
+    assert [m["arrivals"] for m in runs[0]["models"]] == [m["arrivals"] for m in runs[1]["models"]]
+    od, cheap = runs[1]["fleet"]["plan_cost_per_hour"], runs[2]["fleet"]["plan_cost_per_hour"]
+    assert cheap < runs[0]["fleet"]["plan_cost_per_hour"] <= od
+    assert runs[1]["fleet"]["gpu_hours"].get("l4-spot", 0) == 0  # nothing on spot
+    # the peak scenario sets no preemption rate: the pool's own (60 per node-hour) applies
+    assert any("preempted" in a["action"] for r in (runs[0], runs[2]) for a in r["actions"])
+
+
+def test_compare_spot_needs_an_on_demand_pool(tmp_path, capsys) -> None:
+    import yaml
+
+    from packer.cli import main
+
+    doc = dict(SPOT_FLEET, pools=SPOT_FLEET["pools"][1:],
+               models=[dict(m, spot_policy="free") for m in SPOT_FLEET["models"]])
+    f = tmp_path / "fleet.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert main(["simulate", str(f), "--scenario", "spot", "--compare", "spot", "--duration", "1m",
+                 "--no-progress"]) == 2
+    assert "every pool is spot" in capsys.readouterr().err

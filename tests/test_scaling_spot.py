@@ -124,3 +124,17 @@ def test_decide_replaces_first_and_the_rest_sees_the_plan_without_the_node() -> 
     assert all(p.node != SPOT for p in after.placements)
     acts2, _ = decide(after, sig, state, 15.0, S, notices={SPOT: 15.0})  # the same notice again
     assert not any(getattr(a, "replaces", None) for a in acts2)
+
+
+def test_a_resized_rate_is_stored_as_evaluated() -> None:
+    """bench/spot.py crashed on 3 of 20 seeds (multilingual, floor 0.25 and 0.5): a resize stored
+    summarizer-es at round(0.016666, 4) = 0.0167 rps, a rate its slot had not been evaluated at and
+    could not hold, and the next change to that slot raised. The stored rate is now the one evaluated."""
+    from packer.scaling import Resize
+
+    plan = base()
+    rate = 1000.0 / 3.0  # 333.333…: rounding would store another rate than the one evaluated
+    p = next(p for p in plan.placements if p.node == "l4-n0")
+    after = apply(plan, [Resize(model="asr", slot=ref(p), rate_rps=rate, cost_per_hour=0.0, reason="t")])
+    m = next(m for q in after.placements if q.node == "l4-n0" for m in q.models if m.name == "asr")
+    assert m.rate_rps == rate

@@ -317,7 +317,7 @@ def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, 
                              "cannot all meet their SLOs in one duty cycle") from None
         members = tuple(
             Member(n, plan.model(n).kind, s.members[n][0], r.batch_size, round(r.share, 4), plan.model(n).memory_gb,
-                   round(r.p99_bound_ms, 2), plan.model(n).slo_ms, round(s.members[n][1], 4))
+                   round(r.p99_bound_ms, 2), plan.model(n).slo_ms, s.members[n][1])
             for n, r in zip(names, res.members)
         )
         placements.append(Placement(

@@ -144,6 +144,16 @@ class Model:
     def streaming(self) -> bool:
         return self.kind == "streaming"
 
+    def on_demand_replicas(self, count: int) -> int:
+        """How many of ``count`` replicas must run on on-demand pools: ``ceil(floor * count)``.
+
+        Every replica is sized for ``peak / count`` and requests are spread evenly, so ``k``
+        on-demand replicas hold ``k / count`` of the peak whatever happens to the spot nodes. With
+        a floor of 0.5, 3 replicas need 2 on-demand (67 % of peak), 4 need 2; ``never`` needs all,
+        ``free`` none.
+        """
+        return min(count, math.ceil(self.on_demand_floor * count - 1e-9)) if count > 0 else 0
+
 
 @dataclass(frozen=True)
 class Fleet:

@@ -29,14 +29,8 @@ def slot_price(st: SlotType) -> float:
 
 
 def on_demand_replicas(model: Model, count: int) -> int:
-    """How many of ``count`` replicas must run on on-demand pools (``spot_policy``).
-
-    Every replica is sized for ``peak / count`` and requests are spread evenly, so ``k``
-    on-demand replicas hold ``k / count`` of the peak whatever happens to the spot nodes:
-    ``k = ceil(on_demand_floor * count)``. With a floor of 0.5, 3 replicas need 2 on-demand
-    (they hold 67 % of peak), 4 need 2 (50 %); ``never`` needs all, ``free`` none.
-    """
-    return min(count, math.ceil(model.on_demand_floor * count - 1e-9)) if count > 0 else 0
+    """How many of ``count`` replicas must run on on-demand pools (``Model.on_demand_replicas``)."""
+    return model.on_demand_replicas(count)
 
 
 def allowed(rep: "Rep", st: SlotType) -> bool:

@@ -11,6 +11,7 @@ from packer.scaling.actions import Action, AddReplica, Consolidate, RemoveReplic
 from packer.scaling.demand import EPS, Demand, capacity, crowd_ok
 from packer.scaling.room import SlotRef, fill, gpu_price, paid_gpus, rate_of, ref, room, slot_fraction
 from packer.scaling.settings import ScalingSettings
+from packer.scaling.spot import keeps_floor
 from packer.scaling.up import reshare
 
 
@@ -98,7 +99,7 @@ def scale_down(plan: Plan, demands: Mapping[str, Demand], settings: ScalingSetti
         solo.sort(key=lambda p: (-gpu_price(plan, p.pool), fill(plan, p), p.id))
         for p in solo[: settings.consolidation_candidates]:
             a = try_empty(plan, p, demands, settings)
-            if a is not None:
+            if a is not None and keeps_floor(plan, a):  # never below a model's on-demand floor
                 plan = apply(plan, [a])
                 actions.append(a)
                 break

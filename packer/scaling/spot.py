@@ -9,8 +9,8 @@ doomed replica like for like, at the rate it was sized for, by the first of:
 2. a free slot already paid for (warm standby, unused MIG instance; ``split_out``, weights only);
 3. a new GPU (or, for a multi-GPU replica, adjacent GPUs on one node), its cold start counted:
    node and image on a fresh node, the weights only on a node that runs already. The cheapest
-   that serves within the notice; when none does, the fastest (each second after the node goes
-   is capacity lost), then the cheapest.
+   that serves in time (within the notice plus half the model's SLO, :data:`QUEUE_SLO_SHARE`);
+   when none does, the fastest (each second after that is capacity lost), then the cheapest.
 
 Each replacement carries ``replaces=`` the doomed replica (make before break: the caller removes
 it once the new one serves, or when the node goes, whichever is first). A replica that no pool
@@ -32,10 +32,17 @@ from collections.abc import Mapping
 
 from packer.fleet import Model
 from packer.plan import Placement, Plan
-from packer.scaling.actions import Action, AddReplica, RemoveReplica, SplitOut, apply
+from packer.scaling.actions import Action, AddGroup, AddReplica, Consolidate, RemoveReplica, SplitOut, apply
 from packer.scaling.room import SlotRef, empty_room, free_slots, gpu_price, new_gpu, paid_gpus, ref, room, slot_type
 from packer.scaling.settings import ScalingSettings
 from packer.slot import evaluate, item
+
+
+QUEUE_SLO_SHARE = 0.5
+"""A replacement is in time when it serves before the notice ends plus this share of the model's
+SLO: requests held back that long still meet it (the scale-up's rule, ``up.QUEUE_SLO_SHARE``). A
+chat model with a 20 s SLO gets 10 s more; a summarizer with 10 minutes, 5 minutes, so it waits
+for a cheap GPU rather than take an A100 at once."""
 
 
 def doomed(plan: Plan, notices: Mapping[str, float]) -> list[Placement]:
@@ -112,9 +119,10 @@ def _replacement(plan: Plan, model: Model, rate: float, old: SlotRef, left: floa
                      new_gpu=True, replaces=old,
                      reason=f"{head}; no room elsewhere: {model.gpus_per_replica} {pool.gpu} on {where} "
                             f"({'spot' if pool.spot else 'on-demand'}, {price:.2f}/h), {_when(lead, left)}")
-        # Serving within the notice loses nothing: then the cheapest. Otherwise every second
-        # after the node goes is lost capacity: the fastest, then the cheapest.
-        key = (0.0, price, lead) if lead <= left else (1.0, lead, price)
+        # In time (QUEUE_SLO_SHARE) loses nothing: then the cheapest. Otherwise every second
+        # after that is lost capacity: the fastest, then the cheapest.
+        in_time = lead <= left + QUEUE_SLO_SHARE * model.slo_ms / 1000.0
+        key = (0.0, price, lead) if in_time else (1.0, lead, price)
         if best is None or key < best[0]:
             best = (key, a)
     return None if best is None else best[1]
@@ -129,4 +137,45 @@ def _holds(plan: Plan, slot: SlotRef, model: Model, rate: float) -> bool:
         evaluate([item(model, rate, st, plan.settings.u)], st.memory_gb * model.gpus_per_replica, plan.settings.u)
     except ValueError:
         return False
+    return True
+
+
+def keeps_floor(plan: Plan, a: Action) -> bool:
+    """Does ``a`` keep every on-demand floor that holds in ``plan``? The planner put at least
+    ``ceil(on_demand_floor * n)`` of a model's ``n`` replicas on on-demand pools; a scale-up that
+    moves one of them to spot (a split-out of the tightest replica), or adds spot replicas past
+    the ratio, or a consolidation that drops or moves one there, would leave the model below its
+    floor when the spot node goes. (Found by ``bench/spot.py``: the policy split summarizer-it's
+    only replica out to a spot L4, the node went, and the model had no replica for 25 s.)"""
+    delta: dict[str, list[int]] = {}  # model -> [change of n, change of on-demand n]
+
+    def step(model: str, pool: str, sign: int) -> None:
+        d = delta.setdefault(model, [0, 0])
+        d[0] += sign
+        d[1] += sign * (not plan.fleet.pool(pool).spot)
+
+    if isinstance(a, (AddReplica, SplitOut)):
+        step(a.model, a.slot.pool, 1)
+        if a.replaces is not None:
+            step(a.model, a.replaces.pool, -1)
+    elif isinstance(a, AddGroup):
+        for model, _ in a.rates:
+            step(model, a.slot.pool, 1)
+    elif isinstance(a, Consolidate):
+        for model in a.drops:
+            step(model, a.slot.pool, -1)
+        for model, dst, _ in a.moves:
+            step(model, dst.pool, 1)
+            step(model, a.slot.pool, -1)
+    elif isinstance(a, RemoveReplica):
+        step(a.model, a.slot.pool, -1)
+    for model, (dn, dod) in delta.items():
+        m = plan.model(model)
+        if m.on_demand_floor <= 0:
+            continue
+        reps = plan.placements_of(model)
+        n = len(reps)
+        od = sum(1 for p in reps if not plan.fleet.pool(p.pool).spot)
+        if od >= m.on_demand_replicas(n) and od + dod < m.on_demand_replicas(n + dn):
+            return False
     return True

@@ -16,6 +16,7 @@ from packer.scaling.actions import Action, AddGroup, AddReplica, Resize, SplitOu
 from packer.scaling.demand import EPS, Demand, capacity, crowd_ok, share_capacity
 from packer.scaling.room import SlotRef, empty_room, free_slots, gpu_price, new_gpu, paid_gpus, rate_of, ref, room
 from packer.scaling.settings import ScalingSettings
+from packer.scaling.spot import keeps_floor
 from packer.slot import WHOLE
 
 
@@ -163,7 +164,7 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
                        + ", ".join(f"{k} {demands[k].deficit:.1f} rps" for k in hot)
                        + f"); a copy on {where} covers {useful:.1f} rps of it for {price:.2f}/h, serving in "
                          f"{glead:.0f} s"), after, useful))
-    return out
+    return [c for c in out if keeps_floor(plan, c.action)]  # never below a model's on-demand floor
 
 
 QUEUE_SLO_SHARE = 0.5

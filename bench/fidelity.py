@@ -220,6 +220,8 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
                               max_replicas=None))
     sub = replace(fleet, models=tuple(models))
     plan = plan_of(sub, [placement(sub, pool, list(rates.items()), profile=profile or "whole")])
+    # Rendered with the rejecting queue (bench/triton.py --shed; every run before the flag had it)?
+    shed = all(r.get("shed", True) for r in members)
     runs, over, fits = [], {}, {}
     for r in members:
         if calibrated:
@@ -238,7 +240,8 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
             for r in members:
                 f.writelines(f"{t!r},{r['model']}\n" for t in r["requests"]["sent_s"])
         sc = Scenario(process="poisson", policy="static", trace=Trace(str(trace), loop=False),
-                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0, queue_bound=True))
+                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0,
+                                    queue_timeouts=shed, queue_bound=shed))
         # Missed wakes are random draws: average the percentiles over a few seeds (the rest is exact).
         seeds = range(replications if calibrated and wake > 0 else 1)
         per: dict[str, dict[str, list[float]]] = {}

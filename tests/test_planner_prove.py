@@ -94,7 +94,7 @@ def test_every_plan_fits_the_exact_model(doc):
 def test_cli_prove_reports_the_proof_and_rejects_negative_seconds(tmp_path, capsys):
     import yaml
 
-    from packer.cli import main
+    from packer_cli.main import main
 
     p = tmp_path / "three.yaml"
     p.write_text(yaml.safe_dump({"name": "three", "pools": [L4], "models": [_model(n, 13, 1) for n in "abc"]}))

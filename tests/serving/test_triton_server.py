@@ -204,7 +204,7 @@ def test_control_moves_the_server_without_cutting_an_open_sequence(plan, tmp_pat
 
 
 def test_cli_renders_and_serves_a_plan(plan, tmp_path, capsys):
-    from packer.cli import main
+    from packer_cli.main import main
 
     save_plan(plan, tmp_path / "plan.json")
     assert main(["render", "triton", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from packer.cli import main
+from packer_cli.main import main
 from packer.fleet import parse_fleet
 from packer.plan import save_plan
 from packer.slot import SlotType

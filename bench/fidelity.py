@@ -4,7 +4,7 @@
 at ~30/60/85 % of its capacity under open-loop arrivals and records every parameter, every request
 it sent (time, latency), Triton's per-batch-size execution statistics and the per-request overhead
 measured at near-zero load. This script simulates each level on the same slot (same fleet, members,
-placement via ``serving.group.placement``, so the batchers get exactly the settings Triton got) and
+placement via ``packer.handplan.placement``, so the batchers get exactly the settings Triton got) and
 prints p50 and p99 beside the real ones with the relative error; the issue's target is 10 %.
 
     python bench/triton.py --json /tmp/triton.json          # needs tritonserver
@@ -53,7 +53,7 @@ def simulate_level(fleet_name: str, slot: str, rates: dict[str, float], seconds:
     import numpy as np
 
     from packer.fleet import load_fleet
-    from serving.group import placement, plan_of
+    from packer.handplan import placement, plan_of
     from sims.engine import simulate
     from sims.scenario import Scenario
 
@@ -204,7 +204,7 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
     import numpy as np
 
     from packer.fleet import load_fleet
-    from serving.group import placement, plan_of
+    from packer.handplan import placement, plan_of
     from sims.engine import Simulation
     from sims.scenario import RunTime, Scenario, Server, Trace
 

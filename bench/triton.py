@@ -57,7 +57,7 @@ from packer.fleet import Fleet, load_fleet  # noqa: E402
 from packer.settings import PlanSettings  # noqa: E402
 from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 from serving.config import timing  # noqa: E402
-from serving.group import placement, plan_of  # noqa: E402
+from packer.handplan import placement, plan_of  # noqa: E402
 from serving.local import LocalTriton  # noqa: E402
 from serving.metrics import scrape, signals  # noqa: E402
 from serving.repository import group_repositories, write_repository  # noqa: E402

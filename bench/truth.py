@@ -4,7 +4,7 @@ For slots of 1, 3 and 5 members mixing interactive, streaming and batch models (
 here, profiles in tens of ms so the CPU stand-ins dominate Triton's own overhead), this:
 
 1. plans the slot at its capacity with the slot maths (``packer.slot``): the largest multiple of
-   the members' rate mix that the planner's test admits, and ``serving.group.placement`` at it,
+   the members' rate mix that the planner's test admits, and ``packer.handplan.placement`` at it,
    the duty cycle, provisioned batches and each member's ``p99_bound_ms``;
 2. renders it with the Triton writer (``device=cpu``: KIND_CPU instances, stand-ins that hold the
    slot's device lock while they run) and serves the streaming and the batch repository in **one**
@@ -82,7 +82,7 @@ def capacity(f, st: SlotType, mix: dict[str, float]) -> float:
 
 def planned_slot(names: list[str]):
     """The slot at capacity: (fleet with the members' streams sized to their planned rates, plan)."""
-    from serving.group import placement, plan_of
+    from packer.handplan import placement, plan_of
 
     f = fleet()
     st = SlotType(f.pool("l4"))

@@ -24,7 +24,7 @@ from packer.plan import save_plan
 from packer.slot import servable
 from serving.config import timing
 from serving.control import ServerControl, digest
-from serving.group import placement, plan_of
+from packer.handplan import placement, plan_of
 from serving.local import LocalTriton
 from serving.metrics import scrape, signals
 from serving.repository import group_repositories, repositories, write_repository

@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 
 from packer.fleet import parse_fleet
 from packer.slot import SlotType, feasible, item, largest
-from serving.group import placement, plan_of
+from packer.handplan import placement, plan_of
 from serving.local import LocalTriton
 from serving.repository import group_repositories, write_repository
 from serving.settings import RenderSettings

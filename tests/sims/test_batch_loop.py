@@ -12,7 +12,7 @@ import pytest
 import sims.server as server
 from packer.fleet import parse_fleet
 from sims.engine import simulate
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server
 
 

@@ -11,7 +11,7 @@ from packer_cli.main import main
 from packer.fleet import parse_fleet
 from packer.plan import save_plan
 from packer.slot import SlotType
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.policies import ClusterView, get_policy, policy_names, register_policy
 from sims.server import batcher_config
 

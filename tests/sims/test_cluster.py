@@ -8,7 +8,7 @@ import pytest
 
 from packer.fleet import parse_fleet
 from sims.engine import Simulation, simulate
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.policies import AddSlot, ClusterView, FunctionPolicy, RemoveSlot
 from sims.scenario import Burst, Cluster, ModelTraffic, Scenario, Server, Spike
 

@@ -9,7 +9,7 @@ import pytest
 
 from packer.fleet import parse_fleet
 from sims.engine import Simulation, simulate
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server, Trace, parse_scenario
 
 

@@ -8,7 +8,7 @@ import pytest
 from packer.fleet import parse_fleet
 from packer.slot import SlotType, single_capacity
 from sims.engine import simulate, weighted_split
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server, parse_scenario
 
 

@@ -529,6 +529,11 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
             f"{current.bound_method}; carried from the current plan (same fleet and settings)")
 
 
+def _groups(gpus: list[Gpu]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """The packing's groups (slot type, [(model, replica count)]): first columns of the pattern LP."""
+    return [(sl.type.key, [(r.model.name, r.count) for r in sl.reps]) for g in gpus for sl in g.slots if sl.reps]
+
+
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
                progress: Progress | None = None) -> Plan:
     """Plan a fleet: the cheapest packing found within the time limit, with a bound and baselines."""
@@ -593,7 +598,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         if progress:
             progress("bound", time.monotonic() - t0)
         began = time.monotonic()
-        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s),
+        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s,
+                                                                 upper=greedy_cost, seeds=_groups(gpus)),
                        min(PROVE_FIRST_S, limit), progress, t0, first=True)
         deadline += time.monotonic() - began  # the search keeps its share of the budget
     elif current is not None:
@@ -612,7 +618,13 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)
-        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s)
+        used: dict[str, set[int]] = defaultdict(set)  # a re-plan may keep counts the search does not offer
+        for g in gpus:
+            for sl in g.slots:
+                for r in sl.reps:
+                    used[r.model.name].add(r.count)
+        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s,
+                            upper=cost_of(problem, gpu_counts(problem, gpus)), seeds=_groups(gpus), counts=used)
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s and lb < cost - 1e-6:

@@ -49,7 +49,7 @@ MIP_UP_TO = 60
 """Up to this many models the duty-class MIP usually finishes within a few seconds."""
 
 
-PATTERN_SHARE = 0.6
+PATTERN_SHARE = 0.75
 """Share of the bound's time the pattern LP's column generation gets; the aggregate LPs, which it
 usually beats, take what is left."""
 MIP_MIN_S = 8.0
@@ -59,12 +59,13 @@ MIP_MIN_S = 8.0
 
 def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: float = 0.0, *,
                 upper: float = math.inf, seeds: list[tuple[str, list[tuple[str, int]]]] = (),
-                counts: dict[str, set[int]] | None = None) -> tuple[float, str]:
+                counts: dict[str, set[int]] | None = None, keep: list | None = None) -> tuple[float, str]:
     """The best of the closed form (``closed_form``: no solver, any fleet size, so the bound is
     never 0 for a fleet that needs a GPU), the pattern LP (``patterns.py``: column generation,
     a Lagrangian bound), the relaxation's LP, and its duty-class MIP or LP where time allows; then
     raised to the cheapest whole-GPU purchase that costs at least as much. The description names
-    the bound that won. ``upper``, ``seeds`` and ``counts`` go to ``patterns.pattern_bound``.
+    the bound that won. ``upper``, ``seeds`` and ``counts`` go to ``patterns.pattern_bound``, whose
+result is appended to ``keep`` (its columns can seed a packing).
 
     ``multi_cost`` must be a lower bound on what the multi-GPU models cost (``solve.multi_floor``);
     the shared models may use every GPU of a pool, since where the multi-GPU models sit is open.
@@ -88,6 +89,8 @@ def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: f
     pat = pattern_bound(problem, PATTERN_SHARE * time_limit, upper, seeds, counts)
     whole_of = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
     pattern = None
+    if pat is not None and keep is not None:
+        keep.append(pat)
     if pat is not None and pat.value > 0:
         total = whole_gpus(whole_of, pat.value)
         note = "" if pat.converged else ", column generation stopped at its time limit"

@@ -61,6 +61,8 @@ EXACT_CELLS = 400
 bound is then exact up to the branch and bound's node limit."""
 PRICE_CELLS, PRICE_GRID = 100, 1.02
 """The pricing heuristic's coarser cells: only the order of the search, never the bound, uses them."""
+EVAL_EVERY = 0.15
+"""Share of the time limit between two evaluations of the Lagrangian bound during the search."""
 CHUNK = 400_000
 """Cells times items screened at once (memory: a few arrays of this many floats)."""
 SLACK = 1e-7
@@ -94,6 +96,8 @@ class PatternBound:
     converged: bool
     """True when the heuristic pricing found no improving pattern."""
     seconds: float
+    patterns: "Patterns | None" = field(default=None, repr=False)
+    """The columns generated, for a packing from them (``colplan.integer_master``)."""
 
 
 class Patterns:
@@ -500,6 +504,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     rounds, converged, lp = 0, False, math.inf
     mu = np.zeros(len(pat.reps))
     budget = 0.6 * time_limit  # the rest for the final bound's pricing
+    best, last_eval = -math.inf, t0
     while True:
         add_columns()
         solver.SetTimeLimit(int(max(0.1, time_limit - (time.monotonic() - t0)) * 1000))
@@ -511,6 +516,14 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         pi = {key: max(0.0, row.dual_value()) for key, row in slot_row.items()}
         if time.monotonic() - t0 > budget:
             break
+        # The last duals are not always the best ones: take the bound now and then, and stop
+        # once it meets the restricted LP (then both are the LP's optimum).
+        if time.monotonic() - last_eval > EVAL_EVERY * time_limit:
+            best = max(best, pat.lagrangian(mu, upper, deadline=t0 + budget))
+            last_eval = time.monotonic()
+            if best >= lp - 1e-6 * max(1.0, lp):
+                converged = True
+                break
         new = 0
         for key in pat.types:
             for col in pat.price(key, mu, pi[key]):
@@ -520,5 +533,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         if new == 0:
             converged = True
             break
-    value = min(pat.lagrangian(mu, upper, deadline=t0 + time_limit), upper)
-    return PatternBound(max(0.0, value), lp, len(pat.columns), rounds, converged, time.monotonic() - t0)
+    if rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
+        best = max(best, pat.lagrangian(mu, upper, deadline=t0 + time_limit))
+    value = min(best, upper)
+    return PatternBound(max(0.0, value), lp, len(pat.columns), rounds, converged, time.monotonic() - t0, pat)

@@ -49,9 +49,9 @@ MIP_UP_TO = 60
 """Up to this many models the duty-class MIP usually finishes within a few seconds."""
 
 
-PATTERN_SHARE = 0.75
-"""Share of the bound's time the pattern LP's column generation gets; the aggregate LPs, which it
-usually beats, take what is left."""
+PATTERN_SHARE = 0.6
+"""The pattern LP's column generation gets what the aggregate LPs left of the bound's time, and at
+least this share of it."""
 MIP_MIN_S = 8.0
 """With the default budget, the MIP gets at least this long: multilingual-10's (40 models) needs
 6.3 s, where 45 % of the plan's 7.5 s left it 2-3 s and no bound (16.40/h from the LP, not 17.70)."""
@@ -84,9 +84,15 @@ result is appended to ``keep`` (its columns can seed a packing).
     # one-class solution), so the one-class LP runs only where the other is not tried or fails.
     # The closed form needs no solver and always finishes: the floor under every other bound.
     found: list[tuple[float, str] | None] = [closed_form(problem)]
+    if n <= CLASSES_UP_TO:
+        found.append(_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES))
+    if n > CLASSES_UP_TO or found[-1] is None:
+        found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
     # The pattern LP bounds the whole plan, multi-GPU replicas included; the others bound the
     # shared models, to which multi_cost is added below.
-    pat = pattern_bound(problem, PATTERN_SHARE * time_limit, upper, seeds, counts)
+    # The aggregate LPs first: a few seconds, and a floor where column generation is cut short
+    # (its Lagrangian bound is poor far from the LP's optimum). Then the pattern LP.
+    pat = pattern_bound(problem, max(left(), PATTERN_SHARE * time_limit), upper, seeds, counts)
     whole_of = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
     pattern = None
     if pat is not None and keep is not None:
@@ -97,10 +103,6 @@ result is appended to ``keep`` (its columns can seed a packing).
         pattern = (total, f"pattern LP, Lagrangian bound over the replica counts the planner offers "
                           f"({pat.columns} patterns{note})"
                    + (f", {pat.value:.2f} rounded up to whole GPUs" if total > pat.value + 1e-6 else ""))
-    if n <= CLASSES_UP_TO:
-        found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=MAX_CLASSES))
-    if n > CLASSES_UP_TO or found[-1] is None:
-        found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
     # The MIP's integer slot counts rarely beat the pattern LP: with one, it gets only the time left.
     if pattern is not None:
         mip_s = 0.0

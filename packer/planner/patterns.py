@@ -112,7 +112,7 @@ class Patterns:
         types = problem.all_types()
         per_type: dict[str, list[tuple]] = defaultdict(list)
         for m in problem.shared_models:
-            opts = sorted({n for n in problem.replica_options(m) if n > 0} | (counts or {}).get(m.name, set()))
+            opts = sorted({n for n in _count_options(problem, m) if n > 0} | (counts or {}).get(m.name, set()))
             if not opts:
                 continue
             self.models.append(m.name)
@@ -324,6 +324,24 @@ class Patterns:
         if status != pywraplp.Solver.OPTIMAL:
             return -math.inf
         return solver.Objective().Value()
+
+
+def _count_options(problem: Problem, m) -> set[int]:
+    """Every replica count the planner may give ``m``: per slot type, the fewest replicas that hold
+    its peak, unfiltered. ``Problem.replica_options`` keeps a few of these, and the greedy
+    baseline's whole-GPU problem others (a fresh ``Problem`` does not know them), so the bound
+    takes them all, within ``max_replicas`` and the GPUs the pools hold."""
+    out = set(problem.replica_options(m))
+    peak = m.traffic.peak_rps
+    lo = max(m.min_replicas, 1 if peak > 0 else 0)
+    for st in problem.all_types():
+        cap = problem.capacity(m, st)
+        if cap <= 0 or lo == 0:
+            continue
+        n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
+        if (m.max_replicas is None or n <= m.max_replicas) and n <= problem.gpu_limit:
+            out.add(n)
+    return out
 
 
 def _fractional_knapsack(v: np.ndarray, c: np.ndarray, cap: float) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
@@ -15,6 +16,10 @@ import yaml
 from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file, emit, format_option, note,
                             out_dir_option, output_option, resolve_out_dir)
 from packer.errors import UserError
+
+if TYPE_CHECKING:
+    from k8s.settings import RenderSettings
+    from packer.plan import Plan
 
 
 def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` light
@@ -91,7 +96,7 @@ def devices_settings(devices: tuple[str, str | None]) -> dict[str, str]:
     return {"devices": form, **({"kai_queue": queue} if queue else {})}
 
 
-def devices_lines(plan, s, deployments: list[dict]) -> str:  # plan: Plan, s: RenderSettings
+def devices_lines(plan: Plan, s: RenderSettings, deployments: list[dict]) -> str:
     """What a backend other than the default needs, and what the plan's slots lose under it."""
     from k8s.render import devices_of
 

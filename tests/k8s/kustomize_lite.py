@@ -30,12 +30,7 @@ def build(root: Path) -> list[dict[str, Any]]:
         objs += build(p) if p.is_dir() else [d for d in yaml.safe_load_all(p.read_text()) if d]
     for c in doc.get("components") or []:
         objs = _component(root / c, objs)
-    for p in doc.get("patches") or []:
-        ops = yaml.safe_load(p["patch"])
-        for o in objs:
-            if _selected(o, p.get("target") or {}):
-                for op in ops:
-                    _json_patch(o, op)
+    _patch(objs, doc.get("patches") or [])
     for img in doc.get("images") or []:
         for o in objs:
             for c in _containers(o):
@@ -58,17 +53,22 @@ def build(root: Path) -> list[dict[str, Any]]:
 def _component(root: Path, objs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     doc = yaml.safe_load((root / "kustomization.yaml").read_text())
     assert doc["kind"] == "Component", root
-    out = copy.deepcopy(objs)
-    for p in doc.get("patches") or []:
-        ops = yaml.safe_load(p["patch"])
-        for o in out:
-            if _selected(o, p.get("target") or {}):
-                for op in ops:
-                    _json_patch(o, op)
     unknown = set(doc) - {"apiVersion", "kind", "patches"}
     if unknown:
         raise ValueError(f"{root}: kustomize_lite does not do {sorted(unknown)} in a component")
+    out = copy.deepcopy(objs)
+    _patch(out, doc.get("patches") or [])
     return out
+
+
+def _patch(objs: list[dict[str, Any]], patches: list[dict[str, Any]]) -> None:
+    """JSON 6902 patches, each applied to the objects its target selects."""
+    for p in patches:
+        ops = yaml.safe_load(p["patch"])
+        for o in objs:
+            if _selected(o, p.get("target") or {}):
+                for op in ops:
+                    _json_patch(o, op)
 
 
 def _selected(o: dict[str, Any], sel: dict[str, Any]) -> bool:

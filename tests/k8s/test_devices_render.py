@@ -130,9 +130,14 @@ def test_the_fast_validator_agrees_with_kubernetes_validate() -> None:
             kubernetes_validate.validate(claim, v, strict=True)
 
 
-def test_the_default_is_the_device_plugin_form() -> None:
-    for fleet in FLEETS:
-        assert list(rendered(fleet, "device-plugin")) == render_plan(plan_of(fleet))
+@pytest.mark.parametrize("fleet", FLEETS)
+def test_the_default_form_renders_every_object_as_before_backends_existed(fleet) -> None:
+    """The spec hashes of every object rendered by the code before --devices existed (stored
+    once, never regenerated): a cluster running that render sees no update from this one."""
+    before = json.loads((GOLDEN / fleet / "spec-hashes-before-backends.json").read_text())
+    assert list(rendered(fleet, "device-plugin")) == render_plan(plan_of(fleet))
+    assert {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["annotations"][N.SPEC_HASH]
+            for o in rendered(fleet, "device-plugin")} == before
 
 
 @pytest.mark.parametrize("fleet", FLEETS)

@@ -189,14 +189,16 @@ class Kai(Backend):
 
     def __init__(self, queue: str) -> None:
         self.queue = queue
-        self.needs = (f"KAI Scheduler with GPU sharing on (global.gpuSharing=true) and its queue {queue}, "
-                      "the NVIDIA device plugin; mig-manager turns MIG off on the plan's MIG nodes")
+        self.needs = (f"KAI Scheduler and its queue {queue}, with GPU sharing on (global.gpuSharing=true) for "
+                      "fractions; the NVIDIA device plugin; mig-manager turns MIG off on the plan's MIG nodes")
 
     def pod(self, p: Placement, fleet: Fleet) -> PodDevices:
         labels = {KAI_QUEUE_LABEL: self.queue}
         if p.slot == "whole":
             return PodDevices({"nvidia.com/gpu": str(max(1, len(p.gpus)))}, scheduler=KAI_SCHEDULER, labels=labels)
         _, _, fraction = _share(p, fleet)
+        if fraction >= 1:  # a 7g slot holds all of the GPU's memory: not a fraction
+            return PodDevices({"nvidia.com/gpu": "1"}, scheduler=KAI_SCHEDULER, labels=labels, pin_node=True)
         return PodDevices({}, scheduler=KAI_SCHEDULER, labels=labels, annotations={"gpu-fraction": f"{fraction:g}"},
                           pin_node=True)
 

@@ -243,3 +243,15 @@ def test_a_bad_devices_value_is_one_line_with_the_fix(bad, says, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert rc != 0 and len(err.splitlines()) == 1 and says in err and "Fix:" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_full_gpu_mig_slot_is_a_whole_gpu_under_kai_and_hami(plans) -> None:
+    """A 7g.80gb slot holds all of an A100's memory slices: KAI gets a whole GPU, not a
+    gpu-fraction of 1; HAMi gets all the cores (7 of 7 slices) and the instance's memory."""
+    plan = plans.build([("a100", "a100-n0", 0, "7g.80gb", 0, [("summ", 0)])])
+    (kai,) = of(render_plan(plan, RenderSettings(devices="kai")), "Deployment").values()
+    assert kai["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "gpu-fraction" not in kai["spec"]["template"]["metadata"]["annotations"]
+    (hami,) = of(render_plan(plan, RenderSettings(devices="hami")), "Deployment").values()
+    lim = hami["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert lim["nvidia.com/gpucores"] == "100" and int(lim["nvidia.com/gpumem"]) <= 80 * 1024

@@ -159,7 +159,8 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
     (d / LABELS_DIR).mkdir(parents=True, exist_ok=True)
     files = []
     for kind, items in by_kind.items():
-        files.append(d / f"{kind.lower()}s.yaml")
+        k = kind.lower()  # the resource's plural, as kubectl names it: networkpolicies, configmaps
+        files.append(d / f"{k[:-1] + 'ies' if k.endswith('y') else k + 's'}.yaml")
         files[-1].write_text(dump_objects(items))
     labels = node_labels(plan, s)
     (d / LABELS_DIR / "node-labels.yaml").write_text(yaml.safe_dump(labels, sort_keys=True))

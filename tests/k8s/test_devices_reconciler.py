@@ -181,7 +181,7 @@ def test_the_cli_dry_run_shows_the_claims_and_its_confirm_keeps_the_form(cluster
     from click.testing import CliRunner
 
     from k8s.cli import reconcile
-    from packer.cli import main
+    from packer_cli.main import main
 
     args = ["--server", cluster.emu.url, "--planner-time-limit", "2", "--devices", "dra", "--dry-run"]
     res = CliRunner().invoke(reconcile, args)

@@ -84,9 +84,7 @@ def state_from_json(doc: dict[str, Any] | None) -> ScalingState:
     }
     return ScalingState(models=models, since=doc.get("since"), last_replan=doc.get("last_replan"),
                         last_down_try=doc.get("last_down_try"), starting=dict(doc.get("starting") or {}),
-                        replan_traffic=dict(doc.get("replan_traffic") or {}),
-                        baseline_cost=doc.get("baseline_cost"), baseline_holds=dict(doc.get("baseline_holds") or {}),
-                        asked_at=doc.get("asked_at"))
+                        replan_traffic=dict(doc.get("replan_traffic") or {}))
 
 
 def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
@@ -106,7 +104,7 @@ def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
             # The rates and headroom the policy asked for go to the planner; its packing is
             # judged by the same rule as in the simulator (saving against migration overlap).
             new = dataclasses.replace(replan(plan, fleet_at(plan.fleet, dict(rp.traffic)), rp.headroom), fleet=plan.fleet)
-            ok, why = accept_replan(plan, new, dict(rp.traffic), settings=s, budget=rp.budget_per_hour)
+            ok, why = accept_replan(plan, new, dict(rp.traffic), settings=s)
             if not ok:
                 return None, state_to_json(st), [*reasons, f"packing not taken: {why}"]
             return new, state_to_json(st), [*reasons, why]

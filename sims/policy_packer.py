@@ -59,16 +59,6 @@ class _Removal:
     reason: str
     model: str | None = None
     """Remove only this model's replica; None removes the whole slot."""
-    since: float = 0.0
-    """When it was asked for: see :data:`STALE_REMOVAL_S`."""
-
-
-STALE_REMOVAL_S = 900.0
-"""A removal still waiting this long (a new node takes 6-7 minutes) waits for a destination the
-shadow plan no longer matches with a simulator slot (a group changed by a later action before it
-was seen): it goes ahead, since the shadow plan no longer has the old slot, which would otherwise
-be paid for unseen, and every later re-plan would be refused as "a migration is still under way"
-(the spike hour refused 8 of 9 this way)."""
 
 
 Replanner = Callable[[Plan, Mapping[str, float], "float | None", bool], Plan]
@@ -110,10 +100,7 @@ class PackerPolicy:
     """(time, migrated, why, GPUs before, GPUs of the planner's answer, rates asked) per re-plan request."""
 
     def __post_init__(self) -> None:
-        self.baseline = self.plan
-        """The plan the policy started from (the static peak plan): a re-plan's last resort."""
         self.ids = {p.id: p.id for p in self.plan.placements}
-        self._now = 0.0
         self._pending: list[tuple[str, str, str, tuple[str, ...]]] = []
         """(shadow id, pool, profile, models) of slots asked for but not seen yet."""
 
@@ -145,7 +132,6 @@ class PackerPolicy:
     # -- the policy ------------------------------------------------------------------------------
 
     def decide(self, view: sp.ClusterView, now: float) -> list[sp.Action]:
-        self._now = now
         self._sync(view)
         signals = {n: _signals(s, view.interval_s) for n, s in view.models.items()}
         actions, self.state = decide(self.plan, signals, self.state, now, self.settings)
@@ -160,29 +146,16 @@ class PackerPolicy:
                     self.replans.append((now, False, "a migration is still under way", _gpus(self.plan), {}, dict(a.traffic)))
                     continue
                 traffic = dict(a.traffic)
-                budget = a.budget_per_hour
                 new = self.replanner(self.plan, traffic, a.headroom, False)
-                ok, why = accept_replan(self.plan, new, traffic, settings=self.settings, budget=budget)
-                if ok and budget is not None:
-                    # Asked instead of buying: the cheaper of the two packings.
-                    fresh = self.replanner(self.plan, traffic, a.headroom, True)
-                    ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings, budget=budget)
-                    if ok2 and fresh.cost_per_hour < new.cost_per_hour - 1e-9:
-                        new, why = fresh, why2 + " (packed from scratch)"
+                ok, why = accept_replan(self.plan, new, traffic, settings=self.settings)
                 if not ok:
                     # Keeping replica counts and groups (current=) can lock in a packing made for
                     # another hour; a packing from scratch may be cheaper, and the migration keeps
                     # every group it has in common with the deployed plan anyway.
                     fresh = self.replanner(self.plan, traffic, a.headroom, True)
-                    ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings, budget=budget)
+                    ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings)
                     if ok2:
                         new, ok, why = fresh, ok2, why2 + " (packed from scratch)"
-                if not ok:
-                    # The static plan the policy started from holds any demand up to its peak:
-                    # going back to it is the packing of last resort (its groups still deployed stay).
-                    ok3, why3 = accept_replan(self.plan, self.baseline, traffic, settings=self.settings, budget=budget)
-                    if ok3:
-                        new, ok, why = self.baseline, ok3, why3 + " (the static plan)"
                 self.replans.append((now, ok, why, _gpus(self.plan), _gpus(new), traffic))
                 if ok:
                     self.log += _lowered(self.plan, new, now)
@@ -208,7 +181,7 @@ class PackerPolicy:
             old = self.ids.get(a.replaces.id, a.replaces.id)
             if not any(p.id == a.replaces.id for p in self.plan.placements):
                 self.ids.pop(a.replaces.id, None)  # the move emptied it
-            self.removals.append(_Removal(old, [(a.model, a.slot.id)], a.reason, a.model, self._now))
+            self.removals.append(_Removal(old, [(a.model, a.slot.id)], a.reason, a.model))
         if isinstance(a, AddReplica):
             out.append(self._into(a.model, a.slot.id, a.reason, new_slots))
         elif isinstance(a, SplitOut):
@@ -221,7 +194,7 @@ class PackerPolicy:
             sim_src = self.ids.pop(a.slot.id, a.slot.id)
             for model, dst, _ in a.moves:
                 out.append(self._into(model, dst.id, a.reason, new_slots))
-            self.removals.append(_Removal(sim_src, [(m, d.id) for m, d, _ in a.moves], a.reason, since=self._now))
+            self.removals.append(_Removal(sim_src, [(m, d.id) for m, d, _ in a.moves], a.reason))
         elif isinstance(a, (Resize, Standby)):
             pass  # round-robin routing needs no resize; the simulator has no empty slots
         return [x for x in out if x is not None]
@@ -247,7 +220,7 @@ class PackerPolicy:
         waits = [(m.name, p.id) for p in built for m in p.models]
         for o in old.values():
             if o.id in self.ids:
-                self.removals.append(_Removal(self.ids[o.id], waits, "re-plan: " + reason, since=self._now))
+                self.removals.append(_Removal(self.ids[o.id], waits, "re-plan: " + reason))
         for p in built:
             new_slots[p.id] = sp.AddSlot(p.pool, p.slot, tuple(m.name for m in p.models), reason="re-plan: " + reason)
         self.ids = ids
@@ -271,7 +244,7 @@ class PackerPolicy:
                     continue
                 if not any(rv.slot == sim_dst and rv.ready for rv in ms.replicas):
                     ready = False
-            if ready or self._now - r.since >= STALE_REMOVAL_S:
+            if ready:
                 out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason) if r.model is None
                            else sp.RemoveReplica(r.model, r.sim_slot, reason=r.reason))
             else:

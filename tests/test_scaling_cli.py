@@ -31,12 +31,9 @@ def test_scale_up_dry_run(tmp_path, capsys):
     # the 1041.4 rps asr-a's L4 holds beside punct at the plan's headroom (the target utilisation
     # is 1: the plan's headroom is the only margin). Two even replicas of 570.6 do not fit beside
     # asr-b on the other L4 (186.3 rps of room there), so the second goes to the free GPU.
-    # Before buying, the policy asks the planner for a packing no dearer than the purchase; the
-    # dry run shows the request and the purchase it would replace.
-    assert "replan" in out and "asr-a wants 1141.2 rps" in out and "cost +0.80/h" in out
-    assert "would buy 1 GPU(s) for +0.80/h (split asr-a out to new GPU" in out
-    assert "at most 2.40/h" in out and "cost per hour: 1.60 -> 1.60" in out
-    assert load_plan(out_p).replicas["asr-a"] == 1
+    assert "split_out" in out and "because asr-a wants 1141.2 rps" in out and "cost +0.80/h" in out
+    assert "cost per hour: 1.60 -> 2.40" in out
+    assert load_plan(out_p).replicas["asr-a"] == 2
 
 
 def test_steady_shows_scale_down(tmp_path, capsys):

@@ -154,16 +154,8 @@ class Replan(Action):
     fragmentation: float
     headroom: float | None = None
     """Duty-cycle headroom to plan with (None: the deployed plan's)."""
-    budget_per_hour: float | None = None
-    """Asked instead of buying (:func:`packer.scaling.up.grow`): the deployed plan is short, and a
-    packing that holds ``traffic`` is taken when its hourly bill is at most this, what the
-    purchases it replaces would have made the bill (or the static plan's bill). None: only a
-    cheaper packing is taken (:func:`packer.scaling.replan.accept_replan`)."""
 
     def summary(self) -> str:
-        if self.budget_per_hour is not None:
-            most = "the cheapest packing" if self.budget_per_hour == float("inf") else f"at most {self.budget_per_hour:.2f}/h"
-            return f"re-plan instead of buying ({most})"
         return f"re-plan ({self.fragmentation:.0%} of paid capacity idle)"
 
 

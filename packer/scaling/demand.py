@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from packer.fleet import Model
 from packer.plan import Plan
-from packer.scaling.room import bill, rate_of, room
+from packer.scaling.room import rate_of, room
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals, load_rps, run_s, sojourn_s
 
@@ -66,17 +66,6 @@ class ScalingState:
     replan_traffic: Mapping[str, float] = field(default_factory=dict)
     """The rates of the last re-plan request: a right-sizing re-plan waits for demand to move
     away from them (empty: from what the deployed plan holds)."""
-    baseline_cost: float | None = None
-    """Hourly bill of the first plan the policy was given: the static peak plan it was deployed
-    with (set by :func:`observe` on the first decision). While every model's demand is within what
-    that plan holds (:attr:`baseline_holds`), the policy never pays more than this for GPUs: its
-    own GPUs would do, so a scale-up past it re-plans instead of buying (:func:`packer.scaling.up.grow`)."""
-    baseline_holds: Mapping[str, float] = field(default_factory=dict)
-    """What each model's replicas hold in that first plan under round-robin (rps)."""
-    asked_at: float | None = None
-    """When a scale-up last asked the planner instead of buying (:func:`packer.scaling.up.grow`):
-    while that request is younger than a stable window and the model is still short, the planner
-    could not help (or the caller has none) and the scale-up buys."""
 
 
 @dataclass(frozen=True)
@@ -231,10 +220,9 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
     models: dict[str, ModelState] = dict(state.models)
     out: dict[str, Demand] = {}
     history_ok = state.since is not None and now - state.since >= w.scale_down_s
-    caps: dict[str, float] = {}
     for m in plan.fleet.models:
         ms = models.get(m.name, ModelState())
-        cap = caps[m.name] = share_capacity(plan, m.name)
+        cap = share_capacity(plan, m.name)
         sig = signals.get(m.name)
         samples = ms.samples
         history = ms.history
@@ -271,10 +259,7 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
             long = [x for x in history if x[0] > now - min(m.slo_ms / 1000.0, w.scale_down_s) + EPS] or list(samples)
             stable = panic_load = _mean([y for _, y in long])
             slope = _slope(tuple(long), t.noise_z)
-            # The noise of the span actually observed: one 15 s sample of a 0.026 rps diarizer
-            # reads 0 or 0.067 (2 sigma 0.13), not the 0.04 of a whole minute; read as a minute
-            # it made batch models "short" at the first decision of the spike hour.
-            span = len(long) * step
+            span = max(w.stable_s, len(long) * step)
         noise = t.noise_z * math.sqrt(max(stable, 0.0) / span)
         pnoise = t.noise_z * math.sqrt(max(panic_load, 0.0) / max(w.panic_s, step))
         # The stable mean lags by half a window; new capacity arrives after a cold start.
@@ -303,7 +288,4 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
         out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic, late, limit,
                              replan_want)
     since = now if state.since is None else state.since
-    state = replace(state, models=models, since=since)
-    if state.baseline_cost is None:
-        state = replace(state, baseline_cost=bill(plan), baseline_holds=caps)
-    return out, state
+    return out, replace(state, models=models, since=since)

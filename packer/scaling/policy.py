@@ -44,11 +44,11 @@ from packer.scaling.actions import Action, Consolidate, Replan, Standby, apply
 from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, observe,
                                    share_capacity)
 from packer.scaling.down import fragmentation, replan_request, round_robin_waste, scale_down, try_empty
-from packer.scaling.replan import accept_replan, back_to_plan, right_size
+from packer.scaling.replan import accept_replan, right_size
 from packer.scaling.room import gpu_price, new_gpu, standby_gpus
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals
-from packer.scaling.up import _Candidate, _lead_new_gpu, _pick, grow, relieve, reshare, scale_up
+from packer.scaling.up import _Candidate, _lead_new_gpu, _pick, relieve, reshare, scale_up
 
 __all__ = ["Demand", "accept_replan", "right_size", "ModelState", "ScalingState", "capacity", "crowd_ok", "decide", "fragmentation", "observe",
            "relieve", "reshare", "scale_down", "scale_up", "share_capacity", "try_empty", "_Candidate", "_pick"]
@@ -64,8 +64,23 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     settings = settings or ScalingSettings()
     state = state or ScalingState()
     demands, state = observe(plan, signals, state, now, settings)
+    actions: list[Action] = []
+    work = plan
+    grown: set[str] = set()
     starting = {n: t - now for n, t in state.starting.items() if t > now}
-    actions, work, grown, need, state = grow(plan, demands, state, now, settings, starting)
+    short = sorted((d for d in demands.values() if d.deficit > EPS),
+                   key=lambda d: (-d.deficit / max(d.capacity, EPS), d.model))
+    for d in short:
+        acts, work = scale_up(work, plan.model(d.model), demands, settings, starting)
+        if acts:
+            grown.add(d.model)
+            actions += acts
+    for d in sorted(demands.values(), key=lambda d: d.model):
+        if d.late and d.model not in grown:
+            acts, work = relieve(work, plan.model(d.model), demands, settings, starting)
+            if acts:
+                grown.add(d.model)
+                actions += acts
     # Keep the optional warm standby topped up, in the cheapest pool.
     pools = sorted(plan.fleet.pools, key=lambda p: (p.cost_per_gpu_hour, p.name))
     want_spare = settings.cold_start.standby_gpus
@@ -89,7 +104,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     # fought (a slot emptied, then a GPU split out for the same model minutes later: 8 flaps on
     # the stationary day). A re-plan that lowers the bill is also priced for its migration.
     local_down = settings.targets.replan_every_s <= 0
-    if need is None and local_down and excess and (last_try is None or now - last_try >= settings.scale_down_every_s):
+    if local_down and excess and (last_try is None or now - last_try >= settings.scale_down_every_s):
         downs, work = scale_down(work, calm, settings)
         state = replace(state, last_down_try=now)
         tried = True
@@ -103,11 +118,9 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
     last = state.last_replan
     t = settings.targets
-    rp: Replan | None = need
+    rp: Replan | None = None
     quiet = not downs and not any(a.kind != "resize" for a in actions)  # a re-plan would undo this decision's moves
-    if rp is None and quiet and not any(d.panic for d in calm.values()):
-        rp = back_to_plan(work, calm, state, now, settings)
-    if rp is None and quiet and not any(d.panic for d in calm.values()):
+    if quiet and not any(d.panic for d in calm.values()):
         history = state.since is not None and now - state.since >= settings.windows.scale_down_s
         if t.replan_every_s > 0 and history and (last is None or now - last >= t.replan_every_s):
             rp = right_size(work, calm, state.replan_traffic, settings)
@@ -118,8 +131,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
                 rp = replan_request(work, calm, frag, settings, waste)
     if rp is not None:
         actions.append(rp)
-        if rp is not need:
-            state = replace(state, last_replan=now, replan_traffic=dict(rp.traffic))
+        state = replace(state, last_replan=now, replan_traffic=dict(rp.traffic))
     return actions, state
 
 

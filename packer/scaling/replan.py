@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from packer.fleet import Fleet
 from packer.plan import Plan
 from packer.scaling.actions import Replan
-from packer.scaling.demand import EPS, Demand, ScalingState, share_capacity
-from packer.scaling.room import bill, gpu_price, paid_gpus
+from packer.scaling.demand import EPS, Demand, share_capacity
+from packer.scaling.room import gpu_price, paid_gpus
 from packer.scaling.settings import ScalingSettings
 
 
@@ -70,43 +70,13 @@ def right_size(plan: Plan, demands: Mapping[str, Demand], last: Mapping[str, flo
                          f"cheaper or needed")
 
 
-def back_to_plan(plan: Plan, demands: Mapping[str, Demand], state: ScalingState, now: float,
-                 settings: ScalingSettings) -> Replan | None:
-    """After a transient: the bill is above the static plan's while that plan holds every model's
-    scale-down demand (the highest want of the last 10 minutes + 10 %, or the re-plan demand), so
-    ask for a packing of that demand; the caller weighs the planner's answers and the static plan
-    itself, and takes one that is cheaper and pays for its migration within the hour
-    (:func:`accept_replan`). At most once per scale-down window.
-
-    Example: on the spike hour the scale-up paid 14.50/h for French x4 against the plan's 13.70/h;
-    once French is back under what the plan holds for it (asr-fr 460.9 rps), one migration
-    returns the bill to at most 13.70/h instead of one consolidation a minute.
-    """
-    base = state.baseline_cost
-    if base is None or bill(plan) <= base + EPS:
-        return None
-    if state.last_replan is not None and now - state.last_replan < settings.windows.scale_down_s:
-        return None
-    traffic = {k: max(d.want_down, d.replan_want) for k, d in demands.items()}
-    if any(not d.may_shrink for d in demands.values()):
-        return None
-    if any(r > state.baseline_holds.get(k, 0.0) * (1 + 1e-6) + EPS for k, r in traffic.items()):
-        return None
-    return Replan(traffic=tuple((m.name, round(traffic[m.name], 4)) for m in plan.fleet.models), fragmentation=0.0,
-                  headroom=settings.targets.replan_headroom, cost_per_hour=round(base - bill(plan), 4),
-                  ready_in_s=0.0,
-                  reason=f"the bill is {bill(plan):.2f}/h, the static plan's {base:.2f}/h, and that plan holds the "
-                         f"demand of the last {settings.windows.scale_down_s:.0f} s (+"
-                         f"{settings.windows.scale_down_band:.0%}): back to a packing no dearer than it")
-
-
 def _pct(h: float | None) -> str:
     return "the plan's" if h is None else f"{h:.0%}"
 
 
 def plan_cost(plan: Plan) -> float:
     """Hourly price of the GPUs a plan pays for."""
-    return bill(plan)
+    return sum(gpu_price(plan, k[0]) for k in paid_gpus(plan))
 
 
 def holds(plan: Plan, traffic: Mapping[str, float]) -> list[str]:
@@ -158,7 +128,7 @@ def migration_cost(current: Plan, new: Plan, settings: ScalingSettings) -> tuple
 
 
 def accept_replan(current: Plan, new: Plan, traffic: Mapping[str, float], short_share: float = 0.10,
-                  settings: ScalingSettings | None = None, budget: float | None = None) -> tuple[bool, str]:
+                  settings: ScalingSettings | None = None) -> tuple[bool, str]:
     """Whether to migrate from ``current`` to the planner's ``new`` packing of ``traffic``, and why.
 
     A migration reloads weights and, make before break, pays for old and new slots until the new
@@ -174,20 +144,12 @@ def accept_replan(current: Plan, new: Plan, traffic: Mapping[str, float], short_
     (4.10/h x ~6.5 min = 0.44) and three L4 groups (0.25) earns 0.72 - 0.69: barely taken; with
     one more L4 group to rebuild, kept.
     Same price and the deployed plan holds: kept, nothing gained for the moves.
-    With a ``budget`` (a re-plan asked instead of buying, :attr:`Replan.budget_per_hour`): when the
-    deployed plan is short of some model's rate, a packing that holds them all is taken at a bill
-    up to the budget, what the purchases it replaces would have cost: 10 L4 (8.00/h) short of
-    asr-en, an L4 purchase would make 8.80/h, a packing at 8.80/h or less is taken.
     """
     settings = settings or ScalingSettings()
     before, after = plan_cost(current), plan_cost(new)
     short_new = holds(new, traffic)
     if short_new:
         return False, f"the new packing does not hold {', '.join(short_new)}"
-    short_any = holds(current, traffic)
-    if budget is not None and short_any and after <= budget + 1e-9:
-        return True, (f"the deployed plan ({before:.2f}/h) is short of {', '.join(short_any[:3])}; the packing holds "
-                      f"them at {after:.2f}/h, within the {budget:.2f}/h buying would cost")
     if after < before - 1e-9:
         overlap, lead = migration_cost(current, new, settings)
         horizon = settings.targets.replan_payback_s

@@ -196,11 +196,6 @@ def gpu_price(plan: Plan, pool: str) -> float:
     return plan.fleet.pool(pool).cost_per_gpu_hour
 
 
-def bill(plan: Plan) -> float:
-    """Hourly price of the GPUs a plan pays for."""
-    return sum(gpu_price(plan, k[0]) for k in paid_gpus(plan))
-
-
 def fill(plan: Plan, p: Placement, rates: Rates | None = None) -> float:
     """How full a slot is, 0..1: the larger of memory and compute at its largest duty cycle."""
     if not p.models:

@@ -112,13 +112,6 @@ class Targets:
     re-laid-out A100 (4.10/h for ~6 min) is moved only for a saving worth it."""
     min_useful_rps: float = 1e-3
     """Room smaller than this is not worth a replica's memory."""
-    min_purchase_use: float = 0.5
-    """A bought GPU must add at least half of what it could hold for the model (its room there,
-    or the model's whole want if smaller). Round-robin caps a new replica at the tightest
-    replica's share: on the spike hour diarize-fr (0.1 rps) bought 10 GPUs whose room was
-    1.0-2.4 rps each, adding 0.04 rps apiece beside its crowded MIG replica; on the diurnal day
-    asr-en bought L4s and A100s holding 1250-4300 rps for 550 rps each. Below half, the planner
-    is asked instead (:func:`packer.scaling.up.grow`), whose packing evens the replicas out."""
     min_gain_share: float = 0.05
     """A new replica must cover 5% of the deficit. With round-robin routing a replica beside a
     saturated one adds only the saturated one's share; such replicas are not worth their memory,

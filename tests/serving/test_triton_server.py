@@ -325,7 +325,7 @@ def test_serve_local_prints_a_request_that_works_when_pasted(plan, tmp_path, gro
 
     save_plan(plan, tmp_path / "plan.json")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "packer", "serve-local", str(tmp_path / "plan.json"), "--group", group,
+    proc = subprocess.Popen([sys.executable, "-m", "packer_cli", "serve-local", str(tmp_path / "plan.json"), "--group", group,
                              "--seconds", "120", "--time-scale", str(FAST), "--format", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
                             env=dict(os.environ, PYTHONPATH=str(root)))

@@ -37,6 +37,7 @@ from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_re
                      merge_patch, node_actions)
 from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
+from k8s.metrics import ReconcilerMetrics
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
@@ -213,7 +214,6 @@ class Reconciler:
         self.history: list[dict[str, Any]] = []
         self.cycles = 0
         self.last_cycle_end = 0.0
-        from k8s.metrics import ReconcilerMetrics
 
         self.metrics = ReconcilerMetrics()
 

@@ -4,7 +4,7 @@
 at ~30/60/85 % of its capacity under open-loop arrivals and records every parameter, every request
 it sent (time, latency), Triton's per-batch-size execution statistics and the per-request overhead
 measured at near-zero load. This script simulates each level on the same slot (same fleet, members,
-placement via ``serving.group.placement``, so the batchers get exactly the settings Triton got) and
+placement via ``packer.handplan.placement``, so the batchers get exactly the settings Triton got) and
 prints p50 and p99 beside the real ones with the relative error; the issue's target is 10 %.
 
     python bench/triton.py --json /tmp/triton.json          # needs tritonserver
@@ -53,7 +53,7 @@ def simulate_level(fleet_name: str, slot: str, rates: dict[str, float], seconds:
     import numpy as np
 
     from packer.fleet import load_fleet
-    from serving.group import placement, plan_of
+    from packer.handplan import placement, plan_of
     from sims.engine import simulate
     from sims.scenario import Scenario
 
@@ -204,7 +204,7 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
     import numpy as np
 
     from packer.fleet import load_fleet
-    from serving.group import placement, plan_of
+    from packer.handplan import placement, plan_of
     from sims.engine import Simulation
     from sims.scenario import RunTime, Scenario, Server, Trace
 
@@ -220,6 +220,8 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
                               max_replicas=None))
     sub = replace(fleet, models=tuple(models))
     plan = plan_of(sub, [placement(sub, pool, list(rates.items()), profile=profile or "whole")])
+    # Rendered with the rejecting queue (bench/triton.py --shed; every run before the flag had it)?
+    shed = all(r.get("shed", True) for r in members)
     runs, over, fits = [], {}, {}
     for r in members:
         if calibrated:
@@ -238,7 +240,8 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
             for r in members:
                 f.writelines(f"{t!r},{r['model']}\n" for t in r["requests"]["sent_s"])
         sc = Scenario(process="poisson", policy="static", trace=Trace(str(trace), loop=False),
-                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0, queue_bound=True))
+                      server=Server(run_ms=tuple(runs), missed_wake=wake if calibrated else 0.0,
+                                    queue_timeouts=shed, queue_bound=shed))
         # Missed wakes are random draws: average the percentiles over a few seeds (the rest is exact).
         seeds = range(replications if calibrated and wake > 0 else 1)
         per: dict[str, dict[str, list[float]]] = {}

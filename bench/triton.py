@@ -57,7 +57,7 @@ from packer.fleet import Fleet, load_fleet  # noqa: E402
 from packer.settings import PlanSettings  # noqa: E402
 from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 from serving.config import timing  # noqa: E402
-from serving.group import placement, plan_of  # noqa: E402
+from packer.handplan import placement, plan_of  # noqa: E402
 from serving.local import LocalTriton  # noqa: E402
 from serving.metrics import scrape, signals  # noqa: E402
 from serving.repository import group_repositories, write_repository  # noqa: E402
@@ -295,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per model at --overload x capacity before each level, to measure how long a batch "
                          "holds the slot (0: skip)")
     ap.add_argument("--overload", type=float, default=1.3)
+    ap.add_argument("--shed", action="store_true",
+                    help="render the rejecting queue policy (RenderSettings.shed): batchers then miss wake-ups")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     a = ap.parse_args(argv)
 
@@ -309,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     k = capacity(fleet, st, mix)
     if k <= 0:
         ap.error(f"{', '.join(mix)} cannot share {st.key} within their SLOs")
-    settings = RenderSettings(device="cpu")
+    settings = RenderSettings(device="cpu", shed=a.shed)
     results = []
     total = sum(mix.values()) * k
     print(f"{' + '.join(mix)} on {st.key}: capacity {total:.1f} rps in all within the SLOs (u={U})")
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                 db = cfg.sequence_batching.oldest if seqb else cfg.dynamic_batching
                 m = measured[member.name]
                 row = {
-                    "fleet": fleet.name, "model": member.name, "group": list(mix), "slot": st.key, "load": load,
+                    "shed": a.shed, "fleet": fleet.name, "model": member.name, "group": list(mix), "slot": st.key, "load": load,
                     "group_capacity_rps": total, "rate_rps": rates[member.name],
                     "arrivals": "periodic per stream" if a.periodic_streams and member.name in streams else
                     ("poisson per stream" if member.name in streams else "poisson"),

@@ -4,7 +4,7 @@ For slots of 1, 3 and 5 members mixing interactive, streaming and batch models (
 here, profiles in tens of ms so the CPU stand-ins dominate Triton's own overhead), this:
 
 1. plans the slot at its capacity with the slot maths (``packer.slot``): the largest multiple of
-   the members' rate mix that the planner's test admits, and ``serving.group.placement`` at it,
+   the members' rate mix that the planner's test admits, and ``packer.handplan.placement`` at it,
    the duty cycle, provisioned batches and each member's ``p99_bound_ms``;
 2. renders it with the Triton writer (``device=cpu``: KIND_CPU instances, stand-ins that hold the
    slot's device lock while they run) and serves the streaming and the batch repository in **one**
@@ -82,7 +82,7 @@ def capacity(f, st: SlotType, mix: dict[str, float]) -> float:
 
 def planned_slot(names: list[str]):
     """The slot at capacity: (fleet with the members' streams sized to their planned rates, plan)."""
-    from serving.group import placement, plan_of
+    from packer.handplan import placement, plan_of
 
     f = fleet()
     st = SlotType(f.pool("l4"))
@@ -138,7 +138,7 @@ def simulate(plan, rates: dict[str, float], sent: dict[str, list[float]], fits: 
                 fh.writelines(f"{t!r},{name}\n" for t in ts)
         runs = tuple(RunTime(n, b, p) for n, (b, p) in fits.items())
         sc = Scenario(process="poisson", policy="static", trace=Trace(str(trace), loop=False),
-                      server=Server(run_ms=runs, missed_wake=wake, queue_bound=True))
+                      server=Server(run_ms=runs, missed_wake=wake))
         acc: dict[str, dict[str, list[float]]] = {}
         for seed in range(3 if wake > 0 else 1):
             sim = Simulation(plan, sc, seed=seed)
@@ -236,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=2, help="seeds per level")
     ap.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds before each run")
-    ap.add_argument("--missed-wake", type=float, default=0.45,
-                    help="the simulator's missed-wake share (measured by bench/fidelity.py)")
+    ap.add_argument("--missed-wake", type=float, default=0.0,
+                    help="the simulator's missed-wake share: 0 for the rendered (prefetching) batchers; "
+                         "0.45 was measured with a queue policy (bench/fidelity.py)")
     ap.add_argument("--json", help="write every row here")
     a = ap.parse_args(argv)
     rows = []

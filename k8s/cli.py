@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
@@ -15,6 +16,10 @@ import yaml
 from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file, emit, format_option, note,
                             out_dir_option, output_option, resolve_out_dir)
 from packer.errors import UserError
+
+if TYPE_CHECKING:
+    from k8s.settings import RenderSettings
+    from packer.plan import Plan
 
 
 def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` light
@@ -69,6 +74,48 @@ def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _devices(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str | None]:
+    from k8s.devices import parse_form
+
+    try:
+        return parse_form(value)
+    except UserError as e:
+        raise click.BadParameter(str(e).split(": ", 1)[1]) from None
+
+
+devices_option = click.option(
+    "--devices", default="device-plugin", show_default=True, callback=_devices, metavar="FORM",
+    help="How each server gets its GPU: device-plugin (nvidia.com/gpu, nvidia.com/mig-*), dra (a ResourceClaim "
+         "per slot, NVIDIA DRA driver), hami (HAMi gpumem/gpucores shares) or kai[:QUEUE] (KAI Scheduler "
+         "gpu-fraction shares). See docs/kubernetes.md, 'Device backends'.")
+
+
+def devices_settings(devices: tuple[str, str | None]) -> dict[str, str]:
+    """``--devices`` as RenderSettings fields."""
+    form, queue = devices
+    return {"devices": form, **({"kai_queue": queue} if queue else {})}
+
+
+def devices_lines(plan: Plan, s: RenderSettings, deployments: list[dict]) -> str:
+    """What a backend other than the default needs, and what the plan's slots lose under it."""
+    from k8s.render import devices_of
+
+    dev = devices_of(s)
+    if dev.name == "device-plugin":
+        return ""
+    lines = [f"devices: {dev.name}: needs {dev.needs}"]
+    mig = sum(p.slot != "whole" for p in plan.placements)
+    if mig and dev.shares:
+        lines.append(f"devices: {mig} MIG slot(s) {dev.shares}")
+    stop_first = [d["metadata"]["name"] for d in deployments
+                  if d["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0]
+    if stop_first:
+        more = ", ..." if len(stop_first) > 3 else ""
+        lines.append(f"devices: {len(stop_first)} server(s) would not fit twice on their claimed device: a rolling "
+                     f"update stops the old pod first ({', '.join(stop_first[:3])}{more})")
+    return "".join(line + "\n" for line in lines)
+
+
 @click.command("k8s")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @out_dir_option("the objects (one file per kind), labels/ and label-nodes.sh", old=("-o", "--out"))
@@ -79,9 +126,11 @@ def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
               help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
 @click.option("--fetch-image", default=None,
               help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")
+@devices_option
 @format_option
 def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, namespace: str,
-               gpu_operator_namespace: str, triton_image: str | None, fetch_image: str | None, fmt: str) -> None:
+               gpu_operator_namespace: str, triton_image: str | None, fetch_image: str | None,
+               devices: tuple[str, str | None], fmt: str) -> None:
     """Write the plan's Kubernetes objects to DIR, one file per kind: `kubectl apply -f DIR` takes it.
 
     The labels each real node must carry (the reconciler sets them) go to DIR/labels/, which
@@ -97,7 +146,7 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
         raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d k8s-out/")
     check_output_dir(out, "--out-dir")
     plan = _load_plan(plan_path)
-    s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace)
+    s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **devices_settings(devices))
     if triton_image:
         s = replace(s, triton_image=triton_image)
     if fetch_image:
@@ -110,9 +159,10 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
     (d / LABELS_DIR).mkdir(parents=True, exist_ok=True)
     files = []
     for kind, items in by_kind.items():
-        files.append(d / f"{kind.lower()}s.yaml")
+        k = kind.lower()  # the resource's plural, as kubectl names it: networkpolicies, configmaps
+        files.append(d / f"{k[:-1] + 'ies' if k.endswith('y') else k + 's'}.yaml")
         files[-1].write_text(dump_objects(items))
-    labels = node_labels(plan)
+    labels = node_labels(plan, s)
     (d / LABELS_DIR / "node-labels.yaml").write_text(yaml.safe_dump(labels, sort_keys=True))
     (d / LABEL_SCRIPT).write_text(label_script(plan.id, labels))
     (d / LABEL_SCRIPT).chmod(0o755)
@@ -122,10 +172,11 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
         note(f"removed {stale} of an earlier render: the labels are in {d / LABELS_DIR} now")
     doc = {"plan": plan.id, "out_dir": str(d), "objects": {k: len(v) for k, v in by_kind.items()},
            "files": [str(f) for f in files], "node_labels": str(d / LABELS_DIR / "node-labels.yaml"),
-           "label_script": str(d / LABEL_SCRIPT)}
+           "label_script": str(d / LABEL_SCRIPT), "devices": s.devices}
     counts = ", ".join(f"{len(v)} {k}" for k, v in by_kind.items())
     emit(doc, fmt, lambda: (f"plan {plan.id}: wrote {counts} to {d}\n"
-                            f"apply with: kubectl apply -f {d}\n"
+                            + devices_lines(plan, s, by_kind.get("Deployment", []))
+                            + f"apply with: kubectl apply -f {d}\n"
                             f"node labels (the reconciler sets them; without it: {d / LABEL_SCRIPT}): "
                             f"{d / LABELS_DIR / 'node-labels.yaml'}"))
 
@@ -151,12 +202,13 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
 @click.option("--triton-image", default=None, help="tritonserver image; pin by digest: name@sha256:...")
 @click.option("--fetch-image", default=None, help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
+@devices_option
 @format_option
 @output_option("the cycle's report (diff id, actions, errors)")
 def reconcile(kubeconfig: str | None, context: str | None, host: str | None, namespace: str,
               gpu_operator_namespace: str, dry_run: bool, confirm: str | None, interval: float,
               planner_time_limit: float, port: int, scaling: bool, triton_image: str | None,
-              fetch_image: str | None, fmt: str, output: str | None) -> None:
+              fetch_image: str | None, devices: tuple[str, str | None], fmt: str, output: str | None) -> None:
     """Keep the cluster at the plan for the fleet in ConfigMap packer-fleet.
 
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
@@ -177,7 +229,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
                         "Fix: run with --dry-run, read the diff, then run with --confirm <diff id>")
     images = {k: v for k, v in (("triton_image", triton_image), ("fetch_image", fetch_image)) if v}
     s = ReconcileSettings(interval_s=interval, render=RenderSettings(
-        namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images))
+        namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images, **devices_settings(devices)))
     check_output_file(output, "-o", not_=(kubeconfig,))
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
@@ -228,7 +280,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
 
 CONNECTION_FLAGS = (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("host", "--server"),
                     ("namespace", "--namespace"), ("gpu_operator_namespace", "--gpu-operator-namespace"),
-                    ("planner_time_limit", "--planner-time-limit"), ("scaling", "--scaling"))
+                    ("planner_time_limit", "--planner-time-limit"), ("scaling", "--scaling"), ("devices", "--devices"))
 """The flags that decide which cluster a cycle reads and what diff it computes: ``--confirm``
 must be given them again, or it applies to another cluster or computes another diff."""
 
@@ -244,6 +296,8 @@ def _given_flags() -> str:
         if src not in (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT):
             continue
         v = ctx.params[name]
+        if name == "devices":
+            v = ":".join(x for x in v if x)
         if isinstance(v, bool):
             out.append(flag if v else f"--no-{flag[2:]}")
         else:

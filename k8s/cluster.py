@@ -46,6 +46,7 @@ KINDS: dict[str, Kind] = {
     "PodDisruptionBudget": Kind("policy", "pod_disruption_budget", "policy/v1"),
     "Lease": Kind("coordination", "lease", "coordination.k8s.io/v1"),
     "NetworkPolicy": Kind("networking", "network_policy", "networking.k8s.io/v1"),
+    "ResourceClaim": Kind("resource", "resource_claim", "resource.k8s.io/v1"),  # --devices dra only
 }
 
 
@@ -72,6 +73,7 @@ class Cluster:
         self.policy = client.PolicyV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        self.resource = client.ResourceV1Api(api_client)
         self.calls: Counter[str] = Counter()
         self.by_kind: Counter[tuple[str, str]] = Counter()
         self.retries = 0

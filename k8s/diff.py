@@ -102,7 +102,8 @@ def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
     Keys packer once set and no longer wants (:func:`owned_keys`) are nulled in labels, annotations,
     ConfigMap data and the pod template's labels (a model leaving a group must lose its label
     there). Spec keys the server defaulted are left alone: nulling them would fight immutable
-    fields (a Service's clusterIP) for nothing.
+    fields (a Service's clusterIP) for nothing. A ResourceClaim's spec is immutable as a whole
+    and named by its hash (:func:`k8s.names.claim_name`): only its metadata is patched.
     """
     lm, wm = live.get("metadata") or {}, want["metadata"]
     mine = owned_keys(live)
@@ -113,7 +114,7 @@ def merge_patch(live: dict[str, Any], want: dict[str, Any]) -> dict[str, Any]:
     for section in ("data", "binaryData"):
         if section in want or section in live:
             patch[section] = _nulls(live.get(section), want.get(section) or {}, mine["data"])
-    if "spec" in want:
+    if "spec" in want and want.get("kind") != "ResourceClaim":
         spec = dict(want["spec"])
         tmpl = spec.get("template")
         if tmpl is not None:
@@ -171,15 +172,22 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
     actions: list[Action] = []
     conflicts: list[Conflict] = []
     want_keys = set()
+    foreign_claims: set[str] = set()
     for obj in desired:
         k = key(obj)
         want_keys.add(k)
         cur = live_by.get(k)
-        if cur is None:
+        if k[0] == "Deployment" and (taken := sorted(_claims(obj) & foreign_claims)):
+            # Its pods would share the device of someone else's claim: not created or changed.
+            conflicts.append(Conflict(*k, f"its ResourceClaim {taken[0]} is held by an object without "
+                                         f"{N.MANAGED_BY}={N.MANAGER}; left alone until it is renamed or removed"))
+        elif cur is None:
             actions.append(Action("create", *k, why.get(k, "planned, not in the cluster"), obj))
         elif not N.owned(cur):
             conflicts.append(Conflict(*k, f"{k[0]}/{k[2]} exists without {N.MANAGED_BY}={N.MANAGER}; "
                                          "left alone, its group is not served until it is renamed or removed"))
+            if k[0] == "ResourceClaim":
+                foreign_claims.add(k[2])
         else:
             reason = drifted(cur, obj)
             if reason:
@@ -320,6 +328,18 @@ def _models(dep: dict[str, Any]) -> set[str]:
     return {k.removeprefix(N.MODEL_LABEL_PREFIX) for k in labels if k.startswith(N.MODEL_LABEL_PREFIX)}
 
 
+def rolled_out(dep: dict[str, Any]) -> bool:
+    """Ready, and no pod of an older template left (those may still hold its old claim)."""
+    st = dep.get("status") or {}
+    return ready(dep) and (st.get("replicas") or 0) <= (dep.get("spec") or {}).get("replicas", 1)
+
+
+def _claims(dep: dict[str, Any]) -> set[str]:
+    """The ResourceClaims a Deployment's pods reference by name."""
+    pod = ((dep.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return {c.get("resourceClaimName") for c in pod.get("resourceClaims") or []} - {None}
+
+
 def _pinned_node(dep: dict[str, Any]) -> str | None:
     terms = (((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("affinity", {})
              .get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
@@ -337,7 +357,8 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
 
     1. Creates and non-disruptive updates go at once (config before the servers that read it).
     2. An old server (Deployment) is deleted only when, for each model it serves, every desired
-       server of that model is ready, except those waiting for their node's MIG layout.
+       server of that model is ready, except those waiting for their node's MIG layout. A slot's
+       old ResourceClaim goes only once its server is deleted, or has rolled over to a new claim.
     3. A node's MIG config changes only when no server on it is still to be deleted and every
        desired server on other, settled nodes is ready: its groups are drained elsewhere first.
     4. A rolling update of a server waits until the other servers sharing its models are ready.
@@ -373,7 +394,8 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
             if node:
                 deleting_on[node] += 1
 
-    order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "Deployment": 2, "PodDisruptionBudget": 3, "Node": 4}
+    order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "ResourceClaim": 1, "Deployment": 2,
+             "PodDisruptionBudget": 3, "Node": 4}
     verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
     now: list[Action] = []
     waiting: list[tuple[Action, str]] = []
@@ -389,7 +411,12 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
         hold = None
         server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
                   .get(N.GROUP_LABEL, ""))
-        if a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
+        if a.verb == "delete" and a.kind == "ResourceClaim" and server in live_by and server not in gone:
+            if a.name in _claims(live_by[server]):
+                hold = f"its server {server[2]} still uses it"
+            elif not rolled_out(live_by[server]):
+                hold = f"its server {server[2]} is still moving to its new claim"
+        elif a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
             hold = f"its server {server[2]} is still running"
         elif a.verb == "delete" and a.kind == "Deployment":
             if not_ready := missing(_models(live_by.get(a.key, {}))):

@@ -3,12 +3,27 @@ as in tests, must not share counters)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sized
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-if TYPE_CHECKING:
-    from k8s.reconciler import CycleReport
+
+class CycleFacts(Protocol):
+    """What the metrics read of a reconcile cycle (``k8s.reconciler.CycleReport`` has it): the
+    reconciler imports this module, never the other way round."""
+
+    leader: bool
+    seconds: float
+    calls: Mapping[str, int]
+    plan: Any
+    dry_run: bool
+    done: Any
+    errors: Sized
+    waiting: Sized
+    conflicts: Sized
+    writes: int
+    input_errors: Sized
 
 
 class ReconcilerMetrics:
@@ -30,7 +45,7 @@ class ReconcilerMetrics:
         self.bad_input = Gauge("packer_bad_input", "Problems with the fleet or status ConfigMap's content in "
                                "the last cycle (the last good plan stays applied)", registry=r)
 
-    def observe(self, rep: "CycleReport") -> None:
+    def observe(self, rep: CycleFacts) -> None:
         self.leader.set(1 if rep.leader else 0)
         self.cycle.observe(rep.seconds)
         for verb, n in rep.calls.items():

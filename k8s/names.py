@@ -71,6 +71,12 @@ def repo_configmap_name(placement_id: str) -> str:
     return dns_label(placement_id, limit=58) + "-repo"
 
 
+def claim_name(placement_id: str, spec_digest: str) -> str:
+    """A slot's ResourceClaim (``--devices dra``): ``<group name>-<hash of its spec>``, at most
+    63 characters. A claim's spec cannot change, so a changed request gets a new name."""
+    return dns_label(placement_id, limit=63 - len(spec_digest) - 1) + "-" + spec_digest
+
+
 def model_label(model: str) -> str:
     return MODEL_LABEL_PREFIX + model
 

@@ -37,6 +37,7 @@ from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_re
                      merge_patch, node_actions)
 from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
+from k8s.metrics import ReconcilerMetrics
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
@@ -56,6 +57,12 @@ SignalSource = Callable[["Plan | None", list[dict[str, Any]]], dict[str, Any]]
 ROLE_LABEL = "packer.dev/role"
 FLEET_KEY = "fleet.yaml"
 MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
+
+
+def managed_kinds(s: ReconcileSettings) -> tuple[str, ...]:
+    """The kinds listed and diffed: ResourceClaims too with ``--devices dra`` (listing them needs
+    resource.k8s.io/v1 and its RBAC, which the other forms do not ask of a cluster)."""
+    return MANAGED_KINDS + (("ResourceClaim",) if s.render.devices == "dra" else ())
 
 
 def default_planner(time_limit_s: float = 20.0) -> Planner:
@@ -207,7 +214,6 @@ class Reconciler:
         self.history: list[dict[str, Any]] = []
         self.cycles = 0
         self.last_cycle_end = 0.0
-        from k8s.metrics import ReconcilerMetrics
 
         self.metrics = ReconcilerMetrics()
 
@@ -219,7 +225,7 @@ class Reconciler:
         packer's two ConfigMaps in the GPU operator's namespace."""
         c, s = self.cluster, self.s
         live: list[dict[str, Any]] = []
-        for kind in MANAGED_KINDS:
+        for kind in managed_kinds(s):
             live += [_typed(o, kind) for o in c.list(kind, self.ns)]
         ops = s.render.gpu_operator_namespace
         if ops != self.ns:  # only its two ConfigMaps there, by name: RBAC grants no more
@@ -355,7 +361,7 @@ class Reconciler:
             reason = (o["metadata"].get("annotations") or {}).get(N.REASON_ANNOTATION)
             if reason:
                 why[(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])] = f"planned: {reason}"[:300]
-        scopes = {(k, self.ns) for k in MANAGED_KINDS} | {("ConfigMap", self.s.render.gpu_operator_namespace)}
+        scopes = {(k, self.ns) for k in managed_kinds(self.s)} | {("ConfigMap", self.s.render.gpu_operator_namespace)}
         actions, conflicts = diff(objs, obs.live, scopes, why)
         plan_nodes = {}
         for p in plan.placements:
@@ -363,7 +369,8 @@ class Reconciler:
         for l in plan.layouts:
             plan_nodes[l.node] = l.pool
         binding = bind_nodes(plan_nodes, obs.nodes, self.s.render.pool_label)
-        actions += node_actions(node_labels(plan), binding, obs.nodes, self.s.render.pool_label, conflicts)
+        actions += node_actions(node_labels(plan, self.s.render), binding, obs.nodes, self.s.render.pool_label,
+                                conflicts)
         self.unbound = sorted(set(plan_nodes) - set(binding))
         return actions, conflicts, objs, binding
 

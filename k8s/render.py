@@ -6,6 +6,9 @@ loads the slot's streaming and batch repositories together (one scheduling domai
 take turns on the slot's rate limiter), and a Service. Per set of pods that share models with
 ``min_replicas >= 2``: one PodDisruptionBudget. Per pool: a key in the device plugin's config (MIG strategy, time-slicing);
 per MIG node: a mig-parted config, selected by the node's ``nvidia.com/mig.config`` label.
+
+How each server gets its GPU is the devices backend's (:mod:`k8s.devices`, ``--devices``): the
+device plugin's resources (default), a ResourceClaim per slot (``dra``), HAMi's or KAI's shares.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 import yaml
 
 from k8s import names as N
+from k8s.devices import CLAIM_REF, Backend, Claim, DevicePlugin, PodDevices, backend
 from k8s.settings import RenderSettings
 from packer.catalog import gpu_type
 from packer.errors import UserError
@@ -116,17 +120,6 @@ class Group:
     def shared(self) -> bool:
         """Several models in one server: they take turns on the slot's rate-limiter resource."""
         return len(self.models) > 1
-
-    @property
-    def mig(self) -> bool:
-        return self.placement.slot != "whole"
-
-    @property
-    def gpu_resource(self) -> tuple[str, int]:
-        """Mixed MIG strategy: one ``nvidia.com/mig-<profile>``; else whole (or time-sliced) GPUs."""
-        if self.mig:
-            return f"nvidia.com/mig-{self.placement.slot}", 1
-        return "nvidia.com/gpu", max(1, len(self.placement.gpus))
 
 
 def groups(plan: Plan) -> list[Group]:
@@ -277,11 +270,26 @@ def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
                   "metadata": _meta(name, s.namespace, plan, {N.GROUP_LABEL: g.name}), "data": data})
 
 
+def devices_of(s: RenderSettings) -> Backend:
+    """The settings' devices backend (``--devices``)."""
+    return backend(s.devices, s.kai_queue)
+
+
+def resource_claim(plan: Plan, g: Group, s: RenderSettings, claim: Claim) -> dict[str, Any]:
+    """The slot's ResourceClaim (``--devices dra``); its server's pods share its one device."""
+    return stamp({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
+                  "metadata": _meta(claim.name, s.namespace, plan, {N.GROUP_LABEL: g.name},
+                                    {N.PLACEMENT_ANNOTATION: g.placement.id}),
+                  "spec": claim.spec})
+
+
 def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
-               repo: dict[str, Any]) -> dict[str, Any]:
+               repo: dict[str, Any], dev: PodDevices) -> dict[str, Any]:
+    """The slot's one server; ``dev`` is what its pod asks for in the devices backend's terms."""
     p = g.placement
     selector = {N.GROUP_LABEL: g.name}
-    pod_labels = {N.MANAGED_BY: N.MANAGER, **selector, **{N.model_label(m): "serving" for m in g.models}}
+    pod_labels = {N.MANAGED_BY: N.MANAGER, **selector, **{N.model_label(m): "serving" for m in g.models},
+                  **dev.labels}
     pdb = next((pdbs[m] for m in g.models if m in pdbs), None)
     if pdb:
         pod_labels[N.PDB_LABEL] = pdb
@@ -289,9 +297,8 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     # Whole and time-sliced GPUs are interchangeable within a pool: pin to the pool only, so the
     # cluster autoscaler can add nodes for them.
     match = [{"key": s.pool_label, "operator": "In", "values": [p.pool]}]
-    if g.mig:
+    if dev.pin_node:
         match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
-    res_name, res_count = g.gpu_resource
     probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
     # One server per slot, loading each class's repository (model names are unique across them):
     # packed models, streaming and batch alike, take turns on the slot's rate-limiter resource
@@ -322,8 +329,8 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
         # Loading large models takes minutes; the startup probe holds liveness off until then.
         "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
                          "failureThreshold": 60},
-        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, res_name: str(res_count)},
-                      "limits": {"memory": s.memory_request, res_name: str(res_count)}},
+        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, **dev.resources},
+                      "limits": {"memory": s.memory_request, **dev.resources}},
         "securityContext": no_escalation,
         "env": [{"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.admin_key_secret, "key": "key"}}}],
         "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
@@ -333,7 +340,16 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}}
     members = ", ".join(f"{m.name} b={m.batch_size}" for m in sorted(p.models, key=lambda m: m.name))
     annotations = {N.PLACEMENT_ANNOTATION: p.id, N.REASON_ANNOTATION: f"{members}: {p.reason}"}
-    template_annotations = {"packer.dev/repo-hash": repo["metadata"]["annotations"][N.SPEC_HASH]}
+    template_annotations = {"packer.dev/repo-hash": repo["metadata"]["annotations"][N.SPEC_HASH], **dev.annotations}
+    pod_spec: dict[str, Any] = {}
+    if dev.scheduler:
+        pod_spec["schedulerName"] = dev.scheduler
+    if dev.claim is not None:
+        pod_spec["resourceClaims"] = [{"name": CLAIM_REF, "resourceClaimName": dev.claim.name}]
+        container["resources"]["claims"] = [{"name": CLAIM_REF}]
+    # A new pod must be ready before the old one goes; it waits Pending if no slot is free. Where
+    # it would share the old pod's device (a claim) and both do not fit, the old one goes first.
+    rolling = {"maxSurge": 1, "maxUnavailable": 0} if dev.surge else {"maxSurge": 0, "maxUnavailable": 1}
     return stamp({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": _meta(g.name, s.namespace, plan, {**selector, N.POOL_LABEL: p.pool}, annotations),
@@ -341,11 +357,11 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
             "replicas": 1,
             "revisionHistoryLimit": 2,
             "selector": {"matchLabels": selector},
-            # A new pod must be ready before the old one goes; it waits Pending if no slot is free.
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": rolling},
             "template": {
                 "metadata": {"labels": pod_labels, "annotations": template_annotations},
                 "spec": {
+                    **pod_spec,
                     "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
                         "nodeSelectorTerms": [{"matchExpressions": match}]}}},
                     "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
@@ -426,19 +442,20 @@ def _pods_per_resource(plan: Plan, pool: str) -> dict[str, int]:
             continue
         key = (p.node, p.gpu, p.slot, p.mig_start)
         per_device[key] += 1
-        resource[key] = g.gpu_resource[0]
+        resource[key] = next(iter(DevicePlugin().pod(p, plan.fleet).resources))
     out: dict[str, int] = defaultdict(int)
     for key, n in per_device.items():
         out[resource[key]] = max(out[resource[key]], n)
     return dict(out)
 
 
-def device_plugin_config(plan: Plan, pool_name: str) -> dict[str, Any]:
+def device_plugin_config(plan: Plan, pool_name: str, mig: bool = True) -> dict[str, Any]:
     """The NVIDIA device plugin config of one pool: MIG strategy and, where the plan puts several
     servers on one device, time-slicing with that many replicas (and no more, so the scheduler
-    cannot stack more pods on a GPU than the plan sized it for)."""
+    cannot stack more pods on a GPU than the plan sized it for). ``mig=False``: the devices
+    backend runs MIG slots as shares of whole GPUs, so the plugin hands out whole GPUs only."""
     pool = plan.fleet.pool(pool_name)
-    cfg: dict[str, Any] = {"version": "v1", "flags": {"migStrategy": "mixed" if pool.mig else "none"}}
+    cfg: dict[str, Any] = {"version": "v1", "flags": {"migStrategy": "mixed" if pool.mig and mig else "none"}}
     shared = {r: n for r, n in sorted(_pods_per_resource(plan, pool_name).items()) if n >= 2}
     if shared and pool.time_slicing:
         cfg["sharing"] = {"timeSlicing": {"resources": [{"name": r, "replicas": n} for r, n in shared.items()]}}
@@ -446,16 +463,18 @@ def device_plugin_config(plan: Plan, pool_name: str) -> dict[str, Any]:
 
 
 def device_plugin_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any]:
-    data = {p.name: yaml.safe_dump(device_plugin_config(plan, p.name), sort_keys=True) for p in plan.fleet.pools}
+    mig = devices_of(s).mig_geometry
+    data = {p.name: yaml.safe_dump(device_plugin_config(plan, p.name, mig), sort_keys=True) for p in plan.fleet.pools}
     return stamp({"apiVersion": "v1", "kind": "ConfigMap",
                   "metadata": _meta(DEVICE_PLUGIN_CONFIGMAP, s.gpu_operator_namespace, plan), "data": data})
 
 
-def mig_configs(plan: Plan) -> dict[str, tuple[str, list[dict[str, Any]]]]:
+def mig_configs(plan: Plan, geometry: bool = True) -> dict[str, tuple[str, list[dict[str, Any]]]]:
     """Logical MIG node -> (mig-parted config name, its per-GPU entries).
 
     The name is a hash of the entries, so nodes with the same layout share one config and a
-    layout change is a label change that mig-manager acts on.
+    layout change is a label change that mig-manager acts on. ``geometry=False`` (a devices
+    backend that runs MIG slots as shares of whole GPUs): every GPU of those nodes with MIG off.
     """
     by_node: dict[str, dict[int, str]] = defaultdict(dict)
     pools = {l.node: l.pool for l in plan.layouts}
@@ -468,7 +487,7 @@ def mig_configs(plan: Plan) -> dict[str, tuple[str, list[dict[str, Any]]]]:
             continue
         entries = []
         for gpu in range(pool.gpus_per_node):
-            layout = layouts.get(gpu, "whole")
+            layout = layouts.get(gpu, "whole") if geometry else "whole"
             if layout == "whole":
                 entries.append({"devices": [gpu], "mig-enabled": False})
             else:
@@ -482,7 +501,7 @@ def mig_configs(plan: Plan) -> dict[str, tuple[str, list[dict[str, Any]]]]:
 
 
 def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None:
-    configs = {name: entries for name, entries in mig_configs(plan).values()}
+    configs = {name: entries for name, entries in mig_configs(plan, devices_of(s).mig_geometry).values()}
     if not configs:
         return None
     text = yaml.safe_dump({"version": "v1", "mig-configs": dict(sorted(configs.items()))}, sort_keys=True)
@@ -491,13 +510,18 @@ def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None
                   "data": {"config.yaml": text}})
 
 
-def node_labels(plan: Plan) -> dict[str, dict[str, str]]:
-    """Logical node -> the labels its bound real node must carry (the reconciler sets them)."""
+def node_labels(plan: Plan, s: RenderSettings | None = None) -> dict[str, dict[str, str]]:
+    """Logical node -> the labels its bound real node must carry (the reconciler sets them): its
+    binding, its pool's device-plugin config (where the device plugin hands out the GPUs) and its
+    mig-parted config."""
+    dev = devices_of(s or RenderSettings())
     nodes = {(p.pool, p.node) for p in plan.placements} | {(l.pool, l.node) for l in plan.layouts}
-    mig = mig_configs(plan)
+    mig = mig_configs(plan, dev.mig_geometry)
     out = {}
     for pool, node in sorted(nodes):
-        labels = {N.NODE_LABEL: node, N.DEVICE_PLUGIN_CONFIG_LABEL: pool}
+        labels = {N.NODE_LABEL: node}
+        if dev.device_plugin:
+            labels[N.DEVICE_PLUGIN_CONFIG_LABEL] = pool
         if node in mig:
             labels[N.MIG_CONFIG_LABEL] = mig[node][0]
         out[node] = labels
@@ -507,14 +531,20 @@ def node_labels(plan: Plan) -> dict[str, dict[str, str]]:
 def render_plan(plan: Plan, s: RenderSettings | None = None) -> list[dict[str, Any]]:
     """Every object the plan needs, in apply order (config first, then servers, then budgets)."""
     s = s or RenderSettings()
+    dev = devices_of(s)
     comps = _pdb_components(plan)
-    out: list[dict[str, Any]] = [device_plugin_configmap(plan, s), network_policy(plan, s)]
+    out: list[dict[str, Any]] = [device_plugin_configmap(plan, s)] if dev.device_plugin else []
+    out.append(network_policy(plan, s))
     mig = mig_parted_configmap(plan, s)
     if mig is not None:
         out.append(mig)
     models = _models_by_name(plan)
     for g in groups(plan):
         repo = repository_configmap(plan, g, s, models)
-        out += [repo, deployment(plan, g, s, comps, repo), service(plan, g, s)]
+        out.append(repo)
+        pod = dev.pod(g.placement, plan.fleet)
+        if pod.claim is not None:  # before the server that references it
+            out.append(resource_claim(plan, g, s, pod.claim))
+        out += [deployment(plan, g, s, comps, repo, pod), service(plan, g, s)]
     out += pdbs(plan, s, comps)
     return out

@@ -37,10 +37,16 @@ class RenderSettings:
     restricted_apis: str = "model-repository,model-config,shared-memory,statistics,trace,logging"
     """Triton API groups behind the admin key; health, metadata and inference stay open to clients."""
     reconciler_labels: tuple[tuple[str, str], ...] = (("app.kubernetes.io/name", "packer-reconciler"),)
-    """Pod labels of the reconciler (k8s/deploy/reconciler.yaml): the NetworkPolicy lets only it
+    """Pod labels of the reconciler (k8s/deploy/base/reconciler.yaml): the NetworkPolicy lets only it
     reach the servers' metrics port."""
     require_artifact_sha256: bool = True
     """Refuse an https artifact without ``sha256`` in the fleet: the fetch verifies what it got."""
+    devices: str = "device-plugin"
+    """How a server gets its GPU (:mod:`k8s.devices`): the NVIDIA device plugin, which every GPU
+    operator install runs; ``dra``, ``hami`` and ``kai`` need their driver or scheduler installed."""
+    kai_queue: str = "default-queue"
+    """KAI Scheduler's queue of the servers (``--devices kai:QUEUE``); KAI's quick start creates
+    ``default-queue``."""
 
 
 @dataclass(frozen=True)

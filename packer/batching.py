@@ -14,8 +14,10 @@ assumed:
 * **one turn each**: the members of a slot share one rate-limiter unit with equal priority, so
   the slot runs one batch at a time and a member that just ran goes behind those waiting
   (Triton's rate limiter raises an instance's scaled priority each time it runs).
-* **a queue budget**: a request that has queued ``slo - run`` cannot finish in time; the queue
-  policy rejects it then, and the queue holds no more than could finish within that budget.
+* **no queue policy** by default: any timeout, queue bound or priority level stops Triton's batcher
+  prefetching, and then it can sleep through its own instance freeing (docs/serving.md). The
+  *queue budget* below (a request that has queued ``slo - run`` cannot finish in time; the queue
+  holds no more than could finish within it) is rendered only on request (``--shed``).
 
 Worked numbers (``tests/test_batching.py``): ``punct-en`` (base 2 ms, per_item 0.05 ms on a whole
 A100, SLO 100 ms, max_batch 64) planned at ``d = 20 ms`` with a provisioned batch of 9: run

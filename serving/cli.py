@@ -28,6 +28,10 @@ def _settings_options(f):
     f = click.option("--time-scale", type=Number(0, 1e6, lo_open=True), default=RenderSettings.time_scale,
                      show_default=True,
                      help="Multiply the stand-in models' run time (demos: < 1).")(f)
+    f = click.option("--shed/--no-shed", default=RenderSettings.shed, show_default=True,
+                     help="Reject requests that can no longer meet their SLO in the server (Triton's queue "
+                          "policy). Costs missed batcher wake-ups the plan's bounds do not count: "
+                          "docs/serving.md.")(f)
     return f
 
 
@@ -42,7 +46,7 @@ def _settings_options(f):
 @_settings_options
 @format_option
 def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, device: str, gpu_index: str,
-                  groups: int | None, sequence_idle_s: float, time_scale: float, fmt: str) -> None:
+                  groups: int | None, sequence_idle_s: float, time_scale: float, shed: bool, fmt: str) -> None:
     """Write one Triton model repository per packed group and workload class to DIR."""
     from serving.repository import repositories, write
 
@@ -52,7 +56,7 @@ def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, 
     check_output_dir(out, "--out-dir")
     plan = _load(plan_path)
     settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
-                              time_scale=time_scale)
+                              time_scale=time_scale, shed=shed)
     repos = repositories(plan, settings, groups=groups)
     index = write(repos, Path(out))
     n = len(plan.placements if groups is None else plan.placements[:groups])
@@ -132,7 +136,7 @@ def endpoints_text(doc: dict) -> str:
 @_settings_options
 @format_option
 def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle_s: float, time_scale: float,
-                fmt: str) -> None:
+                shed: bool, fmt: str) -> None:
     """Serve one packed group on this machine with a real tritonserver (stand-in models on CPU).
 
     The group's streaming and batch repositories load into one server, as in production: the
@@ -145,7 +149,7 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
 
     plan = _load(plan_path)
     placement = _pick(plan, group)
-    settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale)
+    settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale, shed=shed)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
         repos = group_repositories(plan, placement, settings)
         paths = [write_repository(repo, Path(tmp) / repo.kind) for repo in repos]

@@ -35,14 +35,20 @@ class RenderSettings:
     """Floor of every dynamic/sequence batcher queue delay, so a group with a very short duty cycle
     still batches requests that arrive together."""
 
+    shed: bool = False
+    """Render Triton's rejecting queue policy for dynamic batchers: a request that has queued
+    ``slo - run`` is refused, and the queue holds only what could still finish in time, so a
+    burst is turned away at once instead of served late. Off by default because any queue policy
+    stops the batcher prefetching: a request that arrives while its model's instance runs then
+    waits past the instance freeing for the next arrival or 500 ms (measured 400-540 ms tails for
+    members under 10 rps; docs/serving.md), which the plan's bounds do not count. With it off,
+    shed load in front of the server (client deadlines do not help: Triton 2.44 still runs a
+    request whose client gave up)."""
+
     lock_dir: str | None = None
     """Where ``device="cpu"`` stand-ins keep their per-slot device lock (default: the system's
     temporary directory). The stand-ins of one slot take it while they run, so they never run at
     the same time, as a GPU slot's batches do not."""
-
-    batch_priority: int = 2
-    """Dynamic-batcher priority level of batch models' requests (1 is highest). Batch traffic
-    takes the lower level, leaving level 1 for a client that must jump the backlog."""
 
     def device_lock(self, slot: str) -> str:
         """The lock file the stand-ins of ``slot`` share."""

@@ -143,8 +143,10 @@ class Server:
     """Coefficient of variation of batch run times (lognormal, mean 1); 0 runs the profile exactly."""
     queue_delay_ms: float | None = None
     """Override every batcher's max queue delay; None derives it from the plan like the Triton writer."""
-    queue_timeouts: bool = True
-    """Reject dynamic-batcher requests that queued past ``slo - run`` (the Triton writer's policy)."""
+    queue_timeouts: bool = False
+    """Reject dynamic-batcher requests that queued past ``slo - run``: the Triton writer's policy
+    with ``--shed`` (``RenderSettings.shed``). Off, as rendered by default: a late request is
+    still served, and costs its share of the slot."""
     run_ms: tuple[RunTime, ...] = ()
     """Measured run times that replace the profile's (glob on the model name; the last match wins)."""
     queue_bound: bool = False
@@ -156,8 +158,9 @@ class Server:
     ``weighted`` (in proportion to each replica's capacity, as behind a weighted load balancer)."""
     missed_wake: float = 0.0
     """Probability that a model's batcher sleeps through the slot freeing and looks at its queue
-    again only at its next arrival (or 500 ms later). Measured on Triton's dynamic batcher with one
-    instance: 0.4-0.5 (``bench/fidelity.py``, docs/simulator.md); 0 serves the moment the slot frees."""
+    again only at its next arrival (or 500 ms later). 0, as rendered: the dynamic batchers prefetch
+    (no queue policy; docs/serving.md). Measured with a queue policy (``--shed``) on Triton's
+    dynamic batcher with one instance: 0.4-0.5 (``bench/fidelity.py``, docs/simulator.md)."""
 
     def run_time(self, model: str) -> RunTime | None:
         found = [r for r in self.run_ms if fnmatch.fnmatchcase(model, r.models)]
@@ -343,8 +346,9 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         runs.append(RunTime(str(r["models"]), _num(r, "base", where, 0.0), _num(r, "per_item", where, 0.0)))
     server = Server(_num(sv, "noise_cv", "server", 0.0),
                     None if qd is None else _num(sv, "queue_delay_ms", "server", 0.0),
-                    bool(sv.get("queue_timeouts", True)), tuple(runs), bool(sv.get("queue_bound", False)), routing,
-                    _num(sv, "missed_wake", "server", 0.0))
+                    bool(sv.get("queue_timeouts", Server.queue_timeouts)), tuple(runs),
+                    bool(sv.get("queue_bound", Server.queue_bound)), routing,
+                    _num(sv, "missed_wake", "server", Server.missed_wake))
     if server.missed_wake > 1:
         raise ScenarioError(f"server.missed_wake: {server.missed_wake} is a probability. Fix: use 0..1")
     sa = doc.get("stream_arrivals", "sessions")

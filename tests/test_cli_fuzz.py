@@ -18,8 +18,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from packer.cli import main
-from packer.cli_plan import example_path
+from packer_cli.main import main
+from packer_cli.plan import example_path
 from packer.errors import UserError
 from packer.fleet import load_fleet
 from packer.plan import save_plan
@@ -28,7 +28,7 @@ from test_scaling_helpers import tiny_plan
 ROOT = Path(__file__).resolve().parents[1]
 FLEET_TEXT = example_path().read_text()
 BASE = yaml.safe_load(FLEET_TEXT)
-MAX_LINE = 1100  # packer.cli.one_line keeps an error within 1000 characters, plus "error: "
+MAX_LINE = 1100  # packer_cli.main.one_line keeps an error within 1000 characters, plus "error: "
 
 
 def _fleet(fn) -> bytes:
@@ -174,7 +174,7 @@ def test_heavy_cases_fit_in_1_gib(tmp_path):
     cases.append(["plan", "/dev/zero"])
     script = (
         "import contextlib, io, json, sys\n"
-        "from packer.cli import main\n"
+        "from packer_cli.main import main\n"
         "res = []\n"
         "for args in json.loads(sys.argv[1]):\n"
         "    err = io.StringIO()\n"
@@ -252,7 +252,7 @@ def test_mutated_fleets_load_or_fail_in_one_line(tmp_path, doc):
     try:
         load_fleet(p)
     except UserError as e:
-        from packer.cli import one_line
+        from packer_cli.main import one_line
 
         msg = str(e)
         assert "\n" not in msg and len(one_line(msg)) <= 1000

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packer.cli import main
-from packer.cli_plan import example_path
+from packer_cli.main import main
+from packer_cli.plan import example_path
 from packer.fleet import FleetError, parse_fleet
 from packer.plan import save_plan
 from test_scaling_helpers import tiny_plan
@@ -234,11 +234,11 @@ def test_a_fleet_given_as_a_plan_is_not_told_to_be_overwritten(tmp_path, capsys,
     assert f"-o {f}" not in line and f"packer plan {f} -o plan.json" in line
 
 
-# -- 7. python -m packer ------------------------------------------------------------------------
+# -- 7. python -m packer_cli ------------------------------------------------------------------------
 
 
-def test_python_dash_m_packer():
-    r = subprocess.run([sys.executable, "-m", "packer", "plan", "--time-limit", "-1"], capture_output=True,
+def test_python_dash_m_packer_cli():
+    r = subprocess.run([sys.executable, "-m", "packer_cli", "plan", "--time-limit", "-1"], capture_output=True,
                        text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert "--time-limit" in r.stderr and "Traceback" not in r.stderr

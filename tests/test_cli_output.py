@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packer.cli import main
-from packer.cli_plan import example_path
+from packer_cli.main import main
+from packer_cli.plan import example_path
 from packer.fleet import load_fleet
 from packer.plan import load_plan, save_plan
 from packer.planner import PlanSettings, plan_fleet
@@ -85,7 +85,7 @@ def test_moves_say_added_moved_and_removed():
 def test_every_command_has_the_same_output_options(capsys, cmd, dir_):
     from click.testing import CliRunner
 
-    from packer.cli import cli
+    from packer_cli.main import cli
 
     text = " ".join(CliRunner().invoke(cli, cmd + ["--help"], terminal_width=200).output.split())
     assert "--format [table|json|yaml] How the result is printed" in text

@@ -2,8 +2,8 @@
 
 import pytest
 
-from packer.cli import main
-from packer.discover import NvmlGpu, match_type, to_pool
+from packer_cli.main import main
+from packer_cli.discover import NvmlGpu, match_type, to_pool
 from packer.errors import UserError
 
 GB = 1024**3

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packer.cli_plan import example_path
+from packer_cli.plan import example_path
 
 EXAMPLES = example_path().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fleets"
-from packer.cli import main
+from packer_cli.main import main
 from packer.fleet import FleetError, load_fleet, parse_fleet
 
 FLEETS = sorted(EXAMPLES.glob("*.yaml"))
@@ -88,7 +88,7 @@ def test_cli_missing_file_and_bad_yaml(tmp_path, capsys):
 def test_console_script_exit_code(tmp_path):
     p = tmp_path / "bad.yaml"
     p.write_text(yaml.safe_dump(mutate(BAD["unknown gpu"][0])))
-    r = subprocess.run([sys.executable, "-m", "packer.cli", "plan", str(p)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "packer_cli", "plan", str(p)], capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "a200-80gb" in r.stderr
 
 

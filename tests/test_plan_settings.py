@@ -73,7 +73,7 @@ def test_headroom_out_of_range_is_refused() -> None:
 def test_the_simulator_runs_at_the_plans_headroom() -> None:
     pytest.importorskip("numpy")
     from sims.engine import Simulation
-    from sims.handplan import Group, hand_plan
+    from packer.handplan import Group, hand_plan
     from sims.scenario import Scenario
 
     plan = replace(tiny_plan(rate=400.0), settings=PlanSettings(headroom=0.3))

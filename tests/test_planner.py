@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from packer.cli_plan import example_path
+from packer_cli.plan import example_path
 
 EXAMPLES = example_path().parent
 from packer.check import check_plan

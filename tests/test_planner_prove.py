@@ -38,14 +38,19 @@ def test_memory_fragmentation_the_relaxation_pools_away_is_proven():
     fleet = parse_fleet(doc)
     plain = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=0))
     assert plain.cost_per_hour == pytest.approx(2.4)
-    assert plain.lower_bound_cost_per_hour == pytest.approx(1.6)
+    # The pattern LP's groups are groups the slot maths admits, so it sees the fragmentation too.
+    assert plain.lower_bound_cost_per_hour == pytest.approx(2.4)
+    assert plain.bound_method.startswith("pattern LP")
     # by default the search runs on a fleet this small (on the greedy plan, before improving it),
     # and with --prove after the search
     for settings_ in (PlanSettings(time_limit_s=1), PlanSettings(time_limit_s=1, prove_s=10)):
         proven = plan_fleet(fleet, settings_)
         assert proven.status == "optimal" and proven.gap == pytest.approx(0)
-        assert proven.bound_method.startswith("exact search: no cheaper plan exists")
+        assert proven.bound_method.startswith(("exact search: no cheaper plan exists", "pattern LP"))
         assert check_plan(proven) == []
+    # The exact search alone proves it as well.
+    proof = prove(Problem(fleet, PlanSettings()), 2.4, 0.0, 10)
+    assert proof is not None and proof.optimal and proof.bound == pytest.approx(2.4)
 
 
 def test_compute_the_relaxation_pools_away_is_proven():
@@ -56,13 +61,10 @@ def test_compute_the_relaxation_pools_away_is_proven():
     problem = Problem(fleet, PlanSettings())
     plan = plan_fleet(fleet, PlanSettings(time_limit_s=1, prove_s=0))
     assert plan.cost_per_hour == pytest.approx(2.4)
-    assert plan.lower_bound_cost_per_hour < 2.4 - 1e-6
-    from packer.report import summary
-
-    assert "`--prove 120` searches exactly" in summary(plan)  # the user is told how to settle it
+    assert plan.lower_bound_cost_per_hour == pytest.approx(2.4)  # the pattern LP: no L4 holds two
     assert fits(problem, {"l4": 2}, 10) is False
     assert fits(problem, {"l4": 3}, 10) is True
-    proof = prove(problem, 2.4, plan.lower_bound_cost_per_hour, 10)
+    proof = prove(problem, 2.4, 0.0, 10)
     assert proof is not None and proof.optimal and proof.bound == pytest.approx(2.4)
 
 
@@ -94,13 +96,13 @@ def test_every_plan_fits_the_exact_model(doc):
 def test_cli_prove_reports_the_proof_and_rejects_negative_seconds(tmp_path, capsys):
     import yaml
 
-    from packer.cli import main
+    from packer_cli.main import main
 
     p = tmp_path / "three.yaml"
     p.write_text(yaml.safe_dump({"name": "three", "pools": [L4], "models": [_model(n, 13, 1) for n in "abc"]}))
     assert main(["plan", str(p), "--time-limit", "1", "--prove", "10"]) in (0, None)
     out = capsys.readouterr().out
-    assert "exact search: no cheaper plan exists" in out and "gap 0.0%" in out
+    assert ("exact search: no cheaper plan exists" in out or "pattern LP" in out) and "gap 0.0%" in out
     assert "hint:" not in out
     assert main(["plan", str(p), "--prove", "-1"]) == 2
     assert "'--prove': -1 is out of range; give at least 0" in capsys.readouterr().err

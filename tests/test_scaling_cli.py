@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from packer.cli import main
+from packer_cli.main import main
 from packer.fleet import load_fleet
 from packer.plan import PlanSettings, load_plan, save_plan
 from packer.planner import plan_fleet

@@ -32,6 +32,7 @@ from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
+from packer.planner.patterns import pattern_bound
 from packer.slot import WHOLE, latency_scale
 
 MAX_CLASSES = 5
@@ -48,16 +49,23 @@ MIP_UP_TO = 60
 """Up to this many models the duty-class MIP usually finishes within a few seconds."""
 
 
+PATTERN_SHARE = 0.6
+"""The pattern LP's column generation gets what the aggregate LPs left of the bound's time, and at
+least this share of it."""
 MIP_MIN_S = 8.0
 """With the default budget, the MIP gets at least this long: multilingual-10's (40 models) needs
 6.3 s, where 45 % of the plan's 7.5 s left it 2-3 s and no bound (16.40/h from the LP, not 17.70)."""
 
 
-def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: float = 0.0) -> tuple[float, str]:
+def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: float = 0.0, *,
+                upper: float = math.inf, seeds: list[tuple[str, list[tuple[str, int]]]] = (),
+                counts: dict[str, set[int]] | None = None, keep: list | None = None) -> tuple[float, str]:
     """The best of the closed form (``closed_form``: no solver, any fleet size, so the bound is
-    never 0 for a fleet that needs a GPU), the relaxation's LP, and its duty-class MIP or LP where
-    time allows; then raised to the cheapest whole-GPU purchase that costs at least as much. The
-    description names the bound that won.
+    never 0 for a fleet that needs a GPU), the pattern LP (``patterns.py``: column generation,
+    a Lagrangian bound), the relaxation's LP, and its duty-class MIP or LP where time allows; then
+    raised to the cheapest whole-GPU purchase that costs at least as much. The description names
+    the bound that won. ``upper``, ``seeds`` and ``counts`` go to ``patterns.pattern_bound``, whose
+result is appended to ``keep`` (its columns can seed a packing).
 
     ``multi_cost`` must be a lower bound on what the multi-GPU models cost (``solve.multi_floor``);
     the shared models may use every GPU of a pool, since where the multi-GPU models sit is open.
@@ -80,14 +88,36 @@ def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: f
         found.append(_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES))
     if n > CLASSES_UP_TO or found[-1] is None:
         found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
+    # The pattern LP bounds the whole plan, multi-GPU replicas included; the others bound the
+    # shared models, to which multi_cost is added below.
+    # The aggregate LPs first: a few seconds, and a floor where column generation is cut short
+    # (its Lagrangian bound is poor far from the LP's optimum). Then the pattern LP.
+    pat = pattern_bound(problem, max(left(), PATTERN_SHARE * time_limit), upper, seeds, counts)
+    whole_of = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
+    pattern = None
+    if pat is not None and keep is not None:
+        keep.append(pat)
+    if pat is not None and pat.value > 0:
+        total = whole_gpus(whole_of, pat.value)
+        note = "" if pat.converged else ", column generation stopped at its time limit"
+        pattern = (total, f"pattern LP, Lagrangian bound over the replica counts the planner offers "
+                          f"({pat.columns} patterns{note})"
+                   + (f", {pat.value:.2f} rounded up to whole GPUs" if total > pat.value + 1e-6 else ""))
+    # The MIP's integer slot counts rarely beat the pattern LP: with one, it gets only the time left.
+    if pattern is not None:
+        mip_s = 0.0
     if n <= MIP_UP_TO and max(left(), mip_s) > 0.2:
         found.append(_solve(problem, max(left(), mip_s), integer=True, max_classes=MIP_CLASSES))
     best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
     limits = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
     whole = whole_gpus(limits, best[0])
     if whole > best[0] + 1e-6:
-        return multi_cost + whole, best[1] + f", {best[0]:.2f} rounded up to whole GPUs"
-    return multi_cost + best[0], best[1]
+        best = (multi_cost + whole, best[1] + f", {best[0]:.2f} rounded up to whole GPUs")
+    else:
+        best = (multi_cost + best[0], best[1])
+    if pattern is not None and pattern[0] > best[0] + 1e-6:
+        return pattern
+    return best
 
 
 def _slice_weights(problem: Problem, pool) -> dict[str, tuple[float, float]]:

@@ -106,7 +106,8 @@ def purchase_cost(prices: dict[str, float], counts: dict[str, int]) -> float:
 
 
 def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
-          max_purchases: int = MAX_PURCHASES, stop_on_fit: bool = False) -> Proof | None:
+          max_purchases: int = MAX_PURCHASES, stop_on_fit: bool = False,
+          wall_s: float | None = None) -> Proof | None:
     """Look for a packing of the shared models on GPUs that cost less than ``cost``.
 
     ``cost`` and ``lower`` count the shared models' GPUs only: the caller takes off a lower bound
@@ -133,6 +134,9 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
     # Time is CP-SAT's deterministic time, so the verdicts do not depend on the machine's load; the
     # wall clock only stops a much slower machine.
     spent: list[float] = []
+    # A default search inside a plan's budget gets a wall-clock cap of its own (``wall_s``): on a
+    # busy machine deterministic seconds ran 8x slower than the wall clock (47 s for 6).
+    wall = wall_s if wall_s is not None else WALL_GUARD * time_limit + 5
     pending = sorted(todo, key=lambda c: purchase_cost(prices, c))
     for rnd in (0, 1):
         still = []
@@ -141,8 +145,10 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
             share = left / (len(pending) - i)
             if rnd == 0 and len(pending) > 1:
                 share = min(share / 4, QUICK_LOOK)
-            slow = time.monotonic() - t0 > WALL_GUARD * time_limit + 5
-            verdict = fits(problem, counts, share, spent) if share > 0.05 and not slow else None
+            elapsed = time.monotonic() - t0
+            slow = elapsed > wall
+            verdict = (fits(problem, counts, share, spent, wall_s=max(0.1, wall - elapsed))
+                       if share > 0.05 and not slow else None)
             if verdict is False:
                 ruled.append(counts)
             elif verdict is True:
@@ -193,7 +199,7 @@ def _can_host(m: Model, st: SlotType, u: float) -> bool:
 
 
 def fits(problem: Problem, counts: dict[str, int], time_limit: float,
-         spent: list[float] | None = None) -> bool | None:
+         spent: list[float] | None = None, wall_s: float | None = None) -> bool | None:
     """Does the relaxed exact model fit the shared models on these GPUs? None: not settled.
 
     ``time_limit`` is in CP-SAT's deterministic seconds; the time used is appended to ``spent``.
@@ -318,7 +324,7 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float,
 
     solver = cp_model.CpSolver()
     solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = WALL_GUARD * time_limit + 1
+    solver.parameters.max_time_in_seconds = min(WALL_GUARD * time_limit + 1, wall_s or math.inf)
     solver.parameters.num_workers = 1
     # Without the LP relaxation CP-SAT settles these feasibility questions far faster: multilingual's
     # 1 A100 + 6 L4 in 3.8 s instead of 60-75 s (its LP is weak here, and only slows propagation).

@@ -32,7 +32,11 @@ Progress = Callable[[str, float], None]
 
 
 def auto_time_limit(fleet: Fleet) -> float:
-    """Whole budget from fleet size: 7.25 s at 20 models, 8.5 s at 200, 22 s at 500, 89.5 s at 2000.
+    """Whole budget from fleet size: 8.6 s at 20 models, 14 s at 200, 22 s at 500, 89.5 s at 2000.
+
+    The pattern LP's column generation (``patterns.py``) needs a few seconds to converge on
+    150-250 models (long-tail: 6 s leaves it short, 57.3/h against 49.0/h), hence more time there
+    than the 8.5 s before it; issue 14 allows 30 s up to 500 models.
 
     Up to 250 models 45% goes to improving the plan and 45% to the lower bound; above, 50% and 40%
     (only the one-class LP runs there: 1.8 s at 500 models, 16 s at 2000; the greedy restarts
@@ -43,9 +47,9 @@ def auto_time_limit(fleet: Fleet) -> float:
     proves the greedy plan optimal, the search's share is not spent.
     """
     n = len(fleet.models)
-    if n <= 100:
-        return 7.0 + 0.0125 * n
-    return 8.25 + 0.0025 * (n - 100) if n <= 200 else min(100.0, 8.5 + 0.045 * (n - 200))
+    if n <= 200:
+        return 8.0 + 0.03 * n
+    return 14.0 + 0.027 * (n - 200) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
 
 
 def _multi_replicas(problem: Problem, m: Model, pool: Pool) -> int | None:
@@ -486,7 +490,8 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
         return lb, method
     if progress:
         progress("proving", time.monotonic() - t0)
-    limits = {"max_purchases": PROVE_FIRST_PURCHASES, "stop_on_fit": True} if first else {}
+    limits = ({"max_purchases": PROVE_FIRST_PURCHASES, "stop_on_fit": True, "wall_s": 1.5 * seconds + 1.0}
+              if first else {})
     proof = prove(problem, cost - multi_cost, lb - multi_cost, seconds, **limits)
     if first and (proof is None or not proof.optimal and proof.bound + multi_cost <= lb + 1e-6):
         return lb, method  # a cheaper plan may exist: the search looks for it
@@ -522,6 +527,32 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
         return None
     return (current.lower_bound_cost_per_hour,
             f"{current.bound_method}; carried from the current plan (same fleet and settings)")
+
+
+MASTER_SHARE = 0.25
+"""Share of the plan's time limit the integer master over the pattern LP's columns may take."""
+
+
+def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
+                   limit: float) -> list[Gpu]:
+    """The integer master's packing (``colplan.integer_master``), consolidated, where it is
+    cheaper than ``gpus`` (the shared GPUs so far); else ``gpus``."""
+    from packer.planner.colplan import integer_master
+
+    now = cost_of(problem, gpu_counts(problem, gpus))
+    seconds = min(MASTER_SHARE * limit, max(0.0, deadline - time.monotonic()) * 0.5)
+    if seconds < 0.3:
+        return gpus
+    new = integer_master(problem, pat, reserved, seconds, now)
+    if new is None:
+        return gpus
+    new = consolidate(problem, new, max(deadline, time.monotonic() + 1.0))
+    return new if cost_of(problem, gpu_counts(problem, new)) < now - 1e-9 else gpus
+
+
+def _groups(gpus: list[Gpu]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """The packing's groups (slot type, [(model, replica count)]): first columns of the pattern LP."""
+    return [(sl.type.key, [(r.model.name, r.count) for r in sl.reps]) for g in gpus for sl in g.slots if sl.reps]
 
 
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
@@ -588,9 +619,18 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         if progress:
             progress("bound", time.monotonic() - t0)
         began = time.monotonic()
-        first = _prove(problem, greedy_cost, floor, *lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s),
-                       min(PROVE_FIRST_S, limit), progress, t0, first=True)
+        keep: list = []
+        bound = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s, upper=greedy_cost, seeds=_groups(gpus),
+                            keep=keep)
         deadline += time.monotonic() - began  # the search keeps its share of the budget
+        # Whole numbers of the pattern LP's columns: a packing that sees every group at once
+        # (colplan.py). It takes part of the search's share.
+        if keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6:
+            gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, deadline, limit)
+            greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
+        began = time.monotonic()
+        first = _prove(problem, greedy_cost, floor, *bound, min(PROVE_FIRST_S, limit), progress, t0, first=True)
+        deadline += time.monotonic() - began
     elif current is not None:
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
     if first is not None and first[0] >= greedy_cost - 1e-6:
@@ -607,7 +647,13 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)
-        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s)
+        used: dict[str, set[int]] = defaultdict(set)  # a re-plan may keep counts the search does not offer
+        for g in gpus:
+            for sl in g.slots:
+                for r in sl.reps:
+                    used[r.model.name].add(r.count)
+        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s,
+                            upper=cost_of(problem, gpu_counts(problem, gpus)), seeds=_groups(gpus), counts=used)
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s and lb < cost - 1e-6:

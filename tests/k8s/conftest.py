@@ -101,6 +101,7 @@ class EmulatorThread:
         "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", True),
         "coordination.k8s.io/v1/leases": ("Lease", True),
         "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True),
+        "resource.k8s.io/v1/resourceclaims": ("ResourceClaim", True),  # --devices dra
     }
 
     def __init__(self) -> None:

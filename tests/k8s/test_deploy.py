@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import kubernetes_validate
+import pytest
 import yaml
 
 import k8s
@@ -14,7 +15,10 @@ VERSION = kubernetes_validate.utils.latest_version()
 
 
 def docs() -> list[dict]:
-    return [d for f in sorted(DEPLOY.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    """What `kubectl apply -k k8s/deploy/base` applies, and the example fleet."""
+    from kustomize_lite import build
+
+    return build(DEPLOY / "base") + [d for d in yaml.safe_load_all((DEPLOY / "fleet-configmap.yaml").read_text()) if d]
 
 
 def test_manifests_validate_strictly() -> None:
@@ -53,10 +57,20 @@ def allowed(rules_by_ns: dict[str | None, list[dict]], verb: str, group: str, re
     return False
 
 
-def test_every_call_of_a_full_reconcile_is_allowed_and_nothing_more_is_granted(cluster, plans) -> None:
+@pytest.mark.parametrize("devices", ["device-plugin", "dra"])
+def test_every_call_of_a_full_reconcile_is_allowed_and_nothing_more_is_granted(cluster, plans, devices,
+                                                                             tmp_path) -> None:
     """Run a converge and a migration, then check each request the server saw against the RBAC
-    rules; and that no resource is granted that the reconciler never touched."""
-    r = cluster.reconciler()
+    rules; and that no resource is granted that the reconciler never touched. With --devices dra,
+    the rules are the base's and the dra component's (ResourceClaims) together."""
+    from dataclasses import replace
+
+    from kustomize_lite import build, deploy_with
+
+    from k8s.settings import ReconcileSettings
+
+    manifests = docs() if devices == "device-plugin" else build(deploy_with(tmp_path, components=("dra",)))
+    r = cluster.reconciler(render=replace(ReconcileSettings().render, devices=devices))
     cluster.converge(r)
     cluster.slots_by_scale[3.0] = [s for s in plans.base_slots if s[4] != 4] + [
         ("l4", "l4-n0", 2, "whole", None, [("asr", 1)])]
@@ -64,7 +78,7 @@ def test_every_call_of_a_full_reconcile_is_allowed_and_nothing_more_is_granted(c
     cluster.converge(r)
     sa = "packer-reconciler"
     rules: dict[str | None, list[dict]] = {}
-    for d in docs():
+    for d in manifests:
         if d["kind"] in ("Role", "ClusterRole"):
             rules.setdefault(d["metadata"].get("namespace") if d["kind"] == "Role" else None, []).extend(d["rules"])
     verbs = {"GET": "get", "POST": "create", "PATCH": "patch", "DELETE": "delete"}
@@ -81,3 +95,4 @@ def test_every_call_of_a_full_reconcile_is_allowed_and_nothing_more_is_granted(c
     granted = {res for rs in rules.values() for rule in rs for res in rule["resources"]}
     assert granted == {res for res, _ in used}
     assert ("deployments", "delete") in used and ("nodes", "patch") in used
+    assert (("resourceclaims", "delete") in used) == (devices == "dra")

@@ -206,7 +206,7 @@ def _kubectl_reads(d: Path) -> list[tuple[Path, dict]]:
 def test_kubectl_apply_reads_only_objects(base_plan, tmp_path: Path, capsys, flag) -> None:
     """Issue 16 item 12: node-labels.yaml at the top of the directory made `kubectl apply -f` fail
     (apiVersion not set, kind not set)."""
-    from packer.cli import main
+    from packer_cli.main import main
     from packer.plan import save_plan
 
     save_plan(base_plan, tmp_path / "plan.json")
@@ -227,7 +227,7 @@ def test_kubectl_apply_reads_only_objects(base_plan, tmp_path: Path, capsys, fla
 
 def test_mig_parted_config_is_a_readable_block(base_plan, tmp_path: Path) -> None:
     """The mig-parted config inside its ConfigMap is YAML a person reads, not one escaped line."""
-    from packer.cli import main
+    from packer_cli.main import main
     from packer.plan import save_plan
 
     save_plan(base_plan, tmp_path / "plan.json")
@@ -246,7 +246,7 @@ def test_label_script_labels_each_named_node(base_plan, tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from packer.cli import main
+    from packer_cli.main import main
     from packer.plan import save_plan
 
     save_plan(base_plan, tmp_path / "plan.json")

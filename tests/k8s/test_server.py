@@ -102,7 +102,7 @@ def test_dry_run_prints_the_confirm_command_with_the_flags_given(cluster, tmp_pa
     import json
     import shlex
 
-    from packer.cli import main
+    from packer_cli.main import main
 
     run = CliRunner()
     args = ["--server", cluster.emu.url, "--planner-time-limit", "2", "--namespace", "packer"]
@@ -120,7 +120,7 @@ def test_dry_run_prints_the_confirm_command_with_the_flags_given(cluster, tmp_pa
 
 
 def test_unreachable_api_server_is_one_line_with_a_fix(capsys) -> None:
-    from packer.cli import main
+    from packer_cli.main import main
 
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

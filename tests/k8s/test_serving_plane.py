@@ -22,7 +22,10 @@ DEPLOY = Path(k8s.__file__).parent / "deploy"
 
 
 def deploy_docs() -> list[dict]:
-    return [d for f in sorted(DEPLOY.glob("*.yaml")) for d in yaml.safe_load_all(f.read_text()) if d]
+    """What `kubectl apply -k k8s/deploy/base` applies."""
+    from kustomize_lite import build
+
+    return build(DEPLOY / "base")
 
 
 def of(objs: list[dict], kind: str) -> list[dict]:

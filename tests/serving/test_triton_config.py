@@ -62,8 +62,18 @@ def test_sequence_model_uses_oldest_with_control_inputs_and_duty_cycle_delay(pla
     assert sb.oldest.max_candidate_sequences == 56
 
 
-def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, repos):
-    cfg = configs(repos)["punct-es"]
+def test_dynamic_batchers_have_no_queue_policy_so_they_prefetch(plan, repos):
+    """Any queue policy (timeout, queue bound, priority levels) stops Triton's batcher prefetching,
+    and then it can sleep through its own instance freeing (docs/serving.md)."""
+    for cfg in configs(repos).values():
+        if cfg.HasField("dynamic_batching"):
+            db = cfg.dynamic_batching
+            assert db.default_queue_policy == mc.ModelQueuePolicy()
+            assert db.priority_levels == 0 and not db.priority_queue_policy
+
+
+def test_dynamic_queue_rejects_what_can_no_longer_meet_the_slo_when_asked(plan, tmp_path):
+    cfg = configs(repositories(plan, replace(RenderSettings(), shed=True)))["punct-es"]
     p = plan.placements[0]
     model = plan.fleet.model("punct-es")
     member = next(m for m in p.models if m.name == "punct-es")
@@ -79,7 +89,7 @@ def test_dynamic_streaming_queue_rejects_what_can_no_longer_meet_the_slo(plan, r
     assert servable(model.slo_ms - run, base, per, model.max_batch) == best
     assert cfg.dynamic_batching.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
     assert not cfg.dynamic_batching.preferred_batch_size
-    assert cfg.dynamic_batching.priority_levels == 0  # streaming: no lower priority
+    assert cfg.dynamic_batching.priority_levels == 0
 
 
 def test_batch_models_wait_one_cycle_name_no_preferred_size_and_take_equal_turns(plan, repos):
@@ -90,8 +100,7 @@ def test_batch_models_wait_one_cycle_name_no_preferred_size_and_take_equal_turns
         # A preferred size would cut batches early and pay the per-batch cost more often than planned.
         assert not db.preferred_batch_size
         assert db.max_queue_delay_microseconds == round(p.duty_cycle_ms * 1000)
-        assert db.default_queue_policy.max_queue_size > 0
-        assert (db.priority_levels, db.default_priority_level) == (2, 2)
+        assert db.priority_levels == 0
         # The slot's members take equal turns on its rate-limiter unit.
         assert cfg.instance_group[0].rate_limiter.priority == 1
 

@@ -24,7 +24,7 @@ from packer.plan import save_plan
 from packer.slot import servable
 from serving.config import timing
 from serving.control import ServerControl, digest
-from serving.group import placement, plan_of
+from packer.handplan import placement, plan_of
 from serving.local import LocalTriton
 from serving.metrics import scrape, signals
 from serving.repository import group_repositories, repositories, write_repository
@@ -132,15 +132,15 @@ def test_batch_model_batches_concurrent_requests_and_metrics_show_it(batch):
     assert sig.queue_ms > 0
 
 
-def test_a_burst_beyond_what_can_meet_the_slo_is_rejected_at_once(tmp_path):
-    """ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) provisioned for batches of 2 (15.6 ms) has
-    84.4 ms to queue, in which it can finish at most 27 requests; of a burst of 150, the rest are
-    turned away at once instead of queueing to fail late."""
+def test_a_burst_beyond_what_can_meet_the_slo_is_rejected_at_once_when_shedding(tmp_path):
+    """With ``RenderSettings.shed``: ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) provisioned for
+    batches of 2 (15.6 ms) has 84.4 ms to queue, in which it can finish at most 27 requests; of a
+    burst of 150, the rest are turned away at once instead of queueing to fail late."""
     f = fleet("long-tail")
     p = placement(f, "l4", [("ft-0002", 1.0)])
-    (repo,) = group_repositories(plan_of(f, [p]), p, RenderSettings(device="cpu"))
+    (repo,) = group_repositories(plan_of(f, [p]), p, RenderSettings(device="cpu", shed=True))
     bound = repo.models[0].config.dynamic_batching.default_queue_policy.max_queue_size
-    t = timing(f, p, "ft-0002", RenderSettings(device="cpu"))
+    t = timing(f, p, "ft-0002", RenderSettings(device="cpu", shed=True))
     assert t.batch == 2 and bound == servable(t.budget_ms, t.base_ms, t.per_item_ms, 32) == 27
     burst = 150
 
@@ -204,7 +204,7 @@ def test_control_moves_the_server_without_cutting_an_open_sequence(plan, tmp_pat
 
 
 def test_cli_renders_and_serves_a_plan(plan, tmp_path, capsys):
-    from packer.cli import main
+    from packer_cli.main import main
 
     save_plan(plan, tmp_path / "plan.json")
     assert main(["render", "triton", str(tmp_path / "plan.json"), "-o", str(tmp_path / "out"), "--device", "cpu"]) == 0
@@ -325,7 +325,7 @@ def test_serve_local_prints_a_request_that_works_when_pasted(plan, tmp_path, gro
 
     save_plan(plan, tmp_path / "plan.json")
     root = Path(__file__).resolve().parents[2]
-    proc = subprocess.Popen([sys.executable, "-m", "packer", "serve-local", str(tmp_path / "plan.json"), "--group", group,
+    proc = subprocess.Popen([sys.executable, "-m", "packer_cli", "serve-local", str(tmp_path / "plan.json"), "--group", group,
                              "--seconds", "120", "--time-scale", str(FAST), "--format", "json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=root,
                             env=dict(os.environ, PYTHONPATH=str(root)))

@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from packer.fleet import Fleet, load_fleet
 from packer.plan import Plan
-from serving.group import placement, plan_of
+from packer.handplan import placement, plan_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "packer" / "examples"
 GOLDEN = Path(__file__).resolve().parent / "golden"

@@ -12,7 +12,7 @@ import pytest
 import sims.server as server
 from packer.fleet import parse_fleet
 from sims.engine import simulate
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server
 
 
@@ -48,7 +48,7 @@ def test_compiled_loop_equals_its_python_source(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(server.SlotServer, "_refill_noise", lambda self: refills.append(1) or refill(self))
     monkeypatch.setattr(server.SlotServer, "_refill_wake", lambda self: wakes.append(1) or refill_wake(self))
     plan = _overloaded_trio()
-    sc = Scenario(process="poisson", traffic_scale=scale, server=Server(noise_cv=0.3, missed_wake=0.4,
+    sc = Scenario(process="poisson", traffic_scale=scale, server=Server(noise_cv=0.3, missed_wake=0.4, queue_timeouts=True,
                                                                             queue_bound=True))
     a = simulate(plan, sc, duration_s=seconds, seed=5).to_dict()
     monkeypatch.setattr(server, "_batch_loop", compiled.py_func)

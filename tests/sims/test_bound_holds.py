@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from packer.fleet import FleetError, parse_fleet
 from packer.slot import SlotType, feasible, item, largest
-from serving.group import placement, plan_of
+from packer.handplan import placement, plan_of
 from sims.engine import simulate
 from sims.scenario import Scenario
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from packer.cli import main
+from packer_cli.main import main
 from packer.fleet import parse_fleet
 from packer.plan import save_plan
 from packer.slot import SlotType
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.policies import ClusterView, get_policy, policy_names, register_policy
 from sims.server import batcher_config
 
@@ -93,20 +93,23 @@ def test_capacity_replans_per_growth(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_batcher_matches_the_triton_writer() -> None:
-    """The simulator batches with the numbers serving/config.py writes into Triton's config."""
+    """The simulator batches with the numbers serving/config.py writes into Triton's config, with
+    the rejecting queue (``shed``) and without it (the default: no timeout, no bound)."""
     serving = pytest.importorskip("serving.config")
     from serving.settings import RenderSettings
 
     f = parse_fleet(FLEET)
     plan = hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))])
     checked = 0
-    for p in plan.placements:
+    for p, shed in ((p, shed) for p in plan.placements for shed in (False, True)):
         st = SlotType(f.pool(p.pool), p.slot)
         for mem in p.models:
-            cfg = serving.model_config(f, p, mem.name, RenderSettings(), shared=len(p.models) > 1)
-            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, queue_bound=True)
-            if cfg.HasField("sequence_batching"):
-                b = cfg.sequence_batching.oldest
+            cfg = serving.model_config(f, p, mem.name, RenderSettings(shed=shed), shared=len(p.models) > 1)
+            c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, timeouts=shed,
+                               queue_bound=shed)
+            if cfg.HasField("sequence_batching") or not shed:
+                b = cfg.sequence_batching.oldest if cfg.HasField("sequence_batching") else cfg.dynamic_batching
+                assert not cfg.dynamic_batching.HasField("default_queue_policy")
                 timeout_us = None
             else:
                 b = cfg.dynamic_batching
@@ -121,7 +124,7 @@ def test_batcher_matches_the_triton_writer() -> None:
                 assert c.timeout_s * 1e6 == pytest.approx(timeout_us, abs=1)
                 assert c.max_queue == b.default_queue_policy.max_queue_size
             checked += 1
-    assert checked == 3
+    assert checked == 6
 
 
 def test_registry_builds_registered_policies() -> None:

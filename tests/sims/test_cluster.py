@@ -8,7 +8,7 @@ import pytest
 
 from packer.fleet import parse_fleet
 from sims.engine import Simulation, simulate
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.policies import AddSlot, ClusterView, FunctionPolicy, RemoveSlot
 from sims.scenario import Burst, Cluster, ModelTraffic, Scenario, Server, Spike
 
@@ -50,7 +50,7 @@ def without_perf(r: Any) -> dict:
 def test_same_seed_same_numbers_other_seed_other_numbers() -> None:
     plan = one_slot_plan()
     sc = Scenario(process="diurnal", start_hour=10, bursts=(Burst("*", 3.0, 120.0, 20.0),),
-                  server=Server(noise_cv=0.1))
+                  server=Server(noise_cv=0.1, queue_timeouts=True))
     a = simulate(plan, sc, duration_s=600, seed=3)
     b = simulate(plan, sc, duration_s=600, seed=3)
     c = simulate(plan, sc, duration_s=600, seed=4)
@@ -64,7 +64,7 @@ def test_conservation_under_overload_timeouts_and_preemption() -> None:
     # No notice: whatever is queued or running on a preempted node is lost.
     sc = Scenario(process="peak", traffic_scale=5.0, models=(ModelTraffic("punct", scale=8.0),),
                   cluster=Cluster(spot_preemptions_per_node_hour=6.0, preemption_notice_s=0.0),
-                  server=Server(noise_cv=0.2))
+                  server=Server(noise_cv=0.2, queue_timeouts=True))
     r = simulate(plan, sc, duration_s=1800, seed=5)
     conserved(r)
     for reason in ("timeout", "preempted", "no-replica"):

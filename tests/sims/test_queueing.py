@@ -9,7 +9,7 @@ import pytest
 
 from packer.fleet import parse_fleet
 from sims.engine import Simulation, simulate
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server, Trace, parse_scenario
 
 
@@ -80,7 +80,7 @@ def test_deterministic_batcher_max_queue_delay(tmp_path: Path) -> None:
     request with the 3 requests that came by then (waits 25, 15, 5 ms), runs 2 + 0.5*3 = 3.5 ms."""
     f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8)
     plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
-    sc = Scenario(trace=_every_10ms(tmp_path, 3000), server=Server(queue_delay_ms=25.0))
+    sc = Scenario(trace=_every_10ms(tmp_path, 3000), server=Server(queue_delay_ms=25.0, queue_timeouts=True))
     r = simulate(plan, sc, duration_s=31.0, seed=0)
     m = r.models[0]
     assert m["completed"] == 3000
@@ -112,7 +112,7 @@ def test_queue_timeout_rejects_overload() -> None:
     and every served one met its deadline budget (queue <= slo - run)."""
     f = fleet(200.0, base=10.0, per_item=0.0, max_batch=1, slo=200.0, kind="batch")
     plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 1})])
-    r = simulate(plan, Scenario(process="poisson"), duration_s=300, seed=2)
+    r = simulate(plan, Scenario(process="poisson", server=Server(queue_timeouts=True)), duration_s=300, seed=2)
     m = r.models[0]
     assert m["rejected"]["timeout"] / m["arrivals"] == pytest.approx(0.5, abs=0.02)
     assert m["p99_ms"] <= 200.0 * 1.005
@@ -175,7 +175,7 @@ def test_full_queue_refuses_arrivals(tmp_path: Path, bound: bool) -> None:
     p = tmp_path / "trace.csv"
     times = [k * 1e-6 for k in range(25)] + [0.025] * 3
     p.write_text("timestamp,model\n" + "".join(f"{t!r},m\n" for t in times))
-    sc = Scenario(trace=Trace(str(p), loop=False), server=Server(queue_delay_ms=0.1, queue_bound=bound))
+    sc = Scenario(trace=Trace(str(p), loop=False), server=Server(queue_delay_ms=0.1, queue_bound=bound, queue_timeouts=True))
     m = simulate(plan, sc, duration_s=1.0, seed=0).models[0]
     assert m["completed"] == 13
     assert m["rejected"]["queue-full" if bound else "timeout"] == 15

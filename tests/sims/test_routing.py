@@ -8,7 +8,7 @@ import pytest
 from packer.fleet import parse_fleet
 from packer.slot import SlotType, single_capacity
 from sims.engine import simulate, weighted_split
-from sims.handplan import Group, hand_plan
+from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server, parse_scenario
 
 
@@ -42,9 +42,11 @@ def test_weighted_routing_spares_the_small_replica() -> None:
     # capacities at the plan's headroom, as the hand plan's slots and the simulator's weights have them
     caps = [single_capacity(f.model("m"), SlotType(f.pool("a100"), p), plan.settings.u) for p in ("whole", "1g.10gb")]
     scale = 0.8 * sum(caps) / 100.0
-    rr = simulate(plan, Scenario(process="poisson", traffic_scale=scale), duration_s=60, seed=1).models[0]
-    wt = simulate(plan, Scenario(process="poisson", traffic_scale=scale, server=Server(routing="weighted")),
+    # Rejecting queues (``--shed``), so an overloaded replica shows as timeouts.
+    rr = simulate(plan, Scenario(process="poisson", traffic_scale=scale, server=Server(queue_timeouts=True)),
                   duration_s=60, seed=1).models[0]
+    wt = simulate(plan, Scenario(process="poisson", traffic_scale=scale,
+                                 server=Server(routing="weighted", queue_timeouts=True)), duration_s=60, seed=1).models[0]
     assert rr["arrivals"] == wt["arrivals"]  # same traffic
     assert rr["rejected"]["timeout"] / rr["arrivals"] > 0.2  # > 40 % of the slice's half
     assert wt["rejected"]["timeout"] == 0 and wt["slo_attainment"] == 1.0

@@ -1,24 +1,26 @@
 """The ``packer`` command line.
 
-Subcommands that live in adapter packages (``serving``, ``sims``, ``k8s``) are imported lazily by
-dotted name, so the core never imports an adapter and ``packer plan`` starts without loading
-Triton or Kubernetes clients.
+Subcommands are loaded on first use, each by a small function that imports its module: the
+adapters' commands need their optional extras (Triton's client, Kubernetes', numpy), and
+``packer plan`` starts without loading any of them. The imports are plain statements inside those
+functions, so the layer contracts (import-linter) see every edge.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
+from collections.abc import Callable
 
 import click
 
+from packer.cliutil import flush_notes
 from packer.errors import UserError
 
 
 class LazyGroup(click.Group):
-    """A click group whose subcommands are ``"module:attr"`` strings, imported on first use."""
+    """A click group whose subcommands are loaded by a function on first use."""
 
-    def __init__(self, *args, lazy: dict[str, str] | None = None, **kwargs) -> None:
+    def __init__(self, *args, lazy: dict[str, Callable[[], click.Command]] | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.lazy = dict(lazy or {})
 
@@ -27,26 +29,63 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.lazy:
-            mod, _, attr = self.lazy[name].partition(":")
-            return getattr(importlib.import_module(mod), attr)
+            return self.lazy[name]()
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, lazy={
-    "plan": "packer.cli_plan:plan",
-    "gpus": "packer.cli_plan:gpus",
-    "scale": "packer.cli_scale:scale",
-    "serve-local": "serving.cli:serve_local",
-    "simulate": "sims.cli:simulate",
-    "capacity": "sims.cli:capacity",
-    "reconcile": "k8s.cli:reconcile",
-})
+def _plan() -> click.Command:
+    from packer_cli.plan import plan
+    return plan
+
+
+def _gpus() -> click.Command:
+    from packer_cli.plan import gpus
+    return gpus
+
+
+def _scale() -> click.Command:
+    from packer_cli.scale import scale
+    return scale
+
+
+def _serve_local() -> click.Command:
+    from serving.cli import serve_local  # the serving extra
+    return serve_local
+
+
+def _render_triton() -> click.Command:
+    from serving.cli import render_triton  # the serving extra
+    return render_triton
+
+
+def _simulate() -> click.Command:
+    from sims.cli import simulate  # the sims extra
+    return simulate
+
+
+def _capacity() -> click.Command:
+    from sims.cli import capacity  # the sims extra
+    return capacity
+
+
+def _reconcile() -> click.Command:
+    from k8s.cli import reconcile  # the k8s extra
+    return reconcile
+
+
+def _render_k8s() -> click.Command:
+    from k8s.cli import render_k8s  # the k8s extra
+    return render_k8s
+
+
+@click.group(cls=LazyGroup, lazy={"plan": _plan, "gpus": _gpus, "scale": _scale, "serve-local": _serve_local,
+                                  "simulate": _simulate, "capacity": _capacity, "reconcile": _reconcile})
 @click.version_option(package_name="packer")
 def cli() -> None:
     """Pack many models onto few GPUs by their traffic and latency targets."""
 
 
-@cli.group(cls=LazyGroup, lazy={"triton": "serving.cli:render_triton", "k8s": "k8s.cli:render_k8s"})
+@cli.group(cls=LazyGroup, lazy={"triton": _render_triton, "k8s": _render_k8s})
 def render() -> None:
     """Turn a plan into what runs it: Triton model repositories or Kubernetes objects."""
 
@@ -65,8 +104,6 @@ def one_line(msg: str, limit: int = 1000) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear message and exit 2, never a traceback."""
-    from packer.cliutil import flush_notes
-
     ok = False
     try:
         cli.main(args=argv, prog_name="packer", standalone_mode=False)

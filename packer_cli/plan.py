@@ -144,7 +144,7 @@ def gpus(gpu_type: str | None, local: bool, layouts: str | None, fmt: str, outpu
 
     check_output_file(output, "-o")
     if local:
-        from packer.discover import read_nvml, to_pool
+        from packer_cli.discover import read_nvml, to_pool
 
         found = to_pool(read_nvml())
         doc = {"pools": [found["pool"]]}

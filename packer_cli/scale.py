@@ -36,7 +36,7 @@ def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
     """Scrape every server twice and sum per model (replicas of one model on several servers)."""
     import time
 
-    from serving import metrics  # adapter: imported only on this path
+    from serving import metrics  # the serving extra, needed only to scrape
 
     t0 = time.monotonic()
     first = [metrics.scrape(u, time.monotonic()) for u in urls]

@@ -1,9 +1,15 @@
 """Plans written by hand: a packing you want to try without the planner's choices.
 
-``hand_plan(fleet, [Group("l4", "whole", ("asr-en", "punct-en"))])`` gives a :class:`Plan` with one
-slot per group, batches and duty cycle from the planner's slot maths (``packer.slot.evaluate``) at
-each model's peak rate divided among its replicas, or exactly the ``batch``/``duty_ms`` given. It is
-what the queueing tests use to put one known server in front of known traffic.
+The one place tests, benchmarks and demos build plans the planner did not choose:
+
+* ``placement(fleet, "l4", [("asr-en", 40.0), ("punct-en", 90.0)])``: "what would Triton run if
+  these models at these rates shared this slot?", the same :class:`Placement` the planner would
+  emit for that group (duty cycle, batches, shares and p99 bounds from ``packer.slot.evaluate``);
+  ``plan_of(fleet, [placement, ...])`` wraps placements in a plan;
+* ``hand_plan(fleet, [Group("l4", "whole", ("asr-en", "punct-en"))])``: one slot per group, each
+  model's peak rate divided among its replicas, batches and duty cycle from the slot maths or
+  exactly the ``batch``/``duty_ms`` given (what the queueing tests use to put one known server in
+  front of known traffic), each member's bound recomputed for those numbers.
 """
 
 from __future__ import annotations
@@ -11,9 +17,37 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.plan import Member, Placement, Plan, PlanSettings
-from packer.slot import WHOLE, SlotType, evaluate, item
+from packer.slot import WHOLE, SlotType, evaluate, item, turns
+
+
+def placement(fleet: Fleet, pool: str, members: list[tuple[str, float]], *, profile: str = WHOLE,
+              node: str = "local", gpu: int = 0, u: float | None = None) -> Placement:
+    """One slot of ``pool``/``profile`` holding one replica of each ``(model, rate_rps)``, at the
+    usable duty-cycle share ``u`` (None: the planner's default, ``PlanSettings().u``)."""
+    u = PlanSettings().u if u is None else u
+    st = SlotType(fleet.pool(pool), profile)
+    items = [item(fleet.model(name), rate, st, u) for name, rate in members]
+    try:
+        res = evaluate(items, st.memory_gb, u)
+    except ValueError as e:
+        raise UserError(f"{e} on {st.key}: lower the rates or split the group") from None
+    kinds = {m.name: fleet.model(m.name).kind for m in res.members}
+    ms = tuple(Member(m.name, kinds[m.name], 0, m.batch_size, m.share, m.memory_gb, m.p99_bound_ms, m.slo_ms, m.rate)
+               for m in res.members)
+    return Placement(pool=pool, node=node, gpu=gpu, slot=profile, models=ms, duty_cycle_ms=res.duty_cycle_ms,
+                     memory_gb=res.memory_gb, memory_capacity_gb=res.memory_capacity_gb,
+                     compute_share=res.compute_share, binding=res.binding, reason=res.reason,
+                     mig_start=None if profile == WHOLE else 0, gpus=(gpu,))
+
+
+def plan_of(fleet: Fleet, placements: list[Placement]) -> Plan:
+    """A plan holding just these placements (cost and bounds unset: it was not optimised)."""
+    return Plan(fleet=fleet, status="feasible", cost_per_hour=0.0, lower_bound_cost_per_hour=0.0,
+                solve_seconds=0.0, gpus={}, baselines={}, placements=tuple(placements),
+                warnings=("hand-picked groups, not a planner result",))
 
 
 @dataclass(frozen=True)
@@ -60,11 +94,15 @@ def hand_plan(fleet: Fleet, groups: list[Group], *, u: float | None = None) -> P
         node, gpu = divmod(k, pool.gpus_per_node)
         members = []
         runs = [item(m, r, st, u).run_ms(b) for m, b, r in zip(models, batches, rates)]
+        C = sum(runs)
         for m, b, r, run in zip(models, batches, rates, runs):
             seen_rep[m.name] = seen_rep.get(m.name, -1) + 1
-            # The slot model's bound (packer.slot): the cut, then a round of every member's batch.
+            # The slot model's bound (packer.slot): the cut, then k rounds of every member's batch,
+            # with k what these batches need for the window's arrivals; none suffices: no bound.
+            k = turns(r, b, duty, C, run)
+            bound = duty + k * C if k > 0 else math.inf
             members.append(Member(m.name, m.kind, seen_rep[m.name], b, run / duty if duty > 0 else 0.0, m.memory_gb,
-                                  duty + sum(runs), m.slo_ms, r))
+                                  bound, m.slo_ms, r))
         placements.append(Placement(pool.name, f"{pool.name}-n{node}", gpu, g.profile, tuple(members), duty,
                                     sum(m.memory_gb for m in models), st.memory_gb,
                                     sum(x.share for x in members), "hand", "written by hand",

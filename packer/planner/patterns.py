@@ -1,0 +1,557 @@
+"""A lower bound from the pattern (configuration) LP, solved by column generation.
+
+The aggregate relaxation (``bound.py``) pools the time and memory of many slots, so it never sees
+that a slot's cycle is its tightest member's, that its batches are provisioned at a quantile, or
+that a replica is indivisible. Here a column is a whole *pattern*: a group of replicas that
+``packer.slot.feasible`` admits on one slot type. The LP over patterns:
+
+* ``z[p, L]`` GPUs of pool ``p`` with layout ``L`` (``N_t = sum_L cnt_L(t) z[p, L]`` slots of type
+  ``t``), ``sum_L z[p, L] <= max_gpus(p)``;
+* ``x[P]`` slots running pattern ``P``: ``sum_(P of type t) x[P] <= N_t``;
+* ``y[m, n]`` the share of model ``m`` run with ``n`` replicas, ``n`` one of the counts the planner
+  offers (``Problem.replica_options``): ``sum_n y[m, n] >= 1`` and, per count, the patterns hold
+  its replicas, ``sum_(P holds (m, n)) x[P] >= n y[m, n]``;
+* minimise ``sum c_p z[p, L]``.
+
+Each replica of ``(m, n)`` serves ``peak / n`` (even routing), so its demand on slot type ``t`` is
+``Problem.item(Rep(m, 0, n), t)``: the same ``Item`` the planner packs. Every plan the planner can
+make (any packing of replicas at those counts into groups that ``feasible`` admits, on GPUs with
+valid layouts, within the pools' sizes) is an integer solution, so the LP's optimum is a bound on
+all of them. Dropped: one replica of a model per GPU, integrality.
+
+*Column generation.* The restricted LP starts from every replica alone on every slot type that
+holds it (and the start packing's groups); its duals ``mu[m, n]`` (per replica covered) and
+``pi_t`` (per slot) price new patterns: a pattern of type ``t`` helps when its replicas' ``mu``
+sum above ``pi_t``. The pricing problem (a knapsack in memory and time whose time weights depend
+on the group's tightest cycle) is solved by a greedy heuristic, so the restricted LP's value is
+not itself a bound. The bound comes from Lagrangian duality instead, valid for *any* ``mu >= 0``:
+
+    L(mu) = sum_m min_n n mu[m, n] - max { sum_p (w_p - c_p) Z_p : 0 <= Z_p <= max_gpus(p),
+                                            sum_p c_p Z_p <= U }
+
+where ``w_p`` is the most the duals of one GPU's slots can be worth, from ``V_t``, an *upper
+bound* on the best pattern of type ``t`` (``pattern_value_bound``: the LP relaxation of the
+pricing knapsack over a geometric grid of cycles). ``U`` is what a plan may cost at most to be
+of interest (the greedy plan's cost): any plan dearer than ``U`` is above ``min(L, U)`` anyway.
+Scaling ``mu`` by ``s < 1`` (Farley's bound) is tried too; the best is the bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+from ortools.linear_solver import pywraplp
+
+from packer.planner.cpsat import _layouts
+from packer.planner.model import Problem, Rep
+from packer.slot import SlotType, feasible
+
+GRID = 1.01
+"""Ratio of the cycle grid in the pricing bound: a member's share ``A / d + B`` is charged at the
+top of its cell, at most 5 % below what it is; finer grids cost time and gain little."""
+LAMBDAS = (0.0, 0.15, 0.3, 0.5, 0.7, 0.85, 1.0)
+"""Weights of time against memory in the pricing bound's one-constraint relaxations: each is an
+upper bound, the least of them is used."""
+EXACT_CELLS = 400
+"""Up to this many distinct ``hi`` values on a slot type, each is a cell of its own: the pricing
+bound is then exact up to the branch and bound's node limit."""
+PRICE_CELLS, PRICE_GRID = 100, 1.02
+"""The pricing heuristic's coarser cells: only the order of the search, never the bound, uses them."""
+EVAL_EVERY = 0.15
+"""Share of the time limit between two evaluations of the Lagrangian bound during the search."""
+CHUNK = 400_000
+"""Cells times items screened at once (memory: a few arrays of this many floats)."""
+SLACK = 1e-7
+"""Relative slack on the pricing bound's capacities, so that rounding never excludes a group that
+``feasible`` (which allows 1e-9) admits."""
+
+
+@dataclass
+class TypeItems:
+    """The replicas that fit one slot type, as arrays: the pricing problem's data."""
+
+    st: SlotType
+    keys: list[int] = field(default_factory=list)
+    """Index into ``Patterns.reps`` of each item."""
+    A: np.ndarray | None = None
+    B: np.ndarray | None = None
+    hi: np.ndarray | None = None
+    mem: np.ndarray | None = None
+    model: np.ndarray | None = None
+    streaming: np.ndarray | None = None
+
+
+@dataclass
+class PatternBound:
+    value: float
+    """The Lagrangian bound on the cost of every plan (multi-GPU replicas included)."""
+    lp: float
+    """The restricted LP's optimum when column generation stopped (not a bound)."""
+    columns: int
+    rounds: int
+    converged: bool
+    """True when the heuristic pricing found no improving pattern."""
+    seconds: float
+    patterns: "Patterns | None" = field(default=None, repr=False)
+    """The columns generated, for a packing from them (``colplan.integer_master``)."""
+
+
+class Patterns:
+    """The pattern LP of one problem: items, columns, the restricted master and its bound."""
+
+    def __init__(self, problem: Problem, counts: dict[str, set[int]] | None = None) -> None:
+        self.problem = problem
+        self.u = problem.u
+        self.reps: list[tuple[str, int]] = []  # (model, count) per replica class
+        self.models: list[str] = []
+        self.model_reps: dict[str, list[int]] = defaultdict(list)
+        types = problem.all_types()
+        per_type: dict[str, list[tuple]] = defaultdict(list)
+        for m in problem.shared_models:
+            opts = sorted({n for n in _count_options(problem, m) if n > 0} | (counts or {}).get(m.name, set()))
+            if not opts:
+                continue
+            self.models.append(m.name)
+            for n in opts:
+                k = len(self.reps)
+                self.reps.append((m.name, n))
+                self.model_reps[m.name].append(k)
+                rep = Rep(m, 0, n)
+                for st in types:
+                    if problem.fits_alone(rep, st):
+                        it = problem.item(rep, st)
+                        per_type[st.key].append((k, it.A, it.B, it.hi, m.memory_gb, len(self.models) - 1,
+                                                 m.kind == "streaming"))
+        self.types: dict[str, TypeItems] = {}
+        for st in types:
+            rows = per_type.get(st.key)
+            if not rows:
+                continue
+            ti = TypeItems(st, [r[0] for r in rows])
+            cols = list(zip(*rows))
+            ti.A, ti.B, ti.hi, ti.mem = (np.array(c, dtype=float) for c in cols[1:5])
+            ti.model = np.array(cols[5], dtype=int)
+            ti.streaming = np.array(cols[6], dtype=bool)
+            self.types[st.key] = ti
+        self.layouts = {p.name: [(cnt, p) for _, cnt, _ in _layouts(problem, p.name)] for p in problem.fleet.pools}
+        from packer.planner.solve import _multi_replicas  # solve imports this module's caller
+
+        self.multi: list[tuple[str, dict[str, int]]] = []
+        """Per multi-GPU model, the GPUs its replicas take in each pool that can run it."""
+        for m in problem.multi_models:
+            where = {p.name: n * m.gpus_per_replica for p in problem.fleet.pools
+                     if (n := _multi_replicas(problem, m, p)) is not None and n > 0}
+            if where:
+                self.multi.append((m.name, where))
+        self.columns: list[tuple[str, tuple[int, ...]]] = []
+        self._seen: set[tuple[str, tuple[int, ...]]] = set()
+
+    # --- the pricing problem -------------------------------------------------------------
+
+    @staticmethod
+    def _cells(his: np.ndarray, exact: int = 0, grid: float = 0.0) -> list[tuple[float, float]]:
+        """Cells ``[h_lo, h_hi]`` of the distinct ``hi`` values (sorted): each value its own cell
+        when there are at most ``exact``, else runs whose ends are within ``grid`` of each other."""
+        exact, grid = exact or EXACT_CELLS, grid or GRID
+        if his.size <= exact:
+            return [(float(h), float(h)) for h in his]
+        cells, first = [], float(his[0])
+        last = first
+        for h in his[1:]:
+            h = float(h)
+            if h > first * grid:
+                cells.append((first, last))
+                first = h
+            last = h
+        cells.append((first, last))
+        return cells
+
+    def _cell_problems(self, ti: TypeItems, v: np.ndarray, at_top: bool) -> list[tuple]:
+        """Per kind group and cell: (LP bound, lambda, a function giving the cell's values, time
+        and memory weights, models and item positions), best LP first. Time weights are charged at
+        the cell's top (a relaxation: for bounds) or at its bottom (every set found is a group
+        ``feasible`` admits: for columns). The LPs of all cells are computed at once."""
+        pos = v > 1e-12
+        groups = [pos] if ti.st.pool.time_slicing else [pos & ti.streaming, pos & ~ti.streaming]
+        cap = 1.0 + SLACK if at_top else 1.0
+        out: list[tuple] = []
+        for g in groups:
+            if not g.any():
+                continue
+            where = np.flatnonzero(g)
+            A, B, hi, mem, val, mdl = (ti.A[g], ti.B[g], ti.hi[g], ti.mem[g] / ti.st.memory_gb, v[g],
+                                       ti.model[g])
+            cells = self._cells(np.unique(hi)) if at_top else self._cells(np.unique(hi), PRICE_CELLS, PRICE_GRID)
+            lams = LAMBDAS if at_top else (0.5,)
+            lo = np.array([c[0] for c in cells])
+            d = np.array([c[1] if at_top else c[0] for c in cells])
+            step = max(1, CHUNK // max(1, val.size))
+            for chunk in range(0, lo.size, step):
+                lo_c, d_c = lo[chunk:chunk + step], d[chunk:chunk + step]
+                elig = hi[None, :] >= (lo_c[:, None] * (1 - SLACK) if at_top else lo_c[:, None])
+                W = (A[None, :] / d_c[:, None] + B[None, :]) / self.u
+                mask = elig & (W <= cap) & (mem[None, :] <= cap)
+                Vm = np.where(mask, val[None, :], 0.0)
+                least = np.full(lo_c.size, np.inf)
+                lam_of = np.zeros(lo_c.size)
+                for lam in lams:
+                    f = _fractional_rows(Vm, np.where(mask, lam * W + (1 - lam) * mem[None, :], np.inf), cap)
+                    better = f < least
+                    least = np.where(better, f, least)
+                    lam_of = np.where(better, lam, lam_of)
+                for r in np.flatnonzero(mask.any(axis=1)):
+                    def make(m=mask[r], w=W[r], val=val, mem=mem, mdl=mdl, where=where) -> tuple:
+                        return val[m], w[m], mem[m], mdl[m], where[m]
+                    out.append((float(least[r]), float(lam_of[r]), make))
+        out.sort(key=lambda t: -t[0])
+        return out
+
+    def pattern_value_bound(self, key: str, mu: np.ndarray, node_limit: int = 4000) -> float:
+        """An upper bound on ``sum mu`` over the groups ``feasible`` admits on slot type ``key``.
+
+        A group's cycle ``d`` is its tightest member's ``hi`` (``slot.duty_window``), one of the
+        items' ``hi`` values; take the cell ``[h_lo, h_hi]`` of those values that holds it. Every
+        member has ``hi >= h_lo`` and ``sum (A / h_hi + B) <= sum (A / d + B) <= u``, and the
+        memory fits: a knapsack in two constraints (exact where each value is its own cell). Per
+        cell, a non-negative combination of the two constraints gives a one-constraint knapsack
+        whose LP (by ratio, the last item cut) is above it; cells whose LP cannot beat the best so
+        far are skipped, the others are solved by branch and bound (one replica per model), and
+        where that runs past ``node_limit`` nodes, the LP stands. Pools that do not time-slice
+        take the larger of their two kinds alone.
+        """
+        ti = self.types[key]
+        best = 0.0
+        for least, lam, make in self._cell_problems(ti, mu[ti.keys], at_top=True):
+            if least <= best + 1e-12:
+                break
+            vv, w, mm, md, _ = make()
+            val, _, done = _branch_and_bound(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
+            best = max(best, min(least, val) if done else least)
+        return best
+
+    def price(self, key: str, mu: np.ndarray, pi: float, max_cols: int = 8,
+              node_limit: int = 300, max_cells: int = 60) -> list[tuple[int, ...]]:
+        """Groups on slot type ``key`` whose ``mu`` sum above ``pi``: per cell, best LP first,
+        branch and bound with time charged at the cell's bottom, so every group found is admitted.
+        Each search must beat the best group found so far; the last ``max_cols`` found are kept."""
+        ti = self.types[key]
+        v = mu[ti.keys]
+        found: list[tuple[int, ...]] = []
+        floor = pi + 1e-9
+        for tried, (least, lam, make) in enumerate(self._cell_problems(ti, v, at_top=False)):
+            if least <= floor or tried >= max_cells:
+                break
+            vv, w, mm, md, at = make()
+            val, chosen, _ = _branch_and_bound(vv, w, mm, md, lam, 1.0, floor, node_limit)
+            if chosen and val > floor:
+                found.append(tuple(sorted(ti.keys[int(at[j])] for j in chosen)))
+                floor = val
+        return [c for c in found[-max_cols:] if self._admits(key, c)]
+
+    def _admits(self, key: str, reps: tuple[int, ...]) -> bool:
+        """The planner's own test of a group (``slot.feasible``), on the planner's items."""
+        st = self.types[key].st
+        items = [self.problem.item(Rep(self.problem.fleet.model(self.reps[k][0]), 0, self.reps[k][1]), st)
+                 for k in reps]
+        return feasible(items, st.memory_gb, self.u)
+
+    def add(self, key: str, reps: tuple[int, ...]) -> bool:
+        col = (key, tuple(sorted(reps)))
+        if col in self._seen or not reps:
+            return False
+        self._seen.add(col)
+        self.columns.append(col)
+        return True
+
+    # --- the bound -----------------------------------------------------------------------
+
+    def lagrangian(self, mu: np.ndarray, upper: float, deadline: float = math.inf) -> float:
+        """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. Past
+        ``deadline`` the pricing bounds skip their branch and bound (their LPs stand: weaker,
+        still bounds)."""
+        fixed = 0.0
+        for name in self.models:
+            fixed += min(self.reps[k][1] * mu[k] for k in self.model_reps[name])
+        V = {key: self.pattern_value_bound(key, mu, node_limit=4000 if time.monotonic() < deadline else 0)
+             for key in self.types}
+        worth = {}
+        for p in self.problem.fleet.pools:
+            worth[p.name] = max((sum(n * V.get(f"{p.name}/{prof}", 0.0) for prof, n in cnt.items()) for cnt, _ in
+                                 self.layouts[p.name]), default=0.0)
+        best = -math.inf
+        scales = {1.0} | {p.cost_per_gpu_hour / worth[p.name] for p in self.problem.fleet.pools
+                          if worth[p.name] > p.cost_per_gpu_hour > 0}
+        for s in sorted(scales):
+            rest = self._pools_part({k: s * w for k, w in worth.items()}, upper)
+            best = max(best, s * fixed + rest)
+        return best
+
+    def _pools_part(self, worth: dict[str, float], upper: float) -> float:
+        """The Lagrangian's GPU part: ``min sum_p (c_p - worth_p) Z_p + the multi-GPU replicas'
+        cost`` over GPUs within the pools' sizes (multi-GPU replicas take whole GPUs there, each
+        such model in one pool or a mix, fractionally) and a total cost of at most ``upper``. A
+        small LP; infinite when nothing fits within ``upper`` (then no plan costs ``upper`` or
+        less)."""
+        solver = pywraplp.Solver.CreateSolver("GLOP")
+        inf = solver.infinity()
+        pools = self.problem.fleet.pools
+        Z = {p.name: solver.NumVar(0.0, float(p.max_gpus), f"Z[{p.name}]") for p in pools}
+        used = {p.name: [Z[p.name]] for p in pools}
+        obj = sum((p.cost_per_gpu_hour - worth[p.name]) * Z[p.name] for p in pools)
+        spend = sum(p.cost_per_gpu_hour * Z[p.name] for p in pools)
+        for name, where in self.multi:
+            us = []
+            for pname, gpus in where.items():
+                uv = solver.NumVar(0.0, 1.0, f"u[{name},{pname}]")
+                price = self.problem.fleet.pool(pname).cost_per_gpu_hour * gpus
+                obj += price * uv
+                spend += price * uv
+                used[pname].append(gpus * uv)
+                us.append(uv)
+            solver.Add(sum(us) >= 1)
+        for p in pools:
+            solver.Add(sum(used[p.name]) <= p.max_gpus)  # the pool's size
+        if math.isfinite(upper):
+            solver.Add(spend <= upper)  # only plans that cost at most upper matter
+        solver.Minimize(obj)
+        status = solver.Solve()
+        if status == pywraplp.Solver.INFEASIBLE:
+            return math.inf
+        if status != pywraplp.Solver.OPTIMAL:
+            return -math.inf
+        return solver.Objective().Value()
+
+
+def _count_options(problem: Problem, m) -> set[int]:
+    """Every replica count the planner may give ``m``: per slot type, the fewest replicas that hold
+    its peak, unfiltered. ``Problem.replica_options`` keeps a few of these, and the greedy
+    baseline's whole-GPU problem others (a fresh ``Problem`` does not know them), so the bound
+    takes them all, within ``max_replicas`` and the GPUs the pools hold."""
+    out = set(problem.replica_options(m))
+    peak = m.traffic.peak_rps
+    lo = max(m.min_replicas, 1 if peak > 0 else 0)
+    for st in problem.all_types():
+        cap = problem.capacity(m, st)
+        if cap <= 0 or lo == 0:
+            continue
+        n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
+        if (m.max_replicas is None or n <= m.max_replicas) and n <= problem.gpu_limit:
+            out.add(n)
+    return out
+
+
+def _fractional_knapsack(v: np.ndarray, c: np.ndarray, cap: float) -> float:
+    """The LP of ``max v x, c x <= cap, 0 <= x <= 1``: by ratio, the last item cut."""
+    free = c <= 1e-15
+    total = float(v[free].sum())
+    v, c = v[~free], c[~free]
+    if v.size == 0:
+        return total
+    order = np.argsort(-(v / c), kind="stable")
+    cs = np.cumsum(c[order])
+    k = int(np.searchsorted(cs, cap, side="right"))
+    total += float(v[order[:k]].sum())
+    if k < v.size:
+        room = cap - (cs[k - 1] if k > 0 else 0.0)
+        total += float(v[order[k]]) * max(0.0, room) / float(c[order[k]])
+    return total
+
+
+def _fractional_rows(V: np.ndarray, C: np.ndarray, cap: float) -> np.ndarray:
+    """Row by row, the LP of ``max v x, c x <= cap, 0 <= x <= 1`` (items with ``c`` infinite are
+    out): by ratio, the last item cut."""
+    C = np.maximum(C, 1e-15)
+    order = np.argsort(-(V / C), axis=1, kind="stable")
+    Vs = np.take_along_axis(V, order, axis=1)
+    Cs = np.take_along_axis(C, order, axis=1)
+    cs = np.cumsum(np.where(np.isfinite(Cs), Cs, 0.0), axis=1)
+    whole = cs <= cap
+    k = whole.sum(axis=1)  # ratios are sorted, so the items that fit whole are a prefix
+    total = np.where(whole, Vs, 0.0).sum(axis=1)
+    rows = np.arange(V.shape[0])
+    kk = np.minimum(k, V.shape[1] - 1)
+    used = np.where(k > 0, cs[rows, np.maximum(k - 1, 0)], 0.0)
+    nxt_c = Cs[rows, kk]
+    part = np.where((k < V.shape[1]) & np.isfinite(nxt_c), Vs[rows, kk] * np.maximum(0.0, cap - used) / nxt_c, 0.0)
+    return total + part
+
+
+def _branch_and_bound(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam: float,
+                      cap: float, best: float, node_limit: int) -> tuple[float, list[int], bool]:
+    """The most ``v`` a set of items (one per model) within ``cap`` in both ``w`` and ``mm`` holds,
+    when it beats ``best``: (value, the items, whether the search finished). Depth first by
+    ratio; each node keeps only the items that still fit beside its set (and not of a model in
+    it), and is pruned by their one-constraint LP in ``lam w + (1 - lam) mm``. Stops after
+    ``node_limit`` nodes with the best set found (its value is then not proven the most)."""
+    c = np.maximum(lam * w + (1 - lam) * mm, 1e-15)
+    order = np.argsort(-(v / c), kind="stable")
+    state: dict = {"best": best, "set": [], "nodes": 0}
+    path: list[int] = []
+
+    def dfs(cand: np.ndarray, val: float, rt: float, rm: float) -> bool:
+        cs = np.cumsum(c[cand])
+        cv = np.cumsum(v[cand])
+        n = cand.size
+        for p in range(n):
+            # The LP of the items from p on in the room left: the most this branch can add.
+            start_c = cs[p - 1] if p else 0.0
+            start_v = cv[p - 1] if p else 0.0
+            room = lam * rt + (1 - lam) * rm
+            k = int(np.searchsorted(cs, start_c + room, side="right"))  # items p..k-1 fit whole
+            bound = (cv[k - 1] if k > 0 else 0.0) - start_v
+            if k < n:
+                bound += v[cand[k]] * max(0.0, start_c + room - (cs[k - 1] if k > 0 else 0.0)) / c[cand[k]]
+            if val + bound <= state["best"] + 1e-12:
+                return True
+            j = cand[p]
+            state["nodes"] += 1
+            if state["nodes"] > node_limit:
+                return False
+            nv, nrt, nrm = val + v[j], rt - w[j], rm - mm[j]
+            path.append(int(j))
+            if nv > state["best"]:
+                state["best"], state["set"] = nv, list(path)
+            rest = cand[p + 1:]
+            rest = rest[(w[rest] <= nrt) & (mm[rest] <= nrm) & (model[rest] != model[j])]
+            ok = rest.size == 0 or dfs(rest, nv, nrt, nrm)
+            path.pop()
+            if not ok:
+                return False
+        return True
+
+    first = order[(w[order] <= cap) & (mm[order] <= cap)]
+    done = first.size == 0 or dfs(first, 0.0, cap, cap)
+    return state["best"], state["set"], done
+
+
+def _best_gain(pools: list[tuple[float, float, int]], s: float, upper: float) -> float:
+    """``max sum (s w_p - c_p) Z_p`` over ``0 <= Z_p <= max_gpus``, ``sum c_p Z_p <= upper``: the
+    pools whose GPUs are worth more than they cost, best value per unit of cost first."""
+    gain, budget = 0.0, upper
+    for c, w, n in sorted(pools, key=lambda t: -(s * t[1] - t[0]) / t[0] if t[0] > 0 else -math.inf):
+        g = s * w - c
+        if g <= 0:
+            break
+        if c <= 0:
+            return math.inf
+        take = min(float(n), budget / c)
+        gain += g * take
+        budget -= take * c
+        if budget <= 1e-12:
+            break
+    return gain
+
+
+def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
+                  seeds: list[tuple[str, list[tuple[str, int]]]] = (),
+                  counts: dict[str, set[int]] | None = None) -> PatternBound | None:
+    """Column generation on the pattern LP within about ``time_limit`` seconds; the Lagrangian
+    bound of its last duals (module docstring) on the cost of every plan, multi-GPU replicas
+    included. ``upper``: any cost (the best plan's so far is best); ``min(L, upper)`` is returned.
+    ``seeds`` are groups (slot type key, [(model, count)]) of a known packing, added as first
+    columns; ``counts`` are replica counts to allow beside ``Problem.replica_options`` (a re-plan
+    keeps its current ones). None if nothing needs a GPU."""
+    t0 = time.monotonic()
+    pat = Patterns(problem, counts)
+    if not pat.types and not pat.multi:
+        return None
+    index = {rc: k for k, rc in enumerate(pat.reps)}
+    for key, ti in pat.types.items():
+        for k in ti.keys:
+            pat.add(key, (k,))
+    for key, members in seeds:
+        ks = tuple(index[rc] for rc in members if rc in index)
+        if key in pat.types and len(ks) == len(members) and pat._admits(key, ks):
+            pat.add(key, ks)
+
+    # --- data -> variables -> constraints -> objective (the restricted master LP)
+    solver = pywraplp.Solver.CreateSolver("GLOP")
+    inf = solver.infinity()
+    big = upper if math.isfinite(upper) else sum(p.cost_per_gpu_hour * p.max_gpus for p in problem.fleet.pools)
+    big = 10.0 * max(big, 1.0)
+    obj = solver.Objective()
+    # Slots of each type the layouts provide, against slots used.
+    slot_row = {key: solver.Constraint(0.0, inf, f"slots[{key}]") for key in pat.types}
+    pool_rows = {}
+    for p in problem.fleet.pools:
+        pool_row = pool_rows[p.name] = solver.Constraint(-inf, float(p.max_gpus), f"pool[{p.name}]")
+        for i, (cnt, _) in enumerate(pat.layouts[p.name]):
+            z = solver.NumVar(0.0, inf, f"z[{p.name},{i}]")
+            obj.SetCoefficient(z, p.cost_per_gpu_hour)
+            pool_row.SetCoefficient(z, 1.0)
+            for prof, n in cnt.items():
+                key = f"{p.name}/{prof}"
+                if key in slot_row:
+                    slot_row[key].SetCoefficient(z, float(n))
+    # Each model runs at one of its counts (an artificial, dear variable keeps the LP feasible
+    # while the columns cannot yet hold everything within the pools' sizes).
+    cover = [solver.Constraint(0.0, inf, f"cover[{k}]") for k in range(len(pat.reps))]
+    for name in pat.models:
+        row = solver.Constraint(1.0, inf, f"one[{name}]")
+        art = solver.NumVar(0.0, inf, f"art[{name}]")
+        obj.SetCoefficient(art, big)
+        row.SetCoefficient(art, 1.0)
+        for k in pat.model_reps[name]:
+            y = solver.NumVar(0.0, inf, f"y[{k}]")
+            row.SetCoefficient(y, 1.0)
+            cover[k].SetCoefficient(y, -float(pat.reps[k][1]))
+    # Multi-GPU replicas: whole GPUs of one pool per model (a mix in the LP).
+    for name, where in pat.multi:
+        row = solver.Constraint(1.0, inf, f"multi[{name}]")
+        for pname, gpus in where.items():
+            uv = solver.NumVar(0.0, inf, f"u[{name},{pname}]")
+            obj.SetCoefficient(uv, problem.fleet.pool(pname).cost_per_gpu_hour * gpus)
+            pool_rows[pname].SetCoefficient(uv, float(gpus))
+            row.SetCoefficient(uv, 1.0)
+    added = 0
+
+    def add_columns() -> None:
+        nonlocal added
+        for key, reps in pat.columns[added:]:
+            x = solver.NumVar(0.0, inf, "")
+            slot_row[key].SetCoefficient(x, -1.0)
+            for k in reps:
+                cover[k].SetCoefficient(x, 1.0)
+        added = len(pat.columns)
+
+    obj.SetMinimization()
+    rounds, converged, lp = 0, False, math.inf
+    mu = np.zeros(len(pat.reps))
+    budget = 0.6 * time_limit  # the rest for the final bound's pricing
+    best, last_eval = -math.inf, t0
+    while True:
+        add_columns()
+        solver.SetTimeLimit(int(max(0.1, time_limit - (time.monotonic() - t0)) * 1000))
+        if solver.Solve() != pywraplp.Solver.OPTIMAL:
+            break
+        rounds += 1
+        lp = obj.Value()
+        mu = np.array([max(0.0, c.dual_value()) for c in cover])
+        pi = {key: max(0.0, row.dual_value()) for key, row in slot_row.items()}
+        if time.monotonic() - t0 > budget:
+            break
+        # The last duals are not always the best ones: take the bound now and then, and stop
+        # once it meets the restricted LP (then both are the LP's optimum).
+        if time.monotonic() - last_eval > EVAL_EVERY * time_limit:
+            best = max(best, pat.lagrangian(mu, upper, deadline=t0 + budget))
+            last_eval = time.monotonic()
+            if best >= lp - 1e-6 * max(1.0, lp):
+                converged = True
+                break
+        new = 0
+        for key in pat.types:
+            for col in pat.price(key, mu, pi[key]):
+                new += pat.add(key, col)
+            if time.monotonic() - t0 > budget:
+                break
+        if new == 0:
+            converged = True
+            break
+    if rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
+        best = max(best, pat.lagrangian(mu, upper, deadline=t0 + time_limit))
+    value = min(best, upper)
+    return PatternBound(max(0.0, value), lp, len(pat.columns), rounds, converged, time.monotonic() - t0, pat)

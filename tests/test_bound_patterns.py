@@ -1,0 +1,70 @@
+"""The pattern LP's bound (packer/planner/patterns.py): its pricing bound is above every group
+``slot.feasible`` admits, its columns are admitted groups, and its bound is below a real plan."""
+
+from __future__ import annotations
+
+import itertools
+import random
+
+import numpy as np
+import pytest
+
+from bench.family import family_fleet
+from packer.fleet import parse_fleet
+from packer.planner.model import PlanSettings, Problem, Rep
+from packer.planner.patterns import Patterns, pattern_bound
+from packer.planner.solve import greedy_packing
+from packer.slot import feasible
+
+
+def _small_problem(seed: int) -> Problem:
+    fleet = parse_fleet(family_fleet(seed, max_models=9, min_models=5))
+    return Problem(fleet, PlanSettings())
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29, 47], ids=lambda s: f"seed{s}")
+def test_pricing_bound_is_above_every_admitted_group(seed: int) -> None:
+    problem = _small_problem(seed)
+    pat = Patterns(problem)
+    rng = random.Random(seed)
+    mu = np.array([rng.uniform(0.0, 2.0) for _ in pat.reps])
+    for key, ti in pat.types.items():
+        keys = ti.keys[:12]
+        best = 0.0
+        for size in range(1, min(5, len(keys)) + 1):
+            for group in itertools.combinations(keys, size):
+                names = [pat.reps[k][0] for k in group]
+                if len(set(names)) < len(names):
+                    continue  # one replica of a model per slot
+                items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st)
+                         for k in group]
+                kinds = {problem.fleet.model(n).kind for n in names}
+                if not ti.st.pool.time_slicing and len(kinds) > 1:
+                    continue
+                if feasible(items, ti.st.memory_gb, problem.u):
+                    best = max(best, float(sum(mu[k] for k in group)))
+        sub = np.zeros_like(mu)
+        sub[keys] = mu[keys]  # the brute force saw only these items
+        assert pat.pattern_value_bound(key, sub) >= best - 1e-9, key
+        for col in pat.price(key, sub, 0.0):
+            items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st) for k in col]
+            assert feasible(items, ti.st.memory_gb, problem.u)
+            assert sum(sub[k] for k in col) <= pat.pattern_value_bound(key, sub) + 1e-9
+
+
+@pytest.mark.parametrize("seed", [5, 17], ids=lambda s: f"seed{s}")
+def test_pattern_bound_is_below_the_greedy_plan(seed: int) -> None:
+    fleet = parse_fleet(family_fleet(seed, max_models=30, min_models=10))
+    settings = PlanSettings()
+    packing = greedy_packing(fleet, settings)
+    assert packing is not None
+    shared, multi = packing
+    problem = Problem(fleet, settings)
+    for g in shared:
+        for sl in g.slots:
+            for r in sl.reps:
+                problem.start_counts.setdefault(r.model.name, set()).add(r.count)
+    cost = sum(g.pool.cost_per_gpu_hour * g.width for g in shared + multi)
+    res = pattern_bound(problem, 5.0)  # no upper: the bound must hold on its own
+    assert res is not None
+    assert 0 < res.value <= cost + 1e-6

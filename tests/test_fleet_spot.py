@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from packer.cli import main
+from packer_cli.main import main
 from packer.fleet import FleetError, parse_fleet
 from packer.plan import fleet_to_dict
 

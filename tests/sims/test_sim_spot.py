@@ -8,7 +8,7 @@ pytest.importorskip("numpy")
 
 from packer.fleet import parse_fleet  # noqa: E402
 from sims.engine import Simulation  # noqa: E402
-from sims.handplan import Group, hand_plan  # noqa: E402
+from packer.handplan import Group, hand_plan  # noqa: E402
 from sims.policies import get_policy  # noqa: E402
 from sims.scenario import Cluster, Scenario  # noqa: E402
 
@@ -60,7 +60,7 @@ def test_compare_spot_runs_the_plan_against_all_on_demand_and_spot_unaware(tmp_p
 
     import yaml
 
-    from packer.cli import main
+    from packer_cli.main import main
 
     f = tmp_path / "fleet.yaml"
     f.write_text(yaml.safe_dump(SPOT_FLEET))
@@ -82,7 +82,7 @@ def test_compare_spot_runs_the_plan_against_all_on_demand_and_spot_unaware(tmp_p
 def test_compare_spot_needs_an_on_demand_pool(tmp_path, capsys) -> None:
     import yaml
 
-    from packer.cli import main
+    from packer_cli.main import main
 
     doc = dict(SPOT_FLEET, pools=SPOT_FLEET["pools"][1:],
                models=[dict(m, spot_policy="free") for m in SPOT_FLEET["models"]])

@@ -1,7 +1,7 @@
 """A broad, seeded family of fleets: what the planner must hold its quality on.
 
     from bench.family import family, family_fleet
-    docs = family(12, max_models=500)      # fleet documents (parse with packer.fleet.parse_fleet)
+    docs = family(12, max_models=500)      # fleet documents (parse with packer.fleetfile.parse_fleet)
 
 Member ``i`` of a family is a function of ``(seed, i, max_models)`` alone. The first members are
 the example fleets as they are (``packer/examples/*.yaml``, those with at most ``max_models``
@@ -296,7 +296,8 @@ def _size_pools(doc: dict, fleet) -> None:
 def _make_servable(doc: dict, rng: random.Random) -> dict:
     """Relax what the fleet checks reject, size the pools, bind a cap where drawn, and raise caps
     until the greedy packing fits."""
-    from packer.fleet import FleetError, parse_fleet
+    from packer.fleet import FleetError
+    from packer.fleetfile import parse_fleet
     from packer.planner.build import gpu_counts
     from packer.planner.model import PlanSettings, Problem
     from packer.planner.solve import greedy_packing

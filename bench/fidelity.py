@@ -52,7 +52,7 @@ def simulate_level(fleet_name: str, slot: str, rates: dict[str, float], seconds:
     """
     import numpy as np
 
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
     from packer.handplan import placement, plan_of
     from sims.engine import simulate
     from sims.scenario import Scenario
@@ -203,7 +203,7 @@ def replay_level(fleet_name: str, slot: str, members: list[dict], *, calibrated:
 
     import numpy as np
 
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
     from packer.handplan import placement, plan_of
     from sims.engine import Simulation
     from sims.scenario import RunTime, Scenario, Server, Trace
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.triton_json:
         rows = json.loads(Path(a.triton_json).read_text())["results"]
     elif a.simulate_only:
-        from packer.fleet import load_fleet
+        from packer.fleetfile import load_fleet
         from packer.settings import PlanSettings
         from packer.slot import SlotType, single_capacity
 

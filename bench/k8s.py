@@ -52,7 +52,7 @@ def big_fleet_doc(groups: int) -> dict[str, Any]:
 
 def big_plan(groups: int, extra: int = 0):
     """``groups`` placements (plus ``extra`` more L4 groups for the traffic-change step)."""
-    from packer.fleet import parse_fleet
+    from packer.fleetfile import parse_fleet
     from packer.plan import GpuLayout, Member, Placement, Plan
 
     fleet = parse_fleet(big_fleet_doc(groups))

@@ -33,7 +33,7 @@ SCENARIO = ROOT / "sims" / "scenarios" / "diurnal.yaml"
 
 def demand(fleet_path: str, scenario_path: str, step_s: float, duration_s: float) -> list[dict[str, float]]:
     """Each model's highest rate (rps) within each step, from the scenario's rate curve."""
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
     from sims.scenario import load_scenario
     from sims.traffic import RateCurve, model_rng
 
@@ -51,7 +51,7 @@ def demand(fleet_path: str, scenario_path: str, step_s: float, duration_s: float
 
 
 def plan_step(args: tuple[str, dict[str, float] | None, float, float]) -> dict:
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
     from packer.planner import PlanSettings, plan_fleet
     from packer.scaling.replan import fleet_at
 

@@ -67,7 +67,7 @@ def generated_fleet(n: int, seed: int = 0) -> dict:
 
 
 def run_one(name: str, prove_s: float | None = None) -> dict:
-    from packer.fleet import load_fleet, parse_fleet
+    from packer.fleetfile import load_fleet, parse_fleet
     from packer.planner import PlanSettings, plan_fleet
 
     base, _, variant = name.partition(":")

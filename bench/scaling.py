@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.plan import Plan, load_plan, save_plan
 from packer.scaling import flaps
 from sims.engine import Simulation

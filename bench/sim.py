@@ -42,7 +42,7 @@ CASES = {
 
 def fifty_fleet():
     """The multilingual example grown to 50 models with 10 more languages (deterministic)."""
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
 
     base = load_fleet(ROOT / "packer" / "examples" / "multilingual-meetings.yaml")
     models = list(base.models)
@@ -59,7 +59,7 @@ def fifty_fleet():
 
 
 def plan_for(which: str):
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
     from packer.plan import load_plan, save_plan
     from packer.planner import PlanSettings, plan_fleet
 

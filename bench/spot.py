@@ -36,7 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from packer.fleet import Fleet, load_fleet  # noqa: E402
+from packer.fleet import Fleet
+from packer.fleetfile import load_fleet  # noqa: E402
 from packer.plan import Plan  # noqa: E402
 from packer.planner import PlanSettings, plan_fleet  # noqa: E402
 from packer.planner.spot import exposure, on_demand_only  # noqa: E402

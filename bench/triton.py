@@ -53,7 +53,8 @@ import tritonclient.grpc as grpcclient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from packer.fleet import Fleet, load_fleet  # noqa: E402
+from packer.fleet import Fleet
+from packer.fleetfile import load_fleet  # noqa: E402
 from packer.settings import PlanSettings  # noqa: E402
 from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 from serving.config import timing  # noqa: E402

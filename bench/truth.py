@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from packer.fleet import parse_fleet  # noqa: E402
+from packer.fleetfile import parse_fleet  # noqa: E402
 from packer.slot import SlotType, feasible, item, largest  # noqa: E402
 
 U = 0.85

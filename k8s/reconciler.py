@@ -41,7 +41,8 @@ from k8s.metrics import ReconcilerMetrics
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
-from packer.fleet import Fleet, parse_fleet
+from packer.fleet import Fleet
+from packer.fleetfile import parse_fleet
 from packer.plan import Plan, fleet_to_dict, from_dict, to_dict
 
 if TYPE_CHECKING:

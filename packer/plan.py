@@ -13,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packer.fleet import Fleet, Model, parse_fleet
+from packer.errors import UserError
+from packer.fleet import Fleet, Model
+from packer.fleetfile import parse_fleet
+from packer.safeload import InputError, cut_path, looks_like_json, parse_json, parse_yaml, read_text, show
 from packer.settings import PlanSettings
 
 PLAN_VERSION = 1
@@ -239,8 +242,6 @@ def load_plan(path: str | Path) -> Plan:
     Anything that is not a plan (a fleet file, other JSON, a truncated or hand-broken plan) is one
     :class:`~packer.safeload.InputError` naming the file and the fix, never a traceback.
     """
-    from packer.errors import UserError
-    from packer.safeload import InputError, cut_path, looks_like_json, parse_json, parse_yaml, read_text, show
 
     p = cut_path(path)
     fix = "write one with `packer plan FLEET -o plan.json`"

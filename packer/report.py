@@ -7,7 +7,10 @@ import hashlib
 from html import escape
 from itertools import groupby
 
+from packer.catalog import gpu_type, layout_named
 from packer.plan import Plan
+from packer.planner.prove import MAX_MODELS
+from packer.planner.spot import exposure_lines
 
 
 def _money(x: float) -> str:
@@ -30,10 +33,8 @@ def summary(plan: Plan) -> str:
             lines.append(f"{name:>9} baseline {_money(bl.cost_per_hour)}/h on {sum(bl.gpus.values())} GPUs "
                          f"(plan costs {ratio:.2f}x)")
     lines.append(f"solved in {plan.solve_seconds:.1f} s")
-    from packer.planner.spot import exposure_lines
 
     lines += exposure_lines(plan)
-    from packer.planner.prove import MAX_MODELS
 
     shared = sum(1 for m in plan.fleet.models if m.gpus_per_replica == 1)
     if plan.gap > 1e-6 and shared <= MAX_MODELS and "no cheaper plan exists" not in plan.bound_method:
@@ -148,7 +149,6 @@ def svg(plan: Plan) -> str:
     slices, or the whole GPU): the upper track is memory (each member's GB of the slot's usable
     memory), the lower one compute (each member's share of the slot's time), with the duty-cycle
     cap marked. A multi-GPU replica fills all its GPUs' rows inside one outline. Hover for details."""
-    from packer.catalog import gpu_type, layout_named
 
     left, bar_w, right = 190, 620, 340
     track, inner, row_gap, top = 16, 3, 12, 96

@@ -12,7 +12,7 @@ from packer.catalog import GPU_TYPES, mig_layouts
 from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_file, dump, format_option, output_option,
                             same_fleet, write_output)
 from packer.errors import UserError
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.plan import load_plan, save_plan, to_dict
 from packer.planner import PlanSettings, plan_fleet
 from packer.report import explain, moves, summary, svg, table
@@ -64,7 +64,7 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
     with Spinner(enabled=True) as sp:
         p = plan_fleet(f, settings, current=cur, progress=sp.update)
         if cur is None:  # the price of the on-demand floors: the same fleet planned free of them
-            from packer.planner.spot import with_insurance
+            from packer.planner.solve import with_insurance
 
             p = with_insurance(p, settings)
     if output:

@@ -21,7 +21,8 @@ import click
 from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_dir, check_output_file, emit, format_option,
                             json_alias, out_dir_option, output_option, resolve_format, resolve_out_dir, same_traffic)
 from packer.errors import UserError
-from packer.fleet import Fleet, load_fleet
+from packer.fleet import Fleet
+from packer.fleetfile import load_fleet
 from packer.plan import Plan, load_plan
 from sims.scenario import Scenario, load_scenario, parse_duration
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bench.family import family_fleet
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.planner.model import PlanSettings, Problem, Rep
 from packer.planner.patterns import Patterns, pattern_bound
 from packer.planner.solve import greedy_packing

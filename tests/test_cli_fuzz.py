@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from packer_cli.main import main
 from packer_cli.plan import example_path
 from packer.errors import UserError
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.plan import save_plan
 from test_scaling_helpers import tiny_plan
 

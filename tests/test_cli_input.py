@@ -17,7 +17,8 @@ import yaml
 
 from packer_cli.main import main
 from packer_cli.plan import example_path
-from packer.fleet import FleetError, parse_fleet
+from packer.fleet import FleetError
+from packer.fleetfile import parse_fleet
 from packer.plan import save_plan
 from test_scaling_helpers import tiny_plan
 
@@ -106,7 +107,7 @@ def test_yaml_1_2_exponents_are_numbers(tmp_path):
     assert "3.4375e3" in text
     p = tmp_path / "f.yaml"
     p.write_text(text)
-    from packer.fleet import load_fleet
+    from packer.fleetfile import load_fleet
 
     assert load_fleet(p).models[0].traffic.rps == 3437.5
 

@@ -15,7 +15,7 @@ import yaml
 
 from packer_cli.main import main
 from packer_cli.plan import example_path
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.plan import load_plan, save_plan
 from packer.planner import PlanSettings, plan_fleet
 from test_scaling_helpers import FLEET as TINY

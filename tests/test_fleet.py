@@ -13,7 +13,8 @@ from packer_cli.plan import example_path
 EXAMPLES = example_path().parent
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fleets"
 from packer_cli.main import main
-from packer.fleet import FleetError, load_fleet, parse_fleet
+from packer.fleet import FleetError
+from packer.fleetfile import load_fleet, parse_fleet
 
 FLEETS = sorted(EXAMPLES.glob("*.yaml"))
 

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from packer_cli.main import main
-from packer.fleet import FleetError, parse_fleet
+from packer.fleet import FleetError
+from packer.fleetfile import parse_fleet
 from packer.plan import fleet_to_dict
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "packer" / "examples"

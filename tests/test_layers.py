@@ -2,7 +2,8 @@
 
 The command line (``packer_cli``) sits on the adapters (``k8s`` above ``serving`` and ``sims``,
 which are independent of each other), which sit on the core (``packer``); the core imports no
-adapter's library. Subcommands load lazily, but by import statements the linter sees.
+adapter's library; no package's modules import each other in a cycle. Subcommands load lazily,
+but by import statements the linter sees.
 """
 
 import re
@@ -19,7 +20,7 @@ def test_the_layer_contracts_hold():
     r = subprocess.run([exe], cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"(\d+) kept, 0 broken", r.stdout)
-    assert m and int(m.group(1)) >= 2, r.stdout
+    assert m and int(m.group(1)) >= 3, r.stdout  # layers, the core's libraries, no cycles
 
 
 @pytest.mark.parametrize("package", ["packer", "serving", "sims", "k8s"])

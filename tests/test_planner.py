@@ -15,7 +15,8 @@ from packer_cli.plan import example_path
 
 EXAMPLES = example_path().parent
 from packer.check import check_plan
-from packer.fleet import FleetError, load_fleet, parse_fleet
+from packer.fleet import FleetError
+from packer.fleetfile import load_fleet, parse_fleet
 from packer.plan import from_dict, to_dict
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.bound import MAX_CLASSES, MIP_CLASSES, _solve

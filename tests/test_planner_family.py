@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from bench.family import SHAPES, family_fleet
 from packer.check import check_plan
 from packer.errors import UserError
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.bound import closed_form, lower_bound
 from packer.planner.model import Problem

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from packer.check import check_plan
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.assemble import assign_nodes
 from packer.planner.build import make_plan

@@ -8,7 +8,8 @@ from hypothesis import HealthCheck, assume, given, settings
 
 from packer.check import check_plan
 from packer.errors import UserError
-from packer.fleet import FleetError, parse_fleet
+from packer.fleet import FleetError
+from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.model import Problem
 from packer.planner.prove import fits, maximal_purchases, prove

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from packer_cli.plan import example_path
-from packer.fleet import load_fleet, parse_fleet
+from packer.fleetfile import load_fleet, parse_fleet
 from packer.planner.assemble import Gpu
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.cpsat import solve_window

@@ -17,11 +17,12 @@ from hypothesis import strategies as st
 from bench.family import SHAPES, family_fleet
 from packer.check import check_plan
 from packer.errors import UserError
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.model import on_demand_replicas
 from packer.planner.solve import greedy_packing
-from packer.planner.spot import exposure, on_demand_only, spot_unaware, with_insurance
+from packer.planner.solve import with_insurance
+from packer.planner.spot import exposure, on_demand_only, spot_unaware
 
 
 def spot_doc(doc: dict, seed: int) -> dict:

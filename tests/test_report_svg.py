@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from packer_cli.plan import example_path
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.report import svg
 

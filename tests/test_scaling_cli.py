@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from packer_cli.main import main
-from packer.fleet import load_fleet
+from packer.fleetfile import load_fleet
 from packer.plan import PlanSettings, load_plan, save_plan
 from packer.planner import plan_fleet
 from test_scaling_helpers import three_slot_plan_for_cli, tiny_plan

@@ -6,7 +6,8 @@ punct; the node has two more free GPUs. Each replica is sized for its model's pe
 
 from __future__ import annotations
 
-from packer.fleet import Fleet, parse_fleet
+from packer.fleet import Fleet
+from packer.fleetfile import parse_fleet
 from packer.plan import GpuLayout, Member, Placement, Plan, PlanSettings
 from packer.slot import SlotType, evaluate, item
 

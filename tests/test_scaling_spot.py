@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 from test_scaling_helpers import placement, plan_of
 
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.plan import GpuLayout, Member, Placement
 from packer.scaling import AddReplica, RemoveReplica, ScalingSettings, Signals, SplitOut, apply, decide
 from packer.scaling.room import ref

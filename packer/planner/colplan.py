@@ -34,7 +34,6 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     solver.SuppressOutput()
     solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\nthreads=1\n")
     solver.SetTimeLimit(int(max(0.1, time_limit) * 1000))
-    inf = solver.infinity()
 
     # --- variables: GPUs per layout, slots per pattern, one replica count per model
     cost = 0

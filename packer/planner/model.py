@@ -176,3 +176,12 @@ def layout_counters(pool: Pool) -> list[tuple[Counter, object]]:
 
 def valid_multiset(pool: Pool, profiles: Counter) -> bool:
     return any(all(c[k] >= v for k, v in profiles.items()) for c, _ in layout_counters(pool))
+
+
+def multi_replicas(problem: Problem, m: Model, pool: Pool) -> int | None:
+    """Whole-GPU replicas a multi-GPU model needs in ``pool`` (None: it cannot run there)."""
+    cap = problem.capacity(m, SlotType(pool))
+    if cap <= 0:
+        return None
+    peak = m.traffic.peak_rps
+    return max(m.min_replicas, 1 if peak > 0 else 0, math.ceil(peak / cap - 1e-9) if peak > 0 else 0)

@@ -40,14 +40,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
-from packer.planner.model import Problem, Rep
+from packer.planner.model import Problem, Rep, multi_replicas
 from packer.slot import SlotType, feasible
 
 GRID = 1.01
@@ -138,13 +138,12 @@ class Patterns:
             ti.streaming = np.array(cols[6], dtype=bool)
             self.types[st.key] = ti
         self.layouts = {p.name: [(cnt, p) for _, cnt, _ in _layouts(problem, p.name)] for p in problem.fleet.pools}
-        from packer.planner.solve import _multi_replicas  # solve imports this module's caller
 
         self.multi: list[tuple[str, dict[str, int]]] = []
         """Per multi-GPU model, the GPUs its replicas take in each pool that can run it."""
         for m in problem.multi_models:
             where = {p.name: n * m.gpus_per_replica for p in problem.fleet.pools
-                     if (n := _multi_replicas(problem, m, p)) is not None and n > 0}
+                     if (n := multi_replicas(problem, m, p)) is not None and n > 0}
             if where:
                 self.multi.append((m.name, where))
         self.columns: list[tuple[str, tuple[int, ...]]] = []
@@ -297,7 +296,6 @@ class Patterns:
         small LP; infinite when nothing fits within ``upper`` (then no plan costs ``upper`` or
         less)."""
         solver = pywraplp.Solver.CreateSolver("GLOP")
-        inf = solver.infinity()
         pools = self.problem.fleet.pools
         Z = {p.name: solver.NumVar(0.0, float(p.max_gpus), f"Z[{p.name}]") for p in pools}
         used = {p.name: [Z[p.name]] for p in pools}

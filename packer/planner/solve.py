@@ -16,15 +16,17 @@ from dataclasses import replace
 from typing import Callable
 
 from packer.catalog import layout_named
-from packer.fleet import Fleet, Model, Pool
-from packer.plan import Baseline, Move, Plan
+from packer.fleet import Fleet
+from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
-from packer.planner.bound import lower_bound
+from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S, lower_bound
+from packer.planner.colplan import integer_master
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
-from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add
-from packer.planner.spot import multi_choice
+from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add, multi_replicas
+from packer.planner.prove import prove
+from packer.planner.spot import multi_choice, spot_aware, spot_unaware
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
 
@@ -52,15 +54,6 @@ def auto_time_limit(fleet: Fleet) -> float:
     return 14.0 + 0.027 * (n - 200) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
 
 
-def _multi_replicas(problem: Problem, m: Model, pool: Pool) -> int | None:
-    """Whole-GPU replicas a multi-GPU model needs in ``pool`` (None: it cannot run there)."""
-    cap = problem.capacity(m, SlotType(pool))
-    if cap <= 0:
-        return None
-    peak = m.traffic.peak_rps
-    return max(m.min_replicas, 1 if peak > 0 else 0, math.ceil(peak / cap - 1e-9) if peak > 0 else 0)
-
-
 def multi_floor(problem: Problem) -> float:
     """The least the multi-GPU models can cost: each alone in its cheapest pool, room ignored.
 
@@ -69,7 +62,7 @@ def multi_floor(problem: Problem) -> float:
     """
     total = 0.0
     for m in problem.multi_models:
-        counts = [(_multi_replicas(problem, m, p), p) for p in problem.fleet.pools]
+        counts = [(multi_replicas(problem, m, p), p) for p in problem.fleet.pools]
         total += min((n * m.gpus_per_replica * p.cost_per_gpu_hour for n, p in counts if n is not None),
                      default=0.0)
     return total
@@ -82,7 +75,7 @@ def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
     used: dict[str, int] = defaultdict(int)
     exact = 0.0
     for m in sorted(problem.multi_models, key=lambda m: -m.memory_gb):
-        best = multi_choice(problem, m, used, _multi_replicas)  # the model's on-demand floor kept
+        best = multi_choice(problem, m, used, multi_replicas)  # the model's on-demand floor kept
         if best is None:
             raise UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool has room "
                             "left. Fix: raise max_nodes of a pool or lower min_replicas")
@@ -484,7 +477,6 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
     first purchase the fleet fits on, and unless it raises the bound it leaves the bound and its
     description as they were, since the search for a cheaper plan follows.
     """
-    from packer.planner.prove import prove
 
     if lb >= cost - 1e-6:
         return lb, method
@@ -518,7 +510,6 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
     ``feasible`` with the relaxation's gap (multilingual: 8.2 %).
     The plan file is trusted as the fleet file is: it is the user's own output of ``packer plan``.
     """
-    from packer.plan import fleet_to_dict
 
     same = (fleet_to_dict(current.fleet) == fleet_to_dict(fleet)
             and (current.settings.headroom, current.settings.use_mig, current.settings.max_replica_options)
@@ -537,7 +528,6 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, i
                    limit: float) -> list[Gpu]:
     """The integer master's packing (``colplan.integer_master``), consolidated, where it is
     cheaper than ``gpus`` (the shared GPUs so far); else ``gpus``."""
-    from packer.planner.colplan import integer_master
 
     now = cost_of(problem, gpu_counts(problem, gpus))
     seconds = min(MASTER_SHARE * limit, max(0.0, deadline - time.monotonic()) * 0.5)
@@ -562,7 +552,6 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     t0 = time.monotonic()
     limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
     # Large fleets: the search gets more of the budget (auto_time_limit says why).
-    from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S
 
     large = len(fleet.models) > CLASSES_UP_TO
     deadline = t0 + (0.5 if large else 0.45) * limit
@@ -677,3 +666,18 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if current is not None:
         plan = replace(plan, moves=_moves(current, plan))
     return plan
+
+
+def with_insurance(plan: Plan, settings: "PlanSettings") -> Plan:
+    """``plan`` with a ``spot-unaware`` baseline: the plan of the same fleet with every model free
+    to run on spot, at the same settings. Its cost against the plan's is the price of the
+    on-demand floors. Planning twice doubles the solve time, so only spot-aware fleets pay it."""
+    from dataclasses import replace
+
+
+    if not spot_aware(plan.fleet):
+        return plan
+    cheap = plan_fleet(spot_unaware(plan.fleet), settings)
+    note = "every model free to run on spot; the difference is the price of the on-demand floors"
+    return replace(plan, baselines={**plan.baselines,
+                                    "spot-unaware": Baseline(cheap.cost_per_hour, dict(cheap.gpus), note)})

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from packer.errors import UserError
 from packer.fleet import Fleet, Model, Pool
 from packer.plan import Plan
 from packer.planner.model import Problem, on_demand_replicas
-
-if TYPE_CHECKING:
-    from packer.settings import PlanSettings
 
 Choice = tuple[float, int, list[tuple[Pool, int]]]
 """(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
@@ -114,23 +111,6 @@ def spot_unaware(fleet: Fleet) -> Fleet:
     return replace(fleet, models=tuple(replace(m, spot_policy="free", on_demand_floor=0.0) for m in fleet.models))
 
 
-def with_insurance(plan: Plan, settings: "PlanSettings") -> Plan:
-    """``plan`` with a ``spot-unaware`` baseline: the plan of the same fleet with every model free
-    to run on spot, at the same settings. Its cost against the plan's is the price of the
-    on-demand floors. Planning twice doubles the solve time, so only spot-aware fleets pay it."""
-    from dataclasses import replace
-
-    from packer.plan import Baseline
-    from packer.planner.solve import plan_fleet
-
-    if not spot_aware(plan.fleet):
-        return plan
-    cheap = plan_fleet(spot_unaware(plan.fleet), settings)
-    note = "every model free to run on spot; the difference is the price of the on-demand floors"
-    return replace(plan, baselines={**plan.baselines,
-                                    "spot-unaware": Baseline(cheap.cost_per_hour, dict(cheap.gpus), note)})
-
-
 def exposure_lines(plan: Plan) -> list[str]:
     """The per-model exposure table for ``packer plan``'s summary (empty without spot pools)."""
     if not any(p.spot for p in plan.fleet.pools):
@@ -155,7 +135,6 @@ def on_demand_only(fleet: Fleet) -> Fleet:
     :class:`~packer.errors.UserError` when every pool is spot."""
     from dataclasses import replace
 
-    from packer.errors import UserError
 
     pools = tuple(p for p in fleet.pools if not p.spot)
     if not pools:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from packer.plan import Plan
+from packer.safeload import cut, listing, num
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,6 @@ def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, 
     errors, so a typo in a hand-written snapshot does not silently read as zero load; so is any
     value that is not a number in its range (:data:`SNAPSHOT_RANGES`), said in the error.
     """
-    from packer.safeload import cut, listing, num
 
     if not isinstance(doc, Mapping) or not isinstance(doc.get("models"), Mapping):
         raise ValueError('a metrics snapshot is {"time": seconds, "models": {model: {in_flight, queued, '

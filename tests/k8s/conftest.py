@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.plan import GpuLayout, Member, Placement, Plan
 
 FLEET_DOC: dict[str, Any] = {

@@ -39,7 +39,7 @@ def test_rbac_has_no_wildcards_and_no_secrets() -> None:
 
 
 def test_example_fleet_configmap_parses() -> None:
-    from packer.fleet import parse_fleet
+    from packer.fleetfile import parse_fleet
 
     cm = next(d for d in docs() if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "packer-fleet")
     assert parse_fleet(yaml.safe_load(cm["data"]["fleet.yaml"])).models

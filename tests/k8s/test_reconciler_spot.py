@@ -49,7 +49,7 @@ def test_notices_read_off_taints_and_conditions(plans) -> None:
 def test_a_tainted_spot_node_has_its_replicas_replaced_over_the_api(cluster, plans) -> None:
     import yaml
 
-    from packer.fleet import parse_fleet
+    from packer.fleetfile import parse_fleet
     from packer.planner import PlanSettings, plan_fleet
 
     doc = spot_doc(plans)

@@ -264,7 +264,7 @@ def test_models_sharing_a_slot_take_turns_on_it(tmp_path):
 def test_a_slots_streaming_and_batch_repositories_share_one_server_and_its_turns(tmp_path):
     """Both classes of a slot load into one server; a streaming and a batch member take turns on
     the slot's one rate-limiter unit, as one GPU slot runs one batch at a time."""
-    from packer.fleet import parse_fleet
+    from packer.fleetfile import parse_fleet
 
     f = parse_fleet({"name": "pair", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
                                                 "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],

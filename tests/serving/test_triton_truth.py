@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.slot import SlotType, feasible, item, largest
 from packer.handplan import placement, plan_of
 from serving.local import LocalTriton

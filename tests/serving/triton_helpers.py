@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from packer.fleet import Fleet, load_fleet
+from packer.fleet import Fleet
+from packer.fleetfile import load_fleet
 from packer.plan import Plan
 from packer.handplan import placement, plan_of
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import sims.server as server
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from sims.engine import simulate
 from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server

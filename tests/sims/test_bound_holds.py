@@ -14,7 +14,8 @@ from dataclasses import replace
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from packer.fleet import FleetError, parse_fleet
+from packer.fleet import FleetError
+from packer.fleetfile import parse_fleet
 from packer.slot import SlotType, feasible, item, largest
 from packer.handplan import placement, plan_of
 from sims.engine import simulate

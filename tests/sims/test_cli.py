@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from packer_cli.main import main
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.plan import save_plan
 from packer.slot import SlotType
 from packer.handplan import Group, hand_plan

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from sims.engine import Simulation, simulate
 from packer.handplan import Group, hand_plan
 from sims.policies import AddSlot, ClusterView, FunctionPolicy, RemoveSlot

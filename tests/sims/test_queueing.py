@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from sims.engine import Simulation, simulate
 from packer.handplan import Group, hand_plan
 from sims.scenario import Scenario, Server, Trace, parse_scenario

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from packer.slot import SlotType, single_capacity
 from sims.engine import simulate, weighted_split
 from packer.handplan import Group, hand_plan

@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("numpy")
 
-from packer.fleet import parse_fleet  # noqa: E402
+from packer.fleetfile import parse_fleet  # noqa: E402
 from sims.engine import Simulation  # noqa: E402
 from packer.handplan import Group, hand_plan  # noqa: E402
 from sims.policies import get_policy  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from packer.errors import UserError
-from packer.fleet import parse_fleet
+from packer.fleetfile import parse_fleet
 from sims.scenario import Burst, Scenario, Spike, load_scenario, parse_duration, parse_scenario
 from sims.traffic import sources
 

@@ -272,8 +272,6 @@ def test_label_script_labels_each_named_node(base_plan, tmp_path: Path) -> None:
 def test_repository_configmap_builds_a_triton_repository(plans, tmp_path: Path) -> None:
     """The init container's script, run by a real shell on the ConfigMap's files, lays out the
     repository the serving writer describes; the configs parse back as Triton ModelConfigs."""
-    import subprocess
-
     from serving.config import from_text
 
     weights = tmp_path / "asr.onnx"
@@ -282,13 +280,7 @@ def test_repository_configmap_builds_a_triton_repository(plans, tmp_path: Path) 
     doc["models"][0]["artifact"] = f"file://{weights}"
     plan = plans.build([("l4", "l4-n0", 0, "whole", None, [("asr", 0), ("punct", 0)])], doc)
     cm = next(o for o in render_plan(plan) if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-repo"))
-    conf = tmp_path / "config"
-    conf.mkdir()
-    for k, v in cm["data"].items():
-        (conf / k).write_text(v)
-    out = tmp_path / "models"
-    subprocess.run(["sh", str(conf / "fetch.sh")], check=True, env={"CONFIG": str(conf), "MODELS": str(out),
-                                                                   "PATH": "/usr/bin:/bin"})
+    out = _fetch(cm, tmp_path)
     assert (out / "streaming" / "asr" / "1" / "asr.onnx").read_bytes() == b"onnx"
     assert (out / "streaming" / "punct" / "1" / "model.py").exists()  # the stand-in
     for m in ("asr", "punct"):

@@ -435,7 +435,7 @@ class Simulation:
                     for m in models]
 
     def _weights(self, names: list[str]) -> float:
-        return max(self.scenario.cluster.weight_load_s(self.fleet.model(n).memory_gb) for n in names)
+        return max(self.scenario.cluster.cold_start.weights_s(self.fleet.model(n).memory_gb) for n in names)
 
     def _add_slot(self, a: AddSlot) -> str:
         pool = self.fleet.pool(a.pool)
@@ -477,11 +477,11 @@ class Simulation:
             if alive >= pool.max_nodes:
                 return f"refused: pool {pool.name} is at max_nodes {pool.max_nodes} with no free GPU"
             k = sum(1 for n in self.nodes if n.startswith(f"{pool.name}-new"))
-            node = self._node(f"{pool.name}-new{k}", pool, self.now + self.scenario.cluster.node_provision_s)
+            node = self._node(f"{pool.name}-new{k}", pool, self.now + self.scenario.cluster.cold_start.node_s)
             place = (node, list(range(width)))
         node, gs = place
-        cl = self.scenario.cluster
-        ready_at = max(self.now, node.ready_at) + (0.0 if node.pulled else cl.image_pull_s) + self._weights(
+        cs = self.scenario.cluster.cold_start
+        ready_at = max(self.now, node.ready_at) + (0.0 if node.pulled else cs.image_s) + self._weights(
             list(a.models))
         self.new_count += 1
         sid = f"{pool.name}-new{self.new_count}-{a.profile}"

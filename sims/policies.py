@@ -36,7 +36,7 @@ are built in; ``sims.policy_packer`` (the real scaling policy, issue 5) is impor
 and registers itself there.
 
 Worked example: with ``interval_s = 15`` a 1 h run calls ``decide`` 240 times; an ``AddSlot`` at
-``now = 600`` on a pool with a free GPU serves from ``600 + image_pull_s + weight_load_s``.
+``now = 600`` on a pool with a free GPU serves from ``600 + image_s + weights_s`` (the scenario's ``cluster.cold_start``).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 from packer.errors import UserError
 from packer.safeload import parse_yaml, read_text
+from packer.scaling.settings import ColdStart
 
 ROUTINGS = ("round-robin", "weighted")
 PROCESSES = ("poisson", "diurnal", "peak")
@@ -104,22 +105,21 @@ class ModelTraffic:
 
 @dataclass(frozen=True)
 class Cluster:
-    node_provision_s: float = 240.0
-    """New GPU node: cloud VM start + driver/device plugin ready. GKE and EKS GPU nodes typically
-    take 3-6 minutes; 4 minutes is the middle."""
-    image_pull_s: float = 120.0
-    """Pulling a Triton server image (~12 GB) at ~100 MB/s on a fresh node, about 2 minutes."""
-    weight_load_base_s: float = 15.0
-    """Triton model load fixed part: CUDA context, backend init, warm-up batch."""
-    weight_load_gb_per_s: float = 1.0
-    """Reading weights from object storage into GPU memory; 24 GB of summarizer takes 24 s more."""
+    """How slow the simulated cluster is to grow, and how often its spot nodes go.
+
+    The times are the scaling policy's own :class:`packer.scaling.ColdStart` (one type, so the
+    policy and the simulator tell one story); the scenario file keeps its own key names:
+    ``node_provision`` (a new GPU node: cloud VM start + driver/device plugin ready; GKE and EKS
+    GPU nodes typically take 3-6 minutes, 4 is the middle), ``image_pull`` (a ~12 GB Triton image
+    at ~100 MB/s on a fresh node, about 2 minutes), ``weight_load_base`` and
+    ``weight_load_gb_per_s`` (24 GB of summarizer takes 24 s more than the 15 s fixed part).
+    """
+
+    cold_start: ColdStart = field(default_factory=ColdStart)
     spot_preemptions_per_node_hour: float = 0.0
     """Preemption rate of each spot node; 0.05 means one node in 20 per hour."""
     preemption_notice_s: float = 30.0
     """GCP gives 30 s; AWS gives 2 minutes. Replicas stop taking traffic at the notice."""
-
-    def weight_load_s(self, memory_gb: float) -> float:
-        return self.weight_load_base_s + memory_gb / self.weight_load_gb_per_s
 
 
 @dataclass(frozen=True)
@@ -320,14 +320,16 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
     cl = _expect(doc.get("cluster"), "cluster")
     _check_keys(cl, {"node_provision", "image_pull", "weight_load_base", "weight_load_gb_per_s",
                      "spot_preemptions_per_node_hour", "preemption_notice"}, "cluster")
-    dc = Cluster()
+    dc, ds = ColdStart(), Cluster()
+    cold = ColdStart(
+        node_s=parse_duration(cl.get("node_provision", dc.node_s), "cluster.node_provision"),
+        image_s=parse_duration(cl.get("image_pull", dc.image_s), "cluster.image_pull"),
+        weights_base_s=parse_duration(cl.get("weight_load_base", dc.weights_base_s), "cluster.weight_load_base"),
+        weights_gb_per_s=_num(cl, "weight_load_gb_per_s", "cluster", dc.weights_gb_per_s, positive=True),
+    )
     cluster = Cluster(
-        parse_duration(cl.get("node_provision", dc.node_provision_s), "cluster.node_provision"),
-        parse_duration(cl.get("image_pull", dc.image_pull_s), "cluster.image_pull"),
-        parse_duration(cl.get("weight_load_base", dc.weight_load_base_s), "cluster.weight_load_base"),
-        _num(cl, "weight_load_gb_per_s", "cluster", dc.weight_load_gb_per_s, positive=True),
-        _num(cl, "spot_preemptions_per_node_hour", "cluster", 0.0),
-        parse_duration(cl.get("preemption_notice", dc.preemption_notice_s), "cluster.preemption_notice"),
+        cold, _num(cl, "spot_preemptions_per_node_hour", "cluster", 0.0),
+        parse_duration(cl.get("preemption_notice", ds.preemption_notice_s), "cluster.preemption_notice"),
     )
     sv = _expect(doc.get("server"), "server")
     _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake", "routing",

@@ -91,7 +91,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
                 actions += acts
     # Keep the optional warm standby topped up, in the cheapest pool.
     pools = sorted(plan.fleet.pools, key=lambda p: (p.cost_per_gpu_hour, p.name))
-    want_spare = settings.cold_start.standby_gpus
+    want_spare = settings.standby_gpus
     if want_spare > 0 and len(standby_gpus(work)) < want_spare:
         ng = new_gpu(work, pools[0].name, starting)
         if ng is not None:

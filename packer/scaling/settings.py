@@ -35,7 +35,8 @@ class Windows:
 class ColdStart:
     """How long new capacity takes to serve; decides which action is safe while load grows.
 
-    Defaults are the simulator's (``sims/scenario.py`` ``Cluster``) so both tell one story.
+    The one cold-start type: the simulator's cluster (``sims/scenario.py`` ``Cluster``, a
+    scenario's ``cluster:`` times) is made of it, so the policy and the simulator tell one story.
     """
 
     weights_base_s: float = 15.0
@@ -46,10 +47,6 @@ class ColdStart:
     """Pull the Triton image (~12 GB) on a fresh node. Nodes already serving have it cached."""
     node_s: float = 240.0
     """Provision a cloud GPU node (3-6 minutes on GKE/EKS); the dominant cold start."""
-    standby_gpus: int = 0
-    """Spare whole GPUs kept provisioned in the cheapest pool (optional; costs their price): a
-    scale-up that needs a new slot then waits only for weights. 0 by default because a free GPU on
-    a node that already exists is just as fast, and consolidation leaves those behind."""
 
     def weights_s(self, memory_gb: float) -> float:
         return self.weights_base_s + memory_gb / self.weights_gb_per_s
@@ -139,3 +136,8 @@ class ScalingSettings:
     """Slots tried per decision (costliest, emptiest first): bounds the work of a decision."""
     scale_down_every_s: float = 60.0
     """Look for a consolidation at most this often; scale-up is looked for at every decision."""
+    standby_gpus: int = 0
+    """Spare whole GPUs kept provisioned in the cheapest pool (optional; costs their price): a
+    scale-up that needs a new slot then waits only for weights. 0 by default because a free GPU on
+    a node that already exists is just as fast, and consolidation leaves those behind. (A choice
+    of the policy, not a cold-start time: the simulator's cluster shares :class:`ColdStart`.)"""

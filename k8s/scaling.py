@@ -6,7 +6,7 @@ Two pieces, each pluggable into :class:`k8s.reconciler.Reconciler`:
 * :class:`TritonSignals` scrapes every owned group Service's metrics port and turns two
   consecutive scrapes into per-model :class:`packer.scaling.Signals` (summed over replicas).
   The previous scrape lives in memory: after a restart the first cycle only takes a baseline.
-* :func:`packer_scaler` runs the policy; its hysteresis state round-trips through JSON so the
+* :func:`packer_scaler` runs the policy's step (:func:`packer.scaling.step`); its hysteresis state round-trips through JSON so the
   reconciler keeps it in the status ConfigMap and a restart loses nothing.
 * :func:`preemption_notices` reads a spot preemption off the GPU nodes (a taint or a condition
   that the cloud or a termination handler sets) as the policy's notice for that plan node.
@@ -17,23 +17,30 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from k8s import names as N
 from k8s.render import METRICS_PORT
 from packer.errors import UserError
-from packer.fleet import Fleet
 from packer.plan import Plan
-from packer.scaling import ModelState, Replan, ScalingSettings, ScalingState, Signals, apply, decide
-from packer.scaling.replan import accept_replan, fleet_at
+from packer.scaling import ModelState, Replanner, ScalingSettings, ScalingState, Signals, step
 
-Replanner = Callable[[Plan, Fleet, "float | None"], Plan]
-"""(deployed plan, fleet with the rates to plan for, duty-cycle headroom or None for the planner's
-default) -> the planner's packing, migration-aware from the deployed plan."""
-Scaler = Callable[[Plan, dict[str, Signals], dict[str, Any], float, Replanner],
-                  tuple["Plan | None", dict[str, Any], list[str]]]
-"""(deployed plan, signals, JSON policy state, now, re-plan) -> (next plan or None, state, reasons)."""
+
+@dataclass(frozen=True)
+class Scaled:
+    """What a scaler gives the reconciler for one cycle."""
+
+    plan: Plan | None
+    """The next plan; None keeps the deployed one."""
+    state: dict[str, Any]
+    """The policy's state as JSON, for the status ConfigMap."""
+    reasons: list[str]
+
+
+Scaler = Callable[..., Scaled]
+"""(deployed plan, signals, JSON policy state, now, re-planner, notices=) -> :class:`Scaled`."""
 
 
 def service_url(namespace: str) -> Callable[[str], str]:
@@ -137,26 +144,14 @@ def state_from_json(doc: dict[str, Any] | None) -> ScalingState:
 
 
 def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:
-    """The project's policy: decide, then apply its actions (or re-plan when it asks to)."""
+    """The project's policy: one :func:`packer.scaling.step` (decide, then the re-plan it asks
+    for, judged by the same rule as in the simulator), its state as JSON for the status ConfigMap."""
     s = settings or ScalingSettings()
 
     def scale(plan: Plan, signals: dict[str, Signals], state: dict[str, Any], now: float,
-              replan: Callable[[Plan], Plan], *,
-              notices: Mapping[str, float] | None = None) -> tuple[Plan | None, dict[str, Any], list[str]]:
+              replan: Replanner, *, notices: Mapping[str, float] | None = None) -> Scaled:
         known = {m.name for m in plan.fleet.models}
-        actions, st = decide(plan, {k: v for k, v in signals.items() if k in known}, state_from_json(state),
-                             now, s, notices=notices)
-        reasons = [f"{a.summary()}: {a.reason}" for a in actions]
-        if not actions:
-            return None, state_to_json(st), []
-        rp = next((a for a in actions if isinstance(a, Replan)), None)
-        if rp is not None:
-            # The rates and headroom the policy asked for go to the planner; its packing is
-            # judged by the same rule as in the simulator (saving against migration overlap).
-            new = dataclasses.replace(replan(plan, fleet_at(plan.fleet, dict(rp.traffic)), rp.headroom), fleet=plan.fleet)
-            ok, why = accept_replan(plan, new, dict(rp.traffic), settings=s)
-            if not ok:
-                return None, state_to_json(st), [*reasons, f"packing not taken: {why}"]
-            return new, state_to_json(st), [*reasons, why]
-        return apply(plan, actions), state_to_json(st), reasons
+        out = step(plan, {k: v for k, v in signals.items() if k in known}, state_from_json(state), now, s, replan,
+                   notices=notices)
+        return Scaled(out.plan, state_to_json(out.state), out.reasons)
     return scale

@@ -9,8 +9,9 @@ the simulator's signals, applies the actions to the shadow and translates them:
 * ``Consolidate`` -> ``AddReplica`` at each destination now, and ``RemoveSlot`` of the emptied slot
   once those replicas serve (make before break, as the reconciler does);
 * ``Resize`` -> nothing: the simulator routes round-robin, which the policy already assumes;
-* ``Replan`` -> the injected planner (``plan_fleet`` with ``current=`` the shadow, so replicas stay
-  where they still fit) at the asked-for rates, then a migration: slots whose group is unchanged
+* ``Replan`` -> run and judged by the core's step (:func:`packer.scaling.step`, the reconciler's
+  too) with the injected re-planner (``plan_fleet`` with ``current=`` the shadow, so replicas stay
+  where they still fit, then from scratch if that packing is refused), then a migration: slots whose group is unchanged
   stay, new groups are added, and the old slots go once every new replica serves.
 
 A slot under a spot preemption notice, or one the policy knew that vanished from a spot node
@@ -23,13 +24,13 @@ the next view, so the policy re-decides from what really runs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from packer.errors import UserError
 from packer.plan import Plan
-from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Resize, ScalingSettings,
-                            ScalingState, Signals, SplitOut, Standby, apply, decide, flaps)
-from packer.scaling.replan import accept_replan, fleet_at
+from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Replanner, ReplanOutcome,
+                            Resize, ScalingSettings, ScalingState, Signals, SplitOut, Standby, apply, flaps,
+                            planner_replanner, step)
 from packer.scaling.room import paid_gpus
 from packer.slot import WHOLE
 from sims import policies as sp
@@ -46,15 +47,13 @@ def settings_from(options: Mapping[str, Any]) -> ScalingSettings:
     d = ScalingSettings()
     w = {k: float(options[k]) for k in ("stable_s", "panic_s", "panic_threshold", "scale_down_s", "scale_down_band")
          if k in options}
-    c: dict[str, Any] = {k: float(options[k]) for k in ("node_s", "image_s", "weights_base_s", "weights_gb_per_s")
+    c = {k: float(options[k]) for k in ("node_s", "image_s", "weights_base_s", "weights_gb_per_s")
                          if k in options}
-    if "standby_gpus" in options:
-        c["standby_gpus"] = int(options["standby_gpus"])
     t: dict[str, Any] = {k: float(options[k]) for k in ("target_utilisation", "replan_every_s") if k in options}
     if "replan_headroom" in options:
         t["replan_headroom"] = None if options["replan_headroom"] is None else float(options["replan_headroom"])
     return replace(d, windows=replace(d.windows, **w), cold_start=replace(d.cold_start, **c),
-                   targets=replace(d.targets, **t))
+                   targets=replace(d.targets, **t), standby_gpus=int(options.get("standby_gpus", d.standby_gpus)))
 
 
 @dataclass
@@ -65,28 +64,6 @@ class _Removal:
     reason: str
     model: str | None = None
     """Remove only this model's replica; None removes the whole slot."""
-
-
-Replanner = Callable[[Plan, Mapping[str, float], "float | None", bool], Plan]
-
-
-def planner_replan(time_limit_s: float = 2.0) -> Replanner:
-    """``plan_fleet`` at the given peak rates and headroom (None: the current plan's),
-    migration-aware from the current plan, or from scratch with ``fresh``."""
-
-    def replan(current: Plan, traffic: Mapping[str, float], headroom: float | None = None,
-               fresh: bool = False) -> Plan:
-        from packer.planner import plan_fleet
-
-        # The current plan's choices (MIG, seed), its headroom unless the policy names one; the
-        # packing is what a re-plan needs: proving it optimal would only add time.
-        s = replace(current.settings, time_limit_s=time_limit_s, prove_s=0)
-        if headroom is not None:
-            s = replace(s, headroom=headroom)
-        new = plan_fleet(fleet_at(current.fleet, traffic), s, current=None if fresh else current)
-        return replace(new, fleet=current.fleet)
-
-    return replan
 
 
 @dataclass
@@ -151,32 +128,17 @@ class PackerPolicy:
         notices = self._sync(view)
         self._view = view
         signals = {n: _signals(s, view.interval_s) for n, s in view.models.items()}
-        actions, self.state = decide(self.plan, signals, self.state, now, self.settings, notices=notices)
+        # A migration or move still loading: no re-plan now; it is asked again from where it lands.
+        replanner = None if self.removals else self.replanner
+        result = step(self.plan, signals, self.state, now, self.settings, replanner, notices=notices,
+                      retry_fresh=True)
+        self.state = result.state
         new_slots: dict[str, sp.AddSlot] = {}
         out: list[sp.Action] = []
-        for a in actions:
+        for a in result.actions:
             self.log.append((now, a))
             if isinstance(a, Replan):
-                if self.replanner is None:
-                    continue
-                if self.removals:  # a migration or move is still loading: re-plan from where it lands
-                    self.replans.append((now, False, "a migration is still under way", _gpus(self.plan), {}, dict(a.traffic)))
-                    continue
-                traffic = dict(a.traffic)
-                new = self.replanner(self.plan, traffic, a.headroom, False)
-                ok, why = accept_replan(self.plan, new, traffic, settings=self.settings)
-                if not ok:
-                    # Keeping replica counts and groups (current=) can lock in a packing made for
-                    # another hour; a packing from scratch may be cheaper, and the migration keeps
-                    # every group it has in common with the deployed plan anyway.
-                    fresh = self.replanner(self.plan, traffic, a.headroom, True)
-                    ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings)
-                    if ok2:
-                        new, ok, why = fresh, ok2, why2 + " (packed from scratch)"
-                self.replans.append((now, ok, why, _gpus(self.plan), _gpus(new), traffic))
-                if ok:
-                    self.log += _lowered(self.plan, new, now)
-                    out += self._migrate(new, f"{a.reason}; {why}", new_slots)
+                out += self._replanned(a, result.replan, now, new_slots)
                 continue
             self.plan = apply(self.plan, [a])
             out += self._translate(a, new_slots)
@@ -184,6 +146,20 @@ class PackerPolicy:
         self._pending += [(sid, s.pool, s.profile, s.models) for sid, s in new_slots.items()]
         out += self._due(view)
         return out
+
+    def _replanned(self, a: Replan, rp: ReplanOutcome | None, now: float,
+                   new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
+        """Record the step's re-plan (or why none ran) and migrate when the packing was taken."""
+        if self.replanner is None:
+            return []
+        if rp is None:
+            self.replans.append((now, False, "a migration is still under way", _gpus(self.plan), {}, dict(a.traffic)))
+            return []
+        self.replans.append((now, rp.taken, rp.why, _gpus(self.plan), _gpus(rp.answer), dict(a.traffic)))
+        if not rp.taken:
+            return []
+        self.log += _lowered(self.plan, rp.answer, now)
+        return self._migrate(rp.answer, f"{a.reason}; {rp.why}", new_slots)
 
     def _alive(self, sim_slot: str) -> bool:
         """The simulator slot still runs and is not under a preemption notice."""
@@ -332,7 +308,7 @@ def make(plan: Plan, options: Mapping[str, Any]) -> PackerPolicy:
     interval = float(options.pop("interval_s", 15.0))
     replan = bool(options.pop("replan", True))
     limit = float(options.pop("replan_time_limit_s", 2.0))
-    return PackerPolicy(plan, settings_from(options), interval, planner_replan(limit) if replan else None)
+    return PackerPolicy(plan, settings_from(options), interval, planner_replanner(limit) if replan else None)
 
 
 sp.register_policy("packer", make)

@@ -20,8 +20,6 @@ a restarted reconciler picks up where the last one stopped.
 from __future__ import annotations
 
 import base64
-import gzip
-import json
 import logging
 import os
 import threading
@@ -33,20 +31,24 @@ from typing import TYPE_CHECKING, Any
 
 from k8s import names as N
 from k8s.cluster import ApiError, Cluster
-from k8s.diff import (Action, Conflict, bind_nodes, diff, drifted, gate, keep_referenced_mig_configs, key,
-                     merge_patch, node_actions)
+from k8s.cycle import (ROLE_LABEL, Acted, CyclePlan, Observed, PlanChoice, check_nodes, managed_kinds, plan_cycle,
+                      status_update)
+from k8s.diff import Action, Conflict, drifted, merge_patch
 from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
 from k8s.metrics import ReconcilerMetrics
-from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, node_labels, render_plan
+from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, render_plan
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import parse_fleet
-from packer.plan import Plan, fleet_to_dict, from_dict, to_dict
+from packer.plan import Plan, fleet_to_dict, from_dict
 
 if TYPE_CHECKING:
     from k8s.scaling import Scaler
+
+__all__ = ["ROLE_LABEL", "Acted", "CyclePlan", "CycleReport", "Observed", "PlanChoice", "Reconciler", "check_nodes",
+           "default_planner", "managed_kinds"]
 
 log = logging.getLogger("packer.reconciler")
 
@@ -55,15 +57,7 @@ Planner = Callable[[Fleet, "Plan | None"], Plan]
 SignalSource = Callable[["Plan | None", list[dict[str, Any]]], dict[str, Any]]
 """(deployed plan, live objects) -> per-model load signals (see :class:`k8s.scaling.TritonSignals`)."""
 
-ROLE_LABEL = "packer.dev/role"
 FLEET_KEY = "fleet.yaml"
-MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
-
-
-def managed_kinds(s: ReconcileSettings) -> tuple[str, ...]:
-    """The kinds listed and diffed: ResourceClaims too with ``--devices dra`` (listing them needs
-    resource.k8s.io/v1 and its RBAC, which the other forms do not ask of a cluster)."""
-    return MANAGED_KINDS + (("ResourceClaim",) if s.render.devices == "dra" else ())
 
 
 def default_planner(time_limit_s: float = 20.0) -> Planner:
@@ -77,20 +71,6 @@ def default_planner(time_limit_s: float = 20.0) -> Planner:
             s = replace(s, headroom=headroom)
         return plan_fleet(fleet, s, current=current)
     return plan
-
-
-@dataclass
-class Observed:
-    fleet_text: str | None
-    nodes: list[dict[str, Any]]
-    live: list[dict[str, Any]]
-    status: dict[str, Any] | None
-    summary: dict[str, Any]
-    stored_plan: Plan | None
-    status_foreign: bool = False
-    """The status ConfigMap's name is held by an object packer does not own: state stays in memory."""
-    problems: list[str] = field(default_factory=list)
-    """Bad input found while observing (unreadable status summary or stored plan)."""
 
 
 @dataclass
@@ -130,31 +110,6 @@ class CycleReport:
         out += [f"conflict {c.kind}/{c.name}: {c.reason}" for c in self.conflicts]
         out += [f"error {e}" for e in self.errors] + [f"warning {w}" for w in self.warnings]
         return out
-
-
-def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> list[str]:
-    """Pool nodes whose NVIDIA labels disagree with their pool's GPU type or size."""
-    from packer.catalog import gpu_type
-
-    out = []
-    for n in nodes:
-        lb = n["metadata"].get("labels") or {}
-        pool = lb.get(pool_label)
-        if pool is None:
-            continue
-        try:
-            p = fleet.pool(pool)
-        except StopIteration:
-            out.append(f"node {n['metadata']['name']}: pool {pool!r} is not in the fleet")
-            continue
-        product = lb.get(N.GPU_PRODUCT_LABEL)
-        known = {x.replace(" ", "-") for x in gpu_type(p.gpu).products}
-        if product is not None and product.split("-MIG")[0] not in known:
-            out.append(f"node {n['metadata']['name']}: GPU {product} is not a {p.gpu} (pool {pool})")
-        count = lb.get(N.GPU_COUNT_LABEL)
-        if count is not None and str(count).isdigit() and int(count) != p.gpus_per_node:
-            out.append(f"node {n['metadata']['name']}: {count} GPUs, pool {pool} says {p.gpus_per_node}")
-    return out
 
 
 PLAN_FAILURES = (UserError, ArithmeticError, ValueError, TypeError, RecursionError, MemoryError)
@@ -282,8 +237,8 @@ class Reconciler:
 
     # -- decide -------------------------------------------------------------------------------
 
-    def choose_plan(self, obs: Observed, now: float) -> tuple[Plan | None, str, dict[str, Any], list[str]]:
-        """(plan, why it changed or '' if kept, scaling policy state, errors).
+    def choose_plan(self, obs: Observed, now: float) -> PlanChoice:
+        """The plan for this cycle, why it changed ('' if kept), the scaling policy's state, errors.
 
         An edited fleet ConfigMap is authoritative: re-plan, migration-aware. Otherwise the
         scaling policy, given live signals, may move the deployed plan; else it stays.
@@ -291,12 +246,12 @@ class Reconciler:
         state = dict(self.policy_state if self.policy_state is not None else
                      obs.summary.get("policy_state") or {})
         if obs.fleet_text is None:
-            return obs.stored_plan, "", state, [f"no fleet: create ConfigMap {self.s.fleet_configmap} "
-                                                f"with key {FLEET_KEY}"]
+            return PlanChoice(obs.stored_plan, "", state, [f"no fleet: create ConfigMap {self.s.fleet_configmap} "
+                                                           f"with key {FLEET_KEY}"])
         if self._fleet is not None and self._fleet[0] == obs.fleet_text:
             fleet, fleet_hash = self._fleet[1], self._fleet[2]  # validating 500 models takes seconds
         elif self._bad_fleet is not None and self._bad_fleet[0] == obs.fleet_text:
-            return obs.stored_plan, "", state, [self._bad_fleet[1]]
+            return PlanChoice(obs.stored_plan, "", state, [self._bad_fleet[1]])
         else:
             try:
                 doc = load_yaml(obs.fleet_text, f"fleet ConfigMap {self.s.fleet_configmap}")
@@ -307,7 +262,7 @@ class Reconciler:
                     log.warning("fleet ConfigMap rejected", exc_info=True)
                 msg = short(e) if isinstance(e, BadInput) else f"fleet ConfigMap: {short(e)}"
                 self._bad_fleet = (obs.fleet_text, f"{msg}; keeping the last good plan")
-                return obs.stored_plan, "", state, [self._bad_fleet[1]]
+                return PlanChoice(obs.stored_plan, "", state, [self._bad_fleet[1]])
             self._fleet = (obs.fleet_text, fleet, fleet_hash)
         stored = obs.stored_plan
         try:
@@ -321,63 +276,45 @@ class Reconciler:
                         self._planned = (k, None, short(e))
                 if self._planned[1] is None:
                     raise UserError(self._planned[2])
-                return self._planned[1], self._planned[2], state | {"_fleet_hash": fleet_hash}, []
+                return PlanChoice(self._planned[1], self._planned[2], state | {"_fleet_hash": fleet_hash})
             if self.scaler is None or self.signals is None:
-                return stored, "", state, []
+                return PlanChoice(stored, "", state)
             signals = self.signals(stored, obs.live)
             self.signal_failures = list(getattr(self.signals, "failures", []))
             from k8s.scaling import preemption_notices
 
             notices = preemption_notices(stored, obs.nodes, now)  # a spot node's taint: re-place first
             if not signals and not notices:
-                return stored, "", state, []
+                return PlanChoice(stored, "", state)
             extra = {"notices": notices} if notices else {}
-            new, state, reasons = self.scaler(stored, signals, state, now, self._replan, **extra)
+            scaled = self.scaler(stored, signals, state, now, self._replan, **extra)
+            new, state = scaled.plan, scaled.state
             if new is None or new.id == stored.id:
-                return stored, "", state, []
-            return new, "scaling: " + "; ".join(reasons), state, []
+                return PlanChoice(stored, "", state)
+            return PlanChoice(new, "scaling: " + "; ".join(scaled.reasons), state)
         except PLAN_FAILURES as e:
             # A fleet that parses may still break the planner (1e308 latencies): report, keep the plan.
-            return stored, "", state, [f"planning failed, keeping the last plan: {short(e)}"]
+            return PlanChoice(stored, "", state, [f"planning failed, keeping the last plan: {short(e)}"])
 
-    def _replan(self, current: Plan, fleet: Fleet, headroom: float | None) -> Plan:
-        """The scaling policy's re-plan: the planner on ``fleet`` (the rates the policy asked for)
-        from the deployed plan, at the policy's headroom when it names one. A planner given to the
-        reconciler without a ``headroom`` parameter still works; it plans at its own."""
+    def _replan(self, current: Plan, fleet: Fleet, headroom: float | None, fresh: bool = False) -> Plan:
+        """The scaling policy's re-planner (:data:`packer.scaling.Replanner`): the planner on
+        ``fleet`` (the rates the policy asked for) from the deployed plan (from scratch when
+        ``fresh``), at the policy's headroom when it names one. A planner given to the reconciler
+        without a ``headroom`` parameter still works; it plans at its own."""
+        base = None if fresh else current
         if headroom is None:
-            return self.planner(fleet, current)
-        return self.planner(fleet, current, headroom=headroom)  # type: ignore[call-arg]
+            return self.planner(fleet, base)
+        return self.planner(fleet, base, headroom=headroom)  # type: ignore[call-arg]
 
-    def desired(self, plan: Plan, obs: Observed) -> tuple[list[Action], list[Conflict], list[dict], dict[str, str]]:
-        """(actions, conflicts, desired objects, node binding) for ``plan`` against what is live."""
+    def rendered(self, plan: Plan) -> list[dict[str, Any]]:
+        """The plan's objects: rendered once per plan (never mutated; ``plan_cycle`` copies)."""
         if self._rendered is None or self._rendered[0] is not plan:
             self._rendered = (plan, render_plan(plan, self.s.render))
-        objs = list(self._rendered[1])  # same plan, same objects: render once (never mutated)
-        live_by = {key(o): o for o in obs.live}
-        for i, o in enumerate(objs):
-            if o["kind"] == "ConfigMap" and o["metadata"]["name"] == MIG_PARTED_CONFIGMAP:
-                objs[i] = keep_referenced_mig_configs(o, live_by.get(key(o)), obs.nodes)
-        why = {}
-        for o in objs:
-            reason = (o["metadata"].get("annotations") or {}).get(N.REASON_ANNOTATION)
-            if reason:
-                why[(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])] = f"planned: {reason}"[:300]
-        scopes = {(k, self.ns) for k in managed_kinds(self.s)} | {("ConfigMap", self.s.render.gpu_operator_namespace)}
-        actions, conflicts = diff(objs, obs.live, scopes, why)
-        plan_nodes = {}
-        for p in plan.placements:
-            plan_nodes[p.node] = p.pool
-        for l in plan.layouts:
-            plan_nodes[l.node] = l.pool
-        binding = bind_nodes(plan_nodes, obs.nodes, self.s.render.pool_label)
-        actions += node_actions(node_labels(plan, self.s.render), binding, obs.nodes, self.s.render.pool_label,
-                                conflicts)
-        self.unbound = sorted(set(plan_nodes) - set(binding))
-        return actions, conflicts, objs, binding
+        return self._rendered[1]
 
     # -- act ----------------------------------------------------------------------------------
 
-    def act(self, actions: list[Action]) -> tuple[list[Action], list[Conflict], list[str], LeaseLost | None]:
+    def act(self, actions: list[Action]) -> Acted:
         """Carry out the gated actions; a failure is reported and left to the next cycle. A lost
         lease stops at once: what was done so far, and the loss, come back."""
         c = self.cluster
@@ -406,80 +343,34 @@ class Reconciler:
             except ApiError as e:
                 errors.append(str(e))
             except LeaseLost as e:
-                return done, conflicts, errors, e
-        return done, conflicts, errors, None
+                return Acted(done, conflicts, errors, e)
+        return Acted(done, conflicts, errors)
 
     def record(self, obs: Observed, plan: Plan | None, state: dict[str, Any], rep: CycleReport, now: float) -> None:
-        """Events for what was done and for new problems; the status ConfigMap if its content changed."""
-        prev = obs.summary
-        if obs.status_foreign:
-            rep.conflicts.append(Conflict("ConfigMap", self.ns, self.s.status_configmap,
-                                          f"status ConfigMap name taken by an object without {N.MANAGED_BY}="
-                                          f"{N.MANAGER}: left alone; state kept in memory until it is renamed "
-                                          "or removed"))
-        conflicts = sorted(f"{c.kind}/{c.name}: {c.reason}" for c in rep.conflicts)
-        errors = sorted(rep.errors)
+        """Write what :func:`k8s.cycle.status_update` decides: Events for what was done and for new
+        problems, and the status ConfigMap when its content changed."""
+        blob = self._blob[0] if plan is not None and self._blob is not None and self._blob[1] is plan else None
+        up = status_update(obs, plan, state, rep.done, rep.waiting, rep.conflicts, rep.errors, rep.warnings,
+                           rep.replanned, now, self.s, blob)
+        rep.conflicts += up.conflicts
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        events = [(a.kind, a.namespace, a.name, a.verb.capitalize() + "d" if a.verb != "label" else "Labeled",
-                   a.reason, "Normal") for a in rep.done]
-        events += [(c.kind, c.namespace, c.name, "NameConflict", c.reason, "Warning") for c in rep.conflicts
-                   if f"{c.kind}/{c.name}: {c.reason}" not in (prev.get("conflicts") or [])]
-        events += [("ConfigMap", self.ns, self.s.status_configmap, "ReconcileError", e, "Warning")
-                   for e in errors if e not in (prev.get("errors") or [])]
-        if rep.replanned and plan is not None:
-            events.append(("ConfigMap", self.ns, self.s.status_configmap, "Replanned",
-                           f"plan {plan.id}: {rep.replanned}; ${plan.cost_per_hour:.2f}/h", "Normal"))
-        for kind, ns, name, reason, message, typ in events:
-            self._event(kind, ns or self.ns, name, reason, message, typ, stamp)
-        last = list(prev.get("last_actions") or [])
-        last += [{"at": stamp, "action": a.describe()} for a in rep.done]
-        fleet_hash = state.pop("_fleet_hash", prev.get("fleet_hash"))
-        self.policy_state = state
-        summary = {
-            "plan_id": plan.id if plan else None,
-            "fleet_hash": fleet_hash,
-            # rounded as the stored plan is: a re-read plan must not look like a change
-            "cost_per_hour": round(plan.cost_per_hour, 4) if plan else None,
-            "lower_bound_cost_per_hour": round(plan.lower_bound_cost_per_hour, 4) if plan else None,
-            "replanned": rep.replanned or prev.get("replanned", ""),
-            "last_actions": last[-50:],
-            "waiting": sorted(f"{a.describe()} -- {why}" for a, why in rep.waiting),
-            "conflicts": conflicts, "errors": errors, "warnings": sorted(rep.warnings),
-            "policy_state": state,
-        }
-        binary = {}
-        if plan is not None:
-            if self._blob is not None and self._blob[1] is plan:
-                binary["plan.json.gz"] = self._blob[0]
-            else:
-                raw = json.dumps(to_dict(plan), sort_keys=True).encode()
-                binary["plan.json.gz"] = base64.b64encode(gzip.compress(raw, mtime=0)).decode()
-                self._blob = (binary["plan.json.gz"], plan)
-        st = obs.status
+        for kind, ns, name, reason, message, typ in up.events:
+            self._event(kind, ns, name, reason, message, typ, stamp)
+        self.policy_state = up.policy_state
+        if plan is not None and blob is None:
+            self._blob = (up.binary["plan.json.gz"], plan)
         if obs.status_foreign:
-            self._last_summary = {**summary, "policy_saved_at": now}
+            self._last_summary = up.summary
             return
-        same_blob = st is not None and (st.get("binaryData") or {}) == binary
-        quiet = {k: v for k, v in summary.items() if k != "policy_state"}
-        if same_blob and not obs.problems and quiet == {
-                k: v for k, v in prev.items() if k not in ("policy_state", "policy_saved_at")}:
-            saved = prev.get("policy_saved_at")
-            if prev.get("policy_state") == state or (
-                    saved is not None and now - saved < self.s.policy_checkpoint_s):
-                return
-        summary["policy_saved_at"] = now if prev.get("policy_state") != state else prev.get("policy_saved_at", now)
-        data = {"summary.json": json.dumps(summary, indent=1, sort_keys=True)}
-        body = {"apiVersion": "v1", "kind": "ConfigMap",
-                "metadata": {"name": self.s.status_configmap, "namespace": self.ns,
-                             "labels": {N.MANAGED_BY: N.MANAGER, ROLE_LABEL: "status"}},
-                "data": data, "binaryData": binary}
+        if not up.write:
+            return
         try:
-            if st is None:
-                self.cluster.create(body)
+            if obs.status is None:
+                self.cluster.create(up.body(self.s))
             else:
                 self.cluster.patch("ConfigMap", self.ns, self.s.status_configmap,
-                                   {"data": data, "binaryData": binary})
-            self._last_summary = summary
+                                   {"data": up.data(), "binaryData": up.binary})
+            self._last_summary = up.summary
         except ApiError as e:
             rep.errors.append(f"status: {e}")
 
@@ -561,21 +452,22 @@ class Reconciler:
 
         obs = self.observe()
         lap("observe")
-        plan, why, state, errors = self.choose_plan(obs, now)
+        choice = self.choose_plan(obs, now)
+        plan, state = choice.plan, choice.state
         lap("plan")
-        rep.input_errors = obs.problems + [e for e in errors if not e.startswith("no fleet")]
-        rep.errors += obs.problems + errors
-        rep.plan, rep.replanned = plan, why
+        rep.input_errors = obs.problems + [e for e in choice.errors if not e.startswith("no fleet")]
+        rep.errors += obs.problems + choice.errors
+        rep.plan, rep.replanned = plan, choice.why
         if plan is None:
             if not dry_run:
                 self.record(obs, None, state, rep, now)
             return
-        rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
         try:
-            actions, conflicts, objs, binding = self.desired(plan, obs)
+            cp = plan_cycle(plan, self.rendered(plan), obs, self.s, self.signal_failures)
         except UserError as e:
             # The plan cannot be rendered (an http:// artifact): what runs stays, and the status
             # keeps the last applied plan and fleet hash (the failed plan is cached, not redone).
+            rep.warnings = check_nodes(plan.fleet, obs.nodes, self.s.render.pool_label)
             rep.errors.append(f"not applied: {short(e)}")
             rep.input_errors.append(rep.errors[-1])
             rep.plan, rep.replanned = obs.stored_plan, ""
@@ -583,13 +475,8 @@ class Reconciler:
             if not dry_run:
                 self.record(obs, obs.stored_plan, state, rep, now)
             return
-        rep.conflicts = conflicts
-        rep.warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait"
-                         for n in self.unbound]
-        rep.warnings += [f"metrics not read: {f}" for f in self.signal_failures[:10]]
-        g = gate(actions, objs, obs.live, binding, obs.nodes, self.s.max_disruptions_per_cycle)
-        rep.waiting = g.waiting
-        rep.done = g.now
+        self.unbound = cp.unbound
+        rep.conflicts, rep.warnings, rep.waiting, rep.done = cp.conflicts, cp.warnings, cp.waiting, cp.now
         lap("diff")
         if dry_run:
             return
@@ -598,11 +485,11 @@ class Reconciler:
                               "applied. Fix: dry-run again and confirm what it prints")
             rep.done = []
             return
-        done, more_conflicts, act_errors, lost = self.act(g.now)
-        rep.done, rep.conflicts, rep.errors = done, conflicts + more_conflicts, rep.errors + act_errors
+        acted = self.act(cp.now)
+        rep.done, rep.conflicts, rep.errors = acted.done, cp.conflicts + acted.conflicts, rep.errors + acted.errors
         lap("act")
-        if lost is not None:
-            raise lost
+        if acted.lost is not None:
+            raise acted.lost
         self.record(obs, plan, state, rep, now)
         lap("record")
 

@@ -6,12 +6,11 @@ changes, so the loop serves that whole window at once: it draws every model's ar
 window, routes them to the replicas serving then, and lets each slot run its batches up to the
 window's end (``SlotServer.advance``). Windows are at most one policy interval (15 s by default).
 
-Routing: requests of a model go round-robin over its ready replicas (gRPC ``round_robin``), a
-stream's chunks all go to replica ``stream_id % n`` (sticky while the replica set is stable). With
-``server.routing: weighted`` each replica gets a share in proportion to its capacity instead
-(``weighted_split``; a stream still sticks to one replica), as behind a weighted load balancer.
+Events are typed (:data:`Event`); each handler returns the events it schedules next. Around the
+loop, each in its own module: the nodes and slots and where a new slot fits (``sims/cluster.py``),
+routing over the serving replicas (``sims/routing.py``: round-robin, sticky streams, or weighted),
+and billing (``sims/billing.py``: a GPU costs its pool's price while any slot on it exists).
 Replicas on a slot under a preemption notice, draining or still starting get nothing.
-Cost: a GPU costs its pool's hourly price while any slot on it exists, starting ones included.
 """
 
 from __future__ import annotations
@@ -21,18 +20,19 @@ import math
 import resource
 import time
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-import numpy as np
-
-from packer.catalog import gpu_type, is_valid_combination
+from packer.catalog import gpu_type
 from packer.fleet import Pool
 from packer.plan import Plan
-from packer.slot import WHOLE, SlotType, evaluate, item, single_capacity
+from packer.slot import WHOLE, SlotType, evaluate, item
+from sims.billing import Billing
+from sims.cluster import Node, Slot, free_place
 from sims.metrics import Stats, hist_percentile, hist_percentiles
 from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
                            RemoveSlot, ReplicaView, SlotView, get_policy)
+from sims.routing import Router, weighted_split  # noqa: F401 -- weighted_split: imported from here too
 from sims.scenario import Scenario
 from sims.server import BatcherConfig, Member, SlotServer, batcher_config
 from sims.traffic import model_rng, sources
@@ -40,52 +40,45 @@ from sims.traffic import model_rng, sources
 # Event priorities at equal times: losses first, then notices, readiness, and the policy last so it
 # sees the cluster as it is at that instant.
 KILL, NOTICE, READY, TICK = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A new slot's node, image and weights are in: it serves."""
+
+    slot: str
+
+
+@dataclass(frozen=True)
+class Notice:
+    """A spot node's preemption notice."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Kill:
+    """The cloud takes a noticed spot node, with whatever still runs on it."""
+
+    node: str
+
+
+@dataclass(frozen=True)
+class Tick:
+    """The policy looks at the cluster."""
+
+
+@dataclass(frozen=True)
+class End:
+    """The run's end: nothing to do, it bounds the last window."""
+
+
+Event = Ready | Notice | Kill | Tick | End
+Scheduled = list[tuple[float, int, Event]]
+"""(time, priority, event) a handler schedules next."""
 HISTORY = 40
 CDF_POINTS = (1, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95, 97, 98, 99, 99.5, 99.9, 99.99)
 Progress = Callable[[float, float], None]
-
-
-@dataclass
-class Node:
-    name: str
-    pool: Pool
-    ready_at: float
-    spot: bool
-    gpus: dict[int, list[str]] = field(default_factory=dict)
-    """GPU index -> ids of slots on it."""
-    pulled: bool = False
-    preempting: bool = False
-    alive: bool = True
-    gone_at: float | None = None
-    """Simulated second a preemption notice takes the node away (None: no notice)."""
-
-
-@dataclass
-class Slot:
-    id: str
-    pool: Pool
-    profile: str
-    node: Node
-    gpu: int
-    width: int
-    server: SlotServer
-    ready_at: float
-    created: float
-    ready: bool = False
-    preempting: bool = False
-    busy_mark: float = 0.0
-    busy_last: float = 0.0
-    removed_at: float | None = None
-    drain_from: float = 0.0
-    """When the last member was asked to drain (a removed slot ends no earlier)."""
-
-    @property
-    def st(self) -> SlotType:
-        return SlotType(self.pool, self.profile)
-
-    @property
-    def live(self) -> list[Member]:
-        return [m for m in self.server.members if not m.removed]
 
 
 @dataclass
@@ -128,28 +121,26 @@ class Simulation:
             self.policy_name = type(policy).__name__
             self.policy = policy
         self.now = 0.0
-        self.heap: list[tuple[float, int, int, Any]] = []
+        self.heap: list[tuple[float, int, int, Event]] = []
         self._seq = 0
         self.nodes: dict[str, Node] = {}
         self.slots: dict[str, Slot] = {}
         self.replicas: list[list[Member]] = [[] for _ in self.names]
-        self.rr = [0] * len(self.names)
         self.rate_hist = [deque(maxlen=HISTORY) for _ in self.names]
         self.last_tick = 0.0
         self.new_count = 0
-        self.gpu_seconds: dict[str, float] = {p.name: 0.0 for p in self.fleet.pools}
+        self.billing = Billing(self.fleet.pools)
         self.actions: list[dict[str, Any]] = []
         self.series: dict[str, Any] = {"t": [], "gpus": [], "cost_per_hour": [],
                                        "models": {n: {"rate": [], "p50": [], "p99": [], "rejected": [],
                                                       "replicas": []} for n in self.names}}
         self.gone: list[Slot] = []
-        self.weighted = scenario.server.routing == "weighted"
-        self._caps: dict[tuple[int, str, str], float] = {}
+        self.router = Router(self.fleet, self.u, scenario.server.routing == "weighted")
         self._build(plan)
 
     # -- setup ---------------------------------------------------------------------------------
 
-    def _push(self, t: float, prio: int, what: Any) -> None:
+    def _push(self, t: float, prio: int, what: Event) -> None:
         heapq.heappush(self.heap, (t, prio, self._seq, what))
         self._seq += 1
 
@@ -159,7 +150,7 @@ class Simulation:
         rate = self._preemption_rate(pool)
         if pool.spot and rate > 0:
             rng = model_rng(self.seed, "node:" + name, 2)
-            self._push(self.now + float(rng.exponential(3600.0 / rate)), NOTICE, ("notice", name))
+            self._push(self.now + float(rng.exponential(3600.0 / rate)), NOTICE, Notice(name))
         return n
 
     def _preemption_rate(self, pool: Pool) -> float:
@@ -190,7 +181,7 @@ class Simulation:
                                      queue_bound=self.scenario.server.queue_bound)
                 self._add_member(slot, mem.name, self._measured(mem.name, cfg), 0.0)
             self.slots[sid] = slot
-        self._push(self.policy.interval_s, TICK, ("tick",))
+        self._push(self.policy.interval_s, TICK, Tick())
 
     def _measured(self, name: str, cfg: BatcherConfig) -> BatcherConfig:
         """``cfg`` with the scenario's measured run time for ``name`` (``server.run_ms``), if any."""
@@ -215,7 +206,7 @@ class Simulation:
     def run(self, duration_s: float, progress: Progress | None = None) -> Result:
         wall0, cpu0 = time.perf_counter(), time.process_time()
         T = float(duration_s)
-        self._push(T, TICK, ("end",))
+        self._push(T, TICK, End())
         while self.now < T:
             tn = min(self.heap[0][0], T)
             if tn > self.now:
@@ -223,7 +214,8 @@ class Simulation:
                 self.now = tn
             while self.heap and self.heap[0][0] <= self.now:
                 _, _, _, ev = heapq.heappop(self.heap)
-                self._handle(ev)
+                for t, prio, nxt in self._handle(ev):
+                    self._push(t, prio, nxt)
             if progress is not None:
                 progress(self.now, T)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
@@ -242,50 +234,14 @@ class Simulation:
             k = len(live)
             if k == 0:
                 st.rejected(i, a.times, a.times, "no-replica")
-            elif k == 1:
-                live[0].push(a.times)
-            elif self.weighted:
-                if a.streams is not None:
-                    which = weighted_split(a.streams, self._weights_of(i, live))
-                else:
-                    which = weighted_split(np.arange(self.rr[i], self.rr[i] + n), self._weights_of(i, live))
-                    self.rr[i] += n
-                for r, m in enumerate(live):
-                    m.push(a.times[which == r])
-            elif a.streams is not None:
-                which = a.streams % k
-                for r, m in enumerate(live):
-                    m.push(a.times[which == r])
             else:
-                off = self.rr[i]
-                for r, m in enumerate(live):
-                    m.push(a.times[(r - off) % k::k])
-                self.rr[i] = (off + n) % k
+                self.router.route(i, a, live)
         for s in self.slots.values():
             s.server.advance(t1)
             s.server.commit(t1, st)
-        dt = t1 - t0
-        for n in self.nodes.values():
-            used = sum(1 for ids in n.gpus.values() if ids)
-            if used:
-                self.gpu_seconds[n.pool.name] += used * dt
+        self.billing.accrue(self.nodes.values(), t1 - t0)
         for s in list(self.slots.values()):
             self._reap(s, t1)
-
-    def _weights_of(self, i: int, live: list[Member]) -> np.ndarray:
-        """Each replica's capacity: the rate the model alone could serve within its SLO on the
-        replica's slot type (``packer.slot.single_capacity``; a MIG slice less than a whole GPU),
-        divided among the models taking turns on that slot."""
-        model = self.fleet.models[i]
-        w = []
-        for m in live:
-            s = m.slot
-            key = (i, s.pool.name, s.profile)  # type: ignore[attr-defined]
-            cap = self._caps.get(key)
-            if cap is None:
-                cap = self._caps[key] = single_capacity(model, s.st, self.u)  # type: ignore[attr-defined]
-            w.append(cap / max(1, sum(1 for x in s.server.members if not x.removed and not x.draining)))  # type: ignore
-        return np.asarray(w)
 
     def _reap(self, s: Slot, t: float) -> None:
         """Forget drained replicas, and the slot once it has none (as of its last batch's end)."""
@@ -297,7 +253,7 @@ class Simulation:
             held = [g for g, ids in s.node.gpus.items() if s.id in ids]
             self._remove_slot(s, at)
             emptied = sum(1 for g in held if not s.node.gpus[g])
-            self.gpu_seconds[s.pool.name] -= (t - at) * emptied  # billed to t above; they ended at `at`
+            self.billing.refund(s.pool.name, (t - at) * emptied)  # billed to t above; they ended at `at`
 
     def _remove_slot(self, s: Slot, t: float) -> None:
         if s.id not in self.slots:
@@ -313,46 +269,58 @@ class Simulation:
                 ids.remove(s.id)
         self.gone.append(s)
 
-    def _handle(self, ev: tuple) -> None:
-        kind = ev[0]
-        if kind == "ready":
-            s = self.slots.get(ev[1])
-            if s is not None:
-                s.ready = True
-                s.node.pulled = True
-        elif kind == "notice":
-            n = self.nodes.get(ev[1])
-            if n is not None and n.alive:
-                n.preempting = True
-                for ids in n.gpus.values():
-                    for sid in ids:
-                        self.slots[sid].preempting = True
-                notice = self._notice_s(n.pool)
-                n.gone_at = self.now + notice
-                self._push(n.gone_at, KILL, ("kill", n.name))
-                self._log(None, f"spot node {n.name} preempted, {notice:g} s notice", "applied")
-        elif kind == "kill":
-            n = self.nodes[ev[1]]
-            n.alive = False
-            for ids in list(n.gpus.values()):
-                for sid in list(ids):
-                    s = self.slots[sid]
-                    s.server.drop(self.now, self.stats, "preempted")
-                    self._remove_slot(s, self.now)
-        elif kind == "tick":
-            self._tick()
+    def _handle(self, ev: Event) -> Scheduled:
+        if isinstance(ev, Ready):
+            return self._ready(ev)
+        if isinstance(ev, Notice):
+            return self._notice(ev)
+        if isinstance(ev, Kill):
+            return self._kill(ev)
+        if isinstance(ev, Tick):
+            return self._tick()
+        return []
+
+    def _ready(self, ev: Ready) -> Scheduled:
+        s = self.slots.get(ev.slot)
+        if s is not None:
+            s.ready = True
+            s.node.pulled = True
+        return []
+
+    def _notice(self, ev: Notice) -> Scheduled:
+        n = self.nodes.get(ev.node)
+        if n is None or not n.alive:
+            return []
+        n.preempting = True
+        for ids in n.gpus.values():
+            for sid in ids:
+                self.slots[sid].preempting = True
+        notice = self._notice_s(n.pool)
+        n.gone_at = self.now + notice
+        self._log(None, f"spot node {n.name} preempted, {notice:g} s notice", "applied")
+        return [(n.gone_at, KILL, Kill(n.name))]
+
+    def _kill(self, ev: Kill) -> Scheduled:
+        n = self.nodes[ev.node]
+        n.alive = False
+        for ids in list(n.gpus.values()):
+            for sid in list(ids):
+                s = self.slots[sid]
+                s.server.drop(self.now, self.stats, "preempted")
+                self._remove_slot(s, self.now)
+        return []
 
     # -- policy --------------------------------------------------------------------------------
 
-    def _tick(self) -> None:
+    def _tick(self) -> Scheduled:
+        """Series for the report, the policy's view, its actions applied; the next look."""
         now = self.now
         dt = max(now - self.last_tick, 1e-9)
         ser = self.series
         ser["t"].append(round(now, 3))
-        gpus = {p: sum(1 for n in self.nodes.values() if n.pool.name == p for ids in n.gpus.values() if ids)
-                for p in self.gpu_seconds}
+        gpus = self.billing.in_use(self.nodes.values())
         ser["gpus"].append(sum(gpus.values()))
-        ser["cost_per_hour"].append(round(sum(gpus[p.name] * p.cost_per_gpu_hour for p in self.fleet.pools), 4))
+        ser["cost_per_hour"].append(self.billing.cost_per_hour(gpus))
         signals: dict[str, ModelSignals] = {}
         for i, name in enumerate(self.names):
             arr, qms, p50, p99, rej = self.stats.end_tick(i)
@@ -386,7 +354,7 @@ class Simulation:
         view = ClusterView(now, self.policy.interval_s, self.plan, signals, slots, pools)
         for a in self.policy.decide(view, now):
             self._apply(a)
-        self._push(now + self.policy.interval_s, TICK, ("tick",))
+        return [(now + self.policy.interval_s, TICK, Tick())]
 
     def _log(self, action: Any, text: str, outcome: str) -> None:
         self.actions.append({"t": round(self.now, 3), "action": text, "outcome": outcome,
@@ -454,24 +422,7 @@ class Simulation:
         mem = sum(m.memory_gb for m in models)
         if mem > st.memory_gb * width + 1e-9:
             return f"refused: {mem:.1f} GB does not fit a {a.profile} slot ({st.memory_gb:.1f} GB)"
-        place = None
-        for n in self.nodes.values():
-            if n.pool.name != pool.name or not n.alive or n.preempting:
-                continue
-            free = []
-            for g, ids in sorted(n.gpus.items()):
-                profiles = [self.slots[i].profile for i in ids]
-                if a.profile == WHOLE:
-                    ok = not ids
-                else:
-                    ok = WHOLE not in profiles and is_valid_combination(pool.gpu, profiles + [a.profile])
-                if ok:
-                    free.append(g)
-                    if len(free) == width:
-                        place = (n, free)
-                        break
-            if place:
-                break
+        place = free_place(self.nodes.values(), self.slots, pool, a.profile, width)
         if place is None:
             alive = sum(1 for n in self.nodes.values() if n.pool.name == pool.name and n.alive)
             if alive >= pool.max_nodes:
@@ -492,7 +443,7 @@ class Simulation:
         for name, cfg in zip(a.models, self._group(st, list(a.models))):
             self._add_member(slot, name, self._measured(name, cfg), ready_at)
         self.slots[sid] = slot
-        self._push(ready_at, READY, ("ready", sid))
+        self._push(ready_at, READY, Ready(sid))
         return f"applied: {sid} serves at t={ready_at:.0f} s"
 
     def _add_replica(self, a: AddReplica) -> str:
@@ -554,10 +505,7 @@ class Simulation:
             slots.append({"id": s.id, "pool": s.pool.name, "profile": s.profile, "node": s.node.name,
                           "models": [m.model for m in s.server.members], "created_s": s.created,
                           "removed_s": s.removed_at, "utilisation": round(min(1.0, s.server.busy_s / life), 4)})
-        gpu_hours = {p: round(v / 3600.0, 4) for p, v in self.gpu_seconds.items()}
-        cost = sum(gpu_hours[p.name] * p.cost_per_gpu_hour for p in self.fleet.pools)
-        fleet = {"gpu_hours": gpu_hours, "cost": round(cost, 4), "mean_cost_per_hour": round(cost / (T / 3600.0), 4),
-                 "plan_cost_per_hour": self.plan.cost_per_hour, "requests": total_arr,
+        fleet = {**self.billing.totals(T), "plan_cost_per_hour": self.plan.cost_per_hour, "requests": total_arr,
                  "slo_attainment": round(sum(s.slo_ok for s in self.stats.models) /
                                          max(1, sum(s.completed + sum(s.rejected.values())
                                                     for s in self.stats.models)), 6)}
@@ -567,21 +515,6 @@ class Simulation:
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
         return Result(self.plan.id, self.policy_name, self.scenario.name, self.seed, T, models, slots, fleet,
                       self.series, self.actions, perf)
-
-
-PHI = (math.sqrt(5.0) - 1.0) / 2.0
-
-
-def weighted_split(keys: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Replica index per request (or per stream id) for ``weights``: ``frac(key * φ)`` is a
-    low-discrepancy sequence in [0, 1), cut into intervals as long as the weights. Consecutive keys
-    spread almost as evenly as round-robin (any run of requests gets each replica's share within a
-    few requests), and a stream's chunks, keyed by its id, all go to one replica."""
-    cum = np.cumsum(weights, dtype=float)
-    if cum[-1] <= 0:
-        cum = np.arange(1.0, len(weights) + 1.0)
-    u = np.mod(keys * PHI, 1.0)
-    return np.minimum(np.searchsorted(cum / cum[-1], u, side="right"), len(weights) - 1)
 
 
 def simulate(plan: Plan, scenario: Scenario, *, duration_s: float, seed: int = 0, policy: Policy | str | None = None,

@@ -178,7 +178,9 @@ class RemoveSlot:
     reason: str = ""
 
 
-Action = Union[AddSlot, AddReplica, RemoveReplica, RemoveSlot]
+ClusterAction = Union[AddSlot, AddReplica, RemoveReplica, RemoveSlot]
+"""What a simulator policy asks of the cluster (the scaling policy's own decisions are
+:class:`packer.scaling.Action`; ``sims/policy_packer.py`` translates one into the other)."""
 
 
 @runtime_checkable
@@ -186,7 +188,7 @@ class Policy(Protocol):
     interval_s: float
     """How often ``decide`` runs, in simulated seconds."""
 
-    def decide(self, view: ClusterView, now: float) -> list[Action]: ...
+    def decide(self, view: ClusterView, now: float) -> list[ClusterAction]: ...
 
 
 PolicyFactory = Callable[[Plan, Mapping[str, Any]], Policy]
@@ -213,14 +215,14 @@ class StaticPolicy:
             key = (p.pool, p.slot, tuple(m.name for m in p.models))
             self.want[key] = self.want.get(key, 0) + 1
 
-    def decide(self, view: ClusterView, now: float) -> list[Action]:
+    def decide(self, view: ClusterView, now: float) -> list[ClusterAction]:
         have: dict[tuple[str, str, tuple[str, ...]], int] = {}
         for s in view.slots.values():
             if s.preempting:
                 continue
             key = (s.pool, s.profile, s.models)
             have[key] = have.get(key, 0) + 1
-        out: list[Action] = []
+        out: list[ClusterAction] = []
         for key, n in self.want.items():
             for _ in range(n - have.get(key, 0)):
                 out.append(AddSlot(key[0], key[1], key[2], reason=f"replace lost slot of {'+'.join(key[2])} "
@@ -229,7 +231,7 @@ class StaticPolicy:
 
 
 @dataclass
-class _Group:
+class _Deployment:
     pool: str
     profile: str
     models: tuple[str, ...]
@@ -264,14 +266,14 @@ class HpaPolicy:
                             "tolerance, downscale_window_s, max_factor")
         if not 0 < self.target <= 1:
             raise UserError(f"policy hpa: target {self.target} must be in (0, 1]")
-        self.groups: dict[tuple[str, str, tuple[str, ...]], _Group] = {}
+        self.groups: dict[tuple[str, str, tuple[str, ...]], _Deployment] = {}
         for p in plan.placements:
             key = (p.pool, p.slot, tuple(m.name for m in p.models))
-            g = self.groups.setdefault(key, _Group(*key, min_slots=0))
+            g = self.groups.setdefault(key, _Deployment(*key, min_slots=0))
             g.min_slots += 1
 
-    def decide(self, view: ClusterView, now: float) -> list[Action]:
-        out: list[Action] = []
+    def decide(self, view: ClusterView, now: float) -> list[ClusterAction]:
+        out: list[ClusterAction] = []
         for key, g in self.groups.items():
             slots = [s for s in view.slots.values()
                      if (s.pool, s.profile, s.models) == key and not s.preempting]
@@ -307,11 +309,11 @@ class HpaPolicy:
 class FunctionPolicy:
     """Adapter for a pure ``fn(view, state, now) -> (actions, state)`` policy: keeps ``state``."""
 
-    def __init__(self, fn: Callable[[ClusterView, Any, float], tuple[list[Action], Any]], state: Any = None,
+    def __init__(self, fn: Callable[[ClusterView, Any, float], tuple[list[ClusterAction], Any]], state: Any = None,
                  *, interval_s: float = 15.0) -> None:
         self.fn, self.state, self.interval_s = fn, state, interval_s
 
-    def decide(self, view: ClusterView, now: float) -> list[Action]:
+    def decide(self, view: ClusterView, now: float) -> list[ClusterAction]:
         actions, self.state = self.fn(view, self.state, now)
         return list(actions)
 

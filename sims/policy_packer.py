@@ -124,7 +124,7 @@ class PackerPolicy:
 
     # -- the policy ------------------------------------------------------------------------------
 
-    def decide(self, view: sp.ClusterView, now: float) -> list[sp.Action]:
+    def decide(self, view: sp.ClusterView, now: float) -> list[sp.ClusterAction]:
         notices = self._sync(view)
         self._view = view
         signals = {n: _signals(s, view.interval_s) for n, s in view.models.items()}
@@ -134,7 +134,7 @@ class PackerPolicy:
                       retry_fresh=True)
         self.state = result.state
         new_slots: dict[str, sp.AddSlot] = {}
-        out: list[sp.Action] = []
+        out: list[sp.ClusterAction] = []
         for a in result.actions:
             self.log.append((now, a))
             if isinstance(a, Replan):
@@ -148,7 +148,7 @@ class PackerPolicy:
         return out
 
     def _replanned(self, a: Replan, rp: ReplanOutcome | None, now: float,
-                   new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
+                   new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
         """Record the step's re-plan (or why none ran) and migrate when the packing was taken."""
         if self.replanner is None:
             return []
@@ -167,15 +167,15 @@ class PackerPolicy:
         s = view.slots.get(sim_slot) if view is not None else None
         return s is not None and not s.preempting
 
-    def _into(self, model: str, slot_id: str, reason: str, new_slots: dict[str, sp.AddSlot]) -> sp.Action | None:
+    def _into(self, model: str, slot_id: str, reason: str, new_slots: dict[str, sp.AddSlot]) -> sp.ClusterAction | None:
         if slot_id in new_slots:  # a slot asked for in this same decision: one AddSlot with both
             s = new_slots[slot_id]
             new_slots[slot_id] = replace(s, models=s.models + (model,))
             return None
         return sp.AddReplica(model, self.ids[slot_id], reason=reason)
 
-    def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
-        out: list[sp.Action | None] = []
+    def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
+        out: list[sp.ClusterAction | None] = []
         if isinstance(a, (AddReplica, SplitOut)) and a.replaces is not None:
             old = self.ids.get(a.replaces.id, a.replaces.id)
             if not any(p.id == a.replaces.id for p in self.plan.placements):
@@ -202,7 +202,7 @@ class PackerPolicy:
             pass  # round-robin routing needs no resize; the simulator has no empty slots
         return [x for x in out if x is not None]
 
-    def _migrate(self, new: Plan, reason: str, new_slots: dict[str, sp.AddSlot]) -> list[sp.Action]:
+    def _migrate(self, new: Plan, reason: str, new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
         """Move from the shadow plan to ``new``: unchanged groups stay, the rest is rebuilt, and the
         old slots go once every new replica serves (make before break)."""
         def key(p: Any) -> tuple[str, str, frozenset[str]]:
@@ -230,9 +230,9 @@ class PackerPolicy:
         self.plan = new
         return []
 
-    def _due(self, view: sp.ClusterView) -> list[sp.Action]:
+    def _due(self, view: sp.ClusterView) -> list[sp.ClusterAction]:
         """Remove emptied slots once the replicas moved out of them serve elsewhere."""
-        out: list[sp.Action] = []
+        out: list[sp.ClusterAction] = []
         keep: list[_Removal] = []
         for r in self.removals:
             ready = True

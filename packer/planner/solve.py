@@ -20,7 +20,7 @@ from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
 from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S, lower_bound
-from packer.planner.colplan import integer_master
+from packer.planner.colplan import dive, integer_master
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
@@ -49,9 +49,9 @@ def auto_time_limit(fleet: Fleet) -> float:
     proves the greedy plan optimal, the search's share is not spent.
     """
     n = len(fleet.models)
-    if n <= 200:
+    if n <= 60:
         return 8.0 + 0.03 * n
-    return 14.0 + 0.027 * (n - 200) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
+    return min(22.0, 9.8 + 0.1 * (n - 60)) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
 
 
 def multi_floor(problem: Problem) -> float:
@@ -526,18 +526,28 @@ MASTER_SHARE = 0.25
 
 def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
                    limit: float) -> list[Gpu]:
-    """The integer master's packing (``colplan.integer_master``), consolidated, where it is
-    cheaper than ``gpus`` (the shared GPUs so far); else ``gpus``."""
+    """A packing from the pattern LP's columns (``colplan``): the dive, then the integer master
+    below the dive's cost with the time left of its share; consolidated, where it is cheaper than
+    ``gpus`` (the shared GPUs so far); else ``gpus``."""
 
     now = cost_of(problem, gpu_counts(problem, gpus))
     seconds = min(MASTER_SHARE * limit, max(0.0, deadline - time.monotonic()) * 0.5)
     if seconds < 0.3:
         return gpus
-    new = integer_master(problem, pat, reserved, seconds, now)
-    if new is None:
-        return gpus
-    new = consolidate(problem, new, max(deadline, time.monotonic() + 1.0))
-    return new if cost_of(problem, gpu_counts(problem, new)) < now - 1e-9 else gpus
+    end = time.monotonic() + seconds
+    best, best_cost = gpus, now
+    for step in (dive, integer_master):
+        left = end - time.monotonic()
+        if left < 0.3:
+            break
+        new = step(problem, pat, reserved, left, best_cost)
+        if new is None:
+            continue
+        new = consolidate(problem, new, max(deadline, time.monotonic() + 1.0))
+        cost = cost_of(problem, gpu_counts(problem, new))
+        if cost < best_cost - 1e-9:
+            best, best_cost = new, cost
+    return best
 
 
 def _groups(gpus: list[Gpu]) -> list[tuple[str, list[tuple[str, int]]]]:

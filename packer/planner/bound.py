@@ -52,7 +52,7 @@ MIP_UP_TO = 60
 PATTERN_SHARE = 0.6
 """The pattern LP's column generation gets what the aggregate LPs left of the bound's time, and at
 least this share of it."""
-AGGREGATE_SHARE, AGGREGATE_S_PER_MODEL = 0.35, 0.02
+AGGREGATE_SHARE, AGGREGATE_S_PER_MODEL = 0.25, 0.015
 """Time kept for the aggregate LPs after column generation, up to this many models: the duty-class
 LP takes about 3.5 s on long-tail (200 models), 1 s on 40."""
 MIP_MIN_S = 8.0

@@ -68,7 +68,10 @@ NODE_S, CELL_S, ITER_S, ROUND_S = 1.8e-5, 1.5e-7, 4e-4, 2e-3
 simplex iteration of the restricted master, and per round: measured on this project's 2-core
 machine (1.6e-5, 1.3e-7, 3.5e-4 on long-tail, generated-500 and multilingual-10), rounded up
 for what is not counted."""
-WALL_FACTOR = 3.0
+DISJOINT = 30
+"""Most follow-up searches a slot type gets each round, each among the models the groups found so
+far this round leave out."""
+WALL_FACTOR = 2.0
 """Wall-clock seconds allowed per deterministic second before column generation is cut short:
 only a much slower or much busier machine than the one measured gets different columns."""
 EVAL_EVERY = 0.15
@@ -255,7 +258,7 @@ class Patterns:
         return best
 
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
-               node_limit: int = 4000) -> tuple[float, list[tuple[int, ...]]]:
+               node_limit: int = 4000, want_bound: bool = True) -> tuple[float, list[tuple[int, ...]]]:
         """Groups on slot type ``key`` worth more than ``floor`` at ``mu``, and an upper bound on
         what any group ``feasible`` admits there is worth: (bound, the last ``max_cols`` groups
         found, best last).
@@ -266,12 +269,14 @@ class Patterns:
         cell's groups are worth at most the floor it was searched with where its search
         finished, its LP where it did not, so the bound costs nothing more than the columns.
         Otherwise the bound's cells are coarser than a group's cycle: the bound is
-        :meth:`pattern_value_bound`'s and the columns come from :meth:`price`.
+        :meth:`pattern_value_bound`'s (infinite unless ``want_bound``) and the columns come from
+        :meth:`price`.
         """
         ti = self.types[key]
         v = mu[ti.keys]
         if np.unique(ti.hi[v > 1e-12]).size > EXACT_CELLS:
-            return self.pattern_value_bound(key, mu, node_limit), self.price(key, mu, floor, max_cols)
+            bound = self.pattern_value_bound(key, mu, node_limit) if want_bound else math.inf
+            return bound, self.price(key, mu, floor, max_cols)
         bound = best = floor
         found: list[tuple[int, ...]] = []
         for least, lam, make in self._cell_problems(ti, v, at_top=True):
@@ -573,7 +578,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     obj.SetMinimization()
     rounds, converged, lp = 0, False, math.inf
     mu = np.zeros(len(pat.reps))
-    budget = 0.6 * time_limit  # the rest for the final bound's pricing
+    budget = 0.8 * time_limit  # the rest for the final bound's pricing (exact, 4000 nodes a cell)
     best, last_eval, iters = -math.inf, 0.0, 0
 
     def spent() -> float:
@@ -606,10 +611,23 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         for key in pat.types:
             if spent() > budget:
                 break
-            _, cols = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES)
+            _, cols = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES, want_bound=False)
             priced += 1
             for col in cols:
                 new += pat.add(key, col)
+            # More columns a round: the best group again among the models the last one left out,
+            # until none beats the slot's dual (a packing at these duals, one group at a time).
+            # long-tail converges in 40 rounds instead of 365 (5.8 deterministic s instead of 20).
+            rest = mu
+            for _ in range(DISJOINT):
+                if not cols:
+                    break
+                rest = rest.copy()
+                for k in cols[-1]:
+                    rest[pat.model_reps[pat.reps[k][0]]] = 0.0
+                _, cols = pat.search(key, rest, floor=pi[key], node_limit=PRICE_NODES, want_bound=False)
+                for col in cols:
+                    new += pat.add(key, col)
         if new == 0 and priced == len(pat.types):
             converged = True  # no group the search found improves the LP at its duals
             break

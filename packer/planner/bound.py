@@ -52,6 +52,9 @@ MIP_UP_TO = 60
 PATTERN_SHARE = 0.6
 """The pattern LP's column generation gets what the aggregate LPs left of the bound's time, and at
 least this share of it."""
+AGGREGATE_SHARE, AGGREGATE_S_PER_MODEL = 0.25, 0.015
+"""Time kept for the aggregate LPs after column generation, up to this many models: the duty-class
+LP takes about 3.5 s on long-tail (200 models), 1 s on 40."""
 MIP_MIN_S = 8.0
 """With the default budget, the MIP gets at least this long: multilingual-10's (40 models) needs
 6.3 s, where 45 % of the plan's 7.5 s left it 2-3 s and no bound (16.40/h from the LP, not 17.70)."""
@@ -80,19 +83,32 @@ result is appended to ``keep`` (its columns can seed a packing).
     def left() -> float:
         return time_limit - (time.monotonic() - start)
 
-    # The duty-class LP is at least as tight as the one-class LP (summing its classes gives a
-    # one-class solution), so the one-class LP runs only where the other is not tried or fails.
     # The closed form needs no solver and always finishes: the floor under every other bound.
     found: list[tuple[float, str] | None] = [closed_form(problem)]
-    if n <= CLASSES_UP_TO:
-        found.append(_solve(problem, time_limit, integer=False, max_classes=MAX_CLASSES))
-    if n > CLASSES_UP_TO or found[-1] is None:
-        found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
+
+    def aggregate() -> None:
+        # The duty-class LP is at least as tight as the one-class LP (summing its classes gives a
+        # one-class solution), so the one-class LP runs only where the other is not tried or fails.
+        if n <= CLASSES_UP_TO:
+            found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=MAX_CLASSES))
+        if n > CLASSES_UP_TO or found[-1] is None:
+            found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
+
     # The pattern LP bounds the whole plan, multi-GPU replicas included; the others bound the
-    # shared models, to which multi_cost is added below.
-    # The aggregate LPs first: a few seconds, and a floor where column generation is cut short
-    # (its Lagrangian bound is poor far from the LP's optimum). Then the pattern LP.
-    pat = pattern_bound(problem, max(left(), PATTERN_SHARE * time_limit), upper, seeds, counts)
+    # shared models, to which multi_cost is added below. Up to CLASSES_UP_TO models the pattern
+    # LP runs first, leaving the aggregate LPs their few seconds only where column generation is
+    # cut short (its Lagrangian bound is then poor, and they are the floor); converged, it is
+    # the tighter relaxation of the two (its columns are groups ``feasible`` admits, where the
+    # aggregate LPs pool the slots' time and memory). Above, the one-class LP first (16 s at 2000
+    # models), then the pattern LP with what is left, and at least PATTERN_SHARE of the time.
+    if n <= CLASSES_UP_TO:
+        reserve = min(AGGREGATE_SHARE * time_limit, AGGREGATE_S_PER_MODEL * n + 0.5)
+        pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)
+        if pat is None or not pat.converged:
+            aggregate()
+    else:
+        aggregate()
+        pat = pattern_bound(problem, max(left(), PATTERN_SHARE * time_limit), upper, seeds, counts)
     whole_of = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
     pattern = None
     if pat is not None and keep is not None:

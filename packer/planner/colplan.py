@@ -6,19 +6,30 @@ packing of the whole fleet that the greedy starts, which place one replica at a 
 it sees every model's replica count and every group at once. The result is dealt onto GPUs by
 ``assemble.to_gpus`` (valid MIG layouts, one replica of a model per GPU) and kept only where it
 fits the pools and is cheaper than the incumbent.
+
+Two ways to whole numbers: :func:`dive` (fix what the LP makes whole, then its most-used
+fractional column, and solve again: a second or two) and :func:`integer_master` (a MIP over all
+the columns: it can prove, but on 200 models and 3000 columns it rarely finds a packing in
+seconds). The planner runs the dive, then the MIP below the dive's cost.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 
+import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu, to_gpus
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.model import Problem, Rep, Slot, can_add
-from packer.planner.patterns import Patterns
+from packer.planner.patterns import PRICE_NODES, Patterns
+
+
+MASTER_NODES = 100
+"""Branch-and-bound nodes the integer master may take (HiGHS)."""
 
 
 def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
@@ -27,48 +38,16 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     shared model at one of its counts, within the pools' sizes less ``reserved`` GPUs and below
     ``upper`` (the incumbent's shared cost); as GPUs, or None where none is found or it does not
     deal onto the pools."""
-    fleet = problem.fleet
-    solver = pywraplp.Solver.CreateSolver("HIGHS")
-    if solver is None:  # pragma: no cover - OR-Tools ships HiGHS
+    built = _master(problem, pat, reserved, upper, integer=True)
+    if built is None:
         return None
+    solver, x, y, _, _ = built
     solver.SuppressOutput()
-    solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\nthreads=1\n")
-    solver.SetTimeLimit(int(max(0.1, time_limit) * 1000))
-
-    # --- variables: GPUs per layout, slots per pattern, one replica count per model
-    cost = 0
-    slots_of: dict[str, list] = defaultdict(list)
-    for p in fleet.pools:
-        zs = []
-        for i, (cnt, _) in enumerate(pat.layouts[p.name]):
-            z = solver.IntVar(0, max(0, p.max_gpus - reserved.get(p.name, 0)), f"z[{p.name},{i}]")
-            zs.append(z)
-            cost += p.cost_per_gpu_hour * z
-            for prof, n in cnt.items():
-                slots_of[f"{p.name}/{prof}"].append(n * z)
-        # The pool's size, less what the multi-GPU replicas took.
-        solver.Add(sum(zs) <= max(0, p.max_gpus - reserved.get(p.name, 0)))
-    x = [solver.IntVar(0, min(pat.reps[k][1] for k in reps), f"x[{j}]") for j, (_, reps) in enumerate(pat.columns)]
-    y = {k: solver.BoolVar(f"y[{k}]") for k in range(len(pat.reps))}
-
-    # --- constraints
-    used: dict[str, list] = defaultdict(list)
-    holds: dict[int, list] = defaultdict(list)
-    for j, (key, reps) in enumerate(pat.columns):
-        used[key].append(x[j])
-        for k in reps:
-            holds[k].append(x[j])
-    for key, xs in used.items():
-        solver.Add(sum(xs) <= sum(slots_of[key]))  # patterns run on slots the layouts provide
-    for name in pat.models:
-        solver.Add(sum(y[k] for k in pat.model_reps[name]) == 1)  # one replica count per model
-    for k, (name, n) in enumerate(pat.reps):
-        solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
-    if math.isfinite(upper):
-        solver.Add(cost <= upper - 1e-6)  # only a cheaper packing is of use
-
-    # --- objective and solve
-    solver.Minimize(cost)
+    # A node limit, not the clock, ends the search, so that a seed gives one plan on any machine
+    # load; the clock is the guard against a much slower machine.
+    solver.SetSolverSpecificParametersAsString(f"output_flag=false\nlog_to_console=false\nthreads=1\n"
+                                              f"mip_max_nodes={MASTER_NODES}\n")
+    solver.SetTimeLimit(int(max(0.1, 2 * time_limit) * 1000))
     status = solver.Solve()
     if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
         return None
@@ -107,3 +86,123 @@ def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, 
 
 def shared_cost(problem: Problem, gpus: list[Gpu]) -> float:
     return cost_of(problem, gpu_counts(problem, [g for g in gpus if not g.multi]))
+
+
+def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: float, integer: bool):
+    """The master problem over the columns: (solver, cost, x per column, y per replica class).
+    ``integer``: a MIP (HiGHS), else an LP (GLOP) to dive on."""
+    fleet = problem.fleet
+    solver = pywraplp.Solver.CreateSolver("HIGHS" if integer else "GLOP")
+    if solver is None:  # pragma: no cover - OR-Tools ships both
+        return None
+    var = solver.IntVar if integer else solver.NumVar
+    cost = 0
+    slots_of: dict[str, list] = defaultdict(list)
+    for p in fleet.pools:
+        zs = []
+        room = max(0, p.max_gpus - reserved.get(p.name, 0))  # the pool, less the multi-GPU replicas
+        for i, (cnt, _) in enumerate(pat.layouts[p.name]):
+            z = var(0, room, f"z[{p.name},{i}]")
+            zs.append(z)
+            cost += p.cost_per_gpu_hour * z
+            for prof, n in cnt.items():
+                slots_of[f"{p.name}/{prof}"].append(n * z)
+        solver.Add(sum(zs) <= room)
+    x = [var(0, min(pat.reps[k][1] for k in reps), f"x[{j}]") for j, (_, reps) in enumerate(pat.columns)]
+    y = {k: (solver.BoolVar(f"y[{k}]") if integer else solver.NumVar(0, 1, f"y[{k}]")) for k in range(len(pat.reps))}
+    used: dict[str, list] = defaultdict(list)
+    holds: dict[int, list] = defaultdict(list)
+    for j, (key, reps) in enumerate(pat.columns):
+        used[key].append(x[j])
+        for k in reps:
+            holds[k].append(x[j])
+    rows: dict[str, object] = {}
+    for key in pat.types:  # patterns run on slots the layouts provide
+        rows[key] = solver.Add(sum(used.get(key, [])) <= sum(slots_of.get(key, [])))
+    for name in pat.models:
+        solver.Add(sum(y[k] for k in pat.model_reps[name]) == 1)  # one replica count per model
+    cover = [solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
+             for k, (name, n) in enumerate(pat.reps)]
+    if math.isfinite(upper):
+        solver.Add(cost <= upper - 1e-6)  # only a cheaper packing is of use
+    solver.Minimize(cost)
+    return solver, x, y, rows, cover
+
+
+def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
+         upper: float, price: bool = False) -> list[Gpu] | None:
+    """A packing by diving on the master LP: solve it; fix every column's whole part and every
+    model whose replica count the LP decided; where nothing is whole, the most-used fractional
+    count, else the most-used fractional column; solve again, until slots and counts are whole.
+    Each step re-solves a warm LP over the same columns. Raising a column's lower bound never
+    uncovers a model (covering is ``>=``); a forced fix that leaves no room in the pools is undone
+    and the column (or count) held where it was. ``price``: look for new columns at each step's
+    duals too (slower; on long-tail no cheaper). As GPUs, or None where the time runs out first;
+    the caller compares the cost with ``upper``.
+
+    long-tail (200 models, 3,300 columns): 62.21/h in 1.7 s where the greedy starts and CP-SAT
+    reached 65.08/h and the MIP over the same columns found nothing in 60 s (LP 58.07/h).
+    """
+    end = time.monotonic() + 2 * time_limit  # a guard: the dive ends when all is whole
+    # No cost cap in the LP: a dive pushed past ``upper`` midway may still end below it (the
+    # caller keeps only a cheaper packing); with the cap, such a dive just failed.
+    built = _master(problem, pat, reserved, math.inf, integer=False)
+    if built is None:
+        return None
+    solver, x, y, rows, cover = built
+    eps = 1e-6
+    forced = None  # the last fix the LP did not already hold (var, its lower bound before)
+    while True:
+        if time.monotonic() > end:
+            return None
+        if solver.Solve() != pywraplp.Solver.OPTIMAL:
+            if forced is None:
+                return None
+            var, lb = forced  # that fix left no room in the pools: undo it, and never again
+            var.SetLb(lb)
+            var.SetUb(lb)
+            forced = None
+            continue
+        if price and _price_into(pat, solver, rows, cover, x) and solver.Solve() != pywraplp.Solver.OPTIMAL:
+            return None
+        xv = [v.solution_value() for v in x]
+        yv = {k: v.solution_value() for k, v in y.items()}
+        frac_x = [(v - math.floor(v), j) for j, v in enumerate(xv) if v - math.floor(v + eps) > eps]
+        frac_y = [(yv[k], k) for k in yv if eps < yv[k] < 1 - eps]
+        if not frac_x and not frac_y:
+            break
+        fixed = False  # fixes the LP's solution already holds: they never make it infeasible
+        for j, v in enumerate(xv):
+            if math.floor(v + eps) > x[j].lb() + 0.5:
+                x[j].SetLb(math.floor(v + eps))
+                fixed = True
+        for k, v in yv.items():
+            if v > 1 - eps and y[k].lb() < 0.5:
+                y[k].SetLb(1.0)
+                fixed = True
+        forced = None
+        if fixed:
+            continue
+        var, value = (y[max(frac_y)[1]], 1.0) if frac_y else (x[max(frac_x)[1]], math.ceil(xv[max(frac_x)[1]]))
+        forced = (var, var.lb())
+        var.SetLb(value)
+    chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if yv[k] > 0.5}
+    return _deal(problem, pat, [round(v) for v in xv], chosen, reserved)
+
+
+def _price_into(pat: Patterns, solver, rows: dict, cover: list, x: list) -> int:
+    """Columns that improve the dive's LP at its duals, added to it: the dive's fixings change
+    which groups are worth having (the residual needs groups the first LP never priced)."""
+    mu = np.array([max(0.0, c.dual_value()) for c in cover])
+    pis = {key: max(0.0, -row.dual_value()) for key, row in rows.items()}
+    new = 0
+    for key, row in rows.items():
+        for col in pat.search(key, mu, floor=pis[key], node_limit=PRICE_NODES)[1]:
+            if pat.add(key, col):
+                new += 1
+                xj = solver.NumVar(0, min(pat.reps[k][1] for k in col), "")
+                row.SetCoefficient(xj, 1.0)
+                for k in col:
+                    cover[k].SetCoefficient(xj, 1.0)
+                x.append(xj)
+    return new

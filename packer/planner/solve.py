@@ -20,7 +20,7 @@ from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
 from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S, lower_bound
-from packer.planner.colplan import integer_master
+from packer.planner.colplan import dive, integer_master
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
@@ -49,9 +49,9 @@ def auto_time_limit(fleet: Fleet) -> float:
     proves the greedy plan optimal, the search's share is not spent.
     """
     n = len(fleet.models)
-    if n <= 200:
+    if n <= 60:
         return 8.0 + 0.03 * n
-    return 14.0 + 0.027 * (n - 200) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
+    return min(22.0, 9.8 + 0.1 * (n - 60)) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
 
 
 def multi_floor(problem: Problem) -> float:
@@ -193,13 +193,38 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
     return best
 
 
-def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
+def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str, int], t0: float,
+                   deadline: float, start: list[Gpu] | None) -> tuple[list[Gpu], dict[str, int]]:
+    """The greedy starts (``multi_start``) at the chosen replica counts; where none fits the pools,
+    at each model's fewest replicas, then its most. The cheapest-looking counts can take more
+    slots than small pools have (a family fleet at headroom 0: ft-0001 at 5 replicas of 136 rps
+    left no room, where 2 of 340 fit whole A100s): the fleet does not fit only when every set of
+    counts fails. Raises the first NoRoom."""
+    opts = {m.name: [n for n in problem.replica_options(m) if n > 0] for m in problem.shared_models}
+    tries = [counts,
+             {k: (min(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
+             {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()}]
+    first: NoRoom | None = None
+    for i, c in enumerate(tries):
+        if i and c in tries[:i]:
+            continue
+        try:
+            return multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start), c
+        except NoRoom as e:
+            first = first or e
+    assert first is not None
+    raise first
+
+
+def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_s: float,
             progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str]:
     """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet.
 
     Returns (gpus, status); ``optimal`` means CP-SAT found no cheaper packing in its own model,
     which is not a proof over all plans. Windows find local merges fast (two GPUs half used become
-    one MIG-split GPU); the whole model then improves from there.
+    one MIG-split GPU); the whole model then improves from there. ``budget_s`` is in CP-SAT's
+    deterministic seconds, so that a seed gives one plan whatever the machine's load; the wall
+    clock only guards (twice the budget) against a much slower machine.
     """
     s = problem.settings
     shared = [g for g in gpus if not g.multi]
@@ -208,12 +233,13 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
     n_reps = sum(len(problem.replica_options(m)) * max(problem.replica_options(m) or [0])
                  for m in problem.shared_models)
     small = full and n_reps <= 160
-    total = max(0.0, deadline - time.monotonic())
-    shared = _lns(problem, shared, limit, time.monotonic() + (0.5 * total if small else total), progress,
-                  reshuffle=full)
+    total = max(0.0, budget_s)
+    spent: list[float] = []
+    shared = _lns(problem, shared, limit, 0.5 * total if small else total, time.monotonic() + 2 * total + 1.0,
+                  progress, reshuffle=full, spent=spent)
     if not small:
         return shared + multi, "feasible"
-    budget = max(1.0, deadline - time.monotonic())
+    budget = max(1.0, total - sum(spent))
     res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
                        fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
                        seed=s.seed)
@@ -225,8 +251,8 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], deadlin
     return shared + multi, "feasible"
 
 
-def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: float,
-         progress: Progress | None, reshuffle: bool = True) -> list[Gpu]:
+def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: float, guard: float,
+         progress: Progress | None, reshuffle: bool = True, spent: list[float] | None = None) -> list[Gpu]:
     """Large-neighbourhood search: re-pack windows of a few GPUs, keep what is cheaper.
 
     Two kinds of window, alternating. *Emptying* windows: the emptiest GPU and the next emptiest
@@ -234,7 +260,9 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
     load onto fewer GPUs (a larger sum of squared fills), so a GPU empties over several windows
     where no single window can drop one, as on memory-bound fleets at 94 % fill. *Pair* windows
     across pools: two half-used GPUs may become one MIG-split GPU. A re-plan (``reshuffle`` off)
-    keeps only cheaper packings: moving replicas at equal cost is what it must avoid.
+    keeps only cheaper packings: moving replicas at equal cost is what it must avoid. ``budget``:
+    deterministic seconds for all windows; ``guard``: the wall-clock time past which no window
+    starts; ``spent`` gets each window's deterministic seconds.
     """
     s = problem.settings
     rng = random.Random(s.seed)
@@ -242,9 +270,8 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], deadline: f
     # A fixed number of windows, each with a deterministic-time budget, keeps the result a
     # function of the seed; the deadline only guards against a much slower machine.
     window_budget = 0.5
-    left = max(0.0, deadline - time.monotonic())
-    guard = deadline + 0.5 * left
-    spent: list[float] = []  # deterministic seconds used by the windows so far
+    left = budget
+    spent = [] if spent is None else spent  # deterministic seconds used by the windows so far
     tried: set[frozenset[int]] = set()
     while sum(spent) + 0.01 * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
@@ -520,24 +547,32 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
             f"{current.bound_method}; carried from the current plan (same fleet and settings)")
 
 
+MASTER_COLUMNS = 1500
 MASTER_SHARE = 0.25
 """Share of the plan's time limit the integer master over the pattern LP's columns may take."""
 
 
-def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, int], deadline: float,
-                   limit: float) -> list[Gpu]:
-    """The integer master's packing (``colplan.integer_master``), consolidated, where it is
-    cheaper than ``gpus`` (the shared GPUs so far); else ``gpus``."""
+def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, int], seconds: float) -> list[Gpu]:
+    """A packing from the pattern LP's columns (``colplan``): the dive, then the integer master
+    below the dive's cost with the time left of its share; consolidated, where it is cheaper than
+    ``gpus`` (the shared GPUs so far); else ``gpus``."""
 
     now = cost_of(problem, gpu_counts(problem, gpus))
-    seconds = min(MASTER_SHARE * limit, max(0.0, deadline - time.monotonic()) * 0.5)
-    if seconds < 0.3:
-        return gpus
-    new = integer_master(problem, pat, reserved, seconds, now)
-    if new is None:
-        return gpus
-    new = consolidate(problem, new, max(deadline, time.monotonic() + 1.0))
-    return new if cost_of(problem, gpu_counts(problem, new)) < now - 1e-9 else gpus
+    best, best_cost = gpus, now
+    # The master's nodes are LPs over every column: past MASTER_COLUMNS a few of them take longer
+    # than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found).
+    steps = (dive, integer_master) if len(pat.columns) <= MASTER_COLUMNS else (dive,)
+    for step in steps:
+        # Both end on their own (the dive when all is whole, the master at its node limit): the
+        # clock is a guard against a much slower machine, not what ends them.
+        new = step(problem, pat, reserved, seconds, best_cost)
+        if new is None:
+            continue
+        new = consolidate(problem, new, math.inf)
+        cost = cost_of(problem, gpu_counts(problem, new))
+        if cost < best_cost - 1e-9:
+            best, best_cost = new, cost
+    return best
 
 
 def _groups(gpus: list[Gpu]) -> list[tuple[str, list[tuple[str, int]]]]:
@@ -555,6 +590,9 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
 
     large = len(fleet.models) > CLASSES_UP_TO
     deadline = t0 + (0.5 if large else 0.45) * limit
+    # The search's own budget, in deterministic seconds (CP-SAT's, the dive's steps): a seed gives
+    # one plan whatever else runs on the machine. ``deadline`` (wall clock) bounds the greedy starts.
+    search_s = (0.5 if large else 0.45) * limit
     bound_s = max(1.5, (0.4 if large else 0.45) * limit)
     # The default budget gives a small fleet's MIP the time it needs; an explicit limit is kept.
     mip_s = MIP_MIN_S if settings.time_limit_s is None else 0.0
@@ -590,8 +628,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             new_slots = [s for s in slots if id(s) not in gpu_of]
             gpus = consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
         else:
-            gpus = multi_start(problem, reps_for(problem, counts), reserved, starts_from, deadline,
-                               extra=start)  # consolidated
+            gpus, counts = _start_packing(problem, counts, reserved, starts_from, deadline, start)
     except NoRoom as e:
         raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
                         "or lower headroom") from None
@@ -614,8 +651,10 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         deadline += time.monotonic() - began  # the search keeps its share of the budget
         # Whole numbers of the pattern LP's columns: a packing that sees every group at once
         # (colplan.py). It takes part of the search's share.
-        if keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6:
-            gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, deadline, limit)
+        master_s = min(MASTER_SHARE * limit, 0.5 * search_s)
+        if keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6 and master_s >= 0.3:
+            gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s)
+            search_s -= master_s
             greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
         began = time.monotonic()
         first = _prove(problem, greedy_cost, floor, *bound, min(PROVE_FIRST_S, limit), progress, t0, first=True)
@@ -625,7 +664,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is not None and first[0] >= greedy_cost - 1e-6:
         gpus, status = gpus + multi, "optimal"
     else:
-        gpus, status = improve(problem, gpus + multi, reserved, deadline, progress, full=current is None)
+        gpus, status = improve(problem, gpus + multi, reserved, search_s, progress, full=current is None)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     baseline = greedy_baseline(fleet, settings, baseline_packing)
     if start is not None and cost_of(problem, gpu_counts(problem, gpus)) > baseline.cost_per_hour + 1e-9:

@@ -10,12 +10,13 @@ what each model keeps when its worst spot node, or every spot node, is lost.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 from dataclasses import dataclass
 
 from packer.errors import UserError
 from packer.fleet import Fleet, Model, Pool
 from packer.plan import Plan
-from packer.planner.model import Problem, on_demand_replicas
+from packer.planner.model import Problem, on_demand_replicas, spot_count
 
 Choice = tuple[float, int, list[tuple[Pool, int]]]
 """(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
@@ -38,7 +39,10 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
     for p in problem.fleet.pools:
         n = counts[p.name]
-        if n is None or (p.spot and on_demand_replicas(m, n) > 0):
+        if n is None:
+            continue
+        n = spot_count(m, n, p)
+        if p.spot and on_demand_replicas(m, n, p) > 0:
             continue
         options.append((n * gpr * p.cost_per_gpu_hour, n, [(p, n)]))
     for q in problem.fleet.pools:
@@ -46,12 +50,13 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
             nq, np_ = counts[q.name], counts[p.name]
             if q.spot or not p.spot or nq is None or np_ is None:
                 continue
-            n = max(nq, np_)
-            k = on_demand_replicas(m, n)
-            if k >= n:
-                continue
-            parts = [(q, k), (p, n - k)] if k else [(p, n)]
-            options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
+            least = max(nq, np_)
+            for n in range(least, spot_count(m, least, p) + 1):
+                k = on_demand_replicas(m, n, p)
+                if k >= n:
+                    continue
+                parts = [(q, k), (p, n - k)] if k else [(p, n)]
+                options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
     best: Choice | None = None
     for o in options:
         if room(o[2]) and (best is None or o[0] < best[0]):
@@ -74,28 +79,50 @@ class Exposure:
     worst_node: str | None
     keeps_no_spot: float
     """Share of peak its on-demand replicas hold alone."""
+    loss: str = "node"
+    """What its floor must survive (``Model.spot_loss``): ``node`` reads ``keeps_one_node``,
+    ``pool`` ``keeps_no_spot``."""
+
+    @property
+    def below_floor(self) -> bool:
+        return (self.keeps_one_node if self.loss == "node" else self.keeps_no_spot) < self.floor - 1e-6
+
+
+def kept(plan: Plan, model: str) -> tuple[float, str | None, float]:
+    """(share of peak kept when the model's worst spot node goes, that node, share kept when every
+    spot node goes). A replica holds the rate it is sized for (``rate_rps``); the even split of
+    requests over the rest is what the planner sized them for."""
+    m = plan.model(model)
+    peak = m.traffic.peak_rps
+    reps = plan.placements_of(model)
+    rate = {p.id: next(x.rate_rps for x in p.models if x.name == model) for p in reps}
+    total = sum(rate.values())
+    by_node: dict[str, float] = {}
+    for p in reps:
+        if plan.fleet.pool(p.pool).spot:
+            by_node[p.node] = by_node.get(p.node, 0.0) + rate[p.id]
+    worst = max(by_node, key=lambda n: (by_node[n], n)) if by_node else None
+    lost = by_node.get(worst, 0.0) if worst else 0.0
+    share = (lambda r: min(1.0, r / peak) if peak > 0 else 1.0)
+    return share(total - lost), worst, share(total - sum(by_node.values()))
+
+
+def holds_floor(plan: Plan, model: str) -> float:
+    """The share of peak that ``spot_loss`` counts against the floor: kept with the worst spot node
+    gone (``node``), or with every spot node gone (``pool``)."""
+    one, _, none = kept(plan, model)
+    return one if plan.model(model).spot_loss == "node" else none
 
 
 def exposure(plan: Plan) -> list[Exposure]:
     """Per model: replicas on spot, and the share of peak kept when its worst spot node is lost
-    and when every spot node is. A replica holds the rate it is sized for (``rate_rps``); the
-    even split of requests over the rest is what the planner sized them for."""
+    and when every spot node is (:func:`kept`)."""
     out = []
     for m in plan.fleet.models:
-        peak = m.traffic.peak_rps
         reps = plan.placements_of(m.name)
-        rate = {p.id: next(x.rate_rps for x in p.models if x.name == m.name) for p in reps}
-        total = sum(rate.values())
-        by_node: dict[str, float] = {}
-        for p in reps:
-            if plan.fleet.pool(p.pool).spot:
-                by_node[p.node] = by_node.get(p.node, 0.0) + rate[p.id]
-        worst = max(by_node, key=lambda n: (by_node[n], n)) if by_node else None
-        lost = by_node.get(worst, 0.0) if worst else 0.0
-        share = (lambda r: min(1.0, r / peak) if peak > 0 else 1.0)
+        one, worst, none = kept(plan, m.name)
         out.append(Exposure(m.name, m.spot_policy, m.on_demand_floor, len(reps),
-                            sum(1 for p in reps if plan.fleet.pool(p.pool).spot),
-                            share(total - lost), worst, share(total - sum(by_node.values()))))
+                            sum(1 for p in reps if plan.fleet.pool(p.pool).spot), one, worst, none, m.spot_loss))
     return out
 
 
@@ -124,10 +151,25 @@ def exposure_lines(plan: Plan) -> list[str]:
     out.append("when spot goes    model                 policy  floor  replicas  on spot  "
                "keeps (worst node)  keeps (no spot)")
     for e in exposure(plan):
-        flag = "  <- below its floor" if e.keeps_no_spot < e.floor - 1e-9 else ""
+        flag = "  <- below its floor" if e.below_floor else ""
         out.append(f"                  {e.model:<21} {e.policy:<7} {e.floor:>5.0%}  {e.replicas:>8}  {e.on_spot:>7}  "
                    f"{e.keeps_one_node:>18.0%}  {e.keeps_no_spot:>15.0%}{flag}")
     return out
+
+
+def exposure_doc(plan: Plan) -> dict[str, Any] | None:
+    """The plan file's ``spot_exposure`` (docs/plan.schema.json): per model what it keeps when its
+    worst spot node, or every spot node, goes, and the price of the floors against the spot-unaware
+    plan (None without spot pools; the price None without that baseline)."""
+    if not any(p.spot for p in plan.fleet.pools):
+        return None
+    b = plan.baselines.get("spot-unaware")
+    price = round(plan.cost_per_hour - b.cost_per_hour, 6) if b is not None else None
+    return {"insurance_cost_per_hour": price,
+            "models": [{"model": e.model, "spot_policy": e.policy, "floor": e.floor, "spot_loss": e.loss,
+                        "replicas": e.replicas, "on_spot": e.on_spot, "keeps_one_node": round(e.keeps_one_node, 6),
+                        "worst_node": e.worst_node, "keeps_no_spot": round(e.keeps_no_spot, 6),
+                        "below_floor": e.below_floor} for e in exposure(plan)]}
 
 
 def on_demand_only(fleet: Fleet) -> Fleet:

@@ -32,6 +32,7 @@ from collections.abc import Mapping
 
 from packer.fleet import Model
 from packer.plan import Placement, Plan
+from packer.planner.spot import holds_floor
 from packer.scaling.actions import Action, AddGroup, AddReplica, Consolidate, RemoveReplica, SplitOut, apply
 from packer.scaling.room import SlotRef, empty_room, free_slots, gpu_price, new_gpu, paid_gpus, ref, room, slot_type
 from packer.scaling.settings import ScalingSettings
@@ -141,41 +142,30 @@ def _holds(plan: Plan, slot: SlotRef, model: Model, rate: float) -> bool:
 
 
 def keeps_floor(plan: Plan, a: Action) -> bool:
-    """Does ``a`` keep every on-demand floor that holds in ``plan``? The planner put at least
-    ``ceil(on_demand_floor * n)`` of a model's ``n`` replicas on on-demand pools; a scale-up that
-    moves one of them to spot (a split-out of the tightest replica), or adds spot replicas past
-    the ratio, or a consolidation that drops or moves one there, would leave the model below its
-    floor when the spot node goes. (Found by ``bench/spot.py``: the policy split summarizer-it's
-    only replica out to a spot L4, the node went, and the model had no replica for 25 s.)"""
-    delta: dict[str, list[int]] = {}  # model -> [change of n, change of on-demand n]
-
-    def step(model: str, pool: str, sign: int) -> None:
-        d = delta.setdefault(model, [0, 0])
-        d[0] += sign
-        d[1] += sign * (not plan.fleet.pool(pool).spot)
-
-    if isinstance(a, (AddReplica, SplitOut)):
-        step(a.model, a.slot.pool, 1)
-        if a.replaces is not None:
-            step(a.model, a.replaces.pool, -1)
+    """Does ``a`` keep every floor that holds in ``plan``? A model's floor is the share of peak it
+    keeps when its worst spot node goes (``spot_loss: node``) or every spot node does (``pool``),
+    :func:`packer.planner.spot.holds_floor`. An action that takes a model below its floor, or
+    further below it, is refused: a scale-up that moves its tightest replica to the spot node that
+    runs its other one, a consolidation that drops its on-demand replica. (Found by
+    ``bench/spot.py``: the policy split summarizer-it's only replica out to a spot L4, the node
+    went, and the model had no replica for 25 s.)"""
+    touched: set[str] = set()
+    if isinstance(a, (AddReplica, SplitOut, RemoveReplica)):
+        touched.add(a.model)
     elif isinstance(a, AddGroup):
-        for model, _ in a.rates:
-            step(model, a.slot.pool, 1)
+        touched |= {model for model, _ in a.rates}
     elif isinstance(a, Consolidate):
-        for model in a.drops:
-            step(model, a.slot.pool, -1)
-        for model, dst, _ in a.moves:
-            step(model, dst.pool, 1)
-            step(model, a.slot.pool, -1)
-    elif isinstance(a, RemoveReplica):
-        step(a.model, a.slot.pool, -1)
-    for model, (dn, dod) in delta.items():
-        m = plan.model(model)
-        if m.on_demand_floor <= 0:
-            continue
-        reps = plan.placements_of(model)
-        n = len(reps)
-        od = sum(1 for p in reps if not plan.fleet.pool(p.pool).spot)
-        if od >= m.on_demand_replicas(n) and od + dod < m.on_demand_replicas(n + dn):
+        touched |= set(a.drops) | {model for model, _, _ in a.moves}
+    touched = {m for m in touched if plan.model(m).on_demand_floor > 0}
+    if not touched:
+        return True
+    try:
+        after = apply(plan, [a])
+    except ValueError:
+        return True  # an action its slots cannot hold is the caller's to refuse, not the floor's
+    for m in touched:
+        floor = plan.model(m).on_demand_floor
+        now, then = holds_floor(plan, m), holds_floor(after, m)
+        if then < floor - 1e-6 and then < now - 1e-6:
             return False
     return True

@@ -35,6 +35,9 @@ SPOT_LOSSES = ("node", "pool")
 """What a ``floor`` model's floor survives: one spot node, or every spot node (``Model.spot_loss``)."""
 DEFAULT_FLOOR = 0.5
 MAX_NOTICE_S = 3600.0
+DEFAULT_NOTICE_S = 30.0
+"""A spot pool's notice when the fleet states none: GCP's 30 s, the shortest a cloud gives (the
+simulator's ``spot`` scenario and the reconciler use it too)."""
 MAX_PREEMPTION_RATE = 100.0
 TRAFFIC_KEYS = ("rps", "peak_rps", "streams")
 LATENCY_KEYS = ("gpu", "base", "per_item")
@@ -72,6 +75,11 @@ class Pool:
     """Warning a spot node gets before it goes (GCP 30 s, AWS 120 s); None: not stated."""
     preemptions_per_node_hour: float | None = None
     """Expected preemptions of one node per hour; None: not stated."""
+
+    @property
+    def notice_s(self) -> float:
+        """The notice the planner counts on: the stated one, else :data:`DEFAULT_NOTICE_S`."""
+        return DEFAULT_NOTICE_S if self.preemption_notice_s is None else self.preemption_notice_s
 
     @property
     def mig(self) -> bool:
@@ -147,8 +155,15 @@ class Model:
     def streaming(self) -> bool:
         return self.kind == "streaming"
 
-    def spot_replicas(self, count: int, spot_nodes: int = 1) -> int:
-        """How many of ``count`` replicas may run on a spot pool of ``spot_nodes`` nodes.
+    def spot_replicas(self, count: int, spot_nodes: int = 1, notice_s: float = math.inf) -> int:
+        """How many of ``count`` replicas may run on a spot pool of ``spot_nodes`` nodes that gives
+        ``notice_s`` of notice.
+
+        A node under notice gets no new requests, and the requests it holds are lost when it goes
+        unless they finish within the notice. A model whose SLO is longer than the notice (a batch
+        model: a summarizer with 10 minutes batches for minutes) may hold a request that long, so
+        every preemption would lose requests: a ``floor`` model with such an SLO runs no replica
+        on that pool (bench/spot.py: falcon-40b, 0.1 rps, lost 2 of 120 requests to one preemption).
 
         Every replica is sized for ``peak / count`` and requests are spread evenly, so the model
         keeps its floor while it loses at most ``L = floor((1 - floor) * count)`` replicas. Losing
@@ -160,13 +175,15 @@ class Model:
         """
         if count <= 0:
             return 0
+        if self.on_demand_floor > 0 and self.slo_ms / 1000.0 > notice_s:
+            return 0  # a request may wait past the notice: each preemption would lose the queued ones
         lose = math.floor((1.0 - self.on_demand_floor) * count + 1e-9)
         return min(count, lose * (max(1, spot_nodes) if self.spot_loss == "node" else 1))
 
-    def on_demand_replicas(self, count: int, spot_nodes: int = 1) -> int:
+    def on_demand_replicas(self, count: int, spot_nodes: int = 1, notice_s: float = math.inf) -> int:
         """How many of ``count`` replicas must run on on-demand pools: the rest of
         :meth:`spot_replicas` (``ceil(floor * count)`` against one node or the whole pool)."""
-        return count - self.spot_replicas(count, spot_nodes)
+        return count - self.spot_replicas(count, spot_nodes, notice_s)
 
 
 @dataclass(frozen=True)

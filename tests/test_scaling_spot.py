@@ -171,3 +171,40 @@ def test_no_action_takes_a_model_below_its_on_demand_floor() -> None:
     free = plan_of(F, [placement(F, "l4", "l4-n0", 0, [("asr", 0, 300.0)]),
                        placement(F, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
     assert keeps_floor(free, SplitOut(slot=other_node, replaces=ref(free.placements[0]), **move))  # free: anything
+
+
+def test_a_replacement_bought_on_demand_goes_back_to_spot() -> None:
+    """After a preemption, recover() put asr's replacement on a free on-demand L4 (0.80/h, 17 s).
+    back_to_spot moves it to a new spot node (0.30/h): a split-out replacing it, -0.50/h, serving
+    after node + image + weights = 240 + 120 + 17 = 377 s, on a node without asr's other replica;
+    never for a model whose SLO outlasts the notice, never when no spot GPU is left."""
+    from packer.scaling.spot import back_to_spot
+
+    policy = {"asr": "floor", "punct": "never"}  # punct, alone on l4-n0-g0, stays there
+    doc = dict(DOC, models=[dict(m, spot_policy=policy[m["name"]]) if m["name"] in policy else m
+                            for m in DOC["models"]])
+    f = parse_fleet(doc)
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("punct", 0, 40.0)]),
+                       placement(f, "l4", "l4-n0", 1, [("asr", 0, 300.0)]),  # the replacement, alone on its GPU
+                       placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    starting: dict[str, float] = {}
+    acts, after = back_to_spot(plan, S, starting)
+    assert len(acts) == 1 and isinstance(acts[0], SplitOut)
+    a = acts[0]
+    assert (a.model, a.slot.id, a.rate_rps, a.cost_per_hour, a.ready_in_s) == \
+        ("asr", "l4-spot-n1-g0-whole", 300.0, 0.3, 377.0)
+    assert a.replaces is not None and a.replaces.id == "l4-n0-g1-whole"
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour - 0.5)
+    assert starting == {"l4-spot-n1": 360.0}
+    # losing either spot node keeps 300 of 600 rps: the default floor 0.5 holds
+    assert {p.node for p in after.placements_of("asr")} == {SPOT, "l4-spot-n1"}
+    # the spot pool full (one node): nothing moves, the other node would take both replicas
+    one = replace(f, pools=(f.pools[0], replace(f.pool("l4-spot"), max_nodes=1), f.pools[2]))
+    assert back_to_spot(replace(plan, fleet=one), S, {})[0] == []
+    # an SLO longer than the 30 s notice: a request could wait past it, so it stays on-demand
+    slow = replace(f, models=tuple(replace(m, slo_ms=60_000.0) if m.name == "asr" else m for m in f.models))
+    assert back_to_spot(replace(plan, fleet=slow), S, {})[0] == []
+    # a model that shares its GPU does not move: the on-demand GPU would stay paid
+    shared = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                         placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    assert back_to_spot(shared, S, {})[0] == []

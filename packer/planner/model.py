@@ -30,8 +30,10 @@ def slot_price(st: SlotType) -> float:
 
 def on_demand_replicas(model: Model, count: int, pool: Pool | None = None) -> int:
     """How many of ``count`` replicas must stay off the spot ``pool`` (``Model.on_demand_replicas``
-    over the pool's ``max_nodes``; the node assembly spreads the rest over them)."""
-    return model.on_demand_replicas(count, pool.max_nodes if pool is not None else 1)
+    over the pool's ``max_nodes`` and notice; the node assembly spreads the rest over them)."""
+    if pool is None:
+        return model.on_demand_replicas(count)
+    return model.on_demand_replicas(count, pool.max_nodes, pool.notice_s if pool.spot else math.inf)
 
 
 def allowed(rep: "Rep", st: SlotType) -> bool:
@@ -48,7 +50,7 @@ def spot_count(model: Model, n: int, pool: Pool) -> int:
     if not pool.spot or model.on_demand_floor <= 0 or model.on_demand_floor >= 1 or model.spot_loss != "node":
         return n
     for k in range(n, n + 4):
-        if model.spot_replicas(k, pool.max_nodes) > 0:
+        if model.spot_replicas(k, pool.max_nodes, pool.notice_s) > 0:
             return k
     return n
 

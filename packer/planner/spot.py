@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from typing import Any
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from packer.errors import UserError
 from packer.fleet import Fleet, Model, Pool
@@ -126,6 +126,28 @@ def exposure(plan: Plan) -> list[Exposure]:
     return out
 
 
+RESPREAD_TRIES = 2
+"""Re-plans :func:`respread` may spend on models the spot nodes could not spread."""
+
+
+def respread(plan: Plan, replan: Callable[[Fleet], Plan]) -> Plan:
+    """``plan``, or a re-plan where the node assembly could not spread a ``spot_loss: node``
+    model's spot replicas thinly enough (models sharing GPUs in an odd cycle, {a, b}, {b, c},
+    {c, a}, cannot go on two nodes with no model twice on one: llm-platform at floor 0.5, three
+    small chats and embed-bge). Those models are planned again against losing the whole pool
+    (``ceil(floor * n)`` on-demand), which needs no spread, at most :data:`RESPREAD_TRIES` times;
+    the plan keeps the fleet as given, whose rule the stricter placement also keeps."""
+    fleet = plan.fleet
+    for _ in range(RESPREAD_TRIES):
+        bad = {e.model for e in exposure(plan) if e.loss == "node" and e.below_floor}
+        if not bad:
+            break
+        stricter = replace(plan.fleet, models=tuple(replace(m, spot_loss="pool") if m.name in bad else m
+                                                     for m in plan.fleet.models))
+        plan = replan(stricter)
+    return plan if plan.fleet is fleet else replace(plan, fleet=fleet)
+
+
 def spot_aware(fleet: Fleet) -> bool:
     """Does any model's spot policy constrain this fleet (a spot pool and a non-``free`` model)?"""
     return any(p.spot for p in fleet.pools) and any(m.on_demand_floor > 0 for m in fleet.models)
@@ -133,8 +155,6 @@ def spot_aware(fleet: Fleet) -> bool:
 
 def spot_unaware(fleet: Fleet) -> Fleet:
     """The same fleet with every model ``free`` to run on spot: the cheapest plan's fleet."""
-    from dataclasses import replace
-
     return replace(fleet, models=tuple(replace(m, spot_policy="free", on_demand_floor=0.0) for m in fleet.models))
 
 
@@ -175,9 +195,6 @@ def exposure_doc(plan: Plan) -> dict[str, Any] | None:
 def on_demand_only(fleet: Fleet) -> Fleet:
     """The same fleet without its spot pools: the all-on-demand plan's fleet. Raises a
     :class:`~packer.errors.UserError` when every pool is spot."""
-    from dataclasses import replace
-
-
     pools = tuple(p for p in fleet.pools if not p.spot)
     if not pools:
         raise UserError(f"fleet {fleet.name}: every pool is spot, so there is no all-on-demand plan to compare "

@@ -455,9 +455,12 @@ class Simulation:
         if mem > st.memory_gb * width + 1e-9:
             return f"refused: {mem:.1f} GB does not fit a {a.profile} slot ({st.memory_gb:.1f} GB)"
         place = None
-        for n in self.nodes.values():
-            if n.pool.name != pool.name or not n.alive or n.preempting:
-                continue
+        nodes = [n for n in self.nodes.values() if n.pool.name == pool.name and n.alive and not n.preempting]
+        if pool.spot:  # as the plan's new_gpu does: a spot node running none of these models first
+            alive = sum(1 for n in self.nodes.values() if n.pool.name == pool.name and n.alive)
+            clash = [n for n in nodes if self._runs(n, a.models)]
+            nodes = [n for n in nodes if n not in clash] + ([] if alive < pool.max_nodes else clash)
+        for n in nodes:
             free = []
             for g, ids in sorted(n.gpus.items()):
                 profiles = [self.slots[i].profile for i in ids]
@@ -494,6 +497,11 @@ class Simulation:
         self.slots[sid] = slot
         self._push(ready_at, READY, ("ready", sid))
         return f"applied: {sid} serves at t={ready_at:.0f} s"
+
+    def _runs(self, node: Any, models: tuple[str, ...]) -> bool:
+        """Does a live slot on ``node`` run one of ``models``?"""
+        return any(m.model in models and not m.removed for ids in node.gpus.values() for i in ids
+                   for m in self.slots[i].server.members)
 
     def _add_replica(self, a: AddReplica) -> str:
         s = self.slots.get(a.slot)

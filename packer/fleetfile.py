@@ -228,7 +228,7 @@ def _model(d: Any, i: int) -> Model:
                          "add `spot_policy: floor` or remove `spot_loss`")
     if loss is not None and loss not in SPOT_LOSSES:
         raise FleetError(f"{where}.spot_loss", f"is {show(loss)}",
-                         f"use node (the floor survives any one spot node) or pool (every spot node)")
+                         "use node (the floor survives any one spot node) or pool (every spot node)")
     return Model(name, kind, mem, Traffic(rps, peak, streams), slo, lat, mb, gpr, minr, maxr, artifact, policy, share,
                  loss or "node")
 

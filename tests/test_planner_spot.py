@@ -184,3 +184,36 @@ def test_the_plan_file_carries_the_exposure(tmp_path) -> None:
     assert by["punct"]["on_spot"] == 0 and by["punct"]["keeps_no_spot"] == 1.0
     assert by["llm"]["spot_loss"] == "node" and by["llm"]["keeps_one_node"] >= 0.5 and not by["llm"]["below_floor"]
     assert x["insurance_cost_per_hour"] == pytest.approx(doc["cost_per_hour"] - doc["baselines"]["spot-unaware"]["cost_per_hour"])
+
+
+def test_a_plan_its_spot_nodes_cannot_spread_is_planned_again_against_the_pool() -> None:
+    """respread: asr (floor 0.5, against one node) has both replicas on spot node n0, so losing it
+    keeps nothing. The re-plan sees asr against the whole pool (ceil(0.5 * 2) = 1 on-demand); the
+    plan it returns keeps the fleet as given. A plan that keeps every floor is not re-planned."""
+    from dataclasses import replace
+
+    from test_scaling_helpers import placement, plan_of
+
+    from packer.planner.spot import respread
+
+    doc = _small()
+    doc["models"] = [dict(m, spot_policy="floor", on_demand_floor=0.5) if m["name"] == "asr" else m
+                     for m in doc["models"][:2]]
+    f = parse_fleet(doc)
+    bad = plan_of(f, [placement(f, "l4-spot", "l4-spot-n0", 0, [("asr", 0, 800.0)]),
+                      placement(f, "l4-spot", "l4-spot-n0", 1, [("asr", 1, 800.0)]),
+                      placement(f, "l4", "l4-n0", 0, [("punct", 0, 40.0)])])
+    good = plan_of(f, [placement(f, "l4", "l4-n0", 1, [("asr", 0, 800.0)]),
+                       placement(f, "l4-spot", "l4-spot-n0", 0, [("asr", 1, 800.0)]),
+                       placement(f, "l4", "l4-n0", 0, [("punct", 0, 40.0)])])
+    assert [e.below_floor for e in exposure(bad)] == [True, False]
+    asked: list = []
+
+    def replan(fleet):
+        asked.append(fleet)
+        return replace(good, fleet=fleet)
+
+    out = respread(bad, replan)
+    assert [m.spot_loss for m in asked[0].models] == ["pool", "node"] and len(asked) == 1
+    assert out.fleet is f and out.placements == good.placements
+    assert respread(good, replan) is good and len(asked) == 1

@@ -163,14 +163,21 @@ class PackerPolicy:
                     self.replans.append((now, False, "a migration is still under way", _gpus(self.plan), {}, dict(a.traffic)))
                     continue
                 traffic = dict(a.traffic)
-                new = self.replanner(self.plan, traffic, a.headroom, False)
+                try:
+                    new = self.replanner(self.plan, traffic, a.headroom, False)
+                except UserError as e:  # e.g. kept GPUs and multi-GPU replicas overfill a pool
+                    self.replans.append((now, False, f"the re-plan failed: {e}", _gpus(self.plan), {}, traffic))
+                    continue
                 ok, why = accept_replan(self.plan, new, traffic, settings=self.settings)
                 if not ok:
                     # Keeping replica counts and groups (current=) can lock in a packing made for
                     # another hour; a packing from scratch may be cheaper, and the migration keeps
                     # every group it has in common with the deployed plan anyway.
-                    fresh = self.replanner(self.plan, traffic, a.headroom, True)
-                    ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings)
+                    try:
+                        fresh = self.replanner(self.plan, traffic, a.headroom, True)
+                        ok2, why2 = accept_replan(self.plan, fresh, traffic, settings=self.settings)
+                    except UserError:
+                        ok2 = False
                     if ok2:
                         new, ok, why = fresh, ok2, why2 + " (packed from scratch)"
                 self.replans.append((now, ok, why, _gpus(self.plan), _gpus(new), traffic))

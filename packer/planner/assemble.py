@@ -135,7 +135,19 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
         nodes_n = max([nodes_n] + [g.node + 1 for g in mine if g.pinned])
         order = sorted((g for g in mine if not g.pinned), key=lambda g: (-g.width, -len(g.models())))
         spots = _spot_spread(problem, gpus) if pool.spot else {}
-        best = _fill(pool, mine, order, nodes_n, spread, need)
+        try:
+            best = _fill(pool, mine, order, nodes_n, spread, need)
+        except UserError:
+            if not any(g.pinned for g in mine):
+                raise
+            # A re-plan keeps the current plan's GPUs where they are; the holes they leave can
+            # lack the adjacent GPUs a new 2-GPU replica needs (bench/spot.py, llm-platform at
+            # floor 0.25: "16 GPUs do not fit in 2 nodes" on 16 GPUs). Then the pool is laid out
+            # afresh and the migration moves what changed, make before break.
+            for g in mine:
+                g.pinned = False
+            order = sorted(mine, key=lambda g: (-g.width, -len(g.models())))
+            best = _fill(pool, mine, order, nodes_n, spread, need)
         if spots and _over(best, spots):
             # Multi-GPU replicas first can fill one node with them and leave the last GPUs, two
             # replicas of one model, to the other (llm-platform at floor 0.25): other orders, seeded.

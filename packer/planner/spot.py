@@ -1,10 +1,13 @@
-"""Spot-aware placement: every model keeps an on-demand floor when spot nodes go.
+"""Spot-aware placement: every model keeps its floor when spot capacity goes.
 
-A model's ``spot_policy`` (``packer.fleet``) says how much of its peak its on-demand replicas
-must hold alone (``Model.on_demand_floor``: 0 ``free``, 1 ``never``, a share for ``floor``). The
-planner obeys it through :func:`packer.planner.model.allowed` (shared replicas) and
-:func:`multi_choice` (multi-GPU replicas); :func:`exposure` reads back, from a finished plan,
-what each model keeps when its worst spot node, or every spot node, is lost.
+A model's ``spot_policy`` (``packer.fleet``) says what share of its peak it must keep
+(``Model.on_demand_floor``: 0 ``free``, 1 ``never``, a share for ``floor``) when its worst spot
+node goes (``spot_loss: node``, the default) or every spot node does (``pool``);
+``Model.spot_replicas`` turns that into how many replicas a spot pool may take. The planner obeys
+it through :func:`packer.planner.model.allowed` (shared replicas) and :func:`multi_choice`
+(multi-GPU replicas); the node assembly spreads the spot replicas, and :func:`respread` re-plans
+the models it could not spread. :func:`exposure` reads back, from a finished plan, what each model
+keeps when its worst spot node, or every spot node, is lost.
 """
 
 from __future__ import annotations

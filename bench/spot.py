@@ -14,6 +14,12 @@ Each row is planned once, then simulated on the shipped ``spot`` scenario (peak 
 preemptions per spot node-hour, 30 s notice, default cold starts) with ``--policy packer`` for each
 seed; the reference is the all-on-demand plan (the fleet without spot pools) under ``static`` on
 the same traffic. A run that raises counts as a crash and its traceback's last line is kept.
+
+The reference is planned here, not quoted: issue 18 gives llm-platform 88.20/h all on-demand and
+30.60/h all spot, 9 H100s at 9.80/h and 3.40/h; this tree's planner sizes the same fleet's peaks
+on 19 H100s (186.20/h, ``packer plan`` on the fleet without its spot pool), so 0.7x means 130.34/h.
+The right comparison is the same planner on the same traffic; the all-spot ratio, 3.40 / 9.80 =
+0.35, is the same either way.
 Prints, per fleet, the cost-vs-floor curve, the SLO distribution over seeds (and how many seeds saw
 a preemption at all: at 0.5 per node-hour a 20-minute run often sees none, so
 ``--preemptions-per-node-hour 3`` stresses every seed), and the issue's three targets with

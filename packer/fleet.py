@@ -26,12 +26,18 @@ FLEET_KEYS = ("name", "about", "pools", "models")
 POOL_KEYS = ("name", "gpu", "gpus_per_node", "max_nodes", "cost_per_gpu_hour", "sharing", "spot",
              "preemption_notice_s", "preemptions_per_node_hour")
 MODEL_KEYS = ("name", "kind", "memory_gb", "gpus_per_replica", "traffic", "slo_ms", "latency_ms", "max_batch",
-              "min_replicas", "max_replicas", "artifact", "spot_policy", "on_demand_floor")
+              "min_replicas", "max_replicas", "artifact", "spot_policy", "on_demand_floor",
+              "spot_loss")
 SPOT_POLICIES = ("free", "floor", "never")
 """May a model run on spot GPUs: ``free`` (anywhere, the default), ``floor`` (its on-demand
 replicas alone hold ``on_demand_floor`` of its peak), ``never`` (on-demand only)."""
+SPOT_LOSSES = ("node", "pool")
+"""What a ``floor`` model's floor survives: one spot node, or every spot node (``Model.spot_loss``)."""
 DEFAULT_FLOOR = 0.5
 MAX_NOTICE_S = 3600.0
+DEFAULT_NOTICE_S = 30.0
+"""A spot pool's notice when the fleet states none: GCP's 30 s, the shortest a cloud gives (the
+simulator's ``spot`` scenario and the reconciler use it too)."""
 MAX_PREEMPTION_RATE = 100.0
 TRAFFIC_KEYS = ("rps", "peak_rps", "streams")
 LATENCY_KEYS = ("gpu", "base", "per_item")
@@ -69,6 +75,11 @@ class Pool:
     """Warning a spot node gets before it goes (GCP 30 s, AWS 120 s); None: not stated."""
     preemptions_per_node_hour: float | None = None
     """Expected preemptions of one node per hour; None: not stated."""
+
+    @property
+    def notice_s(self) -> float:
+        """The notice the planner counts on: the stated one, else :data:`DEFAULT_NOTICE_S`."""
+        return DEFAULT_NOTICE_S if self.preemption_notice_s is None else self.preemption_notice_s
 
     @property
     def mig(self) -> bool:
@@ -132,23 +143,47 @@ class Model:
     spot_policy: str = "free"
     """``free``, ``floor`` or ``never`` (:data:`SPOT_POLICIES`)."""
     on_demand_floor: float = 0.0
-    """Share of ``peak_rps`` the model's on-demand replicas must hold by themselves, so that losing
-    any spot node (or every one) leaves it serving that much within its SLO: 0 for ``free``, 1 for
-    ``never``, ``on_demand_floor`` (default 0.5) for ``floor``."""
+    """Share of ``peak_rps`` the model keeps serving within its SLO when spot capacity goes (the
+    loss ``spot_loss`` names): 0 for ``free``, 1 for ``never``, ``on_demand_floor`` (default 0.5)
+    for ``floor``."""
+    spot_loss: str = "node"
+    """What the floor must survive (:data:`SPOT_LOSSES`): ``node``, any one spot node (the other
+    spot nodes and the on-demand ones still serve); ``pool``, every spot node at once (the
+    on-demand replicas alone hold the floor)."""
 
     @property
     def streaming(self) -> bool:
         return self.kind == "streaming"
 
-    def on_demand_replicas(self, count: int) -> int:
-        """How many of ``count`` replicas must run on on-demand pools: ``ceil(floor * count)``.
+    def spot_replicas(self, count: int, spot_nodes: int = 1, notice_s: float = math.inf) -> int:
+        """How many of ``count`` replicas may run on a spot pool of ``spot_nodes`` nodes that gives
+        ``notice_s`` of notice.
 
-        Every replica is sized for ``peak / count`` and requests are spread evenly, so ``k``
-        on-demand replicas hold ``k / count`` of the peak whatever happens to the spot nodes. With
-        a floor of 0.5, 3 replicas need 2 on-demand (67 % of peak), 4 need 2; ``never`` needs all,
-        ``free`` none.
+        A node under notice gets no new requests, and the requests it holds are lost when it goes
+        unless they finish within the notice. A model whose SLO is longer than the notice (a batch
+        model: a summarizer with 10 minutes batches for minutes) may hold a request that long, so
+        every preemption would lose requests: a ``floor`` model with such an SLO runs no replica
+        on that pool (bench/spot.py: falcon-40b, 0.1 rps, lost 2 of 120 requests to one preemption).
+
+        Every replica is sized for ``peak / count`` and requests are spread evenly, so the model
+        keeps its floor while it loses at most ``L = floor((1 - floor) * count)`` replicas. Losing
+        every spot node (``pool``) loses every spot replica: ``L`` of them may be spot. Losing one
+        node (``node``) loses the replicas on it; the planner spreads a model's spot replicas over
+        the pool's nodes, at most ``L`` a node, so ``L * spot_nodes`` may be spot. With a floor of
+        0.5 and a pool of 2 spot nodes: 1 replica may not be spot (losing it loses everything), 2
+        may both be (one a node; the other holds half), 3 may have 2 there.
         """
-        return min(count, math.ceil(self.on_demand_floor * count - 1e-9)) if count > 0 else 0
+        if count <= 0:
+            return 0
+        if self.on_demand_floor > 0 and self.slo_ms / 1000.0 > notice_s:
+            return 0  # a request may wait past the notice: each preemption would lose the queued ones
+        lose = math.floor((1.0 - self.on_demand_floor) * count + 1e-9)
+        return min(count, lose * (max(1, spot_nodes) if self.spot_loss == "node" else 1))
+
+    def on_demand_replicas(self, count: int, spot_nodes: int = 1, notice_s: float = math.inf) -> int:
+        """How many of ``count`` replicas must run on on-demand pools: the rest of
+        :meth:`spot_replicas` (``ceil(floor * count)`` against one node or the whole pool)."""
+        return count - self.spot_replicas(count, spot_nodes, notice_s)
 
 
 @dataclass(frozen=True)

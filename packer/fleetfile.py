@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.catalog import GPU_TYPES, gpu_type
-from packer.fleet import (ARTIFACT_KEYS, Artifact, DEFAULT_FLOOR, FLEET_KEYS, Fleet, FleetError, KINDS, LATENCY_KEYS, LatencyProfile, MAX_BATCH, MAX_COST, MAX_GPUS_PER_NODE, MAX_LATENCY_MS, MAX_MEMORY_GB, MAX_NODES, MAX_NOTICE_S, MAX_PREEMPTION_RATE, MAX_REPLICAS, MAX_RPS, MAX_SLO_MS, MAX_STREAMS, MODEL_KEYS, Model, POOL_KEYS, Pool, REQUIRED, SHARING_MODES, SPOT_POLICIES, TRAFFIC_KEYS, Traffic, _DNS1123)
+from packer.fleet import (ARTIFACT_KEYS, Artifact, DEFAULT_FLOOR, FLEET_KEYS, Fleet, FleetError, KINDS, LATENCY_KEYS, LatencyProfile, MAX_BATCH, MAX_COST, MAX_GPUS_PER_NODE, MAX_LATENCY_MS, MAX_MEMORY_GB, MAX_NODES, MAX_NOTICE_S, MAX_PREEMPTION_RATE, MAX_REPLICAS, MAX_RPS, MAX_SLO_MS, MAX_STREAMS, MODEL_KEYS, Model, POOL_KEYS, Pool, REQUIRED, SHARING_MODES, SPOT_LOSSES, SPOT_POLICIES, TRAFFIC_KEYS, Traffic, _DNS1123)
 from packer.safeload import cut, number, parse_yaml, read_text, show
 from packer.settings import PlanSettings
 from packer.slot import check_model_servable
@@ -222,7 +222,15 @@ def _model(d: Any, i: int) -> Model:
                "give the share of peak_rps the on-demand replicas alone must hold, e.g. 0.5", lo_open=True,
                err=FleetError)
     share = {"free": 0.0, "never": 1.0}.get(policy, DEFAULT_FLOOR if floor is None else floor)
-    return Model(name, kind, mem, Traffic(rps, peak, streams), slo, lat, mb, gpr, minr, maxr, artifact, policy, share)
+    loss = _get(d, "spot_loss", where, str, required=False)
+    if loss is not None and policy != "floor":
+        raise FleetError(f"{where}.spot_loss", f"is set but spot_policy is {policy}",
+                         "add `spot_policy: floor` or remove `spot_loss`")
+    if loss is not None and loss not in SPOT_LOSSES:
+        raise FleetError(f"{where}.spot_loss", f"is {show(loss)}",
+                         "use node (the floor survives any one spot node) or pool (every spot node)")
+    return Model(name, kind, mem, Traffic(rps, peak, streams), slo, lat, mb, gpr, minr, maxr, artifact, policy, share,
+                 loss or "node")
 
 
 def parse_fleet(doc: Any, source: str | None = None) -> Fleet:

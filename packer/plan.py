@@ -168,6 +168,8 @@ def fleet_to_dict(fleet: Fleet) -> dict[str, Any]:
             d["spot_policy"] = m.spot_policy
         if m.spot_policy == "floor":
             d["on_demand_floor"] = m.on_demand_floor
+            if m.spot_loss != "node":
+                d["spot_loss"] = m.spot_loss
         if m.artifact is not None:
             d["artifact"] = {k: v for k, v in asdict(m.artifact).items() if v is not None}
         models.append(d)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from packer.errors import UserError
 from packer.fleetfile import load_fleet
 from packer.plan import load_plan, save_plan, to_dict
 from packer.planner import PlanSettings, plan_fleet
+from packer.planner.spot import exposure_doc
 from packer.report import explain, moves, summary, svg, table
 
 __all__ = ["Spinner", "example_path", "gpus", "plan"]  # Spinner moved to packer.cliutil; kept importable
@@ -67,9 +69,13 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
             from packer.planner.solve import with_insurance
 
             p = with_insurance(p, settings)
+    doc = to_dict(p)
+    spot = exposure_doc(p)
+    if spot is not None:  # derived, so not part of the Plan: what the plan keeps when spot goes
+        doc["spot_exposure"] = spot
     if output:
         try:
-            save_plan(p, output)
+            Path(output).write_text(json.dumps(doc, indent=2) + "\n")
         except OSError as e:  # checked before the solve; the disk may still fill or the directory go
             raise UserError(f"-o {output}: cannot be written ({e.strerror or e}). Fix: give a writable path") from None
     if svg_path:
@@ -82,7 +88,7 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
                             f"{', '.join(m.name for m in f.models[:8])}{', …' if len(f.models) > 8 else ''}") from None
         return
     if fmt != "table":
-        click.echo(dump(to_dict(p), fmt))  # the moves are the plan's `moves` list
+        click.echo(dump(doc, fmt))  # the moves are the plan's `moves` list
     else:
         click.echo(table(p))
         click.echo("")

@@ -422,7 +422,12 @@ class Simulation:
         mem = sum(m.memory_gb for m in models)
         if mem > st.memory_gb * width + 1e-9:
             return f"refused: {mem:.1f} GB does not fit a {a.profile} slot ({st.memory_gb:.1f} GB)"
-        place = free_place(self.nodes.values(), self.slots, pool, a.profile, width)
+        nodes = list(self.nodes.values())
+        if pool.spot:  # as the plan's new_gpu does: a spot node running none of these models first
+            mine = [n for n in nodes if n.pool.name == pool.name and n.alive]
+            clash = [n for n in mine if self._runs(n, a.models)]
+            nodes = [n for n in mine if n not in clash] + ([] if len(mine) < pool.max_nodes else clash)
+        place = free_place(nodes, self.slots, pool, a.profile, width)
         if place is None:
             alive = sum(1 for n in self.nodes.values() if n.pool.name == pool.name and n.alive)
             if alive >= pool.max_nodes:
@@ -445,6 +450,11 @@ class Simulation:
         self.slots[sid] = slot
         self._push(ready_at, READY, Ready(sid))
         return f"applied: {sid} serves at t={ready_at:.0f} s"
+
+    def _runs(self, node: Any, models: tuple[str, ...]) -> bool:
+        """Does a live slot on ``node`` run one of ``models``?"""
+        return any(m.model in models and not m.removed for ids in node.gpus.values() for i in ids
+                   for m in self.slots[i].server.members)
 
     def _add_replica(self, a: AddReplica) -> str:
         s = self.slots.get(a.slot)

@@ -37,10 +37,12 @@ def test_fields_parse_and_round_trip() -> None:
         d["models"][0].update(spot_policy="floor", on_demand_floor=0.25)
         d["models"][1].update(spot_policy="floor")
         d["models"][2].update(spot_policy="never")
+        d["models"][3].update(spot_policy="floor", on_demand_floor=0.5, spot_loss="pool")
     f = parse_fleet(mutate(fn))
     assert (f.pool("h100-spot").preemption_notice_s, f.pool("h100-spot").preemptions_per_node_hour) == (30.0, 0.05)
     assert [(m.spot_policy, m.on_demand_floor) for m in f.models[:4]] == [
-        ("floor", 0.25), ("floor", 0.5), ("never", 1.0), ("free", 0.0)]
+        ("floor", 0.25), ("floor", 0.5), ("never", 1.0), ("floor", 0.5)]
+    assert [m.spot_loss for m in f.models[:4]] == ["node", "node", "node", "pool"]  # node unless said
     assert parse_fleet(fleet_to_dict(f)) == f
 
 
@@ -53,6 +55,10 @@ BAD = {
                       "models[0] (chat-7b-0).on_demand_floor", "share of peak_rps"),
     "floor 0": (lambda d: d["models"][0].update(spot_policy="floor", on_demand_floor=0),
                 "models[0] (chat-7b-0).on_demand_floor", "share of peak_rps"),
+    "loss without floor": (lambda d: d["models"][0].update(spot_policy="never", spot_loss="node"),
+                           "models[0] (chat-7b-0).spot_loss", "spot_policy: floor"),
+    "loss typo": (lambda d: d["models"][0].update(spot_policy="floor", spot_loss="nodes"),
+                  "models[0] (chat-7b-0).spot_loss", "use node"),
     "key typo": (lambda d: d["models"][0].update(spot_polcy="never"), "models[0] (chat-7b-0).spot_polcy",
                  "did you mean spot_policy?"),
     "notice on on-demand": (lambda d: d["pools"][0].update(preemption_notice_s=30),

@@ -142,25 +142,69 @@ def test_a_resized_rate_is_stored_as_evaluated() -> None:
 
 def test_no_action_takes_a_model_below_its_on_demand_floor() -> None:
     """bench/spot.py: the policy split summarizer-it's only (on-demand) replica out to a spot L4;
-    the node went and the model had no replica for 25 s. Moves and adds keep the floor now."""
+    the node went and the model had no replica for 25 s. Moves and adds keep the floor now: the
+    share of peak kept with every spot node gone (``spot_loss: pool``) or the worst one (``node``)."""
     from packer.scaling import Consolidate
     from packer.scaling.spot import keeps_floor
 
-    doc = dict(DOC, models=[dict(m, spot_policy="floor") if m["name"] == "asr" else m for m in DOC["models"]])
-    f = parse_fleet(doc)
-    plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
-                       placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])  # 1 of 2 on-demand: floor 0.5 holds
-    od, spot = ref(plan.placements[0]), ref(plan.placements[1])
-    new_spot = spot.__class__("l4-spot", "l4-spot-n1", 0)
-    new_od = spot.__class__("l4", "l4-n0", 1)
-    move = dict(model="asr", rate_rps=300.0, cost_per_hour=0.3, reason="t", new_gpu=True)
-    assert not keeps_floor(plan, SplitOut(slot=new_spot, replaces=od, **move))  # 0 of 2 on-demand
-    assert keeps_floor(plan, SplitOut(slot=new_spot, replaces=spot, **move))  # spot to spot
-    assert keeps_floor(plan, SplitOut(slot=new_od, replaces=spot, **move))
-    assert not keeps_floor(plan, SplitOut(slot=new_spot, **move))  # 1 of 3 on-demand; ceil(1.5) = 2 needed
-    assert keeps_floor(plan, SplitOut(slot=new_od, **move))  # 2 of 3
-    assert not keeps_floor(plan, Consolidate(slot=od, drops=("asr", "punct"), cost_per_hour=-0.8, reason="t"))
-    assert keeps_floor(plan, Consolidate(slot=spot, drops=("asr",), cost_per_hour=-0.3, reason="t"))
+    for loss in ("pool", "node"):
+        doc = dict(DOC, models=[dict(m, spot_policy="floor", spot_loss=loss) if m["name"] == "asr" else m
+                                for m in DOC["models"]])
+        f = parse_fleet(doc)
+        plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                           placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])  # 300 of 600 rps on-demand
+        od, spot = ref(plan.placements[0]), ref(plan.placements[1])
+        other_node = spot.__class__("l4-spot", "l4-spot-n1", 0)
+        same_node = spot.__class__("l4-spot", SPOT, 1)
+        new_od = spot.__class__("l4", "l4-n0", 1)
+        move = dict(model="asr", rate_rps=300.0, cost_per_hour=0.3, reason="t", new_gpu=True)
+        # the on-demand replica to the other spot node: 0 rps left with no spot, 300 with one node gone
+        assert keeps_floor(plan, SplitOut(slot=other_node, replaces=od, **move)) == (loss == "node")
+        # to the spot node that runs the other: one node takes both, 0 rps left either way
+        assert not keeps_floor(plan, SplitOut(slot=same_node, replaces=od, **move))
+        assert keeps_floor(plan, SplitOut(slot=other_node, replaces=spot, **move))  # spot to spot
+        assert keeps_floor(plan, SplitOut(slot=new_od, replaces=spot, **move))
+        assert keeps_floor(plan, SplitOut(slot=other_node, **move))  # more capacity never lowers what is kept
+        assert not keeps_floor(plan, Consolidate(slot=od, drops=("asr", "punct"), cost_per_hour=-0.8, reason="t"))
+        # dropping the spot replica keeps the on-demand 300 rps: 50 % with no spot or one node gone
+        assert keeps_floor(plan, Consolidate(slot=spot, drops=("asr",), cost_per_hour=-0.3, reason="t"))
     free = plan_of(F, [placement(F, "l4", "l4-n0", 0, [("asr", 0, 300.0)]),
                        placement(F, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
-    assert keeps_floor(free, SplitOut(slot=new_spot, replaces=ref(free.placements[0]), **move))  # free: anything
+    assert keeps_floor(free, SplitOut(slot=other_node, replaces=ref(free.placements[0]), **move))  # free: anything
+
+
+def test_a_replacement_bought_on_demand_goes_back_to_spot() -> None:
+    """After a preemption, recover() put asr's replacement on a free on-demand L4 (0.80/h, 17 s).
+    back_to_spot moves it to a new spot node (0.30/h): a split-out replacing it, -0.50/h, serving
+    after node + image + weights = 240 + 120 + 17 = 377 s, on a node without asr's other replica;
+    never for a model whose SLO outlasts the notice, never when no spot GPU is left."""
+    from packer.scaling.spot import back_to_spot
+
+    policy = {"asr": "floor", "punct": "never"}  # punct, alone on l4-n0-g0, stays there
+    doc = dict(DOC, models=[dict(m, spot_policy=policy[m["name"]]) if m["name"] in policy else m
+                            for m in DOC["models"]])
+    f = parse_fleet(doc)
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("punct", 0, 40.0)]),
+                       placement(f, "l4", "l4-n0", 1, [("asr", 0, 300.0)]),  # the replacement, alone on its GPU
+                       placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    starting: dict[str, float] = {}
+    acts, after = back_to_spot(plan, S, starting)
+    assert len(acts) == 1 and isinstance(acts[0], SplitOut)
+    a = acts[0]
+    assert (a.model, a.slot.id, a.rate_rps, a.cost_per_hour, a.ready_in_s) == \
+        ("asr", "l4-spot-n1-g0-whole", 300.0, 0.3, 377.0)
+    assert a.replaces is not None and a.replaces.id == "l4-n0-g1-whole"
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour - 0.5)
+    assert starting == {"l4-spot-n1": 360.0}
+    # losing either spot node keeps 300 of 600 rps: the default floor 0.5 holds
+    assert {p.node for p in after.placements_of("asr")} == {SPOT, "l4-spot-n1"}
+    # the spot pool full (one node): nothing moves, the other node would take both replicas
+    one = replace(f, pools=(f.pools[0], replace(f.pool("l4-spot"), max_nodes=1), f.pools[2]))
+    assert back_to_spot(replace(plan, fleet=one), S, {})[0] == []
+    # an SLO longer than the 30 s notice: a request could wait past it, so it stays on-demand
+    slow = replace(f, models=tuple(replace(m, slo_ms=60_000.0) if m.name == "asr" else m for m in f.models))
+    assert back_to_spot(replace(plan, fleet=slow), S, {})[0] == []
+    # a model that shares its GPU does not move: the on-demand GPU would stay paid
+    shared = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                         placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    assert back_to_spot(shared, S, {})[0] == []

@@ -28,16 +28,31 @@ def slot_price(st: SlotType) -> float:
     return st.pool.cost_per_gpu_hour * max(p.compute_slices / g.compute_slices, p.memory_slices / g.memory_slices)
 
 
-def on_demand_replicas(model: Model, count: int) -> int:
-    """How many of ``count`` replicas must run on on-demand pools (``Model.on_demand_replicas``)."""
-    return model.on_demand_replicas(count)
+def on_demand_replicas(model: Model, count: int, pool: Pool | None = None) -> int:
+    """How many of ``count`` replicas must stay off the spot ``pool`` (``Model.on_demand_replicas``
+    over the pool's ``max_nodes`` and notice; the node assembly spreads the rest over them)."""
+    if pool is None:
+        return model.on_demand_replicas(count)
+    return model.on_demand_replicas(count, pool.max_nodes, pool.notice_s if pool.spot else math.inf)
 
 
 def allowed(rep: "Rep", st: SlotType) -> bool:
     """May this replica run on a slot of this type? Replicas ``0 .. k-1`` of a model are its
     on-demand floor (:func:`on_demand_replicas`), so they never go to a spot pool. Replicas of
     one model are interchangeable, so fixing which ones are the floor loses no plan."""
-    return not st.pool.spot or rep.index >= on_demand_replicas(rep.model, rep.count)
+    return not st.pool.spot or rep.index >= on_demand_replicas(rep.model, rep.count, st.pool)
+
+
+def spot_count(model: Model, n: int, pool: Pool) -> int:
+    """The fewest replicas, ``n`` or more, of which any may run on the spot ``pool`` (``n`` when
+    none can): a model sized for one replica gets a second so that losing one spot node keeps its
+    floor, which two spot GPUs often do for less than one on-demand GPU."""
+    if not pool.spot or model.on_demand_floor <= 0 or model.on_demand_floor >= 1 or model.spot_loss != "node":
+        return n
+    for k in range(n, n + 4):
+        if model.spot_replicas(k, pool.max_nodes, pool.notice_s) > 0:
+            return k
+    return n
 
 
 @dataclass(frozen=True)
@@ -121,11 +136,12 @@ class Problem:
             if cap <= 0:
                 continue
             n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
-            if model.max_replicas is not None and n > model.max_replicas:
-                continue
-            if n > self.gpu_limit:  # two replicas of a model never share a GPU
-                continue
-            opts.add(n)
+            for k in {n, spot_count(model, n, st.pool)}:
+                if model.max_replicas is not None and k > model.max_replicas:
+                    continue
+                if k > self.gpu_limit:  # two replicas of a model never share a GPU
+                    continue
+                opts.add(k)
         if not opts:
             return []
         best = min(opts)

@@ -26,7 +26,7 @@ from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, can_add, multi_replicas
 from packer.planner.prove import prove
-from packer.planner.spot import multi_choice, spot_aware, spot_unaware
+from packer.planner.spot import multi_choice, respread, spot_aware, spot_unaware
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
 
@@ -704,7 +704,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
                      warnings=warnings)
     if current is not None:
         plan = replace(plan, moves=_moves(current, plan))
-    return plan
+    return respread(plan, lambda f: plan_fleet(f, settings, current, progress))  # spot floors the nodes could not spread
 
 
 def with_insurance(plan: Plan, settings: "PlanSettings") -> Plan:

@@ -1,21 +1,25 @@
-"""Spot-aware placement: every model keeps an on-demand floor when spot nodes go.
+"""Spot-aware placement: every model keeps its floor when spot capacity goes.
 
-A model's ``spot_policy`` (``packer.fleet``) says how much of its peak its on-demand replicas
-must hold alone (``Model.on_demand_floor``: 0 ``free``, 1 ``never``, a share for ``floor``). The
-planner obeys it through :func:`packer.planner.model.allowed` (shared replicas) and
-:func:`multi_choice` (multi-GPU replicas); :func:`exposure` reads back, from a finished plan,
-what each model keeps when its worst spot node, or every spot node, is lost.
+A model's ``spot_policy`` (``packer.fleet``) says what share of its peak it must keep
+(``Model.on_demand_floor``: 0 ``free``, 1 ``never``, a share for ``floor``) when its worst spot
+node goes (``spot_loss: node``, the default) or every spot node does (``pool``);
+``Model.spot_replicas`` turns that into how many replicas a spot pool may take. The planner obeys
+it through :func:`packer.planner.model.allowed` (shared replicas) and :func:`multi_choice`
+(multi-GPU replicas); the node assembly spreads the spot replicas, and :func:`respread` re-plans
+the models it could not spread. :func:`exposure` reads back, from a finished plan, what each model
+keeps when its worst spot node, or every spot node, is lost.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, replace
 
 from packer.errors import UserError
 from packer.fleet import Fleet, Model, Pool
 from packer.plan import Plan
-from packer.planner.model import Problem, on_demand_replicas
+from packer.planner.model import Problem, on_demand_replicas, spot_count
 
 Choice = tuple[float, int, list[tuple[Pool, int]]]
 """(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
@@ -38,7 +42,10 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
     for p in problem.fleet.pools:
         n = counts[p.name]
-        if n is None or (p.spot and on_demand_replicas(m, n) > 0):
+        if n is None:
+            continue
+        n = spot_count(m, n, p)
+        if p.spot and on_demand_replicas(m, n, p) > 0:
             continue
         options.append((n * gpr * p.cost_per_gpu_hour, n, [(p, n)]))
     for q in problem.fleet.pools:
@@ -46,12 +53,13 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
             nq, np_ = counts[q.name], counts[p.name]
             if q.spot or not p.spot or nq is None or np_ is None:
                 continue
-            n = max(nq, np_)
-            k = on_demand_replicas(m, n)
-            if k >= n:
-                continue
-            parts = [(q, k), (p, n - k)] if k else [(p, n)]
-            options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
+            least = max(nq, np_)
+            for n in range(least, spot_count(m, least, p) + 1):
+                k = on_demand_replicas(m, n, p)
+                if k >= n:
+                    continue
+                parts = [(q, k), (p, n - k)] if k else [(p, n)]
+                options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
     best: Choice | None = None
     for o in options:
         if room(o[2]) and (best is None or o[0] < best[0]):
@@ -74,29 +82,73 @@ class Exposure:
     worst_node: str | None
     keeps_no_spot: float
     """Share of peak its on-demand replicas hold alone."""
+    loss: str = "node"
+    """What its floor must survive (``Model.spot_loss``): ``node`` reads ``keeps_one_node``,
+    ``pool`` ``keeps_no_spot``."""
+
+    @property
+    def below_floor(self) -> bool:
+        return (self.keeps_one_node if self.loss == "node" else self.keeps_no_spot) < self.floor - 1e-6
+
+
+def kept(plan: Plan, model: str) -> tuple[float, str | None, float]:
+    """(share of peak kept when the model's worst spot node goes, that node, share kept when every
+    spot node goes). A replica holds the rate it is sized for (``rate_rps``); the even split of
+    requests over the rest is what the planner sized them for."""
+    m = plan.model(model)
+    peak = m.traffic.peak_rps
+    reps = plan.placements_of(model)
+    rate = {p.id: next(x.rate_rps for x in p.models if x.name == model) for p in reps}
+    total = sum(rate.values())
+    by_node: dict[str, float] = {}
+    for p in reps:
+        if plan.fleet.pool(p.pool).spot:
+            by_node[p.node] = by_node.get(p.node, 0.0) + rate[p.id]
+    worst = max(by_node, key=lambda n: (by_node[n], n)) if by_node else None
+    lost = by_node.get(worst, 0.0) if worst else 0.0
+    share = (lambda r: min(1.0, r / peak) if peak > 0 else 1.0)
+    return share(total - lost), worst, share(total - sum(by_node.values()))
+
+
+def holds_floor(plan: Plan, model: str) -> float:
+    """The share of peak that ``spot_loss`` counts against the floor: kept with the worst spot node
+    gone (``node``), or with every spot node gone (``pool``)."""
+    one, _, none = kept(plan, model)
+    return one if plan.model(model).spot_loss == "node" else none
 
 
 def exposure(plan: Plan) -> list[Exposure]:
     """Per model: replicas on spot, and the share of peak kept when its worst spot node is lost
-    and when every spot node is. A replica holds the rate it is sized for (``rate_rps``); the
-    even split of requests over the rest is what the planner sized them for."""
+    and when every spot node is (:func:`kept`)."""
     out = []
     for m in plan.fleet.models:
-        peak = m.traffic.peak_rps
         reps = plan.placements_of(m.name)
-        rate = {p.id: next(x.rate_rps for x in p.models if x.name == m.name) for p in reps}
-        total = sum(rate.values())
-        by_node: dict[str, float] = {}
-        for p in reps:
-            if plan.fleet.pool(p.pool).spot:
-                by_node[p.node] = by_node.get(p.node, 0.0) + rate[p.id]
-        worst = max(by_node, key=lambda n: (by_node[n], n)) if by_node else None
-        lost = by_node.get(worst, 0.0) if worst else 0.0
-        share = (lambda r: min(1.0, r / peak) if peak > 0 else 1.0)
+        one, worst, none = kept(plan, m.name)
         out.append(Exposure(m.name, m.spot_policy, m.on_demand_floor, len(reps),
-                            sum(1 for p in reps if plan.fleet.pool(p.pool).spot),
-                            share(total - lost), worst, share(total - sum(by_node.values()))))
+                            sum(1 for p in reps if plan.fleet.pool(p.pool).spot), one, worst, none, m.spot_loss))
     return out
+
+
+RESPREAD_TRIES = 2
+"""Re-plans :func:`respread` may spend on models the spot nodes could not spread."""
+
+
+def respread(plan: Plan, replan: Callable[[Fleet], Plan]) -> Plan:
+    """``plan``, or a re-plan where the node assembly could not spread a ``spot_loss: node``
+    model's spot replicas thinly enough (models sharing GPUs in an odd cycle, {a, b}, {b, c},
+    {c, a}, cannot go on two nodes with no model twice on one: llm-platform at floor 0.5, three
+    small chats and embed-bge). Those models are planned again against losing the whole pool
+    (``ceil(floor * n)`` on-demand), which needs no spread, at most :data:`RESPREAD_TRIES` times;
+    the plan keeps the fleet as given, whose rule the stricter placement also keeps."""
+    fleet = plan.fleet
+    for _ in range(RESPREAD_TRIES):
+        bad = {e.model for e in exposure(plan) if e.loss == "node" and e.below_floor}
+        if not bad:
+            break
+        stricter = replace(plan.fleet, models=tuple(replace(m, spot_loss="pool") if m.name in bad else m
+                                                     for m in plan.fleet.models))
+        plan = replan(stricter)
+    return plan if plan.fleet is fleet else replace(plan, fleet=fleet)
 
 
 def spot_aware(fleet: Fleet) -> bool:
@@ -106,8 +158,6 @@ def spot_aware(fleet: Fleet) -> bool:
 
 def spot_unaware(fleet: Fleet) -> Fleet:
     """The same fleet with every model ``free`` to run on spot: the cheapest plan's fleet."""
-    from dataclasses import replace
-
     return replace(fleet, models=tuple(replace(m, spot_policy="free", on_demand_floor=0.0) for m in fleet.models))
 
 
@@ -124,18 +174,30 @@ def exposure_lines(plan: Plan) -> list[str]:
     out.append("when spot goes    model                 policy  floor  replicas  on spot  "
                "keeps (worst node)  keeps (no spot)")
     for e in exposure(plan):
-        flag = "  <- below its floor" if e.keeps_no_spot < e.floor - 1e-9 else ""
+        flag = "  <- below its floor" if e.below_floor else ""
         out.append(f"                  {e.model:<21} {e.policy:<7} {e.floor:>5.0%}  {e.replicas:>8}  {e.on_spot:>7}  "
                    f"{e.keeps_one_node:>18.0%}  {e.keeps_no_spot:>15.0%}{flag}")
     return out
 
 
+def exposure_doc(plan: Plan) -> dict[str, Any] | None:
+    """The plan file's ``spot_exposure`` (docs/plan.schema.json): per model what it keeps when its
+    worst spot node, or every spot node, goes, and the price of the floors against the spot-unaware
+    plan (None without spot pools; the price None without that baseline)."""
+    if not any(p.spot for p in plan.fleet.pools):
+        return None
+    b = plan.baselines.get("spot-unaware")
+    price = round(plan.cost_per_hour - b.cost_per_hour, 6) if b is not None else None
+    return {"insurance_cost_per_hour": price,
+            "models": [{"model": e.model, "spot_policy": e.policy, "floor": e.floor, "spot_loss": e.loss,
+                        "replicas": e.replicas, "on_spot": e.on_spot, "keeps_one_node": round(e.keeps_one_node, 6),
+                        "worst_node": e.worst_node, "keeps_no_spot": round(e.keeps_no_spot, 6),
+                        "below_floor": e.below_floor} for e in exposure(plan)]}
+
+
 def on_demand_only(fleet: Fleet) -> Fleet:
     """The same fleet without its spot pools: the all-on-demand plan's fleet. Raises a
     :class:`~packer.errors.UserError` when every pool is spot."""
-    from dataclasses import replace
-
-
     pools = tuple(p for p in fleet.pools if not p.spot)
     if not pools:
         raise UserError(f"fleet {fleet.name}: every pool is spot, so there is no all-on-demand plan to compare "

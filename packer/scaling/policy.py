@@ -48,7 +48,7 @@ from packer.scaling.replan import accept_replan, right_size
 from packer.scaling.room import gpu_price, new_gpu, standby_gpus
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals
-from packer.scaling.spot import recover
+from packer.scaling.spot import back_to_spot, recover
 from packer.scaling.up import _Candidate, _lead_new_gpu, _pick, relieve, reshare, scale_up
 
 __all__ = ["Demand", "accept_replan", "right_size", "ModelState", "ScalingState", "capacity", "crowd_ok", "decide", "fragmentation", "observe",
@@ -117,6 +117,9 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
         state = replace(state, last_down_try=now)
         tried = True
     actions += downs
+    if not notices and not grown and not downs and not any(d.panic for d in calm.values()):
+        back, work = back_to_spot(work, settings, starting)  # replacements bought on-demand return to spot
+        actions += back
     models = dict(state.models)
     for name in grown:
         models[name] = replace(models[name], last_up=now)

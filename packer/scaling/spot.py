@@ -32,10 +32,11 @@ from collections.abc import Mapping
 
 from packer.fleet import Model
 from packer.plan import Placement, Plan
+from packer.planner.spot import holds_floor
 from packer.scaling.actions import Action, AddGroup, AddReplica, Consolidate, RemoveReplica, SplitOut, apply
 from packer.scaling.room import SlotRef, empty_room, free_slots, gpu_price, new_gpu, paid_gpus, ref, room, slot_type
 from packer.scaling.settings import ScalingSettings
-from packer.slot import evaluate, item
+from packer.slot import WHOLE, evaluate, item
 
 
 QUEUE_SLO_SHARE = 0.5
@@ -141,41 +142,104 @@ def _holds(plan: Plan, slot: SlotRef, model: Model, rate: float) -> bool:
 
 
 def keeps_floor(plan: Plan, a: Action) -> bool:
-    """Does ``a`` keep every on-demand floor that holds in ``plan``? The planner put at least
-    ``ceil(on_demand_floor * n)`` of a model's ``n`` replicas on on-demand pools; a scale-up that
-    moves one of them to spot (a split-out of the tightest replica), or adds spot replicas past
-    the ratio, or a consolidation that drops or moves one there, would leave the model below its
-    floor when the spot node goes. (Found by ``bench/spot.py``: the policy split summarizer-it's
-    only replica out to a spot L4, the node went, and the model had no replica for 25 s.)"""
-    delta: dict[str, list[int]] = {}  # model -> [change of n, change of on-demand n]
-
-    def step(model: str, pool: str, sign: int) -> None:
-        d = delta.setdefault(model, [0, 0])
-        d[0] += sign
-        d[1] += sign * (not plan.fleet.pool(pool).spot)
-
-    if isinstance(a, (AddReplica, SplitOut)):
-        step(a.model, a.slot.pool, 1)
-        if a.replaces is not None:
-            step(a.model, a.replaces.pool, -1)
+    """Does ``a`` keep every floor that holds in ``plan``? A model's floor is the share of peak it
+    keeps when its worst spot node goes (``spot_loss: node``) or every spot node does (``pool``),
+    :func:`packer.planner.spot.holds_floor`. An action that takes a model below its floor, or
+    further below it, is refused: a scale-up that moves its tightest replica to the spot node that
+    runs its other one, a consolidation that drops its on-demand replica; and a new spot replica
+    of a floor model whose SLO outlasts the pool's notice. (Found by
+    ``bench/spot.py``: the policy split summarizer-it's only replica out to a spot L4, the node
+    went, and the model had no replica for 25 s.)"""
+    onto: list[tuple[str, str]] = []  # (model, pool) a replica is added to
+    if isinstance(a, (AddReplica, SplitOut)) and (a.replaces is None or not plan.fleet.pool(a.replaces.pool).spot):
+        onto.append((a.model, a.slot.pool))
     elif isinstance(a, AddGroup):
-        for model, _ in a.rates:
-            step(model, a.slot.pool, 1)
+        onto += [(model, a.slot.pool) for model, _ in a.rates]
+    elif isinstance(a, Consolidate) and not plan.fleet.pool(a.slot.pool).spot:
+        onto += [(model, dst.pool) for model, dst, _ in a.moves]
+    for model, pool in onto:
+        p, m = plan.fleet.pool(pool), plan.model(model)
+        if p.spot and m.on_demand_floor > 0 and m.slo_ms / 1000.0 > p.notice_s:
+            return False  # its queued requests would outlast the notice (Model.spot_replicas)
+    touched: set[str] = set()
+    if isinstance(a, (AddReplica, SplitOut, RemoveReplica)):
+        touched.add(a.model)
+    elif isinstance(a, AddGroup):
+        touched |= {model for model, _ in a.rates}
     elif isinstance(a, Consolidate):
-        for model in a.drops:
-            step(model, a.slot.pool, -1)
-        for model, dst, _ in a.moves:
-            step(model, dst.pool, 1)
-            step(model, a.slot.pool, -1)
-    elif isinstance(a, RemoveReplica):
-        step(a.model, a.slot.pool, -1)
-    for model, (dn, dod) in delta.items():
-        m = plan.model(model)
-        if m.on_demand_floor <= 0:
-            continue
-        reps = plan.placements_of(model)
-        n = len(reps)
-        od = sum(1 for p in reps if not plan.fleet.pool(p.pool).spot)
-        if od >= m.on_demand_replicas(n) and od + dod < m.on_demand_replicas(n + dn):
+        touched |= set(a.drops) | {model for model, _, _ in a.moves}
+    touched = {m for m in touched if plan.model(m).on_demand_floor > 0}
+    if not touched:
+        return True
+    try:
+        after = apply(plan, [a])
+    except ValueError:
+        return True  # an action its slots cannot hold is the caller's to refuse, not the floor's
+    for m in touched:
+        floor = plan.model(m).on_demand_floor
+        now, then = holds_floor(plan, m), holds_floor(after, m)
+        if then < floor - 1e-6 and then < now - 1e-6:
             return False
     return True
+
+
+def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
+    """At most one replica back from an on-demand GPU it has alone to a new spot GPU, make before
+    break, when that keeps its model's floor (:func:`keeps_floor`) and costs less.
+
+    :func:`recover` buys what serves in time, which after a preemption is mostly on-demand (a free
+    GPU of a running node serves within the notice; a fresh spot node takes minutes), and nothing
+    else ever moved those replicas back: in ``bench/spot.py`` at 3 preemptions a node-hour the
+    llm-platform plan of 135.00/h ran at 179.70/h. Only a replica alone on its GPU moves (the GPU
+    is then freed); one per decision, the biggest saving first, so a wave of moves cannot empty
+    on-demand capacity faster than the spot nodes come up. The spot GPU goes on a node that runs no
+    other replica of the model, so one node taking both is never the price.
+
+    Worked numbers (``tests/test_scaling_spot.py``): asr's replacement runs alone on an on-demand
+    L4 (0.80/h) and its other replica on spot node n0; a new GPU on spot node n1 (0.30/h) holds it
+    at 300 rps: ``split_out`` there replacing it, -0.50/h, serving after node, image and weights.
+    """
+    spots = [p for p in plan.fleet.pools if p.spot]
+    if not spots:
+        return [], plan
+    cs = settings.cold_start
+    gpus: dict[tuple[str, str, int], int] = {}
+    for p in plan.placements:
+        for g in p.gpus or (p.gpu,):
+            gpus[(p.pool, p.node, g)] = gpus.get((p.pool, p.node, g), 0) + 1
+    best: tuple[float, SplitOut] | None = None
+    for p in plan.placements:
+        pool = plan.fleet.pool(p.pool)
+        if pool.spot or len(p.models) != 1 or any(gpus[(p.pool, p.node, g)] > 1 for g in p.gpus or (p.gpu,)):
+            continue
+        mem = p.models[0]
+        model = plan.model(mem.name)
+        if model.spot_policy == "never":
+            continue
+        width = model.gpus_per_replica
+        if width == 1 and p.slot != WHOLE:
+            continue
+        taken = frozenset(q.node for q in plan.placements_of(model.name) if plan.fleet.pool(q.pool).spot)
+        for sp in spots:
+            saving = (pool.cost_per_gpu_hour - sp.cost_per_gpu_hour) * width
+            if saving <= 0 or (best is not None and saving <= best[0]):
+                continue
+            ng = new_gpu(plan, sp.name, starting, width=width, avoid=taken)
+            if ng is None or not _holds(plan, ng.slot, model, mem.rate_rps):
+                continue
+            lead = (cs.node_s + cs.image_s if ng.fresh_node else ng.node_wait_s) + cs.weights_s(model.memory_gb)
+            a = SplitOut(model=model.name, slot=ng.slot, rate_rps=mem.rate_rps,
+                         cost_per_hour=sp.cost_per_gpu_hour * width, ready_in_s=lead, new_gpu=True, replaces=ref(p),
+                         reason=f"{model.name} runs alone on on-demand {p.id} ({pool.cost_per_gpu_hour * width:.2f}/h); "
+                                f"a spot GPU on {ng.slot.node} ({sp.cost_per_gpu_hour * width:.2f}/h) holds its "
+                                f"{mem.rate_rps:.1f} rps and keeps its floor: back to spot, -{saving:.2f}/h, "
+                                f"serving in {lead:.0f} s, the on-demand GPU freed then")
+            if keeps_floor(plan, a):
+                best = (saving, a)
+    if best is None:
+        return [], plan
+    a = best[1]
+    nodes = {k[1] for k in paid_gpus(plan)}
+    if starting is not None and a.slot.node not in nodes:
+        starting[a.slot.node] = cs.node_s + cs.image_s
+    return [a], apply(plan, [a])

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
+from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.plan import Plan
 from packer.scaling.actions import Action, Replan, apply
@@ -75,10 +76,16 @@ def run_replan(base: Plan, request: Replan, replanner: Replanner, settings: Scal
     def ask(fresh: bool) -> Plan:
         return replace(replanner(base, fleet, request.headroom, fresh), fleet=base.fleet)
 
-    new = ask(False)
+    try:
+        new = ask(False)
+    except UserError as e:  # e.g. kept GPUs and multi-GPU replicas overfill a pool: refused, not a crash
+        return ReplanOutcome(request, base, base, False, f"the re-plan failed: {e}")
     ok, why = accept_replan(base, new, traffic, settings=settings)
     if not ok and retry_fresh:
-        fresh = ask(True)
+        try:
+            fresh = ask(True)
+        except UserError:
+            return ReplanOutcome(request, base, new, ok, why)
         ok2, why2 = accept_replan(base, fresh, traffic, settings=settings)
         if ok2:
             new, ok, why = fresh, ok2, why2 + " (packed from scratch)"

@@ -15,7 +15,7 @@ from packer_cli.plan import example_path
 
 EXAMPLES = example_path().parent
 from packer.check import check_plan
-from packer.fleet import FleetError
+from packer.fleet import Fleet, FleetError
 from packer.fleetfile import load_fleet, parse_fleet
 from packer.plan import from_dict, to_dict
 from packer.planner import PlanSettings, plan_fleet
@@ -177,3 +177,26 @@ def test_bounds_round_up_to_whole_gpus():
     # pool limits count: with at most 2 L4s, 2.0 needs an A100
     assert whole_gpus([(4.1, 1), (0.8, 2)], 2.0) == pytest.approx(4.1)
     assert whole_gpus([], 3.0) == 3.0
+
+
+def _overfill_fleet(big_replicas: int) -> Fleet:
+    lat = {"gpu": "a100-80gb", "base": 5.0, "per_item": 1.0}
+    models = [{"name": "big", "kind": "streaming", "memory_gb": 100, "gpus_per_replica": 2,
+               "min_replicas": big_replicas, "traffic": {"rps": 1, "peak_rps": 2}, "slo_ms": 500,
+               "latency_ms": lat, "max_batch": 8}]
+    models += [{"name": f"s{i}", "kind": "streaming", "memory_gb": 30, "traffic": {"rps": 5, "peak_rps": 10},
+                "slo_ms": 300, "latency_ms": lat, "max_batch": 8} for i in range(2)]
+    return parse_fleet({"name": "overfill", "models": models, "pools": [
+        {"name": "a", "gpu": "a100-80gb", "gpus_per_node": 4, "max_nodes": 1, "cost_per_gpu_hour": 1.0, "sharing": []},
+        {"name": "b", "gpu": "a100-80gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 3.0,
+         "sharing": []}]})
+
+
+def test_replan_never_overfills_a_pool_with_kept_gpus():
+    """A re-plan places the multi-GPU replicas first; the current plan's shared GPUs it keeps must
+    give way where both no longer fit the pool (it raised 'pool a: 5 GPUs do not fit in 1 nodes')."""
+    before = plan_fleet(_overfill_fleet(1), PlanSettings(time_limit_s=2))
+    assert before.gpus == {"a": 3}
+    after = plan_fleet(_overfill_fleet(2), PlanSettings(time_limit_s=2), current=before)
+    assert check_plan(after) == []
+    assert after.gpus == {"a": 4, "b": 1}

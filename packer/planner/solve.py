@@ -364,7 +364,8 @@ def _pick_window(problem: Problem, gpus: list[Gpu], rng: random.Random) -> list[
     return [seed] + rest[: k - 1]
 
 
-def _from_current(problem: Problem, current: Plan, counts: dict[str, int]) -> tuple[list[Gpu], list[Rep]]:
+def _from_current(problem: Problem, current: Plan, counts: dict[str, int],
+                  reserved: dict[str, int]) -> tuple[list[Gpu], list[Rep]]:
     """Rebuild the current plan's GPUs and keep each replica where it is while it still fits."""
     fleet = problem.fleet
     gpus: dict[tuple[str, str, int], Gpu] = {}
@@ -395,6 +396,15 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int]) -> tu
                 slot.reps.append(rep)
                 placed.add(rep.key)
     kept = [g for g in gpus.values() if g.layout is not None or any(s.reps for s in g.slots)]
+    # The multi-GPU replicas are placed first (``reserved``): where they and the kept GPUs would
+    # overfill a pool (a spot re-plan: 19 GPUs in 16), the emptiest kept GPUs give way and their
+    # replicas are packed again.
+    for pool in fleet.pools:
+        mine = sorted((g for g in kept if g.pool.name == pool.name), key=lambda g: _fill_of(problem, g))
+        over = len(mine) - max(0, pool.max_gpus - reserved.get(pool.name, 0))
+        for g in mine[:max(0, over)]:
+            kept.remove(g)
+            placed -= {r.key for sl in g.slots for r in sl.reps}
     for g in kept:
         g.pinned = True
     spare_slots(problem, [g for g in kept if g.layout is not None])
@@ -621,7 +631,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
                     continue
                 if any(problem.fits_alone(Rep(fleet.model(name), 0, n), st) for st in problem.all_types()):
                     counts[name] = n
-            kept, todo = _from_current(problem, current, counts)
+            kept, todo = _from_current(problem, current, counts, reserved)
             slots_before = [s for g in kept for s in g.slots]
             gpu_of = {id(s): g for g in kept for s in g.slots}
             slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)

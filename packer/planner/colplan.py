@@ -197,7 +197,7 @@ def _price_into(pat: Patterns, solver, rows: dict, cover: list, x: list) -> int:
     pis = {key: max(0.0, -row.dual_value()) for key, row in rows.items()}
     new = 0
     for key, row in rows.items():
-        for col in pat.search(key, mu, floor=pis[key], node_limit=PRICE_NODES)[1]:
+        for col in pat.search(key, mu, floor=pis[key], node_limit=PRICE_NODES, want_bound=False)[1]:
             if pat.add(key, col):
                 new += 1
                 xj = solver.NumVar(0, min(pat.reps[k][1] for k in col), "")

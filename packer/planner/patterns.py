@@ -68,9 +68,10 @@ NODE_S, CELL_S, ITER_S, ROUND_S = 1.8e-5, 1.5e-7, 4e-4, 2e-3
 simplex iteration of the restricted master, and per round: measured on this project's 2-core
 machine (1.6e-5, 1.3e-7, 3.5e-4 on long-tail, generated-500 and multilingual-10), rounded up
 for what is not counted."""
-DISJOINT = 30
+DISJOINT, DISJOINT_COARSE = 30, 3
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
-far this round leave out."""
+far this round leave out; fewer where cells are coarse (each follow-up there recomputes its
+cells' LPs)."""
 WALL_FACTOR = 2.0
 """Wall-clock seconds allowed per deterministic second before column generation is cut short:
 only a much slower or much busier machine than the one measured gets different columns."""
@@ -122,6 +123,8 @@ class Patterns:
         self.u = problem.u
         self.reps: list[tuple[str, int]] = []  # (model, count) per replica class
         self.models: list[str] = []
+        self.model_index: dict[str, int] = {}
+        """Position of each model in ``models``: ``TypeItems.model`` holds these."""
         self.model_reps: dict[str, list[int]] = defaultdict(list)
         types = problem.all_types()
         per_type: dict[str, list[tuple]] = defaultdict(list)
@@ -129,6 +132,7 @@ class Patterns:
             opts = sorted({n for n in _count_options(problem, m) if n > 0} | (counts or {}).get(m.name, set()))
             if not opts:
                 continue
+            self.model_index[m.name] = len(self.models)
             self.models.append(m.name)
             for n in opts:
                 k = len(self.reps)
@@ -258,7 +262,8 @@ class Patterns:
         return best
 
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
-               node_limit: int = 4000, want_bound: bool = True) -> tuple[float, list[tuple[int, ...]]]:
+               node_limit: int = 4000, want_bound: bool = True, cells: list | None = None,
+               skip: np.ndarray | None = None) -> tuple[float, list[tuple[int, ...]], list | None]:
         """Groups on slot type ``key`` worth more than ``floor`` at ``mu``, and an upper bound on
         what any group ``feasible`` admits there is worth: (bound, the last ``max_cols`` groups
         found, best last).
@@ -271,24 +276,41 @@ class Patterns:
         Otherwise the bound's cells are coarser than a group's cycle: the bound is
         :meth:`pattern_value_bound`'s (infinite unless ``want_bound``) and the columns come from
         :meth:`price`.
+
+        ``cells``: the cell problems of an earlier search at the same ``mu`` (returned third), and
+        ``skip``: models (indices) to leave out; their LPs, computed with those models in, are
+        still upper bounds, so a follow-up search needs no new cell LPs (on 650 items and 340
+        cells those cost 0.2 s a search). The bound is then not returned (infinite).
         """
         ti = self.types[key]
         v = mu[ti.keys]
         if np.unique(ti.hi[v > 1e-12]).size > EXACT_CELLS:
-            bound = self.pattern_value_bound(key, mu, node_limit) if want_bound else math.inf
-            return bound, self.price(key, mu, floor, max_cols)
+            if skip is not None:
+                v = np.where(np.isin(ti.model, skip), 0.0, v)
+                mu = mu.copy()
+                mu[ti.keys] = v
+            bound = self.pattern_value_bound(key, mu, node_limit) if want_bound and skip is None else math.inf
+            return bound, self.price(key, mu, floor, max_cols), None
+        if cells is None:
+            cells = self._cell_problems(ti, v, at_top=True)
         bound = best = floor
         found: list[tuple[int, ...]] = []
-        for least, lam, make in self._cell_problems(ti, v, at_top=True):
+        for least, lam, make in cells:
             if least <= best + 1e-12:
                 break
             vv, w, mm, md, at = make()
+            if skip is not None:
+                keep = ~np.isin(md, skip)
+                if not keep.any():
+                    continue
+                vv, w, mm, md, at = vv[keep], w[keep], mm[keep], md[keep], at[keep]
             val, chosen, done = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
             if chosen and val > best + 1e-12:
                 found.append(tuple(sorted(ti.keys[int(at[j])] for j in chosen)))
                 best = val
             bound = max(bound, best if done else least)
-        return max(bound, best), [c for c in found[-max_cols:] if self._admits(key, c)]
+        cols = [c for c in found[-max_cols:] if self._admits(key, c)]
+        return (max(bound, best) if skip is None else math.inf), cols, cells
 
     def price(self, key: str, mu: np.ndarray, pi: float, max_cols: int = 8,
               node_limit: int = 300, max_cells: int = 60) -> list[tuple[int, ...]]:
@@ -611,21 +633,20 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         for key in pat.types:
             if spent() > budget:
                 break
-            _, cols = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES, want_bound=False)
+            _, cols, cells = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES, want_bound=False)
             priced += 1
             for col in cols:
                 new += pat.add(key, col)
             # More columns a round: the best group again among the models the last one left out,
             # until none beats the slot's dual (a packing at these duals, one group at a time).
             # long-tail converges in 40 rounds instead of 365 (5.8 deterministic s instead of 20).
-            rest = mu
-            for _ in range(DISJOINT):
-                if not cols:
+            skip: list[int] = []
+            for _ in range(DISJOINT if cells is not None else DISJOINT_COARSE):
+                if not cols or spent() > budget:
                     break
-                rest = rest.copy()
-                for k in cols[-1]:
-                    rest[pat.model_reps[pat.reps[k][0]]] = 0.0
-                _, cols = pat.search(key, rest, floor=pi[key], node_limit=PRICE_NODES, want_bound=False)
+                skip += [pat.model_index[pat.reps[k][0]] for k in cols[-1]]
+                _, cols, _ = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES, want_bound=False,
+                                        cells=cells, skip=np.array(skip))
                 for col in cols:
                     new += pat.add(key, col)
         if new == 0 and priced == len(pat.types):

@@ -109,30 +109,3 @@ def test_a_hemmed_replica_moves_out_rather_than_being_multiplied():
     assert after.cost_per_hour == pytest.approx(plan.cost_per_hour + 0.8)
     assert share_capacity(after, "asr-a") >= 450.0 - 1e-6
 
-
-def test_a_consolidation_does_not_hem_a_model_of_many_replicas():
-    from packer.scaling import Consolidate
-    from packer.scaling.down import hemmed
-    from packer.scaling.room import room
-
-    f = fleet()
-    plan = plan_of(f, [
-        placement(f, "l4", "l4-n0", 0, [("punct", 0, 20.0)]),
-        placement(f, "l4", "l4-n0", 1, [("punct", 1, 20.0)]),
-        placement(f, "l4", "l4-n0", 2, [("asr-b", 0, 800.0)]),
-        placement(f, "l4", "l4-n0", 3, [("asr-b", 1, 800.0)]),
-        placement(f, "l4", "l4-n1", 0, [("asr-b", 2, 800.0)]),
-        placement(f, "l4", "l4-n1", 1, [("asr-a", 0, 300.0)]),
-    ])
-    load = {"asr_a": 200, "asr_b": 1500, "punct": 5}
-    _, state, now = feed(plan, [load] * 41)
-    acts, _ = decide(plan, sig(**load), state, now + 15, EXACT)
-    cons = [a for a in acts if isinstance(a, Consolidate)]
-    assert len(cons) == 1 and cons[0].slot.id == "l4-n0-g0-whole"
-    (model, dst, rate), = cons[0].moves
-    # punct fits beside either; asr-b's slots have the least room (best fit) but punct there
-    # would cap all three asr-b replicas under round-robin, asr-a's only one
-    b, a = plan.placements[2], plan.placements[5]
-    assert room(plan, b, f.model("punct")) < room(plan, a, f.model("punct"))
-    assert hemmed(plan, b, "punct", rate) > 2 * hemmed(plan, a, "punct", rate) > 0
-    assert model == "punct" and dst.id == "l4-n1-g1-whole"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from packer.plan import Placement, Plan
 from packer.scaling.actions import Action, AddReplica, Consolidate, RemoveReplica, Replan, apply
 from packer.scaling.demand import EPS, Demand, capacity, crowd_ok
-from packer.scaling.room import SlotRef, empty_room, fill, gpu_price, paid_gpus, rate_of, ref, room, slot_fraction
+from packer.scaling.room import SlotRef, fill, gpu_price, paid_gpus, rate_of, ref, room, slot_fraction
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.spot import keeps_floor
 from packer.scaling.up import reshare
@@ -48,21 +48,18 @@ def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings:
                 notes.append(f"drop {x.name} ({len(others)} replica(s) hold its {wd:.1f} rps)")
                 continue
             per = wd / (len(others) + 1)
-            best: tuple[float, float, Placement] | None = None
+            best: tuple[float, Placement] | None = None
             for q in t.placements:
                 if q.id == p.id or not q.models or any(y.name == x.name for y in q.models):
                     continue
                 if not crowd_ok([y.name for y in q.models] + [x.name], demands):
                     continue
                 r = room(t, q, model)
-                if r < per - EPS:
-                    continue
-                key = (hemmed(t, q, x.name, per), r)
-                if best is None or key < best[:2]:
-                    best = (key[0], r, q)
+                if r >= per - EPS and (best is None or r < best[0]):
+                    best = (r, q)
             if best is None:
                 return None
-            q = best[2]
+            q = best[1]
             t = apply(t, [AddReplica(model=x.name, slot=ref(q), rate_rps=per, cost_per_hour=0.0, reason=""),
                           RemoveReplica(model=x.name, slot=ref(p), cost_per_hour=0.0, reason="")])
             moves.append((x.name, ref(q), per))
@@ -89,37 +86,6 @@ def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings:
     except ValueError:
         return None
     return a
-
-
-def hemmed(plan: Plan, q: Placement, model: str, rate: float) -> float:
-    """GPUs' worth of round-robin capacity the other members of ``q`` lose if ``model`` joins it
-    at ``rate``: each holds ``n`` times its tightest replica's room, so a replica hemmed in here
-    caps all ``n`` of them. Per member ``n x (min(before, rest) - min(after, rest))`` over what one
-    replica holds alone in such a slot.
-
-    Why: a consolidation put asr-es and asr-de beside asr-en's two replicas at night on the
-    diurnal day (the slots with the least room that took them); asr-en then held 2 x 640 rps
-    instead of 2 x 1460, and each replica the morning added held 470-640 rps: 13 L4s at the
-    evening peak where 6 would have done. Joining a group whose members have one or two
-    replicas of their own costs them far less.
-    """
-    others = [y.name for y in q.models if plan.model(y.name).gpus_per_replica == 1]
-    if not others:
-        return 0.0
-    try:
-        t = apply(plan, [AddReplica(model=model, slot=ref(q), rate_rps=rate, cost_per_hour=0.0, reason="")])
-    except ValueError:
-        return math.inf
-    q2 = next(o for o in t.placements if o.id == q.id)
-    lost = 0.0
-    for name in others:
-        m = plan.model(name)
-        reps = plan.placements_of(name)
-        rest = min((room(plan, o, m) for o in reps if o.id != q.id), default=math.inf)
-        before, after = min(room(plan, q, m), rest), min(room(t, q2, m), rest)
-        solo = empty_room(plan, ref(q), m)
-        lost += len(reps) * max(0.0, before - after) / max(solo, EPS)
-    return lost
 
 
 def scale_down(plan: Plan, demands: Mapping[str, Demand], settings: ScalingSettings) -> tuple[list[Action], Plan]:

@@ -78,9 +78,11 @@ class Demand:
     load: float
     """Stable-window load projected over the cold start (the panic load while panicking)."""
     want: float
-    """Capacity wanted now: load / target utilisation (never below capacity in panic)."""
+    """Capacity wanted now: load / target utilisation (the panic window's while panicking). Demand
+    only: never raised to the capacity held, so moves that raise capacity do not raise it."""
     want_down: float
-    """Highest calm want over the scale-down window, plus the band: the floor for shrinking."""
+    """Highest calm want over the scale-down window, or the arrivals' rising 10-minute trend
+    projected one window ahead if higher, plus the band: the floor for shrinking."""
     slope: float
     """Trend of the stable-window load, rps per second (>= 0)."""
     panic: bool
@@ -180,6 +182,23 @@ def sized_load(sig: Signals, plan: Plan, m: Model, overloaded: bool, cap: float)
     return littles if overloaded or (busy and littles > cap) else sig.arrival_rps
 
 
+def stream_sd(m: Model, rate: float) -> float:
+    """Standard deviation (rps) of a streaming model's rate that comes from how many streams are
+    live, not from counting requests: at ``rate`` with ``rps / streams`` chunks per second per
+    stream, about ``rate / (rps / streams)`` streams are live, a Poisson number, so the rate
+    swings by ``sqrt(rate * rps / streams)``. It lasts as long as a session (minutes), so no
+    averaging window takes it out: it is real load, not measurement noise. 0 without ``streams``.
+
+    Measured on the diurnal day: asr-es (385 rps over 112 streams) at 399 rps has a one-minute
+    standard deviation of 29 rps (this gives 37; Poisson counting over a minute gives 2.6), asr-en
+    at 3406 rps 84 (108; Poisson 7.5), punct-en (no streams) 1.3 (Poisson 1.35).
+    """
+    t = m.traffic
+    if not m.streaming or not t.streams or t.rps <= 0 or rate <= 0:
+        return 0.0
+    return math.sqrt(rate * t.rps / t.streams)
+
+
 def _replan_want(history: tuple[tuple[float, float], ...], m: Model, now: float, lead: float,
                  settings: ScalingSettings) -> float:
     """Rate a re-plan should pack ``m`` for, from its arrivals over the scale-down window: the
@@ -232,7 +251,12 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
             load_now = sized_load(sig, plan, m, queue_late, cap)
             samples = samples + ((now, load_now),)
             history = tuple(x for x in history + ((now, sig.arrival_rps),) if x[0] > now - w.scale_down_s + EPS)
-            late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.stable_s)
+            # One late move per stabilisation window: the move's replica serves after its weights
+            # load and the late share lags an interval, so a minute later the signal still counts
+            # the requests of the slot it left (the diurnal day moved asr-de six times in six
+            # minutes, each onto a new A100, while its late share was a replica the moves never
+            # touched).
+            late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.scale_down_s)
         limit = ms.crowd_limit
         if late:
             crowd = max((len(p.models) for p in plan.placements_of(m.name)), default=1)
@@ -266,26 +290,50 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
         horizon = w.stable_s / 2 + cs.weights_s(m.memory_gb)
         forecast = min(stable + slope * horizon, t.max_forecast_factor * max(stable, panic_load))
         calm_want = max(0.0, forecast - noise) / t.target_utilisation
-        calm_high = (forecast + noise) / t.target_utilisation
+        # What shrinking must leave: the measurement noise and the live streams' swing, which is
+        # real load (the scale-up sizes on the measurement's lower bound only). Without the swing
+        # a consolidation left asr-es 10 % above its 10-minute high, and its 112 streams moved its
+        # rate by more within minutes: the GPU was bought back (6 flaps on the diurnal day).
+        swing = t.noise_z * math.sqrt(max(stable, 0.0) / span + stream_sd(m, stable) ** 2)
+        calm_high = (forecast + swing) / t.target_utilisation
         panic_want = max(0.0, panic_load - pnoise) / t.target_utilisation
         panic_until = ms.panic_until
-        if panic_want >= w.panic_threshold * max(cap, EPS) or queue_late or late:
+        # Panic is about load: a rate past capacity, or requests queueing past half the SLO. Late
+        # requests at a rate the slots hold are a packing problem with its own bounded answer
+        # (one move out of a crowded slot, :func:`packer.scaling.up.relieve`); they never panic.
+        if panic_want >= w.panic_threshold * max(cap, EPS) or queue_late:
             panic_until = now + w.stable_s
         panic = panic_until is not None and now < panic_until
+        # Want is demand only, never capacity: with ``cap`` in it (panic used to keep want at
+        # capacity, to keep from shrinking) every move that raised capacity raised the want with
+        # it, the scale-down window remembered it and the re-plans packed for it: asr-de's want
+        # went 405 -> 1811 -> 3269 rps on the diurnal day at 430-520 rps of arrivals. Panic keeps
+        # capacity by forbidding the shrink (``may_shrink``), not by inflating the want.
         if panic:
-            want = max(calm_want, panic_want, cap)
+            want = max(calm_want, panic_want)
             load = max(forecast, panic_load)
         else:
             want, load = calm_want, forecast
             panic_until = None
         wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s + EPS)
-        want_down = max(x for _, x in wants) * (1 + w.scale_down_band)
+        # Shrink only to what the 10-minute trend of arrivals says is needed a stabilisation window
+        # from now: on a diurnal ramp the highest demand of the *past* window is below the next
+        # one's, and a consolidation sized on it was undone by a scale-up minutes later (asr-en
+        # at 11.7 h and 15.1 h, asr-es at 4.6-5.5 h on the diurnal day: 3 flaps, each a GPU
+        # released and bought back). A stationary model has no significant trend: no change.
+        ahead = 0.0
+        if history_ok and len(history) >= 3:
+            now_rate = _mean([y for x, y in history if x > now - w.stable_s + EPS]) if m.streaming else stable
+            rising = _slope(history, t.noise_z)
+            ahead = (min(now_rate + rising * (w.scale_down_s + horizon), t.max_forecast_factor * now_rate)
+                     + swing) / t.target_utilisation if rising > 0 else 0.0
+        want_down = max(max(x for _, x in wants), ahead) * (1 + w.scale_down_band)
         # A re-plan's packing must hold until the next re-plan could have a new node serving.
         lead = (t.replan_every_s + cs.node_s + cs.image_s + cs.weights_s(m.memory_gb)) if t.replan_every_s > 0 else horizon
         replan_want = _replan_want(history, m, now, lead, settings)
         models[m.name] = replace(ms, samples=samples, history=history, wants=wants, panic_until=panic_until,
                                  crowd_limit=limit)
-        out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic, late, limit,
-                             replan_want)
+        out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic and not late,
+                             late, limit, replan_want)
     since = now if state.since is None else state.since
     return out, replace(state, models=models, since=since)

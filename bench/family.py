@@ -329,11 +329,19 @@ def _make_servable(doc: dict, rng: random.Random) -> dict:
         top = max(doc["pools"], key=lambda p: used[p["name"]])
         if used[top["name"]] >= 2:
             cap = max(1, int(used[top["name"]] * next(iter(bind.values()))))
+            before = (top["max_nodes"], top["gpus_per_node"])
             top["max_nodes"] = max(1, cap // top["gpus_per_node"])
             if top["max_nodes"] * top["gpus_per_node"] > cap:
                 top["gpus_per_node"] = max(1, cap // top["max_nodes"]) if cap >= top["max_nodes"] else 1
                 top["max_nodes"] = max(1, cap // top["gpus_per_node"])
-            fleet = parse_fleet(doc)
+            try:
+                fleet = parse_fleet(doc)
+            except FleetError:
+                # Smaller nodes than a multi-GPU replica needs (seed 1793, mixed: a 4-GPU llm on
+                # nodes cut to 2): the cap binds on whole nodes instead.
+                top["max_nodes"], top["gpus_per_node"] = before
+                top["max_nodes"] = max(1, cap // top["gpus_per_node"])
+                fleet = parse_fleet(doc)
             packing = greedy_packing(fleet, PlanSettings())
     for _ in range(8):
         if packing is not None:

@@ -13,16 +13,19 @@ One decision, per model, then per slot:
    projected over the cold start with its trend. Wanted capacity = load / target utilisation
    (1 by default), where what the replicas hold is the plan's capacity at the plan's headroom
    (``plan.settings``): the headroom is the one margin, so the planned peaks need nothing.
-   Panic when the panic-window want is >= ``panic_threshold`` (1.1x) what the replicas hold,
-   queue time passes half the SLO or requests are late: then scale up on the panic window and
-   never down, until a stable window passes calm.
+   Panic when the panic-window want is >= ``panic_threshold`` (1.1x) what the replicas hold or
+   queue time passes half the SLO: then scale up on the panic window and never down, until a
+   stable window passes calm. Want is demand only: panic keeps what the replicas hold by
+   blocking scale-down, never by wanting it (a want that fed on capacity bought A100s all day).
 3. **Scale up** (fast) each model short of capacity, cheapest safe action first: grow into room
    of its own slots; add a replica into room of another slot; split it out to a free slot (warm
    standby, unused MIG instance); split it out or copy its whole group onto a new GPU. An action
    is *safe* when the forecast load at the end of its cold start is still within what the model
    holds now; when none is, the fastest wins.
 4. **Relieve** a late model (requests over SLO while the maths say its slots hold): move one
-   replica out of its most crowded slot, and remember that group size as too large for it.
+   replica out of its most crowded slot, at most once per model per scale-down window (10
+   minutes: the late share lags the move), block its scale-down meanwhile, and remember that
+   group size as too large for it. Late requests never start a panic.
 5. **Scale down** (slow): a slot is emptied only when every member can be dropped or moved while
    each model keeps 10% above the *highest* want of the last 10 minutes, and only after that much
    history; one slot per decision. Not with right-sizing re-plans on: those scale down instead.

@@ -120,8 +120,9 @@ class Targets:
     late_alarm: float = 0.005
     """More than 0.5% of a model's requests late (over SLO or rejected) in an interval: the slot
     maths were optimistic for its group: move it out of its most crowded slot, one move per
-    stable window (the signal lags by an interval), rather than adding replicas beside it, and
-    never again put it in a group that large (:attr:`ModelState.crowd_limit`)."""
+    scale-down window (the signal lags the move's cold start), rather than adding replicas beside
+    it, and never again put it in a group that large (:attr:`ModelState.crowd_limit`). Late
+    requests block the model's scale-down; they do not start a panic."""
 
 
 

@@ -86,13 +86,18 @@ def _name(d: dict, where: str) -> str:
     return n
 
 
-def _pool(d: Any, i: int) -> Pool:
-    where = f"pools[{i}]"
+def _entry(d: Any, where: str, keys: tuple[str, ...], what: str) -> tuple[str, str]:
+    """An entry of a list (a pool, a model): a mapping with known keys and a DNS-1123 name; its
+    name, and where it is as errors name it (``pools[2] (l4)``)."""
     if not isinstance(d, dict):
-        raise FleetError(where, "is not a mapping", "write each pool as `- name: ...` with its fields")
-    _keys(d, _where(d, where), POOL_KEYS)
+        raise FleetError(where, "is not a mapping", f"write each {what} as `- name: ...` with its fields")
+    _keys(d, _where(d, where), keys)
     name = _name(d, where)
-    where = f"pools[{i}] ({name})"
+    return name, f"{where} ({name})"
+
+
+def _pool(d: Any, i: int) -> Pool:
+    name, where = _entry(d, f"pools[{i}]", POOL_KEYS, "pool")
     gpu = _get(d, "gpu", where, str)
     if gpu not in GPU_TYPES:
         raise FleetError(f"{where}.gpu", f"unknown GPU type {show(gpu)}",
@@ -157,12 +162,7 @@ def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
 
 
 def _model(d: Any, i: int) -> Model:
-    where = f"models[{i}]"
-    if not isinstance(d, dict):
-        raise FleetError(where, "is not a mapping", "write each model as `- name: ...` with its fields")
-    _keys(d, _where(d, where), MODEL_KEYS)
-    name = _name(d, where)
-    where = f"models[{i}] ({name})"
+    name, where = _entry(d, f"models[{i}]", MODEL_KEYS, "model")
     kind = _get(d, "kind", where, str)
     if kind not in KINDS:
         raise FleetError(f"{where}.kind", f"is {show(kind)}", "use `streaming` or `batch`")

@@ -19,13 +19,12 @@ import math
 import time
 from collections import defaultdict
 
-import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu, to_gpus
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.model import Problem, Rep, Slot, can_add
-from packer.planner.patterns import PRICE_NODES, Patterns
+from packer.planner.patterns import Patterns
 
 
 MASTER_NODES = 100
@@ -41,7 +40,7 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     built = _master(problem, pat, reserved, upper, integer=True)
     if built is None:
         return None
-    solver, x, y, _, _ = built
+    solver, x, y = built
     solver.SuppressOutput()
     # A node limit, not the clock, ends the search, so that a seed gives one plan on any machine
     # load; the clock is the guard against a much slower machine.
@@ -116,29 +115,28 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
         used[key].append(x[j])
         for k in reps:
             holds[k].append(x[j])
-    rows: dict[str, object] = {}
-    for key in pat.types:  # patterns run on slots the layouts provide
-        rows[key] = solver.Add(sum(used.get(key, [])) <= sum(slots_of.get(key, [])))
+    for key, xs in used.items():
+        solver.Add(sum(xs) <= sum(slots_of[key]))  # patterns run on slots the layouts provide
     for name in pat.models:
         solver.Add(sum(y[k] for k in pat.model_reps[name]) == 1)  # one replica count per model
-    cover = [solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
-             for k, (name, n) in enumerate(pat.reps)]
+    for k, (name, n) in enumerate(pat.reps):
+        solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
     if math.isfinite(upper):
         solver.Add(cost <= upper - 1e-6)  # only a cheaper packing is of use
     solver.Minimize(cost)
-    return solver, x, y, rows, cover
+    return solver, x, y
 
 
 def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
-         upper: float, price: bool = False) -> list[Gpu] | None:
+         upper: float) -> list[Gpu] | None:
     """A packing by diving on the master LP: solve it; fix every column's whole part and every
     model whose replica count the LP decided; where nothing is whole, the most-used fractional
     count, else the most-used fractional column; solve again, until slots and counts are whole.
     Each step re-solves a warm LP over the same columns. Raising a column's lower bound never
     uncovers a model (covering is ``>=``); a forced fix that leaves no room in the pools is undone
-    and the column (or count) held where it was. ``price``: look for new columns at each step's
-    duals too (slower; on long-tail no cheaper). As GPUs, or None where the time runs out first;
-    the caller compares the cost with ``upper``.
+    and the column (or count) held where it was. As GPUs, or None where the time runs out first;
+    ``upper`` is not used (same signature as :func:`integer_master`): the caller compares costs.
+    Re-pricing columns at each step's duals was tried: slower, and on long-tail no cheaper.
 
     long-tail (200 models, 3,300 columns): 62.21/h in 1.7 s where the greedy starts and CP-SAT
     reached 65.08/h and the MIP over the same columns found nothing in 60 s (LP 58.07/h).
@@ -149,7 +147,7 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     built = _master(problem, pat, reserved, math.inf, integer=False)
     if built is None:
         return None
-    solver, x, y, rows, cover = built
+    solver, x, y = built
     eps = 1e-6
     forced = None  # the last fix the LP did not already hold (var, its lower bound before)
     while True:
@@ -163,8 +161,6 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
             var.SetUb(lb)
             forced = None
             continue
-        if price and _price_into(pat, solver, rows, cover, x) and solver.Solve() != pywraplp.Solver.OPTIMAL:
-            return None
         xv = [v.solution_value() for v in x]
         yv = {k: v.solution_value() for k, v in y.items()}
         frac_x = [(v - math.floor(v), j) for j, v in enumerate(xv) if v - math.floor(v + eps) > eps]
@@ -188,21 +184,3 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
         var.SetLb(value)
     chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if yv[k] > 0.5}
     return _deal(problem, pat, [round(v) for v in xv], chosen, reserved)
-
-
-def _price_into(pat: Patterns, solver, rows: dict, cover: list, x: list) -> int:
-    """Columns that improve the dive's LP at its duals, added to it: the dive's fixings change
-    which groups are worth having (the residual needs groups the first LP never priced)."""
-    mu = np.array([max(0.0, c.dual_value()) for c in cover])
-    pis = {key: max(0.0, -row.dual_value()) for key, row in rows.items()}
-    new = 0
-    for key, row in rows.items():
-        for col in pat.search(key, mu, floor=pis[key], node_limit=PRICE_NODES, want_bound=False)[1]:
-            if pat.add(key, col):
-                new += 1
-                xj = solver.NumVar(0, min(pat.reps[k][1] for k in col), "")
-                row.SetCoefficient(xj, 1.0)
-                for k in col:
-                    cover[k].SetCoefficient(xj, 1.0)
-                x.append(xj)
-    return new

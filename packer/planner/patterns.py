@@ -267,38 +267,32 @@ class Patterns:
         return best
 
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
-               node_limit: int = 4000, want_bound: bool = True, cells: list | None = None,
-               skip: np.ndarray | None = None) -> tuple[float, list[tuple[int, ...]], list | None]:
-        """Groups on slot type ``key`` worth more than ``floor`` at ``mu``, and an upper bound on
-        what any group ``feasible`` admits there is worth: (bound, the last ``max_cols`` groups
-        found, best last).
+               node_limit: int = PRICE_NODES, cells: list | None = None,
+               skip: np.ndarray | None = None) -> tuple[list[tuple[int, ...]], list | None]:
+        """Columns: groups on slot type ``key`` worth more than ``floor`` at ``mu`` (the last
+        ``max_cols`` found, best last), and the cell problems searched (None where cells are
+        coarse), for follow-up searches.
 
-        Where each distinct ``hi`` is a cell of its own (``EXACT_CELLS``), one search gives both:
-        time is charged at the cell's ``hi``, below no member's, so every set found is an admitted
-        group. Cells are searched best LP first, each for a group beating the best so far; a
-        cell's groups are worth at most the floor it was searched with where its search
-        finished, its LP where it did not, so the bound costs nothing more than the columns.
-        Otherwise the bound's cells are coarser than a group's cycle: the bound is
-        :meth:`pattern_value_bound`'s (infinite unless ``want_bound``) and the columns come from
-        :meth:`price`.
+        Where each distinct ``hi`` is a cell of its own (``EXACT_CELLS``), time is charged at the
+        cell's ``hi``, below no member's, so every set found is an admitted group; cells are
+        searched best LP first, each for a group beating the best so far. Otherwise the cells are
+        coarser than a group's cycle and the columns come from :meth:`price`.
 
-        ``cells``: the cell problems of an earlier search at the same ``mu`` (returned third), and
-        ``skip``: models (indices) to leave out; their LPs, computed with those models in, are
-        still upper bounds, so a follow-up search needs no new cell LPs (on 650 items and 340
-        cells those cost 0.2 s a search). The bound is then not returned (infinite).
+        ``cells``: the cell problems of an earlier search at the same ``mu``, and ``skip``: models
+        (indices) to leave out; their LPs, computed with those models in, are still upper bounds,
+        so a follow-up search needs no new cell LPs (on 650 items and 340 cells those cost 0.2 s
+        a search).
         """
         ti = self.types[key]
         v = mu[ti.keys]
         if np.unique(ti.hi[v > 1e-12]).size > EXACT_CELLS:
             if skip is not None:
-                v = np.where(np.isin(ti.model, skip), 0.0, v)
                 mu = mu.copy()
-                mu[ti.keys] = v
-            bound = self.pattern_value_bound(key, mu, node_limit) if want_bound and skip is None else math.inf
-            return bound, self.price(key, mu, floor, max_cols), None
+                mu[ti.keys] = np.where(np.isin(ti.model, skip), 0.0, v)
+            return self.price(key, mu, floor, max_cols), None
         if cells is None:
             cells = self._cell_problems(ti, v, at_top=True)
-        bound = best = floor
+        best = floor
         found: list[tuple[int, ...]] = []
         for least, lam, make in cells:
             if least <= best + 1e-12:
@@ -309,13 +303,11 @@ class Patterns:
                 if not keep.any():
                     continue
                 vv, w, mm, md, at = vv[keep], w[keep], mm[keep], md[keep], at[keep]
-            val, chosen, done = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
+            val, chosen, _ = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
             if chosen and val > best + 1e-12:
                 found.append(tuple(sorted(ti.keys[int(at[j])] for j in chosen)))
                 best = val
-            bound = max(bound, best if done else least)
-        cols = [c for c in found[-max_cols:] if self._admits(key, c)]
-        return (max(bound, best) if skip is None else math.inf), cols, cells
+        return [c for c in found[-max_cols:] if self._admits(key, c)], cells
 
     def price(self, key: str, mu: np.ndarray, pi: float, max_cols: int = 8,
               node_limit: int = 300, max_cells: int = 60) -> list[tuple[int, ...]]:
@@ -638,7 +630,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         for key in pat.types:
             if spent() > budget:
                 break
-            _, cols, cells = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES, want_bound=False)
+            cols, cells = pat.search(key, mu, floor=pi[key])
             priced += 1
             for col in cols:
                 new += pat.add(key, col)
@@ -650,8 +642,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                 if not cols or spent() > budget:
                     break
                 skip += [pat.model_index[pat.reps[k][0]] for k in cols[-1]]
-                _, cols, _ = pat.search(key, mu, floor=pi[key], node_limit=PRICE_NODES, want_bound=False,
-                                        cells=cells, skip=np.array(skip))
+                cols, _ = pat.search(key, mu, floor=pi[key], cells=cells, skip=np.array(skip))
                 for col in cols:
                     new += pat.add(key, col)
         if new == 0 and priced == len(pat.types):

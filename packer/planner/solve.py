@@ -654,11 +654,9 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         # cheaper plan would spend its budget finding none. The bound does not depend on the plan.
         if progress:
             progress("bound", time.monotonic() - t0)
-        began = time.monotonic()
         keep: list = []
         bound = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s, upper=greedy_cost, seeds=_groups(gpus),
                             keep=keep)
-        deadline += time.monotonic() - began  # the search keeps its share of the budget
         # Whole numbers of the pattern LP's columns: a packing that sees every group at once
         # (colplan.py). It takes part of the search's share.
         master_s = min(MASTER_SHARE * limit, 0.5 * search_s)
@@ -666,9 +664,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s)
             search_s -= master_s
             greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
-        began = time.monotonic()
         first = _prove(problem, greedy_cost, floor, *bound, min(PROVE_FIRST_S, limit), progress, t0, first=True)
-        deadline += time.monotonic() - began
     elif current is not None:
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
     if first is not None and first[0] >= greedy_cost - 1e-6:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import itertools
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.family import family_fleet
-from packer.fleetfile import parse_fleet
+from packer.fleetfile import load_fleet, parse_fleet
 from packer.planner.model import PlanSettings, Problem, Rep
+from packer.planner import patterns
 from packer.planner.patterns import Patterns, pattern_bound
-from packer.planner.solve import greedy_packing
+from packer.planner.solve import greedy_packing, plan_fleet
 from packer.slot import feasible
 
 
@@ -23,7 +25,7 @@ def _small_problem(seed: int) -> Problem:
 
 
 @pytest.mark.parametrize("seed", [3, 11, 29, 47], ids=lambda s: f"seed{s}")
-def test_pricing_bound_is_above_every_admitted_group(seed: int) -> None:
+def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     problem = _small_problem(seed)
     pat = Patterns(problem)
     rng = random.Random(seed)
@@ -46,10 +48,18 @@ def test_pricing_bound_is_above_every_admitted_group(seed: int) -> None:
         sub = np.zeros_like(mu)
         sub[keys] = mu[keys]  # the brute force saw only these items
         assert pat.pattern_value_bound(key, sub) >= best - 1e-9, key
-        for col in pat.price(key, sub, 0.0):
-            items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st) for k in col]
-            assert feasible(items, ti.st.memory_gb, problem.u)
-            assert sum(sub[k] for k in col) <= pat.pattern_value_bound(key, sub) + 1e-9
+        # Columns from every kind of cell the pricing uses: exact, coarse (5 %), and the 1 %
+        # runs it takes over EXACT_CELLS distinct cycles. Each must be a group feasible admits.
+        for grid, exact_cells in ((0.0, patterns.EXACT_CELLS), (patterns.COARSE_GRID, patterns.EXACT_CELLS), (0.0, 1)):
+            pat.grid = grid
+            monkeypatch.setattr(patterns, "EXACT_CELLS", exact_cells)
+            for col in pat.search(key, sub, 0.0)[0]:
+                items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st)
+                         for k in col]
+                assert feasible(items, ti.st.memory_gb, problem.u)
+                assert sum(sub[k] for k in col) <= pat.pattern_value_bound(key, sub) + 1e-9
+            monkeypatch.undo()
+        pat.grid = 0.0
 
 
 @pytest.mark.parametrize("seed", [5, 17], ids=lambda s: f"seed{s}")
@@ -68,3 +78,36 @@ def test_pattern_bound_is_below_the_greedy_plan(seed: int) -> None:
     res = pattern_bound(problem, 5.0)  # no upper: the bound must hold on its own
     assert res is not None
     assert 0 < res.value <= cost + 1e-6
+
+
+@pytest.mark.parametrize("seed", [5, 17, 8, 2], ids=lambda s: f"seed{s}")
+def test_the_purchase_a_plan_buys_is_never_ruled_out(seed: int) -> None:
+    """``cheapest_purchase`` rules out purchases by the Lagrangian at their own pool sizes: the
+    GPUs the greedy plan buys must survive, so the bound it gives is at most that plan's cost."""
+    fleet = parse_fleet(family_fleet(seed, max_models=30, min_models=10))
+    settings = PlanSettings()
+    packing = greedy_packing(fleet, settings)
+    assert packing is not None
+    shared, multi = packing
+    problem = Problem(fleet, settings)
+    for g in shared:
+        for sl in g.slots:
+            for r in sl.reps:
+                problem.start_counts.setdefault(r.model.name, set()).add(r.count)
+    cost = sum(g.pool.cost_per_gpu_hour * g.width for g in shared + multi)
+    res = pattern_bound(problem, 5.0)
+    assert res is not None and res.patterns is not None
+    assert res.value <= cost + 1e-6
+    got = res.patterns.cheapest_purchase(res.value, cost + 0.005)
+    assert res.value - 1e-6 <= got <= cost + 1e-6
+
+
+def test_a_pool_too_small_for_the_gpus_needed_raises_the_bound_to_the_plan() -> None:
+    """llm-platform needs 19 GPUs and its spot pool holds 16: every purchase cheaper than
+    16 spot + 3 on-demand H100s (83.80/h) has too few GPUs, which rounding the Lagrangian's
+    77.68/h up to the next purchase (78.40/h, 8 H100s) does not see."""
+    fleet = load_fleet(Path(__file__).parents[1] / "packer" / "examples" / "llm-platform.yaml")
+    plan = plan_fleet(fleet, PlanSettings(seed=0))
+    assert plan.cost_per_hour == pytest.approx(83.80)
+    assert plan.lower_bound_cost_per_hour == pytest.approx(plan.cost_per_hour)
+    assert "cheapest GPU purchase" in plan.bound_method

@@ -116,9 +116,16 @@ result is appended to ``keep`` (its columns can seed a packing).
     if pat is not None and pat.value > 0:
         total = whole_gpus(whole_of, pat.value)
         note = "" if pat.converged else ", column generation stopped at its time limit"
+        rounded = f", {pat.value:.2f} rounded up to whole GPUs" if total > pat.value + 1e-6 else ""
+        if pat.patterns is not None and math.isfinite(upper):
+            # Purchases the Lagrangian rules out at their own pool sizes (patterns.cheapest_purchase).
+            bought = pat.patterns.cheapest_purchase(total, upper)
+            if bought > total + 1e-6:
+                rounded = (f", {pat.value:.2f} raised to the cheapest GPU purchase it does not rule out "
+                           f"at that purchase's pool sizes")
+                total = bought
         pattern = (total, f"pattern LP, Lagrangian bound over the replica counts the planner offers "
-                          f"({pat.columns} patterns{note})"
-                   + (f", {pat.value:.2f} rounded up to whole GPUs" if total > pat.value + 1e-6 else ""))
+                          f"({pat.columns} patterns{note})" + rounded)
     # The MIP's integer slot counts rarely beat the pattern LP: with one, it gets only the time left.
     if pattern is not None:
         mip_s = 0.0

@@ -38,6 +38,7 @@ Scaling ``mu`` by ``s < 1`` (Farley's bound) is tried too; the best is the bound
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import defaultdict
@@ -60,7 +61,15 @@ EXACT_CELLS = 400
 """Up to this many distinct ``hi`` values on a slot type, each is a cell of its own: the pricing
 bound is then exact up to the branch and bound's node limit."""
 PRICE_CELLS, PRICE_GRID = 400, 1.01
-"""The pricing heuristic's coarser cells: only the order of the search, never the bound, uses them."""
+"""Over ``EXACT_CELLS`` distinct ``hi`` values, the pricing searches runs of them within
+``PRICE_GRID`` as one cell (time charged at the run's bottom, so every group found is admitted):
+only the search for columns, never the bound, uses them."""
+COARSE_GRID, COARSE_WORK, COARSE_LAMBDAS = 1.05, 200_000, (0.0, 0.5, 1.0)
+"""Where the pricing's cell LPs are large (over ``COARSE_WORK`` cells times items, summed over
+slot types), column generation prices on cells 5 % wide with three weightings first, then on
+the fine cells once those find nothing: family-0-long-tail-194 (339 distinct cycles, 650 items on
+its A100 slot) spent 8 deterministic s a round on the fine cells; coarse first, it converges in
+41 rounds and 35 s (bound 469.5/h, where 60 s of fine pricing reached 459.8)."""
 CHUNK = 400_000
 """Cells times items screened at once (memory: a few arrays of this many floats)."""
 NODE_S, CELL_S, ITER_S, ROUND_S = 1.8e-5, 1.5e-7, 4e-4, 2e-3
@@ -68,10 +77,9 @@ NODE_S, CELL_S, ITER_S, ROUND_S = 1.8e-5, 1.5e-7, 4e-4, 2e-3
 simplex iteration of the restricted master, and per round: measured on this project's 2-core
 machine (1.6e-5, 1.3e-7, 3.5e-4 on long-tail, generated-500 and multilingual-10), rounded up
 for what is not counted."""
-DISJOINT, DISJOINT_COARSE = 30, 3
+DISJOINT = 30
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
-far this round leave out; fewer where cells are coarse (each follow-up there recomputes its
-cells' LPs)."""
+far this round leave out (reusing the round's cell LPs, which stay upper bounds)."""
 WALL_FACTOR = 2.0
 """Wall-clock seconds allowed per deterministic second before column generation is cut short:
 only a much slower or much busier machine than the one measured gets different columns."""
@@ -88,6 +96,9 @@ hundred nodes, proving it the best takes thousands (the bound's searches get ``4
 SLACK = 1e-7
 """Relative slack on the pricing bound's capacities, so that rounding never excludes a group that
 ``feasible`` (which allows 1e-9) admits."""
+MAX_PURCHASES, MAX_PURCHASE_LPS = 200_000, 400
+"""Most purchases :meth:`Patterns.cheapest_purchase` lists, and tests one LP each (multi-GPU
+models; about 2 ms an LP)."""
 
 
 @dataclass
@@ -173,8 +184,19 @@ class Patterns:
         """Deterministic seconds spent (``NODE_S``, ``CELL_S``, ``ITER_S``): what the column
         generation's budget counts, so that the same problem gets the same columns on a busy
         machine as on an idle one, and the plan built from them is the same for a seed."""
+        self.grid = COARSE_GRID if self.cell_work() > COARSE_WORK else 0.0
+        """Width of the pricing's cells while it prices coarse (``COARSE_GRID``); 0 once it prices
+        on the fine cells."""
+        self.best_duals: tuple[float, float, dict[str, float], list[float]] = (-math.inf, 0.0, {}, [1.0])
+        """The best Lagrangian so far and its parts: ``sum_m min_n n mu``, what one GPU of each
+        pool can be worth, the scalings of ``mu`` tried (:meth:`cheapest_purchase` uses them)."""
         self.columns: list[tuple[str, tuple[int, ...]]] = []
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
+
+    def cell_work(self) -> int:
+        """Distinct ``hi`` values times items, summed over slot types: the size of the pricing's
+        cell LPs at fine cells."""
+        return sum(int(np.unique(ti.hi).size) * len(ti.keys) for ti in self.types.values())
 
     # --- the pricing problem -------------------------------------------------------------
 
@@ -217,8 +239,12 @@ class Patterns:
             where = np.flatnonzero(g)
             A, B, hi, mem, val, mdl = (ti.A[g], ti.B[g], ti.hi[g], ti.mem[g] / ti.st.memory_gb, v[g],
                                        ti.model[g])
-            cells = self._cells(np.unique(hi)) if at_top else self._cells(np.unique(hi), PRICE_CELLS, PRICE_GRID)
-            lams = LAMBDAS
+            if at_top:
+                cells, lams = self._cells(np.unique(hi)), LAMBDAS
+            elif self.grid:
+                cells, lams = self._cells(np.unique(hi), 1, self.grid), COARSE_LAMBDAS
+            else:
+                cells, lams = self._cells(np.unique(hi), PRICE_CELLS, PRICE_GRID), LAMBDAS
             lo = np.array([c[0] for c in cells])
             d = np.array([c[1] if at_top else c[0] for c in cells])
             step = max(1, CHUNK // max(1, val.size))
@@ -276,7 +302,7 @@ class Patterns:
         Where each distinct ``hi`` is a cell of its own (``EXACT_CELLS``), time is charged at the
         cell's ``hi``, below no member's, so every set found is an admitted group; cells are
         searched best LP first, each for a group beating the best so far. Otherwise the cells are
-        coarser than a group's cycle and the columns come from :meth:`price`.
+        coarser than a group's cycle and time is charged at their bottom, so again every set found is admitted.
 
         ``cells``: the cell problems of an earlier search at the same ``mu``, and ``skip``: models
         (indices) to leave out; their LPs, computed with those models in, are still upper bounds,
@@ -285,14 +311,11 @@ class Patterns:
         """
         ti = self.types[key]
         v = mu[ti.keys]
-        if np.unique(ti.hi[v > 1e-12]).size > EXACT_CELLS:
-            if skip is not None:
-                mu = mu.copy()
-                mu[ti.keys] = np.where(np.isin(ti.model, skip), 0.0, v)
-            return self.price(key, mu, floor, max_cols), None
+        exact = not self.grid and np.unique(ti.hi[v > 1e-12]).size <= EXACT_CELLS
         if cells is None:
-            cells = self._cell_problems(ti, v, at_top=True)
-        best = floor
+            cells = self._cell_problems(ti, v, at_top=exact)
+        cap = 1.0 + SLACK if exact else 1.0
+        best = floor if exact else floor + 1e-9
         found: list[tuple[int, ...]] = []
         for least, lam, make in cells:
             if least <= best + 1e-12:
@@ -303,30 +326,11 @@ class Patterns:
                 if not keep.any():
                     continue
                 vv, w, mm, md, at = vv[keep], w[keep], mm[keep], md[keep], at[keep]
-            val, chosen, _ = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
+            val, chosen, _ = self._bnb(vv, w, mm, md, lam, cap, best, node_limit)
             if chosen and val > best + 1e-12:
                 found.append(tuple(sorted(ti.keys[int(at[j])] for j in chosen)))
                 best = val
         return [c for c in found[-max_cols:] if self._admits(key, c)], cells
-
-    def price(self, key: str, mu: np.ndarray, pi: float, max_cols: int = 8,
-              node_limit: int = 300, max_cells: int = 60) -> list[tuple[int, ...]]:
-        """Groups on slot type ``key`` whose ``mu`` sum above ``pi``: per cell, best LP first,
-        branch and bound with time charged at the cell's bottom, so every group found is admitted.
-        Each search must beat the best group found so far; the last ``max_cols`` found are kept."""
-        ti = self.types[key]
-        v = mu[ti.keys]
-        found: list[tuple[int, ...]] = []
-        floor = pi + 1e-9
-        for tried, (least, lam, make) in enumerate(self._cell_problems(ti, v, at_top=False)):
-            if least <= floor or tried >= max_cells:
-                break
-            vv, w, mm, md, at = make()
-            val, chosen, _ = self._bnb(vv, w, mm, md, lam, 1.0, floor, node_limit)
-            if chosen and val > floor:
-                found.append(tuple(sorted(ti.keys[int(at[j])] for j in chosen)))
-                floor = val
-        return [c for c in found[-max_cols:] if self._admits(key, c)]
 
     def _admits(self, key: str, reps: tuple[int, ...]) -> bool:
         """The planner's own test of a group (``slot.feasible``), on the planner's items."""
@@ -365,17 +369,83 @@ class Patterns:
         for s in sorted(scales):
             rest = self._pools_part({k: s * w for k, w in worth.items()}, upper)
             best = max(best, s * fixed + rest)
+        if best > self.best_duals[0]:
+            self.best_duals = (best, fixed, worth, sorted(scales))
         return best
 
-    def _pools_part(self, worth: dict[str, float], upper: float) -> float:
+    def cheapest_purchase(self, lo: float, hi: float, max_purchases: int = MAX_PURCHASES,
+                          max_lps: int = MAX_PURCHASE_LPS) -> float:
+        """The cheapest purchase of whole GPUs, costing ``lo`` or more, that the Lagrangian of the
+        best duals does not rule out; ``hi`` when every purchase below ``hi`` is ruled out.
+
+        A plan buys some purchase ``P`` (GPUs per pool) and costs exactly ``cost(P)``. The
+        Lagrangian with the pools' sizes set to ``P`` (``L_P``, no budget row) bounds every plan
+        that fits in ``P``, so ``L_P > cost(P)`` says no plan fits in ``P``, nor in a smaller
+        purchase. Purchases are tried cheapest first from ``lo`` (a bound already); the first not
+        ruled out is the bound. Rounding ``L`` up to the next purchase (``bound.whole_gpus``) is
+        the weakest case of this, where ``L_P = L`` for every ``P``; here a purchase with too few
+        GPUs of a pool the duals need is ruled out: llm-platform needs 19 GPUs and its spot pool
+        holds 16, so its bound rises from 78.40/h (8 H100 on demand) to the plan's 83.80/h.
+        Gives ``lo`` where purchases are too many to list (``max_purchases``); where multi-GPU
+        models make each test a small LP, at most ``max_lps`` are tested and the next purchase's
+        cost is the bound."""
+        value, fixed, worth, scales = self.best_duals
+        pools = [p for p in self.problem.fleet.pools if p.max_gpus > 0]
+        if not math.isfinite(value) or not pools or hi <= lo:
+            return lo
+        buys = _purchases([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lo, hi, max_purchases)
+        if buys is None:
+            return lo
+        counts, costs = buys
+        order = np.argsort(costs, kind="stable")
+        counts, costs = counts[order], costs[order]
+        need = self.least_gpus()
+        short = (counts < np.array([need.get(p.name, 0) for p in pools])).any(axis=1)
+        counts, costs = counts[~short], costs[~short]
+        c = np.array([p.cost_per_gpu_hour for p in pools])
+        w = np.array([worth[p.name] for p in pools])
+        if not self.multi:
+            # L_P(s mu) = s fixed + sum_p P_p min(0, c_p - s w_p), for every purchase at once.
+            ruled = np.zeros(costs.size, dtype=bool)
+            for sc in scales:
+                ruled |= sc * fixed + counts @ np.minimum(0.0, c - sc * w) > costs + 1e-6 * np.maximum(1.0, costs)
+            free = np.flatnonzero(~ruled)
+            return float(costs[free[0]]) if free.size else hi
+        for k in range(min(costs.size, max_lps)):
+            sizes = {p.name: int(n) for p, n in zip(pools, counts[k])}
+            best = max(sc * fixed + self._pools_part({n: sc * x for n, x in worth.items()}, math.inf, sizes)
+                       for sc in scales)
+            if best <= costs[k] + 1e-6 * max(1.0, costs[k]):
+                return float(costs[k])
+        return float(costs[max_lps]) if costs.size > max_lps else hi
+
+    def least_gpus(self) -> dict[str, int]:
+        """GPUs every plan has in a pool: a model whose replicas fit only that pool's slot types
+        has its fewest replicas there, one a GPU (the planner never puts two replicas of a model
+        on one GPU). The LP can run such a model on a sliver of a MIG GPU; a purchase cannot buy
+        the sliver (multilingual-meetings: a model only the A100 holds)."""
+        pools_of: dict[str, set[str]] = defaultdict(set)
+        for key, ti in self.types.items():
+            for k in ti.keys:
+                pools_of[self.reps[k][0]].add(ti.st.pool.name)
+        need: dict[str, int] = defaultdict(int)
+        for name, where in pools_of.items():
+            if len(where) == 1:
+                (pool,) = where
+                need[pool] = max(need[pool], min(self.reps[k][1] for k in self.model_reps[name]))
+        return dict(need)
+
+    def _pools_part(self, worth: dict[str, float], upper: float, sizes: dict[str, int] | None = None) -> float:
         """The Lagrangian's GPU part: ``min sum_p (c_p - worth_p) Z_p + the multi-GPU replicas'
         cost`` over GPUs within the pools' sizes (multi-GPU replicas take whole GPUs there, each
-        such model in one pool or a mix, fractionally) and a total cost of at most ``upper``. A
-        small LP; infinite when nothing fits within ``upper`` (then no plan costs ``upper`` or
-        less)."""
+        such model in one pool or a mix, fractionally) and a total cost of at most ``upper``;
+        ``sizes``: GPUs per pool in place of the pools' sizes (a purchase; pools left out have
+        none). A small LP; infinite when nothing fits (then no plan costs ``upper`` or less, or
+        none fits in the purchase)."""
         solver = pywraplp.Solver.CreateSolver("GLOP")
         pools = self.problem.fleet.pools
-        Z = {p.name: solver.NumVar(0.0, float(p.max_gpus), f"Z[{p.name}]") for p in pools}
+        size = {p.name: p.max_gpus if sizes is None else sizes.get(p.name, 0) for p in pools}
+        Z = {p.name: solver.NumVar(0.0, float(size[p.name]), f"Z[{p.name}]") for p in pools}
         used = {p.name: [Z[p.name]] for p in pools}
         obj = sum((p.cost_per_gpu_hour - worth[p.name]) * Z[p.name] for p in pools)
         spend = sum(p.cost_per_gpu_hour * Z[p.name] for p in pools)
@@ -390,7 +460,7 @@ class Patterns:
                 us.append(uv)
             solver.Add(sum(us) >= 1)
         for p in pools:
-            solver.Add(sum(used[p.name]) <= p.max_gpus)  # the pool's size
+            solver.Add(sum(used[p.name]) <= size[p.name])  # the pool's size (or the purchase's)
         if math.isfinite(upper):
             solver.Add(spend <= upper)  # only plans that cost at most upper matter
         solver.Minimize(obj)
@@ -418,6 +488,36 @@ def _count_options(problem: Problem, m) -> set[int]:
         if (m.max_replicas is None or n <= m.max_replicas) and n <= problem.gpu_limit:
             out.add(n)
     return out
+
+
+def _purchases(pools: list[tuple[float, int]], lo: float, hi: float,
+               most: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Every purchase of whole GPUs (``(price, at most)`` per pool) costing at least ``lo`` and
+    less than ``hi``: counts per pool (rows) and costs; None when there are more than ``most``."""
+    if any(p <= 0 for p, _ in pools):
+        return None
+    order = sorted(range(len(pools)), key=lambda i: pools[i][1])
+    *rest, last = order
+    grid = math.prod(pools[i][1] + 1 for i in rest)
+    if grid > most:
+        return None
+    heads = np.array(list(itertools.product(*(range(pools[i][1] + 1) for i in rest))), dtype=float).reshape(grid, len(rest))
+    head_cost = heads @ np.array([pools[i][0] for i in rest]) if rest else np.zeros(1)
+    p_last, n_last = pools[last]
+    k_lo = np.clip(np.ceil((lo - 1e-6 - head_cost) / p_last), 0, n_last + 1).astype(int)
+    k_hi = np.clip(np.ceil((hi - 1e-6 - head_cost) / p_last) - 1, -1, n_last).astype(int)  # cost < hi
+    size = np.maximum(0, k_hi - k_lo + 1)
+    if int(size.sum()) > most:
+        return None
+    rows = np.repeat(np.arange(grid), size)
+    ks = np.concatenate([np.arange(a, b + 1) for a, b in zip(k_lo, k_hi) if b >= a] or [np.zeros(0, dtype=int)])
+    counts = np.zeros((rows.size, len(pools)))
+    for j, i in enumerate(rest):
+        counts[:, i] = heads[rows, j]
+    counts[:, last] = ks
+    costs = counts @ np.array([p for p, _ in pools])
+    keep = (costs >= lo - 1e-6) & (costs < hi - 1e-6)
+    return counts[keep], costs[keep]
 
 
 def _fractional_knapsack(v: np.ndarray, c: np.ndarray, cap: float) -> float:
@@ -638,13 +738,16 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             # until none beats the slot's dual (a packing at these duals, one group at a time).
             # long-tail converges in 40 rounds instead of 365 (5.8 deterministic s instead of 20).
             skip: list[int] = []
-            for _ in range(DISJOINT if cells is not None else DISJOINT_COARSE):
+            for _ in range(DISJOINT):
                 if not cols or spent() > budget:
                     break
                 skip += [pat.model_index[pat.reps[k][0]] for k in cols[-1]]
                 cols, _ = pat.search(key, mu, floor=pi[key], cells=cells, skip=np.array(skip))
                 for col in cols:
                     new += pat.add(key, col)
+        if new == 0 and priced == len(pat.types) and pat.grid:
+            pat.grid = 0.0  # the fine cells find the groups that coarse cells charge too much
+            continue
         if new == 0 and priced == len(pat.types):
             converged = True  # no group the search found improves the LP at its duals
             break

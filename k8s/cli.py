@@ -18,7 +18,7 @@ from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file
 from packer.errors import UserError
 
 if TYPE_CHECKING:
-    from k8s.settings import RenderSettings
+    from k8s.settings import ManifestSettings
     from packer.plan import Plan
 
 
@@ -91,12 +91,12 @@ devices_option = click.option(
 
 
 def devices_settings(devices: tuple[str, str | None]) -> dict[str, str]:
-    """``--devices`` as RenderSettings fields."""
+    """``--devices`` as ManifestSettings fields."""
     form, queue = devices
     return {"devices": form, **({"kai_queue": queue} if queue else {})}
 
 
-def devices_lines(plan: Plan, s: RenderSettings, deployments: list[dict]) -> str:
+def devices_lines(plan: Plan, s: ManifestSettings, deployments: list[dict]) -> str:
     """What a backend other than the default needs, and what the plan's slots lose under it."""
     from k8s.render import devices_of
 
@@ -139,14 +139,14 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
     from dataclasses import replace
 
     from k8s.render import node_labels, render_plan
-    from k8s.settings import RenderSettings
+    from k8s.settings import ManifestSettings
 
     out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
     if not out:
         raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d k8s-out/")
     check_output_dir(out, "--out-dir")
     plan = _load_plan(plan_path)
-    s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **devices_settings(devices))
+    s = ManifestSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **devices_settings(devices))
     if triton_image:
         s = replace(s, triton_image=triton_image)
     if fetch_image:
@@ -219,7 +219,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
 
     from k8s.cluster import Cluster, connect
     from k8s.reconciler import Reconciler, default_planner
-    from k8s.settings import ReconcileSettings, RenderSettings
+    from k8s.settings import ReconcileSettings, ManifestSettings
 
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (kubeconfig or host)
     if dry_run and confirm:
@@ -228,7 +228,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
         raise UserError("outside the cluster the reconciler applies nothing unseen. "
                         "Fix: run with --dry-run, read the diff, then run with --confirm <diff id>")
     images = {k: v for k, v in (("triton_image", triton_image), ("fetch_image", fetch_image)) if v}
-    s = ReconcileSettings(interval_s=interval, render=RenderSettings(
+    s = ReconcileSettings(interval_s=interval, render=ManifestSettings(
         namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images, **devices_settings(devices)))
     check_output_file(output, "-o", not_=(kubeconfig,))
     try:

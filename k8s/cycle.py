@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k8s import names as N
-from k8s.diff import (Action, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_actions)
+from k8s.diff import (Change, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_changes)
 from k8s.lease import LeaseLost
 from k8s.render import MIG_PARTED_CONFIGMAP, node_labels
 from k8s.settings import ReconcileSettings
@@ -64,11 +64,11 @@ class PlanChoice:
 class CyclePlan:
     """What the cycle will change now, what waits and why, and what it found on the way."""
 
-    actions: list[Action]
+    changes: list[Change]
     """Every change the plan needs against what is live (before the gate)."""
-    now: list[Action]
+    now: list[Change]
     """What the gate lets through this cycle, in a safe order."""
-    waiting: list[tuple[Action, str]]
+    waiting: list[tuple[Change, str]]
     conflicts: list[Conflict]
     objects: list[dict[str, Any]]
     binding: dict[str, str]
@@ -80,9 +80,9 @@ class CyclePlan:
 
 @dataclass(frozen=True)
 class Acted:
-    """What acting on a cycle's gated actions did."""
+    """What acting on a cycle's gated changes did."""
 
-    done: list[Action]
+    done: list[Change]
     conflicts: list[Conflict]
     errors: list[str]
     lost: LeaseLost | None = None
@@ -130,20 +130,20 @@ def plan_cycle(plan: Plan, rendered: list[dict[str, Any]], obs: Observed, s: Rec
         if reason:
             why[(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])] = f"planned: {reason}"[:300]
     scopes = {(k, ns) for k in managed_kinds(s)} | {("ConfigMap", s.render.gpu_operator_namespace)}
-    actions, conflicts = diff(objs, obs.live, scopes, why)
+    changes, conflicts = diff(objs, obs.live, scopes, why)
     plan_nodes = {}
     for p in plan.placements:
         plan_nodes[p.node] = p.pool
     for l in plan.layouts:
         plan_nodes[l.node] = l.pool
     binding = bind_nodes(plan_nodes, obs.nodes, s.render.pool_label)
-    actions += node_actions(node_labels(plan, s.render), binding, obs.nodes, s.render.pool_label, conflicts)
+    changes += node_changes(node_labels(plan, s.render), binding, obs.nodes, s.render.pool_label, conflicts)
     unbound = sorted(set(plan_nodes) - set(binding))
     warnings = check_nodes(plan.fleet, obs.nodes, s.render.pool_label)
     warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait" for n in unbound]
     warnings += [f"metrics not read: {f}" for f in list(signal_failures)[:10]]
-    g = gate(actions, objs, obs.live, binding, obs.nodes, s.max_disruptions_per_cycle)
-    return CyclePlan(actions, g.now, g.waiting, conflicts, objs, binding, unbound, warnings)
+    g = gate(changes, objs, obs.live, binding, obs.nodes, s.max_disruptions_per_cycle)
+    return CyclePlan(changes, g.now, g.waiting, conflicts, objs, binding, unbound, warnings)
 
 
 Event = tuple[str, str, str, str, str, str]
@@ -182,8 +182,8 @@ def plan_blob(plan: Plan) -> str:
     return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
 
 
-def status_update(obs: Observed, plan: Plan | None, state: dict[str, Any], done: list[Action],
-                  waiting: list[tuple[Action, str]], conflicts: list[Conflict], errors: list[str],
+def status_update(obs: Observed, plan: Plan | None, state: dict[str, Any], done: list[Change],
+                  waiting: list[tuple[Change, str]], conflicts: list[Conflict], errors: list[str],
                   warnings: list[str], replanned: str, now: float, s: ReconcileSettings,
                   blob: str | None) -> StatusUpdate:
     """Decide what recording a cycle writes: Events for what was done and for new problems, the

@@ -17,8 +17,11 @@ ObjKey = tuple[str, str | None, str]
 
 
 @dataclass(frozen=True)
-class Action:
-    """One write, with the reason a user reads in Events and on the status page."""
+class Change:
+    """One write to the cluster, with the reason a user reads in Events and on the status page.
+
+    The reconciler's unit of work, not a scaling decision (:class:`packer.scaling.Action`, which
+    changes the plan) nor a Triton model-control step (:class:`serving.control.ControlStep`)."""
 
     verb: str
     """``create``, ``update``, ``delete`` or ``label`` (node labels)."""
@@ -159,17 +162,17 @@ def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
 
 
 def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
-         scopes: set[tuple[str, str | None]] | None = None, why: dict[ObjKey, str] | None = None) -> tuple[list[Action], list[Conflict]]:
-    """Actions that turn ``live`` into ``desired``, touching only objects packer owns.
+         scopes: set[tuple[str, str | None]] | None = None, why: dict[ObjKey, str] | None = None) -> tuple[list[Change], list[Conflict]]:
+    """Changes that turn ``live`` into ``desired``, touching only objects packer owns.
 
     ``live`` holds every object of the managed kinds in the managed namespaces, owned or not: an
-    unowned object under a desired name is a :class:`Conflict`, never an action. Owned objects
+    unowned object under a desired name is a :class:`Conflict`, never a change. Owned objects
     that no longer appear in ``desired`` are deleted, within ``scopes`` ((kind, namespace) pairs
     that were listed; default: those of ``desired``). ``why`` explains creates (e.g. the placement's reason).
     """
     why = why or {}
     live_by = {key(o): o for o in live}
-    actions: list[Action] = []
+    changes: list[Change] = []
     conflicts: list[Conflict] = []
     want_keys = set()
     foreign_claims: set[str] = set()
@@ -182,7 +185,7 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
             conflicts.append(Conflict(*k, f"its ResourceClaim {taken[0]} is held by an object without "
                                          f"{N.MANAGED_BY}={N.MANAGER}; left alone until it is renamed or removed"))
         elif cur is None:
-            actions.append(Action("create", *k, why.get(k, "planned, not in the cluster"), obj))
+            changes.append(Change("create", *k, why.get(k, "planned, not in the cluster"), obj))
         elif not N.owned(cur):
             conflicts.append(Conflict(*k, f"{k[0]}/{k[2]} exists without {N.MANAGED_BY}={N.MANAGER}; "
                                          "left alone, its group is not served until it is renamed or removed"))
@@ -191,7 +194,7 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
         else:
             reason = drifted(cur, obj)
             if reason:
-                actions.append(Action("update", *k, reason, merge_patch(cur, obj),
+                changes.append(Change("update", *k, reason, merge_patch(cur, obj),
                                       disruptive=k[0] == "Deployment" and not contains(
                                           cur.get("spec", {}).get("template"), obj["spec"]["template"])))
     scopes = scopes if scopes is not None else {(k[0], k[1]) for k in want_keys}
@@ -200,8 +203,8 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
             continue
         if k[0] == "ConfigMap" and (cur["metadata"].get("labels") or {}).get("packer.dev/role"):
             continue  # the reconciler's own status and fleet ConfigMaps
-        actions.append(Action("delete", *k, "no longer in the plan", disruptive=k[0] == "Deployment"))
-    return actions, conflicts
+        changes.append(Change("delete", *k, "no longer in the plan", disruptive=k[0] == "Deployment"))
+    return changes, conflicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +257,8 @@ def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_lab
     return binding
 
 
-def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
-                 pool_label: str, conflicts: list[Conflict] | None = None) -> list[Action]:
+def node_changes(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
+                 pool_label: str, conflicts: list[Conflict] | None = None) -> list[Change]:
     """Label patches for bound nodes, and label removal for pool nodes the plan no longer uses.
 
     Only labels packer set are changed or removed (``packer.dev/node``, and the device-plugin and
@@ -296,7 +299,7 @@ def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes
         mig = N.MIG_CONFIG_LABEL in patch and lb.get(N.MIG_CONFIG_LABEL) is not None
         reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + (", ".join(
             f"{k}={v}" for k, v in patch.items()) or "record the labels packer set")
-        out.append(Action("label", "Node", None, name, reason, body, disruptive=mig))
+        out.append(Change("label", "Node", None, name, reason, body, disruptive=mig))
     return out
 
 
@@ -319,8 +322,8 @@ def ready(dep: dict[str, Any] | None) -> bool:
 class Gate:
     """What the safe order lets through this cycle, and what waits (with why)."""
 
-    now: list[Action]
-    waiting: list[tuple[Action, str]]
+    now: list[Change]
+    waiting: list[tuple[Change, str]]
 
 
 def _models(dep: dict[str, Any]) -> set[str]:
@@ -351,9 +354,9 @@ def _pinned_node(dep: dict[str, Any]) -> str | None:
     return None
 
 
-def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[str, Any]],
+def gate(changes: list[Change], desired: list[dict[str, Any]], live: list[dict[str, Any]],
          binding: dict[str, str], nodes: list[dict[str, Any]], max_disruptive: int) -> Gate:
-    """Order and hold back actions so capacity never drops before its replacement is up.
+    """Order and hold back changes so capacity never drops before its replacement is up.
 
     1. Creates and non-disruptive updates go at once (config before the servers that read it).
     2. An old server (Deployment) is deleted only when, for each model it serves, every desired
@@ -362,11 +365,11 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
     3. A node's MIG config changes only when no server on it is still to be deleted and every
        desired server on other, settled nodes is ready: its groups are drained elsewhere first.
     4. A rolling update of a server waits until the other servers sharing its models are ready.
-    5. At most ``max_disruptive`` disruptive actions per cycle; the rest wait for the next.
+    5. At most ``max_disruptive`` disruptive changes per cycle; the rest wait for the next.
     """
     live_by = {key(o): o for o in live}
     real_nodes = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
-    relabel = {a.name: a for a in actions if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
+    relabel = {a.name: a for a in changes if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
     by_real = {real: logical for logical, real in binding.items()}
     settling = {by_real.get(r) for r in relabel} | {
         by_real.get(r) for r, lb in real_nodes.items()
@@ -378,7 +381,7 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
     for d in desired_deps:
         for m in _models(d):
             serving[m].append(d)
-    creating = {a.key for a in actions if a.verb == "create"}
+    creating = {a.key for a in changes if a.verb == "create"}
 
     def up(d: dict[str, Any]) -> bool:
         return key(d) not in creating and ready(live_by.get(key(d)))
@@ -388,7 +391,7 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
                        if key(d) != skip and _pinned_node(d) not in settling and not up(d)})
 
     deleting_on: dict[str, int] = defaultdict(int)
-    for a in actions:
+    for a in changes:
         if a.verb == "delete" and a.kind == "Deployment" and a.key in live_by:
             node = _pinned_node(live_by[a.key])
             if node:
@@ -397,17 +400,17 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
     order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "ResourceClaim": 1, "Deployment": 2,
              "PodDisruptionBudget": 3, "Node": 4}
     verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
-    now: list[Action] = []
-    waiting: list[tuple[Action, str]] = []
+    now: list[Change] = []
+    waiting: list[tuple[Change, str]] = []
     budget = max_disruptive
     gone: set[ObjKey] = set()
 
-    def sort_key(a: Action) -> tuple:
+    def sort_key(a: Change) -> tuple:
         # Servers are deleted before their Service and repository, which they still use.
         kind_rank = -1 if (a.verb, a.kind) == ("delete", "Deployment") else order.get(a.kind, 9)
         return (verb_order[a.verb], kind_rank, a.name)
 
-    for a in sorted(actions, key=sort_key):
+    for a in sorted(changes, key=sort_key):
         hold = None
         server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
                   .get(N.GROUP_LABEL, ""))

@@ -33,7 +33,7 @@ from k8s import names as N
 from k8s.cluster import ApiError, Cluster
 from k8s.cycle import (ROLE_LABEL, Acted, CyclePlan, Observed, PlanChoice, check_nodes, managed_kinds, plan_cycle,
                       status_update)
-from k8s.diff import Action, Conflict, drifted, merge_patch
+from k8s.diff import Change, Conflict, drifted, merge_patch
 from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
 from k8s.metrics import ReconcilerMetrics
@@ -81,8 +81,8 @@ class CycleReport:
     dry_run: bool = False
     plan: Plan | None = None
     replanned: str = ""
-    done: list[Action] = field(default_factory=list)
-    waiting: list[tuple[Action, str]] = field(default_factory=list)
+    done: list[Change] = field(default_factory=list)
+    waiting: list[tuple[Change, str]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -98,7 +98,7 @@ class CycleReport:
     @property
     def diff_id(self) -> str:
         """Names the exact set of actions; ``--confirm`` applies a cycle only if it matches."""
-        def what(a: Action) -> Any:
+        def what(a: Change) -> Any:
             # What runs, not which plan id or replica numbering produced it.
             h = ((a.body or {}).get("metadata") or {}).get("annotations", {}).get(N.SPEC_HASH)
             return h or a.body
@@ -314,12 +314,12 @@ class Reconciler:
 
     # -- act ----------------------------------------------------------------------------------
 
-    def act(self, actions: list[Action]) -> Acted:
+    def act(self, changes: list[Change]) -> Acted:
         """Carry out the gated actions; a failure is reported and left to the next cycle. A lost
         lease stops at once: what was done so far, and the loss, come back."""
         c = self.cluster
         done, conflicts, errors = [], [], []
-        for a in actions:
+        for a in changes:
             try:
                 if a.verb == "create":
                     try:

@@ -24,7 +24,7 @@ import yaml
 
 from k8s import names as N
 from k8s.devices import CLAIM_REF, Backend, Claim, DevicePlugin, PodDevices, backend
-from k8s.settings import RenderSettings
+from k8s.settings import ManifestSettings
 from packer.catalog import gpu_type
 from packer.errors import UserError
 from packer.plan import Placement, Plan
@@ -73,7 +73,7 @@ NETWORK_POLICY = "packer-servers"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def check_artifact(model: str, art: Any, s: RenderSettings) -> None:
+def check_artifact(model: str, art: Any, s: ManifestSettings) -> None:
     """Only https (verified by its sha256) or a file:// path on a mounted volume is fetched."""
     where = f"model {model}: artifact {art.uri[:200]}"
     if art.uri.startswith("http://"):
@@ -224,7 +224,7 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
     try:
         from serving.config import to_text
         from serving.repository import group_repositories
-        from serving.settings import RenderSettings as ServingSettings
+        from serving.settings import TritonSettings
     except ImportError as e:
         from packer.errors import UserError
 
@@ -232,7 +232,7 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
                         "Fix: pip install 'packer[k8s,serving]'") from None
 
     out: dict[str, str] = {}
-    for repo in group_repositories(plan, g.placement, ServingSettings()):
+    for repo in group_repositories(plan, g.placement, TritonSettings()):
         for m in repo.models:
             out[f"{m.name}__config.pbtxt"] = to_text(m.config)
             for rel, data in m.files.items():
@@ -242,7 +242,7 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
     return out
 
 
-def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
+def repository_configmap(plan: Plan, g: Group, s: ManifestSettings,
                          models: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the init container needs to build the group's model repositories."""
     entries = sorted(f"{g.kind_of(m)}/{m}" for m in g.models)
@@ -270,12 +270,12 @@ def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
                   "metadata": _meta(name, s.namespace, plan, {N.GROUP_LABEL: g.name}), "data": data})
 
 
-def devices_of(s: RenderSettings) -> Backend:
+def devices_of(s: ManifestSettings) -> Backend:
     """The settings' devices backend (``--devices``)."""
     return backend(s.devices, s.kai_queue)
 
 
-def resource_claim(plan: Plan, g: Group, s: RenderSettings, claim: Claim) -> dict[str, Any]:
+def resource_claim(plan: Plan, g: Group, s: ManifestSettings, claim: Claim) -> dict[str, Any]:
     """The slot's ResourceClaim (``--devices dra``); its server's pods share its one device."""
     return stamp({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
                   "metadata": _meta(claim.name, s.namespace, plan, {N.GROUP_LABEL: g.name},
@@ -283,7 +283,7 @@ def resource_claim(plan: Plan, g: Group, s: RenderSettings, claim: Claim) -> dic
                   "spec": claim.spec})
 
 
-def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
+def deployment(plan: Plan, g: Group, s: ManifestSettings, pdbs: dict[str, str],
                repo: dict[str, Any], dev: PodDevices) -> dict[str, Any]:
     """The slot's one server; ``dev`` is what its pod asks for in the devices backend's terms."""
     p = g.placement
@@ -383,7 +383,7 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     })
 
 
-def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
+def service(plan: Plan, g: Group, s: ManifestSettings) -> dict[str, Any]:
     """One Service per slot: Triton routes each request by the model name in its path
     (``/v2/models/<name>/infer``), so the slot's one server answers for every member. The model
     labels let a client find it: ``kubectl get svc -l model.packer.dev/<name>``."""
@@ -399,7 +399,7 @@ def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
     })
 
 
-def network_policy(plan: Plan, s: RenderSettings) -> dict[str, Any]:
+def network_policy(plan: Plan, s: ManifestSettings) -> dict[str, Any]:
     """Ingress to every server: inference ports from any client, the metrics port only from the
     reconciler. Admin APIs share the inference ports, so they are guarded by the admin key."""
     return stamp({
@@ -419,7 +419,7 @@ def network_policy(plan: Plan, s: RenderSettings) -> dict[str, Any]:
     })
 
 
-def pdbs(plan: Plan, s: RenderSettings, components: dict[str, str]) -> list[dict[str, Any]]:
+def pdbs(plan: Plan, s: ManifestSettings, components: dict[str, str]) -> list[dict[str, Any]]:
     """One budget per model component: at most one of its servers down at a time in a drain."""
     by_name: dict[str, list[str]] = defaultdict(list)
     for m, name in components.items():
@@ -462,7 +462,7 @@ def device_plugin_config(plan: Plan, pool_name: str, mig: bool = True) -> dict[s
     return cfg
 
 
-def device_plugin_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any]:
+def device_plugin_configmap(plan: Plan, s: ManifestSettings) -> dict[str, Any]:
     mig = devices_of(s).mig_geometry
     data = {p.name: yaml.safe_dump(device_plugin_config(plan, p.name, mig), sort_keys=True) for p in plan.fleet.pools}
     return stamp({"apiVersion": "v1", "kind": "ConfigMap",
@@ -500,7 +500,7 @@ def mig_configs(plan: Plan, geometry: bool = True) -> dict[str, tuple[str, list[
     return out
 
 
-def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None:
+def mig_parted_configmap(plan: Plan, s: ManifestSettings) -> dict[str, Any] | None:
     configs = {name: entries for name, entries in mig_configs(plan, devices_of(s).mig_geometry).values()}
     if not configs:
         return None
@@ -510,11 +510,11 @@ def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None
                   "data": {"config.yaml": text}})
 
 
-def node_labels(plan: Plan, s: RenderSettings | None = None) -> dict[str, dict[str, str]]:
+def node_labels(plan: Plan, s: ManifestSettings | None = None) -> dict[str, dict[str, str]]:
     """Logical node -> the labels its bound real node must carry (the reconciler sets them): its
     binding, its pool's device-plugin config (where the device plugin hands out the GPUs) and its
     mig-parted config."""
-    dev = devices_of(s or RenderSettings())
+    dev = devices_of(s or ManifestSettings())
     nodes = {(p.pool, p.node) for p in plan.placements} | {(l.pool, l.node) for l in plan.layouts}
     mig = mig_configs(plan, dev.mig_geometry)
     out = {}
@@ -528,9 +528,9 @@ def node_labels(plan: Plan, s: RenderSettings | None = None) -> dict[str, dict[s
     return out
 
 
-def render_plan(plan: Plan, s: RenderSettings | None = None) -> list[dict[str, Any]]:
+def render_plan(plan: Plan, s: ManifestSettings | None = None) -> list[dict[str, Any]]:
     """Every object the plan needs, in apply order (config first, then servers, then budgets)."""
-    s = s or RenderSettings()
+    s = s or ManifestSettings()
     dev = devices_of(s)
     comps = _pdb_components(plan)
     out: list[dict[str, Any]] = [device_plugin_configmap(plan, s)] if dev.device_plugin else []

@@ -12,7 +12,7 @@ import click
 from packer.cliutil import Number, Spinner, check_output_dir, emit, format_option, out_dir_option, resolve_out_dir
 from packer.errors import UserError
 from packer.plan import Placement, Plan, load_plan
-from serving.settings import RenderSettings
+from serving.settings import TritonSettings
 
 
 def _load(path: str) -> Plan:
@@ -23,12 +23,12 @@ def _load(path: str) -> Plan:
 
 def _settings_options(f):
     f = click.option("--sequence-idle-s", type=Number(0, 1e6, lo_open=True, unit="seconds"),
-                     default=RenderSettings.sequence_idle_s, show_default=True,
+                     default=TritonSettings.sequence_idle_s, show_default=True,
                      help="Silence after which Triton drops a stream's state.")(f)
-    f = click.option("--time-scale", type=Number(0, 1e6, lo_open=True), default=RenderSettings.time_scale,
+    f = click.option("--time-scale", type=Number(0, 1e6, lo_open=True), default=TritonSettings.time_scale,
                      show_default=True,
                      help="Multiply the stand-in models' run time (demos: < 1).")(f)
-    f = click.option("--shed/--no-shed", default=RenderSettings.shed, show_default=True,
+    f = click.option("--shed/--no-shed", default=TritonSettings.shed, show_default=True,
                      help="Reject requests that can no longer meet their SLO in the server (Triton's queue "
                           "policy). Costs missed batcher wake-ups the plan's bounds do not count: "
                           "docs/serving.md.")(f)
@@ -55,7 +55,7 @@ def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, 
         raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d triton-out/")
     check_output_dir(out, "--out-dir")
     plan = _load(plan_path)
-    settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
+    settings = TritonSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
                               time_scale=time_scale, shed=shed)
     repos = repositories(plan, settings, groups=groups)
     index = write(repos, Path(out))
@@ -149,7 +149,7 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
 
     plan = _load(plan_path)
     placement = _pick(plan, group)
-    settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale, shed=shed)
+    settings = TritonSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale, shed=shed)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
         repos = group_repositories(plan, placement, settings)
         paths = [write_repository(repo, Path(tmp) / repo.kind) for repo in repos]

@@ -9,7 +9,10 @@ GPU_INDEX = ("slot", "node")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RenderSettings:
+class TritonSettings:
+    """How the Triton writer renders a plan's repositories; the Kubernetes objects around the
+    servers have their own settings (:class:`k8s.settings.ManifestSettings`)."""
+
     device: str = "gpu"
     """``gpu`` for production (``KIND_GPU``). ``cpu`` (``KIND_CPU``) lets the stand-ins run on a
     machine without a GPU (tests, ``packer serve-local``); everything else stays the same."""

@@ -145,7 +145,7 @@ class Server:
     """Override every batcher's max queue delay; None derives it from the plan like the Triton writer."""
     queue_timeouts: bool = False
     """Reject dynamic-batcher requests that queued past ``slo - run``: the Triton writer's policy
-    with ``--shed`` (``RenderSettings.shed``). Off, as rendered by default: a late request is
+    with ``--shed`` (``TritonSettings.shed``). Off, as rendered by default: a late request is
     still served, and costs its share of the slot."""
     run_ms: tuple[RunTime, ...] = ()
     """Measured run times that replace the profile's (glob on the model name; the last match wins)."""

@@ -25,6 +25,12 @@ ModelRate = tuple[str, float]
 
 @dataclass(frozen=True, kw_only=True)
 class Action:
+    """One change the scaling policy makes to the plan, with its reason, cost and delay.
+
+    The one meaning of ``Action`` in packer: a cluster write is a :class:`k8s.diff.Change`, a
+    Triton model-control step a :class:`serving.control.ControlStep`, and the simulator's lowered
+    form a ``sims.policies.ClusterAction``."""
+
     kind: ClassVar[str] = "action"
     reason: str
     """Why, in words a person on call can check: the numbers that triggered it."""

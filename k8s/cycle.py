@@ -1,8 +1,10 @@
 """One reconcile cycle's decisions, apart from the acting: pure functions of what was observed.
 
-:class:`k8s.reconciler.Reconciler` observes (API reads), runs the planner and the scaling policy
-(they keep caches and call out), then hands the plan to :func:`plan_cycle`, which decides what to
-change and what must wait, and after acting to :func:`status_update`, which decides the Events and
+:class:`k8s.reconciler.Reconciler` observes (API reads); :func:`plan_source` says where the
+cycle's plan comes from (kept, the edited fleet planned, or the scaling policy's step); the
+reconciler runs the planner or the policy as told (they keep caches and call out), and
+:func:`scaled_choice` takes the policy's answer. It then hands the plan to :func:`plan_cycle`,
+which decides what to change and what must wait, and after acting to :func:`status_update`, which decides the Events and
 the status document. The reconciler only writes what these return, so a test builds the inputs,
 calls the function and checks the result, with no cluster.
 """
@@ -20,6 +22,7 @@ from k8s import names as N
 from k8s.diff import (Change, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_changes)
 from k8s.lease import LeaseLost
 from k8s.render import MIG_PARTED_CONFIGMAP, node_labels
+from k8s.scaling import Scaled
 from k8s.settings import ReconcileSettings
 from packer.fleet import Fleet
 from packer.plan import Plan, to_dict
@@ -50,7 +53,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class PlanChoice:
-    """Which plan the cycle goes for (the reconciler's planner and scaling step chose it)."""
+    """Which plan the cycle goes for: the stored one, the fleet's new plan or the scaling policy's."""
 
     plan: Plan | None
     why: str
@@ -58,6 +61,77 @@ class PlanChoice:
     state: dict[str, Any]
     """The scaling policy's state (JSON), with ``_fleet_hash`` when a fleet edit was planned."""
     errors: list[str] = field(default_factory=list)
+
+
+FLEET_KEY = "fleet.yaml"
+"""The fleet ConfigMap's key holding the fleet file."""
+
+
+@dataclass(frozen=True)
+class FleetRead:
+    """The fleet ConfigMap as the reconciler read it: the fleet and its hash, or why it was refused."""
+
+    fleet: Fleet | None
+    hash: str = ""
+    error: str = ""
+    """Why the text was refused ('' when it parsed); the last good plan stays."""
+
+
+@dataclass(frozen=True)
+class PlanFleet:
+    """The fleet was edited (or there is no plan yet): plan it, migration-aware from ``current``."""
+
+    fleet: Fleet
+    fleet_hash: str
+    current: Plan | None
+    why: str
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """The fleet stands: the scaling policy, given live load, may move the deployed plan."""
+
+    plan: Plan
+    state: dict[str, Any]
+
+
+def policy_state(kept: dict[str, Any] | None, obs: Observed) -> dict[str, Any]:
+    """The scaling policy's state for this cycle: the leader's copy in memory while it has one
+    (the status ConfigMap's is only a checkpoint), else the checkpoint."""
+    return dict(kept if kept is not None else obs.summary.get("policy_state") or {})
+
+
+def plan_source(obs: Observed, fleet: FleetRead | None, state: dict[str, Any], *, scaling: bool,
+                s: ReconcileSettings) -> PlanChoice | PlanFleet | ScalePlan:
+    """Where the cycle's plan comes from: kept as stored (a :class:`PlanChoice`, with the error
+    when there is no usable fleet), planned afresh for the fleet, or moved by the scaling policy.
+
+    An edited fleet ConfigMap is authoritative: its hash differs from the one stored with the
+    plan, so it is planned. Otherwise, with ``scaling`` (a policy and a signal source plugged in),
+    the policy may move the stored plan; else it stays. ``fleet`` is None when there is no text."""
+    if obs.fleet_text is None or fleet is None:
+        return PlanChoice(obs.stored_plan, "", state, [f"no fleet: create ConfigMap {s.fleet_configmap} "
+                                                       f"with key {FLEET_KEY}"])
+    if fleet.fleet is None:
+        return PlanChoice(obs.stored_plan, "", state, [fleet.error])
+    stored = obs.stored_plan
+    if stored is None or obs.summary.get("fleet_hash") != fleet.hash:
+        return PlanFleet(fleet.fleet, fleet.hash, stored, "no plan yet" if stored is None else "fleet changed", state)
+    if not scaling:
+        return PlanChoice(stored, "", state)
+    return ScalePlan(stored, state)
+
+
+def scaled_choice(stored: Plan, state: dict[str, Any], scaled: Scaled | None) -> PlanChoice:
+    """The plan after the scaling policy's step: its new plan when it moved (a new plan id), else
+    the stored one; its state either way. ``scaled`` None: the policy was not run (no signals and
+    no preemption notice), so the state stays as it was."""
+    if scaled is None:
+        return PlanChoice(stored, "", state)
+    if scaled.plan is None or scaled.plan.id == stored.id:
+        return PlanChoice(stored, "", scaled.state)
+    return PlanChoice(scaled.plan, "scaling: " + "; ".join(scaled.reasons), scaled.state)
 
 
 @dataclass(frozen=True)

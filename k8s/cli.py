@@ -248,34 +248,41 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit), signals=signals,
                      scaler=scaler)
     if dry_run or confirm:
-        with Spinner(label="reconciling (one cycle: read, plan, diff)"):
-            rep = rec.cycle(dry_run=dry_run, expect=confirm)
-        apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
-        if dry_run:
-            last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
-                    f"apply with: {apply_with}")
-        else:
-            last = f"applied {len(rep.done)} action(s)"
-        doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
-               "errors": list(rep.errors), "warnings": list(rep.warnings)}
-        if dry_run:
-            doc["apply_with"] = apply_with
-        ok = rep.leader and not rep.errors
-        # The errors go to the one error line below, not to stdout as well (they were printed twice).
-        shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
-        emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
-        if not rep.leader:
-            raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
-        if rep.errors:
-            first = rep.errors[0]
-            more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
-            fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
-            raise UserError(f"{first}{fix}{more}")
+        _one_cycle(rec, dry_run, confirm, fmt, output)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from k8s.server import serve
 
     serve(rec, port=port)
+
+
+def _one_cycle(rec: "Reconciler", dry_run: bool, confirm: str | None, fmt: str, output: str | None) -> None:
+    """The one cycle run from outside the cluster: a dry run prints the diff and the command that
+    applies it; ``--confirm`` applies that diff only. Errors, and a lease held by another
+    reconciler, end in one error line (exit 2)."""
+    with Spinner(label="reconciling (one cycle: read, plan, diff)"):
+        rep = rec.cycle(dry_run=dry_run, expect=confirm)
+    apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
+    if dry_run:
+        last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
+                f"apply with: {apply_with}")
+    else:
+        last = f"applied {len(rep.done)} action(s)"
+    doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
+           "errors": list(rep.errors), "warnings": list(rep.warnings)}
+    if dry_run:
+        doc["apply_with"] = apply_with
+    ok = rep.leader and not rep.errors
+    # The errors go to the one error line below, not to stdout as well (they were printed twice).
+    shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
+    emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
+    if not rep.leader:
+        raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
+    if rep.errors:
+        first = rep.errors[0]
+        more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
+        fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
+        raise UserError(f"{first}{fix}{more}")
 
 
 CONNECTION_FLAGS = (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("host", "--server"),

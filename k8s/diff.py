@@ -367,36 +367,7 @@ def gate(changes: list[Change], desired: list[dict[str, Any]], live: list[dict[s
     4. A rolling update of a server waits until the other servers sharing its models are ready.
     5. At most ``max_disruptive`` disruptive changes per cycle; the rest wait for the next.
     """
-    live_by = {key(o): o for o in live}
-    real_nodes = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
-    relabel = {a.name: a for a in changes if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
-    by_real = {real: logical for logical, real in binding.items()}
-    settling = {by_real.get(r) for r in relabel} | {
-        by_real.get(r) for r, lb in real_nodes.items()
-        if lb.get(N.MIG_STATE_LABEL) not in (None, "success") and r in by_real}
-    settling.discard(None)
-
-    desired_deps = [o for o in desired if o["kind"] == "Deployment"]
-    serving: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d in desired_deps:
-        for m in _models(d):
-            serving[m].append(d)
-    creating = {a.key for a in changes if a.verb == "create"}
-
-    def up(d: dict[str, Any]) -> bool:
-        return key(d) not in creating and ready(live_by.get(key(d)))
-
-    def missing(models: set[str], skip: ObjKey | None = None) -> list[str]:
-        return sorted({d["metadata"]["name"] for m in models for d in serving.get(m, [])
-                       if key(d) != skip and _pinned_node(d) not in settling and not up(d)})
-
-    deleting_on: dict[str, int] = defaultdict(int)
-    for a in changes:
-        if a.verb == "delete" and a.kind == "Deployment" and a.key in live_by:
-            node = _pinned_node(live_by[a.key])
-            if node:
-                deleting_on[node] += 1
-
+    view = _GateView.of(changes, desired, live, binding, nodes)
     order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "ResourceClaim": 1, "Deployment": 2,
              "PodDisruptionBudget": 3, "Node": 4}
     verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
@@ -411,30 +382,7 @@ def gate(changes: list[Change], desired: list[dict[str, Any]], live: list[dict[s
         return (verb_order[a.verb], kind_rank, a.name)
 
     for a in sorted(changes, key=sort_key):
-        hold = None
-        server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
-                  .get(N.GROUP_LABEL, ""))
-        if a.verb == "delete" and a.kind == "ResourceClaim" and server in live_by and server not in gone:
-            if a.name in _claims(live_by[server]):
-                hold = f"its server {server[2]} still uses it"
-            elif not rolled_out(live_by[server]):
-                hold = f"its server {server[2]} is still moving to its new claim"
-        elif a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
-            hold = f"its server {server[2]} is still running"
-        elif a.verb == "delete" and a.kind == "Deployment":
-            if not_ready := missing(_models(live_by.get(a.key, {}))):
-                hold = f"waiting for replacements to be ready: {', '.join(not_ready[:5])}"
-        elif a.verb == "update" and a.kind == "Deployment" and a.disruptive:
-            want = next(d for d in desired_deps if key(d) == a.key)
-            if not_ready := missing(_models(want), skip=a.key):
-                hold = f"waiting for other servers of its models to be ready: {', '.join(not_ready[:5])}"
-        elif a.verb == "label" and a.name in relabel and real_nodes.get(a.name, {}).get(N.MIG_CONFIG_LABEL):
-            logical = by_real.get(a.name)
-            if logical and deleting_on.get(logical):
-                hold = f"MIG change waits: {deleting_on[logical]} old server(s) still on {logical}"
-            elif not_ready := sorted(d["metadata"]["name"] for d in desired_deps
-                                     if _pinned_node(d) not in settling and not up(d)):
-                hold = f"MIG change waits for servers elsewhere to be ready: {', '.join(not_ready[:5])}"
+        hold = view.hold(a, gone)
         if hold is None and a.disruptive:
             if budget <= 0:
                 hold = f"disruption budget of {max_disruptive} per cycle used up"
@@ -447,6 +395,88 @@ def gate(changes: list[Change], desired: list[dict[str, Any]], live: list[dict[s
         else:
             waiting.append((a, hold))
     return Gate(now, waiting)
+
+
+@dataclass(frozen=True)
+class _GateView:
+    """What the gate's rules read, computed once per cycle from the changes and what is live."""
+
+    live_by: dict[ObjKey, dict[str, Any]]
+    real_nodes: dict[str, dict[str, str]]
+    """Real node -> its labels."""
+    relabel: dict[str, Change]
+    """Real node -> the change of its MIG config label."""
+    by_real: dict[str, str]
+    """Real node -> plan node."""
+    settling: set[str]
+    """Plan nodes whose MIG layout changes now or has not settled."""
+    desired_deps: list[dict[str, Any]]
+    serving: dict[str, list[dict[str, Any]]]
+    """Model -> the desired servers (Deployments) of it."""
+    creating: set[ObjKey]
+    deleting_on: dict[str, int]
+    """Plan node -> old servers on it still to be deleted."""
+
+    @classmethod
+    def of(cls, changes: list[Change], desired: list[dict[str, Any]], live: list[dict[str, Any]],
+           binding: dict[str, str], nodes: list[dict[str, Any]]) -> "_GateView":
+        live_by = {key(o): o for o in live}
+        real_nodes = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+        relabel = {a.name: a for a in changes if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
+        by_real = {real: logical for logical, real in binding.items()}
+        settling = {by_real.get(r) for r in relabel} | {
+            by_real.get(r) for r, lb in real_nodes.items()
+            if lb.get(N.MIG_STATE_LABEL) not in (None, "success") and r in by_real}
+        settling.discard(None)
+        desired_deps = [o for o in desired if o["kind"] == "Deployment"]
+        serving: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for d in desired_deps:
+            for m in _models(d):
+                serving[m].append(d)
+        deleting_on: dict[str, int] = defaultdict(int)
+        for a in changes:
+            if a.verb == "delete" and a.kind == "Deployment" and a.key in live_by:
+                node = _pinned_node(live_by[a.key])
+                if node:
+                    deleting_on[node] += 1
+        return cls(live_by, real_nodes, relabel, by_real, settling, desired_deps, serving,
+                   {a.key for a in changes if a.verb == "create"}, deleting_on)
+
+    def up(self, d: dict[str, Any]) -> bool:
+        return key(d) not in self.creating and ready(self.live_by.get(key(d)))
+
+    def missing(self, models: set[str], skip: ObjKey | None = None) -> list[str]:
+        """Desired servers of ``models`` not ready yet, except those waiting for their node's MIG layout."""
+        return sorted({d["metadata"]["name"] for m in models for d in self.serving.get(m, [])
+                       if key(d) != skip and _pinned_node(d) not in self.settling and not self.up(d)})
+
+    def hold(self, a: Change, gone: set[ObjKey]) -> str | None:
+        """Why ``a`` must wait (rules 2-4 of :func:`gate`), or None; ``gone``: deleted this cycle."""
+        live_by = self.live_by
+        server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
+                  .get(N.GROUP_LABEL, ""))
+        if a.verb == "delete" and a.kind == "ResourceClaim" and server in live_by and server not in gone:
+            if a.name in _claims(live_by[server]):
+                return f"its server {server[2]} still uses it"
+            if not rolled_out(live_by[server]):
+                return f"its server {server[2]} is still moving to its new claim"
+        elif a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
+            return f"its server {server[2]} is still running"
+        elif a.verb == "delete" and a.kind == "Deployment":
+            if not_ready := self.missing(_models(live_by.get(a.key, {}))):
+                return f"waiting for replacements to be ready: {', '.join(not_ready[:5])}"
+        elif a.verb == "update" and a.kind == "Deployment" and a.disruptive:
+            want = next(d for d in self.desired_deps if key(d) == a.key)
+            if not_ready := self.missing(_models(want), skip=a.key):
+                return f"waiting for other servers of its models to be ready: {', '.join(not_ready[:5])}"
+        elif a.verb == "label" and a.name in self.relabel and self.real_nodes.get(a.name, {}).get(N.MIG_CONFIG_LABEL):
+            logical = self.by_real.get(a.name)
+            if logical and self.deleting_on.get(logical):
+                return f"MIG change waits: {self.deleting_on[logical]} old server(s) still on {logical}"
+            if not_ready := sorted(d["metadata"]["name"] for d in self.desired_deps
+                                   if _pinned_node(d) not in self.settling and not self.up(d)):
+                return f"MIG change waits for servers elsewhere to be ready: {', '.join(not_ready[:5])}"
+        return None
 
 
 def keep_referenced_mig_configs(want: dict[str, Any], live: dict[str, Any] | None,

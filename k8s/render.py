@@ -285,7 +285,8 @@ def resource_claim(plan: Plan, g: Group, s: ManifestSettings, claim: Claim) -> d
 
 def deployment(plan: Plan, g: Group, s: ManifestSettings, pdbs: dict[str, str],
                repo: dict[str, Any], dev: PodDevices) -> dict[str, Any]:
-    """The slot's one server; ``dev`` is what its pod asks for in the devices backend's terms."""
+    """The slot's one server; ``dev`` is what its pod asks for in the devices backend's terms.
+    Its container and node match are built apart; what stays is the Deployment object itself."""
     p = g.placement
     selector = {N.GROUP_LABEL: g.name}
     pod_labels = {N.MANAGED_BY: N.MANAGER, **selector, **{N.model_label(m): "serving" for m in g.models},
@@ -293,50 +294,17 @@ def deployment(plan: Plan, g: Group, s: ManifestSettings, pdbs: dict[str, str],
     pdb = next((pdbs[m] for m in g.models if m in pdbs), None)
     if pdb:
         pod_labels[N.PDB_LABEL] = pdb
-    # MIG slots exist only on the node whose layout has them: pin to the plan's logical node.
-    # Whole and time-sliced GPUs are interchangeable within a pool: pin to the pool only, so the
-    # cluster autoscaler can add nodes for them.
-    match = [{"key": s.pool_label, "operator": "In", "values": [p.pool]}]
-    if dev.pin_node:
-        match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
-    # One server per slot, loading each class's repository (model names are unique across them):
-    # packed models, streaming and batch alike, take turns on the slot's rate-limiter resource
-    # (one batch at a time), as the slot maths assumes.
-    args = ["tritonserver", *[f"--model-repository=/models/{k}" for k in g.kinds], "--model-control-mode=explicit",
-            *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
-            *(["--rate-limit=execution_count"] if g.shared else []),
-            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}",
-            # Model loading and the other admin APIs answer only requests carrying the admin key
-            # (Kubernetes expands $(VAR) from the container's env, filled from the Secret).
-            *[f"--{proto}-restricted-api={s.restricted_apis}:{ADMIN_KEY_HEADER}=$({ADMIN_KEY_ENV})"
-              for proto in ("http", "grpc")]]
+    match = _node_match(p, s, dev)
+    # One object each, shared by both containers (the YAML names it once and refers to it).
     no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
                      "readOnlyRootFilesystem": True}
+    models_mount = {"name": "models", "mountPath": "/models"}
     # Artifacts land in the models emptyDir: bound it (weights take no more disk than memory).
     models_gi = math.ceil(2 * sum(m.memory_gb for m in p.models)) + 1
-    repo_mount = {"name": "repo-config", "mountPath": "/config", "readOnly": True}
-    models_mount = {"name": "models", "mountPath": "/models"}
-    container = {
-        "name": "tritonserver",
-        "image": s.triton_image,
-        "args": args,
-        "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
-                  {"name": "metrics", "containerPort": METRICS_PORT}],
-        "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
-                          "failureThreshold": 3},
-        # Loading large models takes minutes; the startup probe holds liveness off until then.
-        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
-                         "failureThreshold": 60},
-        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, **dev.resources},
-                      "limits": {"memory": s.memory_request, **dev.resources}},
-        "securityContext": no_escalation,
-        "env": [{"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.admin_key_secret, "key": "key"}}}],
-        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
-    }
+    container = _server_container(g, s, dev, no_escalation, models_mount)
     init = {"name": "fetch-models", "image": s.fetch_image, "command": ["sh", "/config/fetch.sh"],
-            "securityContext": no_escalation, "volumeMounts": [repo_mount, models_mount],
+            "securityContext": no_escalation,
+            "volumeMounts": [{"name": "repo-config", "mountPath": "/config", "readOnly": True}, models_mount],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}}
     members = ", ".join(f"{m.name} b={m.batch_size}" for m in sorted(p.models, key=lambda m: m.name))
     annotations = {N.PLACEMENT_ANNOTATION: p.id, N.REASON_ANNOTATION: f"{members}: {p.reason}"}
@@ -346,7 +314,6 @@ def deployment(plan: Plan, g: Group, s: ManifestSettings, pdbs: dict[str, str],
         pod_spec["schedulerName"] = dev.scheduler
     if dev.claim is not None:
         pod_spec["resourceClaims"] = [{"name": CLAIM_REF, "resourceClaimName": dev.claim.name}]
-        container["resources"]["claims"] = [{"name": CLAIM_REF}]
     # A new pod must be ready before the old one goes; it waits Pending if no slot is free. Where
     # it would share the old pod's device (a claim) and both do not fit, the old one goes first.
     rolling = {"maxSurge": 1, "maxUnavailable": 0} if dev.surge else {"maxSurge": 0, "maxUnavailable": 1}
@@ -381,6 +348,59 @@ def deployment(plan: Plan, g: Group, s: ManifestSettings, pdbs: dict[str, str],
             },
         },
     })
+
+
+
+
+def _node_match(p: Placement, s: ManifestSettings, dev: PodDevices) -> list[dict[str, Any]]:
+    """Where the server may run. MIG slots exist only on the node whose layout has them: pin to the
+    plan's logical node. Whole and time-sliced GPUs are interchangeable within a pool: pin to the
+    pool only, so the cluster autoscaler can add nodes for them."""
+    match = [{"key": s.pool_label, "operator": "In", "values": [p.pool]}]
+    if dev.pin_node:
+        match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
+    return match
+
+
+def _server_args(g: Group, s: ManifestSettings) -> list[str]:
+    """``tritonserver``'s command line: one server per slot, loading each class's repository
+    (model names are unique across them): packed models, streaming and batch alike, take turns on
+    the slot's rate-limiter resource (one batch at a time), as the slot maths assumes."""
+    return ["tritonserver", *[f"--model-repository=/models/{k}" for k in g.kinds], "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
+            *(["--rate-limit=execution_count"] if g.shared else []),
+            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}",
+            # Model loading and the other admin APIs answer only requests carrying the admin key
+            # (Kubernetes expands $(VAR) from the container's env, filled from the Secret).
+            *[f"--{proto}-restricted-api={s.restricted_apis}:{ADMIN_KEY_HEADER}=$({ADMIN_KEY_ENV})"
+              for proto in ("http", "grpc")]]
+
+
+def _server_container(g: Group, s: ManifestSettings, dev: PodDevices, no_escalation: dict[str, Any],
+                      models_mount: dict[str, Any]) -> dict[str, Any]:
+    """The Triton container: its ports, probes, resources (with the devices backend's claim) and mounts."""
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    container = {
+        "name": "tritonserver",
+        "image": s.triton_image,
+        "args": _server_args(g, s),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3},
+        # Loading large models takes minutes; the startup probe holds liveness off until then.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                         "failureThreshold": 60},
+        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, **dev.resources},
+                      "limits": {"memory": s.memory_request, **dev.resources}},
+        "securityContext": no_escalation,
+        "env": [{"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.admin_key_secret, "key": "key"}}}],
+        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if dev.claim is not None:
+        container["resources"]["claims"] = [{"name": CLAIM_REF}]
+    return container
 
 
 def service(plan: Plan, g: Group, s: ManifestSettings) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
              no_progress: bool) -> None:
     """Replay a traffic scenario against a plan and a scaling policy; report latency, SLOs and cost."""
     from sims import report
-    from sims.policies import policy_names
+    from sims.registry import policy_names
 
     fmt = resolve_format(fmt, as_json)
     out_dir = resolve_out_dir(out_dir, old_out_dir)

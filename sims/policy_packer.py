@@ -310,5 +310,3 @@ def make(plan: Plan, options: Mapping[str, Any]) -> PackerPolicy:
     limit = float(options.pop("replan_time_limit_s", 2.0))
     return PackerPolicy(plan, settings_from(options), interval, planner_replanner(limit) if replan else None)
 
-
-sp.register_policy("packer", make)

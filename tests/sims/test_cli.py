@@ -12,7 +12,8 @@ from packer.fleetfile import parse_fleet
 from packer.plan import save_plan
 from packer.slot import SlotType
 from packer.handplan import HandGroup, hand_plan
-from sims.policies import ClusterView, get_policy, policy_names, register_policy
+from sims.policies import ClusterView
+from sims.registry import get_policy, policy_names, register_policy
 from sims.server import batcher_config
 
 FLEET = {

@@ -9,7 +9,7 @@ pytest.importorskip("numpy")
 from packer.fleetfile import parse_fleet  # noqa: E402
 from sims.engine import Simulation  # noqa: E402
 from packer.handplan import HandGroup, hand_plan  # noqa: E402
-from sims.policies import get_policy  # noqa: E402
+from sims.registry import get_policy  # noqa: E402
 from sims.scenario import Cluster, Scenario  # noqa: E402
 
 

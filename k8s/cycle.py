@@ -24,6 +24,7 @@ from k8s.lease import LeaseLost
 from k8s.render import MIG_PARTED_CONFIGMAP, node_labels
 from k8s.scaling import Scaled
 from k8s.settings import ReconcileSettings
+from packer.catalog import gpu_type
 from packer.fleet import Fleet
 from packer.plan import Plan, to_dict
 
@@ -165,8 +166,6 @@ class Acted:
 
 def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> list[str]:
     """Pool nodes whose NVIDIA labels disagree with their pool's GPU type or size."""
-    from packer.catalog import gpu_type
-
     out = []
     for n in nodes:
         lb = n["metadata"].get("labels") or {}

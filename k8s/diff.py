@@ -10,7 +10,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from k8s import names as N
+from k8s.render import stamp
 
 ObjKey = tuple[str, str | None, str]
 """(kind, namespace, name)"""
@@ -483,8 +486,6 @@ def keep_referenced_mig_configs(want: dict[str, Any], live: dict[str, Any] | Non
                                 nodes: list[dict[str, Any]]) -> dict[str, Any]:
     """The mig-parted ConfigMap to apply: the planned configs plus any old one a node's label still
     names, so mig-manager never looks up a missing config while a relabel waits its turn."""
-    import yaml
-
     if live is None:
         return want
     in_use = {(n["metadata"].get("labels") or {}).get(N.MIG_CONFIG_LABEL) for n in nodes}
@@ -496,6 +497,5 @@ def keep_referenced_mig_configs(want: dict[str, Any], live: dict[str, Any] | Non
     doc["mig-configs"] = dict(sorted({**doc["mig-configs"], **keep}.items()))
     out = {**want, "metadata": {**want["metadata"], "annotations": dict(want["metadata"]["annotations"])},
            "data": {"config.yaml": yaml.safe_dump(doc, sort_keys=True)}}
-    from k8s.render import stamp
 
     return stamp(out)

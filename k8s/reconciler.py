@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from k8s import names as N
-from k8s.cluster import ApiError, Cluster
+from k8s.cluster import KINDS, ApiError, Cluster
 from k8s.cycle import (FLEET_KEY, ROLE_LABEL, Acted, CyclePlan, FleetRead, Observed, PlanChoice, PlanFleet,
                       check_nodes, managed_kinds, plan_cycle, plan_source, policy_state, scaled_choice, status_update)
 from k8s.diff import Change, Conflict, drifted, merge_patch
@@ -44,6 +44,7 @@ from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import parse_fleet
 from packer.plan import Plan, fleet_to_dict, from_dict
+from packer.planner import PlanSettings, plan_fleet
 
 
 __all__ = ["ROLE_LABEL", "Acted", "CyclePlan", "CycleReport", "Observed", "PlanChoice", "Reconciler", "check_nodes",
@@ -61,8 +62,6 @@ def default_planner(time_limit_s: float = 20.0) -> Planner:
     """The project's planner, migration-aware through ``current``; ``headroom`` (a scaling
     re-plan's) overrides the planner's default duty-cycle headroom."""
     def plan(fleet: Fleet, current: Plan | None, headroom: float | None = None) -> Plan:
-        from packer.planner import PlanSettings, plan_fleet
-
         s = PlanSettings(time_limit_s=time_limit_s)
         if headroom is not None:
             s = replace(s, headroom=headroom)
@@ -120,8 +119,6 @@ _SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
 
 def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     """Items of a list response carry no apiVersion and kind on a real API server: add them."""
-    from k8s.cluster import KINDS
-
     obj.setdefault("kind", kind)
     obj.setdefault("apiVersion", KINDS[kind].api_version)
     return obj
@@ -380,8 +377,6 @@ class Reconciler:
             rep.errors.append(f"status: {e}")
 
     def _event(self, kind: str, ns: str, name: str, reason: str, message: str, typ: str, stamp: str) -> None:
-        from k8s.cluster import KINDS
-
         if KINDS[kind].namespaced is False:
             # The API server wants events about cluster-scoped objects in "default"; keep them in
             # our namespace (and our RBAC) by filing them under the status ConfigMap.

@@ -226,8 +226,6 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
         from serving.repository import group_repositories
         from serving.settings import TritonSettings
     except ImportError as e:
-        from packer.errors import UserError
-
         raise UserError(f"the Triton configs need the serving extra ({e}). "
                         "Fix: pip install 'packer[k8s,serving]'") from None
 

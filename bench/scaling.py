@@ -38,7 +38,7 @@ def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int,
     t0 = time.perf_counter()
     pol: Any = policy
     if options and policy == "packer":
-        from sims.policies import get_policy
+        from sims.registry import get_policy
 
         pol = get_policy(policy, plan, {**scenario.policy_options, **options})
     sim = Simulation(plan, scenario, seed=seed, policy=pol)

@@ -62,7 +62,7 @@ from packer.handplan import placement, plan_of  # noqa: E402
 from serving.local import LocalTriton  # noqa: E402
 from serving.metrics import scrape, signals  # noqa: E402
 from serving.repository import group_repositories, write_repository  # noqa: E402
-from serving.settings import RenderSettings  # noqa: E402
+from serving.settings import TritonSettings  # noqa: E402
 
 U = PlanSettings().u
 """The planner's default usable share of a duty cycle (1 - its default headroom)."""
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                          "holds the slot (0: skip)")
     ap.add_argument("--overload", type=float, default=1.3)
     ap.add_argument("--shed", action="store_true",
-                    help="render the rejecting queue policy (RenderSettings.shed): batchers then miss wake-ups")
+                    help="render the rejecting queue policy (TritonSettings.shed): batchers then miss wake-ups")
     ap.add_argument("--json", dest="json_path", default=None, help="also write the results here")
     a = ap.parse_args(argv)
 
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     k = capacity(fleet, st, mix)
     if k <= 0:
         ap.error(f"{', '.join(mix)} cannot share {st.key} within their SLOs")
-    settings = RenderSettings(device="cpu", shed=a.shed)
+    settings = TritonSettings(device="cpu", shed=a.shed)
     results = []
     total = sum(mix.values()) * k
     print(f"{' + '.join(mix)} on {st.key}: capacity {total:.1f} rps in all within the SLOs (u={U})")

@@ -166,7 +166,7 @@ def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, wa
 
     from serving.local import LocalTriton
     from serving.repository import group_repositories, write_repository
-    from serving.settings import RenderSettings
+    from serving.settings import TritonSettings
 
     sub, plan, rates = planned_slot(names)
     p = plan.placements[0]
@@ -174,7 +174,7 @@ def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, wa
     streams = {m.name: m.traffic.streams for m in sub.models if m.traffic.streams}
     out = []
     with tempfile.TemporaryDirectory(prefix="packer-truth-") as tmp:
-        settings = RenderSettings(device="cpu", lock_dir=tmp)
+        settings = TritonSettings(device="cpu", lock_dir=tmp)
         repos = group_repositories(plan, p, settings)
         paths = [write_repository(r, Path(tmp) / r.kind) for r in repos]
         print(f"slot of {len(names)}: d = {p.duty_cycle_ms:.1f} ms, round share {p.compute_share:.0%}; "

@@ -6,26 +6,26 @@ one cycle and writes nothing; without it the reconciler runs its loop (normally 
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shlex
+import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 import yaml
 
+from k8s.devices import parse_form
+from k8s.render import devices_of, node_labels, render_plan
+from k8s.settings import ManifestSettings, ReconcileSettings
+
 from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file, emit, format_option, note,
                             out_dir_option, output_option, resolve_out_dir)
 from packer.errors import UserError
-
-if TYPE_CHECKING:
-    from k8s.settings import RenderSettings
-    from packer.plan import Plan
-
-
-def _load_plan(path: str):  # -> Plan; deferred import keeps ``import k8s.cli`` light
-    from packer.plan import load_plan
-
-    return load_plan(path)  # every problem is one line naming the file and the fix
+from packer.plan import Plan, load_plan
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -59,9 +59,6 @@ def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
     choice (the reconciler binds them itself), so the script asks for the mapping rather than
     guess: ``NODE_A100_N0=gpu-node-7 sh label-nodes.sh``.
     """
-    import re
-    import shlex
-
     lines = ["#!/bin/sh", f"# Node labels of plan {plan_id} (packer render k8s). The reconciler sets them itself;",
              "# run this only to deploy without it. Name the real node of each logical node, e.g.:"]
     env = {node: "NODE_" + re.sub(r"[^A-Za-z0-9]", "_", node).upper() for node in labels}
@@ -75,8 +72,6 @@ def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
 
 
 def _devices(ctx: click.Context, param: click.Parameter, value: str) -> tuple[str, str | None]:
-    from k8s.devices import parse_form
-
     try:
         return parse_form(value)
     except UserError as e:
@@ -91,15 +86,13 @@ devices_option = click.option(
 
 
 def devices_settings(devices: tuple[str, str | None]) -> dict[str, str]:
-    """``--devices`` as RenderSettings fields."""
+    """``--devices`` as ManifestSettings fields."""
     form, queue = devices
     return {"devices": form, **({"kai_queue": queue} if queue else {})}
 
 
-def devices_lines(plan: Plan, s: RenderSettings, deployments: list[dict]) -> str:
+def devices_lines(plan: Plan, s: ManifestSettings, deployments: list[dict]) -> str:
     """What a backend other than the default needs, and what the plan's slots lose under it."""
-    from k8s.render import devices_of
-
     dev = devices_of(s)
     if dev.name == "device-plugin":
         return ""
@@ -136,17 +129,12 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
     The labels each real node must carry (the reconciler sets them) go to DIR/labels/, which
     `kubectl apply -f DIR` does not read, and DIR/label-nodes.sh runs `kubectl label node` for them.
     """
-    from dataclasses import replace
-
-    from k8s.render import node_labels, render_plan
-    from k8s.settings import RenderSettings
-
     out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
     if not out:
         raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d k8s-out/")
     check_output_dir(out, "--out-dir")
-    plan = _load_plan(plan_path)
-    s = RenderSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **devices_settings(devices))
+    plan = load_plan(plan_path)  # every problem is one line naming the file and the fix
+    s = ManifestSettings(namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **devices_settings(devices))
     if triton_image:
         s = replace(s, triton_image=triton_image)
     if fetch_image:
@@ -214,12 +202,10 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     In the cluster it loops and serves HTTP. From outside, it only ever runs one cycle: first
     `--dry-run` (prints the diff and its id), then `--confirm ID` applies exactly that diff.
     """
-    import logging
-    import os
-
+    # The cluster client and the status page's web server take a second to import; `packer render
+    # k8s`, which loads this module too, needs neither.
     from k8s.cluster import Cluster, connect
     from k8s.reconciler import Reconciler, default_planner
-    from k8s.settings import ReconcileSettings, RenderSettings
 
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (kubeconfig or host)
     if dry_run and confirm:
@@ -228,7 +214,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
         raise UserError("outside the cluster the reconciler applies nothing unseen. "
                         "Fix: run with --dry-run, read the diff, then run with --confirm <diff id>")
     images = {k: v for k, v in (("triton_image", triton_image), ("fetch_image", fetch_image)) if v}
-    s = ReconcileSettings(interval_s=interval, render=RenderSettings(
+    s = ReconcileSettings(interval_s=interval, render=ManifestSettings(
         namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images, **devices_settings(devices)))
     check_output_file(output, "-o", not_=(kubeconfig,))
     try:
@@ -239,7 +225,6 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
         _probe(api, host, kubeconfig, context)
     signals = scaler = None
     if scaling and in_cluster:  # group Services resolve only in the cluster's DNS
-        import time
 
         from k8s.scaling import TritonSignals, packer_scaler, service_url
 
@@ -248,34 +233,41 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit), signals=signals,
                      scaler=scaler)
     if dry_run or confirm:
-        with Spinner(label="reconciling (one cycle: read, plan, diff)"):
-            rep = rec.cycle(dry_run=dry_run, expect=confirm)
-        apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
-        if dry_run:
-            last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
-                    f"apply with: {apply_with}")
-        else:
-            last = f"applied {len(rep.done)} action(s)"
-        doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
-               "errors": list(rep.errors), "warnings": list(rep.warnings)}
-        if dry_run:
-            doc["apply_with"] = apply_with
-        ok = rep.leader and not rep.errors
-        # The errors go to the one error line below, not to stdout as well (they were printed twice).
-        shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
-        emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
-        if not rep.leader:
-            raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
-        if rep.errors:
-            first = rep.errors[0]
-            more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
-            fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
-            raise UserError(f"{first}{fix}{more}")
+        _one_cycle(rec, dry_run, confirm, fmt, output)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from k8s.server import serve
 
     serve(rec, port=port)
+
+
+def _one_cycle(rec: "Reconciler", dry_run: bool, confirm: str | None, fmt: str, output: str | None) -> None:
+    """The one cycle run from outside the cluster: a dry run prints the diff and the command that
+    applies it; ``--confirm`` applies that diff only. Errors, and a lease held by another
+    reconciler, end in one error line (exit 2)."""
+    with Spinner(label="reconciling (one cycle: read, plan, diff)"):
+        rep = rec.cycle(dry_run=dry_run, expect=confirm)
+    apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
+    if dry_run:
+        last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
+                f"apply with: {apply_with}")
+    else:
+        last = f"applied {len(rep.done)} action(s)"
+    doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
+           "errors": list(rep.errors), "warnings": list(rep.warnings)}
+    if dry_run:
+        doc["apply_with"] = apply_with
+    ok = rep.leader and not rep.errors
+    # The errors go to the one error line below, not to stdout as well (they were printed twice).
+    shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
+    emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
+    if not rep.leader:
+        raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
+    if rep.errors:
+        first = rep.errors[0]
+        more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
+        fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
+        raise UserError(f"{first}{fix}{more}")
 
 
 CONNECTION_FLAGS = (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("host", "--server"),
@@ -287,8 +279,6 @@ must be given them again, or it applies to another cluster or computes another d
 
 def _given_flags() -> str:
     """The connection flags the user gave this run, quoted for the shell, each followed by a space."""
-    import shlex
-
     ctx = click.get_current_context()
     out = []
     for name, flag in CONNECTION_FLAGS:
@@ -307,8 +297,6 @@ def _given_flags() -> str:
 
 def _why(e: BaseException) -> str:
     """What a connection failure comes to, in a few words: urllib3 nests it three levels deep."""
-    import re
-
     text = str(e)
     m = re.search(r"\[Errno -?\d+\] ([^'\"\)\]]+)", text)
     if m:

@@ -18,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
+import urllib3.exceptions
+from kubernetes import client, config
 
 from k8s.settings import ReconcileSettings
 
@@ -178,8 +179,6 @@ def _reason(e: Exception | None) -> str:
 
 
 def _transient(e: Exception) -> bool:
-    import urllib3.exceptions
-
     return isinstance(e, (urllib3.exceptions.HTTPError, TimeoutError, ConnectionError))
 
 
@@ -189,8 +188,6 @@ def connect(*, kubeconfig: str | None = None, context: str | None = None,
 
     urllib3's own retries are off: :class:`Cluster` retries with backoff and counts every try.
     """
-    from kubernetes import config
-
     cfg = client.Configuration()
     if host:
         cfg.host = host

@@ -1,8 +1,10 @@
 """One reconcile cycle's decisions, apart from the acting: pure functions of what was observed.
 
-:class:`k8s.reconciler.Reconciler` observes (API reads), runs the planner and the scaling policy
-(they keep caches and call out), then hands the plan to :func:`plan_cycle`, which decides what to
-change and what must wait, and after acting to :func:`status_update`, which decides the Events and
+:class:`k8s.reconciler.Reconciler` observes (API reads); :func:`plan_source` says where the
+cycle's plan comes from (kept, the edited fleet planned, or the scaling policy's step); the
+reconciler runs the planner or the policy as told (they keep caches and call out), and
+:func:`scaled_choice` takes the policy's answer. It then hands the plan to :func:`plan_cycle`,
+which decides what to change and what must wait, and after acting to :func:`status_update`, which decides the Events and
 the status document. The reconciler only writes what these return, so a test builds the inputs,
 calls the function and checks the result, with no cluster.
 """
@@ -17,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from k8s import names as N
-from k8s.diff import (Action, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_actions)
+from k8s.diff import (Change, Conflict, bind_nodes, diff, gate, keep_referenced_mig_configs, key, node_changes)
 from k8s.lease import LeaseLost
 from k8s.render import MIG_PARTED_CONFIGMAP, node_labels
+from k8s.scaling import Scaled
 from k8s.settings import ReconcileSettings
+from packer.catalog import gpu_type
 from packer.fleet import Fleet
 from packer.plan import Plan, to_dict
 
@@ -50,7 +54,7 @@ class Observed:
 
 @dataclass(frozen=True)
 class PlanChoice:
-    """Which plan the cycle goes for (the reconciler's planner and scaling step chose it)."""
+    """Which plan the cycle goes for: the stored one, the fleet's new plan or the scaling policy's."""
 
     plan: Plan | None
     why: str
@@ -60,15 +64,86 @@ class PlanChoice:
     errors: list[str] = field(default_factory=list)
 
 
+FLEET_KEY = "fleet.yaml"
+"""The fleet ConfigMap's key holding the fleet file."""
+
+
+@dataclass(frozen=True)
+class FleetRead:
+    """The fleet ConfigMap as the reconciler read it: the fleet and its hash, or why it was refused."""
+
+    fleet: Fleet | None
+    hash: str = ""
+    error: str = ""
+    """Why the text was refused ('' when it parsed); the last good plan stays."""
+
+
+@dataclass(frozen=True)
+class PlanFleet:
+    """The fleet was edited (or there is no plan yet): plan it, migration-aware from ``current``."""
+
+    fleet: Fleet
+    fleet_hash: str
+    current: Plan | None
+    why: str
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ScalePlan:
+    """The fleet stands: the scaling policy, given live load, may move the deployed plan."""
+
+    plan: Plan
+    state: dict[str, Any]
+
+
+def policy_state(kept: dict[str, Any] | None, obs: Observed) -> dict[str, Any]:
+    """The scaling policy's state for this cycle: the leader's copy in memory while it has one
+    (the status ConfigMap's is only a checkpoint), else the checkpoint."""
+    return dict(kept if kept is not None else obs.summary.get("policy_state") or {})
+
+
+def plan_source(obs: Observed, fleet: FleetRead | None, state: dict[str, Any], *, scaling: bool,
+                s: ReconcileSettings) -> PlanChoice | PlanFleet | ScalePlan:
+    """Where the cycle's plan comes from: kept as stored (a :class:`PlanChoice`, with the error
+    when there is no usable fleet), planned afresh for the fleet, or moved by the scaling policy.
+
+    An edited fleet ConfigMap is authoritative: its hash differs from the one stored with the
+    plan, so it is planned. Otherwise, with ``scaling`` (a policy and a signal source plugged in),
+    the policy may move the stored plan; else it stays. ``fleet`` is None when there is no text."""
+    if obs.fleet_text is None or fleet is None:
+        return PlanChoice(obs.stored_plan, "", state, [f"no fleet: create ConfigMap {s.fleet_configmap} "
+                                                       f"with key {FLEET_KEY}"])
+    if fleet.fleet is None:
+        return PlanChoice(obs.stored_plan, "", state, [fleet.error])
+    stored = obs.stored_plan
+    if stored is None or obs.summary.get("fleet_hash") != fleet.hash:
+        return PlanFleet(fleet.fleet, fleet.hash, stored, "no plan yet" if stored is None else "fleet changed", state)
+    if not scaling:
+        return PlanChoice(stored, "", state)
+    return ScalePlan(stored, state)
+
+
+def scaled_choice(stored: Plan, state: dict[str, Any], scaled: Scaled | None) -> PlanChoice:
+    """The plan after the scaling policy's step: its new plan when it moved (a new plan id), else
+    the stored one; its state either way. ``scaled`` None: the policy was not run (no signals and
+    no preemption notice), so the state stays as it was."""
+    if scaled is None:
+        return PlanChoice(stored, "", state)
+    if scaled.plan is None or scaled.plan.id == stored.id:
+        return PlanChoice(stored, "", scaled.state)
+    return PlanChoice(scaled.plan, "scaling: " + "; ".join(scaled.reasons), scaled.state)
+
+
 @dataclass(frozen=True)
 class CyclePlan:
     """What the cycle will change now, what waits and why, and what it found on the way."""
 
-    actions: list[Action]
+    changes: list[Change]
     """Every change the plan needs against what is live (before the gate)."""
-    now: list[Action]
+    now: list[Change]
     """What the gate lets through this cycle, in a safe order."""
-    waiting: list[tuple[Action, str]]
+    waiting: list[tuple[Change, str]]
     conflicts: list[Conflict]
     objects: list[dict[str, Any]]
     binding: dict[str, str]
@@ -80,9 +155,9 @@ class CyclePlan:
 
 @dataclass(frozen=True)
 class Acted:
-    """What acting on a cycle's gated actions did."""
+    """What acting on a cycle's gated changes did."""
 
-    done: list[Action]
+    done: list[Change]
     conflicts: list[Conflict]
     errors: list[str]
     lost: LeaseLost | None = None
@@ -91,8 +166,6 @@ class Acted:
 
 def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> list[str]:
     """Pool nodes whose NVIDIA labels disagree with their pool's GPU type or size."""
-    from packer.catalog import gpu_type
-
     out = []
     for n in nodes:
         lb = n["metadata"].get("labels") or {}
@@ -130,20 +203,20 @@ def plan_cycle(plan: Plan, rendered: list[dict[str, Any]], obs: Observed, s: Rec
         if reason:
             why[(o["kind"], o["metadata"]["namespace"], o["metadata"]["name"])] = f"planned: {reason}"[:300]
     scopes = {(k, ns) for k in managed_kinds(s)} | {("ConfigMap", s.render.gpu_operator_namespace)}
-    actions, conflicts = diff(objs, obs.live, scopes, why)
+    changes, conflicts = diff(objs, obs.live, scopes, why)
     plan_nodes = {}
     for p in plan.placements:
         plan_nodes[p.node] = p.pool
     for l in plan.layouts:
         plan_nodes[l.node] = l.pool
     binding = bind_nodes(plan_nodes, obs.nodes, s.render.pool_label)
-    actions += node_actions(node_labels(plan, s.render), binding, obs.nodes, s.render.pool_label, conflicts)
+    changes += node_changes(node_labels(plan, s.render), binding, obs.nodes, s.render.pool_label, conflicts)
     unbound = sorted(set(plan_nodes) - set(binding))
     warnings = check_nodes(plan.fleet, obs.nodes, s.render.pool_label)
     warnings += [f"plan node {n} has no real node in its pool yet: servers pinned to it wait" for n in unbound]
     warnings += [f"metrics not read: {f}" for f in list(signal_failures)[:10]]
-    g = gate(actions, objs, obs.live, binding, obs.nodes, s.max_disruptions_per_cycle)
-    return CyclePlan(actions, g.now, g.waiting, conflicts, objs, binding, unbound, warnings)
+    g = gate(changes, objs, obs.live, binding, obs.nodes, s.max_disruptions_per_cycle)
+    return CyclePlan(changes, g.now, g.waiting, conflicts, objs, binding, unbound, warnings)
 
 
 Event = tuple[str, str, str, str, str, str]
@@ -182,8 +255,8 @@ def plan_blob(plan: Plan) -> str:
     return base64.b64encode(gzip.compress(raw, mtime=0)).decode()
 
 
-def status_update(obs: Observed, plan: Plan | None, state: dict[str, Any], done: list[Action],
-                  waiting: list[tuple[Action, str]], conflicts: list[Conflict], errors: list[str],
+def status_update(obs: Observed, plan: Plan | None, state: dict[str, Any], done: list[Change],
+                  waiting: list[tuple[Change, str]], conflicts: list[Conflict], errors: list[str],
                   warnings: list[str], replanned: str, now: float, s: ReconcileSettings,
                   blob: str | None) -> StatusUpdate:
     """Decide what recording a cycle writes: Events for what was done and for new problems, the

@@ -10,15 +10,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
+
 from k8s import names as N
+from k8s.render import stamp
 
 ObjKey = tuple[str, str | None, str]
 """(kind, namespace, name)"""
 
 
 @dataclass(frozen=True)
-class Action:
-    """One write, with the reason a user reads in Events and on the status page."""
+class Change:
+    """One write to the cluster, with the reason a user reads in Events and on the status page.
+
+    The reconciler's unit of work, not a scaling decision (:class:`packer.scaling.Action`, which
+    changes the plan) nor a Triton model-control step (:class:`serving.control.ControlStep`)."""
 
     verb: str
     """``create``, ``update``, ``delete`` or ``label`` (node labels)."""
@@ -159,17 +165,17 @@ def drifted(live: dict[str, Any], want: dict[str, Any]) -> str | None:
 
 
 def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
-         scopes: set[tuple[str, str | None]] | None = None, why: dict[ObjKey, str] | None = None) -> tuple[list[Action], list[Conflict]]:
-    """Actions that turn ``live`` into ``desired``, touching only objects packer owns.
+         scopes: set[tuple[str, str | None]] | None = None, why: dict[ObjKey, str] | None = None) -> tuple[list[Change], list[Conflict]]:
+    """Changes that turn ``live`` into ``desired``, touching only objects packer owns.
 
     ``live`` holds every object of the managed kinds in the managed namespaces, owned or not: an
-    unowned object under a desired name is a :class:`Conflict`, never an action. Owned objects
+    unowned object under a desired name is a :class:`Conflict`, never a change. Owned objects
     that no longer appear in ``desired`` are deleted, within ``scopes`` ((kind, namespace) pairs
     that were listed; default: those of ``desired``). ``why`` explains creates (e.g. the placement's reason).
     """
     why = why or {}
     live_by = {key(o): o for o in live}
-    actions: list[Action] = []
+    changes: list[Change] = []
     conflicts: list[Conflict] = []
     want_keys = set()
     foreign_claims: set[str] = set()
@@ -182,7 +188,7 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
             conflicts.append(Conflict(*k, f"its ResourceClaim {taken[0]} is held by an object without "
                                          f"{N.MANAGED_BY}={N.MANAGER}; left alone until it is renamed or removed"))
         elif cur is None:
-            actions.append(Action("create", *k, why.get(k, "planned, not in the cluster"), obj))
+            changes.append(Change("create", *k, why.get(k, "planned, not in the cluster"), obj))
         elif not N.owned(cur):
             conflicts.append(Conflict(*k, f"{k[0]}/{k[2]} exists without {N.MANAGED_BY}={N.MANAGER}; "
                                          "left alone, its group is not served until it is renamed or removed"))
@@ -191,7 +197,7 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
         else:
             reason = drifted(cur, obj)
             if reason:
-                actions.append(Action("update", *k, reason, merge_patch(cur, obj),
+                changes.append(Change("update", *k, reason, merge_patch(cur, obj),
                                       disruptive=k[0] == "Deployment" and not contains(
                                           cur.get("spec", {}).get("template"), obj["spec"]["template"])))
     scopes = scopes if scopes is not None else {(k[0], k[1]) for k in want_keys}
@@ -200,8 +206,8 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
             continue
         if k[0] == "ConfigMap" and (cur["metadata"].get("labels") or {}).get("packer.dev/role"):
             continue  # the reconciler's own status and fleet ConfigMaps
-        actions.append(Action("delete", *k, "no longer in the plan", disruptive=k[0] == "Deployment"))
-    return actions, conflicts
+        changes.append(Change("delete", *k, "no longer in the plan", disruptive=k[0] == "Deployment"))
+    return changes, conflicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,8 +260,8 @@ def bind_nodes(plan_nodes: dict[str, str], nodes: list[dict[str, Any]], pool_lab
     return binding
 
 
-def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
-                 pool_label: str, conflicts: list[Conflict] | None = None) -> list[Action]:
+def node_changes(want: dict[str, dict[str, str]], binding: dict[str, str], nodes: list[dict[str, Any]],
+                 pool_label: str, conflicts: list[Conflict] | None = None) -> list[Change]:
     """Label patches for bound nodes, and label removal for pool nodes the plan no longer uses.
 
     Only labels packer set are changed or removed (``packer.dev/node``, and the device-plugin and
@@ -296,7 +302,7 @@ def node_actions(want: dict[str, dict[str, str]], binding: dict[str, str], nodes
         mig = N.MIG_CONFIG_LABEL in patch and lb.get(N.MIG_CONFIG_LABEL) is not None
         reason = (f"bind to plan node {logical}: " if logical else "unused by the plan: ") + (", ".join(
             f"{k}={v}" for k, v in patch.items()) or "record the labels packer set")
-        out.append(Action("label", "Node", None, name, reason, body, disruptive=mig))
+        out.append(Change("label", "Node", None, name, reason, body, disruptive=mig))
     return out
 
 
@@ -319,8 +325,8 @@ def ready(dep: dict[str, Any] | None) -> bool:
 class Gate:
     """What the safe order lets through this cycle, and what waits (with why)."""
 
-    now: list[Action]
-    waiting: list[tuple[Action, str]]
+    now: list[Change]
+    waiting: list[tuple[Change, str]]
 
 
 def _models(dep: dict[str, Any]) -> set[str]:
@@ -351,9 +357,9 @@ def _pinned_node(dep: dict[str, Any]) -> str | None:
     return None
 
 
-def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[str, Any]],
+def gate(changes: list[Change], desired: list[dict[str, Any]], live: list[dict[str, Any]],
          binding: dict[str, str], nodes: list[dict[str, Any]], max_disruptive: int) -> Gate:
-    """Order and hold back actions so capacity never drops before its replacement is up.
+    """Order and hold back changes so capacity never drops before its replacement is up.
 
     1. Creates and non-disruptive updates go at once (config before the servers that read it).
     2. An old server (Deployment) is deleted only when, for each model it serves, every desired
@@ -362,76 +368,24 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
     3. A node's MIG config changes only when no server on it is still to be deleted and every
        desired server on other, settled nodes is ready: its groups are drained elsewhere first.
     4. A rolling update of a server waits until the other servers sharing its models are ready.
-    5. At most ``max_disruptive`` disruptive actions per cycle; the rest wait for the next.
+    5. At most ``max_disruptive`` disruptive changes per cycle; the rest wait for the next.
     """
-    live_by = {key(o): o for o in live}
-    real_nodes = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
-    relabel = {a.name: a for a in actions if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
-    by_real = {real: logical for logical, real in binding.items()}
-    settling = {by_real.get(r) for r in relabel} | {
-        by_real.get(r) for r, lb in real_nodes.items()
-        if lb.get(N.MIG_STATE_LABEL) not in (None, "success") and r in by_real}
-    settling.discard(None)
-
-    desired_deps = [o for o in desired if o["kind"] == "Deployment"]
-    serving: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for d in desired_deps:
-        for m in _models(d):
-            serving[m].append(d)
-    creating = {a.key for a in actions if a.verb == "create"}
-
-    def up(d: dict[str, Any]) -> bool:
-        return key(d) not in creating and ready(live_by.get(key(d)))
-
-    def missing(models: set[str], skip: ObjKey | None = None) -> list[str]:
-        return sorted({d["metadata"]["name"] for m in models for d in serving.get(m, [])
-                       if key(d) != skip and _pinned_node(d) not in settling and not up(d)})
-
-    deleting_on: dict[str, int] = defaultdict(int)
-    for a in actions:
-        if a.verb == "delete" and a.kind == "Deployment" and a.key in live_by:
-            node = _pinned_node(live_by[a.key])
-            if node:
-                deleting_on[node] += 1
-
+    view = _GateView.of(changes, desired, live, binding, nodes)
     order = {"ConfigMap": 0, "NetworkPolicy": 0, "Service": 1, "ResourceClaim": 1, "Deployment": 2,
              "PodDisruptionBudget": 3, "Node": 4}
     verb_order = {"create": 0, "update": 1, "label": 2, "delete": 3}
-    now: list[Action] = []
-    waiting: list[tuple[Action, str]] = []
+    now: list[Change] = []
+    waiting: list[tuple[Change, str]] = []
     budget = max_disruptive
     gone: set[ObjKey] = set()
 
-    def sort_key(a: Action) -> tuple:
+    def sort_key(a: Change) -> tuple:
         # Servers are deleted before their Service and repository, which they still use.
         kind_rank = -1 if (a.verb, a.kind) == ("delete", "Deployment") else order.get(a.kind, 9)
         return (verb_order[a.verb], kind_rank, a.name)
 
-    for a in sorted(actions, key=sort_key):
-        hold = None
-        server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
-                  .get(N.GROUP_LABEL, ""))
-        if a.verb == "delete" and a.kind == "ResourceClaim" and server in live_by and server not in gone:
-            if a.name in _claims(live_by[server]):
-                hold = f"its server {server[2]} still uses it"
-            elif not rolled_out(live_by[server]):
-                hold = f"its server {server[2]} is still moving to its new claim"
-        elif a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
-            hold = f"its server {server[2]} is still running"
-        elif a.verb == "delete" and a.kind == "Deployment":
-            if not_ready := missing(_models(live_by.get(a.key, {}))):
-                hold = f"waiting for replacements to be ready: {', '.join(not_ready[:5])}"
-        elif a.verb == "update" and a.kind == "Deployment" and a.disruptive:
-            want = next(d for d in desired_deps if key(d) == a.key)
-            if not_ready := missing(_models(want), skip=a.key):
-                hold = f"waiting for other servers of its models to be ready: {', '.join(not_ready[:5])}"
-        elif a.verb == "label" and a.name in relabel and real_nodes.get(a.name, {}).get(N.MIG_CONFIG_LABEL):
-            logical = by_real.get(a.name)
-            if logical and deleting_on.get(logical):
-                hold = f"MIG change waits: {deleting_on[logical]} old server(s) still on {logical}"
-            elif not_ready := sorted(d["metadata"]["name"] for d in desired_deps
-                                     if _pinned_node(d) not in settling and not up(d)):
-                hold = f"MIG change waits for servers elsewhere to be ready: {', '.join(not_ready[:5])}"
+    for a in sorted(changes, key=sort_key):
+        hold = view.hold(a, gone)
         if hold is None and a.disruptive:
             if budget <= 0:
                 hold = f"disruption budget of {max_disruptive} per cycle used up"
@@ -446,12 +400,92 @@ def gate(actions: list[Action], desired: list[dict[str, Any]], live: list[dict[s
     return Gate(now, waiting)
 
 
+@dataclass(frozen=True)
+class _GateView:
+    """What the gate's rules read, computed once per cycle from the changes and what is live."""
+
+    live_by: dict[ObjKey, dict[str, Any]]
+    real_nodes: dict[str, dict[str, str]]
+    """Real node -> its labels."""
+    relabel: dict[str, Change]
+    """Real node -> the change of its MIG config label."""
+    by_real: dict[str, str]
+    """Real node -> plan node."""
+    settling: set[str]
+    """Plan nodes whose MIG layout changes now or has not settled."""
+    desired_deps: list[dict[str, Any]]
+    serving: dict[str, list[dict[str, Any]]]
+    """Model -> the desired servers (Deployments) of it."""
+    creating: set[ObjKey]
+    deleting_on: dict[str, int]
+    """Plan node -> old servers on it still to be deleted."""
+
+    @classmethod
+    def of(cls, changes: list[Change], desired: list[dict[str, Any]], live: list[dict[str, Any]],
+           binding: dict[str, str], nodes: list[dict[str, Any]]) -> "_GateView":
+        live_by = {key(o): o for o in live}
+        real_nodes = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in nodes}
+        relabel = {a.name: a for a in changes if a.verb == "label" and N.MIG_CONFIG_LABEL in a.body["metadata"]["labels"]}
+        by_real = {real: logical for logical, real in binding.items()}
+        settling = {by_real.get(r) for r in relabel} | {
+            by_real.get(r) for r, lb in real_nodes.items()
+            if lb.get(N.MIG_STATE_LABEL) not in (None, "success") and r in by_real}
+        settling.discard(None)
+        desired_deps = [o for o in desired if o["kind"] == "Deployment"]
+        serving: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for d in desired_deps:
+            for m in _models(d):
+                serving[m].append(d)
+        deleting_on: dict[str, int] = defaultdict(int)
+        for a in changes:
+            if a.verb == "delete" and a.kind == "Deployment" and a.key in live_by:
+                node = _pinned_node(live_by[a.key])
+                if node:
+                    deleting_on[node] += 1
+        return cls(live_by, real_nodes, relabel, by_real, settling, desired_deps, serving,
+                   {a.key for a in changes if a.verb == "create"}, deleting_on)
+
+    def up(self, d: dict[str, Any]) -> bool:
+        return key(d) not in self.creating and ready(self.live_by.get(key(d)))
+
+    def missing(self, models: set[str], skip: ObjKey | None = None) -> list[str]:
+        """Desired servers of ``models`` not ready yet, except those waiting for their node's MIG layout."""
+        return sorted({d["metadata"]["name"] for m in models for d in self.serving.get(m, [])
+                       if key(d) != skip and _pinned_node(d) not in self.settling and not self.up(d)})
+
+    def hold(self, a: Change, gone: set[ObjKey]) -> str | None:
+        """Why ``a`` must wait (rules 2-4 of :func:`gate`), or None; ``gone``: deleted this cycle."""
+        live_by = self.live_by
+        server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
+                  .get(N.GROUP_LABEL, ""))
+        if a.verb == "delete" and a.kind == "ResourceClaim" and server in live_by and server not in gone:
+            if a.name in _claims(live_by[server]):
+                return f"its server {server[2]} still uses it"
+            if not rolled_out(live_by[server]):
+                return f"its server {server[2]} is still moving to its new claim"
+        elif a.verb == "delete" and a.kind in ("Service", "ConfigMap") and server in live_by and server not in gone:
+            return f"its server {server[2]} is still running"
+        elif a.verb == "delete" and a.kind == "Deployment":
+            if not_ready := self.missing(_models(live_by.get(a.key, {}))):
+                return f"waiting for replacements to be ready: {', '.join(not_ready[:5])}"
+        elif a.verb == "update" and a.kind == "Deployment" and a.disruptive:
+            want = next(d for d in self.desired_deps if key(d) == a.key)
+            if not_ready := self.missing(_models(want), skip=a.key):
+                return f"waiting for other servers of its models to be ready: {', '.join(not_ready[:5])}"
+        elif a.verb == "label" and a.name in self.relabel and self.real_nodes.get(a.name, {}).get(N.MIG_CONFIG_LABEL):
+            logical = self.by_real.get(a.name)
+            if logical and self.deleting_on.get(logical):
+                return f"MIG change waits: {self.deleting_on[logical]} old server(s) still on {logical}"
+            if not_ready := sorted(d["metadata"]["name"] for d in self.desired_deps
+                                   if _pinned_node(d) not in self.settling and not self.up(d)):
+                return f"MIG change waits for servers elsewhere to be ready: {', '.join(not_ready[:5])}"
+        return None
+
+
 def keep_referenced_mig_configs(want: dict[str, Any], live: dict[str, Any] | None,
                                 nodes: list[dict[str, Any]]) -> dict[str, Any]:
     """The mig-parted ConfigMap to apply: the planned configs plus any old one a node's label still
     names, so mig-manager never looks up a missing config while a relabel waits its turn."""
-    import yaml
-
     if live is None:
         return want
     in_use = {(n["metadata"].get("labels") or {}).get(N.MIG_CONFIG_LABEL) for n in nodes}
@@ -463,6 +497,5 @@ def keep_referenced_mig_configs(want: dict[str, Any], live: dict[str, Any] | Non
     doc["mig-configs"] = dict(sorted({**doc["mig-configs"], **keep}.items()))
     out = {**want, "metadata": {**want["metadata"], "annotations": dict(want["metadata"]["annotations"])},
            "data": {"config.yaml": yaml.safe_dump(doc, sort_keys=True)}}
-    from k8s.render import stamp
 
     return stamp(out)

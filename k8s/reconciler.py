@@ -27,25 +27,25 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from k8s import names as N
-from k8s.cluster import ApiError, Cluster
-from k8s.cycle import (ROLE_LABEL, Acted, CyclePlan, Observed, PlanChoice, check_nodes, managed_kinds, plan_cycle,
-                      status_update)
-from k8s.diff import Action, Conflict, drifted, merge_patch
+from k8s.cluster import KINDS, ApiError, Cluster
+from k8s.cycle import (FLEET_KEY, ROLE_LABEL, Acted, CyclePlan, FleetRead, Observed, PlanChoice, PlanFleet,
+                      check_nodes, managed_kinds, plan_cycle, plan_source, policy_state, scaled_choice, status_update)
+from k8s.diff import Change, Conflict, drifted, merge_patch
 from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
 from k8s.metrics import ReconcilerMetrics
 from k8s.render import DEVICE_PLUGIN_CONFIGMAP, MIG_PARTED_CONFIGMAP, render_plan
+from k8s.scaling import Scaled, Scaler, preemption_notices
 from k8s.settings import ReconcileSettings
 from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import parse_fleet
 from packer.plan import Plan, fleet_to_dict, from_dict
+from packer.planner import PlanSettings, plan_fleet
 
-if TYPE_CHECKING:
-    from k8s.scaling import Scaler
 
 __all__ = ["ROLE_LABEL", "Acted", "CyclePlan", "CycleReport", "Observed", "PlanChoice", "Reconciler", "check_nodes",
            "default_planner", "managed_kinds"]
@@ -57,15 +57,11 @@ Planner = Callable[[Fleet, "Plan | None"], Plan]
 SignalSource = Callable[["Plan | None", list[dict[str, Any]]], dict[str, Any]]
 """(deployed plan, live objects) -> per-model load signals (see :class:`k8s.scaling.TritonSignals`)."""
 
-FLEET_KEY = "fleet.yaml"
-
 
 def default_planner(time_limit_s: float = 20.0) -> Planner:
     """The project's planner, migration-aware through ``current``; ``headroom`` (a scaling
     re-plan's) overrides the planner's default duty-cycle headroom."""
     def plan(fleet: Fleet, current: Plan | None, headroom: float | None = None) -> Plan:
-        from packer.planner import PlanSettings, plan_fleet
-
         s = PlanSettings(time_limit_s=time_limit_s)
         if headroom is not None:
             s = replace(s, headroom=headroom)
@@ -81,8 +77,8 @@ class CycleReport:
     dry_run: bool = False
     plan: Plan | None = None
     replanned: str = ""
-    done: list[Action] = field(default_factory=list)
-    waiting: list[tuple[Action, str]] = field(default_factory=list)
+    done: list[Change] = field(default_factory=list)
+    waiting: list[tuple[Change, str]] = field(default_factory=list)
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -98,7 +94,7 @@ class CycleReport:
     @property
     def diff_id(self) -> str:
         """Names the exact set of actions; ``--confirm`` applies a cycle only if it matches."""
-        def what(a: Action) -> Any:
+        def what(a: Change) -> Any:
             # What runs, not which plan id or replica numbering produced it.
             h = ((a.body or {}).get("metadata") or {}).get("annotations", {}).get(N.SPEC_HASH)
             return h or a.body
@@ -123,8 +119,6 @@ _SUMMARY_TYPES: dict[str, type | tuple[type, ...]] = {
 
 def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     """Items of a list response carry no apiVersion and kind on a real API server: add them."""
-    from k8s.cluster import KINDS
-
     obj.setdefault("kind", kind)
     obj.setdefault("apiVersion", KINDS[kind].api_version)
     return obj
@@ -133,7 +127,7 @@ def _typed(obj: dict[str, Any], kind: str) -> dict[str, Any]:
 class Reconciler:
     def __init__(self, cluster: Cluster, settings: ReconcileSettings | None = None, *,
                  planner: Planner | None = None, signals: SignalSource | None = None,
-                 scaler: "Scaler | None" = None, identity: str | None = None,
+                 scaler: Scaler | None = None, identity: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
         self.s = settings or ReconcileSettings()
@@ -240,61 +234,69 @@ class Reconciler:
     def choose_plan(self, obs: Observed, now: float) -> PlanChoice:
         """The plan for this cycle, why it changed ('' if kept), the scaling policy's state, errors.
 
-        An edited fleet ConfigMap is authoritative: re-plan, migration-aware. Otherwise the
-        scaling policy, given live signals, may move the deployed plan; else it stays.
+        Deciding is :func:`k8s.cycle.plan_source`'s and :func:`k8s.cycle.scaled_choice`'s; this
+        reads the fleet (parsed once per text) and runs what they ask for: the planner (once per
+        fleet and stored plan) or the scaling policy on live signals. A planner that fails keeps
+        the last plan, with the error.
         """
-        state = dict(self.policy_state if self.policy_state is not None else
-                     obs.summary.get("policy_state") or {})
-        if obs.fleet_text is None:
-            return PlanChoice(obs.stored_plan, "", state, [f"no fleet: create ConfigMap {self.s.fleet_configmap} "
-                                                           f"with key {FLEET_KEY}"])
-        if self._fleet is not None and self._fleet[0] == obs.fleet_text:
-            fleet, fleet_hash = self._fleet[1], self._fleet[2]  # validating 500 models takes seconds
-        elif self._bad_fleet is not None and self._bad_fleet[0] == obs.fleet_text:
-            return PlanChoice(obs.stored_plan, "", state, [self._bad_fleet[1]])
-        else:
-            try:
-                doc = load_yaml(obs.fleet_text, f"fleet ConfigMap {self.s.fleet_configmap}")
-                fleet = parse_fleet(doc, f"configmap/{self.s.fleet_configmap}")
-                fleet_hash = N.digest(fleet_to_dict(fleet), 16)
-            except Exception as e:  # noqa: BLE001 -- bad input of any shape: report, keep the last plan
-                if not isinstance(e, (UserError, BadInput)):
-                    log.warning("fleet ConfigMap rejected", exc_info=True)
-                msg = short(e) if isinstance(e, BadInput) else f"fleet ConfigMap: {short(e)}"
-                self._bad_fleet = (obs.fleet_text, f"{msg}; keeping the last good plan")
-                return PlanChoice(obs.stored_plan, "", state, [self._bad_fleet[1]])
-            self._fleet = (obs.fleet_text, fleet, fleet_hash)
-        stored = obs.stored_plan
+        state = policy_state(self.policy_state, obs)
+        fleet = None if obs.fleet_text is None else self._read_fleet(obs.fleet_text)
+        source = plan_source(obs, fleet, state, scaling=self.scaler is not None and self.signals is not None,
+                             s=self.s)
+        if isinstance(source, PlanChoice):
+            return source
         try:
-            if stored is None or obs.summary.get("fleet_hash") != fleet_hash:
-                why = "no plan yet" if stored is None else "fleet changed"
-                k = (fleet_hash, stored.id if stored is not None else None)
-                if self._planned is None or self._planned[0] != k:
-                    try:
-                        self._planned = (k, self.planner(fleet, stored), why)
-                    except PLAN_FAILURES as e:  # not run again every cycle on the same input
-                        self._planned = (k, None, short(e))
-                if self._planned[1] is None:
-                    raise UserError(self._planned[2])
-                return PlanChoice(self._planned[1], self._planned[2], state | {"_fleet_hash": fleet_hash})
-            if self.scaler is None or self.signals is None:
-                return PlanChoice(stored, "", state)
-            signals = self.signals(stored, obs.live)
-            self.signal_failures = list(getattr(self.signals, "failures", []))
-            from k8s.scaling import preemption_notices
-
-            notices = preemption_notices(stored, obs.nodes, now)  # a spot node's taint: re-place first
-            if not signals and not notices:
-                return PlanChoice(stored, "", state)
-            extra = {"notices": notices} if notices else {}
-            scaled = self.scaler(stored, signals, state, now, self._replan, **extra)
-            new, state = scaled.plan, scaled.state
-            if new is None or new.id == stored.id:
-                return PlanChoice(stored, "", state)
-            return PlanChoice(new, "scaling: " + "; ".join(scaled.reasons), state)
+            if isinstance(source, PlanFleet):
+                return self._plan_fleet(source)
+            return scaled_choice(source.plan, source.state, self._scale(source.plan, obs, source.state, now))
         except PLAN_FAILURES as e:
             # A fleet that parses may still break the planner (1e308 latencies): report, keep the plan.
-            return PlanChoice(stored, "", state, [f"planning failed, keeping the last plan: {short(e)}"])
+            return PlanChoice(obs.stored_plan, "", state, [f"planning failed, keeping the last plan: {short(e)}"])
+
+    def _read_fleet(self, text: str) -> FleetRead:
+        """The fleet ConfigMap's text parsed, or why it was refused; each text is parsed once
+        (validating 500 models takes seconds), a refused one too."""
+        if self._fleet is not None and self._fleet[0] == text:
+            return FleetRead(self._fleet[1], self._fleet[2])
+        if self._bad_fleet is not None and self._bad_fleet[0] == text:
+            return FleetRead(None, error=self._bad_fleet[1])
+        try:
+            doc = load_yaml(text, f"fleet ConfigMap {self.s.fleet_configmap}")
+            fleet = parse_fleet(doc, f"configmap/{self.s.fleet_configmap}")
+            fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+        except Exception as e:  # noqa: BLE001 -- bad input of any shape: report, keep the last plan
+            if not isinstance(e, (UserError, BadInput)):
+                log.warning("fleet ConfigMap rejected", exc_info=True)
+            msg = short(e) if isinstance(e, BadInput) else f"fleet ConfigMap: {short(e)}"
+            self._bad_fleet = (text, f"{msg}; keeping the last good plan")
+            return FleetRead(None, error=self._bad_fleet[1])
+        self._fleet = (text, fleet, fleet_hash)
+        return FleetRead(fleet, fleet_hash)
+
+    def _plan_fleet(self, source: PlanFleet) -> PlanChoice:
+        """Run the planner on an edited fleet, once per (fleet, stored plan): a cycle that lost its
+        lease while planning does not plan again, nor does a planner that failed on that input."""
+        k = (source.fleet_hash, source.current.id if source.current is not None else None)
+        if self._planned is None or self._planned[0] != k:
+            try:
+                self._planned = (k, self.planner(source.fleet, source.current), source.why)
+            except PLAN_FAILURES as e:  # not run again every cycle on the same input
+                self._planned = (k, None, short(e))
+        if self._planned[1] is None:
+            raise UserError(self._planned[2])
+        return PlanChoice(self._planned[1], self._planned[2], source.state | {"_fleet_hash": source.fleet_hash})
+
+    def _scale(self, stored: Plan, obs: Observed, state: dict[str, Any], now: float) -> Scaled | None:
+        """One step of the scaling policy on live signals (scraped here) and the nodes' preemption
+        notices; None when there is neither, so the policy is not run."""
+        assert self.scaler is not None and self.signals is not None
+        signals = self.signals(stored, obs.live)
+        self.signal_failures = list(getattr(self.signals, "failures", []))
+        notices = preemption_notices(stored, obs.nodes, now)  # a spot node's taint: re-place first
+        if not signals and not notices:
+            return None
+        extra = {"notices": notices} if notices else {}
+        return self.scaler(stored, signals, state, now, self._replan, **extra)
 
     def _replan(self, current: Plan, fleet: Fleet, headroom: float | None, fresh: bool = False) -> Plan:
         """The scaling policy's re-planner (:data:`packer.scaling.Replanner`): the planner on
@@ -314,12 +316,12 @@ class Reconciler:
 
     # -- act ----------------------------------------------------------------------------------
 
-    def act(self, actions: list[Action]) -> Acted:
+    def act(self, changes: list[Change]) -> Acted:
         """Carry out the gated actions; a failure is reported and left to the next cycle. A lost
         lease stops at once: what was done so far, and the loss, come back."""
         c = self.cluster
         done, conflicts, errors = [], [], []
-        for a in actions:
+        for a in changes:
             try:
                 if a.verb == "create":
                     try:
@@ -375,8 +377,6 @@ class Reconciler:
             rep.errors.append(f"status: {e}")
 
     def _event(self, kind: str, ns: str, name: str, reason: str, message: str, typ: str, stamp: str) -> None:
-        from k8s.cluster import KINDS
-
         if KINDS[kind].namespaced is False:
             # The API server wants events about cluster-scoped objects in "default"; keep them in
             # our namespace (and our RBAC) by filing them under the status ConfigMap.

@@ -24,7 +24,7 @@ import yaml
 
 from k8s import names as N
 from k8s.devices import CLAIM_REF, Backend, Claim, DevicePlugin, PodDevices, backend
-from k8s.settings import RenderSettings
+from k8s.settings import ManifestSettings
 from packer.catalog import gpu_type
 from packer.errors import UserError
 from packer.plan import Placement, Plan
@@ -73,7 +73,7 @@ NETWORK_POLICY = "packer-servers"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
-def check_artifact(model: str, art: Any, s: RenderSettings) -> None:
+def check_artifact(model: str, art: Any, s: ManifestSettings) -> None:
     """Only https (verified by its sha256) or a file:// path on a mounted volume is fetched."""
     where = f"model {model}: artifact {art.uri[:200]}"
     if art.uri.startswith("http://"):
@@ -224,15 +224,13 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
     try:
         from serving.config import to_text
         from serving.repository import group_repositories
-        from serving.settings import RenderSettings as ServingSettings
+        from serving.settings import TritonSettings
     except ImportError as e:
-        from packer.errors import UserError
-
         raise UserError(f"the Triton configs need the serving extra ({e}). "
                         "Fix: pip install 'packer[k8s,serving]'") from None
 
     out: dict[str, str] = {}
-    for repo in group_repositories(plan, g.placement, ServingSettings()):
+    for repo in group_repositories(plan, g.placement, TritonSettings()):
         for m in repo.models:
             out[f"{m.name}__config.pbtxt"] = to_text(m.config)
             for rel, data in m.files.items():
@@ -242,7 +240,7 @@ def repository_files(plan: Plan, g: Group) -> dict[str, str]:
     return out
 
 
-def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
+def repository_configmap(plan: Plan, g: Group, s: ManifestSettings,
                          models: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the init container needs to build the group's model repositories."""
     entries = sorted(f"{g.kind_of(m)}/{m}" for m in g.models)
@@ -270,12 +268,12 @@ def repository_configmap(plan: Plan, g: Group, s: RenderSettings,
                   "metadata": _meta(name, s.namespace, plan, {N.GROUP_LABEL: g.name}), "data": data})
 
 
-def devices_of(s: RenderSettings) -> Backend:
+def devices_of(s: ManifestSettings) -> Backend:
     """The settings' devices backend (``--devices``)."""
     return backend(s.devices, s.kai_queue)
 
 
-def resource_claim(plan: Plan, g: Group, s: RenderSettings, claim: Claim) -> dict[str, Any]:
+def resource_claim(plan: Plan, g: Group, s: ManifestSettings, claim: Claim) -> dict[str, Any]:
     """The slot's ResourceClaim (``--devices dra``); its server's pods share its one device."""
     return stamp({"apiVersion": "resource.k8s.io/v1", "kind": "ResourceClaim",
                   "metadata": _meta(claim.name, s.namespace, plan, {N.GROUP_LABEL: g.name},
@@ -283,9 +281,10 @@ def resource_claim(plan: Plan, g: Group, s: RenderSettings, claim: Claim) -> dic
                   "spec": claim.spec})
 
 
-def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
+def deployment(plan: Plan, g: Group, s: ManifestSettings, pdbs: dict[str, str],
                repo: dict[str, Any], dev: PodDevices) -> dict[str, Any]:
-    """The slot's one server; ``dev`` is what its pod asks for in the devices backend's terms."""
+    """The slot's one server; ``dev`` is what its pod asks for in the devices backend's terms.
+    Its container and node match are built apart; what stays is the Deployment object itself."""
     p = g.placement
     selector = {N.GROUP_LABEL: g.name}
     pod_labels = {N.MANAGED_BY: N.MANAGER, **selector, **{N.model_label(m): "serving" for m in g.models},
@@ -293,50 +292,17 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     pdb = next((pdbs[m] for m in g.models if m in pdbs), None)
     if pdb:
         pod_labels[N.PDB_LABEL] = pdb
-    # MIG slots exist only on the node whose layout has them: pin to the plan's logical node.
-    # Whole and time-sliced GPUs are interchangeable within a pool: pin to the pool only, so the
-    # cluster autoscaler can add nodes for them.
-    match = [{"key": s.pool_label, "operator": "In", "values": [p.pool]}]
-    if dev.pin_node:
-        match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
-    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
-    # One server per slot, loading each class's repository (model names are unique across them):
-    # packed models, streaming and batch alike, take turns on the slot's rate-limiter resource
-    # (one batch at a time), as the slot maths assumes.
-    args = ["tritonserver", *[f"--model-repository=/models/{k}" for k in g.kinds], "--model-control-mode=explicit",
-            *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
-            *(["--rate-limit=execution_count"] if g.shared else []),
-            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}",
-            # Model loading and the other admin APIs answer only requests carrying the admin key
-            # (Kubernetes expands $(VAR) from the container's env, filled from the Secret).
-            *[f"--{proto}-restricted-api={s.restricted_apis}:{ADMIN_KEY_HEADER}=$({ADMIN_KEY_ENV})"
-              for proto in ("http", "grpc")]]
+    match = _node_match(p, s, dev)
+    # One object each, shared by both containers (the YAML names it once and refers to it).
     no_escalation = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True,
                      "readOnlyRootFilesystem": True}
+    models_mount = {"name": "models", "mountPath": "/models"}
     # Artifacts land in the models emptyDir: bound it (weights take no more disk than memory).
     models_gi = math.ceil(2 * sum(m.memory_gb for m in p.models)) + 1
-    repo_mount = {"name": "repo-config", "mountPath": "/config", "readOnly": True}
-    models_mount = {"name": "models", "mountPath": "/models"}
-    container = {
-        "name": "tritonserver",
-        "image": s.triton_image,
-        "args": args,
-        "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
-                  {"name": "metrics", "containerPort": METRICS_PORT}],
-        "readinessProbe": probe,
-        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
-                          "failureThreshold": 3},
-        # Loading large models takes minutes; the startup probe holds liveness off until then.
-        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
-                         "failureThreshold": 60},
-        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, **dev.resources},
-                      "limits": {"memory": s.memory_request, **dev.resources}},
-        "securityContext": no_escalation,
-        "env": [{"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.admin_key_secret, "key": "key"}}}],
-        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
-    }
+    container = _server_container(g, s, dev, no_escalation, models_mount)
     init = {"name": "fetch-models", "image": s.fetch_image, "command": ["sh", "/config/fetch.sh"],
-            "securityContext": no_escalation, "volumeMounts": [repo_mount, models_mount],
+            "securityContext": no_escalation,
+            "volumeMounts": [{"name": "repo-config", "mountPath": "/config", "readOnly": True}, models_mount],
             "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}}
     members = ", ".join(f"{m.name} b={m.batch_size}" for m in sorted(p.models, key=lambda m: m.name))
     annotations = {N.PLACEMENT_ANNOTATION: p.id, N.REASON_ANNOTATION: f"{members}: {p.reason}"}
@@ -346,7 +312,6 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
         pod_spec["schedulerName"] = dev.scheduler
     if dev.claim is not None:
         pod_spec["resourceClaims"] = [{"name": CLAIM_REF, "resourceClaimName": dev.claim.name}]
-        container["resources"]["claims"] = [{"name": CLAIM_REF}]
     # A new pod must be ready before the old one goes; it waits Pending if no slot is free. Where
     # it would share the old pod's device (a claim) and both do not fit, the old one goes first.
     rolling = {"maxSurge": 1, "maxUnavailable": 0} if dev.surge else {"maxSurge": 0, "maxUnavailable": 1}
@@ -383,7 +348,60 @@ def deployment(plan: Plan, g: Group, s: RenderSettings, pdbs: dict[str, str],
     })
 
 
-def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
+
+
+def _node_match(p: Placement, s: ManifestSettings, dev: PodDevices) -> list[dict[str, Any]]:
+    """Where the server may run. MIG slots exist only on the node whose layout has them: pin to the
+    plan's logical node. Whole and time-sliced GPUs are interchangeable within a pool: pin to the
+    pool only, so the cluster autoscaler can add nodes for them."""
+    match = [{"key": s.pool_label, "operator": "In", "values": [p.pool]}]
+    if dev.pin_node:
+        match.append({"key": N.NODE_LABEL, "operator": "In", "values": [p.node]})
+    return match
+
+
+def _server_args(g: Group, s: ManifestSettings) -> list[str]:
+    """``tritonserver``'s command line: one server per slot, loading each class's repository
+    (model names are unique across them): packed models, streaming and batch alike, take turns on
+    the slot's rate-limiter resource (one batch at a time), as the slot maths assumes."""
+    return ["tritonserver", *[f"--model-repository=/models/{k}" for k in g.kinds], "--model-control-mode=explicit",
+            *[f"--load-model={m}" for m in g.models], "--strict-readiness=true",
+            *(["--rate-limit=execution_count"] if g.shared else []),
+            f"--http-port={HTTP_PORT}", f"--grpc-port={GRPC_PORT}", f"--metrics-port={METRICS_PORT}",
+            # Model loading and the other admin APIs answer only requests carrying the admin key
+            # (Kubernetes expands $(VAR) from the container's env, filled from the Secret).
+            *[f"--{proto}-restricted-api={s.restricted_apis}:{ADMIN_KEY_HEADER}=$({ADMIN_KEY_ENV})"
+              for proto in ("http", "grpc")]]
+
+
+def _server_container(g: Group, s: ManifestSettings, dev: PodDevices, no_escalation: dict[str, Any],
+                      models_mount: dict[str, Any]) -> dict[str, Any]:
+    """The Triton container: its ports, probes, resources (with the devices backend's claim) and mounts."""
+    probe = {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5, "failureThreshold": 3}
+    container = {
+        "name": "tritonserver",
+        "image": s.triton_image,
+        "args": _server_args(g, s),
+        "ports": [{"name": "http", "containerPort": HTTP_PORT}, {"name": "grpc", "containerPort": GRPC_PORT},
+                  {"name": "metrics", "containerPort": METRICS_PORT}],
+        "readinessProbe": probe,
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                          "failureThreshold": 3},
+        # Loading large models takes minutes; the startup probe holds liveness off until then.
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10,
+                         "failureThreshold": 60},
+        "resources": {"requests": {"cpu": s.cpu_request, "memory": s.memory_request, **dev.resources},
+                      "limits": {"memory": s.memory_request, **dev.resources}},
+        "securityContext": no_escalation,
+        "env": [{"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {"name": s.admin_key_secret, "key": "key"}}}],
+        "volumeMounts": [models_mount, {"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if dev.claim is not None:
+        container["resources"]["claims"] = [{"name": CLAIM_REF}]
+    return container
+
+
+def service(plan: Plan, g: Group, s: ManifestSettings) -> dict[str, Any]:
     """One Service per slot: Triton routes each request by the model name in its path
     (``/v2/models/<name>/infer``), so the slot's one server answers for every member. The model
     labels let a client find it: ``kubectl get svc -l model.packer.dev/<name>``."""
@@ -399,7 +417,7 @@ def service(plan: Plan, g: Group, s: RenderSettings) -> dict[str, Any]:
     })
 
 
-def network_policy(plan: Plan, s: RenderSettings) -> dict[str, Any]:
+def network_policy(plan: Plan, s: ManifestSettings) -> dict[str, Any]:
     """Ingress to every server: inference ports from any client, the metrics port only from the
     reconciler. Admin APIs share the inference ports, so they are guarded by the admin key."""
     return stamp({
@@ -419,7 +437,7 @@ def network_policy(plan: Plan, s: RenderSettings) -> dict[str, Any]:
     })
 
 
-def pdbs(plan: Plan, s: RenderSettings, components: dict[str, str]) -> list[dict[str, Any]]:
+def pdbs(plan: Plan, s: ManifestSettings, components: dict[str, str]) -> list[dict[str, Any]]:
     """One budget per model component: at most one of its servers down at a time in a drain."""
     by_name: dict[str, list[str]] = defaultdict(list)
     for m, name in components.items():
@@ -462,7 +480,7 @@ def device_plugin_config(plan: Plan, pool_name: str, mig: bool = True) -> dict[s
     return cfg
 
 
-def device_plugin_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any]:
+def device_plugin_configmap(plan: Plan, s: ManifestSettings) -> dict[str, Any]:
     mig = devices_of(s).mig_geometry
     data = {p.name: yaml.safe_dump(device_plugin_config(plan, p.name, mig), sort_keys=True) for p in plan.fleet.pools}
     return stamp({"apiVersion": "v1", "kind": "ConfigMap",
@@ -500,7 +518,7 @@ def mig_configs(plan: Plan, geometry: bool = True) -> dict[str, tuple[str, list[
     return out
 
 
-def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None:
+def mig_parted_configmap(plan: Plan, s: ManifestSettings) -> dict[str, Any] | None:
     configs = {name: entries for name, entries in mig_configs(plan, devices_of(s).mig_geometry).values()}
     if not configs:
         return None
@@ -510,11 +528,11 @@ def mig_parted_configmap(plan: Plan, s: RenderSettings) -> dict[str, Any] | None
                   "data": {"config.yaml": text}})
 
 
-def node_labels(plan: Plan, s: RenderSettings | None = None) -> dict[str, dict[str, str]]:
+def node_labels(plan: Plan, s: ManifestSettings | None = None) -> dict[str, dict[str, str]]:
     """Logical node -> the labels its bound real node must carry (the reconciler sets them): its
     binding, its pool's device-plugin config (where the device plugin hands out the GPUs) and its
     mig-parted config."""
-    dev = devices_of(s or RenderSettings())
+    dev = devices_of(s or ManifestSettings())
     nodes = {(p.pool, p.node) for p in plan.placements} | {(l.pool, l.node) for l in plan.layouts}
     mig = mig_configs(plan, dev.mig_geometry)
     out = {}
@@ -528,9 +546,9 @@ def node_labels(plan: Plan, s: RenderSettings | None = None) -> dict[str, dict[s
     return out
 
 
-def render_plan(plan: Plan, s: RenderSettings | None = None) -> list[dict[str, Any]]:
+def render_plan(plan: Plan, s: ManifestSettings | None = None) -> list[dict[str, Any]]:
     """Every object the plan needs, in apply order (config first, then servers, then budgets)."""
-    s = s or RenderSettings()
+    s = s or ManifestSettings()
     dev = devices_of(s)
     comps = _pdb_components(plan)
     out: list[dict[str, Any]] = [device_plugin_configmap(plan, s)] if dev.device_plugin else []

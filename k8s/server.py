@@ -12,11 +12,13 @@ import threading
 import time
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from k8s.reconciler import Reconciler
+from packer.report import _money, svg
 
 
 def status(rec: Reconciler) -> dict[str, Any]:
@@ -71,8 +73,6 @@ def _ago(seconds: float) -> str:
 
 
 def _page(rec: Reconciler, started: float | None = None) -> str:
-    from packer.report import _money, svg
-
     st = status(rec)
     rep = rec.last
     e = html.escape
@@ -161,8 +161,6 @@ def create_app(rec: Reconciler, *, started: float | None = None) -> FastAPI:
 
 def serve(rec: Reconciler, *, host: str = "0.0.0.0", port: int = 8080) -> None:
     """Run the loop in a thread and the HTTP server in this one, until interrupted."""
-    import uvicorn
-
     stop = threading.Event()
     loop = threading.Thread(target=rec.run, args=(stop,), name="reconcile", daemon=True)
     loop.start()

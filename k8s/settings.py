@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
-class RenderSettings:
-    """How a plan becomes objects: images, namespaces and per-pod resources."""
+class ManifestSettings:
+    """How a plan becomes Kubernetes objects: images, namespaces and per-pod resources. The
+    Triton configs inside them follow :class:`serving.settings.TritonSettings`."""
 
     namespace: str = "packer"
     """Where the serving objects and the reconciler live; one namespace keeps RBAC to a Role."""
@@ -79,4 +80,4 @@ class ReconcileSettings:
     of its sample window (which only delays a scale-down), and quiet cycles write nothing."""
     identity: str = ""
     """Leader-election identity; empty means the pod name (``HOSTNAME``)."""
-    render: RenderSettings = field(default_factory=RenderSettings)
+    render: ManifestSettings = field(default_factory=ManifestSettings)

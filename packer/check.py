@@ -10,69 +10,88 @@ import math
 from collections import Counter, defaultdict
 
 from packer.catalog import gpu_type, layout_named, valid_instances
-from packer.plan import Plan
+from packer.fleet import Fleet
+from packer.plan import Placement, Plan
 from packer.arrivals import batch_bound
 from packer.slot import WHOLE, SlotType, latency_scale
 
 
 def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
-    """Every violated invariant, as a sentence; an empty list means the plan is sound."""
-    f = plan.fleet
+    """Every violated invariant, as a sentence; an empty list means the plan is sound.
+
+    Slot by slot (memory, workload kinds, spread, batches, worst-case latency, the round within
+    the cycle), then each model's replicas and rate, the MIG geometry, and the pools and cost."""
     u = 1.0 - headroom if headroom is not None else plan.settings.u
     errs: list[str] = []
     placed: Counter = Counter()
     gpus_of: dict[str, set] = defaultdict(set)
     for p in plan.placements:
-        pool = f.pool(p.pool)
-        st = SlotType(pool, p.slot)
-        cap = st.memory_gb * (len(p.gpus) if len(p.gpus) > 1 else 1)
-        mem = sum(m.memory_gb for m in p.models)
-        if mem > cap + 1e-6:
-            errs.append(f"{p.id}: memory {mem:.2f} GB over {cap:.2f} GB")
-        if len({m.kind for m in p.models}) > 1 and not pool.time_slicing:
-            errs.append(f"{p.id}: streaming and batch models share a slot but {pool.name} has no time-slicing")
-        d = p.duty_cycle_ms
-        runs = {}
-        for m in p.models:
-            model = f.model(m.name)
-            placed[m.name] += 1
-            for g in p.gpus:
-                key = (p.pool, p.node, g)
-                if key in gpus_of[m.name]:
-                    errs.append(f"{m.name}: two replicas on {p.node}/gpu{g}")
-                gpus_of[m.name].add(key)
-            base, per = latency_scale(model, st)
-            if m.batch_size > model.max_batch:
-                errs.append(f"{m.name}@{p.id}: batch {m.batch_size} over max_batch {model.max_batch}")
-            runs[(m.name, m.replica)] = base + per * m.batch_size
-        if not p.models:
-            continue
-        # The slot model (docs/slot-maths.md): a request waits for its batch to be cut (d), then for
-        # the other members' batches, then runs: d + C, when its batch holds the arrivals of the cut
-        # and the others' batches (d + C - its run) at the 99.9 % level; else k rounds, d + k C.
-        C = sum(runs.values())
-        for m in p.models:
-            model = f.model(m.name)
-            run = runs[(m.name, m.replica)]
-            # A window over its batch is served over k rounds, one batch a round.
-            k = 1
-            while batch_bound(m.rate_rps * (d + k * C - run) / 1000.0) > k * m.batch_size and k <= 64:
-                k += 1
-            if k > 64:
-                errs.append(f"{m.name}@{p.id}: {m.rate_rps:g} rps outgrows batches of {m.batch_size} "
-                            f"one a round of {C:.1f} ms")
-            bound = d + k * C
-            if bound > model.slo_ms + 1e-6:
-                errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
-            if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
-                errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
-        if C > u * d + 1e-6:
-            errs.append(f"{p.id}: a round of batches takes {C:.1f} ms of a {d:.1f} ms cycle, over {u:.0%}")
+        errs += _slot_errors(plan.fleet, p, u, placed, gpus_of)
+    errs += _replica_errors(plan, placed)
+    errs += _mig_errors(plan)
+    errs += _pool_errors(plan)
+    return errs
+
+
+def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dict[str, set]) -> list[str]:
+    """One slot's violations; counts its replicas into ``placed`` and their GPUs into ``gpus_of``."""
+    errs: list[str] = []
+    pool = f.pool(p.pool)
+    st = SlotType(pool, p.slot)
+    cap = st.memory_gb * (len(p.gpus) if len(p.gpus) > 1 else 1)
+    mem = sum(m.memory_gb for m in p.models)
+    if mem > cap + 1e-6:
+        errs.append(f"{p.id}: memory {mem:.2f} GB over {cap:.2f} GB")
+    if len({m.kind for m in p.models}) > 1 and not pool.time_slicing:
+        errs.append(f"{p.id}: streaming and batch models share a slot but {pool.name} has no time-slicing")
+    d = p.duty_cycle_ms
+    runs = {}
+    for m in p.models:
+        model = f.model(m.name)
+        placed[m.name] += 1
+        for g in p.gpus:
+            key = (p.pool, p.node, g)
+            if key in gpus_of[m.name]:
+                errs.append(f"{m.name}: two replicas on {p.node}/gpu{g}")
+            gpus_of[m.name].add(key)
+        base, per = latency_scale(model, st)
+        if m.batch_size > model.max_batch:
+            errs.append(f"{m.name}@{p.id}: batch {m.batch_size} over max_batch {model.max_batch}")
+        runs[(m.name, m.replica)] = base + per * m.batch_size
+    if not p.models:
+        return errs
+    # The slot model (docs/slot-maths.md): a request waits for its batch to be cut (d), then for
+    # the other members' batches, then runs: d + C, when its batch holds the arrivals of the cut
+    # and the others' batches (d + C - its run) at the 99.9 % level; else k rounds, d + k C.
+    C = sum(runs.values())
+    for m in p.models:
+        model = f.model(m.name)
+        run = runs[(m.name, m.replica)]
+        # A window over its batch is served over k rounds, one batch a round.
+        k = 1
+        while batch_bound(m.rate_rps * (d + k * C - run) / 1000.0) > k * m.batch_size and k <= 64:
+            k += 1
+        if k > 64:
+            errs.append(f"{m.name}@{p.id}: {m.rate_rps:g} rps outgrows batches of {m.batch_size} "
+                        f"one a round of {C:.1f} ms")
+        bound = d + k * C
+        if bound > model.slo_ms + 1e-6:
+            errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
+        if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
+            errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
+    if C > u * d + 1e-6:
+        errs.append(f"{p.id}: a round of batches takes {C:.1f} ms of a {d:.1f} ms cycle, over {u:.0%}")
+    return errs
+
+
+def _replica_errors(plan: Plan, placed: Counter) -> list[str]:
+    """Each model's replicas as the plan counts them, within its bounds, serving its peak."""
+    errs: list[str] = []
     rate: dict[str, float] = defaultdict(float)
     for p in plan.placements:
         for m in p.models:
             rate[m.name] += m.rate_rps
-    for model in f.models:
+    for model in plan.fleet.models:
         want = plan.replicas.get(model.name, 0)
         if placed[model.name] != want:
             errs.append(f"{model.name}: {placed[model.name]} replicas placed, plan says {want}")
@@ -82,14 +101,19 @@ def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
             errs.append(f"{model.name}: {want} replicas, above max_replicas {model.max_replicas}")
         if rate[model.name] + 1e-6 < model.traffic.peak_rps:
             errs.append(f"{model.name}: replicas serve {rate[model.name]:g} rps, below peak {model.traffic.peak_rps:g}")
-    # MIG geometry: each GPU's instances must be a valid placement of its layout.
+    return errs
+
+
+def _mig_errors(plan: Plan) -> list[str]:
+    """MIG geometry: each GPU's instances must be a valid placement of its layout."""
+    errs: list[str] = []
     by_gpu: dict[tuple, list] = defaultdict(list)
     for p in plan.placements:
         if p.slot != WHOLE:
             by_gpu[(p.pool, p.node, p.gpu)].append((p.slot, p.mig_start))
     layouts = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
     for key, inst in by_gpu.items():
-        g = gpu_type(f.pool(key[0]).gpu)
+        g = gpu_type(plan.fleet.pool(key[0]).gpu)
         lay = layouts.get(key)
         if lay is None or lay.layout == WHOLE:
             errs.append(f"{key}: MIG slots on a GPU without a MIG layout")
@@ -99,6 +123,13 @@ def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
             errs.append(f"{key}: slots {inst} are not instances of layout {lay.layout}")
         if not valid_instances(g, tuple(sorted(inst, key=lambda x: x[1]))):
             errs.append(f"{key}: MIG instances {inst} are not a valid placement")
+    return errs
+
+
+def _pool_errors(plan: Plan) -> list[str]:
+    """GPUs and nodes within each pool's limits; the cost as the GPUs used add up; the bound below it."""
+    errs: list[str] = []
+    f = plan.fleet
     used: Counter = Counter()
     for l in plan.layouts:
         used[l.pool] += 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from packer.catalog import gpu_type
 from packer.safeload import InputError
@@ -205,8 +205,6 @@ class Fleet:
 
     def with_traffic(self, scale: dict[str, float] | float) -> "Fleet":
         """The same fleet with traffic scaled (per model, or all by one factor): for what-ifs."""
-        from dataclasses import replace
-
         def s(m: Model) -> float:
             return scale if isinstance(scale, (int, float)) else scale.get(m.name, 1.0)
 

@@ -6,7 +6,7 @@ The one place tests, benchmarks and demos build plans the planner did not choose
   these models at these rates shared this slot?", the same :class:`Placement` the planner would
   emit for that group (duty cycle, batches, shares and p99 bounds from ``packer.slot.evaluate``);
   ``plan_of(fleet, [placement, ...])`` wraps placements in a plan;
-* ``hand_plan(fleet, [Group("l4", "whole", ("asr-en", "punct-en"))])``: one slot per group, each
+* ``hand_plan(fleet, [HandGroup("l4", "whole", ("asr-en", "punct-en"))])``: one slot per group, each
   model's peak rate divided among its replicas, batches and duty cycle from the slot maths or
   exactly the ``batch``/``duty_ms`` given (what the queueing tests use to put one known server in
   front of known traffic), each member's bound recomputed for those numbers.
@@ -51,7 +51,11 @@ def plan_of(fleet: Fleet, placements: list[Placement]) -> Plan:
 
 
 @dataclass(frozen=True)
-class Group:
+class HandGroup:
+    """A packed group picked by hand: which models share one slot of ``pool``, and at what batch
+    and duty cycle if not the slot maths'. The spec ``hand_plan`` turns into a placement; a served
+    group is :class:`k8s.render.Group`."""
+
     pool: str
     profile: str
     models: tuple[str, ...]
@@ -61,7 +65,7 @@ class Group:
     """Duty cycle (the batchers' max queue delay derives from it); None from the slot maths."""
 
 
-def hand_plan(fleet: Fleet, groups: list[Group], *, u: float | None = None) -> Plan:
+def hand_plan(fleet: Fleet, groups: list[HandGroup], *, u: float | None = None) -> Plan:
     """One slot per group; ``u`` is the usable share of a duty cycle (None: the planner's default
     headroom's), recorded in the plan's settings so later stages size slots alike."""
     settings = PlanSettings() if u is None else PlanSettings(headroom=1.0 - u)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from difflib import get_close_matches
 from importlib import resources
 from pathlib import Path
 
@@ -10,14 +11,16 @@ import click
 import yaml
 
 from packer.catalog import GPU_TYPES, mig_layouts
-from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_file, dump, format_option, output_option,
+from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_file, dump, emit, format_option, output_option,
                             same_fleet, write_output)
 from packer.errors import UserError
 from packer.fleetfile import load_fleet
 from packer.plan import load_plan, save_plan, to_dict
 from packer.planner import PlanSettings, plan_fleet
+from packer.planner.solve import with_insurance
 from packer.planner.spot import exposure_doc
 from packer.report import explain, moves, summary, svg, table
+from packer_cli.discover import read_nvml, to_pool
 
 __all__ = ["Spinner", "example_path", "gpus", "plan"]  # Spinner moved to packer.cliutil; kept importable
 
@@ -66,7 +69,6 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
     with Spinner(enabled=True) as sp:
         p = plan_fleet(f, settings, current=cur, progress=sp.update)
         if cur is None:  # the price of the on-demand floors: the same fleet planned free of them
-            from packer.planner.solve import with_insurance
 
             p = with_insurance(p, settings)
     doc = to_dict(p)
@@ -144,14 +146,10 @@ def gpus(gpu_type: str | None, local: bool, layouts: str | None, fmt: str, outpu
     GPU_TYPE (or --layouts GPU_TYPE) shows that type only: the 37 layouts of an A100 are what a user asks
     for, not every type's.
     """
-    from difflib import get_close_matches
 
-    from packer.cliutil import emit
 
     check_output_file(output, "-o")
     if local:
-        from packer_cli.discover import read_nvml, to_pool
-
         found = to_pool(read_nvml())
         doc = {"pools": [found["pool"]]}
         if fmt == "table":

@@ -10,6 +10,7 @@ the actions lead to.
 
 from __future__ import annotations
 
+import time
 
 import click
 
@@ -34,8 +35,6 @@ def _read_snapshot(path: str) -> tuple[float | None, dict[str, Signals]]:
 
 def _read_triton(urls: tuple[str, ...], window_s: float) -> dict[str, Signals]:
     """Scrape every server twice and sum per model (replicas of one model on several servers)."""
-    import time
-
     from serving import metrics  # the serving extra, needed only to scrape
 
     t0 = time.monotonic()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shlex
 import tempfile
 import time
 from contextlib import ExitStack
@@ -12,7 +14,9 @@ import click
 from packer.cliutil import Number, Spinner, check_output_dir, emit, format_option, out_dir_option, resolve_out_dir
 from packer.errors import UserError
 from packer.plan import Placement, Plan, load_plan
-from serving.settings import RenderSettings
+from serving import local
+from serving.repository import group_repositories, repositories, write, write_repository
+from serving.settings import TritonSettings
 
 
 def _load(path: str) -> Plan:
@@ -23,12 +27,12 @@ def _load(path: str) -> Plan:
 
 def _settings_options(f):
     f = click.option("--sequence-idle-s", type=Number(0, 1e6, lo_open=True, unit="seconds"),
-                     default=RenderSettings.sequence_idle_s, show_default=True,
+                     default=TritonSettings.sequence_idle_s, show_default=True,
                      help="Silence after which Triton drops a stream's state.")(f)
-    f = click.option("--time-scale", type=Number(0, 1e6, lo_open=True), default=RenderSettings.time_scale,
+    f = click.option("--time-scale", type=Number(0, 1e6, lo_open=True), default=TritonSettings.time_scale,
                      show_default=True,
                      help="Multiply the stand-in models' run time (demos: < 1).")(f)
-    f = click.option("--shed/--no-shed", default=RenderSettings.shed, show_default=True,
+    f = click.option("--shed/--no-shed", default=TritonSettings.shed, show_default=True,
                      help="Reject requests that can no longer meet their SLO in the server (Triton's queue "
                           "policy). Costs missed batcher wake-ups the plan's bounds do not count: "
                           "docs/serving.md.")(f)
@@ -48,14 +52,12 @@ def _settings_options(f):
 def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, device: str, gpu_index: str,
                   groups: int | None, sequence_idle_s: float, time_scale: float, shed: bool, fmt: str) -> None:
     """Write one Triton model repository per packed group and workload class to DIR."""
-    from serving.repository import repositories, write
-
     out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
     if not out:
         raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d triton-out/")
     check_output_dir(out, "--out-dir")
     plan = _load(plan_path)
-    settings = RenderSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
+    settings = TritonSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
                               time_scale=time_scale, shed=shed)
     repos = repositories(plan, settings, groups=groups)
     index = write(repos, Path(out))
@@ -93,8 +95,6 @@ def example_request(http_url: str, model: str, sequence: bool) -> str:
     body = {"inputs": [{"name": "INPUT", "shape": [1, 1], "datatype": "FP32", "data": [1.0]}]}
     if sequence:
         body["parameters"] = {"sequence_id": 1, "sequence_start": True, "sequence_end": True}
-    import json
-    import shlex
 
     return (f"curl -s -X POST http://{http_url}/v2/models/{model}/infer -H 'Content-Type: application/json' "
             f"-d {shlex.quote(json.dumps(body, separators=(',', ':')))}")
@@ -144,18 +144,15 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
     Once it is ready it prints its endpoints and a request to paste per class (--format json:
     the same as JSON).
     """
-    from serving.local import LocalTriton
-    from serving.repository import group_repositories, write_repository
-
     plan = _load(plan_path)
     placement = _pick(plan, group)
-    settings = RenderSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale, shed=shed)
+    settings = TritonSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale, shed=shed)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
         repos = group_repositories(plan, placement, settings)
         paths = [write_repository(repo, Path(tmp) / repo.kind) for repo in repos]
         # tritonserver takes up to a minute to load a group's models: say so while it does
         with Spinner(label=f"starting tritonserver for {placement.id}"):
-            server = stack.enter_context(LocalTriton(paths))
+            server = stack.enter_context(local.LocalTriton(paths))
         docs = [endpoints(placement, repo, server) for repo in repos]
         emit({"groups": docs}, fmt, lambda: "\n".join(endpoints_text(d) for d in docs))
         click.echo("serving; Ctrl-C stops" if seconds is None else f"serving for {seconds:g} s", err=fmt != "table")

@@ -26,7 +26,7 @@ from packer.fleet import Fleet, Model
 from packer.plan import Placement
 from packer.batching import Batching, batching
 from packer.slot import SlotType
-from serving.settings import RenderSettings
+from serving.settings import TritonSettings
 
 # The stand-in's tensors. A real artifact brings its own (Triton auto-completes them).
 INPUT, OUTPUT, SEQ_SUM, SEQ_LEN = "INPUT", "OUTPUT", "SEQ_SUM", "SEQ_LEN"
@@ -35,7 +35,7 @@ START, END, READY, CORRID = "START", "END", "READY", "CORRID"
 SLOT_RESOURCE = "slot"
 
 
-def timing(fleet: Fleet, placement: Placement, name: str, settings: RenderSettings) -> Batching:
+def timing(fleet: Fleet, placement: Placement, name: str, settings: TritonSettings) -> Batching:
     """The batching of ``name`` in ``placement``: ``packer.batching`` at the plan's numbers."""
     model = fleet.model(name)
     members = [m for m in placement.models if m.name == name]
@@ -57,7 +57,7 @@ def _tensor(name: str, dtype: int, *, input: bool) -> mc.ModelInput | mc.ModelOu
     return t
 
 
-def _sequence(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSettings, scale: float) -> None:
+def _sequence(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSettings, scale: float) -> None:
     """Sequence batcher, ``oldest`` strategy: requests of one stream run in order on one instance,
     and a batch takes at most one chunk from each of the oldest ``streams`` sequences.
 
@@ -78,7 +78,7 @@ def _sequence(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSe
     sb.oldest.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
 
 
-def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSettings, scale: float) -> None:
+def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSettings, scale: float) -> None:
     """Dynamic batcher with the default queue policy: no queue timeout, no queue bound, no priority
     levels.
 
@@ -92,7 +92,7 @@ def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSet
     db = cfg.dynamic_batching
     db.preferred_batch_size.extend(t.preferred)
     db.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
-    if settings.shed:  # RenderSettings.shed: refuse what can no longer finish in time
+    if settings.shed:  # TritonSettings.shed: refuse what can no longer finish in time
         q = db.default_queue_policy
         q.timeout_action = mc.ModelQueuePolicy.REJECT
         q.default_timeout_microseconds = _us(t.budget_ms * scale)
@@ -100,7 +100,7 @@ def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: RenderSet
         q.max_queue_size = t.queue_bound
 
 
-def model_config(fleet: Fleet, placement: Placement, name: str, settings: RenderSettings,
+def model_config(fleet: Fleet, placement: Placement, name: str, settings: TritonSettings,
                  *, shared: bool) -> mc.ModelConfig:
     """The config of model ``name`` in slot ``placement``.
 

@@ -1,7 +1,7 @@
 """Bring a running Triton (``--model-control-mode=explicit``) to a given repository.
 
 ``decide`` is pure: from what the server holds and what the repository wants it returns the
-actions, each with its reason. ``ServerControl.apply`` carries them out through the repository API:
+steps, each with its reason. ``ServerControl.apply`` carries them out through the repository API:
 new and changed models load first (with their config and files sent over gRPC, so the server's own
 repository path does not matter), then models no longer wanted are unloaded.
 
@@ -40,7 +40,11 @@ def digest(m: ModelDir) -> str:
 
 
 @dataclass(frozen=True)
-class Action:
+class ControlStep:
+    """One step of Triton's model control for one model, with the reason it is taken. Not a
+    Kubernetes write (:class:`k8s.diff.Change`) nor a scaling action (:class:`packer.scaling.Action`):
+    this one acts on a running server's loaded models."""
+
     verb: str
     """``load``, ``reload``, ``unload`` or ``keep``."""
     model: str
@@ -49,37 +53,37 @@ class Action:
     """Wait for open sequences to end first (a sequence model being reloaded or unloaded)."""
 
 
-def decide(loaded: dict[str, str | None], wanted: dict[str, str], sequence: set[str]) -> list[Action]:
-    """Actions taking a server from ``loaded`` (name -> digest, None if unknown) to ``wanted``.
+def decide(loaded: dict[str, str | None], wanted: dict[str, str], sequence: set[str]) -> list[ControlStep]:
+    """Steps taking a server from ``loaded`` (name -> digest, None if unknown) to ``wanted``.
 
     Loads come before unloads, so traffic has somewhere to go while old models drain.
     """
     acts = []
     for name, dg in wanted.items():
         if name not in loaded:
-            acts.append(Action("load", name, "in the repository, not on the server"))
+            acts.append(ControlStep("load", name, "in the repository, not on the server"))
         elif loaded[name] != dg:
-            acts.append(Action("reload", name, f"config or files changed ({loaded[name]} -> {dg})",
+            acts.append(ControlStep("reload", name, f"config or files changed ({loaded[name]} -> {dg})",
                                drain=name in sequence))
         else:
-            acts.append(Action("keep", name, "already serving this config"))
+            acts.append(ControlStep("keep", name, "already serving this config"))
     for name in loaded:
         if name not in wanted:
-            acts.append(Action("unload", name, "no longer in the repository", drain=name in sequence))
+            acts.append(ControlStep("unload", name, "no longer in the repository", drain=name in sequence))
     order = {"keep": 0, "load": 1, "reload": 2, "unload": 3}
     return sorted(acts, key=lambda a: order[a.verb])
 
 
 @dataclass
 class ApplyReport:
-    actions: list[Action] = field(default_factory=list)
+    steps: list[ControlStep] = field(default_factory=list)
     drained: dict[str, float] = field(default_factory=dict)
     """Seconds each sequence model took to drain."""
     cut: list[str] = field(default_factory=list)
     """Sequence models unloaded or reloaded at the drain timeout, possibly with streams open."""
 
     def lines(self) -> list[str]:
-        out = [f"{a.verb:7s} {a.model}: {a.reason}" for a in self.actions]
+        out = [f"{a.verb:7s} {a.model}: {a.reason}" for a in self.steps]
         out += [f"drained {n} in {s:.1f} s" for n, s in self.drained.items()]
         out += [f"CUT     {n}: drain timeout passed with traffic still flowing" for n in self.cut]
         return out

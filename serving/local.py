@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ctypes
 import os
 import re
 import signal
@@ -234,6 +235,4 @@ def _die_with_parent() -> None:
     """In the child, before exec: Linux sends SIGTERM if the Python process that started the server
     dies (even by SIGKILL), so a crashed test run leaves no server behind."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG

@@ -17,12 +17,10 @@ from __future__ import annotations
 import re
 import urllib.request
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Iterable
-
-if TYPE_CHECKING:
-    from packer.scaling.signals import Signals
+from typing import Iterable
 
 from packer.errors import UserError
+from packer.scaling.signals import Signals
 
 _LINE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\d+)?\s*$')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -154,8 +152,6 @@ def policy_signals(windows: Iterable[dict[str, ModelSignals]]) -> dict[str, Sign
     add up, queue time and the late share take the worst server (the policy acts on the replica
     that is in trouble). Used by ``packer scale --triton`` and by the reconciler.
     """
-    from packer.scaling.signals import Signals
-
     out: dict[str, Signals] = {}
     for window in windows:
         for name, s in window.items():

@@ -26,7 +26,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from packer.errors import UserError
 from packer.plan import Placement, Plan
 from serving.config import from_text, model_config, to_text
-from serving.settings import RenderSettings
+from serving.settings import TritonSettings
 from serving.standin import MODEL_PY
 
 CONFIG = "config.pbtxt"
@@ -61,7 +61,7 @@ class Repository:
         return tuple(m.name for m in self.models)
 
 
-def group_repositories(plan: Plan, placement: Placement, settings: RenderSettings) -> list[Repository]:
+def group_repositories(plan: Plan, placement: Placement, settings: TritonSettings) -> list[Repository]:
     """The repositories of one packed group, streaming first."""
     out = []
     shared = len(placement.models) > 1
@@ -83,9 +83,9 @@ def group_repositories(plan: Plan, placement: Placement, settings: RenderSetting
     return out
 
 
-def repositories(plan: Plan, settings: RenderSettings | None = None, *, groups: int | None = None) -> list[Repository]:
+def repositories(plan: Plan, settings: TritonSettings | None = None, *, groups: int | None = None) -> list[Repository]:
     """All repositories of a plan (or of its first ``groups`` packed groups)."""
-    settings = settings or RenderSettings()
+    settings = settings or TritonSettings()
     placements = plan.placements if groups is None else plan.placements[:groups]
     return [r for p in placements for r in group_repositories(plan, p, settings)]
 

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+
+from packer.errors import UserError
 
 DEVICES = ("gpu", "cpu")
 GPU_INDEX = ("slot", "node")
 
 
 @dataclass(frozen=True, kw_only=True)
-class RenderSettings:
+class TritonSettings:
+    """How the Triton writer renders a plan's repositories; the Kubernetes objects around the
+    servers have their own settings (:class:`k8s.settings.ManifestSettings`)."""
+
     device: str = "gpu"
     """``gpu`` for production (``KIND_GPU``). ``cpu`` (``KIND_CPU``) lets the stand-ins run on a
     machine without a GPU (tests, ``packer serve-local``); everything else stays the same."""
@@ -52,15 +59,10 @@ class RenderSettings:
 
     def device_lock(self, slot: str) -> str:
         """The lock file the stand-ins of ``slot`` share."""
-        import tempfile
-        from pathlib import Path
-
         safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in slot)
         return str(Path(self.lock_dir or tempfile.gettempdir()) / f"packer-slot-{safe}.lock")
 
     def __post_init__(self) -> None:
-        from packer.errors import UserError
-
         if self.device not in DEVICES:
             raise UserError(f"device {self.device!r} is unknown; use one of {DEVICES}")
         if self.gpu_index not in GPU_INDEX:

@@ -24,16 +24,19 @@ from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import load_fleet
 from packer.plan import Plan, load_plan
+from packer import planner
+from sims import engine, report
+from sims.registry import policy_names
 from sims.scenario import Scenario, load_scenario, parse_duration
+from sims.spot import run_comparison
 
 
 def _plan_fleet(fleet: Fleet, seed: int, time_limit_s: float | None, progress: bool = False,
                 label: str = "planning the fleet") -> Plan:
     """Plan ``fleet``; a progress line on stderr while it takes (seconds to a minute)."""
-    from packer.planner import PlanSettings, plan_fleet
-
     with Spinner(enabled=progress, label=label) as sp:
-        return plan_fleet(fleet, settings=PlanSettings(seed=seed, time_limit_s=time_limit_s), progress=sp.update)
+        return planner.plan_fleet(fleet, settings=planner.PlanSettings(seed=seed, time_limit_s=time_limit_s),
+                                  progress=sp.update)
 
 
 def load_plan_or_fleet(path: str, seed: int = 0, time_limit_s: float | None = None, progress: bool = False) -> Plan:
@@ -68,9 +71,8 @@ class _Bar:
 
 def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy: str | None,
             progress: bool, label: str) -> dict[str, Any]:
-    from sims.engine import simulate
 
-    r = simulate(plan, scenario, duration_s=duration_s, seed=seed, policy=policy, progress=_Bar(label, progress))
+    r = engine.simulate(plan, scenario, duration_s=duration_s, seed=seed, policy=policy, progress=_Bar(label, progress))
     return r.to_dict()
 
 
@@ -93,9 +95,6 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
              seed: int, out_dir: str | None, old_out_dir: str | None, fmt: str, output: str | None, as_json: bool,
              no_progress: bool) -> None:
     """Replay a traffic scenario against a plan and a scaling policy; report latency, SLOs and cost."""
-    from sims import report
-    from sims.policies import policy_names
-
     fmt = resolve_format(fmt, as_json)
     out_dir = resolve_out_dir(out_dir, old_out_dir)
     check_output_dir(out_dir, "--out-dir")
@@ -109,8 +108,6 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     plan = load_plan_or_fleet(fleet_or_plan, seed, progress=not no_progress)
     other = None
     if compare == "spot":
-        from sims.spot import run_comparison
-
         def run(p: Plan, pol: str | None, lab: str) -> dict[str, Any]:
             return run_one(p, scenario, dur, seed, pol, not no_progress, f"simulating {lab}") | {"label": lab}
 
@@ -207,6 +204,4 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
 
 
 def _plot_capacity(rows: list[dict[str, Any]], out: Path, title: str = "Capacity as traffic grows") -> None:
-    from sims.report import plot_capacity
-
-    plot_capacity(rows, out, title)
+    report.plot_capacity(rows, out, title)

@@ -31,7 +31,8 @@ from sims.billing import Billing
 from sims.cluster import Node, Slot, free_place
 from sims.metrics import Stats, hist_percentile, hist_percentiles
 from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
-                           RemoveSlot, ReplicaView, SlotView, get_policy)
+                           RemoveSlot, ReplicaView, SlotView)
+from sims.registry import get_policy
 from sims.routing import Router, weighted_split  # noqa: F401 -- weighted_split: imported from here too
 from sims.scenario import Scenario
 from sims.server import BatcherConfig, Member, SlotServer, batcher_config

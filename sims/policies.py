@@ -29,11 +29,9 @@ function is wrapped by keeping ``state`` on the adapter (see :class:`FunctionPol
 
 Registry
 ========
-``register_policy(name, factory)`` makes a policy available to ``packer simulate --policy NAME``;
-``factory(plan, options) -> Policy`` gets the starting plan and a dict of options from the scenario
-file (``policy_options:``). ``get_policy(name, plan, options)`` builds one. ``static`` and ``hpa``
-are built in; ``sims.policy_packer`` (the real scaling policy, issue 5) is imported on first lookup
-and registers itself there.
+Policies are found by name in :mod:`sims.registry`, which lists ``static`` and ``hpa`` (here) and
+``packer`` (:mod:`sims.policy_packer`, the real scaling policy) explicitly;
+``register_policy(name, factory)`` there adds one, ``get_policy(name, plan, options)`` builds one.
 
 Worked example: with ``interval_s = 15`` a 1 h run calls ``decide`` 240 times; an ``AddSlot`` at
 ``now = 600`` on a pool with a free GPU serves from ``600 + image_s + weights_s`` (the scenario's ``cluster.cold_start``).
@@ -41,7 +39,6 @@ Worked example: with ``interval_s = 15`` a 1 h run calls ``decide`` 240 times; a
 
 from __future__ import annotations
 
-import importlib
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Union, runtime_checkable
@@ -316,42 +313,3 @@ class FunctionPolicy:
     def decide(self, view: ClusterView, now: float) -> list[ClusterAction]:
         actions, self.state = self.fn(view, self.state, now)
         return list(actions)
-
-
-# ---------------------------------------------------------------------------------------------
-# Registry
-
-_REGISTRY: dict[str, PolicyFactory] = {"static": StaticPolicy, "hpa": HpaPolicy}
-_PLUGINS = ("sims.policy_packer",)
-_plugins_loaded = False
-
-
-def register_policy(name: str, factory: PolicyFactory) -> None:
-    """Make ``factory(plan, options) -> Policy`` available as ``--policy name``."""
-    _REGISTRY[name] = factory
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for mod in _PLUGINS:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # the plugin exists but one of its imports is missing: say so
-                raise
-
-
-def policy_names() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
-
-
-def get_policy(name: str, plan: Plan, options: Mapping[str, Any] | None = None) -> Policy:
-    """Build the policy registered as ``name`` for ``plan``."""
-    _load_plugins()
-    if name not in _REGISTRY:
-        raise UserError(f"unknown policy {name!r}; use one of {', '.join(policy_names())}")
-    return _REGISTRY[name](plan, dict(options or {}))

@@ -31,7 +31,8 @@ from packer.plan import Plan
 from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Replanner, ReplanOutcome,
                             Resize, ScalingSettings, ScalingState, Signals, SplitOut, Standby, apply, flaps,
                             planner_replanner, step)
-from packer.scaling.room import paid_gpus
+from packer.scaling.demand import share_capacity
+from packer.scaling.room import paid_gpus, ref
 from packer.slot import WHOLE
 from sims import policies as sp
 
@@ -272,8 +273,6 @@ def _lowered(old: Plan, new: Plan, now: float) -> list[tuple[float, Action]]:
     """A migration that lowers a model's capacity is a scale-down of it: one ``RemoveReplica`` per
     such model in the action log, so that :func:`packer.scaling.flaps` counts a scale-up of it
     soon after a re-plan as a flap, as it does after a consolidation."""
-    from packer.scaling.demand import share_capacity
-
     out: list[tuple[float, Action]] = []
     for m in old.fleet.models:
         before, after = share_capacity(old, m.name), share_capacity(new, m.name)
@@ -298,8 +297,6 @@ def _gpus(plan: Plan) -> dict[str, int]:
 
 
 def _ref(p: Any) -> Any:
-    from packer.scaling.room import ref
-
     return ref(p)
 
 
@@ -310,5 +307,3 @@ def make(plan: Plan, options: Mapping[str, Any]) -> PackerPolicy:
     limit = float(options.pop("replan_time_limit_s", 2.0))
     return PackerPolicy(plan, settings_from(options), interval, planner_replanner(limit) if replan else None)
 
-
-sp.register_policy("packer", make)

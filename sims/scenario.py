@@ -145,7 +145,7 @@ class Server:
     """Override every batcher's max queue delay; None derives it from the plan like the Triton writer."""
     queue_timeouts: bool = False
     """Reject dynamic-batcher requests that queued past ``slo - run``: the Triton writer's policy
-    with ``--shed`` (``RenderSettings.shed``). Off, as rendered by default: a late request is
+    with ``--shed`` (``TritonSettings.shed``). Off, as rendered by default: a late request is
     still served, and costs its share of the slot."""
     run_ms: tuple[RunTime, ...] = ()
     """Measured run times that replace the profile's (glob on the model name; the last match wins)."""
@@ -251,6 +251,8 @@ def _list(doc: dict, key: str) -> list:
 
 
 def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = None) -> Scenario:
+    """A scenario from its YAML document, section by section (each section's errors name the
+    field and the fix); relative trace paths are taken from ``base_dir``."""
     doc = _expect(doc, "(top level)")
     _check_keys(doc, {"name", "about", "process", "start_hour", "traffic_scale", "diurnal", "session",
                       "stream_arrivals", "grid",
@@ -259,6 +261,32 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
     process = doc.get("process", "diurnal")
     if process not in PROCESSES:
         raise ScenarioError(f"process: {process!r} is unknown. Fix: use one of {PROCESSES}")
+    diurnal = _diurnal(doc)
+    models, bursts, spikes, jobs = _models(doc), _bursts(doc), _spikes(doc), _batch_jobs(doc)
+    trace = _trace(doc, base_dir)
+    cluster = _cluster(doc)
+    server = _server(doc)
+    sa = doc.get("stream_arrivals", "sessions")
+    if sa not in ("sessions", "poisson"):
+        raise ScenarioError(f"stream_arrivals: {sa!r} is unknown. Fix: use sessions or poisson")
+    po = doc.get("policy_options") or {}
+    if not isinstance(po, dict):
+        raise ScenarioError("policy_options: is not a mapping")
+    return Scenario(
+        name=str(doc.get("name", "scenario")), about=str(doc.get("about", "")), process=process,
+        start_hour=_num(doc, "start_hour", "(top level)", 0.0), traffic_scale=_num(doc, "traffic_scale",
+                                                                                    "(top level)", 1.0),
+        diurnal=diurnal, session_s=parse_duration(doc.get("session", 300), "session"), stream_arrivals=sa,
+        grid_s=parse_duration(doc.get("grid", 1.0), "grid") or 1.0,
+        models=tuple(models), bursts=tuple(bursts), spikes=tuple(spikes), batch_jobs=tuple(jobs), trace=trace,
+        cluster=cluster, server=server, policy=str(doc.get("policy", "static")), policy_options=dict(po),
+        duration_s=None if doc.get("duration") is None else parse_duration(doc["duration"], "duration"),
+        source=source,
+    )
+
+
+def _diurnal(doc: dict[str, Any]) -> Diurnal:
+    """``diurnal:``: the peak hour and the swing (``auto``: each model's own peak-to-mean)."""
     di = _expect(doc.get("diurnal"), "diurnal")
     _check_keys(di, {"peak_hour", "amplitude"}, "diurnal")
     amp = di.get("amplitude", "auto")
@@ -266,8 +294,11 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         amp = _num(di, "amplitude", "diurnal", 0.0)
         if amp > 1:
             raise ScenarioError("diurnal.amplitude: must be <= 1 (a rate cannot go negative)")
-    diurnal = Diurnal(_num(di, "peak_hour", "diurnal", 14.0), None if amp == "auto" else amp)
+    return Diurnal(_num(di, "peak_hour", "diurnal", 14.0), None if amp == "auto" else amp)
 
+
+def _models(doc: dict[str, Any]) -> list[ModelTraffic]:
+    """``models:``: per-glob traffic scale, time zone and arrival process."""
     models = []
     for i, e in enumerate(_list(doc, "models")):
         w = f"models[{i}]"
@@ -277,6 +308,11 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
             raise ScenarioError(f"{w}.process: {e['process']!r} is unknown. Fix: use one of {PROCESSES}")
         models.append(ModelTraffic(str(e.get("models", "*")), _num(e, "scale", w, 1.0),
                                    _num(e, "tz_offset_h", w, 0.0, lo=-24), e.get("process")))
+    return models
+
+
+def _bursts(doc: dict[str, Any]) -> list[Burst]:
+    """``bursts:``: two-state (low/high) rate modulation per glob."""
     bursts = []
     for i, e in enumerate(_list(doc, "bursts")):
         w = f"bursts[{i}]"
@@ -287,6 +323,11 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
                             parse_duration(e.get("mean_high", 60), f"{w}.mean_high")))
         if bursts[-1].mean_low_s <= 0 or bursts[-1].mean_high_s <= 0:
             raise ScenarioError(f"{w}: mean_low and mean_high must be > 0")
+    return bursts
+
+
+def _spikes(doc: dict[str, Any]) -> list[Spike]:
+    """``spikes:``: one surge per entry, at a time, with its rise and decay."""
     spikes = []
     for i, e in enumerate(_list(doc, "spikes")):
         w = f"spikes[{i}]"
@@ -297,6 +338,11 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         spikes.append(Spike(str(e.get("models", "*")), parse_duration(e["at"], f"{w}.at"),
                             _num(e, "factor", w, 4.0, positive=True), parse_duration(e.get("rise", 60), f"{w}.rise"),
                             parse_duration(e.get("decay", 3600), f"{w}.decay")))
+    return spikes
+
+
+def _batch_jobs(doc: dict[str, Any]) -> list[BatchJobs]:
+    """``batch_jobs:``: requests that arrive together (a job of ``size``), spread over ``spread``."""
     jobs = []
     for i, e in enumerate(_list(doc, "batch_jobs")):
         w = f"batch_jobs[{i}]"
@@ -306,17 +352,26 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ScenarioError(f"{w}.size: {size!r} must be a whole number >= 1")
         jobs.append(BatchJobs(str(e.get("models", "*")), size, parse_duration(e.get("spread", 0), f"{w}.spread")))
-    trace = None
-    if doc.get("trace") is not None:
-        t = doc["trace"]
-        t = {"file": t} if isinstance(t, str) else _expect(t, "trace")
-        _check_keys(t, {"file", "speed", "loop"}, "trace")
-        if "file" not in t:
-            raise ScenarioError("trace.file: is missing. Fix: give a CSV of `timestamp,model` lines")
-        f = Path(str(t["file"]))
-        if not f.is_absolute() and base_dir is not None:
-            f = base_dir / f
-        trace = Trace(str(f), _num(t, "speed", "trace", 1.0, positive=True), bool(t.get("loop", True)))
+    return jobs
+
+
+def _trace(doc: dict[str, Any], base_dir: Path | None) -> Trace | None:
+    """``trace:``: a CSV to replay instead of generated traffic (None without one)."""
+    if doc.get("trace") is None:
+        return None
+    t = doc["trace"]
+    t = {"file": t} if isinstance(t, str) else _expect(t, "trace")
+    _check_keys(t, {"file", "speed", "loop"}, "trace")
+    if "file" not in t:
+        raise ScenarioError("trace.file: is missing. Fix: give a CSV of `timestamp,model` lines")
+    f = Path(str(t["file"]))
+    if not f.is_absolute() and base_dir is not None:
+        f = base_dir / f
+    return Trace(str(f), _num(t, "speed", "trace", 1.0, positive=True), bool(t.get("loop", True)))
+
+
+def _cluster(doc: dict[str, Any]) -> Cluster:
+    """``cluster:``: cold-start times and spot preemptions."""
     cl = _expect(doc.get("cluster"), "cluster")
     _check_keys(cl, {"node_provision", "image_pull", "weight_load_base", "weight_load_gb_per_s",
                      "spot_preemptions_per_node_hour", "preemption_notice"}, "cluster")
@@ -327,10 +382,14 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         weights_base_s=parse_duration(cl.get("weight_load_base", dc.weights_base_s), "cluster.weight_load_base"),
         weights_gb_per_s=_num(cl, "weight_load_gb_per_s", "cluster", dc.weights_gb_per_s, positive=True),
     )
-    cluster = Cluster(
+    return Cluster(
         cold, _num(cl, "spot_preemptions_per_node_hour", "cluster", 0.0),
         parse_duration(cl.get("preemption_notice", ds.preemption_notice_s), "cluster.preemption_notice"),
     )
+
+
+def _server(doc: dict[str, Any]) -> Server:
+    """``server:``: how the simulated servers run (noise, batching overrides, routing, wake-ups)."""
     sv = _expect(doc.get("server"), "server")
     _check_keys(sv, {"noise_cv", "queue_delay_ms", "queue_timeouts", "run_ms", "missed_wake", "routing",
                      "queue_bound"}, "server")
@@ -353,23 +412,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
                     _num(sv, "missed_wake", "server", Server.missed_wake))
     if server.missed_wake > 1:
         raise ScenarioError(f"server.missed_wake: {server.missed_wake} is a probability. Fix: use 0..1")
-    sa = doc.get("stream_arrivals", "sessions")
-    if sa not in ("sessions", "poisson"):
-        raise ScenarioError(f"stream_arrivals: {sa!r} is unknown. Fix: use sessions or poisson")
-    po = doc.get("policy_options") or {}
-    if not isinstance(po, dict):
-        raise ScenarioError("policy_options: is not a mapping")
-    return Scenario(
-        name=str(doc.get("name", "scenario")), about=str(doc.get("about", "")), process=process,
-        start_hour=_num(doc, "start_hour", "(top level)", 0.0), traffic_scale=_num(doc, "traffic_scale",
-                                                                                    "(top level)", 1.0),
-        diurnal=diurnal, session_s=parse_duration(doc.get("session", 300), "session"), stream_arrivals=sa,
-        grid_s=parse_duration(doc.get("grid", 1.0), "grid") or 1.0,
-        models=tuple(models), bursts=tuple(bursts), spikes=tuple(spikes), batch_jobs=tuple(jobs), trace=trace,
-        cluster=cluster, server=server, policy=str(doc.get("policy", "static")), policy_options=dict(po),
-        duration_s=None if doc.get("duration") is None else parse_duration(doc["duration"], "duration"),
-        source=source,
-    )
+    return server
 
 
 def load_scenario(path: str | Path) -> Scenario:

@@ -179,26 +179,14 @@ class SlotServer:
         self._wi = 0
 
     def advance(self, t_end: float) -> None:
+        """Run the slot's batches that start before ``t_end`` (the compiled :func:`_batch_loop`),
+        keeping them for :meth:`commit`; members not yet ready stay out."""
         mems = [m for m in self.members if not m.removed and m.ready_at <= t_end]
         if not mems:
             return
         n = len(mems)
-        # One array for the members' queues (no copy for a slot of one); the loop works on indices.
-        if n == 1:
-            Q = np.ascontiguousarray(mems[0].qa)  # routing hands out strided slices
-            off = np.array([0, Q.size], np.int64)
-        else:
-            sizes = [m.qa.size for m in mems]
-            Q = np.concatenate([m.qa for m in mems]) if sum(sizes) else EMPTY
-            off = np.zeros(n + 1, np.int64)
-            np.cumsum(sizes, out=off[1:])
-        c = [m.cfg for m in mems]
-        to = np.array([x.timeout_s for x in c])
-        mb = np.array([x.max_batch for x in c], np.int64)
-        mq = np.array([min(x.max_queue, UNBOUNDED) for x in c], np.int64)
-        # A preferred size larger than the queue bound is never reached: only the delay sends.
-        pf = np.array([x.preferred - 1 if x.preferred <= q else UNBOUNDED for x, q in zip(c, mq)], np.int64)
-        par = np.array([(x.delay_s, x.base_s, x.per_item_s, m.ready_at) for x, m in zip(c, mems)])
+        Q, off = _joined_queues(mems)
+        to, mb, mq, pf, par = _batcher_arrays(mems)
         H = off[:-1].copy()
         R = np.empty(n)
         SL = np.array([m.asleep for m in mems])
@@ -300,6 +288,33 @@ class SlotServer:
             m.qa = EMPTY
 
 
+def _joined_queues(mems: list[Member]) -> tuple[np.ndarray, np.ndarray]:
+    """One array for the members' queues (no copy for a slot of one) and each member's offset in
+    it: the compiled loop works on indices."""
+    n = len(mems)
+    if n == 1:
+        Q = np.ascontiguousarray(mems[0].qa)  # routing hands out strided slices
+        return Q, np.array([0, Q.size], np.int64)
+    sizes = [m.qa.size for m in mems]
+    Q = np.concatenate([m.qa for m in mems]) if sum(sizes) else EMPTY
+    off = np.zeros(n + 1, np.int64)
+    np.cumsum(sizes, out=off[1:])
+    return Q, off
+
+
+def _batcher_arrays(mems: list[Member]) -> tuple[np.ndarray, ...]:
+    """The members' batcher settings as the compiled loop reads them: queue timeouts, max batch,
+    queue bounds, preferred size - 1, and (delay, base, per item, ready_at) rows."""
+    c = [m.cfg for m in mems]
+    to = np.array([x.timeout_s for x in c])
+    mb = np.array([x.max_batch for x in c], np.int64)
+    mq = np.array([min(x.max_queue, UNBOUNDED) for x in c], np.int64)
+    # A preferred size larger than the queue bound is never reached: only the delay sends.
+    pf = np.array([x.preferred - 1 if x.preferred <= q else UNBOUNDED for x, q in zip(c, mq)], np.int64)
+    par = np.array([(x.delay_s, x.base_s, x.per_item_s, m.ready_at) for x, m in zip(c, mems)])
+    return to, mb, mq, pf, par
+
+
 @njit(cache=True)
 def _bisect_left(a: np.ndarray, x: float, lo: int, hi: int) -> int:  # pragma: no cover - compiled
     while lo < hi:
@@ -362,6 +377,12 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
     it stays contiguous. Returns ``(free_at, last, busy, ni, wi, nb, nr, nf, more)``; ``more`` is 1
     when the run-time noise, 2 when the wake draws ran out before the window ended: refill that and
     call again with ``init`` false.
+
+    Kept whole on purpose: it is the simulator's compiled inner loop, run once per batch (tens of
+    millions per bench run), and its state (the slot's free time, the round-robin position, the
+    counters and draw indices) stays in locals across batches. Split into helpers it would pass
+    and return that state on every batch; the steps are marked instead: pick the next batch,
+    refuse arrivals to a full queue, cut timed-out requests, form and run the batch, sleep or wake.
     """
     n = H.size
     if init:
@@ -369,6 +390,8 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
             R[k] = _ready_at(Q, H[k], off[k + 1], par[k, 0], pf[k], par[k, 3], SL[k], wait)
     noisy = noise.size > 0
     while True:
+        # Pick the next batch: the earliest ready member, or round-robin among those ready when
+        # the slot frees.
         bt = INF
         i = -1
         for k in range(n):
@@ -395,6 +418,7 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
         dl, ba, pi, ra = par[i, 0], par[i, 1], par[i, 2], par[i, 3]
         h = H[i]
         nq = off[i + 1]
+        # Refuse arrivals to a full queue.
         if nq - h > mq[i]:
             p = _bisect_right(Q, bt, h, nq)
             keep = mq[i]
@@ -406,6 +430,7 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
                 for k in range(keep - 1, -1, -1):
                     Q[p - keep + k] = Q[h + k]
                 H[i] = h = p - keep
+        # Cut requests that timed out in the queue.
         if to[i] < INF:
             cut = bt - to[i]
             if Q[h] < cut:
@@ -418,6 +443,7 @@ def _batch_loop(Q, off, H, R, SL, init, to, mb, mq, pf, par, F, last, t_end, noi
                 if h >= nq or Q[h] > bt:
                     R[i] = _ready_at(Q, h, nq, dl, pf[i], ra, SL[i], wait)
                     continue
+        # Form the batch and run it.
         top = h + mb[i]
         hi = _bisect_right(Q, bt, h, top if top < nq else nq)
         b = hi - h

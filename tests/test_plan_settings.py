@@ -73,7 +73,7 @@ def test_headroom_out_of_range_is_refused() -> None:
 def test_the_simulator_runs_at_the_plans_headroom() -> None:
     pytest.importorskip("numpy")
     from sims.engine import Simulation
-    from packer.handplan import Group, hand_plan
+    from packer.handplan import HandGroup, hand_plan
     from sims.scenario import Scenario
 
     plan = replace(tiny_plan(rate=400.0), settings=PlanSettings(headroom=0.3))
@@ -82,5 +82,5 @@ def test_the_simulator_runs_at_the_plans_headroom() -> None:
         PlanSettings().u)
     # a hand-written plan records the utilisation its slots were sized at
     f = tiny_plan().fleet
-    assert hand_plan(f, [Group("l4", "whole", ("asr-a",))], u=0.7).settings.headroom == pytest.approx(0.3)
-    assert hand_plan(f, [Group("l4", "whole", ("asr-a",))]).settings == PlanSettings()
+    assert hand_plan(f, [HandGroup("l4", "whole", ("asr-a",))], u=0.7).settings.headroom == pytest.approx(0.3)
+    assert hand_plan(f, [HandGroup("l4", "whole", ("asr-a",))]).settings == PlanSettings()

@@ -8,7 +8,8 @@ pytest.importorskip("numpy")
 
 from packer.scaling import Signals  # noqa: E402
 from sims.engine import Simulation  # noqa: E402
-from sims.policies import ModelSignals, get_policy, policy_names  # noqa: E402
+from sims.policies import ModelSignals  # noqa: E402
+from sims.registry import get_policy, policy_names  # noqa: E402
 from sims.policy_packer import _signals, flaps_free  # noqa: E402
 from sims.scenario import parse_scenario  # noqa: E402
 from test_scaling_helpers import tiny_plan  # noqa: E402

@@ -117,57 +117,75 @@ def spare_slots(problem: Problem, gpus: list[Gpu]) -> list[Slot]:
 
 def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
     """Give every GPU a node and an index; returns warnings for spread that could not be met."""
-    warnings = []
     for pool in problem.fleet.pools:
         mine = [g for g in gpus if g.pool.name == pool.name]
         if not mine:
             continue
-        need = sum(g.width for g in mine)
-        spread = {m.name for m in problem.fleet.models if m.min_replicas >= 2}
-        if pool.spot:  # a spot node can go at any time: one node should take as few replicas of a model as it can
-            spread |= {m.name for m in problem.fleet.models}
-        nodes_n = max(math.ceil(need / pool.gpus_per_node),
-                      min(pool.max_nodes, 2) if any(g.models() & spread for g in mine) else 1)
-        if pool.spot:  # a spot floor survives one node when each node holds at most L of the model (Model.spot_replicas)
-            nodes_n = max([nodes_n] + [math.ceil(sum(1 for g in mine if m in g.models()) / lose)
-                                       for m, lose in _spot_spread(problem, gpus).items()])
-        nodes_n = min(nodes_n, pool.max_nodes)
-        nodes_n = max([nodes_n] + [g.node + 1 for g in mine if g.pinned])
-        order = sorted((g for g in mine if not g.pinned), key=lambda g: (-g.width, -len(g.models())))
-        spots = _spot_spread(problem, gpus) if pool.spot else {}
-        try:
-            best = _fill(pool, mine, order, nodes_n, spread, need)
-        except UserError:
-            if not any(g.pinned for g in mine):
-                raise
-            # A re-plan keeps the current plan's GPUs where they are; the holes they leave can
-            # lack the adjacent GPUs a new 2-GPU replica needs (bench/spot.py, llm-platform at
-            # floor 0.25: "16 GPUs do not fit in 2 nodes" on 16 GPUs). Then the pool is laid out
-            # afresh and the migration moves what changed, make before break.
-            for g in mine:
-                g.pinned = False
-            order = sorted(mine, key=lambda g: (-g.width, -len(g.models())))
-            best = _fill(pool, mine, order, nodes_n, spread, need)
-        if spots and _over(best, spots):
-            # Multi-GPU replicas first can fill one node with them and leave the last GPUs, two
-            # replicas of one model, to the other (llm-platform at floor 0.25): other orders, seeded.
-            rng = random.Random(len(mine))
-            for _ in range(SPOT_ORDERS):
-                order = order[:]
-                rng.shuffle(order)
-                try:
-                    other = _fill(pool, mine, sorted(order, key=lambda g: -g.width) if _ % 2 else order,
-                                  nodes_n, spread, need)
-                except UserError:
-                    continue
-                if _over(other, spots) < _over(best, spots):
-                    best = other
-                if not _over(best, spots):
-                    break
-        for g, n, i in best:
+        for g, n, i in _place_pool(problem, gpus, pool, mine):
             g.node, g.index = n, i
     _spread_by_swaps(problem, gpus)
-    # Check: every model with min_replicas >= 2 spans that many nodes where its replicas allow.
+    return _spread_warnings(problem, gpus) + _spot_warnings(problem, gpus)
+
+
+def _place_pool(problem: Problem, gpus: list[Gpu], pool: Pool, mine: list[Gpu]) -> list[tuple[Gpu, int, int]]:
+    """(GPU, node, index) for the pool's GPUs ``mine``: on the fewest nodes that hold them and
+    spread the models that ask for it, kept GPUs where they are when the rest still fit."""
+    need = sum(g.width for g in mine)
+    spread = {m.name for m in problem.fleet.models if m.min_replicas >= 2}
+    if pool.spot:  # a spot node can go at any time: one node should take as few replicas of a model as it can
+        spread |= {m.name for m in problem.fleet.models}
+    nodes_n = max(math.ceil(need / pool.gpus_per_node),
+                  min(pool.max_nodes, 2) if any(g.models() & spread for g in mine) else 1)
+    if pool.spot:  # a spot floor survives one node when each node holds at most L of the model (Model.spot_replicas)
+        nodes_n = max([nodes_n] + [math.ceil(sum(1 for g in mine if m in g.models()) / lose)
+                                   for m, lose in _spot_spread(problem, gpus).items()])
+    nodes_n = min(nodes_n, pool.max_nodes)
+    nodes_n = max([nodes_n] + [g.node + 1 for g in mine if g.pinned])
+    order = sorted((g for g in mine if not g.pinned), key=lambda g: (-g.width, -len(g.models())))
+    spots = _spot_spread(problem, gpus) if pool.spot else {}
+    try:
+        best = _fill(pool, mine, order, nodes_n, spread, need)
+    except UserError:
+        if not any(g.pinned for g in mine):
+            raise
+        # A re-plan keeps the current plan's GPUs where they are; the holes they leave can
+        # lack the adjacent GPUs a new 2-GPU replica needs (bench/spot.py, llm-platform at
+        # floor 0.25: "16 GPUs do not fit in 2 nodes" on 16 GPUs). Then the pool is laid out
+        # afresh and the migration moves what changed, make before break.
+        for g in mine:
+            g.pinned = False
+        order = sorted(mine, key=lambda g: (-g.width, -len(g.models())))
+        best = _fill(pool, mine, order, nodes_n, spread, need)
+    if spots and _over(best, spots):
+        best = _other_orders(pool, mine, order, nodes_n, spread, need, spots, best)
+    return best
+
+
+def _other_orders(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: set[str], need: int,
+                  spots: dict[str, int], best: list[tuple[Gpu, int, int]]) -> list[tuple[Gpu, int, int]]:
+    """Multi-GPU replicas first can fill one node with them and leave the last GPUs, two replicas
+    of one model, to the other (llm-platform at floor 0.25): other orders, seeded, until one
+    keeps every spot node within its models' floors."""
+    rng = random.Random(len(mine))
+    for _ in range(SPOT_ORDERS):
+        order = order[:]
+        rng.shuffle(order)
+        try:
+            other = _fill(pool, mine, sorted(order, key=lambda g: -g.width) if _ % 2 else order,
+                          nodes_n, spread, need)
+        except UserError:
+            continue
+        if _over(other, spots) < _over(best, spots):
+            best = other
+        if not _over(best, spots):
+            break
+    return best
+
+
+def _spread_warnings(problem: Problem, gpus: list[Gpu]) -> list[str]:
+    """Every model with min_replicas >= 2 spans that many nodes where its replicas allow; a
+    warning, with the fix, for each that does not."""
+    warnings = []
     nodes_of: dict[str, set[tuple[str, int]]] = {}
     count: dict[str, int] = {}
     for g in gpus:
@@ -188,6 +206,12 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
                        "GPUs between those nodes spreads these replicas; an extra, partly used node would")
             warnings.append(f"{m.name}: {count[m.name]} replicas on {have} node(s), fewer than min_replicas "
                             f"{m.min_replicas}; {fix}")
+    return warnings
+
+
+def _spot_warnings(problem: Problem, gpus: list[Gpu]) -> list[str]:
+    """A warning per spot pool where losing one node would leave a model below its floor."""
+    warnings = []
     spots = _spot_spread(problem, gpus)
     for pool in (p for p in problem.fleet.pools if p.spot):
         over = _over([(g, g.node, g.index) for g in gpus if g.pool.name == pool.name], spots)

@@ -27,12 +27,16 @@ import itertools
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 from ortools.linear_solver import pywraplp
 
+from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.planner.patterns import pattern_bound
+from packer.planner.patterns import PatternBound, pattern_bound
 from packer.slot import WHOLE, latency_scale
 
 MAX_CLASSES = 5
@@ -109,38 +113,48 @@ result is appended to ``keep`` (its columns can seed a packing).
     else:
         aggregate()
         pat = pattern_bound(problem, max(left(), PATTERN_SHARE * time_limit), upper, seeds, counts)
-    whole_of = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
-    pattern = None
     if pat is not None and keep is not None:
         keep.append(pat)
-    if pat is not None and pat.value > 0:
-        total = whole_gpus(whole_of, pat.value)
-        note = "" if pat.converged else ", column generation stopped at its time limit"
-        rounded = f", {pat.value:.2f} rounded up to whole GPUs" if total > pat.value + 1e-6 else ""
-        if pat.patterns is not None and math.isfinite(upper):
-            # Purchases the Lagrangian rules out at their own pool sizes (patterns.cheapest_purchase).
-            bought = pat.patterns.cheapest_purchase(total, upper)
-            if bought > total + 1e-6:
-                rounded = (f", {pat.value:.2f} raised to the cheapest GPU purchase it does not rule out "
-                           f"at that purchase's pool sizes")
-                total = bought
-        pattern = (total, f"pattern LP, Lagrangian bound over the replica counts the planner offers "
-                          f"({pat.columns} patterns{note})" + rounded)
+    pattern = _pattern_found(problem, pat, upper)
     # The MIP's integer slot counts rarely beat the pattern LP: with one, it gets only the time left.
     if pattern is not None:
         mip_s = 0.0
     if n <= MIP_UP_TO and max(left(), mip_s) > 0.2:
         found.append(_solve(problem, max(left(), mip_s), integer=True, max_classes=MIP_CLASSES))
     best = max((b for b in found if b is not None), key=lambda b: b[0], default=(0.0, "no bound in time"))
-    limits = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
-    whole = whole_gpus(limits, best[0])
-    if whole > best[0] + 1e-6:
-        best = (multi_cost + whole, best[1] + f", {best[0]:.2f} rounded up to whole GPUs")
-    else:
-        best = (multi_cost + best[0], best[1])
+    best = _whole_gpus_plus(problem, best, multi_cost)
     if pattern is not None and pattern[0] > best[0] + 1e-6:
         return pattern
     return best
+
+
+def _pattern_found(problem: Problem, pat: PatternBound | None, upper: float) -> tuple[float, str] | None:
+    """The pattern LP's bound (of the whole plan) raised to whole GPUs, and what it was: to the
+    cheapest purchase the Lagrangian does not rule out at its own pool sizes where ``upper`` (the
+    best plan's cost) is known (``patterns.cheapest_purchase``), else to the next purchase."""
+    if pat is None or pat.value <= 0:
+        return None
+    whole_of = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
+    total = whole_gpus(whole_of, pat.value)
+    note = "" if pat.converged else ", column generation stopped at its time limit"
+    rounded = f", {pat.value:.2f} rounded up to whole GPUs" if total > pat.value + 1e-6 else ""
+    if pat.patterns is not None and math.isfinite(upper):
+        bought = pat.patterns.cheapest_purchase(total, upper)
+        if bought > total + 1e-6:
+            rounded = (f", {pat.value:.2f} raised to the cheapest GPU purchase it does not rule out "
+                       f"at that purchase's pool sizes")
+            total = bought
+    return (total, f"pattern LP, Lagrangian bound over the replica counts the planner offers "
+                   f"({pat.columns} patterns{note})" + rounded)
+
+
+def _whole_gpus_plus(problem: Problem, best: tuple[float, str], multi_cost: float) -> tuple[float, str]:
+    """A bound on the shared models raised to whole GPUs, plus the multi-GPU models' cost."""
+    limits = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
+    whole = whole_gpus(limits, best[0])
+    if whole > best[0] + 1e-6:
+        return (multi_cost + whole, best[1] + f", {best[0]:.2f} rounded up to whole GPUs")
+    return (multi_cost + best[0], best[1])
 
 
 def _slice_weights(problem: Problem, pool) -> dict[str, tuple[float, float]]:
@@ -190,19 +204,10 @@ def closed_form(problem: Problem) -> tuple[float, str]:
         weights.update(_slice_weights(problem, p))
     types = [st for st in problem.all_types() if st.key in weights]
     for m in problem.shared_models:
-        peak = m.traffic.peak_rps
-        opts = []
-        for st in types:
-            if m.memory_gb > st.memory_gb + 1e-9:
-                continue
-            co = _coefficients(problem, m, st, 0.0, math.inf)
-            if co is None:
-                continue
-            cap, shares = co
-            wf, wm = weights[st.key]
-            opts.append((st.pool.cost_per_gpu_hour, wf, wm, m.memory_gb / st.memory_gb, cap, shares))
+        opts = _options(problem, m, types, weights)
         if not opts:
             continue
+        peak = m.traffic.peak_rps
         n_lb = max(m.min_replicas, 1 if peak > 0 else 0)
         capmax = max(o[4] for o in opts)
         if peak > 0 and capmax > 0:
@@ -210,23 +215,7 @@ def closed_form(problem: Problem) -> tuple[float, str]:
         if n_lb == 0:
             continue
         for k, (lam, mu) in enumerate(grid):
-            best_fixed = best_rate = best_unit = math.inf
-            for price, wf, wm, memf, cap, shares in opts:
-                w = price * (lam * wf + (1 - lam) * wm)
-                if w <= 0:
-                    best_fixed = best_rate = best_unit = 0.0
-                    break
-                mem_part = (1 - mu) * memf
-                # share >= a + b r for each (a, b): per replica w (mu (a + b r) / u + mem_part)
-                fixed = [w * (mu * a / problem.u + mem_part) for a, _ in shares]
-                rate = [w * mu * b / problem.u for _, b in shares]
-                best_fixed = min(best_fixed, min(fixed))
-                best_rate = min(best_rate, min(rate))
-                if peak > 0:
-                    best_unit = min(best_unit, max(f / cap + r for f, r in zip(fixed, rate)))
-            by_parts = n_lb * best_fixed + peak * best_rate
-            by_unit = peak * best_unit if peak > 0 else 0.0
-            totals[k] += max(by_parts, by_unit if math.isfinite(by_unit) else 0.0)
+            totals[k] += _model_floor(problem, opts, n_lb, peak, lam, mu)
     k = max(range(len(grid)), key=lambda k: totals[k])
     lam, mu = grid[k]
     # And trivially: a model that must run buys at least one GPU of a pool that can hold it.
@@ -236,6 +225,49 @@ def closed_form(problem: Problem) -> tuple[float, str]:
     if one > totals[k]:
         return one, "one GPU of the cheapest pool that holds the largest model"
     return totals[k], f"per-model closed form (slot weights {lam:g} compute, time share {mu:g})"
+
+
+_Option = tuple[float, float, float, float, float, list[tuple[float, float]]]
+"""A slot type a model can use: GPU price, compute and memory weights, the model's share of the
+slot's memory, its capacity there, and the linear lower bounds ``(a, b)`` on its time share."""
+
+
+def _options(problem: Problem, m: Model, types: list, weights: dict[str, tuple[float, float]]) -> list[_Option]:
+    """The slot types that hold ``m`` and can serve it, as the closed form prices them."""
+    opts = []
+    for st in types:
+        if m.memory_gb > st.memory_gb + 1e-9:
+            continue
+        co = _coefficients(problem, m, st, 0.0, math.inf)
+        if co is None:
+            continue
+        cap, shares = co
+        wf, wm = weights[st.key]
+        opts.append((st.pool.cost_per_gpu_hour, wf, wm, m.memory_gb / st.memory_gb, cap, shares))
+    return opts
+
+
+def _model_floor(problem: Problem, opts: list[_Option], n_lb: int, peak: float, lam: float, mu: float) -> float:
+    """What one model must pay at weighting ``(lam, mu)`` (``closed_form``'s argument): its least
+    replicas' fixed parts plus its peak at the least per-rps part, or its peak at the least cost
+    per rps of a replica at capacity, the larger."""
+    best_fixed = best_rate = best_unit = math.inf
+    for price, wf, wm, memf, cap, shares in opts:
+        w = price * (lam * wf + (1 - lam) * wm)
+        if w <= 0:
+            best_fixed = best_rate = best_unit = 0.0
+            break
+        mem_part = (1 - mu) * memf
+        # share >= a + b r for each (a, b): per replica w (mu (a + b r) / u + mem_part)
+        fixed = [w * (mu * a / problem.u + mem_part) for a, _ in shares]
+        rate = [w * mu * b / problem.u for _, b in shares]
+        best_fixed = min(best_fixed, min(fixed))
+        best_rate = min(best_rate, min(rate))
+        if peak > 0:
+            best_unit = min(best_unit, max(f / cap + r for f, r in zip(fixed, rate)))
+    by_parts = n_lb * best_fixed + peak * best_rate
+    by_unit = peak * best_unit if peak > 0 else 0.0
+    return max(by_parts, by_unit if math.isfinite(by_unit) else 0.0)
 
 
 def whole_gpus(pools: list[tuple[float, int]], target: float, max_steps: int = 1_000_000) -> float:
@@ -324,83 +356,32 @@ def _coefficients(problem: Problem, m, st, lo: float, hi: float) -> tuple[float,
     return cap_c, shares
 
 
+@dataclass
+class _Aggregate:
+    """The aggregate relaxation as it is built: the solver, its variable kind (integer in the MIP),
+    and the per-(slot type, class) terms the capacity rows sum."""
+
+    solver: pywraplp.Solver
+    var: Callable[..., pywraplp.Variable]
+    N: dict = field(default_factory=dict)
+    """Slot type -> instances (from layouts); (type, class) -> slots in that class."""
+    mem_terms: dict[tuple[str, int], list] = field(default_factory=lambda: defaultdict(list))
+    time_terms: dict[tuple[str, int], list] = field(default_factory=lambda: defaultdict(list))
+
+
 def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: int) -> tuple[float, str] | None:
-    fleet = problem.fleet
-    backend = MIP_SOLVER if integer else LP_SOLVER
-    solver = pywraplp.Solver.CreateSolver(backend)
+    """The aggregate LP (or MIP, ``integer``) over ``max_classes`` duty classes, as the module
+    docstring states it: layouts, each model's replicas and rate per slot type and class, then
+    each class's memory and time; the optimum (or a MIP's proven bound) and how it was found."""
+    solver = _linear_solver(time_limit, integer=integer, max_classes=max_classes)
     if solver is None:  # pragma: no cover - OR-Tools always ships both
         return None
-    solver.SuppressOutput()
-    if backend == "HIGHS":
-        # Interior point (with crossover) solves the duty-class LPs 2-3x faster than simplex:
-        # long-tail's 8-class LP in 5.4 s instead of 14 s.
-        # The one-class LP stays on simplex: at 2000 models interior point did not finish in time.
-        ipm = "solver=ipm\n" if not integer and max_classes > 1 else ""
-        solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\n" + ipm)
-    solver.SetTimeLimit(int(time_limit * 1000))
-    inf = solver.infinity()
-    var = solver.IntVar if integer else solver.NumVar
-    N: dict = {}  # slot type -> instances (from layouts); (type, class) -> slots in that class
-    cost = 0
-    for p in fleet.pools:
-        layouts = _layouts(problem, p.name)
-        zs = []
-        for lname, cnt, _ in layouts:
-            zv = var(0, p.max_gpus, f"z[{p.name},{lname}]")
-            zs.append((zv, cnt))
-            cost += p.cost_per_gpu_hour * zv
-        solver.Add(sum(zv for zv, _ in zs) <= p.max_gpus)
-        for st in problem.types[p.name]:
-            N[st.key] = sum(cnt[st.profile] * zv for zv, cnt in zs if cnt[st.profile])
+    agg = _Aggregate(solver, solver.IntVar if integer else solver.NumVar)
+    cost = _layout_rows(problem, agg)
     bounds = _class_bounds(problem, max_classes)
-    mem_terms: dict[tuple[str, int], list] = defaultdict(list)
-    time_terms: dict[tuple[str, int], list] = defaultdict(list)
     for m in problem.shared_models:
-        peak = m.traffic.peak_rps
-        caps = {st.key: (st, problem.capacity(m, st)) for st in problem.all_types()}
-        caps = {k: v for k, v in caps.items() if v[1] > 0 and k in N}
-        capmax = max((c for _, c in caps.values()), default=0.0)
-        n_lb = max(m.min_replicas, 1 if peak > 0 else 0)
-        if peak > 0 and capmax > 0:
-            n_lb = max(n_lb, math.ceil(peak / capmax - 1e-9))
-        if n_lb == 0:
-            continue
-        qs, vs = [], []
-        for key, (st, cap) in caps.items():
-            for j in range(len(bounds) - 1):
-                # Classes are one partition of all cycles, shared by every model, so a slot is
-                # counted in exactly one class whoever its members are.
-                co = _coefficients(problem, m, st, bounds[j], bounds[j + 1])
-                if co is None:
-                    continue
-                cap_c, shares = co
-                # In any plan a replica count and a slot count are whole numbers.
-                q = var(0, inf, f"q[{m.name},{key},{j}]")
-                v = solver.NumVar(0, inf, f"v[{m.name},{key},{j}]")
-                solver.Add(v <= cap_c * q)
-                if (key, j) not in N:
-                    N[(key, j)] = var(0, inf, f"N[{key},{j}]")
-                solver.Add(q <= N[(key, j)])
-                # A replica at rate r with cycle d takes A / d + per r of it; d <= c_hi, and d is
-                # below the SLO and max_batch limits, each linear in r (module docstring).
-                t = solver.NumVar(0, inf, f"t[{m.name},{key},{j}]")
-                for a, b in shares:
-                    solver.Add(t >= a * q + b * v)
-                mem_terms[(key, j)].append(m.memory_gb * q)
-                time_terms[(key, j)].append(t)
-                qs.append(q)
-                vs.append(v)
-        solver.Add(sum(vs) >= peak)
-        solver.Add(sum(qs) >= n_lb)
-    # Slots of a type are split over duty classes; each class holds its members' memory and time.
-    by_type: dict[str, list] = defaultdict(list)
-    mem_of = {st.key: st.memory_gb for st in problem.all_types()}
-    for k in [k for k in N if isinstance(k, tuple)]:
-        by_type[k[0]].append(N[k])
-        solver.Add(sum(mem_terms[k]) <= mem_of[k[0]] * N[k])
-        solver.Add(sum(time_terms[k]) <= problem.u * N[k])
-    for k, parts in by_type.items():
-        solver.Add(sum(parts) <= N[k])
+        _model_rows(problem, agg, m, bounds)
+    _capacity_rows(problem, agg)
     solver.Minimize(cost)
     status = solver.Solve()
     name = ("aggregate MIP" if integer else "aggregate LP") + (f", {max_classes} duty classes" if max_classes > 1 else "")
@@ -413,3 +394,92 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
         if math.isfinite(bound):
             return max(0.0, bound), f"{name} (proven bound at time limit)"
     return None
+
+
+def _linear_solver(time_limit: float, *, integer: bool, max_classes: int) -> pywraplp.Solver | None:
+    """HiGHS, quiet, with the time limit; interior point for the duty-class LPs."""
+    backend = MIP_SOLVER if integer else LP_SOLVER
+    solver = pywraplp.Solver.CreateSolver(backend)
+    if solver is None:  # pragma: no cover - OR-Tools always ships both
+        return None
+    solver.SuppressOutput()
+    if backend == "HIGHS":
+        # Interior point (with crossover) solves the duty-class LPs 2-3x faster than simplex:
+        # long-tail's 8-class LP in 5.4 s instead of 14 s.
+        # The one-class LP stays on simplex: at 2000 models interior point did not finish in time.
+        ipm = "solver=ipm\n" if not integer and max_classes > 1 else ""
+        solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\n" + ipm)
+    solver.SetTimeLimit(int(time_limit * 1000))
+    return solver
+
+
+def _layout_rows(problem: Problem, agg: _Aggregate) -> Any:
+    """Variables ``z[p, L]`` within each pool's size, and ``N`` per slot type from them; returns
+    the GPU cost, the objective."""
+    cost = 0
+    for p in problem.fleet.pools:
+        layouts = _layouts(problem, p.name)
+        zs = []
+        for lname, cnt, _ in layouts:
+            zv = agg.var(0, p.max_gpus, f"z[{p.name},{lname}]")
+            zs.append((zv, cnt))
+            cost += p.cost_per_gpu_hour * zv
+        agg.solver.Add(sum(zv for zv, _ in zs) <= p.max_gpus)
+        for st in problem.types[p.name]:
+            agg.N[st.key] = sum(cnt[st.profile] * zv for zv, cnt in zs if cnt[st.profile])
+    return cost
+
+
+def _model_rows(problem: Problem, agg: _Aggregate, m: Model, bounds: list[float]) -> None:
+    """One model's replicas ``q`` and rate ``v`` per slot type and duty class: its whole peak
+    served, at least its least replica count, each class's share of the cycle ``t``."""
+    solver, N, inf = agg.solver, agg.N, agg.solver.infinity()
+    peak = m.traffic.peak_rps
+    caps = {st.key: (st, problem.capacity(m, st)) for st in problem.all_types()}
+    caps = {k: v for k, v in caps.items() if v[1] > 0 and k in N}
+    capmax = max((c for _, c in caps.values()), default=0.0)
+    n_lb = max(m.min_replicas, 1 if peak > 0 else 0)
+    if peak > 0 and capmax > 0:
+        n_lb = max(n_lb, math.ceil(peak / capmax - 1e-9))
+    if n_lb == 0:
+        return
+    qs, vs = [], []
+    for key, (st, cap) in caps.items():
+        for j in range(len(bounds) - 1):
+            # Classes are one partition of all cycles, shared by every model, so a slot is
+            # counted in exactly one class whoever its members are.
+            co = _coefficients(problem, m, st, bounds[j], bounds[j + 1])
+            if co is None:
+                continue
+            cap_c, shares = co
+            # In any plan a replica count and a slot count are whole numbers.
+            q = agg.var(0, inf, f"q[{m.name},{key},{j}]")
+            v = solver.NumVar(0, inf, f"v[{m.name},{key},{j}]")
+            solver.Add(v <= cap_c * q)
+            if (key, j) not in N:
+                N[(key, j)] = agg.var(0, inf, f"N[{key},{j}]")
+            solver.Add(q <= N[(key, j)])
+            # A replica at rate r with cycle d takes A / d + per r of it; d <= c_hi, and d is
+            # below the SLO and max_batch limits, each linear in r (module docstring).
+            t = solver.NumVar(0, inf, f"t[{m.name},{key},{j}]")
+            for a, b in shares:
+                solver.Add(t >= a * q + b * v)
+            agg.mem_terms[(key, j)].append(m.memory_gb * q)
+            agg.time_terms[(key, j)].append(t)
+            qs.append(q)
+            vs.append(v)
+    solver.Add(sum(vs) >= peak)
+    solver.Add(sum(qs) >= n_lb)
+
+
+def _capacity_rows(problem: Problem, agg: _Aggregate) -> None:
+    """Slots of a type are split over duty classes; each class holds its members' memory and time."""
+    solver, N = agg.solver, agg.N
+    by_type: dict[str, list] = defaultdict(list)
+    mem_of = {st.key: st.memory_gb for st in problem.all_types()}
+    for k in [k for k in N if isinstance(k, tuple)]:
+        by_type[k[0]].append(N[k])
+        solver.Add(sum(agg.mem_terms[k]) <= mem_of[k[0]] * N[k])
+        solver.Add(sum(agg.time_terms[k]) <= problem.u * N[k])
+    for k, parts in by_type.items():
+        solver.Add(sum(parts) <= N[k])

@@ -115,7 +115,6 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     slots = list(slots or [])
     reserved = reserved or {}
     types = problem.all_types()
-    u = problem.u
     # Running sums per slot (memory, sum A, sum B, min hi, kinds, models) make each "does it fit,
     # and how full would it be" test O(1): the same test as can_add + fill, without re-summing.
     agg = {id(sl): _Agg.of(problem, sl) for sl in slots}
@@ -123,31 +122,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     for sl in slots:
         implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
     for rep in sorted(reps, key=order or (lambda r: (-replica_size(problem, r), r.model.name, r.index))):
-        best, best_fill = None, math.inf
-        name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
-        for sl in slots:
-            a = agg[id(sl)]
-            if name in a.names or a.mem + mem > sl.type.memory_gb + 1e-9 or not allowed(rep, sl.type):
-                continue
-            if a.kinds and kind not in a.kinds and not sl.type.pool.time_slicing:
-                continue
-            g = gpu_of.get(id(sl))
-            if g is not None and name in g.models():  # type: ignore[attr-defined]
-                continue
-            it = problem.item(rep, sl.type)
-            sb = a.sB + it.B
-            if sb >= u:
-                continue
-            hi = min(a.hi, it.hi)
-            if hi <= 0 or (a.sA + it.A) / (u - sb) > hi + 1e-9:
-                continue
-            f = max((a.sA + it.A + sb * hi) / (u * hi), (a.mem + mem) / sl.type.memory_gb)
-            # Squishy best fit: the slot this replica makes least fuller. Joining a group with a
-            # tighter SLO shortens everyone's cycle and costs more than the replica's own work.
-            before = max((a.sA + a.sB * a.hi) / (u * a.hi), a.mem / sl.type.memory_gb) if a.names else 0.0
-            score = (f - before) * (slot_price(sl.type) if priced else sl.type.compute_fraction) - 1e-6 * f
-            if score < best_fill - 1e-12:
-                best, best_fill = sl, score
+        best, best_fill = _best_slot(problem, rep, slots, agg, gpu_of, priced)
         opened = _cheapest_new(problem, rep, types, implied, reserved) if best is None or priced else None
         if best is not None and opened is not None and opened[1] < best_fill - 1e-9:
             best = None  # priced: a new slot costs less than the share this one would take
@@ -163,6 +138,39 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
         agg[id(new)] = _Agg.of(problem, new)
         implied[choice.pool.name] += 1.0 if choice.profile == WHOLE else choice.compute_fraction
     return slots
+
+
+def _best_slot(problem: Problem, rep: Rep, slots: list[Slot], agg: dict[int, "_Agg"], gpu_of: dict[int, object],
+               priced: bool) -> tuple[Slot | None, float]:
+    """The open slot ``rep`` fits into that it makes least fuller (priced: at the slot's price),
+    and that score; (None, inf) when it fits none."""
+    u = problem.u
+    best, best_fill = None, math.inf
+    name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
+    for sl in slots:
+        a = agg[id(sl)]
+        if name in a.names or a.mem + mem > sl.type.memory_gb + 1e-9 or not allowed(rep, sl.type):
+            continue
+        if a.kinds and kind not in a.kinds and not sl.type.pool.time_slicing:
+            continue
+        g = gpu_of.get(id(sl))
+        if g is not None and name in g.models():  # type: ignore[attr-defined]
+            continue
+        it = problem.item(rep, sl.type)
+        sb = a.sB + it.B
+        if sb >= u:
+            continue
+        hi = min(a.hi, it.hi)
+        if hi <= 0 or (a.sA + it.A) / (u - sb) > hi + 1e-9:
+            continue
+        f = max((a.sA + it.A + sb * hi) / (u * hi), (a.mem + mem) / sl.type.memory_gb)
+        # Squishy best fit: the slot this replica makes least fuller. Joining a group with a
+        # tighter SLO shortens everyone's cycle and costs more than the replica's own work.
+        before = max((a.sA + a.sB * a.hi) / (u * a.hi), a.mem / sl.type.memory_gb) if a.names else 0.0
+        score = (f - before) * (slot_price(sl.type) if priced else sl.type.compute_fraction) - 1e-6 * f
+        if score < best_fill - 1e-12:
+            best, best_fill = sl, score
+    return best, best_fill
 
 
 def _cheapest_new(problem: Problem, rep: Rep, types: list[SlotType], implied: dict[str, float],

@@ -117,17 +117,11 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
     ``stop_on_fit`` the search ends at the first purchase the fleet fits on: no proof is possible.
     """
     t0 = time.monotonic()
-    fleet = problem.fleet
     if len(problem.shared_models) > MAX_MODELS:
         return None
-    prices = {p.name: p.cost_per_gpu_hour for p in fleet.pools}
-    limits = {p.name: min(p.max_gpus, int(cost / p.cost_per_gpu_hour + 1e-9))
-              for p in fleet.pools}
-    if math.prod(v + 1 for v in limits.values()) > 100_000:
-        return None
-    # Purchases the relaxation already rules out (a plan on them would cost less than its bound).
-    todo = [c for c in maximal_purchases(prices, limits, cost) if purchase_cost(prices, c) >= lower - 1e-9]
-    if len(todo) > max_purchases:
+    prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
+    todo = _to_rule_out(problem, prices, cost, lower)
+    if todo is None or len(todo) > max_purchases:
         return None
     ruled, open_, notes = [], [], []
     # Two rounds: a short look at every purchase settles the easy ones, the rest share what is left.
@@ -163,15 +157,29 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
         if not pending or stop_on_fit and open_:
             break
     open_ += pending
-    bound = lower
+    return Proof(_proven_bound(prices, open_, cost, lower), not open_, tuple(ruled), tuple(open_),
+                 time.monotonic() - t0, notes)
+
+
+def _to_rule_out(problem: Problem, prices: dict[str, float], cost: float, lower: float) -> list[dict[str, int]] | None:
+    """The maximal purchases cheaper than ``cost`` that the relaxation does not already rule out
+    (a plan on them would cost less than its bound ``lower``); None when there are too many GPU
+    combinations to enumerate."""
+    limits = {p.name: min(p.max_gpus, int(cost / p.cost_per_gpu_hour + 1e-9))
+              for p in problem.fleet.pools}
+    if math.prod(v + 1 for v in limits.values()) > 100_000:
+        return None
+    return [c for c in maximal_purchases(prices, limits, cost) if purchase_cost(prices, c) >= lower - 1e-9]
+
+
+def _proven_bound(prices: dict[str, float], open_: list[dict[str, int]], cost: float, lower: float) -> float:
+    """The plan's cost when every purchase was ruled out; else the cheapest purchase (at or above
+    the relaxation's bound) inside some unsettled one."""
     if not open_:
-        bound = cost
-    else:
-        # The cheapest purchase (at or above the relaxation's bound) inside some unsettled one.
-        sub = [purchase_cost(prices, dict(zip(o, combo))) for o in open_
-               for combo in itertools.product(*(range(k + 1) for k in o.values()))]
-        bound = max(lower, min((c for c in sub if c >= lower - 1e-9), default=lower))
-    return Proof(bound, not open_, tuple(ruled), tuple(open_), time.monotonic() - t0, notes)
+        return cost
+    sub = [purchase_cost(prices, dict(zip(o, combo))) for o in open_
+           for combo in itertools.product(*(range(k + 1) for k in o.values()))]
+    return max(lower, min((c for c in sub if c >= lower - 1e-9), default=lower))
 
 
 def _fmt(counts: dict[str, int]) -> str:
@@ -198,129 +206,49 @@ def _can_host(m: Model, st: SlotType, u: float) -> bool:
     return duty_window([item(m, 0.0, st, u)], u) is not None
 
 
+@dataclass
+class _Exact:
+    """The exact feasibility model of one purchase: data and variables, filled in by the steps of
+    :func:`fits` in a fixed order (CP-SAT's search depends on the order things are added)."""
+
+    problem: Problem
+    mdl: cp_model.CpModel
+    slots: list[tuple[SlotType, int]]
+    gpus: int
+    """GPUs in the purchase: the most replicas a model can run."""
+    z: dict[tuple[str, str], cp_model.IntVar] = field(default_factory=dict)
+    """``z[p, L]``: GPUs of pool ``p`` cut to layout ``L``."""
+    layouts_of: dict[str, list] = field(default_factory=dict)
+    active: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    """``a`` per slot type: slot ``j + 1`` in use implies slot ``j`` is."""
+    x: dict[tuple[str, int], cp_model.IntVar] = field(default_factory=dict)
+    """``x[m, s]``: model ``m`` has a replica in slot ``s``."""
+    rho: dict[str, cp_model.IntVar] = field(default_factory=dict)
+    """Each model's per-replica rate, in ``peak / Q`` units."""
+    mem_used: dict[int, object] = field(default_factory=dict)
+
+
 def fits(problem: Problem, counts: dict[str, int], time_limit: float,
          spent: list[float] | None = None, wall_s: float | None = None) -> bool | None:
     """Does the relaxed exact model fit the shared models on these GPUs? None: not settled.
 
     ``time_limit`` is in CP-SAT's deterministic seconds; the time used is appended to ``spent``.
+    The steps follow the module docstring's model: layouts and slots, replica counts and rates,
+    per-slot constraints, symmetry, spread; then solve.
     """
-    fleet = problem.fleet
     slots = _slots(problem, counts)
     if len(slots) > MAX_SLOTS:
         return None
-    mdl = cp_model.CpModel()
-    z, layouts_of = {}, {}
-    for name, g in counts.items():
-        if g <= 0:
-            continue
-        layouts_of[name] = _layouts(problem, name)
-        for lname, _, _ in layouts_of[name]:
-            z[(name, lname)] = mdl.NewIntVar(0, g, f"z[{name},{lname}]")
-        mdl.Add(sum(z[(name, l)] for l, _, _ in layouts_of[name]) <= g)
-    active: dict[str, list] = defaultdict(list)
-    for st, j in slots:
-        active[st.key].append(mdl.NewBoolVar(f"a[{st.key},{j}]"))
-    for key, acts in active.items():
-        for a, b in zip(acts, acts[1:]):
-            mdl.AddImplication(b, a)
-        st = next(s for s, _ in slots if s.key == key)
-        mdl.Add(sum(acts) <= sum(c[st.profile] * z[(st.pool.name, l)] for l, c, _ in layouts_of[st.pool.name]))
-
-    gpus = sum(g for g in counts.values() if g > 0)
-    x: dict[tuple[str, int], cp_model.IntVar] = {}
-    rho: dict[str, cp_model.IntVar] = {}
-    for m in problem.shared_models:
-        peak = m.traffic.peak_rps
-        lo = max(m.min_replicas, 1 if peak > 0 else 0)
-        if lo == 0:
-            continue
-        xs = []
-        for si, (st, _) in enumerate(slots):
-            if _can_host(m, st, problem.u):
-                x[(m.name, si)] = v = mdl.NewBoolVar(f"x[{m.name},{si}]")
-                xs.append(v)
-        hi = min(gpus, len(xs), m.max_replicas or gpus)
-        if hi < lo:
-            return False
-        n = mdl.NewIntVar(lo, hi, f"n[{m.name}]")
-        mdl.Add(sum(xs) == n)
-        rho[m.name] = r = mdl.NewIntVar(0, Q // lo, f"rho[{m.name}]")
-        if peak > 0:
-            # rho = floor(Q / n) in a real plan, so n * rho >= Q - n.
-            prod = mdl.NewIntVar(0, Q * hi, "")
-            mdl.AddMultiplicationEquality(prod, [n, r])
-            mdl.Add(prod >= Q - n)
-
+    e = _Exact(problem, cp_model.CpModel(), slots, sum(g for g in counts.values() if g > 0))
+    _exact_layouts(e, counts)
+    if not _exact_replicas(e):
+        return False
     by_slot: dict[int, list[str]] = defaultdict(list)
-    for name, si in x:
+    for name, si in e.x:
         by_slot[si].append(name)
-    mem_used: dict[int, object] = {}
-    u_cap = math.floor(SCALE * problem.u) + 1
-    for si, (st, j) in enumerate(slots):
-        a = active[st.key][j]
-        names = by_slot.get(si, [])
-        if not names:
-            mdl.Add(a == 0)
-            mem_used[si] = 0
-            continue
-        for name in names:
-            mdl.AddImplication(x[(name, si)], a)
-        mem = sum(math.floor(fleet.model(name).memory_gb * 1000) * x[(name, si)] for name in names)
-        mdl.Add(mem <= math.floor(st.memory_gb * 1000 + 1e-6))
-        mem_used[si] = mem
-        if not st.pool.time_slicing:
-            kinds = {fleet.model(name).kind for name in names}
-            if len(kinds) > 1:
-                kb = mdl.NewBoolVar("")
-                for name in names:
-                    mdl.AddImplication(x[(name, si)], kb if fleet.model(name).kind == "batch" else kb.Not())
-        # The slot's cycle is at most its tightest member's limit, which is some member's limit at
-        # some replica count: one cell per such limit.
-        prof = {}
-        cells: set[int] = set()
-        for name in names:
-            m = fleet.model(name)
-            # The relaxation of the slot maths (packer.slot.relaxed_limit) admits every group the
-            # planner's test admits, so "fits on none" still proves the plan optimal.
-            its = [relaxed_limit(m, m.traffic.peak_rps / k, st) for k in range(max(m.min_replicas, 1), gpus + 1)]
-            prof[name] = (m, its[0][0], latency_scale(m, st)[1])
-            cells |= {_cell(hi) for _, _, hi in its if hi > 0}
-        cv = {k: mdl.NewBoolVar("") for k in sorted(cells)}
-        mdl.Add(sum(cv.values()) == a)
-        w = {}
-        for name, (m, A, per) in prof.items():
-            peak = m.traffic.peak_rps
-            xv, r = x[(name, si)], rho[name]
-            coef = math.floor(SCALE * per * peak / (Q * 1000.0))
-            if coef > 0:
-                w[name] = mdl.NewIntVar(0, SCALE, "")
-                mdl.Add(w[name] >= coef * r - coef * Q * (1 - xv))
-            allow = []
-            for k, c in cv.items():
-                rmax = _max_rate(m, A, per, GRID ** (k - 1))
-                if rmax <= 0 or math.floor(SCALE * A / GRID ** k) > u_cap:
-                    mdl.AddImplication(xv, c.Not())
-                    continue
-                allow.append((k, c, min(Q, math.floor(rmax * Q / peak)) if peak > 0 else Q))
-            if not allow:
-                mdl.Add(xv == 0)
-                continue
-            mdl.Add(r <= sum(cap * c for _, c, cap in allow) + Q * (1 - xv))
-        for k, c in cv.items():
-            fixed = sum(math.floor(SCALE * prof[n][1] / GRID ** k) * x[(n, si)] for n in names)
-            mdl.Add(fixed + sum(w.values()) <= u_cap).OnlyEnforceIf(c)
-    for si in range(len(slots) - 1):
-        if slots[si][0].key == slots[si + 1][0].key and not isinstance(mem_used[si + 1], int):
-            mdl.Add(mem_used[si] >= mem_used[si + 1])
-    for name in layouts_of:
-        gp = sum(z[(name, l)] for l, _, _ in layouts_of[name])
-        per_model: dict[str, list] = defaultdict(list)
-        for (mname, si), v in x.items():
-            if slots[si][0].pool.name == name:
-                per_model[mname].append(v)
-        for vs in per_model.values():
-            if len(vs) > 1:
-                mdl.Add(sum(vs) <= gp)
+    for si in range(len(slots)):
+        _exact_slot(e, si, by_slot.get(si, []))
+    _exact_symmetry_and_spread(e)
 
     solver = cp_model.CpSolver()
     solver.parameters.max_deterministic_time = time_limit
@@ -329,7 +257,7 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float,
     # Without the LP relaxation CP-SAT settles these feasibility questions far faster: multilingual's
     # 1 A100 + 6 L4 in 3.8 s instead of 60-75 s (its LP is weak here, and only slows propagation).
     solver.parameters.linearization_level = 0
-    code = solver.Solve(mdl)
+    code = solver.Solve(e.mdl)
     if spent is not None:
         spent.append(solver.deterministic_time)
     if code == cp_model.INFEASIBLE:
@@ -337,6 +265,131 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float,
     if code in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return True
     return None
+
+
+def _exact_layouts(e: _Exact, counts: dict[str, int]) -> None:
+    """Variables ``z`` (each GPU of the purchase whole or in a maximal MIG layout) and ``a``;
+    constraint: slots in use <= the instances the layouts provide."""
+    mdl = e.mdl
+    for name, g in counts.items():
+        if g <= 0:
+            continue
+        e.layouts_of[name] = _layouts(e.problem, name)
+        for lname, _, _ in e.layouts_of[name]:
+            e.z[(name, lname)] = mdl.NewIntVar(0, g, f"z[{name},{lname}]")
+        mdl.Add(sum(e.z[(name, l)] for l, _, _ in e.layouts_of[name]) <= g)
+    for st, j in e.slots:
+        e.active[st.key].append(mdl.NewBoolVar(f"a[{st.key},{j}]"))
+    for key, acts in e.active.items():
+        for a, b in zip(acts, acts[1:]):
+            mdl.AddImplication(b, a)
+        st = next(s for s, _ in e.slots if s.key == key)
+        mdl.Add(sum(acts) <= sum(c[st.profile] * e.z[(st.pool.name, l)] for l, c, _ in e.layouts_of[st.pool.name]))
+
+
+def _exact_replicas(e: _Exact) -> bool:
+    """Variables ``x``, the replica count ``n`` and rate ``rho`` of each model with traffic or a
+    floor; constraint ``n * rho >= Q - n``. False when a model cannot get its least replicas."""
+    mdl = e.mdl
+    for m in e.problem.shared_models:
+        peak = m.traffic.peak_rps
+        lo = max(m.min_replicas, 1 if peak > 0 else 0)
+        if lo == 0:
+            continue
+        xs = []
+        for si, (st, _) in enumerate(e.slots):
+            if _can_host(m, st, e.problem.u):
+                e.x[(m.name, si)] = v = mdl.NewBoolVar(f"x[{m.name},{si}]")
+                xs.append(v)
+        hi = min(e.gpus, len(xs), m.max_replicas or e.gpus)
+        if hi < lo:
+            return False
+        n = mdl.NewIntVar(lo, hi, f"n[{m.name}]")
+        mdl.Add(sum(xs) == n)
+        e.rho[m.name] = r = mdl.NewIntVar(0, Q // lo, f"rho[{m.name}]")
+        if peak > 0:
+            # rho = floor(Q / n) in a real plan, so n * rho >= Q - n.
+            prod = mdl.NewIntVar(0, Q * hi, "")
+            mdl.AddMultiplicationEquality(prod, [n, r])
+            mdl.Add(prod >= Q - n)
+    return True
+
+
+def _exact_slot(e: _Exact, si: int, names: list[str]) -> None:
+    """One slot: in use if anyone sits in it; memory; workload kinds; the duty cycle in one grid
+    cell, each member charged ``A / D_k + per * rho`` of it and its rate within its own limit."""
+    mdl, x, fleet = e.mdl, e.x, e.problem.fleet
+    st, j = e.slots[si]
+    a = e.active[st.key][j]
+    u_cap = math.floor(SCALE * e.problem.u) + 1
+    if not names:
+        mdl.Add(a == 0)
+        e.mem_used[si] = 0
+        return
+    for name in names:
+        mdl.AddImplication(x[(name, si)], a)
+    mem = sum(math.floor(fleet.model(name).memory_gb * 1000) * x[(name, si)] for name in names)
+    mdl.Add(mem <= math.floor(st.memory_gb * 1000 + 1e-6))
+    e.mem_used[si] = mem
+    if not st.pool.time_slicing:
+        kinds = {fleet.model(name).kind for name in names}
+        if len(kinds) > 1:
+            kb = mdl.NewBoolVar("")
+            for name in names:
+                mdl.AddImplication(x[(name, si)], kb if fleet.model(name).kind == "batch" else kb.Not())
+    # The slot's cycle is at most its tightest member's limit, which is some member's limit at
+    # some replica count: one cell per such limit.
+    prof = {}
+    cells: set[int] = set()
+    for name in names:
+        m = fleet.model(name)
+        # The relaxation of the slot maths (packer.slot.relaxed_limit) admits every group the
+        # planner's test admits, so "fits on none" still proves the plan optimal.
+        its = [relaxed_limit(m, m.traffic.peak_rps / k, st) for k in range(max(m.min_replicas, 1), e.gpus + 1)]
+        prof[name] = (m, its[0][0], latency_scale(m, st)[1])
+        cells |= {_cell(hi) for _, _, hi in its if hi > 0}
+    cv = {k: mdl.NewBoolVar("") for k in sorted(cells)}
+    mdl.Add(sum(cv.values()) == a)
+    w = {}
+    for name, (m, A, per) in prof.items():
+        peak = m.traffic.peak_rps
+        xv, r = x[(name, si)], e.rho[name]
+        coef = math.floor(SCALE * per * peak / (Q * 1000.0))
+        if coef > 0:
+            w[name] = mdl.NewIntVar(0, SCALE, "")
+            mdl.Add(w[name] >= coef * r - coef * Q * (1 - xv))
+        allow = []
+        for k, c in cv.items():
+            rmax = _max_rate(m, A, per, GRID ** (k - 1))
+            if rmax <= 0 or math.floor(SCALE * A / GRID ** k) > u_cap:
+                mdl.AddImplication(xv, c.Not())
+                continue
+            allow.append((k, c, min(Q, math.floor(rmax * Q / peak)) if peak > 0 else Q))
+        if not allow:
+            mdl.Add(xv == 0)
+            continue
+        mdl.Add(r <= sum(cap * c for _, c, cap in allow) + Q * (1 - xv))
+    for k, c in cv.items():
+        fixed = sum(math.floor(SCALE * prof[n][1] / GRID ** k) * x[(n, si)] for n in names)
+        mdl.Add(fixed + sum(w.values()) <= u_cap).OnlyEnforceIf(c)
+
+
+def _exact_symmetry_and_spread(e: _Exact) -> None:
+    """Slots of one type are interchangeable: ordered by memory. Replicas of a model in a pool:
+    at most the pool's GPUs."""
+    mdl, slots, x = e.mdl, e.slots, e.x
+    for si in range(len(slots) - 1):
+        if slots[si][0].key == slots[si + 1][0].key and not isinstance(e.mem_used[si + 1], int):
+            mdl.Add(e.mem_used[si] >= e.mem_used[si + 1])
+    for name in e.layouts_of:
+        gp = sum(e.z[(name, l)] for l, _, _ in e.layouts_of[name])
+        per_model: dict[str, list] = defaultdict(list)
+        for (mname, si), v in x.items():
+            if slots[si][0].pool.name == name:
+                per_model[mname].append(v)
+        for vs in per_model.values():
+            if len(vs) > 1:
+                mdl.Add(sum(vs) <= gp)
 
 
 def _max_rate(m: Model, A: float, per: float, d: float) -> float:

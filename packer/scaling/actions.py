@@ -25,6 +25,12 @@ ModelRate = tuple[str, float]
 
 @dataclass(frozen=True, kw_only=True)
 class Action:
+    """One change the scaling policy makes to the plan, with its reason, cost and delay.
+
+    The one meaning of ``Action`` in packer: a cluster write is a :class:`k8s.diff.Change`, a
+    Triton model-control step a :class:`serving.control.ControlStep`, and the simulator's lowered
+    form a ``sims.policies.ClusterAction``."""
+
     kind: ClassVar[str] = "action"
     reason: str
     """Why, in words a person on call can check: the numbers that triggered it."""
@@ -202,95 +208,115 @@ def apply(plan: Plan, actions: list[Action] | tuple[Action, ...]) -> Plan:
 
     ``Replan`` is skipped: it needs the planner, which the caller injects.
     """
-    slots: dict[str, _Slot] = {}
-    for p in plan.placements:
-        slots[p.id] = _Slot(ref(p), {m.name: (m.replica, m.rate_rps) for m in p.models}, p)
-    layouts = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
-    for k, lay in paid_gpus(plan).items():
-        if k not in layouts:
-            layouts[k] = GpuLayout(k[0], k[1], k[2], lay)
-    next_idx: dict[str, int] = defaultdict(int)
-    for p in plan.placements:
-        for m in p.models:
-            next_idx[m.name] = max(next_idx[m.name], m.replica + 1)
-    moves: list[Move] = []
-
-    def slot_at(r: SlotRef) -> _Slot:
-        if r.id not in slots:
-            for g in range(r.gpu, r.gpu + r.span):  # a multi-GPU replica's new slot pays all its GPUs
-                if (r.pool, r.node, g) not in layouts:
-                    layouts[(r.pool, r.node, g)] = GpuLayout(r.pool, r.node, g, WHOLE)
-            slots[r.id] = _Slot(r, {})
-        return slots[r.id]
-
-    def add(r: SlotRef, model: str, rate: float, idx: int | None = None, src: str | None = None) -> None:
-        s = slot_at(r)
-        if model in s.members:
-            raise ValueError(f"{model} already has a replica in {r.id}")
-        if idx is None:
-            idx = next_idx[model]
-            next_idx[model] += 1
-        s.members[model] = (idx, rate)
-        moves.append(Move(model, idx, src, r.id))
-
-    def resize(r: SlotRef, model: str, rate: float) -> None:
-        s = slots.get(r.id)
-        if s is None or model not in s.members:
-            raise ValueError(f"no replica of {model} in {r.id} to resize")
-        s.members[model] = (s.members[model][0], rate)
-
-    def remove(r: SlotRef, model: str) -> None:
-        s = slots.get(r.id)
-        if s is None or model not in s.members:
-            raise ValueError(f"no replica of {model} in {r.id} to remove")
-        moves.append(Move(model, s.members.pop(model)[0], r.id, None))
-        if not s.members:
-            del slots[r.id]
-            # A multi-GPU replica's slot frees every GPU it spans, not just its first.
-            for g in _gpus_of(s):
-                if not any(o.ref.pool == r.pool and o.ref.node == r.node and g in _gpus_of(o) for o in slots.values()):
-                    layouts.pop((r.pool, r.node, g), None)
-
+    e = _Edit.of(plan)
     for a in actions:
         if isinstance(a, Resize):
-            resize(a.slot, a.model, a.rate_rps)
+            e.resize(a.slot, a.model, a.rate_rps)
         elif isinstance(a, AddReplica):
-            if a.slot.id not in slots:
+            if a.slot.id not in e.slots:
                 raise ValueError(f"add_replica needs an existing slot, {a.slot.id} is not one")
-            add(a.slot, a.model, a.rate_rps)
+            e.add(a.slot, a.model, a.rate_rps)
             if a.replaces is not None:
-                remove(a.replaces, a.model)
+                e.remove(a.replaces, a.model)
         elif isinstance(a, AddGroup):
             for model, rate in a.rates:
-                add(a.slot, model, rate)
+                e.add(a.slot, model, rate)
         elif isinstance(a, SplitOut):
-            add(a.slot, a.model, a.rate_rps)
+            e.add(a.slot, a.model, a.rate_rps)
             if a.replaces is not None:
-                remove(a.replaces, a.model)
+                e.remove(a.replaces, a.model)
         elif isinstance(a, RemoveReplica):
-            remove(a.slot, a.model)
+            e.remove(a.slot, a.model)
         elif isinstance(a, Standby):
-            slot_at(a.slot)
+            e.slot_at(a.slot)
         elif isinstance(a, Consolidate):
-            gone = slots.pop(a.slot.id, None)
-            if gone is None:
-                raise ValueError(f"no slot {a.slot.id} to empty")
-            for model in a.drops:
-                moves.append(Move(model, gone.members[model][0], a.slot.id, None))
-            for model, dst, rate in a.moves:
-                add(dst, model, rate, gone.members[model][0], a.slot.id)
-            for model, dst, rate in a.resizes:
-                resize(dst, model, rate)
-            left = set(gone.members) - set(a.drops) - {m for m, _, _ in a.moves}
-            if left:
-                raise ValueError(f"emptying {a.slot.id} leaves {sorted(left)} without a place")
-            if a.release_gpu and not any(s.ref.gpu_key == a.slot.gpu_key for s in slots.values()):
-                layouts.pop(a.slot.gpu_key, None)
+            e.consolidate(a)
         elif isinstance(a, Replan):
             continue
         else:  # pragma: no cover - a new action type must be taught to apply
             raise TypeError(f"unknown action {a!r}")
-    return _rebuild(plan, slots, layouts, tuple(moves))
+    return _rebuild(plan, e.slots, e.layouts, tuple(e.moves))
+
+
+@dataclass
+class _Edit:
+    """A plan being edited by :func:`apply`: its slots and paid GPUs by key, the next replica
+    index of each model, and the moves so far."""
+
+    slots: dict[str, _Slot]
+    layouts: dict[tuple[str, str, int], GpuLayout]
+    next_idx: dict[str, int]
+    moves: list[Move]
+
+    @classmethod
+    def of(cls, plan: Plan) -> "_Edit":
+        slots: dict[str, _Slot] = {}
+        for p in plan.placements:
+            slots[p.id] = _Slot(ref(p), {m.name: (m.replica, m.rate_rps) for m in p.models}, p)
+        layouts = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
+        for k, lay in paid_gpus(plan).items():
+            if k not in layouts:
+                layouts[k] = GpuLayout(k[0], k[1], k[2], lay)
+        next_idx: dict[str, int] = defaultdict(int)
+        for p in plan.placements:
+            for m in p.models:
+                next_idx[m.name] = max(next_idx[m.name], m.replica + 1)
+        return cls(slots, layouts, next_idx, [])
+
+    def slot_at(self, r: SlotRef) -> _Slot:
+        if r.id not in self.slots:
+            for g in range(r.gpu, r.gpu + r.span):  # a multi-GPU replica's new slot pays all its GPUs
+                if (r.pool, r.node, g) not in self.layouts:
+                    self.layouts[(r.pool, r.node, g)] = GpuLayout(r.pool, r.node, g, WHOLE)
+            self.slots[r.id] = _Slot(r, {})
+        return self.slots[r.id]
+
+    def add(self, r: SlotRef, model: str, rate: float, idx: int | None = None, src: str | None = None) -> None:
+        s = self.slot_at(r)
+        if model in s.members:
+            raise ValueError(f"{model} already has a replica in {r.id}")
+        if idx is None:
+            idx = self.next_idx[model]
+            self.next_idx[model] += 1
+        s.members[model] = (idx, rate)
+        self.moves.append(Move(model, idx, src, r.id))
+
+    def resize(self, r: SlotRef, model: str, rate: float) -> None:
+        s = self.slots.get(r.id)
+        if s is None or model not in s.members:
+            raise ValueError(f"no replica of {model} in {r.id} to resize")
+        s.members[model] = (s.members[model][0], rate)
+
+    def remove(self, r: SlotRef, model: str) -> None:
+        s = self.slots.get(r.id)
+        if s is None or model not in s.members:
+            raise ValueError(f"no replica of {model} in {r.id} to remove")
+        self.moves.append(Move(model, s.members.pop(model)[0], r.id, None))
+        if not s.members:
+            del self.slots[r.id]
+            # A multi-GPU replica's slot frees every GPU it spans, not just its first.
+            for g in _gpus_of(s):
+                if not any(o.ref.pool == r.pool and o.ref.node == r.node and g in _gpus_of(o)
+                           for o in self.slots.values()):
+                    self.layouts.pop((r.pool, r.node, g), None)
+
+    def consolidate(self, a: Consolidate) -> None:
+        """Empty a slot: its members dropped, moved (keeping their replica index) or resized
+        elsewhere, every one accounted for; its GPU released if asked and nothing else is on it."""
+        gone = self.slots.pop(a.slot.id, None)
+        if gone is None:
+            raise ValueError(f"no slot {a.slot.id} to empty")
+        for model in a.drops:
+            self.moves.append(Move(model, gone.members[model][0], a.slot.id, None))
+        for model, dst, rate in a.moves:
+            self.add(dst, model, rate, gone.members[model][0], a.slot.id)
+        for model, dst, rate in a.resizes:
+            self.resize(dst, model, rate)
+        left = set(gone.members) - set(a.drops) - {m for m, _, _ in a.moves}
+        if left:
+            raise ValueError(f"emptying {a.slot.id} leaves {sorted(left)} without a place")
+        if a.release_gpu and not any(s.ref.gpu_key == a.slot.gpu_key for s in self.slots.values()):
+            self.layouts.pop(a.slot.gpu_key, None)
 
 
 def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, int], GpuLayout],

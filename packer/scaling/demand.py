@@ -235,105 +235,111 @@ def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now
     load is 675, the panic load 900. Capacity 700: stable want 675 / 0.7 = 964 (short), panic want
     900 / 0.7 = 1286 >= 1.5 x 700 = 1050, so panic, and want = 1286.
     """
-    w, t, cs = settings.windows, settings.targets, settings.cold_start
     models: dict[str, ModelState] = dict(state.models)
     out: dict[str, Demand] = {}
-    history_ok = state.since is not None and now - state.since >= w.scale_down_s
+    history_ok = state.since is not None and now - state.since >= settings.windows.scale_down_s
     for m in plan.fleet.models:
-        ms = models.get(m.name, ModelState())
-        cap = share_capacity(plan, m.name)
-        sig = signals.get(m.name)
-        samples = ms.samples
-        history = ms.history
-        queue_late = late = False
-        if sig is not None:
-            queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms
-            load_now = sized_load(sig, plan, m, queue_late, cap)
-            samples = samples + ((now, load_now),)
-            history = tuple(x for x in history + ((now, sig.arrival_rps),) if x[0] > now - w.scale_down_s + EPS)
-            # One late move per stabilisation window: the move's replica serves after its weights
-            # load and the late share lags an interval, so a minute later the signal still counts
-            # the requests of the slot it left (the diurnal day moved asr-de six times in six
-            # minutes, each onto a new A100, while its late share was a replica the moves never
-            # touched).
-            late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.scale_down_s)
-        limit = ms.crowd_limit
-        if late:
-            crowd = max((len(p.models) for p in plan.placements_of(m.name)), default=1)
-            if crowd > 1:
-                limit = min(limit or crowd, crowd - 1)
-        samples = tuple(s for s in samples if s[0] > now - w.stable_s + EPS)
-        if not samples:
-            models[m.name] = replace(ms, samples=samples, history=history, crowd_limit=limit)
-            out[m.name] = Demand(m.name, cap, 0.0, cap, cap, 0.0, False, False, False, limit, cap)
-            continue
-        step = samples[-1][0] - samples[-2][0] if len(samples) > 1 else w.panic_s
-        stable = _mean([y for _, y in samples])
-        recent = [y for s, y in samples if s > now - w.panic_s + EPS] or [samples[-1][1]]
-        panic_load = _mean(recent)
-        slope = _slope(samples, t.noise_z)
-        # Poisson noise of a rate measured over a window T: sqrt(rate / T). The panic window
-        # holds at least one whole scrape interval.
-        span = max(w.stable_s, now - samples[0][0])
-        if not m.streaming:
-            # A batch request may wait its whole SLO (minutes), so what its replicas must hold is
-            # the rate over that long (up to the history kept), not a minute's: 0.2 rps is 12
-            # arrivals a minute (+-58% at 2 sigma) but 60 in five (+-26%). Its overload shows as
-            # queue time, not as a 6 s rate: no rate panic.
-            long = [x for x in history if x[0] > now - min(m.slo_ms / 1000.0, w.scale_down_s) + EPS] or list(samples)
-            stable = panic_load = _mean([y for _, y in long])
-            slope = _slope(tuple(long), t.noise_z)
-            span = max(w.stable_s, len(long) * step)
-        noise = t.noise_z * math.sqrt(max(stable, 0.0) / span)
-        pnoise = t.noise_z * math.sqrt(max(panic_load, 0.0) / max(w.panic_s, step))
-        # The stable mean lags by half a window; new capacity arrives after a cold start.
-        horizon = w.stable_s / 2 + cs.weights_s(m.memory_gb)
-        forecast = min(stable + slope * horizon, t.max_forecast_factor * max(stable, panic_load))
-        calm_want = max(0.0, forecast - noise) / t.target_utilisation
-        # What shrinking must leave: the measurement noise and the live streams' swing, which is
-        # real load (the scale-up sizes on the measurement's lower bound only). Without the swing
-        # a consolidation left asr-es 10 % above its 10-minute high, and its 112 streams moved its
-        # rate by more within minutes: the GPU was bought back (6 flaps on the diurnal day).
-        swing = t.noise_z * math.sqrt(max(stable, 0.0) / span + stream_sd(m, stable) ** 2)
-        calm_high = (forecast + swing) / t.target_utilisation
-        panic_want = max(0.0, panic_load - pnoise) / t.target_utilisation
-        panic_until = ms.panic_until
-        # Panic is about load: a rate past capacity, or requests queueing past half the SLO. Late
-        # requests at a rate the slots hold are a packing problem with its own bounded answer
-        # (one move out of a crowded slot, :func:`packer.scaling.up.relieve`); they never panic.
-        if panic_want >= w.panic_threshold * max(cap, EPS) or queue_late:
-            panic_until = now + w.stable_s
-        panic = panic_until is not None and now < panic_until
-        # Want is demand only, never capacity: with ``cap`` in it (panic used to keep want at
-        # capacity, to keep from shrinking) every move that raised capacity raised the want with
-        # it, the scale-down window remembered it and the re-plans packed for it: asr-de's want
-        # went 405 -> 1811 -> 3269 rps on the diurnal day at 430-520 rps of arrivals. Panic keeps
-        # capacity by forbidding the shrink (``may_shrink``), not by inflating the want.
-        if panic:
-            want = max(calm_want, panic_want)
-            load = max(forecast, panic_load)
-        else:
-            want, load = calm_want, forecast
-            panic_until = None
-        wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s + EPS)
-        # Shrink only to what the 10-minute trend of arrivals says is needed a stabilisation window
-        # from now: on a diurnal ramp the highest demand of the *past* window is below the next
-        # one's, and a consolidation sized on it was undone by a scale-up minutes later (asr-en
-        # at 11.7 h and 15.1 h, asr-es at 4.6-5.5 h on the diurnal day: 3 flaps, each a GPU
-        # released and bought back). A stationary model has no significant trend: no change.
-        ahead = 0.0
-        if history_ok and len(history) >= 3:
-            now_rate = _mean([y for x, y in history if x > now - w.stable_s + EPS]) if m.streaming else stable
-            rising = _slope(history, t.noise_z)
-            ahead = (min(now_rate + rising * (w.scale_down_s + horizon), t.max_forecast_factor * now_rate)
-                     + swing) / t.target_utilisation if rising > 0 else 0.0
-        want_down = max(max(x for _, x in wants), ahead) * (1 + w.scale_down_band)
-        # A re-plan's packing must hold until the next re-plan could have a new node serving.
-        lead = (t.replan_every_s + cs.node_s + cs.image_s + cs.weights_s(m.memory_gb)) if t.replan_every_s > 0 else horizon
-        replan_want = _replan_want(history, m, now, lead, settings)
-        models[m.name] = replace(ms, samples=samples, history=history, wants=wants, panic_until=panic_until,
-                                 crowd_limit=limit)
-        out[m.name] = Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic and not late,
-                             late, limit, replan_want)
+        models[m.name], out[m.name] = _model_demand(plan, m, models.get(m.name, ModelState()), signals.get(m.name),
+                                                    now, history_ok, settings)
     since = now if state.since is None else state.since
     return out, replace(state, models=models, since=since)
+
+
+def _model_demand(plan: Plan, m: Model, ms: ModelState, sig: Signals | None, now: float, history_ok: bool,
+                  settings: ScalingSettings) -> tuple[ModelState, Demand]:
+    """One model's step of :func:`observe`: its windows with this sample folded in, and its
+    demand. Kept as one function: each estimate (stable and panic load, trend, noise, forecast,
+    the wants and the look ahead) feeds the next, and each carries the measured reason it is so
+    beside it; apart, they would pass a dozen numbers between them."""
+    w, t, cs = settings.windows, settings.targets, settings.cold_start
+    cap = share_capacity(plan, m.name)
+    samples = ms.samples
+    history = ms.history
+    queue_late = late = False
+    if sig is not None:
+        queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms
+        load_now = sized_load(sig, plan, m, queue_late, cap)
+        samples = samples + ((now, load_now),)
+        history = tuple(x for x in history + ((now, sig.arrival_rps),) if x[0] > now - w.scale_down_s + EPS)
+        # One late move per stabilisation window: the move's replica serves after its weights
+        # load and the late share lags an interval, so a minute later the signal still counts
+        # the requests of the slot it left (the diurnal day moved asr-de six times in six
+        # minutes, each onto a new A100, while its late share was a replica the moves never
+        # touched).
+        late = sig.late_share > t.late_alarm and not (ms.last_up is not None and now - ms.last_up < w.scale_down_s)
+    limit = ms.crowd_limit
+    if late:
+        crowd = max((len(p.models) for p in plan.placements_of(m.name)), default=1)
+        if crowd > 1:
+            limit = min(limit or crowd, crowd - 1)
+    samples = tuple(s for s in samples if s[0] > now - w.stable_s + EPS)
+    if not samples:
+        return (replace(ms, samples=samples, history=history, crowd_limit=limit),
+                Demand(m.name, cap, 0.0, cap, cap, 0.0, False, False, False, limit, cap))
+    step = samples[-1][0] - samples[-2][0] if len(samples) > 1 else w.panic_s
+    stable = _mean([y for _, y in samples])
+    recent = [y for s, y in samples if s > now - w.panic_s + EPS] or [samples[-1][1]]
+    panic_load = _mean(recent)
+    slope = _slope(samples, t.noise_z)
+    # Poisson noise of a rate measured over a window T: sqrt(rate / T). The panic window
+    # holds at least one whole scrape interval.
+    span = max(w.stable_s, now - samples[0][0])
+    if not m.streaming:
+        # A batch request may wait its whole SLO (minutes), so what its replicas must hold is
+        # the rate over that long (up to the history kept), not a minute's: 0.2 rps is 12
+        # arrivals a minute (+-58% at 2 sigma) but 60 in five (+-26%). Its overload shows as
+        # queue time, not as a 6 s rate: no rate panic.
+        long = [x for x in history if x[0] > now - min(m.slo_ms / 1000.0, w.scale_down_s) + EPS] or list(samples)
+        stable = panic_load = _mean([y for _, y in long])
+        slope = _slope(tuple(long), t.noise_z)
+        span = max(w.stable_s, len(long) * step)
+    noise = t.noise_z * math.sqrt(max(stable, 0.0) / span)
+    pnoise = t.noise_z * math.sqrt(max(panic_load, 0.0) / max(w.panic_s, step))
+    # The stable mean lags by half a window; new capacity arrives after a cold start.
+    horizon = w.stable_s / 2 + cs.weights_s(m.memory_gb)
+    forecast = min(stable + slope * horizon, t.max_forecast_factor * max(stable, panic_load))
+    calm_want = max(0.0, forecast - noise) / t.target_utilisation
+    # What shrinking must leave: the measurement noise and the live streams' swing, which is
+    # real load (the scale-up sizes on the measurement's lower bound only). Without the swing
+    # a consolidation left asr-es 10 % above its 10-minute high, and its 112 streams moved its
+    # rate by more within minutes: the GPU was bought back (6 flaps on the diurnal day).
+    swing = t.noise_z * math.sqrt(max(stable, 0.0) / span + stream_sd(m, stable) ** 2)
+    calm_high = (forecast + swing) / t.target_utilisation
+    panic_want = max(0.0, panic_load - pnoise) / t.target_utilisation
+    panic_until = ms.panic_until
+    # Panic is about load: a rate past capacity, or requests queueing past half the SLO. Late
+    # requests at a rate the slots hold are a packing problem with its own bounded answer
+    # (one move out of a crowded slot, :func:`packer.scaling.up.relieve`); they never panic.
+    if panic_want >= w.panic_threshold * max(cap, EPS) or queue_late:
+        panic_until = now + w.stable_s
+    panic = panic_until is not None and now < panic_until
+    # Want is demand only, never capacity: with ``cap`` in it (panic used to keep want at
+    # capacity, to keep from shrinking) every move that raised capacity raised the want with
+    # it, the scale-down window remembered it and the re-plans packed for it: asr-de's want
+    # went 405 -> 1811 -> 3269 rps on the diurnal day at 430-520 rps of arrivals. Panic keeps
+    # capacity by forbidding the shrink (``may_shrink``), not by inflating the want.
+    if panic:
+        want = max(calm_want, panic_want)
+        load = max(forecast, panic_load)
+    else:
+        want, load = calm_want, forecast
+        panic_until = None
+    wants = tuple(x for x in ms.wants + ((now, max(want, calm_high)),) if x[0] > now - w.scale_down_s + EPS)
+    # Shrink only to what the 10-minute trend of arrivals says is needed a stabilisation window
+    # from now: on a diurnal ramp the highest demand of the *past* window is below the next
+    # one's, and a consolidation sized on it was undone by a scale-up minutes later (asr-en
+    # at 11.7 h and 15.1 h, asr-es at 4.6-5.5 h on the diurnal day: 3 flaps, each a GPU
+    # released and bought back). A stationary model has no significant trend: no change.
+    ahead = 0.0
+    if history_ok and len(history) >= 3:
+        now_rate = _mean([y for x, y in history if x > now - w.stable_s + EPS]) if m.streaming else stable
+        rising = _slope(history, t.noise_z)
+        ahead = (min(now_rate + rising * (w.scale_down_s + horizon), t.max_forecast_factor * now_rate)
+                 + swing) / t.target_utilisation if rising > 0 else 0.0
+    want_down = max(max(x for _, x in wants), ahead) * (1 + w.scale_down_band)
+    # A re-plan's packing must hold until the next re-plan could have a new node serving.
+    lead = (t.replan_every_s + cs.node_s + cs.image_s + cs.weights_s(m.memory_gb)) if t.replan_every_s > 0 else horizon
+    replan_want = _replan_want(history, m, now, lead, settings)
+    return (replace(ms, samples=samples, history=history, wants=wants, panic_until=panic_until, crowd_limit=limit),
+            Demand(m.name, cap, load, want, want_down, slope, panic, history_ok and not panic and not late,
+                   late, limit, replan_want))

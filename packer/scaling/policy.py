@@ -77,7 +77,37 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     if notices:
         actions, plan = recover(plan, notices, settings, starting)
     demands, state = observe(plan, signals, state, now, settings)
+    ups, work, grown = _grow(plan, demands, settings, starting)
+    actions += ups
+    spare, work = _top_up_standby(plan, work, settings, starting)
+    actions += spare
+    calm = {k: (replace(d, may_shrink=False) if k in grown else d) for k, d in demands.items()}
+    downs, work, state, tried = _shrink(work, calm, state, now, settings)
+    actions += downs
+    if not notices and not grown and not downs and not any(d.panic for d in calm.values()):
+        back, work = back_to_spot(work, settings, starting)  # replacements bought on-demand return to spot
+        actions += back
+    models = dict(state.models)
+    for name in grown:
+        models[name] = replace(models[name], last_up=now)
+    for a in downs:
+        for name in _shrunk_models(a):
+            models[name] = replace(models[name], last_down=now)
+    state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
+    quiet = not downs and not any(a.kind != "resize" for a in actions)  # a re-plan would undo this decision's moves
+    rp = _replan(work, calm, state, now, settings, tried) if quiet and not any(d.panic for d in calm.values()) else None
+    if rp is not None:
+        actions.append(rp)
+        state = replace(state, last_replan=now, replan_traffic=dict(rp.traffic))
+    return actions, state
+
+
+def _grow(plan: Plan, demands: dict[str, Demand], settings: ScalingSettings,
+          starting: dict[str, float]) -> tuple[list[Action], Plan, set[str]]:
+    """Scale up the models short of capacity (the shortest first), then relieve the late ones;
+    the actions, the plan they lead to, and the models grown."""
     work = plan
+    actions: list[Action] = []
     grown: set[str] = set()
     short = sorted((d for d in demands.values() if d.deficit > EPS),
                    key=lambda d: (-d.deficit / max(d.capacity, EPS), d.model))
@@ -92,7 +122,12 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
             if acts:
                 grown.add(d.model)
                 actions += acts
-    # Keep the optional warm standby topped up, in the cheapest pool.
+    return actions, work, grown
+
+
+def _top_up_standby(plan: Plan, work: Plan, settings: ScalingSettings,
+                    starting: dict[str, float]) -> tuple[list[Action], Plan]:
+    """Keep the optional warm standby topped up, in the cheapest pool."""
     pools = sorted(plan.fleet.pools, key=lambda p: (p.cost_per_gpu_hour, p.name))
     want_spare = settings.standby_gpus
     if want_spare > 0 and len(standby_gpus(work)) < want_spare:
@@ -103,11 +138,14 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
                         reason=f"{len(standby_gpus(work))} of {want_spare} warm-standby GPU(s) left; an empty "
                                f"{pools[0].gpu} ({price:.2f}/h) lets the next new slot serve after its weights load "
                                f"instead of a {_lead_new_gpu(settings, 0.0, True):.0f} s node start")
-            work = apply(work, [a])
-            actions.append(a)
-    calm = {k: (replace(d, may_shrink=False) if k in grown else d) for k, d in demands.items()}
-    downs: list[Action] = []
-    tried = False
+            return [a], apply(work, [a])
+    return [], work
+
+
+def _shrink(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float,
+            settings: ScalingSettings) -> tuple[list[Action], Plan, ScalingState, bool]:
+    """Scale down where capacity exceeds the calm demand, at most every ``scale_down_every_s``;
+    the actions, the plan, the state (the try's time) and whether it was tried."""
     last_try = state.last_down_try
     excess = any(d.may_shrink and d.capacity > d.want_down * (1 + EPS) for d in calm.values())
     # With right-sizing re-plans on, they own scale-down: a consolidation sizes for the highest
@@ -117,36 +155,26 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     local_down = settings.targets.replan_every_s <= 0
     if local_down and excess and (last_try is None or now - last_try >= settings.scale_down_every_s):
         downs, work = scale_down(work, calm, settings)
-        state = replace(state, last_down_try=now)
-        tried = True
-    actions += downs
-    if not notices and not grown and not downs and not any(d.panic for d in calm.values()):
-        back, work = back_to_spot(work, settings, starting)  # replacements bought on-demand return to spot
-        actions += back
-    models = dict(state.models)
-    for name in grown:
-        models[name] = replace(models[name], last_up=now)
-    for a in downs:
-        for name in _shrunk_models(a):
-            models[name] = replace(models[name], last_down=now)
-    state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
+        return downs, work, replace(state, last_down_try=now), True
+    return [], work, state, False
+
+
+def _replan(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float, settings: ScalingSettings,
+            tried: bool) -> Replan | None:
+    """A re-plan to ask for on a quiet decision: a periodic right-sizing one, else one against
+    fragmentation or round-robin waste, each after its own interval."""
     last = state.last_replan
     t = settings.targets
     rp: Replan | None = None
-    quiet = not downs and not any(a.kind != "resize" for a in actions)  # a re-plan would undo this decision's moves
-    if quiet and not any(d.panic for d in calm.values()):
-        history = state.since is not None and now - state.since >= settings.windows.scale_down_s
-        if t.replan_every_s > 0 and history and (last is None or now - last >= t.replan_every_s):
-            rp = right_size(work, calm, state.replan_traffic, settings)
-        if rp is None and (last is None or now - last >= t.replan_cooldown_s):
-            frag = fragmentation(work, calm) if tried and all(d.may_shrink for d in calm.values()) else 0.0
-            waste = round_robin_waste(work)
-            if frag > t.fragmentation_replan or waste[0] > t.waste_replan:
-                rp = replan_request(work, calm, frag, settings, waste)
-    if rp is not None:
-        actions.append(rp)
-        state = replace(state, last_replan=now, replan_traffic=dict(rp.traffic))
-    return actions, state
+    history = state.since is not None and now - state.since >= settings.windows.scale_down_s
+    if t.replan_every_s > 0 and history and (last is None or now - last >= t.replan_every_s):
+        rp = right_size(work, calm, state.replan_traffic, settings)
+    if rp is None and (last is None or now - last >= t.replan_cooldown_s):
+        frag = fragmentation(work, calm) if tried and all(d.may_shrink for d in calm.values()) else 0.0
+        waste = round_robin_waste(work)
+        if frag > t.fragmentation_replan or waste[0] > t.waste_replan:
+            rp = replan_request(work, calm, frag, settings, waste)
+    return rp
 
 
 def _shrunk_models(a: Action) -> list[str]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from k8s.cycle import Observed, status_update
+from dataclasses import replace
+
+from k8s.cycle import (FleetRead, Observed, PlanChoice, PlanFleet, ScalePlan, plan_source, policy_state, scaled_choice,
+                       status_update)
+from k8s.scaling import Scaled
 from k8s.settings import ReconcileSettings
 
 S = ReconcileSettings()
@@ -27,3 +31,36 @@ def test_a_foreign_status_name_is_a_conflict_and_nothing_is_written() -> None:
     up = record(Observed(None, [], [], {"metadata": {"name": S.status_configmap}}, {}, None, status_foreign=True))
     assert not up.write and [c.kind for c in up.conflicts] == ["ConfigMap"]
     assert [e[3] for e in up.events] == ["NameConflict"]
+
+
+def test_where_the_plan_comes_from(base_plan) -> None:  # type: ignore[no-untyped-def]
+    """No fleet or a refused one keeps the stored plan with the error; a fleet whose hash is not the
+    stored one is planned; otherwise the scaling policy may move the plan, if one is plugged in."""
+    fleet = FleetRead(base_plan.fleet, "h1")
+    stored = Observed("text", [], [], None, {"fleet_hash": "h1"}, base_plan)
+    none = plan_source(Observed(None, [], [], None, {}, base_plan), None, {"k": 1}, scaling=True, s=S)
+    assert isinstance(none, PlanChoice) and none.plan is base_plan and none.errors[0].startswith("no fleet")
+    bad = plan_source(stored, FleetRead(None, error="fleet ConfigMap: bad"), {}, scaling=True, s=S)
+    assert isinstance(bad, PlanChoice) and bad.plan is base_plan and bad.errors == ["fleet ConfigMap: bad"]
+    edited = plan_source(stored, FleetRead(base_plan.fleet, "h2"), {"k": 1}, scaling=True, s=S)
+    assert isinstance(edited, PlanFleet) and edited.why == "fleet changed" and edited.current is base_plan
+    first = plan_source(Observed("text", [], [], None, {}, None), fleet, {}, scaling=True, s=S)
+    assert isinstance(first, PlanFleet) and first.why == "no plan yet" and first.current is None
+    assert plan_source(stored, fleet, {"k": 1}, scaling=False, s=S) == PlanChoice(base_plan, "", {"k": 1})
+    assert plan_source(stored, fleet, {"k": 1}, scaling=True, s=S) == ScalePlan(base_plan, {"k": 1})
+
+
+def test_the_memory_copy_of_the_policy_state_wins_over_the_checkpoint() -> None:
+    obs = Observed(None, [], [], None, {"policy_state": {"from": "status"}}, None)
+    assert policy_state({"from": "memory"}, obs) == {"from": "memory"}
+    assert policy_state(None, obs) == {"from": "status"}
+
+
+def test_a_scaling_step_moves_the_plan_only_to_a_new_plan_id(base_plan) -> None:  # type: ignore[no-untyped-def]
+    other = replace(base_plan, placements=base_plan.placements[:1])
+    assert other.id != base_plan.id
+    assert scaled_choice(base_plan, {"k": 1}, None) == PlanChoice(base_plan, "", {"k": 1})
+    assert scaled_choice(base_plan, {}, Scaled(None, {"k": 2}, [])) == PlanChoice(base_plan, "", {"k": 2})
+    assert scaled_choice(base_plan, {}, Scaled(base_plan, {"k": 2}, ["x"])) == PlanChoice(base_plan, "", {"k": 2})
+    moved = scaled_choice(base_plan, {}, Scaled(other, {"k": 3}, ["asr hot", "split"]))
+    assert moved == PlanChoice(other, "scaling: asr hot; split", {"k": 3})

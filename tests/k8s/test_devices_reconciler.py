@@ -12,10 +12,10 @@ import pytest
 
 from k8s import names as N
 from k8s.render import render_plan
-from k8s.settings import RenderSettings
+from k8s.settings import ManifestSettings
 
 NS = "packer"
-DRA = RenderSettings(devices="dra")
+DRA = ManifestSettings(devices="dra")
 CLAIMS = "resource.k8s.io/v1/resourceclaims"
 
 

@@ -23,7 +23,7 @@ from strict_schemas import validate
 from k8s import names as N
 from k8s.devices import FORMS, gib_to_mib
 from k8s.render import node_labels, render_plan
-from k8s.settings import RenderSettings
+from k8s.settings import ManifestSettings
 from packer.catalog import gpu_type
 from packer.plan import Plan, load_plan
 
@@ -39,7 +39,7 @@ def plan_of(fleet: str) -> Plan:
 
 @cache
 def rendered(fleet: str, form: str) -> tuple[dict, ...]:
-    return tuple(render_plan(plan_of(fleet), RenderSettings(devices=form)))
+    return tuple(render_plan(plan_of(fleet), ManifestSettings(devices=form)))
 
 
 def of(objs, kind: str) -> dict[str, dict]:
@@ -74,7 +74,7 @@ def device_view(fleet: str, form: str) -> dict:
     gpu_operator = {name: {k: yaml.safe_load(v) for k, v in cm["data"].items()}
                     for name, cm in of(objs, "ConfigMap").items() if cm["metadata"]["namespace"] == "gpu-operator"}
     return {"plan": plan_of(fleet).id, "devices": form, "gpu-operator": gpu_operator,
-            "node-labels": node_labels(plan_of(fleet), RenderSettings(devices=form)), "servers": servers,
+            "node-labels": node_labels(plan_of(fleet), ManifestSettings(devices=form)), "servers": servers,
             "resource-claims": {n: c["spec"] for n, c in of(objs, "ResourceClaim").items()}}
 
 
@@ -101,7 +101,7 @@ def test_every_object_validates_strictly_on_1_34_and_1_36(fleet, form) -> None:
         assert o["metadata"]["labels"][N.MANAGED_BY] == "packer" and o["metadata"]["labels"][N.PLAN_LABEL] == plan.id
     kinds = {o["kind"] for o in objs}
     assert ("ResourceClaim" in kinds) == (form == "dra")
-    assert (N.DEVICE_PLUGIN_CONFIG_LABEL in json.dumps(node_labels(plan, RenderSettings(devices=form)))) == (
+    assert (N.DEVICE_PLUGIN_CONFIG_LABEL in json.dumps(node_labels(plan, ManifestSettings(devices=form)))) == (
         form in ("device-plugin", "kai"))
 
 
@@ -230,7 +230,7 @@ def test_render_k8s_devices_as_a_user_reads_it(form, tmp_path, capsys) -> None:
     if form == "dra":
         assert "rolling update stops the old pod first" in text
     labels = yaml.safe_load((out / "labels" / "node-labels.yaml").read_text())
-    assert labels == node_labels(plan_of("multilingual-meetings"), RenderSettings(devices=form, kai_queue="team-a"))
+    assert labels == node_labels(plan_of("multilingual-meetings"), ManifestSettings(devices=form, kai_queue="team-a"))
 
 
 @pytest.mark.parametrize("bad, says", [("gpu", "not one of device-plugin, dra, hami, kai"),
@@ -252,9 +252,9 @@ def test_a_full_gpu_mig_slot_is_a_whole_gpu_under_kai_and_hami(plans) -> None:
     """A 7g.80gb slot holds all of an A100's memory slices: KAI gets a whole GPU, not a
     gpu-fraction of 1; HAMi gets all the cores (7 of 7 slices) and the instance's memory."""
     plan = plans.build([("a100", "a100-n0", 0, "7g.80gb", 0, [("summ", 0)])])
-    (kai,) = of(render_plan(plan, RenderSettings(devices="kai")), "Deployment").values()
+    (kai,) = of(render_plan(plan, ManifestSettings(devices="kai")), "Deployment").values()
     assert kai["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "gpu-fraction" not in kai["spec"]["template"]["metadata"]["annotations"]
-    (hami,) = of(render_plan(plan, RenderSettings(devices="hami")), "Deployment").values()
+    (hami,) = of(render_plan(plan, ManifestSettings(devices="hami")), "Deployment").values()
     lim = hami["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert lim["nvidia.com/gpucores"] == "100" and int(lim["nvidia.com/gpumem"]) <= 80 * 1024

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from k8s import names as N
-from k8s.diff import Action, bind_nodes, contains, gate, merge_patch, node_actions, ready
+from k8s.diff import Change, bind_nodes, contains, gate, merge_patch, node_changes, ready
 from k8s.lease import LeaseView, decide
 from k8s.reconciler import check_nodes
 
@@ -67,10 +67,10 @@ def test_binding_keeps_existing_and_fills_in_name_order() -> None:
     assert b == {"a100-n1": "b", "a100-n0": "a", "l4-n0": "l"}  # l4-n1: no node yet
 
 
-def test_node_actions_touch_only_pool_nodes_and_packer_labels() -> None:
+def test_node_changes_touch_only_pool_nodes_and_packer_labels() -> None:
     nodes = [node("a", "a100", **{N.NODE_LABEL: "a100-n0", N.MIG_CONFIG_LABEL: "old", "zone": "z"}),
              node("spare", "a100", **{N.NODE_LABEL: "a100-n9"}), node("cpu", None)]
-    acts = node_actions({"a100-n0": {N.NODE_LABEL: "a100-n0", N.MIG_CONFIG_LABEL: "new"}},
+    acts = node_changes({"a100-n0": {N.NODE_LABEL: "a100-n0", N.MIG_CONFIG_LABEL: "new"}},
                         {"a100-n0": "a"}, nodes, "packer.dev/pool")
     by = {a.name: a for a in acts}
     assert set(by) == {"a", "spare"}
@@ -80,7 +80,7 @@ def test_node_actions_touch_only_pool_nodes_and_packer_labels() -> None:
     assert by["spare"].body == {"metadata": {"labels": {N.NODE_LABEL: None}}} and not by["spare"].disruptive
 
 
-def test_node_actions_leave_labels_packer_did_not_set() -> None:
+def test_node_changes_leave_labels_packer_did_not_set() -> None:
     """An administrator's device-plugin and MIG configs on a spare node, on a node of a pool not in
     the fleet, or under a value the plan wants changed, stay; a clash is reported, not fixed."""
     admin = {N.DEVICE_PLUGIN_CONFIG_LABEL: "admin", N.MIG_CONFIG_LABEL: "all-1g.10gb"}
@@ -93,7 +93,7 @@ def test_node_actions_leave_labels_packer_did_not_set() -> None:
     want = {"a100-n0": {N.NODE_LABEL: "a100-n0", N.DEVICE_PLUGIN_CONFIG_LABEL: "a100", N.MIG_CONFIG_LABEL: "packer-x"}}
     assert bind_nodes({"a100-n0": "a100"}, nodes, "packer.dev/pool") == {"a100-n0": "bound"}
     conflicts: list = []
-    acts = {a.name: a for a in node_actions(want, {"a100-n0": "bound"}, nodes, "packer.dev/pool", conflicts)}
+    acts = {a.name: a for a in node_changes(want, {"a100-n0": "bound"}, nodes, "packer.dev/pool", conflicts)}
     assert set(acts) == {"bound", "mine"}  # nothing for "spare" and "other-pool"
     assert acts["bound"].body["metadata"] == {
         "labels": {N.NODE_LABEL: "a100-n0", N.DEVICE_PLUGIN_CONFIG_LABEL: "a100"},
@@ -131,7 +131,7 @@ def test_gate_holds_back_a_delete_until_the_replacement_is_ready() -> None:
                                                      "spec": {}}},
                 "status": {"readyReplicas": int(ready_), "updatedReplicas": int(ready_)}}
     old, new = dep("old", "asr", True), dep("new", "asr", False)
-    delete = Action("delete", "Deployment", "ns", "old", "no longer in the plan", disruptive=True)
+    delete = Change("delete", "Deployment", "ns", "old", "no longer in the plan", disruptive=True)
     g = gate([delete], [new], [old, new], {}, [], 4)
     assert g.now == [] and "new" in g.waiting[0][1]
     new["status"] = {"readyReplicas": 1, "updatedReplicas": 1}

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from k8s.diff import Action, Conflict
+from k8s.diff import Change, Conflict
 from k8s.reconciler import CycleReport
 from k8s.server import _page, health
 from k8s.settings import ReconcileSettings
@@ -18,7 +18,7 @@ T0 = 1_796_212_800.0  # 2026-12-02 12:00:00 UTC
 @pytest.fixture()
 def rec(plans):
     plan = plans.build(plans.base_slots)
-    done = [Action("create", "Deployment", "packer", "pk-l4-n0-g0-whole", "planned: punct b=8")]
+    done = [Change("create", "Deployment", "packer", "pk-l4-n0-g0-whole", "planned: punct b=8")]
     rep = CycleReport(leader=True, plan=plan, replanned="fleet changed", done=done, writes=7, seconds=0.42)
     now = [T0 + 12]
     return SimpleNamespace(identity="packer-reconciler-0", last=rep, cycles=41, last_cycle_end=T0,

@@ -17,7 +17,7 @@ from packer.slot import SlotType, latency_scale
 from packer.slot import servable
 from serving.config import from_text, model_config, timing, to_text
 from serving.repository import read_repository, repositories, write
-from serving.settings import RenderSettings
+from serving.settings import TritonSettings
 from triton_helpers import GOLDEN, meetings_plan, planned
 
 GOLDEN_FLEET = GOLDEN / "multilingual-meetings"
@@ -30,7 +30,7 @@ def plan():
 
 @pytest.fixture(scope="module")
 def repos(plan):
-    return repositories(plan, RenderSettings())
+    return repositories(plan, TritonSettings())
 
 
 def configs(repos) -> dict[str, mc.ModelConfig]:
@@ -73,7 +73,7 @@ def test_dynamic_batchers_have_no_queue_policy_so_they_prefetch(plan, repos):
 
 
 def test_dynamic_queue_rejects_what_can_no_longer_meet_the_slo_when_asked(plan, tmp_path):
-    cfg = configs(repositories(plan, replace(RenderSettings(), shed=True)))["punct-es"]
+    cfg = configs(repositories(plan, replace(TritonSettings(), shed=True)))["punct-es"]
     p = plan.placements[0]
     model = plan.fleet.model("punct-es")
     member = next(m for m in p.models if m.name == "punct-es")
@@ -113,22 +113,22 @@ def test_instances_are_explicit_gpu_groups_rate_limited_when_the_slot_is_shared(
             assert list(g.gpus) == [0]  # the slot as its server sees it
             assert g.count == 1
             assert [(x.name, x.count) for x in g.rate_limiter.resources] == [("slot", 1)]
-    node = repositories(plan, RenderSettings(gpu_index="node"))
+    node = repositories(plan, TritonSettings(gpu_index="node"))
     assert [list(m.config.instance_group[0].gpus) for r in node for m in r.models] == [[0], [0], [1], [1], [1]]
 
 
 def test_a_lone_model_needs_no_rate_limiter(plan):
     p = plan.placements[0]
     alone = replace(p, models=tuple(m for m in p.models if m.name == "punct-es"))
-    cfg = model_config(plan.fleet, alone, "punct-es", RenderSettings(), shared=False)
+    cfg = model_config(plan.fleet, alone, "punct-es", TritonSettings(), shared=False)
     assert not cfg.instance_group[0].HasField("rate_limiter")
 
 
 def test_cpu_device_changes_only_the_instance_kind_and_locks_the_slot(plan):
     """On CPU only the instance kind changes, plus the stand-ins' ``device_lock``: one lock file
     per slot, so a slot's members take turns as on one GPU (serving/standin/model.py)."""
-    settings = RenderSettings(device="cpu")
-    gpu = configs(repositories(plan, RenderSettings()))
+    settings = TritonSettings(device="cpu")
+    gpu = configs(repositories(plan, TritonSettings()))
     cpu = configs(repositories(plan, settings))
     locks: dict[str, set[str]] = {}
     for name, c in cpu.items():
@@ -150,8 +150,8 @@ def test_cpu_device_changes_only_the_instance_kind_and_locks_the_slot(plan):
 
 
 def test_time_scale_compresses_stand_in_run_and_queue_times_alike(plan):
-    slow = configs(repositories(plan, RenderSettings()))["punct-es"]
-    fast = configs(repositories(plan, RenderSettings(time_scale=0.1)))["punct-es"]
+    slow = configs(repositories(plan, TritonSettings()))["punct-es"]
+    fast = configs(repositories(plan, TritonSettings(time_scale=0.1)))["punct-es"]
     assert fast.parameters["time_scale"].string_value == "0.1"
     assert fast.dynamic_batching.max_queue_delay_microseconds == pytest.approx(
         slow.dynamic_batching.max_queue_delay_microseconds * 0.1, abs=1)
@@ -164,7 +164,7 @@ def test_stand_in_sleeps_the_profile_scaled_to_its_slot(plan, repos):
     cfg = configs(repos)["diarize-es"]
     assert float(cfg.parameters["base_ms"].string_value) == pytest.approx(800 * 7 / 3, rel=1e-5)
     assert float(cfg.parameters["per_item_ms"].string_value) == pytest.approx(150 * 7 / 3, rel=1e-5)
-    t = timing(plan.fleet, plan.placements[1], "diarize-es", RenderSettings())
+    t = timing(plan.fleet, plan.placements[1], "diarize-es", TritonSettings())
     assert t.run_ms == pytest.approx((800 + 150 * t.batch) * 7 / 3)
 
 
@@ -183,7 +183,7 @@ def test_artifact_is_referenced_never_invented(plan, tmp_path):
                    replace(m, artifact=Artifact("s3://bucket/asr/model.plan", "tensorrt", "tensorrt_plan"))
                    if m.name == "asr-es" else m for m in plan.fleet.models)
     p2 = replace(plan, fleet=replace(plan.fleet, models=models))
-    rs = repositories(p2, RenderSettings(), groups=1)
+    rs = repositories(p2, TritonSettings(), groups=1)
     by = {m.name: m for m in rs[0].models}
     punct, asr = by["punct-es"], by["asr-es"]
     assert punct.config.backend == "onnxruntime" and not punct.files
@@ -198,7 +198,7 @@ def test_artifact_is_referenced_never_invented(plan, tmp_path):
 
 def test_bad_settings_say_what_to_use():
     with pytest.raises(UserError, match="gpu"):
-        RenderSettings(device="tpu")
+        TritonSettings(device="tpu")
 
 
 def _tree(root: Path) -> dict[str, str]:
@@ -230,7 +230,7 @@ def test_golden_configs_and_round_trip(repos, tmp_path):
 @pytest.mark.parametrize("name", ["llm-platform", "long-tail", "multilingual-meetings"])
 def test_planner_output_round_trips(name):
     plan = planned(name)
-    for r in repositories(plan, RenderSettings()):
+    for r in repositories(plan, TritonSettings()):
         assert len({plan.fleet.model(n).kind for n in r.names}) == 1
         for m in r.models:
             assert from_text(to_text(m.config)) == m.config

@@ -28,12 +28,12 @@ from packer.handplan import placement, plan_of
 from serving.local import LocalTriton
 from serving.metrics import scrape, signals
 from serving.repository import group_repositories, repositories, write_repository
-from serving.settings import RenderSettings
+from serving.settings import TritonSettings
 from triton_helpers import FAST, fleet, meetings_plan, one, planned
 
 pytestmark = pytest.mark.slow
-LIVE = RenderSettings(device="cpu", sequence_idle_s=1.0)  # real-time stand-ins, short idle for drains
-BATCH = RenderSettings(device="cpu", time_scale=FAST)
+LIVE = TritonSettings(device="cpu", sequence_idle_s=1.0)  # real-time stand-ins, short idle for drains
+BATCH = TritonSettings(device="cpu", time_scale=FAST)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def batch_counts(url: str, model: str) -> dict[int, int]:
 @pytest.mark.parametrize("name", ["llm-platform", "long-tail", "multilingual-meetings"])
 def test_first_groups_of_each_example_fleet_load_ready(name, tmp_path):
     plan = planned(name)
-    repos = repositories(plan, RenderSettings(device="cpu", time_scale=FAST), groups=2)
+    repos = repositories(plan, TritonSettings(device="cpu", time_scale=FAST), groups=2)
     assert repos
     for r in repos:
         with LocalTriton(write_repository(r, tmp_path / r.slot / r.kind)) as s:
@@ -133,14 +133,14 @@ def test_batch_model_batches_concurrent_requests_and_metrics_show_it(batch):
 
 
 def test_a_burst_beyond_what_can_meet_the_slo_is_rejected_at_once_when_shedding(tmp_path):
-    """With ``RenderSettings.shed``: ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) provisioned for
+    """With ``TritonSettings.shed``: ft-0002 (10.25 ms + 2.69 ms/item, SLO 100 ms) provisioned for
     batches of 2 (15.6 ms) has 84.4 ms to queue, in which it can finish at most 27 requests; of a
     burst of 150, the rest are turned away at once instead of queueing to fail late."""
     f = fleet("long-tail")
     p = placement(f, "l4", [("ft-0002", 1.0)])
-    (repo,) = group_repositories(plan_of(f, [p]), p, RenderSettings(device="cpu", shed=True))
+    (repo,) = group_repositories(plan_of(f, [p]), p, TritonSettings(device="cpu", shed=True))
     bound = repo.models[0].config.dynamic_batching.default_queue_policy.max_queue_size
-    t = timing(f, p, "ft-0002", RenderSettings(device="cpu", shed=True))
+    t = timing(f, p, "ft-0002", TritonSettings(device="cpu", shed=True))
     assert t.batch == 2 and bound == servable(t.budget_ms, t.base_ms, t.per_item_ms, 32) == 27
     burst = 150
 
@@ -195,12 +195,12 @@ def test_control_moves_the_server_without_cutting_an_open_sequence(plan, tmp_pat
         assert seen_new_before_end, "new models load before old ones drain"
         assert report.cut == [] and "asr-es" in report.drained
         assert done["at"] >= ended + LIVE.sequence_idle_s, "unloaded before the stream had been quiet for its idle time"
-        verbs = {a.model: a.verb for a in report.actions}
+        verbs = {a.model: a.verb for a in report.steps}
         assert verbs == {"asr-de": "load", "punct-es": "reload", "asr-es": "unload"}
         assert c.is_model_ready("asr-de") and c.is_model_ready("punct-es") and not c.is_model_ready("asr-es")
         want = {m.name: digest(m) for m in new.models}
         assert ctl.loaded(also=("asr-de",)) == want
-        assert [a.verb for a in ctl.apply(new).actions] == ["keep", "keep"]  # idempotent
+        assert [a.verb for a in ctl.apply(new).steps] == ["keep", "keep"]  # idempotent
 
 
 def test_cli_renders_and_serves_a_plan(plan, tmp_path, capsys):
@@ -234,7 +234,7 @@ def test_models_sharing_a_slot_take_turns_on_it(tmp_path):
     turns, as two processes on one GPU would; a stand-in that only slept would run them at once."""
     f = fleet("long-tail")
     p = placement(f, "l4", [("ft-0002", 1.0), ("ft-0003", 1.0)])
-    settings = RenderSettings(device="cpu", time_scale=10.0, lock_dir=str(tmp_path))
+    settings = TritonSettings(device="cpu", time_scale=10.0, lock_dir=str(tmp_path))
     (repo,) = group_repositories(plan_of(f, [p]), p, settings)
     # one request each: a batch of 1, on the stand-ins' compressed clock
     run = {m.name: (timing(f, p, m.name, settings).base_ms + timing(f, p, m.name, settings).per_item_ms)
@@ -277,7 +277,7 @@ def test_a_slots_streaming_and_batch_repositories_share_one_server_and_its_turns
     p = placement(f, "l4", [("live", 1.0), ("bulk", 0.1)], node="l4-n0", gpu=0)
     plan = plan_of(f, [p])
     # A separate lock directory per server would let them overlap: this is the rate limiter alone.
-    settings = RenderSettings(device="cpu")
+    settings = TritonSettings(device="cpu")
     repos = group_repositories(plan, p, settings)
     assert [r.kind for r in repos] == ["streaming", "batch"]
     for r in repos:

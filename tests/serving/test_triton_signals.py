@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.control import Action, decide
+from serving.control import ControlStep, decide
 from serving.metrics import ModelCounters, Scrape, parse, signals
 
 # Shape of Triton 2.45's /metrics (captured from the local server), two versions of asr-es.
@@ -76,7 +76,7 @@ def test_decide_loads_before_it_unloads_and_drains_only_sequence_models():
     assert [(a.verb, a.model, a.drain) for a in acts] == [
         ("keep", "punct-es", False), ("load", "new", False), ("reload", "asr-es", True),
         ("reload", "asr-de", False), ("unload", "old", True)]
-    assert all(isinstance(a, Action) and a.reason for a in acts)
+    assert all(isinstance(a, ControlStep) and a.reason for a in acts)
 
 
 def test_decide_reloads_a_model_it_did_not_load_itself():

@@ -26,7 +26,7 @@ from packer.slot import SlotType, feasible, item, largest
 from packer.handplan import placement, plan_of
 from serving.local import LocalTriton
 from serving.repository import group_repositories, write_repository
-from serving.settings import RenderSettings
+from serving.settings import TritonSettings
 
 pytestmark = pytest.mark.slow
 U = 0.85
@@ -83,7 +83,7 @@ def _arrivals(rates: dict[str, float], streams: int, seconds: float, seed: int) 
 def test_a_packed_trio_keeps_its_bounds_at_60_percent(tmp_path):
     sub, plan, p, rates, streams = _slot()
     bound = {m.name: m.p99_bound_ms for m in p.models}
-    settings = RenderSettings(device="cpu", lock_dir=str(tmp_path))
+    settings = TritonSettings(device="cpu", lock_dir=str(tmp_path))
     repos = group_repositories(plan, p, settings)
     assert {r.kind for r in repos} == {"streaming", "batch"}
     level = {n: 0.6 * r for n, r in rates.items()}

@@ -12,7 +12,7 @@ import pytest
 import sims.server as server
 from packer.fleetfile import parse_fleet
 from sims.engine import simulate
-from packer.handplan import Group, hand_plan
+from packer.handplan import HandGroup, hand_plan
 from sims.scenario import Scenario, Server
 
 
@@ -30,7 +30,7 @@ def _overloaded_trio():
              "latency_ms": {"gpu": "l4-24gb", "base": 20.0, "per_item": 2.0}, "max_batch": 16},
         ],
     })
-    return hand_plan(f, [Group("l4", "whole", ("s", "t", "b"), batch={"s": 8, "t": 4, "b": 6}, duty_ms=30.0)])
+    return hand_plan(f, [HandGroup("l4", "whole", ("s", "t", "b"), batch={"s": 8, "t": 4, "b": 6}, duty_ms=30.0)])
 
 
 # 1.8x the trio's traffic: since the batchers cut at the 30 ms cycle with no preferred sizes

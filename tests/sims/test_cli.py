@@ -11,8 +11,9 @@ from packer_cli.main import main
 from packer.fleetfile import parse_fleet
 from packer.plan import save_plan
 from packer.slot import SlotType
-from packer.handplan import Group, hand_plan
-from sims.policies import ClusterView, get_policy, policy_names, register_policy
+from packer.handplan import HandGroup, hand_plan
+from sims.policies import ClusterView
+from sims.registry import get_policy, policy_names, register_policy
 from sims.server import batcher_config
 
 FLEET = {
@@ -34,7 +35,7 @@ FLEET = {
 def plan_file(tmp_path: Path) -> Path:
     f = parse_fleet(FLEET)
     p = tmp_path / "plan.json"
-    save_plan(hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))]), p)
+    save_plan(hand_plan(f, [HandGroup("l4", "whole", ("asr", "punct")), HandGroup("l4", "whole", ("summ",))]), p)
     return p
 
 
@@ -96,15 +97,15 @@ def test_batcher_matches_the_triton_writer() -> None:
     """The simulator batches with the numbers serving/config.py writes into Triton's config, with
     the rejecting queue (``shed``) and without it (the default: no timeout, no bound)."""
     serving = pytest.importorskip("serving.config")
-    from serving.settings import RenderSettings
+    from serving.settings import TritonSettings
 
     f = parse_fleet(FLEET)
-    plan = hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("asr", "punct")), HandGroup("l4", "whole", ("summ",))])
     checked = 0
     for p, shed in ((p, shed) for p in plan.placements for shed in (False, True)):
         st = SlotType(f.pool(p.pool), p.slot)
         for mem in p.models:
-            cfg = serving.model_config(f, p, mem.name, RenderSettings(shed=shed), shared=len(p.models) > 1)
+            cfg = serving.model_config(f, p, mem.name, TritonSettings(shed=shed), shared=len(p.models) > 1)
             c = batcher_config(f.model(mem.name), st, mem.batch_size, p.duty_cycle_ms, timeouts=shed,
                                queue_bound=shed)
             if cfg.HasField("sequence_batching") or not shed:
@@ -129,7 +130,7 @@ def test_batcher_matches_the_triton_writer() -> None:
 
 def test_registry_builds_registered_policies() -> None:
     f = parse_fleet(FLEET)
-    plan = hand_plan(f, [Group("l4", "whole", ("asr", "punct"))])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("asr", "punct"))])
 
     class Nothing:
         interval_s = 30.0

@@ -8,7 +8,7 @@ import pytest
 
 from packer.fleetfile import parse_fleet
 from sims.engine import Simulation, simulate
-from packer.handplan import Group, hand_plan
+from packer.handplan import HandGroup, hand_plan
 from sims.policies import AddSlot, ClusterView, FunctionPolicy, RemoveSlot
 from sims.scenario import Burst, Cluster, ModelTraffic, Scenario, Server, Spike
 
@@ -32,7 +32,7 @@ def small_fleet(*, spot: bool = False, gpus_per_node: int = 1, max_nodes: int = 
 
 def one_slot_plan(**kw: Any):
     f = small_fleet(**kw)
-    return hand_plan(f, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",))])
+    return hand_plan(f, [HandGroup("l4", "whole", ("asr", "punct")), HandGroup("l4", "whole", ("summ",))])
 
 
 def conserved(r: Any) -> None:
@@ -87,8 +87,8 @@ def test_cold_start_delays_honoured(gpus_per_node: int, expect_ready: float) -> 
     plan = one_slot_plan(gpus_per_node=gpus_per_node)
     if gpus_per_node == 2:
         # Both plan slots sit on node 0; give the new slot its own free GPU on node 1.
-        plan = hand_plan(plan.fleet, [Group("l4", "whole", ("asr", "punct")), Group("l4", "whole", ("summ",)),
-                                      Group("l4", "whole", ("summ",))])
+        plan = hand_plan(plan.fleet, [HandGroup("l4", "whole", ("asr", "punct")), HandGroup("l4", "whole", ("summ",)),
+                                      HandGroup("l4", "whole", ("summ",))])
     pol = _add_once(AddSlot("l4", "whole", ("asr",), reason="test"), 15.0)
     sim = Simulation(plan, Scenario(process="peak"), seed=1, policy=pol)
     if gpus_per_node == 2:
@@ -167,9 +167,9 @@ def test_hpa_scale_down_removes_a_starting_slot_before_a_serving_one() -> None:
 
 def test_policy_may_remove_and_the_queue_drains() -> None:
     """Removing a slot stops routing to it; what it had queued is still served, not lost."""
-    plan = hand_plan(small_fleet(max_nodes=4), [Group("l4", "whole", ("asr", "punct")),
-                                                Group("l4", "whole", ("asr", "punct")),
-                                                Group("l4", "whole", ("summ",))])
+    plan = hand_plan(small_fleet(max_nodes=4), [HandGroup("l4", "whole", ("asr", "punct")),
+                                                HandGroup("l4", "whole", ("asr", "punct")),
+                                                HandGroup("l4", "whole", ("summ",))])
     sid = plan.placements[1].id
     pol = _add_once(RemoveSlot(sid, reason="test"), 60.0)  # type: ignore[arg-type]
     r = simulate(plan, Scenario(process="peak"), duration_s=300, seed=1, policy=pol)
@@ -188,7 +188,7 @@ def test_a_lost_multi_gpu_replica_comes_back_on_as_many_gpus() -> None:
                     "traffic": {"rps": 2.0}, "slo_ms": 20000,
                     "latency_ms": {"gpu": "h100-80gb", "base": 500.0, "per_item": 50.0}, "max_batch": 16}],
     })
-    plan = hand_plan(f, [Group("h100", "whole", ("llm",))])
+    plan = hand_plan(f, [HandGroup("h100", "whole", ("llm",))])
     sc = Scenario(process="poisson", cluster=Cluster(spot_preemptions_per_node_hour=3.0))
     sim = Simulation(plan, sc, seed=4, policy="static")
     r = sim.run(3600)

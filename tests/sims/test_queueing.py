@@ -9,7 +9,7 @@ import pytest
 
 from packer.fleetfile import parse_fleet
 from sims.engine import Simulation, simulate
-from packer.handplan import Group, hand_plan
+from packer.handplan import HandGroup, hand_plan
 from sims.scenario import Scenario, Server, Trace, parse_scenario
 
 
@@ -30,7 +30,7 @@ def test_md1_mean_wait(rho: float) -> None:
     """
     S = 10.0
     f = fleet(rho * 1000.0 / S, base=S, per_item=0.0, max_batch=1)
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 1})])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 1})])
     r = simulate(plan, Scenario(process="poisson", server=Server(queue_timeouts=False)), duration_s=4000, seed=7)
     m = r.models[0]
     want = rho * S / (2 * (1 - rho))
@@ -59,7 +59,7 @@ def test_deterministic_batcher_cuts_at_the_duty_cycle(tmp_path: Path, duty: floa
       request arrives: waits 70 ... 0 ms (mean 35), runs 2 + 0.5*8 = 6 ms: mean 41, p99 70 + 6 = 76.
     """
     f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8, kind="batch")
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 4}, duty_ms=duty)])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 4}, duty_ms=duty)])
     sc = Scenario(trace=_every_10ms(tmp_path, 4000))
     sim = Simulation(plan, sc, seed=0)
     sim.stats.keep(0)
@@ -79,7 +79,7 @@ def test_deterministic_batcher_max_queue_delay(tmp_path: Path) -> None:
     """Same arrivals, preferred 8 never reached, delay 25 ms: each batch leaves 25 ms after its oldest
     request with the 3 requests that came by then (waits 25, 15, 5 ms), runs 2 + 0.5*3 = 3.5 ms."""
     f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8)
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 8})])
     sc = Scenario(trace=_every_10ms(tmp_path, 3000), server=Server(queue_delay_ms=25.0, queue_timeouts=True))
     r = simulate(plan, sc, duration_s=31.0, seed=0)
     m = r.models[0]
@@ -98,7 +98,7 @@ def test_co_resident_models_take_turns() -> None:
                     "latency_ms": {"gpu": "l4-24gb", "base": 10.0, "per_item": 0.0}, "max_batch": 10}
                    for n in ("a", "b")],
     })
-    plan = hand_plan(f, [Group("l4", "whole", ("a", "b"), batch={"a": 10, "b": 10}, duty_ms=20.0)])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("a", "b"), batch={"a": 10, "b": 10}, duty_ms=20.0)])
     # Capacity: one 10 ms batch of 10 at a time = 1000 rps for the slot, 500 each; 2000 each arrive.
     r = simulate(plan, Scenario(process="poisson", server=Server(queue_timeouts=False)), duration_s=60, seed=1)
     done = [m["completed"] for m in r.models]
@@ -111,7 +111,7 @@ def test_queue_timeout_rejects_overload() -> None:
     """At twice the slot's capacity with a 200 ms SLO, about half the requests must be rejected
     and every served one met its deadline budget (queue <= slo - run)."""
     f = fleet(200.0, base=10.0, per_item=0.0, max_batch=1, slo=200.0, kind="batch")
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 1})])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 1})])
     r = simulate(plan, Scenario(process="poisson", server=Server(queue_timeouts=True)), duration_s=300, seed=2)
     m = r.models[0]
     assert m["rejected"]["timeout"] / m["arrivals"] == pytest.approx(0.5, abs=0.02)
@@ -124,7 +124,7 @@ def test_measured_run_time_replaces_the_profile_not_the_batcher(tmp_path: Path) 
     """``server.run_ms`` (a profile measured on the real server) changes how long batches run, not
     how they form: the same 3-request batches as above (25 ms delay), now running 3 + 1*3 = 6 ms."""
     f = fleet(100.0, base=2.0, per_item=0.5, max_batch=8)
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 8})])
     trace = _every_10ms(tmp_path, 3000)
     sc = parse_scenario({"trace": {"file": trace.file, "loop": False},
                          "server": {"queue_delay_ms": 25.0, "run_ms": [{"models": "m*", "base": 3.0, "per_item": 1.0}]}})
@@ -148,7 +148,7 @@ def test_missed_wake_waits_for_the_next_arrival(tmp_path: Path, missed: float, w
     through it (``missed_wake: 1``), the next arrival (200 ms) wakes it and both go together; with
     no arrival, Triton's 500 ms default wait does (1.030 s waits until 1.035 + 0.5 s)."""
     f = fleet(10.0, base=10.0, per_item=0.0, max_batch=8)
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 8})])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 8})])
     p = tmp_path / "trace.csv"
     p.write_text("timestamp,model\n" + "".join(f"{t},m\n" for t in (0.0, 0.030, 0.200, 1.0, 1.030, 2.0)))
     sc = Scenario(trace=Trace(str(p), loop=False), server=Server(queue_delay_ms=25.0, missed_wake=missed))
@@ -171,7 +171,7 @@ def test_full_queue_refuses_arrivals(tmp_path: Path, bound: bool) -> None:
     window, 4-5 requests even at 10 rps, each a 10 ms turn of its own, so no rate is plannable at
     50 ms and ``hand_plan`` refuses the fleet; 110 ms admits up to 6.4 rps.)"""
     f = fleet(5.0, base=10.0, per_item=0.0, max_batch=1, slo=110.0)
-    plan = hand_plan(f, [Group("l4", "whole", ("m",), batch={"m": 1})])
+    plan = hand_plan(f, [HandGroup("l4", "whole", ("m",), batch={"m": 1})])
     p = tmp_path / "trace.csv"
     times = [k * 1e-6 for k in range(25)] + [0.025] * 3
     p.write_text("timestamp,model\n" + "".join(f"{t!r},m\n" for t in times))

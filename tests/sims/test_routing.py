@@ -8,7 +8,7 @@ import pytest
 from packer.fleetfile import parse_fleet
 from packer.slot import SlotType, single_capacity
 from sims.engine import simulate, weighted_split
-from packer.handplan import Group, hand_plan
+from packer.handplan import HandGroup, hand_plan
 from sims.scenario import Scenario, Server, parse_scenario
 
 
@@ -38,7 +38,7 @@ def test_weighted_routing_spares_the_small_replica() -> None:
         "models": [{"name": "m", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 100.0}, "slo_ms": 200,
                     "latency_ms": {"gpu": "a100-80gb", "base": 5.0, "per_item": 0.5}, "max_batch": 32}],
     })
-    plan = hand_plan(f, [Group("a100", "whole", ("m",)), Group("a100", "1g.10gb", ("m",))])
+    plan = hand_plan(f, [HandGroup("a100", "whole", ("m",)), HandGroup("a100", "1g.10gb", ("m",))])
     # capacities at the plan's headroom, as the hand plan's slots and the simulator's weights have them
     caps = [single_capacity(f.model("m"), SlotType(f.pool("a100"), p), plan.settings.u) for p in ("whole", "1g.10gb")]
     scale = 0.8 * sum(caps) / 100.0

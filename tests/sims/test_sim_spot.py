@@ -8,8 +8,8 @@ pytest.importorskip("numpy")
 
 from packer.fleetfile import parse_fleet  # noqa: E402
 from sims.engine import Simulation  # noqa: E402
-from packer.handplan import Group, hand_plan  # noqa: E402
-from sims.policies import get_policy  # noqa: E402
+from packer.handplan import HandGroup, hand_plan  # noqa: E402
+from sims.registry import get_policy  # noqa: E402
 from sims.scenario import Cluster, Scenario  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def test_packer_policy_survives_losing_a_multi_gpu_replica(seed: int) -> None:
     """The crash of issue 18: a preempted 2-GPU replica's slot is ``…-g0-x2`` in the plan, and the
     policy's shadow asked to remove ``…-g0-whole`` (ValueError: no replica of llama-70b in
     h100-spot-n0-g0-whole to remove). The policy now drops it and buys it back."""
-    plan = hand_plan(two_gpu_fleet(), [Group("h100", "whole", ("llm",))])
+    plan = hand_plan(two_gpu_fleet(), [HandGroup("h100", "whole", ("llm",))])
     sc = Scenario(process="poisson", cluster=Cluster(spot_preemptions_per_node_hour=3.0, preemption_notice_s=30.0))
     sim = Simulation(plan, sc, seed=seed, policy=get_policy("packer", plan, {}))
     r = sim.run(3600)

@@ -111,3 +111,33 @@ def test_a_pool_too_small_for_the_gpus_needed_raises_the_bound_to_the_plan() -> 
     assert plan.cost_per_hour == pytest.approx(83.80)
     assert plan.lower_bound_cost_per_hour == pytest.approx(plan.cost_per_hour)
     assert "cheapest GPU purchase" in plan.bound_method
+
+
+def test_spot_floors_are_relaxed_not_imposed_on_every_replica() -> None:
+    """A model's on-demand floor keeps its first replicas off spot; the others may go there. The
+    pattern LP once took every replica for the first (``Rep(m, 0, n)``), so it kept all five of
+    this model's replicas on demand (4.00/h) where the plan runs three there and two on spot
+    (3.04/h): a "bound" above a real plan, hidden only because it is capped at the plan's cost.
+    Now each replica may go where any of its model's may, and the floor is a row of the LP (at
+    most two of the five on the spot pool), which meets the plan."""
+    fleet = parse_fleet({
+        "name": "spot-floor",
+        "pools": [
+            {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "cost_per_gpu_hour": 0.8,
+             "sharing": ["time-slicing"], "max_nodes": 8},
+            {"name": "l4-spot", "gpu": "l4-24gb", "gpus_per_node": 1, "cost_per_gpu_hour": 0.32,
+             "sharing": ["time-slicing"], "max_nodes": 8, "spot": True, "preemption_notice_s": 30},
+        ],
+        "models": [{
+            "name": "asr-en", "kind": "streaming", "memory_gb": 2.52,
+            "traffic": {"rps": 3437.5, "peak_rps": 6250.0, "streams": 1000}, "slo_ms": 200,
+            "latency_ms": {"gpu": "a100-80gb", "base": 4.0, "per_item": 0.132}, "max_batch": 128,
+            "min_replicas": 2, "spot_policy": "floor", "on_demand_floor": 0.5, "spot_loss": "pool",
+        }],
+    })
+    plan = plan_fleet(fleet, PlanSettings(seed=0))
+    assert plan.gpus == {"l4": 3, "l4-spot": 2} and plan.cost_per_hour == pytest.approx(3.04)
+    res = pattern_bound(Problem(fleet, PlanSettings()), 3.0)  # no upper: nothing caps it
+    assert res is not None and res.value <= plan.cost_per_hour + 1e-6
+    assert plan.lower_bound_cost_per_hour == pytest.approx(plan.cost_per_hour)
+    assert res.value == pytest.approx(3.04)

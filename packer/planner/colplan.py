@@ -61,7 +61,10 @@ def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, 
     types = {st.key: st for st in problem.all_types()}
     next_index: dict[str, int] = defaultdict(int)
     slots: list[Slot] = []
-    for (key, reps), n in zip(pat.columns, copies):
+    # Spot slots last: replicas take indices in the order dealt, and a model's first replicas are
+    # its on-demand floor (model.allowed), which the columns, a relaxation, do not keep apart.
+    dealt = sorted(zip(pat.columns, copies), key=lambda cn: types[cn[0][0]].pool.spot)
+    for (key, reps), n in dealt:
         for _ in range(n):
             slot = Slot(types[key])
             for k in reps:

@@ -48,7 +48,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
-from packer.planner.model import Problem, Rep, multi_replicas
+from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas
 from packer.slot import SlotType, feasible
 
 GRID = 1.01
@@ -114,6 +114,9 @@ class TypeItems:
     mem: np.ndarray | None = None
     model: np.ndarray | None = None
     streaming: np.ndarray | None = None
+    floor_row: np.ndarray | None = None
+    """Per item, the index in the duals of its spot-floor row on this slot type's pool
+    (``Patterns.floor_rows``), or -1."""
 
 
 @dataclass
@@ -142,6 +145,10 @@ class Patterns:
         self.model_index: dict[str, int] = {}
         """Position of each model in ``models``: ``TypeItems.model`` holds these."""
         self.model_reps: dict[str, list[int]] = defaultdict(list)
+        self.floor_rows: list[tuple[int, str, int]] = []
+        """Spot floors, as rows of the LP: (replica class, spot pool, most of its replicas there).
+        Their duals follow the covering rows' in the duals vector (``len(reps) + row``)."""
+        self._floor_index: dict[tuple[int, str], int] = {}
         types = problem.all_types()
         per_type: dict[str, list[tuple]] = defaultdict(list)
         for m in problem.shared_models:
@@ -154,12 +161,14 @@ class Patterns:
                 k = len(self.reps)
                 self.reps.append((m.name, n))
                 self.model_reps[m.name].append(k)
-                rep = Rep(m, 0, n)
+                # The last replica: on a spot pool it is the first allowed there (model.allowed), so
+                # the LP lets every replica go where any may, a relaxation of the spot floors.
+                rep = Rep(m, n - 1, n)
                 for st in types:
                     if problem.fits_alone(rep, st):
                         it = problem.item(rep, st)
                         per_type[st.key].append((k, it.A, it.B, it.hi, m.memory_gb, len(self.models) - 1,
-                                                 m.kind == "streaming"))
+                                                 m.kind == "streaming", self._floor_row(k, m, n, st.pool)))
         self.types: dict[str, TypeItems] = {}
         for st in types:
             rows = per_type.get(st.key)
@@ -170,6 +179,7 @@ class Patterns:
             ti.A, ti.B, ti.hi, ti.mem = (np.array(c, dtype=float) for c in cols[1:5])
             ti.model = np.array(cols[5], dtype=int)
             ti.streaming = np.array(cols[6], dtype=bool)
+            ti.floor_row = np.array(cols[7], dtype=int)
             self.types[st.key] = ti
         self.layouts = {p.name: [(cnt, p) for _, cnt, _ in _layouts(problem, p.name)] for p in problem.fleet.pools}
 
@@ -192,6 +202,38 @@ class Patterns:
         pool can be worth, the scalings of ``mu`` tried (:meth:`cheapest_purchase` uses them)."""
         self.columns: list[tuple[str, tuple[int, ...]]] = []
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
+
+    def _floor_row(self, k: int, m, n: int, pool) -> int:
+        """The row ``at most n - floor replicas of (m, n) on the spot pool`` (created on first use),
+        as an index into the duals; -1 where no floor applies there."""
+        if not pool.spot:
+            return -1
+        floor = on_demand_replicas(m, n, pool)
+        if floor <= 0 or floor >= n:
+            return -1  # no floor, or none of its replicas may go there (no item on this pool)
+        key = (k, pool.name)
+        if key not in self._floor_index:
+            self._floor_index[key] = len(self.floor_rows)
+            self.floor_rows.append((k, pool.name, n - floor))
+        return self._floor_index[key]
+
+    def values(self, ti: "TypeItems", duals: np.ndarray) -> np.ndarray:
+        """Per item of a slot type, what its place in a group is worth at ``duals``: its covering
+        row's dual less its spot-floor row's (none where ``duals`` holds only the covering rows)."""
+        v = duals[ti.keys]
+        if duals.size > len(self.reps) and ti.floor_row is not None and (ti.floor_row >= 0).any():
+            sigma = duals[len(self.reps) + np.maximum(ti.floor_row, 0)]
+            v = v - np.where(ti.floor_row >= 0, sigma, 0.0)
+        return v
+
+    def fixed_part(self, duals: np.ndarray) -> float:
+        """The Lagrangian's part from the replica counts: ``sum_m min_n (n mu[m, n] - sum over
+        its floor rows of (replicas allowed on the pool) sigma)``."""
+        per = np.array([self.reps[k][1] * duals[k] for k in range(len(self.reps))], dtype=float)
+        if duals.size > len(self.reps):
+            for r, (k, _, most) in enumerate(self.floor_rows):
+                per[k] -= most * duals[len(self.reps) + r]
+        return float(sum(min(per[k] for k in self.model_reps[name]) for name in self.models))
 
     def cell_work(self) -> int:
         """Distinct ``hi`` values times items, summed over slot types: the size of the pricing's
@@ -284,7 +326,7 @@ class Patterns:
         """
         ti = self.types[key]
         best = 0.0
-        for least, lam, make in self._cell_problems(ti, mu[ti.keys], at_top=True):
+        for least, lam, make in self._cell_problems(ti, self.values(ti, mu), at_top=True):
             if least <= best + 1e-12:
                 break
             vv, w, mm, md, _ = make()
@@ -310,7 +352,7 @@ class Patterns:
         a search).
         """
         ti = self.types[key]
-        v = mu[ti.keys]
+        v = self.values(ti, mu)
         exact = not self.grid and np.unique(ti.hi[v > 1e-12]).size <= EXACT_CELLS
         if cells is None:
             cells = self._cell_problems(ti, v, at_top=exact)
@@ -354,9 +396,7 @@ class Patterns:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
         pricing bounds at ``mu`` where the caller has them (:meth:`search`). Not ``full``: the
         pricing bounds skip their branch and bound (their LPs stand: weaker, still bounds)."""
-        fixed = 0.0
-        for name in self.models:
-            fixed += min(self.reps[k][1] * mu[k] for k in self.model_reps[name])
+        fixed = self.fixed_part(mu)
         if V is None:
             V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES if full else 0) for key in self.types}
         worth = {}
@@ -680,6 +720,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     # Each model runs at one of its counts (an artificial, dear variable keeps the LP feasible
     # while the columns cannot yet hold everything within the pools' sizes).
     cover = [solver.Constraint(0.0, inf, f"cover[{k}]") for k in range(len(pat.reps))]
+    y_of: dict[int, object] = {}
     for name in pat.models:
         row = solver.Constraint(1.0, inf, f"one[{name}]")
         art = solver.NumVar(0.0, inf, f"art[{name}]")
@@ -689,6 +730,13 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             y = solver.NumVar(0.0, inf, f"y[{k}]")
             row.SetCoefficient(y, 1.0)
             cover[k].SetCoefficient(y, -float(pat.reps[k][1]))
+            y_of[k] = y
+    # Spot floors: at most ``most`` of the replicas of (m, n) on a spot pool, per share y[m, n].
+    floor_rows = []
+    for k, _, most in pat.floor_rows:
+        row = solver.Constraint(-inf, 0.0, "")
+        row.SetCoefficient(y_of[k], -float(most))
+        floor_rows.append(row)
     # Multi-GPU replicas: whole GPUs of one pool per model (a mix in the LP).
     for name, where in pat.multi:
         row = solver.Constraint(1.0, inf, f"multi[{name}]")
@@ -704,13 +752,17 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         for key, reps in pat.columns[added:]:
             x = solver.NumVar(0.0, inf, "")
             slot_row[key].SetCoefficient(x, -1.0)
+            pool = pat.types[key].st.pool.name
             for k in reps:
                 cover[k].SetCoefficient(x, 1.0)
+                r = pat._floor_index.get((k, pool))
+                if r is not None:
+                    floor_rows[r].SetCoefficient(x, 1.0)
         added = len(pat.columns)
 
     obj.SetMinimization()
     rounds, converged, lp = 0, False, math.inf
-    mu = np.zeros(len(pat.reps))
+    mu = np.zeros(len(pat.reps) + len(pat.floor_rows))
     budget = 0.8 * time_limit  # the rest for the final bound's pricing (exact, 4000 nodes a cell)
     best, last_eval, iters = -math.inf, 0.0, 0
 
@@ -727,7 +779,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         rounds += 1
         iters += solver.iterations()
         lp = obj.Value()
-        mu = np.array([max(0.0, c.dual_value()) for c in cover])
+        mu = np.array([max(0.0, c.dual_value()) for c in cover] + [max(0.0, -r.dual_value()) for r in floor_rows])
         pi = {key: max(0.0, row.dual_value()) for key, row in slot_row.items()}
         if spent() > budget:
             break

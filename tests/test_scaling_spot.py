@@ -208,3 +208,31 @@ def test_a_replacement_bought_on_demand_goes_back_to_spot() -> None:
     shared = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
                          placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
     assert back_to_spot(shared, S, {})[0] == []
+
+
+# Seed 13 of bench/spot.py (llm-platform, floor 0.5) in small: a model with two spot replicas
+# loses one to a preemption; its replacement goes where it is slow to serve and where it has more
+# room than the lost one had. Fleet: an on-demand A100 pool (one node of 2 GPUs, 4.10/h) and a
+# spot L4 pool (nodes of one GPU, at most 2, 0.30/h, 30 s notice). asr (min_replicas 1) at a
+# steady 2000 rps has a replica on each spot node, sized for 1400 rps; an L4 has room for 1487.8
+# rps of it, an A100 for 4340.8. What it must keep when shrinking is 2212.7 rps: two L4s hold it,
+# one does not, an A100 does.
+LOADING = {"name": "loading", "pools": [
+    {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 4.1,
+     "sharing": ["time-slicing"]},
+    {"name": "l4-spot", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 2, "cost_per_gpu_hour": 0.3,
+     "sharing": ["time-slicing"], "spot": True, "preemption_notice_s": 30}],
+    "models": [m for m in DOC["models"] if m["name"] in ("asr", "punct")]}
+
+
+def test_a_node_under_notice_blocks_only_its_own_pool() -> None:
+    """new_gpu's ``avoid`` named nodes of every pool by index: l4-spot-n0 under notice kept
+    a100-n0 from being started, the only node that A100 pool may have, and recover() removed the
+    replica instead of replacing it ("no pool has room")."""
+    from packer.scaling.room import new_gpu
+
+    f = parse_fleet(LOADING)
+    plan = plan_of(f, [placement(f, "l4-spot", SPOT, 0, [("asr", 0, 1400.0)])])
+    ng = new_gpu(plan, "a100", {}, avoid=frozenset({SPOT}))
+    assert ng is not None and ng.slot.id == "a100-n0-g0-whole" and ng.fresh_node
+    assert new_gpu(plan, "l4-spot", {}, avoid=frozenset({SPOT})).slot.node == "l4-spot-n1"

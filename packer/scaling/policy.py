@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from packer.plan import Plan
-from packer.scaling.actions import Action, Consolidate, Replan, Standby, apply
+from packer.scaling.actions import Action, AddGroup, AddReplica, Consolidate, Replan, SplitOut, Standby, apply
 from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, observe,
                                    share_capacity)
 from packer.scaling.down import fragmentation, replan_request, round_robin_waste, scale_down, try_empty
@@ -67,6 +67,9 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     such a node is replaced at once, make before break (:func:`packer.scaling.spot.recover`), and
     the rest of the decision sees the plan without them.
 
+    A model given a replica (or a moved one) may not shrink until that replica is expected to
+    serve (``ModelState.serving_at``): the plan counts it at once, the cluster only once loaded.
+
     Returns the actions in order (each applies to the plan left by the ones before it; pass them
     to :func:`packer.scaling.actions.apply`) and the state to pass to the next call.
     """
@@ -76,6 +79,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     actions: list[Action] = []
     if notices:
         actions, plan = recover(plan, notices, settings, starting)
+        state = _loading(state, actions, now)  # a replacement still loading is no reason to shrink
     demands, state = observe(plan, signals, state, now, settings)
     work = plan
     grown: set[str] = set()
@@ -129,7 +133,8 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     for a in downs:
         for name in _shrunk_models(a):
             models[name] = replace(models[name], last_down=now)
-    state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
+    state = _loading(replace(state, models=models, starting={n: now + left for n, left in starting.items()}),
+                     actions, now)
     last = state.last_replan
     t = settings.targets
     rp: Replan | None = None
@@ -147,6 +152,26 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
         actions.append(rp)
         state = replace(state, last_replan=now, replan_traffic=dict(rp.traffic))
     return actions, state
+
+
+def _loading(state: ScalingState, actions: list[Action], now: float) -> ScalingState:
+    """``state`` with ``serving_at`` of every model these actions add a replica for (or move) at
+    the latest of what it was and ``now`` plus the action's cold start. A copied group loads every
+    member; a consolidation loads the moved ones."""
+    models = dict(state.models)
+    for a in actions:
+        if isinstance(a, (AddReplica, SplitOut)):
+            names = [a.model]
+        elif isinstance(a, AddGroup):
+            names = [m for m, _ in a.rates]
+        elif isinstance(a, Consolidate):
+            names = [m for m, _, _ in a.moves]
+        else:
+            continue
+        for name in names:
+            ms = models.get(name, ModelState())
+            models[name] = replace(ms, serving_at=max(now + a.ready_in_s, ms.serving_at or now))
+    return replace(state, models=models)
 
 
 def _shrunk_models(a: Action) -> list[str]:

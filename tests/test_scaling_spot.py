@@ -266,6 +266,17 @@ def test_no_replica_is_dropped_for_a_replacement_still_loading() -> None:
     assert drops == [(660.0, "l4-spot-n1-g0-whole")]
 
 
+def test_a_node_under_notice_gets_no_new_gpu_until_the_cloud_takes_it() -> None:
+    """After the notice (t = 600 s, 30 s) the plan no longer shows l4-spot-n0: its replica was
+    replaced. The move back to spot of the A100 replacement looked for a spot GPU at t = 615 and
+    found l4-spot-n0 'empty' (seed 13: the cloud refused the slot, the pool being at max_nodes with
+    the doomed node, and the on-demand replica it was to replace was removed anyway). Now the node
+    is remembered until it goes: nothing at 615, the move at 630, onto the node started anew."""
+    log = _loading_run(warm=False, until=630.0)
+    onto = [(t, a.slot.id) for t, a in log if getattr(a, "new_gpu", False)]
+    assert onto == [(600.0, "a100-n0-g0-whole"), (630.0, "l4-spot-n0-g0-whole")]
+
+
 def test_a_node_under_notice_blocks_only_its_own_pool() -> None:
     """new_gpu's ``avoid`` named nodes of every pool by index: l4-spot-n0 under notice kept
     a100-n0 from being started, the only node that A100 pool may have, and recover() removed the

@@ -73,6 +73,11 @@ class ScalingState:
     replan_traffic: Mapping[str, float] = field(default_factory=dict)
     """The rates of the last re-plan request: a right-sizing re-plan waits for demand to move
     away from them (empty: from what the deployed plan holds)."""
+    doomed: Mapping[str, float] = field(default_factory=dict)
+    """Nodes under a spot preemption notice, with the time the cloud takes them. A notice comes
+    with the node's replicas, which the policy replaces at once and drops from the plan; from then
+    on the plan no longer shows the node, and without this a later new GPU went on it (a move
+    back to spot, at the next decision): the cloud refuses it or takes it with the node."""
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
 
     ``notices`` (node -> seconds until a spot preemption takes it) come first: every replica on
     such a node is replaced at once, make before break (:func:`packer.scaling.spot.recover`), and
-    the rest of the decision sees the plan without them.
+    the rest of the decision sees the plan without them. The node is remembered until the cloud
+    takes it (``ScalingState.doomed``): no later decision puts a new GPU there.
 
     A model given a replica (or a moved one) may not shrink until that replica is expected to
     serve (``ModelState.serving_at``): the plan counts it at once, the cluster only once loaded.
@@ -76,9 +77,13 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     settings = settings or ScalingSettings()
     state = state or ScalingState()
     starting = {n: t - now for n, t in state.starting.items() if t > now}
+    doomed = {n: t for n, t in state.doomed.items() if t > now}
+    for n, left in (notices or {}).items():
+        doomed[n] = max(doomed.get(n, now), now + left)
+    avoid = frozenset(doomed)
     actions: list[Action] = []
     if notices:
-        actions, plan = recover(plan, notices, settings, starting)
+        actions, plan = recover(plan, notices, settings, starting, avoid=avoid)
         state = _loading(state, actions, now)  # a replacement still loading is no reason to shrink
     demands, state = observe(plan, signals, state, now, settings)
     work = plan
@@ -86,13 +91,13 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     short = sorted((d for d in demands.values() if d.deficit > EPS),
                    key=lambda d: (-d.deficit / max(d.capacity, EPS), d.model))
     for d in short:
-        acts, work = scale_up(work, plan.model(d.model), demands, settings, starting)
+        acts, work = scale_up(work, plan.model(d.model), demands, settings, starting, avoid=avoid)
         if acts:
             grown.add(d.model)
             actions += acts
     for d in sorted(demands.values(), key=lambda d: d.model):
         if d.late and d.model not in grown:
-            acts, work = relieve(work, plan.model(d.model), demands, settings, starting)
+            acts, work = relieve(work, plan.model(d.model), demands, settings, starting, avoid=avoid)
             if acts:
                 grown.add(d.model)
                 actions += acts
@@ -100,7 +105,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     pools = sorted(plan.fleet.pools, key=lambda p: (p.cost_per_gpu_hour, p.name))
     want_spare = settings.standby_gpus
     if want_spare > 0 and len(standby_gpus(work)) < want_spare:
-        ng = new_gpu(work, pools[0].name, starting)
+        ng = new_gpu(work, pools[0].name, starting, avoid=avoid)
         if ng is not None:
             price = gpu_price(work, pools[0].name)
             a = Standby(slot=ng.slot, cost_per_hour=price, ready_in_s=_lead_new_gpu(settings, 0.0, ng.fresh_node),
@@ -125,7 +130,7 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
         tried = True
     actions += downs
     if not notices and not grown and not downs and not any(d.panic for d in calm.values()):
-        back, work = back_to_spot(work, settings, starting)  # replacements bought on-demand return to spot
+        back, work = back_to_spot(work, settings, starting, avoid=avoid)  # replacements bought on-demand return to spot
         actions += back
     models = dict(state.models)
     for name in grown:
@@ -133,8 +138,8 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     for a in downs:
         for name in _shrunk_models(a):
             models[name] = replace(models[name], last_down=now)
-    state = _loading(replace(state, models=models, starting={n: now + left for n, left in starting.items()}),
-                     actions, now)
+    state = _loading(replace(state, models=models, starting={n: now + left for n, left in starting.items()},
+                             doomed=doomed), actions, now)
     last = state.last_replan
     t = settings.targets
     rp: Replan | None = None

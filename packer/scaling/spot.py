@@ -53,10 +53,13 @@ def doomed(plan: Plan, notices: Mapping[str, float]) -> list[Placement]:
 
 
 def recover(plan: Plan, notices: Mapping[str, float], settings: ScalingSettings,
-            starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
+            starting: dict[str, float] | None = None, *,
+            avoid: frozenset[str] = frozenset()) -> tuple[list[Action], Plan]:
     """Replace every replica on a node under notice (``node -> seconds left``); see the module
-    docstring. Returns the actions, in order, and the plan they lead to (doomed replicas gone)."""
-    avoid = frozenset(notices)
+    docstring. Returns the actions, in order, and the plan they lead to (doomed replicas gone).
+    No replacement goes on a node under notice, nor on one in ``avoid`` (an earlier notice whose
+    node the plan no longer shows)."""
+    avoid = frozenset(notices) | avoid
     actions: list[Action] = []
     work = plan
     for p in doomed(plan, notices):
@@ -183,9 +186,12 @@ def keeps_floor(plan: Plan, a: Action) -> bool:
     return True
 
 
-def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
+def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, float] | None = None, *,
+                 avoid: frozenset[str] = frozenset()) -> tuple[list[Action], Plan]:
     """At most one replica back from an on-demand GPU it has alone to a new spot GPU, make before
-    break, when that keeps its model's floor (:func:`keeps_floor`) and costs less.
+    break, when that keeps its model's floor (:func:`keeps_floor`) and costs less. Never onto a
+    node in ``avoid`` (under a preemption notice: the cloud takes it, and its name stays taken
+    until then).
 
     :func:`recover` buys what serves in time, which after a preemption is mostly on-demand (a free
     GPU of a running node serves within the notice; a fresh spot node takes minutes), and nothing
@@ -224,7 +230,7 @@ def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, floa
             saving = (pool.cost_per_gpu_hour - sp.cost_per_gpu_hour) * width
             if saving <= 0 or (best is not None and saving <= best[0]):
                 continue
-            ng = new_gpu(plan, sp.name, starting, width=width, avoid=taken)
+            ng = new_gpu(plan, sp.name, starting, width=width, avoid=taken | avoid)
             if ng is None or not _holds(plan, ng.slot, model, mem.rate_rps):
                 continue
             lead = (cs.node_s + cs.image_s if ng.fresh_node else ng.node_wait_s) + cs.weights_s(model.memory_gb)

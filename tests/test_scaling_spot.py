@@ -288,3 +288,30 @@ def test_a_node_under_notice_blocks_only_its_own_pool() -> None:
     ng = new_gpu(plan, "a100", {}, avoid=frozenset({SPOT}))
     assert ng is not None and ng.slot.id == "a100-n0-g0-whole" and ng.fresh_node
     assert new_gpu(plan, "l4-spot", {}, avoid=frozenset({SPOT})).slot.node == "l4-spot-n1"
+
+
+def test_a_replacement_group_goes_back_to_spot_whole() -> None:
+    """recover() puts the next doomed replicas into the room of the replacement it just bought, so
+    the on-demand GPU ends up running a group; a replica alone was all that moved back, and the
+    group stayed on-demand for the rest of the run (multilingual: A100 groups at 4.10/h). Now the
+    group moves whole: asr (300 rps) and punct (40 rps) alone on on-demand L4 l4-n0-g1 (0.80/h) go
+    to a new spot node (0.30/h): split_out of asr, add_replica of punct beside it, each replacing
+    its on-demand replica, -0.50/h once both serve (node 240 + image 120 + weights 17 and 15.6 s).
+    Not while a member could not keep its floor there."""
+    from packer.scaling.spot import back_to_spot
+
+    policy = {"asr": "floor", "punct": "free"}
+    doc = dict(DOC, models=[dict(m, spot_policy=policy[m["name"]]) if m["name"] in policy else m
+                            for m in DOC["models"]])
+    f = parse_fleet(doc)
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 1, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                       placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    acts, after = back_to_spot(plan, S, {})
+    assert [(type(a).__name__, a.model, a.slot.id, a.rate_rps, a.cost_per_hour, a.ready_in_s, a.replaces.id)
+            for a in acts] == [("SplitOut", "asr", "l4-spot-n1-g0-whole", 300.0, 0.3, 377.0, "l4-n0-g1-whole"),
+                               ("AddReplica", "punct", "l4-spot-n1-g0-whole", 40.0, 0.0, 375.6, "l4-n0-g1-whole")]
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour - 0.5) and "l4" not in after.gpus
+    # punct under a floor too: its only replica would go to one spot node, below its floor: stays
+    both = parse_fleet(dict(doc, models=[dict(m, spot_policy="floor") if m["name"] == "punct" else m
+                                         for m in doc["models"]]))
+    assert back_to_spot(replace(plan, fleet=both), S, {})[0] == []

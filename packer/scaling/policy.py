@@ -129,8 +129,13 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
         state = replace(state, last_down_try=now)
         tried = True
     actions += downs
-    if not notices and not grown and not downs and not any(d.panic for d in calm.values()):
-        back, work = back_to_spot(work, settings, starting, avoid=avoid)  # replacements bought on-demand return to spot
+    if not notices and not downs:
+        # Replacements bought on-demand return to spot; not a slot whose models this decision
+        # grows or that panic (a load emergency is no time to move them). Per slot, not for the
+        # whole fleet: punct-fr, queueing past half its SLO in a crowded group, stayed in a panic
+        # for a whole run, and no A100 replacement went back (bench/spot.py multilingual seed 15).
+        hold = frozenset(grown | {k for k, d in calm.items() if d.panic})
+        back, work = back_to_spot(work, settings, starting, avoid=avoid, hold=hold)
         actions += back
     models = dict(state.models)
     for name in grown:

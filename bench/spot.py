@@ -20,9 +20,10 @@ The reference is planned here, not quoted: issue 18 gives llm-platform 88.20/h a
 on 19 H100s (186.20/h, ``packer plan`` on the fleet without its spot pool), so 0.7x means 130.34/h.
 The right comparison is the same planner on the same traffic; the all-spot ratio, 3.40 / 9.80 =
 0.35, is the same either way.
-Prints, per fleet, the cost-vs-floor curve, the SLO distribution over seeds (and how many seeds saw
-a preemption at all: at 0.5 per node-hour a 20-minute run often sees none, so
-``--preemptions-per-node-hour 3`` stresses every seed), and the issue's three targets with
+Prints, per fleet, the simulated cost per hour over seeds (median and mean; the cost target is
+judged on the mean, what a buyer pays), the cost-vs-floor curve, the SLO distribution over seeds
+(and how many seeds saw a preemption at all: at 0.5 per node-hour a 20-minute run often sees none,
+so ``--preemptions-per-node-hour 3`` stresses every seed), and the issue's three targets with
 PASS/FAIL.
 """
 
@@ -141,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             results = [simulate_one(j) for j in jobs]
         print(f"\n== {name}: {len(jobs)} runs of {dur / 60:g} min in {time.perf_counter() - t0:.0f} s; "
               f"all-on-demand plan {od.cost_per_hour:.2f}/h")
-        print(f"{'row':<16}{'policy':<8}{'plan/h':>9}{'÷ od':>7}{'sim/h':>9}{'÷ od':>7}  {'crash':>5}"
+        print(f"{'row':<16}{'policy':<8}{'plan/h':>9}{'÷ od':>7}{'sim/h':>9}{'÷ od':>7}{'mean/h':>9}{'÷ od':>7}  {'crash':>5}"
               f"{'worst model, per seed: min':>29}{'p10':>8}{'median':>8}  {'seeds all ≥99%':>14}  "
               f"{'preempted':>9}  keeps one node")
         out_rows = []
@@ -151,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
             good = [r for r in rs if not r["crash"]]
             worst = sorted(min(r["attainment"].values()) for r in good)
             cost = statistics.median(r["cost_per_hour"] for r in good) if good else float("nan")
+            mean = statistics.mean(r["cost_per_hour"] for r in good) if good else float("nan")
             held = sum(1 for w in worst if w >= 0.99)
             keeps = min((e.keeps_one_node for e in exposure(p)), default=1.0)
             q = (lambda k: worst[min(len(worst) - 1, int(k * len(worst)))]) if worst else (lambda k: float("nan"))
             print(f"{label:<16}{pol:<8}{p.cost_per_hour:>9.2f}{p.cost_per_hour / od.cost_per_hour:>7.2f}"
-                  f"{cost:>9.2f}{cost / od.cost_per_hour:>7.2f}  {len(crashes):>5}"
+                  f"{cost:>9.2f}{cost / od.cost_per_hour:>7.2f}{mean:>9.2f}{mean / od.cost_per_hour:>7.2f}  {len(crashes):>5}"
                   f"{(worst[0] if worst else float('nan')):>29.2%}{q(0.1):>8.2%}{q(0.5):>8.2%}  "
                   f"{held:>6}/{len(rs):<7}  {sum(1 for r in good if r['preemptions']):>6}/{len(rs):<2}  {keeps:.0%}")
             worst_models: dict[str, int] = {}
@@ -172,21 +174,24 @@ def main(argv: list[str] | None = None) -> int:
             out_rows.append({"row": label, "policy": pol, "plan_cost_per_hour": p.cost_per_hour,
                              "gpus": dict(p.gpus),
                              "plan_vs_on_demand": p.cost_per_hour / od.cost_per_hour, "sim_cost_per_hour": cost,
-                             "sim_vs_on_demand": cost / od.cost_per_hour, "crashes": len(crashes),
+                             "sim_vs_on_demand": cost / od.cost_per_hour, "sim_mean_cost_per_hour": mean,
+                             "sim_mean_vs_on_demand": mean / od.cost_per_hour, "crashes": len(crashes),
                              "worst_model_attainment": worst, "seeds_all_models_99": held,
                              "keeps_one_spot_node": keeps, "runs": rs})
         aware = [r for r in out_rows if r["policy"] == "packer"]
         best = [r for r in aware if r["seeds_all_models_99"] == len(seeds)]
-        cheapest_held = min(best, key=lambda r: r["sim_cost_per_hour"]) if best else None
+        # A buyer pays the mean over seeds, not the median: the target is judged on the mean.
+        cheapest_held = min(best, key=lambda r: r["sim_mean_cost_per_hour"]) if best else None
         ok_slo &= cheapest_held is not None
-        ok_cost &= cheapest_held is not None and cheapest_held["sim_vs_on_demand"] <= 0.7
-        print("cost against the on-demand floor (simulated, median over seeds, ÷ all-on-demand):")
+        ok_cost &= cheapest_held is not None and cheapest_held["sim_mean_vs_on_demand"] <= 0.7
+        print("cost against the on-demand floor (simulated, mean over seeds, ÷ all-on-demand; median in brackets):")
         for r in aware:
-            bar = "#" * int(round(40 * min(1.5, r["sim_vs_on_demand"]) / 1.5))
-            print(f"  {r['row']:<10} {r['sim_vs_on_demand']:>5.2f} {bar}")
+            bar = "#" * int(round(40 * min(1.5, r["sim_mean_vs_on_demand"]) / 1.5))
+            print(f"  {r['row']:<10} {r['sim_mean_vs_on_demand']:>5.2f} ({r['sim_vs_on_demand']:.2f}) {bar}")
         if cheapest_held:
-            print(f"cheapest row with every model ≥ 99 % on every seed: {cheapest_held['row']}, "
-                  f"{cheapest_held['sim_cost_per_hour']:.2f}/h = {cheapest_held['sim_vs_on_demand']:.2f}x all-on-demand")
+            print(f"cheapest row with every model ≥ 99 % on every seed: {cheapest_held['row']}, mean "
+                  f"{cheapest_held['sim_mean_cost_per_hour']:.2f}/h = {cheapest_held['sim_mean_vs_on_demand']:.2f}x "
+                  f"all-on-demand (median {cheapest_held['sim_vs_on_demand']:.2f}x)")
         else:
             print("no row kept every model ≥ 99 % on every seed")
         report["fleets"][name] = {"on_demand_plan": od.cost_per_hour, "rows": out_rows}

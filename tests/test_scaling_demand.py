@@ -109,3 +109,22 @@ def test_a_hemmed_replica_moves_out_rather_than_being_multiplied():
     assert after.cost_per_hour == pytest.approx(plan.cost_per_hour + 0.8)
     assert share_capacity(after, "asr-a") >= 450.0 - 1e-6
 
+
+
+def test_a_batch_models_first_samples_count_as_the_few_arrivals_they_are():
+    """A batch model's rate is its arrivals over what history there is, less 2 standard errors
+    of the time really seen: at t = 15 s with one sample, the first interval is not known and the
+    6 s panic window stands for it. summarizer-de (bench/spot.py multilingual, its slot holds
+    0.013 rps) saw 2 arrivals in its first 15 s, 0.133 rps: 0.133 - 2 sqrt(0.133 / 6) < 0, it
+    wants nothing (with a one-minute floor on the time seen: 0.133 - 2 sqrt(0.133 / 60) = 0.039,
+    and it was given an L4 for the rest of the run). Ten minutes of 0.02 rps (40 samples) do count:
+    0.02 - 2 sqrt(0.02 / 600) = 0.0085."""
+    f = fleet(**{"punct": {"kind": "batch", "slo_ms": 600_000, "min_replicas": 1}})
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("punct", 0, 0.013)])])
+    s = ScalingSettings()  # 2 standard errors, target utilisation 1
+    d, state = observe(plan, {"punct": Signals("punct", arrival_rps=2 / 15)}, ScalingState(), 15.0, s)
+    assert d["punct"].want == 0.0 and d["punct"].deficit == 0.0
+    state = ScalingState()
+    for k in range(40):
+        d, state = observe(plan, {"punct": Signals("punct", arrival_rps=0.02)}, state, 15.0 * (k + 1), s)
+    assert d["punct"].want == pytest.approx(0.02 - 2 * math.sqrt(0.02 / 600))

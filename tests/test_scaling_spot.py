@@ -208,3 +208,110 @@ def test_a_replacement_bought_on_demand_goes_back_to_spot() -> None:
     shared = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
                          placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
     assert back_to_spot(shared, S, {})[0] == []
+
+
+# Seed 13 of bench/spot.py (llm-platform, floor 0.5) in small: a model with two spot replicas
+# loses one to a preemption; its replacement goes where it is slow to serve and where it has more
+# room than the lost one had. Fleet: an on-demand A100 pool (one node of 2 GPUs, 4.10/h) and a
+# spot L4 pool (nodes of one GPU, at most 2, 0.30/h, 30 s notice). asr (min_replicas 1) at a
+# steady 2000 rps has a replica on each spot node, sized for 1400 rps; an L4 has room for 1487.8
+# rps of it, an A100 for 4340.8. What it must keep when shrinking is 2212.7 rps: two L4s hold it,
+# one does not, an A100 does.
+LOADING = {"name": "loading", "pools": [
+    {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 4.1,
+     "sharing": ["time-slicing"]},
+    {"name": "l4-spot", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 2, "cost_per_gpu_hour": 0.3,
+     "sharing": ["time-slicing"], "spot": True, "preemption_notice_s": 30}],
+    "models": [m for m in DOC["models"] if m["name"] in ("asr", "punct")]}
+
+
+def _loading_run(warm: bool, until: float) -> list[tuple[float, object]]:
+    """Decide every 15 s on the steady load, the notice for l4-spot-n0 at t = 600 s (a whole
+    scale-down window of history before it), applying each decision as the simulator does."""
+    names = ("asr", "punct") if warm else ("asr",)
+    f = parse_fleet(dict(LOADING, models=[dict(m, min_replicas=1) for m in LOADING["models"] if m["name"] in names]))
+    extra = [placement(f, "a100", "a100-n0", 0, [("punct", 0, 40.0)])] if warm else []
+    plan = plan_of(f, [placement(f, "l4-spot", SPOT, 0, [("asr", 0, 1400.0)]),
+                       placement(f, "l4-spot", "l4-spot-n1", 0, [("asr", 1, 1400.0)]), *extra])
+    sig = {n: Signals(n, arrival_rps=r) for n, r in (("asr", 2000.0), ("punct", 40.0)) if n in names}
+    state, log = None, []
+    t = 0.0
+    while t <= until:
+        acts, state = decide(plan, sig, state, t, S, notices={SPOT: 30.0} if t == 600.0 else None)
+        log += [(t, a) for a in acts if a.kind != "resize"]
+        plan = apply(plan, acts)
+        t += 15.0
+    return log
+
+
+def test_no_replica_is_dropped_for_a_replacement_still_loading() -> None:
+    """The replacement of the lost replica needs a new A100 node: 240 + 120 + 17 = 377 s, serving
+    at t = 977 s. Until then the replica on l4-spot-n1 is asr's only one that serves, and no
+    consolidation may drop it because the loading A100 'holds' the 2212.7 rps (it did, in the same
+    decision as the notice: asr had no replica serving for 377 s; on seed 13 embed-bge had none for
+    197 s and 16.5 % of its requests missed the SLO)."""
+    from packer.scaling import Consolidate
+
+    log = _loading_run(warm=False, until=975.0)
+    first = log[0][1]
+    assert isinstance(first, SplitOut) and (first.slot.id, first.ready_in_s, first.cost_per_hour) == (
+        "a100-n0-g0-whole", 377.0, 4.1)
+    dropped = [(t, a) for t, a in log if isinstance(a, (Consolidate, RemoveReplica)) and a.slot.node == "l4-spot-n1"]
+    assert dropped == []
+    # With an A100 node already up the replacement goes beside punct and serves in 17 s (t = 617):
+    # then the drop is right, and it comes at the first scale-down look after that, t = 660.
+    log = _loading_run(warm=True, until=700.0)
+    assert isinstance(log[0][1], AddReplica) and log[0][1].ready_in_s == 17.0
+    drops = [(t, a.slot.id) for t, a in log if isinstance(a, Consolidate)]
+    assert drops == [(660.0, "l4-spot-n1-g0-whole")]
+
+
+def test_a_node_under_notice_gets_no_new_gpu_until_the_cloud_takes_it() -> None:
+    """After the notice (t = 600 s, 30 s) the plan no longer shows l4-spot-n0: its replica was
+    replaced. The move back to spot of the A100 replacement looked for a spot GPU at t = 615 and
+    found l4-spot-n0 'empty' (seed 13: the cloud refused the slot, the pool being at max_nodes with
+    the doomed node, and the on-demand replica it was to replace was removed anyway). Now the node
+    is remembered until it goes: nothing at 615, the move at 630, onto the node started anew."""
+    log = _loading_run(warm=False, until=630.0)
+    onto = [(t, a.slot.id) for t, a in log if getattr(a, "new_gpu", False)]
+    assert onto == [(600.0, "a100-n0-g0-whole"), (630.0, "l4-spot-n0-g0-whole")]
+
+
+def test_a_node_under_notice_blocks_only_its_own_pool() -> None:
+    """new_gpu's ``avoid`` named nodes of every pool by index: l4-spot-n0 under notice kept
+    a100-n0 from being started, the only node that A100 pool may have, and recover() removed the
+    replica instead of replacing it ("no pool has room")."""
+    from packer.scaling.room import new_gpu
+
+    f = parse_fleet(LOADING)
+    plan = plan_of(f, [placement(f, "l4-spot", SPOT, 0, [("asr", 0, 1400.0)])])
+    ng = new_gpu(plan, "a100", {}, avoid=frozenset({SPOT}))
+    assert ng is not None and ng.slot.id == "a100-n0-g0-whole" and ng.fresh_node
+    assert new_gpu(plan, "l4-spot", {}, avoid=frozenset({SPOT})).slot.node == "l4-spot-n1"
+
+
+def test_a_replacement_group_goes_back_to_spot_whole() -> None:
+    """recover() puts the next doomed replicas into the room of the replacement it just bought, so
+    the on-demand GPU ends up running a group; a replica alone was all that moved back, and the
+    group stayed on-demand for the rest of the run (multilingual: A100 groups at 4.10/h). Now the
+    group moves whole: asr (300 rps) and punct (40 rps) alone on on-demand L4 l4-n0-g1 (0.80/h) go
+    to a new spot node (0.30/h): split_out of asr, add_replica of punct beside it, each replacing
+    its on-demand replica, -0.50/h once both serve (node 240 + image 120 + weights 17 and 15.6 s).
+    Not while a member could not keep its floor there."""
+    from packer.scaling.spot import back_to_spot
+
+    policy = {"asr": "floor", "punct": "free"}
+    doc = dict(DOC, models=[dict(m, spot_policy=policy[m["name"]]) if m["name"] in policy else m
+                            for m in DOC["models"]])
+    f = parse_fleet(doc)
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 1, [("asr", 0, 300.0), ("punct", 0, 40.0)]),
+                       placement(f, "l4-spot", SPOT, 0, [("asr", 1, 300.0)])])
+    acts, after = back_to_spot(plan, S, {})
+    assert [(type(a).__name__, a.model, a.slot.id, a.rate_rps, a.cost_per_hour, a.ready_in_s, a.replaces.id)
+            for a in acts] == [("SplitOut", "asr", "l4-spot-n1-g0-whole", 300.0, 0.3, 377.0, "l4-n0-g1-whole"),
+                               ("AddReplica", "punct", "l4-spot-n1-g0-whole", 40.0, 0.0, 375.6, "l4-n0-g1-whole")]
+    assert after.cost_per_hour == pytest.approx(plan.cost_per_hour - 0.5) and "l4" not in after.gpus
+    # punct under a floor too: its only replica would go to one spot node, below its floor: stays
+    both = parse_fleet(dict(doc, models=[dict(m, spot_policy="floor") if m["name"] == "punct" else m
+                                         for m in doc["models"]]))
+    assert back_to_spot(replace(plan, fleet=both), S, {})[0] == []

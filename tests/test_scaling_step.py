@@ -74,3 +74,24 @@ def test_retry_from_scratch_only_when_asked() -> None:
 def test_no_replanner_leaves_the_request_unrun() -> None:
     out = until_replan(three_slot_plan_for_cli(), None)
     assert out.replan is None and isinstance(out.actions[-1], Replan)
+
+
+def test_a_taken_migration_marks_what_it_rebuilds_as_loading() -> None:
+    """The simulator and the reconciler keep the old slots until the new ones serve, but the plan
+    is the new one at once: a consolidation in between would count replicas still loading. Every
+    model of a rebuilt slot may not shrink until the slowest rebuilt GPU serves (migration_cost):
+    one L4 on a fresh node with asr's 2.5 GB, 240 + 120 + 15 + 2.5 = 377.5 s after the step."""
+    from packer.scaling.demand import observe
+    from test_scaling_helpers import fleet, placement, plan_of
+
+    f = fleet()
+    one = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 100.0), ("asr-b", 0, 100.0), ("punct", 0, 10.0)])])
+    big = three_slot_plan_for_cli()
+    out = until_replan(big, lambda current, fleet_, headroom, fresh: one)
+    assert out.replan is not None and out.replan.taken
+    t = out.state.since + 600.0  # the first step with a whole scale-down window of history
+    assert {m: out.state.models[m].serving_at for m in LOW} == {m: t + 377.5 for m in LOW}
+    demands, _ = observe(out.plan, signals(), out.state, t + 15.0, S)
+    assert not any(d.may_shrink for d in demands.values())
+    demands, _ = observe(out.plan, signals(), out.state, t + 390.0, S)
+    assert all(d.may_shrink for d in demands.values())

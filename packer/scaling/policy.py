@@ -43,7 +43,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 
 from packer.plan import Plan
-from packer.scaling.actions import Action, Consolidate, Replan, Standby, apply
+from packer.scaling.actions import Action, AddGroup, AddReplica, Consolidate, Replan, SplitOut, Standby, apply
 from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, observe,
                                    share_capacity)
 from packer.scaling.down import fragmentation, replan_request, round_robin_waste, scale_down, try_empty
@@ -65,7 +65,11 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
 
     ``notices`` (node -> seconds until a spot preemption takes it) come first: every replica on
     such a node is replaced at once, make before break (:func:`packer.scaling.spot.recover`), and
-    the rest of the decision sees the plan without them.
+    the rest of the decision sees the plan without them. The node is remembered until the cloud
+    takes it (``ScalingState.doomed``): no later decision puts a new GPU there.
+
+    A model given a replica (or a moved one) may not shrink until that replica is expected to
+    serve (``ModelState.serving_at``): the plan counts it at once, the cluster only once loaded.
 
     Returns the actions in order (each applies to the plan left by the ones before it; pass them
     to :func:`packer.scaling.actions.apply`) and the state to pass to the next call.
@@ -73,19 +77,29 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     settings = settings or ScalingSettings()
     state = state or ScalingState()
     starting = {n: t - now for n, t in state.starting.items() if t > now}
+    doomed = {n: t for n, t in state.doomed.items() if t > now}
+    for n, left in (notices or {}).items():
+        doomed[n] = max(doomed.get(n, now), now + left)
+    avoid = frozenset(doomed)
     actions: list[Action] = []
     if notices:
-        actions, plan = recover(plan, notices, settings, starting)
+        actions, plan = recover(plan, notices, settings, starting, avoid=avoid)
+        state = _loading(state, actions, now)  # a replacement still loading is no reason to shrink
     demands, state = observe(plan, signals, state, now, settings)
-    ups, work, grown = _grow(plan, demands, settings, starting)
+    ups, work, grown = _grow(plan, demands, settings, starting, avoid)
     actions += ups
-    spare, work = _top_up_standby(plan, work, settings, starting)
+    spare, work = _top_up_standby(plan, work, settings, starting, avoid)
     actions += spare
     calm = {k: (replace(d, may_shrink=False) if k in grown else d) for k, d in demands.items()}
     downs, work, state, tried = _shrink(work, calm, state, now, settings)
     actions += downs
-    if not notices and not grown and not downs and not any(d.panic for d in calm.values()):
-        back, work = back_to_spot(work, settings, starting)  # replacements bought on-demand return to spot
+    if not notices and not downs:
+        # Replacements bought on-demand return to spot; not a slot whose models this decision
+        # grows or that panic (a load emergency is no time to move them). Per slot, not for the
+        # whole fleet: punct-fr, queueing past half its SLO in a crowded group, stayed in a panic
+        # for a whole run, and no A100 replacement went back (bench/spot.py multilingual seed 15).
+        hold = frozenset(grown | {k for k, d in calm.items() if d.panic})
+        back, work = back_to_spot(work, settings, starting, avoid=avoid, hold=hold)
         actions += back
     models = dict(state.models)
     for name in grown:
@@ -93,7 +107,8 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
     for a in downs:
         for name in _shrunk_models(a):
             models[name] = replace(models[name], last_down=now)
-    state = replace(state, models=models, starting={n: now + left for n, left in starting.items()})
+    state = _loading(replace(state, models=models, starting={n: now + left for n, left in starting.items()},
+                             doomed=doomed), actions, now)
     quiet = not downs and not any(a.kind != "resize" for a in actions)  # a re-plan would undo this decision's moves
     rp = _replan(work, calm, state, now, settings, tried) if quiet and not any(d.panic for d in calm.values()) else None
     if rp is not None:
@@ -103,22 +118,22 @@ def decide(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | Non
 
 
 def _grow(plan: Plan, demands: dict[str, Demand], settings: ScalingSettings,
-          starting: dict[str, float]) -> tuple[list[Action], Plan, set[str]]:
+          starting: dict[str, float], avoid: frozenset[str]) -> tuple[list[Action], Plan, set[str]]:
     """Scale up the models short of capacity (the shortest first), then relieve the late ones;
-    the actions, the plan they lead to, and the models grown."""
+    the actions, the plan they lead to, and the models grown. ``avoid``: nodes under a notice."""
     work = plan
     actions: list[Action] = []
     grown: set[str] = set()
     short = sorted((d for d in demands.values() if d.deficit > EPS),
                    key=lambda d: (-d.deficit / max(d.capacity, EPS), d.model))
     for d in short:
-        acts, work = scale_up(work, plan.model(d.model), demands, settings, starting)
+        acts, work = scale_up(work, plan.model(d.model), demands, settings, starting, avoid=avoid)
         if acts:
             grown.add(d.model)
             actions += acts
     for d in sorted(demands.values(), key=lambda d: d.model):
         if d.late and d.model not in grown:
-            acts, work = relieve(work, plan.model(d.model), demands, settings, starting)
+            acts, work = relieve(work, plan.model(d.model), demands, settings, starting, avoid=avoid)
             if acts:
                 grown.add(d.model)
                 actions += acts
@@ -126,12 +141,12 @@ def _grow(plan: Plan, demands: dict[str, Demand], settings: ScalingSettings,
 
 
 def _top_up_standby(plan: Plan, work: Plan, settings: ScalingSettings,
-                    starting: dict[str, float]) -> tuple[list[Action], Plan]:
-    """Keep the optional warm standby topped up, in the cheapest pool."""
+                    starting: dict[str, float], avoid: frozenset[str]) -> tuple[list[Action], Plan]:
+    """Keep the optional warm standby topped up, in the cheapest pool, off nodes under a notice."""
     pools = sorted(plan.fleet.pools, key=lambda p: (p.cost_per_gpu_hour, p.name))
     want_spare = settings.standby_gpus
     if want_spare > 0 and len(standby_gpus(work)) < want_spare:
-        ng = new_gpu(work, pools[0].name, starting)
+        ng = new_gpu(work, pools[0].name, starting, avoid=avoid)
         if ng is not None:
             price = gpu_price(work, pools[0].name)
             a = Standby(slot=ng.slot, cost_per_hour=price, ready_in_s=_lead_new_gpu(settings, 0.0, ng.fresh_node),
@@ -175,6 +190,26 @@ def _replan(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float
         if frag > t.fragmentation_replan or waste[0] > t.waste_replan:
             rp = replan_request(work, calm, frag, settings, waste)
     return rp
+
+
+def _loading(state: ScalingState, actions: list[Action], now: float) -> ScalingState:
+    """``state`` with ``serving_at`` of every model these actions add a replica for (or move) at
+    the latest of what it was and ``now`` plus the action's cold start. A copied group loads every
+    member; a consolidation loads the moved ones."""
+    models = dict(state.models)
+    for a in actions:
+        if isinstance(a, (AddReplica, SplitOut)):
+            names = [a.model]
+        elif isinstance(a, AddGroup):
+            names = [m for m, _ in a.rates]
+        elif isinstance(a, Consolidate):
+            names = [m for m, _, _ in a.moves]
+        else:
+            continue
+        for name in names:
+            ms = models.get(name, ModelState())
+            models[name] = replace(ms, serving_at=max(now + a.ready_in_s, ms.serving_at or now))
+    return replace(state, models=models)
 
 
 def _shrunk_models(a: Action) -> list[str]:

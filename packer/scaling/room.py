@@ -174,8 +174,11 @@ def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = N
     (``starting`` gives the seconds left for nodes still coming up), else a new node; None when
     the pool is at ``max_nodes`` x ``gpus_per_node``. ``width`` > 1 asks for that many adjacent
     GPUs on one node (a multi-GPU replica); nodes in ``avoid`` (under a preemption notice) are
-    neither used nor their names reused."""
+    neither used nor their names reused. Only this pool's nodes in ``avoid`` count: ``avoid``
+    may name nodes of every pool, and l4-spot-n0 under notice once kept a100-n0, the only node an
+    A100 pool of one node may have, from being started."""
     pool = plan.fleet.pool(pool_name)
+    avoid = frozenset(n for n in avoid if _pool_of_node(n) == pool_name)
     if width > pool.gpus_per_node:
         return None
     paid = [k for k in paid_gpus(plan) if k[0] == pool_name]
@@ -198,6 +201,12 @@ def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = N
         if k not in taken:
             return NewGpu(SlotRef(pool_name, f"{pool_name}-n{k}", 0, span=width), True)
     return None
+
+
+def _pool_of_node(node: str) -> str:
+    """The pool a node name ``<pool>-n<k>`` belongs to (the name itself when it has no index)."""
+    head, _, tail = node.rpartition("-n")
+    return head if head and tail.isdigit() else node
 
 
 def _node_index(node: str) -> int:

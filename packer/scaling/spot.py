@@ -53,10 +53,13 @@ def doomed(plan: Plan, notices: Mapping[str, float]) -> list[Placement]:
 
 
 def recover(plan: Plan, notices: Mapping[str, float], settings: ScalingSettings,
-            starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
+            starting: dict[str, float] | None = None, *,
+            avoid: frozenset[str] = frozenset()) -> tuple[list[Action], Plan]:
     """Replace every replica on a node under notice (``node -> seconds left``); see the module
-    docstring. Returns the actions, in order, and the plan they lead to (doomed replicas gone)."""
-    avoid = frozenset(notices)
+    docstring. Returns the actions, in order, and the plan they lead to (doomed replicas gone).
+    No replacement goes on a node under notice, nor on one in ``avoid`` (an earlier notice whose
+    node the plan no longer shows)."""
+    avoid = frozenset(notices) | avoid
     actions: list[Action] = []
     work = plan
     for p in doomed(plan, notices):
@@ -183,21 +186,31 @@ def keeps_floor(plan: Plan, a: Action) -> bool:
     return True
 
 
-def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
-    """At most one replica back from an on-demand GPU it has alone to a new spot GPU, make before
-    break, when that keeps its model's floor (:func:`keeps_floor`) and costs less.
+def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, float] | None = None, *,
+                 avoid: frozenset[str] = frozenset(), hold: frozenset[str] = frozenset()) -> tuple[list[Action], Plan]:
+    """At most one on-demand GPU's slot back to a new spot GPU, make before break, when that keeps
+    every member's floor (:func:`keeps_floor`) and costs less. Never onto a node in ``avoid``
+    (under a preemption notice: the cloud takes it, and its name stays taken until then), nor a
+    slot with a model in ``hold`` (one the decision scales up, or one in a panic).
 
     :func:`recover` buys what serves in time, which after a preemption is mostly on-demand (a free
     GPU of a running node serves within the notice; a fresh spot node takes minutes), and nothing
     else ever moved those replicas back: in ``bench/spot.py`` at 3 preemptions a node-hour the
-    llm-platform plan of 135.00/h ran at 179.70/h. Only a replica alone on its GPU moves (the GPU
-    is then freed); one per decision, the biggest saving first, so a wave of moves cannot empty
-    on-demand capacity faster than the spot nodes come up. The spot GPU goes on a node that runs no
-    other replica of the model, so one node taking both is never the price.
+    llm-platform plan of 135.00/h ran at 179.70/h. Only a slot alone on its GPU moves (the GPU is
+    then freed), whole: a replica alone, or a group, which is what a replacement becomes when the
+    next doomed replicas go into its room (multilingual, 0.5 preemptions a node-hour: A100 groups
+    of asr and punct models at 4.10/h for the rest of the run, where an A100 spot GPU costs 1.64).
+    The group keeps its members and rates: the first member split out to the new GPU, the others
+    added beside it, each replacing its on-demand replica. One slot per decision, the biggest
+    saving first, so a wave of moves cannot empty on-demand capacity faster than the spot nodes come
+    up. The spot GPU goes on a node that runs no other replica of any member, so one node taking
+    two replicas of a model is never the price.
 
     Worked numbers (``tests/test_scaling_spot.py``): asr's replacement runs alone on an on-demand
     L4 (0.80/h) and its other replica on spot node n0; a new GPU on spot node n1 (0.30/h) holds it
     at 300 rps: ``split_out`` there replacing it, -0.50/h, serving after node, image and weights.
+    With punct beside it on that L4, both go: ``split_out`` of asr and ``add_replica`` of punct
+    to the same new GPU, each replacing its on-demand replica.
     """
     spots = [p for p in plan.fleet.pools if p.spot]
     if not spots:
@@ -207,39 +220,57 @@ def back_to_spot(plan: Plan, settings: ScalingSettings, starting: dict[str, floa
     for p in plan.placements:
         for g in p.gpus or (p.gpu,):
             gpus[(p.pool, p.node, g)] = gpus.get((p.pool, p.node, g), 0) + 1
-    best: tuple[float, SplitOut] | None = None
+    best: tuple[float, list[Action], Plan] | None = None
     for p in plan.placements:
         pool = plan.fleet.pool(p.pool)
-        if pool.spot or len(p.models) != 1 or any(gpus[(p.pool, p.node, g)] > 1 for g in p.gpus or (p.gpu,)):
+        if pool.spot or not p.models or any(gpus[(p.pool, p.node, g)] > 1 for g in p.gpus or (p.gpu,)):
             continue
-        mem = p.models[0]
-        model = plan.model(mem.name)
-        if model.spot_policy == "never":
+        models = [plan.model(m.name) for m in sorted(p.models, key=lambda m: (-m.memory_gb, m.name))]
+        if any(m.spot_policy == "never" or m.name in hold for m in models):
             continue
-        width = model.gpus_per_replica
+        width = max(m.gpus_per_replica for m in models)
         if width == 1 and p.slot != WHOLE:
             continue
-        taken = frozenset(q.node for q in plan.placements_of(model.name) if plan.fleet.pool(q.pool).spot)
+        rates = {m.name: m.rate_rps for m in p.models}
+        taken = frozenset(q.node for m in models for q in plan.placements_of(m.name) if plan.fleet.pool(q.pool).spot)
         for sp in spots:
             saving = (pool.cost_per_gpu_hour - sp.cost_per_gpu_hour) * width
             if saving <= 0 or (best is not None and saving <= best[0]):
                 continue
-            ng = new_gpu(plan, sp.name, starting, width=width, avoid=taken)
-            if ng is None or not _holds(plan, ng.slot, model, mem.rate_rps):
+            ng = new_gpu(plan, sp.name, starting, width=width, avoid=taken | avoid)
+            if ng is None or not _holds(plan, ng.slot, models[0], rates[models[0].name]):
                 continue
-            lead = (cs.node_s + cs.image_s if ng.fresh_node else ng.node_wait_s) + cs.weights_s(model.memory_gb)
-            a = SplitOut(model=model.name, slot=ng.slot, rate_rps=mem.rate_rps,
-                         cost_per_hour=sp.cost_per_gpu_hour * width, ready_in_s=lead, new_gpu=True, replaces=ref(p),
-                         reason=f"{model.name} runs alone on on-demand {p.id} ({pool.cost_per_gpu_hour * width:.2f}/h); "
-                                f"a spot GPU on {ng.slot.node} ({sp.cost_per_gpu_hour * width:.2f}/h) holds its "
-                                f"{mem.rate_rps:.1f} rps and keeps its floor: back to spot, -{saving:.2f}/h, "
-                                f"serving in {lead:.0f} s, the on-demand GPU freed then")
-            if keeps_floor(plan, a):
-                best = (saving, a)
+            node_lead = cs.node_s + cs.image_s if ng.fresh_node else ng.node_wait_s
+            what = models[0].name if len(models) == 1 else f"{p.id}'s group ({', '.join(m.name for m in models)})"
+            why = (f"{what} runs alone on on-demand {p.id} ({pool.cost_per_gpu_hour * width:.2f}/h); a spot GPU on "
+                   f"{ng.slot.node} ({sp.cost_per_gpu_hour * width:.2f}/h) holds "
+                   + ", ".join(f"{m.name}'s {rates[m.name]:.1f} rps" for m in models)
+                   + f" and keeps {'its floor' if len(models) == 1 else 'every floor'}: back to spot, "
+                     f"-{saving:.2f}/h, serving in {node_lead + max(cs.weights_s(m.memory_gb) for m in models):.0f} s, "
+                     "the on-demand GPU freed then")
+            acts: list[Action] = []
+            work = plan
+            for k, m in enumerate(models):
+                lead = node_lead + cs.weights_s(m.memory_gb)
+                a: Action = (SplitOut(model=m.name, slot=ng.slot, rate_rps=rates[m.name],
+                                      cost_per_hour=sp.cost_per_gpu_hour * width, ready_in_s=lead, new_gpu=True,
+                                      replaces=ref(p), reason=why) if k == 0 else
+                             AddReplica(model=m.name, slot=ng.slot, rate_rps=rates[m.name], cost_per_hour=0.0,
+                                        ready_in_s=lead, replaces=ref(p), reason=why))
+                if not keeps_floor(work, a):
+                    break
+                try:
+                    work = apply(work, [a])
+                except ValueError:  # the group does not fit that GPU at these rates
+                    break
+                acts.append(a)
+            else:
+                best = (saving, acts, work)
     if best is None:
         return [], plan
-    a = best[1]
+    _, acts, after = best
     nodes = {k[1] for k in paid_gpus(plan)}
-    if starting is not None and a.slot.node not in nodes:
-        starting[a.slot.node] = cs.node_s + cs.image_s
-    return [a], apply(plan, [a])
+    slot = acts[0].slot  # type: ignore[attr-defined]
+    if starting is not None and slot.node not in nodes:
+        starting[slot.node] = cs.node_s + cs.image_s
+    return acts, after

@@ -21,7 +21,7 @@ from packer.plan import Plan
 from packer.scaling.actions import Action, Replan, apply
 from packer.scaling.demand import ScalingState
 from packer.scaling.policy import decide
-from packer.scaling.replan import accept_replan, fleet_at
+from packer.scaling.replan import accept_replan, built_gpus, fleet_at, migration_cost
 from packer.scaling.settings import ScalingSettings
 from packer.scaling.signals import Signals
 
@@ -134,4 +134,22 @@ def step(plan: Plan, signals: Mapping[str, Signals], state: ScalingState | None,
         base = apply(base, [a])
     out = run_replan(base, rp, replanner, settings, retry_fresh=retry_fresh)
     reasons.append(out.why if out.taken else f"packing not taken: {out.why}")
+    if out.taken:
+        state = migrating(state, base, out.answer, now, settings)
     return Step(plan, actions, state, out, reasons)
+
+
+def migrating(state: ScalingState, base: Plan, new: Plan, now: float, settings: ScalingSettings) -> ScalingState:
+    """``state`` with every model the migration from ``base`` to ``new`` rebuilds marked loading
+    until the slowest rebuilt GPU serves (:func:`packer.scaling.replan.migration_cost`): the old
+    slots serve until then, but the plan is the new one, and a consolidation in between must not
+    count the new replicas (``ModelState.serving_at``)."""
+    _, lead = migration_cost(base, new, settings)
+    built = set(built_gpus(base, new))
+    names = {m.name for p in new.placements for m in p.models
+             if any((p.pool, p.node, g) in built for g in p.gpus or (p.gpu,))}
+    models = dict(state.models)
+    for name in names & set(models):
+        ms = models[name]
+        models[name] = replace(ms, serving_at=max(now + lead, ms.serving_at or now))
+    return replace(state, models=models)

@@ -59,7 +59,8 @@ def _lead_new_gpu(settings: ScalingSettings, model_gb: float, fresh_node: bool, 
 
 
 def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Demand],
-                settings: ScalingSettings, starting: Mapping[str, float] | None = None) -> list[_Candidate]:
+                settings: ScalingSettings, starting: Mapping[str, float] | None = None,
+                avoid: frozenset[str] = frozenset()) -> list[_Candidate]:
     """Every way to add one replica of ``model`` or move one, with capacity after, cost and lead.
 
     With ``n`` replicas holding ``have`` (the tightest holds ``have / n``), one more replica in a
@@ -67,6 +68,7 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     replica there instead (a split-out) makes it hold ``n * min(r, room of the rest)``: the better
     choice when the tightest replica sits in a crowded group. A late model (see
     :class:`Demand`) is moved out of its most crowded slot, and only into a slot of its own.
+    No new GPU goes on a node in ``avoid`` (under a preemption notice).
     """
     d = demands[model.name]
     reps = plan.placements_of(model.name)
@@ -125,7 +127,7 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
             reason=f"{head}; a slot of its own on the {what} {s.id} (paid already) holds {r:.1f} rps: "
                    f"{why(after, rp)}"), shared=False)
     for pool in plan.fleet.pools:
-        ng = new_gpu(plan, pool.name, starting)
+        ng = new_gpu(plan, pool.name, starting, avoid=avoid)
         if ng is None:
             continue
         price = gpu_price(plan, pool.name)
@@ -237,7 +239,8 @@ def _take(plan: Plan, a: Action, settings: ScalingSettings, starting: dict[str, 
 
 
 def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: ScalingSettings,
-             starting: dict[str, float] | None = None, max_steps: int = 8) -> tuple[list[Action], Plan]:
+             starting: dict[str, float] | None = None, max_steps: int = 8, *,
+             avoid: frozenset[str] = frozenset()) -> tuple[list[Action], Plan]:
     """Cover ``model``'s deficit: room in its own slots first (free, instant), then one replica
     at a time by :func:`_pick`, re-sharing the load evenly after each.
 
@@ -258,7 +261,7 @@ def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: 
         # one, one per pool (a few rollouts, not one per candidate).
         have = share_capacity(plan, model.name)
         moves: dict[float, _Candidate] = {}
-        for c in _candidates(plan, model, have, demands, settings, starting):
+        for c in _candidates(plan, model, have, demands, settings, starting, avoid):
             k = round(c.action.cost_per_hour, 6)
             if getattr(c.action, "replaces", None) is not None and (k not in moves or c.after > moves[k].after):
                 moves[k] = c
@@ -266,7 +269,7 @@ def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: 
     best: tuple[tuple[bool, float, float, int], list[Action], Plan, dict[str, float]] | None = None
     for first in firsts:
         st = dict(starting or {})
-        acts, after, covered = _cover(plan, model, demands, settings, st, max_steps, first)
+        acts, after, covered = _cover(plan, model, demands, settings, st, max_steps, first, avoid)
         key = (not covered, round(sum(a.cost_per_hour for a in acts), 6),
                -share_capacity(after, model.name), len(acts))
         if best is None or key < best[0]:
@@ -288,7 +291,8 @@ def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: 
 
 
 def _cover(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: ScalingSettings,
-           starting: dict[str, float], max_steps: int, first: _Candidate | None) -> tuple[list[Action], Plan, bool]:
+           starting: dict[str, float], max_steps: int, first: _Candidate | None,
+           avoid: frozenset[str] = frozenset()) -> tuple[list[Action], Plan, bool]:
     """Up to ``max_steps + 1`` actions by :func:`_pick` until ``model`` holds its want, the first
     of them ``first`` when given. Returns them, the plan after and whether the want is held."""
     d = demands[model.name]
@@ -303,7 +307,7 @@ def _cover(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: Sc
         else:
             if model.max_replicas is not None and n >= model.max_replicas:
                 break
-            c = _pick(_candidates(plan, model, have, demands, settings, starting), d, have, model.slo_ms,
+            c = _pick(_candidates(plan, model, have, demands, settings, starting, avoid), d, have, model.slo_ms,
                       settings.windows.stable_s)
         if c is None:
             break
@@ -319,7 +323,8 @@ def _cover(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: Sc
 
 
 def relieve(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: ScalingSettings,
-            starting: dict[str, float] | None = None) -> tuple[list[Action], Plan]:
+            starting: dict[str, float] | None = None, *,
+            avoid: frozenset[str] = frozenset()) -> tuple[list[Action], Plan]:
     """A late model that is not short: move one replica out of its most crowded slot.
 
     The slot maths said the group holds it, the requests say otherwise; more replicas beside the
@@ -327,7 +332,7 @@ def relieve(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: S
     """
     d = demands[model.name]
     have = share_capacity(plan, model.name)
-    moves = [c for c in _candidates(plan, model, have, demands, settings, starting)
+    moves = [c for c in _candidates(plan, model, have, demands, settings, starting, avoid)
              if getattr(c.action, "replaces", None) is not None]
     c = _pick(moves, d, have, model.slo_ms, settings.windows.stable_s)
     if c is None:

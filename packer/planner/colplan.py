@@ -124,6 +124,13 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
         solver.Add(sum(y[k] for k in pat.model_reps[name]) == 1)  # one replica count per model
     for k, (name, n) in enumerate(pat.reps):
         solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
+    # Spot floors (Patterns.floor_rows): at most ``most`` replicas of the count on a spot pool, or
+    # the dealing (floor replicas first, on-demand slots first) finds a floor replica on spot.
+    for k, pool, most in pat.floor_rows:
+        on_spot = [x[j] for j, (key, reps) in enumerate(pat.columns)
+                   if k in reps and pat.types[key].st.pool.name == pool]
+        if on_spot:
+            solver.Add(sum(on_spot) <= most * y[k])
     if math.isfinite(upper):
         solver.Add(cost <= upper - 1e-6)  # only a cheaper packing is of use
     solver.Minimize(cost)

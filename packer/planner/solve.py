@@ -12,7 +12,7 @@ import math
 import random
 import time
 from collections import defaultdict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from packer.catalog import layout_named
@@ -590,33 +590,43 @@ def _groups(gpus: list[Gpu]) -> list[tuple[str, list[tuple[str, int]]]]:
     return [(sl.type.key, [(r.model.name, r.count) for r in sl.reps]) for g in gpus for sl in g.slots if sl.reps]
 
 
-def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
-               progress: Progress | None = None) -> Plan:
-    """Plan a fleet: the cheapest packing found within the time limit, with a bound and baselines."""
-    settings = settings or PlanSettings()
-    t0 = time.monotonic()
-    limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
-    # Large fleets: the search gets more of the budget (auto_time_limit says why).
+@dataclass
+class _Budget:
+    """A plan's time, split between its stages (``auto_time_limit`` says why so)."""
 
+    limit: float
+    search_s: float
+    """The search's own budget, in deterministic seconds (CP-SAT's, the dive's steps): a seed gives
+    one plan whatever else runs on the machine."""
+    bound_s: float
+    mip_s: float
+    """With the default budget, a small fleet's MIP gets the time it needs; an explicit limit is kept."""
+    deadline: float
+    """Wall clock: it bounds the greedy starts."""
+
+
+def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
+    """Large fleets: the search gets more of the budget (``auto_time_limit`` says why)."""
+    limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
     large = len(fleet.models) > CLASSES_UP_TO
-    deadline = t0 + (0.5 if large else 0.45) * limit
-    # The search's own budget, in deterministic seconds (CP-SAT's, the dive's steps): a seed gives
-    # one plan whatever else runs on the machine. ``deadline`` (wall clock) bounds the greedy starts.
-    search_s = (0.5 if large else 0.45) * limit
-    bound_s = max(1.5, (0.4 if large else 0.45) * limit)
-    # The default budget gives a small fleet's MIP the time it needs; an explicit limit is kept.
-    mip_s = MIP_MIN_S if settings.time_limit_s is None else 0.0
-    problem = Problem(fleet, settings)
-    multi, multi_counts, multi_cost = plan_multi(problem)
-    reserved = gpu_counts(problem, multi)
-    counts = choose_counts(problem)
-    # The greedy baseline's packing obeys the plan's rules (greedy_packing), so it is a start the
-    # plan keeps unless it finds a cheaper one: a plan never costs more than its printed baseline.
+    share = 0.5 if large else 0.45
+    return _Budget(limit, share * limit, max(1.5, (0.4 if large else 0.45) * limit),
+                   MIP_MIN_S if settings.time_limit_s is None else 0.0, t0 + share * limit)
+
+
+def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | None, counts: dict[str, int],
+                   reserved: dict[str, int], t0: float, budget: _Budget) -> tuple[list[Gpu], dict[str, int], tuple | None,
+                                                                                    list[Gpu] | None]:
+    """The packing the search starts from, the replica counts, the greedy baseline's packing and,
+    for a fresh plan, that packing as the start to beat. The greedy baseline obeys the plan's rules
+    (``greedy_packing``), so it is a start the plan keeps unless it finds a cheaper one: a plan
+    never costs more than its printed baseline. A re-plan starts from what it keeps."""
+    fleet = problem.fleet
     began = time.monotonic()
     baseline_packing = greedy_packing(fleet, settings)
     # It used to be packed after the search, outside its budget (2-4 s at 2000 models): so it stays.
     starts_from = t0 + (time.monotonic() - began)
-    deadline += time.monotonic() - began
+    budget.deadline += time.monotonic() - began
     start = baseline_packing[0] if baseline_packing and current is None else None
     if start is not None:
         for g in start:
@@ -624,53 +634,98 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
                 for r in sl.reps:
                     problem.start_counts.setdefault(r.model.name, set()).add(r.count)
     try:
-        if current is not None:
-            # Keep a model's replica count while that many replicas still hold its traffic.
-            for name, n in current.replicas.items():
-                if name not in counts or n < min(problem.replica_options(fleet.model(name)) or [n]):
-                    continue
-                if any(problem.fits_alone(Rep(fleet.model(name), 0, n), st) for st in problem.all_types()):
-                    counts[name] = n
-            kept, todo = _from_current(problem, current, counts, reserved)
-            slots_before = [s for g in kept for s in g.slots]
-            gpu_of = {id(s): g for g in kept for s in g.slots}
-            slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)
-            new_slots = [s for s in slots if id(s) not in gpu_of]
-            gpus = consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
+        if current is None:
+            gpus, counts = _start_packing(problem, counts, reserved, starts_from, budget.deadline, start)
         else:
-            gpus, counts = _start_packing(problem, counts, reserved, starts_from, deadline, start)
+            gpus = _kept_packing(problem, current, counts, reserved, budget.deadline)
     except NoRoom as e:
         raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
                         "or lower headroom") from None
+    return gpus, counts, baseline_packing, start
+
+
+def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reserved: dict[str, int],
+                  deadline: float) -> list[Gpu]:
+    """A re-plan's start: a model keeps its replica count while that many replicas still hold its
+    traffic, the current GPUs keep what still fits, and the rest is packed into spare room first."""
+    fleet = problem.fleet
+    for name, n in current.replicas.items():
+        if name not in counts or n < min(problem.replica_options(fleet.model(name)) or [n]):
+            continue
+        if any(problem.fits_alone(Rep(fleet.model(name), 0, n), st) for st in problem.all_types()):
+            counts[name] = n
+    kept, todo = _from_current(problem, current, counts, reserved)
+    slots_before = [s for g in kept for s in g.slots]
+    gpu_of = {id(s): g for g in kept for s in g.slots}
+    slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)
+    new_slots = [s for s in slots if id(s) not in gpu_of]
+    return consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
+
+
+def _bound_first(problem: Problem, gpus: list[Gpu], multi: list[Gpu], reserved: dict[str, int], floor: float,
+                 budget: _Budget, progress: Progress | None, t0: float) -> tuple[list[Gpu], tuple[float, str] | None]:
+    """A fresh plan's bound before its search, a packing from the pattern LP's columns, and the
+    short exact search. Small fleets: the greedy plan is often optimal already, and the exact
+    search can show it in a few seconds (multilingual: 9.70/h proven in about 5 s), when the search
+    for a cheaper plan would spend its budget finding none. The bound does not depend on the plan.
+    Returns the packing (the columns' where cheaper) and the bound if proven; takes the columns'
+    share from ``budget.search_s``."""
+    if progress:
+        progress("bound", time.monotonic() - t0)
+    greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
+    keep: list = []
+    bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, upper=greedy_cost,
+                        seeds=_groups(gpus), keep=keep)
+    # Whole numbers of the pattern LP's columns: a packing that sees every group at once
+    # (colplan.py). It takes part of the search's share.
+    master_s = min(MASTER_SHARE * budget.limit, 0.5 * budget.search_s)
+    if keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6 and master_s >= 0.3:
+        gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s)
+        budget.search_s -= master_s
+        greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
+    return gpus, _prove(problem, greedy_cost, floor, *bound, min(PROVE_FIRST_S, budget.limit), progress, t0,
+                        first=True)
+
+
+def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budget) -> tuple[float, str]:
+    """The bound after the search (re-plans, ``--prove``): over the replica counts offered and the
+    ones the plan uses (a re-plan may keep counts the search does not offer)."""
+    used: dict[str, set[int]] = defaultdict(set)
+    for g in gpus:
+        for sl in g.slots:
+            for r in sl.reps:
+                used[r.model.name].add(r.count)
+    return lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s,
+                       upper=cost_of(problem, gpu_counts(problem, gpus)), seeds=_groups(gpus), counts=used)
+
+
+def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
+               progress: Progress | None = None) -> Plan:
+    """Plan a fleet: the cheapest packing found within the time limit, with a bound and baselines.
+    Stages: the budget, the multi-GPU replicas, the first packing, the bound (before the search on
+    a fresh plan, after it on a re-plan), the search, the guard against the greedy baseline, GPUs
+    to nodes, and the plan."""
+    settings = settings or PlanSettings()
+    t0 = time.monotonic()
+    budget = _budget(fleet, settings, t0)
+    problem = Problem(fleet, settings)
+    multi, multi_counts, multi_cost = plan_multi(problem)
+    reserved = gpu_counts(problem, multi)
+    gpus, counts, baseline_packing, start = _first_packing(problem, settings, current, choose_counts(problem),
+                                                           reserved, t0, budget)
     if progress:
         progress("greedy", time.monotonic() - t0)
         progress("consolidated", time.monotonic() - t0)
     floor = multi_floor(problem)
-    greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
     first = None
     if settings.prove_s is None and current is None:
-        # Small fleets: the greedy plan is often optimal already, and the exact search can show it
-        # in a few seconds (multilingual: 9.70/h proven in about 5 s), when the search for a
-        # cheaper plan would spend its budget finding none. The bound does not depend on the plan.
-        if progress:
-            progress("bound", time.monotonic() - t0)
-        keep: list = []
-        bound = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s, upper=greedy_cost, seeds=_groups(gpus),
-                            keep=keep)
-        # Whole numbers of the pattern LP's columns: a packing that sees every group at once
-        # (colplan.py). It takes part of the search's share.
-        master_s = min(MASTER_SHARE * limit, 0.5 * search_s)
-        if keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6 and master_s >= 0.3:
-            gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s)
-            search_s -= master_s
-            greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
-        first = _prove(problem, greedy_cost, floor, *bound, min(PROVE_FIRST_S, limit), progress, t0, first=True)
+        gpus, first = _bound_first(problem, gpus, multi, reserved, floor, budget, progress, t0)
     elif current is not None:
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
-    if first is not None and first[0] >= greedy_cost - 1e-6:
+    if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
         gpus, status = gpus + multi, "optimal"
     else:
-        gpus, status = improve(problem, gpus + multi, reserved, search_s, progress, full=current is None)
+        gpus, status = improve(problem, gpus + multi, reserved, budget.search_s, progress, full=current is None)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     baseline = greedy_baseline(fleet, settings, baseline_packing)
     if start is not None and cost_of(problem, gpu_counts(problem, gpus)) > baseline.cost_per_hour + 1e-9:
@@ -681,13 +736,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)
-        used: dict[str, set[int]] = defaultdict(set)  # a re-plan may keep counts the search does not offer
-        for g in gpus:
-            for sl in g.slots:
-                for r in sl.reps:
-                    used[r.model.name].add(r.count)
-        first = lower_bound(problem, floor, time_limit=bound_s, mip_s=mip_s,
-                            upper=cost_of(problem, gpu_counts(problem, gpus)), seeds=_groups(gpus), counts=used)
+        first = _bound_after(problem, gpus, floor, budget)
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s and lb < cost - 1e-6:
@@ -699,15 +748,15 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if status == "optimal" and lb < cost - 1e-6:
         method += "; CP-SAT found no cheaper packing among the replica counts it searched"
     status = "optimal" if lb >= cost - 1e-6 else "feasible"
-    baselines = {"dedicated": dedicated_baseline(problem), "greedy": baseline}
     replicas = {m.name: 0 for m in fleet.models} | dict(multi_counts)
     for g in gpus:  # the solver may have chosen other replica counts than the warm start
         for sl in g.slots:
             for r in sl.reps:
                 replicas[r.model.name] += 1
     plan = make_plan(problem, gpus, status=status, lower_bound=lb, bound_method=method,
-                     solve_seconds=time.monotonic() - t0, baselines=baselines, replicas=replicas,
-                     warnings=warnings)
+                     solve_seconds=time.monotonic() - t0,
+                     baselines={"dedicated": dedicated_baseline(problem), "greedy": baseline},
+                     replicas=replicas, warnings=warnings)
     if current is not None:
         plan = replace(plan, moves=_moves(current, plan))
     return respread(plan, lambda f: plan_fleet(f, settings, current, progress))  # spot floors the nodes could not spread

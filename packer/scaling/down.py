@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+from packer.fleet import Model
 from packer.plan import Placement, Plan
 from packer.scaling.actions import Action, AddReplica, Consolidate, RemoveReplica, Replan, apply
 from packer.scaling.demand import EPS, Demand, capacity, crowd_ok
@@ -48,24 +49,39 @@ def try_empty(plan: Plan, p: Placement, demands: Mapping[str, Demand], settings:
                 notes.append(f"drop {x.name} ({len(others)} replica(s) hold its {wd:.1f} rps)")
                 continue
             per = wd / (len(others) + 1)
-            best: tuple[float, Placement] | None = None
-            for q in t.placements:
-                if q.id == p.id or not q.models or any(y.name == x.name for y in q.models):
-                    continue
-                if not crowd_ok([y.name for y in q.models] + [x.name], demands):
-                    continue
-                r = room(t, q, model)
-                if r >= per - EPS and (best is None or r < best[0]):
-                    best = (r, q)
-            if best is None:
+            q = _tightest_taker(t, p, model, per, demands)
+            if q is None:
                 return None
-            q = best[1]
             t = apply(t, [AddReplica(model=x.name, slot=ref(q), rate_rps=per, cost_per_hour=0.0, reason=""),
                           RemoveReplica(model=x.name, slot=ref(p), cost_per_hour=0.0, reason="")])
             moves.append((x.name, ref(q), per))
             notes.append(f"move {x.name} to {q.id} ({per:.1f} rps)")
     except ValueError:
         return None
+    return _consolidation(plan, p, t, drops, moves, notes, settings)
+
+
+def _tightest_taker(t: Plan, p: Placement, model: Model, per: float,
+                    demands: Mapping[str, Demand]) -> Placement | None:
+    """The slot (other than ``p``, not holding ``model``, not over a crowd limit) with the least
+    room that still takes ``per`` rps of ``model``: best fit, so roomy slots stay for later."""
+    best: tuple[float, Placement] | None = None
+    for q in t.placements:
+        if q.id == p.id or not q.models or any(y.name == model.name for y in q.models):
+            continue
+        if not crowd_ok([y.name for y in q.models] + [model.name], demands):
+            continue
+        r = room(t, q, model)
+        if r >= per - EPS and (best is None or r < best[0]):
+            best = (r, q)
+    return None if best is None else best[1]
+
+
+def _consolidation(plan: Plan, p: Placement, t: Plan, drops: list[str], moves: list[tuple[str, SlotRef, float]],
+                   notes: list[str], settings: ScalingSettings) -> Consolidate | None:
+    """The action that takes ``plan`` to ``t`` (``p`` emptied): its drops, moves and the re-sizes
+    they needed, the GPU it releases (none where another slot of it stays), its price and lead;
+    None where the action does not apply to ``plan`` as a whole."""
     moved = {(m, r.id) for m, r, _ in moves}
     before = {(x.name, q.id): x.rate_rps for q in plan.placements for x in q.models}
     resizes = tuple((x.name, ref(q), x.rate_rps) for q in t.placements for x in q.models

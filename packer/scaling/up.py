@@ -69,6 +69,10 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     choice when the tightest replica sits in a crowded group. A late model (see
     :class:`Demand`) is moved out of its most crowded slot, and only into a slot of its own.
     No new GPU goes on a node in ``avoid`` (under a preemption notice).
+
+    Kept as one function (copies of packed groups are :func:`_group_copies`): ``cand`` and ``why``
+    price every kind of slot (shared, free, a new GPU) the same way from one context (the want,
+    the tightest replica, the one to move); apart, each kind would take that context whole.
     """
     d = demands[model.name]
     reps = plan.placements_of(model.name)
@@ -140,33 +144,43 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
             replaces=rp, reason=f"{head}; a {pool.gpu} on {where} holds {r:.1f} rps for {price:.2f}/h, serving in "
                                 f"{lead:.0f} s: {why(after, rp)}"), shared=False)
         # A copy of a packed group this model is in: worth it when its other members are short too.
-        if d.late:
-            continue
-        for p in reps:
-            if p.pool != pool.name or len(p.models) < 2 or len(p.gpus) > 1:
-                continue
-            hot = [x.name for x in p.models if demands[x.name].deficit > EPS]
-            if len(hot) < 2:
-                continue
-            rates = tuple((x.name, x.rate_rps) for x in p.models)
-            glead = max(_lead_new_gpu(settings, plan.model(x.name).memory_gb, ng.fresh_node, ng.node_wait_s)
-                        for x in p.models)
-            try:
-                tent = apply(plan, [AddGroup(source=ref(p), slot=ng.slot, rates=rates, cost_per_hour=0.0, reason="")])
-            except ValueError:
-                continue
-            gains = {k: min(share_capacity(tent, k), demands[k].want) - demands[k].capacity for k in hot}
-            useful = sum(max(0.0, g) for g in gains.values())
-            after = share_capacity(tent, model.name)
-            if useful < enough or after <= have + t.min_useful_rps:
-                continue
-            out.append(_Candidate(AddGroup(
-                source=ref(p), slot=ng.slot, rates=rates, cost_per_hour=price, ready_in_s=glead,
-                reason=f"{len(hot)} members of {p.id} are short ("
-                       + ", ".join(f"{k} {demands[k].deficit:.1f} rps" for k in hot)
-                       + f"); a copy on {where} covers {useful:.1f} rps of it for {price:.2f}/h, serving in "
-                         f"{glead:.0f} s"), after, useful))
+        if not d.late:
+            out += _group_copies(plan, model, reps, pool.name, ng, price, where, have, enough, demands, settings)
     return [c for c in out if keeps_floor(plan, c.action)]  # never below a model's on-demand floor
+
+
+def _group_copies(plan: Plan, model: Model, reps: list, pool: str, ng, price: float, where: str, have: float,
+                  enough: float, demands: Mapping[str, Demand], settings: ScalingSettings) -> list[_Candidate]:
+    """Copies, on the new GPU ``ng`` of ``pool``, of the packed groups ``model`` is in whose other
+    members are short too: one GPU then covers several deficits. Each is kept where the deficits
+    it covers come to ``enough`` and ``model`` gains past its ``have``."""
+    t = settings.targets
+    out: list[_Candidate] = []
+    for p in reps:
+        if p.pool != pool or len(p.models) < 2 or len(p.gpus) > 1:
+            continue
+        hot = [x.name for x in p.models if demands[x.name].deficit > EPS]
+        if len(hot) < 2:
+            continue
+        rates = tuple((x.name, x.rate_rps) for x in p.models)
+        glead = max(_lead_new_gpu(settings, plan.model(x.name).memory_gb, ng.fresh_node, ng.node_wait_s)
+                    for x in p.models)
+        try:
+            tent = apply(plan, [AddGroup(source=ref(p), slot=ng.slot, rates=rates, cost_per_hour=0.0, reason="")])
+        except ValueError:
+            continue
+        gains = {k: min(share_capacity(tent, k), demands[k].want) - demands[k].capacity for k in hot}
+        useful = sum(max(0.0, g) for g in gains.values())
+        after = share_capacity(tent, model.name)
+        if useful < enough or after <= have + t.min_useful_rps:
+            continue
+        out.append(_Candidate(AddGroup(
+            source=ref(p), slot=ng.slot, rates=rates, cost_per_hour=price, ready_in_s=glead,
+            reason=f"{len(hot)} members of {p.id} are short ("
+                   + ", ".join(f"{k} {demands[k].deficit:.1f} rps" for k in hot)
+                   + f"); a copy on {where} covers {useful:.1f} rps of it for {price:.2f}/h, serving in "
+                     f"{glead:.0f} s"), after, useful))
+    return out
 
 
 QUEUE_SLO_SHARE = 0.5

@@ -62,8 +62,9 @@ def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pyt
         pat.grid = 0.0
 
 
-@pytest.mark.parametrize("seed", [5, 17], ids=lambda s: f"seed{s}")
-def test_pattern_bound_is_below_the_greedy_plan(seed: int) -> None:
+def _greedy_problem(seed: int) -> tuple[Problem, float]:
+    """A generated fleet's problem, with the greedy plan's replica counts offered, and that plan's
+    cost: a real plan every bound must stay under."""
     fleet = parse_fleet(family_fleet(seed, max_models=30, min_models=10))
     settings = PlanSettings()
     packing = greedy_packing(fleet, settings)
@@ -75,6 +76,12 @@ def test_pattern_bound_is_below_the_greedy_plan(seed: int) -> None:
             for r in sl.reps:
                 problem.start_counts.setdefault(r.model.name, set()).add(r.count)
     cost = sum(g.pool.cost_per_gpu_hour * g.width for g in shared + multi)
+    return problem, cost
+
+
+@pytest.mark.parametrize("seed", [5, 17], ids=lambda s: f"seed{s}")
+def test_pattern_bound_is_below_the_greedy_plan(seed: int) -> None:
+    problem, cost = _greedy_problem(seed)
     res = pattern_bound(problem, 5.0)  # no upper: the bound must hold on its own
     assert res is not None
     assert 0 < res.value <= cost + 1e-6
@@ -84,17 +91,7 @@ def test_pattern_bound_is_below_the_greedy_plan(seed: int) -> None:
 def test_the_purchase_a_plan_buys_is_never_ruled_out(seed: int) -> None:
     """``cheapest_purchase`` rules out purchases by the Lagrangian at their own pool sizes: the
     GPUs the greedy plan buys must survive, so the bound it gives is at most that plan's cost."""
-    fleet = parse_fleet(family_fleet(seed, max_models=30, min_models=10))
-    settings = PlanSettings()
-    packing = greedy_packing(fleet, settings)
-    assert packing is not None
-    shared, multi = packing
-    problem = Problem(fleet, settings)
-    for g in shared:
-        for sl in g.slots:
-            for r in sl.reps:
-                problem.start_counts.setdefault(r.model.name, set()).add(r.count)
-    cost = sum(g.pool.cost_per_gpu_hour * g.width for g in shared + multi)
+    problem, cost = _greedy_problem(seed)
     res = pattern_bound(problem, 5.0)
     assert res is not None and res.patterns is not None
     assert res.value <= cost + 1e-6

@@ -30,7 +30,7 @@ from packer.slot import WHOLE, SlotType, evaluate, item
 from sims.billing import Billing
 from sims.cluster import Node, Slot, free_place
 from sims.metrics import Stats, hist_percentile, hist_percentiles
-from sims.policies import (AddReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, RemoveReplica,
+from sims.policies import (StartReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, StopReplica,
                            RemoveSlot, ReplicaView, SlotView)
 from sims.registry import get_policy
 from sims.routing import Router, weighted_split  # noqa: F401 -- weighted_split: imported from here too
@@ -366,9 +366,9 @@ class Simulation:
             if isinstance(a, AddSlot):
                 text = f"add slot {a.pool}/{a.profile} with {'+'.join(a.models)}"
                 self._log(a, text, self._add_slot(a))
-            elif isinstance(a, AddReplica):
+            elif isinstance(a, StartReplica):
                 self._log(a, f"add {a.model} to {a.slot}", self._add_replica(a))
-            elif isinstance(a, RemoveReplica):
+            elif isinstance(a, StopReplica):
                 self._log(a, f"remove {a.model} from {a.slot}", self._remove_replica(a.model, a.slot))
             elif isinstance(a, RemoveSlot):
                 s = self.slots.get(a.slot)
@@ -457,7 +457,7 @@ class Simulation:
         return any(m.model in models and not m.removed for ids in node.gpus.values() for i in ids
                    for m in self.slots[i].server.members)
 
-    def _add_replica(self, a: AddReplica) -> str:
+    def _add_replica(self, a: StartReplica) -> str:
         s = self.slots.get(a.slot)
         if s is None:
             return "refused: no such slot"

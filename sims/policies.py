@@ -14,9 +14,9 @@ policies free of any clock). ``decide`` returns a list of actions, each with a h
 * :class:`AddSlot` ``(pool, profile, models)``: a new slot (a whole GPU, ``profile="whole"``, or
   one MIG instance) hosting one replica of each named model. It serves only after a cold start:
   node provisioning (only if no node of the pool has room), then image pull, then weight load.
-* :class:`AddReplica` ``(model, slot)``: one more replica of ``model`` in an existing slot (memory
+* :class:`StartReplica` ``(model, slot)``: one more replica of ``model`` in an existing slot (memory
   must fit). Cold start: weight load only; the slot's other members keep serving.
-* :class:`RemoveReplica` ``(model, slot)``: stop routing to that replica; its queue drains, then it
+* :class:`StopReplica` ``(model, slot)``: stop routing to that replica; its queue drains, then it
   is gone. A slot left with no members is released (its GPU stops costing money once the GPU is
   empty).
 * :class:`RemoveSlot` ``(slot)``: every member of the slot, as above.
@@ -156,14 +156,14 @@ class AddSlot:
 
 
 @dataclass(frozen=True)
-class AddReplica:
+class StartReplica:
     model: str
     slot: str
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class RemoveReplica:
+class StopReplica:
     model: str
     slot: str
     reason: str = ""
@@ -175,7 +175,7 @@ class RemoveSlot:
     reason: str = ""
 
 
-ClusterAction = Union[AddSlot, AddReplica, RemoveReplica, RemoveSlot]
+ClusterAction = Union[AddSlot, StartReplica, StopReplica, RemoveSlot]
 """What a simulator policy asks of the cluster (the scaling policy's own decisions are
 :class:`packer.scaling.Action`; ``sims/policy_packer.py`` translates one into the other)."""
 

@@ -4,9 +4,9 @@ The pure policy decides on a :class:`~packer.plan.Plan`; the simulator speaks sl
 This adapter keeps a *shadow plan* (the deployment as the policy last left it), feeds the policy
 the simulator's signals, applies the actions to the shadow and translates them:
 
-* ``AddReplica`` -> ``AddReplica``; ``SplitOut``/``AddGroup`` -> ``AddSlot`` (the simulator picks
+* ``AddReplica`` -> ``StartReplica``; ``SplitOut``/``AddGroup`` -> ``AddSlot`` (the simulator picks
   the GPU; the new slot's id is learnt from the next view);
-* ``Consolidate`` -> ``AddReplica`` at each destination now, and ``RemoveSlot`` of the emptied slot
+* ``Consolidate`` -> ``StartReplica`` at each destination now, and ``RemoveSlot`` of the emptied slot
   once those replicas serve (make before break, as the reconciler does);
 * ``Resize`` -> nothing: the simulator routes round-robin, which the policy already assumes;
 * ``Replan`` -> run and judged by the core's step (:func:`packer.scaling.step`, the reconciler's
@@ -173,7 +173,7 @@ class PackerPolicy:
             s = new_slots[slot_id]
             new_slots[slot_id] = replace(s, models=s.models + (model,))
             return None
-        return sp.AddReplica(model, self.ids[slot_id], reason=reason)
+        return sp.StartReplica(model, self.ids[slot_id], reason=reason)
 
     def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
         out: list[sp.ClusterAction | None] = []
@@ -193,7 +193,7 @@ class PackerPolicy:
             if not any(p.id == a.slot.id for p in self.plan.placements):
                 self.ids.pop(a.slot.id, None)
             if self._alive(sim_slot):  # a preempted slot goes by itself
-                out.append(sp.RemoveReplica(a.model, sim_slot, reason=a.reason))
+                out.append(sp.StopReplica(a.model, sim_slot, reason=a.reason))
         elif isinstance(a, Consolidate):
             sim_src = self.ids.pop(a.slot.id, a.slot.id)
             for model, dst, _ in a.moves:
@@ -252,7 +252,7 @@ class PackerPolicy:
                 continue  # preempted meanwhile: the cloud took it
             if ready:
                 out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason) if r.model is None
-                           else sp.RemoveReplica(r.model, r.sim_slot, reason=r.reason))
+                           else sp.StopReplica(r.model, r.sim_slot, reason=r.reason))
             else:
                 keep.append(r)
         self.removals = keep

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from packer.plan import Plan
+from packer.planner import plan_fleet
 from packer.planner.spot import on_demand_only, spot_unaware
 
 Runner = Callable[[Plan, str | None, str], dict[str, Any]]
@@ -25,8 +26,6 @@ Runner = Callable[[Plan, str | None, str], dict[str, Any]]
 
 def comparison_plans(plan: Plan, time_limit_s: float | None = None) -> list[tuple[str, Plan, str | None]]:
     """(label, plan, policy override) for runs 2 and 3; policy None means the first run's."""
-    from packer.planner import plan_fleet
-
     s = replace(plan.settings, time_limit_s=time_limit_s if time_limit_s is not None else plan.settings.time_limit_s)
     od = plan_fleet(on_demand_only(plan.fleet), s)
     od = replace(od, fleet=replace(od.fleet, pools=plan.fleet.pools))  # same fleet, spot pools unused

@@ -766,9 +766,6 @@ def with_insurance(plan: Plan, settings: "PlanSettings") -> Plan:
     """``plan`` with a ``spot-unaware`` baseline: the plan of the same fleet with every model free
     to run on spot, at the same settings. Its cost against the plan's is the price of the
     on-demand floors. Planning twice doubles the solve time, so only spot-aware fleets pay it."""
-    from dataclasses import replace
-
-
     if not spot_aware(plan.fleet):
         return plan
     cheap = plan_fleet(spot_unaware(plan.fleet), settings)

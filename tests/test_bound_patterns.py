@@ -14,7 +14,7 @@ from bench.family import family_fleet
 from packer.fleetfile import load_fleet, parse_fleet
 from packer.planner.model import PlanSettings, Problem, Rep
 from packer.planner import patterns
-from packer.planner.patterns import Patterns, pattern_bound
+from packer.planner.patterns import Patterns, _purchases, pattern_bound
 from packer.planner.solve import greedy_packing, plan_fleet
 from packer.slot import feasible
 
@@ -138,3 +138,18 @@ def test_spot_floors_are_relaxed_not_imposed_on_every_replica() -> None:
     assert res is not None and res.value <= plan.cost_per_hour + 1e-6
     assert plan.lower_bound_cost_per_hour == pytest.approx(plan.cost_per_hour)
     assert res.value == pytest.approx(3.04)
+
+
+def test_purchases_lists_every_purchase_in_the_cost_window() -> None:
+    """``_purchases`` against a brute force: every GPU count vector within the pools' sizes whose
+    cost is at least ``lo`` and below ``hi``, and nothing else."""
+    rng = random.Random(1)
+    for _ in range(200):
+        pools = [(round(rng.uniform(0.3, 10), 2), rng.randint(0, 12)) for _ in range(rng.randint(1, 3))]
+        lo = rng.uniform(0, 30)
+        hi = lo + rng.uniform(0, 15)
+        got = _purchases(pools, lo, hi, 10**6)
+        assert got is not None
+        want = sorted(c for c in itertools.product(*(range(n + 1) for _, n in pools))
+                      if lo - 1e-6 <= sum(k * p for k, (p, _) in zip(c, pools)) < hi - 1e-6)
+        assert sorted(tuple(int(x) for x in row) for row in got[0]) == want

@@ -114,10 +114,15 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
     y = {k: (solver.BoolVar(f"y[{k}]") if integer else solver.NumVar(0, 1, f"y[{k}]")) for k in range(len(pat.reps))}
     used: dict[str, list] = defaultdict(list)
     holds: dict[int, list] = defaultdict(list)
+    on_spot: dict[int, list] = defaultdict(list)  # per spot-floor row (Patterns.floor_rows)
     for j, (key, reps) in enumerate(pat.columns):
         used[key].append(x[j])
+        pool = pat.types[key].st.pool.name
         for k in reps:
             holds[k].append(x[j])
+            r = pat._floor_index.get((k, pool))
+            if r is not None:
+                on_spot[r].append(x[j])
     for key, xs in used.items():
         solver.Add(sum(xs) <= sum(slots_of[key]))  # patterns run on slots the layouts provide
     for name in pat.models:
@@ -126,11 +131,9 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
         solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
     # Spot floors (Patterns.floor_rows): at most ``most`` replicas of the count on a spot pool, or
     # the dealing (floor replicas first, on-demand slots first) finds a floor replica on spot.
-    for k, pool, most in pat.floor_rows:
-        on_spot = [x[j] for j, (key, reps) in enumerate(pat.columns)
-                   if k in reps and pat.types[key].st.pool.name == pool]
-        if on_spot:
-            solver.Add(sum(on_spot) <= most * y[k])
+    for r, (k, _, most) in enumerate(pat.floor_rows):
+        if on_spot[r]:
+            solver.Add(sum(on_spot[r]) <= most * y[k])
     if math.isfinite(upper):
         solver.Add(cost <= upper - 1e-6)  # only a cheaper packing is of use
     solver.Minimize(cost)

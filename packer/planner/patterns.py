@@ -550,7 +550,9 @@ def _purchases(pools: list[tuple[float, int]], lo: float, hi: float,
     if int(size.sum()) > most:
         return None
     rows = np.repeat(np.arange(grid), size)
-    ks = np.concatenate([np.arange(a, b + 1) for a, b in zip(k_lo, k_hi) if b >= a] or [np.zeros(0, dtype=int)])
+    # Within each head's run, k_lo, k_lo + 1, ...: the position in the run added to its k_lo.
+    starts = np.cumsum(size) - size
+    ks = k_lo[rows] + np.arange(rows.size) - starts[rows]
     counts = np.zeros((rows.size, len(pools)))
     for j, i in enumerate(rest):
         counts[:, i] = heads[rows, j]

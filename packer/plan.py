@@ -22,6 +22,18 @@ from packer.settings import PlanSettings
 PLAN_VERSION = 1
 
 
+def node_name(pool: str, node: int) -> str:
+    """A node's name in a plan: ``<pool>-n<k>``."""
+    return f"{pool}-n{node}"
+
+
+def node_parts(node: str) -> tuple[str, int | None]:
+    """The pool and index of a node named by :func:`node_name`; ``(node, None)`` for a name
+    without an index."""
+    head, _, tail = node.rpartition("-n")
+    return (head, int(tail)) if head and tail.isdigit() else (node, None)
+
+
 @dataclass(frozen=True)
 class Member:
     """One replica of a model inside a slot."""

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 
-from packer.plan import Baseline, GpuLayout, Member, Placement, Plan
+from packer.plan import Baseline, GpuLayout, Member, Placement, Plan, node_name
 from packer.planner.assemble import Gpu
 from packer.planner.model import Problem, Rep
 from packer.slot import WHOLE, SlotType, evaluate, item
-
-
-def node_name(pool: str, node: int) -> str:
-    return f"{pool}-n{node}"
 
 
 def multi_placement(problem: Problem, g: Gpu) -> Placement:

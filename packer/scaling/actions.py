@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from packer.plan import GpuLayout, Member, Move, Placement, Plan
+from packer.plan import GpuLayout, Member, Move, Placement, Plan, node_parts
 from packer.scaling.room import SlotRef, headroom_u, paid_gpus, ref, slot_type
 from packer.slot import WHOLE, evaluate, item
 
@@ -375,5 +375,5 @@ def _gpus_of(s: _Slot) -> tuple[int, ...]:
 
 
 def _node_key(node: str) -> tuple[str, int]:
-    head, _, tail = node.rpartition("-n")
-    return (head, int(tail)) if tail.isdigit() else (node, 0)
+    pool, k = node_parts(node)
+    return pool, 0 if k is None else k

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from packer.catalog import gpu_type, mig_layouts
 from packer.fleet import Model
-from packer.plan import Placement, Plan
+from packer.plan import Placement, Plan, node_parts
 from packer.slot import WHOLE, Item, SlotType, duty_window, item, largest
 
 Rates = Mapping[tuple[str, str], float]
@@ -178,7 +178,7 @@ def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = N
     may name nodes of every pool, and l4-spot-n0 under notice once kept a100-n0, the only node an
     A100 pool of one node may have, from being started."""
     pool = plan.fleet.pool(pool_name)
-    avoid = frozenset(n for n in avoid if _pool_of_node(n) == pool_name)
+    avoid = frozenset(n for n in avoid if node_parts(n)[0] == pool_name)
     if width > pool.gpus_per_node:
         return None
     paid = [k for k in paid_gpus(plan) if k[0] == pool_name]
@@ -203,15 +203,9 @@ def new_gpu(plan: Plan, pool_name: str, starting: Mapping[str, float] | None = N
     return None
 
 
-def _pool_of_node(node: str) -> str:
-    """The pool a node name ``<pool>-n<k>`` belongs to (the name itself when it has no index)."""
-    head, _, tail = node.rpartition("-n")
-    return head if head and tail.isdigit() else node
-
-
 def _node_index(node: str) -> int:
-    tail = node.rsplit("-n", 1)[-1]
-    return int(tail) if tail.isdigit() else 1 << 30
+    k = node_parts(node)[1]
+    return 1 << 30 if k is None else k
 
 
 def gpu_price(plan: Plan, pool: str) -> float:

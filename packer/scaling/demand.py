@@ -116,6 +116,17 @@ class Demand:
         return max(0.0, self.want - self.capacity)
 
 
+def loading_until(state: ScalingState, names: list[str] | set[str], until: float) -> ScalingState:
+    """``state`` with ``serving_at`` of each of ``names`` at the later of what it was and
+    ``until``: a replica asked for (a scaling action, a taken migration) serves only then, and
+    until then the model may not shrink (:attr:`ModelState.serving_at`)."""
+    models = dict(state.models)
+    for name in names:
+        ms = models.get(name, ModelState())
+        models[name] = replace(ms, serving_at=max(until, ms.serving_at or until))
+    return replace(state, models=models)
+
+
 def capacity(plan: Plan, model: str) -> float:
     """What the model is sized for now: the sum of its replicas' rates."""
     return sum(rate_of(p, model) for p in plan.placements_of(model))

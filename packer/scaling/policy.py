@@ -44,7 +44,7 @@ from dataclasses import replace
 
 from packer.plan import Plan
 from packer.scaling.actions import Action, AddGroup, AddReplica, Consolidate, Replan, SplitOut, Standby, apply
-from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, observe,
+from packer.scaling.demand import (EPS, Demand, ModelState, ScalingState, capacity, crowd_ok, loading_until, observe,
                                    share_capacity)
 from packer.scaling.down import fragmentation, replan_request, round_robin_waste, scale_down, try_empty
 from packer.scaling.replan import accept_replan, right_size
@@ -196,7 +196,6 @@ def _loading(state: ScalingState, actions: list[Action], now: float) -> ScalingS
     """``state`` with ``serving_at`` of every model these actions add a replica for (or move) at
     the latest of what it was and ``now`` plus the action's cold start. A copied group loads every
     member; a consolidation loads the moved ones."""
-    models = dict(state.models)
     for a in actions:
         if isinstance(a, (AddReplica, SplitOut)):
             names = [a.model]
@@ -206,10 +205,8 @@ def _loading(state: ScalingState, actions: list[Action], now: float) -> ScalingS
             names = [m for m, _, _ in a.moves]
         else:
             continue
-        for name in names:
-            ms = models.get(name, ModelState())
-            models[name] = replace(ms, serving_at=max(now + a.ready_in_s, ms.serving_at or now))
-    return replace(state, models=models)
+        state = loading_until(state, names, now + a.ready_in_s)
+    return state
 
 
 def _shrunk_models(a: Action) -> list[str]:

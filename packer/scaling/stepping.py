@@ -19,7 +19,7 @@ from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.plan import Plan
 from packer.scaling.actions import Action, Replan, apply
-from packer.scaling.demand import ScalingState
+from packer.scaling.demand import ScalingState, loading_until
 from packer.scaling.policy import decide
 from packer.scaling.replan import accept_replan, built_gpus, fleet_at, migration_cost
 from packer.scaling.settings import ScalingSettings
@@ -148,8 +148,4 @@ def migrating(state: ScalingState, base: Plan, new: Plan, now: float, settings: 
     built = set(built_gpus(base, new))
     names = {m.name for p in new.placements for m in p.models
              if any((p.pool, p.node, g) in built for g in p.gpus or (p.gpu,))}
-    models = dict(state.models)
-    for name in names & set(models):
-        ms = models[name]
-        models[name] = replace(ms, serving_at=max(now + lead, ms.serving_at or now))
-    return replace(state, models=models)
+    return loading_until(state, names & set(state.models), now + lead)

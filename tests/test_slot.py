@@ -4,7 +4,7 @@ import pytest
 
 from packer.fleet import LatencyProfile, Model, Pool, Traffic
 from packer.arrivals import batch_bound, envelope
-from packer.slot import SlotType, duty_window, evaluate, item, latency_scale, round_at, single_capacity, turns
+from packer.slot import ItemMaker, SlotType, duty_window, evaluate, item, latency_scale, round_at, single_capacity, turns
 
 POOL = Pool("a100", "a100-80gb", 8, 1, 4.1, ("mig", "time-slicing"))
 WHOLE = SlotType(POOL)
@@ -120,8 +120,20 @@ def test_measured_profile_for_a_slice_wins_and_speed_scales_other_gpus():
     assert latency_scale(m, SlotType(l4)) == pytest.approx((10 / 0.4, 1 / 0.4))
 
 
-def test_single_capacity_is_the_largest_feasible_rate():
-    m = model()
+@pytest.mark.parametrize("m", [model(), model(base=10, per=2, slo=100, mb=4), model(slo=400, mb=2, base=50, per=5),
+                               model(kind="batch", slo=5000, mb=256, per=0.01)])
+def test_single_capacity_is_the_largest_feasible_rate(m):
     cap = single_capacity(m, WHOLE, U)
-    assert duty_window([item(m, cap * 0.999, WHOLE, U)], U) is not None
-    assert duty_window([item(m, cap * 1.01, WHOLE, U)], U) is None
+    assert cap > 0
+    assert duty_window([item(m, cap * (1 - 1e-7), WHOLE, U)], U) is not None
+    assert duty_window([item(m, cap * (1 + 1e-7), WHOLE, U)], U) is None
+
+
+def test_an_item_maker_reused_over_rates_gives_the_items_of_fresh_ones():
+    """Its table of turns fills as scans need it (low rates stop at one turn, high rates need
+    several): a maker that has seen other rates must give what a fresh one gives."""
+    m = model(mb=8, slo=400)
+    make = ItemMaker(m, WHOLE, U)
+    rates = [0.0, 5.0, 3000.0, 0.5, 800.0, 40.0, 12000.0, 1.0]
+    assert [make(r) for r in rates] == [item(m, r, WHOLE, U) for r in rates]
+    assert [make(r) for r in reversed(rates)] == [ItemMaker(m, WHOLE, U)(r) for r in reversed(rates)]

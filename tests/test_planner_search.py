@@ -164,3 +164,34 @@ def test_a_start_that_runs_out_of_gpus_does_not_sink_the_fleet():
     best = multi_start(problem, reps, {}, time.monotonic(), far)
     placed = sorted((r.model.name, r.index) for g in best for s in g.slots for r in s.reps)
     assert placed == sorted((r.model.name, r.index) for r in reps)
+
+
+def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_packing(monkeypatch) -> None:
+    """Past ``DIVE_COLUMNS`` a dive keeps the columns of least reduced cost and each replica's two
+    best: every replica class is still in two kept columns (or all of its own), and the packing
+    dealt from them holds every replica of the counts it chose."""
+    from packer.planner import colplan
+    from packer.planner.patterns import pattern_bound
+
+    problem = Problem(load_fleet(example_path("multilingual-10.yaml")), PlanSettings())
+    choose_counts(problem)
+    pat = pattern_bound(problem, 3.0).patterns
+    assert pat is not None and pat.duals is not None and len(pat.columns) > 300
+    monkeypatch.setattr(colplan, "DIVE_COLUMNS", 150)
+    kept = colplan.dive_columns(pat)
+    assert kept is not None and 150 <= len(kept) < len(pat.columns)
+    for k in range(len(pat.reps)):
+        mine = [j for j, (_, reps) in enumerate(pat.columns) if k in reps]
+        assert sum(1 for j in mine if j in set(kept)) >= min(2, len(mine))
+    gpus = colplan.dive(problem, pat, {}, 30.0, float("inf"))
+    assert gpus is not None
+    counts: dict[str, int] = {}
+    for g in gpus:
+        for sl in g.slots:
+            for r in sl.reps:
+                counts[r.model.name] = counts.get(r.model.name, 0) + 1
+                assert r.count >= 1
+    assert set(counts) == {m.name for m in problem.shared_models}
+    # Every replica of the count a model was dealt at, one per GPU.
+    assert all(r.count == counts[r.model.name] for g in gpus for sl in g.slots for r in sl.reps)
+    assert all(len(g.models()) == sum(len(sl.reps) for sl in g.slots) for g in gpus)

@@ -19,6 +19,7 @@ import math
 import time
 from collections import defaultdict
 
+import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu, to_gpus
@@ -29,6 +30,14 @@ from packer.planner.patterns import Patterns
 
 MASTER_NODES = 100
 """Branch-and-bound nodes the integer master may take (HiGHS)."""
+DIVE_COLUMNS = 3000
+"""Most columns a dive keeps (``dive_columns``): past a few thousand each of its LPs takes tenths
+of a second."""
+DIVE_SHARES = (0.05, 0.0)
+"""Where nothing in a dive's LP is whole, this share of its fractional columns is rounded up at
+once (0: one column a step). The planner dives at each and keeps the cheapest packing; which wins
+depends on the fleet (long-tail: one a step 60.61/h, 5 % at once 61.41/h), and on thousands of
+columns one a step takes hundreds of LPs, so it runs only up to ``DIVE_COLUMNS``."""
 
 
 def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
@@ -55,7 +64,7 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
 
 
 def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
-          reserved: dict[str, int]) -> list[Gpu] | None:
+          reserved: dict[str, int], columns: list[int] | None = None) -> list[Gpu] | None:
     """Slots from the chosen patterns, each replica of the chosen counts in one of them (a
     pattern's extra members are dropped: fewer members never break a group), then GPUs."""
     types = {st.key: st for st in problem.all_types()}
@@ -63,7 +72,8 @@ def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, 
     slots: list[Slot] = []
     # Spot slots last: replicas take indices in the order dealt, and a model's first replicas are
     # its on-demand floor (model.allowed), which the columns, a relaxation, do not keep apart.
-    dealt = sorted(zip(pat.columns, copies), key=lambda cn: types[cn[0][0]].pool.spot)
+    cols = pat.columns if columns is None else [pat.columns[j] for j in columns]
+    dealt = sorted(zip(cols, copies), key=lambda cn: types[cn[0][0]].pool.spot)
     for (key, reps), n in dealt:
         for _ in range(n):
             slot = Slot(types[key])
@@ -90,9 +100,11 @@ def shared_cost(problem: Problem, gpus: list[Gpu]) -> float:
     return cost_of(problem, gpu_counts(problem, [g for g in gpus if not g.multi]))
 
 
-def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: float, integer: bool):
-    """The master problem over the columns: (solver, cost, x per column, y per replica class).
-    ``integer``: a MIP (HiGHS), else an LP (GLOP) to dive on."""
+def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: float, integer: bool,
+            columns: list[int] | None = None):
+    """The master problem over the columns (``columns``: those of ``pat.columns`` at these
+    indices, default all): (solver, x per column, y per replica class). ``integer``: a MIP
+    (HiGHS), else an LP (GLOP) to dive on."""
     fleet = problem.fleet
     solver = pywraplp.Solver.CreateSolver("HIGHS" if integer else "GLOP")
     if solver is None:  # pragma: no cover - OR-Tools ships both
@@ -110,12 +122,13 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
             for prof, n in cnt.items():
                 slots_of[f"{p.name}/{prof}"].append(n * z)
         solver.Add(sum(zs) <= room)
-    x = [var(0, min(pat.reps[k][1] for k in reps), f"x[{j}]") for j, (_, reps) in enumerate(pat.columns)]
+    cols = pat.columns if columns is None else [pat.columns[j] for j in columns]
+    x = [var(0, min(pat.reps[k][1] for k in reps), f"x[{j}]") for j, (_, reps) in enumerate(cols)]
     y = {k: (solver.BoolVar(f"y[{k}]") if integer else solver.NumVar(0, 1, f"y[{k}]")) for k in range(len(pat.reps))}
     used: dict[str, list] = defaultdict(list)
     holds: dict[int, list] = defaultdict(list)
     on_spot: dict[int, list] = defaultdict(list)  # per spot-floor row (Patterns.floor_rows)
-    for j, (key, reps) in enumerate(pat.columns):
+    for j, (key, reps) in enumerate(cols):
         used[key].append(x[j])
         pool = pat.types[key].st.pool.name
         for k in reps:
@@ -141,7 +154,7 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
 
 
 def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
-         upper: float) -> list[Gpu] | None:
+         upper: float, share: float = DIVE_SHARES[0]) -> list[Gpu] | None:
     """A packing by diving on the master LP: solve it; fix every column's whole part and every
     model whose replica count the LP decided; where nothing is whole, the most-used fractional
     count, else the most-used fractional column; solve again, until slots and counts are whole.
@@ -155,24 +168,28 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     reached 65.08/h and the MIP over the same columns found nothing in 60 s (LP 58.07/h).
     """
     end = time.monotonic() + 2 * time_limit  # a guard: the dive ends when all is whole
+    columns = dive_columns(pat)
     # No cost cap in the LP: a dive pushed past ``upper`` midway may still end below it (the
     # caller keeps only a cheaper packing); with the cap, such a dive just failed.
-    built = _master(problem, pat, reserved, math.inf, integer=False)
+    built = _master(problem, pat, reserved, math.inf, integer=False, columns=columns)
     if built is None:
         return None
     solver, x, y = built
     eps = 1e-6
-    forced = None  # the last fix the LP did not already hold (var, its lower bound before)
+    forced: list = []  # the last fixes the LP did not already hold (var, its lower bound before)
+    one_at_a_time = False
     while True:
         if time.monotonic() > end:
             return None
         if solver.Solve() != pywraplp.Solver.OPTIMAL:
-            if forced is None:
+            if not forced:
                 return None
-            var, lb = forced  # that fix left no room in the pools: undo it, and never again
-            var.SetLb(lb)
-            var.SetUb(lb)
-            forced = None
+            for var, lb in forced:
+                var.SetLb(lb)
+            if len(forced) == 1:
+                forced[0][0].SetUb(forced[0][1])  # that fix left no room in the pools: never again
+            one_at_a_time = one_at_a_time or len(forced) > 1  # several left none: one by one now
+            forced = []
             continue
         xv = [v.solution_value() for v in x]
         yv = {k: v.solution_value() for k, v in y.items()}
@@ -189,11 +206,44 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
             if v > 1 - eps and y[k].lb() < 0.5:
                 y[k].SetLb(1.0)
                 fixed = True
-        forced = None
+        forced = []
         if fixed:
             continue
-        var, value = (y[max(frac_y)[1]], 1.0) if frac_y else (x[max(frac_x)[1]], math.ceil(xv[max(frac_x)[1]]))
-        forced = (var, var.lb())
-        var.SetLb(value)
+        if frac_y:
+            todo = [(y[max(frac_y)[1]], 1.0)]
+        else:
+            # The most-used fractional columns rounded up together (a share of them, so that a
+            # dive over thousands of columns takes tens of LPs, not hundreds).
+            most = sorted(frac_x, reverse=True)[:1 if one_at_a_time else max(1, int(share * len(frac_x)))]
+            todo = [(x[j], math.ceil(xv[j])) for _, j in most]
+        for var, value in todo:
+            forced.append((var, var.lb()))
+            var.SetLb(value)
     chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if yv[k] > 0.5}
-    return _deal(problem, pat, [round(v) for v in xv], chosen, reserved)
+    return _deal(problem, pat, [round(v) for v in xv], chosen, reserved, columns)
+
+
+def dive_columns(pat: Patterns) -> list[int] | None:
+    """The columns a dive keeps: all up to ``DIVE_COLUMNS``; past that, those of least reduced
+    cost at the column generation's last duals (the LP's own columns have none), and each
+    replica's two best columns, so that every replica can still be covered. None: all.
+    generated-500's 12,000 columns took 0.24 s an LP and 32 s a dive."""
+    if len(pat.columns) <= DIVE_COLUMNS or pat.duals is None:
+        return None
+    mu, pi = pat.duals
+    rc = np.array([pi.get(key, 0.0) - float(mu[list(reps)].sum()) for key, reps in pat.columns])
+    order = np.argsort(rc, kind="stable")
+    keep = set(order[:DIVE_COLUMNS].tolist())
+    holders: dict[int, list[int]] = defaultdict(list)  # replica class: its columns, least reduced cost first
+    for j in order.tolist():
+        for k in pat.columns[j][1]:
+            holders[k].append(j)
+    for k in range(len(pat.reps)):
+        have = sum(1 for j in holders[k] if j in keep)
+        for j in holders[k]:
+            if have >= 2:
+                break
+            if j not in keep:
+                keep.add(j)
+                have += 1
+    return sorted(keep)

@@ -48,6 +48,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
+from packer.planner.knapsack import branch_and_bound, grid_bound
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas
 from packer.slot import SlotType, feasible
 
@@ -72,11 +73,18 @@ its A100 slot) spent 8 deterministic s a round on the fine cells; coarse first, 
 41 rounds and 35 s (bound 469.5/h, where 60 s of fine pricing reached 459.8)."""
 CHUNK = 400_000
 """Cells times items screened at once (memory: a few arrays of this many floats)."""
-NODE_S, CELL_S, ITER_S, ROUND_S = 1.8e-5, 1.5e-7, 4e-4, 2e-3
-"""Deterministic seconds per branch-and-bound node, per cell-item-lambda of the pricing LPs, per
-simplex iteration of the restricted master, and per round: measured on this project's 2-core
-machine (1.6e-5, 1.3e-7, 3.5e-4 on long-tail, generated-500 and multilingual-10), rounded up
-for what is not counted."""
+NODE_S, CALL_S, ITEM_S = 8e-7, 2e-5, 1e-7
+"""Deterministic seconds per node of the pricing's branch and bound (``knapsack.py``, compiled),
+per search and per item handed to a search: measured on this project's 2-core machine (0.4-0.9 µs,
+12 µs and 0.1 µs on generated-500, long-tail and family-0-long-tail-194), rounded up."""
+GRID_UNITS, GRID_S = 200, 1e-9
+"""Units of each constraint in the pricing bound's dynamic programme (``knapsack.grid_bound``,
+where a branch and bound does not close: weights rounded down, so a group may gain under 1/200 of
+a slot per member), and its deterministic seconds per item and unit squared (measured 6e-10)."""
+CELL_S, ITER_S, ROUND_S = 7e-8, 3.5e-4, 5e-3
+"""Deterministic seconds per cell-item-lambda of the pricing LPs, per simplex iteration of the
+restricted master, and per round (what the rest of a round costs): measured on the same fleets
+(4-8e-8, 1.2-4.2e-4 and about 6 ms), rounded up."""
 DISJOINT = 30
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
 far this round leave out (reusing the round's cell LPs, which stay upper bounds)."""
@@ -194,6 +202,8 @@ class Patterns:
         """Deterministic seconds spent (``NODE_S``, ``CELL_S``, ``ITER_S``): what the column
         generation's budget counts, so that the same problem gets the same columns on a busy
         machine as on an idle one, and the plan built from them is the same for a seed."""
+        self.duals: tuple[np.ndarray, dict[str, float]] | None = None
+        """The restricted LP's last duals (``mu``, ``pi``): which columns a dive keeps."""
         self.grid = COARSE_GRID if self.cell_work() > COARSE_WORK else 0.0
         """Width of the pricing's cells while it prices coarse (``COARSE_GRID``); 0 once it prices
         on the fine cells."""
@@ -243,9 +253,9 @@ class Patterns:
     # --- the pricing problem -------------------------------------------------------------
 
     def _bnb(self, *args) -> tuple[float, list[int], float]:
-        """:func:`_branch_and_bound`, its nodes counted as work."""
-        val, chosen, upper, nodes = _branch_and_bound(*args)
-        self.work += nodes * NODE_S
+        """:func:`knapsack.branch_and_bound`, its nodes counted as work."""
+        val, chosen, upper, nodes = branch_and_bound(*args)
+        self.work += nodes * NODE_S + CALL_S + args[0].size * ITEM_S
         return val, chosen, upper
 
     @staticmethod
@@ -330,9 +340,16 @@ class Patterns:
             if least <= best + 1e-12:
                 break
             vv, w, mm, md, _ = make()
-            _, _, upper = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
+            found, _, upper = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
+            if upper > found + 1e-12:  # the search did not close: the optimum on a grid of weights
+                upper = min(upper, self._grid(vv, w, mm, md, 1.0 + SLACK))
             best = max(best, min(least, upper))
         return best
+
+    def _grid(self, *args) -> float:
+        """:func:`knapsack.grid_bound` at ``GRID_UNITS``, counted as work."""
+        self.work += args[0].size * GRID_UNITS ** 2 * GRID_S
+        return grid_bound(*args, GRID_UNITS)
 
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
                node_limit: int = PRICE_NODES, cells: list | None = None,
@@ -598,68 +615,6 @@ def _fractional_rows(V: np.ndarray, C: np.ndarray, cap: float) -> np.ndarray:
     return total + part
 
 
-def _branch_and_bound(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam: float,
-                      cap: float, best: float, node_limit: int) -> tuple[float, list[int], float, int]:
-    """The most ``v`` a set of items (one per model) within ``cap`` in both ``w`` and ``mm`` holds,
-    when it beats ``best``: (value, the items, an upper bound on the most, nodes). Finished, the
-    upper bound is the value (or ``best``); cut short at ``node_limit``, it is the largest LP
-    bound left open on the search's path, which is often far below the root's LP
-    (family-100003-multilingual-80's L4 slot: 0.51 against 0.58, where the root's LP was the
-    pricing bound and cost 12 % of the plan's bound). Depth first by
-    ratio; each node keeps only the items that still fit beside its set (and not of a model in
-    it), and is pruned by their one-constraint LP in ``lam w + (1 - lam) mm``. Stops after
-    ``node_limit`` nodes with the best set found (its value is then not proven the most)."""
-    c = np.maximum(lam * w + (1 - lam) * mm, 1e-15)
-    order = np.argsort(-(v / c), kind="stable")
-    state: dict = {"best": best, "set": [], "nodes": 0, "open": -math.inf}
-    path: list[int] = []
-
-    def dfs(cand: np.ndarray, val: float, rt: float, rm: float) -> bool:
-        cs = np.cumsum(c[cand])
-        cv = np.cumsum(v[cand])
-        n = cand.size
-        room = lam * rt + (1 - lam) * rm
-
-        def lp_from(p: int) -> float:
-            """The LP of the items from p on in the room left: the most a branch there can add."""
-            if p >= n:
-                return 0.0
-            start_c = cs[p - 1] if p else 0.0
-            start_v = cv[p - 1] if p else 0.0
-            k = int(np.searchsorted(cs, start_c + room, side="right"))  # items p..k-1 fit whole
-            bound = (cv[k - 1] if k > 0 else 0.0) - start_v
-            if k < n:
-                bound += v[cand[k]] * max(0.0, start_c + room - (cs[k - 1] if k > 0 else 0.0)) / c[cand[k]]
-            return bound
-
-        for p in range(n):
-            bound = lp_from(p)
-            if val + bound <= state["best"] + 1e-12:
-                return True
-            j = cand[p]
-            state["nodes"] += 1
-            if state["nodes"] > node_limit:
-                state["open"] = max(state["open"], val + bound)  # this node and its later siblings
-                return False
-            nv, nrt, nrm = val + v[j], rt - w[j], rm - mm[j]
-            path.append(int(j))
-            if nv > state["best"]:
-                state["best"], state["set"] = nv, list(path)
-            rest = cand[p + 1:]
-            rest = rest[(w[rest] <= nrt) & (mm[rest] <= nrm) & (model[rest] != model[j])]
-            ok = rest.size == 0 or dfs(rest, nv, nrt, nrm)
-            path.pop()
-            if not ok:
-                # The child left its own subtree's open bound; the later siblings are open too.
-                state["open"] = max(state["open"], val + lp_from(p + 1))
-                return False
-        return True
-
-    first = order[(w[order] <= cap) & (mm[order] <= cap)]
-    first.size == 0 or dfs(first, 0.0, cap, cap)
-    return state["best"], state["set"], max(state["best"], state["open"]), state["nodes"]
-
-
 def _best_gain(pools: list[tuple[float, float, int]], s: float, upper: float) -> float:
     """``max sum (s w_p - c_p) Z_p`` over ``0 <= Z_p <= max_gpus``, ``sum c_p Z_p <= upper``: the
     pools whose GPUs are worth more than they cost, best value per unit of cost first."""
@@ -830,6 +785,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             break
         rounds += 1
         lp, mu, pi = solved
+        pat.duals = (mu, pi)
         if spent() > budget:
             break
         # The last duals are not always the best ones: take the bound now and then (the pricing

@@ -13,14 +13,15 @@ import random
 import time
 from collections import defaultdict
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Callable
 
 from packer.catalog import layout_named
 from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
-from packer.planner.bound import CLASSES_UP_TO, MIP_MIN_S, lower_bound
-from packer.planner.colplan import dive, integer_master
+from packer.planner.bound import MIP_MIN_S, lower_bound
+from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, dive, integer_master
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
@@ -40,9 +41,8 @@ def auto_time_limit(fleet: Fleet) -> float:
     150-250 models (long-tail: 6 s leaves it short, 57.3/h against 49.0/h), hence more time there
     than the 8.5 s before it; issue 14 allows 30 s up to 500 models.
 
-    Up to 250 models 45% goes to improving the plan and 45% to the lower bound; above, 50% and 40%
-    (only the one-class LP runs there: 1.8 s at 500 models, 16 s at 2000; the greedy restarts
-    take 2-4 s each at 2000). Baselines take the rest. The search counts CP-SAT's deterministic
+    Up to 60 models 45% goes to improving the plan and 45% to the lower bound; above, 30% and 60%
+    (``_budget``: the pattern LP's columns give the bound and the packing). Baselines take the rest. The search counts CP-SAT's deterministic
     time, which runs ahead of the wall clock, so a plan takes up to about 1.2x this budget: above
     100 models the budget grows slowly enough that a 200-model fleet stays within 10 s. A small
     fleet's default exact search (``_prove(first=True)``) comes on top, up to ``PROVE_FIRST_S``; when it
@@ -563,15 +563,16 @@ MASTER_SHARE = 0.25
 
 
 def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, int], seconds: float) -> list[Gpu]:
-    """A packing from the pattern LP's columns (``colplan``): the dive, then the integer master
-    below the dive's cost with the time left of its share; consolidated, where it is cheaper than
-    ``gpus`` (the shared GPUs so far); else ``gpus``."""
+    """A packing from the pattern LP's columns (``colplan``): the dives (``DIVE_SHARES``), then the
+    integer master below their cost with the time left of its share; consolidated, where it is
+    cheaper than ``gpus`` (the shared GPUs so far); else ``gpus``."""
 
     now = cost_of(problem, gpu_counts(problem, gpus))
     best, best_cost = gpus, now
     # The master's nodes are LPs over every column: past MASTER_COLUMNS a few of them take longer
     # than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found).
-    steps = (dive, integer_master) if len(pat.columns) <= MASTER_COLUMNS else (dive,)
+    steps = [partial(dive, share=s) for s in DIVE_SHARES if s > 0 or len(pat.columns) <= DIVE_COLUMNS]
+    steps += [integer_master] if len(pat.columns) <= MASTER_COLUMNS else []
     for step in steps:
         # Both end on their own (the dive when all is whole, the master at its node limit): the
         # clock is a guard against a much slower machine, not what ends them.
@@ -606,12 +607,19 @@ class _Budget:
 
 
 def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
-    """Large fleets: the search gets more of the budget (``auto_time_limit`` says why)."""
+    """Past ``PATTERN_FIRST`` models the bound gets 60 % of the budget and the search 30 %: the
+    pattern LP's columns give both the bound and, by diving, the packing the search starts from
+    (generated-500: 139.47/h and a bound of 108.7 where the even split gave 145.17/h and 97.03),
+    and the search's windows rarely move a packing that size much. Below, 45 % each."""
     limit = settings.time_limit_s if settings.time_limit_s is not None else auto_time_limit(fleet)
-    large = len(fleet.models) > CLASSES_UP_TO
-    share = 0.5 if large else 0.45
-    return _Budget(limit, share * limit, max(1.5, (0.4 if large else 0.45) * limit),
+    large = len(fleet.models) > PATTERN_FIRST
+    share = 0.3 if large else 0.45
+    return _Budget(limit, share * limit, max(1.5, (0.6 if large else 0.45) * limit),
                    MIP_MIN_S if settings.time_limit_s is None else 0.0, t0 + share * limit)
+
+
+PATTERN_FIRST = 60
+"""Fleets above this many models split their budget in favour of the pattern LP (``_budget``)."""
 
 
 def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | None, counts: dict[str, int],

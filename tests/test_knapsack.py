@@ -1,0 +1,97 @@
+"""The pricing problem's searches (``packer.planner.knapsack``): exact where they say so, bounds
+where they say so, and the compiled search means what its Python source says."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from packer.planner import knapsack
+from packer.planner.knapsack import branch_and_bound, grid_bound
+
+
+def _instances(seed: int, count: int, most: int) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        n = int(rng.integers(1, most + 1))
+        scale = float(rng.choice([0.05, 0.3, 0.7]))
+        v = rng.random(n) * float(rng.choice([0.01, 1.0, 10.0]))
+        w, mm = rng.random(n) * scale, rng.random(n) * scale
+        model = rng.integers(0, max(1, n // int(rng.integers(1, 4))), n)
+        out.append((v, w, mm, model, float(rng.choice([0.0, 0.3, 0.5, 1.0]))))
+    return out
+
+
+def _best(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, cap: float = 1.0) -> float:
+    """Every set, one item per model, within both capacities: the most it holds."""
+    best = 0.0
+    for r in range(1, len(v) + 1):
+        for s in itertools.combinations(range(len(v)), r):
+            idx = list(s)
+            if len(set(model[idx].tolist())) == r and w[idx].sum() <= cap and mm[idx].sum() <= cap:
+                best = max(best, float(v[idx].sum()))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_branch_and_bound_is_exact_when_it_finishes_and_an_upper_bound_when_cut_short(seed: int) -> None:
+    for v, w, mm, model, lam in _instances(seed, 60, 10):
+        best = _best(v, w, mm, model)
+        value, chosen, upper, nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, 10**7)
+        assert value == pytest.approx(best, abs=1e-12) and upper == pytest.approx(best, abs=1e-12)
+        assert len({int(model[j]) for j in chosen}) == len(chosen)
+        assert w[chosen].sum() <= 1.0 and mm[chosen].sum() <= 1.0
+        assert float(v[chosen].sum()) == pytest.approx(value)
+        if nodes > 2:
+            _, _, cut_upper, cut_nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, 2)
+            assert cut_nodes == 3 and cut_upper >= best - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grid_bound_is_never_below_the_best_set_and_exact_on_its_grid(seed: int) -> None:
+    for v, w, mm, model, _ in _instances(100 + seed, 60, 9):
+        assert grid_bound(v, w, mm, model, 1.0, 50) >= _best(v, w, mm, model) - 1e-12
+        # Weights already on the grid: nothing is rounded, so the programme is exact.
+        wq, mq = np.round(w * 20) / 20, np.round(mm * 20) / 20
+        assert grid_bound(v, wq, mq, model, 1.0, 20) == pytest.approx(_best(v, wq, mq, model), abs=1e-12)
+
+
+_PROBE = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from tests.test_knapsack import _instances
+from packer.planner.knapsack import branch_and_bound, grid_bound
+out = []
+for v, w, mm, model, lam in _instances(7, 40, 120):
+    for limit in (30, 3000):
+        val, chosen, upper, nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, limit)
+        out.append([val.hex(), chosen, upper.hex(), nodes])
+    out.append([grid_bound(v, w, mm, model, 1.0, 40).hex()])
+print(json.dumps(out))
+"""
+
+
+def test_the_compiled_searches_equal_their_python_source_bit_for_bit() -> None:
+    """numba's typing (integer widths, float contraction) must not change what the planner's
+    budgets and bounds were measured on: the same nodes, values and sets as the source run as
+    Python (``NUMBA_DISABLE_JIT``)."""
+    if not hasattr(knapsack._dfs, "py_func"):
+        pytest.skip("numba is not installed: the searches already run as Python")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = _PROBE.format(root=root)
+    runs = []
+    for jit_off in ("0", "1"):
+        env = dict(os.environ, NUMBA_DISABLE_JIT=jit_off)
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600,
+                              check=True)
+        runs.append(json.loads(done.stdout))
+    assert runs[0] == runs[1]
+    assert any(r[3] > 30 for r in runs[0] if len(r) == 4)  # some searches were cut short

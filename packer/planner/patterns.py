@@ -96,6 +96,11 @@ BOUND_NODES = 40_000
 LP stands, and an excess of the pricing bound over a slot's dual is charged on every GPU the
 budget allows (family-100005-multilingual-80: 4,000 nodes left the A100 slot at 3.76 against its
 dual 3.33 and the bound at 40.6/h; 40,000 finish in 0.5 s and the bound meets the LP, 46.5/h)."""
+FINAL_BOUND_NODES = 400_000
+"""Node limit of the last bound's searches (the ones during column generation keep
+``BOUND_NODES``): family-100003-multilingual-80's L4 slot needs 400,000 to close (0.51 against
+0.569 at 40,000; bound 35.03 -> 39.08/h, the LP's optimum), in 0.06 s now that the search is
+compiled; on generated-500 a bound at 400,000 takes 4 s, once."""
 EVAL_EVERY = 0.15
 """Share of the time limit between two evaluations of the Lagrangian bound during the search."""
 PRICE_NODES = 300
@@ -409,13 +414,13 @@ class Patterns:
     # --- the bound -----------------------------------------------------------------------
 
     def lagrangian(self, mu: np.ndarray, upper: float, full: bool = True,
-                   V: dict[str, float] | None = None) -> float:
+                   V: dict[str, float] | None = None, nodes: int = BOUND_NODES) -> float:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
         pricing bounds at ``mu`` where the caller has them (:meth:`search`). Not ``full``: the
         pricing bounds skip their branch and bound (their LPs stand: weaker, still bounds)."""
         fixed = self.fixed_part(mu)
         if V is None:
-            V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES if full else 0) for key in self.types}
+            V = {key: self.pattern_value_bound(key, mu, node_limit=nodes if full else 0) for key in self.types}
         worth = {}
         for p in self.problem.fleet.pools:
             worth[p.name] = max((sum(n * V.get(f"{p.name}/{prof}", 0.0) for prof, n in cnt.items()) for cnt, _ in
@@ -805,6 +810,6 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             converged = True  # no group the search found improves the LP at its duals
             break
     if rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
-        best = max(best, pat.lagrangian(mu, upper, full=spent() < time_limit))
+        best = max(best, pat.lagrangian(mu, upper, full=spent() < time_limit, nodes=FINAL_BOUND_NODES))
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), rounds, converged, time.monotonic() - t0, pat)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from packer.catalog import gpu_type
 from packer.safeload import InputError
@@ -198,10 +199,16 @@ class Fleet:
         return next(p for p in self.pools if p.name == name)
 
     def model(self, name: str) -> Model:
-        for m in self.models:
-            if m.name == name:
-                return m
-        raise KeyError(f"no model {name!r} in fleet {self.name!r}")
+        m = self._models_by_name.get(name)
+        if m is None:
+            raise KeyError(f"no model {name!r} in fleet {self.name!r}")
+        return m
+
+    @cached_property
+    def _models_by_name(self) -> dict[str, Model]:
+        """The models by name, built on first use: the planner looks models up by name in its
+        inner loops (a scan took 0.6 s of a 20 s pattern LP at 500 models)."""
+        return {m.name: m for m in self.models}
 
     def with_traffic(self, scale: dict[str, float] | float) -> "Fleet":
         """The same fleet with traffic scaled (per model, or all by one factor): for what-ifs."""

@@ -49,11 +49,13 @@ def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pyt
         sub[keys] = mu[keys]  # the brute force saw only these items
         assert pat.pattern_value_bound(key, sub) >= best - 1e-9, key
         # Columns from every kind of cell the pricing uses: exact, coarse (5 %), and the 1 %
-        # runs it takes over EXACT_CELLS distinct cycles. Each must be a group feasible admits.
-        for grid, exact_cells in ((0.0, patterns.EXACT_CELLS), (patterns.COARSE_GRID, patterns.EXACT_CELLS), (0.0, 1)):
+        # runs it takes over EXACT_CELLS distinct cycles, charged at their bottom or (``top``)
+        # at their top. Each must be a group feasible admits.
+        for grid, exact_cells, top in ((0.0, patterns.EXACT_CELLS, False), (patterns.COARSE_GRID, patterns.EXACT_CELLS, False),
+                                       (0.0, 1, False), (0.0, 1, True)):
             pat.grid = grid
             monkeypatch.setattr(patterns, "EXACT_CELLS", exact_cells)
-            for col in pat.search(key, sub, 0.0)[0]:
+            for col in pat.search(key, sub, 0.0, top=top)[0]:
                 items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st)
                          for k in col]
                 assert feasible(items, ti.st.memory_gb, problem.u)
@@ -153,3 +155,26 @@ def test_purchases_lists_every_purchase_in_the_cost_window() -> None:
         want = sorted(c for c in itertools.product(*(range(n + 1) for _, n in pools))
                       if lo - 1e-6 <= sum(k * p for k, (p, _) in zip(c, pools)) < hi - 1e-6)
         assert sorted(tuple(int(x) for x in row) for row in got[0]) == want
+
+
+def test_a_search_at_the_top_of_a_run_of_cycles_keeps_only_admitted_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two models whose cycles (83.96 and 83.29 ms) fall in one 1 % run: charged at the run's top
+    the pair fits (0.997 of the slot), at the tighter member's own cycle it does not. A search at
+    the top must pass the pair over and still return the best group there is, a model alone."""
+    fleet = parse_fleet({"name": "edge", "pools": [{"name": "a", "gpu": "a100-80gb", "gpus_per_node": 1, "max_nodes": 4,
+                                                    "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
+                         "models": [{"name": n, "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": r}, "slo_ms": s,
+                                     "latency_ms": {"gpu": "a100-80gb", "base": 10.0, "per_item": 0.5}, "max_batch": 64}
+                                    for n, r, s in (("m1", 257.95, 200), ("m2", 257.95 * 1.008, 199))]})
+    problem = Problem(fleet, PlanSettings())
+    pat = Patterns(problem)
+    pat.grid = 0.0
+    monkeypatch.setattr(patterns, "EXACT_CELLS", 1)
+    key = next(iter(pat.types))
+    ones = [k for k, (_, n) in enumerate(pat.reps) if n == 1]
+    assert len(ones) == 2 and not pat._admits(key, tuple(ones))
+    mu = np.zeros(len(pat.reps))
+    mu[ones] = 1.0
+    cols, _ = pat.search(key, mu, 0.0, top=True)
+    assert cols and all(pat._admits(key, c) for c in cols)
+    assert max(sum(mu[k] for k in c) for c in cols) == pytest.approx(1.0)

@@ -49,7 +49,7 @@ from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import branch_and_bound, grid_bound
-from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas
+from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import SlotType, feasible
 
 GRID = 1.01
@@ -109,6 +109,11 @@ hundred nodes, proving it the best takes thousands (the bound's searches get ``4
 SLACK = 1e-7
 """Relative slack on the pricing bound's capacities, so that rounding never excludes a group that
 ``feasible`` (which allows 1e-9) admits."""
+ALONE_ALL = 4000
+"""Up to this many (replica, slot type) pairs, column generation starts from each replica alone on
+each slot type; past it, alone on the cheapest slot type of each pool. Pricing finds any other
+such column it needs; the rest only slowed the restricted LP (generated-500: 7,029 of its first
+columns, 60 % of its last, where the LP takes about 0.1 s a solve)."""
 MAX_PURCHASES, MAX_PURCHASE_LPS = 200_000, 400
 """Most purchases :meth:`Patterns.cheapest_purchase` lists, and tests one LP each (multi-GPU
 models; about 2 ms an LP)."""
@@ -356,9 +361,14 @@ class Patterns:
         self.work += args[0].size * GRID_UNITS ** 2 * GRID_S
         return grid_bound(*args, GRID_UNITS)
 
+    def exact_cells(self, key: str, mu: np.ndarray) -> bool:
+        """Whether the pricing searches ``key`` on cells of one ``hi`` each (``EXACT_CELLS``)."""
+        ti = self.types[key]
+        return not self.grid and np.unique(ti.hi[self.values(ti, mu) > 1e-12]).size <= EXACT_CELLS
+
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
                node_limit: int = PRICE_NODES, cells: list | None = None,
-               skip: np.ndarray | None = None) -> tuple[list[tuple[int, ...]], list | None]:
+               skip: np.ndarray | None = None, top: bool = False) -> tuple[list[tuple[int, ...]], list | None]:
         """Columns: groups on slot type ``key`` worth more than ``floor`` at ``mu`` (the last
         ``max_cols`` found, best last), and the cell problems searched (None where cells are
         coarse), for follow-up searches.
@@ -367,6 +377,12 @@ class Patterns:
         cell's ``hi``, below no member's, so every set found is an admitted group; cells are
         searched best LP first, each for a group beating the best so far. Otherwise the cells are
         coarser than a group's cycle and time is charged at their bottom, so again every set found is admitted.
+
+        ``top``: cells of runs of ``hi`` with time charged at their top, as the bound's are; a set
+        found there may be no group (a member's ``hi`` below the run's top), so each is tested and
+        only an admitted one counts. Where bottom-charged cells find nothing, groups tight in time
+        are still there: family-100007-mixed-401 (903 distinct cycles) "converged" with A100 groups
+        worth 3.44 and 3.63 against the slot's dual of 3.27, all admitted.
 
         ``cells``: the cell problems of an earlier search at the same ``mu``, and ``skip``: models
         (indices) to leave out; their LPs, computed with those models in, are still upper bounds,
@@ -377,22 +393,34 @@ class Patterns:
         v = self.values(ti, mu)
         exact = not self.grid and np.unique(ti.hi[v > 1e-12]).size <= EXACT_CELLS
         if cells is None:
-            cells = self._cell_problems(ti, v, at_top=exact)
-        cap = 1.0 + SLACK if exact else 1.0
+            cells = self._cell_problems(ti, v, at_top=exact or top)
+        cap = 1.0 + SLACK if exact or top else 1.0
         best = floor if exact else floor + 1e-9
         found: list[tuple[int, ...]] = []
+        skipped = np.zeros(len(self.models), dtype=bool)
+        if skip is not None:
+            skipped[skip] = True
         for least, lam, make in cells:
             if least <= best + 1e-12:
                 break
             vv, w, mm, md, at = make()
             if skip is not None:
-                keep = ~np.isin(md, skip)
+                keep = ~skipped[md]
                 if not keep.any():
                     continue
                 vv, w, mm, md, at = vv[keep], w[keep], mm[keep], md[keep], at[keep]
             val, chosen, _ = self._bnb(vv, w, mm, md, lam, cap, best, node_limit)
             if chosen and val > best + 1e-12:
-                found.append(tuple(sorted(ti.keys[int(at[j])] for j in chosen)))
+                col = tuple(sorted(ti.keys[int(at[j])] for j in chosen))
+                if top and not exact and not self._admits(key, col):
+                    # Not a group: search the cell again with time charged at its least cycle,
+                    # where every set found is one.
+                    val, chosen, _ = self._bnb(vv, (ti.A[at] / ti.hi[at].min() + ti.B[at]) / self.u, mm, md, lam,
+                                               1.0, best, node_limit)
+                    col = tuple(sorted(ti.keys[int(at[j])] for j in chosen))
+                    if not chosen or val <= best + 1e-12 or not self._admits(key, col):
+                        continue
+                found.append(col)
                 best = val
         return [c for c in found[-max_cols:] if self._admits(key, c)], cells
 
@@ -724,11 +752,21 @@ class _Master:
 
 
 def _first_columns(pat: Patterns, seeds: list[tuple[str, list[tuple[str, int]]]]) -> None:
-    """Every replica alone on every slot type that holds it, and the known packing's groups."""
+    """Every replica alone on every slot type that holds it (past ``ALONE_ALL`` such columns, on
+    the cheapest one of each pool), and the known packing's groups."""
     index = {rc: k for k, rc in enumerate(pat.reps)}
-    for key, ti in pat.types.items():
-        for k in ti.keys:
-            pat.add(key, (k,))
+    alone = [(key, k) for key, ti in pat.types.items() for k in ti.keys]
+    if len(alone) > ALONE_ALL:
+        cheapest: dict[tuple[int, str], tuple[float, str]] = {}
+        for key, k in alone:
+            st = pat.types[key].st
+            price = slot_price(st)
+            if price < cheapest.get((k, st.pool.name), (math.inf, ""))[0]:
+                cheapest[(k, st.pool.name)] = (price, key)
+        kept = {(key, k) for (k, _), (_, key) in cheapest.items()}
+        alone = [c for c in alone if c in kept]
+    for key, k in alone:
+        pat.add(key, (k,))
     for key, members in seeds:
         ks = tuple(index[rc] for rc in members if rc in index)
         if key in pat.types and len(ks) == len(members) and pat._admits(key, ks):
@@ -745,6 +783,9 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
         if out_of_time():
             break
         cols, cells = pat.search(key, mu, floor=pi[key])
+        top = not cols and not pat.grid and not pat.exact_cells(key, mu)
+        if top:  # groups tight in time that the bottom-charged cells miss (``Patterns.search``)
+            cols, cells = pat.search(key, mu, floor=pi[key], top=True)
         priced += 1
         for col in cols:
             new += pat.add(key, col)
@@ -753,7 +794,7 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
             if not cols or out_of_time():
                 break
             skip += [pat.model_index[pat.reps[k][0]] for k in cols[-1]]
-            cols, _ = pat.search(key, mu, floor=pi[key], cells=cells, skip=np.array(skip))
+            cols, _ = pat.search(key, mu, floor=pi[key], cells=cells, skip=np.array(skip), top=top)
             for col in cols:
                 new += pat.add(key, col)
     return new, priced

@@ -48,6 +48,8 @@ def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pyt
         sub = np.zeros_like(mu)
         sub[keys] = mu[keys]  # the brute force saw only these items
         assert pat.pattern_value_bound(key, sub) >= best - 1e-9, key
+        # Runs of cycles charged at their top relax more than cells of their own.
+        assert pat.pattern_value_bound(key, sub, exact=1) >= pat.pattern_value_bound(key, sub) - 1e-9, key
         # Columns from every kind of cell the pricing uses: exact, coarse (5 %), and the 1 %
         # runs it takes over EXACT_CELLS distinct cycles, charged at their bottom or (``top``)
         # at their top. Each must be a group feasible admits.

@@ -56,6 +56,9 @@ MIP_UP_TO = 60
 PATTERN_SHARE = 0.6
 """The pattern LP's column generation gets what the aggregate LPs left of the bound's time, and at
 least this share of it."""
+ONE_CLASS_S_PER_MODEL = 0.008
+"""Above ``CLASSES_UP_TO`` models, the one-class LP's seconds per model (1.8 s at 500, 16 s at
+2000), kept out of the pattern LP's budget."""
 AGGREGATE_SHARE, AGGREGATE_S_PER_MODEL = 0.25, 0.015
 """Time kept for the aggregate LPs after column generation, up to this many models: the duty-class
 LP takes about 3.5 s on long-tail (200 models), 1 s on 40."""
@@ -104,7 +107,7 @@ result is appended to ``keep`` (its columns can seed a packing).
     # cut short (its Lagrangian bound is then poor, and they are the floor); converged, it is
     # the tighter relaxation of the two (its columns are groups ``feasible`` admits, where the
     # aggregate LPs pool the slots' time and memory). Above, the one-class LP first (16 s at 2000
-    # models), then the pattern LP with what is left, and at least PATTERN_SHARE of the time.
+    # models), then the pattern LP with what it is expected to leave, and at least PATTERN_SHARE of the time.
     if n <= CLASSES_UP_TO:
         reserve = min(AGGREGATE_SHARE * time_limit, AGGREGATE_S_PER_MODEL * n + 0.5)
         pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)
@@ -112,7 +115,10 @@ result is appended to ``keep`` (its columns can seed a packing).
             aggregate()
     else:
         aggregate()
-        pat = pattern_bound(problem, max(left(), PATTERN_SHARE * time_limit), upper, seeds, counts)
+        # What the one-class LP leaves, estimated from the fleet's size rather than read off the
+        # clock, so that the columns (and the plan dived from them) do not depend on the load.
+        pat = pattern_bound(problem, max(time_limit - ONE_CLASS_S_PER_MODEL * n, PATTERN_SHARE * time_limit),
+                            upper, seeds, counts)
     if pat is not None and keep is not None:
         keep.append(pat)
     pattern = _pattern_found(problem, pat, upper)

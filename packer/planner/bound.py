@@ -56,9 +56,9 @@ MIP_UP_TO = 60
 PATTERN_SHARE = 0.6
 """The pattern LP's column generation gets what the aggregate LPs left of the bound's time, and at
 least this share of it."""
-ONE_CLASS_S_PER_MODEL = 0.008
-"""Above ``CLASSES_UP_TO`` models, the one-class LP's seconds per model (1.8 s at 500, 16 s at
-2000), kept out of the pattern LP's budget."""
+ONE_CLASS_S_PER_MODEL2 = 4e-6
+"""Above ``CLASSES_UP_TO`` models, the one-class LP's seconds per model squared, kept out of the
+pattern LP's budget: measured 1.8 s at 500 models and 16 s at 2000 (estimated 1.0 and 16)."""
 AGGREGATE_SHARE, AGGREGATE_S_PER_MODEL = 0.25, 0.015
 """Time kept for the aggregate LPs after column generation, up to this many models: the duty-class
 LP takes about 3.5 s on long-tail (200 models), 1 s on 40."""
@@ -117,7 +117,7 @@ result is appended to ``keep`` (its columns can seed a packing).
         aggregate()
         # What the one-class LP leaves, estimated from the fleet's size rather than read off the
         # clock, so that the columns (and the plan dived from them) do not depend on the load.
-        pat = pattern_bound(problem, max(time_limit - ONE_CLASS_S_PER_MODEL * n, PATTERN_SHARE * time_limit),
+        pat = pattern_bound(problem, max(time_limit - ONE_CLASS_S_PER_MODEL2 * n * n, PATTERN_SHARE * time_limit),
                             upper, seeds, counts)
     if pat is not None and keep is not None:
         keep.append(pat)

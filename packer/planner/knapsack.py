@@ -24,6 +24,14 @@ except ImportError:  # pragma: no cover - numba is a dependency; a platform with
         return args[0] if args and callable(args[0]) else (lambda f: f)
 
 
+def warm() -> None:
+    """Compile the searches (or load them from numba's cache) now: the first run on a machine
+    takes seconds, which the column generation's wall-clock guard would otherwise count."""
+    one = np.ones(2)
+    branch_and_bound(one, 0.1 * one, 0.1 * one, np.arange(2), 0.5, 1.0, 0.0, 10)
+    grid_bound(one, 0.1 * one, 0.1 * one, np.arange(2), 1.0, 4)
+
+
 def branch_and_bound(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam: float,
                      cap: float, best: float, node_limit: int) -> tuple[float, list[int], float, int]:
     """The most ``v`` a set of items (one per model) within ``cap`` in both ``w`` and ``mm`` holds,

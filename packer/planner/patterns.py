@@ -48,7 +48,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
-from packer.planner.knapsack import branch_and_bound, grid_bound
+from packer.planner.knapsack import branch_and_bound, grid_bound, warm
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import SlotType, feasible
 
@@ -820,6 +820,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     ``seeds`` are groups (slot type key, [(model, count)]) of a known packing, added as first
     columns; ``counts`` are replica counts to allow beside ``Problem.replica_options`` (a re-plan
     keeps its current ones). None if nothing needs a GPU."""
+    warm()  # before the clock starts: compiling is not the column generation's time
     t0 = time.monotonic()
     pat = Patterns(problem, counts)
     if not pat.types and not pat.multi:

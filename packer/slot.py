@@ -160,8 +160,8 @@ class ItemMaker:
         self.base, self.per = latency_scale(model, st)
         self.turns: list[tuple[float, float, float, float]] = []
         """Per number of turns k: its latency limit, the cover's numerator ``k M - c_k``, the
-        envelope's slope ``s_k`` and ``1 + k u``; filled as far as a scan has needed (``lat`` only falls
-        with k, so a scan stops once it is below the best cycle so far)."""
+        envelope's slope ``s_k`` and ``1 + k u``; filled as far as a scan has needed (``lat``
+        only falls with k, so a scan stops once it is below the best cycle so far)."""
 
     def _turn(self, k: int) -> tuple[float, float, float, float]:
         while len(self.turns) < k:

@@ -107,7 +107,8 @@ result is appended to ``keep`` (its columns can seed a packing).
     # cut short (its Lagrangian bound is then poor, and they are the floor); converged, it is
     # the tighter relaxation of the two (its columns are groups ``feasible`` admits, where the
     # aggregate LPs pool the slots' time and memory). Above, the one-class LP first (16 s at 2000
-    # models), then the pattern LP with what it is expected to leave, and at least PATTERN_SHARE of the time.
+    # models), then the pattern LP with what it is expected to leave, and at least PATTERN_SHARE
+    # of the time.
     if n <= CLASSES_UP_TO:
         reserve = min(AGGREGATE_SHARE * time_limit, AGGREGATE_S_PER_MODEL * n + 0.5)
         pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)

@@ -64,7 +64,7 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
 
 
 def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
-          reserved: dict[str, int], columns: list[int] | None = None) -> list[Gpu] | None:
+          reserved: dict[str, int], columns: list | None = None) -> list[Gpu] | None:
     """Slots from the chosen patterns, each replica of the chosen counts in one of them (a
     pattern's extra members are dropped: fewer members never break a group), then GPUs."""
     types = {st.key: st for st in problem.all_types()}
@@ -72,8 +72,7 @@ def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, 
     slots: list[Slot] = []
     # Spot slots last: replicas take indices in the order dealt, and a model's first replicas are
     # its on-demand floor (model.allowed), which the columns, a relaxation, do not keep apart.
-    cols = pat.columns if columns is None else [pat.columns[j] for j in columns]
-    dealt = sorted(zip(cols, copies), key=lambda cn: types[cn[0][0]].pool.spot)
+    dealt = sorted(zip(pat.columns if columns is None else columns, copies), key=lambda cn: types[cn[0][0]].pool.spot)
     for (key, reps), n in dealt:
         for _ in range(n):
             slot = Slot(types[key])
@@ -101,10 +100,10 @@ def shared_cost(problem: Problem, gpus: list[Gpu]) -> float:
 
 
 def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: float, integer: bool,
-            columns: list[int] | None = None):
-    """The master problem over the columns (``columns``: those of ``pat.columns`` at these
-    indices, default all): (solver, x per column, y per replica class). ``integer``: a MIP
-    (HiGHS), else an LP (GLOP) to dive on."""
+            columns: list | None = None):
+    """The master problem over the columns (``columns``: some of ``pat.columns``, default all):
+    (solver, x per column, y per replica class). ``integer``: a MIP (HiGHS), else an LP (GLOP)
+    to dive on."""
     fleet = problem.fleet
     solver = pywraplp.Solver.CreateSolver("HIGHS" if integer else "GLOP")
     if solver is None:  # pragma: no cover - OR-Tools ships both
@@ -122,7 +121,7 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
             for prof, n in cnt.items():
                 slots_of[f"{p.name}/{prof}"].append(n * z)
         solver.Add(sum(zs) <= room)
-    cols = pat.columns if columns is None else [pat.columns[j] for j in columns]
+    cols = pat.columns if columns is None else columns
     x = [var(0, min(pat.reps[k][1] for k in reps), f"x[{j}]") for j, (_, reps) in enumerate(cols)]
     y = {k: (solver.BoolVar(f"y[{k}]") if integer else solver.NumVar(0, 1, f"y[{k}]")) for k in range(len(pat.reps))}
     used: dict[str, list] = defaultdict(list)
@@ -168,7 +167,8 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     reached 65.08/h and the MIP over the same columns found nothing in 60 s (LP 58.07/h).
     """
     end = time.monotonic() + 2 * time_limit  # a guard: the dive ends when all is whole
-    columns = dive_columns(pat)
+    kept = dive_columns(pat)
+    columns = None if kept is None else [pat.columns[j] for j in kept]
     # No cost cap in the LP: a dive pushed past ``upper`` midway may still end below it (the
     # caller keeps only a cheaper packing); with the cap, such a dive just failed.
     built = _master(problem, pat, reserved, math.inf, integer=False, columns=columns)

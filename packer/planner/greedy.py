@@ -19,7 +19,7 @@ from typing import Callable
 from packer.errors import UserError
 from packer.fleet import FleetError
 from packer.planner.model import Problem, Rep, Slot, allowed, slot_price
-from packer.slot import WHOLE, Item, SlotType
+from packer.slot import WHOLE, Item, SlotType, window
 
 
 def choose_counts(problem: Problem) -> dict[str, int]:
@@ -157,11 +157,8 @@ def _best_slot(problem: Problem, rep: Rep, slots: list[Slot], agg: dict[int, "_A
         if g is not None and name in g.models():  # type: ignore[attr-defined]
             continue
         it = problem.item(rep, sl.type)
-        sb = a.sB + it.B
-        if sb >= u:
-            continue
-        hi = min(a.hi, it.hi)
-        if hi <= 0 or (a.sA + it.A) / (u - sb) > hi + 1e-9:
+        sb, hi = a.sB + it.B, min(a.hi, it.hi)
+        if window(a.sA + it.A, sb, hi, u) is None:  # the slot maths' own test, on running sums
             continue
         f = max((a.sA + it.A + sb * hi) / (u * hi), (a.mem + mem) / sl.type.memory_gb)
         # Squishy best fit: the slot this replica makes least fuller. Joining a group with a

@@ -104,9 +104,10 @@ budget allows (family-100005-multilingual-80: 4,000 nodes left the A100 slot at 
 dual 3.33 and the bound at 40.6/h; 40,000 finish in 0.5 s and the bound meets the LP, 46.5/h)."""
 FINAL_BOUND_NODES = 400_000
 """Node limit of the last bound's searches where column generation converged (the ones during
-it, and after one cut short, keep ``BOUND_NODES``: generated-2000 went 91 -> 140 s): family-100003-multilingual-80's L4 slot needs 400,000 to close (0.51 against
-0.569 at 40,000; bound 35.03 -> 39.08/h, the LP's optimum), in 0.06 s now that the search is
-compiled; on generated-500 a bound at 400,000 takes 4 s, once."""
+it, and after one cut short, keep ``BOUND_NODES``: generated-2000 went 91 -> 140 s).
+family-100003-multilingual-80's L4 slot needs 400,000 to close (0.51 against 0.569 at 40,000;
+bound 35.03 -> 39.08/h, the LP's optimum), in 0.06 s now that the search is compiled; on
+generated-500 a bound at 400,000 takes 4 s, once."""
 EVAL_EVERY = 0.15
 """Share of the time limit between two evaluations of the Lagrangian bound during the search."""
 PRICE_NODES = 300
@@ -371,7 +372,10 @@ class Patterns:
     def exact_cells(self, key: str, mu: np.ndarray) -> bool:
         """Whether the pricing searches ``key`` on cells of one ``hi`` each (``EXACT_CELLS``)."""
         ti = self.types[key]
-        return not self.grid and np.unique(ti.hi[self.values(ti, mu) > 1e-12]).size <= EXACT_CELLS
+        return self._exact(ti, self.values(ti, mu))
+
+    def _exact(self, ti: TypeItems, v: np.ndarray) -> bool:
+        return not self.grid and np.unique(ti.hi[v > 1e-12]).size <= EXACT_CELLS
 
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
                node_limit: int = PRICE_NODES, cells: list | None = None,
@@ -398,7 +402,7 @@ class Patterns:
         """
         ti = self.types[key]
         v = self.values(ti, mu)
-        exact = not self.grid and np.unique(ti.hi[v > 1e-12]).size <= EXACT_CELLS
+        exact = self._exact(ti, v)
         if cells is None:
             cells = self._cell_problems(ti, v, at_top=exact or top)
         cap = 1.0 + SLACK if exact or top else 1.0
@@ -449,7 +453,8 @@ class Patterns:
     # --- the bound -----------------------------------------------------------------------
 
     def lagrangian(self, mu: np.ndarray, upper: float, full: bool = True,
-                   V: dict[str, float] | None = None, nodes: int = BOUND_NODES, cells: int = BOUND_CELLS) -> float:
+                   V: dict[str, float] | None = None, nodes: int = BOUND_NODES,
+                   cells: int = BOUND_CELLS) -> float:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
         pricing bounds at ``mu`` where the caller has them (:meth:`search`). Not ``full``: the
         pricing bounds skip their branch and bound (their LPs stand: weaker, still bounds)."""

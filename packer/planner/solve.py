@@ -42,7 +42,8 @@ def auto_time_limit(fleet: Fleet) -> float:
     than the 8.5 s before it; issue 14 allows 30 s up to 500 models.
 
     Up to 60 models 45% goes to improving the plan and 45% to the lower bound; above, 30% and 60%
-    (``_budget``: the pattern LP's columns give the bound and the packing). Baselines take the rest. The search counts CP-SAT's deterministic
+    (``_budget``: the pattern LP's columns give the bound and the packing). Baselines take the
+    rest. The search counts CP-SAT's deterministic
     time, which runs ahead of the wall clock, so a plan takes up to about 1.2x this budget: above
     100 models the budget grows slowly enough that a 200-model fleet stays within 10 s. A small
     fleet's default exact search (``_prove(first=True)``) comes on top, up to ``PROVE_FIRST_S``; when it
@@ -606,6 +607,10 @@ class _Budget:
     """Wall clock: it bounds the greedy starts."""
 
 
+PATTERN_FIRST = 60
+"""Fleets above this many models split their budget in favour of the pattern LP (``_budget``)."""
+
+
 def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
     """Past ``PATTERN_FIRST`` models the bound gets 60 % of the budget and the search 30 %: the
     pattern LP's columns give both the bound and, by diving, the packing the search starts from
@@ -620,9 +625,6 @@ def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
     return _Budget(limit, share * limit, max(1.5, (0.6 if large else 0.45) * limit),
                    MIP_MIN_S if settings.time_limit_s is None else 0.0, t0 + 0.5 * limit)
 
-
-PATTERN_FIRST = 60
-"""Fleets above this many models split their budget in favour of the pattern LP (``_budget``)."""
 
 
 def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | None, counts: dict[str, int],

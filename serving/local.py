@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import contextlib
 import ctypes
 import os
 import re
@@ -63,9 +64,18 @@ def find_triton() -> TritonInstall:
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback ports. The sockets are held open together while the kernel picks,
+    because ports probed one after another may come back equal, and tritonserver refuses to start
+    (it prints its usage) when two of its endpoints share a port."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,7 @@ class LocalTriton:
         self.log_path = self.log_path or tmp / "tritonserver.log"
         last = ""
         for _attempt in range(3):  # a port taken between probe and bind: retry on fresh ports
-            self.ports = Ports(free_port(), free_port(), free_port())
+            self.ports = Ports(*free_ports(3))
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(self.command(install, backends), stdout=log, stderr=subprocess.STDOUT,
                                              env=env, start_new_session=True,
@@ -194,7 +204,11 @@ class LocalTriton:
                 if re.match(r"^E\d{4} ", ln) or "UNAVAILABLE" in ln or ln.startswith("error:")]
         keep = [ln for ln in keep if "CudaDriverHelper" not in ln]  # CPU-only machines: expected
         keep = [re.sub(r"\s{2,}", " ", ln).strip(" |") for ln in keep]
-        return "\n".join(keep)[-6000:] if keep else text[-4000:]
+        if keep:
+            return "\n".join(keep)[-6000:]
+        if "Usage: tritonserver" in text:  # a refused command line: the reason is above the usage text
+            return text.split("Usage: tritonserver", 1)[0].strip()[-4000:]
+        return text[-4000:]
 
     def log_tail(self, chars: int = 4000) -> str:
         try:

@@ -25,7 +25,7 @@ from packer.slot import servable
 from serving.config import timing
 from serving.control import ServerControl, digest
 from packer.handplan import placement, plan_of
-from serving.local import LocalTriton
+from serving.local import LocalTriton, free_ports
 from serving.metrics import scrape, signals
 from serving.repository import group_repositories, repositories, write_repository
 from serving.settings import TritonSettings
@@ -226,6 +226,21 @@ def test_a_model_that_cannot_load_stops_the_server_with_its_log(plan, tmp_path):
     bad = replace(repo, models=(replace(repo.models[0], files={"1/model.py": b"raise SystemExit('broken stand-in')"}),))
     with pytest.raises(UserError, match="asr-es"):
         LocalTriton(write_repository(bad, tmp_path / "bad"), start_timeout_s=60).start()
+
+
+def test_a_refused_command_line_names_its_reason_not_the_usage_text(plan, tmp_path):
+    """CI once drew the same port twice for two endpoints; tritonserver printed its usage and the
+    error showed only the usage's tail. The ports are now distinct, and the reason comes first."""
+    (repo,) = group_repositories(plan, plan.placements[0], LIVE)[:1]
+    server = LocalTriton(write_repository(repo, tmp_path / "r"), extra_args=("--http-port=0", "--grpc-port=0"))
+    with pytest.raises(UserError, match="cannot listen to HTTP requests and GRPC requests") as e:
+        server.start()
+    assert "Usage" not in str(e.value)
+
+
+def test_free_ports_are_distinct():
+    ports = free_ports(64)
+    assert len(set(ports)) == 64 and all(0 < p < 65536 for p in ports)
 
 
 def test_models_sharing_a_slot_take_turns_on_it(tmp_path):

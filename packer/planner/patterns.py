@@ -550,7 +550,10 @@ class Patterns:
         size = {p.name: p.max_gpus if sizes is None else sizes.get(p.name, 0) for p in pools}
         Z = {p.name: solver.NumVar(0.0, float(size[p.name]), f"Z[{p.name}]") for p in pools}
         used = {p.name: [Z[p.name]] for p in pools}
-        obj = sum((p.cost_per_gpu_hour - worth[p.name]) * Z[p.name] for p in pools)
+        # A worth equal to the price up to rounding (converged duals price a pool's GPU at its
+        # cost) leaves a coefficient of 1e-16, on which GLOP gives up as ABNORMAL.
+        coef = {p.name: _snap(p.cost_per_gpu_hour - worth[p.name], p.cost_per_gpu_hour) for p in pools}
+        obj = sum(coef[p.name] * Z[p.name] for p in pools)
         spend = sum(p.cost_per_gpu_hour * Z[p.name] for p in pools)
         for name, where in self.multi:
             us = []
@@ -571,8 +574,18 @@ class Patterns:
         if status == pywraplp.Solver.INFEASIBLE:
             return math.inf
         if status != pywraplp.Solver.OPTIMAL:
-            return -math.inf
+            # A weaker minimum that needs no solver: the budget row dropped, each pool at its size
+            # where its GPUs are worth more than they cost, each multi-GPU model at its cheapest.
+            # It was -inf: family-7-multilingual-4's converged pattern LP (7.45/h) bounded nothing.
+            return (sum(min(0.0, coef[p.name]) * size[p.name] for p in pools)
+                    + sum(min(self.problem.fleet.pool(pn).cost_per_gpu_hour * g for pn, g in where.items())
+                          for _, where in self.multi))
         return solver.Objective().Value()
+
+
+def _snap(x: float, scale: float) -> float:
+    """``x``, or 0 where it is rounding noise against ``scale``."""
+    return 0.0 if abs(x) <= 1e-9 * max(1.0, abs(scale)) else x
 
 
 def _count_options(problem: Problem, m) -> set[int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,7 +209,7 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "bound_method": plan.bound_method,
         "solve_seconds": round(plan.solve_seconds, 3),
         "gpus": dict(plan.gpus),
-        "baselines": {k: asdict(v) for k, v in plan.baselines.items()},
+        "baselines": {k: _baseline_dict(v) for k, v in plan.baselines.items()},
         "replicas": dict(plan.replicas),
         "layouts": [asdict(l) | {"creation_order": list(l.creation_order)} for l in plan.layouts],
         "placements": [_placement_dict(p) for p in plan.placements],
@@ -234,7 +235,8 @@ def from_dict(d: dict[str, Any]) -> Plan:
         fleet=fleet, status=d["status"], cost_per_hour=d["cost_per_hour"],
         lower_bound_cost_per_hour=d["lower_bound_cost_per_hour"], solve_seconds=d["solve_seconds"],
         gpus=dict(d["gpus"]),
-        baselines={k: Baseline(v["cost_per_hour"], dict(v["gpus"]), v.get("note", "")) for k, v in d["baselines"].items()},
+        baselines={k: Baseline(math.inf if v["cost_per_hour"] is None else v["cost_per_hour"], dict(v["gpus"]),
+                               v.get("note", "")) for k, v in d["baselines"].items()},
         placements=placements,
         layouts=tuple(GpuLayout(l["pool"], l["node"], l["gpu"], l["layout"], tuple(l.get("creation_order", ())))
                       for l in d.get("layouts", [])),
@@ -244,6 +246,12 @@ def from_dict(d: dict[str, Any]) -> Plan:
         bound_method=d.get("bound_method", ""),
         warnings=tuple(d.get("warnings", [])),
     )
+
+
+def _baseline_dict(b: Baseline) -> dict[str, Any]:
+    """A baseline that does not fit the pools costs ``null``: JSON has no infinity, and the plan's
+    own reader refuses ``Infinity`` (a long-tail plan once could not be read back)."""
+    return asdict(b) | {"cost_per_hour": None if math.isinf(b.cost_per_hour) else b.cost_per_hour}
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:

@@ -9,7 +9,7 @@ from itertools import groupby
 
 from packer.catalog import gpu_type, layout_named
 from packer.plan import Plan
-from packer.planner.prove import MAX_MODELS
+from packer.planner.prove import LEFT_FOR_PROOF
 from packer.planner.spot import exposure_lines
 
 
@@ -29,18 +29,19 @@ def summary(plan: Plan) -> str:
     for name in ("dedicated", "greedy"):
         if name in b:
             bl = b[name]
-            ratio = plan.cost_per_hour / bl.cost_per_hour if bl.cost_per_hour not in (0, float("inf")) else 0
+            if bl.cost_per_hour == float("inf"):
+                lines.append(f"{name:>9} baseline n/a: {bl.note}")
+                continue
+            ratio = plan.cost_per_hour / bl.cost_per_hour if bl.cost_per_hour else 0
             lines.append(f"{name:>9} baseline {_money(bl.cost_per_hour)}/h on {sum(bl.gpus.values())} GPUs "
                          f"(plan costs {ratio:.2f}x)")
     lines.append(f"solved in {plan.solve_seconds:.1f} s")
 
     lines += exposure_lines(plan)
 
-    shared = sum(1 for m in plan.fleet.models if m.gpus_per_replica == 1)
-    if plan.gap > 1e-6 and shared <= MAX_MODELS and "no cheaper plan exists" not in plan.bound_method:
+    if plan.gap > 1e-6 and LEFT_FOR_PROOF in plan.bound_method:
         lines.append("hint: the gap may be the bound's, not the plan's: `--prove 120` searches exactly for a "
-                     "cheaper plan, and proves this one optimal if there is none (where at most a dozen "
-                     "cheaper GPU purchases are left to rule out)")
+                     "cheaper plan, and proves this one optimal if there is none")
     if plan.moves:
         lines.append(moves(plan))
     for w in plan.warnings:

@@ -200,3 +200,43 @@ def test_replan_never_overfills_a_pool_with_kept_gpus():
     after = plan_fleet(_overfill_fleet(2), PlanSettings(time_limit_s=2), current=before)
     assert check_plan(after) == []
     assert after.gpus == {"a": 4, "b": 1}
+
+
+def test_dedicated_baseline_is_bought_within_the_pools():
+    """The cheapest pool holds two GPUs; the dedicated baseline once put all four models there, a
+    plan no one could buy, and printed it under the plan's own lower bound."""
+    doc = {"name": "small-cheap-pool", "pools": [
+        {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 0.8,
+         "sharing": ["time-slicing"]},
+        {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 4, "max_nodes": 2, "cost_per_gpu_hour": 4.0,
+         "sharing": ["time-slicing"]}],
+        "models": [{"name": f"m{i}", "kind": "batch", "memory_gb": 4.0, "traffic": {"rps": 1.0, "peak_rps": 2.0},
+                    "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": 20.0, "per_item": 1.0},
+                    "max_batch": 8, "min_replicas": 1} for i in range(4)]}
+    plan = plan_fleet(parse_fleet(doc), PlanSettings(time_limit_s=1.0))
+    dedicated = plan.baselines["dedicated"]
+    assert dedicated.gpus == {"l4": 2, "a100": 2}
+    assert dedicated.cost_per_hour == pytest.approx(2 * 0.8 + 2 * 4.0)
+    assert "pools chosen to fit their sizes" in dedicated.note
+    assert dedicated.cost_per_hour >= plan.lower_bound_cost_per_hour
+
+
+def test_a_plan_whose_dedicated_baseline_does_not_fit_is_read_back(tmp_path):
+    """Four models share one L4 but would need four alone: the dedicated baseline does not fit.
+    Its cost was written as ``Infinity``, which the plan's own reader refuses; now ``null``."""
+    from packer.plan import load_plan, save_plan
+    from packer.report import summary
+
+    doc = {"name": "one-l4", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 1,
+                                        "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"]}],
+           "models": [{"name": f"m{i}", "kind": "batch", "memory_gb": 2.0, "traffic": {"rps": 0.1, "peak_rps": 0.2},
+                       "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": 5.0, "per_item": 1.0},
+                       "max_batch": 8, "min_replicas": 1} for i in range(4)]}
+    plan = plan_fleet(parse_fleet(doc), PlanSettings(time_limit_s=1.0))
+    dedicated = plan.baselines["dedicated"]
+    assert dedicated.cost_per_hour == float("inf") and "needs at least 4 GPUs, the pools hold 2" in dedicated.note
+    save_plan(plan, tmp_path / "plan.json")
+    jsonschema.validate(json.loads((tmp_path / "plan.json").read_text()), SCHEMA)
+    back = load_plan(tmp_path / "plan.json")
+    assert back.baselines["dedicated"].cost_per_hour == float("inf")
+    assert "dedicated baseline n/a: one whole GPU per replica" in summary(back)

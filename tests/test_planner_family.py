@@ -5,7 +5,8 @@ minute; ``python3 -m pytest tests/test_planner_family.py --hypothesis-profile=de
 
 * the plan is sound (``check_plan`` recomputes it from the fleet);
 * it never costs more than the greedy baseline printed under it;
-* its lower bound, and every relaxation behind it, is at most its cost, and above 0.
+* its lower bound, and every relaxation behind it, is at most its cost, and above 0;
+* the dedicated baseline fits the pools, so it is never below the bound.
 
 Structural: nothing here depends on what the slot maths says a packing costs.
 """
@@ -57,6 +58,11 @@ def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroo
     cf = closed_form(problem)
     assert 0 < cf[0] + multi_floor(problem) <= plan.cost_per_hour + 1e-6
     assert plan.lower_bound_cost_per_hour > 0 and plan.bound_method
+    # The dedicated baseline is a plan one could buy: within the pools, so never under the bound.
+    dedicated = plan.baselines["dedicated"]
+    sizes = {p.name: p.max_gpus for p in fleet.pools}
+    assert all(n <= sizes[pool] for pool, n in dedicated.gpus.items()), (doc["name"], dedicated)
+    assert dedicated.cost_per_hour >= lb - 1e-6, (doc["name"], dedicated, lb)
 
 
 @pytest.mark.parametrize("shape", sorted(set(SHAPES)))

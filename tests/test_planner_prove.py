@@ -151,3 +151,19 @@ def test_a_purchase_the_fleet_fits_on_ends_a_search_that_stops_on_fit():
     assert proof is not None and not proof.optimal
     assert proof.open == ({"l4": 2},) and proof.bound <= 1.6 + 1e-9
     assert prove(problem, 2.4, 0.0, 10, max_purchases=0) is None
+
+
+def test_prove_keeps_the_default_plans_packing_and_says_why_it_did_not_search():
+    """``--prove`` skipped the pattern LP's packing: on this generated mixed fleet it planned 88.93/h
+    where the default plan costs 82.20/h, and said the 15-model fleet was 'too large' when it had
+    too many cheaper purchases to rule out; the hint then offered ``--prove`` again."""
+    from bench.family import family
+    from packer.report import summary
+
+    fleet = parse_fleet(family(7, seed=2, max_models=500)[6])
+    assert fleet.name == "family-200008-mixed-15"
+    default = plan_fleet(fleet, PlanSettings())
+    proved = plan_fleet(fleet, PlanSettings(prove_s=1.0))
+    assert proved.cost_per_hour <= default.cost_per_hour + 1e-9
+    assert "cheaper GPU purchases to rule out, more than its 12" in proved.bound_method
+    assert "hint:" not in summary(proved) and "hint:" not in summary(default)

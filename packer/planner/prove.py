@@ -161,6 +161,32 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
                  time.monotonic() - t0, notes)
 
 
+LEFT_FOR_PROOF = "left for the exact search (`--prove`)"
+"""How a bound's description says that ``--prove`` could settle the gap; ``packer plan`` hints at
+it then, and only then."""
+
+
+def why_not(problem: Problem, cost: float, lower: float, max_purchases: int = MAX_PURCHASES) -> str | None:
+    """Why ``prove`` would not search (its words for the plan's bound), or None when it would."""
+    shared = len(problem.shared_models)
+    if shared > MAX_MODELS:
+        return f"{shared} shared models, more than the exact model's {MAX_MODELS}"
+    prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
+    todo = _to_rule_out(problem, prices, cost, lower)
+    if todo is None:
+        return "too many GPU combinations below the plan's cost to enumerate"
+    if len(todo) > max_purchases:
+        return f"{len(todo)} cheaper GPU purchases to rule out, more than its {max_purchases}"
+    return None
+
+
+def purchases_left(problem: Problem, cost: float, lower: float) -> int | None:
+    """How many cheaper purchases ``prove`` would have to rule out; None where it would not search."""
+    if why_not(problem, cost, lower) is not None:
+        return None
+    return len(_to_rule_out(problem, {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}, cost, lower))
+
+
 def _to_rule_out(problem: Problem, prices: dict[str, float], cost: float, lower: float) -> list[dict[str, int]] | None:
     """The maximal purchases cheaper than ``cost`` that the relaxation does not already rule out
     (a plan on them would cost less than its bound ``lower``); None when there are too many GPU

@@ -167,3 +167,20 @@ def test_prove_keeps_the_default_plans_packing_and_says_why_it_did_not_search():
     assert proved.cost_per_hour <= default.cost_per_hour + 1e-9
     assert "cheaper GPU purchases to rule out, more than its 12" in proved.bound_method
     assert "hint:" not in summary(proved) and "hint:" not in summary(default)
+
+
+def test_prove_says_when_the_mig_slots_are_too_many_for_it():
+    """A 16-model fleet on MIG A100s: every cheaper purchase cuts into 76 or more slots, past the
+    exact model's 60. ``--prove`` reported '2 purchase(s) not settled in 0 s' and the plan hinted
+    at ``--prove``; now the bound names the reason and no hint is printed."""
+    from bench.family import family_fleet
+    from packer.planner.prove import MAX_SLOTS, why_not
+    from packer.planner.solve import multi_floor, plan_multi
+
+    fleet = parse_fleet(family_fleet(300014, max_models=40))
+    problem = Problem(fleet, PlanSettings())
+    plan_multi(problem)
+    floor = multi_floor(problem)
+    reason = why_not(problem, 19.78 - floor, 16.28 - floor)
+    assert reason is not None and f"more than the exact model's {MAX_SLOTS}" in reason
+    assert prove(problem, 19.78 - floor, 16.28 - floor, 5) is None

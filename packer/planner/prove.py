@@ -113,16 +113,14 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
     ``cost`` and ``lower`` count the shared models' GPUs only: the caller takes off a lower bound
     on the multi-GPU models' cost (``solve.multi_floor``), and every pool is searched whole, since
     where the multi-GPU models sit is not fixed by any one plan. Returns None when the fleet is too
-    large for the exact model or has more than ``max_purchases`` purchases to rule out. With
+    large for the exact model or has more than ``max_purchases`` purchases to rule out (``why_not``). With
     ``stop_on_fit`` the search ends at the first purchase the fleet fits on: no proof is possible.
     """
     t0 = time.monotonic()
-    if len(problem.shared_models) > MAX_MODELS:
+    if why_not(problem, cost, lower, max_purchases) is not None:
         return None
     prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
     todo = _to_rule_out(problem, prices, cost, lower)
-    if todo is None or len(todo) > max_purchases:
-        return None
     ruled, open_, notes = [], [], []
     # Two rounds: a short look at every purchase settles the easy ones, the rest share what is left.
     # Time is CP-SAT's deterministic time, so the verdicts do not depend on the machine's load; the
@@ -177,6 +175,10 @@ def why_not(problem: Problem, cost: float, lower: float, max_purchases: int = MA
         return "too many GPU combinations below the plan's cost to enumerate"
     if len(todo) > max_purchases:
         return f"{len(todo)} cheaper GPU purchases to rule out, more than its {max_purchases}"
+    slots = [len(_slots(problem, c)) for c in todo]
+    if slots and min(slots) > MAX_SLOTS:
+        return (f"the cheaper purchases cut into {min(slots)} or more slots (every MIG profile counted), "
+                f"more than the exact model's {MAX_SLOTS}")
     return None
 
 

@@ -71,3 +71,12 @@ def test_family_members_are_reproducible_and_plannable(shape):
     assert a == family_fleet(11, max_models=40, shape=shape)
     assert 10 <= len(a["models"]) <= 40 + 3  # the mixed shape may add a few multi-GPU models
     parse_fleet(a)
+
+
+def test_the_generator_serves_a_model_the_pools_cannot_hold_more_loosely():
+    """Seed 4's tenth member drew a model at 0.3 rps a replica within its SLO (6,629 replicas);
+    the generator crashed on it, and every later member of the seed with it."""
+    from bench.family import family
+
+    docs = family(10, seed=4, max_models=40)
+    assert len(docs) == 10 and parse_fleet(docs[9])

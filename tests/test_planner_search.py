@@ -195,3 +195,56 @@ def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_
     # Every replica of the count a model was dealt at, one per GPU.
     assert all(r.count == counts[r.model.name] for g in gpus for sl in g.slots for r in sl.reps)
     assert all(len(g.models()) == sum(len(sl.reps) for sl in g.slots) for g in gpus)
+
+
+def _consolidate_plainly(problem, gpus):
+    """consolidate as it was before it remembered answers within a pass: the oracle."""
+    from packer.planner.assemble import spare_slots
+    from packer.planner.model import can_add
+    from packer.planner.solve import _fill_of
+
+    gpus = list(gpus)
+    spare_slots(problem, gpus)
+    changed = True
+    while changed:
+        changed = False
+        for g in sorted(gpus, key=lambda g: (_fill_of(problem, g) - g.pool.cost_per_gpu_hour, g.pool.name)):
+            others = [(s, h) for h in gpus if h is not g for s in h.slots]
+            placed, ok = [], True
+            for r in sorted([r for s in g.slots for r in s.reps], key=lambda r: -r.model.memory_gb):
+                best = next(((s, h) for s, h in others if r.model.name not in h.models() and can_add(problem, s, r)),
+                            None)
+                if best is None:
+                    ok = False
+                    break
+                best[0].reps.append(r)
+                placed.append((best[0], r))
+            if ok:
+                gpus.remove(g)
+                changed = True
+                break
+            for s, r in placed:
+                s.reps.remove(r)
+    return gpus
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_consolidate_remembering_answers_within_a_pass_empties_the_same_gpus(seed):
+    """Remembering whether a slot takes a model's replica (2,598 GPUs: 85 s -> under 10 s) must
+    not change what consolidation does."""
+    from bench.family import family_fleet
+    from packer.planner.solve import copy_gpus
+
+    fleet = parse_fleet(family_fleet(seed, max_models=30, shape=["mixed", "long-tail", "multilingual"][seed % 3]))
+    problem = Problem(fleet, PlanSettings())
+    reserved = gpu_counts(problem, plan_multi(problem)[0])
+    start = to_gpus(problem, pack(problem, reps_for(problem, choose_counts(problem)), reserved=reserved))
+    shape = lambda gs: [(g.pool.name, [sorted((r.model.name, r.index) for r in s.reps) for s in g.slots]) for g in gs]  # noqa: E731
+    assert shape(consolidate(problem, copy_gpus(start), float("inf"))) == shape(_consolidate_plainly(problem, copy_gpus(start)))
+
+
+def test_consolidate_stops_at_its_deadline_between_gpus():
+    fleet = load_fleet(example_path())
+    problem = Problem(fleet, PlanSettings())
+    start = to_gpus(problem, pack(problem, reps_for(problem, choose_counts(problem))))
+    assert len(consolidate(problem, start, time.monotonic() - 1)) == len(start)

@@ -108,24 +108,39 @@ def _fill_of(problem: Problem, g: Gpu) -> float:
 
 
 def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]:
-    """Empty GPUs whose replicas fit into room elsewhere (spare MIG instances included)."""
+    """Empty GPUs whose replicas fit into room elsewhere (spare MIG instances included).
+
+    Each pass tries the GPUs emptiest first and ends at the first one emptied. Within a pass the
+    slots do not change (a GPU that cannot be emptied gives its replicas back), so whether a slot
+    takes a model's replica at a given count is asked once: on a fleet of 2,598 GPUs mostly
+    holding one model's replicas, asking again for every GPU took 85 s. The deadline is checked
+    before each GPU, not only between passes."""
     gpus = list(gpus)
     spare_slots(problem, gpus)
     changed = True
     while changed and time.monotonic() < deadline:
         changed = False
         order = sorted(gpus, key=lambda g: (_fill_of(problem, g) - g.pool.cost_per_gpu_hour, g.pool.name))
+        every = [(s, h) for h in gpus for s in h.slots]
+        takes: dict[tuple[int, str, int], bool] = {}
         for g in order:
+            if time.monotonic() >= deadline:
+                break
             reps = [r for s in g.slots for r in s.reps]
-            others = [(s, h) for h in gpus if h is not g for s in h.slots]
             placed: list[tuple[Slot, Rep]] = []
             ok = True
             for r in sorted(reps, key=lambda r: -r.model.memory_gb):
                 best = None
-                for s, h in others:
-                    if r.model.name in h.models():
+                for s, h in every:
+                    if h is g or r.model.name in h.models():
                         continue
-                    if can_add(problem, s, r):
+                    key = (id(s), r.model.name, r.count)
+                    fits = takes.get(key)
+                    if fits is None or placed:  # a slot this GPU just filled is not what it was
+                        fits = can_add(problem, s, r)
+                        if not placed:
+                            takes[key] = fits
+                    if fits:
                         best = (s, h)
                         break
                 if best is None:
@@ -219,6 +234,15 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     raise first
 
 
+FULL_MODEL_S = 1.0
+"""Deterministic seconds of the whole-fleet CP-SAT model after the windows, on small fleets (on
+top of the search's share; the windows take all of it). The windows used to get half the
+search's budget and the whole model the other half; over 48 fleets
+of 8-40 models (``bench/plan.py --family 24 --max-models 40``, seeds 3 and 4) the whole model
+never found a cheaper packing, while the windows' second half did on two (18.58/h -> 15.79/h,
+proven optimal, and 13.29/h -> 13.18/h)."""
+
+
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_s: float,
             progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str]:
     """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet.
@@ -238,11 +262,11 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
     small = full and n_reps <= 160
     total = max(0.0, budget_s)
     spent: list[float] = []
-    shared = _lns(problem, shared, limit, 0.5 * total if small else total, time.monotonic() + 2 * total + 1.0,
-                  progress, reshuffle=full, spent=spent)
+    shared = _lns(problem, shared, limit, total, time.monotonic() + 2 * total + 1.0, progress, reshuffle=full,
+                  spent=spent)
     if not small:
         return shared + multi, "feasible"
-    budget = max(1.0, total - sum(spent))
+    budget = max(FULL_MODEL_S, total - sum(spent))
     res = solve_window(problem, free_models={m.name: problem.replica_options(m) for m in problem.shared_models},
                        fixed_reps=[], gpu_limit=limit, hint=shared, upper_cost=None, time_limit=budget,
                        seed=s.seed)
@@ -463,10 +487,9 @@ def dedicated_baseline(problem: Problem) -> Baseline:
         used[pool] += k
     note = "one whole GPU per replica, no sharing"
     if any(used[p] > room[p] for p in used):
-        chosen = _assign_pools(options, room)
+        need, have = sum(min(k for _, _, k in opts) for opts in options.values()), sum(room.values())
+        chosen = _assign_pools(options, room) if need <= have else None
         if chosen is None:
-            need = sum(min(k for _, _, k in opts) for opts in options.values())
-            have = sum(room.values())
             why = (f"needs at least {need} GPUs, the pools hold {have}" if need > have
                    else f"no choice of pools holding it was found in {DEDICATED_S:.0f} s")
             return Baseline(math.inf, {}, f"{note}: does not fit the pools ({why})")

@@ -33,6 +33,9 @@ from packer.planner.solve import multi_floor, plan_multi
 @example(seed=29676, shape="llm", headroom=0.0)
 @example(seed=90099951, shape="long-tail", headroom=0.0)  # fitted at 0.15, 'does not fit' at 0
 @example(seed=1793, shape="mixed", headroom=0.0)  # a binding cap cut nodes below a 4-GPU replica
+# The greedy packing's multi-GPU replicas did not fit the pool's nodes: assign_nodes' UserError
+# escaped the greedy baseline (it caught ValueError only) and ended the plan (deep profile).
+@example(seed=124834164, shape="llm", headroom=0.0)
 @given(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from(sorted(set(SHAPES))),
        headroom=st.sampled_from([0.0, 0.15, 0.3]))
 def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroom):

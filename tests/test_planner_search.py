@@ -198,34 +198,32 @@ def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_
 
 
 def _consolidate_plainly(problem, gpus):
-    """consolidate as it was before it remembered answers within a pass: the oracle."""
+    """The oracle: the same rule as consolidate, asked afresh every time (no remembered answers)."""
     from packer.planner.assemble import spare_slots
     from packer.planner.model import can_add
     from packer.planner.solve import _fill_of
 
+    def empty(g, gpus):  # move g's replicas elsewhere, largest first; undo and say False if one has no room
+        moved = []
+        for r in sorted((r for s in g.slots for r in s.reps), key=lambda r: -r.model.memory_gb):
+            to = next((s for h in gpus if h is not g and r.model.name not in h.models()
+                       for s in h.slots if can_add(problem, s, r)), None)
+            if to is None:
+                for s, m in moved:
+                    s.reps.remove(m)
+                return False
+            to.reps.append(r)
+            moved.append((to, r))
+        return True
+
     gpus = list(gpus)
     spare_slots(problem, gpus)
-    changed = True
-    while changed:
-        changed = False
-        for g in sorted(gpus, key=lambda g: (_fill_of(problem, g) - g.pool.cost_per_gpu_hour, g.pool.name)):
-            others = [(s, h) for h in gpus if h is not g for s in h.slots]
-            placed, ok = [], True
-            for r in sorted([r for s in g.slots for r in s.reps], key=lambda r: -r.model.memory_gb):
-                best = next(((s, h) for s, h in others if r.model.name not in h.models() and can_add(problem, s, r)),
-                            None)
-                if best is None:
-                    ok = False
-                    break
-                best[0].reps.append(r)
-                placed.append((best[0], r))
-            if ok:
-                gpus.remove(g)
-                changed = True
-                break
-            for s, r in placed:
-                s.reps.remove(r)
-    return gpus
+    while True:
+        ranked = sorted(gpus, key=lambda g: (_fill_of(problem, g) - g.pool.cost_per_gpu_hour, g.pool.name))
+        gone = next((g for g in ranked if empty(g, gpus)), None)
+        if gone is None:
+            return gpus
+        gpus.remove(gone)
 
 
 @pytest.mark.parametrize("seed", range(6))

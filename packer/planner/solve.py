@@ -556,7 +556,7 @@ def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], lis
     shared = to_gpus(problem, slots)
     try:
         assign_nodes(problem, copy_gpus(shared + multi))
-    except ValueError:
+    except (ValueError, UserError):  # its GPUs do not fit the pool's nodes: no baseline, not no plan
         return None
     return shared, multi
 

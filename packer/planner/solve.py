@@ -480,6 +480,9 @@ def dedicated_baseline(problem: Problem) -> Baseline:
             opts.append((n * m.gpus_per_replica * p.cost_per_gpu_hour, p.name, n * m.gpus_per_replica))
         if opts:
             options[m.name] = sorted(opts)
+        elif m.traffic.peak_rps > 0 or m.min_replicas > 0:  # left out, the baseline would look cheap
+            return Baseline(math.inf, {}, f"one whole GPU per replica, no sharing: {m.name} has no pool it can "
+                                          "run alone in")
     room = {p.name: p.max_gpus for p in problem.fleet.pools}
     choice = {name: opts[0] for name, opts in options.items()}
     used: dict[str, int] = defaultdict(int)

@@ -117,10 +117,10 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
     ``stop_on_fit`` the search ends at the first purchase the fleet fits on: no proof is possible.
     """
     t0 = time.monotonic()
-    if why_not(problem, cost, lower, max_purchases) is not None:
+    todo, reason = _searchable(problem, cost, lower, max_purchases)
+    if reason is not None:
         return None
     prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
-    todo = _to_rule_out(problem, prices, cost, lower)
     ruled, open_, notes = [], [], []
     # Two rounds: a short look at every purchase settles the easy ones, the rest share what is left.
     # Time is CP-SAT's deterministic time, so the verdicts do not depend on the machine's load; the
@@ -166,27 +166,32 @@ it then, and only then."""
 
 def why_not(problem: Problem, cost: float, lower: float, max_purchases: int = MAX_PURCHASES) -> str | None:
     """Why ``prove`` would not search (its words for the plan's bound), or None when it would."""
-    shared = len(problem.shared_models)
-    if shared > MAX_MODELS:
-        return f"{shared} shared models, more than the exact model's {MAX_MODELS}"
-    prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
-    todo = _to_rule_out(problem, prices, cost, lower)
-    if todo is None:
-        return "too many GPU combinations below the plan's cost to enumerate"
-    if len(todo) > max_purchases:
-        return f"{len(todo)} cheaper GPU purchases to rule out, more than its {max_purchases}"
-    slots = [len(_slots(problem, c)) for c in todo]
-    if slots and min(slots) > MAX_SLOTS:
-        return (f"the cheaper purchases cut into {min(slots)} or more slots (every MIG profile counted), "
-                f"more than the exact model's {MAX_SLOTS}")
-    return None
+    return _searchable(problem, cost, lower, max_purchases)[1]
 
 
 def purchases_left(problem: Problem, cost: float, lower: float) -> int | None:
     """How many cheaper purchases ``prove`` would have to rule out; None where it would not search."""
-    if why_not(problem, cost, lower) is not None:
-        return None
-    return len(_to_rule_out(problem, {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}, cost, lower))
+    todo, reason = _searchable(problem, cost, lower, MAX_PURCHASES)
+    return None if reason is not None else len(todo)
+
+
+def _searchable(problem: Problem, cost: float, lower: float,
+                max_purchases: int) -> tuple[list[dict[str, int]], str | None]:
+    """The purchases ``prove`` would rule out, and why it would not search (None: it would). One
+    enumeration of the purchases serves both, and the search itself."""
+    shared = len(problem.shared_models)
+    if shared > MAX_MODELS:
+        return [], f"{shared} shared models, more than the exact model's {MAX_MODELS}"
+    todo = _to_rule_out(problem, {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}, cost, lower)
+    if todo is None:
+        return [], "too many GPU combinations below the plan's cost to enumerate"
+    if len(todo) > max_purchases:
+        return todo, f"{len(todo)} cheaper GPU purchases to rule out, more than its {max_purchases}"
+    slots = [len(_slots(problem, c)) for c in todo]
+    if slots and min(slots) > MAX_SLOTS:
+        return todo, (f"the cheaper purchases cut into {min(slots)} or more slots (every MIG profile counted), "
+                      f"more than the exact model's {MAX_SLOTS}")
+    return todo, None
 
 
 def _to_rule_out(problem: Problem, prices: dict[str, float], cost: float, lower: float) -> list[dict[str, int]] | None:

@@ -483,13 +483,16 @@ def dedicated_baseline(problem: Problem) -> Baseline:
         elif m.traffic.peak_rps > 0 or m.min_replicas > 0:  # left out, the baseline would look cheap
             return Baseline(math.inf, {}, f"one whole GPU per replica, no sharing: {m.name} has no pool it can "
                                           "run alone in")
+    def per_pool(choice: dict[str, tuple[float, str, int]]) -> dict[str, int]:
+        gpus: dict[str, int] = defaultdict(int)
+        for _, pool, k in choice.values():
+            gpus[pool] += k
+        return dict(gpus)
+
     room = {p.name: p.max_gpus for p in problem.fleet.pools}
     choice = {name: opts[0] for name, opts in options.items()}
-    used: dict[str, int] = defaultdict(int)
-    for _, pool, k in choice.values():
-        used[pool] += k
     note = "one whole GPU per replica, no sharing"
-    if any(used[p] > room[p] for p in used):
+    if any(n > room[p] for p, n in per_pool(choice).items()):
         need, have = sum(min(k for _, _, k in opts) for opts in options.values()), sum(room.values())
         chosen = _assign_pools(options, room) if need <= have else None
         if chosen is None:
@@ -498,10 +501,7 @@ def dedicated_baseline(problem: Problem) -> Baseline:
             return Baseline(math.inf, {}, f"{note}: does not fit the pools ({why})")
         choice, proven = chosen
         note += ", pools chosen to fit their sizes" + ("" if proven else " (the best found, not proven least)")
-    counts: dict[str, int] = defaultdict(int)
-    for _, pool, k in choice.values():
-        counts[pool] += k
-    return Baseline(round(sum(c for c, _, _ in choice.values()), 4), dict(counts), note)
+    return Baseline(round(sum(c for c, _, _ in choice.values()), 4), per_pool(choice), note)
 
 
 def _assign_pools(options: dict[str, list[tuple[float, str, int]]], room: dict[str, int]

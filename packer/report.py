@@ -40,8 +40,11 @@ def summary(plan: Plan) -> str:
     lines += exposure_lines(plan)
 
     if plan.gap > 1e-6 and LEFT_FOR_PROOF in plan.bound_method:
-        lines.append("hint: the gap may be the bound's, not the plan's: `--prove 120` searches exactly for a "
-                     "cheaper plan, and proves this one optimal if there is none")
+        # Not a promise of a proof: its model relaxes the slot maths, and on this very example it
+        # fits two of the four cheaper purchases, so it can only say it could not rule them out.
+        lines.append("hint: the gap may be the bound's, not the plan's: `--prove 120` tries to rule out each "
+                     "cheaper GPU purchase exactly; if it rules out all, this plan is proven optimal, else it "
+                     "says which it could not")
     if plan.moves:
         lines.append(moves(plan))
     for w in plan.warnings:

@@ -12,7 +12,7 @@ from packer.planner.assemble import Gpu
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
-from packer.planner.model import PlanSettings, Problem, Rep, Slot
+from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed
 from packer.planner.solve import _spread, consolidate, multi_start, plan_multi
 from packer.planner.assemble import to_gpus
 
@@ -227,9 +227,10 @@ def _consolidate_plainly(problem, gpus):
 
 
 @pytest.mark.parametrize("seed", range(6))
-def test_consolidate_remembering_answers_within_a_pass_empties_the_same_gpus(seed):
-    """Remembering whether a slot takes a model's replica (2,598 GPUs: 85 s -> under 10 s) must
-    not change what consolidation does."""
+def test_consolidate_remembering_answers_empties_the_same_gpus(seed):
+    """Remembering whether a slot takes a model's replica (2,598 GPUs: 85 s -> under 10 s), across
+    passes but for the slots an emptied GPU filled, and not trying again a GPU that could not be
+    emptied, must not change what consolidation does: the oracle asks everything afresh."""
     from bench.family import family_fleet
     from packer.planner.solve import copy_gpus
 
@@ -246,3 +247,37 @@ def test_consolidate_stops_at_its_deadline_between_gpus():
     problem = Problem(fleet, PlanSettings())
     start = to_gpus(problem, pack(problem, reps_for(problem, choose_counts(problem))))
     assert len(consolidate(problem, start, time.monotonic() - 1)) == len(start)
+
+
+def test_consolidate_never_moves_a_floor_replica_to_spot_on_a_remembered_answer():
+    """Whether a slot takes a model's replica is remembered per (model, count), but on a spot pool
+    replicas of one model and count differ: the floor's may not go there. Here the first GPU tried
+    asks whether replica 2 of m (spot allowed) fits the spot slot (yes) and cannot be emptied; the
+    next holds replica 0 (the floor). Remembering the yes moved it to the spot GPU."""
+    lat = {"gpu": "a100-80gb", "base": 5.0, "per_item": 1.0}
+
+    def model(name: str, mem: float, **spot) -> dict:
+        return {"name": name, "kind": "batch", "memory_gb": mem, "traffic": {"rps": 0.1, "peak_rps": 0.1},
+                "slo_ms": 2000, "latency_ms": lat, "max_batch": 4, **spot}
+
+    def pool(name: str, price: float, **spot) -> dict:
+        return {"name": name, "gpu": "a100-80gb", "gpus_per_node": 1, "cost_per_gpu_hour": price,
+                "sharing": ["time-slicing"], "max_nodes": 4, **spot}
+
+    only_on_demand = {"spot_policy": "floor", "on_demand_floor": 1.0}
+    fleet = parse_fleet({"name": "floor-memo", "pools": [
+        pool("od-dear", 4.0), pool("od-cheap", 3.0), pool("sp", 1.5, spot=True, preemption_notice_s=30)],
+        "models": [model("m", 40, spot_policy="floor", on_demand_floor=0.5, spot_loss="pool"),
+                   model("b", 35, **only_on_demand), model("c", 30), model("d", 5)]})
+    problem = Problem(fleet, PlanSettings())
+    m, b, c, d = (fleet.model(n) for n in "mbcd")
+    types = {t.pool.name: t for t in problem.all_types() if t.pool.time_slicing}
+    gpu = lambda pool, *reps: Gpu(fleet.pool(pool), [Slot(types[pool], list(reps))])  # noqa: E731
+    spot = gpu("sp", Rep(c, 0, 1))
+    first = gpu("od-dear", Rep(m, 2, 4), Rep(b, 0, 1))  # m's replica 2 fits the spot slot; b fits nowhere
+    floor = gpu("od-cheap", Rep(m, 0, 4), Rep(d, 0, 1))  # m's replica 0 is the floor
+    assert not allowed(Rep(m, 0, 4), types["sp"]) and allowed(Rep(m, 2, 4), types["sp"])
+    left = consolidate(problem, [spot, first, floor], float("inf"))
+    placed = [(r, s.type) for g in left for s in g.slots for r in s.reps]
+    assert all(allowed(r, t) for r, t in placed)
+    assert sorted((r.model.name, r.index) for r, _ in placed) == [("b", 0), ("c", 0), ("d", 0), ("m", 0), ("m", 2)]

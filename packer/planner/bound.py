@@ -36,7 +36,7 @@ from ortools.linear_solver import pywraplp
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.planner.patterns import PatternBound, pattern_bound
+from packer.planner.patterns import PatternBound, pattern_bound, refine
 from packer.slot import WHOLE, latency_scale
 
 MAX_CLASSES = 5
@@ -133,6 +133,17 @@ result is appended to ``keep`` (its columns can seed a packing).
     if pattern is not None and pattern[0] > best[0] + 1e-6:
         return pattern
     return best
+
+
+def refined_bound(problem: Problem, found: PatternBound, bound: tuple[float, str], time_limit: float,
+                  upper: float) -> tuple[float, str]:
+    """``bound`` (what :func:`lower_bound` gave), or the pattern LP's where column generation,
+    resumed with deeper pricing for ``time_limit`` deterministic seconds (``patterns.refine``),
+    raises it. ``upper``: the best plan's cost now (a plan exists there)."""
+    if time_limit <= 0 or not found.converged:
+        return bound
+    better = _pattern_found(problem, refine(found, time_limit, upper), upper)
+    return better if better is not None and better[0] > bound[0] + 1e-6 else bound
 
 
 def _pattern_found(problem: Problem, pat: PatternBound | None, upper: float) -> tuple[float, str] | None:

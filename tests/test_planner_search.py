@@ -52,6 +52,23 @@ def test_multi_start_packs_long_tail_tighter_than_largest_first():
     assert placed == sorted((r.model.name, r.index) for r in reps)
 
 
+def test_how_many_greedy_starts_run_does_not_depend_on_the_clock(monkeypatch: pytest.MonkeyPatch):
+    """Counted work ends the starts, not the wall clock (which guards at twice the share): a
+    machine busy enough that 60 % of the span has gone by after the first start gets the same
+    packing as an idle one. The wall clock used to end them at 40 %, so a busier machine ran fewer
+    starts and got another plan."""
+    import packer.planner.solve as solve
+
+    problem = _problem("long-tail")
+    reps = reps_for(problem, choose_counts(problem))
+    shape = lambda gs: sorted(sorted((r.model.name, r.index) for s in g.slots for r in s.reps) for g in gs)  # noqa: E731
+    packed = {}
+    for now in (100.0, 106.0):  # the span runs from 100 to 110
+        monkeypatch.setattr(solve.time, "monotonic", lambda now=now: now)
+        packed[now] = shape(multi_start(problem, reps, {}, 100.0, 110.0))
+    assert packed[100.0] == packed[106.0]
+
+
 def test_emptying_window_moves_load_onto_fewer_gpus_at_equal_cost():
     # Four idle models of 10, 6, 6 and 6 GB need two 22.5 GB L4s. Split 16 + 12 GB, neither GPU
     # can go; 22 + 6 GB leaves one nearly empty for a later window to drop.

@@ -853,23 +853,18 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         return None
     _first_columns(pat, seeds)
     master = _Master(problem, pat, upper)
-    rounds, converged, lp = 0, False, math.inf
+    clock = _Clock(pat, master, t0)
+    spent = clock.spent
+    converged, lp = False, math.inf
     mu = np.zeros(len(pat.reps) + len(pat.floor_rows))
     budget = 0.9 * time_limit  # the rest for the final bound's pricing (compiled: a second at most)
     best, last_eval = -math.inf, 0.0
 
-    def spent() -> float:
-        """Deterministic seconds so far (``NODE_S``); the wall clock only where it runs far behind."""
-        det = pat.work + master.iterations * ITER_S + rounds * ROUND_S
-        return max(det, (time.monotonic() - t0) / WALL_FACTOR)
-
     while True:
-        solved = master.solve(WALL_FACTOR * time_limit - (time.monotonic() - t0))
+        solved = clock.solve(time_limit)
         if solved is None:
             break
-        rounds += 1
         lp, mu, pi = solved
-        pat.duals = (mu, pi)
         if spent() > budget:
             break
         # The last duals are not always the best ones: take the bound now and then (the pricing
@@ -892,19 +887,44 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             if new == 0 and priced == len(pat.types):
                 converged = True  # no group the search found improves the LP at its duals
                 break
-    if rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
+    if clock.rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
         best = max(best, pat.lagrangian(mu, upper, full=spent() < time_limit,
                                         nodes=FINAL_BOUND_NODES if converged else BOUND_NODES))
     value = min(best, upper)
-    return PatternBound(max(0.0, value), lp, len(pat.columns), rounds, converged, time.monotonic() - t0, pat,
-                        master, spent())
+    return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
+                        pat, master, spent())
+
+
+class _Clock:
+    """Deterministic seconds of a column generation from its start or resumption (``NODE_S``,
+    ``ITER_S``, ``ROUND_S``); the wall clock only where it runs far behind (``WALL_FACTOR``). Its
+    :meth:`solve` is one round's restricted LP."""
+
+    def __init__(self, pat: Patterns, master: _Master, t0: float) -> None:
+        self.pat, self.master, self.t0 = pat, master, t0
+        self.work0, self.iter0, self.rounds = pat.work, master.iterations, 0
+
+    def spent(self) -> float:
+        det = (self.pat.work - self.work0 + (self.master.iterations - self.iter0) * ITER_S
+               + self.rounds * ROUND_S)
+        return max(det, (time.monotonic() - self.t0) / WALL_FACTOR)
+
+    def solve(self, time_limit: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
+        """The restricted LP's optimum and duals (kept as ``pat.duals``), a round counted; None
+        where GLOP stops short."""
+        solved = self.master.solve(WALL_FACTOR * time_limit - (time.monotonic() - self.t0))
+        if solved is not None:
+            self.rounds += 1
+            self.pat.duals = solved[1], solved[2]
+        return solved
 
 
 def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound:
     """Column generation resumed after it converged, pricing with ``DEEP_NODES`` where it priced
     with ``PRICE_NODES``, within ``time_limit`` deterministic seconds; the bound of the last duals
-    (never below ``found``'s). It goes on with ``found``'s columns and LP, which it extends. For the bound only: the planner calls it once the packing from the
-    columns is made, with what the bound's budget has left, so plans do not change.
+    (never below ``found``'s). It goes on with ``found``'s columns and LP, which it extends. For
+    the bound only: the planner calls it once the packing from the columns is made, with what the
+    bound's budget has left, so plans do not change.
 
     The search for columns stops at a few hundred nodes, so "converged" means it found no
     improving group, not that there is none: family-600018-long-tail-304 converged at an LP of
@@ -913,28 +933,22 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
     pat, master = found.patterns, found.master
     if pat is None or master is None or not found.converged or time_limit <= 0:
         return found
-    t0, work0, iter0 = time.monotonic(), pat.work, master.iterations
-    rounds, converged, mu, lp = 0, False, None, found.lp
-
-    def spent() -> float:
-        det = pat.work - work0 + (master.iterations - iter0) * ITER_S + rounds * ROUND_S
-        return max(det, (time.monotonic() - t0) / WALL_FACTOR)
-
-    while spent() < time_limit:
-        solved = master.solve(WALL_FACTOR * time_limit - (time.monotonic() - t0))
+    t0 = time.monotonic()
+    clock = _Clock(pat, master, t0)
+    converged, mu, lp = False, None, found.lp
+    while clock.spent() < time_limit:
+        solved = clock.solve(time_limit)
         if solved is None:
             break
-        rounds += 1
         lp, mu, pi = solved
-        pat.duals = (mu, pi)
-        new, priced = _pricing_round(pat, mu, pi, lambda: spent() > time_limit, nodes=DEEP_NODES)
+        new, priced = _pricing_round(pat, mu, pi, lambda: clock.spent() > time_limit, nodes=DEEP_NODES)
         if new == 0 and priced == len(pat.types):
             converged = True
             break
-    if mu is None or rounds == 1:  # nothing new: the bound stands
+    if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
     value = pat.lagrangian(mu, upper, nodes=FINAL_BOUND_NODES if converged else BOUND_NODES)
     value = max(found.value, min(value, upper))
-    return replace(found, value=max(0.0, value), lp=lp, columns=len(pat.columns), rounds=found.rounds + rounds,
+    return replace(found, value=max(0.0, value), lp=lp, columns=len(pat.columns), rounds=found.rounds + clock.rounds,
                    converged=converged, seconds=found.seconds + time.monotonic() - t0,
-                   spent=found.spent + spent())
+                   spent=found.spent + clock.spent())

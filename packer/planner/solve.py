@@ -116,7 +116,9 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
     holding one model's replicas, asking again for every GPU took 85 s. The answers are kept
     across passes but for the slots an emptied GPU filled: a pass that empties one GPU changes
     only those (family-600025-long-tail-326: a start's consolidation stopped at the deadline after
-    8.5 s, where each pass asked again). The deadline is checked before each GPU."""
+    8.5 s, where each pass asked again). A GPU that could not be emptied is not tried again:
+    later passes only fill slots and take GPUs away (over 40 family fleets the result is the one
+    of asking everything afresh). The deadline is checked before each GPU."""
     gpus = list(gpus)
     spare_slots(problem, gpus)
     takes: dict[int, dict[tuple[str, int], bool]] = {}  # per slot (id): can_add per (model, count)

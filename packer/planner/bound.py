@@ -140,9 +140,10 @@ def refined_bound(problem: Problem, found: PatternBound, bound: tuple[float, str
     """``bound`` (what :func:`lower_bound` gave), or the pattern LP's where column generation,
     resumed with deeper pricing for ``time_limit`` deterministic seconds (``patterns.refine``),
     raises it. ``upper``: the best plan's cost now (a plan exists there)."""
-    if time_limit <= 0 or not found.converged:
+    again = refine(found, time_limit, upper)
+    if again is found:  # nothing resumed (no time, not converged) or nothing new: no purchases to list again
         return bound
-    better = _pattern_found(problem, refine(found, time_limit, upper), upper)
+    better = _pattern_found(problem, again, upper)
     return better if better is not None and better[0] > bound[0] + 1e-6 else bound
 
 

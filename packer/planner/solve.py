@@ -524,6 +524,7 @@ def dedicated_baseline(problem: Problem) -> Baseline:
         elif m.traffic.peak_rps > 0 or m.min_replicas > 0:  # left out, the baseline would look cheap
             return Baseline(math.inf, {}, f"one whole GPU per replica, no sharing: {m.name} has no pool it can "
                                           "run alone in")
+
     def per_pool(choice: dict[str, tuple[float, str, int]]) -> dict[str, int]:
         gpus: dict[str, int] = defaultdict(int)
         for _, pool, k in choice.values():

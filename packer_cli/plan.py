@@ -47,9 +47,10 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
               help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")
 @click.option("--prove", "prove_s", type=Number(0, 1e6, unit="seconds"), default=None, metavar="SECONDS",
-              help="Spend up to SECONDS, after the search, on an exact search that can prove the plan "
-                   "optimal (fleets of tens of models). By default a short one runs on small fleets "
-                   "before the search; 0 turns it off.")
+              help="Spend up to SECONDS closing the gap (fleets of tens of models): up to a quarter "
+                   "looking for a plan inside each cheaper GPU purchase, the rest on an exact search "
+                   "that can prove the plan optimal. By default a short exact search runs on small "
+                   "fleets before the search; 0 turns it off.")
 def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, explain_model: str | None,
          svg_path: str | None, seed: int, time_limit: float | None, headroom: float, no_mig: bool,
          prove_s: float | None) -> None:

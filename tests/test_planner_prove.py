@@ -184,3 +184,18 @@ def test_prove_says_when_the_mig_slots_are_too_many_for_it():
     reason = why_not(problem, 19.78 - floor, 16.28 - floor)
     assert reason is not None and f"more than the exact model's {MAX_SLOTS}" in reason
     assert prove(problem, 19.78 - floor, 16.28 - floor, 5) is None
+
+
+def test_prove_searches_inside_the_cheaper_purchases_the_exact_model_cannot_take():
+    """The same 16-model MIG fleet: the default plan keeps 5 A100s and 3 L4s (19.78/h), and the
+    whole CP-SAT model hinted with it stays there. With ``--prove`` part of the seconds go to that
+    model cut to each cheaper purchase the bound leaves open and given no hint; inside 5 A100s and
+    2 L4s it finds 5 A100s and 1 L4 (18.26/h). The plan stays sound and spreads as well."""
+    from bench.family import family_fleet
+
+    fleet = parse_fleet(family_fleet(300014, max_models=40))
+    proved = plan_fleet(fleet, PlanSettings(prove_s=40))
+    assert proved.cost_per_hour < 19.78 - 1.0
+    assert proved.cost_per_hour >= proved.lower_bound_cost_per_hour - 1e-6
+    assert check_plan(proved) == []
+    assert proved.warnings == ()

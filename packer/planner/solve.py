@@ -28,7 +28,7 @@ from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas
-from packer.planner.prove import LEFT_FOR_PROOF, prove, purchases_left, why_not
+from packer.planner.prove import LEFT_FOR_PROOF, maximal_purchases, prove, purchase_cost, purchases_left, why_not
 from packer.planner.spot import multi_choice, respread, spot_aware, spot_unaware
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
@@ -272,6 +272,10 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     raise first
 
 
+TARGETS, TARGET_SHARE, TARGET_TRY_S = 4, 0.25, 5.0
+"""With ``--prove``, the cheaper purchases the search tries to pack a small fleet into, the most
+share of the proof's seconds they take (:func:`_purchase_targets`; the exact search gets the rest)
+and CP-SAT's deterministic seconds per try."""
 REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
@@ -285,8 +289,12 @@ proven optimal, and 13.29/h -> 13.18/h)."""
 
 
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_s: float,
-            progress: Progress | None, *, full: bool) -> tuple[list[Gpu], str]:
-    """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet.
+            progress: Progress | None, *, full: bool, lower: float = 0.0,
+            targets_s: float = 0.0, targets_spent: list[float] | None = None) -> tuple[list[Gpu], str]:
+    """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet, then (small
+    fleets, ``targets_s`` deterministic seconds, ``--prove``) the whole model inside each cheaper
+    purchase that the bound ``lower`` (on the whole plan) leaves open (:func:`_purchase_targets`);
+    the seconds those take are appended to ``targets_spent``.
 
     Returns (gpus, status); ``optimal`` means CP-SAT found no cheaper packing in its own model,
     which is not a proof over all plans. Windows find local merges fast (two GPUs half used become
@@ -315,8 +323,62 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
         return shared + multi, "feasible"
     new, cost, status = res
     if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9:
-        return new + multi, status
-    return shared + multi, "feasible"
+        shared = new
+    else:
+        status = "feasible"
+    if targets_s > 0:
+        lower_shared = lower - sum(g.pool.cost_per_gpu_hour * g.width for g in multi)
+        targeted = _purchase_targets(problem, shared, limit, lower_shared, targets_s, s.seed, targets_spent)
+        if targeted is not shared:
+            shared, status = targeted, "feasible"
+    return shared + multi, status
+
+
+def _purchase_targets(problem: Problem, shared: list[Gpu], limit: dict[str, int], lower: float,
+                      seconds: float, seed: int, spent_out: list[float] | None = None) -> list[Gpu]:
+    """A cheaper packing searched inside each cheaper purchase in turn: the whole model, its pools
+    cut to the purchase and given no hint. The same model hinted with the packing stays beside it:
+    family-300014-multilingual-16 (16 models) keeps 5 A100s and 3 L4s (19.78/h) however long it
+    searches, where cut to 5 A100s and 2 L4s it finds 5 A100s and 1 L4 (18.26/h). Purchases tried:
+    the maximal ones below the packing's cost that ``lower`` (a bound on the shared GPUs' cost)
+    leaves open, dearest first (nearest the packing), at most ``TARGETS``, in turn for
+    ``TARGET_TRY_S`` each within ``seconds`` of CP-SAT's deterministic time (appended to
+    ``spent_out``). A packing found is kept where it is cheaper and spreads replicas over nodes as
+    well (:func:`_spread_kept`); else the packing given."""
+    prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
+    cost = sum(g.pool.cost_per_gpu_hour for g in shared)
+    limits = {n: min(limit.get(n, 0), int(cost / c + 1e-9)) for n, c in prices.items() if c > 0}
+    if cost <= lower + 1e-6 or math.prod(v + 1 for v in limits.values()) > 100_000:
+        return shared
+    buys = [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
+    buys = sorted(buys, key=lambda b: -purchase_cost(prices, b))[:TARGETS]
+    free = {m.name: problem.replica_options(m) for m in problem.shared_models}
+    best, spent, attempt = shared, 0.0, 0
+    # Round robin, a fresh seed each try: without a hint CP-SAT's first solution depends on its
+    # seed (family-300014's 4 A100s: found on seeds 0, 3 and 4 of 0-4 within 5 s, none on 1 and 2).
+    while buys and spent + 0.5 < seconds:
+        buy = buys[attempt % len(buys)]
+        attempt += 1
+        if purchase_cost(prices, buy) >= cost - 1e-6:
+            buys.remove(buy)  # a cheaper packing found in a dearer purchase already beats this one
+            continue
+        took: list[float] = []
+        res = solve_window(problem, free_models=free, fixed_reps=[], gpu_limit=buy, hint=None, upper_cost=cost,
+                           time_limit=min(TARGET_TRY_S, seconds - spent), seed=seed + attempt, spent=took)
+        spent += sum(took) or TARGET_TRY_S
+        if spent_out is not None:
+            spent_out.append(sum(took))
+        if res is not None and res[1] < cost - 1e-6 and _spread_kept(problem, res[0], shared):
+            best, cost = res[0], res[1]
+    return best
+
+
+def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu]) -> bool:
+    """Whether ``new`` spreads replicas over nodes as well as ``old`` (no more spread warnings):
+    the whole model spreads a model's replicas over GPUs, not nodes, and a cheaper packing that
+    puts both of a ``min_replicas: 2`` model's replicas on one node trades its availability for
+    cost (family-300014's single L4 node)."""
+    return len(assign_nodes(problem, copy_gpus(new))) <= len(assign_nodes(problem, copy_gpus(old)))
 
 
 def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: float, guard: float,
@@ -863,6 +925,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         progress("consolidated", time.monotonic() - t0)
     floor = multi_floor(problem)
     first = None
+    targets_spent: list[float] = []  # --prove: the search inside cheaper purchases takes part of its seconds
     if current is None and settings.prove_s != 0:
         # With ``--prove`` too: its plan starts from the pattern LP's packing as the default plan
         # does (family-200008-mixed-15 without it: 88.93/h, where the default plan costs 82.20/h).
@@ -873,7 +936,10 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
         gpus, status = gpus + multi, "optimal"
     else:
-        gpus, status = improve(problem, gpus + multi, reserved, budget.search_s, progress, full=current is None)
+        targets_s = TARGET_SHARE * settings.prove_s if settings.prove_s and first is not None else 0.0
+        gpus, status = improve(problem, gpus + multi, reserved, budget.search_s, progress, full=current is None,
+                               lower=first[0] if first is not None else 0.0, targets_s=targets_s,
+                               targets_spent=targets_spent)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     baseline = greedy_baseline(fleet, settings, baseline_packing)
     if start is not None and cost_of(problem, gpu_counts(problem, gpus)) > baseline.cost_per_hour + 1e-9:
@@ -888,7 +954,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
     if settings.prove_s and lb < cost - 1e-6:
-        lb, method = _prove(problem, cost, floor, lb, method, settings.prove_s, progress, t0)
+        lb, method = _prove(problem, cost, floor, lb, method, max(0.0, settings.prove_s - sum(targets_spent)),
+                            progress, t0)
     # The improving CP-SAT model's own bound holds only over the packings it can express (the
     # replica counts it is offered, compute in thousandths rounded up), not over every plan, so it
     # is reported but never taken as the lower bound: only the relaxation and the exact search

@@ -120,7 +120,8 @@ def summarise(rows: list[dict], asked: int) -> None:
     print(f"gap: median {median(gaps):.1%}, worst {worst_gap['gap']:.1%} ({worst_gap['fleet']}); "
           f"zero bounds: {sum(1 for r in rows if r['lower_bound'] <= 0)}")
     print(f"cost/greedy: worst {max(ratio):.3f}x ({worst_ratio['fleet']}), median {median(ratio):.3f}x; "
-          f"fleets dearer than greedy: {sum(1 for x in ratio if x > 1 + 1e-9)}")
+          f"fleets dearer than greedy: {sum(1 for x in ratio if x > 1 + 1e-9)}, "
+          f"than dedicated: {sum(1 for r in rows if r['cost'] > r['dedicated'] + 1e-9)}")
     print(f"time: median {median(secs):.1f} s, worst {max(secs):.1f} s; "
           f"peak memory: worst {max(r['peak_mb'] for r in rows)} MB")
 

@@ -221,6 +221,20 @@ def test_dedicated_baseline_is_bought_within_the_pools():
     assert dedicated.cost_per_hour >= plan.lower_bound_cost_per_hour
 
 
+def test_a_plan_is_never_dearer_than_its_dedicated_baseline():
+    """A 10-model generated fleet (A30s at 1.58/h with MIG, H200s at 14.57/h): the search ended on
+    an H200 and A30s at 56.88/h, 1.06x the dedicated baseline printed under it (34 A30s, 53.72/h).
+    The baseline's packing, consolidated, is now the plan wherever it is the cheaper."""
+    from bench.family import family_fleet
+
+    fleet = parse_fleet(family_fleet(800040, max_models=40))
+    plan = plan_fleet(fleet, PlanSettings())
+    assert check_plan(plan) == []
+    assert plan.cost_per_hour <= plan.baselines["dedicated"].cost_per_hour + 1e-9
+    assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
+    assert plan.cost_per_hour >= plan.lower_bound_cost_per_hour - 1e-6
+
+
 def test_a_plan_whose_dedicated_baseline_does_not_fit_is_read_back(tmp_path):
     """Four models share one L4 but would need four alone: the dedicated baseline does not fit.
     Its cost was written as ``Infinity``, which the plan's own reader refuses; now ``null``."""

@@ -4,7 +4,7 @@ For every fleet of the family (small ones here, so the CI profile's 20 examples 
 minute; ``python3 -m pytest tests/test_planner_family.py --hypothesis-profile=deep`` runs 300):
 
 * the plan is sound (``check_plan`` recomputes it from the fleet);
-* it never costs more than the greedy baseline printed under it;
+* it never costs more than the greedy or the dedicated baseline printed under it;
 * its lower bound, and every relaxation behind it, is at most its cost, and above 0;
 * the dedicated baseline fits the pools, so it is never below the bound.
 
@@ -66,6 +66,8 @@ def test_family_plans_are_no_dearer_than_greedy_and_bounded(seed, shape, headroo
     sizes = {p.name: p.max_gpus for p in fleet.pools}
     assert all(n <= sizes[pool] for pool, n in dedicated.gpus.items()), (doc["name"], dedicated)
     assert dedicated.cost_per_hour >= lb - 1e-6, (doc["name"], dedicated, lb)
+    # And a packing the planner printed: the plan is never dearer than it either.
+    assert plan.cost_per_hour <= dedicated.cost_per_hour + 1e-9, (doc["name"], plan.cost_per_hour, dedicated)
 
 
 @pytest.mark.parametrize("shape", sorted(set(SHAPES)))

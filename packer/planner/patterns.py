@@ -184,7 +184,7 @@ class Patterns:
         types = problem.all_types()
         per_type: dict[str, list[tuple]] = defaultdict(list)
         for m in problem.shared_models:
-            opts = sorted({n for n in _count_options(problem, m) if n > 0} | (counts or {}).get(m.name, set()))
+            opts = sorted({n for n in count_options(problem, m) if n > 0} | (counts or {}).get(m.name, set()))
             if not opts:
                 continue
             self.model_index[m.name] = len(self.models)
@@ -595,7 +595,7 @@ def _snap(x: float, scale: float) -> float:
     return 0.0 if abs(x) <= 1e-9 * max(1.0, abs(scale)) else x
 
 
-def _count_options(problem: Problem, m) -> set[int]:
+def count_options(problem: Problem, m) -> set[int]:
     """Every replica count the planner may give ``m``: per slot type, the fewest replicas that hold
     its peak, unfiltered. ``Problem.replica_options`` keeps a few of these, and the greedy
     baseline's whole-GPU problem others (a fresh ``Problem`` does not know them), so the bound

@@ -24,6 +24,7 @@ from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, lower_bound, refined_bound
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, dive, integer_master
+from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
@@ -272,10 +273,11 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     raise first
 
 
-TARGETS, TARGET_SHARE, TARGET_TRY_S = 4, 0.25, 5.0
+TARGETS, TARGET_SHARE, TARGET_TRY_S, TARGET_REPS = 4, 0.25, 5.0, 1500
 """With ``--prove``, the cheaper purchases the search tries to pack a small fleet into, the most
-share of the proof's seconds they take (:func:`_purchase_targets`; the exact search gets the rest)
-and CP-SAT's deterministic seconds per try."""
+share of the proof's seconds they take (:func:`_purchase_targets`; the exact search gets the rest),
+CP-SAT's deterministic seconds per try, and the most replicas (over every count offered) a try's
+model holds (:func:`_target_counts`)."""
 REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
@@ -343,8 +345,9 @@ def _purchase_targets(problem: Problem, shared: list[Gpu], limit: dict[str, int]
     the maximal ones below the packing's cost that ``lower`` (a bound on the shared GPUs' cost)
     leaves open, dearest first (nearest the packing), at most ``TARGETS``, in turn for
     ``TARGET_TRY_S`` each within ``seconds`` of CP-SAT's deterministic time (appended to
-    ``spent_out``). A packing found is kept where it is cheaper and spreads replicas over nodes as
-    well (:func:`_spread_kept`); else the packing given."""
+    ``spent_out``), first at the search's replica counts, then at every count
+    (:func:`_target_counts`). A packing found is kept where it is cheaper, not under ``lower``, and
+    spreads replicas over nodes as well (:func:`_spread_kept`); else the packing given."""
     prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
     cost = sum(g.pool.cost_per_gpu_hour for g in shared)
     limits = {n: min(limit.get(n, 0), int(cost / c + 1e-9)) for n, c in prices.items() if c > 0}
@@ -352,7 +355,6 @@ def _purchase_targets(problem: Problem, shared: list[Gpu], limit: dict[str, int]
         return shared
     buys = [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
     buys = sorted(buys, key=lambda b: -purchase_cost(prices, b))[:TARGETS]
-    free = {m.name: problem.replica_options(m) for m in problem.shared_models}
     best, spent, attempt = shared, 0.0, 0
     # Round robin, a fresh seed each try: without a hint CP-SAT's first solution depends on its
     # seed (family-300014's 4 A100s: found on seeds 0, 3 and 4 of 0-4 within 5 s, none on 1 and 2).
@@ -363,14 +365,36 @@ def _purchase_targets(problem: Problem, shared: list[Gpu], limit: dict[str, int]
             buys.remove(buy)  # a cheaper packing found in a dearer purchase already beats this one
             continue
         took: list[float] = []
-        res = solve_window(problem, free_models=free, fixed_reps=[], gpu_limit=buy, hint=None, upper_cost=cost,
+        # The first round offers the search's own replica counts (a smaller model: family-300014's
+        # 18.26/h is found there), later rounds every count (family-800031's 20.04/h).
+        counts = (_target_counts(problem, sum(buy.values())) if (attempt - 1) // len(buys) % 2
+                  else {m.name: problem.replica_options(m) for m in problem.shared_models})
+        res = solve_window(problem, free_models=counts, fixed_reps=[], gpu_limit=buy, hint=None, upper_cost=cost,
                            time_limit=min(TARGET_TRY_S, seconds - spent), seed=seed + attempt, spent=took)
         spent += sum(took) or TARGET_TRY_S
         if spent_out is not None:
             spent_out.append(sum(took))
-        if res is not None and res[1] < cost - 1e-6 and _spread_kept(problem, res[0], shared):
+        if (res is not None and lower - 1e-6 <= res[1] < cost - 1e-6
+                and _spread_kept(problem, res[0], shared)):
             best, cost = res[0], res[1]
     return best
+
+
+def _target_counts(problem: Problem, gpus: int) -> dict[str, list[int]]:
+    """Replica counts the search inside a purchase of ``gpus`` GPUs offers each shared model: every
+    count from its least to one a GPU (``max_replicas`` kept), or, past ``TARGET_REPS`` replicas
+    in all, the pattern LP's (``patterns.count_options``). The search proper offers a few counts
+    per model; family-800031-long-tail-10 fits 4 A100-40s and 4 L4s (18.24/h, the bound, against a
+    plan of 20.64/h) only at counts it does not offer. A packing costing less than the bound is not
+    taken: the bound is over the counts the planner offers."""
+    out = {}
+    for m in problem.shared_models:
+        lo = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0)
+        hi = min(gpus, m.max_replicas if m.max_replicas is not None else gpus)
+        out[m.name] = list(range(max(lo, 1), hi + 1)) if lo <= hi else []
+    if sum(sum(ns) for ns in out.values()) > TARGET_REPS:
+        out = {m.name: sorted(count_options(problem, m)) for m in problem.shared_models}
+    return {name: ns for name, ns in out.items() if ns}
 
 
 def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu]) -> bool:

@@ -235,6 +235,27 @@ def test_a_plan_is_never_dearer_than_its_dedicated_baseline():
     assert plan.cost_per_hour >= plan.lower_bound_cost_per_hour - 1e-6
 
 
+def test_a_multi_gpu_replica_never_lands_on_nodes_smaller_than_it():
+    """A 4-GPU replica and a pool of 2-GPU nodes at a third of the price: the multi-GPU placement
+    counted the pool's GPUs, not its nodes, put the replica there, and the plan ended in 'pool
+    cheap: 5 GPUs do not fit in 4 nodes' (exit 2) though the other pool's 8-GPU nodes hold it."""
+    pools = [{"name": "cheap", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 4, "cost_per_gpu_hour": 1.0,
+              "sharing": ["time-slicing"]},
+             {"name": "dear", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 2, "cost_per_gpu_hour": 3.0,
+              "sharing": ["time-slicing"]}]
+
+    def batch(name: str, mem: float, gpr: int) -> dict:
+        return {"name": name, "kind": "batch", "memory_gb": mem, "traffic": {"rps": 0.1, "peak_rps": 0.1},
+                "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": 500, "per_item": 10}, "max_batch": 4,
+                "min_replicas": 1, "gpus_per_replica": gpr}
+
+    fleet = parse_fleet({"name": "nodes", "pools": pools, "models": [batch("big", 200, 4), batch("s", 10, 1)]})
+    plan = plan_fleet(fleet, PlanSettings(time_limit_s=1))
+    assert check_plan(plan) == []
+    assert plan.gpus == {"cheap": 1, "dear": 4}
+    assert plan.baselines["dedicated"].gpus == {"cheap": 1, "dear": 4}
+
+
 def test_a_plan_whose_dedicated_baseline_does_not_fit_is_read_back(tmp_path):
     """Four models share one L4 but would need four alone: the dedicated baseline does not fit.
     Its cost was written as ``Infinity``, which the plan's own reader refuses; now ``null``."""

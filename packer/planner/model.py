@@ -209,7 +209,10 @@ def valid_multiset(pool: Pool, profiles: Counter) -> bool:
 
 
 def multi_replicas(problem: Problem, m: Model, pool: Pool) -> int | None:
-    """Whole-GPU replicas a multi-GPU model needs in ``pool`` (None: it cannot run there)."""
+    """Whole-GPU replicas a multi-GPU model needs in ``pool`` (None: it cannot run there, nor where
+    a replica's GPUs exceed a node's: they sit on one node)."""
+    if m.gpus_per_replica > pool.gpus_per_node:
+        return None
     cap = problem.capacity(m, SlotType(pool))
     if cap <= 0:
         return None

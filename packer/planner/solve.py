@@ -612,6 +612,8 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
             cap = problem.capacity(m, SlotType(p))
             if cap <= 0 or p.spot and m.on_demand_floor > 0:  # a model with a floor: on-demand GPUs only
                 continue
+            if m.gpus_per_replica > p.gpus_per_node:  # a replica's GPUs sit on one node
+                continue
             n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
                     math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
             if m.max_replicas is not None and n > m.max_replicas:
@@ -673,7 +675,12 @@ def _no_dearer_than_dedicated(problem: Problem, gpus: list[Gpu], seconds: float,
     if alt is None or cost_of(problem, gpu_counts(problem, alt)) >= cost_of(problem, gpu_counts(problem, gpus)) - 1e-9:
         return None
     shared = consolidate(problem, [g for g in alt if not g.multi], time.monotonic() + seconds)
-    return shared + [g for g in alt if g.multi]
+    alt = shared + [g for g in alt if g.multi]
+    try:  # the baseline counts GPUs, not nodes: multi-GPU replicas may not fit the pools' nodes
+        assign_nodes(problem, copy_gpus(alt))
+    except UserError:
+        return None
+    return alt
 
 
 def _assign_pools(options: dict[str, list[tuple[float, str, int]]], room: dict[str, int]

@@ -256,6 +256,25 @@ def test_a_multi_gpu_replica_never_lands_on_nodes_smaller_than_it():
     assert plan.baselines["dedicated"].gpus == {"cheap": 1, "dear": 4}
 
 
+def test_multi_gpu_replicas_are_counted_against_the_nodes_that_hold_them():
+    """Five 3-GPU replicas and a cheap pool of two 8-GPU nodes: 15 GPUs of its 16, so the placement
+    put them there, but a node holds two such replicas, so the pool holds four; the plan ended in
+    'pool cheap: 15 GPUs do not fit in 2 nodes', and the dedicated baseline read 15.00/h, a third
+    of any plan one can buy."""
+    pools = [{"name": "cheap", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 2, "cost_per_gpu_hour": 1.0,
+              "sharing": ["time-slicing"]},
+             {"name": "dear", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 4, "cost_per_gpu_hour": 3.0,
+              "sharing": ["time-slicing"]}]
+    big = {"name": "big", "kind": "batch", "memory_gb": 200, "traffic": {"rps": 0.1, "peak_rps": 0.1},
+           "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": 500, "per_item": 10}, "max_batch": 4,
+           "min_replicas": 5, "gpus_per_replica": 3}
+    plan = plan_fleet(parse_fleet({"name": "frag", "pools": pools, "models": [big]}), PlanSettings(time_limit_s=1))
+    assert check_plan(plan) == []
+    assert plan.gpus == {"dear": 15}
+    assert plan.baselines["dedicated"].gpus == {"dear": 15}
+    assert plan.cost_per_hour <= plan.baselines["dedicated"].cost_per_hour + 1e-9
+
+
 def test_a_plan_whose_dedicated_baseline_does_not_fit_is_read_back(tmp_path):
     """Four models share one L4 but would need four alone: the dedicated baseline does not fit.
     Its cost was written as ``Infinity``, which the plan's own reader refuses; now ``null``."""

@@ -618,6 +618,8 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
                     math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
             if m.max_replicas is not None and n > m.max_replicas:
                 continue
+            if m.gpus_per_replica > 1 and n > p.max_nodes * (p.gpus_per_node // m.gpus_per_replica):
+                continue  # more replicas than the pool's nodes hold (3-GPU replicas: two an 8-GPU node)
             opts.append((n * m.gpus_per_replica * p.cost_per_gpu_hour, p.name, n * m.gpus_per_replica))
         if opts:
             options[m.name] = sorted(opts)

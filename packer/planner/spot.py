@@ -36,7 +36,11 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
     gpr = m.gpus_per_replica
 
     def room(parts: list[tuple[Pool, int]]) -> bool:
-        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus for p, k in parts)
+        # GPUs left, and nodes: a replica's GPUs sit on one node, so a node holds gpus_per_node //
+        # gpr of them (3-GPU replicas on 8-GPU nodes: two, not 8/3; five on two such nodes were
+        # placed and the plan ended in "15 GPUs do not fit in 2 nodes").
+        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus and k <= p.max_nodes * (p.gpus_per_node // gpr)
+                   for p, k in parts)
 
     options: list[Choice] = []
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}

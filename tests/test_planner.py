@@ -275,6 +275,25 @@ def test_multi_gpu_replicas_are_counted_against_the_nodes_that_hold_them():
     assert plan.cost_per_hour <= plan.baselines["dedicated"].cost_per_hour + 1e-9
 
 
+def test_a_model_the_small_fast_pool_cannot_hold_goes_to_the_large_slow_one():
+    """19,500 rps: 5 replicas on H200s (a pool of 2) or 79 on T4s (a pool of 240). The counts the
+    search offers stay near the least, 5, so every start ran out of room and the fleet was refused
+    ('no pool has room left for a replica of m-0001'), and the greedy baseline with it. Found by
+    fuzzing (61 of 382 fleets of a small fast pool and a large slow one were refused, 53 plan now)."""
+    pools = [{"name": "t4", "gpu": "t4-16gb", "gpus_per_node": 3, "max_nodes": 80, "cost_per_gpu_hour": 0.47,
+              "sharing": ["time-slicing"]},
+             {"name": "h200", "gpu": "h200-141gb", "gpus_per_node": 2, "max_nodes": 1, "cost_per_gpu_hour": 12.4,
+              "sharing": ["time-slicing"]}]
+    model = {"name": "m-0001", "kind": "streaming", "memory_gb": 6.07,
+             "traffic": {"rps": 8698.0613, "peak_rps": 19522.767}, "slo_ms": 200,
+             "latency_ms": {"gpu": "a100-80gb", "base": 6.611, "per_item": 0.0329}, "max_batch": 32}
+    plan = plan_fleet(parse_fleet({"name": "fast-slow", "pools": pools, "models": [model]}),
+                      PlanSettings(time_limit_s=1, prove_s=0))
+    assert check_plan(plan) == []
+    assert plan.gpus == {"t4": 79}
+    assert plan.baselines["greedy"].cost_per_hour == pytest.approx(79 * 0.47)
+
+
 def test_a_plan_whose_dedicated_baseline_does_not_fit_is_read_back(tmp_path):
     """Four models share one L4 but would need four alone: the dedicated baseline does not fit.
     Its cost was written as ``Infinity``, which the plan's own reader refuses; now ``null``."""

@@ -258,19 +258,46 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     left no room, where 2 of 340 fit whole A100s): the fleet does not fit only when every set of
     counts fails. Raises the first NoRoom."""
     opts = {m.name: [n for n in problem.replica_options(m) if n > 0] for m in problem.shared_models}
+    alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
     tries = [counts,
              {k: (min(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
-             {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()}]
+             {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
+             {k: alone.get(k, n) for k, n in counts.items()}]
     first: NoRoom | None = None
     for i, c in enumerate(tries):
         if i and c in tries[:i]:
             continue
         try:
-            return multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start), c
+            gpus = multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start)
         except NoRoom as e:
             first = first or e
+            continue
+        if i == len(tries) - 1:  # counts from outside the options: the search may keep them
+            for name, n in c.items():
+                problem.start_counts.setdefault(name, set()).add(n)
+        return gpus, c
     assert first is not None
     raise first
+
+
+def _count_one_pool_holds(problem: Problem, m, reserved: dict[str, int]) -> int | None:
+    """The fewest replicas of ``m`` that hold its peak on one slot type whose pool has a GPU for
+    each of them (two replicas never share a GPU); None where no pool does. The counts the search
+    offers stay near the least over all slot types, which a small fast pool can set: a 19,500 rps
+    model needs 5 H200s of a 2-GPU pool or 79 T4s of a 240-GPU one, and with only counts near 5 on
+    offer the fleet was refused as not fitting."""
+    peak = m.traffic.peak_rps
+    lo = max(m.min_replicas, 1 if peak > 0 else 0)
+    best = None
+    for st in problem.all_types():
+        cap = problem.capacity(m, st)
+        if cap <= 0 or lo == 0:
+            continue
+        n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
+        room = st.pool.max_gpus - reserved.get(st.pool.name, 0)
+        if n <= room and (m.max_replicas is None or n <= m.max_replicas) and (best is None or n < best):
+            best = n
+    return best
 
 
 TARGETS, TARGET_SHARE, TARGET_TRY_S, TARGET_REPS = 4, 0.25, 5.0, 1500
@@ -733,9 +760,16 @@ def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], lis
     except UserError:
         return None
     reserved = gpu_counts(problem, multi)
-    try:
-        slots = pack(problem, reps_for(problem, choose_counts(problem)), reserved=reserved)
-    except NoRoom:
+    counts = choose_counts(problem)
+    alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
+    slots = None
+    for c in (counts, {k: alone.get(k, n) for k, n in counts.items()}):  # the plan's fallback too
+        try:
+            slots = pack(problem, reps_for(problem, c), reserved=reserved)
+            break
+        except NoRoom:
+            continue
+    if slots is None:
         return None
     shared = to_gpus(problem, slots)
     try:
@@ -751,7 +785,7 @@ def greedy_baseline(fleet: Fleet, settings: PlanSettings,
     if packing is False:
         packing = greedy_packing(fleet, settings)
     if not packing:
-        return Baseline(math.inf, {}, "does not fit the pools without MIG")
+        return Baseline(math.inf, {}, "does not fit the pools on whole GPUs without MIG")
     shared, multi = packing
     problem = Problem(fleet, replace(settings, use_mig=False))
     counts = gpu_counts(problem, shared + multi)

@@ -668,6 +668,16 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
             return None, f"{note}: does not fit the pools ({why})"
         choice, proven = chosen
         note += ", pools chosen to fit their sizes" + ("" if proven else " (the best found, not proven least)")
+    # GPUs are counted per pool; multi-GPU replicas of different sizes must also fit its nodes
+    # (3+3, 4, 4, 2+3 GPUs on three 5-GPU nodes: 15 GPUs, but no node takes a 4 and anything).
+    multi = [Gpu(problem.fleet.pool(pool), [], None, multi=(problem.fleet.model(name), i),
+                 width=problem.fleet.model(name).gpus_per_replica)
+             for name, (_, pool, k) in sorted(choice.items()) if problem.fleet.model(name).gpus_per_replica > 1
+             for i in range(k // problem.fleet.model(name).gpus_per_replica)]
+    try:
+        assign_nodes(problem, multi)
+    except UserError:
+        return None, f"{note}: its multi-GPU replicas do not fit the pools' nodes"
     return choice, note
 
 

@@ -144,7 +144,7 @@ def _place_pool(problem: Problem, gpus: list[Gpu], pool: Pool, mine: list[Gpu]) 
     order = sorted((g for g in mine if not g.pinned), key=lambda g: (-g.width, -len(g.models())))
     spots = _spot_spread(problem, gpus) if pool.spot else {}
     try:
-        best = _fill(pool, mine, order, nodes_n, spread, need)
+        best = _fill_spread_or_not(pool, mine, order, nodes_n, spread, need)
     except UserError:
         if not any(g.pinned for g in mine):
             raise
@@ -155,10 +155,86 @@ def _place_pool(problem: Problem, gpus: list[Gpu], pool: Pool, mine: list[Gpu]) 
         for g in mine:
             g.pinned = False
         order = sorted(mine, key=lambda g: (-g.width, -len(g.models())))
-        best = _fill(pool, mine, order, nodes_n, spread, need)
+        best = _fill_spread_or_not(pool, mine, order, nodes_n, spread, need)
     if spots and _over(best, spots):
         best = _other_orders(pool, mine, order, nodes_n, spread, need, spots, best)
     return best
+
+
+def _fill_spread_or_not(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: set[str],
+                        need: int) -> list[tuple[Gpu, int, int]]:
+    """:func:`_fill`, spreading ``spread``'s replicas over nodes where the GPUs then still fit;
+    else without spreading (the plan then warns). Spreading first can split the nodes' room:
+    four 3-GPU replicas of a two-replica model spread over three 6-GPU nodes, then three 2-GPU
+    replicas of another found 1 GPU free on each, and the fleet was refused ("18 GPUs do not fit
+    in 3 nodes") where [3, 3], [3, 3], [2, 2, 2] fits."""
+    try:
+        return _fill(pool, mine, order, nodes_n, spread, need)
+    except UserError as e:
+        first = e
+    if spread:
+        try:
+            return _fill(pool, mine, order, nodes_n, set(), need)
+        except UserError:
+            pass
+    found = _bins(pool, mine)
+    if found is None:
+        raise first
+    return found
+
+
+BIN_STEPS = 200_000
+"""Most steps of :func:`_bins`' search (a few milliseconds per thousand)."""
+
+
+def _bins(pool: Pool, mine: list[Gpu]) -> list[tuple[Gpu, int, int]] | None:
+    """The pool's multi-GPU replicas dealt to its nodes by a search (bin packing, largest first,
+    backtracking, an empty node tried once), the single GPUs in the room left; None where it
+    finds none within ``BIN_STEPS`` or a GPU is pinned (a re-plan's). The greedy fill,
+    largest first onto the fullest node, can strand room: replicas of 4, 3, 3, 2, 2 and 2 GPUs on
+    two 8-GPU nodes fit as [4, 2, 2], [3, 3, 2], which it missed."""
+    if any(g.pinned for g in mine):
+        return None
+    size, nodes = pool.gpus_per_node, pool.max_nodes
+    wide = sorted((g for g in mine if g.width > 1), key=lambda g: -g.width)
+    singles = [g for g in mine if g.width == 1]
+    if sum(g.width for g in mine) > size * nodes:
+        return None
+    load = [0] * nodes
+    where = [0] * len(wide)
+    steps = [0]
+
+    def place(k: int) -> bool:
+        if k == len(wide):
+            return True
+        steps[0] += 1
+        if steps[0] > BIN_STEPS:
+            return False
+        tried_empty = False
+        for n in range(nodes):
+            if load[n] + wide[k].width > size or (load[n] == 0 and tried_empty):
+                continue
+            tried_empty = tried_empty or load[n] == 0
+            load[n] += wide[k].width
+            where[k] = n
+            if place(k + 1):
+                return True
+            load[n] -= wide[k].width
+        return False
+
+    if not place(0):
+        return None
+    out, next_free = [], [0] * nodes
+    for g, n in zip(wide, where):
+        out.append((g, n, next_free[n]))
+        next_free[n] += g.width
+    for g in singles:  # the fullest node with room first, as the greedy fill does
+        n = max((n for n in range(nodes) if next_free[n] < size), key=lambda n: (next_free[n], -n))
+        out.append((g, n, next_free[n]))
+        next_free[n] += 1
+    used = sorted({n for _, n, _ in out})
+    renumber = {n: i for i, n in enumerate(used)}  # nodes in use first, as the greedy fill numbers them
+    return [(g, renumber[n], i) for g, n, i in out]
 
 
 def _other_orders(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: set[str], need: int,

@@ -73,16 +73,42 @@ def multi_floor(problem: Problem) -> float:
 
 
 def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
-    """Multi-GPU replicas: whole GPUs on one node, the cheapest pool that fits and has room."""
+    """Multi-GPU replicas: whole GPUs on one node, the cheapest pool that fits and has room, the
+    largest models first. Placed one model at a time, a model can take the room a later one
+    needed (a 3-GPU model on the cheap pool's two 3-GPU nodes, then another's two 3-GPU replicas
+    find none, though the first fits elsewhere): where that order leaves a model no room, or its
+    replicas do not fit the pools' nodes, other orders are tried (``MULTI_ORDERS``, seeded)."""
+    models = sorted(problem.multi_models, key=lambda m: -m.memory_gb)
+    first = _multi_in_order(problem, models)
+    if first[0] is not None:
+        return first[0]
+    rng = random.Random(len(models))
+    for _ in range(MULTI_ORDERS if len(models) > 1 else 0):
+        order = models[:]
+        rng.shuffle(order)
+        placed, _ = _multi_in_order(problem, order)
+        if placed is not None:
+            return placed
+    raise first[1]
+
+
+MULTI_ORDERS = 30
+"""Other orders :func:`plan_multi` tries where the largest-first one fails (a greedy pass each)."""
+
+
+def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], dict[str, int], float] | None,
+                                                            UserError | None]:
+    """The multi-GPU models placed in this order, each in its cheapest pool with room, and the
+    replicas fitted to the nodes; or None and the error to report."""
     gpus: list[Gpu] = []
     counts: dict[str, int] = {}
     used: dict[str, int] = defaultdict(int)
     exact = 0.0
-    for m in sorted(problem.multi_models, key=lambda m: -m.memory_gb):
+    for m in models:
         best = multi_choice(problem, m, used, multi_replicas)  # the model's on-demand floor kept
         if best is None:
-            raise UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool has room "
-                            "left. Fix: raise max_nodes of a pool or lower min_replicas")
+            return None, UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool has "
+                                   "room left. Fix: raise max_nodes of a pool or lower min_replicas")
         cost, n, parts = best
         exact += cost
         counts[m.name] = n
@@ -91,8 +117,12 @@ def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
             used[p.name] += k * m.gpus_per_replica
             gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
             first += k
+    try:
+        assign_nodes(problem, copy_gpus(gpus))
+    except UserError as e:
+        return None, e
     problem.multi_counts = counts
-    return gpus, counts, exact
+    return (gpus, counts, exact), None
 
 
 def _fill_of(problem: Problem, g: Gpu) -> float:

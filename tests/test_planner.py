@@ -336,7 +336,7 @@ def _pool(name: str, gpu: str, per_node: int, nodes: int, price: float, sharing:
             "sharing": sharing}
 
 
-@pytest.mark.parametrize("case", ["spread", "bins", "order"])
+@pytest.mark.parametrize("case", ["spread", "bins", "order", "nodes"])
 def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
     """Three fleets a fuzzing helper found refused as not fitting (94 of 4,300 generated to fit):
     * spread: four 3-GPU and three 2-GPU replicas on three 6-GPU nodes; spreading the first model
@@ -344,7 +344,9 @@ def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
     * bins: replicas of 4, 3, 3, 2, 2, 2 GPUs on two 8-GPU nodes; largest first onto the fullest
       node strands room ([4, 2, 2], [3, 3, 2] fits);
     * order: the cheap pool's two 3-GPU nodes went to a 3-GPU model placed first, and a later
-      model's two 3-GPU replicas found no pool (the first fits the other pool's 8-GPU node).
+      model's two 3-GPU replicas found no pool (the first fits the other pool's 8-GPU node);
+    * nodes: three models of one 2-GPU replica each on a pool of two 3-GPU nodes, 6 GPUs, which
+      the count allowed but whose nodes take two.
     Spreading replicas over nodes stays a preference: where it cannot be met, the plan warns."""
     fleets = {
         "spread": ([_pool("p0", "l4-24gb", 6, 3, 7.46, ["time-slicing"])],
@@ -359,6 +361,13 @@ def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
                   [_multi_gpu("mg-0", "batch", 62.3, 4, 0.0145, 1260, 16, 1),
                    _multi_gpu("mg-1", "batch", 56.3, 3, 0.0138, 947, 13, 1),
                    _multi_gpu("mg-2", "streaming", 34.0, 3, 0.016, 1390, 18, 2, 2)]),
+        "nodes": ([_pool("p0", "h200-141gb", 3, 2, 1.37, ["mig", "time-slicing"]),
+                   _pool("p1", "a100-80gb", 6, 2, 6.68, ["mig", "time-slicing"])],
+                  [_multi_gpu("mg-0", "batch", 150.2, 2, 0.0132, 340, 4, 1, 1),
+                   _multi_gpu("mg-1", "batch", 84.9, 2, 0.0082, 1259, 2, 1),
+                   _multi_gpu("mg-2", "batch", 59.9, 2, 0.002, 268, 14, 1),
+                   _multi_gpu("mg-3", "streaming", 176.9, 4, 0.0197, 750, 19, 1),
+                   _multi_gpu("mg-4", "batch", 167.6, 5, 0.0151, 402, 15, 1)]),
     }
     pools, models = fleets[case]
     plan = plan_fleet(parse_fleet({"name": case, "pools": pools, "models": models}),

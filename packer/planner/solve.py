@@ -98,29 +98,36 @@ MULTI_ORDERS = 30
 
 def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], dict[str, int], float] | None,
                                                             UserError | None]:
-    """The multi-GPU models placed in this order, each in its cheapest pool with room, and the
-    replicas fitted to the nodes; or None and the error to report."""
+    """The multi-GPU models placed in this order, each in its cheapest pool whose nodes take its
+    replicas beside those placed before (three 2-GPU replicas of three models are 6 GPUs of a
+    pool of two 3-GPU nodes, which take two); or None and the error to report."""
     gpus: list[Gpu] = []
     counts: dict[str, int] = {}
     used: dict[str, int] = defaultdict(int)
     exact = 0.0
     for m in models:
-        best = multi_choice(problem, m, used, multi_replicas)  # the model's on-demand floor kept
-        if best is None:
-            return None, UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool has "
-                                   "room left. Fix: raise max_nodes of a pool or lower min_replicas")
-        cost, n, parts = best
+        full: set[str] = set()  # pools whose nodes cannot take this model's replicas beside the others'
+        while True:
+            seen = {**used, **{p.name: p.max_gpus for p in problem.fleet.pools if p.name in full}}
+            best = multi_choice(problem, m, seen, multi_replicas)  # the model's on-demand floor kept
+            if best is None:
+                return None, UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool "
+                                       "has room left. Fix: raise max_nodes of a pool or lower min_replicas")
+            cost, n, parts = best
+            new, first = [], 0
+            for p, k in parts:
+                new += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
+                first += k
+            try:  # GPUs are counted per pool; the replicas must fit its nodes too
+                assign_nodes(problem, copy_gpus(gpus + new))
+                break
+            except UserError:
+                full |= {p.name for p, _ in parts}
         exact += cost
         counts[m.name] = n
-        first = 0
         for p, k in parts:
             used[p.name] += k * m.gpus_per_replica
-            gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
-            first += k
-    try:
-        assign_nodes(problem, copy_gpus(gpus))
-    except UserError as e:
-        return None, e
+        gpus += new
     problem.multi_counts = counts
     return (gpus, counts, exact), None
 

@@ -236,21 +236,26 @@ def test_a_plan_is_never_dearer_than_its_dedicated_baseline():
     assert plan.cost_per_hour >= plan.lower_bound_cost_per_hour - 1e-6
 
 
+def _multi_gpu(name: str, kind: str, mem: float, gpr: int, rps: float, base: float, per: float, lo: int,
+               hi: int | None = None) -> dict:
+    return {"name": name, "kind": kind, "memory_gb": mem, "gpus_per_replica": gpr, "traffic": {"rps": rps},
+            "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": base, "per_item": per}, "max_batch": 8,
+            "min_replicas": lo} | ({"max_replicas": hi} if hi else {})
+
+
+def _pool(name: str, gpu: str, per_node: int, nodes: int, price: float, sharing: list[str]) -> dict:
+    return {"name": name, "gpu": gpu, "gpus_per_node": per_node, "max_nodes": nodes, "cost_per_gpu_hour": price,
+            "sharing": sharing}
+
+
 def test_a_multi_gpu_replica_never_lands_on_nodes_smaller_than_it():
     """A 4-GPU replica and a pool of 2-GPU nodes at a third of the price: the multi-GPU placement
     counted the pool's GPUs, not its nodes, put the replica there, and the plan ended in 'pool
     cheap: 5 GPUs do not fit in 4 nodes' (exit 2) though the other pool's 8-GPU nodes hold it."""
-    pools = [{"name": "cheap", "gpu": "a100-80gb", "gpus_per_node": 2, "max_nodes": 4, "cost_per_gpu_hour": 1.0,
-              "sharing": ["time-slicing"]},
-             {"name": "dear", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 2, "cost_per_gpu_hour": 3.0,
-              "sharing": ["time-slicing"]}]
-
-    def batch(name: str, mem: float, gpr: int) -> dict:
-        return {"name": name, "kind": "batch", "memory_gb": mem, "traffic": {"rps": 0.1, "peak_rps": 0.1},
-                "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": 500, "per_item": 10}, "max_batch": 4,
-                "min_replicas": 1, "gpus_per_replica": gpr}
-
-    fleet = parse_fleet({"name": "nodes", "pools": pools, "models": [batch("big", 200, 4), batch("s", 10, 1)]})
+    pools = [_pool("cheap", "a100-80gb", 2, 4, 1.0, ["time-slicing"]),
+             _pool("dear", "a100-80gb", 8, 2, 3.0, ["time-slicing"])]
+    models = [_multi_gpu("big", "batch", 200, 4, 0.1, 500, 10, 1), _multi_gpu("s", "batch", 10, 1, 0.1, 500, 10, 1)]
+    fleet = parse_fleet({"name": "nodes", "pools": pools, "models": models})
     plan = plan_fleet(fleet, PlanSettings(time_limit_s=1))
     assert check_plan(plan) == []
     assert plan.gpus == {"cheap": 1, "dear": 4}
@@ -262,13 +267,8 @@ def test_multi_gpu_replicas_are_counted_against_the_nodes_that_hold_them():
     put them there, but a node holds two such replicas, so the pool holds four; the plan ended in
     'pool cheap: 15 GPUs do not fit in 2 nodes', and the dedicated baseline read 15.00/h, a third
     of any plan one can buy."""
-    pools = [{"name": "cheap", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 2, "cost_per_gpu_hour": 1.0,
-              "sharing": ["time-slicing"]},
-             {"name": "dear", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 4, "cost_per_gpu_hour": 3.0,
-              "sharing": ["time-slicing"]}]
-    big = {"name": "big", "kind": "batch", "memory_gb": 200, "traffic": {"rps": 0.1, "peak_rps": 0.1},
-           "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": 500, "per_item": 10}, "max_batch": 4,
-           "min_replicas": 5, "gpus_per_replica": 3}
+    pools = [_pool("cheap", "a100-80gb", 8, 2, 1.0, ["time-slicing"]), _pool("dear", "a100-80gb", 8, 4, 3.0, ["time-slicing"])]
+    big = _multi_gpu("big", "batch", 200, 3, 0.1, 500, 10, 5)
     plan = plan_fleet(parse_fleet({"name": "frag", "pools": pools, "models": [big]}), PlanSettings(time_limit_s=1))
     assert check_plan(plan) == []
     assert plan.gpus == {"dear": 15}
@@ -300,40 +300,18 @@ def test_the_dedicated_baseline_is_not_printed_where_its_replicas_do_not_fit_the
     dedicated baseline counted GPUs: 15 of the pool's 15, 48.60/h, 'plan costs 1.27x', though no
     three 5-GPU nodes take those sizes (the plan's 13 GPUs there are the most that fit). Found by
     fuzzing (9 of 4,300 multi-GPU fleets). It now says it does not fit the nodes."""
-    pools = [{"name": "p1", "gpu": "h100-80gb", "gpus_per_node": 5, "max_nodes": 3, "cost_per_gpu_hour": 1.2,
-              "sharing": ["mig", "time-slicing"]},
-             {"name": "p0", "gpu": "l40s-48gb", "gpus_per_node": 6, "max_nodes": 2, "cost_per_gpu_hour": 7.65,
-              "sharing": []}]
-
-    def multi(name: str, kind: str, mem: float, gpr: int, rps: float, base: float, per: float, lo: int,
-              hi: int | None) -> dict:
-        return {"name": name, "kind": kind, "memory_gb": mem, "gpus_per_replica": gpr, "traffic": {"rps": rps},
-                "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": base, "per_item": per}, "max_batch": 8,
-                "min_replicas": lo} | ({"max_replicas": hi} if hi else {})
-
-    models = [multi("mg-0", "streaming", 86.6, 3, 0.0124, 1255, 13, 2, None),
-              multi("mg-1", "batch", 274.4, 4, 0.0008, 1392, 1, 1, None),
-              multi("mg-2", "streaming", 164.5, 4, 0.0114, 1398, 4, 1, 1),
-              multi("mg-3", "batch", 79.8, 2, 0.0046, 1086, 14, 1, 1),
-              multi("mg-4", "batch", 185.7, 3, 0.0137, 884, 13, 1, 1)]
+    pools = [_pool("p1", "h100-80gb", 5, 3, 1.2, ["mig", "time-slicing"]), _pool("p0", "l40s-48gb", 6, 2, 7.65, [])]
+    models = [_multi_gpu("mg-0", "streaming", 86.6, 3, 0.0124, 1255, 13, 2),
+              _multi_gpu("mg-1", "batch", 274.4, 4, 0.0008, 1392, 1, 1),
+              _multi_gpu("mg-2", "streaming", 164.5, 4, 0.0114, 1398, 4, 1, 1),
+              _multi_gpu("mg-3", "batch", 79.8, 2, 0.0046, 1086, 14, 1, 1),
+              _multi_gpu("mg-4", "batch", 185.7, 3, 0.0137, 884, 13, 1, 1)]
     plan = plan_fleet(parse_fleet({"name": "mg", "pools": pools, "models": models}),
                       PlanSettings(time_limit_s=1, prove_s=0))
     assert check_plan(plan) == []
     dedicated = plan.baselines["dedicated"]
     assert dedicated.cost_per_hour == math.inf and "do not fit the pools' nodes" in dedicated.note
     assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
-
-
-def _multi_gpu(name: str, kind: str, mem: float, gpr: int, rps: float, base: float, per: float, lo: int,
-               hi: int | None = None) -> dict:
-    return {"name": name, "kind": kind, "memory_gb": mem, "gpus_per_replica": gpr, "traffic": {"rps": rps},
-            "slo_ms": 60000, "latency_ms": {"gpu": "a100-80gb", "base": base, "per_item": per}, "max_batch": 8,
-            "min_replicas": lo} | ({"max_replicas": hi} if hi else {})
-
-
-def _pool(name: str, gpu: str, per_node: int, nodes: int, price: float, sharing: list[str]) -> dict:
-    return {"name": name, "gpu": gpu, "gpus_per_node": per_node, "max_nodes": nodes, "cost_per_gpu_hour": price,
-            "sharing": sharing}
 
 
 @pytest.mark.parametrize("case", ["spread", "bins", "order", "nodes"])

@@ -295,6 +295,30 @@ def test_a_model_the_small_fast_pool_cannot_hold_goes_to_the_large_slow_one():
     assert plan.baselines["greedy"].cost_per_hour == pytest.approx(79 * 0.47)
 
 
+def test_models_that_each_fit_the_small_fast_pool_but_not_together_go_to_the_large_one():
+    """Four models; each alone fits the 4 A100s at its fewest replicas, together they do not, and
+    400 T4s (no time-slicing) hold them all. The fallback to each model's fewest replicas one pool
+    holds chose the A100 counts for all, and the fleet was refused; the roomiest pool's counts are
+    the next try. Found by fuzzing (8 such fleets of 61)."""
+    pools = [_pool("slow", "t4-16gb", 8, 50, 0.22, []), _pool("fast", "a100-80gb", 2, 2, 3.13, ["time-slicing"])]
+
+    def model(name: str, kind: str, mem: float, rps: float, peak: float, slo: int, base: float, per: float,
+              batch: int, lo: int) -> dict:
+        return {"name": name, "kind": kind, "memory_gb": mem, "traffic": {"rps": rps, "peak_rps": peak},
+                "slo_ms": slo, "latency_ms": {"gpu": "a100-80gb", "base": base, "per_item": per},
+                "max_batch": batch, "min_replicas": lo}
+
+    models = [model("m-0", "streaming", 11.99, 651.54, 973.36, 2000, 12.71, 0.108, 8, 1),
+              model("m-1", "streaming", 6.75, 25682.64, 41956.33, 500, 8.17, 0.118, 32, 2),
+              model("m-2", "batch", 7.25, 626.16, 1232.12, 2000, 12.49, 0.426, 8, 2),
+              model("m-3", "batch", 9.72, 382.04, 698.43, 200, 6.81, 0.331, 32, 2)]
+    plan = plan_fleet(parse_fleet({"name": "fast-slow-4", "pools": pools, "models": models}),
+                      PlanSettings(time_limit_s=1, prove_s=0))
+    assert check_plan(plan) == []
+    assert plan.gpus.get("slow", 0) > 0
+    assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
+
+
 def test_the_dedicated_baseline_is_not_printed_where_its_replicas_do_not_fit_the_nodes():
     """Multi-GPU replicas of 3, 3, 4, 4, 2 and 3 GPUs; the cheap pool has three 5-GPU nodes. The
     dedicated baseline counted GPUs: 15 of the pool's 15, 48.60/h, 'plan costs 1.27x', though no

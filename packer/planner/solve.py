@@ -296,10 +296,13 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     counts fails. Raises the first NoRoom."""
     opts = {m.name: [n for n in problem.replica_options(m) if n > 0] for m in problem.shared_models}
     alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
+    roomy = {m.name: n for m in problem.shared_models
+             if (n := _count_one_pool_holds(problem, m, reserved, roomiest=True))}
     tries = [counts,
              {k: (min(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
              {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
-             {k: alone.get(k, n) for k, n in counts.items()}]
+             {k: alone.get(k, n) for k, n in counts.items()},
+             {k: roomy.get(k, n) for k, n in counts.items()}]
     first: NoRoom | None = None
     for i, c in enumerate(tries):
         if i and c in tries[:i]:
@@ -309,7 +312,7 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
         except NoRoom as e:
             first = first or e
             continue
-        if i == len(tries) - 1:  # counts from outside the options: the search may keep them
+        if i >= 3:  # counts from outside the options: the search may keep them
             for name, n in c.items():
                 problem.start_counts.setdefault(name, set()).add(n)
         return gpus, c
@@ -317,24 +320,29 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     raise first
 
 
-def _count_one_pool_holds(problem: Problem, m, reserved: dict[str, int]) -> int | None:
+def _count_one_pool_holds(problem: Problem, m, reserved: dict[str, int], roomiest: bool = False) -> int | None:
     """The fewest replicas of ``m`` that hold its peak on one slot type whose pool has a GPU for
-    each of them (two replicas never share a GPU); None where no pool does. The counts the search
-    offers stay near the least over all slot types, which a small fast pool can set: a 19,500 rps
-    model needs 5 H200s of a 2-GPU pool or 79 T4s of a 240-GPU one, and with only counts near 5 on
-    offer the fleet was refused as not fitting."""
+    each of them (two replicas never share a GPU); ``roomiest``: on the pool with the most GPUs
+    left among those; None where no pool does. The counts the search offers stay near the least
+    over all slot types, which a small fast pool can set: a 19,500 rps model needs 5 H200s of a
+    2-GPU pool or 79 T4s of a 240-GPU one, and with only counts near 5 on offer the fleet was
+    refused as not fitting. Where several models each fit the small pool alone but not together,
+    the roomiest pool's counts are the next try."""
     peak = m.traffic.peak_rps
     lo = max(m.min_replicas, 1 if peak > 0 else 0)
-    best = None
+    best: tuple[tuple[int, int], int] | None = None  # (key, count)
     for st in problem.all_types():
         cap = problem.capacity(m, st)
         if cap <= 0 or lo == 0:
             continue
         n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
         room = st.pool.max_gpus - reserved.get(st.pool.name, 0)
-        if n <= room and (m.max_replicas is None or n <= m.max_replicas) and (best is None or n < best):
-            best = n
-    return best
+        if n > room or (m.max_replicas is not None and n > m.max_replicas):
+            continue
+        key = (-room, n) if roomiest else (n, 0)
+        if best is None or key < best[0]:
+            best = (key, n)
+    return None if best is None else best[1]
 
 
 TARGETS, TARGET_SHARE, TARGET_TRY_S, TARGET_REPS = 4, 0.25, 5.0, 1500
@@ -809,8 +817,11 @@ def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], lis
     reserved = gpu_counts(problem, multi)
     counts = choose_counts(problem)
     alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
+    roomy = {m.name: n for m in problem.shared_models
+             if (n := _count_one_pool_holds(problem, m, reserved, roomiest=True))}
     slots = None
-    for c in (counts, {k: alone.get(k, n) for k, n in counts.items()}):  # the plan's fallback too
+    for c in (counts, {k: alone.get(k, n) for k, n in counts.items()},  # the plan's fallbacks too
+              {k: roomy.get(k, n) for k, n in counts.items()}):
         try:
             slots = pack(problem, reps_for(problem, c), reserved=reserved)
             break

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
@@ -118,11 +118,9 @@ def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], di
             for p, k in parts:
                 new += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
                 first += k
-            try:  # GPUs are counted per pool; the replicas must fit its nodes too
-                assign_nodes(problem, copy_gpus(gpus + new))
+            if _fits_nodes(problem, gpus + new):  # GPUs are counted per pool; the replicas must fit its nodes too
                 break
-            except UserError:
-                full |= {p.name for p, _ in parts}
+            full |= {p.name for p, _ in parts}
         exact += cost
         counts[m.name] = n
         for p, k in parts:
@@ -660,10 +658,15 @@ def dedicated_baseline(problem: Problem, chosen: tuple | None = None) -> Baselin
     choice, note = chosen or _dedicated_choice(problem)
     if choice is None:
         return Baseline(math.inf, {}, note)
+    return Baseline(round(sum(c for c, _, _ in choice.values()), 4), _per_pool(choice), note)
+
+
+def _per_pool(choice: dict[str, tuple[float, str, int]]) -> dict[str, int]:
+    """GPUs per pool of a dedicated choice."""
     gpus: dict[str, int] = defaultdict(int)
     for _, pool, k in choice.values():
         gpus[pool] += k
-    return Baseline(round(sum(c for c, _, _ in choice.values()), 4), dict(gpus), note)
+    return dict(gpus)
 
 
 def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int]] | None, str]:
@@ -681,14 +684,10 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
     for m in problem.fleet.models:
         opts = []
         for p in problem.fleet.pools:
-            cap = problem.capacity(m, SlotType(p))
-            if cap <= 0 or p.spot and m.on_demand_floor > 0:  # a model with a floor: on-demand GPUs only
+            if p.spot and m.on_demand_floor > 0:  # a model with a floor: on-demand GPUs only
                 continue
-            if m.gpus_per_replica > p.gpus_per_node:  # a replica's GPUs sit on one node
-                continue
-            n = max(m.min_replicas, 1 if m.traffic.peak_rps > 0 else 0,
-                    math.ceil(m.traffic.peak_rps / cap - 1e-9) if m.traffic.peak_rps > 0 else 0)
-            if m.max_replicas is not None and n > m.max_replicas:
+            n = multi_replicas(problem, m, p)  # whole GPUs alone, on one node (None: not there)
+            if n is None or m.max_replicas is not None and n > m.max_replicas:
                 continue
             if m.gpus_per_replica > 1 and n > p.max_nodes * (p.gpus_per_node // m.gpus_per_replica):
                 continue  # more replicas than the pool's nodes hold (3-GPU replicas: two an 8-GPU node)
@@ -701,10 +700,7 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
     room = {p.name: p.max_gpus for p in problem.fleet.pools}
     choice = {name: opts[0] for name, opts in options.items()}
     note = "one whole GPU per replica, no sharing"
-    used: dict[str, int] = defaultdict(int)
-    for _, pool, k in choice.values():
-        used[pool] += k
-    if any(n > room[p] for p, n in used.items()):
+    if any(n > room[p] for p, n in _per_pool(choice).items()):
         need, have = sum(min(k for _, _, k in opts) for opts in options.values()), sum(room.values())
         chosen = _assign_pools(options, room) if need <= have else None
         if chosen is None:
@@ -715,13 +711,8 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
         note += ", pools chosen to fit their sizes" + ("" if proven else " (the best found, not proven least)")
     # GPUs are counted per pool; multi-GPU replicas of different sizes must also fit its nodes
     # (3+3, 4, 4, 2+3 GPUs on three 5-GPU nodes: 15 GPUs, but no node takes a 4 and anything).
-    multi = [Gpu(problem.fleet.pool(pool), [], None, multi=(problem.fleet.model(name), i),
-                 width=problem.fleet.model(name).gpus_per_replica)
-             for name, (_, pool, k) in sorted(choice.items()) if problem.fleet.model(name).gpus_per_replica > 1
-             for i in range(k // problem.fleet.model(name).gpus_per_replica)]
-    try:
-        assign_nodes(problem, multi)
-    except UserError:
+    multi = [g for g in dedicated_packing(problem, (choice, note)) if g.multi]
+    if not _fits_nodes(problem, multi):
         return None, f"{note}: its multi-GPU replicas do not fit the pools' nodes"
     return choice, note
 
@@ -760,11 +751,8 @@ def _no_dearer_than_dedicated(problem: Problem, gpus: list[Gpu], seconds: float,
         return None
     shared = consolidate(problem, [g for g in alt if not g.multi], time.monotonic() + seconds)
     alt = shared + [g for g in alt if g.multi]
-    try:  # the baseline counts GPUs, not nodes: multi-GPU replicas may not fit the pools' nodes
-        assign_nodes(problem, copy_gpus(alt))
-    except UserError:
-        return None
-    return alt
+    # The baseline counts GPUs, not nodes: multi-GPU replicas may not fit the pools' nodes.
+    return alt if _fits_nodes(problem, alt) else None
 
 
 def _assign_pools(options: dict[str, list[tuple[float, str, int]]], room: dict[str, int]
@@ -791,6 +779,15 @@ def _assign_pools(options: dict[str, list[tuple[float, str, int]]], room: dict[s
 
 
 GREEDY_NOTE = "best-fit-decreasing squishy packing, whole GPUs, time-slicing only"
+
+
+def _fits_nodes(problem: Problem, gpus: list[Gpu]) -> bool:
+    """Whether ``assign_nodes`` places these GPUs on the pools' nodes (tried on a copy)."""
+    try:
+        assign_nodes(problem, copy_gpus(gpus))
+    except (ValueError, UserError):
+        return False
+    return True
 
 
 def copy_gpus(gpus: list[Gpu]) -> list[Gpu]:
@@ -830,9 +827,7 @@ def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], lis
     if slots is None:
         return None
     shared = to_gpus(problem, slots)
-    try:
-        assign_nodes(problem, copy_gpus(shared + multi))
-    except (ValueError, UserError):  # its GPUs do not fit the pool's nodes: no baseline, not no plan
+    if not _fits_nodes(problem, shared + multi):  # its GPUs do not fit the pool's nodes: no baseline, not no plan
         return None
     return shared, multi
 
@@ -1120,10 +1115,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         cheaper = _no_dearer_than_dedicated(problem, gpus, 0.1 * budget.limit, chosen)
         if cheaper is not None:
             gpus, status = cheaper, "feasible"
-            multi_counts = {}
-            for g in gpus:
-                if g.multi:
-                    multi_counts[g.multi[0].name] = multi_counts.get(g.multi[0].name, 0) + 1
+            multi_counts = dict(Counter(g.multi[0].name for g in gpus if g.multi))
             problem.multi_counts = dict(multi_counts)
     warnings = assign_nodes(problem, gpus)
     if first is None:

@@ -319,11 +319,13 @@ def test_models_that_each_fit_the_small_fast_pool_but_not_together_go_to_the_lar
     assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
 
 
-def test_the_dedicated_baseline_is_not_printed_where_its_replicas_do_not_fit_the_nodes():
+def test_the_dedicated_baseline_is_one_that_fits_the_nodes():
     """Multi-GPU replicas of 3, 3, 4, 4, 2 and 3 GPUs; the cheap pool has three 5-GPU nodes. The
     dedicated baseline counted GPUs: 15 of the pool's 15, 48.60/h, 'plan costs 1.27x', though no
     three 5-GPU nodes take those sizes (the plan's 13 GPUs there are the most that fit). Found by
-    fuzzing (9 of 4,300 multi-GPU fleets). It now says it does not fit the nodes."""
+    fuzzing (9 of 4,300 multi-GPU fleets). Its pools are now chosen with the nodes' bin packing
+    (``multi.choose_pools``): 13 GPUs of the cheap pool and 6 of the other, the plan's own 61.50/h
+    (every replica here takes whole GPUs, so the two cannot differ)."""
     pools = [_pool("p1", "h100-80gb", 5, 3, 1.2, ["mig", "time-slicing"]), _pool("p0", "l40s-48gb", 6, 2, 7.65, [])]
     models = [_multi_gpu("mg-0", "streaming", 86.6, 3, 0.0124, 1255, 13, 2),
               _multi_gpu("mg-1", "batch", 274.4, 4, 0.0008, 1392, 1, 1),
@@ -334,11 +336,12 @@ def test_the_dedicated_baseline_is_not_printed_where_its_replicas_do_not_fit_the
                       PlanSettings(time_limit_s=1, prove_s=0))
     assert check_plan(plan) == []
     dedicated = plan.baselines["dedicated"]
-    assert dedicated.cost_per_hour == math.inf and "do not fit the pools' nodes" in dedicated.note
+    assert dedicated.gpus == {"p1": 13, "p0": 6} and "pools chosen" in dedicated.note
+    assert dedicated.cost_per_hour == pytest.approx(plan.cost_per_hour)
     assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
 
 
-@pytest.mark.parametrize("case", ["spread", "bins", "order", "nodes"])
+@pytest.mark.parametrize("case", ["spread", "bins", "order", "nodes", "joint"])
 def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
     """Three fleets a fuzzing helper found refused as not fitting (94 of 4,300 generated to fit):
     * spread: four 3-GPU and three 2-GPU replicas on three 6-GPU nodes; spreading the first model
@@ -348,7 +351,10 @@ def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
     * order: the cheap pool's two 3-GPU nodes went to a 3-GPU model placed first, and a later
       model's two 3-GPU replicas found no pool (the first fits the other pool's 8-GPU node);
     * nodes: three models of one 2-GPU replica each on a pool of two 3-GPU nodes, 6 GPUs, which
-      the count allowed but whose nodes take two.
+      the count allowed but whose nodes take two;
+    * joint: replicas of 4, 4, 3, 2, 2 and 2 GPUs fit only the cheap pool's three 6-GPU nodes,
+      and two models fit either pool; every order put one of those two on the cheap nodes first
+      and left a 2-GPU replica no room, so their pools are now chosen together.
     Spreading replicas over nodes stays a preference: where it cannot be met, the plan warns."""
     fleets = {
         "spread": ([_pool("p0", "l4-24gb", 6, 3, 7.46, ["time-slicing"])],
@@ -370,6 +376,14 @@ def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
                    _multi_gpu("mg-2", "batch", 59.9, 2, 0.002, 268, 14, 1),
                    _multi_gpu("mg-3", "streaming", 176.9, 4, 0.0197, 750, 19, 1),
                    _multi_gpu("mg-4", "batch", 167.6, 5, 0.0151, 402, 15, 1)]),
+        "joint": ([_pool("p1", "l4-24gb", 8, 3, 3.06, []), _pool("p0", "a100-80gb", 6, 3, 1.75, ["time-slicing"])],
+                  [_multi_gpu("mg-0", "streaming", 208.4, 4, 0.0185, 1054, 12, 2, 2),
+                   _multi_gpu("mg-1", "batch", 49.0, 2, 0.0011, 328, 8, 1),
+                   _multi_gpu("mg-2", "batch", 134.9, 2, 0.0071, 436, 15, 2),
+                   _multi_gpu("mg-3", "batch", 212.1, 3, 0.0111, 451, 7, 1, 1),
+                   _multi_gpu("mg-4", "streaming", 78.3, 8, 0.0104, 677, 5, 1, 1),
+                   _multi_gpu("mg-5", "batch", 58.0, 3, 0.0179, 174, 14, 1),
+                   _multi_gpu("mg-6", "batch", 60.2, 4, 0.0171, 217, 9, 1)]),
     }
     pools, models = fleets[case]
     plan = plan_fleet(parse_fleet({"name": case, "pools": pools, "models": models}),

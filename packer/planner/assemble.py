@@ -417,3 +417,18 @@ def _first_free(taken: set[int], width: int, size: int) -> int | None:
         if not taken & set(range(i, i + width)):
             return i
     return None
+
+
+def copy_gpus(gpus: list[Gpu]) -> list[Gpu]:
+    """Fresh GPUs and slots holding the same replicas: the search mutates the slots it is given."""
+    return [Gpu(g.pool, [Slot(s.type, list(s.reps), start=s.start) for s in g.slots], g.layout, g.multi,
+                g.width) for g in gpus]
+
+
+def fits_nodes(problem: Problem, gpus: list[Gpu]) -> bool:
+    """Whether :func:`assign_nodes` places these GPUs on the pools' nodes (tried on a copy)."""
+    try:
+        assign_nodes(problem, copy_gpus(gpus))
+    except (ValueError, UserError):
+        return False
+    return True

@@ -16,12 +16,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable
 
-from ortools.sat.python import cp_model
-
 from packer.catalog import layout_named
 from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan, fleet_to_dict
-from packer.planner.assemble import Gpu, assign_nodes, spare_slots, to_gpus
+from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, lower_bound, refined_bound
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, dive, integer_master
 from packer.planner.patterns import count_options
@@ -29,8 +27,9 @@ from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas
+from packer.planner.multi import choose_pools, multi_floor, plan_multi
 from packer.planner.prove import LEFT_FOR_PROOF, maximal_purchases, prove, purchase_cost, purchases_left, why_not
-from packer.planner.spot import multi_choice, respread, spot_aware, spot_unaware
+from packer.planner.spot import respread, spot_aware, spot_unaware
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
 
@@ -56,78 +55,6 @@ def auto_time_limit(fleet: Fleet) -> float:
     if n <= 60:
         return 8.0 + 0.03 * n
     return min(22.0, 9.8 + 0.1 * (n - 60)) if n <= 500 else min(100.0, 22.1 + 0.045 * (n - 500))
-
-
-def multi_floor(problem: Problem) -> float:
-    """The least the multi-GPU models can cost: each alone in its cheapest pool, room ignored.
-
-    ``plan_multi`` places them one by one where room is left, so its cost is not a bound: when
-    pools are small, another placement may free a cheap pool for the shared models.
-    """
-    total = 0.0
-    for m in problem.multi_models:
-        counts = [(multi_replicas(problem, m, p), p) for p in problem.fleet.pools]
-        total += min((n * m.gpus_per_replica * p.cost_per_gpu_hour for n, p in counts if n is not None),
-                     default=0.0)
-    return total
-
-
-def plan_multi(problem: Problem) -> tuple[list[Gpu], dict[str, int], float]:
-    """Multi-GPU replicas: whole GPUs on one node, the cheapest pool that fits and has room, the
-    largest models first. Placed one model at a time, a model can take the room a later one
-    needed (a 3-GPU model on the cheap pool's two 3-GPU nodes, then another's two 3-GPU replicas
-    find none, though the first fits elsewhere): where that order leaves a model no room, or its
-    replicas do not fit the pools' nodes, other orders are tried (``MULTI_ORDERS``, seeded)."""
-    models = sorted(problem.multi_models, key=lambda m: -m.memory_gb)
-    first = _multi_in_order(problem, models)
-    if first[0] is not None:
-        return first[0]
-    rng = random.Random(len(models))
-    for _ in range(MULTI_ORDERS if len(models) > 1 else 0):
-        order = models[:]
-        rng.shuffle(order)
-        placed, _ = _multi_in_order(problem, order)
-        if placed is not None:
-            return placed
-    raise first[1]
-
-
-MULTI_ORDERS = 30
-"""Other orders :func:`plan_multi` tries where the largest-first one fails (a greedy pass each)."""
-
-
-def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], dict[str, int], float] | None,
-                                                            UserError | None]:
-    """The multi-GPU models placed in this order, each in its cheapest pool whose nodes take its
-    replicas beside those placed before (three 2-GPU replicas of three models are 6 GPUs of a
-    pool of two 3-GPU nodes, which take two); or None and the error to report."""
-    gpus: list[Gpu] = []
-    counts: dict[str, int] = {}
-    used: dict[str, int] = defaultdict(int)
-    exact = 0.0
-    for m in models:
-        full: set[str] = set()  # pools whose nodes cannot take this model's replicas beside the others'
-        while True:
-            seen = {**used, **{p.name: p.max_gpus for p in problem.fleet.pools if p.name in full}}
-            best = multi_choice(problem, m, seen, multi_replicas)  # the model's on-demand floor kept
-            if best is None:
-                return None, UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool "
-                                       "has room left. Fix: raise max_nodes of a pool or lower min_replicas")
-            cost, n, parts = best
-            new, first = [], 0
-            for p, k in parts:
-                new += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
-                first += k
-            if _fits_nodes(problem, gpus + new):  # GPUs are counted per pool; the replicas must fit its nodes too
-                break
-            full |= {p.name for p, _ in parts}
-        exact += cost
-        counts[m.name] = n
-        for p, k in parts:
-            used[p.name] += k * m.gpus_per_replica
-        gpus += new
-    problem.multi_counts = counts
-    return (gpus, counts, exact), None
 
 
 def _fill_of(problem: Problem, g: Gpu) -> float:
@@ -675,8 +602,10 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
 
     Without the pools' sizes it could not be bought: on family-200008-mixed-15 it put 37 GPUs'
     worth of replicas on the cheapest pool, at 72.89/h, under the plan's proven lower bound of
-    75.92/h. Each model takes its cheapest pool; where that overfills a pool, CP-SAT chooses the
-    pools (a generalised assignment, within ``DEDICATED_S``; its best, said when not proven least).
+    75.92/h. Each model takes its cheapest pool; where that overfills a pool or its multi-GPU
+    replicas do not fit the nodes, CP-SAT chooses the pools (``multi.choose_pools``: a generalised
+    assignment with the nodes' bin packing, within ``DEDICATED_S``; its best, said when not proven
+    least).
     A model with an on-demand floor takes on-demand pools only, and no pool where it would need more
     than ``max_replicas``.
     """
@@ -700,20 +629,25 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
     room = {p.name: p.max_gpus for p in problem.fleet.pools}
     choice = {name: opts[0] for name, opts in options.items()}
     note = "one whole GPU per replica, no sharing"
-    if any(n > room[p] for p, n in _per_pool(choice).items()):
+
+    def on_nodes(choice: dict[str, tuple[float, str, int]]) -> bool:
+        # GPUs are counted per pool; multi-GPU replicas of different sizes must also fit its nodes
+        # (3+3, 4, 4, 2+3 GPUs on three 5-GPU nodes: 15 GPUs, but no node takes a 4 and anything).
+        return fits_nodes(problem, [g for g in dedicated_packing(problem, (choice, note)) if g.multi])
+
+    if any(n > room[p] for p, n in _per_pool(choice).items()) or not on_nodes(choice):
         need, have = sum(min(k for _, _, k in opts) for opts in options.values()), sum(room.values())
-        chosen = _assign_pools(options, room) if need <= have else None
+        width = {name: problem.fleet.model(name).gpus_per_replica for name in options}
+        chosen = choose_pools(problem, {name: [(c, [(pool, k // width[name], width[name])]) for c, pool, k in opts]
+                                        for name, opts in options.items()}, DEDICATED_S) if need <= have else None
         if chosen is None:
             why = (f"needs at least {need} GPUs, the pools hold {have}" if need > have
                    else f"no choice of pools holding it was found in {DEDICATED_S:.0f} s")
             return None, f"{note}: does not fit the pools ({why})"
-        choice, proven = chosen
-        note += ", pools chosen to fit their sizes" + ("" if proven else " (the best found, not proven least)")
-    # GPUs are counted per pool; multi-GPU replicas of different sizes must also fit its nodes
-    # (3+3, 4, 4, 2+3 GPUs on three 5-GPU nodes: 15 GPUs, but no node takes a 4 and anything).
-    multi = [g for g in dedicated_packing(problem, (choice, note)) if g.multi]
-    if not _fits_nodes(problem, multi):
-        return None, f"{note}: its multi-GPU replicas do not fit the pools' nodes"
+        choice = {name: options[name][i] for name, i in chosen[0].items()}
+        note += ", pools chosen to fit their sizes" + ("" if chosen[1] else " (the best found, not proven least)")
+        if not on_nodes(choice):
+            return None, f"{note}: its multi-GPU replicas do not fit the pools' nodes"
     return choice, note
 
 
@@ -752,48 +686,10 @@ def _no_dearer_than_dedicated(problem: Problem, gpus: list[Gpu], seconds: float,
     shared = consolidate(problem, [g for g in alt if not g.multi], time.monotonic() + seconds)
     alt = shared + [g for g in alt if g.multi]
     # The baseline counts GPUs, not nodes: multi-GPU replicas may not fit the pools' nodes.
-    return alt if _fits_nodes(problem, alt) else None
-
-
-def _assign_pools(options: dict[str, list[tuple[float, str, int]]], room: dict[str, int]
-                  ) -> tuple[dict[str, tuple[float, str, int]], bool] | None:
-    """One option per model, within every pool's GPUs, at least cost: (choice, proven least), or
-    None when no choice fits, or none was found in the time."""
-    m = cp_model.CpModel()
-    x = {(name, i): m.new_bool_var(f"{name}:{i}") for name, opts in options.items() for i in range(len(opts))}
-    for name, opts in options.items():
-        m.add_exactly_one(x[name, i] for i in range(len(opts)))
-    for pool, cap in room.items():
-        m.add(sum(opts[i][2] * x[name, i] for name, opts in options.items()
-                  for i in range(len(opts)) if opts[i][1] == pool) <= cap)
-    m.minimize(sum(round(opts[i][0] * 10_000) * x[name, i] for name, opts in options.items()
-                   for i in range(len(opts))))
-    solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1
-    solver.parameters.max_deterministic_time = DEDICATED_S
-    status = solver.solve(m)
-    if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None
-    choice = {name: next(opts[i] for i in range(len(opts)) if solver.value(x[name, i])) for name, opts in options.items()}
-    return choice, status == cp_model.OPTIMAL
+    return alt if fits_nodes(problem, alt) else None
 
 
 GREEDY_NOTE = "best-fit-decreasing squishy packing, whole GPUs, time-slicing only"
-
-
-def _fits_nodes(problem: Problem, gpus: list[Gpu]) -> bool:
-    """Whether ``assign_nodes`` places these GPUs on the pools' nodes (tried on a copy)."""
-    try:
-        assign_nodes(problem, copy_gpus(gpus))
-    except (ValueError, UserError):
-        return False
-    return True
-
-
-def copy_gpus(gpus: list[Gpu]) -> list[Gpu]:
-    """Fresh GPUs and slots holding the same replicas: the search mutates the slots it is given."""
-    return [Gpu(g.pool, [Slot(s.type, list(s.reps), start=s.start) for s in g.slots], g.layout, g.multi,
-                g.width) for g in gpus]
 
 
 def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], list[Gpu]] | None:
@@ -827,7 +723,7 @@ def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], lis
     if slots is None:
         return None
     shared = to_gpus(problem, slots)
-    if not _fits_nodes(problem, shared + multi):  # its GPUs do not fit the pool's nodes: no baseline, not no plan
+    if not fits_nodes(problem, shared + multi):  # its GPUs do not fit the pool's nodes: no baseline, not no plan
         return None
     return shared, multi
 

@@ -25,25 +25,16 @@ Choice = tuple[float, int, list[tuple[Pool, int]]]
 """(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
 
 
-def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
-                 replicas_in: Callable[[Problem, Model, Pool], int | None]) -> Choice | None:
-    """The cheapest placement of a multi-GPU model's replicas that keeps its on-demand floor.
+def multi_options(problem: Problem, m: Model,
+                  replicas_in: Callable[[Problem, Model, Pool], int | None]) -> list[Choice]:
+    """Every placement of a multi-GPU model's replicas that keeps its on-demand floor, room aside.
 
     A pool alone (any pool for a ``free`` model, on-demand pools otherwise), or an on-demand pool
     for the floor's ``k`` replicas and a spot pool for the rest; ``n`` is what the slower of the
-    two needs. ``used`` is GPUs already taken per pool. None when no pool has room.
-    """
-    gpr = m.gpus_per_replica
-
-    def room(parts: list[tuple[Pool, int]]) -> bool:
-        # GPUs left, and nodes: a replica's GPUs sit on one node, so a node holds gpus_per_node //
-        # gpr of them (3-GPU replicas on 8-GPU nodes: two, not 8/3; five on two such nodes were
-        # placed and the plan ended in "15 GPUs do not fit in 2 nodes").
-        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus and k <= p.max_nodes * (p.gpus_per_node // gpr)
-                   for p, k in parts)
-
+    two needs."""
     options: list[Choice] = []
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
+    gpr = m.gpus_per_replica
     for p in problem.fleet.pools:
         n = counts[p.name]
         if n is None:
@@ -64,8 +55,24 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
                     continue
                 parts = [(q, k), (p, n - k)] if k else [(p, n)]
                 options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
+    return options
+
+
+def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
+                 replicas_in: Callable[[Problem, Model, Pool], int | None]) -> Choice | None:
+    """The cheapest of :func:`multi_options` that the pools have room for; ``used`` is GPUs
+    already taken per pool. None when no pool has room."""
+    gpr = m.gpus_per_replica
+
+    def room(parts: list[tuple[Pool, int]]) -> bool:
+        # GPUs left, and nodes: a replica's GPUs sit on one node, so a node holds gpus_per_node //
+        # gpr of them (3-GPU replicas on 8-GPU nodes: two, not 8/3; five on two such nodes were
+        # placed and the plan ended in "15 GPUs do not fit in 2 nodes").
+        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus and k <= p.max_nodes * (p.gpus_per_node // gpr)
+                   for p, k in parts)
+
     best: Choice | None = None
-    for o in options:
+    for o in multi_options(problem, m, replicas_in):
         if room(o[2]) and (best is None or o[0] < best[0]):
             best = o
     return best

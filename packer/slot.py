@@ -343,6 +343,7 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
             else:
                 b = m
         d = b
+    d = on_grid(d, lo, hi)
     rd = round_at(items, d, u)
     members = [MemberResult(it.model.name, bt, run / d, it.model.memory_gb, bound, it.model.slo_ms, it.rate)
                for it, bt, run, bound in zip(items, rd.batches, rd.runs, rd.bounds)]
@@ -364,6 +365,24 @@ def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
         reason = (f"{m.name}: cut {d:.1f} ms + {rounds} {m.p99_bound_ms - d:.1f} ms = "
                   f"{m.p99_bound_ms:.1f} ms of its {m.slo_ms:g} ms SLO")
     return SlotResult(d, tuple(members), mem, memory_gb, comp, binding, reason, rd.round_ms)
+
+
+CYCLE_STEPS_PER_MS = 1000
+"""Plans state duty cycles in whole microseconds."""
+
+
+def on_grid(d: float, lo: float, hi: float) -> float:
+    """``d`` on the microsecond grid and inside ``[lo, hi]``, the group's feasible cycles: down
+    where that stays at or above ``lo``, else up where that stays at or below ``hi``, else ``d``.
+    The plan used to floor the cycle after the batches were worked out: a slot at its least
+    cycle (13.01718 ms) was written as 13.017 ms, where its round (11.0646 ms) is over 85 %, and
+    ``packer check`` rejected the plan (found by fuzzing: one model, four replicas, batches of
+    ``max_batch``). The batches and bounds are now worked out at the cycle the plan states."""
+    down = math.floor(d * CYCLE_STEPS_PER_MS) / CYCLE_STEPS_PER_MS
+    if lo <= down <= hi:
+        return down
+    up = math.ceil(d * CYCLE_STEPS_PER_MS) / CYCLE_STEPS_PER_MS
+    return up if lo <= up <= hi else d
 
 
 def single_capacity(model: Model, st: SlotType, u: float) -> float:

@@ -137,3 +137,30 @@ def test_an_item_maker_reused_over_rates_gives_the_items_of_fresh_ones():
     rates = [0.0, 5.0, 3000.0, 0.5, 800.0, 40.0, 12000.0, 1.0]
     assert [make(r) for r in rates] == [item(m, r, WHOLE, U) for r in rates]
     assert [make(r) for r in reversed(rates)] == [ItemMaker(m, WHOLE, U)(r) for r in reversed(rates)]
+
+
+def test_the_cycle_a_plan_states_keeps_the_round_within_the_cap():
+    """Found by fuzzing: one model, four replicas of 224 rps with batches of ``max_batch`` (8) on
+    whole A100s, SLO 50 ms. The slot's least cycle is 11.0646 / 0.85 = 13.0172 ms and the plan
+    floored it to 13.017 ms, where the round is over 85 % (``packer check`` rejected the plan).
+    The cycle is now put on the microsecond grid inside the feasible window, or left as it is
+    where the window is narrower than a step, before the batches are worked out."""
+    from packer.fleetfile import parse_fleet
+    from packer.planner import PlanSettings, plan_fleet
+    from packer.check import check_plan
+
+    fleet = parse_fleet({"name": "edge", "pools": [{"name": "a", "gpu": "a100-80gb", "gpus_per_node": 4,
+                                                     "max_nodes": 1, "cost_per_gpu_hour": 2.84}],
+                         "models": [{"name": "m", "kind": "streaming", "memory_gb": 4.29,
+                                     "traffic": {"rps": 384.9483, "peak_rps": 896.2792}, "slo_ms": 50,
+                                     "latency_ms": {"gpu": "a100-80gb", "base": 3.603, "per_item": 0.9327},
+                                     "max_batch": 8}]})
+    plan = plan_fleet(fleet, PlanSettings(time_limit_s=0.5, prove_s=0))
+    assert check_plan(plan) == []
+    for p in plan.placements:
+        run = sum(3.603 + 0.9327 * m.batch_size for m in p.models)
+        assert run <= U * p.duty_cycle_ms + 1e-9
+    it = item(model(base=3.603, per=0.9327, slo=50, mb=8, mem=4.29), 224.0698, WHOLE, U)
+    lo, hi = duty_window([it], U)
+    d = evaluate([it], 79.1, U).duty_cycle_ms
+    assert lo <= d <= hi

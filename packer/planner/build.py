@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from packer.plan import Baseline, GpuLayout, Member, Placement, Plan, node_name
 from packer.planner.assemble import Gpu
 from packer.planner.model import Problem, Rep
@@ -44,7 +42,7 @@ def placements(problem: Problem, gpus: list[Gpu]) -> list[Placement]:
             )
             out.append(Placement(
                 pool=g.pool.name, node=node_name(g.pool.name, g.node), gpu=g.index, slot=s.type.profile,
-                models=members, duty_cycle_ms=math.floor(res.duty_cycle_ms * 1000) / 1000, memory_gb=round(res.memory_gb, 3),
+                models=members, duty_cycle_ms=res.duty_cycle_ms, memory_gb=round(res.memory_gb, 3),
                 memory_capacity_gb=round(s.type.memory_gb, 2), compute_share=round(res.compute_share, 4),
                 binding=res.binding, reason=res.reason, mig_start=s.start if s.type.profile != WHOLE else None,
                 gpus=(g.index,),

@@ -203,6 +203,26 @@ def test_replan_never_overfills_a_pool_with_kept_gpus():
     assert after.gpus == {"a": 4, "b": 1}
 
 
+def test_a_replan_is_not_refused_where_a_fresh_plan_fits():
+    """Found by fuzzing: 37 A30 replicas of a batch model; its traffic grows 37 %. The re-plan
+    kept 37 replicas because one H100 would hold each at the new rate, but the H100 pool has one
+    GPU, and it was refused ('no pool has room left') though a fresh plan fits 51 A30s. It now
+    tries a fresh plan's other replica counts, then a fresh start."""
+    def fleet(rps: float):
+        return parse_fleet({"name": "grow", "pools": [
+            _pool("slow", "a30-24gb", 2, 50, 0.54, []), _pool("fast", "h100-80gb", 1, 1, 8.44, [])],
+            "models": [{"name": "m-0", "kind": "batch", "memory_gb": 5.94, "traffic": {"rps": rps},
+                        "slo_ms": 200, "latency_ms": {"gpu": "a100-80gb", "base": 8.23, "per_item": 0.335},
+                        "max_batch": 128}]})
+
+    settings = PlanSettings(time_limit_s=0.5, prove_s=0)
+    before = plan_fleet(fleet(25977.54), settings)
+    assert before.gpus == {"slow": 37}
+    after = plan_fleet(fleet(35569.25), settings, current=before)
+    assert check_plan(after) == []
+    assert after.gpus == {"slow": 51}
+
+
 def test_dedicated_baseline_is_bought_within_the_pools():
     """The cheapest pool holds two GPUs; the dedicated baseline once put all four models there, a
     plan no one could buy, and printed it under the plan's own lower bound."""

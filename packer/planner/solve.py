@@ -219,6 +219,26 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     slots than small pools have (a family fleet at headroom 0: ft-0001 at 5 replicas of 136 rps
     left no room, where 2 of 340 fit whole A100s): the fleet does not fit only when every set of
     counts fails. Raises the first NoRoom."""
+    first: NoRoom | None = None
+    for c, outside in _count_tries(problem, counts, reserved):
+        try:
+            gpus = multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start)
+        except NoRoom as e:
+            first = first or e
+            continue
+        if outside:  # counts from outside the options: the search may keep them
+            for name, n in c.items():
+                problem.start_counts.setdefault(name, set()).add(n)
+        return gpus, c
+    assert first is not None
+    raise first
+
+
+def _count_tries(problem: Problem, counts: dict[str, int], reserved: dict[str, int]
+                 ) -> list[tuple[dict[str, int], bool]]:
+    """The replica counts a first packing tries in turn, each once: the chosen ones, each model's
+    fewest and most on offer, then the fewest one pool has GPUs for and the roomiest pool's
+    (:func:`_count_one_pool_holds`); with whether they come from outside the counts on offer."""
     opts = {m.name: [n for n in problem.replica_options(m) if n > 0] for m in problem.shared_models}
     alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
     roomy = {m.name: n for m in problem.shared_models
@@ -228,21 +248,7 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
              {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
              {k: alone.get(k, n) for k, n in counts.items()},
              {k: roomy.get(k, n) for k, n in counts.items()}]
-    first: NoRoom | None = None
-    for i, c in enumerate(tries):
-        if i and c in tries[:i]:
-            continue
-        try:
-            gpus = multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start)
-        except NoRoom as e:
-            first = first or e
-            continue
-        if i >= 3:  # counts from outside the options: the search may keep them
-            for name, n in c.items():
-                problem.start_counts.setdefault(name, set()).add(n)
-        return gpus, c
-    assert first is not None
-    raise first
+    return [(c, i >= 3) for i, c in enumerate(tries) if c not in tries[:i]]
 
 
 def _count_one_pool_holds(problem: Problem, m, reserved: dict[str, int], roomiest: bool = False) -> int | None:
@@ -895,29 +901,49 @@ def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | Non
         if current is None:
             gpus, counts = _start_packing(problem, counts, reserved, starts_from, budget.deadline, start)
         else:
-            gpus = _kept_packing(problem, current, counts, reserved, budget.deadline)
+            gpus, counts = _kept_packing(problem, current, counts, reserved, starts_from, budget.deadline)
     except NoRoom as e:
         raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
                         "or lower headroom") from None
     return gpus, counts, baseline_packing, start
 
 
-def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reserved: dict[str, int],
-                  deadline: float) -> list[Gpu]:
-    """A re-plan's start: a model keeps its replica count while that many replicas still hold its
-    traffic, the current GPUs keep what still fits, and the rest is packed into spare room first."""
+def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reserved: dict[str, int], t0: float,
+                  deadline: float) -> tuple[list[Gpu], dict[str, int]]:
+    """A re-plan's start and its replica counts: a model keeps its replica count while that many
+    replicas still hold its traffic, the current GPUs keep what still fits, and the rest is packed
+    into spare room first. Where that does not fit, the counts of a fresh plan's tries
+    (:func:`_count_tries`) around what is kept, then a fresh start (every replica may move): a
+    model whose 37 A30 replicas no longer held its peak kept 37, as one H100 (a pool of 1) would
+    hold each, and the re-plan was refused though a fresh plan fits 51 A30s (found by fuzzing)."""
     fleet = problem.fleet
+    kept_counts = dict(counts)
     for name, n in current.replicas.items():
         if name not in counts or n < min(problem.replica_options(fleet.model(name)) or [n]):
             continue
         if any(problem.fits_alone(Rep(fleet.model(name), 0, n), st) for st in problem.all_types()):
-            counts[name] = n
-    kept, todo = _from_current(problem, current, counts, reserved)
-    slots_before = [s for g in kept for s in g.slots]
-    gpu_of = {id(s): g for g in kept for s in g.slots}
-    slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)
-    new_slots = [s for s in slots if id(s) not in gpu_of]
-    return consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
+            kept_counts[name] = n
+    first: NoRoom | None = None
+    tries = [(kept_counts, False)] + [t for t in _count_tries(problem, counts, reserved) if t[0] != kept_counts]
+    for c, outside in tries:
+        try:
+            kept, todo = _from_current(problem, current, c, reserved)
+            slots_before = [s for g in kept for s in g.slots]
+            gpu_of = {id(s): g for g in kept for s in g.slots}
+            slots = pack(problem, todo, slots_before, reserved=reserved, gpu_of=gpu_of)
+        except NoRoom as e:
+            first = first or e
+            continue
+        if outside:
+            for name, n in c.items():
+                problem.start_counts.setdefault(name, set()).add(n)
+        new_slots = [s for s in slots if id(s) not in gpu_of]
+        return consolidate(problem, kept + to_gpus(problem, new_slots), deadline), c
+    try:
+        return _start_packing(problem, counts, reserved, t0, deadline, None)
+    except NoRoom:
+        assert first is not None
+        raise first from None
 
 
 def _bound_first(problem: Problem, gpus: list[Gpu], multi: list[Gpu], reserved: dict[str, int], floor: float,

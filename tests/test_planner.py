@@ -339,6 +339,25 @@ def test_models_that_each_fit_the_small_fast_pool_but_not_together_go_to_the_lar
     assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
 
 
+def test_replicas_that_need_two_pools_of_one_gpu_type_are_planned():
+    """Found by fuzzing, by tightening a plan's own fleet to the GPUs it used: 30 A30 replicas, 29
+    on demand and 1 on spot, with a 1-GPU H200 pool setting the counts on offer (7). No one pool
+    holds 30, so every count tried failed and the fleet was refused, though the first plan is a
+    packing of it. The counts tried now end with the fewest the pools that hold them have room
+    for together; the greedy baseline tries the same counts."""
+    pools = [_pool("slow", "a30-24gb", 1, 29, 0.69, []), _pool("fast", "h200-141gb", 1, 1, 3.53, []),
+             _pool("slow-spot", "a30-24gb", 1, 1, 0.241, []) | {"spot": True}]
+    models = [{"name": "m-0", "kind": "streaming", "memory_gb": 8.5, "traffic": {"rps": 18655.34}, "slo_ms": 200,
+               "latency_ms": {"gpu": "a100-80gb", "base": 9.28, "per_item": 0.06}, "max_batch": 32,
+               "max_replicas": 30}]
+    plan = plan_fleet(parse_fleet({"name": "tight", "pools": pools, "models": models}),
+                      PlanSettings(time_limit_s=0.5, prove_s=0))
+    assert check_plan(plan) == []
+    assert plan.gpus == {"slow": 29, "slow-spot": 1}
+    assert plan.baselines["greedy"].cost_per_hour == pytest.approx(plan.cost_per_hour)
+    assert "one pool per model" in plan.baselines["dedicated"].note
+
+
 def test_the_dedicated_baseline_is_one_that_fits_the_nodes():
     """Multi-GPU replicas of 3, 3, 4, 4, 2 and 3 GPUs; the cheap pool has three 5-GPU nodes. The
     dedicated baseline counted GPUs: 15 of the pool's 15, 48.60/h, 'plan costs 1.27x', though no

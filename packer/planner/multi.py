@@ -112,14 +112,14 @@ def _multi_jointly(problem: Problem, models: list) -> tuple[list[Gpu], dict[str,
     choices = {m.name: multi_options(problem, m, multi_replicas) for m in models}
     options = {name: [(cost, [(p.name, k, problem.fleet.model(name).gpus_per_replica) for p, k in parts if k])
                       for cost, _, parts in opts] for name, opts in choices.items()}
-    chosen = choose_pools(problem, options, MULTI_S)
+    chosen, _ = choose_pools(problem, options, MULTI_S)
     if chosen is None:
         return None
     gpus: list[Gpu] = []
     counts: dict[str, int] = {}
     exact = 0.0
     for m in models:
-        cost, n, parts = choices[m.name][chosen[0][m.name]]
+        cost, n, parts = choices[m.name][chosen[m.name]]
         first = 0
         for p, k in parts:
             gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
@@ -133,10 +133,11 @@ def _multi_jointly(problem: Problem, models: list) -> tuple[list[Gpu], dict[str,
 
 
 def choose_pools(problem: Problem, options: dict[str, list[Option]], seconds: float
-                 ) -> tuple[dict[str, int], bool] | None:
+                 ) -> tuple[dict[str, int] | None, str]:
     """One option per model (its index), at least cost, within every pool's GPUs and, for
-    replicas of more than one GPU, its nodes: (choice, proven least), or None when no choice fits
-    or none was found in ``seconds`` (deterministic).
+    replicas of more than one GPU, its nodes: (choice, "optimal" or "feasible"), or (None,
+    "infeasible") when no choice fits, (None, "unknown") when none was found in ``seconds``
+    (deterministic).
 
     Replicas of one GPU fit any GPU left, so a pool's GPU count is their only limit; a wider
     replica needs that many GPUs of one node, so each pool's nodes are a bin packing (node loads
@@ -178,6 +179,6 @@ def choose_pools(problem: Problem, options: dict[str, list[Option]], seconds: fl
     solver.parameters.max_deterministic_time = seconds
     status = solver.solve(cp)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        return None
+        return None, "infeasible" if status == cp_model.INFEASIBLE else "unknown"
     choice = {name: next(i for i in range(len(opts)) if solver.value(x[name, i])) for name, opts in options.items()}
-    return choice, status == cp_model.OPTIMAL
+    return choice, "optimal" if status == cp_model.OPTIMAL else "feasible"

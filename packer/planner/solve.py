@@ -243,12 +243,33 @@ def _count_tries(problem: Problem, counts: dict[str, int], reserved: dict[str, i
     alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
     roomy = {m.name: n for m in problem.shared_models
              if (n := _count_one_pool_holds(problem, m, reserved, roomiest=True))}
+    spread = {m.name: n for m in problem.shared_models if (n := _count_pools_hold(problem, m, reserved))}
     tries = [counts,
              {k: (min(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
              {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
              {k: alone.get(k, n) for k, n in counts.items()},
-             {k: roomy.get(k, n) for k, n in counts.items()}]
+             {k: roomy.get(k, n) for k, n in counts.items()},
+             {k: spread.get(k, n) for k, n in counts.items()}]
     return [(c, i >= 3) for i, c in enumerate(tries) if c not in tries[:i]]
+
+
+def _count_pools_hold(problem: Problem, m, reserved: dict[str, int]) -> int | None:
+    """The fewest replicas of ``m`` (among ``count_options``) for which the pools whose slots
+    hold one such replica alone have, together, a GPU for each; None where no count has. A
+    model's replicas may span pools: 29 A30s on demand and 1 spot A30 hold 30 replicas that no
+    one pool has room for, and with a 1-GPU H200 pool setting the counts on offer (7), that fleet
+    was refused though a plan on exactly those GPUs exists (found by fuzzing)."""
+    peak = m.traffic.peak_rps
+    room = {p.name: max(0, p.max_gpus - reserved.get(p.name, 0)) for p in problem.fleet.pools}
+    for n in sorted(count_options(problem, m)):
+        if n <= 0 or (m.max_replicas is not None and n > m.max_replicas):
+            continue
+        rate = peak / n
+        pools = {st.pool.name for st in problem.all_types()
+                 if (cap := problem.capacity(m, st)) > 0 and rate <= cap * (1 + 1e-9)}
+        if n <= sum(room[p] for p in pools):
+            return n
+    return None
 
 
 def _count_one_pool_holds(problem: Problem, m, reserved: dict[str, int], roomiest: bool = False) -> int | None:
@@ -644,14 +665,17 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
     if any(n > room[p] for p, n in _per_pool(choice).items()) or not on_nodes(choice):
         need, have = sum(min(k for _, _, k in opts) for opts in options.values()), sum(room.values())
         width = {name: problem.fleet.model(name).gpus_per_replica for name in options}
-        chosen = choose_pools(problem, {name: [(c, [(pool, k // width[name], width[name])]) for c, pool, k in opts]
-                                        for name, opts in options.items()}, DEDICATED_S) if need <= have else None
+        chosen, status = (choose_pools(problem, {name: [(c, [(pool, k // width[name], width[name])])
+                                                        for c, pool, k in opts]
+                                                 for name, opts in options.items()}, DEDICATED_S)
+                          if need <= have else (None, "short"))
         if chosen is None:
-            why = (f"needs at least {need} GPUs, the pools hold {have}" if need > have
-                   else f"no choice of pools holding it was found in {DEDICATED_S:.0f} s")
+            why = {"short": f"needs at least {need} GPUs, the pools hold {have}",
+                   "infeasible": "no choice of one pool per model holds it",
+                   "unknown": f"no choice of pools holding it was found in {DEDICATED_S:.0f} s"}[status]
             return None, f"{note}: does not fit the pools ({why})"
-        choice = {name: options[name][i] for name, i in chosen[0].items()}
-        note += ", pools chosen to fit their sizes" + ("" if chosen[1] else " (the best found, not proven least)")
+        choice = {name: options[name][i] for name, i in chosen.items()}
+        note += ", pools chosen to fit their sizes" + ("" if status == "optimal" else " (the best found, not proven least)")
         if not on_nodes(choice):
             return None, f"{note}: its multi-GPU replicas do not fit the pools' nodes"
     return choice, note
@@ -714,13 +738,8 @@ def greedy_packing(fleet: Fleet, settings: PlanSettings) -> tuple[list[Gpu], lis
     except UserError:
         return None
     reserved = gpu_counts(problem, multi)
-    counts = choose_counts(problem)
-    alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
-    roomy = {m.name: n for m in problem.shared_models
-             if (n := _count_one_pool_holds(problem, m, reserved, roomiest=True))}
     slots = None
-    for c in (counts, {k: alone.get(k, n) for k, n in counts.items()},  # the plan's fallbacks too
-              {k: roomy.get(k, n) for k, n in counts.items()}):
+    for c, _ in _count_tries(problem, choose_counts(problem), reserved):  # the plan's fallbacks too
         try:
             slots = pack(problem, reps_for(problem, c), reserved=reserved)
             break

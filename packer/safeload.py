@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import select
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +79,45 @@ def listing(names: Any, limit: int = 8) -> str:
     return ", ".join(shown) + more
 
 
+PIPE_WAIT_S = 30.0
+"""Longest wait for a pipe's writer (``packer plan <(make-fleet)``, a named pipe) to say more."""
+
+
+def _read_pipe(path: str | Path, p: str) -> bytes:
+    """A pipe read without blocking past :data:`PIPE_WAIT_S` between chunks: ``packer plan`` on
+    a named pipe nobody writes to waited forever (found by fuzzing); a pipe that no writer holds
+    open reads as empty."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size <= MAX_BYTES:
+            ready, _, _ = select.select([fd], [], [], PIPE_WAIT_S)
+            if not ready:
+                raise InputError(p, f"is a pipe that sent nothing for {PIPE_WAIT_S:.0f} s",
+                                 "give the fleet, plan or snapshot file itself")
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
 def read_text(path: str | Path, fix: str) -> str:
     """The file's text: at most :data:`MAX_BYTES`, UTF-8, else an :class:`InputError`."""
     p = str(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_BYTES + 1)
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            data = _read_pipe(path, p)
+        else:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise InputError(p, "no such file", fix) from None
     except IsADirectoryError:
@@ -107,8 +143,28 @@ def read_text(path: str | Path, fix: str) -> str:
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+class _Repeated(yaml.YAMLError):
+    """A mapping names one key twice (YAML would keep the last value without a word)."""
+
+    def __init__(self, key: str, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
 class _Loader(_Base):  # type: ignore[misc, valid-type]
-    """Safe YAML, plus YAML 1.2 floats: ``1e3`` is the number 1000, not the string "1e3"."""
+    """Safe YAML, plus YAML 1.2 floats: ``1e3`` is the number 1000, not the string "1e3"; and a
+    key given twice in one mapping is an error (``gpus_per_node: 2`` then ``gpus_per_node: 64``
+    planned on 64 without a word; found by fuzzing). Merge keys (``<<``) still override."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    if key.value in seen:
+                        raise _Repeated(key.value, key.start_mark.line + 1)
+                    seen.add(key.value)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -175,6 +231,9 @@ def parse_yaml(text: str, where: str, *, numbers: bool = True) -> Any:
         doc = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except InputError:
         raise
+    except _Repeated as e:
+        raise InputError(where, f"gives the key {show(e.key)} twice in one mapping (line {e.line})",
+                         "keep one of them") from None
     except yaml.YAMLError as e:
         raise _yaml_error(where, e) from None
     except RecursionError:  # not reached after the depth check; kept as a last guard

@@ -112,6 +112,46 @@ def test_yaml_1_2_exponents_are_numbers(tmp_path):
     assert load_fleet(p).models[0].traffic.rps == 3437.5
 
 
+def test_a_key_given_twice_is_refused(tmp_path, capsys):
+    """YAML keeps the last of two equal keys without a word: a pool with ``gpus_per_node: 2`` then
+    ``gpus_per_node: 64`` planned on 64 (found by fuzzing). Merge keys still override."""
+    text = FLEET.read_text().replace("  gpus_per_node: 8\n", "  gpus_per_node: 8\n  gpus_per_node: 64\n", 1)
+    assert text.count("gpus_per_node: 64") == 1
+    p = tmp_path / "f.yaml"
+    p.write_text(text)
+    assert main(["plan", str(p)]) == 2
+    assert "gives the key 'gpus_per_node' twice in one mapping (line" in one_error(capsys)
+    from packer.safeload import parse_yaml
+
+    assert parse_yaml("a: &x {k: 1, j: 2}\nb: {<<: *x, k: 3}\n", "t") == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}}
+
+
+def test_a_named_pipe_nobody_writes_to_is_refused_in_bounded_time(tmp_path, capsys, monkeypatch):
+    """``packer plan`` on a named pipe with no writer blocked forever in ``open`` (found by
+    fuzzing); a pipe with a writer (``packer plan <(make-fleet)``) is still read."""
+    import os
+    import threading
+
+    from packer import safeload
+
+    monkeypatch.setattr(safeload, "PIPE_WAIT_S", 0.5)
+    fifo = tmp_path / "fleet.yaml"
+    os.mkfifo(fifo)
+    t = time.monotonic()
+    assert main(["plan", str(fifo)]) == 2
+    assert time.monotonic() - t < 10
+    assert "is a pipe that sent nothing for" in one_error(capsys)
+
+    def write() -> None:
+        with open(fifo, "w") as fh:
+            fh.write(FLEET.read_text())
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    assert safeload.read_text(fifo, "fix") == FLEET.read_text()
+    writer.join()
+
+
 # -- 2. a plan of another fleet, a comparison of other traffic ----------------------------------
 
 

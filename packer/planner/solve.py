@@ -957,7 +957,13 @@ def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reser
             for name, n in c.items():
                 problem.start_counts.setdefault(name, set()).add(n)
         new_slots = [s for s in slots if id(s) not in gpu_of]
-        return consolidate(problem, kept + to_gpus(problem, new_slots), deadline), c
+        gpus = consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
+        # The greedy fill counts MIG slots in fractions of a GPU; dealt onto GPUs beside the kept
+        # ones they can overfill a pool (9 A100s in a pool of 8; found by fuzzing), as multi_start
+        # checks for a fresh plan.
+        if any(n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0) for p, n in gpu_counts(problem, gpus).items()):
+            continue
+        return gpus, c
     try:
         return _start_packing(problem, counts, reserved, t0, deadline, None)
     except NoRoom:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,22 @@ from packer.fleet import (ARTIFACT_KEYS, Artifact, DEFAULT_FLOOR, FLEET_KEYS, Fl
 from packer.safeload import cut, number, parse_yaml, read_text, show
 from packer.settings import PlanSettings
 from packer.slot import check_model_servable
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _check_artifact(art: Artifact, where: str) -> None:
+    """A URI of printable characters without spaces, and backend and platform names Triton could
+    have: an empty ``uri`` or a NUL byte in ``backend`` used to pass and break the rendered
+    repository later (found by fuzzing)."""
+    if not art.uri or len(art.uri) > 2048 or any(c.isspace() or not c.isprintable() for c in art.uri):
+        raise FleetError(f"{where}.uri", f"is {show(art.uri)}, not a URI",
+                         "give where the weights live, e.g. https://host/path/model.onnx")
+    for key, v in (("backend", art.backend), ("platform", art.platform)):
+        if v is not None and not _NAME.fullmatch(v):
+            raise FleetError(f"{where}.{key}", f"is {show(v)}, not a Triton {key} name",
+                             f"give a name such as {'onnxruntime' if key == 'backend' else 'onnxruntime_onnx'}")
 
 
 def _get(d: dict, key: str, where: str, typ: type | tuple, *, required: bool = True, default: Any = None,
@@ -208,6 +225,7 @@ def _model(d: Any, i: int) -> Model:
         else:
             raise FleetError(f"{where}.artifact", "is neither a string nor a mapping",
                              "give `artifact: s3://...` or `artifact: {uri: ..., backend: onnxruntime}`")
+        _check_artifact(artifact, f"{where}.artifact")
     policy = _get(d, "spot_policy", where, str, required=False, default="free")
     if policy not in SPOT_POLICIES:
         close = difflib.get_close_matches(cut(policy, 40), SPOT_POLICIES, n=1, cutoff=0.5)

@@ -112,6 +112,22 @@ def test_yaml_1_2_exponents_are_numbers(tmp_path):
     assert load_fleet(p).models[0].traffic.rps == 3437.5
 
 
+@pytest.mark.parametrize("art,says", [
+    ("", "artifact.uri: is '', not a URI"),
+    ({"uri": "https://models.example/a b.onnx"}, "artifact.uri: is 'https://models.example/a b.onnx', not a URI"),
+    ({"uri": "https://models.example/a.onnx", "backend": "onnx\x00runtime"},
+     "artifact.backend: is 'onnx\\x00runtime', not a Triton backend name"),
+], ids=["empty", "space", "nul"])
+def test_an_artifact_that_cannot_be_rendered_is_refused(art, says):
+    """Found by fuzzing: an empty ``uri`` or a NUL in ``backend`` passed and broke the rendered
+    repository later."""
+    d = copy.deepcopy(BASE)
+    d["models"][0]["artifact"] = art
+    with pytest.raises(FleetError) as e:
+        parse_fleet(d)
+    assert says in str(e.value)
+
+
 def test_a_key_given_twice_is_refused(tmp_path, capsys):
     """YAML keeps the last of two equal keys without a word: a pool with ``gpus_per_node: 2`` then
     ``gpus_per_node: 64`` planned on 64 (found by fuzzing). Merge keys still override."""

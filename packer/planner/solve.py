@@ -8,13 +8,14 @@ longer holds them, so a small traffic change moves few replicas.
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Callable
+from typing import Callable, Iterator
 
 from packer.catalog import layout_named
 from packer.fleet import Fleet
@@ -235,22 +236,27 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
 
 
 def _count_tries(problem: Problem, counts: dict[str, int], reserved: dict[str, int]
-                 ) -> list[tuple[dict[str, int], bool]]:
+                 ) -> Iterator[tuple[dict[str, int], bool]]:
     """The replica counts a first packing tries in turn, each once: the chosen ones, each model's
     fewest and most on offer, then the fewest one pool has GPUs for and the roomiest pool's
-    (:func:`_count_one_pool_holds`); with whether they come from outside the counts on offer."""
-    opts = {m.name: [n for n in problem.replica_options(m) if n > 0] for m in problem.shared_models}
-    alone = {m.name: n for m in problem.shared_models if (n := _count_one_pool_holds(problem, m, reserved))}
-    roomy = {m.name: n for m in problem.shared_models
-             if (n := _count_one_pool_holds(problem, m, reserved, roomiest=True))}
-    spread = {m.name: n for m in problem.shared_models if (n := _count_pools_hold(problem, m, reserved))}
-    tries = [counts,
-             {k: (min(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
-             {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()},
-             {k: alone.get(k, n) for k, n in counts.items()},
-             {k: roomy.get(k, n) for k, n in counts.items()},
-             {k: spread.get(k, n) for k, n in counts.items()}]
-    return [(c, i >= 3) for i, c in enumerate(tries) if c not in tries[:i]]
+    (:func:`_count_one_pool_holds`), then the fewest the pools that hold them have room for
+    together (:func:`_count_pools_hold`); with whether they come from outside the counts on
+    offer. Worked out only as far as the tries go: most fleets pack at the first."""
+    def tries() -> Iterator[tuple[dict[str, int], bool]]:
+        yield counts, False
+        opts = {m.name: [n for n in problem.replica_options(m) if n > 0] for m in problem.shared_models}
+        yield {k: (min(opts[k]) if opts.get(k) else n) for k, n in counts.items()}, False
+        yield {k: (max(opts[k]) if opts.get(k) else n) for k, n in counts.items()}, False
+        for pick in (partial(_count_one_pool_holds, roomiest=False), partial(_count_one_pool_holds, roomiest=True),
+                     _count_pools_hold):
+            other = {m.name: n for m in problem.shared_models if (n := pick(problem, m, reserved))}
+            yield {k: other.get(k, n) for k, n in counts.items()}, True
+
+    seen: list[dict[str, int]] = []
+    for c, outside in tries():
+        if c not in seen:
+            seen.append(c)
+            yield c, outside
 
 
 def _count_pools_hold(problem: Problem, m, reserved: dict[str, int]) -> int | None:
@@ -943,7 +949,8 @@ def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reser
         if any(problem.fits_alone(Rep(fleet.model(name), 0, n), st) for st in problem.all_types()):
             kept_counts[name] = n
     first: NoRoom | None = None
-    tries = [(kept_counts, False)] + [t for t in _count_tries(problem, counts, reserved) if t[0] != kept_counts]
+    tries = itertools.chain([(kept_counts, False)],
+                            (t for t in _count_tries(problem, counts, reserved) if t[0] != kept_counts))
     for c, outside in tries:
         try:
             kept, todo = _from_current(problem, current, c, reserved)

@@ -208,6 +208,12 @@ def valid_multiset(pool: Pool, profiles: Counter) -> bool:
     return any(all(c[k] >= v for k, v in profiles.items()) for c, _ in layout_counters(pool))
 
 
+def wide_room(pool: Pool, width: int) -> int:
+    """Replicas of ``width`` GPUs the pool's nodes hold at most: a replica's GPUs sit on one node,
+    so a node holds ``gpus_per_node // width`` (3-GPU replicas on 8-GPU nodes: two, not 8/3)."""
+    return pool.max_nodes * (pool.gpus_per_node // width)
+
+
 def multi_replicas(problem: Problem, m: Model, pool: Pool) -> int | None:
     """Whole-GPU replicas a multi-GPU model needs in ``pool`` (None: it cannot run there, nor where
     a replica's GPUs exceed a node's: they sit on one node)."""

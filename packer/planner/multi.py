@@ -16,6 +16,7 @@ from ortools.sat.python import cp_model
 
 from packer.errors import UserError
 from packer.planner.assemble import Gpu, fits_nodes
+from packer.fleet import Model, Pool
 from packer.planner.model import Problem, multi_replicas
 from packer.planner.spot import multi_choice, multi_options
 
@@ -88,10 +89,7 @@ def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], di
                 return None, UserError(f"models: {m.name} needs {m.gpus_per_replica} GPUs per replica and no pool "
                                        "has room left. Fix: raise max_nodes of a pool or lower min_replicas")
             cost, n, parts = best
-            new, first = [], 0
-            for p, k in parts:
-                new += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
-                first += k
+            new = replica_gpus(m, parts)
             if fits_nodes(problem, gpus + new):  # GPUs are counted per pool; the replicas must fit its nodes too
                 break
             full |= {p.name for p, _ in parts}
@@ -102,6 +100,15 @@ def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], di
         gpus += new
     problem.multi_counts = counts
     return (gpus, counts, exact), None
+
+
+def replica_gpus(m: Model, parts: list[tuple[Pool, int]]) -> list[Gpu]:
+    """A multi-GPU model's replicas as GPUs, numbered across its parts (an on-demand pool's, then
+    a spot pool's)."""
+    gpus: list[Gpu] = []
+    for p, k in parts:
+        gpus += [Gpu(p, [], None, multi=(m, len(gpus) + i), width=m.gpus_per_replica) for i in range(k)]
+    return gpus
 
 
 def _multi_jointly(problem: Problem, models: list) -> tuple[list[Gpu], dict[str, int], float] | None:
@@ -120,10 +127,7 @@ def _multi_jointly(problem: Problem, models: list) -> tuple[list[Gpu], dict[str,
     exact = 0.0
     for m in models:
         cost, n, parts = choices[m.name][chosen[m.name]]
-        first = 0
-        for p, k in parts:
-            gpus += [Gpu(p, [], None, multi=(m, i), width=m.gpus_per_replica) for i in range(first, first + k)]
-            first += k
+        gpus += replica_gpus(m, parts)
         counts[m.name] = n
         exact += cost
     if not fits_nodes(problem, gpus):

@@ -27,8 +27,8 @@ from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
-from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas
-from packer.planner.multi import choose_pools, multi_floor, plan_multi
+from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas, wide_room
+from packer.planner.multi import choose_pools, multi_floor, plan_multi, replica_gpus
 from packer.planner.prove import LEFT_FOR_PROOF, maximal_purchases, prove, purchase_cost, purchases_left, why_not
 from packer.planner.spot import respread, spot_aware, spot_unaware
 from packer.errors import UserError
@@ -190,8 +190,7 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
             gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
             # pack counts MIG slots by their share of a GPU; dealing them onto GPUs (valid layouts,
             # one replica of a model per GPU) may take more GPUs than the pool has left.
-            over = [p for p, n in gpu_counts(problem, gpus).items()
-                    if n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0)]
+            over = _over_pools(problem, gpus, reserved)
             if over:
                 raise NoRoom(next(r for g in gpus if g.pool.name == over[0] for s in g.slots for r in s.reps))
         except NoRoom as e:
@@ -227,12 +226,22 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
         except NoRoom as e:
             first = first or e
             continue
-        if outside:  # counts from outside the options: the search may keep them
-            for name, n in c.items():
-                problem.start_counts.setdefault(name, set()).add(n)
+        if outside:
+            _offer(problem, c)
         return gpus, c
     assert first is not None
     raise first
+
+
+def _offer(problem: Problem, counts: dict[str, int]) -> None:
+    """Counts a first packing took from outside those on offer: the search may keep them."""
+    for name, n in counts.items():
+        problem.start_counts.setdefault(name, set()).add(n)
+
+
+def _over_pools(problem: Problem, gpus: list[Gpu], reserved: dict[str, int]) -> list[str]:
+    """Pools whose GPUs, beside the multi-GPU replicas' (``reserved``), exceed their size."""
+    return [p for p, n in gpu_counts(problem, gpus).items() if n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0)]
 
 
 def _count_tries(problem: Problem, counts: dict[str, int], reserved: dict[str, int]
@@ -651,8 +660,8 @@ def _dedicated_choice(problem: Problem) -> tuple[dict[str, tuple[float, str, int
             n = multi_replicas(problem, m, p)  # whole GPUs alone, on one node (None: not there)
             if n is None or m.max_replicas is not None and n > m.max_replicas:
                 continue
-            if m.gpus_per_replica > 1 and n > p.max_nodes * (p.gpus_per_node // m.gpus_per_replica):
-                continue  # more replicas than the pool's nodes hold (3-GPU replicas: two an 8-GPU node)
+            if m.gpus_per_replica > 1 and n > wide_room(p, m.gpus_per_replica):
+                continue  # more replicas than the pool's nodes hold
             opts.append((n * m.gpus_per_replica * p.cost_per_gpu_hour, p.name, n * m.gpus_per_replica))
         if opts:
             options[m.name] = sorted(opts)
@@ -699,8 +708,7 @@ def dedicated_packing(problem: Problem, chosen: tuple | None = None) -> list[Gpu
     for name, (_, pool_name, k) in sorted(choice.items()):
         m, pool = problem.fleet.model(name), problem.fleet.pool(pool_name)
         if m.gpus_per_replica > 1:
-            gpus += [Gpu(pool, [], None, multi=(m, i), width=m.gpus_per_replica)
-                     for i in range(k // m.gpus_per_replica)]
+            gpus += replica_gpus(m, [(pool, k // m.gpus_per_replica)])
         else:
             whole = next(st for st in problem.types[pool_name] if st.profile == WHOLE)
             gpus += [Gpu(pool, [Slot(whole, [Rep(m, i, k)])]) for i in range(k)]
@@ -961,14 +969,13 @@ def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reser
             first = first or e
             continue
         if outside:
-            for name, n in c.items():
-                problem.start_counts.setdefault(name, set()).add(n)
+            _offer(problem, c)
         new_slots = [s for s in slots if id(s) not in gpu_of]
         gpus = consolidate(problem, kept + to_gpus(problem, new_slots), deadline)
         # The greedy fill counts MIG slots in fractions of a GPU; dealt onto GPUs beside the kept
         # ones they can overfill a pool (9 A100s in a pool of 8; found by fuzzing), as multi_start
         # checks for a fresh plan.
-        if any(n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0) for p, n in gpu_counts(problem, gpus).items()):
+        if _over_pools(problem, gpus, reserved):
             continue
         return gpus, c
     try:

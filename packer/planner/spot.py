@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from packer.errors import UserError
 from packer.fleet import Fleet, Model, Pool
 from packer.plan import Plan
-from packer.planner.model import Problem, on_demand_replicas, spot_count
+from packer.planner.model import Problem, on_demand_replicas, spot_count, wide_room
 
 Choice = tuple[float, int, list[tuple[Pool, int]]]
 """(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
@@ -65,11 +65,9 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
     gpr = m.gpus_per_replica
 
     def room(parts: list[tuple[Pool, int]]) -> bool:
-        # GPUs left, and nodes: a replica's GPUs sit on one node, so a node holds gpus_per_node //
-        # gpr of them (3-GPU replicas on 8-GPU nodes: two, not 8/3; five on two such nodes were
-        # placed and the plan ended in "15 GPUs do not fit in 2 nodes").
-        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus and k <= p.max_nodes * (p.gpus_per_node // gpr)
-                   for p, k in parts)
+        # GPUs left, and nodes (five 3-GPU replicas on two 8-GPU nodes were placed and the plan
+        # ended in "15 GPUs do not fit in 2 nodes").
+        return all(used.get(p.name, 0) + k * gpr <= p.max_gpus and k <= wide_room(p, gpr) for p, k in parts)
 
     best: Choice | None = None
     for o in multi_options(problem, m, replicas_in):

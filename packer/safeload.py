@@ -85,8 +85,8 @@ PIPE_WAIT_S = 30.0
 
 def _read_pipe(path: str | Path, p: str) -> bytes:
     """A pipe read without blocking past :data:`PIPE_WAIT_S` between chunks: ``packer plan`` on
-    a named pipe nobody writes to waited forever (found by fuzzing); a pipe that no writer holds
-    open reads as empty."""
+    a named pipe nobody writes to waited forever (found by fuzzing); it is now refused once no
+    writer has sent anything for that long."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     chunks: list[bytes] = []
     size = 0

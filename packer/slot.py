@@ -376,8 +376,8 @@ def on_grid(d: float, lo: float, hi: float) -> float:
     where that stays at or above ``lo``, else up where that stays at or below ``hi``, else ``d``.
     The plan used to floor the cycle after the batches were worked out: a slot at its least
     cycle (13.01718 ms) was written as 13.017 ms, where its round (11.0646 ms) is over 85 %, and
-    ``packer check`` rejected the plan (found by fuzzing: one model, four replicas, batches of
-    ``max_batch``). The batches and bounds are now worked out at the cycle the plan states."""
+    the plan's own check (``packer.check.check_plan``) rejected it (found by fuzzing: one model,
+    four replicas, batches of ``max_batch``). The batches and bounds are now worked out at the cycle the plan states."""
     down = math.floor(d * CYCLE_STEPS_PER_MS) / CYCLE_STEPS_PER_MS
     if lo <= down <= hi:
         return down

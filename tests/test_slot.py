@@ -142,7 +142,7 @@ def test_an_item_maker_reused_over_rates_gives_the_items_of_fresh_ones():
 def test_the_cycle_a_plan_states_keeps_the_round_within_the_cap():
     """Found by fuzzing: one model, four replicas of 224 rps with batches of ``max_batch`` (8) on
     whole A100s, SLO 50 ms. The slot's least cycle is 11.0646 / 0.85 = 13.0172 ms and the plan
-    floored it to 13.017 ms, where the round is over 85 % (``packer check`` rejected the plan).
+    floored it to 13.017 ms, where the round is over 85 % (``check_plan`` rejected the plan).
     The cycle is now put on the microsecond grid inside the feasible window, or left as it is
     where the window is narrower than a step, before the batches are worked out."""
     from packer.fleetfile import parse_fleet

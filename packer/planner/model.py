@@ -178,15 +178,18 @@ class Slot:
 
 def can_add(problem: Problem, slot: Slot, rep: Rep) -> bool:
     """Does ``rep`` fit into ``slot`` beside its current members?"""
-    if rep.model.name in slot.models() or not allowed(rep, slot.type):
+    name = rep.model.name
+    if any(r.model.name == name for r in slot.reps) or not allowed(rep, slot.type):
         return False
     pool = slot.type.pool
     if not pool.time_slicing and slot.reps and any(r.model.kind != rep.model.kind for r in slot.reps):
         return False
+    st = slot.type
     mem = sum(r.model.memory_gb for r in slot.reps) + rep.model.memory_gb
-    if mem > slot.type.memory_gb + 1e-9:
+    if mem > st.memory_gb + 1e-9:
         return False
-    items = [problem.item(r, slot.type) for r in slot.reps] + [problem.item(rep, slot.type)]
+    items = [problem.item(r, st) for r in slot.reps]
+    items.append(problem.item(rep, st))
     return duty_window(items, problem.u) is not None
 
 

@@ -298,3 +298,31 @@ def test_consolidate_never_moves_a_floor_replica_to_spot_on_a_remembered_answer(
     placed = [(r, s.type) for g in left for s in g.slots for r in s.reps]
     assert all(allowed(r, t) for r, t in placed)
     assert sorted((r.model.name, r.index) for r, _ in placed) == [("b", 0), ("c", 0), ("d", 0), ("m", 0), ("m", 2)]
+
+
+def test_the_greedy_stage_past_its_share_comes_off_the_search_then_the_bound():
+    """The budget holds the greedy stage: counted work past 20 % of the limit comes off the
+    search's share first, then the bound's, each keeping half; a small fleet keeps its shares.
+    family-100007-mixed-401 spent 6.7 of a 22-s limit there on top of the rest, and took up to 34 s."""
+    from packer.planner.solve import _budget, _charge_greedy
+
+    large, small = _problem("long-tail"), _problem("multilingual-meetings")
+    for problem, work in ((large, 0.1), (small, 50.0)):  # under the share; a small fleet
+        b = _budget(problem.fleet, problem.settings, 0.0)
+        shares = (b.bound_s, b.search_s)
+        problem.packing_work = work
+        _charge_greedy(problem, b)
+        assert (b.bound_s, b.search_s) == shares
+    b = _budget(large.fleet, large.settings, 0.0)
+    bound_s, search_s = b.bound_s, b.search_s
+    large.packing_work = 0.2 * b.limit + 0.25 * search_s
+    _charge_greedy(large, b)
+    assert b.search_s == pytest.approx(0.75 * search_s) and b.bound_s == bound_s
+    b = _budget(large.fleet, large.settings, 0.0)
+    large.packing_work = 0.2 * b.limit + 0.5 * search_s + 0.1 * bound_s
+    _charge_greedy(large, b)
+    assert b.search_s == pytest.approx(0.5 * search_s) and b.bound_s == pytest.approx(0.9 * bound_s)
+    b = _budget(large.fleet, large.settings, 0.0)
+    large.packing_work = 1000.0
+    _charge_greedy(large, b)
+    assert b.search_s == pytest.approx(0.5 * search_s) and b.bound_s == pytest.approx(0.5 * bound_s)

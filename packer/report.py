@@ -22,8 +22,8 @@ def summary(plan: Plan) -> str:
     lines = [
         f"fleet {plan.fleet.name}: {len(plan.fleet.models)} models, {sum(plan.replicas.values())} replicas, "
         f"plan {plan.id}",
-        f"cost {_money(plan.cost_per_hour)}/h on {sum(plan.gpus.values())} GPUs "
-        f"({', '.join(f'{k}: {v}' for k, v in plan.gpus.items())})  [{plan.status}]",
+        f"cost {_money(plan.cost_per_hour)}/h on {sum(plan.gpus.values())} GPUs"
+        + (f" ({', '.join(f'{k}: {v}' for k, v in plan.gpus.items())})" if plan.gpus else "") + f"  [{plan.status}]",
         f"lower bound {_money(plan.lower_bound_cost_per_hour)}/h ({plan.bound_method}); gap {plan.gap:.1%}",
     ]
     for name in ("dedicated", "greedy"):
@@ -32,9 +32,11 @@ def summary(plan: Plan) -> str:
             if bl.cost_per_hour == float("inf"):
                 lines.append(f"{name:>9} baseline n/a: {bl.note}")
                 continue
-            ratio = plan.cost_per_hour / bl.cost_per_hour if bl.cost_per_hour else 0
+            # A fleet with nothing to place (``models: []``, a fleet being retired) costs 0 both ways.
+            ratio = (f"{plan.cost_per_hour / bl.cost_per_hour:.2f}x" if bl.cost_per_hour
+                     else "the same" if plan.cost_per_hour == 0 else "more")
             lines.append(f"{name:>9} baseline {_money(bl.cost_per_hour)}/h on {sum(bl.gpus.values())} GPUs "
-                         f"(plan costs {ratio:.2f}x)")
+                         f"(plan costs {ratio})")
     lines.append(f"solved in {plan.solve_seconds:.1f} s")
 
     lines += exposure_lines(plan)

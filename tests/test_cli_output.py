@@ -211,3 +211,16 @@ def test_serve_local_shows_progress_while_the_server_starts(tmp_path, capsys, mo
     assert "starting tritonserver for l4-n0-g0-whole… " in err
     assert "try: curl -s -X POST http://127.0.0.1:1/v2/models/asr-a/infer" in out
     assert "note: a batch group" not in out  # a streaming group does not wait by design
+
+
+def test_a_fleet_with_no_models_plans_to_nothing_and_says_so(tmp_path, capsys):
+    """``models: []`` (a fleet being retired) is a valid fleet whose plan places nothing: the summary
+    says why its bound is 0 and compares it with its baselines as the same, not as 0.00x."""
+    fleet = tmp_path / "empty.yaml"
+    fleet.write_text("name: retired\npools:\n- {name: l4, gpu: l4-24gb, gpus_per_node: 1, max_nodes: 2, "
+                     "cost_per_gpu_hour: 0.8}\nmodels: []\n")
+    assert main(["plan", str(fleet), "-o", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert "cost 0.00/h on 0 GPUs  [optimal]" in out, out
+    assert "lower bound 0.00/h (no models: nothing to place)" in out
+    assert "(plan costs the same)" in out and "0.00x" not in out and "()" not in out

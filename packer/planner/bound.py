@@ -86,6 +86,8 @@ result is appended to ``keep`` (its columns can seed a packing).
     # seconds-long cycles. Cheapest first, so a slow machine still gets the LP bounds.
     start = time.monotonic()
     n = len(problem.shared_models)
+    if not problem.fleet.models:  # ``models: []``: a fleet being retired costs nothing, exactly
+        return 0.0, "no models: nothing to place"
 
     def left() -> float:
         return time_limit - (time.monotonic() - start)

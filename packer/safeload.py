@@ -151,6 +151,18 @@ class _Repeated(yaml.YAMLError):
         self.key, self.line = key, line
 
 
+class _Misread(yaml.YAMLError):
+    """A number YAML 1.1 reads other than as written: ``010`` is 8 (octal), ``1:30`` is 90 (base 60)."""
+
+    def __init__(self, text: str, value: Any, node: yaml.Node, why: str, meant: str) -> None:
+        super().__init__(text)
+        self.text, self.value, self.node, self.why, self.meant = text, value, node, why, meant
+        self.key: str | None = None
+
+
+_OCTAL = re.compile(r"^[-+]?0[0-7_]+$")
+
+
 class _Loader(_Base):  # type: ignore[misc, valid-type]
     """Safe YAML, plus YAML 1.2 floats: ``1e3`` is the number 1000, not the string "1e3"; and a
     key given twice in one mapping is an error (``gpus_per_node: 2`` then ``gpus_per_node: 64``
@@ -164,9 +176,30 @@ class _Loader(_Base):  # type: ignore[misc, valid-type]
                     if key.value in seen:
                         raise _Repeated(key.value, key.start_mark.line + 1)
                     seen.add(key.value)
-        return super().construct_mapping(node, deep=deep)
+        try:
+            return super().construct_mapping(node, deep=deep)
+        except _Misread as e:  # name the key whose value it is
+            if e.key is None:
+                e.key = next((k.value for k, v in node.value if v is e.node and isinstance(k, yaml.ScalarNode)), None)
+            raise
 
 
+def _number(loader: yaml.SafeLoader, node: yaml.ScalarNode, base: Any) -> Any:
+    """A YAML 1.1 number, refused where it reads other than as written: PyYAML takes ``max_nodes:
+    010`` for 8 and ``peak_rps: 1:30`` for 90, where a reader (and YAML 1.2) sees 10 and a string."""
+    value = base(loader, node)
+    text = node.value
+    if isinstance(value, int) and _OCTAL.match(text) and int(text.replace("_", ""), 10) != value:
+        raise _Misread(text, value, node, "an octal number", f"{int(text.replace('_', ''), 10)} if that was meant")
+    if ":" in text:
+        raise _Misread(text, value, node, "a base-60 number", f"{value}")
+    return value
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int",
+                        lambda loader, node: _number(loader, node, yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor("tag:yaml.org,2002:float",
+                        lambda loader, node: _number(loader, node, yaml.SafeLoader.construct_yaml_float))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
@@ -234,6 +267,10 @@ def parse_yaml(text: str, where: str, *, numbers: bool = True) -> Any:
     except _Repeated as e:
         raise InputError(where, f"gives the key {show(e.key)} twice in one mapping (line {e.line})",
                          "keep one of them") from None
+    except _Misread as e:
+        key = f"{show(e.key)}: " if e.key is not None else ""
+        raise InputError(where, f"reads {key}{e.text} (line {e.node.start_mark.line + 1}) as {e.value}, {e.why} "
+                         "in YAML 1.1", f"write it in decimal ({e.meant}), or quote it if it is text") from None
     except yaml.YAMLError as e:
         raise _yaml_error(where, e) from None
     except RecursionError:  # not reached after the depth check; kept as a last guard

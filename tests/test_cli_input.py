@@ -142,6 +142,27 @@ def test_a_key_given_twice_is_refused(tmp_path, capsys):
     assert parse_yaml("a: &x {k: 1, j: 2}\nb: {<<: *x, k: 3}\n", "t") == {"a": {"k": 1, "j": 2}, "b": {"k": 3, "j": 2}}
 
 
+@pytest.mark.parametrize("written, says", [
+    ("010", "reads 'gpus_per_node': 010 (line"),  # YAML 1.1 octal: 8
+    ("1:04", "reads 'gpus_per_node': 1:04 (line"),  # YAML 1.1 base 60: 64
+])
+def test_a_number_yaml_reads_other_than_as_written_is_refused(tmp_path, capsys, written, says):
+    """PyYAML reads YAML 1.1: ``gpus_per_node: 010`` is 8 and ``1:04`` is 64, where a reader (and
+    YAML 1.2) sees 10 and text. Refused with the key and the number it would have been; leading
+    zeros that read the same (``07``), hexadecimal and ``1_000`` still read as numbers."""
+    text = FLEET.read_text().replace("  gpus_per_node: 8\n", f"  gpus_per_node: {written}\n", 1)
+    assert f"gpus_per_node: {written}" in text
+    p = tmp_path / "f.yaml"
+    p.write_text(text)
+    assert main(["plan", str(p)]) == 2
+    err = one_error(capsys)
+    assert says in err and "in YAML 1.1" in err and "write it in decimal" in err
+    from packer.safeload import parse_yaml
+
+    assert parse_yaml("a: 07\nb: 0x20\nc: 1_000\nd: '010'\ne: [0, 00, 1.5]\n", "t") == {
+        "a": 7, "b": 32, "c": 1000, "d": "010", "e": [0, 0, 1.5]}
+
+
 def test_a_named_pipe_nobody_writes_to_is_refused_in_bounded_time(tmp_path, capsys, monkeypatch):
     """``packer plan`` on a named pipe with no writer blocked forever in ``open`` (found by
     fuzzing); a pipe with a writer (``packer plan <(make-fleet)``) is still read."""

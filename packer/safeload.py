@@ -269,8 +269,8 @@ def parse_yaml(text: str, where: str, *, numbers: bool = True) -> Any:
                          "keep one of them") from None
     except _Misread as e:
         key = f"{show(e.key)}: " if e.key is not None else ""
-        raise InputError(where, f"reads {key}{e.text} (line {e.node.start_mark.line + 1}) as {e.value}, {e.why} "
-                         "in YAML 1.1", f"write it in decimal ({e.meant}), or quote it if it is text") from None
+        raise InputError(where, f"reads {key}{cut(e.text)} (line {e.node.start_mark.line + 1}) as {cut(str(e.value))}, "
+                         f"{e.why} in YAML 1.1", f"write it in decimal ({cut(e.meant)}), or quote it if it is text") from None
     except yaml.YAMLError as e:
         raise _yaml_error(where, e) from None
     except RecursionError:  # not reached after the depth check; kept as a last guard

@@ -33,6 +33,8 @@ MASTER_NODES = 100
 DIVE_COLUMNS = 3000
 """Most columns a dive keeps (``dive_columns``): past a few thousand each of its LPs takes tenths
 of a second."""
+DIVE_GUARD = 3.0
+"""Wall-clock seconds a dive may take per second of its share before it gives up (None)."""
 DIVE_SHARES = (0.05, 0.0)
 """Where nothing in a dive's LP is whole, this share of its fractional columns is rounded up at
 once (0: one column a step). The planner dives at each and keeps the cheapest packing; which wins
@@ -166,7 +168,10 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     long-tail (200 models, 3,300 columns): 62.21/h in 1.7 s where the greedy starts and CP-SAT
     reached 65.08/h and the MIP over the same columns found nothing in 60 s (LP 58.07/h).
     """
-    end = time.monotonic() + 2 * time_limit  # a guard: the dive ends when all is whole
+    # A guard for a much slower machine: the dive ends when all is whole. At twice its share,
+    # generated-2000's dive (26.1 s of a 26.9-s guard on an idle 2-core machine) gave up on a
+    # machine a little busier, and the plan cost 563.07/h, not 533.34/h: the plan hung on the load.
+    end = time.monotonic() + DIVE_GUARD * time_limit
     kept = dive_columns(pat)
     columns = None if kept is None else [pat.columns[j] for j in kept]
     # No cost cap in the LP: a dive pushed past ``upper`` midway may still end below it (the

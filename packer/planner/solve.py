@@ -980,7 +980,8 @@ and the least share of them it leaves (:func:`_charge_greedy`)."""
 
 def _charge_greedy(problem: Problem, budget: _Budget) -> None:
     """Take the greedy stage's counted work past ``GREEDY_SHARE`` of the limit off the search's
-    share, then the bound's (each keeps ``GREEDY_KEEP`` of its own), on fleets past
+    share (the LNS windows'; the dive keeps ``budget.master_s``), then the bound's (each keeps
+    ``GREEDY_KEEP`` of its own), on fleets past
     ``PATTERN_FIRST`` models. The starts stop on counted work at 20 % of the limit, but a start
     begun just under it runs to its end and the greedy baseline's packing comes on top:
     family-100007-mixed-401 (401 models, 324 GPUs) spent 6.7 deterministic seconds there on top of

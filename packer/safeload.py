@@ -166,7 +166,8 @@ _OCTAL = re.compile(r"^[-+]?0[0-7_]+$")
 class _Loader(_Base):  # type: ignore[misc, valid-type]
     """Safe YAML, plus YAML 1.2 floats: ``1e3`` is the number 1000, not the string "1e3"; and a
     key given twice in one mapping is an error (``gpus_per_node: 2`` then ``gpus_per_node: 64``
-    planned on 64 without a word; found by fuzzing). Merge keys (``<<``) still override."""
+    planned on 64 without a word; found by fuzzing). Merge keys (``<<``) still override. A
+    number YAML 1.1 reads other than as written (``010``, ``1:30``) is refused (:func:`_number`)."""
 
     def construct_mapping(self, node: yaml.Node, deep: bool = False) -> Any:
         if isinstance(node, yaml.MappingNode):

@@ -178,13 +178,11 @@ class Slot:
 
 def can_add(problem: Problem, slot: Slot, rep: Rep) -> bool:
     """Does ``rep`` fit into ``slot`` beside its current members?"""
-    name = rep.model.name
-    if any(r.model.name == name for r in slot.reps) or not allowed(rep, slot.type):
+    name, st = rep.model.name, slot.type
+    if any(r.model.name == name for r in slot.reps) or not allowed(rep, st):
         return False
-    pool = slot.type.pool
-    if not pool.time_slicing and slot.reps and any(r.model.kind != rep.model.kind for r in slot.reps):
+    if not st.pool.time_slicing and slot.reps and any(r.model.kind != rep.model.kind for r in slot.reps):
         return False
-    st = slot.type
     mem = sum(r.model.memory_gb for r in slot.reps) + rep.model.memory_gb
     if mem > st.memory_gb + 1e-9:
         return False

@@ -71,6 +71,16 @@ def _fill_of(problem: Problem, g: Gpu) -> float:
     return total
 
 
+def _cached_fill(problem: Problem, g: Gpu, fills: dict[int, tuple[Gpu, float]]) -> float:
+    """``_fill_of(g)``, remembered in ``fills`` by ``id`` with the GPU itself, so that a GPU made
+    later at a freed GPU's address is not given its fill. A caller drops the entry of a GPU whose
+    slots it changes."""
+    got = fills.get(id(g))
+    if got is None or got[0] is not g:
+        got = fills[id(g)] = (g, _fill_of(problem, g))
+    return got[1]
+
+
 def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]:
     """Empty GPUs whose replicas fit into room elsewhere (spare MIG instances included).
 
@@ -88,18 +98,11 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
     takes: dict[int, dict[tuple[str, int], bool]] = {}  # per slot (id): can_add per (model, count)
     keep = list(gpus)  # the slots' ids stay theirs while consolidation runs
     stuck: set[int] = set()  # GPUs that could not be emptied: later passes only take room away
-    fill: dict[int, float] = {}  # per GPU (id): its fill, until a pass fills one of its slots
-
-    def key(g: Gpu) -> tuple[float, str]:
-        f = fill.get(id(g))
-        if f is None:
-            f = fill[id(g)] = _fill_of(problem, g)
-        return (f - g.pool.cost_per_gpu_hour, g.pool.name)
-
+    fills: dict[int, tuple[Gpu, float]] = {}  # each GPU's fill, until a pass fills one of its slots
     changed = True
     while changed and time.monotonic() < deadline:
         changed = False
-        order = sorted(gpus, key=key)
+        order = sorted(gpus, key=lambda g: (_cached_fill(problem, g, fills) - g.pool.cost_per_gpu_hour, g.pool.name))
         every = [(s, h) for h in gpus for s in h.slots]
         names = {id(h): h.models() for h in gpus}  # kept up to date as replicas move
         for g in order:
@@ -146,7 +149,7 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
                     takes.pop(sid, None)
                 for s, h in every:
                     if id(s) in filled:
-                        fill.pop(id(h), None)
+                        fills.pop(id(h), None)
                 changed = True
                 break
             for s, r, h in placed:
@@ -523,12 +526,7 @@ def _choose_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]]
     ones and leaves the others as they were (on 324 GPUs, working every fill out afresh for each of
     180 windows was a quarter of the search's time outside CP-SAT)."""
     fills = {} if fills is None else fills
-    fill = {}
-    for g in gpus:
-        got = fills.get(id(g))
-        if got is None or got[0] is not g:
-            got = fills[id(g)] = (g, _fill_of(problem, g))
-        fill[id(g)] = got[1]
+    fill = {id(g): _cached_fill(problem, g, fills) for g in gpus}
     order = sorted(gpus, key=lambda g: (fill[id(g)], g.pool.name))
     kinds = [(_emptying_window(problem, order, tried), True), (_next_pair(order, fill, tried), False)]
     for window, emptying in (kinds if emptying_first else kinds[::-1]):
@@ -915,7 +913,8 @@ class _Budget:
     master_s: float = 0.0
     """The pattern LP's dive and integer master (``_from_patterns``), taken from ``search_s``: set
     from the search's share before the greedy stage is charged (:func:`_charge_greedy`), since a
-    dive ends only when all is whole and the clock (twice this) is just its guard; cut with the
+    dive ends only when all is whole and the clock (``colplan.DIVE_GUARD`` times this) is just its
+    guard; cut with the
     charge, generated-2000's dive ran past its guard (22.4 s of 22.2) and the plan cost 563.07/h,
     not 533.34/h."""
 

@@ -14,6 +14,8 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+from ortools.sat.python import cp_model
+
 from packer.catalog import MigLayout
 from packer.fleet import Model, Pool
 from packer.planner.model import Problem, Slot, layout_counters, valid_multiset
@@ -67,6 +69,64 @@ def to_gpus(problem: Problem, slots: list[Slot]) -> list[Gpu]:
         for g in open_:
             _fix_layout(g)
         gpus.extend(open_)
+    return gpus
+
+
+def fewest_gpus(problem: Problem, slots: list[Slot], seconds: float) -> list[Gpu]:
+    """:func:`to_gpus`, with each pool's MIG slots on the fewest GPUs CP-SAT finds in ``seconds``
+    (deterministic time) where first fit opened more: each GPU one maximal layout or none, its
+    slots a sub-multiset of it, one replica of a model per GPU. First fit by size misses packings
+    that fill layouts to the last instance (family-300014-multilingual-16: three A100s where two
+    hold the same eight slots)."""
+    first = to_gpus(problem, slots)
+    out: list[Gpu] = []
+    for pool in problem.fleet.pools:
+        mine = [g for g in first if g.pool.name == pool.name]
+        mig = [g for g in mine if g.mig]
+        fewer = _fewest_mig(pool, [s for g in mig for s in g.slots], len(mig), seconds) if len(mig) > 1 else None
+        out += [g for g in mine if not g.mig] + (fewer if fewer is not None else mig)
+    return out
+
+
+def _fewest_mig(pool: Pool, slots: list[Slot], most: int, seconds: float) -> list[Gpu] | None:
+    """MIG ``slots`` of ``pool`` on fewer than ``most`` GPUs (CP-SAT), or None."""
+    layouts = [c for c, _ in layout_counters(pool)]
+    cp = cp_model.CpModel()
+    use = [cp.new_bool_var(f"use[{g}]") for g in range(most)]
+    at = {(i, g): cp.new_bool_var(f"at[{i},{g}]") for i in range(len(slots)) for g in range(most)}
+    cut = {(g, k): cp.new_bool_var(f"cut[{g},{k}]") for g in range(most) for k in range(len(layouts))}
+    for i in range(len(slots)):
+        cp.add_exactly_one(at[i, g] for g in range(most))
+    profiles = sorted({s.type.profile for s in slots})
+    for g in range(most):
+        cp.add(sum(cut[g, k] for k in range(len(layouts))) == use[g])
+        for prof in profiles:
+            cp.add(sum(at[i, g] for i, s in enumerate(slots) if s.type.profile == prof)
+                   <= sum(c[prof] * cut[g, k] for k, c in enumerate(layouts)))
+        holders: dict[str, list] = defaultdict(list)
+        for i, s in enumerate(slots):
+            for r in s.reps:
+                holders[r.model.name].append(at[i, g])
+        for lits in holders.values():
+            if len(lits) > 1:
+                cp.add_at_most_one(lits)
+        if g:
+            cp.add_implication(use[g], use[g - 1])  # GPUs are alike: the used ones come first
+    cp.add(sum(use) <= most - 1)
+    cp.minimize(sum(use))
+    solver = cp_model.CpSolver()
+    solver.parameters.max_deterministic_time = max(0.1, seconds)
+    solver.parameters.max_time_in_seconds = max(1.0, 4 * seconds)  # a guard for a much slower machine
+    solver.parameters.num_workers = 1
+    if solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return None
+    on: dict[int, list[Slot]] = defaultdict(list)
+    for (i, g), lit in at.items():
+        if solver.value(lit):
+            on[g].append(slots[i])
+    gpus = [Gpu(pool, on[g]) for g in sorted(on)]
+    for g in gpus:
+        _fix_layout(g)
     return gpus
 
 

@@ -22,10 +22,11 @@ from collections import defaultdict
 import numpy as np
 from ortools.linear_solver import pywraplp
 
-from packer.planner.assemble import Gpu, to_gpus
+from packer.planner.assemble import Gpu, fewest_gpus, to_gpus
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.model import Problem, Rep, Slot, can_add
 from packer.planner.patterns import Patterns
+from packer.slot import WHOLE
 
 
 MASTER_NODES = 100
@@ -67,8 +68,32 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
 
 def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
           reserved: dict[str, int], columns: list | None = None) -> list[Gpu] | None:
+    """Slots from the chosen patterns (:func:`_slots`), then GPUs (``assemble.to_gpus``), kept
+    where they fit the pools less ``reserved``."""
+    slots = _slots(problem, pat, copies, counts, columns)
+    return None if slots is None else _within_pools(problem, to_gpus(problem, slots), reserved)
+
+
+def deal_fewest(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
+                reserved: dict[str, int], seconds: float) -> list[Gpu] | None:
+    """:func:`_deal` with each pool's MIG slots on the fewest GPUs CP-SAT finds in ``seconds``
+    (deterministic; ``assemble.fewest_gpus``), where first fit may open more: the exact master's
+    solutions (``allgroups``) use MIG layouts to the last instance."""
+    slots = _slots(problem, pat, copies, counts, None)
+    return None if slots is None else _within_pools(problem, fewest_gpus(problem, slots, seconds), reserved)
+
+
+def _within_pools(problem: Problem, gpus: list[Gpu], reserved: dict[str, int]) -> list[Gpu] | None:
+    over = [p for p, n in gpu_counts(problem, gpus).items()
+            if n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0)]
+    return None if over else gpus
+
+
+def _slots(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
+           columns: list | None) -> list[Slot] | None:
     """Slots from the chosen patterns, each replica of the chosen counts in one of them (a
-    pattern's extra members are dropped: fewer members never break a group), then GPUs."""
+    pattern's extra members are dropped: fewer members never break a group); None where some
+    replica finds no slot."""
     types = {st.key: st for st in problem.all_types()}
     next_index: dict[str, int] = defaultdict(int)
     slots: list[Slot] = []
@@ -91,10 +116,7 @@ def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, 
                 slots.append(slot)
     if any(next_index[name] < n for name, n in counts.items()):
         return None
-    gpus = to_gpus(problem, slots)
-    over = [p for p, n in gpu_counts(problem, gpus).items()
-            if n > problem.fleet.pool(p).max_gpus - reserved.get(p, 0)]
-    return None if over else gpus
+    return slots
 
 
 def shared_cost(problem: Problem, gpus: list[Gpu]) -> float:
@@ -102,12 +124,18 @@ def shared_cost(problem: Problem, gpus: list[Gpu]) -> float:
 
 
 def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: float, integer: bool,
-            columns: list | None = None):
+            columns: list | None = None, spread: bool = False, apart: bool = False):
     """The master problem over the columns (``columns``: some of ``pat.columns``, default all):
     (solver, x per column, y per replica class). ``integer``: a MIP (HiGHS), else an LP (GLOP)
-    to dive on."""
+    to dive on. ``spread``: a model's replicas in a pool's MIG slots are at most the pool's MIG
+    GPUs (one replica of a model per GPU); a relaxation of the plan only where the columns hold
+    every group (``allgroups``), since a column's dropped extra member is counted too. ``apart``:
+    a model with ``min_replicas >= 2`` keeps a replica outside each pool of one node, where
+    ``assemble.assign_nodes`` could not spread them (a packing rule, not a relaxation: only for
+    the packing, and only over every group, where a column without the model exists)."""
     fleet = problem.fleet
     solver = pywraplp.Solver.CreateSolver("HIGHS" if integer else "GLOP")
+    mig_gpus: dict[str, list] = defaultdict(list)
     if solver is None:  # pragma: no cover - OR-Tools ships both
         return None
     var = solver.IntVar if integer else solver.NumVar
@@ -120,6 +148,8 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
             z = var(0, room, f"z[{p.name},{i}]")
             zs.append(z)
             cost += p.cost_per_gpu_hour * z
+            if WHOLE not in cnt:
+                mig_gpus[p.name].append(z)
             for prof, n in cnt.items():
                 slots_of[f"{p.name}/{prof}"].append(n * z)
         solver.Add(sum(zs) <= room)
@@ -139,10 +169,31 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
                 on_spot[r].append(x[j])
     for key, xs in used.items():
         solver.Add(sum(xs) <= sum(slots_of[key]))  # patterns run on slots the layouts provide
+    if spread:
+        on_mig: dict[tuple[str, str], list] = defaultdict(list)
+        for j, (key, reps) in enumerate(cols):
+            st = pat.types[key].st
+            if st.profile != WHOLE:
+                for k in reps:
+                    on_mig[pat.reps[k][0], st.pool.name].append(x[j])
+        for (name, pool), xs in on_mig.items():
+            if len(xs) > 1:
+                solver.Add(sum(xs) <= sum(mig_gpus[pool]))
     for name in pat.models:
         solver.Add(sum(y[k] for k in pat.model_reps[name]) == 1)  # one replica count per model
     for k, (name, n) in enumerate(pat.reps):
         solver.Add(sum(holds[k]) >= n * y[k])  # every replica of the chosen count has a slot
+    if apart:
+        for k, (name, n) in enumerate(pat.reps):
+            if fleet.model(name).min_replicas < 2:
+                continue
+            in_pool: dict[str, list] = defaultdict(list)
+            for j, (key, reps) in enumerate(cols):
+                pool = pat.types[key].st.pool
+                if pool.max_nodes == 1 and k in reps:
+                    in_pool[pool.name].append(x[j])
+            for xs in in_pool.values():
+                solver.Add(sum(xs) <= (n - 1) * y[k])
     # Spot floors (Patterns.floor_rows): at most ``most`` replicas of the count on a spot pool, or
     # the dealing (floor replicas first, on-demand slots first) finds a floor replica on spot.
     for r, (k, _, most) in enumerate(pat.floor_rows):

@@ -1,0 +1,206 @@
+"""Every group of a small fleet: the pattern LP's integer master over all of them is exact.
+
+Column generation (``patterns.py``) ends with the groups its LP optimum uses; whole numbers of
+those (``colplan``) are a packing, and the Lagrangian is a bound, but the integer optimum can need
+groups the LP never priced in. On family-300014-multilingual-16 the plan cost 19.78/h against a
+bound of 16.28/h: the integer master over its 198 generated columns found nothing cheaper, while
+over all 2,579 groups its optimum is 16.28/h, and it deals onto 4 A100s and 3 L4s. So where a
+fleet's groups are few enough to list (``EXACT_LIST``), they are all listed, and the integer
+master is solved (HiGHS, ``EXACT_NODES``) over all of them where they are at most
+``EXACT_COLUMNS``, else over those that reduced-cost fixing against the best plan so far leaves
+(:func:`_fix_by_reduced_cost`), where those are few enough; else the LP over all of them is a
+bound. The master gives:
+
+* its solution, dealt onto GPUs with the fewest MIG GPUs (``assemble.fewest_gpus``), is a packing;
+* its bound (the optimum, or HiGHS's best bound where the node limit ends it) is a lower bound on
+  every plan at the replica counts the planner offers: every plan's groups are among those listed,
+  and every plan satisfies the master's rows, with one more than the pattern LP's: a model has at
+  most one replica on each MIG GPU (``colplan._master(spread=True)``). Dropped: which slots share
+  a GPU beyond that, so a master solution may not deal at its own cost.
+
+The groups are listed by the planner's own rules (``model.can_add`` less the spot floors, which
+the master keeps as rows): one replica of a model per slot, memory, workload kinds on pools that
+do not time-slice, and the slot maths' duty window (``slot.duty_window``). Adding a member never
+makes an infeasible group feasible, so a depth-first walk that stops at the first infeasible
+extension lists every feasible group once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+from ortools.linear_solver import pywraplp
+
+from packer.planner.assemble import Gpu
+from packer.planner.colplan import _master, deal_fewest
+from packer.planner.model import Problem, Rep
+from packer.planner.patterns import Patterns
+from packer.slot import window
+
+EXACT_COLUMNS = 5000
+"""Most columns of the integer master: over over 4,581 (multilingual-meetings) took 1.1-1.7 s of
+HiGHS on this project's 2-core machine; family-300012-mixed-29's 15,805 took 23 s."""
+EXACT_NODES = 500
+"""Branch-and-bound nodes of the integer master: the node count, not the clock, ends it, so a
+fleet gets one plan on any machine load; the clock (``WALL_FACTOR``) only guards a slower one."""
+EXACT_LIST = 100_000
+"""Most groups listed (about 5 µs each). Past ``EXACT_COLUMNS``, the LP over all of them (GLOP,
+2.2-2.6 s for 35,000-65,000) keeps the groups a cheaper plan may use (reduced-cost fixing)."""
+EXACT_S_PER_COLUMN, LIST_S_PER_GROUP, LP_S_PER_GROUP = 5e-4, 5e-6, 4e-5
+"""Seconds charged per column of the integer master (measured: 0.1-2.3 s for 600-4,600), per
+group listed, and per group in the LP that fixes them."""
+WALL_FACTOR = 4.0
+
+
+@dataclass
+class Exact:
+    """What the integer master over every group gave."""
+
+    columns: int
+    """Groups listed (the master may have run over fewer: ``_fix_by_reduced_cost``)."""
+    bound: float | None
+    """A lower bound on the shared models' GPUs in every plan (None: not solved)."""
+    proven: bool
+    """The master was solved to optimality (or shown to have nothing below ``upper``)."""
+    gpus: list[Gpu] | None
+    """The master's solution on GPUs, where it dealt within the pools. It can cost more than
+    ``value``: the master's rows do not see two groups on one MIG GPU's slots holding the same
+    model (family-300026-multilingual-12: 15.79/h dealt at 19.64/h). Such a packing is still a
+    start for the search where it is cheaper than the one before."""
+    value: float = math.inf
+    """The cost of the master's solution (its shared models' GPUs)."""
+    kept: int = 0
+    """Groups the master ran over: all of them, or those reduced-cost fixing left."""
+    lp_only: bool = False
+    """Too many groups were left for the master: ``bound`` is the LP's optimum over all of them."""
+
+
+def every_group(problem: Problem, cap: int = EXACT_COLUMNS) -> Patterns | None:
+    """The pattern LP of ``problem`` with every feasible group as a column; None past ``cap``."""
+    pat = Patterns(problem)
+    fleet = problem.fleet
+    listed = 0
+    for key, ti in pat.types.items():
+        st = ti.st
+        items = []
+        for k in ti.keys:
+            name, n = pat.reps[k]
+            m = fleet.model(name)
+            items.append((k, m, problem.item(Rep(m, 0, n), st)))
+        # (next item, group, memory, kinds, models, sums of A and B, least hi): a stack, not
+        # recursion; the slot maths' window from running sums, as duty_window computes it
+        stack = [(0, (), 0.0, frozenset(), frozenset(), 0.0, 0.0, math.inf)]
+        while stack:
+            start, group, mem, kinds, models, sa, sb, hi = stack.pop()
+            for j in range(start, len(items)):
+                k, m, it = items[j]
+                if m.name in models or mem + m.memory_gb > st.memory_gb + 1e-9:
+                    continue
+                if not st.pool.time_slicing and kinds and m.kind not in kinds:
+                    continue
+                low = min(hi, it.hi)
+                if window(sa + it.A, sb + it.B, low, problem.u) is None:
+                    continue
+                listed += 1
+                if listed > cap:
+                    return None
+                pat.add(key, group + (k,))
+                stack.append((j + 1, group + (k,), mem + m.memory_gb, kinds | {m.kind}, models | {m.name},
+                              sa + it.A, sb + it.B, low))
+    return pat
+
+
+def exact_master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: float,
+                 seconds: float, deal: bool = True, apart: bool = False) -> Exact:
+    """The integer master over ``pat``'s columns (all groups, :func:`every_group`), below
+    ``upper`` (the shared models' cost in the best plan so far), within the pools less
+    ``reserved``. With ``reserved`` empty, its bound holds for every plan; with it, for the plans
+    that keep the multi-GPU replicas where they are; with ``apart`` (``colplan._master``), for
+    none: it is a packing rule, not a relaxation."""
+    built = _master(problem, pat, reserved, upper, integer=True, spread=True, apart=apart)
+    if built is None:
+        return Exact(len(pat.columns), None, False, None)
+    solver, x, y = built
+    solver.SuppressOutput()
+    # No relative gap: HiGHS's default (1e-4) would let a solution 0.01 % above the optimum stand
+    # as optimal; the bound is its best bound (the dual side) in every case.
+    solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\nthreads=1\n"
+                                              f"mip_rel_gap=0\nmip_abs_gap=1e-7\nmip_max_nodes={EXACT_NODES}\n")
+    solver.SetTimeLimit(int(max(0.5, WALL_FACTOR * seconds) * 1000))
+    status = solver.Solve()
+    cols = len(pat.columns)
+    if status == pywraplp.Solver.INFEASIBLE and math.isfinite(upper):
+        return Exact(cols, upper, True, None)  # nothing below ``upper``: the best plan is optimal
+    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
+        return Exact(cols, None, False, None)
+    proven = status == pywraplp.Solver.OPTIMAL
+    bound = min(solver.Objective().BestBound(), solver.Objective().Value())
+    value = solver.Objective().Value()
+    gpus = None
+    if deal:
+        counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if y[k].solution_value() > 0.5}
+        gpus = deal_fewest(problem, pat, [round(v.solution_value()) for v in x], counts, reserved, seconds)
+    return Exact(cols, bound if math.isfinite(bound) else None, proven, gpus, value)
+
+
+def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, seconds: float,
+                 cap: int = EXACT_COLUMNS, listed: int = EXACT_LIST) -> tuple[Exact | None, float]:
+    """Every group listed and the integer master over them (:func:`exact_master`): its packing
+    within the pools less ``reserved`` and a bound over every plan (with multi-GPU models, a second
+    master over the whole pools gives the bound). Past ``cap`` groups (up to ``listed``), the LP
+    over all of them first (:func:`_fix_by_reduced_cost`): the master then runs over the groups a
+    plan below ``upper`` may use, where those are at most ``cap``; else the LP's optimum is the
+    bound (``Exact.lp_only``). Returns (None where the groups are too many to list, seconds to
+    charge), the charge counted by the groups listed and the master's columns, not the clock."""
+    began = time.monotonic()
+    pat = every_group(problem, listed)
+    if pat is None:
+        return None, 0.0
+    total = len(pat.columns)
+    charge = LIST_S_PER_GROUP * total
+    if total > cap:
+        if not math.isfinite(upper):
+            return None, charge
+        lp, keep = _fix_by_reduced_cost(problem, pat, upper)
+        charge += LP_S_PER_GROUP * total
+        if lp is None:
+            return None, charge
+        if len(keep) > cap:
+            return Exact(total, lp, False, None, lp_only=True), charge
+        pat.columns = [pat.columns[j] for j in keep]
+    charge += EXACT_S_PER_COLUMN * len(pat.columns)
+    # A min_replicas >= 2 model with every replica on a pool of one node cannot be spread over
+    # nodes: the planner keeps the spread it has (``solve._spread_kept``), so the packing keeps a
+    # replica apart (family-300014-multilingual-16: 16.28/h with both asr-2 replicas on the one
+    # L4 node); the bound, over every plan, does not.
+    apart = any(p.max_nodes == 1 for p in problem.fleet.pools) and any(
+        m.min_replicas >= 2 for m in problem.shared_models)
+    packed = exact_master(problem, pat, reserved, upper, seconds, apart=apart)
+    if problem.multi_models or apart:
+        left = max(0.5, seconds - (time.monotonic() - began))
+        whole = exact_master(problem, pat, {}, upper, left, deal=False)
+        packed.bound, packed.proven = whole.bound, whole.proven
+        charge += EXACT_S_PER_COLUMN * len(pat.columns)
+    packed.columns, packed.kept = total, len(pat.columns)
+    return packed, charge
+
+
+def _fix_by_reduced_cost(problem: Problem, pat: Patterns, upper: float) -> tuple[float | None, list[int]]:
+    """The LP over every group (the master's LP, ``spread`` rows, the whole pools: a bound on
+    every plan) and the groups a plan below ``upper`` may use. A plan is an integer solution, and
+    its cost is at least the LP's optimum plus the reduced cost of any group it uses (every other
+    term of the LP's optimality conditions is non-negative), so a group whose reduced cost is
+    more than ``upper`` less the optimum is in no cheaper plan. On family-300022-multilingual-28,
+    2,226 of 54,131 groups are left, and the master over them proves its plan (33.86/h) optimal.
+    Returns (None, []) where GLOP does not solve it."""
+    built = _master(problem, pat, {}, math.inf, integer=False, spread=True)
+    if built is None:
+        return None, []
+    solver, x, _ = built
+    if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        return None, []
+    lp = solver.Objective().Value()
+    room = upper - lp + 1e-6
+    return lp, [j for j, v in enumerate(x) if v.reduced_cost() <= room]

@@ -1,0 +1,225 @@
+"""Every group of a small fleet (packer/planner/allgroups.py): the listing is complete, the integer
+master over it is the optimum a brute force finds, its bound holds, and its packing is dealt onto
+the fewest MIG GPUs."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from bench.family import family, family_fleet
+from packer.check import check_plan
+from packer.fleetfile import parse_fleet
+from packer.planner import PlanSettings, plan_fleet
+from packer.planner.allgroups import every_group, exact_groups, exact_master
+from packer.planner.assemble import fewest_gpus, to_gpus
+from packer.planner.model import Problem, Rep, Slot, valid_multiset
+from packer.planner.patterns import Patterns
+from packer.slot import feasible
+
+
+def _tiny_fleet(seed: int, mig: bool = False) -> dict:
+    """3-4 models on one or two pools that do not bind: small enough for a brute force."""
+    rng = random.Random(seed)
+    pools = [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 4, "cost_per_gpu_hour": 0.8,
+              "sharing": ["time-slicing"]}]
+    if rng.random() < 0.6 or mig:
+        pools.append({"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 2,
+                      "cost_per_gpu_hour": round(rng.uniform(2.5, 4.5), 2),
+                      "sharing": (["mig"] if mig else []) + ["time-slicing"]})
+    models = []
+    for i in range(rng.choice([3, 4])):
+        kind = rng.choice(["streaming", "streaming", "batch"])
+        peak = round(rng.uniform(5, 120), 1)
+        models.append({"name": f"m{i}", "kind": kind, "memory_gb": round(rng.uniform(1, 14), 1),
+                       "traffic": {"rps": round(peak / 2, 1), "peak_rps": peak},
+                       "slo_ms": 2000 if kind == "batch" else rng.choice([150, 300, 600]),
+                       "latency_ms": {"gpu": "a100-80gb", "base": round(rng.uniform(3, 12), 1),
+                                      "per_item": round(rng.uniform(0.5, 3.0), 2)},
+                       "max_batch": 16, "min_replicas": rng.choice([1, 1, 2])})
+    return {"name": f"tiny-{seed}", "pools": pools, "models": models}
+
+
+def _admitted(problem: Problem, st, reps: list[tuple[str, int]]) -> bool:
+    """The planner's rules for one group, written out: one replica of a model, kinds, memory, slot maths."""
+    models = [problem.fleet.model(n) for n, _ in reps]
+    if len({m.name for m in models}) < len(models):
+        return False
+    if not st.pool.time_slicing and len({m.kind for m in models}) > 1:
+        return False
+    return feasible([problem.item(Rep(m, 0, c), st) for m, (_, c) in zip(models, reps)], st.memory_gb, problem.u)
+
+
+@pytest.mark.parametrize("seed", [1, 5, 9, 13], ids=lambda s: f"seed{s}")
+def test_every_group_lists_exactly_the_admitted_groups(seed: int) -> None:
+    problem = Problem(parse_fleet(family_fleet(seed, max_models=7, min_models=4)), PlanSettings())
+    pat = every_group(problem)
+    assert pat is not None
+    listed = {(key, reps) for key, reps in pat.columns}
+    assert len(listed) == len(pat.columns)
+    for key, ti in pat.types.items():
+        for size in range(1, len(pat.models) + 1):
+            for group in itertools.combinations(ti.keys, size):
+                ok = _admitted(problem, ti.st, [pat.reps[k] for k in group])
+                assert ok == ((key, tuple(sorted(group))) in listed), (key, group)
+
+
+def test_every_group_gives_up_past_its_cap() -> None:
+    problem = Problem(parse_fleet(family_fleet(5, max_models=7, min_models=4)), PlanSettings())
+    full = every_group(problem)
+    assert full is not None and len(full.columns) > 3
+    assert every_group(problem, cap=len(full.columns) - 1) is None
+    assert every_group(problem, cap=len(full.columns)) is not None
+
+
+def _brute_optimum(problem: Problem, pat: Patterns) -> float:
+    """The cheapest plan by brute force: every replica count, every partition of the replicas into
+    groups, each group on its cheapest slot type that admits it (whole GPUs: a group is a GPU)."""
+    types = [ti.st for ti in pat.types.values()]
+    best = math.inf
+    for counts in itertools.product(*([pat.reps[k][1] for k in pat.model_reps[n]] for n in pat.models)):
+        reps = [(n, c) for n, c in zip(pat.models, counts) for _ in range(c)]
+
+        def partitions(items):
+            if not items:
+                yield []
+                return
+            first, rest = items[0], items[1:]
+            for p in partitions(rest):
+                yield [[first]] + p
+                for i in range(len(p)):
+                    yield p[:i] + [[first] + p[i]] + p[i + 1:]
+
+        for part in partitions(reps):
+            cost = 0.0
+            for group in part:
+                prices = [st.pool.cost_per_gpu_hour for st in types if _admitted(problem, st, group)]
+                if not prices:
+                    break
+                cost += min(prices)
+            else:
+                best = min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(8), ids=lambda s: f"seed{s}")
+def test_the_master_over_every_group_is_the_brute_force_optimum(seed: int) -> None:
+    problem = Problem(parse_fleet(_tiny_fleet(seed)), PlanSettings())
+    assert not any(p.mig for p in problem.fleet.pools)
+    pat = every_group(problem)
+    assert pat is not None
+    exact = exact_master(problem, pat, {}, math.inf, 5.0)
+    assert exact.proven
+    assert exact.bound == pytest.approx(_brute_optimum(problem, pat), abs=1e-6)
+    assert exact.gpus is not None
+    dealt = sum(g.pool.cost_per_gpu_hour for g in exact.gpus)
+    assert dealt == pytest.approx(exact.bound, abs=1e-6)
+
+
+def test_fewest_gpus_fills_mig_layouts_first_fit_leaves_open() -> None:
+    """Five slots that first fit by size spreads over three A100s fit two (4g+2g and 2g+2g+2g),
+    with no GPU holding two replicas of a model."""
+    doc = _tiny_fleet(3, mig=True)
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    a100 = {st.profile: st for st in problem.types["a100"]}
+    models = [problem.fleet.model(m["name"]) for m in doc["models"]]
+
+    def slot(profile: str, who: int) -> Slot:
+        return Slot(a100[profile], [Rep(models[who], 0, 1)])
+
+    # First fit: 4g(m3)+2g(m0) on one GPU; 2g(m1)+2g(m3) on a second; the last 2g(m1) meets m1
+    # there and no room on the first, so a third. Two do: 4g(m3)+2g(m1) and 2g(m0)+2g(m3)+2g(m1).
+    slots = [slot("2g.20gb", 0), slot("2g.20gb", 1), slot("2g.20gb", 3), slot("4g.40gb", 3), slot("2g.20gb", 1)]
+    first = to_gpus(problem, slots)
+    fewest = fewest_gpus(problem, slots, 2.0)
+    assert len(first) == 3
+    assert len(fewest) == 2
+    for g in fewest:
+        assert valid_multiset(g.pool, Counter(s.type.profile for s in g.slots))
+        names = [r.model.name for s in g.slots for r in s.reps]
+        assert len(names) == len(set(names))
+        assert g.layout is not None
+    assert sorted(id(s) for g in fewest for s in g.slots) == sorted(id(s) for s in slots)
+
+
+def test_a_small_fleet_the_generated_columns_left_dear_is_planned_near_the_optimum() -> None:
+    """family-300014-multilingual-16 cost 19.78/h against a bound of 16.28/h: the integer master
+    over the 198 columns column generation made found nothing cheaper. Over all its groups the
+    optimum is 16.28/h, with both replicas of asr-2 (``min_replicas: 2``) on the pool of one L4
+    node; the packing keeps one apart (``apart``), and the search from it ends at 17.04/h."""
+    doc = family(9, seed=3, max_models=40)[8]
+    assert doc["name"] == "family-300014-multilingual-16"
+    fleet = parse_fleet(doc)
+    problem = Problem(fleet, PlanSettings())
+    exact, _ = exact_groups(problem, {}, math.inf, 5.0)
+    assert exact.proven and exact.bound == pytest.approx(16.28, abs=1e-6)
+    plan = plan_fleet(fleet)
+    assert check_plan(plan) == []
+    assert plan.cost_per_hour == pytest.approx(17.04, abs=0.005)
+    assert plan.lower_bound_cost_per_hour == pytest.approx(16.28, abs=1e-6)
+    assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
+
+
+def test_the_packing_master_keeps_a_replica_off_a_pool_of_one_node() -> None:
+    """``apart``: no min_replicas >= 2 model has every replica on a one-node pool in the master's
+    packing, while the bound's master (every plan) may put them there."""
+    doc = family(9, seed=3, max_models=40)[8]
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    pat = every_group(problem)
+    packed = exact_master(problem, pat, {}, math.inf, 5.0, apart=True)
+    free = exact_master(problem, pat, {}, math.inf, 5.0)
+    assert packed.gpus is not None and packed.value >= free.bound - 1e-6
+    for m in problem.shared_models:
+        if m.min_replicas < 2:
+            continue
+        pools = {g.pool.name for g in packed.gpus for sl in g.slots for r in sl.reps if r.model.name == m.name}
+        assert not (len(pools) == 1 and problem.fleet.pool(pools.pop()).max_nodes == 1), m.name
+
+
+@pytest.mark.parametrize("seed", [2, 17, 31], ids=lambda s: f"seed{s}")
+def test_the_exact_bound_is_below_every_plan_found(seed: int) -> None:
+    """Its bound is below the plan and the greedy baseline, with MIG pools (where only the
+    per-pool spread row stands for one replica of a model per GPU) and multi-GPU models."""
+    fleet = parse_fleet(family_fleet(seed, max_models=14, min_models=6))
+    plan = plan_fleet(fleet)
+    check_plan(plan)
+    assert 0 < plan.lower_bound_cost_per_hour <= plan.cost_per_hour + 1e-6
+    assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
+
+
+def test_reduced_cost_fixing_never_cuts_off_the_optimum() -> None:
+    """Past the master's column cap, the LP over every group keeps only the groups a plan below
+    ``upper`` may use: with ``upper`` at the brute-force optimum or above, the master over what is
+    left still reaches it (or shows nothing is cheaper), and the LP alone stays below it."""
+    fixed = 0
+    for seed in range(8):
+        problem = Problem(parse_fleet(_tiny_fleet(seed)), PlanSettings())
+        pat = every_group(problem)
+        best = _brute_optimum(problem, pat)
+        for upper in (best, best + 0.8, best + 5.0):
+            exact, _ = exact_groups(problem, {}, upper, 5.0, cap=max(1, len(pat.columns) // 3))
+            assert exact is not None and exact.columns == len(pat.columns)
+            assert exact.bound <= best + 1e-6
+            if not exact.lp_only:
+                fixed += exact.kept < exact.columns
+                assert exact.proven and exact.bound == pytest.approx(best, abs=1e-6)
+    assert fixed >= 3  # the fixing ran, and left few enough groups for the master
+
+
+def test_reduced_cost_fixing_keeps_a_family_members_optimum() -> None:
+    """family-300010-mixed-20 (2,356 groups): with a cap of 1,000, the groups left below its
+    optimum are few enough, and the master over them shows that nothing is cheaper."""
+    doc = family(5, seed=3, max_models=40)[4]
+    assert doc["name"] == "family-300010-mixed-20"
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    full, _ = exact_groups(problem, {}, math.inf, 5.0)
+    assert full is not None and full.proven and full.kept == full.columns
+    at, _ = exact_groups(problem, {}, full.bound, 5.0, cap=1000)
+    assert not at.lp_only and at.kept < 1000 < at.columns
+    assert at.proven and at.bound == pytest.approx(full.bound, abs=1e-6)
+    above, _ = exact_groups(problem, {}, full.bound + 0.5, 5.0, cap=1000)
+    assert above.bound <= full.bound + 1e-6

@@ -40,7 +40,7 @@ from packer.planner.patterns import Patterns
 from packer.slot import window
 
 EXACT_COLUMNS = 5000
-"""Most columns of the integer master: over over 4,581 (multilingual-meetings) took 1.1-1.7 s of
+"""Most columns of the integer master: over 4,581 (multilingual-meetings) took 1.1-1.7 s of
 HiGHS on this project's 2-core machine; family-300012-mixed-29's 15,805 took 23 s."""
 EXACT_NODES = 500
 """Branch-and-bound nodes of the integer master: the node count, not the clock, ends it, so a

@@ -22,7 +22,7 @@ from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
-from packer.planner.bound import MIP_MIN_S, lower_bound, refined_bound, whole_gpus
+from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, dive, integer_master
 from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
@@ -1108,17 +1108,18 @@ def _from_every_group(problem: Problem, gpus: list[Gpu], reserved: dict[str, int
         if cost_of(problem, gpu_counts(problem, new)) < shared - 1e-9 and _spread_kept(problem, new, gpus):
             gpus = new
     if exact.bound is not None:
-        if exact.lp_only:  # an LP: raised to what whole GPUs can cost
-            total = whole_gpus([(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools], exact.bound)
-            how = f"LP over every group the slot maths admits ({exact.columns})"
+        kind = (", over the replica counts the planner offers, one replica of a model per MIG GPU"
+                + (", multi-GPU models at their cheapest" if problem.multi_models else ""))
+        if exact.lp_only:  # an LP: raised to what whole GPUs can cost, as the aggregate bounds are
+            found = _whole_gpus_plus(problem, (exact.bound, f"LP over every group the slot maths admits "
+                                                            f"({exact.columns}){kind}"), floor)
         else:
-            total = exact.bound
             left = "" if exact.kept >= exact.columns else f"; {exact.kept} left by reduced-cost fixing"
-            how = (f"integer master over every group the slot maths admits ({exact.columns}{left}; HiGHS "
-                   + ("optimum" if exact.proven else f"best bound after {EXACT_NODES} nodes") + ")")
-        if total + floor > bound[0] + 1e-6:
-            bound = (total + floor, how + ", over the replica counts the planner offers, one replica of a model "
-                     "per MIG GPU" + (", multi-GPU models at their cheapest" if problem.multi_models else ""))
+            found = (exact.bound + floor,
+                     f"integer master over every group the slot maths admits ({exact.columns}{left}; HiGHS "
+                     + ("optimum" if exact.proven else f"best bound after {EXACT_NODES} nodes") + ")" + kind)
+        if found[0] > bound[0] + 1e-6:
+            bound = found
     return gpus, bound, exact.proven
 
 

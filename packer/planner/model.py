@@ -129,18 +129,29 @@ class Problem:
             self._cap[k] = single_capacity(model, st, self.u)
         return self._cap[k]
 
-    def replica_options(self, model: Model) -> list[int]:
-        """Replica counts worth considering: for each slot type, the fewest replicas that fit."""
+    def least_replicas(self, model: Model, st: SlotType) -> int | None:
+        """The fewest replicas of ``model`` that hold its peak on slot type ``st``, at least its
+        ``min_replicas``; None where it needs none or one cannot run there. The one formula behind
+        the counts on offer (:meth:`replica_options`), the bound's (``patterns.count_options``)
+        and the search's fallbacks (``solve._count_one_pool_holds``)."""
         peak = model.traffic.peak_rps
         lo = max(model.min_replicas, 1 if peak > 0 else 0)
         if lo == 0:
+            return None
+        cap = self.capacity(model, st)
+        if cap <= 0:
+            return None
+        return max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
+
+    def replica_options(self, model: Model) -> list[int]:
+        """Replica counts worth considering: for each slot type, the fewest replicas that fit."""
+        if max(model.min_replicas, 1 if model.traffic.peak_rps > 0 else 0) == 0:
             return [0]
         opts = set()
         for st in self.all_types():
-            cap = self.capacity(model, st)
-            if cap <= 0:
+            n = self.least_replicas(model, st)
+            if n is None:
                 continue
-            n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
             for k in {n, spot_count(model, n, st.pool)}:
                 if model.max_replicas is not None and k > model.max_replicas:
                     continue

@@ -601,13 +601,10 @@ def count_options(problem: Problem, m) -> set[int]:
     baseline's whole-GPU problem others (a fresh ``Problem`` does not know them), so the bound
     takes them all, within ``max_replicas`` and the GPUs the pools hold."""
     out = set(problem.replica_options(m))
-    peak = m.traffic.peak_rps
-    lo = max(m.min_replicas, 1 if peak > 0 else 0)
     for st in problem.all_types():
-        cap = problem.capacity(m, st)
-        if cap <= 0 or lo == 0:
+        n = problem.least_replicas(m, st)
+        if n is None:
             continue
-        n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
         if (m.max_replicas is None or n <= m.max_replicas) and n <= problem.gpu_limit:
             out.add(n)
     return out

@@ -313,14 +313,11 @@ def _count_one_pool_holds(problem: Problem, m, reserved: dict[str, int], roomies
     2-GPU pool or 79 T4s of a 240-GPU one, and with only counts near 5 on offer the fleet was
     refused as not fitting. Where several models each fit the small pool alone but not together,
     the roomiest pool's counts are the next try."""
-    peak = m.traffic.peak_rps
-    lo = max(m.min_replicas, 1 if peak > 0 else 0)
     best: tuple[tuple[int, int], int] | None = None  # (key, count)
     for st in problem.all_types():
-        cap = problem.capacity(m, st)
-        if cap <= 0 or lo == 0:
+        n = problem.least_replicas(m, st)
+        if n is None:
             continue
-        n = max(lo, math.ceil(peak / cap - 1e-9)) if peak > 0 else lo
         room = st.pool.max_gpus - reserved.get(st.pool.name, 0)
         if n > room or (m.max_replicas is not None and n > m.max_replicas):
             continue

@@ -100,6 +100,7 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
         "mig_slots": sum(1 for p in plan.placements if p.slot != "whole"),
         "dedicated": plan.baselines["dedicated"].cost_per_hour, "greedy": plan.baselines["greedy"].cost_per_hour,
         "pools": len(fleet.pools),
+        "spread_warnings": sum(1 for w in plan.warnings if "fewer than min_replicas" in w),
     }
 
 
@@ -122,6 +123,9 @@ def summarise(rows: list[dict], asked: int) -> None:
     print(f"cost/greedy: worst {max(ratio):.3f}x ({worst_ratio['fleet']}), median {median(ratio):.3f}x; "
           f"fleets dearer than greedy: {sum(1 for x in ratio if x > 1 + 1e-9)}, "
           f"than dedicated: {sum(1 for r in rows if r['cost'] > r['dedicated'] + 1e-9)}")
+    spread = [r for r in rows if r.get("spread_warnings")]
+    print(f"models not spread over min_replicas nodes: {sum(r['spread_warnings'] for r in rows)}, on "
+          f"{len(spread)} fleet(s)" + (f" ({', '.join(r['fleet'] for r in spread[:4])})" if spread else ""))
     print(f"time: median {median(secs):.1f} s, worst {max(secs):.1f} s; "
           f"peak memory: worst {max(r['peak_mb'] for r in rows)} MB")
 

@@ -123,6 +123,49 @@ def test_swaps_spread_replicas_the_node_filling_left_together():
     assert assign_nodes(problem, gpus) == []
 
 
+def test_a_window_never_buys_its_saving_with_replicas_on_one_node(monkeypatch: pytest.MonkeyPatch):
+    """The one spread rule (``solve._spread_kept``) holds in the LNS windows too: x (min_replicas 2)
+    has a replica on the one-node pool and one on the dearer pool; the only cheaper packing puts
+    both on the one node, which the windows used to take."""
+    import time as _time
+
+    from packer.planner import solve
+    from packer.planner.assemble import assign_nodes
+
+    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
+    doc = {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
+                                      dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
+           "models": [{"name": n, "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
+                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
+                       "max_batch": 8, "min_replicas": k} for n, k in [("x", 2), ("y", 1), ("z", 1)]]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    m = problem.fleet.model
+    one, many = problem.types["one"][0], problem.types["many"][0]
+
+    def start() -> list[Gpu]:
+        return [Gpu(one.pool, [Slot(one, [Rep(m("x"), 0, 2), Rep(m("y"), 0, 1)])]),
+                Gpu(many.pool, [Slot(many, [Rep(m("x"), 1, 2), Rep(m("z"), 0, 1)])])]
+
+    limit = {"one": 2, "many": 4}
+
+    def search() -> list[Gpu]:
+        return solve._lns(problem, start(), limit, 3.0, _time.monotonic() + 30, None)
+
+    assert assign_nodes(problem, start()) == []
+    kept = search()
+    assert cost_of(problem, gpu_counts(problem, kept)) == pytest.approx(2.4)
+    assert assign_nodes(problem, kept) == []
+    # The plan says what the spread costs, and which pool's one node the cheaper packing used.
+    assert problem.unspread == (pytest.approx(1.6), ["x on pool one"])
+    (note,) = solve._spread_cost(problem, kept)
+    assert "0.80/h cheaper" in note and "x on pool one" in note
+    # Without the rule the windows take the cheaper packing, and the plan would warn.
+    monkeypatch.setattr(solve, "_one_node", lambda problem, gpus: [])
+    taken = search()
+    assert cost_of(problem, gpu_counts(problem, taken)) == pytest.approx(1.6)
+    assert any("fewer than min_replicas" in w for w in assign_nodes(problem, taken))
+
+
 def test_priced_packing_leaves_the_a100_to_models_that_fit_nowhere_else():
     # 30 GB models fit only the A100 (79.1 GB usable); 20 GB ones fit an L4 (22.5 GB) too.
     # In the order big1, mid1, mid2, big2, plain best fit puts both mids beside big1 (70 GB) and

@@ -95,6 +95,10 @@ class Problem:
         self.start_counts: dict[str, set[int]] = {}
         """Replica counts a start packing uses (the greedy baseline's, ``solve.greedy_packing``):
         always offered by ``replica_options``, so the search can express, and keep, that start."""
+        self.unspread: tuple[float, list[str]] | None = None
+        """The cheapest packing a stage found and did not take because it leaves more replicas
+        unspread over nodes (``solve._spread_kept``): its shared GPUs' cost and its warnings, so
+        the plan can say what the spread costs."""
         self.packing_work = 0.0
         """Deterministic seconds of greedy packing and consolidation so far (``greedy.SLOT_S``,
         ``solve.LOOK_S``, ``solve.CAN_ADD_S``): how many greedy starts run is counted in these, so

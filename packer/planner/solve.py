@@ -378,7 +378,7 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
     if res is None:
         return shared + multi, "feasible"
     new, cost, status = res
-    if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9:
+    if cost <= sum(g.pool.cost_per_gpu_hour for g in shared) + 1e-9 and _spread_kept(problem, new, shared):
         shared = new
     else:
         status = "feasible"
@@ -451,12 +451,65 @@ def _target_counts(problem: Problem, gpus: int) -> dict[str, list[int]]:
     return {name: ns for name, ns in out.items() if ns}
 
 
-def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu]) -> bool:
-    """Whether ``new`` spreads replicas over nodes as well as ``old`` (no more spread warnings):
-    the whole model spreads a model's replicas over GPUs, not nodes, and a cheaper packing that
-    puts both of a ``min_replicas: 2`` model's replicas on one node trades its availability for
-    cost (family-300014's single L4 node)."""
-    return len(assign_nodes(problem, copy_gpus(new))) <= len(assign_nodes(problem, copy_gpus(old)))
+def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu] | int) -> bool:
+    """Whether ``new`` leaves no more ``min_replicas >= 2`` models unspreadable than ``old`` (a
+    packing, or its count): every replica on one pool of one node (:func:`_one_node`), where no
+    placement of GPUs on nodes can spread them. The planner's one spread rule for every stage that
+    replaces a packing (the windows, the whole model, the pattern LP's packings, the exact
+    searches), as ``colplan._master(apart=True)`` is the exact master's: the search models spread
+    a model's replicas over GPUs, not nodes, and a packing that puts both replicas on the one node
+    trades the availability the user asked for for cost (family-400031-long-tail-13: a dive's
+    12.65/h put both ft-0000 replicas on its one L4 node; spread, 14.70/h). Replicas on one node of
+    a pool with more is a placement (``assemble.assign_nodes`` warns, and an extra node would
+    spread them), not a reason to refuse a packing: counted that way, generated-500 refused a
+    dive's 136.60/h for 155.81/h. A packing refused is remembered where it is the cheapest so far
+    (``Problem.unspread``): the plan says what the spread costs."""
+    found = _one_node(problem, new)
+    if len(found) <= (old if isinstance(old, int) else len(_one_node(problem, old))):
+        return True
+    _refused(problem, new, found)
+    return False
+
+
+def _one_node(problem: Problem, gpus: list[Gpu]) -> list[str]:
+    """Models with ``min_replicas >= 2`` and two replicas or more, every one on a single pool of
+    one node (``max_nodes: 1``)."""
+    pools: dict[str, set[str]] = defaultdict(set)
+    count: Counter = Counter()
+    for g in gpus:
+        for name in g.models():
+            pools[name].add(g.pool.name)
+            count[name] += 1
+    out = []
+    for m in problem.fleet.models:
+        if m.min_replicas >= 2 and count[m.name] >= 2 and len(pools[m.name]) == 1:
+            pool = problem.fleet.pool(next(iter(pools[m.name])))
+            if pool.max_nodes == 1:
+                out.append(f"{m.name} on pool {pool.name}")
+    return out
+
+
+def _refused(problem: Problem, gpus: list[Gpu], found: list[str]) -> None:
+    """Remember a packing refused for its spread (``found``: :func:`_one_node`) where it is the
+    cheapest refused so far."""
+    cost = cost_of(problem, gpu_counts(problem, [g for g in gpus if not g.multi]))
+    if problem.unspread is None or cost < problem.unspread[0] - 1e-9:
+        problem.unspread = (cost, found)
+
+
+def _spread_cost(problem: Problem, gpus: list[Gpu]) -> list[str]:
+    """A warning where a stage found a cheaper packing than the plan's and refused it for its
+    spread (``Problem.unspread``): what the spread costs, and the pools whose one node it would
+    have put every replica of a model on."""
+    if problem.unspread is None:
+        return []
+    cheaper, found = problem.unspread
+    shared = cost_of(problem, gpu_counts(problem, [g for g in gpus if not g.multi]))
+    if cheaper >= shared - 1e-6:
+        return []
+    return [f"spread: a plan {shared - cheaper:.2f}/h cheaper was found and not taken: it puts every replica of "
+            f"{', '.join(found)} (min_replicas >= 2) on that pool's one node; raise the pool's max_nodes to 2 "
+            "and plan again to spread such a packing"]
 
 
 def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: float, guard: float,
@@ -468,7 +521,8 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     load onto fewer GPUs (a larger sum of squared fills), so a GPU empties over several windows
     where no single window can drop one, as on memory-bound fleets at 94 % fill. *Pair* windows
     across pools: two half-used GPUs may become one MIG-split GPU. A re-plan (``reshuffle`` off)
-    keeps only cheaper packings: moving replicas at equal cost is what it must avoid. ``budget``:
+    keeps only cheaper packings: moving replicas at equal cost is what it must avoid. No window is
+    kept that leaves more models unspreadable over nodes (:func:`_spread_kept`). ``budget``:
     deterministic seconds for all windows; ``guard``: the wall-clock time past which no window
     starts; ``spent`` gets each window's deterministic seconds.
     """
@@ -482,6 +536,7 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     spent = [] if spent is None else spent  # deterministic seconds used by the windows so far
     tried: set[frozenset[int]] = set()
     fills: dict[int, tuple[Gpu, float]] = {}  # per GPU (id, the GPU kept so the id stays its own)
+    warned: int | None = None  # spread warnings of ``shared`` (:func:`_spread_kept`), once needed
     while sum(spent) + 0.01 * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
         # Emptying and pair windows alternate while both kinds are left: MIG pools gain from pairs.
@@ -506,7 +561,14 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
                 reshuffle and res[1] < upper + 1e-9 and _spread(problem, res[0]) > _spread(problem, window) + 1e-6)):
             new = res[0]
             spare_slots(problem, new)
-            shared = [g for g in shared if id(g) not in inside] + new
+            candidate = [g for g in shared if id(g) not in inside] + new
+            if warned is None:
+                warned = len(_one_node(problem, shared))
+            found = _one_node(problem, candidate)
+            if len(found) > warned:  # cheaper by putting replicas the user wants apart on one node
+                _refused(problem, candidate, found)
+                continue
+            shared, warned = candidate, len(found)
             if progress:
                 progress(f"LNS {it}: {sum(g.pool.cost_per_gpu_hour for g in shared):.2f}/h", 0)
     return shared
@@ -885,7 +947,7 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, i
             continue
         new = consolidate(problem, new, math.inf)
         cost = cost_of(problem, gpu_counts(problem, new))
-        if cost < best_cost - 1e-9:
+        if cost < best_cost - 1e-9 and _spread_kept(problem, new, best):
             best, best_cost = new, cost
     return best
 
@@ -1179,7 +1241,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             gpus, status = cheaper, "feasible"
             multi_counts = dict(Counter(g.multi[0].name for g in gpus if g.multi))
             problem.multi_counts = dict(multi_counts)
-    warnings = assign_nodes(problem, gpus)
+    warnings = assign_nodes(problem, gpus) + _spread_cost(problem, gpus)
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)

@@ -508,8 +508,8 @@ def _spread_cost(problem: Problem, gpus: list[Gpu]) -> list[str]:
     if cheaper >= shared - 1e-6:
         return []
     return [f"spread: a plan {shared - cheaper:.2f}/h cheaper was found and not taken: it puts every replica of "
-            f"{', '.join(found)} (min_replicas >= 2) on that pool's one node; raise the pool's max_nodes to 2 "
-            "and plan again to spread such a packing"]
+            f"{', '.join(found)} (min_replicas >= 2) on that pool's one node; with max_nodes 2 or more there, "
+            "the planner would take it"]
 
 
 def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: float, guard: float,

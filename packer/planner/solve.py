@@ -460,10 +460,10 @@ def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu] | int) -> bool
     a model's replicas over GPUs, not nodes, and a packing that puts both replicas on the one node
     trades the availability the user asked for for cost (family-400031-long-tail-13: a dive's
     12.65/h put both ft-0000 replicas on its one L4 node; spread, 14.70/h). Replicas on one node of
-    a pool with more is a placement (``assemble.assign_nodes`` warns, and an extra node would
-    spread them), not a reason to refuse a packing: counted that way, generated-500 refused a
-    dive's 136.60/h for 155.81/h. A packing refused is remembered where it is the cheapest so far
-    (``Problem.unspread``): the plan says what the spread costs."""
+    a larger pool are a placement matter (``assemble.assign_nodes`` warns that an extra node would
+    spread them), not a reason to refuse a packing: with every such warning counted, generated-500
+    refused a dive's 136.60/h for 155.81/h. A packing refused is remembered where it is the
+    cheapest so far (``Problem.unspread``): the plan says what the spread costs."""
     found = _one_node(problem, new)
     if len(found) <= (old if isinstance(old, int) else len(_one_node(problem, old))):
         return True
@@ -536,7 +536,7 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     spent = [] if spent is None else spent  # deterministic seconds used by the windows so far
     tried: set[frozenset[int]] = set()
     fills: dict[int, tuple[Gpu, float]] = {}  # per GPU (id, the GPU kept so the id stays its own)
-    warned: int | None = None  # spread warnings of ``shared`` (:func:`_spread_kept`), once needed
+    warned: int | None = None  # models ``shared`` leaves unspreadable (:func:`_one_node`), once needed
     while sum(spent) + 0.01 * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
         # Emptying and pair windows alternate while both kinds are left: MIG pools gain from pairs.

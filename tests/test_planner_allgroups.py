@@ -151,7 +151,8 @@ def test_a_small_fleet_the_generated_columns_left_dear_is_planned_near_the_optim
     over the 198 columns column generation made found nothing cheaper. Over all its groups the
     optimum is 16.28/h, with both replicas of asr-2 (``min_replicas: 2``) on the pool of one L4
     node; the packing keeps one apart (``apart``), and the search from it ends at 17.04/h with
-    them still apart."""
+    them still apart: the optimum over the plans that keep them so (the spread rule), which the
+    plan's bound now says, where it said 16.28/h (every plan)."""
     doc = family(9, seed=3, max_models=40)[8]
     assert doc["name"] == "family-300014-multilingual-16"
     fleet = parse_fleet(doc)
@@ -161,9 +162,27 @@ def test_a_small_fleet_the_generated_columns_left_dear_is_planned_near_the_optim
     plan = plan_fleet(fleet)
     assert check_plan(plan) == []
     assert plan.cost_per_hour == pytest.approx(17.04, abs=0.005)
-    assert plan.lower_bound_cost_per_hour == pytest.approx(16.28, abs=1e-6)
+    assert plan.lower_bound_cost_per_hour == pytest.approx(17.04, abs=0.005)
+    assert plan.status == "optimal" and "spread rule" in plan.bound_method
     assert plan.cost_per_hour <= plan.baselines["greedy"].cost_per_hour + 1e-9
     assert not [w for w in plan.warnings if "fewer than min_replicas" in w]
+    # With the one-node pool grown to two nodes, the rule no longer binds and 16.28/h is open.
+    doc["pools"] = [dict(p, max_nodes=2) if p["max_nodes"] == 1 else p for p in doc["pools"]]
+    assert plan_fleet(parse_fleet(doc)).lower_bound_cost_per_hour <= 16.28 + 1e-6
+
+
+def test_a_packing_refused_for_its_spread_is_named_and_the_bound_covers_spread_plans() -> None:
+    """family-400031-long-tail-13: a dive's 12.65/h puts both ft-0000 replicas (min_replicas 2) on
+    the L4 pool's one node. The plan keeps them apart at 14.70/h, proven optimal over the plans
+    that do (the packing master's bound with ``apart`` rows), and says what the spread costs."""
+    doc = family_fleet(400031, max_models=40)
+    assert doc["name"] == "family-400031-long-tail-13"
+    plan = plan_fleet(parse_fleet(doc))
+    assert check_plan(plan) == []
+    assert plan.cost_per_hour == pytest.approx(14.70, abs=0.005)
+    assert plan.status == "optimal" and "spread rule" in plan.bound_method
+    (note,) = [w for w in plan.warnings if w.startswith("spread:")]
+    assert "2.05/h cheaper" in note and "ft-0000 on pool l4" in note
 
 
 def test_the_packing_master_keeps_a_replica_off_a_pool_of_one_node() -> None:

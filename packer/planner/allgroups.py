@@ -75,6 +75,11 @@ class Exact:
     """Groups the master ran over: all of them, or those reduced-cost fixing left."""
     lp_only: bool = False
     """Too many groups were left for the master: ``bound`` is the LP's optimum over all of them."""
+    apart_bound: float | None = None
+    """Without multi-GPU models, the packing master's bound where it kept ``min_replicas >= 2``
+    models off the one-node pools (``apart``): a bound on the plans that keep them so, the only
+    ones the planner takes once its packing does (``solve._spread_kept``)."""
+    apart_proven: bool = False
 
 
 def every_group(problem: Problem, cap: int = EXACT_COLUMNS) -> Patterns | None:
@@ -184,6 +189,8 @@ def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, secon
     if problem.multi_models or apart:
         left = max(0.5, seconds - (time.monotonic() - began))
         whole = exact_master(problem, pat, {}, upper, left, deal=False)
+        if apart and not problem.multi_models:
+            packed.apart_bound, packed.apart_proven = packed.bound, packed.proven
         packed.bound, packed.proven = whole.bound, whole.proven
         charge += EXACT_S_PER_COLUMN * len(pat.columns)
     packed.columns, packed.kept = total, len(pat.columns)

@@ -451,6 +451,11 @@ def _target_counts(problem: Problem, gpus: int) -> dict[str, list[int]]:
     return {name: ns for name, ns in out.items() if ns}
 
 
+SPREAD_RULE = "the spread rule"
+"""How a bound over the plans that obey :func:`_spread_kept` says so: ``plan_fleet`` checks the
+plan obeys it, else takes the bound over every plan."""
+
+
 def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu] | int) -> bool:
     """Whether ``new`` leaves no more ``min_replicas >= 2`` models unspreadable than ``old`` (a
     packing, or its count): every replica on one pool of one node (:func:`_one_node`), where no
@@ -1179,7 +1184,16 @@ def _from_every_group(problem: Problem, gpus: list[Gpu], reserved: dict[str, int
                      + ("optimum" if exact.proven else f"best bound after {EXACT_NODES} nodes") + ")" + kind)
         if found[0] > bound[0] + 1e-6:
             bound = found
-    return gpus, bound, exact.proven
+    proven = exact.proven
+    if exact.apart_bound is not None and exact.apart_bound > bound[0] + 1e-6 and not _one_node(problem, gpus):
+        # The packing keeps every min_replicas >= 2 model off the one-node pools, and no later stage
+        # takes one that does not (_spread_kept): the plans it can end at are the master's.
+        bound = (exact.apart_bound, f"integer master over every group the slot maths admits ({exact.columns}; HiGHS "
+                 + ("optimum" if exact.apart_proven else f"best bound after {EXACT_NODES} nodes")
+                 + f"), over the plans that keep a replica of every min_replicas >= 2 model off each pool of one "
+                 f"node ({SPREAD_RULE}), at the replica counts the planner offers, one replica of a model per MIG GPU")
+        proven = exact.apart_proven
+    return gpus, bound, proven
 
 
 def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budget) -> tuple[float, str]:
@@ -1242,6 +1256,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             multi_counts = dict(Counter(g.multi[0].name for g in gpus if g.multi))
             problem.multi_counts = dict(multi_counts)
     warnings = assign_nodes(problem, gpus) + _spread_cost(problem, gpus)
+    if first is not None and SPREAD_RULE in first[1] and _one_node(problem, gpus):
+        first = None  # a bound over spread plans, and this plan is not one (never, while every stage keeps it)
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)

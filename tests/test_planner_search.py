@@ -123,6 +123,34 @@ def test_swaps_spread_replicas_the_node_filling_left_together():
     assert assign_nodes(problem, gpus) == []
 
 
+def test_the_greedy_keeps_a_last_replica_off_the_one_node_pool_holding_the_others(monkeypatch: pytest.MonkeyPatch):
+    """The greedy baseline obeys the plan's spread rule (issue 14: one set of rules): x's second
+    replica goes to the dearer pool, not beside the first on the one-node pool, where another
+    pool holds it; where none does, the spread gives way rather than the fleet."""
+    from packer.planner import greedy
+
+    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
+    doc = {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
+                                      dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
+           "models": [{"name": "x", "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
+                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
+                       "max_batch": 8, "min_replicas": 2}]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+
+    def pools() -> list[str]:
+        slots = pack(problem, reps_for(problem, {"x": 2}))
+        return sorted(sl.type.pool.name for sl in slots)
+
+    assert pools() == ["many", "one"]
+    monkeypatch.setattr(greedy, "_lone_pool", lambda *a: None)
+    assert pools() == ["one", "one"]
+    monkeypatch.undo()
+    # No other pool: both stay on the one node rather than the fleet being refused.
+    doc["pools"] = doc["pools"][:1]
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    assert pools() == ["one", "one"]
+
+
 def test_a_window_never_buys_its_saving_with_replicas_on_one_node(monkeypatch: pytest.MonkeyPatch):
     """The one spread rule (``solve._spread_kept``) holds in the LNS windows too: x (min_replicas 2)
     has a replica on the one-node pool and one on the dearer pool; the only cheaper packing puts

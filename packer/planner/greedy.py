@@ -127,19 +127,29 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     implied: dict[str, float] = defaultdict(float)
     for sl in slots:
         implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
+    pools_of: dict[str, list[str]] = defaultdict(list)  # pools of each model's replicas placed so far
+    for sl in slots:
+        for r in sl.reps:
+            pools_of[r.model.name].append(sl.type.pool.name)
     for rep in sorted(reps, key=order or (lambda r: (-replica_size(problem, r), r.model.name, r.index))):
         problem.packing_work += len(slots) * SLOT_S
-        best, best_fill = _best_slot(problem, rep, slots, agg, gpu_of, priced)
-        opened = _cheapest_new(problem, rep, types, implied, reserved) if best is None or priced else None
+        avoid = _lone_pool(problem, rep, pools_of[rep.model.name], types)
+        best, best_fill = _best_slot(problem, rep, slots, agg, gpu_of, priced, avoid)
+        opened = _cheapest_new(problem, rep, types, implied, reserved, avoid) if best is None or priced else None
+        if avoid is not None and best is None and opened is None:  # nowhere else: the spread gives way
+            best, best_fill = _best_slot(problem, rep, slots, agg, gpu_of, priced)
+            opened = _cheapest_new(problem, rep, types, implied, reserved) if best is None or priced else None
         if best is not None and opened is not None and opened[1] < best_fill - 1e-9:
             best = None  # priced: a new slot costs less than the share this one would take
         if best is not None:
             best.reps.append(rep)
             agg[id(best)].add(problem.item(rep, best.type), rep)
+            pools_of[rep.model.name].append(best.type.pool.name)
             continue
         if opened is None:
             raise NoRoom(rep)
         choice = opened[0]
+        pools_of[rep.model.name].append(choice.pool.name)
         new = Slot(choice, [rep])
         slots.append(new)
         agg[id(new)] = _Agg.of(problem, new)
@@ -147,14 +157,31 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     return slots
 
 
+def _lone_pool(problem: Problem, rep: Rep, placed: list[str], types: list[SlotType]) -> str | None:
+    """The pool the last replica of a ``min_replicas >= 2`` model must avoid: the one-node pool
+    that holds every other replica, where another pool's slot holds it alone. One set of rules
+    for the greedy baseline and the plan (issue 14): the plan's stages never take a packing that
+    puts every replica on one node of a one-node pool (``solve._spread_kept``)."""
+    if rep.model.min_replicas < 2 or len(placed) != rep.count - 1 or len(set(placed)) != 1:
+        return None
+    pool = placed[0]
+    if problem.fleet.pool(pool).max_nodes != 1:
+        return None
+    if not any(st.pool.name != pool and problem.fits_alone(rep, st) for st in types):
+        return None
+    return pool
+
+
 def _best_slot(problem: Problem, rep: Rep, slots: list[Slot], agg: dict[int, "_Agg"], gpu_of: dict[int, object],
-               priced: bool) -> tuple[Slot | None, float]:
+               priced: bool, avoid: str | None = None) -> tuple[Slot | None, float]:
     """The open slot ``rep`` fits into that it makes least fuller (priced: at the slot's price),
-    and that score; (None, inf) when it fits none."""
+    and that score, outside pool ``avoid``; (None, inf) when it fits none."""
     u = problem.u
     best, best_fill = None, math.inf
     name, kind, mem = rep.model.name, rep.model.kind, rep.model.memory_gb
     for sl in slots:
+        if sl.type.pool.name == avoid:
+            continue
         a = agg[id(sl)]
         if name in a.names or a.mem + mem > sl.type.memory_gb + 1e-9 or not allowed(rep, sl.type):
             continue
@@ -178,11 +205,13 @@ def _best_slot(problem: Problem, rep: Rep, slots: list[Slot], agg: dict[int, "_A
 
 
 def _cheapest_new(problem: Problem, rep: Rep, types: list[SlotType], implied: dict[str, float],
-                  reserved: dict[str, int]) -> tuple[SlotType, float] | None:
+                  reserved: dict[str, int], avoid: str | None = None) -> tuple[SlotType, float] | None:
     """The slot type where a new slot for ``rep`` costs least (for the share it takes), among
-    pools with room left, and that cost; None when every pool is full."""
+    pools with room left other than ``avoid``, and that cost; None when every pool is full."""
     choice, choice_cost = None, math.inf
     for st in types:
+        if st.pool.name == avoid:
+            continue
         limit = st.pool.max_gpus - reserved.get(st.pool.name, 0)
         add = 1.0 if st.profile == WHOLE else st.compute_fraction
         if implied[st.pool.name] + add > limit + 1e-9:

@@ -151,6 +151,25 @@ def test_the_greedy_keeps_a_last_replica_off_the_one_node_pool_holding_the_other
     assert pools() == ["one", "one"]
 
 
+def test_a_plan_keeps_the_spread_rule_from_its_first_packing_and_says_what_it_costs():
+    """x (min_replicas 2) on a one-node pool and a dearer one: the greedy spreads it, the starts'
+    consolidation used to undo that (1.6/h, both on the one node), and every later stage keeps
+    the rule. The plan is 2.4/h, optimal over the plans that keep it, and names the 0.80/h."""
+    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
+    doc = {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
+                                      dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
+           "models": [{"name": n, "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
+                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
+                       "max_batch": 8, "min_replicas": k} for n, k in [("x", 2), ("y", 1), ("z", 1)]]}
+    from packer.planner import plan_fleet
+
+    plan = plan_fleet(parse_fleet(doc))
+    assert plan.cost_per_hour == pytest.approx(2.4) and plan.status == "optimal"
+    assert "spread rule" in plan.bound_method
+    assert not [w for w in plan.warnings if "fewer than min_replicas" in w]
+    assert any("0.80/h cheaper" in w for w in plan.warnings)
+
+
 def test_a_window_never_buys_its_saving_with_replicas_on_one_node(monkeypatch: pytest.MonkeyPatch):
     """The one spread rule (``solve._spread_kept``) holds in the LNS windows too: x (min_replicas 2)
     has a replica on the one-node pool and one on the dearer pool; the only cheaper packing puts

@@ -144,6 +144,8 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
                 names[id(best[1])].add(r.model.name)
                 placed.append((best[0], r, best[1]))
                 filled.add(id(best[0]))
+            if ok and _lost_spread(problem, gpus, g, placed):
+                ok = False  # the one spread rule (_spread_kept): emptying g would take it
             if ok:
                 gpus.remove(g)
                 for sid in filled:
@@ -159,6 +161,20 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
             stuck.add(id(g))
     del keep
     return gpus
+
+
+def _lost_spread(problem: Problem, gpus: list[Gpu], emptied: Gpu, placed: list) -> bool:
+    """Whether moving ``placed`` ((slot, replica, GPU) each) off ``emptied`` leaves every replica of
+    a ``min_replicas >= 2`` model on one pool of one node, where one of them was elsewhere: the
+    spread rule (:func:`_spread_kept`) in consolidation, which took it (a start at 1.6/h with both
+    replicas on a one-node pool, where the greedy packing had spread them at 2.4/h)."""
+    for _, r, h in placed:
+        m = r.model
+        if m.min_replicas < 2 or h.pool.max_nodes != 1 or emptied.pool.name == h.pool.name:
+            continue
+        if {x.pool.name for x in gpus if x is not emptied and m.name in x.models()} == {h.pool.name}:
+            return True
+    return False
 
 
 STARTS_SHARE = 0.4

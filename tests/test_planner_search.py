@@ -123,18 +123,24 @@ def test_swaps_spread_replicas_the_node_filling_left_together():
     assert assign_nodes(problem, gpus) == []
 
 
+def _apart_fleet(min_replicas: dict[str, int]) -> dict:
+    """A one-node pool of two L4s at 0.8/h and a dearer pool of one-GPU nodes (1.6/h), and small
+    streaming models with these ``min_replicas``: the spread rule's smallest case."""
+    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
+    return {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
+                                       dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
+            "models": [{"name": n, "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
+                        "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
+                        "max_batch": 8, "min_replicas": k} for n, k in min_replicas.items()]}
+
+
 def test_the_greedy_keeps_a_last_replica_off_the_one_node_pool_holding_the_others(monkeypatch: pytest.MonkeyPatch):
     """The greedy baseline obeys the plan's spread rule (issue 14: one set of rules): x's second
     replica goes to the dearer pool, not beside the first on the one-node pool, where another
     pool holds it; where none does, the spread gives way rather than the fleet."""
     from packer.planner import greedy
 
-    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
-    doc = {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
-                                      dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
-           "models": [{"name": "x", "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
-                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
-                       "max_batch": 8, "min_replicas": 2}]}
+    doc = _apart_fleet({"x": 2})
     problem = Problem(parse_fleet(doc), PlanSettings())
 
     def pools() -> list[str]:
@@ -155,12 +161,7 @@ def test_a_plan_keeps_the_spread_rule_from_its_first_packing_and_says_what_it_co
     """x (min_replicas 2) on a one-node pool and a dearer one: the greedy spreads it, the starts'
     consolidation used to undo that (1.6/h, both on the one node), and every later stage keeps
     the rule. The plan is 2.4/h, optimal over the plans that keep it, and names the 0.80/h."""
-    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
-    doc = {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
-                                      dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
-           "models": [{"name": n, "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
-                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
-                       "max_batch": 8, "min_replicas": k} for n, k in [("x", 2), ("y", 1), ("z", 1)]]}
+    doc = _apart_fleet({"x": 2, "y": 1, "z": 1})
     from packer.planner import plan_fleet
 
     plan = plan_fleet(parse_fleet(doc))
@@ -179,12 +180,7 @@ def test_a_window_never_buys_its_saving_with_replicas_on_one_node(monkeypatch: p
     from packer.planner import solve
     from packer.planner.assemble import assign_nodes
 
-    pool = {"gpu": "l4-24gb", "sharing": ["time-slicing"]}
-    doc = {"name": "apart", "pools": [dict(pool, name="one", gpus_per_node=2, max_nodes=1, cost_per_gpu_hour=0.8),
-                                      dict(pool, name="many", gpus_per_node=1, max_nodes=4, cost_per_gpu_hour=1.6)],
-           "models": [{"name": n, "kind": "streaming", "memory_gb": 1, "traffic": {"rps": 1, "peak_rps": 2},
-                       "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
-                       "max_batch": 8, "min_replicas": k} for n, k in [("x", 2), ("y", 1), ("z", 1)]]}
+    doc = _apart_fleet({"x": 2, "y": 1, "z": 1})
     problem = Problem(parse_fleet(doc), PlanSettings())
     m = problem.fleet.model
     one, many = problem.types["one"][0], problem.types["many"][0]

@@ -168,13 +168,10 @@ def _lost_spread(problem: Problem, gpus: list[Gpu], emptied: Gpu, placed: list) 
     a ``min_replicas >= 2`` model on one pool of one node, where one of them was elsewhere: the
     spread rule (:func:`_spread_kept`) in consolidation, which took it (a start at 1.6/h with both
     replicas on a one-node pool, where the greedy packing had spread them at 2.4/h)."""
-    for _, r, h in placed:
-        m = r.model
-        if m.min_replicas < 2 or h.pool.max_nodes != 1 or emptied.pool.name == h.pool.name:
-            continue
-        if {x.pool.name for x in gpus if x is not emptied and m.name in x.models()} == {h.pool.name}:
-            return True
-    return False
+    if not any(r.model.min_replicas >= 2 and h.pool.max_nodes == 1 for _, r, h in placed):
+        return False  # the rule cannot bind: no need to look at every GPU
+    # ``gpus`` still holds ``emptied`` with its replicas, so it counts as the packing before.
+    return len(_one_node(problem, [x for x in gpus if x is not emptied])) > len(_one_node(problem, gpus))
 
 
 STARTS_SHARE = 0.4
@@ -472,9 +469,9 @@ SPREAD_RULE = "the spread rule"
 plan obeys it, else takes the bound over every plan."""
 
 
-def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu] | int) -> bool:
-    """Whether ``new`` leaves no more ``min_replicas >= 2`` models unspreadable than ``old`` (a
-    packing, or its count): every replica on one pool of one node (:func:`_one_node`), where no
+def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu]) -> bool:
+    """Whether ``new`` leaves no more ``min_replicas >= 2`` models unspreadable than ``old``:
+    every replica on one pool of one node (:func:`_one_node`), where no
     placement of GPUs on nodes can spread them. The planner's one spread rule for every stage that
     replaces a packing (the windows, the whole model, the pattern LP's packings, the exact
     searches), as ``colplan._master(apart=True)`` is the exact master's: the search models spread
@@ -486,7 +483,7 @@ def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu] | int) -> bool
     refused a dive's 136.60/h for 155.81/h. A packing refused is remembered where it is the
     cheapest so far (``Problem.unspread``): the plan says what the spread costs."""
     found = _one_node(problem, new)
-    if len(found) <= (old if isinstance(old, int) else len(_one_node(problem, old))):
+    if len(found) <= len(_one_node(problem, old)):
         return True
     _refused(problem, new, found)
     return False
@@ -1195,21 +1192,24 @@ def _from_every_group(problem: Problem, gpus: list[Gpu], reserved: dict[str, int
                                                             f"({exact.columns}){kind}"), floor)
         else:
             left = "" if exact.kept >= exact.columns else f"; {exact.kept} left by reduced-cost fixing"
-            found = (exact.bound + floor,
-                     f"integer master over every group the slot maths admits ({exact.columns}{left}; HiGHS "
-                     + ("optimum" if exact.proven else f"best bound after {EXACT_NODES} nodes") + ")" + kind)
+            found = (exact.bound + floor, _master_words(f"{exact.columns}{left}", exact.proven) + kind)
         if found[0] > bound[0] + 1e-6:
             bound = found
     proven = exact.proven
     if exact.apart_bound is not None and exact.apart_bound > bound[0] + 1e-6 and not _one_node(problem, gpus):
         # The packing keeps every min_replicas >= 2 model off the one-node pools, and no later stage
         # takes one that does not (_spread_kept): the plans it can end at are the master's.
-        bound = (exact.apart_bound, f"integer master over every group the slot maths admits ({exact.columns}; HiGHS "
-                 + ("optimum" if exact.apart_proven else f"best bound after {EXACT_NODES} nodes")
-                 + f"), over the plans that keep a replica of every min_replicas >= 2 model off each pool of one "
+        bound = (exact.apart_bound, _master_words(str(exact.columns), exact.apart_proven)
+                 + f", over the plans that keep a replica of every min_replicas >= 2 model off each pool of one "
                  f"node ({SPREAD_RULE}), at the replica counts the planner offers, one replica of a model per MIG GPU")
         proven = exact.apart_proven
     return gpus, bound, proven
+
+
+def _master_words(columns: str, proven: bool) -> str:
+    """How a bound from the integer master over every group names itself."""
+    return (f"integer master over every group the slot maths admits ({columns}; HiGHS "
+            + ("optimum" if proven else f"best bound after {EXACT_NODES} nodes") + ")")
 
 
 def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budget) -> tuple[float, str]:

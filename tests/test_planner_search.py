@@ -269,6 +269,40 @@ def test_a_start_that_runs_out_of_gpus_does_not_sink_the_fleet():
     assert placed == sorted((r.model.name, r.index) for r in reps)
 
 
+def test_the_sequential_fill_packs_every_replica_validly_and_beats_the_dive_where_the_lp_is_fractional() -> None:
+    """family-2-mixed-35 (H100 and L4 pools): its pattern LP converges in a fraction of a second
+    and spreads models over many columns, so the dive's rounded-up columns duplicate replicas
+    (285.72/h); filling one slot at a time by the duals packs 243.20/h. The packing must hold every
+    replica of one count per model, once, one replica of a model per GPU, in slots the slot maths
+    admits, within the pools."""
+    from bench.family import family_fleet
+    from packer.planner import colplan
+    from packer.planner.patterns import pattern_bound
+    from packer.slot import feasible
+
+    problem = Problem(parse_fleet(family_fleet(2, max_models=120, min_models=30)), PlanSettings())
+    found = pattern_bound(problem, 20.0)
+    assert found is not None and found.converged and found.patterns is not None
+    pat = found.patterns
+    gpus = colplan.sequential(problem, pat, {}, 3.0, float("inf"))
+    assert gpus is not None
+    placed: dict[str, list[Rep]] = {}
+    for g in gpus:
+        assert len(g.models()) == sum(len(sl.reps) for sl in g.slots)  # one replica of a model per GPU
+        for sl in g.slots:
+            assert feasible([problem.item(r, sl.type) for r in sl.reps], sl.type.memory_gb, problem.u)
+            for r in sl.reps:
+                placed.setdefault(r.model.name, []).append(r)
+    assert set(placed) == {m.name for m in problem.shared_models}
+    for name, reps in placed.items():
+        assert sorted(r.index for r in reps) == list(range(reps[0].count))
+    for pool, n in gpu_counts(problem, gpus).items():
+        assert n <= problem.fleet.pool(pool).max_gpus
+    dive = colplan.dive(problem, pat, {}, 3.0, float("inf"))
+    assert dive is not None
+    assert cost_of(problem, gpu_counts(problem, gpus)) < 0.9 * cost_of(problem, gpu_counts(problem, dive))
+
+
 def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_packing(monkeypatch) -> None:
     """Past ``DIVE_COLUMNS`` a dive keeps the columns of least reduced cost and each replica's two
     best: every replica class is still in two kept columns (or all of its own), and the packing

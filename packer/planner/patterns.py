@@ -228,6 +228,8 @@ class Patterns:
         machine as on an idle one, and the plan built from them is the same for a seed."""
         self.duals: tuple[np.ndarray, dict[str, float]] | None = None
         """The restricted LP's last duals (``mu``, ``pi``): which columns a dive keeps."""
+        self.shares: np.ndarray | None = None
+        """The restricted LP's last ``y[m, n]``, per replica class: the counts the LP leans to."""
         self.grid = COARSE_GRID if self.cell_work() > COARSE_WORK else 0.0
         """Width of the pricing's cells while it prices coarse (``COARSE_GRID``); 0 once it prices
         on the fine cells."""
@@ -725,7 +727,8 @@ class _Master:
         # Each model runs at one of its counts (an artificial, dear variable keeps the LP feasible
         # while the columns cannot yet hold everything within the pools' sizes).
         self.cover = [solver.Constraint(0.0, inf, f"cover[{k}]") for k in range(len(pat.reps))]
-        y_of: dict[int, object] = {}
+        self.y_of: dict[int, object] = {}  # y[m, n] per replica class
+        y_of = self.y_of
         for name in pat.models:
             row = solver.Constraint(1.0, inf, f"one[{name}]")
             art = solver.NumVar(0.0, inf, f"art[{name}]")
@@ -778,6 +781,7 @@ class _Master:
         self.iterations += self.solver.iterations()
         mu = np.array([max(0.0, c.dual_value()) for c in self.cover]
                       + [max(0.0, -r.dual_value()) for r in self.floor_rows])
+        self.pat.shares = np.array([self.y_of[k].solution_value() for k in range(len(self.pat.reps))])
         return self.obj.Value(), mu, {key: max(0.0, row.dual_value()) for key, row in self.slot_row.items()}
 
 

@@ -8,10 +8,11 @@ it sees every model's replica count and every group at once. The result is dealt
 fits the pools and is cheaper than the incumbent.
 
 Three ways to whole numbers: :func:`sequential` (fill one slot at a time with the group the duals
-value most per dollar among the replicas left: tenths of a second), :func:`dive` (fix what the LP
-makes whole, then its most-used fractional column, and solve again: a second or two) and
-:func:`integer_master` (a MIP over all the columns: it can prove, but on 200 models and 3000
-columns it rarely finds a packing in seconds). The planner runs all three and keeps the cheapest.
+value most per dollar among the replicas left: about a second on 300 models), :func:`dive` (fix
+what the LP makes whole, then its most-used fractional column, and solve again: a second or two)
+and :func:`integer_master` (a MIP over all the columns: it can prove, but on 200 models and 3000
+columns it rarely finds a packing in seconds). The planner (``solve._from_patterns``) runs the
+fill past 60 shared models, the dives, and the master up to 1,500 columns, and keeps the cheapest.
 """
 
 from __future__ import annotations
@@ -70,11 +71,14 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     mu = np.maximum(pat.duals[0][:len(pat.reps)], 1e-4)
     types = {key: ti.st for key, ti in pat.types.items()}
     rng = np.random.default_rng(problem.settings.seed)
-    cap, end = pat.work + SEQUENTIAL_SHARE * time_limit, time.monotonic() + DIVE_GUARD * SEQUENTIAL_SHARE * time_limit
+    cap = pat.work + SEQUENTIAL_SHARE * time_limit
+    end = time.monotonic() + DIVE_GUARD * SEQUENTIAL_SHARE * time_limit
     best, best_cost, noise = None, math.inf, 0.0
     while pat.work < cap and time.monotonic() < end:
         values = mu * (1.0 + noise * rng.random(mu.size))
         columns = _fill_by_value(problem, pat, counts, values, types, reserved, cap, end)
+        if columns is _OUT_OF_TIME:
+            break  # a later pass, with less of the share left, would stop sooner still
         gpus = None if columns is None else _deal(problem, pat, [1] * len(columns), counts, reserved, columns)
         if gpus is not None and (cost := cost_of(problem, gpu_counts(problem, gpus))) < best_cost - 1e-9:
             best, best_cost = gpus, cost
@@ -82,19 +86,28 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     return best
 
 
+_OUT_OF_TIME: list = []
+"""What :func:`_fill_by_value` returns where its share runs out (None: it is stuck, a pool full
+before every replica has a slot, which a pass at other values may not be)."""
+
+
 def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], values: np.ndarray,
                    types: dict, reserved: dict[str, int], cap: float, end: float) -> list[tuple[str, tuple[int, ...]]] | None:
     """Groups (slot type key, replica classes), one a slot, until every replica of ``counts`` has
     one: each the best group per dollar of slot at ``values`` among the models not yet placed in
     full, on slot types whose pool has room left (MIG slots counted by their share of the GPU,
-    checked whole when dealt) and, on a spot pool, only replicas its floor leaves room for. None
-    where the counted work passes ``cap`` (or the clock ``end``) first, or where, a twentieth of
-    the replicas placed, the pass's work so far says it would: generated-2000's passes (over a
+    checked whole when dealt) and, on a spot pool, only replicas that pool's floor row leaves room
+    for (per pool, as the dive's master: with two spot pools the dealing may still refuse). None
+    where no slot type with room holds a group of what is left; ``_OUT_OF_TIME`` where the
+    counted work passes ``cap`` (or the clock ``end``) first, or where, a twentieth of the
+    replicas placed after the first step (which builds every slot type's cells), the work per
+    replica since says it would: generated-2000's passes (over a
     thousand slots, 2,000 items a slot type) never finished within the share and spent 10 s each.
 
     A slot type's best group stays its best while none of its members runs out (placing replicas
-    only takes groups away), so only the types whose group did are searched again: a step is one
-    search, not one per slot type."""
+    only takes groups away), so a step searches again only the types whose group lost a member,
+    and those that had none (a search stops at its node limit, and with fewer items may find one),
+    not every slot type."""
     left = np.zeros(len(pat.reps), dtype=int)
     for k, (name, n) in enumerate(pat.reps):
         if counts.get(name) == n:
@@ -107,11 +120,16 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
     share = {key: slot_price(st) / st.pool.cost_per_gpu_hour for key, st in types.items()}
     done: set[int] = set()  # models placed in full (``Patterns.model_index``)
     columns = []
-    start, total = pat.work, int(left.sum())
+    total = int(left.sum())
+    base: tuple[float, float] | None = None  # work and share placed after the first step, which builds every cell
     while left.any():
         placed = 1.0 - left.sum() / total
-        if pat.work > cap or time.monotonic() > end or (placed >= 0.05 and start + (pat.work - start) / placed > cap):
-            return None
+        if base is None and columns:
+            base = (pat.work, placed)
+        if pat.work > cap or time.monotonic() > end or (
+                base is not None and placed - base[1] >= 0.05
+                and pat.work + (pat.work - base[0]) / (placed - base[1]) * (1.0 - placed) > cap):
+            return _OUT_OF_TIME
         for key, st in types.items():
             if key in best_of or room[st.pool.name] < share[key] - 1e-9:
                 continue

@@ -46,9 +46,9 @@ def auto_time_limit(fleet: Fleet) -> float:
     150-250 models (long-tail: 6 s leaves it short, 57.3/h against 49.0/h), hence more time there
     than the 8.5 s before it; issue 14 allows 30 s up to 500 models. The budget counts
     deterministic seconds, which run ahead of this project's 2-core machine: at 30, the largest
-    family fleets took 17-23 s (family-100007-mixed-401: 23.1 s), and column generation converged
+    family fleets took 17-23 s (family-100007-mixed-401: 23.3 s), and column generation converged
     where at the 22 s cap it did not (family-700023-mixed-299's gap 22.0 -> 6.9 %,
-    family-0-long-tail-194's 8.1 -> 1.5 %).
+    family-600025-long-tail-326's 11.4 -> 8.8 %).
 
     Up to 60 models 45% goes to improving the plan and 45% to the lower bound; above, 30% and 60%
     (``_budget``: the pattern LP's columns give the bound and the packing). Baselines take the
@@ -1002,7 +1002,8 @@ class _Budget:
     deadline: float
     """Wall clock: it bounds the greedy starts."""
     master_s: float = 0.0
-    """The pattern LP's dive and integer master (``_from_patterns``), taken from ``search_s``: set
+    """The pattern LP's dive and integer master (``_from_patterns``), taken from ``search_s``; the
+    sequential fill takes up to ``colplan.SEQUENTIAL_SHARE`` of it besides (not charged): set
     from the search's share before the greedy stage is charged (:func:`_charge_greedy`), since a
     dive ends only when all is whole and the clock (``colplan.DIVE_GUARD`` times this) is just its
     guard; cut with the

@@ -112,13 +112,16 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
     for k, (name, n) in enumerate(pat.reps):
         if counts.get(name) == n:
             left[k] = n
+    owner = [pat.model_index[name] for name, _ in pat.reps]  # each replica class's model
     v = np.where(left > 0, values, 0.0)
     cells: dict[str, list] = {}  # per slot type, its cell problems at ``v``: upper bounds still as replicas go
     best_of: dict[str, tuple[float, tuple[int, ...]] | None] = {}  # per slot type, its best group now
     on_spot: dict[tuple[int, str], int] = defaultdict(int)
     room = {p.name: float(p.max_gpus - reserved.get(p.name, 0)) for p in problem.fleet.pools}
-    share = {key: slot_price(st) / st.pool.cost_per_gpu_hour for key, st in types.items()}
-    done: set[int] = set()  # models placed in full (``Patterns.model_index``)
+    price = {key: slot_price(st) for key, st in types.items()}
+    share = {key: price[key] / st.pool.cost_per_gpu_hour for key, st in types.items()}
+    done: set[int] = set()  # models placed in full
+    full_on: dict[str, set[int]] = defaultdict(set)  # per spot pool, models at their floor row's most there
     columns = []
     total = int(left.sum())
     base: tuple[float, float] | None = None  # work and share placed after the first step, which builds every cell
@@ -133,12 +136,10 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
         for key, st in types.items():
             if key in best_of or room[st.pool.name] < share[key] - 1e-9:
                 continue
-            full = [pat.model_index[pat.reps[k][0]] for k, pool, most in pat.floor_rows
-                    if pool == st.pool.name and on_spot[k, pool] >= most]
-            skip = sorted(done | set(full))
+            skip = sorted(done | full_on[st.pool.name])
             found, cells[key] = pat.search(key, v, max_cols=1, node_limit=SEQUENTIAL_NODES, cells=cells.get(key),
                                            skip=np.array(skip, dtype=int) if skip else None)
-            best_of[key] = (float(v[list(found[-1])].sum()) / slot_price(st), found[-1]) if found else None
+            best_of[key] = (float(v[list(found[-1])].sum()) / price[key], found[-1]) if found else None
         open_ = [(got[0], key) for key, got in best_of.items()
                  if got is not None and room[types[key].pool.name] >= share[key] - 1e-9]
         if not open_:
@@ -147,19 +148,20 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
         group = best_of[key][1]
         pool = types[key].pool.name
         room[pool] -= share[key]
-        gone = set()
+        gone = set()  # models whose groups are no longer open: placed in full, or at a spot floor row's most
         for k in group:
             left[k] -= 1
             if left[k] == 0:
-                gone.add(pat.model_index[pat.reps[k][0]])
+                done.add(owner[k])
+                gone.add(owner[k])
             if (k, pool) in pat._floor_index:
                 on_spot[k, pool] += 1
                 if on_spot[k, pool] >= pat.floor_rows[pat._floor_index[k, pool]][2]:
-                    gone.add(pat.model_index[pat.reps[k][0]])  # on this pool only; searched again
-        done |= {pat.model_index[pat.reps[k][0]] for k in group if left[k] == 0}
+                    full_on[pool].add(owner[k])
+                    gone.add(owner[k])  # on this pool only; its groups elsewhere are searched again
         columns.append((key, group))
         for other, got in list(best_of.items()):
-            if got is None or any(pat.model_index[pat.reps[k][0]] in gone for k in got[1]):
+            if got is None or any(owner[k] in gone for k in got[1]):
                 del best_of[other]
     return columns
 

@@ -220,3 +220,41 @@ def test_resumed_column_generation_raises_a_converged_bound_and_stays_below_its_
     assert again.value <= again.lp + 1e-6 and again.value <= cost + 1e-6
     # Nothing left to resume with: the bound is returned as it was.
     assert patterns.refine(found, 0.0, float("inf")) is found
+
+
+def test_a_restricted_lp_that_glop_gives_up_on_is_solved_again_built_anew(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GLOP warm-starts each round from the last basis, which can go singular as columns arrive:
+    family-900003-mixed-346 stopped at round 133 as ABNORMAL after 0 iterations, and column
+    generation ended there (bound 191.6/h, where the converged LP gives 204.7/h). The master is
+    then built anew, and the run goes on as if nothing happened."""
+    fleet = parse_fleet(family_fleet(7, max_models=14, min_models=5, shape="multilingual"))
+    clean = pattern_bound(Problem(fleet, PlanSettings()), 5.0, 8.8)
+    assert clean.converged and clean.rounds >= 2
+
+    class Balky:
+        """The master's solver, answering ABNORMAL once, at the second solve."""
+
+        calls = 0
+
+        def __init__(self, solver) -> None:
+            self._solver = solver
+
+        def __getattr__(self, name: str):
+            return getattr(self._solver, name)
+
+        def Solve(self) -> int:  # noqa: N802 - pywraplp's name
+            Balky.calls += 1
+            if Balky.calls == 2:
+                return patterns.pywraplp.Solver.ABNORMAL
+            return self._solver.Solve()
+
+    build = patterns._Master._build
+
+    def balky_build(self) -> None:
+        build(self)
+        self.solver = Balky(self.solver)
+
+    monkeypatch.setattr(patterns._Master, "_build", balky_build)
+    again = pattern_bound(Problem(fleet, PlanSettings()), 5.0, 8.8)
+    assert Balky.calls > 2 and again.converged
+    assert again.lp == pytest.approx(clean.lp, rel=1e-9) and again.value == pytest.approx(clean.value, rel=1e-9)

@@ -21,6 +21,7 @@ SLO. ``--json FILE`` records everything.
 
     python bench/truth.py                       # 3 slots x 3 levels x 2 runs of 20 s (~12 min)
     python bench/truth.py --slots 3 --runs 1 --seconds 10
+    python bench/truth.py --device gpu          # on a GPU machine: real kernels, KIND_GPU instances
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def simulate(plan, rates: dict[str, float], sent: dict[str, list[float]], fits: 
 
 
 def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, warmup_s: float,
-             wake: float) -> list[dict]:
+             wake: float, device: str = "cpu", server_log: str | None = None) -> list[dict]:
     import tritonclient.grpc as grpcclient
     from fidelity import fit_run_time
     from triton import _stats, batch_stats_delta, calibrate_overhead, send_open_loop
@@ -174,13 +175,14 @@ def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, wa
     streams = {m.name: m.traffic.streams for m in sub.models if m.traffic.streams}
     out = []
     with tempfile.TemporaryDirectory(prefix="packer-truth-") as tmp:
-        settings = TritonSettings(device="cpu", lock_dir=tmp)
+        settings = TritonSettings(device=device, lock_dir=tmp)
         repos = group_repositories(plan, p, settings)
         paths = [write_repository(r, Path(tmp) / r.kind) for r in repos]
         print(f"slot of {len(names)}: d = {p.duty_cycle_ms:.1f} ms, round share {p.compute_share:.0%}; "
               + ", ".join(f"{m.name} {m.rate_rps:.1f} rps b={m.batch_size} bound {m.p99_bound_ms:.0f} ms"
                           for m in p.models), flush=True)
-        with LocalTriton(paths, start_timeout_s=300) as server:
+        log = Path(f"{server_log}-{len(names)}.log") if server_log else None
+        with LocalTriton(paths, start_timeout_s=300, log_path=log) as server:
             over = calibrate_overhead(server, names, 20, 0.05, streams)
             overhead = {n: max(0.0, o["overhead_ms"]) for n, o in over.items()}
             client = grpcclient.InferenceServerClient(server.grpc_url)
@@ -239,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--missed-wake", type=float, default=0.0,
                     help="the simulator's missed-wake share: 0 for the rendered (prefetching) batchers; "
                          "0.45 was measured with a queue policy (bench/fidelity.py)")
+    ap.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
+                    help="gpu: KIND_GPU instances whose stand-ins run real matrix products on GPU 0 "
+                         "(needs PyTorch with CUDA in the server's Python)")
+    ap.add_argument("--server-log", metavar="PREFIX", help="keep each slot's server log as PREFIX-<members>.log")
     ap.add_argument("--json", help="write every row here")
     a = ap.parse_args(argv)
     rows = []
@@ -246,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for k in (int(x) for x in a.slots.split(",")):
         rows += run_slot(SLOTS[k], [float(x) for x in a.loads.split(",")], a.runs, a.seconds, a.warmup,
-                         a.missed_wake)
+                         a.missed_wake, a.device, a.server_log)
     over = [r for r in rows if r["p99_ms"] is not None and r["p99_ms"] > r["bound_ms"]]
     sims = [abs(r[k2] / r[k1] - 1) for r in rows for k1, k2 in (("p50_ms", "sim_p50_ms"), ("p99_ms", "sim_p99_ms"))
             if r[k1] and r[k2]]

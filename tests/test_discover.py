@@ -34,6 +34,17 @@ def test_recorded_a100_node_with_mig_becomes_a_pool_entry():
     assert out["mig"][1]["mig_enabled"] is False
 
 
+def test_recorded_h200_with_mig_off_becomes_a_pool_entry():
+    """What NVML said on a real machine (the device tool's H200, driver 580.159.04, 2026-12-04:
+    bench/device.sh): MIG-capable, MIG mode 0, no MIG devices."""
+    gpus = [NvmlGpu(index=0, name="NVIDIA H200", memory_total_bytes=150754820096, mig_mode=0, mig_devices=())]
+    out = to_pool(gpus)
+    assert out["pool"] == {"name": "local", "gpu": "h200-141gb", "gpus_per_node": 1, "max_nodes": 1,
+                           "cost_per_gpu_hour": 1.0, "sharing": ["mig", "time-slicing"]}
+    assert out["devices"] == [{"index": 0, "product": "NVIDIA H200", "memory_gb": 150.8, "type": "h200-141gb"}]
+    assert out["mig"] == [{"gpu": 0, "mig_enabled": False, "instances": []}] and out["unknown"] == []
+
+
 def test_l4_pool_has_no_mig():
     out = to_pool([NvmlGpu(0, "NVIDIA L4", 23 * GB, None)])
     assert out["pool"]["sharing"] == ["time-slicing"] and out["mig"] == []

@@ -12,10 +12,18 @@ slot's batches cannot. With a ``device_lock`` parameter (the writer sets one per
 instances) a batch holds an exclusive ``flock`` on that file while it runs, and its run time
 starts once it holds it: the stand-ins of a slot take turns on one emulated device whatever
 serves them (one server's rate limiter, or two servers that would contend on a real GPU).
+
+On a GPU instance (``KIND_GPU``, where PyTorch sees CUDA) the run time is real GPU work instead:
+bf16 matrix products on the instance's device, as many as fill the profile's time when the stand-in
+has the GPU to itself (timed at start-up), then a wait for them to finish. So a slot's members
+contend for the GPU as real models do: what else runs on it (another server, another process)
+stretches the batch, and the latencies measured are the device's, not a timer's. Without PyTorch
+or CUDA the stand-in sleeps as on a CPU, and says so in the server's log.
 """
 
 import fcntl
 import json
+import random
 import sys
 import time
 
@@ -43,6 +51,69 @@ def _tensor(name, array):
         return pb_utils.Tensor(name, array)
 
 
+def _log(level, message):
+    """The server's log where the stub offers its logger, else standard error."""
+    logger = getattr(pb_utils, "Logger", None)
+    if logger is not None:
+        getattr(logger, f"log_{level}")(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+class _GpuWork:
+    """Matrix products on one CUDA device, counted out to fill a given time."""
+
+    SIZE = 4096  # 137 GFLOP a product: about 0.2 ms on an H100-class GPU, fine-grained enough
+
+    def __init__(self, device_id):
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(f"cuda:{device_id}")
+        torch.cuda.set_device(self.device)
+        self.a = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=torch.bfloat16)
+        self.b = torch.randn(self.SIZE, self.SIZE, device=self.device, dtype=torch.bfloat16)
+        self.c = torch.empty_like(self.a)
+        for _ in range(20):  # clocks up, kernels chosen
+            torch.matmul(self.a, self.b, out=self.c)
+        torch.cuda.synchronize(self.device)
+        # The least of a few windows at random moments: a slot's instances start together, and one
+        # timed while the others warmed up measured a product 2-3 times too slow (0.36-0.51 ms
+        # against 0.18 on an H200), so its batches held the GPU a third of their time and slept.
+        windows = []
+        for _ in range(8):
+            time.sleep(random.uniform(0.0, 0.05))
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(25):
+                torch.matmul(self.a, self.b, out=self.c)
+            end.record()
+            torch.cuda.synchronize(self.device)
+            windows.append(start.elapsed_time(end) / 25)
+        self.product_ms = min(windows)
+
+    def run(self, ms):
+        """Products worth ``ms`` on an idle GPU, and the wait for them."""
+        for _ in range(int(ms / self.product_ms)):
+            self.torch.matmul(self.a, self.b, out=self.c)
+        self.torch.cuda.synchronize(self.device)
+
+
+def _gpu_work(args):
+    """A :class:`_GpuWork` for a GPU instance, or None (a CPU instance, or no PyTorch or CUDA)."""
+    if args.get("model_instance_kind") != "GPU":
+        return None
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RuntimeError("CUDA is not available to PyTorch")
+        return _GpuWork(int(args.get("model_instance_device_id", "0")))
+    except Exception as e:  # noqa: BLE001 - any failure means: sleep, and say why
+        _log("warn", f"stand-in {args.get('model_name')}: no GPU work ({e}); its batches sleep")
+        return None
+
+
 class TritonPythonModel:
     def initialize(self, args):
         cfg = json.loads(args["model_config"])
@@ -55,6 +126,10 @@ class TritonPythonModel:
         self.state = {}  # corrid -> [sum, count, last_seen]
         lock = p.get("device_lock")
         self.lock = open(lock, "a+") if lock else None
+        self.gpu = _gpu_work(args)
+        if self.gpu is not None:
+            _log("info", f"stand-in {args.get('model_name')}: GPU work on {self.gpu.device}, "
+                                     f"{self.gpu.product_ms:.3f} ms a product")
 
     def execute(self, requests):
         if self.lock is None:
@@ -87,6 +162,8 @@ class TritonPythonModel:
             # Triton does not tell the model when it drops an idle sequence; forget it ourselves.
             for k in [k for k, s in self.state.items() if now - s[2] > self.idle_s]:
                 del self.state[k]
+        if self.gpu is not None:
+            self.gpu.run((until - time.perf_counter()) * 1000.0)
         left = until - time.perf_counter()
         if left > 0:
             time.sleep(left)

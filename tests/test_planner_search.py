@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import time
 
 import pytest
@@ -301,6 +303,38 @@ def test_the_sequential_fill_packs_every_replica_validly_and_beats_the_dive_wher
     dive = colplan.dive(problem, pat, {}, 3.0, float("inf"))
     assert dive is not None
     assert cost_of(problem, gpu_counts(problem, gpus)) < 0.9 * cost_of(problem, gpu_counts(problem, dive))
+
+
+def test_the_fill_finishes_its_first_pass_where_its_share_is_for_the_passes_after(monkeypatch) -> None:
+    """The fill's later passes only perturb the first; the first is the packing. Given a share
+    too small for one pass (30 % of the time, where a pass takes 50 %), the fill still packs every
+    replica, with the whole time as its first pass's limit (``FIRST_PASS_SHARE``); with the
+    share as that limit too, as before, it returns nothing."""
+    import numpy as np
+
+    from bench.family import family_fleet
+    from packer.planner import colplan
+    from packer.planner.patterns import pattern_bound
+
+    problem = Problem(parse_fleet(family_fleet(2, max_models=120, min_models=30)), PlanSettings())
+
+    def columns():
+        found = pattern_bound(problem, 20.0)
+        assert found is not None and found.converged and found.patterns is not None
+        return found.patterns
+
+    pat = columns()
+    counts = {name: pat.reps[max(ks, key=lambda k: pat.shares[k])][1] for name, ks in pat.model_reps.items()}
+    types = {key: ti.st for key, ti in pat.types.items()}
+    before = pat.work
+    one = colplan._fill_by_value(problem, pat, counts, np.maximum(pat.duals[0][:len(pat.reps)], 1e-4), types, {},
+                                 math.inf, math.inf)
+    assert one and one is not colplan._OUT_OF_TIME
+    per_pass = pat.work - before
+    limit = per_pass / (2 * colplan.SEQUENTIAL_SHARE)
+    assert colplan.sequential(problem, columns(), {}, limit, math.inf) is not None
+    monkeypatch.setattr(colplan, "FIRST_PASS_SHARE", colplan.SEQUENTIAL_SHARE)
+    assert colplan.sequential(problem, columns(), {}, limit, math.inf) is None
 
 
 def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_packing(monkeypatch) -> None:

@@ -258,3 +258,25 @@ def test_a_restricted_lp_that_glop_gives_up_on_is_solved_again_built_anew(monkey
     again = pattern_bound(Problem(fleet, PlanSettings()), 5.0, 8.8)
     assert Balky.calls > 2 and again.converged
     assert again.lp == pytest.approx(clean.lp, rel=1e-9) and again.value == pytest.approx(clean.value, rel=1e-9)
+
+
+def test_the_bound_evaluations_during_column_generation_take_at_most_their_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An evaluation of the Lagrangian bound can cost as much as dozens of pricing rounds
+    (family-900003-mixed-346: 2.3 of 17.5 counted seconds, 7.5 in all), so together they take at
+    most ``EVAL_SHARE`` of the time, and the last one, after the search, is always made. Here each
+    costs 30 % of the time: one is made during the search (two without the cap)."""
+    fleet = parse_fleet(family_fleet(0, max_models=150, shape="long-tail"))
+    limit = 2.0
+    during: list[float] = []
+    lagrangian = Patterns.lagrangian
+
+    def dear(self, mu, upper, *args, **kwargs):
+        if kwargs.get("cells") == patterns.EXACT_CELLS:  # during the search (the last one is finer)
+            during.append(self.work)
+            self.work += 0.3 * limit
+        return lagrangian(self, mu, upper, *args, **kwargs)
+
+    monkeypatch.setattr(Patterns, "lagrangian", dear)
+    found = pattern_bound(Problem(fleet, PlanSettings()), limit)
+    assert found is not None and not found.converged and found.value > 0
+    assert len(during) == 1

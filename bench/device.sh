@@ -27,6 +27,6 @@ print(json.dumps({"nvml": [dataclasses.asdict(g) for g in gpus], "pool": to_pool
 PY
 cat "$OUT/nvml.json"
 timeout "${TRUTH_S:-330}" python3 bench/truth.py --device gpu --slots "${SLOTS:-3,5}" --loads "${LOADS:-0.5,0.9}" \
-    --runs 1 --seconds "${SECONDS_PER_RUN:-15}" --json "$OUT/truth-gpu.json" --server-log "$OUT/server" 2>&1 \
+    --runs "${RUNS:-1}" --seconds "${SECONDS_PER_RUN:-15}" --json "$OUT/truth-gpu.json" --server-log "$OUT/server" 2>&1 \
     | tee "$OUT/truth-gpu.txt"
 grep -h "stand-in" "$OUT"/server-*.log | head -20

@@ -257,8 +257,10 @@ def main(argv: list[str] | None = None) -> int:
     sims = [abs(r[k2] / r[k1] - 1) for r in rows for k1, k2 in (("p50_ms", "sim_p50_ms"), ("p99_ms", "sim_p99_ms"))
             if r[k1] and r[k2]]
     at90 = [r["within_slo"] for r in rows if r["load"] >= 0.9]
-    print(f"\nreal p99 over its bound: {len(over)} of {len(rows)} member-runs"
-          + (f" (worst {max(r['p99_ms'] / r['bound_ms'] for r in over):.2f}x)" if over else ""))
+    measured = [r for r in rows if r["p99_ms"] is not None]
+    print(f"\nreal p99 over its bound: {len(over)} of {len(measured)} member-runs"
+          + (f" (worst {max(r['p99_ms'] / r['bound_ms'] for r in over):.2f}x)" if over else "")
+          + (f"; {len(rows) - len(measured)} drew no request after the warm-up" if len(measured) < len(rows) else ""))
     print(f"simulator vs real, p50 and p99: median error {np.median(sims):.1%}, worst {max(sims):.1%}, "
           f"{sum(1 for s in sims if s <= 0.10)} of {len(sims)} within 10 %")
     if at90:

@@ -480,3 +480,42 @@ def test_the_greedy_stage_past_its_share_comes_off_the_search_then_the_bound():
     large.packing_work = 1000.0
     _charge_greedy(large, b)
     assert b.search_s == pytest.approx(0.5 * search_s) and b.bound_s == pytest.approx(0.5 * bound_s)
+
+
+def test_nodes_spread_a_model_that_single_gpu_swaps_cannot_where_multi_gpu_replicas_fill_the_nodes() -> None:
+    """Three 4-GPU nodes: 3-, 3- and 2-GPU replicas, and two single GPUs of a ``min_replicas: 2``
+    model, both on the node of the 2-GPU replica. No swap of equal widths spreads them (the other
+    nodes hold only 3-GPU replicas), and the plan said to raise max_nodes (family-900030-llm-40);
+    dealing the GPUs to the nodes anew puts one beside a 3-GPU replica."""
+    from packer.planner.assemble import _spread_by_swaps, _spread_exactly, _spread_warnings
+
+    doc = {"name": "spread", "pools": [{"name": "p", "gpu": "h100-80gb", "gpus_per_node": 4, "max_nodes": 3,
+                                        "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
+           "models": [{"name": "big", "kind": "batch", "memory_gb": 150, "gpus_per_replica": 3, "slo_ms": 5000,
+                       "latency_ms": {"gpu": "h100-80gb", "base": 100, "per_item": 10}, "max_batch": 8, "traffic": {"rps": 1}},
+                      {"name": "mid", "kind": "batch", "memory_gb": 100, "gpus_per_replica": 2, "slo_ms": 5000,
+                       "latency_ms": {"gpu": "h100-80gb", "base": 100, "per_item": 10}, "max_batch": 8, "traffic": {"rps": 1}},
+                      {"name": "m", "kind": "streaming", "memory_gb": 10, "slo_ms": 500, "min_replicas": 2,
+                       "latency_ms": {"gpu": "h100-80gb", "base": 10, "per_item": 1}, "max_batch": 8, "traffic": {"rps": 1}}]}
+    fleet = parse_fleet(doc)
+    problem = Problem(fleet, PlanSettings())
+    pool = fleet.pool("p")
+    whole = next(st for st in problem.all_types() if st.pool.name == "p")
+    m = fleet.model("m")
+    singles = []
+    for i in range(2):
+        slot = Slot(whole)
+        slot.reps.append(Rep(m, i, 2))
+        singles.append(Gpu(pool, slots=[slot], node=0, index=2 + i))
+    gpus = [Gpu(pool, multi=(fleet.model("mid"), 0), width=2, node=0, index=0),
+            Gpu(pool, multi=(fleet.model("big"), 0), width=3, node=1, index=0),
+            Gpu(pool, multi=(fleet.model("big"), 1), width=3, node=2, index=0)] + singles
+    _spread_by_swaps(problem, gpus)
+    assert singles[0].node == singles[1].node  # the swaps cannot
+    assert _spread_warnings(problem, gpus)
+    _spread_exactly(problem, gpus)
+    assert singles[0].node != singles[1].node and not _spread_warnings(problem, gpus)
+    for n in range(3):  # every node within its GPUs, each GPU index used once
+        held = [g for g in gpus if g.node == n]
+        taken = [i for g in held for i in range(g.index, g.index + g.width)]
+        assert sum(g.width for g in held) <= 4 and len(taken) == len(set(taken)) and max(taken, default=0) < 4

@@ -184,6 +184,7 @@ def assign_nodes(problem: Problem, gpus: list[Gpu]) -> list[str]:
         for g, n, i in _place_pool(problem, gpus, pool, mine):
             g.node, g.index = n, i
     _spread_by_swaps(problem, gpus)
+    _spread_exactly(problem, gpus)
     return _spread_warnings(problem, gpus) + _spot_warnings(problem, gpus)
 
 
@@ -427,8 +428,7 @@ def _spread_by_swaps(problem: Problem, gpus: list[Gpu], max_swaps: int = 1000) -
     swap is kept when it lowers the total shortfall, over models with ``min_replicas >= 2``, of
     nodes spanned against ``min(min_replicas, replicas)``.
     """
-    want = {m.name: m.min_replicas for m in problem.fleet.models if m.min_replicas >= 2}
-    want |= {m: len(gpus) for m in _spot_spread(problem, gpus)}  # every replica on a node of its own, where it can
+    want = _spread_wants(problem, gpus)
     per_node: dict[str, Counter] = defaultdict(Counter)
     for g in gpus:
         for m in g.models() & want.keys():
@@ -470,6 +470,88 @@ def _spread_by_swaps(problem: Problem, gpus: list[Gpu], max_swaps: int = 1000) -
                 break
         if not done:
             return
+
+
+SPREAD_S = 1.0
+"""Deterministic seconds CP-SAT may take per pool to spread what the swaps could not."""
+
+
+def _spread_wants(problem: Problem, gpus: list[Gpu]) -> dict[str, int]:
+    """Nodes each model should span: ``min_replicas`` where it is 2 or more, every replica on a
+    node of its own for a spot floor that must survive a node (as far as the nodes allow)."""
+    want = {m.name: m.min_replicas for m in problem.fleet.models if m.min_replicas >= 2}
+    return want | {m: len(gpus) for m in _spot_spread(problem, gpus)}
+
+
+def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
+    """Nodes short, summed over the models of ``want``: ``min(want, replicas)`` less nodes spanned."""
+    nodes: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    count: Counter = Counter()
+    for g in gpus:
+        for m in g.models() & want.keys():
+            nodes[m].add((g.pool.name, g.node))
+            count[m] += 1
+    return sum(max(0, min(want[m], count[m]) - len(nodes[m])) for m in count)
+
+
+def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
+    """Where single swaps leave a pool's replicas unspread, the pool's GPUs dealt anew to the nodes
+    it uses (a bin packing of their widths, by CP-SAT within ``SPREAD_S``), kept where fewer
+    nodes are short. Swaps exchange GPUs of one width, so a pool of multi-GPU replicas whose
+    nodes are full cannot move its few single GPUs: on family-900030-llm-40's spot pool (40 GPUs
+    on five full nodes, 36 of them in 2- and 4-GPU replicas) two chat models kept both replicas on
+    one node, and the plan told the user to raise max_nodes. No model ends less spread than it
+    was (a spot floor's per-node allowance included). Pools with a pinned GPU (a re-plan's) are
+    left to the swaps."""
+    want = _spread_wants(problem, gpus)
+    for pool in problem.fleet.pools:
+        mine = [g for g in gpus if g.pool.name == pool.name]
+        before = _shortfall(mine, want)
+        nodes = sorted({g.node for g in mine})
+        if before == 0 or len(nodes) < 2 or any(g.pinned for g in mine):
+            continue
+        cp = cp_model.CpModel()
+        x = {(i, n): cp.new_bool_var("") for i in range(len(mine)) for n in nodes}
+        for i in range(len(mine)):
+            cp.add_exactly_one(x[i, n] for n in nodes)
+        for n in nodes:
+            cp.add(sum(g.width * x[i, n] for i, g in enumerate(mine)) <= pool.gpus_per_node)
+        short = []
+        for m in sorted({m for g in mine for m in g.models() & want.keys()}):
+            holders = [i for i, g in enumerate(mine) if m in g.models()]
+            spanned = []
+            for n in nodes:
+                on = cp.new_bool_var("")
+                cp.add(on <= sum(x[i, n] for i in holders))
+                spanned.append(on)
+            now = min(want[m], len(holders)) - len({mine[i].node for i in holders})
+            gap = cp.new_int_var(0, max(0, now), "")  # no model less spread than it is
+            cp.add(gap >= min(want[m], len(holders)) - sum(spanned))
+            short.append(gap)
+        for m, allowed in _spot_spread(problem, gpus).items():  # a spot floor's allowance per node kept
+            holders = [i for i, g in enumerate(mine) if m in g.models()]
+            if not holders:
+                continue
+            now = sum(max(0, k - allowed) for k in Counter(mine[i].node for i in holders).values())
+            excess = [cp.new_int_var(0, len(holders), "") for _ in nodes]
+            for e, n in zip(excess, nodes):
+                cp.add(e >= sum(x[i, n] for i in holders) - allowed)
+            cp.add(sum(excess) <= now)
+        cp.minimize(sum(short))
+        solver = cp_model.CpSolver()
+        solver.parameters.max_deterministic_time = SPREAD_S
+        solver.parameters.num_workers = 1
+        solver.parameters.random_seed = problem.settings.seed
+        if solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE) or solver.objective_value > before - 0.5:
+            continue
+        on_node: dict[int, list[Gpu]] = defaultdict(list)
+        for i, g in enumerate(mine):
+            on_node[next(n for n in nodes if solver.value(x[i, n]))].append(g)
+        for n, held in on_node.items():
+            index = 0
+            for g in sorted(held, key=lambda g: -g.width):  # wide replicas first, on adjacent GPUs
+                g.node, g.index = n, index
+                index += g.width
 
 
 def _first_free(taken: set[int], width: int, size: int) -> int | None:

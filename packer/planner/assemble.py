@@ -476,11 +476,12 @@ SPREAD_S = 1.0
 """Deterministic seconds CP-SAT may take per pool to spread what the swaps could not."""
 
 
-def _spread_wants(problem: Problem, gpus: list[Gpu]) -> dict[str, int]:
+def _spread_wants(problem: Problem, gpus: list[Gpu], spots: dict[str, int] | None = None) -> dict[str, int]:
     """Nodes each model should span: ``min_replicas`` where it is 2 or more, every replica on a
-    node of its own for a spot floor that must survive a node (as far as the nodes allow)."""
+    node of its own for a spot floor that must survive a node (as far as the nodes allow).
+    ``spots``: :func:`_spot_spread` where the caller has it."""
     want = {m.name: m.min_replicas for m in problem.fleet.models if m.min_replicas >= 2}
-    return want | {m: len(gpus) for m in _spot_spread(problem, gpus)}
+    return want | {m: len(gpus) for m in (_spot_spread(problem, gpus) if spots is None else spots)}
 
 
 def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
@@ -503,7 +504,8 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
     one node, and the plan told the user to raise max_nodes. No model ends less spread than it
     was (a spot floor's per-node allowance included). Pools with a pinned GPU (a re-plan's) are
     left to the swaps."""
-    want = _spread_wants(problem, gpus)
+    spots = _spot_spread(problem, gpus)
+    want = _spread_wants(problem, gpus, spots)
     for pool in problem.fleet.pools:
         mine = [g for g in gpus if g.pool.name == pool.name]
         before = _shortfall(mine, want)
@@ -528,7 +530,7 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
             gap = cp.new_int_var(0, max(0, now), "")  # no model less spread than it is
             cp.add(gap >= min(want[m], len(holders)) - sum(spanned))
             short.append(gap)
-        for m, allowed in _spot_spread(problem, gpus).items():  # a spot floor's allowance per node kept
+        for m, allowed in spots.items():  # a spot floor's allowance per node kept
             holders = [i for i, g in enumerate(mine) if m in g.models()]
             if not holders:
                 continue

@@ -280,7 +280,6 @@ def test_the_sequential_fill_packs_every_replica_validly_and_beats_the_dive_wher
     from bench.family import family_fleet
     from packer.planner import colplan
     from packer.planner.patterns import pattern_bound
-    from packer.slot import feasible
 
     problem = Problem(parse_fleet(family_fleet(2, max_models=120, min_models=30)), PlanSettings())
     found = pattern_bound(problem, 20.0)
@@ -288,21 +287,78 @@ def test_the_sequential_fill_packs_every_replica_validly_and_beats_the_dive_wher
     pat = found.patterns
     gpus = colplan.sequential(problem, pat, {}, 3.0, float("inf"))
     assert gpus is not None
+    _holds_every_replica_once(problem, gpus)
+    dive = colplan.dive(problem, pat, {}, 3.0, float("inf"))
+    assert dive is not None
+    assert cost_of(problem, gpu_counts(problem, gpus)) < 0.9 * cost_of(problem, gpu_counts(problem, dive))
+
+
+def _holds_every_replica_once(problem: Problem, gpus: list[Gpu]) -> None:
+    """A packing's invariants: every shared model at one count, each replica once, one replica of
+    a model per GPU, groups the slot maths admits, within the pools."""
+    from packer.slot import feasible
+
     placed: dict[str, list[Rep]] = {}
     for g in gpus:
-        assert len(g.models()) == sum(len(sl.reps) for sl in g.slots)  # one replica of a model per GPU
+        assert len(g.models()) == sum(len(sl.reps) for sl in g.slots)
         for sl in g.slots:
             assert feasible([problem.item(r, sl.type) for r in sl.reps], sl.type.memory_gb, problem.u)
             for r in sl.reps:
                 placed.setdefault(r.model.name, []).append(r)
     assert set(placed) == {m.name for m in problem.shared_models}
-    for name, reps in placed.items():
+    for reps in placed.values():
         assert sorted(r.index for r in reps) == list(range(reps[0].count))
     for pool, n in gpu_counts(problem, gpus).items():
         assert n <= problem.fleet.pool(pool).max_gpus
-    dive = colplan.dive(problem, pat, {}, 3.0, float("inf"))
-    assert dive is not None
-    assert cost_of(problem, gpu_counts(problem, gpus)) < 0.9 * cost_of(problem, gpu_counts(problem, dive))
+
+
+def _columns(seed: int, max_models: int):
+    from bench.family import family_fleet
+    from packer.planner.patterns import pattern_bound
+
+    problem = Problem(parse_fleet(family_fleet(seed, max_models=max_models)), PlanSettings())
+    choose_counts(problem)
+    found = pattern_bound(problem, 20.0)
+    assert found is not None and found.converged and found.patterns is not None
+    return problem, found
+
+
+def test_the_integer_master_puts_its_mig_slots_on_the_fewest_gpus_where_first_fit_opens_more(monkeypatch) -> None:
+    """family-300020-multilingual-40 (A100-80 MIG and L4 pools): the master's whole columns cost
+    38.35/h, 2 % over the pattern LP; first fit put their MIG slots on more A100s than the master
+    paid for, and the packing cost 43.38/h. CP-SAT's dealing (``colplan.DEAL_FEWEST_S``) holds
+    them in the GPUs paid for."""
+    from packer.planner import assemble, colplan
+
+    problem, found = _columns(300020, 60)
+    gpus = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    assert gpus is not None
+    _holds_every_replica_once(problem, gpus)
+    cost = cost_of(problem, gpu_counts(problem, gpus))
+    assert cost <= 1.03 * found.value
+    monkeypatch.setattr(assemble, "FEWEST_CELLS", 0)  # first fit only
+    first = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    assert first is not None and cost < 0.95 * cost_of(problem, gpu_counts(problem, first))
+
+
+def test_the_integer_master_solves_again_with_one_replica_of_a_model_per_mig_gpu_where_its_choice_dealt_dearer(
+        monkeypatch) -> None:
+    """family-4-mixed-33 (L40S, and H200 MIG): the master chose 75.56/h of columns with two
+    replicas of a model in one H200's slots, which dealt onto a second H200 (83.80/h). Solved again
+    with a model's MIG replicas at most the pool's MIG GPUs (``_master(spread=True)``), it deals at
+    75.56/h. It keeps at most ``MASTER_COLUMNS`` of the 2,300 columns, those of least reduced cost."""
+    from packer.planner import colplan
+
+    problem, found = _columns(4, 500)
+    assert len(found.patterns.columns) > colplan.MASTER_COLUMNS
+    gpus = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    assert gpus is not None
+    _holds_every_replica_once(problem, gpus)
+    cost = cost_of(problem, gpu_counts(problem, gpus))
+    master = colplan._master
+    monkeypatch.setattr(colplan, "_master", lambda *a, **k: master(*a, **{**k, "spread": False}))
+    once = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    assert once is not None and cost < 0.95 * cost_of(problem, gpu_counts(problem, once))
 
 
 def test_the_fill_finishes_its_first_pass_where_its_share_is_for_the_passes_after(monkeypatch) -> None:
@@ -349,7 +405,7 @@ def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_
     pat = pattern_bound(problem, 3.0).patterns
     assert pat is not None and pat.duals is not None and len(pat.columns) > 300
     monkeypatch.setattr(colplan, "DIVE_COLUMNS", 150)
-    kept = colplan.dive_columns(pat)
+    kept = colplan.kept_columns(pat, colplan.DIVE_COLUMNS)
     assert kept is not None and 150 <= len(kept) < len(pat.columns)
     for k in range(len(pat.reps)):
         mine = [j for j, (_, reps) in enumerate(pat.columns) if k in reps]

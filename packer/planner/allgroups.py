@@ -35,6 +35,7 @@ from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu
 from packer.planner.colplan import _master, deal_fewest
+from packer.planner.mip import solve_mip
 from packer.planner.model import Problem, Rep
 from packer.planner.patterns import Patterns
 from packer.slot import window
@@ -131,26 +132,18 @@ def exact_master(problem: Problem, pat: Patterns, reserved: dict[str, int], uppe
     if built is None:
         return Exact(len(pat.columns), None, False, None)
     solver, x, y = built
-    solver.SuppressOutput()
-    # No relative gap: HiGHS's default (1e-4) would let a solution 0.01 % above the optimum stand
-    # as optimal; the bound is its best bound (the dual side) in every case.
-    solver.SetSolverSpecificParametersAsString("output_flag=false\nlog_to_console=false\nthreads=1\n"
-                                              f"mip_rel_gap=0\nmip_abs_gap=1e-7\nmip_max_nodes={EXACT_NODES}\n")
-    solver.SetTimeLimit(int(max(0.5, WALL_FACTOR * seconds) * 1000))
-    status = solver.Solve()
+    # No gap tolerance (``exact``); the bound is HiGHS's best bound (the dual side) in every case,
+    # at its node limit too (``mip.solve_mip``: through OR-Tools both were lost there).
+    found = solve_mip(solver, EXACT_NODES, max(0.5, WALL_FACTOR * seconds), exact=True)
     cols = len(pat.columns)
-    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        return Exact(cols, None, False, None)
-    proven = status == pywraplp.Solver.OPTIMAL
     # Above ``upper`` only where the plan so far uses replica counts the master is not offered,
     # or (after reduced-cost fixing) where no cheaper plan exists: either way ``upper`` bounds it.
-    bound = min(solver.Objective().BestBound(), solver.Objective().Value(), upper)
-    value = solver.Objective().Value()
+    bound = min(found.bound, found.objective, upper)
     gpus = None
-    if deal:
-        counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if y[k].solution_value() > 0.5}
-        gpus = deal_fewest(problem, pat, [round(v.solution_value()) for v in x], counts, reserved, seconds)
-    return Exact(cols, bound if math.isfinite(bound) else None, proven, gpus, value)
+    if deal and found.values is not None:
+        counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
+        gpus = deal_fewest(problem, pat, [round(found.value(v)) for v in x], counts, reserved, seconds)
+    return Exact(cols, bound if math.isfinite(bound) else None, found.proven, gpus, found.objective)
 
 
 def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, seconds: float,

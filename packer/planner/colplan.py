@@ -26,6 +26,7 @@ from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu, fewest_gpus, to_gpus
 from packer.planner.build import cost_of, gpu_counts
+from packer.planner.mip import solve_mip
 from packer.planner.model import Problem, Rep, Slot, can_add, slot_price
 from packer.planner.patterns import Patterns
 from packer.slot import WHOLE
@@ -33,8 +34,13 @@ from packer.slot import WHOLE
 
 MASTER_NODES = 100
 """Branch-and-bound nodes the integer master may take (HiGHS)."""
+MASTER_COLUMNS = 1500
+"""Most columns the integer master keeps (:func:`kept_columns`)."""
+DEAL_FEWEST_S = 1.0
+"""Deterministic seconds CP-SAT may take to put a pool's MIG slots on fewer GPUs than first fit
+(:func:`_deal`)."""
 DIVE_COLUMNS = 3000
-"""Most columns a dive keeps (``dive_columns``): past a few thousand each of its LPs takes tenths
+"""Most columns a dive keeps (:func:`kept_columns`): past a few thousand each of its LPs takes tenths
 of a second."""
 DIVE_GUARD = 3.0
 """Wall-clock seconds a dive may take per second of its share before it gives up (None)."""
@@ -181,30 +187,62 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     """The cheapest choice of whole patterns (HiGHS MIP, ``time_limit`` seconds) holding every
     shared model at one of its counts, within the pools' sizes less ``reserved`` GPUs and below
     ``upper`` (the incumbent's shared cost); as GPUs, or None where none is found or it does not
-    deal onto the pools."""
-    built = _master(problem, pat, reserved, upper, integer=True)
-    if built is None:
-        return None
-    solver, x, y = built
-    solver.SuppressOutput()
-    # A node limit, not the clock, ends the search, so that a seed gives one plan on any machine
-    # load; the clock is the guard against a much slower machine.
-    solver.SetSolverSpecificParametersAsString(f"output_flag=false\nlog_to_console=false\nthreads=1\n"
-                                              f"mip_max_nodes={MASTER_NODES}\n")
-    solver.SetTimeLimit(int(max(0.1, 2 * time_limit) * 1000))
-    status = solver.Solve()
-    if status not in (pywraplp.Solver.OPTIMAL, pywraplp.Solver.FEASIBLE):
-        return None
-    chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if y[k].solution_value() > 0.5}
-    return _deal(problem, pat, [round(v.solution_value()) for v in x], chosen, reserved)
+    deal onto the pools.
+
+    Over at most ``MASTER_COLUMNS`` columns (:func:`kept_columns`): its nodes are LPs over every
+    column kept, and on long-tail's 3,000 a hundred of them took 20 s and found nothing. Where its
+    choice deals onto dearer GPUs than it paid for (or none), it is solved again with a model's
+    replicas in a pool's MIG slots at most the pool's MIG GPUs (``_master(spread=True)``), as the
+    dealing needs: family-4-mixed-33's master chose 75.56/h of columns that dealt onto a second
+    H200 (83.80/h), two replicas of a model in one GPU's slots; with the rule from the start,
+    family-400028-llm-38's found nothing in its nodes (230.60/h without)."""
+    kept = kept_columns(pat, MASTER_COLUMNS)
+    columns = None if kept is None else [pat.columns[j] for j in kept]
+    end = time.monotonic() + 2 * max(0.1, time_limit)  # a guard for a much slower machine
+    best: list[Gpu] | None = None
+    for spread in (False, True):
+        built = _master(problem, pat, reserved, upper, integer=True, columns=columns, spread=spread)
+        if built is None or time.monotonic() >= end:
+            break
+        solver, x, y = built
+        # A node limit, not the clock, ends the search, so that a seed gives one plan on any machine
+        # load; the clock is the guard against a much slower machine. At the node limit HiGHS's
+        # incumbent is taken (``mip.solve_mip``; through OR-Tools it was lost there).
+        found = solve_mip(solver, MASTER_NODES, end - time.monotonic())
+        if found.values is None:
+            continue
+        chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
+        gpus = _deal(problem, pat, [round(found.value(v)) for v in x], chosen, reserved, columns,
+                     target=found.objective)
+        paid = found.objective
+        if gpus is not None and (best is None or shared_cost(problem, gpus) < shared_cost(problem, best) - 1e-9):
+            best = gpus
+        if best is not None and shared_cost(problem, best) <= paid + 1e-6:
+            break  # dealt at what it paid: the rule cannot make it cheaper
+    return best
 
 
 def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
-          reserved: dict[str, int], columns: list | None = None) -> list[Gpu] | None:
+          reserved: dict[str, int], columns: list | None = None, target: float = math.inf) -> list[Gpu] | None:
     """Slots from the chosen patterns (:func:`_slots`), then GPUs (``assemble.to_gpus``), kept
-    where they fit the pools less ``reserved``."""
+    where they fit the pools less ``reserved``. Where first fit overfills a pool or costs more than
+    ``target`` (what the integer master paid for the slots' layouts), each pool's MIG slots go on
+    the fewest GPUs CP-SAT finds in ``DEAL_FEWEST_S`` deterministic seconds
+    (``assemble.fewest_gpus``), where that is cheaper and fits: family-300020-multilingual-40's
+    master chose slots worth 38.35/h, its bound, that first fit dealt onto 43.38/h of GPUs. A dive
+    ends on layouts the LP may still split, so it has no such target: given its layouts rounded
+    up, on family-300015-mixed-53 it took 1.1-1.5 s a dive there for 497.52/h (506.86/h without),
+    and the master then found 475.42/h."""
     slots = _slots(problem, pat, copies, counts, columns)
-    return None if slots is None else _within_pools(problem, to_gpus(problem, slots), reserved)
+    if slots is None:
+        return None
+    gpus = _within_pools(problem, to_gpus(problem, slots), reserved)
+    if gpus is not None and shared_cost(problem, gpus) <= target + 1e-6:
+        return gpus
+    fewer = _within_pools(problem, fewest_gpus(problem, slots, DEAL_FEWEST_S), reserved)
+    if fewer is not None and (gpus is None or shared_cost(problem, fewer) < shared_cost(problem, gpus) - 1e-9):
+        return fewer
+    return gpus
 
 
 def deal_fewest(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
@@ -356,7 +394,7 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     # generated-2000's dive (26.1 s of a 26.9-s guard on an idle 2-core machine) gave up on a
     # machine a little busier, and the plan cost 563.07/h, not 533.34/h: the plan hung on the load.
     end = time.monotonic() + DIVE_GUARD * time_limit
-    kept = dive_columns(pat)
+    kept = kept_columns(pat, DIVE_COLUMNS)
     columns = None if kept is None else [pat.columns[j] for j in kept]
     # No cost cap in the LP: a dive pushed past ``upper`` midway may still end below it (the
     # caller keeps only a cheaper packing); with the cap, such a dive just failed.
@@ -412,17 +450,18 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     return _deal(problem, pat, [round(v) for v in xv], chosen, reserved, columns)
 
 
-def dive_columns(pat: Patterns) -> list[int] | None:
-    """The columns a dive keeps: all up to ``DIVE_COLUMNS``; past that, those of least reduced
+def kept_columns(pat: Patterns, most: int) -> list[int] | None:
+    """The columns a dive (``most``: ``DIVE_COLUMNS``) or the integer master (``MASTER_COLUMNS``)
+    keeps: all up to ``most``; past that, those of least reduced
     cost at the column generation's last duals (the LP's own columns have none), and each
     replica's two best columns, so that every replica can still be covered. None: all.
     generated-500's 12,000 columns took 0.24 s an LP and 32 s a dive."""
-    if len(pat.columns) <= DIVE_COLUMNS or pat.duals is None:
+    if len(pat.columns) <= most or pat.duals is None:
         return None
     mu, pi = pat.duals
     rc = np.array([pi.get(key, 0.0) - float(mu[list(reps)].sum()) for key, reps in pat.columns])
     order = np.argsort(rc, kind="stable")
-    keep = set(order[:DIVE_COLUMNS].tolist())
+    keep = set(order[:most].tolist())
     holders: dict[int, list[int]] = defaultdict(list)  # replica class: its columns, least reduced cost first
     for j in order.tolist():
         for k in pat.columns[j][1]:

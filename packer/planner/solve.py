@@ -23,7 +23,7 @@ from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
-from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, dive, integer_master, sequential
+from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential
 from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
@@ -946,7 +946,6 @@ def _carried_bound(current: Plan, fleet: Fleet, settings: PlanSettings) -> tuple
             f"{current.bound_method}; carried from the current plan (same fleet and settings)")
 
 
-MASTER_COLUMNS = 1500
 MASTER_SHARE = 0.25
 """Share of the plan's time limit the integer master over the pattern LP's columns may take."""
 
@@ -959,8 +958,6 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, i
 
     now = cost_of(problem, gpu_counts(problem, gpus))
     best, best_cost = gpus, now
-    # The master's nodes are LPs over every column: past MASTER_COLUMNS a few of them take longer
-    # than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found).
     # The sequential fill only past PATTERN_FIRST models: below, the exact master and the whole
     # model improve on whatever start they get, and a different start moved them to worse and
     # better plans alike (family-300026-multilingual-12: 15.79/h, proven, from the dive's start;
@@ -968,7 +965,11 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, i
     # is (family-700023-mixed-299: 136.20 -> 133.93/h; 700024 and 700028 too, none dearer).
     steps = [sequential] if len(problem.shared_models) > PATTERN_FIRST else []
     steps += [partial(dive, share=s) for s in DIVE_SHARES if s > 0 or len(pat.columns) <= DIVE_COLUMNS]
-    steps += [integer_master] if len(pat.columns) <= MASTER_COLUMNS else []
+    # The master's nodes are LPs over every column it keeps: on 200 models a hundred of them take
+    # longer than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found), so past
+    # ``PATTERN_FIRST`` shared models it runs only up to ``colplan.MASTER_COLUMNS`` columns.
+    small = len(problem.shared_models) <= PATTERN_FIRST
+    steps += [integer_master] if small or len(pat.columns) <= MASTER_COLUMNS else []
     for step in steps:
         # Each ends on its own (the fill at its counted share, the dive when all is whole, the
         # master at its node limit): the clock is a guard against a much slower machine, not what

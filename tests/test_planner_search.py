@@ -538,6 +538,43 @@ def test_the_greedy_stage_past_its_share_comes_off_the_search_then_the_bound():
     assert b.search_s == pytest.approx(0.5 * search_s) and b.bound_s == pytest.approx(0.5 * bound_s)
 
 
+def test_an_extra_node_within_max_nodes_spreads_what_the_nodes_in_use_cannot() -> None:
+    """Four single GPUs on two 8-GPU nodes (of at most four), holding four ``min_replicas: 2``
+    models pairwise: a on GPUs 0 and 1, b on 1 and 2, c on 0 and 2, d on 0 and 3. GPU 0 must
+    be apart from 1, 2 and 3, and 1 from 2: two nodes cannot spread them all
+    (family-500030-multilingual-16's A100s). A third node, which costs no GPU, does; a fourth is
+    not opened, and the nodes are numbered from 0."""
+    from packer.planner.assemble import _spread_exactly, _spread_warnings
+
+    def model(name: str) -> dict:
+        return {"name": name, "kind": "streaming", "memory_gb": 5, "slo_ms": 500, "min_replicas": 2,
+                "latency_ms": {"gpu": "h100-80gb", "base": 10, "per_item": 1}, "max_batch": 8, "traffic": {"rps": 1}}
+
+    doc = {"name": "extra-node", "pools": [{"name": "p", "gpu": "h100-80gb", "gpus_per_node": 8, "max_nodes": 4,
+                                            "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
+           "models": [model(n) for n in "abcd"]}
+    fleet = parse_fleet(doc)
+    problem = Problem(fleet, PlanSettings())
+    pool = fleet.pool("p")
+    whole = next(st for st in problem.all_types() if st.pool.name == "p")
+    held = {0: "acd", 1: "ab", 2: "bc", 3: "d"}
+    seen: dict[str, int] = {}
+    gpus = []
+    for k, names in held.items():
+        slot = Slot(whole)
+        for n in names:
+            slot.reps.append(Rep(fleet.model(n), seen.get(n, 0), 2))
+            seen[n] = seen.get(n, 0) + 1
+        gpus.append(Gpu(pool, slots=[slot], node=k // 2, index=k % 2))
+    assert _spread_warnings(problem, gpus)
+    _spread_exactly(problem, gpus)
+    assert not _spread_warnings(problem, gpus)
+    assert sorted({g.node for g in gpus}) == [0, 1, 2]
+    for n in range(3):
+        taken = [g.index for g in gpus if g.node == n]
+        assert len(taken) == len(set(taken))
+
+
 def test_nodes_spread_a_model_that_single_gpu_swaps_cannot_where_multi_gpu_replicas_fill_the_nodes() -> None:
     """Three 4-GPU nodes: 3-, 3- and 2-GPU replicas, and two single GPUs of a ``min_replicas: 2``
     model, both on the node of the 2-GPU replica. No swap of equal widths spreads them (the other

@@ -348,8 +348,9 @@ def _spread_warnings(problem: Problem, gpus: list[Gpu]) -> list[str]:
             if full:
                 fix = f"raise max_nodes of pool {full[0]} to spread them"
             else:
-                fix = (f"the GPUs of pool {pools[0]} fill the fewest nodes that hold them and no exchange of "
-                       "GPUs between those nodes spreads these replicas; an extra, partly used node would")
+                fix = (f"no dealing of pool {pools[0]}'s GPUs to its nodes that the planner tried (up to "
+                       f"{EXTRA_NODES} more than they fill) spreads these replicas; a re-plan keeps running GPUs "
+                       "where they are")
             warnings.append(f"{m.name}: {count[m.name]} replicas on {have} node(s), fewer than min_replicas "
                             f"{m.min_replicas}; {fix}")
     return warnings
@@ -504,10 +505,17 @@ def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
     return sum(max(0, min(want[m], count[m]) - len(nodes[m])) for m in count)
 
 
+EXTRA_NODES = 2
+"""Nodes beyond those a pool uses that :func:`_spread_exactly` may open to spread replicas."""
+
+
 def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
     """Where single swaps leave a pool's replicas unspread, the pool's GPUs dealt anew to the nodes
-    it uses (a bin packing of their widths, by CP-SAT within ``SPREAD_S``), kept where fewer
-    nodes are short. Swaps exchange GPUs of one width, so a pool of multi-GPU replicas whose
+    it uses and up to ``EXTRA_NODES`` more within ``max_nodes`` (a bin packing of their widths,
+    by CP-SAT within ``SPREAD_S``; an extra node only where it spreads more: the plan is priced by
+    the GPU, so a partly used node costs nothing), kept where fewer nodes are short. On
+    family-500030-multilingual-16 four A100s on two nodes could not spread asr-2, asr-1, asr-3
+    and the punctuation models at once, and a third node does. Swaps exchange GPUs of one width, so a pool of multi-GPU replicas whose
     nodes are full cannot move its few single GPUs: on family-900030-llm-40's spot pool (40 GPUs
     on five full nodes, 36 of them in 2- and 4-GPU replicas) two chat models kept both replicas on
     one node, and the plan told the user to raise max_nodes. No model ends less spread than it
@@ -518,7 +526,10 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
     for pool in problem.fleet.pools:
         mine = [g for g in gpus if g.pool.name == pool.name]
         before = _shortfall(mine, want)
-        nodes = sorted({g.node for g in mine})
+        used = sorted({g.node for g in mine})
+        # Up to EXTRA_NODES more nodes within max_nodes, each opened only where it spreads more.
+        more = [n for n in range(pool.max_nodes) if n not in used][:EXTRA_NODES]
+        nodes = used + more
         if before == 0 or len(nodes) < 2 or any(g.pinned for g in mine):
             continue
         cp = cp_model.CpModel()
@@ -527,6 +538,12 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
             cp.add_exactly_one(x[i, n] for n in nodes)
         for n in nodes:
             cp.add(sum(g.width * x[i, n] for i, g in enumerate(mine)) <= pool.gpus_per_node)
+        opened = []
+        for n in more:
+            o = cp.new_bool_var("")
+            for i in range(len(mine)):
+                cp.add_implication(x[i, n], o)
+            opened.append(o)
         short = []
         for m in sorted({m for g in mine for m in g.models() & want.keys()}):
             holders = [i for i, g in enumerate(mine) if m in g.models()]
@@ -548,20 +565,22 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
             for e, n in zip(excess, nodes):
                 cp.add(e >= sum(x[i, n] for i in holders) - allowed)
             cp.add(sum(excess) <= now)
-        cp.minimize(sum(short))
+        # A replica spread is worth more than any number of extra nodes: they cost no GPU.
+        cp.minimize((len(more) + 1) * sum(short) + sum(opened))
         solver = cp_model.CpSolver()
         solver.parameters.max_deterministic_time = SPREAD_S
         solver.parameters.num_workers = 1
         solver.parameters.random_seed = problem.settings.seed
-        if solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE) or solver.objective_value > before - 0.5:
+        if (solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE)
+                or sum(solver.value(v) for v in short) > before - 0.5):
             continue
         on_node: dict[int, list[Gpu]] = defaultdict(list)
         for i, g in enumerate(mine):
             on_node[next(n for n in nodes if solver.value(x[i, n]))].append(g)
-        for n, held in on_node.items():
+        for k, n in enumerate(sorted(on_node)):  # the nodes numbered from 0 again
             index = 0
-            for g in sorted(held, key=lambda g: -g.width):  # wide replicas first, on adjacent GPUs
-                g.node, g.index = n, index
+            for g in sorted(on_node[n], key=lambda g: -g.width):  # wide replicas first, on adjacent GPUs
+                g.node, g.index = k, index
                 index += g.width
 
 

@@ -332,12 +332,7 @@ def _spread_warnings(problem: Problem, gpus: list[Gpu]) -> list[str]:
     """Every model with min_replicas >= 2 spans that many nodes where its replicas allow; a
     warning, with the fix, for each that does not."""
     warnings = []
-    nodes_of: dict[str, set[tuple[str, int]]] = {}
-    count: dict[str, int] = {}
-    for g in gpus:
-        for m in g.models():
-            nodes_of.setdefault(m, set()).add((g.pool.name, g.node))
-            count[m] = count.get(m, 0) + 1
+    nodes_of, count = _spans(gpus)
     for m in problem.fleet.models:
         want = min(m.min_replicas, count.get(m.name, 0))
         have = len(nodes_of.get(m.name, ()))
@@ -494,15 +489,21 @@ def _spread_wants(problem: Problem, gpus: list[Gpu], spots: dict[str, int] | Non
     return want | {m: len(gpus) for m in (_spot_spread(problem, gpus) if spots is None else spots)}
 
 
-def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
-    """Nodes short, summed over the models of ``want``: ``min(want, replicas)`` less nodes spanned."""
+def _spans(gpus: list[Gpu]) -> tuple[dict[str, set[tuple[str, int]]], Counter]:
+    """Per model, the (pool, node)s its replicas are on, and its replicas."""
     nodes: dict[str, set[tuple[str, int]]] = defaultdict(set)
     count: Counter = Counter()
     for g in gpus:
-        for m in g.models() & want.keys():
+        for m in g.models():
             nodes[m].add((g.pool.name, g.node))
             count[m] += 1
-    return sum(max(0, min(want[m], count[m]) - len(nodes[m])) for m in count)
+    return nodes, count
+
+
+def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
+    """Nodes short, summed over the models of ``want``: ``min(want, replicas)`` less nodes spanned."""
+    nodes, count = _spans(gpus)
+    return sum(max(0, min(want[m], count[m]) - len(nodes[m])) for m in count if m in want)
 
 
 EXTRA_NODES = 2
@@ -515,12 +516,12 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
     by CP-SAT within ``SPREAD_S``; an extra node only where it spreads more: the plan is priced by
     the GPU, so a partly used node costs nothing), kept where fewer nodes are short. On
     family-500030-multilingual-16 four A100s on two nodes could not spread asr-2, asr-1, asr-3
-    and the punctuation models at once, and a third node does. Swaps exchange GPUs of one width, so a pool of multi-GPU replicas whose
-    nodes are full cannot move its few single GPUs: on family-900030-llm-40's spot pool (40 GPUs
-    on five full nodes, 36 of them in 2- and 4-GPU replicas) two chat models kept both replicas on
-    one node, and the plan told the user to raise max_nodes. No model ends less spread than it
-    was (a spot floor's per-node allowance included). Pools with a pinned GPU (a re-plan's) are
-    left to the swaps."""
+    and the punctuation models at once, and a third node does. Swaps exchange GPUs of one width,
+    so a pool of multi-GPU replicas whose nodes are full cannot move its few single GPUs: on
+    family-900030-llm-40's spot pool (40 GPUs on five full nodes, 36 of them in 2- and 4-GPU
+    replicas) two chat models kept both replicas on one node, and the plan told the user to raise
+    max_nodes. No model ends less spread than it was (a spot floor's per-node allowance
+    included). Pools with a pinned GPU (a re-plan's) are left to the swaps."""
     spots = _spot_spread(problem, gpus)
     want = _spread_wants(problem, gpus, spots)
     for pool in problem.fleet.pools:

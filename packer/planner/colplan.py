@@ -200,6 +200,7 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     columns = None if kept is None else [pat.columns[j] for j in kept]
     end = time.monotonic() + 2 * max(0.1, time_limit)  # a guard for a much slower machine
     best: list[Gpu] | None = None
+    best_cost = math.inf
     for spread in (False, True):
         built = _master(problem, pat, reserved, upper, integer=True, columns=columns, spread=spread)
         if built is None or time.monotonic() >= end:
@@ -212,12 +213,12 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
         if found.values is None:
             continue
         chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
-        gpus = _deal(problem, pat, [round(found.value(v)) for v in x], chosen, reserved, columns,
-                     target=found.objective)
         paid = found.objective
-        if gpus is not None and (best is None or shared_cost(problem, gpus) < shared_cost(problem, best) - 1e-9):
-            best = gpus
-        if best is not None and shared_cost(problem, best) <= paid + 1e-6:
+        gpus = _deal(problem, pat, [round(found.value(v)) for v in x], chosen, reserved, columns, target=paid)
+        cost = math.inf if gpus is None else shared_cost(problem, gpus)
+        if cost < best_cost - 1e-9:
+            best, best_cost = gpus, cost
+        if best_cost <= paid + 1e-6:
             break  # dealt at what it paid: the rule cannot make it cheaper
     return best
 

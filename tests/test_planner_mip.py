@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
+import sys
 
 from ortools.linear_solver import pywraplp
 
@@ -50,3 +52,19 @@ def test_an_infeasible_master_has_no_solution_and_bounds_everything() -> None:
     solver.Minimize(x)
     found = solve_mip(solver, 100, 5.0)
     assert found.values is None and found.bound == math.inf and not found.proven
+
+
+def test_solving_prints_nothing_on_standard_output() -> None:
+    """The first HiGHS instance in a process prints a banner on standard output (highspy 1.16),
+    which ``packer plan --format json`` printed ahead of its JSON; a fresh process solving a
+    master writes nothing there."""
+    code = ("from ortools.linear_solver import pywraplp\n"
+            "from packer.planner.mip import solve_mip\n"
+            "s = pywraplp.Solver.CreateSolver('HIGHS')\n"
+            "x = s.IntVar(0, 3, 'x')\n"
+            "s.Add(2 * x >= 3)\n"
+            "s.Minimize(x)\n"
+            "assert solve_mip(s, 10, 5.0).objective == 2\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""

@@ -11,6 +11,8 @@ is still written with ``pywraplp`` (one way to state a master) and handed over a
 from __future__ import annotations
 
 import math
+import os
+import sys
 from dataclasses import dataclass
 
 import highspy
@@ -32,6 +34,30 @@ class Mip:
     def value(self, var: pywraplp.Variable) -> float:
         assert self.values is not None
         return float(self.values[var.index()])
+
+
+_quiet = False
+
+
+def _highs() -> highspy.Highs:
+    """A HiGHS instance. From highspy 1.13 or so the first one in a process prints a two-line
+    banner on standard output from C++, before any option can be set: ``packer plan --format
+    json`` then printed it ahead of its JSON. The first is made with standard output pointed at
+    the null device; later ones print nothing."""
+    global _quiet
+    if _quiet:
+        return highspy.Highs()
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+    _quiet = True
+    return h
 
 
 def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool = False) -> Mip:
@@ -63,7 +89,7 @@ def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool =
     lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
     lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
     lp.a_matrix_.value_ = np.array(value, dtype=float)
-    h = highspy.Highs()
+    h = _highs()
     for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes)),
                      ("time_limit", max(0.1, float(seconds)))):
         h.setOptionValue(key, val)

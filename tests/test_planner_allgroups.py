@@ -15,8 +15,9 @@ from bench.family import family, family_fleet
 from packer.check import check_plan
 from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
-from packer.planner.allgroups import every_group, exact_groups, exact_master
+from packer.planner.allgroups import TARGET_COLUMNS, every_group, exact_groups, exact_master
 from packer.planner.assemble import fewest_gpus, to_gpus
+from packer.planner.bound import whole_gpus
 from packer.planner.model import Problem, Rep, Slot, valid_multiset
 from packer.planner.patterns import Patterns
 from packer.slot import feasible
@@ -244,3 +245,47 @@ def test_reduced_cost_fixing_keeps_a_family_members_optimum() -> None:
     assert at.proven and at.bound == pytest.approx(full.bound, abs=1e-6)
     above, _ = exact_groups(problem, {}, full.bound + 0.5, 5.0, cap=1000)
     assert above.bound <= full.bound + 1e-6
+
+
+def test_fixing_below_a_lower_target_never_cuts_off_the_optimum() -> None:
+    """Where the groups a plan below ``upper`` may use are more than the cap, the master runs over
+    those a plan below a lower target may use: its optimum there is the brute-force optimum, and
+    where it finds none below the target, the optimum is not below the target either."""
+    lowered = proven = 0
+    for seed in range(8):
+        problem = Problem(parse_fleet(_tiny_fleet(seed)), PlanSettings())
+        pat = every_group(problem)
+        best = _brute_optimum(problem, pat)
+        for div in (3, 6, 12):
+            exact, _ = exact_groups(problem, {}, best + 5.0, 5.0, cap=max(1, len(pat.columns) // div))
+            assert exact is not None and exact.bound <= best + 1e-6
+            if exact.lp_only or exact.target >= best + 5.0:
+                continue
+            lowered += 1
+            assert exact.kept <= max(1, len(pat.columns) // div)
+            if exact.bound < exact.target - 1e-6:
+                assert exact.proven and exact.bound == pytest.approx(best, abs=1e-6)
+                proven += 1
+            else:
+                assert not exact.proven and best >= exact.target - 1e-6
+    assert lowered >= 3 and proven >= 1
+
+
+def test_a_lower_target_finds_the_optimum_the_fixing_at_the_plan_cannot() -> None:
+    """family-300020-multilingual-28 (64,894 groups): below its plan (37.88/h) fixing leaves 64,885,
+    too many for the master, and the LP over all of them (33.05/h) was the bound. Below a target
+    that leaves at most ``TARGET_COLUMNS`` (33.65/h), the master shows that nothing is cheaper than
+    the target, which whole GPUs raise to 33.95/h, and finds a packing at 33.95/h: proven optimal."""
+    problem = Problem(parse_fleet(family_fleet(300020, max_models=40)), PlanSettings())
+    assert problem.fleet.name == "family-300020-multilingual-28"
+    exact, _ = exact_groups(problem, {}, 37.88, 10.0)
+    assert exact is not None and not exact.lp_only
+    assert 33.05 < exact.target < 37.88 and exact.kept <= TARGET_COLUMNS < exact.columns
+    assert exact.bound == pytest.approx(exact.target)
+    limits = [(p.cost_per_gpu_hour, p.max_gpus) for p in problem.fleet.pools]
+    assert whole_gpus(limits, exact.bound) == pytest.approx(33.95)
+    assert exact.gpus is not None
+    assert sum(g.pool.cost_per_gpu_hour for g in exact.gpus) == pytest.approx(33.95)
+    plan = plan_fleet(problem.fleet)
+    assert plan.cost_per_hour == pytest.approx(33.95) and plan.lower_bound_cost_per_hour == pytest.approx(33.95)
+    assert check_plan(plan) == []

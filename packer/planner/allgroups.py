@@ -7,9 +7,10 @@ bound of 16.28/h: the integer master over its 198 generated columns found nothin
 over all 2,579 groups its optimum is 16.28/h, and it deals onto 4 A100s and 3 L4s. So where a
 fleet's groups are few enough to list (``EXACT_LIST``), they are all listed, and the integer
 master is solved (HiGHS, ``EXACT_NODES``) over all of them where they are at most
-``EXACT_COLUMNS``, else over those that reduced-cost fixing against the best plan so far leaves
-(:func:`_fix_by_reduced_cost`), where those are few enough; else the LP over all of them is a
-bound. The master gives:
+``EXACT_COLUMNS``, else over those that reduced-cost fixing leaves (:func:`_reduced_costs`):
+those a plan cheaper than the best so far may use where they are few enough, else those a plan
+cheaper than a lower target may use (:func:`_fixing_target`), where the master either finds every
+plan's optimum or shows that nothing costs less than the target. The master gives:
 
 * its solution, dealt onto GPUs with the fewest MIG GPUs (``assemble.fewest_gpus``), is a packing;
 * its bound (the optimum, or HiGHS's best bound where the node limit ends it) is a lower bound on
@@ -31,6 +32,7 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu
@@ -46,13 +48,20 @@ HiGHS on this project's 2-core machine; family-300012-mixed-29's 15,805 took 23 
 EXACT_NODES = 500
 """Branch-and-bound nodes of the integer master: the node count, not the clock, ends it, so a
 fleet gets one plan on any machine load; the clock (``WALL_FACTOR``) only guards a slower one."""
-EXACT_LIST = 100_000
-"""Most groups listed (about 5 µs each). Past ``EXACT_COLUMNS``, the LP over all of them (GLOP,
-2.2-2.6 s for 35,000-65,000) keeps the groups a cheaper plan may use (reduced-cost fixing)."""
-EXACT_S_PER_COLUMN, LIST_S_PER_GROUP, LP_S_PER_GROUP = 5e-4, 5e-6, 4e-5
+EXACT_LIST = 250_000
+"""Most groups listed (about 5 µs each). Past ``EXACT_COLUMNS``, the LP over all of them (GLOP:
+building and solving it took 5.2 s for family-1000043-multilingual-28's 222,871) keeps the
+groups a plan below a target may use (reduced-cost fixing)."""
+EXACT_S_PER_COLUMN, LIST_S_PER_GROUP, LP_S_PER_GROUP = 5e-4, 5e-6, 2.5e-5
 """Seconds charged per column of the integer master (measured: 0.1-2.3 s for 600-4,600), per
 group listed, and per group in the LP that fixes them."""
+TARGET_COLUMNS = 2500
+"""Most columns of the master below a lower target (``_fixing_target``): family-1000043-
+multilingual-28's 500 nodes over 4,927 took 12 s, over 2,482 7.3 s, to the same bound once
+whole GPUs round it (28.85/h) and the same plan (30.21/h)."""
 WALL_FACTOR = 4.0
+FIX_TOL = 1e-6
+"""Slack of reduced-cost fixing against the LP's rounding."""
 
 
 @dataclass
@@ -60,7 +69,7 @@ class Exact:
     """What the integer master over every group gave."""
 
     columns: int
-    """Groups listed (the master may have run over fewer: ``_fix_by_reduced_cost``)."""
+    """Groups listed (the master may have run over fewer: ``_reduced_costs``)."""
     bound: float | None
     """A lower bound on the shared models' GPUs in every plan (None: not solved)."""
     proven: bool
@@ -81,6 +90,9 @@ class Exact:
     models off the one-node pools (``apart``): a bound on the plans that keep them so, the only
     ones the planner takes once its packing does (``solve._spread_kept``)."""
     apart_proven: bool = False
+    target: float = math.inf
+    """The cost below which the master looked (``_fixing_target``): the best plan's so far, or
+    less where too many groups could make a plan below that."""
 
 
 def every_group(problem: Problem, cap: int = EXACT_COLUMNS) -> Patterns | None:
@@ -151,9 +163,10 @@ def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, secon
     """Every group listed and the integer master over them (:func:`exact_master`): its packing
     within the pools less ``reserved`` and a bound over every plan (with multi-GPU models, a second
     master over the whole pools gives the bound). Past ``cap`` groups (up to ``listed``), the LP
-    over all of them first (:func:`_fix_by_reduced_cost`): the master then runs over the groups a
-    plan below ``upper`` may use, where those are at most ``cap``; else the LP's optimum is the
-    bound (``Exact.lp_only``). Returns (None where the groups are too many to list, seconds to
+    over all of them first (:func:`_reduced_costs`): the master then runs over the groups a
+    plan below ``upper`` may use where those are at most ``cap``, else over those a plan below a
+    lower target may use (``Exact.target``); where reduced costs leave no such target above the
+    LP's optimum, that optimum is the bound (``Exact.lp_only``). Returns (None where the groups are too many to list, seconds to
     charge), the charge counted by the groups listed and the master's columns, not the clock."""
     began = time.monotonic()
     pat = every_group(problem, listed)
@@ -161,16 +174,18 @@ def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, secon
         return None, 0.0
     total = len(pat.columns)
     charge = LIST_S_PER_GROUP * total
+    target = upper
     if total > cap:
         if not math.isfinite(upper):
             return None, charge
-        lp, keep = _fix_by_reduced_cost(problem, pat, upper)
+        lp, rc = _reduced_costs(problem, pat)
         charge += LP_S_PER_GROUP * total
         if lp is None:
             return None, charge
-        if len(keep) > cap:
+        target = _fixing_target(lp, rc, upper, cap, min(cap, TARGET_COLUMNS))
+        if target <= lp + FIX_TOL:
             return Exact(total, lp, False, None, lp_only=True), charge
-        pat.columns = [pat.columns[j] for j in keep]
+        pat.columns = [pat.columns[j] for j in _kept(lp, rc, target)]
     charge += EXACT_S_PER_COLUMN * len(pat.columns)
     # A min_replicas >= 2 model with every replica on a pool of one node cannot be spread over
     # nodes: the planner keeps the spread it has (``solve._spread_kept``), so the packing keeps a
@@ -178,32 +193,57 @@ def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, secon
     # L4 node); the bound, over every plan, does not.
     apart = any(p.max_nodes == 1 for p in problem.fleet.pools) and any(
         m.min_replicas >= 2 for m in problem.shared_models)
-    packed = exact_master(problem, pat, reserved, upper, seconds, apart=apart)
+    packed = exact_master(problem, pat, reserved, target, seconds, apart=apart)
     if problem.multi_models or apart:
         left = max(0.5, seconds - (time.monotonic() - began))
-        whole = exact_master(problem, pat, {}, upper, left, deal=False)
+        whole = exact_master(problem, pat, {}, target, left, deal=False)
         if apart and not problem.multi_models:
             packed.apart_bound, packed.apart_proven = packed.bound, packed.proven
         packed.bound, packed.proven = whole.bound, whole.proven
         charge += EXACT_S_PER_COLUMN * len(pat.columns)
-    packed.columns, packed.kept = total, len(pat.columns)
+    packed.columns, packed.kept, packed.target = total, len(pat.columns), target
+    if target < upper:
+        # The master's optimum is every plan's only where it lies below the target; else what it
+        # shows is that nothing costs less than the target (its bound is at most the target).
+        packed.proven = packed.proven and packed.bound is not None and packed.bound < target - FIX_TOL
+        packed.apart_proven = packed.apart_proven and packed.apart_bound is not None \
+            and packed.apart_bound < target - FIX_TOL
     return packed, charge
 
 
-def _fix_by_reduced_cost(problem: Problem, pat: Patterns, upper: float) -> tuple[float | None, list[int]]:
+def _reduced_costs(problem: Problem, pat: Patterns) -> tuple[float | None, np.ndarray]:
     """The LP over every group (the master's LP, ``spread`` rows, the whole pools: a bound on
-    every plan) and the groups a plan below ``upper`` may use. A plan is an integer solution, and
+    every plan) and each group's reduced cost at its optimum. A plan is an integer solution, and
     its cost is at least the LP's optimum plus the reduced cost of any group it uses (every other
     term of the LP's optimality conditions is non-negative), so a group whose reduced cost is
-    more than ``upper`` less the optimum is in no cheaper plan. On family-300022-multilingual-28,
-    2,226 of 54,131 groups are left, and the master over them proves its plan (33.86/h) optimal.
-    Returns (None, []) where GLOP does not solve it."""
+    more than ``T`` less the optimum is in no plan cheaper than ``T`` (reduced-cost fixing). On
+    family-300022-multilingual-28, 2,226 of 54,131 groups are left below its plan's cost, and the
+    master over them proves its plan (33.86/h) optimal. Returns (None, []) where GLOP does not
+    solve it."""
     built = _master(problem, pat, {}, math.inf, integer=False, spread=True)
     if built is None:
-        return None, []
+        return None, np.zeros(0)
     solver, x, _ = built
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
-        return None, []
-    lp = solver.Objective().Value()
-    room = upper - lp + 1e-6
-    return lp, [j for j, v in enumerate(x) if v.reduced_cost() <= room]
+        return None, np.zeros(0)
+    return solver.Objective().Value(), np.array([v.reduced_cost() for v in x])
+
+
+def _fixing_target(lp: float, rc: np.ndarray, upper: float, cap: int, lower_cap: int) -> float:
+    """The cost ``T`` below which the master looks: ``upper`` (the best plan so far) where the
+    groups a cheaper plan may use are at most ``cap``; else just below the reduced cost of the
+    ``lower_cap + 1``-th group, so that at most ``lower_cap`` are left. The master then either finds its
+    optimum below ``T`` (the optimum of every plan) or shows that no plan costs less than ``T``:
+    family-300020-multilingual-28 keeps 64,885 of 64,894 groups below its plan (37.88/h), too
+    many, and 2,486 below 33.65/h, over which HiGHS finds nothing cheaper than that in 1.0 s, and
+    a packing at 33.95/h, the cheapest purchase above it: the plan is proven optimal."""
+    if int(np.count_nonzero(rc <= upper - lp + FIX_TOL)) <= cap:
+        return upper
+    if rc.size <= lower_cap:
+        return upper
+    return min(upper, lp + float(np.partition(rc, lower_cap)[lower_cap]) - 2 * FIX_TOL)
+
+
+def _kept(lp: float, rc: np.ndarray, target: float) -> list[int]:
+    """The groups a plan cheaper than ``target`` may use (:func:`_reduced_costs`)."""
+    return np.flatnonzero(rc <= target - lp + FIX_TOL).tolist()

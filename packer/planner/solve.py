@@ -1206,25 +1206,36 @@ def _from_every_group(problem: Problem, gpus: list[Gpu], reserved: dict[str, int
             found = _whole_gpus_plus(problem, (exact.bound, f"LP over every group the slot maths admits "
                                                             f"({exact.columns}){kind}"), floor)
         else:
-            left = "" if exact.kept >= exact.columns else f"; {exact.kept} left by reduced-cost fixing"
-            found = (exact.bound + floor, _master_words(f"{exact.columns}{left}", exact.proven) + kind)
+            # The master's cost is a purchase of whole GPUs; a bound at its target is not.
+            found = _whole_gpus_plus(problem, (exact.bound, _master_words(exact, exact.bound, exact.proven) + kind),
+                                     floor)
         if found[0] > bound[0] + 1e-6:
             bound = found
     proven = exact.proven
     if exact.apart_bound is not None and exact.apart_bound > bound[0] + 1e-6 and not _one_node(problem, gpus):
         # The packing keeps every min_replicas >= 2 model off the one-node pools, and no later stage
         # takes one that does not (_spread_kept): the plans it can end at are the master's.
-        bound = (exact.apart_bound, _master_words(str(exact.columns), exact.apart_proven)
-                 + f", over the plans that keep a replica of every min_replicas >= 2 model off each pool of one "
-                 f"node ({SPREAD_RULE}), at the replica counts the planner offers, one replica of a model per MIG GPU")
+        bound = _whole_gpus_plus(problem, (
+            exact.apart_bound, _master_words(exact, exact.apart_bound, exact.apart_proven)
+            + f", over the plans that keep a replica of every min_replicas >= 2 model off each pool of one "
+            f"node ({SPREAD_RULE}), at the replica counts the planner offers, one replica of a model per MIG GPU"), 0.0)
         proven = exact.apart_proven
     return gpus, bound, proven
 
 
-def _master_words(columns: str, proven: bool) -> str:
-    """How a bound from the integer master over every group names itself."""
-    return (f"integer master over every group the slot maths admits ({columns}; HiGHS "
-            + ("optimum" if proven else f"best bound after {EXACT_NODES} nodes") + ")")
+def _master_words(exact, value: float, proven: bool) -> str:
+    """How a bound ``value`` from the integer master over every group (``exact``) names itself:
+    the groups listed and those reduced-cost fixing left, and what HiGHS showed."""
+    left = "" if exact.kept >= exact.columns else f"; {exact.kept} left by reduced-cost fixing"
+    if math.isfinite(exact.target) and exact.kept < exact.columns:
+        left += f" below {exact.target:.2f}/h"
+    if proven:
+        how = "HiGHS optimum"
+    elif math.isfinite(exact.target) and value >= exact.target - 1e-6:
+        how = f"HiGHS: no plan below {exact.target:.2f}/h"
+    else:
+        how = f"HiGHS best bound after {EXACT_NODES} nodes"
+    return f"integer master over every group the slot maths admits ({exact.columns}{left}; {how})"
 
 
 def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budget) -> tuple[float, str]:

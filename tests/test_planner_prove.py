@@ -153,6 +153,8 @@ def test_a_purchase_the_fleet_fits_on_ends_a_search_that_stops_on_fit():
     proof = prove(problem, 2.4, 0.8, 10, stop_on_fit=True)
     assert proof is not None and not proof.optimal
     assert proof.open == ({"l4": 2},) and proof.bound <= 1.6 + 1e-9
+    # Below it, one L4 is ruled out: the bound is the two L4s the fleet fits on, not the relaxation's 0.80/h.
+    assert proof.ruled_out == ({"l4": 1},) and proof.bound == pytest.approx(1.6)
     assert prove(problem, 2.4, 0.0, 10, max_purchases=0) is None
 
 

@@ -242,7 +242,7 @@ def _fixing_target(lp: float, rc: np.ndarray, upper: float, cap: int, lower_cap:
     family-300020-multilingual-28 keeps 64,885 of 64,894 groups below its plan (37.88/h), too
     many, and 2,486 below 33.65/h, over which HiGHS finds nothing cheaper than that in 1.0 s, and
     a packing at 33.95/h, the cheapest purchase above it: the plan is proven optimal."""
-    if int(np.count_nonzero(rc <= upper - lp + FIX_TOL)) <= cap:
+    if len(_kept(lp, rc, upper)) <= cap:
         return upper
     if rc.size <= lower_cap:
         return upper

@@ -320,7 +320,7 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
         zs = []
         room = max(0, p.max_gpus - reserved.get(p.name, 0))  # the pool, less the multi-GPU replicas
         for cnt, _ in pat.layouts[p.name]:
-            z = lp.var(0, room, integer)
+            z = lp.var(0, room, integer, cost=p.cost_per_gpu_hour)
             zs.append((z, 1.0))
             cost.append((z, p.cost_per_gpu_hour))
             if WHOLE not in cnt:
@@ -376,8 +376,6 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
             lp.row(-math.inf, 0.0, on_spot[r] + [(y[k], -float(most))])
     if math.isfinite(upper):
         lp.row(-math.inf, upper - 1e-6, cost)  # only a cheaper packing is of use
-    for z, c in cost:
-        lp.proto.variable[z].objective_coefficient = c
     solver.LoadModelFromProto(lp.proto)
     v = solver.variables()
     return solver, [v[j] for j in x], {k: v[j] for k, j in y.items()}
@@ -390,9 +388,9 @@ class _Program:
     def __init__(self) -> None:
         self.proto = linear_solver_pb2.MPModelProto()
 
-    def var(self, lo: float, hi: float, integer: bool) -> int:
+    def var(self, lo: float, hi: float, integer: bool, cost: float = 0.0) -> int:
         v = self.proto.variable.add()
-        v.lower_bound, v.upper_bound, v.is_integer = lo, hi, integer
+        v.lower_bound, v.upper_bound, v.is_integer, v.objective_coefficient = lo, hi, integer, cost
         return len(self.proto.variable) - 1
 
     def row(self, lo: float, hi: float, terms: list[tuple[int, float]]) -> None:

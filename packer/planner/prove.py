@@ -178,7 +178,7 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
                 fitted.append(counts)
             break
         ruled.append(counts)
-    below = _cheapest_left(prices, open_, ruled, lower)
+    # ``below`` is still the cheapest purchase left: only a purchase ruled out moves it.
     bound = cost if below is None else max(lower, below[0])
     notes = ["the exact model fits the fleet on " + " and on ".join(_fmt(c) for c in fitted)
              + "; a cheaper plan may exist"] if fitted else []

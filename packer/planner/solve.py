@@ -1226,9 +1226,10 @@ def _from_every_group(problem: Problem, gpus: list[Gpu], reserved: dict[str, int
 def _master_words(exact, value: float, proven: bool) -> str:
     """How a bound ``value`` from the integer master over every group (``exact``) names itself:
     the groups listed and those reduced-cost fixing left, and what HiGHS showed."""
-    left = "" if exact.kept >= exact.columns else f"; {exact.kept} left by reduced-cost fixing"
-    if math.isfinite(exact.target) and exact.kept < exact.columns:
-        left += f" below {exact.target:.2f}/h"
+    left = ""
+    if exact.kept < exact.columns:
+        below = f" below {exact.target:.2f}/h" if math.isfinite(exact.target) else ""
+        left = f"; {exact.kept} left by reduced-cost fixing{below}"
     if proven:
         how = "HiGHS optimum"
     elif math.isfinite(exact.target) and value >= exact.target - 1e-6:

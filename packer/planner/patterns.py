@@ -50,7 +50,7 @@ from ortools.linear_solver import pywraplp
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import branch_and_bound, grid_bound, warm
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
-from packer.slot import SlotType, feasible
+from packer.slot import WHOLE, SlotType, feasible
 
 GRID = 1.01
 """Ratio of the cycle grid in the pricing bound: a member's share ``A / d + B`` is charged at the
@@ -151,6 +151,8 @@ class TypeItems:
     floor_row: np.ndarray | None = None
     """Per item, the index in the duals of its spot-floor row on this slot type's pool
     (``Patterns.floor_rows``), or -1."""
+    spread_row: np.ndarray | None = None
+    """Per item of a MIG slot type, its spread row (``Patterns.spread_rows``); None elsewhere."""
 
 
 @dataclass
@@ -244,6 +246,15 @@ class Patterns:
         pool can be worth, the scalings of ``mu`` tried (:meth:`cheapest_purchase` uses them)."""
         self.columns: list[tuple[str, tuple[int, ...]]] = []
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
+        self.sizes: dict[str, int] | None = None
+        self.spread_rows: list[tuple[int, str]] = []
+        """Where set (:meth:`spread`): per replica class and MIG-capable pool, the row "its replicas
+        in the pool's MIG slots are at most the pool's MIG GPUs" (one replica of a model a GPU).
+        Their duals follow the floor rows' in the duals vector."""
+        self._spread_index: dict[tuple[int, str], int] = {}
+        """GPUs per pool in place of the pools' sizes (a purchase; pools left out have none), in the
+        restricted LP and the Lagrangian: columns generated for a cheaper purchase
+        (``purchases.py``), and a bound over the plans that fit in it."""
 
     def _floor_row(self, k: int, m, n: int, pool) -> int:
         """The row ``at most n - floor replicas of (m, n) on the spot pool`` (created on first use),
@@ -261,12 +272,37 @@ class Patterns:
 
     def values(self, ti: "TypeItems", duals: np.ndarray) -> np.ndarray:
         """Per item of a slot type, what its place in a group is worth at ``duals``: its covering
-        row's dual less its spot-floor row's (none where ``duals`` holds only the covering rows)."""
+        row's dual less its spot-floor row's and its spread row's (none where ``duals`` holds only
+        the covering rows)."""
         v = duals[ti.keys]
         if duals.size > len(self.reps) and ti.floor_row is not None and (ti.floor_row >= 0).any():
             sigma = duals[len(self.reps) + np.maximum(ti.floor_row, 0)]
             v = v - np.where(ti.floor_row >= 0, sigma, 0.0)
+        first = len(self.reps) + len(self.floor_rows)
+        if duals.size > first and ti.spread_row is not None:
+            v = v - duals[first + ti.spread_row]
         return v
+
+    def spread(self) -> None:
+        """Adds the spread rows (``spread_rows``): a relaxation of the rule that a GPU runs one
+        replica of a model, which the pattern LP otherwise leaves to the dealing. Without them, the
+        columns generated for a purchase with one MIG GPU put two replicas of a model in two of
+        its slots, and no packing deals from them (family-800039-long-tail-34, an H100)."""
+        index: dict[tuple[int, str], int] = {}
+        for ti in self.types.values():
+            if ti.st.profile == WHOLE:
+                continue
+            ti.spread_row = np.array([index.setdefault((k, ti.st.pool.name), len(index)) for k in ti.keys], dtype=int)
+        self.spread_rows = sorted(index, key=index.__getitem__)
+        self._spread_index = index
+
+    def mig_worth(self, duals: np.ndarray, pool: str) -> float:
+        """What one MIG GPU of ``pool`` adds to the spread rows at ``duals``: the sum of their
+        duals there (each row's right-hand side counts the pool's MIG GPUs)."""
+        first = len(self.reps) + len(self.floor_rows)
+        if duals.size <= first:
+            return 0.0
+        return float(sum(duals[first + r] for (_, p), r in self._spread_index.items() if p == pool))
 
     def fixed_part(self, duals: np.ndarray) -> float:
         """The Lagrangian's part from the replica counts: ``sum_m min_n (n mu[m, n] - sum over
@@ -479,8 +515,9 @@ class Patterns:
                  for key in self.types}
         worth = {}
         for p in self.problem.fleet.pools:
-            worth[p.name] = max((sum(n * V.get(f"{p.name}/{prof}", 0.0) for prof, n in cnt.items()) for cnt, _ in
-                                 self.layouts[p.name]), default=0.0)
+            mig = self.mig_worth(mu, p.name) if self.spread_rows else 0.0
+            worth[p.name] = max((sum(n * V.get(f"{p.name}/{prof}", 0.0) for prof, n in cnt.items())
+                                 + (mig if WHOLE not in cnt else 0.0) for cnt, _ in self.layouts[p.name]), default=0.0)
         best = -math.inf
         scales = {1.0} | {p.cost_per_gpu_hour / worth[p.name] for p in self.problem.fleet.pools
                           if worth[p.name] > p.cost_per_gpu_hour > 0}
@@ -562,6 +599,7 @@ class Patterns:
         none fits in the purchase)."""
         solver = pywraplp.Solver.CreateSolver("GLOP")
         pools = self.problem.fleet.pools
+        sizes = self.sizes if sizes is None else sizes
         size = {p.name: p.max_gpus if sizes is None else sizes.get(p.name, 0) for p in pools}
         Z = {p.name: solver.NumVar(0.0, float(size[p.name]), f"Z[{p.name}]") for p in pools}
         used = {p.name: [Z[p.name]] for p in pools}
@@ -726,12 +764,16 @@ class _Master:
         # Slots of each type the layouts provide, against slots used.
         self.slot_row = {key: solver.Constraint(0.0, inf, f"slots[{key}]") for key in pat.types}
         pool_rows = {}
+        mig_z: dict[str, list] = defaultdict(list)
         for p in problem.fleet.pools:
-            pool_row = pool_rows[p.name] = solver.Constraint(-inf, float(p.max_gpus), f"pool[{p.name}]")
+            size = p.max_gpus if pat.sizes is None else pat.sizes.get(p.name, 0)
+            pool_row = pool_rows[p.name] = solver.Constraint(-inf, float(size), f"pool[{p.name}]")
             for i, (cnt, _) in enumerate(pat.layouts[p.name]):
                 z = solver.NumVar(0.0, inf, f"z[{p.name},{i}]")
                 obj.SetCoefficient(z, p.cost_per_gpu_hour)
                 pool_row.SetCoefficient(z, 1.0)
+                if WHOLE not in cnt:
+                    mig_z[p.name].append(z)
                 for prof, n in cnt.items():
                     key = f"{p.name}/{prof}"
                     if key in self.slot_row:
@@ -757,6 +799,13 @@ class _Master:
             row = solver.Constraint(-inf, 0.0, "")
             row.SetCoefficient(y_of[k], -float(most))
             self.floor_rows.append(row)
+        # Spread rows (Patterns.spread): a class's replicas in a pool's MIG slots, at most its MIG GPUs.
+        self.spread_rows = []
+        for _, pool in pat.spread_rows:
+            row = solver.Constraint(-inf, 0.0, "")
+            for z in mig_z[pool]:
+                row.SetCoefficient(z, -1.0)
+            self.spread_rows.append(row)
         # Multi-GPU replicas: whole GPUs of one pool per model (a mix in the LP).
         for name, where in pat.multi:
             row = solver.Constraint(1.0, inf, f"multi[{name}]")
@@ -780,6 +829,9 @@ class _Master:
                 r = pat._floor_index.get((k, pool))
                 if r is not None:
                     self.floor_rows[r].SetCoefficient(x, 1.0)
+                r = pat._spread_index.get((k, pool)) if pat.types[key].spread_row is not None else None
+                if r is not None:
+                    self.spread_rows[r].SetCoefficient(x, 1.0)
         self.added = len(pat.columns)
 
     def solve(self, seconds: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
@@ -802,7 +854,7 @@ class _Master:
             return None
         self.iterations += self.solver.iterations()
         mu = np.array([max(0.0, c.dual_value()) for c in self.cover]
-                      + [max(0.0, -r.dual_value()) for r in self.floor_rows])
+                      + [max(0.0, -r.dual_value()) for r in self.floor_rows + self.spread_rows])
         self.pat.shares = np.array([self.y_of[k].solution_value() for k in range(len(self.pat.reps))])
         return self.obj.Value(), mu, {key: max(0.0, row.dual_value()) for key, row in self.slot_row.items()}
 
@@ -862,16 +914,23 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
 
 def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                   seeds: list[tuple[str, list[tuple[str, int]]]] = (),
-                  counts: dict[str, set[int]] | None = None) -> PatternBound | None:
+                  counts: dict[str, set[int]] | None = None, sizes: dict[str, int] | None = None,
+                  spread: bool = False, stop_above: float = math.inf) -> PatternBound | None:
     """Column generation on the pattern LP within about ``time_limit`` seconds; the Lagrangian
     bound of its last duals (module docstring) on the cost of every plan, multi-GPU replicas
     included. ``upper``: any cost (the best plan's so far is best); ``min(L, upper)`` is returned.
     ``seeds`` are groups (slot type key, [(model, count)]) of a known packing, added as first
     columns; ``counts`` are replica counts to allow beside ``Problem.replica_options`` (a re-plan
-    keeps its current ones). None if nothing needs a GPU."""
+    keeps its current ones); ``sizes``: GPUs per pool in place of the pools' sizes
+    (``Patterns.sizes``); ``spread``: with the spread rows (``Patterns.spread``); ``stop_above``:
+    it stops once its bound is above this (all a caller ruling out a purchase needs). None if
+    nothing needs a GPU."""
     warm()  # before the clock starts: compiling is not the column generation's time
     t0 = time.monotonic()
     pat = Patterns(problem, counts)
+    pat.sizes = sizes
+    if spread:
+        pat.spread()
     if not pat.types and not pat.multi:
         return None
     _first_columns(pat, seeds)
@@ -879,7 +938,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     clock = _Clock(pat, master, t0)
     spent = clock.spent
     converged, lp = False, math.inf
-    mu = np.zeros(len(pat.reps) + len(pat.floor_rows))
+    mu = np.zeros(len(pat.reps) + len(pat.floor_rows) + len(pat.spread_rows))
     budget = 0.9 * time_limit  # the rest for the final bound's pricing (compiled: a second at most)
     best, last_eval = -math.inf, 0.0
     evals, eval_cost = 0.0, 0.0  # counted seconds in evaluations so far, and in the last one
@@ -902,6 +961,8 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             evals += eval_cost
             if best >= lp - 1e-6 * max(1.0, lp):
                 converged = True
+                break
+            if best > stop_above:
                 break
         new, priced = _pricing_round(pat, mu, pi, lambda: spent() > budget)
         if new == 0 and priced == len(pat.types) and pat.grid:

@@ -23,13 +23,14 @@ from packer.plan import Baseline, Move, Plan, fleet_to_dict
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
-from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential
+from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential, shared_cost
 from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas, wide_room
 from packer.planner.multi import choose_pools, multi_floor, plan_multi, replica_gpus
+from packer.planner.purchases import inside_purchases, rule_out
 from packer.planner.prove import LEFT_FOR_PROOF, maximal_purchases, prove, purchase_cost, purchases_left, why_not
 from packer.planner.spot import respread, spot_aware, spot_unaware
 from packer.errors import UserError
@@ -354,6 +355,10 @@ REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
 FULL_MODEL_S = 1.0
+INSIDE_SHARE = 0.5
+"""Share of the limit the search inside cheaper purchases (``purchases.py``) may take in column
+generation, on fleets of up to ``PATTERN_FIRST`` shared models (on 200 models a master over
+their columns takes tens of seconds a hundred nodes)."""
 """Deterministic seconds of the whole-fleet CP-SAT model after the windows, on small fleets (on
 top of the search's share; the windows take all of it). The windows used to get half the
 search's budget and the whole model the other half; over 48 fleets
@@ -364,7 +369,8 @@ proven optimal, and 13.29/h -> 13.18/h)."""
 
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_s: float,
             progress: Progress | None, *, full: bool, lower: float = 0.0,
-            targets_s: float = 0.0, targets_spent: list[float] | None = None) -> tuple[list[Gpu], str]:
+            targets_s: float = 0.0, targets_spent: list[float] | None = None,
+            inside_s: float = 0.0) -> tuple[list[Gpu], str]:
     """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet, then (small
     fleets, ``targets_s`` deterministic seconds, ``--prove``) the whole model inside each cheaper
     purchase that the bound ``lower`` (on the whole plan) leaves open (:func:`_purchase_targets`);
@@ -387,6 +393,13 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
     spent: list[float] = []
     shared = _lns(problem, shared, limit, total, time.monotonic() + 2 * total + 1.0, progress, reshuffle=full,
                   spent=spent)
+    if inside_s > 0:
+        lower_shared = lower - sum(g.pool.cost_per_gpu_hour * g.width for g in multi)
+        new = inside_purchases(problem, shared, reserved, lower_shared, inside_s, seeds=_groups(shared))
+        if new is not shared:
+            new = consolidate(problem, new, math.inf)
+            if shared_cost(problem, new) < shared_cost(problem, shared) - 1e-9 and _spread_kept(problem, new, shared):
+                shared = new
     if not small:
         return shared + multi, "feasible"
     budget = max(FULL_MODEL_S, total - sum(spent))
@@ -1223,6 +1236,24 @@ def _from_every_group(problem: Problem, gpus: list[Gpu], reserved: dict[str, int
     return gpus, bound, proven
 
 
+RULE_OUT_SHARE = 0.4
+"""Share of the limit (deterministic seconds of column generation) for ruling out the cheaper
+purchases one at a time (``purchases.rule_out``), on fleets of up to ``PATTERN_FIRST`` shared
+models."""
+
+
+def _ruled_out(problem: Problem, cost: float, lb: float, method: str, seconds: float) -> tuple[float, str]:
+    """The bound ``lb`` (``method`` its words) raised by ruling out the purchases between it and
+    the plan's ``cost`` at their own sizes (``purchases.rule_out``), where that raises it."""
+    found, ruled = rule_out(problem, cost, lb, seconds)
+    if found <= lb + 1e-6:
+        return lb, method
+    what = (f"all {ruled} cheaper GPU purchases" if found >= cost - 1e-6
+            else f"the {ruled} GPU purchases below {found:.2f}/h")
+    return found, (f"{method}; raised to {found:.2f}: the pattern LP at each purchase's own pool sizes, with "
+                   f"one replica of a model per MIG GPU, rules out {what}")
+
+
 def _master_words(exact, value: float, proven: bool) -> str:
     """How a bound ``value`` from the integer master over every group (``exact``) names itself:
     the groups listed and those reduced-cost fixing left, and what HiGHS showed."""
@@ -1282,9 +1313,12 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         gpus, status = gpus + multi, "optimal"
     else:
         targets_s = TARGET_SHARE * settings.prove_s if settings.prove_s and first is not None else 0.0
+        # Not on a re-plan: a packing from fresh columns would move nearly every replica.
+        inside_s = (INSIDE_SHARE * budget.limit if current is None and len(problem.shared_models) <= PATTERN_FIRST
+                    else 0.0)
         gpus, status = improve(problem, gpus + multi, reserved, budget.search_s, progress, full=current is None,
                                lower=first[0] if first is not None else 0.0, targets_s=targets_s,
-                               targets_spent=targets_spent)
+                               targets_spent=targets_spent, inside_s=inside_s)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     baseline = greedy_baseline(fleet, settings, baseline_packing)
     if start is not None and cost_of(problem, gpu_counts(problem, gpus)) > baseline.cost_per_hour + 1e-9:
@@ -1307,6 +1341,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         first = _bound_after(problem, gpus, floor, budget)
     lb, method = first
     cost = cost_of(problem, gpu_counts(problem, gpus))
+    if lb < cost - 1e-6 and len(problem.shared_models) <= PATTERN_FIRST:
+        lb, method = _ruled_out(problem, cost, lb, method, RULE_OUT_SHARE * budget.limit)
     if settings.prove_s and lb < cost - 1e-6:
         lb, method = _prove(problem, cost, floor, lb, method, max(0.0, settings.prove_s - sum(targets_spent)),
                             progress, t0)

@@ -1,0 +1,124 @@
+"""A cheaper packing inside each cheaper GPU purchase, from columns generated at its sizes.
+
+A plan buys some purchase (GPUs per pool) and costs exactly that. The pattern LP's columns are
+generated at the pools' full sizes, where the LP's optimum leans on whatever pool is cheapest per
+unit of work; the integer master over them (``colplan.integer_master``) then looks for whole
+groups near that optimum. Inside a smaller purchase other groups are the useful ones: the pool the
+LP leaned on is short, and the groups that fill the dearer GPUs tightly are the ones the master
+needs. Generated at the purchase's sizes (``pattern_bound(sizes=...)``), the columns hold them:
+family-800039-long-tail-34's plan bought 2 A100s, 8 L4s and an H100 (25.99/h); the columns at
+2 A100s, 7 L4s and an H100 gave HiGHS a packing at 24.89/h in half a second.
+
+Purchases tried: the maximal ones below the packing's cost that the bound leaves open (no GPU can
+be added without reaching the cost), dearest first: a packing found there is cheaper than the
+packing, and the purchases left are then those below it. Column generation at each is counted in
+deterministic seconds and the master ends at its node limit, so a seed gives one plan whatever the
+machine's load.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from packer.planner.assemble import Gpu
+from packer.planner.colplan import integer_master, shared_cost
+from packer.planner.model import Problem
+from packer.planner.patterns import _purchases, pattern_bound
+from packer.planner.prove import maximal_purchases, purchase_cost
+
+INSIDE_BUYS = 20
+"""Most purchases tried: each costs a column generation, and a master where its LP is cheaper."""
+MASTER_CHARGE, MASTER_GUARD_S = 0.5, 5.0
+"""Deterministic seconds a master is charged, and the wall clock its guard is made from (twice
+this, ``colplan.integer_master``): its node limit ends it, not the clock. With a guard of 4 s,
+family-800039-long-tail-34's master at 2 A100s, 7 L4s and an H100 (about 5 s on a busy machine,
+both of its variants) was cut off, and the plan cost 25.99/h, not 24.89/h."""
+INSIDE_COLUMN_S = 2.0
+"""Deterministic seconds of column generation at one purchase's sizes (at most)."""
+INSIDE_LIST = 20_000
+"""Most purchases listed before the maximal ones are picked: past it, none is tried."""
+
+
+def inside_purchases(problem: Problem, shared: list[Gpu], reserved: dict[str, int], lower: float,
+                     seconds: float, seeds: list[tuple[str, list[tuple[str, int]]]] = ()) -> list[Gpu]:
+    """The cheapest packing of the shared models found inside the maximal purchases below the
+    cost of ``shared`` (the shared GPUs so far) and not below ``lower`` (a bound on their cost),
+    within ``seconds`` deterministic seconds of column generation; else ``shared``. ``reserved``:
+    GPUs per pool the multi-GPU replicas take. ``seeds``: groups of a known packing, first columns
+    at every purchase. The packing returned fits the pools less ``reserved``; whether it keeps the
+    spread rule is the caller's to check."""
+    pools = problem.fleet.pools
+    prices = {p.name: p.cost_per_gpu_hour for p in pools}
+    room = {p.name: max(0, p.max_gpus - reserved.get(p.name, 0)) for p in pools}
+    cost = shared_cost(problem, shared)
+    limits = {n: min(room[n], int(cost / c + 1e-9)) for n, c in prices.items() if c > 0}
+    if cost <= lower + 1e-6 or math.prod(v + 1 for v in limits.values()) > INSIDE_LIST:
+        return shared
+    buys = [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
+    buys.sort(key=lambda b: -purchase_cost(prices, b))
+    best, spent = shared, 0.0
+    for buy in buys[:INSIDE_BUYS]:
+        if spent >= seconds or purchase_cost(prices, buy) < lower - 1e-6:
+            break
+        if purchase_cost(prices, buy) >= cost - 1e-6:
+            continue  # a packing found in a dearer purchase already costs less than this one
+        # Pools without a price (none in practice) keep their room; the rest are cut to the purchase.
+        size = {n: buy.get(n, room[n]) for n in room}
+        found = pattern_bound(problem, min(INSIDE_COLUMN_S, seconds - spent), upper=cost, seeds=seeds,
+                              sizes={n: k + reserved.get(n, 0) for n, k in size.items()}, spread=True)
+        if found is None or found.patterns is None:
+            break
+        spent += found.spent
+        if found.lp >= cost - 1e-6 or found.value >= cost - 1e-6:
+            continue  # the LP at this purchase is no cheaper (or cannot hold the fleet): nothing to find
+        cut = {p.name: p.max_gpus - size[p.name] for p in pools}
+        new = integer_master(problem, found.patterns, cut, MASTER_GUARD_S, cost)
+        spent += MASTER_CHARGE
+        if new is not None and lower - 1e-6 <= shared_cost(problem, new) < cost - 1e-6:
+            best, cost = new, shared_cost(problem, new)
+    return best
+
+
+RULE_OUT_COLUMN_S = 1.0
+"""Deterministic seconds of column generation at one purchase's sizes when ruling it out."""
+
+
+def rule_out(problem: Problem, cost: float, lower: float, seconds: float) -> tuple[float, int]:
+    """A bound on every plan from the purchases costing at least ``lower`` (a bound) and less
+    than ``cost`` (the plan's): the cheapest that column generation at its own sizes, with the
+    spread rows, does not rule out, or ``cost`` where it rules out all; and how many it ruled out.
+    Within ``seconds`` deterministic seconds, cheapest first; a purchase inside one ruled out is
+    ruled out with it.
+
+    A plan buys some purchase ``P`` and costs exactly its cost. The Lagrangian of the pattern LP at
+    ``P``'s sizes bounds every plan that fits in ``P``, so where it exceeds ``P``'s cost no plan
+    fits there. The bound's own Lagrangian (``PatternBound.cheapest_purchase``) tests every
+    purchase at once with the duals of the pools' full sizes; duals of ``P``'s own sizes price the
+    pool that is short: on family-800039-long-tail-34 they rule out ... (measured below)."""
+    pools = [p for p in problem.fleet.pools if p.max_gpus > 0]
+    buys = _purchases([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lower, cost, INSIDE_LIST)
+    if buys is None:
+        return lower, 0
+    counts, costs = buys
+    ruled: list[np.ndarray] = []
+    spent = 0.0
+    seeds: list[tuple[str, list[tuple[str, int]]]] = []
+    for i in np.argsort(costs, kind="stable").tolist():
+        if any((counts[i] <= r).all() for r in ruled):
+            continue
+        if spent >= seconds:
+            return float(costs[i]), len(ruled)
+        sizes = {p.name: int(n) for p, n in zip(pools, counts[i])}
+        # The last purchase's columns start this one's: purchases a GPU apart need much the same.
+        found = pattern_bound(problem, min(RULE_OUT_COLUMN_S, seconds - spent), seeds=seeds, sizes=sizes,
+                              spread=True, stop_above=float(costs[i]) + 1e-6 * max(1.0, float(costs[i])))
+        if found is None or found.patterns is None:
+            return float(costs[i]), len(ruled)
+        spent += found.spent
+        seeds = [(key, [found.patterns.reps[k] for k in reps]) for key, reps in found.patterns.columns]
+        if found.value <= costs[i] + 1e-6 * max(1.0, float(costs[i])):
+            return float(costs[i]), len(ruled)
+        ruled.append(counts[i])
+    return cost, len(ruled)

@@ -25,7 +25,7 @@ def test_ruling_out_purchases_never_passes_the_brute_force_optimum() -> None:
     for seed in range(8):
         problem = Problem(parse_fleet(_tiny_fleet(seed)), PlanSettings())
         best = _brute_optimum(problem, every_group(problem))
-        found, ruled = rule_out(problem, best + 2.0, 0.0, 60.0)
+        found, ruled, _ = rule_out(problem, best + 2.0, 0.0, 60.0)
         assert found <= best + 1e-6, (seed, found, best)
         tight += found >= best - 1e-6 and ruled > 0
     assert tight >= 4
@@ -41,7 +41,7 @@ def test_ruling_out_purchases_never_passes_a_mig_packing() -> None:
         if exact.gpus is None:
             continue
         dealt = sum(g.pool.cost_per_gpu_hour for g in exact.gpus)
-        found, _ = rule_out(problem, dealt + 2.0, 0.0, 60.0)
+        found, _, _ = rule_out(problem, dealt + 2.0, 0.0, 60.0)
         assert found <= dealt + 1e-6, (seed, found, dealt)
         checked += 1
     assert checked >= 3
@@ -64,9 +64,9 @@ def test_a_small_mig_fleet_is_planned_inside_a_cheaper_purchase_and_proven() -> 
     LP at each of the 18 purchases below it rules them all out."""
     fleet = parse_fleet(family_fleet(800039, max_models=40))
     problem = Problem(fleet, PlanSettings())
-    found, ruled = rule_out(problem, 24.89, 21.59, 10.0)
+    found, ruled, _ = rule_out(problem, 24.89, 21.59, 10.0)
     assert found == pytest.approx(24.89) and ruled == 18
     plan = plan_fleet(fleet, PlanSettings())
     assert plan.cost_per_hour == pytest.approx(24.89)
     assert plan.lower_bound_cost_per_hour == pytest.approx(24.89) and plan.status == "optimal"
-    assert "rules out all 18 cheaper GPU purchases" in plan.bound_method
+    assert "rules out the 18 GPU purchases below 24.89/h" in plan.bound_method

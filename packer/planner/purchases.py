@@ -10,8 +10,9 @@ family-800039-long-tail-34's plan bought 2 A100s, 8 L4s and an H100 (25.99/h); t
 2 A100s, 7 L4s and an H100 gave HiGHS a packing at 24.89/h in half a second.
 
 Purchases tried: the maximal ones below the packing's cost that the bound leaves open (no GPU can
-be added without reaching the cost), dearest first: a packing found there is cheaper than the
-packing, and the purchases left are then those below it. Column generation at each is counted in
+be added without reaching the cost), cheapest first: the bound has just ruled out those below it
+(``rule_out``, before the search), so the cheapest left is where the optimum may be, and a packing
+found there leaves only the purchases cheaper than it. Column generation at each is counted in
 deterministic seconds and the master ends at its node limit, so a seed gives one plan whatever the
 machine's load.
 """
@@ -57,13 +58,11 @@ def inside_purchases(problem: Problem, shared: list[Gpu], reserved: dict[str, in
     if cost <= lower + 1e-6 or math.prod(v + 1 for v in limits.values()) > INSIDE_LIST:
         return shared
     buys = [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
-    buys.sort(key=lambda b: -purchase_cost(prices, b))
+    buys.sort(key=lambda b: purchase_cost(prices, b))
     best, spent = shared, 0.0
     for buy in buys[:INSIDE_BUYS]:
-        if spent >= seconds or purchase_cost(prices, buy) < lower - 1e-6:
-            break
-        if purchase_cost(prices, buy) >= cost - 1e-6:
-            continue  # a packing found in a dearer purchase already costs less than this one
+        if spent >= seconds or purchase_cost(prices, buy) >= cost - 1e-6:
+            break  # a packing found costs less than the purchases left
         # Pools without a price (none in practice) keep their room; the rest are cut to the purchase.
         size = {n: buy.get(n, room[n]) for n in room}
         found = pattern_bound(problem, min(INSIDE_COLUMN_S, seconds - spent), upper=cost, seeds=seeds,
@@ -85,40 +84,44 @@ RULE_OUT_COLUMN_S = 1.0
 """Deterministic seconds of column generation at one purchase's sizes when ruling it out."""
 
 
-def rule_out(problem: Problem, cost: float, lower: float, seconds: float) -> tuple[float, int]:
+def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
+             counts: dict[str, set[int]] | None = None) -> tuple[float, int, bool]:
     """A bound on every plan from the purchases costing at least ``lower`` (a bound) and less
     than ``cost`` (the plan's): the cheapest that column generation at its own sizes, with the
-    spread rows, does not rule out, or ``cost`` where it rules out all; and how many it ruled out.
+    spread rows, does not rule out, or ``cost`` where it rules out all; how many it ruled out; and
+    whether ``seconds`` ran out first (the bound is then the next purchase's cost).
     Within ``seconds`` deterministic seconds, cheapest first; a purchase inside one ruled out is
-    ruled out with it.
+    ruled out with it. Over the replica counts the planner offers and ``counts`` (those the plan
+    uses, which a re-plan may keep).
 
     A plan buys some purchase ``P`` and costs exactly its cost. The Lagrangian of the pattern LP at
     ``P``'s sizes bounds every plan that fits in ``P``, so where it exceeds ``P``'s cost no plan
     fits there. The bound's own Lagrangian (``PatternBound.cheapest_purchase``) tests every
     purchase at once with the duals of the pools' full sizes; duals of ``P``'s own sizes price the
-    pool that is short: on family-800039-long-tail-34 they rule out ... (measured below)."""
+    pool that is short: on family-800039-long-tail-34 they rule out all 18 purchases between the
+    bound's 21.59/h and the plan's 24.89/h, where the full sizes' duals ruled out none."""
     pools = [p for p in problem.fleet.pools if p.max_gpus > 0]
-    buys = _purchases([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lower, cost, INSIDE_LIST)
-    if buys is None:
-        return lower, 0
-    counts, costs = buys
+    listed = _purchases([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lower, cost, INSIDE_LIST)
+    if listed is None:
+        return lower, 0, False
+    buys, costs = listed
     ruled: list[np.ndarray] = []
     spent = 0.0
     seeds: list[tuple[str, list[tuple[str, int]]]] = []
     for i in np.argsort(costs, kind="stable").tolist():
-        if any((counts[i] <= r).all() for r in ruled):
+        if any((buys[i] <= r).all() for r in ruled):
             continue
         if spent >= seconds:
-            return float(costs[i]), len(ruled)
-        sizes = {p.name: int(n) for p, n in zip(pools, counts[i])}
+            return float(costs[i]), len(ruled), True
+        at = float(costs[i]) + 1e-6 * max(1.0, float(costs[i]))
         # The last purchase's columns start this one's: purchases a GPU apart need much the same.
-        found = pattern_bound(problem, min(RULE_OUT_COLUMN_S, seconds - spent), seeds=seeds, sizes=sizes,
-                              spread=True, stop_above=float(costs[i]) + 1e-6 * max(1.0, float(costs[i])))
+        found = pattern_bound(problem, min(RULE_OUT_COLUMN_S, seconds - spent), seeds=seeds, counts=counts,
+                              sizes={p.name: int(n) for p, n in zip(pools, buys[i])}, spread=True, stop_above=at)
         if found is None or found.patterns is None:
-            return float(costs[i]), len(ruled)
+            return float(costs[i]), len(ruled), False
         spent += found.spent
         seeds = [(key, [found.patterns.reps[k] for k in reps]) for key, reps in found.patterns.columns]
-        if found.value <= costs[i] + 1e-6 * max(1.0, float(costs[i])):
-            return float(costs[i]), len(ruled)
-        ruled.append(counts[i])
-    return cost, len(ruled)
+        if found.value <= at:
+            return float(costs[i]), len(ruled), False
+        ruled.append(buys[i])
+    return cost, len(ruled), False

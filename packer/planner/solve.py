@@ -355,7 +355,7 @@ REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
 FULL_MODEL_S = 1.0
-INSIDE_SHARE = 0.5
+INSIDE_SHARE = 0.3
 """Share of the limit the search inside cheaper purchases (``purchases.py``) may take in column
 generation, on fleets of up to ``PATTERN_FIRST`` shared models (on 200 models a master over
 their columns takes tens of seconds a hundred nodes)."""
@@ -1242,16 +1242,22 @@ purchases one at a time (``purchases.rule_out``), on fleets of up to ``PATTERN_F
 models."""
 
 
-def _ruled_out(problem: Problem, cost: float, lb: float, method: str, seconds: float) -> tuple[float, str]:
-    """The bound ``lb`` (``method`` its words) raised by ruling out the purchases between it and
-    the plan's ``cost`` at their own sizes (``purchases.rule_out``), where that raises it."""
-    found, ruled = rule_out(problem, cost, lb, seconds)
+def _ruled_out(problem: Problem, gpus: list[Gpu], cost: float, bound: tuple[float, str],
+               seconds: float) -> tuple[tuple[float, str], bool]:
+    """``bound`` (value, words) raised by ruling out the purchases between it and ``cost``, that
+    of the packing ``gpus``, at their own sizes (``purchases.rule_out``), and whether time ran out
+    before a purchase it could not rule out; over the replica counts offered and those ``gpus``
+    uses (a re-plan's may be others)."""
+    lb, method = bound
+    if lb >= cost - 1e-6:
+        return bound, False
+    found, ruled, cut = rule_out(problem, cost, lb, seconds, counts=_counts_used(gpus))
     if found <= lb + 1e-6:
-        return lb, method
+        return bound, cut
     what = (f"all {ruled} cheaper GPU purchases" if found >= cost - 1e-6
             else f"the {ruled} GPU purchases below {found:.2f}/h")
-    return found, (f"{method}; raised to {found:.2f}: the pattern LP at each purchase's own pool sizes, with "
-                   f"one replica of a model per MIG GPU, rules out {what}")
+    return (found, f"{method}; raised to {found:.2f}: the pattern LP at each purchase's own pool sizes, with "
+                   f"one replica of a model per MIG GPU, rules out {what}"), cut
 
 
 def _master_words(exact, value: float, proven: bool) -> str:
@@ -1273,13 +1279,19 @@ def _master_words(exact, value: float, proven: bool) -> str:
 def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budget) -> tuple[float, str]:
     """The bound after the search (re-plans, ``--prove``): over the replica counts offered and the
     ones the plan uses (a re-plan may keep counts the search does not offer)."""
+    return lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s,
+                       upper=cost_of(problem, gpu_counts(problem, gpus)), seeds=_groups(gpus),
+                       counts=_counts_used(gpus))
+
+
+def _counts_used(gpus: list[Gpu]) -> dict[str, set[int]]:
+    """Per model, the replica counts a packing uses."""
     used: dict[str, set[int]] = defaultdict(set)
     for g in gpus:
         for sl in g.slots:
             for r in sl.reps:
                 used[r.model.name].add(r.count)
-    return lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s,
-                       upper=cost_of(problem, gpu_counts(problem, gpus)), seeds=_groups(gpus), counts=used)
+    return dict(used)
 
 
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,
@@ -1309,13 +1321,19 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
                                    short_proof=settings.prove_s is None)
     elif current is not None:
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
+    small = len(problem.shared_models) <= PATTERN_FIRST
+    ruled_cut = True  # whether purchases may be left for ruling out after the search
+    if first is not None and small:
+        # Before the search: a purchase ruled out is one the search need not look inside, and
+        # where all are, the search does not run (multilingual-10: 28.90/h proven before it).
+        first, ruled_cut = _ruled_out(problem, gpus + multi, cost_of(problem, gpu_counts(problem, gpus + multi)),
+                                      first, RULE_OUT_SHARE * budget.limit)
     if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
         gpus, status = gpus + multi, "optimal"
     else:
         targets_s = TARGET_SHARE * settings.prove_s if settings.prove_s and first is not None else 0.0
         # Not on a re-plan: a packing from fresh columns would move nearly every replica.
-        inside_s = (INSIDE_SHARE * budget.limit if current is None and len(problem.shared_models) <= PATTERN_FIRST
-                    else 0.0)
+        inside_s = INSIDE_SHARE * budget.limit if current is None and small else 0.0
         gpus, status = improve(problem, gpus + multi, reserved, budget.search_s, progress, full=current is None,
                                lower=first[0] if first is not None else 0.0, targets_s=targets_s,
                                targets_spent=targets_spent, inside_s=inside_s)
@@ -1338,11 +1356,11 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     if first is None:
         if progress:
             progress("bound", time.monotonic() - t0)
-        first = _bound_after(problem, gpus, floor, budget)
-    lb, method = first
+        first, ruled_cut = _bound_after(problem, gpus, floor, budget), True
     cost = cost_of(problem, gpu_counts(problem, gpus))
-    if lb < cost - 1e-6 and len(problem.shared_models) <= PATTERN_FIRST:
-        lb, method = _ruled_out(problem, cost, lb, method, RULE_OUT_SHARE * budget.limit)
+    if small and ruled_cut:
+        first, _ = _ruled_out(problem, gpus, cost, first, RULE_OUT_SHARE * budget.limit)
+    lb, method = first
     if settings.prove_s and lb < cost - 1e-6:
         lb, method = _prove(problem, cost, floor, lb, method, max(0.0, settings.prove_s - sum(targets_spent)),
                             progress, t0)

@@ -29,7 +29,7 @@ from packer.planner.model import Problem
 from packer.planner.patterns import _purchases, pattern_bound
 from packer.planner.prove import maximal_purchases, purchase_cost
 
-INSIDE_BUYS = 20
+INSIDE_BUYS = 10
 """Most purchases tried: each costs a column generation, and a master where its LP is cheaper."""
 MASTER_CHARGE, MASTER_GUARD_S = 0.5, 5.0
 """Deterministic seconds a master is charged, and the wall clock its guard is made from (twice

@@ -355,7 +355,7 @@ REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
 FULL_MODEL_S = 1.0
-INSIDE_SHARE = 0.3
+INSIDE_SHARE = 0.2
 """Share of the limit the search inside cheaper purchases (``purchases.py``) may take in column
 generation, on fleets of up to ``PATTERN_FIRST`` shared models (on 200 models a master over
 their columns takes tens of seconds a hundred nodes)."""

@@ -14,7 +14,7 @@ from bench.family import family_fleet
 from packer.fleetfile import load_fleet, parse_fleet
 from packer.planner.model import PlanSettings, Problem, Rep
 from packer.planner import patterns
-from packer.planner.patterns import Patterns, _purchases, pattern_bound
+from packer.planner.patterns import Patterns, pattern_bound, purchases_between
 from packer.planner.solve import greedy_packing, plan_fleet
 from packer.slot import feasible
 
@@ -145,14 +145,14 @@ def test_spot_floors_are_relaxed_not_imposed_on_every_replica() -> None:
 
 
 def test_purchases_lists_every_purchase_in_the_cost_window() -> None:
-    """``_purchases`` against a brute force: every GPU count vector within the pools' sizes whose
+    """``purchases_between`` against a brute force: every GPU count vector within the pools' sizes whose
     cost is at least ``lo`` and below ``hi``, and nothing else."""
     rng = random.Random(1)
     for _ in range(200):
         pools = [(round(rng.uniform(0.3, 10), 2), rng.randint(0, 12)) for _ in range(rng.randint(1, 3))]
         lo = rng.uniform(0, 30)
         hi = lo + rng.uniform(0, 15)
-        got = _purchases(pools, lo, hi, 10**6)
+        got = purchases_between(pools, lo, hi, 10**6)
         assert got is not None
         want = sorted(c for c in itertools.product(*(range(n + 1) for _, n in pools))
                       if lo - 1e-6 <= sum(k * p for k, (p, _) in zip(c, pools)) < hi - 1e-6)

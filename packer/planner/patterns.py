@@ -548,7 +548,7 @@ class Patterns:
         pools = [p for p in self.problem.fleet.pools if p.max_gpus > 0]
         if not math.isfinite(value) or not pools or hi <= lo:
             return lo
-        buys = _purchases([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lo, hi, max_purchases)
+        buys = purchases_between([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lo, hi, max_purchases)
         if buys is None:
             return lo
         counts, costs = buys
@@ -656,7 +656,7 @@ def count_options(problem: Problem, m) -> set[int]:
     return out
 
 
-def _purchases(pools: list[tuple[float, int]], lo: float, hi: float,
+def purchases_between(pools: list[tuple[float, int]], lo: float, hi: float,
                most: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Every purchase of whole GPUs (``(price, at most)`` per pool) costing at least ``lo`` and
     less than ``hi``: counts per pool (rows) and costs; None when there are more than ``most``."""

@@ -1,4 +1,5 @@
-"""A cheaper packing inside each cheaper GPU purchase, from columns generated at its sizes.
+"""The cheaper GPU purchases, each at its own pool sizes: a packing inside them
+(:func:`inside_purchases`) and a bound that rules them out (:func:`rule_out`).
 
 A plan buys some purchase (GPUs per pool) and costs exactly that. The pattern LP's columns are
 generated at the pools' full sizes, where the LP's optimum leans on whatever pool is cheapest per
@@ -26,7 +27,7 @@ import numpy as np
 from packer.planner.assemble import Gpu
 from packer.planner.colplan import integer_master, shared_cost
 from packer.planner.model import Problem
-from packer.planner.patterns import _purchases, pattern_bound
+from packer.planner.patterns import pattern_bound, purchases_between
 from packer.planner.prove import maximal_purchases, purchase_cost
 
 INSIDE_BUYS = 10
@@ -101,7 +102,7 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
     pool that is short: on family-800039-long-tail-34 they rule out all 18 purchases between the
     bound's 21.59/h and the plan's 24.89/h, where the full sizes' duals ruled out none."""
     pools = [p for p in problem.fleet.pools if p.max_gpus > 0]
-    listed = _purchases([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lower, cost, INSIDE_LIST)
+    listed = purchases_between([(p.cost_per_gpu_hour, p.max_gpus) for p in pools], lower, cost, INSIDE_LIST)
     if listed is None:
         return lower, 0, False
     buys, costs = listed

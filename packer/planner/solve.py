@@ -355,16 +355,16 @@ REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
 FULL_MODEL_S = 1.0
-INSIDE_SHARE = 0.2
-"""Share of the limit the search inside cheaper purchases (``purchases.py``) may take in column
-generation, on fleets of up to ``PATTERN_FIRST`` shared models (on 200 models a master over
-their columns takes tens of seconds a hundred nodes)."""
 """Deterministic seconds of the whole-fleet CP-SAT model after the windows, on small fleets (on
 top of the search's share; the windows take all of it). The windows used to get half the
 search's budget and the whole model the other half; over 48 fleets
 of 8-40 models (``bench/plan.py --family 24 --max-models 40``, seeds 3 and 4) the whole model
 never found a cheaper packing, while the windows' second half did on two (18.58/h -> 15.79/h,
 proven optimal, and 13.29/h -> 13.18/h)."""
+INSIDE_SHARE = 0.2
+"""Share of the limit the search inside cheaper purchases (``purchases.py``) may take in column
+generation, on fleets of up to ``PATTERN_FIRST`` shared models (on 200 models a master over
+their columns takes tens of seconds a hundred nodes)."""
 
 
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_s: float,

@@ -247,14 +247,14 @@ class Patterns:
         self.columns: list[tuple[str, tuple[int, ...]]] = []
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
         self.sizes: dict[str, int] | None = None
+        """GPUs per pool in place of the pools' sizes (a purchase; pools left out have none), in the
+        restricted LP and the Lagrangian: columns generated for a cheaper purchase
+        (``purchases.py``), and a bound over the plans that fit in it."""
         self.spread_rows: list[tuple[int, str]] = []
         """Where set (:meth:`spread`): per replica class and MIG-capable pool, the row "its replicas
         in the pool's MIG slots are at most the pool's MIG GPUs" (one replica of a model a GPU).
         Their duals follow the floor rows' in the duals vector."""
         self._spread_index: dict[tuple[int, str], int] = {}
-        """GPUs per pool in place of the pools' sizes (a purchase; pools left out have none), in the
-        restricted LP and the Lagrangian: columns generated for a cheaper purchase
-        (``purchases.py``), and a bound over the plans that fit in it."""
 
     def _floor_row(self, k: int, m, n: int, pool) -> int:
         """The row ``at most n - floor replicas of (m, n) on the spot pool`` (created on first use),

@@ -55,11 +55,7 @@ def inside_purchases(problem: Problem, shared: list[Gpu], reserved: dict[str, in
     prices = {p.name: p.cost_per_gpu_hour for p in pools}
     room = {p.name: max(0, p.max_gpus - reserved.get(p.name, 0)) for p in pools}
     cost = shared_cost(problem, shared)
-    limits = {n: min(room[n], int(cost / c + 1e-9)) for n, c in prices.items() if c > 0}
-    if cost <= lower + 1e-6 or math.prod(v + 1 for v in limits.values()) > INSIDE_LIST:
-        return shared
-    buys = [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
-    buys.sort(key=lambda b: purchase_cost(prices, b))
+    buys = sorted(open_purchases(prices, room, cost, lower, INSIDE_LIST), key=lambda b: purchase_cost(prices, b))
     best, spent = shared, 0.0
     for buy in buys[:INSIDE_BUYS]:
         if spent >= seconds or purchase_cost(prices, buy) >= cost - 1e-6:
@@ -79,6 +75,17 @@ def inside_purchases(problem: Problem, shared: list[Gpu], reserved: dict[str, in
         if new is not None and lower - 1e-6 <= shared_cost(problem, new) < cost - 1e-6:
             best, cost = new, shared_cost(problem, new)
     return best
+
+
+def open_purchases(prices: dict[str, float], room: dict[str, int], cost: float, lower: float,
+                   most: int) -> list[dict[str, int]]:
+    """The maximal purchases (GPUs per priced pool, within ``room``) below ``cost`` that the bound
+    ``lower`` leaves open: where a packing cheaper than ``cost`` may be. None where ``cost`` is
+    at the bound, or where more than ``most`` purchases would be listed to find them."""
+    limits = {n: min(room.get(n, 0), int(cost / c + 1e-9)) for n, c in prices.items() if c > 0}
+    if cost <= lower + 1e-6 or math.prod(v + 1 for v in limits.values()) > most:
+        return []
+    return [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
 
 
 RULE_OUT_COLUMN_S = 1.0

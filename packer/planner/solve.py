@@ -30,8 +30,8 @@ from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas, wide_room
 from packer.planner.multi import choose_pools, multi_floor, plan_multi, replica_gpus
-from packer.planner.purchases import inside_purchases, rule_out
-from packer.planner.prove import LEFT_FOR_PROOF, maximal_purchases, prove, purchase_cost, purchases_left, why_not
+from packer.planner.purchases import inside_purchases, open_purchases, rule_out
+from packer.planner.prove import LEFT_FOR_PROOF, prove, purchase_cost, purchases_left, why_not
 from packer.planner.spot import respread, spot_aware, spot_unaware
 from packer.errors import UserError
 from packer.slot import WHOLE, SlotType, duty_window
@@ -391,10 +391,10 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
     small = full and n_reps <= 160
     total = max(0.0, budget_s)
     spent: list[float] = []
+    lower_shared = lower - sum(g.pool.cost_per_gpu_hour * g.width for g in multi)  # the bound, less the multi-GPU replicas
     shared = _lns(problem, shared, limit, total, time.monotonic() + 2 * total + 1.0, progress, reshuffle=full,
                   spent=spent)
     if inside_s > 0:
-        lower_shared = lower - sum(g.pool.cost_per_gpu_hour * g.width for g in multi)
         new = inside_purchases(problem, shared, reserved, lower_shared, inside_s, seeds=_groups(shared))
         if new is not shared:
             new = consolidate(problem, new, math.inf)
@@ -414,7 +414,6 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
     else:
         status = "feasible"
     if targets_s > 0:
-        lower_shared = lower - sum(g.pool.cost_per_gpu_hour * g.width for g in multi)
         targeted = _purchase_targets(problem, shared, limit, lower_shared, targets_s, s.seed, targets_spent)
         if targeted is not shared:
             shared, status = targeted, "feasible"
@@ -435,10 +434,7 @@ def _purchase_targets(problem: Problem, shared: list[Gpu], limit: dict[str, int]
     spreads replicas over nodes as well (:func:`_spread_kept`); else the packing given."""
     prices = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools}
     cost = sum(g.pool.cost_per_gpu_hour for g in shared)
-    limits = {n: min(limit.get(n, 0), int(cost / c + 1e-9)) for n, c in prices.items() if c > 0}
-    if cost <= lower + 1e-6 or math.prod(v + 1 for v in limits.values()) > 100_000:
-        return shared
-    buys = [b for b in maximal_purchases(prices, limits, cost - 1e-6) if purchase_cost(prices, b) >= lower - 1e-6]
+    buys = open_purchases(prices, limit, cost, lower, 100_000)
     buys = sorted(buys, key=lambda b: -purchase_cost(prices, b))[:TARGETS]
     best, spent, attempt = shared, 0.0, 0
     # Round robin, a fresh seed each try: without a hint CP-SAT's first solution depends on its
@@ -1323,12 +1319,12 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
     small = len(problem.shared_models) <= PATTERN_FIRST
     ruled_cut = True  # whether purchases may be left for ruling out after the search
+    cost_now = cost_of(problem, gpu_counts(problem, gpus + multi))
     if first is not None and small:
         # Before the search: a purchase ruled out is one the search need not look inside, and
         # where all are, the search does not run (multilingual-10: 28.90/h proven before it).
-        first, ruled_cut = _ruled_out(problem, gpus + multi, cost_of(problem, gpu_counts(problem, gpus + multi)),
-                                      first, RULE_OUT_SHARE * budget.limit)
-    if first is not None and first[0] >= cost_of(problem, gpu_counts(problem, gpus + multi)) - 1e-6:
+        first, ruled_cut = _ruled_out(problem, gpus + multi, cost_now, first, RULE_OUT_SHARE * budget.limit)
+    if first is not None and first[0] >= cost_now - 1e-6:
         gpus, status = gpus + multi, "optimal"
     else:
         targets_s = TARGET_SHARE * settings.prove_s if settings.prove_s and first is not None else 0.0

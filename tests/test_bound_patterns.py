@@ -159,6 +159,19 @@ def test_purchases_lists_every_purchase_in_the_cost_window() -> None:
         assert sorted(tuple(int(x) for x in row) for row in got[0]) == want
 
 
+def test_purchases_of_four_big_pools_are_listed_where_few_lie_in_the_window() -> None:
+    """family-4-mixed-33's pools: a grid of the three smaller pools' counts is 74,925 points, but
+    only 1,547 purchases lie between its bound and its plan; the listing grows the counts while
+    they cost less than ``hi`` and stays within a limit of 20,000."""
+    pools = [(1.98, 48), (8.24, 36), (4.63, 44), (5.18, 44)]
+    got = purchases_between(pools, 69.01, 75.56, 20_000)
+    assert got is not None and len(got[1]) == 1547
+    counts, costs = got
+    assert ((costs >= 69.01 - 1e-6) & (costs < 75.56 - 1e-6)).all()
+    assert (counts <= np.array([n for _, n in pools])).all() and len({tuple(r) for r in counts}) == 1547
+    assert purchases_between(pools, 69.01, 75.56, 1_000) is None
+
+
 def test_a_search_at_the_top_of_a_run_of_cycles_keeps_only_admitted_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two models whose cycles (83.96 and 83.29 ms) fall in one 1 % run: charged at the run's top
     the pair fits (0.997 of the slot), at the tighter member's own cycle it does not. A search at

@@ -1,6 +1,7 @@
 """The cheaper purchases (``packer.planner.purchases``): ruling one out never passes a plan that
-fits in it (brute force on tiny fleets, real packings on MIG ones), and a small MIG fleet whose
-plan and bound were 16.9 % apart is planned at its optimum and proven there."""
+fits in it (brute force on tiny fleets, real packings on MIG ones, the exact master where the LP
+mixes replica counts), and small fleets whose plan and bound were far apart (16.9 %, 9.4 %) are
+planned at or proven near their optimum."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import math
 
 import pytest
 
+import random
+
 from bench.family import family_fleet
 from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.allgroups import every_group, exact_master
 from packer.planner.model import Problem
 from packer.planner.patterns import pattern_bound
+from packer.planner import purchases
 from packer.planner.purchases import rule_out
 from tests.test_planner_allgroups import _brute_optimum, _tiny_fleet
 
@@ -70,3 +74,55 @@ def test_a_small_mig_fleet_is_planned_inside_a_cheaper_purchase_and_proven() -> 
     assert plan.cost_per_hour == pytest.approx(24.89)
     assert plan.lower_bound_cost_per_hour == pytest.approx(24.89) and plan.status == "optimal"
     assert "rules out the 18 GPU purchases below 24.89/h" in plan.bound_method
+
+
+def _mixed_counts_fleet(seed: int) -> dict:
+    """4-5 models, busy enough that a few fast A100s hold each in 1-3 replicas where the L4s need
+    3-14: a pool of one to three A100s binds, and the pattern LP runs models at a mix of counts."""
+    rng = random.Random(seed)
+    pools = [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 5, "cost_per_gpu_hour": 0.8,
+              "sharing": ["time-slicing"]},
+             {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": rng.choice([1, 2, 3]), "max_nodes": 1,
+              "cost_per_gpu_hour": round(rng.uniform(2.0, 4.0), 2), "sharing": ["time-slicing"]}]
+    models = []
+    for i in range(rng.choice([4, 5])):
+        kind = rng.choice(["streaming", "streaming", "batch"])
+        peak = round(rng.uniform(40, 400), 1)
+        models.append({"name": f"m{i}", "kind": kind, "memory_gb": round(rng.uniform(1, 14), 1),
+                       "traffic": {"rps": round(peak / 2, 1), "peak_rps": peak},
+                       "slo_ms": 2000 if kind == "batch" else rng.choice([150, 300, 600]),
+                       "latency_ms": {"gpu": "a100-80gb", "base": round(rng.uniform(3, 12), 1),
+                                      "per_item": round(rng.uniform(0.5, 3.0), 2)},
+                       "max_batch": 16, "min_replicas": 1})
+    return {"name": f"mixed-counts-{seed}", "pools": pools, "models": models}
+
+
+def test_branching_on_replica_counts_never_passes_the_exact_optimum(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole GPUs, the LP mixing counts: the bound is at most the exact master's proven optimum on
+    every fleet, and it is the optimum on seeds 2 and 3, where it takes branches on counts (the LP
+    at each purchase alone left them at 17.38/h and 16.79/h against 18.18/h and 17.59/h)."""
+    splits = []
+    split = purchases._count_split
+    monkeypatch.setattr(purchases, "_count_split", lambda *a: splits.append(r := split(*a)) or r)
+    tight = set()
+    for seed in range(12):
+        problem = Problem(parse_fleet(_mixed_counts_fleet(seed)), PlanSettings())
+        pat = every_group(problem)
+        exact = exact_master(problem, pat, {}, math.inf, 20.0)
+        if not exact.proven or exact.gpus is None:
+            continue
+        best = sum(g.pool.cost_per_gpu_hour for g in exact.gpus)
+        found, _, _ = rule_out(problem, best + 0.01, 0.0, 60.0)
+        assert found <= best + 1e-6, (seed, found, best)
+        if found >= best - 1e-6:
+            tight.add(seed)
+    assert {2, 3} <= tight and any(r is not None for r in splits)
+
+
+def test_a_mix_of_counts_no_plan_can_make_is_branched_away() -> None:
+    """family-900031-mixed-26: the LP at 8 H100s and 295 T4s ran its busiest model 57 % at 7
+    replicas and 43 % at 186; its bound was 186.73/h against a plan of 206.00/h. Branching on
+    that model's counts rules out that purchase, and its branches' duals most of the rest."""
+    problem = Problem(parse_fleet(family_fleet(900031, max_models=500)), PlanSettings())
+    found, ruled, _ = rule_out(problem, 206.0, 186.73, 12.0)
+    assert found >= 204.5 and ruled > 300

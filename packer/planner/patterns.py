@@ -38,7 +38,6 @@ Scaling ``mu`` by ``s < 1`` (Farley's bound) is tried too; the best is the bound
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections import defaultdict
@@ -177,7 +176,8 @@ class PatternBound:
 class Patterns:
     """The pattern LP of one problem: items, columns, the restricted master and its bound."""
 
-    def __init__(self, problem: Problem, counts: dict[str, set[int]] | None = None) -> None:
+    def __init__(self, problem: Problem, counts: dict[str, set[int]] | None = None,
+                 only: dict[str, frozenset[int]] | None = None) -> None:
         self.problem = problem
         self.u = problem.u
         self.reps: list[tuple[str, int]] = []  # (model, count) per replica class
@@ -193,6 +193,8 @@ class Patterns:
         per_type: dict[str, list[tuple]] = defaultdict(list)
         for m in problem.shared_models:
             opts = sorted({n for n in count_options(problem, m) if n > 0} | (counts or {}).get(m.name, set()))
+            if only is not None and m.name in only:
+                opts = [n for n in opts if n in only[m.name]]
             if not opts:
                 continue
             self.model_index[m.name] = len(self.models)
@@ -657,25 +659,37 @@ def count_options(problem: Problem, m) -> set[int]:
 
 
 def purchases_between(pools: list[tuple[float, int]], lo: float, hi: float,
-               most: int) -> tuple[np.ndarray, np.ndarray] | None:
+                      most: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Every purchase of whole GPUs (``(price, at most)`` per pool) costing at least ``lo`` and
-    less than ``hi``: counts per pool (rows) and costs; None when there are more than ``most``."""
+    less than ``hi``: counts per pool (rows) and costs; None when there are more than ``most``.
+
+    The counts of all pools but the largest are grown pool by pool, each partial purchase kept
+    only while it costs less than ``hi``; the largest pool's counts are a range per partial one.
+    A full grid of the smaller pools' counts was listed before: family-4-mixed-33's four pools
+    gave 74,925 of them, over the limit, where 1,547 purchases lie between its bound and plan."""
     if any(p <= 0 for p, _ in pools):
         return None
     order = sorted(range(len(pools)), key=lambda i: pools[i][1])
     *rest, last = order
-    grid = math.prod(pools[i][1] + 1 for i in rest)
-    if grid > most:
-        return None
-    heads = np.array(list(itertools.product(*(range(pools[i][1] + 1) for i in rest))), dtype=float).reshape(grid, len(rest))
-    head_cost = heads @ np.array([pools[i][0] for i in rest]) if rest else np.zeros(1)
+    heads = np.zeros((1, 0))
+    head_cost = np.zeros(1)
+    for i in rest:
+        price, size = pools[i]
+        # Per partial purchase, the counts 0 .. k - 1 of this pool keep it below hi: a run each.
+        runs = np.clip(np.ceil((hi - 1e-6 - head_cost) / price), 0, size + 1).astype(int)
+        if int(runs.sum()) > most:
+            return None
+        rows = np.repeat(np.arange(head_cost.size), runs)
+        ks = (np.arange(rows.size) - (np.cumsum(runs) - runs)[rows]).astype(float)
+        heads = np.column_stack([heads[rows], ks])
+        head_cost = head_cost[rows] + price * ks
     p_last, n_last = pools[last]
     k_lo = np.clip(np.ceil((lo - 1e-6 - head_cost) / p_last), 0, n_last + 1).astype(int)
     k_hi = np.clip(np.ceil((hi - 1e-6 - head_cost) / p_last) - 1, -1, n_last).astype(int)  # cost < hi
     size = np.maximum(0, k_hi - k_lo + 1)
     if int(size.sum()) > most:
         return None
-    rows = np.repeat(np.arange(grid), size)
+    rows = np.repeat(np.arange(head_cost.size), size)
     # Within each head's run, k_lo, k_lo + 1, ...: the position in the run added to its k_lo.
     starts = np.cumsum(size) - size
     ks = k_lo[rows] + np.arange(rows.size) - starts[rows]
@@ -806,9 +820,13 @@ class _Master:
             for z in mig_z[pool]:
                 row.SetCoefficient(z, -1.0)
             self.spread_rows.append(row)
-        # Multi-GPU replicas: whole GPUs of one pool per model (a mix in the LP).
+        # Multi-GPU replicas: whole GPUs of one pool per model (a mix in the LP); an artificial
+        # as above, where a purchase's sizes cannot hold them (the Lagrangian then says so).
         for name, where in pat.multi:
             row = solver.Constraint(1.0, inf, f"multi[{name}]")
+            art = solver.NumVar(0.0, inf, f"art[multi,{name}]")
+            obj.SetCoefficient(art, big)
+            row.SetCoefficient(art, 1.0)
             for pname, gpus in where.items():
                 uv = solver.NumVar(0.0, inf, f"u[{name},{pname}]")
                 obj.SetCoefficient(uv, problem.fleet.pool(pname).cost_per_gpu_hour * gpus)
@@ -915,7 +933,8 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
 def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                   seeds: list[tuple[str, list[tuple[str, int]]]] = (),
                   counts: dict[str, set[int]] | None = None, sizes: dict[str, int] | None = None,
-                  spread: bool = False, stop_above: float = math.inf) -> PatternBound | None:
+                  spread: bool = False, stop_above: float = math.inf,
+                  only: dict[str, frozenset[int]] | None = None) -> PatternBound | None:
     """Column generation on the pattern LP within about ``time_limit`` seconds; the Lagrangian
     bound of its last duals (module docstring) on the cost of every plan, multi-GPU replicas
     included. ``upper``: any cost (the best plan's so far is best); ``min(L, upper)`` is returned.
@@ -923,11 +942,12 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     columns; ``counts`` are replica counts to allow beside ``Problem.replica_options`` (a re-plan
     keeps its current ones); ``sizes``: GPUs per pool in place of the pools' sizes
     (``Patterns.sizes``); ``spread``: with the spread rows (``Patterns.spread``); ``stop_above``:
-    it stops once its bound is above this (all a caller ruling out a purchase needs). None if
-    nothing needs a GPU."""
+    it stops once its bound is above this (all a caller ruling out a purchase needs); ``only``:
+    per model, the counts it is held to (a branch of ``purchases.rule_out``: the bound is then
+    over the plans that give the model one of them). None if nothing needs a GPU."""
     warm()  # before the clock starts: compiling is not the column generation's time
     t0 = time.monotonic()
-    pat = Patterns(problem, counts)
+    pat = Patterns(problem, counts, only)
     pat.sizes = sizes
     if spread:
         pat.spread()

@@ -90,17 +90,20 @@ def open_purchases(prices: dict[str, float], room: dict[str, int], cost: float, 
 
 RULE_OUT_COLUMN_S = 1.0
 """Deterministic seconds of column generation at one purchase's sizes when ruling it out."""
+RULE_OUT_NODES = 64
+"""Most LPs at one purchase: the first, then branches on replica counts (``_rules_out``)."""
 
 
 def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
              counts: dict[str, set[int]] | None = None) -> tuple[float, int, bool]:
     """A bound on every plan from the purchases costing at least ``lower`` (a bound) and less
     than ``cost`` (the plan's): the cheapest that column generation at its own sizes, with the
-    spread rows, does not rule out, or ``cost`` where it rules out all; how many it ruled out; and
-    whether ``seconds`` ran out first (the bound is then the next purchase's cost).
-    Within ``seconds`` deterministic seconds, cheapest first; a purchase inside one ruled out is
-    ruled out with it. Over the replica counts the planner offers and ``counts`` (those the plan
-    uses, which a re-plan may keep).
+    spread rows and branches on replica counts (``_rules_out``), does not rule out, or ``cost``
+    where it rules out all; how many purchases it ruled out (all of those below it); and whether
+    ``seconds`` ran out first (the bound is then the next purchase's cost). Within ``seconds``
+    deterministic seconds, cheapest first; a purchase inside one ruled out is ruled out with it,
+    and so is one that the Lagrangians of its branches put above its cost. Over the replica
+    counts the planner offers and ``counts`` (those the plan uses, which a re-plan may keep).
 
     A plan buys some purchase ``P`` and costs exactly its cost. The Lagrangian of the pattern LP at
     ``P``'s sizes bounds every plan that fits in ``P``, so where it exceeds ``P``'s cost no plan
@@ -113,23 +116,116 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
     if listed is None:
         return lower, 0, False
     buys, costs = listed
-    ruled: list[np.ndarray] = []
+    gone = np.zeros(costs.size, dtype=bool)
     spent = 0.0
     seeds: list[tuple[str, list[tuple[str, int]]]] = []
     for i in np.argsort(costs, kind="stable").tolist():
-        if any((buys[i] <= r).all() for r in ruled):
+        if gone[i]:
             continue
         if spent >= seconds:
-            return float(costs[i]), len(ruled), True
+            return float(costs[i]), int((costs < costs[i] - 1e-6).sum()), True
         at = float(costs[i]) + 1e-6 * max(1.0, float(costs[i]))
-        # The last purchase's columns start this one's: purchases a GPU apart need much the same.
+        sizes = {p.name: int(n) for p, n in zip(pools, buys[i])}
+        out, used, seeds, leaves = _rules_out(problem, sizes, at, seconds - spent, seeds, counts)
+        spent += used
+        if not out:
+            return float(costs[i]), int((costs < costs[i] - 1e-6).sum()), bool(out is False and spent >= seconds)
+        gone |= (buys <= buys[i]).all(axis=1)  # inside it: ruled out with it
+        if leaves:
+            # A purchase that every branch's duals put above its cost is ruled out too, without an LP.
+            over = np.ones(costs.size, dtype=bool)
+            for leaf in leaves:
+                over &= _lagrangian_of(leaf, pools, buys) > costs + 1e-6 * np.maximum(1.0, costs)
+            gone |= over
+    return cost, costs.size, False
+
+
+def _lagrangian_of(leaf: tuple, pools: list, buys: np.ndarray) -> np.ndarray:
+    """Per purchase (rows of ``buys``, GPUs per pool of ``pools``), a lower bound on the Lagrangian
+    of a branch's duals (``leaf``: ``fixed``, ``worth`` per pool, scalings, multi-GPU models) at
+    the purchase's sizes: ``s fixed + sum_p P_p min(0, c_p - s w_p)``, less (the multi-GPU
+    models) each at its cheapest pool, its GPUs charged ``max(c_p, s w_p)`` (the GPUs it takes
+    are ones the pool part cannot count; where they fit is dropped). Linear in the purchase."""
+    fixed, worth, scales, multi = leaf
+    prices = np.array([p.cost_per_gpu_hour for p in pools])
+    w = np.array([worth.get(p.name, 0.0) for p in pools])
+    out = np.full(buys.shape[0], -np.inf)
+    for sc in scales:
+        extra = sum(min(g * max(prices[j], sc * w[j]) for j, p in enumerate(pools) if (g := where.get(p.name)))
+                    for _, where in multi if any(p.name in where for p in pools))
+        out = np.maximum(out, sc * fixed + extra + buys @ np.minimum(0.0, prices - sc * w))
+    return out
+
+
+def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: float,
+               seeds: list[tuple[str, list[tuple[str, int]]]], counts: dict[str, set[int]] | None
+               ) -> tuple[bool | None, float, list[tuple[str, list[tuple[str, int]]]], list[tuple]]:
+    """Whether no plan that fits in the purchase ``sizes`` costs ``at`` or less (None where
+    column generation could not run), the deterministic seconds spent, the columns of the first
+    LP (they start the next purchase's: purchases a GPU apart need much the same), and, where it
+    is ruled out by Lagrangians, each branch's duals (``Patterns.best_duals`` less its value, and
+    the multi-GPU models), which test other purchases (:func:`_lagrangian_of`).
+
+    The pattern LP runs each model at a mix of its replica counts (``y[m, n]``); a plan runs it at
+    one. Where the LP at the purchase is not above ``at``, a model it runs at a mix is branched on
+    (``_count_split``: its counts up to a threshold, and above it), and each branch's LP bounds the
+    plans that give the model those counts; the purchase is ruled out when every branch is, up to
+    ``RULE_OUT_NODES`` LPs. family-900031-mixed-26's LP at 8 H100s and 295 T4s (186.73/h) ran
+    its biggest model 57 % at 7 replicas (on H100s alone) and 43 % at 186 (on T4s): neither half
+    fits there (LPs of 4,350/h and 345.64/h), and the purchase is ruled out."""
+    pending: list[dict[str, frozenset[int]]] = [{}]
+    spent, nodes, first = 0.0, 0, seeds
+    leaves: list[tuple] = []
+    linear = True  # every branch ruled out by its Lagrangian, whose duals test other purchases
+    while pending:
+        only = pending.pop()
+        if nodes >= RULE_OUT_NODES or spent >= seconds:
+            return False, spent, first, []
         found = pattern_bound(problem, min(RULE_OUT_COLUMN_S, seconds - spent), seeds=seeds, counts=counts,
-                              sizes={p.name: int(n) for p, n in zip(pools, buys[i])}, spread=True, stop_above=at)
+                              sizes=sizes, spread=True, stop_above=at, only=only or None)
         if found is None or found.patterns is None:
-            return float(costs[i]), len(ruled), False
+            return (None if nodes == 0 else False), spent, first, []
+        nodes += 1
         spent += found.spent
         seeds = [(key, [found.patterns.reps[k] for k in reps]) for key, reps in found.patterns.columns]
-        if found.value <= at:
-            return float(costs[i]), len(ruled), False
-        ruled.append(buys[i])
-    return cost, len(ruled), False
+        if nodes == 1:
+            first = seeds
+        if found.value > at:
+            value, fixed, worth, scales = found.patterns.best_duals
+            linear = linear and value > at
+            leaves.append((fixed, worth, scales, found.patterns.multi))
+            continue
+        split = _count_split(found.patterns, only)
+        if split is None:
+            return False, spent, first, []
+        pending.extend(split)
+    return True, spent, first, leaves if linear else []
+
+
+def _count_split(pat, only: dict[str, frozenset[int]]) -> list[dict[str, frozenset[int]]] | None:
+    """Two branches of ``only`` on one model the restricted LP runs at a mix of replica counts:
+    its counts up to a threshold, and those above it. The model and threshold leave the most of
+    the mix on the smaller side, weighed by how far apart its counts are (the ratio of the most
+    to the fewest it uses: a mix of 7 and 186 replicas is one the plans cannot make, one of 2
+    and 3 is nearly one they can). None where every model runs at one count."""
+    if pat.shares is None:
+        return None  # the restricted LP never solved
+    best: tuple[float, str, int] | None = None
+    for name in pat.models:
+        used = sorted((pat.reps[k][1], float(pat.shares[k])) for k in pat.model_reps[name] if pat.shares[k] > 1e-6)
+        if len(used) < 2:
+            continue
+        total = sum(s for _, s in used)
+        spread = used[-1][0] / used[0][0]
+        below = 0.0
+        for n, s in used[:-1]:
+            below += s
+            score = min(below, total - below) / total * spread
+            if best is None or score > best[0] + 1e-9:
+                best = (score, name, n)
+    if best is None or best[0] < 1e-3:
+        return None
+    _, name, t = best
+    offered = [pat.reps[k][1] for k in pat.model_reps[name]]
+    return [{**only, name: frozenset(n for n in offered if n <= t)},
+            {**only, name: frozenset(n for n in offered if n > t)}]

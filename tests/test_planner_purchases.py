@@ -1,7 +1,7 @@
 """The cheaper purchases (``packer.planner.purchases``): ruling one out never passes a plan that
 fits in it (brute force on tiny fleets, real packings on MIG ones, the exact master where the LP
-mixes replica counts), and small fleets whose plan and bound were far apart (16.9 %, 9.4 %) are
-planned at or proven near their optimum."""
+mixes replica counts, plans of llm fleets), and small fleets whose plan and bound were far apart
+(16.9 %, 9.4 %, 21.7 %) are planned at or proven near their optimum."""
 
 from __future__ import annotations
 
@@ -102,8 +102,8 @@ def test_branching_on_replica_counts_never_passes_the_exact_optimum(monkeypatch:
     every fleet, and it is the optimum on seeds 2 and 3, where it takes branches on counts (the LP
     at each purchase alone left them at 17.38/h and 16.79/h against 18.18/h and 17.59/h)."""
     splits = []
-    split = purchases._count_split
-    monkeypatch.setattr(purchases, "_count_split", lambda *a: splits.append(r := split(*a)) or r)
+    split = purchases._branches
+    monkeypatch.setattr(purchases, "_branches", lambda *a: splits.append(r := split(*a)) or r)
     tight = set()
     for seed in range(12):
         problem = Problem(parse_fleet(_mixed_counts_fleet(seed)), PlanSettings())
@@ -126,3 +126,28 @@ def test_a_mix_of_counts_no_plan_can_make_is_branched_away() -> None:
     problem = Problem(parse_fleet(family_fleet(900031, max_models=500)), PlanSettings())
     found, ruled, _ = rule_out(problem, 206.0, 186.73, 12.0)
     assert found >= 204.5 and ruled > 300
+
+
+def test_a_multi_gpu_model_the_lp_spreads_over_two_pools_is_branched_into_one() -> None:
+    """A 4-model fleet (soundness seed 1924780762, headroom 0.3): the LP put 62.5 % of its 70B
+    model (16 GPUs) on the 16 on-demand H100s and 37.5 % on an 8-GPU H100 pool at 2.82/h that
+    cannot hold it, and the bound was 126.78/h against a plan of 162.00/h. Branched on its pool,
+    every purchase below 162.00/h is ruled out: the plan is proven optimal."""
+    fleet = parse_fleet(family_fleet(1924780762, max_models=30, min_models=4, shape="llm"))
+    settings = PlanSettings(headroom=0.3)
+    found, ruled, _ = rule_out(Problem(fleet, settings), 162.0, 126.78, 10.0)
+    assert found == pytest.approx(162.0) and ruled > 0
+    plan = plan_fleet(fleet, settings)
+    assert plan.cost_per_hour == pytest.approx(162.0) and plan.status == "optimal"
+
+
+@pytest.mark.parametrize("seed", [3, 46, 47, 54], ids=lambda s: f"seed{s}")
+def test_branching_on_multi_gpu_pools_never_passes_a_plan(seed: int) -> None:
+    """Small llm fleets (multi-GPU models): the bound from ruling out below a plan's cost is never
+    above that plan's cost, nor above a cheaper plan from another run. Seeds 3 and 46 branch on a
+    multi-GPU model's pools, 46, 47 and 54 on replica counts."""
+    fleet = parse_fleet(family_fleet(seed, max_models=10, min_models=4, shape="llm"))
+    plans = [plan_fleet(fleet, PlanSettings(seed=s, time_limit_s=4.0, prove_s=0.0)) for s in (0, 1)]
+    cheapest = min(p.cost_per_hour for p in plans)
+    found, _, _ = rule_out(Problem(fleet, PlanSettings()), max(p.cost_per_hour for p in plans), 0.0, 10.0)
+    assert found <= cheapest + 1e-6

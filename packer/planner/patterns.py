@@ -177,7 +177,7 @@ class Patterns:
     """The pattern LP of one problem: items, columns, the restricted master and its bound."""
 
     def __init__(self, problem: Problem, counts: dict[str, set[int]] | None = None,
-                 only: dict[str, frozenset[int]] | None = None) -> None:
+                 only: dict[str, frozenset] | None = None) -> None:
         self.problem = problem
         self.u = problem.u
         self.reps: list[tuple[str, int]] = []  # (model, count) per replica class
@@ -226,12 +226,16 @@ class Patterns:
         self.layouts = {p.name: [(cnt, p) for _, cnt, _ in _layouts(problem, p.name)] for p in problem.fleet.pools}
 
         self.multi: list[tuple[str, dict[str, int]]] = []
-        """Per multi-GPU model, the GPUs its replicas take in each pool that can run it."""
+        """Per multi-GPU model, the GPUs its replicas take in each pool that can run it (those in
+        ``only``, where it names the model: a branch of ``purchases._rules_out``)."""
         for m in problem.multi_models:
             where = {p.name: n * m.gpus_per_replica for p in problem.fleet.pools
-                     if (n := multi_replicas(problem, m, p)) is not None and n > 0}
+                     if (n := multi_replicas(problem, m, p)) is not None and n > 0
+                     and (only is None or m.name not in only or p.name in only[m.name])}
             if where:
                 self.multi.append((m.name, where))
+        self.multi_shares: dict[str, dict[str, float]] = {}
+        """The restricted LP's last ``u[m, p]`` per multi-GPU model and pool: where it puts them."""
         self.work = 0.0
         """Deterministic seconds spent (``NODE_S``, ``CELL_S``, ``ITER_S``): what the column
         generation's budget counts, so that the same problem gets the same columns on a busy
@@ -822,13 +826,14 @@ class _Master:
             self.spread_rows.append(row)
         # Multi-GPU replicas: whole GPUs of one pool per model (a mix in the LP); an artificial
         # as above, where a purchase's sizes cannot hold them (the Lagrangian then says so).
+        self.u_of: dict[tuple[str, str], object] = {}
         for name, where in pat.multi:
             row = solver.Constraint(1.0, inf, f"multi[{name}]")
             art = solver.NumVar(0.0, inf, f"art[multi,{name}]")
             obj.SetCoefficient(art, big)
             row.SetCoefficient(art, 1.0)
             for pname, gpus in where.items():
-                uv = solver.NumVar(0.0, inf, f"u[{name},{pname}]")
+                uv = self.u_of[(name, pname)] = solver.NumVar(0.0, inf, f"u[{name},{pname}]")
                 obj.SetCoefficient(uv, problem.fleet.pool(pname).cost_per_gpu_hour * gpus)
                 pool_rows[pname].SetCoefficient(uv, float(gpus))
                 row.SetCoefficient(uv, 1.0)
@@ -874,6 +879,9 @@ class _Master:
         mu = np.array([max(0.0, c.dual_value()) for c in self.cover]
                       + [max(0.0, -r.dual_value()) for r in self.floor_rows + self.spread_rows])
         self.pat.shares = np.array([self.y_of[k].solution_value() for k in range(len(self.pat.reps))])
+        self.pat.multi_shares = defaultdict(dict)
+        for (name, pname), uv in self.u_of.items():
+            self.pat.multi_shares[name][pname] = uv.solution_value()
         return self.obj.Value(), mu, {key: max(0.0, row.dual_value()) for key, row in self.slot_row.items()}
 
 
@@ -934,7 +942,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                   seeds: list[tuple[str, list[tuple[str, int]]]] = (),
                   counts: dict[str, set[int]] | None = None, sizes: dict[str, int] | None = None,
                   spread: bool = False, stop_above: float = math.inf,
-                  only: dict[str, frozenset[int]] | None = None) -> PatternBound | None:
+                  only: dict[str, frozenset] | None = None) -> PatternBound | None:
     """Column generation on the pattern LP within about ``time_limit`` seconds; the Lagrangian
     bound of its last duals (module docstring) on the cost of every plan, multi-GPU replicas
     included. ``upper``: any cost (the best plan's so far is best); ``min(L, upper)`` is returned.
@@ -943,8 +951,9 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     keeps its current ones); ``sizes``: GPUs per pool in place of the pools' sizes
     (``Patterns.sizes``); ``spread``: with the spread rows (``Patterns.spread``); ``stop_above``:
     it stops once its bound is above this (all a caller ruling out a purchase needs); ``only``:
-    per model, the counts it is held to (a branch of ``purchases.rule_out``: the bound is then
-    over the plans that give the model one of them). None if nothing needs a GPU."""
+    per model, the counts it is held to, or for a multi-GPU model the pools (a branch of
+    ``purchases.rule_out``: the bound is then over the plans that give the model one of them).
+    None if nothing needs a GPU."""
     warm()  # before the clock starts: compiling is not the column generation's time
     t0 = time.monotonic()
     pat = Patterns(problem, counts, only)

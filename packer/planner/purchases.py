@@ -98,7 +98,8 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
              counts: dict[str, set[int]] | None = None) -> tuple[float, int, bool]:
     """A bound on every plan from the purchases costing at least ``lower`` (a bound) and less
     than ``cost`` (the plan's): the cheapest that column generation at its own sizes, with the
-    spread rows and branches on replica counts (``_rules_out``), does not rule out, or ``cost``
+    spread rows and branches on replica counts and multi-GPU pools (``_rules_out``), does not
+    rule out, or ``cost``
     where it rules out all; how many purchases it ruled out (all of those below it); and whether
     ``seconds`` ran out first (the bound is then the next purchase's cost). Within ``seconds``
     deterministic seconds, cheapest first; a purchase inside one ruled out is ruled out with it,
@@ -168,12 +169,12 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
 
     The pattern LP runs each model at a mix of its replica counts (``y[m, n]``); a plan runs it at
     one. Where the LP at the purchase is not above ``at``, a model it runs at a mix is branched on
-    (``_count_split``: its counts up to a threshold, and above it), and each branch's LP bounds the
-    plans that give the model those counts; the purchase is ruled out when every branch is, up to
-    ``RULE_OUT_NODES`` LPs. family-900031-mixed-26's LP at 8 H100s and 295 T4s (186.73/h) ran
-    its biggest model 57 % at 7 replicas (on H100s alone) and 43 % at 186 (on T4s): neither half
-    fits there (LPs of 4,350/h and 345.64/h), and the purchase is ruled out."""
-    pending: list[dict[str, frozenset[int]]] = [{}]
+    (``_branches``: its counts up to a threshold, and above it; a multi-GPU model's pools), and
+    each branch's LP bounds the plans that run the model so; the purchase is ruled out when every
+    branch is, up to ``RULE_OUT_NODES`` LPs. family-900031-mixed-26's LP at 8 H100s and 295 T4s
+    (186.73/h) ran its biggest model 57 % at 7 replicas (on H100s alone) and 43 % at 186 (on T4s):
+    neither half fits there (LPs of 4,350/h and 345.64/h), and the purchase is ruled out."""
+    pending: list[dict[str, frozenset]] = [{}]
     spent, nodes, first = 0.0, 0, seeds
     leaves: list[tuple] = []
     linear = True  # every branch ruled out by its Lagrangian, whose duals test other purchases
@@ -195,21 +196,42 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
             linear = linear and value > at
             leaves.append((fixed, worth, scales, found.patterns.multi))
             continue
-        split = _count_split(found.patterns, only)
+        split = _branches(found.patterns, only)
         if split is None:
             return False, spent, first, []
         pending.extend(split)
     return True, spent, first, leaves if linear else []
 
 
-def _count_split(pat, only: dict[str, frozenset[int]]) -> list[dict[str, frozenset[int]]] | None:
-    """Two branches of ``only`` on one model the restricted LP runs at a mix of replica counts:
-    its counts up to a threshold, and those above it. The model and threshold leave the most of
-    the mix on the smaller side, weighed by how far apart its counts are (the ratio of the most
-    to the fewest it uses: a mix of 7 and 186 replicas is one the plans cannot make, one of 2
-    and 3 is nearly one they can). None where every model runs at one count."""
+def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
+    """Two branches of ``only`` on one model the restricted LP runs at a mix a plan cannot make.
+
+    A multi-GPU model first: the LP spreads it over pools (``u[m, p]``), where a plan places its
+    replicas by one of ``spot.multi_options``, each in one pool unless a spot pool takes some, so
+    without spot pools the branches are the pool the LP leans on most and the others. A 4-model
+    fleet (soundness seed 1924780762) bounded at 126.78/h against a 162.00/h plan put 62.5 % of its
+    70B model on 16 H100s and 37.5 % on a cheaper 8-GPU H100 pool that cannot hold its 16 GPUs.
+    Else a shared model's replica counts: those up to a threshold, and those above it. The model
+    and threshold leave the most of the mix on the smaller side, weighed by how far apart its
+    counts are (the ratio of the most to the fewest it uses: a mix of 7 and 186 replicas is one
+    the plans cannot make, one of 2 and 3 is nearly one they can). None where every model runs
+    as a plan can run it."""
     if pat.shares is None:
         return None  # the restricted LP never solved
+    spot = {p.name for p in pat.problem.fleet.pools if p.spot}
+    best_multi: tuple[float, str, str] | None = None
+    for name, where in pat.multi:
+        u = {pn: v for pn, v in pat.multi_shares.get(name, {}).items() if v > 1e-6}
+        if len(u) < 2 or spot & set(where):
+            continue  # one pool, or options that mix an on-demand and a spot pool
+        top = max(u, key=u.__getitem__)
+        even = min(u[top], sum(u.values()) - u[top]) / sum(u.values())
+        if even > 1e-3 and (best_multi is None or even > best_multi[0] + 1e-9):
+            best_multi = (even, name, top)
+    if best_multi is not None:
+        _, name, top = best_multi
+        where = next(w for n, w in pat.multi if n == name)
+        return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]
     best: tuple[float, str, int] | None = None
     for name in pat.models:
         used = sorted((pat.reps[k][1], float(pat.shares[k])) for k in pat.model_reps[name] if pat.shares[k] > 1e-6)

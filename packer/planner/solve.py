@@ -1253,7 +1253,8 @@ def _ruled_out(problem: Problem, gpus: list[Gpu], cost: float, bound: tuple[floa
     what = (f"all {ruled} cheaper GPU purchases" if found >= cost - 1e-6
             else f"the {ruled} GPU purchases below {found:.2f}/h")
     return (found, f"{method}; raised to {found:.2f}: the pattern LP at each purchase's own pool sizes, with "
-                   f"one replica of a model per MIG GPU, branched on replica counts, rules out {what}"), cut
+                   f"one replica of a model per MIG GPU, branched on replica counts and multi-GPU pools, rules out "
+                   f"{what}"), cut
 
 
 def _master_words(exact, value: float, proven: bool) -> str:

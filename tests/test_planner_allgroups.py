@@ -32,17 +32,21 @@ def _tiny_fleet(seed: int, mig: bool = False) -> dict:
         pools.append({"name": "a100", "gpu": "a100-80gb", "gpus_per_node": 8, "max_nodes": 2,
                       "cost_per_gpu_hour": round(rng.uniform(2.5, 4.5), 2),
                       "sharing": (["mig"] if mig else []) + ["time-slicing"]})
-    models = []
-    for i in range(rng.choice([3, 4])):
-        kind = rng.choice(["streaming", "streaming", "batch"])
-        peak = round(rng.uniform(5, 120), 1)
-        models.append({"name": f"m{i}", "kind": kind, "memory_gb": round(rng.uniform(1, 14), 1),
-                       "traffic": {"rps": round(peak / 2, 1), "peak_rps": peak},
-                       "slo_ms": 2000 if kind == "batch" else rng.choice([150, 300, 600]),
-                       "latency_ms": {"gpu": "a100-80gb", "base": round(rng.uniform(3, 12), 1),
-                                      "per_item": round(rng.uniform(0.5, 3.0), 2)},
-                       "max_batch": 16, "min_replicas": rng.choice([1, 1, 2])})
+    models = [_random_model(rng, i, 5, 120, [1, 1, 2]) for i in range(rng.choice([3, 4]))]
     return {"name": f"tiny-{seed}", "pools": pools, "models": models}
+
+
+def _random_model(rng: random.Random, i: int, low: float, high: float, min_replicas: list[int] | None) -> dict:
+    """A small model of a random kind with a peak of ``low`` to ``high`` rps and an A100 latency
+    profile; ``min_replicas`` drawn from the list (1 where None)."""
+    kind = rng.choice(["streaming", "streaming", "batch"])
+    peak = round(rng.uniform(low, high), 1)
+    return {"name": f"m{i}", "kind": kind, "memory_gb": round(rng.uniform(1, 14), 1),
+            "traffic": {"rps": round(peak / 2, 1), "peak_rps": peak},
+            "slo_ms": 2000 if kind == "batch" else rng.choice([150, 300, 600]),
+            "latency_ms": {"gpu": "a100-80gb", "base": round(rng.uniform(3, 12), 1),
+                           "per_item": round(rng.uniform(0.5, 3.0), 2)},
+            "max_batch": 16, "min_replicas": rng.choice(min_replicas) if min_replicas else 1}
 
 
 def _admitted(problem: Problem, st, reps: list[tuple[str, int]]) -> bool:

@@ -19,7 +19,7 @@ from packer.planner.model import Problem
 from packer.planner.patterns import pattern_bound
 from packer.planner import purchases
 from packer.planner.purchases import rule_out
-from tests.test_planner_allgroups import _brute_optimum, _tiny_fleet
+from tests.test_planner_allgroups import _brute_optimum, _random_model, _tiny_fleet
 
 
 def test_ruling_out_purchases_never_passes_the_brute_force_optimum() -> None:
@@ -84,16 +84,7 @@ def _mixed_counts_fleet(seed: int) -> dict:
               "sharing": ["time-slicing"]},
              {"name": "a100", "gpu": "a100-80gb", "gpus_per_node": rng.choice([1, 2, 3]), "max_nodes": 1,
               "cost_per_gpu_hour": round(rng.uniform(2.0, 4.0), 2), "sharing": ["time-slicing"]}]
-    models = []
-    for i in range(rng.choice([4, 5])):
-        kind = rng.choice(["streaming", "streaming", "batch"])
-        peak = round(rng.uniform(40, 400), 1)
-        models.append({"name": f"m{i}", "kind": kind, "memory_gb": round(rng.uniform(1, 14), 1),
-                       "traffic": {"rps": round(peak / 2, 1), "peak_rps": peak},
-                       "slo_ms": 2000 if kind == "batch" else rng.choice([150, 300, 600]),
-                       "latency_ms": {"gpu": "a100-80gb", "base": round(rng.uniform(3, 12), 1),
-                                      "per_item": round(rng.uniform(0.5, 3.0), 2)},
-                       "max_batch": 16, "min_replicas": 1})
+    models = [_random_model(rng, i, 40, 400, None) for i in range(rng.choice([4, 5]))]
     return {"name": f"mixed-counts-{seed}", "pools": pools, "models": models}
 
 

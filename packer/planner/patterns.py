@@ -563,13 +563,8 @@ class Patterns:
         need = self.least_gpus()
         short = (counts < np.array([need.get(p.name, 0) for p in pools])).any(axis=1)
         counts, costs = counts[~short], costs[~short]
-        c = np.array([p.cost_per_gpu_hour for p in pools])
-        w = np.array([worth[p.name] for p in pools])
         if not self.multi:
-            # L_P(s mu) = s fixed + sum_p P_p min(0, c_p - s w_p), for every purchase at once.
-            ruled = np.zeros(costs.size, dtype=bool)
-            for sc in scales:
-                ruled |= sc * fixed + counts @ np.minimum(0.0, c - sc * w) > costs + 1e-6 * np.maximum(1.0, costs)
+            ruled = purchase_lagrangians(counts, pools, fixed, worth, scales) > costs + 1e-6 * np.maximum(1.0, costs)
             free = np.flatnonzero(~ruled)
             return float(costs[free[0]]) if free.size else hi
         for k in range(min(costs.size, max_lps)):
@@ -704,6 +699,24 @@ def purchases_between(pools: list[tuple[float, int]], lo: float, hi: float,
     costs = counts @ np.array([p for p, _ in pools])
     keep = (costs >= lo - 1e-6) & (costs < hi - 1e-6)
     return counts[keep], costs[keep]
+
+
+def purchase_lagrangians(buys: np.ndarray, pools: list, fixed: float, worth: dict[str, float],
+                         scales: list[float], multi: list[tuple[str, dict[str, int]]] = ()) -> np.ndarray:
+    """Per purchase (rows of ``buys``, GPUs per pool of ``pools``), the Lagrangian of one set of
+    duals (``Patterns.best_duals``' ``fixed``, ``worth`` and scalings) at the purchase's sizes,
+    for every purchase at once: ``max_s s fixed + sum_p P_p min(0, c_p - s w_p)``. With
+    multi-GPU models (``Patterns.multi``) a lower bound on it: each model at its cheapest pool,
+    its GPUs charged ``max(c_p, s w_p)`` (GPUs it takes are ones the pool part cannot count;
+    whether they fit is dropped), so it stays linear in the purchase."""
+    prices = np.array([p.cost_per_gpu_hour for p in pools])
+    w = np.array([worth.get(p.name, 0.0) for p in pools])
+    out = np.full(buys.shape[0], -np.inf)
+    for sc in scales:
+        extra = sum(min(g * max(prices[j], sc * w[j]) for j, p in enumerate(pools) if (g := where.get(p.name)))
+                    for _, where in multi if any(p.name in where for p in pools))
+        out = np.maximum(out, sc * fixed + extra + buys @ np.minimum(0.0, prices - sc * w))
+    return out
 
 
 def _fractional_knapsack(v: np.ndarray, c: np.ndarray, cap: float) -> float:

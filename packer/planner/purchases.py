@@ -27,7 +27,7 @@ import numpy as np
 from packer.planner.assemble import Gpu
 from packer.planner.colplan import integer_master, shared_cost
 from packer.planner.model import Problem
-from packer.planner.patterns import pattern_bound, purchases_between
+from packer.planner.patterns import pattern_bound, purchase_lagrangians, purchases_between
 from packer.planner.prove import maximal_purchases, purchase_cost
 
 INSIDE_BUYS = 10
@@ -91,7 +91,8 @@ def open_purchases(prices: dict[str, float], room: dict[str, int], cost: float, 
 RULE_OUT_COLUMN_S = 1.0
 """Deterministic seconds of column generation at one purchase's sizes when ruling it out."""
 RULE_OUT_NODES = 64
-"""Most LPs at one purchase: the first, then branches on replica counts (``_rules_out``)."""
+"""Most LPs at one purchase: the first, then branches on replica counts and multi-GPU pools
+(``_rules_out``)."""
 
 
 def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
@@ -99,12 +100,12 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
     """A bound on every plan from the purchases costing at least ``lower`` (a bound) and less
     than ``cost`` (the plan's): the cheapest that column generation at its own sizes, with the
     spread rows and branches on replica counts and multi-GPU pools (``_rules_out``), does not
-    rule out, or ``cost``
-    where it rules out all; how many purchases it ruled out (all of those below it); and whether
-    ``seconds`` ran out first (the bound is then the next purchase's cost). Within ``seconds``
-    deterministic seconds, cheapest first; a purchase inside one ruled out is ruled out with it,
-    and so is one that the Lagrangians of its branches put above its cost. Over the replica
-    counts the planner offers and ``counts`` (those the plan uses, which a re-plan may keep).
+    rule out, or ``cost`` where it rules out all; how many purchases it ruled out (all of those
+    below it); and whether ``seconds`` ran out first (the bound is then the next purchase's
+    cost). Within ``seconds`` deterministic seconds, cheapest first; a purchase inside one ruled
+    out is ruled out with it, and so is one that the Lagrangians of its branches put above its
+    cost. Over the replica counts the planner offers and ``counts`` (those the plan uses, which
+    a re-plan may keep).
 
     A plan buys some purchase ``P`` and costs exactly its cost. The Lagrangian of the pattern LP at
     ``P``'s sizes bounds every plan that fits in ``P``, so where it exceeds ``P``'s cost no plan
@@ -136,26 +137,9 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
             # A purchase that every branch's duals put above its cost is ruled out too, without an LP.
             over = np.ones(costs.size, dtype=bool)
             for leaf in leaves:
-                over &= _lagrangian_of(leaf, pools, buys) > costs + 1e-6 * np.maximum(1.0, costs)
+                over &= purchase_lagrangians(buys, pools, *leaf) > costs + 1e-6 * np.maximum(1.0, costs)
             gone |= over
     return cost, costs.size, False
-
-
-def _lagrangian_of(leaf: tuple, pools: list, buys: np.ndarray) -> np.ndarray:
-    """Per purchase (rows of ``buys``, GPUs per pool of ``pools``), a lower bound on the Lagrangian
-    of a branch's duals (``leaf``: ``fixed``, ``worth`` per pool, scalings, multi-GPU models) at
-    the purchase's sizes: ``s fixed + sum_p P_p min(0, c_p - s w_p)``, less (the multi-GPU
-    models) each at its cheapest pool, its GPUs charged ``max(c_p, s w_p)`` (the GPUs it takes
-    are ones the pool part cannot count; where they fit is dropped). Linear in the purchase."""
-    fixed, worth, scales, multi = leaf
-    prices = np.array([p.cost_per_gpu_hour for p in pools])
-    w = np.array([worth.get(p.name, 0.0) for p in pools])
-    out = np.full(buys.shape[0], -np.inf)
-    for sc in scales:
-        extra = sum(min(g * max(prices[j], sc * w[j]) for j, p in enumerate(pools) if (g := where.get(p.name)))
-                    for _, where in multi if any(p.name in where for p in pools))
-        out = np.maximum(out, sc * fixed + extra + buys @ np.minimum(0.0, prices - sc * w))
-    return out
 
 
 def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: float,
@@ -165,7 +149,7 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
     column generation could not run), the deterministic seconds spent, the columns of the first
     LP (they start the next purchase's: purchases a GPU apart need much the same), and, where it
     is ruled out by Lagrangians, each branch's duals (``Patterns.best_duals`` less its value, and
-    the multi-GPU models), which test other purchases (:func:`_lagrangian_of`).
+    the multi-GPU models), which test other purchases (``patterns.purchase_lagrangians``).
 
     The pattern LP runs each model at a mix of its replica counts (``y[m, n]``); a plan runs it at
     one. Where the LP at the purchase is not above ``at``, a model it runs at a mix is branched on
@@ -219,7 +203,7 @@ def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | N
     if pat.shares is None:
         return None  # the restricted LP never solved
     spot = {p.name for p in pat.problem.fleet.pools if p.spot}
-    best_multi: tuple[float, str, str] | None = None
+    best_multi: tuple[float, str, str, dict[str, int]] | None = None
     for name, where in pat.multi:
         u = {pn: v for pn, v in pat.multi_shares.get(name, {}).items() if v > 1e-6}
         if len(u) < 2 or spot & set(where):
@@ -227,10 +211,9 @@ def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | N
         top = max(u, key=u.__getitem__)
         even = min(u[top], sum(u.values()) - u[top]) / sum(u.values())
         if even > 1e-3 and (best_multi is None or even > best_multi[0] + 1e-9):
-            best_multi = (even, name, top)
+            best_multi = (even, name, top, where)
     if best_multi is not None:
-        _, name, top = best_multi
-        where = next(w for n, w in pat.multi if n == name)
+        _, name, top, where = best_multi
         return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]
     best: tuple[float, str, int] | None = None
     for name in pat.models:

@@ -129,6 +129,34 @@ def test_single_capacity_is_the_largest_feasible_rate(m):
     assert duty_window([item(m, cap * (1 + 1e-7), WHOLE, U)], U) is None
 
 
+def test_capacities_are_shared_only_where_the_bisection_reads_the_same_numbers(monkeypatch):
+    """``single_capacity`` keeps one bisection per (batch, SLO, latency line, u): two slot types
+    with one speed and two models alike but in name share it; another u, SLO or speed does not."""
+    import packer.slot as slot
+
+    monkeypatch.setattr(slot, "_CAPACITIES", {})
+    runs = []
+    real = slot._bisected_capacity
+    monkeypatch.setattr(slot, "_bisected_capacity", lambda maker: runs.append(maker) or real(maker))
+    a, twin = model(), model(name="asr-twin", mem=1.0)
+    slow = model(base=8.0)
+    a100_40 = SlotType(Pool("a100-40", "a100-40gb", 8, 1, 3.7, ("mig", "time-slicing")))
+    caps = [single_capacity(a, WHOLE, U), single_capacity(twin, WHOLE, U), single_capacity(a, WHOLE, 0.6),
+            single_capacity(slow, WHOLE, U), single_capacity(model(slo=300), WHOLE, U),
+            single_capacity(a, SlotType(POOL, "1g.10gb"), U), single_capacity(a, SlotType(POOL, "1g.20gb"), U),
+            single_capacity(a, a100_40, U)]
+    fresh = [real(ItemMaker(m, st, u)) for m, st, u in [
+        (a, WHOLE, U), (twin, WHOLE, U), (a, WHOLE, 0.6), (slow, WHOLE, U), (model(slo=300), WHOLE, U),
+        (a, SlotType(POOL, "1g.10gb"), U), (a, SlotType(POOL, "1g.20gb"), U), (a, a100_40, U)]]
+    assert caps == fresh
+    assert caps[0] == caps[1] and caps[5] == caps[6] and caps[2] != caps[0] and caps[3] < caps[0]
+    same_speed = latency_scale(a, a100_40) == latency_scale(a, WHOLE)
+    assert len(runs) == 8 - 2 - same_speed
+    monkeypatch.setattr(slot, "CAPACITY_CACHE", 2)
+    single_capacity(model(slo=500), WHOLE, U)  # full: cleared, then kept
+    assert len(slot._CAPACITIES) == 1
+
+
 def test_an_item_maker_reused_over_rates_gives_the_items_of_fresh_ones():
     """Its table of turns fills as scans need it (low rates stop at one turn, high rates need
     several): a maker that has seen other rates must give what a fresh one gives."""

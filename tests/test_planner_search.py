@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -391,6 +391,54 @@ def test_the_fill_finishes_its_first_pass_where_its_share_is_for_the_passes_afte
     assert colplan.sequential(problem, columns(), {}, limit, math.inf) is not None
     monkeypatch.setattr(colplan, "FIRST_PASS_SHARE", colplan.SEQUENTIAL_SHARE)
     assert colplan.sequential(problem, columns(), {}, limit, math.inf) is None
+
+
+def test_a_dive_ends_on_its_count_not_the_clock(monkeypatch) -> None:
+    """A dive counts its LPs' simplex iterations (``DIVE_WORK``), so where it ends does not hang
+    on the machine's load: the same dive, cut at its count, gives up after the same LPs however
+    slow the clock runs; and one whose first LP, ``DIVE_FIRST_TIMES`` over, passes the count does
+    not go on past it (generated-2000: 19 s of a cut dive)."""
+    from ortools.linear_solver import pywraplp
+
+    from packer.planner import colplan
+    from packer.planner.patterns import pattern_bound
+
+    problem = Problem(load_fleet(example_path("multilingual-10.yaml")), PlanSettings())
+    choose_counts(problem)
+    pat = pattern_bound(problem, 3.0).patterns
+    assert pat is not None
+    solves: list[int] = []
+    real = pywraplp.Solver.Solve
+
+    def counted(self, *args):
+        solves.append(self.iterations())
+        return real(self, *args)
+
+    monkeypatch.setattr(pywraplp.Solver, "Solve", counted)
+    assert colplan.dive(problem, pat, {}, 30.0, math.inf) is not None
+    whole = len(solves)
+    assert whole > 3
+    # A share of a thousandth of the count: cut after the same LPs, whatever the clock says.
+    cuts = []
+    for slow in (0.0, 0.5):  # an idle clock, and one that runs half a second an LP
+        solves.clear()
+        ticks = [0.0]
+
+        def clock(ticks=ticks, slow=slow) -> float:
+            ticks[0] += slow
+            return ticks[0]
+
+        monkeypatch.setattr(colplan, "time", SimpleNamespace(monotonic=clock))
+        monkeypatch.setattr(colplan, "DIVE_FIRST_TIMES", 0.0)
+        monkeypatch.setattr(colplan, "DIVE_GUARD", 1e9)
+        assert colplan.dive(problem, pat, {}, 2e-3 / colplan.DIVE_WORK, math.inf) is None
+        cuts.append(len(solves))
+    assert cuts[0] == cuts[1] and 1 <= cuts[0] < whole
+    monkeypatch.setattr(colplan, "time", time)
+    solves.clear()
+    monkeypatch.setattr(colplan, "DIVE_FIRST_TIMES", 1e9)
+    assert colplan.dive(problem, pat, {}, 30.0, math.inf) is None
+    assert len(solves) == 1
 
 
 def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_packing(monkeypatch) -> None:

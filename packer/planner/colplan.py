@@ -44,6 +44,22 @@ DIVE_COLUMNS = 3000
 of a second."""
 DIVE_GUARD = 3.0
 """Wall-clock seconds a dive may take per second of its share before it gives up (None)."""
+DIVE_WORK = 1.5
+"""Counted seconds a dive may take per second of its share before it gives up (None). Without a
+count the clock alone (``DIVE_GUARD``) ended it: generated-2000's dive took 25.8 s of a 13.4-s
+share for a packing (579.61/h) dearer than the sequential fill's (545.98/h). At 1.5 the dives of
+the family's large fleets end as before (family-100007-mixed-401's, the longest measured against
+its share: 5.7 counted s of 4.5)."""
+DIVE_ITER_S, DIVE_SOLVE_S = 6e-8, 1.5e-6
+"""Counted seconds per simplex iteration and row of a dive's LP, and per LP and variable or row
+(the step's own work over the solution): fitted to generated-500, generated-2000, long-tail,
+family-0-long-tail-194, family-600025-long-tail-326 and family-100007-mixed-401 on this
+project's 2-core machine, where the count is 0.6 to 1.6 times the wall clock (25 to 100 us an
+iteration at 440 to 4,300 rows)."""
+DIVE_FIRST_TIMES = 10.0
+"""A dive whose first LP, times this, passes its count does not go on: dives took 6.6 to 34 times
+their first LP's count (the seven measured above), so it would end cut short; generated-2000's
+first LP counts 2.35 s of a 20.1-s cap, and the dive that went on was cut at 19.3 s."""
 DIVE_SHARES = (0.05, 0.0)
 """Where nothing in a dive's LP is whole, this share of its fractional columns is rounded up at
 once (0: one column a step). The planner dives at each and keeps the cheapest packing; which wins
@@ -438,9 +454,10 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     long-tail (200 models, 3,300 columns): 62.21/h in 1.7 s where the greedy starts and CP-SAT
     reached 65.08/h and the MIP over the same columns found nothing in 60 s (LP 58.07/h).
     """
-    # A guard for a much slower machine: the dive ends when all is whole. At twice its share,
-    # generated-2000's dive (26.1 s of a 26.9-s guard on an idle 2-core machine) gave up on a
-    # machine a little busier, and the plan cost 563.07/h, not 533.34/h: the plan hung on the load.
+    # The dive ends when all is whole, or at its count (``DIVE_WORK``); the clock is a guard for a
+    # much slower machine. At twice its share and no count, generated-2000's dive (26.1 s of a
+    # 26.9-s guard on an idle 2-core machine) gave up on a machine a little busier, and the plan
+    # cost 563.07/h, not 533.34/h: the plan hung on the load.
     end = time.monotonic() + DIVE_GUARD * time_limit
     kept = kept_columns(pat, DIVE_COLUMNS)
     columns = None if kept is None else [pat.columns[j] for j in kept]
@@ -453,10 +470,17 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     eps = 1e-6
     forced: list = []  # the last fixes the LP did not already hold (var, its lower bound before)
     one_at_a_time = False
+    rows, size = solver.NumConstraints(), solver.NumVariables() + solver.NumConstraints()
+    work = 0.0  # counted seconds: a dive ends at a number of steps that does not hang on the load
     while True:
-        if time.monotonic() > end:
+        if work > DIVE_WORK * time_limit or time.monotonic() > end:
             return None
-        if solver.Solve() != pywraplp.Solver.OPTIMAL:
+        status = solver.Solve()
+        first = work == 0.0
+        work += DIVE_SOLVE_S * size + DIVE_ITER_S * rows * solver.iterations()
+        if first and DIVE_FIRST_TIMES * work > DIVE_WORK * time_limit:
+            return None  # the first LP alone says the dive cannot end within its count
+        if status != pywraplp.Solver.OPTIMAL:
             if not forced:
                 return None
             for var, lb in forced:

@@ -236,25 +236,28 @@ def test_resumed_column_generation_raises_a_converged_bound_and_stays_below_its_
 
 
 def test_the_deeper_last_bound_runs_only_where_it_fits_the_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Converged, column generation bounds its last duals at ``BOUND_NODES`` and then, where ten
-    times that evaluation still fits in the time limit, at ``FINAL_BOUND_NODES``, which is never
-    lower. On generated-500 the deeper one took 3.4 s past the plan's share for the same bound."""
+    """Converged, column generation bounds its last duals at ``FINAL_BOUND_NODES``, unless ten
+    times the last evaluation during the search passes the time left: then at ``BOUND_NODES``,
+    never above the deeper one. On generated-500 the deeper one took 3.4 s past the plan's share
+    for the same bound."""
     fleet = parse_fleet(family_fleet(0, max_models=150, shape="long-tail"))
     lagrangian = Patterns.lagrangian
-    nodes: list[int | None] = []
+    calls: list[tuple[int | None, int | None]] = []
 
     def seen(self, mu, upper, *args, **kwargs):
-        nodes.append(kwargs.get("nodes"))
+        calls.append((kwargs.get("nodes"), kwargs.get("cells")))
         return lagrangian(self, mu, upper, *args, **kwargs)
 
     monkeypatch.setattr(Patterns, "lagrangian", seen)
     deep = pattern_bound(Problem(fleet, PlanSettings()), 5.0)
     assert deep is not None and deep.converged and deep.spent < 5.0
-    assert nodes[-2:] == [patterns.BOUND_NODES, patterns.FINAL_BOUND_NODES]
-    nodes.clear()
+    assert any(cells == patterns.EXACT_CELLS for _, cells in calls[:-1])  # evaluated during the search
+    assert calls[-1][0] == patterns.FINAL_BOUND_NODES
+    calls.clear()
     monkeypatch.setattr(patterns, "FINAL_COST", 1e9)
     shallow = pattern_bound(Problem(fleet, PlanSettings()), 5.0)
-    assert shallow.converged and patterns.FINAL_BOUND_NODES not in nodes and nodes[-1] == patterns.BOUND_NODES
+    assert shallow.converged and calls[-1][0] == patterns.BOUND_NODES
+    assert all(nodes != patterns.FINAL_BOUND_NODES for nodes, _ in calls)
     assert shallow.lp == pytest.approx(deep.lp, rel=1e-9) and 0 < shallow.value <= deep.value + 1e-9
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import random
 
-from bench.family import family_fleet
+from bench.family import family, family_fleet
 from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.allgroups import every_group, exact_master
@@ -130,6 +130,16 @@ def test_a_multi_gpu_model_the_lp_spreads_over_two_pools_is_branched_into_one() 
     assert found == pytest.approx(162.0) and ruled > 0
     plan = plan_fleet(fleet, settings)
     assert plan.cost_per_hour == pytest.approx(162.0) and plan.status == "optimal"
+
+
+def test_replica_counts_are_branched_before_multi_gpu_pools() -> None:
+    """family-900030-llm-40 (twelve two-GPU models the LP spreads over two H100 pools): branched
+    on pools first, its purchases' 64 LPs went on them and the bound stopped at 432.04/h; counts
+    first, it reaches 433.74/h (the plan costs 452.08/h)."""
+    fleet = parse_fleet(family(8, seed=9, max_models=500)[7])
+    plan = plan_fleet(fleet, PlanSettings())
+    assert plan.lower_bound_cost_per_hour >= 433.7
+    assert plan.lower_bound_cost_per_hour <= plan.cost_per_hour + 1e-6
 
 
 @pytest.mark.parametrize("seed", [3, 46, 47, 54], ids=lambda s: f"seed{s}")

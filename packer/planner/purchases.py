@@ -190,16 +190,19 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
 def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
     """Two branches of ``only`` on one model the restricted LP runs at a mix a plan cannot make.
 
-    A multi-GPU model first: the LP spreads it over pools (``u[m, p]``), where a plan places its
-    replicas by one of ``spot.multi_options``, each in one pool unless a spot pool takes some, so
-    without spot pools the branches are the pool the LP leans on most and the others. A 4-model
-    fleet (soundness seed 1924780762) bounded at 126.78/h against a 162.00/h plan put 62.5 % of its
-    70B model on 16 H100s and 37.5 % on a cheaper 8-GPU H100 pool that cannot hold its 16 GPUs.
-    Else a shared model's replica counts: those up to a threshold, and those above it. The model
+    A shared model's replica counts first: those up to a threshold, and those above it. The model
     and threshold leave the most of the mix on the smaller side, weighed by how far apart its
     counts are (the ratio of the most to the fewest it uses: a mix of 7 and 186 replicas is one
-    the plans cannot make, one of 2 and 3 is nearly one they can). None where every model runs
-    as a plan can run it."""
+    the plans cannot make, one of 2 and 3 is nearly one they can). Where no count mix is left, a
+    multi-GPU model the LP spreads over pools (``u[m, p]``): a plan places its replicas by one of
+    ``spot.multi_options``, each in one pool unless a spot pool takes some, so without spot pools
+    the branches are the pool the LP leans on most and the others. A 4-model fleet (soundness seed
+    1924780762) bounded at 126.78/h against a 162.00/h plan put 62.5 % of its 70B model on 16
+    H100s and 37.5 % on a cheaper 8-GPU H100 pool that cannot hold its 16 GPUs. Pools first spent
+    family-900030-llm-40's 64 LPs a purchase on its twelve two-GPU models (30 of 61 branches),
+    and its bound fell from 433.74/h to 432.04/h; counts first, both fleets reach their bounds,
+    and 14 other multi-GPU family fleets keep theirs. None where every model runs as a plan can
+    run it."""
     if pat.shares is None:
         return None  # the restricted LP never solved
     spot = {p.name for p in pat.problem.fleet.pools if p.spot}
@@ -212,9 +215,6 @@ def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | N
         even = min(u[top], sum(u.values()) - u[top]) / sum(u.values())
         if even > 1e-3 and (best_multi is None or even > best_multi[0] + 1e-9):
             best_multi = (even, name, top, where)
-    if best_multi is not None:
-        _, name, top, where = best_multi
-        return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]
     best: tuple[float, str, int] | None = None
     for name in pat.models:
         used = sorted((pat.reps[k][1], float(pat.shares[k])) for k in pat.model_reps[name] if pat.shares[k] > 1e-6)
@@ -229,7 +229,10 @@ def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | N
             if best is None or score > best[0] + 1e-9:
                 best = (score, name, n)
     if best is None or best[0] < 1e-3:
-        return None
+        if best_multi is None:
+            return None
+        _, name, top, where = best_multi
+        return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]
     _, name, t = best
     offered = [pat.reps[k][1] for k in pat.model_reps[name]]
     return [{**only, name: frozenset(n for n in offered if n <= t)},

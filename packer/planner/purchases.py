@@ -205,16 +205,11 @@ def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | N
     run it."""
     if pat.shares is None:
         return None  # the restricted LP never solved
-    spot = {p.name for p in pat.problem.fleet.pools if p.spot}
-    best_multi: tuple[float, str, str, dict[str, int]] | None = None
-    for name, where in pat.multi:
-        u = {pn: v for pn, v in pat.multi_shares.get(name, {}).items() if v > 1e-6}
-        if len(u) < 2 or spot & set(where):
-            continue  # one pool, or options that mix an on-demand and a spot pool
-        top = max(u, key=u.__getitem__)
-        even = min(u[top], sum(u.values()) - u[top]) / sum(u.values())
-        if even > 1e-3 and (best_multi is None or even > best_multi[0] + 1e-9):
-            best_multi = (even, name, top, where)
+    return _count_branches(pat, only) or _pool_branches(pat, only)
+
+
+def _count_branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
+    """:func:`_branches` on a shared model's replica counts, or None where none runs at a mix."""
     best: tuple[float, str, int] | None = None
     for name in pat.models:
         used = sorted((pat.reps[k][1], float(pat.shares[k])) for k in pat.model_reps[name] if pat.shares[k] > 1e-6)
@@ -229,11 +224,27 @@ def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | N
             if best is None or score > best[0] + 1e-9:
                 best = (score, name, n)
     if best is None or best[0] < 1e-3:
-        if best_multi is None:
-            return None
-        _, name, top, where = best_multi
-        return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]
+        return None
     _, name, t = best
     offered = [pat.reps[k][1] for k in pat.model_reps[name]]
     return [{**only, name: frozenset(n for n in offered if n <= t)},
             {**only, name: frozenset(n for n in offered if n > t)}]
+
+
+def _pool_branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
+    """:func:`_branches` on a multi-GPU model's pools, the most even spread first; None where the
+    LP puts each in one pool or its options mix in a spot pool."""
+    spot = {p.name for p in pat.problem.fleet.pools if p.spot}
+    best: tuple[float, str, str, dict[str, int]] | None = None
+    for name, where in pat.multi:
+        u = {pn: v for pn, v in pat.multi_shares.get(name, {}).items() if v > 1e-6}
+        if len(u) < 2 or spot & set(where):
+            continue  # one pool, or options that mix an on-demand and a spot pool
+        top = max(u, key=u.__getitem__)
+        even = min(u[top], sum(u.values()) - u[top]) / sum(u.values())
+        if even > 1e-3 and (best is None or even > best[0] + 1e-9):
+            best = (even, name, top, where)
+    if best is None:
+        return None
+    _, name, top, where = best
+    return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]

@@ -105,11 +105,11 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
 
 
 def clock_rate() -> dict:
-    """Wall seconds per counted second on this machine now: column generation on long-tail for 3
-    counted seconds (``patterns.pattern_bound``; its work constants were measured so that this is
-    about 1.0 on the project's 2-core machine). Plans count work, not the clock, so their costs do
-    not move with the machine's speed and their times do: this says how far a row's seconds
-    stand from that machine's (it ran at 1.5-2x in some sessions)."""
+    """Wall seconds per counted second on this machine now: column generation on long-tail for up
+    to 3 counted seconds (``patterns.pattern_bound``; its work constants were measured so that
+    this is about 1.0 on the project's 2-core machine). Plans count work, not the clock, so their
+    costs do not move with the machine's speed and their times do: this says how far a row's
+    seconds stand from that machine's."""
     from packer.fleetfile import load_fleet
     from packer.planner import PlanSettings
     from packer.planner.model import Problem

@@ -399,7 +399,7 @@ def single_capacity(model: Model, st: SlotType, u: float) -> float:
     # The bisection reads the model's batch and SLO and the slot's latency line alone, so slot
     # types that run the model at one speed (an A100-40's and an A100-80's, two MIG profiles of
     # one compute size) share it, and so do the plan's problems of one fleet (with and without
-    # MIG): 2000 models spent 12 of their greedy stage's 24 s here, most of it on repeats.
+    # MIG): at 2000 models this was about half of the greedy stage (cProfile), most of it repeats.
     key = (model.max_batch, model.slo_ms, maker.base, maker.per, u)
     cap = _CAPACITIES.get(key)
     if cap is None:

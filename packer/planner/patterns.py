@@ -1025,8 +1025,9 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                 break
     if clock.rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
         # Converged, the deeper bound, unless an evaluation during the search says that it would
-        # not fit the time left (then the one at BOUND_NODES, as where it was cut short).
-        deep = converged and spent() + FINAL_COST * eval_cost <= time_limit
+        # not fit the time left (then the one at BOUND_NODES, as where it was cut short). With no
+        # evaluation made, nothing says so: it runs as it always did.
+        deep = converged and (eval_cost == 0.0 or spent() + FINAL_COST * eval_cost <= time_limit)
         best = max(best, pat.lagrangian(mu, upper, full=spent() < time_limit,
                                         nodes=FINAL_BOUND_NODES if deep else BOUND_NODES))
     value = min(best, upper)

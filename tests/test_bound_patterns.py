@@ -236,29 +236,53 @@ def test_resumed_column_generation_raises_a_converged_bound_and_stays_below_its_
 
 
 def test_the_deeper_last_bound_runs_only_where_it_fits_the_time_left(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Converged, column generation bounds its last duals at ``FINAL_BOUND_NODES``, unless ten
-    times the last evaluation during the search passes the time left: then at ``BOUND_NODES``,
-    never above the deeper one. On generated-500 the deeper one took 3.4 s past the plan's share
-    for the same bound."""
+    """Converged, column generation bounds its last duals at ``FINAL_BOUND_NODES`` on a grid of
+    ``FINAL_GRID_UNITS``, unless ten times the last evaluation during the search passes the time
+    left: then at ``BOUND_NODES`` on ``LAST_GRID_UNITS``, never above the deeper one. On
+    generated-500 the deeper one took 3.4 s past the plan's share."""
     fleet = parse_fleet(family_fleet(0, max_models=150, shape="long-tail"))
     lagrangian = Patterns.lagrangian
     calls: list[tuple[int | None, int | None]] = []
 
     def seen(self, mu, upper, *args, **kwargs):
-        calls.append((kwargs.get("nodes"), kwargs.get("cells")))
+        calls.append(((kwargs.get("nodes"), kwargs.get("units")), kwargs.get("cells")))
         return lagrangian(self, mu, upper, *args, **kwargs)
 
     monkeypatch.setattr(Patterns, "lagrangian", seen)
     deep = pattern_bound(Problem(fleet, PlanSettings()), 5.0)
     assert deep is not None and deep.converged and deep.spent < 5.0
     assert any(cells == patterns.EXACT_CELLS for _, cells in calls[:-1])  # evaluated during the search
-    assert calls[-1][0] == patterns.FINAL_BOUND_NODES
+    assert calls[-1][0] == (patterns.FINAL_BOUND_NODES, patterns.FINAL_GRID_UNITS)
     calls.clear()
     monkeypatch.setattr(patterns, "FINAL_COST", 1e9)
     shallow = pattern_bound(Problem(fleet, PlanSettings()), 5.0)
-    assert shallow.converged and calls[-1][0] == patterns.BOUND_NODES
-    assert all(nodes != patterns.FINAL_BOUND_NODES for nodes, _ in calls)
+    assert shallow.converged and calls[-1][0] == (patterns.BOUND_NODES, patterns.LAST_GRID_UNITS)
+    assert all(deep != (patterns.FINAL_BOUND_NODES, patterns.FINAL_GRID_UNITS) for deep, _ in calls)
     assert shallow.lp == pytest.approx(deep.lp, rel=1e-9) and 0 < shallow.value <= deep.value + 1e-9
+
+
+def test_a_finer_grid_bounds_the_pricing_problem_at_least_as_tightly_and_stays_a_bound() -> None:
+    """The last bound's grids (``LAST_GRID_UNITS``, ``FINAL_GRID_UNITS``) where branch and bound
+    does not close: still above every group the pricing finds, and at most the coarser grid's
+    bound, slot type by slot type (a multiple of its units: every weight rounds down to at least
+    as much)."""
+    fleet = parse_fleet(family_fleet(0, max_models=150, shape="long-tail"))
+    found = pattern_bound(Problem(fleet, PlanSettings()), 3.0)
+    pat = found.patterns
+    mu, _ = pat.duals
+    tighter = 0
+    for key, ti in pat.types.items():
+        bounds = [pat.pattern_value_bound(key, mu, node_limit=0, units=units)
+                  for units in (patterns.GRID_UNITS, patterns.LAST_GRID_UNITS, patterns.FINAL_GRID_UNITS)]
+        v = pat.values(ti, mu)
+        where = {k: j for j, k in enumerate(ti.keys)}
+        cols, _ = pat.search(key, mu, floor=0.0, node_limit=2000)
+        assert cols, key
+        for col in cols:
+            assert sum(v[where[k]] for k in col) <= bounds[-1] + 1e-9
+        assert bounds[2] <= bounds[1] + 1e-9 and bounds[1] <= bounds[0] + 1e-9
+        tighter += bounds[2] < bounds[0] - 1e-6
+    assert tighter > 0
 
 
 def test_a_restricted_lp_that_glop_gives_up_on_is_solved_again_built_anew(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -101,12 +101,21 @@ BOUND_NODES = 40_000
 LP stands, and an excess of the pricing bound over a slot's dual is charged on every GPU the
 budget allows (family-100005-multilingual-80: 4,000 nodes left the A100 slot at 3.76 against its
 dual 3.33 and the bound at 40.6/h; 40,000 finish in 0.5 s and the bound meets the LP, 46.5/h)."""
-FINAL_BOUND_NODES = 400_000
-"""Node limit of the last bound's searches where column generation converged (the ones during
-it, and after one cut short, keep ``BOUND_NODES``: generated-2000 went 91 -> 140 s).
-family-100003-multilingual-80's L4 slot needs 400,000 to close (0.51 against 0.569 at 40,000;
-bound 35.03 -> 39.08/h, the LP's optimum), in 0.06 s now that the search is compiled; on
-generated-500 a bound at 400,000 takes 4 s, once."""
+FINAL_BOUND_NODES, FINAL_GRID_UNITS = 400_000, 800
+"""Node limit and grid (``BOUND_NODES`` and ``GRID_UNITS`` elsewhere) of the last bound's pricing
+where column generation converged. Where a branch and bound does not close, either can be what
+inflates a slot's pricing bound. family-100003-multilingual-80's L4 slot needs 400,000 nodes to
+close at 200 units (0.51 against 0.569 at 40,000; bound 35.03 -> 39.08/h, the LP's optimum);
+family-7-multilingual-80 needs them at 800 units too (102.94/h at 40,000 nodes, 104.90/h, the LP's
+optimum). generated-500's cells close at neither, and 800 units give what nodes do not, on one set
+of duals: 119.93/h at 400,000 nodes and 200 units, 122.89/h at 800 units (6.0 counted s for both,
+4.1 for the first). A grid of ``units`` squared cells per item: 800 costs 16 times 200 per cell left
+open."""
+LAST_GRID_UNITS = 400
+"""The grid of the last bound where the deeper one (``FINAL_GRID_UNITS``) does not run: twice as
+fine as the evaluations' during the search, which are many. generated-500, same duals at 40,000
+nodes: 119.89/h at 200 units (0.69 counted s), 122.11/h at 400 (1.18 s); generated-2000's last
+bound 0.16 s either way."""
 FINAL_COST = 10.0
 """The deeper last bound runs only where this many times the cost of the last evaluation during
 the search (none: nothing to say it does not fit) still fits in the time limit: on generated-500,
@@ -402,7 +411,7 @@ class Patterns:
         return out
 
     def pattern_value_bound(self, key: str, mu: np.ndarray, node_limit: int = 4000,
-                            exact: int = BOUND_CELLS) -> float:
+                            exact: int = BOUND_CELLS, units: int = GRID_UNITS) -> float:
         """An upper bound on ``sum mu`` over the groups ``feasible`` admits on slot type ``key``.
 
         A group's cycle ``d`` is its tightest member's ``hi`` (``slot.duty_window``), one of the
@@ -412,7 +421,8 @@ class Patterns:
         cell, a non-negative combination of the two constraints gives a one-constraint knapsack
         whose LP (by ratio, the last item cut) is above it; cells whose LP cannot beat the best so
         far are skipped, the others are solved by branch and bound (one replica per model), and
-        where that runs past ``node_limit`` nodes, the LP stands. Pools that do not time-slice
+        where that runs past ``node_limit`` nodes, the least of the LPs left open and the optimum
+        on a grid of ``units`` (``knapsack.grid_bound``) stands. Pools that do not time-slice
         take the larger of their two kinds alone.
         """
         ti = self.types[key]
@@ -423,14 +433,15 @@ class Patterns:
             vv, w, mm, md, _ = make()
             found, _, upper = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
             if upper > found + 1e-12:  # the search did not close: the optimum on a grid of weights
-                upper = min(upper, self._grid(vv, w, mm, md, 1.0 + SLACK))
+                upper = min(upper, self._grid(vv, w, mm, md, 1.0 + SLACK, units))
             best = max(best, min(least, upper))
         return best
 
-    def _grid(self, *args) -> float:
-        """:func:`knapsack.grid_bound` at ``GRID_UNITS``, counted as work."""
-        self.work += args[0].size * GRID_UNITS ** 2 * GRID_S
-        return grid_bound(*args, GRID_UNITS)
+    def _grid(self, v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, cap: float,
+              units: int) -> float:
+        """:func:`knapsack.grid_bound`, counted as work."""
+        self.work += v.size * units ** 2 * GRID_S
+        return grid_bound(v, w, mm, model, cap, units)
 
     def exact_cells(self, key: str, mu: np.ndarray) -> bool:
         """Whether the pricing searches ``key`` on cells of one ``hi`` each (``EXACT_CELLS``)."""
@@ -517,13 +528,14 @@ class Patterns:
 
     def lagrangian(self, mu: np.ndarray, upper: float, full: bool = True,
                    V: dict[str, float] | None = None, nodes: int = BOUND_NODES,
-                   cells: int = BOUND_CELLS) -> float:
+                   cells: int = BOUND_CELLS, units: int = GRID_UNITS) -> float:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
         pricing bounds at ``mu`` where the caller has them (:meth:`search`). Not ``full``: the
-        pricing bounds skip their branch and bound (their LPs stand: weaker, still bounds)."""
+        pricing bounds skip their branch and bound (their LPs and grids stand: weaker, still
+        bounds). ``nodes``, ``cells``, ``units``: those of :meth:`pattern_value_bound`."""
         fixed = self.fixed_part(mu)
         if V is None:
-            V = {key: self.pattern_value_bound(key, mu, node_limit=nodes if full else 0, exact=cells)
+            V = {key: self.pattern_value_bound(key, mu, node_limit=nodes if full else 0, exact=cells, units=units)
                  for key in self.types}
         worth = {}
         for p in self.problem.fleet.pools:
@@ -1029,7 +1041,8 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         # evaluation made, nothing says so: it runs as it always did.
         deep = converged and (eval_cost == 0.0 or spent() + FINAL_COST * eval_cost <= time_limit)
         best = max(best, pat.lagrangian(mu, upper, full=spent() < time_limit,
-                                        nodes=FINAL_BOUND_NODES if deep else BOUND_NODES))
+                                        nodes=FINAL_BOUND_NODES if deep else BOUND_NODES,
+                                        units=FINAL_GRID_UNITS if deep else LAST_GRID_UNITS))
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())
@@ -1087,7 +1100,8 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
             break
     if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
-    value = pat.lagrangian(mu, upper, nodes=FINAL_BOUND_NODES if converged else BOUND_NODES)
+    value = pat.lagrangian(mu, upper, nodes=FINAL_BOUND_NODES if converged else BOUND_NODES,
+                           units=FINAL_GRID_UNITS if converged else LAST_GRID_UNITS)
     value = max(found.value, min(value, upper))
     return replace(found, value=max(0.0, value), lp=lp, columns=len(pat.columns), rounds=found.rounds + clock.rounds,
                    converged=converged, seconds=found.seconds + time.monotonic() - t0,

@@ -555,8 +555,8 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     across pools: two half-used GPUs may become one MIG-split GPU. A re-plan (``reshuffle`` off)
     keeps only cheaper packings: moving replicas at equal cost is what it must avoid. No window is
     kept that leaves more models unspreadable over nodes (:func:`_spread_kept`). ``budget``:
-    deterministic seconds for all windows; ``guard``: the wall-clock time past which no window
-    starts; ``spent`` gets each window's deterministic seconds.
+    counted seconds for all windows (``CPSAT_CLOCK``, ``WINDOW_S``); ``guard``: the wall-clock
+    time past which no window starts; ``spent`` gets each window's deterministic seconds.
     """
     s = problem.settings
     rng = random.Random(s.seed)
@@ -569,7 +569,7 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     tried: set[frozenset[int]] = set()
     fills: dict[int, tuple[Gpu, float]] = {}  # per GPU (id, the GPU kept so the id stays its own)
     warned: int | None = None  # models ``shared`` leaves unspreadable (:func:`_one_node`), once needed
-    while sum(spent) + 0.01 * it < left and time.monotonic() < guard and len(shared) > 1:
+    while CPSAT_CLOCK * sum(spent) + WINDOW_S * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
         # Emptying and pair windows alternate while both kinds are left: MIG pools gain from pairs.
         window, emptying = _choose_window(problem, shared, tried, rng, emptying_first=it % 2 == 1, fills=fills)
@@ -606,6 +606,15 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     return shared
 
 
+CPSAT_CLOCK, WINDOW_S = 1.4, 0.025
+"""What an LNS window counts against the search's share: seconds per deterministic second of
+CP-SAT, and seconds per window besides (building its model, reading its solution back). Both are
+fixed numbers, so the windows a seed gets do not depend on the load. Measured on this project's
+2-core machine: generated-500's 28 windows took 5.96 s in CP-SAT for 4.27 deterministic s (1.40)
+and 0.62 s around it (22 ms a window); family-600025-long-tail-326's 128 took 3.34 s in all for
+1.31 deterministic s. Counted as 1.0 and 10 ms, the windows ran 2.1 s past a 4.5-s share on
+generated-500; counted so, 48 family fleets (three ``--family 12 --max-models 500`` samples and
+generated-500) keep every plan and bound, and long-tail takes 15.5 -> 12.7 s."""
 EMPTYING_PARTNERS = 3
 """GPUs re-packed with the emptiest one. Larger windows rarely beat their hint within the 0.5 s
 budget (generated-500: 3 partners 101.60/h, 7 partners no gain over 103.20/h)."""

@@ -517,6 +517,39 @@ def test_consolidate_remembering_answers_empties_the_same_gpus(seed):
     assert shape(consolidate(problem, copy_gpus(start), float("inf"))) == shape(_consolidate_plainly(problem, copy_gpus(start)))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_can_add_from_a_slots_sums_is_the_plain_test(seed):
+    """``can_add`` works from the slot's sums (``slot_sums``), which consolidation keeps per slot:
+    the answer must be the plain one, from the members' items as ``feasible`` reads them, for
+    every slot of a packing and every replica of the fleet (yes and no both asked)."""
+    from bench.family import family_fleet
+    from packer.planner.assemble import spare_slots
+    from packer.planner.model import can_add
+    from packer.slot import feasible
+
+    fleet = parse_fleet(family_fleet(seed, max_models=40, shape=["mixed", "long-tail", "multilingual", "llm"][seed]))
+    problem = Problem(fleet, PlanSettings())
+    reserved = gpu_counts(problem, plan_multi(problem)[0])
+    reps = reps_for(problem, choose_counts(problem))
+    gpus = to_gpus(problem, pack(problem, reps, reserved=reserved))
+    spare_slots(problem, gpus)  # empty MIG instances too, as consolidation asks of them
+    for g in gpus[::2]:  # and slots with room: half the GPUs lose their last replica
+        for s in g.slots[-1:]:
+            del s.reps[-1:]
+    answers = []
+    for slot in (s for g in gpus for s in g.slots):
+        st = slot.type
+        for rep in reps:
+            kinds = {r.model.kind for r in slot.reps} | {rep.model.kind}
+            plain = (rep.model.name not in slot.models() and allowed(rep, st)
+                     and (st.pool.time_slicing or len(kinds) == 1)
+                     and feasible([problem.item(r, st) for r in slot.reps] + [problem.item(rep, st)], st.memory_gb,
+                                  problem.u))
+            assert can_add(problem, slot, rep) == plain
+            answers.append(plain)
+    assert any(answers) and not all(answers)
+
+
 def test_consolidate_stops_at_its_deadline_between_gpus():
     fleet = load_fleet(example_path())
     problem = Problem(fleet, PlanSettings())

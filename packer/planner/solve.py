@@ -28,7 +28,8 @@ from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
-from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed, can_add, multi_replicas, wide_room
+from packer.planner.model import (PlanSettings, Problem, Rep, Slot, SlotSums, allowed, can_add, can_add_sums, multi_replicas,
+                                  slot_sums, wide_room)
 from packer.planner.multi import choose_pools, multi_floor, plan_multi, replica_gpus
 from packer.planner.purchases import inside_purchases, open_purchases, rule_out
 from packer.planner.prove import LEFT_FOR_PROOF, prove, purchase_cost, purchases_left, why_not
@@ -103,6 +104,7 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
     gpus = list(gpus)
     spare_slots(problem, gpus)
     takes: dict[int, dict[tuple[str, int], bool]] = {}  # per slot (id): can_add per (model, count)
+    sums: dict[int, SlotSums] = {}  # per slot (id) outside ``filled``: its members' sums, as ``takes``
     keep = list(gpus)  # the slots' ids stay theirs while consolidation runs
     stuck: set[int] = set()  # GPUs that could not be emptied: later passes only take room away
     fills: dict[int, tuple[Gpu, float]] = {}  # each GPU's fill, until a pass fills one of its slots
@@ -138,7 +140,10 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
                         memo = takes.setdefault(id(s), {})
                         fits = memo.get((r.model.name, r.count))
                         if fits is None:
-                            fits = memo[(r.model.name, r.count)] = can_add(problem, s, r)
+                            got = sums.get(id(s))
+                            if got is None:
+                                got = sums[id(s)] = slot_sums(problem, s)
+                            fits = memo[(r.model.name, r.count)] = can_add_sums(problem, s, r, got)
                             problem.packing_work += CAN_ADD_S
                     if fits:
                         best = (s, h)
@@ -156,6 +161,7 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
                 gpus.remove(g)
                 for sid in filled:
                     takes.pop(sid, None)
+                    sums.pop(sid, None)
                 for s, h in every:
                     if id(s) in filled:
                         fills.pop(id(h), None)

@@ -519,7 +519,7 @@ def test_consolidate_remembering_answers_empties_the_same_gpus(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_can_add_from_a_slots_sums_is_the_plain_test(seed):
-    """``can_add`` works from the slot's sums (``slot_sums``), which consolidation keeps per slot:
+    """``can_add`` works from the slot's sums (``SlotSums``), which consolidation keeps per slot:
     the answer must be the plain one, from the members' items as ``feasible`` reads them, for
     every slot of a packing and every replica of the fleet (yes and no both asked)."""
     from bench.family import family_fleet

@@ -18,8 +18,8 @@ from typing import Callable
 
 from packer.errors import UserError
 from packer.fleet import FleetError
-from packer.planner.model import Problem, Rep, Slot, allowed, slot_price
-from packer.slot import WHOLE, Item, SlotType, window
+from packer.planner.model import Problem, Rep, Slot, SlotSums, allowed, slot_price
+from packer.slot import WHOLE, SlotType, window
 
 
 SLOT_S = 3e-6
@@ -123,7 +123,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
     types = problem.all_types()
     # Running sums per slot (memory, sum A, sum B, min hi, kinds, models) make each "does it fit,
     # and how full would it be" test O(1): the same test as can_add + fill, without re-summing.
-    agg = {id(sl): _Agg.of(problem, sl) for sl in slots}
+    agg = {id(sl): SlotSums.of(problem, sl) for sl in slots}
     implied: dict[str, float] = defaultdict(float)
     for sl in slots:
         implied[sl.type.pool.name] += 1.0 if sl.type.profile == WHOLE else sl.type.compute_fraction
@@ -152,7 +152,7 @@ def pack(problem: Problem, reps: list[Rep], slots: list[Slot] | None = None,
         pools_of[rep.model.name].append(choice.pool.name)
         new = Slot(choice, [rep])
         slots.append(new)
-        agg[id(new)] = _Agg.of(problem, new)
+        agg[id(new)] = SlotSums.of(problem, new)
         implied[choice.pool.name] += 1.0 if choice.profile == WHOLE else choice.compute_fraction
     return slots
 
@@ -172,7 +172,7 @@ def _lone_pool(problem: Problem, rep: Rep, placed: list[str], types: list[SlotTy
     return pool
 
 
-def _best_slot(problem: Problem, rep: Rep, slots: list[Slot], agg: dict[int, "_Agg"], gpu_of: dict[int, object],
+def _best_slot(problem: Problem, rep: Rep, slots: list[Slot], agg: dict[int, SlotSums], gpu_of: dict[int, object],
                priced: bool, avoid: str | None = None) -> tuple[Slot | None, float]:
     """The open slot ``rep`` fits into that it makes least fuller (priced: at the slot's price),
     and that score, outside pool ``avoid``; (None, inf) when it fits none."""
@@ -220,33 +220,6 @@ def _cheapest_new(problem: Problem, rep: Rep, types: list[SlotType], implied: di
         if c < choice_cost - 1e-12:
             choice, choice_cost = st, c
     return None if choice is None else (choice, choice_cost)
-
-
-class _Agg:
-    """Running sums of a slot's members in the linear slot maths (docs/slot-maths.md)."""
-
-    __slots__ = ("mem", "sA", "sB", "hi", "kinds", "names")
-
-    def __init__(self) -> None:
-        self.mem = self.sA = self.sB = 0.0
-        self.hi = math.inf
-        self.kinds: set[str] = set()
-        self.names: set[str] = set()
-
-    @classmethod
-    def of(cls, problem: Problem, slot: Slot) -> "_Agg":
-        a = cls()
-        for r in slot.reps:
-            a.add(problem.item(r, slot.type), r)
-        return a
-
-    def add(self, it: Item, rep: Rep) -> None:
-        self.mem += rep.model.memory_gb
-        self.sA += it.A
-        self.sB += it.B
-        self.hi = min(self.hi, it.hi)
-        self.kinds.add(rep.model.kind)
-        self.names.add(rep.model.name)
 
 
 class NoRoom(Exception):

@@ -193,41 +193,42 @@ class Slot:
 
 def can_add(problem: Problem, slot: Slot, rep: Rep) -> bool:
     """Does ``rep`` fit into ``slot`` beside its current members?"""
-    return can_add_sums(problem, slot, rep, slot_sums(problem, slot))
+    return can_add_sums(problem, slot, rep, SlotSums.of(problem, slot))
 
 
-@dataclass(frozen=True)
 class SlotSums:
-    """What :func:`can_add` reads of a slot's members, summed once: their models and kinds, the
-    sums of their ``A``, ``B`` and memory (member by member, as ``duty_window`` sums them on
-    Python 3.11) and their least ``hi``."""
+    """Running sums of a slot's members in the linear slot maths (docs/slot-maths.md): what
+    :func:`can_add` reads of them. The greedy packing keeps one per open slot and adds to it as
+    it places replicas; consolidation keeps one per slot while its members stay as they are."""
 
-    names: frozenset
-    kinds: frozenset
-    A: float
-    B: float
-    hi: float
-    memory_gb: float
+    __slots__ = ("mem", "sA", "sB", "hi", "kinds", "names")
 
+    def __init__(self) -> None:
+        self.mem = self.sA = self.sB = 0.0
+        self.hi = math.inf
+        self.kinds: set[str] = set()
+        self.names: set[str] = set()
 
-def slot_sums(problem: Problem, slot: Slot) -> SlotSums:
-    """The slot's :class:`SlotSums` as its members stand now."""
-    st = slot.type
-    sa = sb = mem = 0.0
-    hi = math.inf
-    for r in slot.reps:
-        it = problem.item(r, st)
-        sa += it.A
-        sb += it.B
-        hi = min(hi, it.hi)
-        mem += r.model.memory_gb
-    return SlotSums(frozenset(r.model.name for r in slot.reps), frozenset(r.model.kind for r in slot.reps),
-                    sa, sb, hi, mem)
+    @classmethod
+    def of(cls, problem: Problem, slot: Slot) -> "SlotSums":
+        """The slot's sums as its members stand now."""
+        a = cls()
+        for r in slot.reps:
+            a.add(problem.item(r, slot.type), r)
+        return a
+
+    def add(self, it: Item, rep: Rep) -> None:
+        self.mem += rep.model.memory_gb
+        self.sA += it.A
+        self.sB += it.B
+        self.hi = min(self.hi, it.hi)
+        self.kinds.add(rep.model.kind)
+        self.names.add(rep.model.name)
 
 
 def can_add_sums(problem: Problem, slot: Slot, rep: Rep, sums: SlotSums) -> bool:
-    """Does ``rep`` fit into ``slot``, whose members' sums are ``sums`` (``slot_sums``, taken while
-    the members are as they are now)? :func:`can_add` is this with the sums taken afresh;
+    """Does ``rep`` fit into ``slot``, whose members' sums are ``sums`` (taken while the members
+    are as they are now)? :func:`can_add` is this with the sums taken afresh;
     consolidation keeps them per slot, since it asks of every slot for each replica it moves: on
     family-100007-mixed-401, half a million asks, each passing over the members, were most of
     the greedy stage's 7.6 s."""
@@ -236,10 +237,10 @@ def can_add_sums(problem: Problem, slot: Slot, rep: Rep, sums: SlotSums) -> bool
         return False
     if not st.pool.time_slicing and sums.kinds and sums.kinds != {rep.model.kind}:
         return False
-    if sums.memory_gb + rep.model.memory_gb > st.memory_gb + 1e-9:
+    if sums.mem + rep.model.memory_gb > st.memory_gb + 1e-9:
         return False
     it = problem.item(rep, st)
-    return window(sums.A + it.A, sums.B + it.B, min(sums.hi, it.hi), problem.u) is not None
+    return window(sums.sA + it.A, sums.sB + it.B, min(sums.hi, it.hi), problem.u) is not None
 
 
 def layout_counters(pool: Pool) -> tuple[tuple[Counter, object], ...]:

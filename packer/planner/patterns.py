@@ -108,8 +108,8 @@ inflates a slot's pricing bound. family-100003-multilingual-80's L4 slot needs 4
 close at 200 units (0.51 against 0.569 at 40,000; bound 35.03 -> 39.08/h, the LP's optimum);
 family-7-multilingual-80 needs them at 800 units too (102.94/h at 40,000 nodes, 104.90/h, the LP's
 optimum). generated-500's cells close at neither, and 800 units give what nodes do not, on one set
-of duals: 119.93/h at 400,000 nodes and 200 units, 122.89/h at 800 units (6.0 counted s for both,
-4.1 for the first). A grid of ``units`` squared cells per item: 800 costs 16 times 200 per cell left
+of duals: 119.93/h at 400,000 nodes and 200 units (4.1 counted s), 122.89/h at 400,000 nodes and
+800 units (6.0 s). A grid of ``units`` squared cells per item: 800 costs 16 times 200 per cell left
 open."""
 LAST_GRID_UNITS = 400
 """The grid of the last bound where the deeper one (``FINAL_GRID_UNITS``) does not run: twice as

@@ -28,8 +28,8 @@ from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
-from packer.planner.model import (PlanSettings, Problem, Rep, Slot, SlotSums, allowed, can_add, can_add_sums, multi_replicas,
-                                  slot_sums, wide_room)
+from packer.planner.model import (PlanSettings, Problem, Rep, Slot, SlotSums, allowed, can_add, can_add_sums,
+                                  multi_replicas, wide_room)
 from packer.planner.multi import choose_pools, multi_floor, plan_multi, replica_gpus
 from packer.planner.purchases import inside_purchases, open_purchases, rule_out
 from packer.planner.prove import LEFT_FOR_PROOF, prove, purchase_cost, purchases_left, why_not
@@ -142,7 +142,7 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
                         if fits is None:
                             got = sums.get(id(s))
                             if got is None:
-                                got = sums[id(s)] = slot_sums(problem, s)
+                                got = sums[id(s)] = SlotSums.of(problem, s)
                             fits = memo[(r.model.name, r.count)] = can_add_sums(problem, s, r, got)
                             problem.packing_work += CAN_ADD_S
                     if fits:
@@ -619,8 +619,9 @@ fixed numbers, so the windows a seed gets do not depend on the load. Measured on
 2-core machine: generated-500's 28 windows took 5.96 s in CP-SAT for 4.27 deterministic s (1.40)
 and 0.62 s around it (22 ms a window); family-600025-long-tail-326's 128 took 3.34 s in all for
 1.31 deterministic s. Counted as 1.0 and 10 ms, the windows ran 2.1 s past a 4.5-s share on
-generated-500; counted so, 48 family fleets (three ``--family 12 --max-models 500`` samples and
-generated-500) keep every plan and bound, and long-tail takes 15.5 -> 12.7 s."""
+generated-500; counted so, 48 family fleets (``--family 12`` at ``--max-models 500``, seeds 0, 6
+and 9, and at 40, seed 8) and generated-500 keep every plan and bound, and long-tail takes
+15.5 -> 12.7 s."""
 EMPTYING_PARTNERS = 3
 """GPUs re-packed with the emptiest one. Larger windows rarely beat their hint within the 0.5 s
 budget (generated-500: 3 partners 101.60/h, 7 partners no gain over 103.20/h)."""

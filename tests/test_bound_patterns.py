@@ -329,7 +329,7 @@ def test_the_bound_evaluations_during_column_generation_take_at_most_their_share
     most ``EVAL_SHARE`` of the time, and the last one, after the search, is always made. Here each
     costs 30 % of the time: one is made during the search (two without the cap)."""
     fleet = parse_fleet(family_fleet(0, max_models=150, shape="long-tail"))
-    limit = 2.0
+    limit = 1.0
     during: list[float] = []
     lagrangian = Patterns.lagrangian
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from packer.planner import knapsack
-from packer.planner.knapsack import branch_and_bound, grid_bound
+from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound
 
 
 def _instances(seed: int, count: int, most: int) -> list[tuple]:
@@ -63,13 +63,67 @@ def test_grid_bound_is_never_below_the_best_set_and_exact_on_its_grid(seed: int)
         assert grid_bound(v, wq, mq, model, 1.0, 20) == pytest.approx(_best(v, wq, mq, model), abs=1e-12)
 
 
+def _ratio_lp(v: np.ndarray, c: np.ndarray, cap: float) -> float:
+    """The LP of ``max v x, c x <= cap, 0 <= x <= 1`` the textbook way: sorted by ratio, whole
+    items while they fit, then a share of the next."""
+    total, room = 0.0, cap
+    for j in sorted(range(len(v)), key=lambda j: -v[j] / c[j]):
+        if c[j] <= room:
+            total, room = total + v[j], room - c[j]
+        else:
+            return total + v[j] * room / c[j]
+    return total
+
+
+def _cell_instance(seed: int) -> tuple:
+    """Items with ties in ratio (values and weights on a coarse grid), free memory, and some that
+    fit no cell alone; cells from the items' own ``hi`` values."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 80))
+    coarse = bool(rng.integers(0, 2))
+    v = rng.random(n) * float(rng.choice([0.1, 1.0, 5.0]))
+    A, B = rng.random(n) * 0.4, rng.random(n) * 0.1
+    mm = rng.random(n) * float(rng.choice([0.05, 0.3, 1.2]))
+    if coarse:
+        v, A, B, mm = (np.round(x * 4) / 4 + 0.25 for x in (v, A, B, mm))
+    mm[rng.random(n) < 0.2] = 0.0
+    hi = rng.choice([0.05, 0.1, 0.2, 0.5, 1.0], n)
+    d = np.unique(hi)
+    floor = d * float(rng.choice([1.0, 0.5]))
+    return v, A, B, mm, hi, floor, d
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_cell_lps_are_the_ratio_sorted_lp_of_each_cells_items(seed: int) -> None:
+    lams = (0.0, 0.3, 1.0)
+    for k in range(50):
+        v, A, B, mm, hi, floor, d = _cell_instance(1000 * seed + k)
+        u, cap = 2.0, 1.0
+        least, lam_of, start, held = cell_lps(v, A, B, mm, hi, floor, d, lams, u, cap)
+        for i in range(d.size):
+            w = (A / d[i] + B) / u
+            items = (hi >= floor[i]) & (w <= cap) & (mm <= cap)
+            assert held[start[i]:start[i + 1]].tolist() == np.flatnonzero(items).tolist()
+            if not items.any():
+                continue
+            lps = [_ratio_lp(v[items], np.maximum(lam * w[items] + (1 - lam) * mm[items], 1e-15), cap) for lam in lams]
+            assert least[i] == pytest.approx(min(lps), rel=1e-12, abs=1e-12)
+            assert lps[lams.index(lam_of[i])] == pytest.approx(min(lps), rel=1e-12, abs=1e-12)
+            if items.sum() <= 9:  # above every set of the cell's items that fits
+                assert least[i] >= _best(v[items], w[items], mm[items], np.arange(int(items.sum()))) - 1e-9
+
+
 _PROBE = """
 import json, sys
 import numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_knapsack import _instances
-from packer.planner.knapsack import branch_and_bound, grid_bound
+from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound
+from tests.test_knapsack import _cell_instance
 out = []
+for k in range(40):
+    least, lam_of, start, held = cell_lps(*_cell_instance(k), (0.0, 0.5, 1.0), 2.0, 1.0)
+    out.append(['cells', [x.hex() for x in least.tolist()], lam_of.tolist(), start.tolist(), held.tolist()])
 for v, w, mm, model, lam in _instances(7, 40, 120):
     for limit in (30, 3000):
         val, chosen, upper, nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, limit)

@@ -47,7 +47,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
-from packer.planner.knapsack import branch_and_bound, grid_bound, warm
+from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound, warm
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import WHOLE, SlotType, feasible
 
@@ -76,8 +76,6 @@ slot types), column generation prices on cells 5 % wide with three weightings fi
 the fine cells once those find nothing: family-0-long-tail-194 (339 distinct cycles, 650 items on
 its A100 slot) spent 8 deterministic s a round on the fine cells; coarse first, it converges in
 41 rounds and 35 s (bound 469.5/h, where 60 s of fine pricing reached 459.8)."""
-CHUNK = 400_000
-"""Cells times items screened at once (memory: a few arrays of this many floats)."""
 NODE_S, CALL_S, ITEM_S = 8e-7, 2e-5, 1e-7
 """Deterministic seconds per node of the pricing's branch and bound (``knapsack.py``, compiled),
 per search and per item handed to a search: measured on this project's 2-core machine (0.4-0.9 µs,
@@ -86,10 +84,12 @@ GRID_UNITS, GRID_S = 200, 1e-9
 """Units of each constraint in the pricing bound's dynamic programme (``knapsack.grid_bound``,
 where a branch and bound does not close: weights rounded down, so a group may gain under 1/200 of
 a slot per member), and its deterministic seconds per item and unit squared (measured 6e-10)."""
-CELL_S, ITER_S, ROUND_S = 7e-8, 3.5e-4, 5e-3
+CELL_S, ITER_S, ROUND_S = 1e-8, 3.5e-4, 5e-3
 """Deterministic seconds per cell-item-lambda of the pricing LPs, per simplex iteration of the
 restricted master, and per round (what the rest of a round costs): measured on the same fleets
-(4-8e-8, 1.2-4.2e-4 and about 6 ms), rounded up."""
+(1.2-4.2e-4 and about 6 ms), rounded up. The cell LPs, compiled (``knapsack.cell_lps``), took
+3.2e-9 (family-100007-mixed-401), 5.4e-9 (family-600025-long-tail-326), 9.6e-9 (long-tail) and
+1.6e-8 (family-4-mixed-33, small cells, the call's own cost) a cell-item-lambda; 7e-8 in NumPy."""
 DISJOINT = 30
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
 far this round leave out (reusing the round's cell LPs, which stay upper bounds)."""
@@ -369,7 +369,8 @@ class Patterns:
         """Per kind group and cell: (LP bound, lambda, a function giving the cell's values, time
         and memory weights, models and item positions), best LP first. Time weights are charged at
         the cell's top (a relaxation: for bounds) or at its bottom (every set found is a group
-        ``feasible`` admits: for columns). The LPs of all cells are computed at once."""
+        ``feasible`` admits: for columns). The LPs of all cells are computed in one compiled pass
+        (``knapsack.cell_lps``); a cell's items are found again only when it is searched."""
         pos = v > 1e-12
         groups = [pos] if ti.st.pool.time_slicing else [pos & ti.streaming, pos & ~ti.streaming]
         cap = 1.0 + SLACK if at_top else 1.0
@@ -388,25 +389,14 @@ class Patterns:
                 cells, lams = self._cells(np.unique(hi), PRICE_CELLS, PRICE_GRID), LAMBDAS
             lo = np.array([c[0] for c in cells])
             d = np.array([c[1] if at_top else c[0] for c in cells])
-            step = max(1, CHUNK // max(1, val.size))
+            floor = lo * (1 - SLACK) if at_top else lo
             self.work += lo.size * val.size * len(lams) * CELL_S
-            for chunk in range(0, lo.size, step):
-                lo_c, d_c = lo[chunk:chunk + step], d[chunk:chunk + step]
-                elig = hi[None, :] >= (lo_c[:, None] * (1 - SLACK) if at_top else lo_c[:, None])
-                W = (A[None, :] / d_c[:, None] + B[None, :]) / self.u
-                mask = elig & (W <= cap) & (mem[None, :] <= cap)
-                Vm = np.where(mask, val[None, :], 0.0)
-                least = np.full(lo_c.size, np.inf)
-                lam_of = np.zeros(lo_c.size)
-                for lam in lams:
-                    f = _fractional_rows(Vm, np.where(mask, lam * W + (1 - lam) * mem[None, :], np.inf), cap)
-                    better = f < least
-                    least = np.where(better, f, least)
-                    lam_of = np.where(better, lam, lam_of)
-                for r in np.flatnonzero(mask.any(axis=1)):
-                    def make(m=mask[r], w=W[r], val=val, mem=mem, mdl=mdl, where=where) -> tuple:
-                        return val[m], w[m], mem[m], mdl[m], where[m]
-                    out.append((float(least[r]), float(lam_of[r]), make))
+            least, lam_of, start, items = cell_lps(val, A, B, mem, hi, floor, d, lams, self.u, cap)
+            for r in np.flatnonzero(start[1:] > start[:-1]):
+                def make(m=items[start[r]:start[r + 1]], dr=float(d[r]), A=A, B=B, val=val, mem=mem, mdl=mdl,
+                         where=where) -> tuple:
+                    return val[m], (A[m] / dr + B[m]) / self.u, mem[m], mdl[m], where[m]
+                out.append((float(least[r]), float(lam_of[r]), make))
         out.sort(key=lambda t: -t[0])
         return out
 
@@ -735,42 +725,6 @@ def purchase_lagrangians(buys: np.ndarray, pools: list, fixed: float, worth: dic
                     for _, where in multi if any(p.name in where for p in pools))
         out = np.maximum(out, sc * fixed + extra + buys @ np.minimum(0.0, prices - sc * w))
     return out
-
-
-def _fractional_knapsack(v: np.ndarray, c: np.ndarray, cap: float) -> float:
-    """The LP of ``max v x, c x <= cap, 0 <= x <= 1``: by ratio, the last item cut."""
-    free = c <= 1e-15
-    total = float(v[free].sum())
-    v, c = v[~free], c[~free]
-    if v.size == 0:
-        return total
-    order = np.argsort(-(v / c), kind="stable")
-    cs = np.cumsum(c[order])
-    k = int(np.searchsorted(cs, cap, side="right"))
-    total += float(v[order[:k]].sum())
-    if k < v.size:
-        room = cap - (cs[k - 1] if k > 0 else 0.0)
-        total += float(v[order[k]]) * max(0.0, room) / float(c[order[k]])
-    return total
-
-
-def _fractional_rows(V: np.ndarray, C: np.ndarray, cap: float) -> np.ndarray:
-    """Row by row, the LP of ``max v x, c x <= cap, 0 <= x <= 1`` (items with ``c`` infinite are
-    out): by ratio, the last item cut."""
-    C = np.maximum(C, 1e-15)
-    order = np.argsort(-(V / C), axis=1, kind="stable")
-    Vs = np.take_along_axis(V, order, axis=1)
-    Cs = np.take_along_axis(C, order, axis=1)
-    cs = np.cumsum(np.where(np.isfinite(Cs), Cs, 0.0), axis=1)
-    whole = cs <= cap
-    k = whole.sum(axis=1)  # ratios are sorted, so the items that fit whole are a prefix
-    total = np.where(whole, Vs, 0.0).sum(axis=1)
-    rows = np.arange(V.shape[0])
-    kk = np.minimum(k, V.shape[1] - 1)
-    used = np.where(k > 0, cs[rows, np.maximum(k - 1, 0)], 0.0)
-    nxt_c = Cs[rows, kk]
-    part = np.where((k < V.shape[1]) & np.isfinite(nxt_c), Vs[rows, kk] * np.maximum(0.0, cap - used) / nxt_c, 0.0)
-    return total + part
 
 
 def _best_gain(pools: list[tuple[float, float, int]], s: float, upper: float) -> float:

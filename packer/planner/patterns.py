@@ -76,10 +76,15 @@ slot types), column generation prices on cells 5 % wide with three weightings fi
 the fine cells once those find nothing: family-0-long-tail-194 (339 distinct cycles, 650 items on
 its A100 slot) spent 8 deterministic s a round on the fine cells; coarse first, it converges in
 41 rounds and 35 s (bound 469.5/h, where 60 s of fine pricing reached 459.8)."""
-NODE_S, CALL_S, ITEM_S = 8e-7, 2e-5, 1e-7
+NODE_S, CALL_S, ITEM_S = 8e-7, 6e-6, 1e-7
 """Deterministic seconds per node of the pricing's branch and bound (``knapsack.py``, compiled),
 per search and per item handed to a search: measured on this project's 2-core machine (0.4-0.9 µs,
-12 µs and 0.1 µs on generated-500, long-tail and family-0-long-tail-194), rounded up."""
+12 µs and 0.1 µs on generated-500, long-tail and family-0-long-tail-194), rounded up. With the
+search's set-up compiled too (``knapsack._search``) a search costs less than its 20 µs of
+before: over 10 counted s of pricing, searches took 3.3 s for 5.5 counted
+(family-100007-mixed-401, 126,000 searches), 3.5 for 4.2 (family-600025-long-tail-326), 3.6 for
+5.6 (family-900003-mixed-251) and 0.4 for 0.7 (long-tail); at 6 µs a search those count 3.6,
+3.1, 4.8 and 0.6 s."""
 GRID_UNITS, GRID_S = 200, 1e-9
 """Units of each constraint in the pricing bound's dynamic programme (``knapsack.grid_bound``,
 where a branch and bound does not close: weights rounded down, so a group may gain under 1/200 of

@@ -43,7 +43,7 @@ Progress = Callable[[str, float], None]
 LARGE_S = 28.0
 """The default budget from 242 to 631 models. Issue 14 asks 30 s of a plan there, and the stages
 run past their shares by a few seconds (the greedy stage's first fifth is free; the bound's last
-evaluation and the purchases' LPs, the dive and the windows each go a little over): at 30,
+evaluation and the one-class LP before it, the dive and the windows each go a little over): at 30,
 family-100007-mixed-401 took 29.1-31.4 s and generated-500 29.6-33.5 s from run to run on the
 2-core machine. At 28 their plans and bounds were the same, and family-600025-long-tail-326's;
 family-900003-mixed-251 (limit 28.9 before) 193.57/183.47 -> 193.57/186.38/h."""

@@ -42,16 +42,20 @@ def _best(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, cap: 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_branch_and_bound_is_exact_when_it_finishes_and_an_upper_bound_when_cut_short(seed: int) -> None:
+    # extra_from=0: every node also pruned by its LPs in time alone and memory alone, as deep
+    # searches are (knapsack.EXTRA_FROM); those bounds must never cut off the best set.
     for v, w, mm, model, lam in _instances(seed, 60, 10):
         best = _best(v, w, mm, model)
-        value, chosen, upper, nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, 10**7)
-        assert value == pytest.approx(best, abs=1e-12) and upper == pytest.approx(best, abs=1e-12)
-        assert len({int(model[j]) for j in chosen}) == len(chosen)
-        assert w[chosen].sum() <= 1.0 and mm[chosen].sum() <= 1.0
-        assert float(v[chosen].sum()) == pytest.approx(value)
-        if nodes > 2:
-            _, _, cut_upper, cut_nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, 2)
-            assert cut_nodes == 3 and cut_upper >= best - 1e-12
+        for extra_from in (knapsack.EXTRA_FROM, 0):
+            value, chosen, upper, nodes, _ = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, 10**7, extra_from)
+            assert value == pytest.approx(best, abs=1e-12) and upper == pytest.approx(best, abs=1e-12)
+            assert len({int(model[j]) for j in chosen}) == len(chosen)
+            assert w[chosen].sum() <= 1.0 and mm[chosen].sum() <= 1.0
+            assert float(v[chosen].sum()) == pytest.approx(value)
+            for limit in (2, 5):
+                if nodes > limit:
+                    _, _, cut_upper, cut_nodes, _ = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, limit, extra_from)
+                    assert cut_nodes == limit + 1 and cut_upper >= best - 1e-12
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -126,8 +130,9 @@ for k in range(40):
     out.append(['cells', [x.hex() for x in least.tolist()], lam_of.tolist(), start.tolist(), held.tolist()])
 for v, w, mm, model, lam in _instances(7, 40, 120):
     for limit in (30, 3000):
-        val, chosen, upper, nodes = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, limit)
-        out.append([val.hex(), chosen, upper.hex(), nodes])
+        for extra_from in (64, 0):
+            val, chosen, upper, nodes, steps = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, limit, extra_from)
+            out.append([val.hex(), chosen, upper.hex(), nodes, steps])
     out.append([grid_bound(v, w, mm, model, 1.0, 40).hex()])
 print(json.dumps(out))
 """
@@ -148,4 +153,5 @@ def test_the_compiled_searches_equal_their_python_source_bit_for_bit() -> None:
                               check=True)
         runs.append(json.loads(done.stdout))
     assert runs[0] == runs[1]
-    assert any(r[3] > 30 for r in runs[0] if len(r) == 4)  # some searches were cut short
+    assert any(r[3] > 30 for r in runs[0] if len(r) == 5 and r[0] != "cells")  # some searches were cut short
+    assert any(r[4] > 0 for r in runs[0] if len(r) == 5 and r[0] != "cells")  # and some pruned by the node bounds

@@ -33,26 +33,38 @@ def warm() -> None:
     cell_lps(one, one, one, 0.1 * one, one, one[:1], one[:1], (0.5,), 4.0, 1.0)
 
 
+EXTRA_FROM = 64
+"""Nodes after which a search also prunes each node by the LPs of time alone and of memory alone
+(``_entry_bound``): the weighting ``lam`` fixed at the root stops bounding well once the search
+is deep in a group where the other constraint binds. generated-500's L4 slot, at one round's
+duals: the search did not close in 300,000 nodes (best 1.2596), and closes in 89,480 with the
+two LPs (best 1.2725, the optimum HiGHS finds). Below it, most searches (a few nodes each) skip
+the two sorts it takes."""
+
+
 def branch_and_bound(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam: float,
-                     cap: float, best: float, node_limit: int) -> tuple[float, list[int], float, int]:
+                     cap: float, best: float, node_limit: int,
+                     extra_from: int = EXTRA_FROM) -> tuple[float, list[int], float, int, int]:
     """The most ``v`` a set of items (one per model) within ``cap`` in both ``w`` and ``mm`` holds,
-    when it beats ``best``: (value, the items, an upper bound on the most, nodes). Finished, the
-    upper bound is the value (or ``best``); cut short at ``node_limit``, it is the largest LP
-    bound left open on the search's path, which is often far below the root's LP
-    (family-100003-multilingual-80's L4 slot: 0.51 against 0.58, where the root's LP was the
-    pricing bound and cost 12 % of the plan's bound). Depth first by ratio; each node keeps only
-    the items that still fit beside its set (and not of a model in it), and is pruned by their
-    one-constraint LP in ``lam w + (1 - lam) mm``. Stops after ``node_limit`` nodes with the best
-    set found (its value is then not proven the most)."""
+    when it beats ``best``: (value, the items, an upper bound on the most, nodes, steps of the
+    node bounds). Finished, the upper bound is the value (or ``best``); cut short at
+    ``node_limit``, it is the largest LP bound left open on the search's path, which is often far
+    below the root's LP (family-100003-multilingual-80's L4 slot: 0.51 against 0.58, where the
+    root's LP was the pricing bound and cost 12 % of the plan's bound). Depth first by ratio; each
+    node keeps only the items that still fit beside its set (and not of a model in it), and is
+    pruned by their one-constraint LP in ``lam w + (1 - lam) mm`` and, past ``extra_from`` nodes,
+    by their LPs in ``w`` alone and ``mm`` alone (``EXTRA_FROM``; steps: the items those scanned).
+    Stops after ``node_limit`` nodes with the best set found (its value is then not proven the
+    most)."""
     fs, st, chosen = _search(np.ascontiguousarray(v, dtype=np.float64), np.ascontiguousarray(w, dtype=np.float64),
                              np.ascontiguousarray(mm, dtype=np.float64), np.ascontiguousarray(model, dtype=np.int64),
-                             float(lam), float(cap), float(best), int(node_limit))
-    return float(fs[0]), chosen[:st[1]].tolist(), float(max(fs[0], fs[1])), int(st[0])
+                             float(lam), float(cap), float(best), int(node_limit), int(extra_from))
+    return float(fs[0]), chosen[:st[1]].tolist(), float(max(fs[0], fs[1])), int(st[0]), int(st[4])
 
 
 @njit(cache=True)
 def _search(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam: float, cap: float, best: float,
-            node_limit: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            node_limit: int, extra_from: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`branch_and_bound`'s search, its set-up compiled too: the pricing runs it on up to
     5,600 cells a round (family-100007-mixed-401), where the set-up in NumPy cost twice the
     search."""
@@ -60,12 +72,53 @@ def _search(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam
     order = np.argsort(-(v / c), kind="mergesort")  # stable
     first = order[(w[order] <= cap) & (mm[order] <= cap)]
     fs = np.array([best, -math.inf])  # the best value so far, the largest LP bound left open
-    st = np.zeros(3, dtype=np.int64)  # nodes, size of the best set, depth of the path
+    # nodes, size of the best set, depth of the path, the last node's stamp, steps, sorted yet
+    st = np.zeros(6, dtype=np.int64)
     path = np.zeros(max(1, v.size), dtype=np.int64)
     chosen = np.zeros(max(1, v.size), dtype=np.int64)
+    by = np.zeros((2, max(1, v.size)), dtype=np.int64)  # the items by ratio to w, and to mm
+    mark = np.zeros(max(1, v.size), dtype=np.int64)
     if first.size:
-        _dfs(first, 0.0, cap, cap, v, w, mm, model, c, lam, node_limit, fs, st, path, chosen)
+        _dfs(first, 0.0, cap, cap, v, w, mm, model, c, lam, node_limit, fs, st, path, chosen, extra_from, by, mark)
     return fs, st, chosen
+
+
+@njit(cache=True)
+def _lp_marked(order: np.ndarray, mark: np.ndarray, stamp: int, v: np.ndarray, c: np.ndarray, room: float,
+               st: np.ndarray) -> float:
+    """The LP of the items marked ``stamp`` in weights ``c`` within ``room``, by the ratio order
+    ``order`` of all the items (unmarked ones skipped, each a step)."""
+    total = 0.0
+    for q in range(order.size):
+        j = order[q]
+        if mark[j] != stamp:
+            continue
+        if c[j] <= room:
+            total += v[j]
+            room -= c[j]
+        else:
+            st[4] += q + 1
+            return total + v[j] * room / c[j]
+    st[4] += order.size
+    return total
+
+
+@njit(cache=True)
+def _entry_bound(cand: np.ndarray, rt: float, rm: float, v: np.ndarray, w: np.ndarray, mm: np.ndarray,
+                 st: np.ndarray, by: np.ndarray, mark: np.ndarray) -> float:
+    """The least of the LPs of ``cand`` in time alone (``rt`` left) and in memory alone (``rm``):
+    what any set of them can add. The two ratio orders are sorted on first use."""
+    if st[5] == 0:
+        by[0, :v.size] = np.argsort(-(v / np.maximum(w, 1e-15)), kind="mergesort")
+        by[1, :v.size] = np.argsort(-(v / np.maximum(mm, 1e-15)), kind="mergesort")
+        st[5] = 1
+        st[4] += 2 * v.size
+    st[3] += 1
+    for q in range(cand.size):
+        mark[cand[q]] = st[3]
+    st[4] += cand.size
+    n = v.size
+    return min(_lp_marked(by[0, :n], mark, st[3], v, w, rt, st), _lp_marked(by[1, :n], mark, st[3], v, mm, rm, st))
 
 
 @njit(cache=True)
@@ -87,9 +140,14 @@ def _lp_from(p: int, cand: np.ndarray, cs: np.ndarray, cv: np.ndarray, v: np.nda
 @njit(cache=True)
 def _dfs(cand: np.ndarray, val: float, rt: float, rm: float, v: np.ndarray, w: np.ndarray, mm: np.ndarray,
          model: np.ndarray, c: np.ndarray, lam: float, node_limit: int, fs: np.ndarray, st: np.ndarray,
-         path: np.ndarray, chosen: np.ndarray) -> bool:
+         path: np.ndarray, chosen: np.ndarray, extra_from: int, by: np.ndarray, mark: np.ndarray) -> bool:
     """Branch on each candidate in turn (the set so far is ``path[:st[2]]``, worth ``val``, with
     ``rt`` time and ``rm`` memory left). False when the node limit cut it short."""
+    entry = math.inf  # what any set of the candidates adds, by the LPs of one constraint each
+    if st[0] >= extra_from:
+        entry = _entry_bound(cand, rt, rm, v, w, mm, st, by, mark)
+        if val + entry <= fs[0] + 1e-12:
+            return True
     cs = np.cumsum(c[cand])
     cv = np.cumsum(v[cand])
     room = lam * rt + (1 - lam) * rm
@@ -100,7 +158,7 @@ def _dfs(cand: np.ndarray, val: float, rt: float, rm: float, v: np.ndarray, w: n
         j = cand[p]
         st[0] += 1
         if st[0] > node_limit:
-            fs[1] = max(fs[1], val + bound)  # this node and its later siblings
+            fs[1] = max(fs[1], val + min(bound, entry))  # this node and its later siblings
             return False
         nv, nrt, nrm = val + v[j], rt - w[j], rm - mm[j]
         path[st[2]] = j
@@ -111,14 +169,14 @@ def _dfs(cand: np.ndarray, val: float, rt: float, rm: float, v: np.ndarray, w: n
             st[1] = st[2]
         rest = cand[p + 1:]
         rest = rest[(w[rest] <= nrt) & (mm[rest] <= nrm) & (model[rest] != model[j])]
-        ok = rest.size == 0 or _dfs(rest, nv, nrt, nrm, v, w, mm, model, c, lam, node_limit, fs, st, path, chosen)
+        ok = rest.size == 0 or _dfs(rest, nv, nrt, nrm, v, w, mm, model, c, lam, node_limit, fs, st, path, chosen,
+                                    extra_from, by, mark)
         st[2] -= 1
         if not ok:
             # The child left its own subtree's open bound; the later siblings are open too.
-            fs[1] = max(fs[1], val + _lp_from(p + 1, cand, cs, cv, v, c, room))
+            fs[1] = max(fs[1], val + min(_lp_from(p + 1, cand, cs, cv, v, c, room), entry))
             return False
     return True
-
 
 
 def grid_bound(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, cap: float, units: int) -> float:

@@ -47,7 +47,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
-from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound, warm
+from packer.planner.knapsack import EXTRA_FROM, branch_and_bound, cell_lps, grid_bound, warm
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import WHOLE, SlotType, feasible
 
@@ -85,6 +85,13 @@ before: over 10 counted s of pricing, searches took 3.3 s for 5.5 counted
 (family-100007-mixed-401, 126,000 searches), 3.5 for 4.2 (family-600025-long-tail-326), 3.6 for
 5.6 (family-900003-mixed-251) and 0.4 for 0.7 (long-tail); at 6 µs a search those count 3.6,
 3.1, 4.8 and 0.6 s."""
+STEP_S, NO_EXTRA = 4e-9, 2 ** 62
+"""Deterministic seconds per step of the node bounds in time alone and memory alone
+(``knapsack.EXTRA_FROM``: an item marked or scanned; 1e-8 to 3.8e-9 on generated-500 and the
+family's large fleets), and the node count from which the searches for columns use them: never.
+The bound's searches do (:meth:`Patterns.pattern_value_bound`), where closing a cell is the point;
+in the searches for columns, their cost took rounds from column generation and the columns made
+dearer plans (of 48 family fleets, 4 dearer, family-900027-long-tail-82 by 7.8 %)."""
 GRID_UNITS, GRID_S = 200, 1e-9
 """Units of each constraint in the pricing bound's dynamic programme (``knapsack.grid_bound``,
 where a branch and bound does not close: weights rounded down, so a group may gain under 1/200 of
@@ -117,7 +124,10 @@ family-7-multilingual-80 needs them at 800 units too (102.94/h at 40,000 nodes, 
 optimum). generated-500's cells close at neither, and 800 units give what nodes do not, on one set
 of duals: 119.93/h at 400,000 nodes and 200 units (4.1 counted s), 122.89/h at 400,000 nodes and
 800 units (6.0 s). A grid of ``units`` squared cells per item: 800 costs 16 times 200 per cell left
-open."""
+open. With the node bounds in time alone and memory alone (``knapsack.EXTRA_FROM``) its L4 cells
+close within 400,000 nodes (not within 100,000), and the plan's last bound is 123.10/h, not
+120.97. Only the slot types priced above their dual get the deeper search
+(:meth:`Patterns.last_values`)."""
 LAST_GRID_UNITS = 400
 """The grid of the last bound where the deeper one (``FINAL_GRID_UNITS``) does not run: twice as
 fine as the evaluations' during the search, which are many. generated-500, same duals at 40,000
@@ -128,7 +138,10 @@ FINAL_COST = 10.0
 the search (none: nothing to say it does not fit) still fits in the time limit: on generated-500,
 converged at 13.5 of 15.2 counted seconds, it took 3.4 s (one at 40,000 nodes 0.5 s) and gave
 the same bound, 117.36/h, past the plan's share. Column generations that converge before their
-first evaluation (family-100003-multilingual-80, the purchases ruled out one by one) keep it."""
+first evaluation (family-100003-multilingual-80, the purchases ruled out one by one) keep it.
+Now generated-500 converges at about 9.6 counted s of 15.8; its last evaluation during the search
+took 0.32 s, and the deeper last bound 3.0 s on the slot types above their duals
+(:meth:`Patterns.last_values`; 6.7 s on every slot type)."""
 EVAL_EVERY, EVAL_SHARE = 0.15, 0.2
 """Share of the time limit between two evaluations of the Lagrangian bound during the search, and
 the most of it they may take together (the last evaluation, after the search, is always made).
@@ -350,8 +363,8 @@ class Patterns:
 
     def _bnb(self, *args) -> tuple[float, list[int], float]:
         """:func:`knapsack.branch_and_bound`, its nodes counted as work."""
-        val, chosen, upper, nodes = branch_and_bound(*args)
-        self.work += nodes * NODE_S + CALL_S + args[0].size * ITEM_S
+        val, chosen, upper, nodes, steps = branch_and_bound(*args)
+        self.work += nodes * NODE_S + CALL_S + args[0].size * ITEM_S + steps * STEP_S
         return val, chosen, upper
 
     @staticmethod
@@ -428,7 +441,7 @@ class Patterns:
             if least <= best + 1e-12:
                 break
             vv, w, mm, md, _ = make()
-            found, _, upper = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit)
+            found, _, upper = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit, EXTRA_FROM)
             if upper > found + 1e-12:  # the search did not close: the optimum on a grid of weights
                 upper = min(upper, self._grid(vv, w, mm, md, 1.0 + SLACK, units))
             best = max(best, min(least, upper))
@@ -491,14 +504,14 @@ class Patterns:
                 if not keep.any():
                     continue
                 vv, w, mm, md, at = vv[keep], w[keep], mm[keep], md[keep], at[keep]
-            val, chosen, _ = self._bnb(vv, w, mm, md, lam, cap, best, node_limit)
+            val, chosen, _ = self._bnb(vv, w, mm, md, lam, cap, best, node_limit, NO_EXTRA)
             if chosen and val > best + 1e-12:
                 col = tuple(sorted(ti.keys[int(at[j])] for j in chosen))
                 if top and not exact and not self._admits(key, col):
                     # Not a group: search the cell again with time charged at its least cycle,
                     # where every set found is one.
                     val, chosen, _ = self._bnb(vv, (ti.A[at] / ti.hi[at].min() + ti.B[at]) / self.u, mm, md, lam,
-                                               1.0, best, node_limit)
+                                               1.0, best, node_limit, NO_EXTRA)
                     col = tuple(sorted(ti.keys[int(at[j])] for j in chosen))
                     if not chosen or val <= best + 1e-12 or not self._admits(key, col):
                         continue
@@ -522,6 +535,25 @@ class Patterns:
         return True
 
     # --- the bound -----------------------------------------------------------------------
+
+    def last_values(self, mu: np.ndarray, full: bool = True, deep: bool = False) -> dict[str, float]:
+        """The pricing bounds of the last evaluation (per slot type, at ``mu``): at ``BOUND_NODES``
+        and ``LAST_GRID_UNITS``, and where ``deep``, again at ``FINAL_BOUND_NODES`` and
+        ``FINAL_GRID_UNITS`` on the slot types whose bound is above their dual in the restricted
+        LP (``duals``; the least of the two stands, both being bounds). A slot type priced at or
+        below its dual costs the Lagrangian nothing that a deeper search would win back: on
+        generated-500, converged, the deeper searches took 6.7 counted s on every slot type (4.5
+        on those) and give the same bound in 3.0. Not ``full``: no branch and bound (as
+        :meth:`lagrangian`)."""
+        V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES if full else 0, units=LAST_GRID_UNITS)
+             for key in self.types}
+        pi = self.duals[1] if self.duals is not None else {}
+        if deep and full:
+            for key in self.types:
+                if V[key] > pi.get(key, 0.0) + 1e-9:
+                    V[key] = min(V[key], self.pattern_value_bound(key, mu, node_limit=FINAL_BOUND_NODES,
+                                                                  units=FINAL_GRID_UNITS))
+        return V
 
     def lagrangian(self, mu: np.ndarray, upper: float, full: bool = True,
                    V: dict[str, float] | None = None, nodes: int = BOUND_NODES,
@@ -1001,9 +1033,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         # not fit the time left (then the one at BOUND_NODES, as where it was cut short). With no
         # evaluation made, nothing says so: it runs as it always did.
         deep = converged and (eval_cost == 0.0 or spent() + FINAL_COST * eval_cost <= time_limit)
-        best = max(best, pat.lagrangian(mu, upper, full=spent() < time_limit,
-                                        nodes=FINAL_BOUND_NODES if deep else BOUND_NODES,
-                                        units=FINAL_GRID_UNITS if deep else LAST_GRID_UNITS))
+        best = max(best, pat.lagrangian(mu, upper, V=pat.last_values(mu, full=spent() < time_limit, deep=deep)))
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())
@@ -1061,8 +1091,7 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
             break
     if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
-    value = pat.lagrangian(mu, upper, nodes=FINAL_BOUND_NODES if converged else BOUND_NODES,
-                           units=FINAL_GRID_UNITS if converged else LAST_GRID_UNITS)
+    value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged))
     value = max(found.value, min(value, upper))
     return replace(found, value=max(0.0, value), lp=lp, columns=len(pat.columns), rounds=found.rounds + clock.rounds,
                    converged=converged, seconds=found.seconds + time.monotonic() - t0,

@@ -139,9 +139,9 @@ the search (none: nothing to say it does not fit) still fits in the time limit: 
 converged at 13.5 of 15.2 counted seconds, it took 3.4 s (one at 40,000 nodes 0.5 s) and gave
 the same bound, 117.36/h, past the plan's share. Column generations that converge before their
 first evaluation (family-100003-multilingual-80, the purchases ruled out one by one) keep it.
-Now generated-500 converges at about 9.6 counted s of 15.8; its last evaluation during the search
-took 0.32 s, and the deeper last bound 3.0 s on the slot types above their duals
-(:meth:`Patterns.last_values`; 6.7 s on every slot type)."""
+Now generated-500 converges at about 9.7 counted s of 15.2; its last evaluation during the search
+took 0.32 s, and the deeper last bound 4.9 s on the slot types above their duals
+(:meth:`Patterns.last_values`; 6.5 s on every slot type)."""
 EVAL_EVERY, EVAL_SHARE = 0.15, 0.2
 """Share of the time limit between two evaluations of the Lagrangian bound during the search, and
 the most of it they may take together (the last evaluation, after the search, is always made).
@@ -542,9 +542,9 @@ class Patterns:
         ``FINAL_GRID_UNITS`` on the slot types whose bound is above their dual in the restricted
         LP (``duals``; the least of the two stands, both being bounds). A slot type priced at or
         below its dual costs the Lagrangian nothing that a deeper search would win back: on
-        generated-500, converged, the deeper searches took 6.7 counted s on every slot type (4.5
-        on those) and give the same bound in 3.0. Not ``full``: no branch and bound (as
-        :meth:`lagrangian`)."""
+        generated-500's plan, converged, the last bound took 6.5 counted s with the deeper searches
+        on every slot type and takes 4.9 for the same bound (123.10/h); at one unconverged round's
+        duals, 6.7 and 3.0. Not ``full``: no branch and bound (as :meth:`lagrangian`)."""
         V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES if full else 0, units=LAST_GRID_UNITS)
              for key in self.types}
         pi = self.duals[1] if self.duals is not None else {}

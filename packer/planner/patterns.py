@@ -362,7 +362,7 @@ class Patterns:
     # --- the pricing problem -------------------------------------------------------------
 
     def _bnb(self, *args) -> tuple[float, list[int], float]:
-        """:func:`knapsack.branch_and_bound`, its nodes counted as work."""
+        """:func:`knapsack.branch_and_bound`, its nodes and node-bound steps counted as work."""
         val, chosen, upper, nodes, steps = branch_and_bound(*args)
         self.work += nodes * NODE_S + CALL_S + args[0].size * ITEM_S + steps * STEP_S
         return val, chosen, upper

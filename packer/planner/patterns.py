@@ -544,7 +544,8 @@ class Patterns:
         below its dual costs the Lagrangian nothing that a deeper search would win back: on
         generated-500's plan, converged, the last bound took 6.5 counted s with the deeper searches
         on every slot type and takes 4.9 for the same bound (123.10/h); at one unconverged round's
-        duals, 6.7 and 3.0. Not ``full``: no branch and bound (as :meth:`lagrangian`)."""
+        duals, 6.7 and 3.0. Not ``full``: no branch and bound (their LPs and grids stand: weaker,
+        still bounds)."""
         V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES if full else 0, units=LAST_GRID_UNITS)
              for key in self.types}
         pi = self.duals[1] if self.duals is not None else {}
@@ -555,17 +556,15 @@ class Patterns:
                                                                   units=FINAL_GRID_UNITS))
         return V
 
-    def lagrangian(self, mu: np.ndarray, upper: float, full: bool = True,
-                   V: dict[str, float] | None = None, nodes: int = BOUND_NODES,
-                   cells: int = BOUND_CELLS, units: int = GRID_UNITS) -> float:
+    def lagrangian(self, mu: np.ndarray, upper: float, V: dict[str, float] | None = None,
+                   cells: int = BOUND_CELLS) -> float:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
-        pricing bounds at ``mu`` where the caller has them (:meth:`search`). Not ``full``: the
-        pricing bounds skip their branch and bound (their LPs and grids stand: weaker, still
-        bounds). ``nodes``, ``cells``, ``units``: those of :meth:`pattern_value_bound`."""
+        pricing bounds at ``mu`` where the caller has them (the last bound's,
+        :meth:`last_values`); else those of :meth:`pattern_value_bound` at ``BOUND_NODES`` on
+        ``cells`` (the evaluations during the search)."""
         fixed = self.fixed_part(mu)
         if V is None:
-            V = {key: self.pattern_value_bound(key, mu, node_limit=nodes if full else 0, exact=cells, units=units)
-                 for key in self.types}
+            V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES, exact=cells) for key in self.types}
         worth = {}
         for p in self.problem.fleet.pools:
             mig = self.mig_worth(mu, p.name) if self.spread_rows else 0.0

@@ -290,7 +290,7 @@ def _size_pools(doc: dict, fleet) -> None:
             if cap > 0:
                 peak = m.traffic.peak_rps
                 need += max(m.min_replicas, 1, math.ceil(peak / cap - 1e-9) if peak > 0 else 1) * m.gpus_per_replica
-        p["max_nodes"] = max(1, math.ceil(min(need, 2000) / p["gpus_per_node"]))
+        p["max_nodes"] = max(1, min(1000, math.ceil(min(need, 2000) / p["gpus_per_node"])))  # the format's most
 
 
 def _make_servable(doc: dict, rng: random.Random) -> dict:
@@ -347,6 +347,15 @@ def _make_servable(doc: dict, rng: random.Random) -> dict:
         for p in doc["pools"]:
             p["max_nodes"] = min(1000, p["max_nodes"] * 2)  # the fleet format allows at most 1000
         fleet, packing = _packing(doc)
+    for _ in range(8):
+        # Pools at the format's largest and still short: less traffic. Seed 31's tenth member at
+        # 2,000 models (865 streaming models, 256,000 rps on T4s) needed 15,690 GPUs where 4,000
+        # is the most its pool can have, and every later member of that seed failed with it.
+        if packing is not None:
+            return doc
+        for m in doc["models"]:
+            _halve_traffic(m)
+        fleet, packing = _packing(doc)
     raise AssertionError(f"{doc['name']}: no greedy packing fits even with large pools")
 
 
@@ -371,9 +380,13 @@ def _packing(doc: dict):
             if m["slo_ms"] < 300_000:
                 m["slo_ms"] = min(300_000, round(m["slo_ms"] * 2))
             else:
-                m["traffic"] = {k: round(v / 2, 4) if k != "streams" else max(1, v // 2)
-                                for k, v in m["traffic"].items()}
+                _halve_traffic(m)
     raise AssertionError(f"{doc['name']}: could not make every model fit the pools")
+
+
+def _halve_traffic(m: dict) -> None:
+    """Half of a model's traffic (rates and streams), in place."""
+    m["traffic"] = {k: round(v / 2, 4) if k != "streams" else max(1, v // 2) for k, v in m["traffic"].items()}
 
 
 if __name__ == "__main__":  # a quick look: python bench/family.py 12 500

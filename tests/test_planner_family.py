@@ -13,6 +13,8 @@ Structural: nothing here depends on what the slot maths says a packing costs.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
@@ -85,3 +87,21 @@ def test_the_generator_serves_a_model_the_pools_cannot_hold_more_loosely():
 
     docs = family(10, seed=4, max_models=40)
     assert len(docs) == 10 and parse_fleet(docs[9])
+
+
+def test_the_generator_halves_traffic_that_the_largest_pools_cannot_hold():
+    """Seed 31's tenth member at 2,000 models needed 15,690 T4s where its pool can have 4,000 at
+    most (the format's 1,000 nodes); the generator gave up on it, and on every later member."""
+    from bench.family import _make_servable
+    from packer.planner.solve import greedy_packing
+
+    doc = {"name": "too-busy", "pools": [{"name": "t4", "gpu": "t4-16gb", "gpus_per_node": 1, "max_nodes": 1000,
+                                           "cost_per_gpu_hour": 0.35, "sharing": ["time-slicing"]}],
+           "models": [{"name": f"m{i}", "kind": "batch", "memory_gb": 12.0, "slo_ms": 60_000, "max_batch": 8,
+                        "latency_ms": {"gpu": "t4-16gb", "base": 50.0, "per_item": 20.0},
+                        "traffic": {"rps": 7_500.0, "peak_rps": 15_000.0}} for i in range(3)]}
+    fleet = parse_fleet(doc)
+    assert greedy_packing(fleet, PlanSettings()) is None  # each fits the 1,000 T4s, the three do not
+    _make_servable(doc, random.Random(0))
+    assert doc["models"][0]["traffic"]["peak_rps"] == 7_500.0
+    assert greedy_packing(parse_fleet(doc), PlanSettings()) is not None

@@ -39,7 +39,7 @@ class Mip:
 _quiet = False
 
 
-def _highs() -> highspy.Highs:
+def highs() -> highspy.Highs:
     """A HiGHS instance. From highspy 1.13 or so the first one in a process prints a two-line
     banner on standard output from C++, before any option can be set: ``packer plan --format
     json`` then printed it ahead of its JSON. The first is made with standard output pointed at
@@ -89,7 +89,7 @@ def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool =
     lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
     lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
     lp.a_matrix_.value_ = np.array(value, dtype=float)
-    h = _highs()
+    h = highs()
     for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes)),
                      ("time_limit", max(0.1, float(seconds)))):
         h.setOptionValue(key, val)

@@ -34,6 +34,16 @@ bound* on the best pattern of type ``t`` (``pattern_value_bound``: the LP relaxa
 pricing knapsack over a geometric grid of cycles). ``U`` is what a plan may cost at most to be
 of interest (the greedy plan's cost): any plan dearer than ``U`` is above ``min(L, U)`` anyway.
 Scaling ``mu`` by ``s < 1`` (Farley's bound) is tried too; the best is the bound.
+
+*The pools' caps.* ``w_p Z_p`` charges every GPU at the best layout of the best groups, as if each
+GPU could run them; no plan does where a pool is full, since a model has at most ``n`` replicas,
+one a GPU. For the pools the inner problem fills, the last bound charges ``Z_p`` GPUs
+``min(w_p Z_p, A_p + lam_p (Z_p - size_p))`` instead (:meth:`Patterns.pool_caps`): ``A_p`` is
+what all of the pool's GPUs can hold together at ``mu`` (an LP over its layouts, its slots per
+cell of cycles and the replicas in them, each slot at most its cell's best group, each model at
+one count and one replica a GPU), and ``lam_p`` its GPU row's dual: the tangent of a concave
+function, so a bound for any ``Z_p``. generated-500's last bound 123.10 -> 126.15/h: its 100 L4s
+were charged 127.0/h and hold at most 123.9/h.
 """
 
 from __future__ import annotations
@@ -43,11 +53,13 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
+import highspy
 import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import EXTRA_FROM, branch_and_bound, cell_lps, grid_bound, warm
+from packer.planner.mip import highs
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import WHOLE, SlotType, feasible
 
@@ -164,6 +176,17 @@ ALONE_ALL = 4000
 each slot type; past it, alone on the cheapest slot type of each pool. Pricing finds any other
 such column it needs; the rest only slowed the restricted LP (generated-500: 7,029 of its first
 columns, 60 % of its last, where the LP takes about 0.1 s a solve)."""
+TOGETHER_TERMS, TOGETHER_ITERATIONS = 10_000, 20_000
+"""The most replica-and-cell terms :meth:`Patterns.pool_caps` gives its LP, and the most simplex
+iterations it may take (a pool past either gets no cap): on generated-500's 100 L4s, 4,312 terms
+and 136-452 iterations a solve (0.05-0.08 s); an A100 pool's MIG layouts at 22,429 terms took
+1,600-3,700 iterations and 0.8-1.9 s a solve."""
+TOGETHER_SOLVES = 4
+"""Most solves of that LP, each after branch and bound on the cells the last one used: generated-500's
+L4 pool took 4 (123.90/h; 124.32 on the cells' knapsack LPs alone)."""
+TOGETHER_S, TOGETHER_ITER_S = 2e-6, 4e-8
+"""Deterministic seconds per term of the LP (building it) and per simplex iteration and term
+(measured 2.2e-8 to 4.1e-8 on those LPs)."""
 MAX_PURCHASES, MAX_PURCHASE_LPS = 200_000, 400
 """Most purchases :meth:`Patterns.cheapest_purchase` lists, and tests one LP each (multi-GPU
 models; about 2 ms an LP)."""
@@ -282,9 +305,11 @@ class Patterns:
         self.grid = COARSE_GRID if self.cell_work() > COARSE_WORK else 0.0
         """Width of the pricing's cells while it prices coarse (``COARSE_GRID``); 0 once it prices
         on the fine cells."""
-        self.best_duals: tuple[float, float, dict[str, float], list[float]] = (-math.inf, 0.0, {}, [1.0])
+        self.best_duals: tuple[float, float, dict[str, float], list[float], dict[str, float]] = (
+            -math.inf, 0.0, {}, [1.0], {})
         """The best Lagrangian so far and its parts: ``sum_m min_n n mu``, what one GPU of each
-        pool can be worth, the scalings of ``mu`` tried (:meth:`cheapest_purchase` uses them)."""
+        pool can be worth, the scalings of ``mu`` tried and the pools' caps (:meth:`pool_caps`;
+        :meth:`cheapest_purchase` uses them)."""
         self.columns: list[tuple[str, tuple[int, ...]]] = []
         self._seen: set[tuple[str, tuple[int, ...]]] = set()
         self.sizes: dict[str, int] | None = None
@@ -557,11 +582,12 @@ class Patterns:
         return V
 
     def lagrangian(self, mu: np.ndarray, upper: float, V: dict[str, float] | None = None,
-                   cells: int = BOUND_CELLS) -> float:
+                   cells: int = BOUND_CELLS, caps: bool = False) -> float:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
         pricing bounds at ``mu`` where the caller has them (the last bound's,
         :meth:`last_values`); else those of :meth:`pattern_value_bound` at ``BOUND_NODES`` on
-        ``cells`` (the evaluations during the search)."""
+        ``cells`` (the evaluations during the search). ``caps``: with each pool's GPUs capped
+        by what its replicas can be worth together (:meth:`pool_caps`)."""
         fixed = self.fixed_part(mu)
         if V is None:
             V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES, exact=cells) for key in self.types}
@@ -570,15 +596,211 @@ class Patterns:
             mig = self.mig_worth(mu, p.name) if self.spread_rows else 0.0
             worth[p.name] = max((sum(n * V.get(f"{p.name}/{prof}", 0.0) for prof, n in cnt.items())
                                  + (mig if WHOLE not in cnt else 0.0) for cnt, _ in self.layouts[p.name]), default=0.0)
+        cap = {}
+        if caps:
+            # Only pools the Lagrangian fills: elsewhere the budget, not the pool's size, limits
+            # its GPUs, and a tangent at the size says nothing there.
+            full: dict[str, float] = {}
+            self._pools_part(worth, upper, chosen=full)
+            cap = self.pool_caps(mu, worth, [p.name for p in self.problem.fleet.pools
+                                             if full.get(p.name, 0.0) >= p.max_gpus - 1e-6])
         best = -math.inf
         scales = {1.0} | {p.cost_per_gpu_hour / worth[p.name] for p in self.problem.fleet.pools
                           if worth[p.name] > p.cost_per_gpu_hour > 0}
         for s in sorted(scales):
-            rest = self._pools_part({k: s * w for k, w in worth.items()}, upper)
+            rest = self._pools_part({k: s * w for k, w in worth.items()}, upper, caps=_scaled(cap, s))
             best = max(best, s * fixed + rest)
         if best > self.best_duals[0]:
-            self.best_duals = (best, fixed, worth, sorted(scales))
+            self.best_duals = (best, fixed, worth, sorted(scales), cap)
         return best
+
+    def pool_caps(self, mu: np.ndarray, worth: dict[str, float], pools: list[str]) -> dict[str, tuple[float, float, int]]:
+        """Per pool of ``pools`` whose GPUs are worth more than they cost at ``mu`` (``worth``), a
+        bound on what ``Z`` of its GPUs can hold together in any plan: ``A + lam (Z - size)``, as
+        ``(A, lam, size)``.
+
+        The Lagrangian charges every GPU of a pool at its best layout of best groups, as if each
+        ran those; in a plan a model has at most ``n`` replicas, one a GPU. An LP over the pool
+        (:meth:`_together`): GPUs per layout, slots of each type per cell of cycles (as
+        :meth:`pattern_value_bound` cuts them: a slot's group is in the cell of its tightest
+        member), the replicas of each class there, with their time at the cell's top and memory
+        within the slots, each slot worth at most the cell's best group; per model one count and
+        at most its replicas, one a slot and one a GPU. Its optimum ``A`` bounds what the pool's
+        GPUs hold in any plan; as a function of the GPUs ``Z`` (the right-hand side of its GPU
+        row) it is concave, so it lies below its tangent at the pool's size, ``A + lam (Z -
+        size)`` with ``lam`` that row's dual: valid for every ``Z``, so for every purchase. The
+        Lagrangian charges ``Z`` GPUs ``min(worth Z, A + lam (Z - size))``. On generated-500's
+        converged duals the L4 pool's 100 GPUs are charged 1.27 each (127.0/h) and hold 123.9/h
+        together."""
+        out: dict[str, tuple[float, float, int]] = {}
+        for p in self.problem.fleet.pools:
+            if p.name not in pools or worth.get(p.name, 0.0) <= p.cost_per_gpu_hour * (1 + 1e-9) or p.max_gpus <= 0:
+                continue
+            together = self._together(p.name, mu, p.max_gpus)
+            if together is not None:
+                out[p.name] = (*together, p.max_gpus)
+        return out
+
+    @staticmethod
+    def _terms(hi: np.ndarray, cells: list[tuple[float, float]]) -> int:
+        """Replica-and-cell terms of :meth:`_together`'s LP on these cells: per cell, the items
+        whose ``hi`` is at least its bottom."""
+        lows = np.array([lo * (1 - SLACK) for lo, _ in cells])
+        return int((hi.size - np.searchsorted(np.sort(hi), lows, side="left")).sum())
+
+    def _together(self, pool: str, mu: np.ndarray, size: int) -> tuple[float, float] | None:
+        """The LP of :meth:`pool_caps` on ``pool`` at ``size`` GPUs: its optimum and the dual of
+        its GPU row. Each cell's items are those that fit its slot alone at its top
+        (``knapsack.cell_lps``); a slot of a cell is worth at most its best group, bounded first
+        by the cell's knapsack LP and, for the cells the optimum uses, by branch and bound as in
+        :meth:`pattern_value_bound` (then solved again, until the cells it uses are all bounded
+        so, at most ``TOGETHER_SOLVES`` solves). On runs of cycles 5 % wide where cells of their own would pass ``TOGETHER_TERMS``
+        terms; None where those do too, or HiGHS does not solve it."""
+        parts, terms = [], 0  # per slot type and kind: its items and cells; their terms in all
+        for key, ti in self.types.items():
+            if ti.st.pool.name != pool:
+                continue
+            v = self.values(ti, mu)
+            pos = v > 1e-12
+            for g in [pos] if ti.st.pool.time_slicing else [pos & ti.streaming, pos & ~ti.streaming]:
+                where = np.flatnonzero(g)
+                if where.size == 0:
+                    continue
+                his = np.unique(ti.hi[where])
+                runs = self._cells(his, BOUND_CELLS)
+                if self._terms(ti.hi[where], runs) > TOGETHER_TERMS:
+                    runs = self._cells(his, 1, COARSE_GRID)  # runs 5 % wide, charged at their top
+                terms += self._terms(ti.hi[where], runs)
+                if terms > TOGETHER_TERMS:
+                    return None
+                parts.append((key, v, where, runs))
+        cells: list[tuple] = []  # per cell: (slot type, item positions, top, bound on a slot's group, lam)
+        for key, v, where, runs in parts:
+            ti = self.types[key]
+            lows = np.array([c[0] for c in runs]) * (1 - SLACK)
+            tops = np.array([c[1] for c in runs])
+            self.work += lows.size * where.size * len(LAMBDAS) * CELL_S
+            least, lam_of, start, items = cell_lps(v[where], ti.A[where], ti.B[where], ti.mem[where] / ti.st.memory_gb,
+                                                   ti.hi[where], lows, tops, LAMBDAS, self.u, 1.0 + SLACK)
+            for r in range(lows.size):
+                if start[r + 1] > start[r]:
+                    cells.append((key, where[items[start[r]:start[r + 1]]], float(tops[r]), float(least[r]),
+                                  float(lam_of[r])))
+        if not cells:
+            return 0.0, 0.0
+        bounded = [False] * len(cells)
+        for solve in range(TOGETHER_SOLVES):
+            solved = self._together_lp(pool, mu, cells, size)
+            if solved is None:
+                return None
+            value, lam, used = solved
+            new = [c for c in np.flatnonzero(used).tolist() if not bounded[c]]
+            if not new or solve + 1 == TOGETHER_SOLVES:
+                return value, lam  # any of its solves is a bound: unbounded cells keep their LPs'
+            for c in new:
+                bounded[c] = True
+                key, at, top, most, weight = cells[c]
+                ti = self.types[key]
+                v = self.values(ti, mu)[at]
+                w = (ti.A[at] / top + ti.B[at]) / self.u
+                mm = ti.mem[at] / ti.st.memory_gb
+                found, _, upper = self._bnb(v, w, mm, ti.model[at], weight, 1.0 + SLACK, 0.0, BOUND_NODES, EXTRA_FROM)
+                if upper > found + 1e-12:
+                    upper = min(upper, self._grid(v, w, mm, ti.model[at], 1.0 + SLACK, LAST_GRID_UNITS))
+                cells[c] = (key, at, top, min(most, upper), weight)
+        return None  # not reached: the last solve returns
+
+    def _together_lp(self, pool: str, mu: np.ndarray, cells: list[tuple], size: int
+                     ) -> tuple[float, float, np.ndarray] | None:
+        """:meth:`_together`'s LP (HiGHS, built from arrays): its optimum, the dual of its GPU
+        row and which cells its optimum uses. Columns: GPUs per layout, slots per cell, then
+        replicas per item and cell; rows: per cell its time, memory and worth, per model and cell
+        one replica a slot, per slot type its slots within the layouts', per model one count and
+        one replica a GPU, and the GPUs."""
+        layouts = [cnt for cnt, _ in self.layouts[pool]]
+        mig = self.mig_worth(mu, pool) if self.spread_rows else 0.0
+        types = sorted({c[0] for c in cells})
+        L, C = len(layouts), len(cells)
+        at = np.concatenate([c[1] for c in cells])
+        cell = np.repeat(np.arange(C), [c[1].size for c in cells])
+        T = at.size
+        self.work += T * TOGETHER_S
+        ti_of = [self.types[c[0]] for c in cells]
+        A_, B_, mem_, v_, n_, model_ = (np.concatenate(z) for z in zip(*[
+            (ti.A[c[1]], ti.B[c[1]], ti.mem[c[1]] / ti.st.memory_gb, self.values(ti, mu)[c[1]],
+             np.array([self.reps[ti.keys[j]][1] for j in c[1]], dtype=float), ti.model[c[1]])
+            for ti, c in zip(ti_of, cells)]))
+        tops = np.array([c[2] for c in cells])
+        most = np.array([c[3] for c in cells])
+        slot_col = L + np.arange(C)  # columns: z per layout, N per cell, x per term
+        x = L + C + np.arange(T)
+        rows, cols, vals = [], [], []
+        def add(r: np.ndarray, c: np.ndarray, a: np.ndarray) -> None:
+            rows.append(np.asarray(r))
+            cols.append(np.asarray(c))
+            vals.append(np.asarray(a, dtype=float))
+        slack = -(1.0 + SLACK) * np.ones(C)
+        add(cell, x, (A_ / tops[cell] + B_) / self.u)  # rows 0 .. C - 1: time
+        add(np.arange(C), slot_col, slack)
+        add(C + cell, x, mem_)  # C .. 2C - 1: memory
+        add(C + np.arange(C), slot_col, slack)
+        add(2 * C + cell, x, v_)  # 2C .. 3C - 1: worth, at most the cell's best group a slot
+        add(2 * C + np.arange(C), slot_col, -np.where(np.isfinite(most), most, 0.0))
+        width = int(model_.max()) + 1
+        pair, pair_row = np.unique(cell * width + model_, return_inverse=True)
+        first = 3 * C
+        add(first + pair_row, x, np.ones(T))  # per model and cell: one replica a slot
+        add(first + np.arange(pair.size), L + pair // width, -np.ones(pair.size))
+        first += pair.size
+        type_of = np.array([types.index(c[0]) for c in cells])
+        add(first + type_of, slot_col, np.ones(C))  # per slot type: its slots within the layouts'
+        for t, key in enumerate(types):
+            prof = self.types[key].st.profile
+            ls = [i for i, cnt in enumerate(layouts) if cnt.get(prof)]
+            add(np.full(len(ls), first + t), np.array(ls, dtype=int), [-float(layouts[i][prof]) for i in ls])
+        first += len(types)
+        models, model_row = np.unique(model_, return_inverse=True)
+        add(first + model_row, x, 1.0 / n_)  # per model: one count, at most its replicas
+        count_rows = first
+        first += models.size
+        add(first + model_row, x, np.ones(T))  # per model: one replica a GPU
+        add(np.repeat(first + np.arange(models.size), L), np.tile(np.arange(L), models.size), -np.ones(L * models.size))
+        first += models.size
+        gpu_row = first
+        add(np.full(L, gpu_row), np.arange(L), np.ones(L))
+        n_rows, n_cols = gpu_row + 1, L + C + T
+        upper = np.zeros(n_rows)
+        upper[2 * C:3 * C] = np.where(np.isfinite(most), 0.0, np.inf)
+        upper[count_rows:count_rows + models.size] = 1.0
+        upper[gpu_row] = float(size)
+        r, c, a = (np.concatenate(z) for z in (rows, cols, vals))
+        order = np.lexsort((c, r))
+        r, c, a = r[order], c[order], a[order]
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = n_cols, n_rows
+        lp.col_cost_ = np.concatenate([[mig if WHOLE not in cnt else 0.0 for cnt in layouts], np.zeros(C), v_])
+        lp.col_lower_ = np.zeros(n_cols)
+        lp.col_upper_ = np.concatenate([np.full(L + C, np.inf), n_])  # the GPU row alone limits GPUs
+        lp.row_lower_ = np.full(n_rows, -np.inf)
+        lp.row_upper_ = upper
+        lp.sense_ = highspy.ObjSense.kMaximize
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n_cols, n_rows
+        lp.a_matrix_.start_ = np.searchsorted(r, np.arange(n_rows + 1)).astype(np.int32)
+        lp.a_matrix_.index_ = c.astype(np.int32)
+        lp.a_matrix_.value_ = a
+        h = highs()
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("threads", 1)
+        h.setOptionValue("simplex_iteration_limit", TOGETHER_ITERATIONS)
+        h.passModel(lp)
+        h.run()
+        self.work += int(h.getInfo().simplex_iteration_count) * T * TOGETHER_ITER_S
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None
+        sol = h.getSolution()
+        used = np.array(sol.col_value[L:L + C]) > 1e-9
+        return float(h.getInfo().objective_function_value), abs(float(sol.row_dual[gpu_row])), used
 
     def cheapest_purchase(self, lo: float, hi: float, max_purchases: int = MAX_PURCHASES,
                           max_lps: int = MAX_PURCHASE_LPS) -> float:
@@ -596,7 +818,7 @@ class Patterns:
         Gives ``lo`` where purchases are too many to list (``max_purchases``); where multi-GPU
         models make each test a small LP, at most ``max_lps`` are tested and the next purchase's
         cost is the bound."""
-        value, fixed, worth, scales = self.best_duals
+        value, fixed, worth, scales, caps = self.best_duals
         pools = [p for p in self.problem.fleet.pools if p.max_gpus > 0]
         if not math.isfinite(value) or not pools or hi <= lo:
             return lo
@@ -610,12 +832,13 @@ class Patterns:
         short = (counts < np.array([need.get(p.name, 0) for p in pools])).any(axis=1)
         counts, costs = counts[~short], costs[~short]
         if not self.multi:
-            ruled = purchase_lagrangians(counts, pools, fixed, worth, scales) > costs + 1e-6 * np.maximum(1.0, costs)
+            ruled = purchase_lagrangians(counts, pools, fixed, worth, scales, caps=caps) > costs + 1e-6 * np.maximum(1.0, costs)
             free = np.flatnonzero(~ruled)
             return float(costs[free[0]]) if free.size else hi
         for k in range(min(costs.size, max_lps)):
             sizes = {p.name: int(n) for p, n in zip(pools, counts[k])}
-            best = max(sc * fixed + self._pools_part({n: sc * x for n, x in worth.items()}, math.inf, sizes)
+            best = max(sc * fixed + self._pools_part({n: sc * x for n, x in worth.items()}, math.inf, sizes,
+                                                     _scaled(caps, sc))
                        for sc in scales)
             if best <= costs[k] + 1e-6 * max(1.0, costs[k]):
                 return float(costs[k])
@@ -637,23 +860,35 @@ class Patterns:
                 need[pool] = max(need[pool], min(self.reps[k][1] for k in self.model_reps[name]))
         return dict(need)
 
-    def _pools_part(self, worth: dict[str, float], upper: float, sizes: dict[str, int] | None = None) -> float:
+    def _pools_part(self, worth: dict[str, float], upper: float, sizes: dict[str, int] | None = None,
+                    caps: dict[str, tuple[float, float, int]] | None = None,
+                    chosen: dict[str, float] | None = None) -> float:
         """The Lagrangian's GPU part: ``min sum_p (c_p - worth_p) Z_p + the multi-GPU replicas'
         cost`` over GPUs within the pools' sizes (multi-GPU replicas take whole GPUs there, each
         such model in one pool or a mix, fractionally) and a total cost of at most ``upper``;
         ``sizes``: GPUs per pool in place of the pools' sizes (a purchase; pools left out have
-        none). A small LP; infinite when nothing fits (then no plan costs ``upper`` or less, or
-        none fits in the purchase)."""
+        none); ``caps``: per pool, ``(A, lam, size)``, a bound ``A + lam (Z - size)`` on what
+        ``Z`` of its GPUs hold together (:meth:`pool_caps`, scaled as ``worth``); ``chosen`` gets
+        the GPUs per pool of its optimum, where it solves. A small LP;
+        infinite when nothing fits (then no plan costs ``upper`` or less, or none fits in the
+        purchase)."""
         solver = pywraplp.Solver.CreateSolver("GLOP")
         pools = self.problem.fleet.pools
         sizes = self.sizes if sizes is None else sizes
         size = {p.name: p.max_gpus if sizes is None else sizes.get(p.name, 0) for p in pools}
+        caps = caps or {}
         Z = {p.name: solver.NumVar(0.0, float(size[p.name]), f"Z[{p.name}]") for p in pools}
         used = {p.name: [Z[p.name]] for p in pools}
         # A worth equal to the price up to rounding (converged duals price a pool's GPU at its
         # cost) leaves a coefficient of 1e-16, on which GLOP gives up as ABNORMAL.
         coef = {p.name: _snap(p.cost_per_gpu_hour - worth[p.name], p.cost_per_gpu_hour) for p in pools}
-        obj = sum(coef[p.name] * Z[p.name] for p in pools)
+        obj = sum(coef[p.name] * Z[p.name] for p in pools if p.name not in caps)
+        for name, (A, lam, full) in caps.items():
+            # Z GPUs hold at most min(worth Z, A + lam (Z - full)) together.
+            held = solver.NumVar(0.0, solver.infinity(), f"T[{name}]")
+            solver.Add(held <= worth[name] * Z[name])
+            solver.Add(held <= A + lam * (Z[name] - full))
+            obj += self.problem.fleet.pool(name).cost_per_gpu_hour * Z[name] - held
         spend = sum(p.cost_per_gpu_hour * Z[p.name] for p in pools)
         for name, where in self.multi:
             us = []
@@ -677,9 +912,12 @@ class Patterns:
             # A weaker minimum that needs no solver: the budget row dropped, each pool at its size
             # where its GPUs are worth more than they cost, each multi-GPU model at its cheapest.
             # It was -inf: family-7-multilingual-4's converged pattern LP (7.45/h) bounded nothing.
-            return (sum(min(0.0, coef[p.name]) * size[p.name] for p in pools)
+            return (-sum(float(_gain(p.cost_per_gpu_hour, worth[p.name], caps.get(p.name), np.array([size[p.name]]))[0])
+                         for p in pools)
                     + sum(min(self.problem.fleet.pool(pn).cost_per_gpu_hour * g for pn, g in where.items())
                           for _, where in self.multi))
+        if chosen is not None:
+            chosen.update({name: z.solution_value() for name, z in Z.items()})
         return solver.Objective().Value()
 
 
@@ -748,21 +986,45 @@ def purchases_between(pools: list[tuple[float, int]], lo: float, hi: float,
 
 
 def purchase_lagrangians(buys: np.ndarray, pools: list, fixed: float, worth: dict[str, float],
-                         scales: list[float], multi: list[tuple[str, dict[str, int]]] = ()) -> np.ndarray:
+                         scales: list[float], multi: list[tuple[str, dict[str, int]]] = (),
+                         caps: dict[str, float] | None = None) -> np.ndarray:
     """Per purchase (rows of ``buys``, GPUs per pool of ``pools``), the Lagrangian of one set of
     duals (``Patterns.best_duals``' ``fixed``, ``worth`` and scalings) at the purchase's sizes,
     for every purchase at once: ``max_s s fixed + sum_p P_p min(0, c_p - s w_p)``. With
     multi-GPU models (``Patterns.multi``) a lower bound on it: each model at its cheapest pool,
     its GPUs charged ``max(c_p, s w_p)`` (GPUs it takes are ones the pool part cannot count;
-    whether they fit is dropped), so it stays linear in the purchase."""
+    whether they fit is dropped), so it stays linear in the purchase. ``caps``: per pool, a bound
+    on what its GPUs hold together (:meth:`Patterns.pool_caps`)."""
     prices = np.array([p.cost_per_gpu_hour for p in pools])
+    caps = caps or {}
     w = np.array([worth.get(p.name, 0.0) for p in pools])
     out = np.full(buys.shape[0], -np.inf)
     for sc in scales:
         extra = sum(min(g * max(prices[j], sc * w[j]) for j, p in enumerate(pools) if (g := where.get(p.name)))
                     for _, where in multi if any(p.name in where for p in pools))
-        out = np.maximum(out, sc * fixed + extra + buys @ np.minimum(0.0, prices - sc * w))
+        cap_s = _scaled(caps, sc)
+        gain = sum(_gain(prices[j], sc * w[j], cap_s.get(p.name), buys[:, j]) for j, p in enumerate(pools))
+        out = np.maximum(out, sc * fixed + extra - gain)
     return out
+
+
+def _scaled(caps: dict[str, tuple[float, float, int]], s: float) -> dict[str, tuple[float, float, int]]:
+    """:meth:`Patterns.pool_caps`' bounds at the duals scaled by ``s`` (linear in them)."""
+    return {name: (s * A, s * lam, full) for name, (A, lam, full) in caps.items()}
+
+
+def _gain(c: float, w: float, cap: tuple[float, float, int] | None, most: np.ndarray) -> np.ndarray:
+    """Per entry of ``most`` (GPUs of a pool), ``max min(w Z, A + lam (Z - full)) - c Z`` over
+    ``0 <= Z <= most`` (``cap`` is ``(A, lam, full)``; None: ``max (w - c) Z``). Concave and
+    piecewise linear in ``Z``: its most is at 0, at ``most`` or where the two lines cross."""
+    if cap is None:
+        return np.maximum(0.0, w - c) * most
+    A, lam, full = cap
+    def f(z: np.ndarray) -> np.ndarray:
+        return np.minimum(w * z, A + lam * (z - full)) - c * z
+    cross = (A - lam * full) / (w - lam) if w > lam else np.inf
+    return np.maximum.reduce([np.zeros_like(most, dtype=float), f(most.astype(float)),
+                              f(np.clip(cross, 0.0, most).astype(float))])
 
 
 def _best_gain(pools: list[tuple[float, float, int]], s: float, upper: float) -> float:
@@ -1032,7 +1294,10 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         # not fit the time left (then the one at BOUND_NODES, as where it was cut short). With no
         # evaluation made, nothing says so: it runs as it always did.
         deep = converged and (eval_cost == 0.0 or spent() + FINAL_COST * eval_cost <= time_limit)
-        best = max(best, pat.lagrangian(mu, upper, V=pat.last_values(mu, full=spent() < time_limit, deep=deep)))
+        # The pools' caps where the bound still falls short of what the caller needs (a purchase
+        # ruled out needs no more).
+        best = max(best, pat.lagrangian(mu, upper, V=pat.last_values(mu, full=spent() < time_limit, deep=deep),
+                                        caps=best <= stop_above))
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())
@@ -1090,7 +1355,7 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
             break
     if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
-    value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged))
+    value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged), caps=True)
     value = max(found.value, min(value, upper))
     return replace(found, value=max(0.0, value), lp=lp, columns=len(pat.columns), rounds=found.rounds + clock.rounds,
                    converged=converged, seconds=found.seconds + time.monotonic() - t0,

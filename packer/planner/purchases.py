@@ -176,9 +176,9 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
         if nodes == 1:
             first = seeds
         if found.value > at:
-            value, fixed, worth, scales = found.patterns.best_duals
+            value, fixed, worth, scales, caps = found.patterns.best_duals
             linear = linear and value > at
-            leaves.append((fixed, worth, scales, found.patterns.multi))
+            leaves.append((fixed, worth, scales, found.patterns.multi, caps))
             continue
         split = _branches(found.patterns, only)
         if split is None:

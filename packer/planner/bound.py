@@ -103,28 +103,29 @@ result is appended to ``keep`` (its columns can seed a packing).
         if n <= CLASSES_UP_TO:
             found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=MAX_CLASSES))
         if n > CLASSES_UP_TO or found[-1] is None:
-            found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=1))
+            # Its time as measured, thrice, where column generation has taken what was left.
+            one_class = 3.0 * (ONE_CLASS_S + ONE_CLASS_S_PER_MODEL2 * n * n)
+            found.append(_solve(problem, max(1.0, left(), one_class), integer=False, max_classes=1))
 
     # The pattern LP bounds the whole plan, multi-GPU replicas included; the others bound the
-    # shared models, to which multi_cost is added below. Up to CLASSES_UP_TO models the pattern
-    # LP runs first, leaving the aggregate LPs their few seconds only where column generation is
-    # cut short (its Lagrangian bound is then poor, and they are the floor); converged, it is
-    # the tighter relaxation of the two (its columns are groups ``feasible`` admits, where the
-    # aggregate LPs pool the slots' time and memory). Above, the one-class LP first (16 s at 2000
-    # models), then the pattern LP with what it is expected to leave, and at least PATTERN_SHARE
-    # of the time.
+    # shared models, to which multi_cost is added below. The pattern LP runs first, and the
+    # aggregate LPs only where column generation is cut short (its Lagrangian bound is then poor,
+    # and they are the floor); converged, it is the tighter relaxation of the two (its columns are
+    # groups ``feasible`` admits, where the aggregate LPs pool the slots' time and memory). Up to
+    # CLASSES_UP_TO models the aggregate LPs' few seconds are kept from column generation's time;
+    # above, the one-class LP's (16 s at 2000 models), estimated from the fleet's size rather
+    # than read off the clock, so that the columns (and the plan dived from them) do not depend
+    # on the load, and at least PATTERN_SHARE of the time is column generation's. The one-class
+    # LP ran first above CLASSES_UP_TO until the pools' caps (``patterns.Patterns.pool_caps``)
+    # took their time in the last bound: on generated-500 it took 1.6 s for a bound of 97.0/h,
+    # against the converged pattern LP's 126.62/h.
     if n <= CLASSES_UP_TO:
         reserve = min(AGGREGATE_SHARE * time_limit, AGGREGATE_S_PER_MODEL * n + 0.5)
-        pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)
-        if pat is None or not pat.converged:
-            aggregate()
     else:
+        reserve = max(0.0, min(ONE_CLASS_S + ONE_CLASS_S_PER_MODEL2 * n * n, (1 - PATTERN_SHARE) * time_limit))
+    pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)
+    if pat is None or not pat.converged:
         aggregate()
-        # What the one-class LP leaves, estimated from the fleet's size rather than read off the
-        # clock, so that the columns (and the plan dived from them) do not depend on the load.
-        pat = pattern_bound(problem, max(time_limit - ONE_CLASS_S - ONE_CLASS_S_PER_MODEL2 * n * n,
-                                         PATTERN_SHARE * time_limit),
-                            upper, seeds, counts)
     if pat is not None and keep is not None:
         keep.append(pat)
     pattern = _pattern_found(problem, pat, upper)

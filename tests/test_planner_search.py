@@ -15,7 +15,7 @@ from packer.planner.build import cost_of, gpu_counts
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed
-from packer.planner.solve import _spread, consolidate, multi_start, plan_multi
+from packer.planner.solve import _lns, _relocating_window, _spread, consolidate, multi_start, plan_multi
 from packer.planner.assemble import to_gpus
 
 EXAMPLES = example_path().parent
@@ -97,6 +97,32 @@ def test_emptying_window_moves_load_onto_fewer_gpus_at_equal_cost():
     # Without it, the same window must cost less than the hint or give nothing.
     assert solve_window(problem, free_models=free, fixed_reps=[], gpu_limit={"l4": 2}, hint=hint,
                         upper_cost=1.6, time_limit=5, seed=0) is None
+
+
+def test_a_dear_gpus_replicas_move_onto_a_cheaper_pools_free_gpus():
+    """A whole A100 (3.67/h) holding three small models whose replicas fit two of the L4 pool's
+    free GPUs (1.60/h): no emptying window (its own pool) nor pair window (two half-used GPUs)
+    tries that first; the relocating window does, and one window is all the budget allows."""
+    doc = {"name": "dear", "pools": [
+        {"name": "a100", "gpu": "a100-40gb", "gpus_per_node": 1, "max_nodes": 2, "cost_per_gpu_hour": 3.67,
+         "sharing": ["time-slicing"]},
+        {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 1, "cost_per_gpu_hour": 0.8,
+         "sharing": ["time-slicing"]}],
+        "models": [{"name": n, "kind": "streaming", "memory_gb": mem, "traffic": {"rps": 0.5, "peak_rps": 1},
+                    "slo_ms": 500, "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 1},
+                    "max_batch": 8, "min_replicas": 1}
+                   for n, mem in [("a", 10), ("b", 8), ("c", 12), ("d", 20), ("e", 20)]]}
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    a100, l4 = problem.types["a100"][0], problem.types["l4"][0]
+    model = problem.fleet.model
+    start = [Gpu(a100.pool, [Slot(a100, [Rep(model(n), 0, 1) for n in "abc"])])] + [
+        Gpu(l4.pool, [Slot(l4, [Rep(model(n), 0, 1)])]) for n in "de"]
+    limit = {"a100": 2, "l4": 4}
+    assert _relocating_window(problem, start, limit, set(), {}) == [start[0]]
+    assert _relocating_window(problem, start, {"a100": 2, "l4": 2}, set(), {}) is None  # no L4 free
+    after = _lns(problem, start, limit, budget=0.02, guard=time.monotonic() + 30, progress=None)
+    assert {g.pool.name for g in after} == {"l4"}
+    assert sum(g.pool.cost_per_gpu_hour for g in after) == pytest.approx(3.2)
 
 
 def test_swaps_spread_replicas_the_node_filling_left_together():

@@ -588,10 +588,15 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     tried: set[frozenset[int]] = set()
     fills: dict[int, tuple[Gpu, float]] = {}  # per GPU (id, the GPU kept so the id stays its own)
     warned: int | None = None  # models ``shared`` leaves unspreadable (:func:`_one_node`), once needed
+    relocations = 0
     while CPSAT_CLOCK * sum(spent) + WINDOW_S * it < left and time.monotonic() < guard and len(shared) > 1:
         it += 1
-        # Emptying and pair windows alternate while both kinds are left: MIG pools gain from pairs.
-        window, emptying = _choose_window(problem, shared, tried, rng, emptying_first=it % 2 == 1, fills=fills)
+        window = _relocating_window(problem, shared, limit, tried, fills) if relocations < RELOCATE_WINDOWS else None
+        if window is not None:
+            relocations, emptying = relocations + 1, False
+        else:
+            # Emptying and pair windows alternate while both kinds are left: MIG pools gain from pairs.
+            window, emptying = _choose_window(problem, shared, tried, rng, emptying_first=it % 2 == 1, fills=fills)
         inside = {id(g) for g in window}
         tried.add(frozenset(inside))
         reps = [r for g in window for sl in g.slots for r in sl.reps]
@@ -638,6 +643,28 @@ and 9, and at 40, seed 8) and generated-500 keep every plan and bound, and long-
 EMPTYING_PARTNERS = 3
 """GPUs re-packed with the emptiest one. Larger windows rarely beat their hint within the 0.5 s
 budget (generated-500: 3 partners 101.60/h, 7 partners no gain over 103.20/h)."""
+
+
+RELOCATE_WINDOWS = 4
+"""Windows of one GPU alone, re-packed onto any pool's free GPUs, that the windows start with
+(:func:`_relocating_window`)."""
+
+
+def _relocating_window(problem: Problem, gpus: list[Gpu], limit: dict[str, int], tried: set[frozenset[int]],
+                       fills: dict[int, tuple[Gpu, float]]) -> list[Gpu] | None:
+    """One GPU alone, dearest for what it holds first (its price over its fill), of a pool where
+    a cheaper pool has GPUs free: its replicas may move there. generated-500's plan kept an
+    A100-40 (3.67/h) whose 13 replicas fit 3 of the L4 pool's free GPUs (2.40/h), which no
+    emptying window (its own pool) or pair window (two half-used GPUs) tries."""
+    used: dict[str, int] = defaultdict(int)
+    for g in gpus:
+        used[g.pool.name] += g.width
+    room = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools if limit.get(p.name, 0) > used[p.name]}
+    candidates = [g for g in gpus if any(price < g.pool.cost_per_gpu_hour for price in room.values())
+                  and frozenset((id(g),)) not in tried]
+    if not candidates:
+        return None
+    return [max(candidates, key=lambda g: g.pool.cost_per_gpu_hour / max(_cached_fill(problem, g, fills), 0.05))]
 
 
 def _choose_window(problem: Problem, gpus: list[Gpu], tried: set[frozenset[int]], rng: random.Random,

@@ -40,22 +40,24 @@ from packer.slot import WHOLE, SlotType, duty_window
 Progress = Callable[[str, float], None]
 
 
-LARGE_S = 27.0
-"""The default budget from 232 to 608 models. Issue 14 asks 30 s of a plan there, and the stages
+LARGE_S = 26.0
+"""The default budget from 222 to 586 models. Issue 14 asks 30 s of a plan there, and the stages
 run past their shares by a few seconds (the greedy stage's first fifth is free; the bound's last
-evaluation and the one-class LP before it, the dive and the windows each go a little over): at 30,
-family-100007-mixed-401 took 29.1-31.4 s and generated-500 29.6-33.5 s from run to run on the
-2-core machine. At 28 their plans and bounds were the same, and family-600025-long-tail-326's;
-family-900003-mixed-251 (limit 28.9 before) 193.57/183.47 -> 193.57/186.38/h. At 28,
-family-100007-mixed-401 still took 27.7-31.1 s from run to run; at 27, 27.0 s, its plan
-1,067.34 -> 1,064.07/h and bound 1,009.59 -> 1,010.43/h; generated-500 and
-family-600025-long-tail-326 keep theirs (26.9 and 24.9 s); family-900003-mixed-251's bound
-186.38 -> 185.84/h, its plan the same."""
+evaluation, the dive and the windows each go a little over): at 30, family-100007-mixed-401 took
+29.1-31.4 s and generated-500 29.6-33.5 s from run to run on the 2-core machine. At 28 their plans
+and bounds were the same, and family-600025-long-tail-326's; family-900003-mixed-251 (limit 28.9
+before) 193.57/183.47 -> 193.57/186.38/h. At 28, family-100007-mixed-401 still took 27.7-31.1 s
+from run to run; at 27, 27.0 s, its plan 1,067.34 -> 1,064.07/h and bound 1,009.59 ->
+1,010.43/h. With the pools' caps and the relocating windows (nineteenth session) family-100007
+took 30.4 s and generated-500 28.5-31.2 s at 27; at 26, 27.0-31.2 and 27.4-27.8 s, their plans
+and bounds 1,067.34/1,011.54 and 136.97/126.62/h (family-100007's plan 0.3 % dearer than at 27);
+family-600018-long-tail-304 and family-600025-long-tail-326 keep theirs (170.89/165.47 and
+684.65/677.45/h, 19.2 and 22.0 s)."""
 
 
 def auto_time_limit(fleet: Fleet) -> float:
-    """Whole budget from fleet size: 8.6 s at 20 models, 23.8 s at 200, ``LARGE_S`` (27 s) from
-    232 to 608 models, 89.6 s at 2000.
+    """Whole budget from fleet size: 8.6 s at 20 models, 23.8 s at 200, ``LARGE_S`` (26 s) from
+    222 to 586 models, 89.6 s at 2000.
 
     The pattern LP's column generation (``patterns.py``) needs a few seconds to converge on
     150-250 models (long-tail: 6 s leaves it short, 57.3/h against 49.0/h), hence more time there

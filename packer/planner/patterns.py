@@ -614,7 +614,8 @@ class Patterns:
             self.best_duals = (best, fixed, worth, sorted(scales), cap)
         return best
 
-    def pool_caps(self, mu: np.ndarray, worth: dict[str, float], pools: list[str]) -> dict[str, tuple[float, float, int]]:
+    def pool_caps(self, mu: np.ndarray, worth: dict[str, float],
+                  pools: list[str]) -> dict[str, tuple[float, float, int]]:
         """Per pool of ``pools`` whose GPUs are worth more than they cost at ``mu`` (``worth``), a
         bound on what ``Z`` of its GPUs can hold together in any plan: ``A + lam (Z - size)``, as
         ``(A, lam, size)``.
@@ -654,8 +655,9 @@ class Patterns:
         (``knapsack.cell_lps``); a slot of a cell is worth at most its best group, bounded first
         by the cell's knapsack LP and, for the cells the optimum uses, by branch and bound as in
         :meth:`pattern_value_bound` (then solved again, until the cells it uses are all bounded
-        so, at most ``TOGETHER_SOLVES`` solves). On runs of cycles 5 % wide where cells of their own would pass ``TOGETHER_TERMS``
-        terms; None where those do too, or HiGHS does not solve it."""
+        so, at most ``TOGETHER_SOLVES`` solves). On runs of cycles 5 % wide where cells of their
+        own would pass ``TOGETHER_TERMS`` terms; None where those do too, or HiGHS does not solve
+        it."""
         parts, terms = [], 0  # per slot type and kind: its items and cells; their terms in all
         for key, ti in self.types.items():
             if ti.st.pool.name != pool:
@@ -735,6 +737,7 @@ class Patterns:
         slot_col = L + np.arange(C)  # columns: z per layout, N per cell, x per term
         x = L + C + np.arange(T)
         rows, cols, vals = [], [], []
+
         def add(r: np.ndarray, c: np.ndarray, a: np.ndarray) -> None:
             rows.append(np.asarray(r))
             cols.append(np.asarray(c))
@@ -832,7 +835,8 @@ class Patterns:
         short = (counts < np.array([need.get(p.name, 0) for p in pools])).any(axis=1)
         counts, costs = counts[~short], costs[~short]
         if not self.multi:
-            ruled = purchase_lagrangians(counts, pools, fixed, worth, scales, caps=caps) > costs + 1e-6 * np.maximum(1.0, costs)
+            ruled = (purchase_lagrangians(counts, pools, fixed, worth, scales, caps=caps)
+                     > costs + 1e-6 * np.maximum(1.0, costs))
             free = np.flatnonzero(~ruled)
             return float(costs[free[0]]) if free.size else hi
         for k in range(min(costs.size, max_lps)):
@@ -1020,6 +1024,7 @@ def _gain(c: float, w: float, cap: tuple[float, float, int] | None, most: np.nda
     if cap is None:
         return np.maximum(0.0, w - c) * most
     A, lam, full = cap
+
     def f(z: np.ndarray) -> np.ndarray:
         return np.minimum(w * z, A + lam * (z - full)) - c * z
     cross = (A - lam * full) / (w - lam) if w > lam else np.inf

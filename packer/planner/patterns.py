@@ -727,10 +727,12 @@ class Patterns:
         cell = np.repeat(np.arange(C), [c[1].size for c in cells])
         T = at.size
         self.work += T * TOGETHER_S
+        values = {key: self.values(self.types[key], mu) for key in types}
+        counts = {key: np.array([self.reps[k][1] for k in self.types[key].keys], dtype=float) for key in types}
         ti_of = [self.types[c[0]] for c in cells]
         A_, B_, mem_, v_, n_, model_ = (np.concatenate(z) for z in zip(*[
-            (ti.A[c[1]], ti.B[c[1]], ti.mem[c[1]] / ti.st.memory_gb, self.values(ti, mu)[c[1]],
-             np.array([self.reps[ti.keys[j]][1] for j in c[1]], dtype=float), ti.model[c[1]])
+            (ti.A[c[1]], ti.B[c[1]], ti.mem[c[1]] / ti.st.memory_gb, values[c[0]][c[1]], counts[c[0]][c[1]],
+             ti.model[c[1]])
             for ti, c in zip(ti_of, cells)]))
         tops = np.array([c[2] for c in cells])
         most = np.array([c[3] for c in cells])

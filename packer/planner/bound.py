@@ -97,6 +97,8 @@ result is appended to ``keep`` (its columns can seed a packing).
     # The closed form needs no solver and always finishes: the floor under every other bound.
     found: list[tuple[float, str] | None] = [closed_form(problem)]
 
+    one_class_s = ONE_CLASS_S + ONE_CLASS_S_PER_MODEL2 * n * n  # estimated, above CLASSES_UP_TO
+
     def aggregate() -> None:
         # The duty-class LP is at least as tight as the one-class LP (summing its classes gives a
         # one-class solution), so the one-class LP runs only where the other is not tried or fails.
@@ -104,8 +106,7 @@ result is appended to ``keep`` (its columns can seed a packing).
             found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=MAX_CLASSES))
         if n > CLASSES_UP_TO or found[-1] is None:
             # Its time as measured, thrice, where column generation has taken what was left.
-            one_class = 3.0 * (ONE_CLASS_S + ONE_CLASS_S_PER_MODEL2 * n * n)
-            found.append(_solve(problem, max(1.0, left(), one_class), integer=False, max_classes=1))
+            found.append(_solve(problem, max(1.0, left(), 3.0 * one_class_s), integer=False, max_classes=1))
 
     # The pattern LP bounds the whole plan, multi-GPU replicas included; the others bound the
     # shared models, to which multi_cost is added below. The pattern LP runs first, and the
@@ -122,7 +123,7 @@ result is appended to ``keep`` (its columns can seed a packing).
     if n <= CLASSES_UP_TO:
         reserve = min(AGGREGATE_SHARE * time_limit, AGGREGATE_S_PER_MODEL * n + 0.5)
     else:
-        reserve = max(0.0, min(ONE_CLASS_S + ONE_CLASS_S_PER_MODEL2 * n * n, (1 - PATTERN_SHARE) * time_limit))
+        reserve = max(0.0, min(one_class_s, (1 - PATTERN_SHARE) * time_limit))
     pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)
     if pat is None or not pat.converged:
         aggregate()

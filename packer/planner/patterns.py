@@ -305,7 +305,7 @@ class Patterns:
         self.grid = COARSE_GRID if self.cell_work() > COARSE_WORK else 0.0
         """Width of the pricing's cells while it prices coarse (``COARSE_GRID``); 0 once it prices
         on the fine cells."""
-        self.best_duals: tuple[float, float, dict[str, float], list[float], dict[str, float]] = (
+        self.best_duals: tuple[float, float, dict[str, float], list[float], dict[str, tuple[float, float, int]]] = (
             -math.inf, 0.0, {}, [1.0], {})
         """The best Lagrangian so far and its parts: ``sum_m min_n n mu``, what one GPU of each
         pool can be worth, the scalings of ``mu`` tried and the pools' caps (:meth:`pool_caps`;
@@ -466,11 +466,19 @@ class Patterns:
             if least <= best + 1e-12:
                 break
             vv, w, mm, md, _ = make()
-            found, _, upper = self._bnb(vv, w, mm, md, lam, 1.0 + SLACK, best, node_limit, EXTRA_FROM)
-            if upper > found + 1e-12:  # the search did not close: the optimum on a grid of weights
-                upper = min(upper, self._grid(vv, w, mm, md, 1.0 + SLACK, units))
-            best = max(best, min(least, upper))
+            best = max(best, min(least, self._cell_upper(vv, w, mm, md, lam, best, node_limit, units)))
         return best
+
+    def _cell_upper(self, v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, lam: float,
+                    floor: float, node_limit: int, units: int) -> float:
+        """An upper bound on one cell's best group (values ``v``, time ``w`` and memory ``mm`` as
+        shares of the slot): the branch and bound's with its node bounds (``EXTRA_FROM``) above
+        ``floor``, and where it does not close, the least of that and the optimum on a grid of
+        ``units`` (``knapsack.grid_bound``)."""
+        found, _, upper = self._bnb(v, w, mm, model, lam, 1.0 + SLACK, floor, node_limit, EXTRA_FROM)
+        if upper > found + 1e-12:  # the search did not close: the optimum on a grid of weights
+            upper = min(upper, self._grid(v, w, mm, model, 1.0 + SLACK, units))
+        return upper
 
     def _grid(self, v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, cap: float,
               units: int) -> float:
@@ -658,11 +666,10 @@ class Patterns:
         so, at most ``TOGETHER_SOLVES`` solves). On runs of cycles 5 % wide where cells of their
         own would pass ``TOGETHER_TERMS`` terms; None where those do too, or HiGHS does not solve
         it."""
+        values = {key: self.values(ti, mu) for key, ti in self.types.items() if ti.st.pool.name == pool}
         parts, terms = [], 0  # per slot type and kind: its items and cells; their terms in all
-        for key, ti in self.types.items():
-            if ti.st.pool.name != pool:
-                continue
-            v = self.values(ti, mu)
+        for key, v in values.items():
+            ti = self.types[key]
             pos = v > 1e-12
             for g in [pos] if ti.st.pool.time_slicing else [pos & ti.streaming, pos & ~ti.streaming]:
                 where = np.flatnonzero(g)
@@ -670,15 +677,17 @@ class Patterns:
                     continue
                 his = np.unique(ti.hi[where])
                 runs = self._cells(his, BOUND_CELLS)
-                if self._terms(ti.hi[where], runs) > TOGETHER_TERMS:
+                more = self._terms(ti.hi[where], runs)
+                if more > TOGETHER_TERMS:
                     runs = self._cells(his, 1, COARSE_GRID)  # runs 5 % wide, charged at their top
-                terms += self._terms(ti.hi[where], runs)
+                    more = self._terms(ti.hi[where], runs)
+                terms += more
                 if terms > TOGETHER_TERMS:
                     return None
-                parts.append((key, v, where, runs))
+                parts.append((key, where, runs))
         cells: list[tuple] = []  # per cell: (slot type, item positions, top, bound on a slot's group, lam)
-        for key, v, where, runs in parts:
-            ti = self.types[key]
+        for key, where, runs in parts:
+            ti, v = self.types[key], values[key]
             lows = np.array([c[0] for c in runs]) * (1 - SLACK)
             tops = np.array([c[1] for c in runs])
             self.work += lows.size * where.size * len(LAMBDAS) * CELL_S
@@ -692,7 +701,7 @@ class Patterns:
             return 0.0, 0.0
         bounded = [False] * len(cells)
         for solve in range(TOGETHER_SOLVES):
-            solved = self._together_lp(pool, mu, cells, size)
+            solved = self._together_lp(pool, mu, values, cells, size)
             if solved is None:
                 return None
             value, lam, used = solved
@@ -703,19 +712,17 @@ class Patterns:
                 bounded[c] = True
                 key, at, top, most, weight = cells[c]
                 ti = self.types[key]
-                v = self.values(ti, mu)[at]
-                w = (ti.A[at] / top + ti.B[at]) / self.u
-                mm = ti.mem[at] / ti.st.memory_gb
-                found, _, upper = self._bnb(v, w, mm, ti.model[at], weight, 1.0 + SLACK, 0.0, BOUND_NODES, EXTRA_FROM)
-                if upper > found + 1e-12:
-                    upper = min(upper, self._grid(v, w, mm, ti.model[at], 1.0 + SLACK, LAST_GRID_UNITS))
+                upper = self._cell_upper(values[key][at], (ti.A[at] / top + ti.B[at]) / self.u,
+                                         ti.mem[at] / ti.st.memory_gb, ti.model[at], weight, 0.0, BOUND_NODES,
+                                         LAST_GRID_UNITS)
                 cells[c] = (key, at, top, min(most, upper), weight)
         return None  # not reached: the last solve returns
 
-    def _together_lp(self, pool: str, mu: np.ndarray, cells: list[tuple], size: int
-                     ) -> tuple[float, float, np.ndarray] | None:
+    def _together_lp(self, pool: str, mu: np.ndarray, values: dict[str, np.ndarray], cells: list[tuple],
+                     size: int) -> tuple[float, float, np.ndarray] | None:
         """:meth:`_together`'s LP (HiGHS, built from arrays): its optimum, the dual of its GPU
-        row and which cells its optimum uses. Columns: GPUs per layout, slots per cell, then
+        row and which cells its optimum uses; ``values``: per slot type, its items' values at
+        ``mu``. Columns: GPUs per layout, slots per cell, then
         replicas per item and cell; rows: per cell its time, memory and worth, per model and cell
         one replica a slot, per slot type its slots within the layouts', per model one count and
         one replica a GPU, and the GPUs."""
@@ -727,7 +734,6 @@ class Patterns:
         cell = np.repeat(np.arange(C), [c[1].size for c in cells])
         T = at.size
         self.work += T * TOGETHER_S
-        values = {key: self.values(self.types[key], mu) for key in types}
         counts = {key: np.array([self.reps[k][1] for k in self.types[key].keys], dtype=float) for key in types}
         ti_of = [self.types[c[0]] for c in cells]
         A_, B_, mem_, v_, n_, model_ = (np.concatenate(z) for z in zip(*[
@@ -993,7 +999,7 @@ def purchases_between(pools: list[tuple[float, int]], lo: float, hi: float,
 
 def purchase_lagrangians(buys: np.ndarray, pools: list, fixed: float, worth: dict[str, float],
                          scales: list[float], multi: list[tuple[str, dict[str, int]]] = (),
-                         caps: dict[str, float] | None = None) -> np.ndarray:
+                         caps: dict[str, tuple[float, float, int]] | None = None) -> np.ndarray:
     """Per purchase (rows of ``buys``, GPUs per pool of ``pools``), the Lagrangian of one set of
     duals (``Patterns.best_duals``' ``fixed``, ``worth`` and scalings) at the purchase's sizes,
     for every purchase at once: ``max_s s fixed + sum_p P_p min(0, c_p - s w_p)``. With

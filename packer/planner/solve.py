@@ -658,9 +658,7 @@ def _relocating_window(problem: Problem, gpus: list[Gpu], limit: dict[str, int],
     a cheaper pool has GPUs free: its replicas may move there. generated-500's plan kept an
     A100-40 (3.67/h) whose 13 replicas fit 3 of the L4 pool's free GPUs (2.40/h), which no
     emptying window (its own pool) or pair window (two half-used GPUs) tries."""
-    used: dict[str, int] = defaultdict(int)
-    for g in gpus:
-        used[g.pool.name] += g.width
+    used = gpu_counts(problem, gpus)
     room = {p.name: p.cost_per_gpu_hour for p in problem.fleet.pools if limit.get(p.name, 0) > used[p.name]}
     candidates = [g for g in gpus if any(price < g.pool.cost_per_gpu_hour for price in room.values())
                   and frozenset((id(g),)) not in tried]

@@ -333,6 +333,36 @@ def test_a_restricted_lp_that_glop_gives_up_on_is_solved_again_built_anew(monkey
     assert again.lp == pytest.approx(clean.lp, rel=1e-9) and again.value == pytest.approx(clean.value, rel=1e-9)
 
 
+@pytest.mark.parametrize("seed", [5, 17, 8], ids=lambda s: f"seed{s}")
+def test_the_interior_point_master_solves_the_same_lp_with_duals_that_bound(seed: int,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """From ``INTERIOR_FROM`` models the restricted master is solved by HiGHS's interior point
+    method on the model GLOP holds. The same columns must give the same optimum by GLOP; its duals,
+    central and at a vertex, must price every column at most at its slot's dual (the signs taken
+    right); and its bound must stay under the greedy plan and near GLOP's (a sign wrong leaves
+    ``mu`` at 0 and the bound near 0)."""
+    problem, cost = _greedy_problem(seed)
+    glop = pattern_bound(problem, 5.0)
+    monkeypatch.setattr(patterns, "INTERIOR_FROM", 0)
+    interior = pattern_bound(problem, 5.0)
+    assert not glop.master.interior and interior.master.interior and interior.master.work > 0
+    assert interior.converged and 0 < interior.value <= cost + 1e-6
+    assert interior.value == pytest.approx(glop.value, rel=0.03)
+    pat = interior.patterns
+    lp = None
+    for vertex in (False, True):  # central duals, and at a vertex (the last bound takes both)
+        solved = interior.master.solve(5.0, vertex=vertex)
+        assert solved is not None
+        lp = solved[0] if lp is None else lp
+        _, mu, pi = solved
+        assert solved[0] == pytest.approx(lp, rel=1e-6)
+        for key, reps in pat.columns:
+            assert sum(mu[k] for k in reps) <= pi[key] + 1e-5 * max(1.0, pi[key])
+        assert np.all(mu >= 0) and mu.max() > 0
+    again = interior.master._solve_glop(5.0)
+    assert again is not None and again[0] == pytest.approx(lp, rel=1e-6)
+
+
 def test_the_bound_evaluations_during_column_generation_take_at_most_their_share(monkeypatch: pytest.MonkeyPatch) -> None:
     """An evaluation of the Lagrangian bound can cost as much as dozens of pricing rounds
     (family-900003-mixed-346: 2.3 of 17.5 counted seconds, 7.5 in all), so together they take at

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field, replace
 
 import highspy
 import numpy as np
-from ortools.linear_solver import pywraplp
+from ortools.linear_solver import linear_solver_pb2, pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import EXTRA_FROM, branch_and_bound, cell_lps, grid_bound, warm
@@ -116,6 +116,25 @@ restricted master, and per round (what the rest of a round costs): measured on t
 1.6e-8 (family-4-mixed-33, small cells, the call's own cost) a cell-item-lambda; 7e-8 in NumPy.
 1e-8 covers the large fleets, where cells are a share of the time; on family-4-mixed-33 they
 counted 0.02 s for 0.07 s of wall in 10 counted seconds."""
+INTERIOR_FROM = 600
+"""Shared models from which the restricted master is solved by HiGHS's interior point method
+(without crossover) instead of GLOP's warm-started simplex. GLOP's rounds grow with the fleet: on
+generated-2000 4,500 to 18,400 iterations a round (11.6 s for the twelfth), where the interior
+point method solves the same LP cold in 1.7 s; its central duals also steady the pricing (the LP
+fell to 497.0/h in 12 rounds where GLOP's fell to 521.4/h). Below, GLOP's warm start is the
+cheaper (generated-500: 450 iterations a round, converged in 34 rounds; its plan and bound were
+the same within 0.4 % either way), and the interior duals' long tail of tiny improvements costs
+rounds (a 214-model fleet: 170 rounds to converge against 50). Measured with ``bench/plan.py``'s
+generated fleets, plan/bound per hour, GLOP then interior (with the last bound at both duals,
+below): 750 models 204.17/149.99 and 195.60/175.04; 1000 models 268.11/196.51 and 259.60/224.30;
+and the family's family-3100098-mixed-865 860.73/809.25 and 860.34/823.29,
+family-3100100-long-tail-1665 495.58/436.04 and 483.25/436.04."""
+IPM_S, IPM_S2, EXPORT_S = 1.2e-7, 8e-12, 1.5e-6
+"""Deterministic seconds per interior point iteration of the restricted master, per non-zero and
+per non-zero squared (the factorisation fills in), and per non-zero of each solve for exporting
+the model to HiGHS: measured 2.2e-7 a non-zero-iteration at 10,000 non-zeros
+(family-3100098-mixed-865), 2.1e-7 at 14,600, 2.9e-7 at 27,000 and 7.2e-7 at 65,000 (generated
+fleets); the export 1.5e-6 a non-zero."""
 DISJOINT = 30
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
 far this round leave out (reusing the round's cell LPs, which stay upper bounds)."""
@@ -1067,6 +1086,9 @@ class _Master:
     def __init__(self, problem: Problem, pat: Patterns, upper: float) -> None:
         self.pat, self.problem, self.upper = pat, problem, upper
         self.iterations = 0
+        self.work = 0.0
+        """Deterministic seconds of the solves so far (``ITER_S``, ``IPM_S``)."""
+        self.interior = len(pat.models) >= INTERIOR_FROM
         self._build()
 
     def _build(self) -> None:
@@ -1155,10 +1177,20 @@ class _Master:
                     self.spread_rows[r].SetCoefficient(x, 1.0)
         self.added = len(pat.columns)
 
-    def solve(self, seconds: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
+    def solve(self, seconds: float, vertex: bool = False) -> tuple[float, np.ndarray, dict[str, float]] | None:
         """The LP's optimum, the duals of the covering and floor rows (``mu``, as the pricing and
-        the Lagrangian take them) and of the slot rows; None where GLOP stops short."""
+        the Lagrangian take them) and of the slot rows; None where the solver stops short.
+        ``vertex``: an interior master's duals at a vertex (crossover), not central."""
         self.add_columns()
+        if self.interior:
+            return self._solve_interior(seconds, vertex)
+        iterations = self.iterations
+        solved = self._solve_glop(seconds)
+        self.work += (self.iterations - iterations) * ITER_S
+        return solved
+
+    def _solve_glop(self, seconds: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
+        """:meth:`solve` by GLOP, warm-started from the last basis."""
         self.solver.SetTimeLimit(int(max(0.1, seconds) * 1000))
         start = time.monotonic()
         status = self.solver.Solve()
@@ -1181,6 +1213,48 @@ class _Master:
         for (name, pname), uv in self.u_of.items():
             self.pat.multi_shares[name][pname] = uv.solution_value()
         return self.obj.Value(), mu, {key: max(0.0, row.dual_value()) for key, row in self.slot_row.items()}
+
+    def _solve_interior(self, seconds: float, vertex: bool) -> tuple[float, np.ndarray, dict[str, float]] | None:
+        """:meth:`solve` by HiGHS's interior point method, cold, on the model GLOP holds (exported:
+        one LP, two ways to solve it); ``INTERIOR_FROM`` says why."""
+        model = linear_solver_pb2.MPModelProto()
+        self.solver.ExportModelToProto(model)
+        n_cols, n_rows = len(model.variable), len(model.constraint)
+        lens = np.array([len(c.var_index) for c in model.constraint], dtype=np.int64)
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = n_cols, n_rows
+        lp.col_cost_ = np.array([v.objective_coefficient for v in model.variable])
+        lp.col_lower_ = np.array([v.lower_bound for v in model.variable])
+        lp.col_upper_ = np.array([v.upper_bound for v in model.variable])
+        lp.row_lower_ = np.array([c.lower_bound for c in model.constraint])
+        lp.row_upper_ = np.array([c.upper_bound for c in model.constraint])
+        lp.sense_ = highspy.ObjSense.kMinimize
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n_cols, n_rows
+        lp.a_matrix_.start_ = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
+        lp.a_matrix_.index_ = np.array([j for c in model.constraint for j in c.var_index], dtype=np.int32)
+        lp.a_matrix_.value_ = np.array([a for c in model.constraint for a in c.coefficient], dtype=float)
+        h = highs()
+        for option, value in (("output_flag", False), ("threads", 1), ("solver", "ipm"),
+                              ("run_crossover", "on" if vertex else "off"),
+                              ("time_limit", float(max(0.1, seconds)))):
+            h.setOptionValue(option, value)
+        h.passModel(lp)
+        h.run()
+        nnz = int(lens.sum())
+        self.work += nnz * (EXPORT_S + int(h.getInfo().ipm_iteration_count) * (IPM_S + IPM_S2 * nnz))
+        if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+            return None
+        sol = h.getSolution()
+        dual, value = np.asarray(sol.row_dual), np.asarray(sol.col_value)
+        mu = np.array([max(0.0, dual[c.index()]) for c in self.cover]
+                      + [max(0.0, -dual[r.index()]) for r in self.floor_rows + self.spread_rows])
+        self.pat.shares = np.array([value[self.y_of[k].index()] for k in range(len(self.pat.reps))])
+        self.pat.multi_shares = defaultdict(dict)
+        for (name, pname), uv in self.u_of.items():
+            self.pat.multi_shares[name][pname] = float(value[uv.index()])
+        return float(h.getInfo().objective_function_value), mu, {
+            key: max(0.0, float(dual[row.index()])) for key, row in self.slot_row.items()}
 
 
 def _first_columns(pat: Patterns, seeds: list[tuple[str, list[tuple[str, int]]]]) -> None:
@@ -1309,8 +1383,19 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         deep = converged and (eval_cost == 0.0 or spent() + FINAL_COST * eval_cost <= time_limit)
         # The pools' caps where the bound still falls short of what the caller needs (a purchase
         # ruled out needs no more).
-        best = max(best, pat.lagrangian(mu, upper, V=pat.last_values(mu, full=spent() < time_limit, deep=deep),
-                                        caps=best <= stop_above))
+        duals = [mu]
+        if master.interior:
+            # Central duals steady the pricing, but the Lagrangian can be far better at a vertex's,
+            # or far worse: family-3100098-mixed-865 (one T4 pool, 2,206 GPUs) 727.3/h central
+            # and 823.0/h at the vertex; generated-1000 223.3/h and 175.7/h. Both are bounds.
+            shares, multi_shares = pat.shares, pat.multi_shares  # the dive takes the central solution's
+            at_vertex = master.solve(WALL_FACTOR * time_limit - (time.monotonic() - t0), vertex=True)
+            pat.shares, pat.multi_shares = shares, multi_shares
+            if at_vertex is not None:
+                duals.append(at_vertex[1])
+        for m in duals:
+            best = max(best, pat.lagrangian(m, upper, V=pat.last_values(m, full=spent() < time_limit, deep=deep),
+                                            caps=best <= stop_above))
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())
@@ -1323,11 +1408,10 @@ class _Clock:
 
     def __init__(self, pat: Patterns, master: _Master, t0: float) -> None:
         self.pat, self.master, self.t0 = pat, master, t0
-        self.work0, self.iter0, self.rounds = pat.work, master.iterations, 0
+        self.work0, self.master0, self.rounds = pat.work, master.work, 0
 
     def spent(self) -> float:
-        det = (self.pat.work - self.work0 + (self.master.iterations - self.iter0) * ITER_S
-               + self.rounds * ROUND_S)
+        det = (self.pat.work - self.work0 + self.master.work - self.master0 + self.rounds * ROUND_S)
         return max(det, (time.monotonic() - self.t0) / WALL_FACTOR)
 
     def solve(self, time_limit: float) -> tuple[float, np.ndarray, dict[str, float]] | None:

@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import highspy
@@ -1179,18 +1180,32 @@ class _Master:
 
     def solve(self, seconds: float, vertex: bool = False) -> tuple[float, np.ndarray, dict[str, float]] | None:
         """The LP's optimum, the duals of the covering and floor rows (``mu``, as the pricing and
-        the Lagrangian take them) and of the slot rows; None where the solver stops short.
-        ``vertex``: an interior master's duals at a vertex (crossover), not central."""
+        the Lagrangian take them) and of the slot rows; None where the solver stops short. The
+        shares per replica count (``Patterns.shares``, ``multi_shares``) are kept for the dive,
+        except at ``vertex``: an interior master's duals at a vertex (crossover), not central, for
+        the last bound only."""
         self.add_columns()
         if self.interior:
-            return self._solve_interior(seconds, vertex)
-        iterations = self.iterations
-        solved = self._solve_glop(seconds)
-        self.work += (self.iterations - iterations) * ITER_S
-        return solved
+            solved = self._solve_interior(seconds, vertex)
+        else:
+            iterations = self.iterations
+            solved = self._solve_glop(seconds)
+            self.work += (self.iterations - iterations) * ITER_S
+        if solved is None:
+            return None
+        objective, dual_of, value_of = solved
+        mu = np.array([max(0.0, dual_of(c)) for c in self.cover]
+                      + [max(0.0, -dual_of(r)) for r in self.floor_rows + self.spread_rows])
+        if not vertex:
+            self.pat.shares = np.array([value_of(self.y_of[k]) for k in range(len(self.pat.reps))])
+            self.pat.multi_shares = defaultdict(dict)
+            for (name, pname), uv in self.u_of.items():
+                self.pat.multi_shares[name][pname] = value_of(uv)
+        return objective, mu, {key: max(0.0, dual_of(row)) for key, row in self.slot_row.items()}
 
-    def _solve_glop(self, seconds: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
-        """:meth:`solve` by GLOP, warm-started from the last basis."""
+    def _solve_glop(self, seconds: float) -> tuple[float, Callable, Callable] | None:
+        """:meth:`solve` by GLOP, warm-started from the last basis: the optimum, and a row's dual
+        and a variable's value by its pywraplp object."""
         self.solver.SetTimeLimit(int(max(0.1, seconds) * 1000))
         start = time.monotonic()
         status = self.solver.Solve()
@@ -1206,17 +1221,11 @@ class _Master:
         if status != pywraplp.Solver.OPTIMAL:
             return None
         self.iterations += self.solver.iterations()
-        mu = np.array([max(0.0, c.dual_value()) for c in self.cover]
-                      + [max(0.0, -r.dual_value()) for r in self.floor_rows + self.spread_rows])
-        self.pat.shares = np.array([self.y_of[k].solution_value() for k in range(len(self.pat.reps))])
-        self.pat.multi_shares = defaultdict(dict)
-        for (name, pname), uv in self.u_of.items():
-            self.pat.multi_shares[name][pname] = uv.solution_value()
-        return self.obj.Value(), mu, {key: max(0.0, row.dual_value()) for key, row in self.slot_row.items()}
+        return self.obj.Value(), lambda row: row.dual_value(), lambda var: var.solution_value()
 
-    def _solve_interior(self, seconds: float, vertex: bool) -> tuple[float, np.ndarray, dict[str, float]] | None:
+    def _solve_interior(self, seconds: float, vertex: bool) -> tuple[float, Callable, Callable] | None:
         """:meth:`solve` by HiGHS's interior point method, cold, on the model GLOP holds (exported:
-        one LP, two ways to solve it); ``INTERIOR_FROM`` says why."""
+        one LP, two ways to solve it; ``INTERIOR_FROM`` says why): as :meth:`_solve_glop`."""
         model = linear_solver_pb2.MPModelProto()
         self.solver.ExportModelToProto(model)
         n_cols, n_rows = len(model.variable), len(model.constraint)
@@ -1247,14 +1256,8 @@ class _Master:
             return None
         sol = h.getSolution()
         dual, value = np.asarray(sol.row_dual), np.asarray(sol.col_value)
-        mu = np.array([max(0.0, dual[c.index()]) for c in self.cover]
-                      + [max(0.0, -dual[r.index()]) for r in self.floor_rows + self.spread_rows])
-        self.pat.shares = np.array([value[self.y_of[k].index()] for k in range(len(self.pat.reps))])
-        self.pat.multi_shares = defaultdict(dict)
-        for (name, pname), uv in self.u_of.items():
-            self.pat.multi_shares[name][pname] = float(value[uv.index()])
-        return float(h.getInfo().objective_function_value), mu, {
-            key: max(0.0, float(dual[row.index()])) for key, row in self.slot_row.items()}
+        return (float(h.getInfo().objective_function_value), lambda row: float(dual[row.index()]),
+                lambda var: float(value[var.index()]))
 
 
 def _first_columns(pat: Patterns, seeds: list[tuple[str, list[tuple[str, int]]]]) -> None:
@@ -1388,9 +1391,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             # Central duals steady the pricing, but the Lagrangian can be far better at a vertex's,
             # or far worse: family-3100098-mixed-865 (one T4 pool, 2,206 GPUs) 727.3/h central
             # and 823.0/h at the vertex; generated-1000 223.3/h and 175.7/h. Both are bounds.
-            shares, multi_shares = pat.shares, pat.multi_shares  # the dive takes the central solution's
             at_vertex = master.solve(WALL_FACTOR * time_limit - (time.monotonic() - t0), vertex=True)
-            pat.shares, pat.multi_shares = shares, multi_shares
             if at_vertex is not None:
                 duals.append(at_vertex[1])
         for m in duals:

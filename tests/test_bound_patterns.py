@@ -24,6 +24,27 @@ def _small_problem(seed: int) -> Problem:
     return Problem(fleet, PlanSettings())
 
 
+def _best_admitted(problem: Problem, pat: Patterns, key: str, keys: list[int], mu: np.ndarray, most: int) -> float:
+    """By brute force: the most ``mu`` a group of at most ``most`` of ``keys`` holds on slot type
+    ``key`` that ``feasible`` admits (one replica of a model, one kind where the pool does not
+    time-slice)."""
+    ti = pat.types[key]
+    best = 0.0
+    for size in range(1, min(most, len(keys)) + 1):
+        for group in itertools.combinations(keys, size):
+            names = [pat.reps[k][0] for k in group]
+            if len(set(names)) < len(names):
+                continue  # one replica of a model per slot
+            items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st)
+                     for k in group]
+            kinds = {problem.fleet.model(n).kind for n in names}
+            if not ti.st.pool.time_slicing and len(kinds) > 1:
+                continue
+            if feasible(items, ti.st.memory_gb, problem.u):
+                best = max(best, float(sum(mu[k] for k in group)))
+    return best
+
+
 @pytest.mark.parametrize("seed", [3, 11, 29, 47], ids=lambda s: f"seed{s}")
 def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     problem = _small_problem(seed)
@@ -32,19 +53,7 @@ def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pyt
     mu = np.array([rng.uniform(0.0, 2.0) for _ in pat.reps])
     for key, ti in pat.types.items():
         keys = ti.keys[:12]
-        best = 0.0
-        for size in range(1, min(5, len(keys)) + 1):
-            for group in itertools.combinations(keys, size):
-                names = [pat.reps[k][0] for k in group]
-                if len(set(names)) < len(names):
-                    continue  # one replica of a model per slot
-                items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st)
-                         for k in group]
-                kinds = {problem.fleet.model(n).kind for n in names}
-                if not ti.st.pool.time_slicing and len(kinds) > 1:
-                    continue
-                if feasible(items, ti.st.memory_gb, problem.u):
-                    best = max(best, float(sum(mu[k] for k in group)))
+        best = _best_admitted(problem, pat, key, keys, mu, 5)
         sub = np.zeros_like(mu)
         sub[keys] = mu[keys]  # the brute force saw only these items
         assert pat.pattern_value_bound(key, sub) >= best - 1e-9, key
@@ -64,6 +73,29 @@ def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pyt
                 assert sum(sub[k] for k in col) <= pat.pattern_value_bound(key, sub) + 1e-9
             monkeypatch.undo()
         pat.grid = 0.0
+
+
+@pytest.mark.parametrize("seed", [3, 11, 29, 47], ids=lambda s: f"seed{s}")
+def test_the_mip_check_on_the_pricing_finds_the_best_admitted_group_and_bounds_it(seed: int) -> None:
+    """``Patterns.best_group`` (what ``bench/converge.py --pricing`` holds the pricing's search
+    to): on up to 10 items of each slot type, its group is the brute force's best, one that
+    ``feasible`` admits, and its bound is above it. A MIP row or bound taken wrong fails it."""
+    problem = _small_problem(seed)
+    pat = Patterns(problem)
+    rng = random.Random(seed)
+    mu = np.array([rng.uniform(0.0, 2.0) for _ in pat.reps])
+    for key, ti in pat.types.items():
+        keys = ti.keys[:10]
+        sub = np.zeros_like(mu)
+        sub[keys] = mu[keys]
+        best = _best_admitted(problem, pat, key, keys, sub, len(keys))
+        worth, group, upper = pat.best_group(key, sub)
+        assert worth == pytest.approx(best, abs=1e-6), key
+        assert upper >= best - 1e-6, key
+        assert set(group) <= set(keys) and sum(sub[k] for k in group) == pytest.approx(worth)
+        if group:
+            items = [problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st) for k in group]
+            assert feasible(items, ti.st.memory_gb, problem.u), key
 
 
 def _greedy_problem(seed: int) -> tuple[Problem, float]:

@@ -14,6 +14,7 @@ import pytest
 
 from packer.planner import knapsack
 from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound
+from packer.planner.mip import knapsack_mip
 
 
 def _instances(seed: int, count: int, most: int) -> list[tuple]:
@@ -56,6 +57,23 @@ def test_branch_and_bound_is_exact_when_it_finishes_and_an_upper_bound_when_cut_
                 if nodes > limit:
                     _, _, cut_upper, cut_nodes, _ = branch_and_bound(v, w, mm, model, lam, 1.0, 0.0, limit, extra_from)
                     assert cut_nodes == limit + 1 and cut_upper >= best - 1e-12
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_the_mip_of_a_cell_finds_the_best_set_and_bounds_it(seed: int) -> None:
+    """``mip.knapsack_mip``, the check on the pricing's search: exact on small cells, with a bound
+    at or above the best set, and one item per model within both capacities; cut at one node it
+    still bounds. A row taken wrong (either capacity, or one item per model) fails it."""
+    for v, w, mm, model, _ in _instances(seed + 10, 40, 10):
+        best = _best(v, w, mm, model)
+        value, chosen, upper = knapsack_mip(v, w, mm, model, 1.0, 1000)
+        assert value == pytest.approx(best, abs=1e-9) and upper >= best - 1e-9
+        if chosen is not None:
+            idx = np.flatnonzero(chosen)
+            assert len({int(model[j]) for j in idx}) == idx.size
+            assert w[idx].sum() <= 1.0 + 1e-9 and mm[idx].sum() <= 1.0 + 1e-9
+            assert float(v[idx].sum()) == pytest.approx(value)
+        assert knapsack_mip(v, w, mm, model, 1.0, 1)[2] >= best - 1e-9
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -123,6 +141,7 @@ import numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_knapsack import _instances
 from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound
+from packer.planner.mip import knapsack_mip
 from tests.test_knapsack import _cell_instance
 out = []
 for k in range(40):

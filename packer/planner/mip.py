@@ -106,3 +106,49 @@ def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool =
     values = np.array(h.getSolution().col_value, dtype=float) if found else None
     objective = float(info.objective_function_value) if found else math.inf
     return Mip(values, objective, bound, status == highspy.HighsModelStatus.kOptimal)
+
+
+def knapsack_mip(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray, cap: float,
+                 nodes: int) -> tuple[float, np.ndarray | None, float]:
+    """The pricing problem of one cell (the most ``v`` within ``cap`` in both ``w`` and ``mm``, at
+    most one item of each ``model``) as HiGHS's MIP, one thread, at most ``nodes`` nodes: (the best
+    worth found, which items it takes or None, HiGHS's bound on the optimum). Its cuts and
+    heuristics find groups that the compiled branch and bound (``knapsack.branch_and_bound``) does
+    not reach in its nodes; a check on that search, not part of column generation."""
+    n = int(v.size)
+    if n == 0:
+        return 0.0, None, 0.0
+    groups = {m: r for r, m in enumerate(dict.fromkeys(int(x) for x in model))}
+    rows = 2 + len(groups)
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = n, rows
+    lp.col_cost_ = np.asarray(v, dtype=float)
+    lp.col_lower_, lp.col_upper_ = np.zeros(n), np.ones(n)
+    lp.row_lower_ = np.full(rows, -highspy.kHighsInf)
+    lp.row_upper_ = np.array([cap, cap] + [1.0] * len(groups))
+    lp.sense_ = highspy.ObjSense.kMaximize
+    lp.integrality_ = [highspy.HighsVarType.kInteger] * n
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n, rows
+    lp.a_matrix_.start_ = np.arange(0, 3 * n + 1, 3, dtype=np.int32)
+    lp.a_matrix_.index_ = np.array([r for j in range(n) for r in (0, 1, 2 + groups[int(model[j])])], dtype=np.int32)
+    lp.a_matrix_.value_ = np.array([x for j in range(n) for x in (float(w[j]), float(mm[j]), 1.0)])
+    h = highs()
+    for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes))):
+        h.setOptionValue(key, val)
+    h.passModel(lp)
+    # Some HiGHS builds print a debugging line from C++ when a heuristic's solution is transformed.
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        h.run()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+    info = h.getInfo()
+    if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
+        return 0.0, None, float(info.mip_dual_bound)
+    x = np.asarray(h.getSolution().col_value, dtype=float) > 0.5
+    return float(np.asarray(v, dtype=float)[x].sum()), x, float(info.mip_dual_bound)

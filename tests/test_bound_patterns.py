@@ -24,6 +24,14 @@ def _small_problem(seed: int) -> Problem:
     return Problem(fleet, PlanSettings())
 
 
+def _random_duals(seed: int) -> tuple[Problem, Patterns, np.ndarray]:
+    """A small family fleet's patterns, and duals drawn at random for its replicas."""
+    problem = _small_problem(seed)
+    pat = Patterns(problem)
+    rng = random.Random(seed)
+    return problem, pat, np.array([rng.uniform(0.0, 2.0) for _ in pat.reps])
+
+
 def _best_admitted(problem: Problem, pat: Patterns, key: str, keys: list[int], mu: np.ndarray, most: int) -> float:
     """By brute force: the most ``mu`` a group of at most ``most`` of ``keys`` holds on slot type
     ``key`` that ``feasible`` admits (one replica of a model, one kind where the pool does not
@@ -47,10 +55,7 @@ def _best_admitted(problem: Problem, pat: Patterns, key: str, keys: list[int], m
 
 @pytest.mark.parametrize("seed", [3, 11, 29, 47], ids=lambda s: f"seed{s}")
 def test_pricing_bound_is_above_every_admitted_group(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    problem = _small_problem(seed)
-    pat = Patterns(problem)
-    rng = random.Random(seed)
-    mu = np.array([rng.uniform(0.0, 2.0) for _ in pat.reps])
+    problem, pat, mu = _random_duals(seed)
     for key, ti in pat.types.items():
         keys = ti.keys[:12]
         best = _best_admitted(problem, pat, key, keys, mu, 5)
@@ -80,10 +85,7 @@ def test_the_mip_check_on_the_pricing_finds_the_best_admitted_group_and_bounds_i
     """``Patterns.best_group`` (what ``bench/converge.py --pricing`` holds the pricing's search
     to): on up to 10 items of each slot type, its group is the brute force's best, one that
     ``feasible`` admits, and its bound is above it. A MIP row or bound taken wrong fails it."""
-    problem = _small_problem(seed)
-    pat = Patterns(problem)
-    rng = random.Random(seed)
-    mu = np.array([rng.uniform(0.0, 2.0) for _ in pat.reps])
+    problem, pat, mu = _random_duals(seed)
     for key, ti in pat.types.items():
         keys = ti.keys[:10]
         sub = np.zeros_like(mu)
@@ -512,3 +514,20 @@ def test_what_a_pools_gpus_hold_together_is_above_a_real_packing_mig_layouts_inc
         assert held <= A + lam * (len(mine) - pool.max_gpus) + 1e-7, (pool.name, held, A, lam, len(mine))
         checked += bool(mine)
     assert checked
+
+
+def test_column_generation_stopped_short_also_bounds_at_its_last_rounds_mean_duals(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped short (long-tail, one counted second: 10 rounds of the 36 it needs), the last duals
+    swing from round to round; the Lagrangian is concave and bounds at any duals ``>= 0``, so the
+    last bound is also taken at the mean of the last rounds' (``patterns.AVERAGE_LAST``): 31.5/h
+    at the last duals, 47.3/h at the mean of three. Still under a real plan's cost."""
+    fleet = load_fleet(Path(__file__).resolve().parent.parent / "packer" / "examples" / "long-tail.yaml")
+    settings = PlanSettings()
+    shared, multi = greedy_packing(fleet, settings)
+    cost = sum(g.pool.cost_per_gpu_hour * g.width for g in shared + multi)
+    problem = Problem(fleet, settings)
+    averaged, most = pattern_bound(problem, 1.0), patterns.AVERAGE_LAST
+    monkeypatch.setattr(patterns, "AVERAGE_LAST", 10**9)  # never enough rounds: the last duals alone
+    last = pattern_bound(problem, 1.0)
+    assert not averaged.converged and averaged.rounds == last.rounds >= most
+    assert last.value + 5.0 < averaged.value <= cost + 1e-6

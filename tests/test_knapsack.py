@@ -141,7 +141,6 @@ import numpy as np
 sys.path.insert(0, {root!r})
 from tests.test_knapsack import _instances
 from packer.planner.knapsack import branch_and_bound, cell_lps, grid_bound
-from packer.planner.mip import knapsack_mip
 from tests.test_knapsack import _cell_instance
 out = []
 for k in range(40):

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import highspy
@@ -39,6 +41,21 @@ class Mip:
 _quiet = False
 
 
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Standard output pointed at the null device meanwhile: HiGHS prints from C++, past Python's
+    ``sys.stdout`` and before (or regardless of) its ``output_flag``."""
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def highs() -> highspy.Highs:
     """A HiGHS instance. From highspy 1.13 or so the first one in a process prints a two-line
     banner on standard output from C++, before any option can be set: ``packer plan --format
@@ -47,26 +64,17 @@ def highs() -> highspy.Highs:
     global _quiet
     if _quiet:
         return highspy.Highs()
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
+    with _quiet_stdout():
         h = highspy.Highs()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
     _quiet = True
     return h
 
 
-def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool = False) -> Mip:
-    """Minimise ``solver``'s model with HiGHS, one thread, at most ``nodes`` branch-and-bound
-    nodes; ``seconds`` of wall clock is the guard against a much slower machine. ``exact``: no
-    relative or absolute gap tolerance (HiGHS's default 1e-4 lets a solution 0.01 % above the
-    optimum stand as optimal)."""
-    proto = linear_solver_pb2.MPModelProto()
-    solver.ExportModelToProto(proto)
+def highs_lp(proto: linear_solver_pb2.MPModelProto) -> highspy.HighsLp:
+    """An OR-Tools model (``pywraplp``'s, exported) as HiGHS's, rows stored row by row; integer
+    where any variable is. The planner's masters are written once, with ``pywraplp``, and solved
+    through this by HiGHS's MIP (:func:`solve_mip`) or interior point method
+    (``patterns._Master``)."""
     lp = highspy.HighsLp()
     n, m = len(proto.variable), len(proto.constraint)
     lp.num_col_, lp.num_row_ = n, m
@@ -77,8 +85,9 @@ def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool =
     lp.row_upper_ = np.array([c.upper_bound for c in proto.constraint], dtype=float)
     lp.offset_ = proto.objective_offset
     lp.sense_ = highspy.ObjSense.kMaximize if proto.maximize else highspy.ObjSense.kMinimize
-    lp.integrality_ = [highspy.HighsVarType.kInteger if v.is_integer else highspy.HighsVarType.kContinuous
-                       for v in proto.variable]
+    if any(v.is_integer for v in proto.variable):
+        lp.integrality_ = [highspy.HighsVarType.kInteger if v.is_integer else highspy.HighsVarType.kContinuous
+                           for v in proto.variable]
     starts, index, value = [0], [], []
     for c in proto.constraint:
         index.extend(c.var_index)
@@ -89,6 +98,17 @@ def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool =
     lp.a_matrix_.start_ = np.array(starts, dtype=np.int32)
     lp.a_matrix_.index_ = np.array(index, dtype=np.int32)
     lp.a_matrix_.value_ = np.array(value, dtype=float)
+    return lp
+
+
+def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool = False) -> Mip:
+    """Minimise ``solver``'s model with HiGHS, one thread, at most ``nodes`` branch-and-bound
+    nodes; ``seconds`` of wall clock is the guard against a much slower machine. ``exact``: no
+    relative or absolute gap tolerance (HiGHS's default 1e-4 lets a solution 0.01 % above the
+    optimum stand as optimal)."""
+    proto = linear_solver_pb2.MPModelProto()
+    solver.ExportModelToProto(proto)
+    lp = highs_lp(proto)
     h = highs()
     for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes)),
                      ("time_limit", max(0.1, float(seconds)))):
@@ -137,16 +157,8 @@ def knapsack_mip(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray
     for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes))):
         h.setOptionValue(key, val)
     h.passModel(lp)
-    # Some HiGHS builds print a debugging line from C++ when a heuristic's solution is transformed.
-    sys.stdout.flush()
-    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
+    with _quiet_stdout():  # some HiGHS builds print a debugging line when a heuristic's solution is transformed
         h.run()
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(null)
     info = h.getInfo()
     if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
         return 0.0, None, float(info.mip_dual_bound)

@@ -60,7 +60,7 @@ from ortools.linear_solver import linear_solver_pb2, pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import EXTRA_FROM, branch_and_bound, cell_lps, grid_bound, warm
-from packer.planner.mip import highs, knapsack_mip
+from packer.planner.mip import highs, highs_lp, knapsack_mip
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import WHOLE, SlotType, feasible
 
@@ -1257,21 +1257,7 @@ class _Master:
         one LP, two ways to solve it; ``INTERIOR_FROM`` says why): as :meth:`_solve_glop`."""
         model = linear_solver_pb2.MPModelProto()
         self.solver.ExportModelToProto(model)
-        n_cols, n_rows = len(model.variable), len(model.constraint)
-        lens = np.array([len(c.var_index) for c in model.constraint], dtype=np.int64)
-        lp = highspy.HighsLp()
-        lp.num_col_, lp.num_row_ = n_cols, n_rows
-        lp.col_cost_ = np.array([v.objective_coefficient for v in model.variable])
-        lp.col_lower_ = np.array([v.lower_bound for v in model.variable])
-        lp.col_upper_ = np.array([v.upper_bound for v in model.variable])
-        lp.row_lower_ = np.array([c.lower_bound for c in model.constraint])
-        lp.row_upper_ = np.array([c.upper_bound for c in model.constraint])
-        lp.sense_ = highspy.ObjSense.kMinimize
-        lp.a_matrix_.format_ = highspy.MatrixFormat.kRowwise
-        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = n_cols, n_rows
-        lp.a_matrix_.start_ = np.concatenate([[0], np.cumsum(lens)]).astype(np.int32)
-        lp.a_matrix_.index_ = np.array([j for c in model.constraint for j in c.var_index], dtype=np.int32)
-        lp.a_matrix_.value_ = np.array([a for c in model.constraint for a in c.coefficient], dtype=float)
+        lp = highs_lp(model)
         h = highs()
         for option, value in (("output_flag", False), ("threads", 1), ("solver", "ipm"),
                               ("run_crossover", "on" if vertex else "off"),
@@ -1279,7 +1265,7 @@ class _Master:
             h.setOptionValue(option, value)
         h.passModel(lp)
         h.run()
-        nnz = int(lens.sum())
+        nnz = int(lp.a_matrix_.start_[-1])
         self.work += nnz * (EXPORT_S + int(h.getInfo().ipm_iteration_count) * (IPM_S + IPM_S2 * nnz))
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return None

@@ -109,14 +109,23 @@ GRID_UNITS, GRID_S = 200, 1e-9
 """Units of each constraint in the pricing bound's dynamic programme (``knapsack.grid_bound``,
 where a branch and bound does not close: weights rounded down, so a group may gain under 1/200 of
 a slot per member), and its deterministic seconds per item and unit squared (measured 6e-10)."""
-CELL_S, ITER_S, ROUND_S = 1e-8, 3.5e-4, 5e-3
+CELL_S, ITER_S, ROUND_S = 1e-8, 1e-4, 5e-3
 """Deterministic seconds per cell-item-lambda of the pricing LPs, per simplex iteration of the
-restricted master, and per round (what the rest of a round costs): measured on the same fleets
-(1.2-4.2e-4 and about 6 ms), rounded up. The cell LPs, compiled (``knapsack.cell_lps``), took
+restricted master (with ``SOLVE_COL_S``), and per round (what the rest of a round costs). The
+master's were 3.5e-4 an iteration, and counted three to five times its wall clock where the
+pricing's counted about its own: on family-1300046-mixed-474, 7.18 counted s for 1.40 s of wall
+against the searches' 3.77 for 3.27, so two fifths of the column generation's budget was time
+not spent (family-1500050-mixed-493: 5.12 for 1.28, generated-500: 8.11 for 3.15). A fit over 385
+GLOP solves on eight fleets of 200-500 models gives 6.3e-5 s an iteration and 5.4e-6 s a column
+a solve (the columns priced each solve: late rounds take few iterations and most of their time
+there); in the pricing's counted seconds (0.84-0.94 wall per counted on the same runs) 7.3e-5 and
+6.3e-6, rounded up. The cell LPs, compiled (``knapsack.cell_lps``), took
 3.2e-9 (family-100007-mixed-401), 5.4e-9 (family-600025-long-tail-326), 9.6e-9 (long-tail) and
 1.6e-8 (family-4-mixed-33, small cells, the call's own cost) a cell-item-lambda; 7e-8 in NumPy.
 1e-8 covers the large fleets, where cells are a share of the time; on family-4-mixed-33 they
 counted 0.02 s for 0.07 s of wall in 10 counted seconds."""
+SOLVE_COL_S = 7e-6
+"""Deterministic seconds per column of the restricted master, each GLOP solve (``ITER_S``)."""
 INTERIOR_FROM = 600
 """Shared models from which the restricted master is solved by HiGHS's interior point method
 (without crossover) instead of GLOP's warm-started simplex. GLOP's rounds grow with the fleet: on
@@ -1219,7 +1228,7 @@ class _Master:
         else:
             iterations = self.iterations
             solved = self._solve_glop(seconds)
-            self.work += (self.iterations - iterations) * ITER_S
+            self.work += (self.iterations - iterations) * ITER_S + SOLVE_COL_S * self.solver.NumVariables()
         if solved is None:
             return None
         objective, dual_of, value_of = solved
@@ -1430,8 +1439,8 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
 
 class _Clock:
     """Deterministic seconds of a column generation from its start or resumption (``NODE_S``,
-    ``ITER_S``, ``ROUND_S``); the wall clock only where it runs far behind (``WALL_FACTOR``). Its
-    :meth:`solve` is one round's restricted LP."""
+    ``ITER_S``, ``SOLVE_COL_S``, ``ROUND_S``); the wall clock only where it runs far behind
+    (``WALL_FACTOR``). Its :meth:`solve` is one round's restricted LP."""
 
     def __init__(self, pat: Patterns, master: _Master, t0: float) -> None:
         self.pat, self.master, self.t0 = pat, master, t0

@@ -61,6 +61,12 @@ ONE_CLASS_S, ONE_CLASS_S_PER_MODEL2 = 0.64, 3.84e-6
 out of the pattern LP's budget: 1.6 s at 500 models (measured 1.6 in the plan, 1.2-1.9 alone) and
 16 s at 2000 (13.6-16.6). At 4e-6 per model squared alone it was 1.0 s at 500, and generated-500's
 bound stage ran 0.6 s past its share."""
+ONE_CLASS_TIMES = 1.5
+"""The one-class LP may run this many times its estimated seconds where column generation has taken
+what was left. HiGHS's dual simplex solves it in 0.1-0.7 s on most 400-500-model fleets and in 5
+to 13 s on a few of the same size (family-1500058-mixed-491: 12.9 s for 18,595 columns, where
+generated-500's 18,304 take 0.3 s); at three times the estimate (4.7 s at 500 models) those ran to
+the limit and gave nothing. 1.5 leaves 2.4 s at 500 models and 24 s at 2000 (measured 13.6-16.6)."""
 AGGREGATE_SHARE, AGGREGATE_S_PER_MODEL = 0.25, 0.015
 """Time kept for the aggregate LPs after column generation, up to this many models: the duty-class
 LP takes about 3.5 s on long-tail (200 models), 1 s on 40."""
@@ -105,8 +111,9 @@ result is appended to ``keep`` (its columns can seed a packing).
         if n <= CLASSES_UP_TO:
             found.append(_solve(problem, max(1.0, left()), integer=False, max_classes=MAX_CLASSES))
         if n > CLASSES_UP_TO or found[-1] is None:
-            # Its time as measured, thrice, where column generation has taken what was left.
-            found.append(_solve(problem, max(1.0, left(), 3.0 * one_class_s), integer=False, max_classes=1))
+            # Its time as estimated, and half again, where column generation has taken what was left.
+            found.append(_solve(problem, max(1.0, left(), ONE_CLASS_TIMES * one_class_s), integer=False,
+                                max_classes=1))
 
     # The pattern LP bounds the whole plan, multi-GPU replicas included; the others bound the
     # shared models, to which multi_cost is added below. The pattern LP runs first, and the

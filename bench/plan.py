@@ -12,6 +12,10 @@
                                              # each, then the distribution of gap, cost/greedy,
                                              # time and peak memory
     python bench/plan.py --only zipf-2000    # issue 14's 2000-model Zipf fleet (A100-80, H100, L4)
+    python bench/plan.py --family 40 --max-models 500 --min-models 340 --seed 15
+                                             # only the members of 340-500 models among the first
+                                             # 40: the large fleets, where column generation is
+                                             # cut short
 
 Each fleet is planned in a fresh process so that its peak resident memory (ru_maxrss, which
 includes OR-Tools' C++ heap) is its own.
@@ -155,6 +159,8 @@ def main() -> None:
                          "it runs within the time budget on fleets small enough for it, 0 skips it")
     ap.add_argument("--family", type=int, metavar="N", help="plan the first N fleets of bench/family.py")
     ap.add_argument("--max-models", type=int, default=2000, metavar="M", help="family fleets up to M models")
+    ap.add_argument("--min-models", type=int, default=0, metavar="M",
+                    help="with --family, only the members of at least M models (the large ones a short sample misses)")
     ap.add_argument("--seed", type=int, default=0, help="the family's seed")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -163,6 +169,11 @@ def main() -> None:
         return
     if args.family:
         names = [f"family:{i}:{args.seed}:{args.max_models}" for i in range(args.family)]
+        if args.min_models:
+            from bench.family import family
+
+            members = family(args.family, seed=args.seed, max_models=args.max_models)
+            names = [n for n, f in zip(names, members) if len(f["models"]) >= args.min_models]
     else:
         names = args.only.split(",") if args.only else EXAMPLES + MIG_ONLY + ["50", "500", "2000"]
     rows = []

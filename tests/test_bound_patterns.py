@@ -531,3 +531,19 @@ def test_column_generation_stopped_short_also_bounds_at_its_last_rounds_mean_dua
     last = pattern_bound(problem, 0.6)
     assert not averaged.converged and averaged.rounds == last.rounds >= most
     assert last.value + 5.0 < averaged.value <= cost + 1e-6
+
+
+def test_column_generation_is_not_called_converged_while_another_order_finds_a_column(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """family-1300058-long-tail-67: at the cells' own weightings of time against memory the 300-node
+    searches find no group above its dual at a restricted LP of 30.947/h, whose Lagrangian is
+    29.849/h; at the other orders (``patterns.OTHER_WEIGHTINGS``) they do, and column generation
+    converges at 30.928/h with its bound at its LP."""
+    fleet = parse_fleet(family_fleet(1_300_058, max_models=250))
+    both = pattern_bound(Problem(fleet, PlanSettings()), 10.0)
+    monkeypatch.setattr(patterns, "OTHER_WEIGHTINGS", ())
+    own = pattern_bound(Problem(fleet, PlanSettings()), 10.0)
+    assert own is not None and both is not None and own.converged and both.converged
+    assert both.rounds > own.rounds and both.lp < own.lp - 0.01
+    assert both.value > own.value + 0.5
+    assert both.value >= both.lp * (1 - 1e-6)  # the bound meets the LP: converged indeed

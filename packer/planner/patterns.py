@@ -198,6 +198,13 @@ pools) one took 2.3 of the 17.5 counted seconds, evaluations took 7.5 in all, an
 generation stopped at round 27 with a bound of 138.4/h (LP 212/h). Capped, the plan's bound is
 153.5/h (gap 36.0 -> 29.5 %); of 48 family fleets and the 500- and 2000-model rows, two plans
 moved by 0.2 % (family-100007-mixed-401 cheaper, family-600025-long-tail-326 dearer)."""
+OTHER_WEIGHTINGS = (1.0, 0.0, 0.3)
+"""Weights of time against memory that order the pricing's searches once those at each cell's own
+weighting (the LP bound's least) find nothing, before column generation is called converged. The
+order matters where the searches stop at a node limit: at family-1700086-long-tail-342's
+"converged" duals an L4 cell's search finds 0.5493 at its own weighting of 0.7 (0.5801 in 200,000
+nodes) and 0.6275 at 1.0, 0.0 or 0.3 in 300 nodes, against the slot's dual of 0.56; HiGHS's best
+L4 group there is worth 0.6585."""
 PRICE_NODES = 300
 """Node limit of each branch and bound that looks for columns: a good group is found in a few
 hundred nodes, proving it the best takes thousands (the bound's searches get ``4000``)."""
@@ -554,7 +561,8 @@ class Patterns:
 
     def search(self, key: str, mu: np.ndarray, floor: float = 0.0, max_cols: int = 8,
                node_limit: int = PRICE_NODES, cells: list | None = None,
-               skip: np.ndarray | None = None, top: bool = False) -> tuple[list[tuple[int, ...]], list | None]:
+               skip: np.ndarray | None = None, top: bool = False,
+               weighting: float | None = None) -> tuple[list[tuple[int, ...]], list | None]:
         """Columns: groups on slot type ``key`` worth more than ``floor`` at ``mu`` (the last
         ``max_cols`` found, best last), and the cell problems searched (None where cells are
         coarse), for follow-up searches.
@@ -574,6 +582,10 @@ class Patterns:
         (indices) to leave out; their LPs, computed with those models in, are still upper bounds,
         so a follow-up search needs no new cell LPs (on 650 items and 340 cells those cost 0.2 s
         a search).
+
+        ``weighting``: the weight of time against memory that orders the branch and bound, in place
+        of each cell's own (the one whose LP is least, right for a bound, not always for a search:
+        ``OTHER_WEIGHTINGS``).
         """
         ti = self.types[key]
         v = self.values(ti, mu)
@@ -589,6 +601,7 @@ class Patterns:
         for least, lam, make in cells:
             if least <= best + 1e-12:
                 break
+            lam = lam if weighting is None else weighting
             vv, w, mm, md, at = make()
             if skip is not None:
                 keep = ~skipped[md]
@@ -1307,13 +1320,14 @@ def _first_columns(pat: Patterns, seeds: list[tuple[str, list[tuple[str, int]]]]
 
 
 def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_time,
-                   top: bool = False, nodes: int = PRICE_NODES) -> tuple[int, int]:
+                   top: bool = False, nodes: int = PRICE_NODES, weighting: float | None = None) -> tuple[int, int]:
     """One round of pricing at the duals: per slot type, the best group worth more than the
     slot's dual, then again among the models the groups found so far leave out (``DISJOINT``
     follow-ups, a packing at these duals one group at a time: long-tail converges in 40 rounds
     instead of 365, 5.8 deterministic s instead of 20). ``top``: only the slot types priced on
     runs of cycles, searched at the runs' top (``Patterns.search``): the check before column
-    generation is called converged. Returns (columns added, types priced)."""
+    generation is called converged. ``weighting``: the searches' order of time against memory
+    (``Patterns.search``). Returns (columns added, types priced)."""
     new, priced = 0, 0
     for key in pat.types:
         if out_of_time():
@@ -1321,7 +1335,7 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
         if top and pat.exact_cells(key, mu):
             priced += 1
             continue
-        cols, cells = pat.search(key, mu, floor=pi[key], top=top, node_limit=nodes)
+        cols, cells = pat.search(key, mu, floor=pi[key], top=top, node_limit=nodes, weighting=weighting)
         priced += 1
         for col in cols:
             new += pat.add(key, col)
@@ -1331,9 +1345,21 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
                 break
             skip += [pat.model_index[pat.reps[k][0]] for k in cols[-1]]
             cols, _ = pat.search(key, mu, floor=pi[key], cells=cells, skip=np.array(skip), top=top,
-                                 node_limit=nodes)
+                                 node_limit=nodes, weighting=weighting)
             for col in cols:
                 new += pat.add(key, col)
+    return new, priced
+
+
+def _other_weightings(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_time,
+                      nodes: int = PRICE_NODES) -> tuple[int, int]:
+    """Where a round at the cells' own weightings found nothing: rounds at ``OTHER_WEIGHTINGS``,
+    until one finds columns. (columns added, types priced) of the last."""
+    new, priced = 0, len(pat.types)
+    for weighting in OTHER_WEIGHTINGS:
+        new, priced = _pricing_round(pat, mu, pi, out_of_time, nodes=nodes, weighting=weighting)
+        if new or priced < len(pat.types):
+            break
     return new, priced
 
 
@@ -1402,6 +1428,8 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             # Groups tight in time that the runs' bottom charges miss: searched only here, where
             # they are all that is left (on every round they took family-0-long-tail-194's budget).
             new, priced = _pricing_round(pat, mu, pi, lambda: spent() > budget, top=True)
+            if new == 0 and priced == len(pat.types):
+                new, priced = _other_weightings(pat, mu, pi, lambda: spent() > budget)
             if new == 0 and priced == len(pat.types):
                 converged = True  # no group the search found improves the LP at its duals
                 break
@@ -1483,6 +1511,8 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
             break
         lp, mu, pi = solved
         new, priced = _pricing_round(pat, mu, pi, lambda: clock.spent() > time_limit, nodes=DEEP_NODES)
+        if new == 0 and priced == len(pat.types):
+            new, priced = _other_weightings(pat, mu, pi, lambda: clock.spent() > time_limit, nodes=DEEP_NODES)
         if new == 0 and priced == len(pat.types):
             converged = True
             break

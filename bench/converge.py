@@ -49,10 +49,10 @@ def main(argv: list[str]) -> None:
 
         fleet = parse_fleet(generated_fleet(int(argv[0])))
     elif argv[0].startswith("family:"):  # family:INDEX:SEED:MAX_MODELS, as bench/plan.py --one names them
-        from family import family
+        from family import member
 
         i, seed, most = (int(x) for x in argv[0].split(":")[1:])
-        fleet = parse_fleet(family(i + 1, seed=seed, max_models=most)[i])
+        fleet = parse_fleet(member(i, seed=seed, max_models=most))
     else:
         fleet = load_fleet(argv[0])
     problem = Problem(fleet, PlanSettings())

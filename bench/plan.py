@@ -76,10 +76,10 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
 
     base, _, variant = name.partition(":")
     if base == "family":  # family:INDEX:SEED:MAX_MODELS
-        from bench.family import family
+        from bench.family import member
 
         i, seed, most = (int(x) for x in variant.split(":"))
-        fleet, variant = parse_fleet(family(i + 1, seed=seed, max_models=most)[i]), ""
+        fleet, variant = parse_fleet(member(i, seed=seed, max_models=most)), ""
     elif base.startswith("zipf-"):
         from bench.family import zipf_fleet
 

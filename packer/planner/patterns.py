@@ -189,7 +189,11 @@ its last this many rounds (``L`` is concave, and any duals ``>= 0`` bound): stop
 duals swing from round to round, and their mean sits nearer the LP's. family-1500050-mixed-493 (16
 of the 49 rounds it needs): 123.41/h at the last duals, 146.96/h at the mean of three; generated-750
 174.07 -> 176.95/h. At the mean of two: 137.47 and 175.76; of six: 143.68 and 177.38; where one
-does worse (family-1300046-mixed-474: 62.81/h at three, 73.96/h at the last) the better stands."""
+does worse (family-1300046-mixed-474: 62.81/h at three, 73.96/h at the last) the better stands.
+Those were measured with the master counted at 3.5e-4 s an iteration (``ITER_S``); counted as it
+runs, column generation gets further in the same budget (family-1500050: 29 rounds in the plan,
+its bound 162.54/h) and the mean gains less: family-1500050 alone at 14 counted s, 130.10/h at the
+last duals and 127.77/h at the mean of three, 135.25/h at the mean of five."""
 EVAL_EVERY, EVAL_SHARE = 0.15, 0.2
 """Share of the time limit between two evaluations of the Lagrangian bound during the search, and
 the most of it they may take together (the last evaluation, after the search, is always made).

@@ -543,6 +543,22 @@ def test_consolidate_remembering_answers_empties_the_same_gpus(seed):
     assert shape(consolidate(problem, copy_gpus(start), float("inf"))) == shape(_consolidate_plainly(problem, copy_gpus(start)))
 
 
+def test_consolidation_asks_the_slots_not_known_to_refuse_and_those_just_filled_in_order():
+    """Consolidation skips the slots known to refuse a replica (``solve._unknown``): what it asks
+    must be every other slot, and every slot just filled whatever was known of it, in order, so
+    that the first slot that fits and the work counted are those of asking every slot."""
+    import random
+
+    from packer.planner.solve import _unknown
+
+    rng = random.Random(5)
+    for _ in range(300):
+        n = rng.randrange(0, 40)
+        no = bytearray(1 if rng.random() < rng.choice((0.1, 0.5, 0.95)) else 0 for _ in range(n))
+        filled = sorted(rng.sample(range(n), rng.randrange(0, min(n, 5) + 1))) if n else []
+        assert list(_unknown(no, filled)) == [i for i in range(n) if not no[i] or i in filled]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_can_add_from_a_slots_sums_is_the_plain_test(seed):
     """``can_add`` works from the slot's sums (``SlotSums``), which consolidation keeps per slot:

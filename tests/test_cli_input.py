@@ -320,3 +320,23 @@ def test_python_dash_m_packer_cli():
                        text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1
     assert "--time-limit" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_replan_without_mig_repacks_the_current_plans_mig_instances(tmp_path):
+    """A current plan with MIG layouts, re-planned with MIG off (``--no-mig``, or a pool whose
+    ``sharing`` drops ``mig``): its instances cannot be kept, so their replicas are packed again
+    on whole GPUs (it used to end in a traceback from ``spare_slots``)."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(BASE))  # its plan runs MIG instances on the A100s
+    cur = tmp_path / "cur.json"
+    assert main(["plan", str(fleet), "--time-limit", "5", "--format", "json", "-o", str(cur)]) == 0
+    assert any(p["slot"] != "whole" for p in json.loads(cur.read_text())["placements"])
+    new = tmp_path / "new.json"
+    assert main(["plan", str(fleet), "--no-mig", "--current", str(cur), "--time-limit", "5", "--format", "json",
+                 "-o", str(new)]) == 0
+    assert all(p["slot"] == "whole" for p in json.loads(new.read_text())["placements"])
+    d = copy.deepcopy(BASE)
+    for pool in d["pools"]:
+        pool["sharing"] = ["time-slicing"]
+    fleet.write_text(yaml.safe_dump(d))
+    assert main(["plan", str(fleet), "--current", str(cur), "--time-limit", "5", "--format", "json"]) == 0

@@ -780,6 +780,10 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int],
             continue
         pool = fleet.pool(lay.pool)
         layout = layout_named(pool.gpu, lay.layout) if lay.layout != WHOLE else None
+        if layout is not None and not set(layout.profiles) <= {t.profile for t in problem.types[pool.name]}:
+            # MIG no longer allowed there (--no-mig, or ``sharing`` without ``mig``): the GPU is
+            # whole now, and the replicas in its instances are packed again.
+            layout = None
         node = int(lay.node.rsplit("-n", 1)[-1])
         gpus[(lay.pool, lay.node, lay.gpu)] = Gpu(pool, [], layout, node=node, index=lay.gpu)
     placed: set[tuple[str, int]] = set()

@@ -151,6 +151,7 @@ def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
     if not entries:
         raise FleetError(where, "is empty", "give at least one {gpu, base, per_item} entry")
     out = []
+    seen: dict[str, int] = {}  # gpu (and MIG profile) -> its entry: two would leave which one holds open
     for j, e in enumerate(entries):
         w = f"{where}[{j}]" if isinstance(v, list) else where
         if not isinstance(e, dict):
@@ -161,6 +162,10 @@ def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
         if gname not in GPU_TYPES:
             raise FleetError(f"{w}.gpu", f"unknown GPU type {show(gname)}",
                              f"use one of {', '.join(sorted(GPU_TYPES))}")
+        if gpu in seen:
+            raise FleetError(f"{w}.gpu", f"{show(gpu)} is also {where.rsplit('.', 1)[-1]}[{seen[gpu]}]",
+                             "give one entry per GPU type (or MIG profile)")
+        seen[gpu] = j
         if prof:
             try:
                 gpu_type(gname).profile(prof)

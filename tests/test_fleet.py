@@ -57,6 +57,9 @@ BAD = {
     "missing slo": (lambda d: d["models"][0].pop("slo_ms"), "models[0] (asr-en).slo_ms"),
     "bad mig profile": (lambda d: d["models"][0].update(latency_ms={"gpu": "a100-80gb/5g.50gb", "base": 1,
                                                                      "per_item": 1}), "latency_ms.gpu"),
+    "same gpu twice in latency_ms": (lambda d: d["models"][0].update(latency_ms=[
+        {"gpu": "a100-80gb", "base": 4, "per_item": 0.1}, {"gpu": "a100-80gb", "base": 400, "per_item": 0.1}]),
+        "models[0] (asr-en).latency_ms[1].gpu"),
     "max_replicas too low": (lambda d: d["models"][0].update(max_replicas=1, min_replicas=1),
                              "models[0] (asr-en).max_replicas"),
 }

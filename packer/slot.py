@@ -498,6 +498,10 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
                          f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait a duty "
                          f"cycle first, a worst case of {need:.1f} ms",
                          f"raise slo_ms to at least {math.ceil(need)} or add a faster GPU pool")
+    if model.spot_policy == "never" and not any(single_capacity(model, st, u) > 0 for st in sts if not st.pool.spot):
+        # Else the planner finds no slot it may use and can only say that it fits none.
+        raise FleetError(f"{where}.spot_policy", "is never, but every pool that can serve the model is spot",
+                         "add an on-demand pool it fits (a pool without `spot: true`) or set spot_policy: floor")
     if model.max_replicas is not None and model.traffic.peak_rps > 0:
         best = max(single_capacity(model, st, u) for st in sts)
         if best * model.max_replicas < model.traffic.peak_rps:

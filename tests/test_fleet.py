@@ -60,6 +60,9 @@ BAD = {
     "same gpu twice in latency_ms": (lambda d: d["models"][0].update(latency_ms=[
         {"gpu": "a100-80gb", "base": 4, "per_item": 0.1}, {"gpu": "a100-80gb", "base": 400, "per_item": 0.1}]),
         "models[0] (asr-en).latency_ms[1].gpu"),
+    "spot_policy never on spot pools alone": (lambda d: ([p.update(spot=True) for p in d["pools"]],
+                                                          d["models"][0].update(spot_policy="never")),
+                                               "models[0] (asr-en).spot_policy"),
     "max_replicas too low": (lambda d: d["models"][0].update(max_replicas=1, min_replicas=1),
                              "models[0] (asr-en).max_replicas"),
 }

@@ -16,7 +16,7 @@ from typing import Any
 
 from packer.catalog import GPU_TYPES, gpu_type
 from packer.fleet import (ARTIFACT_KEYS, Artifact, DEFAULT_FLOOR, FLEET_KEYS, Fleet, FleetError, KINDS, LATENCY_KEYS, LatencyProfile, MAX_BATCH, MAX_COST, MAX_GPUS_PER_NODE, MAX_LATENCY_MS, MAX_MEMORY_GB, MAX_NODES, MAX_NOTICE_S, MAX_PREEMPTION_RATE, MAX_REPLICAS, MAX_RPS, MAX_SLO_MS, MAX_STREAMS, MODEL_KEYS, Model, POOL_KEYS, Pool, REQUIRED, SHARING_MODES, SPOT_LOSSES, SPOT_POLICIES, TRAFFIC_KEYS, Traffic, _DNS1123)
-from packer.safeload import cut, number, parse_yaml, read_text, show
+from packer.safeload import InputError, cut, number, parse_yaml, read_text, show
 from packer.settings import PlanSettings
 from packer.slot import check_model_servable
 
@@ -287,4 +287,8 @@ def load_fleet(path: str | Path) -> Fleet:
     p = str(path)
     text = read_text(path, "give the path of a fleet YAML file")
     # Numbers are range-checked field by field below, where the error can say the field's range.
-    return parse_fleet(parse_yaml(text, p, numbers=False), p)
+    doc = parse_yaml(text, p, numbers=False)
+    if isinstance(doc, dict) and "placements" in doc and "fleet" in doc:
+        raise InputError(p, "is a plan, not a fleet file",
+                         f"give the fleet YAML it was planned from (`packer plan FLEET --current {p}` re-plans from this plan)")
+    return parse_fleet(doc, p)

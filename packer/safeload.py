@@ -222,14 +222,18 @@ def _check_events(text: str, where: str) -> None:
     sizes: dict[str, int] = {}  # anchor -> values under it, aliases expanded
     stack: list[list[Any]] = []  # open collections: [anchor, values so far]
     total = 0
+    aliased = False  # whether an alias was met: what the message blames
 
     def add(n: int) -> None:
         nonlocal total
         if stack:
             stack[-1][1] += n
             if stack[-1][1] > MAX_NODES:
-                raise InputError(where, f"expands to more than {MAX_NODES:,} values (YAML aliases)",
-                                 "write the values out, or use fewer aliases")
+                if aliased:
+                    raise InputError(where, f"expands to more than {MAX_NODES:,} values (YAML aliases)",
+                                     "write the values out, or use fewer aliases")
+                raise InputError(where, f"holds more than {MAX_NODES:,} values, past what packer reads "
+                                 "(a fleet of about 30,000 models)", "split it into smaller files")
         else:
             total += n
 
@@ -255,6 +259,7 @@ def _check_events(text: str, where: str) -> None:
                 sizes[ev.anchor] = 1
             add(1)
         elif isinstance(ev, yaml.AliasEvent):
+            aliased = True
             add(sizes.get(ev.anchor, 1))
 
 

@@ -272,3 +272,23 @@ def test_mutated_snapshots_act_or_fail_in_one_line(tmp_path, capsys, plan_file, 
     out, err = capsys.readouterr()
     if rc != 0:
         assert_one_line(rc, out, err)
+
+
+def test_a_plan_given_as_the_fleet_is_named_a_plan(tmp_path, capsys, plan_file):
+    """``packer plan plan.json`` (or ``capacity``): the plan's JSON is valid YAML, and its keys
+    used to be refused one by one ("fleet.version: is not a known key")."""
+    line = _run(capsys, ["plan", plan_file])
+    assert "is a plan, not a fleet file" in line and "--current" in line
+
+
+def test_too_many_values_without_aliases_does_not_blame_aliases(tmp_path, capsys):
+    """A fleet past the values cap with no alias in it is told it is too large, not to use fewer
+    aliases; the billion laughs still hears about aliases."""
+    d = copy.deepcopy(BASE)
+    d["models"] = [dict(copy.deepcopy(d["models"][0]), name=f"m{i}") for i in range(40_000)]  # no aliases
+    p = tmp_path / "big.yaml"
+    p.write_text(yaml.safe_dump(d))
+    line = _run(capsys, ["plan", str(p)])
+    assert "more than 1,000,000 values" in line and "alias" not in line and "split it" in line
+    p.write_bytes(LAUGHS)
+    assert "aliases" in _run(capsys, ["plan", str(p)])

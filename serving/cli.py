@@ -15,7 +15,7 @@ from packer.cliutil import Number, Spinner, check_output_dir, emit, format_optio
 from packer.errors import UserError
 from packer.plan import Placement, Plan, load_plan
 from serving import local
-from serving.repository import group_repositories, repositories, write, write_repository
+from serving.repository import Repository, group_repositories, missing_artifacts, repositories, write, write_repository
 from serving.settings import TritonSettings
 
 
@@ -23,6 +23,25 @@ def _load(path: str) -> Plan:
     # load_plan says what is wrong in one line; a fleet file is told to be planned first, into
     # plan.json, never to be overwritten by `packer plan FLEET -o` the fleet's own path.
     return load_plan(path)
+
+
+def _check_artifacts(repos: list[Repository], *, allow_missing: bool, fix: str) -> dict[str, str]:
+    """Refuse (or, with ``allow_missing``, warn about) local artifacts that are not on this machine.
+
+    A missing path would be linked as a dangling ``1/<file>`` and fail only when Triton loads the
+    model; said now, it is a typo fixed in seconds. The render may run on a build machine that does
+    not hold the weights, hence the opt-out, which still warns once per model on stderr. Returns
+    the missing artifacts (model -> path)."""
+    missing = missing_artifacts(repos)
+    if missing and not allow_missing:
+        (name, path), *rest = missing.items()
+        more = f" (and {len(rest)} more: {', '.join(n for n, _ in rest)})" if rest else ""
+        raise UserError(f"model {name}: artifact {path} does not exist on this machine, so Triton could not load "
+                        f"it{more}. Fix: correct `artifact` in the fleet and plan again{fix}")
+    for name, path in missing.items():
+        click.echo(f"warning: model {name}: artifact {path} does not exist on this machine; linked anyway, "
+                   "Triton loads it only where that path exists", err=True)
+    return missing
 
 
 def _settings_options(f):
@@ -47,11 +66,19 @@ def _settings_options(f):
 @click.option("--gpu-index", type=click.Choice(["slot", "node"]), default="slot", show_default=True,
               help="Number GPUs as the server's container sees its slot (slot) or as the node does (node).")
 @click.option("--groups", type=Number(1, 10**6, integer=True), default=None, help="Only the first N packed groups.")
+@click.option("--allow-missing-artifacts", is_flag=True,
+              help="Link local artifact paths this machine does not have (they exist where Triton runs): "
+                   "a warning per model instead of an error.")
 @_settings_options
 @format_option
 def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, device: str, gpu_index: str,
-                  groups: int | None, sequence_idle_s: float, time_scale: float, shed: bool, fmt: str) -> None:
-    """Write one Triton model repository per packed group and workload class to DIR."""
+                  groups: int | None, allow_missing_artifacts: bool, sequence_idle_s: float, time_scale: float,
+                  shed: bool, fmt: str) -> None:
+    """Write one Triton model repository per packed group and workload class to DIR.
+
+    A local artifact path (or file:// URI) must exist on this machine, or the render stops before
+    writing anything; --allow-missing-artifacts links it anyway when it exists only where Triton runs.
+    """
     out = resolve_out_dir(out_dir, old_out_dir, "-o/--out")
     if not out:
         raise UserError("no output directory. Fix: give -d/--out-dir DIR, e.g. -d triton-out/")
@@ -60,10 +87,14 @@ def render_triton(plan_path: str, out_dir: str | None, old_out_dir: str | None, 
     settings = TritonSettings(device=device, gpu_index=gpu_index, sequence_idle_s=sequence_idle_s,
                               time_scale=time_scale, shed=shed)
     repos = repositories(plan, settings, groups=groups)
+    missing = _check_artifacts(repos, allow_missing=allow_missing_artifacts,
+                               fix=", or pass --allow-missing-artifacts if it exists where Triton runs")
     index = write(repos, Path(out))
     n = len(plan.placements if groups is None else plan.placements[:groups])
     doc = {"plan": plan.id, "out_dir": out, "index": str(index),
            "repositories": [{"slot": r.slot, "kind": r.kind, "models": list(r.names)} for r in repos]}
+    if missing:
+        doc["missing_artifacts"] = missing
     emit(doc, fmt, lambda: "\n".join([f"{r.key}: {', '.join(r.names)}" for r in repos]
                                      + [f"{len(repos)} repositories from {n} packed groups; index at {index}"]))
 
@@ -149,6 +180,8 @@ def serve_local(plan_path: str, group: str, seconds: float | None, sequence_idle
     settings = TritonSettings(device="cpu", sequence_idle_s=sequence_idle_s, time_scale=time_scale, shed=shed)
     with tempfile.TemporaryDirectory(prefix="packer-serve-") as tmp, ExitStack() as stack:
         repos = group_repositories(plan, placement, settings)
+        # this server runs here: a missing local artifact would only fail its load a minute later
+        _check_artifacts(repos, allow_missing=False, fix=" (serve-local runs Triton on this machine)")
         paths = [write_repository(repo, Path(tmp) / repo.kind) for repo in repos]
         # tritonserver takes up to a minute to load a group's models: say so while it does
         with Spinner(label=f"starting tritonserver for {placement.id}"):

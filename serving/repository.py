@@ -90,6 +90,17 @@ def repositories(plan: Plan, settings: TritonSettings | None = None, *, groups: 
     return [r for p in placements for r in group_repositories(plan, p, settings)]
 
 
+def missing_artifacts(repos: list[Repository]) -> dict[str, str]:
+    """Each model whose local artifact is not on this machine, with the path its link would name.
+
+    A dangling ``1/<file>`` link renders fine and fails only when Triton loads the model, on
+    another machine and much later; this is what the render says now instead. Remote URIs are
+    fetched where Triton runs and are not checked. A model is named once, however many
+    repositories (replicas) link it."""
+    return {m.name: m.artifact_link for r in repos for m in r.models
+            if m.artifact_link and not os.path.exists(m.artifact_link)}
+
+
 def write_repository(repo: Repository, path: Path) -> Path:
     """Write one repository to ``path`` (replacing what was there) and return ``path``."""
     if path.exists():

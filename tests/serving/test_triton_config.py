@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import replace
@@ -234,3 +235,67 @@ def test_planner_output_round_trips(name):
         assert len({plan.fleet.model(n).kind for n in r.names}) == 1
         for m in r.models:
             assert from_text(to_text(m.config)) == m.config
+
+
+def _with_artifacts(plan, tmp_path, uris: dict[str, str]) -> str:
+    """``plan`` saved to a file with the given models' artifacts (as the fleet would name them)."""
+    from packer.plan import save_plan
+
+    models = tuple(replace(m, artifact=Artifact(uris[m.name], "onnxruntime")) if m.name in uris else m
+                   for m in plan.fleet.models)
+    path = tmp_path / "plan.json"
+    save_plan(replace(plan, fleet=replace(plan.fleet, models=models)), path)
+    return str(path)
+
+
+@pytest.mark.parametrize("form", ["path", "file-uri"])
+def test_a_missing_local_artifact_is_refused_before_anything_is_written(plan, tmp_path, capsys, form):
+    """Sweep D6: a local artifact that does not exist was linked as a dangling ``1/<file>`` (rc 0),
+    to fail only when Triton loads it. Now: one line naming the model, the path and both fixes."""
+    from packer_cli.main import main
+
+    gone = tmp_path / "does" / "not" / "exist.onnx"
+    p = _with_artifacts(plan, tmp_path, {"punct-es": str(gone) if form == "path" else f"file://{gone}"})
+    rc = main(["render", "triton", p, "-d", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"model punct-es: artifact {gone} does not exist" in err and "--allow-missing-artifacts" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+
+
+def test_allow_missing_artifacts_links_them_with_one_warning_per_model(plan, tmp_path, capsys):
+    """On a build machine the weights may live only where Triton runs: the opt-out writes the links
+    and warns once per model (not once per repository linking it); remote URIs are never checked."""
+    from packer_cli.main import main
+
+    gone = tmp_path / "exist.onnx"
+    p = _with_artifacts(plan, tmp_path, {"punct-es": str(gone), "asr-es": "s3://bucket/asr/model.onnx"})
+    assert main(["render", "triton", p, "-d", str(tmp_path / "out"), "--allow-missing-artifacts"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"warning: model punct-es: artifact {gone} does not exist on this machine; linked anyway, "
+                   "Triton loads it only where that path exists"]
+    index = json.loads((tmp_path / "out" / "index.json").read_text())["repositories"]
+    links = [tmp_path / "out" / r["path"] / "punct-es" / "1" / "exist.onnx" for r in index if "punct-es" in r["models"]]
+    assert links and all(os.readlink(f) == str(gone) for f in links)
+
+
+def test_existing_and_remote_artifacts_render_without_a_word(plan, tmp_path, capsys):
+    from packer_cli.main import main
+
+    weights = tmp_path / "model.onnx"
+    weights.write_bytes(b"onnx")
+    p = _with_artifacts(plan, tmp_path, {"punct-es": str(weights), "asr-es": "s3://bucket/asr/model.onnx"})
+    assert main(["render", "triton", p, "-d", str(tmp_path / "out")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_serve_local_refuses_a_missing_artifact_before_starting_triton(plan, tmp_path, capsys):
+    """serve-local runs Triton on this machine: no opt-out, and no server started to find out."""
+    from packer_cli.main import main
+
+    gone = tmp_path / "exist.onnx"
+    p = _with_artifacts(plan, tmp_path, {"asr-es": str(gone)})
+    assert main(["serve-local", p, "--seconds", "0.1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: model asr-es: artifact {gone} does not exist on this machine, so Triton could not load "
+                   "it. Fix: correct `artifact` in the fleet and plan again (serve-local runs Triton on this machine)")

@@ -14,11 +14,13 @@ import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 import yaml
 
 from k8s.devices import parse_form
+from k8s.names import check_namespace
 from k8s.render import devices_of, node_labels, render_plan
 from k8s.settings import ManifestSettings, ReconcileSettings
 
@@ -78,6 +80,22 @@ def _devices(ctx: click.Context, param: click.Parameter, value: str) -> tuple[st
         raise click.BadParameter(str(e).split(": ", 1)[1]) from None
 
 
+def _namespace(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    try:
+        return check_namespace(value, param.opts[0])
+    except UserError as e:
+        raise click.BadParameter(str(e).split(" ", 1)[1]) from None
+
+
+def namespace_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--namespace`` and ``--gpu-operator-namespace``, checked as namespace names when parsed:
+    before a plan is read or a cluster reached, one line names the flag and the rule."""
+    f = click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True, callback=_namespace,
+                     help="Namespace the device plugin and mig-manager read their ConfigMaps from.")(f)
+    return click.option("--namespace", default="packer", show_default=True, callback=_namespace,
+                        help="Namespace of the serving objects (and of the reconciler).")(f)
+
+
 devices_option = click.option(
     "--devices", default="device-plugin", show_default=True, callback=_devices, metavar="FORM",
     help="How each server gets its GPU: device-plugin (nvidia.com/gpu, nvidia.com/mig-*), dra (a ResourceClaim "
@@ -112,9 +130,7 @@ def devices_lines(plan: Plan, s: ManifestSettings, deployments: list[dict]) -> s
 @click.command("k8s")
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @out_dir_option("the objects (one file per kind), labels/ and label-nodes.sh", old=("-o", "--out"))
-@click.option("--namespace", default="packer", show_default=True, help="Namespace of the serving objects.")
-@click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True,
-              help="Namespace the device plugin and mig-manager read their ConfigMaps from.")
+@namespace_options
 @click.option("--triton-image", default=None,
               help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
 @click.option("--fetch-image", default=None,
@@ -174,8 +190,7 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
               help="Run from outside the cluster with this kubeconfig (default: in-cluster account).")
 @click.option("--context", default=None, help="kubeconfig context.")
 @click.option("--server", "host", default=None, help="API server URL, no auth (a kubectl proxy, tests).")
-@click.option("--namespace", default="packer", show_default=True)
-@click.option("--gpu-operator-namespace", default="gpu-operator", show_default=True)
+@namespace_options
 @click.option("--dry-run", is_flag=True, help="Run one cycle, print what it would do and its diff id; write nothing.")
 @click.option("--confirm", "confirm", metavar="DIFF_ID", default=None,
               help="Apply one cycle, only if its diff is the one a dry run printed with this id.")

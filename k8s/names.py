@@ -11,6 +11,8 @@ import json
 import re
 from typing import Any
 
+from packer.errors import UserError
+
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "packer"
 PLAN_LABEL = "packer.dev/plan"
@@ -37,6 +39,21 @@ DEVICE_PLUGIN_CONFIG_LABEL = "nvidia.com/device-plugin.config"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 GPU_COUNT_LABEL = "nvidia.com/gpu.count"
 _BAD = re.compile(r"[^a-z0-9-]+")
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+NAMESPACE_RULE = ("an RFC 1123 DNS label: lower-case letters, digits and '-', starting and ending with a "
+                  "letter or digit, at most 63 characters")
+
+
+def check_namespace(value: str, what: str) -> str:
+    """``value`` if it is a valid namespace name, else a :class:`UserError` naming ``what`` (the flag
+    or field) and the rule. Every rendered object carries its namespace as given: an invalid one
+    renders, then fails at ``kubectl apply`` (or in every API call of the reconciler)."""
+    if not isinstance(value, str) or not _NAMESPACE.fullmatch(value):
+        like = dns_label(value, prefix="") if isinstance(value, str) else ""
+        like = like if _NAMESPACE.fullmatch(like) else "packer"
+        raise UserError(f"{what} {value!r} is not a namespace name: it must be {NAMESPACE_RULE}. "
+                        f"Fix: e.g. {what} {like}")
+    return value
 
 
 def digest(obj: Any, n: int = 10) -> str:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from k8s.names import check_namespace
+
 
 @dataclass(frozen=True)
 class ManifestSettings:
@@ -48,6 +50,11 @@ class ManifestSettings:
     kai_queue: str = "default-queue"
     """KAI Scheduler's queue of the servers (``--devices kai:QUEUE``); KAI's quick start creates
     ``default-queue``."""
+
+    def __post_init__(self) -> None:
+        # Each is written into objects as given; the CLI checks its flags first, naming them.
+        check_namespace(self.namespace, "namespace")
+        check_namespace(self.gpu_operator_namespace, "gpu_operator_namespace")
 
 
 @dataclass(frozen=True)

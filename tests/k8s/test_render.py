@@ -343,3 +343,59 @@ def test_every_member_of_a_shared_server_takes_turns_on_the_slot_resource(plans)
     for m in ("asr", "summ"):
         cfg = from_text(cm["data"][f"{m}__config.pbtxt"])
         assert [r.name for g in cfg.instance_group for r in g.rate_limiter.resources] == ["slot"], m
+
+
+BAD_NAMESPACES = {"space-and-bang": "Bad NS!", "upper": "Packer", "leading-dash": "-packer",
+                  "trailing-dash": "packer-", "dot": "packer.dev", "too-long": "a" * 64, "empty": ""}
+
+
+@pytest.mark.parametrize("flag", ["--namespace", "--gpu-operator-namespace"])
+@pytest.mark.parametrize("bad", list(BAD_NAMESPACES.values()), ids=list(BAD_NAMESPACES))
+def test_a_bad_namespace_is_one_line_naming_the_flag_and_the_rule(base_plan, tmp_path, capsys, flag, bad) -> None:
+    """Sweep D11: `--namespace 'Bad NS!'` rendered every object into that namespace (rc 0), which
+    `kubectl apply` refuses object by object. Now rc 2, one line, nothing written."""
+    from packer_cli.main import main
+    from packer.plan import save_plan
+
+    save_plan(base_plan, tmp_path / "plan.json")
+    rc = main(["render", "k8s", str(tmp_path / "plan.json"), flag, bad, "-d", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"'{flag}'" in err and "RFC 1123 DNS label" in err and "at most 63" in err and "Fix:" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--namespace", "--gpu-operator-namespace"])
+def test_the_reconciler_refuses_a_bad_namespace_before_reaching_a_cluster(tmp_path, capsys, flag) -> None:
+    """`packer reconcile` writes its namespace into every object it applies, its Lease and its
+    Events: the same check, before any connection (the server below does not exist)."""
+    from packer_cli.main import main
+
+    rc = main(["reconcile", "--server", "http://127.0.0.1:9", flag, "Bad NS!", "--dry-run"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert f"'{flag}'" in err and "RFC 1123 DNS label" in err and "cannot reach" not in err
+
+
+def test_settings_refuse_a_bad_namespace_whoever_builds_them() -> None:
+    """A caller that skips the CLI (the reconciler built in code) cannot render one either."""
+    from k8s.settings import ManifestSettings
+    from packer.errors import UserError
+
+    with pytest.raises(UserError, match="namespace 'Bad NS!' is not a namespace name.*Fix: e.g. namespace bad-ns"):
+        ManifestSettings(namespace="Bad NS!")
+    with pytest.raises(UserError, match="gpu_operator_namespace"):
+        ManifestSettings(gpu_operator_namespace="GPU")
+
+
+def test_a_good_namespace_reaches_every_namespaced_object(base_plan, tmp_path) -> None:
+    from packer_cli.main import main
+    from packer.plan import save_plan
+
+    save_plan(base_plan, tmp_path / "plan.json")
+    ns = "ml-serving-" + "x" * 52  # 63 characters: the longest allowed
+    assert main(["render", "k8s", str(tmp_path / "plan.json"), "--namespace", ns, "-d", str(tmp_path / "out")]) == 0
+    docs = [d for f in sorted((tmp_path / "out").glob("*.yaml")) for d in yaml.safe_load_all(f.read_text())]
+    assert {d["metadata"]["namespace"] for d in docs} == {ns, "gpu-operator"}
+    for d in docs:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)

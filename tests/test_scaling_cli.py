@@ -88,3 +88,15 @@ def test_thirty_percent_over_one_peak_buys_capacity(tmp_path, capsys, multilingu
     paid = [a for a in acts if _costs_money(a)]
     assert paid, acts
     assert all("asr-en" in a["summary"] or a["kind"] == "replan" for a in paid)
+
+
+def test_more_demand_than_one_step_reaches_still_buys_capacity(tmp_path, capsys, multilingual_plan):
+    """Demand past what one step's actions can cover still gets the most they add, and more demand
+    never gets less: asr-en at 5x its peak got nine new replicas, at 6x none (a new replica had to
+    cover 5 % of the deficit, more than any one replica holds; and where nothing covered the want,
+    the cheapest sequence, doing nothing, won)."""
+    cost = []
+    for f in (2.0, 4.0, 8.0, 30.0):
+        acts = _scale(tmp_path, capsys, multilingual_plan, {"asr-en": f})
+        cost.append(sum(a["cost_per_hour"] for a in acts if a["kind"] != "replan"))
+    assert cost[0] > 0 and all(b >= a - 1e-9 for a, b in zip(cost, cost[1:])), cost

@@ -110,7 +110,8 @@ class Targets:
     min_useful_rps: float = 1e-3
     """Room smaller than this is not worth a replica's memory."""
     min_gain_share: float = 0.05
-    """A new replica must cover 5% of the deficit. With round-robin routing a replica beside a
+    """A new replica must cover 5% of the deficit, or half of what each replica holds now where
+    that is less (a deficit of many replicas' worth). With round-robin routing a replica beside a
     saturated one adds only the saturated one's share; such replicas are not worth their memory,
     moving the saturated one out is."""
     noise_z: float = 2.0

@@ -26,7 +26,7 @@ from k8s.scaling import Scaled
 from k8s.settings import ReconcileSettings
 from packer.catalog import gpu_type
 from packer.fleet import Fleet
-from packer.plan import Plan, to_dict
+from packer.plan import Plan, round_cost, to_dict
 
 ROLE_LABEL = "packer.dev/role"
 MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
@@ -293,8 +293,8 @@ def status_update(obs: Observed, plan: Plan | None, state: dict[str, Any], done:
         "plan_id": plan.id if plan else None,
         "fleet_hash": fleet_hash,
         # rounded as the stored plan is: a re-read plan must not look like a change
-        "cost_per_hour": round(plan.cost_per_hour, 4) if plan else None,
-        "lower_bound_cost_per_hour": round(plan.lower_bound_cost_per_hour, 4) if plan else None,
+        "cost_per_hour": round_cost(plan.cost_per_hour) if plan else None,
+        "lower_bound_cost_per_hour": round_cost(plan.lower_bound_cost_per_hour) if plan else None,
         "replanned": replanned or prev.get("replanned", ""),
         "last_actions": last[-50:],
         "waiting": sorted(f"{a.describe()} -- {why}" for a, why in waiting),

@@ -203,8 +203,8 @@ def to_dict(plan: Plan) -> dict[str, Any]:
         "id": plan.id,
         "fleet": fleet_to_dict(plan.fleet),
         "status": plan.status,
-        "cost_per_hour": round(plan.cost_per_hour, 4),
-        "lower_bound_cost_per_hour": round(plan.lower_bound_cost_per_hour, 4),
+        "cost_per_hour": round_cost(plan.cost_per_hour),
+        "lower_bound_cost_per_hour": round_cost(plan.lower_bound_cost_per_hour),
         "gap": round(plan.gap, 5),
         "bound_method": plan.bound_method,
         "solve_seconds": round(plan.solve_seconds, 3),
@@ -246,6 +246,12 @@ def from_dict(d: dict[str, Any]) -> Plan:
         bound_method=d.get("bound_method", ""),
         warnings=tuple(d.get("warnings", [])),
     )
+
+
+def round_cost(x: float) -> float:
+    """A cost as plans keep it: four decimals, or six significant digits below 1. Prices are in
+    any currency; a fleet priced at 1e-9 a GPU-hour was planned right and every cost was 0.0."""
+    return round(x, 4) if abs(x) >= 1 or x == 0 or not math.isfinite(x) else float(f"{x:.6g}")
 
 
 def _baseline_dict(b: Baseline) -> dict[str, Any]:

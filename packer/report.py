@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import colorsys
 import hashlib
+import math
 from html import escape
 from itertools import groupby
 
@@ -14,7 +15,13 @@ from packer.planner.spot import exposure_lines
 
 
 def _money(x: float) -> str:
-    return "n/a" if x == float("inf") else f"{x:,.2f}"
+    """Two decimals, or three significant digits below 0.1: prices are in any currency, and a
+    fleet priced at a ten-thousandth of the usual printed every cost as 0.00."""
+    if x == float("inf"):
+        return "n/a"
+    if x == 0 or abs(x) >= 0.1:
+        return f"{x:,.2f}"
+    return f"{x:,.{2 - math.floor(math.log10(abs(x)))}f}"
 
 
 def summary(plan: Plan) -> str:

@@ -224,3 +224,25 @@ def test_a_fleet_with_no_models_plans_to_nothing_and_says_so(tmp_path, capsys):
     assert "cost 0.00/h on 0 GPUs  [optimal]" in out, out
     assert "lower bound 0.00/h (no models: nothing to place)" in out
     assert "(plan costs the same)" in out and "0.00x" not in out and "()" not in out
+
+
+def test_small_prices_print_as_what_they_are(tmp_path, capsys):
+    """Prices are in any currency: the example at a ten-thousandth of its prices plans the same
+    GPUs, and prints its costs and the baselines' ratios as such (every cost printed 0.00/h and the
+    JSON kept four decimals, so the ratios read back drifted)."""
+    d = yaml.safe_load(example_path().read_text())
+    outs = []
+    for scale in (1.0, 1e-4):
+        for p in d["pools"]:
+            p["cost_per_gpu_hour"] = p["cost_per_gpu_hour"] * scale
+        f = tmp_path / f"f{scale}.yaml"
+        f.write_text(yaml.safe_dump(d))
+        assert main(["plan", str(f), "--time-limit", "5", "-o", str(tmp_path / f"p{scale}.json")]) == 0
+        outs.append(capsys.readouterr().out)
+        for p in d["pools"]:
+            p["cost_per_gpu_hour"] = p["cost_per_gpu_hour"] / scale
+    plain, tiny = ([ln for ln in o.splitlines() if "baseline" in ln or ln.startswith("cost ")] for o in outs)
+    assert "0.00/h" not in "\n".join(tiny) and "0.00137/h" in tiny[0], tiny
+    assert [ln.split("(plan costs")[-1] for ln in plain[1:]] == [ln.split("(plan costs")[-1] for ln in tiny[1:]]
+    a, b = (json.loads((tmp_path / f"p{s}.json").read_text())["cost_per_hour"] for s in (1.0, 1e-4))
+    assert b == pytest.approx(a * 1e-4, rel=1e-6)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from packer.plan import Baseline, GpuLayout, Member, Placement, Plan, node_name
+from packer.plan import Baseline, GpuLayout, Member, Placement, Plan, node_name, round_cost
 from packer.planner.assemble import Gpu
 from packer.planner.model import Problem, Rep
 from packer.slot import WHOLE, SlotType, evaluate, item
@@ -79,8 +79,8 @@ def make_plan(problem: Problem, gpus: list[Gpu], *, status: str, lower_bound: fl
     counts = gpu_counts(problem, gpus)
     cost = cost_of(problem, counts)
     return Plan(
-        fleet=problem.fleet, status=status, cost_per_hour=round(cost, 4),
-        lower_bound_cost_per_hour=round(min(cost, lower_bound), 4), solve_seconds=solve_seconds,
+        fleet=problem.fleet, status=status, cost_per_hour=round_cost(cost),
+        lower_bound_cost_per_hour=round_cost(min(cost, lower_bound)), solve_seconds=solve_seconds,
         gpus={k: v for k, v in counts.items() if v}, baselines=baselines,
         placements=tuple(placements(problem, gpus)), layouts=tuple(layouts(gpus)), replicas=replicas,
         moves=moves, settings=problem.settings,

@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 
 from packer.catalog import layout_named
 from packer.fleet import Fleet
-from packer.plan import Baseline, Move, Plan, fleet_to_dict
+from packer.plan import Baseline, Move, Plan, fleet_to_dict, round_cost
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
@@ -844,7 +844,7 @@ def dedicated_baseline(problem: Problem, chosen: tuple | None = None) -> Baselin
     choice, note = chosen or _dedicated_choice(problem)
     if choice is None:
         return Baseline(math.inf, {}, note)
-    return Baseline(round(sum(c for c, _, _ in choice.values()), 4), _per_pool(choice), note)
+    return Baseline(round_cost(sum(c for c, _, _ in choice.values())), _per_pool(choice), note)
 
 
 def _per_pool(choice: dict[str, tuple[float, str, int]]) -> dict[str, int]:
@@ -994,7 +994,7 @@ def greedy_baseline(fleet: Fleet, settings: PlanSettings,
     shared, multi = packing
     problem = Problem(fleet, replace(settings, use_mig=False))
     counts = gpu_counts(problem, shared + multi)
-    return Baseline(round(cost_of(problem, counts), 4), {k: v for k, v in counts.items() if v}, GREEDY_NOTE)
+    return Baseline(round_cost(cost_of(problem, counts)), {k: v for k, v in counts.items() if v}, GREEDY_NOTE)
 
 
 PROVE_FIRST_PURCHASES = 3

@@ -16,7 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
-from packer.plan import GpuLayout, Member, Move, Placement, Plan, node_parts
+from packer.plan import GpuLayout, Member, Move, Placement, Plan, node_parts, round_cost
 from packer.scaling.room import SlotRef, headroom_u, paid_gpus, ref, slot_type
 from packer.slot import WHOLE, evaluate, item
 
@@ -362,10 +362,10 @@ def _rebuild(plan: Plan, slots: dict[str, _Slot], layouts: dict[tuple[str, str, 
     for p in placements:
         for m in p.models:
             replicas[m.name] += 1
-    return replace(plan, status="scaled", cost_per_hour=round(cost, 4), gpus=dict(gpus),
+    return replace(plan, status="scaled", cost_per_hour=round_cost(cost), gpus=dict(gpus),
                    placements=tuple(placements), layouts=lays,
                    replicas={m.name: replicas.get(m.name, 0) for m in plan.fleet.models}, moves=moves,
-                   lower_bound_cost_per_hour=min(plan.lower_bound_cost_per_hour, round(cost, 4)))
+                   lower_bound_cost_per_hour=min(plan.lower_bound_cost_per_hour, round_cost(cost)))
 
 
 def _gpus_of(s: _Slot) -> tuple[int, ...]:

@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 
 from packer.fleet import Model
-from packer.plan import Placement, Plan
+from packer.plan import Placement, Plan, round_cost
 from packer.scaling.actions import Action, AddReplica, Consolidate, RemoveReplica, Replan, apply
 from packer.scaling.demand import EPS, Demand, capacity, crowd_ok
 from packer.scaling.room import SlotRef, fill, gpu_price, paid_gpus, rate_of, ref, room, slot_fraction
@@ -175,5 +175,5 @@ def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, setti
     else:
         why = (f"{waste[1]}'s replicas are so uneven that round-robin leaves {waste[0]:.0%} of their room unused; "
                f"a fresh packing evens them out")
-    return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round(saving, 4), ready_in_s=0.0, reason=why,
+    return Replan(traffic=traffic, fragmentation=frag, cost_per_hour=-round_cost(saving), ready_in_s=0.0, reason=why,
                   headroom=settings.targets.replan_headroom)

@@ -60,12 +60,12 @@ def run(plan: Plan, scenario: Any, duration_s: float, policy: str, seed: int,
 def row(scn: str, r: dict[str, Any], static_gpu_h: float | None) -> str:
     f = r["fleet"]
     gh = sum(f["gpu_hours"].values())
-    worst = min(r["models"], key=lambda m: m["slo_attainment"] if m["arrivals"] else 1.0)
-    below = sum(1 for m in r["models"] if m["arrivals"] and m["slo_attainment"] < 0.99)
+    worst = min(r["models"], key=_attained)
+    below = sum(1 for m in r["models"] if m["arrivals"] and _attained(m) < 0.99)
     vs = f"{gh / static_gpu_h - 1:+.0%}" if static_gpu_h else ""
     fl = str(len(r["flaps"])) if "flaps" in r else "-"
-    return (f"{scn:<11}{r['policy']:<8}{gh:>10.2f}{vs:>8}{f['cost']:>10.2f}{f['slo_attainment']:>10.4%}"
-            f"{worst['slo_attainment']:>10.2%} {worst['name']:<14}{below:>5}{fl:>7}{r['bench_wall_s']:>8.0f}")
+    return (f"{scn:<11}{r['policy']:<8}{gh:>10.2f}{vs:>8}{f['cost']:>10.2f}{_pct(f['slo_attainment'], 4):>10}"
+            f"{_pct(worst['slo_attainment'], 2):>10} {worst['name']:<14}{below:>5}{fl:>7}{r['bench_wall_s']:>8.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,20 +150,32 @@ def _gpu_series(r: dict[str, Any]) -> list[list[float]] | None:
     return out
 
 
+def _attained(m: dict[str, Any]) -> float:
+    """A model's SLO attainment for ranking: none arrived counts as met, arrivals of which none
+    finished (``null``) as missed."""
+    if not m["arrivals"]:
+        return 1.0
+    return 0.0 if m["slo_attainment"] is None else m["slo_attainment"]
+
+
+def _pct(x: float | None, digits: int) -> str:
+    return "n/a" if x is None else f"{x:.{digits}%}"
+
+
 def targets(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     """The issue's three targets, each PASS or FAIL with its numbers."""
     out = []
     sp = results.get("spike", {}).get("packer")
     if sp:
-        worst = min(sp["models"], key=lambda m: m["slo_attainment"])
-        ok = all(m["slo_attainment"] >= 0.99 for m in sp["models"] if m["arrivals"])
+        worst = min(sp["models"], key=_attained)
+        ok = all(_attained(m) >= 0.99 for m in sp["models"] if m["arrivals"])
         out.append(f"{'PASS' if ok else 'FAIL'} spike: every model >= 99% within SLO (worst {worst['name']} "
-                   f"{worst['slo_attainment']:.2%})")
+                   f"{_pct(worst['slo_attainment'], 2)})")
     di = results.get("diurnal", {})
     if "packer" in di and "static" in di:
         gp = sum(di["packer"]["fleet"]["gpu_hours"].values())
         gs = sum(di["static"]["fleet"]["gpu_hours"].values())
-        ap_, as_ = di["packer"]["fleet"]["slo_attainment"], di["static"]["fleet"]["slo_attainment"]
+        ap_, as_ = (di[k]["fleet"]["slo_attainment"] or 0.0 for k in ("packer", "static"))  # null: none finished
         ok = gp <= 0.7 * gs and ap_ >= as_ - 1e-4
         delta = f"{1 - gp / gs:.0%} fewer" if gp <= gs else f"{gp / gs - 1:.0%} more"
         out.append(f"{'PASS' if ok else 'FAIL'} diurnal: {delta} GPU-hours than static peak "

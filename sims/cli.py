@@ -70,9 +70,11 @@ class _Bar:
 
 
 def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy: str | None,
-            progress: bool, label: str) -> dict[str, Any]:
-
-    r = engine.simulate(plan, scenario, duration_s=duration_s, seed=seed, policy=policy, progress=_Bar(label, progress))
+            progress: bool, label: str, duration_name: str = "--duration") -> dict[str, Any]:
+    """One simulation as JSON; ``duration_name`` is where the duration came from, for the errors
+    that refuse a run too long or too heavy to simulate (``sims.engine.Simulation.check``)."""
+    r = engine.simulate(plan, scenario, duration_s=duration_s, seed=seed, policy=policy, progress=_Bar(label, progress),
+                        duration_name=duration_name)
     return r.to_dict()
 
 
@@ -103,13 +105,15 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
     if not dur > 0:
         raise UserError("--duration must be positive")
+    # The field an error about the run's length names: the option, else the scenario file's key.
+    dname = "--duration" if duration or not scenario.duration_s else f"duration (in {scenario.source})"
     if compare and compare != "spot" and compare not in policy_names() and not Path(compare).exists():
         raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
     plan = load_plan_or_fleet(fleet_or_plan, seed, progress=not no_progress)
     other = None
     if compare == "spot":
         def run(p: Plan, pol: str | None, lab: str) -> dict[str, Any]:
-            return run_one(p, scenario, dur, seed, pol, not no_progress, f"simulating {lab}") | {"label": lab}
+            return run_one(p, scenario, dur, seed, pol, not no_progress, f"simulating {lab}", dname) | {"label": lab}
 
         runs = run_comparison(plan, policy, run)
         emit({"runs": runs}, fmt, lambda: report.table(runs), output)
@@ -119,12 +123,13 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     if compare and compare not in policy_names():  # a second plan: checked before either simulation runs
         other = load_plan_or_fleet(compare, seed, progress=not no_progress)
         same_traffic(plan, other, fleet_or_plan, compare)
-    runs = [run_one(plan, scenario, dur, seed, policy, not no_progress, "simulating")]
+    runs = [run_one(plan, scenario, dur, seed, policy, not no_progress, "simulating", dname)]
     if compare:
         if other is None:
-            runs.append(run_one(plan, scenario, dur, seed, compare, not no_progress, f"simulating {compare}"))
+            runs.append(run_one(plan, scenario, dur, seed, compare, not no_progress, f"simulating {compare}", dname))
         else:
-            runs.append(run_one(other, scenario, dur, seed, policy, not no_progress, "simulating the other plan"))
+            runs.append(run_one(other, scenario, dur, seed, policy, not no_progress, "simulating the other plan",
+                                dname))
     emit(runs[0] if len(runs) == 1 else {"runs": runs}, fmt, lambda: report.table(runs), output)
     if out_dir:
         page = report.write(runs, Path(out_dir))
@@ -132,9 +137,16 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
 
 
 def held(run: dict[str, Any], attainment: float) -> bool:
-    """Every model meets its SLO: p99 within it, and at least ``attainment`` of requests in time."""
-    return all(m["p99_ms"] <= m["slo_ms"] and m["slo_attainment"] >= attainment for m in run["models"]
-               if m["arrivals"] > 0)
+    """Every model meets its SLO: p99 within it, and at least ``attainment`` of requests in time.
+    A model with no finished request (attainment ``None``: undefined) holds or misses on its p99."""
+    return all(m["p99_ms"] <= m["slo_ms"] and (m["slo_attainment"] is None or m["slo_attainment"] >= attainment)
+               for m in run["models"] if m["arrivals"] > 0)
+
+
+def _worst(models: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The model with the lowest SLO attainment, among those where it is defined."""
+    return min((m for m in models if m["slo_attainment"] is not None), key=lambda m: m["slo_attainment"],
+               default=None)
 
 
 @click.command()
@@ -175,11 +187,12 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
             rows.append({"growth": g, "fits": False, "error": str(e)})
             continue
         run = run_one(plan, scenario, dur, seed, policy, not no_progress, f"growth x{g:g}")
-        worst = min(run["models"], key=lambda m: m["slo_attainment"])
+        worst = _worst(run["models"])
         rows.append({"growth": g, "fits": True, "gpus": dict(plan.gpus), "gpus_total": sum(plan.gpus.values()),
                      "plan_cost_per_hour": plan.cost_per_hour, "sim_cost_per_hour": run["fleet"]["mean_cost_per_hour"],
                      "slo_attainment": run["fleet"]["slo_attainment"], "holds": held(run, attainment),
-                     "worst_model": worst["name"], "worst_attainment": worst["slo_attainment"]})
+                     "requests": run["fleet"]["requests"], "worst_model": worst["name"] if worst else None,
+                     "worst_attainment": worst["slo_attainment"] if worst else None})
 
     def text() -> str:
         lines = [f"{'growth':>7}{'GPUs':>6}  {'by pool':<28}{'cost/h':>9}{'in SLO':>9}  holds  worst model"]
@@ -189,8 +202,9 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
                 continue
             pools = ", ".join(f"{k} {v}" for k, v in r["gpus"].items())
             lines.append(f"{r['growth']:>7g}{r['gpus_total']:>6}  {pools:<28}{r['plan_cost_per_hour']:>9.2f}"
-                         f"{r['slo_attainment']:>9.2%}  {'yes' if r['holds'] else 'NO ':<5}  "
-                         f"{r['worst_model']} {r['worst_attainment']:.2%}")
+                         f"{report.attainment(r['slo_attainment'], r['requests'], '.2%'):>9}  "
+                         f"{'yes' if r['holds'] else 'NO ':<5}  "
+                         + (f"{r['worst_model']} {r['worst_attainment']:.2%}" if r["worst_model"] else "-"))
         return "\n".join(lines)
 
     emit(rows, fmt, text, output)

@@ -33,4 +33,10 @@ def get_policy(name: str, plan: Plan, options: Mapping[str, Any] | None = None) 
     """Build the policy registered as ``name`` for ``plan``."""
     if name not in _REGISTRY:
         raise UserError(f"unknown policy {name!r}; use one of {', '.join(policy_names())}")
-    return _REGISTRY[name](plan, dict(options or {}))
+    try:
+        return _REGISTRY[name](plan, dict(options or {}))
+    except (TypeError, ValueError) as e:  # an option the policy cannot read ("abc" for a number)
+        if isinstance(e, UserError):
+            raise
+        raise UserError(f"policy_options: policy {name} cannot read its options ({e}). Fix: give each "
+                        f"option as the policy documents it, numbers as numbers") from None

@@ -26,6 +26,16 @@ def label(r: Run) -> str:
     return f"{head}{r['policy']} @ plan {r['plan']}"
 
 
+def attainment(value: float | None, arrivals: int, spec: str = ".4%") -> str:
+    """SLO attainment as text. With no request finished it is undefined (``None`` in the JSON), and
+    says why rather than showing a number: 0 % and 100 % would both be false."""
+    return f"{value:{spec}}" if value is not None else f"n/a ({_why_none(arrivals)})"
+
+
+def _why_none(arrivals: int) -> str:
+    return "no requests" if not arrivals else "none finished"
+
+
 def table(runs: list[Run]) -> str:
     """Per-model latency, SLO attainment and rejections, one column group per run."""
     lines = []
@@ -34,23 +44,31 @@ def table(runs: list[Run]) -> str:
         lines.append(f"== {label(r)}: {r['scenario']}, {r['duration_s'] / 3600:.2f} h, seed {r['seed']}")
         lines.append(f"   cost {f['cost']:.2f} ({f['mean_cost_per_hour']:.2f}/h, plan {f['plan_cost_per_hour']:.2f}/h), "
                      f"GPU-hours {sum(f['gpu_hours'].values()):.2f}, requests {f['requests']:,}, "
-                     f"SLO attainment {f['slo_attainment']:.4%}")
+                     f"SLO attainment {attainment(f['slo_attainment'], f['requests'])}")
         lines.append(f"   {'model':<22}{'arrivals':>11}{'p50 ms':>10}{'p99 ms':>11}{'SLO ms':>9}{'in SLO':>9}"
                      f"{'rejected':>10}")
         for m in r["models"]:
             rej = sum(m["rejected"].values())
-            flag = "" if m["p99_ms"] <= m["slo_ms"] and m["slo_attainment"] >= 0.99 else "  <- misses SLO"
+            att = m["slo_attainment"]
+            if att is None:  # nothing finished: "n/a" in the column, the reason where the flag goes
+                cell, flag = "n/a", f"  ({_why_none(m['arrivals'])})"
+            else:
+                cell = f"{att:.2%}"
+                flag = "" if m["p99_ms"] <= m["slo_ms"] and att >= 0.99 else "  <- misses SLO"
             p50, p99 = (f"{m[k]:.1f}" if m["completed"] else "-" for k in ("p50_ms", "p99_ms"))
             lines.append(f"   {m['name']:<22}{m['arrivals']:>11,}{p50:>10}{p99:>11}"
-                         f"{m['slo_ms']:>9g}{m['slo_attainment']:>9.2%}{rej:>10,}{flag}")
+                         f"{m['slo_ms']:>9g}{cell:>9}{rej:>10,}{flag}")
         p = r["perf"]
         lines.append(f"   simulated in {p['wall_s']:.1f} s ({p['requests_per_wall_s']:,} requests/s), "
                      f"peak memory {p['peak_rss_mb']:.0f} MB")
     return "\n".join(lines)
 
 
-def _misses(m: dict[str, Any], attainment: float = 0.99) -> bool:
-    return m["arrivals"] > 0 and (m["p99_ms"] > m["slo_ms"] or m["slo_attainment"] < attainment)
+def _misses(m: dict[str, Any], target: float = 0.99) -> bool:
+    """Served some requests and missed: p99 over the SLO, or attainment below ``target`` (an
+    undefined attainment, nothing finished, is no miss of its own)."""
+    att = m["slo_attainment"]
+    return m["arrivals"] > 0 and (m["p99_ms"] > m["slo_ms"] or (att is not None and att < target))
 
 
 def summary(runs: list[Run]) -> list[dict[str, Any]]:
@@ -64,7 +82,8 @@ def summary(runs: list[Run]) -> list[dict[str, Any]]:
         rows.append({
             "run": label(r), "policy": r["policy"], "plan": r["plan"], "cost": f["cost"],
             "cost_per_hour": f["mean_cost_per_hour"], "gpu_hours": sum(f["gpu_hours"].values()),
-            "slo_attainment": f["slo_attainment"], "worst_model": worst["name"] if worst else None,
+            "slo_attainment": f["slo_attainment"], "requests": f["requests"],
+            "worst_model": worst["name"] if worst else None,
             "worst_attainment": worst["slo_attainment"] if worst else None,
             "worst_p99_ms": worst["p99_ms"] if worst else None, "worst_slo_ms": worst["slo_ms"] if worst else None,
             "missing": [m["name"] for m in r["models"] if _misses(m)]})
@@ -85,7 +104,8 @@ def verdict(runs: list[Run]) -> str:
         out.append(f"{b['run']} costs {abs(b['cost'] - a['cost']):,.2f} {cheaper} than {a['run']} "
                    f"({b['cost']:,.2f} vs {a['cost']:,.2f}, {_pct(b['cost'], a['cost'])}; GPU-hours "
                    f"{b['gpu_hours']:,.2f} vs {a['gpu_hours']:,.2f}, {_pct(b['gpu_hours'], a['gpu_hours'])}); "
-                   f"SLO attainment {b['slo_attainment']:.4%} vs {a['slo_attainment']:.4%}; "
+                   f"SLO attainment {attainment(b['slo_attainment'], b['requests'])} vs "
+                   f"{attainment(a['slo_attainment'], a['requests'])}; "
                    f"models missing their SLO: {len(b['missing'])} vs {len(a['missing'])}.")
     return " ".join(out)
 
@@ -136,7 +156,8 @@ def plot_cdf(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",), k:
     ax.set_ylabel("fraction of requests")
     ax.set_title("Latency CDF (busiest models)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_legend_handles_labels()[0]:  # no request served, no line: nothing to name
+        ax.legend(fontsize=7)
     return _save(fig, out, "latency_cdf", formats)
 
 
@@ -260,7 +281,7 @@ def write(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png", "svg"))
     r0 = runs[0]
     rows = "".join(
         f"<tr><td>{e(s['run'])}</td><td class=n>{s['cost']:,.2f}</td><td class=n>{s['cost_per_hour']:,.2f}/h</td>"
-        f"<td class=n>{s['gpu_hours']:,.2f}</td><td class=n>{s['slo_attainment']:.4%}</td>"
+        f"<td class=n>{s['gpu_hours']:,.2f}</td><td class=n>{e(attainment(s['slo_attainment'], s['requests']))}</td>"
         + (f"<td>{e(s['worst_model'])}: {s['worst_attainment']:.2%} in SLO, p99 {s['worst_p99_ms']:,.0f} of "
            f"{s['worst_slo_ms']:,.0f} ms</td>" if s["worst_model"] else "<td>-</td>")
         + f"<td class={'bad' if s['missing'] else 'ok'}>{e(', '.join(s['missing'])) or 'none'}</td></tr>"

@@ -24,6 +24,8 @@ PROCESSES = ("poisson", "diurnal", "peak")
 """``poisson``: constant ``rps``; ``diurnal``: the daily curve around ``rps``; ``peak``: constant ``peak_rps``."""
 _DUR = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|min|h|d)?\s*$")
 _UNIT = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+MIN_GRID_S = 0.001
+"""Finest rate-curve step: arrivals are drawn a minute at a time over 60 s / grid cells."""
 
 
 class ScenarioError(UserError, ValueError):
@@ -269,6 +271,12 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
     sa = doc.get("stream_arrivals", "sessions")
     if sa not in ("sessions", "poisson"):
         raise ScenarioError(f"stream_arrivals: {sa!r} is unknown. Fix: use sessions or poisson")
+    session_s = parse_duration(doc.get("session", 300), "session")
+    if session_s <= 0:  # sessions start at C / session: 0 is an infinite rate
+        raise ScenarioError(f"session: {doc.get('session')!r} must be > 0. Fix: a mean stream length, e.g. 5m")
+    grid_s = parse_duration(doc.get("grid", 1.0), "grid") or 1.0
+    if grid_s < MIN_GRID_S:  # a block's rate curve has 60 s / grid cells
+        raise ScenarioError(f"grid: {doc.get('grid')!r} is finer than {MIN_GRID_S * 1000:g} ms. Fix: e.g. 1s")
     po = doc.get("policy_options") or {}
     if not isinstance(po, dict):
         raise ScenarioError("policy_options: is not a mapping")
@@ -276,8 +284,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         name=str(doc.get("name", "scenario")), about=str(doc.get("about", "")), process=process,
         start_hour=_num(doc, "start_hour", "(top level)", 0.0), traffic_scale=_num(doc, "traffic_scale",
                                                                                     "(top level)", 1.0),
-        diurnal=diurnal, session_s=parse_duration(doc.get("session", 300), "session"), stream_arrivals=sa,
-        grid_s=parse_duration(doc.get("grid", 1.0), "grid") or 1.0,
+        diurnal=diurnal, session_s=session_s, stream_arrivals=sa, grid_s=grid_s,
         models=tuple(models), bursts=tuple(bursts), spikes=tuple(spikes), batch_jobs=tuple(jobs), trace=trace,
         cluster=cluster, server=server, policy=str(doc.get("policy", "static")), policy_options=dict(po),
         duration_s=None if doc.get("duration") is None else parse_duration(doc["duration"], "duration"),

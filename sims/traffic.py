@@ -10,6 +10,14 @@ That is exact for a rate that is piecewise constant over ``grid_s`` and costs a 
 per request, no Python per request. Streams are sessions that start as a Poisson process and send
 one chunk every ``interval = streams / rps`` seconds while they last; their chunks within a window
 are laid out on a rounds × streams grid, which comes out in time order without a sort.
+
+Limits. A scenario's numbers may be as large as YAML allows, so what a run would cost is checked
+before anything is drawn (:func:`check_load`, from the expected request count, cheap): at most
+:data:`MAX_REQUESTS` requests over the run (time) and :data:`MAX_DRAW` in the fleet's busiest window
+(memory). The expectation can be wrong (a burst that lasts, a huge batch job), so every numpy draw
+is also checked against :data:`MAX_DRAW` before it is allocated (:func:`_check_draw`), and the
+requests actually drawn against :data:`MAX_REQUESTS` (:class:`Blocked`). Both refuse with a
+:class:`~sims.scenario.ScenarioError`: one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import csv
 import fnmatch
 import math
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import numpy as np
 
@@ -26,6 +35,32 @@ from packer.fleet import Fleet, Model
 from sims.scenario import Scenario, ScenarioError
 
 EMPTY = np.empty(0)
+MAX_REQUESTS = 5_000_000_000
+"""Most requests one run may draw. The shipped scenarios are far below it: the largest, the
+``diurnal`` day of ``multilingual-10`` (13,010 rps on average), is 1.1 G requests. Served requests
+cost time, not memory (traffic is drawn and served a minute at a time). Measured on the shared
+2-core VM: 486 M requests of the sweep's ``small`` plan (4 models, ``peak``, 21 h) in 17.7 s at
+277 MB peak RSS, 27 M requests/s; docs/simulator.md has 3-9 M/s for larger fleets. So a run at the
+cap takes 3-26 minutes of one core at ~300 MB. Requests left queued do cost memory:
+``sims.engine.MAX_QUEUED`` bounds those."""
+MAX_DRAW = 20_000_000
+"""Most values one draw may allocate (a model's arrivals for a block, a grid of stream chunks, a
+batch job's requests, a window's blocks held together), and most arrivals the fleet may expect in
+one window (a minute: 333,000 rps). 160 MB per float64 array at the cap. Measured: ``small`` at
+×40 peak traffic (1.8e7 arrivals a minute, the plan overloaded) ran until ``MAX_QUEUED`` stopped it
+at t=210 s: 8 s, 1.36 GB peak RSS. The shipped fleets' busiest minute is 1.4 M arrivals
+(``multilingual-10`` at peak)."""
+_EST_POINTS = 20_000
+"""Samples of the rate curve per model for :func:`expected_load` (one a minute up to ~2 weeks)."""
+
+
+def _check_draw(n: float, what: str) -> None:
+    """Refuse a draw of ``n`` numbers before numpy allocates them: the cap holds even where the
+    up-front estimate (:func:`check_load`) was wrong. NaN and infinity are refused too."""
+    if not n <= MAX_DRAW:
+        raise ScenarioError(f"traffic: {what} would allocate {n:.3g} values at once, over the simulator's cap of "
+                            f"{MAX_DRAW:,}. Fix: less traffic (traffic_scale, models[].scale, spikes[].factor, "
+                            f"bursts[].high, batch_jobs[].size)")
 
 
 def model_rng(seed: int, name: str, salt: int = 0) -> np.random.Generator:
@@ -75,8 +110,8 @@ class RateCurve:
             self._switch.append(self._switch[-1] + float(self.rng.exponential(mean)))
             self._state.append(1 - s)
 
-    def __call__(self, t: np.ndarray) -> np.ndarray:
-        """Multiplier at times ``t`` (seconds since start)."""
+    def smooth(self, t: np.ndarray) -> np.ndarray:
+        """Multiplier at times ``t`` without the bursts: no random draw, so it can be estimated."""
         m = np.full(t.shape, self.scale)
         if self.amp:
             m *= 1.0 + self.amp * np.cos(2 * np.pi * (t / 3600.0 + self.phase_h) / 24.0)
@@ -85,6 +120,11 @@ class RateCurve:
             down = np.clip(1.0 - (t - s.at_s - s.rise_s) / s.decay_s, 0.0, 1.0) if s.decay_s > 0 else \
                 (t < s.at_s + s.rise_s).astype(float)
             m *= 1.0 + (s.factor - 1.0) * np.minimum(up, down)
+        return m
+
+    def __call__(self, t: np.ndarray) -> np.ndarray:
+        """Multiplier at times ``t`` (seconds since start)."""
+        m = self.smooth(t)
         if self.burst is not None and t.size:
             self._extend_bursts(float(t.max()))
             idx = np.searchsorted(np.asarray(self._switch), t, side="right") - 1
@@ -93,10 +133,11 @@ class RateCurve:
         return m
 
 
-def _poisson_points(rng: np.random.Generator, total: float) -> np.ndarray:
-    """Sorted points of a unit-rate Poisson process on ``[0, total)``."""
+def _poisson_points(rng: np.random.Generator, total: float, what: str = "a Poisson source") -> np.ndarray:
+    """Sorted points of a unit-rate Poisson process on ``[0, total)``; refused above :data:`MAX_DRAW`."""
     if total <= 0:
         return EMPTY
+    _check_draw(total, what)
     n = int(total + 6.0 * math.sqrt(total) + 16)
     cs = np.cumsum(rng.standard_exponential(n))
     while cs[-1] < total:
@@ -123,13 +164,14 @@ class PoissonSource:
         edges = _edges(t0, t1, self.grid_s)
         rate = self.rate(edges[:-1])
         cum = np.concatenate(([0.0], np.cumsum(rate * np.diff(edges))))
-        pts = _poisson_points(self.rng, float(cum[-1]))
+        pts = _poisson_points(self.rng, float(cum[-1]), f"{self.model.name} in [{t0:g}, {t1:g}) s")
         times = np.interp(pts, cum, edges)
         # Guard the window against float rounding at its upper edge.
         return Arrivals(np.minimum(times, np.nextafter(t1, t0)))
 
 
 def _edges(t0: float, t1: float, g: float) -> np.ndarray:
+    _check_draw((t1 - t0) / g, f"grid {g:g} s: its rate cells")
     k0 = math.floor(t0 / g)
     inner = np.arange(k0 + 1, math.ceil(t1 / g)) * g
     inner = inner[(inner > t0) & (inner < t1)]
@@ -153,6 +195,8 @@ class JobSource:
             sub = self.jobs.take(t0, t1).times
         finally:
             self.jobs.curve.base = base
+        _check_draw(float(sub.size) * self.size, f"{self.jobs.model.name}'s batch jobs of {self.size} in "
+                                                  f"[{t0:g}, {t1:g}) s")
         reqs = np.repeat(sub, self.size)
         if self.spread_s > 0 and reqs.size:
             reqs = reqs + self.rng.uniform(0.0, self.spread_s, reqs.size)
@@ -183,9 +227,24 @@ class StreamSource:
         self.starts = PoissonSource(model, curve, rng, grid_s)
         self.starts.rate = self._start_rate  # type: ignore[method-assign]
         self.grid_s = grid_s
-        n0 = int(rng.poisson(self.concurrency * float(curve(np.array([0.0]))[0]))) if math.isfinite(self.interval) else 0
-        self.start = rng.uniform(-self.interval, 0.0, n0) if n0 else EMPTY
-        self.end = rng.exponential(session_s, n0) if n0 else EMPTY
+        self.name = model.name
+        self.start = self.end = EMPTY
+        self.sid = np.empty(0, np.int64)
+        self.next_sid = 0
+        self._opened = False
+
+    def _open(self) -> None:
+        """The sessions already running at time 0, drawn at the first ``take`` (not when the source is
+        built), so that a run's limits are checked before anything is allocated. Same draws, same
+        order as before: nothing else uses this source's random streams in between."""
+        self._opened = True
+        if not math.isfinite(self.interval):
+            return
+        lam = self.concurrency * float(self.starts.curve(np.array([0.0]))[0])
+        _check_draw(lam, f"{self.name}'s streams live at t=0")
+        n0 = int(self.rng.poisson(lam))
+        self.start = self.rng.uniform(-self.interval, 0.0, n0) if n0 else EMPTY
+        self.end = self.rng.exponential(self.session_s, n0) if n0 else EMPTY
         self.sid = np.arange(n0, dtype=np.int64)
         self.next_sid = n0
 
@@ -196,6 +255,8 @@ class StreamSource:
         return self.concurrency * np.maximum(0.0, slope + now / self.session_s)
 
     def take(self, t0: float, t1: float) -> Arrivals:
+        if not self._opened:
+            self._open()
         if not math.isfinite(self.interval):
             return Arrivals(EMPTY, np.empty(0, np.int64))
         new = self.starts.take(t0, t1).times
@@ -214,6 +275,7 @@ class StreamSource:
         order = np.argsort(phase, kind="stable")
         ph, st, en, sid = phase[order], self.start[order], self.end[order], self.sid[order]
         rounds = int(math.ceil((t1 - t0) / I)) + 1
+        _check_draw(float(rounds) * ph.size, f"{self.name}'s stream chunks in [{t0:g}, {t1:g}) s")
         times = t0 + np.arange(rounds)[:, None] * I + ph[None, :]
         ok = (times >= st[None, :] + I * 0.999999) & (times < en[None, :]) & (times < t1) & (times >= t0)
         return Arrivals(times[ok], np.broadcast_to(sid, times.shape)[ok])
@@ -239,12 +301,28 @@ class TraceSource:
             return Arrivals(self.t[np.searchsorted(self.t, t0):np.searchsorted(self.t, t1)])
         out = []
         k = math.floor(t0 / self.span)
+        _check_draw((t1 - t0) / self.span * self.t.size, f"trace loops in [{t0:g}, {t1:g}) s")
         while k * self.span < t1:
             off = k * self.span
             seg = self.t[np.searchsorted(self.t, t0 - off):np.searchsorted(self.t, t1 - off)] + off
             out.append(seg)
             k += 1
         return Arrivals(np.concatenate(out) if out else EMPTY)
+
+
+class Tally:
+    """Requests drawn so far by all of a run's sources, against :data:`MAX_REQUESTS`: the bound on
+    time holds even where :func:`check_load`'s expectation was low (bursts that stayed high)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def add(self, n: int, t: float) -> None:
+        self.n += n
+        if self.n > MAX_REQUESTS:
+            raise ScenarioError(f"traffic: {self.n:,} requests drawn by t={t:g} s, over the simulator's cap of "
+                                f"{MAX_REQUESTS:,} a run. Fix: a shorter duration or less traffic (traffic_scale, "
+                                f"spikes[].factor, bursts[].high)")
 
 
 class Blocked:
@@ -256,8 +334,9 @@ class Blocked:
     asked for in order, each starting where the last ended.
     """
 
-    def __init__(self, src: object, block_s: float = 60.0) -> None:
-        self.src, self.block_s = src, block_s
+    def __init__(self, src: object, block_s: float = 60.0, tally: Tally | None = None, name: str = "a model") -> None:
+        self.src, self.block_s, self.name = src, block_s, name
+        self.tally = Tally() if tally is None else tally
         self.t = EMPTY
         self.s: np.ndarray | None = None
         self.upto = 0.0
@@ -270,10 +349,16 @@ class Blocked:
     def take(self, t0: float, t1: float) -> Arrivals:
         if self.upto < t1:
             parts_t, parts_s = [self.t[self.pos:]], [self.s[self.pos:]] if self.s is not None else None
+            held = parts_t[0].size
             while self.upto < t1:
                 self.k += 1
                 b1 = self.k * self.block_s
                 a = self.src.take(self.upto, b1)  # type: ignore[attr-defined]
+                held += a.times.size
+                self.tally.add(a.times.size, b1)
+                # A window longer than a block (a long policy interval) holds several blocks at once.
+                _check_draw(held, f"one window [{t0:g}, {t1:g}) s (at most one policy interval) of "
+                                  f"{self.name}")
                 parts_t.append(a.times)
                 if a.streams is not None:
                     parts_s = (parts_s or []) + [a.streams]
@@ -312,6 +397,14 @@ def read_trace(path: str) -> dict[str, np.ndarray]:
     return {m: np.asarray(v) - t0 for m, v in per.items()}
 
 
+def _trace_span(trace: dict[str, np.ndarray]) -> float:
+    """A trace's loop length: its last timestamp plus a median gap (0 without a trace)."""
+    if not trace:
+        return 0.0
+    every = np.sort(np.concatenate(list(trace.values())))
+    return float(every[-1]) + (float(np.median(np.diff(every))) if every.size > 1 else 1.0)
+
+
 def sources(fleet: Fleet, scenario: Scenario, seed: int) -> list[Blocked]:
     """One arrival source per model of the fleet, in fleet order."""
     trace = read_trace(scenario.trace.file) if scenario.trace else {}
@@ -319,22 +412,170 @@ def sources(fleet: Fleet, scenario: Scenario, seed: int) -> list[Blocked]:
         unknown = sorted(set(trace) - {m.name for m in fleet.models})
         if unknown:
             raise ScenarioError(f"trace names models not in the fleet: {unknown[:5]}")
-    span = 0.0
-    if trace:
-        every = np.sort(np.concatenate(list(trace.values())))
-        span = float(every[-1]) + (float(np.median(np.diff(every))) if every.size > 1 else 1.0)
+    span = _trace_span(trace)
     out: list[Blocked] = []
+    tally = Tally()
     for m in fleet.models:
         rng = model_rng(seed, m.name)
         curve = RateCurve(scenario, m, model_rng(seed, m.name, 1))
         jobs = [j for j in scenario.batch_jobs if fnmatch.fnmatchcase(m.name, j.models)]
+        src: object
         if m.name in trace:
             assert scenario.trace is not None
-            out.append(Blocked(TraceSource(trace[m.name], scenario.trace.speed, scenario.trace.loop, span)))
+            src = TraceSource(trace[m.name], scenario.trace.speed, scenario.trace.loop, span)
         elif jobs:
-            out.append(Blocked(JobSource(m, curve, rng, scenario.grid_s, jobs[-1].size, jobs[-1].spread_s)))
+            src = JobSource(m, curve, rng, scenario.grid_s, jobs[-1].size, jobs[-1].spread_s)
         elif m.traffic.streams is not None and scenario.stream_arrivals == "sessions":
-            out.append(Blocked(StreamSource(m, curve, rng, scenario.grid_s, scenario.session_s)))
+            src = StreamSource(m, curve, rng, scenario.grid_s, scenario.session_s)
         else:
-            out.append(Blocked(PoissonSource(m, curve, rng, scenario.grid_s)))
+            src = PoissonSource(m, curve, rng, scenario.grid_s)
+        out.append(Blocked(src, tally=tally, name=m.name))
     return out
+
+
+@dataclass(frozen=True)
+class Load:
+    """What a scenario asks of a fleet over a run, from the rate curves alone: nothing is drawn."""
+
+    requests: float
+    """Expected requests over the run, all models (bursts at their long-run mean)."""
+    per_minute: float
+    """Arrivals drawn for the fleet's busiest minute, an upper bound: each model's peak rate × 60 s
+    (bursts high, the largest batch job at once, streams' grid of chunks), summed over the models."""
+    busiest: str
+    """The model expected to send the most requests ('' without models)."""
+
+
+def _sample_times(duration_s: float, scenario: Scenario) -> np.ndarray:
+    """Where to sample the rate curves: one point a minute (at most :data:`_EST_POINTS`) and both
+    sides of every spike's corners, where a rise or decay of 0 jumps."""
+    n = int(min(_EST_POINTS, max(1, math.ceil(duration_s / 60.0))))
+    corners = [c for s in scenario.spikes for c in (s.at_s, s.at_s + s.rise_s, s.at_s + s.rise_s + s.decay_s)
+               if 0.0 < c < duration_s]
+    c = np.asarray(corners, float)
+    return np.unique(np.concatenate((np.linspace(0.0, duration_s, n + 1), c, np.nextafter(c, -np.inf))))
+
+
+def expected_load(fleet: Fleet, scenario: Scenario, duration_s: float) -> Load:
+    """The requests ``scenario`` implies for ``fleet`` over ``duration_s``, by integrating each model's
+    rate curve coarsely (trapezoids, see :func:`_sample_times`; bursts and batch jobs analytically).
+
+    Costs ~1 ms per model: it is run before every simulation (:func:`check_load`)."""
+    T = max(0.0, float(duration_s))
+    ts = _sample_times(T, scenario)
+    trace = read_trace(scenario.trace.file) if scenario.trace else {}
+    span = _trace_span(trace)
+    total, per_min, most, busiest = 0.0, 0.0, -1.0, ""
+    for m in fleet.models:
+        if m.name in trace and scenario.trace is not None:
+            k = float(trace[m.name].size)
+            loop_s = max(span / scenario.trace.speed, 1e-300)
+            reqs = k * T / loop_s if scenario.trace.loop else k
+            peak = k * 60.0 / loop_s
+        else:
+            curve = RateCurve(scenario, m, np.random.default_rng(0))  # smooth() never draws from it
+            mult = curve.smooth(ts)
+            area = float(np.sum((mult[1:] + mult[:-1]) * np.diff(ts)) / 2.0) if ts.size > 1 else 0.0
+            top = float(mult.max()) if mult.size else 0.0
+            b = curve.burst
+            if b is not None:
+                area *= (b.mean_low_s + b.high * b.mean_high_s) / (b.mean_low_s + b.mean_high_s)
+                top *= max(1.0, b.high)
+            reqs = curve.base * area
+            peak = curve.base * top * 60.0
+            jobs = [j for j in scenario.batch_jobs if fnmatch.fnmatchcase(m.name, j.models)]
+            if jobs and reqs > 0:
+                peak = max(peak, float(jobs[-1].size))
+            elif m.traffic.streams is not None and scenario.stream_arrivals == "sessions":
+                # A minute's chunks are laid out on a rounds × sessions grid: the sessions that end
+                # or start within it take a row each too (StreamSource.take).
+                peak *= 1.0 + 60.0 / scenario.session_s
+        total += reqs
+        per_min += peak
+        if reqs > most:
+            most, busiest = reqs, m.name
+    return Load(total, per_min, busiest)
+
+
+def fmt_duration(s: float) -> str:
+    """``100000d``, ``1.5h``, ``4m``, ``30s``: the units a user writes."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if s >= size:
+            return f"{s / size:.6g}{unit}"
+    return f"{s:.6g}s"
+
+
+def at_most(s: float) -> str:
+    """A limit in a user's units, rounded down to 3 digits so that it is within the cap."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if s >= size or unit == "s":
+            v = s / size
+            k = 10.0 ** max(0, 2 - math.floor(math.log10(v))) if v > 0 else 1.0
+            return f"{math.floor(v * k) / k:g}{unit}"
+    raise AssertionError("unreachable")
+
+
+def _without(scenario: Scenario) -> list[tuple[str, float, Scenario]]:
+    """The scenario's multipliers one at a time, each with the scenario that lacks it: ``(field,
+    its value, scenario without it)``. At most 16, so that blaming one stays cheap."""
+    out: list[tuple[str, float, Scenario]] = []
+    if scenario.traffic_scale != 1.0:
+        out.append(("traffic_scale", scenario.traffic_scale, replace(scenario, traffic_scale=1.0)))
+    for i, mt in enumerate(scenario.models):
+        if mt.scale != 1.0:
+            ms = scenario.models[:i] + (replace(mt, scale=1.0),) + scenario.models[i + 1:]
+            out.append((f"models[{i}].scale", mt.scale, replace(scenario, models=ms)))
+    for i, sp in enumerate(scenario.spikes):
+        out.append((f"spikes[{i}].factor", sp.factor,
+                    replace(scenario, spikes=scenario.spikes[:i] + scenario.spikes[i + 1:])))
+    for i, bu in enumerate(scenario.bursts):
+        out.append((f"bursts[{i}].high", bu.high,
+                    replace(scenario, bursts=scenario.bursts[:i] + scenario.bursts[i + 1:])))
+    for i, jb in enumerate(scenario.batch_jobs):
+        out.append((f"batch_jobs[{i}].size", float(jb.size),
+                    replace(scenario, batch_jobs=scenario.batch_jobs[:i] + scenario.batch_jobs[i + 1:])))
+    if scenario.trace is not None and scenario.trace.speed != 1.0:
+        out.append(("trace.speed", scenario.trace.speed, replace(scenario, trace=replace(scenario.trace, speed=1.0))))
+    return out[:16]
+
+
+def _blame(fleet: Fleet, scenario: Scenario, duration_s: float,
+           over: Callable[[Load], bool]) -> tuple[str, float] | None:
+    """The scenario field without which the load is no longer ``over`` its cap, if one alone is."""
+    for name, value, sc in _without(scenario):
+        if not over(expected_load(fleet, sc, duration_s)):
+            return name, value
+    return None
+
+
+def check_load(fleet: Fleet, scenario: Scenario, duration_s: float, duration_name: str = "duration",
+               window_s: float = 60.0) -> Load:
+    """Refuse, before anything is drawn, a run whose expected traffic passes the simulator's caps:
+    :data:`MAX_REQUESTS` over the run, :data:`MAX_DRAW` in one window (a minute, or the engine's
+    window ``window_s`` when longer). The error names the field to change: the scenario multiplier
+    without which the run would fit, else ``duration_name`` (``--duration``, or the scenario's
+    ``duration``), else the fleet's own traffic."""
+    load = expected_load(fleet, scenario, duration_s)
+    dur = fmt_duration(duration_s)
+    if not load.requests <= MAX_REQUESTS:
+        what = (f"about {load.requests:.3g} requests in {dur} ({load.busiest or 'no model'} the most), over the "
+                f"simulator's cap of {MAX_REQUESTS:,} a run")
+        culprit = _blame(fleet, scenario, duration_s, lambda x: not x.requests <= MAX_REQUESTS)
+        if culprit is not None:
+            raise ScenarioError(f"{culprit[0]}: {culprit[1]:g} makes {what}. Fix: lower {culprit[0]}")
+        rate = load.requests / duration_s
+        raise ScenarioError(f"{duration_name}: {dur} is {what}. Fix: at most {at_most(MAX_REQUESTS / rate)} "
+                            f"of this traffic, or less traffic")
+    window = load.per_minute * max(1.0, window_s / 60.0)
+    if not window <= MAX_DRAW:
+        minute = f" ({load.per_minute:.3g} in the busiest minute)" if window > load.per_minute else ""
+        what = (f"one window draw about {window:.3g} arrivals{minute}, over the simulator's cap of {MAX_DRAW:,} "
+                f"a window")
+        if load.per_minute <= MAX_DRAW:
+            raise ScenarioError(f"policy_options.interval_s: {window_s:g} s makes {what}. Fix: at most "
+                                f"{60.0 * MAX_DRAW / load.per_minute:.0f}")
+        culprit = _blame(fleet, scenario, duration_s, lambda x: not x.per_minute <= MAX_DRAW)
+        if culprit is not None:
+            raise ScenarioError(f"{culprit[0]}: {culprit[1]:g} makes {what}. Fix: lower {culprit[0]}")
+        raise ScenarioError(f"traffic: the fleet's models' rps/peak_rps make {what}. Fix: less traffic per fleet")
+    return load

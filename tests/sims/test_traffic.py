@@ -136,8 +136,10 @@ def test_shipped_scenarios_load(path: Path) -> None:
     ({"batch_jobs": [{"size": 0}]}, "size"),
     ({"server": {"run_ms": [{"models": "asr-*"}]}}, "server.run_ms[0]"),
     ({"server": {"missed_wake": 2}}, "server.missed_wake"),
+    ({"session": 0}, "session: 0 must be > 0"),  # sessions start at C / session: an infinite rate
+    ({"grid": "0.1ms"}, "grid: '0.1ms' is finer than 1 ms"),  # 600,000 rate cells a minute
 ], ids=["unknown-key", "bad-process", "spike-without-at", "bad-duration", "amplitude", "job-size", "run-ms",
-        "missed-wake"])
+        "missed-wake", "session-0", "grid-too-fine"])
 def test_scenario_errors_name_the_field(doc: dict, needle: str) -> None:
     with pytest.raises(UserError, match=None) as e:
         parse_scenario(doc)

@@ -62,6 +62,9 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
     check_output_file(output, "-o", not_=(fleet, current))
     check_output_file(svg_path, "--svg", not_=(fleet, current))
     f = load_fleet(path)
+    if explain_model is not None and explain_model not in {m.name for m in f.models}:  # before the solve
+        raise UserError(f"--explain {explain_model!r}: no such model in {f.name}. Fix: use one of "
+                        f"{', '.join(m.name for m in f.models[:8])}{', …' if len(f.models) > 8 else ''}")
     cur = load_plan(current) if current else None
     if cur is not None:
         same_fleet(cur.fleet, f, current, str(path))
@@ -83,12 +86,11 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
             raise UserError(f"-o {output}: cannot be written ({e.strerror or e}). Fix: give a writable path") from None
     if svg_path:
         write_output(svg_path, svg(p), "--svg")
-    if explain_model:
-        try:
-            click.echo(explain(p, explain_model))
-        except KeyError:
-            raise UserError(f"--explain {explain_model}: no such model in {f.name}. Fix: use one of "
-                            f"{', '.join(m.name for m in f.models[:8])}{', …' if len(f.models) > 8 else ''}") from None
+    if explain_model is not None:
+        text = explain(p, explain_model)
+        # --format json/yaml asks for a document a tool can read: the explanation's lines in one
+        click.echo(text if fmt == "table" else dump({"plan": p.id, "model": explain_model,
+                                                     "explanation": text.splitlines()}, fmt))
         return
     if fmt != "table":
         click.echo(dump(doc, fmt))  # the moves are the plan's `moves` list

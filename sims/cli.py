@@ -104,7 +104,7 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     scenario = load_scenario(scenario_path)
     dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
     if not dur > 0:
-        raise UserError("--duration must be positive")
+        raise UserError("--duration must be positive. Fix: e.g. --duration 10m")
     # The field an error about the run's length names: the option, else the scenario file's key.
     dname = "--duration" if duration or not scenario.duration_s else f"duration (in {scenario.source})"
     if compare and compare != "spot" and compare not in policy_names() and not Path(compare).exists():
@@ -179,6 +179,8 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
     fleet = load_fleet(fleet_path)
     scenario = load_scenario(scenario_path)
     dur = parse_duration(duration, "--duration")
+    if not dur > 0:  # the same rule as simulate's (capacity divided by it: a ZeroDivisionError)
+        raise UserError("--duration must be positive. Fix: e.g. --duration 10m")
     rows = []
     for g in factors:
         try:

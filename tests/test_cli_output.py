@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -246,3 +247,22 @@ def test_small_prices_print_as_what_they_are(tmp_path, capsys):
     assert [ln.split("(plan costs")[-1] for ln in plain[1:]] == [ln.split("(plan costs")[-1] for ln in tiny[1:]]
     a, b = (json.loads((tmp_path / f"p{s}.json").read_text())["cost_per_hour"] for s in (1.0, 1e-4))
     assert b == pytest.approx(a * 1e-4, rel=1e-6)
+
+
+def test_explain_prints_text_or_a_document_as_asked(tmp_path, capsys):
+    """``--explain MODEL`` says where the model went; with ``--format json`` a tool gets JSON (it got
+    the prose, exit 0). A model the fleet does not have, or an empty name, is refused before the
+    solve (an empty one was ignored)."""
+    fleet = str(example_path())
+    assert main(["plan", fleet, "--explain", "asr-en", "--time-limit", "3"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("asr-en (streaming)")
+    assert main(["plan", fleet, "--explain", "asr-en", "--time-limit", "3", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["model"] == "asr-en" and "\n".join(doc["explanation"]) == text.rstrip("\n")
+    for name in ("nope", ""):
+        t0 = time.monotonic()
+        assert main(["plan", fleet, "--explain", name]) == 2
+        assert time.monotonic() - t0 < 5
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--explain" in err and "no such model" in err

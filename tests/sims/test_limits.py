@@ -243,3 +243,11 @@ def test_a_policy_option_that_is_not_a_number_is_one_line(tmp_path):
         with pytest.raises(UserError) as e:
             get_policy(name, plan, {"interval_s": "abc"} if name != "packer" else {"stable_s": "abc"})
         assert "policy_options" in str(e.value) and "Fix:" in str(e.value)
+
+
+def test_capacity_refuses_a_zero_duration_as_simulate_does(capsys):
+    """``packer capacity --duration 0`` divided by it (a ZeroDivisionError traceback, exit 1)."""
+    fleet = str(ROOT / "packer" / "examples" / "multilingual-meetings.yaml")
+    assert main(["capacity", fleet, "--duration", "0", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--duration must be positive" in err and "Traceback" not in err

@@ -100,3 +100,17 @@ def test_more_demand_than_one_step_reaches_still_buys_capacity(tmp_path, capsys,
         acts = _scale(tmp_path, capsys, multilingual_plan, {"asr-en": f})
         cost.append(sum(a["cost_per_hour"] for a in acts if a["kind"] != "replan"))
     assert cost[0] > 0 and all(b >= a - 1e-9 for a, b in zip(cost, cost[1:])), cost
+
+
+def test_a_late_model_short_of_its_want_gets_capacity_and_the_true_reason(tmp_path, capsys, multilingual_plan):
+    """asr-en over what its replicas hold and late: a late model was offered only moves out of a
+    crowded slot, and with every replica on a GPU of its own it got nothing, told 'max_replicas,
+    pool limits' with GPUs free in both pools."""
+    en = multilingual_plan.fleet.model("asr-en")
+    models = {m.name: {"arrival_rps": m.traffic.peak_rps} for m in multilingual_plan.fleet.models}
+    models["asr-en"] = {"arrival_rps": 1.45 * en.traffic.peak_rps, "late_share": 0.02}
+    plan_p, snap_p = _files(tmp_path, multilingual_plan, models)
+    assert main(["scale", "--plan", plan_p, "--metrics", snap_p, "--json"]) == 0
+    acts = json.loads(capsys.readouterr().out)
+    assert [a for a in acts if _costs_money(a)], acts
+    assert not any("max_replicas" in a["summary"] or "pool limits" in a["summary"] for a in acts), acts

@@ -94,10 +94,14 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     out: list[_Candidate] = []
     head = f"{model.name} wants {d.want:.1f} rps, {n} replica(s) hold {have:.1f}"
 
+    # Late and short of its want too: a new replica as well as a move out of the crowd (with every
+    # replica on a GPU of its own there is no crowd, and nothing was offered at all).
+    short = have < d.want - EPS
+
     def cand(r: float, make, shared: bool) -> None:
         if r < t.min_useful_rps:
             return
-        if not d.late:
+        if not d.late or short:
             after = (n + 1) * min(tight, r)
             if min(after, d.want) - have >= enough:
                 out.append(_Candidate(make(min(d.want, after) / (n + 1), after, None), after, min(after, d.want) - have))
@@ -306,8 +310,21 @@ def scale_up(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: 
         return actions + acts, plan
     plan, acts = reshare(plan, model.name, min(have, d.want),
                          f"{model.name} wants {d.want:.1f} rps but only {have:.1f} can be placed "
-                         f"(max_replicas, pool limits)")
+                         f"({_short_because(plan, model, have, demands, settings, starting, avoid, max_steps)})")
     return actions + acts, plan
+
+
+def _short_because(plan: Plan, model: Model, have: float, demands: Mapping[str, Demand], settings: ScalingSettings,
+                   starting: Mapping[str, float] | None, avoid: frozenset[str], max_steps: int) -> str:
+    """Why a step leaves a model short: its ``max_replicas``, no slot or pool with room that helps,
+    or the step's limit on actions (the rest next step). It blamed the first two whatever the
+    cause, with GPUs free in every pool (a late model gets one action a step)."""
+    if model.max_replicas is not None and len(plan.placements_of(model.name)) >= model.max_replicas:
+        return f"max_replicas {model.max_replicas} reached"
+    if _candidates(plan, model, have, demands, settings, starting, avoid):
+        return ("late: one action a step, the next after this one serves" if max_steps == 0
+                else f"at most {max_steps + 1} actions a step: the rest next step")
+    return "no slot or pool has room that helps"
 
 
 def _cover(plan: Plan, model: Model, demands: Mapping[str, Demand], settings: ScalingSettings,

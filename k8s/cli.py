@@ -232,6 +232,9 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     s = ReconcileSettings(interval_s=interval, render=ManifestSettings(
         namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images, **devices_settings(devices)))
     check_output_file(output, "-o", not_=(kubeconfig,))
+    if kubeconfig and not os.path.isfile(kubeconfig):  # else the client says "no configuration found"
+        raise UserError(f"--kubeconfig {kubeconfig}: no such file. Fix: give the path of a kubeconfig "
+                        "(often ~/.kube/config)")
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken

@@ -170,7 +170,7 @@ def _latency(v: Any, where: str) -> tuple[LatencyProfile, ...]:
             try:
                 gpu_type(gname).profile(prof)
             except KeyError:
-                names = [p.name for p in gpu_type(gname).mig_profiles] or ["(none: no MIG)"]
+                names = ", ".join(p.name for p in gpu_type(gname).mig_profiles) or "(none: no MIG)"
                 raise FleetError(f"{w}.gpu", f"{gname} has no MIG profile {show(prof)}",
                                  f"use one of {names}") from None
         base = _positive(_get(e, "base", w, float), f"{w}.base", "give the fixed ms per batch, ≥ 0", zero_ok=True,

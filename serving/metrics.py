@@ -139,8 +139,10 @@ def scrape(url: str, at_s: float, *, timeout_s: float = 5.0) -> Scrape:
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
             text = r.read().decode("utf-8", "replace")
-    except OSError as e:
-        raise UserError(f"cannot read Triton metrics at {url}: {e}. Fix: start the server with "
+    except OSError as e:  # URLError wraps the socket's error: say that one ("Connection refused")
+        why = getattr(e, "reason", None) or e
+        why = getattr(why, "strerror", None) or str(why)
+        raise UserError(f"cannot read Triton metrics at {url}: {why}. Fix: start the server with "
                         "--allow-metrics=true and give its metrics port (8002 by default)") from None
     return Scrape(at_s, parse(text))
 

@@ -262,7 +262,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
                       "policy_options", "duration"}, "(top level)")
     process = doc.get("process", "diurnal")
     if process not in PROCESSES:
-        raise ScenarioError(f"process: {process!r} is unknown. Fix: use one of {PROCESSES}")
+        raise ScenarioError(f"process: {process!r} is unknown. Fix: use one of {', '.join(PROCESSES)}")
     diurnal = _diurnal(doc)
     models, bursts, spikes, jobs = _models(doc), _bursts(doc), _spikes(doc), _batch_jobs(doc)
     trace = _trace(doc, base_dir)
@@ -312,7 +312,7 @@ def _models(doc: dict[str, Any]) -> list[ModelTraffic]:
         e = _expect(e, w)
         _check_keys(e, {"models", "scale", "tz_offset_h", "process"}, w)
         if e.get("process") not in (None, *PROCESSES):
-            raise ScenarioError(f"{w}.process: {e['process']!r} is unknown. Fix: use one of {PROCESSES}")
+            raise ScenarioError(f"{w}.process: {e['process']!r} is unknown. Fix: use one of {', '.join(PROCESSES)}")
         models.append(ModelTraffic(str(e.get("models", "*")), _num(e, "scale", w, 1.0),
                                    _num(e, "tz_offset_h", w, 0.0, lo=-24), e.get("process")))
     return models
@@ -431,7 +431,7 @@ def load_scenario(path: str | Path) -> Scenario:
             p = shipped
     if not p.exists():
         names = sorted(q.stem for q in (Path(__file__).parent / "scenarios").glob("*.yaml"))
-        raise ScenarioError(f"{p}: no such scenario file. Fix: give a path or one of {names}")
+        raise ScenarioError(f"{p}: no such scenario file. Fix: give a path or one of {', '.join(names)}")
     # The bounded loader every input goes through: size, UTF-8, nesting, aliases, numbers.
     doc = parse_yaml(read_text(p, "give a scenario YAML file"), str(p))
     return parse_scenario(doc, str(p), p.parent)

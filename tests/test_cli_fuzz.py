@@ -292,3 +292,28 @@ def test_too_many_values_without_aliases_does_not_blame_aliases(tmp_path, capsys
     assert "more than 1,000,000 values" in line and "alias" not in line and "split it" in line
     p.write_bytes(LAUGHS)
     assert "aliases" in _run(capsys, ["plan", str(p)])
+
+
+@pytest.mark.parametrize("args,says", [
+    (["simulate", "PLAN", "--scenario", "nosuch", "--no-progress"], "one of bursty, diurnal"),
+    (["scale", "--plan", "PLAN", "--metrics", "SNAP:null"], "is null, not a number"),
+    (["scale", "--plan", "PLAN", "--metrics", "SNAP:scalar"], "is not a mapping; give some of arrival_rps"),
+    (["scale", "--plan", "PLAN", "--triton", "http://127.0.0.1:9/metrics"], "Connection refused"),
+    (["reconcile", "--dry-run", "--kubeconfig", "nosuch-kubeconfig"], "--kubeconfig nosuch-kubeconfig: no such file"),
+])
+def test_messages_speak_json_and_plain_words_not_python(tmp_path, capsys, plan_file, args, says):
+    """What the user wrote is JSON or YAML and what they read is one line: no Python reprs
+    (``['a', 'b']``, ``NoneType``, ``<urlopen error ...>``), and a kubeconfig that is not there is
+    named as such (it was 'Invalid kube-config file. No configuration found. Fix: give --kubeconfig')."""
+    snaps = {"null": {"asr-a": {"arrival_rps": None}}, "scalar": {"asr-a": 3}}
+    out = []
+    for a in args:
+        if a == "PLAN":
+            a = plan_file
+        elif a.startswith("SNAP:"):
+            p = tmp_path / "snap.json"
+            p.write_text(json.dumps({"time": 1, "models": snaps[a[5:]]}))
+            a = str(p)
+        out.append(a)
+    line = _run(capsys, out)
+    assert says in line and "['" not in line and "NoneType" not in line and "<urlopen" not in line, line

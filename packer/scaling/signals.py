@@ -100,6 +100,13 @@ SNAPSHOT_RANGES = {"in_flight": (1e9, " requests"), "queued": (1e9, " requests")
                    "arrival_rps": (1e9, " requests/s"), "queue_ms": (1e9, " ms"), "late_share": (1.0, " (a share)")}
 
 
+def _kind(v: Any) -> str:
+    """A JSON value's kind in JSON's words (a user wrote JSON, not Python: null, not NoneType)."""
+    if v is None:
+        return "null"
+    return {bool: "true/false", str: "text", list: "a list", dict: "an object"}.get(type(v), type(v).__name__)
+
+
 def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, Signals]]:
     """Parse a metrics snapshot (the ``--metrics`` JSON): ``{"time": s, "models": {name: {...}}}``.
 
@@ -116,16 +123,16 @@ def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, 
     for name, d in doc["models"].items():
         where = f"models.{cut(str(name))}"
         if not isinstance(d, Mapping):
-            raise ValueError(f"{where}: expected a mapping of {sorted(fields)}")
+            raise ValueError(f"{where}: is not a mapping; give some of {', '.join(sorted(fields))}")
         extra = set(d) - fields
         if extra:
             raise ValueError(f"{where}: unknown field(s) {listing(sorted(map(str, extra)), 3)}; "
-                             f"known: {sorted(fields)}")
+                             f"known: {', '.join(sorted(fields))}")
         vals = {}
         for k, v in d.items():
             hi, unit = SNAPSHOT_RANGES[k]
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"{where}.{k}: is {type(v).__name__}, not a number")
+                raise ValueError(f"{where}.{k}: is {_kind(v)}, not a number")
             if not (math.isfinite(v) and 0 <= v <= hi):
                 raise ValueError(f"{where}.{k}: is {num(v)}; it must be non-negative and at most {hi:g}{unit}")
             vals[k] = float(v)
@@ -133,7 +140,7 @@ def snapshot_from_dict(doc: Mapping[str, Any]) -> tuple[float | None, dict[str, 
     t = doc.get("time")
     if t is not None:
         if isinstance(t, bool) or not isinstance(t, (int, float)):
-            raise ValueError(f"time: is {type(t).__name__}, not a number of seconds")
+            raise ValueError(f"time: is {_kind(t)}, not a number of seconds")
         if not (math.isfinite(t) and 0 <= t <= 1e12):
             raise ValueError(f"time: is {num(t)}; it must be seconds from 0 to 1e12")
     return (float(t) if t is not None else None), out

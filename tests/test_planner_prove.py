@@ -220,3 +220,18 @@ warning is what the spread costs). (The
     # The integer master over the pattern LP's columns finds 16.28/h with both replicas of punct-0
     # and asr-2 on the L4 pool's one node; refused, it is reported as what the spread costs.
     assert all(w.startswith("spread: a plan") for w in proved.warnings)
+
+
+def test_prove_0_turns_off_the_exact_search_and_nothing_else():
+    """``--prove 0`` skipped the bound and the pattern LP's packing before the search too: on the
+    bundled example it took 6.5 s for a plan with a 5.8 % gap, where the default proves 13.70/h
+    optimal in 2.7 s (the integer master over every group does, not the exact search)."""
+    from packer.fleetfile import load_fleet
+    from packer_cli.plan import example_path
+
+    fleet = load_fleet(example_path())
+    off = plan_fleet(fleet, PlanSettings(prove_s=0))
+    on = plan_fleet(fleet, PlanSettings())
+    assert off.cost_per_hour <= on.cost_per_hour + 1e-9
+    assert off.lower_bound_cost_per_hour >= on.lower_bound_cost_per_hour - 1e-9
+    assert "exact search" not in off.bound_method

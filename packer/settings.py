@@ -27,7 +27,8 @@ class PlanSettings:
     """False plans whole GPUs only (time-slicing), as the greedy baseline does."""
     prove_s: float | None = None
     """Seconds for the exact search that can prove the plan optimal (``prove.py``), run on the
-    final plan; 0 skips every exact search (the bound and the pattern LP's packing before the search still run). None (the default) runs a short one on the greedy plan instead, before
+    final plan; 0 skips every exact search (the bound and the pattern LP's packing before the
+    search still run). None (the default) runs a short one on the greedy plan instead, before
     the search for a cheaper plan, where few purchases are left to rule out
     (``solve._prove(first=True)``): it proves the multilingual example optimal in about 5 s."""
     max_replica_options: int = 4

@@ -87,6 +87,18 @@ def _namespace(ctx: click.Context, param: click.Parameter, value: str) -> str:
         raise click.BadParameter(str(e).split(" ", 1)[1]) from None
 
 
+_IMAGE = re.compile(r"[a-z0-9]([a-z0-9._/:-]*[a-z0-9])?(@sha256:[0-9a-f]{64})?", re.IGNORECASE)
+
+
+def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An image reference as a container's ``image:`` takes it (``name[:tag][@sha256:digest]``): one
+    with a space or a quote was written into every Deployment, and refused only when applied."""
+    if value is not None and not _IMAGE.fullmatch(value):
+        raise click.BadParameter(f"{value!r} is not an image reference. Fix: e.g. "
+                                 "nvcr.io/nvidia/tritonserver:24.08-py3 (name[:tag][@sha256:digest])")
+    return value
+
+
 def namespace_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--namespace`` and ``--gpu-operator-namespace``, checked as namespace names when parsed:
     before a plan is read or a cluster reached, one line names the flag and the rule."""
@@ -131,9 +143,9 @@ def devices_lines(plan: Plan, s: ManifestSettings, deployments: list[dict]) -> s
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @out_dir_option("the objects (one file per kind), labels/ and label-nodes.sh", old=("-o", "--out"))
 @namespace_options
-@click.option("--triton-image", default=None,
+@click.option("--triton-image", default=None, callback=_image,
               help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
-@click.option("--fetch-image", default=None,
+@click.option("--fetch-image", default=None, callback=_image,
               help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")
 @devices_option
 @format_option
@@ -203,8 +215,10 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
-@click.option("--triton-image", default=None, help="tritonserver image; pin by digest: name@sha256:...")
-@click.option("--fetch-image", default=None, help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
+@click.option("--triton-image", default=None, callback=_image,
+              help="tritonserver image; pin by digest: name@sha256:...")
+@click.option("--fetch-image", default=None, callback=_image,
+              help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
 @devices_option
 @format_option
 @output_option("the cycle's report (diff id, actions, errors)")

@@ -170,7 +170,7 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
     out_dir = resolve_out_dir(out_dir, old_out_dir)
     check_output_file(output, "-o", not_=(fleet_path,))
     try:
-        factors = [float(x) for x in growth.split(",") if x.strip()]
+        factors = list(dict.fromkeys(float(x) for x in growth.split(",") if x.strip()))  # each once
     except ValueError:
         raise UserError(f"--growth {growth!r}: give comma-separated numbers, e.g. 1,1.5,2,3") from None
     if not factors or any(not math.isfinite(f) or f <= 0 or f > 1000 for f in factors):
@@ -216,7 +216,8 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
         (out / "capacity.json").write_text(json.dumps(rows, indent=1) + "\n")
         _plot_capacity(rows, out, f"{fleet.name}: GPUs and cost as traffic grows ({scenario.name} scenario, "
                                   f"{dur / 60:g} min simulated per factor)")
-        click.echo(f"wrote {out / 'capacity.png'}", err=True)
+        click.echo(f"wrote {', '.join(str(out / n) for n in ('capacity.json', 'capacity.png', 'capacity.svg') if (out / n).exists())}",
+                   err=True)
 
 
 def _plot_capacity(rows: list[dict[str, Any]], out: Path, title: str = "Capacity as traffic grows") -> None:

@@ -317,3 +317,12 @@ def test_messages_speak_json_and_plain_words_not_python(tmp_path, capsys, plan_f
         out.append(a)
     line = _run(capsys, out)
     assert says in line and "['" not in line and "NoneType" not in line and "<urlopen" not in line, line
+
+
+def test_a_bad_image_reference_is_refused_before_rendering(tmp_path, capsys, plan_file):
+    """``--triton-image 'bad image'`` was written into every Deployment (kubernetes-validate takes
+    any string there; the container runtime does not)."""
+    for flag in ("--triton-image", "--fetch-image"):
+        line = _run(capsys, ["render", "k8s", plan_file, "-d", str(tmp_path / "out"), flag, "bad image"])
+        assert flag in line and "not an image reference" in line
+        assert not (tmp_path / "out").exists()

@@ -148,12 +148,18 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
         r = empty_room(plan, ng.slot, model)
         cand(r, lambda rate, after, rp, ng=ng, r=r, where=where, lead=lead, price=price: SplitOut(
             model=model.name, slot=ng.slot, rate_rps=rate, cost_per_hour=price, ready_in_s=lead, new_gpu=True,
-            replaces=rp, reason=f"{head}; a {pool.gpu} on {where} holds {r:.1f} rps for {price:.2f}/h, serving in "
+            replaces=rp, reason=f"{head}; {_a(pool.gpu)} on {where} holds {r:.1f} rps for {price:.2f}/h, serving in "
                                 f"{lead:.0f} s: {why(after, rp)}"), shared=False)
         # A copy of a packed group this model is in: worth it when its other members are short too.
         if not d.late:
             out += _group_copies(plan, model, reps, pool.name, ng, price, where, have, enough, demands, settings)
     return [c for c in out if keeps_floor(plan, c.action)]  # never below a model's on-demand floor
+
+
+def _a(noun: str) -> str:
+    """``noun`` with its article, read as GPU names are, letter by letter: "an a100-80gb", "an
+    l4-24gb", "an h100", "a t4" (letters whose names start with a vowel sound take "an")."""
+    return f"{'an' if noun[:1].lower() in 'aefhilmnorsx' else 'a'} {noun}"
 
 
 def _group_copies(plan: Plan, model: Model, reps: list, pool: str, ng, price: float, where: str, have: float,

@@ -251,3 +251,13 @@ def test_capacity_refuses_a_zero_duration_as_simulate_does(capsys):
     assert main(["capacity", fleet, "--duration", "0", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--duration must be positive" in err and "Traceback" not in err
+
+
+def test_capacity_plans_each_factor_once_and_names_every_file_it_writes(tmp_path, capsys):
+    """``--growth 1,1`` printed the same row twice; ``-d DIR`` said it wrote capacity.png alone."""
+    fleet = str(ROOT / "packer" / "examples" / "multilingual-meetings.yaml")
+    assert main(["capacity", fleet, "--growth", "1,1", "--duration", "1m", "--time-limit", "2", "--no-progress",
+                 "-d", str(tmp_path / "cap")]) == 0
+    out, err = capsys.readouterr()
+    assert sum(1 for ln in out.splitlines() if ln.strip().startswith("1 ")) == 1, out
+    assert all(str(tmp_path / "cap" / n) in err for n in ("capacity.json", "capacity.png", "capacity.svg")), err

@@ -5,6 +5,7 @@ request behind it is undefined (null, "n/a"), not 0 % or 100 %."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -23,20 +24,12 @@ from sims.cli import held
 from sims.engine import Simulation, simulate
 from sims.scenario import BatchJobs, Scenario, Server, Spike, load_scenario
 from sims.traffic import sources
+from test_cli import FLEET as CLI_FLEET
 
 ROOT = Path(__file__).resolve().parents[2]
 
-FLEET = {
-    "name": "lim", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 2,
-                              "cost_per_gpu_hour": 0.8, "sharing": ["time-slicing"]}],
-    "models": [
-        {"name": "asr", "kind": "streaming", "memory_gb": 2.0, "traffic": {"rps": 200.0, "peak_rps": 300.0,
-                                                                            "streams": 60},
-         "slo_ms": 200, "latency_ms": {"gpu": "l4-24gb", "base": 8.0, "per_item": 0.4}, "max_batch": 64},
-        {"name": "punct", "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": 40.0, "peak_rps": 60.0},
-         "slo_ms": 100, "latency_ms": {"gpu": "l4-24gb", "base": 3.0, "per_item": 0.1}, "max_batch": 32},
-    ],
-}
+# The simulator CLI tests' fleet, its two streaming models (a copy: tests here change it)
+FLEET = {**copy.deepcopy(CLI_FLEET), "name": "lim", "models": copy.deepcopy(CLI_FLEET["models"][:2])}
 
 
 def fleet(punct_rps: float = 40.0):

@@ -287,9 +287,9 @@ def _one_cycle(rec: "Reconciler", dry_run: bool, confirm: str | None, fmt: str, 
         last = f"applied {len(rep.done)} action(s)"
     doc = {"diff_id": rep.diff_id, "dry_run": dry_run, "leader": rep.leader, "lines": rep.lines(),
            "errors": list(rep.errors), "warnings": list(rep.warnings)}
-    if dry_run:
-        doc["apply_with"] = apply_with
     ok = rep.leader and not rep.errors
+    if dry_run and ok:  # a diff that errors (no fleet ConfigMap, say) is not one to confirm
+        doc["apply_with"] = apply_with
     # The errors go to the one error line below, not to stdout as well (they were printed twice).
     shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
     emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)

@@ -107,7 +107,7 @@ def explain(plan: Plan, model: str) -> str:
         others = [f"{x.name}#{x.replica}" for x in p.models if x.name != model]
         lines += [
             f"  replica {me.replica}: {p.id} ({p.pool}, {p.slot})",
-            f"    serves {me.rate_rps:g} rps in batches of {me.batch_size} every {p.duty_cycle_ms:.1f} ms duty cycle; "
+            f"    serves {me.rate_rps:.1f} rps in batches of {me.batch_size} every {p.duty_cycle_ms:.1f} ms duty cycle; "
             f"takes {me.share:.0%} of the slot",
             f"    p99 bound {me.p99_bound_ms:.1f} ms = wait up to one cycle ({p.duty_cycle_ms:.1f}) + run "
             f"({me.p99_bound_ms - p.duty_cycle_ms:.1f}); SLO {me.slo_ms:g} ms",

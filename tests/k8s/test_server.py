@@ -134,3 +134,16 @@ def test_unreachable_api_server_is_one_line_with_a_fix(capsys) -> None:
     assert err.startswith(f"error: the Kubernetes API server at http://127.0.0.1:{port} cannot be reached "
                           "(connection refused). Fix: check --server")
     assert "MaxRetryError" not in err and "Traceback" not in err
+
+
+def test_a_dry_run_that_fails_offers_no_command_to_confirm(cluster, tmp_path) -> None:
+    """No fleet ConfigMap: the dry run fails (exit 2), and its JSON offered `apply_with ...
+    --confirm ID` all the same, a diff that is nothing to confirm."""
+    import json
+
+    cluster.client.CoreV1Api(cluster.api).delete_namespaced_config_map("packer-fleet", "packer")
+    from packer_cli.main import main
+
+    assert main(["reconcile", "--server", cluster.emu.url, "--dry-run", "-o", str(tmp_path / "rep.json")]) == 2
+    rep = json.loads((tmp_path / "rep.json").read_text())
+    assert rep["errors"] and "apply_with" not in rep

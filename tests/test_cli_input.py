@@ -340,3 +340,27 @@ def test_a_replan_without_mig_repacks_the_current_plans_mig_instances(tmp_path):
         pool["sharing"] = ["time-slicing"]
     fleet.write_text(yaml.safe_dump(d))
     assert main(["plan", str(fleet), "--current", str(cur), "--time-limit", "5", "--format", "json"]) == 0
+
+
+def test_a_replan_after_a_surge_keeps_the_scaled_replicas_and_says_so(tmp_path):
+    """A plan scaled up for a surge (``packer scale -o``), re-planned at the fleet's own traffic:
+    the planner sees only the fleet's traffic, so it keeps the scaling policy's replicas (a fleet
+    edited during a surge must not drop them), and says so, naming the model and a fresh plan's
+    count (it cost 1.30x the greedy baseline printed under it, without a word why)."""
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(yaml.safe_dump(BASE))
+    cur, scaled, snap = tmp_path / "cur.json", tmp_path / "scaled.json", tmp_path / "snap.json"
+    assert main(["plan", str(fleet), "--time-limit", "5", "--format", "json", "-o", str(cur)]) == 0
+    plan = json.loads(cur.read_text())
+    en = next(m for m in BASE["models"] if m["name"] == "asr-en")
+    snap.write_text(json.dumps({"time": 0, "models": {"asr-en": {"arrival_rps": 3 * en["traffic"]["peak_rps"]}}}))
+    assert main(["scale", "--plan", str(cur), "--metrics", str(snap), "--json", "-o", str(scaled)]) == 0
+    surged = json.loads(scaled.read_text())
+    assert surged["replicas"]["asr-en"] > plan["replicas"]["asr-en"]
+    new = tmp_path / "new.json"
+    assert main(["plan", str(fleet), "--current", str(scaled), "--time-limit", "5", "--format", "json",
+                 "-o", str(new)]) == 0
+    again = json.loads(new.read_text())
+    assert again["replicas"]["asr-en"] == surged["replicas"]["asr-en"]
+    said = [w for w in again["warnings"] if "kept replica counts" in w]
+    assert said and f"asr-en {surged['replicas']['asr-en']} (a fresh plan: " in said[0]

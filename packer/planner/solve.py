@@ -1385,15 +1385,15 @@ def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budge
                        counts=_counts_used(gpus))
 
 
-def _kept_surplus(problem: Problem, gpus: list[Gpu], current: Plan | None) -> list[str]:
+def _kept_surplus(gpus: list[Gpu], current: Plan | None, fresh: dict[str, int]) -> list[str]:
     """A re-plan keeps a model's replica count while that many replicas hold its peak, so the
     replicas a scale-up added stay (the scaling policy, which sees live traffic, removes them; the
     planner sees only the fleet's, and a fleet edited during a surge must not drop them). Said,
     since the plan then costs more than a fresh one: a plan scaled for a surge, re-planned, kept 13
-    replicas of asr-en where 5 hold its peak, at 1.30x the greedy baseline, without a word why."""
+    replicas of asr-en where 5 hold its peak, at 1.30x the greedy baseline, without a word why.
+    ``fresh``: a fresh plan's counts (``choose_counts``, as the plan started from)."""
     if current is None:
         return []
-    fresh = choose_counts(problem)
     now: Counter[str] = Counter(r.model.name for g in gpus for sl in g.slots for r in sl.reps)
     more = [(m, now[m], fresh[m]) for m in sorted(fresh) if now[m] > fresh[m] and current.replicas.get(m) == now[m]]
     if not more:
@@ -1426,7 +1426,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
     reserved = gpu_counts(problem, multi)
-    gpus, counts, baseline_packing, start = _first_packing(problem, settings, current, choose_counts(problem),
+    fresh = choose_counts(problem)
+    gpus, counts, baseline_packing, start = _first_packing(problem, settings, current, dict(fresh),
                                                            reserved, t0, budget)
     if progress:
         progress("greedy", time.monotonic() - t0)
@@ -1473,7 +1474,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
             gpus, status = cheaper, "feasible"
             multi_counts = dict(Counter(g.multi[0].name for g in gpus if g.multi))
             problem.multi_counts = dict(multi_counts)
-    warnings = assign_nodes(problem, gpus) + _spread_cost(problem, gpus) + _kept_surplus(problem, gpus, current)
+    warnings = assign_nodes(problem, gpus) + _spread_cost(problem, gpus) + _kept_surplus(gpus, current, fresh)
     if first is not None and SPREAD_RULE in first[1] and _one_node(problem, gpus):
         first = None  # a bound over spread plans, and this plan is not one (never, while every stage keeps it)
     if first is None:

@@ -99,6 +99,14 @@ def _image(ctx: click.Context, param: click.Parameter, value: str | None) -> str
     return value
 
 
+def image_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--triton-image`` and ``--fetch-image``, checked as image references when parsed (``_image``)."""
+    f = click.option("--fetch-image", default=None, callback=_image,
+                     help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")(f)
+    return click.option("--triton-image", default=None, callback=_image,
+                        help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")(f)
+
+
 def namespace_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """``--namespace`` and ``--gpu-operator-namespace``, checked as namespace names when parsed:
     before a plan is read or a cluster reached, one line names the flag and the rule."""
@@ -143,10 +151,7 @@ def devices_lines(plan: Plan, s: ManifestSettings, deployments: list[dict]) -> s
 @click.argument("plan_path", metavar="PLAN", type=click.Path(dir_okay=False))
 @out_dir_option("the objects (one file per kind), labels/ and label-nodes.sh", old=("-o", "--out"))
 @namespace_options
-@click.option("--triton-image", default=None, callback=_image,
-              help="tritonserver image (default: a release tag; pin by digest: name@sha256:...).")
-@click.option("--fetch-image", default=None, callback=_image,
-              help="Image of the init container that fetches artifacts (needs sh, wget, sha256sum).")
+@image_options
 @devices_option
 @format_option
 def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, namespace: str,
@@ -215,10 +220,7 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
               help="In the cluster: move the plan with live load (the groups' Triton metrics -> the scaling "
                    "policy). A dry run from outside sees no metrics and shows fleet-driven changes only.")
-@click.option("--triton-image", default=None, callback=_image,
-              help="tritonserver image; pin by digest: name@sha256:...")
-@click.option("--fetch-image", default=None, callback=_image,
-              help="Image of the artifact-fetching init container (sh, wget, sha256sum).")
+@image_options
 @devices_option
 @format_option
 @output_option("the cycle's report (diff id, actions, errors)")

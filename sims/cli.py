@@ -69,6 +69,13 @@ class _Bar:
             sys.stderr.flush()
 
 
+def _positive(duration_s: float) -> float:
+    """``--duration`` as simulate and capacity take it: above 0."""
+    if not duration_s > 0:
+        raise UserError("--duration must be positive. Fix: e.g. --duration 10m")
+    return duration_s
+
+
 def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy: str | None,
             progress: bool, label: str, duration_name: str = "--duration") -> dict[str, Any]:
     """One simulation as JSON; ``duration_name`` is where the duration came from, for the errors
@@ -102,9 +109,7 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     check_output_dir(out_dir, "--out-dir")
     check_output_file(output, "-o", not_=(fleet_or_plan, compare))
     scenario = load_scenario(scenario_path)
-    dur = parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0)
-    if not dur > 0:
-        raise UserError("--duration must be positive. Fix: e.g. --duration 10m")
+    dur = _positive(parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0))
     # The field an error about the run's length names: the option, else the scenario file's key.
     dname = "--duration" if duration or not scenario.duration_s else f"duration (in {scenario.source})"
     if compare and compare != "spot" and compare not in policy_names() and not Path(compare).exists():
@@ -178,9 +183,7 @@ def capacity(fleet_path: str, growth: str, scenario_path: str, duration: str, po
     check_output_dir(out_dir, "--out-dir")
     fleet = load_fleet(fleet_path)
     scenario = load_scenario(scenario_path)
-    dur = parse_duration(duration, "--duration")
-    if not dur > 0:  # the same rule as simulate's (capacity divided by it: a ZeroDivisionError)
-        raise UserError("--duration must be positive. Fix: e.g. --duration 10m")
+    dur = _positive(parse_duration(duration, "--duration"))  # capacity divided by 0 (a ZeroDivisionError)
     rows = []
     for g in factors:
         try:

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
+from functools import cached_property, lru_cache
 
 from packer.arrivals import batch_bound, envelope
 from packer.catalog import GpuType, gpu_type
@@ -129,6 +129,38 @@ MAX_TURNS = 64
 more than this many is not planned."""
 
 
+Turns = tuple[tuple[float, float, float, float], ...]
+
+
+@lru_cache(maxsize=1 << 14)
+def turn_table(slo_ms: float, max_batch: int, u: float) -> Turns:
+    """Per number of turns ``k = 1 .. MAX_TURNS``: ``(slo / (1 + k u), k M - c_k, s_k, 1 + k u)``,
+    the cycle the SLO allows with ``k`` rounds of waiting, the cover's numerator and slope (the
+    envelope ``c_k + s_k m`` of the quantile batch, tight near ``k M`` arrivals: ``k`` full batches
+    hold a window of mean ``m`` while ``c_k + s_k m <= k M``), and the window in cycles.
+    Independent of the rate, so the bisections on the rate and the relaxations share it."""
+    out = []
+    for k in range(1, MAX_TURNS + 1):
+        c, s = envelope(k * max_batch)  # arrivals over k rounds are about k M: the line is tight there
+        out.append((slo_ms / (1.0 + k * u), k * max_batch - c, s, 1.0 + k * u))
+    return tuple(out)
+
+
+def own_limit(table: Turns, r: float) -> tuple[float, int]:
+    """``(hi, k)``: the longest cycle a member at ``r`` requests/ms allows by itself, the best over
+    ``k`` turns of ``min(slo / (1 + k u), (k M - c_k) / (s_k r (1 + k u)))``, and the ``k`` giving
+    it (``-inf`` where no ``k`` allows any). The slot maths' ``hi``, and what every relaxation of
+    it must allow too."""
+    hi, at = -math.inf, 1
+    for k, (lat, cover, sk, rounds) in enumerate(table, 1):
+        if lat <= hi:  # the latency limit only falls with k
+            break
+        h = min(lat, cover / (sk * r * rounds)) if r > 0 else lat
+        if h > hi:
+            hi, at = h, k
+    return hi, at
+
+
 def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     """One replica of ``model`` serving ``rate`` rps on slot type ``st`` at usable share ``u``.
 
@@ -144,16 +176,16 @@ def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     A window holding more than ``max_batch`` (``M``) requests is served over ``k`` turns, one
     batch a round: a request may wait ``d + k C``, and ``k`` must cover what arrives meanwhile,
     ``c + s r (1 + k u) d <= k M``. So ``hi`` is the best over ``k`` of the largest ``d`` with
-    ``(1 + k u) d <= slo`` and that cover.
+    ``(1 + k u) d <= slo`` and that cover (:func:`own_limit`).
     """
     return ItemMaker(model, st, u)(rate)
 
 
 class ItemMaker:
     """:func:`item` for one model on one slot type at any rate. What does not depend on the rate
-    (the scaled profile, the envelope of each number of turns) is worked out once, so that the
-    bisections on the rate (``single_capacity``) cost a few operations a step, not an envelope
-    per turn: planning 500 models spent 4.4 s there. The same arithmetic as before, step for step.
+    (the scaled profile, the envelope of each number of turns: :func:`turn_table`) is worked out
+    once, so that the bisections on the rate (``single_capacity``) cost a few operations a step,
+    not an envelope per turn: planning 500 models spent 4.4 s there.
     """
 
     __slots__ = ("model", "u", "base", "per", "turns")
@@ -161,17 +193,7 @@ class ItemMaker:
     def __init__(self, model: Model, st: SlotType, u: float) -> None:
         self.model, self.u = model, u
         self.base, self.per = latency_scale(model, st)
-        self.turns: list[tuple[float, float, float, float]] = []
-        """Per number of turns k: its latency limit, the cover's numerator ``k M - c_k``, the
-        envelope's slope ``s_k`` and ``1 + k u``; filled as far as a scan has needed (``lat``
-        only falls with k, so a scan stops once it is below the best cycle so far)."""
-
-    def _turn(self, k: int) -> tuple[float, float, float, float]:
-        while len(self.turns) < k:
-            j, M, u = len(self.turns) + 1, self.model.max_batch, self.u
-            cj, sj = envelope(j * M)  # arrivals over j rounds are about j M: the line is tight there
-            self.turns.append((self.model.slo_ms / (1.0 + j * u), j * M - cj, sj, 1.0 + j * u))
-        return self.turns[k - 1]
+        self.turns = turn_table(model.slo_ms, model.max_batch, u)
 
     def __call__(self, rate: float) -> Item:
         A, B, hi = self.line(rate)
@@ -189,14 +211,7 @@ class ItemMaker:
         M = model.max_batch
         if r <= 0:
             return base + per, 0.0, model.slo_ms / (1.0 + u)
-        hi, turns_at_hi = -math.inf, 1
-        for k in range(1, MAX_TURNS + 1):
-            lat, cover, sk, rounds = self.turns[k - 1] if k <= len(self.turns) else self._turn(k)
-            if lat <= hi:
-                break
-            h = min(lat, cover / (sk * r * rounds))
-            if h > hi:
-                hi, turns_at_hi = h, k
+        hi, turns_at_hi = own_limit(self.turns, r)
         # The load of a cycle is the larger of two things. Its turn in a round: the quantile batch of
         # its window (the line above), never more than a full batch. And the long run: one batch a
         # cycle, one more per ``max_batch`` arrivals, ``base + (per + base / M) r d``. The larger of
@@ -441,16 +456,20 @@ def largest(ok: Callable[[float], bool], *, ceiling: float = 1e9, steps: int = 5
     return lo
 
 
-def relaxed_limit(model: Model, rate: float, st: SlotType) -> tuple[float, float, float]:
+def relaxed_limit(model: Model, rate: float, st: SlotType, u: float) -> tuple[float, float, float]:
     """``(A, B, hi)`` of a relaxation of :func:`item`: every group the slot maths admits, this
     admits too (smaller ``A`` and ``B``, larger ``hi``: one request per batch, mean arrivals,
-    latency ``d + l``). For lower bounds and the exact search, never for plans."""
+    latency ``d + l``, and the member's own limit over its turns, :func:`own_limit`, which
+    :func:`item`'s ``hi`` is). For lower bounds and the exact search, never for plans.
+
+    (It used to cap ``d`` at ``(max_batch - 1) / r``, one turn's mean, which a member taking many
+    turns exceeds: at ``max_batch`` 2 and ``u = 0.85``, 20 turns allow ``r d`` up to 1.03.)"""
     base, per = latency_scale(model, st)
     A = base + per
     B = per * rate / 1000.0
     hi = (model.slo_ms - A) / (1.0 + B)
     if rate > 0:
-        hi = min(hi, (model.max_batch - 1) * 1000.0 / rate) if model.max_batch > 1 else min(hi, 1000.0 / rate)
+        hi = min(hi, own_limit(turn_table(model.slo_ms, model.max_batch, u), rate / 1000.0)[0])
     return A, B, hi
 
 
@@ -494,6 +513,16 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
         fastest = min(sts, key=lambda st: sum(latency_scale(model, st)))
         A = sum(latency_scale(model, fastest))
         need = A + A / u  # its cut (a cycle at least A / u, so the round fits in u of it), then its run
+        if model.slo_ms >= need:
+            # The latency allows a cycle; the batch does not: no number of turns of max_batch covers
+            # the quantile batch of the window, even at a vanishing rate.
+            bigger = next((b for b in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if b > model.max_batch
+                           and single_capacity(replace(model, max_batch=b), fastest, u) > 0), None)
+            fix = (f"raise max_batch to at least {bigger}" if bigger else "raise max_batch") + " or raise slo_ms"
+            raise FleetError(f"{where}.max_batch", f"{model.max_batch} cannot serve any rate within slo_ms "
+                             f"{model.slo_ms:g}: the planner provisions each batch for the 99.9 % burst of its "
+                             f"window and, at {A:.1f} ms a request on the fastest slot ({fastest.key}), no "
+                             f"number of turns of {model.max_batch} covers it", fix)
         raise FleetError(f"{where}.slo_ms", f"{model.slo_ms:g} ms cannot be met by any batch size: even one "
                          f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait a duty "
                          f"cycle first, a worst case of {need:.1f} ms",

@@ -2,7 +2,7 @@
 
 import pytest
 
-from packer.fleet import LatencyProfile, Model, Pool, Traffic
+from packer.fleet import FleetError, LatencyProfile, Model, Pool, Traffic
 from packer.arrivals import batch_bound, envelope
 from packer.slot import ItemMaker, SlotType, duty_window, evaluate, item, latency_scale, round_at, single_capacity, turns
 
@@ -192,3 +192,53 @@ def test_the_cycle_a_plan_states_keeps_the_round_within_the_cap():
     lo, hi = duty_window([it], U)
     d = evaluate([it], 79.1, U).duty_cycle_ms
     assert lo <= d <= hi
+
+
+def test_a_batch_too_small_for_any_rate_names_max_batch_not_the_slo():
+    """Found by bench/truth.py's random slots: ``max_batch: 1``, 56 ms a request, SLO 411 ms. The
+    SLO allows a cycle (123 ms would do), but no number of turns of one request covers the 99.9 %
+    line of a window at any rate, and the fleet was refused with "411 ms cannot be met ... raise
+    slo_ms to at least 123". The error now names max_batch and the batch that serves it."""
+    from packer.fleetfile import parse_fleet
+
+    def fleet(mb):
+        return {"name": "x", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
+                                        "cost_per_gpu_hour": 0.8}],
+                "models": [{"name": "i0", "kind": "streaming", "memory_gb": 2, "slo_ms": 411, "max_batch": mb,
+                            "latency_ms": {"gpu": "l4-24gb", "base": 55.9, "per_item": 0.37},
+                            "traffic": {"rps": 0.48}}]}
+
+    with pytest.raises(FleetError) as e:
+        parse_fleet(fleet(1), "x")
+    assert e.value.field == "models[0] (i0).max_batch"
+    assert "raise max_batch to at least 2" in str(e.value) and "123" not in str(e.value)
+    assert parse_fleet(fleet(2), "x").models[0].max_batch == 2
+
+
+@pytest.mark.parametrize("u", [0.5, 0.85, 1.0])
+def test_the_relaxations_admit_every_cycle_the_slot_maths_admits(u):
+    """The exact search (``prove``) and ``relaxed_limit`` may only exclude what the slot maths
+    excludes: a member at rate ``r`` whose own limit is ``hi`` must pass both at any cycle up to
+    ``hi``. They used to cap ``r d`` at ``max_batch - 1``, one turn's mean, which a member taking
+    many turns exceeds (``max_batch`` 2 and long SLOs: ``r d`` up to 1.03), so a plan could be
+    "proven" optimal against purchases it did not rule out."""
+    from packer.planner.prove import _max_rate
+    from packer.slot import relaxed_limit
+
+    checked = 0
+    for mb in (1, 2, 3, 4, 8, 32, 128):
+        for base, per, slo in ((4.0, 0.132, 200), (10.0, 1.0, 3000), (2.0, 0.5, 60000), (50.0, 5.0, 500)):
+            m = model(base=base, per=per, slo=slo, mb=mb)
+            cap = single_capacity(m, WHOLE, u)
+            for f in (0.01, 0.1, 0.3, 0.6, 0.9, 0.999):
+                r = cap * f
+                it = item(m, r, WHOLE, u)
+                if r <= 0 or it.hi <= 0:
+                    continue
+                A, per_s = latency_scale(m, WHOLE)[0] + latency_scale(m, WHOLE)[1], latency_scale(m, WHOLE)[1]
+                assert relaxed_limit(m, r, WHOLE, u)[2] >= it.hi * (1 - 1e-12), (mb, base, slo, f)
+                for d in (it.hi * 0.5, it.hi * (1 - 1e-9)):
+                    if d + (base + per) <= slo:
+                        assert _max_rate(m, A, per_s, d, u) >= r * (1 - 1e-9), (mb, base, slo, f, d)
+                        checked += 1
+    assert checked > 100

@@ -9,10 +9,12 @@ Every feasible plan satisfies these constraints, so their optimum can only be ch
   ``sum_t v = peak``, ``v <= cap_t q`` (no replica serves more than it can alone),
   ``sum_t q >= n_lb`` and ``q <= N`` (one replica of a model per slot);
 * per slot type, memory ``sum mem q <= mem_t N`` and time ``sum T <= u N``: in any slot, a
-  member at rate ``r`` takes at least ``A / d + per r`` of the duty cycle ``d``, and ``d`` is at
-  most ``(slo - A) / (1 + per r)`` and ``(max_batch - 1) / r``; each gives a lower bound on the
-  share that is linear in ``r``, so ``T >= A/(slo-A) q + slo/(slo-A) per v`` and
-  ``T >= (A/(max_batch-1) + per) v`` hold for the sums over a model's replicas.
+  member at rate ``r`` takes at least ``A / d + per r`` of the duty cycle ``d``, ``d`` is at
+  most ``(slo - A) / (1 + per r)``, and a request costs at least ``base / max_batch + per`` (a
+  window over ``max_batch`` is served in several turns, so ``max_batch`` caps no rate); each
+  gives a lower bound on the share that is linear in ``r``, so
+  ``T >= A/(slo-A) q + slo/(slo-A) per v`` and ``T >= (base/max_batch + per) v`` hold for the
+  sums over a model's replicas (``_coefficients``).
 
 Slots are further split by duty-cycle class (``docs/planner.md``); in the MIP the number of slots
 of each type and class is an integer too, since every slot runs one cycle. Multi-GPU replicas are

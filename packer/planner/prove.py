@@ -20,8 +20,8 @@ planning problem, so an infeasible answer is a proof:
   instances are a subset of a maximal one's);
 * per slot: memory (weights rounded down, capacity up); one replica of a model; mixed workload
   kinds only where the pool time-slices; the duty cycle lies in one cell ``(D_(k-1), D_k]`` of a
-  geometric grid; a member's rate must let its own cycle limit exceed ``D_(k-1)`` (SLO and
-  ``max_batch``), and it is charged ``A / D_k + per * rho`` of the cycle, never more than at the
+  geometric grid; a member's rate must let its own cycle limit exceed ``D_(k-1)`` (SLO, and
+  the turns its ``max_batch`` allows: ``slot.own_limit``), and it is charged ``A / D_k + per * rho`` of the cycle, never more than at the
   real cycle, rounded down;
 * replicas of a model in a pool at most the pool's GPUs; slots of one type are interchangeable, so
   they are ordered by memory.
@@ -44,7 +44,7 @@ from ortools.sat.python import cp_model
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import SlotType, duty_window, item, latency_scale, relaxed_limit
+from packer.slot import SlotType, duty_window, item, latency_scale, relaxed_limit, turn_table
 
 GRID = 1.02
 """Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
@@ -417,7 +417,8 @@ def _exact_slot(e: _Exact, si: int, names: list[str]) -> None:
         m = fleet.model(name)
         # The relaxation of the slot maths (packer.slot.relaxed_limit) admits every group the
         # planner's test admits, so "fits on none" still proves the plan optimal.
-        its = [relaxed_limit(m, m.traffic.peak_rps / k, st) for k in range(max(m.min_replicas, 1), e.gpus + 1)]
+        its = [relaxed_limit(m, m.traffic.peak_rps / k, st, e.problem.u)
+               for k in range(max(m.min_replicas, 1), e.gpus + 1)]
         prof[name] = (m, its[0][0], latency_scale(m, st)[1])
         cells |= {_cell(hi) for _, _, hi in its if hi > 0}
     cv = {k: mdl.NewBoolVar("") for k in sorted(cells)}
@@ -432,7 +433,7 @@ def _exact_slot(e: _Exact, si: int, names: list[str]) -> None:
             mdl.Add(w[name] >= coef * r - coef * Q * (1 - xv))
         allow = []
         for k, c in cv.items():
-            rmax = _max_rate(m, A, per, GRID ** (k - 1))
+            rmax = _max_rate(m, A, per, GRID ** (k - 1), e.problem.u)
             if rmax <= 0 or math.floor(SCALE * A / GRID ** k) > u_cap:
                 mdl.AddImplication(xv, c.Not())
                 continue
@@ -464,13 +465,19 @@ def _exact_symmetry_and_spread(e: _Exact) -> None:
                 mdl.Add(sum(vs) <= gp)
 
 
-def _max_rate(m: Model, A: float, per: float, d: float) -> float:
-    """The largest rate (rps) at which a replica's own limit exceeds ``d`` ms: SLO and max_batch."""
+def _max_rate(m: Model, A: float, per: float, d: float, u: float) -> float:
+    """The largest rate (rps) at which a replica's own limit exceeds ``d`` ms: the SLO (``d`` plus
+    one batch), and the turns (``slot.own_limit``: some ``k`` with ``(1 + k u) d <= slo`` whose
+    window ``r (1 + k u) d`` its ``k`` full batches cover)."""
     if d <= 0:
         return math.inf
     room = (m.slo_ms - A) / d - 1.0
     if room <= 0 and room > -1e-9:  # a limit that equals the cell's floor up to rounding: keep it
         room = 1e-12
     r = room * 1000.0 / per if per > 0 else (math.inf if room > 0 else 0.0)
-    mb = (m.max_batch - 1) * 1000.0 / d if m.max_batch > 1 else 1000.0 / d
+    mb = 0.0
+    for lat, cover, sk, rounds in turn_table(m.slo_ms, m.max_batch, u):
+        if lat < d * (1 - 1e-9):  # the latency limit only falls with k
+            break
+        mb = max(mb, cover * 1000.0 / (sk * rounds * d))
     return min(r, mb)

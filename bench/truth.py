@@ -166,6 +166,24 @@ def planned_slot(names: list[str], spec: dict | None = None, intervals: dict[str
     return sub, plan_of(sub, [p]), rates, intervals
 
 
+def served_bound(sub, p, fits: dict[str, tuple[float, float]], overhead: dict[str, float]) -> dict[str, float]:
+    """Each member's bound with the run times Triton served (``fits``) in place of the profile's,
+    at the rendered cycle and rates, plus the per-request overhead outside the server: what the
+    slot maths says once its inputs are what the server did. Real p99 above the bound but within
+    this is the profile's error (the stand-in sleeps the profile; Triton's own work per batch comes
+    on top), not the slot maths'; a user profiles the model as served, which includes it."""
+    from packer.fleet import LatencyProfile
+    from packer.slot import round_at
+
+    st = SlotType(sub.pool("l4"))
+    its = []
+    for mem in p.models:
+        m = sub.model(mem.name)
+        its.append(item(replace(m, latency=(LatencyProfile(m.latency[0].gpu, *fits[mem.name]),)), mem.rate_rps, st, U))
+    rd = round_at(its, p.duty_cycle_ms, U)
+    return {mem.name: rd.bounds[i] + overhead.get(mem.name, 0.0) for i, mem in enumerate(p.models)}
+
+
 def arrivals(rates: dict[str, float], streams: dict[str, int], total_s: float, seed: int) -> list[tuple]:
     """``(t, model, sequence id, start, end)``: Poisson, or sessions with evenly spaced chunks."""
     rng = np.random.default_rng(seed)
@@ -269,6 +287,7 @@ def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, wa
                         fits[n] = fit_run_time(bs, m.latency[0].per_item) if bs else (m.latency[0].base,
                                                                                       m.latency[0].per_item)
                     sim = simulate(plan, level, sent, fits, overhead, warmup_s, wake)
+                    served = served_bound(sub, p, fits, overhead)
                     for n in names:
                         rows = [(lat * 1000.0, err) for m, s, lat, err in done if m == n and s >= warmup_s]
                         ok = np.array([l for l, e in rows if not e])
@@ -278,7 +297,7 @@ def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, wa
                              "sent": len(rows), "rejected": sum(1 for _, e in rows if e),
                              "p50_ms": float(np.percentile(ok, 50)) if ok.size else None,
                              "p99_ms": float(np.percentile(ok, 99)) if ok.size else None,
-                             "bound_ms": bound[n], "slo_ms": slo, "within_slo": within,
+                             "bound_ms": bound[n], "served_bound_ms": served[n], "slo_ms": slo, "within_slo": within,
                              "fit_base_ms": fits[n][0], "fit_per_item_ms": fits[n][1],
                              "overhead_ms": overhead.get(n, 0.0), **sim[n]}
                         out.append(r)
@@ -341,8 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     at90 = [r["within_slo"] for r in rows if r["load"] >= 0.9]
     measured = [r for r in rows if r["p99_ms"] is not None]
     print(f"\nreal p99 over its bound: {len(over)} of {len(measured)} member-runs"
-          + (f" (worst {max(r['p99_ms'] / r['bound_ms'] for r in over):.2f}x)" if over else "")
+          + (f" (worst {max(r['p99_ms'] / r['bound_ms'] for r in over):.3f}x)" if over else "")
           + (f"; {len(rows) - len(measured)} drew no request after the warm-up" if len(measured) < len(rows) else ""))
+    if over:
+        print(f"  of those, over the bound at the run times Triton served (+ per-request overhead): "
+              f"{sum(1 for r in over if r['p99_ms'] > r['served_bound_ms'])} ("
+              + ", ".join(f"{r['slot']}/{r['model']} {r['p99_ms']:.1f} ms: bound {r['bound_ms']:.1f}, "
+                          f"as served {r['served_bound_ms']:.1f}" for r in over) + ")")
     print(f"simulator vs real, p50 and p99: median error {np.median(sims):.1%}, worst {max(sims):.1%}, "
           f"{sum(1 for s in sims if s <= 0.10)} of {len(sims)} within 10 %")
     if at90:

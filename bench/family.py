@@ -60,29 +60,36 @@ def example_docs(max_models: int = 10**9) -> list[dict]:
     return out
 
 
-def family(n: int, seed: int = 0, max_models: int = 2000, examples: bool = True) -> list[dict]:
+def family(n: int, seed: int = 0, max_models: int = 2000, examples: bool = True,
+           small_batches: float = 0.0) -> list[dict]:
     """The first ``n`` members: the examples (unless ``examples`` is off), then generated fleets."""
     docs = example_docs(max_models)[:n] if examples else []
     i = 0
     while len(docs) < n:
-        docs.append(family_fleet(seed * 100_003 + i, max_models=max_models))
+        docs.append(family_fleet(seed * 100_003 + i, max_models=max_models, small_batches=small_batches))
         i += 1
     return docs
 
 
-def member(i: int, seed: int = 0, max_models: int = 2000) -> dict:
+def member(i: int, seed: int = 0, max_models: int = 2000, small_batches: float = 0.0) -> dict:
     """The ``i``-th member of ``family(n, seed, max_models)`` for any ``n > i``, generated alone: a
     member depends only on its index and the seed, so planning the 40th need not generate the 39
     before it (``family(40, seed=17, max_models=500)`` takes 78 s)."""
     docs = example_docs(max_models)
     if i < len(docs):
         return docs[i]
-    return family_fleet(seed * 100_003 + i - len(docs), max_models=max_models)
+    return family_fleet(seed * 100_003 + i - len(docs), max_models=max_models, small_batches=small_batches)
 
 
 def family_fleet(seed: int, max_models: int = 2000, min_models: int = 10, shape: str | None = None,
-                 check: bool = True) -> dict:
-    """One generated member (a fleet document), ``min_models`` to ``max_models`` models."""
+                 check: bool = True, small_batches: float = 0.0) -> dict:
+    """One generated member (a fleet document), ``min_models`` to ``max_models`` models.
+
+    ``small_batches``: that share of the single-GPU models (drawn by a generator of its own, so the
+    rest of the member is the same) gets ``max_batch`` 1, 2 or 4: models served unbatched or
+    nearly (large LLMs, stateful decoders), where the slot maths provisions most per request. The
+    name ends in ``-mb`` then. A model the planner cannot serve at that batch gets a looser SLO, as
+    any model does (``_make_servable``)."""
     rng = random.Random(seed)
     shape = shape or rng.choice(SHAPES)
     lo, hi = max(1, min_models), max(min_models, max_models)
@@ -91,6 +98,13 @@ def family_fleet(seed: int, max_models: int = 2000, min_models: int = 10, shape:
     doc = {"mixed": _mixed, "multilingual": _multilingual, "long-tail": _long_tail, "llm": _llm}[shape](rng, n)
     doc["name"] = f"family-{seed}-{shape}-{len(doc['models'])}"
     doc["about"] = f"bench/family.py member, seed {seed}, shape {shape}"
+    if small_batches > 0:
+        small = random.Random(seed * 7919 + 1)
+        for m in doc["models"]:
+            if m.get("gpus_per_replica", 1) == 1 and small.random() < small_batches:
+                m["max_batch"] = small.choice([1, 2, 4])
+        doc["name"] += "-mb"
+        doc["about"] += f", {small_batches:.0%} of its single-GPU models at max_batch 1-4"
     return _make_servable(doc, rng) if check else doc
 
 

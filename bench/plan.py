@@ -75,11 +75,13 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
     from packer.planner import PlanSettings, plan_fleet
 
     base, _, variant = name.partition(":")
-    if base == "family":  # family:INDEX:SEED:MAX_MODELS
+    if base == "family":  # family:INDEX:SEED:MAX_MODELS[:SMALL_BATCHES]
         from bench.family import member
 
-        i, seed, most = (int(x) for x in variant.split(":"))
-        fleet, variant = parse_fleet(member(i, seed=seed, max_models=most)), ""
+        i, seed, most, *small = variant.split(":")
+        fleet = parse_fleet(member(int(i), seed=int(seed), max_models=int(most),
+                                   small_batches=float(small[0]) if small else 0.0))
+        variant = ""
     elif base.startswith("zipf-"):
         from bench.family import zipf_fleet
 
@@ -162,17 +164,21 @@ def main() -> None:
     ap.add_argument("--min-models", type=int, default=0, metavar="M",
                     help="with --family, only the members of at least M models (the large ones a short sample misses)")
     ap.add_argument("--seed", type=int, default=0, help="the family's seed")
+    ap.add_argument("--small-batches", type=float, default=0.0, metavar="SHARE",
+                    help="with --family, that share of the generated members' single-GPU models at max_batch 1-4")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(clock_rate() if args.one == "clock" else run_one(args.one, args.prove)))
         return
     if args.family:
-        names = [f"family:{i}:{args.seed}:{args.max_models}" for i in range(args.family)]
+        small = f":{args.small_batches}" if args.small_batches else ""
+        names = [f"family:{i}:{args.seed}:{args.max_models}{small}" for i in range(args.family)]
         if args.min_models:
             from bench.family import family
 
-            members = family(args.family, seed=args.seed, max_models=args.max_models)
+            members = family(args.family, seed=args.seed, max_models=args.max_models,
+                             small_batches=args.small_batches)
             names = [n for n, f in zip(names, members) if len(f["models"]) >= args.min_models]
     else:
         names = args.only.split(",") if args.only else EXAMPLES + MIG_ONLY + ["50", "500", "2000"]

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from packer.fleetfile import load_fleet
-from packer.plan import Plan, load_plan, save_plan
+from packer.plan import Plan, save_plan
+from packer.planfile import load_plan
 from packer.scaling import flaps
 from sims.engine import Simulation
 from sims.scenario import load_scenario, parse_duration, parse_scenario

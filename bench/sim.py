@@ -60,7 +60,8 @@ def fifty_fleet():
 
 def plan_for(which: str):
     from packer.fleetfile import load_fleet
-    from packer.plan import load_plan, save_plan
+    from packer.plan import save_plan
+    from packer.planfile import load_plan
     from packer.planner import PlanSettings, plan_fleet
 
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def plan_for(which: str):
 
 
 def child(case: str, seed: int) -> dict:
-    from packer.plan import load_plan
+    from packer.planfile import load_plan
     from sims.engine import simulate
     from sims.scenario import load_scenario
 

@@ -27,7 +27,8 @@ from k8s.settings import ManifestSettings, ReconcileSettings
 from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file, emit, format_option, note,
                             out_dir_option, output_option, resolve_out_dir)
 from packer.errors import UserError
-from packer.plan import Plan, load_plan
+from packer.plan import Plan
+from packer.planfile import load_plan
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -69,7 +70,7 @@ def label_script(plan_id: str, labels: dict[str, dict[str, str]]) -> str:
     for node, ls in labels.items():
         kv = " ".join(shlex.quote(f"{k}={v}") for k, v in sorted(ls.items()))
         lines.append(f'kubectl label node --overwrite "${{{env[node]}:?set {env[node]} to the real node of '
-                     f'logical node {node}}}" {kv}')
+                     f'logical node {re.sub(r"[^A-Za-z0-9._-]", "_", node)}}}" {kv}')  # never shell code
     return "\n".join(lines) + "\n"
 
 

@@ -26,7 +26,7 @@ from k8s.scaling import Scaled
 from k8s.settings import ReconcileSettings
 from packer.catalog import gpu_type
 from packer.fleet import Fleet
-from packer.plan import Plan, round_cost, to_dict
+from packer.plan import Plan, fleet_to_dict, round_cost, to_dict
 
 ROLE_LABEL = "packer.dev/role"
 MANAGED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget", "NetworkPolicy")
@@ -119,6 +119,10 @@ def plan_source(obs: Observed, fleet: FleetRead | None, state: dict[str, Any], *
     stored = obs.stored_plan
     if stored is None or obs.summary.get("fleet_hash") != fleet.hash:
         return PlanFleet(fleet.fleet, fleet.hash, stored, "no plan yet" if stored is None else "fleet changed", state)
+    if N.digest(fleet_to_dict(stored.fleet), 16) != fleet.hash:
+        # The summary's hash says the stored plan is this fleet's; the plan's own fleet says not (a
+        # plan.json.gz edited or copied from another cluster): plan afresh, never apply it.
+        return PlanFleet(fleet.fleet, fleet.hash, None, "the stored plan is of another fleet", state)
     if not scaling:
         return PlanChoice(stored, "", state)
     return ScalePlan(stored, state)

@@ -44,6 +44,7 @@ from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import parse_fleet
 from packer.plan import Plan, fleet_to_dict, from_dict
+from packer.planfile import validate_plan
 from packer.planner import PlanSettings, plan_fleet
 
 
@@ -220,7 +221,7 @@ class Reconciler:
                     if len(blob) > 2 * MAX_TEXT:
                         raise BadInput(f"{what}: {len(blob)} bytes, more than the {2 * MAX_TEXT} limit")
                     raw = gunzip(base64.b64decode(blob, validate=True), what)
-                    stored = from_dict(load_json(raw, what, limit=len(raw)))
+                    stored = validate_plan(from_dict(load_json(raw, what, limit=len(raw))), what)
                     self._blob = (blob, stored)
                 except Exception as e:  # noqa: BLE001 -- any content, any failure: report, keep the last plan
                     stored = self._blob[1] if self._blob is not None else None

@@ -14,10 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packer.errors import UserError
 from packer.fleet import Fleet, Model
 from packer.fleetfile import parse_fleet
-from packer.safeload import InputError, cut_path, looks_like_json, parse_json, parse_yaml, read_text, show
 from packer.settings import PlanSettings
 
 PLAN_VERSION = 1
@@ -264,39 +262,3 @@ def save_plan(plan: Plan, path: str | Path) -> None:
     Path(path).write_text(json.dumps(to_dict(plan), indent=2) + "\n")
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read a plan file through the bounded loader (``packer.safeload``).
-
-    Anything that is not a plan (a fleet file, other JSON, a truncated or hand-broken plan) is one
-    :class:`~packer.safeload.InputError` naming the file and the fix, never a traceback.
-    """
-
-    p = cut_path(path)
-    fix = "write one with `packer plan FLEET -o plan.json`"
-    text = read_text(path, fix)
-    if looks_like_json(text):
-        doc = parse_json(text, p)
-    else:  # perhaps a fleet file where a plan belongs
-        try:
-            doc = parse_yaml(text, p)
-        except InputError:
-            doc = None
-        if not (isinstance(doc, dict) and "pools" in doc and "models" in doc):
-            raise InputError(p, "is empty" if not text.strip() else "is not a plan (not JSON)", fix)
-    if isinstance(doc, dict) and "placements" not in doc and "pools" in doc and "models" in doc:
-        raise InputError(p, "is a fleet file, not a plan",
-                         f"plan it first with `packer plan {p} -o plan.json`, then give plan.json")
-    if not isinstance(doc, dict):
-        raise InputError(p, f"is a JSON {type(doc).__name__}, not a plan", fix)
-    missing = [k for k in ("fleet", "placements", "status", "cost_per_hour") if k not in doc]
-    if missing:
-        raise InputError(p, f"is not a plan: it has no `{missing[0]}`", fix)
-    try:
-        return from_dict(doc)
-    except InputError as e:  # the embedded fleet
-        raise InputError(f"{p}: fleet {e.field}", e.problem, e.fix) from None
-    except UserError as e:
-        raise InputError(f"{p}: fleet", str(e), "regenerate the plan from a valid fleet") from None
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
-        what = f"no `{e.args[0]}`" if isinstance(e, KeyError) and e.args else show(str(e), 80)
-        raise InputError(p, f"is not a valid plan ({what})", f"regenerate it: {fix}") from None

@@ -15,7 +15,8 @@ from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_file, d
                             same_fleet, write_output)
 from packer.errors import UserError
 from packer.fleetfile import load_fleet
-from packer.plan import load_plan, save_plan, to_dict
+from packer.plan import save_plan, to_dict
+from packer.planfile import load_plan
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.solve import with_insurance
 from packer.planner.spot import exposure_doc

@@ -16,7 +16,8 @@ import click
 
 from packer.cliutil import Number, Spinner, check_output_file, emit, format_option, deprecated, json_alias, resolve_format
 from packer.errors import UserError
-from packer.plan import Plan, load_plan, save_plan
+from packer.plan import Plan, save_plan
+from packer.planfile import load_plan
 from packer.safeload import cut_path, listing, parse_json, read_text
 from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, apply, decide, observe, snapshot_from_dict
 

@@ -13,7 +13,8 @@ import click
 
 from packer.cliutil import Number, Spinner, check_output_dir, emit, format_option, out_dir_option, resolve_out_dir
 from packer.errors import UserError
-from packer.plan import Placement, Plan, load_plan
+from packer.plan import Placement, Plan
+from packer.planfile import load_plan
 from serving import local
 from serving.repository import Repository, group_repositories, missing_artifacts, repositories, write, write_repository
 from serving.settings import TritonSettings

@@ -23,7 +23,8 @@ from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_dir, ch
 from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import load_fleet
-from packer.plan import Plan, load_plan
+from packer.plan import Plan
+from packer.planfile import load_plan
 from packer import planner
 from sims import engine, report
 from sims.registry import policy_names

@@ -17,7 +17,8 @@ import yaml
 from packer_cli.main import main
 from packer_cli.plan import example_path
 from packer.fleetfile import load_fleet
-from packer.plan import load_plan, save_plan
+from packer.plan import save_plan
+from packer.planfile import load_plan
 from packer.planner import PlanSettings, plan_fleet
 from test_scaling_helpers import FLEET as TINY
 from test_scaling_helpers import tiny_plan

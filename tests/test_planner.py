@@ -467,7 +467,8 @@ def test_multi_gpu_replicas_that_fit_the_nodes_are_placed(case):
 def test_a_plan_whose_dedicated_baseline_does_not_fit_is_read_back(tmp_path):
     """Four models share one L4 but would need four alone: the dedicated baseline does not fit.
     Its cost was written as ``Infinity``, which the plan's own reader refuses; now ``null``."""
-    from packer.plan import load_plan, save_plan
+    from packer.plan import save_plan
+    from packer.planfile import load_plan
     from packer.report import summary
 
     doc = {"name": "one-l4", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 2, "max_nodes": 1,

@@ -9,7 +9,8 @@ import pytest
 
 from packer_cli.main import main
 from packer.fleetfile import load_fleet
-from packer.plan import PlanSettings, load_plan, save_plan
+from packer.plan import PlanSettings, save_plan
+from packer.planfile import load_plan
 from packer.planner import plan_fleet
 from test_scaling_helpers import three_slot_plan_for_cli, tiny_plan
 

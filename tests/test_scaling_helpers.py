@@ -63,7 +63,7 @@ def plan_of(f: Fleet, placements: list[Placement]) -> Plan:
             replicas[m.name] = replicas.get(m.name, 0) + 1
     return Plan(fleet=f, status="feasible", cost_per_hour=cost, lower_bound_cost_per_hour=cost, solve_seconds=0.0,
                 gpus=counts, baselines={}, placements=tuple(placements), layouts=layouts, replicas=replicas,
-                settings=PlanSettings())
+                settings=PlanSettings(), warnings=("hand-picked groups, not a planner result",))
 
 
 def tiny_plan(f: Fleet | None = None, rate: float = 200.0, punct: float = 20.0) -> Plan:

@@ -76,7 +76,7 @@ def build_plan(slots: list[Slot], doc: dict[str, Any] | None = None) -> Plan:
             replicas[m.name] = replicas.get(m.name, 0) + 1
     return Plan(fleet=fleet, status="feasible", cost_per_hour=8.2 + 1.6, lower_bound_cost_per_hour=8.0,
                 solve_seconds=0.0, gpus={"a100": 1, "l4": 2}, baselines={}, placements=tuple(placements),
-                layouts=layouts, replicas=replicas)
+                layouts=layouts, replicas=replicas, warnings=("hand-picked groups, not a planner result",))
 
 
 @pytest.fixture()

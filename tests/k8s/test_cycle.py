@@ -6,7 +6,9 @@ from dataclasses import replace
 
 from k8s.cycle import (FleetRead, Observed, PlanChoice, PlanFleet, ScalePlan, plan_source, policy_state, scaled_choice,
                        status_update)
+from k8s import names as N
 from k8s.scaling import Scaled
+from packer.plan import fleet_to_dict
 from k8s.settings import ReconcileSettings
 
 S = ReconcileSettings()
@@ -36,8 +38,9 @@ def test_a_foreign_status_name_is_a_conflict_and_nothing_is_written() -> None:
 def test_where_the_plan_comes_from(base_plan) -> None:  # type: ignore[no-untyped-def]
     """No fleet or a refused one keeps the stored plan with the error; a fleet whose hash is not the
     stored one is planned; otherwise the scaling policy may move the plan, if one is plugged in."""
-    fleet = FleetRead(base_plan.fleet, "h1")
-    stored = Observed("text", [], [], None, {"fleet_hash": "h1"}, base_plan)
+    h1 = N.digest(fleet_to_dict(base_plan.fleet), 16)  # the reconciler's hash of a fleet
+    fleet = FleetRead(base_plan.fleet, h1)
+    stored = Observed("text", [], [], None, {"fleet_hash": h1}, base_plan)
     none = plan_source(Observed(None, [], [], None, {}, base_plan), None, {"k": 1}, scaling=True, s=S)
     assert isinstance(none, PlanChoice) and none.plan is base_plan and none.errors[0].startswith("no fleet")
     bad = plan_source(stored, FleetRead(None, error="fleet ConfigMap: bad"), {}, scaling=True, s=S)
@@ -48,6 +51,12 @@ def test_where_the_plan_comes_from(base_plan) -> None:  # type: ignore[no-untype
     assert isinstance(first, PlanFleet) and first.why == "no plan yet" and first.current is None
     assert plan_source(stored, fleet, {"k": 1}, scaling=False, s=S) == PlanChoice(base_plan, "", {"k": 1})
     assert plan_source(stored, fleet, {"k": 1}, scaling=True, s=S) == ScalePlan(base_plan, {"k": 1})
+    # The summary vouches for the stored plan, but the plan's own fleet is another (a plan.json.gz
+    # edited or copied from another cluster): planned afresh, and never handed on as the current.
+    other = replace(base_plan, fleet=replace(base_plan.fleet, name="another"))
+    copied = plan_source(Observed("text", [], [], None, {"fleet_hash": h1}, other), fleet, {}, scaling=True, s=S)
+    assert isinstance(copied, PlanFleet) and copied.why == "the stored plan is of another fleet"
+    assert copied.current is None
 
 
 def test_the_memory_copy_of_the_policy_state_wins_over_the_checkpoint() -> None:

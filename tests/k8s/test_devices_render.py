@@ -25,7 +25,8 @@ from k8s.devices import FORMS, gib_to_mib
 from k8s.render import node_labels, render_plan
 from k8s.settings import ManifestSettings
 from packer.catalog import gpu_type
-from packer.plan import Plan, load_plan
+from packer.plan import Plan
+from packer.planfile import load_plan
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "devices"
 FLEETS = ("multilingual-meetings", "llm-platform", "long-tail")

@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from packer.catalog import gpu_type
 from packer.check import check_plan
 from packer.errors import UserError
-from packer.plan import PLAN_VERSION, Plan, from_dict, node_parts
+from packer.plan import PLAN_VERSION, Member, Plan, from_dict, node_parts
 from packer.safeload import InputError, cut, cut_path, looks_like_json, parse_json, parse_yaml, read_text, show
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -145,6 +146,43 @@ def validate_plan(plan: Plan, where: str) -> Plan:
     return plan
 
 
+PLACEMENT_KEYS = ("pool", "node", "gpu", "slot", "models", "duty_cycle_ms", "memory_gb", "memory_capacity_gb",
+                  "compute_share", "binding", "reason")
+MEMBER_KEYS = tuple(f.name for f in fields(Member))
+
+
+def shape_problem(doc: dict[str, Any]) -> tuple[str, str] | None:
+    """``(field, problem)`` for the first value whose JSON type no plan has, before the plan is
+    built from the document (so a hand-broken file names its field, not a Python error)."""
+    objects = {"gpus": dict, "replicas": dict, "baselines": dict, "settings": dict, "layouts": list,
+               "moves": list, "warnings": list, "placements": list}
+    for key, kind in objects.items():
+        if key in doc and doc[key] is not None and not isinstance(doc[key], kind):
+            return key, f"must be a JSON {'object' if kind is dict else 'list'}"
+    for k, v in (doc.get("baselines") or {}).items():
+        if not isinstance(v, dict):
+            return f"baselines.{cut(str(k), 40)}", "must be a JSON object"
+    for i, pl in enumerate(doc["placements"]):
+        if not isinstance(pl, dict):
+            return f"placements[{i}]", "must be a JSON object"
+        if missing := [k for k in PLACEMENT_KEYS if k not in pl]:
+            return f"placements[{i}]", f"has no `{missing[0]}`"
+        if not isinstance(pl["models"], list):
+            return f"placements[{i}].models", "must be a JSON list"
+        for j, m in enumerate(pl["models"]):
+            at = f"placements[{i}].models[{j}]"
+            if not isinstance(m, dict):
+                return at, "must be a JSON object"
+            if missing := [k for k in MEMBER_KEYS if k not in m]:
+                return at, f"has no `{missing[0]}`"
+            if extra := sorted(k for k in m if k not in MEMBER_KEYS):
+                return at, f"has `{cut(str(extra[0]), 40)}`, which no plan has"
+    for i, lay in enumerate(doc.get("layouts") or []):
+        if not isinstance(lay, dict):
+            return f"layouts[{i}]", "must be a JSON object"
+    return None
+
+
 def load_plan(path: str | Path) -> Plan:
     """Read a plan file through the bounded loader (``packer.safeload``).
 
@@ -179,6 +217,8 @@ def load_plan(path: str | Path) -> Plan:
     if doc.get("version", PLAN_VERSION) != PLAN_VERSION:
         raise InputError(f"{p}: version", f"is {cut(json.dumps(doc.get('version')), 20)}; this packer reads "
                          f"plans of version {PLAN_VERSION}", f"re-plan with this packer: {fix}")
+    if shape := shape_problem(doc):
+        raise InputError(f"{p}: {shape[0]}", shape[1], f"regenerate it: {fix}")
     try:
         plan = from_dict(doc)
     except InputError as e:  # the embedded fleet

@@ -269,7 +269,7 @@ def test_scale_given_a_fleet_where_the_plan_belongs(capsys, snap):
     ('{"fleet": {}, "status": "optimal", "cost_per_hour": 1}', "it has no `placements`"),
     ('{"fleet": {"name": "x"}, "placements": [], "status": "optimal", "cost_per_hour": 1}', "fleet"),
     ('{"placements": [{"pool": 1}], "fleet": ' + json.dumps(BASE) + ', "status": "x", "cost_per_hour": 1}',
-     "is not a valid plan"),
+     "placements[0]: has no `node`"),
     ('{"a": [1, 2,', "is not JSON"),
 ], ids=["notjson", "list", "empty", "no-placements", "bad-fleet", "bad-placement", "truncated"])
 def test_current_that_is_not_a_plan(tmp_path, capsys, text, says):

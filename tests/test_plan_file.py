@@ -64,6 +64,26 @@ def test_an_edited_plan_is_refused_where_it_is_read(plan_doc, tmp_path, name, ed
     assert says in str(e.value), str(e.value)
 
 
+SHAPES: list[tuple[Callable[[dict], Any], str]] = [
+    (lambda d: d.__setitem__("baselines", {"x": 3}), "baselines.x: must be a JSON object"),
+    (lambda d: d["placements"][0]["models"][0].__setitem__("extra", 1), "models[0]: has `extra`"),
+    (lambda d: d["placements"][0]["models"][0].pop("share"), "models[0]: has no `share`"),
+    (lambda d: d["placements"].__setitem__(0, "x"), "placements[0]: must be a JSON object"),
+    (lambda d: d["placements"][2].pop("pool"), "placements[2]: has no `pool`"),
+    (lambda d: d.__setitem__("settings", [1]), "settings: must be a JSON object"),
+]
+
+
+@pytest.mark.parametrize("edit,says", SHAPES)
+def test_a_value_of_the_wrong_json_type_is_named_not_a_python_error(plan_doc, tmp_path, edit, says) -> None:
+    d = json.loads(json.dumps(plan_doc))
+    edit(d)
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(InputError) as e:
+        load_plan(tmp_path / "bad.json")
+    assert says in str(e.value) and "__init__" not in str(e.value), str(e.value)
+
+
 def test_render_triton_refuses_a_slot_id_that_leaves_its_directory(plan_doc, tmp_path, capsys) -> None:
     victim = tmp_path / "victim" / "streaming"
     victim.mkdir(parents=True)

@@ -50,6 +50,14 @@ class Observed:
     """The status ConfigMap's name is held by an object packer does not own: state stays in memory."""
     problems: list[str] = field(default_factory=list)
     """Bad input found while observing (unreadable status summary or stored plan)."""
+    stored_fleet_hash: str | None = None
+    """:func:`fleet_hash` of the stored plan's own fleet, worked out once per stored plan read
+    (17 ms a cycle at 2000 models otherwise); None: :func:`plan_source` works it out."""
+
+
+def fleet_hash(fleet: Fleet) -> str:
+    """What identifies a fleet to the reconciler: the digest of its canonical document."""
+    return N.digest(fleet_to_dict(fleet), 16)
 
 
 @dataclass(frozen=True)
@@ -119,7 +127,7 @@ def plan_source(obs: Observed, fleet: FleetRead | None, state: dict[str, Any], *
     stored = obs.stored_plan
     if stored is None or obs.summary.get("fleet_hash") != fleet.hash:
         return PlanFleet(fleet.fleet, fleet.hash, stored, "no plan yet" if stored is None else "fleet changed", state)
-    if N.digest(fleet_to_dict(stored.fleet), 16) != fleet.hash:
+    if (obs.stored_fleet_hash or fleet_hash(stored.fleet)) != fleet.hash:
         # The summary's hash says the stored plan is this fleet's; the plan's own fleet says not (a
         # plan.json.gz edited or copied from another cluster): plan afresh, never apply it.
         return PlanFleet(fleet.fleet, fleet.hash, None, "the stored plan is of another fleet", state)

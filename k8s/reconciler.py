@@ -32,7 +32,8 @@ from typing import Any
 from k8s import names as N
 from k8s.cluster import KINDS, ApiError, Cluster
 from k8s.cycle import (FLEET_KEY, ROLE_LABEL, Acted, CyclePlan, FleetRead, Observed, PlanChoice, PlanFleet,
-                      check_nodes, managed_kinds, plan_cycle, plan_source, policy_state, scaled_choice, status_update)
+                      check_nodes, fleet_hash, managed_kinds, plan_cycle, plan_source, policy_state, scaled_choice,
+                      status_update)
 from k8s.diff import Change, Conflict, drifted, merge_patch
 from k8s.inputs import MAX_TEXT, BadInput, gunzip, load_json, load_yaml, short
 from k8s.lease import LeaderElector, LeaseLost
@@ -43,7 +44,7 @@ from k8s.settings import ReconcileSettings
 from packer.errors import UserError
 from packer.fleet import Fleet
 from packer.fleetfile import parse_fleet
-from packer.plan import Plan, fleet_to_dict, from_dict
+from packer.plan import Plan, from_dict
 from packer.planfile import validate_plan
 from packer.planner import PlanSettings, plan_fleet
 
@@ -153,7 +154,8 @@ class Reconciler:
         """((fleet hash, stored plan id), plan, why) of the last fleet-driven re-plan: a cycle that
         lost its lease while planning does not make the next one plan again from the start; a
         planner that failed on it (plan None, why the error) is not run again each cycle."""
-        self._blob: tuple[str, Plan] | None = None
+        self._blob: tuple[str, Plan, str] | None = None
+        """The stored plan as last read or written: its blob, the plan, its own fleet's hash."""
         """(stored plan blob, decoded plan): decode only when the status ConfigMap's blob changes."""
         self._last_summary: dict[str, Any] | None = None
         """The last good status summary read or written: stands in for an unreadable one, and
@@ -193,9 +195,11 @@ class Reconciler:
             # Someone else's ConfigMap under our status name: reported once (record), and this
             # process keeps the summary and plan in memory, so the loop stays quiet.
             summary = dict(self._last_summary or {})
-            stored = self._blob[1] if self._blob is not None else None
-            return Observed(fleet_text, nodes, live, status, summary, stored, status_foreign=True)
+            stored, mine = self._blob[1:] if self._blob is not None else (None, None)
+            return Observed(fleet_text, nodes, live, status, summary, stored, status_foreign=True,
+                            stored_fleet_hash=mine)
         problems = []
+        mine = None
         if status is not None:
             # Anyone with ConfigMap access may have written anything here: bounded reads, and a
             # bad summary or plan is reported while the last good plan (in memory) stays.
@@ -214,7 +218,7 @@ class Reconciler:
                 self._last_summary = summary
             blob = (status.get("binaryData") or {}).get("plan.json.gz")
             if blob and self._blob is not None and blob == self._blob[0]:
-                stored = self._blob[1]  # decoding re-validates the whole fleet: skip when unchanged
+                stored, mine = self._blob[1:]  # decoding re-validates the whole fleet: skip when unchanged
             elif blob:
                 try:
                     what = "status ConfigMap plan.json.gz"
@@ -222,13 +226,14 @@ class Reconciler:
                         raise BadInput(f"{what}: {len(blob)} bytes, more than the {2 * MAX_TEXT} limit")
                     raw = gunzip(base64.b64decode(blob, validate=True), what)
                     stored = validate_plan(from_dict(load_json(raw, what, limit=len(raw))), what)
-                    self._blob = (blob, stored)
+                    mine = fleet_hash(stored.fleet)
+                    self._blob = (blob, stored, mine)
                 except Exception as e:  # noqa: BLE001 -- any content, any failure: report, keep the last plan
-                    stored = self._blob[1] if self._blob is not None else None
+                    stored, mine = self._blob[1:] if self._blob is not None else (None, None)
                     keep = "keeping the last good plan" if stored is not None else "planning afresh"
                     problems.append(f"stored plan unreadable, {keep}: {short(e)}")
                     log.warning("%s", problems[-1])
-        return Observed(fleet_text, nodes, live, status, summary, stored, problems=problems)
+        return Observed(fleet_text, nodes, live, status, summary, stored, problems=problems, stored_fleet_hash=mine)
 
     # -- decide -------------------------------------------------------------------------------
 
@@ -264,15 +269,15 @@ class Reconciler:
         try:
             doc = load_yaml(text, f"fleet ConfigMap {self.s.fleet_configmap}")
             fleet = parse_fleet(doc, f"configmap/{self.s.fleet_configmap}")
-            fleet_hash = N.digest(fleet_to_dict(fleet), 16)
+            digest = fleet_hash(fleet)
         except Exception as e:  # noqa: BLE001 -- bad input of any shape: report, keep the last plan
             if not isinstance(e, (UserError, BadInput)):
                 log.warning("fleet ConfigMap rejected", exc_info=True)
             msg = short(e) if isinstance(e, BadInput) else f"fleet ConfigMap: {short(e)}"
             self._bad_fleet = (text, f"{msg}; keeping the last good plan")
             return FleetRead(None, error=self._bad_fleet[1])
-        self._fleet = (text, fleet, fleet_hash)
-        return FleetRead(fleet, fleet_hash)
+        self._fleet = (text, fleet, digest)
+        return FleetRead(fleet, digest)
 
     def _plan_fleet(self, source: PlanFleet) -> PlanChoice:
         """Run the planner on an edited fleet, once per (fleet, stored plan): a cycle that lost its
@@ -361,7 +366,7 @@ class Reconciler:
             self._event(kind, ns, name, reason, message, typ, stamp)
         self.policy_state = up.policy_state
         if plan is not None and blob is None:
-            self._blob = (up.binary["plan.json.gz"], plan)
+            self._blob = (up.binary["plan.json.gz"], plan, fleet_hash(plan.fleet))
         if obs.status_foreign:
             self._last_summary = up.summary
             return

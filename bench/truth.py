@@ -293,7 +293,8 @@ def run_slot(names: list[str], loads: list[float], runs: int, seconds: float, wa
                         ok = np.array([l for l, e in rows if not e])
                         slo = sub.model(n).slo_ms
                         within = sum(1 for l, e in rows if not e and l <= slo) / max(1, len(rows))
-                        r = {"slot": label, "members": len(names), "load": load, "run": run, "model": n, "rate_rps": level[n],
+                        r = {"slot": label, "members": len(names), "load": load, "run": run, "model": n,
+                             "rate_rps": level[n],
                              "sent": len(rows), "rejected": sum(1 for _, e in rows if e),
                              "p50_ms": float(np.percentile(ok, 50)) if ok.size else None,
                              "p99_ms": float(np.percentile(ok, 99)) if ok.size else None,
@@ -346,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             designs.append({"seed": used, "spec": spec, "intervals": intervals})
             print(f"design r{used}: " + "; ".join(
                 f"{m['name']} b<={m['max_batch']} {m['latency_ms']['base']}+{m['latency_ms']['per_item']}/item "
-                f"slo {m['slo_ms']} ms" + (f" sessions every {intervals[m['name']]} s" if m["name"] in intervals else "")
+                f"slo {m['slo_ms']} ms"
+                + (f" sessions every {intervals[m['name']]} s" if m["name"] in intervals else "")
                 for m in spec["models"]), flush=True)
             rows += run_slot(names, loads, a.runs, a.seconds, a.warmup, a.missed_wake, a.device, a.server_log,
                              spec=spec, intervals=intervals, label=f"r{used}")

@@ -56,7 +56,7 @@ def plan_problems(plan: Plan) -> list[tuple[str, str, str]]:
         out.append(("status", f"is {show(str(plan.status), 40)}, not optimal, feasible or scaled", REPLAN))
     seen: dict[str, int] = {}
     for i, pl in enumerate(plan.placements):
-        at = f"placements[{i}]"
+        at, before = f"placements[{i}]", len(out)
         pool = pools.get(pl.pool) if isinstance(pl.pool, str) else None
         if pool is None:
             out.append((f"{at}.pool", f"{show(str(pl.pool), 40)} is not a pool of the plan's fleet", REPLAN))
@@ -111,7 +111,7 @@ def plan_problems(plan: Plan) -> list[tuple[str, str, str]]:
             for key in ("share", "memory_gb", "p99_bound_ms", "slo_ms", "rate_rps"):
                 if not _number(getattr(m, key), 0.0, 1e12):
                     out.append((f"{mat}.{key}", "must be a non-negative number", REPLAN))
-        if not any(at in o[0] for o in out):
+        if len(out) == before:  # a slot id is only read from a placement without problems
             k = seen.setdefault(pl.id, i)
             if k != i:
                 out.append((at, f"is slot {show(pl.id, 60)} again (placements[{k}])", REPLAN))

@@ -21,8 +21,8 @@ planning problem, so an infeasible answer is a proof:
 * per slot: memory (weights rounded down, capacity up); one replica of a model; mixed workload
   kinds only where the pool time-slices; the duty cycle lies in one cell ``(D_(k-1), D_k]`` of a
   geometric grid; a member's rate must let its own cycle limit exceed ``D_(k-1)`` (SLO, and
-  the turns its ``max_batch`` allows: ``slot.own_limit``), and it is charged ``A / D_k + per * rho`` of the cycle, never more than at the
-  real cycle, rounded down;
+  the turns its ``max_batch`` allows: ``slot.own_limit``), and it is charged
+  ``A / D_k + per * rho`` of the cycle, never more than at the real cycle, rounded down;
 * replicas of a model in a pool at most the pool's GPUs; slots of one type are interchangeable, so
   they are ordered by memory.
 

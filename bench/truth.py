@@ -79,10 +79,11 @@ def fleet(spec: dict | None = None):
     return parse_fleet(spec or FLEET, "bench/truth.py")
 
 
-def random_slot(seed: int) -> tuple[dict, list[str], dict[str, float]]:
+def random_slot(seed: int, members: int | None = None) -> tuple[dict, list[str], dict[str, float]]:
     """One slot drawn from a broad domain: ``(fleet spec, members, session intervals)``.
 
-    1-6 members on a whole L4; each interactive (Poisson), streaming (sessions sending a chunk
+    1-6 members (or ``members``) on a whole L4 (one alone is served without a duty cycle,
+    ``packer/queue.py``); each interactive (Poisson), streaming (sessions sending a chunk
     every 0.2-1 s) or batch; run time ``base + per_item * b`` with base 5-60 ms and per item
     0.2-6 ms (log-uniform), ``max_batch`` 1-64, SLOs 150 ms-2 s (interactive, streaming) or
     1-10 s (batch), rate mix log-normal. The floors keep what is measured the slot, not the CPU
@@ -93,7 +94,8 @@ def random_slot(seed: int) -> tuple[dict, list[str], dict[str, float]]:
     rng = np.random.default_rng([seed, 7919])
     lu = lambda lo, hi: float(np.exp(rng.uniform(math.log(lo), math.log(hi))))  # noqa: E731
     models, intervals = [], {}
-    for i in range(int(rng.integers(1, 7))):
+    n = int(rng.integers(1, 7))
+    for i in range(members or n):
         kind = str(rng.choice(["interactive", "streaming", "batch"], p=[0.35, 0.35, 0.3]))
         name = f"{kind[0]}{i}"
         slo = lu(1000, 10000) if kind == "batch" else lu(150, 2000)
@@ -113,11 +115,11 @@ MAX_SLOT_RPS = 400.0
 """The most requests a second one open-loop client here sends on time (2 cores, Python)."""
 
 
-def random_design(seed: int) -> tuple[dict, list[str], dict[str, float], int]:
+def random_design(seed: int, members: int | None = None) -> tuple[dict, list[str], dict[str, float], int]:
     """``random_slot`` at the first seed from ``seed`` on whose slot admits some rate at all and
     whose capacity one client can drive; also returns that seed, so a row can be re-run alone."""
     for s in range(seed, seed + 1000):
-        spec, names, intervals = random_slot(s)
+        spec, names, intervals = random_slot(s, members)
         try:
             f = fleet(spec)
         except FleetError:  # a member no slot serves at any rate: not a slot to measure
@@ -176,6 +178,11 @@ def served_bound(sub, p, fits: dict[str, tuple[float, float]], overhead: dict[st
     from packer.slot import round_at
 
     st = SlotType(sub.pool("l4"))
+    if p.duty_cycle_ms == 0:  # alone, served as its requests come
+        from packer.queue import queue_bound
+        mem = p.models[0]
+        return {mem.name: queue_bound(mem.rate_rps, *fits[mem.name], sub.model(mem.name).max_batch)
+                + overhead.get(mem.name, 0.0)}
     its = []
     for mem in p.models:
         m = sub.model(mem.name)
@@ -333,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--random", type=int, default=0, metavar="N",
                     help="instead of the fixed slots, N slots drawn by random_slot (1-6 members, any mix)")
     ap.add_argument("--seed", type=int, default=0, help="the first design seed of --random")
+    ap.add_argument("--members", type=int, default=None, metavar="K",
+                    help="with --random: K members a slot (1: replicas alone, served without a duty cycle)")
     ap.add_argument("--json", help="write every row here")
     a = ap.parse_args(argv)
     rows = []
@@ -343,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.random:
         seed = a.seed
         for _ in range(a.random):
-            spec, names, intervals, used = random_design(seed)
+            spec, names, intervals, used = random_design(seed, a.members)
             designs.append({"seed": used, "spec": spec, "intervals": intervals})
             print(f"design r{used}: " + "; ".join(
                 f"{m['name']} b<={m['max_batch']} {m['latency_ms']['base']}+{m['latency_ms']['per_item']}/item "

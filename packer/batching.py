@@ -8,6 +8,8 @@ assumed:
   once its oldest request has waited ``d``, so a member runs at most one batch per cycle (plus one
   per ``max_batch`` arrivals when a window overflows) and pays its per-batch cost as planned. The
   slot maths bounds the wait that follows (a round of the other members' batches).
+* **no queue delay for a replica planned alone without a cycle** (``d = 0``, ``packer/queue.py``):
+  its batcher sends everything queued, up to ``max_batch``, as soon as its instance frees.
 * **no preferred batch sizes**: Triton sends the largest preferred batch it can form as soon as
   it can, which cuts batches early and pays the per-batch cost more often than planned; without
   them a batch takes everything queued (up to ``max_batch``) when the delay ends.
@@ -70,7 +72,8 @@ def batching(model: Model, st: SlotType, *, batch: int, duty_cycle_ms: float, re
     """
     base, per = latency_scale(model, st)
     b = max(1, min(batch, model.max_batch))
-    d = max(duty_cycle_ms, min_delay_ms)
+    # A cycle of 0 is a replica alone, served as its requests come: no delay, not even the floor.
+    d = max(duty_cycle_ms, min_delay_ms) if duty_cycle_ms > 0 else 0.0
     run = base + per * b
     budget = max(model.slo_ms - run, min_delay_ms)
     bound = max(b, servable(budget, base, per, model.max_batch)) * replicas

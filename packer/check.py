@@ -13,6 +13,7 @@ from packer.catalog import gpu_type, layout_named, valid_instances
 from packer.fleet import Fleet
 from packer.plan import Placement, Plan
 from packer.arrivals import batch_bound
+from packer.queue import busy_share, queue_bound
 from packer.slot import WHOLE, SlotType, latency_scale
 
 
@@ -60,6 +61,8 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
         runs[(m.name, m.replica)] = base + per * m.batch_size
     if not p.models:
         return errs
+    if d == 0:
+        return errs + _lone_errors(f, p, st, u)
     # The slot model (docs/slot-maths.md): a request waits for its batch to be cut (d), then for
     # the other members' batches, then runs: d + C, when its batch holds the arrivals of the cut
     # and the others' batches (d + C - its run) at the 99.9 % level; else k rounds, d + k C.
@@ -81,6 +84,26 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
             errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
     if C > u * d + 1e-6:
         errs.append(f"{p.id}: a round of batches takes {C:.1f} ms of a {d:.1f} ms cycle, over {u:.0%}")
+    return errs
+
+
+def _lone_errors(f: Fleet, p: Placement, st: SlotType, u: float) -> list[str]:
+    """A slot without a duty cycle: one replica alone, its batches sent as the slot frees
+    (``packer/queue.py``): within ``u`` of its full batches' throughput, its bound recomputed."""
+    if len(p.models) != 1:
+        return [f"{p.id}: {len(p.models)} members without a duty cycle; only a replica alone is served so"]
+    m = p.models[0]
+    model = f.model(m.name)
+    base, per = latency_scale(model, st)
+    errs = []
+    share = busy_share(m.rate_rps, base, per, model.max_batch)
+    if share > u + 1e-6:
+        errs.append(f"{m.name}@{p.id}: {m.rate_rps:g} rps is {share:.0%} of what full batches serve, over {u:.0%}")
+    bound = queue_bound(m.rate_rps, base, per, model.max_batch)
+    if bound > model.slo_ms + 1e-6:
+        errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
+    if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
+        errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
     return errs
 
 

@@ -105,12 +105,19 @@ def explain(plan: Plan, model: str) -> str:
     for p in plan.placements_of(model):
         me = next(x for x in p.models if x.name == model)
         others = [f"{x.name}#{x.replica}" for x in p.models if x.name != model]
+        if p.duty_cycle_ms == 0:
+            serves = [f"    serves {me.rate_rps:.1f} rps alone, each batch (up to {me.batch_size}) sent as the slot "
+                      f"frees; takes {me.share:.0%} of what full batches serve",
+                      f"    p99 bound {me.p99_bound_ms:.1f} ms = the batch running, then the queue ahead in full "
+                      f"batches; SLO {me.slo_ms:g} ms"]
+        else:
+            serves = [f"    serves {me.rate_rps:.1f} rps in batches of {me.batch_size} every {p.duty_cycle_ms:.1f} ms "
+                      f"duty cycle; takes {me.share:.0%} of the slot",
+                      f"    p99 bound {me.p99_bound_ms:.1f} ms = wait up to one cycle ({p.duty_cycle_ms:.1f}) + run "
+                      f"({me.p99_bound_ms - p.duty_cycle_ms:.1f}); SLO {me.slo_ms:g} ms"]
         lines += [
             f"  replica {me.replica}: {p.id} ({p.pool}, {p.slot})",
-            f"    serves {me.rate_rps:.1f} rps in batches of {me.batch_size} every {p.duty_cycle_ms:.1f} ms duty cycle; "
-            f"takes {me.share:.0%} of the slot",
-            f"    p99 bound {me.p99_bound_ms:.1f} ms = wait up to one cycle ({p.duty_cycle_ms:.1f}) + run "
-            f"({me.p99_bound_ms - p.duty_cycle_ms:.1f}); SLO {me.slo_ms:g} ms",
+            *serves,
             f"    shares the slot with: {', '.join(others) or 'nobody'}; memory {p.memory_gb:.1f}/"
             f"{p.memory_capacity_gb:.1f} GB",
             f"    binding: {p.binding} — {p.reason}",

@@ -35,6 +35,7 @@ from functools import cached_property, lru_cache
 from packer.arrivals import batch_bound, envelope
 from packer.catalog import GpuType, gpu_type
 from packer.fleet import FleetError, Fleet, Model, Pool
+from packer.queue import busy_share, full_run, queue_bound, queue_capacity
 
 WHOLE = "whole"
 
@@ -111,6 +112,10 @@ class Item:
     B: float
     hi: float
     """Largest duty cycle (ms) at which this replica meets its SLO and max_batch."""
+    lone: bool = False
+    """Only alone on its slot, served as its requests come (``packer/queue.py``): no duty cycle
+    serves its rate. Its line then fills the slot (``A`` just under ``u hi``, ``B = 0``), so the
+    O(n) test admits it alone and with nobody else."""
 
     def load(self, d: float) -> float:
         """Conservative run time (ms) of this member's batch at duty cycle ``d``."""
@@ -181,6 +186,27 @@ def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
     return ItemMaker(model, st, u)(rate)
 
 
+LONE_FILL = 1.0 - 1e-6
+"""A lone-only item's ``A`` is this share of ``u hi``: its window is ``[A / u, hi]``, so adding any
+member with ``A + B hi`` over ``1e-6 u hi`` (a millionth of its SLO) empties it."""
+
+
+def lone_capacity(model: Model, st: SlotType, u: float) -> float:
+    """The most rps one replica alone on this slot type serves as its requests come, within its SLO
+    and ``u`` of its full-batch throughput (``packer.queue.queue_capacity``); 0 where it does not
+    fit the slot's memory or even a trickle's bound is over the SLO."""
+    if model.memory_gb > st.memory_gb * model.gpus_per_replica + 1e-9:
+        return 0.0
+    base, per = latency_scale(model, st)
+    key = (model.max_batch, model.slo_ms, base, per, u)
+    cap = _LONE.get(key)
+    if cap is None:
+        if len(_LONE) >= CAPACITY_CACHE:
+            _LONE.clear()
+        cap = _LONE[key] = queue_capacity(base, per, model.max_batch, model.slo_ms, u)
+    return cap
+
+
 class ItemMaker:
     """:func:`item` for one model on one slot type at any rate. What does not depend on the rate
     (the scaled profile, the envelope of each number of turns: :func:`turn_table`) is worked out
@@ -188,21 +214,28 @@ class ItemMaker:
     not an envelope per turn: planning 500 models spent 4.4 s there.
     """
 
-    __slots__ = ("model", "u", "base", "per", "turns")
+    __slots__ = ("model", "st", "u", "base", "per", "turns")
 
     def __init__(self, model: Model, st: SlotType, u: float) -> None:
-        self.model, self.u = model, u
+        self.model, self.st, self.u = model, st, u
         self.base, self.per = latency_scale(model, st)
         self.turns = turn_table(model.slo_ms, model.max_batch, u)
 
     def __call__(self, rate: float) -> Item:
         A, B, hi = self.line(rate)
+        if window(A, B, hi, self.u) is None and self.lone_serves(rate):
+            hi = self.model.slo_ms
+            return Item(self.model, rate, self.base, self.per, LONE_FILL * self.u * hi, 0.0, hi, lone=True)
         return Item(self.model, rate, self.base, self.per, A, B, hi)
 
     def alone(self, rate: float) -> bool:
-        """Whether one replica at ``rate`` fits the slot by itself (``duty_window`` of one item)."""
+        """Whether one replica at ``rate`` fits the slot by itself under the duty cycle's maths."""
         A, B, hi = self.line(rate)
         return window(A, B, hi, self.u) is not None
+
+    def lone_serves(self, rate: float) -> bool:
+        """Whether one replica at ``rate`` alone, served as its requests come, meets its SLO."""
+        return 0.0 < rate <= lone_capacity(self.model, self.st, self.u)
 
     def line(self, rate: float) -> tuple[float, float, float]:
         """The item's ``(A, B, hi)`` at ``rate``."""
@@ -228,6 +261,32 @@ class ItemMaker:
         A = max(Ar, base)
         B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
         return A, B, hi
+
+
+def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
+    """One replica alone on its slot, served as its requests come (``packer/queue.py``): its bound
+    and busy share, or None where that does not meet its SLO within ``u``. No duty cycle (0): the
+    Triton writer renders no queue delay, and the simulator cuts a batch as the slot frees."""
+    m = it.model
+    if it.rate <= 0:
+        return None
+    bound = queue_bound(it.rate, it.base, it.per_item, m.max_batch)
+    share = busy_share(it.rate, it.base, it.per_item, m.max_batch)
+    if bound > m.slo_ms + 1e-9 or share > u + 1e-9:
+        return None
+    L = full_run(it.base, it.per_item, m.max_batch)
+    member = MemberResult(m.name, m.max_batch, share, m.memory_gb, bound, m.slo_ms, it.rate)
+    pressures = {"memory": m.memory_gb / memory_gb, "compute": share / u, f"slo:{m.name}": bound / m.slo_ms}
+    binding = max(pressures, key=lambda k: pressures[k])
+    if binding == "memory":
+        reason = f"memory {m.memory_gb:.1f}/{memory_gb:.1f} GB is the limit"
+    elif binding == "compute":
+        reason = (f"alone, batches sent as the slot frees: {it.rate:.1f} rps is {share:.0%} of what "
+                  f"full batches of {m.max_batch} serve (cap {u:.0%})")
+    else:
+        reason = (f"{m.name} alone, batches sent as the slot frees: the batch running, then the queue "
+                  f"ahead in batches of {m.max_batch} ({L:.1f} ms each) = {bound:.1f} ms of its {m.slo_ms:g} ms SLO")
+    return SlotResult(0.0, (member,), m.memory_gb, memory_gb, share, binding, reason, L)
 
 
 def feasible(items: list[Item], memory_gb: float, u: float) -> bool:
@@ -329,16 +388,32 @@ def round_at(items: list[Item], d: float, u: float) -> Round:
     return Round(tuple(batches), tuple(runs), C, tuple(ks), bounds)
 
 
-def evaluate(items: list[Item], memory_gb: float, u: float) -> SlotResult:
+def evaluate(items: list[Item], memory_gb: float, u: float, *, lone: bool = True) -> SlotResult:
     """Choose the duty cycle of a feasible group and report batches, shares and p99 bounds.
 
     The cycle minimises the larger of the round's load (relative to ``u``) and the worst member's
     latency bound (relative to its SLO): equal headroom on both sides, where neither traffic growth
-    nor a slow batch tips the slot over first.
+    nor a slow batch tips the slot over first. A replica alone is served as its requests come, with
+    no cycle (:func:`lone_result`), where that gives the lower bound or no cycle serves its rate
+    (``lone=False``: the duty cycle's numbers wherever they exist, as the worked examples show them).
     """
+    alone = lone_result(items[0], memory_gb, u) if len(items) == 1 and (lone or items[0].lone) else None
+    if len(items) == 1 and items[0].lone:
+        if alone is None:
+            raise ValueError("infeasible group: " + items[0].model.name)
+        return alone
     win = duty_window(items, u)
     if win is None:
         raise ValueError("infeasible group: " + ", ".join(i.model.name for i in items))
+    duty = _duty_result(items, memory_gb, u, win)
+    # Alone, the replica is served whichever way gives the lower bound.
+    if alone is not None and alone.members[0].p99_bound_ms < duty.members[0].p99_bound_ms:
+        return alone
+    return duty
+
+
+def _duty_result(items: list[Item], memory_gb: float, u: float, win: tuple[float, float]) -> SlotResult:
+    """:func:`evaluate` of a group under the duty cycle, in its feasible window ``win``."""
     lo, hi = win
 
     def pressure(d: float) -> tuple[float, float]:
@@ -406,8 +481,17 @@ def on_grid(d: float, lo: float, hi: float) -> float:
 def single_capacity(model: Model, st: SlotType, u: float) -> float:
     """Highest rate (rps) one replica alone on this slot type can serve within SLO; 0 if none.
 
-    The slot maths' own test, bisected on the rate (feasibility only shrinks as the rate grows).
+    The larger of the duty cycle's (:func:`duty_capacity`) and that of the replica served as its
+    requests come (:func:`lone_capacity`); every rate up to it is served one way or the other
+    (:func:`item`).
     """
+    return max(duty_capacity(model, st, u), lone_capacity(model, st, u))
+
+
+def duty_capacity(model: Model, st: SlotType, u: float) -> float:
+    """Highest rate (rps) one replica alone on this slot type serves within SLO under the duty
+    cycle's maths; 0 if none. The slot maths' own test, bisected on the rate (feasibility only
+    shrinks as the rate grows)."""
     if model.memory_gb > st.memory_gb * model.gpus_per_replica + 1e-9:
         return 0.0
     maker = ItemMaker(model, st, u)
@@ -428,6 +512,7 @@ CAPACITY_CACHE = 1 << 16
 """Most entries :func:`single_capacity` keeps (cleared when full: a long-lived reconciler plans
 many fleets)."""
 _CAPACITIES: dict[tuple[int, float, float, float, float], float] = {}
+_LONE: dict[tuple[int, float, float, float, float], float] = {}
 
 
 def _bisected_capacity(maker: "ItemMaker") -> float:
@@ -467,10 +552,20 @@ def relaxed_limit(model: Model, rate: float, st: SlotType, u: float) -> tuple[fl
     base, per = latency_scale(model, st)
     A = base + per
     B = per * rate / 1000.0
+    if duty_capacity(model, st, u) < rate <= lone_capacity(model, st, u):
+        # Served only alone, as its requests come: it needs no cycle at all, so any cycle long
+        # enough for its fixed part (B stays below u: the rate is within u of full batches'
+        # throughput). Below the duty cycle's capacity the duty relaxation admits it alone anyway.
+        return A, B, LONE_RELAXED_HI
     hi = (model.slo_ms - A) / (1.0 + B)
     if rate > 0:
         hi = min(hi, own_limit(turn_table(model.slo_ms, model.max_batch, u), rate / 1000.0)[0])
     return A, B, hi
+
+
+LONE_RELAXED_HI = 1e12
+""":func:`relaxed_limit`'s cycle limit for a replica a slot can serve alone as its requests come:
+unbounded, in ms a solver still takes."""
 
 
 def model_slot_types(fleet: Fleet, model: Model) -> list[SlotType]:
@@ -516,13 +611,23 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
         if model.slo_ms >= need:
             # The latency allows a cycle; the batch does not: no number of turns of max_batch covers
             # the quantile batch of the window, even at a vanishing rate.
-            bigger = next((b for b in (2, 4, 8, 16, 32, 64, 128, 256, 512, 1024) if b > model.max_batch
-                           and single_capacity(replace(model, max_batch=b), fastest, u) > 0), None)
-            fix = (f"raise max_batch to at least {bigger}" if bigger else "raise max_batch") + " or raise slo_ms"
+            # A shared cycle wants a larger batch (more turns' cover); a replica alone, served as its
+            # requests come, a smaller one (its bound is two full batches at the least).
+            def serves(b: int) -> bool:
+                return single_capacity(replace(model, max_batch=b), fastest, u) > 0
+
+            sizes = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+            smaller = next((b for b in reversed(sizes) if b < model.max_batch and serves(b)), None)
+            bigger = next((b for b in sizes if b > model.max_batch and serves(b)), None)
+            fix = " or ".join([f"lower max_batch to {smaller}"] * (smaller is not None)
+                              + [f"raise max_batch to at least {bigger}" if bigger else "raise max_batch"]
+                              + ["raise slo_ms"])
+            L = full_run(*latency_scale(model, fastest), model.max_batch)
             raise FleetError(f"{where}.max_batch", f"{model.max_batch} cannot serve any rate within slo_ms "
-                             f"{model.slo_ms:g}: the planner provisions each batch for the 99.9 % burst of its "
-                             f"window and, at {A:.1f} ms a request on the fastest slot ({fastest.key}), no "
-                             f"number of turns of {model.max_batch} covers it", fix)
+                             f"{model.slo_ms:g}: shared, the planner provisions each batch for the 99.9 % "
+                             f"burst of its window and, at {A:.1f} ms a request on the fastest slot "
+                             f"({fastest.key}), no number of turns of {model.max_batch} covers it; alone, a "
+                             f"request may wait out a full batch ({L:.1f} ms) and run in the next", fix)
         raise FleetError(f"{where}.slo_ms", f"{model.slo_ms:g} ms cannot be met by any batch size: even one "
                          f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait a duty "
                          f"cycle first, a worst case of {need:.1f} ms",

@@ -137,7 +137,8 @@ def test_the_purchase_a_plan_buys_is_never_ruled_out(seed: int) -> None:
     assert res.value - 1e-6 <= got <= cost + 1e-6
 
 
-def test_a_pool_too_small_for_the_gpus_needed_raises_the_bound_to_the_plan() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_a_pool_too_small_for_the_gpus_needed_raises_the_bound_to_the_plan(duty_cycle_only) -> None:
     """llm-platform needs 19 GPUs and its spot pool holds 16: every purchase cheaper than
     16 spot + 3 on-demand H100s (83.80/h) has too few GPUs, which rounding the Lagrangian's
     77.68/h up to the next purchase (78.40/h, 8 H100s) does not see."""
@@ -154,7 +155,8 @@ def test_spot_floors_are_relaxed_not_imposed_on_every_replica() -> None:
     this model's replicas on demand (4.00/h) where the plan runs three there and two on spot
     (3.04/h): a "bound" above a real plan, hidden only because it is capped at the plan's cost.
     Now each replica may go where any of its model's may, and the floor is a row of the LP (at
-    most two of the five on the spot pool), which meets the plan."""
+    most two of the five on the spot pool), which meets the plan. (Peak 9,000 rps: five replicas
+    of at most 2,082.7 rps, alone and served as their requests come; 6,250 rps needed five before.)"""
     fleet = parse_fleet({
         "name": "spot-floor",
         "pools": [
@@ -165,7 +167,7 @@ def test_spot_floors_are_relaxed_not_imposed_on_every_replica() -> None:
         ],
         "models": [{
             "name": "asr-en", "kind": "streaming", "memory_gb": 2.52,
-            "traffic": {"rps": 3437.5, "peak_rps": 6250.0, "streams": 1000}, "slo_ms": 200,
+            "traffic": {"rps": 3437.5, "peak_rps": 9000.0, "streams": 1000}, "slo_ms": 200,
             "latency_ms": {"gpu": "a100-80gb", "base": 4.0, "per_item": 0.132}, "max_batch": 128,
             "min_replicas": 2, "spot_policy": "floor", "on_demand_floor": 0.5, "spot_loss": "pool",
         }],
@@ -229,7 +231,8 @@ def test_a_search_at_the_top_of_a_run_of_cycles_keeps_only_admitted_groups(monke
     assert max(sum(mu[k] for k in c) for c in cols) == pytest.approx(1.0)
 
 
-def test_converged_duals_that_price_a_gpu_at_its_cost_still_bound() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_converged_duals_that_price_a_gpu_at_its_cost_still_bound(duty_cycle_only) -> None:
     """At converged duals a pool's GPU is worth its price up to rounding (1e-16 apart); GLOP gave
     up on that LP as ABNORMAL, the Lagrangian read -inf, and a 4-model fleet whose pattern LP is
     7.45/h got the aggregate MIP's 6.40/h (27 % gap where 15 % is the bound's)."""
@@ -246,7 +249,8 @@ def test_converged_duals_that_price_a_gpu_at_its_cost_still_bound() -> None:
     assert pat._pools_part(worth, float("inf")) == pytest.approx(-0.1 * fleet.pool("l4").max_gpus)
 
 
-def test_resumed_column_generation_raises_a_converged_bound_and_stays_below_its_lp() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_resumed_column_generation_raises_a_converged_bound_and_stays_below_its_lp(duty_cycle_only) -> None:
     """Column generation "converges" when its short searches find no improving group; on this
     99-model fleet deeper ones still do, and the bound of the duals they lead to is higher
     (31.39/h -> 31.74/h when measured; 31.71/h -> 31.74/h since the pools' caps,
@@ -537,7 +541,8 @@ def test_column_generation_stopped_short_also_bounds_at_its_last_rounds_mean_dua
     assert last.value + 5.0 < averaged.value <= cost + 1e-6
 
 
-def test_column_generation_is_not_called_converged_while_another_order_finds_a_column(
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_column_generation_is_not_called_converged_while_another_order_finds_a_column(duty_cycle_only, 
         monkeypatch: pytest.MonkeyPatch) -> None:
     """family-1300058-long-tail-67: at the cells' own weightings of time against memory the 300-node
     searches find no group above its dual at a restricted LP of 30.947/h, whose Lagrangian is

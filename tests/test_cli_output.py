@@ -244,7 +244,7 @@ def test_small_prices_print_as_what_they_are(tmp_path, capsys):
         for p in d["pools"]:
             p["cost_per_gpu_hour"] = p["cost_per_gpu_hour"] / scale
     plain, tiny = ([ln for ln in o.splitlines() if "baseline" in ln or ln.startswith("cost ")] for o in outs)
-    assert "0.00/h" not in "\n".join(tiny) and "0.00137/h" in tiny[0], tiny
+    assert "0.00/h" not in "\n".join(tiny) and "0.00121/h" in tiny[0], tiny
     assert [ln.split("(plan costs")[-1] for ln in plain[1:]] == [ln.split("(plan costs")[-1] for ln in tiny[1:]]
     a, b = (json.loads((tmp_path / f"p{s}.json").read_text())["cost_per_hour"] for s in (1.0, 1e-4))
     assert b == pytest.approx(a * 1e-4, rel=1e-6)

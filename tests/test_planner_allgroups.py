@@ -151,7 +151,8 @@ def test_fewest_gpus_fills_mig_layouts_first_fit_leaves_open() -> None:
     assert sorted(id(s) for g in fewest for s in g.slots) == sorted(id(s) for s in slots)
 
 
-def test_a_small_fleet_the_generated_columns_left_dear_is_planned_near_the_optimum() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_a_small_fleet_the_generated_columns_left_dear_is_planned_near_the_optimum(duty_cycle_only) -> None:
     """family-300014-multilingual-16 cost 19.78/h against a bound of 16.28/h: the integer master
     over the 198 columns column generation made found nothing cheaper. Over all its groups the
     optimum is 16.28/h, with both replicas of asr-2 (``min_replicas: 2``) on the pool of one L4
@@ -239,7 +240,8 @@ def test_reduced_cost_fixing_never_cuts_off_the_optimum() -> None:
     assert fixed >= 3  # the fixing ran, and left few enough groups for the master
 
 
-def test_reduced_cost_fixing_keeps_a_family_members_optimum() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_reduced_cost_fixing_keeps_a_family_members_optimum(duty_cycle_only) -> None:
     """family-300010-mixed-20 (2,356 groups): with a cap of 1,000, the groups left below its
     optimum are few enough, and the master over them shows that nothing is cheaper."""
     doc = family(5, seed=3, max_models=40)[4]
@@ -278,7 +280,8 @@ def test_fixing_below_a_lower_target_never_cuts_off_the_optimum() -> None:
     assert lowered >= 3 and proven >= 1
 
 
-def test_a_lower_target_finds_the_optimum_the_fixing_at_the_plan_cannot() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_a_lower_target_finds_the_optimum_the_fixing_at_the_plan_cannot(duty_cycle_only) -> None:
     """family-300020-multilingual-28 (64,894 groups): below its plan (37.88/h) fixing leaves 64,885,
     too many for the master, and the LP over all of them (33.05/h) was the bound. Below a target
     that leaves at most ``TARGET_COLUMNS`` (33.65/h), the master shows that nothing is cheaper than

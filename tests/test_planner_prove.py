@@ -158,7 +158,8 @@ def test_a_purchase_the_fleet_fits_on_ends_a_search_that_stops_on_fit():
     assert prove(problem, 2.4, 0.0, 10, max_purchases=0) is None
 
 
-def test_prove_keeps_the_default_plans_packing_and_says_why_it_did_not_search(monkeypatch):
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_prove_keeps_the_default_plans_packing_and_says_why_it_did_not_search(duty_cycle_only, monkeypatch):
     """``--prove`` skipped the pattern LP's packing: on this generated mixed fleet it planned 88.93/h
     where the default plan costs 82.20/h, and said the 15-model fleet was 'too large' when it had
     too many cheaper purchases to rule out; the hint then offered ``--prove`` again. The integer

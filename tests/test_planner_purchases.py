@@ -110,7 +110,8 @@ def test_branching_on_replica_counts_never_passes_the_exact_optimum(monkeypatch:
     assert {2, 3} <= tight and any(r is not None for r in splits)
 
 
-def test_a_mix_of_counts_no_plan_can_make_is_branched_away() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_a_mix_of_counts_no_plan_can_make_is_branched_away(duty_cycle_only) -> None:
     """family-900031-mixed-26: the LP at 8 H100s and 295 T4s ran its busiest model 57 % at 7
     replicas and 43 % at 186; its bound was 186.73/h against a plan of 206.00/h. Branching on
     that model's counts rules out that purchase, and its branches' duals most of the rest."""
@@ -119,7 +120,8 @@ def test_a_mix_of_counts_no_plan_can_make_is_branched_away() -> None:
     assert found >= 204.5 and ruled > 300
 
 
-def test_a_multi_gpu_model_the_lp_spreads_over_two_pools_is_branched_into_one() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_a_multi_gpu_model_the_lp_spreads_over_two_pools_is_branched_into_one(duty_cycle_only) -> None:
     """A 4-model fleet (soundness seed 1924780762, headroom 0.3): the LP put 62.5 % of its 70B
     model (16 GPUs) on the 16 on-demand H100s and 37.5 % on an 8-GPU H100 pool at 2.82/h that
     cannot hold it, and the bound was 126.78/h against a plan of 162.00/h. Branched on its pool,
@@ -132,7 +134,8 @@ def test_a_multi_gpu_model_the_lp_spreads_over_two_pools_is_branched_into_one() 
     assert plan.cost_per_hour == pytest.approx(162.0) and plan.status == "optimal"
 
 
-def test_replica_counts_are_branched_before_multi_gpu_pools() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_replica_counts_are_branched_before_multi_gpu_pools(duty_cycle_only) -> None:
     """family-900030-llm-40 (twelve two-GPU models the LP spreads over two H100 pools): branched
     on pools first, its purchases' 64 LPs went on them and the bound stopped at 432.04/h; counts
     first, it reaches 433.74/h (the plan costs 452.08/h)."""

@@ -297,7 +297,8 @@ def test_a_start_that_runs_out_of_gpus_does_not_sink_the_fleet():
     assert placed == sorted((r.model.name, r.index) for r in reps)
 
 
-def test_the_sequential_fill_packs_every_replica_validly_and_beats_the_dive_where_the_lp_is_fractional() -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_the_sequential_fill_packs_every_replica_validly_and_beats_the_dive_where_the_lp_is_fractional(duty_cycle_only) -> None:
     """family-2-mixed-35 (H100 and L4 pools): its pattern LP converges in a fraction of a second
     and spreads models over many columns, so the dive's rounded-up columns duplicate replicas
     (285.72/h); filling one slot at a time by the duals packs 243.20/h. The packing must hold every
@@ -349,7 +350,8 @@ def _columns(seed: int, max_models: int):
     return problem, found
 
 
-def test_the_integer_master_puts_its_mig_slots_on_the_fewest_gpus_where_first_fit_opens_more(monkeypatch) -> None:
+# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
+def test_the_integer_master_puts_its_mig_slots_on_the_fewest_gpus_where_first_fit_opens_more(duty_cycle_only, monkeypatch) -> None:
     """family-300020-multilingual-40 (A100-80 MIG and L4 pools): the master's whole columns cost
     38.35/h, 2 % over the pattern LP; first fit put their MIG slots on more A100s than the master
     paid for, and the packing cost 43.38/h. CP-SAT's dealing (``colplan.DEAL_FEWEST_S``) holds

@@ -135,7 +135,7 @@ def _small() -> dict:
              "slo_ms": 100, "latency_ms": {"gpu": "a100-80gb", "base": 2.0, "per_item": 0.05}, "max_batch": 64,
              "spot_policy": "never"},
             {"name": "llm", "kind": "streaming", "memory_gb": 150.0, "gpus_per_replica": 2,
-             "traffic": {"rps": 1.0, "peak_rps": 2.0}, "slo_ms": 30000,
+             "traffic": {"rps": 1.0, "peak_rps": 3.6}, "slo_ms": 30000,
              "latency_ms": {"gpu": "h100-80gb", "base": 7000.0, "per_item": 120.0}, "max_batch": 32,
              "min_replicas": 2, "spot_policy": "floor"},
         ],
@@ -149,7 +149,7 @@ def test_a_worked_fleet_keeps_its_floors_and_prices_the_insurance() -> None:
     by = {e.model: e for e in exposure(plan)}
     assert by["punct"].on_spot == 0 and by["punct"].keeps_no_spot == 1.0
     assert by["asr"].keeps_one_node >= 0.5 and by["llm"].keeps_one_node >= 0.5
-    # llm: 3 replicas of 2 H100s. Against one node of the 2-node spot pool, L = floor(0.5 * 3) = 1
+    # llm: 3 replicas of 2 H100s (at most 1.51 rps each, alone and served as requests come). Against one node of the 2-node spot pool, L = floor(0.5 * 3) = 1
     # replica a node, so 2 may be spot (6.80/h each, one a node) and 1 on-demand (19.60/h): 33.20/h,
     # where holding the floor on on-demand alone needs ceil(1.5) = 2 there: 46.00/h.
     llm = plan.placements_of("llm")

@@ -4,7 +4,8 @@ import pytest
 
 from packer.fleet import FleetError, LatencyProfile, Model, Pool, Traffic
 from packer.arrivals import batch_bound, envelope
-from packer.slot import ItemMaker, SlotType, duty_window, evaluate, item, latency_scale, round_at, single_capacity, turns
+from packer.slot import (LONE_RELAXED_HI, ItemMaker, SlotType, duty_window, evaluate, item, latency_scale, lone_capacity,
+                         lone_result, round_at, single_capacity, turns)
 
 POOL = Pool("a100", "a100-80gb", 8, 1, 4.1, ("mig", "time-slicing"))
 WHOLE = SlotType(POOL)
@@ -30,7 +31,7 @@ def test_worked_example_single_model():
     assert it.A == pytest.approx(4 + 0.132 * 128) and it.B == pytest.approx(0.0)
     lo, hi = duty_window([it], U)
     assert lo == pytest.approx(20.896 / 0.85)
-    r = evaluate([it], 79.1, U)
+    r = evaluate([it], 79.1, U, lone=False)
     d, m = r.duty_cycle_ms, r.members[0]
     # Alone on the slot, its window is the cycle: the batch is Poisson(r d) at 99.9 %, plus itself.
     assert m.batch_size == batch_bound(1.0 * d)
@@ -38,6 +39,12 @@ def test_worked_example_single_model():
     assert r.round_ms == pytest.approx(run)
     assert m.p99_bound_ms == pytest.approx(d + run) and m.p99_bound_ms <= 200
     assert r.compute_share == pytest.approx(run / d) and r.compute_share <= U
+    # Served as its requests come instead (packer/queue.py), alone it waits out one full batch at
+    # most and runs in the next: 2 x 20.896 ms at 1000 rps, under the cycle's 65.6 ms, so that is
+    # how a plan serves it.
+    q = evaluate([it], 79.1, U)
+    assert q.duty_cycle_ms == 0 and q.members[0].p99_bound_ms == pytest.approx(2 * 20.896)
+    assert q.compute_share == pytest.approx(1.0 * 20.896 / 128)
 
 
 def test_worked_example_pair_waits_for_each_others_batch():
@@ -66,13 +73,19 @@ def test_a_window_over_max_batch_takes_several_turns():
     # holds more than 8 at 99.9 %, so the batcher sends full batches over k turns.
     m = model("diar", base=800, per=150, slo=300000, mb=8, kind="batch")
     it = item(m, 1.0, WHOLE, U)
-    r = evaluate([it], 79.1, U)
+    r = evaluate([it], 79.1, U, lone=False)
     d, mr = r.duty_cycle_ms, r.members[0]
     assert mr.batch_size == 8
     k = turns(1.0, 8, d, r.round_ms)
     assert k > 1
     assert batch_bound(0.001 * (d + k * r.round_ms)) <= k * 8
     assert mr.p99_bound_ms == pytest.approx(d + k * r.round_ms) and mr.p99_bound_ms <= 300000
+    # Alone and served as its requests come, it waits out one full batch (2 s) and runs in the
+    # next: 4 s at 1 rps (the queue reaches a second batch once in a thousand: 6 s), so a plan
+    # serves it so.
+    q = evaluate([it], 79.1, U)
+    assert q.duty_cycle_ms == 0 and q.members[0].p99_bound_ms == pytest.approx(6000)
+    assert q.members[0].p99_bound_ms < mr.p99_bound_ms
 
 
 def test_a_long_batch_model_cannot_share_with_a_latency_bound_one():
@@ -99,6 +112,9 @@ def test_the_lines_bound_the_exact_numbers_for_generated_groups():
             items.append(item(model(f"m{j}", base=base, per=per, slo=slo, mb=mb), rate, WHOLE, U))
         win = duty_window(items, U)
         if win is None:
+            continue
+        if any(it.lone for it in items):  # only alone, served without a cycle (test_queue.py)
+            assert len(items) == 1 and lone_result(items[0], 80.0, U) is not None
             continue
         for d in (win[0], (win[0] + win[1]) / 2, win[1]):
             rd = round_at(items, d, U)
@@ -145,7 +161,7 @@ def test_capacities_are_shared_only_where_the_bisection_reads_the_same_numbers(m
             single_capacity(slow, WHOLE, U), single_capacity(model(slo=300), WHOLE, U),
             single_capacity(a, SlotType(POOL, "1g.10gb"), U), single_capacity(a, SlotType(POOL, "1g.20gb"), U),
             single_capacity(a, a100_40, U)]
-    fresh = [real(ItemMaker(m, st, u)) for m, st, u in [
+    fresh = [max(real(ItemMaker(m, st, u)), lone_capacity(m, st, u)) for m, st, u in [
         (a, WHOLE, U), (twin, WHOLE, U), (a, WHOLE, 0.6), (slow, WHOLE, U), (model(slo=300), WHOLE, U),
         (a, SlotType(POOL, "1g.10gb"), U), (a, SlotType(POOL, "1g.20gb"), U), (a, a100_40, U)]]
     assert caps == fresh
@@ -186,11 +202,12 @@ def test_the_cycle_a_plan_states_keeps_the_round_within_the_cap():
     plan = plan_fleet(fleet, PlanSettings(time_limit_s=0.5, prove_s=0))
     assert check_plan(plan) == []
     for p in plan.placements:
-        run = sum(3.603 + 0.9327 * m.batch_size for m in p.models)
-        assert run <= U * p.duty_cycle_ms + 1e-9
+        if p.duty_cycle_ms > 0:  # a replica alone without a cycle has no round (check_plan above)
+            run = sum(3.603 + 0.9327 * m.batch_size for m in p.models)
+            assert run <= U * p.duty_cycle_ms + 1e-9
     it = item(model(base=3.603, per=0.9327, slo=50, mb=8, mem=4.29), 224.0698, WHOLE, U)
     lo, hi = duty_window([it], U)
-    d = evaluate([it], 79.1, U).duty_cycle_ms
+    d = evaluate([it], 79.1, U, lone=False).duty_cycle_ms
     assert lo <= d <= hi
 
 
@@ -198,21 +215,28 @@ def test_a_batch_too_small_for_any_rate_names_max_batch_not_the_slo():
     """Found by bench/truth.py's random slots: ``max_batch: 1``, 56 ms a request, SLO 411 ms. The
     SLO allows a cycle (123 ms would do), but no number of turns of one request covers the 99.9 %
     line of a window at any rate, and the fleet was refused with "411 ms cannot be met ... raise
-    slo_ms to at least 123". The error now names max_batch and the batch that serves it."""
+    slo_ms to at least 123". Alone and served as its requests come (packer/queue.py) it now plans:
+    at most one request ahead of it runs first. Where neither way serves the batch (20 ms a
+    request, ``max_batch`` 4, SLO 90: two full batches are 100 ms, and turns of 4 cover no
+    window), the error names max_batch, and both ways out: 2 alone, 8 shared."""
     from packer.fleetfile import parse_fleet
 
-    def fleet(mb):
+    def fleet(mb, base=55.9, per=0.37, slo=411):
         return {"name": "x", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
                                         "cost_per_gpu_hour": 0.8}],
-                "models": [{"name": "i0", "kind": "streaming", "memory_gb": 2, "slo_ms": 411, "max_batch": mb,
-                            "latency_ms": {"gpu": "l4-24gb", "base": 55.9, "per_item": 0.37},
+                "models": [{"name": "i0", "kind": "streaming", "memory_gb": 2, "slo_ms": slo, "max_batch": mb,
+                            "latency_ms": {"gpu": "l4-24gb", "base": base, "per_item": per},
                             "traffic": {"rps": 0.48}}]}
 
+    m = parse_fleet(fleet(1), "x").models[0]
+    st = SlotType(Pool("l4", "l4-24gb", 1, 1, 0.8))
+    assert lone_capacity(m, st, U) > 0.48 and single_capacity(m, st, U) == lone_capacity(m, st, U)
     with pytest.raises(FleetError) as e:
-        parse_fleet(fleet(1), "x")
+        parse_fleet(fleet(4, base=10, per=10, slo=90), "x")
     assert e.value.field == "models[0] (i0).max_batch"
-    assert "raise max_batch to at least 2" in str(e.value) and "123" not in str(e.value)
-    assert parse_fleet(fleet(2), "x").models[0].max_batch == 2
+    assert "lower max_batch to 2 or raise max_batch to at least 8" in str(e.value)
+    assert parse_fleet(fleet(2, base=10, per=10, slo=90), "x").models[0].max_batch == 2
+    assert parse_fleet(fleet(8, base=10, per=10, slo=90), "x").models[0].max_batch == 8
 
 
 @pytest.mark.parametrize("u", [0.5, 0.85, 1.0])
@@ -237,6 +261,11 @@ def test_the_relaxations_admit_every_cycle_the_slot_maths_admits(u):
                     continue
                 A, per_s = latency_scale(m, WHOLE)[0] + latency_scale(m, WHOLE)[1], latency_scale(m, WHOLE)[1]
                 assert relaxed_limit(m, r, WHOLE, u)[2] >= it.hi * (1 - 1e-12), (mb, base, slo, f)
+                if it.lone:  # served alone without a cycle: the relaxation's unbounded cell holds it
+                    assert relaxed_limit(m, r, WHOLE, u)[2] == LONE_RELAXED_HI
+                    assert _max_rate(m, A, per_s, LONE_RELAXED_HI, u) >= r * (1 - 1e-9)
+                    checked += 1
+                    continue
                 for d in (it.hi * 0.5, it.hi * (1 - 1e-9)):
                     if d + (base + per) <= slo:
                         assert _max_rate(m, A, per_s, d, u) >= r * (1 - 1e-9), (mb, base, slo, f, d)

@@ -39,7 +39,7 @@ from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
 from packer.planner.patterns import PatternBound, pattern_bound, refine
-from packer.slot import WHOLE, latency_scale
+from packer.slot import WHOLE, duty_capacity, latency_scale, lone_capacity
 
 MAX_CLASSES = 5
 """Duty-cycle classes: a slot's cycle lies in exactly one class [b_j, b_(j+1)), and its members'
@@ -363,31 +363,42 @@ def _coefficients(problem: Problem, m, st, lo: float, hi: float) -> tuple[float,
     a request costs at least ``base / max_batch + per``. Each is a bound linear in ``r`` that
     every group the truthful slot maths admits satisfies (turns included).
     """
-    cap = problem.capacity(m, st)
-    if cap <= 0:
+    cap = duty_capacity(m, st, problem.u)
+    lone = lone_capacity(m, st, problem.u)
+    if max(cap, lone) <= 0:
         return None
     base, per = latency_scale(m, st)
     A = base + per
     M = m.max_batch
+    # Per request at least base / M + per (a batch holds at most M): true of every replica, and
+    # at most u for one served alone as its requests come (its rate is within u of M / l(M)).
+    per_request = (0.0, base / (M * 1000.0) + per / 1000.0)
     # Every member's cycle is at most slo / (1 + u) (the cut plus a round within the SLO), and at
     # least A / u (one batch of at least one request fits the round); packer/slot.py.
     c_lo, c_hi = max(lo, A / problem.u), min(hi, m.slo_ms - A, m.slo_ms / (1.0 + problem.u))
-    if c_lo > c_hi or c_hi <= 0:
-        return None
-    # The most one replica can serve with its cycle in [c_lo, c_hi]: its capacity alone, the SLO
-    # (d + its run <= slo, its run at least base + per (1 + r d)) and the round (its share <= u).
-    # A window over max_batch is served in several turns, so max_batch caps no rate by itself.
-    cap_c = cap
-    if per > 0:
-        cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1 if c_lo > 0 else math.inf,
-                                        problem.u - A / c_hi) / per)
+    cap_c = 0.0
+    shares = [per_request]
+    if cap > 0 and c_lo <= c_hi and c_hi > 0:
+        # The most one replica can serve with its cycle in [c_lo, c_hi]: its capacity alone, the SLO
+        # (d + its run <= slo, its run at least base + per (1 + r d)) and the round (its share <= u).
+        # A window over max_batch is served in several turns, so max_batch caps no rate by itself.
+        cap_c = cap
+        if per > 0:
+            cap_c = min(cap_c, 1000.0 * min((m.slo_ms - A) / c_lo - 1 if c_lo > 0 else math.inf,
+                                            problem.u - A / c_hi) / per)
+        # Shares of the cycle: one batch a cycle of at least its mean arrivals; the SLO side.
+        shares = [(A / c_hi, per / 1000.0),
+                  (A / (m.slo_ms - A), (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0)), per_request]
+    if lone > cap_c:
+        # A replica alone, served as its requests come (packer/queue.py), has no cycle: its slot
+        # may count in any class, and holds it whole, so its share there is at most u. Each line is
+        # replaced by the chord of min(line, u) over the rates up to cap_c: below both, since that
+        # is concave, and at most u.
+        cap_c = lone
+        shares = [(min(a, problem.u), (min(a + b * cap_c, problem.u) - min(a, problem.u)) / cap_c)
+                  for a, b in shares]
     if cap_c <= 0:
         return None
-    # Shares of the cycle: one batch a cycle of at least its mean arrivals; the SLO side; and per
-    # request at least base / M + per (a batch holds at most M).
-    shares = [(A / c_hi, per / 1000.0),
-              (A / (m.slo_ms - A), (m.slo_ms / (m.slo_ms - A)) * (per / 1000.0)),
-              (0.0, base / (M * 1000.0) + per / 1000.0)]
     return cap_c, shares
 
 

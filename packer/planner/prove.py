@@ -44,7 +44,8 @@ from ortools.sat.python import cp_model
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import SlotType, duty_window, item, latency_scale, relaxed_limit, turn_table
+from packer.slot import LONE_RELAXED_HI, SlotType, duty_window, item, latency_scale, relaxed_limit, turn_table
+from packer.queue import queue_capacity
 
 GRID = 1.02
 """Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
@@ -468,9 +469,13 @@ def _exact_symmetry_and_spread(e: _Exact) -> None:
 def _max_rate(m: Model, A: float, per: float, d: float, u: float) -> float:
     """The largest rate (rps) at which a replica's own limit exceeds ``d`` ms: the SLO (``d`` plus
     one batch), and the turns (``slot.own_limit``: some ``k`` with ``(1 + k u) d <= slo`` whose
-    window ``r (1 + k u) d`` its ``k`` full batches cover)."""
+    window ``r (1 + k u) d`` its ``k`` full batches cover). In the cell of ``slot.relaxed_limit``'s
+    unbounded cycle (a replica served alone as its requests come, ``packer/queue.py``), its
+    capacity that way."""
     if d <= 0:
         return math.inf
+    if d * GRID >= LONE_RELAXED_HI:
+        return queue_capacity(A - per, per, m.max_batch, m.slo_ms, u)
     room = (m.slo_ms - A) / d - 1.0
     if room <= 0 and room > -1e-9:  # a limit that equals the cell's floor up to rounding: keep it
         room = 1e-12

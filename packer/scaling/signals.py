@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from packer.plan import Plan
+from packer.queue import full_run
+from packer.slot import SlotType, latency_scale
 from packer.safeload import cut, listing, num
 
 
@@ -62,6 +64,10 @@ def sojourn_s(plan: Plan, model: str) -> float:
                 w = max(m.rate_rps, 1e-9)
                 run = m.p99_bound_ms - p.duty_cycle_ms
                 window = p.duty_cycle_ms
+                if p.duty_cycle_ms == 0:  # alone, batches sent as the slot frees: wait out one, run one
+                    mdl = plan.model(m.name)
+                    run = window = full_run(*latency_scale(mdl, SlotType(plan.fleet.pool(p.pool), p.slot)),
+                                            mdl.max_batch)
                 if m.kind != "streaming" and m.rate_rps > 0:
                     window = min(max(window, m.batch_size * 1000.0 / m.rate_rps), max(m.slo_ms - run, window))
                 total += w * (window / 2 + run) / 1000.0
@@ -71,7 +77,10 @@ def sojourn_s(plan: Plan, model: str) -> float:
 
 def run_s(plan: Plan, model: str) -> float:
     """Mean run time (s) of one batch of ``model`` across its replicas, as planned."""
-    runs = [m.p99_bound_ms - p.duty_cycle_ms for p in plan.placements for m in p.models if m.name == model]
+    runs = [m.p99_bound_ms - p.duty_cycle_ms if p.duty_cycle_ms > 0
+            else full_run(*latency_scale(plan.model(m.name), SlotType(plan.fleet.pool(p.pool), p.slot)),
+                          plan.model(m.name).max_batch)
+            for p in plan.placements for m in p.models if m.name == model]
     return sum(runs) / len(runs) / 1000.0 if runs else 0.0
 
 

@@ -1,0 +1,141 @@
+"""A replica alone on its slot, served as its requests come: a batch queue, and its p99 bound.
+
+A member that shares a slot waits its turn, so its batcher cuts a batch once a duty cycle has
+passed (``packer/slot.py``). Alone, nobody takes turns with it: its batcher can have **no queue
+delay**, and then, as Triton's dynamic batcher does, it sends everything queued (up to
+``max_batch``) the moment its instance frees, and a request that finds the slot idle runs at once.
+Under load the batches grow by themselves, so a lone replica can run near its full-batch
+throughput ``M / l(M)``, where the duty cycle's batch (sized for the 99.9 % burst of one window,
+within an SLO that also holds the cut) stops well short of it: 1.2-5x short, most at small
+``max_batch`` (``docs/slot-maths.md``, "Alone on a slot").
+
+**The bound.** Let ``L = l(M)`` (a full batch), ``a = r L`` (mean arrivals during one), and
+``theta > 0`` the root of ``a (e^theta - 1) = M theta`` (needs ``a < M``). For request ``x``:
+
+* **Its latency** is the rest of the batch running when it came (at most ``L``), then the batches
+  that take the queue ahead of it. When the running batch ends, everything waiting is sent in
+  batches of ``M`` in order (each full while ``x`` waits behind ``M`` or more), so ``x`` runs in the
+  ``ceil(q / M)``-th, where ``q`` is its place in the queue: latency ``<= L (1 + ceil(q / M))``.
+* **The queue.** Left waiting when a batch starts: ``V' = max(V + A - M, 0)``, with ``A`` the
+  arrivals during a batch of at most ``L``, so stochastically at most ``Poisson(a)`` whatever
+  came before. ``V`` is thus below Lindley's recursion with increments ``Poisson(a) - M``, whose
+  stationary value has ``P(W >= k) <= e^(-theta k)`` (Kingman's bound). ``x`` finds ``V`` plus
+  the arrivals since the running batch began (at most ``Poisson(a)``, independent of ``V``).
+* **Weighting by time.** ``x`` arrives at a random time, so batches count by their length: at most
+  ``L`` each, at most ``min(r, 1 / l(1))`` of them a ms, so probabilities over batches are scaled
+  by ``F = min(a, L / l(1))``.
+
+So ``P(q > j M) <= F sum_n P(N = n) min(1, e^(-theta (j M - n)))``, ``N ~ Poisson(a)``, and the
+bound is ``L (1 + j)`` for the least ``j`` that takes this to ``1 - QUANTILE``: at most one
+request in a thousand waits longer, as with the duty cycle's batches. It never uses the SLO or
+the duty cycle; it holds at any rate below ``M / L`` (``tests/test_queue.py`` checks it against
+the simulator's own lone batcher, ``sims/server.py``).
+
+A lone replica is planned this way when its bound is the lower (``slot.evaluate``) or the duty
+cycle cannot serve its rate at all; its rate stays within ``u`` of the full-batch throughput,
+the same headroom a shared slot keeps in its round. Streams arrive less variably than Poisson at
+the same mean, so the bound holds for them too.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from packer.arrivals import QUANTILE
+
+
+def full_run(base: float, per_item: float, max_batch: int) -> float:
+    """``L``: the run (ms) of a full batch, the longest any batch of this replica takes."""
+    return base + per_item * max_batch
+
+
+def busy_share(rate_rps: float, base: float, per_item: float, max_batch: int) -> float:
+    """The share of the slot's full-batch throughput ``rate`` takes: ``r l(M) / M``. A lone
+    replica keeps it at most ``u``: the slot's headroom."""
+    return rate_rps / 1000.0 * full_run(base, per_item, max_batch) / max_batch
+
+
+def _theta(a: float, M: int) -> float:
+    """The positive root of ``a (e^t - 1) = M t`` (``0 < a < M``): Kingman's decay rate of the queue
+    in requests. Newton from the right, where the convex ``f`` is positive, falls onto it."""
+    f = lambda t: a * math.expm1(t) - M * t  # noqa: E731
+    t = max(1.0, 2.0 * math.log(M / a))
+    while f(t) <= 0:
+        t *= 2.0
+    for _ in range(200):
+        slope = a * math.exp(t) - M
+        if slope <= 0:  # at the root itself (t -> 0 as a -> M)
+            break
+        step = f(t) / slope
+        t -= step
+        if step <= 1e-12 * t:
+            break
+    return t
+
+
+def queue_bound(rate_rps: float, base: float, per_item: float, max_batch: int, level: float = QUANTILE) -> float:
+    """The latency (ms) that at most ``1 - level`` of a lone replica's requests exceed when it is
+    served as its requests come (the module's argument); ``inf`` at or past ``max_batch / l(M)``."""
+    M = int(max_batch)
+    L = full_run(base, per_item, M)
+    r = rate_rps / 1000.0
+    if r <= 0:
+        return base + per_item
+    a = r * L
+    if a >= M * (1.0 - 1e-9) or L <= 0:  # saturated: the queue grows without end
+        return math.inf
+    theta = _theta(a, M)
+    eps = 1.0 - level
+    F = min(a, L / max(base + per_item, 1e-12))
+    # Poisson(a) over n = 0 .. nmax, with the mass beyond counted as always too late.
+    nmax = int(a + 12.0 * math.sqrt(a) + 40.0)
+    n = np.arange(nmax + 1)
+    logp = n * math.log(a) - a - np.array([math.lgamma(k + 1.0) for k in range(nmax + 1)])
+    p = np.exp(logp)
+    beyond = max(0.0, 1.0 - float(p.sum()))
+    at_least = np.concatenate(([1.0], 1.0 - np.cumsum(p)))  # P(N >= k), k = 0 .. nmax + 1
+    at_least = np.maximum(at_least, beyond)
+    lse = np.logaddexp.accumulate(logp + theta * n)  # log sum_{n <= k} p_n e^(theta n)
+
+    def tail(k: int) -> float:
+        """``F P(W + N >= k)`` over ``P(W >= x) <= e^(-theta x)``."""
+        if k <= 0:
+            return F
+        if k <= nmax + 1:
+            return F * (float(at_least[k]) + math.exp(float(lse[k - 1]) - theta * k))
+        return F * (beyond + math.exp(float(lse[-1]) - theta * k))
+
+    j = 1
+    while tail(j * M) > eps:
+        j = j * 2 if j < 64 else j + 64
+        if j > 1_000_000:
+            return math.inf
+    lo = max(1, j // 2 if j <= 128 else j - 64)
+    while lo < j:  # the least j: tail falls with j
+        mid = (lo + j) // 2
+        if tail(mid * M) <= eps:
+            j = mid
+        else:
+            lo = mid + 1
+    return L * (1 + j)
+
+
+def queue_capacity(base: float, per_item: float, max_batch: int, slo_ms: float, u: float) -> float:
+    """The most rps one lone replica serves within ``slo_ms`` at this bound, its rate within ``u`` of
+    the full-batch throughput; 0 where even a trickle's bound (two full batches) is over the SLO."""
+    L = full_run(base, per_item, max_batch)
+    top = u * 1000.0 * max_batch / L
+    if queue_bound(top, base, per_item, max_batch) <= slo_ms:
+        return top
+    if queue_bound(1e-9 * top, base, per_item, max_batch) > slo_ms:
+        return 0.0
+    lo, hi = 0.0, top
+    for _ in range(40):  # the bound only rises with the rate
+        mid = (lo + hi) / 2
+        if queue_bound(mid, base, per_item, max_batch) <= slo_ms:
+            lo = mid
+        else:
+            hi = mid
+    return lo

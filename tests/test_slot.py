@@ -81,7 +81,7 @@ def test_a_window_over_max_batch_takes_several_turns():
     assert batch_bound(0.001 * (d + k * r.round_ms)) <= k * 8
     assert mr.p99_bound_ms == pytest.approx(d + k * r.round_ms) and mr.p99_bound_ms <= 300000
     # Alone and served as its requests come, it waits out one full batch (2 s) and runs in the
-    # next: 4 s at 1 rps (the queue reaches a second batch once in a thousand: 6 s), so a plan
+    # next: 4 s at 1 rps, but a second batch is ahead of it more often than once in ten thousand: 6 s. A plan
     # serves it so.
     q = evaluate([it], 79.1, U)
     assert q.duty_cycle_ms == 0 and q.members[0].p99_bound_ms == pytest.approx(6000)

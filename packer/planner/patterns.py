@@ -1015,16 +1015,14 @@ def _snap(x: float, scale: float) -> float:
 
 def count_options(problem: Problem, m) -> set[int]:
     """Every replica count the planner may give ``m``: per slot type, the fewest replicas that hold
-    its peak, unfiltered. ``Problem.replica_options`` keeps a few of these, and the greedy
+    its peak, alone or shared, unfiltered. ``Problem.replica_options`` keeps a few of these, and the greedy
     baseline's whole-GPU problem others (a fresh ``Problem`` does not know them), so the bound
     takes them all, within ``max_replicas`` and the GPUs the pools hold."""
     out = set(problem.replica_options(m))
     for st in problem.all_types():
-        n = problem.least_replicas(m, st)
-        if n is None:
-            continue
-        if (m.max_replicas is None or n <= m.max_replicas) and n <= problem.gpu_limit:
-            out.add(n)
+        for n in {problem.least_replicas(m, st), problem.least_replicas(m, st, shared=True)} - {None}:
+            if (m.max_replicas is None or n <= m.max_replicas) and n <= problem.gpu_limit:
+                out.add(n)
     return out
 
 

@@ -83,8 +83,8 @@ def plan_problems(plan: Plan) -> list[tuple[str, str, str]]:
                 or pl.gpu not in gpus or len(set(gpus)) != len(gpus):
             out.append((f"{at}.gpu", f"must be GPU indices 0 to {pool.gpus_per_node - 1} (a node of pool {pool.name}), "
                         "gpu among gpus, none twice", REPLAN))
-        if not _number(pl.duty_cycle_ms, 0.0, 1e9, low_open=True) and not (
-                _number(pl.duty_cycle_ms, 0.0, 0.0) and isinstance(pl.models, tuple) and len(pl.models) == 1):
+        alone = isinstance(pl.models, tuple) and len(pl.models) == 1
+        if not _number(pl.duty_cycle_ms, 0.0, 1e9, low_open=not alone):
             out.append((f"{at}.duty_cycle_ms", "must be a positive number of ms (0 only for a replica alone, "
                         "served as its requests come)", REPLAN))
         for key in ("memory_gb", "memory_capacity_gb", "compute_share"):

@@ -263,11 +263,12 @@ def test_the_relaxations_admit_every_cycle_the_slot_maths_admits(u):
                 assert relaxed_limit(m, r, WHOLE, u)[2] >= it.hi * (1 - 1e-12), (mb, base, slo, f)
                 if it.lone:  # served alone without a cycle: the relaxation's unbounded cell holds it
                     assert relaxed_limit(m, r, WHOLE, u)[2] == LONE_RELAXED_HI
-                    assert _max_rate(m, A, per_s, LONE_RELAXED_HI, u) >= r * (1 - 1e-9)
+                    assert _max_rate(m, A, per_s, LONE_RELAXED_HI, u, lone_capacity(m, WHOLE, u)) >= r * (1 - 1e-9)
                     checked += 1
                     continue
                 for d in (it.hi * 0.5, it.hi * (1 - 1e-9)):
                     if d + (base + per) <= slo:
-                        assert _max_rate(m, A, per_s, d, u) >= r * (1 - 1e-9), (mb, base, slo, f, d)
+                        assert _max_rate(m, A, per_s, d, u, lone_capacity(m, WHOLE, u)) >= r * (1 - 1e-9), \
+                            (mb, base, slo, f, d)
                         checked += 1
     assert checked > 100

@@ -44,8 +44,8 @@ from ortools.sat.python import cp_model
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
-from packer.slot import LONE_RELAXED_HI, SlotType, duty_window, item, latency_scale, relaxed_limit, turn_table
-from packer.queue import queue_capacity
+from packer.slot import (LONE_RELAXED_HI, SlotType, duty_window, item, latency_scale, lone_capacity, relaxed_limit,
+                         turn_table)
 
 GRID = 1.02
 """Ratio of the duty-cycle grid: a member is charged at the top of its cell, so at most 2 % of
@@ -433,8 +433,9 @@ def _exact_slot(e: _Exact, si: int, names: list[str]) -> None:
             w[name] = mdl.NewIntVar(0, SCALE, "")
             mdl.Add(w[name] >= coef * r - coef * Q * (1 - xv))
         allow = []
+        lone = lone_capacity(m, st, e.problem.u)
         for k, c in cv.items():
-            rmax = _max_rate(m, A, per, GRID ** (k - 1), e.problem.u)
+            rmax = _max_rate(m, A, per, GRID ** (k - 1), e.problem.u, lone)
             if rmax <= 0 or math.floor(SCALE * A / GRID ** k) > u_cap:
                 mdl.AddImplication(xv, c.Not())
                 continue
@@ -466,16 +467,16 @@ def _exact_symmetry_and_spread(e: _Exact) -> None:
                 mdl.Add(sum(vs) <= gp)
 
 
-def _max_rate(m: Model, A: float, per: float, d: float, u: float) -> float:
+def _max_rate(m: Model, A: float, per: float, d: float, u: float, lone: float) -> float:
     """The largest rate (rps) at which a replica's own limit exceeds ``d`` ms: the SLO (``d`` plus
     one batch), and the turns (``slot.own_limit``: some ``k`` with ``(1 + k u) d <= slo`` whose
     window ``r (1 + k u) d`` its ``k`` full batches cover). In the cell of ``slot.relaxed_limit``'s
-    unbounded cycle (a replica served alone as its requests come, ``packer/queue.py``), its
-    capacity that way."""
+    unbounded cycle (a replica served alone as its requests come, ``packer/queue.py``), ``lone``:
+    its capacity that way (``slot.lone_capacity``, the number ``relaxed_limit`` decides by)."""
     if d <= 0:
         return math.inf
     if d * GRID >= LONE_RELAXED_HI:
-        return queue_capacity(A - per, per, m.max_batch, m.slo_ms, u)
+        return lone
     room = (m.slo_ms - A) / d - 1.0
     if room <= 0 and room > -1e-9:  # a limit that equals the cell's floor up to rounding: keep it
         room = 1e-12

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from packer.plan import Plan
+from packer.plan import Member, Placement, Plan
 from packer.queue import full_run
 from packer.slot import SlotType, latency_scale
 from packer.safeload import cut, listing, num
@@ -62,12 +62,9 @@ def sojourn_s(plan: Plan, model: str) -> float:
         for m in p.models:
             if m.name == model:
                 w = max(m.rate_rps, 1e-9)
-                run = m.p99_bound_ms - p.duty_cycle_ms
-                window = p.duty_cycle_ms
-                if p.duty_cycle_ms == 0:  # alone, batches sent as the slot frees: wait out one, run one
-                    mdl = plan.model(m.name)
-                    run = window = full_run(*latency_scale(mdl, SlotType(plan.fleet.pool(p.pool), p.slot)),
-                                            mdl.max_batch)
+                run = _run_ms(plan, p, m)
+                # Alone, batches sent as the slot frees: wait out one batch, then run one.
+                window = p.duty_cycle_ms if p.duty_cycle_ms > 0 else run
                 if m.kind != "streaming" and m.rate_rps > 0:
                     window = min(max(window, m.batch_size * 1000.0 / m.rate_rps), max(m.slo_ms - run, window))
                 total += w * (window / 2 + run) / 1000.0
@@ -77,11 +74,18 @@ def sojourn_s(plan: Plan, model: str) -> float:
 
 def run_s(plan: Plan, model: str) -> float:
     """Mean run time (s) of one batch of ``model`` across its replicas, as planned."""
-    runs = [m.p99_bound_ms - p.duty_cycle_ms if p.duty_cycle_ms > 0
-            else full_run(*latency_scale(plan.model(m.name), SlotType(plan.fleet.pool(p.pool), p.slot)),
-                          plan.model(m.name).max_batch)
-            for p in plan.placements for m in p.models if m.name == model]
+    runs = [_run_ms(plan, p, m) for p in plan.placements for m in p.models if m.name == model]
     return sum(runs) / len(runs) / 1000.0 if runs else 0.0
+
+
+def _run_ms(plan: Plan, p: Placement, m: Member) -> float:
+    """The run (ms) of one planned batch of member ``m`` of slot ``p``: its bound less the cut under
+    a duty cycle; a full batch for a replica alone without one (``packer/queue.py``), whose bound
+    also holds the queue ahead of it."""
+    if p.duty_cycle_ms > 0:
+        return m.p99_bound_ms - p.duty_cycle_ms
+    mdl = plan.model(m.name)
+    return full_run(*latency_scale(mdl, SlotType(plan.fleet.pool(p.pool), p.slot)), mdl.max_batch)
 
 
 def load_rps(sig: Signals, sojourn: float, run: float = 0.0) -> float:

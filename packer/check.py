@@ -14,7 +14,7 @@ from packer.fleet import Fleet
 from packer.plan import Placement, Plan
 from packer.arrivals import batch_bound
 from packer.queue import busy_share, queue_bound
-from packer.slot import WHOLE, SlotType, latency_scale
+from packer.slot import WHOLE, SlotType, latency_scale, lone_rate
 
 
 def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
@@ -96,10 +96,11 @@ def _lone_errors(f: Fleet, p: Placement, st: SlotType, u: float) -> list[str]:
     model = f.model(m.name)
     base, per = latency_scale(model, st)
     errs = []
-    share = busy_share(m.rate_rps, base, per, model.max_batch)
+    sized = lone_rate(model, m.rate_rps)  # its sticky streams at the quantile, where it has them
+    share = busy_share(sized, base, per, model.max_batch)
     if share > u + 1e-6:
-        errs.append(f"{m.name}@{p.id}: {m.rate_rps:g} rps is {share:.0%} of what full batches serve, over {u:.0%}")
-    bound = queue_bound(m.rate_rps, base, per, model.max_batch)
+        errs.append(f"{m.name}@{p.id}: {sized:g} rps is {share:.0%} of what full batches serve, over {u:.0%}")
+    bound = queue_bound(sized, base, per, model.max_batch)
     if bound > model.slo_ms + 1e-6:
         errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
     if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:

@@ -116,6 +116,14 @@ class Traffic:
     peak_rps: float
     streams: int | None = None
 
+    @property
+    def per_stream_rps(self) -> float | None:
+        """Chunks a second one stream sends (``rps / streams``); None without ``streams``, where
+        requests are routed one by one."""
+        if self.streams is None or self.streams <= 0 or self.rps <= 0:
+            return None
+        return self.rps / self.streams
+
 
 @dataclass(frozen=True)
 class Artifact:

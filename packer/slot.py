@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import cached_property, lru_cache
 
-from packer.arrivals import batch_bound, envelope
+from packer.arrivals import batch_bound, envelope, stream_rate
 from packer.catalog import GpuType, gpu_type
 from packer.fleet import FleetError, Fleet, Model, Pool
 from packer.queue import busy_share, full_run, queue_bound, queue_capacity
@@ -198,13 +198,28 @@ def lone_capacity(model: Model, st: SlotType, u: float) -> float:
     if model.memory_gb > st.memory_gb * model.gpus_per_replica + 1e-9:
         return 0.0
     base, per = latency_scale(model, st)
-    key = (model.max_batch, model.slo_ms, base, per, u)
+    per_stream = model.traffic.per_stream_rps
+    key = (model.max_batch, model.slo_ms, base, per, u, per_stream)
     cap = _LONE.get(key)
     if cap is None:
         if len(_LONE) >= CAPACITY_CACHE:
             _LONE.clear()
-        cap = _LONE[key] = queue_capacity(base, per, model.max_batch, model.slo_ms, u)
+        cap = queue_capacity(base, per, model.max_batch, model.slo_ms, u)
+        if per_stream is not None and cap > 0:
+            # Sticky streams: the most rps whose streams at the quantile stay within it (lone_rate).
+            top = cap
+            cap = largest(lambda r: stream_rate(r, per_stream) <= top) * (1 - 1e-9)
+        _LONE[key] = cap
     return cap
+
+
+def lone_rate(model: Model, rate: float) -> float:
+    """The rate a replica alone, served as its requests come, is sized for at ``rate``: ``rate``
+    itself, or where the model's requests come as sticky streams, the rate of its streams at the
+    quantile of their count (``arrivals.stream_rate``): a queue at its limit cannot take a replica
+    that holds more streams than its share for minutes."""
+    per_stream = model.traffic.per_stream_rps
+    return rate if per_stream is None else stream_rate(rate, per_stream)
 
 
 class ItemMaker:
@@ -270,13 +285,15 @@ def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
     m = it.model
     if it.rate <= 0:
         return None
-    bound = queue_bound(it.rate, it.base, it.per_item, m.max_batch)
-    share = busy_share(it.rate, it.base, it.per_item, m.max_batch)
-    if bound > m.slo_ms + 1e-9 or share > u + 1e-9:
+    sized = lone_rate(m, it.rate)
+    bound = queue_bound(sized, it.base, it.per_item, m.max_batch)
+    if bound > m.slo_ms + 1e-9 or busy_share(sized, it.base, it.per_item, m.max_batch) > u + 1e-9:
         return None
+    share = busy_share(it.rate, it.base, it.per_item, m.max_batch)
     L = full_run(it.base, it.per_item, m.max_batch)
     member = MemberResult(m.name, m.max_batch, share, m.memory_gb, bound, m.slo_ms, it.rate)
-    pressures = {"memory": m.memory_gb / memory_gb, "compute": share / u, f"slo:{m.name}": bound / m.slo_ms}
+    pressures = {"memory": m.memory_gb / memory_gb, "compute": busy_share(sized, it.base, it.per_item, m.max_batch) / u,
+                 f"slo:{m.name}": bound / m.slo_ms}
     binding = max(pressures, key=lambda k: pressures[k])
     if binding == "memory":
         reason = f"memory {m.memory_gb:.1f}/{memory_gb:.1f} GB is the limit"
@@ -286,6 +303,8 @@ def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
     else:
         reason = (f"{m.name} alone, batches sent as the slot frees: the batch running, then the queue "
                   f"ahead in batches of {m.max_batch} ({L:.1f} ms each) = {bound:.1f} ms of its {m.slo_ms:g} ms SLO")
+    if sized > it.rate * (1 + 1e-9):
+        reason += f"; sized for {sized:.1f} rps, its sticky streams at the 99.9 % level of their count"
     return SlotResult(0.0, (member,), m.memory_gb, memory_gb, share, binding, reason, L)
 
 
@@ -606,6 +625,18 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
     # types on two MIG pools: 25 s of parsing at 500 models) only where max_replicas asks for it.
     if not any(single_capacity(model, st, u) > 0 for st in sts):
         fastest = min(sts, key=lambda st: sum(latency_scale(model, st)))
+        per_stream = model.traffic.per_stream_rps
+        alone = queue_capacity(*latency_scale(model, fastest), model.max_batch, model.slo_ms, u)
+        if per_stream is not None and alone > 0:
+            # Served alone as its requests come, a replica takes alone rps; one stream sends more.
+            raise FleetError(f"{where}.traffic.streams",
+                             f"{per_stream:.1f} chunks a second a stream ({model.traffic.rps:g} rps over "
+                             f"{model.traffic.streams}), and a stream's chunks all go to one replica; alone on the "
+                             f"fastest slot ({fastest.key}) a replica serves at most {alone:.1f} a second within "
+                             f"slo_ms {model.slo_ms:g}, and no duty cycle serves the model",
+                             f"send the traffic as more, lighter streams (at least "
+                             f"{math.floor(model.traffic.rps / alone) + 1}, so that one fits a replica) "
+                             "or raise slo_ms")
         A = sum(latency_scale(model, fastest))
         need = A + A / u  # its cut (a cycle at least A / u, so the round fits in u of it), then its run
         if model.slo_ms >= need:

@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             p = placement(fleet, a.pool, list(rates.items()), profile=a.profile)
             (repo,) = group_repositories(plan_of(fleet, [p]), p, settings)
             cfgs = {m.name: m.config for m in repo.models}
-            streams = {n: timing(fleet, p, n, settings).candidates for n in rates if fleet.model(n).traffic.streams}
+            # The sessions a level's rate takes on average (a stream sends rps / streams chunks a second).
+            streams = {n: max(1, round(rates[n] / fleet.model(n).traffic.per_stream_rps)) for n in rates
+                       if fleet.model(n).traffic.streams}
             with LocalTriton(write_repository(repo, Path(tmp) / f"level{i}")) as server:
                 delay_us = [(cfgs[n].sequence_batching.oldest if cfgs[n].HasField("sequence_batching")
                              else cfgs[n].dynamic_batching).max_queue_delay_microseconds for n in rates]

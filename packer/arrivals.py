@@ -68,6 +68,21 @@ def stream_rate(rate: float, per_stream: float) -> float:
     return max(rate, per_stream * max(1, poisson_quantile(rate / per_stream)))
 
 
+SESSION_Z, SESSION_TAIL = 4.9, 4.0
+"""The sequence slots a replica keeps (:func:`session_slots`): ``m + 4.9 sqrt(m) + 4`` is above
+Poisson's quantile at one in a million for every mean (``tests/test_arrivals.py``)."""
+
+
+def session_slots(m: float) -> int:
+    """Sequence slots for a replica that carries ``m`` live streams on average: beyond the count at
+    one in a million. A stream that finds no slot waits in Triton's backlog until a stream ends,
+    minutes with sessions of minutes, so the slots (Triton's ``max_candidate_sequences``, a count,
+    not a rate: a slot costs nothing until a stream holds it) cover the count's spread, not its mean."""
+    if m <= 0:
+        return 1
+    return math.ceil(m + SESSION_Z * math.sqrt(m) + SESSION_TAIL)
+
+
 def batch_bound(m: float) -> int:
     """The batch a request may find itself in, at :data:`QUANTILE`: itself plus the window's others."""
     return 1 + poisson_quantile(m)

@@ -45,3 +45,18 @@ def test_max_mean_is_the_largest_window_a_batch_holds():
         assert batch_bound(m) <= mb
         assert batch_bound(m * 1.001 + 1e-6) > mb
     assert batch_bound(0.0) == 1 and max_mean(1) == pytest.approx(0.001, rel=0.01)
+
+
+def test_session_slots_cover_the_count_at_one_in_a_million():
+    from packer.arrivals import session_slots
+
+    assert session_slots(0.0) == 1 and session_slots(1.0) == 10 and session_slots(40.0) == 75
+    for m in (1e-4, 0.01, 0.3, 1.0, 3.0, 10.0, 40.0, 150.0, 454.0, 2000.0, 1e4, 1e5):
+        k = session_slots(m)
+        # P(N > k) for N ~ Poisson(m), summed in logs from k + 1 upwards until the terms vanish
+        j, tail, term = k + 1, 0.0, 1.0
+        while term > 1e-300 and j < k + 10 * math.sqrt(m) + 200:
+            term = math.exp(-m + j * math.log(m) - math.lgamma(j + 1))
+            tail += term
+            j += 1
+        assert tail <= 1e-6, (m, k, tail)

@@ -1,5 +1,7 @@
 """The batching the writer renders and the simulator serves: one definition, worked numbers."""
 
+import math
+
 import pytest
 
 from packer.batching import batching
@@ -27,7 +29,10 @@ def test_batch_models_batch_the_same_way_and_streams_are_shared_by_rate():
     b = batching(punct(kind="batch"), SlotType(POOL), batch=9, duty_cycle_ms=20.0)
     assert b.queue_delay_ms == 20.0 and b.preferred == ()
     s = batching(punct(streams=100), SlotType(POOL), batch=9, duty_cycle_ms=20.0, rate_rps=50.0)
-    assert s.candidates == 25  # this slot carries a quarter of the peak: a quarter of the streams
+    # 100 streams at the mean rate: each sends rps / 100 chunks a second, so at 50 rps this slot
+    # carries 50 / (rps / 100) of them on average, and slots past their count at one in a million.
+    m = 50.0 / (punct(streams=100).traffic.rps / 100)
+    assert s.candidates == math.ceil(m + 4.9 * math.sqrt(m) + 4)
 
 
 def test_the_writer_and_the_simulator_read_it():

@@ -363,3 +363,47 @@ def test_serve_local_prints_a_request_that_works_when_pasted(plan, tmp_path, gro
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
+
+
+def test_a_replica_has_sequence_slots_for_the_streams_it_carries_at_peak(tmp_path):
+    """``streams`` counts the sessions at the mean rate: at a peak of twice the mean a replica
+    carries twice as many, and their count varies about that. The writer gave a slot its share of
+    ``streams`` alone (20 here), and on the real server the streams past those slots waited in
+    Triton's backlog until a stream ended (or idled out, 30 s): with 20 slots, 44 streams of six
+    chunks, the 24 opened last waited 2.3 s for their first answer, against 6 ms with 75. Now the
+    slots cover the count at peak at one in a million (``arrivals.session_slots``: 75 for a mean
+    of 40)."""
+    from packer.fleetfile import parse_fleet
+
+    f = parse_fleet({"name": "peaky", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 1, "max_nodes": 1,
+                                                 "cost_per_gpu_hour": 0.8}],
+                     "models": [{"name": "asr", "kind": "streaming", "memory_gb": 1, "slo_ms": 200, "max_batch": 16,
+                                 "latency_ms": {"gpu": "l4-24gb", "base": 2.0, "per_item": 0.1},
+                                 "traffic": {"rps": 40, "peak_rps": 80, "streams": 20}}]}, "peaky")
+    p = placement(f, "l4", [("asr", 80.0)])
+    settings = TritonSettings(device="cpu")
+    (repo,) = group_repositories(plan_of(f, [p]), p, settings)
+    assert repo.models[0].config.sequence_batching.oldest.max_candidate_sequences == 75
+    results: queue.Queue = queue.Queue()
+    streams, chunks = 44, 6  # the mean at peak, 40, and a tenth more; three seconds each
+    with LocalTriton(write_repository(repo, tmp_path / "peaky")) as s:
+        c = grpcclient.InferenceServerClient(s.grpc_url)
+        c.start_stream(callback=lambda result, error: results.put((time.monotonic(), result, error)))
+        sent: dict[str, float] = {}
+        try:
+            for j in range(chunks):
+                for k in range(streams):
+                    sent[f"{k}-{j}"] = time.monotonic()
+                    c.async_stream_infer("asr", [one(float(k))], request_id=f"{k}-{j}", sequence_id=5000 + k,
+                                         sequence_start=j == 0, sequence_end=j == chunks - 1)
+                    time.sleep(0.5 / streams)  # each stream a chunk every half second: 88 chunks a second
+            waited = {}
+            for _ in range(streams * chunks):
+                at, result, error = results.get(timeout=10)
+                assert error is None, error
+                rid = result.get_response().id
+                waited[rid] = at - sent[rid]
+        finally:
+            c.stop_stream()
+    assert len(waited) == streams * chunks
+    assert max(waited.values()) < 0.2, sorted(waited.items(), key=lambda kv: -kv[1])[:3]  # the SLO

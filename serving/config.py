@@ -65,7 +65,7 @@ def _sequence(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSe
     (one chunk each in flight), and further streams wait in Triton's backlog until one ends.
     """
     sb = cfg.sequence_batching
-    sb.max_sequence_idle_microseconds = _us(settings.sequence_idle_s * 1000)
+    sb.max_sequence_idle_microseconds = _us(sequence_idle_s(model, settings) * 1000)
     for name, kind in ((START, mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_START),
                        (END, mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_END),
                        (READY, mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_READY)):
@@ -100,6 +100,14 @@ def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSet
         q.max_queue_size = t.queue_bound
 
 
+def sequence_idle_s(model: Model, settings: TritonSettings) -> float:
+    """How long the server keeps a silent stream of ``model``: ``settings.sequence_idle_s``, or twice
+    the gap between a stream's chunks (``streams / rps``) where that is longer, so that Triton never
+    drops a live stream between two of its chunks and refuses the next (no START flag)."""
+    per = model.traffic.per_stream_rps
+    return settings.sequence_idle_s if per is None else max(settings.sequence_idle_s, 2.0 / per)
+
+
 def model_config(fleet: Fleet, placement: Placement, name: str, settings: TritonSettings,
                  *, shared: bool) -> mc.ModelConfig:
     """The config of model ``name`` in slot ``placement``.
@@ -122,7 +130,7 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Triton
             cfg.output.append(_tensor(SEQ_SUM, mc.TYPE_FP32, input=False))
             cfg.output.append(_tensor(SEQ_LEN, mc.TYPE_INT32, input=False))
         for k, v in (("base_ms", t.base_ms), ("per_item_ms", t.per_item_ms), ("time_scale", settings.time_scale),
-                     ("sequence_idle_s", settings.sequence_idle_s)):
+                     ("sequence_idle_s", sequence_idle_s(model, settings))):
             cfg.parameters[k].string_value = f"{v:.6g}"
         if settings.device == "cpu":
             # The CPU stand-ins of one slot hold one lock while they run, as batches on one GPU

@@ -19,7 +19,8 @@ from packer.slot import servable
 from serving.config import from_text, model_config, timing, to_text
 from serving.repository import read_repository, repositories, write
 from serving.settings import TritonSettings
-from triton_helpers import GOLDEN, meetings_plan, planned
+from packer.handplan import placement
+from triton_helpers import GOLDEN, fleet, meetings_plan, planned
 
 GOLDEN_FLEET = GOLDEN / "multilingual-meetings"
 
@@ -301,3 +302,24 @@ def test_serve_local_refuses_a_missing_artifact_before_starting_triton(plan, tmp
     err = capsys.readouterr().err.strip()
     assert err == (f"error: model asr-es: artifact {gone} does not exist on this machine, so Triton could not load "
                    "it. Fix: correct `artifact` in the fleet and plan again (serve-local runs Triton on this machine)")
+
+
+def test_a_stream_silent_longer_than_the_idle_setting_keeps_its_state_between_chunks(tmp_path):
+    """2,000 streams at 10 rps send a chunk every 200 s each: at the 30-s default Triton would drop
+    every stream between two of its chunks and refuse the next (no START flag). Its idle time is
+    twice its gap; a model whose streams speak more often keeps the setting."""
+    from packer.fleetfile import parse_fleet
+    from serving.config import model_config, sequence_idle_s
+
+    f = parse_fleet({"name": "idle", "pools": [{"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 5,
+                                                "cost_per_gpu_hour": 0.8}],
+                     "models": [{"name": "chat", "kind": "streaming", "memory_gb": 2, "slo_ms": 500, "max_batch": 16,
+                                 "latency_ms": {"gpu": "l4-24gb", "base": 5, "per_item": 0.5},
+                                 "traffic": {"rps": 10, "streams": 2000}}]}, "idle")
+    settings = TritonSettings(device="cpu")
+    assert sequence_idle_s(f.models[0], settings) == pytest.approx(400.0)
+    p = placement(f, "l4", [("chat", 10.0)])
+    cfg = model_config(f, p, "chat", settings, shared=False)
+    assert cfg.sequence_batching.max_sequence_idle_microseconds == 400_000_000
+    assert cfg.parameters["sequence_idle_s"].string_value == "400"
+    assert sequence_idle_s(fleet("multilingual-meetings").model("asr-es"), settings) == 30.0

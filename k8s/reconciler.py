@@ -290,7 +290,9 @@ class Reconciler:
                 self._planned = (k, None, short(e))
         if self._planned[1] is None:
             raise UserError(self._planned[2])
-        return PlanChoice(self._planned[1], self._planned[2], source.state | {"_fleet_hash": source.fleet_hash})
+        # A new plan of an edited fleet is the scaling policy's new ceiling (ScalingState.ceiling).
+        state = {k: v for k, v in source.state.items() if k != "ceiling"}
+        return PlanChoice(self._planned[1], self._planned[2], state | {"_fleet_hash": source.fleet_hash})
 
     def _scale(self, stored: Plan, obs: Observed, state: dict[str, Any], now: float) -> Scaled | None:
         """One step of the scaling policy on live signals (scraped here) and the nodes' preemption

@@ -140,7 +140,8 @@ def state_from_json(doc: dict[str, Any] | None) -> ScalingState:
     }
     return ScalingState(models=models, since=doc.get("since"), last_replan=doc.get("last_replan"),
                         last_down_try=doc.get("last_down_try"), starting=dict(doc.get("starting") or {}),
-                        replan_traffic=dict(doc.get("replan_traffic") or {}), doomed=dict(doc.get("doomed") or {}))
+                        replan_traffic=dict(doc.get("replan_traffic") or {}), doomed=dict(doc.get("doomed") or {}),
+                        ceiling=doc.get("ceiling"))
 
 
 def packer_scaler(settings: ScalingSettings | None = None) -> Scaler:

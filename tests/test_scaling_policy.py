@@ -348,3 +348,28 @@ def test_replan_when_round_robin_wastes_uneven_replicas():
     acts, state = decide(plan, sig(asr_a=250, asr_b=125, punct=20), None, 0.0, EXACT)
     rp = [a for a in acts if isinstance(a, Replan)]
     assert len(rp) == 1 and "round-robin" in rp[0].reason and state.last_replan == 0.0
+
+
+def test_replan_when_the_fleet_costs_more_than_the_plan_it_started_from():
+    """Scale-ups buy the replica that serves soonest, a GPU at a time; the plan the policy started
+    from holds every model's peak. Past it by more than ``ceiling_replan`` (after the re-plan
+    cooldown) a fresh packing of the demand is asked for. On the multilingual example's diurnal
+    day (seed 0) the fleet reached 37.40/h against the plan's 12.10/h without it."""
+    f = fleet()
+    start = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 100.0), ("asr-b", 0, 150.0), ("punct", 0, 20.0)])])
+    grown = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 100.0), ("asr-b", 0, 150.0), ("punct", 0, 20.0)]),
+                        placement(f, "l4", "l4-n0", 1, [("asr-a", 1, 100.0)])])
+    loads = sig(asr_a=100, asr_b=100, punct=10)
+    _, state = decide(start, loads, None, 0.0, EXACT)
+    from packer.scaling.replan import plan_cost
+    assert state.ceiling == plan_cost(start) and plan_cost(grown) > plan_cost(start)
+    acts, after = decide(grown, loads, state, 15.0, EXACT)
+    rp = [a for a in acts if isinstance(a, Replan)]
+    assert len(rp) == 1 and "more than the" in rp[0].reason and after.last_replan == 15.0
+    assert after.ceiling == state.ceiling  # the first plan's, not the grown one's
+    # Within the cooldown, or with the trigger off, none.
+    acts, _ = decide(grown, loads, after, 30.0, EXACT)
+    assert not [a for a in acts if isinstance(a, Replan)]
+    off = replace(EXACT, targets=replace(EXACT.targets, ceiling_replan=math.inf))
+    acts, _ = decide(grown, loads, state, 15.0, off)
+    assert not [a for a in acts if isinstance(a, Replan)]

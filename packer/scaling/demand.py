@@ -73,6 +73,10 @@ class ScalingState:
     replan_traffic: Mapping[str, float] = field(default_factory=dict)
     """The rates of the last re-plan request: a right-sizing re-plan waits for demand to move
     away from them (empty: from what the deployed plan holds)."""
+    ceiling: float | None = None
+    """What the plan the policy started from costs an hour (set at the first decision): it holds
+    every model's peak, so a fleet that scaled up past it, a GPU at a time, pays for packing
+    worse than the planner's (:attr:`ScalingSettings.targets.ceiling_replan`)."""
     doomed: Mapping[str, float] = field(default_factory=dict)
     """Nodes under a spot preemption notice, with the time the cloud takes them. A notice comes
     with the node's replicas, which the policy replaces at once and drops from the plan; from then

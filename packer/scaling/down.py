@@ -158,7 +158,7 @@ def round_robin_waste(plan: Plan, min_replicas: int = 3) -> tuple[float, str]:
 
 
 def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, settings: ScalingSettings,
-                   waste: tuple[float, str] = (0.0, "")) -> Replan:
+                   waste: tuple[float, str] = (0.0, ""), over: tuple[float, float] | None = None) -> Replan:
     """A re-plan request with an estimate of what it saves: idle capacity rounded down to GPUs
     at the average price of the paid ones (the planner's answer replaces the estimate)."""
     paid = paid_gpus(plan)
@@ -168,7 +168,11 @@ def replan_request(plan: Plan, demands: Mapping[str, Demand], frag: float, setti
     # The planner's capacity is the policy's (the same slot maths), so it plans for the want.
     traffic = tuple((m.name, round(max(demands[m.name].want_down, demands[m.name].replan_want), 4))
                     for m in plan.fleet.models)
-    if frag > settings.targets.fragmentation_replan:
+    if over is not None:  # (the fleet's cost, the plan's it started from), an hour
+        saving = over[0] - over[1]
+        why = (f"the fleet costs {over[0]:.2f}/h, more than the {over[1]:.2f}/h of the plan it started from, "
+               f"which holds every model's peak; a fresh packing of the demand")
+    elif frag > settings.targets.fragmentation_replan:
         why = (f"{frag:.0%} of {len(paid)} paid GPUs idle at the demand of the last "
                f"{settings.windows.scale_down_s:.0f} s and no single slot can be emptied; a fresh packing should "
                f"free about {idle} GPU(s)")

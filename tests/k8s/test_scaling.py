@@ -134,7 +134,7 @@ def test_policy_state_round_trips_through_json() -> None:
     from packer.scaling import ModelState, ScalingState
 
     st = ScalingState(models={"asr": ModelState(samples=((1.0, 2.0),), wants=((1.0, 3.0),), panic_until=5.0)},
-                      since=1.0, starting={"l4-n1": 99.0})
+                      since=1.0, starting={"l4-n1": 99.0}, ceiling=12.1)
     assert state_from_json(json.loads(json.dumps(state_to_json(st)))) == st
 
 

@@ -138,7 +138,9 @@ def test_the_default_form_renders_every_object_as_before_backends_existed(fleet)
     from this one. Re-stored once on purpose since: the Triton configs lost their queue policy
     (commit 036af28), and the stand-in model learnt to run real GPU work on a GPU instance (tenth
     session), each of which changes every repository ConfigMap and the Deployments that roll with
-    it, and nothing else."""
+    it, and nothing else; and for multilingual-meetings, the sequence models' slots for the streams
+    they carry at peak (twenty-sixth session: ``arrivals.session_slots``), which change the
+    repositories of its slots with a streaming model with ``streams`` and their Deployments."""
     before = json.loads((GOLDEN / fleet / "spec-hashes-before-backends.json").read_text())
     assert list(rendered(fleet, "device-plugin")) == render_plan(plan_of(fleet))
     assert {f"{o['kind']}/{o['metadata']['name']}": o["metadata"]["annotations"][N.SPEC_HASH]

@@ -130,6 +130,36 @@ def test_a_traffic_surge_adds_servers_with_reasons_and_quiet_cycles_write_nothin
     assert len(cluster.objects("apps/v1/deployments")) < 12  # it did not run away
 
 
+def test_the_ceiling_is_the_first_plans_cost_until_the_fleet_is_planned_again(scaled) -> None:
+    """The scaling policy re-plans when the fleet costs more than the plan it started from
+    (``ScalingState.ceiling``): the reconciler keeps that cost in its policy state (checkpointed
+    to its status), and drops it when an edited fleet is planned, so that the new plan is the new
+    ceiling."""
+    from packer.scaling.replan import plan_cost
+
+    cluster, r, triton, now = scaled
+    cluster.converge(r)
+    triton.set_serving(serving_map(cluster))
+    triton.set_rate("asr", 100.0)
+    first = r.cycle().plan
+    for _ in range(2):
+        now[0] += 15
+        r.cycle()
+    assert r.policy_state["ceiling"] == pytest.approx(plan_cost(first))
+    now[0] += 300  # past policy_checkpoint_s: the status has it too
+    r.cycle()
+    summary = json.loads(cluster.objects("v1/configmaps")["packer-status"]["data"]["summary.json"])
+    assert summary["policy_state"]["ceiling"] == pytest.approx(plan_cost(first))
+    cluster.set_fleet(2.0)
+    now[0] += 15
+    rep = r.cycle()
+    assert rep.replanned == "fleet changed" and r.policy_state.get("ceiling") is None
+    triton.set_serving(serving_map(cluster))
+    now[0] += 15
+    r.cycle()
+    assert r.policy_state["ceiling"] == pytest.approx(plan_cost(rep.plan)) != pytest.approx(plan_cost(first))
+
+
 def test_policy_state_round_trips_through_json() -> None:
     from packer.scaling import ModelState, ScalingState
 

@@ -287,13 +287,13 @@ def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
         return None
     sized = lone_rate(m, it.rate)
     bound = queue_bound(sized, it.base, it.per_item, m.max_batch)
-    if bound > m.slo_ms + 1e-9 or busy_share(sized, it.base, it.per_item, m.max_batch) > u + 1e-9:
+    sized_share = busy_share(sized, it.base, it.per_item, m.max_batch)  # what u caps
+    if bound > m.slo_ms + 1e-9 or sized_share > u + 1e-9:
         return None
     share = busy_share(it.rate, it.base, it.per_item, m.max_batch)
     L = full_run(it.base, it.per_item, m.max_batch)
     member = MemberResult(m.name, m.max_batch, share, m.memory_gb, bound, m.slo_ms, it.rate)
-    pressures = {"memory": m.memory_gb / memory_gb, "compute": busy_share(sized, it.base, it.per_item, m.max_batch) / u,
-                 f"slo:{m.name}": bound / m.slo_ms}
+    pressures = {"memory": m.memory_gb / memory_gb, "compute": sized_share / u, f"slo:{m.name}": bound / m.slo_ms}
     binding = max(pressures, key=lambda k: pressures[k])
     if binding == "memory":
         reason = f"memory {m.memory_gb:.1f}/{memory_gb:.1f} GB is the limit"

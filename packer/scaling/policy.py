@@ -180,7 +180,7 @@ def _shrink(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float
 def _replan(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float, settings: ScalingSettings,
             tried: bool) -> Replan | None:
     """A re-plan to ask for on a quiet decision: a periodic right-sizing one, else one against
-    fragmentation or round-robin waste, each after its own interval."""
+    fragmentation, round-robin waste or a fleet past its ceiling, each after its own interval."""
     last = state.last_replan
     t = settings.targets
     rp: Replan | None = None
@@ -192,7 +192,9 @@ def _replan(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float
         waste = round_robin_waste(work)
         if frag > t.fragmentation_replan or waste[0] > t.waste_replan:
             rp = replan_request(work, calm, frag, settings, waste)
-    return rp or _over_ceiling(work, calm, state, now, settings)
+        else:
+            rp = _over_ceiling(work, calm, state, settings)
+    return rp
 
 
 PAST_PEAK = 1.1
@@ -200,13 +202,12 @@ PAST_PEAK = 1.1
 traffic the plan was not made for: no ceiling re-plan then."""
 
 
-def _over_ceiling(work: Plan, calm: dict[str, Demand], state: ScalingState, now: float,
+def _over_ceiling(work: Plan, calm: dict[str, Demand], state: ScalingState,
                   settings: ScalingSettings) -> Replan | None:
     """A re-plan when the fleet costs more than ``ceiling_replan`` above the plan the policy
-    started from (:attr:`ScalingState.ceiling`), at most one per ``replan_cooldown_s``."""
+    started from (:attr:`ScalingState.ceiling`); :func:`_replan` asks past its cooldown."""
     t = settings.targets
-    last = state.last_replan
-    if state.ceiling is None or (last is not None and now - last < t.replan_cooldown_s):
+    if state.ceiling is None:
         return None
     # The plan holds every model's peak; past a peak, a dearer fleet may be what the demand costs.
     # The load, not the want (a want carries the trend and the panic window's margins), past its

@@ -143,29 +143,39 @@ def planned_slot(names: list[str], spec: dict | None = None, intervals: dict[str
     """The slot at capacity: (fleet with the members' streams sized to their planned rates, plan,
     planned rates, session intervals). A session stream whose planned rate is under one chunk an
     interval becomes one session at the planned rate (its interval stretched)."""
+    from packer.errors import UserError
     from packer.handplan import placement, plan_of
 
     f = fleet(spec)
-    intervals = dict(STREAM_INTERVAL_S if intervals is None else intervals)
+    given = dict(STREAM_INTERVAL_S if intervals is None else intervals)
     st = SlotType(f.pool("l4"))
     mix = {n: f.model(n).traffic.rps for n in names}
     k = capacity(f, st, mix) * 0.999
-    models = []
-    for m in f.models:
-        if m.name not in names:
+    # Whole sessions change a stream member's chunks a stream, and a replica alone is sized for
+    # its streams' count (slot.lone_rate): where the group at k is then refused, k steps down 1 %.
+    for _ in range(100):
+        intervals = dict(given)
+        models = []
+        for m in f.models:
+            if m.name not in names:
+                continue
+            rate = k * mix[m.name]
+            streams = None
+            if m.name in intervals:
+                if rate * intervals[m.name] < 1:
+                    intervals[m.name] = 1.0 / rate
+                streams = math.floor(rate * intervals[m.name] + 1e-9)
+                rate = streams / intervals[m.name]  # whole sessions at the planned chunk rate
+            models.append(replace(m, traffic=replace(m.traffic, rps=rate, peak_rps=rate, streams=streams)))
+        sub = replace(f, models=tuple(models))
+        rates = {m.name: m.traffic.peak_rps for m in models}
+        try:
+            p = placement(sub, "l4", list(rates.items()), node="l4-n0", gpu=0, u=U)
+        except UserError:
+            k *= 0.99
             continue
-        rate = k * mix[m.name]
-        streams = None
-        if m.name in intervals:
-            if rate * intervals[m.name] < 1:
-                intervals[m.name] = 1.0 / rate
-            streams = math.floor(rate * intervals[m.name] + 1e-9)
-            rate = streams / intervals[m.name]  # whole sessions at the planned chunk rate
-        models.append(replace(m, traffic=replace(m.traffic, rps=rate, peak_rps=rate, streams=streams)))
-    sub = replace(f, models=tuple(models))
-    rates = {m.name: m.traffic.peak_rps for m in models}
-    p = placement(sub, "l4", list(rates.items()), node="l4-n0", gpu=0, u=U)
-    return sub, plan_of(sub, [p]), rates, intervals
+        return sub, plan_of(sub, [p]), rates, intervals
+    raise UserError(f"no rate of {', '.join(names)} that the planner admits near its capacity")
 
 
 def served_bound(sub, p, fits: dict[str, tuple[float, float]], overhead: dict[str, float]) -> dict[str, float]:

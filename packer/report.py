@@ -9,7 +9,7 @@ from html import escape
 from itertools import groupby
 
 from packer.catalog import gpu_type, layout_named
-from packer.plan import Plan
+from packer.plan import Placement, Plan
 from packer.planner.prove import LEFT_FOR_PROOF
 from packer.planner.spot import exposure_lines
 
@@ -88,12 +88,28 @@ def table(plan: Plan) -> str:
         for p in group:
             slot = p.slot if p.slot == "whole" else f"{p.slot}@{p.mig_start}"
             for i, m in enumerate(p.models):
+                held = reserve(p)
+                share = f"{m.share:.0%}" + (f"+{held:.0%}" if held else "")
                 rows.append((
-                    "", slot if i == 0 else "", f"{m.name}#{m.replica}", str(m.batch_size), f"{m.share:.0%}",
+                    "", slot if i == 0 else "", f"{m.name}#{m.replica}", str(m.batch_size), share,
                     f"{m.memory_gb:g}", f"{m.p99_bound_ms:,.1f} ms", f"{m.slo_ms:,.0f} ms", p.binding if i == 0 else "",
                 ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    if any(reserve(p) for p in plan.placements):
+        out.append("(a+b%: a replica alone is busy a on average and holds b more for its sticky streams, "
+                   "whose count runs above its share for minutes)")
+    return "\n".join(out)
+
+
+def reserve(p: Placement) -> float:
+    """The share a replica alone holds beyond its mean load for its sticky streams' count (0 for any
+    other slot): the compute cap binds on both together, so a picture of the mean alone would show
+    room that is not there."""
+    if p.duty_cycle_ms or len(p.models) != 1:
+        return 0.0
+    extra = p.compute_share - p.models[0].share
+    return extra if extra >= 0.005 else 0.0
 
 
 def explain(plan: Plan, model: str) -> str:
@@ -107,7 +123,8 @@ def explain(plan: Plan, model: str) -> str:
         others = [f"{x.name}#{x.replica}" for x in p.models if x.name != model]
         if p.duty_cycle_ms == 0:
             serves = [f"    serves {me.rate_rps:.1f} rps alone, each batch (up to {me.batch_size}) sent as the slot "
-                      f"frees; takes {me.share:.0%} of what full batches serve",
+                      f"frees; takes {me.share:.0%} of what full batches serve"
+                      + (f" and holds {reserve(p):.0%} more for its sticky streams' count" if reserve(p) else ""),
                       f"    p99 bound {me.p99_bound_ms:.1f} ms = the batch running, then the queue ahead in full "
                       f"batches; SLO {me.slo_ms:g} ms"]
         else:
@@ -264,6 +281,12 @@ def svg(plan: Plan) -> str:
                     out.append(f'<text x="{xm + 3:.1f}" y="{y + 12}" font-size="10" fill="{_ink(fill)}" '
                                f'pointer-events="none">{e(label)}</text>')
                 xm, xc = xm + wm, xc + wc
+            if held := reserve(p):
+                out.append(f'<rect class="reserve" data-slot="{e(p.id)}" x="{xc:.2f}" y="{y + track + inner}" '
+                           f'width="{w0 * held:.2f}" height="{track}" fill="{colour[p.models[0].name]}" '
+                           f'fill-opacity="0.35" stroke="white" stroke-width="0.5"><title>{e(p.models[0].name)} in '
+                           f'{e(p.id)}: {held:.0%} more held for its sticky streams, whose count on this replica '
+                           f'runs above its share for minutes (sized at the 99.9 % level)</title></rect>')
             xcap = x0 + w0 * cap
             out.append(f'<line class="cap" x1="{xcap:.1f}" y1="{y + track + inner - 2}" x2="{xcap:.1f}" '
                        f'y2="{y + row_h + 2}" stroke="#c00" stroke-width="1.5" stroke-dasharray="3,2"/>')
@@ -294,6 +317,9 @@ def svg(plan: Plan) -> str:
             f'headroom)</text>',
             f'<rect x="800" y="{ly - 10}" width="22" height="12" fill="#eee"/>',
             f'<text x="828" y="{ly}">free</text>']
+    if any(reserve(p) for p in plan.placements):
+        out += [f'<rect x="880" y="{ly - 10}" width="22" height="12" fill="#888" fill-opacity="0.35"/>',
+                f'<text x="908" y="{ly}">held for sticky streams</text>']
     if not swatches:
         out.append(f'<text x="10" y="{ly + 22}">{len(colour)} models: too many for a colour each; hover a bar '
                    f'for its model, or see `packer plan --explain MODEL`</text>')

@@ -304,8 +304,9 @@ def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
         reason = (f"{m.name} alone, batches sent as the slot frees: the batch running, then the queue "
                   f"ahead in batches of {m.max_batch} ({L:.1f} ms each) = {bound:.1f} ms of its {m.slo_ms:g} ms SLO")
     if sized > it.rate * (1 + 1e-9):
-        reason += f"; sized for {sized:.1f} rps, its sticky streams at the 99.9 % level of their count"
-    return SlotResult(0.0, (member,), m.memory_gb, memory_gb, share, binding, reason, L)
+        reason += (f"; sized for {sized:.1f} rps ({sized_share:.0%}), its sticky streams at the 99.9 % level "
+                   f"of their count")
+    return SlotResult(0.0, (member,), m.memory_gb, memory_gb, sized_share, binding, reason, L)
 
 
 def feasible(items: list[Item], memory_gb: float, u: float) -> bool:
@@ -352,7 +353,9 @@ class SlotResult:
     memory_gb: float
     memory_capacity_gb: float
     compute_share: float
-    """The round (one provisioned batch of every member) over the duty cycle; at most ``u``."""
+    """The round (one provisioned batch of every member) over the duty cycle; at most ``u``. A
+    replica alone: its busy share at the rate it is sized for (``lone_rate``), which is more than
+    its member's share where sticky streams keep a reserve for their count."""
     binding: str
     """Which constraint is closest to its limit: ``memory``, ``compute`` or ``slo:<model>``."""
     reason: str

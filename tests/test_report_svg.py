@@ -10,7 +10,9 @@ import pytest
 from packer_cli.plan import example_path
 from packer.fleetfile import load_fleet
 from packer.planner import PlanSettings, plan_fleet
-from packer.report import svg
+from packer.queue import busy_share
+from packer.report import svg, table
+from packer.slot import SlotType, item, lone_rate
 
 EXAMPLES = example_path().parent
 NS = "{http://www.w3.org/2000/svg}"
@@ -67,3 +69,29 @@ def test_legend_scale_and_tooltips(llm_plan) -> None:
     assert "compute cap (85% of a slot's time: 15% headroom)" in labels
     assert "<title>" in text and "limit: memory" in text
     assert f"{llm_plan.cost_per_hour:.2f}/h" in text  # the CLI's money format, no currency sign
+
+
+def test_a_lone_replica_of_sticky_streams_shows_what_it_holds_for_their_count() -> None:
+    """asr-en's lone L4 replicas are busy 64 % on average but sized for their streams' 99.9 % count;
+    the cap binds on that. Drawn at the mean alone, the picture showed room under the cap that a
+    user could not use (the binding read ``compute`` beside a bar well short of the cap)."""
+    plan = plan_fleet(load_fleet(EXAMPLES / "multilingual-meetings.yaml"), PlanSettings(time_limit_s=3, seed=0))
+    cap = 1.0 - plan.settings.headroom
+    tree = _tree(plan)
+    bar = max(float(r.get("width")) for r in tree.iter(f"{NS}rect") if r.get("class") == "slot")
+    lone = [p for p in plan.placements if p.duty_cycle_ms == 0 and p.models[0].name == "asr-en"]
+    assert lone
+    for p in lone:
+        m = plan.model("asr-en")
+        it = item(m, p.models[0].rate_rps, SlotType(plan.fleet.pool(p.pool)), cap)
+        sized = busy_share(lone_rate(m, it.rate), it.base, it.per_item, m.max_batch)
+        assert p.compute_share == pytest.approx(sized, abs=1e-4) and sized <= cap + 1e-9
+        assert p.compute_share > p.models[0].share + 0.05  # the streams' reserve is not a rounding
+        drawn = (_width(tree, "compute", p.id) + _width(tree, "reserve", p.id)) / bar
+        assert drawn == pytest.approx(p.compute_share, abs=0.005)
+    assert not any(r.get("class") == "reserve" and r.get("data-slot") not in {p.id for p in lone}
+                   for r in tree.iter(f"{NS}rect"))  # only such replicas hold a reserve
+    assert "held for sticky streams" in svg(plan)
+    rows = [line for line in table(plan).splitlines() if "asr-en#" in line]
+    share, held = p.models[0].share, p.compute_share - p.models[0].share
+    assert rows and all(f"{share:.0%}+{held:.0%}" in line for line in rows)

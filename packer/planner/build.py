@@ -19,7 +19,8 @@ def multi_placement(problem: Problem, g: Gpu) -> Placement:
                     model.slo_ms, rate)
     return Placement(pool=g.pool.name, node=node_name(g.pool.name, g.node), gpu=g.index, slot=WHOLE,
                      models=(member,), duty_cycle_ms=res.duty_cycle_ms, memory_gb=model.memory_gb,
-                     memory_capacity_gb=round(res.memory_capacity_gb, 2), compute_share=m.share,
+                     memory_capacity_gb=round(res.memory_capacity_gb, 2),
+                     compute_share=res.compute_share if res.duty_cycle_ms == 0 else m.share,  # alone: its reserve too
                      binding=res.binding, reason=f"{model.gpus_per_replica} whole GPUs, never shared; {res.reason}",
                      gpus=tuple(range(g.index, g.index + g.width)))
 

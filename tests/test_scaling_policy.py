@@ -13,7 +13,7 @@ from packer.scaling import (AddReplica, Consolidate, Replan, ScalingSettings, Sc
                             Targets, Windows, apply, decide, observe)
 from packer.scaling.policy import Demand, _Candidate, _pick, share_capacity
 from packer.scaling.room import SlotRef
-from packer.scaling.signals import run_s, sojourn_s
+from packer.scaling.signals import planned_wait_ms, run_s, sojourn_s
 from test_scaling_helpers import fleet, placement, plan_of, three_slot_plan_for_cli, tiny_plan
 
 EXACT = ScalingSettings(targets=Targets(noise_z=0.0, target_utilisation=0.7, replan_every_s=0.0),
@@ -332,6 +332,27 @@ def test_load_is_arrivals_until_overload_then_littles_law():
     d = load("asr-a", queued=50.0, queue_ms=120.0)
     assert d.load == pytest.approx(50.0 / 0.142700, rel=1e-4) and d.panic
 
+
+
+def test_a_member_waiting_its_turn_within_its_plan_is_no_overload():
+    """punct beside asr-a at 1000 rps: a 53.4 ms cycle and a 97.4 ms bound of punct's 100 ms SLO.
+    Its requests wait for asr-a's batch and the cycle before their own, so a mean wait past half
+    the SLO is the plan working. Read as an overload (half the SLO alone), punct-fr kept the
+    diurnal day's fleet in a panic from the first minute to the last, and no calm re-plan ran."""
+    f = fleet()
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 1000.0), ("punct", 0, 20.0)])])
+    p = plan.placements[0]
+    punct = next(m for m in p.models if m.name == "punct")
+    wait = planned_wait_ms(plan, "punct")
+    assert 50.0 < wait < punct.p99_bound_ms < 100.0  # the plan lets punct wait past half its SLO
+
+    def panics(queue_ms: float) -> bool:
+        d, _ = observe(plan, {"punct": Signals("punct", arrival_rps=20.0, queue_ms=queue_ms)}, ScalingState(),
+                       0.0, EXACT)
+        return d["punct"].panic
+
+    assert not panics(0.5 * 100.0 + 5.0) and not panics(wait - 1.0)
+    assert panics(wait + 1.0)  # past what the plan allows: a queue it does not hold
 
 def test_replan_when_round_robin_wastes_uneven_replicas():
     f = fleet()

@@ -14,7 +14,7 @@ from packer.fleet import Model
 from packer.plan import Plan
 from packer.scaling.room import rate_of, room
 from packer.scaling.settings import ScalingSettings
-from packer.scaling.signals import Signals, load_rps, run_s, sojourn_s
+from packer.scaling.signals import Signals, load_rps, planned_wait_ms, run_s, sojourn_s
 
 EPS = 1e-6
 NEAR_FULL = 0.85
@@ -286,7 +286,7 @@ def _model_demand(plan: Plan, m: Model, ms: ModelState, sig: Signals | None, now
     history = ms.history
     queue_late = late = False
     if sig is not None:
-        queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms
+        queue_late = sig.queue_ms > max(t.queue_alarm * m.slo_ms, planned_wait_ms(plan, m.name))
         load_now = sized_load(sig, plan, m, queue_late, cap)
         samples = samples + ((now, load_now),)
         history = tuple(x for x in history + ((now, sig.arrival_rps),) if x[0] > now - w.scale_down_s + EPS)
@@ -345,7 +345,8 @@ def _model_demand(plan: Plan, m: Model, ms: ModelState, sig: Signals | None, now
     calm_high = (forecast + swing) / t.target_utilisation
     panic_want = max(0.0, panic_load - pnoise) / t.target_utilisation
     panic_until = ms.panic_until
-    # Panic is about load: a rate past capacity, or requests queueing past half the SLO. Late
+    # Panic is about load: a rate past capacity, or requests queueing past half the SLO and past
+    # the wait the plan allows them (a group's member waits for the others' batches). Late
     # requests at a rate the slots hold are a packing problem with its own bounded answer
     # (one move out of a crowded slot, :func:`packer.scaling.up.relieve`); they never panic.
     if panic_want >= w.panic_threshold * max(cap, EPS) or queue_late:

@@ -14,7 +14,7 @@ One decision, per model, then per slot:
    (1 by default), where what the replicas hold is the plan's capacity at the plan's headroom
    (``plan.settings``): the headroom is the one margin, so the planned peaks need nothing.
    Panic when the panic-window want is >= ``panic_threshold`` (1.1x) what the replicas hold or
-   queue time passes half the SLO: then scale up on the panic window and never down, until a
+   queue time passes half the SLO and the wait the plan allows: then scale up on the panic window and never down, until a
    stable window passes calm. Want is demand only: panic keeps what the replicas hold by
    blocking scale-down, never by wanting it (a want that fed on capacity bought A100s all day).
 3. **Scale up** (fast) each model short of capacity, cheapest safe action first: grow into room

@@ -71,8 +71,10 @@ class Targets:
     """A trend forecast over the cold start never asks for more than twice the current demand, so
     one steep minute does not buy a day's worth of GPUs."""
     queue_alarm: float = 0.5
-    """A mean queue time above half the SLO means requests are already late: panic regardless of
-    the load estimate (the estimate may lag when the signal is throughput, not arrivals)."""
+    """A mean queue time above half the SLO, and above the wait the plan allows the model
+    (``signals.planned_wait_ms``: a member of a group waits for the others' batches by design),
+    means requests are already late: panic regardless of the load estimate (the estimate may lag
+    when the signal is throughput, not arrivals)."""
     fragmentation_replan: float = 0.30
     """Ask the planner for a re-plan when this share of paid slot capacity is idle and no single
     consolidation can release a GPU: local moves are stuck, a global packing is cheaper. (Local

@@ -32,7 +32,7 @@ from sims.billing import Billing
 from sims.cluster import Node, Slot, free_place
 from sims.metrics import Stats, hist_percentile, hist_percentiles
 from sims.policies import (StartReplica, AddSlot, ClusterView, ModelSignals, Policy, PoolView, StopReplica,
-                           RemoveSlot, ReplicaView, SlotView)
+                           RemoveSlot, ReplicaView, SlotConfig, SlotView, Configure)
 from sims.registry import get_policy
 from sims.routing import Router, weighted_split  # noqa: F401 -- weighted_split: imported from here too
 from sims.scenario import Scenario
@@ -421,7 +421,9 @@ class Simulation:
             elif isinstance(a, StartReplica):
                 self._log(a, f"add {a.model} to {a.slot}", self._add_replica(a))
             elif isinstance(a, StopReplica):
-                self._log(a, f"remove {a.model} from {a.slot}", self._remove_replica(a.model, a.slot))
+                self._log(a, f"remove {a.model} from {a.slot}", self._remove_replica(a.model, a.slot, a.config))
+            elif isinstance(a, Configure):
+                self._log(a, f"configure {a.slot}", self._configure(a))
             elif isinstance(a, RemoveSlot):
                 s = self.slots.get(a.slot)
                 if s is None:
@@ -498,7 +500,9 @@ class Simulation:
         slot.server.free_at = ready_at
         for g in gs:
             node.gpus[g].append(sid)
-        for name, cfg in zip(a.models, self._group(st, list(a.models))):
+        given = self._configured(st, a.config, list(a.models))
+        cfgs = [given[n] for n in a.models] if given is not None else self._group(st, list(a.models))
+        for name, cfg in zip(a.models, cfgs):
             self._add_member(slot, name, self._measured(name, cfg), ready_at)
         self.slots[sid] = slot
         self._push(ready_at, READY, Ready(sid))
@@ -520,11 +524,45 @@ class Simulation:
         if mem > s.st.memory_gb + 1e-9:
             return f"refused: {mem:.1f} GB over the slot's {s.st.memory_gb:.1f} GB"
         ready_at = max(self.now, s.ready_at) + self._weights([a.model])
-        cfg = self._group(s.st, names)[-1]
+        given = self._configured(s.st, a.config, [a.model])
+        if given is not None:
+            for m in s.live:  # the group changed: every member is told the slot's new config
+                if not m.draining and m.model in given:
+                    m.cfg = self._measured(m.model, given[m.model])
+            cfg = given[a.model]
+        else:
+            cfg = self._group(s.st, names)[-1]
         self._add_member(s, a.model, self._measured(a.model, cfg), ready_at)
         return f"applied: serves at t={ready_at:.0f} s"
 
-    def _remove_replica(self, model: str, slot: str) -> str:
+    def _configure(self, a: Configure) -> str:
+        s = self.slots.get(a.slot)
+        if s is None:
+            return "refused: no such slot"
+        live = [m for m in s.live if not m.draining]
+        given = self._configured(s.st, a.config, [])
+        if given is None or not any(m.model in given for m in live):
+            return "refused: the config names no member of the slot"
+        for m in live:  # a member it does not name is leaving: it keeps its config until it goes
+            if m.model in given:
+                m.cfg = self._measured(m.model, given[m.model])
+        return "applied"
+
+    def _configured(self, st: SlotType, config: SlotConfig | None, names: list[str]) -> dict[str, Any] | None:
+        """Batcher configs from a policy's :class:`SlotConfig`, one per model it names, or None
+        where it gives none or does not name every one of ``names``. A member it does not name
+        keeps its config (it is leaving the slot)."""
+        if config is None:
+            return None
+        batches = dict(config.batches)
+        if any(n not in batches for n in names):
+            return None
+        sv = self.scenario.server
+        return {n: batcher_config(self.fleet.model(n), st, b, config.duty_cycle_ms, queue_delay_ms=sv.queue_delay_ms,
+                                  timeouts=sv.queue_timeouts, queue_bound=sv.queue_bound)
+                for n, b in batches.items()}
+
+    def _remove_replica(self, model: str, slot: str, config: SlotConfig | None = None) -> str:
         s = self.slots.get(slot)
         if s is None:
             return "refused: no such slot"
@@ -532,6 +570,10 @@ class Simulation:
             if m.model == model and not m.draining:
                 m.draining = True
                 s.drain_from = self.now
+                given = self._configured(s.st, config, [])
+                for x in s.live if given is not None else ():
+                    if not x.draining and x.model in given:
+                        x.cfg = self._measured(x.model, given[x.model])
                 return "applied"
         return f"refused: no replica of {model} in {slot}"
 

@@ -148,11 +148,24 @@ class ClusterView:
 
 
 @dataclass(frozen=True)
+class SlotConfig:
+    """What a slot's members are told, as a plan says it (the Triton writer renders the same):
+    the duty cycle and each member's batch. A policy that has a plan for the slot passes it, so
+    the simulated slot is the one the cluster would run; without it the simulator works one out
+    at each model's peak share."""
+
+    duty_cycle_ms: float
+    batches: tuple[tuple[str, int], ...]
+    """(model, batch size) of every member the slot runs."""
+
+
+@dataclass(frozen=True)
 class AddSlot:
     pool: str
     profile: str
     models: tuple[str, ...]
     reason: str = ""
+    config: SlotConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -160,6 +173,9 @@ class StartReplica:
     model: str
     slot: str
     reason: str = ""
+    config: SlotConfig | None = None
+    """The slot's configuration with this replica in it: every member is told it (a reconciler
+    re-renders the whole slot's configs when its group changes)."""
 
 
 @dataclass(frozen=True)
@@ -167,6 +183,8 @@ class StopReplica:
     model: str
     slot: str
     reason: str = ""
+    config: SlotConfig | None = None
+    """The slot's configuration without this replica, told to the members that stay."""
 
 
 @dataclass(frozen=True)
@@ -175,7 +193,17 @@ class RemoveSlot:
     reason: str = ""
 
 
-ClusterAction = Union[AddSlot, StartReplica, StopReplica, RemoveSlot]
+@dataclass(frozen=True)
+class Configure:
+    """Tell a running slot's members a new configuration (a policy re-sized its replicas for other
+    rates: the reconciler re-renders their configs)."""
+
+    slot: str
+    config: SlotConfig
+    reason: str = ""
+
+
+ClusterAction = Union[AddSlot, StartReplica, StopReplica, RemoveSlot, Configure]
 """What a simulator policy asks of the cluster (the scaling policy's own decisions are
 :class:`packer.scaling.Action`; ``sims/policy_packer.py`` translates one into the other)."""
 

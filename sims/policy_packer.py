@@ -8,7 +8,8 @@ the simulator's signals, applies the actions to the shadow and translates them:
   the GPU; the new slot's id is learnt from the next view);
 * ``Consolidate`` -> ``StartReplica`` at each destination now, and ``RemoveSlot`` of the emptied slot
   once those replicas serve (make before break, as the reconciler does);
-* ``Resize`` -> nothing: the simulator routes round-robin, which the policy already assumes;
+* ``Resize`` -> nothing: the simulator routes round-robin, which the policy already assumes; every
+  slot whose configuration the decision changed is told it (``Configure``), as the reconciler renders it;
 * ``Replan`` -> run and judged by the core's step (:func:`packer.scaling.step`, the reconciler's
   too) with the injected re-planner (``plan_fleet`` with ``current=`` the shadow, so replicas stay
   where they still fit, then from scratch if that packing is refused), then a migration: slots whose group is unchanged
@@ -85,8 +86,11 @@ class PackerPolicy:
 
     def __post_init__(self) -> None:
         self.ids = {p.id: p.id for p in self.plan.placements}
-        self._pending: list[tuple[str, str, str, tuple[str, ...]]] = []
-        """(shadow id, pool, profile, models) of slots asked for but not seen yet."""
+        self._told: dict[str, sp.SlotConfig] = {p.id: c for p in self.plan.placements
+                                                 if (c := self._config(p.id)) is not None}
+        """Simulator slot id -> the configuration it was last told."""
+        self._pending: list[tuple[str, str, str, tuple[str, ...], sp.SlotConfig | None]] = []
+        """(shadow id, pool, profile, models, configuration) of slots asked for but not seen yet."""
 
     # -- view -> shadow --------------------------------------------------------------------------
 
@@ -95,10 +99,12 @@ class PackerPolicy:
         notices (node -> seconds left) for the shadow's replicas on preempted nodes."""
         known = set(self.ids.values())
         fresh = [s for s in view.slots.values() if s.id not in known]
-        for sid, pool, profile, models in self._pending:
+        for sid, pool, profile, models, told in self._pending:
             for s in fresh:
                 if (s.pool, s.profile) == (pool, profile) and set(s.models) == set(models):
                     self.ids[sid] = s.id
+                    if told is not None:
+                        self._told[s.id] = told
                     fresh.remove(s)
                     break
         self._pending = []
@@ -143,9 +149,28 @@ class PackerPolicy:
                 continue
             self.plan = apply(self.plan, [a])
             out += self._translate(a, new_slots)
-        out += list(new_slots.values())
-        self._pending += [(sid, s.pool, s.profile, s.models) for sid, s in new_slots.items()]
+        out += [replace(s, config=self._config(sid)) for sid, s in new_slots.items()]
+        self._pending += [(sid, s.pool, s.profile, s.models, self._config(sid)) for sid, s in new_slots.items()]
         out += self._due(view)
+        out += self._retell(new_slots)
+        for a in out:
+            if isinstance(a, (sp.StartReplica, sp.StopReplica, sp.Configure)) and a.config is not None:
+                self._told[a.slot] = a.config
+        return out
+
+    def _retell(self, new_slots: Mapping[str, sp.AddSlot]) -> list[sp.ClusterAction]:
+        """A ``Configure`` for every running slot whose configuration in the shadow plan is not the
+        one it was last told: a scale-up, a move or a re-plan re-spreads a model's rate over its
+        replicas and re-sizes every slot it is in (the reconciler re-renders their configs). Told
+        nothing, the simulated slots kept their first batches and duty cycle all day."""
+        out: list[sp.ClusterAction] = []
+        for p in self.plan.placements:
+            sim = self.ids.get(p.id)
+            if sim is None or p.id in new_slots:
+                continue
+            cfg = self._config(p.id)
+            if cfg is not None and self._told.get(sim) != cfg:
+                out.append(sp.Configure(sim, cfg, reason="the plan re-sized this slot's replicas"))
         return out
 
     def _replanned(self, a: Replan, rp: ReplanOutcome | None, now: float,
@@ -173,7 +198,18 @@ class PackerPolicy:
             s = new_slots[slot_id]
             new_slots[slot_id] = replace(s, models=s.models + (model,))
             return None
-        return sp.StartReplica(model, self.ids[slot_id], reason=reason)
+        return sp.StartReplica(model, self.ids[slot_id], reason=reason, config=self._config(slot_id))
+
+    def _config(self, slot_id: str) -> sp.SlotConfig | None:
+        """The shadow plan's configuration of a slot (its duty cycle and every member's batch), as
+        the reconciler would render it. Without it the simulator configured a joining member at
+        its model's peak share: a group the policy packed at night rates was infeasible there, fell
+        back to full batches one after another, and punct-fr served a p99 of 150-170 ms against a
+        100 ms SLO in a slot whose plan bound it at 94 (diurnal day, seed 0)."""
+        p = next((q for q in self.plan.placements if q.id == slot_id), None)
+        if p is None:
+            return None
+        return sp.SlotConfig(p.duty_cycle_ms, tuple((m.name, m.batch_size) for m in p.models))
 
     def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
         out: list[sp.ClusterAction | None] = []
@@ -193,14 +229,14 @@ class PackerPolicy:
             if not any(p.id == a.slot.id for p in self.plan.placements):
                 self.ids.pop(a.slot.id, None)
             if self._alive(sim_slot):  # a preempted slot goes by itself
-                out.append(sp.StopReplica(a.model, sim_slot, reason=a.reason))
+                out.append(sp.StopReplica(a.model, sim_slot, reason=a.reason, config=self._config(a.slot.id)))
         elif isinstance(a, Consolidate):
             sim_src = self.ids.pop(a.slot.id, a.slot.id)
             for model, dst, _ in a.moves:
                 out.append(self._into(model, dst.id, a.reason, new_slots))
             self.removals.append(_Removal(sim_src, [(m, d.id) for m, d, _ in a.moves], a.reason))
         elif isinstance(a, (Resize, Standby)):
-            pass  # round-robin routing needs no resize; the simulator has no empty slots
+            pass  # round-robin needs no resize (:meth:`_retell` tells the slots); no empty slots
         return [x for x in out if x is not None]
 
     def _migrate(self, new: Plan, reason: str, new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
@@ -235,14 +271,18 @@ class PackerPolicy:
         """Remove emptied slots once the replicas moved out of them serve elsewhere."""
         out: list[sp.ClusterAction] = []
         keep: list[_Removal] = []
+        # What each shadow slot holds now: a later action (a relief, a consolidation) may have
+        # moved a waited-for replica on from its destination, which then never serves there. Waited
+        # for, it kept a re-plan's migration "under way" from 10.2 h to the end of the diurnal day
+        # (seed 0): no re-plan ran for 13 hours and the fleet grew to 28 GPUs.
+        live = {p.id: {m.name for m in p.models} for p in self.plan.placements}
         for r in self.removals:
             ready = True
-            live = {p.id for p in self.plan.placements}
             for model, dst in r.waits_for:
                 sim_dst = self.ids.get(dst)
                 ms = view.models.get(model)
-                if dst not in live or ms is None:
-                    continue  # destination gone: nothing to wait for
+                if model not in live.get(dst, ()) or ms is None:
+                    continue  # destination gone, or the replica moved on: nothing to wait for
                 if sim_dst is None:
                     ready = False  # asked for, not seen yet
                     continue
@@ -251,8 +291,10 @@ class PackerPolicy:
             if ready and not self._alive(r.sim_slot):
                 continue  # preempted meanwhile: the cloud took it
             if ready:
+                shadow = next((k for k, v in self.ids.items() if v == r.sim_slot), None)
                 out.append(sp.RemoveSlot(r.sim_slot, reason=r.reason) if r.model is None
-                           else sp.StopReplica(r.model, r.sim_slot, reason=r.reason))
+                           else sp.StopReplica(r.model, r.sim_slot, reason=r.reason,
+                                               config=self._config(shadow) if shadow else None))
             else:
                 keep.append(r)
         self.removals = keep

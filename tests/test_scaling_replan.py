@@ -183,3 +183,20 @@ def test_fleet_at_scales_each_asked_model_to_its_rate():
     for m in rest:  # models not asked for keep their rates
         assert asked.model(m.name).traffic == m.traffic
     assert fleet_at(fleet, {}) is fleet
+
+
+def test_replan_want_takes_whole_windows_not_the_first_scrapes():
+    """A batch model at about 0.0124 rps over a 300 s window: one arrival in the first 15 s scrape
+    reads 0.067 rps. As a "window" of its own it was the highest mean, and every re-plan of the
+    diurnal day packed the summarizers at 2-10x their peaks (summarizer-de at 5.4x)."""
+    from test_scaling_helpers import fleet, placement, plan_of
+    f = fleet(**{"asr-b": {"kind": "batch", "slo_ms": 300000, "traffic": {"rps": 0.01, "peak_rps": 0.0124}}})
+    plan = plan_of(f, [placement(f, "l4", "l4-n0", 0, [("asr-a", 0, 200.0), ("punct", 0, 20.0)]),
+                       placement(f, "l4", "l4-n0", 1, [("asr-b", 0, 0.0124), ("punct", 1, 20.0)])])
+    state = ScalingState()
+    rates = [1 / 15] + [0.0] * 19 + [1 / 15] * 2 + [0.0] * 18  # 3 arrivals in 600 s: 0.005 rps
+    for i, r in enumerate(rates):
+        d, state = observe(plan, sig(asr_a=100, asr_b=r, punct=5), state, 15.0 * i, S)
+    # whole 300 s windows of the 600 s kept: the highest holds two arrivals (0.0067 rps)
+    assert d["asr-b"].replan_want == pytest.approx(2 / 300)
+    assert d["asr-b"].replan_want < 1 / 15 / 2  # not the first scrape's 0.067

@@ -231,8 +231,8 @@ def stream_sd(m: Model, rate: float) -> float:
 def _replan_want(history: tuple[tuple[float, float], ...], m: Model, now: float, lead: float,
                  settings: ScalingSettings) -> float:
     """Rate a re-plan should pack ``m`` for, from its arrivals over the scale-down window: the
-    highest mean over any averaging window in it (a minute; a batch model's SLO, up to the
-    history), or the current mean projected with the 10-minute trend over ``lead`` plus its
+    highest mean over any whole averaging window in it (a minute; a batch model's SLO, up to the
+    history; the current one even when the history is shorter), or the current mean projected with the 10-minute trend over ``lead`` plus its
     Poisson noise, whichever is larger; over the target utilisation.
 
     Worked numbers: 40 samples 15 s apart at 100 rps, then 110 for the last minute, z = 0, lead
@@ -243,17 +243,22 @@ def _replan_want(history: tuple[tuple[float, float], ...], m: Model, now: float,
     if not history:
         return 0.0
     win = w.stable_s if m.streaming else max(w.stable_s, min(m.slo_ms / 1000.0, w.scale_down_s))
+    step = (history[-1][0] - history[0][0]) / (len(history) - 1) if len(history) > 1 else w.stable_s
     means = []
     for i, (ti, _) in enumerate(history):
         xs = [y for tj, y in history[: i + 1] if tj > ti - win + EPS]
         means.append(_mean(xs))
     cur = means[-1]
-    step = (history[-1][0] - history[0][0]) / (len(history) - 1) if len(history) > 1 else w.stable_s
+    # Only whole windows count toward the highest: the first samples of the history are windows of
+    # one or two scrapes, and the most of many such short means is noise. A summarizer at 0.0124 rps
+    # that saw one arrival in its first 15 s read 0.067 (5.4x its peak) over a "window" of one
+    # sample, and every re-plan of the diurnal day packed its summarizers at 2-10x their peaks.
+    full = [x for (ti, _), x in zip(history, means) if ti - history[0][0] >= win - step - EPS]
     span = max(w.stable_s, min(win, len(history) * step))
     noise = t.noise_z * math.sqrt(max(cur, 0.0) / span)
     trend = _slope(history, t.noise_z)
     ahead = min(cur + trend * (win / 2 + lead), t.max_forecast_factor * cur)
-    return max(max(means), ahead + noise) / t.target_utilisation
+    return max(max(full, default=cur), ahead + noise) / t.target_utilisation
 
 
 def observe(plan: Plan, signals: Mapping[str, Signals], state: ScalingState, now: float,

@@ -26,7 +26,7 @@ from typing import Any, Callable
 from packer.catalog import gpu_type
 from packer.errors import UserError
 from packer.fleet import Pool
-from packer.plan import Plan
+from packer.plan import Plan, node_parts
 from packer.slot import WHOLE, SlotType, evaluate, item
 from sims.billing import Billing
 from sims.cluster import Node, Slot, free_place
@@ -161,11 +161,14 @@ class Simulation:
         self._seq += 1
 
     def _node(self, name: str, pool: Pool, ready_at: float) -> Node:
+        """A node; a name a gone node had is taken again (its notice and end have passed), with
+        a preemption drawn afresh."""
+        again = name in self.nodes
         n = Node(name, pool, ready_at, pool.spot, {g: [] for g in range(pool.gpus_per_node)})
         self.nodes[name] = n
         rate = self._preemption_rate(pool)
         if pool.spot and rate > 0:
-            rng = model_rng(self.seed, "node:" + name, 2)
+            rng = model_rng(self.seed, "node:" + name + (f"@{self.now:.3f}" if again else ""), 2)
             self._push(self.now + float(rng.exponential(3600.0 / rate)), NOTICE, Notice(name))
         return n
 
@@ -482,13 +485,19 @@ class Simulation:
             mine = [n for n in nodes if n.pool.name == pool.name and n.alive]
             clash = [n for n in mine if self._runs(n, a.models)]
             nodes = [n for n in mine if n not in clash] + ([] if len(mine) < pool.max_nodes else clash)
-        place = free_place(nodes, self.slots, pool, a.profile, width)
+        hinted = self.nodes.get(a.node) if a.node else None
+        fresh = (a.node is not None and (hinted is None or not hinted.alive)
+                 and node_parts(a.node)[0] == pool.name)  # a new node by the plan's name (a gone one's too)
+        place = free_place([hinted], self.slots, pool, a.profile, width) if hinted is not None and not fresh else None
+        if place is None and not fresh:
+            place = free_place(nodes, self.slots, pool, a.profile, width)
         if place is None:
             alive = sum(1 for n in self.nodes.values() if n.pool.name == pool.name and n.alive)
             if alive >= pool.max_nodes:
                 return f"refused: pool {pool.name} is at max_nodes {pool.max_nodes} with no free GPU"
             k = sum(1 for n in self.nodes if n.startswith(f"{pool.name}-new"))
-            node = self._node(f"{pool.name}-new{k}", pool, self.now + self.scenario.cluster.cold_start.node_s)
+            name = a.node if fresh else f"{pool.name}-new{k}"
+            node = self._node(name, pool, self.now + self.scenario.cluster.cold_start.node_s)  # type: ignore[arg-type]
             place = (node, list(range(width)))
         node, gs = place
         cs = self.scenario.cluster.cold_start

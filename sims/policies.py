@@ -166,6 +166,11 @@ class AddSlot:
     models: tuple[str, ...]
     reason: str = ""
     config: SlotConfig | None = None
+    node: str | None = None
+    """The node a policy with a plan put it on: taken when that node has room for it, or made
+    when no node has that name yet (a new node by the plan's name), so that a notice for a node
+    means the same node to the policy and the simulator. None, or no room there: the first
+    node with room, else a new one."""
 
 
 @dataclass(frozen=True)

@@ -228,3 +228,24 @@ def test_a_slot_whose_group_changes_runs_the_config_the_policy_gives_every_membe
         want = batcher_config(plan.fleet.model(name), st, batch, given.duty_cycle_ms, queue_delay_ms=None,
                               timeouts=False, queue_bound=False)
         assert live[name] == want, name  # asr, there all along, is told the new config too
+
+
+def test_a_slot_goes_on_the_node_the_policy_named() -> None:
+    """A node named by the policy's plan is the node the simulator uses: one with room takes the
+    slot, a name no node has yet becomes a new node, so a notice for a node means the same node to
+    both. Else the first free GPU anywhere, as before."""
+    plan = hand_plan(small_fleet(gpus_per_node=2, max_nodes=4),
+                     [HandGroup("l4", "whole", ("asr", "punct")), HandGroup("l4", "whole", ("summ",)),
+                      HandGroup("l4", "whole", ("asr", "punct"))])
+    nodes = sorted({p.node for p in plan.placements})
+    assert len(nodes) == 2  # two GPUs a node: the third slot is on the second node, one GPU free
+    acts = [AddSlot("l4", "whole", ("punct",), node="l4-n7"), AddSlot("l4", "whole", ("punct",), node=nodes[1])]
+
+    def fn(view: ClusterView, state: Any, now: float):
+        return (acts, "done") if state is None else ([], state)
+
+    sim = Simulation(plan, Scenario(process="peak"), seed=1, policy=FunctionPolicy(fn, interval_s=15.0))
+    r = sim.run(60)
+    assert [a["outcome"].split(":")[0] for a in r.actions] == ["applied", "applied"]
+    new = sorted((s.node.name for s in sim.slots.values() if "new" in s.id))
+    assert new == sorted(["l4-n7", nodes[1]])

@@ -59,15 +59,18 @@ class Slot:
 
 
 def free_place(nodes: Iterable[Node], slots: Mapping[str, Slot], pool: Pool, profile: str,
-               width: int) -> tuple[Node, list[int]] | None:
+               width: int, gpu: int | None = None) -> tuple[Node, list[int]] | None:
     """The first live node of ``pool`` (not under a notice) with ``width`` GPUs that can take a
     ``profile`` slot: empty GPUs for a whole one, a valid MIG combination beside the slots already
-    there for a slice. None: a new node is needed."""
+    there for a slice. ``gpu``: only the GPUs from that index (the one a policy's plan chose).
+    None: a new node is needed."""
     for n in nodes:
         if n.pool.name != pool.name or not n.alive or n.preempting:
             continue
         free = []
         for g, ids in sorted(n.gpus.items()):
+            if gpu is not None and not gpu <= g < gpu + width:
+                continue
             profiles = [slots[i].profile for i in ids]
             if profile == WHOLE:
                 ok = not ids

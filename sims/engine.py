@@ -403,7 +403,7 @@ class Simulation:
             slots[s.id] = SlotView(s.id, s.pool.name, s.profile, s.node.name, s.node.spot,
                                    tuple(m.model for m in live if not m.draining), busy,
                                    sum(self.fleet.models[m.idx].memory_gb for m in live), s.st.memory_gb,
-                                   s.ready, s.preempting, s.node.gone_at)
+                                   s.ready, s.preempting, s.node.gone_at, s.gpu)
         pools = {p.name: PoolView(p.name, gpus[p.name], p.max_gpus, p.cost_per_gpu_hour, p.spot)
                  for p in self.fleet.pools}
         self.last_tick = now
@@ -488,7 +488,11 @@ class Simulation:
         hinted = self.nodes.get(a.node) if a.node else None
         fresh = (a.node is not None and (hinted is None or not hinted.alive)
                  and node_parts(a.node)[0] == pool.name)  # a new node by the plan's name (a gone one's too)
-        place = free_place([hinted], self.slots, pool, a.profile, width) if hinted is not None and not fresh else None
+        place = None
+        if hinted is not None and not fresh:
+            if a.gpu is not None:
+                place = free_place([hinted], self.slots, pool, a.profile, width, gpu=a.gpu)
+            place = place or free_place([hinted], self.slots, pool, a.profile, width)
         if place is None and not fresh:
             place = free_place(nodes, self.slots, pool, a.profile, width)
         if place is None:

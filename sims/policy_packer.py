@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from packer.catalog import is_valid_combination
 from packer.errors import UserError
 from packer.plan import Plan
 from packer.scaling import (Action, AddGroup, AddReplica, Consolidate, RemoveReplica, Replan, Replanner, ReplanOutcome,
@@ -155,6 +156,7 @@ class PackerPolicy:
                 continue
             self.plan = apply(self.plan, [a])
             out += self._translate(a, new_slots)
+        self._realign(view, new_slots)
         out += [replace(s, config=self._config(sid)) for sid, s in new_slots.items()]
         self._pending += [(sid, s.pool, s.profile, s.models, self._config(sid)) for sid, s in new_slots.items()]
         out += self._due(view)
@@ -163,6 +165,35 @@ class PackerPolicy:
             if isinstance(a, (sp.StartReplica, sp.StopReplica, sp.Configure)) and a.config is not None:
                 self._told[a.slot] = a.config
         return out
+
+    def _realign(self, view: sp.ClusterView, new_slots: dict[str, sp.AddSlot]) -> None:
+        """Move one slot that runs on another GPU than its plan says back where the plan puts it,
+        make before break, once that GPU has room: a migration that re-lays out a MIG GPU builds
+        the new slices while the old ones still serve, so they start on a second GPU, and they
+        stayed there. The shadow plan counted one A100 (12.90/h) while the simulator billed two
+        (17.00/h) for the rest of the diurnal day (seed 1). Not while a move is under way."""
+        if self.removals or self._pending:
+            return
+        used: dict[tuple[str, int], list[str]] = {}
+        for v in view.slots.values():
+            if v.memory_gb > 0:  # draining replicas still hold their slot
+                used.setdefault((v.node, v.gpu), []).append(v.profile)
+        for p in self.plan.placements:
+            sim = self.ids.get(p.id)
+            v = view.slots.get(sim or "")
+            if v is None or not v.ready or v.preempting or len(p.gpus) > 1 or p.id in new_slots:
+                continue
+            if (v.node, v.gpu) == (p.node, p.gpu):
+                continue
+            there = used.get((p.node, p.gpu), [])
+            gpu = self.plan.fleet.pool(p.pool).gpu
+            if there if p.slot == WHOLE else (WHOLE in there or not is_valid_combination(gpu, there + [p.slot])):
+                continue
+            why = f"{p.id} runs on {v.node}/gpu{v.gpu}; its plan's GPU has room again"
+            new_slots[p.id] = sp.AddSlot(p.pool, p.slot, tuple(m.name for m in p.models), reason=why, node=p.node,
+                                         gpu=p.gpu)
+            self.removals.append(_Removal(v.id, [(m.name, p.id) for m in p.models], why))
+            return
 
     def _retell(self, new_slots: Mapping[str, sp.AddSlot]) -> list[sp.ClusterAction]:
         """A ``Configure`` for every running slot whose configuration in the shadow plan is not the
@@ -225,10 +256,11 @@ class PackerPolicy:
         if isinstance(a, AddReplica):
             out.append(self._into(a.model, a.slot.id, a.reason, new_slots))
         elif isinstance(a, SplitOut):
-            new_slots[a.slot.id] = sp.AddSlot(a.slot.pool, a.slot.slot, (a.model,), reason=a.reason, node=a.slot.node)
+            new_slots[a.slot.id] = sp.AddSlot(a.slot.pool, a.slot.slot, (a.model,), reason=a.reason, node=a.slot.node,
+                                              gpu=a.slot.gpu)
         elif isinstance(a, AddGroup):
             new_slots[a.slot.id] = sp.AddSlot(a.slot.pool, WHOLE, tuple(m for m, _ in a.rates), reason=a.reason,
-                                              node=a.slot.node)
+                                              node=a.slot.node, gpu=a.slot.gpu)
         elif isinstance(a, RemoveReplica):
             sim_slot = self.ids.get(a.slot.id, a.slot.id)
             if not any(p.id == a.slot.id for p in self.plan.placements):
@@ -268,7 +300,7 @@ class PackerPolicy:
                 self.removals.append(_Removal(self.ids[o.id], waits, "re-plan: " + reason))
         for p in built:
             new_slots[p.id] = sp.AddSlot(p.pool, p.slot, tuple(m.name for m in p.models), reason="re-plan: " + reason,
-                                         node=p.node)
+                                         node=p.node, gpu=p.gpu)
         self.ids = ids
         self.plan = new
         return []
@@ -289,8 +321,8 @@ class PackerPolicy:
                 ms = view.models.get(model)
                 if model not in live.get(dst, ()) or ms is None:
                     continue  # destination gone, or the replica moved on: nothing to wait for
-                if sim_dst is None:
-                    ready = False  # asked for, not seen yet
+                if sim_dst is None or sim_dst == r.sim_slot:
+                    ready = False  # asked for, not seen yet (a slot never waits for itself)
                     continue
                 if not any(rv.slot == sim_dst and rv.ready for rv in ms.replicas):
                     ready = False

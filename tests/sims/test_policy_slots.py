@@ -41,3 +41,43 @@ def test_every_slot_the_policy_changes_runs_its_plans_config() -> None:
     assert checked >= 20
     late = [m["name"] for m in r.to_dict()["models"] if m["slo_attainment"] is not None and m["slo_attainment"] < 0.99]
     assert not late
+
+
+def test_a_slot_built_on_another_gpu_goes_back_where_its_plan_puts_it() -> None:
+    """A migration that re-lays out a MIG GPU builds the new slices while the old ones still
+    serve, so the simulator starts them on a second GPU; they stayed there, and the simulator
+    billed two A100s where the policy's plan had one (17.00/h against 12.90/h for the rest of the
+    diurnal day, seed 1). Once the plan's GPU has room the adapter rebuilds the slot there, make
+    before break: the old one goes only when the new one serves."""
+    from sims.policies import ClusterView, ModelSignals, ReplicaView, SlotView
+    from sims.policy_packer import PackerPolicy
+
+    plan = plan_fleet(load_fleet(example_path()), PlanSettings(seed=0, time_limit_s=4))
+    mig = next(p for p in plan.placements if p.slot != "whole")
+    pol = PackerPolicy(plan)
+
+    def view(moved_to: int) -> ClusterView:
+        slots = {}
+        for p in plan.placements:
+            sid = "stray" if p is mig else p.id
+            gpu = moved_to if p is mig else p.gpu
+            if p is not mig and p.node == mig.node and p.gpu == mig.gpu:
+                continue  # the plan's GPU holds nothing else: the old layout has gone
+            slots[sid] = SlotView(sid, p.pool, p.slot, p.node, False, tuple(m.name for m in p.models), 0.0,
+                                  1.0, p.memory_capacity_gb, True, gpu=gpu)
+        models = {m.name: ModelSignals(m.name, m.kind, m.slo_ms, (1.0,), 0, 0, 0.0, 0.0, 0,
+                                       tuple(ReplicaView(m.name, sid, True, 0.0) for sid, v in slots.items()
+                                             if m.name in v.models))
+                  for m in plan.fleet.models}
+        return ClusterView(0.0, 15.0, plan, models, slots, {})
+
+    pol.ids[mig.id] = "stray"
+    new: dict = {}
+    pol._realign(view(mig.gpu + 1), new)
+    assert new[mig.id].node == mig.node and new[mig.id].gpu == mig.gpu and new[mig.id].profile == mig.slot
+    assert [r.sim_slot for r in pol.removals] == ["stray"]
+    pol._view = view(mig.gpu + 1)
+    assert pol._due(pol._view) == [] and pol.removals  # not before the new slot serves
+    again: dict = {}
+    pol._realign(view(mig.gpu + 1), again)
+    assert not again  # one at a time, not while a move is under way

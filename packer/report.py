@@ -87,8 +87,8 @@ def table(plan: Plan) -> str:
         rows.append((gname, f"[{layout.get((pool, node, gpu), 'whole')}]", "", "", "", "", "", "", ""))
         for p in group:
             slot = p.slot if p.slot == "whole" else f"{p.slot}@{p.mig_start}"
+            held = reserve(p)
             for i, m in enumerate(p.models):
-                held = reserve(p)
                 share = f"{m.share:.0%}" + (f"+{held:.0%}" if held else "")
                 rows.append((
                     "", slot if i == 0 else "", f"{m.name}#{m.replica}", str(m.batch_size), share,
@@ -124,7 +124,7 @@ def explain(plan: Plan, model: str) -> str:
         if p.duty_cycle_ms == 0:
             serves = [f"    serves {me.rate_rps:.1f} rps alone, each batch (up to {me.batch_size}) sent as the slot "
                       f"frees; takes {me.share:.0%} of what full batches serve"
-                      + (f" and holds {reserve(p):.0%} more for its sticky streams' count" if reserve(p) else ""),
+                      + (f" and holds {held:.0%} more for its sticky streams' count" if (held := reserve(p)) else ""),
                       f"    p99 bound {me.p99_bound_ms:.1f} ms = the batch running, then the queue ahead in full "
                       f"batches; SLO {me.slo_ms:g} ms"]
         else:

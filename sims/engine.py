@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from packer.catalog import gpu_type
 from packer.errors import UserError
-from packer.fleet import Pool
+from packer.fleet import Model, Pool
 from packer.plan import Plan, node_parts
 from packer.slot import WHOLE, SlotType, evaluate, item
 from sims.billing import Billing
@@ -194,10 +194,7 @@ class Simulation:
             st = slot.st
             for mem in p.models:
                 model = self.fleet.model(mem.name)
-                cfg = batcher_config(model, st, mem.batch_size, p.duty_cycle_ms,
-                                     queue_delay_ms=self.scenario.server.queue_delay_ms,
-                                     timeouts=self.scenario.server.queue_timeouts,
-                                     queue_bound=self.scenario.server.queue_bound)
+                cfg = self._batcher(model, st, mem.batch_size, p.duty_cycle_ms)
                 self._add_member(slot, mem.name, self._measured(mem.name, cfg), 0.0)
             self.slots[sid] = slot
         self._push(self.policy.interval_s, TICK, Tick())
@@ -446,19 +443,19 @@ class Simulation:
         models = [self.fleet.model(n) for n in names]
         rates = [m.traffic.peak_rps / (len([r for r in self.replicas[self.index[m.name]] if not r.removed]) + 1)
                  for m in models]
-        sv = self.scenario.server
         try:
             res = evaluate([item(m, r, st, self.u) for m, r in zip(models, rates)], math.inf, self.u)
-            return [batcher_config(m, st, mr.batch_size, res.duty_cycle_ms,
-                                   queue_delay_ms=sv.queue_delay_ms, timeouts=sv.queue_timeouts,
-                                   queue_bound=sv.queue_bound)
-                    for m, mr in zip(models, res.members)]
+            return [self._batcher(m, st, mr.batch_size, res.duty_cycle_ms) for m, mr in zip(models, res.members)]
         except ValueError:
             # No duty cycle meets every SLO at those rates: serve full batches, one after another.
             d = sum(item(m, 0.0, st, self.u).run_ms(m.max_batch) for m in models)
-            return [batcher_config(m, st, m.max_batch, d, queue_delay_ms=sv.queue_delay_ms,
-                                   timeouts=sv.queue_timeouts, queue_bound=sv.queue_bound)
-                    for m in models]
+            return [self._batcher(m, st, m.max_batch, d) for m in models]
+
+    def _batcher(self, model: Model, st: SlotType, batch: int, duty_cycle_ms: float) -> BatcherConfig:
+        """What the Triton writer renders for one member, under the scenario's server settings."""
+        sv = self.scenario.server
+        return batcher_config(model, st, batch, duty_cycle_ms, queue_delay_ms=sv.queue_delay_ms,
+                              timeouts=sv.queue_timeouts, queue_bound=sv.queue_bound)
 
     def _weights(self, names: list[str]) -> float:
         return max(self.scenario.cluster.cold_start.weights_s(self.fleet.model(n).memory_gb) for n in names)
@@ -539,9 +536,7 @@ class Simulation:
         ready_at = max(self.now, s.ready_at) + self._weights([a.model])
         given = self._configured(s.st, a.config, [a.model])
         if given is not None:
-            for m in s.live:  # the group changed: every member is told the slot's new config
-                if not m.draining and m.model in given:
-                    m.cfg = self._measured(m.model, given[m.model])
+            self._tell(s, given)  # the group changed: every member is told the slot's new config
             cfg = given[a.model]
         else:
             cfg = self._group(s.st, names)[-1]
@@ -552,13 +547,10 @@ class Simulation:
         s = self.slots.get(a.slot)
         if s is None:
             return "refused: no such slot"
-        live = [m for m in s.live if not m.draining]
         given = self._configured(s.st, a.config, [])
-        if given is None or not any(m.model in given for m in live):
+        if given is None or not any(m.model in given for m in s.live if not m.draining):
             return "refused: the config names no member of the slot"
-        for m in live:  # a member it does not name is leaving: it keeps its config until it goes
-            if m.model in given:
-                m.cfg = self._measured(m.model, given[m.model])
+        self._tell(s, given)  # a member it does not name is leaving: it keeps its config until it goes
         return "applied"
 
     def _configured(self, st: SlotType, config: SlotConfig | None, names: list[str]) -> dict[str, Any] | None:
@@ -570,10 +562,13 @@ class Simulation:
         batches = dict(config.batches)
         if any(n not in batches for n in names):
             return None
-        sv = self.scenario.server
-        return {n: batcher_config(self.fleet.model(n), st, b, config.duty_cycle_ms, queue_delay_ms=sv.queue_delay_ms,
-                                  timeouts=sv.queue_timeouts, queue_bound=sv.queue_bound)
-                for n, b in batches.items()}
+        return {n: self._batcher(self.fleet.model(n), st, b, config.duty_cycle_ms) for n, b in batches.items()}
+
+    def _tell(self, s: Slot, given: dict[str, Any]) -> None:
+        """Every member of ``s`` that stays and that ``given`` names takes its config from it."""
+        for m in s.live:
+            if not m.draining and m.model in given:
+                m.cfg = self._measured(m.model, given[m.model])
 
     def _remove_replica(self, model: str, slot: str, config: SlotConfig | None = None) -> str:
         s = self.slots.get(slot)
@@ -584,9 +579,8 @@ class Simulation:
                 m.draining = True
                 s.drain_from = self.now
                 given = self._configured(s.st, config, [])
-                for x in s.live if given is not None else ():
-                    if not x.draining and x.model in given:
-                        x.cfg = self._measured(x.model, given[x.model])
+                if given is not None:
+                    self._tell(s, given)
                 return "applied"
         return f"refused: no replica of {model} in {slot}"
 

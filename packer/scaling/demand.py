@@ -291,7 +291,9 @@ def _model_demand(plan: Plan, m: Model, ms: ModelState, sig: Signals | None, now
     history = ms.history
     queue_late = late = False
     if sig is not None:
-        queue_late = sig.queue_ms > max(t.queue_alarm * m.slo_ms, planned_wait_ms(plan, m.name))
+        # Past half the SLO and past the wait the plan allows (the second scans the plan: asked
+        # only of a queue past the first).
+        queue_late = sig.queue_ms > t.queue_alarm * m.slo_ms and sig.queue_ms > planned_wait_ms(plan, m.name)
         load_now = sized_load(sig, plan, m, queue_late, cap)
         samples = samples + ((now, load_now),)
         history = tuple(x for x in history + ((now, sig.arrival_rps),) if x[0] > now - w.scale_down_s + EPS)

@@ -163,7 +163,7 @@ def test_full_pools_are_a_user_error(multilingual):
     from packer.errors import UserError
 
     small = replace(multilingual, pools=tuple(replace(p, max_nodes=1, gpus_per_node=1) for p in multilingual.pools))
-    with pytest.raises(UserError, match="does not fit"):
+    with pytest.raises(UserError, match="cannot fit"):
         plan_fleet(small, PlanSettings(time_limit_s=1))
 
 

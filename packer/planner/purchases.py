@@ -142,6 +142,16 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
     return cost, costs.size, False
 
 
+def rules_out_pools(problem: Problem, seconds: float) -> bool:
+    """Whether the pattern LP at the pools' full sizes, with the spread rows and branched on replica
+    counts and multi-GPU pools (``_rules_out``), shows that no plan fits the pools at all, within
+    ``seconds`` deterministic seconds (``fits.no_fit_error``: a "cannot fit" it can stand on)."""
+    sizes = {p.name: p.max_gpus for p in problem.fleet.pools}
+    total = sum(p.cost_per_gpu_hour * p.max_gpus for p in problem.fleet.pools)
+    out, _, _, _ = _rules_out(problem, sizes, total + 1e-6 * max(1.0, total), seconds, [], None)
+    return out is True
+
+
 def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: float,
                seeds: list[tuple[str, list[tuple[str, int]]]], counts: dict[str, set[int]] | None
                ) -> tuple[bool | None, float, list[tuple[str, list[tuple[str, int]]]], list[tuple]]:

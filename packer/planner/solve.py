@@ -23,6 +23,7 @@ from packer.plan import Baseline, Move, Plan, fleet_to_dict, round_cost
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
+from packer.planner.fits import no_fit_error, pools_cost
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential, shared_cost
 from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
@@ -285,8 +286,10 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
         # Counted work ends the starts, so that their number does not depend on the machine's load;
         # the wall clock, at twice that, guards against a much slower machine.
         spent = problem.packing_work - work0
-        if i > 0 and best is not None and (spent > STARTS_SHARE * (deadline - t0)
-                                           or time.monotonic() > t0 + 2 * STARTS_SHARE * (deadline - t0)):
+        # Failed starts stop so too: on pools just big enough, 96 failing starts of a 228-model fleet
+        # took 71 s of a 31-s plan, and the pattern LP's packing (``_from_columns_alone``) follows.
+        if i > 0 and (spent > STARTS_SHARE * (deadline - t0)
+                      or time.monotonic() > t0 + 2 * STARTS_SHARE * (deadline - t0)):
             break
         try:
             gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
@@ -320,9 +323,15 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
     at each model's fewest replicas, then its most. The cheapest-looking counts can take more
     slots than small pools have (a family fleet at headroom 0: ft-0001 at 5 replicas of 136 rps
     left no room, where 2 of 340 fit whole A100s): the fleet does not fit only when every set of
-    counts fails. Raises the first NoRoom."""
+    counts fails, or the starts' time (``deadline``) is up. Raises the first NoRoom."""
     first: NoRoom | None = None
+    work0 = problem.packing_work
     for c, outside in _count_tries(problem, counts, reserved):
+        # Counted work, so that a seed gives one plan on any load; the clock guards a slow machine.
+        # Each set of counts runs one start at least; past twice the starts' share, no more sets.
+        if first is not None and (problem.packing_work - work0 > 2 * STARTS_SHARE * (deadline - t0)
+                                  or time.monotonic() > deadline):
+            break  # the starts' time is up: the pattern LP's packing is tried next (_first_packing)
         try:
             gpus = multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start)
         except NoRoom as e:
@@ -990,7 +999,7 @@ def greedy_baseline(fleet: Fleet, settings: PlanSettings,
     if packing is False:
         packing = greedy_packing(fleet, settings)
     if not packing:
-        return Baseline(math.inf, {}, "does not fit the pools on whole GPUs without MIG")
+        return Baseline(math.inf, {}, "ran out of room in the pools (best fit, one replica at a time, whole GPUs without MIG)")
     shared, multi = packing
     problem = Problem(fleet, replace(settings, use_mig=False))
     counts = gpu_counts(problem, shared + multi)
@@ -1063,27 +1072,40 @@ MASTER_SHARE = 0.25
 """Share of the plan's time limit the integer master over the pattern LP's columns may take."""
 
 
-def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, int], seconds: float) -> list[Gpu]:
+def _from_patterns(problem: Problem, pat, gpus: list[Gpu] | None, reserved: dict[str, int],
+                   seconds: float, until: float = math.inf) -> list[Gpu] | None:
     """A packing from the pattern LP's columns (``colplan``): the sequential fill by the duals
     (past ``PATTERN_FIRST`` shared models), the dives (``DIVE_SHARES``), then the integer master
     below their cost with the time left of its share; consolidated, where it is cheaper than
-    ``gpus`` (the shared GPUs so far); else ``gpus``."""
+    ``gpus`` (the shared GPUs so far); else ``gpus``. With no ``gpus`` (no greedy start fit the
+    pools) every step runs, for any packing that fits, until the wall clock passes ``until``,
+    and None is returned where none does."""
 
-    now = cost_of(problem, gpu_counts(problem, gpus))
+    now = math.inf if gpus is None else cost_of(problem, gpu_counts(problem, gpus))
     best, best_cost = gpus, now
     # The sequential fill only past PATTERN_FIRST models: below, the exact master and the whole
     # model improve on whatever start they get, and a different start moved them to worse and
     # better plans alike (family-300026-multilingual-12: 15.79/h, proven, from the dive's start;
     # 19.11/h from the fill's cheaper one), where past it the columns' packing is what the plan
     # is (family-700023-mixed-299: 136.20 -> 133.93/h; 700024 and 700028 too, none dearer).
-    steps = [sequential] if len(problem.shared_models) > PATTERN_FIRST else []
-    steps += [partial(dive, share=s) for s in DIVE_SHARES if s > 0 or len(pat.columns) <= DIVE_COLUMNS]
+    anything = gpus is None
+    steps = [sequential] if len(problem.shared_models) > PATTERN_FIRST or anything else []
+    steps += [partial(dive, share=s) for s in DIVE_SHARES if s > 0 or len(pat.columns) <= DIVE_COLUMNS or anything]
     # The master's nodes are LPs over every column it keeps: on 200 models a hundred of them take
     # longer than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found), so past
     # ``PATTERN_FIRST`` shared models it runs only up to ``colplan.MASTER_COLUMNS`` columns.
     small = len(problem.shared_models) <= PATTERN_FIRST
-    steps += [integer_master] if small or len(pat.columns) <= MASTER_COLUMNS else []
+    steps += [integer_master] if small or len(pat.columns) <= MASTER_COLUMNS or anything else []
+    if anything:
+        # For any packing at all, the quick steps first: the fill's first pass may take its whole
+        # share and end stuck (family-300010-mixed-24 cut to its plan's GPUs: 16 s, nothing),
+        # where a dive or the master finds one in a second or two.
+        steps = steps[1:] + steps[:1]
     for step in steps:
+        if time.monotonic() > until:
+            break
+        if anything and step is sequential and best is not None and len(problem.shared_models) <= PATTERN_FIRST:
+            break  # found: past this, as for a start from the greedy packing
         # Each ends on its own (the fill at its counted share, the dive when all is whole, the
         # master at its node limit): the clock is a guard against a much slower machine, not what
         # ends them.
@@ -1092,7 +1114,7 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu], reserved: dict[str, i
             continue
         new = consolidate(problem, new, math.inf)
         cost = cost_of(problem, gpu_counts(problem, new))
-        if cost < best_cost - 1e-9 and _spread_kept(problem, new, best):
+        if cost < best_cost - 1e-9 and (best is None or _spread_kept(problem, new, best)):
             best, best_cost = new, cost
     return best
 
@@ -1147,12 +1169,14 @@ def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
 
 
 def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | None, counts: dict[str, int],
-                   reserved: dict[str, int], t0: float, budget: _Budget) -> tuple[list[Gpu], dict[str, int], tuple | None,
-                                                                                    list[Gpu] | None]:
-    """The packing the search starts from, the replica counts, the greedy baseline's packing and,
-    for a fresh plan, that packing as the start to beat. The greedy baseline obeys the plan's rules
-    (``greedy_packing``), so it is a start the plan keeps unless it finds a cheaper one: a plan
-    never costs more than its printed baseline. A re-plan starts from what it keeps."""
+                   reserved: dict[str, int], t0: float, budget: _Budget
+                   ) -> tuple[list[Gpu], dict[str, int], tuple | None, list[Gpu] | None, tuple | None]:
+    """The packing the search starts from, the replica counts, the greedy baseline's packing,
+    for a fresh plan that packing as the start to beat, and where no greedy start fitted the
+    pools, the bound and columns the pattern LP's packing came from (:func:`_from_columns_alone`).
+    The greedy baseline obeys the plan's rules (``greedy_packing``), so it is a start the plan
+    keeps unless it finds a cheaper one: a plan never costs more than its printed baseline. A
+    re-plan starts from what it keeps."""
     fleet = problem.fleet
     began = time.monotonic()
     baseline_packing = greedy_packing(fleet, settings)
@@ -1165,16 +1189,43 @@ def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | Non
             for sl in g.slots:
                 for r in sl.reps:
                     problem.start_counts.setdefault(r.model.name, set()).add(r.count)
+    known = None
     try:
         if current is None:
             gpus, counts = _start_packing(problem, counts, reserved, starts_from, budget.deadline, start)
         else:
             gpus, counts = _kept_packing(problem, current, counts, reserved, starts_from, budget.deadline)
     except NoRoom as e:
-        raise UserError(f"pools: the fleet does not fit: {e}. Fix: raise max_nodes of a pool, add a pool, "
-                        "or lower headroom") from None
+        gpus, known = _from_columns_alone(problem, reserved, budget, str(e), t0)
+        counts = {r.model.name: r.count for g in gpus for sl in g.slots for r in sl.reps}
+        _offer(problem, counts)
     _charge_greedy(problem, budget)
-    return gpus, counts, baseline_packing, start
+    return gpus, counts, baseline_packing, start, known
+
+
+def _from_columns_alone(problem: Problem, reserved: dict[str, int], budget: _Budget, failed: str,
+                        t0: float) -> tuple[list[Gpu], tuple[tuple[float, str], list]]:
+    """Where no greedy start fits the pools: the pattern LP's packing (every step of
+    ``_from_patterns``, for any packing that fits), and the bound with its columns, which the
+    plan's bound stage then uses as it is (``_bound_first``). Pools cut to the GPUs a plan used
+    were refused as "does not fit" on 5 of 16 fleets (``bench/tight.py``) while that plan's packing
+    fitted them. Where none is found, the error says whether the pools are shown too small
+    (``fits.no_fit_error``)."""
+    floor = multi_floor(problem)
+    keep: list = []
+    bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, keep=keep)
+    gpus = None
+    end = t0 + budget.limit
+    if bound[0] > pools_cost(problem) + 1e-6:
+        end = -math.inf  # shown not to fit: no packing to look for
+    if keep and keep[0].patterns is not None and time.monotonic() < end:
+        master_s = max(1.0, min(budget.master_s, budget.search_s))
+        gpus = _from_patterns(problem, keep[0].patterns, None, reserved, master_s, until=end)
+        budget.search_s = max(0.0, budget.search_s - master_s)
+    if gpus is None:
+        left = min(RULE_OUT_SHARE * budget.limit, end - time.monotonic())
+        raise no_fit_error(problem, bound[0], failed, time.monotonic() - t0, left)
+    return gpus, (bound, keep)
 
 
 GREEDY_SHARE, GREEDY_KEEP = 0.2, 0.5
@@ -1253,7 +1304,7 @@ def _kept_packing(problem: Problem, current: Plan, counts: dict[str, int], reser
 
 def _bound_first(problem: Problem, gpus: list[Gpu], multi: list[Gpu], reserved: dict[str, int], floor: float,
                  budget: _Budget, progress: Progress | None, t0: float,
-                 short_proof: bool = True) -> tuple[list[Gpu], tuple[float, str] | None]:
+                 short_proof: bool = True, known: tuple | None = None) -> tuple[list[Gpu], tuple[float, str] | None]:
     """A fresh plan's bound before its search, a packing from the pattern LP's columns, and the
     short exact search. Small fleets: the greedy plan is often optimal already, and the exact
     search can show it in a few seconds (multilingual: 9.70/h proven in about 5 s), when the search
@@ -1261,17 +1312,23 @@ def _bound_first(problem: Problem, gpus: list[Gpu], multi: list[Gpu], reserved: 
     Returns the packing (the columns' where cheaper) and the bound if proven; takes the columns'
     share from ``budget.search_s``. Where column generation converged within part of its share,
     it is resumed with deeper pricing for the rest (``bound.refined_bound``), after the packing is
-    made: family-600018-long-tail-304's bound rose from 163.02/h to 165.47/h, its plan the same."""
+    made: family-600018-long-tail-304's bound rose from 163.02/h to 165.47/h, its plan the same.
+    ``known``: the bound and columns ``gpus`` came from, where no greedy start fitted the pools
+    (:func:`_from_columns_alone`): not worked out again."""
     if progress:
         progress("bound", time.monotonic() - t0)
     greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
-    keep: list = []
-    bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, upper=greedy_cost,
-                        seeds=_groups(gpus), keep=keep)
+    if known is not None:
+        bound, keep = known
+    else:
+        keep = []
+        bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, upper=greedy_cost,
+                            seeds=_groups(gpus), keep=keep)
     # Whole numbers of the pattern LP's columns: a packing that sees every group at once
     # (colplan.py). It takes part of the search's share.
     master_s = min(budget.master_s, budget.search_s)
-    if keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6 and master_s >= 0.3:
+    if (keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6 and master_s >= 0.3
+            and known is None):
         gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s)
         budget.search_s -= master_s
         greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
@@ -1427,8 +1484,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     multi, multi_counts, multi_cost = plan_multi(problem)
     reserved = gpu_counts(problem, multi)
     fresh = choose_counts(problem)
-    gpus, counts, baseline_packing, start = _first_packing(problem, settings, current, dict(fresh),
-                                                           reserved, t0, budget)
+    gpus, counts, baseline_packing, start, known = _first_packing(problem, settings, current, dict(fresh),
+                                                                  reserved, t0, budget)
     if progress:
         progress("greedy", time.monotonic() - t0)
         progress("consolidated", time.monotonic() - t0)
@@ -1442,7 +1499,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         # With ``--prove`` too: its plan starts from the pattern LP's packing as the default plan
         # does (family-200008-mixed-15 without it: 88.93/h, where the default plan costs 82.20/h).
         gpus, first = _bound_first(problem, gpus, multi, reserved, floor, budget, progress, t0,
-                                   short_proof=settings.prove_s is None)
+                                   short_proof=settings.prove_s is None, known=known)
     elif current is not None:
         first = _carried_bound(current, fleet, settings)  # None: the bound is computed below
     small = len(problem.shared_models) <= PATTERN_FIRST

@@ -14,8 +14,10 @@ the fleet as it is, then two variants of it:
 * ``short``: as ``room``, with the pool of the most GPUs one node smaller. Whether anything fits
   is unknown; the planner must find a packing or say whether it showed that none fits.
 
+Each variant is planned fresh and, as ``room+`` and ``short+``, as a re-plan of the first plan
+(``--current``: the pools shrank under a running plan). Every plan is put to ``packer check``.
 Prints one line per variant and then the counts: planned, refused with a proof, refused without
-one, and for ``room`` the worst cost against the first plan.
+one, unsound, and the worst cost against the first plan.
 """
 
 from __future__ import annotations
@@ -60,7 +62,10 @@ def tight_docs(doc: dict, used: dict[str, int]) -> dict[str, dict]:
     return out
 
 
-def _plan(doc: dict) -> dict:
+def _plan(doc: dict, current=None) -> dict:
+    """Plan ``doc`` (a re-plan of ``current`` where given): cost, bound, GPUs and what
+    ``packer check`` says of it, or the error."""
+    from packer.check import check_plan
     from packer.errors import UserError
     from packer.fleet import FleetError
     from packer.fleetfile import parse_fleet
@@ -69,27 +74,34 @@ def _plan(doc: dict) -> dict:
     t0 = time.perf_counter()
     try:
         fleet = parse_fleet(doc)
-        plan = plan_fleet(fleet, PlanSettings())
+        plan = plan_fleet(fleet, PlanSettings(), current=current)
     except (UserError, FleetError) as e:
         msg = str(e)
         return {"error": msg, "proven": "cannot fit" in msg,
                 "seconds": time.perf_counter() - t0}
     return {"cost": plan.cost_per_hour, "bound": plan.lower_bound_cost_per_hour, "gpus": dict(plan.gpus),
-            "greedy": plan.baselines["greedy"].cost_per_hour, "seconds": time.perf_counter() - t0}
+            "greedy": plan.baselines["greedy"].cost_per_hour, "seconds": time.perf_counter() - t0,
+            "unsound": check_plan(plan), "plan": plan if current is None else None}
 
 
 def run_member(args: tuple[int, int, int]) -> list[dict]:
+    """A member as it is, its two variants, and each variant as a re-plan of the first plan
+    (``--current``: the pools shrank under a running plan)."""
     from bench.family import member
 
     i, seed, most = args
     doc = member(i, seed=seed, max_models=most)
     first = _plan(doc)
+    plan = first.pop("plan", None)
     rows = [{"fleet": doc["name"], "variant": "as is", "models": len(doc["models"]), **first}]
     if "error" in first:
         return rows
     for variant, tight in tight_docs(doc, first["gpus"]).items():
-        rows.append({"fleet": doc["name"], "variant": variant, "models": len(doc["models"]),
-                     "first": first["cost"], **_plan(tight)})
+        for name, current in ((variant, None), (f"{variant}+", plan)):
+            got = _plan(tight, current)
+            got.pop("plan", None)
+            rows.append({"fleet": doc["name"], "variant": name, "models": len(doc["models"]),
+                         "first": first["cost"], **got})
     return rows
 
 
@@ -101,7 +113,9 @@ def _line(r: dict) -> str:
     gap = 0.0 if r["cost"] <= 0 else (r["cost"] - r["bound"]) / r["cost"]
     vs = f"  {r['cost'] / r['first']:.3f}x first" if "first" in r else ""
     greedy = "" if math.isfinite(r["greedy"]) else "  (greedy baseline: no room)"
-    return f"{head}  {r['cost']:9.2f}/h  bound {r['bound']:9.2f}  gap {gap:6.1%}  {r['seconds']:6.1f} s{vs}{greedy}"
+    unsound = f"  UNSOUND: {r['unsound'][0]}" if r["unsound"] else ""
+    return (f"{head}  {r['cost']:9.2f}/h  bound {r['bound']:9.2f}  gap {gap:6.1%}  {r['seconds']:6.1f} s{vs}"
+            f"{greedy}{unsound}")
 
 
 def main() -> None:
@@ -122,7 +136,7 @@ def main() -> None:
             for r in got:
                 print(_line(r), flush=True)
             rows += got
-    for variant in ("room", "short"):
+    for variant in ("room", "short", "room+", "short+"):
         vs = [r for r in rows if r["variant"] == variant]
         if not vs:
             continue
@@ -130,12 +144,13 @@ def main() -> None:
         proven = sum(1 for r in vs if "error" in r and r["proven"])
         unproven = sum(1 for r in vs if "error" in r and not r["proven"])
         no_greedy = sum(1 for r in planned if not math.isfinite(r["greedy"]))
+        unsound = sum(1 for r in planned if r["unsound"])
         line = (f"{variant}: {len(vs)} fleets, {len(planned)} planned ({no_greedy} where the greedy baseline "
                 f"found no room), {proven} refused with a proof, {unproven} refused without one")
         if planned:
             worst = max(r["cost"] / r["first"] for r in planned)
             dearer = sum(1 for r in planned if r["cost"] > r["first"] + 1e-6)
-            line += f"; cost against the first plan: worst {worst:.3f}x, {dearer} dearer"
+            line += f"; cost against the first plan: worst {worst:.3f}x, {dearer} dearer; {unsound} unsound"
         print(line)
 
 

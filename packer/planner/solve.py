@@ -794,6 +794,12 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int],
             # whole now, and the replicas in its instances are packed again.
             layout = None
         node = int(lay.node.rsplit("-n", 1)[-1])
+        if node >= pool.max_nodes or lay.gpu >= pool.gpus_per_node:
+            # The pool is smaller now (max_nodes or gpus_per_node cut): a GPU past its end is gone,
+            # and its replicas are packed again. Kept, a re-plan onto a T4 pool cut from 27 nodes to
+            # 26 kept a GPU on the 27th, and ``packer check`` rejected the plan (bench/tight.py's
+            # family-300021-mixed-27).
+            continue
         gpus[(lay.pool, lay.node, lay.gpu)] = Gpu(pool, [], layout, node=node, index=lay.gpu)
     placed: set[tuple[str, int]] = set()
     for p in current.placements:
@@ -1203,6 +1209,11 @@ def _first_packing(problem: Problem, settings: PlanSettings, current: Plan | Non
     return gpus, counts, baseline_packing, start, known
 
 
+FALLBACK_GUARD_S = 5.0
+"""Wall-clock seconds past twice the plan's limit after which :func:`_from_columns_alone` tries
+no more of the pattern LP's packings (its guard against a much slower machine)."""
+
+
 def _from_columns_alone(problem: Problem, reserved: dict[str, int], budget: _Budget, failed: str,
                         t0: float) -> tuple[list[Gpu], tuple[tuple[float, str], list]]:
     """Where no greedy start fits the pools: the pattern LP's packing (every step of
@@ -1215,7 +1226,9 @@ def _from_columns_alone(problem: Problem, reserved: dict[str, int], budget: _Bud
     keep: list = []
     bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, keep=keep)
     gpus = None
-    end = t0 + budget.limit
+    # A guard for the wall clock, not what ends the steps (each ends on its own count): at the
+    # limit itself, a 1-s plan on a loaded machine skipped them and refused a fleet that fits.
+    end = t0 + 2.0 * budget.limit + FALLBACK_GUARD_S
     if bound[0] > pools_cost(problem) + 1e-6:
         end = -math.inf  # shown not to fit: no packing to look for
     if keep and keep[0].patterns is not None and time.monotonic() < end:

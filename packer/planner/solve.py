@@ -1236,7 +1236,8 @@ def _from_columns_alone(problem: Problem, reserved: dict[str, int], budget: _Bud
         gpus = _from_patterns(problem, keep[0].patterns, None, reserved, master_s, until=end)
         budget.search_s = max(0.0, budget.search_s - master_s)
     if gpus is None:
-        left = min(RULE_OUT_SHARE * budget.limit, end - time.monotonic())
+        # The proof's time up to one and a half times the limit: past it, the error says "not shown".
+        left = min(RULE_OUT_SHARE * budget.limit, t0 + 1.5 * budget.limit - time.monotonic())
         raise no_fit_error(problem, bound[0], failed, time.monotonic() - t0, left)
     return gpus, (bound, keep)
 

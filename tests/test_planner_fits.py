@@ -118,3 +118,24 @@ def test_a_fleet_cut_to_its_own_plans_gpus_is_planned(seed, shape):
     plan = plan_fleet(cut, quick)
     assert check_plan(plan) == []
     assert all(n <= cut.pool(p).max_gpus for p, n in plan.gpus.items())
+
+
+def test_plan_json_on_stdout_is_json_alone(tmp_path, capfd):
+    """HiGHS's MIP prints a debugging line from C++ past its output flag; on this fleet (a
+    multilingual member cut one node short of its plan's GPUs, headroom 0.3) it came ahead of
+    ``packer plan --format json``'s JSON, and the output did not parse."""
+    import json
+
+    import yaml
+
+    from packer_cli.main import main
+
+    seed = 1504004731
+    doc = family_fleet(seed, max_models=12, min_models=3, shape="multilingual")
+    first = plan_fleet(parse_fleet(doc), PlanSettings(time_limit_s=1.0, prove_s=0, seed=seed % 7, headroom=0.3))
+    path = tmp_path / "short.yaml"
+    path.write_text(yaml.safe_dump(tight_docs(doc, dict(first.gpus))["short"]))
+    capfd.readouterr()
+    assert main(["plan", str(path), "--headroom", "0.3", "--time-limit", "1", "--seed", "3", "--format", "json"]) == 0
+    out, _ = capfd.readouterr()
+    assert json.loads(out)["version"] == 1, out[:200]

@@ -38,6 +38,7 @@ from ortools.linear_solver import pywraplp
 from packer.fleet import Model
 from packer.planner.cpsat import _layouts
 from packer.planner.model import Problem
+from packer.planner.mip import quiet_stdout
 from packer.planner.patterns import PatternBound, pattern_bound, refine
 from packer.slot import WHOLE, duty_capacity, latency_scale, lone_capacity
 
@@ -429,7 +430,8 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
         _model_rows(problem, agg, m, bounds)
     _capacity_rows(problem, agg)
     solver.Minimize(cost)
-    status = solver.Solve()
+    with quiet_stdout():  # HiGHS's MIP can print a debugging line past its output flag (mip.run_quiet)
+        status = solver.Solve()
     name = ("aggregate MIP" if integer else "aggregate LP") + (f", {max_classes} duty classes" if max_classes > 1 else "")
     if status == pywraplp.Solver.OPTIMAL:
         # A MIP stops within its gap tolerance of its incumbent: only its best bound is a bound.

@@ -42,7 +42,7 @@ _quiet = False
 
 
 @contextmanager
-def _quiet_stdout() -> Iterator[None]:
+def quiet_stdout() -> Iterator[None]:
     """Standard output pointed at the null device meanwhile: HiGHS prints from C++, past Python's
     ``sys.stdout`` and before (or regardless of) its ``output_flag``."""
     sys.stdout.flush()
@@ -64,10 +64,20 @@ def highs() -> highspy.Highs:
     global _quiet
     if _quiet:
         return highspy.Highs()
-    with _quiet_stdout():
+    with quiet_stdout():
         h = highspy.Highs()
     _quiet = True
     return h
+
+
+def run_quiet(h: highspy.Highs) -> None:
+    """``h.run()`` with standard output pointed at the null device: HiGHS's MIP prints a debugging
+    line from C++ when a heuristic's solution is transformed ("HighsMipSolverData::
+    transformNewIntegerFeasibleSolution tmpSolver.run();"), whatever its ``output_flag``, and
+    ``packer plan --format json`` printed it ahead of its JSON (a multilingual family fleet cut
+    to its plan's GPUs at headroom 0.3, found by ``bench/tight.py``'s property runs)."""
+    with quiet_stdout():
+        h.run()
 
 
 def highs_lp(proto: linear_solver_pb2.MPModelProto) -> highspy.HighsLp:
@@ -117,7 +127,7 @@ def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool =
         h.setOptionValue("mip_rel_gap", 0.0)
         h.setOptionValue("mip_abs_gap", 1e-7)
     h.passModel(lp)
-    h.run()
+    run_quiet(h)
     status = h.getModelStatus()
     info = h.getInfo()
     found = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible
@@ -157,8 +167,7 @@ def knapsack_mip(v: np.ndarray, w: np.ndarray, mm: np.ndarray, model: np.ndarray
     for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes))):
         h.setOptionValue(key, val)
     h.passModel(lp)
-    with _quiet_stdout():  # some HiGHS builds print a debugging line when a heuristic's solution is transformed
-        h.run()
+    run_quiet(h)
     info = h.getInfo()
     if info.primal_solution_status != highspy.SolutionStatus.kSolutionStatusFeasible:
         return 0.0, None, float(info.mip_dual_bound)

@@ -60,7 +60,7 @@ from ortools.linear_solver import linear_solver_pb2, pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import EXTRA_FROM, branch_and_bound, cell_lps, grid_bound, warm
-from packer.planner.mip import highs, highs_lp, knapsack_mip
+from packer.planner.mip import highs, highs_lp, knapsack_mip, run_quiet
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import WHOLE, SlotType, feasible
 
@@ -880,7 +880,7 @@ class Patterns:
         h.setOptionValue("threads", 1)
         h.setOptionValue("simplex_iteration_limit", TOGETHER_ITERATIONS)
         h.passModel(lp)
-        h.run()
+        run_quiet(h)
         self.work += int(h.getInfo().simplex_iteration_count) * T * TOGETHER_ITER_S
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:
             return None
@@ -1288,7 +1288,7 @@ class _Master:
                               ("time_limit", float(max(0.1, seconds)))):
             h.setOptionValue(option, value)
         h.passModel(lp)
-        h.run()
+        run_quiet(h)
         nnz = int(lp.a_matrix_.start_[-1])
         self.work += nnz * (EXPORT_S + int(h.getInfo().ipm_iteration_count) * (IPM_S + IPM_S2 * nnz))
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:

@@ -20,7 +20,8 @@ from packer.check import check_plan
 from packer.errors import UserError
 from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
-from packer.planner.fits import no_fit_error, pools_cost
+from packer.planner.fits import no_fit_error
+from packer.planner.purchases import pools_cost
 from packer.planner.model import Problem
 from packer.planner.solve import greedy_packing
 from tests.test_planner import EXAMPLES

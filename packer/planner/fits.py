@@ -19,16 +19,18 @@ from __future__ import annotations
 
 from packer.errors import UserError
 from packer.planner.model import Problem
-from packer.planner.purchases import rules_out_pools
+from packer.planner.purchases import pools_cost, rules_out_pools
 
 FIX = "Fix: raise max_nodes of a pool, add a pool, or lower headroom"
 MIN_RULE_OUT_S = 0.5
 """Fewer deterministic seconds than this left of the plan's time: the pools are not put to the LP."""
 
 
-def pools_cost(problem: Problem) -> float:
-    """What every GPU of every pool costs an hour: no plan costs more."""
-    return sum(p.cost_per_gpu_hour * p.max_gpus for p in problem.fleet.pools)
+def above_pools(problem: Problem, bound: float) -> bool:
+    """Whether ``bound``, a bound on every plan's cost, is above what all the pools' GPUs cost:
+    then no plan fits them."""
+    total = pools_cost(problem)
+    return bound > total + 1e-6 * max(1.0, total)
 
 
 def no_fit_error(problem: Problem, bound: float, failed: str, seconds: float, rule_out_s: float) -> UserError:
@@ -37,7 +39,7 @@ def no_fit_error(problem: Problem, bound: float, failed: str, seconds: float, ru
     sizes rules them out within ``rule_out_s`` deterministic seconds; else an error that says it
     is not proven. ``failed``: what the greedy starts ran into; ``seconds``: the time spent."""
     total = pools_cost(problem)
-    if bound > total + 1e-6 * max(1.0, total):
+    if above_pools(problem, bound):
         return UserError(f"pools: the fleet cannot fit ({failed} first): the pattern LP's bound on "
                          f"every packing, {bound:.2f}/h, is above the {total:.2f}/h all of the pools' GPUs "
                          f"cost. {FIX}")

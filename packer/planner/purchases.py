@@ -142,12 +142,17 @@ def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
     return cost, costs.size, False
 
 
+def pools_cost(problem: Problem) -> float:
+    """The purchase of every GPU of every pool, an hour: no plan costs more."""
+    return sum(p.cost_per_gpu_hour * p.max_gpus for p in problem.fleet.pools)
+
+
 def rules_out_pools(problem: Problem, seconds: float) -> bool:
     """Whether the pattern LP at the pools' full sizes, with the spread rows and branched on replica
     counts and multi-GPU pools (``_rules_out``), shows that no plan fits the pools at all, within
     ``seconds`` deterministic seconds (``fits.no_fit_error``: a "cannot fit" it can stand on)."""
     sizes = {p.name: p.max_gpus for p in problem.fleet.pools}
-    total = sum(p.cost_per_gpu_hour * p.max_gpus for p in problem.fleet.pools)
+    total = pools_cost(problem)
     out, _, _, _ = _rules_out(problem, sizes, total + 1e-6 * max(1.0, total), seconds, [], None)
     return out is True
 

@@ -23,7 +23,7 @@ from packer.plan import Baseline, Move, Plan, fleet_to_dict, round_cost
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
-from packer.planner.fits import no_fit_error, pools_cost
+from packer.planner.fits import above_pools, no_fit_error
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential, shared_cost
 from packer.planner.patterns import count_options
 from packer.planner.build import cost_of, gpu_counts, make_plan
@@ -1095,22 +1095,23 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu] | None, reserved: dict
     # 19.11/h from the fill's cheaper one), where past it the columns' packing is what the plan
     # is (family-700023-mixed-299: 136.20 -> 133.93/h; 700024 and 700028 too, none dearer).
     anything = gpus is None
-    steps = [sequential] if len(problem.shared_models) > PATTERN_FIRST or anything else []
-    steps += [partial(dive, share=s) for s in DIVE_SHARES if s > 0 or len(pat.columns) <= DIVE_COLUMNS or anything]
-    # The master's nodes are LPs over every column it keeps: on 200 models a hundred of them take
-    # longer than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found), so past
-    # ``PATTERN_FIRST`` shared models it runs only up to ``colplan.MASTER_COLUMNS`` columns.
     small = len(problem.shared_models) <= PATTERN_FIRST
-    steps += [integer_master] if small or len(pat.columns) <= MASTER_COLUMNS or anything else []
     if anything:
-        # For any packing at all, the quick steps first: the fill's first pass may take its whole
-        # share and end stuck (family-300010-mixed-24 cut to its plan's GPUs: 16 s, nothing),
-        # where a dive or the master finds one in a second or two.
-        steps = steps[1:] + steps[:1]
+        # For any packing at all, every step, the quick ones first: the fill's first pass may take
+        # its whole share and end stuck (family-300010-mixed-24 cut to its plan's GPUs: 16 s,
+        # nothing), where a dive or the master finds one in a second or two.
+        steps = [partial(dive, share=s) for s in DIVE_SHARES] + [integer_master, sequential]
+    else:
+        steps = [sequential] if not small else []
+        steps += [partial(dive, share=s) for s in DIVE_SHARES if s > 0 or len(pat.columns) <= DIVE_COLUMNS]
+        # The master's nodes are LPs over every column it keeps: on 200 models a hundred of them
+        # take longer than its share (long-tail, 3,000 columns: 100 nodes in 20 s, nothing found),
+        # so past ``PATTERN_FIRST`` shared models it runs only up to ``colplan.MASTER_COLUMNS``.
+        steps += [integer_master] if small or len(pat.columns) <= MASTER_COLUMNS else []
     for step in steps:
         if time.monotonic() > until:
             break
-        if anything and step is sequential and best is not None and len(problem.shared_models) <= PATTERN_FIRST:
+        if anything and step is sequential and best is not None and small:
             break  # found: past this, as for a start from the greedy packing
         # Each ends on its own (the fill at its counted share, the dive when all is whole, the
         # master at its node limit): the clock is a guard against a much slower machine, not what
@@ -1226,14 +1227,13 @@ def _from_columns_alone(problem: Problem, reserved: dict[str, int], budget: _Bud
     keep: list = []
     bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, keep=keep)
     gpus = None
-    # A guard for the wall clock, not what ends the steps (each ends on its own count): at the
-    # limit itself, a 1-s plan on a loaded machine skipped them and refused a fleet that fits.
-    end = t0 + 2.0 * budget.limit + FALLBACK_GUARD_S
-    if bound[0] > pools_cost(problem) + 1e-6:
-        end = -math.inf  # shown not to fit: no packing to look for
-    if keep and keep[0].patterns is not None and time.monotonic() < end:
+    # Shown not to fit (the bound above the pools' cost): no packing to look for.
+    if keep and keep[0].patterns is not None and not above_pools(problem, bound[0]):
         master_s = max(1.0, min(budget.master_s, budget.search_s))
-        gpus = _from_patterns(problem, keep[0].patterns, None, reserved, master_s, until=end)
+        # A guard for the wall clock, not what ends the steps (each ends on its own count): at the
+        # limit itself, a 1-s plan on a loaded machine skipped them and refused a fleet that fits.
+        gpus = _from_patterns(problem, keep[0].patterns, None, reserved, master_s,
+                              until=t0 + 2.0 * budget.limit + FALLBACK_GUARD_S)
         budget.search_s = max(0.0, budget.search_s - master_s)
     if gpus is None:
         # The proof's time up to one and a half times the limit: past it, the error says "not shown".

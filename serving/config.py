@@ -47,7 +47,16 @@ def timing(fleet: Fleet, placement: Placement, name: str, settings: TritonSettin
 
 
 def _us(ms: float) -> int:
+    """A timeout or idle time in microseconds, at least 1: Triton reads 0 there as "none" or
+    "the default", not as zero."""
     return max(1, round(ms * 1000))
+
+
+def _delay_us(ms: float) -> int:
+    """A batcher's queue delay in microseconds. 0 stays 0: a replica planned alone without a
+    cycle (``duty_cycle_ms: 0``) cuts its batch as its instance frees, as the slot maths and the
+    simulator take it (``docs/slot-maths.md``, "Alone on a slot"); ``_us`` wrote 1 there."""
+    return max(0, round(ms * 1000))
 
 
 def _tensor(name: str, dtype: int, *, input: bool) -> mc.ModelInput | mc.ModelOutput:
@@ -75,7 +84,7 @@ def _sequence(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSe
     ci.control.add(kind=mc.ModelSequenceBatching.Control.CONTROL_SEQUENCE_CORRID, data_type=mc.TYPE_UINT64)
     sb.oldest.max_candidate_sequences = t.candidates or t.batch
     sb.oldest.preferred_batch_size.extend(t.preferred)
-    sb.oldest.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
+    sb.oldest.max_queue_delay_microseconds = _delay_us(t.queue_delay_ms * scale)
 
 
 def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSettings, scale: float) -> None:
@@ -91,7 +100,7 @@ def _dynamic(cfg: mc.ModelConfig, t: Batching, model: Model, settings: TritonSet
     and hands it to the rate limiter, which is the slot maths' cut-then-wait-for-the-round."""
     db = cfg.dynamic_batching
     db.preferred_batch_size.extend(t.preferred)
-    db.max_queue_delay_microseconds = _us(t.queue_delay_ms * scale)
+    db.max_queue_delay_microseconds = _delay_us(t.queue_delay_ms * scale)
     if settings.shed:  # TritonSettings.shed: refuse what can no longer finish in time
         q = db.default_queue_policy
         q.timeout_action = mc.ModelQueuePolicy.REJECT

@@ -323,3 +323,15 @@ def test_a_stream_silent_longer_than_the_idle_setting_keeps_its_state_between_ch
     assert cfg.sequence_batching.max_sequence_idle_microseconds == 400_000_000
     assert cfg.parameters["sequence_idle_s"].string_value == "400"
     assert sequence_idle_s(fleet("multilingual-meetings").model("asr-es"), settings) == 30.0
+
+
+def test_a_replica_planned_alone_without_a_cycle_gets_no_queue_delay(plan):
+    """Planned alone (``duty_cycle_ms: 0``), a replica's batch is cut as its instance frees, as the
+    slot maths and the simulator take it: the config says 0, not the 1 us the writer used to floor
+    every duration at."""
+    p = plan.placements[0]
+    alone = replace(p, models=tuple(m for m in p.models if m.name == "punct-es"), duty_cycle_ms=0.0)
+    cfg = model_config(plan.fleet, alone, "punct-es", TritonSettings(), shared=False)
+    assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
+    shed = model_config(plan.fleet, alone, "punct-es", replace(TritonSettings(), shed=True), shared=False)
+    assert shed.dynamic_batching.default_queue_policy.default_timeout_microseconds >= 1  # 0 would be "none"

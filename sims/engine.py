@@ -23,6 +23,8 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+import numpy as np
+
 from packer.catalog import gpu_type
 from packer.errors import UserError
 from packer.fleet import Model, Pool
@@ -592,6 +594,7 @@ class Simulation:
         for i, s in enumerate(self.stats.models):
             self.stats.flush(i)
             hist = s.hist + s.tick_hist  # the last, unfinished interval too
+            top = np.maximum(s.top, s.tick_top)
             live = [m for m in self.replicas[i] if not m.removed]
             queued = sum(m.queued for m in live)
             inflight = sum(m.in_flight for m in live)
@@ -602,13 +605,13 @@ class Simulation:
                 "name": s.name, "kind": self.fleet.models[i].kind, "slo_ms": s.slo_ms, "arrivals": s.arrivals,
                 "completed": s.completed, "rejected": dict(s.rejected), "queued_at_end": queued,
                 "in_flight_at_end": inflight,
-                "p50_ms": round(hist_percentile(hist, 50), 3), "p95_ms": round(hist_percentile(hist, 95), 3),
-                "p99_ms": round(hist_percentile(hist, 99), 3),
+                "p50_ms": round(hist_percentile(hist, 50, top), 3), "p95_ms": round(hist_percentile(hist, 95, top), 3),
+                "p99_ms": round(hist_percentile(hist, 99, top), 3),
                 "mean_ms": round(s.latency_sum_ms / s.completed, 3) if s.completed else 0.0,
                 "mean_queue_ms": round(s.queue_sum_ms / s.completed, 3) if s.completed else 0.0,
                 # Undefined (None, JSON null) with no request finished: no number would be true.
                 "slo_attainment": round(s.slo_ok / finished, 6) if finished else None,
-                "cdf": [[q, round(x, 3)] for q, x in zip(CDF_POINTS, hist_percentiles(hist, CDF_POINTS))]
+                "cdf": [[q, round(x, 3)] for q, x in zip(CDF_POINTS, hist_percentiles(hist, CDF_POINTS, top))]
                 if s.completed else [],
             })
         slots = []

@@ -40,9 +40,12 @@ def no_fit_error(problem: Problem, bound: float, failed: str, seconds: float, ru
     is not proven. ``failed``: what the greedy starts ran into; ``seconds``: the time spent."""
     total = pools_cost(problem)
     if above_pools(problem, bound):
-        return UserError(f"pools: the fleet cannot fit ({failed} first): the pattern LP's bound on "
-                         f"every packing, {bound:.2f}/h, is above the {total:.2f}/h all of the pools' GPUs "
-                         f"cost. {FIX}")
+        # Not the bound itself: where nothing fits, the LP's cost is its dear artificial
+        # variables', not a price of GPUs (one L40S at 1.90/h, the fleet fitting two: "39.90/h").
+        gpus = sum(p.max_gpus for p in problem.fleet.pools)
+        return UserError(f"pools: the fleet cannot fit ({failed} first): the pattern LP's bound shows that every "
+                         f"packing needs more than the pools' {gpus} GPU{'s' if gpus != 1 else ''} "
+                         f"({total:.2f}/h). {FIX}")
     if rule_out_s >= MIN_RULE_OUT_S and rules_out_pools(problem, rule_out_s):
         return UserError(f"pools: the fleet cannot fit ({failed} first): the pattern LP at the pools' sizes, "
                          f"branched on replica counts, admits no packing of its replicas. {FIX}")

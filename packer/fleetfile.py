@@ -46,7 +46,11 @@ def _get(d: dict, key: str, where: str, typ: type | tuple, *, required: bool = T
     v = d[key]
     types = typ if isinstance(typ, tuple) else (typ,)
     if float in types and isinstance(v, int) and not isinstance(v, bool):
-        v = float(v)
+        try:
+            v = float(v)
+        except OverflowError:  # an integer of hundreds of digits: no float holds it
+            raise FleetError(f"{where}.{key}", f"is an integer of {len(str(abs(v)))} digits, too large for a number",
+                             fix or f"give `{key}` a realistic value") from None
     if isinstance(v, bool) and bool not in types:
         raise FleetError(f"{where}.{key}", f"is {v!r}, not a {types[0].__name__}", fix or f"give a {types[0].__name__}")
     if not isinstance(v, types):

@@ -65,6 +65,10 @@ BAD = {
                                                "models[0] (asr-en).spot_policy"),
     "max_replicas too low": (lambda d: d["models"][0].update(max_replicas=1, min_replicas=1),
                              "models[0] (asr-en).max_replicas"),
+    # An integer no float holds, where a number goes: float() raised OverflowError (a traceback).
+    "400-digit rps": (lambda d: d["models"][0]["traffic"].update(rps=10 ** 400), "models[0] (asr-en).traffic.rps"),
+    "400-digit price": (lambda d: d["pools"][0].update(cost_per_gpu_hour=10 ** 400),
+                        "pools[0] (a100-80).cost_per_gpu_hour"),
 }
 
 

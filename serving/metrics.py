@@ -15,6 +15,7 @@ cumulative, so rates and averages come from the difference of two scrapes::
 from __future__ import annotations
 
 import re
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, fields
 from typing import Iterable
@@ -134,17 +135,31 @@ def signals(prev: Scrape, cur: Scrape) -> dict[str, ModelSignals]:
     return out
 
 
+METRICS_MAX_BYTES = 64 * 1024 * 1024
+"""Most bytes read from one metrics endpoint: Triton's page is a few kB per model, so a thousand
+models fit many times over; an endpoint that sends more is not Triton's."""
+
+
 def scrape(url: str, at_s: float, *, timeout_s: float = 5.0) -> Scrape:
-    """Fetch ``url`` (``http://host:8002/metrics``) once; ``at_s`` is the caller's clock reading."""
+    """Fetch ``url`` (``http://host:8002/metrics``) once; ``at_s`` is the caller's clock reading.
+    Only ``http`` and ``https`` URLs: ``urllib`` would read a ``file://`` URL as metrics, and
+    raise on a string that is no URL at all."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"Triton metrics URL {url!r} is not an http(s) URL. Fix: give the server's metrics "
+                        "endpoint, e.g. http://host:8002/metrics")
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as r:
-            text = r.read().decode("utf-8", "replace")
-    except OSError as e:  # URLError wraps the socket's error: say that one ("Connection refused")
+            body = r.read(METRICS_MAX_BYTES + 1)
+    except (OSError, ValueError) as e:  # URLError wraps the socket's error: say that one ("Connection refused")
         why = getattr(e, "reason", None) or e
         why = getattr(why, "strerror", None) or str(why)
         raise UserError(f"cannot read Triton metrics at {url}: {why}. Fix: start the server with "
                         "--allow-metrics=true and give its metrics port (8002 by default)") from None
-    return Scrape(at_s, parse(text))
+    if len(body) > METRICS_MAX_BYTES:
+        raise UserError(f"Triton metrics at {url} are over {METRICS_MAX_BYTES // 2 ** 20} MiB. Fix: give a "
+                        "Triton server's metrics endpoint (port 8002 by default)")
+    return Scrape(at_s, parse(body.decode("utf-8", "replace")))
 
 
 def policy_signals(windows: Iterable[dict[str, ModelSignals]]) -> dict[str, Signals]:

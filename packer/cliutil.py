@@ -70,9 +70,14 @@ SEED = Number(0, 2**31 - 1, integer=True)
 
 
 def check_output_file(path: str | None, option: str, *, not_: tuple[str | None, ...] = ()) -> None:
-    """Refuse, before any work, an output file that cannot be written (or would overwrite an input)."""
-    if not path:
+    """Refuse, before any work, an output file that cannot be written (or would overwrite an input).
+    An empty path (``-o ''``, an unset shell variable) is refused: it used to write nothing and say
+    nothing."""
+    if path is None:
         return
+    if not path.strip():
+        raise UserError(f"{option}: the path is empty. Fix: give a file path, e.g. {option} plan.json, or leave "
+                        f"{option} out")
     p = Path(path)
     for other in not_:
         if other and p.exists() and Path(other).exists() and p.resolve() == Path(other).resolve():
@@ -90,9 +95,12 @@ def check_output_file(path: str | None, option: str, *, not_: tuple[str | None, 
 
 
 def check_output_dir(path: str | None, option: str) -> None:
-    """Refuse, before any work, an output directory that is a file or cannot be created."""
-    if not path:
+    """Refuse, before any work, an output directory that is a file or cannot be created, or an empty
+    path (as :func:`check_output_file`)."""
+    if path is None:
         return
+    if not path.strip():
+        raise UserError(f"{option}: the path is empty. Fix: give a directory, e.g. {option} out/")
     p = Path(path)
     if p.exists() and not p.is_dir():
         raise UserError(f"{option} {cut_path(path)}: is a file, not a directory. Fix: give a directory path")

@@ -15,6 +15,7 @@ import click
 
 from packer.cliutil import flush_notes
 from packer.errors import UserError
+from packer.safeload import cut_path
 
 
 class LazyGroup(click.Group):
@@ -124,6 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as e:
         ok = e.exit_code == 0
         return e.exit_code
+    except BrokenPipeError:  # `packer plan | head`: the reader left, nothing to say
+        return 141
+    except OSError as e:
+        # The machine, not the code: a path it cannot write (``-d /proc/x``), a disk full, a
+        # directory removed under a run. Each command checks what it can first; this is the rest.
+        where = f"{cut_path(str(e.filename))}: " if e.filename else ""
+        click.echo(f"error: {where}{e.strerror or one_line(str(e))}. Fix: check the path, its permissions "
+                   "and the free space", err=True)
+        return 2
     finally:
         flush_notes(ok)  # deprecation notes after a successful run only: an error stays one line
     return 0

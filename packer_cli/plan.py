@@ -58,6 +58,8 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
     """Plan FLEET (default: the bundled multilingual example). A dry run: nothing is applied."""
     if not 0 <= headroom < 1:
         raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom {PlanSettings.headroom}")
+    if fleet is not None and not fleet.strip():  # an unset $FLEET: not the bundled example
+        raise UserError("FLEET: the path is empty. Fix: give a fleet file, or leave FLEET out for the bundled example")
     path = Path(fleet) if fleet else example_path()
     # Everything a user can get wrong is checked before the solve, which may take minutes.
     check_output_file(output, "-o", not_=(fleet, current))
@@ -153,6 +155,9 @@ def gpus(gpu_type: str | None, local: bool, layouts: str | None, fmt: str, outpu
 
 
     check_output_file(output, "-o")
+    for what, given in (("GPU_TYPE", gpu_type), ("--layouts", layouts)):
+        if given is not None and not given.strip():
+            raise UserError(f"{what}: is empty. Fix: give a GPU type (packer gpus lists them), or leave it out")
     if local:
         found = to_pool(read_nvml())
         doc = {"pools": [found["pool"]]}

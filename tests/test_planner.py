@@ -167,6 +167,17 @@ def test_full_pools_are_a_user_error(multilingual):
         plan_fleet(small, PlanSettings(time_limit_s=1))
 
 
+def test_more_min_replicas_than_gpus_names_min_replicas_not_the_slo(multilingual):
+    """Two replicas of a model never share a GPU, so min_replicas past the pools' GPUs cannot be
+    met; the error blamed headroom and slo_ms ("fits no slot of this fleet")."""
+    gpus = sum(p.max_gpus for p in multilingual.pools)
+    m = multilingual.models[0]
+    many = replace(multilingual, models=(replace(m, min_replicas=gpus + 1),) + multilingual.models[1:])
+    with pytest.raises(FleetError) as e:
+        plan_fleet(many, PlanSettings(time_limit_s=1))
+    assert e.value.field == f"models ({m.name}).min_replicas" and str(gpus) in e.value.fix
+
+
 def test_bounds_round_up_to_whole_gpus():
     from packer.planner.bound import whole_gpus
 

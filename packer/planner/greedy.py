@@ -44,6 +44,11 @@ def choose_counts(problem: Problem) -> dict[str, int]:
         if best is None:
             cap = max((problem.capacity(m, st) for st in problem.all_types()), default=0.0)
             need = math.ceil(m.traffic.peak_rps / cap) if cap > 0 else 0
+            if m.min_replicas > problem.gpu_limit:  # not the SLO's fault: one replica of a model a GPU
+                raise FleetError(f"models ({m.name}).min_replicas",
+                                 f"is {m.min_replicas}, but the pools hold {problem.gpu_limit} GPUs and two replicas "
+                                 "of a model never share one",
+                                 f"lower min_replicas to {problem.gpu_limit} or less, or raise the pools' max_nodes")
             if cap > 0 and need > problem.gpu_limit:
                 raise FleetError(f"models ({m.name}).traffic.peak_rps",
                                  f"{m.traffic.peak_rps:g} rps needs {need} replicas (one serves at most {cap:.1f} rps "

@@ -29,6 +29,7 @@ from packer.cliutil import (Number, Spinner, check_output_dir, check_output_file
 from packer.errors import UserError
 from packer.plan import Plan
 from packer.planfile import load_plan
+from packer.safeload import MAX_BYTES
 
 
 class _BlockDumper(yaml.SafeDumper):
@@ -249,9 +250,15 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     s = ReconcileSettings(interval_s=interval, render=ManifestSettings(
         namespace=namespace, gpu_operator_namespace=gpu_operator_namespace, **images, **devices_settings(devices)))
     check_output_file(output, "-o", not_=(kubeconfig,))
-    if kubeconfig and not os.path.isfile(kubeconfig):  # else the client says "no configuration found"
+    if kubeconfig and not os.path.exists(kubeconfig):  # else the client says "no configuration found"
         raise UserError(f"--kubeconfig {kubeconfig}: no such file. Fix: give the path of a kubeconfig "
                         "(often ~/.kube/config)")
+    if kubeconfig and not os.path.isfile(kubeconfig):  # a directory, /dev/zero, a pipe: the client would read it
+        raise UserError(f"--kubeconfig {kubeconfig}: is not a regular file. Fix: give the path of a kubeconfig "
+                        "(often ~/.kube/config)")
+    if kubeconfig and os.path.getsize(kubeconfig) > MAX_BYTES:
+        raise UserError(f"--kubeconfig {kubeconfig}: is larger than {MAX_BYTES // 2 ** 20} MiB, no kubeconfig is. "
+                        "Fix: give the path of a kubeconfig (often ~/.kube/config)")
     try:
         api = connect(kubeconfig=kubeconfig, context=context, host=host)
     except Exception as e:  # kubeconfig missing or broken

@@ -262,8 +262,9 @@ def _model(d: Any, i: int) -> Model:
 
 def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
     """Build a :class:`Fleet` from a parsed YAML document, validating as it goes."""
-    if not isinstance(doc, dict):
-        raise FleetError("(top level)", "is not a mapping", "a fleet file has `name:`, `pools:` and `models:`")
+    if not isinstance(doc, dict):  # an empty file, /dev/null, a list: named, not "(top level)"
+        what = "is empty" if doc is None else f"is {'a list' if isinstance(doc, list) else show(doc)}, not a mapping"
+        raise FleetError(source or "(top level)", what, "a fleet file has `name:`, `pools:` and `models:`")
     _keys(doc, "fleet", FLEET_KEYS, extensions=True)
     name = _get(doc, "name", "fleet", str)
     pools_doc = _get(doc, "pools", "fleet", list)

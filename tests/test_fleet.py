@@ -108,3 +108,14 @@ def test_what_if_traffic_scaling():
     g = f.with_traffic({"asr-fr": 3.0})
     assert g.model("asr-fr").traffic.peak_rps == pytest.approx(3 * f.model("asr-fr").traffic.peak_rps)
     assert g.model("asr-en").traffic == f.model("asr-en").traffic
+
+
+@pytest.mark.parametrize("text,says", [("", "is empty"), ("- a\n- b\n", "is a list, not a mapping"),
+                                       ("hello\n", "is 'hello', not a mapping")])
+def test_a_fleet_file_that_is_no_mapping_is_named(tmp_path, capsys, text, says):
+    """An empty fleet (an unset variable's /dev/null, a file not yet written) said "(top level): is
+    not a mapping", naming no file."""
+    p = tmp_path / "fleet.yaml"
+    p.write_text(text)
+    assert main(["plan", str(p)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {p}: {says}. Fix: ")

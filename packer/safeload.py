@@ -1,10 +1,13 @@
 """Reading what users hand us (fleets, plans, snapshots), bounded in time and memory.
 
-Every command that reads a fleet, a plan or a metrics snapshot reads it through here, so hostile
-or broken input fails the same way everywhere: one :class:`InputError` line naming the file (or
-the field) and the fix, exit code 2. The bounds:
+Every command that reads a fleet, a plan or a metrics snapshot reads it through here (so do the
+simulator's scenarios and traffic traces), so hostile or broken input fails the same way
+everywhere: one :class:`InputError` line naming the file (or the field) and the fix, exit code 2.
+The bounds:
 
-* at most :data:`MAX_BYTES` are read (``packer plan /dev/zero`` stops at once);
+* at most :data:`MAX_BYTES` are read (``packer plan /dev/zero`` stops at once; a reader of larger
+  files, such as ``sims.traffic.read_trace``, passes its own cap); a named pipe whose writer stays
+  silent for :data:`PIPE_WAIT_S` is refused;
 * the text must be UTF-8;
 * YAML is parsed as events first, without recursion, and refused when nesting is deeper than
   :data:`MAX_DEPTH` or when aliases would expand it past :data:`MAX_NODES` values (billion laughs);
@@ -83,21 +86,20 @@ PIPE_WAIT_S = 30.0
 """Longest wait for a pipe's writer (``packer plan <(make-fleet)``, a named pipe) to say more."""
 
 
-def _read_pipe(path: str | Path, p: str) -> bytes:
+def _read_pipe(path: str | Path, p: str, limit: int, fix: str) -> bytes:
     """A pipe read without blocking past :data:`PIPE_WAIT_S` between chunks: ``packer plan`` on
     a named pipe nobody writes to waited forever (found by fuzzing); it is now refused once no
-    writer has sent anything for that long."""
+    writer has sent anything for that long. At most ``limit + 1`` bytes are kept."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     chunks: list[bytes] = []
     size = 0
     try:
-        while size <= MAX_BYTES:
+        while size <= limit:
             ready, _, _ = select.select([fd], [], [], PIPE_WAIT_S)
             if not ready:
-                raise InputError(p, f"is a pipe that sent nothing for {PIPE_WAIT_S:.0f} s",
-                                 "give the fleet, plan or snapshot file itself")
+                raise InputError(p, f"is a pipe that sent nothing for {PIPE_WAIT_S:g} s", fix)
             try:
-                chunk = os.read(fd, 1 << 20)
+                chunk = os.read(fd, min(1 << 20, limit + 1 - size))
             except BlockingIOError:
                 continue
             if not chunk:
@@ -109,15 +111,28 @@ def _read_pipe(path: str | Path, p: str) -> bytes:
     return b"".join(chunks)
 
 
-def read_text(path: str | Path, fix: str) -> str:
-    """The file's text: at most :data:`MAX_BYTES`, UTF-8, else an :class:`InputError`."""
+def size_text(n: int) -> str:
+    """A byte count as a cap is named: ``16 MiB``, ``512 KiB``, ``100 bytes``."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n:,} bytes"
+
+
+def read_text(path: str | Path, fix: str, *, max_bytes: int | None = None,
+              whole: str = "give the fleet, plan or snapshot file itself") -> str:
+    """The file's text: at most ``max_bytes`` (default :data:`MAX_BYTES`), UTF-8, else an
+    :class:`InputError` naming the file. A named pipe waits at most :data:`PIPE_WAIT_S` for its
+    writer. ``fix`` is the advice for a missing or unreadable file, ``whole`` for a pipe that
+    stays silent and for a file over the cap (each reader says what it expected)."""
     p = str(path)
+    limit = MAX_BYTES if max_bytes is None else max_bytes
     try:
         if stat.S_ISFIFO(os.stat(path).st_mode):
-            data = _read_pipe(path, p)
+            data = _read_pipe(path, p, limit, whole)
         else:
             with open(path, "rb") as fh:
-                data = fh.read(MAX_BYTES + 1)
+                data = fh.read(limit + 1)
     except FileNotFoundError:
         raise InputError(p, "no such file", fix) from None
     except IsADirectoryError:
@@ -126,9 +141,8 @@ def read_text(path: str | Path, fix: str) -> str:
         raise InputError(p, "is not readable (permission denied)", "check the file's permissions") from None
     except OSError as e:
         raise InputError(p, f"cannot be read ({e.strerror or e})", fix) from None
-    if len(data) > MAX_BYTES:
-        raise InputError(p, f"is larger than {MAX_BYTES // 2**20} MiB, the most packer reads",
-                         "give the fleet, plan or snapshot file itself")
+    if len(data) > limit:
+        raise InputError(p, f"is larger than {size_text(limit)}, the most packer reads", whole)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

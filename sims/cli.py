@@ -110,9 +110,11 @@ def simulate(fleet_or_plan: str, scenario_path: str, duration: str | None, polic
     check_output_dir(out_dir, "--out-dir")
     check_output_file(output, "-o", not_=(fleet_or_plan, compare))
     scenario = load_scenario(scenario_path)
-    dur = _positive(parse_duration(duration, "--duration") if duration else (scenario.duration_s or 3600.0))
+    # The scenario's duration is None or > 0 (sims.scenario refuses 0, as _positive does --duration 0).
+    own = scenario.duration_s
+    dur = _positive(parse_duration(duration, "--duration") if duration else (3600.0 if own is None else own))
     # The field an error about the run's length names: the option, else the scenario file's key.
-    dname = "--duration" if duration or not scenario.duration_s else f"duration (in {scenario.source})"
+    dname = "--duration" if duration or own is None else f"duration (in {scenario.source})"
     if compare and compare != "spot" and compare not in policy_names() and not Path(compare).exists():
         raise UserError(f"--compare {compare!r} is neither a policy ({', '.join(policy_names())}) nor a file")
     plan = load_plan_or_fleet(fleet_or_plan, seed, progress=not no_progress)

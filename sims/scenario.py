@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.errors import UserError
-from packer.safeload import parse_yaml, read_text
+from packer.safeload import parse_yaml, read_text, show
 from packer.scaling.settings import ColdStart
 
 ROUTINGS = ("round-robin", "weighted")
@@ -254,7 +254,11 @@ def _list(doc: dict, key: str) -> list:
 
 def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = None) -> Scenario:
     """A scenario from its YAML document, section by section (each section's errors name the
-    field and the fix); relative trace paths are taken from ``base_dir``."""
+    field and the fix); relative trace paths are taken from ``base_dir``. A document that is not
+    a mapping is refused naming ``source``, the file (an empty one is a scenario of defaults)."""
+    if doc is not None and not isinstance(doc, dict):
+        raise ScenarioError(f"{source or '(top level)'}: is {_kind(doc)}, not a mapping. Fix: a scenario is "
+                            f"`key: value` lines at the top level (e.g. `process: peak`)")
     doc = _expect(doc, "(top level)")
     _check_keys(doc, {"name", "about", "process", "start_hour", "traffic_scale", "diurnal", "session",
                       "stream_arrivals", "grid",
@@ -287,9 +291,32 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         diurnal=diurnal, session_s=session_s, stream_arrivals=sa, grid_s=grid_s,
         models=tuple(models), bursts=tuple(bursts), spikes=tuple(spikes), batch_jobs=tuple(jobs), trace=trace,
         cluster=cluster, server=server, policy=str(doc.get("policy", "static")), policy_options=dict(po),
-        duration_s=None if doc.get("duration") is None else parse_duration(doc["duration"], "duration"),
+        duration_s=_duration(doc),
         source=source,
     )
+
+
+def _kind(doc: Any) -> str:
+    """What a document is, as a message names it: ``a list``, ``the text 'abc'``, ``the number 3``."""
+    if isinstance(doc, list):
+        return "a list"
+    if isinstance(doc, str):
+        return f"the text {show(doc)}"
+    if isinstance(doc, (int, float)) and not isinstance(doc, bool):
+        return f"the number {show(doc)}"
+    return f"a {type(doc).__name__}"
+
+
+def _duration(doc: dict[str, Any]) -> float | None:
+    """``duration:``: how long to simulate (None: the command's default). 0 is refused, as
+    ``--duration 0`` is: it ran the default hour instead (``duration_s or 3600``)."""
+    if doc.get("duration") is None:
+        return None
+    s = parse_duration(doc["duration"], "duration")
+    if s <= 0:
+        raise ScenarioError(f"duration: {doc['duration']!r} must be > 0. Fix: a simulated time, e.g. 1h "
+                            f"(or leave it out for the command's default)")
+    return s
 
 
 def _diurnal(doc: dict[str, Any]) -> Diurnal:

@@ -25,13 +25,17 @@ from __future__ import annotations
 import csv
 import fnmatch
 import math
+import os
+import stat
 import zlib
+from array import array
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from packer.fleet import Fleet, Model
+from packer.safeload import InputError, listing, read_text, show, size_text
 from sims.scenario import Scenario, ScenarioError
 
 EMPTY = np.empty(0)
@@ -372,29 +376,106 @@ class Blocked:
         return Arrivals(self.t[i0:i1], None if self.s is None else self.s[i0:i1])
 
 
-def read_trace(path: str) -> dict[str, np.ndarray]:
-    """``timestamp,model`` lines (a header line is allowed); timestamps in seconds, any origin."""
-    per: dict[str, list[float]] = {}
+MAX_TRACE_BYTES = 512 * 2**20
+"""Largest trace file read (bytes). A trace is held in memory whole: the file's bytes, then its
+text (both at once while it is decoded), then 8 bytes a request. Measured on the shared 2-core VM:
+a day's trace of 19.5 M requests (422 MB) reads in 24 s at 0.99 GB peak RSS, so one at the cap
+takes ~30 s and ~1.2 GB; ``trace: /dev/zero`` is refused after reading 512 MiB (1.7 s, 0.7 GB)
+where it grew to 24 GB before. A line of a real trace is 20-30 bytes (``1733492211.123,asr-en``),
+so the cap holds about 20 M requests, which is :data:`MAX_TRACE_ROWS`: a whole day of a fleet
+serving 230 rps on average (five times ``llm-platform``'s 45 rps, whose day is 3.9 M requests,
+~100 MB), or an average hour of ``multilingual-meetings`` (4,718 rps: 17 M requests). A denser
+day cannot be held as a list of requests at all (``multilingual-10``: 1.1 G requests, 9 GB as
+float64); replay an hour of it, looped (``loop: true``)."""
+MAX_TRACE_ROWS = MAX_DRAW
+"""Most requests a trace may hold: as many as one draw (160 MB as float64), since a trace's
+requests are held in memory like a draw's. It also bounds a file of very short lines (``0,a``:
+4 bytes) that :data:`MAX_TRACE_BYTES` alone would let through as 130 M requests."""
+_TRACE_FIX = "give trace.file as a CSV of `timestamp,model` lines"
+_trace_cache: tuple[tuple, dict[str, np.ndarray]] | None = None
+"""The last trace read, keyed by its file's identity: one run reads it once, not once for its
+load check, once per field the check blames and once for its sources (and a pipe can be read once)."""
+
+
+def _trace_key(path: str) -> tuple | None:
     try:
-        with open(path, newline="") as f:
-            for i, row in enumerate(csv.reader(f)):
-                if not row or row[0].startswith("#"):
-                    continue
-                if len(row) < 2:
-                    raise ScenarioError(f"{path}:{i + 1}: expected `timestamp,model`, got {row!r}")
-                try:
-                    ts = float(row[0])
-                except ValueError:
-                    if i == 0:
-                        continue  # header
-                    raise ScenarioError(f"{path}:{i + 1}: timestamp {row[0]!r} is not a number of seconds") from None
-                per.setdefault(row[1].strip(), []).append(ts)
-    except FileNotFoundError:
-        raise ScenarioError(f"trace.file: {path} does not exist") from None
+        st = os.stat(path)
+    except OSError:
+        return None  # read_text says why
+    if stat.S_ISREG(st.st_mode):
+        return (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    if stat.S_ISFIFO(st.st_mode):
+        return (path, st.st_dev, st.st_ino)  # what a pipe sent once is the trace for this run
+    return None
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The text's lines, each with its newline, one at a time: ``io.StringIO`` would copy the text
+    at 4 bytes a character (2 GB for a trace at the cap), ``splitlines`` hold every line at once."""
+    start, n = 0, len(text)
+    while start < n:
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end + 1]
+        start = end + 1
+
+
+def read_trace(path: str) -> dict[str, np.ndarray]:
+    """``timestamp,model`` lines (a header line is allowed); timestamps in seconds, finite, any
+    origin (negative ones too: the earliest becomes 0). Read through :func:`packer.safeload.read_text` (at most
+    :data:`MAX_TRACE_BYTES`, UTF-8, a named pipe waits at most ``PIPE_WAIT_S``) and at most
+    :data:`MAX_TRACE_ROWS` requests; anything wrong is one :class:`ScenarioError` line naming the
+    file (and the line) and the fix."""
+    global _trace_cache
+    key = _trace_key(path)
+    if key is not None and _trace_cache is not None and _trace_cache[0] == key:
+        return _trace_cache[1]
+    try:
+        text = read_text(path, _TRACE_FIX, max_bytes=MAX_TRACE_BYTES,
+                         whole=f"give a trace CSV file of at most {size_text(MAX_TRACE_BYTES)} and "
+                               f"{MAX_TRACE_ROWS:,} requests (e.g. an hour of it; `loop: true` repeats it)")
+    except InputError as e:
+        raise ScenarioError(f"trace.file: {e}") from None
+    per: dict[str, array] = {}
+    rows = 0
+    reader = csv.reader(_lines(text.removeprefix("\ufeff")))
+    try:
+        for i, row in enumerate(reader):
+            line = reader.line_num
+            if not row or row[0].startswith("#"):
+                continue
+            if len(row) < 2:
+                raise ScenarioError(f"{path}:{line}: expected `timestamp,model`, got {show(row)}. Fix: {_TRACE_FIX}")
+            try:
+                ts = float(row[0])
+            except ValueError:
+                if i == 0:
+                    continue  # header
+                raise ScenarioError(f"{path}:{line}: timestamp {show(row[0])} is not a number of seconds. "
+                                    f"Fix: {_TRACE_FIX}") from None
+            if not math.isfinite(ts):  # nan broke the replay; inf made 3,091 requests of 2
+                raise ScenarioError(f"{path}:{line}: timestamp {show(row[0])} is not a finite number of seconds. "
+                                    "Fix: give each request's time in seconds (any origin, e.g. Unix time)")
+            rows += 1
+            if rows > MAX_TRACE_ROWS:
+                raise ScenarioError(f"trace.file: {path} holds more than {MAX_TRACE_ROWS:,} requests, the most a "
+                                    f"trace may hold. Fix: replay a part of it (e.g. an hour; `loop: true` repeats it)")
+            per.setdefault(row[1].strip(), array("d")).append(ts)
+    except csv.Error as e:  # a field over csv's limit (131,072 characters), a broken quote
+        raise ScenarioError(f"{path}:{reader.line_num}: is not a `timestamp,model` CSV ({e}). "
+                            f"Fix: {_TRACE_FIX}") from None
+    del text
     if not per:
-        raise ScenarioError(f"{path}: the trace has no requests")
+        raise ScenarioError(f"{path}: the trace has no requests. Fix: {_TRACE_FIX}")
     t0 = min(min(v) for v in per.values())
-    return {m: np.asarray(v) - t0 for m, v in per.items()}
+    out = {m: np.frombuffer(v, dtype=np.float64) - t0 for m, v in per.items()}
+    for a in out.values():
+        a.flags.writeable = False  # shared by every reader of the cached trace
+    if key is not None:
+        _trace_cache = (key, out)
+    return out
 
 
 def _trace_span(trace: dict[str, np.ndarray]) -> float:
@@ -408,10 +489,11 @@ def _trace_span(trace: dict[str, np.ndarray]) -> float:
 def sources(fleet: Fleet, scenario: Scenario, seed: int) -> list[Blocked]:
     """One arrival source per model of the fleet, in fleet order."""
     trace = read_trace(scenario.trace.file) if scenario.trace else {}
-    if trace:
+    if trace and scenario.trace is not None:
         unknown = sorted(set(trace) - {m.name for m in fleet.models})
         if unknown:
-            raise ScenarioError(f"trace names models not in the fleet: {unknown[:5]}")
+            raise ScenarioError(f"trace.file: {scenario.trace.file} names models not in the fleet: "
+                                f"{listing(show(m) for m in unknown)}. Fix: drop their lines, or use the plan's fleet")
     span = _trace_span(trace)
     out: list[Blocked] = []
     tally = Tally()

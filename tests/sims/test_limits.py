@@ -254,3 +254,47 @@ def test_capacity_plans_each_factor_once_and_names_every_file_it_writes(tmp_path
     out, err = capsys.readouterr()
     assert sum(1 for ln in out.splitlines() if ln.strip().startswith("1 ")) == 1, out
     assert all(str(tmp_path / "cap" / n) in err for n in ("capacity.json", "capacity.png", "capacity.svg")), err
+
+
+# -- hostile traces and scenario files, end to end: exit 2, one line, no traceback ----------------
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("trace,start", [
+    (None, "error: trace.file: {dir}: is a directory. Fix: "),
+    (b"0,asr\nnan,asr\n", "error: {csv}:2: timestamp 'nan' is not a finite number of seconds. Fix: "),
+    (b"0,asr\ninf,asr\n", "error: {csv}:2: timestamp 'inf' is not a finite number of seconds. Fix: "),
+    (b"0,asr\n1,\xff\n", "error: trace.file: {csv}: is not UTF-8 text (byte 0xff at line 2). Fix: "),
+    (b"0,asr\n1," + b"p" * 140_000 + b"\n", "error: {csv}:2: is not a `timestamp,model` CSV (field larger than "),
+], ids=["directory", "nan", "inf", "not-utf8", "long-field"])
+@pytest.mark.parametrize("command", ["simulate", "capacity"])
+def test_a_bad_trace_exits_2_with_one_line(plan_file: Path, tmp_path: Path, trace: bytes | None, start: str,
+                                           command: str, capsys: pytest.CaptureFixture) -> None:
+    """Audit A9-A12, C5: tracebacks (exit 1), or a run of thousands of requests from a two-line trace."""
+    csv_path = tmp_path / "t.csv"
+    if trace is not None:
+        csv_path.write_bytes(trace)
+    sc = tmp_path / "s.yaml"
+    sc.write_text(yaml.safe_dump({"process": "peak", "trace": str(tmp_path if trace is None else csv_path)}))
+    if command == "simulate":
+        args = ["simulate", str(plan_file), "--scenario", str(sc), "--duration", "1m", "--no-progress"]
+    else:
+        (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(FLEET))
+        args = ["capacity", str(tmp_path / "fleet.yaml"), "--growth", "1", "--duration", "1m", "--time-limit", "1",
+                "--scenario", str(sc), "--no-progress"]
+    rc, _, err = run_cli(args, capsys)
+    line = one_line_error(err)
+    assert rc == 2 and line.startswith(start.format(dir=tmp_path, csv=csv_path)), line
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("text,start", [
+    ("process: peak\nduration: 0\n", "error: duration: 0 must be > 0. Fix: "),  # ran the default hour
+    ("- process: peak\n", "error: {sc}: is a list, not a mapping. Fix: "),  # did not name the file
+], ids=["duration-0", "list"])
+def test_a_bad_scenario_file_exits_2_with_one_line(plan_file: Path, tmp_path: Path, text: str, start: str,
+                                                   capsys: pytest.CaptureFixture) -> None:
+    sc = tmp_path / "s.yaml"
+    sc.write_text(text)
+    rc, _, err = run_cli(["simulate", str(plan_file), "--scenario", str(sc), "--no-progress"], capsys)
+    line = one_line_error(err)
+    assert rc == 2 and line.startswith(start.format(sc=sc)), line

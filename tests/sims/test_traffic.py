@@ -174,3 +174,113 @@ def test_stream_chunks_can_arrive_as_one_poisson_process() -> None:
     assert gaps.std() / gaps.mean() == pytest.approx(1.0, abs=0.03)
     with pytest.raises(UserError, match="stream_arrivals"):
         parse_scenario({"stream_arrivals": "sometimes"})
+
+
+# -- hostile traces: one ScenarioError line naming the file and the fix, in bounded time ----------
+
+def _trace(tmp_path: Path, data: bytes) -> str:
+    p = tmp_path / "t.csv"
+    p.write_bytes(data)
+    return str(p)
+
+
+@pytest.mark.parametrize("data,needle", [
+    (b"0,asr-en\nnan,asr-en\n", "t.csv:2: timestamp 'nan' is not a finite number of seconds"),
+    (b"0,asr-en\ninf,asr-en\n", "t.csv:2: timestamp 'inf' is not a finite number"),  # made 3,091 requests of 2
+    (b"0,asr-en\n1e400,asr-en\n", "t.csv:2: timestamp '1e400' is not a finite number"),
+    (b"0,asr-en\n1,asr-\xff\n", "t.csv: is not UTF-8 text (byte 0xff at line 2)"),
+    (b"0,asr-en\n1," + b"x" * 200_000 + b"\n", "t.csv:2: is not a `timestamp,model` CSV (field larger than"),
+], ids=["nan", "inf", "overflow", "not-utf8", "long-field"])
+def test_a_bad_trace_is_one_line_naming_the_file_and_line(tmp_path: Path, data: bytes, needle: str) -> None:
+    """nan, a byte that is not UTF-8 and a 200,000-character field ended in tracebacks (ValueError,
+    UnicodeDecodeError, _csv.Error); inf was replayed as thousands of requests."""
+    from sims.traffic import read_trace
+
+    with pytest.raises(UserError) as e:
+        read_trace(_trace(tmp_path, data))
+    msg = str(e.value)
+    assert needle in msg and "Fix:" in msg and "\n" not in msg and len(msg) < 400, msg
+
+
+def test_a_trace_that_is_a_directory_is_refused(tmp_path: Path) -> None:
+    """``trace: /tmp`` was an IsADirectoryError traceback."""
+    from sims.traffic import read_trace
+
+    with pytest.raises(UserError, match=f"^trace.file: {tmp_path}: is a directory. Fix: "):
+        read_trace(str(tmp_path))
+
+
+def test_a_trace_over_the_size_cap_is_refused_naming_the_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trace: /dev/zero`` grew to 24 GB: a trace is read up to MAX_TRACE_BYTES and no further."""
+    from sims import traffic
+
+    p = _trace(tmp_path, b"".join(b"%d,asr-en\n" % i for i in range(1000)))  # 8,890 bytes
+    monkeypatch.setattr(traffic, "MAX_TRACE_BYTES", 4096)
+    with pytest.raises(UserError, match="is larger than 4 KiB, the most packer reads. Fix: give a trace CSV file of "
+                                        "at most 4 KiB"):
+        traffic.read_trace(p)
+    monkeypatch.setattr(traffic, "MAX_TRACE_BYTES", 2**20)
+    assert traffic.read_trace(p)["asr-en"].size == 1000
+    # Short lines pass the byte cap in larger numbers: the requests are capped too.
+    monkeypatch.setattr(traffic, "MAX_TRACE_ROWS", 999)
+    (tmp_path / "rows").mkdir()
+    p2 = _trace(tmp_path / "rows", b"".join(b"%d,asr-en\n" % i for i in range(1000)))
+    with pytest.raises(UserError, match="holds more than 999 requests, the most a trace may hold. Fix: "):
+        traffic.read_trace(p2)
+
+
+@pytest.mark.timeout(10)
+def test_a_trace_on_a_pipe_nobody_writes_to_is_refused_in_bounded_time(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A trace that was a named pipe with no writer blocked forever: it is read like a fleet,
+    through ``packer.safeload.read_text``, which gives up after PIPE_WAIT_S."""
+    import os
+    import threading
+    import time
+
+    from packer import safeload
+    from sims.traffic import read_trace
+
+    monkeypatch.setattr(safeload, "PIPE_WAIT_S", 0.2)
+    fifo = tmp_path / "trace.csv"
+    os.mkfifo(fifo)
+    t = time.monotonic()
+    with pytest.raises(UserError, match=f"^trace.file: {fifo}: is a pipe that sent nothing for 0.2 s. Fix: "):
+        read_trace(str(fifo))
+    assert time.monotonic() - t < 1.0
+
+    def write() -> None:  # a pipe with a writer is still read, and once per run
+        with open(fifo, "w") as fh:
+            fh.write("0,asr-en\n0.5,asr-en\n")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    assert read_trace(str(fifo))["asr-en"].tolist() == [0.0, 0.5]
+    writer.join()
+    assert read_trace(str(fifo))["asr-en"].tolist() == [0.0, 0.5]
+
+
+def test_a_scenario_duration_of_zero_is_refused() -> None:
+    """``duration: 0`` ran the default hour (``duration_s or 3600``); ``--duration 0`` is refused."""
+    with pytest.raises(UserError, match=r"^duration: 0 must be > 0\. Fix: "):
+        parse_scenario({"duration": 0})
+    with pytest.raises(UserError, match=r"^duration: '0s' must be > 0\. Fix: "):
+        parse_scenario({"duration": "0s"})
+    assert parse_scenario({"duration": "2m"}).duration_s == 120 and parse_scenario({}).duration_s is None
+
+
+@pytest.mark.parametrize("text,kind", [("- 1\n", "a list"), ("abc\n", "the text 'abc'"), ("3\n", "the number 3")])
+def test_a_scenario_that_is_not_a_mapping_names_its_file(tmp_path: Path, text: str, kind: str) -> None:
+    """It said ``(top level): is not a mapping``, without the file."""
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    with pytest.raises(UserError, match=f"^{p}: is {kind}, not a mapping. Fix: "):
+        load_scenario(p)
+
+
+def test_a_trace_of_any_origin_starts_at_zero_negative_times_too(tmp_path: Path) -> None:
+    """docs/simulator.md: timestamps in seconds, any origin; times before an event are negative."""
+    from sims.traffic import read_trace
+
+    got = read_trace(_trace(tmp_path, b"timestamp,model\n-5,asr-en\n-4.5,asr-en\n0,punct-en\n"))
+    assert got["asr-en"].tolist() == [0.0, 0.5] and got["punct-en"].tolist() == [5.0]

@@ -299,7 +299,11 @@ def test_too_many_values_without_aliases_does_not_blame_aliases(tmp_path, capsys
     (["scale", "--plan", "PLAN", "--metrics", "SNAP:null"], "is null, not a number"),
     (["scale", "--plan", "PLAN", "--metrics", "SNAP:scalar"], "is not a mapping; give some of arrival_rps"),
     (["scale", "--plan", "PLAN", "--triton", "http://127.0.0.1:9/metrics"], "Connection refused"),
+    # No URL at all was a ValueError traceback; a file:// URL was read as metrics ("no action").
+    (["scale", "--plan", "PLAN", "--triton", "not a url", "--window", "0"], "is not an http(s) URL"),
+    (["scale", "--plan", "PLAN", "--triton", "file:///etc/passwd", "--window", "0"], "is not an http(s) URL"),
     (["reconcile", "--dry-run", "--kubeconfig", "nosuch-kubeconfig"], "--kubeconfig nosuch-kubeconfig: no such file"),
+    (["reconcile", "--dry-run", "--kubeconfig", "/dev/zero"], "--kubeconfig /dev/zero: is not a regular file"),
 ])
 def test_messages_speak_json_and_plain_words_not_python(tmp_path, capsys, plan_file, args, says):
     """What the user wrote is JSON or YAML and what they read is one line: no Python reprs
@@ -326,3 +330,31 @@ def test_a_bad_image_reference_is_refused_before_rendering(tmp_path, capsys, pla
         line = _run(capsys, ["render", "k8s", plan_file, "-d", str(tmp_path / "out"), flag, "bad image"])
         assert flag in line and "not an image reference" in line
         assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,says", [
+    (["plan", ""], "FLEET: the path is empty"),
+    (["plan", "-o", ""], "-o: the path is empty"),
+    (["plan", "--svg", " "], "--svg: the path is empty"),
+    (["gpus", ""], "GPU_TYPE: is empty"),
+    (["render", "triton", "PLAN", "-d", ""], "no output directory"),
+])
+def test_an_empty_path_is_refused_not_taken_for_the_default(capsys, plan_file, args, says):
+    """An unset shell variable (``packer plan "$FLEET" -o "$OUT"``) planned the bundled example and
+    wrote the plan nowhere, with exit 0."""
+    line = _run(capsys, [plan_file if a == "PLAN" else a for a in args])
+    assert says in line, line
+
+
+def test_an_os_error_past_the_checks_is_one_line(tmp_path, capsys, plan_file, monkeypatch):
+    """What the checks before the work cannot see (``-d /proc/x`` as root, a disk that fills) was
+    a traceback from mkdir or write; it is one line naming the path, exit 2."""
+    import errno
+    from pathlib import Path
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", full)
+    line = _run(capsys, ["render", "triton", plan_file, "-d", str(tmp_path / "out")])
+    assert "No space left on device" in line and "out" in line

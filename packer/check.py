@@ -41,6 +41,9 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
     st = SlotType(pool, p.slot)
     cap = st.memory_gb * (len(p.gpus) if len(p.gpus) > 1 else 1)
     mem = sum(m.memory_gb for m in p.models)
+    if abs(p.memory_capacity_gb - cap) > 0.01:  # the planner writes it to two decimals
+        errs.append(f"{p.id}: memory_capacity_gb {p.memory_capacity_gb:g} GB, but pool {pool.name}'s {p.slot} slot "
+                    f"has {cap:.2f} GB")
     if mem > cap + 1e-6:
         errs.append(f"{p.id}: memory {mem:.2f} GB over {cap:.2f} GB")
     if len({m.kind for m in p.models}) > 1 and not pool.time_slicing:
@@ -157,6 +160,10 @@ def _pool_errors(plan: Plan) -> list[str]:
     used: Counter = Counter()
     for l in plan.layouts:
         used[l.pool] += 1
+    paid = {(l.pool, l.node, l.gpu) for l in plan.layouts}
+    for p in plan.placements if plan.layouts else ():  # a plan without layouts says nothing of its GPUs
+        if gone := [g for g in p.gpus if (p.pool, p.node, g) not in paid]:
+            errs.append(f"{p.id}: on {p.node}/gpu{gone[0]}, a GPU that the plan's layouts do not list (not paid for)")
     for pool in f.pools:
         if used[pool.name] > pool.max_gpus:
             errs.append(f"{pool.name}: {used[pool.name]} GPUs over the pool's {pool.max_gpus}")

@@ -18,10 +18,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from packer.catalog import gpu_type
+from packer.catalog import gpu_type, mig_layouts
 from packer.check import check_plan
 from packer.errors import UserError
-from packer.plan import PLAN_VERSION, Member, Plan, from_dict, node_parts
+from packer.plan import PLAN_VERSION, GpuLayout, Member, Plan, from_dict, node_name, node_parts
 from packer.safeload import InputError, cut, cut_path, looks_like_json, parse_json, parse_yaml, read_text, show
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
@@ -78,6 +78,8 @@ def plan_problems(plan: Plan) -> list[tuple[str, str, str]]:
             continue
         if pl.slot != "whole" and not _number(pl.mig_start, 0, 7, integer=True):
             out.append((f"{at}.mig_start", "must be a MIG memory-slice offset, 0 to 7", REPLAN))
+        if pl.slot == "whole" and pl.mig_start is not None:
+            out.append((f"{at}.mig_start", "must be null on a whole GPU (it is a MIG instance's offset)", REPLAN))
         gpus = pl.gpus if isinstance(pl.gpus, tuple) else ()
         if not gpus or not all(_number(x, 0, pool.gpus_per_node - 1, integer=True) for x in (pl.gpu, *gpus)) \
                 or pl.gpu not in gpus or len(set(gpus)) != len(gpus):
@@ -113,11 +115,62 @@ def plan_problems(plan: Plan) -> list[tuple[str, str, str]]:
             for key in ("share", "memory_gb", "p99_bound_ms", "slo_ms", "rate_rps"):
                 if not _number(getattr(m, key), 0.0, 1e12):
                     out.append((f"{mat}.{key}", "must be a non-negative number", REPLAN))
+        if len(out) == before and pl.memory_capacity_gb + 1e-6 < (need := sum(m.memory_gb for m in pl.models)):
+            out.append((f"{at}.memory_capacity_gb", f"is {pl.memory_capacity_gb:g} GB, below the {need:g} GB its "
+                        "members need", REPLAN))
         if len(out) == before:  # a slot id is only read from a placement without problems
             k = seen.setdefault(pl.id, i)
             if k != i:
                 out.append((at, f"is slot {show(pl.id, 60)} again (placements[{k}])", REPLAN))
+    for name, n in plan.replicas.items():
+        at = f"replicas.{cut(str(name), 64)}"
+        if name not in models:
+            out.append((at, "is not a model of the plan's fleet", REPLAN))
+        elif not _number(n, 0, 1e9, integer=True):
+            out.append((at, f"is {show(n, 40)}: must be a whole number of replicas from 0", REPLAN))
+    gpu_seen: dict[tuple[str, str, int], int] = {}
+    for i, lay in enumerate(plan.layouts):
+        at, before = f"layouts[{i}]", len(out)
+        out += _layout_problems(lay, at, pools)
+        if len(out) == before:
+            k = gpu_seen.setdefault((lay.pool, lay.node, lay.gpu), i)
+            if k != i:
+                out.append((at, f"is GPU {lay.node}/gpu{lay.gpu} again (layouts[{k}])", REPLAN))
     return out
+
+
+def _is_node_of(node: Any, pool: Any) -> bool:
+    """``node`` is ``<pool>-n<k>`` (:func:`~packer.plan.node_name`), one of ``pool``'s nodes."""
+    tail = node[len(pool.name) + 2:] if isinstance(node, str) and node.startswith(pool.name + "-n") else ""
+    return (0 < len(tail) <= 9 and tail.isascii() and tail.isdigit() and int(tail) < pool.max_nodes
+            and node == node_name(pool.name, int(tail)))
+
+
+def _layout_problems(lay: GpuLayout, at: str, pools: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """``(field, problem, fix)`` of one GPU's entry in ``layouts``: a GPU of one of the pool's nodes
+    (as :func:`~packer.plan.node_name` names them), ``whole`` or a MIG layout of its GPU type, and
+    the catalog's creation order of that layout (or none). The first problem only: the later ones
+    read the earlier fields."""
+    pool = pools.get(lay.pool) if isinstance(lay.pool, str) else None
+    if pool is None:
+        return [(f"{at}.pool", f"{show(str(lay.pool), 40)} is not a pool of the plan's fleet", REPLAN)]
+    if not _is_node_of(lay.node, pool):
+        return [(f"{at}.node", f"{show(str(lay.node), 40)} is not one of pool {pool.name}'s nodes: the form is "
+                 f"<pool>-n<k>, {pool.name}-n0 to {pool.name}-n{pool.max_nodes - 1}", REPLAN)]
+    if not _number(lay.gpu, 0, pool.gpus_per_node - 1, integer=True):
+        return [(f"{at}.gpu", f"{show(lay.gpu, 40)} is not a GPU index 0 to {pool.gpus_per_node - 1} "
+                 f"(a node of pool {pool.name})", REPLAN)]
+    mig = isinstance(lay.layout, str) and lay.layout != "whole"
+    known = [l for l in mig_layouts(pool.gpu) if l.name == lay.layout] if mig and pool.mig else []
+    if not isinstance(lay.layout, str) or mig and not known:
+        what = (f"whole or a MIG layout of pool {pool.name}'s {pool.gpu}" if pool.mig
+                else f"whole: pool {pool.name} does not partition its GPUs (no MIG)")
+        return [(f"{at}.layout", f"{show(str(lay.layout), 40)} is not {what}", REPLAN)]
+    order = lay.creation_order  # what the catalog says creates the layout (the scaler's GPUs: none)
+    if order and all(l.creation_order != order for l in known):
+        what = "its layout's MIG profiles, in the order that creates them" if mig else "empty on a whole GPU"
+        return [(f"{at}.creation_order", f"must be {what}", REPLAN)]
+    return []
 
 
 def is_hand_written(plan: Plan) -> bool:
@@ -151,6 +204,7 @@ def validate_plan(plan: Plan, where: str) -> Plan:
 PLACEMENT_KEYS = ("pool", "node", "gpu", "slot", "models", "duty_cycle_ms", "memory_gb", "memory_capacity_gb",
                   "compute_share", "binding", "reason")
 MEMBER_KEYS = tuple(f.name for f in fields(Member))
+LAYOUT_KEYS = ("pool", "node", "gpu", "layout")
 
 
 def shape_problem(doc: dict[str, Any]) -> tuple[str, str] | None:
@@ -158,8 +212,8 @@ def shape_problem(doc: dict[str, Any]) -> tuple[str, str] | None:
     built from the document (so a hand-broken file names its field, not a Python error)."""
     objects = {"gpus": dict, "replicas": dict, "baselines": dict, "settings": dict, "layouts": list,
                "moves": list, "warnings": list, "placements": list}
-    for key, kind in objects.items():
-        if key in doc and doc[key] is not None and not isinstance(doc[key], kind):
+    for key, kind in objects.items():  # only ``settings`` may be null (the defaults)
+        if key in doc and not isinstance(doc[key], kind) and (doc[key] is not None or key != "settings"):
             return key, f"must be a JSON {'object' if kind is dict else 'list'}"
     for k, v in (doc.get("baselines") or {}).items():
         if not isinstance(v, dict):
@@ -182,6 +236,10 @@ def shape_problem(doc: dict[str, Any]) -> tuple[str, str] | None:
     for i, lay in enumerate(doc.get("layouts") or []):
         if not isinstance(lay, dict):
             return f"layouts[{i}]", "must be a JSON object"
+        if missing := [k for k in LAYOUT_KEYS if k not in lay]:
+            return f"layouts[{i}]", f"has no `{missing[0]}`"
+        if not isinstance(lay.get("creation_order", []), list):
+            return f"layouts[{i}].creation_order", "must be a JSON list"
     return None
 
 

@@ -111,3 +111,108 @@ def test_the_planners_plans_and_their_scaled_successors_are_read(plan_doc, tmp_p
                  "-o", str(tmp_path / "next.json")]) == 0
     nxt = load_plan(tmp_path / "next.json")
     assert nxt.status == "scaled" and len(nxt.placements) > len(plan_doc["placements"])
+
+
+# -- a hostile sweep of plan files (twenty-ninth session, A2-A8, C6): fields that went unchecked
+# crashed every reader with a traceback (a TypeError in check_plan, StopIteration on an unknown
+# layout pool, an unhashable mig_start in render k8s) or were accepted and broke a later stage (a
+# layout's node 'a;$(id)' became a node label; a slot of 0 GB crashed scale and simulate).
+
+
+def _whole(d: dict) -> int:
+    return next(i for i, p in enumerate(d["placements"]) if p["slot"] == "whole")
+
+
+def _lay(d: dict, mig: bool = False) -> int:
+    return next(i for i, l in enumerate(d["layouts"]) if (l["layout"] != "whole") == mig)
+
+
+def _set(d: dict, where: str, i: int, key: str, value: Any) -> str:
+    d[where][i][key] = value
+    return f"{where}[{i}].{key}"
+
+
+def _model(d: dict) -> str:
+    return d["placements"][0]["models"][0]["name"]
+
+
+HOSTILE: list[tuple[str, Callable[[dict], str], str]] = [
+    *[(f"replicas-{n}", lambda d, v=v: d["replicas"].__setitem__(_model(d), v) or f"replicas.{_model(d)}",
+       "must be a whole number of replicas") for n, v in (("null", None), ("str", "x"), ("list", []), ("obj", {}),
+                                                          ("neg", -1), ("half", 0.5))],
+    ("replicas-unknown", lambda d: d["replicas"].__setitem__("nope", 1) or "replicas.nope", "is not a model"),
+    *[(f"layout-pool-{n}", lambda d, v=v: _set(d, "layouts", 0, "pool", v), "is not a pool of the plan's fleet")
+      for n, v in (("null", None), ("str", "x"), ("list", []), ("obj", {}))],
+    *[(f"layout-node-{n}", lambda d, v=v: _set(d, "layouts", _lay(d), "node", v), "the form is <pool>-n<k>")
+      for n, v in (("null", None), ("int", 3), ("list", []), ("obj", {}), ("str", "x"), ("shell", "a;$(id)"),
+                   ("path", "../../etc/passwd"), ("zeros", "l4-n00"), ("past", "l4-n99"), ("other", "a100-80-n0"))],
+    *[(f"layout-gpu-{n}", lambda d, v=v: _set(d, "layouts", _lay(d), "gpu", v), "is not a GPU index")
+      for n, v in (("null", None), ("str", "x"), ("list", []), ("neg", -1), ("big", 99))],
+    ("layout-name", lambda d: _set(d, "layouts", _lay(d), "layout", "a;$(id)"), "pool l4 does not partition"),
+    ("layout-mig-name", lambda d: _set(d, "layouts", _lay(d, True), "layout", "9g.99gb"), "is not whole or a MIG"),
+    ("creation-order-whole", lambda d: _set(d, "layouts", _lay(d), "creation_order", ["1g.10gb"]), "must be empty"),
+    ("creation-order-str", lambda d: _set(d, "layouts", _lay(d), "creation_order", "x"), "must be a JSON list"),
+    ("creation-order-mig", lambda d: _set(d, "layouts", _lay(d, True), "creation_order",
+                                          d["layouts"][_lay(d, True)]["creation_order"][::-1]), "order that creates"),
+    ("layout-twice", lambda d: d["layouts"].append(dict(d["layouts"][1])) or f"layouts[{len(d['layouts']) - 1}]",
+     "again (layouts[1])"),
+    ("placements-null", lambda d: d.__setitem__("placements", None) or "placements", "must be a JSON list"),
+    *[(f"mig-start-{n}", lambda d, v=v: _set(d, "placements", _whole(d), "mig_start", v), "must be null on a whole")
+      for n, v in (("list", []), ("obj", {}), ("int", 0))],
+    *[(f"capacity-{n}", lambda d, v=v: _set(d, "placements", _whole(d), "memory_capacity_gb", v), "GB its members need")
+      for n, v in (("zero", 0), ("half", 0.5))],
+    ("capacity-not-the-slots", lambda d: _slot(d, lambda p: p.__setitem__("memory_capacity_gb", 80.0)),
+     "memory_capacity_gb 80 GB, but pool l4's whole slot has 22.50 GB"),
+    ("unpaid-gpu", lambda d: _slot(d, lambda p: d["layouts"].remove(next(
+        l for l in d["layouts"] if (l["node"], l["gpu"]) == (p["node"], p["gpu"])))), "the plan's layouts do not list"),
+]
+
+
+def _slot(d: dict, edit: Callable[[dict], Any]) -> str:
+    """Edit a whole-GPU slot; the check of the plan against its fleet names it by its id."""
+    p = d["placements"][_whole(d)]
+    edit(p)
+    return p["id"]
+
+
+@pytest.mark.parametrize("name,edit,says", HOSTILE, ids=[e[0] for e in HOSTILE])
+def test_a_hostile_plan_field_is_named_not_a_python_error(plan_doc, tmp_path, name, edit, says) -> None:
+    """Each value is refused where the plan is read, as one user error naming its field (``field``
+    is what the edit returns: the error names it)."""
+    d = json.loads(json.dumps(plan_doc))
+    field = edit(d)
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    with pytest.raises(InputError) as e:
+        load_plan(tmp_path / "bad.json")
+    msg = str(e.value)
+    assert f"{field}:" in msg and says in msg and "\n" not in msg, msg
+
+
+READERS = [
+    ["plan", str(EXAMPLE), "--time-limit", "1", "--current", "{plan}"],
+    ["render", "k8s", "{plan}", "-d", "{tmp}/k8s"],
+    ["render", "triton", "{plan}", "-d", "{tmp}/triton", "--device", "cpu"],
+    ["simulate", "{plan}", "--scenario", "peak", "--duration", "1m", "--no-progress"],
+    ["scale", "--plan", "{plan}", "--metrics", "{tmp}/snap.json"],
+    ["serve-local", "{plan}", "--group", "0", "--seconds", "1"],
+]
+
+
+@pytest.mark.parametrize("argv", READERS, ids=["plan-current", "render-k8s", "render-triton", "simulate", "scale",
+                                              "serve-local"])
+@pytest.mark.parametrize("edit,field", [
+    (lambda d: d["replicas"].__setitem__(_model(d), None), "replicas."),
+    (lambda d: d["layouts"][0].__setitem__("node", "a;$(id)"), "layouts[0].node"),
+    (lambda d: d["placements"][_whole(d)].__setitem__("memory_capacity_gb", 0.5), ".memory_capacity_gb"),
+], ids=["replicas", "layout-node", "capacity"])
+def test_every_plan_reader_refuses_a_hostile_plan_in_one_line(plan_doc, tmp_path, capsys, argv, edit, field) -> None:
+    d = json.loads(json.dumps(plan_doc))
+    edit(d)
+    (tmp_path / "bad.json").write_text(json.dumps(d))
+    (tmp_path / "snap.json").write_text(json.dumps({"time": 0, "models": {}}))
+    args = [a.format(plan=tmp_path / "bad.json", tmp=tmp_path) for a in argv]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0] and "Traceback" not in err, err
+    assert not (tmp_path / "k8s").exists() and not (tmp_path / "triton").exists()

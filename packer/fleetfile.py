@@ -290,7 +290,11 @@ def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
 def load_fleet(path: str | Path) -> Fleet:
     """Read and validate a fleet file, bounded in size, nesting and alias expansion (``packer.safeload``)."""
     p = str(path)
-    text = read_text(path, "give the path of a fleet YAML file")
+    return fleet_from_text(read_text(path, "give the path of a fleet YAML file"), p)
+
+
+def fleet_from_text(text: str, p: str) -> Fleet:
+    """:func:`load_fleet` on text already read; ``p`` names the file in errors."""
     # Numbers are range-checked field by field below, where the error can say the field's range.
     doc = parse_yaml(text, p, numbers=False)
     if isinstance(doc, dict) and "placements" in doc and "fleet" in doc:

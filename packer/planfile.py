@@ -251,8 +251,27 @@ def load_plan(path: str | Path) -> Plan:
     """
 
     p = cut_path(path)
-    fix = "write one with `packer plan FLEET -o plan.json`"
-    text = read_text(path, fix)
+    return plan_from_text(read_text(path, PLAN_FIX), p)
+
+
+PLAN_FIX = "write one with `packer plan FLEET -o plan.json`"
+
+
+def is_plan_text(text: str) -> bool:
+    """Whether a file's text is a plan (JSON with ``fleet`` and ``placements``), not a fleet: what
+    a command taking either reads it as, whatever the file's name ends with."""
+    if not looks_like_json(text):
+        return False
+    try:
+        doc = parse_json(text, "")
+    except InputError:
+        return True  # broken JSON: the plan reader says where
+    return isinstance(doc, dict) and "placements" in doc and "fleet" in doc
+
+
+def plan_from_text(text: str, p: str) -> Plan:
+    """:func:`load_plan` on text already read; ``p`` names the file in errors."""
+    fix = PLAN_FIX
     if looks_like_json(text):
         doc = parse_json(text, p)
     else:  # perhaps a fleet file where a plan belongs

@@ -22,9 +22,10 @@ from packer.cliutil import (SECONDS, SEED, Number, Spinner, check_output_dir, ch
                             json_alias, out_dir_option, output_option, resolve_format, resolve_out_dir, same_traffic)
 from packer.errors import UserError
 from packer.fleet import Fleet
-from packer.fleetfile import load_fleet
+from packer.fleetfile import fleet_from_text, load_fleet
 from packer.plan import Plan
-from packer.planfile import load_plan
+from packer.planfile import is_plan_text, plan_from_text
+from packer.safeload import cut_path, read_text
 from packer import planner
 from sims import engine, report
 from sims.registry import policy_names
@@ -41,13 +42,14 @@ def _plan_fleet(fleet: Fleet, seed: int, time_limit_s: float | None, progress: b
 
 
 def load_plan_or_fleet(path: str, seed: int = 0, time_limit_s: float | None = None, progress: bool = False) -> Plan:
-    """A plan file as is; a fleet file planned with default settings."""
+    """A plan file as is; a fleet file planned with default settings. Which one is read from the
+    text, not the name: a JSON fleet named ``.json`` was "not a plan", a plan saved as ``.yaml``
+    "a plan, not a fleet file". Read once (a pipe can be read only once)."""
     p = Path(path)
-    if not p.exists():
-        raise UserError(f"{path}: no such file. Fix: give a fleet YAML or a plan JSON from `packer plan`")
-    if p.suffix == ".json":
-        return load_plan(p)  # one line naming the file and the fix, whatever is wrong
-    return _plan_fleet(load_fleet(p), seed, time_limit_s, progress, f"planning {p.name} first")
+    text = read_text(path, "give a fleet YAML or a plan JSON from `packer plan`")
+    if is_plan_text(text):
+        return plan_from_text(text, cut_path(path))  # one line naming the file and the fix, whatever is wrong
+    return _plan_fleet(fleet_from_text(text, str(path)), seed, time_limit_s, progress, f"planning {p.name} first")
 
 
 class _Bar:

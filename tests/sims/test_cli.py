@@ -147,3 +147,22 @@ def test_registry_builds_registered_policies() -> None:
     assert p.interval_s == 30.0 and p.options == {"x": 1}  # type: ignore[attr-defined]
     with pytest.raises(Exception, match="unknown options"):
         get_policy("hpa", plan, {"targte": 0.5})
+
+
+def test_a_plan_or_fleet_is_told_apart_by_its_text_not_its_name(plan_file: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    """FLEET_OR_PLAN: a plan saved as ``.yaml`` was refused as "a plan, not a fleet file", and a
+    JSON fleet named ``.json`` as "a fleet file, not a plan"."""
+    import yaml
+
+    as_yaml = tmp_path / "plan.yaml"
+    as_yaml.write_text(plan_file.read_text())
+    assert main(["simulate", str(as_yaml), "--scenario", "peak", "--duration", "1m", "--no-progress",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"]
+    fleet = Path(__file__).resolve().parents[2] / "packer" / "examples" / "multilingual-meetings.yaml"
+    as_json = tmp_path / "fleet.json"
+    as_json.write_text(json.dumps(yaml.safe_load(fleet.read_text())))
+    assert main(["simulate", str(as_json), "--scenario", "peak", "--duration", "1m", "--no-progress",
+                 "--format", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"]

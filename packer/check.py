@@ -40,7 +40,7 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
     pool = f.pool(p.pool)
     st = SlotType(pool, p.slot)
     cap = st.memory_gb * (len(p.gpus) if len(p.gpus) > 1 else 1)
-    mem = sum(m.memory_gb for m in p.models)
+    mem = sum(f.model(m.name).memory_gb for m in p.models)  # the fleet's, not what the plan file says
     if abs(p.memory_capacity_gb - cap) > 0.01:  # the planner writes it to two decimals
         errs.append(f"{p.id}: memory_capacity_gb {p.memory_capacity_gb:g} GB, but pool {pool.name}'s {p.slot} slot "
                     f"has {cap:.2f} GB")
@@ -53,6 +53,8 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
     for m in p.models:
         model = f.model(m.name)
         placed[m.name] += 1
+        if abs(m.memory_gb - model.memory_gb) > 0.01:
+            errs.append(f"{m.name}@{p.id}: memory_gb {m.memory_gb:g}, but the fleet's model needs {model.memory_gb:g}")
         for g in p.gpus:
             key = (p.pool, p.node, g)
             if key in gpus_of[m.name]:
@@ -118,6 +120,8 @@ def _replica_errors(plan: Plan, placed: Counter) -> list[str]:
     for p in plan.placements:
         for m in p.models:
             rate[m.name] += m.rate_rps
+    seen: Counter = Counter((m.name, m.replica) for p in plan.placements for m in p.models)
+    errs += [f"{name}: replica {i} placed {n} times" for (name, i), n in sorted(seen.items()) if n > 1]
     for model in plan.fleet.models:
         want = plan.replicas.get(model.name, 0)
         if placed[model.name] != want:
@@ -164,6 +168,8 @@ def _pool_errors(plan: Plan) -> list[str]:
     for p in plan.placements if plan.layouts else ():  # a plan without layouts says nothing of its GPUs
         if gone := [g for g in p.gpus if (p.pool, p.node, g) not in paid]:
             errs.append(f"{p.id}: on {p.node}/gpu{gone[0]}, a GPU that the plan's layouts do not list (not paid for)")
+    if plan.layouts and {k: v for k, v in plan.gpus.items() if v} != dict(used):
+        errs.append(f"gpus {dict(plan.gpus)} do not match {dict(used)} from the plan's layouts")
     for pool in f.pools:
         if used[pool.name] > pool.max_gpus:
             errs.append(f"{pool.name}: {used[pool.name]} GPUs over the pool's {pool.max_gpus}")

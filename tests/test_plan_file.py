@@ -50,7 +50,24 @@ EDITS: list[tuple[str, Callable[[dict], Any], str]] = [
     ("node", lambda d: d["placements"][0].__setitem__("node", d["placements"][0]["pool"] + "-n99"),
      "-n99 is not one of pool"),
     ("reason", lambda d: d["placements"][0].__setitem__("reason", "x" * 100_000), ".reason: must be text"),
+    # A member's memory edited to 0 passed the slot's memory check, which added the plan's figures.
+    ("member-memory", lambda d: d["placements"][0]["models"][0].__setitem__("memory_gb", 0),
+     "but the fleet's model needs"),
+    ("gpus", lambda d: d["gpus"].__setitem__(next(iter(d["gpus"])), 999), "from the plan's layouts"),
+    ("replica-twice", lambda d: _twice(d), "placed 2 times"),
 ]
+
+
+def _twice(d: dict) -> None:
+    """A member placed again as another member's replica of the same model."""
+    members: dict[str, dict] = {}
+    for p in d["placements"]:
+        for m in p["models"]:
+            if m["name"] in members:
+                m["replica"] = members[m["name"]]["replica"]
+                return
+            members[m["name"]] = m
+    raise AssertionError("the plan has no model with two replicas")
 
 
 @pytest.mark.parametrize("name,edit,says", EDITS, ids=[e[0] for e in EDITS])

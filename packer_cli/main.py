@@ -103,11 +103,26 @@ def one_line(msg: str, limit: int = 1000) -> str:
     return "".join(c if c.isprintable() and not 0xD800 <= ord(c) <= 0xDFFF else ascii(c)[1:-1] for c in msg)
 
 
+def _no_empty_values(args: list[str]) -> None:
+    """Refuse an option given an empty value (``--duration "$D"`` with ``D`` unset): each command
+    read it as the option left out, and ran on its default, or wrote nowhere, with exit 0."""
+    for prev, arg in zip(args, args[1:]):
+        if arg.strip() == "" and prev.startswith("-") and "=" not in prev and prev != "--":
+            raise UserError(f"{prev} '': an empty value. Fix: give {prev} a value, or leave it out")
+        if prev == "--":
+            return
+    for arg in args:
+        if arg.startswith("--") and arg.endswith("=") and len(arg) > 3:
+            raise UserError(f"{arg}: an empty value. Fix: give {arg[:-1]} a value, or leave it out")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one clear message and exit 2, never a traceback."""
     ok = False
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(args=argv, prog_name="packer", standalone_mode=False)
+        _no_empty_values(args)
+        cli.main(args=args, prog_name="packer", standalone_mode=False)
         ok = True
     except UserError as e:
         click.echo(f"error: {one_line(str(e))}", err=True)

@@ -334,10 +334,13 @@ def test_a_bad_image_reference_is_refused_before_rendering(tmp_path, capsys, pla
 
 @pytest.mark.parametrize("args,says", [
     (["plan", ""], "FLEET: the path is empty"),
-    (["plan", "-o", ""], "-o: the path is empty"),
-    (["plan", "--svg", " "], "--svg: the path is empty"),
+    (["plan", "-o", ""], "-o '': an empty value"),
+    (["plan", "--svg", " "], "--svg '': an empty value"),
+    (["plan", "--time-limit="], "--time-limit=: an empty value"),
     (["gpus", ""], "GPU_TYPE: is empty"),
-    (["render", "triton", "PLAN", "-d", ""], "no output directory"),
+    (["render", "triton", "PLAN", "-d", ""], "-d '': an empty value"),
+    (["simulate", "PLAN", "--duration", ""], "--duration '': an empty value"),  # ran the scenario's hour
+    (["simulate", "PLAN", "--policy", ""], "--policy '': an empty value"),  # ran the scenario's policy
 ])
 def test_an_empty_path_is_refused_not_taken_for_the_default(capsys, plan_file, args, says):
     """An unset shell variable (``packer plan "$FLEET" -o "$OUT"``) planned the bundled example and

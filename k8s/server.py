@@ -29,7 +29,7 @@ def status(rec: Reconciler) -> dict[str, Any]:
         "leader": bool(rep and rep.leader),
         "cycles": rec.cycles,
         "plan": None if plan is None else {
-            "id": plan.id, "cost_per_hour": plan.cost_per_hour,
+            "id": plan.id, "status": plan.status, "cost_per_hour": plan.cost_per_hour,
             "lower_bound_cost_per_hour": plan.lower_bound_cost_per_hour, "gap": round(plan.gap, 4),
             "gpus": plan.gpus, "groups": len(plan.placements)},
         "last_cycle": None if rep is None else {
@@ -99,7 +99,8 @@ def _page(rec: Reconciler, started: float | None = None) -> str:
         facts += [("plan", f"<code>{e(p['id'])}</code>: {p['groups']} groups"),
                   ("GPUs", f"{sum(p['gpus'].values())} ({e(gpus)})"),
                   ("cost", f"{_money(p['cost_per_hour'])}/h (lower bound {_money(p['lower_bound_cost_per_hour'])}/h, "
-                           f"gap {p['gap']:.1%})")]
+                           f"gap {p['gap']:.1%})" if p["status"] != "scaled" else
+                   f"{_money(p['cost_per_hour'])}/h (scaled from a plan: no lower bound until the next re-plan)")]
     parts[-1] += "".join(f"<tr><th>{k}</th><td>{v if k == 'plan' else e(v)}</td></tr>" for k, v in facts) + "</table>"
     for title, items in (("Errors", (st["last_cycle"] or {}).get("errors", [])),
                          ("Conflicts", (st["last_cycle"] or {}).get("conflicts", [])),

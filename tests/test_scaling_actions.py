@@ -123,3 +123,29 @@ def test_a_batch_model_waits_for_a_cheap_gpu_a_streaming_model_does_not():
     assert _pick([fast_dear, slow_cheap], d, have=0.4, slo_ms=300_000) is slow_cheap
     # the same numbers for a 200 ms streaming model: the fast one
     assert _pick([fast_dear, slow_cheap], d, have=0.4, slo_ms=200) is fast_dear
+
+
+def test_a_scaled_plan_keeps_no_bound_from_the_plan_it_came_from():
+    """The plan's bound was over plans of the fleet at its declared peak; a scaled plan serves the
+    load seen, so that bound measures nothing of it (``packer scale -o`` wrote 12.10/h and a gap of
+    6.2 % for a 12.90/h scaled plan). It has none, and says why, until a re-plan."""
+    from packer.report import summary
+
+    plan = tiny_plan()
+    assert plan.lower_bound_cost_per_hour > 0
+    after = apply(plan, [AddReplica(model="asr-a", slot=G1, rate_rps=150.0, cost_per_hour=0.0, reason="room")])
+    assert after.status == "scaled" and after.lower_bound_cost_per_hour == 0.0
+    assert after.bound_method.startswith("no bound") and plan.id in after.bound_method
+    assert "lower bound: none (no bound: plan" in summary(after) and "gap" not in summary(after)
+
+
+def test_a_want_below_the_load_seen_says_why():
+    """A snapshot of 9,000 rps read "asr-en wants 8975.5 rps" with nothing to say where 24.5 went:
+    the scale-up sizes on the load less its measurement noise."""
+    from packer.scaling.demand import Demand
+    from packer.scaling.up import _want_note
+
+    d = Demand("asr-en", capacity=7311.1, load=9000.0, want=8975.5, want_down=8975.5, slope=0.0, panic=False,
+               may_shrink=False)
+    assert _want_note(d) == " (9000.0 seen, less its measurement noise)"
+    assert _want_note(Demand("a", 1.0, 5.0, 5.0, 5.0, 0.0, False, False)) == ""

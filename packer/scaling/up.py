@@ -20,6 +20,17 @@ from packer.scaling.spot import keeps_floor
 from packer.slot import WHOLE
 
 
+
+def _want_note(d: Demand) -> str:
+    """Why the want is not the load seen, where it is not: the scale-up sizes on the measurement's
+    lower bound (the load less its noise, ``noise_z`` standard errors) over the target
+    utilisation, so a snapshot of 9,000 rps read "wants 8975.5 rps" with nothing to say why."""
+    if d.load > 0 and d.want < d.load - 0.05:
+        return f" ({d.load:.1f} seen, less its measurement noise)"
+    if d.load > 0 and d.want > d.load + 0.05:
+        return f" ({d.load:.1f} seen, over the target utilisation)"
+    return ""
+
 def share_rate(plan: Plan, model: str) -> float:
     """Rate each replica of ``model`` is sized for (equal shares; the smallest if they differ)."""
     rates = [rate_of(p, model) for p in plan.placements_of(model)]
@@ -92,7 +103,7 @@ def _candidates(plan: Plan, model: Model, have: float, demands: Mapping[str, Dem
     # done (26,000 rps against 7 replicas of 932 each) where 24,000 got nine new replicas.
     enough = max(t.min_useful_rps, min(t.min_gain_share * d.deficit, 0.5 * tight))
     out: list[_Candidate] = []
-    head = f"{model.name} wants {d.want:.1f} rps, {n} replica(s) hold {have:.1f}"
+    head = f"{model.name} wants {d.want:.1f} rps{_want_note(d)}, {n} replica(s) hold {have:.1f}"
 
     # Late and short of its want too: a new replica as well as a move out of the crowd (with every
     # replica on a GPU of its own there is no crowd, and nothing was offered at all).

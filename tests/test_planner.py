@@ -178,6 +178,17 @@ def test_more_min_replicas_than_gpus_names_min_replicas_not_the_slo(multilingual
     assert e.value.field == f"models ({m.name}).min_replicas" and str(gpus) in e.value.fix
 
 
+def test_a_replan_dearer_than_planning_afresh_says_so(ml_plan):
+    """The bundled example's plan as the current one for multilingual-10 (the fleet grew) re-planned
+    to 37.30/h, 1.29x the greedy baseline, where a fresh plan costs 27.30/h, with no word of it."""
+    grown = load_fleet(EXAMPLES / "multilingual-10.yaml")
+    again = plan_fleet(grown, PlanSettings(time_limit_s=3), current=ml_plan)
+    greedy = again.baselines["greedy"].cost_per_hour
+    said = [w for w in again.warnings if "this re-plan costs" in w]
+    assert (again.cost_per_hour > greedy + 1e-6) == bool(said)
+    assert said and f"{greedy:.2f}/h" in said[0] and "without --current" in said[0]
+
+
 def test_bounds_round_up_to_whole_gpus():
     from packer.planner.bound import whole_gpus
 

@@ -138,7 +138,7 @@ def test_hpa_adds_a_slot_when_busy_and_removes_it_when_idle() -> None:
     ~89 %. The longer decay keeps it busy until the new slot, on a new node, serves at ~557 s.)"""
     plan = one_slot_plan(max_nodes=6)
     sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 6.0, 60.0, 1200.0),), policy="hpa",
-                  policy_options={"target": 0.75, "downscale_window_s": 120.0})
+                  policy_options={"metric": "busy", "target": 0.75, "downscale_window_s": 120.0})
     r = simulate(plan, sc, duration_s=2400, seed=2)
     ups = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
     downs = [a for a in r.actions if a["action"].startswith("remove slot") and a["outcome"] == "applied"]
@@ -156,7 +156,7 @@ def test_hpa_scale_down_removes_a_starting_slot_before_a_serving_one() -> None:
     30 s (~29 000 requests refused)."""
     plan = one_slot_plan(max_nodes=6)
     sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 6.0, 60.0, 600.0),), policy="hpa",
-                  policy_options={"target": 0.75, "downscale_window_s": 120.0})
+                  policy_options={"metric": "busy", "target": 0.75, "downscale_window_s": 120.0})
     r = simulate(plan, sc, duration_s=900, seed=2)
     ups = [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]
     downs = [a for a in r.actions if a["action"].startswith("remove slot") and a["outcome"] == "applied"]
@@ -249,3 +249,37 @@ def test_a_slot_goes_on_the_node_the_policy_named() -> None:
     assert [a["outcome"].split(":")[0] for a in r.actions] == ["applied", "applied"]
     new = sorted((s.node.name for s in sim.slots.values() if "new" in s.id))
     assert new == sorted(["l4-n7", nodes[1]])
+
+
+def test_hpa_on_requests_a_replica_holds_at_the_planned_peak_and_scales_on_a_spike() -> None:
+    """HPA's default metric is requests per ready replica against the rate the plan sized a replica
+    for. On GPU busy time (``metric: busy``) a batcher with no queue delay reads ~100 % busy at any
+    load, and the multilingual example's spike hour grew asr-en 4 -> 16 slots on flat traffic."""
+    plan = one_slot_plan(max_nodes=6)
+    flat = simulate(plan, Scenario(process="poisson", policy="hpa"), duration_s=900, seed=2)
+    assert not [a for a in flat.actions if a["action"].startswith("add slot")]
+    spike = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 6.0, 60.0, 1200.0),), policy="hpa")
+    r = simulate(plan, spike, duration_s=900, seed=2)
+    ups = [a for a in r.actions if a["action"].startswith("add slot")]
+    assert ups and "rps a replica vs target" in ups[0]["reason"]
+
+
+def test_a_slot_hpa_adds_is_configured_as_the_plan_configured_its_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new pod is the Deployment's pod template. The simulator used to work a config out for the
+    added slot at the model's peak over the replicas (``Simulation._group``), and gave asr-en's sixth
+    replica a 59-69 ms queue delay where the plan's pods have none (its p99 45.9 -> 84.5 ms)."""
+    from sims.policies import HpaPolicy
+
+    plan = one_slot_plan(max_nodes=6)
+    p = plan.placements[0]
+    key = (p.pool, p.slot, tuple(m.name for m in p.models))
+    assert HpaPolicy(plan).template[key] == SlotConfig(p.duty_cycle_ms, tuple((m.name, m.batch_size)
+                                                                              for m in p.models))
+
+    def worked_out(*args: Any) -> Any:
+        raise AssertionError("an added slot's config was worked out afresh, not the plan's")
+
+    monkeypatch.setattr(Simulation, "_group", worked_out)
+    sc = Scenario(process="poisson", spikes=(Spike("asr", 120.0, 6.0, 60.0, 1200.0),), policy="hpa")
+    r = simulate(plan, sc, duration_s=900, seed=2)
+    assert [a for a in r.actions if a["action"].startswith("add slot") and a["outcome"].startswith("applied")]

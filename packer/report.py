@@ -5,6 +5,7 @@ from __future__ import annotations
 import colorsys
 import hashlib
 import math
+import re
 from html import escape
 from itertools import groupby
 
@@ -31,7 +32,8 @@ def summary(plan: Plan) -> str:
         f"plan {plan.id}",
         f"cost {_money(plan.cost_per_hour)}/h on {sum(plan.gpus.values())} GPUs"
         + (f" ({', '.join(f'{k}: {v}' for k, v in plan.gpus.items())})" if plan.gpus else "") + f"  [{plan.status}]",
-        f"lower bound {_money(plan.lower_bound_cost_per_hour)}/h ({plan.bound_method}); gap {plan.gap:.1%}",
+        f"lower bound {_money(plan.lower_bound_cost_per_hour)}/h ({plan.bound_method}); gap {plan.gap:.1%}"
+        if plan.status != "scaled" else f"lower bound: none ({plan.bound_method})",
     ]
     for name in ("dedicated", "greedy"):
         if name in b:
@@ -78,11 +80,12 @@ def moves(plan: Plan) -> str:
 
 def table(plan: Plan) -> str:
     """Pool → node → GPU → slot → models, with memory, share, p99 bound and the binding constraint."""
-    rows = [("POOL/NODE/GPU", "SLOT", "MODEL", "BATCH", "SHARE", "MEM GB", "P99 BOUND", "SLO", "BINDING")]
+    rows = [("POOL/NODE/GPU", "SLOT", "MODEL", "BATCH", "SHARE", "MEM GB", "P99 BOUND", "SLO", "TIGHTEST")]
     layout = {(l.pool, l.node, l.gpu): l.layout for l in plan.layouts}
-    key = lambda p: (p.pool, p.node, p.gpu)  # noqa: E731
-    for (pool, node, gpu), group in groupby(sorted(plan.placements, key=key), key=key):
+    key = lambda p: gpu_order((p.pool, p.node, p.gpu))  # noqa: E731
+    for _, group in groupby(sorted(plan.placements, key=key), key=key):
         group = list(group)
+        pool, node, gpu = group[0].pool, group[0].node, group[0].gpu
         gname = f"{node}/gpu{gpu}" + (f"-{gpu + len(group[0].gpus) - 1}" if len(group[0].gpus) > 1 else "")
         rows.append((gname, f"[{layout.get((pool, node, gpu), 'whole')}]", "", "", "", "", "", "", ""))
         for p in group:
@@ -92,7 +95,7 @@ def table(plan: Plan) -> str:
                 share = f"{m.share:.0%}" + (f"+{held:.0%}" if held else "")
                 rows.append((
                     "", slot if i == 0 else "", f"{m.name}#{m.replica}", str(m.batch_size), share,
-                    f"{m.memory_gb:g}", f"{m.p99_bound_ms:,.1f} ms", f"{m.slo_ms:,.0f} ms", p.binding if i == 0 else "",
+                    f"{m.memory_gb:g}", f"{m.p99_bound_ms:,.1f} ms", f"{m.slo_ms:,.0f} ms", tightest(plan, p) if i == 0 else "",
                 ))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
@@ -100,6 +103,13 @@ def table(plan: Plan) -> str:
         out.append("(a+b%: a replica alone is busy a on average and holds b more for its sticky streams, "
                    "whose count runs above its share for minutes)")
     return "\n".join(out)
+
+
+def gpu_order(key: tuple[str, str, int]) -> tuple:
+    """A (pool, node, GPU) key that sorts nodes by number: l4-n2 before l4-n10, not after it as text.
+    For display only: the plan keeps its own order (its id is a hash of it)."""
+    pool, node, gpu = key
+    return pool, tuple(int(x) if x.isdigit() else x for x in re.split(r"(\d+)", node)), gpu
 
 
 def reserve(p: Placement) -> float:
@@ -112,11 +122,23 @@ def reserve(p: Placement) -> float:
     return extra if extra >= 0.005 else 0.0
 
 
+def _rounds(rest_ms: float, p: Placement) -> str:
+    """The bound past the cycle's wait, as the slot maths make it (``d + k C``): ``k`` rounds of the
+    slot's batches, ``C`` each (its compute share of the cycle). It read "run (142800.0)" for
+    three rounds of 47,600 ms, a figure found nowhere else in the output."""
+    c = p.compute_share * p.duty_cycle_ms
+    k = max(1, round(rest_ms / c)) if c > 0 else 1
+    if k == 1:
+        return f"one round of the slot's batches, its own included ({rest_ms:.1f})"
+    return f"{k} rounds of the slot's batches ({k} x {rest_ms / k:.1f})"
+
+
 def explain(plan: Plan, model: str) -> str:
     """Why a model is where it is: each replica's slot, neighbours, batch, bound and binding limit."""
     m = plan.model(model)
     lines = [f"{m.name} ({m.kind}): peak {m.traffic.peak_rps:g} rps, SLO {m.slo_ms:g} ms, {m.memory_gb:g} GB, "
-             f"max_batch {m.max_batch}; {plan.replicas.get(m.name, 0)} replicas "
+             f"max_batch {m.max_batch}; {plan.replicas.get(m.name, 0)} "
+             f"replica{'' if plan.replicas.get(m.name, 0) == 1 else 's'} "
              f"(min {m.min_replicas}{', max ' + str(m.max_replicas) if m.max_replicas else ''})"]
     for p in plan.placements_of(model):
         me = next(x for x in p.models if x.name == model)
@@ -130,14 +152,14 @@ def explain(plan: Plan, model: str) -> str:
         else:
             serves = [f"    serves {me.rate_rps:.1f} rps in batches of {me.batch_size} every {p.duty_cycle_ms:.1f} ms "
                       f"duty cycle; takes {me.share:.0%} of the slot",
-                      f"    p99 bound {me.p99_bound_ms:.1f} ms = wait up to one cycle ({p.duty_cycle_ms:.1f}) + run "
-                      f"({me.p99_bound_ms - p.duty_cycle_ms:.1f}); SLO {me.slo_ms:g} ms"]
+                      f"    p99 bound {me.p99_bound_ms:.1f} ms = wait up to one cycle ({p.duty_cycle_ms:.1f}) + "
+                      f"{_rounds(me.p99_bound_ms - p.duty_cycle_ms, p)}; SLO {me.slo_ms:g} ms"]
         lines += [
             f"  replica {me.replica}: {p.id} ({p.pool}, {p.slot})",
             *serves,
             f"    shares the slot with: {', '.join(others) or 'nobody'}; memory {p.memory_gb:.1f}/"
             f"{p.memory_capacity_gb:.1f} GB",
-            f"    binding: {p.binding} — {p.reason}",
+            f"    tightest limit: {tightest(plan, p)} used — {p.reason}",
         ]
     moves = [mv for mv in plan.moves if mv.model == model]
     for mv in moves:
@@ -145,8 +167,8 @@ def explain(plan: Plan, model: str) -> str:
     return "\n".join(lines)
 
 
-_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#393b79", "#bcbd22",
+            "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#e7ba52",
             "#dbdb8d", "#9edae5")
 
 
@@ -157,8 +179,10 @@ def _colour(name: str) -> str:
     return f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
 
 
-def _colours(names: list[str]) -> dict[str, str]:
-    """Distinct colours for a picture's models: a 20-colour palette in name order, hashed beyond it."""
+def colours(names: list[str]) -> dict[str, str]:
+    """Distinct colours for a picture's models: a 20-colour palette in name order, hashed beyond it.
+    No grey among them: grey is the picture's free track; the simulator's plots use them too, so a
+    model has the same colour in the plan's picture and in its simulation reports."""
     names = sorted(set(names))
     if len(names) > len(_PALETTE):
         return {n: _colour(n) for n in names}
@@ -177,8 +201,84 @@ def _short(text: str, px: float, char_px: float = 6.0) -> str:
     return text if len(text) <= n else (text[: n - 1] + "…" if n - 1 >= min(8, len(text) - 1) else "")
 
 
+def tightest(plan: Plan, p: Placement) -> str:
+    """The slot's tightest limit and how much of it is used: ``compute 72%`` (of the cap the
+    headroom leaves), ``memory 99%``, ``SLO of punct-en 83%`` (its p99 bound over its SLO). The
+    column read "compute" alone, as if the slot were at its cap, on a slot at 61 % of a 85 % cap."""
+    if p.binding == "memory":
+        used = sum(m.memory_gb for m in p.models) / p.memory_capacity_gb if p.memory_capacity_gb else 0.0
+    elif p.binding == "compute":
+        used = p.compute_share / plan.settings.u if plan.settings.u else 0.0
+    else:
+        used = max((m.p99_bound_ms / m.slo_ms for m in p.models if f"slo:{m.name}" == p.binding and m.slo_ms),
+                   default=0.0)
+    return f"{_limit(p.binding)} {used:.0%}"
+
+
 def _limit(binding: str) -> str:
     return f"SLO of {binding[4:]}" if binding.startswith("slo:") else binding
+
+
+def _limits(bindings: list[str]) -> str:
+    """A GPU's slots' limits once each, the SLOs last as one "SLOs of a, b" (a MIG GPU's seven
+    "SLO of ..." ran past the picture's edge)."""
+    slos = list(dict.fromkeys(b[4:] for b in bindings if b.startswith("slo:")))
+    out = list(dict.fromkeys(b for b in bindings if not b.startswith("slo:")))
+    if slos:
+        out.append(f"SLO{'s' if len(slos) > 1 else ''} of {', '.join(slos)}")
+    return ", ".join(out)
+
+
+def _wrap(text: str, px: float, lines: int, char_px: float = 5.6) -> list[str]:
+    """``text`` in at most ``lines`` lines of ``px`` pixels, broken after " · " or ", " where it can
+    (at a space else), the last line cut with "…" if the rest does not fit."""
+    n = int(px // char_px)
+    out = []
+    while len(text) > n and len(out) < lines - 1:
+        cut = max([i + len(sep) - 1 for sep in (" · ", ", ", " ") if (i := text.rfind(sep, 0, n + 1)) > 0] or [n])
+        out.append(text[:cut].rstrip())
+        text = text[cut:].lstrip()
+    return out + [_short(text, px, char_px)]
+
+
+_HATCH = ('<defs><pattern id="held" width="5" height="5" patternUnits="userSpaceOnUse" '
+          'patternTransform="rotate(45)"><rect width="2" height="5" fill="white" fill-opacity="0.8"/></pattern></defs>')
+
+
+def _held(x: float, y: float, w: float, h: float, fill: str, attrs: str = "", title: str = "") -> list[str]:
+    """A share held for sticky streams, drawn as its model's colour, paler and hatched (the chart and
+    its legend alike: a pale colour alone read as another model's, or as grey)."""
+    return [f'<rect{attrs} x="{x:.2f}" y="{y}" width="{w:.2f}" height="{h}" fill="{fill}" fill-opacity="0.35" '
+            f'stroke="white" stroke-width="0.5">{title}</rect>',
+            f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{h}" fill="url(#held)" pointer-events="none"/>']
+
+
+def _marks(plan: Plan, colour: dict[str, str], width: int, ly: float) -> tuple[list[str], int]:
+    """The legend's first part, what the marks mean, one after another from the left and on to a new
+    line where the next would run past ``width``; with the number of lines it takes."""
+    cap = 1.0 - plan.settings.headroom
+    marks = [
+        (lambda x, y: [f'<rect x="{x}" y="{y - 10}" width="22" height="12" fill="none" stroke="#222" '
+                       f'stroke-width="1.5"/>'], "slot (whole GPU, MIG instance or multi-GPU replica)"),
+        (lambda x, y: [f'<rect x="{x}" y="{y - 10}" width="22" height="12" fill="none" stroke="#999" '
+                       f'stroke-dasharray="3,2"/>'], "empty MIG instance"),
+        (lambda x, y: [f'<line x1="{x + 11}" y1="{y - 11}" x2="{x + 11}" y2="{y + 3}" stroke="#c00" '
+                       f'stroke-width="1.5" stroke-dasharray="3,2"/>'],
+         f"compute cap ({cap:.0%} of a slot's time: {plan.settings.headroom:.0%} headroom)"),
+        (lambda x, y: [f'<rect x="{x}" y="{y - 10}" width="22" height="12" fill="#eee"/>'], "free"),
+    ]
+    held = [p for p in plan.placements if reserve(p)]
+    if held:  # drawn as the chart draws it, in the first such model's colour
+        marks.append((lambda x, y: _held(x, y - 10, 22, 12, colour[held[0].models[0].name], ' class="legend-held"'),
+                       "held for sticky streams (the model's colour, paler and hatched)"))
+    out, x, y = [], 10, ly
+    for draw, text in marks:
+        w = 28 + len(text) * 5.6
+        if x > 10 and x + w > width - 10:
+            x, y = 10, y + 18
+        out += draw(x, y) + [f'<text x="{x + 28}" y="{y}">{escape(text)}</text>']
+        x += round(w + 16)
+    return out, int((y - ly) // 18) + 1
 
 
 def svg(plan: Plan) -> str:
@@ -194,17 +294,21 @@ def svg(plan: Plan) -> str:
     cap = 1.0 - plan.settings.headroom
     layout = {(l.pool, l.node, l.gpu): l for l in plan.layouts}
     spans = {p: (p.gpus or (p.gpu,)) for p in plan.placements}
-    rows = sorted({(p.pool, p.node, g) for p, gs in spans.items() for g in gs} | set(layout))
+    rows = sorted({(p.pool, p.node, g) for p, gs in spans.items() for g in gs} | set(layout), key=gpu_order)
     y_of = {key: top + i * (row_h + row_gap) for i, key in enumerate(rows)}
     chart_bottom = top + len(rows) * (row_h + row_gap) - row_gap
-    colour = _colours([m.name for p in plan.placements for m in p.models])
+    colour = colours([m.name for p in plan.placements for m in p.models])
     per_line = max(1, (width - 20) // 180)
     swatches = len(colour) <= len(_PALETTE)  # beyond the palette colours repeat: a legend would mislead
-    height = chart_bottom + 64 + (18 * ((len(colour) + per_line - 1) // per_line) if swatches else 18)
+    ly = chart_bottom + 40  # the legend: what the marks mean, then one swatch per model
+    marks, mark_lines = _marks(plan, colour, width, ly)
+    ly += 18 * (mark_lines - 1)
+    height = ly + 24 + (18 * ((len(colour) + per_line - 1) // per_line) if swatches else 18)
     e = escape
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="11">',
            f'<rect width="{width}" height="{height}" fill="white"/>',
+           *([_HATCH] if any(reserve(p) for p in plan.placements) else []),
            f'<text x="10" y="22" font-size="15" font-weight="bold">{e(plan.fleet.name)}: '
            f'{_money(plan.cost_per_hour)}/h on {sum(plan.gpus.values())} GPUs '
            f'({e(", ".join(f"{k}: {v}" for k, v in plan.gpus.items()))}), plan {e(plan.id)} '
@@ -256,7 +360,7 @@ def svg(plan: Plan) -> str:
             n = len(spans[p])
             spread = max(spread, n)
             used, usable = used + p.memory_gb / n, usable + p.memory_capacity_gb / n
-            limits.append(_limit(p.binding))
+            limits.append(p.binding)
             if p.slot == "whole":
                 x0, w0 = float(left), float(bar_w)
             else:
@@ -282,11 +386,11 @@ def svg(plan: Plan) -> str:
                                f'pointer-events="none">{e(label)}</text>')
                 xm, xc = xm + wm, xc + wc
             if held := reserve(p):
-                out.append(f'<rect class="reserve" data-slot="{e(p.id)}" x="{xc:.2f}" y="{y + track + inner}" '
-                           f'width="{w0 * held:.2f}" height="{track}" fill="{colour[p.models[0].name]}" '
-                           f'fill-opacity="0.35" stroke="white" stroke-width="0.5"><title>{e(p.models[0].name)} in '
-                           f'{e(p.id)}: {held:.0%} more held for its sticky streams, whose count on this replica '
-                           f'runs above its share for minutes (sized at the 99.9 % level)</title></rect>')
+                out += _held(xc, y + track + inner, w0 * held, track, colour[p.models[0].name],
+                             f' class="reserve" data-slot="{e(p.id)}"',
+                             f'<title>{e(p.models[0].name)} in {e(p.id)}: {held:.0%} more held for its sticky '
+                             f'streams, whose count on this replica runs above its share for minutes (sized at the '
+                             f'99.9 % level)</title>')
             xcap = x0 + w0 * cap
             out.append(f'<line class="cap" x1="{xcap:.1f}" y1="{y + track + inner - 2}" x2="{xcap:.1f}" '
                        f'y2="{y + row_h + 2}" stroke="#c00" stroke-width="1.5" stroke-dasharray="3,2"/>')
@@ -299,27 +403,19 @@ def svg(plan: Plan) -> str:
                            f'limit: {e(_limit(p.binding))} — {e(p.reason)}</title></rect>')
         note = f"{used:.1f}/{usable:.1f} GB" if usable else "empty"
         if limits:
-            note += " · " + ", ".join(dict.fromkeys(limits))
+            note += " · " + _limits(limits)
         if spread > 1:
             note += f" · 1 replica on {spread} GPUs"
-        out.append(f'<text x="{left + bar_w + 10}" y="{y + row_h / 2 + 4:.1f}" fill="#333">'
-                   f'{e(_short(note, right - 14, 5.6))}<title>{e(note)}</title></text>')
+        lines = _wrap(note, right - 14, 2)
+        if len(lines) == 1:
+            out.append(f'<text x="{left + bar_w + 10}" y="{y + row_h / 2 + 4:.1f}" fill="#333">'
+                       f'{e(lines[0])}<title>{e(note)}</title></text>')
+        else:  # two lines, level with the mem and compute labels
+            out.append(f'<text fill="#333">' + "".join(
+                f'<tspan x="{left + bar_w + 10}" y="{y + 13 + 16 * i}">{e(t)}</tspan>' for i, t in enumerate(lines))
+                + f'<title>{e(note)}</title></text>')
         out.append("</g>")
-    # legend: what the marks mean, then one swatch per model
-    ly = chart_bottom + 40
-    out += [f'<rect x="10" y="{ly - 10}" width="22" height="12" fill="none" stroke="#222" stroke-width="1.5"/>',
-            f'<text x="38" y="{ly}">slot (whole GPU, MIG instance or multi-GPU replica)</text>',
-            f'<rect x="340" y="{ly - 10}" width="22" height="12" fill="none" stroke="#999" stroke-dasharray="3,2"/>',
-            f'<text x="368" y="{ly}">empty MIG instance</text>',
-            f'<line x1="500" y1="{ly - 11}" x2="500" y2="{ly + 3}" stroke="#c00" stroke-width="1.5" '
-            f'stroke-dasharray="3,2"/>',
-            f'<text x="508" y="{ly}">compute cap ({cap:.0%} of a slot\'s time: {plan.settings.headroom:.0%} '
-            f'headroom)</text>',
-            f'<rect x="800" y="{ly - 10}" width="22" height="12" fill="#eee"/>',
-            f'<text x="828" y="{ly}">free</text>']
-    if any(reserve(p) for p in plan.placements):
-        out += [f'<rect x="880" y="{ly - 10}" width="22" height="12" fill="#888" fill-opacity="0.35"/>',
-                f'<text x="908" y="{ly}">held for sticky streams</text>']
+    out += marks
     if not swatches:
         out.append(f'<text x="10" y="{ly + 22}">{len(colour)} models: too many for a colour each; hover a bar '
                    f'for its model, or see `packer plan --explain MODEL`</text>')

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.transforms import offset_copy  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator  # noqa: E402
+
+from packer.report import colours  # noqa: E402
 
 Run = dict[str, Any]
 
@@ -140,16 +144,23 @@ def _top_models(runs: list[Run], k: int) -> list[str]:
     return [x["name"] for x in m[:k]]
 
 
+def model_colours(runs: list[Run]) -> dict[str, str]:
+    """A colour per model from its name among all the runs' models, as in the plan's picture: the
+    same in a single run's report and in a comparison, whichever models are the busiest."""
+    return colours([m["name"] for r in runs for m in r["models"]])
+
+
 def plot_cdf(runs: list[Run], out: Path, formats: tuple[str, ...] = ("png",), k: int = 6) -> list[Path]:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     names = _top_models(runs, k)
+    colour = model_colours(runs)
     styles = ["-", "--", ":", "-."]
     for j, r in enumerate(runs):
         by = {m["name"]: m for m in r["models"]}
-        for i, n in enumerate(names):
+        for n in names:
             cdf = by[n]["cdf"]
             if cdf:
-                ax.plot([c[1] for c in cdf], [c[0] / 100 for c in cdf], styles[j % 4], color=f"C{i}",
+                ax.plot([c[1] for c in cdf], [c[0] / 100 for c in cdf], styles[j % 4], color=colour[n],
                         label=f"{n} ({label(r)})" if len(runs) > 1 else n)
     ax.set_xscale("log")
     ax.set_xlabel("latency (ms)")
@@ -167,19 +178,32 @@ def _plain(v: float, _pos: Any = None) -> str:
 
 def series_figure(runs: list[Run], k: int = 4) -> Any:
     """Arrivals, p99 per interval (each plotted model's SLO a dashed line) and ready replicas
-    (integer ticks) over time, for the ``k`` busiest models."""
+    (integer ticks) over time, for the ``k`` busiest models. Replica lines that are the same are
+    drawn a few points apart, each model with its own marker: they hid one another."""
     names = _top_models(runs, k)
+    colour = model_colours(runs)
     fig, axes = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
     styles = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    same: dict[tuple, list[tuple[int, int]]] = {}  # the replica lines that would lie on one another
+    for j, r in enumerate(runs):
+        for i, n in enumerate(names):
+            same.setdefault(tuple(r["series"]["models"][n]["replicas"]), []).append((j, i))
+    nudge = {ji: (pos - (len(g) - 1) / 2) * min(3.5, 12 / max(1, len(g) - 1))  # points from the true place
+             for g in same.values() for pos, ji in enumerate(g)}
     for j, r in enumerate(runs):
         s = r["series"]
         t = [x / 3600 for x in s["t"]]
         for i, n in enumerate(names):
             ms = s["models"][n]
             lab = f"{n} ({label(r)})" if len(runs) > 1 else n
-            axes[0].plot(t, ms["rate"], styles[j % 4], color=f"C{i}", label=lab)
-            axes[1].plot(t, ms["p99"], styles[j % 4], color=f"C{i}", label=lab)
-            axes[2].plot(t, ms["replicas"], styles[j % 4], color=f"C{i}", label=lab)
+            axes[0].plot(t, ms["rate"], styles[j % 4], color=colour[n], label=lab)
+            axes[1].plot(t, ms["p99"], styles[j % 4], color=colour[n], label=lab)
+            every = max(1, len(t) // 15)
+            ln, = axes[2].plot(t, ms["replicas"], styles[j % 4], color=colour[n], label=lab,
+                               marker=markers[i % len(markers)], markersize=4,
+                               markevery=((j * len(names) + i) * every // max(1, len(runs) * len(names)), every))
+            ln.set_transform(offset_copy(axes[2].transData, fig=fig, y=nudge[j, i], units="points"))  # after autoscale
     slo = {m["name"]: m["slo_ms"] for m in runs[0]["models"]}
     by_slo: dict[float, list[str]] = {}
     for n in names:
@@ -198,7 +222,11 @@ def series_figure(runs: list[Run], k: int = 4) -> Any:
                for r in runs for n in names] + list(by_slo))
     axes[1].set_ylim(top=top * 1.6)
     axes[2].set_ylabel("ready replicas")
+    if any(len(g) > 1 for g in same.values()):
+        axes[2].set_title("ready replicas (lines that are the same drawn a few pixels apart, so each stays "
+                          "visible)", fontsize=8, loc="left")
     axes[2].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[2].margins(y=0.12)  # room for the lines drawn apart at the top and the bottom
     axes[2].set_xlabel("simulated hours")
     for a in axes:
         a.grid(alpha=0.3)
@@ -257,9 +285,19 @@ def capacity_figure(rows: list[dict[str, Any]], title: str = "Capacity as traffi
     if unfit:
         ax2.annotate(f"does not fit at x{', x'.join(f'{u:g}' for u in unfit)}", (0.99, 0.04),
                      xycoords="axes fraction", ha="right", fontsize=8, color="red")
-    fig.suptitle(title)
+    fig.suptitle(_wrapped(title))
     fig.tight_layout()
     return fig
+
+
+def _wrapped(title: str, width: int = 60) -> str:
+    """A figure title in lines of ``width`` characters, broken before its parenthesis first: one
+    line ran past the image's right edge."""
+    if len(title) <= width:
+        return title
+    head, paren, tail = title.partition(" (")
+    parts = [head, "(" + tail] if paren else [title]
+    return "\n".join(line for part in parts for line in textwrap.wrap(part, width))
 
 
 def plot_capacity(rows: list[dict[str, Any]], out: Path, title: str = "Capacity as traffic grows",

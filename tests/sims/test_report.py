@@ -98,3 +98,56 @@ def test_capacity_plot_has_two_panels_and_a_title() -> None:
         assert all(float(t).is_integer() for t in gpus.get_yticks())
     finally:
         report.plt.close(fig)
+
+
+def _colour_of(fig: Any, model: str) -> set[str]:
+    return {ln.get_color() for ax in fig.axes for ln in ax.get_lines() if ln.get_label().split(" (")[0] == model}
+
+
+def test_a_model_keeps_its_colour_in_a_single_run_and_in_a_comparison() -> None:
+    """Colours went by the first run's busiest models: asr-es was orange alone and green compared."""
+    a = _run("static", 0.08, 0.1, 1.0, [_model("asr", 200, 150, 1.0, 300), _model("punct", 100, 50, 1.0, 900)])
+    b = _run("hpa", 0.16, 0.2, 1.0, [_model("asr", 200, 90, 1.0, 900), _model("punct", 100, 40, 1.0, 300)])
+    seen: dict[str, set[str]] = {"asr": set(), "punct": set()}
+    for runs in ([a], [b], [a, b], [b, a]):
+        for fig in (report.series_figure(runs),):
+            try:
+                for n in seen:
+                    seen[n] |= _colour_of(fig, n)
+            finally:
+                report.plt.close(fig)
+    assert len(seen["asr"]) == 1 and len(seen["punct"]) == 1 and seen["asr"] != seen["punct"]
+    assert report.model_colours([a]) == report.model_colours([b, a])
+
+
+def test_replica_lines_with_the_same_counts_are_all_visible(runs) -> None:
+    """Both models run 1, 2, 2, 3 replicas in both runs: drawn on one place, three lines were hidden."""
+    fig = report.series_figure(runs)
+    try:
+        fig.canvas.draw()
+        lines = fig.axes[2].get_lines()
+        assert len(lines) == 4 and len({tuple(ln.get_ydata()) for ln in lines}) == 1
+        drawn = [tuple(ln.get_transform().transform((0, 2))[1:]) for ln in lines]
+        assert len(set(drawn)) == 4  # each at its own height on the image
+        per_replica = abs(fig.axes[2].transData.transform((0, 3))[1] - fig.axes[2].transData.transform((0, 2))[1])
+        assert max(drawn)[0] - min(drawn)[0] < per_replica / 2  # and nearer its own count than the next
+        assert len({ln.get_marker() for ln in lines}) >= 2
+    finally:
+        report.plt.close(fig)
+
+
+def test_a_long_capacity_title_is_wrapped() -> None:
+    rows = [{"growth": 1, "fits": True, "gpus": {"l4": 7}, "gpus_total": 7, "plan_cost_per_hour": 5.0,
+             "sim_cost_per_hour": 5.0, "holds": True}]
+    title = ("multilingual-meetings: GPUs and cost as traffic grows (peak scenario, 2 min simulated per "
+             "factor)")
+    fig = report.capacity_figure(rows, title)
+    try:
+        shown = fig._suptitle.get_text()
+        assert shown.replace("\n", " ") == title
+        assert max(len(line) for line in shown.splitlines()) <= 60
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.x1
+    finally:
+        report.plt.close(fig)

@@ -39,6 +39,11 @@ def _plan() -> click.Command:
     return plan
 
 
+def _check() -> click.Command:
+    from packer_cli.check import check
+    return check
+
+
 def _gpus() -> click.Command:
     from packer_cli.plan import gpus
     return gpus
@@ -79,7 +84,7 @@ def _render_k8s() -> click.Command:
     return render_k8s
 
 
-@click.group(cls=LazyGroup, lazy={"plan": _plan, "gpus": _gpus, "scale": _scale, "serve-local": _serve_local,
+@click.group(cls=LazyGroup, lazy={"plan": _plan, "check": _check, "gpus": _gpus, "scale": _scale, "serve-local": _serve_local,
                                   "simulate": _simulate, "capacity": _capacity, "reconcile": _reconcile})
 @click.version_option(package_name="packer")
 def cli() -> None:

@@ -43,7 +43,10 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
 @click.option("--svg", "svg_path", type=click.Path(dir_okay=False), help="Draw the packing as an SVG picture.")
 @click.option("--seed", default=PlanSettings.seed, show_default=True, type=SEED,
               help="Seed of the search: the same seed gives the same plan.")
-@click.option("--time-limit", type=SECONDS, help="Seconds for the search (default: from the fleet size).")
+@click.option("--time-limit", type=SECONDS,
+              help="Seconds for the search (default: from the fleet size). Counted as the solvers' "
+                   "deterministic time, so a seed gives one plan on any machine; the greedy start, the "
+                   "baselines and the bound's last step come on top, and a plan can take about twice it.")
 @click.option("--headroom", default=PlanSettings.headroom, show_default=True, type=Number(0, 0.99),
               help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")

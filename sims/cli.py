@@ -97,7 +97,8 @@ def run_one(plan: Plan, scenario: Scenario, duration_s: float, seed: int, policy
 @click.option("--compare", default=None,
               help="A second plan/fleet file, or a second policy name, on the same traffic; `spot`: the plan "
                    "against its all-on-demand plan (static) and its spot-unaware plan (same policy).")
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of the traffic drawn and of the planner where a fleet is planned first.")
 @out_dir_option("result.json, plots (PNG and SVG) and report.html")
 @format_option
 @output_option("the result")
@@ -162,10 +163,12 @@ def _worst(models: list[dict[str, Any]]) -> dict[str, Any] | None:
 @click.command()
 @click.argument("fleet_path", type=click.Path(dir_okay=False))
 @click.option("--growth", default="1,1.5,2,3", show_default=True, help="Traffic factors to plan and simulate at.")
-@click.option("--scenario", "scenario_path", default="peak", show_default=True)
-@click.option("--duration", default="10m", show_default=True)
-@click.option("--policy", default=None)
-@click.option("--seed", default=0, show_default=True, type=SEED)
+@click.option("--scenario", "scenario_path", default="peak", show_default=True,
+              help="Traffic scenario: a built-in name or a scenario YAML file.")
+@click.option("--duration", default="10m", show_default=True, help="Simulated time per growth factor, e.g. 10m.")
+@click.option("--policy", default=None, help="Scaling policy (default: the scenario's, else static).")
+@click.option("--seed", default=0, show_default=True, type=SEED,
+              help="Seed of the traffic drawn and of the planner where a fleet is planned first.")
 @click.option("--attainment", default=0.99, show_default=True, type=Number(0, 1),
               help="Share of requests within the SLO that counts as holding it.")
 @click.option("--time-limit", default=None, type=SECONDS, help="Planner time per growth factor, seconds.")

@@ -112,9 +112,12 @@ class Result:
     series: dict[str, Any]
     actions: list[dict[str, Any]]
     perf: dict[str, Any]
+    policy_about: str = ""
+    """What the policy scales on, where it says (``about``): a comparison names its baseline."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plan": self.plan_id, "policy": self.policy, "scenario": self.scenario, "seed": self.seed,
+        return {"plan": self.plan_id, "policy": self.policy, "policy_about": self.policy_about,
+                "scenario": self.scenario, "seed": self.seed,
                 "duration_s": self.duration_s, "fleet": self.fleet, "models": self.models, "slots": self.slots,
                 "series": self.series, "actions": self.actions, "perf": self.perf}
 
@@ -629,7 +632,7 @@ class Simulation:
                 "requests_per_cpu_s": round(total_arr / cpu) if cpu > 0 else 0,
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)}
         return Result(self.plan.id, self.policy_name, self.scenario.name, self.seed, T, models, slots, fleet,
-                      self.series, self.actions, perf)
+                      self.series, self.actions, perf, policy_about=getattr(self.policy, "about", ""))
 
 
 def simulate(plan: Plan, scenario: Scenario, *, duration_s: float, seed: int = 0, policy: Policy | str | None = None,

@@ -335,6 +335,10 @@ class HpaPolicy:
             g.min_slots += 1
             self.template.setdefault(key, SlotConfig(p.duty_cycle_ms, tuple((m.name, m.batch_size) for m in p.models)))
             self.planned.setdefault(key, {m.name: m.rate_rps for m in p.models})
+        self.about = (f"HPA per packed group on requests a ready replica, target {self.target:.0%} of the rate the "
+                      f"plan sized it for" if self.metric == "rps" else
+                      f"HPA per packed group on GPU busy time, target {self.target:.0%}") + \
+            f", up to {self.max_factor:g}x the plan's slots"
 
     def _ratio(self, view: ClusterView, key: tuple[str, str, tuple[str, ...]], ready: list) -> tuple[float, str]:
         """The metric over its target, and how it reads (for the action's reason)."""

@@ -46,6 +46,8 @@ def table(runs: list[Run]) -> str:
     for r in runs:
         f = r["fleet"]
         lines.append(f"== {label(r)}: {r['scenario']}, {r['duration_s'] / 3600:.2f} h, seed {r['seed']}")
+        if r.get("policy_about"):
+            lines.append(f"   {r['policy']}: {r['policy_about']}")
         lines.append(f"   cost {f['cost']:.2f} ({f['mean_cost_per_hour']:.2f}/h, plan {f['plan_cost_per_hour']:.2f}/h), "
                      f"GPU-hours {sum(f['gpu_hours'].values()):.2f}, requests {f['requests']:,}, "
                      f"SLO attainment {attainment(f['slo_attainment'], f['requests'])}")
@@ -111,6 +113,8 @@ def verdict(runs: list[Run]) -> str:
                    f"SLO attainment {attainment(b['slo_attainment'], b['requests'])} vs "
                    f"{attainment(a['slo_attainment'], a['requests'])}; "
                    f"models missing their SLO: {len(b['missing'])} vs {len(a['missing'])}.")
+    # A baseline's cost is its configuration's: name it (an HPA on busy time cost twice one on requests).
+    out += [f"{r['policy']}: {r['policy_about']}." for r in runs if r.get("policy_about")][:2]
     return " ".join(out)
 
 

@@ -216,7 +216,7 @@ def render_k8s(plan_path: str, out_dir: str | None, old_out_dir: str | None, nam
 @click.option("--interval", type=Number(0, 86400, lo_open=True, unit="seconds"), default=15.0, show_default=True,
               help="Seconds between cycles.")
 @click.option("--planner-time-limit", type=Number(0, 1e6, lo_open=True, unit="seconds"), default=20.0,
-              show_default=True)
+              show_default=True, help="Seconds for each re-plan's search (as packer plan --time-limit).")
 @click.option("--port", type=Number(0, 65535, integer=True), default=8080, show_default=True,
               help="HTTP port of /healthz, /metrics, /.")
 @click.option("--scaling/--no-scaling", default=True, show_default=True,
@@ -238,7 +238,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
     # The cluster client and the status page's web server take a second to import; `packer render
     # k8s`, which loads this module too, needs neither.
     from k8s.cluster import Cluster, connect
-    from k8s.reconciler import Reconciler, default_planner
+    from k8s.reconciler import Reconciler, default_identity, default_planner
 
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not (kubeconfig or host)
     if dry_run and confirm:
@@ -273,7 +273,7 @@ def reconcile(kubeconfig: str | None, context: str | None, host: str | None, nam
         signals = TritonSignals(service_url(namespace), clock=time.time)
         scaler = packer_scaler()
     rec = Reconciler(Cluster(api, s), s, planner=default_planner(planner_time_limit), signals=signals,
-                     scaler=scaler)
+                     scaler=scaler, identity=default_identity(in_cluster))
     if dry_run or confirm:
         _one_cycle(rec, dry_run, confirm, fmt, output)
         return
@@ -287,8 +287,15 @@ def _one_cycle(rec: "Reconciler", dry_run: bool, confirm: str | None, fmt: str, 
     """The one cycle run from outside the cluster: a dry run prints the diff and the command that
     applies it; ``--confirm`` applies that diff only. Errors, and a lease held by another
     reconciler, end in one error line (exit 2)."""
+    # What the cycle logs (a lost lease, say) is in its report: one error line, not a second one
+    # from logging's last-resort handler.
+    logging.getLogger("packer.reconciler").addHandler(logging.NullHandler())
     with Spinner(label="reconciling (one cycle: read, plan, diff)"):
-        rep = rec.cycle(dry_run=dry_run, expect=confirm)
+        try:
+            rep = rec.cycle(dry_run=dry_run, expect=confirm)
+        finally:
+            if not dry_run:  # this run's identity is its own: the next --confirm must not wait 30 s
+                rec.elector.release(rec.clock())
     apply_with = f"packer reconcile {_given_flags()}--confirm {rep.diff_id}"
     if dry_run:
         last = (f"diff id: {rep.diff_id} ({len(rep.done)} action(s), {len(rep.waiting)} waiting); "
@@ -303,18 +310,34 @@ def _one_cycle(rec: "Reconciler", dry_run: bool, confirm: str | None, fmt: str, 
     # The errors go to the one error line below, not to stdout as well (they were printed twice).
     shown = [ln for ln in rep.lines() if not ln.startswith("error ")]
     emit(doc, fmt, lambda: "\n".join(shown + ([last] if ok else [])), output)
+    lost = next((e for e in rep.errors if e.startswith("cycle stopped, leadership lost")), None)
+    if not rep.leader and lost is not None:
+        raise UserError(f"{lost}; {len(rep.done)} action(s) applied before it stopped. Fix: the API server "
+                        "answered too slowly to keep the lease: check it (`kubectl get --raw /readyz`), then run "
+                        "the dry run again: it shows what is left")
     if not rep.leader:
         raise UserError("another reconciler holds the lease. Fix: scale the in-cluster one to 0 first")
     if rep.errors:
         first = rep.errors[0]
         more = f" (and {len(rep.errors) - 1} more: {'; '.join(rep.errors[1:])})" if len(rep.errors) > 1 else ""
-        fix = "" if "Fix:" in first else ". Fix: correct what it names, then run the dry run again"
-        raise UserError(f"{first}{fix}{more}")
+        if "Fix:" in first:
+            fix = ""
+        elif "did not answer" in first or "connection was dropped" in first or "could not connect" in first:
+            fix = (". Fix: check that the API server is up and not overloaded (`kubectl get --raw /readyz`), "
+                   "then run the dry run again: it shows what is left")
+        else:
+            fix = ". Fix: correct what it names, then run the dry run again"
+        held = ""
+        if rep.held and "held back" not in first:
+            names = ", ".join(f"{a.verb} {a.kind}/{a.name}" for a, _ in rep.held[:5])
+            held = f"; held back, as they rely on what failed: {names}" + (", ..." if len(rep.held) > 5 else "")
+        raise UserError(f"{first}{held}{fix}{more}")
 
 
 CONNECTION_FLAGS = (("kubeconfig", "--kubeconfig"), ("context", "--context"), ("host", "--server"),
                     ("namespace", "--namespace"), ("gpu_operator_namespace", "--gpu-operator-namespace"),
-                    ("planner_time_limit", "--planner-time-limit"), ("scaling", "--scaling"), ("devices", "--devices"))
+                    ("planner_time_limit", "--planner-time-limit"), ("scaling", "--scaling"), ("devices", "--devices"),
+                    ("triton_image", "--triton-image"), ("fetch_image", "--fetch-image"))
 """The flags that decide which cluster a cycle reads and what diff it computes: ``--confirm``
 must be given them again, or it applies to another cluster or computes another diff."""
 

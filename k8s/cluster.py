@@ -113,6 +113,7 @@ class Cluster:
         fn = self._method("read" if verb == "get" else verb, kind)
         last: Exception | None = None
         end = None if timeout_s is None else time.monotonic() + timeout_s
+        last_timeout: float | None = None
         for attempt in range(s.max_attempts):
             budget = self._budget(kind, end)
             if attempt:
@@ -121,10 +122,10 @@ class Cluster:
                 self._sleep(min(delay, max(0.0, budget)))
                 budget = self._budget(kind, end)
             if budget <= 0:
-                raise ApiError(verb, kind, name, None, f"out of time after {attempt} tries: {_reason(last)}")
+                raise ApiError(verb, kind, name, None, f"out of time after {attempt} tries: {_reason(last, last_timeout)}")
             self.calls[verb] += 1
             self.by_kind[(verb, kind)] += 1
-            timeout = max(0.001, min(s.request_timeout_s, budget))
+            timeout = last_timeout = max(0.001, min(s.request_timeout_s, budget))
             try:
                 resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
                 return json.loads(resp.data) if resp.data else {}
@@ -139,7 +140,7 @@ class Cluster:
                     raise
                 last = e
         status = getattr(last, "status", None)
-        raise ApiError(verb, kind, name, status, f"after {s.max_attempts} tries: {_reason(last)}")
+        raise ApiError(verb, kind, name, status, f"after {s.max_attempts} tries: {_reason(last, last_timeout)}")
 
     def list(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
         args = (namespace,) if KINDS[kind].namespaced else ()
@@ -169,13 +170,40 @@ class Cluster:
         self._call("delete", kind, name, *args)
 
 
-def _reason(e: Exception | None) -> str:
+def _reason(e: Exception | None, timeout_s: float | None = None) -> str:
+    """What a failed try comes to, in words: the API server's message, or what happened to the
+    connection (never urllib3's nested repr, cut mid-string)."""
     if isinstance(e, client.ApiException):
         try:
             return str(json.loads(e.body or "{}").get("message") or e.reason)[:200]
         except ValueError:
             return str(e.reason)
-    return repr(e)[:200]
+    if e is None:
+        return "no try was made"
+    return _transport(e, timeout_s)
+
+
+def _transport(e: BaseException, timeout_s: float | None) -> str:
+    """A connection failure, by the innermost cause urllib3 wraps it in (MaxRetryError's reason)."""
+    seen: list[BaseException] = []
+    todo: list[Any] = [e]
+    while todo:
+        x = todo.pop(0)
+        if not isinstance(x, BaseException) or any(x is y for y in seen) or len(seen) > 20:
+            continue
+        seen.append(x)
+        todo += [getattr(x, "reason", None), x.__cause__, x.__context__, *x.args]
+    names = {type(x).__name__ for x in seen}
+    if names & {"ReadTimeoutError", "ConnectTimeoutError", "TimeoutError", "timeout", "ReadTimeout"}:
+        return f"the API server did not answer in {timeout_s:.3g} s" if timeout_s else "the API server did not answer in time"
+    if names & {"ProtocolError", "RemoteDisconnected", "ConnectionResetError", "BrokenPipeError",
+                "IncompleteRead", "ConnectionAbortedError"}:
+        return "the connection was dropped"
+    if names & {"NewConnectionError", "ConnectionRefusedError"}:
+        return "could not connect (connection refused)"
+    if names & {"SSLError", "SSLCertVerificationError"}:
+        return "could not connect (TLS error)"
+    return f"could not connect ({type(e).__name__})"
 
 
 def _transient(e: Exception) -> bool:

@@ -174,6 +174,8 @@ class Acted:
     errors: list[str]
     lost: LeaseLost | None = None
     """The lease was lost part way: acting stopped there."""
+    held: list[tuple[Change, str]] = field(default_factory=list)
+    """Changes not made because one they rely on (:attr:`Change.after`) failed or met a conflict."""
 
 
 def check_nodes(fleet: Fleet, nodes: list[dict[str, Any]], pool_label: str) -> list[str]:

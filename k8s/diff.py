@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import yaml
@@ -36,6 +36,9 @@ class Change:
     """The object to create, or the merge patch to apply."""
     disruptive: bool = False
     """Restarts or removes serving pods (deleted or updated Deployments, MIG relabels)."""
+    after: tuple[ObjKey, ...] = field(default=(), compare=False)
+    """Changes of this cycle (their keys) this one relies on: if one of them fails or meets a
+    conflict, this one is held back in the same cycle (:func:`gate` sets them)."""
 
     @property
     def key(self) -> ObjKey:
@@ -178,22 +181,22 @@ def diff(desired: list[dict[str, Any]], live: list[dict[str, Any]],
     changes: list[Change] = []
     conflicts: list[Conflict] = []
     want_keys = set()
-    foreign_claims: set[str] = set()
+    # Desired ConfigMaps and claims held by someone else: a server mounting one is not created or
+    # changed (it would run their fetch.sh, or share their device) until the name is free.
+    foreign = {key(o) for o in desired if o["kind"] in ("ConfigMap", "ResourceClaim")
+               and (cur := live_by.get(key(o))) is not None and not N.owned(cur)}
     for obj in desired:
         k = key(obj)
         want_keys.add(k)
         cur = live_by.get(k)
-        if k[0] == "Deployment" and (taken := sorted(_claims(obj) & foreign_claims)):
-            # Its pods would share the device of someone else's claim: not created or changed.
-            conflicts.append(Conflict(*k, f"its ResourceClaim {taken[0]} is held by an object without "
+        if k[0] == "Deployment" and (taken := sorted(m for m in mounts(obj) if m in foreign)):
+            conflicts.append(Conflict(*k, f"its {taken[0][0]} {taken[0][2]} is held by an object without "
                                          f"{N.MANAGED_BY}={N.MANAGER}; left alone until it is renamed or removed"))
         elif cur is None:
             changes.append(Change("create", *k, why.get(k, "planned, not in the cluster"), obj))
         elif not N.owned(cur):
             conflicts.append(Conflict(*k, f"{k[0]}/{k[2]} exists without {N.MANAGED_BY}={N.MANAGER}; "
                                          "left alone, its group is not served until it is renamed or removed"))
-            if k[0] == "ResourceClaim":
-                foreign_claims.add(k[2])
         else:
             reason = drifted(cur, obj)
             if reason:
@@ -346,6 +349,15 @@ def _claims(dep: dict[str, Any]) -> set[str]:
     return {c.get("resourceClaimName") for c in pod.get("resourceClaims") or []} - {None}
 
 
+def mounts(dep: dict[str, Any], namespace: str | None = None) -> set[ObjKey]:
+    """The ConfigMaps (volumes) and ResourceClaims a Deployment's pods use, as keys in its namespace
+    (``namespace``, or its own). Works on a merge patch of one too (it carries the pod template)."""
+    ns = namespace or (dep.get("metadata") or {}).get("namespace")
+    pod = ((dep.get("spec") or {}).get("template") or {}).get("spec") or {}
+    cms = {((v or {}).get("configMap") or {}).get("name") for v in pod.get("volumes") or []} - {None}
+    return {("ConfigMap", ns, n) for n in cms} | {("ResourceClaim", ns, n) for n in _claims(dep)}
+
+
 def _pinned_node(dep: dict[str, Any]) -> str | None:
     terms = (((dep.get("spec") or {}).get("template") or {}).get("spec", {}).get("affinity", {})
              .get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution", {})
@@ -397,7 +409,25 @@ def gate(changes: list[Change], desired: list[dict[str, Any]], live: list[dict[s
                 gone.add(a.key)
         else:
             waiting.append((a, hold))
-    return Gate(now, waiting)
+    return Gate(_prerequisites(now, view, gone), waiting)
+
+
+def _prerequisites(now: list[Change], view: "_GateView", gone: set[ObjKey]) -> list[Change]:
+    """``now`` with each change's :attr:`Change.after`: a server's create or update relies on the
+    creates and updates of the ConfigMaps and claims it mounts; a Service, repository ConfigMap or
+    claim deleted because its server goes this cycle relies on that server's delete."""
+    config = {a.key for a in now if a.verb in ("create", "update") and a.kind in ("ConfigMap", "ResourceClaim")}
+    out = []
+    for a in now:
+        after: tuple[ObjKey, ...] = ()
+        if a.kind == "Deployment" and a.verb in ("create", "update") and a.body:
+            after = tuple(sorted(mounts(a.body, a.namespace) & config))
+        elif a.verb == "delete" and a.kind in ("Service", "ConfigMap", "ResourceClaim"):
+            server = view.server_of(a)
+            if server in gone:
+                after = (server,)
+        out.append(replace(a, after=after) if after else a)
+    return out
 
 
 @dataclass(frozen=True)
@@ -453,11 +483,15 @@ class _GateView:
         return sorted({d["metadata"]["name"] for m in models for d in self.serving.get(m, [])
                        if key(d) != skip and _pinned_node(d) not in self.settling and not self.up(d)})
 
+    def server_of(self, a: Change) -> ObjKey:
+        """The server (Deployment) of the group ``a``'s live object belongs to (its group label)."""
+        return ("Deployment", a.namespace, ((self.live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
+                .get(N.GROUP_LABEL, ""))
+
     def hold(self, a: Change, gone: set[ObjKey]) -> str | None:
         """Why ``a`` must wait (rules 2-4 of :func:`gate`), or None; ``gone``: deleted this cycle."""
         live_by = self.live_by
-        server = ("Deployment", a.namespace, ((live_by.get(a.key) or {}).get("metadata", {}).get("labels") or {})
-                  .get(N.GROUP_LABEL, ""))
+        server = self.server_of(a)
         if a.verb == "delete" and a.kind == "ResourceClaim" and server in live_by and server not in gone:
             if a.name in _claims(live_by[server]):
                 return f"its server {server[2]} still uses it"

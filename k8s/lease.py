@@ -119,6 +119,23 @@ class LeaderElector:
             left = self.deadline - now
         return left
 
+    def release(self, now: float) -> bool:
+        """Give the lease up (a one-cycle run from outside the cluster, done): empty holder, with
+        the resourceVersion of our last renewal as precondition, so a lease someone else took in
+        the meantime is left alone. True when released; a failure leaves it to expire."""
+        if not self.leader:
+            return False
+        meta = {"resourceVersion": self.resource_version} if self.resource_version else {}
+        spec = {"holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _fmt(now)}
+        try:
+            self.cluster.patch("Lease", self.namespace, self.name, {"metadata": meta, "spec": spec},
+                               retry_conflict=False, timeout_s=self.cluster.settings.request_timeout_s)
+        except ApiError:
+            return False
+        finally:
+            self.lose()
+        return True
+
     def ensure(self, now: float) -> bool:
         """Am I the leader now? Creates, renews or takes over the lease as needed."""
         # A leader's election calls get no more time than its lease has left; past it, it is a

@@ -22,6 +22,9 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import re
+import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -71,6 +74,19 @@ def default_planner(time_limit_s: float = 20.0) -> Planner:
     return plan
 
 
+def default_identity(in_cluster: bool | None = None) -> str:
+    """The leader-election identity: in the cluster, the pod's name (``HOSTNAME``, which the kubelet
+    sets); outside it (``in_cluster`` False, default: no ``KUBERNETES_SERVICE_HOST``), one unique to
+    this process: host, pid and a random suffix. Two admins' runs (or two terminals', where
+    HOSTNAME is not exported) must never look like the same holder of the Lease."""
+    if in_cluster is None:
+        in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    if in_cluster and os.environ.get("HOSTNAME"):
+        return os.environ["HOSTNAME"]
+    host = re.sub(r"[^A-Za-z0-9.-]+", "-", socket.gethostname() or "").strip("-.")[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 @dataclass
 class CycleReport:
     """What one cycle saw and did; the CLI prints it, the status page and metrics show it."""
@@ -84,6 +100,8 @@ class CycleReport:
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    held: list[tuple[Change, str]] = field(default_factory=list)
+    """Gated changes not made because one they rely on failed this cycle (also in ``waiting``)."""
     input_errors: list[str] = field(default_factory=list)
     """Bad content in the fleet or status ConfigMap, also in ``errors``: reported, the plan kept."""
     calls: Counter[str] = field(default_factory=Counter)
@@ -139,7 +157,7 @@ class Reconciler:
         self.scaler = scaler
         """With ``signals``, the scaling policy moves the plan with live traffic."""
         self.clock = clock
-        self.identity = identity or self.s.identity or os.environ.get("HOSTNAME", "packer-reconciler")
+        self.identity = identity or self.s.identity or default_identity()
         self.elector = LeaderElector(cluster, self.ns, self.s.lease_name, self.identity, self.s.lease_duration_s,
                                      self.s.fence_margin_s, clock)
         self.last: CycleReport | None = None
@@ -325,11 +343,24 @@ class Reconciler:
     # -- act ----------------------------------------------------------------------------------
 
     def act(self, changes: list[Change]) -> Acted:
-        """Carry out the gated actions; a failure is reported and left to the next cycle. A lost
-        lease stops at once: what was done so far, and the loss, come back."""
+        """Carry out the gated actions; a failure is reported and left to the next cycle. A change
+        whose prerequisite (:attr:`Change.after`) failed or met a conflict is held back, in this
+        cycle: no server on a missing or foreign ConfigMap or claim, no Service or repository
+        deleted under a server still running. A lost lease stops at once: what was done so far,
+        and the loss, come back."""
         c = self.cluster
-        done, conflicts, errors = [], [], []
+        done, conflicts, errors, held = [], [], [], []
+        failed: dict[tuple[str, str | None, str], str] = {}  # key -> what became of its change
+
+        def dependents(a: Change) -> list[Change]:
+            return [b for b in changes if a.key in b.after]
+
         for a in changes:
+            if blocked := [k for k in a.after if k in failed]:
+                k = blocked[0]
+                held.append((a, f"held back: {failed[k]}, and it relies on that"))
+                failed[a.key] = f"{a.verb} {a.kind}/{a.name} was held back too"
+                continue
             try:
                 if a.verb == "create":
                     try:
@@ -342,6 +373,8 @@ class Reconciler:
                         if cur is None or not N.owned(cur):
                             conflicts.append(Conflict(a.kind, a.namespace, a.name,
                                                       "name taken by an object packer does not own; left alone"))
+                            failed[a.key] = f"the name {a.kind}/{a.name} was taken by someone else"
+                            errors.append(self._taken(a, dependents(a)))
                             continue
                         if drifted(cur, a.body):
                             c.patch(a.kind, a.namespace, a.name, merge_patch(cur, a.body))
@@ -352,9 +385,17 @@ class Reconciler:
                 done.append(a)
             except ApiError as e:
                 errors.append(str(e))
+                failed[a.key] = f"{a.verb} {a.kind}/{a.name} failed"
             except LeaseLost as e:
-                return Acted(done, conflicts, errors, e)
-        return Acted(done, conflicts, errors)
+                return Acted(done, conflicts, errors, e, held=held)
+        return Acted(done, conflicts, errors, held=held)
+
+    def _taken(self, a: Change, deps: list[Change]) -> str:
+        """The error of a create that met a name taken after the diff was made (one line, a fix)."""
+        held = f"; held back: {', '.join(f'{b.verb} {b.kind}/{b.name}' for b in deps)}" if deps else ""
+        return (f"create {a.kind}/{a.name}: the name was taken by an object without {N.MANAGED_BY}={N.MANAGER} "
+                f"after the diff was made; left alone{held}. Fix: rename or remove {a.kind}/{a.name} in namespace "
+                f"{a.namespace}, then run the dry run again")
 
     def record(self, obs: Observed, plan: Plan | None, state: dict[str, Any], rep: CycleReport, now: float) -> None:
         """Write what :func:`k8s.cycle.status_update` decides: Events for what was done and for new
@@ -495,6 +536,7 @@ class Reconciler:
             return
         acted = self.act(cp.now)
         rep.done, rep.conflicts, rep.errors = acted.done, cp.conflicts + acted.conflicts, rep.errors + acted.errors
+        rep.held, rep.waiting = acted.held, rep.waiting + acted.held
         lap("act")
         if acted.lost is not None:
             raise acted.lost

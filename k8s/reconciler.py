@@ -117,7 +117,12 @@ class CycleReport:
         def what(a: Change) -> Any:
             # What runs, not which plan id or replica numbering produced it.
             h = ((a.body or {}).get("metadata") or {}).get("annotations", {}).get(N.SPEC_HASH)
-            return h or a.body
+            if a.verb != "update":
+                return h or a.body
+            # An update patches the live object: what it changes there, and whether that restarts
+            # pods, is part of what was shown. A pod template edited by hand after the dry run made
+            # the same "update" restart the pods, and the confirm was taken with the same id.
+            return [h or a.body, a.disruptive, N.digest((a.body or {}).get("spec"))]
         return N.digest(sorted([a.verb, a.kind, a.namespace or "", a.name, what(a)] for a in self.done), 12)
 
     def lines(self) -> list[str]:

@@ -339,3 +339,23 @@ def test_a_lease_lost_to_a_slow_server_is_not_called_another_reconciler(cluster,
     assert res.exit_code != 0 and len(msg.splitlines()) == 1
     assert msg.startswith("cycle stopped, leadership lost") and "action(s) applied before it stopped" in msg
     assert "another reconciler" not in msg and "Error(" not in msg
+
+
+def test_a_confirm_is_refused_where_the_live_object_an_update_patches_changed(cluster) -> None:
+    """The dry run showed a non-disruptive update (a server scaled to 0 by hand, put back). A pod
+    template edited after it made the same update restart the pods, and the confirm was taken with
+    the same diff id: what an update changes in the live object is part of what was shown."""
+    r = cluster.reconciler()
+    cluster.converge(r)
+    server = N.group_name("l4-n0-g0-whole")
+    apps = cluster.client.AppsV1Api(cluster.api)
+    apps.patch_namespaced_deployment(server, "packer", {"spec": {"replicas": 0}})
+    dry = r.cycle(dry_run=True)
+    assert [(a.verb, a.name, a.disruptive) for a in dry.done] == [("update", server, False)]
+    apps.patch_namespaced_deployment(server, "packer", {"spec": {"template": {"spec": {"containers": [
+        {"name": "triton", "image": "someone/else:latest"}]}}}})
+    cluster.ready()
+    rep = r.cycle(expect=dry.diff_id)
+    assert rep.done == [] and len(rep.errors) == 1 and f"not the {dry.diff_id} a dry run showed" in rep.errors[0]
+    image = apps.read_namespaced_deployment(server, "packer").spec.template.spec.containers[0].image
+    assert image == "someone/else:latest"  # nothing applied

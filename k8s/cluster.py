@@ -84,6 +84,11 @@ class Cluster:
         :class:`k8s.lease.LeaseLost`, which stops the call and the cycle."""
         self._sleep = sleep
         self._rng = rng or random.Random(0)
+        self.clock: Callable[[], float] = time.time
+        """The reconciler's clock (it sets it): what :attr:`answered_at` is read on."""
+        self.answered_at: float | None = None
+        """When the last try of any call ended, answered or timed out: a cycle that waits on a slow
+        API server is working, not wedged (``k8s.server`` counts it as alive)."""
 
     @property
     def lease_writes(self) -> int:
@@ -127,7 +132,10 @@ class Cluster:
             self.by_kind[(verb, kind)] += 1
             timeout = last_timeout = max(0.001, min(s.request_timeout_s, budget))
             try:
-                resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
+                try:
+                    resp = fn(*args, _preload_content=False, _request_timeout=timeout, **kwargs)
+                finally:
+                    self.answered_at = self.clock()
                 return json.loads(resp.data) if resp.data else {}
             except client.ApiException as e:
                 if e.status == 404 and verb in ("get", "delete"):

@@ -155,6 +155,7 @@ class Reconciler:
                  scaler: Scaler | None = None, identity: str | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.cluster = cluster
+        cluster.clock = clock  # its answers are timed as the cycles are, for /healthz
         self.s = settings or ReconcileSettings()
         self.ns = self.s.render.namespace
         self.planner = planner or default_planner()

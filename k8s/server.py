@@ -44,16 +44,24 @@ def status(rec: Reconciler) -> dict[str, Any]:
 
 
 def _stall_s(rec: Reconciler) -> float:
-    """No cycle for this long means the loop is wedged (``/healthz`` fails)."""
+    """No cycle and no API answer for this long means the loop is wedged (``/healthz`` fails)."""
     return 3 * rec.s.interval_s + rec.s.request_timeout_s * rec.s.max_attempts
+
+
+def _alive_at(rec: Reconciler, started: float) -> float:
+    """The last sign of life: a cycle's end, or any API call's try ending (answered or timed out).
+    Cycles alone made a cycle slowed by a webhook that times out (four creates at 50 s each)
+    look wedged at 95 s, and the kubelet restarted the reconciler mid-apply, again and again."""
+    answered = getattr(getattr(rec, "cluster", None), "answered_at", None)  # a page's stand-in has no cluster
+    return max(rec.last_cycle_end or started, answered or 0.0)
 
 
 def health(rec: Reconciler, started: float) -> tuple[str, str, str]:
     """(state, colour, one line) at a glance: stalled, starting, failing, follower, waiting or healthy."""
     now = rec.clock()
     rep = rec.last
-    if now - (rec.last_cycle_end or started) >= _stall_s(rec):
-        return "stalled", "#b00020", (f"no cycle for {now - (rec.last_cycle_end or started):,.0f} s "
+    if now - _alive_at(rec, started) >= _stall_s(rec):
+        return "stalled", "#b00020", (f"no cycle and no API answer for {now - _alive_at(rec, started):,.0f} s "
                                       f"(limit {_stall_s(rec):,.0f} s): /healthz fails and the kubelet restarts it")
     if rep is None:
         return "starting", "#666", "no cycle yet"
@@ -136,8 +144,7 @@ def create_app(rec: Reconciler, *, started: float | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> Response:
-        last = rec.last_cycle_end or t0
-        ok = rec.clock() - last < stall_s
+        ok = rec.clock() - _alive_at(rec, t0) < stall_s
         return JSONResponse({"ok": ok}, status_code=200 if ok else 503)
 
     @app.get("/readyz")

@@ -359,3 +359,13 @@ def test_a_confirm_is_refused_where_the_live_object_an_update_patches_changed(cl
     assert rep.done == [] and len(rep.errors) == 1 and f"not the {dry.diff_id} a dry run showed" in rep.errors[0]
     image = apps.read_namespaced_deployment(server, "packer").spec.template.spec.containers[0].image
     assert image == "someone/else:latest"  # nothing applied
+
+
+def test_every_api_try_marks_the_loop_alive_on_the_reconcilers_clock(cluster, faults) -> None:
+    """A try that times out is a sign of life too (``k8s.server._alive_at``): the loop is waiting on
+    the API server, not wedged."""
+    r = cluster.reconciler()
+    assert r.cluster.answered_at is None
+    r.cycle(dry_run=True)
+    first = r.cluster.answered_at
+    assert first is not None and first <= r.clock()

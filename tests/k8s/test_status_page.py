@@ -55,3 +55,15 @@ def test_health_shows_stalls_errors_and_work_left(rec) -> None:
     assert health(rec, T0)[0] == "follower" and "· follower" in _page(rec, T0)
     rec.last = None
     assert health(rec, T0)[0] == "starting" and "no cycle yet" in _page(rec, T0)
+
+
+def test_a_cycle_that_waits_on_a_slow_api_server_is_alive_not_stalled(rec) -> None:
+    """A webhook timing out on four Deployment creates makes a cycle of about 200 s; counting only
+    cycles' ends, /healthz failed at 95 s and the kubelet restarted the reconciler mid-apply, over
+    and over. An API call's try ending (answered or timed out) is a sign of life too."""
+    stall = 3 * rec.s.interval_s + rec.s.request_timeout_s * rec.s.max_attempts
+    rec.now[0] = T0 + stall + 5
+    rec.cluster = SimpleNamespace(answered_at=None)
+    assert health(rec, T0 - 60)[0] == "stalled"
+    rec.cluster.answered_at = T0 + stall  # a try ended 5 s ago
+    assert health(rec, T0 - 60)[0] != "stalled"

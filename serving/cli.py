@@ -151,7 +151,7 @@ def endpoints(placement: Placement, repo: object, server: object) -> dict:
 
 def endpoints_text(doc: dict) -> str:
     lines = [f"{doc['slot']} {doc['kind']}: {', '.join(doc['models'])}",
-             f"  http {doc['http']}  grpc {doc['grpc']}  metrics {doc['metrics']}",
+             f"  HTTP http://{doc['http']}  gRPC {doc['grpc']}  metrics {doc['metrics']}",
              f"  try: {doc['try']}"]
     if doc["kind"] == "batch":
         wait = max(doc["queue_delay_ms"].values())

@@ -175,7 +175,7 @@ def test_prove_keeps_the_default_plans_packing_and_says_why_it_did_not_search(du
     proved = plan_fleet(fleet, PlanSettings(prove_s=1.0))
     assert proved.cost_per_hour <= default.cost_per_hour + 1e-9
     assert proved.lower_bound_cost_per_hour == pytest.approx(proved.cost_per_hour)
-    assert "integer master over every group" in proved.bound_method
+    assert "an integer programme over every group" in proved.bound_method
     monkeypatch.setattr(solve, "exact_groups", lambda *a, **k: (None, 0.0))
     default = plan_fleet(fleet, PlanSettings())
     proved = plan_fleet(fleet, PlanSettings(prove_s=1.0))

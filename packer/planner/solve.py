@@ -1438,14 +1438,16 @@ def _master_words(exact, value: float, proven: bool) -> str:
     left = ""
     if exact.kept < exact.columns:
         below = f" below {exact.target:.2f}/h" if math.isfinite(exact.target) else ""
-        left = f"; {exact.kept} left by reduced-cost fixing{below}"
+        left = f", {exact.kept} of them able to be in a plan{below}"
     if proven:
-        how = "HiGHS optimum"
+        how = "solved to optimality"
     elif math.isfinite(exact.target) and value >= exact.target - 1e-6:
-        how = f"HiGHS: no plan below {exact.target:.2f}/h"
+        how = f"none of their choices costs less than {exact.target:.2f}/h"
     else:
-        how = f"HiGHS best bound after {EXACT_NODES} nodes"
-    return f"integer master over every group the slot maths admits ({exact.columns}{left}; {how})"
+        how = f"its bound after {EXACT_NODES} nodes of branch and bound"
+    # In a user's words: the groups (which models share a slot) and what was shown, not the
+    # solver's names ("integer master", "HiGHS optimum", "reduced-cost fixing").
+    return f"an integer programme over every group of models the slot maths admits ({exact.columns} groups{left}; {how})"
 
 
 def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budget) -> tuple[float, str]:

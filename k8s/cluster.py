@@ -59,6 +59,16 @@ class ApiError(Exception):
         super().__init__(f"{verb} {kind}/{name}: {status or 'no response'} {detail}".strip())
 
 
+def _retry_after(e: client.ApiException) -> float:
+    """Seconds the server's ``Retry-After`` asks for (priority and fairness sends it with a 429), or
+    0: the retries ignored it and gave up in about 9 s under throttling the server said would
+    pass. Capped at a minute; the try's budget (the lease) caps it again."""
+    try:
+        return min(60.0, max(0.0, float((e.headers or {}).get("Retry-After", 0))))
+    except (TypeError, ValueError):  # an HTTP date, or junk: the backoff's own delay stands
+        return 0.0
+
+
 class Cluster:
     """Typed-API calls by kind name, counted, retried with jittered exponential backoff.
 
@@ -119,11 +129,13 @@ class Cluster:
         last: Exception | None = None
         end = None if timeout_s is None else time.monotonic() + timeout_s
         last_timeout: float | None = None
+        asked = 0.0  # what the server's Retry-After asked of the next try (429, 503)
         for attempt in range(s.max_attempts):
             budget = self._budget(kind, end)
             if attempt:
                 self.retries += 1
                 delay = self._rng.uniform(0, min(s.backoff_max_s, s.backoff_base_s * 2 ** attempt))
+                delay = max(delay, asked)  # a server that says when to come back is believed
                 self._sleep(min(delay, max(0.0, budget)))
                 budget = self._budget(kind, end)
             if budget <= 0:
@@ -142,11 +154,11 @@ class Cluster:
                     return None
                 if e.status not in RETRY_STATUS or (e.status == 409 and not retry_conflict):
                     raise ApiError(verb, kind, name, e.status, _reason(e)) from None
-                last = e
+                last, asked = e, _retry_after(e)
             except Exception as e:  # urllib3 timeouts and connection errors
                 if not _transient(e):
                     raise
-                last = e
+                last, asked = e, 0.0
         status = getattr(last, "status", None)
         raise ApiError(verb, kind, name, status, f"after {s.max_attempts} tries: {_reason(last, last_timeout)}")
 

@@ -411,8 +411,11 @@ class Reconciler:
                            rep.replanned, now, self.s, blob)
         rep.conflicts += up.conflicts
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-        for kind, ns, name, reason, message, typ in up.events:
-            self._event(kind, ns, name, reason, message, typ, stamp)
+        lost = [e for ev in up.events if (e := self._event(*ev, stamp)) is not None]
+        if lost:  # once a cycle: without RBAC for Events, a line per event flooded stderr (14 a cycle)
+            rep.warnings.append(f"{len(lost)} of {len(up.events)} Event(s) not recorded: {lost[0]}. Fix: grant "
+                                f"create on events in namespace {self.ns} (the Role in the deploy manifests has it)")
+            log.warning("%s", rep.warnings[-1])
         self.policy_state = up.policy_state
         if plan is not None and blob is None:
             self._blob = (up.binary["plan.json.gz"], plan, fleet_hash(plan.fleet))
@@ -431,7 +434,8 @@ class Reconciler:
         except ApiError as e:
             rep.errors.append(f"status: {e}")
 
-    def _event(self, kind: str, ns: str, name: str, reason: str, message: str, typ: str, stamp: str) -> None:
+    def _event(self, kind: str, ns: str, name: str, reason: str, message: str, typ: str, stamp: str) -> str | None:
+        """File one Event; why not, where it could not be (None where it was, or was already)."""
         if KINDS[kind].namespaced is False:
             # The API server wants events about cluster-scoped objects in "default"; keep them in
             # our namespace (and our RBAC) by filing them under the status ConfigMap.
@@ -450,7 +454,8 @@ class Reconciler:
             self.cluster.create(ev)
         except ApiError as e:
             if e.status != 409:  # the same event this second: already recorded
-                log.warning("event not recorded: %s", e)
+                return str(e)
+        return None
 
     # -- the cycle ----------------------------------------------------------------------------
 

@@ -369,3 +369,39 @@ def test_every_api_try_marks_the_loop_alive_on_the_reconcilers_clock(cluster, fa
     r.cycle(dry_run=True)
     first = r.cluster.answered_at
     assert first is not None and first <= r.clock()
+
+
+def test_events_without_rbac_are_one_warning_a_cycle_not_a_line_each(cluster, faults) -> None:
+    """RBAC without create on Events (403): the apply goes on, and what could not be recorded is one
+    warning with the fix; it was a stderr line per Event (14 on a first apply)."""
+    faults("POST", "events", what=403)
+    r = cluster.reconciler()
+    dry = r.cycle(dry_run=True)
+    rep = r.cycle(expect=dry.diff_id)
+    assert rep.done and rep.errors == []
+    said = [w for w in rep.warnings if "Event(s) not recorded" in w]
+    assert len(said) == 1 and "403" in said[0] and "Fix: grant create on events" in said[0]
+
+
+def test_a_429_with_retry_after_waits_as_long_as_the_server_asks() -> None:
+    """Priority and fairness answers 429 with a Retry-After; the retries ignored it and gave up in
+    about 9 s under throttling the server said would pass."""
+    from kubernetes import client
+
+    from k8s.cluster import Cluster
+
+    slept: list[float] = []
+    c = Cluster(client.ApiClient(), sleep=slept.append)
+    tries = [0]
+
+    def throttled(*args: Any, **kwargs: Any) -> Any:
+        tries[0] += 1
+        if tries[0] < 3:
+            e = client.ApiException(status=429, reason="Too Many Requests")
+            e.headers = {"Retry-After": "7"}
+            raise e
+        return type("R", (), {"data": b"{}"})()
+
+    c._method = lambda verb, kind: throttled  # type: ignore[method-assign]
+    assert c._call("get", "ConfigMap", "x") == {}
+    assert tries[0] == 3 and slept == [7.0, 7.0]

@@ -213,7 +213,7 @@ def test_cli_renders_and_serves_a_plan(plan, tmp_path, capsys):
     assert main(["serve-local", str(tmp_path / "plan.json"), "--group", "1", "--seconds", "0.2",
                  "--time-scale", str(FAST)]) == 0
     out = capsys.readouterr().out
-    assert "batch: diarize-es, summarizer-es, diarize-de" in out and "grpc 127.0.0.1:" in out
+    assert "batch: diarize-es, summarizer-es, diarize-de" in out and "gRPC 127.0.0.1:" in out and "HTTP http://127.0.0.1:" in out
     # issue 16 item 7: a request to paste, and the batch group's wait said to be by design
     assert "  try: curl -s -X POST http://127.0.0.1:" in out and "/v2/models/diarize-es/infer" in out
     assert "note: a batch group: each request waits up to" in out and "by design" in out

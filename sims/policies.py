@@ -160,6 +160,11 @@ class SlotConfig:
     batches: tuple[tuple[str, int], ...]
     """(model, batch size) of every member the slot runs."""
 
+    @classmethod
+    def of(cls, p: Any) -> "SlotConfig":
+        """A plan placement's duty cycle and every member's batch: what the Triton writer renders."""
+        return cls(p.duty_cycle_ms, tuple((m.name, m.batch_size) for m in p.models))
+
 
 @dataclass(frozen=True)
 class AddSlot:
@@ -252,7 +257,7 @@ class StaticPolicy:
             key = (p.pool, p.slot, tuple(m.name for m in p.models))
             self.want[key] = self.want.get(key, 0) + 1
             # A replacement is the group's pod template: configured as the plan configured it.
-            self.template.setdefault(key, SlotConfig(p.duty_cycle_ms, tuple((m.name, m.batch_size) for m in p.models)))
+            self.template.setdefault(key, SlotConfig.of(p))
 
     def decide(self, view: ClusterView, now: float) -> list[ClusterAction]:
         have: dict[tuple[str, str, tuple[str, ...]], int] = {}
@@ -333,7 +338,7 @@ class HpaPolicy:
             key = (p.pool, p.slot, tuple(m.name for m in p.models))
             g = self.groups.setdefault(key, _Deployment(*key, min_slots=0))
             g.min_slots += 1
-            self.template.setdefault(key, SlotConfig(p.duty_cycle_ms, tuple((m.name, m.batch_size) for m in p.models)))
+            self.template.setdefault(key, SlotConfig.of(p))
             self.planned.setdefault(key, {m.name: m.rate_rps for m in p.models})
         self.about = (f"HPA per packed group on requests a ready replica, target {self.target:.0%} of the rate the "
                       f"plan sized it for" if self.metric == "rps" else

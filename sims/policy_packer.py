@@ -89,7 +89,7 @@ class PackerPolicy:
         self.ids = {p.id: p.id for p in self.plan.placements}
         self._seen: set[str] = set(self.ids.values())
         """Every simulator slot the shadow has mapped: none of them is a new one."""
-        self._told: dict[str, sp.SlotConfig] = {p.id: _slot_config(p) for p in self.plan.placements}
+        self._told: dict[str, sp.SlotConfig] = {p.id: sp.SlotConfig.of(p) for p in self.plan.placements}
         """Simulator slot id -> the configuration it was last told."""
         self._pending: list[tuple[str, str, str, tuple[str, ...], sp.SlotConfig | None]] = []
         """(shadow id, pool, profile, models, configuration) of slots asked for but not seen yet."""
@@ -205,7 +205,7 @@ class PackerPolicy:
             sim = self.ids.get(p.id)
             if sim is None or p.id in new_slots:
                 continue
-            cfg = _slot_config(p)
+            cfg = sp.SlotConfig.of(p)
             if self._told.get(sim) != cfg:
                 out.append(sp.Configure(sim, cfg, reason="the plan re-sized this slot's replicas"))
         return out
@@ -244,7 +244,7 @@ class PackerPolicy:
         back to full batches one after another, and punct-fr served a p99 of 150-170 ms against a
         100 ms SLO in a slot whose plan bound it at 94 (diurnal day, seed 0)."""
         p = next((q for q in self.plan.placements if q.id == slot_id), None)
-        return None if p is None else _slot_config(p)
+        return None if p is None else sp.SlotConfig.of(p)
 
     def _translate(self, a: Action, new_slots: dict[str, sp.AddSlot]) -> list[sp.ClusterAction]:
         out: list[sp.ClusterAction | None] = []
@@ -337,11 +337,6 @@ class PackerPolicy:
                 keep.append(r)
         self.removals = keep
         return out
-
-
-def _slot_config(p: Any) -> sp.SlotConfig:
-    """A placement's duty cycle and every member's batch: what the Triton writer renders."""
-    return sp.SlotConfig(p.duty_cycle_ms, tuple((m.name, m.batch_size) for m in p.models))
 
 
 def _signals(s: sp.ModelSignals, interval_s: float) -> Signals:

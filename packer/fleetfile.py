@@ -16,7 +16,7 @@ from typing import Any
 
 from packer.catalog import GPU_TYPES, gpu_type
 from packer.fleet import (ARTIFACT_KEYS, Artifact, DEFAULT_FLOOR, FLEET_KEYS, Fleet, FleetError, KINDS, LATENCY_KEYS, LatencyProfile, MAX_BATCH, MAX_COST, MAX_GPUS_PER_NODE, MAX_LATENCY_MS, MAX_MEMORY_GB, MAX_NODES, MAX_NOTICE_S, MAX_PREEMPTION_RATE, MAX_REPLICAS, MAX_RPS, MAX_SLO_MS, MAX_STREAMS, MODEL_KEYS, Model, POOL_KEYS, Pool, REQUIRED, SHARING_MODES, SPOT_LOSSES, SPOT_POLICIES, TRAFFIC_KEYS, Traffic, _DNS1123)
-from packer.safeload import InputError, cut, number, parse_yaml, read_text, show
+from packer.safeload import InputError, cut, kind_of, number, parse_yaml, read_text, show
 from packer.settings import PlanSettings
 from packer.slot import check_model_servable
 
@@ -263,7 +263,7 @@ def _model(d: Any, i: int) -> Model:
 def parse_fleet(doc: Any, source: str | None = None) -> Fleet:
     """Build a :class:`Fleet` from a parsed YAML document, validating as it goes."""
     if not isinstance(doc, dict):  # an empty file, /dev/null, a list: named, not "(top level)"
-        what = "is empty" if doc is None else f"is {'a list' if isinstance(doc, list) else show(doc)}, not a mapping"
+        what = "is empty" if doc is None else f"is {kind_of(doc)}, not a mapping"
         raise FleetError(source or "(top level)", what, "a fleet file has `name:`, `pools:` and `models:`")
     _keys(doc, "fleet", FLEET_KEYS, extensions=True)
     name = _get(doc, "name", "fleet", str)

@@ -68,6 +68,18 @@ def cut(s: str, limit: int = SHOW) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+def kind_of(doc: Any) -> str:
+    """What a document that should be a mapping is, as a message names it: ``a list``, ``the text
+    'abc'``, ``the number 3`` (fleet and scenario files alike)."""
+    if isinstance(doc, list):
+        return "a list"
+    if isinstance(doc, str):
+        return f"the text {show(doc)}"
+    if isinstance(doc, (int, float)) and not isinstance(doc, bool):
+        return f"the number {show(doc)}"
+    return f"a {type(doc).__name__}"
+
+
 def cut_path(path: Any, limit: int = 160) -> str:
     """A path cut from the front, so the file's name stays: ``…/deep/dir/plan.json``."""
     s = str(path)

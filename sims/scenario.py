@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from packer.errors import UserError
-from packer.safeload import parse_yaml, read_text, show
+from packer.safeload import kind_of, parse_yaml, read_text
 from packer.scaling.settings import ColdStart
 
 ROUTINGS = ("round-robin", "weighted")
@@ -257,7 +257,7 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
     field and the fix); relative trace paths are taken from ``base_dir``. A document that is not
     a mapping is refused naming ``source``, the file (an empty one is a scenario of defaults)."""
     if doc is not None and not isinstance(doc, dict):
-        raise ScenarioError(f"{source or '(top level)'}: is {_kind(doc)}, not a mapping. Fix: a scenario is "
+        raise ScenarioError(f"{source or '(top level)'}: is {kind_of(doc)}, not a mapping. Fix: a scenario is "
                             f"`key: value` lines at the top level (e.g. `process: peak`)")
     doc = _expect(doc, "(top level)")
     _check_keys(doc, {"name", "about", "process", "start_hour", "traffic_scale", "diurnal", "session",
@@ -294,17 +294,6 @@ def parse_scenario(doc: Any, source: str | None = None, base_dir: Path | None = 
         duration_s=_duration(doc),
         source=source,
     )
-
-
-def _kind(doc: Any) -> str:
-    """What a document is, as a message names it: ``a list``, ``the text 'abc'``, ``the number 3``."""
-    if isinstance(doc, list):
-        return "a list"
-    if isinstance(doc, str):
-        return f"the text {show(doc)}"
-    if isinstance(doc, (int, float)) and not isinstance(doc, bool):
-        return f"the number {show(doc)}"
-    return f"a {type(doc).__name__}"
 
 
 def _duration(doc: dict[str, Any]) -> float | None:

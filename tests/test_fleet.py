@@ -111,7 +111,7 @@ def test_what_if_traffic_scaling():
 
 
 @pytest.mark.parametrize("text,says", [("", "is empty"), ("- a\n- b\n", "is a list, not a mapping"),
-                                       ("hello\n", "is 'hello', not a mapping")])
+                                       ("hello\n", "is the text 'hello', not a mapping")])
 def test_a_fleet_file_that_is_no_mapping_is_named(tmp_path, capsys, text, says):
     """An empty fleet (an unset variable's /dev/null, a file not yet written) said "(top level): is
     not a mapping", naming no file."""

@@ -46,7 +46,8 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
 @click.option("--time-limit", type=SECONDS,
               help="Seconds for the search (default: from the fleet size). Counted as the solvers' "
                    "deterministic time, so a seed gives one plan on any machine; the greedy start, the "
-                   "baselines and the bound's last step come on top, and a plan can take about twice it.")
+                   "baselines and the bound's last step come on top, and a plan can take about twice it; past "
+                   "60 models the packing and its search stop at 1.12 times it on the wall clock.")
 @click.option("--headroom", default=PlanSettings.headroom, show_default=True, type=Number(0, 0.99),
               help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")

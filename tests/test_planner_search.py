@@ -737,3 +737,43 @@ def test_nodes_spread_a_model_that_single_gpu_swaps_cannot_where_multi_gpu_repli
         held = [g for g in gpus if g.node == n]
         taken = [i for g in held for i in range(g.index, g.index + g.width)]
         assert sum(g.width for g in held) <= 4 and len(taken) == len(set(taken)) and max(taken, default=0) < 4
+
+
+def test_past_the_wall_clock_cap_no_packing_step_or_window_runs(monkeypatch) -> None:
+    """Past ``PATTERN_FIRST`` models the packing steps from the pattern LP's columns and the LNS
+    windows stop at ``WALL_CAP`` times the limit on the wall clock (family-7700261-mixed-497 took
+    37 s of a 26-s limit, past issue 14's 30 s): at a cap of 0 none runs, and the plan is the
+    start's, sound and no dearer than the greedy baseline; at the default they run. Small fleets
+    have no cap (their exact search needs its time)."""
+    from bench.family import family_fleet
+    from packer.check import check_plan
+    from packer.planner import colplan, solve
+
+    fleet = parse_fleet(family_fleet(4, max_models=90, min_models=61, shape="long-tail"))
+    assert len(fleet.models) > solve.PATTERN_FIRST
+    calls: dict[str, int] = {"windows": 0, "dive LPs": 0}
+    real_window = solve.solve_window
+
+    def window(*args, **kw):
+        calls["windows"] += 1
+        return real_window(*args, **kw)
+
+    real_dive = colplan.dive
+
+    def dive(*args, **kw):
+        calls["dive LPs"] += 1 if kw.get("until", math.inf) > time.monotonic() else 0
+        return real_dive(*args, **kw)
+
+    monkeypatch.setattr(solve, "solve_window", window)
+    monkeypatch.setattr(solve, "dive", dive)
+    settings = PlanSettings(time_limit_s=4.0)
+    monkeypatch.setattr(solve, "WALL_CAP", 0.0)
+    capped = solve.plan_fleet(fleet, settings)
+    assert calls == {"windows": 0, "dive LPs": 0}
+    assert check_plan(capped) == []
+    assert capped.cost_per_hour <= capped.baselines["greedy"].cost_per_hour + 1e-9
+    monkeypatch.setattr(solve, "WALL_CAP", 1.12)
+    solve.plan_fleet(fleet, settings)
+    assert calls["windows"] > 0 and calls["dive LPs"] > 0
+    assert math.isinf(solve._budget(parse_fleet(family_fleet(3, max_models=40, shape="long-tail")), settings,
+                                    time.monotonic()).wall_end)

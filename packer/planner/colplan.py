@@ -80,7 +80,7 @@ where a pass that ends gives 556.35/h."""
 
 
 def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
-               upper: float) -> list[Gpu] | None:
+               upper: float, until: float = math.inf) -> list[Gpu] | None:
     """A packing built one slot at a time, each the group of left replicas that the column
     generation's last duals value most per dollar of slot (``Patterns.search``, the pricing's own
     search), at the replica counts the restricted LP leans to (``Patterns.shares``); then again with the duals perturbed (seeded), for
@@ -92,7 +92,8 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     by the duals, which price what each replica costs the fleet, the same columns' search packed
     58 (Gilmore and Gomory's sequential heuristic for cutting stock, with the LP's prices). The
     duals are an upper bound's prices, so a slot's group never needs them exact; a replica the LP
-    prices at 0 is still placed, at a small value. ``upper`` is not used (the caller compares)."""
+    prices at 0 is still placed, at a small value. ``upper`` is not used (the caller compares).
+    ``until``: the plan's wall-clock cap (``solve.WALL_CAP``); no pass runs past it."""
     if pat.duals is None or pat.shares is None:
         return None
     counts = {name: pat.reps[max(ks, key=lambda k: pat.shares[k])][1] for name, ks in pat.model_reps.items()}
@@ -101,9 +102,9 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     rng = np.random.default_rng(problem.settings.seed)
     start = pat.work
     cap = start + SEQUENTIAL_SHARE * time_limit
-    end = time.monotonic() + DIVE_GUARD * SEQUENTIAL_SHARE * time_limit
+    end = min(until, time.monotonic() + DIVE_GUARD * SEQUENTIAL_SHARE * time_limit)
     first_cap = start + FIRST_PASS_SHARE * time_limit
-    first_end = time.monotonic() + DIVE_GUARD * FIRST_PASS_SHARE * time_limit
+    first_end = min(until, time.monotonic() + DIVE_GUARD * FIRST_PASS_SHARE * time_limit)
     best, best_cost, noise = None, math.inf, 0.0
     while best is None or (pat.work < cap and time.monotonic() < end):
         values = mu * (1.0 + noise * rng.random(mu.size))
@@ -199,7 +200,7 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
 
 
 def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
-                   upper: float) -> list[Gpu] | None:
+                   upper: float, until: float = math.inf) -> list[Gpu] | None:
     """The cheapest choice of whole patterns (HiGHS MIP, ``time_limit`` seconds) holding every
     shared model at one of its counts, within the pools' sizes less ``reserved`` GPUs and below
     ``upper`` (the incumbent's shared cost); as GPUs, or None where none is found or it does not
@@ -214,7 +215,7 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     family-400028-llm-38's found nothing in its nodes (230.60/h without)."""
     kept = kept_columns(pat, MASTER_COLUMNS)
     columns = None if kept is None else [pat.columns[j] for j in kept]
-    end = time.monotonic() + 2 * max(0.1, time_limit)  # a guard for a much slower machine
+    end = min(until, time.monotonic() + 2 * max(0.1, time_limit))  # a guard for a much slower machine
     best: list[Gpu] | None = None
     best_cost = math.inf
     for spread in (False, True):
@@ -441,7 +442,7 @@ ROW_ARRAYS = 64
 
 
 def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
-         upper: float, share: float = DIVE_SHARES[0]) -> list[Gpu] | None:
+         upper: float, share: float = DIVE_SHARES[0], until: float = math.inf) -> list[Gpu] | None:
     """A packing by diving on the master LP: solve it; fix every column's whole part and every
     model whose replica count the LP decided; where nothing is whole, the most-used fractional
     count, else the most-used fractional column; solve again, until slots and counts are whole.
@@ -458,7 +459,7 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     # much slower machine. At twice its share and no count, generated-2000's dive (26.1 s of a
     # 26.9-s guard on an idle 2-core machine) gave up on a machine a little busier, and the plan
     # cost 563.07/h, not 533.34/h: the plan hung on the load.
-    end = time.monotonic() + DIVE_GUARD * time_limit
+    end = min(until, time.monotonic() + DIVE_GUARD * time_limit)  # ``until``: the plan's wall-clock cap
     kept = kept_columns(pat, DIVE_COLUMNS)
     columns = None if kept is None else [pat.columns[j] for j in kept]
     # No cost cap in the LP: a dive pushed past ``upper`` midway may still end below it (the

@@ -72,7 +72,9 @@ def auto_time_limit(fleet: Fleet) -> float:
     (``_budget``: the pattern LP's columns give the bound and the packing). Baselines take the
     rest. The search counts CP-SAT's deterministic
     time, which runs ahead of the wall clock, so a plan takes up to about 1.2x this budget: above
-    100 models it grows slowly, and long-tail (200 models, 23.8 s) plans in 10-13 s. A small
+    100 models it grows slowly, and long-tail (200 models, 23.8 s) plans in 10-13 s. Where the
+    counts fall behind the clock, past ``PATTERN_FIRST`` models the packing steps and the
+    windows stop at ``WALL_CAP`` (1.12) times the budget on the wall clock. A small
     fleet's default exact search (``_prove(first=True)``) comes on top, up to ``PROVE_FIRST_S``; when it
     proves the greedy plan optimal, the search's share is not spent.
     """
@@ -444,7 +446,7 @@ their columns takes tens of seconds a hundred nodes)."""
 def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_s: float,
             progress: Progress | None, *, full: bool, lower: float = 0.0,
             targets_s: float = 0.0, targets_spent: list[float] | None = None,
-            inside_s: float = 0.0) -> tuple[list[Gpu], str]:
+            inside_s: float = 0.0, until: float = math.inf) -> tuple[list[Gpu], str]:
     """CP-SAT: LNS windows first, then (small fleets) one model of the whole fleet, then (small
     fleets, ``targets_s`` deterministic seconds, ``--prove``) the whole model inside each cheaper
     purchase that the bound ``lower`` (on the whole plan) leaves open (:func:`_purchase_targets`);
@@ -466,8 +468,8 @@ def improve(problem: Problem, gpus: list[Gpu], reserved: dict[str, int], budget_
     total = max(0.0, budget_s)
     spent: list[float] = []
     lower_shared = lower - sum(g.pool.cost_per_gpu_hour * g.width for g in multi)  # the bound, less the multi-GPU replicas
-    shared = _lns(problem, shared, limit, total, time.monotonic() + 2 * total + 1.0, progress, reshuffle=full,
-                  spent=spent)
+    shared = _lns(problem, shared, limit, total, min(until, time.monotonic() + 2 * total + 1.0), progress,
+                  reshuffle=full, spent=spent)
     if inside_s > 0:
         new = inside_purchases(problem, shared, reserved, lower_shared, inside_s, seeds=_groups(shared))
         if new is not shared:
@@ -1085,7 +1087,8 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu] | None, reserved: dict
     below their cost with the time left of its share; consolidated, where it is cheaper than
     ``gpus`` (the shared GPUs so far); else ``gpus``. With no ``gpus`` (no greedy start fit the
     pools) every step runs, for any packing that fits, until the wall clock passes ``until``,
-    and None is returned where none does."""
+    and None is returned where none does; with ``gpus``, ``until`` is the plan's wall-clock cap
+    (``WALL_CAP``), which no step runs past (a step cut there gives nothing)."""
 
     now = math.inf if gpus is None else cost_of(problem, gpu_counts(problem, gpus))
     best, best_cost = gpus, now
@@ -1116,7 +1119,7 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu] | None, reserved: dict
         # Each ends on its own (the fill at its counted share, the dive when all is whole, the
         # master at its node limit): the clock is a guard against a much slower machine, not what
         # ends them.
-        new = step(problem, pat, reserved, seconds, best_cost)
+        new = step(problem, pat, reserved, seconds, best_cost, until=math.inf if anything else until)
         if new is None:
             continue
         new = consolidate(problem, new, math.inf)
@@ -1144,6 +1147,8 @@ class _Budget:
     """With the default budget, a small fleet's MIP gets the time it needs; an explicit limit is kept."""
     deadline: float
     """Wall clock: it bounds the greedy starts."""
+    wall_end: float = math.inf
+    """Wall clock past which no packing step or window starts or goes on (``WALL_CAP``)."""
     master_s: float = 0.0
     """The pattern LP's dive and integer master (``_from_patterns``), taken from ``search_s``; the
     sequential fill takes up to ``colplan.SEQUENTIAL_SHARE`` of it besides (not charged): set
@@ -1156,6 +1161,15 @@ class _Budget:
 
 PATTERN_FIRST = 60
 """Fleets above this many models split their budget in favour of the pattern LP (``_budget``)."""
+WALL_CAP = 1.12
+"""Past ``PATTERN_FIRST`` models, the packing steps from the pattern LP's columns and the LNS
+windows stop at this multiple of the limit on the wall clock (``_Budget.wall_end``). Each stage
+ends on its own count so that a seed gives one plan whatever the load, but the counts are fitted
+to some fleets and fall behind the clock on others: family-7700261-mixed-497 (497 models, two MIG
+pools, 19 slot types) took 37.3 s of a 26-s limit on an idle 2-core machine (3.0 s of replica
+counts before any stage, column generation 18.6 s for 15.4 counted, the dive 6.1 s), past issue
+14's 30 s. The cap binds only where the counts run that far behind; below it the plan is the
+count's."""
 
 
 def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
@@ -1171,7 +1185,7 @@ def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
     # the load (family-0-long-tail-194 at 30 %: 474.27/h or 476.47/h from run to run).
     return _Budget(limit, share * limit, max(1.5, (0.6 if large else 0.45) * limit),
                    MIP_MIN_S if settings.time_limit_s is None else 0.0, t0 + 0.5 * limit,
-                   min(MASTER_SHARE * limit, 0.5 * share * limit))
+                   t0 + WALL_CAP * limit if large else math.inf, min(MASTER_SHARE * limit, 0.5 * share * limit))
 
 
 
@@ -1343,7 +1357,7 @@ def _bound_first(problem: Problem, gpus: list[Gpu], multi: list[Gpu], reserved: 
     master_s = min(budget.master_s, budget.search_s)
     if (keep and keep[0].patterns is not None and bound[0] < greedy_cost - 1e-6 and master_s >= 0.3
             and known is None):
-        gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s)
+        gpus = _from_patterns(problem, keep[0].patterns, gpus, reserved, master_s, until=budget.wall_end)
         budget.search_s -= master_s
         greedy_cost = cost_of(problem, gpu_counts(problem, gpus + multi))
     exact = False  # the integer master over every group was solved: no LP bound can beat it
@@ -1548,7 +1562,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         inside_s = INSIDE_SHARE * budget.limit if current is None and small else 0.0
         gpus, status = improve(problem, gpus + multi, reserved, budget.search_s, progress, full=current is None,
                                lower=first[0] if first is not None else 0.0, targets_s=targets_s,
-                               targets_spent=targets_spent, inside_s=inside_s)
+                               targets_spent=targets_spent, inside_s=inside_s, until=budget.wall_end)
     gpus = [g for g in gpus if g.multi or any(s.reps for s in g.slots)]
     baseline = greedy_baseline(fleet, settings, baseline_packing)
     if start is not None and cost_of(problem, gpu_counts(problem, gpus)) > baseline.cost_per_hour + 1e-9:

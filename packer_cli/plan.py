@@ -18,7 +18,7 @@ from packer.fleetfile import load_fleet
 from packer.plan import save_plan, to_dict
 from packer.planfile import load_plan
 from packer.planner import PlanSettings, plan_fleet
-from packer.planner.solve import with_insurance
+from packer.planner.solve import PATTERN_FIRST, WALL_CAP, with_insurance
 from packer.planner.spot import exposure_doc
 from packer.report import explain, moves, summary, svg, table
 from packer_cli.discover import read_nvml, to_pool
@@ -47,7 +47,8 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
               help="Seconds for the search (default: from the fleet size). Counted as the solvers' "
                    "deterministic time, so a seed gives one plan on any machine; the greedy start, the "
                    "baselines and the bound's last step come on top, and a plan can take about twice it; past "
-                   "60 models the packing and its search stop at 1.12 times it on the wall clock.")
+                   f"{PATTERN_FIRST} models the packing and its search stop at {WALL_CAP:g} times it on the "
+                   "wall clock.")
 @click.option("--headroom", default=PlanSettings.headroom, show_default=True, type=Number(0, 0.99),
               help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")

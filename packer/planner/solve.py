@@ -74,7 +74,7 @@ def auto_time_limit(fleet: Fleet) -> float:
     time, which runs ahead of the wall clock, so a plan takes up to about 1.2x this budget: above
     100 models it grows slowly, and long-tail (200 models, 23.8 s) plans in 10-13 s. Where the
     counts fall behind the clock, past ``PATTERN_FIRST`` models the packing steps and the
-    windows stop at ``WALL_CAP`` (1.12) times the budget on the wall clock. A small
+    windows stop at ``WALL_CAP`` times the budget on the wall clock. A small
     fleet's default exact search (``_prove(first=True)``) comes on top, up to ``PROVE_FIRST_S``; when it
     proves the greedy plan optimal, the search's share is not spent.
     """

@@ -21,7 +21,8 @@ def check_plan(plan: Plan, *, headroom: float | None = None) -> list[str]:
     """Every violated invariant, as a sentence; an empty list means the plan is sound.
 
     Slot by slot (memory, workload kinds, spread, batches, worst-case latency, the round within
-    the cycle), then each model's replicas and rate, the MIG geometry, and the pools and cost."""
+    the cycle, and the shares, SLOs and limit a report prints), then each model's replicas and
+    rate, the MIG geometry, and the pools, the cost, the status and the baselines' prices."""
     u = 1.0 - headroom if headroom is not None else plan.settings.u
     errs: list[str] = []
     placed: Counter = Counter()
@@ -66,12 +67,18 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
         runs[(m.name, m.replica)] = base + per * m.batch_size
     if not p.models:
         return errs
+    if abs(p.memory_gb - mem) > 0.01:
+        errs.append(f"{p.id}: memory_gb {p.memory_gb:g}, but its members need {mem:.2f} GB")
+    for m in p.models:
+        if abs(m.slo_ms - f.model(m.name).slo_ms) > 1e-6 * max(1.0, m.slo_ms):
+            errs.append(f"{m.name}@{p.id}: slo_ms {m.slo_ms:g}, but the fleet's SLO is {f.model(m.name).slo_ms:g} ms")
     if d == 0:
         return errs + _lone_errors(f, p, st, u)
     # The slot model (docs/slot-maths.md): a request waits for its batch to be cut (d), then for
     # the other members' batches, then runs: d + C, when its batch holds the arrivals of the cut
     # and the others' batches (d + C - its run) at the 99.9 % level; else k rounds, d + k C.
     C = sum(runs.values())
+    pressures: dict[str, float] = {}
     for m in p.models:
         model = f.model(m.name)
         run = runs[(m.name, m.replica)]
@@ -87,9 +94,39 @@ def _slot_errors(f: Fleet, p: Placement, u: float, placed: Counter, gpus_of: dic
             errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
         if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
             errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
+        errs += _share_error(f"{m.name}@{p.id}: share", m.share, run / d)
+        pressures[f"slo:{m.name}"] = bound / model.slo_ms
     if C > u * d + 1e-6:
         errs.append(f"{p.id}: a round of batches takes {C:.1f} ms of a {d:.1f} ms cycle, over {u:.0%}")
-    return errs
+    errs += _share_error(f"{p.id}: compute_share", p.compute_share, C / d)
+    pressures |= {"memory": mem / p.memory_capacity_gb if p.memory_capacity_gb > 0 else math.inf,
+                  "compute": C / d / u}
+    return errs + _binding_error(p, pressures)
+
+
+SHARE_TOLERANCE = 2e-4
+"""Plans write shares to four decimals (``packer.plan``): a reported share within this of the
+recomputed one is the same number."""
+
+
+def _share_error(what: str, reported: float, share: float) -> list[str]:
+    """The share a report prints (of a slot's time or of its full batches' throughput), recomputed.
+    A share edited by hand would print a slot as idler than it is; every other stage reads it."""
+    if abs(reported - share) > SHARE_TOLERANCE + 1e-6 * share:
+        return [f"{what} {reported:.4f} reported, recomputed {share:.4f}"]
+    return []
+
+
+def _binding_error(p: Placement, pressures: dict[str, float]) -> list[str]:
+    """The limit a report names for the slot (memory, compute or a member's SLO) is the one nearest
+    its cap, recomputed: ``packer.slot`` picks the largest of the same ratios."""
+    if p.binding not in pressures:
+        return [f"{p.id}: binding {p.binding!r} is none of {', '.join(sorted(pressures))}"]
+    top = max(pressures.values())
+    if pressures[p.binding] < top - 1e-3 * max(1.0, top):
+        worst = max(pressures, key=lambda k: pressures[k])
+        return [f"{p.id}: binding {p.binding} at {pressures[p.binding]:.0%} of its cap, but {worst} is at {top:.0%}"]
+    return []
 
 
 def _lone_errors(f: Fleet, p: Placement, st: SlotType, u: float) -> list[str]:
@@ -110,7 +147,11 @@ def _lone_errors(f: Fleet, p: Placement, st: SlotType, u: float) -> list[str]:
         errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
     if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
         errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
-    return errs
+    errs += _share_error(f"{m.name}@{p.id}: share", m.share, busy_share(m.rate_rps, base, per, model.max_batch))
+    errs += _share_error(f"{p.id}: compute_share", p.compute_share, share)
+    pressures = {"memory": model.memory_gb / p.memory_capacity_gb if p.memory_capacity_gb > 0 else math.inf,
+                 "compute": share / u, f"slo:{m.name}": bound / model.slo_ms}
+    return errs + _binding_error(p, pressures)
 
 
 def _replica_errors(plan: Plan, placed: Counter) -> list[str]:
@@ -181,4 +222,17 @@ def _pool_errors(plan: Plan) -> list[str]:
         errs.append(f"cost {plan.cost_per_hour} does not match {cost:.4f} from the GPUs used")
     if plan.lower_bound_cost_per_hour > plan.cost_per_hour + 1e-6:
         errs.append("lower bound above cost")
+    if plan.status == "optimal" and plan.lower_bound_cost_per_hour < plan.cost_per_hour * (1 - 1e-6) - 1e-3:
+        errs.append(f"status optimal, but the bound {plan.lower_bound_cost_per_hour:g} is below the cost "
+                    f"{plan.cost_per_hour:g}: only a bound at the cost proves a plan optimal")
+    for name, b in plan.baselines.items():
+        if math.isinf(b.cost_per_hour):
+            continue  # does not fit the pools: no GPUs to price
+        if unknown := [k for k in b.gpus if k not in {q.name for q in f.pools}]:
+            errs.append(f"baseline {name}: GPUs of {unknown[0]!r}, not a pool of the fleet")
+            continue
+        paid = sum(f.pool(k).cost_per_gpu_hour * n for k, n in b.gpus.items())
+        if not math.isclose(paid, b.cost_per_hour, rel_tol=1e-6, abs_tol=1e-3):
+            errs.append(f"baseline {name}: cost {b.cost_per_hour:g} does not match {paid:.4f} from its GPUs "
+                        f"{dict(b.gpus)}")
     return errs

@@ -52,6 +52,9 @@ def plan_problems(plan: Plan) -> list[tuple[str, str, str]]:
         out.append(("placements", "is empty: a plan serves every model from some slot", REPLAN))
     if not _number(plan.cost_per_hour, 0.0) or not _number(plan.lower_bound_cost_per_hour, 0.0):
         out.append(("cost_per_hour", "and lower_bound_cost_per_hour must be non-negative numbers", REPLAN))
+    if not _number(plan.solve_seconds, 0.0):
+        out.append(("solve_seconds", f"is {show(str(plan.solve_seconds), 40)}: must be a non-negative number of "
+                    "seconds", REPLAN))
     if plan.status not in ("optimal", "feasible", "scaled"):
         out.append(("status", f"is {show(str(plan.status), 40)}, not optimal, feasible or scaled", REPLAN))
     seen: dict[str, int] = {}

@@ -28,5 +28,6 @@ def check(plan_path: str, fmt: str) -> None:
            "slots": len(plan.placements), "replicas": replicas, "cost_per_hour": plan.cost_per_hour}
     emit(doc, fmt, lambda: (f"plan {plan.id} holds against its fleet {plan.fleet.name}: {len(plan.placements)} slots "
                             f"on {gpus} GPUs, {replicas} replicas, {plan.cost_per_hour:.2f}/h. Checked: every "
-                            "slot's memory, batches and p99 bounds within its members' SLOs, each model's "
-                            "replicas against its peak, the MIG layouts, the pools' sizes and the cost"))
+                            "slot's memory, batches, shares, limit and p99 bounds within its members' SLOs, "
+                            "each model's replicas against its peak, the MIG layouts, the pools' sizes, the "
+                            "cost and the baselines' prices"))

@@ -55,7 +55,24 @@ EDITS: list[tuple[str, Callable[[dict], Any], str]] = [
      "but the fleet's model needs"),
     ("gpus", lambda d: d["gpus"].__setitem__(next(iter(d["gpus"])), 999), "from the plan's layouts"),
     ("replica-twice", lambda d: _twice(d), "placed 2 times"),
+    # The numbers a report prints beside the bounds, edited: they passed until the thirty-first session.
+    ("share", lambda d: d["placements"][0]["models"][0].__setitem__("share", 0.01), "share 0.0100 reported"),
+    ("compute-share", lambda d: d["placements"][0].__setitem__("compute_share", 0.01),
+     "compute_share 0.0100 reported"),
+    ("slot-memory", lambda d: d["placements"][0].__setitem__("memory_gb", 0.01), "but its members need"),
+    ("slo", lambda d: d["placements"][0]["models"][0].__setitem__("slo_ms", 1e9), "but the fleet's SLO is"),
+    ("binding", lambda d: _other_binding(d["placements"][0]), "binding "),
+    ("greedy", lambda d: d["baselines"]["greedy"].__setitem__("cost_per_hour", 0.5), "baseline greedy: cost 0.5"),
+    ("baseline-pool", lambda d: d["baselines"]["greedy"].__setitem__("gpus", {"nope": 1}), "not a pool of the fleet"),
+    ("optimal", lambda d: d.update(status="optimal", lower_bound_cost_per_hour=d["cost_per_hour"] / 2),
+     "status optimal, but the bound"),
+    ("solve-seconds", lambda d: d.__setitem__("solve_seconds", -1), "solve_seconds: is"),
 ]
+
+
+def _other_binding(p: dict) -> None:
+    """The slot's limit named as one that is not nearest its cap."""
+    p["binding"] = "memory" if p["binding"] != "memory" else "compute"
 
 
 def _twice(d: dict) -> None:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +147,18 @@ class Plan:
         return self.fleet.model(name)
 
     def placements_of(self, model: str) -> list[Placement]:
-        return [p for p in self.placements if any(m.name == model for m in p.models)]
+        """The slots holding a replica of ``model``, in the plan's order."""
+        return list(self._by_model.get(model, ()))
+
+    @cached_property
+    def _by_model(self) -> dict[str, list[Placement]]:
+        """Slots by model, built once: asking for each model in turn scanned every slot each time
+        (the spot exposure of a 3000-model plan took 7 s)."""
+        out: dict[str, list[Placement]] = {}
+        for p in self.placements:
+            for name in dict.fromkeys(m.name for m in p.models):
+                out.setdefault(name, []).append(p)
+        return out
 
 
 # ---------------------------------------------------------------------------------------------

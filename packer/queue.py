@@ -89,6 +89,21 @@ def _theta(a: float, M: int) -> float:
     return t
 
 
+_LOG_FACTORIALS = np.zeros(1)
+
+
+def log_factorials(nmax: int) -> np.ndarray:
+    """``log k!`` for ``k = 0 .. nmax``, each ``math.lgamma(k + 1)`` as before, worked out once: a
+    replica's capacity bisects its bound 40 times, and the 3000-model fleet spent 10 s of a 2-s plan
+    calling ``lgamma`` 35 million times."""
+    global _LOG_FACTORIALS
+    have = len(_LOG_FACTORIALS)
+    if have <= nmax:
+        grown = max(nmax + 1, 2 * have)
+        _LOG_FACTORIALS = np.concatenate((_LOG_FACTORIALS, [math.lgamma(k + 1.0) for k in range(have, grown)]))
+    return _LOG_FACTORIALS[: nmax + 1]
+
+
 def queue_bound(rate_rps: float, base: float, per_item: float, max_batch: int, level: float = LEVEL) -> float:
     """The latency (ms) that at most ``1 - level`` of a lone replica's requests exceed when it is
     served as its requests come (the module's argument); ``inf`` at or past ``max_batch / l(M)``."""
@@ -106,7 +121,7 @@ def queue_bound(rate_rps: float, base: float, per_item: float, max_batch: int, l
     # Poisson(a) over n = 0 .. nmax, with the mass beyond counted as always too late.
     nmax = int(a + 12.0 * math.sqrt(a) + 40.0)
     n = np.arange(nmax + 1)
-    logp = n * math.log(a) - a - np.array([math.lgamma(k + 1.0) for k in range(nmax + 1)])
+    logp = n * math.log(a) - a - log_factorials(nmax)
     p = np.exp(logp)
     beyond = max(0.0, 1.0 - float(p.sum()))
     at_least = np.concatenate(([1.0], 1.0 - np.cumsum(p)))  # P(N >= k), k = 0 .. nmax + 1

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ortools.sat.python import cp_model
 
-from packer.catalog import MigLayout
+from packer.catalog import MigLayout, gpu_type
 from packer.fleet import Model, Pool
 from packer.planner.model import Problem, Slot, layout_counters, valid_multiset
 from packer.errors import UserError
@@ -57,19 +57,37 @@ def to_gpus(problem: Problem, slots: list[Slot]) -> list[Gpu]:
                 gpus.append(Gpu(pool, [s]))
         mig = [s for s in mine if s.type.profile != WHOLE]
         mig.sort(key=lambda s: (-s.type.compute_fraction, -s.type.memory_gb, s.type.profile))
+        # First fit over the GPUs opened so far, in order, each GPU keeping the profiles it can still
+        # take and leaving the scan once it takes none: testing every GPU's layouts for every slot
+        # took 7 of family-500020-mixed-228's 38 s (2,155 GPUs). The same GPUs are chosen.
+        profiles = sorted({p.name for p in gpu_type(pool.gpu).mig_profiles}) if pool.mig else []
         open_: list[Gpu] = []
+        room: list[tuple[Gpu, Counter, set[str]]] = []  # the open GPUs with room, their instances and what fits
         for s in mig:
-            for g in open_:
-                prof = Counter(x.type.profile for x in g.slots) + Counter([s.type.profile])
-                if valid_multiset(pool, prof) and not (s.models() & g.models()):
+            for i, (g, have, can) in enumerate(room):
+                if s.type.profile in can and not (s.models() & g.models()):
                     g.slots.append(s)
+                    now = have + Counter([s.type.profile])
+                    if more := _fits(pool, profiles, now):
+                        room[i] = (g, now, more)
+                    else:
+                        del room[i]
                     break
             else:
-                open_.append(Gpu(pool, [s]))
+                g = Gpu(pool, [s])
+                open_.append(g)
+                one = Counter([s.type.profile])
+                if more := _fits(pool, profiles, one):
+                    room.append((g, one, more))
         for g in open_:
             _fix_layout(g)
         gpus.extend(open_)
     return gpus
+
+
+def _fits(pool: Pool, profiles: list[str], have: Counter) -> set[str]:
+    """The ``profiles`` a GPU of ``pool`` whose instances are ``have`` can still take, one more each."""
+    return {p for p in profiles if valid_multiset(pool, have + Counter([p]))}
 
 
 FEWEST_CELLS = 10_000

@@ -90,6 +90,7 @@ class Problem:
         self.multi_counts: dict[str, int] = {}
         """Replicas of each multi-GPU model, fixed before packing (``solve.plan_multi``)."""
         self._cap: dict[tuple[str, str], float] = {}
+        self._ranked: dict[str, list[int]] = {}
         self.gpu_limit = sum(p.max_gpus for p in fleet.pools)
         """GPUs the pools can give: no model can have more replicas (two never share a GPU)."""
         self.start_counts: dict[str, set[int]] = {}
@@ -155,6 +156,16 @@ class Problem:
         pools went 110.10 -> 113.77/h and family-600020-multilingual-80 62.28 -> 65.74/h."""
         if max(model.min_replicas, 1 if model.traffic.peak_rps > 0 else 0) == 0:
             return [0]
+        ranked = self._ranked.get(model.name)
+        if ranked is None:
+            ranked = self._ranked[model.name] = self._ranked_options(model)
+        if not ranked:
+            return []
+        return sorted(set(ranked) | self.start_counts.get(model.name, set()))
+
+    def _ranked_options(self, model: Model) -> list[int]:
+        """:meth:`replica_options` before the start packing's counts: worked out once a model (a
+        3000-model plan asked 15,000 times)."""
         opts = set()
         for st in self.all_types():
             for n in {self.least_replicas(model, st), self.least_replicas(model, st, shared=True)} - {None}:
@@ -167,8 +178,7 @@ class Problem:
         if not opts:
             return []
         best = min(opts)
-        ranked = sorted(o for o in opts if o <= 3 * best + 2)[: self.settings.max_replica_options]
-        return sorted(set(ranked) | self.start_counts.get(model.name, set()))
+        return sorted(o for o in opts if o <= 3 * best + 2)[: self.settings.max_replica_options]
 
     def attributable_cost(self, rep: Rep, st: SlotType) -> float:
         """Cost of the share of a slot this replica occupies alone (memory or compute, larger)."""

@@ -16,7 +16,7 @@ import click
 
 from packer.cliutil import Number, Spinner, check_output_file, emit, format_option, deprecated, json_alias, resolve_format
 from packer.errors import UserError
-from packer.plan import Plan, save_plan
+from packer.plan import Plan, round_cost, save_plan
 from packer.planfile import load_plan
 from packer.safeload import cut_path, listing, parse_json, read_text
 from packer.scaling import Replan, ScalingSettings, ScalingState, Signals, apply, decide, observe, snapshot_from_dict
@@ -88,8 +88,14 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
             _, state = observe(plan, signals, state, now - span + 15 * i - 15, settings)
     actions, _ = decide(plan, signals, state, now, settings)
     after = apply(plan, [a for a in actions if not isinstance(a, Replan)])
-    doc = [{"kind": a.kind, "summary": a.summary(), "reason": a.reason, "cost_per_hour": round(a.cost_per_hour, 4),
-            "ready_in_s": round(a.ready_in_s, 1)} for a in actions]
+    replan = any(isinstance(a, Replan) for a in actions)
+    # One document for tools: the actions, and what the table's last line says (the cost before and
+    # after them, and whether a re-plan is asked for), which a list of actions alone left out.
+    doc = {"cost_per_hour": round_cost(plan.cost_per_hour), "cost_per_hour_after": round_cost(after.cost_per_hour),
+           "replan_asked": replan,
+           "actions": [{"kind": a.kind, "summary": a.summary(), "reason": a.reason,
+                        "cost_per_hour": round(a.cost_per_hour, 4), "ready_in_s": round(a.ready_in_s, 1)}
+                       for a in actions]}
 
     def text() -> str:
         lines = [] if actions else ["no action: every model is within its target and nothing can be released"]
@@ -97,8 +103,7 @@ def scale(plan_path: str, metrics_path: str | None, urls: tuple[str, ...], windo
             lines += [f"{a.kind:<14} {a.summary()}", f"{'':<14} cost {a.cost_per_hour:+.2f}/h, serving in "
                       f"{a.ready_in_s:.0f} s", f"{'':<14} because {a.reason}"]
         lines.append(f"cost per hour: {plan.cost_per_hour:.2f} -> {after.cost_per_hour:.2f}"
-                     + (" (a re-plan is asked for: run `packer plan` with --current)" if any(
-                         isinstance(a, Replan) for a in actions) else ""))
+                     + (" (a re-plan is asked for: run `packer plan` with --current)" if replan else ""))
         return "\n".join(lines)
 
     emit(doc, fmt, text)

@@ -120,10 +120,11 @@ def test_scale_simulate_capacity_speak_json_and_yaml(tmp_path, capsys):
     (tmp_path / "snap.json").write_text(json.dumps({"time": 0, "models": {"asr-a": {"arrival_rps": 100}}}))
     scale = ["scale", "--plan", str(tmp_path / "plan.json"), "--metrics", str(tmp_path / "snap.json")]
     assert main(scale + ["--format", "yaml"]) == 0
-    assert isinstance(yaml.safe_load(capsys.readouterr().out), list)
+    shown = yaml.safe_load(capsys.readouterr().out)  # the actions and the totals the table ends with
+    assert shown["actions"] == [] and shown["cost_per_hour"] == shown["cost_per_hour_after"] == 1.6
     assert main(scale + ["--json"]) == 0  # the old flag still works, with a note
     out, err = capsys.readouterr()
-    assert isinstance(json.loads(out), list) and "use --format json" in err
+    assert json.loads(out) == shown and "use --format json" in err
 
     sim = ["simulate", str(tmp_path / "plan.json"), "--duration", "1m", "--no-progress"]
     assert main(sim + ["--format", "yaml", "-o", str(tmp_path / "r.json")]) == 0

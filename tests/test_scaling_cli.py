@@ -44,7 +44,10 @@ def test_steady_shows_scale_down(tmp_path, capsys):
     assert main(["scale", "--plan", plan_p, "--metrics", snap_p]) == 0
     assert "consolidate" not in capsys.readouterr().out  # one snapshot is no history
     assert main(["scale", "--plan", plan_p, "--metrics", snap_p, "--steady", "--json"]) == 0
-    acts = json.loads(capsys.readouterr().out)
+    doc = json.loads(capsys.readouterr().out)
+    acts = doc["actions"]
+    # the totals the table's last line prints: a consolidation releases a GPU
+    assert doc["cost_per_hour_after"] < doc["cost_per_hour"] and doc["replan_asked"] is False
     assert [a["kind"] for a in acts if a["kind"] == "consolidate"] == ["consolidate"]
     assert all(a["reason"] and "cost_per_hour" in a for a in acts)
 
@@ -67,7 +70,7 @@ def _scale(tmp_path, capsys, plan, factor: dict[str, float], *extra: str) -> lis
     plan_p, snap_p = _files(tmp_path, plan, {m.name: {"arrival_rps": m.traffic.peak_rps * factor.get(m.name, 1.0)}
                                              for m in plan.fleet.models})
     assert main(["scale", "--plan", plan_p, "--metrics", snap_p, "--json", *extra]) == 0
-    return json.loads(capsys.readouterr().out)
+    return json.loads(capsys.readouterr().out)["actions"]
 
 
 def _costs_money(a: dict) -> bool:
@@ -113,6 +116,6 @@ def test_a_late_model_short_of_its_want_gets_capacity_and_the_true_reason(tmp_pa
     models["asr-en"] = {"arrival_rps": 1.45 * en.traffic.peak_rps, "late_share": 0.02}
     plan_p, snap_p = _files(tmp_path, multilingual_plan, models)
     assert main(["scale", "--plan", plan_p, "--metrics", snap_p, "--json"]) == 0
-    acts = json.loads(capsys.readouterr().out)
+    acts = json.loads(capsys.readouterr().out)["actions"]
     assert [a for a in acts if _costs_money(a)], acts
     assert not any("max_replicas" in a["summary"] or "pool limits" in a["summary"] for a in acts), acts

@@ -85,3 +85,56 @@ def test_dealing_mig_slots_keeps_the_first_fit_of_testing_every_gpu(seed: int, s
     dealt = [[id(s) for s in g.slots] for g in to_gpus(problem, slots) if g.mig]
     assert dealt == _first_fit(problem, slots)
     assert sum(len(g) for g in dealt) == sum(1 for s in slots if s.reps and s.type.profile != WHOLE)
+
+
+def _fill_every_node(pool, mine, order, nodes_n, spread, need):
+    """``assemble._fill`` as it was: every node asked for its first free run for every GPU."""
+    from packer.errors import UserError as Full
+    from packer.planner.assemble import _first_free
+    used = [0] * nodes_n
+    taken: list[set[int]] = [set() for _ in range(nodes_n)]
+    on_node: list[set[str]] = [set() for _ in range(nodes_n)]
+    for g in mine:
+        if g.pinned:
+            taken[g.node] |= set(range(g.index, g.index + g.width))
+            used[g.node] += g.width
+            on_node[g.node] |= g.models()
+    out = []
+    for g in order:
+        while not any(used[n] + g.width <= pool.gpus_per_node for n in range(nodes_n)) and nodes_n < pool.max_nodes:
+            nodes_n += 1
+            used.append(0)
+            taken.append(set())
+            on_node.append(set())
+        room = [n for n in range(nodes_n) if _first_free(taken[n], g.width, pool.gpus_per_node) is not None]
+        if not room:
+            raise Full("full")
+        clash = lambda n: len({m for m in g.models() & on_node[n] if m in spread})  # noqa: E731
+        n = min(room, key=lambda n: (clash(n), -used[n] if need > nodes_n else used[n], n))
+        i = _first_free(taken[n], g.width, pool.gpus_per_node)
+        out.append((g, n, i))
+        taken[n] |= set(range(i, i + g.width))
+        used[n] += g.width
+        on_node[n] |= g.models()
+    return out
+
+
+@pytest.mark.parametrize("seed,shape", FLEETS)
+def test_placing_gpus_on_nodes_keeps_what_asking_every_node_chose(seed: int, shape: str, monkeypatch) -> None:
+    from packer.planner import assemble
+    from packer.planner.assemble import assign_nodes, copy_gpus
+
+    problem = _problem(seed, shape)
+    reps = reps_for(problem, choose_counts(problem))
+    try:
+        gpus = to_gpus(problem, pack(problem, reps))
+    except NoRoom:
+        pytest.skip("the greedy runs out of room")
+    fast, slow = copy_gpus(gpus), copy_gpus(gpus)
+    try:
+        said = assign_nodes(problem, fast)
+    except UserError:
+        pytest.skip("the packing does not fit the pools' nodes")
+    monkeypatch.setattr(assemble, "_fill", _fill_every_node)
+    assert assign_nodes(problem, slow) == said
+    assert [(g.node, g.index) for g in fast] == [(g.node, g.index) for g in slow]

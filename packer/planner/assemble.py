@@ -400,6 +400,15 @@ def _fill(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: s
             taken[g.node] |= set(range(g.index, g.index + g.width))
             used[g.node] += g.width
             on_node[g.node] |= g.models()
+    # Each node's first free run per width, kept until the node takes a GPU: asking every node for
+    # every GPU took 9 of family-13100408-mixed-471's 35 s (3,779 GPUs on up to 1,000 nodes).
+    free: list[dict[int, int | None]] = [{} for _ in range(nodes_n)]
+
+    def first(n: int, width: int) -> int | None:
+        if width not in free[n]:
+            free[n][width] = _first_free(taken[n], width, pool.gpus_per_node)
+        return free[n][width]
+
     out = []
     for g in order:
         while not any(used[n] + g.width <= pool.gpus_per_node for n in range(nodes_n)) \
@@ -408,18 +417,25 @@ def _fill(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: s
             used.append(0)
             taken.append(set())
             on_node.append(set())
-        room = [n for n in range(nodes_n) if _first_free(taken[n], g.width, pool.gpus_per_node) is not None]
+            free.append({})
+        room = [n for n in range(nodes_n) if first(n, g.width) is not None]
         if not room:
             raise UserError(f"pools: the fleet does not fit: pool {pool.name}: {need} GPUs do not fit in "
                             f"{pool.max_nodes} nodes. Fix: raise max_nodes of a pool, add a pool, or lower headroom")
         # Prefer a node that does not yet run a replica of a model that still needs spreading.
-        clash = lambda n: len({m for m in g.models() & on_node[n] if m in spread})  # noqa: E731
-        n = min(room, key=lambda n: (clash(n), -used[n] if need > nodes_n else used[n], n))
-        i = _first_free(taken[n], g.width, pool.gpus_per_node)
+        models = g.models()
+        spreading = models & spread
+        fuller = need > nodes_n
+        if spreading:
+            n = min(room, key=lambda n: (len(spreading & on_node[n]), -used[n] if fuller else used[n], n))
+        else:
+            n = min(room, key=lambda n: (-used[n] if fuller else used[n], n))
+        i = first(n, g.width)
         out.append((g, n, i))
         taken[n] |= set(range(i, i + g.width))
+        free[n].clear()
         used[n] += g.width
-        on_node[n] |= g.models()
+        on_node[n] |= models
     return out
 
 

@@ -90,15 +90,8 @@ def test_dealing_mig_slots_keeps_the_first_fit_of_testing_every_gpu(seed: int, s
 def _fill_every_node(pool, mine, order, nodes_n, spread, need):
     """``assemble._fill`` as it was: every node asked for its first free run for every GPU."""
     from packer.errors import UserError as Full
-    from packer.planner.assemble import _first_free
-    used = [0] * nodes_n
-    taken: list[set[int]] = [set() for _ in range(nodes_n)]
-    on_node: list[set[str]] = [set() for _ in range(nodes_n)]
-    for g in mine:
-        if g.pinned:
-            taken[g.node] |= set(range(g.index, g.index + g.width))
-            used[g.node] += g.width
-            on_node[g.node] |= g.models()
+    from packer.planner.assemble import _first_free, pinned_nodes
+    used, taken, on_node = pinned_nodes(mine, nodes_n)
     out = []
     for g in order:
         while not any(used[n] + g.width <= pool.gpus_per_node for n in range(nodes_n)) and nodes_n < pool.max_nodes:

@@ -387,11 +387,9 @@ SPOT_ORDERS = 40
 than its floor allows; each is a greedy pass over the pool's GPUs (microseconds at a few dozen)."""
 
 
-def _fill(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: set[str],
-          need: int) -> list[tuple[Gpu, int, int]]:
-    """(GPU, node, index) for the pool's unpinned GPUs, placed greedily in ``order``: a node
-    without the GPU's models that need spreading first, then the fullest node (the emptiest when
-    there are more nodes than GPUs)."""
+def pinned_nodes(mine: list[Gpu], nodes_n: int) -> tuple[list[int], list[set[int]], list[set[str]]]:
+    """Per node, what the pinned GPUs of ``mine`` (kept from the current plan) already hold: GPUs
+    used, their indices, and their models. Where :func:`_fill` starts."""
     used = [0] * nodes_n
     taken: list[set[int]] = [set() for _ in range(nodes_n)]
     on_node: list[set[str]] = [set() for _ in range(nodes_n)]
@@ -400,6 +398,15 @@ def _fill(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: s
             taken[g.node] |= set(range(g.index, g.index + g.width))
             used[g.node] += g.width
             on_node[g.node] |= g.models()
+    return used, taken, on_node
+
+
+def _fill(pool: Pool, mine: list[Gpu], order: list[Gpu], nodes_n: int, spread: set[str],
+          need: int) -> list[tuple[Gpu, int, int]]:
+    """(GPU, node, index) for the pool's unpinned GPUs, placed greedily in ``order``: a node
+    without the GPU's models that need spreading first, then the fullest node (the emptiest when
+    there are more nodes than GPUs)."""
+    used, taken, on_node = pinned_nodes(mine, nodes_n)
     # Each node's first free run per width, kept until the node takes a GPU: asking every node for
     # every GPU took 9 of family-13100408-mixed-471's 35 s (3,779 GPUs on up to 1,000 nodes).
     free: list[dict[int, int | None]] = [{} for _ in range(nodes_n)]

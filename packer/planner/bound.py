@@ -424,7 +424,7 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
     """The aggregate LP (or MIP, ``integer``) over ``max_classes`` duty classes, as the module
     docstring states it: layouts, each model's replicas and rate per slot type and class, then
     each class's memory and time; the optimum (or a MIP's proven bound) and how it was found."""
-    solver = _linear_solver(time_limit, integer=integer, max_classes=max_classes)
+    solver = _linear_solver(time_limit, integer=integer)
     if solver is None:  # pragma: no cover - OR-Tools always ships both
         return None
     agg = _Aggregate(solver, solver.IntVar if integer else solver.NumVar)
@@ -448,7 +448,7 @@ def _solve(problem: Problem, time_limit: float, *, integer: bool, max_classes: i
     return None
 
 
-def _linear_solver(time_limit: float, *, integer: bool, max_classes: int) -> pywraplp.Solver | None:
+def _linear_solver(time_limit: float, *, integer: bool) -> pywraplp.Solver | None:
     """HiGHS, quiet, with the time limit (simplex for the LPs: it keeps to the limit)."""
     backend = MIP_SOLVER if integer else LP_SOLVER
     solver = pywraplp.Solver.CreateSolver(backend)

@@ -299,3 +299,33 @@ def test_a_lower_target_finds_the_optimum_the_fixing_at_the_plan_cannot(duty_cyc
     plan = plan_fleet(problem.fleet)
     assert plan.cost_per_hour == pytest.approx(33.95) and plan.lower_bound_cost_per_hour == pytest.approx(33.95)
     assert check_plan(plan) == []
+
+
+def test_a_master_whose_mig_slots_deal_dearer_is_solved_again_over_whole_gpus(monkeypatch) -> None:
+    """family-13100401-llm-14 (generated before lone batches were capped; planned with them): the
+    master chose 55.58/h of columns, two replicas of chat-7b-3 in 2g.20gb slices that its layouts
+    count on one H100, which the dealing (one replica of a model per GPU) spread onto a third: 64.30/h,
+    dearer than the 62.98/h the plan had, so it was dropped and the plan stayed at its greedy
+    132.74/h. Solved again over the whole-GPU groups it deals at 59.72/h, and the plan costs
+    128.60/h (129.48/h before the caps)."""
+    import packer.planner.allgroups as allgroups
+    import packer.queue as queue
+    import packer.slot as slot
+    from bench.family import member
+    from packer.planner.build import cost_of, gpu_counts
+    from packer.planner.multi import plan_multi
+
+    with monkeypatch.context() as m:
+        m.setattr(queue, "MAX_CAPS", 0)
+        slot._LONE.clear()
+        doc = member(12, seed=131, max_models=500)
+    slot._LONE.clear()
+    assert doc["name"] == "family-13100401-llm-14"
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    reserved = gpu_counts(problem, plan_multi(problem)[0])
+    exact, _ = exact_groups(problem, reserved, 62.98, 5.0)
+    assert exact is not None and exact.proven and exact.value == pytest.approx(55.58)
+    assert cost_of(problem, gpu_counts(problem, exact.gpus)) == pytest.approx(59.72)
+    monkeypatch.setattr(allgroups, "_whole_dealt", lambda *a: None)
+    once, _ = exact_groups(problem, reserved, 62.98, 5.0)
+    assert cost_of(problem, gpu_counts(problem, once.gpus)) == pytest.approx(64.30)

@@ -36,11 +36,12 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 
 from packer.planner.assemble import Gpu
+from packer.planner.build import cost_of, gpu_counts
 from packer.planner.colplan import _master, deal_fewest
 from packer.planner.mip import solve_mip
 from packer.planner.model import Problem, Rep
 from packer.planner.patterns import Patterns
-from packer.slot import window
+from packer.slot import WHOLE, window
 
 EXACT_COLUMNS = 5000
 """Most columns of the integer master: over 4,581 (multilingual-meetings) took 1.1-1.7 s of
@@ -77,8 +78,10 @@ class Exact:
     gpus: list[Gpu] | None
     """The master's solution on GPUs, where it dealt within the pools. It can cost more than
     ``value``: the master's rows do not see two groups on one MIG GPU's slots holding the same
-    model (family-300026-multilingual-12: 15.79/h dealt at 19.64/h). Such a packing is still a
-    start for the search where it is cheaper than the one before."""
+    model (family-300026-multilingual-12: 15.79/h dealt at 19.64/h). Where it does, the master
+    over the whole-GPU groups alone is solved and dealt too (:func:`_whole_dealt`), and the
+    cheaper dealing kept. Such a packing is still a start for the search where it is cheaper than
+    the one before."""
     value: float = math.inf
     """The cost of the master's solution (its shared models' GPUs)."""
     kept: int = 0
@@ -155,7 +158,32 @@ def exact_master(problem: Problem, pat: Patterns, reserved: dict[str, int], uppe
     if deal and found.values is not None:
         counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
         gpus = deal_fewest(problem, pat, [round(found.value(v)) for v in x], counts, reserved, seconds)
+        dealt = math.inf if gpus is None else cost_of(problem, gpu_counts(problem, gpus))
+        if dealt > found.objective + 1e-6:
+            whole = _whole_dealt(problem, pat, reserved, seconds, apart)
+            if whole is not None and cost_of(problem, gpu_counts(problem, whole)) < dealt - 1e-9:
+                gpus = whole
     return Exact(cols, bound if math.isfinite(bound) else None, found.proven, gpus, found.objective)
+
+
+def _whole_dealt(problem: Problem, pat: Patterns, reserved: dict[str, int], seconds: float,
+                 apart: bool) -> list[Gpu] | None:
+    """The master over the whole-GPU groups alone, dealt: where the master's MIG slots dealt onto
+    more GPUs than its layouts counted (two replicas of a model in one GPU's slices, which its
+    relaxed rule admits: family-13100401-llm-14's master at 55.58/h dealt at 64.30/h), a packing
+    whose dealing is exact. The bound stays the first master's."""
+    columns = [c for c in pat.columns if pat.types[c[0]].st.profile == WHOLE]
+    if not columns or len(columns) == len(pat.columns):
+        return None
+    built = _master(problem, pat, reserved, math.inf, integer=True, columns=columns, spread=True, apart=apart)
+    if built is None:
+        return None
+    solver, x, y = built
+    found = solve_mip(solver, EXACT_NODES, max(0.5, WALL_FACTOR * seconds / 2), exact=True)
+    if found.values is None:
+        return None
+    counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
+    return deal_fewest(problem, pat, [round(found.value(v)) for v in x], counts, reserved, seconds, columns)
 
 
 def exact_groups(problem: Problem, reserved: dict[str, int], upper: float, seconds: float,

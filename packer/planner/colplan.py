@@ -264,11 +264,12 @@ def _deal(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, 
 
 
 def deal_fewest(problem: Problem, pat: Patterns, copies: list[int], counts: dict[str, int],
-                reserved: dict[str, int], seconds: float) -> list[Gpu] | None:
+                reserved: dict[str, int], seconds: float, columns: list | None = None) -> list[Gpu] | None:
     """:func:`_deal` with each pool's MIG slots on the fewest GPUs CP-SAT finds in ``seconds``
     (deterministic; ``assemble.fewest_gpus``), where first fit may open more: the exact master's
-    solutions (``allgroups``) use MIG layouts to the last instance."""
-    slots = _slots(problem, pat, copies, counts, None)
+    solutions (``allgroups``) use MIG layouts to the last instance. ``copies`` are per column of
+    ``columns`` (default ``pat.columns``)."""
+    slots = _slots(problem, pat, copies, counts, columns)
     return None if slots is None else _within_pools(problem, fewest_gpus(problem, slots, seconds), reserved)
 
 

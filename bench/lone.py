@@ -1,10 +1,10 @@
 """A replica alone on its slot: what the duty cycle's maths let it serve, what it serves sent as its
 requests come (``packer/queue.py``), and that bound against the batcher itself.
 
-    python bench/lone.py [--arrivals 2000000] [--random N --seed S] [--windows]
+    python bench/lone.py [--arrivals 2000000] [--random N --seed S [--slo-from 0.5]] [--windows]
 
 For each profile (base, per item, ``max_batch``, SLO) on one slot it prints the duty cycle's
-capacity, the lone capacity, their ratio, the lone bound at the lone capacity and the 99.99th
+capacity, the lone capacity, their ratio, the batch cap it is served with, the lone bound at the lone capacity and the 99.99th
 percentile latency (``packer.queue.LEVEL``) of ten million Poisson arrivals served by the batcher (everything queued, up to
 ``max_batch``, as the instance frees). ``--random`` draws profiles from a broad domain (base
 0.5-200 ms, per item 0.01-20 ms, ``max_batch`` 1-256, SLO 2-50x a full batch) and prints the
@@ -29,14 +29,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # this checkout's packer, not an installed one
 
 from packer.fleet import LatencyProfile, Model, Pool, Traffic  # noqa: E402
-from packer.queue import LEVEL, full_run, queue_bound  # noqa: E402
+from packer.queue import LEVEL, capped_capacity, full_run, queue_bound  # noqa: E402
 from packer.slot import SlotType, duty_capacity, lone_capacity  # noqa: E402
 
 U = 0.85
 SLOT = SlotType(Pool("l4", "l4-24gb", 1, 1, 0.8))
 PROFILES = [(4.0, 0.17, 1, 100), (4.0, 0.17, 4, 100), (4.0, 0.17, 32, 100), (4.0, 0.132, 128, 200),
             (20.0, 2.0, 1, 300), (20.0, 2.0, 16, 300), (10.0, 1.0, 32, 150), (30.0, 0.5, 64, 150),
-            (50.0, 5.0, 8, 1000), (800.0, 150.0, 8, 300000)]
+            (50.0, 5.0, 8, 1000), (800.0, 150.0, 8, 300000), (20.0, 2.0, 32, 120), (20.0, 2.0, 32, 200),
+            (10000.0, 200.0, 32, 30000)]
 
 
 @njit
@@ -72,11 +73,16 @@ def served_at_level(rate: float, base: float, per: float, M: int, n: int) -> flo
 
 
 def row(base: float, per: float, M: int, slo: float, n: int) -> dict:
+    """One profile at its lone capacity, served with its batches capped where the planner caps them
+    (``packer.queue.capped_capacity``: below ``max_batch`` where two full batches miss the SLO or
+    a smaller cap serves more)."""
     m = Model("m", "streaming", 1.0, Traffic(1, 1), slo, (LatencyProfile("l4-24gb", base, per),), M)
     duty, lone = duty_capacity(m, SLOT, U), lone_capacity(m, SLOT, U)
-    bound = queue_bound(lone, base, per, M) if lone > 0 else math.nan
-    served = served_at_level(lone, base, per, M, n) if lone > 0 else math.nan
-    return {"base": base, "per": per, "M": M, "slo": slo, "duty": duty, "lone": lone, "bound": bound,
+    cap = capped_capacity(base, per, M, slo, U)[1]
+    uncapped = capped_capacity(base, per, M, slo, U) if False else None  # noqa: F841
+    bound = queue_bound(lone, base, per, cap) if lone > 0 else math.nan
+    served = served_at_level(lone, base, per, cap, n) if lone > 0 else math.nan
+    return {"base": base, "per": per, "M": M, "slo": slo, "duty": duty, "lone": lone, "cap": cap, "bound": bound,
             "served": served}
 
 
@@ -100,11 +106,12 @@ def windows(seed: int, hours: float = 6.0, window_s: float = 15.0) -> None:
         rate = lone_capacity(m, SLOT, U)
         if rate <= 0:
             continue
+        cap = capped_capacity(base, per, M, slo, U)[1]
         arr = np.cumsum(np.random.default_rng(3).exponential(1000.0 / rate, int(rate * hours * 3600)))
-        lat = served_latencies(arr, base, per, M)
+        lat = served_latencies(arr, base, per, cap)
         w = (arr // (window_s * 1000.0)).astype(np.int64)
         p99 = np.array([np.quantile(x, 0.99) for x in np.split(lat, np.flatnonzero(np.diff(w)) + 1) if len(x) >= 20])
-        over = [float(np.mean(p99 > queue_bound(rate, base, per, M, lv))) for lv in (0.999, 0.9999)]
+        over = [float(np.mean(p99 > queue_bound(rate, base, per, cap, lv))) for lv in (0.999, 0.9999)]
         print(f"| {base:g} | {per:g} | {M} | {slo:g} | {rate:.1f} | {len(p99)} | {over[0]:.2%} | {over[1]:.2%} |")
 
 
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--random", type=int, default=0, metavar="N")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--windows", action="store_true")
+    ap.add_argument("--slo-from", type=float, default=2.0, metavar="X",
+                    help="--random's SLOs from X full batches (below 2, only a capped batch serves alone)")
     a = ap.parse_args(argv)
     if a.windows:
         windows(a.seed)
@@ -124,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for _ in range(a.random):
             base, per, M = lu(0.5, 200), lu(0.01, 20), int(rng.choice([1, 2, 4, 8, 16, 32, 64, 128, 256]))
-            slo = lu(2, 50) * full_run(base, per, M)
+            slo = lu(a.slo_from, 50) * full_run(base, per, M)
             rows.append(row(base, per, M, slo, a.arrivals))
         ok = [r for r in rows if r["lone"] > 0]
         ratio = np.array([r["lone"] / r["duty"] if r["duty"] > 0 else math.inf for r in ok])
@@ -136,14 +145,19 @@ def main(argv: list[str] | None = None) -> None:
               f"90th {np.percentile(finite, 90):.2f}, least {finite.min():.2f}")
         print(f"served p99.99 / bound at the lone capacity: median {np.median(tight):.2f}, worst {tight.max():.3f}; "
               f"over the bound: {int(np.sum(tight > 1))}")
+        capped = [r for r in ok if r["cap"] < r["M"]]
+        if capped:
+            ct = np.array([r["served"] / r["bound"] for r in capped])
+            print(f"{len(capped)} served with batches capped below max_batch: served / bound median "
+                  f"{np.median(ct):.2f}, worst {ct.max():.3f}; over the bound: {int(np.sum(ct > 1))}")
         return
-    print("| base ms | per item ms | max_batch | SLO ms | duty rps | lone rps | lone / duty | bound ms | served p99.99 ms |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| base ms | per item ms | max_batch | SLO ms | duty rps | lone rps | lone / duty | cap | bound ms | served p99.99 ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for p in PROFILES:
         r = row(*p, a.arrivals)
         ratio = f"{r['lone'] / r['duty']:.2f}" if r["duty"] > 0 else "inf"
         print(f"| {r['base']:g} | {r['per']:g} | {r['M']} | {r['slo']:g} | {r['duty']:.1f} | {r['lone']:.1f} | {ratio} "
-              f"| {r['bound']:.1f} | {r['served']:.1f} |")
+              f"| {r['cap']} | {r['bound']:.1f} | {r['served']:.1f} |")
 
 
 if __name__ == "__main__":

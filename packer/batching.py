@@ -9,7 +9,8 @@ assumed:
   per ``max_batch`` arrivals when a window overflows) and pays its per-batch cost as planned. The
   slot maths bounds the wait that follows (a round of the other members' batches).
 * **no queue delay for a replica planned alone without a cycle** (``d = 0``, ``packer/queue.py``):
-  its batcher sends everything queued, up to ``max_batch``, as soon as its instance frees.
+  its batcher sends everything queued, up to its planned batch (``max_batch``, or a smaller cap
+  where two full batches of ``max_batch`` would miss its SLO), as soon as its instance frees.
 * **no preferred batch sizes**: Triton sends the largest preferred batch it can form as soon as
   it can, which cuts batches early and pays the per-batch cost more often than planned; without
   them a batch takes everything queued (up to ``max_batch``) when the delay ends.
@@ -47,6 +48,8 @@ class Batching:
     base_ms: float
     per_item_ms: float
     max_batch: int
+    """The batch cap rendered as ``max_batch_size``: the model's ``max_batch``, or for a replica
+    alone without a cycle its planned batch (``packer.queue.lone_caps``)."""
     batch: int
     """The batch the plan provisions a turn for (at the 99.9 % level of its window's arrivals)."""
     duty_cycle_ms: float
@@ -77,14 +80,17 @@ def batching(model: Model, st: SlotType, *, batch: int, duty_cycle_ms: float, re
     """
     base, per = latency_scale(model, st)
     b = max(1, min(batch, model.max_batch))
-    # A cycle of 0 is a replica alone, served as its requests come: no delay, not even the floor.
+    # A cycle of 0 is a replica alone, served as its requests come: no delay, not even the floor,
+    # and its batches capped at its planned batch (``queue.lone_caps``: below max_batch where two
+    # full batches of max_batch would miss its SLO).
     d = max(duty_cycle_ms, min_delay_ms) if duty_cycle_ms > 0 else 0.0
+    cap = model.max_batch if duty_cycle_ms > 0 else b
     run = base + per * b
     budget = max(model.slo_ms - run, min_delay_ms)
-    bound = max(b, servable(budget, base, per, model.max_batch)) * replicas
+    bound = max(b, servable(budget, base, per, cap)) * replicas
     streams = None
     per_stream = model.traffic.per_stream_rps
     if model.traffic.streams is not None:
         rate = model.traffic.peak_rps if rate_rps is None else rate_rps
         streams = session_slots(rate / per_stream) if per_stream else max(1, model.traffic.streams)
-    return Batching(base, per, model.max_batch, b, d, d, run, budget, bound, streams)
+    return Batching(base, per, cap, b, d, d, run, budget, bound, streams)

@@ -131,23 +131,27 @@ def _binding_error(p: Placement, pressures: dict[str, float]) -> list[str]:
 
 def _lone_errors(f: Fleet, p: Placement, st: SlotType, u: float) -> list[str]:
     """A slot without a duty cycle: one replica alone, its batches sent as the slot frees
-    (``packer/queue.py``): within ``u`` of its full batches' throughput, its bound recomputed."""
+    (``packer/queue.py``) and capped at its ``batch_size`` (the ``max_batch_size`` the Triton
+    writer renders for it): within ``u`` of its full batches' throughput, its bound recomputed."""
     if len(p.models) != 1:
         return [f"{p.id}: {len(p.models)} members without a duty cycle; only a replica alone is served so"]
     m = p.models[0]
     model = f.model(m.name)
     base, per = latency_scale(model, st)
+    cap = m.batch_size
+    if cap < 1:
+        return [f"{m.name}@{p.id}: batch {cap}; a replica alone is served with batches of at least 1"]
     errs = []
     sized = lone_rate(model, m.rate_rps)  # its sticky streams at the quantile, where it has them
-    share = busy_share(sized, base, per, model.max_batch)
+    share = busy_share(sized, base, per, cap)
     if share > u + 1e-6:
         errs.append(f"{m.name}@{p.id}: {sized:g} rps is {share:.0%} of what full batches serve, over {u:.0%}")
-    bound = queue_bound(sized, base, per, model.max_batch)
+    bound = queue_bound(sized, base, per, cap)
     if bound > model.slo_ms + 1e-6:
         errs.append(f"{m.name}@{p.id}: worst case {bound:.1f} ms over SLO {model.slo_ms:g} ms")
     if abs(bound - m.p99_bound_ms) > 0.05 + 1e-3 * bound:
         errs.append(f"{m.name}@{p.id}: reported p99 bound {m.p99_bound_ms:.2f} ms, recomputed {bound:.2f} ms")
-    errs += _share_error(f"{m.name}@{p.id}: share", m.share, busy_share(m.rate_rps, base, per, model.max_batch))
+    errs += _share_error(f"{m.name}@{p.id}: share", m.share, busy_share(m.rate_rps, base, per, cap))
     errs += _share_error(f"{p.id}: compute_share", p.compute_share, share)
     pressures = {"memory": model.memory_gb / p.memory_capacity_gb if p.memory_capacity_gb > 0 else math.inf,
                  "compute": share / u, f"slo:{m.name}": bound / model.slo_ms}

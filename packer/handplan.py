@@ -24,14 +24,16 @@ from packer.slot import WHOLE, SlotType, evaluate, item, turns
 
 
 def placement(fleet: Fleet, pool: str, members: list[tuple[str, float]], *, profile: str = WHOLE,
-              node: str = "local", gpu: int = 0, u: float | None = None) -> Placement:
+              node: str = "local", gpu: int = 0, u: float | None = None, lone: bool = True) -> Placement:
     """One slot of ``pool``/``profile`` holding one replica of each ``(model, rate_rps)``, at the
-    usable duty-cycle share ``u`` (None: the planner's default, ``PlanSettings().u``)."""
+    usable duty-cycle share ``u`` (None: the planner's default, ``PlanSettings().u``). ``lone``:
+    a replica alone may be served as its requests come where that gives the lower bound, as the
+    planner serves it (``slot.evaluate``); False keeps it on a duty cycle wherever one serves it."""
     u = PlanSettings().u if u is None else u
     st = SlotType(fleet.pool(pool), profile)
     items = [item(fleet.model(name), rate, st, u) for name, rate in members]
     try:
-        res = evaluate(items, st.memory_gb, u)
+        res = evaluate(items, st.memory_gb, u, lone=lone)
     except ValueError as e:
         raise UserError(f"{e} on {st.key}: lower the rates or split the group") from None
     kinds = {m.name: fleet.model(m.name).kind for m in res.members}

@@ -47,6 +47,7 @@ it, its chunks (a fixed count of streams at random phases) come less variably th
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -149,6 +150,52 @@ def queue_bound(rate_rps: float, base: float, per_item: float, max_batch: int, l
         else:
             lo = mid + 1
     return L * (1 + j)
+
+
+MAX_CAPS = 16
+"""Most batch caps :func:`capped_capacity` weighs below ``max_batch``. On 300 random profiles none
+of the caps from 1 to ``max_batch`` served more than the best of these (the best was among the
+first few); the limit keeps a 10-minute SLO over a 1-ms batch from listing thousands."""
+
+
+def lone_caps(base: float, per_item: float, max_batch: int, slo_ms: float) -> Iterator[int]:
+    """The batch caps worth serving a lone replica with, largest first: ``max_batch``, then for
+    ``j = 1, 2, ...`` the largest cap ``b < max_batch`` whose ``1 + j`` full runs fit the SLO.
+
+    The bound is ``l(b) (1 + j)`` for the least ``j`` its queue allows, so between two such caps a
+    larger one only adds throughput: each is the best of its ``j``. A cap below ``max_batch`` is
+    rendered as the replica's ``max_batch_size`` (``packer.batching``), so its batches, and the
+    bound's ``L``, are those of the cap: where two full batches of ``max_batch`` take longer than
+    the SLO, a smaller cap still serves (an LLM at 16.4 s a full batch under a 30-s SLO on an A100
+    serves 0.66 rps with batches of at most 25, and nothing at 32)."""
+    yield max_batch
+    if per_item <= 0:
+        return
+    L = full_run(base, per_item, max_batch)
+    j = max(1, math.floor(slo_ms / L)) if L > 0 else 1  # (1 + j) L > slo from here on
+    last, n = max_batch, 0
+    while n < MAX_CAPS:
+        b = math.floor((slo_ms / (1 + j) - base) / per_item)
+        if b < 1:
+            return
+        if b < last:
+            yield b
+            last, n = b, n + 1
+        j += 1
+
+
+def capped_capacity(base: float, per_item: float, max_batch: int, slo_ms: float, u: float) -> tuple[float, int]:
+    """``(capacity, cap)``: the most rps one lone replica serves within ``slo_ms`` and ``u`` with its
+    batches capped at ``cap <= max_batch`` (:func:`lone_caps`), and that cap; ``max_batch`` where no
+    smaller cap serves more (ties keep the larger). ``(0, max_batch)`` where no cap serves."""
+    best = (0.0, max_batch)
+    for b in lone_caps(base, per_item, max_batch, slo_ms):
+        if u * 1000.0 * b / full_run(base, per_item, b) <= best[0]:
+            break  # no smaller cap's throughput reaches it
+        c = queue_capacity(base, per_item, b, slo_ms, u)
+        if c > best[0]:
+            best = (c, b)
+    return best
 
 
 def queue_capacity(base: float, per_item: float, max_batch: int, slo_ms: float, u: float) -> float:

@@ -35,7 +35,7 @@ from functools import cached_property, lru_cache
 from packer.arrivals import batch_bound, envelope, stream_rate
 from packer.catalog import GpuType, gpu_type
 from packer.fleet import FleetError, Fleet, Model, Pool
-from packer.queue import busy_share, full_run, queue_bound, queue_capacity
+from packer.queue import busy_share, capped_capacity, full_run, lone_caps, queue_bound
 
 WHOLE = "whole"
 
@@ -193,8 +193,9 @@ member with ``A + B hi`` over ``1e-6 u hi`` (a millionth of its SLO) empties it.
 
 def lone_capacity(model: Model, st: SlotType, u: float) -> float:
     """The most rps one replica alone on this slot type serves as its requests come, within its SLO
-    and ``u`` of its full-batch throughput (``packer.queue.queue_capacity``); 0 where it does not
-    fit the slot's memory or even a trickle's bound is over the SLO."""
+    and ``u`` of its full-batch throughput, its batches capped where a cap below ``max_batch``
+    serves more (``packer.queue.capped_capacity``); 0 where it does not fit the slot's memory or
+    even a trickle's bound is over the SLO at every cap."""
     if model.memory_gb > st.memory_gb * model.gpus_per_replica + 1e-9:
         return 0.0
     base, per = latency_scale(model, st)
@@ -204,7 +205,7 @@ def lone_capacity(model: Model, st: SlotType, u: float) -> float:
     if cap is None:
         if len(_LONE) >= CAPACITY_CACHE:
             _LONE.clear()
-        cap = queue_capacity(base, per, model.max_batch, model.slo_ms, u)
+        cap = capped_capacity(base, per, model.max_batch, model.slo_ms, u)[0]
         if per_stream is not None and cap > 0:
             # Sticky streams: the most rps whose streams at the quantile stay within it (lone_rate).
             top = cap
@@ -286,27 +287,52 @@ def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
     if it.rate <= 0:
         return None
     sized = lone_rate(m, it.rate)
-    bound = queue_bound(sized, it.base, it.per_item, m.max_batch)
-    sized_share = busy_share(sized, it.base, it.per_item, m.max_batch)  # what u caps
-    if bound > m.slo_ms + 1e-9 or sized_share > u + 1e-9:
+    capped = lone_cap(m, it.base, it.per_item, sized, u)
+    if capped is None:
         return None
-    share = busy_share(it.rate, it.base, it.per_item, m.max_batch)
-    L = full_run(it.base, it.per_item, m.max_batch)
-    member = MemberResult(m.name, m.max_batch, share, m.memory_gb, bound, m.slo_ms, it.rate)
+    cap, bound = capped
+    sized_share = busy_share(sized, it.base, it.per_item, cap)  # what u caps
+    share = busy_share(it.rate, it.base, it.per_item, cap)
+    L = full_run(it.base, it.per_item, cap)
+    member = MemberResult(m.name, cap, share, m.memory_gb, bound, m.slo_ms, it.rate)
     pressures = {"memory": m.memory_gb / memory_gb, "compute": sized_share / u, f"slo:{m.name}": bound / m.slo_ms}
     binding = max(pressures, key=lambda k: pressures[k])
     if binding == "memory":
         reason = f"memory {m.memory_gb:.1f}/{memory_gb:.1f} GB is the limit"
     elif binding == "compute":
         reason = (f"alone, batches sent as the slot frees: {it.rate:.1f} rps is {share:.0%} of what "
-                  f"full batches of {m.max_batch} serve (cap {u:.0%})")
+                  f"full batches of {cap} serve (cap {u:.0%})")
     else:
         reason = (f"{m.name} alone, batches sent as the slot frees: the batch running, then the queue "
-                  f"ahead in batches of {m.max_batch} ({L:.1f} ms each) = {bound:.1f} ms of its {m.slo_ms:g} ms SLO")
+                  f"ahead in batches of {cap} ({L:.1f} ms each) = {bound:.1f} ms of its {m.slo_ms:g} ms SLO")
+    if cap < m.max_batch:
+        reason += f"; batches capped at {cap} of max_batch {m.max_batch}, whose full runs would miss the SLO"
     if sized > it.rate * (1 + 1e-9):
         reason += (f"; sized for {sized:.1f} rps ({sized_share:.0%}), its sticky streams at the 99.9 % level "
                    f"of their count")
     return SlotResult(0.0, (member,), m.memory_gb, memory_gb, sized_share, binding, reason, L)
+
+
+def lone_cap(model: Model, base: float, per: float, sized: float, u: float) -> tuple[int, float] | None:
+    """``(cap, bound)``: the batch cap a lone replica at ``sized`` rps is served with, and its p99
+    bound; None where no cap meets its SLO within ``u``. ``max_batch`` wherever it serves (as
+    before caps existed, and the most headroom for traffic); else, of the smaller caps
+    (``packer.queue.lone_caps``), the one with the most headroom on its SLO and on ``u`` alike."""
+    slo, M = model.slo_ms, model.max_batch
+    best: tuple[float, int, float] | None = None
+    for b in lone_caps(base, per, M, slo):
+        share = busy_share(sized, base, per, b)
+        if share > u + 1e-9:
+            break  # a smaller cap's throughput is lower still
+        bound = queue_bound(sized, base, per, b)
+        if bound > slo + 1e-9:
+            continue
+        if b == M:
+            return M, bound
+        pressure = max(bound / slo, share / u)
+        if best is None or pressure < best[0]:
+            best = (pressure, b, bound)
+    return None if best is None else (best[1], best[2])
 
 
 def feasible(items: list[Item], memory_gb: float, u: float) -> bool:
@@ -631,7 +657,7 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
     if not any(single_capacity(model, st, u) > 0 for st in sts):
         fastest = min(sts, key=lambda st: sum(latency_scale(model, st)))
         per_stream = model.traffic.per_stream_rps
-        alone = queue_capacity(*latency_scale(model, fastest), model.max_batch, model.slo_ms, u)
+        alone = capped_capacity(*latency_scale(model, fastest), model.max_batch, model.slo_ms, u)[0]
         if per_stream is not None and alone > 0:
             # Served alone as its requests come, a replica takes alone rps; one stream sends more.
             raise FleetError(f"{where}.traffic.streams",
@@ -643,30 +669,13 @@ def check_model_servable(fleet: Fleet, model: Model, where: str, u: float) -> No
                              f"{math.floor(model.traffic.rps / alone) + 1}, so that one fits a replica) "
                              "or raise slo_ms")
         A = sum(latency_scale(model, fastest))
-        need = A + A / u  # its cut (a cycle at least A / u, so the round fits in u of it), then its run
-        if model.slo_ms >= need:
-            # The latency allows a cycle; the batch does not: no number of turns of max_batch covers
-            # the quantile batch of the window, even at a vanishing rate.
-            # A shared cycle wants a larger batch (more turns' cover); a replica alone, served as its
-            # requests come, a smaller one (its bound is two full batches at the least).
-            def serves(b: int) -> bool:
-                return single_capacity(replace(model, max_batch=b), fastest, u) > 0
-
-            sizes = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-            smaller = next((b for b in reversed(sizes) if b < model.max_batch and serves(b)), None)
-            bigger = next((b for b in sizes if b > model.max_batch and serves(b)), None)
-            fix = " or ".join([f"lower max_batch to {smaller}"] * (smaller is not None)
-                              + [f"raise max_batch to at least {bigger}" if bigger else "raise max_batch"]
-                              + ["raise slo_ms"])
-            L = full_run(*latency_scale(model, fastest), model.max_batch)
-            raise FleetError(f"{where}.max_batch", f"{model.max_batch} cannot serve any rate within slo_ms "
-                             f"{model.slo_ms:g}: shared, the planner provisions each batch for the 99.9 % "
-                             f"burst of its window and, at {A:.1f} ms a request on the fastest slot "
-                             f"({fastest.key}), no number of turns of {model.max_batch} covers it; alone, a "
-                             f"request may wait out a full batch ({L:.1f} ms) and run in the next", fix)
+        # The least SLO anything serves: a replica alone with batches of one (``queue.lone_caps``),
+        # whose request may wait out the one before it, two runs of ``A``; a shared cycle needs
+        # more (its cut, at least ``A / u``, then its run).
+        need = 2.0 * A
         raise FleetError(f"{where}.slo_ms", f"{model.slo_ms:g} ms cannot be met by any batch size: even one "
-                         f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait a duty "
-                         f"cycle first, a worst case of {need:.1f} ms",
+                         f"request takes {A:.1f} ms on the fastest slot ({fastest.key}) and may wait out "
+                         f"another's run first, a worst case of {need:.1f} ms",
                          f"raise slo_ms to at least {math.ceil(need)} or add a faster GPU pool")
     if model.spot_policy == "never" and not any(single_capacity(model, st, u) > 0 for st in sts if not st.pool.spot):
         # Else the planner finds no slot it may use and can only say that it fits none.

@@ -129,7 +129,7 @@ def model_config(fleet: Fleet, placement: Placement, name: str, settings: Triton
     model = fleet.model(name)
     members = [m for m in placement.models if m.name == name]
     t = timing(fleet, placement, name, settings)
-    cfg = mc.ModelConfig(name=name, max_batch_size=model.max_batch)
+    cfg = mc.ModelConfig(name=name, max_batch_size=t.max_batch)
     art = model.artifact
     if art is None:
         cfg.backend = "python"

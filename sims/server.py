@@ -78,9 +78,9 @@ def batcher_config(model: Model, st: SlotType, batch: int, duty_cycle_ms: float,
     sequence = model.traffic.streams is not None
     timeout = bt.budget_ms / 1000.0 if timeouts and not sequence else INF
     # No preferred size: the queue is ready when it holds max_batch or its oldest waited the delay.
-    preferred = min(bt.preferred) if bt.preferred else model.max_batch
+    preferred = min(bt.preferred) if bt.preferred else bt.max_batch
     bound = float(bt.queue_bound) if queue_bound and not sequence else INF
-    return BatcherConfig(model.max_batch, preferred, delay / 1000.0, timeout, bt.base_ms / 1000.0,
+    return BatcherConfig(bt.max_batch, preferred, delay / 1000.0, timeout, bt.base_ms / 1000.0,
                          bt.per_item_ms / 1000.0, bound)
 
 

@@ -15,6 +15,22 @@ import pytest  # noqa: E402
 
 
 @pytest.fixture
+def uncapped(monkeypatch):
+    """Serve a lone replica with full batches of ``max_batch`` only, as before its batches were
+    capped where a smaller cap serves more (``packer.queue.lone_caps``): for the regression tests
+    whose fleets were found, and their numbers worked out, before the caps (a family member's
+    search story, a worked spot example). What the caps do is tested in tests/test_queue.py and
+    by the property tests, which run with them."""
+    import packer.queue as queue
+    import packer.slot as slot
+
+    monkeypatch.setattr(queue, "MAX_CAPS", 0)
+    slot._LONE.clear()
+    yield
+    slot._LONE.clear()
+
+
+@pytest.fixture
 def duty_cycle_only(monkeypatch):
     """Plan with the duty cycle's maths alone: no replica is served alone as its requests come
     (``packer/queue.py``). For the regression tests of the search and the bounds whose fleets were

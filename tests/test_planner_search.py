@@ -369,8 +369,9 @@ def test_the_integer_master_puts_its_mig_slots_on_the_fewest_gpus_where_first_fi
     assert first is not None and cost < 0.95 * cost_of(problem, gpu_counts(problem, first))
 
 
+# Found before lone replicas' batches were capped: conftest.uncapped.
 def test_the_integer_master_solves_again_with_one_replica_of_a_model_per_mig_gpu_where_its_choice_dealt_dearer(
-        monkeypatch) -> None:
+        monkeypatch, uncapped) -> None:
     """family-4-mixed-33 (L40S, and H200 MIG): the master chose 75.56/h of columns with two
     replicas of a model in one H200's slots, which dealt onto a second H200 (83.80/h). Solved again
     with a model's MIG replicas at most the pool's MIG GPUs (``_master(spread=True)``), it deals at

@@ -216,9 +216,11 @@ def test_a_batch_too_small_for_any_rate_names_max_batch_not_the_slo():
     SLO allows a cycle (123 ms would do), but no number of turns of one request covers the 99.9 %
     line of a window at any rate, and the fleet was refused with "411 ms cannot be met ... raise
     slo_ms to at least 123". Alone and served as its requests come (packer/queue.py) it now plans:
-    at most one request ahead of it runs first. Where neither way serves the batch (20 ms a
-    request, ``max_batch`` 4, SLO 90: two full batches are 100 ms, and turns of 4 cover no
-    window), the error names max_batch, and both ways out: 2 alone, 8 shared."""
+    at most one request ahead of it runs first. Where two full batches miss the SLO alone (20 ms a
+    request, ``max_batch`` 4, SLO 90: 100 ms) and turns of 4 cover no window shared, the fleet was
+    refused naming max_batch; alone, its batches are now capped (3 serves, two runs of 40 ms; 2
+    leaves the most headroom at this rate, 60 ms), so it plans, and only an SLO under two runs of
+    one request is refused."""
     from packer.fleetfile import parse_fleet
 
     def fleet(mb, base=55.9, per=0.37, slo=411):
@@ -231,10 +233,14 @@ def test_a_batch_too_small_for_any_rate_names_max_batch_not_the_slo():
     m = parse_fleet(fleet(1), "x").models[0]
     st = SlotType(Pool("l4", "l4-24gb", 1, 1, 0.8))
     assert lone_capacity(m, st, U) > 0.48 and single_capacity(m, st, U) == lone_capacity(m, st, U)
+    m4 = parse_fleet(fleet(4, base=10, per=10, slo=90), "x").models[0]
+    assert lone_capacity(m4, st, U) > 0.48
+    res = evaluate([item(m4, 0.48, st, U)], st.memory_gb, U)
+    assert res.duty_cycle_ms == 0 and res.members[0].batch_size == 2 and res.members[0].p99_bound_ms == pytest.approx(60)
     with pytest.raises(FleetError) as e:
-        parse_fleet(fleet(4, base=10, per=10, slo=90), "x")
-    assert e.value.field == "models[0] (i0).max_batch"
-    assert "lower max_batch to 2 or raise max_batch to at least 8" in str(e.value)
+        parse_fleet(fleet(4, base=10, per=10, slo=39), "x")  # two runs of one request: 40 ms
+    assert e.value.field == "models[0] (i0).slo_ms" and "raise slo_ms to at least 40" in str(e.value)
+    assert parse_fleet(fleet(4, base=10, per=10, slo=40), "x").models[0].max_batch == 4
     assert parse_fleet(fleet(2, base=10, per=10, slo=90), "x").models[0].max_batch == 2
     assert parse_fleet(fleet(8, base=10, per=10, slo=90), "x").models[0].max_batch == 8
 

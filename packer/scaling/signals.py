@@ -80,12 +80,12 @@ def run_s(plan: Plan, model: str) -> float:
 
 def _run_ms(plan: Plan, p: Placement, m: Member) -> float:
     """The run (ms) of one planned batch of member ``m`` of slot ``p``: its bound less the cut under
-    a duty cycle; a full batch for a replica alone without one (``packer/queue.py``), whose bound
+    a duty cycle; a full batch (of its cap) for a replica alone without one (``packer/queue.py``), whose bound
     also holds the queue ahead of it."""
     if p.duty_cycle_ms > 0:
         return m.p99_bound_ms - p.duty_cycle_ms
     mdl = plan.model(m.name)
-    return full_run(*latency_scale(mdl, SlotType(plan.fleet.pool(p.pool), p.slot)), mdl.max_batch)
+    return full_run(*latency_scale(mdl, SlotType(plan.fleet.pool(p.pool), p.slot)), m.batch_size)
 
 
 def planned_wait_ms(plan: Plan, model: str) -> float:

@@ -125,3 +125,57 @@ def test_a_packed_trio_keeps_its_bounds_at_60_percent(tmp_path):
         if p99 > allowed:
             failures.append(f"{name}: p99 {p99:.1f} ms over {allowed:.1f} ms (bound {bound[name]:.1f} ms)")
     assert not failures, failures
+
+
+def test_a_capped_lone_replica_keeps_its_bound_at_90_percent(tmp_path):
+    """A replica alone whose two full batches (84 ms each at ``max_batch`` 32) miss its 120-ms SLO
+    is served as its requests come with its batches capped (``packer.queue.lone_caps``): the
+    writer renders the cap as ``max_batch_size`` and no queue delay, and the real server keeps
+    the bound at 90 % of the capped capacity (148 rps; the duty cycle serves 104)."""
+    from packer.queue import capped_capacity
+
+    doc = {"name": "capped", "pools": FLEET["pools"],
+           "models": [{"name": "asr", "kind": "streaming", "memory_gb": 2, "slo_ms": 120, "max_batch": 32,
+                       "latency_ms": {"gpu": "l4-24gb", "base": 20, "per_item": 2}, "traffic": {"rps": 1}}]}
+    best, cap = capped_capacity(20.0, 2.0, 32, 120, U)
+    rate = 0.9 * best
+    doc["models"][0]["traffic"] = {"rps": rate}
+    f = parse_fleet(doc)
+    p = placement(f, "l4", [("asr", rate)], node="l4-n0", gpu=0, u=U)
+    assert p.duty_cycle_ms == 0 and p.models[0].batch_size == cap < 32
+    bound = p.models[0].p99_bound_ms
+    settings = TritonSettings(device="cpu", lock_dir=str(tmp_path))
+    (repo,) = group_repositories(plan_of(f, [p]), p, settings)
+    assert repo.models[0].config.max_batch_size == cap
+    assert repo.models[0].config.dynamic_batching.max_queue_delay_microseconds == 0
+    warmup, seconds = 2.0, 15.0
+    rng = np.random.default_rng(5)
+    times = np.cumsum(rng.exponential(1.0 / rate, int(rate * (warmup + seconds) * 2) + 20))
+    times = times[times < warmup + seconds]
+    with LocalTriton([write_repository(repo, tmp_path / repo.kind)], start_timeout_s=300) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        x = grpcclient.InferInput("INPUT", [1, 1], "FP32")
+        x.set_data_from_numpy(np.zeros((1, 1), dtype=np.float32))
+        done: list[tuple[float, float, str]] = []
+        lock = threading.Lock()
+        answered = threading.Semaphore(0)
+
+        def cb(sent: float, result, error) -> None:
+            with lock:
+                done.append((sent, time.perf_counter() - sent, "" if error is None else str(error)))
+            answered.release()
+
+        t0 = time.perf_counter()
+        for at in times:
+            now = time.perf_counter() - t0
+            if at > now:
+                time.sleep(at - now)
+            sent = time.perf_counter()
+            client.async_infer("asr", [x], callback=lambda result, error, s=sent: cb(s, result, error))
+        for _ in times:
+            assert answered.acquire(timeout=60)
+        client.close()
+    rows = [(lat * 1000.0, err) for s, lat, err in done if s - t0 >= warmup]
+    assert rows and not [e for _, e in rows if e]
+    p99 = float(np.percentile([l for l, _ in rows], 99))
+    assert p99 <= bound * NOISE, (p99, bound)

@@ -187,15 +187,63 @@ def lone_caps(base: float, per_item: float, max_batch: int, slo_ms: float) -> It
 def capped_capacity(base: float, per_item: float, max_batch: int, slo_ms: float, u: float) -> tuple[float, int]:
     """``(capacity, cap)``: the most rps one lone replica serves within ``slo_ms`` and ``u`` with its
     batches capped at ``cap <= max_batch`` (:func:`lone_caps`), and that cap; ``max_batch`` where no
-    smaller cap serves more (ties keep the larger). ``(0, max_batch)`` where no cap serves."""
-    best = (0.0, max_batch)
-    for b in lone_caps(base, per_item, max_batch, slo_ms):
-        if u * 1000.0 * b / full_run(base, per_item, b) <= best[0]:
-            break  # no smaller cap's throughput reaches it
-        c = queue_capacity(base, per_item, b, slo_ms, u)
-        if c > best[0]:
-            best = (c, b)
-    return best
+    smaller cap serves more (ties keep the larger). ``(0, max_batch)`` where no cap serves.
+
+    ``max_batch``'s capacity first, as it always was; a smaller cap that serves its own throughput
+    limit has its capacity there, above every cap below it; then one bisection on the rate over
+    the caps above that together (a rate is served where some cap serves it, and each cap serves
+    every rate up to its capacity), the cap that served the last rate tried first: a bisection per
+    cap took 24 s of a 2,000-model plan's capacities."""
+    best = queue_capacity(base, per_item, max_batch, slo_ms, u)
+    others = list(lone_caps(base, per_item, max_batch, slo_ms))[1:]
+    if not others:
+        return best, max_batch
+    top = u * 1000.0 * max_batch / full_run(base, per_item, max_batch)
+
+    # Per cap, a rate it does not serve above: its throughput within ``u``, then the least rate it
+    # failed at (it serves every rate up to its capacity and none above).
+    below = {b: u * 1000.0 * b / full_run(base, per_item, b) for b in others}
+
+    def serves(r: float, b: int) -> bool:
+        if r > below[b]:
+            return False
+        if queue_bound(r, base, per_item, b) <= slo_ms:
+            return True
+        below[b] = r
+        return False
+
+    def serving(r: float, first: int | None) -> int | None:
+        if first is not None and serves(r, first):
+            return first
+        return next((b for b in others if b != first and serves(r, b)), None)
+
+    # A cap that serves its own throughput's limit has its capacity there, above every smaller
+    # cap's: the bisection runs only over the larger caps, above it.
+    at_top = max_batch
+    for k, b in enumerate(others):
+        if below[b] <= best:
+            others = others[:k]  # this cap's throughput, and every smaller one's, is below best
+            break
+        if serves(below[b], b):
+            if k == 0:
+                return below[b], b
+            best, at_top, others = below[b], b, others[:k]
+            break
+    if not others:
+        return best, at_top
+    lo = best * (1 + 1e-9) if best > 0 else 1e-9 * top
+    cap = serving(lo, None)
+    if cap is None:
+        return best, at_top
+    hi = max(below[b] for b in others)  # no cap serves above its own
+    while hi - lo > top * 2.0 ** -24:  # within 6e-8 of the fastest cap's throughput: rounds no count
+        mid = (lo + hi) / 2
+        b = serving(mid, cap)
+        if b is None:
+            hi = mid
+        else:
+            lo, cap = mid, b
+    return lo, cap
 
 
 def queue_capacity(base: float, per_item: float, max_batch: int, slo_ms: float, u: float) -> float:

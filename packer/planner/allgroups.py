@@ -38,7 +38,7 @@ from ortools.linear_solver import pywraplp
 from packer.planner.assemble import Gpu
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.colplan import _master, deal_fewest
-from packer.planner.mip import solve_mip
+from packer.planner.mip import Mip, solve_mip
 from packer.planner.model import Problem, Rep
 from packer.planner.patterns import Patterns
 from packer.slot import WHOLE, window
@@ -156,8 +156,7 @@ def exact_master(problem: Problem, pat: Patterns, reserved: dict[str, int], uppe
     bound = min(found.bound, found.objective, upper)
     gpus = None
     if deal and found.values is not None:
-        counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
-        gpus = deal_fewest(problem, pat, [round(found.value(v)) for v in x], counts, reserved, seconds)
+        gpus = _dealt(problem, pat, found, x, y, reserved, seconds)
         dealt = math.inf if gpus is None else cost_of(problem, gpu_counts(problem, gpus))
         if dealt > found.objective + 1e-6:
             whole = _whole_dealt(problem, pat, reserved, seconds, apart)
@@ -180,8 +179,13 @@ def _whole_dealt(problem: Problem, pat: Patterns, reserved: dict[str, int], seco
         return None
     solver, x, y = built
     found = solve_mip(solver, EXACT_NODES, max(0.5, WALL_FACTOR * seconds / 2), exact=True)
-    if found.values is None:
-        return None
+    return None if found.values is None else _dealt(problem, pat, found, x, y, reserved, seconds, columns)
+
+
+def _dealt(problem: Problem, pat: Patterns, found: Mip, x: list, y: dict, reserved: dict[str, int], seconds: float,
+           columns: list | None = None) -> list[Gpu] | None:
+    """A solved master's columns (``columns``, default ``pat.columns``) at its chosen replica
+    counts, dealt onto GPUs (``colplan.deal_fewest``)."""
     counts = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
     return deal_fewest(problem, pat, [round(found.value(v)) for v in x], counts, reserved, seconds, columns)
 

@@ -79,7 +79,6 @@ def row(base: float, per: float, M: int, slo: float, n: int) -> dict:
     m = Model("m", "streaming", 1.0, Traffic(1, 1), slo, (LatencyProfile("l4-24gb", base, per),), M)
     duty, lone = duty_capacity(m, SLOT, U), lone_capacity(m, SLOT, U)
     cap = capped_capacity(base, per, M, slo, U)[1]
-    uncapped = capped_capacity(base, per, M, slo, U) if False else None  # noqa: F841
     bound = queue_bound(lone, base, per, cap) if lone > 0 else math.nan
     served = served_at_level(lone, base, per, cap, n) if lone > 0 else math.nan
     return {"base": base, "per": per, "M": M, "slo": slo, "duty": duty, "lone": lone, "cap": cap, "bound": bound,

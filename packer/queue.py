@@ -51,6 +51,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; a platform without it runs the source
+    def njit(*args: object, **kw: object) -> object:
+        """Stand-in for ``numba.njit``: the function itself, uncompiled."""
+        return args[0] if args and callable(args[0]) else (lambda f: f)
+
 LEVEL = 0.9999
 """The bound is the latency one request in ten thousand exceeds in the long run. A queue carries a
 burst over into the requests after it, so its short windows vary more than a duty cycle's, whose
@@ -72,18 +79,18 @@ def busy_share(rate_rps: float, base: float, per_item: float, max_batch: int) ->
     return rate_rps / 1000.0 * full_run(base, per_item, max_batch) / max_batch
 
 
+@njit(cache=True)
 def _theta(a: float, M: int) -> float:
     """The positive root of ``a (e^t - 1) = M t`` (``0 < a < M``): Kingman's decay rate of the queue
     in requests. Newton from the right, where the convex ``f`` is positive, falls onto it."""
-    f = lambda t: a * math.expm1(t) - M * t  # noqa: E731
     t = max(1.0, 2.0 * math.log(M / a))
-    while f(t) <= 0:
+    while a * math.expm1(t) - M * t <= 0:
         t *= 2.0
     for _ in range(200):
         slope = a * math.exp(t) - M
         if slope <= 0:  # at the root itself (t -> 0 as a -> M)
             break
-        step = f(t) / slope
+        step = (a * math.expm1(t) - M * t) / slope
         t -= step
         if step <= 1e-12 * t:
             break
@@ -116,40 +123,68 @@ def queue_bound(rate_rps: float, base: float, per_item: float, max_batch: int, l
     a = r * L
     if a >= M * (1.0 - 1e-9) or L <= 0:  # saturated: the queue grows without end
         return math.inf
-    theta = _theta(a, M)
-    eps = 1.0 - level
-    F = min(a, L / max(base + per_item, 1e-12))
-    # Poisson(a) over n = 0 .. nmax, with the mass beyond counted as always too late.
     nmax = int(a + 12.0 * math.sqrt(a) + 40.0)
-    n = np.arange(nmax + 1)
-    logp = n * math.log(a) - a - log_factorials(nmax)
-    p = np.exp(logp)
-    beyond = max(0.0, 1.0 - float(p.sum()))
-    at_least = np.concatenate(([1.0], 1.0 - np.cumsum(p)))  # P(N >= k), k = 0 .. nmax + 1
-    at_least = np.maximum(at_least, beyond)
-    lse = np.logaddexp.accumulate(logp + theta * n)  # log sum_{n <= k} p_n e^(theta n)
+    j = _least_j(a, M, min(a, L / max(base + per_item, 1e-12)), 1.0 - level, log_factorials(nmax))
+    return math.inf if j < 0 else L * (1 + j)
 
-    def tail(k: int) -> float:
-        """``F P(W + N >= k)`` over ``P(W >= x) <= e^(-theta x)``."""
-        if k <= 0:
-            return F
-        if k <= nmax + 1:
-            return F * (float(at_least[k]) + math.exp(float(lse[k - 1]) - theta * k))
-        return F * (beyond + math.exp(float(lse[-1]) - theta * k))
 
+@njit(cache=True)
+def _logaddexp(x: float, y: float) -> float:
+    """``log(e^x + e^y)``, as NumPy's ``logaddexp`` works it out."""
+    if x == y:
+        return x + math.log(2.0)
+    d = x - y
+    if d > 0:
+        return x + math.log1p(math.exp(-d))
+    return y + math.log1p(math.exp(d))
+
+
+@njit(cache=True)
+def _least_j(a: float, M: int, F: float, eps: float, logfact: np.ndarray) -> int:
+    """The least ``j`` with ``F P(W + N >= j M) <= eps`` (``N ~ Poisson(a)`` over ``n = 0 .. nmax``
+    with the mass beyond counted as always too late, ``P(W >= x) <= e^(-theta x)``); -1 past a
+    million. Compiled: a 2,000-model plan asks it half a million times, 17 µs each in NumPy."""
+    theta = _theta(a, M)
+    nmax = len(logfact) - 1
+    la = math.log(a)
+    at_least = np.empty(nmax + 2)  # P(N >= k), k = 0 .. nmax + 1
+    lse = np.empty(nmax + 1)  # log sum_{n <= k} p_n e^(theta n)
+    at_least[0] = 1.0
+    mass = 0.0
+    acc = -math.inf
+    for n in range(nmax + 1):
+        lp = n * la - a - logfact[n]
+        mass += math.exp(lp)
+        at_least[n + 1] = 1.0 - mass
+        acc = lp + theta * n if n == 0 else _logaddexp(acc, lp + theta * n)
+        lse[n] = acc
+    beyond = max(0.0, 1.0 - mass)
+    for k in range(nmax + 2):
+        at_least[k] = max(at_least[k], beyond)
     j = 1
-    while tail(j * M) > eps:
+    while _tail(j * M, F, theta, at_least, lse, beyond) > eps:
         j = j * 2 if j < 64 else j + 64
         if j > 1_000_000:
-            return math.inf
+            return -1
     lo = max(1, j // 2 if j <= 128 else j - 64)
     while lo < j:  # the least j: tail falls with j
         mid = (lo + j) // 2
-        if tail(mid * M) <= eps:
+        if _tail(mid * M, F, theta, at_least, lse, beyond) <= eps:
             j = mid
         else:
             lo = mid + 1
-    return L * (1 + j)
+    return j
+
+
+@njit(cache=True)
+def _tail(k: int, F: float, theta: float, at_least: np.ndarray, lse: np.ndarray, beyond: float) -> float:
+    """``F P(W + N >= k)`` over ``P(W >= x) <= e^(-theta x)``."""
+    if k <= 0:
+        return F
+    nmax = len(lse) - 1
+    if k <= nmax + 1:
+        return F * (at_least[k] + math.exp(lse[k - 1] - theta * k))
+    return F * (beyond + math.exp(lse[nmax] - theta * k))
 
 
 MAX_CAPS = 16

@@ -143,7 +143,12 @@ def envelope(m_ref: float) -> tuple[float, float]:
     is computed once per point); the intercept is exact for that slope.
     """
     m_ref = max(m_ref, 1e-4)
-    k = math.floor(math.log(m_ref) / math.log(REF_GRID))
+    return envelope_at(math.floor(math.log(m_ref) / math.log(REF_GRID)))
+
+
+def envelope_at(k: int) -> tuple[float, float]:
+    """:func:`envelope` at the grid point ``REF_GRID ** k``: what a compiled caller tabulates
+    (``slot.duty_capacity``), as :func:`envelope` works it out."""
     m = REF_GRID ** k
     s = 1.0 + Z / (2.0 * math.sqrt(m))
     return _intercept(s), s

@@ -51,12 +51,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; a platform without it runs the source
-    def njit(*args: object, **kw: object) -> object:
-        """Stand-in for ``numba.njit``: the function itself, uncompiled."""
-        return args[0] if args and callable(args[0]) else (lambda f: f)
+from packer.jit import njit
 
 LEVEL = 0.9999
 """The bound is the latency one request in ten thousand exceeds in the long run. A queue carries a
@@ -110,6 +105,11 @@ def log_factorials(nmax: int) -> np.ndarray:
         grown = max(nmax + 1, 2 * have)
         _LOG_FACTORIALS = np.concatenate((_LOG_FACTORIALS, [math.lgamma(k + 1.0) for k in range(have, grown)]))
     return _LOG_FACTORIALS[: nmax + 1]
+
+
+def warm() -> None:
+    """Compile the bound's search (or load it from numba's cache) now, before a plan's clock."""
+    queue_bound(1.0, 1.0, 0.1, 2)
 
 
 def queue_bound(rate_rps: float, base: float, per_item: float, max_batch: int, level: float = LEVEL) -> float:

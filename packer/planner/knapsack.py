@@ -16,12 +16,7 @@ import math
 
 import numpy as np
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; a platform without it runs the source
-    def njit(*args: object, **kw: object) -> object:
-        """Stand-in for ``numba.njit``: the function itself, uncompiled."""
-        return args[0] if args and callable(args[0]) else (lambda f: f)
+from packer.jit import njit
 
 
 def warm() -> None:

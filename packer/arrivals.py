@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
+import numpy as np
+
 QUANTILE = 0.999
 """Each member's batch is sized so that at most 0.1 % of its requests see a larger one."""
 Z = 3.1
@@ -147,11 +149,30 @@ def envelope(m_ref: float) -> tuple[float, float]:
 
 
 def envelope_at(k: int) -> tuple[float, float]:
-    """:func:`envelope` at the grid point ``REF_GRID ** k``: what a compiled caller tabulates
-    (``slot.duty_capacity``), as :func:`envelope` works it out."""
+    """:func:`envelope` at the grid point ``REF_GRID ** k``: what the compiled slot maths read
+    (:func:`envelope_table`), as :func:`envelope` works it out."""
     m = REF_GRID ** k
     s = 1.0 + Z / (2.0 * math.sqrt(m))
     return _intercept(s), s
+
+
+ENVELOPE_FROM = math.floor(math.log(1e-4) / math.log(REF_GRID))
+"""The least grid index :func:`envelope` takes (its ``m_ref`` is at least 1e-4)."""
+_TABLE: list[tuple[float, float]] = []
+_TABLE_ARRAY = np.zeros((0, 2))
+
+
+def envelope_table(m_top: float) -> np.ndarray:
+    """``(c, s)`` of :func:`envelope_at` at every grid index from ``ENVELOPE_FROM`` up to that of
+    ``m_top`` at least, a row each (``slot.envelope_row`` finds the row of an ``m_ref``): the
+    envelope as the compiled slot maths read it. Worked out once and grown as needed; read-only."""
+    global _TABLE_ARRAY
+    top = math.floor(math.log(max(float(m_top), 1e-4)) / math.log(REF_GRID))
+    if top >= ENVELOPE_FROM + len(_TABLE):
+        _TABLE.extend(envelope_at(k) for k in range(ENVELOPE_FROM + len(_TABLE), top + 1))
+        _TABLE_ARRAY = np.array(_TABLE, dtype=np.float64).reshape(-1, 2)
+        _TABLE_ARRAY.flags.writeable = False
+    return _TABLE_ARRAY
 
 
 @lru_cache(maxsize=1024)

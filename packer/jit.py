@@ -1,9 +1,10 @@
 """numba's ``njit``, or where numba cannot be imported, the function itself.
 
 numba is a dependency: the planner's pricing search (``planner/knapsack.py``), a lone replica's
-queue bound (``queue.py``) and a replica's duty-cycle capacity (``slot.py``) are compiled with it,
-each statement for statement its Python source, so both give the same numbers and the source
-runs where numba does not (correct, far slower: the planner's budgets assume the compiled speed).
+queue bound (``queue.py``), and the slot maths' line and duty-cycle capacity (``slot.py``) are
+compiled with it, each statement for statement its Python source, so both give the same numbers
+and the source runs where numba does not (correct, far slower: the planner's budgets assume the
+compiled speed).
 """
 
 from __future__ import annotations

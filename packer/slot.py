@@ -34,7 +34,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from packer.arrivals import REF_GRID, batch_bound, envelope, envelope_at, stream_rate
+from packer.arrivals import ENVELOPE_FROM, REF_GRID, batch_bound, envelope, envelope_table, stream_rate
 from packer.catalog import GpuType, gpu_type
 from packer.fleet import FleetError, Fleet, Model, Pool
 from packer.jit import njit
@@ -137,36 +137,83 @@ MAX_TURNS = 64
 more than this many is not planned."""
 
 
-Turns = tuple[tuple[float, float, float, float], ...]
-
-
 @lru_cache(maxsize=1 << 14)
-def turn_table(slo_ms: float, max_batch: int, u: float) -> Turns:
-    """Per number of turns ``k = 1 .. MAX_TURNS``: ``(slo / (1 + k u), k M - c_k, s_k, 1 + k u)``,
+def turn_table(slo_ms: float, max_batch: int, u: float) -> np.ndarray:
+    """Per number of turns ``k = 1 .. MAX_TURNS``, a row ``(slo / (1 + k u), k M - c_k, s_k, 1 + k u)``:
     the cycle the SLO allows with ``k`` rounds of waiting, the cover's numerator and slope (the
     envelope ``c_k + s_k m`` of the quantile batch, tight near ``k M`` arrivals: ``k`` full batches
     hold a window of mean ``m`` while ``c_k + s_k m <= k M``), and the window in cycles.
-    Independent of the rate, so the bisections on the rate and the relaxations share it."""
-    out = []
+    Independent of the rate, so the bisections on the rate and the relaxations share it; an array
+    (read-only: it is cached) because the compiled slot maths read it."""
+    rows = []
     for k in range(1, MAX_TURNS + 1):
         c, s = envelope(k * max_batch)  # arrivals over k rounds are about k M: the line is tight there
-        out.append((slo_ms / (1.0 + k * u), k * max_batch - c, s, 1.0 + k * u))
-    return tuple(out)
+        rows.append((slo_ms / (1.0 + k * u), k * max_batch - c, s, 1.0 + k * u))
+    table = np.array(rows, dtype=np.float64)
+    table.flags.writeable = False
+    return table
 
 
-def own_limit(table: Turns, r: float) -> tuple[float, int]:
+@njit(cache=True)
+def own_limit(table: np.ndarray, r: float) -> tuple[float, int]:
     """``(hi, k)``: the longest cycle a member at ``r`` requests/ms allows by itself, the best over
-    ``k`` turns of ``min(slo / (1 + k u), (k M - c_k) / (s_k r (1 + k u)))``, and the ``k`` giving
-    it (``-inf`` where no ``k`` allows any). The slot maths' ``hi``, and what every relaxation of
-    it must allow too."""
+    ``k`` turns of ``min(slo / (1 + k u), (k M - c_k) / (s_k r (1 + k u)))`` (``table``:
+    :func:`turn_table`), and the ``k`` giving it (``-inf`` where no ``k`` allows any). The slot
+    maths' ``hi``, and what every relaxation of it must allow too. Compiled: :func:`item_line`
+    and the duty cycle's capacity search call it."""
     hi, at = -math.inf, 1
-    for k, (lat, cover, sk, rounds) in enumerate(table, 1):
+    for k in range(table.shape[0]):
+        lat, cover, sk, rounds = table[k, 0], table[k, 1], table[k, 2], table[k, 3]
         if lat <= hi:  # the latency limit only falls with k
             break
         h = min(lat, cover / (sk * r * rounds)) if r > 0 else lat
         if h > hi:
-            hi, at = h, k
+            hi, at = h, k + 1
     return hi, at
+
+
+@njit(cache=True)
+def item_line(rate: float, base: float, per: float, M: int, slo: float, u: float, turns: np.ndarray,
+              env: np.ndarray) -> tuple[float, float, float]:
+    """An item's ``(A, B, hi)`` at ``rate`` rps (:func:`item` says what they are), for a model of
+    ``max_batch`` ``M`` and SLO ``slo`` running at ``(base, per)`` on the slot; ``turns``: its
+    :func:`turn_table`, ``env``: :func:`arrivals.envelope_table` up to ``M``. Compiled, and the
+    one source of the line: :meth:`ItemMaker.line` calls it, and so does the duty cycle's capacity
+    search (:func:`_duty_alone`), 47 times a profile."""
+    r = rate / 1000.0
+    if r <= 0:
+        return base + per, 0.0, slo / (1.0 + u)
+    hi, turns_at_hi = own_limit(turns, r)
+    # The load of a cycle is the larger of two things. Its turn in a round: the quantile batch of
+    # its window (the line above), never more than a full batch. And the long run: one batch a
+    # cycle, one more per ``max_batch`` arrivals, ``base + (per + base / M) r d``. The larger of
+    # two lines is convex, so on [0, hi] (a feasible group never runs a cycle above any member's
+    # hi) the chord from 0 to hi bounds it: that chord is the item's (A, B).
+    row = envelope_row(min(r * slo / 2.0, float(M)))
+    c, s = env[row, 0], env[row, 1]
+    beta = per * s * r
+    qa, qb = max((base + per * c) / (1.0 + beta), base), beta / (1.0 + beta) * (1.0 + u)
+    fa, fb = base + per * M, 0.0
+    d = max(hi, 1e-9)
+    if fa + fb * d < qa + qb * d:  # the cheaper of the two at hi, the quantile's on a tie
+        Ar, Br = fa, fb
+    else:
+        Ar, Br = qa, qb
+    # One turn covers every window up to hi: one batch a cycle. Else one more per M arrivals.
+    Bs = per * r if turns_at_hi == 1 else (per + base / M) * r
+    A = max(Ar, base)
+    B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
+    return A, B, hi
+
+
+_LOG_GRID = math.log(REF_GRID)
+
+
+@njit(cache=True)
+def envelope_row(m_ref: float) -> int:
+    """The row of :func:`arrivals.envelope_table` that :func:`arrivals.envelope` reads at
+    ``m_ref``: its grid point, ``m_ref`` rounded down (``tests/test_slot.py`` checks both agree)."""
+    return math.floor(math.log(max(m_ref, 1e-4)) / _LOG_GRID) - ENVELOPE_FROM
 
 
 def item(model: Model, rate: float, st: SlotType, u: float) -> Item:
@@ -257,29 +304,10 @@ class ItemMaker:
         return 0.0 < rate <= lone_capacity(self.model, self.st, self.u)
 
     def line(self, rate: float) -> tuple[float, float, float]:
-        """The item's ``(A, B, hi)`` at ``rate``."""
-        model, u, base, per = self.model, self.u, self.base, self.per
-        r = rate / 1000.0
-        M = model.max_batch
-        if r <= 0:
-            return base + per, 0.0, model.slo_ms / (1.0 + u)
-        hi, turns_at_hi = own_limit(self.turns, r)
-        # The load of a cycle is the larger of two things. Its turn in a round: the quantile batch of
-        # its window (the line above), never more than a full batch. And the long run: one batch a
-        # cycle, one more per ``max_batch`` arrivals, ``base + (per + base / M) r d``. The larger of
-        # two lines is convex, so on [0, hi] (a feasible group never runs a cycle above any member's
-        # hi) the chord from 0 to hi bounds it: that chord is the item's (A, B).
-        c, s = envelope(min(r * model.slo_ms / 2.0, float(M)))
-        beta = per * s * r
-        quantile = (max((base + per * c) / (1.0 + beta), base), beta / (1.0 + beta) * (1.0 + u))
-        full = (base + per * M, 0.0)
-        d = max(hi, 1e-9)
-        Ar, Br = min(quantile, full, key=lambda line: line[0] + line[1] * d)
-        # One turn covers every window up to hi: one batch a cycle. Else one more per M arrivals.
-        Bs = per * r if turns_at_hi == 1 else (per + base / M) * r
-        A = max(Ar, base)
-        B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
-        return A, B, hi
+        """The item's ``(A, B, hi)`` at ``rate`` (:func:`item_line`)."""
+        M = self.model.max_batch
+        return item_line(float(rate), float(self.base), float(self.per), int(M), float(self.model.slo_ms),
+                         float(self.u), self.turns, envelope_table(M))
 
 
 def lone_result(it: Item, memory_gb: float, u: float) -> SlotResult | None:
@@ -579,27 +607,13 @@ def _bisected_capacity(maker: "ItemMaker") -> float:
     return largest(ok, steps=37) * (1 - 1e-9)
 
 
-_ENV_FROM = math.floor(math.log(1e-4) / math.log(REF_GRID))
-"""The least grid index :func:`arrivals.envelope` takes (its ``m_ref`` is at least 1e-4)."""
-_ENV = np.zeros((0, 2))
-
-
-def _envelopes(max_batch: int) -> np.ndarray:
-    """``(c, s)`` of :func:`arrivals.envelope` at every grid index from ``_ENV_FROM`` to that of
-    ``max_batch`` (rows from ``_ENV_FROM``), worked out once and grown as needed."""
-    global _ENV
-    top = math.floor(math.log(max(float(max_batch), 1e-4)) / math.log(REF_GRID))
-    have = _ENV_FROM + len(_ENV) - 1
-    if top > have:
-        rows = [envelope_at(k) for k in range(have + 1, top + 1)]
-        _ENV = np.concatenate((_ENV, np.array(rows, dtype=np.float64).reshape(-1, 2)))
-    return _ENV
-
-
 def warm() -> None:
-    """Compile the duty cycle's capacity search (or load it from numba's cache) now, before a
-    plan's clock."""
-    _duty_largest(1.0, 0.1, 2, 100.0, 0.85, np.ones((1, 4)), _envelopes(2), _ENV_FROM)
+    """Compile the slot maths' kernels (or load them from numba's cache) now, before a plan's
+    clock: the line and its own limit as Python calls them, and the duty cycle's capacity search."""
+    turns, env = turn_table(100.0, 2, 0.85), envelope_table(2)
+    own_limit(turns, 0.1)
+    item_line(1.0, 1.0, 0.1, 2, 100.0, 0.85, turns, env)
+    _duty_largest(1.0, 0.1, 2, 100.0, 0.85, turns, env)
 
 
 def _compiled_capacity(model: Model, base: float, per: float, u: float) -> float:
@@ -607,62 +621,37 @@ def _compiled_capacity(model: Model, base: float, per: float, u: float) -> float
     at ``(base, per)``, compiled: the same bisection, step for step (``tests/test_slot.py`` checks
     that they agree to the bit). A 2,000-model plan bisects 19,000 profiles, 47 steps each; in
     Python that was 4 s of its 5.7-s capacity table."""
-    turns = np.array(turn_table(model.slo_ms, model.max_batch, u), dtype=np.float64).reshape(-1, 4)
-    lo = _duty_largest(float(base), float(per), int(model.max_batch), float(model.slo_ms), float(u), turns,
-                       _envelopes(model.max_batch), _ENV_FROM)
+    lo = _duty_largest(float(base), float(per), int(model.max_batch), float(model.slo_ms), float(u),
+                       turn_table(model.slo_ms, model.max_batch, u), envelope_table(model.max_batch))
     return 0.0 if lo < 0 else lo * (1 - 1e-9)
+
+
+_window = njit(cache=True)(window)
+""":func:`window`, compiled from the same source for :func:`_duty_alone`."""
 
 
 @njit(cache=True)
 def _duty_alone(rate: float, base: float, per: float, M: int, slo: float, u: float, turns: np.ndarray,
-                env: np.ndarray, env_from: int) -> bool:
-    """:meth:`ItemMaker.alone`: :meth:`ItemMaker.line` then :func:`window`, statement for statement."""
-    r = rate / 1000.0
-    if r <= 0:
-        A, B, hi = base + per, 0.0, slo / (1.0 + u)
-    else:
-        hi, at = -math.inf, 1
-        for k in range(turns.shape[0]):  # own_limit
-            lat, cover, sk, rounds = turns[k, 0], turns[k, 1], turns[k, 2], turns[k, 3]
-            if lat <= hi:
-                break
-            h = min(lat, cover / (sk * r * rounds))
-            if h > hi:
-                hi, at = h, k + 1
-        m_ref = max(min(r * slo / 2.0, float(M)), 1e-4)  # envelope
-        g = math.floor(math.log(m_ref) / math.log(REF_GRID)) - env_from
-        c, s = env[g, 0], env[g, 1]
-        beta = per * s * r
-        qa, qb = max((base + per * c) / (1.0 + beta), base), beta / (1.0 + beta) * (1.0 + u)
-        fa, fb = base + per * M, 0.0
-        d = max(hi, 1e-9)
-        if fa + fb * d < qa + qb * d:
-            Ar, Br = fa, fb
-        else:
-            Ar, Br = qa, qb
-        Bs = per * r if at == 1 else (per + base / M) * r
-        A = max(Ar, base)
-        B = max(0.0, (max(Ar + Br * d, base + Bs * d) - A) / d)
-    if B >= u:  # window
-        return False
-    lo = A / (u - B)
-    return not (lo > hi + 1e-9 or hi <= 0)
+                env: np.ndarray) -> bool:
+    """:meth:`ItemMaker.alone`: :func:`item_line`, then whether :func:`window` is open."""
+    A, B, hi = item_line(rate, base, per, M, slo, u, turns, env)
+    return _window(A, B, hi, u) is not None
 
 
 @njit(cache=True)
-def _duty_largest(base: float, per: float, M: int, slo: float, u: float, turns: np.ndarray, env: np.ndarray,
-                  env_from: int) -> float:
+def _duty_largest(base: float, per: float, M: int, slo: float, u: float, turns: np.ndarray,
+                  env: np.ndarray) -> float:
     """:func:`largest` of :func:`_duty_alone` at 37 halvings; -1 where not even a trickle fits."""
-    if not _duty_alone(0.0, base, per, M, slo, u, turns, env, env_from):
+    if not _duty_alone(0.0, base, per, M, slo, u, turns, env):
         return -1.0
     lo, hi = 0.0, 1.0
-    while _duty_alone(hi, base, per, M, slo, u, turns, env, env_from):
+    while _duty_alone(hi, base, per, M, slo, u, turns, env):
         lo, hi = hi, hi * 2
         if hi > 1e9:
             return lo
     for _ in range(37):
         mid = (lo + hi) / 2
-        if _duty_alone(mid, base, per, M, slo, u, turns, env, env_from):
+        if _duty_alone(mid, base, per, M, slo, u, turns, env):
             lo = mid
         else:
             hi = mid
@@ -704,7 +693,7 @@ def relaxed_limit(model: Model, rate: float, st: SlotType, u: float) -> tuple[fl
         return A, B, LONE_RELAXED_HI
     hi = (model.slo_ms - A) / (1.0 + B)
     if rate > 0:
-        hi = min(hi, own_limit(turn_table(model.slo_ms, model.max_batch, u), rate / 1000.0)[0])
+        hi = min(hi, own_limit(turn_table(model.slo_ms, model.max_batch, u), float(rate) / 1000.0)[0])
     return A, B, hi
 
 

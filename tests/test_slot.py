@@ -281,8 +281,8 @@ def test_the_relaxations_admit_every_cycle_the_slot_maths_admits(u):
 
 
 def test_the_compiled_duty_capacity_is_the_bisection_to_the_bit():
-    """``duty_capacity`` bisects a compiled copy of ``ItemMaker.alone`` (a 2,000-model plan asks for
-    19,000 profiles): on random models, SLOs from 20 ms to ten minutes, ``max_batch`` 1-512 and
+    """``duty_capacity`` bisects ``ItemMaker.alone`` compiled (a 2,000-model plan asks for 19,000
+    profiles): on random models, SLOs from 20 ms to ten minutes, ``max_batch`` 1-512 and
     headrooms from 0 to a half, it returns what the Python bisection returns, float for float,
     zero where nothing fits included."""
     import random
@@ -303,3 +303,28 @@ def test_the_compiled_duty_capacity_is_the_bisection_to_the_bit():
         assert _compiled_capacity(m, base, per, u) == want, (m, st.key, u)
         zeros += want == 0.0
     assert 0 < zeros < 300
+
+
+def test_the_compiled_line_is_its_source_and_reads_the_envelope_at_its_point():
+    """``item_line`` and ``own_limit`` are compiled, and the only source of an item's line (the
+    Python plan and the duty cycle's capacity search both call them): run compiled they return what
+    their Python source returns, float for float, on random models and rates from none to past
+    what fits; and the row of the envelope table the line reads at ``m`` is ``arrivals.envelope(m)``."""
+    import random
+
+    from packer.arrivals import envelope_table
+    from packer.slot import envelope_row, item_line, own_limit, turn_table
+
+    rng = random.Random(5)
+    for i in range(300):
+        M = rng.choice([1, 2, 4, 8, 16, 32, 64, 128, 512])
+        slo = rng.choice([20, 50, 100, 300, 2000, 30000, 600000]) * rng.uniform(0.5, 1.5)
+        base, per, u = rng.uniform(0.5, 80), rng.uniform(0.01, 8), rng.uniform(0.5, 1.0)
+        turns, env = turn_table(slo, M, u), envelope_table(M)
+        for rate in (0.0, 1e-3, rng.uniform(0, 10), rng.uniform(0, 1000), rng.uniform(0, 1e5)):
+            args = (rate, base, per, M, slo, u, turns, env)
+            assert item_line(*args) == item_line.py_func(*args), args
+            assert own_limit(turns, rate / 1000.0) == own_limit.py_func(turns, rate / 1000.0), args
+    table = envelope_table(1e6)
+    for m in [0.0, 1e-5, 1e-4, 1.0, 1.05, 100.0, 1e6] + [rng.uniform(0, 1e3) for _ in range(500)]:
+        assert tuple(table[envelope_row(m)]) == envelope(m), m

@@ -482,7 +482,7 @@ def _max_rate(m: Model, A: float, per: float, d: float, u: float, lone: float) -
         room = 1e-12
     r = room * 1000.0 / per if per > 0 else (math.inf if room > 0 else 0.0)
     mb = 0.0
-    for lat, cover, sk, rounds in turn_table(m.slo_ms, m.max_batch, u):
+    for lat, cover, sk, rounds in turn_table(m.slo_ms, m.max_batch, u).tolist():
         if lat < d * (1 - 1e-9):  # the latency limit only falls with k
             break
         mb = max(mb, cover * 1000.0 / (sk * rounds * d))

@@ -341,12 +341,13 @@ def test_multi_gpu_replicas_are_counted_against_the_nodes_that_hold_them():
     """Five 3-GPU replicas and a cheap pool of two 8-GPU nodes: 15 GPUs of its 16, so the placement
     put them there, but a node holds two such replicas, so the pool holds four; the plan ended in
     'pool cheap: 15 GPUs do not fit in 2 nodes', and the dedicated baseline read 15.00/h, a third
-    of any plan one can buy."""
+    of any plan one can buy. The cheap nodes take two replicas each and the fifth goes to the dear
+    pool (a model's replicas may split over two pools); the dedicated baseline keeps a model in one."""
     pools = [_pool("cheap", "a100-80gb", 8, 2, 1.0, ["time-slicing"]), _pool("dear", "a100-80gb", 8, 4, 3.0, ["time-slicing"])]
     big = _multi_gpu("big", "batch", 200, 3, 0.1, 500, 10, 5)
     plan = plan_fleet(parse_fleet({"name": "frag", "pools": pools, "models": [big]}), PlanSettings(time_limit_s=1))
     assert check_plan(plan) == []
-    assert plan.gpus == {"dear": 15}
+    assert plan.gpus == {"cheap": 12, "dear": 3}
     assert plan.baselines["dedicated"].gpus == {"dear": 15}
     assert plan.cost_per_hour <= plan.baselines["dedicated"].cost_per_hour + 1e-9
 

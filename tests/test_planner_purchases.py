@@ -12,6 +12,7 @@ import pytest
 import random
 
 from bench.family import family, family_fleet
+from packer.check import check_plan
 from packer.fleetfile import parse_fleet
 from packer.planner import PlanSettings, plan_fleet
 from packer.planner.allgroups import every_group, exact_master
@@ -122,25 +123,30 @@ def test_a_mix_of_counts_no_plan_can_make_is_branched_away(duty_cycle_only) -> N
     assert found >= 204.5 and ruled > 300
 
 
-# Found under the duty cycle's maths alone: conftest.duty_cycle_only.
-def test_a_multi_gpu_model_the_lp_spreads_over_two_pools_is_branched_into_one(duty_cycle_only) -> None:
-    """A 4-model fleet (soundness seed 1924780762, headroom 0.3): the LP put 62.5 % of its 70B
-    model (16 GPUs) on the 16 on-demand H100s and 37.5 % on an 8-GPU H100 pool at 2.82/h that
-    cannot hold it, and the bound was 126.78/h against a plan of 162.00/h. Branched on its pool,
-    every purchase below 162.00/h is ruled out: the plan is proven optimal."""
+def test_a_multi_gpu_model_the_cheap_pool_cannot_hold_splits_over_two_pools() -> None:
+    """A 4-model fleet (soundness seed 1924780762, headroom 0.3): its 70B model needs 75 two-GPU
+    replicas and the cheap H100 pool (2.82/h) holds 56. Held to one pool, it took the dear one
+    (9.42/h) for all of them: 1,421.46/h against a bound of 699.32/h. Split, the cheap pool is
+    full and the rest go to the dear one: the plan is the bound, proven optimal, and every model
+    keeps its replicas."""
+    from collections import Counter
+
     fleet = parse_fleet(family_fleet(1924780762, max_models=30, min_models=4, shape="llm"))
-    settings = PlanSettings(headroom=0.3)
-    found, ruled, _ = rule_out(Problem(fleet, settings), 162.0, 126.78, 10.0)
-    assert found == pytest.approx(162.0) and ruled > 0
-    plan = plan_fleet(fleet, settings)
-    assert plan.cost_per_hour == pytest.approx(162.0) and plan.status == "optimal"
+    plan = plan_fleet(fleet, PlanSettings(headroom=0.3))
+    assert plan.status == "optimal" and plan.cost_per_hour == pytest.approx(plan.lower_bound_cost_per_hour)
+    assert plan.cost_per_hour < 0.5 * 1421.46
+    where = Counter(p.pool for p in plan.placements_of("chat-70b-0"))
+    assert where == {"h100-spot": 56, "h100": 19}
+    assert all(len(p.gpus) == 2 for p in plan.placements_of("chat-70b-0"))
+    assert check_plan(plan) == []
 
 
 # Found under the duty cycle's maths alone: conftest.duty_cycle_only.
-def test_replica_counts_are_branched_before_multi_gpu_pools(duty_cycle_only) -> None:
-    """family-900030-llm-40 (twelve two-GPU models the LP spreads over two H100 pools): branched
-    on pools first, its purchases' 64 LPs went on them and the bound stopped at 432.04/h; counts
-    first, it reaches 433.74/h (the plan costs 452.08/h)."""
+def test_replica_counts_are_branched_on_an_llm_fleet(duty_cycle_only) -> None:
+    """family-900030-llm-40 (twelve two-GPU models the LP spreads over two H100 pools): its
+    purchases' LPs branch on replica counts, and the bound reaches 433.74/h (the plan costs
+    452.08/h); branched on the multi-GPU models' pools first (before those could split), it
+    stopped at 432.04/h."""
     fleet = parse_fleet(family(8, seed=9, max_models=500)[7])
     plan = plan_fleet(fleet, PlanSettings())
     assert plan.lower_bound_cost_per_hour >= 433.7
@@ -148,10 +154,10 @@ def test_replica_counts_are_branched_before_multi_gpu_pools(duty_cycle_only) -> 
 
 
 @pytest.mark.parametrize("seed", [3, 46, 47, 54], ids=lambda s: f"seed{s}")
-def test_branching_on_multi_gpu_pools_never_passes_a_plan(seed: int) -> None:
+def test_ruling_out_on_llm_fleets_never_passes_a_plan(seed: int) -> None:
     """Small llm fleets (multi-GPU models): the bound from ruling out below a plan's cost is never
-    above that plan's cost, nor above a cheaper plan from another run. Seeds 3 and 46 branch on a
-    multi-GPU model's pools, 46, 47 and 54 on replica counts."""
+    above that plan's cost, nor above a cheaper plan from another run. Seeds 46, 47 and 54 branch
+    on replica counts; seeds 3 and 46 used to branch on a multi-GPU model's pools."""
     fleet = parse_fleet(family_fleet(seed, max_models=10, min_models=4, shape="llm"))
     plans = [plan_fleet(fleet, PlanSettings(seed=s, time_limit_s=4.0, prove_s=0.0)) for s in (0, 1)]
     cheapest = min(p.cost_per_hour for p in plans)

@@ -331,12 +331,11 @@ class Patterns:
         self.layouts = {p.name: [(cnt, p) for _, cnt, _ in _layouts(problem, p.name)] for p in problem.fleet.pools}
 
         self.multi: list[tuple[str, dict[str, int]]] = []
-        """Per multi-GPU model, the GPUs its replicas take in each pool that can run it (those in
-        ``only``, where it names the model: a branch of ``purchases._rules_out``)."""
+        """Per multi-GPU model, the GPUs its replicas take in each pool that can run it, each pool
+        alone (the LP mixes them: a plan may split its replicas over two, ``spot.multi_options``)."""
         for m in problem.multi_models:
             where = {p.name: n * m.gpus_per_replica for p in problem.fleet.pools
-                     if (n := multi_replicas(problem, m, p)) is not None and n > 0
-                     and (only is None or m.name not in only or p.name in only[m.name])}
+                     if (n := multi_replicas(problem, m, p)) is not None and n > 0}
             if where:
                 self.multi.append((m.name, where))
         self.multi_shares: dict[str, dict[str, float]] = {}
@@ -1378,8 +1377,8 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     keeps its current ones); ``sizes``: GPUs per pool in place of the pools' sizes
     (``Patterns.sizes``); ``spread``: with the spread rows (``Patterns.spread``); ``stop_above``:
     it stops once its bound is above this (all a caller ruling out a purchase needs); ``only``:
-    per model, the counts it is held to, or for a multi-GPU model the pools (a branch of
-    ``purchases.rule_out``: the bound is then over the plans that give the model one of them).
+    per shared model, the counts it is held to (a branch of ``purchases.rule_out``: the bound is
+    then over the plans that give the model one of them).
     None if nothing needs a GPU."""
     warm()  # before the clock starts: compiling is not the column generation's time
     t0 = time.monotonic()

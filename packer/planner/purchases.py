@@ -91,16 +91,15 @@ def open_purchases(prices: dict[str, float], room: dict[str, int], cost: float, 
 RULE_OUT_COLUMN_S = 1.0
 """Deterministic seconds of column generation at one purchase's sizes when ruling it out."""
 RULE_OUT_NODES = 64
-"""Most LPs at one purchase: the first, then branches on replica counts and multi-GPU pools
-(``_rules_out``)."""
+"""Most LPs at one purchase: the first, then branches on replica counts (``_rules_out``)."""
 
 
 def rule_out(problem: Problem, cost: float, lower: float, seconds: float,
              counts: dict[str, set[int]] | None = None) -> tuple[float, int, bool]:
     """A bound on every plan from the purchases costing at least ``lower`` (a bound) and less
     than ``cost`` (the plan's): the cheapest that column generation at its own sizes, with the
-    spread rows and branches on replica counts and multi-GPU pools (``_rules_out``), does not
-    rule out, or ``cost`` where it rules out all; how many purchases it ruled out (all of those
+    spread rows and branches on replica counts (``_rules_out``), does not rule out, or ``cost``
+    where it rules out all; how many purchases it ruled out (all of those
     below it); and whether ``seconds`` ran out first (the bound is then the next purchase's
     cost). Within ``seconds`` deterministic seconds, cheapest first; a purchase inside one ruled
     out is ruled out with it, and so is one that the Lagrangians of its branches put above its
@@ -149,8 +148,8 @@ def pools_cost(problem: Problem) -> float:
 
 def rules_out_pools(problem: Problem, seconds: float) -> bool:
     """Whether the pattern LP at the pools' full sizes, with the spread rows and branched on replica
-    counts and multi-GPU pools (``_rules_out``), shows that no plan fits the pools at all, within
-    ``seconds`` deterministic seconds (``fits.no_fit_error``: a "cannot fit" it can stand on)."""
+    counts (``_rules_out``), shows that no plan fits the pools at all, within ``seconds``
+    deterministic seconds (``fits.no_fit_error``: a "cannot fit" it can stand on)."""
     sizes = {p.name: p.max_gpus for p in problem.fleet.pools}
     total = pools_cost(problem)
     out, _, _, _ = _rules_out(problem, sizes, total + 1e-6 * max(1.0, total), seconds, [], None)
@@ -168,7 +167,7 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
 
     The pattern LP runs each model at a mix of its replica counts (``y[m, n]``); a plan runs it at
     one. Where the LP at the purchase is not above ``at``, a model it runs at a mix is branched on
-    (``_branches``: its counts up to a threshold, and above it; a multi-GPU model's pools), and
+    (``_branches``: its counts up to a threshold, and above it), and
     each branch's LP bounds the plans that run the model so; the purchase is ruled out when every
     branch is, up to ``RULE_OUT_NODES`` LPs. family-900031-mixed-26's LP at 8 H100s and 295 T4s
     (186.73/h) ran its biggest model 57 % at 7 replicas (on H100s alone) and 43 % at 186 (on T4s):
@@ -203,28 +202,20 @@ def _rules_out(problem: Problem, sizes: dict[str, int], at: float, seconds: floa
 
 
 def _branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
-    """Two branches of ``only`` on one model the restricted LP runs at a mix a plan cannot make.
+    """Two branches of ``only`` on one shared model the restricted LP runs at a mix of replica
+    counts a plan cannot make: those up to a threshold, and those above it. The model and threshold
+    leave the most of the mix on the smaller side, weighed by how far apart its counts are (the
+    ratio of the most to the fewest it uses: a mix of 7 and 186 replicas is one the plans cannot
+    make, one of 2 and 3 is nearly one they can). None where every model runs as a plan can run it.
 
-    A shared model's replica counts first: those up to a threshold, and those above it. The model
-    and threshold leave the most of the mix on the smaller side, weighed by how far apart its
-    counts are (the ratio of the most to the fewest it uses: a mix of 7 and 186 replicas is one
-    the plans cannot make, one of 2 and 3 is nearly one they can). Where no count mix is left, a
-    multi-GPU model the LP spreads over pools (``u[m, p]``): a plan places its replicas by one of
-    ``spot.multi_options``, each in one pool unless a spot pool takes some, so without spot pools
-    the branches are the pool the LP leans on most and the others. A 4-model fleet (soundness seed
-    1924780762) bounded at 126.78/h against a 162.00/h plan put 62.5 % of its 70B model on 16
-    H100s and 37.5 % on a cheaper 8-GPU H100 pool that cannot hold its 16 GPUs. Pools first spent
-    family-900030-llm-40's 64 LPs a purchase on its twelve two-GPU models (30 of 61 branches),
-    and its bound fell from 433.74/h to 432.04/h; counts first, both fleets reach their bounds,
-    and 14 other multi-GPU family fleets keep theirs. None where every model runs as a plan can
-    run it."""
+    A multi-GPU model the LP spreads over pools is not branched on: a plan may split its replicas
+    over two pools too (``spot.multi_options``), and the LP's mix of pools, each at the GPUs it
+    needs there alone, costs no more than any such split. (Branches on a pool and on the others
+    were sound while a model took one pool unless a spot pool took some: they lifted the bound of
+    a 4-model fleet, soundness seed 1924780762, from 126.78/h to its plan's 162.00/h, a plan that
+    now splits its 70B model over two H100 pools.)"""
     if pat.shares is None:
         return None  # the restricted LP never solved
-    return _count_branches(pat, only) or _pool_branches(pat, only)
-
-
-def _count_branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
-    """:func:`_branches` on a shared model's replica counts, or None where none runs at a mix."""
     best: tuple[float, str, int] | None = None
     for name in pat.models:
         used = sorted((pat.reps[k][1], float(pat.shares[k])) for k in pat.model_reps[name] if pat.shares[k] > 1e-6)
@@ -244,22 +235,3 @@ def _count_branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset
     offered = [pat.reps[k][1] for k in pat.model_reps[name]]
     return [{**only, name: frozenset(n for n in offered if n <= t)},
             {**only, name: frozenset(n for n in offered if n > t)}]
-
-
-def _pool_branches(pat, only: dict[str, frozenset]) -> list[dict[str, frozenset]] | None:
-    """:func:`_branches` on a multi-GPU model's pools, the most even spread first; None where the
-    LP puts each in one pool or its options mix in a spot pool."""
-    spot = {p.name for p in pat.problem.fleet.pools if p.spot}
-    best: tuple[float, str, str, dict[str, int]] | None = None
-    for name, where in pat.multi:
-        u = {pn: v for pn, v in pat.multi_shares.get(name, {}).items() if v > 1e-6}
-        if len(u) < 2 or spot & set(where):
-            continue  # one pool, or options that mix an on-demand and a spot pool
-        top = max(u, key=u.__getitem__)
-        even = min(u[top], sum(u.values()) - u[top]) / sum(u.values())
-        if even > 1e-3 and (best is None or even > best[0] + 1e-9):
-            best = (even, name, top, where)
-    if best is None:
-        return None
-    _, name, top, where = best
-    return [{**only, name: frozenset({top})}, {**only, name: frozenset(where) - {top}}]

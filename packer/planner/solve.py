@@ -1446,7 +1446,7 @@ def _ruled_out(problem: Problem, gpus: list[Gpu], cost: float, bound: tuple[floa
     what = (f"all {ruled} cheaper GPU purchases" if found >= cost - 1e-6
             else f"the {ruled} GPU purchases below {found:.2f}/h")
     return (found, f"{method}; raised to {found:.2f}: the pattern LP at each purchase's own pool sizes, with "
-                   f"one replica of a model per MIG GPU, branched on replica counts and multi-GPU pools, rules out "
+                   f"one replica of a model per MIG GPU, branched on replica counts, rules out "
                    f"{what}"), cut
 
 

@@ -232,3 +232,25 @@ def test_the_dive_keeps_floor_replicas_off_spot() -> None:
     plan = plan_fleet(fleet, PlanSettings())
     check_plan(plan)
     assert plan.cost_per_hour <= 103.40 + 1e-6
+
+
+def test_a_multi_gpu_model_takes_all_the_spot_room_past_its_floor() -> None:
+    """A 70B model of 9 two-GPU replicas with an on-demand floor of a quarter, one spot node of 8
+    H100s (3.40/h) and on-demand H100s (9.80/h): the floor is 3 replicas, and the 6 past it need
+    12 spot GPUs the node has not got. With only the floor's split on offer the model took the
+    on-demand pool for all 9 (176.40/h against a bound of 125.20/h); 5 on-demand and 4 on the spot
+    node cost 125.20/h, proven optimal, and keep the floor when that node goes."""
+    pools = [{"name": "h100", "gpu": "h100-80gb", "gpus_per_node": 8, "max_nodes": 4, "cost_per_gpu_hour": 9.8,
+              "sharing": ["time-slicing"]},
+             {"name": "h100-spot", "gpu": "h100-80gb", "gpus_per_node": 8, "max_nodes": 1, "cost_per_gpu_hour": 3.4,
+              "sharing": ["time-slicing"], "spot": True}]
+    model = {"name": "llama-70b", "kind": "streaming", "memory_gb": 140, "gpus_per_replica": 2,
+             "traffic": {"rps": 0.2, "peak_rps": 0.4}, "slo_ms": 20000,
+             "latency_ms": {"gpu": "h100-80gb", "base": 9000.0, "per_item": 200.0}, "max_batch": 32,
+             "spot_policy": "floor", "on_demand_floor": 0.25}
+    plan = plan_fleet(parse_fleet({"name": "spot-split", "pools": pools, "models": [model]}), PlanSettings())
+    assert check_plan(plan) == []
+    assert plan.gpus == {"h100": 10, "h100-spot": 8}
+    assert plan.status == "optimal" and plan.cost_per_hour == pytest.approx(125.2)
+    (kept,) = [e for e in exposure(plan) if e.model == "llama-70b"]
+    assert not kept.below_floor and kept.on_spot == 4

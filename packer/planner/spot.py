@@ -27,12 +27,9 @@ Choice = tuple[float, int, list[tuple[Pool, int]]]
 
 def multi_options(problem: Problem, m: Model,
                   replicas_in: Callable[[Problem, Model, Pool], int | None]) -> list[Choice]:
-    """Every placement of a multi-GPU model's replicas that keeps its on-demand floor, room aside.
-
-    A pool alone (any pool for a ``free`` model, on-demand pools otherwise); an on-demand pool for
-    the floor's ``k`` replicas and a spot pool for the rest; or two on-demand pools, ``k`` replicas
-    in one and the rest in the other (:func:`_split_options`). Where it takes two pools, ``n`` is
-    what the slower of the two needs alone."""
+    """Every placement of a multi-GPU model's replicas that keeps its on-demand floor, room aside:
+    a pool alone (any pool for a ``free`` model, on-demand pools otherwise), or two pools
+    (:func:`_split_options`)."""
     options: list[Choice] = []
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
     gpr = m.gpus_per_replica
@@ -44,39 +41,36 @@ def multi_options(problem: Problem, m: Model,
         if p.spot and on_demand_replicas(m, n, p) > 0:
             continue
         options.append((n * gpr * p.cost_per_gpu_hour, n, [(p, n)]))
-    for q in problem.fleet.pools:
-        for p in problem.fleet.pools:
-            nq, np_ = counts[q.name], counts[p.name]
-            if q.spot or not p.spot or nq is None or np_ is None:
-                continue
-            least = max(nq, np_)
-            for n in range(least, spot_count(m, least, p) + 1):
-                k = on_demand_replicas(m, n, p)
-                if k >= n:
-                    continue
-                parts = [(q, k), (p, n - k)] if k else [(p, n)]
-                options.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n, parts))
     return options + _split_options(problem, m, counts)
 
 
 def _split_options(problem: Problem, m: Model, counts: dict[str, int | None]) -> list[Choice]:
-    """A multi-GPU model's replicas over two on-demand pools: ``k`` in the one listed first, the
-    rest in the other, each part within what its pool's nodes can hold. A model whose replicas
-    the cheap pool cannot all hold used to take the dear pool for all of them:
-    family-3400110-llm-12's 70B model (81 two-GPU replicas, 128 H100s at 2.36/h, 184 at 9.18/h)
-    cost 1,508.40/h, its bound 880.42/h. Every replica is sized for the rate of the slower pool's
-    count (``n``), as where a spot pool takes some."""
+    """A multi-GPU model's replicas over two pools, ``k`` in an on-demand pool and the rest in the
+    other, each part within what its pool's nodes can hold; where the other is a spot pool, ``k``
+    at least the model's on-demand floor there (``n`` may grow so that a spot node's loss keeps
+    it: ``model.spot_count``). Every replica is sized for the rate of the slower pool's count.
+
+    Held to one pool unless a spot pool took the replicas past its floor, a model whose replicas
+    the cheap pool could not all hold took the dear one for all of them: family-3400110-llm-12's
+    70B model (81 two-GPU replicas; 128 H100s at 2.36/h, 184 at 9.18/h) cost 1,508.40/h against a
+    bound of 880.42/h; split, 696.82/h, proven optimal."""
     gpr = m.gpus_per_replica
-    pools = [p for p in problem.fleet.pools if not p.spot and counts[p.name] is not None]
     out: list[Choice] = []
-    for i, q in enumerate(pools):
-        for p in pools[i + 1:]:
-            n = max(counts[q.name], counts[p.name])
-            most_q = min(q.max_gpus // gpr, wide_room(q, gpr))
+    pools = [p for p in problem.fleet.pools if counts[p.name] is not None]
+    for qi, q in enumerate(pools):
+        if q.spot:
+            continue
+        most_q = min(q.max_gpus // gpr, wide_room(q, gpr))
+        for pi, p in enumerate(pools):
+            if p is q or (not p.spot and pi < qi):
+                continue  # two on-demand pools: each pair once, k in the one listed first
             most_p = min(p.max_gpus // gpr, wide_room(p, gpr))
-            for k in range(max(1, n - most_p), min(n - 1, most_q) + 1):
-                out.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n,
-                            [(q, k), (p, n - k)]))
+            least = max(counts[q.name], counts[p.name])
+            for n in range(least, (spot_count(m, least, p) if p.spot else least) + 1):
+                floor = on_demand_replicas(m, n, p) if p.spot else 0
+                for k in range(max(1, floor, n - most_p), min(n - 1, most_q) + 1):
+                    out.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n,
+                                [(q, k), (p, n - k)]))
     return out
 
 

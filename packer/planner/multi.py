@@ -69,6 +69,10 @@ MULTI_ORDERS = 30
 """Other orders :func:`plan_multi` tries where the largest-first one fails (a greedy pass each)."""
 MULTI_S = 2.0
 """Deterministic seconds for :func:`plan_multi`'s joint placement, where no order places them."""
+JOINT_SPLITS = 32
+"""Splits of a model over each pair of pools the joint placement offers (evenly spaced): a model
+of 1,000 two-GPU replicas over two pools of 2,000 GPUs has 999, each a choice in its CP-SAT
+model; :func:`plan_multi`'s greedy passes take every split, the one that fills the room."""
 
 
 def _multi_in_order(problem: Problem, models: list) -> tuple[tuple[list[Gpu], dict[str, int], float] | None,
@@ -116,7 +120,7 @@ def _multi_jointly(problem: Problem, models: list) -> tuple[list[Gpu], dict[str,
     :func:`_multi_in_order` placed them: the fuzzed fleet mg-999 has four models that only its
     A100 nodes hold and two that fit its L4s too; every order put one of the two on the cheaper
     A100s first and left no node for the others."""
-    choices = {m.name: multi_options(problem, m, multi_replicas) for m in models}
+    choices = {m.name: multi_options(problem, m, multi_replicas, splits=JOINT_SPLITS) for m in models}
     options = {name: [(cost, [(p.name, k, problem.fleet.model(name).gpus_per_replica) for p, k in parts if k])
                       for cost, _, parts in opts] for name, opts in choices.items()}
     chosen, _ = choose_pools(problem, options, MULTI_S)

@@ -25,11 +25,12 @@ Choice = tuple[float, int, list[tuple[Pool, int]]]
 """(cost per hour, replicas, [(pool, replicas there)]), on-demand parts first."""
 
 
-def multi_options(problem: Problem, m: Model,
-                  replicas_in: Callable[[Problem, Model, Pool], int | None]) -> list[Choice]:
+def multi_options(problem: Problem, m: Model, replicas_in: Callable[[Problem, Model, Pool], int | None],
+                  splits: int | None = None) -> list[Choice]:
     """Every placement of a multi-GPU model's replicas that keeps its on-demand floor, room aside:
     a pool alone (any pool for a ``free`` model, on-demand pools otherwise), or two pools
-    (:func:`_split_options`)."""
+    (:func:`_split_options`); ``splits``: at most that many splits of each pair of pools and
+    count, evenly spaced, both ends kept (all where None)."""
     options: list[Choice] = []
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
     gpr = m.gpus_per_replica
@@ -41,10 +42,11 @@ def multi_options(problem: Problem, m: Model,
         if p.spot and on_demand_replicas(m, n, p) > 0:
             continue
         options.append((n * gpr * p.cost_per_gpu_hour, n, [(p, n)]))
-    return options + _split_options(problem, m, counts)
+    return options + _split_options(problem, m, counts, splits)
 
 
-def _split_options(problem: Problem, m: Model, counts: dict[str, int | None]) -> list[Choice]:
+def _split_options(problem: Problem, m: Model, counts: dict[str, int | None], most: int | None = None
+                   ) -> list[Choice]:
     """A multi-GPU model's replicas over two pools, ``k`` in an on-demand pool and the rest in the
     other, each part within what its pool's nodes can hold; where the other is a spot pool, ``k``
     at least the model's on-demand floor there (``n`` may grow so that a spot node's loss keeps
@@ -68,10 +70,19 @@ def _split_options(problem: Problem, m: Model, counts: dict[str, int | None]) ->
             least = max(counts[q.name], counts[p.name])
             for n in range(least, (spot_count(m, least, p) if p.spot else least) + 1):
                 floor = on_demand_replicas(m, n, p) if p.spot else 0
-                for k in range(max(1, floor, n - most_p), min(n - 1, most_q) + 1):
+                for k in _spaced(max(1, floor, n - most_p), min(n - 1, most_q), most):
                     out.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n,
                                 [(q, k), (p, n - k)]))
     return out
+
+
+def _spaced(lo: int, hi: int, most: int | None) -> list[int]:
+    """The integers from ``lo`` to ``hi``, or at most ``most`` of them evenly spaced, both ends kept."""
+    if hi < lo:
+        return []
+    if most is None or hi - lo + 1 <= most:
+        return list(range(lo, hi + 1))
+    return sorted({lo + round(i * (hi - lo) / (most - 1)) for i in range(most)})
 
 
 def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],

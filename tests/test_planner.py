@@ -323,6 +323,39 @@ def _pool(name: str, gpu: str, per_node: int, nodes: int, price: float, sharing:
             "sharing": sharing}
 
 
+def _llm_two_pools(rps: float) -> dict:
+    """A 70B model whose replicas the cheap H100 pool (64 GPUs) cannot all hold, and a 7B model."""
+    pools = [_pool("h100", "h100-80gb", 8, 23, 9.18, ["time-slicing"]),
+             _pool("cheap", "h100-80gb", 8, 8, 2.36, ["time-slicing"])]
+    big = {"name": "chat-70b", "kind": "streaming", "memory_gb": 131.7, "gpus_per_replica": 2,
+           "traffic": {"rps": rps}, "slo_ms": 20000, "latency_ms": {"gpu": "h100-80gb", "base": 9000.0, "per_item": 200.0},
+           "max_batch": 32}
+    small = {"name": "chat-7b", "kind": "streaming", "memory_gb": 20.0, "traffic": {"rps": 1.0}, "slo_ms": 30000,
+             "latency_ms": {"gpu": "h100-80gb", "base": 3000.0, "per_item": 60.0}, "max_batch": 32}
+    return {"name": "llm-two-pools", "pools": pools, "models": [big, small]}
+
+
+def test_a_replan_keeps_multi_gpu_replicas_where_they_run():
+    """A re-plan at more traffic adds replicas of a multi-GPU model and moves none: they were
+    placed afresh, and a re-plan of family-3400110-llm-12 at 12 % more traffic moved all 81
+    replicas of its 70B model (each a reload of 140 GB) to add 9. Unchanged, a re-plan moves
+    nothing; at less traffic it removes replicas and renumbers some, and moves none to a GPU
+    the current plan left free."""
+    settings = PlanSettings(time_limit_s=2)
+    before = plan_fleet(parse_fleet(_llm_two_pools(2.0)), settings)
+    assert {p.pool for p in before.placements_of("chat-70b")} == {"h100", "cheap"}  # split over both
+    after = plan_fleet(parse_fleet(_llm_two_pools(2.4)), settings, current=before)
+    assert check_plan(after) == []
+    assert len(after.placements_of("chat-70b")) > len(before.placements_of("chat-70b"))
+    assert all(m.src is None for m in after.moves if m.model == "chat-70b")  # added, none moved
+    again = plan_fleet(parse_fleet(_llm_two_pools(2.0)), settings, current=before)
+    assert again.moves == ()
+    fewer = plan_fleet(parse_fleet(_llm_two_pools(1.7)), settings, current=before)
+    assert check_plan(fewer) == []
+    held = {p.id for p in before.placements_of("chat-70b")}
+    assert {p.id for p in fewer.placements_of("chat-70b")} <= held
+
+
 def test_a_multi_gpu_replica_never_lands_on_nodes_smaller_than_it():
     """A 4-GPU replica and a pool of 2-GPU nodes at a third of the price: the multi-GPU placement
     counted the pool's GPUs, not its nodes, put the replica there, and the plan ended in 'pool

@@ -841,6 +841,47 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int],
     return kept, todo
 
 
+def _keep_multi(multi: list[Gpu], current: Plan) -> None:
+    """A re-plan's multi-GPU replicas kept on the GPUs they run on: each new replica in a pool
+    takes the place of one the current plan runs there (pinned: ``assign_nodes`` lays the rest out
+    around it), under its current replica number where that is free. Placed afresh, a re-plan of
+    family-3400110-llm-12 at 12 % more traffic moved all 81 replicas of its 70B model (60 when a
+    model took one pool), each a reload of 140 GB, to add 9. A model beside a spot pool keeps its
+    numbering (its on-demand floor is its first replicas), so only a replica whose number stays
+    in its pool's part keeps its place."""
+    for name in {g.multi[0].name for g in multi if g.multi}:
+        mine = [g for g in multi if g.multi and g.multi[0].name == name]
+        n = len(mine)
+        width = mine[0].width
+        held: dict[str, list] = {}
+        for p in current.placements:
+            if len(p.gpus) == width and p.models[0].name == name:
+                held.setdefault(p.pool, []).append(p)
+        numbered = any(g.pool.spot for g in mine)
+        taken: set[int] = set()
+        for pool_name, places in held.items():
+            places.sort(key=lambda p: p.models[0].replica)
+            part = [g for g in mine if g.pool.name == pool_name]
+            if numbered:
+                by_number = {p.models[0].replica: p for p in places}
+                pairs = [(g, by_number[g.multi[1]]) for g in part if g.multi[1] in by_number]
+            else:
+                pairs = list(zip(part, [p for p in places if p.models[0].replica < n]))
+            for g, p in pairs:
+                node = int(p.node.rsplit("-n", 1)[-1])
+                if node >= g.pool.max_nodes or p.gpu + width > g.pool.gpus_per_node:
+                    continue  # the pool is smaller now: its replica is placed afresh
+                g.node, g.index, g.pinned = node, p.gpu, True
+                if not numbered:
+                    g.multi = (g.multi[0], p.models[0].replica)
+                    taken.add(p.models[0].replica)
+        if not numbered:
+            free = iter(i for i in range(n) if i not in taken)
+            for g in mine:
+                if not g.pinned:
+                    g.multi = (g.multi[0], next(free))
+
+
 def _moves(current: Plan, new: Plan) -> tuple[Move, ...]:
     def where(plan: Plan) -> dict[tuple[str, int], str]:
         return {(m.name, m.replica): p.id for p in plan.placements for m in p.models}
@@ -1543,6 +1584,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     budget = _budget(fleet, settings, t0)
     problem = Problem(fleet, settings)
     multi, multi_counts, multi_cost = plan_multi(problem)
+    if current is not None:
+        _keep_multi(multi, current)
     reserved = gpu_counts(problem, multi)
     fresh = choose_counts(problem)
     gpus, counts, baseline_packing, start, known = _first_packing(problem, settings, current, dict(fresh),

@@ -236,3 +236,48 @@ def test_prove_0_turns_off_the_exact_search_and_nothing_else():
     assert off.cost_per_hour <= on.cost_per_hour + 1e-9
     assert off.lower_bound_cost_per_hour >= on.lower_bound_cost_per_hour - 1e-9
     assert "exact search" not in off.bound_method
+
+
+def _two_h200_pools() -> dict:
+    """A fleet a fuzzing helper generated (the thirty-fourth session's multi-GPU fuzzing, seed 20):
+    four 2-GPU and four 1-GPU models on two H200 pools, the cheaper one of 4-GPU nodes."""
+    def m(name, mem, gpr, rps, peak, slo, base, per, lo):
+        return {"name": name, "kind": "streaming", "memory_gb": mem, "gpus_per_replica": gpr,
+                "traffic": {"rps": rps, "peak_rps": peak}, "slo_ms": slo,
+                "latency_ms": {"gpu": "h100-80gb", "base": base, "per_item": per}, "max_batch": 32, "min_replicas": lo}
+    pools = [{"name": "p0-h200", "gpu": "h200-141gb", "gpus_per_node": 2, "max_nodes": 9, "cost_per_gpu_hour": 11.37,
+              "sharing": ["time-slicing"]},
+             {"name": "p1-h200", "gpu": "h200-141gb", "gpus_per_node": 4, "max_nodes": 6, "cost_per_gpu_hour": 10.33,
+              "sharing": ["mig", "time-slicing"]}]
+    models = [m("m0-g2", 169.0, 2, 3.501, 5.252, 10000, 3556.3, 132.5, 1),
+              m("m1-g1", 27.0, 1, 0.839, 1.258, 60000, 3502.5, 95.5, 1),
+              m("m2-g2", 161.0, 2, 1.409, 1.409, 10000, 4403.8, 177.8, 2),
+              m("m3-g1", 23.4, 1, 0.26, 0.26, 60000, 6881.2, 144.0, 1),
+              m("m4-g1", 24.5, 1, 0.078, 0.078, 45000, 5434.7, 158.9, 1),
+              m("m5-g2", 194.1, 2, 3.476, 3.476, 20000, 5618.6, 199.0, 1),
+              m("m6-g1", 53.0, 1, 0.815, 1.629, 15000, 5412.6, 124.0, 2),
+              m("m7-g2", 127.5, 2, 0.62, 1.241, 18138, 6442.9, 75.2, 2)]
+    return {"name": "two-h200-pools", "pools": pools, "models": models}
+
+
+def test_the_exact_search_holds_where_multi_gpu_models_cost_more_than_their_floor() -> None:
+    """The exact search covers the shared models' GPU purchases from a bound on what they cost. It
+    took the plan's bound less the multi-GPU models' floor, which bounds them only where those
+    models cost their floor: asked to prove a 452.58/h plan (its multi-GPU models split so that
+    the shared ones went to the dearer pool) with the bound at 441.21/h, it "raised" the bound to
+    444.19/h, above a plan of 441.21/h whose shared GPUs cost 32.03/h, under the 48.67/h it
+    searched from. The plan is the default one, which check_plan passes; it was the 452.58/h one
+    while the multi-GPU models were placed one at a time, each at its cheapest, without pricing
+    the room they left the shared models (``multi._cheapest_beside_shared``)."""
+    import time
+
+    from packer.planner.multi import multi_floor
+    from packer.planner.solve import _prove
+
+    fleet = parse_fleet(_two_h200_pools())
+    settings = PlanSettings(time_limit_s=4)
+    plan = plan_fleet(fleet, settings)
+    assert check_plan(plan) == [] and plan.cost_per_hour == pytest.approx(441.21)
+    problem = Problem(fleet, settings)
+    bound, _ = _prove(problem, 452.58, multi_floor(problem), 441.21, "the bound", 10.0, None, time.monotonic())
+    assert bound <= plan.cost_per_hour + 1e-6

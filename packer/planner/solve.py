@@ -22,7 +22,7 @@ from packer.fleet import Fleet
 from packer.plan import Baseline, Move, Plan, fleet_to_dict, round_cost
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
-from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, lower_bound, refined_bound
+from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, closed_form, lower_bound, refined_bound
 from packer.planner.fits import above_pools, no_fit_error
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential, shared_cost
 from packer.planner.patterns import count_options
@@ -429,6 +429,10 @@ TARGETS, TARGET_SHARE, TARGET_TRY_S, TARGET_REPS = 4, 0.25, 5.0, 1500
 share of the proof's seconds they take (:func:`_purchase_targets`; the exact search gets the rest),
 CP-SAT's deterministic seconds per try, and the most replicas (over every count offered) a try's
 model holds (:func:`_target_counts`)."""
+TARGET_MIN_S = 0.05
+"""Least deterministic seconds a try inside a purchase is charged: where CP-SAT shows at once that
+the purchase cannot hold the fleet, a try counted 0.0003 s and its model took 6 ms to build, and
+a fuzzed fleet's ``--prove 30`` ran 14,000 tries in 90 s (``_purchase_targets``)."""
 REFINE_SHARE = 0.9
 """Share of the bound's budget that column generation and its resumption (``bound.refined_bound``)
 take together, in deterministic seconds."""
@@ -530,7 +534,7 @@ def _purchase_targets(problem: Problem, shared: list[Gpu], limit: dict[str, int]
                   else {m.name: problem.replica_options(m) for m in problem.shared_models})
         res = solve_window(problem, free_models=counts, fixed_reps=[], gpu_limit=buy, hint=None, upper_cost=cost,
                            time_limit=min(TARGET_TRY_S, seconds - spent), seed=seed + attempt, spent=took)
-        spent += sum(took) or TARGET_TRY_S
+        spent += max(sum(took), TARGET_MIN_S) if took else TARGET_TRY_S
         if spent_out is not None:
             spent_out.append(sum(took))
         if (res is not None and lower - 1e-6 <= res[1] < cost - 1e-6
@@ -1083,11 +1087,18 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
         progress("proving", time.monotonic() - t0)
     limits = ({"max_purchases": PROVE_FIRST_PURCHASES, "stop_on_fit": True, "wall_s": 1.5 * seconds + 1.0}
               if first else {})
-    proof = prove(problem, cost - multi_cost, lb - multi_cost, seconds, **limits)
+    # The search covers the shared models' GPU purchases from a bound on what they cost. ``lb``
+    # bounds the whole plan, so ``lb - multi_cost`` bounds them only where the multi-GPU models
+    # cost their floor: where they cost more, the shared GPUs can cost less, and a fuzzed fleet
+    # (two H100 pools, 2-GPU models split over both) was "bounded" at 444.19/h beside a plan of
+    # 441.21/h whose shared GPUs cost 32.03/h, under the 48.67/h searched from. With multi-GPU
+    # models the search starts from the shared models' own closed-form bound.
+    shared_lb = lb - multi_cost if not problem.multi_models else min(lb - multi_cost, closed_form(problem)[0])
+    proof = prove(problem, cost - multi_cost, shared_lb, seconds, **limits)
     if first and (proof is None or not proof.optimal and proof.bound + multi_cost <= lb + 1e-6):
         return lb, method  # a cheaper plan may exist: the search looks for it
     if proof is None:
-        return lb, method + f"; exact search skipped: {why_not(problem, cost - multi_cost, lb - multi_cost)}"
+        return lb, method + f"; exact search skipped: {why_not(problem, cost - multi_cost, shared_lb)}"
     ruled = len(proof.ruled_out)
     if proof.optimal:
         return proof.bound + multi_cost, (f"exact search: no cheaper plan exists ({ruled} cheaper GPU "

@@ -30,7 +30,8 @@ def multi_options(problem: Problem, m: Model, replicas_in: Callable[[Problem, Mo
     """Every placement of a multi-GPU model's replicas that keeps its on-demand floor, room aside:
     a pool alone (any pool for a ``free`` model, on-demand pools otherwise), or two pools
     (:func:`_split_options`); ``splits``: at most that many splits of each pair of pools and
-    count, evenly spaced, both ends kept (all where None)."""
+    count, evenly spaced, both ends kept (all where None; where 0, only a spot floor's: each
+    model in one pool unless a spot pool takes what its floor lets go)."""
     options: list[Choice] = []
     counts = {p.name: replicas_in(problem, m, p) for p in problem.fleet.pools}
     gpr = m.gpus_per_replica
@@ -71,6 +72,11 @@ model's requests are spread evenly over its replicas, wherever they run.
             least = max(counts[q.name], counts[p.name])
             for n in range(least, (spot_count(m, least, p) if p.spot else least) + 1):
                 floor = on_demand_replicas(m, n, p) if p.spot else 0
+                if most == 0:  # one pool a model, but for a spot floor's on-demand part
+                    if p.spot and 1 <= floor < n:
+                        out.append((gpr * (floor * q.cost_per_gpu_hour + (n - floor) * p.cost_per_gpu_hour), n,
+                                    [(q, floor), (p, n - floor)]))
+                    continue
                 for k in _spaced(max(1, floor, n - most_p), min(n - 1, most_q), most):
                     out.append((gpr * (k * q.cost_per_gpu_hour + (n - k) * p.cost_per_gpu_hour), n,
                                 [(q, k), (p, n - k)]))
@@ -87,9 +93,10 @@ def _spaced(lo: int, hi: int, most: int | None) -> list[int]:
 
 
 def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
-                 replicas_in: Callable[[Problem, Model, Pool], int | None]) -> Choice | None:
-    """The cheapest of :func:`multi_options` that the pools have room for; ``used`` is GPUs
-    already taken per pool. None when no pool has room."""
+                 replicas_in: Callable[[Problem, Model, Pool], int | None], splits: int | None = None
+                 ) -> Choice | None:
+    """The cheapest of :func:`multi_options` (``splits`` as there) that the pools have room for;
+    ``used`` is GPUs already taken per pool. None when no pool has room."""
     gpr = m.gpus_per_replica
 
     def room(parts: list[tuple[Pool, int]]) -> bool:
@@ -98,7 +105,7 @@ def multi_choice(problem: Problem, m: Model, used: Mapping[str, int],
         return all(used.get(p.name, 0) + k * gpr <= p.max_gpus and k <= wide_room(p, gpr) for p, k in parts)
 
     best: Choice | None = None
-    for o in multi_options(problem, m, replicas_in):
+    for o in multi_options(problem, m, replicas_in, splits):
         if room(o[2]) and (best is None or o[0] < best[0]):
             best = o
     return best

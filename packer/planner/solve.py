@@ -33,7 +33,8 @@ from packer.planner.model import (PlanSettings, Problem, Rep, Slot, SlotSums, al
                                   multi_replicas, wide_room)
 from packer.planner.multi import choose_pools, multi_floor, plan_multi, replica_gpus
 from packer.planner.purchases import inside_purchases, open_purchases, rule_out
-from packer.planner.prove import LEFT_FOR_PROOF, prove, purchase_cost, purchases_left, why_not
+from packer.planner.prove import (LEFT_FOR_PROOF, MAX_MODELS as PROVE_MODELS, prove, purchase_cost, purchases_left,
+                                  why_not)
 from packer.planner.spot import respread, spot_aware, spot_unaware
 from packer.errors import UserError
 from packer.planner.knapsack import warm as warm_pricing
@@ -1070,6 +1071,19 @@ PROVE_FIRST_S = 6.0
 purchase needs about 4."""
 
 
+def _shared_lower(problem: Problem, lb: float, multi_cost: float) -> float:
+    """A bound on what the shared models' GPUs cost in any plan, from ``lb`` (on the whole plan)
+    and ``multi_cost`` (the multi-GPU models' floor): where the exact search starts. ``lb -
+    multi_cost`` bounds them only where the multi-GPU models cost their floor; where they cost
+    more, the shared GPUs can cost less, and a fuzzed fleet (2-GPU models split over two H200
+    pools) was "bounded" at 444.19/h beside a plan of 441.21/h whose shared GPUs cost 32.03/h,
+    under the 48.67/h searched from. With multi-GPU models, the shared models' closed-form bound
+    where it is lower."""
+    if not problem.multi_models:
+        return lb - multi_cost
+    return min(lb - multi_cost, closed_form(problem)[0])
+
+
 def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: str,
            seconds: float, progress: Progress | None, t0: float, *, first: bool = False) -> tuple[float, str]:
     """Raise the bound by the exact search for a cheaper plan (``prove.py``), where it can run.
@@ -1087,13 +1101,7 @@ def _prove(problem: Problem, cost: float, multi_cost: float, lb: float, method: 
         progress("proving", time.monotonic() - t0)
     limits = ({"max_purchases": PROVE_FIRST_PURCHASES, "stop_on_fit": True, "wall_s": 1.5 * seconds + 1.0}
               if first else {})
-    # The search covers the shared models' GPU purchases from a bound on what they cost. ``lb``
-    # bounds the whole plan, so ``lb - multi_cost`` bounds them only where the multi-GPU models
-    # cost their floor: where they cost more, the shared GPUs can cost less, and a fuzzed fleet
-    # (two H100 pools, 2-GPU models split over both) was "bounded" at 444.19/h beside a plan of
-    # 441.21/h whose shared GPUs cost 32.03/h, under the 48.67/h searched from. With multi-GPU
-    # models the search starts from the shared models' own closed-form bound.
-    shared_lb = lb - multi_cost if not problem.multi_models else min(lb - multi_cost, closed_form(problem)[0])
+    shared_lb = _shared_lower(problem, lb, multi_cost)
     proof = prove(problem, cost - multi_cost, shared_lb, seconds, **limits)
     if first and (proof is None or not proof.optimal and proof.bound + multi_cost <= lb + 1e-6):
         return lb, method  # a cheaper plan may exist: the search looks for it
@@ -1666,8 +1674,8 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
     # (whose model relaxes planning, prove.py) prove a plan optimal.
     if status == "optimal" and lb < cost - 1e-6:
         method += "; CP-SAT found no cheaper packing among the replica counts it searched"
-    if lb < cost - 1e-6 and "exact search" not in method:
-        left = purchases_left(problem, cost - floor, lb - floor)
+    if lb < cost - 1e-6 and "exact search" not in method and len(problem.shared_models) <= PROVE_MODELS:
+        left = purchases_left(problem, cost - floor, _shared_lower(problem, lb, floor))
         if left:
             method += f"; {left} cheaper GPU purchase(s) {LEFT_FOR_PROOF}"
     status = "optimal" if lb >= cost - 1e-6 else "feasible"

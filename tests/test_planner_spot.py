@@ -254,3 +254,21 @@ def test_a_multi_gpu_model_takes_all_the_spot_room_past_its_floor() -> None:
     assert plan.status == "optimal" and plan.cost_per_hour == pytest.approx(125.2)
     (kept,) = [e for e in exposure(plan) if e.model == "llama-70b"]
     assert not kept.below_floor and kept.on_spot == 4
+
+
+def test_a_multi_gpu_model_fills_three_pools_cheapest_first() -> None:
+    """Two-GPU replicas that no two of three H100 pools hold (10 GPUs each): the cheapest two are
+    filled and the dearest takes the rest. Over two pools at most, the model paid for the dearest
+    pool's GPUs past what one of the cheap pools held (a fuzzed fleet: 140.34/h, 129.38/h over
+    three)."""
+    pools = [{"name": f"h100-{i}", "gpu": "h100-80gb", "gpus_per_node": 2, "max_nodes": 5, "cost_per_gpu_hour": price,
+              "sharing": ["time-slicing"]} for i, price in enumerate((2.0, 3.0, 9.0))]
+    model = {"name": "llama-70b", "kind": "streaming", "memory_gb": 140, "gpus_per_replica": 2,
+             "traffic": {"rps": 0.25, "peak_rps": 0.5}, "slo_ms": 20000,
+             "latency_ms": {"gpu": "h100-80gb", "base": 9000.0, "per_item": 200.0}, "max_batch": 32}
+    plan = plan_fleet(parse_fleet({"name": "three-pools", "pools": pools, "models": [model]}), PlanSettings())
+    assert check_plan(plan) == []
+    n = len(plan.placements_of("llama-70b"))
+    assert 10 < n <= 15
+    assert plan.gpus == {"h100-0": 10, "h100-1": 10, "h100-2": 2 * (n - 10)}
+    assert plan.status == "optimal"

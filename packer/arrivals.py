@@ -144,8 +144,13 @@ def envelope(m_ref: float) -> tuple[float, float]:
     The slope is that of ``m + Z sqrt(m)`` at ``m_ref`` (rounded down to a grid point, so the line
     is computed once per point); the intercept is exact for that slope.
     """
-    m_ref = max(m_ref, 1e-4)
-    return envelope_at(math.floor(math.log(m_ref) / math.log(REF_GRID)))
+    return envelope_at(grid_index(m_ref))
+
+
+def grid_index(m_ref: float) -> int:
+    """The grid point :func:`envelope` rounds ``m_ref`` down to (``m_ref`` at least 1e-4):
+    ``REF_GRID ** k <= m_ref``. ``slot.envelope_row`` restates it compiled (tested against it)."""
+    return math.floor(math.log(max(m_ref, 1e-4)) / math.log(REF_GRID))
 
 
 def envelope_at(k: int) -> tuple[float, float]:
@@ -156,7 +161,7 @@ def envelope_at(k: int) -> tuple[float, float]:
     return _intercept(s), s
 
 
-ENVELOPE_FROM = math.floor(math.log(1e-4) / math.log(REF_GRID))
+ENVELOPE_FROM = grid_index(1e-4)
 """The least grid index :func:`envelope` takes (its ``m_ref`` is at least 1e-4)."""
 _TABLE: list[tuple[float, float]] = []
 _TABLE_ARRAY = np.zeros((0, 2))
@@ -167,7 +172,7 @@ def envelope_table(m_top: float) -> np.ndarray:
     ``m_top`` at least, a row each (``slot.envelope_row`` finds the row of an ``m_ref``): the
     envelope as the compiled slot maths read it. Worked out once and grown as needed; read-only."""
     global _TABLE_ARRAY
-    top = math.floor(math.log(max(float(m_top), 1e-4)) / math.log(REF_GRID))
+    top = grid_index(float(m_top))
     if top >= ENVELOPE_FROM + len(_TABLE):
         _TABLE.extend(envelope_at(k) for k in range(ENVELOPE_FROM + len(_TABLE), top + 1))
         _TABLE_ARRAY = np.array(_TABLE, dtype=np.float64).reshape(-1, 2)

@@ -18,8 +18,8 @@ from functools import partial
 from typing import Callable, Iterator
 
 from packer.catalog import layout_named
-from packer.fleet import Fleet
-from packer.plan import Baseline, Move, Plan, fleet_to_dict, round_cost
+from packer.fleet import Fleet, Pool
+from packer.plan import Baseline, Move, Plan, fleet_to_dict, node_parts, round_cost
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, closed_form, lower_bound, refined_bound
@@ -802,8 +802,8 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int],
             # MIG no longer allowed there (--no-mig, or ``sharing`` without ``mig``): the GPU is
             # whole now, and the replicas in its instances are packed again.
             layout = None
-        node = int(lay.node.rsplit("-n", 1)[-1])
-        if node >= pool.max_nodes or lay.gpu >= pool.gpus_per_node:
+        node = node_parts(lay.node)[1]
+        if not _in_pool(pool, node, lay.gpu, 1):
             # The pool is smaller now (max_nodes or gpus_per_node cut): a GPU past its end is gone,
             # and its replicas are packed again. Kept, a re-plan onto a T4 pool cut from 27 nodes to
             # 26 kept a GPU on the 27th, and ``packer check`` rejected the plan (bench/tight.py's
@@ -846,6 +846,12 @@ def _from_current(problem: Problem, current: Plan, counts: dict[str, int],
     return kept, todo
 
 
+def _in_pool(pool: Pool, node: int | None, gpu: int, width: int) -> bool:
+    """Whether GPUs ``gpu .. gpu + width - 1`` of node ``node`` of the current plan are still in
+    ``pool``, whose ``max_nodes`` or ``gpus_per_node`` a re-plan's fleet may have cut."""
+    return node is not None and node < pool.max_nodes and gpu + width <= pool.gpus_per_node
+
+
 def _keep_multi(multi: list[Gpu], current: Plan) -> None:
     """A re-plan's multi-GPU replicas kept on the GPUs they run on: each new replica in a pool
     takes the place of one the current plan runs there (pinned: ``assign_nodes`` lays the rest out
@@ -873,8 +879,8 @@ def _keep_multi(multi: list[Gpu], current: Plan) -> None:
             else:
                 pairs = list(zip(part, [p for p in places if p.models[0].replica < n]))
             for g, p in pairs:
-                node = int(p.node.rsplit("-n", 1)[-1])
-                if node >= g.pool.max_nodes or p.gpu + width > g.pool.gpus_per_node:
+                node = node_parts(p.node)[1]
+                if not _in_pool(g.pool, node, p.gpu, width):
                     continue  # the pool is smaller now: its replica is placed afresh
                 g.node, g.index, g.pinned = node, p.gpu, True
                 if not numbered:

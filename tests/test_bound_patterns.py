@@ -231,6 +231,42 @@ def test_a_search_at_the_top_of_a_run_of_cycles_keeps_only_admitted_groups(monke
     assert max(sum(mu[k] for k in c) for c in cols) == pytest.approx(1.0)
 
 
+def test_a_replica_near_its_slots_capacity_alone_is_found_alone_in_a_run_of_cycles(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """m1 alone takes 1.0000 of its slot at its own cycle (200 ms), m2's is 199 ms: one 1 % run,
+    whose columns are charged at its bottom, where m1 alone takes 1.005 and fits no cell. A
+    replica alone is always a group, so the search must still return it where it is worth most
+    (family-3500115-mixed-484: the fill left 27 such replicas with no slot on every pass)."""
+    def fleet(rps: float) -> Problem:
+        return Problem(parse_fleet({
+            "name": "edge", "pools": [{"name": "a", "gpu": "a100-80gb", "gpus_per_node": 1, "max_nodes": 4,
+                                       "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
+            "models": [{"name": n, "kind": "streaming", "memory_gb": 1.0, "traffic": {"rps": r}, "slo_ms": s,
+                        "latency_ms": {"gpu": "a100-80gb", "base": 10.0, "per_item": 0.5}, "max_batch": 64}
+                       for n, r, s in (("m1", rps, 200), ("m2", 1000.0, 199))]}), PlanSettings())
+
+    def m1_alone(problem: Problem) -> list[int]:
+        return [k for k, rep in enumerate(Patterns(problem).reps) if rep == ("m1", 1)]
+
+    lo, hi = 100.0, 5000.0  # the most m1 can take on one replica
+    for _ in range(40):
+        lo, hi = ((lo + hi) / 2, hi) if m1_alone(fleet((lo + hi) / 2)) else (lo, (lo + hi) / 2)
+    problem = fleet(0.9995 * lo)
+    pat = Patterns(problem)
+    pat.grid = 0.0
+    monkeypatch.setattr(patterns, "EXACT_CELLS", 1)
+    monkeypatch.setattr(patterns, "PRICE_CELLS", 1)
+    key = next(iter(pat.types))
+    ti = pat.types[key]
+    (alone,) = m1_alone(problem)
+    mu = np.array([1.0 if k == alone else 0.01 for k in range(len(pat.reps))])
+    j = list(ti.keys).index(alone)
+    assert (ti.A[j] / ti.hi[j] + ti.B[j]) / problem.u == pytest.approx(1.0, abs=1e-3)
+    assert (ti.A[j] / ti.hi.min() + ti.B[j]) / problem.u > 1.0  # charged at the run's bottom
+    cols, _ = pat.search(key, mu, 0.0)
+    assert cols[-1] == (alone,) and all(pat._admits(key, c) for c in cols)
+
+
 # Found under the duty cycle's maths alone: conftest.duty_cycle_only.
 def test_converged_duals_that_price_a_gpu_at_its_cost_still_bound(duty_cycle_only) -> None:
     """At converged duals a pool's GPU is worth its price up to rounding (1e-16 apart); GLOP gave

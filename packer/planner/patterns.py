@@ -124,6 +124,16 @@ there); in the pricing's counted seconds (0.84-0.94 wall per counted on the same
 1.6e-8 (family-4-mixed-33, small cells, the call's own cost) a cell-item-lambda; 7e-8 in NumPy.
 1e-8 covers the large fleets, where cells are a share of the time; on family-4-mixed-33 they
 counted 0.02 s for 0.07 s of wall in 10 counted seconds."""
+CELL_ITEM_S, CELL_LP_S, CELL_CALL_S = 3e-9, 1.1e-8, 1e-4
+"""Deterministic seconds of the pricing's cell LPs (``knapsack.cell_lps``) per cell and item
+(each item's cycle is tested against the cell's bottom), per item and weighting of the LPs
+themselves (the items a cell admits), and per call. They were counted at ``CELL_S`` per cell,
+item and weighting, as if every item were in every cell: family-3700122-mixed-421 (four pools,
+three with MIG, 14,837 columns) counted 10.9 s for 1.9 s of wall, two thirds of its column
+generation's share, whose bound was then the aggregate LP's (1,356.94/h, gap 25.5 %). A
+least-squares fit over 4,106 calls on seven fleets of 200-484 models (``pattern_bound`` at 12
+counted s): per fleet 0.8-1.3 times the wall, except where cells are small (long-tail: 0.05 s
+counted for 0.02 s of wall)."""
 SOLVE_COL_S = 7e-6
 """Deterministic seconds per column of the restricted master, each GLOP solve (``ITER_S``)."""
 INTERIOR_FROM = 600
@@ -481,8 +491,8 @@ class Patterns:
             lo = np.array([c[0] for c in cells])
             d = np.array([c[1] if at_top else c[0] for c in cells])
             floor = lo * (1 - SLACK) if at_top else lo
-            self.work += lo.size * val.size * len(lams) * CELL_S
             least, lam_of, start, items = cell_lps(val, A, B, mem, hi, floor, d, lams, self.u, cap)
+            self.work += lo.size * val.size * CELL_ITEM_S + int(start[-1]) * len(lams) * CELL_LP_S + CELL_CALL_S
             for r in np.flatnonzero(start[1:] > start[:-1]):
                 def make(m=items[start[r]:start[r + 1]], dr=float(d[r]), A=A, B=B, val=val, mem=mem, mdl=mdl,
                          where=where) -> tuple:

@@ -188,7 +188,9 @@ def test_the_greedy_keeps_a_last_replica_off_the_one_node_pool_holding_the_other
 def test_a_plan_keeps_the_spread_rule_from_its_first_packing_and_says_what_it_costs():
     """x (min_replicas 2) on a one-node pool and a dearer one: the greedy spreads it, the starts'
     consolidation used to undo that (1.6/h, both on the one node), and every later stage keeps
-    the rule. The plan is 2.4/h, optimal over the plans that keep it, and names the 0.80/h."""
+    the rule. The plan is 2.4/h, optimal over the plans that keep it, and names where the rule
+    binds: a found packing that breaks it and what it saves, or, where the pattern LP with the
+    rule's rows proves the plan before any stage makes one, the model and pool whose row binds."""
     doc = _apart_fleet({"x": 2, "y": 1, "z": 1})
     from packer.planner import plan_fleet
 
@@ -196,7 +198,32 @@ def test_a_plan_keeps_the_spread_rule_from_its_first_packing_and_says_what_it_co
     assert plan.cost_per_hour == pytest.approx(2.4) and plan.status == "optimal"
     assert "spread rule" in plan.bound_method
     assert not [w for w in plan.warnings if "fewer than min_replicas" in w]
-    assert any("0.80/h cheaper" in w for w in plan.warnings)
+    assert any(w.startswith("spread:") and ("0.80/h cheaper" in w or "binds for x on pool one" in w)
+               for w in plan.warnings)
+
+
+def test_the_pattern_lps_spread_rows_bound_the_plans_that_keep_the_rule():
+    """family-3800121-multilingual-32's bound, 39.27/h, was a plan with both replicas of two ASR
+    models on its one A100 node, which the planner does not make: the plan cost 52.36/h (gap
+    25 %). With the spread rule's rows (``Patterns.apart``: at most n - 1 of a min_replicas >= 2
+    model's n replicas on a pool of one node) the LP is over the plans that keep the rule, and
+    its columns make one (39.27/h, proven). Here every plan that keeps x apart costs 2.4/h and
+    the one that does not 1.6/h: the LP without the rows stays at 1.6, with them it is 2.4 and
+    names the row that binds."""
+    from packer.planner.patterns import pattern_bound
+
+    doc = _apart_fleet({"x": 2, "y": 1, "z": 1})
+    every = pattern_bound(Problem(parse_fleet(doc), PlanSettings()), 2.0)
+    kept = pattern_bound(Problem(parse_fleet(doc), PlanSettings()), 2.0, apart=True)
+    assert every.value == pytest.approx(1.6) and not every.patterns.apart_rows
+    assert kept.value == pytest.approx(2.4) and kept.patterns.apart_binding() == ["x on pool one"]
+    # No row for a model no other pool holds (every plan has its replicas on the one node), nor
+    # for one that may have one replica (min_replicas 1).
+    doc["pools"] = doc["pools"][:1]
+    assert not pattern_bound(Problem(parse_fleet(doc), PlanSettings()), 2.0, apart=True).patterns.apart_rows
+    alone = pattern_bound(Problem(parse_fleet(_apart_fleet({"x": 1, "y": 1, "z": 1})), PlanSettings()), 2.0,
+                          apart=True)
+    assert not alone.patterns.apart_rows
 
 
 def test_a_window_never_buys_its_saving_with_replicas_on_one_node(monkeypatch: pytest.MonkeyPatch):

@@ -76,17 +76,24 @@ LP takes about 3.5 s on long-tail (200 models), 1 s on 40."""
 MIP_MIN_S = 8.0
 """With the default budget, the MIP gets at least this long: multilingual-10's (40 models) needs
 6.3 s, where 45 % of the plan's 7.5 s left it 2-3 s and no bound (16.40/h from the LP, not 17.70)."""
+SPREAD_RULE = "the spread rule"
+"""How a bound over the plans that obey the spread rule (``solve._spread_kept``: a replica of
+every ``min_replicas >= 2`` model off each pool of one node) says so: ``solve.plan_fleet`` checks
+the plan obeys it, else takes the bound over every plan."""
 
 
 def lower_bound(problem: Problem, multi_cost: float, time_limit: float, mip_s: float = 0.0, *,
                 upper: float = math.inf, seeds: list[tuple[str, list[tuple[str, int]]]] = (),
-                counts: dict[str, set[int]] | None = None, keep: list | None = None) -> tuple[float, str]:
+                counts: dict[str, set[int]] | None = None, keep: list | None = None,
+                apart: bool = False) -> tuple[float, str]:
     """The best of the closed form (``closed_form``: no solver, any fleet size, so the bound is
     never 0 for a fleet that needs a GPU), the pattern LP (``patterns.py``: column generation,
     a Lagrangian bound), the relaxation's LP, and its duty-class MIP or LP where time allows; then
     raised to the cheapest whole-GPU purchase that costs at least as much. The description names
     the bound that won. ``upper``, ``seeds`` and ``counts`` go to ``patterns.pattern_bound``, whose
-result is appended to ``keep`` (its columns can seed a packing).
+result is appended to ``keep`` (its columns can seed a packing). ``apart``: the pattern LP with
+the spread rule's rows (``patterns.Patterns.apart``); where they bind, its bound is over the plans
+that obey the rule, and says so (``SPREAD_RULE``).
 
     ``multi_cost`` must be a lower bound on what the multi-GPU models cost (``solve.multi_floor``);
     the shared models may use every GPU of a pool, since where the multi-GPU models sit is open.
@@ -138,7 +145,7 @@ result is appended to ``keep`` (its columns can seed a packing).
         reserve = min(AGGREGATE_SHARE * time_limit, AGGREGATE_S_PER_MODEL * n + 0.5)
     else:
         reserve = max(0.0, min(one_class_s, (1 - PATTERN_SHARE) * time_limit))
-    pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts)
+    pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts, apart=apart)
     if pat is None or not pat.converged:
         aggregate()
     if pat is not None and keep is not None:
@@ -184,8 +191,10 @@ def _pattern_found(problem: Problem, pat: PatternBound | None, upper: float) -> 
             rounded = (f", {pat.value:.2f} raised to the cheapest GPU purchase it does not rule out "
                        f"at that purchase's pool sizes")
             total = bought
+    apart = (f", over the plans that keep a replica of every min_replicas >= 2 model off each pool of one node "
+             f"({SPREAD_RULE})") if pat.patterns is not None and pat.patterns.apart_rows else ""
     return (total, f"pattern LP, Lagrangian bound over the replica counts the planner offers "
-                   f"({pat.columns} patterns{note})" + rounded)
+                   f"({pat.columns} patterns{note}){apart}" + rounded)
 
 
 def _whole_gpus_plus(problem: Problem, best: tuple[float, str], multi_cost: float) -> tuple[float, str]:

@@ -100,6 +100,9 @@ class Problem:
         """The cheapest packing a stage found and did not take because it leaves more replicas
         unspread over nodes (``solve._spread_kept``): its shared GPUs' cost and its warnings, so
         the plan can say what the spread costs."""
+        self.apart_binding: list[str] = []
+        """Where the pattern LP's spread-rule rows bind at its last duals (``model on pool <name>``,
+        ``patterns.Patterns.apart_binding``): the plan says the rule may cost something there."""
         self.packing_work = 0.0
         """Deterministic seconds of greedy packing and consolidation so far (``greedy.SLOT_S``,
         ``solve.LOOK_S``, ``solve.CAN_ADD_S``): how many greedy starts run is counted in these, so

@@ -292,8 +292,14 @@ class Patterns:
     """The pattern LP of one problem: items, columns, the restricted master and its bound."""
 
     def __init__(self, problem: Problem, counts: dict[str, set[int]] | None = None,
-                 only: dict[str, frozenset] | None = None) -> None:
+                 only: dict[str, frozenset] | None = None, apart: bool = False) -> None:
         self.problem = problem
+        self.apart = apart
+        """With rows that keep a replica of every ``min_replicas >= 2`` model off each pool of one
+        node (:meth:`_floor_row`): the LP, and its bound, are then over the plans that obey the
+        planner's spread rule (``solve._spread_kept``), not over every plan."""
+        self.apart_rows: set[tuple[int, str]] = set()
+        """Those rows' (replica class, pool) (none: the LP and its bound are over every plan)."""
         self.u = problem.u
         self.reps: list[tuple[str, int]] = []  # (model, count) per replica class
         self.models: list[str] = []
@@ -321,11 +327,13 @@ class Patterns:
                 # The last replica: on a spot pool it is the first allowed there (model.allowed), so
                 # the LP lets every replica go where any may, a relaxation of the spot floors.
                 rep = Rep(m, n - 1, n)
-                for st in types:
-                    if problem.fits_alone(rep, st):
-                        it = problem.item(rep, st)
-                        per_type[st.key].append((k, it.A, it.B, it.hi, m.memory_gb, len(self.models) - 1,
-                                                 m.kind == "streaming", self._floor_row(k, m, n, st.pool)))
+                fits = [st for st in types if problem.fits_alone(rep, st)]
+                pools = {st.pool.name for st in fits}
+                for st in fits:
+                    it = problem.item(rep, st)
+                    per_type[st.key].append((k, it.A, it.B, it.hi, m.memory_gb, len(self.models) - 1,
+                                             m.kind == "streaming",
+                                             self._floor_row(k, m, n, st.pool, len(pools - {st.pool.name}) > 0)))
         self.types: dict[str, TypeItems] = {}
         for st in types:
             rows = per_type.get(st.key)
@@ -378,19 +386,39 @@ class Patterns:
         Their duals follow the floor rows' in the duals vector."""
         self._spread_index: dict[tuple[int, str], int] = {}
 
-    def _floor_row(self, k: int, m, n: int, pool) -> int:
+    def _floor_row(self, k: int, m, n: int, pool, elsewhere: bool = True) -> int:
         """The row ``at most n - floor replicas of (m, n) on the spot pool`` (created on first use),
-        as an index into the duals; -1 where no floor applies there."""
-        if not pool.spot:
+        as an index into the duals; -1 where no floor applies there. With :attr:`apart`, on a
+        pool of one node a ``min_replicas >= 2`` model's ``n >= 2`` replicas have at most
+        ``n - 1`` there: family-3800121-multilingual-32's bound (39.27/h) was a plan with both
+        replicas of two ASR models on its one A100 node, which the planner does not make
+        (52.36/h, gap 25.0 %). Only where another pool holds the model (``elsewhere``): one that
+        no other pool holds has every replica on the one node in every plan."""
+        most = n
+        if pool.spot:
+            floor = on_demand_replicas(m, n, pool)
+            if floor >= n:
+                return -1  # none of its replicas may go there (no item on this pool)
+            most = n - max(0, floor)
+        if self.apart and elsewhere and pool.max_nodes == 1 and m.min_replicas >= 2 and n >= 2:
+            most = min(most, n - 1)
+            self.apart_rows.add((k, pool.name))
+        if most >= n:
             return -1
-        floor = on_demand_replicas(m, n, pool)
-        if floor <= 0 or floor >= n:
-            return -1  # no floor, or none of its replicas may go there (no item on this pool)
         key = (k, pool.name)
         if key not in self._floor_index:
             self._floor_index[key] = len(self.floor_rows)
-            self.floor_rows.append((k, pool.name, n - floor))
+            self.floor_rows.append((k, pool.name, most))
         return self._floor_index[key]
+
+    def apart_binding(self) -> list[str]:
+        """``model on pool <name>`` for each spread-rule row (:attr:`apart`) the last duals price:
+        where the rule keeps the LP from a cheaper mix."""
+        if self.duals is None:
+            return []
+        mu = self.duals[0]
+        return sorted({f"{self.reps[k][0]} on pool {pool}" for k, pool in self.apart_rows
+                       if mu[len(self.reps) + self._floor_index[k, pool]] > 1e-9})
 
     def values(self, ti: "TypeItems", duals: np.ndarray) -> np.ndarray:
         """Per item of a slot type, what its place in a group is worth at ``duals``: its covering
@@ -1388,7 +1416,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                   seeds: list[tuple[str, list[tuple[str, int]]]] = (),
                   counts: dict[str, set[int]] | None = None, sizes: dict[str, int] | None = None,
                   spread: bool = False, stop_above: float = math.inf,
-                  only: dict[str, frozenset] | None = None) -> PatternBound | None:
+                  only: dict[str, frozenset] | None = None, apart: bool = False) -> PatternBound | None:
     """Column generation on the pattern LP within about ``time_limit`` seconds; the Lagrangian
     bound of its last duals (module docstring) on the cost of every plan, multi-GPU replicas
     included. ``upper``: any cost (the best plan's so far is best); ``min(L, upper)`` is returned.
@@ -1398,11 +1426,12 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
     (``Patterns.sizes``); ``spread``: with the spread rows (``Patterns.spread``); ``stop_above``:
     it stops once its bound is above this (all a caller ruling out a purchase needs); ``only``:
     per shared model, the counts it is held to (a branch of ``purchases.rule_out``: the bound is
-    then over the plans that give the model one of them).
+    then over the plans that give the model one of them); ``apart``: with the rows of the spread
+    rule (``Patterns.apart``: the bound is then over the plans that obey it).
     None if nothing needs a GPU."""
     warm()  # before the clock starts: compiling is not the column generation's time
     t0 = time.monotonic()
-    pat = Patterns(problem, counts, only)
+    pat = Patterns(problem, counts, only, apart)
     pat.sizes = sizes
     if spread:
         pat.spread()

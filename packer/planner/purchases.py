@@ -49,8 +49,10 @@ def inside_purchases(problem: Problem, shared: list[Gpu], reserved: dict[str, in
     cost of ``shared`` (the shared GPUs so far) and not below ``lower`` (a bound on their cost),
     within ``seconds`` deterministic seconds of column generation; else ``shared``. ``reserved``:
     GPUs per pool the multi-GPU replicas take. ``seeds``: groups of a known packing, first columns
-    at every purchase. The packing returned fits the pools less ``reserved``; whether it keeps the
-    spread rule is the caller's to check."""
+    at every purchase. The packing returned fits the pools less ``reserved``; its columns keep the
+    spread rule (``Patterns.apart``), as the plan's do, and the caller checks the packing does.
+    Without those rows, family-800039-long-tail-34's (under ``tests/conftest.uncapped``) put both
+    replicas of ft-0001 on the one A100 node at 24.89/h, refused, and the plan stayed at 25.99/h."""
     pools = problem.fleet.pools
     prices = {p.name: p.cost_per_gpu_hour for p in pools}
     room = {p.name: max(0, p.max_gpus - reserved.get(p.name, 0)) for p in pools}
@@ -63,7 +65,7 @@ def inside_purchases(problem: Problem, shared: list[Gpu], reserved: dict[str, in
         # Pools without a price (none in practice) keep their room; the rest are cut to the purchase.
         size = {n: buy.get(n, room[n]) for n in room}
         found = pattern_bound(problem, min(INSIDE_COLUMN_S, seconds - spent), upper=cost, seeds=seeds,
-                              sizes={n: k + reserved.get(n, 0) for n, k in size.items()}, spread=True)
+                              sizes={n: k + reserved.get(n, 0) for n, k in size.items()}, spread=True, apart=True)
         if found is None or found.patterns is None:
             break
         spent += found.spent

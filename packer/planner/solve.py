@@ -22,7 +22,7 @@ from packer.fleet import Fleet, Pool
 from packer.plan import Baseline, Move, Plan, fleet_to_dict, node_parts, round_cost
 from packer.planner.allgroups import EXACT_NODES, exact_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
-from packer.planner.bound import MIP_MIN_S, _whole_gpus_plus, closed_form, lower_bound, refined_bound
+from packer.planner.bound import MIP_MIN_S, SPREAD_RULE, _whole_gpus_plus, closed_form, lower_bound, refined_bound
 from packer.planner.fits import above_pools, no_fit_error
 from packer.planner.colplan import DIVE_COLUMNS, DIVE_SHARES, MASTER_COLUMNS, dive, integer_master, sequential, shared_cost
 from packer.planner.patterns import count_options
@@ -561,11 +561,6 @@ def _target_counts(problem: Problem, gpus: int) -> dict[str, list[int]]:
     return {name: ns for name, ns in out.items() if ns}
 
 
-SPREAD_RULE = "the spread rule"
-"""How a bound over the plans that obey :func:`_spread_kept` says so: ``plan_fleet`` checks the
-plan obeys it, else takes the bound over every plan."""
-
-
 def _spread_kept(problem: Problem, new: list[Gpu], old: list[Gpu]) -> bool:
     """Whether ``new`` leaves no more ``min_replicas >= 2`` models unspreadable than ``old``:
     every replica on one pool of one node (:func:`_one_node`), where no
@@ -615,13 +610,17 @@ def _refused(problem: Problem, gpus: list[Gpu], found: list[str]) -> None:
 def _spread_cost(problem: Problem, gpus: list[Gpu]) -> list[str]:
     """A warning where a stage found a cheaper packing than the plan's and refused it for its
     spread (``Problem.unspread``): what the spread costs, and the pools whose one node it would
-    have put every replica of a model on."""
-    if problem.unspread is None:
+    have put every replica of a model on; where none was found, the models and pools whose
+    spread-rule rows bind in the pattern LP (``Problem.apart_binding``)."""
+    shared = cost_of(problem, gpu_counts(problem, [g for g in gpus if not g.multi]))
+    if problem.unspread is None or problem.unspread[0] >= shared - 1e-6:
+        if problem.apart_binding and not _one_node(problem, gpus):
+            # No such packing was made (the columns keep the rule too), but the LP says it binds.
+            return [f"spread: the rule that keeps a replica of every min_replicas >= 2 model off each pool of one "
+                    f"node binds for {', '.join(problem.apart_binding)} in the bound's LP; with max_nodes 2 or more "
+                    "there, a cheaper plan may exist"]
         return []
     cheaper, found = problem.unspread
-    shared = cost_of(problem, gpu_counts(problem, [g for g in gpus if not g.multi]))
-    if cheaper >= shared - 1e-6:
-        return []
     return [f"spread: a plan {shared - cheaper:.2f}/h cheaper was found and not taken: it puts every replica of "
             f"{', '.join(found)} (min_replicas >= 2) on that pool's one node; with max_nodes 2 or more there, "
             "the planner would take it"]
@@ -1420,8 +1419,12 @@ def _bound_first(problem: Problem, gpus: list[Gpu], multi: list[Gpu], reserved: 
         bound, keep = known
     else:
         keep = []
+        # Over the plans that obey the spread rule, as every stage's packing does (_spread_kept); where
+        # the plan does not, plan_fleet takes the bound again over every plan.
         bound = lower_bound(problem, floor, time_limit=budget.bound_s, mip_s=budget.mip_s, upper=greedy_cost,
-                            seeds=_groups(gpus), keep=keep)
+                            seeds=_groups(gpus), keep=keep, apart=True)
+    if keep and keep[0].patterns is not None:
+        problem.apart_binding = keep[0].patterns.apart_binding()
     # Whole numbers of the pattern LP's columns: a packing that sees every group at once
     # (colplan.py). It takes part of the search's share.
     master_s = min(budget.master_s, budget.search_s)

@@ -226,6 +226,29 @@ def test_the_pattern_lps_spread_rows_bound_the_plans_that_keep_the_rule():
     assert not alone.patterns.apart_rows
 
 
+def test_a_fleet_whose_bound_broke_the_spread_rule_is_planned_at_it_and_proven():
+    """The member that showed it (seed 38's sample): both replicas of two ASR models fit the
+    one A100 node, a plan the planner refuses. Planned at 52.36/h against that 39.27/h before;
+    the columns now keep the rule too, and their packing is 39.27/h, proven over the plans that
+    keep it, with every min_replicas-2 model on two nodes."""
+    from bench.family import family_fleet
+    from packer.check import check_plan
+    from packer.planner import plan_fleet
+
+    doc = family_fleet(3800121, max_models=2000)
+    assert doc["name"] == "family-3800121-multilingual-32"
+    plan = plan_fleet(parse_fleet(doc))
+    assert check_plan(plan) == []
+    assert plan.cost_per_hour == pytest.approx(39.27) and plan.status == "optimal"
+    assert "spread rule" in plan.bound_method
+    nodes: dict[str, set[str]] = {}
+    for p in plan.placements:
+        for member in p.models:
+            nodes.setdefault(member.name, set()).add(p.node)
+    apart = [m.name for m in plan.fleet.models if m.min_replicas >= 2]
+    assert apart and all(len(nodes[name]) >= 2 for name in apart)
+
+
 def test_a_window_never_buys_its_saving_with_replicas_on_one_node(monkeypatch: pytest.MonkeyPatch):
     """The one spread rule (``solve._spread_kept``) holds in the LNS windows too: x (min_replicas 2)
     has a replica on the one-node pool and one on the dearer pool; the only cheaper packing puts

@@ -154,7 +154,7 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
     price = {key: slot_price(st) for key, st in types.items()}
     share = {key: price[key] / st.pool.cost_per_gpu_hour for key, st in types.items()}
     done: set[int] = set()  # models placed in full
-    full_on: dict[str, set[int]] = defaultdict(set)  # per spot pool, models at their floor row's most there
+    full_on: dict[str, set[int]] = defaultdict(set)  # per pool, models at their floor row's most there
     columns = []
     total = int(left.sum())
     base: tuple[float, float] | None = None  # work and share placed after the first step, which builds every cell
@@ -352,7 +352,7 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
     y = {k: lp.var(0, 1, integer) for k in range(len(pat.reps))}
     used: dict[str, list] = defaultdict(list)
     holds: dict[int, list] = defaultdict(list)
-    on_spot: dict[int, list] = defaultdict(list)  # per spot-floor row (Patterns.floor_rows)
+    on_spot: dict[int, list] = defaultdict(list)  # per floor row (Patterns.floor_rows)
     floors = pat._floor_index
     for j, (key, reps) in enumerate(cols):
         term = (x[j], 1.0)
@@ -389,8 +389,10 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
                     in_pool[pool.name].append((x[j], 1.0))
             for xs in in_pool.values():
                 lp.row(-math.inf, 0.0, xs + [(y[k], -float(n - 1))])
-    # Spot floors (Patterns.floor_rows): at most ``most`` replicas of the count on a spot pool, or
-    # the dealing (floor replicas first, on-demand slots first) finds a floor replica on spot.
+    # Floor rows (Patterns.floor_rows): at most ``most`` replicas of the count on a spot pool, or
+    # the dealing (floor replicas first, on-demand slots first) finds a floor replica on spot; on a
+    # pool of one node, the spread rule's (``Patterns.apart``, the ``apart`` rows above restated
+    # for a master over columns of both kinds of plan, ``allgroups``).
     for r, (k, _, most) in enumerate(pat.floor_rows):
         if on_spot[r]:
             lp.row(-math.inf, 0.0, on_spot[r] + [(y[k], -float(most))])

@@ -263,8 +263,8 @@ class TypeItems:
     model: np.ndarray | None = None
     streaming: np.ndarray | None = None
     floor_row: np.ndarray | None = None
-    """Per item, the index in the duals of its spot-floor row on this slot type's pool
-    (``Patterns.floor_rows``), or -1."""
+    """Per item, the index in the duals of its floor row on this slot type's pool (a spot floor or
+    the spread rule's, ``Patterns.floor_rows``), or -1."""
     spread_row: np.ndarray | None = None
     """Per item of a MIG slot type, its spread row (``Patterns.spread_rows``); None elsewhere."""
 
@@ -272,7 +272,8 @@ class TypeItems:
 @dataclass
 class PatternBound:
     value: float
-    """The Lagrangian bound on the cost of every plan (multi-GPU replicas included)."""
+    """The Lagrangian bound on the cost of every plan (multi-GPU replicas included); with the
+    spread rule's rows (``Patterns.apart_rows``), of every plan that keeps the rule."""
     lp: float
     """The restricted LP's optimum when column generation stopped (not a bound)."""
     columns: int
@@ -307,8 +308,9 @@ class Patterns:
         """Position of each model in ``models``: ``TypeItems.model`` holds these."""
         self.model_reps: dict[str, list[int]] = defaultdict(list)
         self.floor_rows: list[tuple[int, str, int]] = []
-        """Spot floors, as rows of the LP: (replica class, spot pool, most of its replicas there).
-        Their duals follow the covering rows' in the duals vector (``len(reps) + row``)."""
+        """Spot floors and, with :attr:`apart`, the spread rule, as rows of the LP: (replica class,
+        pool, most of its replicas there). Their duals follow the covering rows' in the duals
+        vector (``len(reps) + row``)."""
         self._floor_index: dict[tuple[int, str], int] = {}
         types = problem.all_types()
         per_type: dict[str, list[tuple]] = defaultdict(list)
@@ -388,7 +390,7 @@ class Patterns:
 
     def _floor_row(self, k: int, m, n: int, pool, elsewhere: bool = True) -> int:
         """The row ``at most n - floor replicas of (m, n) on the spot pool`` (created on first use),
-        as an index into the duals; -1 where no floor applies there. With :attr:`apart`, on a
+        as an index into the duals; -1 where no row applies there. With :attr:`apart`, on a
         pool of one node a ``min_replicas >= 2`` model's ``n >= 2`` replicas have at most
         ``n - 1`` there: family-3800121-multilingual-32's bound (39.27/h) was a plan with both
         replicas of two ASR models on its one A100 node, which the planner does not make
@@ -422,7 +424,7 @@ class Patterns:
 
     def values(self, ti: "TypeItems", duals: np.ndarray) -> np.ndarray:
         """Per item of a slot type, what its place in a group is worth at ``duals``: its covering
-        row's dual less its spot-floor row's and its spread row's (none where ``duals`` holds only
+        row's dual less its floor row's and its spread row's (none where ``duals`` holds only
         the covering rows)."""
         v = duals[ti.keys]
         if duals.size > len(self.reps) and ti.floor_row is not None and (ti.floor_row >= 0).any():
@@ -1232,7 +1234,8 @@ class _Master:
                 row.SetCoefficient(y, 1.0)
                 self.cover[k].SetCoefficient(y, -float(pat.reps[k][1]))
                 y_of[k] = y
-        # Spot floors: at most ``most`` of the replicas of (m, n) on a spot pool, per share y[m, n].
+        # Floor rows (spot floors, the spread rule): at most ``most`` of the replicas of (m, n) on a
+        # pool, per share y[m, n].
         self.floor_rows = []
         for k, _, most in pat.floor_rows:
             row = solver.Constraint(-inf, 0.0, "")

@@ -51,8 +51,11 @@ def _split_options(problem: Problem, m: Model, counts: dict[str, int | None], mo
     """A multi-GPU model's replicas over two pools, ``k`` in an on-demand pool and the rest in the
     other, each part within what its pool's nodes can hold; where the other is a spot pool, ``k``
     at least the model's on-demand floor there (``n`` may grow so that a spot node's loss keeps
-        it: ``model.spot_count``). Every replica is sized for the rate of the slower pool's count: a
-    model's requests are spread evenly over its replicas, wherever they run.
+    it: ``model.spot_count``). Every replica is sized for the rate of the slower pool's count: a
+    model's requests are spread evenly over its replicas, wherever they run. ``most``: at most
+    that many values of ``k`` a pair, evenly spaced (``_spaced``; None: all; 0: one pool a
+    model, but for a spot floor's on-demand part). Unless ``most`` is 0, also the fills of three
+    or more on-demand pools (:func:`_fills`).
 
     Held to one pool unless a spot pool took the replicas past its floor, a model whose replicas
     the cheap pool could not all hold took the dear one for all of them: family-3400110-llm-12's

@@ -36,14 +36,16 @@ of interest (the greedy plan's cost): any plan dearer than ``U`` is above ``min(
 Scaling ``mu`` by ``s < 1`` (Farley's bound) is tried too; the best is the bound.
 
 *The pools' caps.* ``w_p Z_p`` charges every GPU at the best layout of the best groups, as if each
-GPU could run them; no plan does where a pool is full, since a model has at most ``n`` replicas,
-one a GPU. For the pools the inner problem fills, the last bound charges ``Z_p`` GPUs
-``min(w_p Z_p, A_p + lam_p (Z_p - size_p))`` instead (:meth:`Patterns.pool_caps`): ``A_p`` is
-what all of the pool's GPUs can hold together at ``mu`` (an LP over its layouts, its slots per
-cell of cycles and the replicas in them, each slot at most its cell's best group, each model at
-one count and one replica a GPU), and ``lam_p`` its GPU row's dual: the tangent of a concave
-function, so a bound for any ``Z_p``. generated-500's last bound 123.10 -> 126.15/h: its 100 L4s
-were charged 127.0/h and hold at most 123.9/h.
+GPU could run them; no plan does where a pool holds many, since a model has at most ``n``
+replicas, one a GPU. For the pools where the inner problem buys GPUs, the last bound charges
+``Z_p`` GPUs ``min(w_p Z_p, A_p + lam_p (Z_p - S_p))`` instead (:meth:`Patterns.pool_caps`):
+``A_p`` is what ``S_p`` of the pool's GPUs can hold together at ``mu`` (an LP over its layouts,
+its slots per cell of cycles and the replicas in them, each slot at most its cell's best group,
+each model at one count and one replica a GPU), and ``lam_p`` its GPU row's dual: the tangent at
+``S_p`` of a concave function, so a bound for any ``Z_p``. ``S_p`` is where the inner problem
+puts the pool's GPUs, its size where it fills the pool, and then where the capped problem moves
+them (``CAP_TANGENTS``). generated-500's last bound 123.10 -> 126.15/h: its 100 L4s were charged
+127.0/h and hold at most 123.9/h.
 """
 
 from __future__ import annotations
@@ -238,6 +240,16 @@ TOGETHER_TERMS, TOGETHER_ITERATIONS = 10_000, 20_000
 iterations it may take (a pool past either gets no cap): on generated-500's 100 L4s, 4,312 terms
 and 136-452 iterations a solve (0.05-0.08 s); an A100 pool's MIG layouts at 22,429 terms took
 1,600-3,700 iterations and 0.8-1.9 s a solve."""
+CAP_TANGENTS, CAP_MOVE = 2, 0.1
+"""Tangents per pool the last bound's caps try (:meth:`Patterns.lagrangian`): the first where the
+inner problem puts the pool's GPUs uncapped, the next where the capped one moves them, by more
+than this share (each kept only where it raises the bound). Taken only at the pools' sizes, where
+the inner problem filled them, the caps left the pools the budget stops short uncapped:
+family-3700123-long-tail-438's 170 L4s (all of 93.5/h of budget) were charged 0.596 a GPU, and
+the last duals' bound was 83.20/h; tangents at 170 and 100 GPUs give 85.10/h. Planned (default
+budget): long-tail-438 83.60 -> 84.70/h (gap 10.6 -> 9.4 %, 21.0 -> 23.7 s),
+family-3300101-long-tail-214 91.77 -> 92.23/h; the other 86 of the 88 family fleets measured
+the same plans and bounds."""
 TOGETHER_SOLVES = 4
 """Most solves of that LP, each after branch and bound on the cells the last one used: generated-500's
 L4 pool took 4 (123.90/h; 124.32 on the cells' knapsack LPs alone)."""
@@ -728,29 +740,44 @@ class Patterns:
             mig = self.mig_worth(mu, p.name) if self.spread_rows else 0.0
             worth[p.name] = max((sum(n * V.get(f"{p.name}/{prof}", 0.0) for prof, n in cnt.items())
                                  + (mig if WHOLE not in cnt else 0.0) for cnt, _ in self.layouts[p.name]), default=0.0)
-        cap = {}
-        if caps:
-            # Only pools the Lagrangian fills: elsewhere the budget, not the pool's size, limits
-            # its GPUs, and a tangent at the size says nothing there.
-            full: dict[str, float] = {}
-            self._pools_part(worth, upper, chosen=full)
-            cap = self.pool_caps(mu, worth, [p.name for p in self.problem.fleet.pools
-                                             if full.get(p.name, 0.0) >= p.max_gpus - 1e-6])
-        best = -math.inf
         scales = {1.0} | {p.cost_per_gpu_hour / worth[p.name] for p in self.problem.fleet.pools
                           if worth[p.name] > p.cost_per_gpu_hour > 0}
-        for s in sorted(scales):
-            rest = self._pools_part({k: s * w for k, w in worth.items()}, upper, caps=_scaled(cap, s))
-            best = max(best, s * fixed + rest)
+
+        def at_scales(cap: dict[str, tuple[float, float, int]]) -> float:
+            return max(s * fixed + self._pools_part({k: s * w for k, w in worth.items()}, upper, caps=_scaled(cap, s))
+                       for s in sorted(scales))
+        cap: dict[str, tuple[float, float, int]] = {}
+        best = at_scales(cap)
+        if caps:
+            # Tangents where the inner problem puts each pool's GPUs (its size where it fills the
+            # pool, what it buys where the budget limits it), then again where the first tangents
+            # move them: the capped value is concave in the GPUs, so a tangent anywhere bounds
+            # every count (CAP_TANGENTS).
+            at: dict[str, int] = {}
+            for _ in range(CAP_TANGENTS):
+                chosen: dict[str, float] = {}
+                self._pools_part(worth, upper, caps=cap, chosen=chosen)
+                size = {q.name: q.max_gpus if self.sizes is None else self.sizes.get(q.name, 0)
+                        for q in self.problem.fleet.pools}
+                where = {name: min(size[name], math.ceil(z - 1e-6)) for name, z in chosen.items() if z >= 1.0 - 1e-6}
+                where = {name: z for name, z in where.items()
+                         if name not in at or abs(z - at[name]) > CAP_MOVE * at[name]}
+                if not where:
+                    break
+                at.update(where)
+                trial = {**cap, **self.pool_caps(mu, worth, where)}
+                value = at_scales(trial)
+                if value > best:
+                    best, cap = value, trial
         if best > self.best_duals[0]:
             self.best_duals = (best, fixed, worth, sorted(scales), cap)
         return best
 
     def pool_caps(self, mu: np.ndarray, worth: dict[str, float],
-                  pools: list[str]) -> dict[str, tuple[float, float, int]]:
-        """Per pool of ``pools`` whose GPUs are worth more than they cost at ``mu`` (``worth``), a
+                  at: dict[str, int]) -> dict[str, tuple[float, float, int]]:
+        """Per pool of ``at`` whose GPUs are worth more than they cost at ``mu`` (``worth``), a
         bound on what ``Z`` of its GPUs can hold together in any plan: ``A + lam (Z - size)``, as
-        ``(A, lam, size)``.
+        ``(A, lam, size)``, the tangent at ``size`` GPUs, ``at``'s count for the pool.
 
         The Lagrangian charges every GPU of a pool at its best layout of best groups, as if each
         ran those; in a plan a model has at most ``n`` replicas, one a GPU. An LP over the pool
@@ -758,20 +785,20 @@ class Patterns:
         :meth:`pattern_value_bound` cuts them: a slot's group is in the cell of its tightest
         member), the replicas of each class there, with their time at the cell's top and memory
         within the slots, each slot worth at most the cell's best group; per model one count and
-        at most its replicas, one a slot and one a GPU. Its optimum ``A`` bounds what the pool's
-        GPUs hold in any plan; as a function of the GPUs ``Z`` (the right-hand side of its GPU
-        row) it is concave, so it lies below its tangent at the pool's size, ``A + lam (Z -
+        at most its replicas, one a slot and one a GPU. Its optimum ``A`` bounds what
+        ``size`` GPUs hold in any plan; as a function of the GPUs ``Z`` (the right-hand side of
+        its GPU row) it is concave, so it lies below its tangent at any ``size``, ``A + lam (Z -
         size)`` with ``lam`` that row's dual: valid for every ``Z``, so for every purchase. The
         Lagrangian charges ``Z`` GPUs ``min(worth Z, A + lam (Z - size))``. On generated-500's
         converged duals the L4 pool's 100 GPUs are charged 1.27 each (127.0/h) and hold 123.9/h
         together."""
         out: dict[str, tuple[float, float, int]] = {}
         for p in self.problem.fleet.pools:
-            if p.name not in pools or worth.get(p.name, 0.0) <= p.cost_per_gpu_hour * (1 + 1e-9) or p.max_gpus <= 0:
+            if p.name not in at or worth.get(p.name, 0.0) <= p.cost_per_gpu_hour * (1 + 1e-9) or at[p.name] <= 0:
                 continue
-            together = self._together(p.name, mu, p.max_gpus)
+            together = self._together(p.name, mu, at[p.name])
             if together is not None:
-                out[p.name] = (*together, p.max_gpus)
+                out[p.name] = (*together, at[p.name])
         return out
 
     @staticmethod

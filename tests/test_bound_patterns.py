@@ -652,6 +652,38 @@ def test_the_last_bounds_caps_take_tangents_where_the_budget_stops_a_pools_gpus(
     assert "a100-40" in pat.best_duals[4] or capped < pat.best_duals[0]
 
 
+def test_a_purchases_bound_takes_its_caps_at_its_sizes_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A purchase's pattern LP (``sizes``, as ``purchases.rule_out`` runs one per purchase) takes
+    the pools' caps at its sizes only: the tangents below them (``patterns.CAP_TANGENTS``) cost
+    the seconds the rule-out needs (family-3600109-llm-30 ruled out none of 17 purchases). The
+    plan's own bound, stopped short on long-tail, takes one below the A100 pool's size; converged,
+    within ``CAP_GAIN`` of its LP, none."""
+    fleet = load_fleet(Path(__file__).resolve().parent.parent / "packer" / "examples" / "long-tail.yaml")
+    settings = PlanSettings()
+    shared, multi = greedy_packing(fleet, settings)
+    cost = sum(g.pool.cost_per_gpu_hour * g.width for g in shared + multi)
+    problem = Problem(fleet, settings)
+    pattern_bound(problem, 0.6)  # the items made
+    asked: list[dict[str, int]] = []
+    taken = Patterns.pool_caps
+
+    def spy(self: Patterns, mu: np.ndarray, worth: dict[str, float], at: dict[str, int]) -> dict:
+        asked.append(dict(at))
+        return taken(self, mu, worth, at)
+    monkeypatch.setattr(Patterns, "pool_caps", spy)
+    sizes = {p.name: p.max_gpus for p in fleet.pools}
+    pattern_bound(problem, 0.6, upper=cost, sizes=sizes)
+    assert asked and all(count == sizes[name] for at in asked for name, count in at.items())
+    asked.clear()
+    pattern_bound(problem, 0.6, upper=cost)
+    assert any(count < sizes[name] for at in asked for name, count in at.items())
+    # Converged, its bound is within ``CAP_GAIN`` of the LP: the tangents below cannot pay.
+    asked.clear()
+    done = pattern_bound(problem, 10.0, upper=cost)
+    assert done is not None and done.converged and done.value >= done.lp * (1 - patterns.CAP_GAIN)
+    assert all(count == sizes[name] for at in asked for name, count in at.items())
+
+
 # Found under the duty cycle's maths alone: conftest.duty_cycle_only.
 def test_column_generation_is_not_called_converged_while_another_order_finds_a_column(duty_cycle_only, 
         monkeypatch: pytest.MonkeyPatch) -> None:

@@ -240,7 +240,7 @@ TOGETHER_TERMS, TOGETHER_ITERATIONS = 10_000, 20_000
 iterations it may take (a pool past either gets no cap): on generated-500's 100 L4s, 4,312 terms
 and 136-452 iterations a solve (0.05-0.08 s); an A100 pool's MIG layouts at 22,429 terms took
 1,600-3,700 iterations and 0.8-1.9 s a solve."""
-CAP_TANGENTS, CAP_MOVE = 2, 0.1
+CAP_TANGENTS, CAP_MOVE, CAP_GAIN = 2, 0.1, 0.01
 """Tangents per pool the last bound's caps try (:meth:`Patterns.lagrangian`): the first where the
 inner problem puts the pool's GPUs uncapped, the next where the capped one moves them, by more
 than this share (each kept only where it raises the bound). Taken only at the pools' sizes, where
@@ -248,8 +248,12 @@ the inner problem filled them, the caps left the pools the budget stops short un
 family-3700123-long-tail-438's 170 L4s (all of 93.5/h of budget) were charged 0.596 a GPU, and
 the last duals' bound was 83.20/h; tangents at 170 and 100 GPUs give 85.10/h. Planned (default
 budget): long-tail-438 83.60 -> 84.70/h (gap 10.6 -> 9.4 %, 21.0 -> 23.7 s),
-family-3300101-long-tail-214 91.77 -> 92.23/h; the other 86 of the 88 family fleets measured
-the same plans and bounds."""
+family-3300101-long-tail-214 91.77 -> 92.23/h. A purchase's pattern LP (``Patterns.sizes``)
+keeps the tangents at its sizes alone: there the extra LPs took the seconds of the search that
+rules purchases out (``purchases.rule_out``), and family-3600109-llm-30 ruled out none of the 17
+purchases it had (bound 482.10 -> 472.13/h). Nor where the bound without caps is within
+``CAP_GAIN`` of the restricted LP (the most the caps could add): family-3300116-multilingual-80's
+two tangents on its A100 MIG pool took 1.9 s of a 2.4-s plan and raised its bound by 0.05/h."""
 TOGETHER_SOLVES = 4
 """Most solves of that LP, each after branch and bound on the cells the last one used: generated-500's
 L4 pool took 4 (123.90/h; 124.32 on the cells' knapsack LPs alone)."""
@@ -726,12 +730,14 @@ class Patterns:
         return V
 
     def lagrangian(self, mu: np.ndarray, upper: float, V: dict[str, float] | None = None,
-                   cells: int = BOUND_CELLS, caps: bool = False) -> float:
+                   cells: int = BOUND_CELLS, caps: bool = False, lp: float = math.inf) -> float:
         """``L(mu)`` of the module docstring, the best over a few scalings of ``mu``. ``V``: the
         pricing bounds at ``mu`` where the caller has them (the last bound's,
         :meth:`last_values`); else those of :meth:`pattern_value_bound` at ``BOUND_NODES`` on
         ``cells`` (the evaluations during the search). ``caps``: with each pool's GPUs capped
-        by what its replicas can be worth together (:meth:`pool_caps`)."""
+        by what its replicas can be worth together (:meth:`pool_caps`); ``lp``: the restricted
+        LP's value at ``mu``, which says whether the tangents below the pools' sizes can be worth
+        their LPs (``CAP_TANGENTS``)."""
         fixed = self.fixed_part(mu)
         if V is None:
             V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES, exact=cells) for key in self.types}
@@ -760,6 +766,9 @@ class Patterns:
                 size = {q.name: q.max_gpus if self.sizes is None else self.sizes.get(q.name, 0)
                         for q in self.problem.fleet.pools}
                 where = {name: min(size[name], math.ceil(z - 1e-6)) for name, z in chosen.items() if z >= 1.0 - 1e-6}
+                if self.sizes is not None or best >= lp * (1 - CAP_GAIN):
+                    # A purchase's (its sizes), or within CAP_GAIN of the LP: at the sizes alone.
+                    where = {name: z for name, z in where.items() if z >= size[name]}
                 where = {name: z for name, z in where.items()
                          if name not in at or abs(z - at[name]) > CAP_MOVE * at[name]}
                 if not where:
@@ -1539,7 +1548,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             # duals' bound keeps it.
             full = spent() < time_limit or m is mean
             best = max(best, pat.lagrangian(m, upper, V=pat.last_values(m, full=full, deep=deep),
-                                            caps=best <= stop_above))
+                                            caps=best <= stop_above, lp=lp))
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())
@@ -1598,7 +1607,7 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
             break
     if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
-    value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged), caps=True)
+    value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged), caps=True, lp=lp)
     value = max(found.value, min(value, upper))
     return replace(found, value=max(0.0, value), lp=lp, columns=len(pat.columns), rounds=found.rounds + clock.rounds,
                    converged=converged, seconds=found.seconds + time.monotonic() - t0,

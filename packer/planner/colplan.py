@@ -149,7 +149,7 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
     v = np.where(left > 0, values, 0.0)
     cells: dict[str, list] = {}  # per slot type, its cell problems at ``v``: upper bounds still as replicas go
     best_of: dict[str, tuple[float, tuple[int, ...]] | None] = {}  # per slot type, its best group now
-    on_spot: dict[tuple[int, str], int] = defaultdict(int)
+    on_floor: dict[tuple[int, str], int] = defaultdict(int)
     room = {p.name: float(p.max_gpus - reserved.get(p.name, 0)) for p in problem.fleet.pools}
     price = {key: slot_price(st) for key, st in types.items()}
     share = {key: price[key] / st.pool.cost_per_gpu_hour for key, st in types.items()}
@@ -188,8 +188,8 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
                 done.add(owner[k])
                 gone.add(owner[k])
             if (k, pool) in pat._floor_index:
-                on_spot[k, pool] += 1
-                if on_spot[k, pool] >= pat.floor_rows[pat._floor_index[k, pool]][2]:
+                on_floor[k, pool] += 1
+                if on_floor[k, pool] >= pat.floor_rows[pat._floor_index[k, pool]][2]:
                     full_on[pool].add(owner[k])
                     gone.add(owner[k])  # on this pool only; its groups elsewhere are searched again
         columns.append((key, group))
@@ -352,7 +352,7 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
     y = {k: lp.var(0, 1, integer) for k in range(len(pat.reps))}
     used: dict[str, list] = defaultdict(list)
     holds: dict[int, list] = defaultdict(list)
-    on_spot: dict[int, list] = defaultdict(list)  # per floor row (Patterns.floor_rows)
+    on_floor: dict[int, list] = defaultdict(list)  # per floor row (Patterns.floor_rows)
     floors = pat._floor_index
     for j, (key, reps) in enumerate(cols):
         term = (x[j], 1.0)
@@ -361,7 +361,7 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
         for k in reps:
             holds[k].append(term)
             if floors and (k, pool) in floors:
-                on_spot[floors[k, pool]].append(term)
+                on_floor[floors[k, pool]].append(term)
     for key, xs in used.items():
         lp.row(-math.inf, 0.0, xs + slots_of[key])  # patterns run on slots the layouts provide
     if spread:
@@ -394,8 +394,8 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
     # pool of one node, the spread rule's (``Patterns.apart``, the ``apart`` rows above restated
     # for a master over columns of both kinds of plan, ``allgroups``).
     for r, (k, _, most) in enumerate(pat.floor_rows):
-        if on_spot[r]:
-            lp.row(-math.inf, 0.0, on_spot[r] + [(y[k], -float(most))])
+        if on_floor[r]:
+            lp.row(-math.inf, 0.0, on_floor[r] + [(y[k], -float(most))])
     if math.isfinite(upper):
         lp.row(-math.inf, upper - 1e-6, cost)  # only a cheaper packing is of use
     solver.LoadModelFromProto(lp.proto)

@@ -760,11 +760,11 @@ class Patterns:
             # move them: the capped value is concave in the GPUs, so a tangent anywhere bounds
             # every count (CAP_TANGENTS).
             at: dict[str, int] = {}
+            size = {q.name: q.max_gpus if self.sizes is None else self.sizes.get(q.name, 0)
+                    for q in self.problem.fleet.pools}
             for _ in range(CAP_TANGENTS):
                 chosen: dict[str, float] = {}
                 self._pools_part(worth, upper, caps=cap, chosen=chosen)
-                size = {q.name: q.max_gpus if self.sizes is None else self.sizes.get(q.name, 0)
-                        for q in self.problem.fleet.pools}
                 where = {name: min(size[name], math.ceil(z - 1e-6)) for name, z in chosen.items() if z >= 1.0 - 1e-6}
                 if self.sizes is not None or best >= lp * (1 - CAP_GAIN):
                     # A purchase's (its sizes), or within CAP_GAIN of the LP: at the sizes alone.

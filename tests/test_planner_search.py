@@ -790,6 +790,58 @@ def test_nodes_spread_a_model_that_single_gpu_swaps_cannot_where_multi_gpu_repli
         assert sum(g.width for g in held) <= 4 and len(taken) == len(set(taken)) and max(taken, default=0) < 4
 
 
+def test_a_pool_too_large_for_one_deal_spreads_on_its_unspread_models_nodes_and_a_few_others(monkeypatch) -> None:
+    """A pool past ``SPREAD_VARS`` GPU-and-node pairs is dealt anew only on the nodes of its models
+    short of nodes and ``SPREAD_NEAR`` others (family-3500115-mixed-484: 1,975 T4s on 494 nodes,
+    one model short, made a model of 980,000 pairs, 13 s and 1.7 GB). Here 159 single GPUs on 40
+    4-GPU nodes, a ``min_replicas: 2`` model's three replicas on a 41st, at most 42 nodes, and
+    ``SPREAD_VARS`` 2,000 (162 GPUs times 42 nodes is 6,804): the model is spread, no model deals
+    more pairs than ``SPREAD_VARS``, and only GPUs of its node and ``SPREAD_NEAR`` others move."""
+    from ortools.sat.python import cp_model
+    from packer.planner import assemble
+    from packer.planner.assemble import _spread_exactly, _spread_warnings
+
+    monkeypatch.setattr(assemble, "SPREAD_VARS", 2_000)
+    made = []
+    real = cp_model.CpModel.new_bool_var
+
+    def counted(self, name):
+        made.append(id(self))
+        return real(self, name)
+    monkeypatch.setattr(cp_model.CpModel, "new_bool_var", counted)
+
+    def model(name: str, replicas: int) -> dict:
+        return {"name": name, "kind": "streaming", "memory_gb": 5, "slo_ms": 500, "min_replicas": replicas,
+                "latency_ms": {"gpu": "h100-80gb", "base": 10, "per_item": 1}, "max_batch": 8, "traffic": {"rps": 1}}
+
+    doc = {"name": "large-pool", "pools": [{"name": "p", "gpu": "h100-80gb", "gpus_per_node": 4, "max_nodes": 42,
+                                            "cost_per_gpu_hour": 1.0, "sharing": ["time-slicing"]}],
+           "models": [model("s", 2)] + [model(f"m{i}", 1) for i in range(159)]}
+    fleet = parse_fleet(doc)
+    problem = Problem(fleet, PlanSettings())
+    pool = fleet.pool("p")
+    whole = next(st for st in problem.all_types() if st.pool.name == "p")
+    gpus = []
+    for k in range(159):
+        slot = Slot(whole)
+        slot.reps.append(Rep(fleet.model(f"m{k}"), 0, 1))
+        gpus.append(Gpu(pool, slots=[slot], node=k // 4, index=k % 4))
+    for i in range(3):  # node 40: the three replicas of s
+        slot = Slot(whole)
+        slot.reps.append(Rep(fleet.model("s"), i, 3))
+        gpus.append(Gpu(pool, slots=[slot], node=40, index=i))
+    before = {id(g): (g.node, g.index) for g in gpus}
+    assert _spread_warnings(problem, gpus)
+    _spread_exactly(problem, gpus)
+    assert not _spread_warnings(problem, gpus)
+    assert max(made.count(m) for m in set(made)) <= 2_000 + 200  # the pairs, and a few per model and node
+    moved = {before[id(g)][0] for g in gpus if (g.node, g.index) != before[id(g)]}
+    assert len(moved - {40, 41}) <= assemble.SPREAD_NEAR
+    for n in {g.node for g in gpus}:
+        taken = [g.index for g in gpus if g.node == n]
+        assert len(taken) == len(set(taken)) and len(taken) <= 4
+
+
 def test_past_the_wall_clock_cap_no_packing_step_or_window_runs(monkeypatch) -> None:
     """Past ``PATTERN_FIRST`` models the packing steps from the pattern LP's columns and the LNS
     windows stop at ``WALL_CAP`` times the limit on the wall clock (family-7700261-mixed-497 took

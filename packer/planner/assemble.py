@@ -549,6 +549,16 @@ def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
 
 EXTRA_NODES = 2
 """Nodes beyond those a pool uses that :func:`_spread_exactly` may open to spread replicas."""
+SPREAD_VARS = 20_000
+"""Most GPU-and-node pairs of :func:`_spread_exactly`'s model. A pool past it is dealt anew only on
+the nodes of its unspread models and the roomiest others: family-3500115-mixed-484's 1,975 T4s on
+494 nodes, one model short a node, made 980,000 of them, 13 s and 1.7 GB before the solver's
+second began.
+
+``SPREAD_NEAR``: the other nodes dealt with those of its unspread models there, roomiest first: a
+swap partner or room is what a short model needs, and on a pool of full nodes CP-SAT found no
+deal of 69 of them within ``SPREAD_S``."""
+SPREAD_NEAR = 8
 
 
 def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
@@ -562,7 +572,9 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
     family-900030-llm-40's spot pool (40 GPUs on five full nodes, 36 of them in 2- and 4-GPU
     replicas) two chat models kept both replicas on one node, and the plan told the user to raise
     max_nodes. No model ends less spread than it was (a spot floor's per-node allowance
-    included). Pools with a pinned GPU (a re-plan's) are left to the swaps."""
+    included). Pools with a pinned GPU (a re-plan's) are left to the swaps. A pool too large for
+    one model (``SPREAD_VARS``) is dealt anew on some of its nodes (:func:`_spread_nodes`), the
+    others left as they are."""
     spots = _spot_spread(problem, gpus)
     want = _spread_wants(problem, gpus, spots)
     for pool in problem.fleet.pools:
@@ -571,59 +583,93 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
         used = sorted({g.node for g in mine})
         # Up to EXTRA_NODES more nodes within max_nodes, each opened only where it spreads more.
         more = [n for n in range(pool.max_nodes) if n not in used][:EXTRA_NODES]
-        nodes = used + more
-        if before == 0 or len(nodes) < 2 or any(g.pinned for g in mine):
+        if before == 0 or len(used + more) < 2 or any(g.pinned for g in mine):
+            continue
+        whole = len(mine) * len(used + more) <= SPREAD_VARS
+        kept = set(used) if whole else _spread_nodes(pool, mine, want, len(more))
+        sub = [g for g in mine if g.node in kept]
+        nodes = sorted(kept) + more
+        if len(nodes) < 2:
             continue
         cp = cp_model.CpModel()
-        x = {(i, n): cp.new_bool_var("") for i in range(len(mine)) for n in nodes}
-        for i in range(len(mine)):
+        x = {(i, n): cp.new_bool_var("") for i in range(len(sub)) for n in nodes}
+        for i in range(len(sub)):
             cp.add_exactly_one(x[i, n] for n in nodes)
         for n in nodes:
-            cp.add(sum(g.width * x[i, n] for i, g in enumerate(mine)) <= pool.gpus_per_node)
+            cp.add(sum(g.width * x[i, n] for i, g in enumerate(sub)) <= pool.gpus_per_node)
         opened = []
         for n in more:
             o = cp.new_bool_var("")
-            for i in range(len(mine)):
+            for i in range(len(sub)):
                 cp.add_implication(x[i, n], o)
             opened.append(o)
         short = []
-        for m in sorted({m for g in mine for m in g.models() & want.keys()}):
-            holders = [i for i, g in enumerate(mine) if m in g.models()]
+        for m in sorted({m for g in sub for m in g.models() & want.keys()}):
+            holders = [i for i, g in enumerate(sub) if m in g.models()]
+            outside = {g.node for g in mine if g.node not in kept and m in g.models()}  # nodes left as they are
+            replicas = len(holders) + sum(1 for g in mine if g.node not in kept and m in g.models())
             spanned = []
             for n in nodes:
                 on = cp.new_bool_var("")
                 cp.add(on <= sum(x[i, n] for i in holders))
                 spanned.append(on)
-            now = min(want[m], len(holders)) - len({mine[i].node for i in holders})
+            now = min(want[m], replicas) - len(outside) - len({sub[i].node for i in holders})
             gap = cp.new_int_var(0, max(0, now), "")  # no model less spread than it is
-            cp.add(gap >= min(want[m], len(holders)) - sum(spanned))
+            cp.add(gap >= min(want[m], replicas) - len(outside) - sum(spanned))
             short.append(gap)
         for m, allowed in spots.items():  # a spot floor's allowance per node kept
-            holders = [i for i, g in enumerate(mine) if m in g.models()]
+            holders = [i for i, g in enumerate(sub) if m in g.models()]
             if not holders:
                 continue
-            now = sum(max(0, k - allowed) for k in Counter(mine[i].node for i in holders).values())
+            now = sum(max(0, k - allowed) for k in Counter(sub[i].node for i in holders).values())
             excess = [cp.new_int_var(0, len(holders), "") for _ in nodes]
             for e, n in zip(excess, nodes):
                 cp.add(e >= sum(x[i, n] for i in holders) - allowed)
             cp.add(sum(excess) <= now)
         # A replica spread is worth more than any number of extra nodes: they cost no GPU.
         cp.minimize((len(more) + 1) * sum(short) + sum(opened))
+        if not whole:  # where the GPUs are now: a deal to start from
+            for (i, n), v in x.items():
+                cp.add_hint(v, sub[i].node == n)
         solver = cp_model.CpSolver()
         solver.parameters.max_deterministic_time = SPREAD_S
         solver.parameters.num_workers = 1
         solver.parameters.random_seed = problem.settings.seed
+        spans, count = _spans(mine)
+        dealt = {m for g in sub for m in g.models()}
+        untouched = sum(max(0, min(want[m], count[m]) - len(spans[m])) for m in count if m in want and m not in dealt)
         if (solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE)
-                or sum(solver.value(v) for v in short) > before - 0.5):
+                or untouched + sum(solver.value(v) for v in short) > before - 0.5):
             continue
         on_node: dict[int, list[Gpu]] = defaultdict(list)
-        for i, g in enumerate(mine):
+        for i, g in enumerate(sub):
             on_node[next(n for n in nodes if solver.value(x[i, n]))].append(g)
-        for k, n in enumerate(sorted(on_node)):  # the nodes numbered from 0 again
+        # The whole pool's nodes numbered from 0 again; part of it keeps the nodes' numbers.
+        for k, n in enumerate(sorted(on_node)):
             index = 0
             for g in sorted(on_node[n], key=lambda g: -g.width):  # wide replicas first, on adjacent GPUs
-                g.node, g.index = k, index
+                g.node, g.index = (k if whole else n), index
                 index += g.width
+
+
+def _spread_nodes(pool: Pool, mine: list[Gpu], want: dict[str, int], extra: int) -> set[int]:
+    """The nodes :func:`_spread_exactly` deals anew in a pool too large for one model: those of
+    the models short of nodes, then the others with the most room free (fewest GPUs first),
+    at most ``SPREAD_NEAR`` of those, while the GPUs on them times the nodes (with ``extra`` more)
+    stay within ``SPREAD_VARS``."""
+    spans, count = _spans(mine)
+    on: dict[int, list[Gpu]] = defaultdict(list)
+    for g in mine:
+        on[g.node].append(g)
+    kept = {n for m in count if m in want and min(want[m], count[m]) > len(spans[m])
+            for _, n in spans[m]}
+    gpus, others = sum(len(on[n]) for n in kept), 0
+    for n in sorted(set(on) - kept, key=lambda n: (sum(g.width for g in on[n]), n)):
+        if others == SPREAD_NEAR or (gpus + len(on[n])) * (len(kept) + 1 + extra) > SPREAD_VARS:
+            break
+        kept.add(n)
+        gpus, others = gpus + len(on[n]), others + 1
+    return kept
 
 
 def _first_free(taken: set[int], width: int, size: int) -> int | None:

@@ -14,7 +14,7 @@ from bench.family import family_fleet
 from packer.fleetfile import load_fleet, parse_fleet
 from packer.planner.model import PlanSettings, Problem, Rep
 from packer.planner import patterns
-from packer.planner.patterns import Patterns, pattern_bound, purchases_between
+from packer.planner.patterns import Patterns, _pricing_round, pattern_bound, purchases_between
 from packer.planner.solve import greedy_packing, plan_fleet
 from packer.slot import feasible
 
@@ -650,6 +650,57 @@ def test_the_last_bounds_caps_take_tangents_where_the_budget_stops_a_pools_gpus(
     assert capped > filled_only + 10.0
     assert capped <= cost + 1e-6
     assert "a100-40" in pat.best_duals[4] or capped < pat.best_duals[0]
+
+
+def test_runs_of_cycles_are_searched_at_their_top_every_few_rounds_and_every_round_where_it_finds_more(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs of cycles charged at their bottom miss groups tight in time. A round of pricing whose
+    count is a multiple of ``TOP_EVERY`` also searches every slot type priced on runs at the runs'
+    top, adds what it finds, and marks the slot types where the top found more
+    (``Patterns.top_useful``); the next rounds search the top on those alone. long-tail with every
+    slot type priced on runs (``EXACT_CELLS`` 1), stopped at 0.6 counted s: on some slot type
+    the top finds a group worth more than any the bottom does, and the round adds it."""
+    monkeypatch.setattr(patterns, "EXACT_CELLS", 1)
+    monkeypatch.setattr(patterns, "PRICE_CELLS", 1)
+    fleet = load_fleet(Path(__file__).resolve().parent.parent / "packer" / "examples" / "long-tail.yaml")
+    problem = Problem(fleet, PlanSettings())
+    pattern_bound(problem, 0.6)  # the items made
+    found = pattern_bound(problem, 0.6)
+    assert found is not None and not found.converged
+    pat = found.patterns
+    mu, pi = pat.duals
+    pat.grid = 0.0
+    monkeypatch.setattr(patterns, "TOP_MORE", 1.0)  # here the top's gains are under twice the bottom's
+    missed, more = {}, set()
+    for key in pat.types:
+        bottom = max((pat.worth(key, mu, c) for c in pat.search(key, mu, floor=pi[key])[0]), default=0.0)
+        top = max((pat.worth(key, mu, c) for c in pat.search(key, mu, floor=pi[key], top=True)[0]), default=0.0)
+        if top > bottom + 1e-6:
+            missed[key] = top
+        if top - pi[key] > max(patterns.TOP_GAIN * pi[key], bottom - pi[key]):
+            more.add(key)
+    assert missed and more
+    searched: list[str] = []
+    search = Patterns.search
+
+    def spy(self, key, *args, top: bool = False, **kwargs):
+        if top:
+            searched.append(key)
+        return search(self, key, *args, top=top, **kwargs)
+    monkeypatch.setattr(Patterns, "search", spy)
+    pat.rounds_priced, pat.top_useful = patterns.TOP_EVERY, {}
+    before = len(pat.columns)
+    _pricing_round(pat, mu, pi, lambda: False)
+    assert set(searched) == {key for key in pat.types if not pat.exact_cells(key, mu)}
+    for key, top in missed.items():
+        added = [pat.worth(key, mu, c) for k, c in pat.columns[before:] if k == key]
+        assert max(added, default=0.0) >= top - 1e-9, key
+    useful = {key for key, on in pat.top_useful.items() if on}
+    assert useful == more
+    searched.clear()
+    _pricing_round(pat, mu, pi, lambda: False)  # not a multiple of TOP_EVERY: the useful ones alone
+    assert set(searched) == useful
+    assert pat.rounds_priced == patterns.TOP_EVERY + 2
 
 
 def test_a_purchases_bound_takes_its_caps_at_its_sizes_alone(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -541,12 +541,6 @@ def _spans(gpus: list[Gpu]) -> tuple[dict[str, set[tuple[str, int]]], Counter]:
     return nodes, count
 
 
-def _shortfall(gpus: list[Gpu], want: dict[str, int]) -> int:
-    """Nodes short, summed over the models of ``want``: ``min(want, replicas)`` less nodes spanned."""
-    nodes, count = _spans(gpus)
-    return sum(max(0, min(want[m], count[m]) - len(nodes[m])) for m in count if m in want)
-
-
 EXTRA_NODES = 2
 """Nodes beyond those a pool uses that :func:`_spread_exactly` may open to spread replicas."""
 SPREAD_VARS = 20_000
@@ -579,14 +573,16 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
     want = _spread_wants(problem, gpus, spots)
     for pool in problem.fleet.pools:
         mine = [g for g in gpus if g.pool.name == pool.name]
-        before = _shortfall(mine, want)
+        spans, count = _spans(mine)
+        short_of = {m: max(0, min(want[m], count[m]) - len(spans[m])) for m in count if m in want}
+        before = sum(short_of.values())
         used = sorted({g.node for g in mine})
         # Up to EXTRA_NODES more nodes within max_nodes, each opened only where it spreads more.
         more = [n for n in range(pool.max_nodes) if n not in used][:EXTRA_NODES]
         if before == 0 or len(used + more) < 2 or any(g.pinned for g in mine):
             continue
         whole = len(mine) * len(used + more) <= SPREAD_VARS
-        kept = set(used) if whole else _spread_nodes(pool, mine, want, len(more))
+        kept = set(used) if whole else _spread_nodes(mine, spans, short_of, len(more))
         sub = [g for g in mine if g.node in kept]
         nodes = sorted(kept) + more
         if len(nodes) < 2:
@@ -606,8 +602,8 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
         short = []
         for m in sorted({m for g in sub for m in g.models() & want.keys()}):
             holders = [i for i, g in enumerate(sub) if m in g.models()]
-            outside = {g.node for g in mine if g.node not in kept and m in g.models()}  # nodes left as they are
-            replicas = len(holders) + sum(1 for g in mine if g.node not in kept and m in g.models())
+            outside = {n for _, n in spans[m]} - kept  # nodes left as they are
+            replicas = count[m]
             spanned = []
             for n in nodes:
                 on = cp.new_bool_var("")
@@ -635,9 +631,8 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
         solver.parameters.max_deterministic_time = SPREAD_S
         solver.parameters.num_workers = 1
         solver.parameters.random_seed = problem.settings.seed
-        spans, count = _spans(mine)
         dealt = {m for g in sub for m in g.models()}
-        untouched = sum(max(0, min(want[m], count[m]) - len(spans[m])) for m in count if m in want and m not in dealt)
+        untouched = sum(k for m, k in short_of.items() if m not in dealt)
         if (solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE)
                 or untouched + sum(solver.value(v) for v in short) > before - 0.5):
             continue
@@ -652,17 +647,16 @@ def _spread_exactly(problem: Problem, gpus: list[Gpu]) -> None:
                 index += g.width
 
 
-def _spread_nodes(pool: Pool, mine: list[Gpu], want: dict[str, int], extra: int) -> set[int]:
+def _spread_nodes(mine: list[Gpu], spans: dict[str, set[tuple[str, int]]], short_of: dict[str, int],
+                  extra: int) -> set[int]:
     """The nodes :func:`_spread_exactly` deals anew in a pool too large for one model: those of
-    the models short of nodes, then the others with the most room free (fewest GPUs first),
-    at most ``SPREAD_NEAR`` of those, while the GPUs on them times the nodes (with ``extra`` more)
-    stay within ``SPREAD_VARS``."""
-    spans, count = _spans(mine)
+    the models short of nodes (``short_of``, their nodes in ``spans``: :func:`_spans`), then the
+    others with the most room free (fewest GPUs first), at most ``SPREAD_NEAR`` of those, while
+    the GPUs on them times the nodes (with ``extra`` more) stay within ``SPREAD_VARS``."""
     on: dict[int, list[Gpu]] = defaultdict(list)
     for g in mine:
         on[g.node].append(g)
-    kept = {n for m in count if m in want and min(want[m], count[m]) > len(spans[m])
-            for _, n in spans[m]}
+    kept = {n for m, k in short_of.items() if k > 0 for _, n in spans[m]}
     gpus, others = sum(len(on[n]) for n in kept), 0
     for n in sorted(set(on) - kept, key=lambda n: (sum(g.width for g in on[n]), n)):
         if others == SPREAD_NEAR or (gpus + len(on[n])) * (len(kept) + 1 + extra) > SPREAD_VARS:

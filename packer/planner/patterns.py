@@ -285,7 +285,8 @@ class TypeItems:
 
     st: SlotType
     keys: list[int] = field(default_factory=list)
-    """Index into ``Patterns.reps`` of each item."""
+    """Index into ``Patterns.reps`` of each item, ascending (the items are made in replica-class
+    order: :meth:`Patterns.worth` bisects them)."""
     A: np.ndarray | None = None
     B: np.ndarray | None = None
     hi: np.ndarray | None = None
@@ -422,7 +423,6 @@ class Patterns:
         self.top_useful: dict[str, bool] = {}
         """Per slot type, whether its last search at the runs' top found more than at their
         bottom (``TOP_EVERY``): searched there every round while it does."""
-        self._at: dict[str, dict[int, int]] = {}  # per slot type, each replica class's item position
 
     def _floor_row(self, k: int, m, n: int, pool, elsewhere: bool = True) -> int:
         """The row ``at most n - floor replicas of (m, n) on the spot pool`` (created on first use),
@@ -719,14 +719,13 @@ class Patterns:
                  for k in reps]
         return feasible(items, st.memory_gb, self.u)
 
-    def worth(self, key: str, mu: np.ndarray, reps: tuple[int, ...]) -> float:
-        """What the group ``reps`` on slot type ``key`` is worth at ``mu`` (its items' values)."""
+    def worth(self, key: str, mu: np.ndarray, groups: list[tuple[int, ...]]) -> float:
+        """The most any of ``groups`` on slot type ``key`` is worth at ``mu`` (its items' values;
+        0 with none). A slot type's items are in replica-class order, so a class's item is found by
+        bisection."""
         ti = self.types[key]
-        at = self._at.get(key)
-        if at is None:
-            at = self._at[key] = {k: j for j, k in enumerate(ti.keys)}
         v = self.values(ti, mu)
-        return float(sum(v[at[k]] for k in reps))
+        return max((float(v[np.searchsorted(ti.keys, g)].sum()) for g in groups), default=0.0)
 
     def add(self, key: str, reps: tuple[int, ...]) -> bool:
         col = (key, tuple(sorted(reps)))
@@ -1458,8 +1457,8 @@ def _pricing_round(pat: Patterns, mu: np.ndarray, pi: dict[str, float], out_of_t
         if (not top and weighting is None and not pat.exact_cells(key, mu)
                 and (pat.rounds_priced % TOP_EVERY == 0 or pat.top_useful.get(key, False))):
             at_top, _ = pat.search(key, mu, floor=pi[key], top=True, node_limit=nodes)
-            bottom = max((pat.worth(key, mu, c) for c in cols), default=0.0) - pi[key]
-            gain = max((pat.worth(key, mu, c) for c in at_top), default=0.0) - pi[key]
+            bottom = pat.worth(key, mu, cols) - pi[key]
+            gain = pat.worth(key, mu, at_top) - pi[key]
             pat.top_useful[key] = gain > max(TOP_GAIN * pi[key], TOP_MORE * bottom)
             for col in at_top:
                 new += pat.add(key, col)

@@ -15,7 +15,7 @@ from packer.planner.build import cost_of, gpu_counts
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed
-from packer.planner.solve import _lns, _relocating_window, _spread, consolidate, multi_start, plan_multi
+from packer.planner.solve import _lns, _relocating_window, _spread, consolidate, multi_start, plan_fleet, plan_multi
 from packer.planner.assemble import to_gpus
 
 EXAMPLES = example_path().parent
@@ -554,6 +554,44 @@ def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_
     # Every replica of the count a model was dealt at, one per GPU.
     assert all(r.count == counts[r.model.name] for g in gpus for sl in g.slots for r in sl.reps)
     assert all(len(g.models()) == sum(len(sl.reps) for sl in g.slots) for g in gpus)
+
+
+def test_a_dive_whose_slots_need_more_gpus_than_a_pool_has_dives_again_with_one_replica_of_a_model_per_mig_gpu(
+        monkeypatch) -> None:
+    """The dive's LP counts a pool's MIG slots against its GPUs, where the dealing puts one replica
+    of a model on a GPU: in family-3600116-mixed-81's plan both dives ended on slots that took 21
+    GPUs of its 20-GPU A100 pool, and their packing was dropped (the plan 261.12/h, its bound
+    237.90/h). Where the dealing finds no room, the dive runs again with that rule in its LP
+    (``_master(spread=True)``), within what the first left of its count; its packing holds every
+    replica once, within the pools."""
+    from bench.family import family_fleet
+    from packer.planner import colplan, solve
+
+    problem_of: list[Problem] = []
+    real_lp, real_dive = colplan._dive_lp, solve.dive
+    runs: list[tuple[bool, float, float | None]] = []
+    dealt: list[list[Gpu] | None] = []
+
+    def recorded(problem, pat, reserved, columns, share, end, allowed, spread):
+        result = real_lp(problem, pat, reserved, columns, share, end, allowed, spread)
+        runs.append((spread, allowed, None if result is None else result[2]))
+        return result
+
+    def dive(problem, *args, **kw):
+        problem_of.append(problem)
+        dealt.append(real_dive(problem, *args, **kw))
+        return dealt[-1]
+
+    monkeypatch.setattr(colplan, "_dive_lp", recorded)
+    monkeypatch.setattr(solve, "dive", dive)
+    plan_fleet(parse_fleet(family_fleet(3600116, max_models=500)), PlanSettings())
+    assert dealt and len(runs) == 2 * len(dealt)  # every dive's first slots overfilled the pool
+    for i, gpus in enumerate(dealt):
+        first, again = runs[2 * i], runs[2 * i + 1]
+        assert (first[0], again[0]) == (False, True) and first[2] is not None
+        assert again[1] == pytest.approx(first[1] - first[2])  # what the first left of the count
+        assert gpus is not None
+        _holds_every_replica_once(problem_of[i], gpus)
 
 
 def _consolidate_plainly(problem, gpus):

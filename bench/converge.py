@@ -77,7 +77,7 @@ def _pricing(found) -> None:
     if pat is None or pat.duals is None:
         return
     mu, pi = pat.duals
-    bounds = pat.last_values(mu, full=True, deep=found.converged)
+    bounds = pat.last_values(mu, deep=found.converged)
     for key, ti in pat.types.items():
         v = pat.values(ti, mu)
         at = {k: i for i, k in enumerate(ti.keys)}

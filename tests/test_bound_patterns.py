@@ -617,6 +617,36 @@ def test_column_generation_stopped_short_also_bounds_at_its_last_rounds_mean_dua
     assert last.value + 0.3 < averaged.value <= cost + 1e-6
 
 
+def test_the_last_bounds_after_the_first_are_not_taken_where_one_was_dear_and_another_would_end_past_the_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped short (long-tail, 0.6 counted s), the last bound is taken at the mean of the last
+    rounds' duals and at the last duals; where the first took more than ``FINAL_DEAR`` of the
+    limit and as much again would end past it, the second is not taken (family-3900118-mixed-441:
+    10 counted s each, and the plan's packing was left no time). With no bound counted dear, both
+    are, and the bound is no lower."""
+    fleet = load_fleet(Path(__file__).resolve().parent.parent / "packer" / "examples" / "long-tail.yaml")
+    problem = Problem(fleet, PlanSettings())
+    pattern_bound(problem, 0.6)  # the items made, outside the clocks below (as the test above)
+    real = Patterns.last_values
+    taken: list[bool] = []
+    extra = [0.0]
+
+    def dear(self, mu, deep=False):
+        taken.append(deep)
+        self.work += extra[0]  # counted as if its branch and bound had taken that long
+        return real(self, mu, deep=deep)
+
+    monkeypatch.setattr(Patterns, "last_values", dear)
+    extra[0] = 0.3  # half the limit
+    one = pattern_bound(problem, 0.6)
+    assert not one.converged and len(taken) == 1 and one.spent > 0.6 + 0.3
+    taken.clear()
+    monkeypatch.setattr(patterns, "FINAL_DEAR", 1e9)  # none dear
+    both = pattern_bound(problem, 0.6)
+    assert len(taken) == 2 and both.rounds == one.rounds
+    assert 0 < one.value <= both.value + 1e-9
+
+
 def test_the_last_bounds_caps_take_tangents_where_the_budget_stops_a_pools_gpus() -> None:
     """Stopped short (long-tail, 0.6 counted s), the inner problem buys 5 of the A100 pool's 32
     GPUs, as many as the budget (the greedy plan's cost) lets it: the caps at the pools' sizes

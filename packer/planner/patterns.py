@@ -195,6 +195,16 @@ first evaluation (family-100003-multilingual-80, the purchases ruled out one by 
 Now generated-500 converges at about 9.7 counted s of 15.2; its last evaluation during the search
 took 0.32 s, and the deeper last bound 4.9 s on the slot types above their duals
 (:meth:`Patterns.last_values`; 6.5 s on every slot type)."""
+FINAL_DEAR = 0.1
+"""The last bound, at the duals after the first (the mean's where column generation stopped short,
+then the last duals, then the vertex's), is not taken where the one before it took more than this
+share of the time limit and as much again would end past it: on family-3900118-mixed-441 each
+took 10 counted s (62,000 cells' branch and bound), the bound 32 counted s of its 14.2, and the
+plan's packing from the columns was left no time before the wall-clock cap (``solve.WALL_CAP``):
+the greedy plan, 244.85/h, or 229.41/h where the machine was a little faster. Now its bound
+(198.41/h, at the mean duals) takes 23 counted s, and the plan is 224.04/h in 25.6 s. Cheap ones
+are all taken: over 105 family fleets no bound moved, and the plans took 985 s where they took
+1,129 s (the thirty-eighth session's runs)."""
 AVERAGE_LAST = 3
 """Where column generation stops short, the last bound is also taken at the mean of the duals of
 its last this many rounds (``L`` is concave, and any duals ``>= 0`` bound): stopped short, the last
@@ -737,7 +747,7 @@ class Patterns:
 
     # --- the bound -----------------------------------------------------------------------
 
-    def last_values(self, mu: np.ndarray, full: bool = True, deep: bool = False) -> dict[str, float]:
+    def last_values(self, mu: np.ndarray, deep: bool = False) -> dict[str, float]:
         """The pricing bounds of the last evaluation (per slot type, at ``mu``): at ``BOUND_NODES``
         and ``LAST_GRID_UNITS``, and where ``deep``, again at ``FINAL_BOUND_NODES`` and
         ``FINAL_GRID_UNITS`` on the slot types whose bound is above their dual in the restricted
@@ -745,12 +755,13 @@ class Patterns:
         below its dual costs the Lagrangian nothing that a deeper search would win back: on
         generated-500's plan, converged, the last bound took 6.5 counted s with the deeper searches
         on every slot type and takes 4.9 for the same bound (123.10/h); at one unconverged round's
-        duals, 6.7 and 3.0. Not ``full``: no branch and bound (their LPs and grids stand: weaker,
-        still bounds)."""
-        V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES if full else 0, units=LAST_GRID_UNITS)
+        duals, 6.7 and 3.0. Branch and bound always runs: past the time limit it was skipped,
+        to be cheaper, but the grids it left on every cell cost more (family-3800119-long-tail-1002
+        at its vertex's duals: 9.8 counted s, where with it 1.4)."""
+        V = {key: self.pattern_value_bound(key, mu, node_limit=BOUND_NODES, units=LAST_GRID_UNITS)
              for key in self.types}
         pi = self.duals[1] if self.duals is not None else {}
-        if deep and full:
+        if deep:
             for key in self.types:
                 if V[key] > pi.get(key, 0.0) + 1e-9:
                     V[key] = min(V[key], self.pattern_value_bound(key, mu, node_limit=FINAL_BOUND_NODES,
@@ -1569,6 +1580,10 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
         # The pools' caps where the bound still falls short of what the caller needs (a purchase
         # ruled out needs no more).
         duals = [mu]
+        if not converged and len(recent) == AVERAGE_LAST:
+            # First: stopped short, the mean is most often the better (``AVERAGE_LAST``), and the
+            # bounds after the first may not be taken (``FINAL_DEAR``).
+            duals.insert(0, np.mean(recent, axis=0))
         if master.interior:
             # Central duals steady the pricing, but the Lagrangian can be far better at a vertex's,
             # or far worse: family-3100098-mixed-865 (one T4 pool, 2,206 GPUs) 727.3/h central
@@ -1576,18 +1591,17 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             at_vertex = master.solve(WALL_FACTOR * time_limit - (time.monotonic() - t0), vertex=True)
             if at_vertex is not None:
                 duals.append(at_vertex[1])
-        mean = None
-        if not converged and len(recent) == AVERAGE_LAST:
-            mean = np.mean(recent, axis=0)
-            duals.append(mean)
+        took = 0.0  # counted seconds of the bound at the duals before
         for m in duals:
-            # Past the time limit the pricing bounds skip branch and bound, which was to be cheaper;
-            # on these fleets the grids it leaves cost more than it saves (family-1500050-mixed-493 at
-            # the mean duals: 10.7 counted s for 129.04/h, 4.8 s for 146.96/h with it), so the mean
-            # duals' bound keeps it.
-            full = spent() < time_limit or m is mean
-            best = max(best, pat.lagrangian(m, upper, V=pat.last_values(m, full=full, deep=deep),
+            if took > FINAL_DEAR * time_limit and spent() + took > time_limit:
+                break  # one more, as dear as the one before, would end past the limit
+            before = spent()
+            # Branch and bound runs past the time limit too (``Patterns.last_values``): the grids
+            # it would leave cost more (family-1500050-mixed-493 at the mean duals: 10.7 counted s
+            # for 129.04/h, 4.8 s for 146.96/h with it).
+            best = max(best, pat.lagrangian(m, upper, V=pat.last_values(m, deep=deep and spent() < time_limit),
                                             caps=best <= stop_above, lp=lp))
+            took = spent() - before
     value = min(best, upper)
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())

@@ -319,7 +319,9 @@ def _master(problem: Problem, pat: Patterns, reserved: dict[str, int], upper: fl
     (solver, x per column, y per replica class). ``integer``: a MIP (HiGHS), else an LP (GLOP)
     to dive on. ``spread``: a model's replicas in a pool's MIG slots are at most the pool's MIG
     GPUs (one replica of a model per GPU); a relaxation of the plan only where the columns hold
-    every group (``allgroups``), since a column's dropped extra member is counted too. ``apart``:
+    every group (``allgroups``), since a column's dropped extra member is counted too; for a dive
+    (:func:`dive`'s second try), a packing rule the dealing needs, where that count only makes it
+    stricter. ``apart``:
     a model with ``min_replicas >= 2`` keeps a replica outside each pool of one node, where
     ``assemble.assign_nodes`` could not spread them (a packing rule, not a relaxation: only for
     the packing, and only over every group, where a column without the model exists)."""

@@ -201,10 +201,10 @@ then the last duals, then the vertex's), is not taken where the one before it to
 share of the time limit and as much again would end past it: on family-3900118-mixed-441 each
 took 10 counted s (62,000 cells' branch and bound), the bound 32 counted s of its 14.2, and the
 plan's packing from the columns was left no time before the wall-clock cap (``solve.WALL_CAP``):
-the greedy plan, 244.85/h, or 229.41/h where the machine was a little faster. Now its bound
-(198.41/h, at the mean duals) takes 23 counted s, and the plan is 224.04/h in 25.6 s. Cheap ones
-are all taken: over 105 family fleets no bound moved, and the plans took 985 s where they took
-1,129 s (the thirty-eighth session's runs)."""
+the greedy plan, 244.85/h, or 229.41/h where the machine was a little faster. Now its last bound is
+taken at the mean duals alone (198.40/h, 9.8 counted s), the bound 22.6 counted s in all, and the
+plan is 224.04/h in 25.6 s. Cheap ones are all taken: over 105 family fleets no bound moved, and
+the plans took 985 s where they took 1,129 s (the thirty-eighth session's runs)."""
 AVERAGE_LAST = 3
 """Where column generation stops short, the last bound is also taken at the mean of the duals of
 its last this many rounds (``L`` is concave, and any duals ``>= 0`` bound): stopped short, the last

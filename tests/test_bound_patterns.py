@@ -285,6 +285,34 @@ def test_converged_duals_that_price_a_gpu_at_its_cost_still_bound(duty_cycle_onl
     assert pat._pools_part(worth, float("inf")) == pytest.approx(-0.1 * fleet.pool("l4").max_gpus)
 
 
+@pytest.mark.timeout(30)
+def test_the_gpu_part_on_which_glop_cycles_is_solved_by_highs_in_bounded_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """family-3300112-long-tail-109's last bound in ``refine``, at the duals a trial pricing
+    reached: the L4 pool's cap has a worth and a tangent's slope both 1.06 to 1e-7, and GLOP
+    cycled on that five-variable LP with no end (the plan hung for minutes). GLOP stops at its
+    iteration cap now, and HiGHS gives the minimum."""
+    fleet = parse_fleet({
+        "name": "cycles",
+        "pools": [
+            {"name": "a100-40", "gpu": "a100-40gb", "gpus_per_node": 8, "max_nodes": 15, "cost_per_gpu_hour": 2.65},
+            {"name": "l4", "gpu": "l4-24gb", "gpus_per_node": 4, "max_nodes": 4, "cost_per_gpu_hour": 1.06},
+        ],
+        "models": [{"name": "m", "kind": "batch", "slo_ms": 5000, "memory_gb": 2.0, "max_batch": 8,
+                    "latency_ms": {"gpu": "l4-24gb", "base": 20.0, "per_item": 2.0},
+                    "traffic": {"rps": 5.0, "peak_rps": 10.0}}],
+    })
+    pat = Patterns(Problem(fleet, PlanSettings()))
+    calls = []
+    real = patterns._highs_solve
+    monkeypatch.setattr(patterns, "_highs_solve", lambda solver: calls.append(1) or real(solver))
+    chosen: dict[str, float] = {}
+    value = pat._pools_part({"a100-40": 2.65, "l4": 1.0600001060000013}, 39.75,
+                            caps={"l4": (16.96000035316192, 1.0599999770810846, 16)}, chosen=chosen)
+    assert calls, "GLOP solved it: the case no longer exercises the fallback"
+    assert value == pytest.approx(0.0, abs=1e-5)
+    assert set(chosen) == {"a100-40", "l4"} and 0.0 <= chosen["l4"] <= 16.0 + 1e-9
+
+
 # Found under the duty cycle's maths alone: conftest.duty_cycle_only.
 def test_resumed_column_generation_raises_a_converged_bound_and_stays_below_its_lp(duty_cycle_only) -> None:
     """Column generation "converges" when its short searches find no improving group; on this

@@ -1116,10 +1116,26 @@ class Patterns:
         if math.isfinite(upper):
             solver.Add(spend <= upper)  # only plans that cost at most upper matter
         solver.Minimize(obj)
+        # An iteration cap: on a degenerate one GLOP cycles with no end, and the plan hangs (the
+        # L4 cap of family-3300112-long-tail-109 at the duals one trial pricing reached, its worth
+        # and its tangent's slope both 1.06 to 1e-7: minutes in ``refine``); HiGHS then solves it,
+        # in a millisecond.
+        solver.SetSolverSpecificParametersAsString(f"max_number_of_iterations: {POOLS_PART_ITERATIONS}")
         status = solver.Solve()
         if status == pywraplp.Solver.INFEASIBLE:
             return math.inf
-        if status != pywraplp.Solver.OPTIMAL:
+        value: float | None = solver.Objective().Value() if status == pywraplp.Solver.OPTIMAL else None
+        if value is not None and chosen is not None:
+            chosen.update({name: z.solution_value() for name, z in Z.items()})
+        if value is None:
+            solved = _highs_solve(solver)
+            if solved is not None and solved[0] == highspy.HighsModelStatus.kInfeasible:
+                return math.inf
+            if solved is not None and solved[0] == highspy.HighsModelStatus.kOptimal:
+                value = solved[1]
+                if chosen is not None:
+                    chosen.update({name: float(solved[2][z.index()]) for name, z in Z.items()})
+        if value is None:
             # A weaker minimum that needs no solver: the budget row dropped, each pool at its size
             # where its GPUs are worth more than they cost, each multi-GPU model at its cheapest.
             # It was -inf: family-7-multilingual-4's converged pattern LP (7.45/h) bounded nothing.
@@ -1127,9 +1143,28 @@ class Patterns:
                          for p in pools)
                     + sum(min(self.problem.fleet.pool(pn).cost_per_gpu_hour * g for pn, g in where.items())
                           for _, where in self.multi))
-        if chosen is not None:
-            chosen.update({name: z.solution_value() for name, z in Z.items()})
-        return solver.Objective().Value()
+        return value
+
+
+POOLS_PART_ITERATIONS = 10_000
+"""Most simplex iterations GLOP gets on the Lagrangian's GPU part (``Patterns._pools_part``, a few
+variables a pool: tens of iterations), a count so that where it cycles the plan does not hang on
+it and the same LP goes to HiGHS on any machine."""
+
+
+def _highs_solve(solver: pywraplp.Solver) -> tuple[object, float, np.ndarray] | None:
+    """A small ``pywraplp`` LP solved again by HiGHS's simplex (exported, quiet, one thread): (its
+    model status, objective, column values), or None where HiGHS cannot load it."""
+    model = linear_solver_pb2.MPModelProto()
+    solver.ExportModelToProto(model)
+    h = highs()
+    for option, value in (("output_flag", False), ("threads", 1), ("solver", "simplex")):
+        h.setOptionValue(option, value)
+    if h.passModel(highs_lp(model)) != highspy.HighsStatus.kOk:
+        return None
+    run_quiet(h)
+    return (h.getModelStatus(), float(h.getInfo().objective_function_value),
+            np.asarray(h.getSolution().col_value, dtype=float))
 
 
 def _snap(x: float, scale: float) -> float:

@@ -83,8 +83,8 @@ def run_quiet(h: highspy.Highs) -> None:
 def highs_lp(proto: linear_solver_pb2.MPModelProto) -> highspy.HighsLp:
     """An OR-Tools model (``pywraplp``'s, exported) as HiGHS's, rows stored row by row; integer
     where any variable is. The planner's masters are written once, with ``pywraplp``, and solved
-    through this by HiGHS's MIP (:func:`solve_mip`) or interior point method
-    (``patterns._Master``)."""
+    through this (:func:`run_exported`) by HiGHS's MIP (:func:`solve_mip`) or interior point
+    method (``patterns._Master``)."""
     lp = highspy.HighsLp()
     n, m = len(proto.variable), len(proto.constraint)
     lp.num_col_, lp.num_row_ = n, m
@@ -111,23 +111,31 @@ def highs_lp(proto: linear_solver_pb2.MPModelProto) -> highspy.HighsLp:
     return lp
 
 
+def run_exported(solver: pywraplp.Solver, options: tuple[tuple[str, object], ...]) -> tuple[highspy.Highs, highspy.HighsLp]:
+    """``solver``'s model (written with ``pywraplp``) exported, handed to a fresh quiet HiGHS with
+    ``options`` and run: (the solver, to read, and the model as HiGHS got it). The one way the
+    planner's masters, its interior-point LP and a small LP GLOP gave up on reach HiGHS."""
+    proto = linear_solver_pb2.MPModelProto()
+    solver.ExportModelToProto(proto)
+    lp = highs_lp(proto)
+    h = highs()
+    for key, val in options:
+        h.setOptionValue(key, val)
+    h.passModel(lp)
+    run_quiet(h)
+    return h, lp
+
+
 def solve_mip(solver: pywraplp.Solver, nodes: int, seconds: float, exact: bool = False) -> Mip:
     """Minimise ``solver``'s model with HiGHS, one thread, at most ``nodes`` branch-and-bound
     nodes; ``seconds`` of wall clock is the guard against a much slower machine. ``exact``: no
     relative or absolute gap tolerance (HiGHS's default 1e-4 lets a solution 0.01 % above the
     optimum stand as optimal)."""
-    proto = linear_solver_pb2.MPModelProto()
-    solver.ExportModelToProto(proto)
-    lp = highs_lp(proto)
-    h = highs()
-    for key, val in (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes)),
-                     ("time_limit", max(0.1, float(seconds)))):
-        h.setOptionValue(key, val)
+    options: tuple[tuple[str, object], ...] = (("output_flag", False), ("threads", 1), ("mip_max_nodes", int(nodes)),
+                                               ("time_limit", max(0.1, float(seconds))))
     if exact:
-        h.setOptionValue("mip_rel_gap", 0.0)
-        h.setOptionValue("mip_abs_gap", 1e-7)
-    h.passModel(lp)
-    run_quiet(h)
+        options += (("mip_rel_gap", 0.0), ("mip_abs_gap", 1e-7))
+    h, _ = run_exported(solver, options)
     status = h.getModelStatus()
     info = h.getInfo()
     found = info.primal_solution_status == highspy.SolutionStatus.kSolutionStatusFeasible

@@ -58,11 +58,11 @@ from dataclasses import dataclass, field, replace
 
 import highspy
 import numpy as np
-from ortools.linear_solver import linear_solver_pb2, pywraplp
+from ortools.linear_solver import pywraplp
 
 from packer.planner.cpsat import _layouts
 from packer.planner.knapsack import EXTRA_FROM, branch_and_bound, cell_lps, grid_bound, warm
-from packer.planner.mip import highs, highs_lp, knapsack_mip, run_quiet
+from packer.planner.mip import highs, knapsack_mip, run_exported, run_quiet
 from packer.planner.model import Problem, Rep, multi_replicas, on_demand_replicas, slot_price
 from packer.slot import WHOLE, SlotType, feasible
 
@@ -1129,9 +1129,9 @@ class Patterns:
             chosen.update({name: z.solution_value() for name, z in Z.items()})
         if value is None:
             solved = _highs_solve(solver)
-            if solved is not None and solved[0] == highspy.HighsModelStatus.kInfeasible:
+            if solved[0] == highspy.HighsModelStatus.kInfeasible:
                 return math.inf
-            if solved is not None and solved[0] == highspy.HighsModelStatus.kOptimal:
+            if solved[0] == highspy.HighsModelStatus.kOptimal:
                 value = solved[1]
                 if chosen is not None:
                     chosen.update({name: float(solved[2][z.index()]) for name, z in Z.items()})
@@ -1152,17 +1152,10 @@ variables a pool: tens of iterations), a count so that where it cycles the plan 
 it and the same LP goes to HiGHS on any machine."""
 
 
-def _highs_solve(solver: pywraplp.Solver) -> tuple[object, float, np.ndarray] | None:
-    """A small ``pywraplp`` LP solved again by HiGHS's simplex (exported, quiet, one thread): (its
-    model status, objective, column values), or None where HiGHS cannot load it."""
-    model = linear_solver_pb2.MPModelProto()
-    solver.ExportModelToProto(model)
-    h = highs()
-    for option, value in (("output_flag", False), ("threads", 1), ("solver", "simplex")):
-        h.setOptionValue(option, value)
-    if h.passModel(highs_lp(model)) != highspy.HighsStatus.kOk:
-        return None
-    run_quiet(h)
+def _highs_solve(solver: pywraplp.Solver) -> tuple[object, float, np.ndarray]:
+    """A small ``pywraplp`` LP solved again by HiGHS's simplex (``mip.run_exported``, one thread):
+    (its model status, objective, column values)."""
+    h, _ = run_exported(solver, (("output_flag", False), ("threads", 1), ("solver", "simplex")))
     return (h.getModelStatus(), float(h.getInfo().objective_function_value),
             np.asarray(h.getSolution().col_value, dtype=float))
 
@@ -1439,16 +1432,9 @@ class _Master:
     def _solve_interior(self, seconds: float, vertex: bool) -> tuple[float, Callable, Callable] | None:
         """:meth:`solve` by HiGHS's interior point method, cold, on the model GLOP holds (exported:
         one LP, two ways to solve it; ``INTERIOR_FROM`` says why): as :meth:`_solve_glop`."""
-        model = linear_solver_pb2.MPModelProto()
-        self.solver.ExportModelToProto(model)
-        lp = highs_lp(model)
-        h = highs()
-        for option, value in (("output_flag", False), ("threads", 1), ("solver", "ipm"),
-                              ("run_crossover", "on" if vertex else "off"),
-                              ("time_limit", float(max(0.1, seconds)))):
-            h.setOptionValue(option, value)
-        h.passModel(lp)
-        run_quiet(h)
+        h, lp = run_exported(self.solver, (("output_flag", False), ("threads", 1), ("solver", "ipm"),
+                                           ("run_crossover", "on" if vertex else "off"),
+                                           ("time_limit", float(max(0.1, seconds)))))
         nnz = int(lp.a_matrix_.start_[-1])
         self.work += nnz * (EXPORT_S + int(h.getInfo().ipm_iteration_count) * (IPM_S + IPM_S2 * nnz))
         if h.getModelStatus() != highspy.HighsModelStatus.kOptimal:

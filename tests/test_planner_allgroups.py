@@ -243,6 +243,40 @@ def test_reduced_cost_fixing_never_cuts_off_the_optimum() -> None:
     assert fixed >= 3  # the fixing ran, and left few enough groups for the master
 
 
+def test_the_lp_over_every_group_stops_at_its_iteration_count(monkeypatch) -> None:
+    """GLOP gets ``LP_ITERATIONS_PER_ROW`` iterations a row on the LP over every group, a count, so
+    that one it cycles on cannot hang the plan; where it stops there, no groups are fixed (None)
+    and the exact stage gives up rather than fix by a stopped LP's reduced costs."""
+    import packer.planner.allgroups as allgroups
+    from ortools.linear_solver import pywraplp
+
+    problem = Problem(parse_fleet(family_fleet(10, max_models=40, shape="multilingual")), PlanSettings())
+    assert problem.fleet.name == "family-10-multilingual-20"
+    pat = every_group(problem, 50_000)
+    assert pat is not None and len(pat.columns) > 3000
+    ran: list[tuple[int, int, int]] = []
+    real = pywraplp.Solver.Solve
+
+    def counted(self, *args):
+        status = real(self, *args)
+        ran.append((status, self.iterations(), self.NumConstraints()))
+        return status
+
+    monkeypatch.setattr(pywraplp.Solver, "Solve", counted)
+    lp, rc = allgroups._reduced_costs(problem, pat)
+    (status, full, rows), = ran
+    assert lp is not None and rc.size == len(pat.columns) and status == pywraplp.Solver.OPTIMAL
+    assert 20 <= full <= allgroups.LP_ITERATIONS_PER_ROW * rows
+    ran.clear()
+    monkeypatch.setattr(allgroups, "LP_ITERATIONS_PER_ROW", (full // 2) / rows)
+    lp, rc = allgroups._reduced_costs(problem, pat)
+    assert lp is None and rc.size == 0
+    (status, stopped, _), = ran
+    assert status != pywraplp.Solver.OPTIMAL and stopped == full // 2
+    exact, _ = exact_groups(problem, {}, 100.0, 5.0, cap=len(pat.columns) // 3)
+    assert exact is None
+
+
 # Found under the duty cycle's maths alone: conftest.duty_cycle_only.
 def test_reduced_cost_fixing_keeps_a_family_members_optimum(duty_cycle_only) -> None:
     """family-300010-mixed-20 (2,356 groups): with a cap of 1,000, the groups left below its

@@ -525,6 +525,46 @@ def test_a_dive_ends_on_its_count_not_the_clock(monkeypatch) -> None:
     assert len(solves) == 1
 
 
+def test_a_dive_lp_stops_at_the_iterations_its_count_has_left(monkeypatch) -> None:
+    """Each of a dive's LPs gets only the simplex iterations its count has left
+    (``colplan._iterations_left``), so one LP GLOP cycles on cannot hang the plan (the Lagrangian's
+    GPU part did, for minutes): with a count far below what the first LP needs, GLOP stops at the
+    cap, and the dive gives up (None) instead of reading a stopped LP as an infeasible fix."""
+    from ortools.linear_solver import pywraplp
+
+    from packer.planner import colplan
+    from packer.planner.patterns import pattern_bound
+
+    problem = Problem(load_fleet(example_path("multilingual-10.yaml")), PlanSettings())
+    choose_counts(problem)
+    pat = pattern_bound(problem, 3.0).patterns
+    assert pat is not None
+    ran: list[tuple[int, int]] = []
+    real = pywraplp.Solver.Solve
+
+    def counted(self, *args):
+        status = real(self, *args)
+        ran.append((status, self.iterations()))
+        return status
+
+    monkeypatch.setattr(pywraplp.Solver, "Solve", counted)
+    monkeypatch.setattr(colplan, "DIVE_FIRST_TIMES", 0.0)  # only the count ends it,
+    monkeypatch.setattr(colplan, "DIVE_GUARD", 1e9)  # not the clock
+    assert colplan.dive(problem, pat, {}, 30.0, math.inf) is not None
+    full = ran[0][1]
+    assert full > 20
+    ran.clear()
+    built = colplan._master(problem, pat, {}, math.inf, integer=False, spread=False)
+    rows = built[0].NumConstraints()
+    size = built[0].NumVariables() + rows
+    # A count that leaves the first LP a tenth of its iterations.
+    allowed = colplan.DIVE_SOLVE_S * size + colplan.DIVE_ITER_S * rows * full / 10
+    cap = colplan._iterations_left(allowed, size, rows)
+    assert 1 <= cap < full
+    assert colplan.dive(problem, pat, {}, allowed / colplan.DIVE_WORK, math.inf) is None
+    assert ran == [(pywraplp.Solver.NOT_SOLVED, cap)]
+
+
 def test_a_dive_over_part_of_the_columns_covers_every_replica_and_deals_a_valid_packing(monkeypatch) -> None:
     """Past ``DIVE_COLUMNS`` a dive keeps the columns of least reduced cost and each replica's two
     best: every replica class is still in two kept columns (or all of its own), and the packing

@@ -56,6 +56,11 @@ groups a plan below a target may use (reduced-cost fixing)."""
 EXACT_S_PER_COLUMN, LIST_S_PER_GROUP, LP_S_PER_GROUP = 5e-4, 5e-6, 2.5e-5
 """Seconds charged per column of the integer master (measured: 0.1-2.3 s for 600-4,600), per
 group listed, and per group in the LP that fixes them."""
+LP_ITERATIONS_PER_ROW = 20
+"""Most simplex iterations GLOP gets on the LP over every group (:func:`_reduced_costs`), per row:
+a count, so that an LP it cycles on (as the Lagrangian's GPU part did:
+``patterns.POOLS_PART_ITERATIONS``) cannot hang the plan. Measured 1.2-1.9 a row
+(family-0-multilingual-32: 249 over 168,524 groups and 132 rows, 0.95 s)."""
 TARGET_COLUMNS = 2500
 """Most columns of the master below a lower target (``_fixing_target``): family-1000043-
 multilingual-28's 500 nodes over 4,927 took 12 s, over 2,482 7.3 s, to the same bound once
@@ -261,6 +266,8 @@ def _reduced_costs(problem: Problem, pat: Patterns) -> tuple[float | None, np.nd
     if built is None:
         return None, np.zeros(0)
     solver, x, _ = built
+    solver.SetSolverSpecificParametersAsString(
+        f"max_number_of_iterations: {max(1, round(LP_ITERATIONS_PER_ROW * solver.NumConstraints()))}")
     if solver.Solve() != pywraplp.Solver.OPTIMAL:
         return None, np.zeros(0)
     return solver.Objective().Value(), np.array([v.reduced_cost() for v in x])

@@ -502,13 +502,23 @@ def _dive_lp(problem: Problem, pat: Patterns, reserved: dict[str, int], columns:
     rows, size = solver.NumConstraints(), solver.NumVariables() + solver.NumConstraints()
     work = 0.0  # counted seconds: a dive ends at a number of steps that does not hang on the load
     while True:
-        if work > allowed or time.monotonic() > end:
+        now = time.monotonic()
+        if work > allowed or now > end:
             return None
-        status = solver.Solve()
         first = work == 0.0
-        work += DIVE_SOLVE_S * size + DIVE_ITER_S * rows * solver.iterations()
+        # One LP gets the iterations its count has left (the first: what lets the dive go on), and
+        # the clock's: without them one LP GLOP cycles on would hang the plan, as the Lagrangian's
+        # GPU part did (``patterns.POOLS_PART_ITERATIONS``).
+        most = _iterations_left((allowed / max(1.0, DIVE_FIRST_TIMES) if first else allowed) - work, size, rows)
+        solver.SetSolverSpecificParametersAsString(f"max_number_of_iterations: {most}")
+        solver.SetTimeLimit(max(1, int(1000 * min(end - now, 1e6))))
+        status = solver.Solve()
+        ran = solver.iterations()
+        work += DIVE_SOLVE_S * size + DIVE_ITER_S * rows * ran
         if first and DIVE_FIRST_TIMES * work > allowed:
             return None  # the first LP alone says the dive cannot end within its count
+        if status != pywraplp.Solver.OPTIMAL and (ran >= most or time.monotonic() > end):
+            return None  # stopped by its count or the clock, not shown infeasible
         if status != pywraplp.Solver.OPTIMAL:
             if not forced:
                 return None
@@ -549,6 +559,12 @@ def _dive_lp(problem: Problem, pat: Patterns, reserved: dict[str, int], columns:
             var.SetLb(value)
     chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if yv[k] > 0.5}
     return [round(v) for v in xv], chosen, work
+
+
+def _iterations_left(left: float, size: int, rows: int) -> int:
+    """Simplex iterations a dive's LP may take with ``left`` counted seconds
+    (``DIVE_SOLVE_S``, ``DIVE_ITER_S``), at least one."""
+    return max(1, math.ceil((left - DIVE_SOLVE_S * size) / (DIVE_ITER_S * max(1, rows))))
 
 
 def kept_columns(pat: Patterns, most: int) -> list[int] | None:

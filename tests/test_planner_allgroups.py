@@ -81,6 +81,30 @@ def test_every_group_gives_up_past_its_cap() -> None:
     assert every_group(problem, cap=len(full.columns)) is not None
 
 
+@pytest.mark.parametrize("seed", range(12), ids=lambda s: f"seed{s}")
+def test_the_compiled_count_is_the_listing_and_a_fleet_over_the_cap_lists_nothing(seed: int, monkeypatch) -> None:
+    """``count_groups`` walks the listing's rules over arrays: on tiny fleets and family members its
+    count is the number of groups ``every_group`` lists, and past the cap nothing is listed
+    (family-3800115-mixed-41 listed 250,000 groups in 4.7 s to drop them)."""
+    import packer.planner.allgroups as allgroups
+
+    doc = _tiny_fleet(seed, mig=seed % 2 == 0) if seed < 6 else family_fleet(seed, max_models=30)
+    problem = Problem(parse_fleet(doc), PlanSettings())
+    pat = Patterns(problem)
+    counted = 0
+    for ti in pat.types.values():
+        items = [(k, problem.fleet.model(pat.reps[k][0]),
+                  problem.item(Rep(problem.fleet.model(pat.reps[k][0]), 0, pat.reps[k][1]), ti.st)) for k in ti.keys]
+        counted += allgroups._count(items, ti.st, problem.u, 10**7)
+    listed = every_group(problem, 10**7)
+    assert listed is not None and len(listed.columns) == counted and counted > 3
+    added: list[int] = []
+    real = Patterns.add
+    monkeypatch.setattr(Patterns, "add", lambda self, *a: (added.append(1), real(self, *a))[1])
+    assert every_group(problem, counted - 1) is None and not added
+    assert every_group(problem, counted) is not None and len(added) == counted
+
+
 def _brute_optimum(problem: Problem, pat: Patterns) -> float:
     """The cheapest plan by brute force: every replica count, every partition of the replicas into
     groups, each group on its cheapest slot type that admits it (whole GPUs: a group is a GPU)."""

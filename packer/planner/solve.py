@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 from packer.catalog import layout_named
 from packer.fleet import Fleet, Pool
 from packer.plan import Baseline, Move, Plan, fleet_to_dict, node_parts, round_cost
-from packer.planner.allgroups import EXACT_NODES, exact_groups
+from packer.planner.allgroups import EXACT_NODES, exact_groups, warm as warm_groups
 from packer.planner.assemble import Gpu, assign_nodes, copy_gpus, fits_nodes, spare_slots, to_gpus
 from packer.planner.bound import MIP_MIN_S, SPREAD_RULE, _whole_gpus_plus, closed_form, lower_bound, refined_bound
 from packer.planner.fits import above_pools, no_fit_error
@@ -1597,6 +1597,7 @@ def _compile() -> None:
     warm_pricing()
     warm_queue()
     warm_duty()
+    warm_groups()
 
 
 def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan | None = None,

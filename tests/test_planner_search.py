@@ -419,6 +419,33 @@ def test_the_integer_master_puts_its_mig_slots_on_the_fewest_gpus_where_first_fi
     assert first is not None and cost < 0.95 * cost_of(problem, gpu_counts(problem, first))
 
 
+def test_the_same_mig_slots_are_put_on_the_fewest_gpus_once(duty_cycle_only, monkeypatch) -> None:
+    """CP-SAT's dealing (``assemble.fewest_gpus``) is deterministic, so the same slots asked again
+    are looked up (``Problem.fewest``): the same GPUs, layouts and offsets, one CP-SAT solve, where
+    the dives and the master dealt the same slots twice (family-3800115-mixed-41: 2.6 s each)."""
+    from packer.planner import assemble, colplan
+
+    problem, found = _columns(300020, 60)
+    calls: list[int] = []
+    real = assemble._fewest_mig
+    monkeypatch.setattr(assemble, "_fewest_mig", lambda *a: (calls.append(1), real(*a))[1])
+    first = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    solved = len(calls)
+    assert first is not None and solved >= 1
+    again = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    assert len(calls) == solved
+
+    def shape(gpus):
+        return sorted((g.pool.name, g.layout.name if g.layout else "",
+                       tuple(sorted((s.type.profile, s.start, tuple(r.model.name for r in s.reps)) for s in g.slots)))
+                      for g in gpus)
+
+    assert shape(again) == shape(first)
+    problem.fewest.clear()
+    fresh = colplan.integer_master(problem, found.patterns, {}, 5.0, math.inf)
+    assert len(calls) == 2 * solved and shape(fresh) == shape(first)
+
+
 # Found before lone replicas' batches were capped: conftest.uncapped.
 def test_the_integer_master_solves_again_with_one_replica_of_a_model_per_mig_gpu_where_its_choice_dealt_dearer(
         monkeypatch, uncapped) -> None:

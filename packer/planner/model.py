@@ -103,6 +103,8 @@ class Problem:
         self.apart_binding: list[str] = []
         """Where the pattern LP's spread-rule rows bind at its last duals (``model on pool <name>``,
         ``patterns.Patterns.apart_binding``): the plan says the rule may cost something there."""
+        self.fewest: dict[tuple, list[list[int]] | None] = {}
+        """MIG slots put on the fewest GPUs (``assemble.fewest_gpus``), by the slots asked."""
         self.packing_work = 0.0
         """Deterministic seconds of greedy packing and consolidation so far (``greedy.SLOT_S``,
         ``solve.LOOK_S``, ``solve.CAN_ADD_S``): how many greedy starts run is counted in these, so

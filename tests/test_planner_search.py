@@ -534,7 +534,7 @@ def test_the_fills_passes_are_its_counts_not_the_dealings_clock(monkeypatch) -> 
     monkeypatch.setattr(colplan, "_deal", deal)
     monkeypatch.setattr(colplan, "time", SimpleNamespace(monotonic=lambda: ticks[0]))  # only dealing takes time
     work = pat.work
-    limit = 3.0  # counted seconds
+    limit = 0.5  # counted seconds
     first = colplan.sequential(problem, pat, {}, limit, math.inf)
     assert first is not None
     counted = passes[0]

@@ -42,7 +42,7 @@ from packer.planner.colplan import _master, deal_fewest
 from packer.planner.mip import Mip, solve_mip
 from packer.planner.model import Problem, Rep
 from packer.planner.patterns import Patterns
-from packer.slot import WHOLE, window
+from packer.slot import WHOLE, _window, window
 
 EXACT_COLUMNS = 5000
 """Most columns of the integer master: over 4,581 (multilingual-meetings) took 1.1-1.7 s of
@@ -172,8 +172,8 @@ def count_groups(mem: np.ndarray, kind: np.ndarray, model: np.ndarray, A: np.nda
                  hi: np.ndarray, room: float, slicing: bool, u: float, models: int, most: int) -> int:
     """The groups of one slot type :func:`every_group` lists (one replica of a model, memory
     within ``room``, one workload kind where the pool does not time-slice, the slot maths' window
-    from running sums, each sum in the listing's order), stopping past ``most``: a depth-first
-    walk over arrays, statement for statement the listing's rules."""
+    from running sums, each sum in the listing's order, by ``slot.window`` compiled), stopping past
+    ``most``: a depth-first walk over arrays, statement for statement the listing's rules."""
     n = mem.size
     used = np.zeros(models, dtype=np.bool_)
     pos = np.zeros(n + 1, dtype=np.int64)
@@ -200,9 +200,7 @@ def count_groups(mem: np.ndarray, kind: np.ndarray, model: np.ndarray, A: np.nda
         low = min(s_hi[d], hi[j])
         sa = s_a[d] + A[j]
         sb = s_b[d] + B[j]
-        if sb >= u:  # slot.window, inline
-            continue
-        if sa / (u - sb) > low + 1e-9 or low <= 0:
+        if _window(sa, sb, low, u) is None:
             continue
         count += 1
         if count > most:

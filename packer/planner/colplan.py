@@ -105,7 +105,7 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     began, guard, dealt = time.monotonic(), DIVE_GUARD * SEQUENTIAL_SHARE * time_limit, 0.0
     end = min(until, began + guard)
     first_cap = start + FIRST_PASS_SHARE * time_limit
-    first_end = min(until, time.monotonic() + DIVE_GUARD * FIRST_PASS_SHARE * time_limit)
+    first_end = min(until, began + DIVE_GUARD * FIRST_PASS_SHARE * time_limit)
     best, best_cost, noise = None, math.inf, 0.0
     while best is None or (pat.work < cap and time.monotonic() < end):
         values = mu * (1.0 + noise * rng.random(mu.size))

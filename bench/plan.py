@@ -17,8 +17,13 @@
                                              # 40: the large fleets, where column generation is
                                              # cut short
 
+    python bench/plan.py --only 500 --reproducible
+                                             # the counts alone end every stage (packer plan
+                                             # --reproducible): the plan of an idle machine
+
 Each fleet is planned in a fresh process so that its peak resident memory (ru_maxrss, which
-includes OR-Tools' C++ heap) is its own.
+includes OR-Tools' C++ heap) is its own. A ``*`` after a time: the wall clock ended a stage of
+that plan before its count (the plan's warning), so a faster or idler machine may plan it otherwise.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ def generated_fleet(n: int, seed: int = 0) -> dict:
     return {"name": f"generated-{n}", "pools": pools, "models": models}
 
 
-def run_one(name: str, prove_s: float | None = None) -> dict:
+def run_one(name: str, prove_s: float | None = None, reproducible: bool = False) -> dict:
     from packer.fleetfile import load_fleet, parse_fleet
     from packer.planner import PlanSettings, plan_fleet
 
@@ -95,7 +100,7 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
 
         fleet = replace(fleet, name=f"{fleet.name} (MIG pools)", pools=tuple(p for p in fleet.pools if p.mig))
     t0 = time.perf_counter()
-    plan = plan_fleet(fleet, PlanSettings(prove_s=prove_s))
+    plan = plan_fleet(fleet, PlanSettings(prove_s=prove_s, reproducible=reproducible))
     wall = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
@@ -107,6 +112,9 @@ def run_one(name: str, prove_s: float | None = None) -> dict:
         "dedicated": plan.baselines["dedicated"].cost_per_hour, "greedy": plan.baselines["greedy"].cost_per_hour,
         "pools": len(fleet.pools),
         "spread_warnings": sum(1 for w in plan.warnings if "fewer than min_replicas" in w),
+        # Stages the wall clock ended before their counts (the plan's warning): this machine's plan,
+        # which an idle one may not make.
+        "clock_cut": [w for w in plan.warnings if w.startswith("the wall clock ended")],
     }
 
 
@@ -150,6 +158,8 @@ def summarise(rows: list[dict], asked: int) -> None:
           f"{len(spread)} fleet(s)" + (f" ({', '.join(r['fleet'] for r in spread[:4])})" if spread else ""))
     print(f"time: median {median(secs):.1f} s, worst {max(secs):.1f} s; "
           f"peak memory: worst {max(r['peak_mb'] for r in rows)} MB")
+    cut = [r["fleet"] for r in rows if r.get("clock_cut")]
+    print(f"plans the wall clock cut (* after the time): {len(cut)}" + (f" ({', '.join(cut[:6])})" if cut else ""))
 
 
 def main() -> None:
@@ -166,10 +176,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the family's seed")
     ap.add_argument("--small-batches", type=float, default=0.0, metavar="SHARE",
                     help="with --family, that share of the generated members' single-GPU models at max_batch 1-4")
+    ap.add_argument("--reproducible", action="store_true",
+                    help="plan with packer plan --reproducible: the counts alone end every stage, whatever the clock")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(clock_rate() if args.one == "clock" else run_one(args.one, args.prove)))
+        print(json.dumps(clock_rate() if args.one == "clock" else run_one(args.one, args.prove, args.reproducible)))
         return
     if args.family:
         small = f":{args.small_batches}" if args.small_batches else ""
@@ -190,6 +202,7 @@ def main() -> None:
     print(hdr)
     for n in names:
         prove = [] if args.prove is None else ["--prove", str(args.prove)]
+        prove += ["--reproducible"] if args.reproducible else []
         out = subprocess.run([sys.executable, __file__, "--one", n, *prove], capture_output=True, text=True, cwd=ROOT)
         if out.returncode:
             print(f"{n}: failed\n{out.stderr[-2000:]}")
@@ -197,7 +210,7 @@ def main() -> None:
         r = json.loads(out.stdout.strip().splitlines()[-1])
         rows.append(r)
         print(f"{r['fleet'][:30]:<30} {r['models']:>6} {r['gpus']:>5} {r['cost']:>9.2f} {r['lower_bound']:>9.2f} "
-              f"{r['gap']:>6.1%} {r['seconds']:>8.1f} {r['peak_mb']:>8} {r['dedicated']:>10.2f} {r['greedy']:>9.2f} "
+              f"{r['gap']:>6.1%} {r['seconds']:>7.1f}{'*' if r.get('clock_cut') else ' '} {r['peak_mb']:>8} {r['dedicated']:>10.2f} {r['greedy']:>9.2f} "
               f"{r['cost'] / r['greedy']:>8.2f}x" + (f" {r['bound'][:30]:<30}" if args.family else ""), flush=True)
     if args.family and rows:
         summarise(rows, len(names))

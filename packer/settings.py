@@ -34,6 +34,14 @@ class PlanSettings:
     max_replica_options: int = 4
     """Replica counts tried per model: fewer, larger replicas on big slots or more, smaller ones
     on MIG slices or cheap GPUs; the solver picks."""
+    reproducible: bool = False
+    """Let the counts alone end every stage of the search. Each stage counts its work in
+    deterministic seconds, so a seed gives one plan whatever the machine; but by default the wall
+    clock also guards them (past 60 models the packing stops at 1.12 times the time limit, so
+    that a plan keeps to its budget), and on a machine slower or busier than the counts assume a
+    guard can end a stage first: the plan then says so, and may differ from the same seed's plan
+    on an idle machine. True lifts those guards: the plan is the counts' on any machine, however
+    long that takes there."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.headroom < 1.0:

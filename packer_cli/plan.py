@@ -50,7 +50,7 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
                    "short limit on thousands of models they take about 17 ms a model: 3,000 models at 2 s "
                    "took 51 s); past "
                    f"{PATTERN_FIRST} models the packing and its search stop at {WALL_CAP:g} times it on the "
-                   "wall clock.")
+                   "wall clock (the plan says where that happens; --reproducible lifts it).")
 @click.option("--headroom", default=PlanSettings.headroom, show_default=True, type=Number(0, 0.99),
               help="Share of every slot's time kept free.")
 @click.option("--no-mig", is_flag=True, help="Plan whole GPUs only.")
@@ -59,9 +59,14 @@ def example_path(name: str = DEFAULT_FLEET) -> Path:
                    "looking for a plan inside each cheaper GPU purchase, the rest on an exact search "
                    "that can prove the plan optimal. By default a short exact search runs on small "
                    "fleets before the search; 0 turns it off.")
+@click.option("--reproducible", is_flag=True,
+              help="Let the counted time alone end every stage: the same seed gives the same plan on "
+                   "any machine and load, however long that takes there. Without it, a machine slower "
+                   "or busier than the counts assume may have a stage ended by the wall clock first "
+                   "(the plan warns where).")
 def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, explain_model: str | None,
          svg_path: str | None, seed: int, time_limit: float | None, headroom: float, no_mig: bool,
-         prove_s: float | None) -> None:
+         prove_s: float | None, reproducible: bool) -> None:
     """Plan FLEET (default: the bundled multilingual example). A dry run: nothing is applied."""
     if not 0 <= headroom < 1:
         raise UserError(f"--headroom {headroom}: must be in [0, 1). Fix: e.g. --headroom {PlanSettings.headroom}")
@@ -79,7 +84,7 @@ def plan(fleet: str | None, current: str | None, fmt: str, output: str | None, e
     if cur is not None:
         same_fleet(cur.fleet, f, current, str(path))
     settings = PlanSettings(headroom=headroom, time_limit_s=time_limit, seed=seed, use_mig=not no_mig,
-                            prove_s=prove_s)
+                            prove_s=prove_s, reproducible=reproducible)
     with Spinner(enabled=True) as sp:
         p = plan_fleet(f, settings, current=cur, progress=sp.update)
         if cur is None:  # the price of the on-demand floors: the same fleet planned free of them

@@ -24,12 +24,13 @@ def _through_json(d: dict) -> dict:
 
 
 def test_settings_round_trip_through_the_plan_file() -> None:
-    s = PlanSettings(headroom=0.1, time_limit_s=5.0, seed=3, use_mig=False, prove_s=0.0, max_replica_options=2)
+    s = PlanSettings(headroom=0.1, time_limit_s=5.0, seed=3, use_mig=False, prove_s=0.0, max_replica_options=2,
+                     reproducible=True)
     plan = replace(tiny_plan(), settings=s)
     d = _through_json(to_dict(plan))
     jsonschema.validate(d["settings"], SETTINGS_SCHEMA)
     assert d["settings"] == {"headroom": 0.1, "time_limit_s": 5.0, "seed": 3, "use_mig": False, "prove_s": 0.0,
-                             "max_replica_options": 2}
+                             "max_replica_options": 2, "reproducible": True}
     back = from_dict(d)
     assert back.settings == s and isinstance(back.settings, PlanSettings)
     assert to_dict(back) == to_dict(plan)

@@ -14,6 +14,7 @@ from packer.planner.assemble import Gpu
 from packer.planner.build import cost_of, gpu_counts
 from packer.planner.cpsat import solve_window
 from packer.planner.greedy import NoRoom, choose_counts, orderings, pack, reps_for
+from packer.planner import model
 from packer.planner.model import PlanSettings, Problem, Rep, Slot, allowed
 from packer.planner.solve import _lns, _relocating_window, _spread, consolidate, multi_start, plan_fleet, plan_multi
 from packer.planner.assemble import to_gpus
@@ -532,7 +533,9 @@ def test_the_fills_passes_are_its_counts_not_the_dealings_clock(monkeypatch) -> 
 
     monkeypatch.setattr(colplan, "_fill_by_value", fill)
     monkeypatch.setattr(colplan, "_deal", deal)
-    monkeypatch.setattr(colplan, "time", SimpleNamespace(monotonic=lambda: ticks[0]))  # only dealing takes time
+    clock = SimpleNamespace(monotonic=lambda: ticks[0])  # only dealing takes time
+    monkeypatch.setattr(colplan, "time", clock)
+    monkeypatch.setattr(model, "time", clock)  # where ``Problem.past`` reads it
     work = pat.work
     limit = 0.5  # counted seconds
     first = colplan.sequential(problem, pat, {}, limit, math.inf)

@@ -118,7 +118,7 @@ def fewest_gpus(problem: Problem, slots: list[Slot], seconds: float) -> list[Gpu
             key = (pool.name, len(mig), seconds,
                    tuple((s.type.profile, tuple(r.model.name for r in s.reps)) for s in mig_slots))
             if key not in problem.fewest:
-                problem.fewest[key] = _fewest_mig(pool, mig_slots, len(mig), seconds)
+                problem.fewest[key] = _fewest_mig(problem, pool, mig_slots, len(mig), seconds)
             groups = problem.fewest[key]
             if groups is not None:
                 fewer = [Gpu(pool, [mig_slots[i] for i in group]) for group in groups]
@@ -128,7 +128,7 @@ def fewest_gpus(problem: Problem, slots: list[Slot], seconds: float) -> list[Gpu
     return out
 
 
-def _fewest_mig(pool: Pool, slots: list[Slot], most: int, seconds: float) -> list[list[int]] | None:
+def _fewest_mig(problem: Problem, pool: Pool, slots: list[Slot], most: int, seconds: float) -> list[list[int]] | None:
     """MIG ``slots`` of ``pool`` on fewer than ``most`` GPUs (CP-SAT): the slots' indices on each
     GPU used, or None."""
     layouts = [c for c, _ in layout_counters(pool)]
@@ -156,10 +156,11 @@ def _fewest_mig(pool: Pool, slots: list[Slot], most: int, seconds: float) -> lis
     cp.add(sum(use) <= most - 1)
     cp.minimize(sum(use))
     solver = cp_model.CpSolver()
-    solver.parameters.max_deterministic_time = max(0.1, seconds)
-    solver.parameters.max_time_in_seconds = max(1.0, 4 * seconds)  # a guard for a much slower machine
+    problem.cp_limits(solver, max(0.1, seconds), max(1.0, 4 * seconds))  # the clock: a much slower machine's guard
     solver.parameters.num_workers = 1
-    if solver.solve(cp) not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+    code = solver.solve(cp)
+    problem.cp_stopped(solver, "the dealing of MIG slots onto GPUs")
+    if code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return None
     on: dict[int, list[int]] = defaultdict(list)
     for (i, g), lit in at.items():

@@ -107,7 +107,13 @@ that obey the rule, and says so (``SPREAD_RULE``).
     if not problem.fleet.models:  # ``models: []``: a fleet being retired costs nothing, exactly
         return 0.0, "no models: nothing to place"
 
+    spent: list[float] = []  # counted seconds of column generation, once it has run
+
     def left() -> float:
+        # Reproducible (``PlanSettings.reproducible``): the time column generation counted, not
+        # the clock's, so which LPs run does not depend on the machine.
+        if problem.settings.reproducible:
+            return time_limit - sum(spent)
         return time_limit - (time.monotonic() - start)
 
     # The closed form needs no solver and always finishes: the floor under every other bound.
@@ -146,6 +152,7 @@ that obey the rule, and says so (``SPREAD_RULE``).
     else:
         reserve = max(0.0, min(one_class_s, (1 - PATTERN_SHARE) * time_limit))
     pat = pattern_bound(problem, max(1.0, time_limit - reserve), upper, seeds, counts, apart=apart)
+    spent.append(0.0 if pat is None else pat.spent)
     if pat is None or not pat.converged:
         aggregate()
     if pat is not None and keep is not None:

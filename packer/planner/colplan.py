@@ -67,6 +67,10 @@ depends on the fleet (long-tail: one a step 60.61/h, 5 % at once 61.41/h), and o
 columns one a step takes hundreds of LPs, so it runs only up to ``DIVE_COLUMNS``."""
 
 
+FILL, DIVE, MASTER = "the sequential fill", "a dive", "the integer master"
+"""Stages that ``Problem.past`` names where the wall clock ends them before their counts."""
+
+
 SEQUENTIAL_SHARE, SEQUENTIAL_NOISE, SEQUENTIAL_NODES = 0.3, 0.3, 300
 """Share of the columns' seconds :func:`sequential` may take (counted by its searches' work), how
 far its later passes perturb the duals (each value times 1 to 1.3, seeded), and each search's
@@ -107,7 +111,7 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     first_cap = start + FIRST_PASS_SHARE * time_limit
     first_end = min(until, began + DIVE_GUARD * FIRST_PASS_SHARE * time_limit)
     best, best_cost, noise = None, math.inf, 0.0
-    while best is None or (pat.work < cap and time.monotonic() < end):
+    while best is None or (pat.work < cap and not problem.past(end, FILL)):
         values = mu * (1.0 + noise * rng.random(mu.size))
         columns = _fill_by_value(problem, pat, counts, values, types, reserved,
                                  *((cap, end) if best is not None else (first_cap, first_end)))
@@ -170,7 +174,7 @@ def _fill_by_value(problem: Problem, pat: Patterns, counts: dict[str, int], valu
         placed = 1.0 - left.sum() / total
         if base is None and columns:
             base = (pat.work, placed)
-        if pat.work > cap or time.monotonic() > end or (
+        if pat.work > cap or problem.past(end, FILL) or (
                 base is not None and placed - base[1] >= 0.05
                 and pat.work + (pat.work - base[0]) / (placed - base[1]) * (1.0 - placed) > cap):
             return _OUT_OF_TIME
@@ -223,18 +227,20 @@ def integer_master(problem: Problem, pat: Patterns, reserved: dict[str, int], ti
     family-400028-llm-38's found nothing in its nodes (230.60/h without)."""
     kept = kept_columns(pat, MASTER_COLUMNS)
     columns = None if kept is None else [pat.columns[j] for j in kept]
-    end = min(until, time.monotonic() + 2 * max(0.1, time_limit))  # a guard for a much slower machine
+    end = problem.guard(min(until, time.monotonic() + 2 * max(0.1, time_limit)))  # a guard for a much slower machine
     best: list[Gpu] | None = None
     best_cost = math.inf
     for spread in (False, True):
         built = _master(problem, pat, reserved, upper, integer=True, columns=columns, spread=spread)
-        if built is None or time.monotonic() >= end:
+        if built is None or problem.past(end, MASTER):
             break
         solver, x, y = built
         # A node limit, not the clock, ends the search, so that a seed gives one plan on any machine
         # load; the clock is the guard against a much slower machine. At the node limit HiGHS's
         # incumbent is taken (``mip.solve_mip``; through OR-Tools it was lost there).
         found = solve_mip(solver, MASTER_NODES, end - time.monotonic())
+        if not found.proven:
+            problem.past(end, MASTER)  # its node limit or the clock's guard ended it: named if the clock
         if found.values is None:
             continue
         chosen = {pat.reps[k][0]: pat.reps[k][1] for k in y if found.value(y[k]) > 0.5}
@@ -472,7 +478,7 @@ def dive(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: 
     # much slower machine. At twice its share and no count, generated-2000's dive (26.1 s of a
     # 26.9-s guard on an idle 2-core machine) gave up on a machine a little busier, and the plan
     # cost 563.07/h, not 533.34/h: the plan hung on the load.
-    end = min(until, time.monotonic() + DIVE_GUARD * time_limit)  # ``until``: the plan's wall-clock cap
+    end = problem.guard(min(until, time.monotonic() + DIVE_GUARD * time_limit))  # ``until``: the plan's wall-clock cap
     kept = kept_columns(pat, DIVE_COLUMNS)
     columns = None if kept is None else [pat.columns[j] for j in kept]
     left = DIVE_WORK * time_limit
@@ -511,7 +517,7 @@ def _dive_lp(problem: Problem, pat: Patterns, reserved: dict[str, int], columns:
     work = 0.0  # counted seconds: a dive ends at a number of steps that does not hang on the load
     while True:
         now = time.monotonic()
-        if work > allowed or now > end:
+        if work > allowed or problem.past(end, DIVE):
             return None
         first = work == 0.0
         # One LP gets the iterations its count has left (the first: what lets the dive go on), and
@@ -525,7 +531,7 @@ def _dive_lp(problem: Problem, pat: Patterns, reserved: dict[str, int], columns:
         work += DIVE_SOLVE_S * size + DIVE_ITER_S * rows * ran
         if first and DIVE_FIRST_TIMES * work > allowed:
             return None  # the first LP alone says the dive cannot end within its count
-        if status != pywraplp.Solver.OPTIMAL and (ran >= most or time.monotonic() > end):
+        if status != pywraplp.Solver.OPTIMAL and (ran >= most or problem.past(end, DIVE)):
             return None  # stopped by its count or the clock, not shown infeasible
         if status != pywraplp.Solver.OPTIMAL:
             if not forced:

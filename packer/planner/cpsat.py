@@ -37,6 +37,9 @@ from packer.slot import WHOLE, SlotType
 SCALE = 1000  # capacity units per duty cycle
 COST_SCALE = 1000  # cost in thousandths
 
+SEARCH = "a CP-SAT search"
+"""The stage ``Problem.past`` names where the wall clock ends a search before its deterministic time."""
+
 
 def _layouts(problem: Problem, pool_name: str) -> list[tuple[str, Counter, MigLayout | None]]:
     pool = problem.fleet.pool(pool_name)
@@ -107,11 +110,11 @@ def solve_window(problem: Problem, *, free_models: dict[str, list[int]], fixed_r
     # a guard for a much slower machine. (Interleaved multi-worker search would also be
     # deterministic, but OR-Tools 9.15 aborts on it with a solution hint: "Check failed:
     # heuristics.fixed_search != nullptr".)
-    solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = 2 * time_limit + 1
+    problem.cp_limits(solver, time_limit, 2 * time_limit + 1)
     solver.parameters.num_workers = 1
     solver.parameters.random_seed = seed
     st_code = solver.Solve(w.m)
+    problem.cp_stopped(solver, SEARCH)
     if spent is not None:
         spent.append(solver.deterministic_time)
     if st_code not in (cp_model.OPTIMAL, cp_model.FEASIBLE):

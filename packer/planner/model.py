@@ -7,9 +7,11 @@ assembly into GPUs share one definition of "this replica fits in that slot".
 from __future__ import annotations
 
 import math
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 from packer.catalog import mig_layouts
 from packer.fleet import Fleet, Model, Pool
@@ -105,10 +107,42 @@ class Problem:
         ``patterns.Patterns.apart_binding``): the plan says the rule may cost something there."""
         self.fewest: dict[tuple, list[list[int]] | None] = {}
         """MIG slots put on the fewest GPUs (``assemble.fewest_gpus``), by the slots asked."""
+        self.clock_cuts: list[str] = []
+        """Stages the wall clock ended before their counts did (:meth:`past`), in the order it
+        happened: the plan names them, since the same seed may plan otherwise on an idle machine."""
         self.packing_work = 0.0
         """Deterministic seconds of greedy packing and consolidation so far (``greedy.SLOT_S``,
         ``solve.LOOK_S``, ``solve.CAN_ADD_S``): how many greedy starts run is counted in these, so
         that it does not depend on the machine's load (``solve.multi_start``)."""
+
+    def past(self, deadline: float, stage: str) -> bool:
+        """Whether the wall clock is past ``deadline``, a guard that then ends ``stage`` before
+        its count does; where it does, ``stage`` is recorded in :attr:`clock_cuts`. Never with
+        ``PlanSettings.reproducible``: the counts alone end every stage there."""
+        if self.settings.reproducible or time.monotonic() <= deadline:
+            return False
+        if stage not in self.clock_cuts:
+            self.clock_cuts.append(stage)
+        return True
+
+    def cp_limits(self, solver: Any, seconds: float, guard_s: float) -> None:
+        """A CP-SAT solver's limits: ``seconds`` of deterministic time, which ends it, and
+        ``guard_s`` on the wall clock against a much slower machine (none with
+        ``PlanSettings.reproducible``)."""
+        solver.parameters.max_deterministic_time = seconds
+        solver.parameters.max_time_in_seconds = 86_400.0 if self.settings.reproducible else guard_s
+
+    def cp_stopped(self, solver: Any, stage: str) -> None:
+        """Name ``stage`` (:meth:`past`) where CP-SAT's wall-clock guard, not its deterministic
+        time, stopped ``solver``'s last solve."""
+        if solver.wall_time >= 0.99 * solver.parameters.max_time_in_seconds:
+            self.past(-math.inf, stage)
+
+    def guard(self, deadline: float) -> float:
+        """``deadline`` on the wall clock, or never (``math.inf``) with
+        ``PlanSettings.reproducible``: for a solver's own time limit, which :meth:`past` cannot
+        stop."""
+        return math.inf if self.settings.reproducible else deadline
 
     @property
     def shared_models(self) -> list[Model]:

@@ -161,6 +161,8 @@ DISJOINT = 30
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
 far this round leave out (reusing the round's cell LPs, which stay upper bounds)."""
 WALL_FACTOR = 2.0
+COLUMN_GENERATION = "column generation"
+"""The stage ``Problem.past`` names where the wall clock (``WALL_FACTOR``) ends it before its count."""
 """Wall-clock seconds allowed per deterministic second before column generation is cut short:
 only a much slower or much busier machine than the one measured gets different columns."""
 BOUND_NODES = 40_000
@@ -1593,6 +1595,8 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             if new == 0 and priced == len(pat.types):
                 converged = True  # no group the search found improves the LP at its duals
                 break
+    if not converged:
+        clock.stopped(budget)
     if clock.rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
         # Converged, the deeper bound, unless an evaluation during the search says that it would
         # not fit the time left (then the one at BOUND_NODES, as where it was cut short). With no
@@ -1609,7 +1613,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             # Central duals steady the pricing, but the Lagrangian can be far better at a vertex's,
             # or far worse: family-3100098-mixed-865 (one T4 pool, 2,206 GPUs) 727.3/h central
             # and 823.0/h at the vertex; generated-1000 223.3/h and 175.7/h. Both are bounds.
-            at_vertex = master.solve(WALL_FACTOR * time_limit - (time.monotonic() - t0), vertex=True)
+            at_vertex = master.solve(clock.seconds(time_limit), vertex=True)
             if at_vertex is not None:
                 duals.append(at_vertex[1])
         took = 0.0  # counted seconds of the bound at the duals before
@@ -1637,14 +1641,34 @@ class _Clock:
         self.pat, self.master, self.t0 = pat, master, t0
         self.work0, self.master0, self.rounds = pat.work, master.work, 0
 
+    def counted(self) -> float:
+        """The deterministic seconds alone."""
+        return self.pat.work - self.work0 + self.master.work - self.master0 + self.rounds * ROUND_S
+
     def spent(self) -> float:
-        det = (self.pat.work - self.work0 + self.master.work - self.master0 + self.rounds * ROUND_S)
-        return max(det, (time.monotonic() - self.t0) / WALL_FACTOR)
+        """:meth:`counted`, or the wall clock's seconds over ``WALL_FACTOR`` where those are more
+        (never with ``PlanSettings.reproducible``)."""
+        if self.pat.problem.settings.reproducible:
+            return self.counted()
+        return max(self.counted(), (time.monotonic() - self.t0) / WALL_FACTOR)
+
+    def stopped(self, limit: float) -> None:
+        """Where the wall clock, not the count, put :meth:`spent` past ``limit``: named in the
+        plan (``Problem.past``)."""
+        if self.counted() <= limit < self.spent():
+            self.pat.problem.past(-math.inf, COLUMN_GENERATION)
+
+    def seconds(self, time_limit: float) -> float:
+        """The restricted LP's own time limit: what the guard leaves of ``WALL_FACTOR`` times
+        ``time_limit`` (a day with ``PlanSettings.reproducible``)."""
+        if self.pat.problem.settings.reproducible:
+            return 86_400.0
+        return WALL_FACTOR * time_limit - (time.monotonic() - self.t0)
 
     def solve(self, time_limit: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
         """The restricted LP's optimum and duals (kept as ``pat.duals``), a round counted; None
         where GLOP stops short."""
-        solved = self.master.solve(WALL_FACTOR * time_limit - (time.monotonic() - self.t0))
+        solved = self.master.solve(self.seconds(time_limit))
         if solved is not None:
             self.rounds += 1
             self.pat.duals = solved[1], solved[2]
@@ -1679,6 +1703,8 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
         if new == 0 and priced == len(pat.types):
             converged = True
             break
+    if not converged:
+        clock.stopped(time_limit)
     if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
     value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged), caps=True, lp=lp)

@@ -60,6 +60,8 @@ MAX_PURCHASES = 12
 WALL_GUARD = 4
 """Wall-clock seconds allowed per deterministic second before a search is cut short: only a much
 slower or busier machine than this one (about 1 : 1 here) reaches it."""
+EXACT = "the exact search"
+"""The stage ``Problem.past`` names where the wall clock ends it before its deterministic time."""
 QUICK_LOOK = 0.5
 """Deterministic seconds of the first look at each purchase: most are settled within it (on
 multilingual two of three in 0.5 s), and the hard ones share what is left."""
@@ -144,7 +146,7 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
             if rnd == 0 and len(pending) > 1:
                 share = min(share / 4, QUICK_LOOK)
             elapsed = time.monotonic() - t0
-            slow = elapsed > wall
+            slow = problem.past(t0 + wall, EXACT)
             verdict = (fits(problem, counts, share, spent, wall_s=max(0.1, wall - elapsed))
                        if share > 0.05 and not slow else None)
             if verdict is False:
@@ -169,7 +171,7 @@ def prove(problem: Problem, cost: float, lower: float, time_limit: float, *,
         if below is None or _key(below[1]) in known:
             break
         left, elapsed = time_limit - sum(spent), time.monotonic() - t0
-        if left <= 0.05 or elapsed > wall:
+        if left <= 0.05 or problem.past(t0 + wall, EXACT):
             break
         counts = below[1]
         known.add(_key(counts))
@@ -324,13 +326,13 @@ def fits(problem: Problem, counts: dict[str, int], time_limit: float,
     _exact_symmetry_and_spread(e)
 
     solver = cp_model.CpSolver()
-    solver.parameters.max_deterministic_time = time_limit
-    solver.parameters.max_time_in_seconds = min(WALL_GUARD * time_limit + 1, wall_s or math.inf)
+    problem.cp_limits(solver, time_limit, min(WALL_GUARD * time_limit + 1, wall_s or math.inf))
     solver.parameters.num_workers = 1
     # Without the LP relaxation CP-SAT settles these feasibility questions far faster: multilingual's
     # 1 A100 + 6 L4 in 3.8 s instead of 60-75 s (its LP is weak here, and only slows propagation).
     solver.parameters.linearization_level = 0
     code = solver.Solve(e.mdl)
+    problem.cp_stopped(solver, EXACT)
     if spent is not None:
         spent.append(solver.deterministic_time)
     if code == cp_model.INFEASIBLE:

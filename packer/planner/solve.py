@@ -136,12 +136,12 @@ def consolidate(problem: Problem, gpus: list[Gpu], deadline: float) -> list[Gpu]
     stuck: set[int] = set()  # GPUs that could not be emptied: later passes only take room away
     fills: dict[int, tuple[Gpu, float]] = {}  # each GPU's fill, until a pass fills one of its slots
     changed = True
-    while changed and time.monotonic() < deadline:
+    while changed and not problem.past(deadline, CONSOLIDATION):
         changed = False
         order = sorted(gpus, key=lambda g: (_cached_fill(problem, g, fills) - g.pool.cost_per_gpu_hour, g.pool.name))
         names = {id(h): h.models() for h in gpus}  # kept up to date as replicas move
         for g in order:
-            if time.monotonic() >= deadline:
+            if problem.past(deadline, CONSOLIDATION):
                 break
             if id(g) in stuck:
                 continue
@@ -294,7 +294,7 @@ def multi_start(problem: Problem, reps: list[Rep], reserved: dict[str, int], t0:
         # Failed starts stop so too: on pools just big enough, 96 failing starts of a 228-model fleet
         # took 71 s of a 31-s plan, and the pattern LP's packing (``_from_columns_alone``) follows.
         if i > 0 and (spent > STARTS_SHARE * (deadline - t0)
-                      or time.monotonic() > t0 + 2 * STARTS_SHARE * (deadline - t0)):
+                      or problem.past(t0 + 2 * STARTS_SHARE * (deadline - t0), STARTS)):
             break
         try:
             gpus = to_gpus(problem, pack(problem, reps, reserved=reserved, order=order, priced=priced))
@@ -335,7 +335,7 @@ def _start_packing(problem: Problem, counts: dict[str, int], reserved: dict[str,
         # Counted work, so that a seed gives one plan on any load; the clock guards a slow machine.
         # Each set of counts runs one start at least; past twice the starts' share, no more sets.
         if first is not None and (problem.packing_work - work0 > 2 * STARTS_SHARE * (deadline - t0)
-                                  or time.monotonic() > deadline):
+                                  or problem.past(deadline, STARTS)):
             break  # the starts' time is up: the pattern LP's packing is tried next (_first_packing)
         try:
             gpus = multi_start(problem, reps_for(problem, c), reserved, t0, deadline, extra=start)
@@ -652,7 +652,7 @@ def _lns(problem: Problem, shared: list[Gpu], limit: dict[str, int], budget: flo
     fills: dict[int, tuple[Gpu, float]] = {}  # per GPU (id, the GPU kept so the id stays its own)
     warned: int | None = None  # models ``shared`` leaves unspreadable (:func:`_one_node`), once needed
     relocations = 0
-    while CPSAT_CLOCK * sum(spent) + WINDOW_S * it < left and time.monotonic() < guard and len(shared) > 1:
+    while CPSAT_CLOCK * sum(spent) + WINDOW_S * it < left and not problem.past(guard, WINDOWS) and len(shared) > 1:
         it += 1
         window = _relocating_window(problem, shared, limit, tried, fills) if relocations < RELOCATE_WINDOWS else None
         if window is not None:
@@ -1179,7 +1179,7 @@ def _from_patterns(problem: Problem, pat, gpus: list[Gpu] | None, reserved: dict
         # so past ``PATTERN_FIRST`` shared models it runs only up to ``colplan.MASTER_COLUMNS``.
         steps += [integer_master] if small or len(pat.columns) <= MASTER_COLUMNS else []
     for step in steps:
-        if time.monotonic() > until:
+        if problem.past(until, COLUMNS_PACKING):
             break
         if anything and step is sequential and best is not None and small:
             break  # found: past this, as for a start from the greedy packing
@@ -1230,6 +1230,9 @@ class _Budget:
 
 PATTERN_FIRST = 60
 """Fleets above this many models split their budget in favour of the pattern LP (``_budget``)."""
+STARTS, CONSOLIDATION, WINDOWS, COLUMNS_PACKING = (
+    "the greedy starts", "consolidation", "the LNS windows", "the packing from the pattern LP's columns")
+"""Stages that :meth:`Problem.past` names where the wall clock ends them before their counts."""
 WALL_CAP = 1.12
 """Past ``PATTERN_FIRST`` models, the packing steps from the pattern LP's columns and the LNS
 windows stop at this multiple of the limit on the wall clock (``_Budget.wall_end``). Each stage
@@ -1254,7 +1257,7 @@ def _budget(fleet: Fleet, settings: PlanSettings, t0: float) -> _Budget:
     # the load (family-0-long-tail-194 at 30 %: 474.27/h or 476.47/h from run to run).
     return _Budget(limit, share * limit, max(1.5, (0.6 if large else 0.45) * limit),
                    MIP_MIN_S if settings.time_limit_s is None else 0.0, t0 + 0.5 * limit,
-                   t0 + WALL_CAP * limit if large else math.inf, min(MASTER_SHARE * limit, 0.5 * share * limit))
+                   t0 + WALL_CAP * limit if large and not settings.reproducible else math.inf, min(MASTER_SHARE * limit, 0.5 * share * limit))
 
 
 
@@ -1545,6 +1548,17 @@ def _bound_after(problem: Problem, gpus: list[Gpu], floor: float, budget: _Budge
                        counts=_counts_used(gpus))
 
 
+def _clock_cuts(problem: Problem) -> list[str]:
+    """The plan's word that the wall clock, not a count, ended some stages (``Problem.past``): on
+    a machine slower or busier than the counts assume, the same seed may plan otherwise on an
+    idle one, and the user who diffs plans, or buys on one, should know."""
+    if not problem.clock_cuts:
+        return []
+    return [f"the wall clock ended {', '.join(problem.clock_cuts)} before their counted time (this machine ran "
+            "slower or busier than the counts assume): the same seed may give another plan on an idle machine; "
+            "--reproducible lets the counts alone end every stage"]
+
+
 def _dearer_than_fresh(plan: Plan) -> list[str]:
     """A re-plan keeps what runs where it runs, and can cost more than planning afresh: the bundled
     example's plan as the current one for multilingual-10 gave 37.30/h, 1.29x the greedy baseline,
@@ -1694,6 +1708,7 @@ def plan_fleet(fleet: Fleet, settings: PlanSettings | None = None, current: Plan
         for sl in g.slots:
             for r in sl.reps:
                 replicas[r.model.name] += 1
+    warnings += _clock_cuts(problem)  # last: the bound's stages can be cut too
     plan = make_plan(problem, gpus, status=status, lower_bound=lb, bound_method=method,
                      solve_seconds=time.monotonic() - started,
                      baselines={"dedicated": dedicated_baseline(problem, chosen), "greedy": baseline},

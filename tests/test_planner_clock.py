@@ -84,3 +84,26 @@ def test_the_cli_flag_reaches_the_plan_file(tmp_path, capsys) -> None:
     assert json.loads(out.read_text())["settings"]["reproducible"] is True
     capsys.readouterr()
 
+
+
+def test_the_cap_leaves_the_first_packing_from_the_columns(monkeypatch) -> None:
+    """Past the plan's wall-clock cap before the columns are packed at all, the fill's first pass
+    still runs (it is what turns the columns into a packing; cut there, generated-500's plan was
+    the greedy start's, 152.08/h against 137.50/h), and the steps after it do not."""
+    from packer.planner import colplan, solve
+    from packer.planner.build import cost_of, gpu_counts
+    from packer.planner.patterns import pattern_bound
+
+    problem = Problem(parse_fleet(FLEET), PlanSettings())
+    start, _ = solve.greedy_packing(problem.fleet, problem.settings)
+    found = pattern_bound(problem, 3.0, seeds=solve._groups(start))
+    assert found is not None and found.patterns is not None
+    steps: list[str] = []
+    for name in ("sequential", "dive", "integer_master"):
+        real = getattr(colplan, name)
+        monkeypatch.setattr(solve, name, lambda *a, _n=name, _r=real, **k: (steps.append(_n), _r(*a, **k))[1])
+    past = time.monotonic() - 1.0
+    packed = solve._from_patterns(problem, found.patterns, start, {}, 2.0, until=past)
+    assert steps == ["sequential"]
+    assert cost_of(problem, gpu_counts(problem, packed)) < cost_of(problem, gpu_counts(problem, start))
+    assert solve.COLUMNS_PACKING in problem.clock_cuts

@@ -84,7 +84,7 @@ where a pass that ends gives 556.35/h."""
 
 
 def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_limit: float,
-               upper: float, until: float = math.inf) -> list[Gpu] | None:
+               upper: float, until: float = math.inf, first_until: float | None = None) -> list[Gpu] | None:
     """A packing built one slot at a time, each the group of left replicas that the column
     generation's last duals value most per dollar of slot (``Patterns.search``, the pricing's own
     search), at the replica counts the restricted LP leans to (``Patterns.shares``); then again with the duals perturbed (seeded), for
@@ -97,7 +97,9 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     58 (Gilmore and Gomory's sequential heuristic for cutting stock, with the LP's prices). The
     duals are an upper bound's prices, so a slot's group never needs them exact; a replica the LP
     prices at 0 is still placed, at a small value. ``upper`` is not used (the caller compares).
-    ``until``: the plan's wall-clock cap (``solve.WALL_CAP``); no pass runs past it."""
+    ``until``: the plan's wall-clock cap (``solve.WALL_CAP``); no pass runs past it, but the first
+    where ``first_until`` says otherwise (``solve._from_patterns``: the first packing from the
+    columns is worth more than the seconds)."""
     if pat.duals is None or pat.shares is None:
         return None
     counts = {name: pat.reps[max(ks, key=lambda k: pat.shares[k])][1] for name, ks in pat.model_reps.items()}
@@ -109,7 +111,7 @@ def sequential(problem: Problem, pat: Patterns, reserved: dict[str, int], time_l
     began, guard, dealt = time.monotonic(), DIVE_GUARD * SEQUENTIAL_SHARE * time_limit, 0.0
     end = min(until, began + guard)
     first_cap = start + FIRST_PASS_SHARE * time_limit
-    first_end = min(until, began + DIVE_GUARD * FIRST_PASS_SHARE * time_limit)
+    first_end = min(until if first_until is None else first_until, began + DIVE_GUARD * FIRST_PASS_SHARE * time_limit)
     best, best_cost, noise = None, math.inf, 0.0
     while best is None or (pat.work < cap and not problem.past(end, FILL)):
         values = mu * (1.0 + noise * rng.random(mu.size))

@@ -107,3 +107,20 @@ def test_the_cap_leaves_the_first_packing_from_the_columns(monkeypatch) -> None:
     assert steps == ["sequential"]
     assert cost_of(problem, gpu_counts(problem, packed)) < cost_of(problem, gpu_counts(problem, start))
     assert solve.COLUMNS_PACKING in problem.clock_cuts
+
+
+def test_column_generation_charged_by_the_clock_is_named(monkeypatch) -> None:
+    """Column generation's seconds are the wall clock's over ``WALL_FACTOR`` where those are more:
+    its loop ends sooner and a caller counting them (``purchases.rule_out``) has less left, so the
+    plan names it; reproducible, it counts its work alone."""
+    from packer.planner.patterns import COLUMN_GENERATION, pattern_bound
+
+    real = time.monotonic
+    start = real()
+    monkeypatch.setattr(time, "monotonic", lambda: start + 200.0 * (real() - start))
+    fast = Problem(parse_fleet(FLEET), PlanSettings())
+    walled = pattern_bound(fast, 1.0)
+    assert walled is not None and COLUMN_GENERATION in fast.clock_cuts
+    steady = Problem(parse_fleet(FLEET), PlanSettings(reproducible=True))
+    counted = pattern_bound(steady, 1.0)
+    assert counted is not None and steady.clock_cuts == [] and counted.rounds > walled.rounds

@@ -1595,8 +1595,6 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
             if new == 0 and priced == len(pat.types):
                 converged = True  # no group the search found improves the LP at its duals
                 break
-    if not converged:
-        clock.stopped(budget)
     if clock.rounds and not (converged and best >= lp - 1e-6 * max(1.0, lp)):
         # Converged, the deeper bound, unless an evaluation during the search says that it would
         # not fit the time left (then the one at BOUND_NODES, as where it was cut short). With no
@@ -1628,6 +1626,7 @@ def pattern_bound(problem: Problem, time_limit: float, upper: float = math.inf,
                                             caps=best <= stop_above, lp=lp))
             took = spent() - before
     value = min(best, upper)
+    clock.walled()
     return PatternBound(max(0.0, value), lp, len(pat.columns), clock.rounds, converged, time.monotonic() - t0,
                         pat, master, spent())
 
@@ -1652,10 +1651,12 @@ class _Clock:
             return self.counted()
         return max(self.counted(), (time.monotonic() - self.t0) / WALL_FACTOR)
 
-    def stopped(self, limit: float) -> None:
-        """Where the wall clock, not the count, put :meth:`spent` past ``limit``: named in the
-        plan (``Problem.past``)."""
-        if self.counted() <= limit < self.spent():
+    def walled(self) -> None:
+        """Where :meth:`spent` is the wall clock's, not the count: named in the plan
+        (``Problem.past``). It ends the loop sooner, and a caller that counts it
+        (``purchases.rule_out``) has less left: family-4200001-mixed-32's proof on a clock four
+        times fast ruled out 42 of its 46 cheaper purchases, not all."""
+        if self.spent() > self.counted():
             self.pat.problem.past(-math.inf, COLUMN_GENERATION)
 
     def seconds(self, time_limit: float) -> float:
@@ -1703,8 +1704,7 @@ def refine(found: PatternBound, time_limit: float, upper: float) -> PatternBound
         if new == 0 and priced == len(pat.types):
             converged = True
             break
-    if not converged:
-        clock.stopped(time_limit)
+    clock.walled()
     if mu is None or clock.rounds == 1:  # nothing new: the bound stands
         return found
     value = pat.lagrangian(mu, upper, V=pat.last_values(mu, deep=converged), caps=True, lp=lp)

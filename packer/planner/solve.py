@@ -1559,7 +1559,7 @@ def _clock_cuts(problem: Problem) -> list[str]:
     idle one, and the user who diffs plans, or buys on one, should know."""
     if not problem.clock_cuts:
         return []
-    return [f"the wall clock ended {', '.join(problem.clock_cuts)} before their counted time (this machine ran "
+    return [f"the wall clock ended {', '.join(problem.clock_cuts)} before the counted time ran out (this machine ran "
             "slower or busier than the counts assume): the same seed may give another plan on an idle machine; "
             "--reproducible lets the counts alone end every stage"]
 

@@ -125,12 +125,16 @@ class Problem:
             self.clock_cuts.append(stage)
         return True
 
+    def limit_s(self, guard_s: float) -> float:
+        """A solver's own wall-clock limit, ``guard_s`` against a much slower machine; a day with
+        ``PlanSettings.reproducible`` (the solvers want a number, and their counts end them)."""
+        return 86_400.0 if self.settings.reproducible else guard_s
+
     def cp_limits(self, solver: Any, seconds: float, guard_s: float) -> None:
         """A CP-SAT solver's limits: ``seconds`` of deterministic time, which ends it, and
-        ``guard_s`` on the wall clock against a much slower machine (none with
-        ``PlanSettings.reproducible``)."""
+        :meth:`limit_s` of ``guard_s`` on the wall clock."""
         solver.parameters.max_deterministic_time = seconds
-        solver.parameters.max_time_in_seconds = 86_400.0 if self.settings.reproducible else guard_s
+        solver.parameters.max_time_in_seconds = self.limit_s(guard_s)
 
     def cp_stopped(self, solver: Any, stage: str) -> None:
         """Name ``stage`` (:meth:`past`) where CP-SAT's wall-clock guard, not its deterministic

@@ -161,10 +161,10 @@ DISJOINT = 30
 """Most follow-up searches a slot type gets each round, each among the models the groups found so
 far this round leave out (reusing the round's cell LPs, which stay upper bounds)."""
 WALL_FACTOR = 2.0
-COLUMN_GENERATION = "column generation"
-"""The stage ``Problem.past`` names where the wall clock (``WALL_FACTOR``) ends it before its count."""
 """Wall-clock seconds allowed per deterministic second before column generation is cut short:
 only a much slower or much busier machine than the one measured gets different columns."""
+COLUMN_GENERATION = "column generation"
+"""The stage ``Problem.past`` names where the wall clock (``WALL_FACTOR``) ends it before its count."""
 BOUND_NODES = 40_000
 """Node limit of each branch and bound in the bound's pricing: where one does not finish, its cell's
 LP stands, and an excess of the pricing bound over a slot's dual is charged on every GPU the
@@ -1661,10 +1661,8 @@ class _Clock:
 
     def seconds(self, time_limit: float) -> float:
         """The restricted LP's own time limit: what the guard leaves of ``WALL_FACTOR`` times
-        ``time_limit`` (a day with ``PlanSettings.reproducible``)."""
-        if self.pat.problem.settings.reproducible:
-            return 86_400.0
-        return WALL_FACTOR * time_limit - (time.monotonic() - self.t0)
+        ``time_limit`` (``Problem.limit_s``)."""
+        return self.pat.problem.limit_s(WALL_FACTOR * time_limit - (time.monotonic() - self.t0))
 
     def solve(self, time_limit: float) -> tuple[float, np.ndarray, dict[str, float]] | None:
         """The restricted LP's optimum and duals (kept as ``pat.duals``), a round counted; None
